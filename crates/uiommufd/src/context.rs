@@ -1,0 +1,296 @@
+//! The iommufd context: what one open of `/dev/iommu` owns (kernel main.c).
+//!
+//! Objects live in a table keyed by a 32-bit ID (the lowest free one, from 1,
+//! as the kernel's xarray hands them out). Every reference to an object is an
+//! `Arc`: the table holds one; in-flight calls and other objects (a HWPT on
+//! its IOAS, ...) hold others. `IOMMU_DESTROY` succeeds only when the table's
+//! reference is the last, so "another object or an in-flight call uses it" is
+//! `EBUSY` by construction. Closing the context destroys leaf objects first,
+//! repeatedly, until the table is empty (dependency order).
+//!
+//! Creation is two-phase (the kernel's `iommufd_object_alloc` / `_finalize` /
+//! `_abort`): [`Context::reserve`] takes an ID that lookups cannot see yet;
+//! the handler does the fallible work and writes its reply, then
+//! [`Reservation::finalize`] publishes the object. Dropping the reservation
+//! instead frees the ID, so no error path can leak a half-made object.
+//!
+//! Lock order: `Context::objects` is taken alone and briefly: never while
+//! holding an object's own locks, and object destructors run after it is
+//! released.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use crate::accounting::AccountMode;
+use crate::ioas::Ioas;
+use crate::user::{SelfMemory, UserMemory};
+use crate::{bail, err, Result};
+
+/// An object ID as the uAPI sees it.
+pub type ObjId = u32;
+
+/// Any object a context can hold.
+#[derive(Debug, Clone)]
+pub enum Object {
+    /// An IO address space.
+    Ioas(Arc<Ioas>),
+}
+
+impl Object {
+    /// The object kind, for messages.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Object::Ioas(_) => "IOAS",
+        }
+    }
+
+    /// References held beside the table's own.
+    fn other_users(&self) -> usize {
+        match self {
+            Object::Ioas(a) => Arc::strong_count(a) - 1,
+        }
+    }
+}
+
+#[derive(Debug)]
+enum Slot {
+    /// ID taken by a creation still in progress; invisible to lookups.
+    Reserved,
+    Live(Object),
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    slots: HashMap<ObjId, Slot>,
+    /// IDs below `next` that are free again.
+    free: BTreeSet<ObjId>,
+    next: ObjId,
+}
+
+impl Table {
+    fn alloc_id(&mut self) -> Result<ObjId> {
+        let id = if let Some(id) = self.free.pop_first() {
+            id
+        } else {
+            if self.next >= i32::MAX as u32 {
+                bail!(ENOSPC, "object IDs exhausted");
+            }
+            self.next += 1;
+            self.next
+        };
+        Ok(id)
+    }
+
+    fn release_id(&mut self, id: ObjId) {
+        self.slots.remove(&id);
+        if id == self.next {
+            self.next -= 1;
+            while self.next > 0 && self.free.remove(&self.next) {
+                self.next -= 1;
+            }
+        } else {
+            self.free.insert(id);
+        }
+    }
+}
+
+/// One iommufd context (one open of `/dev/iommu`).
+#[derive(Debug)]
+pub struct Context {
+    objects: Mutex<Table>,
+    account_mode: AtomicU8,
+    mem: Arc<dyn UserMemory>,
+}
+
+/// An ID reserved for an object under construction; see the module docs.
+#[must_use]
+#[derive(Debug)]
+pub struct Reservation<'a> {
+    ctx: &'a Context,
+    id: ObjId,
+    done: bool,
+}
+
+impl Reservation<'_> {
+    /// The reserved ID (what the reply carries).
+    pub fn id(&self) -> ObjId {
+        self.id
+    }
+
+    /// Publish `obj` under the reserved ID.
+    pub fn finalize(mut self, obj: Object) {
+        self.done = true;
+        self.ctx.objects.lock().slots.insert(self.id, Slot::Live(obj));
+    }
+}
+
+impl Drop for Reservation<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            self.ctx.objects.lock().release_id(self.id);
+        }
+    }
+}
+
+impl Context {
+    /// A new, empty context over this process's memory.
+    pub fn new() -> Arc<Context> {
+        Self::with_memory(Arc::new(SelfMemory))
+    }
+
+    /// A new context whose user pointers refer to `mem`.
+    pub fn with_memory(mem: Arc<dyn UserMemory>) -> Arc<Context> {
+        crate::logging::init_from_env();
+        Arc::new(Context { objects: Mutex::new(Table::default()), account_mode: AtomicU8::new(0), mem })
+    }
+
+    /// The memory user pointers refer to.
+    pub fn memory(&self) -> &Arc<dyn UserMemory> {
+        &self.mem
+    }
+
+    /// Take an ID for an object under construction.
+    pub fn reserve(&self) -> Result<Reservation<'_>> {
+        let mut t = self.objects.lock();
+        let id = t.alloc_id()?;
+        t.slots.insert(id, Slot::Reserved);
+        Ok(Reservation { ctx: self, id, done: false })
+    }
+
+    /// Look up a live object.
+    pub fn get(&self, id: ObjId) -> Result<Object> {
+        match self.objects.lock().slots.get(&id) {
+            Some(Slot::Live(o)) => Ok(o.clone()),
+            _ => Err(err!(ENOENT, "no object with ID {id}")),
+        }
+    }
+
+    /// Look up an IOAS (`ENOENT` when `id` names nothing or something else).
+    pub fn ioas(&self, id: ObjId) -> Result<Arc<Ioas>> {
+        match self.get(id)? {
+            Object::Ioas(i) => Ok(i),
+            #[allow(unreachable_patterns)]
+            o => Err(err!(ENOENT, "object {id} is a {}, not an IOAS", o.kind())),
+        }
+    }
+
+    /// `IOMMU_DESTROY`: remove `id` if nothing else uses it.
+    pub fn destroy(&self, id: ObjId) -> Result<()> {
+        let obj = {
+            let mut t = self.objects.lock();
+            match t.slots.get(&id) {
+                Some(Slot::Live(o)) => {
+                    let users = o.other_users();
+                    if users > 0 {
+                        bail!(EBUSY, "{} {id} is still used ({users} other reference(s))", o.kind());
+                    }
+                }
+                _ => bail!(ENOENT, "no object with ID {id}"),
+            }
+            let Some(Slot::Live(o)) = t.slots.remove(&id) else { unreachable!() };
+            t.release_id(id);
+            o
+        };
+        drop(obj); // destructor runs outside the table lock
+        Ok(())
+    }
+
+    /// Number of live objects.
+    pub fn object_count(&self) -> usize {
+        self.objects.lock().slots.values().filter(|s| matches!(s, Slot::Live(_))).count()
+    }
+
+    /// All live objects with their IDs, in ID order.
+    pub fn objects(&self) -> Vec<(ObjId, Object)> {
+        let t = self.objects.lock();
+        let mut v: Vec<_> = t
+            .slots
+            .iter()
+            .filter_map(|(&id, s)| match s {
+                Slot::Live(o) => Some((id, o.clone())),
+                Slot::Reserved => None,
+            })
+            .collect();
+        v.sort_by_key(|(id, _)| *id);
+        v
+    }
+
+    /// Whether the table holds no object at all (live or being made).
+    pub fn is_empty(&self) -> bool {
+        self.objects.lock().slots.is_empty()
+    }
+
+    /// `IOMMU_OPTION_RLIMIT_MODE`: the accounting mode new pages objects use.
+    pub fn account_mode(&self) -> AccountMode {
+        match self.account_mode.load(Ordering::Acquire) {
+            1 => AccountMode::Mm,
+            _ => crate::accounting::default_mode(),
+        }
+    }
+
+    /// Whether the context accounts to the mm (mode 1) rather than the user (0).
+    pub fn rlimit_mode_mm(&self) -> bool {
+        self.account_mode.load(Ordering::Acquire) == 1
+    }
+
+    /// Set the RLIMIT mode; `EBUSY` once the context holds any object.
+    pub fn set_rlimit_mode_mm(&self, mm: bool) -> Result<()> {
+        let t = self.objects.lock();
+        if !t.slots.is_empty() {
+            bail!(EBUSY, "the RLIMIT mode can only change while the context holds no object");
+        }
+        self.account_mode.store(mm as u8, Ordering::Release);
+        Ok(())
+    }
+
+    /// Check the invariants of every object; `Err` names the first broken one.
+    pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        for (id, o) in self.objects() {
+            match o {
+                Object::Ioas(i) => i.check_invariants().map_err(|e| format!("IOAS {id}: {e}"))?,
+            }
+        }
+        Ok(())
+    }
+
+    /// Destroy every object, leaves first (what closing the fd does).
+    pub fn destroy_all(&self) {
+        loop {
+            let victims: Vec<Object> = {
+                let mut t = self.objects.lock();
+                let ids: Vec<ObjId> = t
+                    .slots
+                    .iter()
+                    .filter_map(|(&id, s)| match s {
+                        Slot::Live(o) if o.other_users() == 0 => Some(id),
+                        _ => None,
+                    })
+                    .collect();
+                ids.into_iter()
+                    .map(|id| {
+                        let Some(Slot::Live(o)) = t.slots.remove(&id) else { unreachable!() };
+                        t.release_id(id);
+                        o
+                    })
+                    .collect()
+            };
+            if victims.is_empty() {
+                break;
+            }
+            drop(victims);
+        }
+        let left = self.object_count();
+        if left != 0 {
+            tracing::error!("context teardown left {left} object(s) that are still referenced");
+        }
+    }
+}
+
+impl Drop for Context {
+    fn drop(&mut self) {
+        self.destroy_all();
+    }
+}

@@ -1,0 +1,1 @@
+//! IOAS ioctl handlers.

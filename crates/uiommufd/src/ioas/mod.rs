@@ -1,0 +1,83 @@
+//! IO address spaces (the kernel's ioas.c): an [`IoPagetable`] as a context
+//! object, with the typed operations the ioctl handlers and the Rust API call.
+
+pub(crate) mod ioctl;
+
+use std::sync::Arc;
+
+use crate::io_pagetable::{AreaInfo, IoPagetable, IovaRequest, MapSource, Prot};
+use crate::pages::Pages;
+use crate::user::UserMemory;
+use crate::accounting::AccountMode;
+use crate::{bail, Result};
+
+/// An IO address space.
+#[derive(Debug)]
+pub struct Ioas {
+    iopt: IoPagetable,
+    mem: Arc<dyn UserMemory>,
+    account_mode: AccountMode,
+}
+
+impl Ioas {
+    /// A new empty IOAS over `mem`, accounting pins in `account_mode`.
+    pub fn new(mem: Arc<dyn UserMemory>, account_mode: AccountMode) -> Ioas {
+        Ioas { iopt: IoPagetable::new(), mem, account_mode }
+    }
+
+    /// The IO page table.
+    pub fn iopt(&self) -> &IoPagetable {
+        &self.iopt
+    }
+
+    /// `IOMMU_IOAS_MAP`: map `length` bytes of user memory at `user_va`,
+    /// at `iova` (or an allocated IOVA when `None`). Returns the IOVA.
+    pub fn map_user(&self, user_va: u64, length: u64, iova: Option<u64>, prot: Prot) -> Result<u64> {
+        if length == 0 {
+            bail!(EINVAL, "length is zero");
+        }
+        if user_va.checked_add(length).is_none() {
+            bail!(EOVERFLOW, "user_va {user_va:#x} + length {length:#x} overflows");
+        }
+        let pages = Pages::new(self.mem.clone(), user_va, length, prot.write, self.account_mode);
+        let start_byte = user_va - pages.uptr();
+        let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
+        self.iopt.map(vec![MapSource { pages, start_byte, length }], length, req, prot)
+    }
+
+    /// `IOMMU_IOAS_COPY`: map what backs `[src_iova, src_iova + length)` in
+    /// `src` into this IOAS, sharing the pin. Returns the destination IOVA.
+    pub fn copy_from(&self, src: &Ioas, src_iova: u64, length: u64, dst_iova: Option<u64>, prot: Prot) -> Result<u64> {
+        let sources = src.iopt.get_pages(src_iova, length)?;
+        let req = dst_iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
+        self.iopt.map(sources, length, req, prot)
+    }
+
+    /// `IOMMU_IOAS_UNMAP` of a range: returns the bytes unmapped.
+    pub fn unmap(&self, iova: u64, length: u64) -> Result<u64> {
+        self.iopt.unmap(iova, length)
+    }
+
+    /// `IOMMU_IOAS_UNMAP` of everything: returns the bytes unmapped.
+    pub fn unmap_all(&self) -> Result<u64> {
+        self.iopt.unmap_all()
+    }
+
+    /// The areas, in IOVA order.
+    pub fn areas(&self) -> Vec<AreaInfo> {
+        self.iopt.areas()
+    }
+
+    /// Check this IOAS's invariants.
+    pub fn check_invariants(&self) -> std::result::Result<(), String> {
+        self.iopt.check_invariants()
+    }
+}
+
+impl Drop for Ioas {
+    fn drop(&mut self) {
+        if let Err(e) = self.iopt.unmap_all() {
+            tracing::error!("IOAS teardown: unmap_all failed: {e}");
+        }
+    }
+}

@@ -1,0 +1,46 @@
+//! # uiommufd
+//!
+//! The Linux IOMMUFD subsystem (`/dev/iommu`) rebuilt in userspace: the same
+//! objects, the same ioctl ABI and the same errno semantics as Linux 6.12,
+//! with no kernel support, no root and no IOMMU.
+//!
+//! The crate is organised like the kernel's `drivers/iommu/iommufd`:
+//!
+//! | module | kernel | what |
+//! |---|---|---|
+//! | [`context`] | main.c | the fd context, object table, destroy |
+//! | [`uapi`] | uapi/iommufd.h, main.c | ABI structs, ioctl dispatch and size rules |
+//! | [`ioas`] | ioas.c | IOAS objects and their ioctl handlers |
+//! | [`io_pagetable`] | io_pagetable.c | IOVA → area tree, allowed/reserved ranges, IOVA allocation |
+//! | [`pages`] | pages.c | single pin of user memory shared by areas |
+//! | [`accounting`] | pages.c | RLIMIT_MEMLOCK accounting modes |
+//! | [`mock`] | selftest.c | the selftest's `IOMMU_TEST_CMD` |
+//! | [`user`] | copy_*_user, GUP | fault-safe user memory access |
+//!
+//! Data flows one way: uAPI bytes → handler (validate, copy in) → engine
+//! call → handler (copy out). The engine speaks typed Rust.
+//!
+//! ```
+//! use uiommufd::Context;
+//! let ctx = Context::new();
+//! let ioas = ctx.ioas_alloc().unwrap();
+//! let buf = vec![0u8; 4096 * 4];
+//! let iova = ctx.ioas(ioas).unwrap()
+//!     .map_user(buf.as_ptr() as u64, 4096, None, uiommufd::Prot::RW).unwrap();
+//! assert_eq!(ctx.ioas(ioas).unwrap().unmap(iova, 4096).unwrap(), 4096);
+//! ```
+
+pub mod accounting;
+pub mod context;
+mod error;
+pub mod io_pagetable;
+pub mod ioas;
+pub mod logging;
+pub mod mock;
+pub mod pages;
+pub mod uapi;
+pub mod user;
+
+pub use context::{Context, ObjId};
+pub use error::{Errno, Error, Result};
+pub use io_pagetable::Prot;

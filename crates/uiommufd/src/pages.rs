@@ -1,0 +1,293 @@
+//! Pages objects: one contiguous range of user memory, pinned at most once.
+//!
+//! An `IOAS_MAP` creates one [`Pages`] for the user range it names. Areas (in
+//! any number of IOASes, via `IOAS_COPY`), domains and accesses that use the
+//! same memory hold the same `Arc<Pages>`; the pin itself is a per-page user
+//! count inside it, so a page is populated and accounted once however many
+//! users it has (the kernel's `struct iopt_pages`).
+//!
+//! Intervals here are in **page indexes relative to the start of the object**,
+//! `first..=last` (inclusive `last`), like the kernel's pages.c.
+//!
+//! Lock order: `Pages::pins` is a leaf lock; nothing else is taken under it
+//! except the global accounting atomics and the user-memory calls.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use crate::accounting::{Account, AccountMode};
+use crate::user::{page_size, UserMemory};
+use crate::Result;
+
+/// A contiguous, page-aligned range of user memory and its pin state.
+#[derive(Debug)]
+pub struct Pages {
+    id: u64,
+    uptr: u64,
+    npages: u64,
+    writable: bool,
+    mem: Arc<dyn UserMemory>,
+    account: Account,
+    pins: Mutex<PinMap>,
+}
+
+/// Per-page user counts, stored as runs: start page -> (last page, count).
+/// Runs never overlap and never have a count of zero.
+#[derive(Debug, Default)]
+struct PinMap {
+    runs: BTreeMap<u64, (u64, u32)>,
+    /// Pages with a count above zero (what is populated and accounted).
+    npinned: u64,
+}
+
+impl PinMap {
+    /// Split the run containing `at` (if any) so that a run starts at `at`.
+    fn split_at(&mut self, at: u64) {
+        if let Some((&s, &(l, c))) = self.runs.range(..at).next_back() {
+            if l >= at {
+                self.runs.insert(s, (at - 1, c));
+                self.runs.insert(at, (l, c));
+            }
+        }
+    }
+
+    /// The holes (count zero) within `first..=last`, in order.
+    fn holes(&self, first: u64, last: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut cur = first;
+        let start = self.runs.range(..=first).next_back().map(|(&s, _)| s).unwrap_or(first);
+        for (&s, &(l, _)) in self.runs.range(start..=last) {
+            if l < cur {
+                continue;
+            }
+            if s > cur {
+                out.push((cur, s - 1));
+            }
+            if l >= last {
+                return out;
+            }
+            cur = l + 1;
+        }
+        if cur <= last {
+            out.push((cur, last));
+        }
+        out
+    }
+
+    /// Add `delta` (+1 or -1) to every page of `first..=last`.
+    /// For -1, every page must currently have a count above zero.
+    fn add(&mut self, first: u64, last: u64, delta: i32) {
+        self.split_at(first);
+        if last < u64::MAX {
+            self.split_at(last + 1);
+        }
+        if delta > 0 {
+            for (s, l) in self.holes(first, last) {
+                self.runs.insert(s, (l, 0));
+            }
+        }
+        let keys: Vec<u64> = self.runs.range(first..=last).map(|(&s, _)| s).collect();
+        for s in keys {
+            let (l, c) = self.runs[&s];
+            let n = (c as i64 + delta as i64) as u32;
+            if c == 0 && n > 0 {
+                self.npinned += l - s + 1;
+            }
+            if n == 0 {
+                self.npinned -= l - s + 1;
+                self.runs.remove(&s);
+            } else {
+                self.runs.insert(s, (l, n));
+            }
+        }
+        self.merge_around(first, last);
+    }
+
+    fn merge_around(&mut self, first: u64, last: u64) {
+        let lo = self.runs.range(..first).next_back().map(|(&s, _)| s).unwrap_or(first);
+        let keys: Vec<u64> = self.runs.range(lo..=last.saturating_add(1)).map(|(&s, _)| s).collect();
+        let mut prev: Option<u64> = None;
+        for s in keys {
+            if let Some(p) = prev {
+                let (pl, pc) = self.runs[&p];
+                let (l, c) = self.runs[&s];
+                if pl + 1 == s && pc == c {
+                    self.runs.insert(p, (l, c));
+                    self.runs.remove(&s);
+                    continue;
+                }
+            }
+            prev = Some(s);
+        }
+    }
+
+    fn count(&self, page: u64) -> u32 {
+        match self.runs.range(..=page).next_back() {
+            Some((_, &(l, c))) if l >= page => c,
+            _ => 0,
+        }
+    }
+}
+
+static NEXT_ID: AtomicU64 = AtomicU64::new(1);
+
+/// Every live pages object, so that `MD_CHECK_REFS` can answer for the whole
+/// process as the kernel's page refcount does. Sharded so that creating pages
+/// objects from many threads does not serialise on one lock.
+const SHARDS: usize = 16;
+static REGISTRY: [Mutex<Vec<(u64, Weak<Pages>)>>; SHARDS] = [const { Mutex::new(Vec::new()) }; SHARDS];
+
+impl Pages {
+    /// A new, unpinned pages object covering the pages that hold
+    /// `[uptr, uptr + length)` (rounded out to whole pages).
+    pub fn new(mem: Arc<dyn UserMemory>, uptr: u64, length: u64, writable: bool, mode: AccountMode) -> Arc<Pages> {
+        let ps = page_size();
+        let base = uptr & !(ps - 1);
+        let end = uptr.saturating_add(length).div_ceil(ps) * ps;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let p = Arc::new(Pages {
+            id,
+            uptr: base,
+            npages: (end - base) / ps,
+            writable,
+            mem,
+            account: Account::new(mode),
+            pins: Mutex::new(PinMap::default()),
+        });
+        REGISTRY[(id as usize) % SHARDS].lock().push((id, Arc::downgrade(&p)));
+        p
+    }
+
+    /// Page-aligned user address of page 0.
+    pub fn uptr(&self) -> u64 {
+        self.uptr
+    }
+    /// Number of pages covered.
+    pub fn npages(&self) -> u64 {
+        self.npages
+    }
+    /// Length in bytes (whole pages).
+    pub fn len_bytes(&self) -> u64 {
+        self.npages * page_size()
+    }
+    /// Whether the memory is pinned for write (the map asked for WRITEABLE).
+    pub fn writable(&self) -> bool {
+        self.writable
+    }
+    /// Process-unique identity, for logs and invariant reports.
+    pub fn id(&self) -> u64 {
+        self.id
+    }
+    /// The memory this object reaches.
+    pub fn memory(&self) -> &Arc<dyn UserMemory> {
+        &self.mem
+    }
+
+    /// Add one user to pages `first..=last`, populating and accounting the
+    /// pages that had none. On failure nothing changes.
+    pub fn pin(&self, first: u64, last: u64) -> Result<()> {
+        debug_assert!(first <= last && last < self.npages);
+        let ps = page_size();
+        let mut pins = self.pins.lock();
+        let holes = pins.holes(first, last);
+        let new: u64 = holes.iter().map(|(s, l)| l - s + 1).sum();
+        if new > 0 {
+            self.account.charge(new)?;
+            for &(s, l) in &holes {
+                if let Err(e) = self.mem.populate(self.uptr + s * ps, (l - s + 1) * ps, self.writable) {
+                    self.account.uncharge(new);
+                    return Err(e);
+                }
+            }
+        }
+        pins.add(first, last, 1);
+        Ok(())
+    }
+
+    /// Drop one user from pages `first..=last` (each must have one).
+    pub fn unpin(&self, first: u64, last: u64) {
+        let mut pins = self.pins.lock();
+        let before = pins.npinned;
+        pins.add(first, last, -1);
+        self.account.uncharge(before - pins.npinned);
+    }
+
+    /// How many pages currently have at least one user.
+    pub fn npinned(&self) -> u64 {
+        self.pins.lock().npinned
+    }
+
+    /// Whether `page` (an index into this object) has at least one user.
+    pub fn is_pinned(&self, page: u64) -> bool {
+        self.pins.lock().count(page) > 0
+    }
+
+    /// How many live pages objects hold the page at user address `addr` pinned:
+    /// the userspace meaning of the selftest's page refcount check.
+    pub fn pins_of_user_page(addr: u64) -> u32 {
+        let ps = page_size();
+        let addr = addr & !(ps - 1);
+        let mut n = 0;
+        for shard in &REGISTRY {
+            for (_, w) in shard.lock().iter() {
+                if let Some(p) = w.upgrade() {
+                    if addr >= p.uptr && addr < p.uptr + p.len_bytes() && p.is_pinned((addr - p.uptr) / ps) {
+                        n += 1;
+                    }
+                }
+            }
+        }
+        n
+    }
+}
+
+impl Drop for Pages {
+    fn drop(&mut self) {
+        let pins = self.pins.get_mut();
+        debug_assert_eq!(pins.npinned, 0, "pages object {} dropped with pinned pages", self.id);
+        if pins.npinned != 0 {
+            self.account.uncharge(pins.npinned);
+        }
+        REGISTRY[(self.id as usize) % SHARDS].lock().retain(|(id, _)| *id != self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::user::SelfMemory;
+
+    fn buf(npages: usize) -> (Vec<u8>, u64) {
+        let ps = page_size() as usize;
+        let v = vec![0u8; (npages + 1) * ps];
+        let a = (v.as_ptr() as u64).div_ceil(ps as u64) * ps as u64;
+        (v, a)
+    }
+
+    #[test]
+    fn pin_counts_overlap_and_release() {
+        let (_v, a) = buf(8);
+        let p = Pages::new(Arc::new(SelfMemory), a, 8 * page_size(), true, AccountMode::None);
+        p.pin(0, 3).unwrap();
+        p.pin(2, 5).unwrap();
+        assert_eq!(p.npinned(), 6);
+        assert_eq!(Pages::pins_of_user_page(a + 2 * page_size()), 1);
+        p.unpin(0, 3);
+        assert!(!p.is_pinned(1));
+        assert!(p.is_pinned(2));
+        assert_eq!(p.npinned(), 4);
+        p.unpin(2, 5);
+        assert_eq!(p.npinned(), 0);
+        assert!(p.pins.lock().runs.is_empty());
+    }
+
+    #[test]
+    fn pin_failure_changes_nothing() {
+        let p = Pages::new(Arc::new(SelfMemory), 1 << 31, 4 * page_size(), true, AccountMode::None);
+        assert_eq!(p.pin(0, 3).unwrap_err().errno().0, libc::EFAULT);
+        assert_eq!(p.npinned(), 0);
+    }
+}

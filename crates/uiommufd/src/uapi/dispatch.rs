@@ -1,0 +1,1 @@
+//! ioctl dispatch.

@@ -1,0 +1,132 @@
+//! Reaching user memory: the one seam between the engine and the address
+//! space whose pages it maps.
+//!
+//! The kernel uses `copy_from_user`/`copy_to_user` (which fail with `EFAULT`
+//! instead of crashing) and `pin_user_pages`. In-process we get the same
+//! guarantees from `process_vm_readv`/`process_vm_writev` on our own pid (the
+//! kernel checks the pointers for us, so a bad pointer is `EFAULT`, never
+//! `SIGSEGV`) and from `MADV_POPULATE_{READ,WRITE}`, which faults pages in
+//! with the access the mapping needs and refuses unmapped or forbidden
+//! memory. A later shared-state mode (a daemon holding the engine) will add a
+//! second implementation that targets another pid.
+
+use crate::{Error, Result};
+
+/// The host page size (4 KiB on the machines we run on; read once).
+pub fn page_size() -> u64 {
+    use std::sync::OnceLock;
+    static PS: OnceLock<u64> = OnceLock::new();
+    *PS.get_or_init(|| {
+        // SAFETY: sysconf has no memory-safety preconditions.
+        let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+        if v > 0 { v as u64 } else { 4096 }
+    })
+}
+
+/// Access to the memory of the process whose pointers arrive in commands.
+pub trait UserMemory: Send + Sync + std::fmt::Debug {
+    /// Copy `buf.len()` bytes from user address `addr`; `EFAULT` if any byte is unreadable.
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()>;
+    /// Copy `buf` to user address `addr`; `EFAULT` if any byte is unwritable.
+    fn write(&self, addr: u64, buf: &[u8]) -> Result<()>;
+    /// Make `[addr, addr + len)` present with read (and, if `write`, write)
+    /// access, as `pin_user_pages` would; `EFAULT` when the range is not
+    /// mapped or does not allow that access.
+    fn populate(&self, addr: u64, len: u64, write: bool) -> Result<()>;
+}
+
+/// The calling process's own memory.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct SelfMemory;
+
+fn iov_count(len: usize) -> Option<usize> {
+    (len > 0).then_some(len)
+}
+
+impl UserMemory for SelfMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        let Some(len) = iov_count(buf.len()) else { return Ok(()) };
+        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: len };
+        let remote = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: len };
+        // SAFETY: `local` describes `buf`, which we own mutably for the call;
+        // the remote side is only read by the kernel, which checks it.
+        let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+        if n == len as isize {
+            Ok(())
+        } else {
+            Err(Error::new(libc::EFAULT, format!("cannot read {len} bytes at user address {addr:#x}")))
+        }
+    }
+
+    fn write(&self, addr: u64, buf: &[u8]) -> Result<()> {
+        let Some(len) = iov_count(buf.len()) else { return Ok(()) };
+        let local = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: len };
+        let remote = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: len };
+        // SAFETY: `local` describes `buf` (only read by the kernel); the
+        // remote range is checked by the kernel and fails with EFAULT.
+        let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+        if n == len as isize {
+            Ok(())
+        } else {
+            Err(Error::new(libc::EFAULT, format!("cannot write {len} bytes at user address {addr:#x}")))
+        }
+    }
+
+    fn populate(&self, addr: u64, len: u64, write: bool) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let advice = if write { libc::MADV_POPULATE_WRITE } else { libc::MADV_POPULATE_READ };
+        // SAFETY: MADV_POPULATE_* only faults pages in; it never changes the
+        // contents or the mapping, and it validates the range itself.
+        let rc = unsafe { libc::madvise(addr as usize as *mut libc::c_void, len as usize, advice) };
+        if rc == 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        // populate answers EINVAL (PROT_NONE, or write to read-only) and
+        // ENOMEM (unmapped) where get_user_pages says EFAULT.
+        Err(Error::new(
+            libc::EFAULT,
+            format!(
+                "cannot pin user range {addr:#x}+{len:#x} for {}: {e}",
+                if write { "write" } else { "read" }
+            ),
+        ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn read_write_roundtrip_and_efault() {
+        let mut src = [1u8, 2, 3, 4];
+        let mut dst = [0u8; 4];
+        SelfMemory.read(src.as_ptr() as u64, &mut dst).unwrap();
+        assert_eq!(dst, src);
+        SelfMemory.write(src.as_mut_ptr() as u64, &[9, 9, 9, 9]).unwrap();
+        assert_eq!(src, [9, 9, 9, 9]);
+        assert_eq!(SelfMemory.read(0, &mut dst).unwrap_err().errno().0, libc::EFAULT);
+        assert_eq!(SelfMemory.write(8, &dst).unwrap_err().errno().0, libc::EFAULT);
+    }
+
+    #[test]
+    fn populate_refuses_unmapped_and_readonly() {
+        let ps = page_size() as usize;
+        // SAFETY: plain anonymous mapping, unmapped at the end of the test.
+        let p = unsafe {
+            libc::mmap(std::ptr::null_mut(), 2 * ps, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let a = p as u64;
+        SelfMemory.populate(a, ps as u64, false).unwrap();
+        assert_eq!(SelfMemory.populate(a, ps as u64, true).unwrap_err().errno().0, libc::EFAULT);
+        // SAFETY: the second page of our own mapping.
+        unsafe { libc::munmap((a + ps as u64) as *mut libc::c_void, ps) };
+        assert_eq!(SelfMemory.populate(a, 2 * ps as u64, false).unwrap_err().errno().0, libc::EFAULT);
+        // SAFETY: what is left of our own mapping.
+        unsafe { libc::munmap(p, ps) };
+    }
+}
