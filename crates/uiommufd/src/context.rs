@@ -68,6 +68,8 @@ struct Table {
     /// IDs below `next` that are free again.
     free: BTreeSet<ObjId>,
     next: ObjId,
+    /// The IOAS a VFIO container on this context uses (`IOMMU_VFIO_IOAS`).
+    compat_ioas: Option<ObjId>,
 }
 
 impl Table {
@@ -86,6 +88,9 @@ impl Table {
 
     fn release_id(&mut self, id: ObjId) {
         self.slots.remove(&id);
+        if self.compat_ioas == Some(id) {
+            self.compat_ioas = None;
+        }
         if id == self.next {
             self.next -= 1;
             while self.next > 0 && self.free.remove(&self.next) {
@@ -177,6 +182,14 @@ impl Context {
         }
     }
 
+    /// `IOMMU_IOAS_ALLOC` for Rust callers: a new empty IOAS; returns its ID.
+    pub fn ioas_alloc(&self) -> Result<ObjId> {
+        let r = self.reserve()?;
+        let id = r.id();
+        r.finalize(Object::Ioas(Arc::new(Ioas::new(self.mem.clone(), self.account_mode()))));
+        Ok(id)
+    }
+
     /// `IOMMU_DESTROY`: remove `id` if nothing else uses it.
     pub fn destroy(&self, id: ObjId) -> Result<()> {
         let obj = {
@@ -196,6 +209,19 @@ impl Context {
         };
         drop(obj); // destructor runs outside the table lock
         Ok(())
+    }
+
+    /// The compat IOAS (`IOMMU_VFIO_IOAS_GET`): `ENODEV` when none is set.
+    pub fn compat_ioas(&self) -> Result<ObjId> {
+        match self.objects.lock().compat_ioas {
+            Some(id) => Ok(id),
+            None => Err(err!(ENODEV, "no compat IOAS is set on this context")),
+        }
+    }
+
+    /// Set or clear the compat IOAS (the caller checked that `id` is an IOAS).
+    pub fn set_compat_ioas(&self, id: Option<ObjId>) {
+        self.objects.lock().compat_ioas = id;
     }
 
     /// Number of live objects.
@@ -236,13 +262,17 @@ impl Context {
         self.account_mode.load(Ordering::Acquire) == 1
     }
 
-    /// Set the RLIMIT mode; `EBUSY` once the context holds any object.
-    pub fn set_rlimit_mode_mm(&self, mm: bool) -> Result<()> {
+    /// Set the RLIMIT mode (0: user, 1: mm); `EBUSY` once the context holds
+    /// any object, `EINVAL` for another value.
+    pub fn set_rlimit_mode(&self, mode: u64) -> Result<()> {
         let t = self.objects.lock();
         if !t.slots.is_empty() {
             bail!(EBUSY, "the RLIMIT mode can only change while the context holds no object");
         }
-        self.account_mode.store(mm as u8, Ordering::Release);
+        if mode > 1 {
+            bail!(EINVAL, "RLIMIT mode {mode} is neither 0 (user) nor 1 (mm)");
+        }
+        self.account_mode.store(mode as u8, Ordering::Release);
         Ok(())
     }
 

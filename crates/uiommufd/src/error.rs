@@ -90,9 +90,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 /// Return early with an [`Error`]: `bail!(EINVAL, "length {} is zero", len)`.
 #[macro_export]
 macro_rules! bail {
-    ($errno:ident, $lit:literal) => {
-        return Err($crate::Error::new(libc::$errno, $lit))
-    };
     ($errno:ident, $($fmt:tt)+) => {
         return Err($crate::Error::new(libc::$errno, format!($($fmt)+)))
     };
@@ -101,9 +98,6 @@ macro_rules! bail {
 /// Build an [`Error`] without returning: `err!(ENOENT, "no object {}", id)`.
 #[macro_export]
 macro_rules! err {
-    ($errno:ident, $lit:literal) => {
-        $crate::Error::new(libc::$errno, $lit)
-    };
     ($errno:ident, $($fmt:tt)+) => {
         $crate::Error::new(libc::$errno, format!($($fmt)+))
     };

@@ -31,6 +31,8 @@
 //! ```
 
 pub mod accounting;
+pub mod hwpt;
+pub mod vfio_compat;
 pub mod context;
 mod error;
 pub mod io_pagetable;

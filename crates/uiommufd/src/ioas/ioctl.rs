@@ -1,1 +1,163 @@
-//! IOAS ioctl handlers.
+//! IOAS ioctl handlers (the kernel's ioas.c): each validates its struct in
+//! the kernel's order (flags/reserved → ranges/overflow → meaning → object
+//! lookup), calls the engine, and writes the reply.
+
+use std::sync::Arc;
+
+use zerocopy::IntoBytes;
+
+use super::Ioas;
+use crate::context::Object;
+use crate::io_pagetable::Prot;
+use crate::uapi::dispatch::Ucmd;
+use crate::uapi::*;
+use crate::{bail, Error, Result};
+
+const MAP_FLAGS: u32 = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE;
+/// The kernel refuses lengths and IOVAs of `ULONG_MAX` and above.
+const ULONG_MAX: u64 = u64::MAX;
+
+fn prot_of(flags: u32) -> Prot {
+    Prot { read: flags & IOMMU_IOAS_MAP_READABLE != 0, write: flags & IOMMU_IOAS_MAP_WRITEABLE != 0 }
+}
+
+/// `IOMMU_IOAS_ALLOC`
+pub(crate) fn alloc(u: &Ucmd) -> Result<i32> {
+    let mut cmd: IommuIoasAlloc = u.cmd();
+    if cmd.flags != 0 {
+        bail!(EOPNOTSUPP, "IOAS_ALLOC: flags {:#x} must be zero", cmd.flags);
+    }
+    // two-phase: the ID is only published once the reply reached the user
+    let r = u.ctx.reserve()?;
+    let ioas = Arc::new(Ioas::new(u.ctx.memory().clone(), u.ctx.account_mode()));
+    cmd.out_ioas_id = r.id();
+    u.respond(&cmd)?;
+    r.finalize(Object::Ioas(ioas));
+    Ok(0)
+}
+
+/// `IOMMU_IOAS_IOVA_RANGES`
+pub(crate) fn iova_ranges(u: &Ucmd) -> Result<i32> {
+    let mut cmd: IommuIoasIovaRanges = u.cmd();
+    if cmd.__reserved != 0 {
+        bail!(EOPNOTSUPP, "IOAS_IOVA_RANGES: __reserved must be zero");
+    }
+    let ioas = u.ctx.ioas(cmd.ioas_id)?;
+    let (ranges, align) = ioas.iopt().iova_ranges();
+    let max = cmd.num_iovas as usize;
+    for (i, &(start, last)) in ranges.iter().take(max).enumerate() {
+        let elm = IommuIovaRange { start, last };
+        let at = cmd.allowed_iovas.wrapping_add((i * size_of::<IommuIovaRange>()) as u64);
+        u.write_user(at, elm.as_bytes()).map_err(|_| Error::fault("cannot write allowed_iovas"))?;
+    }
+    cmd.num_iovas = ranges.len() as u32;
+    cmd.out_iova_alignment = align;
+    u.respond(&cmd)?;
+    if ranges.len() > max {
+        bail!(EMSGSIZE, "IOAS_IOVA_RANGES: {} ranges do not fit in num_iovas {max}", ranges.len());
+    }
+    Ok(0)
+}
+
+/// `IOMMU_IOAS_ALLOW_IOVAS`
+pub(crate) fn allow_iovas(u: &Ucmd) -> Result<i32> {
+    let cmd: IommuIoasAllowIovas = u.cmd();
+    if cmd.__reserved != 0 {
+        bail!(EOPNOTSUPP, "IOAS_ALLOW_IOVAS: __reserved must be zero");
+    }
+    let ioas = u.ctx.ioas(cmd.ioas_id)?;
+    let mut ranges: Vec<(u64, u64)> = Vec::new();
+    for i in 0..cmd.num_iovas as u64 {
+        let mut r = IommuIovaRange::default();
+        let at = cmd.allowed_iovas.wrapping_add(i * size_of::<IommuIovaRange>() as u64);
+        u.read_user(at, r.as_mut_bytes()).map_err(|_| Error::fault("cannot read allowed_iovas"))?;
+        if r.start >= r.last {
+            bail!(EINVAL, "IOAS_ALLOW_IOVAS: range {i} has start {:#x} >= last {:#x}", r.start, r.last);
+        }
+        if ranges.iter().any(|&(s, l)| r.start <= l && s <= r.last) {
+            bail!(EINVAL, "IOAS_ALLOW_IOVAS: range {i} [{:#x}, {:#x}] overlaps an earlier one", r.start, r.last);
+        }
+        ranges.push((r.start, r.last));
+    }
+    ioas.iopt().set_allowed(&ranges)?;
+    Ok(0)
+}
+
+/// `IOMMU_IOAS_MAP`
+pub(crate) fn map(u: &Ucmd) -> Result<i32> {
+    let mut cmd: IommuIoasMap = u.cmd();
+    if cmd.flags & !MAP_FLAGS != 0 || cmd.__reserved != 0 {
+        bail!(EOPNOTSUPP, "IOAS_MAP: unknown flags {:#x} or non-zero __reserved", cmd.flags & !MAP_FLAGS);
+    }
+    if cmd.iova >= ULONG_MAX || cmd.length >= ULONG_MAX {
+        bail!(EOVERFLOW, "IOAS_MAP: iova or length is ULONG_MAX or more");
+    }
+    if cmd.flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE) == 0 {
+        bail!(EINVAL, "IOAS_MAP: neither READABLE nor WRITEABLE is set");
+    }
+    let ioas = u.ctx.ioas(cmd.ioas_id)?;
+    let fixed = (cmd.flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(cmd.iova);
+    cmd.iova = ioas.map_user(cmd.user_va, cmd.length, fixed, prot_of(cmd.flags))?;
+    u.respond(&cmd)?;
+    Ok(0)
+}
+
+/// `IOMMU_IOAS_COPY`
+pub(crate) fn copy(u: &Ucmd) -> Result<i32> {
+    let mut cmd: IommuIoasCopy = u.cmd();
+    if cmd.flags & !MAP_FLAGS != 0 {
+        bail!(EOPNOTSUPP, "IOAS_COPY: unknown flags {:#x}", cmd.flags & !MAP_FLAGS);
+    }
+    if cmd.length >= ULONG_MAX || cmd.src_iova >= ULONG_MAX || cmd.dst_iova >= ULONG_MAX {
+        bail!(EOVERFLOW, "IOAS_COPY: length or an IOVA is ULONG_MAX or more");
+    }
+    if cmd.flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE) == 0 {
+        bail!(EINVAL, "IOAS_COPY: neither READABLE nor WRITEABLE is set");
+    }
+    let src = u.ctx.ioas(cmd.src_ioas_id)?;
+    let sources = src.iopt().get_pages(cmd.src_iova, cmd.length)?;
+    drop(src);
+    let dst = u.ctx.ioas(cmd.dst_ioas_id)?;
+    let fixed = (cmd.flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(cmd.dst_iova);
+    cmd.dst_iova = dst.map_sources(sources, cmd.length, fixed, prot_of(cmd.flags))?;
+    u.respond(&cmd)?;
+    Ok(0)
+}
+
+/// `IOMMU_IOAS_UNMAP`
+pub(crate) fn unmap(u: &Ucmd) -> Result<i32> {
+    let mut cmd: IommuIoasUnmap = u.cmd();
+    let ioas = u.ctx.ioas(cmd.ioas_id)?;
+    let unmapped = if cmd.iova == 0 && cmd.length == u64::MAX {
+        ioas.unmap_all()?
+    } else {
+        if cmd.iova >= ULONG_MAX || cmd.length >= ULONG_MAX {
+            bail!(EOVERFLOW, "IOAS_UNMAP: iova or length is ULONG_MAX or more");
+        }
+        let n = ioas.unmap(cmd.iova, cmd.length)?;
+        if n == 0 {
+            bail!(ENOENT, "IOAS_UNMAP: nothing is mapped in [{:#x}, +{:#x})", cmd.iova, cmd.length);
+        }
+        n
+    };
+    cmd.length = unmapped;
+    u.respond(&cmd)?;
+    Ok(0)
+}
+
+/// `IOMMU_OPTION` with `IOMMU_OPTION_HUGE_PAGES` (per IOAS).
+pub(crate) fn option_huge_pages(u: &Ucmd, cmd: &mut IommuOption) -> Result<()> {
+    let ioas = u.ctx.ioas(cmd.object_id)?;
+    match cmd.op {
+        IOMMU_OPTION_OP_GET => {
+            cmd.val64 = ioas.iopt().large_pages() as u64;
+            Ok(())
+        }
+        IOMMU_OPTION_OP_SET => match cmd.val64 {
+            0 => ioas.iopt().set_large_pages(false),
+            1 => ioas.iopt().set_large_pages(true),
+            v => bail!(EINVAL, "IOMMU_OPTION_HUGE_PAGES: value {v} is neither 0 nor 1"),
+        },
+        op => bail!(EOPNOTSUPP, "IOMMU_OPTION: unknown op {op}"),
+    }
+}

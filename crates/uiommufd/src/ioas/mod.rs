@@ -49,7 +49,13 @@ impl Ioas {
     /// `src` into this IOAS, sharing the pin. Returns the destination IOVA.
     pub fn copy_from(&self, src: &Ioas, src_iova: u64, length: u64, dst_iova: Option<u64>, prot: Prot) -> Result<u64> {
         let sources = src.iopt.get_pages(src_iova, length)?;
-        let req = dst_iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
+        self.map_sources(sources, length, dst_iova, prot)
+    }
+
+    /// Map already-existing pages objects (what `IOAS_COPY` does once it has
+    /// looked them up in the source IOAS). Returns the IOVA.
+    pub fn map_sources(&self, sources: Vec<MapSource>, length: u64, iova: Option<u64>, prot: Prot) -> Result<u64> {
+        let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
         self.iopt.map(sources, length, req, prot)
     }
 

@@ -1,1 +1,255 @@
-//! ioctl dispatch.
+//! ioctl dispatch: one table, one size rule (the kernel's main.c).
+//!
+//! Each command declares its struct and the end of its last required field.
+//! The dispatcher alone handles:
+//! 1. command numbers outside the iommufd table go to the VFIO compat path
+//!    (today: `ENOTTY` for all of them);
+//! 2. `size` is read from the first 4 bytes of the argument (`EFAULT`);
+//! 3. a number inside the table but not a command of ours is `ENOTTY`;
+//! 4. `size` below the minimum is `EINVAL`;
+//! 5. the struct is copied in, zero-filled past `size`, and any byte past what
+//!    we understand must be zero (`E2BIG`) — `copy_struct_from_user`;
+//! 6. the handler runs; replies copy back `min(size, sizeof(struct))` bytes.
+//!
+//! Handlers never touch sizes. A panic inside a handler is caught here and
+//! becomes `EIO`, so no caller (C through the preload, or Rust) is aborted.
+
+use std::mem::{offset_of, size_of};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use std::sync::Arc;
+
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+
+use super::*;
+use crate::context::Context;
+use crate::{bail, Error, Result};
+
+/// Room for the largest command struct we understand.
+const BUF_LEN: usize = 128;
+
+/// One decoded ioctl call: the context, the user buffer and the copied-in struct.
+#[derive(Debug)]
+pub struct Ucmd<'a> {
+    /// The context the fd refers to.
+    pub ctx: &'a Arc<Context>,
+    /// The user pointer passed to ioctl.
+    pub arg: u64,
+    /// The `size` field the user passed.
+    pub user_size: u32,
+    buf: [u8; BUF_LEN],
+}
+
+impl Ucmd<'_> {
+    /// The command struct, as copied in (zero past the user's size).
+    pub fn cmd<T: FromBytes + KnownLayout + Immutable>(&self) -> T {
+        match T::read_from_prefix(&self.buf) {
+            Ok((v, _)) => v,
+            Err(_) => unreachable!("command struct larger than the dispatch buffer"),
+        }
+    }
+
+    /// Copy `reply` back: `min(user size, sizeof(T))` bytes (`iommufd_ucmd_respond`).
+    pub fn respond<T: IntoBytes + Immutable>(&self, reply: &T) -> Result<()> {
+        let bytes = reply.as_bytes();
+        let n = bytes.len().min(self.user_size as usize);
+        self.ctx.memory().write(self.arg, &bytes[..n]).map_err(|_| Error::fault("cannot write the reply"))
+    }
+
+    /// Copy `n` bytes from user address `addr`.
+    pub fn read_user(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+        self.ctx.memory().read(addr, buf)
+    }
+
+    /// Copy bytes to user address `addr`.
+    pub fn write_user(&self, addr: u64, buf: &[u8]) -> Result<()> {
+        self.ctx.memory().write(addr, buf)
+    }
+}
+
+/// A handler: validates the struct in `Ucmd` and calls the engine.
+type Handler = fn(&Ucmd) -> Result<i32>;
+
+/// One row of the ioctl table.
+struct Op {
+    name: &'static str,
+    /// The full ioctl number (`_IO(';', nr)`).
+    num: u32,
+    /// Bytes we understand (`sizeof` the 6.12 struct).
+    size: usize,
+    /// End of the last field a caller must supply.
+    min_size: usize,
+    exec: Handler,
+}
+
+macro_rules! op {
+    ($num:expr, $handler:path, $t:ty, $last:ident : $lt:ty) => {
+        Op {
+            name: stringify!($num),
+            num: $num,
+            size: size_of::<$t>(),
+            min_size: offset_of!($t, $last) + size_of::<$lt>(),
+            exec: $handler,
+        }
+    };
+}
+
+/// The iommufd command table, indexed by `nr - IOMMUFD_CMD_BASE`.
+fn lookup(nr: u32) -> Option<&'static Op> {
+    use crate::{hwpt, ioas::ioctl as ioas, mock, vfio_compat};
+    static OPS: [Op; 16] = [
+        op!(IOMMU_DESTROY, destroy, IommuDestroy, id: u32),
+        op!(IOMMU_IOAS_ALLOC, ioas::alloc, IommuIoasAlloc, out_ioas_id: u32),
+        op!(IOMMU_IOAS_ALLOW_IOVAS, ioas::allow_iovas, IommuIoasAllowIovas, allowed_iovas: u64),
+        op!(IOMMU_IOAS_COPY, ioas::copy, IommuIoasCopy, src_iova: u64),
+        op!(IOMMU_IOAS_IOVA_RANGES, ioas::iova_ranges, IommuIoasIovaRanges, out_iova_alignment: u64),
+        op!(IOMMU_IOAS_MAP, ioas::map, IommuIoasMap, iova: u64),
+        op!(IOMMU_IOAS_UNMAP, ioas::unmap, IommuIoasUnmap, length: u64),
+        op!(IOMMU_OPTION, option, IommuOption, val64: u64),
+        op!(IOMMU_VFIO_IOAS, vfio_compat::vfio_ioas, IommuVfioIoas, __reserved: u16),
+        op!(IOMMU_HWPT_ALLOC, hwpt::alloc, IommuHwptAlloc, __reserved: u32),
+        op!(IOMMU_GET_HW_INFO, hwpt::get_hw_info, IommuHwInfo, __reserved: [u8; 3]),
+        op!(IOMMU_HWPT_SET_DIRTY_TRACKING, hwpt::set_dirty_tracking, IommuHwptSetDirtyTracking, __reserved: u32),
+        op!(IOMMU_HWPT_GET_DIRTY_BITMAP, hwpt::get_dirty_bitmap, IommuHwptGetDirtyBitmap, data: u64),
+        op!(IOMMU_HWPT_INVALIDATE, hwpt::invalidate, IommuHwptInvalidate, __reserved: u32),
+        op!(IOMMU_FAULT_QUEUE_ALLOC, hwpt::fault_queue_alloc, IommuFaultAlloc, out_fault_fd: u32),
+        op!(IOMMU_TEST_CMD, mock::test_cmd, IommuTestCmd, last: u32),
+    ];
+    OPS.iter().find(|op| op.num & 0xff == nr)
+}
+
+/// The last command number the table spans (`IOMMU_TEST_CMD`).
+const TABLE_LAST_NR: u32 = IOMMUFD_CMD_TEST;
+
+/// Execute one ioctl on `ctx`: `cmd` is the request number, `arg` the user
+/// pointer. Returns the ioctl's non-negative result or the error (whose
+/// `errno()` is what the caller must see).
+pub fn ioctl(ctx: &Arc<Context>, cmd: u64, arg: u64) -> Result<i32> {
+    // The kernel's ioctl takes `unsigned int cmd`: upper bits are dropped.
+    let cmd = cmd as u32;
+    let res = catch_unwind(AssertUnwindSafe(|| dispatch(ctx, cmd, arg)));
+    let res = match res {
+        Ok(r) => r,
+        Err(p) => {
+            let msg = p
+                .downcast_ref::<&str>()
+                .map(|s| s.to_string())
+                .or_else(|| p.downcast_ref::<String>().cloned())
+                .unwrap_or_else(|| "unknown panic".into());
+            tracing::error!(cmd = format_args!("{cmd:#x}"), "engine panic caught at the ioctl edge: {msg}");
+            Err(Error::new(libc::EIO, format!("internal error (panic: {msg})")))
+        }
+    };
+    if let Err(e) = &res {
+        tracing::debug!(cmd = format_args!("{cmd:#x}"), errno = %e.errno(), "ioctl failed: {}", e.reason());
+    }
+    res
+}
+
+fn dispatch(ctx: &Arc<Context>, cmd: u32, arg: u64) -> Result<i32> {
+    let nr = cmd & 0xff;
+    if (cmd >> 8) & 0xff != IOMMUFD_TYPE || !(IOMMUFD_CMD_BASE..=TABLE_LAST_NR).contains(&nr) {
+        return crate::vfio_compat::ioctl(ctx, cmd, arg);
+    }
+    let mut size = [0u8; 4];
+    ctx.memory().read(arg, &mut size).map_err(|_| Error::fault("cannot read the command's size field"))?;
+    let user_size = u32::from_ne_bytes(size);
+    let Some(op) = lookup(nr).filter(|op| op.num == cmd) else {
+        bail!(ENOTTY, "ioctl {cmd:#x} is not an iommufd command");
+    };
+    if (user_size as usize) < op.min_size {
+        bail!(EINVAL, "{}: size {user_size} is below the minimum {}", op.name, op.min_size);
+    }
+    debug_assert!(op.size <= BUF_LEN);
+    let mut ucmd = Ucmd { ctx, arg, user_size, buf: [0; BUF_LEN] };
+    copy_struct_from_user(ctx, &mut ucmd.buf[..op.size], arg, user_size as u64, op.name)?;
+    tracing::trace!(cmd = op.name, size = user_size, "ioctl");
+    (op.exec)(&ucmd)
+}
+
+/// Copy a struct of `dst.len()` known bytes from a user buffer of `usize`
+/// bytes: shorter is zero-filled, longer must be zero past what we know.
+fn copy_struct_from_user(ctx: &Context, dst: &mut [u8], arg: u64, usize_: u64, name: &str) -> Result<()> {
+    let known = dst.len() as u64;
+    let n = known.min(usize_) as usize;
+    ctx.memory().read(arg, &mut dst[..n]).map_err(|_| Error::fault("cannot read the command struct"))?;
+    let mut off = known;
+    let mut chunk = [0u8; 512];
+    while off < usize_ {
+        let len = (usize_ - off).min(chunk.len() as u64) as usize;
+        let a = arg.checked_add(off).ok_or_else(|| Error::fault("command struct wraps the address space"))?;
+        ctx.memory().read(a, &mut chunk[..len]).map_err(|_| Error::fault("cannot read the command's tail"))?;
+        if chunk[..len].iter().any(|&b| b != 0) {
+            bail!(
+                E2BIG,
+                "{name}: bytes past the {known} this kernel version understands (size {usize_}) must be zero"
+            );
+        }
+        off += len as u64;
+    }
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------
+// Handlers of main.c's own commands.
+
+/// `IOMMU_DESTROY`
+fn destroy(u: &Ucmd) -> Result<i32> {
+    let cmd: IommuDestroy = u.cmd();
+    u.ctx.destroy(cmd.id)?;
+    Ok(0)
+}
+
+/// `IOMMU_OPTION`
+fn option(u: &Ucmd) -> Result<i32> {
+    let mut cmd: IommuOption = u.cmd();
+    if cmd.__reserved != 0 {
+        bail!(EOPNOTSUPP, "IOMMU_OPTION: __reserved must be zero");
+    }
+    match cmd.option_id {
+        IOMMU_OPTION_RLIMIT_MODE => rlimit_mode(u, &mut cmd)?,
+        IOMMU_OPTION_HUGE_PAGES => crate::ioas::ioctl::option_huge_pages(u, &mut cmd)?,
+        id => bail!(EOPNOTSUPP, "IOMMU_OPTION: unknown option_id {id}"),
+    }
+    let off = offset_of!(IommuOption, val64) as u64;
+    u.write_user(u.arg + off, cmd.val64.as_bytes()).map_err(|_| Error::fault("cannot write val64"))?;
+    Ok(0)
+}
+
+fn rlimit_mode(u: &Ucmd, cmd: &mut IommuOption) -> Result<()> {
+    if cmd.object_id != 0 {
+        bail!(EOPNOTSUPP, "IOMMU_OPTION_RLIMIT_MODE is global: object_id must be 0");
+    }
+    match cmd.op {
+        IOMMU_OPTION_OP_GET => {
+            cmd.val64 = u.ctx.rlimit_mode_mm() as u64;
+            Ok(())
+        }
+        IOMMU_OPTION_OP_SET => {
+            if !crate::accounting::capable(crate::accounting::CAP_SYS_RESOURCE) {
+                bail!(EPERM, "changing the RLIMIT mode needs CAP_SYS_RESOURCE");
+            }
+            u.ctx.set_rlimit_mode(cmd.val64)
+        }
+        op => bail!(EOPNOTSUPP, "IOMMU_OPTION: unknown op {op}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn table_fits_buffer_and_numbers_match() {
+        for nr in IOMMUFD_CMD_BASE..=TABLE_LAST_NR {
+            if let Some(op) = lookup(nr) {
+                assert!(op.size <= BUF_LEN, "{}", op.name);
+                assert!(op.min_size <= op.size, "{}", op.name);
+                assert_eq!(op.num & 0xff, nr);
+            }
+        }
+        assert_eq!(lookup(IOMMUFD_CMD_DESTROY).unwrap().min_size, 8);
+        assert_eq!(lookup(IOMMUFD_CMD_GET_HW_INFO).unwrap().min_size, 32);
+        assert_eq!(lookup(IOMMUFD_CMD_HWPT_ALLOC).unwrap().min_size, 24);
+        assert_eq!(lookup(IOMMUFD_CMD_TEST).unwrap().min_size, 68);
+    }
+}
