@@ -1,1 +1,51 @@
-fn main(){}
+//! `uiommufd`: run unmodified programs against a userspace `/dev/iommu`, and
+//! show what the engine does.
+//!
+//! - `uiommufd run -- PROGRAM [ARGS]`: exec PROGRAM with
+//!   `libuiommufd_preload.so` (found next to this binary) in `LD_PRELOAD`.
+//! - `uiommufd demo`: the /dev/ioasid RFC's flows 5.1 and 5.2 through the
+//!   Rust API, printing each IOAS's IOVA map.
+
+mod demo;
+mod run;
+
+use clap::{Parser, Subcommand};
+
+/// The Linux IOMMUFD subsystem (/dev/iommu) in userspace.
+#[derive(Parser, Debug)]
+#[command(name = "uiommufd", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug)]
+enum Cmd {
+    /// Run PROGRAM with a working /dev/iommu (LD_PRELOAD of libuiommufd_preload.so).
+    Run {
+        /// Path of the preload library (default: next to this binary, or $UIOMMUFD_PRELOAD).
+        #[arg(long)]
+        preload: Option<std::path::PathBuf>,
+        /// The program and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        program: Vec<std::ffi::OsString>,
+    },
+    /// Walk through the /dev/ioasid RFC's use-case flows 5.1 and 5.2 and print the IOVA maps.
+    Demo,
+}
+
+fn main() -> std::process::ExitCode {
+    uiommufd::logging::init_from_env();
+    let cli = Cli::parse();
+    let res = match cli.cmd {
+        Cmd::Run { preload, program } => run::run(preload, program),
+        Cmd::Demo => demo::demo(),
+    };
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("uiommufd: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}

@@ -244,6 +244,25 @@ impl Pages {
     }
 }
 
+/// Check process-wide pin accounting: `pinned_vm` equals the pinned pages
+/// of all live pages objects. Only meaningful while no other thread pins or
+/// unpins (tests call it between steps).
+pub fn check_accounting() -> std::result::Result<(), String> {
+    let mut sum = 0;
+    for shard in &REGISTRY {
+        for (_, w) in shard.lock().iter() {
+            if let Some(p) = w.upgrade() {
+                sum += p.npinned();
+            }
+        }
+    }
+    let vm = crate::accounting::PINNED_VM.load(Ordering::Acquire);
+    if sum != vm {
+        return Err(format!("pinned_vm is {vm} pages but live pages objects pin {sum}"));
+    }
+    Ok(())
+}
+
 impl Drop for Pages {
     fn drop(&mut self) {
         let pins = self.pins.get_mut();
