@@ -1,0 +1,467 @@
+//! # uiommufd-preload
+//!
+//! An `LD_PRELOAD` shim that gives unmodified, dynamically linked programs a
+//! working `/dev/iommu` backed by the [`uiommufd`] engine:
+//!
+//! ```text
+//! cargo build -p uiommufd-preload
+//! LD_PRELOAD=target/debug/libuiommufd_preload.so ./my-iommufd-program
+//! ```
+//!
+//! Set `UIOMMUFD_LOG=debug` to see why a call failed.
+//!
+//! ## What is intercepted
+//!
+//! * `open`, `open64`, `openat`, `openat64` and the fortified `__open_2`,
+//!   `__open64_2`, `__openat_2`, `__openat64_2`. When the path names an
+//!   emulated device node (see `path::DEV_NODES`; today only
+//!   `/dev/iommu`, matched after lexical normalisation and resolution of
+//!   relative paths against the cwd or the `openat` directory fd), the shim
+//!   creates a `memfd` named `uiommufd:/dev/iommu` (close-on-exec when
+//!   `O_CLOEXEC` was asked), creates a fresh [`uiommufd::Context`] and
+//!   registers the fd. Any other path is forwarded untouched.
+//! * `ioctl`: on a registered fd, runs
+//!   [`uiommufd::uapi::dispatch::ioctl`]; the request is truncated to 32 bits
+//!   as the kernel's `unsigned int cmd` does. Errors become `-1` + `errno`.
+//! * `close`, `close_range`, `closefrom`: unregister (the context dies when
+//!   its last fd is closed and no ioctl is in flight on it).
+//! * `dup`, `dup2`, `dup3`, `fcntl`/`fcntl64` with `F_DUPFD`/`F_DUPFD_CLOEXEC`:
+//!   the new fd refers to the same context; an fd that `dup2`/`dup3` closes
+//!   implicitly is unregistered.
+//!
+//! ## Design
+//!
+//! * **Real functions** are resolved lazily with `dlsym(RTLD_NEXT, ..)` and
+//!   cached in atomics (see `real`); no lock, no allocation.
+//! * **The fd table** (see `table`) is a `RwLock`ed map behind a lock-free
+//!   per-fd hint bitmap: for fds the shim did not create, each hook costs one
+//!   atomic load before forwarding. An emulated ioctl clones the fd's `Arc`
+//!   under the read lock and drops the lock before dispatching, so a `close`
+//!   racing on another thread cannot free the context under it.
+//! * **Stale entries**: an fd closed behind the shim's back (raw syscall) is
+//!   detected in three ways: any intercepted `open`/`dup` that returns the
+//!   same number replaces or drops the entry, and every emulated ioctl first
+//!   checks with `fstat` that the fd is still the memfd it registered
+//!   (otherwise the entry is dropped and the call goes to the kernel).
+//! * **No re-entrancy hazards**: the shim never holds the table lock while
+//!   calling anything that may open files or call back into a hook, and
+//!   contexts are dropped (torn down) only after the lock is released.
+//!   `memfd_create`, `fstat`, `getcwd`, `readlink` and `dlsym` are not hooked.
+//! * **No unwinding into C**: every piece of Rust reachable from a hook runs
+//!   inside [`std::panic::catch_unwind`]; a panic makes the call fail with
+//!   `EIO`. The real libc call is made outside of it with no destructors
+//!   pending, so a thread cancellation inside a blocking `open`/`close`
+//!   unwinds through the hook frame cleanly.
+//! * Everything is const-initialised (`static`s, `RwLock::new`,
+//!   `BTreeMap::new`), so hooks work even when called from another library's
+//!   constructor before this one's has run.
+//!
+//! ## Known limits
+//!
+//! * Static binaries, raw `syscall(SYS_open, ..)`/`SYS_ioctl` and libc-internal
+//!   calls (glibc's `fopen` uses the non-interposable `__open_nocancel`) bypass
+//!   the shim. Use `open`/`openat` to reach `/dev/iommu`.
+//! * After `fork()` the child has a *copy* of the engine state (the fd table
+//!   and every context), not a shared one: objects created by the parent after
+//!   the fork are invisible to the child and vice versa. Pinned memory is
+//!   that of each process's own address space.
+//! * Fds passed over `SCM_RIGHTS`, kept across `exec`, or inherited by a
+//!   process without the preload are plain memfds: the context does not travel
+//!   with them (their ioctls fail with `ENOTTY` from the kernel).
+//! * `fstat` on an emulated fd shows a memfd, not a character device;
+//!   `read`/`write`/`mmap` act on the memfd.
+//! * Symlinks to `/dev/iommu` are not recognised; the match is lexical.
+
+use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr};
+use std::panic::{catch_unwind, AssertUnwindSafe};
+
+mod path;
+mod real;
+mod table;
+
+use path::{errno, set_errno, DevNode, NodeKind};
+use table::{Entry, FdObject};
+
+/// `CLOSE_RANGE_CLOEXEC` from `<linux/close_range.h>`.
+const CLOSE_RANGE_CLOEXEC: c_int = 1 << 2;
+
+/// Run `f`, turning a panic into `None` with `errno = EIO`.
+fn guard<T>(f: impl FnOnce() -> T) -> Option<T> {
+    match catch_unwind(AssertUnwindSafe(f)) {
+        Ok(v) => Some(v),
+        Err(_) => {
+            set_errno(libc::EIO);
+            None
+        }
+    }
+}
+
+/// Run `f` for its side effects, keeping `errno` as it was.
+fn quietly(f: impl FnOnce()) {
+    let saved = errno();
+    let _ = guard(f);
+    set_errno(saved);
+}
+
+/// `-1` with `errno = e`.
+fn fail(e: c_int) -> c_int {
+    set_errno(e);
+    -1
+}
+
+extern "C" fn preload_init() {
+    let _ = guard(uiommufd::logging::init_from_env);
+}
+
+/// Runs [`uiommufd::logging::init_from_env`] when the library is loaded.
+#[used]
+#[link_section = ".init_array"]
+static PRELOAD_INIT: extern "C" fn() = preload_init;
+
+/// Create the emulated file for `node`: a memfd registered with a new object.
+fn open_node(node: &DevNode, flags: c_int) -> c_int {
+    if flags & libc::O_DIRECTORY != 0 {
+        return fail(libc::ENOTDIR);
+    }
+    if flags & (libc::O_CREAT | libc::O_EXCL) == libc::O_CREAT | libc::O_EXCL {
+        return fail(libc::EEXIST);
+    }
+    uiommufd::logging::init_from_env();
+    let mfd_flags = if flags & libc::O_CLOEXEC != 0 {
+        libc::MFD_CLOEXEC
+    } else {
+        0
+    };
+    // SAFETY: the name is a NUL-terminated static string.
+    let fd = unsafe { libc::memfd_create(node.memfd_name.as_ptr(), mfd_flags) };
+    if fd < 0 {
+        return -1;
+    }
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `fd` is open and `st` is writable.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        let e = errno();
+        if let Some(close) = real::close() {
+            // SAFETY: closing the memfd we just created.
+            unsafe { close(fd) };
+        }
+        return fail(e);
+    }
+    let obj = match node.kind {
+        NodeKind::Iommu => FdObject::Iommu(uiommufd::Context::new()),
+    };
+    let stale = table::register(fd, Entry::new(obj, st.st_dev, st.st_ino));
+    tracing::debug!(
+        fd,
+        path = node.path,
+        replaced_stale = stale.is_some(),
+        "opened emulated device"
+    );
+    drop(stale);
+    fd
+}
+
+/// The shim's part of every `open*` hook: `Some(result)` when the path is
+/// an emulated node (or on panic), `None` to forward.
+///
+/// # Safety
+/// `path` must be NULL or a NUL-terminated string.
+unsafe fn pre_open(dirfd: c_int, path: *const c_char, flags: c_int) -> Option<c_int> {
+    if path.is_null() {
+        return None;
+    }
+    // SAFETY: the caller passes a NUL-terminated path (the C contract of open).
+    let path = unsafe { CStr::from_ptr(path) };
+    match guard(|| path::match_dev_node(dirfd, path).map(|node| open_node(node, flags))) {
+        Some(r) => r,
+        None => Some(-1),
+    }
+}
+
+/// After a forwarded open/dup returned `fd`: a stale entry under that number
+/// (closed behind our back) must go.
+fn post_open(fd: c_int) -> c_int {
+    if fd >= 0 && table::maybe_registered(fd) {
+        quietly(|| drop(table::unregister(fd)));
+    }
+    fd
+}
+
+/// After `new` became a duplicate of `old`: mirror the registration.
+fn post_dup(old: c_int, new: c_int) -> c_int {
+    if new < 0 || new == old || !(table::maybe_registered(old) || table::maybe_registered(new)) {
+        return new;
+    }
+    quietly(|| match table::lookup(old) {
+        Some(e) => drop(table::register(new, e.duplicate())),
+        None => drop(table::unregister(new)),
+    });
+    new
+}
+
+/// `ENOSYS` for a libc function that could not be found.
+fn missing() -> c_int {
+    fail(libc::ENOSYS)
+}
+
+macro_rules! open_hook {
+    ($(#[$m:meta])* $name:ident(path, flags $(, $mode:ident)?)) => {
+        $(#[$m])*
+        ///
+        /// # Safety
+        /// Same contract as the libc function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(path: *const c_char, flags: c_int $(, $mode: libc::mode_t)?) -> c_int {
+            // SAFETY: forwarding the caller's path, which obeys the C contract.
+            if let Some(r) = unsafe { pre_open(libc::AT_FDCWD, path, flags) } {
+                return r;
+            }
+            let Some(real) = real::$name() else { return missing() };
+            // SAFETY: forwarding the caller's arguments unchanged.
+            let fd = unsafe { real(path, flags $(, $mode as c_uint)?) };
+            post_open(fd)
+        }
+    };
+    ($(#[$m:meta])* $name:ident(dirfd, path, flags $(, $mode:ident)?)) => {
+        $(#[$m])*
+        ///
+        /// # Safety
+        /// Same contract as the libc function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            dirfd: c_int,
+            path: *const c_char,
+            flags: c_int
+            $(, $mode: libc::mode_t)?
+        ) -> c_int {
+            // SAFETY: forwarding the caller's path, which obeys the C contract.
+            if let Some(r) = unsafe { pre_open(dirfd, path, flags) } {
+                return r;
+            }
+            let Some(real) = real::$name() else { return missing() };
+            // SAFETY: forwarding the caller's arguments unchanged.
+            let fd = unsafe { real(dirfd, path, flags $(, $mode as c_uint)?) };
+            post_open(fd)
+        }
+    };
+}
+
+open_hook!(
+    /// `open(2)`, emulating the device nodes.
+    open(path, flags, mode)
+);
+open_hook!(
+    /// `open64(2)`, emulating the device nodes.
+    open64(path, flags, mode)
+);
+open_hook!(
+    /// Fortified `open` (`_FORTIFY_SOURCE`), emulating the device nodes.
+    __open_2(path, flags)
+);
+open_hook!(
+    /// Fortified `open64` (`_FORTIFY_SOURCE`), emulating the device nodes.
+    __open64_2(path, flags)
+);
+open_hook!(
+    /// `openat(2)`, emulating the device nodes.
+    openat(dirfd, path, flags, mode)
+);
+open_hook!(
+    /// `openat64(2)`, emulating the device nodes.
+    openat64(dirfd, path, flags, mode)
+);
+open_hook!(
+    /// Fortified `openat` (`_FORTIFY_SOURCE`), emulating the device nodes.
+    __openat_2(dirfd, path, flags)
+);
+open_hook!(
+    /// Fortified `openat64` (`_FORTIFY_SOURCE`), emulating the device nodes.
+    __openat64_2(dirfd, path, flags)
+);
+
+/// The ioctl of an emulated fd: `None` to forward to the kernel (the fd is
+/// not, or no longer, ours), `Some(Err(errno))` for a failed call.
+fn emulated_ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> Option<Result<c_int, c_int>> {
+    let entry = table::lookup(fd)?;
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is writable; a bad fd just fails.
+    let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+    if !ok || st.st_dev != entry.dev || st.st_ino != entry.ino {
+        tracing::debug!(
+            fd,
+            "fd was closed behind the shim's back; dropping its context"
+        );
+        drop(table::unregister_if(fd, entry.serial));
+        return None;
+    }
+    // The kernel's ioctl takes `unsigned int cmd`: upper bits are ignored.
+    let cmd = u64::from(request as u32);
+    let r = match &entry.obj {
+        FdObject::Iommu(ctx) => uiommufd::uapi::dispatch::ioctl(ctx, cmd, arg as u64),
+    };
+    drop(entry);
+    Some(r.map_err(|e| e.errno().0))
+}
+
+/// `ioctl(2)`: runs the iommufd dispatcher on emulated fds.
+///
+/// # Safety
+/// Same contract as the libc function: `arg` must be what `request` expects.
+#[no_mangle]
+pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> c_int {
+    if table::maybe_registered(fd) {
+        match guard(|| emulated_ioctl(fd, request, arg)) {
+            Some(Some(Ok(v))) => return v,
+            Some(Some(Err(e))) => return fail(e),
+            Some(None) => {}
+            None => return -1,
+        }
+    }
+    let Some(real) = real::ioctl() else {
+        return missing();
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, request, arg) }
+}
+
+/// `close(2)`: drops the fd's reference to its emulated object.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn close(fd: c_int) -> c_int {
+    let serial = if table::maybe_registered(fd) {
+        guard(|| table::serial_of(fd)).flatten()
+    } else {
+        None
+    };
+    let Some(real) = real::close() else {
+        return missing();
+    };
+    // SAFETY: forwarding the caller's argument unchanged.
+    let r = unsafe { real(fd) };
+    // Unregister after the real close (even a failed close releases the fd on
+    // Linux) and only the registration we saw: an open racing on another
+    // thread may already have reused the number.
+    if let Some(serial) = serial {
+        quietly(|| drop(table::unregister_if(fd, serial)));
+    }
+    r
+}
+
+/// `close_range(2)`: unregisters the closed fds.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) -> c_int {
+    let Some(real) = real::close_range() else {
+        return missing();
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let r = unsafe { real(first, last, flags) };
+    if r == 0 && flags & CLOSE_RANGE_CLOEXEC == 0 && table::any_registered() {
+        let lo = c_int::try_from(first).unwrap_or(c_int::MAX);
+        let hi = c_int::try_from(last).unwrap_or(c_int::MAX);
+        quietly(|| drop(table::unregister_range(lo, hi)));
+    }
+    r
+}
+
+/// `closefrom(3)`: unregisters the closed fds.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn closefrom(lowfd: c_int) {
+    if let Some(real) = real::closefrom() {
+        // SAFETY: forwarding the caller's argument unchanged.
+        unsafe { real(lowfd) };
+    }
+    if table::any_registered() {
+        quietly(|| drop(table::unregister_range(lowfd.max(0), c_int::MAX)));
+    }
+}
+
+/// `dup(2)`: the new fd shares the emulated object.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
+    let Some(real) = real::dup() else {
+        return missing();
+    };
+    // SAFETY: forwarding the caller's argument unchanged.
+    let new = unsafe { real(fd) };
+    post_dup(fd, new)
+}
+
+/// `dup2(2)`: the new fd shares the emulated object; the old target is
+/// unregistered.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
+    let Some(real) = real::dup2() else {
+        return missing();
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let r = unsafe { real(old, new) };
+    post_dup(old, r)
+}
+
+/// `dup3(2)`: the new fd shares the emulated object; the old target is
+/// unregistered.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
+    let Some(real) = real::dup3() else {
+        return missing();
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let r = unsafe { real(old, new, flags) };
+    post_dup(old, r)
+}
+
+/// `fcntl(2)`: `F_DUPFD`/`F_DUPFD_CLOEXEC` share the emulated object; every
+/// other command is forwarded unchanged.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let Some(real) = real::fcntl() else {
+        return missing();
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let r = unsafe { real(fd, cmd, arg) };
+    if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+        post_dup(fd, r)
+    } else {
+        r
+    }
+}
+
+/// `fcntl64`: as [`fcntl`].
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
+    let Some(real) = real::fcntl64() else {
+        return missing();
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let r = unsafe { real(fd, cmd, arg) };
+    if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
+        post_dup(fd, r)
+    } else {
+        r
+    }
+}

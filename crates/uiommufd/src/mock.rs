@@ -92,7 +92,7 @@ fn add_reserved(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
 fn check_refs(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
     let c: TestCheckRefs = payload(cmd);
     let ps = page_size();
-    if c.length % ps != 0 || c.uptr % ps != 0 || c.uptr.checked_add(c.length).is_none() {
+    if !c.length.is_multiple_of(ps) || !c.uptr.is_multiple_of(ps) || c.uptr.checked_add(c.length).is_none() {
         bail!(EINVAL, "MD_CHECK_REFS: uptr {:#x} and length {:#x} must be page aligned", c.uptr, c.length);
     }
     // get_user_pages on the range: it must be mapped

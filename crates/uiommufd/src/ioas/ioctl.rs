@@ -14,8 +14,11 @@ use crate::uapi::*;
 use crate::{bail, Error, Result};
 
 const MAP_FLAGS: u32 = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE;
-/// The kernel refuses lengths and IOVAs of `ULONG_MAX` and above.
-const ULONG_MAX: u64 = u64::MAX;
+/// The kernel refuses lengths and IOVAs of `ULONG_MAX` and above; on a
+/// 64-bit kernel that is exactly `u64::MAX`.
+fn ulong_max_or_more(v: u64) -> bool {
+    v == u64::MAX
+}
 
 fn prot_of(flags: u32) -> Prot {
     Prot { read: flags & IOMMU_IOAS_MAP_READABLE != 0, write: flags & IOMMU_IOAS_MAP_WRITEABLE != 0 }
@@ -89,7 +92,7 @@ pub(crate) fn map(u: &Ucmd) -> Result<i32> {
     if cmd.flags & !MAP_FLAGS != 0 || cmd.__reserved != 0 {
         bail!(EOPNOTSUPP, "IOAS_MAP: unknown flags {:#x} or non-zero __reserved", cmd.flags & !MAP_FLAGS);
     }
-    if cmd.iova >= ULONG_MAX || cmd.length >= ULONG_MAX {
+    if ulong_max_or_more(cmd.iova) || ulong_max_or_more(cmd.length) {
         bail!(EOVERFLOW, "IOAS_MAP: iova or length is ULONG_MAX or more");
     }
     if cmd.flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE) == 0 {
@@ -108,7 +111,7 @@ pub(crate) fn copy(u: &Ucmd) -> Result<i32> {
     if cmd.flags & !MAP_FLAGS != 0 {
         bail!(EOPNOTSUPP, "IOAS_COPY: unknown flags {:#x}", cmd.flags & !MAP_FLAGS);
     }
-    if cmd.length >= ULONG_MAX || cmd.src_iova >= ULONG_MAX || cmd.dst_iova >= ULONG_MAX {
+    if ulong_max_or_more(cmd.length) || ulong_max_or_more(cmd.src_iova) || ulong_max_or_more(cmd.dst_iova) {
         bail!(EOVERFLOW, "IOAS_COPY: length or an IOVA is ULONG_MAX or more");
     }
     if cmd.flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE) == 0 {
@@ -131,7 +134,7 @@ pub(crate) fn unmap(u: &Ucmd) -> Result<i32> {
     let unmapped = if cmd.iova == 0 && cmd.length == u64::MAX {
         ioas.unmap_all()?
     } else {
-        if cmd.iova >= ULONG_MAX || cmd.length >= ULONG_MAX {
+        if ulong_max_or_more(cmd.iova) || ulong_max_or_more(cmd.length) {
             bail!(EOVERFLOW, "IOAS_UNMAP: iova or length is ULONG_MAX or more");
         }
         let n = ioas.unmap(cmd.iova, cmd.length)?;

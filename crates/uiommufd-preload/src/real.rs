@@ -1,0 +1,86 @@
+//! The real libc functions, found with `dlsym(RTLD_NEXT, ...)`.
+//!
+//! Each symbol is looked up on first use and cached in an `AtomicUsize`.
+//! Two threads racing on the first lookup both call `dlsym` and store the
+//! same address, so no lock is needed; `dlsym` itself does not open files
+//! and therefore cannot re-enter our `open` hooks.
+//!
+//! The variadic libc functions (`open`, `openat`, `ioctl`, `fcntl`) are
+//! called through C-variadic function pointers so that the caller side of
+//! the SysV ABI (`%al` = number of vector registers) is set up correctly.
+
+use std::ffi::{c_char, c_int, c_uint, c_ulong};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+/// Resolve `name` with `dlsym(RTLD_NEXT, name)` once and cache it in `slot`.
+fn resolve(slot: &AtomicUsize, name: &std::ffi::CStr) -> usize {
+    let addr = slot.load(Ordering::Acquire);
+    if addr != 0 {
+        return addr;
+    }
+    // SAFETY: `name` is NUL-terminated; RTLD_NEXT asks for the next object
+    // after this one in the lookup order, which is what an interposer wants.
+    let addr = unsafe { libc::dlsym(libc::RTLD_NEXT, name.as_ptr()) } as usize;
+    if addr != 0 {
+        slot.store(addr, Ordering::Release);
+    }
+    addr
+}
+
+macro_rules! real {
+    ($($(#[$m:meta])* $name:ident: $ty:ty;)*) => {$(
+        $(#[$m])*
+        pub(crate) fn $name() -> Option<$ty> {
+            static SLOT: AtomicUsize = AtomicUsize::new(0);
+            let name = const {
+                match std::ffi::CStr::from_bytes_with_nul(concat!(stringify!($name), "\0").as_bytes()) {
+                    Ok(c) => c,
+                    Err(_) => panic!("bad symbol name"),
+                }
+            };
+            match resolve(&SLOT, name) {
+                0 => None,
+                // SAFETY: the address is libc's definition of this symbol, whose
+                // C prototype is the function pointer type `$ty`.
+                addr => Some(unsafe { std::mem::transmute::<usize, $ty>(addr) }),
+            }
+        }
+    )*};
+}
+
+real! {
+    /// `int open(const char *, int, ...)`
+    open: unsafe extern "C" fn(*const c_char, c_int, ...) -> c_int;
+    /// `int open64(const char *, int, ...)`
+    open64: unsafe extern "C" fn(*const c_char, c_int, ...) -> c_int;
+    /// `int openat(int, const char *, int, ...)`
+    openat: unsafe extern "C" fn(c_int, *const c_char, c_int, ...) -> c_int;
+    /// `int openat64(int, const char *, int, ...)`
+    openat64: unsafe extern "C" fn(c_int, *const c_char, c_int, ...) -> c_int;
+    /// `int __open_2(const char *, int)` (fortified `open` without `O_CREAT`)
+    __open_2: unsafe extern "C" fn(*const c_char, c_int) -> c_int;
+    /// `int __open64_2(const char *, int)`
+    __open64_2: unsafe extern "C" fn(*const c_char, c_int) -> c_int;
+    /// `int __openat_2(int, const char *, int)`
+    __openat_2: unsafe extern "C" fn(c_int, *const c_char, c_int) -> c_int;
+    /// `int __openat64_2(int, const char *, int)`
+    __openat64_2: unsafe extern "C" fn(c_int, *const c_char, c_int) -> c_int;
+    /// `int ioctl(int, unsigned long, ...)`
+    ioctl: unsafe extern "C" fn(c_int, c_ulong, ...) -> c_int;
+    /// `int close(int)`
+    close: unsafe extern "C" fn(c_int) -> c_int;
+    /// `int close_range(unsigned, unsigned, int)` (glibc 2.34)
+    close_range: unsafe extern "C" fn(c_uint, c_uint, c_int) -> c_int;
+    /// `void closefrom(int)` (glibc 2.34)
+    closefrom: unsafe extern "C" fn(c_int);
+    /// `int dup(int)`
+    dup: unsafe extern "C" fn(c_int) -> c_int;
+    /// `int dup2(int, int)`
+    dup2: unsafe extern "C" fn(c_int, c_int) -> c_int;
+    /// `int dup3(int, int, int)`
+    dup3: unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
+    /// `int fcntl(int, int, ...)`
+    fcntl: unsafe extern "C" fn(c_int, c_int, ...) -> c_int;
+    /// `int fcntl64(int, int, ...)` (glibc 2.28)
+    fcntl64: unsafe extern "C" fn(c_int, c_int, ...) -> c_int;
+}

@@ -1,0 +1,225 @@
+//! End-to-end tests of the `LD_PRELOAD` shim: builds the cdylib, compiles
+//! `tests/c/preload_smoke.c` with the system C compiler and runs it with the
+//! shim preloaded.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output};
+use std::sync::OnceLock;
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
+}
+
+/// `target/<profile>` of this test binary (`target/<profile>/deps/preload-*`).
+fn profile_dir() -> PathBuf {
+    let exe = std::env::current_exe().expect("current_exe");
+    exe.parent()
+        .and_then(Path::parent)
+        .expect("target/<profile>/deps")
+        .to_path_buf()
+}
+
+/// Build the cdylib with the same profile and target dir as this test, once.
+fn preload_so() -> &'static Path {
+    static SO: OnceLock<PathBuf> = OnceLock::new();
+    SO.get_or_init(|| {
+        let dir = profile_dir();
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let mut cmd = Command::new(cargo);
+        cmd.current_dir(workspace_root())
+            .args(["build", "-p", "uiommufd-preload"]);
+        if dir.file_name().is_some_and(|p| p == "release") {
+            cmd.arg("--release");
+        }
+        if let Some(target) = dir.parent() {
+            cmd.env("CARGO_TARGET_DIR", target);
+        }
+        let status = cmd.status().expect("run cargo build");
+        assert!(status.success(), "cargo build -p uiommufd-preload failed");
+        let so = dir.join("libuiommufd_preload.so");
+        assert!(so.exists(), "{} missing after the build", so.display());
+        so
+    })
+}
+
+/// Where compiled C programs go.
+fn out_dir() -> PathBuf {
+    let dir = Path::new(env!("CARGO_TARGET_TMPDIR")).join("uiommufd-preload");
+    std::fs::create_dir_all(&dir).expect("create test dir");
+    dir
+}
+
+fn compile(name: &str, extra: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/preload_smoke.c");
+    let exe = out_dir().join(name);
+    let out = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+        .args(["-Wall", "-Wextra", "-Werror", "-pthread", "-o"])
+        .arg(&exe)
+        .args(extra)
+        .arg(&src)
+        .output()
+        .expect("run the C compiler");
+    assert!(
+        out.status.success(),
+        "cc failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    exe
+}
+
+/// The smoke program built plainly (imports open, open64, openat, openat64).
+fn smoke() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| compile("preload_smoke", &["-O1"]))
+}
+
+/// The smoke program built with `_FORTIFY_SOURCE` (imports `__open_2` & co).
+fn smoke_fortified() -> &'static Path {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    EXE.get_or_init(|| compile("preload_smoke_fortify", &["-O2", "-D_FORTIFY_SOURCE=2"]))
+}
+
+fn run_preloaded(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
+    let mut cmd = Command::new(exe);
+    cmd.args(args).env("LD_PRELOAD", preload_so());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.output().expect("run the preloaded program")
+}
+
+fn assert_ok(out: &Output, what: &str) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success() && stdout.contains("OK"),
+        "{what}: status {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
+        out.status
+    );
+}
+
+fn smoke_with(how: &str) {
+    let out = run_preloaded(smoke(), &[how], &[]);
+    assert_ok(&out, how);
+}
+
+#[test]
+fn open() {
+    smoke_with("open");
+}
+
+#[test]
+fn open64() {
+    smoke_with("open64");
+}
+
+#[test]
+fn openat() {
+    smoke_with("openat");
+}
+
+#[test]
+fn openat64() {
+    smoke_with("openat64");
+}
+
+#[test]
+fn openat_relative_to_dirfd() {
+    smoke_with("openat-dirfd");
+}
+
+#[test]
+fn open_relative_to_cwd() {
+    smoke_with("relative");
+}
+
+#[test]
+fn open_unnormalised_path() {
+    smoke_with("messy-path");
+}
+
+#[test]
+fn fortified_open() {
+    let out = run_preloaded(smoke_fortified(), &["fortify"], &[]);
+    assert_ok(&out, "fortify");
+}
+
+#[test]
+fn with_debug_logging() {
+    let out = run_preloaded(smoke(), &["open"], &[("UIOMMUFD_LOG", "debug")]);
+    assert_ok(&out, "UIOMMUFD_LOG=debug");
+}
+
+/// The C programs really call the entry points the tests claim to cover.
+#[test]
+fn programs_import_the_hooked_symbols() {
+    let imports = |exe: &Path| -> Option<String> {
+        let out = Command::new("nm").arg("-D").arg(exe).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let Some(plain) = imports(smoke()) else {
+        eprintln!("nm not available; skipping the import check");
+        return;
+    };
+    let has = |syms: &str, name: &str| {
+        syms.lines().any(|l| {
+            l.split_whitespace()
+                .any(|w| w.split('@').next() == Some(name))
+        })
+    };
+    for sym in [
+        "open", "open64", "openat", "openat64", "ioctl", "close", "dup", "dup2", "dup3", "fcntl",
+    ] {
+        assert!(
+            has(&plain, sym),
+            "preload_smoke does not import {sym}:\n{plain}"
+        );
+    }
+    let fortified = imports(smoke_fortified()).expect("nm");
+    for sym in ["__open_2", "__open64_2", "__openat_2", "__openat64_2"] {
+        assert!(
+            has(&fortified, sym),
+            "preload_smoke_fortify does not import {sym}:\n{fortified}"
+        );
+    }
+}
+
+/// Without the preload there is no /dev/iommu here (so the tests above do
+/// exercise the shim and not a host kernel's iommufd).
+#[test]
+fn without_preload_the_program_fails() {
+    if Path::new("/dev/iommu").exists() {
+        eprintln!("host has a real /dev/iommu; skipping");
+        return;
+    }
+    let out = Command::new(smoke()).arg("open").output().expect("run");
+    assert!(!out.status.success());
+}
+
+/// Ordinary programs are unaffected by the preload.
+#[test]
+fn ordinary_programs_still_work() {
+    let dir = out_dir();
+    let script = "set -e; echo hello > plain.txt; cat plain.txt; ls plain.txt >/dev/null; \
+                  exec 7<plain.txt; read -r line <&7; exec 7<&-; echo \"$line\"; rm plain.txt";
+    let out = Command::new("sh")
+        .arg("-c")
+        .arg(script)
+        .current_dir(&dir)
+        .env("LD_PRELOAD", preload_so())
+        .output()
+        .expect("run sh");
+    assert!(
+        out.status.success(),
+        "sh failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nhello\n");
+    assert!(
+        out.stderr.is_empty(),
+        "unexpected stderr: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

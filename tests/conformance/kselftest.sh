@@ -1,0 +1,398 @@
+#!/usr/bin/env bash
+# Run the Linux 6.12 iommufd kselftests (tools/testing/selftests/iommu) against
+# uiommufd through LD_PRELOAD=libuiommufd_preload.so.
+#
+# Steps:
+#   1. fetch Debian's linux-source-6.12 (apt-get download) and extract only the
+#      selftest + uapi files into target/conformance/src (cached, stamp file);
+#   2. build the `iommufd` and `iommufd_fail_nth` selftest binaries with gcc
+#      (skipped when the binaries are newer than their sources);
+#   3. cargo build --release -p uiommufd-preload -p uiommufd-cli;
+#   4. run each binary under LD_PRELOAD with a timeout, log to
+#      target/conformance/<bin>.log, parse per-test results into
+#      target/conformance/results.txt ("PASS|FAIL|SKIP fixture[.variant].test");
+#   5. compare against tests/conformance/expected-pass.txt.
+#
+# Usage: tests/conformance/kselftest.sh [--update] [--filter REGEX] [--no-build]
+#                                       [--timeout SECS] [--preload PATH]
+#   --update         append newly passing tests to expected-pass.txt
+#   --filter REGEX   only run tests whose full name matches the (ERE) regex
+#   --no-build       do not run cargo build (use the existing preload library)
+#   --timeout SECS   per-binary timeout (default: $KSFT_TIMEOUT or 600)
+#   --preload PATH   preload library (default: $UIOMMUFD_PRELOAD or
+#                    <target>/release/libuiommufd_preload.so)
+#
+# Environment:
+#   UIOMMUFD_LINUX_SOURCE_DEB   use this local linux-source-6.12 .deb instead
+#                               of apt-get download
+#   CARGO_TARGET_DIR            honoured for the cargo target directory
+#
+# Exit status: 0 when every test listed in expected-pass.txt passed, 1 when
+# some did not, 2 on a setup/build error.
+set -euo pipefail
+
+SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
+TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
+case "$TARGET_DIR" in /*) ;; *) TARGET_DIR=$REPO_ROOT/$TARGET_DIR ;; esac
+CACHE=$TARGET_DIR/conformance
+EXPECTED=$SCRIPT_DIR/expected-pass.txt
+
+PKG=linux-source-6.12
+KDIR=linux-source-6.12          # top-level directory inside the inner tarball
+SRC_STAMP_VERSION=1             # bump when the list of extracted paths changes
+BINS=(iommufd iommufd_fail_nth)
+
+# The 6.12.y stable selftests were updated past the 6.12 uapi/iommufd_test.h
+# they ship with; these defines paper over the missing names.
+SELFTEST_DEFINES=(
+    -D__user=
+    -DIOMMU_HW_INFO_TYPE_DEFAULT=0
+    -DIOMMU_HW_INFO_FLAG_INPUT_TYPE=1
+    -Din_data_type=out_data_type
+    -DMOCK_FLAGS_DEVICE_PASID=4
+    -DMOCK_PASID_WIDTH=20
+)
+# -D_GNU_SOURCE= as lib.mk adds it (iommufd.c needs it for pipe2()).
+CFLAGS=(-O2 -Wall -Wno-unused-function -D_GNU_SOURCE= "${SELFTEST_DEFINES[@]}")
+
+UPDATE=0
+FILTER=
+DO_BUILD=1
+TIMEOUT=${KSFT_TIMEOUT:-600}
+PRELOAD=${UIOMMUFD_PRELOAD:-$TARGET_DIR/release/libuiommufd_preload.so}
+
+usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+    case "$1" in
+        --update) UPDATE=1 ;;
+        --filter) FILTER=${2:?--filter needs a regex}; shift ;;
+        --filter=*) FILTER=${1#--filter=} ;;
+        --no-build) DO_BUILD=0 ;;
+        --timeout) TIMEOUT=${2:?--timeout needs seconds}; shift ;;
+        --timeout=*) TIMEOUT=${1#--timeout=} ;;
+        --preload) PRELOAD=${2:?--preload needs a path}; shift ;;
+        --preload=*) PRELOAD=${1#--preload=} ;;
+        -h|--help) usage; exit 0 ;;
+        *) echo "kselftest.sh: unknown argument: $1" >&2; usage >&2; exit 2 ;;
+    esac
+    shift
+done
+case "$PRELOAD" in /*) ;; *) PRELOAD=$PWD/$PRELOAD ;; esac
+
+log() { printf '[conformance] %s\n' "$*"; }
+die() { printf '[conformance] error: %s\n' "$*" >&2; exit 2; }
+now() { date +%s.%N; }
+elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
+
+mkdir -p "$CACHE"
+
+# ---------------------------------------------------------------------------
+# 1. Kernel sources (selftests + uapi headers)
+# ---------------------------------------------------------------------------
+SRC=$CACHE/src
+STAMP=$SRC/.stamp
+KSRC=$SRC/$KDIR
+EXTRACT_PATHS=(
+    "$KDIR/tools/testing/selftests/iommu"
+    "$KDIR/tools/testing/selftests/kselftest*"
+    "$KDIR/tools/testing/selftests/lib.mk"
+    "$KDIR/drivers/iommu/iommufd/iommufd_test.h"
+    "$KDIR/include/uapi/linux/iommufd.h"
+    "$KDIR/include/uapi/linux/vfio.h"
+)
+
+fetch_sources() {
+    local t0 deb dl=$CACHE/dl tmp=$SRC.tmp
+    t0=$(now)
+    if [ -n "${UIOMMUFD_LINUX_SOURCE_DEB:-}" ]; then
+        deb=$UIOMMUFD_LINUX_SOURCE_DEB
+        [ -f "$deb" ] || die "UIOMMUFD_LINUX_SOURCE_DEB=$deb does not exist"
+    else
+        mkdir -p "$dl"
+        deb=$(ls -t "$dl"/${PKG}_*_all.deb 2>/dev/null | head -n1 || true)
+        if [ -z "$deb" ]; then
+            log "downloading $PKG (apt-get download)"
+            if ! (cd "$dl" && apt-get download "$PKG"); then
+                log "apt-get download failed; running apt-get update and retrying"
+                apt-get update -qq || die "apt-get update failed"
+                (cd "$dl" && apt-get download "$PKG") || die "apt-get download $PKG failed"
+            fi
+            deb=$(ls -t "$dl"/${PKG}_*_all.deb 2>/dev/null | head -n1 || true)
+            [ -n "$deb" ] || die "apt-get download produced no ${PKG}_*_all.deb"
+        fi
+    fi
+    log "extracting selftests from $(basename "$deb") (download: $(elapsed "$t0"))"
+    local t1
+    t1=$(now)
+    rm -rf "$tmp"
+    mkdir -p "$tmp"
+    dpkg-deb --fsys-tarfile "$deb" \
+        | tar -xOf - "./usr/src/$PKG.tar.xz" \
+        | tar -xJf - -C "$tmp" --wildcards "${EXTRACT_PATHS[@]}" \
+        || die "extracting $PKG.tar.xz from $deb failed"
+    [ -f "$tmp/$KDIR/tools/testing/selftests/iommu/iommufd.c" ] \
+        || die "iommufd selftest not found in $deb"
+    printf 'version=%s\ndeb=%s\n' "$SRC_STAMP_VERSION" "$(basename "$deb")" >"$tmp/.stamp"
+    rm -rf "$SRC"
+    mv "$tmp" "$SRC"
+    # The extracted tree is all we need; drop the 150 MB .deb.
+    if [ -z "${UIOMMUFD_LINUX_SOURCE_DEB:-}" ]; then rm -rf "$dl"; fi
+    log "sources ready in $(elapsed "$t0") (extract: $(elapsed "$t1"))"
+}
+
+if [ -f "$STAMP" ] && grep -qx "version=$SRC_STAMP_VERSION" "$STAMP"; then
+    log "using cached sources: $(sed -n 's/^deb=//p' "$STAMP")"
+else
+    fetch_sources
+fi
+
+# ---------------------------------------------------------------------------
+# 2. Build the selftest binaries
+# ---------------------------------------------------------------------------
+BUILD=$CACHE/build
+INC=$BUILD/include
+SELFTESTS=$KSRC/tools/testing/selftests
+mkdir -p "$INC/linux" "$BUILD/bin"
+for h in iommufd.h vfio.h; do
+    if ! cmp -s "$KSRC/include/uapi/linux/$h" "$INC/linux/$h"; then
+        cp "$KSRC/include/uapi/linux/$h" "$INC/linux/$h"
+    fi
+done
+
+build_selftest() {
+    local name=$1 out=$BUILD/bin/$1 flags_file=$BUILD/bin/$1.flags dep stale=0
+    local cmd=(gcc "${CFLAGS[@]}" -I"$INC" -o "$out" "$SELFTESTS/iommu/$name.c")
+    if [ ! -x "$out" ] || [ "$(cat "$flags_file" 2>/dev/null)" != "${cmd[*]}" ]; then
+        stale=1
+    else
+        for dep in "$SELFTESTS/iommu/$name.c" "$SELFTESTS/iommu/iommufd_utils.h" \
+            "$SELFTESTS/kselftest_harness.h" "$SELFTESTS/kselftest.h" \
+            "$KSRC/drivers/iommu/iommufd/iommufd_test.h" \
+            "$INC/linux/iommufd.h" "$INC/linux/vfio.h"; do
+            if [ "$dep" -nt "$out" ]; then stale=1; break; fi
+        done
+    fi
+    if [ "$stale" = 0 ]; then
+        log "selftest $name is up to date"
+        return
+    fi
+    local t0
+    t0=$(now)
+    log "building selftest $name: ${cmd[*]}"
+    rm -f "$flags_file"
+    "${cmd[@]}" || die "building selftest $name failed"
+    printf '%s' "${cmd[*]}" >"$flags_file"
+    log "built $name in $(elapsed "$t0")"
+}
+
+for b in "${BINS[@]}"; do build_selftest "$b"; done
+
+# ---------------------------------------------------------------------------
+# 3. Build uiommufd
+# ---------------------------------------------------------------------------
+if [ "$DO_BUILD" = 1 ]; then
+    t0=$(now)
+    log "cargo build --release -p uiommufd-preload -p uiommufd-cli"
+    (cd "$REPO_ROOT" && cargo build --release -p uiommufd-preload -p uiommufd-cli) \
+        || die "cargo build failed"
+    log "cargo build done in $(elapsed "$t0")"
+fi
+if [ ! -f "$PRELOAD" ]; then
+    log "WARNING: preload library $PRELOAD does not exist; tests will run without it"
+fi
+
+# ---------------------------------------------------------------------------
+# 4. Run
+# ---------------------------------------------------------------------------
+if [ "$(id -u)" = 0 ]; then
+    { echo 64 >/proc/sys/vm/nr_hugepages; } 2>/dev/null || true
+fi
+
+# Full list of test names of a selftest binary, in run order, from `-l`
+# (prints "FIXTURE VARIANT TEST" columns, "%-20s %-25s %s", to stderr; the
+# variant and test columns of a fixture are independent lists whose cross
+# product is the set of tests; names are "fixture[.variant].test").
+list_tests() {
+    { "$1" -l 2>&1 >/dev/null || true; } | awk '
+        /^# FIXTURE/ || /^----------/ { next }
+        {
+            line = $0
+            if (substr(line, 1, 1) != " ") {
+                match(line, /^[^ ]+/)
+                fix = substr(line, 1, RLENGTH)
+                nf++; fixtures[nf] = fix; nvar[fix] = 0; ntest[fix] = 0
+                vcol = (length(fix) > 20 ? length(fix) : 20) + 2
+            } else {
+                vcol = 22
+            }
+            rest = substr(line, vcol)
+            if (rest != "" && substr(rest, 1, 1) != " ") {
+                match(rest, /^[^ ]+/)
+                var[fix, ++nvar[fix]] = substr(rest, 1, RLENGTH)
+                rest = substr(rest, RLENGTH + 1)
+            }
+            sub(/^ +/, "", rest); sub(/ +$/, "", rest)
+            if (rest != "") test[fix, ++ntest[fix]] = rest
+        }
+        END {
+            for (i = 1; i <= nf; i++) {
+                fix = fixtures[i]
+                if (nvar[fix] == 0) {
+                    for (t = 1; t <= ntest[fix]; t++) print fix "." test[fix, t]
+                } else {
+                    for (v = 1; v <= nvar[fix]; v++)
+                        for (t = 1; t <= ntest[fix]; t++)
+                            print fix "." var[fix, v] "." test[fix, t]
+                }
+            }
+        }'
+}
+
+# Parse harness output ("ok N name", "ok N name # SKIP why", "not ok N name")
+# into "STATUS name" lines.
+parse_log() {
+    awk '
+        /^(not )?ok [0-9]+ / {
+            st = ($1 == "not") ? "FAIL" : "PASS"
+            rest = $0
+            sub(/^(not )?ok [0-9]+ /, "", rest)
+            name = rest; sub(/ .*/, "", name)
+            if (name == "" || name == "#") next
+            if (st == "PASS" && rest ~ / # [Ss][Kk][Ii][Pp]/) st = "SKIP"
+            if (st == "PASS" && rest ~ / # XPASS/) st = "FAIL"
+            print st, name
+        }' "$1"
+}
+
+RESULTS=$CACHE/results.txt
+: >"$RESULTS.tmp"
+run_failed_bins=()
+for b in "${BINS[@]}"; do
+    bin=$BUILD/bin/$b
+    logf=$CACHE/$b.log
+    list_tests "$bin" >"$CACHE/$b.all"
+    if [ -n "$FILTER" ]; then
+        grep -E -- "$FILTER" "$CACHE/$b.all" >"$CACHE/$b.sel" || true
+    else
+        cp "$CACHE/$b.all" "$CACHE/$b.sel"
+    fi
+    nsel=$(wc -l <"$CACHE/$b.sel")
+    if [ "$nsel" -eq 0 ]; then
+        [ -s "$CACHE/$b.all" ] || die "could not list the tests of $b ($bin -l)"
+        log "$b: no test matches the filter, skipping"
+        : >"$logf"
+        continue
+    fi
+    args=()
+    if [ -n "$FILTER" ]; then
+        while IFS= read -r n; do args+=(-r "$n"); done <"$CACHE/$b.sel"
+    fi
+    t0=$(now)
+    log "running $b ($nsel tests, timeout ${TIMEOUT}s)"
+    rc=0
+    timeout -k 10 "$TIMEOUT" env LD_PRELOAD="$PRELOAD" "$bin" ${args[@]+"${args[@]}"} \
+        </dev/null >"$logf" 2>&1 || rc=$?
+    case $rc in
+        0|1) why= ;;
+        124|137) why="timed out after ${TIMEOUT}s" ;;
+        4) why= ;;   # KSFT_SKIP
+        *) if [ "$rc" -gt 128 ]; then why="killed by signal $((rc - 128))"; else why="exit status $rc"; fi ;;
+    esac
+    log "$b finished in $(elapsed "$t0") (exit status $rc)"
+    parse_log "$logf" >"$CACHE/$b.parsed"
+    whole_skip=0
+    grep -qE '^1\.\.0 # SKIP' "$logf" && whole_skip=1
+    # Every selected test gets a result; tests the binary never reported
+    # (crash, timeout) count as failures.
+    missing=$(awk -v skip="$whole_skip" -v parsed="$CACHE/$b.parsed" '
+        BEGIN {
+            while ((getline l < parsed) > 0) {
+                split(l, f, " "); st[f[2]] = f[1]
+                if (!(f[2] in seen)) { seen[f[2]] = 1; order[++n] = f[2] }
+            }
+        }
+        { sel[$0] = 1; if ($0 in st) print st[$0], $0; else { print (skip ? "SKIP" : "FAIL"), $0; miss++ } }
+        END {
+            for (i = 1; i <= n; i++) if (!(order[i] in sel)) print st[order[i]], order[i]
+            printf "%d\n", miss > "/dev/stderr"
+        }' "$CACHE/$b.sel" 2>&1 >>"$RESULTS.tmp")
+    if [ -n "$why" ] || [ "$missing" -gt 0 ]; then
+        counted=FAIL; [ "$whole_skip" = 1 ] && counted=SKIP
+        log "WARNING: $b ${why:-exited early}; $missing test(s) not reported (counted as $counted); see $logf"
+        tail -n 5 "$logf" | sed 's/^/    /'
+        run_failed_bins+=("$b")
+    fi
+done
+mv "$RESULTS.tmp" "$RESULTS"
+
+# ---------------------------------------------------------------------------
+# 5. Summary and comparison with expected-pass.txt
+# ---------------------------------------------------------------------------
+echo
+awk '
+    { split($2, p, "."); f = p[1]
+      if (!(f in seen)) { seen[f] = 1; order[++n] = f }
+      c[f, $1]++; tot[$1]++ }
+    END {
+        printf "%-28s %7s %7s %8s\n", "fixture", "passed", "failed", "skipped"
+        for (i = 1; i <= n; i++) { f = order[i]
+            printf "%-28s %7d %7d %8d\n", f, c[f, "PASS"], c[f, "FAIL"], c[f, "SKIP"] }
+        printf "%-28s %7d %7d %8d\n", "total", tot["PASS"], tot["FAIL"], tot["SKIP"]
+    }' "$RESULTS"
+echo
+
+expected_names() {
+    [ -f "$EXPECTED" ] || return 0
+    sed -e 's/#.*//' -e 's/^[[:space:]]*//' -e 's/[[:space:]]*$//' "$EXPECTED" | grep -v '^$' || true
+}
+
+status=0
+# (awk reads the results with getline: a `FNR == NR` two-file idiom would
+# misbehave when the first input is empty.)
+regressions=$(expected_names | awk -v filtered="${FILTER:+1}" -v results="$RESULTS" '
+    BEGIN { while ((getline l < results) > 0) { split(l, f, " "); st[f[2]] = f[1] } }
+    { if ($0 in st) { if (st[$0] != "PASS") print $0 " (" st[$0] ")" }
+      else if (!filtered) print $0 " (not run / unknown test)" }')
+if [ -n "$regressions" ]; then
+    echo "Tests listed in tests/conformance/expected-pass.txt that did not pass:"
+    printf '%s\n' "$regressions" | sed 's/^/  /'
+    echo
+    status=1
+fi
+
+newly=$(expected_names | awk -v results="$RESULTS" '
+    { want[$0] = 1 }
+    END { while ((getline l < results) > 0) { split(l, f, " "); if (f[1] == "PASS" && !(f[2] in want)) print f[2] } }' | LC_ALL=C sort -u)
+if [ -n "$newly" ]; then
+    if [ "$UPDATE" = 1 ]; then
+        n_new=$(printf '%s\n' "$newly" | wc -l)
+        if [ ! -f "$EXPECTED" ]; then
+            printf '# Tests expected to PASS under uiommufd (one name per line).\n' >"$EXPECTED"
+        fi
+        # Keep the leading comment block, then the sorted union of all names;
+        # if comments are interleaved with names, just append (never remove).
+        header_end=$(awk '!/^[[:space:]]*(#|$)/ { print NR - 1; exit }' "$EXPECTED")
+        if [ -z "$header_end" ] || ! tail -n +"$((header_end + 1))" "$EXPECTED" | grep -q '^[[:space:]]*#'; then
+            tmp=$EXPECTED.tmp
+            if [ -z "$header_end" ]; then cat "$EXPECTED"; else head -n "$header_end" "$EXPECTED"; fi >"$tmp"
+            { expected_names; printf '%s\n' "$newly"; } | LC_ALL=C sort -u >>"$tmp"
+            mv "$tmp" "$EXPECTED"
+        else
+            printf '%s\n' "$newly" | LC_ALL=C sort -u >>"$EXPECTED"
+        fi
+        echo "Added $n_new newly passing test(s) to tests/conformance/expected-pass.txt"
+    else
+        echo "Newly passing tests — add them to expected-pass.txt (or run with --update):"
+        printf '%s\n' "$newly" | sed 's/^/  /'
+    fi
+    echo
+fi
+
+if [ ${#run_failed_bins[@]} -gt 0 ]; then
+    log "binaries that did not complete normally: ${run_failed_bins[*]}"
+fi
+log "results: $RESULTS; logs: $CACHE/<bin>.log"
+awk '{ n[$1]++ } END { printf "conformance: %d passed, %d failed, %d skipped\n", n["PASS"], n["FAIL"], n["SKIP"] }' "$RESULTS"
+exit "$status"
