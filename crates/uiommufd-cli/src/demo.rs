@@ -15,9 +15,16 @@ const GUEST_RAM: u64 = 1 << 30;
 
 fn table(title: &str, areas: &[AreaInfo]) {
     println!("  {title}");
-    println!("    {:<20} {:<20} {:>12}  {:<4} {:>6}", "IOVA first", "IOVA last", "length", "prot", "pages");
+    println!(
+        "    {:<20} {:<20} {:>12}  {:<4} {:>6}",
+        "IOVA first", "IOVA last", "length", "prot", "pages"
+    );
     for a in areas {
-        let prot = format!("{}{}", if a.prot.read { "r" } else { "-" }, if a.prot.write { "w" } else { "-" });
+        let prot = format!(
+            "{}{}",
+            if a.prot.read { "r" } else { "-" },
+            if a.prot.write { "w" } else { "-" }
+        );
         println!(
             "    {:#018x}   {:#018x}   {:>12}  {:<4} {:>6}   -> HVA {:#x}",
             a.iova,
@@ -62,9 +69,16 @@ impl GuestRam {
             )
         };
         if ptr == libc::MAP_FAILED {
-            return Err(format!("mmap of {} failed: {}", human(len), std::io::Error::last_os_error()));
+            return Err(format!(
+                "mmap of {} failed: {}",
+                human(len),
+                std::io::Error::last_os_error()
+            ));
         }
-        Ok(GuestRam { ptr, len: len as usize })
+        Ok(GuestRam {
+            ptr,
+            len: len as usize,
+        })
     }
     fn hva(&self) -> u64 {
         self.ptr as u64
@@ -88,8 +102,14 @@ pub fn demo() -> Result<(), String> {
     let gpa = ctx.ioas_alloc().map_err(e)?;
     println!("  IOMMU_IOAS_ALLOC -> gpa_ioas = {gpa}");
     let gpa_ioas = ctx.ioas(gpa).map_err(e)?;
-    let iova = gpa_ioas.map_user(ram.hva(), GUEST_RAM, Some(0), Prot::RW).map_err(e)?;
-    println!("  IOMMU_IOAS_MAP  GPA {iova:#x} <- HVA {:#x}, {} (FIXED_IOVA, rw)", ram.hva(), human(GUEST_RAM));
+    let iova = gpa_ioas
+        .map_user(ram.hva(), GUEST_RAM, Some(0), Prot::RW)
+        .map_err(e)?;
+    println!(
+        "  IOMMU_IOAS_MAP  GPA {iova:#x} <- HVA {:#x}, {} (FIXED_IOVA, rw)",
+        ram.hva(),
+        human(GUEST_RAM)
+    );
     table(&format!("IOAS {gpa} (GPA)"), &gpa_ioas.areas());
 
     println!();
@@ -98,9 +118,16 @@ pub fn demo() -> Result<(), String> {
     println!("  IOMMU_IOAS_ALLOC -> giova_ioas = {giova}");
     let giova_ioas = ctx.ioas(giova).map_err(e)?;
     // guest vIOMMU: GIOVA 0x2000 -> GPA 0x1000; shadow it from the GPA IOAS
-    let got = giova_ioas.copy_from(&gpa_ioas, 0x1000, 0x1000, Some(0x2000), Prot::RW).map_err(e)?;
-    println!("  IOMMU_IOAS_COPY  GIOVA {got:#x} <- GPA 0x1000 (4 KiB): HVA {:#x}, same pages object", ram.hva() + 0x1000);
-    let auto = giova_ioas.copy_from(&gpa_ioas, 0x10_0000, 0x20_0000, None, Prot::RO).map_err(e)?;
+    let got = giova_ioas
+        .copy_from(&gpa_ioas, 0x1000, 0x1000, Some(0x2000), Prot::RW)
+        .map_err(e)?;
+    println!(
+        "  IOMMU_IOAS_COPY  GIOVA {got:#x} <- GPA 0x1000 (4 KiB): HVA {:#x}, same pages object",
+        ram.hva() + 0x1000
+    );
+    let auto = giova_ioas
+        .copy_from(&gpa_ioas, 0x10_0000, 0x20_0000, None, Prot::RO)
+        .map_err(e)?;
     println!("  IOMMU_IOAS_COPY  GIOVA {auto:#x} (allocated) <- GPA 0x100000 (2 MiB, read-only)");
     table(&format!("IOAS {gpa} (GPA)"), &gpa_ioas.areas());
     table(&format!("IOAS {giova} (GIOVA)"), &giova_ioas.areas());
@@ -108,11 +135,17 @@ pub fn demo() -> Result<(), String> {
     println!();
     println!("== teardown ==");
     let n = giova_ioas.unmap_all().map_err(e)?;
-    println!("  IOMMU_IOAS_UNMAP (all) on IOAS {giova}: {} unmapped", human(n));
+    println!(
+        "  IOMMU_IOAS_UNMAP (all) on IOAS {giova}: {} unmapped",
+        human(n)
+    );
     drop((gpa_ioas, giova_ioas));
     ctx.destroy(giova).map_err(e)?;
     ctx.destroy(gpa).map_err(e)?;
-    println!("  IOMMU_DESTROY {giova}, {gpa}: context now holds {} objects", ctx.object_count());
+    println!(
+        "  IOMMU_DESTROY {giova}, {gpa}: context now holds {} objects",
+        ctx.object_count()
+    );
     ctx.check_invariants()?;
     println!("  invariants hold");
     Ok(())

@@ -10,9 +10,14 @@ const PRELOAD_NAME: &str = "libuiommufd_preload.so";
 /// Where the preload is: `--preload`, `$UIOMMUFD_PRELOAD`, or next to this binary.
 fn find_preload(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
     if let Some(p) = explicit.or_else(|| std::env::var_os("UIOMMUFD_PRELOAD").map(PathBuf::from)) {
-        return if p.is_file() { Ok(p) } else { Err(format!("preload library {} does not exist", p.display())) };
+        return if p.is_file() {
+            Ok(p)
+        } else {
+            Err(format!("preload library {} does not exist", p.display()))
+        };
     }
-    let exe = std::env::current_exe().map_err(|e| format!("cannot find this binary's path: {e}"))?;
+    let exe =
+        std::env::current_exe().map_err(|e| format!("cannot find this binary's path: {e}"))?;
     let dir = exe.parent().ok_or("this binary has no parent directory")?;
     // cargo puts test/bench binaries one level down (deps/)
     for cand in [dir.join(PRELOAD_NAME), dir.join("..").join(PRELOAD_NAME)] {
@@ -35,6 +40,9 @@ pub fn run(preload: Option<PathBuf>, program: Vec<OsString>) -> Result<(), Strin
         ld.push(old);
     }
     let (prog, args) = program.split_first().ok_or("no program given")?;
-    let err = std::process::Command::new(prog).args(args).env("LD_PRELOAD", ld).exec();
+    let err = std::process::Command::new(prog)
+        .args(args)
+        .env("LD_PRELOAD", ld)
+        .exec();
     Err(format!("cannot run {}: {err}", prog.to_string_lossy()))
 }

@@ -35,8 +35,63 @@ pub const CAP_IPC_LOCK: u32 = 14;
 /// `CAP_SYS_RESOURCE`: needed to change the RLIMIT mode.
 pub const CAP_SYS_RESOURCE: u32 = 24;
 
-/// Whether the calling thread has capability `cap` in its effective set.
+/// Which capabilities the engine believes the caller has.
+///
+/// The kernel checks `CAP_SYS_RESOURCE` (RLIMIT mode) and `CAP_IPC_LOCK`
+/// (no pin accounting). By default we read the thread's real effective set
+/// (`UIOMMUFD_CAPS=host`). A program under test often expects the
+/// privileges it has in production (the kernel's selftest expects root with
+/// every capability) while CI sandboxes strip some of them; since nothing
+/// the engine guards is a real kernel resource, `UIOMMUFD_CAPS=all` emulates
+/// a fully privileged caller and `UIOMMUFD_CAPS=sys_resource,ipc_lock`
+/// grants a chosen few on top of the real set.
+#[derive(Debug, Clone, PartialEq, Eq)]
+enum CapPolicy {
+    Host,
+    All,
+    Grant(Vec<u32>),
+}
+
+fn cap_policy() -> &'static CapPolicy {
+    use std::sync::OnceLock;
+    static POLICY: OnceLock<CapPolicy> = OnceLock::new();
+    POLICY.get_or_init(|| match std::env::var("UIOMMUFD_CAPS").as_deref() {
+        Ok("all") => CapPolicy::All,
+        Ok("host") | Ok("") | Err(_) => CapPolicy::Host,
+        Ok(list) => CapPolicy::Grant(
+            list.split(',')
+                .filter_map(|n| {
+                    match n
+                        .trim()
+                        .trim_start_matches("cap_")
+                        .to_ascii_lowercase()
+                        .as_str()
+                    {
+                        "sys_resource" => Some(CAP_SYS_RESOURCE),
+                        "ipc_lock" => Some(CAP_IPC_LOCK),
+                        other => {
+                            tracing::warn!("UIOMMUFD_CAPS: ignoring unknown capability {other:?}");
+                            None
+                        }
+                    }
+                })
+                .collect(),
+        ),
+    })
+}
+
+/// Whether the caller has capability `cap`: the thread's effective set,
+/// widened by `UIOMMUFD_CAPS` (see [`CapPolicy`]).
 pub fn capable(cap: u32) -> bool {
+    match cap_policy() {
+        CapPolicy::All => true,
+        CapPolicy::Grant(list) if list.contains(&cap) => true,
+        _ => host_capable(cap),
+    }
+}
+
+/// Whether the calling thread has capability `cap` in its real effective set.
+pub fn host_capable(cap: u32) -> bool {
     #[repr(C)]
     struct Header {
         version: u32,
@@ -49,7 +104,10 @@ pub fn capable(cap: u32) -> bool {
         permitted: u32,
         inheritable: u32,
     }
-    let mut hdr = Header { version: 0x2008_0522, pid: 0 };
+    let mut hdr = Header {
+        version: 0x2008_0522,
+        pid: 0,
+    };
     let mut data = [Data::default(); 2];
     // SAFETY: capget writes two `Data` records (version 3 layout) into `data`.
     let rc = unsafe { libc::syscall(libc::SYS_capget, &mut hdr as *mut Header, data.as_mut_ptr()) };
@@ -70,9 +128,14 @@ pub fn default_mode() -> AccountMode {
 }
 
 fn memlock_limit_pages() -> u64 {
-    let mut rl = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: getrlimit writes one rlimit struct.
-    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) } != 0 || rl.rlim_cur == libc::RLIM_INFINITY {
+    if unsafe { libc::getrlimit(libc::RLIMIT_MEMLOCK, &mut rl) } != 0
+        || rl.rlim_cur == libc::RLIM_INFINITY
+    {
         return u64::MAX;
     }
     rl.rlim_cur / crate::user::page_size()
@@ -80,7 +143,9 @@ fn memlock_limit_pages() -> u64 {
 
 fn try_add_limited(counter: &AtomicU64, n: u64, limit: u64) -> bool {
     counter
-        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| cur.checked_add(n).filter(|&v| v <= limit))
+        .fetch_update(Ordering::AcqRel, Ordering::Acquire, |cur| {
+            cur.checked_add(n).filter(|&v| v <= limit)
+        })
         .is_ok()
 }
 

@@ -128,7 +128,11 @@ impl Reservation<'_> {
     /// Publish `obj` under the reserved ID.
     pub fn finalize(mut self, obj: Object) {
         self.done = true;
-        self.ctx.objects.lock().slots.insert(self.id, Slot::Live(obj));
+        self.ctx
+            .objects
+            .lock()
+            .slots
+            .insert(self.id, Slot::Live(obj));
     }
 }
 
@@ -149,7 +153,11 @@ impl Context {
     /// A new context whose user pointers refer to `mem`.
     pub fn with_memory(mem: Arc<dyn UserMemory>) -> Arc<Context> {
         crate::logging::init_from_env();
-        Arc::new(Context { objects: Mutex::new(Table::default()), account_mode: AtomicU8::new(0), mem })
+        Arc::new(Context {
+            objects: Mutex::new(Table::default()),
+            account_mode: AtomicU8::new(0),
+            mem,
+        })
     }
 
     /// The memory user pointers refer to.
@@ -162,7 +170,11 @@ impl Context {
         let mut t = self.objects.lock();
         let id = t.alloc_id()?;
         t.slots.insert(id, Slot::Reserved);
-        Ok(Reservation { ctx: self, id, done: false })
+        Ok(Reservation {
+            ctx: self,
+            id,
+            done: false,
+        })
     }
 
     /// Look up a live object.
@@ -186,7 +198,10 @@ impl Context {
     pub fn ioas_alloc(&self) -> Result<ObjId> {
         let r = self.reserve()?;
         let id = r.id();
-        r.finalize(Object::Ioas(Arc::new(Ioas::new(self.mem.clone(), self.account_mode()))));
+        r.finalize(Object::Ioas(Arc::new(Ioas::new(
+            self.mem.clone(),
+            self.account_mode(),
+        ))));
         Ok(id)
     }
 
@@ -198,12 +213,18 @@ impl Context {
                 Some(Slot::Live(o)) => {
                     let users = o.other_users();
                     if users > 0 {
-                        bail!(EBUSY, "{} {id} is still used ({users} other reference(s))", o.kind());
+                        bail!(
+                            EBUSY,
+                            "{} {id} is still used ({users} other reference(s))",
+                            o.kind()
+                        );
                     }
                 }
                 _ => bail!(ENOENT, "no object with ID {id}"),
             }
-            let Some(Slot::Live(o)) = t.slots.remove(&id) else { unreachable!() };
+            let Some(Slot::Live(o)) = t.slots.remove(&id) else {
+                unreachable!()
+            };
             t.release_id(id);
             o
         };
@@ -226,7 +247,12 @@ impl Context {
 
     /// Number of live objects.
     pub fn object_count(&self) -> usize {
-        self.objects.lock().slots.values().filter(|s| matches!(s, Slot::Live(_))).count()
+        self.objects
+            .lock()
+            .slots
+            .values()
+            .filter(|s| matches!(s, Slot::Live(_)))
+            .count()
     }
 
     /// All live objects with their IDs, in ID order.
@@ -267,7 +293,10 @@ impl Context {
     pub fn set_rlimit_mode(&self, mode: u64) -> Result<()> {
         let t = self.objects.lock();
         if !t.slots.is_empty() {
-            bail!(EBUSY, "the RLIMIT mode can only change while the context holds no object");
+            bail!(
+                EBUSY,
+                "the RLIMIT mode can only change while the context holds no object"
+            );
         }
         if mode > 1 {
             bail!(EINVAL, "RLIMIT mode {mode} is neither 0 (user) nor 1 (mm)");
@@ -280,7 +309,9 @@ impl Context {
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         for (id, o) in self.objects() {
             match o {
-                Object::Ioas(i) => i.check_invariants().map_err(|e| format!("IOAS {id}: {e}"))?,
+                Object::Ioas(i) => i
+                    .check_invariants()
+                    .map_err(|e| format!("IOAS {id}: {e}"))?,
             }
         }
         Ok(())
@@ -301,7 +332,9 @@ impl Context {
                     .collect();
                 ids.into_iter()
                     .map(|id| {
-                        let Some(Slot::Live(o)) = t.slots.remove(&id) else { unreachable!() };
+                        let Some(Slot::Live(o)) = t.slots.remove(&id) else {
+                            unreachable!()
+                        };
                         t.release_id(id);
                         o
                     })

@@ -65,7 +65,10 @@ pub struct Error {
 impl Error {
     /// A new error with `errno` (a `libc::E*` constant) and a reason.
     pub fn new(errno: i32, reason: impl Into<Cow<'static, str>>) -> Self {
-        Error { errno: Errno(errno), reason: reason.into() }
+        Error {
+            errno: Errno(errno),
+            reason: reason.into(),
+        }
     }
 
     /// The errno the kernel would return.

@@ -25,7 +25,10 @@ pub(crate) fn alloc(u: &Ucmd) -> Result<i32> {
         bail!(EOPNOTSUPP, "HWPT_ALLOC: __reserved must be zero");
     }
     if (cmd.data_type == IOMMU_HWPT_DATA_NONE) != (cmd.data_len == 0) {
-        bail!(EINVAL, "HWPT_ALLOC: data_len must be zero exactly when data_type is NONE");
+        bail!(
+            EINVAL,
+            "HWPT_ALLOC: data_len must be zero exactly when data_type is NONE"
+        );
     }
     no_object(u, "device", cmd.dev_id)
 }
@@ -43,7 +46,11 @@ pub(crate) fn get_hw_info(u: &Ucmd) -> Result<i32> {
 pub(crate) fn set_dirty_tracking(u: &Ucmd) -> Result<i32> {
     let cmd: IommuHwptSetDirtyTracking = u.cmd();
     if cmd.flags & !IOMMU_HWPT_DIRTY_TRACKING_ENABLE != 0 {
-        bail!(EOPNOTSUPP, "HWPT_SET_DIRTY_TRACKING: unknown flags {:#x}", cmd.flags);
+        bail!(
+            EOPNOTSUPP,
+            "HWPT_SET_DIRTY_TRACKING: unknown flags {:#x}",
+            cmd.flags
+        );
     }
     no_object(u, "paging HWPT", cmd.hwpt_id)
 }
@@ -52,7 +59,11 @@ pub(crate) fn set_dirty_tracking(u: &Ucmd) -> Result<i32> {
 pub(crate) fn get_dirty_bitmap(u: &Ucmd) -> Result<i32> {
     let cmd: IommuHwptGetDirtyBitmap = u.cmd();
     if cmd.flags & !IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR != 0 || cmd.__reserved != 0 {
-        bail!(EOPNOTSUPP, "HWPT_GET_DIRTY_BITMAP: unknown flags {:#x} or non-zero __reserved", cmd.flags);
+        bail!(
+            EOPNOTSUPP,
+            "HWPT_GET_DIRTY_BITMAP: unknown flags {:#x} or non-zero __reserved",
+            cmd.flags
+        );
     }
     no_object(u, "paging HWPT", cmd.hwpt_id)
 }
@@ -66,14 +77,20 @@ pub(crate) fn invalidate(u: &Ucmd) -> Result<i32> {
     let mut cmd: IommuHwptInvalidate = u.cmd();
     let page = crate::user::page_size();
     let rc = if cmd.__reserved != 0 {
-        Err(crate::err!(EOPNOTSUPP, "HWPT_INVALIDATE: __reserved must be zero"))
+        Err(crate::err!(
+            EOPNOTSUPP,
+            "HWPT_INVALIDATE: __reserved must be zero"
+        ))
     } else if cmd.entry_num != 0
         && (cmd.data_uptr == 0
             || cmd.entry_len == 0
             || cmd.entry_len as u64 > page
             || cmd.entry_num > INVALIDATE_ENTRY_NUM_MAX)
     {
-        Err(crate::err!(EINVAL, "HWPT_INVALIDATE: bad data_uptr, entry_len or entry_num"))
+        Err(crate::err!(
+            EINVAL,
+            "HWPT_INVALIDATE: bad data_uptr, entry_len or entry_num"
+        ))
     } else {
         no_object(u, "nested HWPT", cmd.hwpt_id)
     };
@@ -88,5 +105,8 @@ pub(crate) fn fault_queue_alloc(u: &Ucmd) -> Result<i32> {
     if cmd.flags != 0 {
         bail!(EOPNOTSUPP, "FAULT_QUEUE_ALLOC: flags must be zero");
     }
-    bail!(EOPNOTSUPP, "FAULT_QUEUE_ALLOC: fault queues are not implemented yet")
+    bail!(
+        EOPNOTSUPP,
+        "FAULT_QUEUE_ALLOC: fault queues are not implemented yet"
+    )
 }

@@ -31,10 +31,9 @@
 //! ```
 
 pub mod accounting;
-pub mod hwpt;
-pub mod vfio_compat;
 pub mod context;
 mod error;
+pub mod hwpt;
 pub mod io_pagetable;
 pub mod ioas;
 pub mod logging;
@@ -42,6 +41,7 @@ pub mod mock;
 pub mod pages;
 pub mod uapi;
 pub mod user;
+pub mod vfio_compat;
 
 pub use context::{Context, ObjId};
 pub use error::{Errno, Error, Result};

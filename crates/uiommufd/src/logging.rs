@@ -8,8 +8,12 @@ use std::sync::Once;
 pub fn init_from_env() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
-        let Ok(spec) = std::env::var("UIOMMUFD_LOG") else { return };
-        let Ok(filter) = tracing_subscriber::EnvFilter::try_new(spec) else { return };
+        let Ok(spec) = std::env::var("UIOMMUFD_LOG") else {
+            return;
+        };
+        let Ok(filter) = tracing_subscriber::EnvFilter::try_new(spec) else {
+            return;
+        };
         let _ = tracing_subscriber::fmt()
             .with_env_filter(filter)
             .with_writer(std::io::stderr)

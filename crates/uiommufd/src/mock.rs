@@ -37,7 +37,11 @@ pub(crate) fn test_cmd(u: &Ucmd) -> Result<i32> {
             let m: TestMemoryLimit = payload(&cmd);
             // the kernel's batch needs room for at least one element
             if (m.limit as usize) < size_of::<u64>() + size_of::<u32>() {
-                bail!(EINVAL, "SET_TEMP_MEMORY_LIMIT: limit {} is below one batch element", m.limit);
+                bail!(
+                    EINVAL,
+                    "SET_TEMP_MEMORY_LIMIT: limit {} is below one batch element",
+                    m.limit
+                );
             }
             TEMP_MEMORY_LIMIT.store(m.limit, Ordering::Relaxed);
             Ok(0)
@@ -80,7 +84,12 @@ fn add_reserved(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
         bail!(EINVAL, "ADD_RESERVED: length is zero");
     }
     let Some(last) = r.start.checked_add(r.length - 1) else {
-        bail!(EOVERFLOW, "ADD_RESERVED: start {:#x} + length {:#x} overflows", r.start, r.length);
+        bail!(
+            EOVERFLOW,
+            "ADD_RESERVED: start {:#x} + length {:#x} overflows",
+            r.start,
+            r.length
+        );
     };
     let ioas = u.ctx.ioas(cmd.id)?;
     ioas.iopt().add_reserved(r.start, last, 0)?;
@@ -92,8 +101,16 @@ fn add_reserved(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
 fn check_refs(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
     let c: TestCheckRefs = payload(cmd);
     let ps = page_size();
-    if !c.length.is_multiple_of(ps) || !c.uptr.is_multiple_of(ps) || c.uptr.checked_add(c.length).is_none() {
-        bail!(EINVAL, "MD_CHECK_REFS: uptr {:#x} and length {:#x} must be page aligned", c.uptr, c.length);
+    if !c.length.is_multiple_of(ps)
+        || !c.uptr.is_multiple_of(ps)
+        || c.uptr.checked_add(c.length).is_none()
+    {
+        bail!(
+            EINVAL,
+            "MD_CHECK_REFS: uptr {:#x} and length {:#x} must be page aligned",
+            c.uptr,
+            c.length
+        );
     }
     // get_user_pages on the range: it must be mapped
     u.ctx.memory().populate(c.uptr, c.length, false)?;
@@ -101,7 +118,11 @@ fn check_refs(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
     while addr < c.uptr + c.length {
         let n = Pages::pins_of_user_page(addr);
         if n != c.refs {
-            bail!(EIO, "MD_CHECK_REFS: page {addr:#x} is pinned {n} time(s), expected {}", c.refs);
+            bail!(
+                EIO,
+                "MD_CHECK_REFS: page {addr:#x} is pinned {n} time(s), expected {}",
+                c.refs
+            );
         }
         addr += ps;
     }

@@ -58,7 +58,12 @@ impl PinMap {
     fn holes(&self, first: u64, last: u64) -> Vec<(u64, u64)> {
         let mut out = Vec::new();
         let mut cur = first;
-        let start = self.runs.range(..=first).next_back().map(|(&s, _)| s).unwrap_or(first);
+        let start = self
+            .runs
+            .range(..=first)
+            .next_back()
+            .map(|(&s, _)| s)
+            .unwrap_or(first);
         for (&s, &(l, _)) in self.runs.range(start..=last) {
             if l < cur {
                 continue;
@@ -107,8 +112,17 @@ impl PinMap {
     }
 
     fn merge_around(&mut self, first: u64, last: u64) {
-        let lo = self.runs.range(..first).next_back().map(|(&s, _)| s).unwrap_or(first);
-        let keys: Vec<u64> = self.runs.range(lo..=last.saturating_add(1)).map(|(&s, _)| s).collect();
+        let lo = self
+            .runs
+            .range(..first)
+            .next_back()
+            .map(|(&s, _)| s)
+            .unwrap_or(first);
+        let keys: Vec<u64> = self
+            .runs
+            .range(lo..=last.saturating_add(1))
+            .map(|(&s, _)| s)
+            .collect();
         let mut prev: Option<u64> = None;
         for s in keys {
             if let Some(p) = prev {
@@ -138,12 +152,19 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// process as the kernel's page refcount does. Sharded so that creating pages
 /// objects from many threads does not serialise on one lock.
 const SHARDS: usize = 16;
-static REGISTRY: [Mutex<Vec<(u64, Weak<Pages>)>>; SHARDS] = [const { Mutex::new(Vec::new()) }; SHARDS];
+type Shard = Mutex<Vec<(u64, Weak<Pages>)>>;
+static REGISTRY: [Shard; SHARDS] = [const { Mutex::new(Vec::new()) }; SHARDS];
 
 impl Pages {
     /// A new, unpinned pages object covering the pages that hold
     /// `[uptr, uptr + length)` (rounded out to whole pages).
-    pub fn new(mem: Arc<dyn UserMemory>, uptr: u64, length: u64, writable: bool, mode: AccountMode) -> Arc<Pages> {
+    pub fn new(
+        mem: Arc<dyn UserMemory>,
+        uptr: u64,
+        length: u64,
+        writable: bool,
+        mode: AccountMode,
+    ) -> Arc<Pages> {
         let ps = page_size();
         let base = uptr & !(ps - 1);
         let end = uptr.saturating_add(length).div_ceil(ps) * ps;
@@ -157,7 +178,9 @@ impl Pages {
             account: Account::new(mode),
             pins: Mutex::new(PinMap::default()),
         });
-        REGISTRY[(id as usize) % SHARDS].lock().push((id, Arc::downgrade(&p)));
+        REGISTRY[(id as usize) % SHARDS]
+            .lock()
+            .push((id, Arc::downgrade(&p)));
         p
     }
 
@@ -197,7 +220,10 @@ impl Pages {
         if new > 0 {
             self.account.charge(new)?;
             for &(s, l) in &holes {
-                if let Err(e) = self.mem.populate(self.uptr + s * ps, (l - s + 1) * ps, self.writable) {
+                if let Err(e) =
+                    self.mem
+                        .populate(self.uptr + s * ps, (l - s + 1) * ps, self.writable)
+                {
                     self.account.uncharge(new);
                     return Err(e);
                 }
@@ -234,7 +260,10 @@ impl Pages {
         for shard in &REGISTRY {
             for (_, w) in shard.lock().iter() {
                 if let Some(p) = w.upgrade() {
-                    if addr >= p.uptr && addr < p.uptr + p.len_bytes() && p.is_pinned((addr - p.uptr) / ps) {
+                    if addr >= p.uptr
+                        && addr < p.uptr + p.len_bytes()
+                        && p.is_pinned((addr - p.uptr) / ps)
+                    {
                         n += 1;
                     }
                 }
@@ -258,7 +287,9 @@ pub fn check_accounting() -> std::result::Result<(), String> {
     }
     let vm = crate::accounting::PINNED_VM.load(Ordering::Acquire);
     if sum != vm {
-        return Err(format!("pinned_vm is {vm} pages but live pages objects pin {sum}"));
+        return Err(format!(
+            "pinned_vm is {vm} pages but live pages objects pin {sum}"
+        ));
     }
     Ok(())
 }
@@ -266,11 +297,17 @@ pub fn check_accounting() -> std::result::Result<(), String> {
 impl Drop for Pages {
     fn drop(&mut self) {
         let pins = self.pins.get_mut();
-        debug_assert_eq!(pins.npinned, 0, "pages object {} dropped with pinned pages", self.id);
+        debug_assert_eq!(
+            pins.npinned, 0,
+            "pages object {} dropped with pinned pages",
+            self.id
+        );
         if pins.npinned != 0 {
             self.account.uncharge(pins.npinned);
         }
-        REGISTRY[(self.id as usize) % SHARDS].lock().retain(|(id, _)| *id != self.id);
+        REGISTRY[(self.id as usize) % SHARDS]
+            .lock()
+            .retain(|(id, _)| *id != self.id);
     }
 }
 
@@ -289,7 +326,13 @@ mod tests {
     #[test]
     fn pin_counts_overlap_and_release() {
         let (_v, a) = buf(8);
-        let p = Pages::new(Arc::new(SelfMemory), a, 8 * page_size(), true, AccountMode::None);
+        let p = Pages::new(
+            Arc::new(SelfMemory),
+            a,
+            8 * page_size(),
+            true,
+            AccountMode::None,
+        );
         p.pin(0, 3).unwrap();
         p.pin(2, 5).unwrap();
         assert_eq!(p.npinned(), 6);
@@ -305,7 +348,13 @@ mod tests {
 
     #[test]
     fn pin_failure_changes_nothing() {
-        let p = Pages::new(Arc::new(SelfMemory), 1 << 31, 4 * page_size(), true, AccountMode::None);
+        let p = Pages::new(
+            Arc::new(SelfMemory),
+            1 << 31,
+            4 * page_size(),
+            true,
+            AccountMode::None,
+        );
         assert_eq!(p.pin(0, 3).unwrap_err().errno().0, libc::EFAULT);
         assert_eq!(p.npinned(), 0);
     }

@@ -19,7 +19,11 @@ pub fn page_size() -> u64 {
     *PS.get_or_init(|| {
         // SAFETY: sysconf has no memory-safety preconditions.
         let v = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
-        if v > 0 { v as u64 } else { 4096 }
+        if v > 0 {
+            v as u64
+        } else {
+            4096
+        }
     })
 }
 
@@ -45,30 +49,52 @@ fn iov_count(len: usize) -> Option<usize> {
 
 impl UserMemory for SelfMemory {
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        let Some(len) = iov_count(buf.len()) else { return Ok(()) };
-        let local = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: len };
-        let remote = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: len };
+        let Some(len) = iov_count(buf.len()) else {
+            return Ok(());
+        };
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: len,
+        };
+        let remote = libc::iovec {
+            iov_base: addr as usize as *mut libc::c_void,
+            iov_len: len,
+        };
         // SAFETY: `local` describes `buf`, which we own mutably for the call;
         // the remote side is only read by the kernel, which checks it.
         let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
         if n == len as isize {
             Ok(())
         } else {
-            Err(Error::new(libc::EFAULT, format!("cannot read {len} bytes at user address {addr:#x}")))
+            Err(Error::new(
+                libc::EFAULT,
+                format!("cannot read {len} bytes at user address {addr:#x}"),
+            ))
         }
     }
 
     fn write(&self, addr: u64, buf: &[u8]) -> Result<()> {
-        let Some(len) = iov_count(buf.len()) else { return Ok(()) };
-        let local = libc::iovec { iov_base: buf.as_ptr() as *mut libc::c_void, iov_len: len };
-        let remote = libc::iovec { iov_base: addr as usize as *mut libc::c_void, iov_len: len };
+        let Some(len) = iov_count(buf.len()) else {
+            return Ok(());
+        };
+        let local = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: len,
+        };
+        let remote = libc::iovec {
+            iov_base: addr as usize as *mut libc::c_void,
+            iov_len: len,
+        };
         // SAFETY: `local` describes `buf` (only read by the kernel); the
         // remote range is checked by the kernel and fails with EFAULT.
         let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
         if n == len as isize {
             Ok(())
         } else {
-            Err(Error::new(libc::EFAULT, format!("cannot write {len} bytes at user address {addr:#x}")))
+            Err(Error::new(
+                libc::EFAULT,
+                format!("cannot write {len} bytes at user address {addr:#x}"),
+            ))
         }
     }
 
@@ -76,7 +102,11 @@ impl UserMemory for SelfMemory {
         if len == 0 {
             return Ok(());
         }
-        let advice = if write { libc::MADV_POPULATE_WRITE } else { libc::MADV_POPULATE_READ };
+        let advice = if write {
+            libc::MADV_POPULATE_WRITE
+        } else {
+            libc::MADV_POPULATE_READ
+        };
         // SAFETY: MADV_POPULATE_* only faults pages in; it never changes the
         // contents or the mapping, and it validates the range itself.
         let rc = unsafe { libc::madvise(addr as usize as *mut libc::c_void, len as usize, advice) };
@@ -106,10 +136,18 @@ mod tests {
         let mut dst = [0u8; 4];
         SelfMemory.read(src.as_ptr() as u64, &mut dst).unwrap();
         assert_eq!(dst, src);
-        SelfMemory.write(src.as_mut_ptr() as u64, &[9, 9, 9, 9]).unwrap();
+        SelfMemory
+            .write(src.as_mut_ptr() as u64, &[9, 9, 9, 9])
+            .unwrap();
         assert_eq!(src, [9, 9, 9, 9]);
-        assert_eq!(SelfMemory.read(0, &mut dst).unwrap_err().errno().0, libc::EFAULT);
-        assert_eq!(SelfMemory.write(8, &dst).unwrap_err().errno().0, libc::EFAULT);
+        assert_eq!(
+            SelfMemory.read(0, &mut dst).unwrap_err().errno().0,
+            libc::EFAULT
+        );
+        assert_eq!(
+            SelfMemory.write(8, &dst).unwrap_err().errno().0,
+            libc::EFAULT
+        );
     }
 
     #[test]
@@ -117,15 +155,36 @@ mod tests {
         let ps = page_size() as usize;
         // SAFETY: plain anonymous mapping, unmapped at the end of the test.
         let p = unsafe {
-            libc::mmap(std::ptr::null_mut(), 2 * ps, libc::PROT_READ, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * ps,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
         };
         assert_ne!(p, libc::MAP_FAILED);
         let a = p as u64;
         SelfMemory.populate(a, ps as u64, false).unwrap();
-        assert_eq!(SelfMemory.populate(a, ps as u64, true).unwrap_err().errno().0, libc::EFAULT);
+        assert_eq!(
+            SelfMemory
+                .populate(a, ps as u64, true)
+                .unwrap_err()
+                .errno()
+                .0,
+            libc::EFAULT
+        );
         // SAFETY: the second page of our own mapping.
         unsafe { libc::munmap((a + ps as u64) as *mut libc::c_void, ps) };
-        assert_eq!(SelfMemory.populate(a, 2 * ps as u64, false).unwrap_err().errno().0, libc::EFAULT);
+        assert_eq!(
+            SelfMemory
+                .populate(a, 2 * ps as u64, false)
+                .unwrap_err()
+                .errno()
+                .0,
+            libc::EFAULT
+        );
         // SAFETY: what is left of our own mapping.
         unsafe { libc::munmap(p, ps) };
     }

@@ -35,5 +35,8 @@ pub(crate) fn vfio_ioas(u: &Ucmd) -> Result<i32> {
 
 /// An ioctl number outside the iommufd table: the VFIO container API.
 pub(crate) fn ioctl(_ctx: &Arc<Context>, cmd: u32, _arg: u64) -> Result<i32> {
-    bail!(ENOTTY, "ioctl {cmd:#x} is neither an iommufd command nor a VFIO container command we serve")
+    bail!(
+        ENOTTY,
+        "ioctl {cmd:#x} is neither an iommufd command nor a VFIO container command we serve"
+    )
 }

@@ -18,7 +18,10 @@ fn call<T: IntoBytes + FromBytes + ?Sized>(ctx: &Arc<Context>, cmd: u32, arg: &m
 }
 
 fn ioas_alloc(ctx: &Arc<Context>) -> u32 {
-    let mut c = IommuIoasAlloc { size: 12, ..Default::default() };
+    let mut c = IommuIoasAlloc {
+        size: 12,
+        ..Default::default()
+    };
     assert_eq!(call(ctx, IOMMU_IOAS_ALLOC, &mut c), 0);
     c.out_ioas_id
 }
@@ -29,10 +32,22 @@ fn destroy_errors() {
     let mut d = IommuDestroy { size: 8, id: 0 };
     assert_eq!(call(&ctx, IOMMU_DESTROY, &mut d), libc::ENOENT);
     // NULL and wild pointers are EFAULT, not a crash
-    assert_eq!(ioctl(&ctx, IOMMU_DESTROY as u64, 0).unwrap_err().errno().0, libc::EFAULT);
-    assert_eq!(ioctl(&ctx, IOMMU_DESTROY as u64, 16).unwrap_err().errno().0, libc::EFAULT);
+    assert_eq!(
+        ioctl(&ctx, IOMMU_DESTROY as u64, 0).unwrap_err().errno().0,
+        libc::EFAULT
+    );
+    assert_eq!(
+        ioctl(&ctx, IOMMU_DESTROY as u64, 16).unwrap_err().errno().0,
+        libc::EFAULT
+    );
     // unknown numbers: below the table, in a gap, past it, another type byte
-    for nr in [io(IOMMUFD_CMD_BASE - 1), io(0x8f), io(0x9f), io(0xa1), 0x1234_0080] {
+    for nr in [
+        io(IOMMUFD_CMD_BASE - 1),
+        io(0x8f),
+        io(0x9f),
+        io(0xa1),
+        0x1234_0080,
+    ] {
         assert_eq!(call(&ctx, nr, &mut d), libc::ENOTTY, "cmd {nr:#x}");
     }
 }
@@ -86,9 +101,38 @@ fn huge_size_with_zero_tail_is_accepted() {
     let last = buf.len() - 1;
     buf[last] = 1;
     assert_eq!(call(&ctx, IOMMU_IOAS_ALLOC, &mut buf[..]), libc::E2BIG);
-    // a size running past mapped memory is EFAULT
-    let mut c = IommuIoasAlloc { size: u32::MAX, ..Default::default() };
-    assert_eq!(call(&ctx, IOMMU_IOAS_ALLOC, &mut c), libc::EFAULT);
+    // a size running past mapped memory (all zero until then) is EFAULT
+    let ps = 4096usize;
+    // SAFETY: a fresh anonymous mapping of two pages; the second is unmapped
+    // so the zero tail of the command runs into a hole.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            2 * ps,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    // SAFETY: unmapping the second page of our own mapping, then writing the
+    // size field at the end of the first (still mapped) page.
+    let arg = unsafe {
+        libc::munmap((p as usize + ps) as *mut libc::c_void, ps);
+        let arg = p as usize + ps - 16;
+        *(arg as *mut u32) = 64;
+        arg
+    };
+    assert_eq!(
+        ioctl(&ctx, IOMMU_IOAS_ALLOC as u64, arg as u64)
+            .unwrap_err()
+            .errno()
+            .0,
+        libc::EFAULT
+    );
+    // SAFETY: the first page of our own mapping.
+    unsafe { libc::munmap(p, ps) };
 }
 
 #[test]
@@ -97,7 +141,11 @@ fn ioas_alloc_ids_and_destroy() {
     let a = ioas_alloc(&ctx);
     let b = ioas_alloc(&ctx);
     assert_eq!((a, b), (1, 2));
-    let mut bad = IommuIoasAlloc { size: 12, flags: 1, ..Default::default() };
+    let mut bad = IommuIoasAlloc {
+        size: 12,
+        flags: 1,
+        ..Default::default()
+    };
     assert_eq!(call(&ctx, IOMMU_IOAS_ALLOC, &mut bad), libc::EOPNOTSUPP);
     let mut d = IommuDestroy { size: 8, id: a };
     assert_eq!(call(&ctx, IOMMU_DESTROY, &mut d), 0);
@@ -120,7 +168,14 @@ fn reply_to_unwritable_memory_leaves_no_object() {
     let ps = 4096;
     // SAFETY: a fresh anonymous mapping, made read-only after filling it.
     let p = unsafe {
-        libc::mmap(std::ptr::null_mut(), ps, libc::PROT_READ | libc::PROT_WRITE, libc::MAP_PRIVATE | libc::MAP_ANONYMOUS, -1, 0)
+        libc::mmap(
+            std::ptr::null_mut(),
+            ps,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
     };
     assert_ne!(p, libc::MAP_FAILED);
     // SAFETY: p is a writable page we own.
@@ -128,7 +183,13 @@ fn reply_to_unwritable_memory_leaves_no_object() {
         *(p as *mut u32) = 12;
         libc::mprotect(p, ps, libc::PROT_READ);
     }
-    assert_eq!(ioctl(&ctx, IOMMU_IOAS_ALLOC as u64, p as u64).unwrap_err().errno().0, libc::EFAULT);
+    assert_eq!(
+        ioctl(&ctx, IOMMU_IOAS_ALLOC as u64, p as u64)
+            .unwrap_err()
+            .errno()
+            .0,
+        libc::EFAULT
+    );
     assert_eq!(ctx.object_count(), 0);
     assert!(ctx.is_empty());
     // SAFETY: our own mapping.
@@ -139,7 +200,13 @@ fn reply_to_unwritable_memory_leaves_no_object() {
 #[test]
 fn options() {
     let ctx = Context::new();
-    let mut o = IommuOption { size: 24, option_id: IOMMU_OPTION_RLIMIT_MODE, op: IOMMU_OPTION_OP_GET, val64: 7, ..Default::default() };
+    let mut o = IommuOption {
+        size: 24,
+        option_id: IOMMU_OPTION_RLIMIT_MODE,
+        op: IOMMU_OPTION_OP_GET,
+        val64: 7,
+        ..Default::default()
+    };
     assert_eq!(call(&ctx, IOMMU_OPTION, &mut o), 0);
     assert_eq!(o.val64, 0);
     o.__reserved = 1;
@@ -151,7 +218,12 @@ fn options() {
     o.object_id = 1;
     assert_eq!(call(&ctx, IOMMU_OPTION, &mut o), libc::EOPNOTSUPP);
     // huge pages is per IOAS: ENOENT without one
-    let mut h = IommuOption { size: 24, option_id: IOMMU_OPTION_HUGE_PAGES, op: IOMMU_OPTION_OP_GET, ..Default::default() };
+    let mut h = IommuOption {
+        size: 24,
+        option_id: IOMMU_OPTION_HUGE_PAGES,
+        op: IOMMU_OPTION_OP_GET,
+        ..Default::default()
+    };
     assert_eq!(call(&ctx, IOMMU_OPTION, &mut h), libc::ENOENT);
     h.object_id = ioas_alloc(&ctx);
     h.val64 = 5;
@@ -163,7 +235,13 @@ fn options() {
     h.op = 7;
     assert_eq!(call(&ctx, IOMMU_OPTION, &mut h), libc::EOPNOTSUPP);
     // the RLIMIT mode cannot change once objects exist
-    let mut o = IommuOption { size: 24, option_id: IOMMU_OPTION_RLIMIT_MODE, op: IOMMU_OPTION_OP_SET, val64: 1, ..Default::default() };
+    let mut o = IommuOption {
+        size: 24,
+        option_id: IOMMU_OPTION_RLIMIT_MODE,
+        op: IOMMU_OPTION_OP_SET,
+        val64: 1,
+        ..Default::default()
+    };
     let e = call(&ctx, IOMMU_OPTION, &mut o);
     assert!(e == libc::EBUSY || e == libc::EPERM, "{e}");
 }
@@ -171,7 +249,11 @@ fn options() {
 #[test]
 fn vfio_ioas_get_set_clear() {
     let ctx = Context::new();
-    let mut v = IommuVfioIoas { size: 12, op: IOMMU_VFIO_IOAS_GET, ..Default::default() };
+    let mut v = IommuVfioIoas {
+        size: 12,
+        op: IOMMU_VFIO_IOAS_GET,
+        ..Default::default()
+    };
     assert_eq!(call(&ctx, IOMMU_VFIO_IOAS, &mut v), libc::ENODEV);
     let id = ioas_alloc(&ctx);
     v.op = IOMMU_VFIO_IOAS_SET;
@@ -195,15 +277,29 @@ fn vfio_ioas_get_set_clear() {
 fn device_commands_without_devices_are_enoent() {
     let ctx = Context::new();
     let ioas = ioas_alloc(&ctx);
-    let mut h = IommuHwInfo { size: 40, dev_id: ioas, ..Default::default() };
+    let mut h = IommuHwInfo {
+        size: 40,
+        dev_id: ioas,
+        ..Default::default()
+    };
     assert_eq!(call(&ctx, IOMMU_GET_HW_INFO, &mut h), libc::ENOENT);
     h.flags = 1;
     assert_eq!(call(&ctx, IOMMU_GET_HW_INFO, &mut h), libc::EOPNOTSUPP);
-    let mut a = IommuHwptAlloc { size: 48, dev_id: 99, pt_id: ioas, ..Default::default() };
+    let mut a = IommuHwptAlloc {
+        size: 48,
+        dev_id: 99,
+        pt_id: ioas,
+        ..Default::default()
+    };
     assert_eq!(call(&ctx, IOMMU_HWPT_ALLOC, &mut a), libc::ENOENT);
     a.data_len = 4;
     assert_eq!(call(&ctx, IOMMU_HWPT_ALLOC, &mut a), libc::EINVAL);
-    let mut inv = IommuHwptInvalidate { size: 32, hwpt_id: ioas, entry_num: 3, ..Default::default() };
+    let mut inv = IommuHwptInvalidate {
+        size: 32,
+        hwpt_id: ioas,
+        entry_num: 3,
+        ..Default::default()
+    };
     assert_eq!(call(&ctx, IOMMU_HWPT_INVALIDATE, &mut inv), libc::EINVAL);
     assert_eq!(inv.entry_num, 0, "entry_num is written back on failure");
 }
@@ -211,7 +307,11 @@ fn device_commands_without_devices_are_enoent() {
 #[test]
 fn test_cmd_ops_without_devices() {
     let ctx = Context::new();
-    let mut t = IommuTestCmd { size: 72, op: IOMMU_TEST_OP_MOCK_DOMAIN, ..Default::default() };
+    let mut t = IommuTestCmd {
+        size: 72,
+        op: IOMMU_TEST_OP_MOCK_DOMAIN,
+        ..Default::default()
+    };
     assert_eq!(call(&ctx, IOMMU_TEST_CMD, &mut t), libc::ENOENT);
     t.op = 99;
     assert_eq!(call(&ctx, IOMMU_TEST_CMD, &mut t), libc::EOPNOTSUPP);

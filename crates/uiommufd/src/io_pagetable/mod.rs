@@ -1,13 +1,63 @@
 //! The IO page table of one IOAS: IOVA → area tree, allowed and reserved
 //! ranges, IOVA allocation (the kernel's io_pagetable.c).
 //!
-//! API CONTRACT (bodies being written; see the helper brief). Intervals:
-//! `last` is inclusive everywhere in this module.
+//! # Interval convention
+//!
+//! Every interval in this module is `start..=last` with an **inclusive**
+//! `last`, in bytes of IOVA (so a range can end at `u64::MAX`). Lengths are
+//! byte counts; `start + length - 1` is always computed with `checked_add`.
+//!
+//! # Lock order
+//!
+//! 1. (future) the domains lock of the IOAS, taken before
+//! 2. [`IoPagetable`]'s `state` `RwLock` (the kernel's `iova_rwsem`), before
+//! 3. `Pages::pins` (a leaf lock inside [`Pages`]).
+//!
+//! The `state` lock is never held while user memory is touched, while a
+//! pages object is pinned, or while an `Arc<Pages>` is dropped: removed areas
+//! are dropped after the guard.
+//!
+//! # Pending areas
+//!
+//! `map` works in three steps so that pinning and filling attached IOMMU
+//! domains (next issue) can run without the write lock, like the kernel's
+//! `iopt_map_pages`:
+//!
+//! 1. under the write lock, check the request, pick the IOVA and insert the
+//!    areas in the **filling** state: the IOVA is taken from then on;
+//! 2. without the lock, fill (today: nothing to do, no domains exist);
+//! 3. under the write lock, publish the areas (**live**), or remove them if
+//!    the fill failed.
+//!
+//! A filling area is treated as the kernel treats an area whose `pages` is
+//! still NULL: it occupies its IOVA (a fixed map over it is `EEXIST`, the
+//! allocator skips it, a reserved range may not cover it), `unmap` and
+//! `unmap_all` that reach it fail `EBUSY` (userspace raced a map with an
+//! unmap of the same IOVA), `get_pages` treats it as a gap (`ENOENT`), and
+//! [`IoPagetable::areas`] does not list it. `check_invariants` checks it like
+//! any other area.
+//!
+//! # Divergence from the kernel
+//!
+//! The kernel's unmap removes areas one at a time and may fail half way
+//! (`ENOENT` on an area that sticks out of the range after earlier areas are
+//! already gone). Here a refused unmap leaves the table untouched: every
+//! area the range reaches is checked first, in IOVA order, and the first
+//! problem gives the same errno the kernel would return.
 
+mod free;
+#[cfg(test)]
+mod tests;
+
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use parking_lot::RwLock;
+
 use crate::pages::Pages;
-use crate::Result;
+use crate::user::page_size;
+use crate::{bail, err, Result};
+use free::{overlaps, subtract, FreeIndex};
 
 /// Access rights of a mapping (`IOMMU_IOAS_MAP_READABLE` / `WRITEABLE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -20,9 +70,15 @@ pub struct Prot {
 
 impl Prot {
     /// Read and write.
-    pub const RW: Prot = Prot { read: true, write: true };
+    pub const RW: Prot = Prot {
+        read: true,
+        write: true,
+    };
     /// Read only.
-    pub const RO: Prot = Prot { read: true, write: false };
+    pub const RO: Prot = Prot {
+        read: true,
+        write: false,
+    };
 }
 
 /// Where a new mapping goes.
@@ -61,57 +117,845 @@ pub struct AreaInfo {
     pub pages_id: u64,
 }
 
+/// The largest alignment IOVA allocation asks for: the size a page-table
+/// entry one level above the base page maps (the kernel's `HPAGE_SIZE` with
+/// transparent huge pages: 2 MiB for 4 KiB pages).
+pub fn huge_page_size() -> u64 {
+    let ps = page_size();
+    ps * (ps / 8)
+}
+
+/// Whether a filling area has been published yet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum AreaState {
+    /// Inserted by a `map` that has not finished (the kernel's NULL `pages`).
+    Filling,
+    /// Fully mapped.
+    Live,
+}
+
+/// One area: `iova..=last` maps `last - iova + 1` bytes of `pages` from
+/// `start_byte`.
+#[derive(Debug)]
+struct Area {
+    last: u64,
+    pages: Arc<Pages>,
+    start_byte: u64,
+    prot: Prot,
+    state: AreaState,
+    /// For an allocated IOVA, the allowed-ranges generation it was
+    /// allocated under (checked by `check_invariants`); `None` when fixed.
+    alloc_gen: Option<u64>,
+}
+
+impl Area {
+    fn length(&self, iova: u64) -> u64 {
+        self.last - iova + 1
+    }
+}
+
+/// A reserved range and who reserved it.
+#[derive(Debug, Clone, Copy)]
+struct Reserved {
+    start: u64,
+    last: u64,
+    owner: u64,
+}
+
+/// Everything behind the table's lock.
+#[derive(Debug)]
+struct State {
+    /// iova -> area; areas never overlap.
+    areas: BTreeMap<u64, Area>,
+    /// Allowed ranges, sorted, disjoint; empty means everything is allowed.
+    allowed: Vec<(u64, u64)>,
+    /// Bumped whenever `allowed` changes.
+    allowed_gen: u64,
+    /// Reserved ranges (may overlap one another).
+    reserved: Vec<Reserved>,
+    /// Where IOVA allocation may place a new area.
+    free: FreeIndex,
+    /// Every area's IOVA, length and page offset is a multiple of this.
+    iova_alignment: u64,
+    /// `IOMMU_OPTION_HUGE_PAGES` set to 0.
+    disable_large_pages: bool,
+}
+
 /// The IO page table of one IOAS.
-#[derive(Debug, Default)]
-pub struct IoPagetable {}
+#[derive(Debug)]
+pub struct IoPagetable {
+    state: RwLock<State>,
+}
+
+impl Default for IoPagetable {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The allocation rule of one free run (the kernel's
+/// `__alloc_iova_check_range`): round `start` up to `align`, OR in the user
+/// address's page offset, and take it if `length` bytes still fit before
+/// `last` (the kernel also refuses a candidate equal to `last`).
+fn fit(start: u64, last: u64, length: u64, align: u64, page_offset: u64) -> Option<u64> {
+    let aligned = (start.checked_add(align - 1)? & !(align - 1)) | page_offset;
+    if aligned >= last || last - aligned < length - 1 {
+        return None;
+    }
+    Some(aligned)
+}
+
+impl State {
+    fn new() -> State {
+        let mut st = State {
+            areas: BTreeMap::new(),
+            allowed: Vec::new(),
+            allowed_gen: 0,
+            reserved: Vec::new(),
+            free: FreeIndex::default(),
+            iova_alignment: 1,
+            disable_large_pages: false,
+        };
+        st.free = st.build_free();
+        st
+    }
+
+    /// The alignment the table needs now (the kernel's
+    /// `iopt_calculate_iova_alignment` with no domain and no access).
+    fn wanted_alignment(&self) -> u64 {
+        if self.disable_large_pages {
+            page_size()
+        } else {
+            1
+        }
+    }
+
+    /// The parts of `start..=last` an allocation may use when no area is in
+    /// the way: inside `[PAGE_SIZE, u64::MAX - PAGE_SIZE]`, inside an allowed
+    /// range when any are set, outside every reserved range.
+    fn allocatable(&self, start: u64, last: u64) -> Vec<(u64, u64)> {
+        let ps = page_size();
+        let lo = start.max(ps);
+        let hi = last.min(u64::MAX - ps);
+        if lo > hi {
+            return Vec::new();
+        }
+        let mut pieces: Vec<(u64, u64)> = if self.allowed.is_empty() {
+            vec![(lo, hi)]
+        } else {
+            self.allowed
+                .iter()
+                .filter(|&&a| overlaps(a, (lo, hi)))
+                .map(|&(s, l)| (s.max(lo), l.min(hi)))
+                .collect()
+        };
+        for r in &self.reserved {
+            if pieces.is_empty() {
+                break;
+            }
+            pieces = subtract(pieces, (r.start, r.last));
+        }
+        pieces
+    }
+
+    /// The free index computed from scratch. O(n log n).
+    fn build_free(&self) -> FreeIndex {
+        let mut f = FreeIndex::default();
+        for (s, l) in self.allocatable(0, u64::MAX) {
+            f.release(s, l);
+        }
+        for (&iova, a) in &self.areas {
+            f.carve(iova, a.last);
+        }
+        f
+    }
+
+    /// Keys of the areas that share an IOVA with `start..=last`, in order.
+    fn overlapping(&self, start: u64, last: u64) -> Vec<u64> {
+        let mut keys = Vec::new();
+        if let Some((&iova, a)) = self.areas.range(..start).next_back() {
+            if a.last >= start {
+                keys.push(iova);
+            }
+        }
+        keys.extend(self.areas.range(start..=last).map(|(&k, _)| k));
+        keys
+    }
+
+    /// Whether any area shares an IOVA with `start..=last`. O(log n).
+    fn any_area(&self, start: u64, last: u64) -> Option<(u64, u64)> {
+        let (&iova, a) = self.areas.range(..=last).next_back()?;
+        (a.last >= start).then_some((iova, a.last))
+    }
+
+    fn reserved_hit(&self, start: u64, last: u64) -> Option<Reserved> {
+        self.reserved
+            .iter()
+            .copied()
+            .find(|r| overlaps((r.start, r.last), (start, last)))
+    }
+
+    fn insert_area(&mut self, iova: u64, area: Area) {
+        self.free.carve(iova, area.last);
+        self.areas.insert(iova, area);
+    }
+
+    fn remove_area(&mut self, iova: u64) -> Option<Area> {
+        let area = self.areas.remove(&iova)?;
+        for (s, l) in self.allocatable(iova, area.last) {
+            self.free.release(s, l);
+        }
+        Some(area)
+    }
+
+    /// The kernel's `iopt_check_iova`: may `length` bytes go at `iova`?
+    fn check_iova(&self, iova: u64, length: u64) -> Result<u64> {
+        let align = self.iova_alignment;
+        if iova & (align - 1) != 0 {
+            bail!(
+                EINVAL,
+                "iova {iova:#x} is not aligned to the IOVA alignment {align:#x}"
+            );
+        }
+        let Some(last) = iova.checked_add(length - 1) else {
+            bail!(EOVERFLOW, "iova {iova:#x} + length {length:#x} overflows");
+        };
+        if let Some(r) = self.reserved_hit(iova, last) {
+            bail!(
+                EINVAL,
+                "range [{iova:#x}, {last:#x}] intersects the reserved range [{:#x}, {:#x}]",
+                r.start,
+                r.last
+            );
+        }
+        if let Some((s, l)) = self.any_area(iova, last) {
+            bail!(
+                EEXIST,
+                "range [{iova:#x}, {last:#x}] intersects the mapped area [{s:#x}, {l:#x}]"
+            );
+        }
+        Ok(last)
+    }
+
+    /// The kernel's `iopt_alloc_iova`: an IOVA for `length` bytes whose user
+    /// memory starts at `uptr`.
+    fn alloc_iova(&self, uptr: u64, length: u64) -> Result<u64> {
+        let ps = page_size();
+        if length == 0 || length >= u64::MAX / 2 {
+            bail!(
+                EOVERFLOW,
+                "length {length:#x} is too large to allocate an IOVA for"
+            );
+        }
+        let pow = length.next_power_of_two();
+        let mut align = if uptr == 0 {
+            pow
+        } else {
+            pow.min(1u64 << uptr.trailing_zeros())
+        };
+        align = align.min(huge_page_size());
+        if align < self.iova_alignment {
+            bail!(
+                EINVAL,
+                "user address {uptr:#x} and length {length:#x} only allow IOVA alignment {align:#x}, below the \
+                 table's alignment {:#x}",
+                self.iova_alignment
+            );
+        }
+        let page_offset = uptr % ps;
+        // A run of `last - start >= guaranteed` always fits: rounding up
+        // costs at most `align - 1`, the page offset at most `page_offset`.
+        let guaranteed = length
+            .checked_add(align)
+            .and_then(|g| g.checked_add(page_offset))
+            .map(|g| g - 1);
+        self.free
+            .find(length, guaranteed, |s, l| fit(s, l, length, align, page_offset))
+            .ok_or_else(|| {
+                err!(
+                    ENOSPC,
+                    "no free IOVA range holds {length:#x} bytes at alignment {align:#x} (page offset {page_offset:#x}) \
+                     inside the allowed ranges and outside reserved ranges and areas"
+                )
+            })
+    }
+
+    /// Step 1 of `map`: check everything, choose the IOVA and insert the
+    /// areas as filling. Nothing changes on failure.
+    fn reserve_areas(
+        &mut self,
+        sources: &[MapSource],
+        length: u64,
+        req: IovaRequest,
+        prot: Prot,
+    ) -> Result<u64> {
+        let ps = page_size();
+        let align = self.iova_alignment;
+        if length == 0 {
+            bail!(EINVAL, "length is zero");
+        }
+        if length & (align - 1) != 0 {
+            bail!(
+                EINVAL,
+                "length {length:#x} is not a multiple of the IOVA alignment {align:#x}"
+            );
+        }
+        let (iova, alloc_gen) = match req {
+            IovaRequest::Alloc => {
+                let first = &sources[0];
+                let Some(uptr) = first.pages.uptr().checked_add(first.start_byte) else {
+                    bail!(
+                        EOVERFLOW,
+                        "source start byte {:#x} overflows the user address",
+                        first.start_byte
+                    );
+                };
+                let iova = self.alloc_iova(uptr, length)?;
+                // The allocator must only hand out what a fixed map would accept.
+                debug_assert!(self.check_iova(iova, length).is_ok());
+                (iova, Some(self.allowed_gen))
+            }
+            IovaRequest::Fixed(iova) => {
+                self.check_iova(iova, length)?;
+                (iova, None)
+            }
+        };
+        // The kernel's iopt_insert_area, for every source, before any insert.
+        let mut planned = Vec::with_capacity(sources.len());
+        let mut at = iova;
+        for (i, src) in sources.iter().enumerate() {
+            if prot.write && !src.pages.writable() {
+                bail!(
+                    EPERM,
+                    "source {i} is read-only memory but the mapping asks for write access"
+                );
+            }
+            let page_offset = src.start_byte % ps;
+            if page_offset & (align - 1) != 0 {
+                bail!(
+                    EINVAL,
+                    "source {i} starts at page offset {page_offset:#x}, not aligned to the IOVA alignment {align:#x}"
+                );
+            }
+            let Some(last) = at.checked_add(src.length - 1) else {
+                bail!(
+                    EOVERFLOW,
+                    "source {i}: iova {at:#x} + length {:#x} overflows",
+                    src.length
+                );
+            };
+            let Some(src_last) = src.start_byte.checked_add(src.length - 1) else {
+                bail!(
+                    EOVERFLOW,
+                    "source {i}: start byte {:#x} + length {:#x} overflows",
+                    src.start_byte,
+                    src.length
+                );
+            };
+            if src_last / ps >= src.pages.npages() {
+                bail!(
+                    EOVERFLOW,
+                    "source {i}: bytes [{:#x}, {src_last:#x}] run past the {} pages of pages object {}",
+                    src.start_byte,
+                    src.pages.npages(),
+                    src.pages.id()
+                );
+            }
+            planned.push((at, last, src));
+            at = last.wrapping_add(1);
+        }
+        for (at, last, src) in planned {
+            let area = Area {
+                last,
+                pages: src.pages.clone(),
+                start_byte: src.start_byte,
+                prot,
+                state: AreaState::Filling,
+                alloc_gen,
+            };
+            self.insert_area(at, area);
+        }
+        Ok(iova)
+    }
+
+    /// Step 3 of `map`: publish the filling areas of `iova..=last`.
+    fn publish(&mut self, iova: u64, last: u64) {
+        for (_, a) in self.areas.range_mut(iova..=last) {
+            debug_assert_eq!(a.state, AreaState::Filling);
+            a.state = AreaState::Live;
+        }
+    }
+
+    /// Remove the filling areas of `iova..=last` after a failed fill.
+    fn abort(&mut self, iova: u64, last: u64) -> Vec<Area> {
+        let keys: Vec<u64> = self.areas.range(iova..=last).map(|(&k, _)| k).collect();
+        keys.into_iter()
+            .filter_map(|k| self.remove_area(k))
+            .collect()
+    }
+
+    /// The kernel's `iopt_unmap_iova_range`, made all-or-nothing: unmap the
+    /// areas inside `start..=last`. Returns the bytes and the removed areas
+    /// (to drop after the lock).
+    fn unmap_range(&mut self, start: u64, last: u64) -> Result<(u64, Vec<Area>)> {
+        let keys = self.overlapping(start, last);
+        for &k in &keys {
+            let a = &self.areas[&k];
+            if a.state == AreaState::Filling {
+                bail!(
+                    EBUSY,
+                    "area [{k:#x}, {:#x}] is still being mapped by another thread",
+                    a.last
+                );
+            }
+            if k < start || a.last > last {
+                bail!(
+                    ENOENT,
+                    "unmap range [{start:#x}, {last:#x}] would split the area [{k:#x}, {:#x}]; only whole areas \
+                     can be unmapped",
+                    a.last
+                );
+            }
+        }
+        let mut bytes = 0u64;
+        let mut removed = Vec::with_capacity(keys.len());
+        for k in keys {
+            if let Some(a) = self.remove_area(k) {
+                bytes = bytes.wrapping_add(a.length(k));
+                removed.push(a);
+            }
+        }
+        Ok((bytes, removed))
+    }
+}
 
 impl IoPagetable {
     /// An empty table: everything allowed, nothing reserved, alignment 1.
     pub fn new() -> Self {
-        todo!()
+        IoPagetable {
+            state: RwLock::new(State::new()),
+        }
     }
+
     /// Map `sources` (concatenated, total `length`) at `iova`; returns the IOVA used.
-    pub fn map(&self, _sources: Vec<MapSource>, _length: u64, _iova: IovaRequest, _prot: Prot) -> Result<u64> {
-        todo!()
+    ///
+    /// Errors, in the kernel's order: `EINVAL` for a zero or misaligned
+    /// length; for a fixed IOVA `EINVAL` (misaligned), `EOVERFLOW` (wraps),
+    /// `EINVAL` (hits a reserved range), `EEXIST` (hits an area); for an
+    /// allocated one `EOVERFLOW` (length of half the space or more), `EINVAL`
+    /// (the user address allows less alignment than the table needs),
+    /// `ENOSPC`; then per source `EPERM` (write to read-only pages),
+    /// `EINVAL` (page offset misaligned), `EOVERFLOW` (past the pages).
+    pub fn map(
+        &self,
+        sources: Vec<MapSource>,
+        length: u64,
+        iova: IovaRequest,
+        prot: Prot,
+    ) -> Result<u64> {
+        if sources.is_empty() {
+            bail!(EINVAL, "nothing to map: the source list is empty");
+        }
+        let mut total = 0u64;
+        for (i, s) in sources.iter().enumerate() {
+            if s.length == 0 {
+                bail!(EINVAL, "source {i} has length zero");
+            }
+            let Some(t) = total.checked_add(s.length) else {
+                bail!(EOVERFLOW, "the source lengths overflow");
+            };
+            total = t;
+        }
+        if total != length {
+            bail!(
+                EINVAL,
+                "the sources hold {total:#x} bytes but the map asks for {length:#x}"
+            );
+        }
+
+        // Step 1: take the IOVA.
+        let iova = self
+            .state
+            .write()
+            .reserve_areas(&sources, length, iova, prot)?;
+        let last = iova + (length - 1);
+
+        // Step 2: fill, without the lock.
+        let filled = self.fill(iova, &sources);
+
+        // Step 3: publish, or give the IOVA back.
+        let mut st = self.state.write();
+        match filled {
+            Ok(()) => {
+                st.publish(iova, last);
+                Ok(iova)
+            }
+            Err(e) => {
+                let removed = st.abort(iova, last);
+                drop(st);
+                drop(removed);
+                Err(e)
+            }
+        }
     }
+
+    /// Pin and load the new areas into the attached IOMMU domains. Runs
+    /// without the table lock; the areas are filling meanwhile. With no
+    /// domain attached (this version) the kernel pins nothing at map time.
+    fn fill(&self, _iova: u64, _sources: &[MapSource]) -> Result<()> {
+        Ok(())
+    }
+
     /// Unmap every area fully inside `[iova, iova + length)`; returns bytes unmapped.
-    pub fn unmap(&self, _iova: u64, _length: u64) -> Result<u64> {
-        todo!()
+    ///
+    /// `EINVAL` for a zero length, `EOVERFLOW` when the range wraps, `ENOENT`
+    /// when the range cuts an area, `EBUSY` when it reaches an area still
+    /// being mapped. Nothing mapped there is a success with 0 bytes (the
+    /// ioctl turns that into `ENOENT`).
+    pub fn unmap(&self, iova: u64, length: u64) -> Result<u64> {
+        if length == 0 {
+            bail!(EINVAL, "unmap length is zero");
+        }
+        let Some(last) = iova.checked_add(length - 1) else {
+            bail!(
+                EOVERFLOW,
+                "unmap iova {iova:#x} + length {length:#x} overflows"
+            );
+        };
+        let (bytes, removed) = self.state.write().unmap_range(iova, last)?;
+        drop(removed);
+        Ok(bytes)
     }
-    /// Unmap everything; returns bytes unmapped.
+
+    /// Unmap everything; returns bytes unmapped (`EBUSY` while a map is in
+    /// flight).
     pub fn unmap_all(&self) -> Result<u64> {
-        todo!()
+        let (bytes, removed) = self.state.write().unmap_range(0, u64::MAX)?;
+        drop(removed);
+        Ok(bytes)
     }
+
     /// The sources that back `[iova, iova + length)` (for `IOAS_COPY`).
-    pub fn get_pages(&self, _iova: u64, _length: u64) -> Result<Vec<MapSource>> {
-        todo!()
+    ///
+    /// The sources share the areas' `Arc<Pages>` and are split at area
+    /// boundaries. `EINVAL` for a zero length, `EOVERFLOW` when the range
+    /// wraps, `ENOENT` unless contiguous live areas cover the whole range.
+    pub fn get_pages(&self, iova: u64, length: u64) -> Result<Vec<MapSource>> {
+        if length == 0 {
+            bail!(EINVAL, "copy length is zero");
+        }
+        let Some(last) = iova.checked_add(length - 1) else {
+            bail!(
+                EOVERFLOW,
+                "copy iova {iova:#x} + length {length:#x} overflows"
+            );
+        };
+        let st = self.state.read();
+        let mut out = Vec::new();
+        let mut cur = iova;
+        let mut it = match st.areas.range(..=iova).next_back() {
+            Some((&k, a)) if a.last >= iova => st.areas.range(k..),
+            _ => bail!(ENOENT, "no area is mapped at iova {iova:#x}"),
+        };
+        loop {
+            let Some((&k, a)) = it.next() else {
+                bail!(
+                    ENOENT,
+                    "nothing is mapped at iova {cur:#x} inside [{iova:#x}, {last:#x}]"
+                );
+            };
+            if k > cur {
+                bail!(
+                    ENOENT,
+                    "nothing is mapped at iova {cur:#x} inside [{iova:#x}, {last:#x}]"
+                );
+            }
+            if a.state != AreaState::Live {
+                bail!(ENOENT, "the area at iova {k:#x} is still being mapped");
+            }
+            let end = a.last.min(last);
+            out.push(MapSource {
+                pages: a.pages.clone(),
+                start_byte: a.start_byte + (cur - k),
+                length: end - cur + 1,
+            });
+            if end == last {
+                return Ok(out);
+            }
+            cur = end + 1;
+        }
     }
+
     /// Replace the allowed ranges (empty = everything allowed).
-    pub fn set_allowed(&self, _ranges: &[(u64, u64)]) -> Result<()> {
-        todo!()
+    ///
+    /// `EINVAL` when a range has `start >= last` or two ranges overlap,
+    /// `EADDRINUSE` when an allowed range intersects a reserved one. Existing
+    /// areas are not checked (as in the kernel); only allocation obeys them.
+    pub fn set_allowed(&self, ranges: &[(u64, u64)]) -> Result<()> {
+        let mut sorted = ranges.to_vec();
+        for &(s, l) in &sorted {
+            if s >= l {
+                bail!(EINVAL, "allowed range [{s:#x}, {l:#x}] has start >= last");
+            }
+        }
+        sorted.sort_unstable();
+        for w in sorted.windows(2) {
+            if w[1].0 <= w[0].1 {
+                bail!(
+                    EINVAL,
+                    "allowed ranges [{:#x}, {:#x}] and [{:#x}, {:#x}] overlap",
+                    w[0].0,
+                    w[0].1,
+                    w[1].0,
+                    w[1].1
+                );
+            }
+        }
+        let mut st = self.state.write();
+        for &a in &sorted {
+            if let Some(r) = st.reserved_hit(a.0, a.1) {
+                bail!(
+                    EADDRINUSE,
+                    "allowed range [{:#x}, {:#x}] intersects the reserved range [{:#x}, {:#x}]",
+                    a.0,
+                    a.1,
+                    r.start,
+                    r.last
+                );
+            }
+        }
+        st.allowed = sorted;
+        st.allowed_gen += 1;
+        st.free = st.build_free();
+        Ok(())
     }
+
     /// Reserve `start..=last` for `owner` (0 = permanent).
-    pub fn add_reserved(&self, _start: u64, _last: u64, _owner: u64) -> Result<()> {
-        todo!()
+    ///
+    /// `EINVAL` when `start > last`; `EADDRINUSE` when the range intersects
+    /// an area or an allowed range.
+    pub fn add_reserved(&self, start: u64, last: u64, owner: u64) -> Result<()> {
+        if start > last {
+            bail!(
+                EINVAL,
+                "reserved range [{start:#x}, {last:#x}] has start > last"
+            );
+        }
+        let mut st = self.state.write();
+        if let Some((s, l)) = st.any_area(start, last) {
+            bail!(EADDRINUSE, "reserved range [{start:#x}, {last:#x}] intersects the mapped area [{s:#x}, {l:#x}]");
+        }
+        if let Some(&(s, l)) = st.allowed.iter().find(|&&a| overlaps(a, (start, last))) {
+            bail!(EADDRINUSE, "reserved range [{start:#x}, {last:#x}] intersects the allowed range [{s:#x}, {l:#x}]");
+        }
+        st.reserved.push(Reserved { start, last, owner });
+        st.free.carve(start, last);
+        Ok(())
     }
+
+    /// Drop every reserved range of `owner` (the kernel's
+    /// `iopt_remove_reserved_iova`).
+    pub fn remove_reserved(&self, owner: u64) {
+        let mut st = self.state.write();
+        let before = st.reserved.len();
+        st.reserved.retain(|r| r.owner != owner);
+        if st.reserved.len() != before {
+            st.free = st.build_free();
+        }
+    }
+
     /// The usable ranges (holes between reserved ranges) and the IOVA alignment.
     pub fn iova_ranges(&self) -> (Vec<(u64, u64)>, u64) {
-        todo!()
+        let st = self.state.read();
+        let mut holes = vec![(0, u64::MAX)];
+        for r in &st.reserved {
+            holes = subtract(holes, (r.start, r.last));
+        }
+        holes.sort_unstable();
+        (holes, st.iova_alignment)
     }
+
+    /// The current IOVA alignment (`out_iova_alignment`).
+    pub fn iova_alignment(&self) -> u64 {
+        self.state.read().iova_alignment
+    }
+
     /// Whether large pages are enabled (`IOMMU_OPTION_HUGE_PAGES`).
     pub fn large_pages(&self) -> bool {
-        todo!()
+        !self.state.read().disable_large_pages
     }
+
     /// Enable or disable large pages.
-    pub fn set_large_pages(&self, _enable: bool) -> Result<()> {
-        todo!()
+    ///
+    /// Disabling raises the alignment to `PAGE_SIZE`; `EADDRINUSE` when an
+    /// existing area's IOVA, length or page offset is not a multiple of it
+    /// (nothing changes then). Enabling always succeeds.
+    pub fn set_large_pages(&self, enable: bool) -> Result<()> {
+        let mut st = self.state.write();
+        if enable {
+            st.disable_large_pages = false;
+            st.iova_alignment = st.wanted_alignment();
+            return Ok(());
+        }
+        if st.disable_large_pages {
+            return Ok(());
+        }
+        st.disable_large_pages = true;
+        let new = st.wanted_alignment();
+        if new > st.iova_alignment {
+            let ps = page_size();
+            let mask = new - 1;
+            if let Some((&k, a)) = st.areas.iter().find(|(&k, a)| {
+                k & mask != 0 || a.length(k) & mask != 0 || (a.start_byte % ps) & mask != 0
+            }) {
+                let msg = format!(
+                    "area [{k:#x}, {:#x}] (page offset {:#x}) is not aligned to the new IOVA alignment {new:#x}",
+                    a.last,
+                    a.start_byte % ps
+                );
+                st.disable_large_pages = false;
+                return Err(crate::Error::new(libc::EADDRINUSE, msg));
+            }
+        }
+        st.iova_alignment = new;
+        Ok(())
     }
-    /// All areas in IOVA order.
+
+    /// All areas in IOVA order (areas whose map has not finished are left out).
     pub fn areas(&self) -> Vec<AreaInfo> {
-        todo!()
+        let st = self.state.read();
+        st.areas
+            .iter()
+            .filter(|(_, a)| a.state == AreaState::Live)
+            .map(|(&k, a)| AreaInfo {
+                iova: k,
+                length: a.length(k),
+                uptr: a.pages.uptr() + a.start_byte,
+                prot: a.prot,
+                pages_id: a.pages.id(),
+            })
+            .collect()
     }
+
     /// Check the structure's invariants; `Err` says which one broke.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
-        todo!()
+        let st = self.state.read();
+        let ps = page_size();
+        let align = st.iova_alignment;
+        if !align.is_power_of_two() {
+            return Err(format!("IOVA alignment {align:#x} is not a power of two"));
+        }
+        if align != st.wanted_alignment() {
+            return Err(format!(
+                "IOVA alignment {align:#x} disagrees with large pages {} (wants {:#x})",
+                !st.disable_large_pages,
+                st.wanted_alignment()
+            ));
+        }
+        for w in st.allowed.windows(2) {
+            if w[1].0 <= w[0].1 {
+                return Err(format!(
+                    "allowed ranges {:#x?} and {:#x?} are unsorted or overlap",
+                    w[0], w[1]
+                ));
+            }
+        }
+        for &(s, l) in &st.allowed {
+            if s >= l {
+                return Err(format!("allowed range [{s:#x}, {l:#x}] has start >= last"));
+            }
+            if let Some(r) = st.reserved_hit(s, l) {
+                return Err(format!(
+                    "allowed range [{s:#x}, {l:#x}] intersects reserved range [{:#x}, {:#x}]",
+                    r.start, r.last
+                ));
+            }
+        }
+        for r in &st.reserved {
+            if r.start > r.last {
+                return Err(format!(
+                    "reserved range [{:#x}, {:#x}] has start > last",
+                    r.start, r.last
+                ));
+            }
+        }
+        let mut prev: Option<(u64, u64)> = None;
+        for (&k, a) in &st.areas {
+            if a.last < k {
+                return Err(format!(
+                    "area at {k:#x} has last {:#x} below its start",
+                    a.last
+                ));
+            }
+            if let Some((ps_, pl)) = prev {
+                if k <= pl {
+                    return Err(format!(
+                        "areas [{ps_:#x}, {pl:#x}] and [{k:#x}, {:#x}] overlap",
+                        a.last
+                    ));
+                }
+            }
+            prev = Some((k, a.last));
+            if let Some(r) = st.reserved_hit(k, a.last) {
+                return Err(format!(
+                    "area [{k:#x}, {:#x}] intersects reserved range [{:#x}, {:#x}]",
+                    a.last, r.start, r.last
+                ));
+            }
+            if a.alloc_gen == Some(st.allowed_gen) {
+                let pieces = st.allocatable(k, a.last);
+                let covered = pieces.first().is_some_and(|p| p.0 == k)
+                    && pieces.last().is_some_and(|p| p.1 == a.last)
+                    && pieces
+                        .windows(2)
+                        .all(|w| w[0].1.checked_add(1) == Some(w[1].0));
+                if !covered {
+                    return Err(format!(
+                        "allocated area [{k:#x}, {:#x}] is not inside one allowed range and the allocation window",
+                        a.last
+                    ));
+                }
+            }
+            let len = a.length(k);
+            let mask = align - 1;
+            if k & mask != 0 || len & mask != 0 || (a.start_byte % ps) & mask != 0 {
+                return Err(format!(
+                    "area [{k:#x}, {:#x}] (page offset {:#x}) is not aligned to the IOVA alignment {align:#x}",
+                    a.last,
+                    a.start_byte % ps
+                ));
+            }
+            match a.start_byte.checked_add(len) {
+                Some(end) if end <= a.pages.len_bytes() => {}
+                _ => {
+                    return Err(format!(
+                        "area [{k:#x}, {:#x}] maps bytes from {:#x} of pages object {} past its {:#x} bytes",
+                        a.last,
+                        a.start_byte,
+                        a.pages.id(),
+                        a.pages.len_bytes()
+                    ))
+                }
+            }
+            if a.prot.write && !a.pages.writable() {
+                return Err(format!(
+                    "area [{k:#x}, {:#x}] is writable over read-only pages",
+                    a.last
+                ));
+            }
+        }
+        if !st.free.indexes_agree() {
+            return Err("the free-IOVA index by size disagrees with the free runs".into());
+        }
+        let expect = st.build_free();
+        if expect != st.free {
+            let have: Vec<_> = st.free.runs().take(8).collect();
+            let want: Vec<_> = expect.runs().take(8).collect();
+            return Err(format!(
+                "the free-IOVA index disagrees with the areas, allowed and reserved ranges: have {have:#x?}, want \
+                 {want:#x?}"
+            ));
+        }
+        Ok(())
     }
 }

@@ -13,7 +13,8 @@ use crate::uapi::dispatch::Ucmd;
 use crate::uapi::*;
 use crate::{bail, Error, Result};
 
-const MAP_FLAGS: u32 = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE;
+const MAP_FLAGS: u32 =
+    IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE;
 /// The kernel refuses lengths and IOVAs of `ULONG_MAX` and above; on a
 /// 64-bit kernel that is exactly `u64::MAX`.
 fn ulong_max_or_more(v: u64) -> bool {
@@ -21,14 +22,21 @@ fn ulong_max_or_more(v: u64) -> bool {
 }
 
 fn prot_of(flags: u32) -> Prot {
-    Prot { read: flags & IOMMU_IOAS_MAP_READABLE != 0, write: flags & IOMMU_IOAS_MAP_WRITEABLE != 0 }
+    Prot {
+        read: flags & IOMMU_IOAS_MAP_READABLE != 0,
+        write: flags & IOMMU_IOAS_MAP_WRITEABLE != 0,
+    }
 }
 
 /// `IOMMU_IOAS_ALLOC`
 pub(crate) fn alloc(u: &Ucmd) -> Result<i32> {
     let mut cmd: IommuIoasAlloc = u.cmd();
     if cmd.flags != 0 {
-        bail!(EOPNOTSUPP, "IOAS_ALLOC: flags {:#x} must be zero", cmd.flags);
+        bail!(
+            EOPNOTSUPP,
+            "IOAS_ALLOC: flags {:#x} must be zero",
+            cmd.flags
+        );
     }
     // two-phase: the ID is only published once the reply reached the user
     let r = u.ctx.reserve()?;
@@ -50,14 +58,21 @@ pub(crate) fn iova_ranges(u: &Ucmd) -> Result<i32> {
     let max = cmd.num_iovas as usize;
     for (i, &(start, last)) in ranges.iter().take(max).enumerate() {
         let elm = IommuIovaRange { start, last };
-        let at = cmd.allowed_iovas.wrapping_add((i * size_of::<IommuIovaRange>()) as u64);
-        u.write_user(at, elm.as_bytes()).map_err(|_| Error::fault("cannot write allowed_iovas"))?;
+        let at = cmd
+            .allowed_iovas
+            .wrapping_add((i * size_of::<IommuIovaRange>()) as u64);
+        u.write_user(at, elm.as_bytes())
+            .map_err(|_| Error::fault("cannot write allowed_iovas"))?;
     }
     cmd.num_iovas = ranges.len() as u32;
     cmd.out_iova_alignment = align;
     u.respond(&cmd)?;
     if ranges.len() > max {
-        bail!(EMSGSIZE, "IOAS_IOVA_RANGES: {} ranges do not fit in num_iovas {max}", ranges.len());
+        bail!(
+            EMSGSIZE,
+            "IOAS_IOVA_RANGES: {} ranges do not fit in num_iovas {max}",
+            ranges.len()
+        );
     }
     Ok(0)
 }
@@ -72,13 +87,26 @@ pub(crate) fn allow_iovas(u: &Ucmd) -> Result<i32> {
     let mut ranges: Vec<(u64, u64)> = Vec::new();
     for i in 0..cmd.num_iovas as u64 {
         let mut r = IommuIovaRange::default();
-        let at = cmd.allowed_iovas.wrapping_add(i * size_of::<IommuIovaRange>() as u64);
-        u.read_user(at, r.as_mut_bytes()).map_err(|_| Error::fault("cannot read allowed_iovas"))?;
+        let at = cmd
+            .allowed_iovas
+            .wrapping_add(i * size_of::<IommuIovaRange>() as u64);
+        u.read_user(at, r.as_mut_bytes())
+            .map_err(|_| Error::fault("cannot read allowed_iovas"))?;
         if r.start >= r.last {
-            bail!(EINVAL, "IOAS_ALLOW_IOVAS: range {i} has start {:#x} >= last {:#x}", r.start, r.last);
+            bail!(
+                EINVAL,
+                "IOAS_ALLOW_IOVAS: range {i} has start {:#x} >= last {:#x}",
+                r.start,
+                r.last
+            );
         }
         if ranges.iter().any(|&(s, l)| r.start <= l && s <= r.last) {
-            bail!(EINVAL, "IOAS_ALLOW_IOVAS: range {i} [{:#x}, {:#x}] overlaps an earlier one", r.start, r.last);
+            bail!(
+                EINVAL,
+                "IOAS_ALLOW_IOVAS: range {i} [{:#x}, {:#x}] overlaps an earlier one",
+                r.start,
+                r.last
+            );
         }
         ranges.push((r.start, r.last));
     }
@@ -90,7 +118,11 @@ pub(crate) fn allow_iovas(u: &Ucmd) -> Result<i32> {
 pub(crate) fn map(u: &Ucmd) -> Result<i32> {
     let mut cmd: IommuIoasMap = u.cmd();
     if cmd.flags & !MAP_FLAGS != 0 || cmd.__reserved != 0 {
-        bail!(EOPNOTSUPP, "IOAS_MAP: unknown flags {:#x} or non-zero __reserved", cmd.flags & !MAP_FLAGS);
+        bail!(
+            EOPNOTSUPP,
+            "IOAS_MAP: unknown flags {:#x} or non-zero __reserved",
+            cmd.flags & !MAP_FLAGS
+        );
     }
     if ulong_max_or_more(cmd.iova) || ulong_max_or_more(cmd.length) {
         bail!(EOVERFLOW, "IOAS_MAP: iova or length is ULONG_MAX or more");
@@ -109,10 +141,20 @@ pub(crate) fn map(u: &Ucmd) -> Result<i32> {
 pub(crate) fn copy(u: &Ucmd) -> Result<i32> {
     let mut cmd: IommuIoasCopy = u.cmd();
     if cmd.flags & !MAP_FLAGS != 0 {
-        bail!(EOPNOTSUPP, "IOAS_COPY: unknown flags {:#x}", cmd.flags & !MAP_FLAGS);
+        bail!(
+            EOPNOTSUPP,
+            "IOAS_COPY: unknown flags {:#x}",
+            cmd.flags & !MAP_FLAGS
+        );
     }
-    if ulong_max_or_more(cmd.length) || ulong_max_or_more(cmd.src_iova) || ulong_max_or_more(cmd.dst_iova) {
-        bail!(EOVERFLOW, "IOAS_COPY: length or an IOVA is ULONG_MAX or more");
+    if ulong_max_or_more(cmd.length)
+        || ulong_max_or_more(cmd.src_iova)
+        || ulong_max_or_more(cmd.dst_iova)
+    {
+        bail!(
+            EOVERFLOW,
+            "IOAS_COPY: length or an IOVA is ULONG_MAX or more"
+        );
     }
     if cmd.flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE) == 0 {
         bail!(EINVAL, "IOAS_COPY: neither READABLE nor WRITEABLE is set");
@@ -139,7 +181,12 @@ pub(crate) fn unmap(u: &Ucmd) -> Result<i32> {
         }
         let n = ioas.unmap(cmd.iova, cmd.length)?;
         if n == 0 {
-            bail!(ENOENT, "IOAS_UNMAP: nothing is mapped in [{:#x}, +{:#x})", cmd.iova, cmd.length);
+            bail!(
+                ENOENT,
+                "IOAS_UNMAP: nothing is mapped in [{:#x}, +{:#x})",
+                cmd.iova,
+                cmd.length
+            );
         }
         n
     };
@@ -159,7 +206,10 @@ pub(crate) fn option_huge_pages(u: &Ucmd, cmd: &mut IommuOption) -> Result<()> {
         IOMMU_OPTION_OP_SET => match cmd.val64 {
             0 => ioas.iopt().set_large_pages(false),
             1 => ioas.iopt().set_large_pages(true),
-            v => bail!(EINVAL, "IOMMU_OPTION_HUGE_PAGES: value {v} is neither 0 nor 1"),
+            v => bail!(
+                EINVAL,
+                "IOMMU_OPTION_HUGE_PAGES: value {v} is neither 0 nor 1"
+            ),
         },
         op => bail!(EOPNOTSUPP, "IOMMU_OPTION: unknown op {op}"),
     }

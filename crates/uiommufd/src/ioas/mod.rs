@@ -5,10 +5,10 @@ pub(crate) mod ioctl;
 
 use std::sync::Arc;
 
+use crate::accounting::AccountMode;
 use crate::io_pagetable::{AreaInfo, IoPagetable, IovaRequest, MapSource, Prot};
 use crate::pages::Pages;
 use crate::user::UserMemory;
-use crate::accounting::AccountMode;
 use crate::{bail, Result};
 
 /// An IO address space.
@@ -22,7 +22,11 @@ pub struct Ioas {
 impl Ioas {
     /// A new empty IOAS over `mem`, accounting pins in `account_mode`.
     pub fn new(mem: Arc<dyn UserMemory>, account_mode: AccountMode) -> Ioas {
-        Ioas { iopt: IoPagetable::new(), mem, account_mode }
+        Ioas {
+            iopt: IoPagetable::new(),
+            mem,
+            account_mode,
+        }
     }
 
     /// The IO page table.
@@ -32,29 +36,66 @@ impl Ioas {
 
     /// `IOMMU_IOAS_MAP`: map `length` bytes of user memory at `user_va`,
     /// at `iova` (or an allocated IOVA when `None`). Returns the IOVA.
-    pub fn map_user(&self, user_va: u64, length: u64, iova: Option<u64>, prot: Prot) -> Result<u64> {
+    pub fn map_user(
+        &self,
+        user_va: u64,
+        length: u64,
+        iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<u64> {
         if length == 0 {
             bail!(EINVAL, "length is zero");
         }
         if user_va.checked_add(length).is_none() {
-            bail!(EOVERFLOW, "user_va {user_va:#x} + length {length:#x} overflows");
+            bail!(
+                EOVERFLOW,
+                "user_va {user_va:#x} + length {length:#x} overflows"
+            );
         }
-        let pages = Pages::new(self.mem.clone(), user_va, length, prot.write, self.account_mode);
+        let pages = Pages::new(
+            self.mem.clone(),
+            user_va,
+            length,
+            prot.write,
+            self.account_mode,
+        );
         let start_byte = user_va - pages.uptr();
         let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
-        self.iopt.map(vec![MapSource { pages, start_byte, length }], length, req, prot)
+        self.iopt.map(
+            vec![MapSource {
+                pages,
+                start_byte,
+                length,
+            }],
+            length,
+            req,
+            prot,
+        )
     }
 
     /// `IOMMU_IOAS_COPY`: map what backs `[src_iova, src_iova + length)` in
     /// `src` into this IOAS, sharing the pin. Returns the destination IOVA.
-    pub fn copy_from(&self, src: &Ioas, src_iova: u64, length: u64, dst_iova: Option<u64>, prot: Prot) -> Result<u64> {
+    pub fn copy_from(
+        &self,
+        src: &Ioas,
+        src_iova: u64,
+        length: u64,
+        dst_iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<u64> {
         let sources = src.iopt.get_pages(src_iova, length)?;
         self.map_sources(sources, length, dst_iova, prot)
     }
 
     /// Map already-existing pages objects (what `IOAS_COPY` does once it has
     /// looked them up in the source IOAS). Returns the IOVA.
-    pub fn map_sources(&self, sources: Vec<MapSource>, length: u64, iova: Option<u64>, prot: Prot) -> Result<u64> {
+    pub fn map_sources(
+        &self,
+        sources: Vec<MapSource>,
+        length: u64,
+        iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<u64> {
         let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
         self.iopt.map(sources, length, req, prot)
     }

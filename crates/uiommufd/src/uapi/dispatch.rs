@@ -52,7 +52,10 @@ impl Ucmd<'_> {
     pub fn respond<T: IntoBytes + Immutable>(&self, reply: &T) -> Result<()> {
         let bytes = reply.as_bytes();
         let n = bytes.len().min(self.user_size as usize);
-        self.ctx.memory().write(self.arg, &bytes[..n]).map_err(|_| Error::fault("cannot write the reply"))
+        self.ctx
+            .memory()
+            .write(self.arg, &bytes[..n])
+            .map_err(|_| Error::fault("cannot write the reply"))
     }
 
     /// Copy `n` bytes from user address `addr`.
@@ -135,8 +138,14 @@ pub fn ioctl(ctx: &Arc<Context>, cmd: u64, arg: u64) -> Result<i32> {
                 .map(|s| s.to_string())
                 .or_else(|| p.downcast_ref::<String>().cloned())
                 .unwrap_or_else(|| "unknown panic".into());
-            tracing::error!(cmd = format_args!("{cmd:#x}"), "engine panic caught at the ioctl edge: {msg}");
-            Err(Error::new(libc::EIO, format!("internal error (panic: {msg})")))
+            tracing::error!(
+                cmd = format_args!("{cmd:#x}"),
+                "engine panic caught at the ioctl edge: {msg}"
+            );
+            Err(Error::new(
+                libc::EIO,
+                format!("internal error (panic: {msg})"),
+            ))
         }
     };
     if let Err(e) = &res {
@@ -151,33 +160,63 @@ fn dispatch(ctx: &Arc<Context>, cmd: u32, arg: u64) -> Result<i32> {
         return crate::vfio_compat::ioctl(ctx, cmd, arg);
     }
     let mut size = [0u8; 4];
-    ctx.memory().read(arg, &mut size).map_err(|_| Error::fault("cannot read the command's size field"))?;
+    ctx.memory()
+        .read(arg, &mut size)
+        .map_err(|_| Error::fault("cannot read the command's size field"))?;
     let user_size = u32::from_ne_bytes(size);
     let Some(op) = lookup(nr).filter(|op| op.num == cmd) else {
         bail!(ENOTTY, "ioctl {cmd:#x} is not an iommufd command");
     };
     if (user_size as usize) < op.min_size {
-        bail!(EINVAL, "{}: size {user_size} is below the minimum {}", op.name, op.min_size);
+        bail!(
+            EINVAL,
+            "{}: size {user_size} is below the minimum {}",
+            op.name,
+            op.min_size
+        );
     }
     debug_assert!(op.size <= BUF_LEN);
-    let mut ucmd = Ucmd { ctx, arg, user_size, buf: [0; BUF_LEN] };
-    copy_struct_from_user(ctx, &mut ucmd.buf[..op.size], arg, user_size as u64, op.name)?;
+    let mut ucmd = Ucmd {
+        ctx,
+        arg,
+        user_size,
+        buf: [0; BUF_LEN],
+    };
+    copy_struct_from_user(
+        ctx,
+        &mut ucmd.buf[..op.size],
+        arg,
+        user_size as u64,
+        op.name,
+    )?;
     tracing::trace!(cmd = op.name, size = user_size, "ioctl");
     (op.exec)(&ucmd)
 }
 
 /// Copy a struct of `dst.len()` known bytes from a user buffer of `usize`
 /// bytes: shorter is zero-filled, longer must be zero past what we know.
-fn copy_struct_from_user(ctx: &Context, dst: &mut [u8], arg: u64, usize_: u64, name: &str) -> Result<()> {
+fn copy_struct_from_user(
+    ctx: &Context,
+    dst: &mut [u8],
+    arg: u64,
+    usize_: u64,
+    name: &str,
+) -> Result<()> {
     let known = dst.len() as u64;
     let n = known.min(usize_) as usize;
-    ctx.memory().read(arg, &mut dst[..n]).map_err(|_| Error::fault("cannot read the command struct"))?;
+    ctx.memory()
+        .read(arg, &mut dst[..n])
+        .map_err(|_| Error::fault("cannot read the command struct"))?;
     let mut off = known;
     let mut chunk = [0u8; 512];
     while off < usize_ {
         let len = (usize_ - off).min(chunk.len() as u64) as usize;
-        let a = arg.checked_add(off).ok_or_else(|| Error::fault("command struct wraps the address space"))?;
-        ctx.memory().read(a, &mut chunk[..len]).map_err(|_| Error::fault("cannot read the command's tail"))?;
+        let a = arg
+            .checked_add(off)
+            .ok_or_else(|| Error::fault("command struct wraps the address space"))?;
+        ctx.memory()
+            .read(a, &mut chunk[..len])
+            .map_err(|_| Error::fault("cannot read the command's tail"))?;
         if chunk[..len].iter().any(|&b| b != 0) {
             bail!(
                 E2BIG,
@@ -211,13 +250,17 @@ fn option(u: &Ucmd) -> Result<i32> {
         id => bail!(EOPNOTSUPP, "IOMMU_OPTION: unknown option_id {id}"),
     }
     let off = offset_of!(IommuOption, val64) as u64;
-    u.write_user(u.arg + off, cmd.val64.as_bytes()).map_err(|_| Error::fault("cannot write val64"))?;
+    u.write_user(u.arg + off, cmd.val64.as_bytes())
+        .map_err(|_| Error::fault("cannot write val64"))?;
     Ok(0)
 }
 
 fn rlimit_mode(u: &Ucmd, cmd: &mut IommuOption) -> Result<()> {
     if cmd.object_id != 0 {
-        bail!(EOPNOTSUPP, "IOMMU_OPTION_RLIMIT_MODE is global: object_id must be 0");
+        bail!(
+            EOPNOTSUPP,
+            "IOMMU_OPTION_RLIMIT_MODE is global: object_id must be 0"
+        );
     }
     match cmd.op {
         IOMMU_OPTION_OP_GET => {

@@ -1,0 +1,180 @@
+//! The free-IOVA index used by IOVA allocation, and small interval helpers.
+//!
+//! Intervals here are `start..=last` (inclusive `last`), in bytes of IOVA,
+//! like the rest of the io_pagetable module.
+//!
+//! The index holds the *maximal* runs of IOVA that an allocation may use:
+//! inside the allocation window `[PAGE_SIZE, u64::MAX - PAGE_SIZE]`, inside an
+//! allowed range (when any are set), outside every reserved range and outside
+//! every area. Two runs are never adjacent (they would have been merged), so
+//! the index is a canonical function of the table state and
+//! `check_invariants` can rebuild it from scratch and compare.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+/// Maximal free runs, by start and by size.
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub(super) struct FreeIndex {
+    /// start -> last of every free run.
+    runs: BTreeMap<u64, u64>,
+    /// (last - start, start) of every free run: the by-size index.
+    by_size: BTreeSet<(u64, u64)>,
+}
+
+impl FreeIndex {
+    /// The runs, in IOVA order.
+    pub(super) fn runs(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.runs.iter().map(|(&s, &l)| (s, l))
+    }
+
+    /// Whether the by-size index holds exactly the runs of the by-start map.
+    pub(super) fn indexes_agree(&self) -> bool {
+        self.runs.len() == self.by_size.len()
+            && self
+                .runs
+                .iter()
+                .all(|(&s, &l)| self.by_size.contains(&(l - s, s)))
+    }
+
+    fn insert_raw(&mut self, start: u64, last: u64) {
+        debug_assert!(start <= last);
+        self.runs.insert(start, last);
+        self.by_size.insert((last - start, start));
+    }
+
+    fn remove_raw(&mut self, start: u64) -> Option<u64> {
+        let last = self.runs.remove(&start)?;
+        self.by_size.remove(&(last - start, start));
+        Some(last)
+    }
+
+    /// Remove `start..=last` from the free runs (parts of it may not be free).
+    /// O(log n + k) for k runs touched.
+    pub(super) fn carve(&mut self, start: u64, last: u64) {
+        let mut hit: Vec<(u64, u64)> = Vec::new();
+        if let Some((&s, &l)) = self.runs.range(..start).next_back() {
+            if l >= start {
+                hit.push((s, l));
+            }
+        }
+        hit.extend(self.runs.range(start..=last).map(|(&s, &l)| (s, l)));
+        for (s, l) in hit {
+            self.remove_raw(s);
+            if s < start {
+                self.insert_raw(s, start - 1);
+            }
+            if l > last {
+                self.insert_raw(last + 1, l);
+            }
+        }
+    }
+
+    /// Add `start..=last` (which must not overlap any run) as free, merging
+    /// it with the runs right before and after it. O(log n).
+    pub(super) fn release(&mut self, start: u64, last: u64) {
+        debug_assert!(start <= last);
+        let mut s = start;
+        let mut l = last;
+        if let Some((&ps, &pl)) = self.runs.range(..start).next_back() {
+            debug_assert!(pl < start, "released run overlaps a free run");
+            if pl.checked_add(1) == Some(start) {
+                self.remove_raw(ps);
+                s = ps;
+            }
+        }
+        if let Some(next) = last.checked_add(1) {
+            if let Some(nl) = self.remove_raw(next) {
+                l = nl;
+            }
+        }
+        self.insert_raw(s, l);
+    }
+
+    /// Find room for `length` bytes with the allocation rule `fits`
+    /// (`fits(start, last)` gives the IOVA to use in that run, if any).
+    ///
+    /// `guaranteed` is a run size (`last - start`) from which `fits` cannot
+    /// fail: the smallest such run is found in O(log n). Only when there is
+    /// none are the smaller runs that might still fit tried one by one.
+    pub(super) fn find(
+        &self,
+        length: u64,
+        guaranteed: Option<u64>,
+        fits: impl Fn(u64, u64) -> Option<u64>,
+    ) -> Option<u64> {
+        let min = length - 1;
+        if let Some(g) = guaranteed {
+            for &(_, s) in self.by_size.range((g, 0)..) {
+                if let Some(iova) = fits(s, self.runs[&s]) {
+                    return Some(iova);
+                }
+                // Unreachable by construction of `guaranteed`; keep looking
+                // rather than answer ENOSPC wrongly.
+                debug_assert!(false, "run at {s:#x} of guaranteed size did not fit");
+            }
+            self.by_size
+                .range((min, 0)..(g, 0))
+                .find_map(|&(_, s)| fits(s, self.runs[&s]))
+        } else {
+            self.by_size
+                .range((min, 0)..)
+                .find_map(|&(_, s)| fits(s, self.runs[&s]))
+        }
+    }
+}
+
+/// Whether `a..=b` and `c..=d` share an IOVA.
+pub(super) fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
+    a.0 <= b.1 && b.0 <= a.1
+}
+
+/// `pieces` (disjoint) minus `cut`.
+pub(super) fn subtract(pieces: Vec<(u64, u64)>, cut: (u64, u64)) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(pieces.len() + 1);
+    for p in pieces {
+        if !overlaps(p, cut) {
+            out.push(p);
+            continue;
+        }
+        if p.0 < cut.0 {
+            out.push((p.0, cut.0 - 1));
+        }
+        if p.1 > cut.1 {
+            out.push((cut.1 + 1, p.1));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn io_pagetable_free_index_carve_release_merge() {
+        let mut f = FreeIndex::default();
+        f.release(10, 100);
+        f.carve(20, 29);
+        assert_eq!(f.runs().collect::<Vec<_>>(), vec![(10, 19), (30, 100)]);
+        f.carve(0, 12);
+        f.carve(95, 200);
+        assert_eq!(f.runs().collect::<Vec<_>>(), vec![(13, 19), (30, 94)]);
+        f.release(20, 29);
+        assert_eq!(f.runs().collect::<Vec<_>>(), vec![(13, 94)]);
+        assert!(f.indexes_agree());
+        f.release(95, u64::MAX);
+        f.carve(0, u64::MAX);
+        assert_eq!(f.runs().count(), 0);
+        assert!(f.indexes_agree());
+    }
+
+    #[test]
+    fn io_pagetable_subtract_pieces() {
+        assert_eq!(
+            subtract(vec![(0, 10), (20, 30)], (5, 25)),
+            vec![(0, 4), (26, 30)]
+        );
+        assert_eq!(subtract(vec![(0, 10)], (0, 10)), vec![]);
+        assert_eq!(subtract(vec![(0, u64::MAX)], (5, u64::MAX)), vec![(0, 4)]);
+    }
+}

@@ -1,0 +1,1139 @@
+//! Tests of the IO page table: the kernel selftest's `iommufd_ioas`
+//! `no_domain` cases, one test per errno rule, a model-based proptest and a
+//! multi-threaded stress test.
+//!
+//! Intervals here are `start..=last` (inclusive `last`) like the module.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use proptest::prelude::*;
+
+use super::*;
+use crate::accounting::AccountMode;
+use crate::user::SelfMemory;
+
+fn ps() -> u64 {
+    page_size()
+}
+
+/// The selftest's `MOCK_APERTURE_START`.
+const APERTURE: u64 = 1 << 24;
+/// A user address that is never touched (creating pages does not read it).
+const BUF: u64 = 1 << 31;
+
+fn pages(uptr: u64, len: u64, writable: bool) -> Arc<Pages> {
+    Pages::new(Arc::new(SelfMemory), uptr, len, writable, AccountMode::None)
+}
+
+fn src(uptr: u64, len: u64, writable: bool) -> MapSource {
+    let p = pages(uptr, len, writable);
+    MapSource {
+        start_byte: uptr - p.uptr(),
+        pages: p,
+        length: len,
+    }
+}
+
+fn map_at(t: &IoPagetable, uptr: u64, len: u64, iova: Option<u64>) -> Result<u64> {
+    let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
+    t.map(vec![src(uptr, len, true)], len, req, Prot::RW)
+}
+
+fn errno<T: std::fmt::Debug>(r: Result<T>) -> i32 {
+    r.unwrap_err().errno().0
+}
+
+fn copy(
+    src_t: &IoPagetable,
+    dst: &IoPagetable,
+    src_iova: u64,
+    len: u64,
+    dst_iova: Option<u64>,
+) -> Result<u64> {
+    let s = src_t.get_pages(src_iova, len)?;
+    dst.map(
+        s,
+        len,
+        dst_iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed),
+        Prot::RW,
+    )
+}
+
+fn ok(t: &IoPagetable) {
+    if let Err(e) = t.check_invariants() {
+        panic!("invariant broken: {e}");
+    }
+}
+
+// ---- the selftest's iommufd_ioas / no_domain cases ----
+
+#[test]
+fn io_pagetable_selftest_area() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    for i in 0..10 {
+        assert_eq!(
+            t.unmap(i * ps, ps).unwrap(),
+            0,
+            "nothing mapped: 0 bytes, the ioctl says ENOENT"
+        );
+    }
+    for i in 0..10 {
+        map_at(&t, BUF, ps, Some(i * ps)).unwrap();
+    }
+    ok(&t);
+    for i in 0..10 {
+        assert_eq!(t.unmap(i * ps, ps).unwrap(), ps);
+    }
+    // Split fails.
+    map_at(&t, BUF, 2 * ps, Some(16 * ps)).unwrap();
+    assert_eq!(errno(t.unmap(16 * ps, ps)), libc::ENOENT);
+    assert_eq!(errno(t.unmap(17 * ps, ps)), libc::ENOENT);
+    // Over map fails.
+    for (len, at) in [(2, 16), (1, 16), (1, 17), (2, 15), (3, 15)] {
+        assert_eq!(
+            errno(map_at(&t, BUF, len * ps, Some(at * ps))),
+            libc::EEXIST
+        );
+    }
+    ok(&t);
+    assert_eq!(t.unmap_all().unwrap(), 2 * ps);
+    assert_eq!(t.unmap_all().unwrap(), 0);
+    assert!(t.areas().is_empty());
+    ok(&t);
+}
+
+#[test]
+fn io_pagetable_selftest_unmap_fully_contained_areas() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    let base = 4 * ps;
+    for i in 0..4 {
+        map_at(&t, BUF, 8 * ps, Some(base + i * 16 * ps)).unwrap();
+    }
+    assert_eq!(errno(t.unmap(base - 4 * ps, 8 * ps)), libc::ENOENT);
+    assert_eq!(
+        errno(t.unmap(base + 3 * 16 * ps + 8 * ps - 4 * ps, 8 * ps)),
+        libc::ENOENT
+    );
+    assert_eq!(t.areas().len(), 4, "a refused unmap changes nothing");
+    assert_eq!(
+        t.unmap(base - 4 * ps, 3 * 16 * ps + 8 * ps + 4 * ps)
+            .unwrap(),
+        32 * ps
+    );
+    assert!(t.areas().is_empty());
+    ok(&t);
+}
+
+#[test]
+fn io_pagetable_selftest_area_auto_iova() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    let mut iovas = Vec::new();
+    for _ in 0..10 {
+        iovas.push(map_at(&t, BUF, ps, None).unwrap());
+    }
+    for &i in &iovas {
+        assert_eq!(t.unmap(i, ps).unwrap(), ps);
+    }
+    // Automatic alignment.
+    let low_bit = |len: u64| 1u64 << len.trailing_zeros();
+    iovas.clear();
+    for i in 0..10 {
+        let len = ps * (i + 1);
+        let iova = map_at(&t, 1 << 31, len, None).unwrap();
+        assert_eq!(iova % low_bit(len), 0);
+        iovas.push(iova);
+    }
+    ok(&t);
+    for (i, &iova) in iovas.iter().enumerate() {
+        t.unmap(iova, ps * (i as u64 + 1)).unwrap();
+    }
+    // Avoids a reserved region.
+    let (rs, rlen) = (4 * ps, 100 * ps);
+    t.add_reserved(rs, rs + rlen - 1, 0).unwrap();
+    iovas.clear();
+    for i in 0..10 {
+        let len = ps * (i + 1);
+        let iova = map_at(&t, BUF, len, None).unwrap();
+        assert_eq!(iova % low_bit(len), 0);
+        assert!(!(iova > rs && iova < rs + rlen));
+        assert!(iova + len <= rs || iova >= rs + rlen);
+        iovas.push(iova);
+    }
+    ok(&t);
+    for (i, &iova) in iovas.iter().enumerate() {
+        t.unmap(iova, ps * (i as u64 + 1)).unwrap();
+    }
+    // Allowed region intersects a reserved region.
+    assert_eq!(errno(t.set_allowed(&[(ps, ps * 600)])), libc::EADDRINUSE);
+    // Allocate from an allowed region.
+    let (a0, a1) = (ps * 200, ps * 600 - 1);
+    t.set_allowed(&[(a0, a1)]).unwrap();
+    iovas.clear();
+    for i in 0..10 {
+        let len = ps * (i + 1);
+        let iova = map_at(&t, BUF, len, None).unwrap();
+        assert_eq!(iova % low_bit(len), 0);
+        assert!(iova >= a0 && iova + len <= a1 + 1);
+        iovas.push(iova);
+    }
+    ok(&t);
+    for (i, &iova) in iovas.iter().enumerate() {
+        t.unmap(iova, ps * (i as u64 + 1)).unwrap();
+    }
+    ok(&t);
+}
+
+#[test]
+fn io_pagetable_selftest_area_allowed() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    let base = 0;
+    t.set_allowed(&[(base, base + ps * 600)]).unwrap();
+    assert_eq!(
+        errno(t.add_reserved(base + ps, base + 2 * ps - 1, 0)),
+        libc::EADDRINUSE
+    );
+    t.set_allowed(&[]).unwrap();
+    t.add_reserved(base + ps, base + 2 * ps - 1, 0).unwrap();
+    assert_eq!(
+        errno(t.set_allowed(&[(base, base + ps * 600)])),
+        libc::EADDRINUSE
+    );
+    ok(&t);
+}
+
+#[test]
+fn io_pagetable_selftest_copy_area() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    map_at(&t, BUF, ps, Some(0)).unwrap();
+    assert_eq!(copy(&t, &t, 0, ps, Some(ps)).unwrap(), ps);
+    let dst = IoPagetable::new();
+    assert_eq!(copy(&t, &dst, 0, ps, Some(0)).unwrap(), 0);
+    let a = t.areas();
+    assert_eq!(a.len(), 2);
+    assert_eq!(a[0].pages_id, a[1].pages_id, "COPY shares the pages object");
+    assert_eq!(dst.areas()[0].pages_id, a[0].pages_id);
+    ok(&t);
+    ok(&dst);
+}
+
+#[test]
+fn io_pagetable_selftest_iova_ranges() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    assert_eq!(t.iova_ranges(), (vec![(0, u64::MAX)], 1));
+    t.add_reserved(ps, 2 * ps - 1, 0).unwrap();
+    assert_eq!(t.iova_ranges(), (vec![(0, ps - 1), (2 * ps, u64::MAX)], 1));
+    t.remove_reserved(0);
+    assert_eq!(t.iova_ranges().0, vec![(0, u64::MAX)]);
+    ok(&t);
+}
+
+#[test]
+fn io_pagetable_selftest_ioas_iova_alloc() {
+    let t = IoPagetable::new();
+    for len in 1..ps() * 2 {
+        let iova = map_at(&t, BUF, len, None).unwrap();
+        assert_eq!(t.unmap(iova, len).unwrap(), len);
+    }
+    ok(&t);
+}
+
+#[test]
+fn io_pagetable_selftest_ioas_align_change() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    let mock_ps = ps / 2;
+    assert!(t.large_pages());
+    map_at(&t, BUF, ps, Some(APERTURE)).unwrap();
+    t.set_large_pages(false).unwrap();
+    assert_eq!(t.iova_alignment(), ps);
+    assert!(!t.large_pages());
+    // Misalignment is rejected at map time.
+    assert_eq!(
+        errno(map_at(&t, BUF + mock_ps, ps, Some(APERTURE + ps))),
+        libc::EINVAL
+    );
+    t.set_large_pages(false).unwrap();
+    t.set_large_pages(true).unwrap();
+    assert_eq!(t.iova_alignment(), 1);
+    map_at(&t, BUF + mock_ps, ps, Some(APERTURE + ps)).unwrap();
+    assert_eq!(errno(t.set_large_pages(false)), libc::EADDRINUSE);
+    assert!(t.large_pages(), "a refused upgrade changes nothing");
+    assert_eq!(t.iova_alignment(), 1);
+    ok(&t);
+    t.unmap(APERTURE + ps, ps).unwrap();
+    t.unmap(APERTURE, ps).unwrap();
+    ok(&t);
+}
+
+#[test]
+fn io_pagetable_selftest_copy_sweep() {
+    let t = IoPagetable::new();
+    let dst = IoPagetable::new();
+    let ps = ps();
+    let mock_ps = ps / 2;
+    let buffer_size = 16 * ps;
+    let last_iova = APERTURE + buffer_size - 2;
+    map_at(&t, BUF, last_iova - APERTURE + 1, Some(APERTURE)).unwrap();
+    let mut iova = APERTURE - ps;
+    while iova <= last_iova {
+        let r = copy(&t, &dst, iova, mock_ps, Some(APERTURE));
+        if iova < APERTURE || iova + mock_ps - 1 > last_iova {
+            assert_eq!(errno(r), libc::ENOENT, "iova {iova:#x}");
+        } else {
+            r.unwrap();
+            let a = dst.areas();
+            assert_eq!(a[0].uptr, BUF + (iova - APERTURE));
+            assert_eq!(dst.unmap(APERTURE, mock_ps).unwrap(), mock_ps);
+        }
+        iova += 511;
+    }
+    ok(&t);
+    ok(&dst);
+}
+
+#[test]
+fn io_pagetable_selftest_ioas_area_destroy() {
+    let t = IoPagetable::new();
+    map_at(&t, BUF, ps(), Some(0)).unwrap();
+    drop(t);
+    let t = IoPagetable::new();
+    for i in 0..10 {
+        map_at(&t, BUF, ps(), Some(i * ps())).unwrap();
+    }
+    assert_eq!(t.unmap_all().unwrap(), 10 * ps());
+}
+
+// ---- one test per rule ----
+
+#[test]
+fn io_pagetable_zero_length_is_einval() {
+    let t = IoPagetable::new();
+    let s = src(BUF, ps(), true);
+    assert_eq!(
+        errno(t.map(vec![s], 0, IovaRequest::Fixed(0), Prot::RW)),
+        libc::EINVAL
+    );
+    assert_eq!(errno(t.unmap(0, 0)), libc::EINVAL);
+    assert_eq!(errno(t.get_pages(0, 0)), libc::EINVAL);
+}
+
+#[test]
+fn io_pagetable_overflow_is_eoverflow() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    assert_eq!(
+        errno(map_at(&t, BUF, 2 * ps, Some(u64::MAX - ps))),
+        libc::EOVERFLOW
+    );
+    assert_eq!(errno(t.unmap(u64::MAX, 2)), libc::EOVERFLOW);
+    assert_eq!(errno(t.get_pages(u64::MAX, 2)), libc::EOVERFLOW);
+    // An area may end exactly at u64::MAX.
+    map_at(&t, BUF, ps, Some(u64::MAX - ps + 1)).unwrap();
+    ok(&t);
+    assert_eq!(t.unmap(u64::MAX - ps + 1, ps).unwrap(), ps);
+    // Allocation refuses half the space or more.
+    let s = MapSource {
+        pages: pages(0, ps, true),
+        start_byte: 0,
+        length: u64::MAX / 2,
+    };
+    assert_eq!(
+        errno(t.map(vec![s], u64::MAX / 2, IovaRequest::Alloc, Prot::RW)),
+        libc::EOVERFLOW
+    );
+    ok(&t);
+}
+
+#[test]
+fn io_pagetable_fixed_rules() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    t.add_reserved(10 * ps, 11 * ps - 1, 0).unwrap();
+    assert_eq!(
+        errno(map_at(&t, BUF, 2 * ps, Some(9 * ps))),
+        libc::EINVAL,
+        "reserved"
+    );
+    map_at(&t, BUF, ps, Some(9 * ps)).unwrap();
+    assert_eq!(errno(map_at(&t, BUF, 2 * ps, Some(8 * ps))), libc::EEXIST);
+    // Fixed maps ignore the allowed ranges, as in the kernel.
+    t.set_allowed(&[(100 * ps, 200 * ps)]).unwrap();
+    map_at(&t, BUF, ps, Some(20 * ps)).unwrap();
+    // Reserving over an area is EADDRINUSE.
+    assert_eq!(errno(t.add_reserved(20 * ps, 20 * ps, 0)), libc::EADDRINUSE);
+    assert_eq!(errno(t.add_reserved(5, 4, 0)), libc::EINVAL);
+    // Bad allowed lists.
+    assert_eq!(errno(t.set_allowed(&[(5, 5)])), libc::EINVAL);
+    assert_eq!(errno(t.set_allowed(&[(0, 10), (10, 20)])), libc::EINVAL);
+    ok(&t);
+}
+
+#[test]
+fn io_pagetable_read_only_pages_refuse_write() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    let s = src(BUF, ps, false);
+    assert_eq!(
+        errno(t.map(vec![s.clone()], ps, IovaRequest::Fixed(0), Prot::RW)),
+        libc::EPERM
+    );
+    t.map(vec![s], ps, IovaRequest::Fixed(0), Prot::RO).unwrap();
+    // COPY with write access from read-only memory.
+    let got = t.get_pages(0, ps).unwrap();
+    assert_eq!(
+        errno(t.map(got.clone(), ps, IovaRequest::Alloc, Prot::RW)),
+        libc::EPERM
+    );
+    t.map(got, ps, IovaRequest::Alloc, Prot::RO).unwrap();
+    assert_eq!(t.areas().len(), 2);
+    ok(&t);
+}
+
+#[test]
+fn io_pagetable_alignment_rules() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    t.set_large_pages(false).unwrap();
+    assert_eq!(
+        errno(map_at(&t, BUF, ps / 2, Some(0))),
+        libc::EINVAL,
+        "length"
+    );
+    assert_eq!(
+        errno(map_at(&t, BUF, ps, Some(ps / 2))),
+        libc::EINVAL,
+        "iova"
+    );
+    assert_eq!(
+        errno(map_at(&t, BUF + 8, ps, Some(0))),
+        libc::EINVAL,
+        "page offset"
+    );
+    // Allocation: the user address allows only 8-byte alignment.
+    assert_eq!(
+        errno(map_at(&t, BUF + 8, ps, None)),
+        libc::EINVAL,
+        "alloc alignment"
+    );
+    let iova = map_at(&t, BUF, ps, None).unwrap();
+    assert_eq!(iova % ps, 0);
+    ok(&t);
+}
+
+#[test]
+fn io_pagetable_alloc_alignment_follows_uptr() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    // The page offset of the user address is kept in the IOVA.
+    let iova = map_at(&t, BUF + 0x10, 0x100, None).unwrap();
+    assert_eq!(iova % 0x10, 0);
+    assert_eq!((iova % ps) & 0x10, 0x10);
+    // Large, well-aligned buffers get huge-page alignment (capped).
+    let iova = map_at(&t, 1 << 40, 64 << 20, None).unwrap();
+    assert_eq!(iova % huge_page_size(), 0);
+    // Never at IOVA 0.
+    let t = IoPagetable::new();
+    assert!(map_at(&t, BUF, ps, None).unwrap() >= ps);
+    ok(&t);
+}
+
+#[test]
+fn io_pagetable_alloc_enospc() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    t.set_allowed(&[(ps, 3 * ps - 1)]).unwrap();
+    map_at(&t, BUF, ps, None).unwrap();
+    // One page left, but the kernel's rule wants the candidate below `last`.
+    assert_eq!(errno(map_at(&t, BUF, 2 * ps, None)), libc::ENOSPC);
+    map_at(&t, BUF, ps, None).unwrap();
+    assert_eq!(errno(map_at(&t, BUF, 1, None)), libc::ENOSPC);
+    ok(&t);
+}
+
+#[test]
+fn io_pagetable_get_pages_splits_and_shares() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    let a = src(BUF, 2 * ps, true);
+    let b = src(BUF + 16 * ps, 2 * ps, true);
+    t.map(vec![a.clone()], 2 * ps, IovaRequest::Fixed(0), Prot::RW)
+        .unwrap();
+    t.map(
+        vec![b.clone()],
+        2 * ps,
+        IovaRequest::Fixed(2 * ps),
+        Prot::RW,
+    )
+    .unwrap();
+    let got = t.get_pages(ps, 2 * ps).unwrap();
+    assert_eq!(got.len(), 2);
+    assert!(Arc::ptr_eq(&got[0].pages, &a.pages));
+    assert!(Arc::ptr_eq(&got[1].pages, &b.pages));
+    assert_eq!((got[0].start_byte, got[0].length), (ps, ps));
+    assert_eq!((got[1].start_byte, got[1].length), (0, ps));
+    // Multi-source map: one area per source.
+    let dst = IoPagetable::new();
+    assert_eq!(
+        dst.map(got, 2 * ps, IovaRequest::Fixed(ps), Prot::RW)
+            .unwrap(),
+        ps
+    );
+    let areas = dst.areas();
+    assert_eq!(areas.len(), 2);
+    assert_eq!((areas[0].iova, areas[0].uptr), (ps, BUF + ps));
+    assert_eq!((areas[1].iova, areas[1].uptr), (2 * ps, BUF + 16 * ps));
+    // Gaps.
+    assert_eq!(errno(t.get_pages(4 * ps, 1)), libc::ENOENT);
+    assert_eq!(errno(t.get_pages(3 * ps, 2 * ps)), libc::ENOENT);
+    t.unmap(0, 2 * ps).unwrap();
+    assert_eq!(errno(t.get_pages(ps, 2 * ps)), libc::ENOENT);
+    ok(&t);
+    ok(&dst);
+}
+
+#[test]
+fn io_pagetable_sources_must_match_length() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    assert_eq!(
+        errno(t.map(vec![], ps, IovaRequest::Fixed(0), Prot::RW)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(t.map(
+            vec![src(BUF, ps, true)],
+            2 * ps,
+            IovaRequest::Fixed(0),
+            Prot::RW
+        )),
+        libc::EINVAL
+    );
+    // A source past the end of its pages object.
+    let p = pages(BUF, ps, true);
+    let s = MapSource {
+        pages: p,
+        start_byte: 0,
+        length: 2 * ps,
+    };
+    assert_eq!(
+        errno(t.map(vec![s], 2 * ps, IovaRequest::Fixed(0), Prot::RW)),
+        libc::EOVERFLOW
+    );
+    assert!(t.areas().is_empty());
+    ok(&t);
+}
+
+#[test]
+fn io_pagetable_pending_area_rules() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    let s = src(BUF, ps, true);
+    let iova = t
+        .state
+        .write()
+        .reserve_areas(&[s], ps, IovaRequest::Fixed(4 * ps), Prot::RW)
+        .unwrap();
+    ok(&t);
+    assert!(t.areas().is_empty(), "filling areas are not listed");
+    assert_eq!(errno(t.unmap(0, 8 * ps)), libc::EBUSY);
+    assert_eq!(errno(t.unmap_all()), libc::EBUSY);
+    assert_eq!(errno(t.get_pages(iova, ps)), libc::ENOENT);
+    assert_eq!(errno(map_at(&t, BUF, ps, Some(4 * ps))), libc::EEXIST);
+    assert_eq!(errno(t.add_reserved(4 * ps, 4 * ps, 0)), libc::EADDRINUSE);
+    t.state.write().publish(iova, iova + ps - 1);
+    assert_eq!(t.areas().len(), 1);
+    assert_eq!(t.unmap_all().unwrap(), ps);
+    ok(&t);
+}
+
+#[test]
+fn io_pagetable_unmap_error_order() {
+    let t = IoPagetable::new();
+    let ps = ps();
+    map_at(&t, BUF, 2 * ps, Some(0)).unwrap();
+    map_at(&t, BUF, 2 * ps, Some(4 * ps)).unwrap();
+    // The first area is whole, the second is cut: nothing is removed.
+    assert_eq!(errno(t.unmap(0, 5 * ps)), libc::ENOENT);
+    assert_eq!(t.areas().len(), 2);
+    assert_eq!(t.unmap(0, 3 * ps).unwrap(), 2 * ps);
+    assert_eq!(t.unmap(0, u64::MAX).unwrap(), 2 * ps);
+    ok(&t);
+}
+
+// ---- model-based proptest ----
+
+/// The kernel's `__alloc_iova_check_range`, written independently of the
+/// module's `fit` so that the model checks it.
+fn model_fit(start: u64, last: u64, len: u64, align: u64, page_offset: u64) -> Option<u64> {
+    let up = start.checked_add(align - 1)? / align * align;
+    let cand = up | page_offset;
+    if cand >= last || last - cand < len - 1 {
+        None
+    } else {
+        Some(cand)
+    }
+}
+
+#[derive(Debug, Clone)]
+struct MArea {
+    len: u64,
+    uptr: u64,
+    pages_id: u64,
+    writable: bool,
+}
+
+#[derive(Debug, Default)]
+struct Model {
+    areas: BTreeMap<u64, MArea>,
+    allowed: Vec<(u64, u64)>,
+    reserved: Vec<(u64, u64)>,
+    small_pages: bool,
+}
+
+struct MSrc {
+    uptr: u64,
+    len: u64,
+    pages_id: u64,
+    writable: bool,
+}
+
+impl Model {
+    fn align(&self) -> u64 {
+        if self.small_pages {
+            ps()
+        } else {
+            1
+        }
+    }
+
+    fn area_hit(&self, s: u64, l: u64) -> bool {
+        self.areas
+            .iter()
+            .any(|(&k, a)| k <= l && s <= k + (a.len - 1))
+    }
+
+    fn reserved_hit(&self, s: u64, l: u64) -> bool {
+        self.reserved.iter().any(|&(rs, rl)| rs <= l && s <= rl)
+    }
+
+    /// The kernel's candidate IOVAs: one per hole of the allowed spans.
+    fn candidates(&self, uptr: u64, len: u64) -> std::result::Result<Vec<u64>, i32> {
+        let ps = ps();
+        if len >= u64::MAX / 2 {
+            return Err(libc::EOVERFLOW);
+        }
+        let pow = len.next_power_of_two();
+        let a = if uptr == 0 {
+            pow
+        } else {
+            pow.min(1 << uptr.trailing_zeros())
+        }
+        .min(huge_page_size());
+        if a < self.align() {
+            return Err(libc::EINVAL);
+        }
+        let mut spans: Vec<(u64, u64)> = if self.allowed.is_empty() {
+            vec![(ps, u64::MAX - ps)]
+        } else {
+            self.allowed.clone()
+        };
+        spans.sort_unstable();
+        // Merge adjacent allowed ranges and clip to the window.
+        let mut merged: Vec<(u64, u64)> = Vec::new();
+        for (s, l) in spans {
+            let (s, l) = (s.max(ps), l.min(u64::MAX - ps));
+            if s > l {
+                continue;
+            }
+            match merged.last_mut() {
+                Some(m) if m.1.checked_add(1) == Some(s) => m.1 = l,
+                _ => merged.push((s, l)),
+            }
+        }
+        let mut used: Vec<(u64, u64)> = self.reserved.clone();
+        used.extend(self.areas.iter().map(|(&k, a)| (k, k + (a.len - 1))));
+        used.sort_unstable();
+        let mut out = Vec::new();
+        for (s, l) in merged {
+            let mut cur = Some(s);
+            for &(us, ul) in &used {
+                let Some(c) = cur else { break };
+                if ul < c || us > l {
+                    continue;
+                }
+                if us > c {
+                    out.extend(model_fit(c, us - 1, len, a, uptr % ps));
+                }
+                cur = ul.checked_add(1);
+            }
+            if let Some(c) = cur {
+                if c <= l {
+                    out.extend(model_fit(c, l, len, a, uptr % ps));
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    fn map(
+        &mut self,
+        srcs: &[MSrc],
+        len: u64,
+        iova: Option<u64>,
+        write: bool,
+    ) -> std::result::Result<Vec<u64>, i32> {
+        let ps = ps();
+        let al = self.align();
+        if !len.is_multiple_of(al) {
+            return Err(libc::EINVAL);
+        }
+        let iova = match iova {
+            Some(i) => {
+                if !i.is_multiple_of(al) {
+                    return Err(libc::EINVAL);
+                }
+                let Some(l) = i.checked_add(len - 1) else {
+                    return Err(libc::EOVERFLOW);
+                };
+                if self.reserved_hit(i, l) {
+                    return Err(libc::EINVAL);
+                }
+                if self.area_hit(i, l) {
+                    return Err(libc::EEXIST);
+                }
+                vec![i]
+            }
+            None => {
+                let c = self.candidates(srcs[0].uptr, len)?;
+                if c.is_empty() {
+                    return Err(libc::ENOSPC);
+                }
+                c
+            }
+        };
+        for s in srcs {
+            if write && !s.writable {
+                return Err(libc::EPERM);
+            }
+            if !(s.uptr % ps).is_multiple_of(al) {
+                return Err(libc::EINVAL);
+            }
+        }
+        Ok(iova)
+    }
+
+    fn insert(&mut self, srcs: &[MSrc], iova: u64) {
+        let mut at = iova;
+        for s in srcs {
+            self.areas.insert(
+                at,
+                MArea {
+                    len: s.len,
+                    uptr: s.uptr,
+                    pages_id: s.pages_id,
+                    writable: s.writable,
+                },
+            );
+            at = at.wrapping_add(s.len);
+        }
+    }
+
+    fn unmap(&mut self, s: u64, l: u64) -> std::result::Result<u64, i32> {
+        let hit: Vec<u64> = self
+            .areas
+            .iter()
+            .filter(|(&k, a)| k <= l && s <= k + (a.len - 1))
+            .map(|(&k, _)| k)
+            .collect();
+        for &k in &hit {
+            if k < s || k + (self.areas[&k].len - 1) > l {
+                return Err(libc::ENOENT);
+            }
+        }
+        Ok(hit
+            .into_iter()
+            .map(|k| self.areas.remove(&k).unwrap().len)
+            .sum())
+    }
+
+    fn get_pages(&self, iova: u64, len: u64) -> std::result::Result<Vec<MSrc>, i32> {
+        let last = iova.checked_add(len - 1).ok_or(libc::EOVERFLOW)?;
+        let mut out = Vec::new();
+        let mut cur = iova;
+        loop {
+            let Some((&k, a)) = self.areas.range(..=cur).next_back() else {
+                return Err(libc::ENOENT);
+            };
+            let al = k + (a.len - 1);
+            if al < cur {
+                return Err(libc::ENOENT);
+            }
+            let end = al.min(last);
+            out.push(MSrc {
+                uptr: a.uptr + (cur - k),
+                len: end - cur + 1,
+                pages_id: a.pages_id,
+                writable: a.writable,
+            });
+            if end == last {
+                return Ok(out);
+            }
+            cur = end + 1;
+        }
+    }
+
+    fn iova_ranges(&self) -> Vec<(u64, u64)> {
+        let mut holes = vec![(0, u64::MAX)];
+        for &r in &self.reserved {
+            holes = subtract(holes, r);
+        }
+        holes.sort_unstable();
+        holes
+    }
+}
+
+#[derive(Debug, Clone)]
+enum Op {
+    MapFixed {
+        iova: u64,
+        len: u64,
+        uptr: u64,
+        writable: bool,
+        write: bool,
+    },
+    MapAlloc {
+        len: u64,
+        uptr: u64,
+    },
+    Unmap {
+        iova: u64,
+        len: u64,
+    },
+    UnmapAll,
+    Copy {
+        src: u64,
+        len: u64,
+        dst: Option<u64>,
+        write: bool,
+    },
+    SetAllowed(Vec<(u64, u64)>),
+    AddReserved(u64, u64),
+    LargePages(bool),
+}
+
+fn iova_s() -> impl Strategy<Value = u64> {
+    let ps = ps();
+    prop_oneof![
+        8 => (0u64..48).prop_map(move |p| p * ps),
+        1 => (0u64..48).prop_map(move |p| p * ps + ps / 2),
+        1 => (0u64..48, 1u64..64).prop_map(move |(p, o)| p * ps + o),
+        1 => (1u64..4).prop_map(move |p| (u64::MAX - p * ps).wrapping_add(1)),
+    ]
+}
+
+fn len_s() -> impl Strategy<Value = u64> {
+    let ps = ps();
+    prop_oneof![
+        8 => (1u64..7).prop_map(move |p| p * ps),
+        1 => (1u64..7).prop_map(move |p| p * ps - ps / 2),
+        1 => 1u64..64,
+    ]
+}
+
+fn uptr_s() -> impl Strategy<Value = u64> {
+    let ps = ps();
+    prop_oneof![
+        6 => (0u64..64).prop_map(move |p| BUF + p * ps),
+        1 => (0u64..64).prop_map(move |p| BUF + p * ps + ps / 2),
+        1 => (0u64..64, 1u64..64).prop_map(move |(p, o)| BUF + p * ps + o),
+    ]
+}
+
+fn range_s() -> impl Strategy<Value = (u64, u64)> {
+    let ps = ps();
+    (0u64..64, 0u64..64, 0u64..3)
+        .prop_map(move |(a, b, o)| (a * ps + o, b * ps + o.saturating_sub(1)))
+}
+
+fn op_s() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        6 => (iova_s(), len_s(), uptr_s(), prop::bool::weighted(0.8), prop::bool::weighted(0.7)).prop_map(
+            |(iova, len, uptr, writable, write)| Op::MapFixed { iova, len, uptr, writable, write }
+        ),
+        4 => (len_s(), uptr_s()).prop_map(|(len, uptr)| Op::MapAlloc { len, uptr }),
+        5 => (iova_s(), prop_oneof![len_s(), (1u64..20).prop_map(|p| p * ps())]).prop_map(|(iova, len)| Op::Unmap { iova, len }),
+        1 => Just(Op::UnmapAll),
+        4 => (iova_s(), len_s(), prop::option::of(iova_s()), prop::bool::weighted(0.3))
+            .prop_map(|(src, len, dst, write)| Op::Copy { src, len, dst, write }),
+        1 => prop::collection::vec(range_s(), 0..3).prop_map(Op::SetAllowed),
+        1 => range_s().prop_map(|(a, b)| Op::AddReserved(a.min(b), a.max(b))),
+        1 => any::<bool>().prop_map(Op::LargePages),
+    ]
+}
+
+fn class<T>(r: &Result<T>) -> std::result::Result<(), i32> {
+    r.as_ref().map(|_| ()).map_err(|e| e.errno().0)
+}
+
+fn run_ops(ops: Vec<Op>) -> std::result::Result<(), TestCaseError> {
+    let t = IoPagetable::new();
+    let mut m = Model::default();
+    for (step, op) in ops.into_iter().enumerate() {
+        match op.clone() {
+            Op::MapFixed {
+                iova,
+                len,
+                uptr,
+                writable,
+                write,
+            } => {
+                let s = src(uptr, len, writable);
+                let ms = [MSrc {
+                    uptr,
+                    len,
+                    pages_id: s.pages.id(),
+                    writable,
+                }];
+                let prot = Prot { read: true, write };
+                let r = t.map(vec![s], len, IovaRequest::Fixed(iova), prot);
+                let want = m.map(&ms, len, Some(iova), write);
+                prop_assert_eq!(
+                    class(&r),
+                    want.as_ref().map(|_| ()).map_err(|&e| e),
+                    "step {} {:?}: {:?}",
+                    step,
+                    op,
+                    r
+                );
+                if r.is_ok() {
+                    m.insert(&ms, iova);
+                }
+            }
+            Op::MapAlloc { len, uptr } => {
+                let s = src(uptr, len, true);
+                let ms = [MSrc {
+                    uptr,
+                    len,
+                    pages_id: s.pages.id(),
+                    writable: true,
+                }];
+                let r = t.map(vec![s], len, IovaRequest::Alloc, Prot::RW);
+                let want = m.map(&ms, len, None, true);
+                prop_assert_eq!(
+                    class(&r),
+                    want.as_ref().map(|_| ()).map_err(|&e| e),
+                    "step {} {:?}: {:?}",
+                    step,
+                    op,
+                    r
+                );
+                if let Ok(iova) = r {
+                    prop_assert!(
+                        want.unwrap().contains(&iova),
+                        "step {step}: allocated {iova:#x} breaks the rules"
+                    );
+                    m.insert(&ms, iova);
+                }
+            }
+            Op::Unmap { iova, len } => {
+                let r = t.unmap(iova, len);
+                match iova.checked_add(len - 1) {
+                    None => prop_assert_eq!(class(&r), Err(libc::EOVERFLOW)),
+                    Some(l) => {
+                        let want = m.unmap(iova, l);
+                        prop_assert_eq!(
+                            r.as_ref().map_err(|e| e.errno().0).copied(),
+                            want,
+                            "step {} {:?}",
+                            step,
+                            op
+                        );
+                    }
+                }
+            }
+            Op::UnmapAll => {
+                let want = m.unmap(0, u64::MAX).unwrap();
+                prop_assert_eq!(t.unmap_all().unwrap(), want);
+            }
+            Op::Copy {
+                src,
+                len,
+                dst,
+                write,
+            } => {
+                let got = t.get_pages(src, len);
+                let want = m.get_pages(src, len);
+                prop_assert_eq!(
+                    class(&got),
+                    want.as_ref().map(|_| ()).map_err(|&e| e),
+                    "step {} {:?}",
+                    step,
+                    op
+                );
+                if let (Ok(got), Ok(want)) = (got, want) {
+                    prop_assert_eq!(got.len(), want.len());
+                    for (g, w) in got.iter().zip(&want) {
+                        prop_assert_eq!(
+                            (g.pages.uptr() + g.start_byte, g.length, g.pages.id()),
+                            (w.uptr, w.len, w.pages_id)
+                        );
+                    }
+                    let prot = Prot { read: true, write };
+                    let r = t.map(
+                        got,
+                        len,
+                        dst.map_or(IovaRequest::Alloc, IovaRequest::Fixed),
+                        prot,
+                    );
+                    let mw = m.map(&want, len, dst, write);
+                    prop_assert_eq!(
+                        class(&r),
+                        mw.as_ref().map(|_| ()).map_err(|&e| e),
+                        "step {} {:?}: {:?}",
+                        step,
+                        op,
+                        r
+                    );
+                    if let Ok(iova) = r {
+                        prop_assert!(mw.unwrap().contains(&iova));
+                        m.insert(&want, iova);
+                    }
+                }
+            }
+            Op::SetAllowed(ranges) => {
+                let r = t.set_allowed(&ranges);
+                let mut sorted = ranges.clone();
+                sorted.sort_unstable();
+                let want = if ranges.iter().any(|&(s, l)| s >= l)
+                    || sorted.windows(2).any(|w| w[1].0 <= w[0].1)
+                {
+                    Err(libc::EINVAL)
+                } else if ranges.iter().any(|&(s, l)| m.reserved_hit(s, l)) {
+                    Err(libc::EADDRINUSE)
+                } else {
+                    Ok(())
+                };
+                prop_assert_eq!(class(&r), want, "step {} {:?}", step, op);
+                if want.is_ok() {
+                    m.allowed = ranges;
+                }
+            }
+            Op::AddReserved(s, l) => {
+                let r = t.add_reserved(s, l, 0);
+                let want = if m.area_hit(s, l) || m.allowed.iter().any(|&(a, b)| a <= l && s <= b) {
+                    Err(libc::EADDRINUSE)
+                } else {
+                    Ok(())
+                };
+                prop_assert_eq!(class(&r), want, "step {} {:?}", step, op);
+                if want.is_ok() {
+                    m.reserved.push((s, l));
+                }
+            }
+            Op::LargePages(enable) => {
+                let r = t.set_large_pages(enable);
+                let ps = ps();
+                let want = if !enable
+                    && !m.small_pages
+                    && m.areas.iter().any(|(&k, a)| {
+                        !k.is_multiple_of(ps)
+                            || !a.len.is_multiple_of(ps)
+                            || !a.uptr.is_multiple_of(ps)
+                    }) {
+                    Err(libc::EADDRINUSE)
+                } else {
+                    Ok(())
+                };
+                prop_assert_eq!(class(&r), want, "step {} {:?}", step, op);
+                if want.is_ok() {
+                    m.small_pages = !enable;
+                }
+            }
+        }
+        if let Err(e) = t.check_invariants() {
+            return Err(TestCaseError::fail(format!("step {step} {op:?}: {e}")));
+        }
+        let have: Vec<(u64, u64, u64, u64)> = t
+            .areas()
+            .iter()
+            .map(|a| (a.iova, a.length, a.uptr, a.pages_id))
+            .collect();
+        let want: Vec<(u64, u64, u64, u64)> = m
+            .areas
+            .iter()
+            .map(|(&k, a)| (k, a.len, a.uptr, a.pages_id))
+            .collect();
+        prop_assert_eq!(have, want, "step {} {:?}", step, op);
+        prop_assert_eq!(t.iova_ranges(), (m.iova_ranges(), m.align()));
+        prop_assert_eq!(t.large_pages(), !m.small_pages);
+    }
+    Ok(())
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 512, ..ProptestConfig::default() })]
+
+    #[test]
+    fn io_pagetable_proptest_matches_model(ops in prop::collection::vec(op_s(), 1..60)) {
+        run_ops(ops)?;
+    }
+}
+
+// ---- concurrency ----
+
+#[test]
+fn io_pagetable_concurrent_map_unmap() {
+    let t = Arc::new(IoPagetable::new());
+    let ps = ps();
+    // Allocation stays below 1 << 39; fixed maps (which ignore the allowed
+    // ranges) go above, one region per thread.
+    t.set_allowed(&[(ps, (1 << 39) - 1)]).unwrap();
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let checker = {
+        let (t, stop) = (t.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                t.check_invariants().unwrap();
+                std::thread::yield_now();
+            }
+        })
+    };
+    let workers: Vec<_> = (0..6u64)
+        .map(|n| {
+            let t = t.clone();
+            std::thread::spawn(move || {
+                let base = (n + 1) << 40;
+                for i in 0..300u64 {
+                    let len = ps * (1 + (i + n) % 4);
+                    let fixed = base + (i % 8) * 16 * ps;
+                    assert_eq!(map_at(&t, BUF + i * ps, len, Some(fixed)).unwrap(), fixed);
+                    let a = map_at(&t, BUF + (i % 5) * ps, len, None).unwrap();
+                    assert!(a < 1 << 39);
+                    let c = copy(&t, &t, fixed, len, None).unwrap();
+                    assert_eq!(
+                        t.get_pages(c, len).unwrap()[0].pages.id(),
+                        t.get_pages(fixed, len).unwrap()[0].pages.id()
+                    );
+                    assert_eq!(t.unmap(a, len).unwrap(), len);
+                    assert_eq!(t.unmap(c, len).unwrap(), len);
+                    assert_eq!(t.unmap(fixed, len).unwrap(), len);
+                }
+            })
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    checker.join().unwrap();
+    ok(&t);
+    assert!(t.areas().is_empty());
+    assert_eq!(t.unmap_all().unwrap(), 0);
+}

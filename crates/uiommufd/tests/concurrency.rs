@@ -1,0 +1,111 @@
+//! Many threads mapping and unmapping on one IOAS through the ioctl path,
+//! while other threads allocate and destroy objects; the invariant checker
+//! runs at the end of every round.
+
+use std::sync::Arc;
+
+use uiommufd::uapi::dispatch::ioctl;
+use uiommufd::uapi::*;
+use uiommufd::Context;
+
+fn ioc<T>(ctx: &Arc<Context>, cmd: u32, arg: &mut T) -> Result<i32, i32> {
+    ioctl(ctx, cmd as u64, arg as *mut T as u64).map_err(|e| e.errno().0)
+}
+
+#[test]
+fn threads_map_unmap_one_ioas() {
+    const THREADS: u64 = 4;
+    const ROUNDS: u64 = 300;
+    let ctx = Context::new();
+    let mut alloc = IommuIoasAlloc {
+        size: 12,
+        ..Default::default()
+    };
+    ioc(&ctx, IOMMU_IOAS_ALLOC, &mut alloc).unwrap();
+    let ioas_id = alloc.out_ioas_id;
+    // allocated IOVAs come from below 4 GiB; each thread's fixed IOVAs are above
+    ctx.ioas(ioas_id)
+        .unwrap()
+        .iopt()
+        .set_allowed(&[(0x1000, (1 << 32) - 1)])
+        .unwrap();
+    let buf = vec![0u8; 64 * 4096];
+    let base = buf.as_ptr() as u64;
+
+    std::thread::scope(|s| {
+        for t in 0..THREADS {
+            let ctx = ctx.clone();
+            s.spawn(move || {
+                for r in 0..ROUNDS {
+                    // a fixed IOVA owned by this thread, and an allocated one
+                    let fixed = (1 << 32) + (t << 24) + (r % 8) * 0x10000;
+                    let mut m = IommuIoasMap {
+                        size: 40,
+                        flags: IOMMU_IOAS_MAP_FIXED_IOVA
+                            | IOMMU_IOAS_MAP_READABLE
+                            | IOMMU_IOAS_MAP_WRITEABLE,
+                        ioas_id,
+                        user_va: base + (r % 16) * 4096,
+                        length: 4096 * (1 + r % 4),
+                        iova: fixed,
+                        ..Default::default()
+                    };
+                    ioc(&ctx, IOMMU_IOAS_MAP, &mut m).unwrap();
+                    let mut a = IommuIoasMap {
+                        flags: IOMMU_IOAS_MAP_READABLE,
+                        iova: 0,
+                        ..m
+                    };
+                    ioc(&ctx, IOMMU_IOAS_MAP, &mut a).unwrap();
+                    let mut u = IommuIoasUnmap {
+                        size: 24,
+                        ioas_id,
+                        iova: fixed,
+                        length: m.length,
+                    };
+                    ioc(&ctx, IOMMU_IOAS_UNMAP, &mut u).unwrap();
+                    assert_eq!(u.length, m.length);
+                    let mut u = IommuIoasUnmap {
+                        size: 24,
+                        ioas_id,
+                        iova: a.iova,
+                        length: a.length,
+                    };
+                    ioc(&ctx, IOMMU_IOAS_UNMAP, &mut u).unwrap();
+                }
+            });
+        }
+        // object churn beside the map traffic
+        let ctx2 = ctx.clone();
+        s.spawn(move || {
+            for _ in 0..ROUNDS {
+                let mut a = IommuIoasAlloc {
+                    size: 12,
+                    ..Default::default()
+                };
+                ioc(&ctx2, IOMMU_IOAS_ALLOC, &mut a).unwrap();
+                let mut d = IommuDestroy {
+                    size: 8,
+                    id: a.out_ioas_id,
+                };
+                ioc(&ctx2, IOMMU_DESTROY, &mut d).unwrap();
+            }
+        });
+    });
+    ctx.check_invariants().unwrap();
+    assert!(ctx.ioas(ioas_id).unwrap().areas().is_empty());
+    assert_eq!(ctx.object_count(), 1);
+    uiommufd::pages::check_accounting().unwrap();
+    drop(buf);
+}
+
+#[test]
+fn destroy_while_in_use_is_ebusy_then_succeeds() {
+    let ctx = Context::new();
+    let id = ctx.ioas_alloc().unwrap();
+    let held = ctx.ioas(id).unwrap();
+    let mut d = IommuDestroy { size: 8, id };
+    assert_eq!(ioc(&ctx, IOMMU_DESTROY, &mut d), Err(libc::EBUSY));
+    drop(held);
+    assert_eq!(ioc(&ctx, IOMMU_DESTROY, &mut d), Ok(0));
+}
