@@ -51,7 +51,9 @@ fn out_dir() -> PathBuf {
 
 fn compile(name: &str, extra: &[&str]) -> PathBuf {
     let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/preload_smoke.c");
-    let exe = out_dir().join(name);
+    // nextest runs each test in its own process: a per-process name keeps one
+    // process from executing a binary another is still writing
+    let exe = out_dir().join(format!("{name}-{}", std::process::id()));
     let out = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
         .args(["-Wall", "-Wextra", "-Werror", "-pthread", "-o"])
         .arg(&exe)
