@@ -32,6 +32,7 @@
 
 pub mod accounting;
 pub mod context;
+pub mod domain;
 mod error;
 pub mod hwpt;
 pub mod io_pagetable;

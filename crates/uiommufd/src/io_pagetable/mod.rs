@@ -50,6 +50,9 @@ mod free;
 mod tests;
 
 use std::collections::BTreeMap;
+mod domains;
+pub use domains::{AccessNotify, PinnedPages};
+
 use std::sync::Arc;
 
 use parking_lot::RwLock;

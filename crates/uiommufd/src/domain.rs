@@ -1,0 +1,130 @@
+//! The domain layer: what an IOMMU translation table can do (the kernel's
+//! `struct iommu_domain_ops`), independent of any driver.
+//!
+//! The IO page table keeps every attached [`Domain`] identical to its areas:
+//! a domain added to an IOAS is filled from the single-pinned pages, and every
+//! map/unmap/copy afterwards updates all of them. Drivers implement this
+//! trait: the selftest's mock driver (`crate::mock::domain`) is the first, a
+//! real page-table format (the software IOMMU emulated devices DMA through)
+//! comes next.
+//!
+//! Addresses: the "physical" address a domain maps an IOVA to is the host
+//! virtual address of the pinned user page — what an emulated device can
+//! load from and store to. Intervals: `last` inclusive.
+
+use std::any::Any;
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use crate::io_pagetable::Prot;
+use crate::Result;
+
+/// A translation table a device can be attached to.
+pub trait Domain: Send + Sync + Debug + Any {
+    /// Process-unique identity (also the owner tag of the reserved IOVA
+    /// ranges the domain's aperture imposes on an IOAS).
+    fn id(&self) -> u64;
+    /// Supported page sizes, one bit per size; the lowest set bit is the
+    /// IOVA granule an IOAS with this domain must align to.
+    fn pgsize_bitmap(&self) -> u64;
+    /// The IOVA range the domain can translate (`start..=last`).
+    fn aperture(&self) -> (u64, u64);
+    /// Map `len` bytes at `iova` to host address `addr`. `iova`, `addr` and
+    /// `len` are multiples of the smallest page size. `max_pgsize` caps the
+    /// page size the driver may use (the IOAS's huge-page option). On error
+    /// nothing stays mapped.
+    fn map(&self, iova: u64, addr: u64, len: u64, prot: Prot, max_pgsize: u64) -> Result<()>;
+    /// Unmap `len` bytes at `iova` (everything there was mapped by `map`).
+    /// Returns the bytes unmapped; never fails.
+    fn unmap(&self, iova: u64, len: u64) -> u64;
+    /// The host address `iova` translates to, if mapped.
+    fn iova_to_phys(&self, iova: u64) -> Option<u64>;
+    /// Whether the domain can enforce cache coherency (no-snoop blocking).
+    fn enforce_cache_coherency(&self) -> bool {
+        true
+    }
+    /// For drivers to recognise their own domains.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// A fresh process-unique domain ID for [`Domain::id`].
+pub fn next_domain_id() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// Split `[iova, iova + len)` → `addr` into runs of one page size each, the
+/// largest the bitmap allows at each point (alignment of both `iova` and
+/// `addr`, remaining length, and `max_pgsize`): what the kernel's
+/// `iommu_map` does before calling the driver. Yields `(iova, addr, pgsize, count)`.
+pub fn split_pgsizes(
+    mut iova: u64,
+    mut addr: u64,
+    mut len: u64,
+    bitmap: u64,
+    max_pgsize: u64,
+) -> Vec<(u64, u64, u64, u64)> {
+    /// Bits of every power of two <= x (x > 0).
+    fn sizes_up_to(x: u64) -> u64 {
+        u64::MAX >> x.leading_zeros()
+    }
+    let mut out: Vec<(u64, u64, u64, u64)> = Vec::new();
+    let min = 1u64 << bitmap.trailing_zeros();
+    while len >= min {
+        let mut sizes = bitmap & sizes_up_to(len) & sizes_up_to(max_pgsize.max(min));
+        let both = iova | addr;
+        if both != 0 {
+            sizes &= sizes_up_to(1 << both.trailing_zeros());
+        }
+        let pgsize = if sizes == 0 {
+            min
+        } else {
+            1u64 << (63 - sizes.leading_zeros())
+        };
+        match out.last_mut() {
+            Some(last)
+                if last.2 == pgsize
+                    && last.0 + last.2 * last.3 == iova
+                    && last.1 + last.2 * last.3 == addr =>
+            {
+                last.3 += 1
+            }
+            _ => out.push((iova, addr, pgsize, 1)),
+        }
+        iova += pgsize;
+        addr += pgsize;
+        len -= pgsize;
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn split_uses_largest_aligned_sizes() {
+        let bm = 0x800 | 0x10_0000; // 2 KiB and 1 MiB
+        let runs = split_pgsizes(
+            0x10_0000 - 0x800,
+            0x20_0000 - 0x800,
+            0x10_0000 + 0x1000,
+            bm,
+            u64::MAX,
+        );
+        assert_eq!(
+            runs,
+            vec![
+                (0xff800, 0x1ff800, 0x800, 1),
+                (0x100000, 0x200000, 0x100000, 1),
+                (0x200000, 0x300000, 0x800, 1)
+            ]
+        );
+        // misaligned addr forbids the large size
+        let runs = split_pgsizes(0x10_0000, 0x20_0800, 0x10_0000, bm, u64::MAX);
+        assert_eq!(runs, vec![(0x100000, 0x200800, 0x800, 0x200)]);
+        // capped
+        let runs = split_pgsizes(0x10_0000, 0x20_0000, 0x10_0000, bm, 0x1000);
+        assert_eq!(runs, vec![(0x100000, 0x200000, 0x800, 0x200)]);
+    }
+}
