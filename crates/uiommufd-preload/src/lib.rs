@@ -28,6 +28,17 @@
 //! * `dup`, `dup2`, `dup3`, `fcntl`/`fcntl64` with `F_DUPFD`/`F_DUPFD_CLOEXEC`:
 //!   the new fd refers to the same context; an fd that `dup2`/`dup3` closes
 //!   implicitly is unregistered.
+//! * **Engine fds** — fds the engine itself creates for the program (selftest
+//!   access fds, fault queue fds; see [`uiommufd::files`]): `close`,
+//!   `close_range`, `closefrom` and the `dup` family keep
+//!   [`uiommufd::files`] informed ([`uiommufd::files::on_close`] is called
+//!   *before* the real close, so the engine never signals a number a racing
+//!   `open` already reused), and `read`, `__read_chk`, `write`, `readv`,
+//!   `writev` on them run the engine file's read/write (see `engine`).
+//!   `poll`, `ppoll`, `select`, `pselect` and `epoll` are **not** hooked:
+//!   an engine fd is a real eventfd whose counter the engine keeps non-zero
+//!   exactly while the file has data (`POLLIN`), so the kernel answers them
+//!   correctly, for mixed fd sets too.
 //!
 //! ## Design
 //!
@@ -35,7 +46,13 @@
 //!   cached in atomics (see `real`); no lock, no allocation.
 //! * **The fd table** (see `table`) is a `RwLock`ed map behind a lock-free
 //!   per-fd hint bitmap: for fds the shim did not create, each hook costs one
-//!   atomic load before forwarding. An emulated ioctl clones the fd's `Arc`
+//!   atomic load before forwarding. Engine fds live in the engine's own
+//!   registry ([`uiommufd::files`]), which has the same kind of bitmap
+//!   ([`uiommufd::files::is_engine_fd`]); the data hooks (`read`, `write`,
+//!   ...) check only that bit, `close` and the `dup` family check both (two
+//!   loads), and the kind of an fd is decided in the slow path. Keeping the
+//!   engine registry authoritative (rather than mirroring it here) means the
+//!   engine works the same with and without the shim. An emulated ioctl clones the fd's `Arc`
 //!   under the read lock and drops the lock before dispatching, so a `close`
 //!   racing on another thread cannot free the context under it.
 //! * **Stale entries**: an fd closed behind the shim's back (raw syscall) is
@@ -70,11 +87,21 @@
 //!   with them (their ioctls fail with `ENOTTY` from the kernel).
 //! * `fstat` on an emulated fd shows a memfd, not a character device;
 //!   `read`/`write`/`mmap` act on the memfd.
+//! * Engine fds show as `anon_inode:[eventfd]`, not `[iommufd-pgfault]` &c.
+//!   Only `read`/`write`/`readv`/`writev` reach the engine file: `pread`,
+//!   `recv`, `splice`, glibc stdio on an `fdopen`ed engine fd (libc-internal
+//!   reads are not interposable) and raw syscalls see the eventfd instead.
+//!   An engine fd closed by a raw syscall and reused by another anon-inode
+//!   fd (eventfd, epoll, timerfd, ...) is not recognised as stale.
+//!   `poll` always reports `POLLOUT` on them.
 //! * Symlinks to `/dev/iommu` are not recognised; the match is lexical.
 
 use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr};
-use std::panic::{catch_unwind, AssertUnwindSafe};
 
+use std::panic::{catch_unwind, AssertUnwindSafe};
+use uiommufd::files;
+
+mod engine;
 mod path;
 mod real;
 mod table;
@@ -185,12 +212,23 @@ fn post_open(fd: c_int) -> c_int {
     if fd >= 0 && table::maybe_registered(fd) {
         quietly(|| drop(table::unregister(fd)));
     }
+    if fd >= 0 && files::is_engine_fd(fd) {
+        quietly(|| {
+            files::check_stale(fd);
+        });
+    }
     fd
 }
 
 /// After `new` became a duplicate of `old`: mirror the registration.
 fn post_dup(old: c_int, new: c_int) -> c_int {
-    if new < 0 || new == old || !(table::maybe_registered(old) || table::maybe_registered(new)) {
+    if new < 0 || new == old {
+        return new;
+    }
+    if files::is_engine_fd(old) || files::is_engine_fd(new) {
+        quietly(|| files::on_dup(old, new));
+    }
+    if !(table::maybe_registered(old) || table::maybe_registered(new)) {
         return new;
     }
     quietly(|| match table::lookup(old) {
@@ -340,6 +378,13 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
     let Some(real) = real::close() else {
         return missing();
     };
+    if files::is_engine_fd(fd) {
+        // Before the real close: once the number is free, a racing open may
+        // reuse it, and the engine must not signal (write to) it any more.
+        // Linux releases the fd even when close fails, so this is never
+        // premature.
+        quietly(|| files::on_close(fd));
+    }
     // SAFETY: forwarding the caller's argument unchanged.
     let r = unsafe { real(fd) };
     // Unregister after the real close (even a failed close releases the fd on
@@ -362,10 +407,13 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
     };
     // SAFETY: forwarding the caller's arguments unchanged.
     let r = unsafe { real(first, last, flags) };
-    if r == 0 && flags & CLOSE_RANGE_CLOEXEC == 0 && table::any_registered() {
+    if r == 0 && flags & CLOSE_RANGE_CLOEXEC == 0 {
         let lo = c_int::try_from(first).unwrap_or(c_int::MAX);
         let hi = c_int::try_from(last).unwrap_or(c_int::MAX);
-        quietly(|| drop(table::unregister_range(lo, hi)));
+        if table::any_registered() {
+            quietly(|| drop(table::unregister_range(lo, hi)));
+        }
+        quietly(|| files::on_close_range(lo, hi));
     }
     r
 }
@@ -383,6 +431,7 @@ pub unsafe extern "C" fn closefrom(lowfd: c_int) {
     if table::any_registered() {
         quietly(|| drop(table::unregister_range(lowfd.max(0), c_int::MAX)));
     }
+    quietly(|| files::on_close_range(lowfd.max(0), c_int::MAX));
 }
 
 /// `dup(2)`: the new fd shares the emulated object.
@@ -464,4 +513,128 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     } else {
         r
     }
+}
+
+/// `-1` with `errno = e`, as `ssize_t`.
+fn fail_ssize(e: c_int) -> libc::ssize_t {
+    set_errno(e);
+    -1
+}
+
+/// Turn an engine transfer into the libc return convention; `None` (not an
+/// engine fd after all) stays `None` so that the hook forwards the call.
+fn engine_io(f: impl FnOnce() -> Option<engine::Xfer>) -> Option<libc::ssize_t> {
+    match guard(f) {
+        Some(Some(Ok(n))) => Some(n as libc::ssize_t),
+        Some(Some(Err(e))) => Some(fail_ssize(e)),
+        Some(None) => None,
+        None => Some(-1),
+    }
+}
+
+/// `read(2)`: engine fds read their engine file; everything else is
+/// forwarded after one atomic load.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: libc::size_t) -> libc::ssize_t {
+    if files::is_engine_fd(fd) {
+        if let Some(r) = engine_io(|| engine::read(fd, buf as u64, count)) {
+            return r;
+        }
+    }
+    let Some(real) = real::read() else {
+        return fail_ssize(libc::ENOSYS);
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, buf, count) }
+}
+
+/// Fortified `read` (`_FORTIFY_SOURCE`): as [`read`]; an overflowing `count`
+/// still aborts in libc's `__read_chk`.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn __read_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    count: libc::size_t,
+    buflen: libc::size_t,
+) -> libc::ssize_t {
+    if count <= buflen && files::is_engine_fd(fd) {
+        if let Some(r) = engine_io(|| engine::read(fd, buf as u64, count)) {
+            return r;
+        }
+    }
+    let Some(real) = real::__read_chk() else {
+        return fail_ssize(libc::ENOSYS);
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, buf, count, buflen) }
+}
+
+/// `write(2)`: engine fds write their engine file; everything else is
+/// forwarded after one atomic load.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn write(
+    fd: c_int,
+    buf: *const c_void,
+    count: libc::size_t,
+) -> libc::ssize_t {
+    if files::is_engine_fd(fd) {
+        if let Some(r) = engine_io(|| engine::write(fd, buf as u64, count)) {
+            return r;
+        }
+    }
+    let Some(real) = real::write() else {
+        return fail_ssize(libc::ENOSYS);
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, buf, count) }
+}
+
+/// `readv(2)`: as [`read`], one engine read per segment (the kernel's loop
+/// for files without `read_iter`).
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, iovcnt: c_int) -> libc::ssize_t {
+    if files::is_engine_fd(fd) {
+        if let Some(r) = engine_io(|| engine::readv(fd, iov as u64, iovcnt)) {
+            return r;
+        }
+    }
+    let Some(real) = real::readv() else {
+        return fail_ssize(libc::ENOSYS);
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, iov, iovcnt) }
+}
+
+/// `writev(2)`: as [`write()`], one engine write per segment.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn writev(
+    fd: c_int,
+    iov: *const libc::iovec,
+    iovcnt: c_int,
+) -> libc::ssize_t {
+    if files::is_engine_fd(fd) {
+        if let Some(r) = engine_io(|| engine::writev(fd, iov as u64, iovcnt)) {
+            return r;
+        }
+    }
+    let Some(real) = real::writev() else {
+        return fail_ssize(libc::ENOSYS);
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, iov, iovcnt) }
 }

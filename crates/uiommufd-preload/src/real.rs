@@ -9,7 +9,7 @@
 //! called through C-variadic function pointers so that the caller side of
 //! the SysV ABI (`%al` = number of vector registers) is set up correctly.
 
-use std::ffi::{c_char, c_int, c_uint, c_ulong};
+use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 /// Resolve `name` with `dlsym(RTLD_NEXT, name)` once and cache it in `slot`.
@@ -83,4 +83,14 @@ real! {
     fcntl: unsafe extern "C" fn(c_int, c_int, ...) -> c_int;
     /// `int fcntl64(int, int, ...)` (glibc 2.28)
     fcntl64: unsafe extern "C" fn(c_int, c_int, ...) -> c_int;
+    /// `ssize_t read(int, void *, size_t)`
+    read: unsafe extern "C" fn(c_int, *mut c_void, libc::size_t) -> libc::ssize_t;
+    /// `ssize_t __read_chk(int, void *, size_t, size_t)` (fortified `read`)
+    __read_chk: unsafe extern "C" fn(c_int, *mut c_void, libc::size_t, libc::size_t) -> libc::ssize_t;
+    /// `ssize_t write(int, const void *, size_t)`
+    write: unsafe extern "C" fn(c_int, *const c_void, libc::size_t) -> libc::ssize_t;
+    /// `ssize_t readv(int, const struct iovec *, int)`
+    readv: unsafe extern "C" fn(c_int, *const libc::iovec, c_int) -> libc::ssize_t;
+    /// `ssize_t writev(int, const struct iovec *, int)`
+    writev: unsafe extern "C" fn(c_int, *const libc::iovec, c_int) -> libc::ssize_t;
 }

@@ -50,7 +50,13 @@ fn out_dir() -> PathBuf {
 }
 
 fn compile(name: &str, extra: &[&str]) -> PathBuf {
-    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/preload_smoke.c");
+    compile_src("preload_smoke.c", name, extra)
+}
+
+fn compile_src(file: &str, name: &str, extra: &[&str]) -> PathBuf {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/c")
+        .join(file);
     // nextest runs each test in its own process: a per-process name keeps one
     // process from executing a binary another is still writing
     let exe = out_dir().join(format!("{name}-{}", std::process::id()));
@@ -79,6 +85,24 @@ fn smoke() -> &'static Path {
 fn smoke_fortified() -> &'static Path {
     static EXE: OnceLock<PathBuf> = OnceLock::new();
     EXE.get_or_init(|| compile("preload_smoke_fortify", &["-O2", "-D_FORTIFY_SOURCE=2"]))
+}
+
+/// `tests/c/preload_io.c`: ordinary I/O (plain, and fortified so that
+/// `read` becomes `__read_chk`).
+fn io_program(fortified: bool) -> &'static Path {
+    static PLAIN: OnceLock<PathBuf> = OnceLock::new();
+    static FORTIFIED: OnceLock<PathBuf> = OnceLock::new();
+    if fortified {
+        FORTIFIED.get_or_init(|| {
+            compile_src(
+                "preload_io.c",
+                "preload_io_fortify",
+                &["-O2", "-D_FORTIFY_SOURCE=2"],
+            )
+        })
+    } else {
+        PLAIN.get_or_init(|| compile_src("preload_io.c", "preload_io", &["-O1"]))
+    }
 }
 
 fn run_preloaded(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
@@ -223,5 +247,47 @@ fn ordinary_programs_still_work() {
         out.stderr.is_empty(),
         "unexpected stderr: {}",
         String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// read/write/readv/writev/poll/select/epoll on pipes, files and eventfds
+/// behave as without the shim (the engine-fd hooks only act on engine fds).
+#[test]
+fn ordinary_io_is_unaffected() {
+    let out = run_preloaded(io_program(false), &[], &[]);
+    assert_ok(&out, "preload_io");
+    let out = run_preloaded(io_program(true), &[], &[("UIOMMUFD_LOG", "debug")]);
+    assert_ok(&out, "preload_io (fortified)");
+}
+
+/// The I/O program really calls the hooked data functions.
+#[test]
+fn io_program_imports_the_hooked_symbols() {
+    let imports = |exe: &Path| -> Option<String> {
+        let out = Command::new("nm").arg("-D").arg(exe).output().ok()?;
+        out.status
+            .success()
+            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    };
+    let Some(plain) = imports(io_program(false)) else {
+        eprintln!("nm not available; skipping the import check");
+        return;
+    };
+    let has = |syms: &str, name: &str| {
+        syms.lines().any(|l| {
+            l.split_whitespace()
+                .any(|w| w.split('@').next() == Some(name))
+        })
+    };
+    for sym in ["read", "write", "readv", "writev", "poll", "close", "dup"] {
+        assert!(
+            has(&plain, sym),
+            "preload_io does not import {sym}:\n{plain}"
+        );
+    }
+    let fortified = imports(io_program(true)).expect("nm");
+    assert!(
+        has(&fortified, "__read_chk"),
+        "preload_io_fortify does not import __read_chk:\n{fortified}"
     );
 }

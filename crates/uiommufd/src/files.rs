@@ -1,0 +1,816 @@
+//! Engine files: real process fds that stand for engine objects.
+//!
+//! Some iommufd commands hand the program a *new file descriptor*: the
+//! selftest's `IOMMU_TEST_OP_CREATE_ACCESS` returns an access fd (later test
+//! commands name it by number; closing it destroys the access) and
+//! `IOMMU_FAULT_QUEUE_ALLOC` returns a fault fd (read for fault records,
+//! written with responses, polled). In the kernel these are anon-inode files
+//! whose `private_data` is the object. Here they are:
+//!
+//! * a **real fd** — an `eventfd` — so that the number is valid in the
+//!   process and the kernel does the fd-table work (`close`, `dup*`,
+//!   `fcntl`, `O_NONBLOCK`, close-on-exec, `poll`/`select`/`epoll`);
+//! * an entry in this **process-wide registry**, fd → [`EngineFile`].
+//!
+//! # The kernel's `struct file` with several fds
+//!
+//! The registry holds one record per *file* and one slot per *fd*. `dup`
+//! (reported through [`on_dup`]) adds a slot to the same record; [`on_close`]
+//! removes a slot. When the last slot of a record goes, the record is dropped:
+//! [`EngineFile::release`] runs (the kernel's `->release`) and the registry's
+//! `Arc` is dropped, which lets the owning engine object be torn down. Removed
+//! records are always dropped *after* the registry lock is released, so
+//! `release` and `Drop` may call back into this module.
+//!
+//! Without the `LD_PRELOAD` shim nobody tells the registry about `close` or
+//! `dup`: Rust users call [`close`] (real close + unregister) and, if they
+//! duplicate the fd, [`on_dup`] themselves.
+//!
+//! # Readiness: why `poll` needs no interception
+//!
+//! The eventfd's counter mirrors `POLLIN` of [`EngineFile::poll_events`]:
+//! non-zero exactly when the engine file has data to read. [`sync`] (run by
+//! [`notify`], [`notify_file`], and after every [`read`]/[`write()`] through
+//! this module) recomputes `poll_events()` and adds 1 to or drains the
+//! counter as needed. Since the kernel's own `poll`, `ppoll`, `select`,
+//! `pselect` and `epoll` then see the eventfd as readable exactly when the
+//! engine file is, the shim does not have to intercept any of them, and
+//! mixed sets (engine fds with sockets, pipes, ...) work unchanged. An
+//! eventfd is always writable, so `POLLOUT` is always reported (as for the
+//! kernel's fault fd); `POLLERR`/`POLLHUP`/`POLLPRI` from `poll_events` are
+//! not mirrored. The engine must call [`notify_file`] (or [`notify`]) whenever
+//! data arrives by some other way than a read or write through this module.
+//!
+//! Reads and writes of the fd itself must go to the engine file ([`read`],
+//! [`write()`]); the shim routes `read`/`write`/`readv`/`writev` there. A
+//! program that reads the raw eventfd (raw syscall, static binary) would just
+//! consume the readiness counter.
+//!
+//! # Stale entries
+//!
+//! Each slot records the `(st_dev, st_ino)` of the fd when it was registered.
+//! [`get`] (and every lookup through this module) `fstat`s the fd and drops a
+//! slot whose fd no longer matches: an fd closed behind the registry's back
+//! (raw syscall, or a Rust user calling `libc::close` instead of [`close`])
+//! whose number was reused by an ordinary file. **Limit:** every eventfd (and
+//! epoll, timerfd, signalfd, ... fd) shares the one anon inode, so reuse of
+//! the number by another anon-inode file is not detected.
+//!
+//! # No interposition loops
+//!
+//! Under the shim, `read`, `write`, `close`, `poll` and `fcntl` are hooked.
+//! This module therefore makes those calls with raw `syscall(2)` so that the
+//! engine never re-enters the shim's hooks on its own eventfds.
+//!
+//! # Concurrency
+//!
+//! The registry is a `RwLock`ed map behind a lock-free per-fd hint bitmap,
+//! so [`is_engine_fd`] is one atomic load. Slot bits are set and cleared only
+//! under the write lock together with the map. Lock order: a file's sync
+//! mutex, then (inside `poll_events`) engine locks, released, then the
+//! registry lock; so **do not call [`notify`]/[`notify_file`] while holding a
+//! lock that [`EngineFile::poll_events`] takes**, and do not call into this
+//! module from `poll_events`.
+//!
+//! After `fork` the child has a copy of the registry but *shares* the
+//! eventfds with the parent (as it shares any open file).
+
+use std::any::Any;
+use std::collections::BTreeMap;
+use std::fmt;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, RwLock};
+
+use crate::{Error, Result};
+
+/// A file the engine hands to the program as an fd (the kernel's
+/// `file_operations` of an anon-inode file whose `private_data` is an engine
+/// object).
+///
+/// Implementations must not call into this module from [`poll_events`]
+/// (see the module docs on lock order).
+///
+/// [`poll_events`]: EngineFile::poll_events
+pub trait EngineFile: Send + Sync + fmt::Debug + Any {
+    /// A short name for logs (`"access"`, `"fault"`), like the anon inode's
+    /// name in the kernel.
+    fn kind(&self) -> &'static str;
+
+    /// `read(2)` of the fd. `nonblock` is the fd's `O_NONBLOCK` (from
+    /// `F_GETFL`). Default: `EINVAL`, as for a file without `->read`.
+    fn read(&self, buf: &mut [u8], nonblock: bool) -> Result<usize> {
+        let _ = (buf, nonblock);
+        Err(Error::new(
+            libc::EINVAL,
+            format!("{} files cannot be read", self.kind()),
+        ))
+    }
+
+    /// `write(2)` of the fd. Default: `EINVAL`, as for a file without
+    /// `->write`.
+    fn write(&self, buf: &[u8]) -> Result<usize> {
+        let _ = buf;
+        Err(Error::new(
+            libc::EINVAL,
+            format!("{} files cannot be written", self.kind()),
+        ))
+    }
+
+    /// The `poll` events currently ready (`libc::POLLIN`, ...). Only
+    /// `POLLIN` is mirrored to the fd (see the module docs). Default: none.
+    fn poll_events(&self) -> i16 {
+        0
+    }
+
+    /// Called once when the last fd referring to this file is closed (the
+    /// kernel's `->release`), outside every registry lock, before the
+    /// registry drops its `Arc`. Default: nothing.
+    fn release(&self) {}
+}
+
+/// One file: what every fd slot referring to it shares.
+struct FileRec {
+    /// The engine object, as the trait.
+    file: Arc<dyn EngineFile>,
+    /// The same allocation, for typed downcasts in [`get_as`].
+    any: Arc<dyn Any + Send + Sync>,
+    /// Serialises [`sync`] of this file's readiness.
+    sync: Mutex<()>,
+}
+
+impl fmt::Debug for FileRec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("FileRec").field("file", &self.file).finish()
+    }
+}
+
+impl Drop for FileRec {
+    fn drop(&mut self) {
+        tracing::debug!(kind = self.file.kind(), "last fd of engine file closed");
+        self.file.release();
+    }
+}
+
+/// One fd referring to a file.
+#[derive(Clone, Debug)]
+struct Slot {
+    rec: Arc<FileRec>,
+    dev: u64,
+    ino: u64,
+}
+
+/// Fds below this number have a hint bit; above it, a shared counter.
+const FAST_FDS: usize = 65536;
+
+static BITS: [AtomicU64; FAST_FDS / 64] = [const { AtomicU64::new(0) }; FAST_FDS / 64];
+static HIGH: AtomicUsize = AtomicUsize::new(0);
+static MAP: RwLock<BTreeMap<i32, Slot>> = RwLock::new(BTreeMap::new());
+
+/// Update the hint for `fd` after the map changed (caller holds the write
+/// lock).
+fn set_hint(fd: i32, on: bool, was_present: bool) {
+    let u = fd as usize;
+    if u < FAST_FDS {
+        let bit = 1u64 << (u % 64);
+        if on {
+            BITS[u / 64].fetch_or(bit, Ordering::Release);
+        } else {
+            BITS[u / 64].fetch_and(!bit, Ordering::Release);
+        }
+    } else if on && !was_present {
+        HIGH.fetch_add(1, Ordering::Release);
+    } else if !on && was_present {
+        HIGH.fetch_sub(1, Ordering::Release);
+    }
+}
+
+/// Lock-free (one atomic load): whether `fd` may be an engine fd. `false` is
+/// definitive; `true` may be a stale entry ([`get`] tells for sure).
+#[inline]
+pub fn is_engine_fd(fd: i32) -> bool {
+    if fd < 0 {
+        return false;
+    }
+    let u = fd as usize;
+    if u < FAST_FDS {
+        BITS[u / 64].load(Ordering::Acquire) & (1u64 << (u % 64)) != 0
+    } else {
+        HIGH.load(Ordering::Acquire) != 0
+    }
+}
+
+fn insert(fd: i32, slot: Slot) -> Option<Slot> {
+    let mut map = MAP.write();
+    let old = map.insert(fd, slot);
+    set_hint(fd, true, old.is_some());
+    old
+}
+
+fn remove(fd: i32) -> Option<Slot> {
+    if !is_engine_fd(fd) {
+        return None;
+    }
+    let mut map = MAP.write();
+    let old = map.remove(&fd);
+    if old.is_some() {
+        set_hint(fd, false, true);
+    }
+    old
+}
+
+/// Remove `fd`'s slot only if it still refers to `rec`.
+fn remove_if(fd: i32, rec: &Arc<FileRec>) -> Option<Slot> {
+    let mut map = MAP.write();
+    if !map.get(&fd).is_some_and(|s| Arc::ptr_eq(&s.rec, rec)) {
+        return None;
+    }
+    set_hint(fd, false, true);
+    map.remove(&fd)
+}
+
+/// `(st_dev, st_ino)` of `fd`, or `None` when it is not open.
+fn identity(fd: i32) -> Option<(u64, u64)> {
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is writable; a bad fd just fails. `fstat` is not hooked
+    // by the shim.
+    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+        return None;
+    }
+    Some((st.st_dev, st.st_ino))
+}
+
+fn errno() -> i32 {
+    std::io::Error::last_os_error()
+        .raw_os_error()
+        .unwrap_or(libc::EIO)
+}
+
+/// The slot of `fd` after checking that the fd still is the file registered.
+/// A stale slot is removed (and dropped, outside the lock).
+fn lookup(fd: i32) -> Option<Slot> {
+    if !is_engine_fd(fd) {
+        return None;
+    }
+    let slot = MAP.read().get(&fd).cloned()?;
+    if identity(fd) == Some((slot.dev, slot.ino)) {
+        return Some(slot);
+    }
+    tracing::debug!(
+        fd,
+        kind = slot.rec.file.kind(),
+        "engine fd was closed behind our back; dropping it"
+    );
+    let stale = remove_if(fd, &slot.rec);
+    drop(slot);
+    drop(stale);
+    None
+}
+
+/// Make a new fd for `file` (close-on-exec when `cloexec`) and register it.
+///
+/// The fd is a blocking `eventfd` with counter 0 (the kernel's
+/// `anon_inode_getfd(.., O_RDWR)`); see the module docs for how readiness
+/// is reflected. Fails with the errno of `eventfd(2)` (`EMFILE`, ...).
+pub fn create<T: EngineFile>(file: Arc<T>, cloexec: bool) -> Result<i32> {
+    let flags = if cloexec { libc::EFD_CLOEXEC } else { 0 };
+    // SAFETY: plain syscall wrapper with no pointer arguments.
+    let fd = unsafe { libc::eventfd(0, flags) };
+    if fd < 0 {
+        let e = errno();
+        return Err(Error::new(e, "eventfd for an engine file failed"));
+    }
+    let Some((dev, ino)) = identity(fd) else {
+        let e = errno();
+        raw_close(fd);
+        return Err(Error::new(e, "fstat of a new engine fd failed"));
+    };
+    let kind = file.kind();
+    let any: Arc<dyn Any + Send + Sync> = file.clone();
+    let rec = Arc::new(FileRec {
+        file,
+        any,
+        sync: Mutex::new(()),
+    });
+    let stale = insert(fd, Slot { rec, dev, ino });
+    tracing::debug!(
+        fd,
+        kind,
+        replaced_stale = stale.is_some(),
+        "created engine fd"
+    );
+    drop(stale);
+    Ok(fd)
+}
+
+/// The engine file `fd` refers to, or `None` when `fd` is not (or no longer)
+/// an engine fd.
+pub fn get(fd: i32) -> Option<Arc<dyn EngineFile>> {
+    lookup(fd).map(|s| s.rec.file.clone())
+}
+
+/// The engine file `fd` refers to as its concrete type `T`: `None` when `fd`
+/// is not an engine fd or refers to a file of another type (the kernel's
+/// `file->f_op != &expected_fops` check).
+pub fn get_as<T: EngineFile>(fd: i32) -> Option<Arc<T>> {
+    let slot = lookup(fd)?;
+    slot.rec.any.clone().downcast::<T>().ok()
+}
+
+/// Record that `fd` was closed (or is about to be: the shim calls this just
+/// before the real `close` so that no [`notify`] can touch the number once a
+/// racing `open` reuses it). Drops the file when this was its last fd.
+pub fn on_close(fd: i32) {
+    drop(remove(fd));
+}
+
+/// Record that every fd in `first..=last` was closed (`close_range`,
+/// `closefrom`).
+pub fn on_close_range(first: i32, last: i32) {
+    if first > last || first < 0 {
+        return;
+    }
+    let gone: Vec<Slot> = {
+        let mut map = MAP.write();
+        let fds: Vec<i32> = map.range(first..=last).map(|(&fd, _)| fd).collect();
+        fds.into_iter()
+            .filter_map(|fd| {
+                let s = map.remove(&fd)?;
+                set_hint(fd, false, true);
+                Some(s)
+            })
+            .collect()
+    };
+    drop(gone);
+}
+
+/// Record that `new` became a duplicate of `old` (`dup`, `dup2`, `dup3`,
+/// `F_DUPFD*`): when `old` is an engine fd, `new` now refers to the same
+/// file; otherwise any registration of `new` (the target `dup2` closed) is
+/// dropped. `old == new` or a negative `new` does nothing.
+pub fn on_dup(old: i32, new: i32) {
+    if new < 0 || old == new {
+        return;
+    }
+    match lookup(old) {
+        Some(slot) if identity(new) == Some((slot.dev, slot.ino)) => {
+            drop(insert(new, slot));
+        }
+        _ => on_close(new),
+    }
+}
+
+/// Drop the registration of `fd` if the fd no longer is the file registered
+/// (call when an unrelated `open` returned this number). Returns whether an
+/// entry was dropped.
+pub fn check_stale(fd: i32) -> bool {
+    if !is_engine_fd(fd) {
+        return false;
+    }
+    let present = MAP.read().contains_key(&fd);
+    present && lookup(fd).is_none()
+}
+
+fn raw_close(fd: i32) -> i64 {
+    // SAFETY: closing an fd number; the raw syscall bypasses the shim's hook.
+    unsafe { libc::syscall(libc::SYS_close, fd) }
+}
+
+/// Close an engine fd: unregister it, then really close it (for Rust users
+/// without the shim). Fails with `EBADF` when `fd` is not open.
+pub fn close(fd: i32) -> Result<()> {
+    let slot = remove(fd);
+    let r = raw_close(fd);
+    let e = errno();
+    drop(slot);
+    if r != 0 {
+        return Err(Error::new(e, format!("close({fd}) failed")));
+    }
+    Ok(())
+}
+
+/// Whether `fd` has `O_NONBLOCK` set.
+fn nonblocking(fd: i32) -> bool {
+    // SAFETY: F_GETFL takes no pointer; the raw syscall bypasses the shim.
+    let fl = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFL) };
+    fl >= 0 && fl as i32 & libc::O_NONBLOCK != 0
+}
+
+/// `read(2)` of an engine fd: `None` when `fd` is not (or no longer) an
+/// engine fd (the shim then forwards to the kernel), otherwise the result of
+/// [`EngineFile::read`] with the fd's `O_NONBLOCK`. Readiness is resynced
+/// afterwards.
+pub fn read(fd: i32, buf: &mut [u8]) -> Option<Result<usize>> {
+    let slot = lookup(fd)?;
+    let r = slot.rec.file.read(buf, nonblocking(fd));
+    sync_rec(&slot.rec);
+    Some(r)
+}
+
+/// `write(2)` of an engine fd: as [`read`], through [`EngineFile::write`].
+pub fn write(fd: i32, buf: &[u8]) -> Option<Result<usize>> {
+    let slot = lookup(fd)?;
+    let r = slot.rec.file.write(buf);
+    sync_rec(&slot.rec);
+    Some(r)
+}
+
+/// Resync the readiness of the file `fd` refers to with its
+/// [`EngineFile::poll_events`]. Returns `false` when `fd` is not an engine fd.
+pub fn notify(fd: i32) -> bool {
+    match lookup(fd) {
+        Some(slot) => {
+            sync_rec(&slot.rec);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Resync the readiness of every registered file whose object is `file`
+/// (compared by address): for engine objects that do not know their fds.
+/// Returns whether such a file is registered.
+pub fn notify_file(file: &dyn EngineFile) -> bool {
+    let target = file as *const dyn EngineFile as *const ();
+    let rec = MAP
+        .read()
+        .values()
+        .find(|s| Arc::as_ptr(&s.rec.file) as *const () == target)
+        .map(|s| s.rec.clone());
+    match rec {
+        Some(rec) => {
+            sync_rec(&rec);
+            true
+        }
+        None => false,
+    }
+}
+
+/// Alias of [`notify`] named after what it does.
+pub fn sync(fd: i32) -> bool {
+    notify(fd)
+}
+
+/// Make the eventfd counter of `rec` non-zero iff `POLLIN` is ready.
+fn sync_rec(rec: &Arc<FileRec>) {
+    let _serial = rec.sync.lock();
+    let want = rec.file.poll_events() & libc::POLLIN != 0;
+    // Hold the read lock while touching the fd: `on_close` (called before
+    // the real close) takes the write lock, so the number cannot be reused
+    // under us by a close that went through the shim.
+    let map = MAP.read();
+    let fd = map
+        .iter()
+        .filter(|(_, s)| Arc::ptr_eq(&s.rec, rec))
+        .find(|(&fd, s)| identity(fd) == Some((s.dev, s.ino)))
+        .map(|(&fd, _)| fd);
+    if let Some(fd) = fd {
+        set_readable(fd, want);
+    }
+    drop(map);
+}
+
+/// Whether the eventfd `fd` is readable now (counter non-zero).
+fn readable(fd: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    let zero = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: one valid pollfd and a valid zero timeout; no signal mask. The
+    // raw syscall bypasses the shim's hooks.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_ppoll,
+            &mut pfd as *mut libc::pollfd,
+            1 as libc::nfds_t,
+            &zero as *const libc::timespec,
+            std::ptr::null::<libc::sigset_t>(),
+            0usize,
+        )
+    };
+    n > 0 && pfd.revents & libc::POLLIN != 0
+}
+
+/// Set the eventfd counter of `fd` to non-zero (`on`) or zero. Never blocks:
+/// the counter is only read when `poll` says it is non-zero (reads are
+/// serialised by the file's sync mutex) and only incremented from zero.
+fn set_readable(fd: i32, on: bool) {
+    let is = readable(fd);
+    if on && !is {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to the eventfd.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_write,
+                fd,
+                &one as *const u64 as *const libc::c_void,
+                8usize,
+            )
+        };
+        if n != 8 {
+            tracing::debug!(fd, errno = errno(), "signalling an engine fd failed");
+        }
+    } else if !on && is {
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from the eventfd.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_read,
+                fd,
+                &mut v as *mut u64 as *mut libc::c_void,
+                8usize,
+            )
+        };
+        if n != 8 {
+            tracing::debug!(fd, errno = errno(), "draining an engine fd failed");
+        }
+    }
+}
+
+/// How many fds are registered (for tests and diagnostics).
+pub fn registered_fds() -> usize {
+    MAP.read().len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicBool, AtomicUsize};
+
+    #[derive(Debug, Default)]
+    struct TestFile {
+        ready: AtomicBool,
+        released: Arc<AtomicUsize>,
+        last_nonblock: AtomicBool,
+        written: Mutex<Vec<u8>>,
+    }
+
+    impl EngineFile for TestFile {
+        fn kind(&self) -> &'static str {
+            "test"
+        }
+        fn read(&self, buf: &mut [u8], nonblock: bool) -> Result<usize> {
+            self.last_nonblock.store(nonblock, Ordering::SeqCst);
+            if !self.ready.swap(false, Ordering::SeqCst) {
+                return Err(Error::new(libc::EAGAIN, "empty"));
+            }
+            let n = buf.len().min(4);
+            buf[..n].copy_from_slice(&b"data"[..n]);
+            Ok(n)
+        }
+        fn write(&self, buf: &[u8]) -> Result<usize> {
+            self.written.lock().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn poll_events(&self) -> i16 {
+            if self.ready.load(Ordering::SeqCst) {
+                libc::POLLIN
+            } else {
+                0
+            }
+        }
+        fn release(&self) {
+            self.released.fetch_add(1, Ordering::SeqCst);
+        }
+    }
+
+    #[derive(Debug)]
+    struct Other;
+    impl EngineFile for Other {
+        fn kind(&self) -> &'static str {
+            "other"
+        }
+    }
+
+    fn new_file() -> (Arc<TestFile>, Arc<AtomicUsize>) {
+        let released = Arc::new(AtomicUsize::new(0));
+        let f = Arc::new(TestFile {
+            released: released.clone(),
+            ..TestFile::default()
+        });
+        (f, released)
+    }
+
+    fn poll_in(fd: i32) -> bool {
+        let mut pfd = libc::pollfd {
+            fd,
+            events: libc::POLLIN | libc::POLLOUT,
+            revents: 0,
+        };
+        // SAFETY: one valid pollfd, zero timeout.
+        let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+        assert_eq!(n, 1, "an engine fd is always writable");
+        assert!(pfd.revents & libc::POLLOUT != 0);
+        pfd.revents & libc::POLLIN != 0
+    }
+
+    #[test]
+    fn files_create_get_close() {
+        let (f, released) = new_file();
+        let fd = create(f.clone(), true).unwrap();
+        assert!(is_engine_fd(fd));
+        // SAFETY: F_GETFD on our own fd.
+        let fdflags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert!(fdflags & libc::FD_CLOEXEC != 0);
+        assert_eq!(get(fd).unwrap().kind(), "test");
+        let typed: Arc<TestFile> = get_as(fd).unwrap();
+        assert!(Arc::ptr_eq(&typed, &f));
+        assert!(get_as::<Other>(fd).is_none(), "wrong type is not found");
+        drop(typed);
+        close(fd).unwrap();
+        assert_eq!(released.load(Ordering::SeqCst), 1);
+        assert_eq!(Arc::strong_count(&f), 1, "the registry dropped its Arc");
+        assert_eq!(close(-1).unwrap_err().errno().0, libc::EBADF);
+    }
+
+    #[test]
+    fn files_not_cloexec() {
+        let fd = create(Arc::new(Other), false).unwrap();
+        // SAFETY: F_GETFD on our own fd.
+        let fdflags = unsafe { libc::fcntl(fd, libc::F_GETFD) };
+        assert_eq!(fdflags & libc::FD_CLOEXEC, 0);
+        assert!(get_as::<TestFile>(fd).is_none());
+        let mut buf = [0u8; 4];
+        assert_eq!(
+            read(fd, &mut buf).unwrap().unwrap_err().errno().0,
+            libc::EINVAL
+        );
+        assert_eq!(
+            write(fd, &buf).unwrap().unwrap_err().errno().0,
+            libc::EINVAL
+        );
+        close(fd).unwrap();
+    }
+
+    #[test]
+    fn files_dup_shares_the_file() {
+        let (f, released) = new_file();
+        let fd = create(f.clone(), false).unwrap();
+        // SAFETY: dup of our own fd.
+        let fd2 = unsafe { libc::dup(fd) };
+        assert!(fd2 >= 0);
+        on_dup(fd, fd2);
+        assert!(Arc::ptr_eq(&get_as::<TestFile>(fd2).unwrap(), &f));
+        // SAFETY: F_DUPFD of our own fd.
+        let fd3 = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, 200) };
+        assert!(fd3 >= 200);
+        on_dup(fd, fd3);
+        close(fd).unwrap();
+        assert_eq!(released.load(Ordering::SeqCst), 0, "fd2, fd3 keep it");
+        assert!(get_as::<TestFile>(fd2).is_some());
+        close(fd2).unwrap();
+        assert_eq!(released.load(Ordering::SeqCst), 0, "fd3 keeps it");
+        close(fd3).unwrap();
+        assert_eq!(released.load(Ordering::SeqCst), 1);
+        assert_eq!(Arc::strong_count(&f), 1);
+    }
+
+    #[test]
+    fn files_dup2_over_an_engine_fd() {
+        let (f, released) = new_file();
+        let fd = create(f, false).unwrap();
+        let other = std::fs::File::open("/dev/null").unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 of our own fds.
+        assert_eq!(unsafe { libc::dup2(other.as_raw_fd(), fd) }, fd);
+        on_dup(other.as_raw_fd(), fd);
+        assert!(get(fd).is_none());
+        assert_eq!(released.load(Ordering::SeqCst), 1);
+        close(fd).unwrap();
+    }
+
+    #[test]
+    fn files_stale_detection() {
+        let (f, released) = new_file();
+        let fd = create(f, false).unwrap();
+        // Put an ordinary file under the number behind the registry's back.
+        let mem = std::fs::File::open("/dev/null").unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 of our own fds.
+        assert_eq!(unsafe { libc::dup2(mem.as_raw_fd(), fd) }, fd);
+        assert!(is_engine_fd(fd), "the hint still says maybe");
+        assert!(get(fd).is_none(), "identity check catches it");
+        assert!(!is_engine_fd(fd) || !MAP.read().contains_key(&fd));
+        assert_eq!(released.load(Ordering::SeqCst), 1);
+        // A raw close: the next lookup drops the entry too.
+        let (f, released) = new_file();
+        let fd2 = create(f, false).unwrap();
+        // SAFETY: closing our own fd.
+        assert_eq!(unsafe { libc::close(fd2) }, 0);
+        // (another test thread may have reused the number meanwhile)
+        let _ = notify(fd2);
+        assert_eq!(released.load(Ordering::SeqCst), 1);
+        close(fd).unwrap(); // the /dev/null dup
+    }
+
+    #[test]
+    fn files_check_stale() {
+        let (f, _released) = new_file();
+        let fd = create(f, false).unwrap();
+        assert!(!check_stale(fd));
+        assert!(get(fd).is_some());
+        let null = std::fs::File::open("/dev/null").unwrap();
+        use std::os::fd::AsRawFd;
+        // SAFETY: dup2 of our own fds.
+        assert_eq!(unsafe { libc::dup2(null.as_raw_fd(), fd) }, fd);
+        assert!(check_stale(fd));
+        assert!(!check_stale(fd));
+        // SAFETY: closing our own fd.
+        unsafe { libc::close(fd) };
+    }
+
+    #[test]
+    fn files_readiness_follows_poll_events() {
+        let (f, _) = new_file();
+        let fd = create(f.clone(), false).unwrap();
+        assert!(!poll_in(fd));
+        f.ready.store(true, Ordering::SeqCst);
+        assert!(!poll_in(fd), "not before notify");
+        assert!(notify_file(&*f));
+        assert!(poll_in(fd));
+        assert!(notify(fd), "idempotent");
+        assert!(poll_in(fd));
+        // A read through the registry consumes the data and resyncs.
+        let mut buf = [0u8; 8];
+        assert_eq!(read(fd, &mut buf).unwrap().unwrap(), 4);
+        assert_eq!(&buf[..4], b"data");
+        assert!(!poll_in(fd));
+        assert!(!f.last_nonblock.load(Ordering::SeqCst));
+        // Blocking mode: notify with nothing ready must not block.
+        assert!(notify(fd));
+        assert_eq!(
+            read(fd, &mut buf).unwrap().unwrap_err().errno().0,
+            libc::EAGAIN
+        );
+        // O_NONBLOCK is passed through.
+        // SAFETY: F_SETFL on our own fd.
+        let r = unsafe { libc::fcntl(fd, libc::F_SETFL, libc::O_NONBLOCK) };
+        assert_eq!(r, 0);
+        let _ = read(fd, &mut buf);
+        assert!(f.last_nonblock.load(Ordering::SeqCst));
+        assert_eq!(write(fd, b"resp").unwrap().unwrap(), 4);
+        assert_eq!(&*f.written.lock(), b"resp");
+        close(fd).unwrap();
+        assert!(!notify_file(&*f));
+    }
+
+    #[test]
+    fn files_close_range() {
+        let (f, released) = new_file();
+        let fd = create(f, false).unwrap();
+        // Above the hint bitmap when RLIMIT_NOFILE allows it.
+        // SAFETY: dup of our own fd to a high number.
+        let mut fd2 = unsafe { libc::fcntl(fd, libc::F_DUPFD, 70000) };
+        if fd2 < 0 {
+            // SAFETY: as above.
+            fd2 = unsafe { libc::fcntl(fd, libc::F_DUPFD, 300) };
+        }
+        assert!(fd2 >= 300, "fd2 {fd2}");
+        on_dup(fd, fd2);
+        assert!(is_engine_fd(fd2));
+        assert!(get(fd2).is_some());
+        on_close_range(fd2, i32::MAX);
+        assert!(get(fd2).is_none());
+        // SAFETY: closing our own fd.
+        unsafe { libc::close(fd2) };
+        assert_eq!(released.load(Ordering::SeqCst), 0);
+        on_close_range(fd, fd);
+        assert_eq!(released.load(Ordering::SeqCst), 1);
+        // SAFETY: closing our own fd.
+        unsafe { libc::close(fd) };
+    }
+
+    #[test]
+    fn files_concurrent() {
+        let threads: Vec<_> = (0..8)
+            .map(|_| {
+                std::thread::spawn(|| {
+                    for _ in 0..200 {
+                        let (f, released) = new_file();
+                        let fd = create(f.clone(), true).unwrap();
+                        // SAFETY: dup of our own fd.
+                        let fd2 = unsafe { libc::dup(fd) };
+                        on_dup(fd, fd2);
+                        f.ready.store(true, Ordering::SeqCst);
+                        notify_file(&*f);
+                        assert!(get_as::<TestFile>(fd2).is_some());
+                        close(fd).unwrap();
+                        assert!(poll_in(fd2));
+                        close(fd2).unwrap();
+                        assert_eq!(released.load(Ordering::SeqCst), 1);
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+    }
+}
