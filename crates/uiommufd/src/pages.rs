@@ -251,6 +251,11 @@ impl Pages {
         self.pins.lock().count(page) > 0
     }
 
+    /// How many users hold `page` (an index into this object) pinned.
+    pub fn pin_count(&self, page: u64) -> u32 {
+        self.pins.lock().count(page)
+    }
+
     /// How many live pages objects hold the page at user address `addr` pinned:
     /// the userspace meaning of the selftest's page refcount check.
     pub fn pins_of_user_page(addr: u64) -> u32 {
@@ -258,19 +263,30 @@ impl Pages {
         let addr = addr & !(ps - 1);
         let mut n = 0;
         for shard in &REGISTRY {
-            for (_, w) in shard.lock().iter() {
-                if let Some(p) = w.upgrade() {
-                    if addr >= p.uptr
-                        && addr < p.uptr + p.len_bytes()
-                        && p.is_pinned((addr - p.uptr) / ps)
-                    {
-                        n += 1;
-                    }
+            // Upgrade under the shard lock, look after it: an upgraded Arc may
+            // turn out to be the last one, and its drop takes the shard lock.
+            let live = live_pages(shard);
+            for p in &live {
+                if addr >= p.uptr
+                    && addr < p.uptr + p.len_bytes()
+                    && p.is_pinned((addr - p.uptr) / ps)
+                {
+                    n += 1;
                 }
             }
         }
         n
     }
+}
+
+/// The live pages objects of one registry shard (the lock is released on
+/// return, before the caller drops them).
+fn live_pages(shard: &Shard) -> Vec<Arc<Pages>> {
+    shard
+        .lock()
+        .iter()
+        .filter_map(|(_, w)| w.upgrade())
+        .collect()
 }
 
 /// Check process-wide pin accounting: `pinned_vm` equals the pinned pages
@@ -279,11 +295,7 @@ impl Pages {
 pub fn check_accounting() -> std::result::Result<(), String> {
     let mut sum = 0;
     for shard in &REGISTRY {
-        for (_, w) in shard.lock().iter() {
-            if let Some(p) = w.upgrade() {
-                sum += p.npinned();
-            }
-        }
+        sum += live_pages(shard).iter().map(|p| p.npinned()).sum::<u64>();
     }
     let vm = crate::accounting::PINNED_VM.load(Ordering::Acquire);
     if sum != vm {

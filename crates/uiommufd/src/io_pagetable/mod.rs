@@ -9,33 +9,61 @@
 //!
 //! # Lock order
 //!
-//! 1. (future) the domains lock of the IOAS, taken before
-//! 2. [`IoPagetable`]'s `state` `RwLock` (the kernel's `iova_rwsem`), before
-//! 3. `Pages::pins` (a leaf lock inside [`Pages`]).
+//! 1. [`IoPagetable`]'s `domains` `RwLock` (the kernel's `domains_rwsem`):
+//!    the attached domains and the registered accesses. `map` and `unmap`
+//!    hold it for read from start to end, so they run concurrently with one
+//!    another but never with `add_domain`/`remove_domain`/`add_access`/
+//!    `remove_access`/`set_large_pages`, which hold it for write;
+//! 2. [`IoPagetable`]'s `state` `RwLock` (the kernel's `iova_rwsem`);
+//! 3. an area's `accesses` mutex (access pins of that area);
+//! 4. a domain's own lock, and `Pages::pins` (leaf locks).
 //!
-//! The `state` lock is never held while user memory is touched, while a
-//! pages object is pinned, or while an `Arc<Pages>` is dropped: removed areas
-//! are dropped after the guard.
+//! The `state` lock is never held while a domain is filled or unfilled, while
+//! pages are pinned for a domain, while user memory is copied, or while an
+//! `Arc<Pages>` is dropped: removed areas are dropped after the guard. The
+//! one exception is [`IoPagetable::access_pin`], which pins under the read
+//! side (as the kernel's `iommufd_access_pin_pages` does under `iova_rwsem`)
+//! so that an unmap can never miss a pin. Access notifiers are called with
+//! no lock held.
+//!
+//! # Pin ownership
+//!
+//! Pins live in the shared [`Pages`] as per-page user counts:
+//!
+//! - **domain pin**: while at least one domain is attached, every published
+//!   area holds exactly one user on the pages it maps, however many domains
+//!   there are. It is taken when the first domain is added (or when the area
+//!   is filled, if domains exist) and dropped when the area is unmapped or
+//!   the last domain is removed. An `IOAS_COPY` shares the pages object, so
+//!   a page mapped in two IOASes with two domains each is pinned (populated
+//!   and accounted) once, with two users.
+//! - **access pin**: every successful [`IoPagetable::access_pin`] adds one
+//!   user per page, recorded in the area (`accesses`) until the matching
+//!   [`IoPagetable::access_unpin`]. An area with access pins is unmapped only
+//!   after the registered accesses were told to unpin it.
 //!
 //! # Pending areas
 //!
 //! `map` works in three steps so that pinning and filling attached IOMMU
-//! domains (next issue) can run without the write lock, like the kernel's
-//! `iopt_map_pages`:
+//! domains run without the write lock, like the kernel's `iopt_map_pages`:
 //!
 //! 1. under the write lock, check the request, pick the IOVA and insert the
 //!    areas in the **filling** state: the IOVA is taken from then on;
-//! 2. without the lock, fill (today: nothing to do, no domains exist);
+//! 2. without the lock, pin and map the areas into every attached domain;
 //! 3. under the write lock, publish the areas (**live**), or remove them if
-//!    the fill failed.
+//!    the fill failed (after undoing what the fill did).
 //!
-//! A filling area is treated as the kernel treats an area whose `pages` is
-//! still NULL: it occupies its IOVA (a fixed map over it is `EEXIST`, the
-//! allocator skips it, a reserved range may not cover it), `unmap` and
+//! `unmap` mirrors it: the areas turn **removing** under the write lock, are
+//! unmapped from the domains and unpinned without it, then leave the tree.
+//!
+//! A filling or removing area is treated as the kernel treats an area whose
+//! `pages` is NULL: it occupies its IOVA (a fixed map over it is `EEXIST`,
+//! the allocator skips it, a reserved range may not cover it), `unmap` and
 //! `unmap_all` that reach it fail `EBUSY` (userspace raced a map with an
-//! unmap of the same IOVA), `get_pages` treats it as a gap (`ENOENT`), and
-//! [`IoPagetable::areas`] does not list it. `check_invariants` checks it like
-//! any other area.
+//! unmap of the same IOVA), `get_pages` and the access calls treat it as a
+//! gap (`ENOENT`), and [`IoPagetable::areas`] does not list it.
+//! `check_invariants` checks it like any other area, except that domains and
+//! pins may be half done there.
 //!
 //! # Divergence from the kernel
 //!
@@ -43,19 +71,25 @@
 //! (`ENOENT` on an area that sticks out of the range after earlier areas are
 //! already gone). Here a refused unmap leaves the table untouched: every
 //! area the range reaches is checked first, in IOVA order, and the first
-//! problem gives the same errno the kernel would return.
+//! problem gives the same errno the kernel would return. Likewise an unmap
+//! that gives up on an access that does not unpin (`EDEADLK`) has removed
+//! nothing, and the area accepts access pins again (the kernel leaves its
+//! `prevent_access` set).
 
+mod access;
+#[cfg(test)]
+mod domain_tests;
+mod domains;
 mod free;
 #[cfg(test)]
 mod tests;
 
-use std::collections::BTreeMap;
-mod domains;
 pub use domains::{AccessNotify, PinnedPages};
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{Mutex, RwLock};
 
 use crate::pages::Pages;
 use crate::user::page_size;
@@ -128,13 +162,15 @@ pub fn huge_page_size() -> u64 {
     ps * (ps / 8)
 }
 
-/// Whether a filling area has been published yet.
+/// Where an area is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum AreaState {
     /// Inserted by a `map` that has not finished (the kernel's NULL `pages`).
     Filling,
     /// Fully mapped.
     Live,
+    /// Being taken out of the domains by an `unmap` that has not finished.
+    Removing,
 }
 
 /// One area: `iova..=last` maps `last - iova + 1` bytes of `pages` from
@@ -149,11 +185,31 @@ struct Area {
     /// For an allocated IOVA, the allowed-ranges generation it was
     /// allocated under (checked by `check_invariants`); `None` when fixed.
     alloc_gen: Option<u64>,
+    /// Access pins of this area: page range (indexes into `pages`,
+    /// inclusive) -> number of `access_pin` calls holding it.
+    accesses: Mutex<BTreeMap<(u64, u64), u32>>,
+    /// An unmap is asking the accesses to let go of this area: new access
+    /// pins and copies are refused (`EINVAL`) meanwhile.
+    prevent_access: bool,
 }
 
 impl Area {
     fn length(&self, iova: u64) -> u64 {
         self.last - iova + 1
+    }
+
+    /// The page indexes (into `pages`) the area maps, inclusive.
+    fn page_range(&self, iova: u64) -> (u64, u64) {
+        let ps = page_size();
+        (
+            self.start_byte / ps,
+            (self.start_byte + (self.last - iova)) / ps,
+        )
+    }
+
+    /// Whether an access holds pins in this area.
+    fn has_access_pins(&self) -> bool {
+        !self.accesses.lock().is_empty()
     }
 }
 
@@ -182,11 +238,15 @@ struct State {
     iova_alignment: u64,
     /// `IOMMU_OPTION_HUGE_PAGES` set to 0.
     disable_large_pages: bool,
+    /// What the attached domains and accesses ask of the alignment (1 when
+    /// none): kept by domains.rs under both locks.
+    domain_alignment: u64,
 }
 
 /// The IO page table of one IOAS.
 #[derive(Debug)]
 pub struct IoPagetable {
+    domains: RwLock<domains::Attached>,
     state: RwLock<State>,
 }
 
@@ -218,18 +278,75 @@ impl State {
             free: FreeIndex::default(),
             iova_alignment: 1,
             disable_large_pages: false,
+            domain_alignment: 1,
         };
         st.free = st.build_free();
         st
     }
 
-    /// The alignment the table needs now (the kernel's
-    /// `iopt_calculate_iova_alignment` with no domain and no access).
-    fn wanted_alignment(&self) -> u64 {
+    /// The alignment large pages ask for alone (`PAGE_SIZE` when disabled:
+    /// the kernel then maps page by page).
+    fn base_alignment(&self) -> u64 {
         if self.disable_large_pages {
             page_size()
         } else {
             1
+        }
+    }
+
+    /// The alignment the table needs now (the kernel's
+    /// `iopt_calculate_iova_alignment`).
+    fn wanted_alignment(&self) -> u64 {
+        self.base_alignment().max(self.domain_alignment)
+    }
+
+    /// The largest page a domain may use for new mappings.
+    fn max_pgsize(&self) -> u64 {
+        if self.disable_large_pages {
+            page_size()
+        } else {
+            u64::MAX
+        }
+    }
+
+    /// The kernel's `iopt_check_iova_alignment`: every area's IOVA, length
+    /// and page offset must be a multiple of `new` (else `EADDRINUSE`).
+    fn check_alignment(&self, new: u64) -> Result<()> {
+        let ps = page_size();
+        let mask = new - 1;
+        if let Some((&k, a)) = self.areas.iter().find(|(&k, a)| {
+            k & mask != 0 || a.length(k) & mask != 0 || (a.start_byte % ps) & mask != 0
+        }) {
+            bail!(
+                EADDRINUSE,
+                "area [{k:#x}, {:#x}] (page offset {:#x}) is not aligned to the new IOVA alignment {new:#x}",
+                a.last,
+                a.start_byte % ps
+            );
+        }
+        Ok(())
+    }
+
+    /// The kernel's `iopt_reserve_iova`: `EADDRINUSE` when the range
+    /// intersects an area or an allowed range.
+    fn reserve(&mut self, start: u64, last: u64, owner: u64) -> Result<()> {
+        if let Some((s, l)) = self.any_area(start, last) {
+            bail!(EADDRINUSE, "reserved range [{start:#x}, {last:#x}] intersects the mapped area [{s:#x}, {l:#x}]");
+        }
+        if let Some(&(s, l)) = self.allowed.iter().find(|&&a| overlaps(a, (start, last))) {
+            bail!(EADDRINUSE, "reserved range [{start:#x}, {last:#x}] intersects the allowed range [{s:#x}, {l:#x}]");
+        }
+        self.reserved.push(Reserved { start, last, owner });
+        self.free.carve(start, last);
+        Ok(())
+    }
+
+    /// Drop every reserved range of `owner`.
+    fn remove_reserved_owner(&mut self, owner: u64) {
+        let before = self.reserved.len();
+        self.reserved.retain(|r| r.owner != owner);
+        if self.reserved.len() != before {
+            self.free = self.build_free();
         }
     }
 
@@ -475,6 +592,8 @@ impl State {
                 prot,
                 state: AreaState::Filling,
                 alloc_gen,
+                accesses: Mutex::new(BTreeMap::new()),
+                prevent_access: false,
             };
             self.insert_area(at, area);
         }
@@ -497,19 +616,25 @@ impl State {
             .collect()
     }
 
-    /// The kernel's `iopt_unmap_iova_range`, made all-or-nothing: unmap the
-    /// areas inside `start..=last`. Returns the bytes and the removed areas
-    /// (to drop after the lock).
-    fn unmap_range(&mut self, start: u64, last: u64) -> Result<(u64, Vec<Area>)> {
+    /// The checks of the kernel's `iopt_unmap_iova_range`, made
+    /// all-or-nothing: the keys of the areas inside `start..=last`, or the
+    /// errno of the first area (in IOVA order) that cannot be unmapped.
+    fn check_unmap(&self, start: u64, last: u64) -> Result<Vec<u64>> {
         let keys = self.overlapping(start, last);
         for &k in &keys {
             let a = &self.areas[&k];
-            if a.state == AreaState::Filling {
-                bail!(
+            match a.state {
+                AreaState::Filling => bail!(
                     EBUSY,
                     "area [{k:#x}, {:#x}] is still being mapped by another thread",
                     a.last
-                );
+                ),
+                AreaState::Removing => bail!(
+                    EBUSY,
+                    "area [{k:#x}, {:#x}] is being unmapped by another thread",
+                    a.last
+                ),
+                AreaState::Live => {}
             }
             if k < start || a.last > last {
                 bail!(
@@ -520,22 +645,35 @@ impl State {
                 );
             }
         }
-        let mut bytes = 0u64;
-        let mut removed = Vec::with_capacity(keys.len());
-        for k in keys {
-            if let Some(a) = self.remove_area(k) {
-                bytes = bytes.wrapping_add(a.length(k));
-                removed.push(a);
-            }
+        Ok(keys)
+    }
+
+    /// Let accesses pin the area at `iova` again (if it is still there).
+    fn allow_access(&mut self, iova: u64) {
+        if let Some(a) = self.areas.get_mut(&iova) {
+            a.prevent_access = false;
         }
-        Ok((bytes, removed))
+    }
+
+    /// What fill and unfill need of one area, copied out of the tree.
+    fn area_ref(&self, iova: u64) -> domains::AreaRef {
+        let a = &self.areas[&iova];
+        domains::AreaRef {
+            iova,
+            length: a.length(iova),
+            pages: a.pages.clone(),
+            start_byte: a.start_byte,
+            prot: a.prot,
+        }
     }
 }
 
 impl IoPagetable {
-    /// An empty table: everything allowed, nothing reserved, alignment 1.
+    /// An empty table: everything allowed, nothing reserved, alignment 1,
+    /// no domain, no access.
     pub fn new() -> Self {
         IoPagetable {
+            domains: RwLock::new(domains::Attached::default()),
             state: RwLock::new(State::new()),
         }
     }
@@ -548,7 +686,9 @@ impl IoPagetable {
     /// allocated one `EOVERFLOW` (length of half the space or more), `EINVAL`
     /// (the user address allows less alignment than the table needs),
     /// `ENOSPC`; then per source `EPERM` (write to read-only pages),
-    /// `EINVAL` (page offset misaligned), `EOVERFLOW` (past the pages).
+    /// `EINVAL` (page offset misaligned), `EOVERFLOW` (past the pages); then,
+    /// with domains attached, what pinning (`EFAULT`, `ENOMEM`) or a domain's
+    /// map returns. On error nothing stays mapped, pinned or reserved.
     pub fn map(
         &self,
         sources: Vec<MapSource>,
@@ -576,15 +716,25 @@ impl IoPagetable {
             );
         }
 
+        // The domain set cannot change until the areas are published, so a
+        // domain added later finds them live and fills them itself.
+        let attached = self.domains.read();
+
         // Step 1: take the IOVA.
-        let iova = self
-            .state
-            .write()
-            .reserve_areas(&sources, length, iova, prot)?;
+        let (iova, max_pgsize) = {
+            let mut st = self.state.write();
+            let iova = st.reserve_areas(&sources, length, iova, prot)?;
+            (iova, st.max_pgsize())
+        };
         let last = iova + (length - 1);
 
-        // Step 2: fill, without the lock.
-        let filled = self.fill(iova, &sources);
+        // Step 2: pin and fill the domains, without the lock. With no domain
+        // attached the kernel pins nothing at map time.
+        let filled = if attached.domains.is_empty() {
+            Ok(())
+        } else {
+            domains::fill_sources(iova, &sources, prot, &attached.domains, max_pgsize)
+        };
 
         // Step 3: publish, or give the IOVA back.
         let mut st = self.state.write();
@@ -602,19 +752,14 @@ impl IoPagetable {
         }
     }
 
-    /// Pin and load the new areas into the attached IOMMU domains. Runs
-    /// without the table lock; the areas are filling meanwhile. With no
-    /// domain attached (this version) the kernel pins nothing at map time.
-    fn fill(&self, _iova: u64, _sources: &[MapSource]) -> Result<()> {
-        Ok(())
-    }
-
     /// Unmap every area fully inside `[iova, iova + length)`; returns bytes unmapped.
     ///
     /// `EINVAL` for a zero length, `EOVERFLOW` when the range wraps, `ENOENT`
     /// when the range cuts an area, `EBUSY` when it reaches an area still
-    /// being mapped. Nothing mapped there is a success with 0 bytes (the
-    /// ioctl turns that into `ENOENT`).
+    /// being mapped or unmapped, `EDEADLK` when an access keeps pages of an
+    /// area pinned after being asked 101 times to unpin them. Nothing mapped
+    /// there is a success with 0 bytes (the ioctl turns that into `ENOENT`).
+    /// On error nothing is unmapped.
     pub fn unmap(&self, iova: u64, length: u64) -> Result<u64> {
         if length == 0 {
             bail!(EINVAL, "unmap length is zero");
@@ -625,17 +770,85 @@ impl IoPagetable {
                 "unmap iova {iova:#x} + length {length:#x} overflows"
             );
         };
-        let (bytes, removed) = self.state.write().unmap_range(iova, last)?;
-        drop(removed);
-        Ok(bytes)
+        self.unmap_range(iova, last)
     }
 
-    /// Unmap everything; returns bytes unmapped (`EBUSY` while a map is in
-    /// flight).
+    /// Unmap everything; returns bytes unmapped (`EBUSY` while a map or an
+    /// unmap is in flight, `EDEADLK` as for [`IoPagetable::unmap`]).
     pub fn unmap_all(&self) -> Result<u64> {
-        let (bytes, removed) = self.state.write().unmap_range(0, u64::MAX)?;
-        drop(removed);
-        Ok(bytes)
+        self.unmap_range(0, u64::MAX)
+    }
+
+    /// The kernel's `iopt_unmap_iova_range`, all-or-nothing: ask the accesses
+    /// to unpin areas they hold (retrying), then take the areas out of the
+    /// domains, unpin them and remove them.
+    fn unmap_range(&self, start: u64, last: u64) -> Result<u64> {
+        /// The kernel gives up after this many notifications of one area.
+        const MAX_NOTIFY_TRIES: u32 = 100;
+        let mut tries = 0u32;
+        // The area whose accesses were last notified (its prevent_access is set).
+        let mut notified: Option<u64> = None;
+        loop {
+            let attached = self.domains.read();
+            let mut st = self.state.write();
+            let keys = match st.check_unmap(start, last) {
+                Ok(k) => k,
+                Err(e) => {
+                    if let Some(k) = notified {
+                        st.allow_access(k);
+                    }
+                    return Err(e);
+                }
+            };
+            if let Some(&k) = keys.iter().find(|k| st.areas[k].has_access_pins()) {
+                if let Some(prev) = notified.filter(|&p| p != k) {
+                    st.allow_access(prev);
+                    tries = 0;
+                }
+                notified = Some(k);
+                let area = st.areas.get_mut(&k).expect("area just found");
+                area.prevent_access = true;
+                let len = area.length(k);
+                let accesses = attached.access_notifiers();
+                drop(st);
+                drop(attached);
+                for a in &accesses {
+                    if let Some(a) = a.upgrade() {
+                        a.unmap(k, len);
+                    }
+                }
+                tries += 1;
+                if tries > MAX_NOTIFY_TRIES {
+                    self.state.write().allow_access(k);
+                    bail!(
+                        EDEADLK,
+                        "area [{k:#x}, +{len:#x}) is still pinned by an access after {tries} unmap notifications"
+                    );
+                }
+                continue;
+            }
+            let mut bytes = 0u64;
+            let mut refs = Vec::with_capacity(keys.len());
+            for &k in &keys {
+                let a = st.areas.get_mut(&k).expect("area just checked");
+                a.state = AreaState::Removing;
+                bytes = bytes.wrapping_add(a.length(k));
+                refs.push(st.area_ref(k));
+            }
+            drop(st);
+            if !attached.domains.is_empty() {
+                for r in &refs {
+                    domains::unfill_area(r, &attached.domains, true);
+                }
+            }
+            let mut st = self.state.write();
+            let removed: Vec<Area> = keys.iter().filter_map(|&k| st.remove_area(k)).collect();
+            drop(st);
+            drop(attached);
+            drop(removed);
+            drop(refs);
+            return Ok(bytes);
+        }
     }
 
     /// The sources that back `[iova, iova + length)` (for `IOAS_COPY`).
@@ -674,7 +887,10 @@ impl IoPagetable {
                 );
             }
             if a.state != AreaState::Live {
-                bail!(ENOENT, "the area at iova {k:#x} is still being mapped");
+                bail!(
+                    ENOENT,
+                    "the area at iova {k:#x} is still being mapped or unmapped"
+                );
             }
             let end = a.last.min(last);
             out.push(MapSource {
@@ -744,27 +960,13 @@ impl IoPagetable {
                 "reserved range [{start:#x}, {last:#x}] has start > last"
             );
         }
-        let mut st = self.state.write();
-        if let Some((s, l)) = st.any_area(start, last) {
-            bail!(EADDRINUSE, "reserved range [{start:#x}, {last:#x}] intersects the mapped area [{s:#x}, {l:#x}]");
-        }
-        if let Some(&(s, l)) = st.allowed.iter().find(|&&a| overlaps(a, (start, last))) {
-            bail!(EADDRINUSE, "reserved range [{start:#x}, {last:#x}] intersects the allowed range [{s:#x}, {l:#x}]");
-        }
-        st.reserved.push(Reserved { start, last, owner });
-        st.free.carve(start, last);
-        Ok(())
+        self.state.write().reserve(start, last, owner)
     }
 
     /// Drop every reserved range of `owner` (the kernel's
     /// `iopt_remove_reserved_iova`).
     pub fn remove_reserved(&self, owner: u64) {
-        let mut st = self.state.write();
-        let before = st.reserved.len();
-        st.reserved.retain(|r| r.owner != owner);
-        if st.reserved.len() != before {
-            st.free = st.build_free();
-        }
+        self.state.write().remove_reserved_owner(owner);
     }
 
     /// The usable ranges (holes between reserved ranges) and the IOVA alignment.
@@ -790,38 +992,34 @@ impl IoPagetable {
 
     /// Enable or disable large pages.
     ///
-    /// Disabling raises the alignment to `PAGE_SIZE`; `EADDRINUSE` when an
-    /// existing area's IOVA, length or page offset is not a multiple of it
-    /// (nothing changes then). Enabling always succeeds.
+    /// Disabling raises the alignment to `PAGE_SIZE` and caps the page size
+    /// domains map with at `PAGE_SIZE`: `EINVAL` when a domain is attached
+    /// and any area exists (its mappings may already use large pages),
+    /// `EADDRINUSE` when an existing area's IOVA, length or page offset is
+    /// not a multiple of it (nothing changes then). Enabling always succeeds.
     pub fn set_large_pages(&self, enable: bool) -> Result<()> {
+        let attached = self.domains.write();
         let mut st = self.state.write();
         if enable {
             st.disable_large_pages = false;
-            st.iova_alignment = st.wanted_alignment();
-            return Ok(());
+            return domains::recalc_alignment(&mut st, &attached);
         }
         if st.disable_large_pages {
             return Ok(());
         }
-        st.disable_large_pages = true;
-        let new = st.wanted_alignment();
-        if new > st.iova_alignment {
-            let ps = page_size();
-            let mask = new - 1;
-            if let Some((&k, a)) = st.areas.iter().find(|(&k, a)| {
-                k & mask != 0 || a.length(k) & mask != 0 || (a.start_byte % ps) & mask != 0
-            }) {
-                let msg = format!(
-                    "area [{k:#x}, {:#x}] (page offset {:#x}) is not aligned to the new IOVA alignment {new:#x}",
-                    a.last,
-                    a.start_byte % ps
-                );
-                st.disable_large_pages = false;
-                return Err(crate::Error::new(libc::EADDRINUSE, msg));
-            }
+        if !attached.domains.is_empty() && !st.areas.is_empty() {
+            bail!(
+                EINVAL,
+                "cannot disable large pages while {} domain(s) are attached and areas are mapped",
+                attached.domains.len()
+            );
         }
-        st.iova_alignment = new;
-        Ok(())
+        st.disable_large_pages = true;
+        let r = domains::recalc_alignment(&mut st, &attached);
+        if r.is_err() {
+            st.disable_large_pages = false;
+        }
+        r
     }
 
     /// All areas in IOVA order (areas whose map has not finished are left out).
@@ -841,8 +1039,18 @@ impl IoPagetable {
     }
 
     /// Check the structure's invariants; `Err` says which one broke.
+    ///
+    /// Besides the tree, allowed, reserved and free-index rules: every
+    /// attached domain maps exactly the published areas (same IOVA, same
+    /// host address; sampled for generic domains, complete for mock
+    /// domains), published areas are pinned while a domain is attached and
+    /// where accesses pinned them, pages objects only this table holds carry
+    /// exactly those pins, and removed domains left no reserved range.
+    ///
+    /// Takes the state lock for write: access pins and `get_pages` wait.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
-        let st = self.state.read();
+        let attached = self.domains.read();
+        let st = self.state.write();
         let ps = page_size();
         let align = st.iova_alignment;
         if !align.is_power_of_two() {
@@ -850,7 +1058,7 @@ impl IoPagetable {
         }
         if align != st.wanted_alignment() {
             return Err(format!(
-                "IOVA alignment {align:#x} disagrees with large pages {} (wants {:#x})",
+                "IOVA alignment {align:#x} disagrees with large pages {}, domains and accesses (wants {:#x})",
                 !st.disable_large_pages,
                 st.wanted_alignment()
             ));
@@ -959,6 +1167,34 @@ impl IoPagetable {
                  {want:#x?}"
             ));
         }
-        Ok(())
+        domains::check(&st, &attached)
+    }
+}
+
+impl Drop for IoPagetable {
+    /// The kernel refuses to destroy an IOAS with domains or accesses; here
+    /// a table dropped with them still leaves no pin and no stale mapping.
+    fn drop(&mut self) {
+        let attached = self.domains.get_mut();
+        let st = self.state.get_mut();
+        if !attached.domains.is_empty() {
+            tracing::warn!(
+                "IO page table dropped with {} domain(s) attached",
+                attached.domains.len()
+            );
+        }
+        let keys: Vec<u64> = st.areas.keys().copied().collect();
+        for k in keys {
+            if !attached.domains.is_empty() && st.areas[&k].state == AreaState::Live {
+                domains::unfill_area(&st.area_ref(k), &attached.domains, true);
+            }
+            let a = &st.areas[&k];
+            for (&(first, last), &n) in a.accesses.lock().iter() {
+                tracing::warn!("IO page table dropped with access pins at iova {k:#x}");
+                for _ in 0..n {
+                    a.pages.unpin(first, last);
+                }
+            }
+        }
     }
 }

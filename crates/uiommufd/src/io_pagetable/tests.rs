@@ -11,6 +11,8 @@ use proptest::prelude::*;
 
 use super::*;
 use crate::accounting::AccountMode;
+use crate::domain::Domain;
+use crate::mock::domain::MockDomain;
 use crate::user::SelfMemory;
 
 fn ps() -> u64 {
@@ -19,8 +21,67 @@ fn ps() -> u64 {
 
 /// The selftest's `MOCK_APERTURE_START`.
 const APERTURE: u64 = 1 << 24;
+/// The selftest's `MOCK_APERTURE_LAST`.
+const APERTURE_LAST: u64 = (1 << 31) - 1;
 /// A user address that is never touched (creating pages does not read it).
 const BUF: u64 = 1 << 31;
+
+/// Real, private anonymous memory for tests that pin (pinning populates the
+/// memory, so it must exist). The start is aligned to the huge page size,
+/// so IOVA allocation sees the same alignment as at `BUF`.
+#[derive(Debug)]
+pub(super) struct RealBuf {
+    map: *mut libc::c_void,
+    map_len: usize,
+    addr: u64,
+}
+
+// SAFETY: the mapping is only reached through addresses (the engine's
+// user-memory calls, which validate them); the struct owns it exclusively.
+unsafe impl Send for RealBuf {}
+// SAFETY: as above; nothing is shared through the raw pointer itself.
+unsafe impl Sync for RealBuf {}
+
+impl RealBuf {
+    /// `npages` pages of zeroed read/write memory.
+    pub(super) fn new(npages: u64) -> RealBuf {
+        let align = huge_page_size() as usize;
+        let map_len = (npages * page_size()) as usize + align;
+        // SAFETY: a fresh anonymous private mapping; no existing memory is touched.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                map_len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED, "mmap of the test buffer failed");
+        let addr = (map as u64).div_ceil(align as u64) * align as u64;
+        RealBuf { map, map_len, addr }
+    }
+
+    /// Start of the buffer.
+    pub(super) fn addr(&self) -> u64 {
+        self.addr
+    }
+}
+
+impl Drop for RealBuf {
+    fn drop(&mut self) {
+        // SAFETY: unmaps exactly the mapping made in `new`.
+        unsafe { libc::munmap(self.map, self.map_len) };
+    }
+}
+
+/// One shared real buffer for the proptests (80 pages, never freed).
+fn real_buf_base() -> u64 {
+    use std::sync::OnceLock;
+    static B: OnceLock<u64> = OnceLock::new();
+    *B.get_or_init(|| Box::leak(Box::new(RealBuf::new(80))).addr())
+}
 
 fn pages(uptr: u64, len: u64, writable: bool) -> Arc<Pages> {
     Pages::new(Arc::new(SelfMemory), uptr, len, writable, AccountMode::None)
@@ -595,6 +656,9 @@ struct Model {
     allowed: Vec<(u64, u64)>,
     reserved: Vec<(u64, u64)>,
     small_pages: bool,
+    /// Attached mock domains (each reserves everything outside the mock
+    /// aperture and asks for MOCK_IO_PAGE_SIZE alignment).
+    domains: usize,
 }
 
 struct MSrc {
@@ -606,11 +670,44 @@ struct MSrc {
 
 impl Model {
     fn align(&self) -> u64 {
-        if self.small_pages {
-            ps()
+        let base = if self.small_pages { ps() } else { 1 };
+        if self.domains > 0 {
+            base.max(ps() / 2)
         } else {
-            1
+            base
         }
+    }
+
+    /// The reserved ranges, those of the domains included.
+    fn all_reserved(&self) -> Vec<(u64, u64)> {
+        let mut r = self.reserved.clone();
+        for _ in 0..self.domains {
+            r.push((0, APERTURE - 1));
+            r.push((APERTURE_LAST + 1, u64::MAX));
+        }
+        r
+    }
+
+    /// The kernel's `iopt_table_add_domain` for a mock domain.
+    fn add_domain(&mut self) -> std::result::Result<(), i32> {
+        let ps = ps();
+        let new = self.align().max(ps / 2);
+        if new != self.align()
+            && self.areas.iter().any(|(&k, a)| {
+                !k.is_multiple_of(new)
+                    || !a.len.is_multiple_of(new)
+                    || !(a.uptr % ps).is_multiple_of(new)
+            })
+        {
+            return Err(libc::EADDRINUSE);
+        }
+        for (s, l) in [(0, APERTURE - 1), (APERTURE_LAST + 1, u64::MAX)] {
+            if self.area_hit(s, l) || self.allowed.iter().any(|&(a, b)| a <= l && s <= b) {
+                return Err(libc::EADDRINUSE);
+            }
+        }
+        self.domains += 1;
+        Ok(())
     }
 
     fn area_hit(&self, s: u64, l: u64) -> bool {
@@ -620,7 +717,9 @@ impl Model {
     }
 
     fn reserved_hit(&self, s: u64, l: u64) -> bool {
-        self.reserved.iter().any(|&(rs, rl)| rs <= l && s <= rl)
+        self.all_reserved()
+            .iter()
+            .any(|&(rs, rl)| rs <= l && s <= rl)
     }
 
     /// The kernel's candidate IOVAs: one per hole of the allowed spans.
@@ -657,7 +756,7 @@ impl Model {
                 _ => merged.push((s, l)),
             }
         }
-        let mut used: Vec<(u64, u64)> = self.reserved.clone();
+        let mut used: Vec<(u64, u64)> = self.all_reserved();
         used.extend(self.areas.iter().map(|(&k, a)| (k, k + (a.len - 1))));
         used.sort_unstable();
         let mut out = Vec::new();
@@ -791,7 +890,7 @@ impl Model {
 
     fn iova_ranges(&self) -> Vec<(u64, u64)> {
         let mut holes = vec![(0, u64::MAX)];
-        for &r in &self.reserved {
+        for r in self.all_reserved() {
             holes = subtract(holes, r);
         }
         holes.sort_unstable();
@@ -826,6 +925,12 @@ enum Op {
     SetAllowed(Vec<(u64, u64)>),
     AddReserved(u64, u64),
     LargePages(bool),
+    /// Attach a new mock domain (variants with domains only).
+    AddDomain {
+        huge: bool,
+    },
+    /// Detach the oldest attached domain (variants with domains only).
+    RemoveDomain,
 }
 
 fn iova_s() -> impl Strategy<Value = u64> {
@@ -863,6 +968,20 @@ fn range_s() -> impl Strategy<Value = (u64, u64)> {
 }
 
 fn op_s() -> impl Strategy<Value = Op> {
+    base_op_s()
+}
+
+/// Ops for the variants with mock domains: the base ops plus attaching and
+/// detaching domains.
+fn domain_op_s() -> impl Strategy<Value = Op> {
+    prop_oneof![
+        30 => base_op_s(),
+        1 => any::<bool>().prop_map(|huge| Op::AddDomain { huge }),
+        1 => Just(Op::RemoveDomain),
+    ]
+}
+
+fn base_op_s() -> impl Strategy<Value = Op> {
     prop_oneof![
         6 => (iova_s(), len_s(), uptr_s(), prop::bool::weighted(0.8), prop::bool::weighted(0.7)).prop_map(
             |(iova, len, uptr, writable, write)| Op::MapFixed { iova, len, uptr, writable, write }
@@ -882,10 +1001,65 @@ fn class<T>(r: &Result<T>) -> std::result::Result<(), i32> {
     r.as_ref().map(|_| ()).map_err(|e| e.errno().0)
 }
 
-fn run_ops(ops: Vec<Op>) -> std::result::Result<(), TestCaseError> {
+/// Move an op generated for the no-domain layout (IOVAs from 0, user
+/// addresses from `BUF`) into the mock aperture and onto real memory.
+fn place(op: Op, iova_base: u64, uptr_base: u64) -> Op {
+    let i = |x: u64| if x < 1 << 40 { x + iova_base } else { x };
+    let u = |x: u64| x - BUF + uptr_base;
+    match op {
+        Op::MapFixed {
+            iova,
+            len,
+            uptr,
+            writable,
+            write,
+        } => Op::MapFixed {
+            iova: i(iova),
+            len,
+            uptr: u(uptr),
+            writable,
+            write,
+        },
+        Op::MapAlloc { len, uptr } => Op::MapAlloc { len, uptr: u(uptr) },
+        Op::Unmap { iova, len } => Op::Unmap { iova: i(iova), len },
+        Op::Copy {
+            src,
+            len,
+            dst,
+            write,
+        } => Op::Copy {
+            src: i(src),
+            len,
+            dst: dst.map(i),
+            write,
+        },
+        Op::SetAllowed(r) => Op::SetAllowed(r.into_iter().map(|(a, b)| (i(a), i(b))).collect()),
+        Op::AddReserved(a, b) => Op::AddReserved(i(a), i(b)),
+        op => op,
+    }
+}
+
+/// Run `ops` against the table and the model with `ndomains` mock domains
+/// attached first (the selftest's no_domain / mock_domain /
+/// two_mock_domain variants). With domains, IOVAs move into the mock
+/// aperture and user addresses onto real memory (pinning populates it).
+fn run_ops(ops: Vec<Op>, ndomains: usize) -> std::result::Result<(), TestCaseError> {
     let t = IoPagetable::new();
     let mut m = Model::default();
+    let variant = ndomains > 0;
+    let mut doms: Vec<Arc<MockDomain>> = Vec::new();
+    for _ in 0..ndomains {
+        let d = MockDomain::new(false);
+        t.add_domain(d.clone()).unwrap();
+        m.add_domain().unwrap();
+        doms.push(d);
+    }
     for (step, op) in ops.into_iter().enumerate() {
+        let op = if variant {
+            place(op, APERTURE, real_buf_base())
+        } else {
+            op
+        };
         match op.clone() {
             Op::MapFixed {
                 iova,
@@ -1037,16 +1211,42 @@ fn run_ops(ops: Vec<Op>) -> std::result::Result<(), TestCaseError> {
                     m.reserved.push((s, l));
                 }
             }
+            Op::AddDomain { huge } => {
+                if !variant {
+                    continue;
+                }
+                let d = MockDomain::new(huge);
+                let r = t.add_domain(d.clone());
+                let want = m.add_domain();
+                prop_assert_eq!(class(&r), want, "step {} {:?}: {:?}", step, op, r);
+                if r.is_ok() {
+                    doms.push(d);
+                } else {
+                    prop_assert!(d.is_empty(), "a refused domain stays empty");
+                }
+            }
+            Op::RemoveDomain => {
+                if doms.is_empty() {
+                    continue;
+                }
+                let d = doms.remove(0);
+                t.remove_domain(d.id());
+                m.domains -= 1;
+                prop_assert!(d.is_empty(), "step {}: a removed domain is emptied", step);
+            }
             Op::LargePages(enable) => {
                 let r = t.set_large_pages(enable);
                 let ps = ps();
-                let want = if !enable
+                let want = if !enable && !m.small_pages && m.domains > 0 && !m.areas.is_empty() {
+                    Err(libc::EINVAL)
+                } else if !enable
                     && !m.small_pages
                     && m.areas.iter().any(|(&k, a)| {
                         !k.is_multiple_of(ps)
                             || !a.len.is_multiple_of(ps)
                             || !a.uptr.is_multiple_of(ps)
-                    }) {
+                    })
+                {
                     Err(libc::EADDRINUSE)
                 } else {
                     Ok(())
@@ -1073,6 +1273,19 @@ fn run_ops(ops: Vec<Op>) -> std::result::Result<(), TestCaseError> {
         prop_assert_eq!(have, want, "step {} {:?}", step, op);
         prop_assert_eq!(t.iova_ranges(), (m.iova_ranges(), m.align()));
         prop_assert_eq!(t.large_pages(), !m.small_pages);
+        prop_assert_eq!(t.domains().len(), m.domains);
+        for d in &doms {
+            prop_assert_eq!(d.warnings(), 0, "step {}: an unmap cut a map", step);
+        }
+    }
+    let want = m.unmap(0, u64::MAX).unwrap();
+    prop_assert_eq!(t.unmap_all().unwrap(), want);
+    for d in &doms {
+        prop_assert!(d.is_empty(), "unmap_all leaves domain {} empty", d.id());
+        t.remove_domain(d.id());
+    }
+    if let Err(e) = t.check_invariants() {
+        return Err(TestCaseError::fail(format!("after teardown: {e}")));
     }
     Ok(())
 }
@@ -1082,7 +1295,21 @@ proptest! {
 
     #[test]
     fn io_pagetable_proptest_matches_model(ops in prop::collection::vec(op_s(), 1..60)) {
-        run_ops(ops)?;
+        run_ops(ops, 0)?;
+    }
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig { cases: 256, ..ProptestConfig::default() })]
+
+    #[test]
+    fn io_pagetable_proptest_mock_domain(ops in prop::collection::vec(domain_op_s(), 1..60)) {
+        run_ops(ops, 1)?;
+    }
+
+    #[test]
+    fn io_pagetable_proptest_two_mock_domains(ops in prop::collection::vec(domain_op_s(), 1..60)) {
+        run_ops(ops, 2)?;
     }
 }
 
