@@ -1,17 +1,40 @@
 //! `uiommufd demo`: the /dev/ioasid RFC's use-case flows through the Rust API.
 //!
 //! 5.1 — one device, one GPA address space: guest RAM (an anonymous mapping
-//! standing in for the VMM's HVA range) mapped at GPA 0.
+//! standing in for the VMM's HVA range) mapped into a GPA IOAS; a mock
+//! IOMMU device attached to it (its auto domain maps the same pinned pages),
+//! and an emulated device doing DMA by GPA through an access.
 //! 5.2 — the guest enables a vIOMMU and gives dev2 its own GIOVA space; with
-//! no nesting, the VMM shadows the guest's mapping GIOVA 0x2000 → GPA 0x1000
+//! no nesting, the VMM shadows the guest's mapping GIOVA 0x2000 → GPA (base + 0x1000)
 //! into a second IOAS. In iommufd that is `IOAS_COPY` from the GPA IOAS, which
 //! shares the pin of the GPA mapping instead of pinning the memory twice.
 
+use std::sync::{Arc, Weak};
+
+use uiommufd::access::{Access, AccessOps};
+use uiommufd::device::Device;
 use uiommufd::io_pagetable::AreaInfo;
+use uiommufd::mock::device::MockDevice;
 use uiommufd::{Context, Prot};
 
-/// Guest RAM size for the demo (mapped lazily; nothing is touched).
-const GUEST_RAM: u64 = 1 << 30;
+/// An emulated device that reads and writes guest memory by IOVA through an
+/// access and never pins (so unmaps need nothing from it).
+#[derive(Debug)]
+struct DemoDma;
+
+impl AccessOps for DemoDma {
+    fn unmap(&self, _iova: u64, _length: u64) {}
+    fn needs_pin_pages(&self) -> bool {
+        false
+    }
+}
+
+/// Guest RAM size for the demo.
+const GUEST_RAM: u64 = 256 << 20;
+/// Where guest RAM starts in GPA space: the mock IOMMU's aperture begins at
+/// 16 MiB (`MOCK_APERTURE_START`), so a device behind it can only reach GPAs
+/// from there.
+const GPA_BASE: u64 = uiommufd::uapi::MOCK_APERTURE_START;
 
 fn table(title: &str, areas: &[AreaInfo]) {
     println!("  {title}");
@@ -103,7 +126,7 @@ pub fn demo() -> Result<(), String> {
     println!("  IOMMU_IOAS_ALLOC -> gpa_ioas = {gpa}");
     let gpa_ioas = ctx.ioas(gpa).map_err(e)?;
     let iova = gpa_ioas
-        .map_user(ram.hva(), GUEST_RAM, Some(0), Prot::RW)
+        .map_user(ram.hva(), GUEST_RAM, Some(GPA_BASE), Prot::RW)
         .map_err(e)?;
     println!(
         "  IOMMU_IOAS_MAP  GPA {iova:#x} <- HVA {:#x}, {} (FIXED_IOVA, rw)",
@@ -111,29 +134,71 @@ pub fn demo() -> Result<(), String> {
         human(GUEST_RAM)
     );
     table(&format!("IOAS {gpa} (GPA)"), &gpa_ioas.areas());
+    // dev1: a (mock) IOMMU-translated device attached to the GPA IOAS
+    let dev1 = Device::bind(&ctx, MockDevice::new(0).map_err(e)?).map_err(e)?;
+    let hwpt = dev1.attach(&ctx, gpa).map_err(e)?;
+    let domain = dev1.hwpt().ok_or("dev1 is not attached")?.domain().clone();
+    println!(
+        "  device {} attached to IOAS {gpa}: auto domain HWPT {hwpt}",
+        dev1.id()
+    );
+    println!(
+        "    its page table: GPA {:#x} -> HVA {:#x} (guest RAM is now pinned, once: {} pages)",
+        GPA_BASE + 0x1000,
+        domain.iova_to_phys(GPA_BASE + 0x1000).unwrap_or(0),
+        GUEST_RAM / 4096
+    );
+    // an emulated device doing DMA by IOVA through an access
+    let ops: Arc<dyn AccessOps> = Arc::new(DemoDma);
+    let dma = Access::create(&ctx, Arc::downgrade(&ops) as Weak<dyn AccessOps>).map_err(e)?;
+    dma.attach(&ctx, gpa).map_err(e)?;
+    let mut msg = *b"hello from an emulated device";
+    dma.rw(GPA_BASE + 0x1000, &mut msg, true).map_err(e)?;
+    let mut back = [0u8; 29];
+    dma.rw(GPA_BASE + 0x1000, &mut back, false).map_err(e)?;
+    println!(
+        "  emulated device wrote and read GPA {:#x}: {:?}",
+        GPA_BASE + 0x1000,
+        String::from_utf8_lossy(&back)
+    );
 
     println!();
     println!("== 5.2: a second (GIOVA) address space with a shadow mapping ==");
     let giova = ctx.ioas_alloc().map_err(e)?;
     println!("  IOMMU_IOAS_ALLOC -> giova_ioas = {giova}");
     let giova_ioas = ctx.ioas(giova).map_err(e)?;
-    // guest vIOMMU: GIOVA 0x2000 -> GPA 0x1000; shadow it from the GPA IOAS
+    // guest vIOMMU: GIOVA 0x2000 -> GPA base + 0x1000; shadow it from the GPA IOAS
     let got = giova_ioas
-        .copy_from(&gpa_ioas, 0x1000, 0x1000, Some(0x2000), Prot::RW)
+        .copy_from(&gpa_ioas, GPA_BASE + 0x1000, 0x1000, Some(0x2000), Prot::RW)
         .map_err(e)?;
     println!(
-        "  IOMMU_IOAS_COPY  GIOVA {got:#x} <- GPA 0x1000 (4 KiB): HVA {:#x}, same pages object",
+        "  IOMMU_IOAS_COPY  GIOVA {got:#x} <- GPA {:#x} (4 KiB): HVA {:#x}, same pages object, no new pin",
+        GPA_BASE + 0x1000,
         ram.hva() + 0x1000
     );
     let auto = giova_ioas
-        .copy_from(&gpa_ioas, 0x10_0000, 0x20_0000, None, Prot::RO)
+        .copy_from(&gpa_ioas, GPA_BASE + 0x10_0000, 0x20_0000, None, Prot::RO)
         .map_err(e)?;
-    println!("  IOMMU_IOAS_COPY  GIOVA {auto:#x} (allocated) <- GPA 0x100000 (2 MiB, read-only)");
+    println!(
+        "  IOMMU_IOAS_COPY  GIOVA {auto:#x} (allocated) <- GPA {:#x} (2 MiB, read-only)",
+        GPA_BASE + 0x10_0000
+    );
     table(&format!("IOAS {gpa} (GPA)"), &gpa_ioas.areas());
     table(&format!("IOAS {giova} (GIOVA)"), &giova_ioas.areas());
+    // the emulated device moves to the GIOVA space and reads the shadow mapping
+    dma.replace(&ctx, giova).map_err(e)?;
+    let mut back = [0u8; 29];
+    dma.rw(0x2000, &mut back, false).map_err(e)?;
+    println!(
+        "  emulated device moved to IOAS {giova}; GIOVA 0x2000 reads: {:?}",
+        String::from_utf8_lossy(&back)
+    );
 
     println!();
     println!("== teardown ==");
+    dma.destroy(&ctx);
+    dev1.unbind(&ctx);
+    println!("  access destroyed; device unbound (its auto domain went with it)");
     let n = giova_ioas.unmap_all().map_err(e)?;
     println!(
         "  IOMMU_IOAS_UNMAP (all) on IOAS {giova}: {} unmapped",

@@ -24,8 +24,12 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::access::Access;
 use crate::accounting::AccountMode;
+use crate::device::Device;
+use crate::hwpt::HwptPaging;
 use crate::ioas::Ioas;
+use crate::mock::MockStdev;
 use crate::user::{SelfMemory, UserMemory};
 use crate::{bail, err, Result};
 
@@ -37,6 +41,14 @@ pub type ObjId = u32;
 pub enum Object {
     /// An IO address space.
     Ioas(Arc<Ioas>),
+    /// A bound device.
+    Device(Arc<Device>),
+    /// A paging HW page table.
+    HwptPaging(Arc<HwptPaging>),
+    /// An access (kernel-internal API toward emulated devices).
+    Access(Arc<Access>),
+    /// The selftest's mock device object (`IOMMUFD_OBJ_SELFTEST`).
+    Selftest(Arc<MockStdev>),
 }
 
 impl Object {
@@ -44,6 +56,10 @@ impl Object {
     pub fn kind(&self) -> &'static str {
         match self {
             Object::Ioas(_) => "IOAS",
+            Object::Device(_) => "device",
+            Object::HwptPaging(_) => "paging HWPT",
+            Object::Access(_) => "access",
+            Object::Selftest(_) => "selftest device",
         }
     }
 
@@ -51,6 +67,20 @@ impl Object {
     fn other_users(&self) -> usize {
         match self {
             Object::Ioas(a) => Arc::strong_count(a) - 1,
+            Object::Device(a) => Arc::strong_count(a) - 1,
+            Object::HwptPaging(a) => Arc::strong_count(a) - 1,
+            Object::Access(a) => Arc::strong_count(a) - 1,
+            Object::Selftest(a) => Arc::strong_count(a) - 1,
+        }
+    }
+
+    /// What destroying the object does beyond dropping it: objects that own
+    /// driver-side objects (a selftest device owns its bound device) tear
+    /// those down. Runs with no table lock held.
+    fn destroyed(self, ctx: &Context) {
+        match self {
+            Object::Selftest(s) => s.destroy(ctx),
+            other => drop(other),
         }
     }
 }
@@ -228,8 +258,30 @@ impl Context {
             t.release_id(id);
             o
         };
-        drop(obj); // destructor runs outside the table lock
+        obj.destroyed(self); // destructors run outside the table lock
         Ok(())
+    }
+
+    /// Remove `id` whatever holds it: for drivers tearing down the objects
+    /// they own (a device at unbind, an access at destroy). Never fails.
+    pub fn remove_internal(&self, id: ObjId) {
+        let obj = {
+            let mut t = self.objects.lock();
+            match t.slots.remove(&id) {
+                Some(Slot::Live(o)) => {
+                    t.release_id(id);
+                    Some(o)
+                }
+                Some(Slot::Reserved) => {
+                    t.slots.insert(id, Slot::Reserved);
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(o) = obj {
+            o.destroyed(self);
+        }
     }
 
     /// The compat IOAS (`IOMMU_VFIO_IOAS_GET`): `ENODEV` when none is set.
@@ -312,6 +364,21 @@ impl Context {
                 Object::Ioas(i) => i
                     .check_invariants()
                     .map_err(|e| format!("IOAS {id}: {e}"))?,
+                Object::HwptPaging(h) => {
+                    if h.id() != Some(id) {
+                        return Err(format!("HWPT {id} believes its ID is {:?}", h.id()));
+                    }
+                }
+                Object::Device(d) => {
+                    if let Some(h) = d.attached_hwpt() {
+                        if !matches!(self.get(h), Ok(Object::HwptPaging(_))) {
+                            return Err(format!(
+                                "device {id} is attached to {h}, which is not a live HWPT"
+                            ));
+                        }
+                    }
+                }
+                Object::Access(_) | Object::Selftest(_) => {}
             }
         }
         Ok(())
@@ -343,7 +410,9 @@ impl Context {
             if victims.is_empty() {
                 break;
             }
-            drop(victims);
+            for v in victims {
+                v.destroyed(self);
+            }
         }
         let left = self.object_count();
         if left != 0 {

@@ -30,10 +30,13 @@
 //! assert_eq!(ctx.ioas(ioas).unwrap().unmap(iova, 4096).unwrap(), 4096);
 //! ```
 
+pub mod access;
 pub mod accounting;
 pub mod context;
+pub mod device;
 pub mod domain;
 mod error;
+pub mod files;
 pub mod hwpt;
 pub mod io_pagetable;
 pub mod ioas;

@@ -15,6 +15,8 @@ use crate::{bail, Result};
 #[derive(Debug)]
 pub struct Ioas {
     iopt: IoPagetable,
+    /// HWPTs made on this IOAS (auto-domain search; pruned lazily).
+    pub(crate) hwpts: parking_lot::Mutex<Vec<std::sync::Weak<crate::hwpt::HwptPaging>>>,
     mem: Arc<dyn UserMemory>,
     account_mode: AccountMode,
 }
@@ -24,6 +26,7 @@ impl Ioas {
     pub fn new(mem: Arc<dyn UserMemory>, account_mode: AccountMode) -> Ioas {
         Ioas {
             iopt: IoPagetable::new(),
+            hwpts: Default::default(),
             mem,
             account_mode,
         }

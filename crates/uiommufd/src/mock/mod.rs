@@ -1,15 +1,28 @@
-//! The selftest's `IOMMU_TEST_CMD` (the kernel's selftest.c).
+//! The selftest's mock driver and `IOMMU_TEST_CMD` (the kernel's selftest.c).
 //!
-//! Ops that need no device work today: `ADD_RESERVED`,
-//! `SET_TEMP_MEMORY_LIMIT`, `MD_CHECK_REFS`. The mock driver's devices,
-//! domains and accesses arrive with the devices issue; until then their ops
-//! look up the object they name and answer as the kernel does when it does
-//! not exist (`ENOENT`).
+//! The mock driver is a driver like any other on top of the engine: its
+//! devices ([`device::MockDevice`]) bind to a context through the generic
+//! device layer, its domains ([`domain::MockDomain`]) implement the generic
+//! [`crate::domain::Domain`] trait, and its accesses
+//! ([`access::MockAccessFile`]) use the generic access API. The test
+//! command only drives them.
+//!
+//! Not yet here (next issue): `DIRTY`, `MD_CHECK_IOTLB`, `TRIGGER_IOPF`.
+
+pub mod access;
+pub mod device;
+pub mod domain;
+
+pub use device::MockStdev;
 
 use std::sync::atomic::{AtomicU32, Ordering};
 
-use zerocopy::FromBytes;
+use std::sync::Arc;
 
+use zerocopy::{FromBytes, Immutable, IntoBytes};
+
+use crate::context::Object;
+use crate::device::Device;
 use crate::pages::Pages;
 use crate::uapi::dispatch::Ucmd;
 use crate::uapi::*;
@@ -25,6 +38,101 @@ fn payload<T: FromBytes>(cmd: &IommuTestCmd) -> T {
         Ok((v, _)) => v,
         Err(_) => unreachable!("test payload member larger than the union"),
     }
+}
+
+fn set_payload<T: IntoBytes + Immutable>(cmd: &mut IommuTestCmd, v: &T) {
+    let b = v.as_bytes();
+    cmd.payload[..b.len()].copy_from_slice(b);
+}
+
+/// `MOCK_DOMAIN` / `MOCK_DOMAIN_FLAGS`: make a mock device, bind it and
+/// attach it to `id` (an IOAS or a HWPT). IDs are taken in the kernel's
+/// order: the selftest object, then the device, then an auto-domain HWPT.
+fn mock_domain(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
+    let md: TestMockDomainFlags = payload(&cmd);
+    let flags = if cmd.op == IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS {
+        md.dev_flags
+    } else {
+        0
+    };
+    let r = u.ctx.reserve()?;
+    let drv = device::MockDevice::new(flags)?;
+    let dev = Device::bind(u.ctx, drv)?;
+    let hwpt_id = match dev.attach(u.ctx, cmd.id) {
+        Ok(h) => h,
+        Err(e) => {
+            dev.unbind(u.ctx);
+            return Err(e);
+        }
+    };
+    let out = TestMockDomainFlags {
+        out_stdev_id: r.id(),
+        out_hwpt_id: hwpt_id,
+        out_idev_id: dev.id(),
+        dev_flags: md.dev_flags,
+    };
+    set_payload(&mut cmd, &out);
+    if let Err(e) = u.respond(&cmd) {
+        dev.unbind(u.ctx);
+        return Err(e);
+    }
+    r.finalize(Object::Selftest(Arc::new(MockStdev::new(dev))));
+    Ok(0)
+}
+
+/// `MOCK_DOMAIN_REPLACE`: move the selftest device `id` to `pt_id`.
+fn mock_domain_replace(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
+    let mut rep: TestMockDomainReplace = payload(&cmd);
+    let stdev = match u.ctx.get(cmd.id)? {
+        Object::Selftest(s) => s,
+        o => bail!(
+            ENOENT,
+            "object {} is a {}, not a selftest device",
+            cmd.id,
+            o.kind()
+        ),
+    };
+    rep.pt_id = stdev.device().replace(u.ctx, rep.pt_id)?;
+    set_payload(&mut cmd, &rep);
+    u.respond(&cmd)?;
+    Ok(0)
+}
+
+/// `MD_CHECK_MAP`: every IOVA of the range translates, in the mock domain of
+/// HWPT `id`, to the matching address of the user buffer.
+fn check_map(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
+    let c: TestCheckMap = payload(cmd);
+    let m = domain::mock_io_page_size();
+    if !c.iova.is_multiple_of(m)
+        || !c.length.is_multiple_of(m)
+        || !c.uptr.is_multiple_of(m)
+        || c.uptr.checked_add(c.length).is_none()
+    {
+        bail!(
+            EINVAL,
+            "MD_CHECK_MAP: iova, length and uptr must be multiples of {m:#x}"
+        );
+    }
+    let hwpt = match u.ctx.get(cmd.id)? {
+        Object::HwptPaging(h) => h,
+        o => bail!(
+            ENOENT,
+            "object {} is a {}, not a paging HWPT",
+            cmd.id,
+            o.kind()
+        ),
+    };
+    let Some(mock) = hwpt.domain().as_any().downcast_ref::<domain::MockDomain>() else {
+        bail!(EINVAL, "MD_CHECK_MAP: HWPT {} is not a mock domain", cmd.id);
+    };
+    // get_user_pages on the buffer: it must be mapped
+    let ps = page_size();
+    let first = c.uptr & !(ps - 1);
+    u.ctx
+        .memory()
+        .populate(first, (c.uptr + c.length).div_ceil(ps) * ps - first, false)?;
+    mock.check_map(c.iova, c.length, c.uptr)?;
+    Ok(0)
 }
 
 /// `IOMMU_TEST_CMD`
@@ -46,18 +154,17 @@ pub(crate) fn test_cmd(u: &Ucmd) -> Result<i32> {
             TEMP_MEMORY_LIMIT.store(m.limit, Ordering::Relaxed);
             Ok(0)
         }
-        IOMMU_TEST_OP_MOCK_DOMAIN
-        | IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS
-        | IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE
-        | IOMMU_TEST_OP_MD_CHECK_MAP
-        | IOMMU_TEST_OP_MD_CHECK_IOTLB
-        | IOMMU_TEST_OP_CREATE_ACCESS
-        | IOMMU_TEST_OP_ACCESS_REPLACE_IOAS
-        | IOMMU_TEST_OP_ACCESS_PAGES
-        | IOMMU_TEST_OP_ACCESS_RW
-        | IOMMU_TEST_OP_DESTROY_ACCESS_PAGES
-        | IOMMU_TEST_OP_DIRTY
-        | IOMMU_TEST_OP_TRIGGER_IOPF => not_yet(u, &cmd),
+        IOMMU_TEST_OP_MOCK_DOMAIN | IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS => mock_domain(u, cmd),
+        IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE => mock_domain_replace(u, cmd),
+        IOMMU_TEST_OP_MD_CHECK_MAP => check_map(u, &cmd),
+        IOMMU_TEST_OP_CREATE_ACCESS => access::create(u, cmd),
+        IOMMU_TEST_OP_ACCESS_REPLACE_IOAS => access::replace_ioas(u, &cmd),
+        IOMMU_TEST_OP_ACCESS_PAGES => access::pages(u, cmd),
+        IOMMU_TEST_OP_DESTROY_ACCESS_PAGES => access::destroy_pages(u, &cmd),
+        IOMMU_TEST_OP_ACCESS_RW => access::rw(u, &cmd),
+        IOMMU_TEST_OP_MD_CHECK_IOTLB | IOMMU_TEST_OP_DIRTY | IOMMU_TEST_OP_TRIGGER_IOPF => {
+            not_yet(u, &cmd)
+        }
         op => bail!(EOPNOTSUPP, "IOMMU_TEST_CMD: unknown op {op}"),
     }
 }

@@ -226,6 +226,12 @@ pub const IOMMU_TEST_OP_DIRTY: u32 = 13;
 pub const IOMMU_TEST_OP_MD_CHECK_IOTLB: u32 = 14;
 pub const IOMMU_TEST_OP_TRIGGER_IOPF: u32 = 15;
 
+pub const MOCK_FLAGS_ACCESS_WRITE: u32 = 1 << 0;
+pub const MOCK_FLAGS_ACCESS_SYZ: u32 = 1 << 16;
+pub const MOCK_ACCESS_RW_WRITE: u32 = 1 << 0;
+pub const MOCK_ACCESS_RW_SLOW_PATH: u32 = 1 << 2;
+pub const MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES: u32 = 1 << 0;
+
 pub const MOCK_APERTURE_START: u64 = 1 << 24;
 pub const MOCK_APERTURE_LAST: u64 = (1 << 31) - 1;
 
@@ -246,6 +252,38 @@ abi_struct! {
 abi_struct! {
     /// `check_refs` member of the test command.
     pub struct TestCheckRefs { pub length: u64, pub uptr: u64, pub refs: u32, pub _pad: u32 }
+}
+abi_struct! {
+    /// `mock_domain` / `mock_domain_flags` member of the test command.
+    pub struct TestMockDomainFlags { pub out_stdev_id: u32, pub out_hwpt_id: u32, pub out_idev_id: u32, pub dev_flags: u32 }
+}
+abi_struct! {
+    /// `mock_domain_replace` member of the test command.
+    pub struct TestMockDomainReplace { pub pt_id: u32 }
+}
+abi_struct! {
+    /// `check_map` member of the test command.
+    pub struct TestCheckMap { pub iova: u64, pub length: u64, pub uptr: u64 }
+}
+abi_struct! {
+    /// `create_access` member of the test command.
+    pub struct TestCreateAccess { pub out_access_fd: u32, pub flags: u32 }
+}
+abi_struct! {
+    /// `destroy_access_pages` member of the test command.
+    pub struct TestDestroyAccessPages { pub access_pages_id: u32 }
+}
+abi_struct! {
+    /// `access_pages` member of the test command.
+    pub struct TestAccessPages { pub flags: u32, pub out_access_pages_id: u32, pub iova: u64, pub length: u64, pub uptr: u64 }
+}
+abi_struct! {
+    /// `access_rw` member of the test command.
+    pub struct TestAccessRw { pub iova: u64, pub length: u64, pub uptr: u64, pub flags: u32, pub _pad: u32 }
+}
+abi_struct! {
+    /// `access_replace_ioas` member of the test command.
+    pub struct TestAccessReplaceIoas { pub ioas_id: u32 }
 }
 abi_struct! {
     /// `memory_limit` member of the test command.

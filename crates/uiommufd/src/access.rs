@@ -1,0 +1,173 @@
+//! Accesses: the kernel-internal API toward emulated devices (mdev-like
+//! drivers) that pin pages or copy data by IOVA without an IOMMU domain (the
+//! kernel's `iommufd_access_*` in device.c).
+//!
+//! An [`Access`] is created by a driver on a context, attached to an IOAS,
+//! and then pins IOVA ranges ([`Access::pin_pages`]) or reads/writes through
+//! them ([`Access::rw`]). The contract with unmap: when a range the access
+//! may have pinned is unmapped, the IOAS calls the driver's
+//! [`AccessOps::unmap`], which must unpin everything in that range before
+//! returning; an unmap that still finds pins fails (`EDEADLK`).
+//!
+//! The access occupies an object ID (as in the kernel) that user space
+//! cannot destroy (`EBUSY`): the driver destroys it.
+//!
+//! Lock order: `Access::state` → the IOAS's IO page table locks. The driver's
+//! unmap callback runs with no access lock held.
+
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use crate::context::{Context, ObjId, Object};
+use crate::io_pagetable::{AccessNotify, PinnedPages};
+use crate::ioas::Ioas;
+use crate::user::page_size;
+use crate::{bail, Result};
+
+/// What the driver behind an access must provide.
+pub trait AccessOps: Send + Sync + std::fmt::Debug {
+    /// Unpin everything pinned in `[iova, iova + length)` through this
+    /// access, calling [`Access::unpin_pages`] for each pin.
+    fn unmap(&self, iova: u64, length: u64);
+    /// Whether the driver pins pages (then IOVAs must be page aligned).
+    fn needs_pin_pages(&self) -> bool;
+}
+
+#[derive(Debug, Default)]
+struct State {
+    /// The IOAS attached, its ID and our notifier token in it.
+    ioas: Option<(Arc<Ioas>, ObjId, u64)>,
+}
+
+/// An access object.
+#[derive(Debug)]
+pub struct Access {
+    id: ObjId,
+    ops: Weak<dyn AccessOps>,
+    iova_alignment: u64,
+    state: Mutex<State>,
+    me: Weak<Access>,
+}
+
+impl AccessNotify for Access {
+    fn unmap(&self, iova: u64, length: u64) {
+        if let Some(ops) = self.ops.upgrade() {
+            ops.unmap(iova, length);
+        }
+    }
+}
+
+impl Access {
+    /// `iommufd_access_create`: a new access driven by `ops`, published on `ctx`.
+    pub fn create(ctx: &Context, ops: Weak<dyn AccessOps>) -> Result<Arc<Access>> {
+        let needs_pin = ops.upgrade().is_some_and(|o| o.needs_pin_pages());
+        let r = ctx.reserve()?;
+        let id = r.id();
+        let a = Arc::new_cyclic(|me| Access {
+            id,
+            ops,
+            iova_alignment: if needs_pin { page_size() } else { 1 },
+            state: Mutex::new(State::default()),
+            me: me.clone(),
+        });
+        r.finalize(Object::Access(a.clone()));
+        Ok(a)
+    }
+
+    /// The object ID.
+    pub fn id(&self) -> ObjId {
+        self.id
+    }
+
+    /// The attached IOAS's ID, if any.
+    pub fn ioas_id(&self) -> Option<ObjId> {
+        self.state.lock().ioas.as_ref().map(|(_, id, _)| *id)
+    }
+
+    /// Attach to IOAS `ioas_id` (`EINVAL` if already attached).
+    pub fn attach(&self, ctx: &Context, ioas_id: ObjId) -> Result<()> {
+        if self.state.lock().ioas.is_some() {
+            bail!(EINVAL, "access {} is already attached", self.id);
+        }
+        self.change_ioas(Some((ctx.ioas(ioas_id)?, ioas_id)))
+    }
+
+    /// Move to IOAS `ioas_id` (`ENOENT` if not attached): pins in the old
+    /// IOAS are dropped through the driver first.
+    pub fn replace(&self, ctx: &Context, ioas_id: ObjId) -> Result<()> {
+        if self.state.lock().ioas.is_none() {
+            bail!(ENOENT, "access {} is not attached to any IOAS", self.id);
+        }
+        self.change_ioas(Some((ctx.ioas(ioas_id)?, ioas_id)))
+    }
+
+    /// Detach from the IOAS (unpinning everything through the driver).
+    pub fn detach(&self) {
+        if let Err(e) = self.change_ioas(None) {
+            tracing::error!("access {} detach: {e}", self.id);
+        }
+    }
+
+    fn change_ioas(&self, new: Option<(Arc<Ioas>, ObjId)>) -> Result<()> {
+        let cur = self.state.lock().ioas.clone();
+        if let (Some((c, _, _)), Some((n, _))) = (&cur, &new) {
+            if Arc::ptr_eq(c, n) {
+                return Ok(());
+            }
+        }
+        let new_entry = match new {
+            Some((ioas, id)) => {
+                let me: Weak<dyn AccessNotify> = self.me.clone();
+                let token = ioas.iopt().add_access(me, self.iova_alignment)?;
+                Some((ioas, id, token))
+            }
+            None => None,
+        };
+        if let Some((old, _, token)) = cur {
+            // the driver unpins everything from the old IOAS first
+            if let Some(ops) = self.ops.upgrade() {
+                ops.unmap(0, u64::MAX);
+            }
+            old.iopt().remove_access(token);
+        }
+        self.state.lock().ioas = new_entry;
+        Ok(())
+    }
+
+    fn ioas(&self) -> Result<Arc<Ioas>> {
+        match &self.state.lock().ioas {
+            Some((i, _, _)) => Ok(i.clone()),
+            None => bail!(ENOENT, "access {} is not attached to an IOAS", self.id),
+        }
+    }
+
+    /// Pin `[iova, iova + length)`; returns the host address of each page.
+    pub fn pin_pages(&self, iova: u64, length: u64, write: bool) -> Result<PinnedPages> {
+        if self.iova_alignment != page_size() {
+            bail!(EINVAL, "access {} was not created to pin pages", self.id);
+        }
+        self.ioas()?.iopt().access_pin(iova, length, write)
+    }
+
+    /// Unpin a range pinned by [`Access::pin_pages`].
+    pub fn unpin_pages(&self, iova: u64, length: u64) {
+        match self.ioas() {
+            Ok(i) => i.iopt().access_unpin(iova, length),
+            Err(e) => tracing::error!("unpin without an IOAS: {e}"),
+        }
+    }
+
+    /// Copy between `buf` and IOVA `iova` (`write`: `buf` → memory).
+    pub fn rw(&self, iova: u64, buf: &mut [u8], write: bool) -> Result<()> {
+        self.ioas()?.iopt().access_rw(iova, buf, write)
+    }
+
+    /// `iommufd_access_destroy`: detach and remove the object.
+    pub fn destroy(self: Arc<Self>, ctx: &Context) {
+        self.detach();
+        let id = self.id;
+        drop(self);
+        ctx.remove_internal(id);
+    }
+}

@@ -1,0 +1,126 @@
+//! The mock driver's devices (the kernel's selftest.c `mock_dev`): a
+//! [`DeviceDriver`] whose domains are [`MockDomain`]s, and the selftest
+//! object (`IOMMUFD_OBJ_SELFTEST`) that owns one bound mock device.
+
+use std::sync::Arc;
+
+use super::domain::MockDomain;
+use crate::context::Context;
+use crate::device::{Device, DeviceDriver};
+use crate::domain::Domain;
+use crate::uapi::*;
+use crate::{bail, Result};
+
+/// The device has no dirty tracking.
+pub const MOCK_FLAGS_DEVICE_NO_DIRTY: u32 = 1 << 0;
+/// The device's domains support huge IOVA pages.
+pub const MOCK_FLAGS_DEVICE_HUGE_IOVA: u32 = 1 << 1;
+/// The device supports PASID (later kernels; the Debian 6.12 selftest uses it).
+pub const MOCK_FLAGS_DEVICE_PASID: u32 = 1 << 2;
+/// PASID width of a PASID-capable mock device.
+pub const MOCK_PASID_WIDTH: u8 = 20;
+/// `IOMMU_HW_INFO_TYPE_SELFTEST`
+pub const IOMMU_HW_INFO_TYPE_SELFTEST: u32 = 0xfeed_beef;
+/// `IOMMU_HW_INFO_SELFTEST_REGVAL`
+pub const IOMMU_HW_INFO_SELFTEST_REGVAL: u32 = 0xdead_beef;
+
+/// A mock device: what the mock IOMMU driver knows of it.
+#[derive(Debug)]
+pub struct MockDevice {
+    flags: u32,
+}
+
+impl MockDevice {
+    /// A mock device with `MOCK_FLAGS_DEVICE_*` flags (`EINVAL` for others).
+    pub fn new(flags: u32) -> Result<Arc<MockDevice>> {
+        const KNOWN: u32 =
+            MOCK_FLAGS_DEVICE_NO_DIRTY | MOCK_FLAGS_DEVICE_HUGE_IOVA | MOCK_FLAGS_DEVICE_PASID;
+        if flags & !KNOWN != 0 {
+            bail!(EINVAL, "mock device: unknown flags {:#x}", flags & !KNOWN);
+        }
+        Ok(Arc::new(MockDevice { flags }))
+    }
+
+    fn has(&self, f: u32) -> bool {
+        self.flags & f != 0
+    }
+}
+
+impl DeviceDriver for MockDevice {
+    fn hw_info(&self) -> (u32, Vec<u8>) {
+        // struct iommu_test_hw_info { __u32 flags; __u32 test_reg; }
+        let mut data = Vec::with_capacity(8);
+        data.extend_from_slice(&0u32.to_ne_bytes());
+        data.extend_from_slice(&IOMMU_HW_INFO_SELFTEST_REGVAL.to_ne_bytes());
+        (IOMMU_HW_INFO_TYPE_SELFTEST, data)
+    }
+
+    fn capabilities(&self) -> u64 {
+        if self.has(MOCK_FLAGS_DEVICE_NO_DIRTY) {
+            0
+        } else {
+            IOMMU_HW_CAP_DIRTY_TRACKING
+        }
+    }
+
+    fn max_pasid_log2(&self) -> u8 {
+        if self.has(MOCK_FLAGS_DEVICE_PASID) {
+            MOCK_PASID_WIDTH
+        } else {
+            0
+        }
+    }
+
+    fn alloc_paging_domain(&self, flags: u32) -> Result<Arc<dyn Domain>> {
+        const VALID: u32 = IOMMU_HWPT_ALLOC_NEST_PARENT | IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
+        if flags & !VALID != 0 {
+            bail!(
+                EOPNOTSUPP,
+                "mock driver: HWPT flags {:#x} are not supported",
+                flags & !VALID
+            );
+        }
+        if flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0 && self.has(MOCK_FLAGS_DEVICE_NO_DIRTY) {
+            bail!(
+                EOPNOTSUPP,
+                "mock driver: this device cannot track dirty pages"
+            );
+        }
+        Ok(MockDomain::new(self.has(MOCK_FLAGS_DEVICE_HUGE_IOVA)))
+    }
+
+    fn check_attach(&self, domain: &dyn Domain) -> Result<()> {
+        if domain.as_any().downcast_ref::<MockDomain>().is_none() {
+            bail!(
+                EINVAL,
+                "mock device: domain {} is not a mock domain",
+                domain.id()
+            );
+        }
+        Ok(())
+    }
+}
+
+/// The selftest object: one mock device bound to the context. Destroying it
+/// detaches and unbinds the device.
+#[derive(Debug)]
+pub struct MockStdev {
+    device: Arc<Device>,
+}
+
+impl MockStdev {
+    /// Wrap a bound device.
+    pub fn new(device: Arc<Device>) -> MockStdev {
+        MockStdev { device }
+    }
+
+    /// The bound device.
+    pub fn device(&self) -> &Arc<Device> {
+        &self.device
+    }
+
+    /// Teardown when the object is destroyed.
+    pub(crate) fn destroy(self: Arc<Self>, ctx: &Context) {
+        self.device.clone().unbind(ctx);
+    }
+}

@@ -1,0 +1,297 @@
+//! Devices, HWPTs and the single-pin rule through the ioctl ABI: the mock
+//! driver's devices attached to IOASes, objects destroyed in every order,
+//! the invariant checker after each step.
+
+use std::sync::Arc;
+
+use uiommufd::pages::{check_accounting, Pages};
+use uiommufd::uapi::dispatch::ioctl;
+use uiommufd::uapi::*;
+use uiommufd::Context;
+use zerocopy::{FromBytes, IntoBytes};
+
+fn ioc<T: IntoBytes + FromBytes>(ctx: &Arc<Context>, cmd: u32, arg: &mut T) -> Result<i32, i32> {
+    ioctl(ctx, cmd as u64, arg.as_mut_bytes().as_mut_ptr() as u64).map_err(|e| e.errno().0)
+}
+
+fn ioas_alloc(ctx: &Arc<Context>) -> u32 {
+    let mut c = IommuIoasAlloc {
+        size: 12,
+        ..Default::default()
+    };
+    ioc(ctx, IOMMU_IOAS_ALLOC, &mut c).unwrap();
+    c.out_ioas_id
+}
+
+/// MOCK_DOMAIN on `pt`: returns (stdev, hwpt, idev).
+fn mock_domain(ctx: &Arc<Context>, pt: u32) -> Result<(u32, u32, u32), i32> {
+    let mut t = IommuTestCmd {
+        size: 72,
+        op: IOMMU_TEST_OP_MOCK_DOMAIN,
+        id: pt,
+        ..Default::default()
+    };
+    ioc(ctx, IOMMU_TEST_CMD, &mut t)?;
+    let o = TestMockDomainFlags::read_from_prefix(&t.payload).unwrap().0;
+    Ok((o.out_stdev_id, o.out_hwpt_id, o.out_idev_id))
+}
+
+fn destroy(ctx: &Arc<Context>, id: u32) -> Result<i32, i32> {
+    let mut d = IommuDestroy { size: 8, id };
+    ioc(ctx, IOMMU_DESTROY, &mut d)
+}
+
+fn map_fixed(ctx: &Arc<Context>, ioas: u32, va: u64, len: u64, iova: u64) -> Result<i32, i32> {
+    let mut m = IommuIoasMap {
+        size: 40,
+        flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+        ioas_id: ioas,
+        user_va: va,
+        length: len,
+        iova,
+        ..Default::default()
+    };
+    ioc(ctx, IOMMU_IOAS_MAP, &mut m)
+}
+
+fn copy(
+    ctx: &Arc<Context>,
+    src: u32,
+    src_iova: u64,
+    dst: u32,
+    dst_iova: u64,
+    len: u64,
+) -> Result<i32, i32> {
+    let mut c = IommuIoasCopy {
+        size: 40,
+        flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+        dst_ioas_id: dst,
+        src_ioas_id: src,
+        length: len,
+        dst_iova,
+        src_iova,
+    };
+    ioc(ctx, IOMMU_IOAS_COPY, &mut c)
+}
+
+struct Buf {
+    v: Vec<u8>,
+}
+
+impl Buf {
+    fn new(pages: usize) -> Buf {
+        Buf {
+            v: vec![1u8; (pages + 1) * 4096],
+        }
+    }
+    fn addr(&self) -> u64 {
+        (self.v.as_ptr() as u64).div_ceil(4096) * 4096
+    }
+}
+
+/// Process-wide pin accounting is only meaningful while no other test of
+/// this binary pins (under `cargo test` they share the process): every test
+/// here holds this lock.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn check(ctx: &Arc<Context>) {
+    ctx.check_invariants().unwrap();
+    check_accounting().unwrap();
+}
+
+#[test]
+fn one_page_two_ioas_two_domains_is_pinned_once() {
+    let _serial = serial();
+    let buf = Buf::new(1);
+    let page = buf.addr();
+    // every order of the 6 teardown steps (720) must end with no pin
+    let mut orders: Vec<Vec<usize>> = vec![vec![]];
+    for _ in 0..6 {
+        let mut next = Vec::new();
+        for o in &orders {
+            for i in (0..6).filter(|i| !o.contains(i)) {
+                let mut n = o.clone();
+                n.push(i);
+                next.push(n);
+            }
+        }
+        orders = next;
+    }
+    assert_eq!(orders.len(), 720);
+    for order in orders {
+        let ctx = Context::new();
+        let a = ioas_alloc(&ctx);
+        let b = ioas_alloc(&ctx);
+        let (sa1, _, _) = mock_domain(&ctx, a).unwrap();
+        let (sa2, _, _) = mock_domain(&ctx, a).unwrap();
+        let (sb1, _, _) = mock_domain(&ctx, b).unwrap();
+        let (sb2, _, _) = mock_domain(&ctx, b).unwrap();
+        map_fixed(&ctx, a, page, 4096, MOCK_APERTURE_START).unwrap();
+        copy(
+            &ctx,
+            a,
+            MOCK_APERTURE_START,
+            b,
+            MOCK_APERTURE_START + 0x10000,
+            4096,
+        )
+        .unwrap();
+        assert_eq!(
+            Pages::pins_of_user_page(page),
+            1,
+            "one pages object, pinned once"
+        );
+        check(&ctx);
+        // teardown steps: 4 devices, then unmap a, unmap b
+        let steps: Vec<Box<dyn Fn()>> = vec![
+            Box::new(|| assert_eq!(destroy(&ctx, sa1), Ok(0))),
+            Box::new(|| assert_eq!(destroy(&ctx, sa2), Ok(0))),
+            Box::new(|| assert_eq!(destroy(&ctx, sb1), Ok(0))),
+            Box::new(|| assert_eq!(destroy(&ctx, sb2), Ok(0))),
+            Box::new(|| {
+                let mut u = IommuIoasUnmap {
+                    size: 24,
+                    ioas_id: a,
+                    iova: 0,
+                    length: u64::MAX,
+                };
+                ioc(&ctx, IOMMU_IOAS_UNMAP, &mut u).unwrap();
+            }),
+            Box::new(|| {
+                let mut u = IommuIoasUnmap {
+                    size: 24,
+                    ioas_id: b,
+                    iova: 0,
+                    length: u64::MAX,
+                };
+                ioc(&ctx, IOMMU_IOAS_UNMAP, &mut u).unwrap();
+            }),
+        ];
+        for &i in &order {
+            steps[i]();
+            check(&ctx);
+        }
+        assert_eq!(
+            Pages::pins_of_user_page(page),
+            0,
+            "order {order:?} leaked a pin"
+        );
+        drop(steps);
+        assert_eq!(destroy(&ctx, a), Ok(0));
+        assert_eq!(destroy(&ctx, b), Ok(0));
+        assert!(ctx.is_empty());
+    }
+}
+
+#[test]
+fn object_references_give_ebusy() {
+    let _serial = serial();
+    let ctx = Context::new();
+    let a = ioas_alloc(&ctx);
+    let (stdev, hwpt, idev) = mock_domain(&ctx, a).unwrap();
+    assert_eq!((stdev, idev, hwpt), (2, 3, 4), "the kernel's ID order");
+    assert_eq!(
+        destroy(&ctx, a),
+        Err(libc::EBUSY),
+        "the HWPT holds the IOAS"
+    );
+    assert_eq!(
+        destroy(&ctx, hwpt),
+        Err(libc::EBUSY),
+        "the device holds the HWPT"
+    );
+    assert_eq!(
+        destroy(&ctx, idev),
+        Err(libc::EBUSY),
+        "the driver holds the device"
+    );
+    check(&ctx);
+    assert_eq!(destroy(&ctx, stdev), Ok(0));
+    // the auto domain went with its last device, and the device with its driver
+    assert_eq!(destroy(&ctx, hwpt), Err(libc::ENOENT));
+    assert_eq!(destroy(&ctx, idev), Err(libc::ENOENT));
+    assert_eq!(destroy(&ctx, a), Ok(0));
+    assert!(ctx.is_empty());
+}
+
+#[test]
+fn close_with_everything_attached_leaves_nothing() {
+    let _serial = serial();
+    let buf = Buf::new(4);
+    {
+        let ctx = Context::new();
+        let a = ioas_alloc(&ctx);
+        mock_domain(&ctx, a).unwrap();
+        mock_domain(&ctx, a).unwrap();
+        map_fixed(&ctx, a, buf.addr(), 4 * 4096, MOCK_APERTURE_START).unwrap();
+        assert_eq!(Pages::pins_of_user_page(buf.addr()), 1);
+        check(&ctx);
+    }
+    assert_eq!(Pages::pins_of_user_page(buf.addr()), 0);
+    check_accounting().unwrap();
+}
+
+#[test]
+fn mock_domain_on_missing_or_wrong_object() {
+    let _serial = serial();
+    let ctx = Context::new();
+    assert_eq!(mock_domain(&ctx, 0), Err(libc::ENOENT));
+    assert!(
+        ctx.is_empty(),
+        "a failed MOCK_DOMAIN leaves no object behind"
+    );
+}
+
+#[test]
+fn concurrent_map_unmap_with_two_domains() {
+    let _serial = serial();
+    let ctx = Context::new();
+    let a = ioas_alloc(&ctx);
+    mock_domain(&ctx, a).unwrap();
+    mock_domain(&ctx, a).unwrap();
+    let buf = Buf::new(64);
+    let base = buf.addr();
+    std::thread::scope(|s| {
+        for t in 0..4u64 {
+            let ctx = ctx.clone();
+            s.spawn(move || {
+                for r in 0..200u64 {
+                    let iova = MOCK_APERTURE_START + (t << 22) + (r % 4) * 0x10000;
+                    let len = 4096 * (1 + r % 4);
+                    map_fixed(&ctx, a, base + (r % 32) * 4096, len, iova).unwrap();
+                    let mut u = IommuIoasUnmap {
+                        size: 24,
+                        ioas_id: a,
+                        iova,
+                        length: len,
+                    };
+                    ioc(&ctx, IOMMU_IOAS_UNMAP, &mut u).unwrap();
+                }
+                // leave one mapping per thread for the final comparison
+                map_fixed(
+                    &ctx,
+                    a,
+                    base + t * 4096,
+                    4096,
+                    MOCK_APERTURE_START + (t << 22),
+                )
+                .unwrap();
+            });
+        }
+    });
+    // both domains are identical to the IOAS
+    check(&ctx);
+    let mut u = IommuIoasUnmap {
+        size: 24,
+        ioas_id: a,
+        iova: 0,
+        length: u64::MAX,
+    };
+    ioc(&ctx, IOMMU_IOAS_UNMAP, &mut u).unwrap();
+    assert_eq!(u.length, 4 * 4096);
+    check(&ctx);
+}
