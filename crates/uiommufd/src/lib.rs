@@ -36,6 +36,7 @@ pub mod context;
 pub mod device;
 pub mod domain;
 mod error;
+pub mod fault;
 pub mod files;
 pub mod hwpt;
 pub mod io_pagetable;

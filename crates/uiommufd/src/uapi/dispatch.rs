@@ -98,7 +98,7 @@ macro_rules! op {
 
 /// The iommufd command table, indexed by `nr - IOMMUFD_CMD_BASE`.
 fn lookup(nr: u32) -> Option<&'static Op> {
-    use crate::{hwpt, ioas::ioctl as ioas, mock, vfio_compat};
+    use crate::{fault, hwpt, ioas::ioctl as ioas, mock, vfio_compat};
     static OPS: [Op; 16] = [
         op!(IOMMU_DESTROY, destroy, IommuDestroy, id: u32),
         op!(IOMMU_IOAS_ALLOC, ioas::alloc, IommuIoasAlloc, out_ioas_id: u32),
@@ -111,10 +111,10 @@ fn lookup(nr: u32) -> Option<&'static Op> {
         op!(IOMMU_VFIO_IOAS, vfio_compat::vfio_ioas, IommuVfioIoas, __reserved: u16),
         op!(IOMMU_HWPT_ALLOC, hwpt::alloc, IommuHwptAlloc, __reserved: u32),
         op!(IOMMU_GET_HW_INFO, hwpt::get_hw_info, IommuHwInfo, __reserved: [u8; 3]),
-        op!(IOMMU_HWPT_SET_DIRTY_TRACKING, hwpt::set_dirty_tracking, IommuHwptSetDirtyTracking, __reserved: u32),
-        op!(IOMMU_HWPT_GET_DIRTY_BITMAP, hwpt::get_dirty_bitmap, IommuHwptGetDirtyBitmap, data: u64),
-        op!(IOMMU_HWPT_INVALIDATE, hwpt::invalidate, IommuHwptInvalidate, __reserved: u32),
-        op!(IOMMU_FAULT_QUEUE_ALLOC, hwpt::fault_queue_alloc, IommuFaultAlloc, out_fault_fd: u32),
+        op!(IOMMU_HWPT_SET_DIRTY_TRACKING, hwpt::dirty::set_dirty_tracking, IommuHwptSetDirtyTracking, __reserved: u32),
+        op!(IOMMU_HWPT_GET_DIRTY_BITMAP, hwpt::dirty::get_dirty_bitmap, IommuHwptGetDirtyBitmap, data: u64),
+        op!(IOMMU_HWPT_INVALIDATE, hwpt::nested::invalidate, IommuHwptInvalidate, __reserved: u32),
+        op!(IOMMU_FAULT_QUEUE_ALLOC, fault::fault_queue_alloc, IommuFaultAlloc, out_fault_fd: u32),
         op!(IOMMU_TEST_CMD, mock::test_cmd, IommuTestCmd, last: u32),
     ];
     OPS.iter().find(|op| op.num & 0xff == nr)

@@ -15,6 +15,9 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+pub(crate) mod dirty;
+pub(crate) mod nested;
+
 use crate::context::{ObjId, Object};
 use crate::device::get_device;
 use crate::domain::Domain;
@@ -227,41 +230,7 @@ pub(crate) fn get_hw_info(u: &Ucmd) -> Result<i32> {
     Ok(0)
 }
 
-/// `IOMMU_HWPT_SET_DIRTY_TRACKING`
-pub(crate) fn set_dirty_tracking(u: &Ucmd) -> Result<i32> {
-    let cmd: IommuHwptSetDirtyTracking = u.cmd();
-    if cmd.flags & !IOMMU_HWPT_DIRTY_TRACKING_ENABLE != 0 {
-        bail!(
-            EOPNOTSUPP,
-            "HWPT_SET_DIRTY_TRACKING: unknown flags {:#x}",
-            cmd.flags
-        );
-    }
-    get_hwpt_paging(u, cmd.hwpt_id)?;
-    bail!(
-        EOPNOTSUPP,
-        "HWPT_SET_DIRTY_TRACKING: dirty tracking is not implemented yet"
-    )
-}
-
-/// `IOMMU_HWPT_GET_DIRTY_BITMAP`
-pub(crate) fn get_dirty_bitmap(u: &Ucmd) -> Result<i32> {
-    let cmd: IommuHwptGetDirtyBitmap = u.cmd();
-    if cmd.flags & !IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR != 0 || cmd.__reserved != 0 {
-        bail!(
-            EOPNOTSUPP,
-            "HWPT_GET_DIRTY_BITMAP: unknown flags {:#x} or non-zero __reserved",
-            cmd.flags
-        );
-    }
-    get_hwpt_paging(u, cmd.hwpt_id)?;
-    bail!(
-        EOPNOTSUPP,
-        "HWPT_GET_DIRTY_BITMAP: dirty tracking is not implemented yet"
-    )
-}
-
-fn get_hwpt_paging(u: &Ucmd, id: ObjId) -> Result<Arc<HwptPaging>> {
+pub(crate) fn get_hwpt_paging(u: &Ucmd, id: ObjId) -> Result<Arc<HwptPaging>> {
     match u.ctx.get(id)? {
         Object::HwptPaging(h) => Ok(h),
         o => Err(err!(
@@ -270,52 +239,4 @@ fn get_hwpt_paging(u: &Ucmd, id: ObjId) -> Result<Arc<HwptPaging>> {
             o.kind()
         )),
     }
-}
-
-/// Most entries one `IOMMU_HWPT_INVALIDATE` may carry.
-const INVALIDATE_ENTRY_NUM_MAX: u32 = 1 << 19;
-
-/// `IOMMU_HWPT_INVALIDATE`: on failure the reply still reports `entry_num`
-/// (how many entries were handled: none here).
-pub(crate) fn invalidate(u: &Ucmd) -> Result<i32> {
-    let mut cmd: IommuHwptInvalidate = u.cmd();
-    let page = crate::user::page_size();
-    let rc = if cmd.__reserved != 0 {
-        Err(err!(EOPNOTSUPP, "HWPT_INVALIDATE: __reserved must be zero"))
-    } else if cmd.entry_num != 0
-        && (cmd.data_uptr == 0
-            || cmd.entry_len == 0
-            || cmd.entry_len as u64 > page
-            || cmd.entry_num > INVALIDATE_ENTRY_NUM_MAX)
-    {
-        Err(err!(
-            EINVAL,
-            "HWPT_INVALIDATE: bad data_uptr, entry_len or entry_num"
-        ))
-    } else {
-        match u.ctx.get(cmd.hwpt_id) {
-            Err(e) => Err(e),
-            Ok(o) => Err(err!(
-                ENOENT,
-                "object {} is a {}, not a nested HWPT",
-                cmd.hwpt_id,
-                o.kind()
-            )),
-        }
-    };
-    cmd.entry_num = 0;
-    u.respond(&cmd)?;
-    rc
-}
-
-/// `IOMMU_FAULT_QUEUE_ALLOC`: fault queues arrive with the I/O page fault issue.
-pub(crate) fn fault_queue_alloc(u: &Ucmd) -> Result<i32> {
-    let cmd: IommuFaultAlloc = u.cmd();
-    if cmd.flags != 0 {
-        bail!(EOPNOTSUPP, "FAULT_QUEUE_ALLOC: flags must be zero");
-    }
-    bail!(
-        EOPNOTSUPP,
-        "FAULT_QUEUE_ALLOC: fault queues are not implemented yet"
-    )
 }
