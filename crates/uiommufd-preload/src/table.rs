@@ -4,7 +4,7 @@
 //!
 //! The authoritative map is a `RwLock<BTreeMap<fd, Entry>>` (const-initialised,
 //! so usable before any Rust runtime setup). In front of it sits a lock-free
-//! *hint*: one bit per fd for fds below [`FAST_FDS`], and a counter of
+//! *hint*: one bit per fd for fds below [`uiommufd::files::FdHints::FAST_FDS`], and a counter of
 //! registered fds at or above it. Every hook first reads the hint with one
 //! atomic load; when the bit is clear (the case for every fd the program did
 //! not get from us) it forwards to libc without touching the lock. Bits are
@@ -25,17 +25,13 @@
 
 use std::collections::BTreeMap;
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use uiommufd::Context;
 
-/// Fds below this number have a hint bit; above it, a shared counter.
-pub(crate) const FAST_FDS: usize = 65536;
-
-static BITS: [AtomicU64; FAST_FDS / 64] = [const { AtomicU64::new(0) }; FAST_FDS / 64];
-static HIGH: AtomicUsize = AtomicUsize::new(0);
-static TOTAL: AtomicUsize = AtomicUsize::new(0);
+/// Which fds may be ours (the engine's lock-free hint; see its docs).
+static HINTS: uiommufd::files::FdHints = uiommufd::files::FdHints::new();
 static SERIAL: AtomicU64 = AtomicU64::new(1);
 static MAP: RwLock<BTreeMap<c_int, Entry>> = RwLock::new(BTreeMap::new());
 
@@ -88,44 +84,19 @@ fn write() -> RwLockWriteGuard<'static, BTreeMap<c_int, Entry>> {
 }
 
 fn set_hint(fd: c_int, on: bool, was_present: bool) {
-    if on && !was_present {
-        TOTAL.fetch_add(1, Ordering::Release);
-    } else if !on && was_present {
-        TOTAL.fetch_sub(1, Ordering::Release);
-    }
-    let u = fd as usize;
-    if u < FAST_FDS {
-        let bit = 1u64 << (u % 64);
-        if on {
-            BITS[u / 64].fetch_or(bit, Ordering::Release);
-        } else {
-            BITS[u / 64].fetch_and(!bit, Ordering::Release);
-        }
-    } else if on && !was_present {
-        HIGH.fetch_add(1, Ordering::Release);
-    } else if !on && was_present {
-        HIGH.fetch_sub(1, Ordering::Release);
-    }
+    HINTS.set(fd, on, was_present);
 }
 
 /// Lock-free: whether `fd` may be registered. `false` is definitive.
 #[inline]
 pub(crate) fn maybe_registered(fd: c_int) -> bool {
-    if fd < 0 {
-        return false;
-    }
-    let u = fd as usize;
-    if u < FAST_FDS {
-        BITS[u / 64].load(Ordering::Acquire) & (1u64 << (u % 64)) != 0
-    } else {
-        HIGH.load(Ordering::Acquire) != 0
-    }
+    HINTS.maybe(fd)
 }
 
 /// Lock-free: whether any fd at all is registered. `false` is definitive.
 #[inline]
 pub(crate) fn any_registered() -> bool {
-    TOTAL.load(Ordering::Acquire) != 0
+    HINTS.any()
 }
 
 /// The registration serial of `fd`, if registered.

@@ -161,44 +161,99 @@ struct Slot {
     ino: u64,
 }
 
-/// Fds below this number have a hint bit; above it, a shared counter.
-const FAST_FDS: usize = 65536;
+/// A lock-free "may this fd be one of ours?" hint: one bit per fd below
+/// [`FdHints::FAST_FDS`] and a counter for the fds above. `false` from
+/// [`FdHints::maybe`] is definitive, `true` sends the caller to the locked
+/// map. Shared by this registry and the preload's table of emulated device
+/// fds, so that the path for every other fd costs one atomic load.
+#[derive(Debug)]
+pub struct FdHints {
+    bits: [AtomicU64; FdHints::FAST_FDS / 64],
+    high: AtomicUsize,
+    total: AtomicUsize,
+}
 
-static BITS: [AtomicU64; FAST_FDS / 64] = [const { AtomicU64::new(0) }; FAST_FDS / 64];
-static HIGH: AtomicUsize = AtomicUsize::new(0);
+impl Default for FdHints {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl FdHints {
+    /// Fds below this number have a bit of their own.
+    pub const FAST_FDS: usize = 65536;
+
+    /// No fd marked.
+    pub const fn new() -> Self {
+        FdHints {
+            bits: [const { AtomicU64::new(0) }; FdHints::FAST_FDS / 64],
+            high: AtomicUsize::new(0),
+            total: AtomicUsize::new(0),
+        }
+    }
+
+    /// Record that `fd` is now (`on`) or no longer one of ours; `was_present`
+    /// says whether it was before (the caller's map knows). Call with the
+    /// map's write lock held.
+    pub fn set(&self, fd: i32, on: bool, was_present: bool) {
+        if fd < 0 {
+            return;
+        }
+        if on && !was_present {
+            self.total.fetch_add(1, Ordering::Release);
+        } else if !on && was_present {
+            self.total.fetch_sub(1, Ordering::Release);
+        }
+        let u = fd as usize;
+        if u < Self::FAST_FDS {
+            let bit = 1u64 << (u % 64);
+            if on {
+                self.bits[u / 64].fetch_or(bit, Ordering::Release);
+            } else {
+                self.bits[u / 64].fetch_and(!bit, Ordering::Release);
+            }
+        } else if on && !was_present {
+            self.high.fetch_add(1, Ordering::Release);
+        } else if !on && was_present {
+            self.high.fetch_sub(1, Ordering::Release);
+        }
+    }
+
+    /// Whether `fd` may be ours (one atomic load).
+    #[inline]
+    pub fn maybe(&self, fd: i32) -> bool {
+        if fd < 0 {
+            return false;
+        }
+        let u = fd as usize;
+        if u < Self::FAST_FDS {
+            self.bits[u / 64].load(Ordering::Acquire) & (1u64 << (u % 64)) != 0
+        } else {
+            self.high.load(Ordering::Acquire) != 0
+        }
+    }
+
+    /// Whether any fd is marked.
+    #[inline]
+    pub fn any(&self) -> bool {
+        self.total.load(Ordering::Acquire) != 0
+    }
+}
+
+static HINTS: FdHints = FdHints::new();
 static MAP: RwLock<BTreeMap<i32, Slot>> = RwLock::new(BTreeMap::new());
 
 /// Update the hint for `fd` after the map changed (caller holds the write
 /// lock).
 fn set_hint(fd: i32, on: bool, was_present: bool) {
-    let u = fd as usize;
-    if u < FAST_FDS {
-        let bit = 1u64 << (u % 64);
-        if on {
-            BITS[u / 64].fetch_or(bit, Ordering::Release);
-        } else {
-            BITS[u / 64].fetch_and(!bit, Ordering::Release);
-        }
-    } else if on && !was_present {
-        HIGH.fetch_add(1, Ordering::Release);
-    } else if !on && was_present {
-        HIGH.fetch_sub(1, Ordering::Release);
-    }
+    HINTS.set(fd, on, was_present);
 }
 
 /// Lock-free (one atomic load): whether `fd` may be an engine fd. `false` is
 /// definitive; `true` may be a stale entry ([`get`] tells for sure).
 #[inline]
 pub fn is_engine_fd(fd: i32) -> bool {
-    if fd < 0 {
-        return false;
-    }
-    let u = fd as usize;
-    if u < FAST_FDS {
-        BITS[u / 64].load(Ordering::Acquire) & (1u64 << (u % 64)) != 0
-    } else {
-        HIGH.load(Ordering::Acquire) != 0
-    }
+    HINTS.maybe(fd)
 }
 
 fn insert(fd: i32, slot: Slot) -> Option<Slot> {
