@@ -177,6 +177,18 @@ fn open_node(node: &DevNode, flags: c_int) -> c_int {
     }
     let obj = match node.kind {
         NodeKind::Iommu => FdObject::Iommu(uiommufd::Context::new()),
+        // A VFIO container is an iommufd context with its compat IOAS made.
+        NodeKind::VfioContainer => match uiommufd::Context::new_vfio_container() {
+            Ok(ctx) => FdObject::Iommu(ctx),
+            Err(e) => {
+                tracing::debug!(path = node.path, "cannot create the VFIO container: {e}");
+                if let Some(close) = real::close() {
+                    // SAFETY: closing the memfd we just created.
+                    unsafe { close(fd) };
+                }
+                return fail(e.errno().0);
+            }
+        },
     };
     let stale = table::register(fd, Entry::new(obj, st.st_dev, st.st_ino));
     tracing::debug!(

@@ -4,7 +4,7 @@
 //! one row plus one [`NodeKind`] variant (and its open function in `lib.rs`).
 //!
 //! Matching is cheap for ordinary paths: only when the final component of the
-//! path equals the final component of some node (`iommu`) is the path made
+//! path equals the final component of some node (`iommu`, `vfio`) is the path made
 //! absolute (relative paths are resolved against the cwd, or for `openat`
 //! against `/proc/self/fd/<dirfd>`) and lexically normalised (`//`, `.`,
 //! `..`). Symlinks are not followed: `/dev/iommu` is matched by name only.
@@ -16,6 +16,9 @@ use std::ffi::{c_int, CStr};
 pub(crate) enum NodeKind {
     /// `/dev/iommu`: a fresh iommufd context per open.
     Iommu,
+    /// `/dev/vfio/vfio`: a VFIO type1 container, i.e. a fresh iommufd
+    /// context with its compat IOAS (the kernel's IOMMUFD_VFIO_CONTAINER).
+    VfioContainer,
 }
 
 /// One emulated device node.
@@ -30,11 +33,18 @@ pub(crate) struct DevNode {
 }
 
 /// Every path the shim serves.
-pub(crate) static DEV_NODES: &[DevNode] = &[DevNode {
-    path: "/dev/iommu",
-    memfd_name: c"uiommufd:/dev/iommu",
-    kind: NodeKind::Iommu,
-}];
+pub(crate) static DEV_NODES: &[DevNode] = &[
+    DevNode {
+        path: "/dev/iommu",
+        memfd_name: c"uiommufd:/dev/iommu",
+        kind: NodeKind::Iommu,
+    },
+    DevNode {
+        path: "/dev/vfio/vfio",
+        memfd_name: c"uiommufd:/dev/vfio/vfio",
+        kind: NodeKind::VfioContainer,
+    },
+];
 
 fn last_component(path: &[u8]) -> &[u8] {
     match path.iter().rposition(|&b| b == b'/') {
@@ -142,5 +152,10 @@ mod tests {
         assert_eq!(m(c"/tmp/iommu"), None);
         assert_eq!(m(c"/etc/passwd"), None);
         assert_eq!(m(c""), None);
+        assert_eq!(m(c"/dev/vfio/vfio"), Some(NodeKind::VfioContainer));
+        assert_eq!(m(c"/dev/vfio/../vfio/vfio"), Some(NodeKind::VfioContainer));
+        assert_eq!(m(c"/dev/vfio"), None);
+        assert_eq!(m(c"/dev/vfio/12"), None);
+        assert_eq!(m(c"/tmp/vfio"), None);
     }
 }

@@ -81,7 +81,9 @@ fn cap_policy() -> &'static CapPolicy {
 }
 
 /// Whether the caller has capability `cap`: the thread's effective set,
-/// widened by `UIOMMUFD_CAPS` (see [`CapPolicy`]).
+/// widened by `UIOMMUFD_CAPS`: `host` (the default: the real set), `all` (a fully
+/// privileged caller, as the kernel selftest expects) or a list such as
+/// `sys_resource,ipc_lock` granted on top of the real set.
 pub fn capable(cap: u32) -> bool {
     match cap_policy() {
         CapPolicy::All => true,

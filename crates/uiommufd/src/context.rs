@@ -19,7 +19,7 @@
 //! released.
 
 use std::collections::{BTreeSet, HashMap};
-use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -27,6 +27,8 @@ use parking_lot::Mutex;
 use crate::access::Access;
 use crate::accounting::AccountMode;
 use crate::device::Device;
+use crate::fault::Fault;
+use crate::hwpt::nested::HwptNested;
 use crate::hwpt::HwptPaging;
 use crate::ioas::Ioas;
 use crate::mock::MockStdev;
@@ -45,6 +47,10 @@ pub enum Object {
     Device(Arc<Device>),
     /// A paging HW page table.
     HwptPaging(Arc<HwptPaging>),
+    /// A nested (user-managed) HW page table on a paging parent.
+    HwptNested(Arc<HwptNested>),
+    /// An I/O page fault queue.
+    Fault(Arc<Fault>),
     /// An access (kernel-internal API toward emulated devices).
     Access(Arc<Access>),
     /// The selftest's mock device object (`IOMMUFD_OBJ_SELFTEST`).
@@ -58,6 +64,8 @@ impl Object {
             Object::Ioas(_) => "IOAS",
             Object::Device(_) => "device",
             Object::HwptPaging(_) => "paging HWPT",
+            Object::HwptNested(_) => "nested HWPT",
+            Object::Fault(_) => "fault queue",
             Object::Access(_) => "access",
             Object::Selftest(_) => "selftest device",
         }
@@ -69,6 +77,8 @@ impl Object {
             Object::Ioas(a) => Arc::strong_count(a) - 1,
             Object::Device(a) => Arc::strong_count(a) - 1,
             Object::HwptPaging(a) => Arc::strong_count(a) - 1,
+            Object::HwptNested(a) => Arc::strong_count(a) - 1,
+            Object::Fault(a) => Arc::strong_count(a) - 1,
             Object::Access(a) => Arc::strong_count(a) - 1,
             Object::Selftest(a) => Arc::strong_count(a) - 1,
         }
@@ -137,6 +147,9 @@ impl Table {
 pub struct Context {
     objects: Mutex<Table>,
     account_mode: AtomicU8,
+    /// Opened as `/dev/vfio/vfio` (see [`Context::new_vfio_container`]):
+    /// the VFIO type1 dirty-tracking extension is served on it.
+    vfio_container: AtomicBool,
     mem: Arc<dyn UserMemory>,
 }
 
@@ -186,6 +199,7 @@ impl Context {
         Arc::new(Context {
             objects: Mutex::new(Table::default()),
             account_mode: AtomicU8::new(0),
+            vfio_container: AtomicBool::new(false),
             mem,
         })
     }
@@ -297,6 +311,16 @@ impl Context {
         self.objects.lock().compat_ioas = id;
     }
 
+    /// Whether this context is a VFIO container (`/dev/vfio/vfio`).
+    pub fn is_vfio_container(&self) -> bool {
+        self.vfio_container.load(Ordering::Acquire)
+    }
+
+    /// Mark the context as a VFIO container (done once, at open).
+    pub(crate) fn set_vfio_container(&self) {
+        self.vfio_container.store(true, Ordering::Release);
+    }
+
     /// Number of live objects.
     pub fn object_count(&self) -> usize {
         self.objects
@@ -329,9 +353,15 @@ impl Context {
 
     /// `IOMMU_OPTION_RLIMIT_MODE`: the accounting mode new pages objects use.
     pub fn account_mode(&self) -> AccountMode {
-        match self.account_mode.load(Ordering::Acquire) {
-            1 => AccountMode::Mm,
-            _ => crate::accounting::default_mode(),
+        // CAP_IPC_LOCK means no accounting in either mode (the kernel only
+        // moves pages from user to mm accounting, never from none)
+        match (
+            crate::accounting::default_mode(),
+            self.account_mode.load(Ordering::Acquire),
+        ) {
+            (AccountMode::None, _) => AccountMode::None,
+            (_, 1) => AccountMode::Mm,
+            (m, _) => m,
         }
     }
 
@@ -369,16 +399,29 @@ impl Context {
                         return Err(format!("HWPT {id} believes its ID is {:?}", h.id()));
                     }
                 }
+                Object::HwptNested(h) => {
+                    if h.id() != Some(id) {
+                        return Err(format!("nested HWPT {id} believes its ID is {:?}", h.id()));
+                    }
+                    if !h.parent().nest_parent() || h.parent().auto_domain() {
+                        return Err(format!(
+                            "nested HWPT {id} has a parent that is not a manual nest parent"
+                        ));
+                    }
+                }
                 Object::Device(d) => {
                     if let Some(h) = d.attached_hwpt() {
-                        if !matches!(self.get(h), Ok(Object::HwptPaging(_))) {
+                        if !matches!(
+                            self.get(h),
+                            Ok(Object::HwptPaging(_) | Object::HwptNested(_))
+                        ) {
                             return Err(format!(
                                 "device {id} is attached to {h}, which is not a live HWPT"
                             ));
                         }
                     }
                 }
-                Object::Access(_) | Object::Selftest(_) => {}
+                Object::Access(_) | Object::Selftest(_) | Object::Fault(_) => {}
             }
         }
         Ok(())

@@ -12,18 +12,60 @@
 //! device holds an `Arc` of it, so the device ID cannot be destroyed by
 //! `IOMMU_DESTROY` (`EBUSY`) — the driver unbinds it.
 //!
+//! A device attaches to a paging HWPT or to a nested HWPT; in the latter
+//! case its DMA goes through the nested HWPT's parent (the stage-2 mapping
+//! of the IOAS: [`Device::hwpt`]), and, when the nested HWPT has a fault
+//! queue, its page requests ([`Device::report_fault`]) are delivered there.
+//! Each attachment has its own handle: when the device leaves a
+//! fault-capable HWPT, the faults raised through that attachment are
+//! answered `INVALID` (see [`crate::fault`]).
+//!
 //! Lock order: `Ioas::hwpts` (auto-domain search) → `Device::attached` →
-//! the IOAS's IO page table locks.
+//! the IOAS's IO page table locks; `Device::attached` → `Fault::state`.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
 use crate::context::{Context, ObjId, Object};
 use crate::domain::Domain;
+use crate::fault::{resp, Fault, FaultGroup, PageFault};
+use crate::hwpt::nested::{HwptNested, NestedDomain, UserData};
 use crate::hwpt::HwptPaging;
 use crate::ioas::Ioas;
+use crate::uapi::{IOMMU_PGFAULT_FLAGS_LAST_PAGE, IOMMU_PGFAULT_FLAGS_PASID_VALID};
 use crate::{bail, err, Result};
+
+/// What a driver with user-managed (nested) domains and I/O page faults
+/// offers (the kernel's `domain_alloc_user` with a parent,
+/// `cache_invalidate_user`, `IOMMU_DEV_FEAT_IOPF`).
+pub trait NestingOps {
+    /// Whether `domain` is one of this driver's (`domain->owner == ops`).
+    fn owns_domain(&self, domain: &dyn Domain) -> bool;
+    /// A nested domain on `parent` from the user's driver data. `flags` are
+    /// the `IOMMU_HWPT_ALLOC_*` flags left once the core took its own.
+    fn alloc_nested_domain(
+        &self,
+        parent: &dyn Domain,
+        flags: u32,
+        data: &UserData<'_>,
+    ) -> Result<Arc<dyn NestedDomain>>;
+    /// Whether this device can be attached to `domain` (`EINVAL` if not).
+    fn check_attach_nested(&self, domain: &dyn NestedDomain) -> Result<()>;
+    /// Turn on I/O page faults for the device (attach to a fault-capable
+    /// HWPT). Default: the device cannot (`ENODEV`).
+    fn enable_iopf(&self) -> Result<()> {
+        bail!(ENODEV, "the device cannot report I/O page faults")
+    }
+    /// Turn them off again.
+    fn disable_iopf(&self) {}
+    /// Whether the PASID table is user-managed (inside the nested domain),
+    /// so that faults of any PASID go to the RID's nested domain.
+    fn user_pasid_table(&self) -> bool {
+        false
+    }
+}
 
 /// What the IOMMU driver behind a device can do (the kernel's `iommu_ops`
 /// as seen from one device).
@@ -47,6 +89,65 @@ pub trait DeviceDriver: Send + Sync + std::fmt::Debug {
     /// Whether this device can be attached to `domain` (`EINVAL` if not:
     /// incompatible, so an auto-domain search moves on).
     fn check_attach(&self, domain: &dyn Domain) -> Result<()>;
+    /// Nested domains and I/O page faults, when the driver has them.
+    fn nesting(&self) -> Option<&dyn NestingOps> {
+        None
+    }
+}
+
+/// A HWPT a device can be attached to.
+#[derive(Debug, Clone)]
+pub enum HwptRef {
+    /// A paging HWPT.
+    Paging(Arc<HwptPaging>),
+    /// A nested HWPT.
+    Nested(Arc<HwptNested>),
+}
+
+impl HwptRef {
+    /// The paging HWPT DMA goes through (a nested HWPT's parent; the
+    /// kernel's `find_hwpt_paging`).
+    pub fn paging(&self) -> &Arc<HwptPaging> {
+        match self {
+            HwptRef::Paging(h) => h,
+            HwptRef::Nested(n) => n.parent(),
+        }
+    }
+    /// The fault queue of the HWPT, if any.
+    pub fn fault(&self) -> Option<&Arc<Fault>> {
+        match self {
+            HwptRef::Paging(_) => None,
+            HwptRef::Nested(n) => n.fault(),
+        }
+    }
+    fn ptr_eq(&self, other: &HwptRef) -> bool {
+        match (self, other) {
+            (HwptRef::Paging(a), HwptRef::Paging(b)) => Arc::ptr_eq(a, b),
+            (HwptRef::Nested(a), HwptRef::Nested(b)) => Arc::ptr_eq(a, b),
+            _ => false,
+        }
+    }
+    fn auto_domain(&self) -> bool {
+        matches!(self, HwptRef::Paging(h) if h.auto_domain())
+    }
+    fn add_device(&self, dev: ObjId) {
+        match self {
+            HwptRef::Paging(h) => h.add_device(dev),
+            HwptRef::Nested(n) => n.add_device(dev),
+        }
+    }
+    fn remove_device(&self, dev: ObjId) {
+        match self {
+            HwptRef::Paging(h) => h.remove_device(dev),
+            HwptRef::Nested(n) => n.remove_device(dev),
+        }
+    }
+}
+
+/// A fresh attachment handle (the kernel's `iommufd_attach_handle`).
+fn next_handle() -> u64 {
+    static NEXT: AtomicU64 = AtomicU64::new(1);
+    NEXT.fetch_add(1, Ordering::Relaxed)
 }
 
 /// A device bound to a context.
@@ -55,13 +156,16 @@ pub struct Device {
     id: ObjId,
     driver: Arc<dyn DeviceDriver>,
     attached: Mutex<Option<Attachment>>,
+    /// Page requests waiting for the last one of their group.
+    partial: Mutex<Vec<PageFault>>,
 }
 
-/// The HWPT a device is attached to, and its ID.
+/// The HWPT a device is attached to, its ID, and the attachment's handle.
 #[derive(Debug, Clone)]
 struct Attachment {
-    hwpt: Arc<HwptPaging>,
+    hwpt: HwptRef,
     hwpt_id: ObjId,
+    handle: u64,
 }
 
 impl Device {
@@ -74,6 +178,7 @@ impl Device {
             id: r.id(),
             driver,
             attached: Mutex::new(None),
+            partial: Mutex::new(Vec::new()),
         });
         r.finalize(Object::Device(dev.clone()));
         Ok(dev)
@@ -94,9 +199,70 @@ impl Device {
         self.attached.lock().as_ref().map(|a| a.hwpt_id)
     }
 
-    /// The paging HWPT the device is attached to, if any.
+    /// The paging HWPT the device's DMA goes through, if attached: the HWPT
+    /// itself, or the parent of a nested one.
     pub fn hwpt(&self) -> Option<Arc<HwptPaging>> {
+        self.attached
+            .lock()
+            .as_ref()
+            .map(|a| a.hwpt.paging().clone())
+    }
+
+    /// The HWPT the device is attached to, paging or nested.
+    pub fn attached(&self) -> Option<HwptRef> {
         self.attached.lock().as_ref().map(|a| a.hwpt.clone())
+    }
+
+    /// Raise a page request (`iommu_report_device_fault`). It goes to the
+    /// fault queue of the HWPT the device is attached to (with `PASID_VALID`
+    /// only when that is a nested HWPT and the driver's PASID table is
+    /// user-managed). Without such a queue the request is answered
+    /// `INVALID` at once. A request without `LAST_PAGE` waits for the last
+    /// one of its group (`None`); the last one returns the group, whose
+    /// response [`FaultGroup::wait`] waits for.
+    pub fn report_fault(&self, f: PageFault) -> Option<Arc<FaultGroup>> {
+        let (group, queue) = {
+            let cur = self.attached.lock();
+            let target = cur
+                .as_ref()
+                .filter(|a| {
+                    f.flags & IOMMU_PGFAULT_FLAGS_PASID_VALID == 0
+                        || (matches!(a.hwpt, HwptRef::Nested(_))
+                            && self.driver.nesting().is_some_and(|o| o.user_pasid_table()))
+                })
+                .and_then(|a| a.hwpt.fault().map(|q| (a.handle, q.clone())));
+            let Some((handle, queue)) = target else {
+                tracing::debug!(
+                    dev = self.id,
+                    "page request with no fault-capable HWPT to take it: answered INVALID"
+                );
+                let g = FaultGroup::new(vec![f], self.id, 0);
+                g.complete(resp::INVALID);
+                return Some(g);
+            };
+            if f.flags & IOMMU_PGFAULT_FLAGS_LAST_PAGE == 0 {
+                self.partial.lock().push(f);
+                return None;
+            }
+            let mut faults = Vec::new();
+            self.partial.lock().retain(|p| {
+                if p.grpid == f.grpid {
+                    faults.push(*p);
+                    false
+                } else {
+                    true
+                }
+            });
+            faults.push(f);
+            let g = FaultGroup::new(faults, self.id, handle);
+            // delivered under `attached`: a detach cannot slip between
+            // choosing the attachment and queueing, so its auto-response
+            // sees every group of the old attachment
+            queue.deliver(g.clone());
+            (g, queue)
+        };
+        queue.notify();
+        Some(group)
     }
 
     /// Attach to `pt_id` (an IOAS: reuse or make an auto domain; or a paging
@@ -124,7 +290,11 @@ impl Device {
     fn change_pt(self: &Arc<Self>, ctx: &Context, pt_id: ObjId) -> Result<ObjId> {
         match ctx.get(pt_id)? {
             Object::HwptPaging(h) => {
-                self.switch_to(ctx, &h, pt_id)?;
+                self.switch_to(ctx, &HwptRef::Paging(h), pt_id)?;
+                Ok(pt_id)
+            }
+            Object::HwptNested(n) => {
+                self.switch_to(ctx, &HwptRef::Nested(n), pt_id)?;
                 Ok(pt_id)
             }
             Object::Ioas(ioas) => self.auto_domain(ctx, &ioas, pt_id),
@@ -137,31 +307,65 @@ impl Device {
     }
 
     /// Point the device at `hwpt` (attach, or replace when attached).
-    fn switch_to(
-        self: &Arc<Self>,
-        ctx: &Context,
-        hwpt: &Arc<HwptPaging>,
-        hwpt_id: ObjId,
-    ) -> Result<()> {
+    fn switch_to(self: &Arc<Self>, ctx: &Context, hwpt: &HwptRef, hwpt_id: ObjId) -> Result<()> {
         let old = {
             let mut cur = self.attached.lock();
             if let Some(a) = cur.as_ref() {
-                if Arc::ptr_eq(&a.hwpt, hwpt) {
+                if a.hwpt.ptr_eq(hwpt) {
                     return Ok(());
                 }
             }
-            self.driver.check_attach(hwpt.domain().as_ref())?;
+            match hwpt {
+                HwptRef::Paging(h) => self.driver.check_attach(h.domain().as_ref())?,
+                HwptRef::Nested(n) => match self.driver.nesting() {
+                    Some(ops) => ops.check_attach_nested(n.domain().as_ref())?,
+                    None => bail!(
+                        EINVAL,
+                        "device {} cannot attach to nested HWPT {hwpt_id}: its driver has no nested domains",
+                        self.id
+                    ),
+                },
+            }
+            let old_fault = cur.as_ref().is_some_and(|a| a.hwpt.fault().is_some());
+            let new_fault = hwpt.fault().is_some();
+            if new_fault && !old_fault {
+                match self.driver.nesting() {
+                    Some(ops) => ops.enable_iopf()?,
+                    None => bail!(ENODEV, "device {} cannot report I/O page faults", self.id),
+                }
+            }
             hwpt.add_device(self.id);
-            cur.replace(Attachment {
+            let old = cur.replace(Attachment {
                 hwpt: hwpt.clone(),
                 hwpt_id,
-            })
+                handle: next_handle(),
+            });
+            if old_fault && !new_fault {
+                self.iopf_off();
+            }
+            old
         };
         if let Some(old) = old {
-            old.hwpt.remove_device(self.id);
-            release_hwpt(ctx, old);
+            self.leave(ctx, old);
         }
         Ok(())
+    }
+
+    /// I/O page faults turned off: drop the partial requests too.
+    fn iopf_off(&self) {
+        self.partial.lock().clear();
+        if let Some(ops) = self.driver.nesting() {
+            ops.disable_iopf();
+        }
+    }
+
+    /// After an attachment ended: answer its faults, drop the HWPT.
+    fn leave(&self, ctx: &Context, old: Attachment) {
+        old.hwpt.remove_device(self.id);
+        if let Some(q) = old.hwpt.fault() {
+            q.auto_respond(old.handle);
+        }
+        release_hwpt(ctx, old);
     }
 
     /// Find an auto-domain HWPT on `ioas` this device can use, or make one.
@@ -179,7 +383,7 @@ impl Device {
                 continue;
             }
             let Some(id) = h.id() else { continue };
-            match self.switch_to(ctx, &h, id) {
+            match self.switch_to(ctx, &HwptRef::Paging(h), id) {
                 Ok(()) => return Ok(id),
                 Err(e) if e.errno().0 == libc::EINVAL => continue,
                 Err(e) => return Err(e),
@@ -192,7 +396,7 @@ impl Device {
         let hwpt = HwptPaging::new(ioas.clone(), ioas_id, domain, true, false)?;
         hwpt.set_id(r.id());
         let id = r.id();
-        self.switch_to(ctx, &hwpt, id)?;
+        self.switch_to(ctx, &HwptRef::Paging(hwpt.clone()), id)?;
         list.push(Arc::downgrade(&hwpt));
         r.finalize(Object::HwptPaging(hwpt));
         Ok(id)
@@ -202,8 +406,10 @@ impl Device {
     pub fn detach(&self, ctx: &Context) {
         let old = self.attached.lock().take();
         if let Some(old) = old {
-            old.hwpt.remove_device(self.id);
-            release_hwpt(ctx, old);
+            if old.hwpt.fault().is_some() {
+                self.iopf_off();
+            }
+            self.leave(ctx, old);
         }
     }
 

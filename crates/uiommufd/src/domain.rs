@@ -16,7 +16,7 @@ use std::any::Any;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::io_pagetable::Prot;
+use crate::io_pagetable::{DirtyBitmap, Prot};
 use crate::Result;
 
 /// A translation table a device can be attached to.
@@ -42,6 +42,47 @@ pub trait Domain: Send + Sync + Debug + Any {
     /// Whether the domain can enforce cache coherency (no-snoop blocking).
     fn enforce_cache_coherency(&self) -> bool {
         true
+    }
+    /// Whether the domain has dirty tracking (the kernel's `dirty_ops`):
+    /// drivers answer `true` only for domains allocated with
+    /// `IOMMU_HWPT_ALLOC_DIRTY_TRACKING`. Without it the two methods below
+    /// are never called by the IO page table (`EOPNOTSUPP` first).
+    fn dirty_tracking_supported(&self) -> bool {
+        false
+    }
+    /// Start (`true`) or stop recording which IOVA devices write through
+    /// the domain (`set_dirty_tracking`). Before enabling, the IO page table
+    /// clears the domain's dirty state of every area (a `None` bitmap read).
+    fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
+        let _ = enable;
+        Err(crate::Error::new(
+            libc::EOPNOTSUPP,
+            format!("domain {} has no dirty tracking", self.id()),
+        ))
+    }
+    /// Report the dirty IOVA of `[iova, iova + len)` into `bitmap` with
+    /// [`DirtyBitmap::record`] (the kernel's `read_and_clear_dirty`), and
+    /// clear the dirty state of what was reported when `clear`. `iova` and
+    /// `len` are multiples of the smallest page size and lie inside one
+    /// mapped area. A driver may report at its own page granularity (a
+    /// dirty huge page is recorded whole; the bitmap clips to its range).
+    ///
+    /// `bitmap` is `None` when the IO page table only wants the dirty state
+    /// cleared (before tracking is enabled): that must work whether or not
+    /// tracking is on. Record runs, not pages, where possible: `record` is
+    /// cheap but not free.
+    fn read_and_clear_dirty(
+        &self,
+        iova: u64,
+        len: u64,
+        clear: bool,
+        bitmap: Option<&mut DirtyBitmap<'_>>,
+    ) -> Result<()> {
+        let _ = (iova, len, clear, bitmap);
+        Err(crate::Error::new(
+            libc::EOPNOTSUPP,
+            format!("domain {} has no dirty tracking", self.id()),
+        ))
     }
     /// For drivers to recognise their own domains.
     fn as_any(&self) -> &dyn Any;

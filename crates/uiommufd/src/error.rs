@@ -17,6 +17,11 @@ impl Errno {
     pub fn name(self) -> &'static str {
         match self.0 {
             libc::EPERM => "EPERM",
+            libc::EACCES => "EACCES",
+            libc::ESPIPE => "ESPIPE",
+            libc::EBADFD => "EBADFD",
+            libc::EBADE => "EBADE",
+            libc::ENOSYS => "ENOSYS",
             libc::ENOENT => "ENOENT",
             libc::EIO => "EIO",
             libc::E2BIG => "E2BIG",

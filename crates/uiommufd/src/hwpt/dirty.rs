@@ -1,29 +1,40 @@
-//! Dirty tracking on paging HWPTs (the kernel's `iommufd_hwpt_set_dirty_tracking`,
-//! `iommufd_hwpt_get_dirty_bitmap`, iova_bitmap.c).
+//! Dirty tracking on paging HWPTs (the kernel's `iommufd_hwpt_set_dirty_tracking`
+//! and `iommufd_hwpt_get_dirty_bitmap`). The work is done by the IO page
+//! table of the HWPT's IOAS (`io_pagetable/dirty.rs`, which also documents
+//! the bitmap layout and the errno rules).
 
 use super::get_hwpt_paging;
+use crate::io_pagetable::DirtyRequest;
 use crate::uapi::dispatch::Ucmd;
 use crate::uapi::*;
 use crate::{bail, Result};
 
-/// `IOMMU_HWPT_SET_DIRTY_TRACKING`
+/// `IOMMU_HWPT_SET_DIRTY_TRACKING`: `EOPNOTSUPP` for unknown flags, the
+/// HWPT lookup's errno (`ENOENT`), `EOPNOTSUPP` when the HWPT's domain was
+/// not allocated with `IOMMU_HWPT_ALLOC_DIRTY_TRACKING`. Enabling clears
+/// the dirty state of every mapped area first. `__reserved` is not checked
+/// (6.12 does not).
 pub(crate) fn set_dirty_tracking(u: &Ucmd) -> Result<i32> {
     let cmd: IommuHwptSetDirtyTracking = u.cmd();
     if cmd.flags & !IOMMU_HWPT_DIRTY_TRACKING_ENABLE != 0 {
         bail!(
             EOPNOTSUPP,
             "HWPT_SET_DIRTY_TRACKING: unknown flags {:#x}",
-            cmd.flags
+            cmd.flags & !IOMMU_HWPT_DIRTY_TRACKING_ENABLE
         );
     }
-    get_hwpt_paging(u, cmd.hwpt_id)?;
-    bail!(
-        EOPNOTSUPP,
-        "HWPT_SET_DIRTY_TRACKING: dirty tracking is not implemented yet"
-    )
+    let hwpt = get_hwpt_paging(u, cmd.hwpt_id)?;
+    let enable = cmd.flags & IOMMU_HWPT_DIRTY_TRACKING_ENABLE != 0;
+    hwpt.ioas()
+        .iopt()
+        .set_dirty_tracking(hwpt.domain().id(), enable)?;
+    Ok(0)
 }
 
-/// `IOMMU_HWPT_GET_DIRTY_BITMAP`
+/// `IOMMU_HWPT_GET_DIRTY_BITMAP`: `EOPNOTSUPP` for unknown flags or a
+/// non-zero `__reserved`, the HWPT lookup's errno (`ENOENT`), then the IO
+/// page table's range checks (`EINVAL`/`EOVERFLOW`), `EOPNOTSUPP` for a
+/// domain without dirty tracking, `EFAULT` for a bitmap we cannot update.
 pub(crate) fn get_dirty_bitmap(u: &Ucmd) -> Result<i32> {
     let cmd: IommuHwptGetDirtyBitmap = u.cmd();
     if cmd.flags & !IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR != 0 || cmd.__reserved != 0 {
@@ -33,9 +44,18 @@ pub(crate) fn get_dirty_bitmap(u: &Ucmd) -> Result<i32> {
             cmd.flags
         );
     }
-    get_hwpt_paging(u, cmd.hwpt_id)?;
-    bail!(
-        EOPNOTSUPP,
-        "HWPT_GET_DIRTY_BITMAP: dirty tracking is not implemented yet"
-    )
+    let hwpt = get_hwpt_paging(u, cmd.hwpt_id)?;
+    let req = DirtyRequest {
+        iova: cmd.iova,
+        length: cmd.length,
+        page_size: cmd.page_size,
+        flags: cmd.flags,
+    };
+    hwpt.ioas().iopt().read_and_clear_dirty_user(
+        hwpt.domain().id(),
+        &req,
+        cmd.data,
+        u.ctx.memory().as_ref(),
+    )?;
+    Ok(0)
 }

@@ -6,9 +6,10 @@
 //! pages); destroying it removes the domain again. It holds its IOAS, so the
 //! IOAS cannot be destroyed under it (`EBUSY`).
 //!
-//! Not yet here (next issue): nested HWPTs, dirty tracking, invalidation and
-//! fault queues. Their commands perform the kernel's argument checks and then
-//! answer as 6.12 does for what they cannot find or do.
+//! Nested HWPTs on a nest-parent paging HWPT, their invalidation and their
+//! fault queue (`fault_id`) are in [`nested`]; fault queues in
+//! [`crate::fault`].
+//! Dirty tracking is in `dirty.rs`.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
@@ -16,7 +17,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 pub(crate) mod dirty;
-pub(crate) mod nested;
+pub mod nested;
 
 use crate::context::{ObjId, Object};
 use crate::device::get_device;
@@ -130,12 +131,7 @@ pub(crate) fn alloc(u: &Ucmd) -> Result<i32> {
         .map_err(|e| err!(EINVAL, "HWPT_ALLOC: pt_id: {}", e.reason()))?;
     let (ioas, ioas_id) = match pt {
         Object::Ioas(i) => (i, cmd.pt_id),
-        Object::HwptPaging(_) => {
-            bail!(
-                EOPNOTSUPP,
-                "HWPT_ALLOC: nested HWPTs are not implemented yet"
-            )
-        }
+        Object::HwptPaging(parent) => return nested::alloc(u, cmd, &dev, parent),
         o => bail!(
             EINVAL,
             "HWPT_ALLOC: object {} is a {}, not an IOAS or a paging HWPT",

@@ -1,42 +1,357 @@
 //! Nested HWPTs (user-managed stage-1 page tables on a nest-parent HWPT)
-//! and their cache invalidation.
+//! and their cache invalidation (the kernel's `iommufd_hwpt_nested_alloc`,
+//! `iommufd_hwpt_invalidate`).
+//!
+//! A nested HWPT holds its parent paging HWPT (so the parent cannot be
+//! destroyed under it: `EBUSY`) and a driver's [`NestedDomain`]: a
+//! translation the *user* manages (the guest's stage-1 table), which the
+//! engine never maps into. What the engine does with it: attach devices
+//! (whose DMA then goes through the parent's stage-2 mapping of the IOAS),
+//! forward cache invalidations to the driver, and, when the HWPT was made
+//! with a fault queue, deliver the devices' I/O page faults there.
+//!
+//! Driver data arrives as [`UserData`] (one struct) or [`UserDataArray`]
+//! (an array of entries), copied with the kernel's size rules: a type that
+//! is not the driver's, or a length below the struct's first version or
+//! above what the driver understands, is `EINVAL`; an unreadable pointer is
+//! `EFAULT`; a shorter struct is zero-extended.
 
+use std::any::Any;
+use std::fmt::Debug;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use zerocopy::{FromBytes, IntoBytes};
+
+use super::HwptPaging;
+use crate::context::{ObjId, Object};
+use crate::device::Device;
+use crate::fault::{get_fault, Fault};
 use crate::uapi::dispatch::Ucmd;
 use crate::uapi::*;
-use crate::{err, Result};
+use crate::user::UserMemory;
+use crate::{bail, err, Error, Result};
+
+/// A user-managed domain (the kernel's `IOMMU_DOMAIN_NESTED` with
+/// `cache_invalidate_user`), made by a driver on top of a parent domain.
+pub trait NestedDomain: Send + Sync + Debug + Any {
+    /// Process-unique identity.
+    fn id(&self) -> u64;
+    /// Handle the invalidation requests of `array` in order, stopping at the
+    /// first that fails. Returns how many were handled and the result.
+    fn cache_invalidate_user(&self, array: &UserDataArray<'_>) -> (u32, Result<()>);
+    /// For drivers to recognise their own domains.
+    fn as_any(&self) -> &dyn Any;
+}
+
+/// Driver-specific user data of one struct (the kernel's `iommu_user_data`).
+#[derive(Debug, Clone, Copy)]
+pub struct UserData<'a> {
+    /// `IOMMU_HWPT_DATA_*` type the user declared.
+    pub data_type: u32,
+    /// User address of the struct.
+    pub uptr: u64,
+    /// Length the user declared.
+    pub len: u32,
+    /// The memory `uptr` refers to.
+    pub mem: &'a dyn UserMemory,
+}
+
+impl UserData<'_> {
+    /// Copy the struct as a `T` of type `data_type`, whose first version ends
+    /// at byte `min_len` (`iommu_copy_struct_from_user`): `EINVAL` for another
+    /// type or a length outside `min_len..=size_of::<T>()`, `EFAULT` for an
+    /// unreadable pointer; bytes past `len` are zero.
+    pub fn copy_struct<T: FromBytes + IntoBytes>(
+        &self,
+        data_type: u32,
+        min_len: usize,
+    ) -> Result<T> {
+        if self.data_type != data_type {
+            bail!(
+                EINVAL,
+                "driver data type {:#x} is not the expected {data_type:#x}",
+                self.data_type
+            );
+        }
+        let len = self.len as usize;
+        if len < min_len || len > size_of::<T>() {
+            bail!(
+                EINVAL,
+                "driver data length {len} is outside {min_len}..={}",
+                size_of::<T>()
+            );
+        }
+        let mut v = T::new_zeroed();
+        self.mem
+            .read(self.uptr, &mut v.as_mut_bytes()[..len])
+            .map_err(|_| {
+                Error::new(
+                    libc::EFAULT,
+                    format!("cannot read {len} bytes of driver data at {:#x}", self.uptr),
+                )
+            })?;
+        Ok(v)
+    }
+}
+
+/// An array of driver-specific entries (the kernel's `iommu_user_data_array`).
+#[derive(Debug, Clone, Copy)]
+pub struct UserDataArray<'a> {
+    /// Entry type the user declared.
+    pub data_type: u32,
+    /// User address of entry 0.
+    pub uptr: u64,
+    /// Bytes per entry (the user's struct size).
+    pub entry_len: u32,
+    /// Number of entries.
+    pub entry_num: u32,
+    /// The memory `uptr` refers to.
+    pub mem: &'a dyn UserMemory,
+}
+
+impl UserDataArray<'_> {
+    /// Copy entry `index` as a `T` (`iommu_copy_struct_from_user_array`):
+    /// the rules of [`UserData::copy_struct`] with `entry_len` as the length.
+    pub fn copy_entry<T: FromBytes + IntoBytes>(
+        &self,
+        data_type: u32,
+        index: u32,
+        min_len: usize,
+    ) -> Result<T> {
+        if index >= self.entry_num {
+            bail!(
+                EINVAL,
+                "entry {index} is past the {} entries",
+                self.entry_num
+            );
+        }
+        let off = self.entry_len as u64 * index as u64;
+        let Some(uptr) = self.uptr.checked_add(off) else {
+            bail!(EFAULT, "entry {index} wraps the address space");
+        };
+        UserData {
+            data_type: self.data_type,
+            uptr,
+            len: self.entry_len,
+            mem: self.mem,
+        }
+        .copy_struct(data_type, min_len)
+        .map_err(|e| Error::new(e.errno().0, format!("entry {index}: {}", e.reason())))
+    }
+}
+
+/// A nested HW page table.
+#[derive(Debug)]
+pub struct HwptNested {
+    parent: Arc<HwptPaging>,
+    domain: Arc<dyn NestedDomain>,
+    fault: Option<Arc<Fault>>,
+    /// Our own object ID once published (0 before).
+    id: AtomicU32,
+    devices: Mutex<Vec<ObjId>>,
+}
+
+impl HwptNested {
+    /// A nested HWPT of `domain` on `parent`, delivering I/O page faults to
+    /// `fault` when given.
+    pub fn new(
+        parent: Arc<HwptPaging>,
+        domain: Arc<dyn NestedDomain>,
+        fault: Option<Arc<Fault>>,
+    ) -> Arc<HwptNested> {
+        Arc::new(HwptNested {
+            parent,
+            domain,
+            fault,
+            id: AtomicU32::new(0),
+            devices: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The parent paging HWPT (whose mapping DMA goes through).
+    pub fn parent(&self) -> &Arc<HwptPaging> {
+        &self.parent
+    }
+    /// The user-managed domain.
+    pub fn domain(&self) -> &Arc<dyn NestedDomain> {
+        &self.domain
+    }
+    /// The fault queue I/O page faults go to, if any.
+    pub fn fault(&self) -> Option<&Arc<Fault>> {
+        self.fault.as_ref()
+    }
+    /// Its object ID, once published.
+    pub fn id(&self) -> Option<ObjId> {
+        match self.id.load(Ordering::Acquire) {
+            0 => None,
+            id => Some(id),
+        }
+    }
+    pub(crate) fn set_id(&self, id: ObjId) {
+        self.id.store(id, Ordering::Release);
+    }
+    pub(crate) fn add_device(&self, dev: ObjId) {
+        self.devices.lock().push(dev);
+    }
+    pub(crate) fn remove_device(&self, dev: ObjId) {
+        self.devices.lock().retain(|&d| d != dev);
+    }
+    /// IDs of the devices attached.
+    pub fn devices(&self) -> Vec<ObjId> {
+        self.devices.lock().clone()
+    }
+}
+
+/// The nested branch of `IOMMU_HWPT_ALLOC` (`pt_id` is a paging HWPT:
+/// `iommufd_hwpt_nested_alloc`, then the `fault_id`).
+///
+/// Errnos, in the kernel's order: flags other than `FAULT_ID_VALID`, no
+/// driver data, or a driver without nested domains: `EOPNOTSUPP`; a parent
+/// that is an automatic domain, was not made with `NEST_PARENT`, or is not
+/// the driver's: `EINVAL`; then the driver's own (the mock: another data
+/// type `EOPNOTSUPP`, a bad data length `EINVAL`, an unreadable pointer
+/// `EFAULT`); then a `fault_id` that is not a fault queue: `ENOENT`.
+pub(crate) fn alloc(
+    u: &Ucmd,
+    mut cmd: IommuHwptAlloc,
+    dev: &Device,
+    parent: Arc<HwptPaging>,
+) -> Result<i32> {
+    let data = UserData {
+        data_type: cmd.data_type,
+        uptr: cmd.data_uptr,
+        len: cmd.data_len,
+        mem: &**u.ctx.memory(),
+    };
+    if cmd.flags & !IOMMU_HWPT_FAULT_ID_VALID != 0 {
+        bail!(
+            EOPNOTSUPP,
+            "HWPT_ALLOC: flags {:#x} are not supported for a nested HWPT",
+            cmd.flags & !IOMMU_HWPT_FAULT_ID_VALID
+        );
+    }
+    if data.len == 0 {
+        bail!(
+            EOPNOTSUPP,
+            "HWPT_ALLOC: a nested HWPT needs driver data (data_len is 0)"
+        );
+    }
+    let Some(ops) = dev.driver().nesting() else {
+        bail!(
+            EOPNOTSUPP,
+            "HWPT_ALLOC: device {} has no user-managed (nested) domains",
+            dev.id()
+        );
+    };
+    if parent.auto_domain() {
+        bail!(
+            EINVAL,
+            "HWPT_ALLOC: parent HWPT {} is an automatic domain",
+            cmd.pt_id
+        );
+    }
+    if !parent.nest_parent() {
+        bail!(
+            EINVAL,
+            "HWPT_ALLOC: parent HWPT {} was not allocated with NEST_PARENT",
+            cmd.pt_id
+        );
+    }
+    if !ops.owns_domain(parent.domain().as_ref()) {
+        bail!(
+            EINVAL,
+            "HWPT_ALLOC: parent HWPT {}'s domain belongs to another driver",
+            cmd.pt_id
+        );
+    }
+    let r = u.ctx.reserve()?;
+    let domain = ops.alloc_nested_domain(
+        parent.domain().as_ref(),
+        cmd.flags & !IOMMU_HWPT_FAULT_ID_VALID,
+        &data,
+    )?;
+    let fault = if cmd.flags & IOMMU_HWPT_FAULT_ID_VALID != 0 {
+        Some(get_fault(u.ctx, cmd.fault_id).map_err(|e| {
+            Error::new(e.errno().0, format!("HWPT_ALLOC: fault_id: {}", e.reason()))
+        })?)
+    } else {
+        None
+    };
+    let hwpt = HwptNested::new(parent, domain, fault);
+    hwpt.set_id(r.id());
+    cmd.out_hwpt_id = r.id();
+    u.respond(&cmd)?;
+    r.finalize(Object::HwptNested(hwpt));
+    Ok(0)
+}
 
 /// Most entries one `IOMMU_HWPT_INVALIDATE` may carry.
 const INVALIDATE_ENTRY_NUM_MAX: u32 = 1 << 19;
 
-/// `IOMMU_HWPT_INVALIDATE`: on failure the reply still reports `entry_num`
-/// (how many entries were handled: none here).
+/// `IOMMU_HWPT_INVALIDATE`: the reply always reports in `entry_num` how many
+/// entries were handled, also on failure.
 pub(crate) fn invalidate(u: &Ucmd) -> Result<i32> {
     let mut cmd: IommuHwptInvalidate = u.cmd();
-    let page = crate::user::page_size();
-    let rc = if cmd.__reserved != 0 {
-        Err(err!(EOPNOTSUPP, "HWPT_INVALIDATE: __reserved must be zero"))
-    } else if cmd.entry_num != 0
-        && (cmd.data_uptr == 0
-            || cmd.entry_len == 0
-            || cmd.entry_len as u64 > page
-            || cmd.entry_num > INVALIDATE_ENTRY_NUM_MAX)
-    {
-        Err(err!(
-            EINVAL,
-            "HWPT_INVALIDATE: bad data_uptr, entry_len or entry_num"
-        ))
-    } else {
-        match u.ctx.get(cmd.hwpt_id) {
-            Err(e) => Err(e),
-            Ok(o) => Err(err!(
-                ENOENT,
-                "object {} is a {}, not a nested HWPT",
-                cmd.hwpt_id,
-                o.kind()
-            )),
-        }
-    };
-    cmd.entry_num = 0;
+    let (done, rc) = invalidate_entries(u, &cmd);
+    cmd.entry_num = done;
     u.respond(&cmd)?;
-    rc
+    rc.map(|()| 0)
+}
+
+fn invalidate_entries(u: &Ucmd, cmd: &IommuHwptInvalidate) -> (u32, Result<()>) {
+    let page = crate::user::page_size();
+    if cmd.__reserved != 0 {
+        return (
+            0,
+            Err(err!(EOPNOTSUPP, "HWPT_INVALIDATE: __reserved must be zero")),
+        );
+    }
+    if cmd.entry_num != 0 {
+        let why = if cmd.data_uptr == 0 {
+            Some("data_uptr is NULL")
+        } else if cmd.entry_len == 0 {
+            Some("entry_len is zero")
+        } else if cmd.entry_len as u64 > page {
+            Some("entry_len is above the page size")
+        } else if cmd.entry_num > INVALIDATE_ENTRY_NUM_MAX {
+            Some("entry_num is above 2^19")
+        } else {
+            None
+        };
+        if let Some(why) = why {
+            return (
+                0,
+                Err(err!(
+                    EINVAL,
+                    "HWPT_INVALIDATE: {why} with {} entries",
+                    cmd.entry_num
+                )),
+            );
+        }
+    }
+    let hwpt = match u.ctx.get(cmd.hwpt_id) {
+        Ok(Object::HwptNested(h)) => h,
+        Ok(o) => {
+            return (
+                0,
+                Err(err!(
+                    ENOENT,
+                    "HWPT_INVALIDATE: object {} is a {}, not a nested HWPT",
+                    cmd.hwpt_id,
+                    o.kind()
+                )),
+            )
+        }
+        Err(e) => return (0, Err(e)),
+    };
+    let array = UserDataArray {
+        data_type: cmd.data_type,
+        uptr: cmd.data_uptr,
+        entry_len: cmd.entry_len,
+        entry_num: cmd.entry_num,
+        mem: &**u.ctx.memory(),
+    };
+    hwpt.domain().cache_invalidate_user(&array)
 }

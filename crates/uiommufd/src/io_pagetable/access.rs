@@ -184,6 +184,10 @@ impl IoPagetable {
             }
             return Err(e);
         }
+        if write {
+            // hook (write_log.rs): write-pinned pages count as dirty until unpinned
+            self.write_log.pinned_for_write(iova, length);
+        }
         Ok(out)
     }
 
@@ -191,6 +195,8 @@ impl IoPagetable {
     /// that was not pinned is logged and ignored (the kernel WARNs).
     pub fn access_unpin(&self, iova: u64, length: u64) {
         let ps = page_size();
+        // hook (write_log.rs): a write pin of this range no longer dirties
+        self.write_log.unpinned(iova, length);
         let Some(last) = length.checked_sub(1).and_then(|l| iova.checked_add(l)) else {
             tracing::warn!("access_unpin: bad range iova {iova:#x} length {length:#x}");
             return;
@@ -282,6 +288,8 @@ impl IoPagetable {
             let chunk = &mut buf[off..off + len as usize];
             if write {
                 mem.write(addr, chunk)?;
+                // hook (write_log.rs): chunks run back to back from `iova`
+                self.write_log.record_write(iova + off as u64, len);
             } else {
                 mem.read(addr, chunk)?;
             }

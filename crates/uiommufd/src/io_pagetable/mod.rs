@@ -77,14 +77,21 @@
 //! `prevent_access` set).
 
 mod access;
+mod cut; // area splitting for VFIO type1 (v1) unmaps (vfio_compat)
+mod dirty;
 #[cfg(test)]
 mod domain_tests;
 mod domains;
 mod free;
 #[cfg(test)]
 mod tests;
+mod type1_dirty; // VFIO type1 dirty tracking (vfio_compat)
+mod write_log; // what accesses wrote, for VFIO type1 dirty tracking
 
+pub use dirty::{DirtyBitmap, DirtyRequest, WINDOW_WORDS as DIRTY_WINDOW_WORDS};
 pub use domains::{AccessNotify, PinnedPages};
+pub use type1_dirty::AreaDirty;
+pub use write_log::AccessWriteLog;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -248,6 +255,8 @@ struct State {
 pub struct IoPagetable {
     domains: RwLock<domains::Attached>,
     state: RwLock<State>,
+    /// What accesses wrote (VFIO type1 dirty tracking); a leaf lock.
+    write_log: AccessWriteLog,
 }
 
 impl Default for IoPagetable {
@@ -675,6 +684,7 @@ impl IoPagetable {
         IoPagetable {
             domains: RwLock::new(domains::Attached::default()),
             state: RwLock::new(State::new()),
+            write_log: AccessWriteLog::default(),
         }
     }
 
@@ -843,6 +853,8 @@ impl IoPagetable {
             }
             let mut st = self.state.write();
             let removed: Vec<Area> = keys.iter().filter_map(|&k| st.remove_area(k)).collect();
+            // hook: writes logged for the unmapped IOVA go with the mapping
+            self.write_log.forget(start, last);
             drop(st);
             drop(attached);
             drop(removed);

@@ -86,7 +86,10 @@ impl DeviceDriver for MockDevice {
                 "mock driver: this device cannot track dirty pages"
             );
         }
-        Ok(MockDomain::new(self.has(MOCK_FLAGS_DEVICE_HUGE_IOVA)))
+        Ok(MockDomain::new_paging(
+            self.has(MOCK_FLAGS_DEVICE_HUGE_IOVA),
+            flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0,
+        ))
     }
 
     fn check_attach(&self, domain: &dyn Domain) -> Result<()> {
@@ -97,7 +100,20 @@ impl DeviceDriver for MockDevice {
                 domain.id()
             );
         }
+        // mock_domain_nop_attach: a device without dirty tracking cannot
+        // use a domain that has it.
+        if domain.dirty_tracking_supported() && self.has(MOCK_FLAGS_DEVICE_NO_DIRTY) {
+            bail!(
+                EINVAL,
+                "mock device: domain {} tracks dirty pages but the device has MOCK_FLAGS_DEVICE_NO_DIRTY",
+                domain.id()
+            );
+        }
         Ok(())
+    }
+
+    fn nesting(&self) -> Option<&dyn crate::device::NestingOps> {
+        Some(self)
     }
 }
 

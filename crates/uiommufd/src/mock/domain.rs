@@ -8,19 +8,30 @@
 //! granule, tagged like the kernel's: the first entry of a `map` call carries
 //! the **start** marker, the last one the **last** marker, and entries
 //! written by a page larger than a granule the **huge** marker. A **dirty**
-//! bit has its slot in the entry (dirty tracking comes later).
+//! bit in the entry records device writes for dirty tracking.
+//!
+//! # Dirty tracking (the kernel mock's `dirty_ops`)
+//!
+//! Only a domain allocated with `IOMMU_HWPT_ALLOC_DIRTY_TRACKING`
+//! ([`MockDomain::new_paging`] with `dirty`) has dirty tracking. Nothing
+//! writes through the mock, so dirty bits are set by the selftest's
+//! `IOMMU_TEST_OP_DIRTY` ([`MockDomain::mark_dirty_bits`]) or by
+//! [`MockDomain::mark_dirty`], and only while tracking is enabled. Reading
+//! reports a dirty granule as one `MOCK_IO_PAGE_SIZE` page, and a huge page
+//! with any dirty granule as the whole huge page (clipped to the range
+//! asked for), then clears all of its granules, as the kernel's mock does.
 //!
 //! Intervals: `last` inclusive; lengths in bytes.
 
 use std::any::Any;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::RwLock;
 
 use crate::domain::{next_domain_id, split_pgsizes, Domain};
-use crate::io_pagetable::Prot;
+use crate::io_pagetable::{DirtyBitmap, Prot};
 use crate::user::page_size;
 use crate::{bail, Result};
 
@@ -56,7 +67,7 @@ impl MockEntry {
     /// Last granule of a `map` call (`MOCK_PFN_LAST_IOVA`; the kernel shares
     /// one bit between start and last, we keep both).
     pub const FLAG_LAST: u8 = 1 << 1;
-    /// Dirty (`MOCK_PFN_DIRTY_IOVA`), reserved for dirty tracking.
+    /// Dirty (`MOCK_PFN_DIRTY_IOVA`): written while dirty tracking was on.
     pub const FLAG_DIRTY: u8 = 1 << 2;
     /// Written by a page larger than a granule (`MOCK_PFN_HUGE_IOVA`).
     pub const FLAG_HUGE: u8 = 1 << 3;
@@ -79,12 +90,24 @@ pub struct MockDomain {
     /// Unmaps that did not start at a start marker or end at a last marker
     /// (the kernel's mock WARNs; counted here so tests can assert none).
     warnings: AtomicU64,
+    /// Allocated with `IOMMU_HWPT_ALLOC_DIRTY_TRACKING` (the kernel's
+    /// `dirty_ops` are set).
+    dirty_ops: bool,
+    /// Dirty tracking is on (`MOCK_DIRTY_TRACK`).
+    tracking: AtomicBool,
 }
 
 impl MockDomain {
     /// A new, empty mock domain (`mock_domain_alloc_paging`); `huge_iova`
     /// adds `MOCK_HUGE_PAGE_SIZE` to the page sizes.
     pub fn new(huge_iova: bool) -> Arc<MockDomain> {
+        Self::new_paging(huge_iova, false)
+    }
+
+    /// A new, empty mock domain; `dirty` gives it dirty tracking (the
+    /// kernel's `mock_domain_alloc_user` with `IOMMU_HWPT_ALLOC_DIRTY_TRACKING`),
+    /// initially off.
+    pub fn new_paging(huge_iova: bool, dirty: bool) -> Arc<MockDomain> {
         let mut bitmap = mock_io_page_size();
         if huge_iova {
             bitmap |= mock_huge_page_size();
@@ -94,7 +117,82 @@ impl MockDomain {
             pgsize_bitmap: bitmap,
             table: RwLock::new(Table::default()),
             warnings: AtomicU64::new(0),
+            dirty_ops: dirty,
+            tracking: AtomicBool::new(false),
         })
+    }
+
+    /// Whether dirty tracking is on (`MOCK_DIRTY_TRACK`).
+    pub fn dirty_tracking_enabled(&self) -> bool {
+        self.tracking.load(Ordering::Acquire)
+    }
+
+    fn check_tracking(&self, what: &str) -> Result<()> {
+        if !self.dirty_tracking_enabled() {
+            bail!(
+                EINVAL,
+                "{what}: dirty tracking is not enabled on mock domain {}",
+                self.id
+            );
+        }
+        Ok(())
+    }
+
+    /// The core of `IOMMU_TEST_OP_DIRTY`: for every set bit `i < nbits` of
+    /// `bits` (bit `i` is bit `i % 64` of word `i / 64`), mark dirty the
+    /// granule holding `iova + i * page_size` if it is mapped. Returns how
+    /// many bits hit a mapped granule (`out_nr_dirty`).
+    ///
+    /// `EINVAL` unless tracking is on. The kernel looks the granule up at
+    /// index `(iova + i * page_size) / page_size`, which is the same for the
+    /// `page_size == MOCK_IO_PAGE_SIZE` the selftest uses; we index by
+    /// `MOCK_IO_PAGE_SIZE` for every page size.
+    pub fn mark_dirty_bits(
+        &self,
+        iova: u64,
+        page_size: u64,
+        bits: &[u64],
+        nbits: u64,
+    ) -> Result<u64> {
+        self.check_tracking("IOMMU_TEST_OP_DIRTY")?;
+        let mps = mock_io_page_size();
+        let mut t = self.table.write();
+        let mut count = 0;
+        for (wi, &word) in bits.iter().enumerate() {
+            let mut w = word;
+            while w != 0 {
+                let i = wi as u64 * 64 + u64::from(w.trailing_zeros());
+                if i >= nbits {
+                    return Ok(count);
+                }
+                let cur = iova.wrapping_add(i.wrapping_mul(page_size));
+                if let Some(e) = t.entries.get_mut(&(cur / mps)) {
+                    e.flags |= MockEntry::FLAG_DIRTY;
+                    count += 1;
+                }
+                w &= w - 1;
+            }
+        }
+        Ok(count)
+    }
+
+    /// Mark every mapped granule of `[iova, iova + len)` dirty, as a device
+    /// writing there would; returns how many granules were marked. `EINVAL`
+    /// unless tracking is on.
+    pub fn mark_dirty(&self, iova: u64, len: u64) -> Result<u64> {
+        self.check_tracking("mark_dirty")?;
+        if len == 0 {
+            return Ok(0);
+        }
+        let mps = mock_io_page_size();
+        let last = iova.saturating_add(len - 1);
+        let mut t = self.table.write();
+        let mut count = 0;
+        for (_, e) in t.entries.range_mut(iova / mps..=last / mps) {
+            e.flags |= MockEntry::FLAG_DIRTY;
+            count += 1;
+        }
+        Ok(count)
     }
 
     /// Whether nothing is mapped.
@@ -321,6 +419,100 @@ impl Domain for MockDomain {
             .map(|e| e.addr + iova % mps)
     }
 
+    fn dirty_tracking_supported(&self) -> bool {
+        self.dirty_ops
+    }
+
+    fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
+        if enable && !self.dirty_ops {
+            bail!(
+                EINVAL,
+                "mock domain {} was not allocated with dirty tracking",
+                self.id
+            );
+        }
+        self.tracking.store(enable, Ordering::Release);
+        Ok(())
+    }
+
+    fn read_and_clear_dirty(
+        &self,
+        iova: u64,
+        len: u64,
+        clear: bool,
+        mut bitmap: Option<&mut DirtyBitmap<'_>>,
+    ) -> Result<()> {
+        if bitmap.is_some() {
+            self.check_tracking("read dirty")?;
+        }
+        if len == 0 {
+            return Ok(());
+        }
+        let mps = mock_io_page_size();
+        let per_huge = mock_huge_page_size() / mps;
+        let end = iova.saturating_add(len - 1);
+        let last_g = end / mps;
+        // The current run of dirty IOVA [start, end), recorded when broken.
+        let mut run: Option<(u64, u64)> = None;
+        let mut push = |s: u64, e: u64, bm: &mut Option<&mut DirtyBitmap<'_>>| {
+            let Some(bm) = bm.as_deref_mut() else {
+                return;
+            };
+            match &mut run {
+                Some((_, re)) if *re == s => *re = e,
+                r => {
+                    if let Some((rs, re)) = *r {
+                        bm.record(rs, re - rs);
+                    }
+                    *r = Some((s, e));
+                }
+            }
+        };
+        let mut t = self.table.write();
+        let mut next = iova / mps;
+        while next <= last_g {
+            let mut huge_at = None;
+            for (&g, e) in t.entries.range_mut(next..=last_g) {
+                if e.flags & MockEntry::FLAG_HUGE != 0 {
+                    huge_at = Some(g);
+                    break;
+                }
+                if e.flags & MockEntry::FLAG_DIRTY != 0 {
+                    if clear {
+                        e.flags &= !MockEntry::FLAG_DIRTY;
+                    }
+                    push(g * mps, (g + 1) * mps, &mut bitmap);
+                }
+            }
+            let Some(g) = huge_at else {
+                break;
+            };
+            // A huge page is dirty when any of its granules is; all of them
+            // are cleared, and it is reported whole within the range.
+            let head = g & !(per_huge - 1);
+            let mut dirty = false;
+            for (_, e) in t.entries.range_mut(head..head + per_huge) {
+                if e.flags & MockEntry::FLAG_DIRTY != 0 {
+                    dirty = true;
+                    if clear {
+                        e.flags &= !MockEntry::FLAG_DIRTY;
+                    }
+                }
+            }
+            if dirty {
+                let s = (head * mps).max(iova);
+                let e = ((head + per_huge) * mps).min(end.saturating_add(1));
+                push(s, e, &mut bitmap);
+            }
+            next = head + per_huge;
+        }
+        drop(t);
+        if let (Some(bm), Some((rs, re))) = (bitmap, run) {
+            bm.record(rs, re - rs);
+        }
+        Ok(())
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -431,6 +623,70 @@ mod tests {
             "a failed map leaves nothing"
         );
         d.map(A + 9 * mps, 0, mps, Prot::RW, u64::MAX).unwrap();
+    }
+
+    #[test]
+    fn mock_domain_dirty_bits_and_huge_granularity() {
+        let mps = mock_io_page_size();
+        let huge = mock_huge_page_size();
+        let plain = MockDomain::new(true);
+        assert!(!plain.dirty_tracking_supported());
+        assert_eq!(errno(plain.set_dirty_tracking(true)), libc::EINVAL);
+        plain.set_dirty_tracking(false).unwrap();
+
+        let d = MockDomain::new_paging(true, true);
+        assert!(d.dirty_tracking_supported());
+        d.map(A, 0x4000_0000, 2 * huge, Prot::RW, u64::MAX).unwrap();
+        d.map(A + 2 * huge, 0x5000_0800, 4 * mps, Prot::RW, u64::MAX)
+            .unwrap();
+        let last = A + 2 * huge + 4 * mps - 1;
+        let read = |iova: u64, len: u64, clear: bool| -> Result<Vec<u64>> {
+            let mut w = vec![0u64; ((last - A) / mps / 64 + 1) as usize];
+            let mut bm = DirtyBitmap::new(A, last, mps.trailing_zeros(), &mut w);
+            d.read_and_clear_dirty(iova, len, clear, Some(&mut bm))?;
+            Ok(w)
+        };
+        // not tracking: marking and reading refuse, clearing works
+        assert_eq!(errno(d.mark_dirty(A, mps)), libc::EINVAL);
+        assert_eq!(errno(read(A, mps, true)), libc::EINVAL);
+        d.read_and_clear_dirty(A, 2 * huge, true, None).unwrap();
+        d.set_dirty_tracking(true).unwrap();
+        assert!(d.dirty_tracking_enabled());
+        // one granule of the second huge page, one small page
+        assert_eq!(d.mark_dirty(A + huge + 5 * mps, mps).unwrap(), 1);
+        assert_eq!(
+            d.mark_dirty_bits(A + 2 * huge, mps, &[0b1010], 4).unwrap(),
+            2
+        );
+        assert_eq!(d.mark_dirty_bits(A + 3 * huge, mps, &[1], 1).unwrap(), 0);
+        let bit = |iova: u64| (iova - A) / mps;
+        // a read inside the huge page reports only what it asked for
+        let w = read(A + huge + 10 * mps, 4 * mps, false).unwrap();
+        let set: Vec<u64> = (0..w.len() as u64 * 64)
+            .filter(|&b| w[(b / 64) as usize] >> (b % 64) & 1 != 0)
+            .collect();
+        assert_eq!(
+            set,
+            (bit(A + huge + 10 * mps)..bit(A + huge + 14 * mps)).collect::<Vec<_>>()
+        );
+        // the whole range: the huge page whole, and the two small pages
+        let w = read(A, 2 * huge + 4 * mps, true).unwrap();
+        let set: Vec<u64> = (0..w.len() as u64 * 64)
+            .filter(|&b| w[(b / 64) as usize] >> (b % 64) & 1 != 0)
+            .collect();
+        let mut want: Vec<u64> = (bit(A + huge)..bit(A + 2 * huge)).collect();
+        want.push(bit(A + 2 * huge + mps));
+        want.push(bit(A + 2 * huge + 3 * mps));
+        assert_eq!(set, want);
+        // cleared
+        assert!(read(A, 2 * huge + 4 * mps, true)
+            .unwrap()
+            .iter()
+            .all(|&x| x == 0));
+        assert_eq!(
+            d.entry(A + huge + 5 * mps).unwrap().flags & MockEntry::FLAG_DIRTY,
+            0
+        );
     }
 
     #[test]

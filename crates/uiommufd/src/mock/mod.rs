@@ -5,13 +5,13 @@
 //! device layer, its domains ([`domain::MockDomain`]) implement the generic
 //! [`crate::domain::Domain`] trait, and its accesses
 //! ([`access::MockAccessFile`]) use the generic access API. The test
-//! command only drives them.
-//!
-//! Not yet here (next issue): `DIRTY`, `MD_CHECK_IOTLB`, `TRIGGER_IOPF`.
+//! command only drives them. Its nested domains ([`nested::MockNestedDomain`])
+//! implement [`crate::hwpt::nested::NestedDomain`].
 
 pub mod access;
 pub mod device;
 pub mod domain;
+pub mod nested;
 
 pub use device::MockStdev;
 
@@ -162,26 +162,141 @@ pub(crate) fn test_cmd(u: &Ucmd) -> Result<i32> {
         IOMMU_TEST_OP_ACCESS_PAGES => access::pages(u, cmd),
         IOMMU_TEST_OP_DESTROY_ACCESS_PAGES => access::destroy_pages(u, &cmd),
         IOMMU_TEST_OP_ACCESS_RW => access::rw(u, &cmd),
-        IOMMU_TEST_OP_MD_CHECK_IOTLB | IOMMU_TEST_OP_DIRTY | IOMMU_TEST_OP_TRIGGER_IOPF => {
-            not_yet(u, &cmd)
-        }
+        IOMMU_TEST_OP_DIRTY => mark_dirty(u, cmd),
+        IOMMU_TEST_OP_MD_CHECK_IOTLB => check_iotlb(u, &cmd),
+        IOMMU_TEST_OP_TRIGGER_IOPF => trigger_iopf(u, &cmd),
         op => bail!(EOPNOTSUPP, "IOMMU_TEST_CMD: unknown op {op}"),
     }
 }
 
-/// Ops of the mock driver that are not implemented yet: if the object they
-/// name does not exist, that is the kernel's answer; otherwise say so.
-fn not_yet(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
-    match u.ctx.get(cmd.id) {
-        Err(e) => Err(e),
-        Ok(o) => bail!(
-            EOPNOTSUPP,
-            "IOMMU_TEST_CMD op {} on {} {}: mock devices, domains and accesses are not implemented yet",
-            cmd.op,
-            o.kind(),
-            cmd.id
-        ),
+/// `IOMMU_TEST_OP_DIRTY` (the kernel's `iommufd_test_dirty`): mark dirty,
+/// in the mock domain of paging HWPT `id`, the granule of every page whose
+/// bit is set in the user bitmap `uptr` (bit `i`: `iova + i * page_size`),
+/// and answer how many were mapped (`out_nr_dirty`).
+///
+/// Errors in the kernel's order: `EINVAL` for a zero `page_size` or
+/// `length`, an `iova` or `length` not a multiple of `page_size`, or a null
+/// `uptr`; `EOVERFLOW` past 128 Mi pages; `ENOENT` when `id` is not a
+/// paging HWPT, `EINVAL` when its domain is not a mock domain or is not
+/// tracking; `EFAULT` when the bitmap cannot be read.
+fn mark_dirty(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
+    let mut d: TestDirty = payload(&cmd);
+    if d.page_size == 0
+        || d.length == 0
+        || !d.iova.is_multiple_of(d.page_size)
+        || !d.length.is_multiple_of(d.page_size)
+        || d.uptr == 0
+    {
+        bail!(
+            EINVAL,
+            "DIRTY: page_size {:#x} and length {:#x} must be non-zero, iova {:#x} and length multiples of page_size, \
+             uptr non-null",
+            d.page_size,
+            d.length,
+            d.iova
+        );
     }
+    let max = d.length / d.page_size;
+    const MAX_BITS: u64 = (16 << 20) * 8;
+    if max > MAX_BITS {
+        bail!(
+            EOVERFLOW,
+            "DIRTY: {max} pages is more than the {MAX_BITS} the bitmap may hold"
+        );
+    }
+    let hwpt = match u.ctx.get(cmd.id)? {
+        Object::HwptPaging(h) => h,
+        o => bail!(
+            ENOENT,
+            "object {} is a {}, not a paging HWPT",
+            cmd.id,
+            o.kind()
+        ),
+    };
+    let Some(mock) = hwpt.domain().as_any().downcast_ref::<domain::MockDomain>() else {
+        bail!(EINVAL, "DIRTY: HWPT {} is not a mock domain", cmd.id);
+    };
+    if !mock.dirty_tracking_enabled() {
+        bail!(
+            EINVAL,
+            "DIRTY: dirty tracking is not enabled on HWPT {}",
+            cmd.id
+        );
+    }
+    let mut bytes = vec![0u8; max.div_ceil(8) as usize];
+    u.read_user(d.uptr, &mut bytes)
+        .map_err(|e| crate::err!(EFAULT, "DIRTY: cannot read the bitmap: {}", e.reason()))?;
+    let words: Vec<u64> = bytes
+        .chunks(8)
+        .map(|c| {
+            let mut w = [0u8; 8];
+            w[..c.len()].copy_from_slice(c);
+            u64::from_le_bytes(w)
+        })
+        .collect();
+    d.out_nr_dirty = mock.mark_dirty_bits(d.iova, d.page_size, &words, max)?;
+    set_payload(&mut cmd, &d);
+    u.respond(&cmd)?;
+    Ok(0)
+}
+
+/// `MD_CHECK_IOTLB`: IOTLB entry `id` of the mock nested HWPT `cmd.id`
+/// holds `iotlb` (`ENOENT` when the object is not a nested HWPT, `EINVAL`
+/// when its domain is not a mock one, the ID is too large, or the value
+/// differs).
+fn check_iotlb(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
+    let c: TestCheckIotlb = payload(cmd);
+    let hwpt = match u.ctx.get(cmd.id)? {
+        Object::HwptNested(h) => h,
+        o => bail!(
+            ENOENT,
+            "object {} is a {}, not a nested HWPT",
+            cmd.id,
+            o.kind()
+        ),
+    };
+    let Some(mock) = hwpt
+        .domain()
+        .as_any()
+        .downcast_ref::<nested::MockNestedDomain>()
+    else {
+        bail!(
+            EINVAL,
+            "MD_CHECK_IOTLB: HWPT {} is not a mock nested domain",
+            cmd.id
+        );
+    };
+    mock.check_iotlb(c.id, c.iotlb)?;
+    Ok(0)
+}
+
+/// `TRIGGER_IOPF`: the mock device `dev_id` raises one page request (the
+/// last of its group; `PASID_VALID` for a PASID other than 0). Where it
+/// goes, or that nothing takes it, is the device layer's business: the
+/// command succeeds either way, as the kernel's does.
+fn trigger_iopf(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
+    let t: TestTriggerIopf = payload(cmd);
+    let dev = crate::device::get_device(u.ctx, t.dev_id)?;
+    if dev.driver().hw_info().0 != device::IOMMU_HW_INFO_TYPE_SELFTEST {
+        bail!(
+            EINVAL,
+            "TRIGGER_IOPF: device {} is not a mock device",
+            t.dev_id
+        );
+    }
+    let mut flags = IOMMU_PGFAULT_FLAGS_LAST_PAGE;
+    if t.pasid != 0 {
+        flags |= IOMMU_PGFAULT_FLAGS_PASID_VALID;
+    }
+    dev.report_fault(crate::fault::PageFault {
+        flags,
+        pasid: t.pasid,
+        grpid: t.grpid,
+        perm: t.perm,
+        addr: t.addr,
+        length: 0,
+    });
+    Ok(0)
 }
 
 /// `IOMMU_TEST_OP_ADD_RESERVED`: reserve an IOVA range in an IOAS.

@@ -2,8 +2,8 @@
 //!
 //! Each command declares its struct and the end of its last required field.
 //! The dispatcher alone handles:
-//! 1. command numbers outside the iommufd table go to the VFIO compat path
-//!    (today: `ENOTTY` for all of them);
+//! 1. command numbers outside the iommufd table (by `_IOC_NR` alone) go to
+//!    the VFIO container path (`vfio_compat`);
 //! 2. `size` is read from the first 4 bytes of the argument (`EFAULT`);
 //! 3. a number inside the table but not a command of ours is `ENOTTY`;
 //! 4. `size` below the minimum is `EINVAL`;
@@ -155,8 +155,10 @@ pub fn ioctl(ctx: &Arc<Context>, cmd: u64, arg: u64) -> Result<i32> {
 }
 
 fn dispatch(ctx: &Arc<Context>, cmd: u32, arg: u64) -> Result<i32> {
+    // As the kernel: only `_IOC_NR` decides; a number outside the table is
+    // the VFIO container API (which matches whole numbers, else `ENOTTY`).
     let nr = cmd & 0xff;
-    if (cmd >> 8) & 0xff != IOMMUFD_TYPE || !(IOMMUFD_CMD_BASE..=TABLE_LAST_NR).contains(&nr) {
+    if !(IOMMUFD_CMD_BASE..=TABLE_LAST_NR).contains(&nr) {
         return crate::vfio_compat::ioctl(ctx, cmd, arg);
     }
     let mut size = [0u8; 4];

@@ -14,6 +14,7 @@
 #![allow(missing_docs)] // field names are the kernel's; see iommufd.h for each
 
 pub mod dispatch;
+pub mod vfio;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
@@ -289,6 +290,80 @@ abi_struct! {
     /// `memory_limit` member of the test command.
     pub struct TestMemoryLimit { pub limit: u32 }
 }
+abi_struct! {
+    /// `dirty` member of the test command (`IOMMU_TEST_OP_DIRTY`).
+    pub struct TestDirty {
+        pub flags: u32, pub _pad: u32, pub iova: u64, pub length: u64, pub page_size: u64, pub uptr: u64,
+        pub out_nr_dirty: u64,
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Nested HWPTs, invalidation and I/O page faults.
+
+/// The selftest's HWPT data type (`IOMMU_HWPT_DATA_SELFTEST`).
+pub const IOMMU_HWPT_DATA_SELFTEST: u32 = 0xdead;
+/// `IOMMU_TEST_IOTLB_DEFAULT`
+pub const IOMMU_TEST_IOTLB_DEFAULT: u32 = 0xbadbeef;
+/// `IOMMU_HWPT_INVALIDATE_DATA_SELFTEST`
+pub const IOMMU_HWPT_INVALIDATE_DATA_SELFTEST: u32 = 0xdeadbeef;
+/// `IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID`
+pub const IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID: u32 = 0xdadbeef;
+/// `IOMMU_TEST_INVALIDATE_FLAG_ALL`
+pub const IOMMU_TEST_INVALIDATE_FLAG_ALL: u32 = 1 << 0;
+/// `MOCK_NESTED_DOMAIN_IOTLB_ID_MAX`
+pub const MOCK_NESTED_DOMAIN_IOTLB_ID_MAX: u32 = 3;
+/// `MOCK_NESTED_DOMAIN_IOTLB_NUM`
+pub const MOCK_NESTED_DOMAIN_IOTLB_NUM: usize = 4;
+
+pub const IOMMU_PGFAULT_FLAGS_PASID_VALID: u32 = 1 << 0;
+pub const IOMMU_PGFAULT_FLAGS_LAST_PAGE: u32 = 1 << 1;
+pub const IOMMU_PGFAULT_PERM_READ: u32 = 1 << 0;
+pub const IOMMU_PGFAULT_PERM_WRITE: u32 = 1 << 1;
+pub const IOMMU_PGFAULT_PERM_EXEC: u32 = 1 << 2;
+pub const IOMMU_PGFAULT_PERM_PRIV: u32 = 1 << 3;
+pub const IOMMUFD_PAGE_RESP_SUCCESS: u32 = 0;
+pub const IOMMUFD_PAGE_RESP_INVALID: u32 = 1;
+
+abi_struct! {
+    /// `struct iommu_hwpt_selftest` (driver data of a mock nested HWPT)
+    pub struct IommuHwptSelftest { pub iotlb: u32 }
+}
+abi_struct! {
+    /// `struct iommu_hwpt_invalidate_selftest` (one mock invalidation request)
+    pub struct IommuHwptInvalidateSelftest { pub flags: u32, pub iotlb_id: u32 }
+}
+abi_struct! {
+    /// `check_iotlb` member of the test command.
+    pub struct TestCheckIotlb { pub id: u32, pub iotlb: u32 }
+}
+abi_struct! {
+    /// `trigger_iopf` member of the test command.
+    pub struct TestTriggerIopf {
+        pub dev_id: u32, pub pasid: u32, pub grpid: u32, pub perm: u32, pub addr: u64,
+    }
+}
+abi_struct! {
+    /// `struct iommu_hwpt_pgfault`: one fault record read from a fault fd.
+    pub struct IommuHwptPgfault {
+        pub flags: u32, pub dev_id: u32, pub pasid: u32, pub grpid: u32, pub perm: u32,
+        pub __reserved: u32, pub addr: u64, pub length: u32, pub cookie: u32,
+    }
+}
+abi_struct! {
+    /// `struct iommu_hwpt_page_response`: one response written to a fault fd.
+    pub struct IommuHwptPageResponse { pub cookie: u32, pub code: u32 }
+}
+
+const _: () = {
+    use core::mem::size_of;
+    assert!(size_of::<IommuHwptSelftest>() == 4);
+    assert!(size_of::<IommuHwptInvalidateSelftest>() == 8);
+    assert!(size_of::<TestCheckIotlb>() == 8);
+    assert!(size_of::<TestTriggerIopf>() == 24);
+    assert!(size_of::<IommuHwptPgfault>() == 40);
+    assert!(size_of::<IommuHwptPageResponse>() == 8);
+};
 
 /// Offset of `last` in `struct iommu_test_cmd` (its minimum size is the end of `last`).
 pub const IOMMU_TEST_CMD_LAST_END: usize = 16 + 48 + 4;
@@ -311,4 +386,5 @@ const _: () = {
     assert!(size_of::<IommuHwptInvalidate>() == 32);
     assert!(size_of::<IommuFaultAlloc>() == 16);
     assert!(size_of::<IommuTestCmd>() == 72);
+    assert!(size_of::<TestDirty>() == 48);
 };

@@ -1,0 +1,620 @@
+//! Dirty tracking on an IO page table (the kernel's `iopt_set_dirty_tracking`,
+//! `iopt_read_and_clear_dirty_data`, `iommufd_check_iova_range`, and the
+//! bitmap addressing of iova_bitmap.c).
+//!
+//! # The bitmap
+//!
+//! A request names `[iova, iova + length)` and a `page_size`; bit `i` stands
+//! for the IOVA `iova + (i << pgshift)` where `pgshift` is the index of the
+//! lowest set bit of `page_size` (the kernel's `__ffs`: only the alignment
+//! checks see the other bits of a `page_size` that is not a power of two).
+//! Bit `i` is bit `i % 8` of byte `i / 8` of the user buffer, which is bit
+//! `i % 64` of little-endian `u64` word `i / 64` whatever the buffer's
+//! alignment. Bits are only ever **set**: the caller clears the buffer.
+//!
+//! # How a request runs
+//!
+//! The bits are built in local `u64` words, one window of at most
+//! [`WINDOW_WORDS`] words at a time. For each window, under the `state`
+//! read lock, the contiguous live areas of the window's IOVA span are walked
+//! and the domain reports each piece into the window ([`DirtyBitmap::record`]
+//! sets runs of bits a word at a time). The lock is then dropped and the
+//! window is OR-ed into the user buffer: the bytes from the first to the last
+//! non-zero word are read, OR-ed and written back (two copies per window
+//! with dirty pages, none without). So the cost is one domain call per area
+//! and window, plus the domain's own walk.
+//!
+//! # Errno rules (Linux 6.12)
+//!
+//! Range checks first: `EINVAL` for a zero `length`, `EOVERFLOW` when
+//! `iova + length - 1` wraps, `EINVAL` when `iova` or `iova + length` is not
+//! a multiple of the IOAS's IOVA alignment, `EINVAL` for a zero `page_size`,
+//! `EINVAL` when `iova` or `iova + length` has a bit of `page_size - 1` set;
+//! then `EOPNOTSUPP` when the domain has no dirty tracking.
+//!
+//! After that, 6.12 returns **success** whatever happens during the walk
+//! (`iommu_read_and_clear_dirty` drops the walk's result): the walk stops at
+//! the first IOVA not covered by a live area (the bits of the covered
+//! prefix are reported) or at the first domain error (the mock's `EINVAL`
+//! when tracking is off), and the ioctl still answers 0. The ioctl path
+//! does the same and logs the reason at debug level; the Rust API
+//! ([`IoPagetable::read_and_clear_dirty`]) returns that error instead.
+//!
+//! Divergence: a user bitmap that cannot be read or written is `EFAULT`
+//! here; the kernel silently drops the bits it cannot store and answers 0.
+//! Either way the dirty state of that window was already cleared (unless
+//! `NO_CLEAR`). And where the kernel holds its IOVA lock for the whole
+//! request, we take the `state` lock per window (user memory is never
+//! touched under it, see the module documentation of `io_pagetable`): an
+//! unmap between two windows takes the later windows' pages with it, as if
+//! it had come first.
+
+use std::sync::Arc;
+
+use super::{AreaState, IoPagetable, State};
+use crate::domain::Domain;
+use crate::uapi::IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR;
+use crate::user::UserMemory;
+use crate::{bail, err, Error, Result};
+
+/// The most `u64` words of bitmap one window builds (256 KiB: 2 Mi pages).
+pub const WINDOW_WORDS: usize = 32 * 1024;
+
+/// A window of a dirty bitmap that a domain records into (the kernel's
+/// `iommu_dirty_bitmap`): bit `i` of `words` stands for the IOVA
+/// `iova + (i << pgshift)`; records outside `iova..=last` are clipped.
+#[derive(Debug)]
+pub struct DirtyBitmap<'a> {
+    iova: u64,
+    last: u64,
+    pgshift: u32,
+    words: &'a mut [u64],
+}
+
+impl<'a> DirtyBitmap<'a> {
+    /// A window over `iova..=last` (`iova` a multiple of `1 << pgshift`),
+    /// recording into `words`, which must hold
+    /// `((last - iova) >> pgshift) + 1` bits (panics otherwise).
+    pub fn new(iova: u64, last: u64, pgshift: u32, words: &'a mut [u64]) -> DirtyBitmap<'a> {
+        assert!(pgshift < 64 && iova <= last);
+        let nbits = ((last - iova) >> pgshift) + 1;
+        assert!(
+            words.len() as u64 >= nbits.div_ceil(64),
+            "a dirty bitmap of {nbits} bits needs {} words, got {}",
+            nbits.div_ceil(64),
+            words.len()
+        );
+        DirtyBitmap {
+            iova,
+            last,
+            pgshift,
+            words,
+        }
+    }
+
+    /// First IOVA the window covers.
+    pub fn iova(&self) -> u64 {
+        self.iova
+    }
+
+    /// Last IOVA the window covers (inclusive).
+    pub fn last(&self) -> u64 {
+        self.last
+    }
+
+    /// Bytes of IOVA per bit, as a shift.
+    pub fn pgshift(&self) -> u32 {
+        self.pgshift
+    }
+
+    /// Mark `[iova, iova + len)` dirty: every bit whose page overlaps it,
+    /// within the window (the kernel's `iommu_dirty_bitmap_record`).
+    #[inline]
+    pub fn record(&mut self, iova: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let start = iova.max(self.iova);
+        let end = iova.saturating_add(len - 1).min(self.last);
+        if start > end {
+            return;
+        }
+        set_bits(
+            self.words,
+            (start - self.iova) >> self.pgshift,
+            (end - self.iova) >> self.pgshift,
+        );
+    }
+}
+
+/// Set bits `first..=last` of `words`, a word at a time.
+#[inline]
+fn set_bits(words: &mut [u64], first: u64, last: u64) {
+    let (w0, w1) = ((first / 64) as usize, (last / 64) as usize);
+    let m0 = !0u64 << (first % 64);
+    let m1 = !0u64 >> (63 - last % 64);
+    if w0 == w1 {
+        words[w0] |= m0 & m1;
+        return;
+    }
+    words[w0] |= m0;
+    words[w0 + 1..w1].fill(!0);
+    words[w1] |= m1;
+}
+
+/// A dirty-bitmap request (the fields of `struct iommu_hwpt_get_dirty_bitmap`
+/// but the bitmap itself).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct DirtyRequest {
+    /// First IOVA.
+    pub iova: u64,
+    /// Bytes of IOVA.
+    pub length: u64,
+    /// IOVA per bit (its lowest set bit counts; see the module documentation).
+    pub page_size: u64,
+    /// `IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR` or 0.
+    pub flags: u32,
+}
+
+impl DirtyRequest {
+    /// Bits the bitmap of a valid request holds.
+    pub fn nbits(&self) -> u64 {
+        if self.length == 0 || self.page_size == 0 {
+            return 0;
+        }
+        ((self.length - 1) >> self.page_size.trailing_zeros()) + 1
+    }
+}
+
+/// A request that passed the kernel's `iommufd_check_iova_range`.
+#[derive(Debug, Clone, Copy)]
+struct Query {
+    iova: u64,
+    last: u64,
+    pgshift: u32,
+    /// Bits in the bitmap.
+    nbits: u64,
+}
+
+impl Query {
+    fn words(&self) -> usize {
+        self.nbits.div_ceil(64) as usize
+    }
+
+    /// The IOVA span `first_bit .. first_bit + nbits` stands for.
+    fn span(&self, first_bit: u64, nbits: u64) -> (u64, u64) {
+        let start = self.iova + (first_bit << self.pgshift);
+        (start, start + ((nbits << self.pgshift) - 1))
+    }
+}
+
+fn check_flags(flags: u32) -> Result<bool> {
+    if flags & !IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR != 0 {
+        bail!(
+            EOPNOTSUPP,
+            "GET_DIRTY_BITMAP: unknown flags {:#x}",
+            flags & !IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR
+        );
+    }
+    Ok(flags & IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR == 0)
+}
+
+/// Report the dirty IOVA of `start..=last` into `bm`, walking contiguous
+/// live areas from the one holding `start` (the kernel's
+/// `__iommu_read_and_clear_dirty` over `iopt_for_each_contig_area`).
+/// `EINVAL` at the first IOVA no live area covers; a domain error as is.
+fn walk(
+    st: &State,
+    domain: &dyn Domain,
+    start: u64,
+    last: u64,
+    clear: bool,
+    bm: &mut DirtyBitmap<'_>,
+) -> Result<()> {
+    let gap = |cur: u64| {
+        err!(
+            EINVAL,
+            "GET_DIRTY_BITMAP: iova {cur:#x} is not mapped (or is being mapped or unmapped); the walk stops there"
+        )
+    };
+    let first = match st.areas.range(..=start).next_back() {
+        Some((&k, a)) if a.last >= start => k,
+        _ => return Err(gap(start)),
+    };
+    let mut cur = start;
+    for (&k, a) in st.areas.range(first..) {
+        if k > cur || a.state != AreaState::Live {
+            return Err(gap(cur));
+        }
+        let end = a.last.min(last);
+        domain.read_and_clear_dirty(cur, end - cur + 1, clear, Some(bm))?;
+        if end == last {
+            return Ok(());
+        }
+        cur = end + 1;
+    }
+    Err(gap(cur))
+}
+
+impl IoPagetable {
+    /// The attached domain with ID `domain_id` (`ENOENT` if none).
+    fn dirty_domain(&self, domain_id: u64) -> Result<Arc<dyn Domain>> {
+        self.domains
+            .read()
+            .domains
+            .iter()
+            .find(|d| d.id() == domain_id)
+            .cloned()
+            .ok_or_else(|| err!(ENOENT, "domain {domain_id} is not attached to this IOAS"))
+    }
+
+    /// The kernel's `iommufd_check_iova_range` (see the module errno rules).
+    fn dirty_query(&self, req: &DirtyRequest) -> Result<Query> {
+        let DirtyRequest {
+            iova,
+            length,
+            page_size,
+            ..
+        } = *req;
+        if length == 0 {
+            bail!(EINVAL, "GET_DIRTY_BITMAP: length is zero");
+        }
+        let Some(last) = iova.checked_add(length - 1) else {
+            bail!(
+                EOVERFLOW,
+                "GET_DIRTY_BITMAP: iova {iova:#x} + length {length:#x} overflows"
+            );
+        };
+        let end = last.wrapping_add(1);
+        let align = self.state.read().iova_alignment;
+        if iova & (align - 1) != 0 || end & (align - 1) != 0 {
+            bail!(
+                EINVAL,
+                "GET_DIRTY_BITMAP: iova {iova:#x} and iova + length {end:#x} must be multiples of the IOAS's IOVA \
+                 alignment {align:#x}"
+            );
+        }
+        if page_size == 0 {
+            bail!(EINVAL, "GET_DIRTY_BITMAP: page_size is zero");
+        }
+        let mask = page_size - 1;
+        if iova & mask != 0 || end & mask != 0 {
+            bail!(
+                EINVAL,
+                "GET_DIRTY_BITMAP: iova {iova:#x} and iova + length {end:#x} must have no bit of page_size - 1 \
+                 ({mask:#x}) set"
+            );
+        }
+        let pgshift = page_size.trailing_zeros();
+        Ok(Query {
+            iova,
+            last,
+            pgshift,
+            nbits: ((last - iova) >> pgshift) + 1,
+        })
+    }
+
+    /// Start or stop dirty tracking on the attached domain `domain_id` (the
+    /// kernel's `iopt_set_dirty_tracking`): before enabling, the dirty state
+    /// of every live area is cleared so that tracking starts from a clean
+    /// snapshot.
+    ///
+    /// `ENOENT` when no such domain is attached, `EOPNOTSUPP` when it has no
+    /// dirty tracking, then what the domain answers.
+    pub fn set_dirty_tracking(&self, domain_id: u64, enable: bool) -> Result<()> {
+        let domain = self.dirty_domain(domain_id)?;
+        if !domain.dirty_tracking_supported() {
+            bail!(
+                EOPNOTSUPP,
+                "domain {domain_id} was not allocated with dirty tracking"
+            );
+        }
+        let st = self.state.read();
+        if enable {
+            for (&k, a) in st.areas.iter().filter(|(_, a)| a.state == AreaState::Live) {
+                domain.read_and_clear_dirty(k, a.length(k), true, None)?;
+            }
+        }
+        domain.set_dirty_tracking(enable)
+    }
+
+    /// Set the bits of the dirty pages of `[req.iova, req.iova + req.length)`
+    /// in `bitmap` (bit `i` of word `w` is page `64 * w + i` of `page_size`
+    /// from `iova`; [`DirtyRequest::nbits`] bits), clearing their dirty state unless `flags` has
+    /// `IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR`. Other bits are left alone.
+    ///
+    /// The same core as `IOMMU_HWPT_GET_DIRTY_BITMAP`, but strict: after the
+    /// ioctl's checks (`ENOENT` for a domain not attached here, `EOPNOTSUPP`
+    /// for unknown flags, the range rules of the module documentation,
+    /// `EINVAL` when `bitmap` has fewer than `ceil(bits / 64)` words), a
+    /// walk that stops early (`EINVAL` at an unmapped IOVA, the domain's
+    /// error) is returned as an error; the bits found before are set.
+    pub fn read_and_clear_dirty(
+        &self,
+        domain_id: u64,
+        req: &DirtyRequest,
+        bitmap: &mut [u64],
+    ) -> Result<()> {
+        let domain = self.dirty_domain(domain_id)?;
+        let clear = check_flags(req.flags)?;
+        let q = self.dirty_query(req)?;
+        if bitmap.len() < q.words() {
+            bail!(
+                EINVAL,
+                "dirty bitmap of {} words is too small for {} pages",
+                bitmap.len(),
+                q.nbits
+            );
+        }
+        if !domain.dirty_tracking_supported() {
+            bail!(
+                EOPNOTSUPP,
+                "domain {domain_id} was not allocated with dirty tracking"
+            );
+        }
+        let st = self.state.read();
+        let mut bm = DirtyBitmap::new(q.iova, q.last, q.pgshift, &mut bitmap[..q.words()]);
+        walk(&st, domain.as_ref(), q.iova, q.last, clear, &mut bm)
+    }
+
+    /// `IOMMU_HWPT_GET_DIRTY_BITMAP` on the attached domain `domain_id`:
+    /// like [`IoPagetable::read_and_clear_dirty`] but OR-ing into the user
+    /// buffer at `data` through `mem`, window by window, and answering as
+    /// 6.12 does: a walk that stops early is a success (logged).
+    /// `EFAULT` when the buffer cannot be read or written.
+    pub fn read_and_clear_dirty_user(
+        &self,
+        domain_id: u64,
+        req: &DirtyRequest,
+        data: u64,
+        mem: &dyn UserMemory,
+    ) -> Result<()> {
+        self.dirty_to_user(domain_id, req, data, mem, WINDOW_WORDS)
+    }
+
+    /// [`IoPagetable::read_and_clear_dirty_user`] with windows of `window`
+    /// words.
+    fn dirty_to_user(
+        &self,
+        domain_id: u64,
+        req: &DirtyRequest,
+        data: u64,
+        mem: &dyn UserMemory,
+        window: usize,
+    ) -> Result<()> {
+        let domain = self.dirty_domain(domain_id)?;
+        let clear = check_flags(req.flags)?;
+        let q = self.dirty_query(req)?;
+        if !domain.dirty_tracking_supported() {
+            bail!(
+                EOPNOTSUPP,
+                "domain {domain_id} was not allocated with dirty tracking"
+            );
+        }
+        let total_words = q.words();
+        let total_bytes = q.nbits.div_ceil(8);
+        let mut words = vec![0u64; total_words.min(window)];
+        let mut bytes: Vec<u8> = Vec::new();
+        let mut first_word = 0usize;
+        while first_word < total_words {
+            let n = (total_words - first_word).min(window);
+            let w = &mut words[..n];
+            w.fill(0);
+            let first_bit = first_word as u64 * 64;
+            let nbits = (q.nbits - first_bit).min(n as u64 * 64);
+            let (start, last) = q.span(first_bit, nbits);
+            let stopped = {
+                let st = self.state.read();
+                let mut bm = DirtyBitmap::new(start, last, q.pgshift, w);
+                walk(&st, domain.as_ref(), start, last, clear, &mut bm).err()
+            };
+            or_into_user(mem, data, first_word, w, total_bytes, &mut bytes)?;
+            if let Some(e) = stopped {
+                tracing::debug!(
+                    domain = domain_id,
+                    "GET_DIRTY_BITMAP answers 0 as Linux 6.12 does, but stopped early: {e}"
+                );
+                return Ok(());
+            }
+            first_word += n;
+        }
+        Ok(())
+    }
+}
+
+/// OR window `w` (words `first_word..` of the bitmap) into the user bitmap
+/// at `data`, which holds `total_bytes` bytes: only the bytes from the first
+/// to the last non-zero word are read and written.
+fn or_into_user(
+    mem: &dyn UserMemory,
+    data: u64,
+    first_word: usize,
+    w: &[u64],
+    total_bytes: u64,
+    bytes: &mut Vec<u8>,
+) -> Result<()> {
+    let Some(lo) = w.iter().position(|&x| x != 0) else {
+        return Ok(());
+    };
+    let hi = w.iter().rposition(|&x| x != 0).unwrap_or(lo);
+    let byte_lo = (first_word + lo) as u64 * 8;
+    let byte_end = ((first_word + hi + 1) as u64 * 8).min(total_bytes);
+    let Some(addr) = data
+        .checked_add(byte_lo)
+        .filter(|a| a.checked_add(byte_end - byte_lo).is_some())
+    else {
+        return Err(Error::fault(
+            "GET_DIRTY_BITMAP: the bitmap at data runs past the end of the address space",
+        ));
+    };
+    bytes.clear();
+    bytes.resize((byte_end - byte_lo) as usize, 0);
+    mem.read(addr, bytes).map_err(|e| {
+        err!(
+            EFAULT,
+            "GET_DIRTY_BITMAP: cannot read the bitmap at data {data:#x}: {}",
+            e.reason()
+        )
+    })?;
+    let src = &w[lo..=hi];
+    let mut chunks = bytes.chunks_exact_mut(8);
+    let mut words = src.iter();
+    for (c, &x) in (&mut chunks).zip(&mut words) {
+        let v = u64::from_le_bytes((&*c).try_into().expect("8-byte chunk")) | x;
+        c.copy_from_slice(&v.to_le_bytes());
+    }
+    if let Some(&x) = words.next() {
+        for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
+            *b |= (x >> (8 * i)) as u8;
+        }
+    }
+    mem.write(addr, bytes).map_err(|e| {
+        err!(
+            EFAULT,
+            "GET_DIRTY_BITMAP: cannot write the bitmap at data {data:#x}: {}",
+            e.reason()
+        )
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::RealBuf;
+    use super::super::{IovaRequest, MapSource, Prot};
+    use super::*;
+    use crate::accounting::AccountMode;
+    use crate::mock::domain::{mock_io_page_size, MockDomain, MOCK_APERTURE_START as A};
+    use crate::pages::Pages;
+    use crate::user::{page_size, SelfMemory};
+
+    fn map(t: &IoPagetable, uptr: u64, len: u64, iova: u64) {
+        let pages = Pages::new(Arc::new(SelfMemory), uptr, len, true, AccountMode::None);
+        let src = MapSource {
+            start_byte: uptr - pages.uptr(),
+            pages,
+            length: len,
+        };
+        t.map(vec![src], len, IovaRequest::Fixed(iova), Prot::RW)
+            .unwrap();
+    }
+
+    /// Windows of a few words give the bytes one pass over a Rust buffer
+    /// gives, at unaligned bitmap pointers, and clear what they report.
+    #[test]
+    fn windows_agree_with_one_pass() {
+        let g = mock_io_page_size();
+        let npages = 512;
+        let len = npages * page_size();
+        let buf = RealBuf::new(npages);
+        let t = IoPagetable::new();
+        let d = MockDomain::new_paging(false, true);
+        t.add_domain(d.clone()).unwrap();
+        // two contiguous areas, a gap of len / 4, then a third area
+        map(&t, buf.addr(), len / 2, A);
+        map(&t, buf.addr() + len / 2, len / 4, A + len / 2);
+        map(&t, buf.addr() + 3 * len / 4, len / 4, A + len);
+        let id = d.id();
+        assert_eq!(d.mark_dirty(A, g).unwrap_err().errno().0, libc::EINVAL);
+        t.set_dirty_tracking(id, true).unwrap();
+        let mut x = 0x1234_5678_9abc_def1u64;
+        for i in 0..(len + len / 4) / g {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            if x.is_multiple_of(3) {
+                d.mark_dirty(A + i * g, g).unwrap();
+            }
+        }
+        let cases = [
+            (0, len, g, 1),
+            (g, len - 2 * g, g, 2),
+            (64 * g, len - 64 * g, 2 * g, 1),
+            (3 * page_size(), len / 2, page_size(), 3),
+            (0, len + len / 4, g, 1),
+            (len / 2 - 8 * g, 16 * g, 8 * g, 1),
+        ];
+        for (off, length, ps, window) in cases {
+            let req = DirtyRequest {
+                iova: A + off,
+                length,
+                page_size: ps,
+                flags: IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR,
+            };
+            let nbits = req.nbits();
+            let mut want = vec![0u64; nbits.div_ceil(64) as usize];
+            let strict = t.read_and_clear_dirty(id, &req, &mut want);
+            assert_eq!(
+                strict.is_ok(),
+                off + length <= 3 * len / 4,
+                "{off:#x} {length:#x}"
+            );
+            let want: Vec<u8> = want.iter().flat_map(|w| w.to_le_bytes()).collect();
+            let nbytes = nbits.div_ceil(8) as usize;
+            for skew in [0usize, 3] {
+                let mut bytes = vec![0u8; nbytes + 16];
+                bytes[skew + nbytes] = 0xa5; // past the end: never touched
+                let data = bytes.as_mut_ptr() as u64 + skew as u64;
+                t.dirty_to_user(id, &req, data, &SelfMemory, window)
+                    .unwrap();
+                assert_eq!(
+                    &bytes[skew..skew + nbytes],
+                    &want[..nbytes],
+                    "{off:#x} {length:#x} {ps:#x}"
+                );
+                assert_eq!(bytes[skew + nbytes], 0xa5);
+                assert!(bytes[..skew].iter().all(|&b| b == 0));
+            }
+        }
+        // clearing through windows, then nothing is left
+        let req = DirtyRequest {
+            iova: A,
+            length: len,
+            page_size: g,
+            flags: 0,
+        };
+        let mut bytes = vec![0u8; (len / g / 8) as usize];
+        t.dirty_to_user(id, &req, bytes.as_mut_ptr() as u64, &SelfMemory, 1)
+            .unwrap();
+        assert!(bytes.iter().any(|&b| b != 0));
+        let mut again = vec![0u64; (len / g / 64) as usize];
+        let r = t.read_and_clear_dirty(id, &req, &mut again);
+        assert_eq!(r.unwrap_err().errno().0, libc::EINVAL, "the gap");
+        assert!(again.iter().all(|&w| w == 0));
+        // the third area was never reached: still dirty
+        let req = DirtyRequest {
+            iova: A + len,
+            length: len / 4,
+            ..req
+        };
+        let mut third = vec![0u64; (len / 4 / g / 64) as usize];
+        t.read_and_clear_dirty(id, &req, &mut third).unwrap();
+        assert!(third.iter().any(|&w| w != 0));
+        t.unmap_all().unwrap();
+        t.remove_domain(id);
+    }
+
+    #[test]
+    fn set_bits_spans_words() {
+        let mut w = [0u64; 4];
+        set_bits(&mut w, 3, 3);
+        assert_eq!(w, [8, 0, 0, 0]);
+        set_bits(&mut w, 62, 129);
+        assert_eq!(w, [8 | 3 << 62, !0, 3, 0]);
+        set_bits(&mut w, 192, 255);
+        assert_eq!(w[3], !0);
+    }
+
+    #[test]
+    fn record_clips_to_the_window() {
+        let mut w = [0u64; 2];
+        // 128 pages of 4 KiB from 0x10000
+        let mut bm = DirtyBitmap::new(0x10000, 0x10000 + 128 * 4096 - 1, 12, &mut w);
+        bm.record(0, 0x10000 + 4096); // only page 0 is inside
+        bm.record(0x10000 + 127 * 4096 + 5, 1 << 40); // last page
+        bm.record(0x10000 + 10 * 4096 + 1, 1); // one byte: page 10
+        bm.record(0x10000 + 20 * 4096 - 1, 2); // straddles pages 19 and 20
+        bm.record(u64::MAX - 10, 100); // outside, must not overflow
+        assert_eq!(w[0], 1 | 1 << 10 | 3 << 19);
+        assert_eq!(w[1], 1 << 63);
+    }
+}

@@ -1,0 +1,184 @@
+//! The mock driver's nested domains (the kernel's selftest.c
+//! `mock_iommu_domain_nested`): a user-managed domain whose only state is a
+//! 4-entry "IOTLB" the user fills at allocation (`iommu_hwpt_selftest`) and
+//! clears with invalidation requests (`iommu_hwpt_invalidate_selftest`);
+//! `IOMMU_TEST_OP_MD_CHECK_IOTLB` reads it back. Mock devices can report
+//! I/O page faults and keep their PASID table in the nested domain.
+
+use std::any::Any;
+use std::mem::offset_of;
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+
+use super::device::MockDevice;
+use super::domain::MockDomain;
+use crate::device::NestingOps;
+use crate::domain::{next_domain_id, Domain};
+use crate::hwpt::nested::{NestedDomain, UserData, UserDataArray};
+use crate::uapi::*;
+use crate::{bail, Result};
+
+/// A mock nested domain.
+#[derive(Debug)]
+pub struct MockNestedDomain {
+    id: u64,
+    /// The parent mock domain's ID.
+    parent: u64,
+    iotlb: Mutex<[u32; MOCK_NESTED_DOMAIN_IOTLB_NUM]>,
+}
+
+impl MockNestedDomain {
+    /// A nested domain on mock domain `parent` with every IOTLB entry `iotlb`.
+    pub fn new(parent: u64, iotlb: u32) -> Arc<MockNestedDomain> {
+        Arc::new(MockNestedDomain {
+            id: next_domain_id(),
+            parent,
+            iotlb: Mutex::new([iotlb; MOCK_NESTED_DOMAIN_IOTLB_NUM]),
+        })
+    }
+
+    /// The parent domain's ID.
+    pub fn parent_id(&self) -> u64 {
+        self.parent
+    }
+
+    /// IOTLB entry `i` (`None` past the last).
+    pub fn iotlb(&self, i: u32) -> Option<u32> {
+        self.iotlb.lock().get(i as usize).copied()
+    }
+
+    /// `IOMMU_TEST_OP_MD_CHECK_IOTLB`: entry `id` holds `value` (`EINVAL`
+    /// for an ID past `MOCK_NESTED_DOMAIN_IOTLB_ID_MAX` or another value).
+    pub fn check_iotlb(&self, id: u32, value: u32) -> Result<()> {
+        match self.iotlb(id) {
+            None => bail!(
+                EINVAL,
+                "MD_CHECK_IOTLB: IOTLB ID {id} is above {MOCK_NESTED_DOMAIN_IOTLB_ID_MAX}"
+            ),
+            Some(v) if v != value => bail!(
+                EINVAL,
+                "MD_CHECK_IOTLB: IOTLB entry {id} is {v:#x}, expected {value:#x}"
+            ),
+            Some(_) => Ok(()),
+        }
+    }
+}
+
+impl NestedDomain for MockNestedDomain {
+    fn id(&self) -> u64 {
+        self.id
+    }
+
+    /// Each request clears one entry, or all with `FLAG_ALL`: another data
+    /// type is `EINVAL` (nothing done), unknown request flags `EOPNOTSUPP`,
+    /// an IOTLB ID past the last `EINVAL`, a bad entry size `EINVAL`, an
+    /// unreadable entry `EFAULT`.
+    fn cache_invalidate_user(&self, array: &UserDataArray<'_>) -> (u32, Result<()>) {
+        if array.data_type != IOMMU_HWPT_INVALIDATE_DATA_SELFTEST {
+            return (
+                0,
+                Err(crate::err!(
+                    EINVAL,
+                    "HWPT_INVALIDATE: data_type {:#x} is not the mock's {IOMMU_HWPT_INVALIDATE_DATA_SELFTEST:#x}",
+                    array.data_type
+                )),
+            );
+        }
+        let min = offset_of!(IommuHwptInvalidateSelftest, iotlb_id) + size_of::<u32>();
+        let mut done = 0u32;
+        for i in 0..array.entry_num {
+            let inv: IommuHwptInvalidateSelftest =
+                match array.copy_entry(IOMMU_HWPT_INVALIDATE_DATA_SELFTEST, i, min) {
+                    Ok(v) => v,
+                    Err(e) => return (done, Err(e)),
+                };
+            if inv.flags & !IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
+                return (
+                    done,
+                    Err(crate::err!(
+                        EOPNOTSUPP,
+                        "HWPT_INVALIDATE: entry {i}: unknown flags {:#x}",
+                        inv.flags & !IOMMU_TEST_INVALIDATE_FLAG_ALL
+                    )),
+                );
+            }
+            if inv.iotlb_id > MOCK_NESTED_DOMAIN_IOTLB_ID_MAX {
+                return (
+                    done,
+                    Err(crate::err!(
+                        EINVAL,
+                        "HWPT_INVALIDATE: entry {i}: iotlb_id {} is above {MOCK_NESTED_DOMAIN_IOTLB_ID_MAX}",
+                        inv.iotlb_id
+                    )),
+                );
+            }
+            let mut t = self.iotlb.lock();
+            if inv.flags & IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
+                *t = [0; MOCK_NESTED_DOMAIN_IOTLB_NUM];
+            } else {
+                t[inv.iotlb_id as usize] = 0;
+            }
+            done += 1;
+        }
+        (done, Ok(()))
+    }
+
+    fn as_any(&self) -> &dyn Any {
+        self
+    }
+}
+
+impl NestingOps for MockDevice {
+    fn owns_domain(&self, domain: &dyn Domain) -> bool {
+        domain.as_any().is::<MockDomain>()
+    }
+
+    /// `mock_domain_alloc_user` with a parent: only `IOMMU_HWPT_DATA_SELFTEST`
+    /// and no flags (`EOPNOTSUPP`), a mock parent (`EINVAL`), then the data.
+    fn alloc_nested_domain(
+        &self,
+        parent: &dyn Domain,
+        flags: u32,
+        data: &UserData<'_>,
+    ) -> Result<Arc<dyn NestedDomain>> {
+        if data.data_type != IOMMU_HWPT_DATA_SELFTEST {
+            bail!(
+                EOPNOTSUPP,
+                "mock driver: nested data type {:#x} is not IOMMU_HWPT_DATA_SELFTEST",
+                data.data_type
+            );
+        }
+        if flags != 0 {
+            bail!(
+                EOPNOTSUPP,
+                "mock driver: flags {flags:#x} are not supported for a nested domain"
+            );
+        }
+        if !parent.as_any().is::<MockDomain>() {
+            bail!(EINVAL, "mock driver: the parent is not a mock domain");
+        }
+        let min = offset_of!(IommuHwptSelftest, iotlb) + size_of::<u32>();
+        let cfg: IommuHwptSelftest = data.copy_struct(IOMMU_HWPT_DATA_SELFTEST, min)?;
+        Ok(MockNestedDomain::new(parent.id(), cfg.iotlb))
+    }
+
+    fn check_attach_nested(&self, domain: &dyn NestedDomain) -> Result<()> {
+        if !domain.as_any().is::<MockNestedDomain>() {
+            bail!(
+                EINVAL,
+                "mock device: nested domain {} is not a mock nested domain",
+                domain.id()
+            );
+        }
+        Ok(())
+    }
+
+    fn enable_iopf(&self) -> Result<()> {
+        Ok(())
+    }
+
+    fn user_pasid_table(&self) -> bool {
+        true
+    }
+}

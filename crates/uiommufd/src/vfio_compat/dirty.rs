@@ -1,0 +1,433 @@
+//! VFIO type1 dirty page tracking on `/dev/vfio/vfio` containers (6.12's
+//! iommufd answers `ENOTTY`; this follows the type1 contract of the v16
+//! dirty-pages series and of 6.12's vfio_iommu_type1.c).
+//!
+//! What is reported is what was really written (see
+//! `io_pagetable::type1_dirty`): by a device through a domain with dirty
+//! tracking (its dirty bits), by an access (`access_rw` writes, and pages
+//! an access holds pinned for write), and everything mapped while a domain
+//! without dirty tracking is attached. The bitmap page size is the
+//! container's smallest page size (`iova_pgsizes`), as type1's.
+//!
+//! # Errno rules
+//!
+//! `VFIO_IOMMU_DIRTY_PAGES`, in order: `ENODEV` no compat IOAS; `EACCES`
+//! the container is type1 v1 (large pages off); `EFAULT` reading the 8-byte
+//! header; `EINVAL` `argsz` < 8, unknown flags, no flag or more than one.
+//! START/STOP never fail otherwise (START: `EINVAL` for a mapping of more
+//! than `INT_MAX` pages, or what a domain answers). GET_BITMAP: `EINVAL`
+//! `argsz` < 8 + 40; `EFAULT` reading the range; `EINVAL` for
+//! `bitmap.pgsize` other than the page size, `iova` not a multiple of it,
+//! `size` zero or not a multiple of it, `iova + size` wrapping, a bitmap the
+//! user may not address (`access_ok`), a bitmap size of 0, above 256 MiB,
+//! or below what `size` needs, tracking off, a range that cuts a mapping at
+//! either end; `EFAULT` writing the bitmap.
+//!
+//! `VFIO_IOMMU_UNMAP_DMA` with `VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP`:
+//! `EINVAL` combined with `UNMAP_ALL`, `argsz` < 24 + 24; `EFAULT` reading
+//! the `vfio_bitmap`; `EINVAL` bitmap not addressable, page size 0, bitmap
+//! size rules as above; `ENODEV`; `EINVAL` `iova` or `size` not multiples of
+//! the page size, `size` 0 or wrapping, tracking off, `bitmap.pgsize` other
+//! than the page size; `ENOENT` a range that cuts a mapping (as the unmap
+//! without bitmap); `EFAULT` writing the bitmap (nothing is unmapped then);
+//! then the unmap's own errnos. On error nothing is written back.
+//!
+//! Bitmaps: bit `i` (bit `i % 8` of byte `i / 8`) is the page at
+//! `iova + i * pgsize`; bits are OR-ed into the user's (zeroed) buffer.
+//! The range of GET_BITMAP may cover several whole mappings and holes
+//! (6.12's rule; the v16 series wanted exactly one mapping).
+
+use std::mem::size_of;
+
+use super::type1::{min_pgsize, UNMAP_MINSZ};
+use super::{compat_ioas, read_prefix, write_prefix};
+use crate::context::Context;
+use crate::io_pagetable::AreaDirty;
+use crate::ioas::Ioas;
+use crate::uapi::vfio::*;
+use crate::{bail, Error, Result};
+
+/// type1's `DIRTY_BITMAP_PAGES_MAX`: the most pages one bitmap may hold.
+pub(crate) const DIRTY_BITMAP_PAGES_MAX: u64 = i32::MAX as u64;
+/// type1's `DIRTY_BITMAP_SIZE_MAX`: the largest bitmap in bytes (256 MiB).
+pub(crate) const DIRTY_BITMAP_SIZE_MAX: u64 = dirty_bitmap_bytes(DIRTY_BITMAP_PAGES_MAX);
+/// x86-64's `TASK_SIZE_MAX`: the end of what `access_ok` accepts.
+const USER_ADDR_LIMIT: u64 = 0x7fff_ffff_f000;
+
+/// `DIRTY_BITMAP_BYTES(n)`: bytes of a bitmap of `n` bits, in whole u64s.
+const fn dirty_bitmap_bytes(n: u64) -> u64 {
+    n.div_ceil(64) * 8
+}
+
+/// `offsetofend(struct vfio_iommu_type1_dirty_bitmap, flags)`
+const DIRTY_MINSZ: usize = size_of::<VfioIommuType1DirtyBitmap>();
+
+/// The kernel's `access_ok` on x86-64.
+fn access_ok(addr: u64, size: u64) -> bool {
+    size <= USER_ADDR_LIMIT && addr <= USER_ADDR_LIMIT - size
+}
+
+/// type1's `verify_bitmap_size`.
+fn verify_bitmap_size(what: &str, npages: u64, bitmap_size: u64) -> Result<()> {
+    if npages == 0 {
+        bail!(
+            EINVAL,
+            "{what}: the range holds no whole page of bitmap.pgsize"
+        );
+    }
+    if bitmap_size == 0 {
+        bail!(EINVAL, "{what}: bitmap.size is zero");
+    }
+    if bitmap_size > DIRTY_BITMAP_SIZE_MAX {
+        bail!(
+            EINVAL,
+            "{what}: bitmap.size {bitmap_size:#x} is above the maximum {DIRTY_BITMAP_SIZE_MAX:#x}"
+        );
+    }
+    let need = dirty_bitmap_bytes(npages);
+    if bitmap_size < need {
+        bail!(
+            EINVAL,
+            "{what}: bitmap.size {bitmap_size:#x} is below the {need:#x} bytes {npages} pages need"
+        );
+    }
+    Ok(())
+}
+
+/// The bitmap's user pointer, checked like type1 checks it (`EINVAL`).
+fn check_bitmap_addr(what: &str, bm: &VfioBitmap) -> Result<()> {
+    if !access_ok(bm.data, bm.size) {
+        bail!(
+            EINVAL,
+            "{what}: bitmap.data {:#x} + size {:#x} is not user-addressable",
+            bm.data,
+            bm.size
+        );
+    }
+    Ok(())
+}
+
+/// `ENOENT`/`EINVAL` (`errno`) when `iova..=last` cuts a mapping at either end.
+fn check_whole_mappings(what: &str, ioas: &Ioas, iova: u64, last: u64, unmap: bool) -> Result<()> {
+    for a in ioas.areas() {
+        let a_last = a.iova + (a.length - 1);
+        if a_last < iova || a.iova > last {
+            continue;
+        }
+        if a.iova < iova || a_last > last {
+            let msg = format!(
+                "{what}: range [{iova:#x}, {last:#x}] cuts the mapping [{:#x}, {a_last:#x}]; only whole mappings are \
+                 tracked",
+                a.iova
+            );
+            return Err(if unmap {
+                Error::new(libc::ENOENT, msg)
+            } else {
+                Error::new(libc::EINVAL, msg)
+            });
+        }
+    }
+    Ok(())
+}
+
+/// OR the bits of every area into the user bitmap at `data`, whose bit 0
+/// is the page at `iova` (`EFAULT`).
+fn write_bitmap(
+    ctx: &Context,
+    data: u64,
+    iova: u64,
+    pgshift: u32,
+    areas: &[AreaDirty],
+) -> Result<()> {
+    for ad in areas {
+        let off = (ad.iova - iova) >> pgshift;
+        or_bits_into_user(ctx, data, off, &ad.words, ad.nbits)?;
+    }
+    Ok(())
+}
+
+/// OR `nbits` bits of `words` into the user bitmap at `data`, from bit
+/// `off`: only the bytes between the first and last set bit are touched.
+fn or_bits_into_user(ctx: &Context, data: u64, off: u64, words: &[u64], nbits: u64) -> Result<()> {
+    let set = |i: u64| words[(i / 64) as usize] >> (i % 64) & 1 != 0;
+    let mut bits = words.iter().enumerate().flat_map(|(wi, &w)| {
+        let mut w = w;
+        std::iter::from_fn(move || {
+            (w != 0).then(|| {
+                let b = w.trailing_zeros() as u64;
+                w &= w - 1;
+                wi as u64 * 64 + b
+            })
+        })
+    });
+    let Some(lo) = bits.find(|&i| i < nbits) else {
+        return Ok(());
+    };
+    let hi = (lo..nbits).rev().find(|&i| set(i)).unwrap_or(lo);
+    let byte_lo = (off + lo) / 8;
+    let byte_hi = (off + hi) / 8;
+    let mut buf = vec![0u8; (byte_hi - byte_lo + 1) as usize];
+    let addr = data
+        .checked_add(byte_lo)
+        .ok_or_else(|| Error::fault("dirty bitmap address wraps"))?;
+    ctx.memory()
+        .read(addr, &mut buf)
+        .map_err(|_| Error::fault("cannot read the dirty bitmap"))?;
+    for i in std::iter::once(lo).chain(bits.take_while(|&i| i <= hi)) {
+        let d = off + i - byte_lo * 8;
+        buf[(d / 8) as usize] |= 1 << (d % 8);
+    }
+    ctx.memory()
+        .write(addr, &buf)
+        .map_err(|_| Error::fault("cannot write the dirty bitmap"))
+}
+
+/// `VFIO_IOMMU_DIRTY_PAGES`
+pub(crate) fn dirty_pages(ctx: &Context, arg: u64) -> Result<i32> {
+    const W: &str = "VFIO_IOMMU_DIRTY_PAGES";
+    const MASK: u32 = VFIO_IOMMU_DIRTY_PAGES_FLAG_START
+        | VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP
+        | VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP;
+    let ioas = compat_ioas(ctx)?;
+    if !ioas.iopt().large_pages() {
+        bail!(
+            EACCES,
+            "{W}: dirty tracking needs a type1v2 container (this one is type1 v1)"
+        );
+    }
+    let dirty: VfioIommuType1DirtyBitmap = read_prefix(
+        ctx,
+        arg,
+        DIRTY_MINSZ,
+        "cannot read vfio_iommu_type1_dirty_bitmap",
+    )?;
+    if (dirty.argsz as usize) < DIRTY_MINSZ {
+        bail!(
+            EINVAL,
+            "{W}: argsz {} is below the minimum {DIRTY_MINSZ}",
+            dirty.argsz
+        );
+    }
+    if dirty.flags & !MASK != 0 {
+        bail!(EINVAL, "{W}: unknown flags {:#x}", dirty.flags & !MASK);
+    }
+    if dirty.flags.count_ones() != 1 {
+        bail!(
+            EINVAL,
+            "{W}: exactly one of START, STOP and GET_BITMAP must be set (flags {:#x})",
+            dirty.flags
+        );
+    }
+    let iopt = ioas.iopt();
+    match dirty.flags {
+        VFIO_IOMMU_DIRTY_PAGES_FLAG_START => {
+            if !iopt.type1_dirty_tracking() {
+                let pgshift = min_pgsize(&ioas).trailing_zeros();
+                if let Some(a) = ioas
+                    .areas()
+                    .into_iter()
+                    .find(|a| a.length >> pgshift > DIRTY_BITMAP_PAGES_MAX)
+                {
+                    bail!(
+                        EINVAL,
+                        "{W}: the mapping at {:#x} holds more than {DIRTY_BITMAP_PAGES_MAX} pages",
+                        a.iova
+                    );
+                }
+                iopt.type1_dirty_start()?;
+            }
+            Ok(0)
+        }
+        VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP => {
+            iopt.type1_dirty_stop();
+            Ok(0)
+        }
+        _ => get_bitmap(ctx, arg, &dirty, &ioas),
+    }
+}
+
+/// `VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP`
+fn get_bitmap(
+    ctx: &Context,
+    arg: u64,
+    dirty: &VfioIommuType1DirtyBitmap,
+    ioas: &Ioas,
+) -> Result<i32> {
+    const W: &str = "VFIO_IOMMU_DIRTY_PAGES GET_BITMAP";
+    let data_size = dirty.argsz as usize - DIRTY_MINSZ;
+    let need = size_of::<VfioIommuType1DirtyBitmapGet>();
+    if data_size < need {
+        bail!(
+            EINVAL,
+            "{W}: argsz {} leaves {data_size} bytes for vfio_iommu_type1_dirty_bitmap_get ({need} needed)",
+            dirty.argsz
+        );
+    }
+    let range: VfioIommuType1DirtyBitmapGet = read_prefix(
+        ctx,
+        arg + DIRTY_MINSZ as u64,
+        need,
+        "cannot read vfio_iommu_type1_dirty_bitmap_get",
+    )?;
+    let pgsize = min_pgsize(ioas);
+    let pgshift = pgsize.trailing_zeros();
+    if range.bitmap.pgsize != pgsize {
+        bail!(
+            EINVAL,
+            "{W}: bitmap.pgsize {:#x} is not the container's smallest page size {pgsize:#x}",
+            range.bitmap.pgsize
+        );
+    }
+    if range.iova & (pgsize - 1) != 0 {
+        bail!(
+            EINVAL,
+            "{W}: iova {:#x} is not a multiple of the page size {pgsize:#x}",
+            range.iova
+        );
+    }
+    if range.size == 0 || range.size & (pgsize - 1) != 0 {
+        bail!(
+            EINVAL,
+            "{W}: size {:#x} is zero or not a multiple of the page size {pgsize:#x}",
+            range.size
+        );
+    }
+    if range.iova.checked_add(range.size).is_none() {
+        bail!(
+            EINVAL,
+            "{W}: iova {:#x} + size {:#x} wraps",
+            range.iova,
+            range.size
+        );
+    }
+    check_bitmap_addr(W, &range.bitmap)?;
+    verify_bitmap_size(W, range.size >> pgshift, range.bitmap.size)?;
+    if !ioas.iopt().type1_dirty_tracking() {
+        bail!(EINVAL, "{W}: dirty tracking is not started");
+    }
+    let last = range.iova + (range.size - 1);
+    check_whole_mappings(W, ioas, range.iova, last, false)?;
+    let areas = ioas
+        .iopt()
+        .type1_dirty_read(range.iova, last, pgshift, true)?;
+    write_bitmap(ctx, range.bitmap.data, range.iova, pgshift, &areas)?;
+    Ok(0)
+}
+
+/// `VFIO_IOMMU_UNMAP_DMA` with `VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP`
+/// (the flags and `argsz` were checked by the caller).
+pub(crate) fn unmap_with_bitmap(
+    ctx: &Context,
+    arg: u64,
+    mut unmap: VfioIommuType1DmaUnmap,
+) -> Result<i32> {
+    const W: &str = "VFIO_IOMMU_UNMAP_DMA GET_DIRTY_BITMAP";
+    if unmap.flags & (VFIO_DMA_UNMAP_FLAG_ALL | VFIO_DMA_UNMAP_FLAG_VADDR) != 0 {
+        bail!(EINVAL, "{W}: cannot be combined with UNMAP_ALL or VADDR");
+    }
+    let need = UNMAP_MINSZ + size_of::<VfioBitmap>();
+    if (unmap.argsz as usize) < need {
+        bail!(
+            EINVAL,
+            "{W}: argsz {} has no room for the vfio_bitmap ({need} needed)",
+            unmap.argsz
+        );
+    }
+    let bitmap: VfioBitmap = read_prefix(
+        ctx,
+        arg + UNMAP_MINSZ as u64,
+        size_of::<VfioBitmap>(),
+        "cannot read the vfio_bitmap",
+    )?;
+    check_bitmap_addr(W, &bitmap)?;
+    if bitmap.pgsize == 0 {
+        bail!(EINVAL, "{W}: bitmap.pgsize is zero");
+    }
+    verify_bitmap_size(W, unmap.size >> bitmap.pgsize.trailing_zeros(), bitmap.size)?;
+    let ioas = compat_ioas(ctx)?;
+    let pgsize = min_pgsize(&ioas);
+    let pgshift = pgsize.trailing_zeros();
+    if unmap.iova & (pgsize - 1) != 0 {
+        bail!(
+            EINVAL,
+            "{W}: iova {:#x} is not a multiple of the page size {pgsize:#x}",
+            unmap.iova
+        );
+    }
+    if unmap.size == 0
+        || unmap.size & (pgsize - 1) != 0
+        || unmap.iova.checked_add(unmap.size - 1).is_none()
+    {
+        bail!(
+            EINVAL,
+            "{W}: size {:#x} is zero, not a multiple of the page size {pgsize:#x}, or wraps from iova {:#x}",
+            unmap.size,
+            unmap.iova
+        );
+    }
+    if !ioas.iopt().type1_dirty_tracking() {
+        bail!(EINVAL, "{W}: dirty tracking is not started");
+    }
+    if bitmap.pgsize != pgsize {
+        bail!(
+            EINVAL,
+            "{W}: bitmap.pgsize {:#x} is not the container's smallest page size {pgsize:#x}",
+            bitmap.pgsize
+        );
+    }
+    let last = unmap.iova + (unmap.size - 1);
+    check_whole_mappings(W, &ioas, unmap.iova, last, true)?;
+    // Report first (without clearing: on failure the pages stay mapped and
+    // dirty), then unmap; the dirty state goes with the mapping.
+    let areas = ioas
+        .iopt()
+        .type1_dirty_read(unmap.iova, last, pgshift, false)?;
+    write_bitmap(ctx, bitmap.data, unmap.iova, pgshift, &areas)?;
+    unmap.size = ioas.unmap(unmap.iova, unmap.size)?;
+    write_prefix(
+        ctx,
+        arg,
+        &unmap,
+        UNMAP_MINSZ,
+        "cannot write vfio_iommu_type1_dma_unmap",
+    )?;
+    Ok(0)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_limits() {
+        assert_eq!(DIRTY_BITMAP_SIZE_MAX, 1 << 28);
+        assert_eq!(dirty_bitmap_bytes(1), 8);
+        assert_eq!(dirty_bitmap_bytes(64), 8);
+        assert_eq!(dirty_bitmap_bytes(65), 16);
+        assert!(access_ok(0x1000, 0x1000));
+        assert!(!access_ok(USER_ADDR_LIMIT, 1));
+        assert!(!access_ok(u64::MAX - 2, 4));
+        assert!(verify_bitmap_size("t", 65, 8).is_err());
+        assert!(verify_bitmap_size("t", 64, 8).is_ok());
+        assert!(verify_bitmap_size("t", 0, 8).is_err());
+        assert!(verify_bitmap_size("t", 1, 0).is_err());
+        assert!(verify_bitmap_size("t", 1, DIRTY_BITMAP_SIZE_MAX + 1).is_err());
+    }
+
+    #[test]
+    fn or_bits_at_any_offset() {
+        let ctx = Context::new();
+        let mut buf = [0u8; 32];
+        buf[0] = 0x80; // kept
+        let data = buf.as_mut_ptr() as u64;
+        let words = [0b1011u64 | 1 << 63, 1];
+        or_bits_into_user(&ctx, data, 3, &words, 65).unwrap();
+        // bits 0,1,3,63,64 at offset 3: 3,4,6,66,67
+        assert_eq!(buf[0], 0x80 | 0b0101_1000);
+        assert_eq!(buf[8], 0b1100);
+        assert!(buf[1..8].iter().all(|&b| b == 0));
+        // bits past nbits are ignored
+        or_bits_into_user(&ctx, data, 100, &[1 << 5], 5).unwrap();
+        assert!(buf[12..].iter().all(|&b| b == 0));
+    }
+}

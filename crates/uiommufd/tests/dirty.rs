@@ -1,0 +1,738 @@
+//! Dirty tracking through the ioctl ABI against a reference model: random
+//! sequences of map / unmap / `IOMMU_TEST_OP_DIRTY` / `GET_DIRTY_BITMAP`
+//! (clearing and not) / tracking off and on, at several bitmap page sizes,
+//! unaligned IOVA starts and unaligned bitmap pointers, on a mock domain
+//! with and without huge pages; plus the errno rules.
+
+use std::cell::Cell;
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use uiommufd::context::Object;
+use uiommufd::io_pagetable::DirtyRequest;
+use uiommufd::mock::device::{MOCK_FLAGS_DEVICE_HUGE_IOVA, MOCK_FLAGS_DEVICE_NO_DIRTY};
+use uiommufd::pages::check_accounting;
+use uiommufd::uapi::dispatch::ioctl;
+use uiommufd::uapi::*;
+use uiommufd::Context;
+use zerocopy::{FromBytes, IntoBytes};
+
+const A: u64 = MOCK_APERTURE_START;
+/// The mock's granule (`MOCK_IO_PAGE_SIZE`, half a 4 KiB page).
+const G: u64 = 2048;
+const HUGE: u64 = 512 * G;
+
+fn ioc<T: IntoBytes + FromBytes>(ctx: &Arc<Context>, cmd: u32, arg: &mut T) -> Result<i32, i32> {
+    ioctl(ctx, cmd as u64, arg.as_mut_bytes().as_mut_ptr() as u64).map_err(|e| e.errno().0)
+}
+
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn ioas_alloc(ctx: &Arc<Context>) -> u32 {
+    let mut c = IommuIoasAlloc {
+        size: 12,
+        ..Default::default()
+    };
+    ioc(ctx, IOMMU_IOAS_ALLOC, &mut c).unwrap();
+    c.out_ioas_id
+}
+
+/// MOCK_DOMAIN_FLAGS on `pt`: (stdev, hwpt, idev).
+fn mock_domain(ctx: &Arc<Context>, pt: u32, dev_flags: u32) -> Result<(u32, u32, u32), i32> {
+    let mut t = IommuTestCmd {
+        size: 72,
+        op: IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS,
+        id: pt,
+        ..Default::default()
+    };
+    let md = TestMockDomainFlags {
+        dev_flags,
+        ..Default::default()
+    };
+    t.payload[..16].copy_from_slice(md.as_bytes());
+    ioc(ctx, IOMMU_TEST_CMD, &mut t)?;
+    let o = TestMockDomainFlags::read_from_prefix(&t.payload).unwrap().0;
+    Ok((o.out_stdev_id, o.out_hwpt_id, o.out_idev_id))
+}
+
+fn hwpt_alloc(ctx: &Arc<Context>, idev: u32, pt: u32, flags: u32) -> Result<u32, i32> {
+    let mut a = IommuHwptAlloc {
+        size: 48,
+        flags,
+        dev_id: idev,
+        pt_id: pt,
+        ..Default::default()
+    };
+    ioc(ctx, IOMMU_HWPT_ALLOC, &mut a)?;
+    Ok(a.out_hwpt_id)
+}
+
+fn destroy(ctx: &Arc<Context>, id: u32) -> Result<i32, i32> {
+    let mut d = IommuDestroy { size: 8, id };
+    ioc(ctx, IOMMU_DESTROY, &mut d)
+}
+
+fn map_fixed(ctx: &Arc<Context>, ioas: u32, va: u64, len: u64, iova: u64) -> Result<i32, i32> {
+    let mut m = IommuIoasMap {
+        size: 40,
+        flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+        ioas_id: ioas,
+        user_va: va,
+        length: len,
+        iova,
+        ..Default::default()
+    };
+    ioc(ctx, IOMMU_IOAS_MAP, &mut m)
+}
+
+fn unmap(ctx: &Arc<Context>, ioas: u32, iova: u64, length: u64) -> Result<i32, i32> {
+    let mut u = IommuIoasUnmap {
+        size: 24,
+        ioas_id: ioas,
+        iova,
+        length,
+    };
+    ioc(ctx, IOMMU_IOAS_UNMAP, &mut u)
+}
+
+fn set_tracking(ctx: &Arc<Context>, hwpt: u32, enable: bool) -> Result<i32, i32> {
+    let mut c = IommuHwptSetDirtyTracking {
+        size: 16,
+        flags: if enable {
+            IOMMU_HWPT_DIRTY_TRACKING_ENABLE
+        } else {
+            0
+        },
+        hwpt_id: hwpt,
+        __reserved: 0,
+    };
+    ioc(ctx, IOMMU_HWPT_SET_DIRTY_TRACKING, &mut c)
+}
+
+fn get_bitmap(
+    ctx: &Arc<Context>,
+    hwpt: u32,
+    iova: u64,
+    length: u64,
+    page_size: u64,
+    data: u64,
+    flags: u32,
+) -> Result<i32, i32> {
+    let mut c = IommuHwptGetDirtyBitmap {
+        size: 48,
+        hwpt_id: hwpt,
+        flags,
+        __reserved: 0,
+        iova,
+        length,
+        page_size,
+        data,
+    };
+    ioc(ctx, IOMMU_HWPT_GET_DIRTY_BITMAP, &mut c)
+}
+
+/// IOMMU_TEST_OP_DIRTY: returns out_nr_dirty.
+fn test_dirty(
+    ctx: &Arc<Context>,
+    hwpt: u32,
+    iova: u64,
+    length: u64,
+    page_size: u64,
+    uptr: u64,
+) -> Result<u64, i32> {
+    let mut t = IommuTestCmd {
+        size: 72,
+        op: IOMMU_TEST_OP_DIRTY,
+        id: hwpt,
+        ..Default::default()
+    };
+    let d = TestDirty {
+        iova,
+        length,
+        page_size,
+        uptr,
+        ..Default::default()
+    };
+    t.payload.copy_from_slice(d.as_bytes());
+    ioc(ctx, IOMMU_TEST_CMD, &mut t)?;
+    Ok(TestDirty::read_from_prefix(&t.payload)
+        .unwrap()
+        .0
+        .out_nr_dirty)
+}
+
+fn domain_id(ctx: &Arc<Context>, hwpt: u32) -> u64 {
+    match ctx.get(hwpt).unwrap() {
+        Object::HwptPaging(h) => h.domain().id(),
+        o => panic!("{hwpt} is a {}", o.kind()),
+    }
+}
+
+/// `len` bytes of anonymous memory aligned to `align`.
+struct Buf {
+    v: Vec<u8>,
+    align: u64,
+}
+
+impl Buf {
+    fn new(len: u64, align: u64) -> Buf {
+        Buf {
+            v: vec![0x5a; (len + align) as usize],
+            align,
+        }
+    }
+    fn addr(&self) -> u64 {
+        (self.v.as_ptr() as u64).div_ceil(self.align) * self.align
+    }
+}
+
+/// xorshift64*: deterministic, seedable.
+struct Rng(u64);
+
+impl Rng {
+    fn next(&mut self) -> u64 {
+        self.0 ^= self.0 >> 12;
+        self.0 ^= self.0 << 25;
+        self.0 ^= self.0 >> 27;
+        self.0.wrapping_mul(0x2545_f491_4f6c_dd1d)
+    }
+    fn below(&mut self, n: u64) -> u64 {
+        self.next() % n
+    }
+    fn chance(&mut self, percent: u64) -> bool {
+        self.below(100) < percent
+    }
+}
+
+/// What the mock domain should hold: areas and dirty granules.
+struct Model {
+    /// iova -> length
+    areas: BTreeMap<u64, u64>,
+    /// dirty granule indexes (IOVA / G)
+    dirty: BTreeSet<u64>,
+    /// Dirty reporting unit: G, or HUGE when every area is mapped huge.
+    unit: u64,
+    tracking: bool,
+}
+
+impl Model {
+    fn mapped(&self, iova: u64) -> bool {
+        self.areas
+            .range(..=iova)
+            .next_back()
+            .is_some_and(|(&k, &l)| iova < k + l)
+    }
+
+    /// End (exclusive) of the contiguous areas from `iova`, capped at `end`;
+    /// `iova` when nothing is mapped there.
+    fn covered(&self, iova: u64, end: u64) -> u64 {
+        let mut cur = iova;
+        while cur < end {
+            match self.areas.range(..=cur).next_back() {
+                Some((&k, &l)) if cur < k + l => cur = k + l,
+                _ => break,
+            }
+        }
+        cur.min(end)
+    }
+
+    /// Dirty units overlapping `[s, e)`, as unit start IOVAs.
+    fn dirty_units(&self, s: u64, e: u64) -> Vec<u64> {
+        let mut out = Vec::new();
+        let first = s / self.unit * self.unit;
+        // a unit is dirty when any of its granules is, even outside [s, e)
+        for g in self
+            .dirty
+            .range(first / G..e.div_ceil(self.unit) * self.unit / G)
+        {
+            let u = g * G / self.unit * self.unit;
+            if u + self.unit > s && u < e && out.last() != Some(&u) {
+                out.push(u);
+            }
+        }
+        out
+    }
+}
+
+/// One random GET_DIRTY_BITMAP (ioctl, or the Rust API when `rust`) checked
+/// against the model.
+#[allow(clippy::too_many_arguments)]
+fn check_get(
+    ctx: &Arc<Context>,
+    ioas: u32,
+    hwpt: u32,
+    m: &mut Model,
+    rng: &mut Rng,
+    span: u64,
+    rust: bool,
+) {
+    const SIZES: [u64; 8] = [G, 4096, 8192, 0x3000, 0x10000, 0x20_0000, HUGE, 0x1800];
+    let ps = SIZES[rng.below(SIZES.len() as u64) as usize];
+    let low = 1u64 << ps.trailing_zeros();
+    // mostly from inside a mapped area, so that the walk has work to do
+    let mut iova = A + rng.below((span / low).max(1)) * low;
+    if rng.chance(70) && !m.areas.is_empty() {
+        let (&k, &l) = m
+            .areas
+            .iter()
+            .nth(rng.below(m.areas.len() as u64) as usize)
+            .unwrap();
+        iova = (k + rng.below(l)) / low * low;
+    }
+    let max_pages = ((A + span + HUGE - iova) / low).max(1);
+    let cap = if rng.chance(50) { 64 } else { 3000 };
+    let length = (1 + rng.below(max_pages.min(cap))) * low;
+    let end = iova + length;
+    let flags = if rng.chance(40) {
+        IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR
+    } else {
+        0
+    };
+    let req = DirtyRequest {
+        iova,
+        length,
+        page_size: ps,
+        flags,
+    };
+    let valid = iova & (ps - 1) == 0
+        && end & (ps - 1) == 0
+        && iova.is_multiple_of(G)
+        && end.is_multiple_of(G);
+    let nbits = req.nbits();
+    let nbytes = nbits.div_ceil(8) as usize;
+    // garbage before, so that we see that bits are only ever set
+    let mut pre: Vec<u8> = (0..nbytes + 24).map(|_| rng.next() as u8).collect();
+    if rng.chance(30) {
+        pre.iter_mut().for_each(|b| *b = 0);
+    }
+    let (got, words_res) = if rust {
+        let mut words: Vec<u64> = (0..nbits.div_ceil(64))
+            .map(|i| {
+                let mut w = [0u8; 8];
+                for (j, b) in w.iter_mut().enumerate() {
+                    *b = *pre.get(i as usize * 8 + j).unwrap_or(&0);
+                }
+                u64::from_le_bytes(w)
+            })
+            .collect();
+        for (i, w) in words.iter().enumerate() {
+            pre[i * 8..(i * 8 + 8)].copy_from_slice(&w.to_le_bytes());
+        }
+        let iopt = ctx.ioas(ioas).unwrap();
+        let r = iopt
+            .iopt()
+            .read_and_clear_dirty(domain_id(ctx, hwpt), &req, &mut words)
+            .map_err(|e| e.errno().0);
+        let bytes: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+        let mut got = pre.clone();
+        got[..bytes.len()].copy_from_slice(&bytes);
+        (got, r)
+    } else {
+        let off = rng.below(8) as usize;
+        let mut buf = vec![0u8; pre.len() + 8];
+        buf[off..off + pre.len()].copy_from_slice(&pre);
+        let data = buf.as_mut_ptr() as u64 + off as u64;
+        let r = get_bitmap(ctx, hwpt, iova, length, ps, data, flags).map(|_| ());
+        (buf[off..off + pre.len()].to_vec(), r)
+    };
+    if !valid {
+        assert_eq!(
+            words_res,
+            Err(libc::EINVAL),
+            "iova {iova:#x} length {length:#x} page_size {ps:#x}"
+        );
+        assert_eq!(got, pre);
+        return;
+    }
+    let cover = if m.mapped(iova) {
+        m.covered(iova, end)
+    } else {
+        iova
+    };
+    let complete = cover == end;
+    match (rust, m.tracking, complete) {
+        (false, _, _) | (true, true, true) => assert_eq!(words_res, Ok(())),
+        (true, _, _) => assert_eq!(words_res, Err(libc::EINVAL)),
+    }
+    let mut want = pre.clone();
+    if m.tracking {
+        let shift = ps.trailing_zeros();
+        for u in m.dirty_units(iova, cover) {
+            let s = u.max(iova);
+            let e = (u + m.unit).min(cover);
+            for bit in (s - iova) >> shift..=((e - 1 - iova) >> shift) {
+                want[(bit / 8) as usize] |= 1 << (bit % 8);
+            }
+        }
+    }
+    assert_eq!(
+        got, want,
+        "iova {iova:#x} length {length:#x} page_size {ps:#x} flags {flags} covered to {cover:#x} rust {rust} tracking {}",
+        m.tracking
+    );
+    if m.tracking && flags == 0 {
+        for u in m.dirty_units(iova, cover) {
+            let gs: Vec<u64> = m.dirty.range(u / G..(u + m.unit) / G).copied().collect();
+            for g in gs {
+                m.dirty.remove(&g);
+            }
+        }
+    }
+}
+
+fn run_model(seed: u64, huge: bool, steps: usize) {
+    let _serial = serial();
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    let dev_flags = if huge { MOCK_FLAGS_DEVICE_HUGE_IOVA } else { 0 };
+    let (stdev, auto_hwpt, idev) = mock_domain(&ctx, ioas, dev_flags).unwrap();
+    let hwpt = hwpt_alloc(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
+    // the auto domain has no dirty tracking
+    assert_eq!(set_tracking(&ctx, auto_hwpt, true), Err(libc::EOPNOTSUPP));
+    assert_eq!(set_tracking(&ctx, hwpt, true), Ok(0));
+    let unit = if huge { HUGE } else { G };
+    let map_unit = if huge { HUGE } else { 4096 };
+    let span: u64 = if huge { 24 * HUGE } else { 1 << 20 };
+    let buf = Buf::new(span, HUGE);
+    let mut m = Model {
+        areas: BTreeMap::new(),
+        dirty: BTreeSet::new(),
+        unit,
+        tracking: true,
+    };
+    let mut rng = Rng(seed | 1);
+    let mut marks = vec![0u8; 4096];
+    for step in 0..steps {
+        match rng.below(100) {
+            0..=19 => {
+                let off = rng.below(span / map_unit) * map_unit;
+                let max = if huge { 8 } else { 32 };
+                let len = (1 + rng.below(max.min((span - off) / map_unit))) * map_unit;
+                let overlaps = m
+                    .areas
+                    .iter()
+                    .any(|(&k, &l)| k < A + off + len && A + off < k + l);
+                let r = map_fixed(&ctx, ioas, buf.addr() + off, len, A + off);
+                if overlaps {
+                    assert_eq!(r, Err(libc::EEXIST));
+                } else {
+                    assert_eq!(r, Ok(0), "step {step}");
+                    m.areas.insert(A + off, len);
+                }
+            }
+            20..=27 => {
+                if let Some((&k, &l)) = m
+                    .areas
+                    .iter()
+                    .nth(rng.below(m.areas.len().max(1) as u64) as usize)
+                {
+                    assert_eq!(unmap(&ctx, ioas, k, l), Ok(0));
+                    m.areas.remove(&k);
+                    let gs: Vec<u64> = m.dirty.range(k / G..(k + l) / G).copied().collect();
+                    for g in gs {
+                        m.dirty.remove(&g);
+                    }
+                }
+            }
+            28..=49 => {
+                let g0 = rng.below(span / G);
+                let nbits = 1 + rng.below(((span / G) - g0).min(marks.len() as u64 * 8));
+                let density = 1 + rng.below(60);
+                let nbytes = nbits.div_ceil(8) as usize;
+                for b in marks.iter_mut() {
+                    *b = 0;
+                }
+                let mut want = 0;
+                let mut set = Vec::new();
+                for i in 0..nbits {
+                    if rng.chance(density) {
+                        marks[(i / 8) as usize] |= 1 << (i % 8);
+                        let iova = A + (g0 + i) * G;
+                        if m.mapped(iova) {
+                            want += 1;
+                            set.push(iova / G);
+                        }
+                    }
+                }
+                let r = test_dirty(
+                    &ctx,
+                    hwpt,
+                    A + g0 * G,
+                    nbits * G,
+                    G,
+                    marks[..nbytes].as_ptr() as u64,
+                );
+                if m.tracking {
+                    assert_eq!(r, Ok(want), "step {step}");
+                    m.dirty.extend(set);
+                } else {
+                    assert_eq!(r, Err(libc::EINVAL));
+                }
+            }
+            50..=89 => check_get(&ctx, ioas, hwpt, &mut m, &mut rng, span, step % 3 == 0),
+            90..=94 => {
+                let on = rng.chance(75);
+                assert_eq!(set_tracking(&ctx, hwpt, on), Ok(0));
+                if on {
+                    // enabling clears every area's dirty state
+                    m.dirty.clear();
+                }
+                m.tracking = on;
+            }
+            _ => ctx.check_invariants().unwrap(),
+        }
+    }
+    ctx.check_invariants().unwrap();
+    assert_eq!(destroy(&ctx, hwpt), Ok(0));
+    assert_eq!(destroy(&ctx, stdev), Ok(0));
+    let r = unmap(&ctx, ioas, 0, u64::MAX);
+    assert!(r == Ok(0) || (r == Err(libc::ENOENT) && m.areas.is_empty()));
+    assert_eq!(destroy(&ctx, ioas), Ok(0));
+    assert!(ctx.is_empty());
+    check_accounting().unwrap();
+}
+
+#[test]
+fn model_granules() {
+    for seed in 1..=6 {
+        run_model(seed * 0x9e37_79b9, false, 600);
+    }
+}
+
+#[test]
+fn model_huge_pages() {
+    for seed in 1..=4 {
+        run_model(seed * 0x51_7cc1_b727, true, 400);
+    }
+}
+
+#[test]
+fn errno_rules() {
+    let _serial = serial();
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    let (stdev, auto_hwpt, idev) = mock_domain(&ctx, ioas, 0).unwrap();
+    let hwpt = hwpt_alloc(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
+    let buf = Buf::new(1 << 20, 4096);
+    map_fixed(&ctx, ioas, buf.addr(), 1 << 20, A).unwrap();
+    // written by the engine through `data`: interior mutability
+    let bits: Vec<Cell<u64>> = (0..8).map(|_| Cell::new(0)).collect();
+    let data = bits.as_ptr() as u64;
+
+    // SET_DIRTY_TRACKING: flags, lookup, capability
+    let mut c = IommuHwptSetDirtyTracking {
+        size: 16,
+        flags: 2,
+        hwpt_id: hwpt,
+        __reserved: 0,
+    };
+    assert_eq!(
+        ioc(&ctx, IOMMU_HWPT_SET_DIRTY_TRACKING, &mut c),
+        Err(libc::EOPNOTSUPP)
+    );
+    assert_eq!(set_tracking(&ctx, 999, true), Err(libc::ENOENT));
+    assert_eq!(set_tracking(&ctx, ioas, true), Err(libc::ENOENT));
+    assert_eq!(set_tracking(&ctx, auto_hwpt, false), Err(libc::EOPNOTSUPP));
+
+    // GET_DIRTY_BITMAP: flags/reserved, lookup, range, then capability
+    assert_eq!(
+        get_bitmap(&ctx, hwpt, A, 4096, G, data, 2),
+        Err(libc::EOPNOTSUPP)
+    );
+    let mut g = IommuHwptGetDirtyBitmap {
+        size: 48,
+        hwpt_id: hwpt,
+        __reserved: 1,
+        iova: A,
+        length: 4096,
+        page_size: G,
+        data,
+        ..Default::default()
+    };
+    assert_eq!(
+        ioc(&ctx, IOMMU_HWPT_GET_DIRTY_BITMAP, &mut g),
+        Err(libc::EOPNOTSUPP)
+    );
+    assert_eq!(
+        get_bitmap(&ctx, 999, A, 4096, G, data, 0),
+        Err(libc::ENOENT)
+    );
+    assert_eq!(get_bitmap(&ctx, hwpt, A, 0, G, data, 0), Err(libc::EINVAL));
+    assert_eq!(
+        get_bitmap(&ctx, hwpt, u64::MAX - 4095, 8192, G, data, 0),
+        Err(libc::EOVERFLOW)
+    );
+    assert_eq!(
+        get_bitmap(&ctx, hwpt, A + 1024, 4096, 1024, data, 0),
+        Err(libc::EINVAL),
+        "IOVA alignment"
+    );
+    assert_eq!(
+        get_bitmap(&ctx, hwpt, A, 4096 + 1024, 1024, data, 0),
+        Err(libc::EINVAL),
+        "IOVA alignment of the end"
+    );
+    assert_eq!(
+        get_bitmap(&ctx, hwpt, A, 4096, 0, data, 0),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        get_bitmap(&ctx, hwpt, A + G, 4096, 4096, data, 0),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        get_bitmap(&ctx, hwpt, A, 4096 + G, 4096, data, 0),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        get_bitmap(&ctx, auto_hwpt, A + G, 4096, 4096, data, 0),
+        Err(libc::EINVAL),
+        "range before capability"
+    );
+    assert_eq!(
+        get_bitmap(&ctx, auto_hwpt, A, 4096, 4096, data, 0),
+        Err(libc::EOPNOTSUPP)
+    );
+    // tracking off: the walk stops at the mock's EINVAL, 6.12 answers 0
+    assert_eq!(get_bitmap(&ctx, hwpt, A, 4096, G, data, 0), Ok(0));
+    // unmapped range: 0 as well
+    assert_eq!(
+        get_bitmap(&ctx, hwpt, A + (8 << 20), 4096, G, data, 0),
+        Ok(0)
+    );
+
+    // IOMMU_TEST_OP_DIRTY
+    assert_eq!(test_dirty(&ctx, hwpt, A, 4096, 0, data), Err(libc::EINVAL));
+    assert_eq!(test_dirty(&ctx, hwpt, A, 0, G, data), Err(libc::EINVAL));
+    assert_eq!(
+        test_dirty(&ctx, hwpt, A + 1, 4096, G, data),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(test_dirty(&ctx, hwpt, A, 4097, G, data), Err(libc::EINVAL));
+    assert_eq!(test_dirty(&ctx, hwpt, A, 4096, G, 0), Err(libc::EINVAL));
+    assert_eq!(
+        test_dirty(&ctx, hwpt, A, G * (128 << 20) + G, G, data),
+        Err(libc::EOVERFLOW)
+    );
+    assert_eq!(test_dirty(&ctx, 999, A, 4096, G, data), Err(libc::ENOENT));
+    assert_eq!(test_dirty(&ctx, ioas, A, 4096, G, data), Err(libc::ENOENT));
+    assert_eq!(
+        test_dirty(&ctx, hwpt, A, 4096, G, data),
+        Err(libc::EINVAL),
+        "not tracking"
+    );
+    assert_eq!(set_tracking(&ctx, hwpt, true), Ok(0));
+    assert_eq!(test_dirty(&ctx, hwpt, A, 4096, G, 8), Err(libc::EFAULT));
+    bits[0].set(0b1011);
+    assert_eq!(test_dirty(&ctx, hwpt, A, 4 * G, G, data), Ok(3));
+    // an unwritable bitmap is EFAULT here (6.12 drops the bits and answers 0)
+    assert_eq!(
+        get_bitmap(
+            &ctx,
+            hwpt,
+            A,
+            4096 * 4,
+            G,
+            8,
+            IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR
+        ),
+        Err(libc::EFAULT)
+    );
+    bits[0].set(0xf0);
+    assert_eq!(get_bitmap(&ctx, hwpt, A, 4096 * 4, G, data, 0), Ok(0));
+    assert_eq!(bits[0].get(), 0xfb, "bits are only set");
+    bits[0].set(0);
+    assert_eq!(get_bitmap(&ctx, hwpt, A, 4096 * 4, G, data, 0), Ok(0));
+    assert_eq!(bits[0].get(), 0, "cleared by the read before");
+
+    // the Rust API is strict about the walk
+    let iopt = ctx.ioas(ioas).unwrap();
+    let dom = domain_id(&ctx, hwpt);
+    let req = |iova, length| DirtyRequest {
+        iova,
+        length,
+        page_size: G,
+        flags: 0,
+    };
+    let rd = |r: &DirtyRequest, w: &mut [u64]| {
+        iopt.iopt()
+            .read_and_clear_dirty(dom, r, w)
+            .map_err(|e| e.errno().0)
+    };
+    let mut words = [0u64; 1];
+    bits[0].set(0b101);
+    assert_eq!(test_dirty(&ctx, hwpt, A + 62 * G, 3 * G, G, data), Ok(2));
+    assert_eq!(
+        rd(&req(A, 65 * G), &mut words),
+        Err(libc::EINVAL),
+        "bitmap too small"
+    );
+    assert_eq!(rd(&req(A, 64 * G), &mut words), Ok(()));
+    assert_eq!(words[0], 1 << 62);
+    let mut two = [0u64; 2];
+    let tail = A + (1 << 20) - 32 * G;
+    assert_eq!(test_dirty(&ctx, hwpt, tail, G, G, data), Ok(1));
+    assert_eq!(
+        rd(&req(tail, 64 * G), &mut two),
+        Err(libc::EINVAL),
+        "runs past the area"
+    );
+    assert_eq!(two, [1, 0], "the covered prefix is reported");
+    assert_eq!(
+        iopt.iopt()
+            .read_and_clear_dirty(12345, &req(A, G), &mut words)
+            .map_err(|e| e.errno().0),
+        Err(libc::ENOENT)
+    );
+    let mut no_clear = req(A, G);
+    no_clear.flags = 4;
+    assert_eq!(rd(&no_clear, &mut words), Err(libc::EOPNOTSUPP));
+    drop(iopt);
+    for id in [hwpt, stdev] {
+        assert_eq!(destroy(&ctx, id), Ok(0));
+    }
+    assert_eq!(unmap(&ctx, ioas, 0, u64::MAX), Ok(0));
+    assert_eq!(destroy(&ctx, ioas), Ok(0));
+    assert!(ctx.is_empty());
+}
+
+#[test]
+fn enforce_dirty_on_attach_and_alloc() {
+    let _serial = serial();
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    let (stdev, _, idev) = mock_domain(&ctx, ioas, 0).unwrap();
+    let hwpt = hwpt_alloc(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
+    let (s2, _, _) = mock_domain(&ctx, hwpt, 0).unwrap();
+    assert_eq!(
+        mock_domain(&ctx, hwpt, MOCK_FLAGS_DEVICE_NO_DIRTY),
+        Err(libc::EINVAL)
+    );
+    let (s3, _, idev3) = mock_domain(&ctx, ioas, MOCK_FLAGS_DEVICE_NO_DIRTY).unwrap();
+    assert_eq!(
+        hwpt_alloc(&ctx, idev3, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING),
+        Err(libc::EOPNOTSUPP)
+    );
+    let mut info = IommuHwInfo {
+        size: 40,
+        dev_id: idev3,
+        ..Default::default()
+    };
+    ioc(&ctx, IOMMU_GET_HW_INFO, &mut info).unwrap();
+    assert_eq!(info.out_capabilities & IOMMU_HW_CAP_DIRTY_TRACKING, 0);
+    info.dev_id = idev;
+    info.data_len = 0;
+    ioc(&ctx, IOMMU_GET_HW_INFO, &mut info).unwrap();
+    assert_eq!(
+        info.out_capabilities & IOMMU_HW_CAP_DIRTY_TRACKING,
+        IOMMU_HW_CAP_DIRTY_TRACKING
+    );
+    for id in [s2, s3, hwpt, stdev, ioas] {
+        assert_eq!(destroy(&ctx, id), Ok(0));
+    }
+    assert!(ctx.is_empty());
+}

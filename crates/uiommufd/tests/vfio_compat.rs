@@ -1,0 +1,895 @@
+//! VFIO type1 container compatibility through the dispatcher: the errno of
+//! every rule of every container ioctl (6.12's vfio_compat.c), v1 vs v2
+//! unmap semantics, the GET_INFO capability chain and its `argsz` growth,
+//! and, on `/dev/vfio/vfio` containers, type1 dirty page tracking of what
+//! accesses and devices really wrote.
+
+use std::sync::Arc;
+
+use uiommufd::uapi::dispatch::ioctl;
+use uiommufd::uapi::vfio::*;
+use uiommufd::uapi::*;
+use uiommufd::Context;
+use zerocopy::{FromBytes, IntoBytes};
+
+const A: u64 = MOCK_APERTURE_START;
+const PS: u64 = 4096;
+
+/// errno of `cmd` with a plain argument (0 on success, else the result).
+fn raw(ctx: &Arc<Context>, cmd: u32, arg: u64) -> Result<i32, i32> {
+    ioctl(ctx, cmd as u64, arg).map_err(|e| e.errno().0)
+}
+
+fn ioc<T: IntoBytes + FromBytes + ?Sized>(
+    ctx: &Arc<Context>,
+    cmd: u32,
+    arg: &mut T,
+) -> Result<i32, i32> {
+    raw(ctx, cmd, arg.as_mut_bytes().as_mut_ptr() as u64)
+}
+
+fn ioas_alloc(ctx: &Arc<Context>) -> u32 {
+    let mut c = IommuIoasAlloc {
+        size: 12,
+        ..Default::default()
+    };
+    ioc(ctx, IOMMU_IOAS_ALLOC, &mut c).unwrap();
+    c.out_ioas_id
+}
+
+fn vfio_ioas(ctx: &Arc<Context>, op: u16, id: u32) -> Result<u32, i32> {
+    let mut c = IommuVfioIoas {
+        size: 12,
+        ioas_id: id,
+        op,
+        __reserved: 0,
+    };
+    ioc(ctx, IOMMU_VFIO_IOAS, &mut c)?;
+    Ok(c.ioas_id)
+}
+
+fn test_cmd(ctx: &Arc<Context>, op: u32, id: u32, payload: &[u8]) -> Result<IommuTestCmd, i32> {
+    let mut t = IommuTestCmd {
+        size: 72,
+        op,
+        id,
+        ..Default::default()
+    };
+    t.payload[..payload.len()].copy_from_slice(payload);
+    ioc(ctx, IOMMU_TEST_CMD, &mut t)?;
+    Ok(t)
+}
+
+/// MOCK_DOMAIN on `pt`: (stdev, hwpt, idev).
+fn mock_domain(ctx: &Arc<Context>, pt: u32) -> (u32, u32, u32) {
+    let t = test_cmd(ctx, IOMMU_TEST_OP_MOCK_DOMAIN, pt, &[]).unwrap();
+    let o = TestMockDomainFlags::read_from_prefix(&t.payload).unwrap().0;
+    (o.out_stdev_id, o.out_hwpt_id, o.out_idev_id)
+}
+
+/// A context whose compat IOAS has a mock domain, set to `ty`: (ctx, ioas).
+fn compat_with_domain(ty: u64) -> (Arc<Context>, u32) {
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    mock_domain(&ctx, ioas);
+    vfio_ioas(&ctx, IOMMU_VFIO_IOAS_SET, ioas).unwrap();
+    raw(&ctx, VFIO_SET_IOMMU, ty).unwrap();
+    (ctx, ioas)
+}
+
+fn map(ctx: &Arc<Context>, va: u64, size: u64, iova: u64) -> Result<i32, i32> {
+    let mut m = VfioIommuType1DmaMap {
+        argsz: 32,
+        flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+        vaddr: va,
+        iova,
+        size,
+    };
+    ioc(ctx, VFIO_IOMMU_MAP_DMA, &mut m)
+}
+
+/// Plain unmap: the size unmapped, or the errno (and the size written back).
+fn unmap(ctx: &Arc<Context>, iova: u64, size: u64, flags: u32) -> Result<u64, (i32, u64)> {
+    let mut u = VfioIommuType1DmaUnmap {
+        argsz: 24,
+        flags,
+        iova,
+        size,
+    };
+    match ioc(ctx, VFIO_IOMMU_UNMAP_DMA, &mut u) {
+        Ok(_) => Ok(u.size),
+        Err(e) => Err((e, u.size)),
+    }
+}
+
+/// Page-aligned anonymous memory.
+struct Buf {
+    v: Vec<u8>,
+}
+
+impl Buf {
+    fn new(pages: u64) -> Buf {
+        Buf {
+            v: vec![0u8; ((pages + 1) * PS) as usize],
+        }
+    }
+    fn addr(&self) -> u64 {
+        (self.v.as_ptr() as u64).next_multiple_of(PS)
+    }
+    /// The byte at `off` from `addr()` (written behind the compiler's back
+    /// by the engine: read through `black_box`).
+    fn byte(&self, off: u64) -> u8 {
+        let i = self.addr() - self.v.as_ptr() as u64 + off;
+        std::hint::black_box(&self.v)[i as usize]
+    }
+}
+
+fn areas(ctx: &Arc<Context>, ioas: u32) -> Vec<(u64, u64)> {
+    ctx.ioas(ioas)
+        .unwrap()
+        .areas()
+        .iter()
+        .map(|a| (a.iova, a.length))
+        .collect()
+}
+
+#[test]
+fn container_ioctls_without_compat_ioas() {
+    let ctx = Context::new();
+    assert_eq!(raw(&ctx, VFIO_GET_API_VERSION, 0), Ok(VFIO_API_VERSION));
+    for (ext, want) in [
+        (VFIO_TYPE1_IOMMU, Ok(1)),
+        (VFIO_TYPE1V2_IOMMU, Ok(1)),
+        (VFIO_UNMAP_ALL, Ok(1)),
+        (VFIO_NOIOMMU_IOMMU, Ok(1)),
+        (VFIO_DMA_CC_IOMMU, Err(libc::ENODEV)),
+        (VFIO_TYPE1_NESTING_IOMMU, Ok(0)),
+        (VFIO_UPDATE_VADDR, Ok(0)),
+        (VFIO_SPAPR_TCE_IOMMU, Ok(0)),
+        (VFIO_SPAPR_TCE_V2_IOMMU, Ok(0)),
+        (VFIO_EEH, Ok(0)),
+        (0, Ok(0)),
+        (1 << 40, Ok(0)),
+    ] {
+        assert_eq!(raw(&ctx, VFIO_CHECK_EXTENSION, ext), want, "ext {ext}");
+    }
+    // SET_IOMMU: bad type before the missing IOAS
+    for ty in [0, 2, VFIO_NOIOMMU_IOMMU, 6, 1 << 33] {
+        assert_eq!(
+            raw(&ctx, VFIO_SET_IOMMU, ty),
+            Err(libc::EINVAL),
+            "type {ty}"
+        );
+    }
+    assert_eq!(
+        raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1_IOMMU),
+        Err(libc::ENODEV)
+    );
+    assert_eq!(
+        raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU),
+        Err(libc::ENODEV)
+    );
+
+    // MAP_DMA: argsz, flags, then ENODEV
+    let buf = Buf::new(1);
+    let mut m = VfioIommuType1DmaMap {
+        argsz: 31,
+        flags: VFIO_DMA_MAP_FLAG_READ,
+        vaddr: buf.addr(),
+        iova: A,
+        size: PS,
+    };
+    assert_eq!(ioc(&ctx, VFIO_IOMMU_MAP_DMA, &mut m), Err(libc::EINVAL));
+    m.argsz = 32;
+    for f in [VFIO_DMA_MAP_FLAG_VADDR, 1 << 31] {
+        m.flags = f | VFIO_DMA_MAP_FLAG_READ;
+        assert_eq!(ioc(&ctx, VFIO_IOMMU_MAP_DMA, &mut m), Err(libc::EINVAL));
+    }
+    m.flags = 0; // no prot is not refused before the IOAS lookup
+    assert_eq!(ioc(&ctx, VFIO_IOMMU_MAP_DMA, &mut m), Err(libc::ENODEV));
+
+    // UNMAP_DMA: argsz, flags (no dirty bitmap on /dev/iommu), then ENODEV
+    let mut u = VfioIommuType1DmaUnmap {
+        argsz: 1,
+        flags: 0,
+        iova: A,
+        size: PS,
+    };
+    assert_eq!(ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u), Err(libc::EINVAL));
+    u.argsz = 24;
+    for f in [
+        VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+        VFIO_DMA_UNMAP_FLAG_VADDR,
+        1 << 31,
+    ] {
+        u.flags = f;
+        assert_eq!(ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u), Err(libc::EINVAL));
+    }
+    u.flags = 0;
+    assert_eq!(ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u), Err(libc::ENODEV));
+    u.flags = VFIO_DMA_UNMAP_FLAG_ALL;
+    assert_eq!(ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u), Err(libc::ENODEV));
+
+    // GET_INFO
+    let mut info = VfioIommuType1Info {
+        argsz: 15,
+        ..Default::default()
+    };
+    assert_eq!(ioc(&ctx, VFIO_IOMMU_GET_INFO, &mut info), Err(libc::EINVAL));
+    info.argsz = 24;
+    assert_eq!(ioc(&ctx, VFIO_IOMMU_GET_INFO, &mut info), Err(libc::ENODEV));
+
+    // bad pointers
+    for cmd in [
+        VFIO_IOMMU_GET_INFO,
+        VFIO_IOMMU_MAP_DMA,
+        VFIO_IOMMU_UNMAP_DMA,
+    ] {
+        assert_eq!(raw(&ctx, cmd, 0), Err(libc::EFAULT), "cmd {cmd:#x}");
+        assert_eq!(raw(&ctx, cmd, 16), Err(libc::EFAULT), "cmd {cmd:#x}");
+    }
+
+    // what we do not serve, and near misses of the numbers
+    for cmd in [
+        VFIO_IOMMU_ENABLE,
+        VFIO_IOMMU_DISABLE,
+        VFIO_IOMMU_DIRTY_PAGES, // only on containers
+        vfio_io(3),
+        vfio_io(21),
+        VFIO_GET_API_VERSION | 0x4000_0000, // _IOW direction bits
+        VFIO_GET_API_VERSION & 0xff,        // another type byte
+    ] {
+        let mut d = [0u64; 8];
+        assert_eq!(ioc(&ctx, cmd, &mut d), Err(libc::ENOTTY), "cmd {cmd:#x}");
+    }
+    ctx.check_invariants().unwrap();
+}
+
+#[test]
+fn set_iommu_selects_v1_or_v2() {
+    let (ctx, ioas) = compat_with_domain(VFIO_TYPE1V2_IOMMU);
+    assert!(ctx.ioas(ioas).unwrap().iopt().large_pages());
+    let (ctx1, ioas1) = compat_with_domain(VFIO_TYPE1_IOMMU);
+    assert!(!ctx1.ioas(ioas1).unwrap().iopt().large_pages());
+    // v1 once areas exist behind a domain: large pages cannot go any more
+    let buf = Buf::new(2);
+    map(&ctx, buf.addr(), PS, A).unwrap();
+    assert_eq!(
+        raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1_IOMMU),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU), Ok(0));
+    // DMA_CC with a compat IOAS answers 0 or 1
+    assert!(matches!(
+        raw(&ctx, VFIO_CHECK_EXTENSION, VFIO_DMA_CC_IOMMU),
+        Ok(0) | Ok(1)
+    ));
+    // IOMMU_VFIO_IOAS CLEAR: the container ioctls lose their IOAS
+    vfio_ioas(&ctx, IOMMU_VFIO_IOAS_CLEAR, 0).unwrap();
+    assert_eq!(map(&ctx, buf.addr(), PS, A + PS), Err(libc::ENODEV));
+}
+
+#[test]
+fn map_unmap_v2() {
+    let (ctx, ioas) = compat_with_domain(VFIO_TYPE1V2_IOMMU);
+    let buf = Buf::new(8);
+    map(&ctx, buf.addr(), 4 * PS, A).unwrap();
+    // map errors come from the IOAS (fixed IOVA)
+    assert_eq!(map(&ctx, buf.addr(), PS, A), Err(libc::EEXIST));
+    assert_eq!(map(&ctx, buf.addr(), 0, A + 8 * PS), Err(libc::EINVAL));
+    assert_eq!(
+        map(&ctx, u64::MAX - 10, PS, A + 8 * PS),
+        Err(libc::EOVERFLOW)
+    );
+    // v2: a range that cuts a mapping is ENOENT, nothing unmapped
+    assert_eq!(unmap(&ctx, A + PS, PS, 0), Err((libc::ENOENT, 0)));
+    assert_eq!(unmap(&ctx, A, 2 * PS, 0), Err((libc::ENOENT, 0)));
+    assert_eq!(unmap(&ctx, A, 0, 0), Err((libc::EINVAL, 0)));
+    assert_eq!(unmap(&ctx, A, u64::MAX, 0), Err((libc::EOVERFLOW, 0)));
+    // UNMAP_ALL requires 0/0 (and writes nothing back on that error)
+    assert_eq!(
+        unmap(&ctx, A, 0, VFIO_DMA_UNMAP_FLAG_ALL),
+        Err((libc::EINVAL, 0))
+    );
+    assert_eq!(
+        unmap(&ctx, 0, PS, VFIO_DMA_UNMAP_FLAG_ALL),
+        Err((libc::EINVAL, PS))
+    );
+    assert_eq!(areas(&ctx, ioas), vec![(A, 4 * PS)]);
+    // whole mappings, several at once, empty is success with size 0
+    map(&ctx, buf.addr() + 4 * PS, PS, A + 8 * PS).unwrap();
+    assert_eq!(unmap(&ctx, A, 16 * PS, 0), Ok(5 * PS));
+    assert_eq!(unmap(&ctx, A, 16 * PS, 0), Ok(0));
+    map(&ctx, buf.addr(), 4 * PS, A).unwrap();
+    map(&ctx, buf.addr(), 4 * PS, A + 64 * PS).unwrap();
+    assert_eq!(unmap(&ctx, 0, 0, VFIO_DMA_UNMAP_FLAG_ALL), Ok(8 * PS));
+    assert_eq!(unmap(&ctx, 0, 0, VFIO_DMA_UNMAP_FLAG_ALL), Ok(0));
+    ctx.check_invariants().unwrap();
+}
+
+#[test]
+fn map_unmap_v1_cuts_mappings() {
+    let (ctx, ioas) = compat_with_domain(VFIO_TYPE1_IOMMU);
+    let buf = Buf::new(8);
+    map(&ctx, buf.addr(), 8 * PS, A).unwrap();
+    // any page-aligned piece of a mapping
+    assert_eq!(unmap(&ctx, A + PS, PS, 0), Ok(PS));
+    assert_eq!(unmap(&ctx, A + 4 * PS, 2 * PS, 0), Ok(2 * PS));
+    assert_eq!(
+        areas(&ctx, ioas),
+        vec![(A, PS), (A + 2 * PS, 2 * PS), (A + 6 * PS, 2 * PS)]
+    );
+    ctx.check_invariants().unwrap();
+    // a cut that is not page aligned: EINVAL, nothing written back
+    assert_eq!(unmap(&ctx, A + 2 * PS + 8, PS, 0), Err((libc::EINVAL, PS)));
+    // the pieces still map the right memory
+    let a = ctx.ioas(ioas).unwrap().areas();
+    assert_eq!(a[1].uptr, buf.addr() + 2 * PS);
+    assert_eq!(a[2].uptr, buf.addr() + 6 * PS);
+    // a range spanning a hole and pieces
+    assert_eq!(unmap(&ctx, A, 3 * PS, 0), Ok(2 * PS));
+    assert_eq!(unmap(&ctx, 0, 0, VFIO_DMA_UNMAP_FLAG_ALL), Ok(3 * PS));
+    assert!(areas(&ctx, ioas).is_empty());
+    ctx.check_invariants().unwrap();
+
+    // an access holding pins in a mapping forbids cutting it
+    map(&ctx, buf.addr(), 4 * PS, A).unwrap();
+    let t = test_cmd(
+        &ctx,
+        IOMMU_TEST_OP_CREATE_ACCESS,
+        ioas,
+        TestCreateAccess {
+            out_access_fd: 0,
+            flags: MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES,
+        }
+        .as_bytes(),
+    )
+    .unwrap();
+    let fd = TestCreateAccess::read_from_prefix(&t.payload)
+        .unwrap()
+        .0
+        .out_access_fd;
+    let p = TestAccessPages {
+        flags: 0,
+        out_access_pages_id: 0,
+        iova: A,
+        length: PS,
+        uptr: 0,
+    };
+    test_cmd(&ctx, IOMMU_TEST_OP_ACCESS_PAGES, fd, p.as_bytes()).unwrap();
+    assert_eq!(unmap(&ctx, A + PS, PS, 0), Err((libc::EINVAL, PS)));
+    uiommufd::files::close(fd as i32).unwrap();
+    assert_eq!(unmap(&ctx, A + PS, PS, 0), Ok(PS));
+    ctx.check_invariants().unwrap();
+}
+
+/// The cap chain of a full GET_INFO: (id, version, offset, next) per cap.
+fn walk_caps(buf: &[u8], info: &VfioIommuType1Info) -> Vec<(u16, u16, u32, u32)> {
+    let mut out = Vec::new();
+    let mut at = info.cap_offset;
+    while at != 0 {
+        let h = VfioInfoCapHeader::read_from_prefix(&buf[at as usize..])
+            .unwrap()
+            .0;
+        out.push((h.id, h.version, at, h.next));
+        assert!(h.next == 0 || h.next > at, "chain goes backwards");
+        at = h.next;
+    }
+    out
+}
+
+fn get_info_buf(ctx: &Arc<Context>, argsz: u32) -> Vec<u8> {
+    let mut buf = vec![0xaau8; 512];
+    buf[..4].copy_from_slice(&argsz.to_ne_bytes());
+    buf[4..(argsz as usize).min(24)].fill(0);
+    raw(ctx, VFIO_IOMMU_GET_INFO, buf.as_mut_ptr() as u64).unwrap();
+    // nothing past argsz was touched
+    assert!(
+        buf[argsz as usize..].iter().all(|&b| b == 0xaa),
+        "GET_INFO wrote past argsz {argsz}"
+    );
+    buf
+}
+
+fn check_info(ctx: &Arc<Context>, want_ids: &[u16]) {
+    // pre-cap ABI: 16 bytes, argsz grows, flags say caps exist
+    let b = get_info_buf(ctx, 16);
+    let argsz = u32::from_ne_bytes(b[..4].try_into().unwrap());
+    let flags = u32::from_ne_bytes(b[4..8].try_into().unwrap());
+    let pgsizes = u64::from_ne_bytes(b[8..16].try_into().unwrap());
+    assert_eq!(flags, VFIO_IOMMU_INFO_PGSIZES | VFIO_IOMMU_INFO_CAPS);
+    assert_ne!(pgsizes & PS, 0, "the CPU page size is offered");
+    assert_eq!(pgsizes & (PS - 1), 0, "no size below a CPU page");
+    assert!(argsz > 24);
+    // every size below the chain: argsz grows, no cap offset
+    for sz in 24..argsz {
+        let b = get_info_buf(ctx, sz);
+        let info = VfioIommuType1Info::read_from_prefix(&b).unwrap().0;
+        assert_eq!(info.argsz, argsz);
+        assert_eq!(info.cap_offset, 0);
+    }
+    let b = get_info_buf(ctx, argsz);
+    let info = VfioIommuType1Info::read_from_prefix(&b).unwrap().0;
+    assert_eq!(info.cap_offset, 24);
+    let caps = walk_caps(&b, &info);
+    let ids: Vec<u16> = caps.iter().map(|c| c.0).collect();
+    assert_eq!(ids, want_ids);
+    for &(id, version, at, _) in &caps {
+        assert_eq!(version, 1);
+        let body = &b[at as usize..];
+        match id {
+            VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL => {
+                let c = VfioIommuType1InfoDmaAvail::read_from_prefix(body)
+                    .unwrap()
+                    .0;
+                assert_eq!(c.avail, u32::MAX);
+            }
+            VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE => {
+                let c = VfioIommuType1InfoCapIovaRange::read_from_prefix(body)
+                    .unwrap()
+                    .0;
+                assert_eq!(c.nr_iovas, 1);
+                let r = VfioIovaRange::read_from_prefix(&body[16..]).unwrap().0;
+                assert_eq!((r.start, r.end), (A, MOCK_APERTURE_LAST));
+            }
+            VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION => {
+                let c = VfioIommuType1InfoCapMigration::read_from_prefix(body)
+                    .unwrap()
+                    .0;
+                assert_eq!(c.flags, 0);
+                assert_eq!(c.pgsize_bitmap, PS);
+                assert_eq!(c.max_dirty_bitmap_size, 1 << 28);
+            }
+            other => panic!("unexpected cap {other}"),
+        }
+    }
+    // a larger buffer changes nothing
+    let b2 = get_info_buf(ctx, argsz + 40);
+    assert_eq!(b2[..argsz as usize], b[..argsz as usize]);
+}
+
+#[test]
+fn get_info_cap_chain_and_argsz() {
+    // /dev/iommu: exactly 6.12's chain
+    let (ctx, _) = compat_with_domain(VFIO_TYPE1V2_IOMMU);
+    check_info(
+        &ctx,
+        &[
+            VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
+            VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
+        ],
+    );
+    // a container adds the migration cap
+    let ctx = Context::new_vfio_container().unwrap();
+    let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
+    mock_domain(&ctx, ioas);
+    check_info(
+        &ctx,
+        &[
+            VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
+            VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
+            VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION,
+        ],
+    );
+}
+
+#[test]
+fn container_is_an_iommufd_context_with_its_compat_ioas() {
+    let ctx = Context::new_vfio_container().unwrap();
+    assert!(ctx.is_vfio_container());
+    assert!(ctx.rlimit_mode_mm(), "VFIO accounts to the mm");
+    let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
+    assert!(ctx.ioas(ioas).is_ok());
+    assert_eq!(raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU), Ok(0));
+    let buf = Buf::new(2);
+    map(&ctx, buf.addr(), 2 * PS, A).unwrap();
+    assert_eq!(areas(&ctx, ioas), vec![(A, 2 * PS)]);
+    assert_eq!(unmap(&ctx, A, 2 * PS, 0), Ok(2 * PS));
+    // destroying the compat IOAS clears it
+    let mut d = IommuDestroy { size: 8, id: ioas };
+    ioc(&ctx, IOMMU_DESTROY, &mut d).unwrap();
+    assert_eq!(vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0), Err(libc::ENODEV));
+    assert_eq!(map(&ctx, buf.addr(), PS, A), Err(libc::ENODEV));
+}
+
+// ---------------------------------------------------------------------------
+// Dirty page tracking (containers only).
+
+fn dirty(ctx: &Arc<Context>, flags: u32) -> Result<i32, i32> {
+    let mut d = VfioIommuType1DirtyBitmap { argsz: 8, flags };
+    ioc(ctx, VFIO_IOMMU_DIRTY_PAGES, &mut d)
+}
+
+#[repr(C)]
+#[derive(
+    Default, Clone, Copy, FromBytes, IntoBytes, zerocopy::Immutable, zerocopy::KnownLayout,
+)]
+struct GetBitmap {
+    hdr: VfioIommuType1DirtyBitmap,
+    range: VfioIommuType1DirtyBitmapGet,
+}
+
+fn get_bitmap_with(ctx: &Arc<Context>, g: &mut GetBitmap) -> Result<i32, i32> {
+    ioc(ctx, VFIO_IOMMU_DIRTY_PAGES, g)
+}
+
+fn get_req(iova: u64, size: u64, bm: &mut [u64]) -> GetBitmap {
+    GetBitmap {
+        hdr: VfioIommuType1DirtyBitmap {
+            argsz: 48,
+            flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
+        },
+        range: VfioIommuType1DirtyBitmapGet {
+            iova,
+            size,
+            bitmap: VfioBitmap {
+                pgsize: PS,
+                size: (bm.len() * 8) as u64,
+                data: bm.as_mut_ptr() as u64,
+            },
+        },
+    }
+}
+
+/// The dirty pages of `[iova, iova + size)` (page numbers from `iova`).
+fn get_dirty(ctx: &Arc<Context>, iova: u64, size: u64) -> Vec<u64> {
+    let mut bm = vec![0u64; (size / PS).div_ceil(64) as usize];
+    let mut g = get_req(iova, size, &mut bm);
+    get_bitmap_with(ctx, &mut g).unwrap();
+    bits(&bm)
+}
+
+fn bits(bm: &[u64]) -> Vec<u64> {
+    (0..bm.len() as u64 * 64)
+        .filter(|&i| bm[(i / 64) as usize] >> (i % 64) & 1 != 0)
+        .collect()
+}
+
+#[repr(C)]
+#[derive(
+    Default, Clone, Copy, FromBytes, IntoBytes, zerocopy::Immutable, zerocopy::KnownLayout,
+)]
+struct UnmapBitmap {
+    hdr: VfioIommuType1DmaUnmap,
+    bitmap: VfioBitmap,
+}
+
+fn unmap_req(iova: u64, size: u64, bm: &mut [u64]) -> UnmapBitmap {
+    UnmapBitmap {
+        hdr: VfioIommuType1DmaUnmap {
+            argsz: 48,
+            flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+            iova,
+            size,
+        },
+        bitmap: VfioBitmap {
+            pgsize: PS,
+            size: (bm.len() * 8) as u64,
+            data: bm.as_mut_ptr() as u64,
+        },
+    }
+}
+
+fn create_access(ctx: &Arc<Context>, ioas: u32, flags: u32) -> u32 {
+    let t = test_cmd(
+        ctx,
+        IOMMU_TEST_OP_CREATE_ACCESS,
+        ioas,
+        TestCreateAccess {
+            out_access_fd: 0,
+            flags,
+        }
+        .as_bytes(),
+    )
+    .unwrap();
+    TestCreateAccess::read_from_prefix(&t.payload)
+        .unwrap()
+        .0
+        .out_access_fd
+}
+
+fn access_write(ctx: &Arc<Context>, fd: u32, iova: u64, len: u64) -> Result<(), i32> {
+    let src = vec![0x5au8; len as usize];
+    let rw = TestAccessRw {
+        iova,
+        length: len,
+        uptr: src.as_ptr() as u64,
+        flags: MOCK_ACCESS_RW_WRITE,
+        _pad: 0,
+    };
+    test_cmd(ctx, IOMMU_TEST_OP_ACCESS_RW, fd, rw.as_bytes()).map(|_| ())
+}
+
+#[test]
+fn dirty_pages_errno_rules() {
+    let ctx = Context::new_vfio_container().unwrap();
+    let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
+    let buf = Buf::new(8);
+    map(&ctx, buf.addr(), 4 * PS, A).unwrap();
+    map(&ctx, buf.addr() + 4 * PS, 4 * PS, A + 4 * PS).unwrap();
+
+    // header rules
+    let mut d = VfioIommuType1DirtyBitmap {
+        argsz: 7,
+        flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_START,
+    };
+    assert_eq!(ioc(&ctx, VFIO_IOMMU_DIRTY_PAGES, &mut d), Err(libc::EINVAL));
+    assert_eq!(raw(&ctx, VFIO_IOMMU_DIRTY_PAGES, 0), Err(libc::EFAULT));
+    for f in [0, 1 << 3, 3, 5, 6, 7, 1 << 31] {
+        assert_eq!(dirty(&ctx, f), Err(libc::EINVAL), "flags {f:#x}");
+    }
+    // GET before START
+    let mut bm = [0u64; 1];
+    let mut g = get_req(A, 8 * PS, &mut bm);
+    assert_eq!(get_bitmap_with(&ctx, &mut g), Err(libc::EINVAL));
+    // STOP without START is fine; START twice too
+    assert_eq!(dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP), Ok(0));
+    assert_eq!(dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_START), Ok(0));
+    assert_eq!(dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_START), Ok(0));
+    assert_eq!(get_bitmap_with(&ctx, &mut g), Ok(0));
+
+    // GET_BITMAP rules, one at a time
+    let case = |f: &dyn Fn(&mut GetBitmap)| {
+        let mut bm = [0u64; 4];
+        let mut g = get_req(A, 8 * PS, &mut bm);
+        f(&mut g);
+        get_bitmap_with(&ctx, &mut g)
+    };
+    assert_eq!(case(&|g| g.hdr.argsz = 47), Err(libc::EINVAL));
+    assert_eq!(case(&|g| g.range.bitmap.pgsize = 2 * PS), Err(libc::EINVAL));
+    assert_eq!(case(&|g| g.range.bitmap.pgsize = 0), Err(libc::EINVAL));
+    assert_eq!(case(&|g| g.range.iova = A + 8), Err(libc::EINVAL));
+    assert_eq!(case(&|g| g.range.size = 0), Err(libc::EINVAL));
+    assert_eq!(case(&|g| g.range.size = PS + 8), Err(libc::EINVAL));
+    assert_eq!(
+        case(&|g| {
+            g.range.iova = u64::MAX - PS + 1;
+            g.range.size = PS
+        }),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        case(&|g| g.range.bitmap.data = u64::MAX - 7),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(case(&|g| g.range.bitmap.size = 0), Err(libc::EINVAL));
+    assert_eq!(
+        case(&|g| g.range.bitmap.size = (1 << 28) + 8),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        case(&|g| {
+            g.range.size = 65 * PS;
+            g.range.bitmap.size = 8
+        }),
+        Err(libc::EINVAL)
+    );
+    // ranges that cut a mapping at either end
+    assert_eq!(case(&|g| g.range.iova = A + PS), Err(libc::EINVAL));
+    assert_eq!(case(&|g| g.range.size = 6 * PS), Err(libc::EINVAL));
+    // whole mappings and holes around them are fine
+    assert_eq!(
+        case(&|g| {
+            g.range.iova = A - 16 * PS;
+            g.range.size = 64 * PS
+        }),
+        Ok(0)
+    );
+    assert_eq!(case(&|g| g.range.size = 4 * PS), Ok(0));
+    // a bitmap the user cannot write: EFAULT once there is something to write
+    let fd = create_access(&ctx, ioas, 0);
+    access_write(&ctx, fd, A, 1).unwrap();
+    assert_eq!(case(&|g| g.range.bitmap.data = 0x1000), Err(libc::EFAULT));
+
+    // unmap with bitmap
+    let ucase = |f: &dyn Fn(&mut UnmapBitmap)| {
+        let mut bm = [0u64; 4];
+        let mut u = unmap_req(A, 4 * PS, &mut bm);
+        f(&mut u);
+        ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u)
+    };
+    assert_eq!(
+        ucase(&|u| u.hdr.flags |= VFIO_DMA_UNMAP_FLAG_ALL),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        ucase(&|u| u.hdr.flags |= VFIO_DMA_UNMAP_FLAG_VADDR),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(ucase(&|u| u.hdr.argsz = 47), Err(libc::EINVAL));
+    assert_eq!(ucase(&|u| u.bitmap.data = u64::MAX - 7), Err(libc::EINVAL));
+    assert_eq!(ucase(&|u| u.bitmap.pgsize = 0), Err(libc::EINVAL));
+    assert_eq!(ucase(&|u| u.bitmap.size = 0), Err(libc::EINVAL));
+    assert_eq!(ucase(&|u| u.hdr.size = 0), Err(libc::EINVAL));
+    assert_eq!(ucase(&|u| u.hdr.iova = A + 8), Err(libc::EINVAL));
+    assert_eq!(ucase(&|u| u.hdr.size = 4 * PS + 8), Err(libc::EINVAL));
+    assert_eq!(ucase(&|u| u.bitmap.pgsize = 2 * PS), Err(libc::EINVAL));
+    assert_eq!(ucase(&|u| u.hdr.size = 2 * PS), Err(libc::ENOENT));
+    access_write(&ctx, fd, A, 1).unwrap();
+    assert_eq!(ucase(&|u| u.bitmap.data = 0x1000), Err(libc::EFAULT));
+    assert_eq!(
+        areas(&ctx, ioas).len(),
+        2,
+        "no failed unmap unmapped anything"
+    );
+    // tracking off: EINVAL
+    assert_eq!(dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP), Ok(0));
+    assert_eq!(ucase(&|_| {}), Err(libc::EINVAL));
+    uiommufd::files::close(fd as i32).unwrap();
+
+    // a v1 container cannot track
+    let v1 = Context::new_vfio_container().unwrap();
+    raw(&v1, VFIO_SET_IOMMU, VFIO_TYPE1_IOMMU).unwrap();
+    assert_eq!(
+        dirty(&v1, VFIO_IOMMU_DIRTY_PAGES_FLAG_START),
+        Err(libc::EACCES)
+    );
+    // no compat IOAS: ENODEV first
+    vfio_ioas(&v1, IOMMU_VFIO_IOAS_CLEAR, 0).unwrap();
+    assert_eq!(
+        dirty(&v1, VFIO_IOMMU_DIRTY_PAGES_FLAG_START),
+        Err(libc::ENODEV)
+    );
+    ctx.check_invariants().unwrap();
+}
+
+#[test]
+fn dirty_pages_report_access_writes() {
+    let ctx = Context::new_vfio_container().unwrap();
+    let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
+    raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
+    let buf = Buf::new(16);
+    map(&ctx, buf.addr(), 8 * PS, A).unwrap();
+    map(&ctx, buf.addr() + 8 * PS, 8 * PS, A + 8 * PS).unwrap();
+    let fd = create_access(&ctx, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES);
+
+    // writes before START are not reported
+    access_write(&ctx, fd, A, 10).unwrap();
+    dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
+    assert!(get_dirty(&ctx, A, 16 * PS).is_empty());
+
+    access_write(&ctx, fd, A + PS + 5, 1).unwrap(); // page 1
+    access_write(&ctx, fd, A + 3 * PS - 1, 2).unwrap(); // pages 2 and 3
+    access_write(&ctx, fd, A + 9 * PS, PS).unwrap(); // page 9 exactly
+                                                     // reads dirty nothing
+    let mut out = [0u8; 16];
+    let rd = TestAccessRw {
+        iova: A + 12 * PS,
+        length: 16,
+        uptr: out.as_mut_ptr() as u64,
+        flags: 0,
+        _pad: 0,
+    };
+    test_cmd(&ctx, IOMMU_TEST_OP_ACCESS_RW, fd, rd.as_bytes()).unwrap();
+    // the data really arrived
+    assert_eq!(buf.byte(9 * PS), 0x5a, "access_rw wrote the memory");
+    // one mapping at a time, then both
+    assert_eq!(get_dirty(&ctx, A + 8 * PS, 8 * PS), vec![1]);
+    assert_eq!(get_dirty(&ctx, A, 16 * PS), vec![1, 2, 3]);
+    // cleared by the read
+    assert!(get_dirty(&ctx, A, 16 * PS).is_empty());
+
+    // a write pin is dirty while pinned
+    let p = TestAccessPages {
+        flags: MOCK_FLAGS_ACCESS_WRITE,
+        out_access_pages_id: 0,
+        iova: A + 4 * PS,
+        length: 2 * PS,
+        uptr: 0,
+    };
+    let t = test_cmd(&ctx, IOMMU_TEST_OP_ACCESS_PAGES, fd, p.as_bytes()).unwrap();
+    let item = TestAccessPages::read_from_prefix(&t.payload)
+        .unwrap()
+        .0
+        .out_access_pages_id;
+    // a read pin is not
+    let rp = TestAccessPages {
+        flags: 0,
+        iova: A + 10 * PS,
+        length: PS,
+        ..p
+    };
+    test_cmd(&ctx, IOMMU_TEST_OP_ACCESS_PAGES, fd, rp.as_bytes()).unwrap();
+    assert_eq!(get_dirty(&ctx, A, 16 * PS), vec![4, 5]);
+    assert_eq!(get_dirty(&ctx, A, 16 * PS), vec![4, 5]);
+    let dp = TestDestroyAccessPages {
+        access_pages_id: item,
+    };
+    test_cmd(&ctx, IOMMU_TEST_OP_DESTROY_ACCESS_PAGES, fd, dp.as_bytes()).unwrap();
+    assert!(get_dirty(&ctx, A, 16 * PS).is_empty());
+
+    // unmap with bitmap: bits relative to the unmap's iova, size written back
+    access_write(&ctx, fd, A + 8 * PS + 2 * PS, 3 * PS).unwrap(); // pages 10..=12
+    access_write(&ctx, fd, A + 7 * PS, 1).unwrap(); // page 7 (first mapping)
+    let mut bm = [0u64; 1];
+    let mut u = unmap_req(A + 8 * PS, 8 * PS, &mut bm);
+    // the read pin at page 10 is released by the unmap notification
+    ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u).unwrap();
+    assert_eq!(u.hdr.size, 8 * PS);
+    assert_eq!(bits(&bm), vec![2, 3, 4]);
+    assert_eq!(areas(&ctx, ioas), vec![(A, 8 * PS)]);
+    // a new mapping at the unmapped IOVA starts clean
+    map(&ctx, buf.addr() + 8 * PS, 8 * PS, A + 8 * PS).unwrap();
+    assert!(get_dirty(&ctx, A + 8 * PS, 8 * PS).is_empty());
+    // unmap with bitmap of an empty range: success, size 0
+    let mut u = unmap_req(A + 32 * PS, 8 * PS, &mut bm);
+    ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u).unwrap();
+    assert_eq!(u.hdr.size, 0);
+    assert_eq!(get_dirty(&ctx, A, 8 * PS), vec![7]);
+
+    // STOP forgets; writes while stopped are not logged
+    access_write(&ctx, fd, A, 1).unwrap();
+    dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP).unwrap();
+    access_write(&ctx, fd, A + PS, 1).unwrap();
+    dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
+    assert!(get_dirty(&ctx, A, 16 * PS).is_empty());
+    uiommufd::files::close(fd as i32).unwrap();
+    ctx.check_invariants().unwrap();
+}
+
+#[test]
+fn dirty_pages_report_device_writes() {
+    let ctx = Context::new_vfio_container().unwrap();
+    let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
+    let (stdev, _auto, idev) = mock_domain(&ctx, ioas);
+    raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
+    let buf = Buf::new(8);
+    map(&ctx, buf.addr(), 8 * PS, A).unwrap();
+    dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
+    // a domain without dirty tracking may have written anything
+    assert_eq!(get_dirty(&ctx, A, 8 * PS), (0..8).collect::<Vec<_>>());
+
+    // move the device to a dirty-tracking HWPT (the auto domain goes)
+    let mut a = IommuHwptAlloc {
+        size: 48,
+        flags: IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
+        dev_id: idev,
+        pt_id: ioas,
+        ..Default::default()
+    };
+    ioc(&ctx, IOMMU_HWPT_ALLOC, &mut a).unwrap();
+    let hwpt = a.out_hwpt_id;
+    let r = TestMockDomainReplace { pt_id: hwpt };
+    test_cmd(&ctx, IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, stdev, r.as_bytes()).unwrap();
+    assert_eq!(ctx.ioas(ioas).unwrap().iopt().domains().len(), 1);
+    // attached after START: adopted at the next read, reported whole once
+    assert_eq!(get_dirty(&ctx, A, 8 * PS), (0..8).collect::<Vec<_>>());
+    assert!(get_dirty(&ctx, A, 8 * PS).is_empty());
+
+    // the device writes pages 2 and 6 (the mock's IOMMU_TEST_OP_DIRTY)
+    let mut marks = [0u64; 1];
+    marks[0] = 1 << 2 | 1 << 6;
+    let td = TestDirty {
+        iova: A,
+        length: 8 * PS,
+        page_size: PS,
+        uptr: marks.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    let t = test_cmd(&ctx, IOMMU_TEST_OP_DIRTY, hwpt, td.as_bytes()).unwrap();
+    assert_eq!(
+        TestDirty::read_from_prefix(&t.payload)
+            .unwrap()
+            .0
+            .out_nr_dirty,
+        2
+    );
+    assert_eq!(get_dirty(&ctx, A, 8 * PS), vec![2, 6]);
+    assert!(get_dirty(&ctx, A, 8 * PS).is_empty());
+    // and both sources together in an unmap
+    let fd = create_access(&ctx, ioas, 0);
+    access_write(&ctx, fd, A + PS, 1).unwrap();
+    test_cmd(&ctx, IOMMU_TEST_OP_DIRTY, hwpt, td.as_bytes()).unwrap();
+    let mut bm = [0u64; 1];
+    let mut u = unmap_req(A, 8 * PS, &mut bm);
+    ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u).unwrap();
+    assert_eq!(bits(&bm), vec![1, 2, 6]);
+    // STOP turns the domain's tracking off again
+    dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP).unwrap();
+    assert_eq!(
+        test_cmd(&ctx, IOMMU_TEST_OP_DIRTY, hwpt, td.as_bytes()).err(),
+        Some(libc::EINVAL)
+    );
+    uiommufd::files::close(fd as i32).unwrap();
+    ctx.check_invariants().unwrap();
+}
