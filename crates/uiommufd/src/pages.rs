@@ -152,8 +152,10 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// process as the kernel's page refcount does. Sharded so that creating pages
 /// objects from many threads does not serialise on one lock.
 const SHARDS: usize = 16;
-type Shard = Mutex<Vec<(u64, Weak<Pages>)>>;
-static REGISTRY: [Shard; SHARDS] = [const { Mutex::new(Vec::new()) }; SHARDS];
+/// Keyed by pages id, so that registering and dropping a pages object cost
+/// O(1) however many are alive (a VMM maps one region per call).
+type Shard = Mutex<Option<std::collections::HashMap<u64, Weak<Pages>>>>;
+static REGISTRY: [Shard; SHARDS] = [const { Mutex::new(None) }; SHARDS];
 
 impl Pages {
     /// A new, unpinned pages object covering the pages that hold
@@ -180,7 +182,8 @@ impl Pages {
         });
         REGISTRY[(id as usize) % SHARDS]
             .lock()
-            .push((id, Arc::downgrade(&p)));
+            .get_or_insert_with(Default::default)
+            .insert(id, Arc::downgrade(&p));
         p
     }
 
@@ -285,7 +288,8 @@ fn live_pages(shard: &Shard) -> Vec<Arc<Pages>> {
     shard
         .lock()
         .iter()
-        .filter_map(|(_, w)| w.upgrade())
+        .flat_map(|m| m.values())
+        .filter_map(|w| w.upgrade())
         .collect()
 }
 
@@ -317,9 +321,9 @@ impl Drop for Pages {
         if pins.npinned != 0 {
             self.account.uncharge(pins.npinned);
         }
-        REGISTRY[(self.id as usize) % SHARDS]
-            .lock()
-            .retain(|(id, _)| *id != self.id);
+        if let Some(m) = REGISTRY[(self.id as usize) % SHARDS].lock().as_mut() {
+            m.remove(&self.id);
+        }
     }
 }
 
