@@ -5,7 +5,10 @@
 //!   `libuiommufd_preload.so` (found next to this binary) in `LD_PRELOAD`.
 //! - `uiommufd demo`: the /dev/ioasid RFC's flows 5.1 and 5.2 through the
 //!   Rust API, printing each IOAS's IOVA map.
+//! - `uiommufd bench [--json] [--threads N] [--quick]`: each case's time next
+//!   to its physical floor measured in the same run, and the ratio.
 
+mod bench;
 mod demo;
 mod run;
 
@@ -32,6 +35,21 @@ enum Cmd {
     },
     /// Walk through the /dev/ioasid RFC's use-case flows 5.1 and 5.2 and print the IOVA maps.
     Demo,
+    /// Measure the engine against physical floors (populate, memcpy) and print the ratios.
+    Bench {
+        /// Print JSON (for comparisons across commits) instead of the table.
+        #[arg(long)]
+        json: bool,
+        /// Also measure case 4 (parallel map/unmap) with N threads.
+        #[arg(long, value_name = "N")]
+        threads: Option<usize>,
+        /// Small sizes and few repetitions: a ~20 s smoke run.
+        #[arg(long)]
+        quick: bool,
+        /// Run only these cases (numbers 1-7, comma separated), e.g. to profile one.
+        #[arg(long, value_delimiter = ',', value_name = "CASES")]
+        only: Vec<u8>,
+    },
 }
 
 fn main() -> std::process::ExitCode {
@@ -40,6 +58,17 @@ fn main() -> std::process::ExitCode {
     let res = match cli.cmd {
         Cmd::Run { preload, program } => run::run(preload, program),
         Cmd::Demo => demo::demo(),
+        Cmd::Bench {
+            json,
+            threads,
+            quick,
+            only,
+        } => bench::bench(bench::Opts {
+            json,
+            threads,
+            quick,
+            only,
+        }),
     };
     match res {
         Ok(()) => std::process::ExitCode::SUCCESS,

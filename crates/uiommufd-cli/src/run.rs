@@ -8,7 +8,7 @@ use std::path::PathBuf;
 const PRELOAD_NAME: &str = "libuiommufd_preload.so";
 
 /// Where the preload is: `--preload`, `$UIOMMUFD_PRELOAD`, or next to this binary.
-fn find_preload(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
+pub(crate) fn find_preload(explicit: Option<PathBuf>) -> Result<PathBuf, String> {
     if let Some(p) = explicit.or_else(|| std::env::var_os("UIOMMUFD_PRELOAD").map(PathBuf::from)) {
         return if p.is_file() {
             Ok(p)
