@@ -2,12 +2,12 @@
 //! several dirty fractions, through the IO page table's Rust API and the
 //! `HWPT_GET_DIRTY_BITMAP` core (bits OR-ed into a user buffer).
 //!
-//! **Span.** The issue asks for 64 GiB of IOVA. The mock domain — the only
-//! domain with dirty bits — translates `[MOCK_APERTURE_START, 2 GiB)` only,
-//! so the largest span it can track is just under 2 GiB; we measure 1 GiB
-//! (`--quick`: the quick large size), which is also the size of the C
-//! library's reference numbers. A 64 GiB mock table would also hold 32 Mi
-//! `BTreeMap` entries (about 1.2 GB).
+//! **Span.** 64 GiB of IOVA at 4 KiB pages (`--quick`: 1 GiB): one buffer
+//! of the "large" size mapped again and again at consecutive IOVAs, in an
+//! IOAS with one dirty-tracking mock domain. The selftest's mock translates
+//! only `[16 MiB, 2 GiB)`, so the bench makes its mock domain with a wider
+//! aperture (`MockDomain::with_aperture`, same page table otherwise). The
+//! mock's table then holds 32 Mi entries (one per 2 KiB granule).
 //!
 //! **Floor.** The least state a dirty read must stream is one page-table
 //! entry per tracked page: a dense array of 8-byte PTEs, one per 4 KiB page
@@ -33,8 +33,9 @@ use super::{Report, Row, Scale, Unit};
 /// Where the tracked range is mapped (inside the mock aperture).
 const IOVA: u64 = 1 << 30;
 
-/// Dirty fractions measured, in parts per 1000.
-const PERMILLE: [u64; 5] = [0, 1, 10, 100, 1000];
+/// Dirty fractions measured, in parts per 1000 (0.1% and 10%, as the
+/// issue asks, and the two extremes).
+const PERMILLE: [u64; 4] = [0, 1, 100, 1000];
 
 /// The pages (indexes) dirty at `permille`, spread evenly.
 fn dirty_pages(npages: u64, permille: u64) -> impl Iterator<Item = u64> {
@@ -67,17 +68,22 @@ fn pct(permille: u64) -> String {
 
 /// Run case 6.
 pub fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
-    let len = s.large;
+    let chunk = s.large;
+    let len = s.dirty_span.max(chunk);
     let npages = len / KIB4;
-    let buf = Buf::populated(len, Backing::Small)?;
+    let buf = Buf::populated(chunk, Backing::Small)?;
     let ctx = Context::new();
     let id = ctx.ioas_alloc().map_err(es)?;
     let ioas = ctx.ioas(id).map_err(es)?;
-    let dom = MockDomain::new_paging(false, true);
+    let dom = MockDomain::with_aperture(false, true, IOVA, IOVA + len - 1);
     let iopt = ioas.iopt();
     iopt.add_domain(dom.clone()).map_err(es)?;
-    ioas.map_user(buf.addr(), len, Some(IOVA), Prot::RW)
-        .map_err(es)?;
+    let mut at = IOVA;
+    while at < IOVA + len {
+        ioas.map_user(buf.addr(), chunk, Some(at), Prot::RW)
+            .map_err(es)?;
+        at += chunk;
+    }
     iopt.set_dirty_tracking(dom.id(), true).map_err(es)?;
     let req = DirtyRequest {
         iova: IOVA,
@@ -165,6 +171,6 @@ pub fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
         }
     }
     iopt.set_dirty_tracking(dom.id(), false).map_err(es)?;
-    ioas.unmap(IOVA, len).map_err(es)?;
+    ioas.unmap_all().map_err(es)?;
     Ok(())
 }

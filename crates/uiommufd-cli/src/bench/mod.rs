@@ -52,6 +52,8 @@ pub struct Scale {
     pub iters: u64,
     /// The "1 GiB" of cases 2 and 3.
     pub large: u64,
+    /// The IOVA span of case 6 (64 GiB: `large` mapped again and again).
+    pub dirty_span: u64,
     /// Map+unmap pairs per thread in case 4.
     pub thread_iters: u64,
     /// Thread counts of case 4.
@@ -74,6 +76,7 @@ impl Scale {
                 large_reps: 3,
                 iters: 500,
                 large: 64 << 20,
+                dirty_span: 1 << 30,
                 thread_iters: 2000,
                 threads,
                 growth_max_exp: 4,
@@ -85,6 +88,7 @@ impl Scale {
                 large_reps: 7,
                 iters: 4000,
                 large: 1 << 30,
+                dirty_span: 64 << 30,
                 thread_iters: 50_000,
                 threads,
                 growth_max_exp: 6,
@@ -269,21 +273,21 @@ const REFERENCES: &[Reference] = &[
     },
     Reference {
         case: 6,
-        what: "C vfio-user library: 1 GiB dirty bitmap get, 4 KiB pages, 0% dirty",
+        what: "C vfio-user library: 1 GiB dirty bitmap get, 4 KiB pages, 0% dirty (ours covers 64 GiB: divide by 64)",
         value: 0.026,
         unit: "ms",
         compare_with: "6.dirty.rust.0%",
     },
     Reference {
         case: 6,
-        what: "C vfio-user library: 1 GiB dirty bitmap get, 1% dirty",
+        what: "C vfio-user library: 1 GiB dirty bitmap get, 1% dirty (ours: 0.1%, 64 GiB)",
         value: 0.044,
         unit: "ms",
-        compare_with: "6.dirty.rust.1%",
+        compare_with: "6.dirty.rust.0.1%",
     },
     Reference {
         case: 6,
-        what: "C vfio-user library: 1 GiB dirty bitmap get, 100% dirty",
+        what: "C vfio-user library: 1 GiB dirty bitmap get, 100% dirty (ours covers 64 GiB)",
         value: 0.087,
         unit: "ms",
         compare_with: "6.dirty.rust.100%",

@@ -95,6 +95,9 @@ pub struct MockDomain {
     dirty_ops: bool,
     /// Dirty tracking is on (`MOCK_DIRTY_TRACK`).
     tracking: AtomicBool,
+    /// The IOVA range translated (`start..=last`): the selftest's
+    /// `MOCK_APERTURE_*` unless made by [`MockDomain::with_aperture`].
+    aperture: (u64, u64),
 }
 
 impl MockDomain {
@@ -108,6 +111,13 @@ impl MockDomain {
     /// kernel's `mock_domain_alloc_user` with `IOMMU_HWPT_ALLOC_DIRTY_TRACKING`),
     /// initially off.
     pub fn new_paging(huge_iova: bool, dirty: bool) -> Arc<MockDomain> {
+        Self::with_aperture(huge_iova, dirty, MOCK_APERTURE_START, MOCK_APERTURE_LAST)
+    }
+
+    /// A mock domain translating `start..=last` instead of the selftest's
+    /// aperture: for Rust users (benchmarks, emulators) that want the mock's
+    /// page table over a larger IOVA space. The selftest ABI never makes one.
+    pub fn with_aperture(huge_iova: bool, dirty: bool, start: u64, last: u64) -> Arc<MockDomain> {
         let mut bitmap = mock_io_page_size();
         if huge_iova {
             bitmap |= mock_huge_page_size();
@@ -119,6 +129,7 @@ impl MockDomain {
             warnings: AtomicU64::new(0),
             dirty_ops: dirty,
             tracking: AtomicBool::new(false),
+            aperture: (start, last),
         })
     }
 
@@ -295,7 +306,7 @@ impl Domain for MockDomain {
     }
 
     fn aperture(&self) -> (u64, u64) {
-        (MOCK_APERTURE_START, MOCK_APERTURE_LAST)
+        self.aperture
     }
 
     fn map(&self, iova: u64, addr: u64, len: u64, prot: Prot, max_pgsize: u64) -> Result<()> {
@@ -313,12 +324,13 @@ impl Domain for MockDomain {
             );
         }
         let last = match iova.checked_add(len - 1) {
-            Some(l) if iova >= MOCK_APERTURE_START && l <= MOCK_APERTURE_LAST => l,
+            Some(l) if iova >= self.aperture.0 && l <= self.aperture.1 => l,
             _ => bail!(
                 EINVAL,
-                "mock domain {}: map [{iova:#x}, +{len:#x}) leaves the aperture [{MOCK_APERTURE_START:#x}, \
-                 {MOCK_APERTURE_LAST:#x}]",
-                self.id
+                "mock domain {}: map [{iova:#x}, +{len:#x}) leaves the aperture [{:#x}, {:#x}]",
+                self.id,
+                self.aperture.0,
+                self.aperture.1
             ),
         };
         let runs = split_pgsizes(iova, addr, len, self.pgsize_bitmap, max_pgsize);
