@@ -251,9 +251,12 @@ list_tests() {
 }
 
 # Parse harness output ("ok N name", "ok N name # SKIP why", "not ok N name")
-# into "STATUS name" lines.
+# into "STATUS name" lines. A test during which the engine reported an
+# invariant violation (UIOMMUFD-INVARIANT-VIOLATION) fails.
 parse_log() {
     awk '
+        /^#  RUN / { cur = $3 }
+        /UIOMMUFD-INVARIANT-VIOLATION/ { if (cur != "") bad[cur] = 1 }
         /^(not )?ok [0-9]+ / {
             st = ($1 == "not") ? "FAIL" : "PASS"
             rest = $0
@@ -262,6 +265,7 @@ parse_log() {
             if (name == "" || name == "#") next
             if (st == "PASS" && rest ~ / # [Ss][Kk][Ii][Pp]/) st = "SKIP"
             if (st == "PASS" && rest ~ / # XPASS/) st = "FAIL"
+            if (name in bad) st = "FAIL"
             print st, name
         }' "$1"
 }
@@ -269,6 +273,7 @@ parse_log() {
 RESULTS=$CACHE/results.txt
 : >"$RESULTS.tmp"
 run_failed_bins=()
+invariant_bins=()
 for b in "${BINS[@]}"; do
     bin=$BUILD/bin/$b
     logf=$CACHE/$b.log
@@ -295,7 +300,11 @@ for b in "${BINS[@]}"; do
     # The selftest expects root with every capability (it sets the RLIMIT
     # mode, which needs CAP_SYS_RESOURCE); sandboxes often strip some, so
     # the engine is told to emulate a fully privileged caller.
-    timeout -k 10 "$TIMEOUT" env LD_PRELOAD="$PRELOAD" UIOMMUFD_CAPS="${UIOMMUFD_CAPS:-all}" "$bin" ${args[@]+"${args[@]}"} \
+    # UIOMMUFD_CHECK_INVARIANTS=1: after every injected failure (fail-nth)
+    # the engine checks its invariants and pin accounting and reports a
+    # violation on a line starting with UIOMMUFD-INVARIANT-VIOLATION.
+    timeout -k 10 "$TIMEOUT" env LD_PRELOAD="$PRELOAD" UIOMMUFD_CAPS="${UIOMMUFD_CAPS:-all}" \
+        UIOMMUFD_CHECK_INVARIANTS="${UIOMMUFD_CHECK_INVARIANTS:-1}" "$bin" ${args[@]+"${args[@]}"} \
         </dev/null >"$logf" 2>&1 || rc=$?
     case $rc in
         0|1) why= ;;
@@ -304,6 +313,11 @@ for b in "${BINS[@]}"; do
         *) if [ "$rc" -gt 128 ]; then why="killed by signal $((rc - 128))"; else why="exit status $rc"; fi ;;
     esac
     log "$b finished in $(elapsed "$t0") (exit status $rc)"
+    if grep -q 'UIOMMUFD-INVARIANT-VIOLATION' "$logf"; then
+        log "WARNING: $b: invariant violations after injected failures (see $logf):"
+        grep 'UIOMMUFD-INVARIANT-VIOLATION' "$logf" | head -n 5 | sed 's/^/    /'
+        invariant_bins+=("$b")
+    fi
     parse_log "$logf" >"$CACHE/$b.parsed"
     whole_skip=0
     grep -qE '^1\.\.0 # SKIP' "$logf" && whole_skip=1
@@ -393,6 +407,10 @@ if [ -n "$newly" ]; then
     echo
 fi
 
+if [ ${#invariant_bins[@]} -gt 0 ]; then
+    log "invariant violations after injected failures in: ${invariant_bins[*]}"
+    status=1
+fi
 if [ ${#run_failed_bins[@]} -gt 0 ]; then
     log "binaries that did not complete normally: ${run_failed_bins[*]}"
 fi

@@ -87,6 +87,49 @@ pub(crate) fn write(fd: c_int, buf: u64, count: usize) -> Option<Xfer> {
     })
 }
 
+/// `pread(fd, buf, count, offset)` on an engine fd (`EINVAL` for a negative
+/// offset, as the kernel).
+pub(crate) fn pread(fd: c_int, buf: u64, count: usize, offset: i64) -> Option<Xfer> {
+    files::get(fd)?;
+    let Ok(offset) = u64::try_from(offset) else {
+        return Some(Err(libc::EINVAL));
+    };
+    let count = count.min(MAX_RW_COUNT);
+    let mut tmp = vec![0u8; count];
+    if let Err(e) = probe_writable(buf, count) {
+        return Some(Err(e));
+    }
+    let n = match files::pread(fd, &mut tmp, offset)? {
+        Ok(n) => n.min(count),
+        Err(e) => return Some(Err(e.errno().0)),
+    };
+    if n > 0 {
+        if let Err(e) = SelfMemory.write(buf, &tmp[..n]) {
+            return Some(Err(e.errno().0));
+        }
+    }
+    Some(Ok(n))
+}
+
+/// `pwrite(fd, buf, count, offset)` on an engine fd.
+pub(crate) fn pwrite(fd: c_int, buf: u64, count: usize, offset: i64) -> Option<Xfer> {
+    files::get(fd)?;
+    let Ok(offset) = u64::try_from(offset) else {
+        return Some(Err(libc::EINVAL));
+    };
+    let count = count.min(MAX_RW_COUNT);
+    let mut tmp = vec![0u8; count];
+    if count > 0 {
+        if let Err(e) = SelfMemory.read(buf, &mut tmp) {
+            return Some(Err(e.errno().0));
+        }
+    }
+    Some(match files::pwrite(fd, &tmp, offset)? {
+        Ok(n) => Ok(n.min(count)),
+        Err(e) => Err(e.errno().0),
+    })
+}
+
 /// The caller's iovec array, read fault-safely: `(base, len)` pairs.
 fn iovecs(iov: u64, iovcnt: c_int) -> Result<Vec<(u64, usize)>, c_int> {
     if !(0..=UIO_MAXIOV).contains(&iovcnt) {

@@ -34,11 +34,24 @@
 //!   [`uiommufd::files`] informed ([`uiommufd::files::on_close`] is called
 //!   *before* the real close, so the engine never signals a number a racing
 //!   `open` already reused), and `read`, `__read_chk`, `write`, `readv`,
-//!   `writev` on them run the engine file's read/write (see `engine`).
+//!   `writev` on them run the engine file's read/write (see `engine`);
+//!   `pread`, `pread64`, `pwrite`, `pwrite64` (and the fortified
+//!   `__pread_chk`, `__pread64_chk`) its `read_at`/`write_at` (`ESPIPE`
+//!   for access and fault fds, as for the kernel's anon-inode files).
 //!   `poll`, `ppoll`, `select`, `pselect` and `epoll` are **not** hooked:
 //!   an engine fd is a real eventfd whose counter the engine keeps non-zero
 //!   exactly while the file has data (`POLLIN`), so the kernel answers them
 //!   correctly, for mixed fd sets too.
+//! * **Failure injection** (see `special` and [`uiommufd::inject`]):
+//!   opening `/proc/self/task/TID/fail-nth`, `/proc/PID/task/TID/fail-nth`
+//!   (our PID) or `/proc/thread-self/fail-nth` gives an engine fd whose
+//!   read/write/pread/pwrite implement the kernel's `fail-nth` protocol on
+//!   the engine's injection points for that thread; `opendir`, `readdir`,
+//!   `readdir64`, `closedir` and the `open*` hooks emulate the
+//!   fault-injection directories of `/sys/kernel/debug` (`failslab`,
+//!   `fail_page_alloc`, `fail_iommufd`) that the kernel selftest's setup
+//!   probes. Opening `/dev/iommu` is itself an injection point
+//!   (`context.alloc`, `ENOMEM`).
 //!
 //! ## Design
 //!
@@ -88,8 +101,8 @@
 //! * `fstat` on an emulated fd shows a memfd, not a character device;
 //!   `read`/`write`/`mmap` act on the memfd.
 //! * Engine fds show as `anon_inode:[eventfd]`, not `[iommufd-pgfault]` &c.
-//!   Only `read`/`write`/`readv`/`writev` reach the engine file: `pread`,
-//!   `recv`, `splice`, glibc stdio on an `fdopen`ed engine fd (libc-internal
+//!   Only `read`/`write`/`readv`/`writev` and the `pread`/`pwrite` family
+//!   reach the engine file: `preadv`, `recv`, `splice`, glibc stdio on an `fdopen`ed engine fd (libc-internal
 //!   reads are not interposable) and raw syscalls see the eventfd instead.
 //!   An engine fd closed by a raw syscall and reused by another anon-inode
 //!   fd (eventfd, epoll, timerfd, ...) is not recognised as stale.
@@ -104,6 +117,7 @@ use uiommufd::files;
 mod engine;
 mod path;
 mod real;
+mod special;
 mod table;
 
 use path::{errno, set_errno, DevNode, NodeKind};
@@ -175,6 +189,15 @@ fn open_node(node: &DevNode, flags: c_int) -> c_int {
         }
         return fail(e);
     }
+    // the kernel's allocation of the context at open
+    if let Err(e) = uiommufd::inject::point("context.alloc", libc::ENOMEM) {
+        tracing::debug!(path = node.path, "open failed: {e}");
+        if let Some(close) = real::close() {
+            // SAFETY: closing the memfd we just created.
+            unsafe { close(fd) };
+        }
+        return fail(e.errno().0);
+    }
     let obj = match node.kind {
         NodeKind::Iommu => FdObject::Iommu(uiommufd::Context::new()),
         // A VFIO container is an iommufd context with its compat IOAS made.
@@ -212,7 +235,13 @@ unsafe fn pre_open(dirfd: c_int, path: *const c_char, flags: c_int) -> Option<c_
     }
     // SAFETY: the caller passes a NUL-terminated path (the C contract of open).
     let path = unsafe { CStr::from_ptr(path) };
-    match guard(|| path::match_dev_node(dirfd, path).map(|node| open_node(node, flags))) {
+    let r = guard(|| {
+        if let Some(node) = path::match_dev_node(dirfd, path) {
+            return Some(open_node(node, flags));
+        }
+        path::match_special(dirfd, path).map(|what| special::open(what, flags))
+    });
+    match r {
         Some(r) => r,
         None => Some(-1),
     }
@@ -228,6 +257,9 @@ fn post_open(fd: c_int) -> c_int {
         quietly(|| {
             files::check_stale(fd);
         });
+    }
+    if fd >= 0 && special::any_dirs() {
+        quietly(|| special::forget_fd(fd));
     }
     fd
 }
@@ -396,6 +428,9 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
         // Linux releases the fd even when close fails, so this is never
         // premature.
         quietly(|| files::on_close(fd));
+    }
+    if special::any_dirs() {
+        quietly(|| special::forget_fd(fd));
     }
     // SAFETY: forwarding the caller's argument unchanged.
     let r = unsafe { real(fd) };
@@ -649,4 +684,229 @@ pub unsafe extern "C" fn writev(
     };
     // SAFETY: forwarding the caller's arguments unchanged.
     unsafe { real(fd, iov, iovcnt) }
+}
+
+/// `pread(2)`: engine fds read their engine file at the offset (`ESPIPE`
+/// unless the file supports it, as the kernel's anon-inode files);
+/// everything else is forwarded after one atomic load.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn pread(
+    fd: c_int,
+    buf: *mut c_void,
+    count: libc::size_t,
+    offset: libc::off_t,
+) -> libc::ssize_t {
+    if files::is_engine_fd(fd) {
+        if let Some(r) = engine_io(|| engine::pread(fd, buf as u64, count, offset)) {
+            return r;
+        }
+    }
+    let Some(real) = real::pread() else {
+        return fail_ssize(libc::ENOSYS);
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, buf, count, offset) }
+}
+
+/// `pread64`: as [`pread`].
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn pread64(
+    fd: c_int,
+    buf: *mut c_void,
+    count: libc::size_t,
+    offset: libc::off64_t,
+) -> libc::ssize_t {
+    if files::is_engine_fd(fd) {
+        if let Some(r) = engine_io(|| engine::pread(fd, buf as u64, count, offset)) {
+            return r;
+        }
+    }
+    let Some(real) = real::pread64() else {
+        return fail_ssize(libc::ENOSYS);
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, buf, count, offset) }
+}
+
+/// Fortified `pread` (`_FORTIFY_SOURCE`): as [`pread`]; an overflowing
+/// `count` still aborts in libc's `__pread_chk`.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn __pread_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    count: libc::size_t,
+    offset: libc::off_t,
+    buflen: libc::size_t,
+) -> libc::ssize_t {
+    if count <= buflen && files::is_engine_fd(fd) {
+        if let Some(r) = engine_io(|| engine::pread(fd, buf as u64, count, offset)) {
+            return r;
+        }
+    }
+    let Some(real) = real::__pread_chk() else {
+        return fail_ssize(libc::ENOSYS);
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, buf, count, offset, buflen) }
+}
+
+/// Fortified `pread64`: as [`__pread_chk`].
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn __pread64_chk(
+    fd: c_int,
+    buf: *mut c_void,
+    count: libc::size_t,
+    offset: libc::off64_t,
+    buflen: libc::size_t,
+) -> libc::ssize_t {
+    if count <= buflen && files::is_engine_fd(fd) {
+        if let Some(r) = engine_io(|| engine::pread(fd, buf as u64, count, offset)) {
+            return r;
+        }
+    }
+    let Some(real) = real::__pread64_chk() else {
+        return fail_ssize(libc::ENOSYS);
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, buf, count, offset, buflen) }
+}
+
+/// `pwrite(2)`: engine fds write their engine file at the offset; everything
+/// else is forwarded after one atomic load.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn pwrite(
+    fd: c_int,
+    buf: *const c_void,
+    count: libc::size_t,
+    offset: libc::off_t,
+) -> libc::ssize_t {
+    if files::is_engine_fd(fd) {
+        if let Some(r) = engine_io(|| engine::pwrite(fd, buf as u64, count, offset)) {
+            return r;
+        }
+    }
+    let Some(real) = real::pwrite() else {
+        return fail_ssize(libc::ENOSYS);
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, buf, count, offset) }
+}
+
+/// `pwrite64`: as [`pwrite`].
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn pwrite64(
+    fd: c_int,
+    buf: *const c_void,
+    count: libc::size_t,
+    offset: libc::off64_t,
+) -> libc::ssize_t {
+    if files::is_engine_fd(fd) {
+        if let Some(r) = engine_io(|| engine::pwrite(fd, buf as u64, count, offset)) {
+            return r;
+        }
+    }
+    let Some(real) = real::pwrite64() else {
+        return fail_ssize(libc::ENOSYS);
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, buf, count, offset) }
+}
+
+/// `opendir(3)`: the emulated debugfs directories (see `special`); every
+/// other path is forwarded (glibc's `opendir` opens with the
+/// non-interposable `__open_nocancel`, so it needs its own hook).
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn opendir(name: *const c_char) -> *mut libc::DIR {
+    if !name.is_null() {
+        // SAFETY: the caller passes a NUL-terminated path.
+        let path = unsafe { CStr::from_ptr(name) };
+        match guard(|| special::opendir(path)) {
+            Some(Some(d)) => return d,
+            Some(None) => {}
+            None => return std::ptr::null_mut(),
+        }
+    }
+    let Some(real) = real::opendir() else {
+        set_errno(libc::ENOSYS);
+        return std::ptr::null_mut();
+    };
+    // SAFETY: forwarding the caller's argument unchanged.
+    unsafe { real(name) }
+}
+
+/// `readdir(3)`: the entries of an emulated debugfs directory; other
+/// streams are forwarded after one atomic load.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn readdir(dirp: *mut libc::DIR) -> *mut libc::dirent {
+    if special::any_dirs() {
+        if let Some(Some(e)) = guard(|| special::readdir(dirp)) {
+            // dirent and dirent64 have the same layout on 64-bit Linux
+            return e.cast();
+        }
+    }
+    let Some(real) = real::readdir() else {
+        set_errno(libc::ENOSYS);
+        return std::ptr::null_mut();
+    };
+    // SAFETY: forwarding the caller's argument unchanged.
+    unsafe { real(dirp) }
+}
+
+/// `readdir64(3)`: as [`readdir`].
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn readdir64(dirp: *mut libc::DIR) -> *mut libc::dirent64 {
+    if special::any_dirs() {
+        if let Some(Some(e)) = guard(|| special::readdir(dirp)) {
+            return e;
+        }
+    }
+    let Some(real) = real::readdir64() else {
+        set_errno(libc::ENOSYS);
+        return std::ptr::null_mut();
+    };
+    // SAFETY: forwarding the caller's argument unchanged.
+    unsafe { real(dirp) }
+}
+
+/// `closedir(3)`: forgets an emulated debugfs stream, then closes it.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn closedir(dirp: *mut libc::DIR) -> c_int {
+    if special::any_dirs() {
+        quietly(|| special::closedir(dirp));
+    }
+    let Some(real) = real::closedir() else {
+        return missing();
+    };
+    // SAFETY: forwarding the caller's argument unchanged.
+    unsafe { real(dirp) }
 }

@@ -11,6 +11,8 @@
 
 use std::ffi::{c_int, CStr};
 
+use crate::special::{self, Special};
+
 /// Which emulated device a node opens.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub(crate) enum NodeKind {
@@ -122,6 +124,55 @@ pub(crate) fn match_dev_node(dirfd: c_int, path: &CStr) -> Option<&'static DevNo
     };
     let comps = components(abs);
     candidates().find(|n| components(n.path.as_bytes()) == comps)
+}
+
+/// The components of the absolute path `abs`, lexically normalised.
+pub(crate) fn normalise(abs: &[u8]) -> Vec<&[u8]> {
+    components(abs)
+}
+
+/// The emulated fault-injection file or directory `path` names when opened
+/// relative to `dirfd` (see `special`), if any.
+///
+/// Cheap for ordinary paths: only a final component `fail-nth`, an absolute
+/// path under `/sys/kernel/debug`, or a `dirfd` that is an emulated
+/// debugfs directory (one atomic load while there is none) go further.
+/// Leaves `errno` as it found it.
+pub(crate) fn match_special(dirfd: c_int, path: &CStr) -> Option<Special> {
+    let path = path.to_bytes();
+    if path.is_empty() {
+        return None;
+    }
+    let absolute = path.first() == Some(&b'/');
+    if !absolute && dirfd != libc::AT_FDCWD && special::any_dirs() {
+        let saved = errno();
+        let dir = special::dir_of_fd(dirfd);
+        set_errno(saved);
+        if let Some(dir) = dir {
+            let mut abs = format!("{}/{dir}/", special::DEBUGFS).into_bytes();
+            abs.extend_from_slice(path);
+            return special::classify(&components(&abs));
+        }
+    }
+    let fail_nth = last_component(path) == b"fail-nth";
+    let debugfs = absolute && path.starts_with(b"/sys/kernel/debug");
+    if !fail_nth && !debugfs {
+        return None;
+    }
+    let abs: Vec<u8>;
+    let abs: &[u8] = if absolute {
+        path
+    } else {
+        let saved = errno();
+        let base = base_dir(dirfd);
+        set_errno(saved);
+        let mut v = base?;
+        v.push(b'/');
+        v.extend_from_slice(path);
+        abs = v;
+        &abs
+    };
+    special::classify(&components(abs))
 }
 
 /// The calling thread's `errno`.

@@ -93,4 +93,24 @@ real! {
     readv: unsafe extern "C" fn(c_int, *const libc::iovec, c_int) -> libc::ssize_t;
     /// `ssize_t writev(int, const struct iovec *, int)`
     writev: unsafe extern "C" fn(c_int, *const libc::iovec, c_int) -> libc::ssize_t;
+    /// `ssize_t pread(int, void *, size_t, off_t)`
+    pread: unsafe extern "C" fn(c_int, *mut c_void, libc::size_t, libc::off_t) -> libc::ssize_t;
+    /// `ssize_t pread64(int, void *, size_t, off64_t)`
+    pread64: unsafe extern "C" fn(c_int, *mut c_void, libc::size_t, libc::off64_t) -> libc::ssize_t;
+    /// `ssize_t __pread_chk(int, void *, size_t, off_t, size_t)`
+    __pread_chk: unsafe extern "C" fn(c_int, *mut c_void, libc::size_t, libc::off_t, libc::size_t) -> libc::ssize_t;
+    /// `ssize_t __pread64_chk(int, void *, size_t, off64_t, size_t)`
+    __pread64_chk: unsafe extern "C" fn(c_int, *mut c_void, libc::size_t, libc::off64_t, libc::size_t) -> libc::ssize_t;
+    /// `ssize_t pwrite(int, const void *, size_t, off_t)`
+    pwrite: unsafe extern "C" fn(c_int, *const c_void, libc::size_t, libc::off_t) -> libc::ssize_t;
+    /// `ssize_t pwrite64(int, const void *, size_t, off64_t)`
+    pwrite64: unsafe extern "C" fn(c_int, *const c_void, libc::size_t, libc::off64_t) -> libc::ssize_t;
+    /// `DIR *opendir(const char *)`
+    opendir: unsafe extern "C" fn(*const c_char) -> *mut libc::DIR;
+    /// `struct dirent *readdir(DIR *)`
+    readdir: unsafe extern "C" fn(*mut libc::DIR) -> *mut libc::dirent;
+    /// `struct dirent64 *readdir64(DIR *)`
+    readdir64: unsafe extern "C" fn(*mut libc::DIR) -> *mut libc::dirent64;
+    /// `int closedir(DIR *)`
+    closedir: unsafe extern "C" fn(*mut libc::DIR) -> c_int;
 }

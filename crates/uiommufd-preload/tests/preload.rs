@@ -291,3 +291,20 @@ fn io_program_imports_the_hooked_symbols() {
         "preload_io_fortify does not import __read_chk:\n{fortified}"
     );
 }
+
+/// `tests/c/fail_nth.c`: the emulated `/proc/self/task/TID/fail-nth` and
+/// debugfs fault-injection files, driven from C as the kernel selftest
+/// `iommufd_fail_nth` drives them (pread/pwrite, opendir/readdir/openat),
+/// with a small sweep.
+#[test]
+fn fail_nth_from_c() {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    let exe = EXE.get_or_init(|| compile_src("fail_nth.c", "fail_nth", &["-O1"]));
+    let out = run_preloaded(exe, &[], &[("UIOMMUFD_CHECK_INVARIANTS", "1")]);
+    assert_ok(&out, "fail_nth");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !stderr.contains("UIOMMUFD-INVARIANT-VIOLATION"),
+        "invariant violations:\n{stderr}"
+    );
+}

@@ -209,8 +209,10 @@ impl Context {
         &self.mem
     }
 
-    /// Take an ID for an object under construction.
+    /// Take an ID for an object under construction (`ENOMEM` from the
+    /// `"object.alloc"` injection point: the kernel's object allocation).
     pub fn reserve(&self) -> Result<Reservation<'_>> {
+        crate::inject::point("object.alloc", libc::ENOMEM)?;
         let mut t = self.objects.lock();
         let id = t.alloc_id()?;
         t.slots.insert(id, Slot::Reserved);
@@ -221,8 +223,16 @@ impl Context {
         })
     }
 
-    /// Look up a live object.
+    /// Look up a live object (`ENOENT` also from the `"object.get"`
+    /// injection point, as the kernel's `iommufd_get_object`).
     pub fn get(&self, id: ObjId) -> Result<Object> {
+        crate::inject::point("object.get", libc::ENOENT)?;
+        self.lookup(id)
+    }
+
+    /// [`Context::get`] without its injection point (for checks, and the
+    /// lookups the kernel makes without `iommufd_get_object`).
+    pub(crate) fn lookup(&self, id: ObjId) -> Result<Object> {
         match self.objects.lock().slots.get(&id) {
             Some(Slot::Live(o)) => Ok(o.clone()),
             _ => Err(err!(ENOENT, "no object with ID {id}")),
@@ -412,7 +422,7 @@ impl Context {
                 Object::Device(d) => {
                     if let Some(h) = d.attached_hwpt() {
                         if !matches!(
-                            self.get(h),
+                            self.lookup(h),
                             Ok(Object::HwptPaging(_) | Object::HwptNested(_))
                         ) {
                             return Err(format!(

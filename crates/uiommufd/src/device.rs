@@ -326,6 +326,8 @@ impl Device {
                     ),
                 },
             }
+            // the kernel's iopt_table_enforce_dev_resv_regions on attach
+            crate::inject::point("device.resv_regions", libc::EINVAL)?;
             let old_fault = cur.as_ref().is_some_and(|a| a.hwpt.fault().is_some());
             let new_fault = hwpt.fault().is_some();
             if new_fault && !old_fault {

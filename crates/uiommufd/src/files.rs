@@ -118,6 +118,26 @@ pub trait EngineFile: Send + Sync + fmt::Debug + Any {
         ))
     }
 
+    /// `pread(2)` of the fd at `offset`. Default: `ESPIPE`, as for the
+    /// kernel's anon-inode files (they are not opened with `FMODE_PREAD`).
+    fn read_at(&self, buf: &mut [u8], offset: u64, nonblock: bool) -> Result<usize> {
+        let _ = (buf, offset, nonblock);
+        Err(Error::new(
+            libc::ESPIPE,
+            format!("{} files cannot be read at an offset", self.kind()),
+        ))
+    }
+
+    /// `pwrite(2)` of the fd at `offset`. Default: `ESPIPE`, as
+    /// [`EngineFile::read_at`].
+    fn write_at(&self, buf: &[u8], offset: u64) -> Result<usize> {
+        let _ = (buf, offset);
+        Err(Error::new(
+            libc::ESPIPE,
+            format!("{} files cannot be written at an offset", self.kind()),
+        ))
+    }
+
     /// The `poll` events currently ready (`libc::POLLIN`, ...). Only
     /// `POLLIN` is mirrored to the fd (see the module docs). Default: none.
     fn poll_events(&self) -> i16 {
@@ -328,8 +348,17 @@ fn lookup(fd: i32) -> Option<Slot> {
 ///
 /// The fd is a blocking `eventfd` with counter 0 (the kernel's
 /// `anon_inode_getfd(.., O_RDWR)`); see the module docs for how readiness
-/// is reflected. Fails with the errno of `eventfd(2)` (`EMFILE`, ...).
+/// is reflected. Fails with the errno of `eventfd(2)` (`EMFILE`, ...), or
+/// `ENOMEM` from the `"files.create"` injection point (see
+/// [`crate::inject`]).
 pub fn create<T: EngineFile>(file: Arc<T>, cloexec: bool) -> Result<i32> {
+    crate::inject::point("files.create", libc::ENOMEM)?;
+    create_no_inject(file, cloexec)
+}
+
+/// [`create`] without its injection point: for files that are not iommufd
+/// objects (the emulated `fail-nth` files).
+pub fn create_no_inject<T: EngineFile>(file: Arc<T>, cloexec: bool) -> Result<i32> {
     let flags = if cloexec { libc::EFD_CLOEXEC } else { 0 };
     // SAFETY: plain syscall wrapper with no pointer arguments.
     let fd = unsafe { libc::eventfd(0, flags) };
@@ -468,6 +497,25 @@ pub fn read(fd: i32, buf: &mut [u8]) -> Option<Result<usize>> {
 pub fn write(fd: i32, buf: &[u8]) -> Option<Result<usize>> {
     let slot = lookup(fd)?;
     let r = slot.rec.file.write(buf);
+    sync_rec(&slot.rec);
+    Some(r)
+}
+
+/// `pread(2)` of an engine fd: as [`read`], through
+/// [`EngineFile::read_at`] (the caller checked that `offset` is not
+/// negative).
+pub fn pread(fd: i32, buf: &mut [u8], offset: u64) -> Option<Result<usize>> {
+    let slot = lookup(fd)?;
+    let r = slot.rec.file.read_at(buf, offset, nonblocking(fd));
+    sync_rec(&slot.rec);
+    Some(r)
+}
+
+/// `pwrite(2)` of an engine fd: as [`write()`], through
+/// [`EngineFile::write_at`].
+pub fn pwrite(fd: i32, buf: &[u8], offset: u64) -> Option<Result<usize>> {
+    let slot = lookup(fd)?;
+    let r = slot.rec.file.write_at(buf, offset);
     sync_rec(&slot.rec);
     Some(r)
 }

@@ -16,6 +16,7 @@
 //! | [`accounting`] | pages.c | RLIMIT_MEMLOCK accounting modes |
 //! | [`mock`] | selftest.c | the selftest's `IOMMU_TEST_CMD` |
 //! | [`user`] | copy_*_user, GUP | fault-safe user memory access |
+//! | [`inject`] | `iommufd_should_fail`, fail-nth | failure injection points |
 //!
 //! Data flows one way: uAPI bytes → handler (validate, copy in) → engine
 //! call → handler (copy out). The engine speaks typed Rust.
@@ -39,6 +40,7 @@ mod error;
 pub mod fault;
 pub mod files;
 pub mod hwpt;
+pub mod inject;
 pub mod io_pagetable;
 pub mod ioas;
 pub mod logging;

@@ -169,12 +169,15 @@ impl Pages {
     ) -> Arc<Pages> {
         let ps = page_size();
         let base = uptr & !(ps - 1);
-        let end = uptr.saturating_add(length).div_ceil(ps) * ps;
+        // Pages from the offset in the first page, as the kernel's
+        // DIV_ROUND_UP(length + start_byte, PAGE_SIZE): rounding `uptr +
+        // length` up to a page instead overflows near the top of the space.
+        let npages = (uptr - base).saturating_add(length).div_ceil(ps);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let p = Arc::new(Pages {
             id,
             uptr: base,
-            npages: (end - base) / ps,
+            npages,
             writable,
             mem,
             account: Account::new(mode),
@@ -197,7 +200,8 @@ impl Pages {
     }
     /// Length in bytes (whole pages).
     pub fn len_bytes(&self) -> u64 {
-        self.npages * page_size()
+        // saturating: an object may end in the last page of the space
+        self.npages.saturating_mul(page_size())
     }
     /// Whether the memory is pinned for write (the map asked for WRITEABLE).
     pub fn writable(&self) -> bool {
@@ -214,6 +218,12 @@ impl Pages {
 
     /// Add one user to pages `first..=last`, populating and accounting the
     /// pages that had none. On failure nothing changes.
+    ///
+    /// Injection points (see [`crate::inject`]), where the kernel's pin can
+    /// fail: `"pages.batch"` (`ENOMEM`, the temporary pin batch),
+    /// `"pages.account"` (`ENOMEM`, the locked-memory accounting) and
+    /// `"pages.pin"` (`EFAULT`, pinning the user pages; once per run of
+    /// unpinned pages).
     pub fn pin(&self, first: u64, last: u64) -> Result<()> {
         debug_assert!(first <= last && last < self.npages);
         let ps = page_size();
@@ -221,12 +231,15 @@ impl Pages {
         let holes = pins.holes(first, last);
         let new: u64 = holes.iter().map(|(s, l)| l - s + 1).sum();
         if new > 0 {
+            crate::inject::point("pages.batch", libc::ENOMEM)?;
+            crate::inject::point("pages.account", libc::ENOMEM)?;
             self.account.charge(new)?;
             for &(s, l) in &holes {
-                if let Err(e) =
+                let r = crate::inject::point("pages.pin", libc::EFAULT).and_then(|()| {
                     self.mem
                         .populate(self.uptr + s * ps, (l - s + 1) * ps, self.writable)
-                {
+                });
+                if let Err(e) = r {
                     self.account.uncharge(new);
                     return Err(e);
                 }
@@ -271,7 +284,7 @@ impl Pages {
             let live = live_pages(shard);
             for p in &live {
                 if addr >= p.uptr
-                    && addr < p.uptr + p.len_bytes()
+                    && addr - p.uptr < p.len_bytes()
                     && p.is_pinned((addr - p.uptr) / ps)
                 {
                     n += 1;

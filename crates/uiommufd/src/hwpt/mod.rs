@@ -205,6 +205,8 @@ pub(crate) fn get_hw_info(u: &Ucmd) -> Result<i32> {
             cmd.out_data_type
         );
     }
+    // the kernel allocates the driver's info
+    crate::inject::point("hw_info.alloc", libc::ENOMEM)?;
     let (ty, data) = drv.hw_info();
     let copy = (cmd.data_len as usize).min(data.len());
     if cmd.data_len != 0 {

@@ -161,7 +161,10 @@ impl IoPagetable {
             let (first, lastp) = (sb / ps, lb / ps);
             {
                 let mut acc = a.accesses.lock();
-                if let Err(e) = a.pages.pin(first, lastp) {
+                // the kernel's iopt_pages_fill_xarray fails half way here
+                let r = crate::inject::point("access.pin", libc::EINVAL)
+                    .and_then(|()| a.pages.pin(first, lastp));
+                if let Err(e) = r {
                     failure = Some(e);
                     break;
                 }
@@ -283,6 +286,8 @@ impl IoPagetable {
                 );
             }
         }
+        // the kernel's iopt_pages_rw_access through the mm
+        crate::inject::point("access.rw", libc::EINVAL)?;
         let mut off = 0usize;
         for (mem, addr, len) in plan {
             let chunk = &mut buf[off..off + len as usize];

@@ -393,6 +393,8 @@ impl IoPagetable {
         }
         let total_words = q.words();
         let total_bytes = q.nbits.div_ceil(8);
+        // the kernel's iova_bitmap_alloc
+        crate::inject::point("dirty.bitmap.alloc", libc::ENOMEM)?;
         let mut words = vec![0u64; total_words.min(window)];
         let mut bytes: Vec<u8> = Vec::new();
         let mut first_word = 0usize;

@@ -96,6 +96,8 @@ impl AreaRef {
 /// On error nothing stays mapped or pinned.
 fn fill_area(a: &AreaRef, domains: &[Arc<dyn Domain>], pin: bool, max_pgsize: u64) -> Result<()> {
     let (first, last) = a.page_range();
+    // the kernel's pfn reader allocates its batch for every area it fills
+    crate::inject::point("iopt.fill.batch", libc::ENOMEM)?;
     if pin {
         a.pages.pin(first, last)?;
     }
@@ -297,6 +299,8 @@ impl IoPagetable {
                 "access IOVA alignment {iova_alignment:#x} is not a power of two"
             );
         }
+        // the kernel's xa_alloc of the access slot
+        crate::inject::point("iopt.access.add", libc::ENOMEM)?;
         let mut attached = self.domains.write();
         let mut st = self.state.write();
         let token = attached.next_token;

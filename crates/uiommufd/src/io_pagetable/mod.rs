@@ -590,6 +590,8 @@ impl State {
                     src.pages.id()
                 );
             }
+            // the kernel's iopt_alloc_area
+            crate::inject::point("iopt.area.alloc", libc::ENOMEM)?;
             planned.push((at, last, src));
             at = last.wrapping_add(1);
         }
@@ -905,6 +907,8 @@ impl IoPagetable {
                 );
             }
             let end = a.last.min(last);
+            // the kernel's iopt_get_pages allocates one element per area
+            crate::inject::point("iopt.get_pages", libc::ENOMEM)?;
             out.push(MapSource {
                 pages: a.pages.clone(),
                 start_byte: a.start_byte + (cur - k),
@@ -942,6 +946,8 @@ impl IoPagetable {
                 );
             }
         }
+        // the kernel allocates the new allowed-range nodes first
+        crate::inject::point("iopt.allowed.alloc", libc::ENOMEM)?;
         let mut st = self.state.write();
         for &a in &sorted {
             if let Some(r) = st.reserved_hit(a.0, a.1) {

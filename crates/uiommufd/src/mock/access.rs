@@ -148,6 +148,8 @@ pub(super) fn pages(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
     let Some(access) = f.access.lock().clone() else {
         bail!(ENOENT, "access fd {} has no access", cmd.id)
     };
+    // the selftest's kvcalloc of the page array
+    crate::inject::point("mock.access.pages.alloc", libc::ENOMEM)?;
     let mut items = f.items.lock();
     let pinned = access.pin_pages(p.iova, p.length, p.flags & MOCK_FLAGS_ACCESS_WRITE != 0)?;
     let ps = page_size();
@@ -164,6 +166,11 @@ pub(super) fn pages(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
                 );
             }
         }
+    }
+    // the selftest's kzalloc of the item, after the pin
+    if let Err(e) = crate::inject::point("mock.access.item.alloc", libc::ENOMEM) {
+        access.unpin_pages(p.iova, p.length);
+        return Err(e);
     }
     let id = items.next_id;
     items.next_id += 1;
@@ -220,6 +227,8 @@ pub(super) fn rw(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
     let Some(access) = f.access.lock().clone() else {
         bail!(ENOENT, "access fd {} has no access", cmd.id)
     };
+    // the selftest's kvzalloc of the bounce buffer
+    crate::inject::point("mock.access.rw.alloc", libc::ENOMEM)?;
     let mut buf = vec![0u8; r.length as usize];
     let write = r.flags & MOCK_ACCESS_RW_WRITE != 0;
     if write {

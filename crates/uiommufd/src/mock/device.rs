@@ -86,6 +86,8 @@ impl DeviceDriver for MockDevice {
                 "mock driver: this device cannot track dirty pages"
             );
         }
+        // kzalloc of the mock domain
+        crate::inject::point("mock.domain.alloc", libc::ENOMEM)?;
         Ok(MockDomain::new_paging(
             self.has(MOCK_FLAGS_DEVICE_HUGE_IOVA),
             flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0,

@@ -310,6 +310,8 @@ impl Domain for MockDomain {
     }
 
     fn map(&self, iova: u64, addr: u64, len: u64, prot: Prot, max_pgsize: u64) -> Result<()> {
+        // the kernel mock's own failure point (mock_domain_map_pages)
+        crate::inject::point("mock.domain.map", libc::ENOENT)?;
         let mps = mock_io_page_size();
         if len == 0
             || !iova.is_multiple_of(mps)

@@ -56,6 +56,8 @@ fn mock_domain(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
         0
     };
     let r = u.ctx.reserve()?;
+    // mock_dev_create: the device's allocation and registration
+    crate::inject::point("mock.device.create", libc::ENOMEM)?;
     let drv = device::MockDevice::new(flags)?;
     let dev = Device::bind(u.ctx, drv)?;
     let hwpt_id = match dev.attach(u.ctx, cmd.id) {

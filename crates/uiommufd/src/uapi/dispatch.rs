@@ -129,6 +129,7 @@ const TABLE_LAST_NR: u32 = IOMMUFD_CMD_TEST;
 pub fn ioctl(ctx: &Arc<Context>, cmd: u64, arg: u64) -> Result<i32> {
     // The kernel's ioctl takes `unsigned int cmd`: upper bits are dropped.
     let cmd = cmd as u32;
+    let watch = crate::inject::Watch::start();
     let res = catch_unwind(AssertUnwindSafe(|| dispatch(ctx, cmd, arg)));
     let res = match res {
         Ok(r) => r,
@@ -148,10 +149,47 @@ pub fn ioctl(ctx: &Arc<Context>, cmd: u64, arg: u64) -> Result<i32> {
             ))
         }
     };
+    let res = match watch.fired() {
+        Some(point) => after_injected_failure(ctx, cmd, point, res),
+        None => res,
+    };
     if let Err(e) = &res {
         tracing::debug!(cmd = format_args!("{cmd:#x}"), errno = %e.errno(), "ioctl failed: {}", e.reason());
     }
     res
+}
+
+/// An injected failure fired at `point` during ioctl `cmd`: the call must
+/// have left everything as it found it. When the checks are on (see
+/// [`crate::inject::checks_enabled`]), a broken invariant or a pin
+/// accounting imbalance turns the result into `EIO` (and is reported and
+/// counted by [`crate::inject`]).
+fn after_injected_failure(
+    ctx: &Arc<Context>,
+    cmd: u32,
+    point: &'static str,
+    res: Result<i32>,
+) -> Result<i32> {
+    tracing::debug!(
+        cmd = format_args!("{cmd:#x}"),
+        point,
+        ok = res.is_ok(),
+        "injected failure fired during the ioctl"
+    );
+    if !crate::inject::checks_enabled() {
+        return res;
+    }
+    let during = format!(
+        "ioctl {cmd:#x} (result {:?})",
+        res.as_ref().map_err(|e| e.errno())
+    );
+    match crate::inject::check_after_failure(Some(ctx), point, &during) {
+        Ok(()) => res,
+        Err(what) => Err(Error::new(
+            libc::EIO,
+            format!("invariant violation after the injected failure at {point}: {what}"),
+        )),
+    }
 }
 
 fn dispatch(ctx: &Arc<Context>, cmd: u32, arg: u64) -> Result<i32> {

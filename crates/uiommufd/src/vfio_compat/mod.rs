@@ -108,8 +108,12 @@ impl Context {
 /// The compat IOAS (`get_compat_ioas`): `ENODEV` when none is set.
 pub(crate) fn compat_ioas(ctx: &Context) -> Result<Arc<Ioas>> {
     let id = ctx.compat_ioas()?;
-    ctx.ioas(id)
-        .map_err(|_| err!(ENODEV, "the compat IOAS {id} is gone"))
+    // (the kernel's get_compat_ioas locks the object directly: no
+    // iommufd_get_object, so no injection point)
+    match ctx.lookup(id) {
+        Ok(crate::context::Object::Ioas(i)) => Ok(i),
+        _ => Err(err!(ENODEV, "the compat IOAS {id} is gone")),
+    }
 }
 
 /// Copy in the first `min(n, sizeof T)` bytes of a `T` at `addr` (the rest

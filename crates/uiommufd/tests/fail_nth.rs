@@ -1,0 +1,590 @@
+//! The fail-nth sweep in Rust: for representative command sequences, make
+//! the 1st, 2nd, 3rd, ... injection point the sequence reaches fail (see
+//! `uiommufd::inject`) until the sequence runs through without reaching the
+//! armed one. After every call during which the injected failure fired and
+//! that failed, everything must be as before the call: the objects, the
+//! areas of every IOAS, the mappings of every mock domain, the pin
+//! accounting and the engine fds; and the context's invariants and the
+//! process-wide accounting must hold. After each run's teardown no page of
+//! the buffer may stay pinned.
+
+use std::collections::BTreeMap;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use uiommufd::accounting::{MM_LOCKED_VM, PINNED_VM, USER_LOCKED_VM};
+use uiommufd::context::Object;
+use uiommufd::inject;
+use uiommufd::io_pagetable::AreaInfo;
+use uiommufd::mock::device::MOCK_FLAGS_DEVICE_HUGE_IOVA;
+use uiommufd::mock::domain::MockDomain;
+use uiommufd::pages::{check_accounting, Pages};
+use uiommufd::uapi::dispatch::ioctl;
+use uiommufd::uapi::*;
+use uiommufd::user::page_size;
+use uiommufd::{files, Context};
+use zerocopy::{FromBytes, IntoBytes};
+
+const A: u64 = MOCK_APERTURE_START;
+const LEN: u64 = 256 * 1024;
+
+/// The sweeps share the process-wide accounting: one at a time.
+static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+/// Everything a failed call must leave as it was.
+#[derive(Debug, PartialEq, Eq)]
+struct Snapshot {
+    objects: Vec<(u32, &'static str)>,
+    areas: BTreeMap<u32, Vec<AreaInfo>>,
+    mappings: BTreeMap<u32, Vec<(u64, u64, u64)>>,
+    pinned_vm: u64,
+    user_locked_vm: u64,
+    mm_locked_vm: u64,
+    engine_fds: usize,
+}
+
+fn snapshot(ctx: &Context) -> Snapshot {
+    let mut s = Snapshot {
+        objects: Vec::new(),
+        areas: BTreeMap::new(),
+        mappings: BTreeMap::new(),
+        pinned_vm: PINNED_VM.load(Ordering::Acquire),
+        user_locked_vm: USER_LOCKED_VM.load(Ordering::Acquire),
+        mm_locked_vm: MM_LOCKED_VM.load(Ordering::Acquire),
+        engine_fds: files::registered_fds(),
+    };
+    for (id, o) in ctx.objects() {
+        s.objects.push((id, o.kind()));
+        match &o {
+            Object::Ioas(i) => {
+                s.areas.insert(id, i.areas());
+            }
+            Object::HwptPaging(h) => {
+                if let Some(m) = h.domain().as_any().downcast_ref::<MockDomain>() {
+                    s.mappings.insert(id, m.runs());
+                }
+            }
+            _ => {}
+        }
+    }
+    s
+}
+
+/// One run of a sequence: the context, the engine fds it made, and the
+/// injected failure it armed.
+struct Env {
+    ctx: Arc<Context>,
+    nth: u32,
+    armed: bool,
+    fds: Vec<i32>,
+    buf: Vec<u8>,
+    /// Injected failures seen, by point.
+    fired: Vec<&'static str>,
+}
+
+impl Env {
+    fn new(nth: u32) -> Env {
+        Env {
+            ctx: Context::new(),
+            nth,
+            armed: false,
+            fds: Vec::new(),
+            buf: vec![0x5a; 4 * LEN as usize + (2 << 20)],
+            fired: Vec::new(),
+        }
+    }
+
+    /// The buffer, aligned to 2 MiB so that huge IOVA pages can be used.
+    fn va(&self) -> u64 {
+        (self.buf.as_ptr() as u64).div_ceil(2 << 20) * (2 << 20)
+    }
+
+    /// Start failing: the `nth` injection point from here fails.
+    fn arm(&mut self) {
+        self.armed = true;
+        inject::set_fail_nth_current(self.nth);
+    }
+
+    /// One ioctl, with the checks after an injected failure.
+    fn ioc<T: IntoBytes + FromBytes>(&mut self, cmd: u32, arg: &mut T) -> Result<(), i32> {
+        let before = snapshot(&self.ctx);
+        let watch = inject::Watch::start();
+        let r = ioctl(
+            &self.ctx,
+            cmd as u64,
+            arg.as_mut_bytes().as_mut_ptr() as u64,
+        );
+        let Some(point) = watch.fired() else {
+            return r
+                .map(|_| ())
+                .map_err(|e| panic!("ioctl {cmd:#x} failed without injection: {e}"));
+        };
+        self.fired.push(point);
+        if let Err(e) = &r {
+            assert_ne!(
+                e.errno().0,
+                libc::EIO,
+                "ioctl {cmd:#x} after the injected failure at {point}: {e}"
+            );
+            let after = snapshot(&self.ctx);
+            assert_eq!(
+                before, after,
+                "ioctl {cmd:#x} failed at {point} ({e}) but changed the state"
+            );
+        }
+        if let Err(v) = self.ctx.check_invariants() {
+            panic!("after the injected failure at {point} in ioctl {cmd:#x}: {v}");
+        }
+        if let Err(v) = check_accounting() {
+            panic!("after the injected failure at {point} in ioctl {cmd:#x}: {v}");
+        }
+        r.map(|_| ()).map_err(|e| e.errno().0)
+    }
+
+    fn ioas_alloc(&mut self) -> Result<u32, i32> {
+        let mut c = IommuIoasAlloc {
+            size: 12,
+            ..Default::default()
+        };
+        self.ioc(IOMMU_IOAS_ALLOC, &mut c)?;
+        Ok(c.out_ioas_id)
+    }
+
+    /// MOCK_DOMAIN_FLAGS on `pt`: (stdev, hwpt, idev).
+    fn mock_domain(&mut self, pt: u32, dev_flags: u32) -> Result<(u32, u32, u32), i32> {
+        let mut t = IommuTestCmd {
+            size: 72,
+            op: IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS,
+            id: pt,
+            ..Default::default()
+        };
+        let md = TestMockDomainFlags {
+            dev_flags,
+            ..Default::default()
+        };
+        t.payload[..16].copy_from_slice(md.as_bytes());
+        self.ioc(IOMMU_TEST_CMD, &mut t)?;
+        let o = TestMockDomainFlags::read_from_prefix(&t.payload).unwrap().0;
+        Ok((o.out_stdev_id, o.out_hwpt_id, o.out_idev_id))
+    }
+
+    fn replace(&mut self, stdev: u32, pt: u32) -> Result<(), i32> {
+        let mut t = IommuTestCmd {
+            size: 72,
+            op: IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE,
+            id: stdev,
+            ..Default::default()
+        };
+        t.payload[..4].copy_from_slice(TestMockDomainReplace { pt_id: pt }.as_bytes());
+        self.ioc(IOMMU_TEST_CMD, &mut t)
+    }
+
+    fn hwpt_alloc(&mut self, idev: u32, pt: u32, flags: u32) -> Result<u32, i32> {
+        let mut a = IommuHwptAlloc {
+            size: 48,
+            flags,
+            dev_id: idev,
+            pt_id: pt,
+            ..Default::default()
+        };
+        self.ioc(IOMMU_HWPT_ALLOC, &mut a)?;
+        Ok(a.out_hwpt_id)
+    }
+
+    fn hw_info(&mut self, idev: u32) -> Result<(), i32> {
+        let mut data = [0u8; 8];
+        let mut c = IommuHwInfo {
+            size: 32,
+            dev_id: idev,
+            data_len: 8,
+            data_uptr: data.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        self.ioc(IOMMU_GET_HW_INFO, &mut c)
+    }
+
+    fn destroy(&mut self, id: u32) -> Result<(), i32> {
+        let mut d = IommuDestroy { size: 8, id };
+        self.ioc(IOMMU_DESTROY, &mut d)
+    }
+
+    fn map(&mut self, ioas: u32, off: u64, len: u64, iova: Option<u64>) -> Result<u64, i32> {
+        let mut m = IommuIoasMap {
+            size: 40,
+            flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+            ioas_id: ioas,
+            user_va: self.va() + off,
+            length: len,
+            iova: iova.unwrap_or(0),
+            ..Default::default()
+        };
+        if iova.is_some() {
+            m.flags |= IOMMU_IOAS_MAP_FIXED_IOVA;
+        }
+        self.ioc(IOMMU_IOAS_MAP, &mut m)?;
+        Ok(m.iova)
+    }
+
+    fn copy(
+        &mut self,
+        src: u32,
+        src_iova: u64,
+        dst: u32,
+        dst_iova: u64,
+        len: u64,
+    ) -> Result<(), i32> {
+        let mut c = IommuIoasCopy {
+            size: 40,
+            flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+            dst_ioas_id: dst,
+            src_ioas_id: src,
+            length: len,
+            dst_iova,
+            src_iova,
+        };
+        self.ioc(IOMMU_IOAS_COPY, &mut c)
+    }
+
+    fn unmap(&mut self, ioas: u32, iova: u64, length: u64) -> Result<(), i32> {
+        let mut u = IommuIoasUnmap {
+            size: 24,
+            ioas_id: ioas,
+            iova,
+            length,
+        };
+        self.ioc(IOMMU_IOAS_UNMAP, &mut u)
+    }
+
+    fn allow(&mut self, ioas: u32, start: u64, last: u64) -> Result<(), i32> {
+        let range = IommuIovaRange { start, last };
+        let mut c = IommuIoasAllowIovas {
+            size: 24,
+            ioas_id: ioas,
+            num_iovas: 1,
+            allowed_iovas: range.as_bytes().as_ptr() as u64,
+            ..Default::default()
+        };
+        self.ioc(IOMMU_IOAS_ALLOW_IOVAS, &mut c)
+    }
+
+    /// CREATE_ACCESS on `ioas`: the access fd.
+    fn create_access(&mut self, ioas: u32, flags: u32) -> Result<i32, i32> {
+        let mut t = IommuTestCmd {
+            size: 72,
+            op: IOMMU_TEST_OP_CREATE_ACCESS,
+            id: ioas,
+            ..Default::default()
+        };
+        let c = TestCreateAccess {
+            flags,
+            ..Default::default()
+        };
+        t.payload[..8].copy_from_slice(c.as_bytes());
+        self.ioc(IOMMU_TEST_CMD, &mut t)?;
+        let fd = TestCreateAccess::read_from_prefix(&t.payload)
+            .unwrap()
+            .0
+            .out_access_fd as i32;
+        self.fds.push(fd);
+        Ok(fd)
+    }
+
+    /// ACCESS_PAGES: the item id.
+    fn access_pages(&mut self, fd: i32, iova: u64, len: u64, off: u64) -> Result<u32, i32> {
+        let mut t = IommuTestCmd {
+            size: 72,
+            op: IOMMU_TEST_OP_ACCESS_PAGES,
+            id: fd as u32,
+            ..Default::default()
+        };
+        let p = TestAccessPages {
+            flags: MOCK_FLAGS_ACCESS_WRITE,
+            iova,
+            length: len,
+            uptr: self.va() + off,
+            ..Default::default()
+        };
+        t.payload[..32].copy_from_slice(p.as_bytes());
+        self.ioc(IOMMU_TEST_CMD, &mut t)?;
+        Ok(TestAccessPages::read_from_prefix(&t.payload)
+            .unwrap()
+            .0
+            .out_access_pages_id)
+    }
+
+    fn destroy_access_pages(&mut self, fd: i32, item: u32) -> Result<(), i32> {
+        let mut t = IommuTestCmd {
+            size: 72,
+            op: IOMMU_TEST_OP_DESTROY_ACCESS_PAGES,
+            id: fd as u32,
+            ..Default::default()
+        };
+        t.payload[..4].copy_from_slice(
+            TestDestroyAccessPages {
+                access_pages_id: item,
+            }
+            .as_bytes(),
+        );
+        self.ioc(IOMMU_TEST_CMD, &mut t)
+    }
+
+    fn access_rw(&mut self, fd: i32, iova: u64, len: u64, flags: u32) -> Result<(), i32> {
+        let mut tmp = vec![0u8; len as usize];
+        let mut t = IommuTestCmd {
+            size: 72,
+            op: IOMMU_TEST_OP_ACCESS_RW,
+            id: fd as u32,
+            ..Default::default()
+        };
+        let r = TestAccessRw {
+            iova,
+            length: len,
+            uptr: tmp.as_mut_ptr() as u64,
+            flags,
+            ..Default::default()
+        };
+        t.payload[..32].copy_from_slice(r.as_bytes());
+        self.ioc(IOMMU_TEST_CMD, &mut t)
+    }
+
+    fn set_tracking(&mut self, hwpt: u32, enable: bool) -> Result<(), i32> {
+        let mut c = IommuHwptSetDirtyTracking {
+            size: 16,
+            flags: if enable {
+                IOMMU_HWPT_DIRTY_TRACKING_ENABLE
+            } else {
+                0
+            },
+            hwpt_id: hwpt,
+            __reserved: 0,
+        };
+        self.ioc(IOMMU_HWPT_SET_DIRTY_TRACKING, &mut c)
+    }
+
+    /// IOMMU_TEST_OP_DIRTY with every bit set.
+    fn test_dirty(&mut self, hwpt: u32, iova: u64, length: u64) -> Result<(), i32> {
+        let bits = vec![0xffu8; (length / page_size()).div_ceil(8) as usize];
+        let mut t = IommuTestCmd {
+            size: 72,
+            op: IOMMU_TEST_OP_DIRTY,
+            id: hwpt,
+            ..Default::default()
+        };
+        let d = TestDirty {
+            iova,
+            length,
+            page_size: page_size(),
+            uptr: bits.as_ptr() as u64,
+            ..Default::default()
+        };
+        t.payload.copy_from_slice(d.as_bytes());
+        self.ioc(IOMMU_TEST_CMD, &mut t)
+    }
+
+    fn get_bitmap(&mut self, hwpt: u32, iova: u64, length: u64) -> Result<(), i32> {
+        let mut bits = vec![0u8; (length / page_size()).div_ceil(8) as usize + 8];
+        let mut c = IommuHwptGetDirtyBitmap {
+            size: 48,
+            hwpt_id: hwpt,
+            iova,
+            length,
+            page_size: page_size(),
+            data: bits.as_mut_ptr() as u64,
+            ..Default::default()
+        };
+        self.ioc(IOMMU_HWPT_GET_DIRTY_BITMAP, &mut c)
+    }
+
+    fn fault_alloc(&mut self) -> Result<u32, i32> {
+        let mut c = IommuFaultAlloc {
+            size: 16,
+            ..Default::default()
+        };
+        self.ioc(IOMMU_FAULT_QUEUE_ALLOC, &mut c)?;
+        self.fds.push(c.out_fault_fd as i32);
+        Ok(c.out_fault_id)
+    }
+
+    /// Close the engine fds and the context; nothing may stay pinned.
+    fn teardown(self, pinned_before: u64) {
+        for fd in &self.fds {
+            files::close(*fd).unwrap();
+        }
+        let va = self.va();
+        let Env { ctx, buf, .. } = self;
+        assert_eq!(
+            Arc::strong_count(&ctx),
+            1,
+            "the engine fds released the context"
+        );
+        drop(ctx);
+        check_accounting().unwrap();
+        assert_eq!(PINNED_VM.load(Ordering::Acquire), pinned_before);
+        let ps = page_size();
+        for off in (0..LEN).step_by(ps as usize) {
+            assert_eq!(
+                Pages::pins_of_user_page(va + off),
+                0,
+                "page {off:#x} still pinned"
+            );
+        }
+        drop(buf);
+    }
+}
+
+type Sequence = fn(&mut Env) -> Result<(), i32>;
+
+/// Run `seq` with the 1st, 2nd, ... injection point failing until it runs
+/// through; returns how many points it reached.
+fn sweep(name: &str, seq: Sequence) -> u32 {
+    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    let pinned_before = PINNED_VM.load(Ordering::Acquire);
+    let violations = inject::invariant_violations();
+    let mut points = Vec::new();
+    for nth in 1..400 {
+        let mut env = Env::new(nth);
+        let r = seq(&mut env);
+        assert!(env.armed, "{name}: the sequence never armed the injection");
+        let left = inject::fail_nth_current();
+        inject::set_fail_nth_current(0);
+        let fired = std::mem::take(&mut env.fired);
+        env.teardown(pinned_before);
+        assert!(fired.len() <= 1, "{name}: fired {fired:?}");
+        if left != 0 {
+            // the sequence ended before reaching the armed point: done
+            assert!(fired.is_empty());
+            assert_eq!(r, Ok(()), "{name}: the sequence failed without injection");
+            assert_eq!(inject::invariant_violations(), violations);
+            eprintln!("{name}: {} injection points swept: {points:?}", nth - 1);
+            return nth - 1;
+        }
+        assert_eq!(
+            fired.len(),
+            1,
+            "{name}: the count reached 0 outside the ioctls"
+        );
+        points.push(fired[0]);
+    }
+    panic!("{name}: more than 400 injection points");
+}
+
+#[test]
+fn fail_nth_map_with_two_domains() {
+    let n = sweep("map_two_domains", |e| {
+        let ioas = e.ioas_alloc()?;
+        e.arm();
+        let (s1, _, idev) = e.mock_domain(ioas, 0)?;
+        // a second device shares the auto domain; a second HWPT does not
+        e.mock_domain(ioas, 0)?;
+        let h2 = e.hwpt_alloc(idev, ioas, 0)?;
+        e.map(ioas, 0, LEN, Some(A))?;
+        e.map(ioas, LEN / 2, LEN / 4, None)?;
+        e.copy(ioas, A, ioas, A + 4 * LEN, LEN / 2)?;
+        e.unmap(ioas, A + 4 * LEN, LEN / 2)?;
+        e.destroy(h2)?;
+        e.destroy(s1)?;
+        e.mock_domain(ioas, 0)?;
+        e.hwpt_alloc(idev, ioas, 0)?;
+        e.unmap(ioas, 0, u64::MAX)?;
+        Ok(())
+    });
+    assert!(n > 20, "{n}");
+}
+
+#[test]
+fn fail_nth_copy_between_ioas() {
+    let n = sweep("copy", |e| {
+        let src = e.ioas_alloc()?;
+        let dst = e.ioas_alloc()?;
+        e.mock_domain(dst, 0)?;
+        e.map(src, 0, LEN / 2, Some(A))?;
+        e.map(src, LEN / 2, LEN / 2, Some(A + LEN / 2))?;
+        e.arm();
+        e.allow(dst, A, A + 16 * LEN - 1)?;
+        e.copy(src, A, dst, A + LEN, LEN)?;
+        e.mock_domain(dst, MOCK_FLAGS_DEVICE_HUGE_IOVA)?;
+        e.copy(src, A + LEN / 4, dst, A + 4 * LEN, LEN / 4)?;
+        Ok(())
+    });
+    assert!(n > 10, "{n}");
+}
+
+fn access_pin(e: &mut Env, domain: bool) -> Result<(), i32> {
+    let ioas = e.ioas_alloc()?;
+    if domain {
+        e.mock_domain(ioas, 0)?;
+    }
+    e.map(ioas, 0, LEN / 2, Some(A))?;
+    e.map(ioas, LEN / 2, LEN / 2, Some(A + LEN / 2))?;
+    e.arm();
+    let fd = e.create_access(ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES)?;
+    // across both areas
+    let item = e.access_pages(fd, A, LEN, 0)?;
+    let item2 = e.access_pages(fd, A + page_size(), 4 * page_size(), page_size())?;
+    e.access_rw(fd, A + 100, 5000, 0)?;
+    e.access_rw(fd, A + LEN / 2 - 64, 128, MOCK_ACCESS_RW_WRITE)?;
+    e.destroy_access_pages(fd, item)?;
+    e.destroy_access_pages(fd, item2)?;
+    e.access_pages(fd, A + LEN / 2, LEN / 2, LEN / 2)?;
+    if !domain {
+        e.mock_domain(ioas, 0)?;
+    }
+    Ok(())
+}
+
+#[test]
+fn fail_nth_access_pin() {
+    let n = sweep("access_pin", |e| access_pin(e, false));
+    assert!(n > 10, "{n}");
+}
+
+#[test]
+fn fail_nth_access_pin_with_domain() {
+    let n = sweep("access_pin_domain", |e| access_pin(e, true));
+    assert!(n > 10, "{n}");
+}
+
+#[test]
+fn fail_nth_hwpt_alloc_and_replace() {
+    let n = sweep("hwpt_alloc", |e| {
+        let ioas = e.ioas_alloc()?;
+        let ioas2 = e.ioas_alloc()?;
+        e.map(ioas, 0, LEN / 2, Some(A))?;
+        e.map(ioas, LEN / 2, LEN / 2, Some(A + LEN))?;
+        e.map(ioas2, 0, LEN / 2, Some(A))?;
+        e.arm();
+        let (stdev, auto, idev) = e.mock_domain(ioas, 0)?;
+        e.hw_info(idev)?;
+        let hwpt = e.hwpt_alloc(idev, ioas, 0)?;
+        let parent = e.hwpt_alloc(idev, ioas2, IOMMU_HWPT_ALLOC_NEST_PARENT)?;
+        e.replace(stdev, ioas2)?;
+        e.replace(stdev, hwpt)?;
+        e.replace(stdev, parent)?;
+        e.destroy(hwpt)?;
+        e.replace(stdev, ioas)?;
+        let _ = auto;
+        e.fault_alloc()?;
+        Ok(())
+    });
+    assert!(n > 20, "{n}");
+}
+
+#[test]
+fn fail_nth_dirty_get() {
+    let n = sweep("dirty", |e| {
+        let ioas = e.ioas_alloc()?;
+        e.map(ioas, 0, LEN, Some(A))?;
+        let (stdev, _, idev) = e.mock_domain(ioas, 0)?;
+        e.arm();
+        let hwpt = e.hwpt_alloc(idev, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING)?;
+        e.replace(stdev, hwpt)?;
+        e.set_tracking(hwpt, true)?;
+        e.test_dirty(hwpt, A, LEN)?;
+        e.get_bitmap(hwpt, A, LEN)?;
+        e.map(ioas, LEN, LEN / 2, Some(A + LEN))?;
+        e.get_bitmap(hwpt, A, 2 * LEN)?;
+        e.set_tracking(hwpt, false)?;
+        Ok(())
+    });
+    assert!(n > 10, "{n}");
+}
