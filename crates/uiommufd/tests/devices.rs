@@ -5,54 +5,11 @@
 use std::sync::Arc;
 
 use uiommufd::pages::{check_accounting, Pages};
-use uiommufd::uapi::dispatch::ioctl;
 use uiommufd::uapi::*;
 use uiommufd::Context;
-use zerocopy::{FromBytes, IntoBytes};
 
-fn ioc<T: IntoBytes + FromBytes>(ctx: &Arc<Context>, cmd: u32, arg: &mut T) -> Result<i32, i32> {
-    ioctl(ctx, cmd as u64, arg.as_mut_bytes().as_mut_ptr() as u64).map_err(|e| e.errno().0)
-}
-
-fn ioas_alloc(ctx: &Arc<Context>) -> u32 {
-    let mut c = IommuIoasAlloc {
-        size: 12,
-        ..Default::default()
-    };
-    ioc(ctx, IOMMU_IOAS_ALLOC, &mut c).unwrap();
-    c.out_ioas_id
-}
-
-/// MOCK_DOMAIN on `pt`: returns (stdev, hwpt, idev).
-fn mock_domain(ctx: &Arc<Context>, pt: u32) -> Result<(u32, u32, u32), i32> {
-    let mut t = IommuTestCmd {
-        size: 72,
-        op: IOMMU_TEST_OP_MOCK_DOMAIN,
-        id: pt,
-        ..Default::default()
-    };
-    ioc(ctx, IOMMU_TEST_CMD, &mut t)?;
-    let o = TestMockDomainFlags::read_from_prefix(&t.payload).unwrap().0;
-    Ok((o.out_stdev_id, o.out_hwpt_id, o.out_idev_id))
-}
-
-fn destroy(ctx: &Arc<Context>, id: u32) -> Result<i32, i32> {
-    let mut d = IommuDestroy { size: 8, id };
-    ioc(ctx, IOMMU_DESTROY, &mut d)
-}
-
-fn map_fixed(ctx: &Arc<Context>, ioas: u32, va: u64, len: u64, iova: u64) -> Result<i32, i32> {
-    let mut m = IommuIoasMap {
-        size: 40,
-        flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-        ioas_id: ioas,
-        user_va: va,
-        length: len,
-        iova,
-        ..Default::default()
-    };
-    ioc(ctx, IOMMU_IOAS_MAP, &mut m)
-}
+mod common;
+use common::*;
 
 fn copy(
     ctx: &Arc<Context>,
@@ -74,30 +31,6 @@ fn copy(
     ioc(ctx, IOMMU_IOAS_COPY, &mut c)
 }
 
-struct Buf {
-    v: Vec<u8>,
-}
-
-impl Buf {
-    fn new(pages: usize) -> Buf {
-        Buf {
-            v: vec![1u8; (pages + 1) * 4096],
-        }
-    }
-    fn addr(&self) -> u64 {
-        (self.v.as_ptr() as u64).div_ceil(4096) * 4096
-    }
-}
-
-/// Process-wide pin accounting is only meaningful while no other test of
-/// this binary pins (under `cargo test` they share the process): every test
-/// here holds this lock.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn check(ctx: &Arc<Context>) {
     ctx.check_invariants().unwrap();
     check_accounting().unwrap();
@@ -106,7 +39,7 @@ fn check(ctx: &Arc<Context>) {
 #[test]
 fn one_page_two_ioas_two_domains_is_pinned_once() {
     let _serial = serial();
-    let buf = Buf::new(1);
+    let buf = Buf::pages(1);
     let page = buf.addr();
     // every order of the 6 teardown steps (720) must end with no pin
     let mut orders: Vec<Vec<usize>> = vec![vec![]];
@@ -221,7 +154,7 @@ fn object_references_give_ebusy() {
 #[test]
 fn close_with_everything_attached_leaves_nothing() {
     let _serial = serial();
-    let buf = Buf::new(4);
+    let buf = Buf::pages(4);
     {
         let ctx = Context::new();
         let a = ioas_alloc(&ctx);
@@ -253,7 +186,7 @@ fn concurrent_map_unmap_with_two_domains() {
     let a = ioas_alloc(&ctx);
     mock_domain(&ctx, a).unwrap();
     mock_domain(&ctx, a).unwrap();
-    let buf = Buf::new(64);
+    let buf = Buf::pages(64);
     let base = buf.addr();
     std::thread::scope(|s| {
         for t in 0..4u64 {

@@ -12,52 +12,17 @@ use uiommufd::context::Object;
 use uiommufd::io_pagetable::DirtyRequest;
 use uiommufd::mock::device::{MOCK_FLAGS_DEVICE_HUGE_IOVA, MOCK_FLAGS_DEVICE_NO_DIRTY};
 use uiommufd::pages::check_accounting;
-use uiommufd::uapi::dispatch::ioctl;
 use uiommufd::uapi::*;
 use uiommufd::Context;
+
+mod common;
+use common::*;
 use zerocopy::{FromBytes, IntoBytes};
 
 const A: u64 = MOCK_APERTURE_START;
 /// The mock's granule (`MOCK_IO_PAGE_SIZE`, half a 4 KiB page).
 const G: u64 = 2048;
 const HUGE: u64 = 512 * G;
-
-fn ioc<T: IntoBytes + FromBytes>(ctx: &Arc<Context>, cmd: u32, arg: &mut T) -> Result<i32, i32> {
-    ioctl(ctx, cmd as u64, arg.as_mut_bytes().as_mut_ptr() as u64).map_err(|e| e.errno().0)
-}
-
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
-fn ioas_alloc(ctx: &Arc<Context>) -> u32 {
-    let mut c = IommuIoasAlloc {
-        size: 12,
-        ..Default::default()
-    };
-    ioc(ctx, IOMMU_IOAS_ALLOC, &mut c).unwrap();
-    c.out_ioas_id
-}
-
-/// MOCK_DOMAIN_FLAGS on `pt`: (stdev, hwpt, idev).
-fn mock_domain(ctx: &Arc<Context>, pt: u32, dev_flags: u32) -> Result<(u32, u32, u32), i32> {
-    let mut t = IommuTestCmd {
-        size: 72,
-        op: IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS,
-        id: pt,
-        ..Default::default()
-    };
-    let md = TestMockDomainFlags {
-        dev_flags,
-        ..Default::default()
-    };
-    t.payload[..16].copy_from_slice(md.as_bytes());
-    ioc(ctx, IOMMU_TEST_CMD, &mut t)?;
-    let o = TestMockDomainFlags::read_from_prefix(&t.payload).unwrap().0;
-    Ok((o.out_stdev_id, o.out_hwpt_id, o.out_idev_id))
-}
 
 fn hwpt_alloc(ctx: &Arc<Context>, idev: u32, pt: u32, flags: u32) -> Result<u32, i32> {
     let mut a = IommuHwptAlloc {
@@ -69,34 +34,6 @@ fn hwpt_alloc(ctx: &Arc<Context>, idev: u32, pt: u32, flags: u32) -> Result<u32,
     };
     ioc(ctx, IOMMU_HWPT_ALLOC, &mut a)?;
     Ok(a.out_hwpt_id)
-}
-
-fn destroy(ctx: &Arc<Context>, id: u32) -> Result<i32, i32> {
-    let mut d = IommuDestroy { size: 8, id };
-    ioc(ctx, IOMMU_DESTROY, &mut d)
-}
-
-fn map_fixed(ctx: &Arc<Context>, ioas: u32, va: u64, len: u64, iova: u64) -> Result<i32, i32> {
-    let mut m = IommuIoasMap {
-        size: 40,
-        flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-        ioas_id: ioas,
-        user_va: va,
-        length: len,
-        iova,
-        ..Default::default()
-    };
-    ioc(ctx, IOMMU_IOAS_MAP, &mut m)
-}
-
-fn unmap(ctx: &Arc<Context>, ioas: u32, iova: u64, length: u64) -> Result<i32, i32> {
-    let mut u = IommuIoasUnmap {
-        size: 24,
-        ioas_id: ioas,
-        iova,
-        length,
-    };
-    ioc(ctx, IOMMU_IOAS_UNMAP, &mut u)
 }
 
 fn set_tracking(ctx: &Arc<Context>, hwpt: u32, enable: bool) -> Result<i32, i32> {
@@ -169,24 +106,6 @@ fn domain_id(ctx: &Arc<Context>, hwpt: u32) -> u64 {
     match ctx.get(hwpt).unwrap() {
         Object::HwptPaging(h) => h.domain().id(),
         o => panic!("{hwpt} is a {}", o.kind()),
-    }
-}
-
-/// `len` bytes of anonymous memory aligned to `align`.
-struct Buf {
-    v: Vec<u8>,
-    align: u64,
-}
-
-impl Buf {
-    fn new(len: u64, align: u64) -> Buf {
-        Buf {
-            v: vec![0x5a; (len + align) as usize],
-            align,
-        }
-    }
-    fn addr(&self) -> u64 {
-        (self.v.as_ptr() as u64).div_ceil(self.align) * self.align
     }
 }
 
@@ -389,7 +308,7 @@ fn run_model(seed: u64, huge: bool, steps: usize) {
     let ctx = Context::new();
     let ioas = ioas_alloc(&ctx);
     let dev_flags = if huge { MOCK_FLAGS_DEVICE_HUGE_IOVA } else { 0 };
-    let (stdev, auto_hwpt, idev) = mock_domain(&ctx, ioas, dev_flags).unwrap();
+    let (stdev, auto_hwpt, idev) = mock_domain_flags(&ctx, ioas, dev_flags).unwrap();
     let hwpt = hwpt_alloc(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
     // the auto domain has no dirty tracking
     assert_eq!(set_tracking(&ctx, auto_hwpt, true), Err(libc::EOPNOTSUPP));
@@ -515,7 +434,7 @@ fn errno_rules() {
     let _serial = serial();
     let ctx = Context::new();
     let ioas = ioas_alloc(&ctx);
-    let (stdev, auto_hwpt, idev) = mock_domain(&ctx, ioas, 0).unwrap();
+    let (stdev, auto_hwpt, idev) = mock_domain_flags(&ctx, ioas, 0).unwrap();
     let hwpt = hwpt_alloc(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
     let buf = Buf::new(1 << 20, 4096);
     map_fixed(&ctx, ioas, buf.addr(), 1 << 20, A).unwrap();
@@ -705,14 +624,14 @@ fn enforce_dirty_on_attach_and_alloc() {
     let _serial = serial();
     let ctx = Context::new();
     let ioas = ioas_alloc(&ctx);
-    let (stdev, _, idev) = mock_domain(&ctx, ioas, 0).unwrap();
+    let (stdev, _, idev) = mock_domain_flags(&ctx, ioas, 0).unwrap();
     let hwpt = hwpt_alloc(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
-    let (s2, _, _) = mock_domain(&ctx, hwpt, 0).unwrap();
+    let (s2, _, _) = mock_domain_flags(&ctx, hwpt, 0).unwrap();
     assert_eq!(
-        mock_domain(&ctx, hwpt, MOCK_FLAGS_DEVICE_NO_DIRTY),
+        mock_domain_flags(&ctx, hwpt, MOCK_FLAGS_DEVICE_NO_DIRTY),
         Err(libc::EINVAL)
     );
-    let (s3, _, idev3) = mock_domain(&ctx, ioas, MOCK_FLAGS_DEVICE_NO_DIRTY).unwrap();
+    let (s3, _, idev3) = mock_domain_flags(&ctx, ioas, MOCK_FLAGS_DEVICE_NO_DIRTY).unwrap();
     assert_eq!(
         hwpt_alloc(&ctx, idev3, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING),
         Err(libc::EOPNOTSUPP)
