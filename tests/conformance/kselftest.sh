@@ -252,11 +252,15 @@ list_tests() {
 
 # Parse harness output ("ok N name", "ok N name # SKIP why", "not ok N name")
 # into "STATUS name" lines. A test during which the engine reported an
-# invariant violation (UIOMMUFD-INVARIANT-VIOLATION) fails.
+# invariant violation (UIOMMUFD-INVARIANT-VIOLATION) fails, and so does one
+# during which Rust code panicked ("panicked at", printed by the panic hook
+# even though the dispatcher turns the panic into EIO): no panic may reach
+# the FFI edge in the first place.
 parse_log() {
     awk '
         /^#  RUN / { cur = $3 }
         /UIOMMUFD-INVARIANT-VIOLATION/ { if (cur != "") bad[cur] = 1 }
+        /panicked at/ { if (cur != "") bad[cur] = 1 }
         /^(not )?ok [0-9]+ / {
             st = ($1 == "not") ? "FAIL" : "PASS"
             rest = $0

@@ -122,6 +122,12 @@ fn assert_ok(out: &Output, what: &str) {
         "{what}: status {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
         out.status
     );
+    // the dispatcher turns an engine panic into EIO, but none may happen at
+    // all: the panic hook's message would be on stderr
+    assert!(
+        !stderr.contains("panicked at"),
+        "{what}: a Rust panic happened under the preload:\n{stderr}"
+    );
 }
 
 fn smoke_with(how: &str) {
