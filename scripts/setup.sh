@@ -9,6 +9,8 @@ have() { command -v "$1" >/dev/null 2>&1; }
 # The conformance runner builds the kernel selftests with gcc against the
 # libc/kernel headers, and fetches/extracts Debian's linux-source-6.12.
 have gcc || need_pkgs+=(gcc)
+# The fuzz targets (scripts/fuzz.sh) build libFuzzer from source: C++.
+have g++ || need_pkgs+=(g++)
 [ -f /usr/include/stdio.h ] || need_pkgs+=(libc6-dev)
 [ -f /usr/include/asm-generic/types.h ] || need_pkgs+=(linux-libc-dev)
 have xz || need_pkgs+=(xz-utils)

@@ -29,5 +29,18 @@ else
     step tests cargo test --workspace
 fi
 step doctests cargo test --workspace --doc
+
+# Fuzz smoke run: each libFuzzer target (fuzz/, see scripts/fuzz.sh) for a
+# bounded time from the checked-in inputs; any crash fails the run. About
+# 1.5 min to build the targets from clean plus UIOMMUFD_FUZZ_SECONDS (default
+# 25) per target. UIOMMUFD_SKIP_FUZZ=1 skips it.
+fuzz_smoke() {
+    if [ "${UIOMMUFD_SKIP_FUZZ:-0}" = 1 ]; then
+        echo "UIOMMUFD_SKIP_FUZZ=1: skipping the fuzz smoke run"
+        return 0
+    fi
+    scripts/fuzz.sh all "${UIOMMUFD_FUZZ_SECONDS:-25}"
+}
+step fuzz fuzz_smoke
 step conformance tests/conformance/kselftest.sh "$@"
 printf '\n==> all steps passed\n'

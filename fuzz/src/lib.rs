@@ -1,0 +1,18 @@
+//! Harnesses of the uiommufd fuzz targets, shared by the libFuzzer binaries
+//! (`fuzz_targets/`) and by the plain regression tests
+//! (`crates/uiommufd/tests/fuzz_regressions.rs`, which include this file
+//! with `#[path]`), so that every input replays the same way under both.
+//!
+//! * [`dispatcher`]: sequences of ioctls with fuzzed bytes through
+//!   `uapi::dispatch::ioctl` on one context;
+//! * [`iopt_model`]: IO page table operations checked against a reference
+//!   model.
+//!
+//! A harness *panics* on a finding (a broken invariant, an engine panic
+//! turned into `EIO`, a model mismatch, leaked pins or objects); every other
+//! outcome of an input is fine.
+
+pub mod arena;
+pub mod dispatcher;
+pub mod input;
+pub mod iopt_model;
