@@ -8,7 +8,10 @@
 //! 3. a number inside the table but not a command of ours is `ENOTTY`;
 //! 4. `size` below the minimum is `EINVAL`;
 //! 5. the struct is copied in, zero-filled past `size`, and any byte past what
-//!    we understand must be zero (`E2BIG`) — `copy_struct_from_user`;
+//!    we understand must be zero (`E2BIG`) — `copy_struct_from_user`. (Each
+//!    copy from user memory is a syscall here, so the struct is first read
+//!    whole in one copy; only when that faults do we read `size` alone and
+//!    then exactly `size` bytes, which gives the kernel's answers.)
 //! 6. the handler runs; replies copy back `min(size, sizeof(struct))` bytes.
 //!
 //! Handlers never touch sizes. A panic inside a handler is caught here and
@@ -199,12 +202,20 @@ fn dispatch(ctx: &Arc<Context>, cmd: u32, arg: u64) -> Result<i32> {
     if !(IOMMUFD_CMD_BASE..=TABLE_LAST_NR).contains(&nr) {
         return crate::vfio_compat::ioctl(ctx, cmd, arg);
     }
-    let mut size = [0u8; 4];
-    ctx.memory()
-        .read(arg, &mut size)
-        .map_err(|_| Error::fault("cannot read the command's size field"))?;
-    let user_size = u32::from_ne_bytes(size);
-    let Some(op) = lookup(nr).filter(|op| op.num == cmd) else {
+    let op = lookup(nr).filter(|op| op.num == cmd);
+    let mut buf = [0u8; BUF_LEN];
+    // Fast path: one copy of the whole struct we understand (each copy from
+    // user memory is a syscall here). It fails where the user buffer is
+    // shorter than that and ends at unmapped memory; the exact path below
+    // then gives the kernel's answers in the kernel's order.
+    let speculative = op.is_some_and(|op| ctx.memory().read(arg, &mut buf[..op.size]).is_ok());
+    if !speculative {
+        ctx.memory()
+            .read(arg, &mut buf[..4])
+            .map_err(|_| Error::fault("cannot read the command's size field"))?;
+    }
+    let user_size = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
+    let Some(op) = op else {
         bail!(ENOTTY, "ioctl {cmd:#x} is not an iommufd command");
     };
     if (user_size as usize) < op.min_size {
@@ -216,19 +227,21 @@ fn dispatch(ctx: &Arc<Context>, cmd: u32, arg: u64) -> Result<i32> {
         );
     }
     debug_assert!(op.size <= BUF_LEN);
-    let mut ucmd = Ucmd {
+    if speculative {
+        // bytes past the user's size are not the command's: zero them, and
+        // check what lies past the struct we understand
+        let n = (user_size as usize).min(op.size);
+        buf[n..op.size].fill(0);
+        check_zero_tail(ctx, arg, op.size as u64, user_size as u64, op.name)?;
+    } else {
+        copy_struct_from_user(ctx, &mut buf[..op.size], arg, user_size as u64, op.name)?;
+    }
+    let ucmd = Ucmd {
         ctx,
         arg,
         user_size,
-        buf: [0; BUF_LEN],
+        buf,
     };
-    copy_struct_from_user(
-        ctx,
-        &mut ucmd.buf[..op.size],
-        arg,
-        user_size as u64,
-        op.name,
-    )?;
     tracing::trace!(cmd = op.name, size = user_size, "ioctl");
     (op.exec)(&ucmd)
 }
@@ -247,6 +260,12 @@ fn copy_struct_from_user(
     ctx.memory()
         .read(arg, &mut dst[..n])
         .map_err(|_| Error::fault("cannot read the command struct"))?;
+    check_zero_tail(ctx, arg, known, usize_, name)
+}
+
+/// The bytes of the user buffer from `known` to `usize_` must be zero
+/// (`E2BIG`): the caller knows fields this kernel version does not.
+fn check_zero_tail(ctx: &Context, arg: u64, known: u64, usize_: u64, name: &str) -> Result<()> {
     let mut off = known;
     let mut chunk = [0u8; 512];
     while off < usize_ {
