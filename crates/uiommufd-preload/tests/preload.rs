@@ -314,3 +314,15 @@ fn fail_nth_from_c() {
         "invariant violations:\n{stderr}"
     );
 }
+
+/// `/dev/vfio/vfio` under the preload: `tests/c/vfio_type1.c` drives the VFIO
+/// type1 container flow and its dirty page tracking (against the system's
+/// `<linux/vfio.h>`), quietly and with debug logging.
+#[test]
+fn vfio_type1_container_and_dirty_tracking() {
+    let exe = compile_src("vfio_type1.c", "vfio_type1", &["-O1"]);
+    for log in ["", "debug"] {
+        let out = run_preloaded(&exe, &[], &[("UIOMMUFD_LOG", log)]);
+        assert_ok(&out, &format!("vfio_type1 (UIOMMUFD_LOG={log:?})"));
+    }
+}
