@@ -27,7 +27,10 @@
 //!   its last fd is closed and no ioctl is in flight on it).
 //! * `dup`, `dup2`, `dup3`, `fcntl`/`fcntl64` with `F_DUPFD`/`F_DUPFD_CLOEXEC`:
 //!   the new fd refers to the same context; an fd that `dup2`/`dup3` closes
-//!   implicitly is unregistered.
+//!   implicitly is unregistered. The file-level ioctls the kernel answers
+//!   before any driver (`FIOCLEX`, `FIONCLEX`, `FIONBIO`, `FIOASYNC`,
+//!   `FIGETBSZ`) go to the kernel on the backing memfd, which answers them
+//!   as it would for the device file.
 //! * **Engine fds** — fds the engine itself creates for the program (selftest
 //!   access fds, fault queue fds; see [`uiommufd::files`]): `close`,
 //!   `close_range`, `closefrom` and the `dup` family keep
@@ -73,15 +76,31 @@
 //!   same number replaces or drops the entry, and every emulated ioctl first
 //!   checks with `fstat` that the fd is still the memfd it registered
 //!   (otherwise the entry is dropped and the call goes to the kernel).
-//! * **No re-entrancy hazards**: the shim never holds the table lock while
-//!   calling anything that may open files or call back into a hook, and
-//!   contexts are dropped (torn down) only after the lock is released.
-//!   `memfd_create`, `fstat`, `getcwd`, `readlink` and `dlsym` are not hooked.
+//! * **Host safety** (see `sync`): every hook's slow path is a critical
+//!   section — the thread's signals blocked (delivered when the hook
+//!   returns, as the kernel delivers them after a system call) and the fork
+//!   gate entered — so a signal handler never runs on top of our half-done
+//!   work, and a `fork` in a threaded program never copies a lock another
+//!   thread holds (our atfork prepare handler waits for every critical
+//!   section to end). A `vfork` child, recognised by its pid, only forwards
+//!   to the kernel and never touches the state it shares with its parent.
+//!   Fd-number changes (`close`, `close_range`, `closefrom`, the `dup`
+//!   family, and the birth of every emulated or engine fd) run the system
+//!   call and the registry update under one lock, so `dup` racing `close`
+//!   gives `EBADF` or a working duplicate. The shim's Rust code allocates
+//!   from its own heap (mimalloc), never the program's `malloc`, so a
+//!   handler that interrupted `malloc` can still call `close`, `dup`,
+//!   `read`, `write` or `open` on our fds.
+//! * **No re-entrancy hazards**: contexts are dropped (torn down) after the
+//!   fd-number lock is released; the shim closes its own fds with the raw
+//!   system call (not a cancellation point: a `pthread_cancel` never unwinds
+//!   out of a critical section), and a forwarded `close` of any other fd
+//!   runs outside critical sections, where it may block and be cancelled as
+//!   usual. `memfd_create`, `fstat`, `getcwd`, `readlink` and `dlsym` are not
+//!   hooked.
 //! * **No unwinding into C**: every piece of Rust reachable from a hook runs
 //!   inside [`std::panic::catch_unwind`]; a panic makes the call fail with
-//!   `EIO`. The real libc call is made outside of it with no destructors
-//!   pending, so a thread cancellation inside a blocking `open`/`close`
-//!   unwinds through the hook frame cleanly.
+//!   `EIO`.
 //! * Everything is const-initialised (`static`s, `RwLock::new`,
 //!   `BTreeMap::new`), so hooks work even when called from another library's
 //!   constructor before this one's has run.
@@ -118,7 +137,15 @@ mod engine;
 mod path;
 mod real;
 mod special;
+mod sync;
 mod table;
+
+/// The shim's own heap, apart from the program's `malloc`: a signal handler
+/// that interrupted the program inside `malloc` can still call our
+/// async-signal-safe hooks, which allocate (see `sync`). mimalloc is fast,
+/// scales with threads, and keeps its state to itself.
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 use path::{errno, set_errno, DevNode, NodeKind};
 use table::{Entry, FdObject};
@@ -151,15 +178,31 @@ fn fail(e: c_int) -> c_int {
 }
 
 extern "C" fn preload_init() {
-    let _ = guard(uiommufd::logging::init_from_env);
+    sync::init();
+    let _ = guard(|| {
+        let _c = sync::enter();
+        uiommufd::logging::init_from_env();
+    });
 }
 
-/// Runs [`uiommufd::logging::init_from_env`] when the library is loaded.
+/// Runs [`sync::init`] and [`uiommufd::logging::init_from_env`] when the
+/// library is loaded.
 #[used]
 #[link_section = ".init_array"]
 static PRELOAD_INIT: extern "C" fn() = preload_init;
 
-/// Create the emulated file for `node`: a memfd registered with a new object.
+/// Close an fd we made, with the raw system call: not a cancellation point
+/// (a `pthread_cancel` must not unwind out of a critical section) and not
+/// re-entering our own `close` hook.
+fn raw_close(fd: c_int) -> c_int {
+    // SAFETY: closing an fd number; the raw syscall bypasses libc and hooks.
+    unsafe { libc::syscall(libc::SYS_close, fd) as c_int }
+}
+
+/// Create the emulated file for `node`: a memfd registered with a new
+/// object. Runs inside a critical section; the memfd is an fd birth (see
+/// [`sync::Birth`]): from its creation until it is registered, a `close` or
+/// `dup` of its number on another thread waits.
 fn open_node(node: &DevNode, flags: c_int) -> c_int {
     if flags & libc::O_DIRECTORY != 0 {
         return fail(libc::ENOTDIR);
@@ -173,6 +216,8 @@ fn open_node(node: &DevNode, flags: c_int) -> c_int {
     } else {
         0
     };
+    let _birth = sync::Birth::new();
+    let ops = sync::fd_ops();
     // SAFETY: the name is a NUL-terminated static string.
     let fd = unsafe { libc::memfd_create(node.memfd_name.as_ptr(), mfd_flags) };
     if fd < 0 {
@@ -183,19 +228,13 @@ fn open_node(node: &DevNode, flags: c_int) -> c_int {
     // SAFETY: `fd` is open and `st` is writable.
     if unsafe { libc::fstat(fd, &mut st) } != 0 {
         let e = errno();
-        if let Some(close) = real::close() {
-            // SAFETY: closing the memfd we just created.
-            unsafe { close(fd) };
-        }
+        raw_close(fd);
         return fail(e);
     }
     // the kernel's allocation of the context at open
     if let Err(e) = uiommufd::inject::point("context.alloc", libc::ENOMEM) {
         tracing::debug!(path = node.path, "open failed: {e}");
-        if let Some(close) = real::close() {
-            // SAFETY: closing the memfd we just created.
-            unsafe { close(fd) };
-        }
+        raw_close(fd);
         return fail(e.errno().0);
     }
     let obj = match node.kind {
@@ -205,15 +244,13 @@ fn open_node(node: &DevNode, flags: c_int) -> c_int {
             Ok(ctx) => FdObject::Iommu(ctx),
             Err(e) => {
                 tracing::debug!(path = node.path, "cannot create the VFIO container: {e}");
-                if let Some(close) = real::close() {
-                    // SAFETY: closing the memfd we just created.
-                    unsafe { close(fd) };
-                }
+                raw_close(fd);
                 return fail(e.errno().0);
             }
         },
     };
     let stale = table::register(fd, Entry::new(obj, st.st_dev, st.st_ino));
+    drop(ops);
     tracing::debug!(
         fd,
         path = node.path,
@@ -230,12 +267,13 @@ fn open_node(node: &DevNode, flags: c_int) -> c_int {
 /// # Safety
 /// `path` must be NULL or a NUL-terminated string.
 unsafe fn pre_open(dirfd: c_int, path: *const c_char, flags: c_int) -> Option<c_int> {
-    if path.is_null() {
+    if path.is_null() || sync::foreign() {
         return None;
     }
     // SAFETY: the caller passes a NUL-terminated path (the C contract of open).
     let path = unsafe { CStr::from_ptr(path) };
     let r = guard(|| {
+        let _c = sync::enter();
         if let Some(node) = path::match_dev_node(dirfd, path) {
             return Some(open_node(node, flags));
         }
@@ -247,39 +285,93 @@ unsafe fn pre_open(dirfd: c_int, path: *const c_char, flags: c_int) -> Option<c_
     }
 }
 
+/// Lock-free: whether `fd` may be, or be about to become, an fd whose
+/// number the shim or the engine keeps track of.
+#[inline]
+fn may_be_ours(fd: c_int) -> bool {
+    table::maybe_registered(fd) || files::is_engine_fd(fd) || sync::births()
+}
+
+/// Forget whatever the registries still say about `fd`, a number the
+/// kernel just handed out for something that is not ours (so it was closed
+/// behind our back). Call with the fd-number lock held.
+fn forget_stale(fd: c_int) {
+    if table::maybe_registered(fd) {
+        drop(table::unregister(fd));
+    }
+    if files::is_engine_fd(fd) {
+        files::check_stale(fd);
+    }
+    if special::any_dirs() {
+        special::forget_fd(fd);
+    }
+}
+
 /// After a forwarded open/dup returned `fd`: a stale entry under that number
 /// (closed behind our back) must go.
 fn post_open(fd: c_int) -> c_int {
-    if fd >= 0 && table::maybe_registered(fd) {
-        quietly(|| drop(table::unregister(fd)));
-    }
-    if fd >= 0 && files::is_engine_fd(fd) {
+    if fd >= 0
+        && (table::maybe_registered(fd) || files::is_engine_fd(fd) || special::any_dirs())
+        && !sync::foreign()
+    {
         quietly(|| {
-            files::check_stale(fd);
+            let _c = sync::enter();
+            let _ops = sync::fd_ops();
+            forget_stale(fd);
         });
-    }
-    if fd >= 0 && special::any_dirs() {
-        quietly(|| special::forget_fd(fd));
     }
     fd
 }
 
-/// After `new` became a duplicate of `old`: mirror the registration.
-fn post_dup(old: c_int, new: c_int) -> c_int {
+/// After `new` became a duplicate of `old` (under the fd-number lock):
+/// mirror the registration.
+fn mirror_dup(old: c_int, new: c_int) {
     if new < 0 || new == old {
-        return new;
+        return;
     }
     if files::is_engine_fd(old) || files::is_engine_fd(new) {
-        quietly(|| files::on_dup(old, new));
+        files::on_dup(old, new);
+    }
+    if special::any_dirs() {
+        special::forget_fd(new);
     }
     if !(table::maybe_registered(old) || table::maybe_registered(new)) {
-        return new;
+        return;
     }
-    quietly(|| match table::lookup(old) {
+    match table::lookup(old) {
         Some(e) => drop(table::register(new, e.duplicate())),
         None => drop(table::unregister(new)),
+    }
+}
+
+/// A `dup`-family call: `real_dup` runs the real function. When `old` (or
+/// the target `new` of `dup2`/`dup3`) may be ours, the real call and the
+/// registry update run under the fd-number lock, so a racing `close` of
+/// `old` gives either `EBADF` or a registered duplicate.
+fn dup_hook(old: c_int, new: Option<c_int>, real_dup: impl FnOnce() -> c_int) -> c_int {
+    let slow = may_be_ours(old) || new.is_some_and(may_be_ours);
+    if !slow || sync::foreign() {
+        return post_open(real_dup());
+    }
+    let mut r = -1;
+    let mut e = 0;
+    let ok = guard(|| {
+        let _c = sync::enter();
+        let ops = sync::fd_ops();
+        r = real_dup();
+        e = errno();
+        let replaced = new.filter(|&n| r == n && n != old && table::maybe_registered(n));
+        let gone = replaced.and_then(table::lookup);
+        mirror_dup(old, r);
+        drop(ops);
+        // a context whose last fd `dup2` closed is torn down outside the lock
+        drop(gone);
     });
-    new
+    if ok.is_none() && r < 0 {
+        return -1;
+    }
+    set_errno(e);
+    r
 }
 
 /// `ENOSYS` for a libc function that could not be found.
@@ -362,10 +454,41 @@ open_hook!(
     __openat64_2(dirfd, path, flags)
 );
 
-/// The ioctl of an emulated fd: `None` to forward to the kernel (the fd is
-/// not, or no longer, ours), `Some(Err(errno))` for a failed call.
-fn emulated_ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> Option<Result<c_int, c_int>> {
-    let entry = table::lookup(fd)?;
+/// `FIOCLEX` from `<asm-generic/ioctls.h>`.
+const FIOCLEX: u32 = 0x5451;
+/// `FIONCLEX`.
+const FIONCLEX: u32 = 0x5450;
+/// `FIONBIO`.
+const FIONBIO: u32 = 0x5421;
+/// `FIOASYNC`.
+const FIOASYNC: u32 = 0x5452;
+/// `FIGETBSZ` (`_IO(0x00, 2)`).
+const FIGETBSZ: u32 = 2;
+
+/// The file-level ioctls the kernel's `do_vfs_ioctl` answers before the
+/// driver sees the call. On the backing memfd the kernel gives the same
+/// answers as on a `/dev/iommu` or `/dev/vfio/vfio` file (close-on-exec and
+/// `O_NONBLOCK` of that fd, `ENOTTY` for `FIOASYNC` on since neither has
+/// `fasync`, the 4 KiB block size of tmpfs and devtmpfs, `EFAULT` for a bad
+/// argument), so they go to the kernel on the memfd.
+fn is_vfs_ioctl(cmd: u32) -> bool {
+    matches!(cmd, FIOCLEX | FIONCLEX | FIONBIO | FIOASYNC | FIGETBSZ)
+}
+
+/// What to do with an ioctl on a registered fd.
+enum Route {
+    /// Hand it to the kernel unchanged (not, or no longer, an emulated fd;
+    /// or a file-level ioctl the kernel answers on the memfd).
+    Kernel,
+    /// The engine answered: the return value or an errno.
+    Done(Result<c_int, c_int>),
+}
+
+/// The ioctl of an emulated fd. Runs inside a critical section.
+fn emulated_ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> Route {
+    let Some(entry) = table::lookup(fd) else {
+        return Route::Kernel;
+    };
     // SAFETY: an all-zero `stat` is a valid value to be overwritten.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is writable; a bad fd just fails.
@@ -376,15 +499,25 @@ fn emulated_ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> Option<Resul
             "fd was closed behind the shim's back; dropping its context"
         );
         drop(table::unregister_if(fd, entry.serial));
-        return None;
+        return Route::Kernel;
     }
     // The kernel's ioctl takes `unsigned int cmd`: upper bits are ignored.
-    let cmd = u64::from(request as u32);
+    let cmd = request as u32;
+    if is_vfs_ioctl(cmd) {
+        return Route::Kernel;
+    }
+    // Commands that create an engine fd are fd births: a racing `close` or
+    // `dup` of the new number waits until it is registered.
+    let births_fd =
+        cmd == uiommufd::uapi::IOMMU_FAULT_QUEUE_ALLOC || cmd == uiommufd::uapi::IOMMU_TEST_CMD;
+    let _birth = births_fd.then(sync::Birth::new);
+    let ops = births_fd.then(sync::fd_ops);
     let r = match &entry.obj {
-        FdObject::Iommu(ctx) => uiommufd::uapi::dispatch::ioctl(ctx, cmd, arg as u64),
+        FdObject::Iommu(ctx) => uiommufd::uapi::dispatch::ioctl(ctx, u64::from(cmd), arg as u64),
     };
+    drop(ops);
     drop(entry);
-    Some(r.map_err(|e| e.errno().0))
+    Route::Done(r.map_err(|e| e.errno().0))
 }
 
 /// `ioctl(2)`: runs the iommufd dispatcher on emulated fds.
@@ -394,10 +527,14 @@ fn emulated_ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> Option<Resul
 #[no_mangle]
 pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> c_int {
     if table::maybe_registered(fd) {
-        match guard(|| emulated_ioctl(fd, request, arg)) {
-            Some(Some(Ok(v))) => return v,
-            Some(Some(Err(e))) => return fail(e),
-            Some(None) => {}
+        let r = guard(|| {
+            let _c = sync::enter();
+            emulated_ioctl(fd, request, arg)
+        });
+        match r {
+            Some(Route::Done(Ok(v))) => return v,
+            Some(Route::Done(Err(e))) => return fail(e),
+            Some(Route::Kernel) => {}
             None => return -1,
         }
     }
@@ -408,38 +545,93 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
     unsafe { real(fd, request, arg) }
 }
 
+/// The slow path of `close`: `None` when `fd` turned out not to be ours
+/// (the hook then makes the real call, outside any critical section, since
+/// `close` may block and is a cancellation point).
+fn slow_close(fd: c_int) -> Option<c_int> {
+    if sync::foreign() {
+        return None;
+    }
+    let _c = sync::enter();
+    let ops = sync::fd_ops();
+    // Under the fd-number lock the hints are exact: every change of them
+    // happens under it.
+    let registered = table::maybe_registered(fd);
+    let engine = files::is_engine_fd(fd);
+    let dir = special::any_dirs() && special::dir_of_fd(fd).is_some();
+    if !(registered || engine || dir) {
+        return None;
+    }
+    if engine {
+        // Before the real close: once the number is free, a racing open may
+        // reuse it, and the engine must not signal (write to) it any more.
+        files::on_close(fd);
+    }
+    if dir {
+        special::forget_fd(fd);
+    }
+    // Linux releases the fd even when close fails.
+    let r = raw_close(fd);
+    let e = errno();
+    let gone = table::unregister(fd);
+    drop(ops);
+    // the context dies here when this was its last fd
+    drop(gone);
+    set_errno(e);
+    Some(r)
+}
+
 /// `close(2)`: drops the fd's reference to its emulated object.
 ///
 /// # Safety
 /// Same contract as the libc function.
 #[no_mangle]
 pub unsafe extern "C" fn close(fd: c_int) -> c_int {
-    let serial = if table::maybe_registered(fd) {
-        guard(|| table::serial_of(fd)).flatten()
-    } else {
-        None
-    };
+    if may_be_ours(fd) || special::any_dirs() {
+        match guard(|| slow_close(fd)) {
+            Some(Some(r)) => return r,
+            Some(None) => {}
+            None => return -1,
+        }
+    }
     let Some(real) = real::close() else {
         return missing();
     };
-    if files::is_engine_fd(fd) {
-        // Before the real close: once the number is free, a racing open may
-        // reuse it, and the engine must not signal (write to) it any more.
-        // Linux releases the fd even when close fails, so this is never
-        // premature.
-        quietly(|| files::on_close(fd));
-    }
-    if special::any_dirs() {
-        quietly(|| special::forget_fd(fd));
-    }
     // SAFETY: forwarding the caller's argument unchanged.
-    let r = unsafe { real(fd) };
-    // Unregister after the real close (even a failed close releases the fd on
-    // Linux) and only the registration we saw: an open racing on another
-    // thread may already have reused the number.
-    if let Some(serial) = serial {
-        quietly(|| drop(table::unregister_if(fd, serial)));
+    unsafe { real(fd) }
+}
+
+/// `CLOSE_RANGE_UNSHARE` from `<linux/close_range.h>`.
+const CLOSE_RANGE_UNSHARE: c_int = 1 << 1;
+
+/// Whether a `close_range` or `closefrom` may close an fd of ours.
+fn any_ours() -> bool {
+    table::any_registered() || files::any_engine_fd() || sync::births() || special::any_dirs()
+}
+
+/// Close `lo..=hi` with `real_close` under the fd-number lock, keeping the
+/// registries right. Engine fds are forgotten before the real call (the
+/// engine must never signal a number that was reused), unless the call may
+/// still fail without closing anything (`CLOSE_RANGE_UNSHARE`: `ENOMEM`).
+fn close_many(lo: c_int, hi: c_int, unshare: bool, real_close: impl FnOnce() -> c_int) -> c_int {
+    let _c = sync::enter();
+    let ops = sync::fd_ops();
+    if !unshare {
+        files::on_close_range(lo, hi);
     }
+    let r = real_close();
+    let e = errno();
+    let mut gone = Vec::new();
+    if r == 0 {
+        if unshare {
+            files::on_close_range(lo, hi);
+        }
+        gone = table::unregister_range(lo, hi);
+        special::forget_range(lo, hi);
+    }
+    drop(ops);
+    drop(gone);
+    set_errno(e);
     r
 }
 
@@ -453,16 +645,15 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
         return missing();
     };
     // SAFETY: forwarding the caller's arguments unchanged.
-    let r = unsafe { real(first, last, flags) };
-    if r == 0 && flags & CLOSE_RANGE_CLOEXEC == 0 {
-        let lo = c_int::try_from(first).unwrap_or(c_int::MAX);
-        let hi = c_int::try_from(last).unwrap_or(c_int::MAX);
-        if table::any_registered() {
-            quietly(|| drop(table::unregister_range(lo, hi)));
-        }
-        quietly(|| files::on_close_range(lo, hi));
+    let call = move || unsafe { real(first, last, flags) };
+    let valid = first <= last && flags & !(CLOSE_RANGE_CLOEXEC | CLOSE_RANGE_UNSHARE) == 0;
+    if !valid || flags & CLOSE_RANGE_CLOEXEC != 0 || !any_ours() || sync::foreign() {
+        return call();
     }
-    r
+    let lo = c_int::try_from(first).unwrap_or(c_int::MAX);
+    let hi = c_int::try_from(last).unwrap_or(c_int::MAX);
+    let unshare = flags & CLOSE_RANGE_UNSHARE != 0;
+    guard(|| close_many(lo, hi, unshare, call)).unwrap_or(-1)
 }
 
 /// `closefrom(3)`: unregisters the closed fds.
@@ -471,14 +662,21 @@ pub unsafe extern "C" fn close_range(first: c_uint, last: c_uint, flags: c_int) 
 /// Same contract as the libc function.
 #[no_mangle]
 pub unsafe extern "C" fn closefrom(lowfd: c_int) {
-    if let Some(real) = real::closefrom() {
+    let Some(real) = real::closefrom() else {
+        return;
+    };
+    let call = move || {
         // SAFETY: forwarding the caller's argument unchanged.
         unsafe { real(lowfd) };
+        0
+    };
+    if !any_ours() || sync::foreign() {
+        call();
+        return;
     }
-    if table::any_registered() {
-        quietly(|| drop(table::unregister_range(lowfd.max(0), c_int::MAX)));
-    }
-    quietly(|| files::on_close_range(lowfd.max(0), c_int::MAX));
+    let saved = errno();
+    let _ = guard(|| close_many(lowfd.max(0), c_int::MAX, false, call));
+    set_errno(saved);
 }
 
 /// `dup(2)`: the new fd shares the emulated object.
@@ -491,8 +689,7 @@ pub unsafe extern "C" fn dup(fd: c_int) -> c_int {
         return missing();
     };
     // SAFETY: forwarding the caller's argument unchanged.
-    let new = unsafe { real(fd) };
-    post_dup(fd, new)
+    dup_hook(fd, None, || unsafe { real(fd) })
 }
 
 /// `dup2(2)`: the new fd shares the emulated object; the old target is
@@ -506,8 +703,7 @@ pub unsafe extern "C" fn dup2(old: c_int, new: c_int) -> c_int {
         return missing();
     };
     // SAFETY: forwarding the caller's arguments unchanged.
-    let r = unsafe { real(old, new) };
-    post_dup(old, r)
+    dup_hook(old, Some(new), || unsafe { real(old, new) })
 }
 
 /// `dup3(2)`: the new fd shares the emulated object; the old target is
@@ -521,8 +717,7 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
         return missing();
     };
     // SAFETY: forwarding the caller's arguments unchanged.
-    let r = unsafe { real(old, new, flags) };
-    post_dup(old, r)
+    dup_hook(old, Some(new), || unsafe { real(old, new, flags) })
 }
 
 /// `fcntl(2)`: `F_DUPFD`/`F_DUPFD_CLOEXEC` share the emulated object; every
@@ -535,13 +730,12 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     let Some(real) = real::fcntl() else {
         return missing();
     };
-    // SAFETY: forwarding the caller's arguments unchanged.
-    let r = unsafe { real(fd, cmd, arg) };
     if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
-        post_dup(fd, r)
-    } else {
-        r
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return dup_hook(fd, None, || unsafe { real(fd, cmd, arg) });
     }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, cmd, arg) }
 }
 
 /// `fcntl64`: as [`fcntl`].
@@ -553,13 +747,12 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     let Some(real) = real::fcntl64() else {
         return missing();
     };
-    // SAFETY: forwarding the caller's arguments unchanged.
-    let r = unsafe { real(fd, cmd, arg) };
     if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
-        post_dup(fd, r)
-    } else {
-        r
+        // SAFETY: forwarding the caller's arguments unchanged.
+        return dup_hook(fd, None, || unsafe { real(fd, cmd, arg) });
     }
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, cmd, arg) }
 }
 
 /// `-1` with `errno = e`, as `ssize_t`.
@@ -571,7 +764,14 @@ fn fail_ssize(e: c_int) -> libc::ssize_t {
 /// Turn an engine transfer into the libc return convention; `None` (not an
 /// engine fd after all) stays `None` so that the hook forwards the call.
 fn engine_io(f: impl FnOnce() -> Option<engine::Xfer>) -> Option<libc::ssize_t> {
-    match guard(f) {
+    if sync::foreign() {
+        // a vfork child reads the eventfd itself
+        return None;
+    }
+    match guard(|| {
+        let _c = sync::enter();
+        f()
+    }) {
         Some(Some(Ok(n))) => Some(n as libc::ssize_t),
         Some(Some(Err(e))) => Some(fail_ssize(e)),
         Some(None) => None,
@@ -841,7 +1041,10 @@ pub unsafe extern "C" fn opendir(name: *const c_char) -> *mut libc::DIR {
     if !name.is_null() {
         // SAFETY: the caller passes a NUL-terminated path.
         let path = unsafe { CStr::from_ptr(name) };
-        match guard(|| special::opendir(path)) {
+        match guard(|| {
+            let _c = sync::enter();
+            special::opendir(path)
+        }) {
             Some(Some(d)) => return d,
             Some(None) => {}
             None => return std::ptr::null_mut(),
@@ -863,7 +1066,10 @@ pub unsafe extern "C" fn opendir(name: *const c_char) -> *mut libc::DIR {
 #[no_mangle]
 pub unsafe extern "C" fn readdir(dirp: *mut libc::DIR) -> *mut libc::dirent {
     if special::any_dirs() {
-        if let Some(Some(e)) = guard(|| special::readdir(dirp)) {
+        if let Some(Some(e)) = guard(|| {
+            let _c = sync::enter();
+            special::readdir(dirp)
+        }) {
             // dirent and dirent64 have the same layout on 64-bit Linux
             return e.cast();
         }
@@ -883,7 +1089,10 @@ pub unsafe extern "C" fn readdir(dirp: *mut libc::DIR) -> *mut libc::dirent {
 #[no_mangle]
 pub unsafe extern "C" fn readdir64(dirp: *mut libc::DIR) -> *mut libc::dirent64 {
     if special::any_dirs() {
-        if let Some(Some(e)) = guard(|| special::readdir(dirp)) {
+        if let Some(Some(e)) = guard(|| {
+            let _c = sync::enter();
+            special::readdir(dirp)
+        }) {
             return e;
         }
     }
@@ -902,7 +1111,10 @@ pub unsafe extern "C" fn readdir64(dirp: *mut libc::DIR) -> *mut libc::dirent64 
 #[no_mangle]
 pub unsafe extern "C" fn closedir(dirp: *mut libc::DIR) -> c_int {
     if special::any_dirs() {
-        quietly(|| special::closedir(dirp));
+        quietly(|| {
+            let _c = sync::enter();
+            special::closedir(dirp);
+        });
     }
     let Some(real) = real::closedir() else {
         return missing();

@@ -329,6 +329,17 @@ pub(crate) fn forget_fd(fd: c_int) {
     NDIRS.store(d.len(), Ordering::Release);
 }
 
+/// Forget every emulated directory fd in `first..=last` (closed by
+/// `close_range`/`closefrom`).
+pub(crate) fn forget_range(first: c_int, last: c_int) {
+    if NDIRS.load(Ordering::Acquire) == 0 {
+        return;
+    }
+    let mut d = dirs();
+    d.retain(|r| !(first..=last).contains(&r.fd));
+    NDIRS.store(d.len(), Ordering::Release);
+}
+
 /// `opendir(path)` of an emulated directory: `Some(stream or NULL + errno)`;
 /// `None` when the path is not ours.
 pub(crate) fn opendir(path: &CStr) -> Option<*mut libc::DIR> {

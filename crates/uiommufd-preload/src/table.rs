@@ -99,14 +99,6 @@ pub(crate) fn any_registered() -> bool {
     HINTS.any()
 }
 
-/// The registration serial of `fd`, if registered.
-pub(crate) fn serial_of(fd: c_int) -> Option<u64> {
-    if !maybe_registered(fd) {
-        return None;
-    }
-    read().get(&fd).map(|e| e.serial)
-}
-
 /// A strong copy of the entry for `fd`, if registered.
 pub(crate) fn lookup(fd: c_int) -> Option<Entry> {
     if !maybe_registered(fd) {

@@ -276,6 +276,13 @@ pub fn is_engine_fd(fd: i32) -> bool {
     HINTS.maybe(fd)
 }
 
+/// Lock-free (one atomic load): whether any engine fd is registered.
+/// `false` is definitive.
+#[inline]
+pub fn any_engine_fd() -> bool {
+    HINTS.any()
+}
+
 fn insert(fd: i32, slot: Slot) -> Option<Slot> {
     let mut map = MAP.write();
     let old = map.insert(fd, slot);
