@@ -424,3 +424,19 @@ fn stress_threads_forks_signals_and_fd_races() {
     let deadline = std::time::Duration::from_secs(secs.parse::<u64>().unwrap_or(5) * 6 + 60);
     host_case("stress", &secs, deadline);
 }
+
+/// Issue 10 item 1 as reported: CPython's `subprocess.run` (vfork, then
+/// closing fds in the child) leaves the parent's `/dev/iommu` fd working.
+#[test]
+fn python_subprocess_keeps_the_parents_fd() {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/c/subprocess_vfork.py");
+    let Ok(out) = Command::new("python3")
+        .arg(&script)
+        .env("LD_PRELOAD", preload_so())
+        .output()
+    else {
+        eprintln!("python3 not available; skipping");
+        return;
+    };
+    assert_ok(&out, "python subprocess");
+}
