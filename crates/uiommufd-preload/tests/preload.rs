@@ -326,3 +326,18 @@ fn vfio_type1_container_and_dirty_tracking() {
         assert_ok(&out, &format!("vfio_type1 (UIOMMUFD_LOG={log:?})"));
     }
 }
+
+/// `tests/c/preload_paths.c`: bad path pointers (`EFAULT`, never `SIGSEGV`),
+/// paths of `PATH_MAX` bytes and more (`ENAMETOOLONG`), `O_PATH` opens of
+/// `/dev/iommu` (no context: `ioctl` is `EBADF`), and every form of a path
+/// to the node (trailing slash, `.`/`..`, relative, `O_DIRECTORY`,
+/// `O_CREAT|O_EXCL`, `O_TMPFILE`) compared with the kernel's answer for
+/// `/dev/null` in its place.
+#[test]
+fn open_path_forms_and_bad_paths() {
+    let exe = compile_src("preload_paths.c", "preload_paths", &["-O1"]);
+    for log in ["", "debug"] {
+        let out = run_preloaded(&exe, &[], &[("UIOMMUFD_LOG", log)]);
+        assert_ok(&out, &format!("preload_paths (UIOMMUFD_LOG={log:?})"));
+    }
+}
