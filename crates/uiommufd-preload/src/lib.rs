@@ -106,7 +106,10 @@
 //!   reads are not interposable) and raw syscalls see the eventfd instead.
 //!   An engine fd closed by a raw syscall and reused by another anon-inode
 //!   fd (eventfd, epoll, timerfd, ...) is not recognised as stale.
-//!   `poll` always reports `POLLOUT` on them.
+//!   `poll` always reports `POLLOUT` on them and never `POLLRDNORM`/
+//!   `POLLWRNORM` (an access fd, which has no `poll` in the kernel, shows
+//!   `POLLIN|POLLOUT`), and `epoll_ctl` accepts an access fd (the kernel:
+//!   `EPERM`).
 //! * Symlinks to `/dev/iommu` are not recognised; the match is lexical.
 
 use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void};

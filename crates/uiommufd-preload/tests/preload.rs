@@ -341,3 +341,19 @@ fn open_path_forms_and_bad_paths() {
         assert_ok(&out, &format!("preload_paths (UIOMMUFD_LOG={log:?})"));
     }
 }
+
+/// `tests/c/engine_fds.c`: access and fault fds through the uAPI under
+/// `RLIMIT_AS` = 1 GiB: 1.5 GiB reads and writes (no bounce buffer of that
+/// size: whole records, or `EINVAL` on an access fd), `EPOLLET` sees every
+/// new fault, `poll` on an access fd is `POLLIN|POLLOUT`, reads into
+/// read-only/`PROT_NONE` memory are `EFAULT` with the fault left queued,
+/// and the buffer past the records read is never rewritten (a counter
+/// another thread increments there loses nothing).
+#[test]
+fn engine_fds_from_c() {
+    let exe = compile_src("engine_fds.c", "engine_fds", &["-O1"]);
+    for log in ["", "debug"] {
+        let out = run_preloaded(&exe, &[], &[("UIOMMUFD_LOG", log)]);
+        assert_ok(&out, &format!("engine_fds (UIOMMUFD_LOG={log:?})"));
+    }
+}
