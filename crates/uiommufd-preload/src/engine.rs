@@ -7,14 +7,16 @@
 //! `readv`, `writev`) to [`uiommufd::files::read`]/[`uiommufd::files::write`]
 //! instead of the eventfd, copying to and from the caller's buffers with the
 //! fault-safe [`SelfMemory`] (a bad pointer is `EFAULT`, not `SIGSEGV`, as
-//! with the kernel's `copy_to_user`).
+//! with the kernel's `copy_to_user`). Each file moves data in bounded pieces
+//! (whole records for a fault fd, at most [`files::BOUNCE`] bytes through the
+//! stack otherwise): no transfer allocates what the caller's count asks for.
 //!
 //! Each function returns `None` when `fd` turns out not to be (or no longer
 //! be) an engine fd: the hook then forwards the call to libc.
 
 use std::ffi::c_int;
 
-use uiommufd::files;
+use uiommufd::files::{self, UserBuf};
 use uiommufd::user::{SelfMemory, UserMemory};
 
 /// The kernel's `MAX_RW_COUNT` (`INT_MAX & PAGE_MASK` with 4 KiB pages): the
@@ -27,64 +29,35 @@ const UIO_MAXIOV: c_int = 1024;
 /// A transfer's result: bytes moved, or a positive errno.
 pub(crate) type Xfer = Result<usize, c_int>;
 
-/// `read(fd, buf, count)` on an engine fd.
-pub(crate) fn read(fd: c_int, buf: u64, count: usize) -> Option<Xfer> {
-    files::get(fd)?;
-    let count = count.min(MAX_RW_COUNT);
-    let mut tmp = vec![0u8; count];
-    if let Err(e) = probe_writable(buf, count) {
-        return Some(Err(e));
+/// The caller's buffer, its length capped at `MAX_RW_COUNT` as the kernel
+/// caps every transfer.
+fn user_buf(buf: u64, count: usize) -> UserBuf<'static> {
+    UserBuf {
+        mem: &SelfMemory,
+        addr: buf,
+        len: count.min(MAX_RW_COUNT),
     }
-    let n = match files::read(fd, &mut tmp)? {
-        Ok(n) => n.min(count),
-        Err(e) => return Some(Err(e.errno().0)),
-    };
-    if n > 0 {
-        if let Err(e) = SelfMemory.write(buf, &tmp[..n]) {
-            return Some(Err(e.errno().0));
-        }
-    }
-    Some(Ok(n))
 }
 
-/// Largest buffer [`probe_writable`] checks in full.
-const PROBE_FULL: usize = 1 << 20;
-
-/// `EFAULT` before the engine consumes anything when the caller's buffer is
-/// not writable (the kernel's fault read puts records back when
-/// `copy_to_user` fails; the engine cannot, so we check first). Each probed
-/// range is read and written back unchanged; buffers above [`PROBE_FULL`]
-/// are probed at their first and last page only.
-fn probe_writable(buf: u64, count: usize) -> Result<(), c_int> {
-    if count == 0 {
-        return Ok(());
-    }
-    let probe = |addr: u64, len: usize| -> Result<(), c_int> {
-        let mut b = vec![0u8; len];
-        SelfMemory.read(addr, &mut b).map_err(|e| e.errno().0)?;
-        SelfMemory.write(addr, &b).map_err(|e| e.errno().0)
-    };
-    if count <= PROBE_FULL {
-        return probe(buf, count);
-    }
-    probe(buf, 4096)?;
-    probe(buf + count as u64 - 4096, 4096)
-}
-
-/// `write(fd, buf, count)` on an engine fd.
-pub(crate) fn write(fd: c_int, buf: u64, count: usize) -> Option<Xfer> {
-    files::get(fd)?;
-    let count = count.min(MAX_RW_COUNT);
-    let mut tmp = vec![0u8; count];
-    if count > 0 {
-        if let Err(e) = SelfMemory.read(buf, &mut tmp) {
-            return Some(Err(e.errno().0));
-        }
-    }
-    Some(match files::write(fd, &tmp)? {
-        Ok(n) => Ok(n.min(count)),
-        Err(e) => Err(e.errno().0),
+/// A positive errno from an engine result.
+fn xfer(r: uiommufd::Result<usize>) -> Xfer {
+    r.map_err(|e| {
+        tracing::debug!("engine fd I/O failed: {e}");
+        e.errno().0
     })
+}
+
+/// `read(fd, buf, count)` on an engine fd: straight into the caller's
+/// memory (see [`files::read_user`]); nothing the size of `count` is
+/// allocated.
+pub(crate) fn read(fd: c_int, buf: u64, count: usize) -> Option<Xfer> {
+    files::read_user(fd, user_buf(buf, count)).map(xfer)
+}
+
+/// `write(fd, buf, count)` on an engine fd, straight from the caller's
+/// memory.
+pub(crate) fn write(fd: c_int, buf: u64, count: usize) -> Option<Xfer> {
+    files::write_user(fd, user_buf(buf, count)).map(xfer)
 }
 
 /// `pread(fd, buf, count, offset)` on an engine fd (`EINVAL` for a negative
@@ -94,21 +67,7 @@ pub(crate) fn pread(fd: c_int, buf: u64, count: usize, offset: i64) -> Option<Xf
     let Ok(offset) = u64::try_from(offset) else {
         return Some(Err(libc::EINVAL));
     };
-    let count = count.min(MAX_RW_COUNT);
-    let mut tmp = vec![0u8; count];
-    if let Err(e) = probe_writable(buf, count) {
-        return Some(Err(e));
-    }
-    let n = match files::pread(fd, &mut tmp, offset)? {
-        Ok(n) => n.min(count),
-        Err(e) => return Some(Err(e.errno().0)),
-    };
-    if n > 0 {
-        if let Err(e) = SelfMemory.write(buf, &tmp[..n]) {
-            return Some(Err(e.errno().0));
-        }
-    }
-    Some(Ok(n))
+    files::pread_user(fd, user_buf(buf, count), offset).map(xfer)
 }
 
 /// `pwrite(fd, buf, count, offset)` on an engine fd.
@@ -117,17 +76,7 @@ pub(crate) fn pwrite(fd: c_int, buf: u64, count: usize, offset: i64) -> Option<X
     let Ok(offset) = u64::try_from(offset) else {
         return Some(Err(libc::EINVAL));
     };
-    let count = count.min(MAX_RW_COUNT);
-    let mut tmp = vec![0u8; count];
-    if count > 0 {
-        if let Err(e) = SelfMemory.read(buf, &mut tmp) {
-            return Some(Err(e.errno().0));
-        }
-    }
-    Some(match files::pwrite(fd, &tmp, offset)? {
-        Ok(n) => Ok(n.min(count)),
-        Err(e) => Err(e.errno().0),
-    })
+    files::pwrite_user(fd, user_buf(buf, count), offset).map(xfer)
 }
 
 /// The caller's iovec array, read fault-safely: `(base, len)` pairs.

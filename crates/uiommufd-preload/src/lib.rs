@@ -125,10 +125,13 @@
 //!   reads are not interposable) and raw syscalls see the eventfd instead.
 //!   An engine fd closed by a raw syscall and reused by another anon-inode
 //!   fd (eventfd, epoll, timerfd, ...) is not recognised as stale.
-//!   `poll` always reports `POLLOUT` on them.
+//!   `poll` always reports `POLLOUT` on them and never `POLLRDNORM`/
+//!   `POLLWRNORM` (an access fd, which has no `poll` in the kernel, shows
+//!   `POLLIN|POLLOUT`), and `epoll_ctl` accepts an access fd (the kernel:
+//!   `EPERM`).
 //! * Symlinks to `/dev/iommu` are not recognised; the match is lexical.
 
-use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void, CStr};
+use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void};
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use uiommufd::files;
@@ -204,12 +207,8 @@ fn raw_close(fd: c_int) -> c_int {
 /// [`sync::Birth`]): from its creation until it is registered, a `close` or
 /// `dup` of its number on another thread waits.
 fn open_node(node: &DevNode, flags: c_int) -> c_int {
-    if flags & libc::O_DIRECTORY != 0 {
-        return fail(libc::ENOTDIR);
-    }
-    if flags & (libc::O_CREAT | libc::O_EXCL) == libc::O_CREAT | libc::O_EXCL {
-        return fail(libc::EEXIST);
-    }
+    // (flags that make the kernel refuse the open were handled by
+    // `path::match_dev_node`)
     uiommufd::logging::init_from_env();
     let mfd_flags = if flags & libc::O_CLOEXEC != 0 {
         libc::MFD_CLOEXEC
@@ -265,17 +264,33 @@ fn open_node(node: &DevNode, flags: c_int) -> c_int {
 /// an emulated node (or on panic), `None` to forward.
 ///
 /// # Safety
-/// `path` must be NULL or a NUL-terminated string.
+/// None: `path` is read fault-safely (any pointer value is fine).
 unsafe fn pre_open(dirfd: c_int, path: *const c_char, flags: c_int) -> Option<c_int> {
     if path.is_null() || sync::foreign() {
         return None;
     }
-    // SAFETY: the caller passes a NUL-terminated path (the C contract of open).
-    let path = unsafe { CStr::from_ptr(path) };
     let r = guard(|| {
         let _c = sync::enter();
-        if let Some(node) = path::match_dev_node(dirfd, path) {
-            return Some(open_node(node, flags));
+        // An unreadable or overlong path is forwarded: the kernel fails it
+        // with EFAULT/ENAMETOOLONG, after its own checks of `flags`.
+        let path = match path::UserPath::read(path) {
+            Ok(p) => p,
+            Err(e) => {
+                tracing::debug!(errno = e, "open: path not readable here; forwarding");
+                return None;
+            }
+        };
+        let path = path.as_cstr();
+        match path::match_dev_node(dirfd, path, flags) {
+            Some(Ok(node)) if flags & libc::O_PATH != 0 => {
+                return Some(match path::open_o_path(node, flags) {
+                    Ok(fd) => post_open(fd),
+                    Err(e) => fail(e),
+                })
+            }
+            Some(Ok(node)) => return Some(open_node(node, flags)),
+            Some(Err(e)) => return Some(fail(e)),
+            None => {}
         }
         path::match_special(dirfd, path).map(|what| special::open(what, flags))
     });
@@ -1039,13 +1054,24 @@ pub unsafe extern "C" fn pwrite64(
 #[no_mangle]
 pub unsafe extern "C" fn opendir(name: *const c_char) -> *mut libc::DIR {
     if !name.is_null() {
-        // SAFETY: the caller passes a NUL-terminated path.
-        let path = unsafe { CStr::from_ptr(name) };
-        match guard(|| {
-            let _c = sync::enter();
-            special::opendir(path)
-        }) {
-            Some(Some(d)) => return d,
+        // glibc's opendir reads the name itself (it would SIGSEGV on a bad
+        // pointer): an unreadable one is EFAULT here; an overlong one is
+        // forwarded (the kernel's ENAMETOOLONG).
+        let r = guard(|| match path::UserPath::read(name) {
+            Ok(path) => {
+                let _c = sync::enter();
+                special::opendir(path.as_cstr()).map(Ok)
+            }
+            Err(libc::ENAMETOOLONG) => None,
+            Err(e) => Some(Err(e)),
+        });
+        match r {
+            Some(Some(Ok(d))) => return d,
+            Some(Some(Err(e))) => {
+                tracing::debug!(errno = e, "opendir: the name is not readable");
+                set_errno(e);
+                return std::ptr::null_mut();
+            }
             Some(None) => {}
             None => return std::ptr::null_mut(),
         }

@@ -3,13 +3,20 @@
 //! [`DEV_NODES`] is the table of paths the shim serves. Adding a device is
 //! one row plus one [`NodeKind`] variant (and its open function in `lib.rs`).
 //!
-//! Matching is cheap for ordinary paths: only when the final component of the
-//! path equals the final component of some node (`iommu`, `vfio`) is the path made
-//! absolute (relative paths are resolved against the cwd, or for `openat`
-//! against `/proc/self/fd/<dirfd>`) and lexically normalised (`//`, `.`,
-//! `..`). Symlinks are not followed: `/dev/iommu` is matched by name only.
+//! The hooks first copy the caller's path with [`UserPath::read`] (fault-safe,
+//! bounded by `PATH_MAX`, on the stack); a path that cannot be read or is too
+//! long is forwarded, and the kernel fails it with its own errno.
+//!
+//! Matching is cheap for ordinary paths: only when the path contains the final
+//! component of some node (`iommu`, `vfio`) is it made absolute (relative
+//! paths are resolved against the cwd, or for `openat` against
+//! `/proc/self/fd/<dirfd>`) and walked lexically (`//`, `.`, `..`). A walk
+//! that goes *through* a node (`/dev/iommu/`, `/dev/iommu/.`,
+//! `/dev/iommu/x`) fails as the kernel's does on a non-directory
+//! (`ENOTDIR`, or `EISDIR` for `O_CREAT` with a trailing slash). Symlinks are
+//! not followed: `/dev/iommu` is matched by name only, and `..` is lexical.
 
-use std::ffi::{c_int, CStr};
+use std::ffi::{c_char, c_int, CStr};
 
 use crate::special::{self, Special};
 
@@ -93,22 +100,107 @@ fn base_dir(dirfd: c_int) -> Option<Vec<u8>> {
     (buf.first() == Some(&b'/')).then_some(buf)
 }
 
-/// The node `path` names when opened relative to `dirfd`, if any.
-///
-/// Leaves `errno` as it found it.
-pub(crate) fn match_dev_node(dirfd: c_int, path: &CStr) -> Option<&'static DevNode> {
-    let path = path.to_bytes();
-    let last = last_component(path);
-    if last.is_empty() {
-        return None; // "" or a trailing slash: never a device node
-    }
-    let candidates = || {
+/// How a path reached a device node.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Form {
+    /// The path names the node itself.
+    Exact,
+    /// The node with trailing slashes (`/dev/iommu/`): the walk wants a
+    /// directory.
+    TrailingSlash,
+    /// The node as a non-final component (`/dev/iommu/x`, `/dev/iommu/.`,
+    /// `/dev/iommu/..`): the walk goes through a non-directory.
+    Through,
+}
+
+/// Walk the absolute path `abs` lexically: the node it reaches and how.
+fn walk(abs: &[u8]) -> Option<(&'static DevNode, Form)> {
+    let node_at = |stack: &[&[u8]]| {
         DEV_NODES
             .iter()
-            .filter(|n| last_component(n.path.as_bytes()) == last)
+            .find(|n| components(n.path.as_bytes()) == stack)
     };
-    candidates().next()?;
+    let mut stack: Vec<&[u8]> = Vec::new();
+    for c in abs.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
+        // any component after a node, even `.` or `..`, makes the kernel
+        // look the node up as a directory
+        if let Some(n) = node_at(&stack) {
+            return Some((n, Form::Through));
+        }
+        match c {
+            b"." => {}
+            b".." => {
+                stack.pop();
+            }
+            c => stack.push(c),
+        }
+    }
+    let n = node_at(&stack)?;
+    Some((
+        n,
+        if abs.ends_with(b"/") {
+            Form::TrailingSlash
+        } else {
+            Form::Exact
+        },
+    ))
+}
 
+/// The errno of `open(path, flags)` where `path` reaches a device node in
+/// the way `form` says, or `None` when the open goes ahead. Follows the
+/// kernel's order: flag validation (`build_open_flags`) before the walk;
+/// `O_PATH` keeps only `O_DIRECTORY`, `O_NOFOLLOW` and `O_CLOEXEC`.
+fn node_open_errno(flags: c_int, form: Form) -> Option<c_int> {
+    let o_path = flags & libc::O_PATH != 0;
+    let tmpfile = libc::O_TMPFILE & !libc::O_DIRECTORY;
+    if !o_path {
+        if flags & tmpfile != 0 {
+            let mask = libc::O_TMPFILE | libc::O_CREAT;
+            let writes = flags & libc::O_ACCMODE != libc::O_RDONLY;
+            // a valid O_TMPFILE open needs a directory
+            return Some(if flags & mask != libc::O_TMPFILE || !writes {
+                libc::EINVAL
+            } else {
+                libc::ENOTDIR
+            });
+        }
+        if flags & libc::O_CREAT != 0 && flags & libc::O_DIRECTORY != 0 {
+            return Some(libc::EINVAL);
+        }
+    }
+    let creat = !o_path && flags & libc::O_CREAT != 0;
+    match form {
+        Form::Through => Some(libc::ENOTDIR),
+        Form::TrailingSlash if creat => Some(libc::EISDIR),
+        Form::TrailingSlash => Some(libc::ENOTDIR),
+        Form::Exact if creat && flags & libc::O_EXCL != 0 => Some(libc::EEXIST),
+        Form::Exact if flags & libc::O_DIRECTORY != 0 => Some(libc::ENOTDIR),
+        Form::Exact => None,
+    }
+}
+
+/// The node `path` names when opened relative to `dirfd` with `flags`:
+/// `None` when it names none (forward the open), `Some(Ok(node))` to open
+/// it, `Some(Err(errno))` when the kernel would refuse the open (the node
+/// used as a directory: `ENOTDIR`/`EISDIR`; `O_CREAT|O_EXCL`: `EEXIST`;
+/// `O_DIRECTORY`: `ENOTDIR`; invalid flags: `EINVAL`).
+///
+/// Cheap for ordinary paths: only a path that contains the last component
+/// of some node (`iommu`, `vfio`) is made absolute and walked. Leaves
+/// `errno` as it found it.
+pub(crate) fn match_dev_node(
+    dirfd: c_int,
+    path: &CStr,
+    flags: c_int,
+) -> Option<Result<&'static DevNode, c_int>> {
+    let path = path.to_bytes();
+    let mentions = |name: &[u8]| path.windows(name.len()).any(|w| w == name);
+    if !DEV_NODES
+        .iter()
+        .any(|n| mentions(last_component(n.path.as_bytes())))
+    {
+        return None;
+    }
     let abs: Vec<u8>;
     let abs: &[u8] = if path.first() == Some(&b'/') {
         path
@@ -122,8 +214,138 @@ pub(crate) fn match_dev_node(dirfd: c_int, path: &CStr) -> Option<&'static DevNo
         abs = v;
         &abs
     };
-    let comps = components(abs);
-    candidates().find(|n| components(n.path.as_bytes()) == comps)
+    let (node, form) = walk(abs)?;
+    match node_open_errno(flags, form) {
+        Some(e) => {
+            tracing::debug!(
+                path = node.path,
+                ?form,
+                flags,
+                errno = e,
+                "open of a device node refused"
+            );
+            Some(Err(e))
+        }
+        None => Some(Ok(node)),
+    }
+}
+
+/// A path copied out of the caller's memory (the kernel's `getname`), in a
+/// buffer on the stack: no allocation, whatever the caller passed.
+pub(crate) struct UserPath {
+    buf: [u8; PATH_MAX],
+    /// Bytes before the NUL.
+    len: usize,
+}
+
+/// `PATH_MAX`: the most bytes a path may take, its NUL included.
+const PATH_MAX: usize = libc::PATH_MAX as usize;
+
+impl UserPath {
+    /// Copy the NUL-terminated path at `ptr` fault-safely with
+    /// `process_vm_readv`: up to the end of `ptr`'s page first, then page by
+    /// page, stopping at the NUL, so that no page past the string is
+    /// touched. `EFAULT` when a byte before the NUL is unreadable (or
+    /// `process_vm_readv` itself fails), `ENAMETOOLONG` when the first
+    /// `PATH_MAX` bytes hold no NUL, as the kernel's `getname`.
+    pub(crate) fn read(ptr: *const c_char) -> Result<UserPath, c_int> {
+        let mut p = UserPath {
+            buf: [0u8; PATH_MAX],
+            len: 0,
+        };
+        let page = uiommufd::user::page_size() as usize;
+        let mut addr = ptr as usize;
+        let mut got = 0usize;
+        while got < PATH_MAX {
+            let to_page_end = page - addr % page;
+            let n = to_page_end.min(PATH_MAX - got);
+            let local = libc::iovec {
+                iov_base: p.buf[got..].as_mut_ptr().cast(),
+                iov_len: n,
+            };
+            let remote = libc::iovec {
+                iov_base: addr as *mut libc::c_void,
+                iov_len: n,
+            };
+            // SAFETY: `local` is `n` bytes of `p.buf` (n <= PATH_MAX - got),
+            // which we own mutably; the kernel checks the remote range and
+            // fails instead of faulting. Neither call is hooked.
+            let r = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+            if r != n as isize {
+                // within one page a read is all or nothing
+                return Err(libc::EFAULT);
+            }
+            if let Some(i) = p.buf[got..got + n].iter().position(|&b| b == 0) {
+                p.len = got + i;
+                return Ok(p);
+            }
+            got += n;
+            addr = match addr.checked_add(n) {
+                Some(a) => a,
+                None => return Err(libc::EFAULT),
+            };
+        }
+        Err(libc::ENAMETOOLONG)
+    }
+
+    /// The path, without its NUL.
+    pub(crate) fn as_cstr(&self) -> &CStr {
+        // The buffer holds a NUL at `len` (found by `read`).
+        CStr::from_bytes_until_nul(&self.buf[..=self.len]).unwrap_or(c"")
+    }
+}
+
+/// An `O_PATH` open of `node` (the kernel never calls the driver's `open`
+/// for one: no context, `ioctl` is `EBADF`, `fstat` and `close` work): an
+/// `O_PATH` fd of a fresh memfd named like the node's, reopened through
+/// `/proc/self/fd` and left unregistered; the memfd itself is closed. Needs
+/// `/proc` (its errno otherwise). Only `O_CLOEXEC` of `flags` matters here
+/// (the caller already checked `O_DIRECTORY`).
+pub(crate) fn open_o_path(node: &DevNode, flags: c_int) -> Result<c_int, c_int> {
+    // SAFETY: the name is a NUL-terminated static string; raw syscalls
+    // bypass the hooks.
+    let mfd = unsafe {
+        libc::syscall(
+            libc::SYS_memfd_create,
+            node.memfd_name.as_ptr(),
+            libc::MFD_CLOEXEC,
+        )
+    };
+    if mfd < 0 {
+        return Err(errno());
+    }
+    let mut link = [0u8; 32];
+    let prefix = b"/proc/self/fd/";
+    link[..prefix.len()].copy_from_slice(prefix);
+    let mut digits = [0u8; 12];
+    let mut v = mfd as u64;
+    let mut nd = 0;
+    loop {
+        digits[nd] = b'0' + (v % 10) as u8;
+        nd += 1;
+        v /= 10;
+        if v == 0 {
+            break;
+        }
+    }
+    for i in 0..nd {
+        link[prefix.len() + i] = digits[nd - 1 - i];
+    }
+    let want = libc::O_PATH | (flags & libc::O_CLOEXEC);
+    // SAFETY: `link` is NUL-terminated (zero-filled past the digits).
+    let fd = unsafe { libc::syscall(libc::SYS_openat, libc::AT_FDCWD, link.as_ptr(), want) };
+    let e = errno();
+    // SAFETY: closing the memfd made above.
+    unsafe { libc::syscall(libc::SYS_close, mfd) };
+    if fd < 0 {
+        tracing::debug!(
+            path = node.path,
+            errno = e,
+            "O_PATH open: cannot reopen the memfd"
+        );
+        return Err(e);
+    }
+    Ok(fd as c_int)
 }
 
 /// The components of the absolute path `abs`, lexically normalised.
@@ -193,7 +415,10 @@ mod tests {
 
     #[test]
     fn matches() {
-        let m = |p: &CStr| match_dev_node(libc::AT_FDCWD, p).map(|n| n.kind);
+        let m = |p: &CStr| match match_dev_node(libc::AT_FDCWD, p, libc::O_RDWR) {
+            Some(Ok(n)) => Some(n.kind),
+            _ => None,
+        };
         assert_eq!(m(c"/dev/iommu"), Some(NodeKind::Iommu));
         assert_eq!(m(c"//dev//iommu"), Some(NodeKind::Iommu));
         assert_eq!(m(c"/dev/./iommu"), Some(NodeKind::Iommu));
@@ -208,5 +433,76 @@ mod tests {
         assert_eq!(m(c"/dev/vfio"), None);
         assert_eq!(m(c"/dev/vfio/12"), None);
         assert_eq!(m(c"/tmp/vfio"), None);
+    }
+
+    #[test]
+    fn refused_forms() {
+        let e = |p: &CStr, f: c_int| match match_dev_node(libc::AT_FDCWD, p, f) {
+            Some(Err(e)) => e,
+            other => panic!("{p:?} {f:#x}: {other:?}"),
+        };
+        let rw = libc::O_RDWR;
+        assert_eq!(e(c"/dev/iommu/", rw), libc::ENOTDIR);
+        assert_eq!(e(c"/dev/iommu//", rw | libc::O_CREAT), libc::EISDIR);
+        assert_eq!(
+            e(c"/dev/iommu/", libc::O_PATH | libc::O_CREAT),
+            libc::ENOTDIR
+        );
+        assert_eq!(e(c"/dev/iommu/.", rw | libc::O_CREAT), libc::ENOTDIR);
+        assert_eq!(e(c"/dev/iommu/..", rw), libc::ENOTDIR);
+        assert_eq!(e(c"/dev/iommu/../iommu", rw), libc::ENOTDIR);
+        assert_eq!(e(c"/dev/vfio/vfio/x", rw), libc::ENOTDIR);
+        assert_eq!(e(c"/dev/iommu", rw | libc::O_DIRECTORY), libc::ENOTDIR);
+        assert_eq!(
+            e(c"/dev/iommu", rw | libc::O_CREAT | libc::O_EXCL),
+            libc::EEXIST
+        );
+        assert_eq!(
+            e(c"/dev/iommu", rw | libc::O_CREAT | libc::O_DIRECTORY),
+            libc::EINVAL
+        );
+        assert_eq!(e(c"/dev/iommu", rw | libc::O_TMPFILE), libc::ENOTDIR);
+        assert_eq!(
+            e(c"/dev/iommu", libc::O_RDONLY | libc::O_TMPFILE),
+            libc::EINVAL
+        );
+        assert_eq!(
+            e(c"/dev/iommu", libc::O_PATH | libc::O_DIRECTORY),
+            libc::ENOTDIR
+        );
+        assert!(matches!(
+            match_dev_node(
+                libc::AT_FDCWD,
+                c"/dev/iommu",
+                libc::O_PATH | libc::O_CREAT | libc::O_EXCL
+            ),
+            Some(Ok(_))
+        ));
+        assert!(matches!(
+            match_dev_node(libc::AT_FDCWD, c"/dev/iommu", rw | libc::O_CREAT),
+            Some(Ok(_))
+        ));
+    }
+
+    #[test]
+    fn user_path() {
+        let p = UserPath::read(c"/dev/iommu".as_ptr()).unwrap();
+        assert_eq!(p.as_cstr(), c"/dev/iommu");
+        assert_eq!(UserPath::read(8 as *const c_char).err(), Some(libc::EFAULT));
+        let long = vec![b'a'; PATH_MAX];
+        assert_eq!(
+            UserPath::read(long.as_ptr().cast()).err(),
+            Some(libc::ENAMETOOLONG)
+        );
+        let mut ok = vec![b'a'; PATH_MAX];
+        ok[PATH_MAX - 1] = 0;
+        assert_eq!(
+            UserPath::read(ok.as_ptr().cast())
+                .unwrap()
+                .as_cstr()
+                .to_bytes()
+                .len(),
+            PATH_MAX - 1
+        );
     }
 }

@@ -440,3 +440,34 @@ fn python_subprocess_keeps_the_parents_fd() {
     };
     assert_ok(&out, "python subprocess");
 }
+
+/// `tests/c/preload_paths.c`: bad path pointers (`EFAULT`, never `SIGSEGV`),
+/// paths of `PATH_MAX` bytes and more (`ENAMETOOLONG`), `O_PATH` opens of
+/// `/dev/iommu` (no context: `ioctl` is `EBADF`), and every form of a path
+/// to the node (trailing slash, `.`/`..`, relative, `O_DIRECTORY`,
+/// `O_CREAT|O_EXCL`, `O_TMPFILE`) compared with the kernel's answer for
+/// `/dev/null` in its place.
+#[test]
+fn open_path_forms_and_bad_paths() {
+    let exe = compile_src("preload_paths.c", "preload_paths", &["-O1"]);
+    for log in ["", "debug"] {
+        let out = run_preloaded(&exe, &[], &[("UIOMMUFD_LOG", log)]);
+        assert_ok(&out, &format!("preload_paths (UIOMMUFD_LOG={log:?})"));
+    }
+}
+
+/// `tests/c/engine_fds.c`: access and fault fds through the uAPI under
+/// `RLIMIT_AS` = 1 GiB: 1.5 GiB reads and writes (no bounce buffer of that
+/// size: whole records, or `EINVAL` on an access fd), `EPOLLET` sees every
+/// new fault, `poll` on an access fd is `POLLIN|POLLOUT`, reads into
+/// read-only/`PROT_NONE` memory are `EFAULT` with the fault left queued,
+/// and the buffer past the records read is never rewritten (a counter
+/// another thread increments there loses nothing).
+#[test]
+fn engine_fds_from_c() {
+    let exe = compile_src("engine_fds.c", "engine_fds", &["-O1"]);
+    for log in ["", "debug"] {
+        let out = run_preloaded(&exe, &[], &[("UIOMMUFD_LOG", log)]);
+        assert_ok(&out, &format!("engine_fds (UIOMMUFD_LOG={log:?})"));
+    }
+}

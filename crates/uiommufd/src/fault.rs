@@ -36,6 +36,7 @@
 //! [`crate::files::notify_file`] is called with none of them held.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Weak};
 use std::time::{Duration, Instant};
 
@@ -165,6 +166,9 @@ impl FaultState {
 pub struct Fault {
     state: Mutex<FaultState>,
     readable: Condvar,
+    /// A group was queued since the last [`Fault::notify`]: the next one
+    /// wakes the fd's waiters even if it already was readable.
+    fresh: AtomicBool,
     /// The fd's file, to resync its readiness.
     file: Mutex<Weak<FaultFile>>,
 }
@@ -184,14 +188,22 @@ impl Fault {
     /// resyncs the fd ([`Fault::notify`]) once it holds no lock.
     pub(crate) fn deliver(&self, group: Arc<FaultGroup>) {
         self.state.lock().deliver.push_back(group);
+        self.fresh.store(true, Ordering::Release);
         self.readable.notify_all();
     }
 
-    /// Resync the fd's readiness with the queue. Call with no lock held.
+    /// Resync the fd's readiness with the queue; after a [`Fault::deliver`]
+    /// also wake its waiters, so that an edge-triggered `epoll` sees every
+    /// new fault as the kernel's `wake_up_interruptible` per fault makes it.
+    /// Call with no lock held.
     pub(crate) fn notify(&self) {
         let file = self.file.lock().upgrade();
         if let Some(f) = file {
-            files::notify_file(&*f);
+            if self.fresh.swap(false, Ordering::AcqRel) {
+                files::wake_file(&*f);
+            } else {
+                files::notify_file(&*f);
+            }
         }
     }
 
@@ -255,27 +267,44 @@ impl Fault {
         !st.deliver.is_empty()
     }
 
-    /// `read(2)` of the fault fd (see the module docs).
+    /// `read(2)` of the fault fd into `buf` (see the module docs).
     pub fn read_records(&self, buf: &mut [u8]) -> Result<usize> {
-        if !buf.len().is_multiple_of(RECORD) {
+        let len = buf.len();
+        self.read_records_with(len, &mut |off, rec| {
+            buf[off..off + rec.len()].copy_from_slice(rec);
+            Ok(())
+        })
+    }
+
+    /// `read(2)` of the fault fd for a buffer of `len` bytes: each record is
+    /// handed to `put(offset, bytes)`, a copy to the reader's memory that
+    /// may fail. When it fails the group goes back to the head of the queue
+    /// and its cookie stays free (the kernel's restore after a failed
+    /// `copy_to_user`); the read ends there: the failure when nothing was
+    /// read yet, otherwise the bytes of the groups before it. Only whole
+    /// records are copied, so nothing proportional to `len` is allocated.
+    pub fn read_records_with(
+        &self,
+        len: usize,
+        put: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
+    ) -> Result<usize> {
+        if !len.is_multiple_of(RECORD) {
             bail!(
                 ESPIPE,
-                "fault read: {} bytes is not a multiple of the {RECORD}-byte record",
-                buf.len()
+                "fault read: {len} bytes is not a multiple of the {RECORD}-byte record"
             );
         }
         let mut st = self.state.lock();
         let mut done = 0usize;
         let mut rc: Result<()> = Ok(());
-        while let Some(g) = st.deliver.front() {
+        'groups: while let Some(g) = st.deliver.front() {
             let need = g.faults.len() * RECORD;
-            if done >= buf.len() || need > buf.len() - done {
+            if done >= len || need > len - done {
                 if done == 0 {
                     rc = Err(Error::new(
                         libc::EINVAL,
                         format!(
-                            "fault read: {} bytes cannot hold the next group of {} record(s)",
-                            buf.len(),
+                            "fault read: {len} bytes cannot hold the next group of {} record(s)",
                             g.faults.len()
                         ),
                     ));
@@ -289,6 +318,7 @@ impl Fault {
             let Some(g) = st.deliver.pop_front() else {
                 break;
             };
+            let mut at = done;
             for f in &g.faults {
                 let rec = IommuHwptPgfault {
                     flags: f.flags,
@@ -301,10 +331,18 @@ impl Fault {
                     length: 0,
                     cookie,
                 };
-                buf[done..done + RECORD].copy_from_slice(rec.as_bytes());
-                done += RECORD;
+                if let Err(e) = put(at, rec.as_bytes()) {
+                    tracing::debug!(
+                        "fault read: copying a record out failed; the group stays queued: {e}"
+                    );
+                    st.deliver.push_front(g);
+                    rc = Err(e);
+                    break 'groups;
+                }
+                at += RECORD;
             }
             st.response.insert(cookie, g);
+            done = at;
         }
         if done == 0 {
             rc.map(|()| 0)
@@ -313,13 +351,27 @@ impl Fault {
         }
     }
 
-    /// `write(2)` of the fault fd (see the module docs).
+    /// `write(2)` of the fault fd from `buf` (see the module docs).
     pub fn write_responses(&self, buf: &[u8]) -> Result<usize> {
-        if !buf.len().is_multiple_of(RESPONSE) {
+        self.write_responses_with(buf.len(), &mut |off, out| {
+            out.copy_from_slice(&buf[off..off + out.len()]);
+            Ok(())
+        })
+    }
+
+    /// `write(2)` of the fault fd for a buffer of `len` bytes: each response
+    /// is fetched with `get(offset, out)`, a copy from the writer's memory
+    /// that may fail; a failure ends the write (the failure when nothing was
+    /// done yet, otherwise the bytes before it), as in the kernel.
+    pub fn write_responses_with(
+        &self,
+        len: usize,
+        get: &mut dyn FnMut(usize, &mut [u8]) -> Result<()>,
+    ) -> Result<usize> {
+        if !len.is_multiple_of(RESPONSE) {
             bail!(
                 ESPIPE,
-                "fault write: {} bytes is not a multiple of the {RESPONSE}-byte response",
-                buf.len()
+                "fault write: {len} bytes is not a multiple of the {RESPONSE}-byte response"
             );
         }
         let mut done = 0usize;
@@ -327,10 +379,16 @@ impl Fault {
         let mut completed = Vec::new();
         {
             let mut st = self.state.lock();
-            for chunk in buf.chunks_exact(RESPONSE) {
-                let r: IommuHwptPageResponse = match zerocopy::FromBytes::read_from_bytes(chunk) {
+            while done < len {
+                let mut raw = [0u8; RESPONSE];
+                if let Err(e) = get(done, &mut raw) {
+                    rc = Err(e);
+                    break;
+                }
+                let r: IommuHwptPageResponse = match zerocopy::FromBytes::read_from_bytes(&raw[..])
+                {
                     Ok(r) => r,
-                    Err(_) => unreachable!("chunk is one response"),
+                    Err(_) => unreachable!("raw is one response"),
                 };
                 if r.code != IOMMUFD_PAGE_RESP_SUCCESS && r.code != IOMMUFD_PAGE_RESP_INVALID {
                     rc = Err(Error::new(
@@ -342,6 +400,8 @@ impl Fault {
                     ));
                     break;
                 }
+                // (at most one entry per delivered group: `completed` is
+                // bounded by the queue, not by `len`)
                 let Some(g) = st.response.remove(&r.cookie) else {
                     rc = Err(Error::new(
                         libc::EINVAL,
@@ -412,6 +472,20 @@ impl EngineFile for FaultFile {
 
     fn write(&self, buf: &[u8]) -> Result<usize> {
         self.fault.write_responses(buf)
+    }
+
+    /// Record by record straight into the reader's memory: a large count
+    /// costs nothing, and a record that cannot be copied leaves its group
+    /// queued (as the kernel's restore), so no probe is needed.
+    fn read_user(&self, buf: files::UserBuf<'_>, _nonblock: bool) -> Result<usize> {
+        self.fault
+            .read_records_with(buf.len, &mut |off, rec| buf.copy_out(off, rec))
+    }
+
+    /// Response by response straight from the writer's memory.
+    fn write_user(&self, buf: files::UserBuf<'_>) -> Result<usize> {
+        self.fault
+            .write_responses_with(buf.len, &mut |off, out| buf.copy_in(off, out))
     }
 
     fn poll_events(&self) -> i16 {

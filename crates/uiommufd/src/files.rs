@@ -32,7 +32,9 @@
 //! non-zero exactly when the engine file has data to read. [`sync`] (run by
 //! [`notify`], [`notify_file`], and after every [`read`]/[`write()`] through
 //! this module) recomputes `poll_events()` and adds 1 to or drains the
-//! counter as needed. Since the kernel's own `poll`, `ppoll`, `select`,
+//! counter as needed; [`wake_file`] adds 1 even to a non-zero counter, for
+//! each new arrival, so that an edge-triggered `epoll` sees every one (the
+//! kernel's `wake_up` per new item). Since the kernel's own `poll`, `ppoll`, `select`,
 //! `pselect` and `epoll` then see the eventfd as readable exactly when the
 //! engine file is, the shim does not have to intercept any of them, and
 //! mixed sets (engine fds with sockets, pipes, ...) work unchanged. An
@@ -42,7 +44,10 @@
 //! data arrives by some other way than a read or write through this module.
 //!
 //! Reads and writes of the fd itself must go to the engine file ([`read`],
-//! [`write()`]); the shim routes `read`/`write`/`readv`/`writev` there. A
+//! [`write()`], or without a bounce buffer [`read_user`], [`write_user`],
+//! [`pread_user`], [`pwrite_user`]: the file copies to and from the
+//! caller's memory itself, in bounded pieces); the shim routes
+//! `read`/`write`/`readv`/`writev` and the `pread`/`pwrite` family there. A
 //! program that reads the raw eventfd (raw syscall, static binary) would just
 //! consume the readiness counter.
 //!
@@ -83,6 +88,7 @@ use std::sync::Arc;
 
 use parking_lot::{Mutex, RwLock};
 
+use crate::user::UserMemory;
 use crate::{Error, Result};
 
 /// A file the engine hands to the program as an fd (the kernel's
@@ -138,6 +144,57 @@ pub trait EngineFile: Send + Sync + fmt::Debug + Any {
         ))
     }
 
+    /// Whether the file has a read operation (the kernel's
+    /// `FMODE_CAN_READ`): when `false`, `read(2)` is `EINVAL` before the
+    /// buffer is looked at. Default: `true`.
+    fn can_read(&self) -> bool {
+        true
+    }
+
+    /// Whether the file has a write operation (`FMODE_CAN_WRITE`), as
+    /// [`EngineFile::can_read`]. Default: `true`.
+    fn can_write(&self) -> bool {
+        true
+    }
+
+    /// Whether `pread`/`pwrite` are allowed (`FMODE_PREAD`/`FMODE_PWRITE`):
+    /// when `false` they are `ESPIPE` before anything else. Default:
+    /// `false`, as for the kernel's anon-inode files.
+    fn positional(&self) -> bool {
+        false
+    }
+
+    /// `read(2)` straight into the reader's memory. Default: one bounded
+    /// [`EngineFile::read`] of at most [`BOUNCE`] bytes through a stack
+    /// buffer (a short read for a larger count), after checking without
+    /// changing it that that much of `buf` is writable (so that nothing is
+    /// consumed for a copy that would fail). Files whose reads must move
+    /// more per call, or that can put data back, override this.
+    fn read_user(&self, buf: UserBuf<'_>, nonblock: bool) -> Result<usize> {
+        bounce_read(buf, |b| self.read(b, nonblock))
+    }
+
+    /// `write(2)` straight from the writer's memory. Default: one bounded
+    /// [`EngineFile::write`] of at most [`BOUNCE`] bytes through a stack
+    /// buffer (a short write for a larger count).
+    fn write_user(&self, buf: UserBuf<'_>) -> Result<usize> {
+        bounce_write(buf, |b| self.write(b))
+    }
+
+    /// `pread(2)` into the reader's memory, as [`EngineFile::read_user`]
+    /// through [`EngineFile::read_at`]; only called when
+    /// [`EngineFile::positional`].
+    fn read_user_at(&self, buf: UserBuf<'_>, offset: u64, nonblock: bool) -> Result<usize> {
+        bounce_read(buf, |b| self.read_at(b, offset, nonblock))
+    }
+
+    /// `pwrite(2)` from the writer's memory, as [`EngineFile::write_user`]
+    /// through [`EngineFile::write_at`]; only called when
+    /// [`EngineFile::positional`].
+    fn write_user_at(&self, buf: UserBuf<'_>, offset: u64) -> Result<usize> {
+        bounce_write(buf, |b| self.write_at(b, offset))
+    }
+
     /// The `poll` events currently ready (`libc::POLLIN`, ...). Only
     /// `POLLIN` is mirrored to the fd (see the module docs). Default: none.
     fn poll_events(&self) -> i16 {
@@ -148,6 +205,83 @@ pub trait EngineFile: Send + Sync + fmt::Debug + Any {
     /// kernel's `->release`), outside every registry lock, before the
     /// registry drops its `Arc`. Default: nothing.
     fn release(&self) {}
+}
+
+/// The most bytes the default [`EngineFile::read_user`] and
+/// [`EngineFile::write_user`] move per call, through a buffer on the stack:
+/// no engine-file I/O allocates what the caller's count asks for.
+pub const BOUNCE: usize = 4096;
+
+/// The caller's buffer of one `read`/`write`: `len` bytes at user address
+/// `addr` of `mem`. Copies are fault-safe (`EFAULT`, never a crash).
+#[derive(Clone, Copy, Debug)]
+pub struct UserBuf<'a> {
+    /// The memory the address is in.
+    pub mem: &'a dyn UserMemory,
+    /// User address of the first byte.
+    pub addr: u64,
+    /// Length in bytes (the caller caps it at the kernel's `MAX_RW_COUNT`).
+    pub len: usize,
+}
+
+impl UserBuf<'_> {
+    /// The user address of byte `off`, when `off + n` stays inside.
+    fn at(&self, off: usize, n: usize) -> Result<u64> {
+        match off.checked_add(n) {
+            Some(end) if end <= self.len => Ok(self.addr.wrapping_add(off as u64)),
+            _ => Err(Error::new(
+                libc::EINVAL,
+                format!(
+                    "{n} bytes at offset {off} overrun a {}-byte buffer",
+                    self.len
+                ),
+            )),
+        }
+    }
+
+    /// Copy `data` to byte `off` of the buffer (`copy_to_user`).
+    pub fn copy_out(&self, off: usize, data: &[u8]) -> Result<()> {
+        self.mem.write(self.at(off, data.len())?, data)
+    }
+
+    /// Copy `out.len()` bytes from byte `off` of the buffer
+    /// (`copy_from_user`).
+    pub fn copy_in(&self, off: usize, out: &mut [u8]) -> Result<()> {
+        let addr = self.at(off, out.len())?;
+        self.mem.read(addr, out)
+    }
+
+    /// Check without writing that the first `n` bytes can be written
+    /// ([`UserMemory::probe_write`]).
+    pub fn probe_writable(&self, n: usize) -> Result<()> {
+        self.mem.probe_write(self.at(0, n)?, n as u64)
+    }
+
+    /// The kernel's `access_ok`, as far as it can be known here: the range
+    /// does not wrap the address space.
+    fn access_ok(&self) -> bool {
+        self.addr.checked_add(self.len as u64).is_some()
+    }
+}
+
+/// The default [`EngineFile::read_user`]: one `read` of at most [`BOUNCE`]
+/// bytes into a stack buffer, probed first, then copied out.
+fn bounce_read(buf: UserBuf<'_>, read: impl FnOnce(&mut [u8]) -> Result<usize>) -> Result<usize> {
+    let n = buf.len.min(BOUNCE);
+    let mut tmp = [0u8; BOUNCE];
+    buf.probe_writable(n)?;
+    let got = read(&mut tmp[..n])?.min(n);
+    buf.copy_out(0, &tmp[..got])?;
+    Ok(got)
+}
+
+/// The default [`EngineFile::write_user`]: at most [`BOUNCE`] bytes copied
+/// into a stack buffer, then one `write`.
+fn bounce_write(buf: UserBuf<'_>, write: impl FnOnce(&[u8]) -> Result<usize>) -> Result<usize> {
+    let n = buf.len.min(BOUNCE);
+    let mut tmp = [0u8; BOUNCE];
+    buf.copy_in(0, &mut tmp[..n])?;
+    Ok(write(&tmp[..n])?.min(n))
 }
 
 /// One file: what every fd slot referring to it shares.
@@ -385,7 +519,14 @@ pub fn create_no_inject<T: EngineFile>(file: Arc<T>, cloexec: bool) -> Result<i3
         any,
         sync: Mutex::new(()),
     });
-    let stale = insert(fd, Slot { rec, dev, ino });
+    let stale = insert(
+        fd,
+        Slot {
+            rec: rec.clone(),
+            dev,
+            ino,
+        },
+    );
     tracing::debug!(
         fd,
         kind,
@@ -393,6 +534,9 @@ pub fn create_no_inject<T: EngineFile>(file: Arc<T>, cloexec: bool) -> Result<i3
         "created engine fd"
     );
     drop(stale);
+    // a file that is readable from the start (no `poll` in the kernel:
+    // always readable) shows so from the start
+    sync_rec(&rec, false);
     Ok(fd)
 }
 
@@ -496,7 +640,7 @@ fn nonblocking(fd: i32) -> bool {
 pub fn read(fd: i32, buf: &mut [u8]) -> Option<Result<usize>> {
     let slot = lookup(fd)?;
     let r = slot.rec.file.read(buf, nonblocking(fd));
-    sync_rec(&slot.rec);
+    sync_rec(&slot.rec, false);
     Some(r)
 }
 
@@ -504,7 +648,7 @@ pub fn read(fd: i32, buf: &mut [u8]) -> Option<Result<usize>> {
 pub fn write(fd: i32, buf: &[u8]) -> Option<Result<usize>> {
     let slot = lookup(fd)?;
     let r = slot.rec.file.write(buf);
-    sync_rec(&slot.rec);
+    sync_rec(&slot.rec, false);
     Some(r)
 }
 
@@ -514,7 +658,7 @@ pub fn write(fd: i32, buf: &[u8]) -> Option<Result<usize>> {
 pub fn pread(fd: i32, buf: &mut [u8], offset: u64) -> Option<Result<usize>> {
     let slot = lookup(fd)?;
     let r = slot.rec.file.read_at(buf, offset, nonblocking(fd));
-    sync_rec(&slot.rec);
+    sync_rec(&slot.rec, false);
     Some(r)
 }
 
@@ -523,7 +667,97 @@ pub fn pread(fd: i32, buf: &mut [u8], offset: u64) -> Option<Result<usize>> {
 pub fn pwrite(fd: i32, buf: &[u8], offset: u64) -> Option<Result<usize>> {
     let slot = lookup(fd)?;
     let r = slot.rec.file.write_at(buf, offset);
-    sync_rec(&slot.rec);
+    sync_rec(&slot.rec, false);
+    Some(r)
+}
+
+/// `read(2)` of an engine fd into the caller's memory, with the kernel's
+/// checks first (`EINVAL` for a file without read, `EFAULT` for a range
+/// that wraps), then [`EngineFile::read_user`]; `None` when `fd` is not an
+/// engine fd. Readiness is resynced afterwards.
+pub fn read_user(fd: i32, buf: UserBuf<'_>) -> Option<Result<usize>> {
+    let slot = lookup(fd)?;
+    let f = &slot.rec.file;
+    let r = if !f.can_read() {
+        Err(Error::new(
+            libc::EINVAL,
+            format!("{} files cannot be read", f.kind()),
+        ))
+    } else if !buf.access_ok() {
+        Err(Error::fault("read: the buffer wraps the address space"))
+    } else {
+        f.read_user(buf, nonblocking(fd))
+    };
+    sync_rec(&slot.rec, false);
+    Some(r)
+}
+
+/// `write(2)` of an engine fd from the caller's memory: as [`read_user`],
+/// through [`EngineFile::write_user`].
+pub fn write_user(fd: i32, buf: UserBuf<'_>) -> Option<Result<usize>> {
+    let slot = lookup(fd)?;
+    let f = &slot.rec.file;
+    let r = if !f.can_write() {
+        Err(Error::new(
+            libc::EINVAL,
+            format!("{} files cannot be written", f.kind()),
+        ))
+    } else if !buf.access_ok() {
+        Err(Error::fault("write: the buffer wraps the address space"))
+    } else {
+        f.write_user(buf)
+    };
+    sync_rec(&slot.rec, false);
+    Some(r)
+}
+
+/// `pread(2)` of an engine fd into the caller's memory: `ESPIPE` unless
+/// [`EngineFile::positional`], then as [`read_user`] through
+/// [`EngineFile::read_user_at`] (the caller checked that `offset` is not
+/// negative).
+pub fn pread_user(fd: i32, buf: UserBuf<'_>, offset: u64) -> Option<Result<usize>> {
+    let slot = lookup(fd)?;
+    let f = &slot.rec.file;
+    let r = if !f.positional() {
+        Err(Error::new(
+            libc::ESPIPE,
+            format!("{} files cannot be read at an offset", f.kind()),
+        ))
+    } else if !f.can_read() {
+        Err(Error::new(
+            libc::EINVAL,
+            format!("{} files cannot be read", f.kind()),
+        ))
+    } else if !buf.access_ok() {
+        Err(Error::fault("pread: the buffer wraps the address space"))
+    } else {
+        f.read_user_at(buf, offset, nonblocking(fd))
+    };
+    sync_rec(&slot.rec, false);
+    Some(r)
+}
+
+/// `pwrite(2)` of an engine fd from the caller's memory: as [`pread_user`],
+/// through [`EngineFile::write_user_at`].
+pub fn pwrite_user(fd: i32, buf: UserBuf<'_>, offset: u64) -> Option<Result<usize>> {
+    let slot = lookup(fd)?;
+    let f = &slot.rec.file;
+    let r = if !f.positional() {
+        Err(Error::new(
+            libc::ESPIPE,
+            format!("{} files cannot be written at an offset", f.kind()),
+        ))
+    } else if !f.can_write() {
+        Err(Error::new(
+            libc::EINVAL,
+            format!("{} files cannot be written", f.kind()),
+        ))
+    } else if !buf.access_ok() {
+        Err(Error::fault("pwrite: the buffer wraps the address space"))
+    } else {
+        f.write_user_at(buf, offset)
+    };
+    sync_rec(&slot.rec, false);
     Some(r)
 }
 
@@ -532,7 +766,7 @@ pub fn pwrite(fd: i32, buf: &[u8], offset: u64) -> Option<Result<usize>> {
 pub fn notify(fd: i32) -> bool {
     match lookup(fd) {
         Some(slot) => {
-            sync_rec(&slot.rec);
+            sync_rec(&slot.rec, false);
             true
         }
         None => false,
@@ -551,7 +785,27 @@ pub fn notify_file(file: &dyn EngineFile) -> bool {
         .map(|s| s.rec.clone());
     match rec {
         Some(rec) => {
-            sync_rec(&rec);
+            sync_rec(&rec, false);
+            true
+        }
+        None => false,
+    }
+}
+
+/// New data arrived in `file`: like [`notify_file`], but when it is
+/// readable the eventfd is signalled even if it already was, so that an
+/// edge-triggered `epoll` sees a new event for every arrival (the kernel's
+/// `wake_up` on each new item). Returns whether such a file is registered.
+pub fn wake_file(file: &dyn EngineFile) -> bool {
+    let target = file as *const dyn EngineFile as *const ();
+    let rec = MAP
+        .read()
+        .values()
+        .find(|s| Arc::as_ptr(&s.rec.file) as *const () == target)
+        .map(|s| s.rec.clone());
+    match rec {
+        Some(rec) => {
+            sync_rec(&rec, true);
             true
         }
         None => false,
@@ -563,8 +817,9 @@ pub fn sync(fd: i32) -> bool {
     notify(fd)
 }
 
-/// Make the eventfd counter of `rec` non-zero iff `POLLIN` is ready.
-fn sync_rec(rec: &Arc<FileRec>) {
+/// Make the eventfd counter of `rec` non-zero iff `POLLIN` is ready; with
+/// `wake`, add to a non-zero counter too (a new edge for `EPOLLET`).
+fn sync_rec(rec: &Arc<FileRec>, wake: bool) {
     let _serial = rec.sync.lock();
     let want = rec.file.poll_events() & libc::POLLIN != 0;
     // Hold the read lock while touching the fd: `on_close` (called before
@@ -577,7 +832,7 @@ fn sync_rec(rec: &Arc<FileRec>) {
         .find(|(&fd, s)| identity(fd) == Some((s.dev, s.ino)))
         .map(|(&fd, _)| fd);
     if let Some(fd) = fd {
-        set_readable(fd, want);
+        set_readable(fd, want, wake);
     }
     drop(map);
 }
@@ -608,12 +863,14 @@ fn readable(fd: i32) -> bool {
     n > 0 && pfd.revents & libc::POLLIN != 0
 }
 
-/// Set the eventfd counter of `fd` to non-zero (`on`) or zero. Never blocks:
-/// the counter is only read when `poll` says it is non-zero (reads are
-/// serialised by the file's sync mutex) and only incremented from zero.
-fn set_readable(fd: i32, on: bool) {
+/// Set the eventfd counter of `fd` to non-zero (`on`) or zero; with `wake`
+/// and `on`, add 1 even to a non-zero counter. Never blocks: the counter is
+/// only read when `poll` says it is non-zero (reads are serialised by the
+/// file's sync mutex), and it is drained whenever the file has no data, so
+/// the wakes between two drains are far from the eventfd's 2^64 - 2 limit.
+fn set_readable(fd: i32, on: bool, wake: bool) {
     let is = readable(fd);
-    if on && !is {
+    if on && (wake || !is) {
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to the eventfd.
         let n = unsafe {

@@ -39,7 +39,7 @@ use std::sync::OnceLock;
 
 use parking_lot::Mutex;
 
-use crate::files::EngineFile;
+use crate::files::{self, EngineFile};
 use crate::{Error, Result};
 
 /// How many threads have a non-zero `fail-nth`: the fast path's one load.
@@ -365,6 +365,24 @@ impl EngineFile for FailNthFile {
 
     fn write_at(&self, buf: &[u8], _offset: u64) -> Result<usize> {
         self.write_value(buf)
+    }
+
+    fn positional(&self) -> bool {
+        true
+    }
+
+    /// The kernel's `kstrtouint_from_user` looks at a bounded prefix and the
+    /// write consumes the whole count: copy only that prefix.
+    fn write_user(&self, buf: files::UserBuf<'_>) -> Result<usize> {
+        let mut tmp = [0u8; 22];
+        let n = buf.len.min(tmp.len());
+        buf.copy_in(0, &mut tmp[..n])?;
+        self.write_value(&tmp[..n])?;
+        Ok(buf.len)
+    }
+
+    fn write_user_at(&self, buf: files::UserBuf<'_>, _offset: u64) -> Result<usize> {
+        self.write_user(buf)
     }
 
     fn poll_events(&self) -> i16 {

@@ -37,6 +37,40 @@ pub trait UserMemory: Send + Sync + std::fmt::Debug {
     /// access, as `pin_user_pages` would; `EFAULT` when the range is not
     /// mapped or does not allow that access.
     fn populate(&self, addr: u64, len: u64, write: bool) -> Result<()>;
+    /// Check, without changing a byte, that `[addr, addr + len)` can be
+    /// written: `EFAULT` when it cannot. For reads that consume data and
+    /// must not lose it to a failed copy. Default (and where the check is
+    /// impossible): `Ok`, so the later copy is what fails.
+    fn probe_write(&self, addr: u64, len: u64) -> Result<()> {
+        let _ = (addr, len);
+        Ok(())
+    }
+}
+
+/// Whether `MADV_POPULATE_WRITE` works here (Linux 5.14+): tried once on
+/// the page of a stack variable, which is writable.
+fn populate_write_supported() -> bool {
+    use std::sync::atomic::{AtomicU8, Ordering};
+    static KNOWN: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 yes, 2 no
+    match KNOWN.load(Ordering::Relaxed) {
+        1 => return true,
+        2 => return false,
+        _ => {}
+    }
+    let local = std::hint::black_box(0u8);
+    let page = (&local as *const u8 as u64) & !(page_size() - 1);
+    // SAFETY: populating (for write) the stack page we are running on
+    // changes no content and no mapping.
+    let rc = unsafe {
+        libc::madvise(
+            page as usize as *mut libc::c_void,
+            page_size() as usize,
+            libc::MADV_POPULATE_WRITE,
+        )
+    };
+    let yes = rc == 0;
+    KNOWN.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
+    yes
 }
 
 /// The calling process's own memory.
@@ -48,6 +82,53 @@ fn iov_count(len: usize) -> Option<usize> {
 }
 
 impl UserMemory for SelfMemory {
+    /// `MADV_POPULATE_WRITE` on the page-aligned range: it faults the pages
+    /// in for writing without touching their contents and refuses
+    /// read-only or `PROT_NONE` memory (`EINVAL`) and holes (`ENOMEM`).
+    /// Where it is unsupported (before Linux 5.14) there is no
+    /// non-destructive check, and this answers `Ok` (the copy decides).
+    fn probe_write(&self, addr: u64, len: u64) -> Result<()> {
+        if len == 0 {
+            return Ok(());
+        }
+        let ps = page_size();
+        let start = addr & !(ps - 1);
+        let Some(end) = addr
+            .checked_add(len)
+            .and_then(|e| e.checked_add(ps - 1))
+            .map(|e| e & !(ps - 1))
+        else {
+            return Err(Error::fault("probe: the range wraps the address space"));
+        };
+        for _ in 0..3 {
+            // SAFETY: MADV_POPULATE_WRITE only faults pages in; it never
+            // changes their contents or the mapping, and checks the range.
+            let rc = unsafe {
+                libc::madvise(
+                    start as usize as *mut libc::c_void,
+                    (end - start) as usize,
+                    libc::MADV_POPULATE_WRITE,
+                )
+            };
+            if rc == 0 {
+                return Ok(());
+            }
+            let e = std::io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            if e.raw_os_error() == Some(libc::EINVAL) && !populate_write_supported() {
+                return Ok(());
+            }
+            return Err(Error::new(
+                libc::EFAULT,
+                format!("user buffer {addr:#x}+{len:#x} is not writable: {e}"),
+            ));
+        }
+        // interrupted every time: no verdict, the copy decides
+        Ok(())
+    }
+
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
         let Some(len) = iov_count(buf.len()) else {
             return Ok(());

@@ -52,9 +52,25 @@ impl AccessOps for MockAccessFile {
     }
 }
 
+/// The kernel's access file has only `release` among its file operations:
+/// `read`/`write` are `EINVAL` whatever the buffer, `pread`/`pwrite`
+/// `ESPIPE`, and `poll` gives the VFS default for a file without `poll`
+/// (`DEFAULT_POLLMASK`: readable and writable).
 impl EngineFile for MockAccessFile {
     fn kind(&self) -> &'static str {
         "iommufd_test_staccess"
+    }
+
+    fn can_read(&self) -> bool {
+        false
+    }
+
+    fn can_write(&self) -> bool {
+        false
+    }
+
+    fn poll_events(&self) -> i16 {
+        libc::POLLIN | libc::POLLOUT | libc::POLLRDNORM | libc::POLLWRNORM
     }
 }
 

@@ -1,0 +1,345 @@
+/*
+ * The fds the engine hands out (selftest access fds, fault queue fds) under
+ * libuiommufd_preload.so, driven through the iommufd uAPI as the kernel
+ * selftest does (run with LD_PRELOAD set):
+ *
+ *  - huge counts (1.5 GiB) under RLIMIT_AS: no bounce buffer of that size
+ *    (the kernel copies record by record, or refuses with EINVAL);
+ *  - an edge-triggered epoll sees every new fault, not only the first;
+ *  - poll on an access fd is readable and writable (the VFS default mask);
+ *  - reading faults into read-only or PROT_NONE memory is EFAULT and leaves
+ *    the fault queued; the buffer past the records read is never written
+ *    (a counter another thread increments there loses nothing).
+ *
+ * Prints "OK" and exits 0 when every check passed.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <pthread.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/epoll.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/resource.h>
+#include <unistd.h>
+
+#define IOMMUFD_TYPE ';'
+#define IOMMU_IOAS_ALLOC _IO(IOMMUFD_TYPE, 0x81)
+#define IOMMU_HWPT_ALLOC _IO(IOMMUFD_TYPE, 0x89)
+#define IOMMU_FAULT_QUEUE_ALLOC _IO(IOMMUFD_TYPE, 0x8e)
+#define IOMMU_TEST_CMD _IO(IOMMUFD_TYPE, 0x80 + 32)
+
+#define OP_MOCK_DOMAIN 2
+#define OP_CREATE_ACCESS 5
+#define OP_MOCK_DOMAIN_REPLACE 10
+#define OP_TRIGGER_IOPF 15
+
+#define HWPT_ALLOC_NEST_PARENT (1u << 0)
+#define HWPT_FAULT_ID_VALID (1u << 2)
+#define HWPT_DATA_SELFTEST 0xdead
+#define TEST_IOTLB_DEFAULT 0xbadbeef
+
+struct iommu_ioas_alloc {
+	uint32_t size, flags, out_ioas_id;
+};
+
+struct iommu_hwpt_alloc {
+	uint32_t size, flags, dev_id, pt_id, out_hwpt_id, reserved, data_type, data_len;
+	uint64_t data_uptr;
+	uint32_t fault_id, reserved2;
+};
+
+struct iommu_fault_alloc {
+	uint32_t size, flags, out_fault_id, out_fault_fd;
+};
+
+struct iommu_test_cmd {
+	uint32_t size, op, id, reserved;
+	union {
+		struct {
+			uint32_t out_stdev_id, out_hwpt_id, out_idev_id;
+		} mock_domain;
+		struct {
+			uint32_t pt_id;
+		} replace;
+		struct {
+			uint32_t out_access_fd, flags;
+		} create_access;
+		struct {
+			uint32_t dev_id, pasid, grpid, perm;
+			uint64_t addr;
+		} trigger_iopf;
+		uint8_t raw[48];
+	};
+	uint32_t last;
+};
+
+struct pgfault { /* struct iommu_hwpt_pgfault */
+	uint32_t flags, dev_id, pasid, grpid, perm, reserved;
+	uint64_t addr;
+	uint32_t length, cookie;
+};
+
+struct page_response { /* struct iommu_hwpt_page_response */
+	uint32_t cookie, code;
+};
+
+static int failures;
+
+#define CHECK(cond, ...)                                                     \
+	do {                                                                 \
+		if (!(cond)) {                                               \
+			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, \
+				#cond);                                      \
+			fprintf(stderr, __VA_ARGS__);                        \
+			fprintf(stderr, " (errno %d %s)\n", errno,           \
+				strerror(errno));                            \
+			failures++;                                          \
+		}                                                            \
+	} while (0)
+
+/* 1.5 GiB, a multiple of both the 40-byte record and the 8-byte response */
+static volatile size_t huge_count = 1610612720; /* volatile: no -Wstringop-* */
+#define HUGE huge_count
+static void *volatile null_ptr; /* NULL the compiler cannot see */
+
+static int iommufd, idev_id, fault_fd, access_fd;
+static long pg;
+
+static int test_cmd(struct iommu_test_cmd *c)
+{
+	c->size = sizeof(*c);
+	return ioctl(iommufd, IOMMU_TEST_CMD, c);
+}
+
+static int trigger(uint32_t grpid)
+{
+	struct iommu_test_cmd c = { .op = OP_TRIGGER_IOPF };
+	c.trigger_iopf.dev_id = idev_id;
+	c.trigger_iopf.grpid = grpid;
+	c.trigger_iopf.perm = 3;
+	c.trigger_iopf.addr = 0xdeadbeef000 + grpid;
+	return test_cmd(&c);
+}
+
+static short poll_events(int fd)
+{
+	struct pollfd p = { .fd = fd, .events = POLLIN | POLLOUT };
+	if (poll(&p, 1, 0) < 0)
+		return -1;
+	return p.revents;
+}
+
+static void setup(void)
+{
+	struct iommu_ioas_alloc ioas = { .size = sizeof(ioas) };
+	struct iommu_test_cmd md = { .op = OP_MOCK_DOMAIN };
+	struct iommu_hwpt_alloc parent = { .size = sizeof(parent) };
+	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
+	uint32_t iotlb = TEST_IOTLB_DEFAULT;
+	struct iommu_hwpt_alloc nested = { .size = sizeof(nested) };
+	struct iommu_test_cmd rep = { .op = OP_MOCK_DOMAIN_REPLACE };
+	struct iommu_test_cmd acc = { .op = OP_CREATE_ACCESS };
+
+	iommufd = open("/dev/iommu", O_RDWR);
+	CHECK(iommufd >= 0, "open /dev/iommu");
+	CHECK(ioctl(iommufd, IOMMU_IOAS_ALLOC, &ioas) == 0, "IOAS_ALLOC");
+	md.id = ioas.out_ioas_id;
+	CHECK(test_cmd(&md) == 0, "MOCK_DOMAIN");
+	idev_id = md.mock_domain.out_idev_id;
+	parent.flags = HWPT_ALLOC_NEST_PARENT;
+	parent.dev_id = idev_id;
+	parent.pt_id = ioas.out_ioas_id;
+	CHECK(ioctl(iommufd, IOMMU_HWPT_ALLOC, &parent) == 0, "parent HWPT");
+	CHECK(ioctl(iommufd, IOMMU_FAULT_QUEUE_ALLOC, &fa) == 0, "FAULT_QUEUE_ALLOC");
+	fault_fd = fa.out_fault_fd;
+	nested.flags = HWPT_FAULT_ID_VALID;
+	nested.dev_id = idev_id;
+	nested.pt_id = parent.out_hwpt_id;
+	nested.data_type = HWPT_DATA_SELFTEST;
+	nested.data_len = sizeof(iotlb);
+	nested.data_uptr = (uintptr_t)&iotlb;
+	nested.fault_id = fa.out_fault_id;
+	CHECK(ioctl(iommufd, IOMMU_HWPT_ALLOC, &nested) == 0, "nested HWPT with a fault queue");
+	rep.id = md.mock_domain.out_stdev_id;
+	rep.replace.pt_id = nested.out_hwpt_id;
+	CHECK(test_cmd(&rep) == 0, "attach the device to the nested HWPT");
+	acc.id = ioas.out_ioas_id;
+	CHECK(test_cmd(&acc) == 0, "CREATE_ACCESS");
+	access_fd = acc.create_access.out_access_fd;
+}
+
+/* read every queued fault and answer it */
+static int drain(void)
+{
+	struct pgfault f[16];
+	int n = 0;
+	for (;;) {
+		ssize_t r = read(fault_fd, f, sizeof(f));
+		if (r <= 0)
+			return r < 0 ? -1 : n;
+		for (size_t i = 0; i < (size_t)r / sizeof(f[0]); i++) {
+			struct page_response resp = { .cookie = f[i].cookie, .code = 0 };
+			CHECK(write(fault_fd, &resp, sizeof(resp)) == sizeof(resp), "respond");
+			n++;
+		}
+	}
+}
+
+static void check_access_fd(void)
+{
+	char small[16] = "1234";
+	short ev = poll_events(access_fd);
+	CHECK(ev == (POLLIN | POLLOUT), "poll on an access fd: %#x", ev);
+	/* no read/write: EINVAL whatever the count or buffer */
+	CHECK(write(access_fd, small, HUGE) == -1 && errno == EINVAL, "huge write");
+	CHECK(read(access_fd, small, HUGE) == -1 && errno == EINVAL, "huge read");
+	CHECK(write(access_fd, null_ptr, 8) == -1 && errno == EINVAL, "write NULL");
+	CHECK(read(access_fd, small, sizeof(small)) == -1 && errno == EINVAL, "read");
+	CHECK(pread(access_fd, small, HUGE, 0) == -1 && errno == ESPIPE, "pread");
+	CHECK(pwrite(access_fd, small, HUGE, 0) == -1 && errno == ESPIPE, "pwrite");
+	ev = poll_events(access_fd);
+	CHECK(ev == (POLLIN | POLLOUT), "still readable and writable: %#x", ev);
+	struct pollfd p = { .fd = access_fd, .events = POLLIN };
+	CHECK(poll(&p, 1, 1000) == 1 && p.revents == POLLIN, "blocking poll returns");
+}
+
+static void check_epollet(void)
+{
+	struct epoll_event ev = { .events = EPOLLIN | EPOLLET };
+	struct epoll_event out[4];
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	CHECK(ep >= 0, "epoll_create1");
+	CHECK(epoll_ctl(ep, EPOLL_CTL_ADD, fault_fd, &ev) == 0, "EPOLL_CTL_ADD");
+	CHECK(epoll_wait(ep, out, 4, 0) == 0, "nothing yet");
+	for (int i = 1; i <= 4; i++) {
+		CHECK(trigger(i) == 0, "trigger %d", i);
+		/* every new fault is a new edge, even with faults still queued */
+		CHECK(epoll_wait(ep, out, 4, 1000) == 1 && (out[0].events & EPOLLIN),
+		      "edge for fault %d", i);
+		CHECK(epoll_wait(ep, out, 4, 0) == 0, "one edge per fault (%d)", i);
+	}
+	CHECK(drain() == 4, "four faults queued");
+	CHECK(!(poll_events(fault_fd) & POLLIN), "drained");
+	close(ep);
+}
+
+static void check_huge_counts(void)
+{
+	/* a 40-byte record just before a PROT_NONE page */
+	char *map = mmap(NULL, 2 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(map != MAP_FAILED && mprotect(map + pg, pg, PROT_NONE) == 0, "mmap");
+	struct pgfault *rec = (struct pgfault *)(map + pg - sizeof(*rec));
+
+	CHECK(trigger(7) == 0, "trigger");
+	CHECK(read(fault_fd, rec, HUGE + 1) == -1 && errno == ESPIPE, "not a multiple of 40");
+	CHECK(read(fault_fd, rec, HUGE) == (ssize_t)sizeof(*rec), "1.5 GiB read gets one record");
+	CHECK(rec->grpid == 7 && rec->dev_id == (uint32_t)idev_id, "the record");
+	struct page_response *resp = (struct page_response *)(map + pg - sizeof(*resp));
+	resp->cookie = rec->cookie;
+	resp->code = 0;
+	CHECK(write(fault_fd, resp, HUGE) == (ssize_t)sizeof(*resp), "1.5 GiB write takes one response");
+	CHECK(write(fault_fd, resp, HUGE + 4) == -1 && errno == ESPIPE, "not a multiple of 8");
+	CHECK(write(fault_fd, resp, HUGE) == -1 && errno == EINVAL, "the cookie is used up");
+
+	/* two groups, room for one: a short read, the second stays queued */
+	CHECK(trigger(8) == 0 && trigger(9) == 0, "trigger two");
+	CHECK(read(fault_fd, rec, 2 * sizeof(*rec)) == (ssize_t)sizeof(*rec), "short read");
+	CHECK(rec->grpid == 8, "first group");
+	CHECK(poll_events(fault_fd) & POLLIN, "second group queued");
+	resp->cookie = rec->cookie;
+	CHECK(write(fault_fd, resp, sizeof(*resp)) == sizeof(*resp), "respond");
+	CHECK(drain() == 1, "one left");
+	munmap(map, 2 * pg);
+}
+
+static void check_efault_keeps_faults(void)
+{
+	char *ro = mmap(NULL, pg, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	char *none = mmap(NULL, pg, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(ro != MAP_FAILED && none != MAP_FAILED, "mmap");
+	struct pgfault f;
+
+	CHECK(trigger(11) == 0, "trigger");
+	CHECK(read(fault_fd, ro, sizeof(f)) == -1 && errno == EFAULT, "read-only buffer");
+	CHECK(read(fault_fd, none, sizeof(f)) == -1 && errno == EFAULT, "PROT_NONE buffer");
+	CHECK(read(fault_fd, null_ptr, 4 * sizeof(f)) == -1 && errno == EFAULT, "NULL buffer");
+	CHECK(read(fault_fd, ro, HUGE) == -1 && errno == EFAULT, "huge read-only buffer");
+	CHECK(poll_events(fault_fd) & POLLIN, "the fault is still queued");
+	CHECK(read(fault_fd, &f, sizeof(f)) == sizeof(f) && f.grpid == 11, "then read");
+	struct page_response resp = { .cookie = f.cookie };
+	CHECK(write(fault_fd, ro, sizeof(resp)) == -1 && errno == EINVAL, "zero cookie");
+	CHECK(write(fault_fd, none, sizeof(resp)) == -1 && errno == EFAULT, "PROT_NONE response");
+	CHECK(write(fault_fd, &resp, sizeof(resp)) == sizeof(resp), "respond");
+	munmap(ro, pg);
+	munmap(none, pg);
+}
+
+/* The buffer past the records read is left alone: a counter there that
+ * another thread keeps incrementing never loses an increment. */
+struct counter {
+	volatile int stop;
+	uint64_t *slot;
+	uint64_t done;
+};
+
+static void *bump(void *p)
+{
+	struct counter *c = p;
+	while (!c->stop) {
+		__atomic_fetch_add(c->slot, 1, __ATOMIC_SEQ_CST);
+		c->done++;
+	}
+	return NULL;
+}
+
+static void check_reads_leave_the_rest_alone(void)
+{
+	/* 100 records' room; the counter in the last one */
+	static struct pgfault buf[100];
+	struct counter c = { .slot = (uint64_t *)&buf[99] };
+	pthread_t t;
+	CHECK(pthread_create(&t, NULL, bump, &c) == 0, "thread");
+	for (int i = 0; i < 2000; i++) {
+		struct page_response resp;
+		CHECK(trigger(1000 + i) == 0, "trigger");
+		CHECK(read(fault_fd, buf, sizeof(buf)) == sizeof(buf[0]), "read one");
+		resp = (struct page_response){ .cookie = buf[0].cookie };
+		CHECK(write(fault_fd, &resp, sizeof(resp)) == sizeof(resp), "respond");
+	}
+	c.stop = 1;
+	pthread_join(t, NULL);
+	uint64_t seen = __atomic_load_n(c.slot, __ATOMIC_SEQ_CST);
+	CHECK(seen == c.done, "counter %llu, increments %llu: %llu lost",
+	      (unsigned long long)seen, (unsigned long long)c.done,
+	      (unsigned long long)(c.done - seen));
+}
+
+int main(void)
+{
+	pg = sysconf(_SC_PAGESIZE);
+	/* a bounce buffer the size of a huge count cannot be allocated */
+	struct rlimit as = { .rlim_cur = 1ull << 30, .rlim_max = 1ull << 30 };
+	CHECK(setrlimit(RLIMIT_AS, &as) == 0, "RLIMIT_AS");
+
+	setup();
+	short ev = poll_events(fault_fd);
+	CHECK(ev == POLLOUT, "empty fault fd: writable only (%#x)", ev);
+	check_access_fd();
+	check_epollet();
+	check_huge_counts();
+	check_efault_keeps_faults();
+	check_reads_leave_the_rest_alone();
+	CHECK(!(poll_events(fault_fd) & POLLIN), "nothing left");
+	if (failures) {
+		fprintf(stderr, "%d check(s) failed\n", failures);
+		return 1;
+	}
+	printf("OK\n");
+	return 0;
+}
