@@ -139,6 +139,7 @@ use uiommufd::files;
 mod engine;
 mod path;
 mod real;
+mod signals;
 mod special;
 mod sync;
 mod table;
@@ -182,6 +183,7 @@ fn fail(e: c_int) -> c_int {
 
 extern "C" fn preload_init() {
     sync::init();
+    let _ = guard(signals::init);
     let _ = guard(|| {
         let _c = sync::enter();
         uiommufd::logging::init_from_env();

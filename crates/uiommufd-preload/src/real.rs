@@ -113,4 +113,16 @@ real! {
     readdir64: unsafe extern "C" fn(*mut libc::DIR) -> *mut libc::dirent64;
     /// `int closedir(DIR *)`
     closedir: unsafe extern "C" fn(*mut libc::DIR) -> c_int;
+    /// `int sigaction(int, const struct sigaction *, struct sigaction *)`
+    sigaction: unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
+    /// `sighandler_t signal(int, sighandler_t)`
+    signal: unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
+    /// `sighandler_t bsd_signal(int, sighandler_t)`
+    bsd_signal: unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
+    /// `sighandler_t sysv_signal(int, sighandler_t)`
+    sysv_signal: unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
+    /// `sighandler_t __sysv_signal(int, sighandler_t)`
+    __sysv_signal: unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
+    /// `sighandler_t sigset(int, sighandler_t)`
+    sigset: unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
 }

@@ -5,7 +5,8 @@
 //!
 //! 1. **Engine work is a critical section** ([`enter`]): every hook that does
 //!    more than its lock-free fast-path check (one atomic load) first blocks
-//!    every signal of the calling thread and enters the *fork gate* shared.
+//!    every asynchronous signal of the calling thread (the synchronous ones a
+//!    fault raises stay open: the engine's fault-safe copies rely on them) and enters the *fork gate* shared.
 //!    A signal that arrives meanwhile is delivered when the hook returns,
 //!    exactly as the kernel delivers it when a system call returns. So a
 //!    signal handler never runs on top of half-done engine work of its own
@@ -100,12 +101,29 @@ fn sigprocmask(how: libc::c_int, set: &libc::sigset_t) -> libc::sigset_t {
     old
 }
 
-/// Block every signal of the calling thread; returns the previous mask.
+/// The signals a fault raises synchronously: never blocked (a blocked
+/// fault kills the process), and needed unblocked by the engine's
+/// fault-safe copies (see [`uiommufd::faultsafe`]).
+const SYNCHRONOUS: [libc::c_int; 6] = [
+    libc::SIGSEGV,
+    libc::SIGBUS,
+    libc::SIGILL,
+    libc::SIGFPE,
+    libc::SIGTRAP,
+    libc::SIGSYS,
+];
+
+/// Block every asynchronous signal of the calling thread; returns the
+/// previous mask.
 fn block_all() -> libc::sigset_t {
     // SAFETY: an all-zero sigset_t is a valid value to be overwritten.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `all` is a valid sigset_t.
     unsafe { libc::sigfillset(&mut all) };
+    for sig in SYNCHRONOUS {
+        // SAFETY: as above.
+        unsafe { libc::sigdelset(&mut all, sig) };
+    }
     sigprocmask(libc::SIG_BLOCK, &all)
 }
 

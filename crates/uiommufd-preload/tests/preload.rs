@@ -471,3 +471,22 @@ fn engine_fds_from_c() {
         assert_ok(&out, &format!("engine_fds (UIOMMUFD_LOG={log:?})"));
     }
 }
+
+/// `tests/c/program_signals.c`: a program with `SIGSEGV`/`SIGBUS` handlers
+/// of its own (`SA_SIGINFO` handlers that repair and return, plain ones
+/// that `siglongjmp`, `SA_ONSTACK` on an alternate stack, `SA_RESETHAND`,
+/// sent signals, children dying of the default action) behaves the same
+/// without the preload, with it (which owns the two signals for its
+/// fault-safe copies), and with the copies off; under the preload, bad
+/// pointers in ioctls are `EFAULT` whatever handler is set, and copies
+/// racing `munmap`/`mprotect` of their memory fail cleanly.
+#[test]
+fn programs_keep_their_own_fault_handlers() {
+    let exe = compile_src("program_signals.c", "program_signals", &["-O1"]);
+    let plain = Command::new(&exe).output().expect("run program_signals");
+    assert_ok(&plain, "program_signals without the preload");
+    let out = run_preloaded(&exe, &["2"], &[]);
+    assert_ok(&out, "program_signals under the preload");
+    let out = run_preloaded(&exe, &["1"], &[("UIOMMUFD_FAULT_HANDLER", "0")]);
+    assert_ok(&out, "program_signals with UIOMMUFD_FAULT_HANDLER=0");
+}

@@ -38,6 +38,7 @@ pub mod device;
 pub mod domain;
 mod error;
 pub mod fault;
+pub mod faultsafe;
 pub mod files;
 pub mod hwpt;
 pub mod inject;

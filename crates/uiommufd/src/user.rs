@@ -81,6 +81,17 @@ fn iov_count(len: usize) -> Option<usize> {
     (len > 0).then_some(len)
 }
 
+/// The highest user address on x86-64 with 5-level paging (4-level ends
+/// lower): a range past it is `EFAULT` without touching it, as the
+/// kernel's `access_ok`.
+const USER_TOP: u64 = 0x00ff_ffff_ffff_f000;
+
+/// Whether `[addr, addr + len)` lies in user space (`access_ok`).
+fn access_ok(addr: u64, len: usize) -> bool {
+    addr.checked_add(len as u64)
+        .is_some_and(|end| end <= USER_TOP)
+}
+
 impl UserMemory for SelfMemory {
     /// `MADV_POPULATE_WRITE` on the page-aligned range: it faults the pages
     /// in for writing without touching their contents and refuses
@@ -133,6 +144,20 @@ impl UserMemory for SelfMemory {
         let Some(len) = iov_count(buf.len()) else {
             return Ok(());
         };
+        if crate::faultsafe::enabled() {
+            // SAFETY: `buf` is ours for `len` bytes; a fault on the user
+            // side ends the copy (see `faultsafe`).
+            let left = access_ok(addr, len).then(|| unsafe {
+                crate::faultsafe::copy(buf.as_mut_ptr(), addr as usize as *const u8, len)
+            });
+            return match left {
+                Some(0) => Ok(()),
+                _ => Err(Error::new(
+                    libc::EFAULT,
+                    format!("cannot read {len} bytes at user address {addr:#x}"),
+                )),
+            };
+        }
         let local = libc::iovec {
             iov_base: buf.as_mut_ptr().cast(),
             iov_len: len,
@@ -158,6 +183,20 @@ impl UserMemory for SelfMemory {
         let Some(len) = iov_count(buf.len()) else {
             return Ok(());
         };
+        if crate::faultsafe::enabled() {
+            // SAFETY: `buf` is ours for `len` bytes; a fault on the user
+            // side ends the copy (see `faultsafe`).
+            let left = access_ok(addr, len).then(|| unsafe {
+                crate::faultsafe::copy(addr as usize as *mut u8, buf.as_ptr(), len)
+            });
+            return match left {
+                Some(0) => Ok(()),
+                _ => Err(Error::new(
+                    libc::EFAULT,
+                    format!("cannot write {len} bytes at user address {addr:#x}"),
+                )),
+            };
+        }
         let local = libc::iovec {
             iov_base: buf.as_ptr() as *mut libc::c_void,
             iov_len: len,

@@ -1,0 +1,381 @@
+//! Fault-safe copies between the engine and user memory without a system
+//! call: the kernel's exception-table technique, in userspace.
+//!
+//! [`copy`] is one `rep movsb` (x86-64). When it touches an unmapped,
+//! `PROT_NONE`, read-only (for writes) or truncated-file page, the CPU
+//! raises `SIGSEGV`/`SIGBUS`; [`handler`] recognises the faulting
+//! instruction by its address, moves the saved instruction pointer to the
+//! copy's exit, and the copy returns the number of bytes it did not copy —
+//! `EFAULT` for the caller, never a crash. Every other fault is passed on
+//! to the program's own disposition ([`set_program_action`]): its handler
+//! runs with the mask and flags it asked for (`SA_SIGINFO`, `SA_NODEFER`,
+//! `SA_RESETHAND`), and a default action still kills the process with the
+//! right signal and core dump.
+//!
+//! The handler must stay installed for as long as copies use it, so this
+//! is **off until someone owns the two signals**: the LD_PRELOAD shim turns
+//! it on ([`enable`]) after installing [`handler`] and interposing
+//! `sigaction`/`signal`, which from then on record the program's wishes
+//! here instead of replacing our handler. Without the shim (a Rust program
+//! using the engine directly), [`crate::user::SelfMemory`] keeps using
+//! `process_vm_readv`/`process_vm_writev`, which need no handler.
+//!
+//! Trade-off: the syscall path costs ~1.2 µs per copy (a GUP walk of the
+//! user range); this path costs a memcpy. It needs the process's
+//! `SIGSEGV`/`SIGBUS` dispositions, which a shim can take over faithfully
+//! but a library cannot; a raw `rt_sigaction` system call by the program
+//! still bypasses it (as it bypasses every libc interposer).
+
+use std::sync::atomic::{AtomicBool, AtomicI32, AtomicU64, AtomicUsize, Ordering};
+
+/// Whether [`copy`] may be used (the handler is installed and owned).
+static ENABLED: AtomicBool = AtomicBool::new(false);
+
+/// The program's own disposition of one signal, as it last set it.
+struct ProgramAction {
+    handler: AtomicUsize,
+    flags: AtomicI32,
+    /// Signals 1..=64 of its `sa_mask`.
+    mask: AtomicU64,
+}
+
+impl ProgramAction {
+    const fn new() -> Self {
+        ProgramAction {
+            handler: AtomicUsize::new(libc::SIG_DFL),
+            flags: AtomicI32::new(0),
+            mask: AtomicU64::new(0),
+        }
+    }
+}
+
+static SEGV: ProgramAction = ProgramAction::new();
+static BUS: ProgramAction = ProgramAction::new();
+
+fn slot(sig: libc::c_int) -> Option<&'static ProgramAction> {
+    match sig {
+        libc::SIGSEGV => Some(&SEGV),
+        libc::SIGBUS => Some(&BUS),
+        _ => None,
+    }
+}
+
+/// Whether `sig` is one whose disposition this module owns.
+pub fn owns(sig: libc::c_int) -> bool {
+    slot(sig).is_some()
+}
+
+/// The first 64 signals of a `sigset_t` (all the kernel has).
+fn mask_bits(set: &libc::sigset_t) -> u64 {
+    // SAFETY: sigset_t is at least 8 bytes of plain data; glibc keeps
+    // signals 1..=64 in its first word.
+    unsafe { std::ptr::read_unaligned((set as *const libc::sigset_t).cast::<u64>()) }
+}
+
+/// Record the program's disposition of `sig` (`SIGSEGV` or `SIGBUS`; other
+/// signals are ignored), for [`handler`] to pass foreign faults to.
+pub fn set_program_action(sig: libc::c_int, act: &libc::sigaction) {
+    if let Some(s) = slot(sig) {
+        s.handler.store(act.sa_sigaction, Ordering::Relaxed);
+        s.flags.store(act.sa_flags, Ordering::Relaxed);
+        s.mask.store(mask_bits(&act.sa_mask), Ordering::Relaxed);
+    }
+}
+
+/// The program's disposition of `sig` as it last set it (`SIG_DFL` for
+/// signals this module does not own).
+pub fn program_action(sig: libc::c_int) -> libc::sigaction {
+    // SAFETY: an all-zero sigaction is SIG_DFL with no flags and no mask.
+    let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+    if let Some(s) = slot(sig) {
+        act.sa_sigaction = s.handler.load(Ordering::Relaxed);
+        act.sa_flags = s.flags.load(Ordering::Relaxed);
+        let bits = s.mask.load(Ordering::Relaxed);
+        // SAFETY: writing the first word of a zeroed sigset_t.
+        unsafe {
+            std::ptr::write_unaligned(
+                (&mut act.sa_mask as *mut libc::sigset_t).cast::<u64>(),
+                bits,
+            )
+        };
+    }
+    act
+}
+
+/// Let [`copy`] be used: call once [`handler`] is installed for `SIGSEGV`
+/// and `SIGBUS` and nothing can replace it (see the module docs). `false`
+/// where the architecture has no fault-safe copy.
+pub fn enable() -> bool {
+    if cfg!(target_arch = "x86_64") {
+        ENABLED.store(true, Ordering::Release);
+        true
+    } else {
+        false
+    }
+}
+
+/// Whether [`copy`] is in use.
+#[inline]
+pub fn enabled() -> bool {
+    ENABLED.load(Ordering::Acquire)
+}
+
+#[cfg(target_arch = "x86_64")]
+mod arch {
+    // `uiommufd_fs_copy(dst, src, len) -> bytes not copied`. The only
+    // instruction that may fault is the `rep movsb` at `.._insn`; a fault
+    // there resumes at `.._fixup` with rcx = the bytes left.
+    std::arch::global_asm!(
+        ".pushsection .text.uiommufd_fs_copy,\"ax\",@progbits",
+        ".p2align 4",
+        ".globl uiommufd_fs_copy",
+        ".hidden uiommufd_fs_copy",
+        ".type uiommufd_fs_copy,@function",
+        "uiommufd_fs_copy:",
+        "mov rcx, rdx",
+        ".globl uiommufd_fs_copy_insn",
+        ".hidden uiommufd_fs_copy_insn",
+        "uiommufd_fs_copy_insn:",
+        "rep movsb",
+        ".globl uiommufd_fs_copy_fixup",
+        ".hidden uiommufd_fs_copy_fixup",
+        "uiommufd_fs_copy_fixup:",
+        "mov rax, rcx",
+        "ret",
+        ".size uiommufd_fs_copy, . - uiommufd_fs_copy",
+        ".popsection",
+    );
+
+    extern "C" {
+        pub fn uiommufd_fs_copy(dst: *mut u8, src: *const u8, len: usize) -> usize;
+        pub static uiommufd_fs_copy_insn: u8;
+        pub static uiommufd_fs_copy_fixup: u8;
+    }
+
+    /// If `ctx` stopped at the copy instruction, redirect it to the fixup.
+    ///
+    /// # Safety
+    /// `ctx` is the `ucontext_t` the kernel gave a signal handler.
+    pub unsafe fn fixup(ctx: *mut libc::c_void) -> bool {
+        let uc = ctx.cast::<libc::ucontext_t>();
+        let rip = libc::REG_RIP as usize;
+        // SAFETY: the caller passes the handler's ucontext.
+        let gregs = unsafe { &mut (*uc).uc_mcontext.gregs };
+        let insn = (&raw const uiommufd_fs_copy_insn) as usize as i64;
+        if gregs[rip] != insn {
+            return false;
+        }
+        gregs[rip] = (&raw const uiommufd_fs_copy_fixup) as usize as i64;
+        true
+    }
+
+    /// The mask the interrupted code ran with (signals 1..=64).
+    ///
+    /// # Safety
+    /// As [`fixup`].
+    pub unsafe fn interrupted_mask(ctx: *mut libc::c_void) -> u64 {
+        let uc = ctx.cast::<libc::ucontext_t>();
+        // SAFETY: the caller passes the handler's ucontext.
+        super::mask_bits(unsafe { &(*uc).uc_sigmask })
+    }
+}
+
+/// Copy `len` bytes from `src` to `dst`, either of which may be a user
+/// pointer; returns the number of bytes **not** copied (0 on success).
+///
+/// # Safety
+/// [`enabled`] must be true. The non-user side must be valid for `len`
+/// bytes; the user side may be anything: a fault there ends the copy.
+#[inline]
+pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> usize {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: forwarded contract; faults on the user side are fixed up
+        // by `handler`.
+        unsafe { arch::uiommufd_fs_copy(dst, src, len) }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (dst, src);
+        len
+    }
+}
+
+/// `rt_sigaction(sig, SIG_DFL)` without libc (whose `sigaction` the shim
+/// interposes).
+fn reset_to_default(sig: libc::c_int) {
+    // kernel `struct sigaction`: handler, flags, restorer, mask
+    let act: [u64; 4] = [libc::SIG_DFL as u64, 0, 0, 0];
+    // SAFETY: a valid kernel sigaction for SIG_DFL; no old action wanted.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            act.as_ptr(),
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        )
+    };
+}
+
+fn set_mask(bits: u64) {
+    // SAFETY: an 8-byte kernel sigset; no old mask wanted.
+    unsafe {
+        libc::syscall(
+            libc::SYS_rt_sigprocmask,
+            libc::SIG_SETMASK,
+            &bits as *const u64,
+            std::ptr::null_mut::<u64>(),
+            8usize,
+        )
+    };
+}
+
+/// The `SIGSEGV`/`SIGBUS` handler to install with `SA_SIGINFO |
+/// SA_ONSTACK | SA_RESTART`. Async-signal-safe: atomics and raw system
+/// calls only.
+///
+/// # Safety
+/// Only for the kernel to call, as a signal handler.
+pub unsafe extern "C" fn handler(
+    sig: libc::c_int,
+    info: *mut libc::siginfo_t,
+    ctx: *mut libc::c_void,
+) {
+    #[cfg(target_arch = "x86_64")]
+    // SAFETY: `ctx` is this handler's ucontext.
+    if unsafe { arch::fixup(ctx) } {
+        return;
+    }
+    let Some(s) = slot(sig) else { return };
+    let h = s.handler.load(Ordering::Relaxed);
+    let flags = s.flags.load(Ordering::Relaxed);
+    // si_code > 0: raised by the kernel for a fault (re-executing the
+    // instruction raises it again); <= 0: sent by kill/tgkill/sigqueue.
+    // SAFETY: the kernel's siginfo for this signal.
+    let from_fault = !info.is_null() && unsafe { (*info).si_code } > 0;
+    if h == libc::SIG_IGN {
+        if from_fault {
+            // the kernel forces the default action for an ignored fault
+            reset_to_default(sig);
+        }
+        return;
+    }
+    if h == libc::SIG_DFL {
+        reset_to_default(sig);
+        if !from_fault {
+            // SAFETY: re-sending the signal to this thread, now with the
+            // default action; it is delivered when the handler returns.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_tgkill,
+                    libc::syscall(libc::SYS_getpid),
+                    libc::syscall(libc::SYS_gettid),
+                    sig,
+                )
+            };
+        }
+        return;
+    }
+    // The program's handler, with the mask the kernel would give it (the
+    // kernel restores the interrupted mask when we return).
+    #[cfg(target_arch = "x86_64")]
+    {
+        let sigbit = 1u64 << (sig - 1);
+        // SAFETY: `ctx` is this handler's ucontext.
+        let mut mask = unsafe { arch::interrupted_mask(ctx) } | s.mask.load(Ordering::Relaxed);
+        if flags & libc::SA_NODEFER == 0 {
+            mask |= sigbit;
+        }
+        set_mask(mask);
+    }
+    if flags & libc::SA_RESETHAND != 0 {
+        s.handler.store(libc::SIG_DFL, Ordering::Relaxed);
+        s.flags.store(0, Ordering::Relaxed);
+    }
+    if flags & libc::SA_SIGINFO != 0 {
+        // SAFETY: the program installed this address as an SA_SIGINFO
+        // handler; it gets the kernel's arguments.
+        let f: extern "C" fn(libc::c_int, *mut libc::siginfo_t, *mut libc::c_void) =
+            unsafe { std::mem::transmute::<usize, _>(h) };
+        f(sig, info, ctx);
+    } else {
+        // SAFETY: the program installed this address as a plain handler.
+        let f: extern "C" fn(libc::c_int) = unsafe { std::mem::transmute::<usize, _>(h) };
+        f(sig);
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// Install the handler for this test process (once).
+    fn install() {
+        use std::sync::Once;
+        static ONCE: Once = Once::new();
+        ONCE.call_once(|| {
+            for sig in [libc::SIGSEGV, libc::SIGBUS] {
+                // SAFETY: an all-zero sigaction, then filled in.
+                let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
+                act.sa_sigaction = handler as *const () as usize;
+                act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
+                // SAFETY: as above.
+                let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+                // SAFETY: installing a valid handler; the old one is kept
+                // as the program's.
+                assert_eq!(unsafe { libc::sigaction(sig, &act, &mut old) }, 0);
+                set_program_action(sig, &old);
+            }
+            assert!(enable());
+        });
+    }
+
+    fn map(prot: libc::c_int) -> *mut u8 {
+        // SAFETY: a fresh anonymous mapping of two pages.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                8192,
+                prot,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        p.cast()
+    }
+
+    #[test]
+    fn copies_and_faults() {
+        install();
+        let src = [7u8; 100];
+        let mut dst = [0u8; 100];
+        // SAFETY: both buffers valid.
+        assert_eq!(unsafe { copy(dst.as_mut_ptr(), src.as_ptr(), 100) }, 0);
+        assert_eq!(dst, src);
+        // unreadable source
+        let none = map(libc::PROT_NONE);
+        // SAFETY: dst valid; the source faults and is fixed up.
+        assert_eq!(unsafe { copy(dst.as_mut_ptr(), none, 100) }, 100);
+        // read-only destination: nothing written
+        let ro = map(libc::PROT_READ);
+        // SAFETY: as above.
+        assert_eq!(unsafe { copy(ro, src.as_ptr(), 100) }, 100);
+        // a copy running into a hole copies up to it
+        let rw = map(libc::PROT_READ | libc::PROT_WRITE);
+        // SAFETY: unmapping our own second page.
+        unsafe { libc::munmap(rw.add(4096).cast(), 4096) };
+        let big = vec![1u8; 8192];
+        // SAFETY: the destination's second page faults.
+        let left = unsafe { copy(rw, big.as_ptr(), 8192) };
+        assert_eq!(left, 4096);
+        // SAFETY: unmapping what we mapped.
+        unsafe {
+            libc::munmap(none.cast(), 8192);
+            libc::munmap(ro.cast(), 8192);
+            libc::munmap(rw.cast(), 4096);
+        }
+    }
+}
