@@ -21,7 +21,10 @@
 //! `size` zero or not a multiple of it, `iova + size` wrapping, a bitmap the
 //! user may not address (`access_ok`), a bitmap size of 0, above 256 MiB,
 //! or below what `size` needs, tracking off, a range that cuts a mapping at
-//! either end; `EFAULT` writing the bitmap.
+//! either end; `EFAULT` writing the bitmap (the bytes of every mapping in
+//! the range must be writable, dirty or not, as type1 copies each mapping's
+//! bitmap whole; what was read and cleared is put back first, so a failed
+//! call loses no dirty page).
 //!
 //! `VFIO_IOMMU_UNMAP_DMA` with `VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP`:
 //! `EINVAL` combined with `UNMAP_ALL`, `argsz` < 24 + 24; `EFAULT` reading
@@ -131,19 +134,56 @@ fn check_whole_mappings(what: &str, ioas: &Ioas, iova: u64, last: u64, unmap: bo
 }
 
 /// OR the bits of every area into the user bitmap at `data`, whose bit 0
-/// is the page at `iova` (`EFAULT`).
+/// is the page at `iova` (`EFAULT`). As type1 copies each mapping's whole
+/// bitmap out, every area's bytes must be writable, dirty or not. On
+/// failure, when the bits were `cleared`, those of the areas not delivered
+/// are put back (nothing is lost; type1 clears only after the copy).
 fn write_bitmap(
     ctx: &Context,
+    ioas: &Ioas,
     data: u64,
     iova: u64,
     pgshift: u32,
     areas: &[AreaDirty],
+    cleared: bool,
 ) -> Result<()> {
-    for ad in areas {
+    for (i, ad) in areas.iter().enumerate() {
         let off = (ad.iova - iova) >> pgshift;
-        or_bits_into_user(ctx, data, off, &ad.words, ad.nbits)?;
+        let r = area_writable(ctx, data, off, ad.nbits)
+            .and_then(|()| or_bits_into_user(ctx, data, off, &ad.words, ad.nbits));
+        if let Err(e) = r {
+            if cleared {
+                ioas.iopt().type1_dirty_put_back(&areas[i..], pgshift);
+            }
+            return Err(e);
+        }
     }
     Ok(())
+}
+
+/// The bytes of the user bitmap at `data` holding bits `off..off + nbits`
+/// are writable user memory (populated for write, contents unchanged), or
+/// `EFAULT`.
+fn area_writable(ctx: &Context, data: u64, off: u64, nbits: u64) -> Result<()> {
+    if nbits == 0 {
+        return Ok(());
+    }
+    let ps = crate::user::page_size();
+    let lo = data.checked_add(off / 8);
+    let end = data.checked_add((off + nbits - 1) / 8 + 1);
+    let Some((lo, end)) = lo
+        .zip(end)
+        .and_then(|(lo, end)| Some((lo & !(ps - 1), end.checked_add(ps - 1)? & !(ps - 1))))
+    else {
+        return Err(Error::fault("dirty bitmap address wraps"));
+    };
+    ctx.memory().populate(lo, end - lo, true).map_err(|e| {
+        crate::err!(
+            EFAULT,
+            "the dirty bitmap at {data:#x} is not writable user memory: {}",
+            e.reason()
+        )
+    })
 }
 
 /// OR `nbits` bits of `words` into the user bitmap at `data`, from bit
@@ -310,7 +350,15 @@ fn get_bitmap(
     let areas = ioas
         .iopt()
         .type1_dirty_read(range.iova, last, pgshift, true)?;
-    write_bitmap(ctx, range.bitmap.data, range.iova, pgshift, &areas)?;
+    write_bitmap(
+        ctx,
+        ioas,
+        range.bitmap.data,
+        range.iova,
+        pgshift,
+        &areas,
+        true,
+    )?;
     Ok(0)
 }
 
@@ -382,7 +430,7 @@ pub(crate) fn unmap_with_bitmap(
     let areas = ioas
         .iopt()
         .type1_dirty_read(unmap.iova, last, pgshift, false)?;
-    write_bitmap(ctx, bitmap.data, unmap.iova, pgshift, &areas)?;
+    write_bitmap(ctx, &ioas, bitmap.data, unmap.iova, pgshift, &areas, false)?;
     unmap.size = ioas.unmap(unmap.iova, unmap.size)?;
     write_prefix(
         ctx,
