@@ -39,6 +39,26 @@ pub trait UserMemory: Send + Sync + std::fmt::Debug {
     fn populate(&self, addr: u64, len: u64, write: bool) -> Result<()>;
 }
 
+/// Zero `len` bytes of user memory at `addr` (the kernel's `clear_user`):
+/// written in bounded chunks from a static zero page, so a huge
+/// user-supplied `len` costs no allocation. `EFAULT` when any byte is
+/// unwritable or the range wraps; the bytes before the fault may be zeroed.
+pub fn clear_user(mem: &dyn UserMemory, addr: u64, len: u64) -> Result<()> {
+    static ZEROS: [u8; 4096] = [0; 4096];
+    if addr.checked_add(len).is_none() {
+        return Err(Error::fault(
+            "clear_user: the range wraps the address space",
+        ));
+    }
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(ZEROS.len() as u64);
+        mem.write(addr + off, &ZEROS[..n as usize])?;
+        off += n;
+    }
+    Ok(())
+}
+
 /// The calling process's own memory.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SelfMemory;

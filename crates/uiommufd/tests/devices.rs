@@ -228,3 +228,67 @@ fn concurrent_map_unmap_with_two_domains() {
     assert_eq!(u.length, 4 * 4096);
     check(&ctx);
 }
+
+/// Issue 10 item 9a: `GET_HW_INFO` with `data_len = 0xffffffff` zeroes the
+/// tail of the user buffer in bounded chunks (`EFAULT` where it ends), never
+/// allocating in proportion to `data_len`: it runs in a child process of
+/// this test binary under an `RLIMIT_AS` of its current size + 256 MiB,
+/// where the 4 GiB allocation of before aborted the program.
+#[test]
+fn hw_info_huge_data_len_needs_no_memory() {
+    const CHILD: &str = "UIOMMUFD_HW_INFO_RLIMIT_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "hw_info_huge_data_len_needs_no_memory",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "child failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let vm_pages: u64 = statm.split_whitespace().next().unwrap().parse().unwrap();
+    let limit = vm_pages * 4096 + (256 << 20);
+    let rl = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: setrlimit only reads `rl`; this child process exists for it.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rl) }, 0);
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    let (_, _, idev) = mock_domain(&ctx, ioas).unwrap();
+    // 64 KiB writable, then a hole
+    let pp = ProtPages::new(17);
+    pp.unmap(16);
+    // SAFETY: the first 16 pages of `pp` are ours and writable.
+    unsafe { std::ptr::write_bytes(pp.page(0) as *mut u8, 0xee, 16 * 4096) };
+    let mut h = IommuHwInfo {
+        size: 40,
+        dev_id: idev,
+        data_len: u32::MAX,
+        data_uptr: pp.page(0),
+        ..Default::default()
+    };
+    assert_eq!(ioc(&ctx, IOMMU_GET_HW_INFO, &mut h), Err(libc::EFAULT));
+    // a tail that fits is zeroed exactly
+    // SAFETY: as above.
+    unsafe { std::ptr::write_bytes(pp.page(0) as *mut u8, 0xee, 16 * 4096) };
+    h.data_len = 16 * 4096 - 8;
+    assert_eq!(ioc(&ctx, IOMMU_GET_HW_INFO, &mut h), Ok(0));
+    let info_len = h.data_len as u64;
+    assert!(info_len > 0 && info_len < 4096);
+    for off in (info_len..16 * 4096 - 8).step_by(8) {
+        assert_eq!(pp.word(off), 0, "tail byte {off}");
+    }
+    assert_eq!(pp.word(16 * 4096 - 8), 0xeeee_eeee_eeee_eeee);
+}
