@@ -85,6 +85,15 @@ impl Access {
         self.state.lock().ioas.as_ref().map(|(_, id, _)| *id)
     }
 
+    /// The attached IOAS and its ID, if any (for the context's invariants).
+    pub(crate) fn attached_ioas(&self) -> Option<(Arc<Ioas>, ObjId)> {
+        self.state
+            .lock()
+            .ioas
+            .as_ref()
+            .map(|(i, id, _)| (i.clone(), *id))
+    }
+
     /// `ENOENT` unless `ctx` is the context this access was published on:
     /// an IOAS ID is only ever resolved in the access's own context (the
     /// kernel's access holds its `ictx`), never in a caller's.
