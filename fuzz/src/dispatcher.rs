@@ -24,6 +24,24 @@
 //! steps place it across the `PROT_NONE` tail, or make its page read-only
 //! for the call (so the reply cannot be written back).
 //!
+//! Two more contexts take part:
+//!
+//! * **another context** (an IOAS with a mock domain, a mapping, an access
+//!   fd) whose IDs and fds are fed, now and then, into the ID and fd fields
+//!   of the main context's commands: an ID must only ever be resolved in
+//!   the context that owns the object it is used with, and an access fd of
+//!   the other context, used through the main one, may only reach its own
+//!   context (`check_invariants` of both, after every step, checks where
+//!   every access and device is attached);
+//! * **dirty-bit oracles** (steps [`Step::DirtyLoss`] and
+//!   [`Step::Type1DirtyLoss`]): a fresh context with dirty tracking on
+//!   arena pages, a model of the dirty pages, and `GET_DIRTY_BITMAP` /
+//!   `VFIO_IOMMU_DIRTY_PAGES` `GET_BITMAP` / `UNMAP_DMA` with a bitmap that
+//!   is writable, read-only, `PROT_NONE`, straddling into those or outside
+//!   the arena: a call whose bitmap is not writable must fail with `EFAULT`
+//!   and lose nothing (the next good call reports at least every page of
+//!   the model), a good one must report at least the model.
+//!
 //! # Findings (panics)
 //!
 //! After every step: `ctx.check_invariants()` and
@@ -92,6 +110,8 @@ struct Seen {
     /// Engine fds the run owns (closed at the end).
     fds: Vec<i32>,
     iovas: Vec<u64>,
+    /// IDs and fds of the other context (never learned from main replies).
+    foreign: Vec<(K, u32)>,
 }
 
 impl Seen {
@@ -161,6 +181,17 @@ impl Gen<'_, '_> {
         let found = match s % 16 {
             0..=10 => pick(kind, self.seen, s),
             11 | 12 => pick(K::Any, self.seen, s),
+            // an ID (or fd) of the other context
+            13 => {
+                let v: Vec<u32> = self
+                    .seen
+                    .foreign
+                    .iter()
+                    .filter(|(h, _)| kind.matches(*h))
+                    .map(|&(_, id)| id)
+                    .collect();
+                (!v.is_empty()).then(|| v[(s as usize / 16) % v.len()])
+            }
             _ => None,
         };
         if let Some(id) = found {
@@ -329,10 +360,14 @@ enum Step {
     FaultRead,
     FaultWrite,
     CloseFd,
+    /// The `GET_DIRTY_BITMAP` oracle in a context of its own.
+    DirtyLoss,
+    /// The type1 `GET_BITMAP` / `UNMAP_DMA` oracle in a container of its own.
+    Type1DirtyLoss,
 }
 
 /// The step table (weights by repetition).
-const STEPS: [Step; 40] = [
+const STEPS: [Step; 42] = [
     Step::Iommufd(0),
     Step::Iommufd(0),
     Step::Iommufd(1),
@@ -373,6 +408,8 @@ const STEPS: [Step; 40] = [
     Step::FaultRead,
     Step::FaultWrite,
     Step::CloseFd,
+    Step::DirtyLoss,
+    Step::Type1DirtyLoss,
 ];
 
 /// Write auxiliary data (arrays, driver data, bitmaps) at the auxiliary
@@ -1005,15 +1042,412 @@ fn step(ctx: &Arc<Context>, g: &mut Gen, learn: &mut Vec<Learn>) {
                 learn.push(Learn::Close(g.seen.fds[i]));
             }
         }
+        Step::DirtyLoss => dirty_loss(g),
+        Step::Type1DirtyLoss => type1_dirty_loss(g),
     }
 }
 
 fn pick_fd(g: &mut Gen) -> i32 {
-    if !g.seen.fds.is_empty() && !g.inp.one_in(8) {
-        g.seen.fds[g.inp.below(g.seen.fds.len())]
-    } else {
-        g.inp.u8() as i32 % 64
+    let foreign: Vec<u32> = g
+        .seen
+        .foreign
+        .iter()
+        .filter(|(k, _)| matches!(k, K::AccessFd | K::FaultFd))
+        .map(|&(_, fd)| fd)
+        .collect();
+    match g.inp.u8() % 8 {
+        0 => g.inp.u8() as i32 % 64,
+        1 if !foreign.is_empty() => foreign[g.inp.below(foreign.len())] as i32,
+        _ if !g.seen.fds.is_empty() => g.seen.fds[g.inp.below(g.seen.fds.len())],
+        _ => g.inp.u8() as i32 % 64,
     }
+}
+
+// ---------------------------------------------------------------------------
+// Helpers of the extra contexts: ioctls that must succeed, with the struct at
+// a fixed place of the command area.
+
+/// Run `num` on `v` placed in the arena's command area; the reply is read
+/// back into `v`. `Err(errno)` on failure (a caught panic is a finding).
+fn sys<T: IntoBytes + FromBytes + Immutable>(
+    ctx: &Arc<Context>,
+    arena: &Arena,
+    num: u32,
+    v: &mut T,
+) -> Result<i32, i32> {
+    let at = arena.page(CMD_PAGE + 2);
+    arena.poke(at, v.as_bytes());
+    let r = ioctl(ctx, num as u64, at);
+    let mut back = vec![0u8; size_of::<T>()];
+    arena.peek(at, &mut back);
+    v.as_mut_bytes().copy_from_slice(&back);
+    match r {
+        Ok(n) => Ok(n),
+        Err(e) if is_caught_panic(&e) => panic!("engine panic in ioctl {num:#x}: {}", e.reason()),
+        Err(e) => Err(e.errno().0),
+    }
+}
+
+/// `IOMMU_TEST_CMD` op `op` on `id` with `payload`; the reply's payload.
+fn sys_test(
+    ctx: &Arc<Context>,
+    arena: &Arena,
+    op: u32,
+    id: u32,
+    payload: &[u8],
+) -> Result<[u8; 48], i32> {
+    let mut t = IommuTestCmd {
+        size: 72,
+        op,
+        id,
+        ..Default::default()
+    };
+    t.payload[..payload.len()].copy_from_slice(payload);
+    sys(ctx, arena, IOMMU_TEST_CMD, &mut t)?;
+    Ok(t.payload)
+}
+
+fn sys_ioas_alloc(ctx: &Arc<Context>, arena: &Arena) -> u32 {
+    let mut c = IommuIoasAlloc {
+        size: 12,
+        ..Default::default()
+    };
+    sys(ctx, arena, IOMMU_IOAS_ALLOC, &mut c).expect("IOAS_ALLOC");
+    c.out_ioas_id
+}
+
+/// `MOCK_DOMAIN` on `pt`: (stdev, hwpt, idev).
+fn sys_mock_domain(ctx: &Arc<Context>, arena: &Arena, pt: u32) -> (u32, u32, u32) {
+    let p = sys_test(ctx, arena, IOMMU_TEST_OP_MOCK_DOMAIN, pt, &[]).expect("MOCK_DOMAIN");
+    let (m, _) = TestMockDomainFlags::read_from_prefix(&p).expect("fits");
+    (m.out_stdev_id, m.out_hwpt_id, m.out_idev_id)
+}
+
+fn sys_map(ctx: &Arc<Context>, arena: &Arena, ioas: u32, va: u64, len: u64, iova: u64) {
+    let mut m = IommuIoasMap {
+        size: 40,
+        flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+        ioas_id: ioas,
+        user_va: va,
+        length: len,
+        iova,
+        ..Default::default()
+    };
+    sys(ctx, arena, IOMMU_IOAS_MAP, &mut m).expect("IOAS_MAP");
+}
+
+fn sys_create_access(ctx: &Arc<Context>, arena: &Arena, ioas: u32) -> u32 {
+    let c = TestCreateAccess {
+        out_access_fd: 0,
+        flags: MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES,
+    };
+    let p = sys_test(ctx, arena, IOMMU_TEST_OP_CREATE_ACCESS, ioas, c.as_bytes())
+        .expect("CREATE_ACCESS");
+    TestCreateAccess::read_from_prefix(&p)
+        .expect("fits")
+        .0
+        .out_access_fd
+}
+
+/// Destroy a helper context: close its fds, destroy its objects, and check
+/// that nothing is left.
+fn drop_context(ctx: Arc<Context>, fds: &[i32]) {
+    if let Err(e) = ctx.check_invariants() {
+        panic!("invariant broken in a helper context: {e}");
+    }
+    for &fd in fds {
+        let _ = files::close(fd);
+    }
+    ctx.destroy_all();
+    assert!(ctx.objects().is_empty(), "a helper context kept objects");
+    assert_eq!(
+        Arc::strong_count(&ctx),
+        1,
+        "something still holds a helper context"
+    );
+}
+
+/// The other context: an IOAS with a mock domain and a mapping of arena
+/// pages 64.., a second IOAS, and an access fd on the first. Its IDs and
+/// fds, for [`Seen::foreign`].
+fn other_context(arena: &Arena) -> (Arc<Context>, Vec<(K, u32)>, Vec<i32>) {
+    let ctx = Context::with_memory(arena.memory());
+    // a few objects first, so that its IDs differ from the main context's
+    // first ones
+    for _ in 0..3 {
+        sys_ioas_alloc(&ctx, arena);
+    }
+    let ioas = sys_ioas_alloc(&ctx, arena);
+    let ioas2 = sys_ioas_alloc(&ctx, arena);
+    let (stdev, hwpt, idev) = sys_mock_domain(&ctx, arena, ioas);
+    let ps = page_size();
+    sys_map(
+        &ctx,
+        arena,
+        ioas,
+        arena.page(64),
+        4 * ps,
+        MOCK_APERTURE_START,
+    );
+    let fd = sys_create_access(&ctx, arena, ioas);
+    let ids = vec![
+        (K::Ioas, ioas),
+        (K::Ioas, ioas2),
+        (K::Stdev, stdev),
+        (K::Hwpt, hwpt),
+        (K::Dev, idev),
+        (K::AccessFd, fd),
+    ];
+    (ctx, ids, vec![fd as i32])
+}
+
+/// Where a dirty-bitmap oracle puts its bitmap: a good spot, or one the
+/// engine cannot write (read-only, `PROT_NONE`, straddling into those,
+/// outside the arena).
+fn bitmap_spot(g: &mut Gen) -> u64 {
+    let a = g.arena;
+    match g.inp.u8() % 8 {
+        0..=2 => a.page(AUX_PAGE + 8) + 8 * (g.inp.u8() as u64 % 4),
+        3 => a.page(RO_FIRST + g.inp.u8() as u64 % 4),
+        4 => a.page(super::arena::NONE_FIRST + g.inp.u8() as u64 % 4),
+        5 => a.page(RO_FIRST) - 1 - g.inp.u8() as u64 % 3,
+        6 => a.page(TAIL_PAGE) - 1 - g.inp.u8() as u64 % 3,
+        _ => 0,
+    }
+}
+
+/// The `GET_DIRTY_BITMAP` oracle: no dirty bit is lost by a failed call.
+fn dirty_loss(g: &mut Gen) {
+    let arena = g.arena;
+    let ctx = Context::with_memory(arena.memory());
+    let ps = page_size();
+    const NP: u64 = 16;
+    let gran = uiommufd::mock::domain::mock_io_page_size();
+    let nbits = NP * ps / gran;
+    assert!(nbits <= 64);
+    let all = if nbits == 64 {
+        !0u64
+    } else {
+        (1u64 << nbits) - 1
+    };
+    let ioas = sys_ioas_alloc(&ctx, arena);
+    let (_, _, idev) = sys_mock_domain(&ctx, arena, ioas);
+    let mut h = IommuHwptAlloc {
+        size: 48,
+        flags: IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
+        dev_id: idev,
+        pt_id: ioas,
+        ..Default::default()
+    };
+    sys(&ctx, arena, IOMMU_HWPT_ALLOC, &mut h).expect("HWPT_ALLOC dirty");
+    let hwpt = h.out_hwpt_id;
+    let a = MOCK_APERTURE_START;
+    sys_map(&ctx, arena, ioas, arena.page(0), NP * ps, a);
+    let mut t = IommuHwptSetDirtyTracking {
+        size: 16,
+        flags: IOMMU_HWPT_DIRTY_TRACKING_ENABLE,
+        hwpt_id: hwpt,
+        __reserved: 0,
+    };
+    sys(&ctx, arena, IOMMU_HWPT_SET_DIRTY_TRACKING, &mut t).expect("tracking on");
+    let mut model = 0u64;
+    for _ in 0..1 + g.inp.u8() % 8 {
+        if g.inp.u8().is_multiple_of(3) {
+            let bits = g.inp.u64() & all;
+            let src = arena.page(AUX_PAGE + 12);
+            arena.poke(src, &bits.to_le_bytes());
+            let d = TestDirty {
+                iova: a,
+                length: NP * ps,
+                page_size: gran,
+                uptr: src,
+                ..Default::default()
+            };
+            sys_test(&ctx, arena, IOMMU_TEST_OP_DIRTY, hwpt, d.as_bytes()).expect("TEST_OP_DIRTY");
+            model |= bits;
+            continue;
+        }
+        let off = g.inp.u8() as u64 % nbits;
+        let n = 1 + g.inp.u8() as u64 % (nbits - off);
+        let no_clear = g.inp.one_in(4);
+        let data = bitmap_spot(g);
+        let nbytes = n.div_ceil(8);
+        let good = arena.accessible(data, nbytes, true);
+        if good {
+            arena.poke(data, &vec![0u8; nbytes as usize]);
+        }
+        let mut c = IommuHwptGetDirtyBitmap {
+            size: 48,
+            hwpt_id: hwpt,
+            flags: if no_clear {
+                IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR
+            } else {
+                0
+            },
+            __reserved: 0,
+            iova: a + off * gran,
+            length: n * gran,
+            page_size: gran,
+            data,
+        };
+        let r = sys(&ctx, arena, IOMMU_HWPT_GET_DIRTY_BITMAP, &mut c);
+        let range = (if n == 64 { !0u64 } else { (1u64 << n) - 1 }) << off;
+        if !good {
+            assert_eq!(
+                r,
+                Err(libc::EFAULT),
+                "GET_DIRTY_BITMAP with an unwritable bitmap at {data:#x} ({nbytes} bytes)"
+            );
+            continue;
+        }
+        assert_eq!(r, Ok(0), "GET_DIRTY_BITMAP with a good bitmap");
+        let mut b = [0u8; 8];
+        arena.peek(data, &mut b[..nbytes as usize]);
+        let reported = (u64::from_le_bytes(b) << off) & range;
+        assert_eq!(
+            model & range & !reported,
+            0,
+            "dirty bits lost: model {model:#x}, range {range:#x}, reported {reported:#x}"
+        );
+        if !no_clear {
+            model &= !range;
+        }
+    }
+    drop_context(ctx, &[]);
+}
+
+/// The type1 oracle: `GET_BITMAP` and `UNMAP_DMA` + `GET_DIRTY_BITMAP` with
+/// an unwritable bitmap fail with `EFAULT` and lose nothing (the unmap
+/// unmaps nothing).
+fn type1_dirty_loss(g: &mut Gen) {
+    let arena = g.arena;
+    let ctx = Context::vfio_container_with_memory(arena.memory()).expect("a VFIO container");
+    let ps = page_size();
+    const NP: u64 = 16;
+    let a = MOCK_APERTURE_START;
+    let mut v = IommuVfioIoas {
+        size: 12,
+        ioas_id: 0,
+        op: IOMMU_VFIO_IOAS_GET,
+        __reserved: 0,
+    };
+    sys(&ctx, arena, IOMMU_VFIO_IOAS, &mut v).expect("VFIO_IOAS GET");
+    let ioas = v.ioas_id;
+    let r = ioctl(&ctx, VFIO_SET_IOMMU as u64, VFIO_TYPE1V2_IOMMU);
+    assert!(r.is_ok(), "VFIO_SET_IOMMU type1v2");
+    let mut m = VfioIommuType1DmaMap {
+        argsz: 32,
+        flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+        vaddr: arena.page(0),
+        iova: a,
+        size: NP * ps,
+    };
+    sys(&ctx, arena, VFIO_IOMMU_MAP_DMA, &mut m).expect("MAP_DMA");
+    let fd = sys_create_access(&ctx, arena, ioas);
+    let mut d = VfioIommuType1DirtyBitmap {
+        argsz: 8,
+        flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_START,
+    };
+    sys(&ctx, arena, VFIO_IOMMU_DIRTY_PAGES, &mut d).expect("DIRTY_PAGES START");
+    let mut model = 0u16;
+    for _ in 0..1 + g.inp.u8() % 8 {
+        match g.inp.u8() % 4 {
+            0 | 1 => {
+                let p = g.inp.u8() as u64 % NP;
+                let rw = TestAccessRw {
+                    iova: a + p * ps + g.inp.u8() as u64 % 64,
+                    length: 1,
+                    uptr: arena.page(AUX_PAGE + 13),
+                    flags: MOCK_ACCESS_RW_WRITE,
+                    _pad: 0,
+                };
+                sys_test(&ctx, arena, IOMMU_TEST_OP_ACCESS_RW, fd, rw.as_bytes())
+                    .expect("ACCESS_RW");
+                model |= 1 << p;
+            }
+            2 => {
+                let data = bitmap_spot(g);
+                // one mapping of NP pages: its 2 bytes of bitmap are written whole
+                let good = arena.accessible(data, 2, true);
+                if good {
+                    arena.poke(data, &[0u8; 8]);
+                }
+                #[derive(Clone, Copy, FromBytes, IntoBytes, Immutable)]
+                #[repr(C)]
+                struct Get {
+                    hdr: VfioIommuType1DirtyBitmap,
+                    range: VfioIommuType1DirtyBitmapGet,
+                }
+                let mut c = Get {
+                    hdr: VfioIommuType1DirtyBitmap {
+                        argsz: 48,
+                        flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP,
+                    },
+                    range: VfioIommuType1DirtyBitmapGet {
+                        iova: a,
+                        size: NP * ps,
+                        bitmap: VfioBitmap {
+                            pgsize: ps,
+                            size: 8,
+                            data,
+                        },
+                    },
+                };
+                let r = sys(&ctx, arena, VFIO_IOMMU_DIRTY_PAGES, &mut c);
+                if !good {
+                    assert_eq!(
+                        r,
+                        Err(libc::EFAULT),
+                        "GET_BITMAP with an unwritable bitmap at {data:#x}"
+                    );
+                    continue;
+                }
+                assert_eq!(r, Ok(0), "GET_BITMAP with a good bitmap");
+                let mut b = [0u8; 2];
+                arena.peek(data, &mut b);
+                let reported = u16::from_le_bytes(b);
+                assert_eq!(
+                    model & !reported,
+                    0,
+                    "type1 dirty bits lost: model {model:#x}, reported {reported:#x}"
+                );
+                model = 0;
+            }
+            _ => {
+                // an unmap whose bitmap cannot be written unmaps nothing
+                let data = bitmap_spot(g);
+                if arena.accessible(data, 2, true) {
+                    continue;
+                }
+                #[derive(Clone, Copy, FromBytes, IntoBytes, Immutable)]
+                #[repr(C)]
+                struct Unmap {
+                    hdr: VfioIommuType1DmaUnmap,
+                    bitmap: VfioBitmap,
+                }
+                let mut u = Unmap {
+                    hdr: VfioIommuType1DmaUnmap {
+                        argsz: 48,
+                        flags: VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP,
+                        iova: a,
+                        size: NP * ps,
+                    },
+                    bitmap: VfioBitmap {
+                        pgsize: ps,
+                        size: 8,
+                        data,
+                    },
+                };
+                let r = sys(&ctx, arena, VFIO_IOMMU_UNMAP_DMA, &mut u);
+                assert_eq!(
+                    r,
+                    Err(libc::EFAULT),
+                    "UNMAP_DMA with an unwritable bitmap at {data:#x}"
+                );
+            }
+        }
+    }
+    drop_context(ctx, &[fd as i32]);
 }
 
 /// Run one input; panics on a finding (see the module docs). Returns how
@@ -1026,7 +1460,11 @@ pub fn run(data: &[u8]) -> BTreeMap<(u32, u32), usize> {
     } else {
         Context::with_memory(arena.memory())
     };
-    let mut seen = Seen::default();
+    let (other, foreign, other_fds) = other_context(&arena);
+    let mut seen = Seen {
+        foreign,
+        ..Seen::default()
+    };
     let mut stats = BTreeMap::new();
     let mut steps = 0;
     while !inp.is_empty() && steps < MAX_STEPS {
@@ -1054,10 +1492,14 @@ pub fn run(data: &[u8]) -> BTreeMap<(u32, u32), usize> {
         if let Err(e) = ctx.check_invariants() {
             panic!("invariant broken after step {steps}: {e}");
         }
+        if let Err(e) = other.check_invariants() {
+            panic!("the other context's invariant broken after step {steps}: {e}");
+        }
         if let Err(e) = check_accounting() {
             panic!("accounting broken after step {steps}: {e}");
         }
     }
+    drop_context(other, &other_fds);
     teardown(ctx, &arena, seen);
     stats
 }

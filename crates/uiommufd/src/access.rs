@@ -85,17 +85,44 @@ impl Access {
         self.state.lock().ioas.as_ref().map(|(_, id, _)| *id)
     }
 
-    /// Attach to IOAS `ioas_id` (`EINVAL` if already attached).
+    /// The attached IOAS and its ID, if any (for the context's invariants).
+    pub(crate) fn attached_ioas(&self) -> Option<(Arc<Ioas>, ObjId)> {
+        self.state
+            .lock()
+            .ioas
+            .as_ref()
+            .map(|(i, id, _)| (i.clone(), *id))
+    }
+
+    /// `ENOENT` unless `ctx` is the context this access was published on:
+    /// an IOAS ID is only ever resolved in the access's own context (the
+    /// kernel's access holds its `ictx`), never in a caller's.
+    fn check_owner(&self, ctx: &Context) -> Result<()> {
+        match ctx.lookup(self.id) {
+            Ok(Object::Access(a)) if std::ptr::eq(Arc::as_ptr(&a), self) => Ok(()),
+            _ => bail!(
+                ENOENT,
+                "access {} belongs to another context: IOAS IDs are resolved in its own",
+                self.id
+            ),
+        }
+    }
+
+    /// Attach to IOAS `ioas_id` of `ctx`, the access's own context
+    /// (`EINVAL` if already attached, `ENOENT` for another context).
     pub fn attach(&self, ctx: &Context, ioas_id: ObjId) -> Result<()> {
+        self.check_owner(ctx)?;
         if self.state.lock().ioas.is_some() {
             bail!(EINVAL, "access {} is already attached", self.id);
         }
         self.change_ioas(Some((ctx.ioas(ioas_id)?, ioas_id)))
     }
 
-    /// Move to IOAS `ioas_id` (`ENOENT` if not attached): pins in the old
+    /// Move to IOAS `ioas_id` of `ctx`, the access's own context (`ENOENT`
+    /// if not attached, or for another context): pins in the old
     /// IOAS are dropped through the driver first.
     pub fn replace(&self, ctx: &Context, ioas_id: ObjId) -> Result<()> {
+        self.check_owner(ctx)?;
         if self.state.lock().ioas.is_none() {
             bail!(ENOENT, "access {} is not attached to any IOAS", self.id);
         }

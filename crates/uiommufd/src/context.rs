@@ -431,7 +431,20 @@ impl Context {
                         }
                     }
                 }
-                Object::Access(_) | Object::Selftest(_) | Object::Fault(_) => {}
+                Object::Access(a) => {
+                    // an access only ever reaches an IOAS of its own context
+                    if let Some((ioas, ioas_id)) = a.attached_ioas() {
+                        match self.lookup(ioas_id) {
+                            Ok(Object::Ioas(i)) if Arc::ptr_eq(&i, &ioas) => {}
+                            _ => {
+                                return Err(format!(
+                                    "access {id} is attached to IOAS {ioas_id}, which is not that IOAS of this context"
+                                ))
+                            }
+                        }
+                    }
+                }
+                Object::Selftest(_) | Object::Fault(_) => {}
             }
         }
         Ok(())

@@ -288,6 +288,15 @@ impl Device {
     }
 
     fn change_pt(self: &Arc<Self>, ctx: &Context, pt_id: ObjId) -> Result<ObjId> {
+        // page table IDs are resolved in the device's own context only
+        match ctx.lookup(self.id) {
+            Ok(Object::Device(d)) if Arc::ptr_eq(&d, self) => {}
+            _ => bail!(
+                ENOENT,
+                "device {} is bound to another context: page table {pt_id} is not looked up here",
+                self.id
+            ),
+        }
         match ctx.get(pt_id)? {
             Object::HwptPaging(h) => {
                 self.switch_to(ctx, &HwptRef::Paging(h), pt_id)?;

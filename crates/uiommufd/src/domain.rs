@@ -84,6 +84,19 @@ pub trait Domain: Send + Sync + Debug + Any {
             format!("domain {} has no dirty tracking", self.id()),
         ))
     }
+    /// Mark `[iova, iova + len)` dirty again: dirty state that
+    /// `read_and_clear_dirty` cleared but the IO page table could not
+    /// deliver (the user bitmap turned out unwritable), so that the next
+    /// read reports it and no dirty page is lost. A driver may mark whole
+    /// pages of its own granularity and skips IOVA it has not mapped.
+    /// Only called on domains with dirty tracking.
+    fn redirty(&self, iova: u64, len: u64) -> Result<()> {
+        let _ = (iova, len);
+        Err(crate::Error::new(
+            libc::EOPNOTSUPP,
+            format!("domain {} cannot put dirty state back", self.id()),
+        ))
+    }
     /// For drivers to recognise their own domains.
     fn as_any(&self) -> &dyn Any;
 }

@@ -73,6 +73,26 @@ fn populate_write_supported() -> bool {
     yes
 }
 
+/// Zero `len` bytes of user memory at `addr` (the kernel's `clear_user`):
+/// written in bounded chunks from a static zero page, so a huge
+/// user-supplied `len` costs no allocation. `EFAULT` when any byte is
+/// unwritable or the range wraps; the bytes before the fault may be zeroed.
+pub fn clear_user(mem: &dyn UserMemory, addr: u64, len: u64) -> Result<()> {
+    static ZEROS: [u8; 4096] = [0; 4096];
+    if addr.checked_add(len).is_none() {
+        return Err(Error::fault(
+            "clear_user: the range wraps the address space",
+        ));
+    }
+    let mut off = 0u64;
+    while off < len {
+        let n = (len - off).min(ZEROS.len() as u64);
+        mem.write(addr + off, &ZEROS[..n as usize])?;
+        off += n;
+    }
+    Ok(())
+}
+
 /// The calling process's own memory.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SelfMemory;
@@ -227,6 +247,9 @@ impl UserMemory for SelfMemory {
         } else {
             libc::MADV_POPULATE_READ
         };
+        if !populate_supported() {
+            return self.touch_pages(addr, len, write);
+        }
         // SAFETY: MADV_POPULATE_* only faults pages in; it never changes the
         // contents or the mapping, and it validates the range itself.
         let rc = unsafe { libc::madvise(addr as usize as *mut libc::c_void, len as usize, advice) };
@@ -243,6 +266,63 @@ impl UserMemory for SelfMemory {
                 if write { "write" } else { "read" }
             ),
         ))
+    }
+}
+
+/// Whether this kernel knows `MADV_POPULATE_WRITE` (Linux 5.14+), probed
+/// once on a page of our own.
+fn populate_supported() -> bool {
+    use std::sync::OnceLock;
+    static OK: OnceLock<bool> = OnceLock::new();
+    *OK.get_or_init(|| {
+        let ps = page_size() as usize;
+        // SAFETY: a fresh private anonymous page, unmapped right after.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                ps,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if p == libc::MAP_FAILED {
+            return true;
+        }
+        // SAFETY: `p` is our own writable page; populate only faults it in.
+        let ok = unsafe { libc::madvise(p, ps, libc::MADV_POPULATE_WRITE) } == 0;
+        // SAFETY: the page mapped above, no longer used.
+        unsafe { libc::munmap(p, ps) };
+        if !ok {
+            tracing::debug!(
+                "MADV_POPULATE_WRITE is not supported: user ranges are probed page by page"
+            );
+        }
+        ok
+    })
+}
+
+impl SelfMemory {
+    /// Fallback of `populate` on kernels without `MADV_POPULATE_*`: read one
+    /// byte of every page (and, for `write`, write the same byte back, which
+    /// fails on a page that is not writable). Racy against a concurrent
+    /// writer of that very byte; only used where the kernel leaves no choice.
+    fn touch_pages(&self, addr: u64, len: u64, write: bool) -> Result<()> {
+        let ps = page_size();
+        let Some(end) = addr.checked_add(len) else {
+            return Err(Error::fault("user range wraps"));
+        };
+        let mut cur = addr;
+        while cur < end {
+            let mut b = [0u8; 1];
+            self.read(cur, &mut b)?;
+            if write {
+                self.write(cur, &b)?;
+            }
+            cur = (cur & !(ps - 1)).saturating_add(ps);
+        }
+        Ok(())
     }
 }
 
@@ -305,6 +385,28 @@ mod tests {
                 .0,
             libc::EFAULT
         );
+        // the fallback agrees
+        SelfMemory.touch_pages(a, ps as u64, false).unwrap();
+        assert_eq!(
+            SelfMemory
+                .touch_pages(a, ps as u64, true)
+                .unwrap_err()
+                .errno()
+                .0,
+            libc::EFAULT
+        );
+        // SAFETY: the first page of our own mapping, made inaccessible.
+        unsafe { libc::mprotect(p, ps, libc::PROT_NONE) };
+        for write in [false, true] {
+            assert_eq!(
+                SelfMemory
+                    .populate(a, ps as u64, write)
+                    .unwrap_err()
+                    .errno()
+                    .0,
+                libc::EFAULT
+            );
+        }
         // SAFETY: what is left of our own mapping.
         unsafe { libc::munmap(p, ps) };
     }

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use uiommufd::pages::{check_accounting, Pages};
 use uiommufd::uapi::*;
 use uiommufd::Context;
+use zerocopy::IntoBytes;
 
 mod common;
 use common::*;
@@ -227,4 +228,198 @@ fn concurrent_map_unmap_with_two_domains() {
     ioc(&ctx, IOMMU_IOAS_UNMAP, &mut u).unwrap();
     assert_eq!(u.length, 4 * 4096);
     check(&ctx);
+}
+
+/// Issue 10 item 9a: `GET_HW_INFO` with `data_len = 0xffffffff` zeroes the
+/// tail of the user buffer in bounded chunks (`EFAULT` where it ends), never
+/// allocating in proportion to `data_len`: it runs in a child process of
+/// this test binary under an `RLIMIT_AS` of its current size + 256 MiB,
+/// where the 4 GiB allocation of before aborted the program.
+#[test]
+fn hw_info_huge_data_len_needs_no_memory() {
+    const CHILD: &str = "UIOMMUFD_HW_INFO_RLIMIT_CHILD";
+    if std::env::var_os(CHILD).is_none() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "hw_info_huge_data_len_needs_no_memory",
+                "--nocapture",
+            ])
+            .env(CHILD, "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "child failed: {}\n{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+        return;
+    }
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap();
+    let vm_pages: u64 = statm.split_whitespace().next().unwrap().parse().unwrap();
+    let limit = vm_pages * 4096 + (256 << 20);
+    let rl = libc::rlimit {
+        rlim_cur: limit,
+        rlim_max: limit,
+    };
+    // SAFETY: setrlimit only reads `rl`; this child process exists for it.
+    assert_eq!(unsafe { libc::setrlimit(libc::RLIMIT_AS, &rl) }, 0);
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    let (_, _, idev) = mock_domain(&ctx, ioas).unwrap();
+    // 64 KiB writable, then a hole
+    let pp = ProtPages::new(17);
+    pp.unmap(16);
+    // SAFETY: the first 16 pages of `pp` are ours and writable.
+    unsafe { std::ptr::write_bytes(pp.page(0) as *mut u8, 0xee, 16 * 4096) };
+    let mut h = IommuHwInfo {
+        size: 40,
+        dev_id: idev,
+        data_len: u32::MAX,
+        data_uptr: pp.page(0),
+        ..Default::default()
+    };
+    assert_eq!(ioc(&ctx, IOMMU_GET_HW_INFO, &mut h), Err(libc::EFAULT));
+    // a tail that fits is zeroed exactly
+    // SAFETY: as above.
+    unsafe { std::ptr::write_bytes(pp.page(0) as *mut u8, 0xee, 16 * 4096) };
+    h.data_len = 16 * 4096 - 8;
+    assert_eq!(ioc(&ctx, IOMMU_GET_HW_INFO, &mut h), Ok(0));
+    let info_len = h.data_len as u64;
+    assert!(info_len > 0 && info_len < 4096);
+    for off in (info_len..16 * 4096 - 8).step_by(8) {
+        assert_eq!(pp.word(off), 0, "tail byte {off}");
+    }
+    assert_eq!(pp.word(16 * 4096 - 8), 0xeeee_eeee_eeee_eeee);
+}
+
+/// Pages of `len` bytes at `addr` that are resident (`mincore`).
+fn resident(addr: u64, len: u64) -> usize {
+    let mut v = vec![0u8; len.div_ceil(4096) as usize];
+    // SAFETY: `v` holds one byte per page of the range, which is our mapping.
+    let rc = unsafe { libc::mincore(addr as *mut libc::c_void, len as usize, v.as_mut_ptr()) };
+    assert_eq!(rc, 0);
+    v.iter().filter(|&&b| b & 1 != 0).count()
+}
+
+/// Issue 10 item 13: a failing `MD_CHECK_MAP` / `MD_CHECK_REFS` stops at the
+/// first bad page without populating the rest of the user range (1 GiB of
+/// shmem here), with the kernel's errnos in its order (the user page of a
+/// step is got before it is compared: `EFAULT` before `EINVAL`/`EIO`).
+#[test]
+fn failing_md_checks_populate_only_up_to_the_first_bad_page() {
+    let _serial = serial();
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    let (stdev, hwpt, _) = mock_domain(&ctx, ioas).unwrap();
+    let buf = Buf::pages(4);
+    map_fixed(&ctx, ioas, buf.addr(), 4 * 4096, MOCK_APERTURE_START).unwrap();
+    const BIG: u64 = 1 << 30;
+    // SAFETY: a fresh shared anonymous (shmem) mapping, unmapped below.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            BIG as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    let big = p as u64;
+    let test = |op: u32, id: u32, payload: &[u8]| {
+        let mut t = IommuTestCmd {
+            size: 72,
+            op,
+            id,
+            ..Default::default()
+        };
+        t.payload[..payload.len()].copy_from_slice(payload);
+        ioc(&ctx, IOMMU_TEST_CMD, &mut t)
+    };
+    // the IOVA maps `buf`, not `big`: the first granule mismatches
+    let cm = TestCheckMap {
+        iova: MOCK_APERTURE_START,
+        length: BIG,
+        uptr: big,
+    };
+    assert_eq!(
+        test(IOMMU_TEST_OP_MD_CHECK_MAP, hwpt, cm.as_bytes()),
+        Err(libc::EINVAL)
+    );
+    assert!(resident(big, BIG) <= 16, "{} pages", resident(big, BIG));
+    // nothing is pinned there: EIO at the first page
+    let cr = TestCheckRefs {
+        length: BIG,
+        uptr: big,
+        refs: 1,
+        _pad: 0,
+    };
+    assert_eq!(
+        test(IOMMU_TEST_OP_MD_CHECK_REFS, 0, cr.as_bytes()),
+        Err(libc::EIO)
+    );
+    assert!(resident(big, BIG) <= 16, "{} pages", resident(big, BIG));
+    // a mismatch in the third page with the second one inaccessible: EFAULT
+    // SAFETY: page 1 of our own mapping.
+    let rc = unsafe { libc::mprotect((big + 4096) as *mut libc::c_void, 4096, libc::PROT_NONE) };
+    assert_eq!(rc, 0);
+    let cm = TestCheckMap {
+        iova: MOCK_APERTURE_START,
+        length: 4 * 4096,
+        uptr: buf.addr(),
+    };
+    assert_eq!(test(IOMMU_TEST_OP_MD_CHECK_MAP, hwpt, cm.as_bytes()), Ok(0));
+    let refs = |uptr, length, refs| TestCheckRefs {
+        length,
+        uptr,
+        refs,
+        _pad: 0,
+    };
+    assert_eq!(
+        test(
+            IOMMU_TEST_OP_MD_CHECK_REFS,
+            0,
+            refs(buf.addr(), 4 * 4096, 1).as_bytes()
+        ),
+        Ok(0)
+    );
+    assert_eq!(
+        test(
+            IOMMU_TEST_OP_MD_CHECK_REFS,
+            0,
+            refs(big, 3 * 4096, 0).as_bytes()
+        ),
+        Err(libc::EFAULT),
+        "page 1 is PROT_NONE, all pages have the expected refs"
+    );
+    assert_eq!(
+        test(
+            IOMMU_TEST_OP_MD_CHECK_REFS,
+            0,
+            refs(big, 3 * 4096, 1).as_bytes()
+        ),
+        Err(libc::EIO),
+        "page 0 already mismatches: page 1 is never got"
+    );
+    // a mismatch after 200 good pages (page 202 pinned by a map) stops there
+    let iova2 = MOCK_APERTURE_START + (1 << 20);
+    map_fixed(&ctx, ioas, big + 202 * 4096, 4096, iova2).unwrap();
+    assert_eq!(
+        test(
+            IOMMU_TEST_OP_MD_CHECK_REFS,
+            0,
+            refs(big + 2 * 4096, BIG - 2 * 4096, 0).as_bytes()
+        ),
+        Err(libc::EIO)
+    );
+    let n = resident(big, BIG);
+    assert!((200..=202 + 16).contains(&n), "{n} pages");
+    assert_eq!(destroy(&ctx, stdev), Ok(0));
+    assert_eq!(unmap(&ctx, ioas, 0, u64::MAX), Ok(0));
+    // SAFETY: our own mapping, no longer mapped in the IOAS.
+    unsafe { libc::munmap(p, BIG as usize) };
+    check_accounting().unwrap();
 }

@@ -655,3 +655,95 @@ fn enforce_dirty_on_attach_and_alloc() {
     }
     assert!(ctx.is_empty());
 }
+
+/// Issue 10 items 5 and 6: a `GET_DIRTY_BITMAP` whose user bitmap cannot be
+/// written (read-only, `PROT_NONE`, unmapped, NULL, a kernel address, a
+/// buffer far smaller than `length` needs) is `EFAULT`, whether or not
+/// anything is dirty, and a failed call clears nothing: the next good call
+/// reports every page.
+#[test]
+fn unwritable_bitmap_is_efault_and_loses_no_dirty_bit() {
+    let _serial = serial();
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    let (stdev, _, idev) = mock_domain_flags(&ctx, ioas, 0).unwrap();
+    let hwpt = hwpt_alloc(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
+    let buf = Buf::new(1 << 20, 4096);
+    map_fixed(&ctx, ioas, buf.addr(), 1 << 20, A).unwrap();
+    assert_eq!(set_tracking(&ctx, hwpt, true), Ok(0));
+    // pages: 0 rw (good bitmap), 1 read-only, 2 PROT_NONE, 3 unmapped, 4 rw
+    let pp = ProtPages::new(5);
+    pp.protect(1, libc::PROT_READ);
+    pp.protect(2, libc::PROT_NONE);
+    pp.unmap(3);
+    let bad = [
+        ("read-only", pp.page(1)),
+        ("PROT_NONE", pp.page(2)),
+        ("unmapped", pp.page(3)),
+        ("NULL", 0),
+        ("kernel address", 0xffff_8000_0000_0000),
+        ("read-only at the end of a good page", pp.page(1) - 8),
+    ];
+    let len = 512 * G; // 512 bits: 64 bytes of bitmap
+                       // nothing dirty yet: still EFAULT (item 6)
+    for (what, data) in bad {
+        for flags in [0, IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR] {
+            assert_eq!(
+                get_bitmap(&ctx, hwpt, A, len, G, data, flags),
+                Err(libc::EFAULT),
+                "{what}, nothing dirty, flags {flags}"
+            );
+        }
+    }
+    // 2^62 bytes of IOVA with a one-page buffer: EFAULT from the first window
+    let small = ProtPages::new(2);
+    small.unmap(1);
+    assert_eq!(
+        get_bitmap(&ctx, hwpt, A, 1 << 62, G, small.page(0), 0),
+        Err(libc::EFAULT)
+    );
+    // the range checks still come first
+    assert_eq!(get_bitmap(&ctx, hwpt, A, 0, G, 0, 0), Err(libc::EINVAL));
+    assert_eq!(
+        get_bitmap(&ctx, hwpt, A + 1, len, G, 0, 0),
+        Err(libc::EINVAL)
+    );
+
+    // dirty a pattern: every third granule
+    let src = [0x4924_9249_2492_4924u64 >> 2; 8];
+    let want: Vec<u64> = (0..512u64)
+        .filter(|i| src[(i / 64) as usize] >> (i % 64) & 1 != 0)
+        .collect();
+    let n = test_dirty(&ctx, hwpt, A, len, G, src.as_ptr() as u64).unwrap();
+    assert_eq!(n, want.len() as u64);
+    for (what, data) in bad {
+        assert_eq!(
+            get_bitmap(&ctx, hwpt, A, len, G, data, 0),
+            Err(libc::EFAULT),
+            "{what}, dirty"
+        );
+    }
+    // the good call after the failures reports every dirty page
+    let got = |ctx: &Arc<Context>| {
+        let mut out = [0u64; 8];
+        assert_eq!(
+            get_bitmap(ctx, hwpt, A, len, G, out.as_mut_ptr() as u64, 0),
+            Ok(0)
+        );
+        (0..512u64)
+            .filter(|i| out[(i / 64) as usize] >> (i % 64) & 1 != 0)
+            .collect::<Vec<u64>>()
+    };
+    assert_eq!(got(&ctx), want, "no dirty bit lost by the failed calls");
+    assert!(got(&ctx).is_empty(), "the good call cleared them");
+    // the good page of ProtPages works as a bitmap too (bits only OR-ed)
+    test_dirty(&ctx, hwpt, A, len, G, src.as_ptr() as u64).unwrap();
+    assert_eq!(get_bitmap(&ctx, hwpt, A, len, G, pp.page(0), 0), Ok(0));
+    assert_eq!(pp.word(0), src[0]);
+    ctx.check_invariants().unwrap();
+    for id in [hwpt, stdev] {
+        assert_eq!(destroy(&ctx, id), Ok(0));
+    }
+    assert_eq!(unmap(&ctx, ioas, 0, u64::MAX), Ok(0));
+    check_accounting().unwrap();
+}

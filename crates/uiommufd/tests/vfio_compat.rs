@@ -12,6 +12,8 @@ use uiommufd::uapi::*;
 use uiommufd::Context;
 use zerocopy::{FromBytes, IntoBytes};
 
+mod common;
+
 const A: u64 = MOCK_APERTURE_START;
 const PS: u64 = 4096;
 
@@ -890,6 +892,60 @@ fn dirty_pages_report_device_writes() {
         test_cmd(&ctx, IOMMU_TEST_OP_DIRTY, hwpt, td.as_bytes()).err(),
         Some(libc::EINVAL)
     );
+    uiommufd::files::close(fd as i32).unwrap();
+    ctx.check_invariants().unwrap();
+}
+
+/// Issue 10 item 5 (type1): a GET_BITMAP or UNMAP_DMA+GET_DIRTY_BITMAP
+/// whose bitmap cannot be written is `EFAULT` (dirty or not: type1 copies
+/// each mapping's whole bitmap) and loses no dirty page: the next good
+/// GET_BITMAP reports them, and the failed unmap unmapped nothing.
+#[test]
+fn dirty_pages_unwritable_bitmap_loses_nothing() {
+    let ctx = Context::new_vfio_container().unwrap();
+    let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
+    raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
+    let buf = Buf::new(16);
+    map(&ctx, buf.addr(), 8 * PS, A).unwrap();
+    map(&ctx, buf.addr() + 8 * PS, 8 * PS, A + 8 * PS).unwrap();
+    let fd = create_access(&ctx, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES);
+    dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
+    // pages: 0 read-only, 1 PROT_NONE, 2 unmapped
+    let pp = common::ProtPages::new(3);
+    pp.protect(0, libc::PROT_READ);
+    pp.protect(1, libc::PROT_NONE);
+    pp.unmap(2);
+    let bad = [pp.page(0), pp.page(1), pp.page(2), 0];
+    let with = |data: u64| {
+        let mut bm = [0u64; 1];
+        let mut g = get_req(A, 16 * PS, &mut bm);
+        g.range.bitmap.data = data;
+        get_bitmap_with(&ctx, &mut g)
+    };
+    for data in bad {
+        assert_eq!(with(data), Err(libc::EFAULT), "nothing dirty, {data:#x}");
+    }
+    access_write(&ctx, fd, A + PS, 1).unwrap();
+    access_write(&ctx, fd, A + 9 * PS, 2 * PS).unwrap();
+    for data in bad {
+        assert_eq!(with(data), Err(libc::EFAULT), "dirty, {data:#x}");
+    }
+    assert_eq!(get_dirty(&ctx, A, 16 * PS), vec![1, 9, 10]);
+    assert!(get_dirty(&ctx, A, 16 * PS).is_empty());
+
+    // unmap with an unwritable bitmap: EFAULT, nothing unmapped or lost
+    access_write(&ctx, fd, A + 12 * PS, 1).unwrap();
+    for data in bad {
+        let mut bm = [0u64; 1];
+        let mut u = unmap_req(A + 8 * PS, 8 * PS, &mut bm);
+        u.bitmap.data = data;
+        assert_eq!(ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u), Err(libc::EFAULT));
+    }
+    assert_eq!(areas(&ctx, ioas), vec![(A, 8 * PS), (A + 8 * PS, 8 * PS)]);
+    let mut bm = [0u64; 1];
+    let mut u = unmap_req(A + 8 * PS, 8 * PS, &mut bm);
+    ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u).unwrap();
+    assert_eq!(bits(&bm), vec![4]);
     uiommufd::files::close(fd as i32).unwrap();
     ctx.check_invariants().unwrap();
 }

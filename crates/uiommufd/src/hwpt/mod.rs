@@ -213,12 +213,13 @@ pub(crate) fn get_hw_info(u: &Ucmd) -> Result<i32> {
         u.write_user(cmd.data_uptr, &data[..copy])
             .map_err(|_| Error::fault("GET_HW_INFO: cannot write data_uptr"))?;
         // zero what the user buffer has beyond our data
-        let rest = cmd.data_len as usize - copy;
-        if rest > 0 {
-            let zeros = vec![0u8; rest];
-            u.write_user(cmd.data_uptr + copy as u64, &zeros)
-                .map_err(|_| Error::fault("GET_HW_INFO: cannot clear the tail of data_uptr"))?;
-        }
+        let rest = u64::from(cmd.data_len) - copy as u64;
+        crate::user::clear_user(
+            &**u.ctx.memory(),
+            cmd.data_uptr.wrapping_add(copy as u64),
+            rest,
+        )
+        .map_err(|_| Error::fault("GET_HW_INFO: cannot clear the tail of data_uptr"))?;
     }
     cmd.data_len = data.len() as u32;
     cmd.out_data_type = ty;

@@ -40,14 +40,27 @@
 //! does the same and logs the reason at debug level; the Rust API
 //! ([`IoPagetable::read_and_clear_dirty`]) returns that error instead.
 //!
-//! Divergence: a user bitmap that cannot be read or written is `EFAULT`
-//! here; the kernel silently drops the bits it cannot store and answers 0.
-//! Either way the dirty state of that window was already cleared (unless
-//! `NO_CLEAR`). And where the kernel holds its IOVA lock for the whole
-//! request, we take the `state` lock per window (user memory is never
-//! touched under it, see the module documentation of `io_pagetable`): an
-//! unmap between two windows takes the later windows' pages with it, as if
-//! it had come first.
+//! # The user bitmap, and why a failed call loses nothing
+//!
+//! Before a window's dirty state is read and cleared, the part of the user
+//! buffer that window fills is made present for write
+//! ([`UserMemory::populate`], the kernel's pin with `FOLL_WRITE`): a buffer
+//! that is read-only, `PROT_NONE`, unmapped, NULL or not a user address is
+//! `EFAULT` with that window's dirty state untouched, whether or not
+//! anything in it is dirty, and the windows before it were delivered. If
+//! the write still fails (the buffer was unmapped behind our back), what
+//! the window read and cleared is put back into the domain
+//! ([`Domain::redirty`], which may mark a little more: whole domain pages)
+//! before `EFAULT` is returned. So no dirty page is ever lost by a failed
+//! call. This is the contract of the kernels that pin each window before
+//! reading it; 6.12's `iova_bitmap` pins lazily, at the first bit it sets,
+//! and silently drops (after clearing) the bits it cannot store, answering
+//! 0, which we do not reproduce: it loses dirty pages of a migration.
+//!
+//! Where the kernel holds its IOVA lock for the whole request, we take the
+//! `state` lock per window (user memory is never touched under it, see the
+//! module documentation of `io_pagetable`): an unmap between two windows
+//! takes the later windows' pages with it, as if it had come first.
 
 use std::sync::Arc;
 
@@ -405,12 +418,19 @@ impl IoPagetable {
             let first_bit = first_word as u64 * 64;
             let nbits = (q.nbits - first_bit).min(n as u64 * 64);
             let (start, last) = q.span(first_bit, nbits);
+            let byte_end = ((first_word + n) as u64 * 8).min(total_bytes);
+            writable_or_fault(mem, data, first_word as u64 * 8, byte_end)?;
             let stopped = {
                 let st = self.state.read();
                 let mut bm = DirtyBitmap::new(start, last, q.pgshift, w);
                 walk(&st, domain.as_ref(), start, last, clear, &mut bm).err()
             };
-            or_into_user(mem, data, first_word, w, total_bytes, &mut bytes)?;
+            if let Err(e) = or_into_user(mem, data, first_word, w, total_bytes, &mut bytes) {
+                if clear {
+                    put_back(domain.as_ref(), start, last, q.pgshift, w);
+                }
+                return Err(e);
+            }
             if let Some(e) = stopped {
                 tracing::debug!(
                     domain = domain_id,
@@ -421,6 +441,64 @@ impl IoPagetable {
             first_word += n;
         }
         Ok(())
+    }
+}
+
+/// Make bytes `byte_lo..byte_end` of the user bitmap at `data` present for
+/// write without changing them (`EFAULT` when they are not all writable
+/// user memory): the kernel's `FOLL_WRITE` pin of a window's bitmap pages.
+fn writable_or_fault(mem: &dyn UserMemory, data: u64, byte_lo: u64, byte_end: u64) -> Result<()> {
+    let ps = crate::user::page_size();
+    let span = data
+        .checked_add(byte_lo)
+        .zip(data.checked_add(byte_end))
+        .and_then(|(lo, end)| Some((lo & !(ps - 1), end.checked_add(ps - 1)? & !(ps - 1))));
+    let Some((lo, end)) = span else {
+        return Err(Error::fault(
+            "GET_DIRTY_BITMAP: the bitmap at data runs past the end of the address space",
+        ));
+    };
+    mem.populate(lo, end - lo, true).map_err(|e| {
+        err!(
+            EFAULT,
+            "GET_DIRTY_BITMAP: the bitmap at data {data:#x} is not writable user memory (bytes \
+             {byte_lo:#x}..{byte_end:#x}); nothing of this window was read or cleared: {}",
+            e.reason()
+        )
+    })
+}
+
+/// Put the dirty state of window `w` (bit `i` is the page at
+/// `start + (i << pgshift)`, clipped to `last`) back into `domain`, after
+/// it was read and cleared but could not be delivered.
+fn put_back(domain: &dyn Domain, start: u64, last: u64, pgshift: u32, w: &[u64]) {
+    let mut i = 0u64;
+    let nbits = w.len() as u64 * 64;
+    while i < nbits {
+        let word = w[(i / 64) as usize] >> (i % 64);
+        if word == 0 {
+            i = (i / 64 + 1) * 64;
+            continue;
+        }
+        let b0 = i + u64::from(word.trailing_zeros());
+        let mut b1 = b0;
+        while b1 + 1 < nbits && w[((b1 + 1) / 64) as usize] >> ((b1 + 1) % 64) & 1 != 0 {
+            b1 += 1;
+        }
+        let Some(s) = (b0 << pgshift).checked_add(start).filter(|&s| s <= last) else {
+            break;
+        };
+        let e = (b1 << pgshift)
+            .checked_add(start)
+            .and_then(|e| e.checked_add((1u64 << pgshift) - 1))
+            .map_or(last, |e| e.min(last));
+        if let Err(err) = domain.redirty(s, e - s + 1) {
+            tracing::warn!(
+                "GET_DIRTY_BITMAP: cannot put back the dirty state of [{s:#x}, {e:#x}] into domain {}: {err}",
+                domain.id()
+            );
+        }
+        i = b1 + 1;
     }
 }
 
@@ -591,6 +669,96 @@ mod tests {
         let mut third = vec![0u64; (len / 4 / g / 64) as usize];
         t.read_and_clear_dirty(id, &req, &mut third).unwrap();
         assert!(third.iter().any(|&w| w != 0));
+        t.unmap_all().unwrap();
+        t.remove_domain(id);
+    }
+
+    /// User memory whose writes fail although the range checked writable
+    /// (the bitmap unmapped by another thread between check and write).
+    #[derive(Debug)]
+    struct WritesFail;
+
+    impl UserMemory for WritesFail {
+        fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+            SelfMemory.read(addr, buf)
+        }
+        fn write(&self, _: u64, _: &[u8]) -> Result<()> {
+            Err(Error::fault("test: the bitmap went away"))
+        }
+        fn populate(&self, addr: u64, len: u64, write: bool) -> Result<()> {
+            SelfMemory.populate(addr, len, write)
+        }
+    }
+
+    /// A window whose bitmap is not writable is EFAULT before its dirty
+    /// state is touched (the windows before it were delivered), and one
+    /// whose write fails late is put back: nothing is lost either way.
+    #[test]
+    fn failed_windows_lose_nothing() {
+        let g = mock_io_page_size();
+        let npages = 64;
+        let len = npages * page_size();
+        let buf = RealBuf::new(npages);
+        let t = IoPagetable::new();
+        let d = MockDomain::new_paging(false, true);
+        t.add_domain(d.clone()).unwrap();
+        map(&t, buf.addr(), len, A);
+        let id = d.id();
+        t.set_dirty_tracking(id, true).unwrap();
+        d.mark_dirty(A, len).unwrap();
+        let req = DirtyRequest {
+            iova: A,
+            length: len,
+            page_size: g,
+            flags: 0,
+        };
+        let nbits = req.nbits();
+        assert!(nbits > 64, "two windows of one word");
+        let peek = || {
+            let mut all = vec![0u64; nbits.div_ceil(64) as usize];
+            let r = DirtyRequest {
+                flags: IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR,
+                ..req
+            };
+            t.read_and_clear_dirty(id, &r, &mut all).unwrap();
+            all
+        };
+        // late write failure: the first window is put back
+        let mut bytes = vec![0u8; (nbits / 8) as usize];
+        let e = t.dirty_to_user(id, &req, bytes.as_mut_ptr() as u64, &WritesFail, 1);
+        assert_eq!(e.unwrap_err().errno().0, libc::EFAULT);
+        assert!(peek().iter().all(|&w| w == !0), "{:x?}", peek());
+        // the second window's bytes are read-only: the first is delivered
+        let ps = page_size() as usize;
+        // SAFETY: a fresh anonymous mapping, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                2 * ps,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        // SAFETY: the second page of our own mapping.
+        let rc = unsafe { libc::mprotect(p.cast::<u8>().add(ps).cast(), ps, libc::PROT_READ) };
+        assert_eq!(rc, 0);
+        let data = p as u64 + ps as u64 - 8;
+        let e = t.dirty_to_user(id, &req, data, &SelfMemory, 1);
+        assert_eq!(e.unwrap_err().errno().0, libc::EFAULT);
+        // SAFETY: the last 8 bytes of the first (writable) page.
+        let first = unsafe { std::ptr::read_unaligned(data as *const u64) };
+        assert_eq!(first, !0, "the first window was delivered");
+        let left = peek();
+        assert_eq!(left[0], 0, "and cleared");
+        assert!(
+            left[1..].iter().all(|&w| w == !0),
+            "the rest was not touched"
+        );
+        // SAFETY: our own mapping.
+        unsafe { libc::munmap(p, 2 * ps) };
         t.unmap_all().unwrap();
         t.remove_domain(id);
     }

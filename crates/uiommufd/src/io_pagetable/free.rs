@@ -128,7 +128,9 @@ pub(super) fn overlaps(a: (u64, u64), b: (u64, u64)) -> bool {
     a.0 <= b.1 && b.0 <= a.1
 }
 
-/// `pieces` (disjoint) minus `cut`.
+/// `pieces` (disjoint) minus `cut` (the model [`subtract_merged`] is
+/// checked against).
+#[cfg(test)]
 pub(super) fn subtract(pieces: Vec<(u64, u64)>, cut: (u64, u64)) -> Vec<(u64, u64)> {
     let mut out = Vec::with_capacity(pieces.len() + 1);
     for p in pieces {
@@ -141,6 +143,58 @@ pub(super) fn subtract(pieces: Vec<(u64, u64)>, cut: (u64, u64)) -> Vec<(u64, u6
         }
         if p.1 > cut.1 {
             out.push((cut.1 + 1, p.1));
+        }
+    }
+    out
+}
+
+/// `cuts` sorted by start, overlapping and adjacent ones merged.
+pub(super) fn merge_sorted(cuts: impl IntoIterator<Item = (u64, u64)>) -> Vec<(u64, u64)> {
+    let mut cs: Vec<(u64, u64)> = cuts.into_iter().collect();
+    cs.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::with_capacity(cs.len());
+    for c in cs {
+        match merged.last_mut() {
+            Some(m) if c.0 <= m.1.saturating_add(1) => m.1 = m.1.max(c.1),
+            _ => merged.push(c),
+        }
+    }
+    merged
+}
+
+/// Whether any of `merged` (sorted, disjoint: from [`merge_sorted`])
+/// shares an IOVA with `s..=l`. O(log n).
+pub(super) fn hits_merged(merged: &[(u64, u64)], s: u64, l: u64) -> bool {
+    let i = merged.partition_point(|c| c.1 < s);
+    i < merged.len() && merged[i].0 <= l
+}
+
+/// `pieces` (sorted, disjoint) minus every range of `merged` (sorted,
+/// disjoint), in one sweep: O(pieces + merged).
+pub(super) fn subtract_merged(pieces: &[(u64, u64)], merged: &[(u64, u64)]) -> Vec<(u64, u64)> {
+    let mut out = Vec::with_capacity(pieces.len() + merged.len());
+    let mut j = 0;
+    for &(start, l) in pieces {
+        while j < merged.len() && merged[j].1 < start {
+            j += 1;
+        }
+        let mut s = start;
+        let mut alive = true;
+        let mut k = j;
+        while k < merged.len() && merged[k].0 <= l {
+            let c = merged[k];
+            if c.0 > s {
+                out.push((s, c.0 - 1));
+            }
+            if c.1 >= l {
+                alive = false;
+                break;
+            }
+            s = s.max(c.1 + 1);
+            k += 1;
+        }
+        if alive {
+            out.push((s, l));
         }
     }
     out
@@ -176,5 +230,53 @@ mod tests {
         );
         assert_eq!(subtract(vec![(0, 10)], (0, 10)), vec![]);
         assert_eq!(subtract(vec![(0, u64::MAX)], (5, u64::MAX)), vec![(0, 4)]);
+    }
+
+    /// The one-sweep subtraction agrees with subtracting cut by cut.
+    #[test]
+    fn io_pagetable_subtract_merged_agrees() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        for _ in 0..300 {
+            let mut pieces = Vec::new();
+            let mut at = rnd(4);
+            for _ in 0..rnd(8) {
+                let l = at + rnd(10);
+                pieces.push((at, l));
+                at = l + 2 + rnd(5);
+            }
+            let cuts: Vec<(u64, u64)> = (0..rnd(6))
+                .map(|_| {
+                    let s = rnd(120);
+                    (s, s + rnd(15))
+                })
+                .collect();
+            let mut want = pieces.clone();
+            for &c in &cuts {
+                want = subtract(want, c);
+            }
+            let merged = merge_sorted(cuts.iter().copied());
+            assert_eq!(
+                subtract_merged(&pieces, &merged),
+                want,
+                "{pieces:?} - {cuts:?}"
+            );
+            for s in 0..130 {
+                let l = s + rnd(6);
+                assert_eq!(
+                    hits_merged(&merged, s, l),
+                    cuts.iter().any(|&c| overlaps(c, (s, l)))
+                );
+            }
+        }
+        assert_eq!(
+            subtract_merged(&[(0, u64::MAX)], &[(5, u64::MAX)]),
+            vec![(0, 4)]
+        );
     }
 }

@@ -101,7 +101,7 @@ use parking_lot::{Mutex, RwLock};
 use crate::pages::Pages;
 use crate::user::page_size;
 use crate::{bail, err, Result};
-use free::{overlaps, subtract, FreeIndex};
+use free::{hits_merged, merge_sorted, overlaps, subtract_merged, FreeIndex};
 
 /// Access rights of a mapping (`IOMMU_IOAS_MAP_READABLE` / `WRITEABLE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -342,7 +342,7 @@ impl State {
         if let Some((s, l)) = self.any_area(start, last) {
             bail!(EADDRINUSE, "reserved range [{start:#x}, {last:#x}] intersects the mapped area [{s:#x}, {l:#x}]");
         }
-        if let Some(&(s, l)) = self.allowed.iter().find(|&&a| overlaps(a, (start, last))) {
+        if let Some((s, l)) = self.allowed_hit(start, last) {
             bail!(EADDRINUSE, "reserved range [{start:#x}, {last:#x}] intersects the allowed range [{s:#x}, {l:#x}]");
         }
         self.reserved.push(Reserved { start, last, owner });
@@ -369,22 +369,47 @@ impl State {
         if lo > hi {
             return Vec::new();
         }
-        let mut pieces: Vec<(u64, u64)> = if self.allowed.is_empty() {
+        let pieces: Vec<(u64, u64)> = if self.allowed.is_empty() {
             vec![(lo, hi)]
         } else {
-            self.allowed
+            // allowed is sorted and disjoint: only those meeting lo..=hi
+            let first = self.allowed.partition_point(|a| a.1 < lo);
+            self.allowed[first..]
                 .iter()
-                .filter(|&&a| overlaps(a, (lo, hi)))
+                .take_while(|a| a.0 <= hi)
                 .map(|&(s, l)| (s.max(lo), l.min(hi)))
                 .collect()
         };
-        for r in &self.reserved {
-            if pieces.is_empty() {
-                break;
-            }
-            pieces = subtract(pieces, (r.start, r.last));
+        if pieces.is_empty() || self.reserved.is_empty() {
+            return pieces;
         }
-        pieces
+        let cuts = merge_sorted(
+            self.reserved
+                .iter()
+                .filter(|r| overlaps((r.start, r.last), (lo, hi)))
+                .map(|r| (r.start, r.last)),
+        );
+        subtract_merged(&pieces, &cuts)
+    }
+
+    /// An allowed range that shares an IOVA with `start..=last`. O(log n).
+    fn allowed_hit(&self, start: u64, last: u64) -> Option<(u64, u64)> {
+        let i = self.allowed.partition_point(|a| a.1 < start);
+        self.allowed.get(i).copied().filter(|a| a.0 <= last)
+    }
+
+    /// The first allowed range (in IOVA order) that intersects a reserved
+    /// range, with that reserved range. O((n + r) log r).
+    fn allowed_reserved_clash(&self) -> Option<((u64, u64), Reserved)> {
+        if self.reserved.is_empty() {
+            return None;
+        }
+        let merged = merge_sorted(self.reserved.iter().map(|r| (r.start, r.last)));
+        let &(s, l) = self
+            .allowed
+            .iter()
+            .find(|&&(s, l)| hits_merged(&merged, s, l))?;
+        Some(((s, l), self.reserved_hit(s, l)?))
     }
 
     /// The free index computed from scratch. O(n log n).
@@ -949,19 +974,18 @@ impl IoPagetable {
         // the kernel allocates the new allowed-range nodes first
         crate::inject::point("iopt.allowed.alloc", libc::ENOMEM)?;
         let mut st = self.state.write();
-        for &a in &sorted {
-            if let Some(r) = st.reserved_hit(a.0, a.1) {
-                bail!(
-                    EADDRINUSE,
-                    "allowed range [{:#x}, {:#x}] intersects the reserved range [{:#x}, {:#x}]",
-                    a.0,
-                    a.1,
-                    r.start,
-                    r.last
-                );
-            }
+        let old = std::mem::replace(&mut st.allowed, sorted);
+        if let Some((a, r)) = st.allowed_reserved_clash() {
+            st.allowed = old;
+            bail!(
+                EADDRINUSE,
+                "allowed range [{:#x}, {:#x}] intersects the reserved range [{:#x}, {:#x}]",
+                a.0,
+                a.1,
+                r.start,
+                r.last
+            );
         }
-        st.allowed = sorted;
         st.allowed_gen += 1;
         st.free = st.build_free();
         Ok(())
@@ -990,12 +1014,8 @@ impl IoPagetable {
     /// The usable ranges (holes between reserved ranges) and the IOVA alignment.
     pub fn iova_ranges(&self) -> (Vec<(u64, u64)>, u64) {
         let st = self.state.read();
-        let mut holes = vec![(0, u64::MAX)];
-        for r in &st.reserved {
-            holes = subtract(holes, (r.start, r.last));
-        }
-        holes.sort_unstable();
-        (holes, st.iova_alignment)
+        let cuts = merge_sorted(st.reserved.iter().map(|r| (r.start, r.last)));
+        (subtract_merged(&[(0, u64::MAX)], &cuts), st.iova_alignment)
     }
 
     /// The current IOVA alignment (`out_iova_alignment`).
@@ -1093,12 +1113,12 @@ impl IoPagetable {
             if s >= l {
                 return Err(format!("allowed range [{s:#x}, {l:#x}] has start >= last"));
             }
-            if let Some(r) = st.reserved_hit(s, l) {
-                return Err(format!(
-                    "allowed range [{s:#x}, {l:#x}] intersects reserved range [{:#x}, {:#x}]",
-                    r.start, r.last
-                ));
-            }
+        }
+        if let Some(((s, l), r)) = st.allowed_reserved_clash() {
+            return Err(format!(
+                "allowed range [{s:#x}, {l:#x}] intersects reserved range [{:#x}, {:#x}]",
+                r.start, r.last
+            ));
         }
         for r in &st.reserved {
             if r.start > r.last {

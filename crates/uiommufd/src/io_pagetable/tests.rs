@@ -9,6 +9,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 
+use super::free::subtract;
 use super::*;
 use crate::accounting::AccountMode;
 use crate::domain::Domain;

@@ -84,6 +84,45 @@ impl IoPagetable {
         self.write_log.set_enabled(false);
     }
 
+    /// Put back bits that [`IoPagetable::type1_dirty_read`] read and
+    /// cleared but that could not be delivered (the user bitmap is not
+    /// writable): they go into the access write log, which the next read
+    /// reports whatever the source was, for the areas still live at the same
+    /// place. Nothing happens when no session is on.
+    pub fn type1_dirty_put_back(&self, areas: &[AreaDirty], pgshift: u32) {
+        let st = self.state.read();
+        for ad in areas {
+            let live = st
+                .areas
+                .range(..=ad.iova.saturating_add((1u64 << pgshift) - 1))
+                .next_back()
+                .filter(|(&k, a)| a.state == AreaState::Live && k >= ad.iova)
+                .map(|(&k, a)| (k, a.last));
+            let Some((k, alast)) = live else {
+                continue;
+            };
+            let mut i = 0u64;
+            while i < ad.nbits {
+                if ad.words[(i / 64) as usize] >> (i % 64) & 1 == 0 {
+                    i += 1;
+                    continue;
+                }
+                let mut j = i;
+                while j + 1 < ad.nbits
+                    && ad.words[((j + 1) / 64) as usize] >> ((j + 1) % 64) & 1 != 0
+                {
+                    j += 1;
+                }
+                let s = (ad.iova + (i << pgshift)).max(k);
+                let e = (ad.iova + (j << pgshift) + ((1u64 << pgshift) - 1)).min(alast);
+                if s <= e {
+                    self.write_log.put_back(s, e);
+                }
+                i = j + 1;
+            }
+        }
+    }
+
     /// The dirty pages of every live area wholly inside `start..=last`, in
     /// pages of `1 << pgshift` bytes (`start` and every area's IOVA are
     /// multiples of it), clearing what was reported when `clear`.

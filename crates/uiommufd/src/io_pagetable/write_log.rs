@@ -151,6 +151,14 @@ impl AccessWriteLog {
         self.inner.lock().add(iova, last);
     }
 
+    /// Log `start..=last` as written again (dirty bits that were read and
+    /// cleared but not delivered), if logging is on.
+    pub(super) fn put_back(&self, start: u64, last: u64) {
+        if start <= last && self.enabled() {
+            self.inner.lock().add(start, last);
+        }
+    }
+
     /// Hook: an access pinned `[iova, iova + length)` for write.
     pub(super) fn pinned_for_write(&self, iova: u64, length: u64) {
         if length == 0 {

@@ -11,7 +11,7 @@ use crate::context::Object;
 use crate::io_pagetable::Prot;
 use crate::uapi::dispatch::Ucmd;
 use crate::uapi::*;
-use crate::{bail, Error, Result};
+use crate::{bail, err, Error, Result};
 
 const MAP_FLAGS: u32 =
     IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE;
@@ -77,39 +77,66 @@ pub(crate) fn iova_ranges(u: &Ucmd) -> Result<i32> {
     Ok(0)
 }
 
-/// `IOMMU_IOAS_ALLOW_IOVAS`
+/// Ranges of `IOMMU_IOAS_ALLOW_IOVAS` read per copy from the user (4 KiB).
+const ALLOW_CHUNK: usize = 256;
+
+/// `IOMMU_IOAS_ALLOW_IOVAS`: the ranges are taken in the user's order with
+/// the kernel's errno for the first bad one (`EFAULT` unreadable, `EINVAL`
+/// `start >= last`, `EINVAL` overlapping an earlier one), each checked
+/// against the earlier ones in O(log n) (the kernel's interval tree), and
+/// read from the user 256 at a time (one by one again where a chunk cannot
+/// be read whole, so that the errno is that of the first bad range).
 pub(crate) fn allow_iovas(u: &Ucmd) -> Result<i32> {
     let cmd: IommuIoasAllowIovas = u.cmd();
     if cmd.__reserved != 0 {
         bail!(EOPNOTSUPP, "IOAS_ALLOW_IOVAS: __reserved must be zero");
     }
     let ioas = u.ctx.ioas(cmd.ioas_id)?;
-    let mut ranges: Vec<(u64, u64)> = Vec::new();
-    for i in 0..cmd.num_iovas as u64 {
-        let mut r = IommuIovaRange::default();
-        let at = cmd
-            .allowed_iovas
-            .wrapping_add(i * size_of::<IommuIovaRange>() as u64);
-        u.read_user(at, r.as_mut_bytes())
-            .map_err(|_| Error::fault("cannot read allowed_iovas"))?;
-        if r.start >= r.last {
-            bail!(
-                EINVAL,
-                "IOAS_ALLOW_IOVAS: range {i} has start {:#x} >= last {:#x}",
-                r.start,
-                r.last
-            );
+    const ELM: u64 = size_of::<IommuIovaRange>() as u64;
+    let num = u64::from(cmd.num_iovas);
+    // start -> last of the ranges so far (disjoint)
+    let mut seen: std::collections::BTreeMap<u64, u64> = std::collections::BTreeMap::new();
+    let mut chunk = [IommuIovaRange::default(); ALLOW_CHUNK];
+    let mut i = 0u64;
+    while i < num {
+        let n = (num - i).min(ALLOW_CHUNK as u64) as usize;
+        let at = |k: u64| cmd.allowed_iovas.wrapping_add(k * ELM);
+        let whole = u.read_user(at(i), chunk[..n].as_mut_bytes()).is_ok()
+            && at(i).checked_add(n as u64 * ELM).is_some();
+        for (k, r) in chunk[..n].iter_mut().enumerate() {
+            let idx = i + k as u64;
+            if !whole {
+                u.read_user(at(idx), r.as_mut_bytes()).map_err(|_| {
+                    err!(
+                        EFAULT,
+                        "IOAS_ALLOW_IOVAS: cannot read range {idx} at {:#x}",
+                        at(idx)
+                    )
+                })?;
+            }
+            if r.start >= r.last {
+                bail!(
+                    EINVAL,
+                    "IOAS_ALLOW_IOVAS: range {idx} has start {:#x} >= last {:#x}",
+                    r.start,
+                    r.last
+                );
+            }
+            if let Some((&s, &l)) = seen.range(..=r.last).next_back() {
+                if l >= r.start {
+                    bail!(
+                        EINVAL,
+                        "IOAS_ALLOW_IOVAS: range {idx} [{:#x}, {:#x}] overlaps the earlier [{s:#x}, {l:#x}]",
+                        r.start,
+                        r.last
+                    );
+                }
+            }
+            seen.insert(r.start, r.last);
         }
-        if ranges.iter().any(|&(s, l)| r.start <= l && s <= r.last) {
-            bail!(
-                EINVAL,
-                "IOAS_ALLOW_IOVAS: range {i} [{:#x}, {:#x}] overlaps an earlier one",
-                r.start,
-                r.last
-            );
-        }
-        ranges.push((r.start, r.last));
+        i += n as u64;
     }
+    let ranges: Vec<(u64, u64)> = seen.into_iter().collect();
     ioas.iopt().set_allowed(&ranges)?;
     Ok(0)
 }

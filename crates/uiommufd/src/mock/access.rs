@@ -125,13 +125,15 @@ pub(super) fn create(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
     Ok(0)
 }
 
-/// `ACCESS_REPLACE_IOAS`: move access fd `id` to another IOAS.
-pub(super) fn replace_ioas(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
+/// `ACCESS_REPLACE_IOAS`: move access fd `id` to another IOAS of the
+/// access's own context (the fd may be used through any iommufd, as in the
+/// kernel, but `ioas_id` is never looked up in the caller's context).
+pub(super) fn replace_ioas(_u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
     let r: TestAccessReplaceIoas = payload(cmd);
     let f = get(cmd.id)?;
     let access = f.access.lock().clone();
     match access {
-        Some(a) => a.replace(u.ctx, r.ioas_id)?,
+        Some(a) => a.replace(&f.ctx, r.ioas_id)?,
         None => bail!(ENOENT, "access fd {} has no access", cmd.id),
     }
     Ok(0)

@@ -449,6 +449,10 @@ impl Domain for MockDomain {
         Ok(())
     }
 
+    fn redirty(&self, iova: u64, len: u64) -> Result<()> {
+        self.mark_dirty(iova, len).map(|_| ())
+    }
+
     fn read_and_clear_dirty(
         &self,
         iova: u64,

@@ -127,14 +127,55 @@ fn check_map(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
     let Some(mock) = hwpt.domain().as_any().downcast_ref::<domain::MockDomain>() else {
         bail!(EINVAL, "MD_CHECK_MAP: HWPT {} is not a mock domain", cmd.id);
     };
-    // get_user_pages on the buffer: it must be mapped
-    let ps = page_size();
-    let first = c.uptr & !(ps - 1);
-    u.ctx
-        .memory()
-        .populate(first, (c.uptr + c.length).div_ceil(ps) * ps - first, false)?;
-    mock.check_map(c.iova, c.length, c.uptr)?;
+    check_user_range(&**u.ctx.memory(), c.uptr, c.length, m, |off, len| {
+        mock.check_map(c.iova.wrapping_add(off), len, c.uptr + off)
+            .err()?;
+        (off..off + len).step_by(m as usize).find_map(|o| {
+            mock.check_map(c.iova.wrapping_add(o), m, c.uptr + o)
+                .err()
+                .map(|e| (o, e))
+        })
+    })?;
     Ok(0)
+}
+
+/// Bytes of user range a check populates at a time (16 pages).
+const CHECK_CHUNK: u64 = 64 * 1024;
+
+/// The kernel's "get the user page, then compare" loop of `MD_CHECK_MAP`
+/// and `MD_CHECK_REFS` over `uptr..uptr + length` (which does not wrap),
+/// in steps of `step` bytes, a chunk of [`CHECK_CHUNK`] bytes at a time:
+/// `first_bad(off, len)` gives the offset of the first step of
+/// `off..off + len` that fails its check, with the error. The pages up to
+/// and including that step's must be present (`EFAULT` otherwise, as the
+/// kernel's GUP of each page comes before its comparison); nothing after it
+/// is populated, so a check that fails early costs no more than that.
+fn check_user_range(
+    mem: &dyn crate::user::UserMemory,
+    uptr: u64,
+    length: u64,
+    step: u64,
+    mut first_bad: impl FnMut(u64, u64) -> Option<(u64, crate::Error)>,
+) -> Result<()> {
+    let ps = page_size();
+    let mut off = 0;
+    while off < length {
+        let len = (length - off).min(CHECK_CHUNK);
+        let bad = first_bad(off, len);
+        let upto = bad.as_ref().map_or(off + len, |(o, _)| o + step);
+        let lo = (uptr + off) & !(ps - 1);
+        let Some(hi) = (uptr + upto).checked_next_multiple_of(ps) else {
+            return Err(crate::Error::fault(
+                "the user range ends at the top of the address space",
+            ));
+        };
+        mem.populate(lo, hi - lo, false)?;
+        if let Some((_, e)) = bad {
+            return Err(e);
+        }
+        off += len;
+    }
+    Ok(())
 }
 
 /// `IOMMU_TEST_CMD`
@@ -336,19 +377,21 @@ fn check_refs(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
             c.length
         );
     }
-    // get_user_pages on the range: it must be mapped
-    u.ctx.memory().populate(c.uptr, c.length, false)?;
-    let mut addr = c.uptr;
-    while addr < c.uptr + c.length {
-        let n = Pages::pins_of_user_page(addr);
-        if n != c.refs {
-            bail!(
-                EIO,
-                "MD_CHECK_REFS: page {addr:#x} is pinned {n} time(s), expected {}",
-                c.refs
-            );
-        }
-        addr += ps;
-    }
+    check_user_range(&**u.ctx.memory(), c.uptr, c.length, ps, |off, len| {
+        (off..off + len).step_by(ps as usize).find_map(|o| {
+            let addr = c.uptr + o;
+            let n = Pages::pins_of_user_page(addr);
+            (n != c.refs).then(|| {
+                (
+                    o,
+                    crate::err!(
+                        EIO,
+                        "MD_CHECK_REFS: page {addr:#x} is pinned {n} time(s), expected {}",
+                        c.refs
+                    ),
+                )
+            })
+        })
+    })?;
     Ok(0)
 }

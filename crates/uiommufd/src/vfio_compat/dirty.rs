@@ -21,7 +21,10 @@
 //! `size` zero or not a multiple of it, `iova + size` wrapping, a bitmap the
 //! user may not address (`access_ok`), a bitmap size of 0, above 256 MiB,
 //! or below what `size` needs, tracking off, a range that cuts a mapping at
-//! either end; `EFAULT` writing the bitmap.
+//! either end; `EFAULT` writing the bitmap (the bytes of every mapping in
+//! the range must be writable, dirty or not, as type1 copies each mapping's
+//! bitmap whole; what was read and cleared is put back first, so a failed
+//! call loses no dirty page).
 //!
 //! `VFIO_IOMMU_UNMAP_DMA` with `VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP`:
 //! `EINVAL` combined with `UNMAP_ALL`, `argsz` < 24 + 24; `EFAULT` reading
@@ -131,55 +134,121 @@ fn check_whole_mappings(what: &str, ioas: &Ioas, iova: u64, last: u64, unmap: bo
 }
 
 /// OR the bits of every area into the user bitmap at `data`, whose bit 0
-/// is the page at `iova` (`EFAULT`).
+/// is the page at `iova` (`EFAULT`). As type1 copies each mapping's whole
+/// bitmap out, every area's bytes must be writable, dirty or not. On
+/// failure, when the bits were `cleared`, those of the areas not delivered
+/// are put back (nothing is lost; type1 clears only after the copy).
 fn write_bitmap(
     ctx: &Context,
+    ioas: &Ioas,
     data: u64,
     iova: u64,
     pgshift: u32,
     areas: &[AreaDirty],
+    cleared: bool,
 ) -> Result<()> {
-    for ad in areas {
+    for (i, ad) in areas.iter().enumerate() {
         let off = (ad.iova - iova) >> pgshift;
-        or_bits_into_user(ctx, data, off, &ad.words, ad.nbits)?;
+        let r = area_writable(ctx, data, off, ad.nbits)
+            .and_then(|()| or_bits_into_user(ctx, data, off, &ad.words, ad.nbits));
+        if let Err(e) = r {
+            if cleared {
+                ioas.iopt().type1_dirty_put_back(&areas[i..], pgshift);
+            }
+            return Err(e);
+        }
     }
     Ok(())
 }
 
+/// The bytes of the user bitmap at `data` holding bits `off..off + nbits`
+/// are writable user memory (populated for write, contents unchanged), or
+/// `EFAULT`.
+fn area_writable(ctx: &Context, data: u64, off: u64, nbits: u64) -> Result<()> {
+    if nbits == 0 {
+        return Ok(());
+    }
+    let ps = crate::user::page_size();
+    let lo = data.checked_add(off / 8);
+    let end = data.checked_add((off + nbits - 1) / 8 + 1);
+    let Some((lo, end)) = lo
+        .zip(end)
+        .and_then(|(lo, end)| Some((lo & !(ps - 1), end.checked_add(ps - 1)? & !(ps - 1))))
+    else {
+        return Err(Error::fault("dirty bitmap address wraps"));
+    };
+    ctx.memory().populate(lo, end - lo, true).map_err(|e| {
+        crate::err!(
+            EFAULT,
+            "the dirty bitmap at {data:#x} is not writable user memory: {}",
+            e.reason()
+        )
+    })
+}
+
+/// Bytes of user bitmap one read-OR-write pass handles.
+const OR_CHUNK: u64 = 4096;
+
 /// OR `nbits` bits of `words` into the user bitmap at `data`, from bit
-/// `off`: only the bytes between the first and last set bit are touched.
+/// `off`: only the bytes between the first and last set bit are touched,
+/// [`OR_CHUNK`] bytes at a time (no buffer in proportion to the bitmap).
 fn or_bits_into_user(ctx: &Context, data: u64, off: u64, words: &[u64], nbits: u64) -> Result<()> {
-    let set = |i: u64| words[(i / 64) as usize] >> (i % 64) & 1 != 0;
-    let mut bits = words.iter().enumerate().flat_map(|(wi, &w)| {
-        let mut w = w;
-        std::iter::from_fn(move || {
-            (w != 0).then(|| {
-                let b = w.trailing_zeros() as u64;
-                w &= w - 1;
-                wi as u64 * 64 + b
-            })
-        })
-    });
-    let Some(lo) = bits.find(|&i| i < nbits) else {
+    let nbits = nbits.min(words.len() as u64 * 64);
+    let word_below = |wi: usize| {
+        let base = wi as u64 * 64;
+        if base + 64 <= nbits {
+            words[wi]
+        } else {
+            words[wi] & ((1u64 << (nbits - base)) - 1)
+        }
+    };
+    let nwords = nbits.div_ceil(64) as usize;
+    let Some(lo_w) = (0..nwords).find(|&wi| word_below(wi) != 0) else {
         return Ok(());
     };
-    let hi = (lo..nbits).rev().find(|&i| set(i)).unwrap_or(lo);
-    let byte_lo = (off + lo) / 8;
-    let byte_hi = (off + hi) / 8;
-    let mut buf = vec![0u8; (byte_hi - byte_lo + 1) as usize];
-    let addr = data
-        .checked_add(byte_lo)
-        .ok_or_else(|| Error::fault("dirty bitmap address wraps"))?;
-    ctx.memory()
-        .read(addr, &mut buf)
-        .map_err(|_| Error::fault("cannot read the dirty bitmap"))?;
-    for i in std::iter::once(lo).chain(bits.take_while(|&i| i <= hi)) {
-        let d = off + i - byte_lo * 8;
-        buf[(d / 8) as usize] |= 1 << (d % 8);
+    let hi_w = (lo_w..nwords)
+        .rev()
+        .find(|&wi| word_below(wi) != 0)
+        .unwrap_or(lo_w);
+    let lo = lo_w as u64 * 64 + u64::from(word_below(lo_w).trailing_zeros());
+    let hi = hi_w as u64 * 64 + 63 - u64::from(word_below(hi_w).leading_zeros());
+    let (byte_lo, byte_hi) = ((off + lo) / 8, (off + hi) / 8);
+    let mut buf = [0u8; OR_CHUNK as usize];
+    let mut b = byte_lo;
+    while b <= byte_hi {
+        let n = (byte_hi - b + 1).min(OR_CHUNK);
+        let chunk = &mut buf[..n as usize];
+        let addr = data
+            .checked_add(b)
+            .filter(|a| a.checked_add(n).is_some())
+            .ok_or_else(|| Error::fault("dirty bitmap address wraps"))?;
+        ctx.memory()
+            .read(addr, chunk)
+            .map_err(|_| Error::fault("cannot read the dirty bitmap"))?;
+        // bitmap bits i0..=i1 land in this chunk
+        let i0 = (b * 8).saturating_sub(off).max(lo);
+        let i1 = ((b + n) * 8 - 1 - off).min(hi);
+        let mut i = i0;
+        while i <= i1 {
+            let wi = (i / 64) as usize;
+            let mut w = word_below(wi) & (!0u64 << (i % 64));
+            let wend = (wi as u64 * 64 + 63).min(i1);
+            if wend < wi as u64 * 64 + 63 {
+                w &= (1u64 << (wend % 64 + 1)) - 1;
+            }
+            while w != 0 {
+                let p = off + wi as u64 * 64 + u64::from(w.trailing_zeros()) - b * 8;
+                chunk[(p / 8) as usize] |= 1 << (p % 8);
+                w &= w - 1;
+            }
+            i = wend + 1;
+        }
+        ctx.memory()
+            .write(addr, chunk)
+            .map_err(|_| Error::fault("cannot write the dirty bitmap"))?;
+        b += n;
     }
-    ctx.memory()
-        .write(addr, &buf)
-        .map_err(|_| Error::fault("cannot write the dirty bitmap"))
+    Ok(())
 }
 
 /// `VFIO_IOMMU_DIRTY_PAGES`
@@ -310,7 +379,15 @@ fn get_bitmap(
     let areas = ioas
         .iopt()
         .type1_dirty_read(range.iova, last, pgshift, true)?;
-    write_bitmap(ctx, range.bitmap.data, range.iova, pgshift, &areas)?;
+    write_bitmap(
+        ctx,
+        ioas,
+        range.bitmap.data,
+        range.iova,
+        pgshift,
+        &areas,
+        true,
+    )?;
     Ok(0)
 }
 
@@ -382,7 +459,7 @@ pub(crate) fn unmap_with_bitmap(
     let areas = ioas
         .iopt()
         .type1_dirty_read(unmap.iova, last, pgshift, false)?;
-    write_bitmap(ctx, bitmap.data, unmap.iova, pgshift, &areas)?;
+    write_bitmap(ctx, &ioas, bitmap.data, unmap.iova, pgshift, &areas, false)?;
     unmap.size = ioas.unmap(unmap.iova, unmap.size)?;
     write_prefix(
         ctx,
@@ -429,5 +506,35 @@ mod tests {
         // bits past nbits are ignored
         or_bits_into_user(&ctx, data, 100, &[1 << 5], 5).unwrap();
         assert!(buf[12..].iter().all(|&b| b == 0));
+    }
+
+    /// Bitmaps spanning several chunks agree with a bit-by-bit model.
+    #[test]
+    fn or_bits_across_chunks() {
+        let ctx = Context::new();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        for (off, nbits) in [
+            (0u64, 3 * OR_CHUNK * 8 + 5),
+            (13, 2 * OR_CHUNK * 8),
+            (7, 70),
+        ] {
+            let words: Vec<u64> = (0..nbits.div_ceil(64))
+                .map(|_| {
+                    x ^= x << 13;
+                    x ^= x >> 7;
+                    x ^= x << 17;
+                    x & x.rotate_left(7)
+                })
+                .collect();
+            let mut buf = vec![0x10u8; ((off + nbits) / 8 + 16) as usize];
+            let mut want = buf.clone();
+            for i in 0..nbits {
+                if words[(i / 64) as usize] >> (i % 64) & 1 != 0 {
+                    want[((off + i) / 8) as usize] |= 1 << ((off + i) % 8);
+                }
+            }
+            or_bits_into_user(&ctx, buf.as_mut_ptr() as u64, off, &words, nbits).unwrap();
+            assert_eq!(buf, want, "off {off} nbits {nbits}");
+        }
     }
 }

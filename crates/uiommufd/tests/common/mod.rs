@@ -125,3 +125,57 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
+
+/// `n` pages of private anonymous memory whose pages can be made
+/// read-only, inaccessible or unmapped one by one (unwritable user buffers).
+pub struct ProtPages {
+    addr: u64,
+    n: usize,
+}
+
+impl ProtPages {
+    /// `n` zeroed read/write pages.
+    pub fn new(n: usize) -> ProtPages {
+        // SAFETY: a fresh anonymous mapping that nothing else refers to.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                n * 4096,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        ProtPages { addr: p as u64, n }
+    }
+    /// The address of page `i`.
+    pub fn page(&self, i: usize) -> u64 {
+        self.addr + i as u64 * 4096
+    }
+    /// `mprotect` page `i` to `prot`.
+    pub fn protect(&self, i: usize, prot: i32) {
+        // SAFETY: a page of our own mapping; nothing holds references into it.
+        let rc = unsafe { libc::mprotect(self.page(i) as *mut libc::c_void, 4096, prot) };
+        assert_eq!(rc, 0);
+    }
+    /// Unmap page `i` (a hole in the mapping).
+    pub fn unmap(&self, i: usize) {
+        // SAFETY: a page of our own mapping; nothing holds references into it.
+        let rc = unsafe { libc::munmap(self.page(i) as *mut libc::c_void, 4096) };
+        assert_eq!(rc, 0);
+    }
+    /// Read the little-endian u64 at byte `off` (page must be readable).
+    pub fn word(&self, off: u64) -> u64 {
+        // SAFETY: inside our mapping; the caller keeps that page readable.
+        unsafe { std::ptr::read_unaligned((self.addr + off) as *const u64) }
+    }
+}
+
+impl Drop for ProtPages {
+    fn drop(&mut self) {
+        // SAFETY: our own mapping (munmap of holes in it is harmless).
+        unsafe { libc::munmap(self.addr as *mut libc::c_void, self.n * 4096) };
+    }
+}

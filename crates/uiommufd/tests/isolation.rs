@@ -1,0 +1,334 @@
+//! Issue 10 item 7: an object ID is only ever resolved in the context that
+//! owns the object it is used with. Two contexts; every command that takes
+//! an ID, given IDs that exist only in the other context, answers `ENOENT`;
+//! an access fd (a file usable through any iommufd, as in the kernel) only
+//! ever reaches its own context.
+
+use std::sync::Arc;
+
+use uiommufd::uapi::*;
+use uiommufd::Context;
+use zerocopy::{FromBytes, IntoBytes};
+
+mod common;
+use common::*;
+
+const A: u64 = MOCK_APERTURE_START;
+
+fn test_cmd(ctx: &Arc<Context>, op: u32, id: u32, payload: &[u8]) -> Result<IommuTestCmd, i32> {
+    let mut t = IommuTestCmd {
+        size: 72,
+        op,
+        id,
+        ..Default::default()
+    };
+    t.payload[..payload.len()].copy_from_slice(payload);
+    ioc(ctx, IOMMU_TEST_CMD, &mut t)?;
+    Ok(t)
+}
+
+fn create_access(ctx: &Arc<Context>, ioas: u32) -> Result<u32, i32> {
+    let c = TestCreateAccess {
+        out_access_fd: 0,
+        flags: MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES,
+    };
+    let t = test_cmd(ctx, IOMMU_TEST_OP_CREATE_ACCESS, ioas, c.as_bytes())?;
+    Ok(TestCreateAccess::read_from_prefix(&t.payload)
+        .unwrap()
+        .0
+        .out_access_fd)
+}
+
+fn replace_access_ioas(ctx: &Arc<Context>, fd: u32, ioas: u32) -> Result<(), i32> {
+    let r = TestAccessReplaceIoas { ioas_id: ioas };
+    test_cmd(ctx, IOMMU_TEST_OP_ACCESS_REPLACE_IOAS, fd, r.as_bytes()).map(|_| ())
+}
+
+fn access_read(ctx: &Arc<Context>, fd: u32, iova: u64) -> Result<u8, i32> {
+    let mut out = [0u8; 1];
+    let rw = TestAccessRw {
+        iova,
+        length: 1,
+        uptr: out.as_mut_ptr() as u64,
+        flags: 0,
+        _pad: 0,
+    };
+    test_cmd(ctx, IOMMU_TEST_OP_ACCESS_RW, fd, rw.as_bytes())?;
+    Ok(out[0])
+}
+
+/// Context B's objects: IDs that context A does not have.
+struct Side {
+    ctx: Arc<Context>,
+    ioas: u32,
+    ioas2: u32,
+    stdev: u32,
+    hwpt: u32,
+    idev: u32,
+    buf: Buf,
+}
+
+fn side(skip: usize, fill: u8) -> Side {
+    let ctx = Context::new();
+    for _ in 0..skip {
+        ioas_alloc(&ctx);
+    }
+    let ioas = ioas_alloc(&ctx);
+    let ioas2 = ioas_alloc(&ctx);
+    let (stdev, hwpt, idev) = mock_domain(&ctx, ioas).unwrap();
+    let buf = Buf::new(4096, 4096);
+    // SAFETY: the 4096 bytes of `buf` from its aligned start are ours.
+    unsafe { std::ptr::write_bytes(buf.addr() as *mut u8, fill, 4096) };
+    map_fixed(&ctx, ioas, buf.addr(), 4096, A).unwrap();
+    map_fixed(&ctx, ioas2, buf.addr(), 4096, A).unwrap();
+    Side {
+        ctx,
+        ioas,
+        ioas2,
+        stdev,
+        hwpt,
+        idev,
+        buf,
+    }
+}
+
+/// The reported bug: ACCESS_REPLACE_IOAS issued through context B with an
+/// access fd of context A resolved the IOAS ID in B and let A's access
+/// read B's memory.
+#[test]
+fn access_replace_ioas_resolves_in_the_access_context() {
+    let _serial = serial();
+    let a = side(0, 0xaa);
+    let b = side(8, 0xbb);
+    let fd = create_access(&a.ctx, a.ioas).unwrap();
+    assert_eq!(access_read(&a.ctx, fd, A), Ok(0xaa));
+    // B's IOAS through B's fd, through A's fd: not the access's context
+    assert_eq!(replace_access_ioas(&b.ctx, fd, b.ioas), Err(libc::ENOENT));
+    assert_eq!(replace_access_ioas(&a.ctx, fd, b.ioas), Err(libc::ENOENT));
+    assert_eq!(access_read(&b.ctx, fd, A), Ok(0xaa), "still A's memory");
+    // the access's own IOAS IDs work whichever iommufd carries the command
+    assert_eq!(replace_access_ioas(&b.ctx, fd, a.ioas2), Ok(()));
+    assert_eq!(access_read(&a.ctx, fd, A), Ok(0xaa));
+    assert_eq!(replace_access_ioas(&a.ctx, fd, a.ioas), Ok(()));
+    uiommufd::files::close(fd as i32).unwrap();
+    for s in [&a, &b] {
+        s.ctx.check_invariants().unwrap();
+    }
+    drop(b.buf);
+    drop(a.buf);
+}
+
+/// Every command that takes an object ID, given B's IDs through A.
+#[test]
+fn ids_of_another_context_are_enoent_everywhere() {
+    let _serial = serial();
+    let a = side(0, 0xaa);
+    let b = side(8, 0xbb);
+    let max_a = [a.ioas, a.ioas2, a.stdev, a.hwpt, a.idev].into_iter().max();
+    let min_b = [b.ioas, b.ioas2, b.stdev, b.hwpt, b.idev].into_iter().min();
+    assert!(max_a < min_b, "B's IDs do not exist in A");
+    let ctx = &a.ctx;
+    let e = |what: &str, r: Result<i32, i32>| assert_eq!(r, Err(libc::ENOENT), "{what}");
+    let te = |what: &str, op: u32, id: u32, p: &[u8]| {
+        assert_eq!(
+            test_cmd(ctx, op, id, p).map(|_| ()),
+            Err(libc::ENOENT),
+            "{what}"
+        )
+    };
+    let scratch = Buf::new(8192, 4096);
+    let sp = scratch.addr();
+
+    // IOMMU_* commands
+    e("DESTROY", destroy(ctx, b.ioas));
+    e("IOAS_MAP", map_fixed(ctx, b.ioas, sp, 4096, A + (1 << 20)));
+    e("IOAS_UNMAP", unmap(ctx, b.ioas, 0, u64::MAX));
+    let mut r = IommuIoasIovaRanges {
+        size: 32,
+        ioas_id: b.ioas,
+        ..Default::default()
+    };
+    e("IOAS_IOVA_RANGES", ioc(ctx, IOMMU_IOAS_IOVA_RANGES, &mut r));
+    let mut r = IommuIoasAllowIovas {
+        size: 24,
+        ioas_id: b.ioas,
+        ..Default::default()
+    };
+    e("IOAS_ALLOW_IOVAS", ioc(ctx, IOMMU_IOAS_ALLOW_IOVAS, &mut r));
+    for (src, dst) in [(b.ioas, a.ioas2), (a.ioas, b.ioas)] {
+        let mut c = IommuIoasCopy {
+            size: 40,
+            flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE,
+            dst_ioas_id: dst,
+            src_ioas_id: src,
+            length: 4096,
+            dst_iova: A + (1 << 20),
+            src_iova: A,
+        };
+        e("IOAS_COPY", ioc(ctx, IOMMU_IOAS_COPY, &mut c));
+    }
+    let mut o = IommuOption {
+        size: 24,
+        option_id: IOMMU_OPTION_HUGE_PAGES,
+        op: IOMMU_OPTION_OP_GET,
+        object_id: b.ioas,
+        ..Default::default()
+    };
+    e("OPTION", ioc(ctx, IOMMU_OPTION, &mut o));
+    let mut v = IommuVfioIoas {
+        size: 12,
+        ioas_id: b.ioas,
+        op: IOMMU_VFIO_IOAS_SET,
+        __reserved: 0,
+    };
+    e("VFIO_IOAS SET", ioc(ctx, IOMMU_VFIO_IOAS, &mut v));
+    // the kernel answers EINVAL for a pt_id it cannot find
+    for (dev, pt, errno) in [
+        (b.idev, a.ioas, libc::ENOENT),
+        (a.idev, b.ioas, libc::EINVAL),
+        (a.idev, b.hwpt, libc::EINVAL),
+    ] {
+        let mut h = IommuHwptAlloc {
+            size: 48,
+            dev_id: dev,
+            pt_id: pt,
+            ..Default::default()
+        };
+        let r = ioc(ctx, IOMMU_HWPT_ALLOC, &mut h);
+        assert_eq!(r, Err(errno), "HWPT_ALLOC dev {dev} pt {pt}");
+    }
+    let mut info = IommuHwInfo {
+        size: 32,
+        dev_id: b.idev,
+        ..Default::default()
+    };
+    e("GET_HW_INFO", ioc(ctx, IOMMU_GET_HW_INFO, &mut info));
+    let mut d = IommuHwptSetDirtyTracking {
+        size: 16,
+        hwpt_id: b.hwpt,
+        ..Default::default()
+    };
+    e(
+        "SET_DIRTY_TRACKING",
+        ioc(ctx, IOMMU_HWPT_SET_DIRTY_TRACKING, &mut d),
+    );
+    let mut g = IommuHwptGetDirtyBitmap {
+        size: 48,
+        hwpt_id: b.hwpt,
+        iova: A,
+        length: 4096,
+        page_size: 4096,
+        data: sp,
+        ..Default::default()
+    };
+    e(
+        "GET_DIRTY_BITMAP",
+        ioc(ctx, IOMMU_HWPT_GET_DIRTY_BITMAP, &mut g),
+    );
+    let inv = IommuHwptInvalidateSelftest::default();
+    let mut i = IommuHwptInvalidate {
+        size: 32,
+        hwpt_id: b.hwpt,
+        data_uptr: inv.as_bytes().as_ptr() as u64,
+        data_type: IOMMU_HWPT_INVALIDATE_DATA_SELFTEST,
+        entry_len: 8,
+        entry_num: 1,
+        __reserved: 0,
+    };
+    e("HWPT_INVALIDATE", ioc(ctx, IOMMU_HWPT_INVALIDATE, &mut i));
+
+    // IOMMU_TEST_CMD ops that take an ID
+    let res = TestAddReserved {
+        start: A + (2 << 20),
+        length: 4096,
+    };
+    te(
+        "ADD_RESERVED",
+        IOMMU_TEST_OP_ADD_RESERVED,
+        b.ioas,
+        res.as_bytes(),
+    );
+    te("MOCK_DOMAIN", IOMMU_TEST_OP_MOCK_DOMAIN, b.ioas, &[]);
+    te(
+        "MOCK_DOMAIN on B's HWPT",
+        IOMMU_TEST_OP_MOCK_DOMAIN,
+        b.hwpt,
+        &[],
+    );
+    let md = TestMockDomainFlags::default();
+    te(
+        "MOCK_DOMAIN_FLAGS",
+        IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS,
+        b.ioas,
+        md.as_bytes(),
+    );
+    let rep = TestMockDomainReplace { pt_id: a.ioas2 };
+    te(
+        "MOCK_DOMAIN_REPLACE of B's stdev",
+        IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE,
+        b.stdev,
+        rep.as_bytes(),
+    );
+    for pt in [b.ioas, b.hwpt] {
+        let rep = TestMockDomainReplace { pt_id: pt };
+        te(
+            "MOCK_DOMAIN_REPLACE to B's pt",
+            IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE,
+            a.stdev,
+            rep.as_bytes(),
+        );
+    }
+    let cm = TestCheckMap {
+        iova: A,
+        length: 4096,
+        uptr: b.buf.addr(),
+    };
+    te(
+        "MD_CHECK_MAP",
+        IOMMU_TEST_OP_MD_CHECK_MAP,
+        b.hwpt,
+        cm.as_bytes(),
+    );
+    let ca = TestCreateAccess::default();
+    te(
+        "CREATE_ACCESS",
+        IOMMU_TEST_OP_CREATE_ACCESS,
+        b.ioas,
+        ca.as_bytes(),
+    );
+    let td = TestDirty {
+        iova: A,
+        length: 4096,
+        page_size: 4096,
+        uptr: sp,
+        ..Default::default()
+    };
+    te("DIRTY", IOMMU_TEST_OP_DIRTY, b.hwpt, td.as_bytes());
+    let ci = TestCheckIotlb { id: 0, iotlb: 0 };
+    te(
+        "MD_CHECK_IOTLB",
+        IOMMU_TEST_OP_MD_CHECK_IOTLB,
+        b.hwpt,
+        ci.as_bytes(),
+    );
+    let ti = TestTriggerIopf {
+        dev_id: b.idev,
+        ..Default::default()
+    };
+    te("TRIGGER_IOPF", IOMMU_TEST_OP_TRIGGER_IOPF, 0, ti.as_bytes());
+    // an access fd of A through B: its own context only
+    let fd = create_access(&a.ctx, a.ioas).unwrap();
+    assert_eq!(replace_access_ioas(&b.ctx, fd, b.ioas2), Err(libc::ENOENT));
+    assert_eq!(access_read(&b.ctx, fd, A), Ok(0xaa));
+    uiommufd::files::close(fd as i32).unwrap();
+
+    // nothing of B changed
+    assert_eq!(
+        test_cmd(&b.ctx, IOMMU_TEST_OP_MD_CHECK_MAP, b.hwpt, cm.as_bytes()).map(|_| ()),
+        Ok(())
+    );
+    for s in [&a, &b] {
+        s.ctx.check_invariants().unwrap();
+    }
+    drop(scratch);
+}
