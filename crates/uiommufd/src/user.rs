@@ -47,32 +47,6 @@ pub trait UserMemory: Send + Sync + std::fmt::Debug {
     }
 }
 
-/// Whether `MADV_POPULATE_WRITE` works here (Linux 5.14+): tried once on
-/// the page of a stack variable, which is writable.
-fn populate_write_supported() -> bool {
-    use std::sync::atomic::{AtomicU8, Ordering};
-    static KNOWN: AtomicU8 = AtomicU8::new(0); // 0 unknown, 1 yes, 2 no
-    match KNOWN.load(Ordering::Relaxed) {
-        1 => return true,
-        2 => return false,
-        _ => {}
-    }
-    let local = std::hint::black_box(0u8);
-    let page = (&local as *const u8 as u64) & !(page_size() - 1);
-    // SAFETY: populating (for write) the stack page we are running on
-    // changes no content and no mapping.
-    let rc = unsafe {
-        libc::madvise(
-            page as usize as *mut libc::c_void,
-            page_size() as usize,
-            libc::MADV_POPULATE_WRITE,
-        )
-    };
-    let yes = rc == 0;
-    KNOWN.store(if yes { 1 } else { 2 }, Ordering::Relaxed);
-    yes
-}
-
 /// Zero `len` bytes of user memory at `addr` (the kernel's `clear_user`):
 /// written in bounded chunks from a static zero page, so a huge
 /// user-supplied `len` costs no allocation. `EFAULT` when any byte is
@@ -148,7 +122,7 @@ impl UserMemory for SelfMemory {
             if e.raw_os_error() == Some(libc::EINTR) {
                 continue;
             }
-            if e.raw_os_error() == Some(libc::EINVAL) && !populate_write_supported() {
+            if e.raw_os_error() == Some(libc::EINVAL) && !populate_supported() {
                 return Ok(());
             }
             return Err(Error::new(
