@@ -184,6 +184,8 @@ fn fail(e: c_int) -> c_int {
 extern "C" fn preload_init() {
     sync::init();
     let _ = guard(signals::init);
+    let _ = guard(signals::scan_existing_handlers);
+    let _ = guard(table::init_paranoia);
     let _ = guard(|| {
         let _c = sync::enter();
         uiommufd::logging::init_from_env();
@@ -506,11 +508,7 @@ fn emulated_ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> Route {
     let Some(entry) = table::lookup(fd) else {
         return Route::Kernel;
     };
-    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is writable; a bad fd just fails.
-    let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
-    if !ok || st.st_dev != entry.dev || st.st_ino != entry.ino {
+    if table::paranoid() && !table::still_ours(fd, &entry) {
         tracing::debug!(
             fd,
             "fd was closed behind the shim's back; dropping its context"
@@ -770,6 +768,161 @@ pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
     }
     // SAFETY: forwarding the caller's arguments unchanged.
     unsafe { real(fd, cmd, arg) }
+}
+
+/// After a forwarded call created `fd` (not through our `open`/`dup`
+/// hooks): a registration left under that number by an fd closed behind
+/// our back is stale and goes. This keeps the fd table right without an
+/// `fstat` per `ioctl` (see `table::paranoid`).
+macro_rules! fd_creating_hook {
+    ($(#[$m:meta])* $name:ident($($arg:ident: $ty:ty),*)) => {
+        $(#[$m])*
+        ///
+        /// # Safety
+        /// Same contract as the libc function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+            let Some(real) = real::$name() else { return missing() };
+            // SAFETY: forwarding the caller's arguments unchanged.
+            post_open(unsafe { real($($arg),*) })
+        }
+    };
+}
+
+fd_creating_hook!(
+    /// `socket(2)`, forgetting a stale registration of the new fd.
+    socket(domain: c_int, ty: c_int, protocol: c_int)
+);
+fd_creating_hook!(
+    /// `accept(2)`, forgetting a stale registration of the new fd.
+    accept(fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t)
+);
+fd_creating_hook!(
+    /// `accept4(2)`, forgetting a stale registration of the new fd.
+    accept4(fd: c_int, addr: *mut libc::sockaddr, len: *mut libc::socklen_t, flags: c_int)
+);
+fd_creating_hook!(
+    /// `eventfd(2)`, forgetting a stale registration of the new fd.
+    eventfd(initval: c_uint, flags: c_int)
+);
+fd_creating_hook!(
+    /// `epoll_create(2)`, forgetting a stale registration of the new fd.
+    epoll_create(size: c_int)
+);
+fd_creating_hook!(
+    /// `epoll_create1(2)`, forgetting a stale registration of the new fd.
+    epoll_create1(flags: c_int)
+);
+fd_creating_hook!(
+    /// `timerfd_create(2)`, forgetting a stale registration of the new fd.
+    timerfd_create(clock: c_int, flags: c_int)
+);
+fd_creating_hook!(
+    /// `signalfd(2)`, forgetting a stale registration of the new fd.
+    signalfd(fd: c_int, mask: *const libc::sigset_t, flags: c_int)
+);
+fd_creating_hook!(
+    /// `inotify_init1(2)`, forgetting a stale registration of the new fd.
+    inotify_init1(flags: c_int)
+);
+fd_creating_hook!(
+    /// `memfd_create(2)`, forgetting a stale registration of the new fd.
+    memfd_create(name: *const c_char, flags: c_uint)
+);
+
+/// A call that creates two fds in `fds[0..2]`.
+macro_rules! fd_pair_hook {
+    ($(#[$m:meta])* $name:ident($($arg:ident: $ty:ty),*)) => {
+        $(#[$m])*
+        ///
+        /// # Safety
+        /// Same contract as the libc function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty,)* fds: *mut c_int) -> c_int {
+            let Some(real) = real::$name() else { return missing() };
+            // SAFETY: forwarding the caller's arguments unchanged.
+            let r = unsafe { real($($arg,)* fds) };
+            if r == 0 {
+                // SAFETY: on success the call wrote two fds there.
+                let (a, b) = unsafe { (*fds, *fds.add(1)) };
+                post_open(a);
+                post_open(b);
+            }
+            r
+        }
+    };
+}
+
+fd_pair_hook!(
+    /// `pipe(2)`, forgetting stale registrations of the new fds.
+    pipe()
+);
+/// `pipe2(2)`, forgetting stale registrations of the new fds.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn pipe2(fds: *mut c_int, flags: c_int) -> c_int {
+    let Some(real) = real::pipe2() else {
+        return missing();
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let r = unsafe { real(fds, flags) };
+    if r == 0 {
+        // SAFETY: on success the call wrote two fds there.
+        let (a, b) = unsafe { (*fds, *fds.add(1)) };
+        post_open(a);
+        post_open(b);
+    }
+    r
+}
+fd_pair_hook!(
+    /// `socketpair(2)`, forgetting stale registrations of the new fds.
+    socketpair(domain: c_int, ty: c_int, protocol: c_int)
+);
+
+/// `fclose(3)`: glibc closes the fd inside (not through `close`), so a
+/// stream opened on one of our fds (`fdopen`) is unregistered here, with
+/// the close itself under the fd-number lock like our `close`.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn fclose(fp: *mut libc::FILE) -> c_int {
+    let Some(real) = real::fclose() else {
+        return missing();
+    };
+    if fp.is_null() || !(table::any_registered() || files::any_engine_fd()) || sync::foreign() {
+        // SAFETY: forwarding the caller's argument unchanged.
+        return unsafe { real(fp) };
+    }
+    // SAFETY: `fp` is the caller's open stream.
+    let fd = unsafe { libc::fileno(fp) };
+    if fd < 0 || !may_be_ours(fd) {
+        // SAFETY: forwarding the caller's argument unchanged.
+        return unsafe { real(fp) };
+    }
+    let mut r = -1;
+    let mut e = 0;
+    let done = guard(|| {
+        let _c = sync::enter();
+        let ops = sync::fd_ops();
+        if files::is_engine_fd(fd) {
+            files::on_close(fd);
+        }
+        // SAFETY: forwarding the caller's argument unchanged; flushing a
+        // stream on a memfd or eventfd does not block.
+        r = unsafe { real(fp) };
+        e = errno();
+        let gone = table::unregister(fd);
+        drop(ops);
+        drop(gone);
+    });
+    if done.is_none() && r != 0 {
+        return -1;
+    }
+    set_errno(e);
+    r
 }
 
 /// `-1` with `errno = e`, as `ssize_t`.

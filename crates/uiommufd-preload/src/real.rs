@@ -113,6 +113,34 @@ real! {
     readdir64: unsafe extern "C" fn(*mut libc::DIR) -> *mut libc::dirent64;
     /// `int closedir(DIR *)`
     closedir: unsafe extern "C" fn(*mut libc::DIR) -> c_int;
+    /// `int socket(int, int, int)`
+    socket: unsafe extern "C" fn(c_int, c_int, c_int) -> c_int;
+    /// `int accept(int, struct sockaddr *, socklen_t *)`
+    accept: unsafe extern "C" fn(c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> c_int;
+    /// `int accept4(int, struct sockaddr *, socklen_t *, int)`
+    accept4: unsafe extern "C" fn(c_int, *mut libc::sockaddr, *mut libc::socklen_t, c_int) -> c_int;
+    /// `int eventfd(unsigned, int)`
+    eventfd: unsafe extern "C" fn(c_uint, c_int) -> c_int;
+    /// `int epoll_create(int)`
+    epoll_create: unsafe extern "C" fn(c_int) -> c_int;
+    /// `int epoll_create1(int)`
+    epoll_create1: unsafe extern "C" fn(c_int) -> c_int;
+    /// `int timerfd_create(int, int)`
+    timerfd_create: unsafe extern "C" fn(c_int, c_int) -> c_int;
+    /// `int signalfd(int, const sigset_t *, int)`
+    signalfd: unsafe extern "C" fn(c_int, *const libc::sigset_t, c_int) -> c_int;
+    /// `int inotify_init1(int)`
+    inotify_init1: unsafe extern "C" fn(c_int) -> c_int;
+    /// `int memfd_create(const char *, unsigned)`
+    memfd_create: unsafe extern "C" fn(*const c_char, c_uint) -> c_int;
+    /// `int pipe(int[2])`
+    pipe: unsafe extern "C" fn(*mut c_int) -> c_int;
+    /// `int pipe2(int[2], int)`
+    pipe2: unsafe extern "C" fn(*mut c_int, c_int) -> c_int;
+    /// `int socketpair(int, int, int, int[2])`
+    socketpair: unsafe extern "C" fn(c_int, c_int, c_int, *mut c_int) -> c_int;
+    /// `int fclose(FILE *)`
+    fclose: unsafe extern "C" fn(*mut libc::FILE) -> c_int;
     /// `int sigaction(int, const struct sigaction *, struct sigaction *)`
     sigaction: unsafe extern "C" fn(c_int, *const libc::sigaction, *mut libc::sigaction) -> c_int;
     /// `sighandler_t signal(int, sighandler_t)`

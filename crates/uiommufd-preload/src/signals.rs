@@ -31,6 +31,42 @@ use crate::real;
 /// Set once our handler is installed for both signals.
 static INSTALLED: AtomicBool = AtomicBool::new(false);
 
+/// Set (for good) once the program may have a handler for an asynchronous
+/// signal: from then on critical sections block signals (see `sync`).
+/// Until then no handler can run on top of our code, and critical sections
+/// skip the two `rt_sigprocmask` calls.
+static HANDLERS: AtomicBool = AtomicBool::new(false);
+
+/// Whether a signal handler of the program may interrupt a critical
+/// section (one atomic load).
+#[inline]
+pub(crate) fn handlers_possible() -> bool {
+    HANDLERS.load(Ordering::Acquire)
+}
+
+/// A disposition that is some handler (neither `SIG_DFL`, `SIG_IGN` nor
+/// `SIG_ERR`), for when we cannot read which.
+pub(crate) const SOME_HANDLER: libc::sighandler_t = 4096;
+
+/// Whether `disp` runs code of the program when `sig` arrives
+/// asynchronously (a handler of an asynchronous signal).
+fn catches(sig: c_int, disp: libc::sighandler_t) -> bool {
+    disp != libc::SIG_DFL
+        && disp != libc::SIG_IGN
+        && disp != libc::SIG_ERR
+        && !crate::sync::is_synchronous(sig)
+}
+
+/// The program is about to install a handler: from now on critical
+/// sections block signals. The first time, wait until every critical
+/// section that runs with signals open has ended (the fork gate), so that
+/// none is left that the new handler could interrupt.
+pub(crate) fn note_handler(sig: c_int, disp: libc::sighandler_t) {
+    if catches(sig, disp) && !HANDLERS.load(Ordering::Acquire) {
+        crate::sync::drained(|| HANDLERS.store(true, Ordering::Release));
+    }
+}
+
 /// Install the handler and enable fault-safe copies (library constructor).
 pub(crate) fn init() {
     if std::env::var_os("UIOMMUFD_FAULT_HANDLER").is_some_and(|v| v == "0") {
@@ -56,6 +92,27 @@ pub(crate) fn init() {
     faultsafe::enable();
 }
 
+/// Look at the dispositions installed before the shim was loaded or
+/// initialised (a library constructor, or an inherited one): a handler
+/// there counts as the program's (library constructor).
+pub(crate) fn scan_existing_handlers() {
+    let Some(real_sigaction) = real::sigaction() else {
+        HANDLERS.store(true, Ordering::Release);
+        return;
+    };
+    for sig in 1..=64 {
+        // SAFETY: an all-zero sigaction is a valid value to be overwritten.
+        let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: a query (NULL act); libc refuses its internal signals.
+        if unsafe { real_sigaction(sig, std::ptr::null(), &mut old) } == 0
+            && catches(sig, old.sa_sigaction)
+        {
+            HANDLERS.store(true, Ordering::Release);
+            return;
+        }
+    }
+}
+
 /// Whether `sig` is one whose disposition we keep for the program.
 fn kept(sig: c_int) -> bool {
     faultsafe::owns(sig) && INSTALLED.load(Ordering::Acquire)
@@ -67,8 +124,25 @@ fn kept(sig: c_int) -> bool {
 /// # Safety
 /// One of the two pointers is ours and valid for a `T`.
 unsafe fn copy_struct<T>(dst: *mut T, src: *const T) -> bool {
-    // SAFETY: forwarded; faultsafe is enabled whenever `kept` holds.
-    unsafe { faultsafe::copy(dst.cast(), src.cast(), std::mem::size_of::<T>()) == 0 }
+    let len = std::mem::size_of::<T>();
+    if faultsafe::enabled() {
+        // SAFETY: forwarded; faults on the program's side are fixed up.
+        return unsafe { faultsafe::copy(dst.cast(), src.cast(), len) } == 0;
+    }
+    // before `init` (a library constructor) or with the handler off: the
+    // kernel checks the pointers
+    let local = libc::iovec {
+        iov_base: dst.cast(),
+        iov_len: len,
+    };
+    let remote = libc::iovec {
+        iov_base: src as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: reading `len` bytes at `src` into `dst` through the kernel,
+    // which fails with EFAULT on a bad pointer. (Only reads of the
+    // program's structs take this path; writes happen once `kept` holds.)
+    unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) == len as isize }
 }
 
 /// `sigaction(2)`: for `SIGSEGV`/`SIGBUS`, records the program's
@@ -105,6 +179,17 @@ pub unsafe extern "C" fn sigaction(
         set_errno(libc::ENOSYS);
         return -1;
     };
+    if !act.is_null() {
+        // SAFETY: an all-zero sigaction is a valid value to fill in.
+        let mut new: libc::sigaction = unsafe { std::mem::zeroed() };
+        // SAFETY: `new` is ours; a bad `act` is left for libc to report.
+        if unsafe { copy_struct(&mut new, act) } {
+            note_handler(sig, new.sa_sigaction);
+        } else {
+            // unreadable here: assume the worst
+            note_handler(sig, SOME_HANDLER);
+        }
+    }
     // SAFETY: forwarding the caller's arguments unchanged.
     unsafe { real(sig, act, oact) }
 }
@@ -142,6 +227,7 @@ macro_rules! signal_hook {
             if kept(sig) && handler != libc::SIG_ERR {
                 return set_simple(sig, handler, $flags, $mask_self);
             }
+            note_handler(sig, handler);
             let Some(real) = real::$name() else {
                 set_errno(libc::ENOSYS);
                 return libc::SIG_ERR;
@@ -204,6 +290,7 @@ pub unsafe extern "C" fn sigset(sig: c_int, disp: libc::sighandler_t) -> libc::s
         unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
         return old;
     }
+    note_handler(sig, disp);
     let Some(real) = real::sigset() else {
         set_errno(libc::ENOSYS);
         return libc::SIG_ERR;

@@ -113,6 +113,11 @@ const SYNCHRONOUS: [libc::c_int; 6] = [
     libc::SIGSYS,
 ];
 
+/// Whether `sig` is raised synchronously by faults.
+pub(crate) fn is_synchronous(sig: libc::c_int) -> bool {
+    SYNCHRONOUS.contains(&sig)
+}
+
 /// Block every asynchronous signal of the calling thread; returns the
 /// previous mask.
 fn block_all() -> libc::sigset_t {
@@ -215,7 +220,10 @@ fn gate_exit_exclusive() {
 /// the outermost one restores the signal mask when dropped.
 #[must_use]
 pub(crate) struct Critical {
+    /// The mask to restore, when this section blocked signals.
     saved: Option<libc::sigset_t>,
+    /// Whether this is the outermost section of the thread (holds the gate).
+    outer: bool,
 }
 
 /// Enter a critical section (see the module docs).
@@ -223,20 +231,40 @@ pub(crate) fn enter() -> Critical {
     let depth = DEPTH.get();
     if depth > 0 {
         DEPTH.set(depth + 1);
-        return Critical { saved: None };
+        return Critical {
+            saved: None,
+            outer: false,
+        };
     }
-    let saved = block_all();
+    let saved = crate::signals::handlers_possible().then(block_all);
     gate_enter_shared();
     DEPTH.set(1);
-    Critical { saved: Some(saved) }
+    Critical { saved, outer: true }
+}
+
+/// Run `f` while no other thread is inside a critical section (the fork
+/// gate held exclusively); from the calling thread's own critical section,
+/// just run it.
+pub(crate) fn drained(f: impl FnOnce()) {
+    if DEPTH.get() > 0 {
+        f();
+        return;
+    }
+    let mask = block_all();
+    gate_enter_exclusive();
+    f();
+    gate_exit_exclusive();
+    restore(&mask);
 }
 
 impl Drop for Critical {
     fn drop(&mut self) {
         DEPTH.set(DEPTH.get().saturating_sub(1));
-        if let Some(mask) = self.saved.take() {
+        if self.outer {
             gate_exit_shared();
-            restore(&mask);
+            if let Some(mask) = self.saved.take() {
+                restore(&mask);
+            }
         }
     }
 }
@@ -380,6 +408,8 @@ mod tests {
 
     #[test]
     fn critical_sections_nest_and_restore_the_mask() {
+        // a program with a handler: sections block signals from now on
+        crate::signals::note_handler(libc::SIGUSR1, crate::signals::SOME_HANDLER);
         assert!(!mask_has(libc::SIGUSR1));
         {
             let _a = enter();

@@ -25,7 +25,7 @@
 
 use std::collections::BTreeMap;
 use std::ffi::c_int;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use uiommufd::Context;
@@ -71,6 +71,35 @@ impl Entry {
     pub fn duplicate(&self) -> Entry {
         Entry::new(self.obj.clone(), self.dev, self.ino)
     }
+}
+
+/// Whether every emulated `ioctl` first checks with `fstat` that its fd is
+/// still the memfd registered (`UIOMMUFD_CHECK_FDS=1`). Off by default: the
+/// hooks of every call that closes or creates fds keep the table right;
+/// only an fd closed by a raw system call and reused by one created behind
+/// the shim's back too (a raw syscall, or a libc-internal open) escapes
+/// them.
+static PARANOID: AtomicBool = AtomicBool::new(false);
+
+/// Read `UIOMMUFD_CHECK_FDS` (library constructor).
+pub(crate) fn init_paranoia() {
+    let on = std::env::var_os("UIOMMUFD_CHECK_FDS").is_some_and(|v| v != "0" && !v.is_empty());
+    PARANOID.store(on, Ordering::Relaxed);
+}
+
+/// Whether the per-ioctl stale-fd check is on.
+#[inline]
+pub(crate) fn paranoid() -> bool {
+    PARANOID.load(Ordering::Relaxed)
+}
+
+/// Whether `fd` still is the file `entry` registered (`fstat` identity).
+pub(crate) fn still_ours(fd: c_int, entry: &Entry) -> bool {
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: `st` is writable; a bad fd just fails.
+    let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+    ok && st.st_dev == entry.dev && st.st_ino == entry.ino
 }
 
 fn read() -> RwLockReadGuard<'static, BTreeMap<c_int, Entry>> {

@@ -176,6 +176,14 @@ fn fortified_open() {
     assert_ok(&out, "fortify");
 }
 
+/// `UIOMMUFD_CHECK_FDS=1`: an fd closed by a raw syscall is noticed at the
+/// next ioctl (`EBADF` from the kernel), before its number is reused.
+#[test]
+fn paranoid_stale_fd_check() {
+    let out = run_preloaded(smoke(), &["open"], &[("UIOMMUFD_CHECK_FDS", "1")]);
+    assert_ok(&out, "UIOMMUFD_CHECK_FDS=1");
+}
+
 #[test]
 fn with_debug_logging() {
     let out = run_preloaded(smoke(), &["open"], &[("UIOMMUFD_LOG", "debug")]);
@@ -412,6 +420,15 @@ fn dup_racing_close() {
 #[test]
 fn file_level_ioctls() {
     host_case("fio", "0", std::time::Duration::from_secs(30));
+}
+
+/// Fds closed behind the shim's back (raw `close`, `fclose` of an
+/// `fdopen`ed stream) and reused by a socket, pipe, eventfd, socketpair or
+/// epoll fd are not taken for ours any more, without the per-ioctl `fstat`
+/// of the paranoid mode.
+#[test]
+fn fds_closed_behind_the_shims_back() {
+    host_case("stale", "0", std::time::Duration::from_secs(30));
 }
 
 /// The stress test: threads running ioctls, open/close, dup/close races on

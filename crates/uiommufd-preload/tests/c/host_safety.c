@@ -15,6 +15,8 @@
  *   dup-race     dup racing close of the same /dev/iommu and fault fds:
  *                EBADF or a working fd, never an orphan; open never EBADF
  *   fio          FIOCLEX/FIONCLEX/FIONBIO/FIOASYNC/FIGETBSZ on the fds
+ *   stale        fds closed behind the shim's back (raw close, fclose)
+ *                and reused by sockets, pipes, eventfds: not ours any more
  *   stress       all of the above mixed, for [seconds] (default 5)
  *
  * Prints "OK" and exits 0 when every check passed. The test driver kills
@@ -33,7 +35,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
+#include <sys/eventfd.h>
 #include <sys/ioctl.h>
+#include <sys/socket.h>
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/syscall.h>
@@ -527,6 +532,58 @@ static void case_dup_race(double seconds)
 	fprintf(stderr, "dup-race: %ld rounds\n", n);
 }
 
+/* ---- fds closed behind the shim's back ---------------------------------- */
+
+/* An fd of ours closed without our close hook (a raw syscall, or fclose of
+ * an fdopen'ed stream, which glibc closes internally), its number then
+ * reused by a socket, pipe, eventfd...: ioctls on the new fd go to the
+ * kernel, not to the engine. */
+static void case_stale(void)
+{
+	for (int how = 0; how < 6; how++) {
+		int fd = open_iommu();
+		CHECK(fd >= 0, "open");
+		if (how == 5) {
+			FILE *f = fdopen(fd, "r+");
+			CHECK(f != NULL, "fdopen");
+			CHECK(fclose(f) == 0, "fclose");
+		} else {
+			CHECK(syscall(SYS_close, fd) == 0, "raw close");
+		}
+		int fds[2] = { -1, -1 }, n = -1;
+		switch (how) {
+		case 0:
+		case 5:
+			n = socket(AF_UNIX, SOCK_STREAM, 0);
+			break;
+		case 1:
+			CHECK(pipe(fds) == 0, "pipe");
+			n = fds[0];
+			break;
+		case 2:
+			n = eventfd(0, 0);
+			break;
+		case 3:
+			CHECK(socketpair(AF_UNIX, SOCK_STREAM, 0, fds) == 0, "socketpair");
+			n = fds[0];
+			break;
+		case 4:
+			n = epoll_create1(0);
+			break;
+		}
+		CHECK(n == fd, "case %d: the number was reused (%d vs %d)", how, n, fd);
+		errno = 0;
+		struct iommu_ioas_alloc a = { .size = sizeof(a) };
+		/* the kernel refuses it (ENOTTY, EINVAL for epoll on newer
+		 * kernels); the engine would have allocated an IOAS */
+		CHECK(ioctl(n, IOMMU_IOAS_ALLOC, &a) == -1 && errno != 0,
+		      "case %d: an IOMMU ioctl on the reused fd reached the engine", how);
+		close(n);
+		if (fds[1] >= 0)
+			close(fds[1]);
+	}
+}
+
 /* ---- file-level ioctls ------------------------------------------------- */
 
 static void case_fio(void)
@@ -668,6 +725,8 @@ int main(int argc, char **argv)
 		case_signals(secs);
 	else if (!strcmp(c, "dup-race"))
 		case_dup_race(secs);
+	else if (!strcmp(c, "stale"))
+		case_stale();
 	else if (!strcmp(c, "fio"))
 		case_fio();
 	else if (!strcmp(c, "stress"))
