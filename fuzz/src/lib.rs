@@ -6,7 +6,9 @@
 //! * [`dispatcher`]: sequences of ioctls with fuzzed bytes through
 //!   `uapi::dispatch::ioctl` on one context;
 //! * [`iopt_model`]: IO page table operations checked against a reference
-//!   model.
+//!   model;
+//! * [`faultsafe`]: the engine's fault-safe user copies against memory that
+//!   another thread unmaps, `mprotect`s and truncates under them.
 //!
 //! A harness *panics* on a finding (a broken invariant, an engine panic
 //! turned into `EIO`, a model mismatch, leaked pins or objects); every other
@@ -14,5 +16,6 @@
 
 pub mod arena;
 pub mod dispatcher;
+pub mod faultsafe;
 pub mod input;
 pub mod iopt_model;

@@ -49,6 +49,13 @@ fn replay_dispatcher_inputs() {
 }
 
 #[test]
+fn replay_faultsafe_copy_inputs() {
+    replay("faultsafe_copy", |d| {
+        harness::faultsafe::run(d);
+    });
+}
+
+#[test]
 fn replay_io_pagetable_model_inputs() {
     replay("io_pagetable_model", |d| {
         harness::iopt_model::run(d);
