@@ -757,6 +757,18 @@ impl IoPagetable {
         // domain added later finds them live and fills them itself.
         let attached = self.domains.read();
 
+        // With no domain attached there is nothing to pin or fill (the domain
+        // set cannot change while `attached` is held): the areas go live in
+        // the same write-locked step that takes the IOVA, one lock round
+        // instead of two, which is what lets threads mapping disjoint ranges
+        // stop queueing on the lock twice per map.
+        if attached.domains.is_empty() {
+            let mut st = self.state.write();
+            let iova = st.reserve_areas(&sources, length, iova, prot)?;
+            st.publish(iova, iova + (length - 1));
+            return Ok(iova);
+        }
+
         // Step 1: take the IOVA.
         let (iova, max_pgsize) = {
             let mut st = self.state.write();
@@ -865,6 +877,23 @@ impl IoPagetable {
                 continue;
             }
             let mut bytes = 0u64;
+            if attached.domains.is_empty() {
+                // nothing to unfill: the areas leave the tree at once (one
+                // lock round), and their pages are dropped after the lock
+                let removed: Vec<Area> = keys
+                    .iter()
+                    .filter_map(|&k| {
+                        let a = st.remove_area(k)?;
+                        bytes = bytes.wrapping_add(a.length(k));
+                        Some(a)
+                    })
+                    .collect();
+                self.write_log.forget(start, last);
+                drop(st);
+                drop(attached);
+                drop(removed);
+                return Ok(bytes);
+            }
             let mut refs = Vec::with_capacity(keys.len());
             for &k in &keys {
                 let a = st.areas.get_mut(&k).expect("area just checked");

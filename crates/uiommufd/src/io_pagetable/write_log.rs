@@ -148,14 +148,22 @@ impl AccessWriteLog {
             return;
         }
         let last = iova.saturating_add(length - 1);
-        self.inner.lock().add(iova, last);
+        let mut g = self.inner.lock();
+        // checked again under the lock: nothing is logged while logging is
+        // off, so `forget` can skip the lock then
+        if self.enabled() {
+            g.add(iova, last);
+        }
     }
 
     /// Log `start..=last` as written again (dirty bits that were read and
     /// cleared but not delivered), if logging is on.
     pub(super) fn put_back(&self, start: u64, last: u64) {
         if start <= last && self.enabled() {
-            self.inner.lock().add(start, last);
+            let mut g = self.inner.lock();
+            if self.enabled() {
+                g.add(start, last);
+            }
         }
     }
 
@@ -187,6 +195,12 @@ impl AccessWriteLog {
     /// Hook: `start..=last` was unmapped; what was written there is gone
     /// with the mapping.
     pub(super) fn forget(&self, start: u64, last: u64) {
+        // Written ranges exist only while logging is on (set_enabled(false)
+        // empties them, nothing is added while off): no lock on the unmap
+        // path otherwise.
+        if !self.enabled() {
+            return;
+        }
         let mut g = self.inner.lock();
         if !g.written.is_empty() {
             g.remove(start, last);
