@@ -671,44 +671,51 @@ pub fn pwrite(fd: i32, buf: &[u8], offset: u64) -> Option<Result<usize>> {
     Some(r)
 }
 
-/// `read(2)` of an engine fd into the caller's memory, with the kernel's
-/// checks first (`EINVAL` for a file without read, `EFAULT` for a range
-/// that wraps), then [`EngineFile::read_user`]; `None` when `fd` is not an
-/// engine fd. Readiness is resynced afterwards.
-pub fn read_user(fd: i32, buf: UserBuf<'_>) -> Option<Result<usize>> {
+/// The kernel's checks of a data call on an engine fd, in its order:
+/// `ESPIPE` for an offset on a file without one, `EINVAL` for a file that
+/// cannot be read (written), `EFAULT` for a buffer that wraps; then `op`.
+/// Readiness is resynced afterwards; `None` when `fd` is not an engine fd.
+fn user_io(
+    fd: i32,
+    buf: &UserBuf<'_>,
+    write: bool,
+    at_offset: bool,
+    op: impl FnOnce(&dyn EngineFile, bool) -> Result<usize>,
+) -> Option<Result<usize>> {
     let slot = lookup(fd)?;
-    let f = &slot.rec.file;
-    let r = if !f.can_read() {
+    let f = &*slot.rec.file;
+    let verb = if write { "written" } else { "read" };
+    let r = if at_offset && !f.positional() {
+        Err(Error::new(
+            libc::ESPIPE,
+            format!("{} files cannot be {verb} at an offset", f.kind()),
+        ))
+    } else if !(if write { f.can_write() } else { f.can_read() }) {
         Err(Error::new(
             libc::EINVAL,
-            format!("{} files cannot be read", f.kind()),
+            format!("{} files cannot be {verb}", f.kind()),
         ))
     } else if !buf.access_ok() {
-        Err(Error::fault("read: the buffer wraps the address space"))
+        Err(Error::fault("the buffer wraps the address space"))
     } else {
-        f.read_user(buf, nonblocking(fd))
+        op(f, nonblocking(fd))
     };
     sync_rec(&slot.rec, false);
     Some(r)
 }
 
+/// `read(2)` of an engine fd into the caller's memory, with the kernel's
+/// checks first (`EINVAL` for a file without read, `EFAULT` for a range
+/// that wraps), then [`EngineFile::read_user`]; `None` when `fd` is not an
+/// engine fd. Readiness is resynced afterwards.
+pub fn read_user(fd: i32, buf: UserBuf<'_>) -> Option<Result<usize>> {
+    user_io(fd, &buf, false, false, |f, nb| f.read_user(buf, nb))
+}
+
 /// `write(2)` of an engine fd from the caller's memory: as [`read_user`],
 /// through [`EngineFile::write_user`].
 pub fn write_user(fd: i32, buf: UserBuf<'_>) -> Option<Result<usize>> {
-    let slot = lookup(fd)?;
-    let f = &slot.rec.file;
-    let r = if !f.can_write() {
-        Err(Error::new(
-            libc::EINVAL,
-            format!("{} files cannot be written", f.kind()),
-        ))
-    } else if !buf.access_ok() {
-        Err(Error::fault("write: the buffer wraps the address space"))
-    } else {
-        f.write_user(buf)
-    };
-    sync_rec(&slot.rec, false);
-    Some(r)
+    user_io(fd, &buf, true, false, |f, _| f.write_user(buf))
 }
 
 /// `pread(2)` of an engine fd into the caller's memory: `ESPIPE` unless
@@ -716,49 +723,15 @@ pub fn write_user(fd: i32, buf: UserBuf<'_>) -> Option<Result<usize>> {
 /// [`EngineFile::read_user_at`] (the caller checked that `offset` is not
 /// negative).
 pub fn pread_user(fd: i32, buf: UserBuf<'_>, offset: u64) -> Option<Result<usize>> {
-    let slot = lookup(fd)?;
-    let f = &slot.rec.file;
-    let r = if !f.positional() {
-        Err(Error::new(
-            libc::ESPIPE,
-            format!("{} files cannot be read at an offset", f.kind()),
-        ))
-    } else if !f.can_read() {
-        Err(Error::new(
-            libc::EINVAL,
-            format!("{} files cannot be read", f.kind()),
-        ))
-    } else if !buf.access_ok() {
-        Err(Error::fault("pread: the buffer wraps the address space"))
-    } else {
-        f.read_user_at(buf, offset, nonblocking(fd))
-    };
-    sync_rec(&slot.rec, false);
-    Some(r)
+    user_io(fd, &buf, false, true, |f, nb| {
+        f.read_user_at(buf, offset, nb)
+    })
 }
 
 /// `pwrite(2)` of an engine fd from the caller's memory: as [`pread_user`],
 /// through [`EngineFile::write_user_at`].
 pub fn pwrite_user(fd: i32, buf: UserBuf<'_>, offset: u64) -> Option<Result<usize>> {
-    let slot = lookup(fd)?;
-    let f = &slot.rec.file;
-    let r = if !f.positional() {
-        Err(Error::new(
-            libc::ESPIPE,
-            format!("{} files cannot be written at an offset", f.kind()),
-        ))
-    } else if !f.can_write() {
-        Err(Error::new(
-            libc::EINVAL,
-            format!("{} files cannot be written", f.kind()),
-        ))
-    } else if !buf.access_ok() {
-        Err(Error::fault("pwrite: the buffer wraps the address space"))
-    } else {
-        f.write_user_at(buf, offset)
-    };
-    sync_rec(&slot.rec, false);
-    Some(r)
+    user_io(fd, &buf, true, true, |f, _| f.write_user_at(buf, offset))
 }
 
 /// Resync the readiness of the file `fd` refers to with its

@@ -71,8 +71,59 @@ pub fn clear_user(mem: &dyn UserMemory, addr: u64, len: u64) -> Result<()> {
 #[derive(Debug, Default, Clone, Copy)]
 pub struct SelfMemory;
 
-fn iov_count(len: usize) -> Option<usize> {
-    (len > 0).then_some(len)
+/// Copy `len` bytes between our buffer `local` and the user address `addr`
+/// (to the user when `to_user`): in-process with [`crate::faultsafe`] when
+/// it is enabled, else through `process_vm_readv`/`process_vm_writev` on
+/// our own pid. `EFAULT` unless every byte was copied.
+///
+/// # Safety
+/// `local` is valid for `len` bytes (written when `!to_user`, only read
+/// when `to_user`).
+unsafe fn copy_user(addr: u64, local: *mut u8, len: usize, to_user: bool) -> Result<()> {
+    if len == 0 {
+        return Ok(());
+    }
+    let user = addr as usize as *mut u8;
+    let ok = if crate::faultsafe::enabled() {
+        let (dst, src) = if to_user {
+            (user, local.cast_const())
+        } else {
+            (local, user.cast_const())
+        };
+        // SAFETY: the caller's contract for `local`; a fault on the user
+        // side ends the copy (see `faultsafe`).
+        access_ok(addr, len) && unsafe { crate::faultsafe::copy(dst, src, len) } == 0
+    } else {
+        let l = libc::iovec {
+            iov_base: local.cast(),
+            iov_len: len,
+        };
+        let r = libc::iovec {
+            iov_base: user.cast(),
+            iov_len: len,
+        };
+        // SAFETY: `l` describes the caller's buffer as its contract says;
+        // the kernel checks the user side and fails with EFAULT.
+        let n = unsafe {
+            if to_user {
+                libc::process_vm_writev(libc::getpid(), &l, 1, &r, 1, 0)
+            } else {
+                libc::process_vm_readv(libc::getpid(), &l, 1, &r, 1, 0)
+            }
+        };
+        n == len as isize
+    };
+    if ok {
+        Ok(())
+    } else {
+        Err(Error::new(
+            libc::EFAULT,
+            format!(
+                "cannot {} {len} bytes at user address {addr:#x}",
+                if to_user { "write" } else { "read" }
+            ),
+        ))
+    }
 }
 
 /// The highest user address on x86-64 with 5-level paging (4-level ends
@@ -135,81 +186,14 @@ impl UserMemory for SelfMemory {
     }
 
     fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        let Some(len) = iov_count(buf.len()) else {
-            return Ok(());
-        };
-        if crate::faultsafe::enabled() {
-            // SAFETY: `buf` is ours for `len` bytes; a fault on the user
-            // side ends the copy (see `faultsafe`).
-            let left = access_ok(addr, len).then(|| unsafe {
-                crate::faultsafe::copy(buf.as_mut_ptr(), addr as usize as *const u8, len)
-            });
-            return match left {
-                Some(0) => Ok(()),
-                _ => Err(Error::new(
-                    libc::EFAULT,
-                    format!("cannot read {len} bytes at user address {addr:#x}"),
-                )),
-            };
-        }
-        let local = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: len,
-        };
-        let remote = libc::iovec {
-            iov_base: addr as usize as *mut libc::c_void,
-            iov_len: len,
-        };
-        // SAFETY: `local` describes `buf`, which we own mutably for the call;
-        // the remote side is only read by the kernel, which checks it.
-        let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-        if n == len as isize {
-            Ok(())
-        } else {
-            Err(Error::new(
-                libc::EFAULT,
-                format!("cannot read {len} bytes at user address {addr:#x}"),
-            ))
-        }
+        // SAFETY: `buf` is ours, writable for its length.
+        unsafe { copy_user(addr, buf.as_mut_ptr(), buf.len(), false) }
     }
 
     fn write(&self, addr: u64, buf: &[u8]) -> Result<()> {
-        let Some(len) = iov_count(buf.len()) else {
-            return Ok(());
-        };
-        if crate::faultsafe::enabled() {
-            // SAFETY: `buf` is ours for `len` bytes; a fault on the user
-            // side ends the copy (see `faultsafe`).
-            let left = access_ok(addr, len).then(|| unsafe {
-                crate::faultsafe::copy(addr as usize as *mut u8, buf.as_ptr(), len)
-            });
-            return match left {
-                Some(0) => Ok(()),
-                _ => Err(Error::new(
-                    libc::EFAULT,
-                    format!("cannot write {len} bytes at user address {addr:#x}"),
-                )),
-            };
-        }
-        let local = libc::iovec {
-            iov_base: buf.as_ptr() as *mut libc::c_void,
-            iov_len: len,
-        };
-        let remote = libc::iovec {
-            iov_base: addr as usize as *mut libc::c_void,
-            iov_len: len,
-        };
-        // SAFETY: `local` describes `buf` (only read by the kernel); the
-        // remote range is checked by the kernel and fails with EFAULT.
-        let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
-        if n == len as isize {
-            Ok(())
-        } else {
-            Err(Error::new(
-                libc::EFAULT,
-                format!("cannot write {len} bytes at user address {addr:#x}"),
-            ))
-        }
+        // SAFETY: `buf` is ours, readable for its length; with `to_user`
+        // it is only read.
+        unsafe { copy_user(addr, buf.as_ptr().cast_mut(), buf.len(), true) }
     }
 
     fn populate(&self, addr: u64, len: u64, write: bool) -> Result<()> {
