@@ -746,10 +746,9 @@ pub fn notify(fd: i32) -> bool {
     }
 }
 
-/// Resync the readiness of every registered file whose object is `file`
-/// (compared by address): for engine objects that do not know their fds.
-/// Returns whether such a file is registered.
-pub fn notify_file(file: &dyn EngineFile) -> bool {
+/// Resync the readiness of the registered file whose object is `file`
+/// (compared by address), signalling its eventfd again when `wake`.
+fn resync_file(file: &dyn EngineFile, wake: bool) -> bool {
     let target = file as *const dyn EngineFile as *const ();
     let rec = MAP
         .read()
@@ -758,11 +757,18 @@ pub fn notify_file(file: &dyn EngineFile) -> bool {
         .map(|s| s.rec.clone());
     match rec {
         Some(rec) => {
-            sync_rec(&rec, false);
+            sync_rec(&rec, wake);
             true
         }
         None => false,
     }
+}
+
+/// Resync the readiness of every registered file whose object is `file`
+/// (compared by address): for engine objects that do not know their fds.
+/// Returns whether such a file is registered.
+pub fn notify_file(file: &dyn EngineFile) -> bool {
+    resync_file(file, false)
 }
 
 /// New data arrived in `file`: like [`notify_file`], but when it is
@@ -770,19 +776,7 @@ pub fn notify_file(file: &dyn EngineFile) -> bool {
 /// edge-triggered `epoll` sees a new event for every arrival (the kernel's
 /// `wake_up` on each new item). Returns whether such a file is registered.
 pub fn wake_file(file: &dyn EngineFile) -> bool {
-    let target = file as *const dyn EngineFile as *const ();
-    let rec = MAP
-        .read()
-        .values()
-        .find(|s| Arc::as_ptr(&s.rec.file) as *const () == target)
-        .map(|s| s.rec.clone());
-    match rec {
-        Some(rec) => {
-            sync_rec(&rec, true);
-            true
-        }
-        None => false,
-    }
+    resync_file(file, true)
 }
 
 /// Alias of [`notify`] named after what it does.
