@@ -271,6 +271,11 @@ pub fn test_cmd<C: Ioctl + ?Sized>(
     Ok(t)
 }
 
+/// The reply of a test command: its payload read as a `T`.
+pub fn reply<T: FromBytes>(t: &IommuTestCmd) -> T {
+    T::read_from_prefix(&t.payload).expect("fits the payload").0
+}
+
 /// `IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS` on `pt`: (stdev, hwpt, idev).
 pub fn mock_domain_flags<C: Ioctl + ?Sized>(
     c: &C,
@@ -282,14 +287,14 @@ pub fn mock_domain_flags<C: Ioctl + ?Sized>(
         ..Default::default()
     };
     let t = test_cmd(c, IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS, pt, md.as_bytes())?;
-    let o = TestMockDomainFlags::read_from_prefix(&t.payload).unwrap().0;
+    let o: TestMockDomainFlags = reply(&t);
     Ok((o.out_stdev_id, o.out_hwpt_id, o.out_idev_id))
 }
 
 /// `IOMMU_TEST_OP_MOCK_DOMAIN` on `pt`: (stdev, hwpt, idev).
 pub fn mock_domain<C: Ioctl + ?Sized>(c: &C, pt: u32) -> Result<(u32, u32, u32), i32> {
     let t = test_cmd(c, IOMMU_TEST_OP_MOCK_DOMAIN, pt, &[])?;
-    let o = TestMockDomainFlags::read_from_prefix(&t.payload).unwrap().0;
+    let o: TestMockDomainFlags = reply(&t);
     Ok((o.out_stdev_id, o.out_hwpt_id, o.out_idev_id))
 }
 
@@ -306,10 +311,7 @@ pub fn create_access<C: Ioctl + ?Sized>(c: &C, ioas: u32, flags: u32) -> Result<
         flags,
     };
     let t = test_cmd(c, IOMMU_TEST_OP_CREATE_ACCESS, ioas, a.as_bytes())?;
-    Ok(TestCreateAccess::read_from_prefix(&t.payload)
-        .unwrap()
-        .0
-        .out_access_fd)
+    Ok(reply::<TestCreateAccess>(&t).out_access_fd)
 }
 
 /// `IOMMU_TEST_OP_ACCESS_REPLACE_IOAS`: move access `fd` to `ioas`.
@@ -336,10 +338,7 @@ pub fn access_pages<C: Ioctl + ?Sized>(
         ..Default::default()
     };
     let t = test_cmd(c, IOMMU_TEST_OP_ACCESS_PAGES, fd, p.as_bytes())?;
-    Ok(TestAccessPages::read_from_prefix(&t.payload)
-        .unwrap()
-        .0
-        .out_access_pages_id)
+    Ok(reply::<TestAccessPages>(&t).out_access_pages_id)
 }
 
 /// `IOMMU_TEST_OP_DESTROY_ACCESS_PAGES`: unpin item `item` of access `fd`.
@@ -389,8 +388,5 @@ pub fn test_dirty<C: Ioctl + ?Sized>(
         ..Default::default()
     };
     let t = test_cmd(c, IOMMU_TEST_OP_DIRTY, hwpt, d.as_bytes())?;
-    Ok(TestDirty::read_from_prefix(&t.payload)
-        .unwrap()
-        .0
-        .out_nr_dirty)
+    Ok(reply::<TestDirty>(&t).out_nr_dirty)
 }

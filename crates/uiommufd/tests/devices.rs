@@ -299,16 +299,7 @@ fn failing_md_checks_populate_only_up_to_the_first_bad_page() {
     };
     assert_ne!(p, libc::MAP_FAILED);
     let big = p as u64;
-    let test = |op: u32, id: u32, payload: &[u8]| {
-        let mut t = IommuTestCmd {
-            size: 72,
-            op,
-            id,
-            ..Default::default()
-        };
-        t.payload[..payload.len()].copy_from_slice(payload);
-        ioc(&ctx, IOMMU_TEST_CMD, &mut t)
-    };
+    let test = |op: u32, id: u32, payload: &[u8]| test_cmd(&ctx, op, id, payload).map(|_| 0);
     // the IOVA maps `buf`, not `big`: the first granule mismatches
     let cm = TestCheckMap {
         iova: MOCK_APERTURE_START,
