@@ -250,3 +250,9 @@ impl Arena {
         }
     }
 }
+
+impl uiommufd_testkit::iopt_model::UserView for Arena {
+    fn accessible(&self, addr: u64, len: u64, write: bool) -> bool {
+        Arena::accessible(self, addr, len, write)
+    }
+}

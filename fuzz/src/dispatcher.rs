@@ -62,6 +62,7 @@ use uiommufd::uapi::vfio::*;
 use uiommufd::uapi::*;
 use uiommufd::user::page_size;
 use uiommufd::{Context, Error};
+use uiommufd_testkit::{self as kit, Ioctl};
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use super::arena::{Arena, AUX_PAGE, CMD_PAGE, PAGES, RO_FIRST, TAIL_PAGE};
@@ -1067,86 +1068,43 @@ fn pick_fd(g: &mut Gen) -> i32 {
 // Helpers of the extra contexts: ioctls that must succeed, with the struct at
 // a fixed place of the command area.
 
-/// Run `num` on `v` placed in the arena's command area; the reply is read
-/// back into `v`. `Err(errno)` on failure (a caught panic is a finding).
-fn sys<T: IntoBytes + FromBytes + Immutable>(
+/// The extra contexts' ioctls: the struct is placed in the arena's command
+/// area and the reply read back into it; a caught panic is a finding.
+struct Sys<'a> {
+    ctx: &'a Arc<Context>,
+    arena: &'a Arena,
+}
+
+impl<'a> Sys<'a> {
+    fn new(ctx: &'a Arc<Context>, arena: &'a Arena) -> Sys<'a> {
+        Sys { ctx, arena }
+    }
+}
+
+impl Ioctl for Sys<'_> {
+    fn ioc<T: IntoBytes + FromBytes + ?Sized>(&self, num: u32, v: &mut T) -> Result<i32, i32> {
+        let at = self.arena.page(CMD_PAGE + 2);
+        self.arena.poke(at, v.as_mut_bytes());
+        let r = ioctl(self.ctx, num as u64, at);
+        self.arena.peek(at, v.as_mut_bytes());
+        match r {
+            Ok(n) => Ok(n),
+            Err(e) if is_caught_panic(&e) => {
+                panic!("engine panic in ioctl {num:#x}: {}", e.reason())
+            }
+            Err(e) => Err(e.errno().0),
+        }
+    }
+}
+
+/// Run `num` on `v` placed in the arena's command area (see [`Sys`]).
+fn sys<T: IntoBytes + FromBytes>(
     ctx: &Arc<Context>,
     arena: &Arena,
     num: u32,
     v: &mut T,
 ) -> Result<i32, i32> {
-    let at = arena.page(CMD_PAGE + 2);
-    arena.poke(at, v.as_bytes());
-    let r = ioctl(ctx, num as u64, at);
-    let mut back = vec![0u8; size_of::<T>()];
-    arena.peek(at, &mut back);
-    v.as_mut_bytes().copy_from_slice(&back);
-    match r {
-        Ok(n) => Ok(n),
-        Err(e) if is_caught_panic(&e) => panic!("engine panic in ioctl {num:#x}: {}", e.reason()),
-        Err(e) => Err(e.errno().0),
-    }
-}
-
-/// `IOMMU_TEST_CMD` op `op` on `id` with `payload`; the reply's payload.
-fn sys_test(
-    ctx: &Arc<Context>,
-    arena: &Arena,
-    op: u32,
-    id: u32,
-    payload: &[u8],
-) -> Result<[u8; 48], i32> {
-    let mut t = IommuTestCmd {
-        size: 72,
-        op,
-        id,
-        ..Default::default()
-    };
-    t.payload[..payload.len()].copy_from_slice(payload);
-    sys(ctx, arena, IOMMU_TEST_CMD, &mut t)?;
-    Ok(t.payload)
-}
-
-fn sys_ioas_alloc(ctx: &Arc<Context>, arena: &Arena) -> u32 {
-    let mut c = IommuIoasAlloc {
-        size: 12,
-        ..Default::default()
-    };
-    sys(ctx, arena, IOMMU_IOAS_ALLOC, &mut c).expect("IOAS_ALLOC");
-    c.out_ioas_id
-}
-
-/// `MOCK_DOMAIN` on `pt`: (stdev, hwpt, idev).
-fn sys_mock_domain(ctx: &Arc<Context>, arena: &Arena, pt: u32) -> (u32, u32, u32) {
-    let p = sys_test(ctx, arena, IOMMU_TEST_OP_MOCK_DOMAIN, pt, &[]).expect("MOCK_DOMAIN");
-    let (m, _) = TestMockDomainFlags::read_from_prefix(&p).expect("fits");
-    (m.out_stdev_id, m.out_hwpt_id, m.out_idev_id)
-}
-
-fn sys_map(ctx: &Arc<Context>, arena: &Arena, ioas: u32, va: u64, len: u64, iova: u64) {
-    let mut m = IommuIoasMap {
-        size: 40,
-        flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-        ioas_id: ioas,
-        user_va: va,
-        length: len,
-        iova,
-        ..Default::default()
-    };
-    sys(ctx, arena, IOMMU_IOAS_MAP, &mut m).expect("IOAS_MAP");
-}
-
-fn sys_create_access(ctx: &Arc<Context>, arena: &Arena, ioas: u32) -> u32 {
-    let c = TestCreateAccess {
-        out_access_fd: 0,
-        flags: MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES,
-    };
-    let p = sys_test(ctx, arena, IOMMU_TEST_OP_CREATE_ACCESS, ioas, c.as_bytes())
-        .expect("CREATE_ACCESS");
-    TestCreateAccess::read_from_prefix(&p)
-        .expect("fits")
-        .0
-        .out_access_fd
+    Sys { ctx, arena }.ioc(num, v)
 }
 
 /// Destroy a helper context: close its fds, destroy its objects, and check
@@ -1175,21 +1133,26 @@ fn other_context(arena: &Arena) -> (Arc<Context>, Vec<(K, u32)>, Vec<i32>) {
     // a few objects first, so that its IDs differ from the main context's
     // first ones
     for _ in 0..3 {
-        sys_ioas_alloc(&ctx, arena);
+        kit::ioas_alloc(&Sys::new(&ctx, arena));
     }
-    let ioas = sys_ioas_alloc(&ctx, arena);
-    let ioas2 = sys_ioas_alloc(&ctx, arena);
-    let (stdev, hwpt, idev) = sys_mock_domain(&ctx, arena, ioas);
+    let ioas = kit::ioas_alloc(&Sys::new(&ctx, arena));
+    let ioas2 = kit::ioas_alloc(&Sys::new(&ctx, arena));
+    let (stdev, hwpt, idev) = kit::mock_domain(&Sys::new(&ctx, arena), ioas).expect("MOCK_DOMAIN");
     let ps = page_size();
-    sys_map(
-        &ctx,
-        arena,
+    kit::map_fixed(
+        &Sys::new(&ctx, arena),
         ioas,
         arena.page(64),
         4 * ps,
         MOCK_APERTURE_START,
-    );
-    let fd = sys_create_access(&ctx, arena, ioas);
+    )
+    .expect("IOAS_MAP");
+    let fd = kit::create_access(
+        &Sys::new(&ctx, arena),
+        ioas,
+        MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES,
+    )
+    .expect("CREATE_ACCESS");
     let ids = vec![
         (K::Ioas, ioas),
         (K::Ioas, ioas2),
@@ -1230,26 +1193,14 @@ fn dirty_loss(g: &mut Gen) {
     } else {
         (1u64 << nbits) - 1
     };
-    let ioas = sys_ioas_alloc(&ctx, arena);
-    let (_, _, idev) = sys_mock_domain(&ctx, arena, ioas);
-    let mut h = IommuHwptAlloc {
-        size: 48,
-        flags: IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
-        dev_id: idev,
-        pt_id: ioas,
-        ..Default::default()
-    };
-    sys(&ctx, arena, IOMMU_HWPT_ALLOC, &mut h).expect("HWPT_ALLOC dirty");
-    let hwpt = h.out_hwpt_id;
+    let ioas = kit::ioas_alloc(&Sys::new(&ctx, arena));
+    let (_, _, idev) = kit::mock_domain(&Sys::new(&ctx, arena), ioas).expect("MOCK_DOMAIN");
+    let k = Sys::new(&ctx, arena);
+    let hwpt =
+        kit::hwpt_alloc(&k, idev, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).expect("HWPT_ALLOC dirty");
     let a = MOCK_APERTURE_START;
-    sys_map(&ctx, arena, ioas, arena.page(0), NP * ps, a);
-    let mut t = IommuHwptSetDirtyTracking {
-        size: 16,
-        flags: IOMMU_HWPT_DIRTY_TRACKING_ENABLE,
-        hwpt_id: hwpt,
-        __reserved: 0,
-    };
-    sys(&ctx, arena, IOMMU_HWPT_SET_DIRTY_TRACKING, &mut t).expect("tracking on");
+    kit::map_fixed(&Sys::new(&ctx, arena), ioas, arena.page(0), NP * ps, a).expect("IOAS_MAP");
+    kit::set_dirty_tracking(&k, hwpt, true).expect("tracking on");
     let mut model = 0u64;
     for _ in 0..1 + g.inp.u8() % 8 {
         if g.inp.u8().is_multiple_of(3) {
@@ -1263,7 +1214,13 @@ fn dirty_loss(g: &mut Gen) {
                 uptr: src,
                 ..Default::default()
             };
-            sys_test(&ctx, arena, IOMMU_TEST_OP_DIRTY, hwpt, d.as_bytes()).expect("TEST_OP_DIRTY");
+            kit::test_cmd(
+                &Sys::new(&ctx, arena),
+                IOMMU_TEST_OP_DIRTY,
+                hwpt,
+                d.as_bytes(),
+            )
+            .expect("TEST_OP_DIRTY");
             model |= bits;
             continue;
         }
@@ -1325,14 +1282,8 @@ fn type1_dirty_loss(g: &mut Gen) {
     let ps = page_size();
     const NP: u64 = 16;
     let a = MOCK_APERTURE_START;
-    let mut v = IommuVfioIoas {
-        size: 12,
-        ioas_id: 0,
-        op: IOMMU_VFIO_IOAS_GET,
-        __reserved: 0,
-    };
-    sys(&ctx, arena, IOMMU_VFIO_IOAS, &mut v).expect("VFIO_IOAS GET");
-    let ioas = v.ioas_id;
+    let ioas =
+        kit::vfio_ioas(&Sys::new(&ctx, arena), IOMMU_VFIO_IOAS_GET, 0).expect("VFIO_IOAS GET");
     let r = ioctl(&ctx, VFIO_SET_IOMMU as u64, VFIO_TYPE1V2_IOMMU);
     assert!(r.is_ok(), "VFIO_SET_IOMMU type1v2");
     let mut m = VfioIommuType1DmaMap {
@@ -1343,7 +1294,12 @@ fn type1_dirty_loss(g: &mut Gen) {
         size: NP * ps,
     };
     sys(&ctx, arena, VFIO_IOMMU_MAP_DMA, &mut m).expect("MAP_DMA");
-    let fd = sys_create_access(&ctx, arena, ioas);
+    let fd = kit::create_access(
+        &Sys::new(&ctx, arena),
+        ioas,
+        MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES,
+    )
+    .expect("CREATE_ACCESS");
     let mut d = VfioIommuType1DirtyBitmap {
         argsz: 8,
         flags: VFIO_IOMMU_DIRTY_PAGES_FLAG_START,
@@ -1361,8 +1317,13 @@ fn type1_dirty_loss(g: &mut Gen) {
                     flags: MOCK_ACCESS_RW_WRITE,
                     _pad: 0,
                 };
-                sys_test(&ctx, arena, IOMMU_TEST_OP_ACCESS_RW, fd, rw.as_bytes())
-                    .expect("ACCESS_RW");
+                kit::test_cmd(
+                    &Sys::new(&ctx, arena),
+                    IOMMU_TEST_OP_ACCESS_RW,
+                    fd,
+                    rw.as_bytes(),
+                )
+                .expect("ACCESS_RW");
                 model |= 1 << p;
             }
             2 => {

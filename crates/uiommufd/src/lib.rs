@@ -9,14 +9,26 @@
 //! | module | kernel | what |
 //! |---|---|---|
 //! | [`context`] | main.c | the fd context, object table, destroy |
-//! | [`uapi`] | uapi/iommufd.h, main.c | ABI structs, ioctl dispatch and size rules |
+//! | [`uapi`] | uapi/iommufd.h, uapi/vfio.h, main.c | ABI structs, ioctl dispatch and size rules |
 //! | [`ioas`] | ioas.c | IOAS objects and their ioctl handlers |
-//! | [`io_pagetable`] | io_pagetable.c | IOVA → area tree, allowed/reserved ranges, IOVA allocation |
+//! | [`io_pagetable`] | io_pagetable.c, iova_bitmap.c | IOVA → area tree, allowed/reserved ranges, IOVA allocation, domains, accesses, dirty bitmaps |
 //! | [`pages`] | pages.c | single pin of user memory shared by areas |
 //! | [`accounting`] | pages.c | RLIMIT_MEMLOCK accounting modes |
-//! | [`mock`] | selftest.c | the selftest's `IOMMU_TEST_CMD` |
+//! | [`domain`] | iommu_domain ops | what a translation table can do |
+//! | [`device`] | device.c | devices: bind, attach, replace, detach |
+//! | [`hwpt`] | hw_pagetable.c | paging and nested HWPTs, dirty tracking, `IOMMU_GET_HW_INFO` |
+//! | [`fault`] | fault.c, io-pgfault.c | I/O page fault queues and their fds |
+//! | [`access`] | device.c (access) | pin and read/write by IOVA for emulated devices |
+//! | [`files`] | anon inodes | real fds for engine objects |
+//! | [`vfio_compat`] | vfio_compat.c, vfio_iommu_type1.c | VFIO type1 container ioctls and dirty tracking |
+//! | [`mock`] | selftest.c | the selftest's mock driver and `IOMMU_TEST_CMD` |
 //! | [`user`] | copy_*_user, GUP | fault-safe user memory access |
+//! | [`faultsafe`] | exception tables | in-process copies whose faults become `EFAULT` |
 //! | [`inject`] | `iommufd_should_fail`, fail-nth | failure injection points |
+//! | [`logging`] | | `UIOMMUFD_LOG`: why each call failed |
+//!
+//! Test support (ioctl helpers, test memory, the IO page table reference
+//! model) is the separate `uiommufd-testkit` crate.
 //!
 //! Data flows one way: uAPI bytes → handler (validate, copy in) → engine
 //! call → handler (copy out). The engine speaks typed Rust.

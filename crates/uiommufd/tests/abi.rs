@@ -7,30 +7,14 @@ use std::sync::Arc;
 use uiommufd::uapi::dispatch::ioctl;
 use uiommufd::uapi::*;
 use uiommufd::Context;
-use zerocopy::{FromBytes, IntoBytes};
 
-/// Run `cmd` on `arg` (a struct we own) and return the errno (0 on success).
-fn call<T: IntoBytes + FromBytes + ?Sized>(ctx: &Arc<Context>, cmd: u32, arg: &mut T) -> i32 {
-    match ioctl(ctx, cmd as u64, arg.as_mut_bytes().as_mut_ptr() as u64) {
-        Ok(_) => 0,
-        Err(e) => e.errno().0,
-    }
-}
-
-fn ioas_alloc(ctx: &Arc<Context>) -> u32 {
-    let mut c = IommuIoasAlloc {
-        size: 12,
-        ..Default::default()
-    };
-    assert_eq!(call(ctx, IOMMU_IOAS_ALLOC, &mut c), 0);
-    c.out_ioas_id
-}
+use uiommufd_testkit::{errno, ioas_alloc};
 
 #[test]
 fn destroy_errors() {
     let ctx = Context::new();
     let mut d = IommuDestroy { size: 8, id: 0 };
-    assert_eq!(call(&ctx, IOMMU_DESTROY, &mut d), libc::ENOENT);
+    assert_eq!(errno(&ctx, IOMMU_DESTROY, &mut d), libc::ENOENT);
     // NULL and wild pointers are EFAULT, not a crash
     assert_eq!(
         ioctl(&ctx, IOMMU_DESTROY as u64, 0).unwrap_err().errno().0,
@@ -48,7 +32,7 @@ fn destroy_errors() {
         io(0xa1),
         0x1234_0080,
     ] {
-        assert_eq!(call(&ctx, nr, &mut d), libc::ENOTTY, "cmd {nr:#x}");
+        assert_eq!(errno(&ctx, nr, &mut d), libc::ENOTTY, "cmd {nr:#x}");
     }
 }
 
@@ -79,15 +63,15 @@ fn size_rules_for_every_command() {
         let mut buf = [0u8; 256];
         buf[..4].copy_from_slice(&((min - 1) as u32).to_ne_bytes());
         buf[size] = 0xff;
-        assert_eq!(call(&ctx, cmd, &mut buf), libc::EINVAL, "short {cmd:#x}");
+        assert_eq!(errno(&ctx, cmd, &mut buf), libc::EINVAL, "short {cmd:#x}");
         buf[..4].copy_from_slice(&((size + 1) as u32).to_ne_bytes());
-        assert_eq!(call(&ctx, cmd, &mut buf), libc::E2BIG, "long {cmd:#x}");
+        assert_eq!(errno(&ctx, cmd, &mut buf), libc::E2BIG, "long {cmd:#x}");
         let ctx2 = Context::new();
         let mut exact = [0u8; 256];
         exact[..4].copy_from_slice(&(size as u32).to_ne_bytes());
-        let want = call(&ctx, cmd, &mut exact.clone());
+        let want = errno(&ctx, cmd, &mut exact.clone());
         buf[size] = 0;
-        assert_eq!(call(&ctx2, cmd, &mut buf), want, "long zero tail {cmd:#x}");
+        assert_eq!(errno(&ctx2, cmd, &mut buf), want, "long zero tail {cmd:#x}");
     }
 }
 
@@ -97,10 +81,10 @@ fn huge_size_with_zero_tail_is_accepted() {
     let mut buf = vec![0u8; 64 * 1024];
     let n = buf.len() as u32;
     buf[..4].copy_from_slice(&n.to_ne_bytes());
-    assert_eq!(call(&ctx, IOMMU_IOAS_ALLOC, &mut buf[..]), 0);
+    assert_eq!(errno(&ctx, IOMMU_IOAS_ALLOC, &mut buf[..]), 0);
     let last = buf.len() - 1;
     buf[last] = 1;
-    assert_eq!(call(&ctx, IOMMU_IOAS_ALLOC, &mut buf[..]), libc::E2BIG);
+    assert_eq!(errno(&ctx, IOMMU_IOAS_ALLOC, &mut buf[..]), libc::E2BIG);
     // a size running past mapped memory (all zero until then) is EFAULT
     let ps = 4096usize;
     // SAFETY: a fresh anonymous mapping of two pages; the second is unmapped
@@ -146,18 +130,18 @@ fn ioas_alloc_ids_and_destroy() {
         flags: 1,
         ..Default::default()
     };
-    assert_eq!(call(&ctx, IOMMU_IOAS_ALLOC, &mut bad), libc::EOPNOTSUPP);
+    assert_eq!(errno(&ctx, IOMMU_IOAS_ALLOC, &mut bad), libc::EOPNOTSUPP);
     let mut d = IommuDestroy { size: 8, id: a };
-    assert_eq!(call(&ctx, IOMMU_DESTROY, &mut d), 0);
-    assert_eq!(call(&ctx, IOMMU_DESTROY, &mut d), libc::ENOENT);
+    assert_eq!(errno(&ctx, IOMMU_DESTROY, &mut d), 0);
+    assert_eq!(errno(&ctx, IOMMU_DESTROY, &mut d), libc::ENOENT);
     // the lowest free ID is reused
     assert_eq!(ioas_alloc(&ctx), a);
     // an object in use by another holder is EBUSY
     let held = ctx.ioas(b).unwrap();
     let mut d = IommuDestroy { size: 8, id: b };
-    assert_eq!(call(&ctx, IOMMU_DESTROY, &mut d), libc::EBUSY);
+    assert_eq!(errno(&ctx, IOMMU_DESTROY, &mut d), libc::EBUSY);
     drop(held);
-    assert_eq!(call(&ctx, IOMMU_DESTROY, &mut d), 0);
+    assert_eq!(errno(&ctx, IOMMU_DESTROY, &mut d), 0);
     ctx.check_invariants().unwrap();
 }
 
@@ -207,16 +191,16 @@ fn options() {
         val64: 7,
         ..Default::default()
     };
-    assert_eq!(call(&ctx, IOMMU_OPTION, &mut o), 0);
+    assert_eq!(errno(&ctx, IOMMU_OPTION, &mut o), 0);
     assert_eq!(o.val64, 0);
     o.__reserved = 1;
-    assert_eq!(call(&ctx, IOMMU_OPTION, &mut o), libc::EOPNOTSUPP);
+    assert_eq!(errno(&ctx, IOMMU_OPTION, &mut o), libc::EOPNOTSUPP);
     o.__reserved = 0;
     o.option_id = 9;
-    assert_eq!(call(&ctx, IOMMU_OPTION, &mut o), libc::EOPNOTSUPP);
+    assert_eq!(errno(&ctx, IOMMU_OPTION, &mut o), libc::EOPNOTSUPP);
     o.option_id = IOMMU_OPTION_RLIMIT_MODE;
     o.object_id = 1;
-    assert_eq!(call(&ctx, IOMMU_OPTION, &mut o), libc::EOPNOTSUPP);
+    assert_eq!(errno(&ctx, IOMMU_OPTION, &mut o), libc::EOPNOTSUPP);
     // huge pages is per IOAS: ENOENT without one
     let mut h = IommuOption {
         size: 24,
@@ -224,16 +208,16 @@ fn options() {
         op: IOMMU_OPTION_OP_GET,
         ..Default::default()
     };
-    assert_eq!(call(&ctx, IOMMU_OPTION, &mut h), libc::ENOENT);
+    assert_eq!(errno(&ctx, IOMMU_OPTION, &mut h), libc::ENOENT);
     h.object_id = ioas_alloc(&ctx);
     h.val64 = 5;
-    assert_eq!(call(&ctx, IOMMU_OPTION, &mut h), 0);
+    assert_eq!(errno(&ctx, IOMMU_OPTION, &mut h), 0);
     assert_eq!(h.val64, 1);
     h.op = IOMMU_OPTION_OP_SET;
     h.val64 = 2;
-    assert_eq!(call(&ctx, IOMMU_OPTION, &mut h), libc::EINVAL);
+    assert_eq!(errno(&ctx, IOMMU_OPTION, &mut h), libc::EINVAL);
     h.op = 7;
-    assert_eq!(call(&ctx, IOMMU_OPTION, &mut h), libc::EOPNOTSUPP);
+    assert_eq!(errno(&ctx, IOMMU_OPTION, &mut h), libc::EOPNOTSUPP);
     // the RLIMIT mode cannot change once objects exist
     let mut o = IommuOption {
         size: 24,
@@ -242,7 +226,7 @@ fn options() {
         val64: 1,
         ..Default::default()
     };
-    let e = call(&ctx, IOMMU_OPTION, &mut o);
+    let e = errno(&ctx, IOMMU_OPTION, &mut o);
     assert!(e == libc::EBUSY || e == libc::EPERM, "{e}");
 }
 
@@ -254,23 +238,23 @@ fn vfio_ioas_get_set_clear() {
         op: IOMMU_VFIO_IOAS_GET,
         ..Default::default()
     };
-    assert_eq!(call(&ctx, IOMMU_VFIO_IOAS, &mut v), libc::ENODEV);
+    assert_eq!(errno(&ctx, IOMMU_VFIO_IOAS, &mut v), libc::ENODEV);
     let id = ioas_alloc(&ctx);
     v.op = IOMMU_VFIO_IOAS_SET;
     v.ioas_id = id + 5;
-    assert_eq!(call(&ctx, IOMMU_VFIO_IOAS, &mut v), libc::ENOENT);
+    assert_eq!(errno(&ctx, IOMMU_VFIO_IOAS, &mut v), libc::ENOENT);
     v.ioas_id = id;
-    assert_eq!(call(&ctx, IOMMU_VFIO_IOAS, &mut v), 0);
+    assert_eq!(errno(&ctx, IOMMU_VFIO_IOAS, &mut v), 0);
     v.op = IOMMU_VFIO_IOAS_GET;
     v.ioas_id = 0;
-    assert_eq!(call(&ctx, IOMMU_VFIO_IOAS, &mut v), 0);
+    assert_eq!(errno(&ctx, IOMMU_VFIO_IOAS, &mut v), 0);
     assert_eq!(v.ioas_id, id);
     // destroying the IOAS forgets it as the compat IOAS
     let mut d = IommuDestroy { size: 8, id };
-    assert_eq!(call(&ctx, IOMMU_DESTROY, &mut d), 0);
-    assert_eq!(call(&ctx, IOMMU_VFIO_IOAS, &mut v), libc::ENODEV);
+    assert_eq!(errno(&ctx, IOMMU_DESTROY, &mut d), 0);
+    assert_eq!(errno(&ctx, IOMMU_VFIO_IOAS, &mut v), libc::ENODEV);
     v.op = 3;
-    assert_eq!(call(&ctx, IOMMU_VFIO_IOAS, &mut v), libc::EOPNOTSUPP);
+    assert_eq!(errno(&ctx, IOMMU_VFIO_IOAS, &mut v), libc::EOPNOTSUPP);
 }
 
 #[test]
@@ -282,25 +266,25 @@ fn device_commands_without_devices_are_enoent() {
         dev_id: ioas,
         ..Default::default()
     };
-    assert_eq!(call(&ctx, IOMMU_GET_HW_INFO, &mut h), libc::ENOENT);
+    assert_eq!(errno(&ctx, IOMMU_GET_HW_INFO, &mut h), libc::ENOENT);
     h.flags = 2; // 1 (IOMMU_HW_INFO_FLAG_INPUT_TYPE) is accepted; others are not
-    assert_eq!(call(&ctx, IOMMU_GET_HW_INFO, &mut h), libc::EOPNOTSUPP);
+    assert_eq!(errno(&ctx, IOMMU_GET_HW_INFO, &mut h), libc::EOPNOTSUPP);
     let mut a = IommuHwptAlloc {
         size: 48,
         dev_id: 99,
         pt_id: ioas,
         ..Default::default()
     };
-    assert_eq!(call(&ctx, IOMMU_HWPT_ALLOC, &mut a), libc::ENOENT);
+    assert_eq!(errno(&ctx, IOMMU_HWPT_ALLOC, &mut a), libc::ENOENT);
     a.data_len = 4;
-    assert_eq!(call(&ctx, IOMMU_HWPT_ALLOC, &mut a), libc::EINVAL);
+    assert_eq!(errno(&ctx, IOMMU_HWPT_ALLOC, &mut a), libc::EINVAL);
     let mut inv = IommuHwptInvalidate {
         size: 32,
         hwpt_id: ioas,
         entry_num: 3,
         ..Default::default()
     };
-    assert_eq!(call(&ctx, IOMMU_HWPT_INVALIDATE, &mut inv), libc::EINVAL);
+    assert_eq!(errno(&ctx, IOMMU_HWPT_INVALIDATE, &mut inv), libc::EINVAL);
     assert_eq!(inv.entry_num, 0, "entry_num is written back on failure");
 }
 
@@ -312,14 +296,14 @@ fn test_cmd_ops_without_devices() {
         op: IOMMU_TEST_OP_MOCK_DOMAIN,
         ..Default::default()
     };
-    assert_eq!(call(&ctx, IOMMU_TEST_CMD, &mut t), libc::ENOENT);
+    assert_eq!(errno(&ctx, IOMMU_TEST_CMD, &mut t), libc::ENOENT);
     t.op = 99;
-    assert_eq!(call(&ctx, IOMMU_TEST_CMD, &mut t), libc::EOPNOTSUPP);
+    assert_eq!(errno(&ctx, IOMMU_TEST_CMD, &mut t), libc::EOPNOTSUPP);
     t.op = IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT;
     t.payload[..4].copy_from_slice(&4u32.to_ne_bytes());
-    assert_eq!(call(&ctx, IOMMU_TEST_CMD, &mut t), libc::EINVAL);
+    assert_eq!(errno(&ctx, IOMMU_TEST_CMD, &mut t), libc::EINVAL);
     t.payload[..4].copy_from_slice(&65536u32.to_ne_bytes());
-    assert_eq!(call(&ctx, IOMMU_TEST_CMD, &mut t), 0);
+    assert_eq!(errno(&ctx, IOMMU_TEST_CMD, &mut t), 0);
 }
 
 /// A user-memory seam that panics: the panic must come back as EIO.
@@ -373,7 +357,7 @@ fn allow_iovas_a_million_ranges() {
             __reserved: 0,
             allowed_iovas: r.as_mut_ptr() as u64,
         };
-        call(ctx, IOMMU_IOAS_ALLOW_IOVAS, &mut c)
+        errno(ctx, IOMMU_IOAS_ALLOW_IOVAS, &mut c)
     };
     let t = std::time::Instant::now();
     assert_eq!(allow(&ctx, &mut ranges), 0);
@@ -393,7 +377,7 @@ fn allow_iovas_a_million_ranges() {
             iova,
             ..Default::default()
         };
-        call(&ctx, IOMMU_IOAS_MAP, &mut m)
+        errno(&ctx, IOMMU_IOAS_MAP, &mut m)
     };
     // fixed maps ignore allowed ranges (kernel); an allocated one must land
     // in one of them
@@ -405,7 +389,7 @@ fn allow_iovas_a_million_ranges() {
         length: 4096,
         ..Default::default()
     };
-    assert_eq!(call(&ctx, IOMMU_IOAS_MAP, &mut m), 0);
+    assert_eq!(errno(&ctx, IOMMU_IOAS_MAP, &mut m), 0);
     assert_eq!(m.iova % STRIDE, 4096, "allocated inside an allowed range");
     assert!(m.iova / STRIDE < N);
     assert_eq!(map(N * STRIDE + 4096), 0);
@@ -429,13 +413,13 @@ fn allow_iovas_a_million_ranges() {
     };
     // ranges 300.. are past the Vec: possibly readable heap, so only the
     // order is checked with a range that fails first
-    assert_eq!(call(&ctx, IOMMU_IOAS_ALLOW_IOVAS, &mut c), libc::EINVAL);
+    assert_eq!(errno(&ctx, IOMMU_IOAS_ALLOW_IOVAS, &mut c), libc::EINVAL);
     // an unreadable range after good ones is EFAULT
     c.allowed_iovas = (u64::MAX - 16 * 3) & !15;
     c.num_iovas = 4;
-    assert_eq!(call(&ctx, IOMMU_IOAS_ALLOW_IOVAS, &mut c), libc::EFAULT);
+    assert_eq!(errno(&ctx, IOMMU_IOAS_ALLOW_IOVAS, &mut c), libc::EFAULT);
     // still the million: the map into the last one still allocates there
-    assert_eq!(call(&ctx, IOMMU_IOAS_MAP, &mut m), 0);
+    assert_eq!(errno(&ctx, IOMMU_IOAS_MAP, &mut m), 0);
     assert_eq!(m.iova % STRIDE, 4096);
     // empty: everything allowed again
     assert_eq!(allow(&ctx, &mut []), 0);

@@ -2,15 +2,9 @@
 //! while other threads allocate and destroy objects; the invariant checker
 //! runs at the end of every round.
 
-use std::sync::Arc;
-
-use uiommufd::uapi::dispatch::ioctl;
 use uiommufd::uapi::*;
 use uiommufd::Context;
-
-fn ioc<T>(ctx: &Arc<Context>, cmd: u32, arg: &mut T) -> Result<i32, i32> {
-    ioctl(ctx, cmd as u64, arg as *mut T as u64).map_err(|e| e.errno().0)
-}
+use uiommufd_testkit::ioc;
 
 #[test]
 fn threads_map_unmap_one_ioas() {

@@ -9,28 +9,7 @@ use uiommufd::uapi::*;
 use uiommufd::Context;
 use zerocopy::IntoBytes;
 
-mod common;
-use common::*;
-
-fn copy(
-    ctx: &Arc<Context>,
-    src: u32,
-    src_iova: u64,
-    dst: u32,
-    dst_iova: u64,
-    len: u64,
-) -> Result<i32, i32> {
-    let mut c = IommuIoasCopy {
-        size: 40,
-        flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-        dst_ioas_id: dst,
-        src_ioas_id: src,
-        length: len,
-        dst_iova,
-        src_iova,
-    };
-    ioc(ctx, IOMMU_IOAS_COPY, &mut c)
-}
+use uiommufd_testkit::*;
 
 fn check(ctx: &Arc<Context>) {
     ctx.check_invariants().unwrap();
@@ -269,7 +248,7 @@ fn hw_info_huge_data_len_needs_no_memory() {
     let ioas = ioas_alloc(&ctx);
     let (_, _, idev) = mock_domain(&ctx, ioas).unwrap();
     // 64 KiB writable, then a hole
-    let pp = ProtPages::new(17);
+    let pp = Mapping::pages(17);
     pp.unmap(16);
     // SAFETY: the first 16 pages of `pp` are ours and writable.
     unsafe { std::ptr::write_bytes(pp.page(0) as *mut u8, 0xee, 16 * 4096) };
@@ -292,15 +271,6 @@ fn hw_info_huge_data_len_needs_no_memory() {
         assert_eq!(pp.word(off), 0, "tail byte {off}");
     }
     assert_eq!(pp.word(16 * 4096 - 8), 0xeeee_eeee_eeee_eeee);
-}
-
-/// Pages of `len` bytes at `addr` that are resident (`mincore`).
-fn resident(addr: u64, len: u64) -> usize {
-    let mut v = vec![0u8; len.div_ceil(4096) as usize];
-    // SAFETY: `v` holds one byte per page of the range, which is our mapping.
-    let rc = unsafe { libc::mincore(addr as *mut libc::c_void, len as usize, v.as_mut_ptr()) };
-    assert_eq!(rc, 0);
-    v.iter().filter(|&&b| b & 1 != 0).count()
 }
 
 /// Issue 10 item 13: a failing `MD_CHECK_MAP` / `MD_CHECK_REFS` stops at the
@@ -329,16 +299,7 @@ fn failing_md_checks_populate_only_up_to_the_first_bad_page() {
     };
     assert_ne!(p, libc::MAP_FAILED);
     let big = p as u64;
-    let test = |op: u32, id: u32, payload: &[u8]| {
-        let mut t = IommuTestCmd {
-            size: 72,
-            op,
-            id,
-            ..Default::default()
-        };
-        t.payload[..payload.len()].copy_from_slice(payload);
-        ioc(&ctx, IOMMU_TEST_CMD, &mut t)
-    };
+    let test = |op: u32, id: u32, payload: &[u8]| test_cmd(&ctx, op, id, payload).map(|_| 0);
     // the IOVA maps `buf`, not `big`: the first granule mismatches
     let cm = TestCheckMap {
         iova: MOCK_APERTURE_START,

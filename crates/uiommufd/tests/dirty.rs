@@ -15,92 +15,12 @@ use uiommufd::pages::check_accounting;
 use uiommufd::uapi::*;
 use uiommufd::Context;
 
-mod common;
-use common::*;
-use zerocopy::{FromBytes, IntoBytes};
+use uiommufd_testkit::*;
 
 const A: u64 = MOCK_APERTURE_START;
 /// The mock's granule (`MOCK_IO_PAGE_SIZE`, half a 4 KiB page).
 const G: u64 = 2048;
 const HUGE: u64 = 512 * G;
-
-fn hwpt_alloc(ctx: &Arc<Context>, idev: u32, pt: u32, flags: u32) -> Result<u32, i32> {
-    let mut a = IommuHwptAlloc {
-        size: 48,
-        flags,
-        dev_id: idev,
-        pt_id: pt,
-        ..Default::default()
-    };
-    ioc(ctx, IOMMU_HWPT_ALLOC, &mut a)?;
-    Ok(a.out_hwpt_id)
-}
-
-fn set_tracking(ctx: &Arc<Context>, hwpt: u32, enable: bool) -> Result<i32, i32> {
-    let mut c = IommuHwptSetDirtyTracking {
-        size: 16,
-        flags: if enable {
-            IOMMU_HWPT_DIRTY_TRACKING_ENABLE
-        } else {
-            0
-        },
-        hwpt_id: hwpt,
-        __reserved: 0,
-    };
-    ioc(ctx, IOMMU_HWPT_SET_DIRTY_TRACKING, &mut c)
-}
-
-fn get_bitmap(
-    ctx: &Arc<Context>,
-    hwpt: u32,
-    iova: u64,
-    length: u64,
-    page_size: u64,
-    data: u64,
-    flags: u32,
-) -> Result<i32, i32> {
-    let mut c = IommuHwptGetDirtyBitmap {
-        size: 48,
-        hwpt_id: hwpt,
-        flags,
-        __reserved: 0,
-        iova,
-        length,
-        page_size,
-        data,
-    };
-    ioc(ctx, IOMMU_HWPT_GET_DIRTY_BITMAP, &mut c)
-}
-
-/// IOMMU_TEST_OP_DIRTY: returns out_nr_dirty.
-fn test_dirty(
-    ctx: &Arc<Context>,
-    hwpt: u32,
-    iova: u64,
-    length: u64,
-    page_size: u64,
-    uptr: u64,
-) -> Result<u64, i32> {
-    let mut t = IommuTestCmd {
-        size: 72,
-        op: IOMMU_TEST_OP_DIRTY,
-        id: hwpt,
-        ..Default::default()
-    };
-    let d = TestDirty {
-        iova,
-        length,
-        page_size,
-        uptr,
-        ..Default::default()
-    };
-    t.payload.copy_from_slice(d.as_bytes());
-    ioc(ctx, IOMMU_TEST_CMD, &mut t)?;
-    Ok(TestDirty::read_from_prefix(&t.payload)
-        .unwrap()
-        .0
-        .out_nr_dirty)
-}
 
 fn domain_id(ctx: &Arc<Context>, hwpt: u32) -> u64 {
     match ctx.get(hwpt).unwrap() {
@@ -255,7 +175,7 @@ fn check_get(
         let mut buf = vec![0u8; pre.len() + 8];
         buf[off..off + pre.len()].copy_from_slice(&pre);
         let data = buf.as_mut_ptr() as u64 + off as u64;
-        let r = get_bitmap(ctx, hwpt, iova, length, ps, data, flags).map(|_| ());
+        let r = get_dirty_bitmap(ctx, hwpt, iova, length, ps, data, flags).map(|_| ());
         (buf[off..off + pre.len()].to_vec(), r)
     };
     if !valid {
@@ -311,8 +231,11 @@ fn run_model(seed: u64, huge: bool, steps: usize) {
     let (stdev, auto_hwpt, idev) = mock_domain_flags(&ctx, ioas, dev_flags).unwrap();
     let hwpt = hwpt_alloc(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
     // the auto domain has no dirty tracking
-    assert_eq!(set_tracking(&ctx, auto_hwpt, true), Err(libc::EOPNOTSUPP));
-    assert_eq!(set_tracking(&ctx, hwpt, true), Ok(0));
+    assert_eq!(
+        set_dirty_tracking(&ctx, auto_hwpt, true),
+        Err(libc::EOPNOTSUPP)
+    );
+    assert_eq!(set_dirty_tracking(&ctx, hwpt, true), Ok(0));
     let unit = if huge { HUGE } else { G };
     let map_unit = if huge { HUGE } else { 4096 };
     let span: u64 = if huge { 24 * HUGE } else { 1 << 20 };
@@ -395,7 +318,7 @@ fn run_model(seed: u64, huge: bool, steps: usize) {
             50..=89 => check_get(&ctx, ioas, hwpt, &mut m, &mut rng, span, step % 3 == 0),
             90..=94 => {
                 let on = rng.chance(75);
-                assert_eq!(set_tracking(&ctx, hwpt, on), Ok(0));
+                assert_eq!(set_dirty_tracking(&ctx, hwpt, on), Ok(0));
                 if on {
                     // enabling clears every area's dirty state
                     m.dirty.clear();
@@ -453,13 +376,16 @@ fn errno_rules() {
         ioc(&ctx, IOMMU_HWPT_SET_DIRTY_TRACKING, &mut c),
         Err(libc::EOPNOTSUPP)
     );
-    assert_eq!(set_tracking(&ctx, 999, true), Err(libc::ENOENT));
-    assert_eq!(set_tracking(&ctx, ioas, true), Err(libc::ENOENT));
-    assert_eq!(set_tracking(&ctx, auto_hwpt, false), Err(libc::EOPNOTSUPP));
+    assert_eq!(set_dirty_tracking(&ctx, 999, true), Err(libc::ENOENT));
+    assert_eq!(set_dirty_tracking(&ctx, ioas, true), Err(libc::ENOENT));
+    assert_eq!(
+        set_dirty_tracking(&ctx, auto_hwpt, false),
+        Err(libc::EOPNOTSUPP)
+    );
 
     // GET_DIRTY_BITMAP: flags/reserved, lookup, range, then capability
     assert_eq!(
-        get_bitmap(&ctx, hwpt, A, 4096, G, data, 2),
+        get_dirty_bitmap(&ctx, hwpt, A, 4096, G, data, 2),
         Err(libc::EOPNOTSUPP)
     );
     let mut g = IommuHwptGetDirtyBitmap {
@@ -477,50 +403,53 @@ fn errno_rules() {
         Err(libc::EOPNOTSUPP)
     );
     assert_eq!(
-        get_bitmap(&ctx, 999, A, 4096, G, data, 0),
+        get_dirty_bitmap(&ctx, 999, A, 4096, G, data, 0),
         Err(libc::ENOENT)
     );
-    assert_eq!(get_bitmap(&ctx, hwpt, A, 0, G, data, 0), Err(libc::EINVAL));
     assert_eq!(
-        get_bitmap(&ctx, hwpt, u64::MAX - 4095, 8192, G, data, 0),
+        get_dirty_bitmap(&ctx, hwpt, A, 0, G, data, 0),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        get_dirty_bitmap(&ctx, hwpt, u64::MAX - 4095, 8192, G, data, 0),
         Err(libc::EOVERFLOW)
     );
     assert_eq!(
-        get_bitmap(&ctx, hwpt, A + 1024, 4096, 1024, data, 0),
+        get_dirty_bitmap(&ctx, hwpt, A + 1024, 4096, 1024, data, 0),
         Err(libc::EINVAL),
         "IOVA alignment"
     );
     assert_eq!(
-        get_bitmap(&ctx, hwpt, A, 4096 + 1024, 1024, data, 0),
+        get_dirty_bitmap(&ctx, hwpt, A, 4096 + 1024, 1024, data, 0),
         Err(libc::EINVAL),
         "IOVA alignment of the end"
     );
     assert_eq!(
-        get_bitmap(&ctx, hwpt, A, 4096, 0, data, 0),
+        get_dirty_bitmap(&ctx, hwpt, A, 4096, 0, data, 0),
         Err(libc::EINVAL)
     );
     assert_eq!(
-        get_bitmap(&ctx, hwpt, A + G, 4096, 4096, data, 0),
+        get_dirty_bitmap(&ctx, hwpt, A + G, 4096, 4096, data, 0),
         Err(libc::EINVAL)
     );
     assert_eq!(
-        get_bitmap(&ctx, hwpt, A, 4096 + G, 4096, data, 0),
+        get_dirty_bitmap(&ctx, hwpt, A, 4096 + G, 4096, data, 0),
         Err(libc::EINVAL)
     );
     assert_eq!(
-        get_bitmap(&ctx, auto_hwpt, A + G, 4096, 4096, data, 0),
+        get_dirty_bitmap(&ctx, auto_hwpt, A + G, 4096, 4096, data, 0),
         Err(libc::EINVAL),
         "range before capability"
     );
     assert_eq!(
-        get_bitmap(&ctx, auto_hwpt, A, 4096, 4096, data, 0),
+        get_dirty_bitmap(&ctx, auto_hwpt, A, 4096, 4096, data, 0),
         Err(libc::EOPNOTSUPP)
     );
     // tracking off: the walk stops at the mock's EINVAL, 6.12 answers 0
-    assert_eq!(get_bitmap(&ctx, hwpt, A, 4096, G, data, 0), Ok(0));
+    assert_eq!(get_dirty_bitmap(&ctx, hwpt, A, 4096, G, data, 0), Ok(0));
     // unmapped range: 0 as well
     assert_eq!(
-        get_bitmap(&ctx, hwpt, A + (8 << 20), 4096, G, data, 0),
+        get_dirty_bitmap(&ctx, hwpt, A + (8 << 20), 4096, G, data, 0),
         Ok(0)
     );
 
@@ -544,13 +473,13 @@ fn errno_rules() {
         Err(libc::EINVAL),
         "not tracking"
     );
-    assert_eq!(set_tracking(&ctx, hwpt, true), Ok(0));
+    assert_eq!(set_dirty_tracking(&ctx, hwpt, true), Ok(0));
     assert_eq!(test_dirty(&ctx, hwpt, A, 4096, G, 8), Err(libc::EFAULT));
     bits[0].set(0b1011);
     assert_eq!(test_dirty(&ctx, hwpt, A, 4 * G, G, data), Ok(3));
     // an unwritable bitmap is EFAULT here (6.12 drops the bits and answers 0)
     assert_eq!(
-        get_bitmap(
+        get_dirty_bitmap(
             &ctx,
             hwpt,
             A,
@@ -562,10 +491,10 @@ fn errno_rules() {
         Err(libc::EFAULT)
     );
     bits[0].set(0xf0);
-    assert_eq!(get_bitmap(&ctx, hwpt, A, 4096 * 4, G, data, 0), Ok(0));
+    assert_eq!(get_dirty_bitmap(&ctx, hwpt, A, 4096 * 4, G, data, 0), Ok(0));
     assert_eq!(bits[0].get(), 0xfb, "bits are only set");
     bits[0].set(0);
-    assert_eq!(get_bitmap(&ctx, hwpt, A, 4096 * 4, G, data, 0), Ok(0));
+    assert_eq!(get_dirty_bitmap(&ctx, hwpt, A, 4096 * 4, G, data, 0), Ok(0));
     assert_eq!(bits[0].get(), 0, "cleared by the read before");
 
     // the Rust API is strict about the walk
@@ -670,9 +599,9 @@ fn unwritable_bitmap_is_efault_and_loses_no_dirty_bit() {
     let hwpt = hwpt_alloc(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
     let buf = Buf::new(1 << 20, 4096);
     map_fixed(&ctx, ioas, buf.addr(), 1 << 20, A).unwrap();
-    assert_eq!(set_tracking(&ctx, hwpt, true), Ok(0));
+    assert_eq!(set_dirty_tracking(&ctx, hwpt, true), Ok(0));
     // pages: 0 rw (good bitmap), 1 read-only, 2 PROT_NONE, 3 unmapped, 4 rw
-    let pp = ProtPages::new(5);
+    let pp = Mapping::pages(5);
     pp.protect(1, libc::PROT_READ);
     pp.protect(2, libc::PROT_NONE);
     pp.unmap(3);
@@ -689,23 +618,26 @@ fn unwritable_bitmap_is_efault_and_loses_no_dirty_bit() {
     for (what, data) in bad {
         for flags in [0, IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR] {
             assert_eq!(
-                get_bitmap(&ctx, hwpt, A, len, G, data, flags),
+                get_dirty_bitmap(&ctx, hwpt, A, len, G, data, flags),
                 Err(libc::EFAULT),
                 "{what}, nothing dirty, flags {flags}"
             );
         }
     }
     // 2^62 bytes of IOVA with a one-page buffer: EFAULT from the first window
-    let small = ProtPages::new(2);
+    let small = Mapping::pages(2);
     small.unmap(1);
     assert_eq!(
-        get_bitmap(&ctx, hwpt, A, 1 << 62, G, small.page(0), 0),
+        get_dirty_bitmap(&ctx, hwpt, A, 1 << 62, G, small.page(0), 0),
         Err(libc::EFAULT)
     );
     // the range checks still come first
-    assert_eq!(get_bitmap(&ctx, hwpt, A, 0, G, 0, 0), Err(libc::EINVAL));
     assert_eq!(
-        get_bitmap(&ctx, hwpt, A + 1, len, G, 0, 0),
+        get_dirty_bitmap(&ctx, hwpt, A, 0, G, 0, 0),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        get_dirty_bitmap(&ctx, hwpt, A + 1, len, G, 0, 0),
         Err(libc::EINVAL)
     );
 
@@ -718,7 +650,7 @@ fn unwritable_bitmap_is_efault_and_loses_no_dirty_bit() {
     assert_eq!(n, want.len() as u64);
     for (what, data) in bad {
         assert_eq!(
-            get_bitmap(&ctx, hwpt, A, len, G, data, 0),
+            get_dirty_bitmap(&ctx, hwpt, A, len, G, data, 0),
             Err(libc::EFAULT),
             "{what}, dirty"
         );
@@ -727,7 +659,7 @@ fn unwritable_bitmap_is_efault_and_loses_no_dirty_bit() {
     let got = |ctx: &Arc<Context>| {
         let mut out = [0u64; 8];
         assert_eq!(
-            get_bitmap(ctx, hwpt, A, len, G, out.as_mut_ptr() as u64, 0),
+            get_dirty_bitmap(ctx, hwpt, A, len, G, out.as_mut_ptr() as u64, 0),
             Ok(0)
         );
         (0..512u64)
@@ -736,9 +668,12 @@ fn unwritable_bitmap_is_efault_and_loses_no_dirty_bit() {
     };
     assert_eq!(got(&ctx), want, "no dirty bit lost by the failed calls");
     assert!(got(&ctx).is_empty(), "the good call cleared them");
-    // the good page of ProtPages works as a bitmap too (bits only OR-ed)
+    // the good page of Mapping works as a bitmap too (bits only OR-ed)
     test_dirty(&ctx, hwpt, A, len, G, src.as_ptr() as u64).unwrap();
-    assert_eq!(get_bitmap(&ctx, hwpt, A, len, G, pp.page(0), 0), Ok(0));
+    assert_eq!(
+        get_dirty_bitmap(&ctx, hwpt, A, len, G, pp.page(0), 0),
+        Ok(0)
+    );
     assert_eq!(pp.word(0), src[0]);
     ctx.check_invariants().unwrap();
     for id in [hwpt, stdev] {

@@ -8,6 +8,7 @@
 //! process-wide accounting must hold. After each run's teardown no page of
 //! the buffer may stay pinned.
 
+use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -23,13 +24,11 @@ use uiommufd::uapi::dispatch::ioctl;
 use uiommufd::uapi::*;
 use uiommufd::user::page_size;
 use uiommufd::{files, Context};
+use uiommufd_testkit::{self as kit, *};
 use zerocopy::{FromBytes, IntoBytes};
 
 const A: u64 = MOCK_APERTURE_START;
 const LEN: u64 = 256 * 1024;
-
-/// The sweeps share the process-wide accounting: one at a time.
-static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
 
 /// Everything a failed call must leave as it was.
 #[derive(Debug, PartialEq, Eq)]
@@ -79,7 +78,7 @@ struct Env {
     fds: Vec<i32>,
     buf: Vec<u8>,
     /// Injected failures seen, by point.
-    fired: Vec<&'static str>,
+    fired: RefCell<Vec<&'static str>>,
 }
 
 impl Env {
@@ -90,7 +89,7 @@ impl Env {
             armed: false,
             fds: Vec::new(),
             buf: vec![0x5a; 4 * LEN as usize + (2 << 20)],
-            fired: Vec::new(),
+            fired: RefCell::new(Vec::new()),
         }
     }
 
@@ -105,124 +104,33 @@ impl Env {
         inject::set_fail_nth_current(self.nth);
     }
 
-    /// One ioctl, with the checks after an injected failure.
-    fn ioc<T: IntoBytes + FromBytes>(&mut self, cmd: u32, arg: &mut T) -> Result<(), i32> {
-        let before = snapshot(&self.ctx);
-        let watch = inject::Watch::start();
-        let r = ioctl(
-            &self.ctx,
-            cmd as u64,
-            arg.as_mut_bytes().as_mut_ptr() as u64,
-        );
-        let Some(point) = watch.fired() else {
-            return r
-                .map(|_| ())
-                .map_err(|e| panic!("ioctl {cmd:#x} failed without injection: {e}"));
-        };
-        self.fired.push(point);
-        if let Err(e) = &r {
-            assert_ne!(
-                e.errno().0,
-                libc::EIO,
-                "ioctl {cmd:#x} after the injected failure at {point}: {e}"
-            );
-            let after = snapshot(&self.ctx);
-            assert_eq!(
-                before, after,
-                "ioctl {cmd:#x} failed at {point} ({e}) but changed the state"
-            );
-        }
-        if let Err(v) = self.ctx.check_invariants() {
-            panic!("after the injected failure at {point} in ioctl {cmd:#x}: {v}");
-        }
-        if let Err(v) = check_accounting() {
-            panic!("after the injected failure at {point} in ioctl {cmd:#x}: {v}");
-        }
-        r.map(|_| ()).map_err(|e| e.errno().0)
-    }
-
     fn ioas_alloc(&mut self) -> Result<u32, i32> {
-        let mut c = IommuIoasAlloc {
-            size: 12,
-            ..Default::default()
-        };
-        self.ioc(IOMMU_IOAS_ALLOC, &mut c)?;
-        Ok(c.out_ioas_id)
+        try_ioas_alloc(&*self)
     }
 
     /// MOCK_DOMAIN_FLAGS on `pt`: (stdev, hwpt, idev).
     fn mock_domain(&mut self, pt: u32, dev_flags: u32) -> Result<(u32, u32, u32), i32> {
-        let mut t = IommuTestCmd {
-            size: 72,
-            op: IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS,
-            id: pt,
-            ..Default::default()
-        };
-        let md = TestMockDomainFlags {
-            dev_flags,
-            ..Default::default()
-        };
-        t.payload[..16].copy_from_slice(md.as_bytes());
-        self.ioc(IOMMU_TEST_CMD, &mut t)?;
-        let o = TestMockDomainFlags::read_from_prefix(&t.payload).unwrap().0;
-        Ok((o.out_stdev_id, o.out_hwpt_id, o.out_idev_id))
+        mock_domain_flags(&*self, pt, dev_flags)
     }
 
     fn replace(&mut self, stdev: u32, pt: u32) -> Result<(), i32> {
-        let mut t = IommuTestCmd {
-            size: 72,
-            op: IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE,
-            id: stdev,
-            ..Default::default()
-        };
-        t.payload[..4].copy_from_slice(TestMockDomainReplace { pt_id: pt }.as_bytes());
-        self.ioc(IOMMU_TEST_CMD, &mut t)
+        mock_domain_replace(&*self, stdev, pt)
     }
 
     fn hwpt_alloc(&mut self, idev: u32, pt: u32, flags: u32) -> Result<u32, i32> {
-        let mut a = IommuHwptAlloc {
-            size: 48,
-            flags,
-            dev_id: idev,
-            pt_id: pt,
-            ..Default::default()
-        };
-        self.ioc(IOMMU_HWPT_ALLOC, &mut a)?;
-        Ok(a.out_hwpt_id)
+        kit::hwpt_alloc(&*self, idev, pt, flags)
     }
 
     fn hw_info(&mut self, idev: u32) -> Result<(), i32> {
-        let mut data = [0u8; 8];
-        let mut c = IommuHwInfo {
-            size: 32,
-            dev_id: idev,
-            data_len: 8,
-            data_uptr: data.as_mut_ptr() as u64,
-            ..Default::default()
-        };
-        self.ioc(IOMMU_GET_HW_INFO, &mut c)
+        kit::hw_info(&*self, idev).map(|_| ())
     }
 
     fn destroy(&mut self, id: u32) -> Result<(), i32> {
-        let mut d = IommuDestroy { size: 8, id };
-        self.ioc(IOMMU_DESTROY, &mut d)
+        kit::destroy(&*self, id).map(|_| ())
     }
 
     fn map(&mut self, ioas: u32, off: u64, len: u64, iova: Option<u64>) -> Result<u64, i32> {
-        let mut m = IommuIoasMap {
-            size: 40,
-            flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-            ioas_id: ioas,
-            user_va: self.va() + off,
-            length: len,
-            iova: iova.unwrap_or(0),
-            ..Default::default()
-        };
-        if iova.is_some() {
-            m.flags |= IOMMU_IOAS_MAP_FIXED_IOVA;
-        }
-        self.ioc(IOMMU_IOAS_MAP, &mut m)?;
-        Ok(m.iova)
+        kit::map(&*self, ioas, self.va() + off, len, iova)
     }
 
     fn copy(
@@ -233,176 +141,67 @@ impl Env {
         dst_iova: u64,
         len: u64,
     ) -> Result<(), i32> {
-        let mut c = IommuIoasCopy {
-            size: 40,
-            flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-            dst_ioas_id: dst,
-            src_ioas_id: src,
-            length: len,
-            dst_iova,
-            src_iova,
-        };
-        self.ioc(IOMMU_IOAS_COPY, &mut c)
+        kit::copy(&*self, src, src_iova, dst, dst_iova, len).map(|_| ())
     }
 
     fn unmap(&mut self, ioas: u32, iova: u64, length: u64) -> Result<(), i32> {
-        let mut u = IommuIoasUnmap {
-            size: 24,
-            ioas_id: ioas,
-            iova,
-            length,
-        };
-        self.ioc(IOMMU_IOAS_UNMAP, &mut u)
+        kit::unmap(&*self, ioas, iova, length).map(|_| ())
     }
 
     fn allow(&mut self, ioas: u32, start: u64, last: u64) -> Result<(), i32> {
-        let range = IommuIovaRange { start, last };
-        let mut c = IommuIoasAllowIovas {
-            size: 24,
-            ioas_id: ioas,
-            num_iovas: 1,
-            allowed_iovas: range.as_bytes().as_ptr() as u64,
-            ..Default::default()
-        };
-        self.ioc(IOMMU_IOAS_ALLOW_IOVAS, &mut c)
+        allow_iovas(&*self, ioas, start, last).map(|_| ())
     }
 
     /// CREATE_ACCESS on `ioas`: the access fd.
     fn create_access(&mut self, ioas: u32, flags: u32) -> Result<i32, i32> {
-        let mut t = IommuTestCmd {
-            size: 72,
-            op: IOMMU_TEST_OP_CREATE_ACCESS,
-            id: ioas,
-            ..Default::default()
-        };
-        let c = TestCreateAccess {
-            flags,
-            ..Default::default()
-        };
-        t.payload[..8].copy_from_slice(c.as_bytes());
-        self.ioc(IOMMU_TEST_CMD, &mut t)?;
-        let fd = TestCreateAccess::read_from_prefix(&t.payload)
-            .unwrap()
-            .0
-            .out_access_fd as i32;
+        let fd = kit::create_access(&*self, ioas, flags)? as i32;
         self.fds.push(fd);
         Ok(fd)
     }
 
     /// ACCESS_PAGES: the item id.
     fn access_pages(&mut self, fd: i32, iova: u64, len: u64, off: u64) -> Result<u32, i32> {
-        let mut t = IommuTestCmd {
-            size: 72,
-            op: IOMMU_TEST_OP_ACCESS_PAGES,
-            id: fd as u32,
-            ..Default::default()
-        };
-        let p = TestAccessPages {
-            flags: MOCK_FLAGS_ACCESS_WRITE,
-            iova,
-            length: len,
-            uptr: self.va() + off,
-            ..Default::default()
-        };
-        t.payload[..32].copy_from_slice(p.as_bytes());
-        self.ioc(IOMMU_TEST_CMD, &mut t)?;
-        Ok(TestAccessPages::read_from_prefix(&t.payload)
-            .unwrap()
-            .0
-            .out_access_pages_id)
+        let uptr = self.va() + off;
+        kit::access_pages(&*self, fd as u32, iova, len, uptr, MOCK_FLAGS_ACCESS_WRITE)
     }
 
     fn destroy_access_pages(&mut self, fd: i32, item: u32) -> Result<(), i32> {
-        let mut t = IommuTestCmd {
-            size: 72,
-            op: IOMMU_TEST_OP_DESTROY_ACCESS_PAGES,
-            id: fd as u32,
-            ..Default::default()
-        };
-        t.payload[..4].copy_from_slice(
-            TestDestroyAccessPages {
-                access_pages_id: item,
-            }
-            .as_bytes(),
-        );
-        self.ioc(IOMMU_TEST_CMD, &mut t)
+        kit::destroy_access_pages(&*self, fd as u32, item)
     }
 
     fn access_rw(&mut self, fd: i32, iova: u64, len: u64, flags: u32) -> Result<(), i32> {
         let mut tmp = vec![0u8; len as usize];
-        let mut t = IommuTestCmd {
-            size: 72,
-            op: IOMMU_TEST_OP_ACCESS_RW,
-            id: fd as u32,
-            ..Default::default()
-        };
-        let r = TestAccessRw {
-            iova,
-            length: len,
-            uptr: tmp.as_mut_ptr() as u64,
-            flags,
-            ..Default::default()
-        };
-        t.payload[..32].copy_from_slice(r.as_bytes());
-        self.ioc(IOMMU_TEST_CMD, &mut t)
+        kit::access_rw(&*self, fd as u32, iova, len, tmp.as_mut_ptr() as u64, flags)
     }
 
     fn set_tracking(&mut self, hwpt: u32, enable: bool) -> Result<(), i32> {
-        let mut c = IommuHwptSetDirtyTracking {
-            size: 16,
-            flags: if enable {
-                IOMMU_HWPT_DIRTY_TRACKING_ENABLE
-            } else {
-                0
-            },
-            hwpt_id: hwpt,
-            __reserved: 0,
-        };
-        self.ioc(IOMMU_HWPT_SET_DIRTY_TRACKING, &mut c)
+        set_dirty_tracking(&*self, hwpt, enable).map(|_| ())
     }
 
     /// IOMMU_TEST_OP_DIRTY with every bit set.
     fn test_dirty(&mut self, hwpt: u32, iova: u64, length: u64) -> Result<(), i32> {
         let bits = vec![0xffu8; (length / page_size()).div_ceil(8) as usize];
-        let mut t = IommuTestCmd {
-            size: 72,
-            op: IOMMU_TEST_OP_DIRTY,
-            id: hwpt,
-            ..Default::default()
-        };
-        let d = TestDirty {
+        kit::test_dirty(
+            &*self,
+            hwpt,
             iova,
             length,
-            page_size: page_size(),
-            uptr: bits.as_ptr() as u64,
-            ..Default::default()
-        };
-        t.payload.copy_from_slice(d.as_bytes());
-        self.ioc(IOMMU_TEST_CMD, &mut t)
+            page_size(),
+            bits.as_ptr() as u64,
+        )
+        .map(|_| ())
     }
 
     fn get_bitmap(&mut self, hwpt: u32, iova: u64, length: u64) -> Result<(), i32> {
         let mut bits = vec![0u8; (length / page_size()).div_ceil(8) as usize + 8];
-        let mut c = IommuHwptGetDirtyBitmap {
-            size: 48,
-            hwpt_id: hwpt,
-            iova,
-            length,
-            page_size: page_size(),
-            data: bits.as_mut_ptr() as u64,
-            ..Default::default()
-        };
-        self.ioc(IOMMU_HWPT_GET_DIRTY_BITMAP, &mut c)
+        let data = bits.as_mut_ptr() as u64;
+        get_dirty_bitmap(&*self, hwpt, iova, length, page_size(), data, 0).map(|_| ())
     }
 
     fn fault_alloc(&mut self) -> Result<u32, i32> {
-        let mut c = IommuFaultAlloc {
-            size: 16,
-            ..Default::default()
-        };
-        self.ioc(IOMMU_FAULT_QUEUE_ALLOC, &mut c)?;
-        self.fds.push(c.out_fault_fd as i32);
-        Ok(c.out_fault_id)
+        let (id, fd) = kit::fault_alloc(&*self)?;
+        self.fds.push(fd);
+        Ok(id)
     }
 
     /// Close the engine fds and the context; nothing may stay pinned.
@@ -432,12 +231,49 @@ impl Env {
     }
 }
 
+impl Ioctl for Env {
+    /// One ioctl, with the checks after an injected failure.
+    fn ioc<T: IntoBytes + FromBytes + ?Sized>(&self, cmd: u32, arg: &mut T) -> Result<i32, i32> {
+        let before = snapshot(&self.ctx);
+        let watch = inject::Watch::start();
+        let r = ioctl(
+            &self.ctx,
+            cmd as u64,
+            arg.as_mut_bytes().as_mut_ptr() as u64,
+        );
+        let Some(point) = watch.fired() else {
+            return r.map_err(|e| panic!("ioctl {cmd:#x} failed without injection: {e}"));
+        };
+        self.fired.borrow_mut().push(point);
+        if let Err(e) = &r {
+            assert_ne!(
+                e.errno().0,
+                libc::EIO,
+                "ioctl {cmd:#x} after the injected failure at {point}: {e}"
+            );
+            let after = snapshot(&self.ctx);
+            assert_eq!(
+                before, after,
+                "ioctl {cmd:#x} failed at {point} ({e}) but changed the state"
+            );
+        }
+        if let Err(v) = self.ctx.check_invariants() {
+            panic!("after the injected failure at {point} in ioctl {cmd:#x}: {v}");
+        }
+        if let Err(v) = check_accounting() {
+            panic!("after the injected failure at {point} in ioctl {cmd:#x}: {v}");
+        }
+        r.map_err(|e| e.errno().0)
+    }
+}
+
 type Sequence = fn(&mut Env) -> Result<(), i32>;
 
 /// Run `seq` with the 1st, 2nd, ... injection point failing until it runs
 /// through; returns how many points it reached.
 fn sweep(name: &str, seq: Sequence) -> u32 {
-    let _serial = SERIAL.lock().unwrap_or_else(|e| e.into_inner());
+    // the sweeps share the process-wide accounting: one at a time
+    let _serial = serial();
     let pinned_before = PINNED_VM.load(Ordering::Acquire);
     let violations = inject::invariant_violations();
     let mut points = Vec::new();
@@ -447,7 +283,7 @@ fn sweep(name: &str, seq: Sequence) -> u32 {
         assert!(env.armed, "{name}: the sequence never armed the injection");
         let left = inject::fail_nth_current();
         inject::set_fail_nth_current(0);
-        let fired = std::mem::take(&mut env.fired);
+        let fired = env.fired.take();
         env.teardown(pinned_before);
         assert!(fired.len() <= 1, "{name}: fired {fired:?}");
         if left != 0 {

@@ -8,52 +8,15 @@ use std::sync::Arc;
 
 use uiommufd::uapi::*;
 use uiommufd::Context;
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::IntoBytes;
 
-mod common;
-use common::*;
+use uiommufd_testkit::*;
 
 const A: u64 = MOCK_APERTURE_START;
 
-fn test_cmd(ctx: &Arc<Context>, op: u32, id: u32, payload: &[u8]) -> Result<IommuTestCmd, i32> {
-    let mut t = IommuTestCmd {
-        size: 72,
-        op,
-        id,
-        ..Default::default()
-    };
-    t.payload[..payload.len()].copy_from_slice(payload);
-    ioc(ctx, IOMMU_TEST_CMD, &mut t)?;
-    Ok(t)
-}
-
-fn create_access(ctx: &Arc<Context>, ioas: u32) -> Result<u32, i32> {
-    let c = TestCreateAccess {
-        out_access_fd: 0,
-        flags: MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES,
-    };
-    let t = test_cmd(ctx, IOMMU_TEST_OP_CREATE_ACCESS, ioas, c.as_bytes())?;
-    Ok(TestCreateAccess::read_from_prefix(&t.payload)
-        .unwrap()
-        .0
-        .out_access_fd)
-}
-
-fn replace_access_ioas(ctx: &Arc<Context>, fd: u32, ioas: u32) -> Result<(), i32> {
-    let r = TestAccessReplaceIoas { ioas_id: ioas };
-    test_cmd(ctx, IOMMU_TEST_OP_ACCESS_REPLACE_IOAS, fd, r.as_bytes()).map(|_| ())
-}
-
 fn access_read(ctx: &Arc<Context>, fd: u32, iova: u64) -> Result<u8, i32> {
     let mut out = [0u8; 1];
-    let rw = TestAccessRw {
-        iova,
-        length: 1,
-        uptr: out.as_mut_ptr() as u64,
-        flags: 0,
-        _pad: 0,
-    };
-    test_cmd(ctx, IOMMU_TEST_OP_ACCESS_RW, fd, rw.as_bytes())?;
+    access_rw(ctx, fd, iova, 1, out.as_mut_ptr() as u64, 0)?;
     Ok(out[0])
 }
 
@@ -100,7 +63,7 @@ fn access_replace_ioas_resolves_in_the_access_context() {
     let _serial = serial();
     let a = side(0, 0xaa);
     let b = side(8, 0xbb);
-    let fd = create_access(&a.ctx, a.ioas).unwrap();
+    let fd = create_access(&a.ctx, a.ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES).unwrap();
     assert_eq!(access_read(&a.ctx, fd, A), Ok(0xaa));
     // B's IOAS through B's fd, through A's fd: not the access's context
     assert_eq!(replace_access_ioas(&b.ctx, fd, b.ioas), Err(libc::ENOENT));
@@ -317,7 +280,7 @@ fn ids_of_another_context_are_enoent_everywhere() {
     };
     te("TRIGGER_IOPF", IOMMU_TEST_OP_TRIGGER_IOPF, 0, ti.as_bytes());
     // an access fd of A through B: its own context only
-    let fd = create_access(&a.ctx, a.ioas).unwrap();
+    let fd = create_access(&a.ctx, a.ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES).unwrap();
     assert_eq!(replace_access_ioas(&b.ctx, fd, b.ioas2), Err(libc::ENOENT));
     assert_eq!(access_read(&b.ctx, fd, A), Ok(0xaa));
     uiommufd::files::close(fd as i32).unwrap();

@@ -9,58 +9,24 @@ use std::time::Duration;
 use uiommufd::context::Object;
 use uiommufd::fault::{resp, FaultFile, PageFault};
 use uiommufd::files;
-use uiommufd::uapi::dispatch::ioctl;
 use uiommufd::uapi::*;
 use uiommufd::Context;
+use uiommufd_testkit::{
+    self as kit, err, errno, hwpt_alloc_with, ioas_alloc, mock_domain_replace, test_cmd,
+};
 use zerocopy::{FromBytes, IntoBytes};
-
-fn ioc<T: IntoBytes + FromBytes>(ctx: &Arc<Context>, cmd: u32, arg: &mut T) -> Result<i32, i32> {
-    ioctl(ctx, cmd as u64, arg.as_mut_bytes().as_mut_ptr() as u64).map_err(|e| e.errno().0)
-}
-
-fn errno<T: IntoBytes + FromBytes>(ctx: &Arc<Context>, cmd: u32, arg: &mut T) -> i32 {
-    match ioc(ctx, cmd, arg) {
-        Ok(_) => 0,
-        Err(e) => e,
-    }
-}
-
-fn ioas_alloc(ctx: &Arc<Context>) -> u32 {
-    let mut c = IommuIoasAlloc {
-        size: 12,
-        ..Default::default()
-    };
-    ioc(ctx, IOMMU_IOAS_ALLOC, &mut c).unwrap();
-    c.out_ioas_id
-}
 
 /// MOCK_DOMAIN on `pt`: returns (stdev, hwpt, idev).
 fn mock_domain(ctx: &Arc<Context>, pt: u32) -> (u32, u32, u32) {
-    let mut t = IommuTestCmd {
-        size: 72,
-        op: IOMMU_TEST_OP_MOCK_DOMAIN,
-        id: pt,
-        ..Default::default()
-    };
-    ioc(ctx, IOMMU_TEST_CMD, &mut t).unwrap();
-    let o = TestMockDomainFlags::read_from_prefix(&t.payload).unwrap().0;
-    (o.out_stdev_id, o.out_hwpt_id, o.out_idev_id)
+    kit::mock_domain(ctx, pt).unwrap()
 }
 
 fn replace(ctx: &Arc<Context>, stdev: u32, pt: u32) -> i32 {
-    let mut t = IommuTestCmd {
-        size: 72,
-        op: IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE,
-        id: stdev,
-        ..Default::default()
-    };
-    t.payload[..4].copy_from_slice(&pt.to_ne_bytes());
-    errno(ctx, IOMMU_TEST_CMD, &mut t)
+    err(mock_domain_replace(ctx, stdev, pt))
 }
 
 fn destroy(ctx: &Arc<Context>, id: u32) -> i32 {
-    let mut d = IommuDestroy { size: 8, id };
-    errno(ctx, IOMMU_DESTROY, &mut d)
+    err(kit::destroy(ctx, id))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -74,19 +40,19 @@ fn hwpt_alloc(
     data: u64,
     data_len: u32,
 ) -> Result<u32, i32> {
-    let mut a = IommuHwptAlloc {
-        size: 48,
-        flags,
-        dev_id: dev,
-        pt_id: pt,
-        data_type,
-        data_len,
-        data_uptr: data,
-        fault_id,
-        ..Default::default()
-    };
-    ioc(ctx, IOMMU_HWPT_ALLOC, &mut a)?;
-    Ok(a.out_hwpt_id)
+    hwpt_alloc_with(
+        ctx,
+        IommuHwptAlloc {
+            flags,
+            dev_id: dev,
+            pt_id: pt,
+            data_type,
+            data_len,
+            data_uptr: data,
+            fault_id,
+            ..Default::default()
+        },
+    )
 }
 
 fn invalidate(
@@ -115,32 +81,20 @@ fn invalidate(
 }
 
 fn check_iotlb(ctx: &Arc<Context>, hwpt: u32, id: u32, value: u32) -> i32 {
-    let mut t = IommuTestCmd {
-        size: 72,
-        op: IOMMU_TEST_OP_MD_CHECK_IOTLB,
-        id: hwpt,
-        ..Default::default()
-    };
     let c = TestCheckIotlb { id, iotlb: value };
-    t.payload[..8].copy_from_slice(c.as_bytes());
-    errno(ctx, IOMMU_TEST_CMD, &mut t)
+    err(test_cmd(
+        ctx,
+        IOMMU_TEST_OP_MD_CHECK_IOTLB,
+        hwpt,
+        c.as_bytes(),
+    ))
 }
 
 fn fault_alloc(ctx: &Arc<Context>) -> (u32, i32) {
-    let mut c = IommuFaultAlloc {
-        size: 16,
-        ..Default::default()
-    };
-    ioc(ctx, IOMMU_FAULT_QUEUE_ALLOC, &mut c).unwrap();
-    (c.out_fault_id, c.out_fault_fd as i32)
+    kit::fault_alloc(ctx).unwrap()
 }
 
 fn trigger_iopf(ctx: &Arc<Context>, dev: u32, pasid: u32, grpid: u32) -> i32 {
-    let mut t = IommuTestCmd {
-        size: 72,
-        op: IOMMU_TEST_OP_TRIGGER_IOPF,
-        ..Default::default()
-    };
     let p = TestTriggerIopf {
         dev_id: dev,
         pasid,
@@ -148,8 +102,7 @@ fn trigger_iopf(ctx: &Arc<Context>, dev: u32, pasid: u32, grpid: u32) -> i32 {
         perm: IOMMU_PGFAULT_PERM_READ | IOMMU_PGFAULT_PERM_WRITE,
         addr: 0xdeadbeaf,
     };
-    t.payload[..24].copy_from_slice(p.as_bytes());
-    errno(ctx, IOMMU_TEST_CMD, &mut t)
+    err(test_cmd(ctx, IOMMU_TEST_OP_TRIGGER_IOPF, 0, p.as_bytes()))
 }
 
 fn poll_in(fd: i32) -> bool {

@@ -6,67 +6,19 @@
 
 use std::sync::Arc;
 
-use uiommufd::uapi::dispatch::ioctl;
 use uiommufd::uapi::vfio::*;
 use uiommufd::uapi::*;
 use uiommufd::Context;
 use zerocopy::{FromBytes, IntoBytes};
 
-mod common;
+use uiommufd_testkit::{self as kit, *};
 
 const A: u64 = MOCK_APERTURE_START;
 const PS: u64 = 4096;
 
-/// errno of `cmd` with a plain argument (0 on success, else the result).
-fn raw(ctx: &Arc<Context>, cmd: u32, arg: u64) -> Result<i32, i32> {
-    ioctl(ctx, cmd as u64, arg).map_err(|e| e.errno().0)
-}
-
-fn ioc<T: IntoBytes + FromBytes + ?Sized>(
-    ctx: &Arc<Context>,
-    cmd: u32,
-    arg: &mut T,
-) -> Result<i32, i32> {
-    raw(ctx, cmd, arg.as_mut_bytes().as_mut_ptr() as u64)
-}
-
-fn ioas_alloc(ctx: &Arc<Context>) -> u32 {
-    let mut c = IommuIoasAlloc {
-        size: 12,
-        ..Default::default()
-    };
-    ioc(ctx, IOMMU_IOAS_ALLOC, &mut c).unwrap();
-    c.out_ioas_id
-}
-
-fn vfio_ioas(ctx: &Arc<Context>, op: u16, id: u32) -> Result<u32, i32> {
-    let mut c = IommuVfioIoas {
-        size: 12,
-        ioas_id: id,
-        op,
-        __reserved: 0,
-    };
-    ioc(ctx, IOMMU_VFIO_IOAS, &mut c)?;
-    Ok(c.ioas_id)
-}
-
-fn test_cmd(ctx: &Arc<Context>, op: u32, id: u32, payload: &[u8]) -> Result<IommuTestCmd, i32> {
-    let mut t = IommuTestCmd {
-        size: 72,
-        op,
-        id,
-        ..Default::default()
-    };
-    t.payload[..payload.len()].copy_from_slice(payload);
-    ioc(ctx, IOMMU_TEST_CMD, &mut t)?;
-    Ok(t)
-}
-
 /// MOCK_DOMAIN on `pt`: (stdev, hwpt, idev).
 fn mock_domain(ctx: &Arc<Context>, pt: u32) -> (u32, u32, u32) {
-    let t = test_cmd(ctx, IOMMU_TEST_OP_MOCK_DOMAIN, pt, &[]).unwrap();
-    let o = TestMockDomainFlags::read_from_prefix(&t.payload).unwrap().0;
-    (o.out_stdev_id, o.out_hwpt_id, o.out_idev_id)
+    kit::mock_domain(ctx, pt).unwrap()
 }
 
 /// A context whose compat IOAS has a mock domain, set to `ty`: (ctx, ioas).
@@ -101,28 +53,6 @@ fn unmap(ctx: &Arc<Context>, iova: u64, size: u64, flags: u32) -> Result<u64, (i
     match ioc(ctx, VFIO_IOMMU_UNMAP_DMA, &mut u) {
         Ok(_) => Ok(u.size),
         Err(e) => Err((e, u.size)),
-    }
-}
-
-/// Page-aligned anonymous memory.
-struct Buf {
-    v: Vec<u8>,
-}
-
-impl Buf {
-    fn new(pages: u64) -> Buf {
-        Buf {
-            v: vec![0u8; ((pages + 1) * PS) as usize],
-        }
-    }
-    fn addr(&self) -> u64 {
-        (self.v.as_ptr() as u64).next_multiple_of(PS)
-    }
-    /// The byte at `off` from `addr()` (written behind the compiler's back
-    /// by the engine: read through `black_box`).
-    fn byte(&self, off: u64) -> u8 {
-        let i = self.addr() - self.v.as_ptr() as u64 + off;
-        std::hint::black_box(&self.v)[i as usize]
     }
 }
 
@@ -173,7 +103,7 @@ fn container_ioctls_without_compat_ioas() {
     );
 
     // MAP_DMA: argsz, flags, then ENODEV
-    let buf = Buf::new(1);
+    let buf = Buf::zeroed(PS, PS);
     let mut m = VfioIommuType1DmaMap {
         argsz: 31,
         flags: VFIO_DMA_MAP_FLAG_READ,
@@ -254,7 +184,7 @@ fn set_iommu_selects_v1_or_v2() {
     let (ctx1, ioas1) = compat_with_domain(VFIO_TYPE1_IOMMU);
     assert!(!ctx1.ioas(ioas1).unwrap().iopt().large_pages());
     // v1 once areas exist behind a domain: large pages cannot go any more
-    let buf = Buf::new(2);
+    let buf = Buf::zeroed(2 * PS, PS);
     map(&ctx, buf.addr(), PS, A).unwrap();
     assert_eq!(
         raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1_IOMMU),
@@ -274,7 +204,7 @@ fn set_iommu_selects_v1_or_v2() {
 #[test]
 fn map_unmap_v2() {
     let (ctx, ioas) = compat_with_domain(VFIO_TYPE1V2_IOMMU);
-    let buf = Buf::new(8);
+    let buf = Buf::zeroed(8 * PS, PS);
     map(&ctx, buf.addr(), 4 * PS, A).unwrap();
     // map errors come from the IOAS (fixed IOVA)
     assert_eq!(map(&ctx, buf.addr(), PS, A), Err(libc::EEXIST));
@@ -312,7 +242,7 @@ fn map_unmap_v2() {
 #[test]
 fn map_unmap_v1_cuts_mappings() {
     let (ctx, ioas) = compat_with_domain(VFIO_TYPE1_IOMMU);
-    let buf = Buf::new(8);
+    let buf = Buf::zeroed(8 * PS, PS);
     map(&ctx, buf.addr(), 8 * PS, A).unwrap();
     // any page-aligned piece of a mapping
     assert_eq!(unmap(&ctx, A + PS, PS, 0), Ok(PS));
@@ -483,7 +413,7 @@ fn container_is_an_iommufd_context_with_its_compat_ioas() {
     let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
     assert!(ctx.ioas(ioas).is_ok());
     assert_eq!(raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU), Ok(0));
-    let buf = Buf::new(2);
+    let buf = Buf::zeroed(2 * PS, PS);
     map(&ctx, buf.addr(), 2 * PS, A).unwrap();
     assert_eq!(areas(&ctx, ioas), vec![(A, 2 * PS)]);
     assert_eq!(unmap(&ctx, A, 2 * PS, 0), Ok(2 * PS));
@@ -573,40 +503,26 @@ fn unmap_req(iova: u64, size: u64, bm: &mut [u64]) -> UnmapBitmap {
 }
 
 fn create_access(ctx: &Arc<Context>, ioas: u32, flags: u32) -> u32 {
-    let t = test_cmd(
-        ctx,
-        IOMMU_TEST_OP_CREATE_ACCESS,
-        ioas,
-        TestCreateAccess {
-            out_access_fd: 0,
-            flags,
-        }
-        .as_bytes(),
-    )
-    .unwrap();
-    TestCreateAccess::read_from_prefix(&t.payload)
-        .unwrap()
-        .0
-        .out_access_fd
+    kit::create_access(ctx, ioas, flags).unwrap()
 }
 
 fn access_write(ctx: &Arc<Context>, fd: u32, iova: u64, len: u64) -> Result<(), i32> {
     let src = vec![0x5au8; len as usize];
-    let rw = TestAccessRw {
+    access_rw(
+        ctx,
+        fd,
         iova,
-        length: len,
-        uptr: src.as_ptr() as u64,
-        flags: MOCK_ACCESS_RW_WRITE,
-        _pad: 0,
-    };
-    test_cmd(ctx, IOMMU_TEST_OP_ACCESS_RW, fd, rw.as_bytes()).map(|_| ())
+        len,
+        src.as_ptr() as u64,
+        MOCK_ACCESS_RW_WRITE,
+    )
 }
 
 #[test]
 fn dirty_pages_errno_rules() {
     let ctx = Context::new_vfio_container().unwrap();
     let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
-    let buf = Buf::new(8);
+    let buf = Buf::zeroed(8 * PS, PS);
     map(&ctx, buf.addr(), 4 * PS, A).unwrap();
     map(&ctx, buf.addr() + 4 * PS, 4 * PS, A + 4 * PS).unwrap();
 
@@ -740,7 +656,7 @@ fn dirty_pages_report_access_writes() {
     let ctx = Context::new_vfio_container().unwrap();
     let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
     raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
-    let buf = Buf::new(16);
+    let buf = Buf::zeroed(16 * PS, PS);
     map(&ctx, buf.addr(), 8 * PS, A).unwrap();
     map(&ctx, buf.addr() + 8 * PS, 8 * PS, A + 8 * PS).unwrap();
     let fd = create_access(&ctx, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES);
@@ -835,7 +751,7 @@ fn dirty_pages_report_device_writes() {
     let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
     let (stdev, _auto, idev) = mock_domain(&ctx, ioas);
     raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
-    let buf = Buf::new(8);
+    let buf = Buf::zeroed(8 * PS, PS);
     map(&ctx, buf.addr(), 8 * PS, A).unwrap();
     dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
     // a domain without dirty tracking may have written anything
@@ -905,13 +821,13 @@ fn dirty_pages_unwritable_bitmap_loses_nothing() {
     let ctx = Context::new_vfio_container().unwrap();
     let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
     raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
-    let buf = Buf::new(16);
+    let buf = Buf::zeroed(16 * PS, PS);
     map(&ctx, buf.addr(), 8 * PS, A).unwrap();
     map(&ctx, buf.addr() + 8 * PS, 8 * PS, A + 8 * PS).unwrap();
     let fd = create_access(&ctx, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES);
     dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
     // pages: 0 read-only, 1 PROT_NONE, 2 unmapped
-    let pp = common::ProtPages::new(3);
+    let pp = Mapping::pages(3);
     pp.protect(0, libc::PROT_READ);
     pp.protect(1, libc::PROT_NONE);
     pp.unmap(2);

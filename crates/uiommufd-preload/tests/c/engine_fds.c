@@ -28,80 +28,7 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#define IOMMUFD_TYPE ';'
-#define IOMMU_IOAS_ALLOC _IO(IOMMUFD_TYPE, 0x81)
-#define IOMMU_HWPT_ALLOC _IO(IOMMUFD_TYPE, 0x89)
-#define IOMMU_FAULT_QUEUE_ALLOC _IO(IOMMUFD_TYPE, 0x8e)
-#define IOMMU_TEST_CMD _IO(IOMMUFD_TYPE, 0x80 + 32)
-
-#define OP_MOCK_DOMAIN 2
-#define OP_CREATE_ACCESS 5
-#define OP_MOCK_DOMAIN_REPLACE 10
-#define OP_TRIGGER_IOPF 15
-
-#define HWPT_ALLOC_NEST_PARENT (1u << 0)
-#define HWPT_FAULT_ID_VALID (1u << 2)
-#define HWPT_DATA_SELFTEST 0xdead
-#define TEST_IOTLB_DEFAULT 0xbadbeef
-
-struct iommu_ioas_alloc {
-	uint32_t size, flags, out_ioas_id;
-};
-
-struct iommu_hwpt_alloc {
-	uint32_t size, flags, dev_id, pt_id, out_hwpt_id, reserved, data_type, data_len;
-	uint64_t data_uptr;
-	uint32_t fault_id, reserved2;
-};
-
-struct iommu_fault_alloc {
-	uint32_t size, flags, out_fault_id, out_fault_fd;
-};
-
-struct iommu_test_cmd {
-	uint32_t size, op, id, reserved;
-	union {
-		struct {
-			uint32_t out_stdev_id, out_hwpt_id, out_idev_id;
-		} mock_domain;
-		struct {
-			uint32_t pt_id;
-		} replace;
-		struct {
-			uint32_t out_access_fd, flags;
-		} create_access;
-		struct {
-			uint32_t dev_id, pasid, grpid, perm;
-			uint64_t addr;
-		} trigger_iopf;
-		uint8_t raw[48];
-	};
-	uint32_t last;
-};
-
-struct pgfault { /* struct iommu_hwpt_pgfault */
-	uint32_t flags, dev_id, pasid, grpid, perm, reserved;
-	uint64_t addr;
-	uint32_t length, cookie;
-};
-
-struct page_response { /* struct iommu_hwpt_page_response */
-	uint32_t cookie, code;
-};
-
-static int failures;
-
-#define CHECK(cond, ...)                                                     \
-	do {                                                                 \
-		if (!(cond)) {                                               \
-			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, \
-				#cond);                                      \
-			fprintf(stderr, __VA_ARGS__);                        \
-			fprintf(stderr, " (errno %d %s)\n", errno,           \
-				strerror(errno));                            \
-			failures++;                                          \
-		}                                                            \
-	} while (0)
+#include "uapi_test.h"
 
 /* 1.5 GiB, a multiple of both the 40-byte record and the 8-byte response */
 static volatile size_t huge_count = 1610612720; /* volatile: no -Wstringop-* */
@@ -119,7 +46,7 @@ static int test_cmd(struct iommu_test_cmd *c)
 
 static int trigger(uint32_t grpid)
 {
-	struct iommu_test_cmd c = { .op = OP_TRIGGER_IOPF };
+	struct iommu_test_cmd c = { .op = IOMMU_TEST_OP_TRIGGER_IOPF };
 	c.trigger_iopf.dev_id = idev_id;
 	c.trigger_iopf.grpid = grpid;
 	c.trigger_iopf.perm = 3;
@@ -138,13 +65,13 @@ static short poll_events(int fd)
 static void setup(void)
 {
 	struct iommu_ioas_alloc ioas = { .size = sizeof(ioas) };
-	struct iommu_test_cmd md = { .op = OP_MOCK_DOMAIN };
+	struct iommu_test_cmd md = { .op = IOMMU_TEST_OP_MOCK_DOMAIN };
 	struct iommu_hwpt_alloc parent = { .size = sizeof(parent) };
 	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
-	uint32_t iotlb = TEST_IOTLB_DEFAULT;
+	uint32_t iotlb = IOMMU_TEST_IOTLB_DEFAULT;
 	struct iommu_hwpt_alloc nested = { .size = sizeof(nested) };
-	struct iommu_test_cmd rep = { .op = OP_MOCK_DOMAIN_REPLACE };
-	struct iommu_test_cmd acc = { .op = OP_CREATE_ACCESS };
+	struct iommu_test_cmd rep = { .op = IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE };
+	struct iommu_test_cmd acc = { .op = IOMMU_TEST_OP_CREATE_ACCESS };
 
 	iommufd = open("/dev/iommu", O_RDWR);
 	CHECK(iommufd >= 0, "open /dev/iommu");
@@ -152,16 +79,16 @@ static void setup(void)
 	md.id = ioas.out_ioas_id;
 	CHECK(test_cmd(&md) == 0, "MOCK_DOMAIN");
 	idev_id = md.mock_domain.out_idev_id;
-	parent.flags = HWPT_ALLOC_NEST_PARENT;
+	parent.flags = IOMMU_HWPT_ALLOC_NEST_PARENT;
 	parent.dev_id = idev_id;
 	parent.pt_id = ioas.out_ioas_id;
 	CHECK(ioctl(iommufd, IOMMU_HWPT_ALLOC, &parent) == 0, "parent HWPT");
 	CHECK(ioctl(iommufd, IOMMU_FAULT_QUEUE_ALLOC, &fa) == 0, "FAULT_QUEUE_ALLOC");
 	fault_fd = fa.out_fault_fd;
-	nested.flags = HWPT_FAULT_ID_VALID;
+	nested.flags = IOMMU_HWPT_FAULT_ID_VALID;
 	nested.dev_id = idev_id;
 	nested.pt_id = parent.out_hwpt_id;
-	nested.data_type = HWPT_DATA_SELFTEST;
+	nested.data_type = IOMMU_HWPT_DATA_SELFTEST;
 	nested.data_len = sizeof(iotlb);
 	nested.data_uptr = (uintptr_t)&iotlb;
 	nested.fault_id = fa.out_fault_id;
@@ -177,14 +104,14 @@ static void setup(void)
 /* read every queued fault and answer it */
 static int drain(void)
 {
-	struct pgfault f[16];
+	struct iommu_hwpt_pgfault f[16];
 	int n = 0;
 	for (;;) {
 		ssize_t r = read(fault_fd, f, sizeof(f));
 		if (r <= 0)
 			return r < 0 ? -1 : n;
 		for (size_t i = 0; i < (size_t)r / sizeof(f[0]); i++) {
-			struct page_response resp = { .cookie = f[i].cookie, .code = 0 };
+			struct iommu_hwpt_page_response resp = { .cookie = f[i].cookie, .code = 0 };
 			CHECK(write(fault_fd, &resp, sizeof(resp)) == sizeof(resp), "respond");
 			n++;
 		}
@@ -234,13 +161,13 @@ static void check_huge_counts(void)
 	/* a 40-byte record just before a PROT_NONE page */
 	char *map = mmap(NULL, 2 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK(map != MAP_FAILED && mprotect(map + pg, pg, PROT_NONE) == 0, "mmap");
-	struct pgfault *rec = (struct pgfault *)(map + pg - sizeof(*rec));
+	struct iommu_hwpt_pgfault *rec = (struct iommu_hwpt_pgfault *)(map + pg - sizeof(*rec));
 
 	CHECK(trigger(7) == 0, "trigger");
 	CHECK(read(fault_fd, rec, HUGE + 1) == -1 && errno == ESPIPE, "not a multiple of 40");
 	CHECK(read(fault_fd, rec, HUGE) == (ssize_t)sizeof(*rec), "1.5 GiB read gets one record");
 	CHECK(rec->grpid == 7 && rec->dev_id == (uint32_t)idev_id, "the record");
-	struct page_response *resp = (struct page_response *)(map + pg - sizeof(*resp));
+	struct iommu_hwpt_page_response *resp = (struct iommu_hwpt_page_response *)(map + pg - sizeof(*resp));
 	resp->cookie = rec->cookie;
 	resp->code = 0;
 	CHECK(write(fault_fd, resp, HUGE) == (ssize_t)sizeof(*resp), "1.5 GiB write takes one response");
@@ -263,7 +190,7 @@ static void check_efault_keeps_faults(void)
 	char *ro = mmap(NULL, pg, PROT_READ, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	char *none = mmap(NULL, pg, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK(ro != MAP_FAILED && none != MAP_FAILED, "mmap");
-	struct pgfault f;
+	struct iommu_hwpt_pgfault f;
 
 	CHECK(trigger(11) == 0, "trigger");
 	CHECK(read(fault_fd, ro, sizeof(f)) == -1 && errno == EFAULT, "read-only buffer");
@@ -272,7 +199,7 @@ static void check_efault_keeps_faults(void)
 	CHECK(read(fault_fd, ro, HUGE) == -1 && errno == EFAULT, "huge read-only buffer");
 	CHECK(poll_events(fault_fd) & POLLIN, "the fault is still queued");
 	CHECK(read(fault_fd, &f, sizeof(f)) == sizeof(f) && f.grpid == 11, "then read");
-	struct page_response resp = { .cookie = f.cookie };
+	struct iommu_hwpt_page_response resp = { .cookie = f.cookie };
 	CHECK(write(fault_fd, ro, sizeof(resp)) == -1 && errno == EINVAL, "zero cookie");
 	CHECK(write(fault_fd, none, sizeof(resp)) == -1 && errno == EFAULT, "PROT_NONE response");
 	CHECK(write(fault_fd, &resp, sizeof(resp)) == sizeof(resp), "respond");
@@ -301,15 +228,15 @@ static void *bump(void *p)
 static void check_reads_leave_the_rest_alone(void)
 {
 	/* 100 records' room; the counter in the last one */
-	static struct pgfault buf[100];
+	static struct iommu_hwpt_pgfault buf[100];
 	struct counter c = { .slot = (uint64_t *)&buf[99] };
 	pthread_t t;
 	CHECK(pthread_create(&t, NULL, bump, &c) == 0, "thread");
 	for (int i = 0; i < 2000; i++) {
-		struct page_response resp;
+		struct iommu_hwpt_page_response resp;
 		CHECK(trigger(1000 + i) == 0, "trigger");
 		CHECK(read(fault_fd, buf, sizeof(buf)) == sizeof(buf[0]), "read one");
-		resp = (struct page_response){ .cookie = buf[0].cookie };
+		resp = (struct iommu_hwpt_page_response){ .cookie = buf[0].cookie };
 		CHECK(write(fault_fd, &resp, sizeof(resp)) == sizeof(resp), "respond");
 	}
 	c.stop = 1;

@@ -19,55 +19,7 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#include <linux/types.h>
-
-static int failures;
-
-#define CHECK(cond, ...)                                                     \
-	do {                                                                 \
-		if (!(cond)) {                                               \
-			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, \
-				#cond);                                      \
-			fprintf(stderr, __VA_ARGS__);                        \
-			fprintf(stderr, " (errno %d %s)\n", errno,           \
-				strerror(errno));                            \
-			failures++;                                          \
-		}                                                            \
-	} while (0)
-
-/* The iommufd uAPI subset used here (include/uapi/linux/iommufd.h). */
-#define IOMMUFD_TYPE ';'
-#define IOMMU_IOAS_ALLOC _IO(IOMMUFD_TYPE, 0x81)
-#define IOMMU_IOAS_COPY _IO(IOMMUFD_TYPE, 0x83)
-#define IOMMU_IOAS_MAP _IO(IOMMUFD_TYPE, 0x85)
-#define IOMMU_IOAS_MAP_WRITEABLE (1 << 1)
-#define IOMMU_IOAS_MAP_READABLE (1 << 2)
-
-struct iommu_ioas_alloc {
-	__u32 size;
-	__u32 flags;
-	__u32 out_ioas_id;
-};
-
-struct iommu_ioas_map {
-	__u32 size;
-	__u32 flags;
-	__u32 ioas_id;
-	__u32 __reserved;
-	__aligned_u64 user_va;
-	__aligned_u64 length;
-	__aligned_u64 iova;
-};
-
-struct iommu_ioas_copy {
-	__u32 size;
-	__u32 flags;
-	__u32 dst_ioas_id;
-	__u32 src_ioas_id;
-	__aligned_u64 length;
-	__aligned_u64 dst_iova;
-	__aligned_u64 src_iova;
-};
+#include "uapi_test.h"
 
 static long nth_value(int fd)
 {

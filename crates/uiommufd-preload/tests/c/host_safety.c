@@ -47,67 +47,9 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "uapi_test.h"
+
 extern char **environ;
-
-#define IOMMUFD_TYPE ';'
-#define IOMMU_DESTROY _IO(IOMMUFD_TYPE, 0x80)
-#define IOMMU_IOAS_ALLOC _IO(IOMMUFD_TYPE, 0x81)
-#define IOMMU_IOAS_MAP _IO(IOMMUFD_TYPE, 0x85)
-#define IOMMU_IOAS_UNMAP _IO(IOMMUFD_TYPE, 0x86)
-#define IOMMU_FAULT_QUEUE_ALLOC _IO(IOMMUFD_TYPE, 0x8e)
-
-struct iommu_destroy {
-	uint32_t size;
-	uint32_t id;
-};
-
-struct iommu_ioas_alloc {
-	uint32_t size;
-	uint32_t flags;
-	uint32_t out_ioas_id;
-};
-
-struct iommu_ioas_map {
-	uint32_t size;
-	uint32_t flags;
-	uint32_t ioas_id;
-	uint32_t reserved;
-	uint64_t user_va;
-	uint64_t length;
-	uint64_t iova;
-};
-
-struct iommu_ioas_unmap {
-	uint32_t size;
-	uint32_t ioas_id;
-	uint64_t iova;
-	uint64_t length;
-};
-
-struct iommu_fault_alloc {
-	uint32_t size;
-	uint32_t flags;
-	uint32_t out_fault_id;
-	uint32_t out_fault_fd;
-};
-
-#define MAP_FIXED_IOVA 1
-#define MAP_WRITEABLE 2
-#define MAP_READABLE 4
-
-static atomic_int failures;
-
-#define CHECK(cond, ...)                                                     \
-	do {                                                                 \
-		if (!(cond)) {                                               \
-			int e_ = errno;                                      \
-			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, \
-				#cond);                                      \
-			fprintf(stderr, __VA_ARGS__);                        \
-			fprintf(stderr, " (errno %d %s)\n", e_, strerror(e_)); \
-			atomic_fetch_add(&failures, 1);                      \
-		}                                                            \
-	} while (0)
 
 static int open_iommu(void)
 {
@@ -142,7 +84,7 @@ static int map_unmap(int fd, uint32_t ioas, void *buf, uint64_t iova)
 {
 	struct iommu_ioas_map m = {
 		.size = sizeof(m),
-		.flags = MAP_FIXED_IOVA | MAP_READABLE | MAP_WRITEABLE,
+		.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
 		.ioas_id = ioas,
 		.user_va = (uintptr_t)buf,
 		.length = 4096,

@@ -22,19 +22,7 @@
 #include <sys/uio.h>
 #include <unistd.h>
 
-static int failures;
-
-#define CHECK(cond, ...)                                                     \
-	do {                                                                 \
-		if (!(cond)) {                                               \
-			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, \
-				#cond);                                      \
-			fprintf(stderr, __VA_ARGS__);                        \
-			fprintf(stderr, " (errno %d %s)\n", errno,           \
-				strerror(errno));                            \
-			failures++;                                          \
-		}                                                            \
-	} while (0)
+#include "uapi_test.h"
 
 static volatile size_t four = 4; /* non-constant: fortify uses __read_chk */
 

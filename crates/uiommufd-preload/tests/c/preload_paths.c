@@ -22,28 +22,7 @@
 #include <sys/stat.h>
 #include <unistd.h>
 
-#define IOMMUFD_TYPE ';'
-#define IOMMU_IOAS_ALLOC _IO(IOMMUFD_TYPE, 0x81)
-
-struct iommu_ioas_alloc {
-	uint32_t size;
-	uint32_t flags;
-	uint32_t out_ioas_id;
-};
-
-static int failures;
-
-#define CHECK(cond, ...)                                                     \
-	do {                                                                 \
-		if (!(cond)) {                                               \
-			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, \
-				#cond);                                      \
-			fprintf(stderr, __VA_ARGS__);                        \
-			fprintf(stderr, " (errno %d %s)\n", errno,           \
-				strerror(errno));                            \
-			failures++;                                          \
-		}                                                            \
-	} while (0)
+#include "uapi_test.h"
 
 static int ioas_alloc(int fd)
 {

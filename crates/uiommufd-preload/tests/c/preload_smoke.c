@@ -23,35 +23,9 @@
 #include <sys/syscall.h>
 #include <unistd.h>
 
-#define IOMMUFD_TYPE ';'
-#define IOMMU_DESTROY _IO(IOMMUFD_TYPE, 0x80)
-#define IOMMU_IOAS_ALLOC _IO(IOMMUFD_TYPE, 0x81)
+#include "uapi_test.h"
+
 #define IOMMU_UNKNOWN _IO(IOMMUFD_TYPE, 0x7f)
-
-struct iommu_destroy {
-	uint32_t size;
-	uint32_t id;
-};
-
-struct iommu_ioas_alloc {
-	uint32_t size;
-	uint32_t flags;
-	uint32_t out_ioas_id;
-};
-
-static int failures;
-
-#define CHECK(cond, ...)                                                     \
-	do {                                                                 \
-		if (!(cond)) {                                               \
-			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, \
-				#cond);                                      \
-			fprintf(stderr, __VA_ARGS__);                        \
-			fprintf(stderr, " (errno %d %s)\n", errno,           \
-				strerror(errno));                            \
-			failures++;                                          \
-		}                                                            \
-	} while (0)
 
 static volatile int rdwr = O_RDWR; /* non-constant: fortify uses __open_2 */
 

@@ -27,38 +27,7 @@
 #include <time.h>
 #include <unistd.h>
 
-#define IOMMUFD_TYPE ';'
-#define IOMMU_IOAS_ALLOC _IO(IOMMUFD_TYPE, 0x81)
-#define IOMMU_IOAS_IOVA_RANGES _IO(IOMMUFD_TYPE, 0x84)
-
-struct iommu_ioas_alloc {
-	uint32_t size;
-	uint32_t flags;
-	uint32_t out_ioas_id;
-};
-
-struct iommu_ioas_iova_ranges {
-	uint32_t size;
-	uint32_t ioas_id;
-	uint32_t num_iovas;
-	uint32_t reserved;
-	uint64_t allowed_iovas;
-	uint64_t out_iova_alignment;
-};
-
-static int failures;
-
-#define CHECK(cond, ...)                                                     \
-	do {                                                                 \
-		if (!(cond)) {                                               \
-			int e_ = errno;                                      \
-			fprintf(stderr, "FAIL %s:%d: %s: ", __FILE__, __LINE__, \
-				#cond);                                      \
-			fprintf(stderr, __VA_ARGS__);                        \
-			fprintf(stderr, " (errno %d %s)\n", e_, strerror(e_)); \
-			failures++;                                          \
-		}                                                            \
-	} while (0)
+#include "uapi_test.h"
 
 static long pagesz;
 static volatile sig_atomic_t hits;

@@ -18,72 +18,13 @@
 #include <sys/mman.h>
 #include <unistd.h>
 
+#include "uapi_test.h"
+
 /* iommufd's and the selftest's uAPI (not in every libc's headers) */
-#define IOMMUFD_TYPE ';'
-#define IOMMU_VFIO_IOAS _IO(IOMMUFD_TYPE, 0x88)
-#define IOMMU_TEST_CMD _IO(IOMMUFD_TYPE, 0x80 + 32)
-#define IOMMU_VFIO_IOAS_GET 0
-#define IOMMU_TEST_OP_CREATE_ACCESS 5
-#define IOMMU_TEST_OP_DESTROY_ACCESS_PAGES 6
-#define IOMMU_TEST_OP_ACCESS_PAGES 7
-#define IOMMU_TEST_OP_ACCESS_RW 8
-#define MOCK_FLAGS_ACCESS_WRITE (1 << 0)
-#define MOCK_ACCESS_RW_WRITE (1 << 0)
-#define MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES (1 << 0)
-
-struct iommu_vfio_ioas {
-	uint32_t size;
-	uint32_t ioas_id;
-	uint16_t op;
-	uint16_t __reserved;
-};
-
-struct iommu_test_cmd {
-	uint32_t size;
-	uint32_t op;
-	uint32_t id;
-	uint32_t __reserved;
-	union {
-		struct {
-			uint32_t out_access_fd;
-			uint32_t flags;
-		} create_access;
-		struct {
-			uint32_t access_pages_id;
-		} destroy_access_pages;
-		struct {
-			uint32_t flags;
-			uint32_t out_access_pages_id;
-			uint64_t iova;
-			uint64_t length;
-			uint64_t uptr;
-		} access_pages;
-		struct {
-			uint64_t iova;
-			uint64_t length;
-			uint64_t uptr;
-			uint32_t flags;
-		} access_rw;
-		uint8_t raw[48];
-	};
-	uint32_t last;
-};
 
 #define PAGE 4096ul
 #define IOVA 0x1000000ul /* two mappings of 8 pages: IOVA and IOVA + 8 pages */
 #define NPAGES 16
-
-static int failures;
-
-#define CHECK(cond)                                                        \
-	do {                                                               \
-		if (!(cond)) {                                             \
-			fprintf(stderr, "%s:%d: check failed: %s (errno %d: %s)\n", \
-				__FILE__, __LINE__, #cond, errno,          \
-				strerror(errno));                          \
-			failures++;                                        \
-		}                                                          \
-	} while (0)
 
 /* ioctl must fail with exactly `e` */
 #define EXPECT_ERRNO(e, call)                                              \
@@ -202,29 +143,29 @@ static void check_info(void)
 	memset(buf, 0xaa, sizeof(buf));
 	memset(buf, 0, sizeof(*info));
 	info->argsz = sizeof(*info);
-	CHECK(ioctl(fd, VFIO_IOMMU_GET_INFO, info) == 0);
-	CHECK(info->flags == (VFIO_IOMMU_INFO_PGSIZES | VFIO_IOMMU_INFO_CAPS));
-	CHECK(info->iova_pgsizes & PAGE);
-	CHECK(info->cap_offset == 0);
+	CHECK(ioctl(fd, VFIO_IOMMU_GET_INFO, info) == 0, "check failed");
+	CHECK(info->flags == (VFIO_IOMMU_INFO_PGSIZES | VFIO_IOMMU_INFO_CAPS), "check failed");
+	CHECK(info->iova_pgsizes & PAGE, "check failed");
+	CHECK(info->cap_offset == 0, "check failed");
 	need = info->argsz;
-	CHECK(need > sizeof(*info) && need < sizeof(buf));
-	CHECK(buf[sizeof(*info)] == 0xaa); /* nothing written past argsz */
+	CHECK(need > sizeof(*info) && need < sizeof(buf), "check failed");
+	CHECK(buf[sizeof(*info)] == 0xaa, "check failed"); /* nothing written past argsz */
 
 	memset(buf, 0, sizeof(buf));
 	info->argsz = need;
-	CHECK(ioctl(fd, VFIO_IOMMU_GET_INFO, info) == 0);
-	CHECK(info->cap_offset == sizeof(*info));
+	CHECK(ioctl(fd, VFIO_IOMMU_GET_INFO, info) == 0, "check failed");
+	CHECK(info->cap_offset == sizeof(*info), "check failed");
 	for (uint32_t at = info->cap_offset; at; at = cap->next) {
 		if (at + sizeof(*cap) > need) {
-			CHECK(!"cap chain runs past argsz");
+			CHECK(!"cap chain runs past argsz", "check failed");
 			break;
 		}
 		cap = (void *)(buf + at);
-		CHECK(cap->version == 1);
+		CHECK(cap->version == 1, "check failed");
 		switch (cap->id) {
 		case VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE: {
 			struct vfio_iommu_type1_info_cap_iova_range *r = (void *)cap;
-			CHECK(r->nr_iovas >= 1);
+			CHECK(r->nr_iovas >= 1, "check failed");
 			seen_iova = 1;
 			break;
 		}
@@ -233,20 +174,20 @@ static void check_info(void)
 			break;
 		case VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION: {
 			struct vfio_iommu_type1_info_cap_migration *m = (void *)cap;
-			CHECK(m->pgsize_bitmap == PAGE);
-			CHECK(m->max_dirty_bitmap_size == (1ull << 28));
+			CHECK(m->pgsize_bitmap == PAGE, "check failed");
+			CHECK(m->max_dirty_bitmap_size == (1ull << 28), "check failed");
 			seen_mig = 1;
 			break;
 		}
 		default:
-			CHECK(!"unknown capability");
+			CHECK(!"unknown capability", "check failed");
 		}
 		if (cap->next && cap->next <= at) {
-			CHECK(!"cap chain goes backwards");
+			CHECK(!"cap chain goes backwards", "check failed");
 			break;
 		}
 	}
-	CHECK(seen_iova && seen_avail && seen_mig);
+	CHECK(seen_iova && seen_avail && seen_mig, "check failed");
 }
 
 static void check_validation(uint8_t *mem)
@@ -274,8 +215,8 @@ static void check_validation(uint8_t *mem)
 	unmap_init(&u, IOVA, 8 * PAGE, bitmap, sizeof(bitmap));
 	EXPECT_ERRNO(EINVAL, ioctl(fd, VFIO_IOMMU_UNMAP_DMA, &u));
 
-	CHECK(dirty_flags(VFIO_IOMMU_DIRTY_PAGES_FLAG_START) == 0);
-	CHECK(dirty_flags(VFIO_IOMMU_DIRTY_PAGES_FLAG_START) == 0); /* again: no-op */
+	CHECK(dirty_flags(VFIO_IOMMU_DIRTY_PAGES_FLAG_START) == 0, "check failed");
+	CHECK(dirty_flags(VFIO_IOMMU_DIRTY_PAGES_FLAG_START) == 0, "check failed"); /* again: no-op */
 
 #define GET_CASE(stmt)                                                     \
 	do {                                                               \
@@ -332,24 +273,24 @@ int main(void)
 		perror("open /dev/vfio/vfio");
 		return 1;
 	}
-	CHECK(ioctl(fd, VFIO_GET_API_VERSION) == VFIO_API_VERSION);
-	CHECK(ioctl(fd, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) == 1);
-	CHECK(ioctl(fd, VFIO_CHECK_EXTENSION, VFIO_TYPE1_IOMMU) == 1);
-	CHECK(ioctl(fd, VFIO_CHECK_EXTENSION, VFIO_UNMAP_ALL) == 1);
-	CHECK(ioctl(fd, VFIO_CHECK_EXTENSION, VFIO_UPDATE_VADDR) == 0);
+	CHECK(ioctl(fd, VFIO_GET_API_VERSION) == VFIO_API_VERSION, "check failed");
+	CHECK(ioctl(fd, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) == 1, "check failed");
+	CHECK(ioctl(fd, VFIO_CHECK_EXTENSION, VFIO_TYPE1_IOMMU) == 1, "check failed");
+	CHECK(ioctl(fd, VFIO_CHECK_EXTENSION, VFIO_UNMAP_ALL) == 1, "check failed");
+	CHECK(ioctl(fd, VFIO_CHECK_EXTENSION, VFIO_UPDATE_VADDR) == 0, "check failed");
 	EXPECT_ERRNO(EINVAL, ioctl(fd, VFIO_SET_IOMMU, VFIO_SPAPR_TCE_IOMMU));
-	CHECK(ioctl(fd, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) == 0);
+	CHECK(ioctl(fd, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) == 0, "check failed");
 	check_info();
 
 	/* the container is an iommufd context too: its compat IOAS */
-	CHECK(ioctl(fd, IOMMU_VFIO_IOAS, &vio) == 0);
-	CHECK(vio.ioas_id != 0);
+	CHECK(ioctl(fd, IOMMU_VFIO_IOAS, &vio) == 0, "check failed");
+	CHECK(vio.ioas_id != 0, "check failed");
 
 	mem = mmap(NULL, NPAGES * PAGE, PROT_READ | PROT_WRITE,
 		   MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-	CHECK(mem != MAP_FAILED);
-	CHECK(map_dma((uintptr_t)mem, IOVA, 8 * PAGE) == 0);
-	CHECK(map_dma((uintptr_t)mem + 8 * PAGE, IOVA + 8 * PAGE, 8 * PAGE) == 0);
+	CHECK(mem != MAP_FAILED, "check failed");
+	CHECK(map_dma((uintptr_t)mem, IOVA, 8 * PAGE) == 0, "check failed");
+	CHECK(map_dma((uintptr_t)mem + 8 * PAGE, IOVA + 8 * PAGE, 8 * PAGE) == 0, "check failed");
 	EXPECT_ERRNO(EEXIST, map_dma((uintptr_t)mem, IOVA, PAGE));
 
 	/* an emulated device: a selftest access on the compat IOAS */
@@ -358,21 +299,21 @@ int main(void)
 	t.op = IOMMU_TEST_OP_CREATE_ACCESS;
 	t.id = vio.ioas_id;
 	t.create_access.flags = MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES;
-	CHECK(ioctl(fd, IOMMU_TEST_CMD, &t) == 0);
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &t) == 0, "check failed");
 	access_fd = t.create_access.out_access_fd;
 
 	/* writes before tracking starts are not reported */
-	CHECK(access_write(IOVA, 16) == 0);
+	CHECK(access_write(IOVA, 16) == 0, "check failed");
 
 	check_validation(mem);
 
-	CHECK(get_dirty(IOVA, 16) == 0);
-	CHECK(access_write(IOVA + PAGE + 100, 1) == 0);	   /* page 1 */
-	CHECK(access_write(IOVA + 3 * PAGE - 1, 2) == 0);  /* pages 2, 3 */
-	CHECK(access_write(IOVA + 9 * PAGE, PAGE) == 0);   /* page 9 */
-	CHECK(mem[9 * PAGE] == 0x5a && mem[PAGE + 100] == 0x5a);
-	CHECK(get_dirty(IOVA, 16) == ((1 << 1) | (1 << 2) | (1 << 3) | (1 << 9)));
-	CHECK(get_dirty(IOVA, 16) == 0); /* the read cleared them */
+	CHECK(get_dirty(IOVA, 16) == 0, "check failed");
+	CHECK(access_write(IOVA + PAGE + 100, 1) == 0, "check failed");	   /* page 1 */
+	CHECK(access_write(IOVA + 3 * PAGE - 1, 2) == 0, "check failed");  /* pages 2, 3 */
+	CHECK(access_write(IOVA + 9 * PAGE, PAGE) == 0, "check failed");   /* page 9 */
+	CHECK(mem[9 * PAGE] == 0x5a && mem[PAGE + 100] == 0x5a, "check failed");
+	CHECK(get_dirty(IOVA, 16) == ((1 << 1) | (1 << 2) | (1 << 3) | (1 << 9)), "check failed");
+	CHECK(get_dirty(IOVA, 16) == 0, "check failed"); /* the read cleared them */
 
 	/* a page pinned for write by the device is dirty until unpinned */
 	memset(&t, 0, sizeof(t));
@@ -382,37 +323,37 @@ int main(void)
 	t.access_pages.flags = MOCK_FLAGS_ACCESS_WRITE;
 	t.access_pages.iova = IOVA + 5 * PAGE;
 	t.access_pages.length = PAGE;
-	CHECK(ioctl(fd, IOMMU_TEST_CMD, &t) == 0);
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &t) == 0, "check failed");
 	item = t.access_pages.out_access_pages_id;
-	CHECK(get_dirty(IOVA, 8) == (1 << 5));
-	CHECK(get_dirty(IOVA, 8) == (1 << 5));
+	CHECK(get_dirty(IOVA, 8) == (1 << 5), "check failed");
+	CHECK(get_dirty(IOVA, 8) == (1 << 5), "check failed");
 	memset(&t, 0, sizeof(t));
 	t.size = sizeof(t);
 	t.op = IOMMU_TEST_OP_DESTROY_ACCESS_PAGES;
 	t.id = access_fd;
 	t.destroy_access_pages.access_pages_id = item;
-	CHECK(ioctl(fd, IOMMU_TEST_CMD, &t) == 0);
-	CHECK(get_dirty(IOVA, 8) == 0);
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &t) == 0, "check failed");
+	CHECK(get_dirty(IOVA, 8) == 0, "check failed");
 
 	/* unmap with bitmap: bits from the unmap's iova, size written back */
-	CHECK(access_write(IOVA + 12 * PAGE, 2 * PAGE) == 0); /* pages 12, 13 */
-	CHECK(access_write(IOVA + 7 * PAGE, 1) == 0);	       /* page 7 */
+	CHECK(access_write(IOVA + 12 * PAGE, 2 * PAGE) == 0, "check failed"); /* pages 12, 13 */
+	CHECK(access_write(IOVA + 7 * PAGE, 1) == 0, "check failed");	       /* page 7 */
 	bitmap[0] = 0;
 	unmap_init(&u, IOVA + 8 * PAGE, 8 * PAGE, bitmap, sizeof(bitmap));
-	CHECK(ioctl(fd, VFIO_IOMMU_UNMAP_DMA, &u) == 0);
-	CHECK(u.hdr.size == 8 * PAGE);
-	CHECK(bitmap[0] == ((1 << 4) | (1 << 5)));
+	CHECK(ioctl(fd, VFIO_IOMMU_UNMAP_DMA, &u) == 0, "check failed");
+	CHECK(u.hdr.size == 8 * PAGE, "check failed");
+	CHECK(bitmap[0] == ((1 << 4) | (1 << 5)), "check failed");
 	/* remapped: starts clean; the first mapping still has page 7 */
-	CHECK(map_dma((uintptr_t)mem + 8 * PAGE, IOVA + 8 * PAGE, 8 * PAGE) == 0);
-	CHECK(get_dirty(IOVA, 16) == (1 << 7));
+	CHECK(map_dma((uintptr_t)mem + 8 * PAGE, IOVA + 8 * PAGE, 8 * PAGE) == 0, "check failed");
+	CHECK(get_dirty(IOVA, 16) == (1 << 7), "check failed");
 
 	/* STOP drops everything; tracking off again */
-	CHECK(access_write(IOVA, 1) == 0);
-	CHECK(dirty_flags(VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP) == 0);
+	CHECK(access_write(IOVA, 1) == 0, "check failed");
+	CHECK(dirty_flags(VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP) == 0, "check failed");
 	unmap_init(&u, IOVA, 8 * PAGE, bitmap, sizeof(bitmap));
 	EXPECT_ERRNO(EINVAL, ioctl(fd, VFIO_IOMMU_UNMAP_DMA, &u));
-	CHECK(dirty_flags(VFIO_IOMMU_DIRTY_PAGES_FLAG_START) == 0);
-	CHECK(get_dirty(IOVA, 16) == 0);
+	CHECK(dirty_flags(VFIO_IOMMU_DIRTY_PAGES_FLAG_START) == 0, "check failed");
+	CHECK(get_dirty(IOVA, 16) == 0, "check failed");
 
 	/* plain unmaps still work: all of it */
 	{
@@ -420,15 +361,15 @@ int main(void)
 			.argsz = sizeof(all),
 			.flags = VFIO_DMA_UNMAP_FLAG_ALL,
 		};
-		CHECK(ioctl(fd, VFIO_IOMMU_UNMAP_DMA, &all) == 0);
-		CHECK(all.size == NPAGES * PAGE);
+		CHECK(ioctl(fd, VFIO_IOMMU_UNMAP_DMA, &all) == 0, "check failed");
+		CHECK(all.size == NPAGES * PAGE, "check failed");
 	}
-	CHECK(close(access_fd) == 0);
+	CHECK(close(access_fd) == 0, "check failed");
 
 	/* a type1 (v1) container cannot track dirty pages */
 	fd2 = open("/dev/vfio/vfio", O_RDWR);
-	CHECK(fd2 >= 0);
-	CHECK(ioctl(fd2, VFIO_SET_IOMMU, VFIO_TYPE1_IOMMU) == 0);
+	CHECK(fd2 >= 0, "check failed");
+	CHECK(ioctl(fd2, VFIO_SET_IOMMU, VFIO_TYPE1_IOMMU) == 0, "check failed");
 	{
 		struct vfio_iommu_type1_dirty_bitmap d = {
 			.argsz = sizeof(d),
@@ -436,12 +377,12 @@ int main(void)
 		};
 		EXPECT_ERRNO(EACCES, ioctl(fd2, VFIO_IOMMU_DIRTY_PAGES, &d));
 	}
-	CHECK(close(fd2) == 0);
+	CHECK(close(fd2) == 0, "check failed");
 
 	/* /dev/iommu is 6.12's: no compat IOAS, no dirty tracking */
 	iommu = open("/dev/iommu", O_RDWR);
-	CHECK(iommu >= 0);
-	CHECK(ioctl(iommu, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) == 1);
+	CHECK(iommu >= 0, "check failed");
+	CHECK(ioctl(iommu, VFIO_CHECK_EXTENSION, VFIO_TYPE1v2_IOMMU) == 1, "check failed");
 	EXPECT_ERRNO(ENODEV, ioctl(iommu, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU));
 	{
 		struct vfio_iommu_type1_dirty_bitmap d = {
@@ -450,9 +391,9 @@ int main(void)
 		};
 		EXPECT_ERRNO(ENOTTY, ioctl(iommu, VFIO_IOMMU_DIRTY_PAGES, &d));
 	}
-	CHECK(close(iommu) == 0);
+	CHECK(close(iommu) == 0, "check failed");
 
-	CHECK(close(fd) == 0);
+	CHECK(close(fd) == 0, "check failed");
 	munmap(mem, NPAGES * PAGE);
 	if (failures) {
 		fprintf(stderr, "%d check(s) failed\n", failures);

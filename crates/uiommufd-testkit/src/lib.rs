@@ -1,0 +1,17 @@
+//! Test support shared by uiommufd's integration tests, its in-crate
+//! proptests, the fuzz targets (`fuzz/`) and the benchmarks
+//! (`uiommufd-cli`): one copy of each piece that they all need.
+//!
+//! * [`ioctl`]: typed wrappers over [`uiommufd::uapi::dispatch::ioctl`]
+//!   with real user pointers (or any other way of making the call, see
+//!   [`ioctl::Ioctl`]);
+//! * [`mem`]: user memory for tests: aligned buffers, pages whose
+//!   protection can be changed one by one;
+//! * [`iopt_model`]: the IO page table reference model.
+
+pub mod ioctl;
+pub mod iopt_model;
+pub mod mem;
+
+pub use ioctl::*;
+pub use mem::*;
