@@ -122,34 +122,25 @@ pub fn enabled() -> bool {
 
 #[cfg(target_arch = "x86_64")]
 mod arch {
-    // `uiommufd_fs_copy(dst, src, len) -> bytes not copied`. The only
-    // instruction that may fault is the `rep movsb` at `.._insn`; a fault
-    // there resumes at `.._fixup` with rcx = the bytes left.
-    std::arch::global_asm!(
-        ".pushsection .text.uiommufd_fs_copy,\"ax\",@progbits",
-        ".p2align 4",
-        ".globl uiommufd_fs_copy",
-        ".hidden uiommufd_fs_copy",
-        ".type uiommufd_fs_copy,@function",
-        "uiommufd_fs_copy:",
-        "mov rcx, rdx",
-        ".globl uiommufd_fs_copy_insn",
-        ".hidden uiommufd_fs_copy_insn",
-        "uiommufd_fs_copy_insn:",
-        "rep movsb",
-        ".globl uiommufd_fs_copy_fixup",
-        ".hidden uiommufd_fs_copy_fixup",
-        "uiommufd_fs_copy_fixup:",
-        "mov rax, rcx",
-        "ret",
-        ".size uiommufd_fs_copy, . - uiommufd_fs_copy",
-        ".popsection",
-    );
+    /// `copy(dst, src, len) -> bytes not copied`. The only instruction that
+    /// may fault is the `rep movsb` at [`INSN`] bytes into the function; a
+    /// fault there resumes at [`FIXUP`] with rcx = the bytes left. A naked
+    /// function (no prologue, so the offsets are exact) rather than global
+    /// assembly: its symbol is private to each copy of the crate, so two
+    /// copies linked into one binary (a test and a crate it depends on) do
+    /// not clash.
+    #[unsafe(naked)]
+    pub unsafe extern "C" fn copy(dst: *mut u8, src: *const u8, len: usize) -> usize {
+        std::arch::naked_asm!("mov rcx, rdx", "rep movsb", "mov rax, rcx", "ret")
+    }
 
-    extern "C" {
-        pub fn uiommufd_fs_copy(dst: *mut u8, src: *const u8, len: usize) -> usize;
-        pub static uiommufd_fs_copy_insn: u8;
-        pub static uiommufd_fs_copy_fixup: u8;
+    /// Offset of `rep movsb` in [`copy`] (`mov rcx, rdx` is 3 bytes).
+    pub const INSN: usize = 3;
+    /// Offset of the instruction after it (`rep movsb` is 2 bytes).
+    pub const FIXUP: usize = 5;
+
+    fn base() -> i64 {
+        copy as *const () as usize as i64
     }
 
     /// If `ctx` stopped at the copy instruction, redirect it to the fixup.
@@ -161,11 +152,10 @@ mod arch {
         let rip = libc::REG_RIP as usize;
         // SAFETY: the caller passes the handler's ucontext.
         let gregs = unsafe { &mut (*uc).uc_mcontext.gregs };
-        let insn = (&raw const uiommufd_fs_copy_insn) as usize as i64;
-        if gregs[rip] != insn {
+        if gregs[rip] != base() + INSN as i64 {
             return false;
         }
-        gregs[rip] = (&raw const uiommufd_fs_copy_fixup) as usize as i64;
+        gregs[rip] = base() + FIXUP as i64;
         true
     }
 
@@ -192,7 +182,7 @@ pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> usize {
     {
         // SAFETY: forwarded contract; faults on the user side are fixed up
         // by `handler`.
-        unsafe { arch::uiommufd_fs_copy(dst, src, len) }
+        unsafe { arch::copy(dst, src, len) }
     }
     #[cfg(not(target_arch = "x86_64"))]
     {
@@ -345,6 +335,15 @@ mod tests {
         };
         assert_ne!(p, libc::MAP_FAILED);
         p.cast()
+    }
+
+    #[test]
+    fn the_copy_instruction_is_where_the_handler_expects_it() {
+        let f = arch::copy as *const () as *const u8;
+        // SAFETY: reading the first bytes of our own function's code.
+        let code = unsafe { std::slice::from_raw_parts(f, arch::FIXUP + 3) };
+        assert_eq!(&code[arch::INSN..arch::FIXUP], &[0xf3, 0xa4], "rep movsb");
+        assert_eq!(code[..arch::INSN].len(), 3);
     }
 
     #[test]
