@@ -94,9 +94,10 @@ pub use type1_dirty::AreaDirty;
 pub use write_log::AccessWriteLog;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::pages::Pages;
 use crate::user::page_size;
@@ -250,11 +251,58 @@ struct State {
     domain_alignment: u64,
 }
 
+/// The `state` lock. Its write side bumps `gen` as soon as it is taken,
+/// so a generation read under the read side names one snapshot of the
+/// areas: the access fast path (`access.rs`) trusts a remembered area only
+/// while the generation it was read under is still current.
+#[derive(Debug)]
+struct StateLock {
+    lock: RwLock<State>,
+    gen: AtomicU64,
+}
+
+impl StateLock {
+    fn new(st: State) -> Self {
+        StateLock {
+            lock: RwLock::new(st),
+            gen: AtomicU64::new(0),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.lock.read()
+    }
+
+    /// The write side; every holder may change the areas, so the
+    /// generation moves before the guard is handed out.
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        let g = self.lock.write();
+        self.gen.fetch_add(1, Ordering::AcqRel);
+        g
+    }
+
+    fn get_mut(&mut self) -> &mut State {
+        self.lock.get_mut()
+    }
+
+    /// The current generation (stable while any guard is held).
+    #[inline]
+    fn gen(&self) -> u64 {
+        self.gen.load(Ordering::Acquire)
+    }
+}
+
+/// Identities of tables, never reused (0 is no table).
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
 /// The IO page table of one IOAS.
 #[derive(Debug)]
 pub struct IoPagetable {
     domains: RwLock<domains::Attached>,
-    state: RwLock<State>,
+    state: StateLock,
+    /// This table's identity, unique in the process for its lifetime and
+    /// after (the access fast path keys remembered areas by it).
+    uid: u64,
     /// What accesses wrote (VFIO type1 dirty tracking); a leaf lock.
     write_log: AccessWriteLog,
 }
@@ -710,7 +758,8 @@ impl IoPagetable {
     pub fn new() -> Self {
         IoPagetable {
             domains: RwLock::new(domains::Attached::default()),
-            state: RwLock::new(State::new()),
+            state: StateLock::new(State::new()),
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             write_log: AccessWriteLog::default(),
         }
     }
