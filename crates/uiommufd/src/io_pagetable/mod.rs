@@ -26,6 +26,14 @@
 //! so that an unmap can never miss a pin. Access notifiers are called with
 //! no lock held.
 //!
+//! Taking the `state` write lock bumps the table's generation. The access
+//! copy fast path (`access.rs`) remembers, per thread, areas it checked
+//! under the read lock together with the generation it read there, and
+//! later copies inside such an area without the lock only while the
+//! generation is unchanged: no map, unmap, split or `prevent_access`
+//! change happened since, so the same checks would pass. Like the locked
+//! path, it copies with no lock held and through fault-safe copies.
+//!
 //! # Pin ownership
 //!
 //! Pins live in the shared [`Pages`] as per-page user counts:
