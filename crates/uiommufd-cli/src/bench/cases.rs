@@ -423,10 +423,8 @@ impl uiommufd::user::UserMemory for SyscallMemory {
     }
 }
 
-/// One IOAS with a 4 MiB buffer at `LARGE_IOVA` and 1024 one-page areas
-/// from `1 << 40` (every other page), an attached copy-only access, on a
-/// context reaching memory through `mem` (`None`: the default,
-/// `SelfMemory`).
+/// Case 5's context, its access (attached to the one IOAS) and the 4 MiB
+/// buffer mapped there.
 struct RwSetup {
     ctx: Arc<Context>,
     acc: Arc<Access>,
@@ -437,6 +435,10 @@ struct RwSetup {
 /// First IOVA of case 5's 1024 one-page areas (8 KiB apart).
 const AREAS_IOVA: u64 = 1 << 40;
 
+/// One IOAS with a 4 MiB buffer at `LARGE_IOVA` and 1024 one-page areas
+/// from [`AREAS_IOVA`] (every other page), an attached copy-only access, on
+/// a context reaching memory through `mem` (`None`: the default,
+/// `SelfMemory`).
 fn rw_setup(mem: Option<Arc<dyn uiommufd::user::UserMemory>>) -> Result<RwSetup, String> {
     let ctx = match mem {
         Some(m) => Context::with_memory(m),

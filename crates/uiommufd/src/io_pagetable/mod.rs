@@ -32,7 +32,7 @@
 //! later copies inside such an area without the lock only while the
 //! generation is unchanged: no map, unmap, split or `prevent_access`
 //! change happened since, so the same checks would pass. Like the locked
-//! path, it copies with no lock held and through fault-safe copies.
+//! path, it copies with no table lock held, through fault-safe copies.
 //!
 //! # Pin ownership
 //!
