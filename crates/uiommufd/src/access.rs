@@ -17,7 +17,7 @@
 
 use std::sync::{Arc, Weak};
 
-use parking_lot::Mutex;
+use parking_lot::RwLock;
 
 use crate::context::{Context, ObjId, Object};
 use crate::io_pagetable::{AccessNotify, PinnedPages};
@@ -46,7 +46,10 @@ pub struct Access {
     id: ObjId,
     ops: Weak<dyn AccessOps>,
     iova_alignment: u64,
-    state: Mutex<State>,
+    /// Read side: held by [`Access::rw`] for the whole copy (the kernel
+    /// holds its `ioas_lock` there), so a detach or replace waits for copies
+    /// in flight, and concurrent copies do not wait for one another.
+    state: RwLock<State>,
     me: Weak<Access>,
 }
 
@@ -68,7 +71,7 @@ impl Access {
             id,
             ops,
             iova_alignment: if needs_pin { page_size() } else { 1 },
-            state: Mutex::new(State::default()),
+            state: RwLock::new(State::default()),
             me: me.clone(),
         });
         r.finalize(Object::Access(a.clone()));
@@ -82,13 +85,13 @@ impl Access {
 
     /// The attached IOAS's ID, if any.
     pub fn ioas_id(&self) -> Option<ObjId> {
-        self.state.lock().ioas.as_ref().map(|(_, id, _)| *id)
+        self.state.read().ioas.as_ref().map(|(_, id, _)| *id)
     }
 
     /// The attached IOAS and its ID, if any (for the context's invariants).
     pub(crate) fn attached_ioas(&self) -> Option<(Arc<Ioas>, ObjId)> {
         self.state
-            .lock()
+            .read()
             .ioas
             .as_ref()
             .map(|(i, id, _)| (i.clone(), *id))
@@ -112,7 +115,7 @@ impl Access {
     /// (`EINVAL` if already attached, `ENOENT` for another context).
     pub fn attach(&self, ctx: &Context, ioas_id: ObjId) -> Result<()> {
         self.check_owner(ctx)?;
-        if self.state.lock().ioas.is_some() {
+        if self.state.read().ioas.is_some() {
             bail!(EINVAL, "access {} is already attached", self.id);
         }
         self.change_ioas(Some((ctx.ioas(ioas_id)?, ioas_id)))
@@ -123,7 +126,7 @@ impl Access {
     /// IOAS are dropped through the driver first.
     pub fn replace(&self, ctx: &Context, ioas_id: ObjId) -> Result<()> {
         self.check_owner(ctx)?;
-        if self.state.lock().ioas.is_none() {
+        if self.state.read().ioas.is_none() {
             bail!(ENOENT, "access {} is not attached to any IOAS", self.id);
         }
         self.change_ioas(Some((ctx.ioas(ioas_id)?, ioas_id)))
@@ -137,7 +140,7 @@ impl Access {
     }
 
     fn change_ioas(&self, new: Option<(Arc<Ioas>, ObjId)>) -> Result<()> {
-        let cur = self.state.lock().ioas.clone();
+        let cur = self.state.read().ioas.clone();
         if let (Some((c, _, _)), Some((n, _))) = (&cur, &new) {
             if Arc::ptr_eq(c, n) {
                 return Ok(());
@@ -158,12 +161,12 @@ impl Access {
             }
             old.iopt().remove_access(token);
         }
-        self.state.lock().ioas = new_entry;
+        self.state.write().ioas = new_entry;
         Ok(())
     }
 
     fn ioas(&self) -> Result<Arc<Ioas>> {
-        match &self.state.lock().ioas {
+        match &self.state.read().ioas {
             Some((i, _, _)) => Ok(i.clone()),
             None => bail!(ENOENT, "access {} is not attached to an IOAS", self.id),
         }
@@ -185,9 +188,17 @@ impl Access {
         }
     }
 
-    /// Copy between `buf` and IOVA `iova` (`write`: `buf` → memory).
+    /// Copy between `buf` and IOVA `iova` (`write`: `buf` → memory), with
+    /// the rules of [`crate::io_pagetable::IoPagetable::access_rw`]
+    /// (`ENOENT` when not attached). Pinned or present memory of the
+    /// program is copied in place at `memcpy` speed once fault-safe copies
+    /// are on ([`crate::faultsafe::install`], or the preload shim).
     pub fn rw(&self, iova: u64, buf: &mut [u8], write: bool) -> Result<()> {
-        self.ioas()?.iopt().access_rw(iova, buf, write)
+        let st = self.state.read();
+        match &st.ioas {
+            Some((i, _, _)) => i.iopt().access_rw(iova, buf, write),
+            None => bail!(ENOENT, "access {} is not attached to an IOAS", self.id),
+        }
     }
 
     /// `iommufd_access_destroy`: detach and remove the object.

@@ -45,6 +45,15 @@ pub trait UserMemory: Send + Sync + std::fmt::Debug {
         let _ = (addr, len);
         Ok(())
     }
+    /// Whether user addresses of this memory are addresses of the calling
+    /// process itself, with no fence or translation, so that the engine may
+    /// copy to and from them in place with [`crate::faultsafe::copy`] while
+    /// [`crate::faultsafe::enabled`] (the access fast path). Default:
+    /// `false`, every byte goes through [`UserMemory::read`] /
+    /// [`UserMemory::write`].
+    fn direct(&self) -> bool {
+        false
+    }
 }
 
 /// Zero `len` bytes of user memory at `addr` (the kernel's `clear_user`):
@@ -132,12 +141,17 @@ unsafe fn copy_user(addr: u64, local: *mut u8, len: usize, to_user: bool) -> Res
 const USER_TOP: u64 = 0x00ff_ffff_ffff_f000;
 
 /// Whether `[addr, addr + len)` lies in user space (`access_ok`).
-fn access_ok(addr: u64, len: usize) -> bool {
+pub(crate) fn access_ok(addr: u64, len: usize) -> bool {
     addr.checked_add(len as u64)
         .is_some_and(|end| end <= USER_TOP)
 }
 
 impl UserMemory for SelfMemory {
+    /// Our own address space: in-place copies are fine.
+    fn direct(&self) -> bool {
+        true
+    }
+
     /// `MADV_POPULATE_WRITE` on the page-aligned range: it faults the pages
     /// in for writing without touching their contents and refuses
     /// read-only or `PROT_NONE` memory (`EINVAL`) and holes (`ENOMEM`).

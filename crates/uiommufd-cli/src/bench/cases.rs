@@ -374,77 +374,207 @@ impl AccessOps for CopyOnly {
     }
 }
 
-/// Case 5: `Access::rw` by IOVA of 64 KiB and 4 MiB, both directions
-/// (floor: memcpy of the same bytes), and of 8 bytes in an IOAS of 1024
-/// areas (compare: the C library's IOVA->pointer lookup).
-pub fn access_rw(s: &Scale, r: &mut Report) -> Result<(), String> {
-    let ctx = Context::new();
+/// The process's own memory reached only through
+/// `process_vm_readv`/`process_vm_writev`, as `SelfMemory` does while
+/// fault-safe copies are off: case 5's `.syscall` rows.
+#[derive(Debug)]
+struct SyscallMemory;
+
+impl uiommufd::user::UserMemory for SyscallMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> uiommufd::Result<()> {
+        let local = libc::iovec {
+            iov_base: buf.as_mut_ptr().cast(),
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as usize as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: `local` is our own buffer; the kernel checks `remote`.
+        let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
+        if n == buf.len() as isize {
+            Ok(())
+        } else {
+            Err(uiommufd::Error::fault("bench: process_vm_readv failed"))
+        }
+    }
+
+    fn write(&self, addr: u64, buf: &[u8]) -> uiommufd::Result<()> {
+        let local = libc::iovec {
+            iov_base: buf.as_ptr() as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        let remote = libc::iovec {
+            iov_base: addr as usize as *mut libc::c_void,
+            iov_len: buf.len(),
+        };
+        // SAFETY: `local` is only read; the kernel checks `remote`.
+        let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
+        if n == buf.len() as isize {
+            Ok(())
+        } else {
+            Err(uiommufd::Error::fault("bench: process_vm_writev failed"))
+        }
+    }
+
+    fn populate(&self, addr: u64, len: u64, write: bool) -> uiommufd::Result<()> {
+        let _ = write;
+        populate(addr, len).map_err(|e| uiommufd::Error::new(libc::EFAULT, e))
+    }
+}
+
+/// Case 5's context, its access (attached to the one IOAS) and the 4 MiB
+/// buffer mapped there.
+struct RwSetup {
+    ctx: Arc<Context>,
+    acc: Arc<Access>,
+    _ops: Arc<dyn AccessOps>,
+    _buf: Buf,
+}
+
+/// First IOVA of case 5's 1024 one-page areas (8 KiB apart).
+const AREAS_IOVA: u64 = 1 << 40;
+
+/// One IOAS with a 4 MiB buffer at `LARGE_IOVA` and 1024 one-page areas
+/// from [`AREAS_IOVA`] (every other page), an attached copy-only access, on
+/// a context reaching memory through `mem` (`None`: the default,
+/// `SelfMemory`).
+fn rw_setup(mem: Option<Arc<dyn uiommufd::user::UserMemory>>) -> Result<RwSetup, String> {
+    let ctx = match mem {
+        Some(m) => Context::with_memory(m),
+        None => Context::new(),
+    };
     let id = ctx.ioas_alloc().map_err(es)?;
     let ioas = ctx.ioas(id).map_err(es)?;
     let big = 4u64 << 20;
     let buf = Buf::populated(big, Backing::Huge)?;
-    let iova = LARGE_IOVA;
-    ioas.map_user(buf.addr(), big, Some(iova), Prot::RW)
+    ioas.map_user(buf.addr(), big, Some(LARGE_IOVA), Prot::RW)
         .map_err(es)?;
+    let src = ioas.iopt().get_pages(LARGE_IOVA, KIB4).map_err(es)?;
+    for i in 0..1024u64 {
+        ioas.map_sources(src.clone(), KIB4, Some(AREAS_IOVA + i * 2 * KIB4), Prot::RW)
+            .map_err(es)?;
+    }
     let ops: Arc<dyn AccessOps> = Arc::new(CopyOnly);
     let acc = Access::create(&ctx, Arc::downgrade(&ops) as Weak<dyn AccessOps>).map_err(es)?;
     acc.attach(&ctx, id).map_err(es)?;
-    for (sname, len) in [("64k", 64u64 << 10), ("4m", big)] {
+    Ok(RwSetup {
+        ctx,
+        acc,
+        _ops: ops,
+        _buf: buf,
+    })
+}
+
+/// Case 5: `Access::rw` by IOVA of 64 KiB and 4 MiB, both directions
+/// (floor: memcpy of the same bytes), and of 8 bytes in an IOAS of 1024
+/// areas, at a random one (compare: the C library's IOVA->pointer lookup)
+/// and again and again at the same one (its same-region hit). The plain
+/// rows use the fast path: this case turns fault-safe copies on
+/// (`uiommufd::faultsafe::install`, for the rest of the run, as the
+/// preload does for every program), so bytes move in place; the
+/// `.syscall` rows are the same calls on a context whose memory is only
+/// reached through `process_vm_readv`/`process_vm_writev`, the path of a
+/// program that does not opt in.
+pub fn access_rw(s: &Scale, r: &mut Report) -> Result<(), String> {
+    let fast = uiommufd::faultsafe::install();
+    let fast_note = if fast {
+        "in place (faultsafe::install)"
+    } else {
+        "fault-safe copies unavailable: process_vm_readv/writev"
+    };
+    let slow_mem: Arc<dyn uiommufd::user::UserMemory> = Arc::new(SyscallMemory);
+    let setups = [
+        ("", rw_setup(None)?),
+        (".syscall", rw_setup(Some(slow_mem))?),
+    ];
+    for (sname, len) in [("64k", 64u64 << 10), ("4m", 4u64 << 20)] {
         let floor = memcpy_gbps(s.reps, len)?;
         let mut local = Buf::populated(len, Backing::Huge)?;
         for (dname, write) in [("read", false), ("write", true)] {
-            let iters = ((64u64 << 20) / len).clamp(4, s.iters);
-            let ns = ns_per_op(s.reps, iters, || {
-                acc.rw(iova, local.bytes(), write).expect("access rw");
-            });
-            r.push(Row::vs_floor(
-                format!("5.rw.{sname}.{dname}"),
-                5,
-                format!(
-                    "Access::rw {} {} by IOVA (one area)",
-                    dname,
-                    if len >= 1 << 20 {
-                        format!("{} MiB", len >> 20)
-                    } else {
-                        format!("{} KiB", len >> 10)
-                    }
-                ),
-                Unit::GBps,
-                len as f64 / ns,
-                floor,
-                "memcpy of the same bytes",
-            ));
+            for (suffix, st) in &setups {
+                let iters = ((64u64 << 20) / len).clamp(4, s.iters);
+                let ns = ns_per_op(s.reps, iters, || {
+                    st.acc
+                        .rw(LARGE_IOVA, local.bytes(), write)
+                        .expect("access rw");
+                });
+                r.push(Row::vs_floor(
+                    format!("5.rw.{sname}.{dname}{suffix}"),
+                    5,
+                    format!(
+                        "Access::rw {} {} by IOVA (one area), {}",
+                        dname,
+                        if len >= 1 << 20 {
+                            format!("{} MiB", len >> 20)
+                        } else {
+                            format!("{} KiB", len >> 10)
+                        },
+                        if suffix.is_empty() {
+                            fast_note
+                        } else {
+                            "through process_vm_readv/writev"
+                        }
+                    ),
+                    Unit::GBps,
+                    len as f64 / ns,
+                    floor,
+                    "memcpy of the same bytes",
+                ));
+            }
         }
     }
     // 8 bytes among 1024 areas: the lookup plus the smallest copy.
     let page = Buf::populated(KIB4, Backing::Small)?;
-    let src = ioas.iopt().get_pages(iova, KIB4).map_err(es)?;
-    let base = 1u64 << 40;
-    for i in 0..1024u64 {
-        ioas.map_sources(src.clone(), KIB4, Some(base + i * 2 * KIB4), Prot::RW)
-            .map_err(es)?;
-    }
-    let mut small = [0u8; 8];
-    let mut k = 0u64;
-    let ns = ns_per_op(s.reps, s.iters, || {
-        k = (k + 389) % 1024; // visit the areas out of order
-        acc.rw(base + k * 2 * KIB4 + 64, &mut small, false)
-            .expect("access rw 8 bytes");
-    });
     let floor = ns_per_op(s.reps, s.iters, || {
         // SAFETY: the page is ours, present and 4 KiB long.
         let v = unsafe { std::ptr::read_volatile((page.addr() + 64) as *const [u8; 8]) };
         std::hint::black_box(v);
     });
-    r.push(Row::vs_floor(
-        "5.rw.8b.1024areas",
-        5,
-        "Access::rw read 8 bytes at a random one of 1024 areas",
-        Unit::NsPerOp,
-        ns,
-        floor,
-        "8-byte load",
-    ));
-    acc.destroy(&ctx);
+    for (suffix, st) in &setups {
+        let mut small = [0u8; 8];
+        let mut k = 0u64;
+        let ns = ns_per_op(s.reps, s.iters, || {
+            k = (k + 389) % 1024; // visit the areas out of order
+            st.acc
+                .rw(AREAS_IOVA + k * 2 * KIB4 + 64, &mut small, false)
+                .expect("access rw 8 bytes");
+            std::hint::black_box(&small);
+        });
+        let how = if suffix.is_empty() {
+            fast_note
+        } else {
+            "through process_vm_readv"
+        };
+        r.push(Row::vs_floor(
+            format!("5.rw.8b.1024areas{suffix}"),
+            5,
+            format!("Access::rw read 8 bytes at a random one of 1024 areas, {how}"),
+            Unit::NsPerOp,
+            ns,
+            floor,
+            "8-byte load",
+        ));
+        let mut k = 0u64;
+        let ns = ns_per_op(s.reps, s.iters, || {
+            k = (k + 8) % 4088; // moving inside one area
+            st.acc
+                .rw(AREAS_IOVA + 777 * 2 * KIB4 + k, &mut small, false)
+                .expect("access rw 8 bytes");
+            std::hint::black_box(&small);
+        });
+        r.push(Row::vs_floor(
+            format!("5.rw.8b.same_area{suffix}"),
+            5,
+            format!("Access::rw read 8 bytes, always in the same one of 1024 areas, {how}"),
+            Unit::NsPerOp,
+            ns,
+            floor,
+            "8-byte load",
+        ));
+    }
+    for (_, st) in setups {
+        st.acc.destroy(&st.ctx);
+    }
     Ok(())
 }

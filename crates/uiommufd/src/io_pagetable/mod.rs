@@ -19,12 +19,22 @@
 //! 4. a domain's own lock, and `Pages::pins` (leaf locks).
 //!
 //! The `state` lock is never held while a domain is filled or unfilled, while
-//! pages are pinned for a domain, while user memory is copied, or while an
-//! `Arc<Pages>` is dropped: removed areas are dropped after the guard. The
-//! one exception is [`IoPagetable::access_pin`], which pins under the read
-//! side (as the kernel's `iommufd_access_pin_pages` does under `iova_rwsem`)
-//! so that an unmap can never miss a pin. Access notifiers are called with
-//! no lock held.
+//! pages are pinned for a domain, or while an `Arc<Pages>` is dropped:
+//! removed areas are dropped after the guard. Two exceptions hold the read
+//! side, as the kernel holds `iova_rwsem`: [`IoPagetable::access_pin`] pins
+//! under it so that an unmap can never miss a pin, and
+//! [`IoPagetable::access_rw`] copies under it so that an unmap never returns
+//! while bytes still move to or from the memory it unmapped (the program may
+//! reuse that memory at once). Access notifiers are called with no lock
+//! held.
+//!
+//! Taking the `state` write lock bumps the table's generation. The access
+//! copy fast path (`access.rs`) remembers, per thread, areas it checked
+//! under the read lock together with the generation it read there, and
+//! later copies inside such an area without walking the tree again only
+//! while the generation is unchanged (checked under the read lock): no map,
+//! unmap, split or `prevent_access` change happened since, so the same
+//! checks would pass.
 //!
 //! # Pin ownership
 //!
@@ -94,9 +104,10 @@ pub use type1_dirty::AreaDirty;
 pub use write_log::AccessWriteLog;
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::{Mutex, RwLock};
+use parking_lot::{Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::pages::Pages;
 use crate::user::page_size;
@@ -250,11 +261,58 @@ struct State {
     domain_alignment: u64,
 }
 
+/// The `state` lock. Its write side bumps `gen` as soon as it is taken,
+/// so a generation read under the read side names one snapshot of the
+/// areas: the access fast path (`access.rs`) trusts a remembered area only
+/// while the generation it was read under is still current.
+#[derive(Debug)]
+struct StateLock {
+    lock: RwLock<State>,
+    gen: AtomicU64,
+}
+
+impl StateLock {
+    fn new(st: State) -> Self {
+        StateLock {
+            lock: RwLock::new(st),
+            gen: AtomicU64::new(0),
+        }
+    }
+
+    fn read(&self) -> RwLockReadGuard<'_, State> {
+        self.lock.read()
+    }
+
+    /// The write side; every holder may change the areas, so the
+    /// generation moves before the guard is handed out.
+    fn write(&self) -> RwLockWriteGuard<'_, State> {
+        let g = self.lock.write();
+        self.gen.fetch_add(1, Ordering::AcqRel);
+        g
+    }
+
+    fn get_mut(&mut self) -> &mut State {
+        self.lock.get_mut()
+    }
+
+    /// The current generation (stable while any guard is held).
+    #[inline]
+    fn gen(&self) -> u64 {
+        self.gen.load(Ordering::Acquire)
+    }
+}
+
+/// Identities of tables, never reused (0 is no table).
+static NEXT_UID: AtomicU64 = AtomicU64::new(1);
+
 /// The IO page table of one IOAS.
 #[derive(Debug)]
 pub struct IoPagetable {
     domains: RwLock<domains::Attached>,
-    state: RwLock<State>,
+    state: StateLock,
+    /// This table's identity, unique in the process for its lifetime and
+    /// after (the access fast path keys remembered areas by it).
+    uid: u64,
     /// What accesses wrote (VFIO type1 dirty tracking); a leaf lock.
     write_log: AccessWriteLog,
 }
@@ -710,7 +768,8 @@ impl IoPagetable {
     pub fn new() -> Self {
         IoPagetable {
             domains: RwLock::new(domains::Attached::default()),
-            state: RwLock::new(State::new()),
+            state: StateLock::new(State::new()),
+            uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             write_log: AccessWriteLog::default(),
         }
     }
