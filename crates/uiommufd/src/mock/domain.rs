@@ -25,10 +25,11 @@
 
 use std::any::Any;
 use std::collections::BTreeMap;
+use std::ops::{Deref, DerefMut};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
-use parking_lot::RwLock;
+use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::domain::{next_domain_id, split_pgsizes, Domain};
 use crate::io_pagetable::{DirtyBitmap, Prot};
@@ -73,12 +74,178 @@ impl MockEntry {
     pub const FLAG_HUGE: u8 = 1 << 3;
 }
 
+/// Granules per stripe block: one `MOCK_HUGE_PAGE_SIZE`, so that the
+/// granules of a huge page always share a stripe.
+const BLOCK: u64 = 512;
+/// How many stripes a table has.
+const STRIPES: usize = 64;
+/// Above every granule index (IOVA / `MOCK_IO_PAGE_SIZE` < 2^63): "none".
+const NO_KEY: u64 = u64::MAX;
+/// The last granule index.
+const LAST_GRANULE: u64 = u64::MAX / 2;
+
+/// granule index (IOVA / MOCK_IO_PAGE_SIZE) -> entry
+type Entries = BTreeMap<u64, MockEntry>;
+
+/// One stripe of the table, on cache lines of its own.
 #[derive(Debug, Default)]
+#[repr(align(128))]
+struct Stripe(RwLock<Entries>);
+
+/// The stripe that holds granule `g`: blocks of `BLOCK` granules go to the
+/// stripes in turn, so neighbouring blocks never share a lock.
+fn stripe_of(g: u64) -> usize {
+    ((g / BLOCK) % STRIPES as u64) as usize
+}
+
+/// The page table, striped by IOVA so that maps and unmaps of disjoint
+/// ranges run concurrently: stripe `s` holds the granules of every block
+/// `b` with `b % STRIPES == s`. An operation on a granule range locks every
+/// stripe the range touches (all of them from `STRIPES` blocks on), in
+/// ascending stripe order, for its whole duration, so it is as atomic as
+/// with one lock.
+#[derive(Debug)]
 struct Table {
-    /// granule index (IOVA / MOCK_IO_PAGE_SIZE) -> entry
-    entries: BTreeMap<u64, MockEntry>,
-    /// Map calls left before an injected failure (`None`: never fail).
-    fail_in: Option<u64>,
+    stripes: Box<[Stripe]>,
+}
+
+impl Table {
+    fn new() -> Table {
+        Table {
+            stripes: (0..STRIPES).map(|_| Stripe::default()).collect(),
+        }
+    }
+
+    /// The stripes granules `first..=last` touch, ascending.
+    fn touched(first: u64, last: u64) -> ([u8; STRIPES], usize) {
+        let mut held = [0u8; STRIPES];
+        let (fb, lb) = (first / BLOCK, last / BLOCK);
+        if lb - fb >= STRIPES as u64 - 1 {
+            for (s, h) in held.iter_mut().enumerate() {
+                *h = s as u8;
+            }
+            return (held, STRIPES);
+        }
+        let mut mask = 0u64;
+        for b in fb..=lb {
+            mask |= 1 << (b % STRIPES as u64);
+        }
+        let mut n = 0;
+        while mask != 0 {
+            held[n] = mask.trailing_zeros() as u8;
+            mask &= mask - 1;
+            n += 1;
+        }
+        (held, n)
+    }
+
+    /// Write-lock the stripes of granules `first..=last`.
+    fn write(&self, first: u64, last: u64) -> Locked<RwLockWriteGuard<'_, Entries>> {
+        Locked::new(first, last, |s| self.stripes[s].0.write())
+    }
+
+    /// Read-lock the stripes of granules `first..=last`.
+    fn read(&self, first: u64, last: u64) -> Locked<RwLockReadGuard<'_, Entries>> {
+        Locked::new(first, last, |s| self.stripes[s].0.read())
+    }
+}
+
+/// Guards on the stripes of a granule range (see [`Table`]).
+struct Locked<G> {
+    guards: [Option<G>; STRIPES],
+    /// Indexes of the held stripes, ascending (`held[..n]`).
+    held: [u8; STRIPES],
+    n: usize,
+    first: u64,
+    last: u64,
+}
+
+impl<G: Deref<Target = Entries>> Locked<G> {
+    fn new(first: u64, last: u64, mut lock: impl FnMut(usize) -> G) -> Locked<G> {
+        debug_assert!(first <= last && last <= LAST_GRANULE);
+        let (held, n) = Table::touched(first, last);
+        let mut guards: [Option<G>; STRIPES] = std::array::from_fn(|_| None);
+        for &s in &held[..n] {
+            guards[s as usize] = Some(lock(s as usize));
+        }
+        Locked {
+            guards,
+            held,
+            n,
+            first,
+            last,
+        }
+    }
+
+    /// The stripe of granule `g`, which must be in the locked range.
+    fn map_of(&self, g: u64) -> &Entries {
+        debug_assert!(self.first <= g && g <= self.last);
+        self.guards[stripe_of(g)]
+            .as_deref()
+            .expect("granule outside the locked range")
+    }
+
+    fn get(&self, g: u64) -> Option<&MockEntry> {
+        self.map_of(g).get(&g)
+    }
+
+    /// Call `visit(stripe, lo, hi)` for every block holding an entry in
+    /// the locked range, in IOVA order: `lo` is the block's first entry in
+    /// range, `hi` the last granule of the block in range; every entry in
+    /// `lo..=hi` is in `stripe`. Stops when `visit` returns false. `visit`
+    /// may change entries of `lo..=hi`.
+    fn walk(&mut self, mut visit: impl FnMut(&mut G, u64, u64) -> bool) {
+        let (first, last) = (self.first, self.last);
+        let next_key =
+            |m: &Entries, from: u64| m.range(from..=last).next().map_or(NO_KEY, |(&k, _)| k);
+        let mut next = [NO_KEY; STRIPES];
+        for &s in &self.held[..self.n] {
+            let m = self.guards[s as usize].as_deref().expect("held stripe");
+            next[s as usize] = next_key(m, first);
+        }
+        loop {
+            let mut best = NO_KEY;
+            let mut at = 0;
+            for &s in &self.held[..self.n] {
+                if next[s as usize] < best {
+                    best = next[s as usize];
+                    at = s as usize;
+                }
+            }
+            if best == NO_KEY {
+                return;
+            }
+            let hi = (best / BLOCK * BLOCK + (BLOCK - 1)).min(last);
+            let g = self.guards[at].as_mut().expect("held stripe");
+            if !visit(g, best, hi) {
+                return;
+            }
+            next[at] = if hi < last {
+                next_key(g, hi + 1)
+            } else {
+                NO_KEY
+            };
+        }
+    }
+
+    /// The first entry of the locked range, in IOVA order.
+    fn first_entry(&mut self) -> Option<(u64, MockEntry)> {
+        let mut found = None;
+        self.walk(|m, lo, _| {
+            found = m.get(&lo).map(|e| (lo, *e));
+            false
+        });
+        found
+    }
+}
+
+impl<G: DerefMut<Target = Entries>> Locked<G> {
+    fn map_of_mut(&mut self, g: u64) -> &mut Entries {
+        debug_assert!(self.first <= g && g <= self.last);
+        self.guards[stripe_of(g)]
+            .as_deref_mut()
+            .expect("granule outside the locked range")
+    }
 }
 
 /// A mock IOMMU paging domain.
@@ -86,7 +253,9 @@ struct Table {
 pub struct MockDomain {
     id: u64,
     pgsize_bitmap: u64,
-    table: RwLock<Table>,
+    table: Table,
+    /// Map calls left before an injected failure (`NO_KEY`: never fail).
+    fail_in: AtomicU64,
     /// Unmaps that did not start at a start marker or end at a last marker
     /// (the kernel's mock WARNs; counted here so tests can assert none).
     warnings: AtomicU64,
@@ -122,10 +291,12 @@ impl MockDomain {
         if huge_iova {
             bitmap |= mock_huge_page_size();
         }
+        debug_assert_eq!(mock_huge_page_size() / mock_io_page_size(), BLOCK);
         Arc::new(MockDomain {
             id: next_domain_id(),
             pgsize_bitmap: bitmap,
-            table: RwLock::new(Table::default()),
+            table: Table::new(),
+            fail_in: AtomicU64::new(NO_KEY),
             warnings: AtomicU64::new(0),
             dirty_ops: dirty,
             tracking: AtomicBool::new(false),
@@ -167,7 +338,8 @@ impl MockDomain {
     ) -> Result<u64> {
         self.check_tracking("IOMMU_TEST_OP_DIRTY")?;
         let mps = mock_io_page_size();
-        let mut t = self.table.write();
+        // the addresses may wrap: lock the whole table (a test-only call)
+        let mut t = self.table.write(0, LAST_GRANULE);
         let mut count = 0;
         for (wi, &word) in bits.iter().enumerate() {
             let mut w = word;
@@ -176,8 +348,8 @@ impl MockDomain {
                 if i >= nbits {
                     return Ok(count);
                 }
-                let cur = iova.wrapping_add(i.wrapping_mul(page_size));
-                if let Some(e) = t.entries.get_mut(&(cur / mps)) {
+                let g = iova.wrapping_add(i.wrapping_mul(page_size)) / mps;
+                if let Some(e) = t.map_of_mut(g).get_mut(&g) {
                     e.flags |= MockEntry::FLAG_DIRTY;
                     count += 1;
                 }
@@ -197,47 +369,51 @@ impl MockDomain {
         }
         let mps = mock_io_page_size();
         let last = iova.saturating_add(len - 1);
-        let mut t = self.table.write();
+        let mut t = self.table.write(iova / mps, last / mps);
         let mut count = 0;
-        for (_, e) in t.entries.range_mut(iova / mps..=last / mps) {
-            e.flags |= MockEntry::FLAG_DIRTY;
-            count += 1;
-        }
+        t.walk(|m, lo, hi| {
+            for (_, e) in m.range_mut(lo..=hi) {
+                e.flags |= MockEntry::FLAG_DIRTY;
+                count += 1;
+            }
+            true
+        });
         Ok(count)
     }
 
     /// Whether nothing is mapped.
     pub fn is_empty(&self) -> bool {
-        self.table.read().entries.is_empty()
+        self.len() == 0
     }
 
     /// Number of mapped granules.
     pub fn len(&self) -> u64 {
-        self.table.read().entries.len() as u64
+        let t = self.table.read(0, LAST_GRANULE);
+        t.guards.iter().flatten().map(|m| m.len() as u64).sum()
     }
 
     /// The entry of the granule holding `iova`.
     pub fn entry(&self, iova: u64) -> Option<MockEntry> {
-        self.table
-            .read()
-            .entries
-            .get(&(iova / mock_io_page_size()))
-            .copied()
+        let g = iova / mock_io_page_size();
+        self.table.read(g, g).get(g).copied()
     }
 
     /// The mappings as maximal runs `(iova, addr, length)` where both IOVA and
     /// host address advance together, in IOVA order.
     pub fn runs(&self) -> Vec<(u64, u64, u64)> {
         let mps = mock_io_page_size();
-        let t = self.table.read();
+        let mut t = self.table.read(0, LAST_GRANULE);
         let mut out: Vec<(u64, u64, u64)> = Vec::new();
-        for (&g, e) in &t.entries {
-            let iova = g * mps;
-            match out.last_mut() {
-                Some(r) if r.0 + r.2 == iova && r.1.wrapping_add(r.2) == e.addr => r.2 += mps,
-                _ => out.push((iova, e.addr, mps)),
+        t.walk(|m, lo, hi| {
+            for (&g, e) in m.range(lo..=hi) {
+                let iova = g * mps;
+                match out.last_mut() {
+                    Some(r) if r.0 + r.2 == iova && r.1.wrapping_add(r.2) == e.addr => r.2 += mps,
+                    _ => out.push((iova, e.addr, mps)),
+                }
             }
-        }
+            true
+        });
         out
     }
 
@@ -249,7 +425,25 @@ impl MockDomain {
     /// Make the map call after the next `calls` ones fail with `ENOENT`
     /// (the kernel mock's fault-injection point); `None` disarms.
     pub fn fail_map_after(&self, calls: Option<u64>) {
-        self.table.write().fail_in = calls;
+        // u64::MAX calls is "never" either way
+        self.fail_in
+            .store(calls.unwrap_or(NO_KEY), Ordering::Release);
+    }
+
+    /// Count one map call against [`MockDomain::fail_map_after`]: whether
+    /// this call is the one to fail.
+    fn injected_map_failure(&self) -> bool {
+        if self.fail_in.load(Ordering::Acquire) == NO_KEY {
+            return false; // disarmed: no write to the shared line
+        }
+        let prev = self
+            .fail_in
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |n| match n {
+                NO_KEY => None,
+                0 => Some(NO_KEY),
+                n => Some(n - 1),
+            });
+        prev == Ok(0)
     }
 
     /// `IOMMU_TEST_OP_MD_CHECK_MAP`: every granule of `[iova, iova + length)`
@@ -274,11 +468,19 @@ impl MockDomain {
                 "MD_CHECK_MAP: uptr {uptr:#x} + length {length:#x} overflows"
             );
         }
-        let t = self.table.read();
+        if length == 0 {
+            return Ok(());
+        }
+        // an IOVA range that wraps locks the whole table
+        let (first, last) = match iova.checked_add(length - 1) {
+            Some(l) => (iova / mps, l / mps),
+            None => (0, LAST_GRANULE),
+        };
+        let t = self.table.read(first, last);
         let mut off = 0;
         while off < length {
             let (cur, want) = (iova.wrapping_add(off), uptr + off);
-            match t.entries.get(&(cur / mps)) {
+            match t.get(cur / mps) {
                 None => bail!(
                     EINVAL,
                     "MD_CHECK_MAP: iova {cur:#x} is not mapped (expected user address {want:#x})"
@@ -336,19 +538,17 @@ impl Domain for MockDomain {
             ),
         };
         let runs = split_pgsizes(iova, addr, len, self.pgsize_bitmap, max_pgsize);
-        let mut t = self.table.write();
-        if let Some(n) = t.fail_in {
-            if n == 0 {
-                t.fail_in = None;
-                bail!(
-                    ENOENT,
-                    "mock domain {}: injected map failure at iova {iova:#x}",
-                    self.id
-                );
-            }
-            t.fail_in = Some(n - 1);
+        let first = iova / mps;
+        let last_g = last / mps;
+        let mut t = self.table.write(first, last_g);
+        if self.injected_map_failure() {
+            bail!(
+                ENOENT,
+                "mock domain {}: injected map failure at iova {iova:#x}",
+                self.id
+            );
         }
-        if let Some((&g, e)) = t.entries.range(iova / mps..=last / mps).next() {
+        if let Some((g, e)) = t.first_entry() {
             bail!(
                 EEXIST,
                 "mock domain {}: iova {:#x} is already mapped to {:#x}",
@@ -357,8 +557,6 @@ impl Domain for MockDomain {
                 e.addr
             );
         }
-        let first = iova / mps;
-        let last_g = last / mps;
         for (run_iova, run_addr, pgsize, count) in runs {
             let huge = if pgsize != mps {
                 MockEntry::FLAG_HUGE
@@ -375,7 +573,7 @@ impl Domain for MockDomain {
                 if g == last_g {
                     flags |= MockEntry::FLAG_LAST;
                 }
-                t.entries.insert(
+                t.map_of_mut(g).insert(
                     g,
                     MockEntry {
                         addr: run_addr + off,
@@ -396,19 +594,16 @@ impl Domain for MockDomain {
         }
         let first = iova / mps;
         let last = iova.saturating_add(len - 1) / mps;
-        let mut t = self.table.write();
-        let keys: Vec<u64> = t.entries.range(first..=last).map(|(&g, _)| g).collect();
+        let mut t = self.table.write(first, last);
         // Unmaps are whole maps: they start at a start marker and end at a
         // last marker. With huge pages the kernel core may split an unmap,
         // so, like the kernel's mock, only check without them.
         if self.pgsize_bitmap & mock_huge_page_size() == 0 {
             let bad_start = t
-                .entries
-                .get(&first)
+                .get(first)
                 .is_some_and(|e| e.flags & MockEntry::FLAG_START == 0);
             let bad_last = t
-                .entries
-                .get(&last)
+                .get(last)
                 .is_some_and(|e| e.flags & MockEntry::FLAG_LAST == 0);
             if bad_start || bad_last {
                 self.warnings.fetch_add(1, Ordering::Relaxed);
@@ -418,19 +613,21 @@ impl Domain for MockDomain {
                 );
             }
         }
-        for g in keys {
-            t.entries.remove(&g);
-        }
+        t.walk(|m, lo, hi| {
+            while let Some((&g, _)) = m.range(lo..=hi).next() {
+                m.remove(&g);
+            }
+            true
+        });
         len
     }
 
     fn iova_to_phys(&self, iova: u64) -> Option<u64> {
-        let mps = mock_io_page_size();
+        let g = iova / mock_io_page_size();
         self.table
-            .read()
-            .entries
-            .get(&(iova / mps))
-            .map(|e| e.addr + iova % mps)
+            .read(g, g)
+            .get(g)
+            .map(|e| e.addr + iova % mock_io_page_size())
     }
 
     fn dirty_tracking_supported(&self) -> bool {
@@ -467,9 +664,7 @@ impl Domain for MockDomain {
             return Ok(());
         }
         let mps = mock_io_page_size();
-        let per_huge = mock_huge_page_size() / mps;
         let end = iova.saturating_add(len - 1);
-        let last_g = end / mps;
         // The current run of dirty IOVA [start, end), recorded when broken.
         let mut run: Option<(u64, u64)> = None;
         let mut push = |s: u64, e: u64, bm: &mut Option<&mut DirtyBitmap<'_>>| {
@@ -486,13 +681,13 @@ impl Domain for MockDomain {
                 }
             }
         };
-        let mut t = self.table.write();
-        let mut next = iova / mps;
-        while next <= last_g {
-            let mut huge_at = None;
-            for (&g, e) in t.entries.range_mut(next..=last_g) {
+        let mut t = self.table.write(iova / mps, end / mps);
+        // Block by block (a block is where a huge page would be).
+        t.walk(|m, lo, hi| {
+            let mut huge_at = false;
+            for (&g, e) in m.range_mut(lo..=hi) {
                 if e.flags & MockEntry::FLAG_HUGE != 0 {
-                    huge_at = Some(g);
+                    huge_at = true;
                     break;
                 }
                 if e.flags & MockEntry::FLAG_DIRTY != 0 {
@@ -502,14 +697,14 @@ impl Domain for MockDomain {
                     push(g * mps, (g + 1) * mps, &mut bitmap);
                 }
             }
-            let Some(g) = huge_at else {
-                break;
-            };
+            if !huge_at {
+                return true;
+            }
             // A huge page is dirty when any of its granules is; all of them
             // are cleared, and it is reported whole within the range.
-            let head = g & !(per_huge - 1);
+            let head = lo / BLOCK * BLOCK;
             let mut dirty = false;
-            for (_, e) in t.entries.range_mut(head..head + per_huge) {
+            for (_, e) in m.range_mut(head..head + BLOCK) {
                 if e.flags & MockEntry::FLAG_DIRTY != 0 {
                     dirty = true;
                     if clear {
@@ -519,11 +714,11 @@ impl Domain for MockDomain {
             }
             if dirty {
                 let s = (head * mps).max(iova);
-                let e = ((head + per_huge) * mps).min(end.saturating_add(1));
+                let e = ((head + BLOCK) * mps).min(end.saturating_add(1));
                 push(s, e, &mut bitmap);
             }
-            next = head + per_huge;
-        }
+            true
+        });
         drop(t);
         if let (Some(bm), Some((rs, re))) = (bitmap, run) {
             bm.record(rs, re - rs);
@@ -733,5 +928,95 @@ mod tests {
         }
         assert!(d.is_empty());
         assert_eq!(d.warnings(), 0);
+    }
+
+    #[test]
+    fn mock_domain_stripes_keep_iova_order_and_atomicity() {
+        let d = MockDomain::with_aperture(true, true, 0, u64::MAX);
+        let mps = mock_io_page_size();
+        let block = mock_huge_page_size();
+        // Blocks 3, 3 + STRIPES and 4 share or neighbour stripes; runs() and
+        // EEXIST must see them in IOVA order whatever the stripe.
+        let far = (3 + STRIPES as u64) * block;
+        d.map(far, 0x9000_0000, 2 * mps, Prot::RW, u64::MAX)
+            .unwrap();
+        d.map(3 * block + mps, 0x1000_0000, mps, Prot::RW, u64::MAX)
+            .unwrap();
+        d.map(4 * block, 0x2000_0000, mps, Prot::RW, u64::MAX)
+            .unwrap();
+        assert_eq!(
+            d.runs(),
+            vec![
+                (3 * block + mps, 0x1000_0000, mps),
+                (4 * block, 0x2000_0000, mps),
+                (far, 0x9000_0000, 2 * mps),
+            ]
+        );
+        assert_eq!(d.len(), 4);
+        // A map over every stripe fails on the first mapped granule.
+        let r = d.map(0, 0, far + block, Prot::RW, u64::MAX).unwrap_err();
+        assert_eq!(r.errno().0, libc::EEXIST);
+        assert!(
+            r.to_string().contains(&format!("{:#x}", 3 * block + mps)),
+            "{r}"
+        );
+        assert_eq!(d.len(), 4, "a failed map leaves nothing");
+        // A range of huge pages spanning more than STRIPES blocks, and a
+        // few granules after them.
+        let base = 1000 * block;
+        let len = (STRIPES as u64 + 5) * block + 3 * mps;
+        let tail = base + (STRIPES as u64 + 5) * block;
+        d.map(base, 0x4000_0000, len, Prot::RW, u64::MAX).unwrap();
+        d.check_map(base, len, 0x4000_0000).unwrap();
+        assert_eq!(d.len(), 4 + len / mps);
+        assert!(d.entry(base + 7 * block).unwrap().flags & MockEntry::FLAG_HUGE != 0);
+        assert!(d.entry(tail).unwrap().flags & MockEntry::FLAG_HUGE == 0);
+        d.set_dirty_tracking(true).unwrap();
+        assert_eq!(d.mark_dirty(base + 5 * mps, mps).unwrap(), 1);
+        assert_eq!(d.mark_dirty(tail + mps, mps).unwrap(), 1);
+        // A read across every stripe from inside the first huge page: that
+        // page clipped to the range, then the small page.
+        let read = |from: u64| {
+            let last = base + len - 1;
+            let mut w = vec![0u64; ((last - base) / mps / 64 + 1) as usize];
+            let mut bm = DirtyBitmap::new(base, last, mps.trailing_zeros(), &mut w);
+            d.read_and_clear_dirty(from, base + len - from, true, Some(&mut bm))
+                .unwrap();
+            (0..w.len() as u64 * 64)
+                .filter(|&b| w[(b / 64) as usize] >> (b % 64) & 1 != 0)
+                .collect::<Vec<u64>>()
+        };
+        let mut want: Vec<u64> = (10..block / mps).collect();
+        want.push((tail + mps - base) / mps);
+        assert_eq!(read(base + 10 * mps), want);
+        assert!(read(base).is_empty(), "the read cleared");
+        assert_eq!(d.mark_dirty_bits(tail, mps, &[0b1111], 4).unwrap(), 3);
+        assert_eq!(d.unmap(base, len), len);
+        assert_eq!(d.len(), 4);
+        assert_eq!(d.unmap(0, u64::MAX), u64::MAX);
+        assert!(d.is_empty());
+    }
+
+    #[test]
+    fn mock_domain_concurrent_overlapping_maps_have_one_winner() {
+        let mps = mock_io_page_size();
+        let block = mock_huge_page_size();
+        for round in 0..50u64 {
+            let d = MockDomain::with_aperture(false, false, 0, u64::MAX);
+            // Two ranges over many stripes that overlap in one granule.
+            let a = round * 4 * block;
+            let len = (STRIPES as u64 + 2) * block;
+            let b = a + len - mps;
+            let t: Vec<_> = [a, b]
+                .into_iter()
+                .map(|iova| {
+                    let d = d.clone();
+                    std::thread::spawn(move || d.map(iova, iova, len, Prot::RW, u64::MAX).is_ok())
+                })
+                .collect();
+            let ok: Vec<bool> = t.into_iter().map(|t| t.join().unwrap()).collect();
+            assert_eq!(ok.iter().filter(|&&x| x).count(), 1, "{ok:?}");
+            assert_eq!(d.len(), len / mps);
+        }
     }
 }
