@@ -5,7 +5,7 @@
 //! convention and the concurrency rules.
 
 use std::any::Any;
-use std::sync::atomic::{fence, AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::slab::{Slab, Table, ENTRIES};
@@ -88,7 +88,7 @@ struct Recorder<'b, 'c> {
 
 impl Recorder<'_, '_> {
     /// `[start, last]` is dirty.
-    #[inline]
+    #[inline(always)]
     fn push(&mut self, start: u64, last: u64) {
         let Some(bm) = self.bitmap.as_deref_mut() else {
             return;
@@ -552,10 +552,12 @@ impl VtdDomain {
         } else {
             ((1u64 << (g1 - g0 + 1)) - 1) << g0
         };
+        // The entries are read with sequentially consistent loads after the
+        // summary is cleared (plain loads on x86): a writer sets D and then
+        // reads the summary, both SeqCst, so either we see its D or it sees
+        // the cleared summary and sets it again.
         let mut groups = if clear && full {
-            let b = s.swap(0, Ordering::SeqCst);
-            fence(Ordering::SeqCst);
-            b
+            s.swap(0, Ordering::SeqCst)
         } else {
             let b = s.load(Ordering::SeqCst) & span;
             if clear {
@@ -566,13 +568,42 @@ impl VtdDomain {
                 let whole = (lo..hi).fold(0u64, |m, g| m | 1 << g);
                 if b & whole != 0 {
                     s.fetch_and(!(b & whole), Ordering::SeqCst);
-                    fence(Ordering::SeqCst);
                 }
             }
             b
         };
         let size = 1u64 << shift(level);
         let tbase = iova & !((size << 9) - 1);
+        if level == 1 {
+            // Leaf tables: one group (one cache line) at a time, dirty
+            // entries as a mask, runs recorded whole.
+            while groups != 0 {
+                let g = groups.trailing_zeros() as usize;
+                groups &= groups - 1;
+                let first = (g * 8).max(i0);
+                let lastx = (g * 8 + 7).min(i1);
+                let mut mask = 0u32;
+                for (k, e) in t.e[first..=lastx].iter().enumerate() {
+                    let v = e.load(Ordering::SeqCst);
+                    if v & PTE_D != 0 {
+                        mask |= 1 << k;
+                        if clear {
+                            // Devices only CAS D into an entry without it,
+                            // so nobody else writes this entry now.
+                            e.store(v & !PTE_D, Ordering::Relaxed);
+                        }
+                    }
+                }
+                while mask != 0 {
+                    let start = mask.trailing_zeros();
+                    let run = (!(mask >> start)).trailing_zeros();
+                    mask &= !(((1u32 << run) - 1) << start);
+                    let es = tbase + ((first as u64 + u64::from(start)) << 12);
+                    rec.push(es, es + (u64::from(run) << 12) - 1);
+                }
+            }
+            return;
+        }
         while groups != 0 {
             let g = groups.trailing_zeros() as usize;
             groups &= groups - 1;
@@ -580,7 +611,7 @@ impl VtdDomain {
             let lastx = (g * 8 + 7).min(i1);
             for i in first..=lastx {
                 let e = &t.e[i];
-                let v = e.load(Ordering::Relaxed);
+                let v = e.load(Ordering::SeqCst);
                 if v == 0 {
                     continue;
                 }
