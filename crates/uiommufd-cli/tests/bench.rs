@@ -105,6 +105,28 @@ fn bench_quick_json_has_every_case() {
             want.push(format!("5.rw.{s}.{d}"));
         }
     }
+    for id in [
+        "8.vtd.translate.hit",
+        "8.vtd.translate.1024",
+        "8.vtd.translate.1024.walk",
+        "8.vtd.dirty.0%",
+        "8.vtd.dirty.1%",
+        "8.vtd.dirty.100%",
+        "8.vtd.map_1g.4k.1dom",
+        "8.vtd.map_1g.4k.2dom",
+        "8.vtd.attach_1g.4k",
+        "8.vtd.domain_map_1g.4k.fresh",
+        "8.vtd.domain_map_1g.4k.warm",
+    ] {
+        want.push(id.into());
+    }
+    if cfg!(target_arch = "x86_64") {
+        for s in ["64k", "4m"] {
+            for d in ["read", "write"] {
+                want.push(format!("8.vtd.dma.{s}.{d}"));
+            }
+        }
+    }
     // quick: 10^2 .. 10^4 shared-pages areas, 10^2 .. 10^3 own pages objects
     for n in [100, 1000, 10000] {
         want.push(format!("7.growth.fixed.{n}"));

@@ -22,6 +22,7 @@
 //! | [`files`] | anon inodes | real fds for engine objects |
 //! | [`vfio_compat`] | vfio_compat.c, vfio_iommu_type1.c | VFIO type1 container ioctls and dirty tracking |
 //! | [`mock`] | selftest.c | the selftest's mock driver and `IOMMU_TEST_CMD` |
+//! | [`vtd`] | intel/iommu.c | the software IOMMU: VT-d second-stage page tables, translation, IOTLB, DMA by IOVA, dirty tracking from D bits |
 //! | [`user`] | copy_*_user, GUP | fault-safe user memory access |
 //! | [`faultsafe`] | exception tables | in-process copies whose faults become `EFAULT` |
 //! | [`inject`] | `iommufd_should_fail`, fail-nth | failure injection points |
@@ -62,6 +63,7 @@ pub mod pages;
 pub mod uapi;
 pub mod user;
 pub mod vfio_compat;
+pub mod vtd;
 
 pub use context::{Context, ObjId};
 pub use error::{Errno, Error, Result};

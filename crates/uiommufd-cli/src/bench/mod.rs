@@ -17,12 +17,14 @@
 //! | 5 | access read/write by IOVA (64 KiB, 4 MiB; 8 B among 1024 areas) |
 //! | 6 | dirty bitmap read+clear of 1 GiB (the mock aperture's limit) at 0-100% dirty |
 //! | 7 | map/unmap cost as the IOAS grows from 10^2 to 10^6 areas |
+//! | 8 | the software IOMMU (VT-d domain): translate, DMA by IOVA, dirty read per GiB, 1 GiB map with 1/2 domains |
 
 mod cases;
 mod dirty;
 mod growth;
 mod preload;
 mod util;
+mod vtd;
 
 use std::fmt::Write as _;
 
@@ -293,6 +295,34 @@ const REFERENCES: &[Reference] = &[
         compare_with: "6.dirty.rust.100%",
     },
     Reference {
+        case: 8,
+        what: "target: translate hit",
+        value: 4.0,
+        unit: "ns/op",
+        compare_with: "8.vtd.translate.hit",
+    },
+    Reference {
+        case: 8,
+        what: "target: translate at a random one of 1024 mappings (C vfio-user library: 70 ns)",
+        value: 35.0,
+        unit: "ns/op",
+        compare_with: "8.vtd.translate.1024",
+    },
+    Reference {
+        case: 8,
+        what: "target: dirty read-and-clear per GiB at 4 KiB pages, 0% / 1% / 100% dirty: 0.013 / 0.027 / 0.266 ms (C library: 0.026 / 0.044 / 0.087)",
+        value: 0.013,
+        unit: "ms",
+        compare_with: "8.vtd.dirty.*",
+    },
+    Reference {
+        case: 8,
+        what: "target: map 1 GiB of present 4 KiB memory with 2 domains (the second <= 2 ns per page)",
+        value: 17.0,
+        unit: "ms",
+        compare_with: "8.vtd.map_1g.4k.2dom, 8.vtd.map_1g.4k.second_dom",
+    },
+    Reference {
         case: 5,
         what: "floor: memcpy 64 KiB",
         value: 44.0,
@@ -354,7 +384,7 @@ pub fn bench(o: Opts) -> Result<(), String> {
     let t0 = std::time::Instant::now();
 
     type Step = fn(&Scale, &mut Report) -> Result<(), String>;
-    let steps: [(u8, Step); 8] = [
+    let steps: [(u8, Step); 9] = [
         (1, cases::map_one_page),
         (1, preload::preload_ioctl),
         (2, cases::map_large),
@@ -363,6 +393,7 @@ pub fn bench(o: Opts) -> Result<(), String> {
         (5, cases::access_rw),
         (6, dirty::dirty),
         (7, growth::growth),
+        (8, vtd::vtd),
     ];
     for (case, f) in steps {
         if !o.only.is_empty() && !o.only.contains(&case) {

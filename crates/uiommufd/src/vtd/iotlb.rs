@@ -1,0 +1,202 @@
+//! [`Iotlb`]: one caller's cache of recent translations of a
+//! [`VtdDomain`], and DMA by IOVA through it.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+
+use super::domain::VtdDomain;
+use super::{Fault, PTE_ADDR_MASK, PTE_D, PTE_R, PTE_W};
+use crate::user::{SelfMemory, UserMemory};
+
+/// Slots of an [`Iotlb`] made by [`Iotlb::new`].
+pub const IOTLB_DEFAULT_SLOTS: usize = 1024;
+
+/// One cached leaf.
+#[derive(Debug, Clone, Copy)]
+struct Slot {
+    /// The domain generation it was read under (`u64::MAX`: empty).
+    gen: u64,
+    /// IOVA of the leaf's first byte.
+    tag: u64,
+    /// Leaf size - 1.
+    mask: u64,
+    /// Host address of the leaf's first byte.
+    host: u64,
+    /// `PTE_R | PTE_W` of the leaf.
+    perm: u64,
+    /// The leaf entry (for its D bit).
+    entry: *const AtomicU64,
+}
+
+const EMPTY: Slot = Slot {
+    gen: u64::MAX,
+    tag: 0,
+    mask: 0,
+    host: 0,
+    perm: 0,
+    entry: std::ptr::null(),
+};
+
+/// A per-caller translation cache of one domain (an emulated device's
+/// IOTLB): direct-mapped, one slot per recently used leaf. Every unmap of
+/// the domain invalidates it as a whole (the domain's generation).
+#[derive(Debug)]
+pub struct Iotlb {
+    dom: Arc<VtdDomain>,
+    slots: Box<[Slot]>,
+    mask: usize,
+}
+
+// SAFETY: the only non-Send field is `Slot::entry`, a pointer into the
+// page tables of `dom`, which the `Arc` keeps alive and which are atomics.
+unsafe impl Send for Iotlb {}
+
+impl Iotlb {
+    /// A cache of [`IOTLB_DEFAULT_SLOTS`] slots over `dom`.
+    pub fn new(dom: Arc<VtdDomain>) -> Iotlb {
+        Self::with_slots(dom, IOTLB_DEFAULT_SLOTS)
+    }
+
+    /// A cache of `slots` slots (rounded up to a power of two, at least 1).
+    pub fn with_slots(dom: Arc<VtdDomain>, slots: usize) -> Iotlb {
+        let n = slots.max(1).next_power_of_two();
+        Iotlb {
+            dom,
+            slots: vec![EMPTY; n].into_boxed_slice(),
+            mask: n - 1,
+        }
+    }
+
+    /// The domain translated.
+    pub fn domain(&self) -> &Arc<VtdDomain> {
+        &self.dom
+    }
+
+    /// Forget every cached translation.
+    pub fn flush(&mut self) {
+        self.slots.fill(EMPTY);
+    }
+
+    #[inline]
+    fn slot_of(&self, iova: u64) -> usize {
+        let p = iova >> 12;
+        ((p ^ (p >> 10) ^ (p >> 20)) as usize) & self.mask
+    }
+
+    /// The host address of `iova` and how many bytes from there (at most
+    /// `len`) may be accessed contiguously, for a read or (`write`) a
+    /// write; faults as values. A write while the domain tracks dirty
+    /// pages marks what it covers dirty (the caller is about to write it).
+    /// The address is good until the IOVA is unmapped: a caller that
+    /// copies through it itself must not race unmaps of that IOVA
+    /// ([`Iotlb::read`]/[`Iotlb::write`] hold the domain's DMA drain lock,
+    /// so an unmap waits for them).
+    #[inline]
+    pub fn translate(&mut self, iova: u64, len: u64, write: bool) -> Result<(u64, u64), Fault> {
+        let gen = self.dom.gen.load(Ordering::Acquire);
+        let i = self.slot_of(iova);
+        let s = self.slots[i];
+        if s.gen == gen && iova & !s.mask == s.tag {
+            let need = if write { PTE_W } else { PTE_R };
+            if s.perm & need == 0 {
+                return Err(Fault::Permission { iova, write });
+            }
+            if write && self.dom.tracking.load(Ordering::Relaxed) {
+                // SAFETY: an entry of a table of `dom`, alive while we
+                // hold the `Arc`.
+                let e = unsafe { &*s.entry };
+                if e.load(Ordering::Relaxed) & PTE_D == 0 && !self.dom.set_dirty(iova) {
+                    return Err(Fault::NotPresent { iova });
+                }
+            }
+            let off = iova & s.mask;
+            return Ok((s.host + off, (s.mask - off + 1).min(len)));
+        }
+        self.miss(i, gen, iova, len, write)
+    }
+
+    #[cold]
+    fn miss(
+        &mut self,
+        i: usize,
+        gen: u64,
+        iova: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<(u64, u64), Fault> {
+        let leaf = self.dom.lookup(iova).ok_or(Fault::NotPresent { iova })?;
+        let size = leaf.size();
+        self.slots[i] = Slot {
+            gen,
+            tag: iova & !(size - 1),
+            mask: size - 1,
+            host: leaf.value & PTE_ADDR_MASK,
+            perm: leaf.value & (PTE_R | PTE_W),
+            entry: leaf.entry,
+        };
+        self.dom.check_leaf(iova, &leaf, write)?;
+        Ok(self.dom.extend(iova, len, write, &leaf))
+    }
+
+    /// DMA read: copy `buf.len()` bytes at `iova` into `buf`.
+    pub fn read(&mut self, iova: u64, buf: &mut [u8]) -> Result<(), Fault> {
+        self.copy(iova, buf.as_mut_ptr(), buf.len(), false)
+    }
+
+    /// DMA write: copy `buf` to `iova` (marking it dirty while tracking).
+    pub fn write(&mut self, iova: u64, buf: &[u8]) -> Result<(), Fault> {
+        self.copy(iova, buf.as_ptr().cast_mut(), buf.len(), true)
+    }
+
+    /// Copy between `local` (`len` bytes, ours) and IOVA, one copy per
+    /// host-contiguous run. On a fault the runs before it are copied.
+    fn copy(&mut self, iova: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Fault> {
+        // in flight until the last byte moved: an unmap waits for it
+        let dom = self.dom.clone();
+        let _dma = dom.dma.read();
+        let mut off = 0u64;
+        let len = len as u64;
+        // pending run: host address, offset in `local`, length
+        let mut run = (0u64, 0u64, 0u64);
+        let flush = |run: (u64, u64, u64)| -> Result<(), Fault> {
+            if run.2 == 0 {
+                return Ok(());
+            }
+            // SAFETY: `local + run.1 .. + run.2` lies inside the caller's
+            // buffer (`off` never passes `len`); it is only read for a
+            // DMA write.
+            let r = unsafe {
+                let p = local.add(run.1 as usize);
+                if write {
+                    SelfMemory.write(run.0, std::slice::from_raw_parts(p, run.2 as usize))
+                } else {
+                    SelfMemory.read(run.0, std::slice::from_raw_parts_mut(p, run.2 as usize))
+                }
+            };
+            r.map_err(|_| Fault::Host {
+                iova: iova.wrapping_add(run.1),
+            })
+        };
+        while off < len {
+            let Some(at) = iova.checked_add(off) else {
+                flush(run)?;
+                return Err(Fault::NotPresent { iova: u64::MAX });
+            };
+            let (h, n) = match self.translate(at, len - off, write) {
+                Ok(x) => x,
+                Err(f) => {
+                    flush(run)?;
+                    return Err(f);
+                }
+            };
+            if run.2 != 0 && run.0.wrapping_add(run.2) == h {
+                run.2 += n;
+            } else {
+                flush(run)?;
+                run = (h, off, n);
+            }
+            off += n;
+        }
+        flush(run)
+    }
+}
