@@ -45,6 +45,21 @@
 //!   an engine fd is a real eventfd whose counter the engine keeps non-zero
 //!   exactly while the file has data (`POLLIN`), so the kernel answers them
 //!   correctly, for mixed fd sets too.
+//! * **Fd bookkeeping without a system call per ioctl**: `socket`,
+//!   `accept`, `accept4`, `socketpair`, `pipe`, `pipe2`, `eventfd`,
+//!   `epoll_create`, `epoll_create1`, `timerfd_create`, `signalfd`,
+//!   `inotify_init1` and `memfd_create` forget a stale registration of the
+//!   number they return (an fd of ours closed behind the shim's back);
+//!   `fclose` unregisters a stream's fd of ours (glibc closes it
+//!   internally). `UIOMMUFD_CHECK_FDS=1` adds an `fstat` per `ioctl` for
+//!   programs that use raw system calls for both.
+//! * **Signals** (see `signals`): the shim owns `SIGSEGV` and `SIGBUS` for
+//!   the engine's fault-safe copies ([`uiommufd::faultsafe`]); `sigaction`,
+//!   `signal`, `bsd_signal`, `sysv_signal`, `__sysv_signal` and `sigset`
+//!   record and report the program's own dispositions of those two, which
+//!   receive every fault that is not the engine's. For every other signal
+//!   they are forwarded, noting that the program may now have a handler
+//!   (critical sections block signals from then on; see `sync`).
 //! * **Failure injection** (see `special` and [`uiommufd::inject`]):
 //!   opening `/proc/self/task/TID/fail-nth`, `/proc/PID/task/TID/fail-nth`
 //!   (our PID) or `/proc/thread-self/fail-nth` gives an engine fd whose
@@ -71,15 +86,16 @@
 //!   engine works the same with and without the shim. An emulated ioctl clones the fd's `Arc`
 //!   under the read lock and drops the lock before dispatching, so a `close`
 //!   racing on another thread cannot free the context under it.
-//! * **Stale entries**: an fd closed behind the shim's back (raw syscall) is
-//!   detected in three ways: any intercepted `open`/`dup` that returns the
-//!   same number replaces or drops the entry, and every emulated ioctl first
-//!   checks with `fstat` that the fd is still the memfd it registered
-//!   (otherwise the entry is dropped and the call goes to the kernel).
+//! * **Stale entries**: an fd closed behind the shim's back (raw syscall)
+//!   is forgotten when any intercepted call that creates fds (`open*`, the
+//!   `dup` family, `socket`, `pipe`, `eventfd`, ...) returns its number
+//!   again; with `UIOMMUFD_CHECK_FDS=1` every emulated ioctl also checks
+//!   with `fstat` that the fd is still the memfd it registered (otherwise
+//!   the entry is dropped and the call goes to the kernel).
 //! * **Host safety** (see `sync`): every hook's slow path is a critical
-//!   section — the thread's signals blocked (delivered when the hook
-//!   returns, as the kernel delivers them after a system call) and the fork
-//!   gate entered — so a signal handler never runs on top of our half-done
+//!   section — the thread's asynchronous signals blocked once the program
+//!   may have a handler (delivered when the hook returns, as the kernel
+//!   delivers them after a system call) and the fork gate entered — so a signal handler never runs on top of our half-done
 //!   work, and a `fork` in a threaded program never copies a lock another
 //!   thread holds (our atfork prepare handler waits for every critical
 //!   section to end). A `vfork` child, recognised by its pid, only forwards
