@@ -287,7 +287,11 @@ impl StateLock {
     /// generation moves before the guard is handed out.
     fn write(&self) -> RwLockWriteGuard<'_, State> {
         let g = self.lock.write();
-        self.gen.fetch_add(1, Ordering::AcqRel);
+        // Only a holder of the write side changes `gen`, so a plain load and
+        // store cannot lose an update (no locked read-modify-write needed);
+        // readers read it under the read side, ordered by the lock.
+        self.gen
+            .store(self.gen.load(Ordering::Relaxed) + 1, Ordering::Release);
         g
     }
 
@@ -979,11 +983,12 @@ impl IoPagetable {
                 return Err(e);
             }
             // the checks passed: the areas to unmap are those keyed inside the range
+            // (`get_mut` through the write guard: no other thread can hold
+            // an area's `accesses` lock now, so no need to take it)
             let pinned = st
                 .areas
-                .range(start..=last)
-                .find(|(_, a)| a.has_access_pins())
-                .map(|(&k, _)| k);
+                .range_mut(start..=last)
+                .find_map(|(&k, a)| (!a.accesses.get_mut().is_empty()).then_some(k));
             if let Some(k) = pinned {
                 if let Some(prev) = notified.filter(|&p| p != k) {
                     st.allow_access(prev);
