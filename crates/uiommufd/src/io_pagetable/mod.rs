@@ -157,6 +157,24 @@ pub struct MapSource {
     pub length: u64,
 }
 
+/// The sources of one map: borrowed (each area clones its pages' `Arc`)
+/// or one owned source (its area takes the `Arc` as it is: no clone and
+/// drop, two locked RMWs less).
+#[derive(Debug)]
+enum Sources<'a> {
+    Borrowed(&'a [MapSource]),
+    One(MapSource),
+}
+
+impl Sources<'_> {
+    fn as_slice(&self) -> &[MapSource] {
+        match self {
+            Sources::Borrowed(s) => s,
+            Sources::One(s) => std::slice::from_ref(s),
+        }
+    }
+}
+
 /// One area, for display and checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AreaInfo {
@@ -655,12 +673,13 @@ impl State {
     /// nothing to fill (the caller holds the domain set with none in it).
     fn reserve_areas(
         &mut self,
-        sources: &[MapSource],
+        srcs: Sources<'_>,
         length: u64,
         req: IovaRequest,
         prot: Prot,
         state: AreaState,
     ) -> Result<u64> {
+        let sources = srcs.as_slice();
         let ps = page_size();
         let align = self.iova_alignment;
         if length == 0 {
@@ -739,20 +758,28 @@ impl State {
         // Every source passed: insert them all (the same `at`/`last` as
         // computed above, which did not overflow).
         let mut at = iova;
-        for src in sources {
-            let last = at + (src.length - 1);
+        let mut insert = |st: &mut State, pages: Arc<Pages>, start_byte: u64, len: u64| {
+            let last = at + (len - 1);
             let area = Area {
                 last,
-                pages: src.pages.clone(),
-                start_byte: src.start_byte,
+                pages,
+                start_byte,
                 prot,
                 state,
                 alloc_gen,
                 accesses: Mutex::new(BTreeMap::new()),
                 prevent_access: false,
             };
-            self.insert_area(at, area);
+            st.insert_area(at, area);
             at = last.wrapping_add(1);
+        };
+        match srcs {
+            Sources::Borrowed(sources) => {
+                for src in sources {
+                    insert(self, src.pages.clone(), src.start_byte, src.length);
+                }
+            }
+            Sources::One(src) => insert(self, src.pages, src.start_byte, src.length),
         }
         Ok(iova)
     }
@@ -871,6 +898,29 @@ impl IoPagetable {
         iova: IovaRequest,
         prot: Prot,
     ) -> Result<u64> {
+        self.map_sources(Sources::Borrowed(sources), length, iova, prot)
+    }
+
+    /// [`IoPagetable::map`] of one source, taking its pages `Arc` into the
+    /// area as it is.
+    pub fn map_one(
+        &self,
+        source: MapSource,
+        length: u64,
+        iova: IovaRequest,
+        prot: Prot,
+    ) -> Result<u64> {
+        self.map_sources(Sources::One(source), length, iova, prot)
+    }
+
+    fn map_sources(
+        &self,
+        srcs: Sources<'_>,
+        length: u64,
+        iova: IovaRequest,
+        prot: Prot,
+    ) -> Result<u64> {
+        let sources = srcs.as_slice();
         if sources.is_empty() {
             bail!(EINVAL, "nothing to map: the source list is empty");
         }
@@ -902,13 +952,19 @@ impl IoPagetable {
         // stop queueing on the lock twice per map.
         if attached.domains.is_empty() {
             let mut st = self.state.write();
-            return st.reserve_areas(sources, length, iova, prot, AreaState::Live);
+            return st.reserve_areas(srcs, length, iova, prot, AreaState::Live);
         }
 
         // Step 1: take the IOVA.
         let (iova, max_pgsize) = {
             let mut st = self.state.write();
-            let iova = st.reserve_areas(sources, length, iova, prot, AreaState::Filling)?;
+            let iova = st.reserve_areas(
+                Sources::Borrowed(sources),
+                length,
+                iova,
+                prot,
+                AreaState::Filling,
+            )?;
             (iova, st.max_pgsize())
         };
         let last = iova + (length - 1);

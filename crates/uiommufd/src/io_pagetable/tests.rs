@@ -586,7 +586,7 @@ fn io_pagetable_pending_area_rules() {
         .state
         .write()
         .reserve_areas(
-            &[s],
+            Sources::One(s),
             ps,
             IovaRequest::Fixed(4 * ps),
             Prot::RW,

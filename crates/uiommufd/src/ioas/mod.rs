@@ -69,8 +69,7 @@ impl Ioas {
             start_byte,
             length,
         };
-        self.iopt
-            .map_slice(std::slice::from_ref(&src), length, req, prot)
+        self.iopt.map_one(src, length, req, prot)
     }
 
     /// `IOMMU_IOAS_COPY`: map what backs `[src_iova, src_iova + length)` in
