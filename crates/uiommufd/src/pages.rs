@@ -13,7 +13,7 @@
 //! except the global accounting atomics and the user-memory calls.
 
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
@@ -32,6 +32,10 @@ pub struct Pages {
     mem: Arc<dyn UserMemory>,
     account: Account,
     pins: Mutex<PinMap>,
+    /// Whether the object is in [`REGISTRY`]: set (under `pins`) by the
+    /// first pin. An object never pinned has no pinned page to report, so
+    /// a map with no domain attached never touches the registry.
+    registered: AtomicBool,
 }
 
 /// Per-page user counts, stored as runs: start page -> (last page, count).
@@ -148,8 +152,10 @@ impl PinMap {
 
 static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 
-/// Every live pages object, so that `MD_CHECK_REFS` can answer for the whole
-/// process as the kernel's page refcount does. Sharded so that creating pages
+/// Every live pages object that was ever pinned, so that `MD_CHECK_REFS` and
+/// [`check_accounting`] can answer for the whole process as the kernel's page
+/// refcount does (an object enters on its first pin: before that it pins
+/// nothing, so leaving it out changes no answer). Sharded so that creating pages
 /// objects from many threads does not serialise on one lock.
 const SHARDS: usize = 16;
 /// Keyed by pages id, so that registering and dropping a pages object cost
@@ -174,7 +180,7 @@ impl Pages {
         // length` up to a page instead overflows near the top of the space.
         let npages = (uptr - base).saturating_add(length).div_ceil(ps);
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
-        let p = Arc::new(Pages {
+        Arc::new(Pages {
             id,
             uptr: base,
             npages,
@@ -182,12 +188,23 @@ impl Pages {
             mem,
             account: Account::new(mode),
             pins: Mutex::new(PinMap::default()),
-        });
-        REGISTRY[(id as usize) % SHARDS]
+            registered: AtomicBool::new(false),
+        })
+    }
+
+    /// Put the object in [`REGISTRY`] (once). Called with `pins` held, before
+    /// the first pin is recorded, so that no pinned page is ever missing
+    /// from the registry. Lock order: `pins`, then a registry shard (nothing
+    /// takes `pins` under a shard lock: [`live_pages`] releases it first).
+    fn register(self: &Arc<Self>) {
+        if self.registered.load(Ordering::Relaxed) {
+            return;
+        }
+        REGISTRY[(self.id as usize) % SHARDS]
             .lock()
             .get_or_insert_with(Default::default)
-            .insert(id, Arc::downgrade(&p));
-        p
+            .insert(self.id, Arc::downgrade(self));
+        self.registered.store(true, Ordering::Relaxed);
     }
 
     /// Page-aligned user address of page 0.
@@ -224,7 +241,7 @@ impl Pages {
     /// `"pages.account"` (`ENOMEM`, the locked-memory accounting) and
     /// `"pages.pin"` (`EFAULT`, pinning the user pages; once per run of
     /// unpinned pages).
-    pub fn pin(&self, first: u64, last: u64) -> Result<()> {
+    pub fn pin(self: &Arc<Self>, first: u64, last: u64) -> Result<()> {
         debug_assert!(first <= last && last < self.npages);
         let ps = page_size();
         let mut pins = self.pins.lock();
@@ -245,6 +262,7 @@ impl Pages {
                 }
             }
         }
+        self.register();
         pins.add(first, last, 1);
         Ok(())
     }
@@ -334,8 +352,10 @@ impl Drop for Pages {
         if pins.npinned != 0 {
             self.account.uncharge(pins.npinned);
         }
-        if let Some(m) = REGISTRY[(self.id as usize) % SHARDS].lock().as_mut() {
-            m.remove(&self.id);
+        if *self.registered.get_mut() {
+            if let Some(m) = REGISTRY[(self.id as usize) % SHARDS].lock().as_mut() {
+                m.remove(&self.id);
+            }
         }
     }
 }

@@ -157,6 +157,24 @@ pub struct MapSource {
     pub length: u64,
 }
 
+/// The sources of one map: borrowed (each area clones its pages' `Arc`)
+/// or one owned source (its area takes the `Arc` as it is: no clone and
+/// drop, two locked RMWs less).
+#[derive(Debug)]
+enum Sources<'a> {
+    Borrowed(&'a [MapSource]),
+    One(MapSource),
+}
+
+impl Sources<'_> {
+    fn as_slice(&self) -> &[MapSource] {
+        match self {
+            Sources::Borrowed(s) => s,
+            Sources::One(s) => std::slice::from_ref(s),
+        }
+    }
+}
+
 /// One area, for display and checks.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AreaInfo {
@@ -287,7 +305,11 @@ impl StateLock {
     /// generation moves before the guard is handed out.
     fn write(&self) -> RwLockWriteGuard<'_, State> {
         let g = self.lock.write();
-        self.gen.fetch_add(1, Ordering::AcqRel);
+        // Only a holder of the write side changes `gen`, so a plain load and
+        // store cannot lose an update (no locked read-modify-write needed);
+        // readers read it under the read side, ordered by the lock.
+        self.gen
+            .store(self.gen.load(Ordering::Relaxed) + 1, Ordering::Release);
         g
     }
 
@@ -342,6 +364,33 @@ pub struct IoPagetable {
 impl Default for IoPagetable {
     fn default() -> Self {
         Self::new()
+    }
+}
+
+/// `start..=last` clipped to the allocation window `[PAGE_SIZE, u64::MAX -
+/// PAGE_SIZE]`, if anything is left.
+fn alloc_window(start: u64, last: u64) -> Option<(u64, u64)> {
+    let ps = page_size();
+    let lo = start.max(ps);
+    let hi = last.min(u64::MAX - ps);
+    (lo <= hi).then_some((lo, hi))
+}
+
+/// Areas taken out of the tree, to be dropped after the lock: the first
+/// one inline, so that the common unmap of one area allocates nothing.
+#[derive(Default)]
+struct Removed {
+    first: Option<Area>,
+    rest: Vec<Area>,
+}
+
+impl Removed {
+    fn push(&mut self, a: Area) {
+        if self.first.is_none() {
+            self.first = Some(a);
+        } else {
+            self.rest.push(a);
+        }
     }
 }
 
@@ -443,12 +492,9 @@ impl State {
     /// the way: inside `[PAGE_SIZE, u64::MAX - PAGE_SIZE]`, inside an allowed
     /// range when any are set, outside every reserved range.
     fn allocatable(&self, start: u64, last: u64) -> Vec<(u64, u64)> {
-        let ps = page_size();
-        let lo = start.max(ps);
-        let hi = last.min(u64::MAX - ps);
-        if lo > hi {
+        let Some((lo, hi)) = alloc_window(start, last) else {
             return Vec::new();
-        }
+        };
         let pieces: Vec<(u64, u64)> = if self.allowed.is_empty() {
             vec![(lo, hi)]
         } else {
@@ -536,8 +582,15 @@ impl State {
 
     fn remove_area(&mut self, iova: u64) -> Option<Area> {
         let area = self.areas.remove(&iova)?;
-        for (s, l) in self.allocatable(iova, area.last) {
-            self.free.release(s, l);
+        if self.allowed.is_empty() && self.reserved.is_empty() {
+            // what `allocatable` returns then, without its Vec
+            if let Some((s, l)) = alloc_window(iova, area.last) {
+                self.free.release(s, l);
+            }
+        } else {
+            for (s, l) in self.allocatable(iova, area.last) {
+                self.free.release(s, l);
+            }
         }
         Some(area)
     }
@@ -616,13 +669,17 @@ impl State {
 
     /// Step 1 of `map`: check everything, choose the IOVA and insert the
     /// areas as filling. Nothing changes on failure.
+    /// The areas go in as `state`: `Filling`, or `Live` when there is
+    /// nothing to fill (the caller holds the domain set with none in it).
     fn reserve_areas(
         &mut self,
-        sources: &[MapSource],
+        srcs: Sources<'_>,
         length: u64,
         req: IovaRequest,
         prot: Prot,
+        state: AreaState,
     ) -> Result<u64> {
+        let sources = srcs.as_slice();
         let ps = page_size();
         let align = self.iova_alignment;
         if length == 0 {
@@ -655,7 +712,6 @@ impl State {
             }
         };
         // The kernel's iopt_insert_area, for every source, before any insert.
-        let mut planned = Vec::with_capacity(sources.len());
         let mut at = iova;
         for (i, src) in sources.iter().enumerate() {
             if prot.write && !src.pages.writable() {
@@ -697,21 +753,33 @@ impl State {
             }
             // the kernel's iopt_alloc_area
             crate::inject::point("iopt.area.alloc", libc::ENOMEM)?;
-            planned.push((at, last, src));
             at = last.wrapping_add(1);
         }
-        for (at, last, src) in planned {
+        // Every source passed: insert them all (the same `at`/`last` as
+        // computed above, which did not overflow).
+        let mut at = iova;
+        let mut insert = |st: &mut State, pages: Arc<Pages>, start_byte: u64, len: u64| {
+            let last = at + (len - 1);
             let area = Area {
                 last,
-                pages: src.pages.clone(),
-                start_byte: src.start_byte,
+                pages,
+                start_byte,
                 prot,
-                state: AreaState::Filling,
+                state,
                 alloc_gen,
                 accesses: Mutex::new(BTreeMap::new()),
                 prevent_access: false,
             };
-            self.insert_area(at, area);
+            st.insert_area(at, area);
+            at = last.wrapping_add(1);
+        };
+        match srcs {
+            Sources::Borrowed(sources) => {
+                for src in sources {
+                    insert(self, src.pages.clone(), src.start_byte, src.length);
+                }
+            }
+            Sources::One(src) => insert(self, src.pages, src.start_byte, src.length),
         }
         Ok(iova)
     }
@@ -733,12 +801,16 @@ impl State {
     }
 
     /// The checks of the kernel's `iopt_unmap_iova_range`, made
-    /// all-or-nothing: the keys of the areas inside `start..=last`, or the
-    /// errno of the first area (in IOVA order) that cannot be unmapped.
-    fn check_unmap(&self, start: u64, last: u64) -> Result<Vec<u64>> {
-        let keys = self.overlapping(start, last);
-        for &k in &keys {
-            let a = &self.areas[&k];
+    /// all-or-nothing: the errno of the first area (in IOVA order) sharing
+    /// an IOVA with `start..=last` that cannot be unmapped. On success the
+    /// areas to unmap are exactly `self.areas.range(start..=last)`.
+    fn check_unmap(&self, start: u64, last: u64) -> Result<()> {
+        let before = self
+            .areas
+            .range(..start)
+            .next_back()
+            .filter(|(_, a)| a.last >= start);
+        for (&k, a) in before.into_iter().chain(self.areas.range(start..=last)) {
             match a.state {
                 AreaState::Filling => bail!(
                     EBUSY,
@@ -761,7 +833,7 @@ impl State {
                 );
             }
         }
-        Ok(keys)
+        Ok(())
     }
 
     /// Let accesses pin the area at `iova` again (if it is still there).
@@ -814,6 +886,41 @@ impl IoPagetable {
         iova: IovaRequest,
         prot: Prot,
     ) -> Result<u64> {
+        self.map_slice(&sources, length, iova, prot)
+    }
+
+    /// [`IoPagetable::map`] of borrowed sources (a single-source map needs
+    /// no `Vec`).
+    pub fn map_slice(
+        &self,
+        sources: &[MapSource],
+        length: u64,
+        iova: IovaRequest,
+        prot: Prot,
+    ) -> Result<u64> {
+        self.map_sources(Sources::Borrowed(sources), length, iova, prot)
+    }
+
+    /// [`IoPagetable::map`] of one source, taking its pages `Arc` into the
+    /// area as it is.
+    pub fn map_one(
+        &self,
+        source: MapSource,
+        length: u64,
+        iova: IovaRequest,
+        prot: Prot,
+    ) -> Result<u64> {
+        self.map_sources(Sources::One(source), length, iova, prot)
+    }
+
+    fn map_sources(
+        &self,
+        srcs: Sources<'_>,
+        length: u64,
+        iova: IovaRequest,
+        prot: Prot,
+    ) -> Result<u64> {
+        let sources = srcs.as_slice();
         if sources.is_empty() {
             bail!(EINVAL, "nothing to map: the source list is empty");
         }
@@ -845,15 +952,19 @@ impl IoPagetable {
         // stop queueing on the lock twice per map.
         if attached.domains.is_empty() {
             let mut st = self.state.write();
-            let iova = st.reserve_areas(&sources, length, iova, prot)?;
-            st.publish(iova, iova + (length - 1));
-            return Ok(iova);
+            return st.reserve_areas(srcs, length, iova, prot, AreaState::Live);
         }
 
         // Step 1: take the IOVA.
         let (iova, max_pgsize) = {
             let mut st = self.state.write();
-            let iova = st.reserve_areas(&sources, length, iova, prot)?;
+            let iova = st.reserve_areas(
+                Sources::Borrowed(sources),
+                length,
+                iova,
+                prot,
+                AreaState::Filling,
+            )?;
             (iova, st.max_pgsize())
         };
         let last = iova + (length - 1);
@@ -863,7 +974,7 @@ impl IoPagetable {
         let filled = if attached.domains.is_empty() {
             Ok(())
         } else {
-            domains::fill_sources(iova, &sources, prot, &attached.domains, max_pgsize)
+            domains::fill_sources(iova, sources, prot, &attached.domains, max_pgsize)
         };
 
         // Step 3: publish, or give the IOVA back.
@@ -921,16 +1032,20 @@ impl IoPagetable {
         loop {
             let attached = self.domains.read();
             let mut st = self.state.write();
-            let keys = match st.check_unmap(start, last) {
-                Ok(k) => k,
-                Err(e) => {
-                    if let Some(k) = notified {
-                        st.allow_access(k);
-                    }
-                    return Err(e);
+            if let Err(e) = st.check_unmap(start, last) {
+                if let Some(k) = notified {
+                    st.allow_access(k);
                 }
-            };
-            if let Some(&k) = keys.iter().find(|k| st.areas[k].has_access_pins()) {
+                return Err(e);
+            }
+            // the checks passed: the areas to unmap are those keyed inside the range
+            // (`get_mut` through the write guard: no other thread can hold
+            // an area's `accesses` lock now, so no need to take it)
+            let pinned = st
+                .areas
+                .range_mut(start..=last)
+                .find_map(|(&k, a)| (!a.accesses.get_mut().is_empty()).then_some(k));
+            if let Some(k) = pinned {
                 if let Some(prev) = notified.filter(|&p| p != k) {
                     st.allow_access(prev);
                     tries = 0;
@@ -961,20 +1076,19 @@ impl IoPagetable {
             if attached.domains.is_empty() {
                 // nothing to unfill: the areas leave the tree at once (one
                 // lock round), and their pages are dropped after the lock
-                let removed: Vec<Area> = keys
-                    .iter()
-                    .filter_map(|&k| {
-                        let a = st.remove_area(k)?;
-                        bytes = bytes.wrapping_add(a.length(k));
-                        Some(a)
-                    })
-                    .collect();
+                let mut removed = Removed::default();
+                while let Some(k) = st.areas.range(start..=last).next().map(|(&k, _)| k) {
+                    let a = st.remove_area(k).expect("area just found");
+                    bytes = bytes.wrapping_add(a.length(k));
+                    removed.push(a);
+                }
                 self.write_log.forget(start, last);
                 drop(st);
                 drop(attached);
                 drop(removed);
                 return Ok(bytes);
             }
+            let keys: Vec<u64> = st.areas.range(start..=last).map(|(&k, _)| k).collect();
             let mut refs = Vec::with_capacity(keys.len());
             for &k in &keys {
                 let a = st.areas.get_mut(&k).expect("area just checked");

@@ -585,7 +585,13 @@ fn io_pagetable_pending_area_rules() {
     let iova = t
         .state
         .write()
-        .reserve_areas(&[s], ps, IovaRequest::Fixed(4 * ps), Prot::RW)
+        .reserve_areas(
+            Sources::One(s),
+            ps,
+            IovaRequest::Fixed(4 * ps),
+            Prot::RW,
+            AreaState::Filling,
+        )
         .unwrap();
     ok(&t);
     assert!(t.areas().is_empty(), "filling areas are not listed");

@@ -64,16 +64,12 @@ impl Ioas {
         );
         let start_byte = user_va - pages.uptr();
         let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
-        self.iopt.map(
-            vec![MapSource {
-                pages,
-                start_byte,
-                length,
-            }],
+        let src = MapSource {
+            pages,
+            start_byte,
             length,
-            req,
-            prot,
-        )
+        };
+        self.iopt.map_one(src, length, req, prot)
     }
 
     /// `IOMMU_IOAS_COPY`: map what backs `[src_iova, src_iova + length)` in
