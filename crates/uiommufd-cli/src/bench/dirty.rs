@@ -38,9 +38,25 @@ const IOVA: u64 = 1 << 30;
 const PERMILLE: [u64; 4] = [0, 1, 100, 1000];
 
 /// The pages (indexes) dirty at `permille`, spread evenly.
-fn dirty_pages(npages: u64, permille: u64) -> impl Iterator<Item = u64> {
+pub(super) fn dirty_pages(npages: u64, permille: u64) -> impl Iterator<Item = u64> {
     let n = npages * permille / 1000;
     (0..n).map(move |i| i * npages / n.max(1))
+}
+
+/// One timed `read_and_clear_dirty` of `domain_id` into a cleared
+/// `bitmap`: the time and the number of dirty pages it reported.
+pub(super) fn timed_dirty_read(
+    iopt: &uiommufd::io_pagetable::IoPagetable,
+    domain_id: u64,
+    req: &DirtyRequest,
+    bitmap: &mut [u64],
+) -> (std::time::Duration, u64) {
+    bitmap.fill(0);
+    let t = Instant::now();
+    iopt.read_and_clear_dirty(domain_id, req, bitmap)
+        .expect("read_and_clear_dirty");
+    let el = t.elapsed();
+    (el, bitmap.iter().map(|w| u64::from(w.count_ones())).sum())
 }
 
 /// The floor: scan a dense PTE array (one `u64` per 4 KiB page, bit 6 =
@@ -112,12 +128,8 @@ pub fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
         let mut found = 0u64;
         let d = median(s.large_reps.max(5), || {
             mark(permille).expect("mark dirty");
-            bitmap.fill(0);
-            let t = Instant::now();
-            iopt.read_and_clear_dirty(dom.id(), &req, &mut bitmap)
-                .expect("read_and_clear_dirty");
-            let el = t.elapsed();
-            found = bitmap.iter().map(|w| u64::from(w.count_ones())).sum();
+            let (el, n) = timed_dirty_read(iopt, dom.id(), &req, &mut bitmap);
+            found = n;
             el
         });
         let f = median(s.large_reps.max(5), || {

@@ -16,6 +16,7 @@ use uiommufd::vtd::{Iotlb, VtdDomain};
 use uiommufd::{Context, Prot};
 
 use super::cases::es;
+use super::dirty::{dirty_pages, timed_dirty_read};
 use super::util::{gbps, median, memcpy_gbps, ns_per_op, populate, Backing, Buf, KIB4};
 use super::{Report, Row, Scale, Unit};
 
@@ -171,12 +172,6 @@ fn dma(s: &Scale, r: &mut Report) -> Result<(), String> {
     Ok(())
 }
 
-/// The pages (indexes) dirty at `permille`, spread evenly.
-fn dirty_pages(npages: u64, permille: u64) -> impl Iterator<Item = u64> {
-    let n = npages * permille / 1000;
-    (0..n).map(move |i| i * npages / n.max(1))
-}
-
 fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
     let len = s.large;
     let npages = len / KIB4;
@@ -206,12 +201,8 @@ fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
             for p in dirty_pages(npages, permille) {
                 tlb.translate(IOVA + p * KIB4, 8, true).expect("write");
             }
-            bitmap.fill(0);
-            let t = Instant::now();
-            iopt.read_and_clear_dirty(dom.id(), &req, &mut bitmap)
-                .expect("read_and_clear_dirty");
-            let el = t.elapsed();
-            found = bitmap.iter().map(|w| u64::from(w.count_ones())).sum();
+            let (el, n) = timed_dirty_read(iopt, dom.id(), &req, &mut bitmap);
+            found = n;
             el
         });
         let f = median(s.large_reps.max(5), || {
