@@ -97,8 +97,99 @@ pub trait Domain: Send + Sync + Debug + Any {
             format!("domain {} cannot put dirty state back", self.id()),
         ))
     }
+    /// Translate for a device's DMA: the host address of `iova` and how
+    /// many bytes from there (at most `len`, at least 1) are contiguous in
+    /// host memory and allowed for a read or (`write`) a write. A write
+    /// while dirty tracking is on records the pages it covers as dirty.
+    ///
+    /// Default: page by page through [`Domain::iova_to_phys`], which knows
+    /// no permissions (drivers with permission bits override this).
+    fn translate(
+        &self,
+        iova: u64,
+        len: u64,
+        write: bool,
+    ) -> std::result::Result<(u64, u64), DmaFault> {
+        let _ = write;
+        let host = self
+            .iova_to_phys(iova)
+            .ok_or(DmaFault::NotPresent { iova })?;
+        let page = 1u64 << self.pgsize_bitmap().trailing_zeros();
+        let mut n = page - (iova & (page - 1));
+        while n < len {
+            match iova.checked_add(n).and_then(|i| self.iova_to_phys(i)) {
+                Some(h) if h == host.wrapping_add(n) => n += page,
+                _ => break,
+            }
+        }
+        Ok((host, n.min(len)))
+    }
     /// For drivers to recognise their own domains.
     fn as_any(&self) -> &dyn Any;
+}
+
+/// Why a device's DMA through a domain failed (what a real IOMMU reports
+/// as a DMA remapping fault), or why a copy by IOVA stopped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DmaFault {
+    /// Nothing is mapped at `iova` (or it lies outside the aperture).
+    NotPresent {
+        /// The faulting IOVA.
+        iova: u64,
+    },
+    /// `iova` is mapped, but not for this access.
+    Permission {
+        /// The faulting IOVA.
+        iova: u64,
+        /// The access was a write.
+        write: bool,
+    },
+    /// `iova` translates, but the host memory behind it cannot be
+    /// accessed (the program unmapped or protected it).
+    Host {
+        /// The first IOVA of the copy that failed.
+        iova: u64,
+    },
+    /// The device may not master the bus now: it is attached to nothing,
+    /// bus mastering is off in its config space, or it is stopped
+    /// (a migration state without DMA).
+    Blocked {
+        /// The IOVA the device tried to reach.
+        iova: u64,
+    },
+}
+
+impl std::fmt::Display for DmaFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            DmaFault::NotPresent { iova } => write!(f, "IOVA {iova:#x} is not mapped"),
+            DmaFault::Permission { iova, write } => write!(
+                f,
+                "IOVA {iova:#x} does not allow {}",
+                if write { "writes" } else { "reads" }
+            ),
+            DmaFault::Host { iova } => {
+                write!(
+                    f,
+                    "the host memory behind IOVA {iova:#x} cannot be accessed"
+                )
+            }
+            DmaFault::Blocked { iova } => {
+                write!(
+                    f,
+                    "DMA to IOVA {iova:#x} blocked: the device may not master the bus"
+                )
+            }
+        }
+    }
+}
+
+impl std::error::Error for DmaFault {}
+
+impl From<DmaFault> for crate::Error {
+    fn from(f: DmaFault) -> crate::Error {
+        crate::Error::new(libc::EFAULT, f.to_string())
+    }
 }
 
 /// A fresh process-unique domain ID for [`Domain::id`].

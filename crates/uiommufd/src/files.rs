@@ -205,6 +205,77 @@ pub trait EngineFile: Send + Sync + fmt::Debug + Any {
     /// kernel's `->release`), outside every registry lock, before the
     /// registry drops its `Arc`. Default: nothing.
     fn release(&self) {}
+
+    /// `ioctl(2)` on the fd (the kernel's `->unlocked_ioctl`): `arg` is the
+    /// caller's argument (a user address for most commands), `mem` the
+    /// caller's memory, `fds` resolves fd numbers the argument names (an
+    /// iommufd or container fd given to a VFIO bind or set-container).
+    /// Commands that create an fd return it. Default: `ENOTTY`.
+    fn ioctl(&self, cmd: u32, arg: u64, mem: &dyn UserMemory, fds: &dyn FdResolver) -> Result<i64> {
+        let _ = (arg, mem, fds);
+        Err(Error::new(
+            libc::ENOTTY,
+            format!("{} files have no ioctl {cmd:#x}", self.kind()),
+        ))
+    }
+
+    /// `mmap(2)` of `len` bytes at `offset` of the fd (the kernel's
+    /// `->mmap`): what to map in its place — a file the engine owns and
+    /// the offset in it, mapped `MAP_SHARED` with the caller's protection.
+    /// `write` is whether the caller asks for `PROT_WRITE` with
+    /// `MAP_SHARED`. Default: `ENODEV`, as for a file without `->mmap`.
+    fn mmap(&self, offset: u64, len: u64, write: bool) -> Result<MmapTarget> {
+        let _ = (offset, len, write);
+        Err(Error::new(
+            libc::ENODEV,
+            format!("{} files cannot be mapped", self.kind()),
+        ))
+    }
+
+    /// What `fstat` reports for the fd in place of the backing eventfd's
+    /// type and device number (the VFIO device cdevs are character
+    /// devices). Default: `None`, the backing fd's own.
+    fn stat_as(&self) -> Option<StatAs> {
+        None
+    }
+}
+
+/// Resolves an fd number the program passed inside an ioctl argument to
+/// the engine object behind it (the kernel's `fdget` + `iommufd_ctx_from_file`).
+/// The preload answers from its fd table; Rust users pass their own.
+pub trait FdResolver {
+    /// The iommufd context of `fd`: an open of `/dev/iommu` or of
+    /// `/dev/vfio/vfio` (a container is an iommufd context in compat mode).
+    fn context(&self, fd: i32) -> Option<Arc<crate::Context>>;
+}
+
+/// An [`FdResolver`] that knows no fds.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct NoFds;
+
+impl FdResolver for NoFds {
+    fn context(&self, _fd: i32) -> Option<Arc<crate::Context>> {
+        None
+    }
+}
+
+/// What to map for an [`EngineFile::mmap`].
+#[derive(Debug, Clone, Copy)]
+pub struct MmapTarget {
+    /// A file descriptor the engine owns and keeps open (e.g. a memfd);
+    /// the caller maps it and does not close it.
+    pub fd: i32,
+    /// The offset in `fd`.
+    pub offset: u64,
+}
+
+/// What [`EngineFile::stat_as`] reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StatAs {
+    /// `st_mode` (type and permission bits), e.g. `S_IFCHR | 0o600`.
+    pub mode: u32,
+    /// `st_rdev`, e.g. `makedev(major, minor)`.
+    pub rdev: u64,
 }
 
 /// The most bytes the default [`EngineFile::read_user`] and

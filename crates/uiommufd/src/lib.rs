@@ -48,6 +48,7 @@ pub mod access;
 pub mod accounting;
 pub mod context;
 pub mod device;
+pub mod devices;
 pub mod domain;
 mod error;
 pub mod fault;
@@ -62,6 +63,7 @@ pub mod mock;
 pub mod pages;
 pub mod uapi;
 pub mod user;
+pub mod vfio;
 pub mod vfio_compat;
 pub mod vtd;
 

@@ -77,56 +77,8 @@ pub const PTE_SNP: u64 = 1 << 11;
 /// The address field, bits 51:12.
 pub const PTE_ADDR_MASK: u64 = ((1 << 52) - 1) & !((1 << 12) - 1);
 
-/// Why a translation failed (what a real IOMMU would report as a DMA
-/// remapping fault), or why a copy by IOVA stopped.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Fault {
-    /// Nothing is mapped at `iova` (or it lies outside the aperture).
-    NotPresent {
-        /// The faulting IOVA.
-        iova: u64,
-    },
-    /// `iova` is mapped, but not for this access.
-    Permission {
-        /// The faulting IOVA.
-        iova: u64,
-        /// The access was a write.
-        write: bool,
-    },
-    /// `iova` translates, but the host memory behind it cannot be
-    /// accessed (the program unmapped or protected it).
-    Host {
-        /// The first IOVA of the copy that failed.
-        iova: u64,
-    },
-}
-
-impl std::fmt::Display for Fault {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match *self {
-            Fault::NotPresent { iova } => write!(f, "IOVA {iova:#x} is not mapped"),
-            Fault::Permission { iova, write } => write!(
-                f,
-                "IOVA {iova:#x} does not allow {}",
-                if write { "writes" } else { "reads" }
-            ),
-            Fault::Host { iova } => {
-                write!(
-                    f,
-                    "the host memory behind IOVA {iova:#x} cannot be accessed"
-                )
-            }
-        }
-    }
-}
-
-impl std::error::Error for Fault {}
-
-impl From<Fault> for crate::Error {
-    fn from(f: Fault) -> crate::Error {
-        crate::Error::new(libc::EFAULT, f.to_string())
-    }
-}
+/// Why a translation failed: the driver API's [`crate::domain::DmaFault`].
+pub use crate::domain::DmaFault as Fault;
 
 #[cfg(test)]
 mod tests;
