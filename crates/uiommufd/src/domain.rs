@@ -124,6 +124,36 @@ pub trait Domain: Send + Sync + Debug + Any {
         }
         Ok((host, n.min(len)))
     }
+    /// A device's DMA read of `buf.len()` bytes at `iova`: translations
+    /// and fault-safe copies from the host memory behind them. Drivers
+    /// whose unmap must wait for DMA in flight (an IOTLB drain) override
+    /// this to hold what unmap waits for across translate and copy.
+    fn dma_read(&self, iova: u64, buf: &mut [u8]) -> std::result::Result<(), DmaFault> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = iova.wrapping_add(done as u64);
+            let (host, n) = self.translate(at, (buf.len() - done) as u64, false)?;
+            let n = n as usize;
+            crate::user::UserMemory::read(&crate::user::SelfMemory, host, &mut buf[done..done + n])
+                .map_err(|_| DmaFault::Host { iova: at })?;
+            done += n;
+        }
+        Ok(())
+    }
+    /// A device's DMA write of `buf` at `iova`, as [`Domain::dma_read`]
+    /// (dirty tracking records what [`Domain::translate`] marks).
+    fn dma_write(&self, iova: u64, buf: &[u8]) -> std::result::Result<(), DmaFault> {
+        let mut done = 0usize;
+        while done < buf.len() {
+            let at = iova.wrapping_add(done as u64);
+            let (host, n) = self.translate(at, (buf.len() - done) as u64, true)?;
+            let n = n as usize;
+            crate::user::UserMemory::write(&crate::user::SelfMemory, host, &buf[done..done + n])
+                .map_err(|_| DmaFault::Host { iova: at })?;
+            done += n;
+        }
+        Ok(())
+    }
     /// For drivers to recognise their own domains.
     fn as_any(&self) -> &dyn Any;
 }
