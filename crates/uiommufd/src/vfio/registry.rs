@@ -168,6 +168,25 @@ pub fn by_cdev(cdev: u32) -> Option<Registered> {
     DEVICES.lock().iter().find(|r| r.decl.cdev == cdev).cloned()
 }
 
+/// Open the group of the device declared with IOMMU group `group`
+/// (`/dev/vfio/N`): a new engine fd (close-on-exec when `cloexec`).
+///
+/// Placeholder until the VFIO group file exists: always `ENODEV`.
+pub fn open_group(group: u32, cloexec: bool) -> Result<i32> {
+    let _ = cloexec;
+    bail!(ENODEV, "VFIO group {group}: groups are not implemented yet")
+}
+
+/// Open the VFIO cdev `vfioN` of a declared device
+/// (`/dev/vfio/devices/vfioN`): a new engine fd (close-on-exec when
+/// `cloexec`).
+///
+/// Placeholder until the VFIO device cdev exists: always `ENODEV`.
+pub fn open_cdev(cdev: u32, cloexec: bool) -> Result<i32> {
+    let _ = cloexec;
+    bail!(ENODEV, "VFIO cdev vfio{cdev}: cdevs are not implemented yet")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
