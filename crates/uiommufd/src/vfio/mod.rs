@@ -14,3 +14,4 @@
 
 pub mod model;
 pub mod registry;
+pub mod sysfs;
