@@ -521,9 +521,9 @@ fn remove_if(fd: i32, rec: &Arc<FileRec>) -> Option<Slot> {
 fn identity(fd: i32) -> Option<(u64, u64)> {
     // SAFETY: an all-zero `stat` is a valid value to be overwritten.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is writable; a bad fd just fails. `fstat` is not hooked
-    // by the shim.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+    // SAFETY: `st` is writable; a bad fd just fails. The raw system call:
+    // the shim hooks `fstat` (and asks this module about engine fds there).
+    if unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) } != 0 {
         return None;
     }
     Some((st.st_dev, st.st_ino))
