@@ -528,3 +528,298 @@ rwv_hook!(
     /// `pwritev64v2`: as [`pwritev2()`].
     pwritev64v2(libc::off64_t, flags) => pwritev2
 );
+
+#[cfg(test)]
+mod tests {
+    //! The hooks called directly on an engine fd of a test file that has
+    //! everything a VFIO device file has: `stat_as`, `ioctl`, `mmap` and
+    //! positional I/O.
+
+    use std::ffi::c_void;
+    use std::sync::{Arc, Mutex};
+
+    use uiommufd::files::{self, EngineFile, FdResolver, MmapTarget, StatAs};
+    use uiommufd::user::UserMemory;
+
+    use crate::path::errno;
+
+    const CHECK_CTX: u32 = 0x3b01;
+    const PUT_U32: u32 = 0x3b02;
+    const NEW_FD: u32 = 0x3b03;
+
+    #[derive(Debug)]
+    struct Dev {
+        memfd: i32,
+        regs: Mutex<[u8; 64]>,
+    }
+
+    impl EngineFile for Dev {
+        fn kind(&self) -> &'static str {
+            "testdev"
+        }
+        fn positional(&self) -> bool {
+            true
+        }
+        fn read_at(&self, buf: &mut [u8], offset: u64, _nb: bool) -> uiommufd::Result<usize> {
+            let r = self.regs.lock().unwrap();
+            let o = (offset as usize).min(r.len());
+            let n = buf.len().min(r.len() - o);
+            buf[..n].copy_from_slice(&r[o..o + n]);
+            Ok(n)
+        }
+        fn write_at(&self, buf: &[u8], offset: u64) -> uiommufd::Result<usize> {
+            let mut r = self.regs.lock().unwrap();
+            let o = (offset as usize).min(r.len());
+            let n = buf.len().min(r.len() - o);
+            r[o..o + n].copy_from_slice(&buf[..n]);
+            Ok(n)
+        }
+        fn ioctl(
+            &self,
+            cmd: u32,
+            arg: u64,
+            mem: &dyn UserMemory,
+            fds: &dyn FdResolver,
+        ) -> uiommufd::Result<i64> {
+            match cmd {
+                CHECK_CTX => match fds.context(arg as i32) {
+                    Some(_) => Ok(7),
+                    None => uiommufd::bail!(EBADF, "fd {arg} is no iommufd"),
+                },
+                PUT_U32 => {
+                    mem.write(arg, &0xfeed_beefu32.to_ne_bytes())?;
+                    Ok(0)
+                }
+                NEW_FD => Ok(i64::from(files::create(
+                    Arc::new(Dev {
+                        memfd: self.memfd,
+                        regs: Mutex::new([0; 64]),
+                    }),
+                    true,
+                )?)),
+                _ => uiommufd::bail!(ENOTTY, "no ioctl {cmd:#x}"),
+            }
+        }
+        fn mmap(&self, offset: u64, len: u64, _write: bool) -> uiommufd::Result<MmapTarget> {
+            if offset + len > 2 * 4096 {
+                uiommufd::bail!(EINVAL, "beyond the region");
+            }
+            Ok(MmapTarget {
+                fd: self.memfd,
+                offset: offset + 4096,
+            })
+        }
+        fn stat_as(&self) -> Option<StatAs> {
+            Some(StatAs {
+                mode: libc::S_IFCHR | 0o600,
+                rdev: libc::makedev(240, 7),
+            })
+        }
+    }
+
+    fn dev() -> (i32, Arc<Dev>) {
+        // SAFETY: a static name; raw memfd, not our hook.
+        let memfd = unsafe { libc::memfd_create(c"testdev-bar".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(memfd >= 0);
+        // SAFETY: sizing our own memfd.
+        assert_eq!(unsafe { libc::ftruncate(memfd, 3 * 4096) }, 0);
+        let d = Arc::new(Dev {
+            memfd,
+            regs: Mutex::new([0; 64]),
+        });
+        (files::create(d.clone(), true).unwrap(), d)
+    }
+
+    #[test]
+    fn fstat_reports_the_files_type_and_rdev() {
+        let (fd, _d) = dev();
+        // SAFETY: the hooks with valid buffers.
+        unsafe {
+            let mut st: libc::stat = std::mem::zeroed();
+            assert_eq!(crate::fs_hooks::fstat(fd, &mut st), 0);
+            assert_eq!(st.st_mode & libc::S_IFMT, libc::S_IFCHR);
+            assert_eq!(st.st_rdev, libc::makedev(240, 7));
+            let mut st64: libc::stat64 = std::mem::zeroed();
+            assert_eq!(crate::fs_hooks::fstat64(fd, &mut st64), 0);
+            assert_eq!(st64.st_rdev, libc::makedev(240, 7));
+            let mut st: libc::stat = std::mem::zeroed();
+            assert_eq!(
+                crate::fs_hooks::fstatat(fd, c"".as_ptr(), &mut st, libc::AT_EMPTY_PATH),
+                0
+            );
+            assert_eq!(st.st_mode, libc::S_IFCHR | 0o600);
+            let mut stx: libc::statx = std::mem::zeroed();
+            assert_eq!(
+                crate::fs_hooks::statx(
+                    fd,
+                    c"".as_ptr(),
+                    libc::AT_EMPTY_PATH,
+                    libc::STATX_BASIC_STATS,
+                    &mut stx
+                ),
+                0
+            );
+            assert_eq!(u32::from(stx.stx_mode) & libc::S_IFMT, libc::S_IFCHR);
+            assert_eq!((stx.stx_rdev_major, stx.stx_rdev_minor), (240, 7));
+            // a bad buffer is EFAULT, not a crash
+            assert_eq!(crate::fs_hooks::fstat(fd, 8 as *mut libc::stat), -1);
+            assert_eq!(errno(), libc::EFAULT);
+            // an ordinary fd is the kernel's
+            let mut st: libc::stat = std::mem::zeroed();
+            let null = crate::open(c"/dev/null".as_ptr(), libc::O_RDONLY, 0);
+            assert_eq!(crate::fs_hooks::fstat(null, &mut st), 0);
+            assert_eq!(st.st_rdev, libc::makedev(1, 3));
+            crate::close(null);
+            assert_eq!(crate::close(fd), 0);
+        }
+    }
+
+    #[test]
+    fn ioctl_reaches_the_file_with_the_fd_table() {
+        let (fd, _d) = dev();
+        // SAFETY: the hooks with valid arguments.
+        unsafe {
+            let iommu = crate::open(c"/dev/iommu".as_ptr(), libc::O_RDWR, 0);
+            assert!(iommu >= 0);
+            assert_eq!(
+                crate::ioctl(fd, CHECK_CTX.into(), iommu as usize as *mut c_void),
+                7
+            );
+            let null = crate::open(c"/dev/null".as_ptr(), libc::O_RDONLY, 0);
+            assert_eq!(
+                crate::ioctl(fd, CHECK_CTX.into(), null as usize as *mut c_void),
+                -1
+            );
+            assert_eq!(errno(), libc::EBADF);
+            let mut v = 0u32;
+            assert_eq!(
+                crate::ioctl(fd, PUT_U32.into(), (&mut v as *mut u32).cast()),
+                0
+            );
+            assert_eq!(v, 0xfeed_beef);
+            assert_eq!(crate::ioctl(fd, PUT_U32.into(), 8 as *mut c_void), -1);
+            assert_eq!(errno(), libc::EFAULT);
+            assert_eq!(crate::ioctl(fd, 0x3bff, std::ptr::null_mut()), -1);
+            assert_eq!(errno(), libc::ENOTTY);
+            // the upper bits of the request are dropped, as by the kernel
+            assert_eq!(
+                crate::ioctl(
+                    fd,
+                    (1u64 << 32 | u64::from(CHECK_CTX)) as _,
+                    iommu as usize as *mut c_void
+                ),
+                7
+            );
+            // an ioctl that makes an fd: registered, usable, closable
+            let nfd = crate::ioctl(fd, NEW_FD.into(), std::ptr::null_mut());
+            assert!(nfd >= 0);
+            assert!(files::get(nfd).is_some());
+            let mut st: libc::stat = std::mem::zeroed();
+            assert_eq!(crate::fs_hooks::fstat(nfd, &mut st), 0);
+            assert_eq!(st.st_rdev, libc::makedev(240, 7));
+            assert_eq!(crate::close(nfd), 0);
+            // FIONBIO is answered by the kernel on the backing fd
+            let mut on: c_int = 1;
+            assert_eq!(
+                crate::ioctl(fd, libc::FIONBIO, (&mut on as *mut c_int).cast()),
+                0
+            );
+            crate::close(null);
+            crate::close(iommu);
+            assert_eq!(crate::close(fd), 0);
+        }
+    }
+
+    use std::ffi::c_int;
+
+    #[test]
+    fn mmap_maps_what_the_file_names() {
+        let (fd, d) = dev();
+        let page = 4096usize;
+        // SAFETY: the hooks with valid arguments; the mappings are ours.
+        unsafe {
+            let rw = libc::PROT_READ | libc::PROT_WRITE;
+            let p = crate::fs_hooks::mmap(std::ptr::null_mut(), page, rw, libc::MAP_SHARED, fd, 0);
+            assert_ne!(p, libc::MAP_FAILED);
+            *(p.cast::<u32>()) = 0x1234_5678;
+            // the file's offset 0 is the memfd's page 1
+            let mut b = [0u8; 4];
+            assert_eq!(libc::pread(d.memfd, b.as_mut_ptr().cast(), 4, 4096), 4);
+            assert_eq!(u32::from_ne_bytes(b), 0x1234_5678);
+            assert_eq!(libc::munmap(p, page), 0);
+            // MAP_PRIVATE, unaligned offsets, zero length, out of range
+            let e = |len, flags, off| {
+                let p = crate::fs_hooks::mmap64(std::ptr::null_mut(), len, rw, flags, fd, off);
+                assert_eq!(p, libc::MAP_FAILED);
+                errno()
+            };
+            assert_eq!(e(page, libc::MAP_PRIVATE, 0), libc::EINVAL);
+            assert_eq!(e(page, libc::MAP_SHARED, 1), libc::EINVAL);
+            assert_eq!(e(0, libc::MAP_SHARED, 0), libc::EINVAL);
+            assert_eq!(e(page, libc::MAP_SHARED, 2 * page as i64), libc::EINVAL);
+            // anonymous mappings are untouched
+            let a = crate::fs_hooks::mmap(
+                std::ptr::null_mut(),
+                page,
+                rw,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            assert_ne!(a, libc::MAP_FAILED);
+            assert_eq!(libc::munmap(a, page), 0);
+            assert_eq!(crate::close(fd), 0);
+            libc::close(d.memfd);
+        }
+    }
+
+    #[test]
+    fn vectored_positional_io() {
+        let (fd, d) = dev();
+        // SAFETY: the hooks with valid buffers.
+        unsafe {
+            let a = *b"abcd";
+            let b = *b"efgh";
+            let w = [
+                libc::iovec {
+                    iov_base: a.as_ptr() as *mut c_void,
+                    iov_len: 4,
+                },
+                libc::iovec {
+                    iov_base: b.as_ptr() as *mut c_void,
+                    iov_len: 4,
+                },
+            ];
+            assert_eq!(crate::fs_hooks::pwritev(fd, w.as_ptr(), 2, 10), 8);
+            assert_eq!(&d.regs.lock().unwrap()[10..18], b"abcdefgh");
+            let mut x = [0u8; 3];
+            let mut y = [0u8; 5];
+            let r = [
+                libc::iovec {
+                    iov_base: x.as_mut_ptr().cast(),
+                    iov_len: 3,
+                },
+                libc::iovec {
+                    iov_base: y.as_mut_ptr().cast(),
+                    iov_len: 5,
+                },
+            ];
+            assert_eq!(crate::fs_hooks::preadv64(fd, r.as_ptr(), 2, 10), 8);
+            assert_eq!((&x, &y), (b"abc", b"defgh"));
+            // short at the end of the registers
+            assert_eq!(crate::fs_hooks::preadv(fd, r.as_ptr(), 2, 60), 4);
+            assert_eq!(crate::fs_hooks::preadv2(fd, r.as_ptr(), 2, 10, 0), 8);
+            assert_eq!(crate::fs_hooks::preadv2(fd, r.as_ptr(), 2, 10, 0x08), -1);
+            assert_eq!(errno(), libc::EOPNOTSUPP);
+            assert_eq!(crate::fs_hooks::pwritev2(fd, w.as_ptr(), 2, -5, 0), -1);
+            assert_eq!(errno(), libc::EINVAL);
+            assert_eq!(
+                crate::fs_hooks::preadv(fd, 8 as *const libc::iovec, 2, 0),
+                -1
+            );
+            assert_eq!(errno(), libc::EFAULT);
+            assert_eq!(crate::close(fd), 0);
+            libc::close(d.memfd);
+        }
+    }
+}
