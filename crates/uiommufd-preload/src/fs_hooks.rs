@@ -662,7 +662,7 @@ mod tests {
             assert_eq!(u32::from(stx.stx_mode) & libc::S_IFMT, libc::S_IFCHR);
             assert_eq!((stx.stx_rdev_major, stx.stx_rdev_minor), (240, 7));
             // a bad buffer is EFAULT, not a crash
-            assert_eq!(crate::fs_hooks::fstat(fd, 8 as *mut libc::stat), -1);
+            assert_eq!(crate::fs_hooks::fstat(fd, 16 as *mut libc::stat), -1);
             assert_eq!(errno(), libc::EFAULT);
             // an ordinary fd is the kernel's
             let mut st: libc::stat = std::mem::zeroed();
@@ -814,7 +814,7 @@ mod tests {
             assert_eq!(crate::fs_hooks::pwritev2(fd, w.as_ptr(), 2, -5, 0), -1);
             assert_eq!(errno(), libc::EINVAL);
             assert_eq!(
-                crate::fs_hooks::preadv(fd, 8 as *const libc::iovec, 2, 0),
+                crate::fs_hooks::preadv(fd, 16 as *const libc::iovec, 2, 0),
                 -1
             );
             assert_eq!(errno(), libc::EFAULT);
