@@ -45,6 +45,25 @@
 //!   an engine fd is a real eventfd whose counter the engine keeps non-zero
 //!   exactly while the file has data (`POLLIN`), so the kernel answers them
 //!   correctly, for mixed fd sets too.
+//! * **Emulated VFIO devices** (see `vfio`): the devices declared in
+//!   `UIOMMUFD_DEVICES` are created at load and their sysfs tree written.
+//!   `open*` of `/dev/vfio/N` and `/dev/vfio/devices/vfioN` of declared
+//!   devices open their group/cdev engine files; `stat`, `stat64`, `lstat`,
+//!   `lstat64`, `fstatat`, `fstatat64`, `statx` and the pre-2.33
+//!   `__xstat`/`__lxstat`/`__fxstatat` family report those nodes as
+//!   character devices; `fstat`, `fstat64`, `__fxstat*` (and `fstatat`/`statx`
+//!   with `AT_EMPTY_PATH`) of an engine fd report its file's
+//!   [`uiommufd::files::EngineFile::stat_as`]; `ioctl` and `mmap`/`mmap64`
+//!   of engine fds run the file's `ioctl` (with the fd table resolving
+//!   iommufd fds) and map what its `mmap` names; `preadv`, `pwritev`,
+//!   `preadv64`, `pwritev64`, `preadv2`, `pwritev2`, `preadv64v2`,
+//!   `pwritev64v2` reach the file's positional I/O. `/sys/bus/pci/devices/ADDR`
+//!   and `/sys/kernel/iommu_groups/N` of declared devices are redirected to
+//!   the tree for the `open*` and `stat` families, `readlink`,
+//!   `readlinkat`, `__readlink_chk`, `__readlinkat_chk`, `opendir`,
+//!   `realpath`, `__realpath_chk`, `access`, `euidaccess`, `eaccess` and
+//!   `faccessat`. While no device is declared each of these hooks costs one
+//!   atomic load for a path, and for an fd one load of the engine-fd hint.
 //! * **Fd bookkeeping without a system call per ioctl**: `socket`,
 //!   `accept`, `accept4`, `socketpair`, `pipe`, `pipe2`, `eventfd`,
 //!   `epoll_create`, `epoll_create1`, `timerfd_create`, `signalfd`,
@@ -112,8 +131,8 @@
 //!   system call (not a cancellation point: a `pthread_cancel` never unwinds
 //!   out of a critical section), and a forwarded `close` of any other fd
 //!   runs outside critical sections, where it may block and be cancelled as
-//!   usual. `memfd_create`, `fstat`, `getcwd`, `readlink` and `dlsym` are not
-//!   hooked.
+//!   usual. `getcwd` and `dlsym` are not hooked; the shim's own `fstat`,
+//!   `readlink` and `statx` of its fds and paths are raw system calls.
 //! * **No unwinding into C**: every piece of Rust reachable from a hook runs
 //!   inside [`std::panic::catch_unwind`]; a panic makes the call fail with
 //!   `EIO`.
@@ -136,8 +155,9 @@
 //! * `fstat` on an emulated fd shows a memfd, not a character device;
 //!   `read`/`write`/`mmap` act on the memfd.
 //! * Engine fds show as `anon_inode:[eventfd]`, not `[iommufd-pgfault]` &c.
-//!   Only `read`/`write`/`readv`/`writev` and the `pread`/`pwrite` family
-//!   reach the engine file: `preadv`, `recv`, `splice`, glibc stdio on an `fdopen`ed engine fd (libc-internal
+//!   Only `read`/`write`/`readv`/`writev`, the `pread`/`pwrite` and
+//!   `preadv`/`pwritev` families, `ioctl`, `mmap` and `fstat` reach the
+//!   engine file: `recv`, `splice`, glibc stdio on an `fdopen`ed engine fd (libc-internal
 //!   reads are not interposable) and raw syscalls see the eventfd instead.
 //!   An engine fd closed by a raw syscall and reused by another anon-inode
 //!   fd (eventfd, epoll, timerfd, ...) is not recognised as stale.
@@ -251,7 +271,7 @@ fn open_node(node: &DevNode, flags: c_int) -> c_int {
     // SAFETY: an all-zero `stat` is a valid value to be overwritten.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `fd` is open and `st` is writable.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+    if unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) as c_int } != 0 {
         let e = errno();
         raw_close(fd);
         return fail(e);
