@@ -441,13 +441,28 @@ impl FdResolver for TableFds {
     }
 }
 
+/// `VFIO_GROUP_GET_DEVICE_FD` (`_IO(';', 106)`): returns a device fd.
+const VFIO_GROUP_GET_DEVICE_FD: u32 = 0x3b6a;
+/// `VFIO_DEVICE_FEATURE` (`_IO(';', 117)`): its `MIG_DEVICE_STATE` returns
+/// a migration data fd.
+const VFIO_DEVICE_FEATURE: u32 = 0x3b75;
+
+/// Whether an engine-file ioctl may create an fd: those run as fd births
+/// (see `sync`), under the fd-number lock, so that a `close` or `dup` on
+/// another thread waits for them. Other commands run without the lock
+/// (a device ioctl that waits for a device thread, as a reset or a
+/// migration stop may, must not hold up every `close` in the process).
+fn creates_fd(cmd: u32) -> bool {
+    matches!(cmd, VFIO_GROUP_GET_DEVICE_FD | VFIO_DEVICE_FEATURE)
+}
+
 /// `ioctl` on an engine fd: `None` when `fd` is not (or no longer) one.
-/// Inside a critical section. Any command may create an fd (a group's
-/// `GET_DEVICE_FD`), so each is an fd birth.
+/// Inside a critical section.
 pub(crate) fn engine_ioctl(fd: c_int, cmd: u32, arg: u64) -> Option<Result<c_int, c_int>> {
     let file = uiommufd::files::get(fd)?;
-    let _birth = sync::Birth::new();
-    let ops = sync::fd_ops();
+    let births = creates_fd(cmd);
+    let _birth = births.then(sync::Birth::new);
+    let ops = births.then(sync::fd_ops);
     let r = file.ioctl(cmd, arg, &SelfMemory, &TableFds);
     drop(ops);
     drop(file);
