@@ -266,7 +266,7 @@ impl Shared {
                     if now.duration_since(due) > traffic::MAX_LAG {
                         *c = Clock::new(now);
                     }
-                    records = 1;
+                    records = c.due_by(now, rate).clamp(1, BURST);
                 } else {
                     wait = Some(due);
                 }

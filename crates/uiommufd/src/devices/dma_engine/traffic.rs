@@ -79,6 +79,16 @@ impl Clock {
         }
     }
 
+    /// How many records are due by `now` at `rate` (> 0) records per
+    /// second and not written yet.
+    pub fn due_by(&self, now: Instant, rate: u32) -> u64 {
+        let el = now.saturating_duration_since(self.start).as_nanos();
+        let total = el * rate as u128 / 1_000_000_000 + 1;
+        u64::try_from(total)
+            .unwrap_or(u64::MAX)
+            .saturating_sub(self.done)
+    }
+
     /// When the next record is due at `rate` records per second (> 0).
     pub fn due(&self, rate: u32) -> Instant {
         let ns = (self.done as u128 * 1_000_000_000) / rate.max(1) as u128;
