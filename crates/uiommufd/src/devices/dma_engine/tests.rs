@@ -920,3 +920,44 @@ fn through_an_ioas_with_a_vtd_domain() {
     d.connect(None);
     drop(mem);
 }
+
+#[test]
+fn a_forked_child_has_no_worker_and_does_not_hang() {
+    let (d, bus) = setup(4);
+    post(&bus, 0, copy(SRC, DST, 8, 0));
+    w32(&d, RING_TAIL, 1);
+    wait_for("the copy", || r32(&d, COMPLETED) == 1);
+    // SAFETY: the child only touches the device (its lock is free: the
+    // worker is idle, waiting on the condition variable) and exits with
+    // _exit; an alarm ends it if anything hangs.
+    let pid = unsafe { libc::fork() };
+    assert!(pid >= 0);
+    if pid == 0 {
+        // SAFETY: in the child: alarm and _exit are async-signal-safe.
+        unsafe { libc::alarm(5) };
+        let ok = r32(&d, ID) == ID_VALUE && {
+            // no worker here: a doorbell does nothing, disconnecting
+            // does not wait for the parent's thread, reset starts none
+            post(&bus, 1, copy(SRC, DST + 8, 8, 0));
+            w32(&d, RING_TAIL, 2);
+            std::thread::sleep(Duration::from_millis(30));
+            let idle = r32(&d, COMPLETED) == 1;
+            d.reset();
+            d.connect(None);
+            idle && r32(&d, COMPLETED) == 0
+        };
+        // SAFETY: leaving the child without running the parent's
+        // destructors or test harness.
+        unsafe { libc::_exit(if ok { 0 } else { 1 }) };
+    }
+    let mut st = 0;
+    // SAFETY: waiting for our own child.
+    let r = unsafe { libc::waitpid(pid, &mut st, 0) };
+    assert_eq!(r, pid);
+    assert!(libc::WIFEXITED(st), "child status {st:#x}");
+    assert_eq!(libc::WEXITSTATUS(st), 0);
+    // the parent's device still works
+    post(&bus, 1, copy(SRC, DST + 8, 8, 0));
+    w32(&d, RING_TAIL, 2);
+    wait_for("the parent's copy", || r32(&d, COMPLETED) == 2);
+}
