@@ -513,7 +513,6 @@ fn programs_keep_their_own_fault_handlers() {
 /// and `/sys/kernel/iommu_groups` redirects (`host=`), the `/dev/vfio`
 /// nodes' `stat`, and the opened cdev's `fstat`.
 #[test]
-#[ignore = "needs the dma-engine model (branch dev-model): un-ignore when merged"]
 fn declared_vfio_device_from_c() {
     let exe = compile_src("vfio_devices.c", "vfio_devices", &["-O1"]);
     let sysfs = Path::new(env!("CARGO_TARGET_TMPDIR"))

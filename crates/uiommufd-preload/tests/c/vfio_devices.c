@@ -14,9 +14,12 @@
  *  - stat/lstat/statx/access of /dev/vfio/N and /dev/vfio/devices/vfioN:
  *    character devices, rdev makedev(241, N) and makedev(240, N);
  *    undeclared numbers are the kernel's; node misuse is ENOTDIR;
- *  - opening the cdev and the group: fstat of the cdev fd is S_ISCHR with
- *    the same rdev (what QEMU 10 checks), and VFIO_DEVICE_GET_INFO works —
- *    or, while the VFIO layer is not there, the open fails with ENODEV.
+ *  - opening the cdev: fstat of the fd is S_ISCHR with the same rdev (what
+ *    QEMU 10 checks), device ioctls EINVAL before a bind;
+ *  - the legacy way (QEMU 7.2): group (fstat rdev 241:N), GET_STATUS,
+ *    container, GET_DEVICE_FD by address, GET_INFO, config space vendor
+ *    through pread64 equal to sysfs, BAR0 through pread64 and preadv64,
+ *    and every mmap-able region mapped (MAP_SHARED only).
  *
  * Prints "OK" and exits 0 when every check passed.
  */
@@ -34,15 +37,39 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/uio.h>
 #include <unistd.h>
 
 #include "uapi_test.h"
 
 #define VFIO_TYPE ';'
 #define VFIO_BASE 100
+#define VFIO_SET_IOMMU _IO(VFIO_TYPE, VFIO_BASE + 2)
+#define VFIO_GROUP_GET_STATUS _IO(VFIO_TYPE, VFIO_BASE + 3)
+#define VFIO_GROUP_SET_CONTAINER _IO(VFIO_TYPE, VFIO_BASE + 4)
+#define VFIO_GROUP_GET_DEVICE_FD _IO(VFIO_TYPE, VFIO_BASE + 6)
 #define VFIO_DEVICE_GET_INFO _IO(VFIO_TYPE, VFIO_BASE + 7)
 #define VFIO_DEVICE_GET_REGION_INFO _IO(VFIO_TYPE, VFIO_BASE + 8)
+#define VFIO_DEVICE_BIND_IOMMUFD _IO(VFIO_TYPE, VFIO_BASE + 18)
+#define VFIO_TYPE1v2_IOMMU 3
+#define VFIO_GROUP_FLAGS_VIABLE (1 << 0)
+#define VFIO_DEVICE_FLAGS_PCI (1 << 1)
+#define VFIO_REGION_INFO_FLAG_READ (1 << 0)
 #define VFIO_REGION_INFO_FLAG_MMAP (1 << 2)
+#define VFIO_PCI_BAR0_REGION_INDEX 0
+#define VFIO_PCI_CONFIG_REGION_INDEX 7
+
+struct vfio_device_bind_iommufd {
+	uint32_t argsz;
+	uint32_t flags;
+	int32_t iommufd;
+	uint32_t out_devid;
+};
+
+struct vfio_group_status {
+	uint32_t argsz;
+	uint32_t flags;
+};
 
 struct vfio_device_info {
 	uint32_t argsz;
@@ -218,12 +245,11 @@ static void nodes(void)
 	CHECK(stat("/dev/vfio/99999", &st) == -1 && errno == ENOENT,
 	      "undeclared group");
 
-	/* open: the cdev fd is a character device with the node's rdev */
+	/* open: the cdev fd is a character device with the node's rdev (what
+	 * QEMU 10 checks against vfio-dev/vfioN/dev) */
 	int fd = open(c, O_RDWR | O_CLOEXEC);
-	if (fd < 0) {
-		CHECK(errno == ENODEV, "open %s", c);
-		printf("NOTE: %s: no VFIO layer yet (ENODEV)\n", c);
-	} else {
+	CHECK(fd >= 0, "open %s", c);
+	if (fd >= 0) {
 		CHECK(fstat(fd, &st) == 0 && S_ISCHR(st.st_mode) &&
 			      st.st_rdev == makedev(240, cdev),
 		      "fstat of the cdev fd: mode %o rdev %u:%u", st.st_mode,
@@ -237,13 +263,125 @@ static void nodes(void)
 		/* before BIND_IOMMUFD the kernel refuses device ioctls */
 		CHECK(r == -1 && errno == EINVAL, "GET_INFO on an unbound cdev: %d",
 		      r);
+		/* bind names an iommufd by number: the preload's fd table */
+		int iommufd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
+		int null = open("/dev/null", O_RDWR);
+		struct vfio_device_bind_iommufd bind = {
+			.argsz = sizeof(bind), .iommufd = null
+		};
+		CHECK(ioctl(fd, VFIO_DEVICE_BIND_IOMMUFD, &bind) == -1 &&
+			      errno == EBADFD,
+		      "BIND_IOMMUFD to /dev/null");
+		bind.iommufd = 4000; /* not open */
+		CHECK(ioctl(fd, VFIO_DEVICE_BIND_IOMMUFD, &bind) == -1 &&
+			      errno == EBADF,
+		      "BIND_IOMMUFD to a closed fd");
+		bind.iommufd = iommufd;
+		CHECK(ioctl(fd, VFIO_DEVICE_BIND_IOMMUFD, &bind) == 0,
+		      "BIND_IOMMUFD");
+		CHECK(ioctl(fd, VFIO_DEVICE_GET_INFO, &info) == 0 &&
+			      (info.flags & VFIO_DEVICE_FLAGS_PCI),
+		      "GET_INFO after the bind");
+		close(null);
 		close(fd);
+		close(iommufd);
 	}
-	fd = open(g, O_RDWR | O_CLOEXEC);
-	if (fd < 0)
-		CHECK(errno == ENODEV, "open %s", g);
-	else
-		close(fd);
+}
+
+/* The legacy way, as QEMU 7.2 does it: group, container, device fd; then
+ * the device's regions through ioctl, pread64/preadv and mmap. */
+static void group_and_device(void)
+{
+	char g[64];
+	struct stat st;
+	snprintf(g, sizeof(g), "/dev/vfio/%d", group);
+	int gfd = open(g, O_RDWR | O_CLOEXEC);
+	CHECK(gfd >= 0, "open %s", g);
+	if (gfd < 0)
+		return;
+	CHECK(fstat(gfd, &st) == 0 && S_ISCHR(st.st_mode) &&
+		      st.st_rdev == makedev(241, group),
+	      "fstat of the group fd: rdev %u:%u", major(st.st_rdev),
+	      minor(st.st_rdev));
+	struct vfio_group_status status = { .argsz = sizeof(status) };
+	CHECK(ioctl(gfd, VFIO_GROUP_GET_STATUS, &status) == 0 &&
+		      (status.flags & VFIO_GROUP_FLAGS_VIABLE),
+	      "GROUP_GET_STATUS flags %#x", status.flags);
+	int cfd = open("/dev/vfio/vfio", O_RDWR | O_CLOEXEC);
+	CHECK(cfd >= 0, "open /dev/vfio/vfio");
+	CHECK(ioctl(gfd, VFIO_GROUP_SET_CONTAINER, &cfd) == 0,
+	      "GROUP_SET_CONTAINER");
+	CHECK(ioctl(cfd, VFIO_SET_IOMMU, VFIO_TYPE1v2_IOMMU) == 0, "SET_IOMMU");
+	int dfd = ioctl(gfd, VFIO_GROUP_GET_DEVICE_FD, addr);
+	CHECK(dfd >= 0, "GROUP_GET_DEVICE_FD %s", addr);
+	if (dfd >= 0) {
+		struct vfio_device_info info = { .argsz = sizeof(info) };
+		CHECK(ioctl(dfd, VFIO_DEVICE_GET_INFO, &info) == 0 &&
+			      (info.flags & VFIO_DEVICE_FLAGS_PCI) &&
+			      info.num_regions >= 9,
+		      "DEVICE_GET_INFO flags %#x regions %u", info.flags,
+		      info.num_regions);
+
+		/* config space: the vendor ID sysfs shows */
+		struct vfio_region_info cfg = {
+			.argsz = sizeof(cfg),
+			.index = VFIO_PCI_CONFIG_REGION_INDEX
+		};
+		CHECK(ioctl(dfd, VFIO_DEVICE_GET_REGION_INFO, &cfg) == 0,
+		      "GET_REGION_INFO config");
+		uint16_t vendor = 0;
+		CHECK(pread64(dfd, &vendor, 2, cfg.offset) == 2,
+		      "pread64 config vendor");
+		char path[1100], buf[16];
+		snprintf(path, sizeof(path), "%s/devices/%s/vendor", root, addr);
+		CHECK(slurp(path, buf, sizeof(buf)) == 0 &&
+			      strtoul(buf, NULL, 16) == vendor,
+		      "config vendor %#x, sysfs %s", vendor, buf);
+
+		/* BAR0 through preadv: two segments, one positional read each */
+		struct vfio_region_info bar = {
+			.argsz = sizeof(bar),
+			.index = VFIO_PCI_BAR0_REGION_INDEX
+		};
+		CHECK(ioctl(dfd, VFIO_DEVICE_GET_REGION_INFO, &bar) == 0 &&
+			      (bar.flags & VFIO_REGION_INFO_FLAG_READ) &&
+			      bar.size >= 8,
+		      "GET_REGION_INFO BAR0");
+		uint32_t a = 0, b = 0, c = 0;
+		/* memory decoding off: EIO, as vfio-pci */
+		CHECK(pread64(dfd, &a, 4, bar.offset) == -1 && errno == EIO,
+		      "pread64 BAR0 with memory decoding off");
+		uint16_t cmd = 0;
+		CHECK(pread64(dfd, &cmd, 2, cfg.offset + 4) == 2, "read COMMAND");
+		cmd |= 0x2; /* PCI_COMMAND_MEMORY */
+		CHECK(pwrite64(dfd, &cmd, 2, cfg.offset + 4) == 2, "write COMMAND");
+		CHECK(pread64(dfd, &a, 4, bar.offset) == 4 && a == 0x444d4145,
+		      "pread64 BAR0: ID %#x", a);
+		struct iovec iov[2] = { { &b, 4 }, { &c, 4 } };
+		CHECK(preadv64(dfd, iov, 2, bar.offset) == 8 && b == a,
+		      "preadv64 BAR0: %#x %#x (pread %#x)", b, c, a);
+
+		/* every mmap-able region maps, shared only */
+		for (uint32_t i = 0; i < info.num_regions; i++) {
+			struct vfio_region_info r = { .argsz = sizeof(r), .index = i };
+			if (ioctl(dfd, VFIO_DEVICE_GET_REGION_INFO, &r) ||
+			    !(r.flags & VFIO_REGION_INFO_FLAG_MMAP) || !r.size)
+				continue;
+			void *p = mmap64(NULL, r.size, PROT_READ | PROT_WRITE,
+					 MAP_SHARED, dfd, r.offset);
+			CHECK(p != MAP_FAILED, "mmap region %u", i);
+			if (p != MAP_FAILED)
+				munmap(p, r.size);
+			p = mmap64(NULL, r.size, PROT_READ, MAP_PRIVATE, dfd,
+				   r.offset);
+			CHECK(p == MAP_FAILED && errno == EINVAL,
+			      "MAP_PRIVATE region %u", i);
+			printf("mapped region %u\n", i);
+		}
+		close(dfd);
+	}
+	close(cfd);
+	close(gfd);
 }
 
 int main(int argc, char **argv)
@@ -258,6 +396,7 @@ int main(int argc, char **argv)
 	cdev = atoi(argv[4]);
 	sysfs_views();
 	nodes();
+	group_and_device();
 	if (failures)
 		return 1;
 	printf("OK\n");
