@@ -31,7 +31,7 @@ macro_rules! stat_hook {
                 Act::Forward => unsafe { real($($pre,)* path, buf) },
                 // SAFETY: as above, with the redirected path.
                 Act::Redirect(p) => unsafe { real($($pre,)* p.as_ptr(), buf) },
-                Act::Node(n, f) => vfio::stat_node(n, f, buf.cast()),
+                Act::Node(n, f) => vfio::critical(-1, || vfio::stat_node(n, f, buf.cast())),
                 Act::Fail(e) => fail(e),
             }
         }
@@ -104,7 +104,7 @@ macro_rules! fstatat_hook {
                 Act::Forward => unsafe { real($($pre,)* dirfd, path, buf, flags) },
                 // SAFETY: as above, with the (absolute) redirected path.
                 Act::Redirect(p) => unsafe { real($($pre,)* dirfd, p.as_ptr(), buf, flags) },
-                Act::Node(n, f) => vfio::stat_node(n, f, buf.cast()),
+                Act::Node(n, f) => vfio::critical(-1, || vfio::stat_node(n, f, buf.cast())),
                 Act::Fail(e) => fail(e),
             }
         }
@@ -204,7 +204,7 @@ pub unsafe extern "C" fn statx(
         Act::Forward => unsafe { real(dirfd, path, flags, mask, buf) },
         // SAFETY: as above, with the (absolute) redirected path.
         Act::Redirect(p) => unsafe { real(dirfd, p.as_ptr(), flags, mask, buf) },
-        Act::Node(n, f) => vfio::statx_node(n, f, mask, buf),
+        Act::Node(n, f) => vfio::critical(-1, || vfio::statx_node(n, f, mask, buf)),
         Act::Fail(e) => fail(e),
     }
 }
@@ -271,7 +271,9 @@ pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) ->
         Act::Forward => unsafe { real(path, resolved) },
         // SAFETY: as above, with the redirected path.
         Act::Redirect(p) => unsafe { real(p.as_ptr(), resolved) },
-        Act::Node(n, f) => vfio::realpath_node(n, f, resolved),
+        Act::Node(n, f) => {
+            vfio::critical(std::ptr::null_mut(), || vfio::realpath_node(n, f, resolved))
+        }
         Act::Fail(e) => {
             set_errno(e);
             std::ptr::null_mut()
@@ -300,7 +302,7 @@ pub unsafe extern "C" fn __realpath_chk(
         // SAFETY: as above, with the redirected path.
         Act::Redirect(p) => unsafe { real(p.as_ptr(), resolved, resolvedlen) },
         Act::Node(n, f) if resolvedlen >= libc::PATH_MAX as usize || resolved.is_null() => {
-            vfio::realpath_node(n, f, resolved)
+            vfio::critical(std::ptr::null_mut(), || vfio::realpath_node(n, f, resolved))
         }
         // SAFETY: libc's own check aborts as it would (buffer too small).
         Act::Node(..) => unsafe { real(path, resolved, resolvedlen) },

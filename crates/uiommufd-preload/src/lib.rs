@@ -307,12 +307,15 @@ fn open_node(node: &DevNode, flags: c_int) -> c_int {
 }
 
 /// What an `open*` hook does after [`pre_open`].
+// the path lives on the stack on purpose: a `Box` would be freed outside
+// the critical section
+#[allow(clippy::large_enum_variant)]
 enum Pre {
     /// The shim answered: this fd, or -1 with `errno` set.
     Done(c_int),
     /// The real call on this path instead (a sysfs path of a declared
     /// device, redirected to the tree).
-    Redirect(std::ffi::CString),
+    Redirect(path::StackPath),
     /// The real call, unchanged.
     Forward,
 }

@@ -312,6 +312,41 @@ pub(crate) struct UserPath {
     len: usize,
 }
 
+/// A path the shim hands to a real call (a redirected sysfs path), in a
+/// buffer on the stack: the hooks that use it make the real call outside
+/// their critical section, where the shim must not allocate or free (see
+/// `sync`).
+pub(crate) struct StackPath {
+    buf: [u8; PATH_MAX],
+}
+
+impl StackPath {
+    /// `bytes` with a NUL; `None` when it does not fit in `PATH_MAX` (the
+    /// kernel's `ENAMETOOLONG`) or holds a NUL.
+    pub(crate) fn new(bytes: &[u8]) -> Option<StackPath> {
+        if bytes.len() >= PATH_MAX || bytes.contains(&0) {
+            return None;
+        }
+        let mut p = StackPath {
+            buf: [0u8; PATH_MAX],
+        };
+        p.buf[..bytes.len()].copy_from_slice(bytes);
+        Some(p)
+    }
+
+    /// The NUL-terminated path.
+    pub(crate) fn as_ptr(&self) -> *const c_char {
+        self.buf.as_ptr().cast()
+    }
+}
+
+impl std::fmt::Debug for StackPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.buf.iter().position(|&b| b == 0).unwrap_or(0);
+        write!(f, "{:?}", String::from_utf8_lossy(&self.buf[..n]))
+    }
+}
+
 /// `PATH_MAX`: the most bytes a path may take, its NUL included.
 const PATH_MAX: usize = libc::PATH_MAX as usize;
 

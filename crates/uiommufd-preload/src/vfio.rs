@@ -27,7 +27,7 @@
 //! ([`active`]); once devices are declared, path-taking hooks copy the
 //! path (one `process_vm_readv`) and compare prefixes.
 
-use std::ffi::{c_char, c_int, CStr, CString};
+use std::ffi::{c_char, c_int, CStr};
 use std::os::unix::ffi::OsStrExt;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -38,7 +38,7 @@ use uiommufd::user::{SelfMemory, UserMemory};
 use uiommufd::vfio::registry::{self, VFIO_CDEV_MAJOR, VFIO_GROUP_MAJOR};
 use uiommufd::vfio::sysfs;
 
-use crate::path::{self, set_errno, Form, UserPath, VfioNode};
+use crate::path::{self, set_errno, Form, StackPath, UserPath, VfioNode};
 use crate::sync;
 
 /// Whether any device is declared (set once, at load).
@@ -91,6 +91,17 @@ pub(crate) fn init() {
     ACTIVE.store(true, Ordering::Release);
 }
 
+/// Run `f` inside a critical section (the node answers allocate and copy
+/// to the caller's memory): `-1`/`EIO` style results on panic are the
+/// caller's `on_panic`.
+pub(crate) fn critical<T>(on_panic: T, f: impl FnOnce() -> T) -> T {
+    crate::guard(|| {
+        let _c = sync::enter();
+        f()
+    })
+    .unwrap_or(on_panic)
+}
+
 /// Whether `node` belongs to a declared device.
 fn declared(node: VfioNode) -> bool {
     match node {
@@ -128,11 +139,14 @@ impl VfioNode {
 }
 
 /// What a path-taking hook does with its path.
+// the path lives on the stack on purpose: a `Box` would be freed outside
+// the critical section
+#[allow(clippy::large_enum_variant)]
 pub(crate) enum Act {
     /// Not ours: the real call with the caller's arguments.
     Forward,
     /// A sysfs path of a declared device: the real call on this path.
-    Redirect(CString),
+    Redirect(StackPath),
     /// A node of a declared device, reached as `Form` says.
     Node(VfioNode, Form),
     /// Fail with this errno (an unreadable path; a panic).
@@ -178,12 +192,15 @@ pub(crate) fn classify_path(dirfd: c_int, p: &CStr) -> Act {
             |a| registry::devices().iter().any(|r| r.decl.addr == a),
             |g| registry::by_group(g).is_some(),
         );
-        return match to.and_then(|t| CString::new(t.as_os_str().as_bytes()).ok()) {
+        let Some(to) = to else {
+            return Act::Forward;
+        };
+        return match StackPath::new(to.as_os_str().as_bytes()) {
             Some(t) => {
                 tracing::trace!(from = ?p, to = ?t, "sysfs redirect");
                 Act::Redirect(t)
             }
-            None => Act::Forward,
+            None => Act::Fail(libc::ENAMETOOLONG),
         };
     }
     match path::match_vfio_node(dirfd, p, declared) {
@@ -395,8 +412,13 @@ pub(crate) unsafe fn empty_path_on_engine_fd(
     if flags & libc::AT_EMPTY_PATH == 0 || !uiommufd::files::is_engine_fd(dirfd) || path.is_null() {
         return false;
     }
-    let mut b = [0u8; 1];
-    SelfMemory.read(path as u64, &mut b).is_ok() && b[0] == 0
+    if sync::foreign() {
+        return false;
+    }
+    critical(false, || {
+        let mut b = [0u8; 1];
+        SelfMemory.read(path as u64, &mut b).is_ok() && b[0] == 0
+    })
 }
 
 /// `realpath` of a node: its normalised path, in `resolved` (at least
