@@ -19,7 +19,10 @@
  *  - the legacy way (QEMU 7.2): group (fstat rdev 241:N), GET_STATUS,
  *    container, GET_DEVICE_FD by address, GET_INFO, config space vendor
  *    through pread64 equal to sysfs, BAR0 through pread64 and preadv64,
- *    and every mmap-able region mapped (MAP_SHARED only).
+ *    and every mmap-able region mapped (MAP_SHARED only);
+ *  - threads, a forked child and a SIGALRM handler (every 200 us) stat,
+ *    open, dup, fstat and close the nodes and read the redirected sysfs
+ *    at once.
  *
  * Prints "OK" and exits 0 when every check passed.
  */
@@ -37,6 +40,10 @@
 #include <sys/mman.h>
 #include <sys/stat.h>
 #include <sys/sysmacros.h>
+#include <sys/time.h>
+#include <sys/wait.h>
+#include <pthread.h>
+#include <signal.h>
 #include <sys/uio.h>
 #include <unistd.h>
 
@@ -384,6 +391,93 @@ static void group_and_device(void)
 	close(gfd);
 }
 
+
+/* Signal handlers and threads: a SIGALRM handler stats the cdev node and
+ * reads the sysfs dev file through the host= redirect while threads stat,
+ * open, fstat and close the nodes and a forked child does the same. */
+static atomic_int handler_runs, handler_bad;
+static char cdev_path[64], dev_file[160];
+
+static void on_alarm(int sig)
+{
+	(void)sig;
+	int saved = errno;
+	struct stat st;
+	if (stat(cdev_path, &st) != 0 || st.st_rdev != makedev(240, cdev))
+		atomic_fetch_add(&handler_bad, 1);
+	int fd = open(dev_file, O_RDONLY | O_CLOEXEC);
+	char b[16];
+	if (fd < 0 || read(fd, b, sizeof(b)) <= 0)
+		atomic_fetch_add(&handler_bad, 1);
+	if (fd >= 0)
+		close(fd);
+	atomic_fetch_add(&handler_runs, 1);
+	errno = saved;
+}
+
+static void *node_worker(void *arg)
+{
+	(void)arg;
+	for (int i = 0; i < 300; i++) {
+		struct stat st;
+		CHECK(stat(cdev_path, &st) == 0 &&
+			      st.st_rdev == makedev(240, cdev),
+		      "thread stat");
+		int fd = open(cdev_path, O_RDWR | O_CLOEXEC);
+		CHECK(fd >= 0, "thread open");
+		if (fd >= 0) {
+			CHECK(fstat(fd, &st) == 0 &&
+				      st.st_rdev == makedev(240, cdev),
+			      "thread fstat");
+			int d = dup(fd);
+			CHECK(d >= 0 && fstat(d, &st) == 0 &&
+				      st.st_rdev == makedev(240, cdev),
+			      "fstat of a dup");
+			close(d);
+			close(fd);
+		}
+	}
+	return NULL;
+}
+
+static void concurrency(void)
+{
+	snprintf(cdev_path, sizeof(cdev_path), "/dev/vfio/devices/vfio%d", cdev);
+	snprintf(dev_file, sizeof(dev_file),
+		 "/sys/bus/pci/devices/%s/vfio-dev/vfio%d/dev", addr, cdev);
+	struct sigaction sa = { .sa_handler = on_alarm };
+	sigemptyset(&sa.sa_mask);
+	sa.sa_flags = SA_RESTART;
+	CHECK(sigaction(SIGALRM, &sa, NULL) == 0, "sigaction");
+	struct itimerval it = { { 0, 200 }, { 0, 200 } };
+	CHECK(setitimer(ITIMER_REAL, &it, NULL) == 0, "setitimer");
+	pthread_t t[3];
+	for (int i = 0; i < 3; i++)
+		pthread_create(&t[i], NULL, node_worker, NULL);
+	pid_t child = fork();
+	if (child == 0) {
+		/* the child has its own copy of the devices */
+		struct itimerval off = { { 0, 0 }, { 0, 0 } };
+		setitimer(ITIMER_REAL, &off, NULL);
+		node_worker(NULL);
+		_exit(failures ? 1 : 0);
+	}
+	CHECK(child > 0, "fork");
+	node_worker(NULL);
+	for (int i = 0; i < 3; i++)
+		pthread_join(t[i], NULL);
+	int status = 0;
+	CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) &&
+		      WEXITSTATUS(status) == 0,
+	      "forked child: status %#x", status);
+	struct itimerval off = { { 0, 0 }, { 0, 0 } };
+	setitimer(ITIMER_REAL, &off, NULL);
+	signal(SIGALRM, SIG_IGN);
+	CHECK(handler_bad == 0, "%d bad answers in the handler",
+	      (int)handler_bad);
+	printf("signal handler ran %d times\n", (int)handler_runs);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc != 5) {
@@ -397,6 +491,7 @@ int main(int argc, char **argv)
 	sysfs_views();
 	nodes();
 	group_and_device();
+	concurrency();
 	if (failures)
 		return 1;
 	printf("OK\n");
