@@ -12,5 +12,6 @@
 //! the kernel offers: a group `/dev/vfio/N` with a container, or a cdev
 //! `/dev/vfio/devices/vfioN` bound to an iommufd.
 
+pub mod migration;
 pub mod model;
 pub mod registry;
