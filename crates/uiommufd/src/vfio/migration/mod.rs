@@ -16,6 +16,8 @@
 //! to each other); a data file's `session` lock is taken alone or after
 //! `inner`.
 
+pub mod dma_log;
+pub mod feature;
 pub mod fsm;
 pub mod stream;
 pub mod v1;

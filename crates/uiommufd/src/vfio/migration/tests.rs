@@ -275,3 +275,143 @@ fn v1_refusals_and_error_state() {
     assert_eq!(rd(&m, 0, 4) as u32, RUNNING);
     assert_eq!(m.state(), MigState::Running);
 }
+
+mod features {
+    use super::*;
+    use crate::vfio::migration::dma_log::DmaLog;
+    use crate::vfio::migration::feature::*;
+    use std::sync::Mutex as StdMutex;
+
+    struct Dev {
+        mig: Migration,
+        log: DmaLog,
+        files: StdMutex<Vec<Arc<dyn EngineFile>>>,
+    }
+
+    impl Dev {
+        fn new() -> Dev {
+            Dev {
+                mig: Migration::new(Counter::new(5), ALL),
+                log: DmaLog::default(),
+                files: StdMutex::new(Vec::new()),
+            }
+        }
+        fn call(&self, feature: u32, flags: u32, data: &mut [u8]) -> std::result::Result<i64, i32> {
+            let new_fd = |f: Arc<dyn EngineFile>| -> Result<i32> {
+                let mut v = self.files.lock().unwrap();
+                v.push(f);
+                Ok(100 + v.len() as i32 - 1)
+            };
+            device_feature(
+                &self.mig,
+                &self.log,
+                feature,
+                flags,
+                data.as_mut_ptr() as u64,
+                data.len(),
+                &SelfMemory,
+                &new_fd,
+                &|_| {},
+            )
+            .expect("a migration feature")
+            .map_err(|e| e.errno().0)
+        }
+    }
+
+    #[test]
+    fn migration_features_through_the_abi() {
+        let d = Dev::new();
+        let mut m = [0u8; 8];
+        assert_eq!(d.call(MIGRATION, FEATURE_GET, &mut m), Ok(0));
+        assert_eq!(u64::from_le_bytes(m), u64::from(ALL));
+        assert_eq!(d.call(MIGRATION, FEATURE_SET, &mut m), Err(libc::EINVAL));
+        assert_eq!(
+            d.call(MIGRATION, FEATURE_PROBE | FEATURE_GET, &mut []),
+            Ok(0)
+        );
+        assert_eq!(
+            d.call(MIGRATION, FEATURE_GET, &mut [0u8; 4]),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(d.call(MIGRATION, 0, &mut m), Err(libc::EINVAL));
+        let mut s = [0u8; 8];
+        s[0..4].copy_from_slice(&(MigState::StopCopy as u32).to_le_bytes());
+        assert_eq!(d.call(MIG_DEVICE_STATE, FEATURE_SET, &mut s), Ok(0));
+        assert_eq!(i32::from_le_bytes(s[4..8].try_into().unwrap()), 100);
+        s[0..4].copy_from_slice(&(MigState::Stop as u32).to_le_bytes());
+        assert_eq!(d.call(MIG_DEVICE_STATE, FEATURE_SET, &mut s), Ok(0));
+        assert_eq!(i32::from_le_bytes(s[4..8].try_into().unwrap()), -1);
+        s[0..4].copy_from_slice(&99u32.to_le_bytes());
+        assert_eq!(
+            d.call(MIG_DEVICE_STATE, FEATURE_SET, &mut s),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(i32::from_le_bytes(s[4..8].try_into().unwrap()), -1);
+        assert_eq!(d.call(MIG_DEVICE_STATE, FEATURE_GET, &mut s), Ok(0));
+        assert_eq!(
+            u32::from_le_bytes(s[0..4].try_into().unwrap()),
+            MigState::Stop as u32
+        );
+        let mut sz = [0u8; 8];
+        assert_eq!(d.call(MIG_DATA_SIZE, FEATURE_GET, &mut sz), Ok(0));
+        assert_eq!(u64::from_le_bytes(sz), 24);
+    }
+
+    fn start(d: &Dev, page: u64, ranges: &[(u64, u64)], n: u32) -> std::result::Result<u64, i32> {
+        let r: Vec<u8> = ranges
+            .iter()
+            .flat_map(|&(a, b)| a.to_le_bytes().into_iter().chain(b.to_le_bytes()))
+            .collect();
+        let mut c = [0u8; 24];
+        c[0..8].copy_from_slice(&page.to_le_bytes());
+        c[8..12].copy_from_slice(&n.to_le_bytes());
+        c[16..24].copy_from_slice(&(r.as_ptr() as u64).to_le_bytes());
+        d.call(DMA_LOGGING_START, FEATURE_SET, &mut c)?;
+        Ok(u64::from_le_bytes(c[0..8].try_into().unwrap()))
+    }
+
+    #[test]
+    fn dma_logging_errnos() {
+        let d = Dev::new();
+        assert_eq!(start(&d, 4096, &[], 0), Err(libc::EINVAL));
+        assert_eq!(start(&d, 4096, &[(0, 4096)], 257), Err(libc::E2BIG));
+        assert_eq!(start(&d, 4096, &[(1, 4096)], 1), Err(libc::EINVAL));
+        assert_eq!(
+            start(&d, 4096, &[(u64::MAX - 4095, 8192)], 1),
+            Err(libc::EOVERFLOW)
+        );
+        assert_eq!(
+            start(&d, 4096, &[(0, 8192), (4096, 4096)], 2),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(start(&d, 4096, &[(0, 8192), (8192, 4096)], 2), Ok(4096));
+        assert_eq!(start(&d, 4096, &[(0, 8192)], 1), Err(libc::EBUSY));
+        d.log.record(0x2000, 8);
+        let mut bm = [0u64; 1];
+        let bm_addr = bm.as_mut_ptr() as u64;
+        let mut r = [0u8; 32];
+        let put = |r: &mut [u8; 32], page: u64| {
+            r[0..8].copy_from_slice(&0u64.to_le_bytes());
+            r[8..16].copy_from_slice(&0x3000u64.to_le_bytes());
+            r[16..24].copy_from_slice(&page.to_le_bytes());
+            r[24..32].copy_from_slice(&bm_addr.to_le_bytes());
+        };
+        put(&mut r, 2048);
+        assert_eq!(
+            d.call(DMA_LOGGING_REPORT, FEATURE_GET, &mut r),
+            Err(libc::EINVAL)
+        );
+        put(&mut r, 4096);
+        assert_eq!(
+            d.call(DMA_LOGGING_REPORT, FEATURE_SET, &mut r),
+            Err(libc::EINVAL)
+        );
+        assert_eq!(d.call(DMA_LOGGING_REPORT, FEATURE_GET, &mut r), Ok(0));
+        assert_eq!(bm[0], 0b100);
+        assert_eq!(d.call(DMA_LOGGING_STOP, FEATURE_SET, &mut []), Ok(0));
+        assert_eq!(
+            d.call(DMA_LOGGING_REPORT, FEATURE_GET, &mut r),
+            Err(libc::EINVAL)
+        );
+    }
+}
