@@ -223,13 +223,26 @@ struct Inner {
     running: bool,
 }
 
+/// Called with `false` after the model stopped and with `true` before it
+/// starts again: the VFIO layer's gate on the device's bus.
+pub type RunHook = Box<dyn Fn(bool) + Send + Sync>;
+
 /// One device's migration state, shared by the v2 feature ioctls and the
 /// v1 region.
-#[derive(Debug)]
 pub struct Migration {
     model: Arc<dyn PciModel>,
     flags: u32,
     inner: Mutex<Inner>,
+    hook: Option<RunHook>,
+}
+
+impl std::fmt::Debug for Migration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Migration")
+            .field("flags", &self.flags)
+            .field("inner", &self.inner)
+            .finish()
+    }
 }
 
 /// What a v2 state change hands back: a new data file for the fd the
@@ -240,7 +253,14 @@ impl Migration {
     /// Migration for `model`, with the v2 features `flags`
     /// (`MIGRATION_STOP_COPY` at least). The device starts RUNNING.
     pub fn new(model: Arc<dyn PciModel>, flags: u32) -> Migration {
+        Self::with_hook(model, flags, None)
+    }
+
+    /// As [`Migration::new`], with `hook` told when the device stops and
+    /// starts.
+    pub fn with_hook(model: Arc<dyn PciModel>, flags: u32, hook: Option<RunHook>) -> Migration {
         Migration {
+            hook,
             model,
             flags: flags | MIGRATION_STOP_COPY,
             inner: Mutex::new(Inner {
@@ -289,7 +309,17 @@ impl Migration {
 
     fn set_running(&self, inner: &mut Inner, on: bool) {
         if inner.running != on {
-            self.model.set_running(on);
+            if on {
+                if let Some(h) = &self.hook {
+                    h(true);
+                }
+                self.model.set_running(true);
+            } else {
+                self.model.set_running(false);
+                if let Some(h) = &self.hook {
+                    h(false);
+                }
+            }
             inner.running = on;
         }
     }
