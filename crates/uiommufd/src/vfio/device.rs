@@ -236,12 +236,18 @@ impl DeviceBus {
 
 impl Bus for DeviceBus {
     fn dma_read(&self, iova: u64, buf: &mut [u8]) -> std::result::Result<(), DmaFault> {
+        if buf.is_empty() {
+            return Ok(()); // no transaction
+        }
         let (dev, d) = self.domain(iova).map_err(|f| self.fault(None, f, false))?;
         d.dma_read(iova, buf)
             .map_err(|f| self.fault(Some(&dev), f, false))
     }
 
     fn dma_write(&self, iova: u64, buf: &[u8]) -> std::result::Result<(), DmaFault> {
+        if buf.is_empty() {
+            return Ok(()); // no transaction
+        }
         let (dev, d) = self.domain(iova).map_err(|f| self.fault(None, f, true))?;
         let r = d.dma_write(iova, buf);
         // Logged after the write landed (a report between the two is

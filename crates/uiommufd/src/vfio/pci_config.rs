@@ -117,32 +117,28 @@ impl PciConfig {
         let mut i = 0;
         while i < 6 {
             let off = PCI_BASE_ADDRESS_0 + 4 * i;
-            match layout.bars[i] {
-                Some(bar) => {
-                    let Bar {
-                        size,
-                        mem64,
-                        prefetchable,
-                        ..
-                    } = bar;
-                    let size = size.max(16).next_power_of_two();
-                    let mut low: u32 = 0;
-                    if mem64 {
-                        low |= 0b100;
-                    }
-                    if prefetchable {
-                        low |= 0b1000;
-                    }
-                    let mask = !(size - 1);
-                    c.put32(off, low);
-                    c.wmask[off..off + 4].copy_from_slice(&((mask as u32) & !0xf).to_le_bytes());
-                    if mem64 && i < 5 {
-                        c.wmask[off + 4..off + 8]
-                            .copy_from_slice(&((mask >> 32) as u32).to_le_bytes());
-                        i += 1;
-                    }
+            if let Some(bar) = layout.bars[i] {
+                let Bar {
+                    size,
+                    mem64,
+                    prefetchable,
+                    ..
+                } = bar;
+                let size = size.max(16).next_power_of_two();
+                let mut low: u32 = 0;
+                if mem64 {
+                    low |= 0b100;
                 }
-                None => {}
+                if prefetchable {
+                    low |= 0b1000;
+                }
+                let mask = !(size - 1);
+                c.put32(off, low);
+                c.wmask[off..off + 4].copy_from_slice(&((mask as u32) & !0xf).to_le_bytes());
+                if mem64 && i < 5 {
+                    c.wmask[off + 4..off + 8].copy_from_slice(&((mask >> 32) as u32).to_le_bytes());
+                    i += 1;
+                }
             }
             i += 1;
         }
