@@ -115,7 +115,7 @@ fn parse_size(s: &str) -> Result<u64, String> {
     let v = n
         .checked_mul(mul)
         .ok_or_else(|| format!("size {s:?} is too large"))?;
-    if v == 0 || v % vm::PAGE != 0 {
+    if v == 0 || !v.is_multiple_of(vm::PAGE) {
         return Err(format!("size {s:?} is not a positive multiple of 4 KiB"));
     }
     Ok(v)

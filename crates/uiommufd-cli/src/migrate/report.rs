@@ -45,6 +45,8 @@ pub struct Report {
     pub device_bytes: u64,
     /// Device stopped on the source until it resumed on the destination.
     pub downtime: Duration,
+    /// Where the downtime went, in order.
+    pub downtime_parts: Vec<(&'static str, Duration)>,
     /// Wall time of the whole migration.
     pub total: Duration,
     /// A raw socket copy measured in the same run, bytes per second.
@@ -148,6 +150,14 @@ impl Report {
                 "OVER"
             }
         );
+        if !self.downtime_parts.is_empty() {
+            let parts: Vec<String> = self
+                .downtime_parts
+                .iter()
+                .map(|(n, d)| format!("{n} {:.3} ms", d.as_secs_f64() * 1e3))
+                .collect();
+            let _ = writeln!(s, "    ({})", parts.join(", "));
+        }
         let _ = writeln!(
             s,
             "  throughput {}/s, raw socket copy {}/s in this run: {:.2}x",
@@ -189,6 +199,7 @@ impl Report {
             "device_bytes": self.device_bytes,
             "downtime_s": self.downtime.as_secs_f64(),
             "downtime_bound_s": self.downtime_bound().as_secs_f64(),
+            "downtime_parts_s": self.downtime_parts.iter().map(|(n, d)| (n.to_string(), serde_json::Value::from(d.as_secs_f64()))).collect::<serde_json::Map<String, serde_json::Value>>(),
             "total_s": self.total.as_secs_f64(),
             "throughput_bps": self.rate(),
             "raw_socket_bps": self.raw_rate,

@@ -114,7 +114,8 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     );
     let vm = Vm::new(o.size, o.tracker, &spec, true)?;
     let progress = Progress::new(o.quiet);
-    let raw_rate = floor::raw_socket_rate(o.size.min(256 << 20));
+    // SAFETY: guest memory, mapped for the Vm's life.
+    let raw_rate = unsafe { floor::raw_socket_rate(vm.mem, o.size.min(256 << 20) as usize) };
     let mut w = Wire::new(sock);
     w.send(Tag::Hello, wire::MAGIC, o.size, PAGE)
         .map_err(io("greeting the destination"))?;
@@ -157,11 +158,13 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     let t_stop = Instant::now();
     let state = vm.save_device()?;
     let restart = Restart(Some(&vm));
+    let t_saved = Instant::now();
     let last_seq = vm.bar0_read64(TRAFFIC_SEQ)?;
     let mut fin = vec![0u64; bm.len()];
     let t = Instant::now();
     vm.sync_dirty(&mut fin)?;
-    let bitmap = bitmap + t.elapsed();
+    let t_synced = Instant::now();
+    let bitmap = bitmap + (t_synced - t);
     for (a, b) in bm.iter_mut().zip(&fin) {
         *a |= *b;
     }
@@ -174,9 +177,17 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         .map_err(io("sending the device state"))?;
     w.send(Tag::Finish, 0, last_seq, r.pages)
         .map_err(io("finishing"))?;
+    let t_sent = Instant::now();
     w.expect(Tag::Resumed)
         .map_err(io("waiting for the destination to resume"))?;
-    rep.downtime = t_stop.elapsed();
+    let t_resumed = Instant::now();
+    rep.downtime = t_resumed - t_stop;
+    rep.downtime_parts = vec![
+        ("stop + device state", t_saved - t_stop),
+        ("final bitmap", t_synced - t_saved),
+        ("final pages", t_sent - t_synced),
+        ("destination resume", t_resumed - t_sent),
+    ];
     progress.finish(&r);
     rep.rounds.push(r);
     rep.device_bytes = state.len() as u64;

@@ -109,7 +109,7 @@ impl Vm {
     /// per-page pattern so that memory is not all zero), and a device
     /// declared from `spec` attached to it through `tracker`'s way in.
     pub fn new(size: u64, tracker: Tracker, spec: &str, fill: bool) -> R<Vm> {
-        if size == 0 || size % PAGE != 0 {
+        if size == 0 || !size.is_multiple_of(PAGE) {
             return Err(format!(
                 "guest memory size {size} is not a positive multiple of 4 KiB"
             ));
