@@ -11,6 +11,7 @@
 
 mod bench;
 mod demo;
+mod migrate;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -42,6 +43,9 @@ enum Cmd {
     },
     /// Walk through the /dev/ioasid RFC's use-case flows 5.1 and 5.2 and print the IOVA maps.
     Demo,
+    /// Live-migrate guest memory and a DMA-writing device to a destination
+    /// process, and verify that no byte the device wrote was lost.
+    Migrate(migrate::Args),
     /// Measure the engine against physical floors (populate, memcpy) and print the ratios.
     Bench {
         /// Print JSON (for comparisons across commits) instead of the table.
@@ -70,6 +74,7 @@ fn main() -> std::process::ExitCode {
             program,
         } => run::run(preload, &devices, quiet, program),
         Cmd::Demo => demo::demo(),
+        Cmd::Migrate(args) => migrate::migrate(args),
         Cmd::Bench {
             json,
             threads,

@@ -571,6 +571,16 @@ pub fn create<T: EngineFile>(file: Arc<T>, cloexec: bool) -> Result<i32> {
 /// [`create`] without its injection point: for files that are not iommufd
 /// objects (the emulated `fail-nth` files).
 pub fn create_no_inject<T: EngineFile>(file: Arc<T>, cloexec: bool) -> Result<i32> {
+    create_dyn_no_inject(file, cloexec)
+}
+
+/// [`create`] for a file known only as a trait object.
+pub fn create_dyn(file: Arc<dyn EngineFile>, cloexec: bool) -> Result<i32> {
+    crate::inject::point("files.create", libc::ENOMEM)?;
+    create_dyn_no_inject(file, cloexec)
+}
+
+fn create_dyn_no_inject(file: Arc<dyn EngineFile>, cloexec: bool) -> Result<i32> {
     let flags = if cloexec { libc::EFD_CLOEXEC } else { 0 };
     // SAFETY: plain syscall wrapper with no pointer arguments.
     let fd = unsafe { libc::eventfd(0, flags) };

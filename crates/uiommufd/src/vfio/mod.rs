@@ -15,6 +15,7 @@
 pub mod device;
 pub mod device_fd;
 pub mod group;
+pub mod migration;
 pub mod model;
 pub mod pci_config;
 pub mod registry;
