@@ -159,10 +159,10 @@ struct Shared {
     running: bool,
     /// Callers (reset, load) that want no job to start.
     holds: u32,
-    /// A job is in flight.
-    busy: bool,
-    /// The worker is asked to exit.
-    stop: bool,
+    /// The worker whose job is in flight (0: none).
+    busy: u64,
+    /// The worker that should run (0: none): any other exits.
+    worker: u64,
     /// The worker died of a panic.
     dead: bool,
     /// Cause bits whose interrupt is raised but not sent.
@@ -174,6 +174,14 @@ struct Shared {
     /// Bumped by every change of the traffic registers: a traffic job
     /// stops between two records when it changed.
     traffic_gen: Arc<AtomicU64>,
+    /// Bumped by reset and load: the results of a job started before are
+    /// not applied.
+    epoch: u64,
+}
+
+thread_local! {
+    /// This thread is a dma-engine worker.
+    static IN_WORKER: std::cell::Cell<bool> = const { std::cell::Cell::new(false) };
 }
 
 #[derive(Debug)]
@@ -222,7 +230,7 @@ impl Shared {
     }
 
     fn may_start(&self) -> bool {
-        self.bus.is_some() && self.running && self.holds == 0 && !self.stop && !self.dead
+        self.bus.is_some() && self.running && self.holds == 0 && !self.dead && self.busy == 0
     }
 
     /// The next job, or how long to wait for one (`None`: until woken).
@@ -322,7 +330,7 @@ impl Shared {
         if !self.running {
             s |= STATUS_STOPPED;
         }
-        if self.busy {
+        if self.busy != 0 {
             s |= STATUS_BUSY;
         }
         s
@@ -474,17 +482,23 @@ impl Shared {
 
 impl Inner {
     /// Wait until no job is in flight (the lock is released meanwhile).
+    /// On the worker itself (a bus callback calling back into the
+    /// device) the job in flight is the caller's own: no wait, and the
+    /// epoch bump of the caller drops its results.
     fn quiesce(&self, g: &mut MutexGuard<'_, Shared>) {
-        while g.busy {
+        if IN_WORKER.with(|w| w.get()) {
+            return;
+        }
+        while g.busy != 0 {
             self.cv.wait(g);
         }
     }
 
-    fn run(&self) {
+    fn run(&self, id: u64) {
         let mut buf = Vec::new();
         let mut g = self.st.lock();
         loop {
-            if g.stop {
+            if g.worker != id {
                 return;
             }
             let job = match g.next_job(Instant::now()) {
@@ -498,16 +512,21 @@ impl Inner {
                     continue;
                 }
             };
-            g.busy = true;
+            g.busy = id;
+            let epoch = g.epoch;
             drop(g);
             let done = self.run_job(job, &mut buf);
             g = self.st.lock();
-            match done {
-                Done::Irq => {}
-                Done::Desc(index, out) => g.finish_desc(index, out),
-                Done::Records(seq, n, fault) => g.finish_records(seq, n, fault),
+            // a reset or load meanwhile (from a bus callback) made the
+            // results stale
+            if g.epoch == epoch {
+                match done {
+                    Done::Irq => {}
+                    Done::Desc(index, out) => g.finish_desc(index, out),
+                    Done::Records(seq, n, fault) => g.finish_records(seq, n, fault),
+                }
             }
-            g.busy = false;
+            g.busy = 0;
             self.cv.notify_all();
         }
     }
@@ -562,6 +581,8 @@ enum Done {
 #[derive(Debug)]
 struct Worker {
     handle: JoinHandle<()>,
+    /// Its id (`Shared::worker` while it should run).
+    id: u64,
     /// The process that started it (a child after `fork` has none).
     pid: u32,
 }
@@ -616,13 +637,14 @@ impl DmaEngine {
                     bus_master: false,
                     running: true,
                     holds: 0,
-                    busy: false,
-                    stop: false,
+                    busy: 0,
+                    worker: 0,
                     dead: false,
                     pending_irq: 0,
                     clock: None,
                     traffic_first: false,
                     traffic_gen: Arc::new(AtomicU64::new(0)),
+                    epoch: 0,
                 }),
                 cv: Condvar::new(),
                 params,
@@ -647,41 +669,50 @@ impl DmaEngine {
         let pid = std::process::id();
         if let Some(cur) = w.as_ref() {
             // after fork the child's copy stays without a worker
-            if cur.pid != pid || !cur.handle.is_finished() {
+            if cur.pid != pid {
+                return;
+            }
+            let current = self.inner.st.lock().worker == cur.id;
+            if current && !cur.handle.is_finished() {
                 return;
             }
         }
         if let Some(old) = w.take() {
-            if old.pid == pid {
-                let _ = old.handle.join();
-            }
+            // dead, or told to exit (by a disconnect from a bus callback):
+            // it is gone or leaves after the job it is in
+            let _ = old.handle.join();
         }
-        {
+        let id = {
             let mut g = self.inner.st.lock();
             if g.bus.is_none() {
                 return;
             }
-            g.stop = false;
+            g.worker += 1;
             g.dead = false;
-            g.busy = false;
-        }
+            g.worker
+        };
         let inner = self.inner.clone();
         let name = format!("dmae-{}", self.inner.instance);
         let r = std::thread::Builder::new().name(name).spawn(move || {
+            IN_WORKER.with(|w| w.set(true));
             block_async_signals();
-            if catch_unwind(AssertUnwindSafe(|| inner.run())).is_err() {
+            if catch_unwind(AssertUnwindSafe(|| inner.run(id))).is_err() {
                 tracing::error!(
                     instance = inner.instance,
                     "dma-engine worker panicked: the device does no more DMA until reset"
                 );
                 let mut g = inner.st.lock();
-                g.busy = false;
-                g.dead = true;
+                if g.busy == id {
+                    g.busy = 0;
+                }
+                if g.worker == id {
+                    g.dead = true;
+                }
                 inner.cv.notify_all();
             }
         });
         match r {
-            Ok(handle) => *w = Some(Worker { handle, pid }),
+            Ok(handle) => *w = Some(Worker { handle, id, pid }),
             Err(e) => tracing::error!(
                 instance = self.inner.instance,
                 "dma-engine: cannot start the worker thread ({e}): the device does no DMA"
@@ -698,13 +729,14 @@ impl DmaEngine {
         }
         {
             let mut g = self.inner.st.lock();
-            g.stop = true;
+            g.worker += 1;
             self.inner.cv.notify_all();
         }
+        if IN_WORKER.with(|w| w.get()) {
+            // called back from the worker's own job: it exits after it
+            return;
+        }
         let _ = old.handle.join();
-        let mut g = self.inner.st.lock();
-        g.stop = false;
-        g.busy = false;
     }
 
     fn write_reg(&self, off: u64, val: u32, mask: u32) {
@@ -807,6 +839,17 @@ impl PciModel for DmaEngine {
     }
 
     fn connect(&self, bus: Option<Arc<dyn Bus>>) {
+        if IN_WORKER.with(|w| w.get()) {
+            // from a bus callback on the worker: the state only (the
+            // worker's handle is reaped by the next connect or reset)
+            let mut g = self.inner.st.lock();
+            if bus.is_none() {
+                g.worker += 1;
+            }
+            g.bus = bus;
+            self.inner.cv.notify_all();
+            return;
+        }
         let mut w = self.worker.lock();
         match bus {
             Some(b) => {
@@ -844,14 +887,18 @@ impl PciModel for DmaEngine {
             self.inner.quiesce(&mut g);
             g.regs = Regs::power_on(&self.inner.params.power_on);
             g.traffic_gen.fetch_add(1, Ordering::AcqRel);
+            g.epoch += 1;
             g.pending_irq = 0;
             g.clock = None;
             g.holds -= 1;
             self.inner.cv.notify_all();
         }
-        // a worker that died of a panic comes back with the reset
-        let mut w = self.worker.lock();
-        self.ensure_worker(&mut w);
+        // a worker that died of a panic comes back with the reset (not
+        // from a callback on the worker, which is alive)
+        if !IN_WORKER.with(|w| w.get()) {
+            let mut w = self.worker.lock();
+            self.ensure_worker(&mut w);
+        }
     }
 
     fn set_running(&self, running: bool) {
@@ -887,6 +934,7 @@ impl PciModel for DmaEngine {
         self.inner.quiesce(&mut g);
         g.regs = regs;
         g.traffic_gen.fetch_add(1, Ordering::AcqRel);
+        g.epoch += 1;
         g.pending_irq = extra.pending_irq;
         g.clock = None;
         g.holds -= 1;
