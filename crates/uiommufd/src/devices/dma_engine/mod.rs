@@ -278,6 +278,33 @@ impl DmaEngine {
         let _ = old.handle.join();
     }
 
+    /// A function-level reset (`flr`: config space too, so bus mastering
+    /// is off until the VFIO layer restores COMMAND and says so) or the
+    /// device's own `CONTROL.RESET` (bus mastering as it was).
+    fn reset_device(&self, flr: bool) {
+        {
+            let mut g = self.inner.st.lock();
+            g.holds += 1;
+            self.inner.quiesce(&mut g);
+            g.regs = Regs::power_on(&self.inner.params.power_on);
+            if flr {
+                g.bus_master = false;
+            }
+            g.traffic_gen.fetch_add(1, Ordering::AcqRel);
+            g.epoch += 1;
+            g.pending_irq = 0;
+            g.clock = None;
+            g.holds -= 1;
+            self.inner.cv.notify_all();
+        }
+        // a worker that died of a panic comes back with the reset (not
+        // from a callback on the worker, which is alive)
+        if !IN_WORKER.with(|w| w.get()) {
+            let mut w = self.worker.lock();
+            self.ensure_worker(&mut w);
+        }
+    }
+
     fn write_reg(&self, off: u64, val: u32, mask: u32) {
         let reset = {
             let mut g = self.inner.st.lock();
@@ -286,7 +313,7 @@ impl DmaEngine {
             reset
         };
         if reset {
-            self.reset();
+            self.reset_device(false);
         }
     }
 }
@@ -365,7 +392,7 @@ impl PciModel for DmaEngine {
                 a || b
             };
             if reset {
-                self.reset();
+                self.reset_device(false);
             }
             return;
         }
@@ -419,25 +446,10 @@ impl PciModel for DmaEngine {
         self.inner.cv.notify_all();
     }
 
+    /// A function-level reset: config space included, so bus mastering is
+    /// off until the VFIO layer restores COMMAND ([`PciModel::set_bus_master`]).
     fn reset(&self) {
-        {
-            let mut g = self.inner.st.lock();
-            g.holds += 1;
-            self.inner.quiesce(&mut g);
-            g.regs = Regs::power_on(&self.inner.params.power_on);
-            g.traffic_gen.fetch_add(1, Ordering::AcqRel);
-            g.epoch += 1;
-            g.pending_irq = 0;
-            g.clock = None;
-            g.holds -= 1;
-            self.inner.cv.notify_all();
-        }
-        // a worker that died of a panic comes back with the reset (not
-        // from a callback on the worker, which is alive)
-        if !IN_WORKER.with(|w| w.get()) {
-            let mut w = self.worker.lock();
-            self.ensure_worker(&mut w);
-        }
+        self.reset_device(true);
     }
 
     fn set_running(&self, running: bool) {

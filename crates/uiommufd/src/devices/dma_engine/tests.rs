@@ -693,11 +693,16 @@ fn reset_returns_to_power_on_values() {
     assert_ne!(d.regs(), power_on);
     d.reset();
     assert_eq!(d.regs(), power_on);
-    // through CONTROL.RESET too
+    // through CONTROL.RESET too, which leaves bus mastering as it was;
+    // a function-level reset turns it off (config space resets with it)
+    d.set_bus_master(true);
     w32(&d, SCRATCH, 1);
     w32(&d, CONTROL, CONTROL_RESET | CONTROL_RING_ENABLE);
     assert_eq!(d.regs(), power_on);
     assert_eq!(r32(&d, CONTROL), 0);
+    assert_ne!(r32(&d, STATUS) & STATUS_BUS_MASTER, 0);
+    d.reset();
+    assert_eq!(r32(&d, STATUS) & STATUS_BUS_MASTER, 0);
     // a reset waits for the DMA in flight and nothing of the old state follows
     d.set_bus_master(true);
     w64(&d, RING_BASE, RING);
@@ -1011,6 +1016,8 @@ fn calls_back_from_the_bus_do_not_deadlock() {
     d.connect(Some(bus.clone()));
     d.set_bus_master(true);
     let start = |d: &DmaEngine| {
+        // (a function-level reset turned bus mastering off)
+        d.set_bus_master(true);
         w64(d, RING_BASE, RING);
         w32(d, RING_SIZE, 4);
         w32(d, INT_ENABLE, INT_ALL);
