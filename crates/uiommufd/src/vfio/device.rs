@@ -488,27 +488,30 @@ impl VfioDevice {
             dev,
         });
         st.open_count = 1;
-        drop(st);
+        // under the state lock: a racing last close cannot undo it (models
+        // only call back through the Bus, which never takes this lock)
         let bus: Arc<dyn Bus> = self.bus.clone();
         self.model.connect(Some(bus));
+        drop(st);
         tracing::debug!(device = %self.decl.addr, ?via, dev_id = id, "device opened");
         Ok(id)
     }
 
-    /// Close a device file (`vfio_df_close`); the last one tears down.
+    /// Close a device file (`vfio_df_close`); the last one tears down
+    /// (`vfio_pci_core_disable`): IRQs off, bus master off, the model
+    /// reset, the config space back to power-on, unbound, disconnected.
+    /// All under the state lock, so that an open racing the last close
+    /// starts from a closed device.
     pub(crate) fn close_df(&self) {
-        let binding = {
-            let mut st = self.state.lock();
-            if st.open_count == 0 {
-                return;
-            }
-            st.open_count -= 1;
-            if st.open_count > 0 {
-                return;
-            }
-            st.binding.take()
-        };
-        // vfio_pci_core_disable: IRQs off, bus master off, reset
+        let mut st = self.state.lock();
+        if st.open_count == 0 {
+            return;
+        }
+        st.open_count -= 1;
+        if st.open_count > 0 {
+            return;
+        }
+        let binding = st.binding.take();
         self.disable_irqs();
         self.model.reset();
         self.config.lock().reset();
@@ -524,6 +527,7 @@ impl VfioDevice {
             v.fill(0);
             v[12] = 1;
         }
+        drop(st);
         tracing::debug!(device = %self.decl.addr, "device closed");
     }
 
