@@ -794,7 +794,7 @@ fn vfio_config_space_and_regions() {
     let mut b = [0u8; 4];
     let f = file(fd);
     assert_eq!(
-        f.read_at(&mut b, region(9), false).unwrap_err().errno().0,
+        f.read_at(&mut b, region(12), false).unwrap_err().errno().0,
         libc::EINVAL
     );
     assert_eq!(
@@ -890,7 +890,9 @@ fn vfio_device_ioctl_errnos() {
     assert_eq!(errno_of(fd, VFIO_DEVICE_GET_INFO, &mut raw), 0);
     let info = VfioDeviceInfo::read_from_bytes(&raw).unwrap();
     assert_eq!(info.flags, VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET);
-    assert_eq!((info.num_regions, info.num_irqs), (9, 5));
+    // the 9 vfio-pci regions (device-specific ones may follow)
+    assert!(info.num_regions >= 9);
+    assert_eq!(info.num_irqs, 5);
     assert_eq!(&raw[20..], &[0xee; 4], "nothing past argsz");
     let mut info = VfioDeviceInfo {
         argsz: 24,
@@ -911,7 +913,7 @@ fn vfio_device_ioctl_errnos() {
     };
     assert_eq!(ri(0, 31).0, libc::EINVAL);
     assert_eq!(ri(8, 32).0, libc::EINVAL, "no VGA");
-    assert_eq!(ri(9, 32).0, libc::EINVAL);
+    assert_eq!(ri(info.num_regions, 32).0, libc::EINVAL);
     let (e, r) = ri(0, 32);
     assert_eq!(e, 0);
     assert_eq!(
@@ -1114,12 +1116,10 @@ fn vfio_device_ioctl_errnos() {
     assert_eq!(errno_of(fd, VFIO_DEVICE_FEATURE, &mut f), libc::EINVAL);
     f.flags = VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET | 1;
     assert_eq!(errno_of(fd, VFIO_DEVICE_FEATURE, &mut f), libc::EINVAL);
-    f.flags |= VFIO_DEVICE_FEATURE_PROBE;
-    assert_eq!(
-        errno_of(fd, VFIO_DEVICE_FEATURE, &mut f),
-        libc::ENOTTY,
-        "no migration"
-    );
+    // a feature no device has
+    f.flags =
+        VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PROBE | 0xfff0;
+    assert_eq!(errno_of(fd, VFIO_DEVICE_FEATURE, &mut f), libc::ENOTTY);
 
     // hot reset: no slot or bus reset
     let mut h = VfioPciHotResetInfo {

@@ -62,8 +62,29 @@ use crate::{bail, err, Result};
 /// An eventfd the device signals: its own duplicate of the fd the user
 /// gave (the kernel holds an `eventfd_ctx` reference the same way), closed
 /// when dropped.
+///
+/// The duplicate is a plain fd number in the program's table, so a program
+/// that closes numbers it does not own (`close_range` before `exec`) can
+/// close it behind our back and reuse the number for another file. Each
+/// signal therefore first checks with `fstat` that the number still is the
+/// anon inode it was (every eventfd shares one, so at worst another anon
+/// file gets a write it refuses), and never writes 8 bytes into a regular
+/// file, pipe or socket that took the number.
 #[derive(Debug)]
-pub struct EventFd(i32);
+pub struct EventFd {
+    fd: i32,
+    dev: u64,
+    ino: u64,
+}
+
+/// `(st_dev, st_ino)` of `fd` by a raw `fstat`.
+fn identity(fd: i32) -> Option<(u64, u64)> {
+    // SAFETY: an all-zero `stat` is a valid value for the kernel to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat into a live, writable `stat`.
+    let r = unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) };
+    (r == 0).then_some((st.st_dev, st.st_ino))
+}
 
 impl EventFd {
     /// Take a reference to the user's eventfd `fd` (`eventfd_ctx_fdget`):
@@ -109,32 +130,48 @@ impl EventFd {
         if dup < 0 {
             bail!(EMFILE, "cannot take a reference to eventfd {fd}");
         }
-        Ok(EventFd(dup as i32))
+        let dup = dup as i32;
+        let Some((dev, ino)) = identity(dup) else {
+            // SAFETY: closes the duplicate just made.
+            unsafe { libc::syscall(libc::SYS_close, dup) };
+            bail!(EBADF, "eventfd {fd} went away");
+        };
+        Ok(EventFd { fd: dup, dev, ino })
     }
 
     /// Add 1 to the counter (`eventfd_signal`), with a raw `write` so that
     /// no interposed `write` sees it.
     pub fn signal(&self) {
+        if identity(self.fd) != Some((self.dev, self.ino)) {
+            tracing::warn!(
+                fd = self.fd,
+                "an IRQ eventfd reference was closed behind the engine's back: not signalled"
+            );
+            return;
+        }
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to an fd we own.
         let n = unsafe {
             libc::syscall(
                 libc::SYS_write,
-                self.0,
+                self.fd,
                 &one as *const u64 as *const libc::c_void,
                 8usize,
             )
         };
         if n != 8 {
-            tracing::debug!(fd = self.0, "signalling an IRQ eventfd failed");
+            tracing::debug!(fd = self.fd, "signalling an IRQ eventfd failed");
         }
     }
 }
 
 impl Drop for EventFd {
     fn drop(&mut self) {
-        // SAFETY: closes the duplicate this object owns.
-        unsafe { libc::syscall(libc::SYS_close, self.0) };
+        // a number closed and reused behind our back is not ours to close
+        if identity(self.fd) == Some((self.dev, self.ino)) {
+            // SAFETY: closes the duplicate this object owns.
+            unsafe { libc::syscall(libc::SYS_close, self.fd) };
+        }
     }
 }
 
