@@ -1242,6 +1242,14 @@ fn vfio_irqs_fire() {
     model.raise(0);
     assert_eq!(fired(&evs[0]), 0);
 
+    // the REQ eventfd is independent of the interrupt type
+    let req = eventfd();
+    set_irq_fds(fd, 4, 0, &[req.as_raw_fd()]).unwrap();
+    set_irq_fds(fd, 2, 0, &[evs[0].as_raw_fd()]).unwrap();
+    set_irq_none(fd, 2, VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0).unwrap();
+    set_irq_none(fd, 4, VFIO_IRQ_SET_ACTION_TRIGGER, 0, 1).unwrap();
+    assert_eq!(fired(&req), 1, "REQ survives MSI-X enable and disable");
+
     // MSI: vectors fixed at enable
     set_irq_fds(fd, 1, 0, &[evs[0].as_raw_fd()]).unwrap();
     assert_eq!(dev.irq_type(), IrqType::Msi);
@@ -1281,6 +1289,61 @@ fn vfio_irqs_fire() {
         kit::err(set_irq_none(fd, 0, VFIO_IRQ_SET_ACTION_MASK, 0, 0)),
         libc::EINVAL
     );
+    // unmask by eventfd (virqfd, QEMU's KVM resample path): the pending
+    // interrupt (masked above) fires once the unmask eventfd is signalled
+    let unmask = eventfd();
+    let set_unmask_fd = |efd: i32| {
+        let mut b = Vec::new();
+        for v in [
+            24u32,
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_UNMASK,
+            0,
+            0,
+            1,
+        ] {
+            b.extend_from_slice(&v.to_ne_bytes());
+        }
+        b.extend_from_slice(&efd.to_ne_bytes());
+        ioctl_on(fd, VFIO_DEVICE_SET_IRQS, &mut b[..], &Fds::default())
+    };
+    set_unmask_fd(unmask.as_raw_fd()).unwrap();
+    let poke = |e: &std::os::fd::OwnedFd| {
+        let one = 1u64;
+        // SAFETY: writes 8 bytes from a live u64 to our eventfd.
+        let n = unsafe { libc::write(e.as_raw_fd(), &one as *const u64 as *const libc::c_void, 8) };
+        assert_eq!(n, 8);
+    };
+    let wait_fired = |e: &std::os::fd::OwnedFd| {
+        let t0 = std::time::Instant::now();
+        loop {
+            let n = fired(e);
+            if n > 0 || t0.elapsed().as_secs() >= 10 {
+                return n;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    };
+    poke(&unmask);
+    assert_eq!(
+        wait_fired(&evs[0]),
+        1,
+        "unmasked by the eventfd: the pending one fires"
+    );
+    model.raise(0);
+    assert_eq!(fired(&evs[0]), 0, "auto-masked again");
+    poke(&unmask);
+    assert_eq!(wait_fired(&evs[0]), 1);
+    set_unmask_fd(-1).unwrap();
+    model.raise(0);
+    poke(&unmask);
+    std::thread::sleep(std::time::Duration::from_millis(20));
+    assert_eq!(fired(&evs[0]), 0, "no virqfd any more");
+    assert_eq!(kit::err(set_unmask_fd(1 << 20)), libc::EBADF);
+    set_unmask_fd(unmask.as_raw_fd()).unwrap();
+    // disabling INTx stops the virqfd with it
+    set_irq_none(fd, 0, VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0).unwrap();
+    assert_eq!(dev.irq_type(), IrqType::None);
+    set_irq_fds(fd, 0, 0, &[evs[0].as_raw_fd()]).unwrap();
     // closing the device fd tears the IRQs down
     files::close(fd).unwrap();
     assert_eq!(dev.irq_type(), IrqType::None);

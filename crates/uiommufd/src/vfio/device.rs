@@ -34,7 +34,10 @@
 //! vfio-pci's does (signal, then masked until `ACTION_UNMASK`); an INTx
 //! raised while masked stays pending and fires at the unmask (the model's
 //! interrupts are edges, a real INTx is a level that would still be
-//! asserted). INTx is not delivered while COMMAND's INTx-disable bit is
+//! asserted); `ACTION_UNMASK` with an eventfd starts a thread that unmasks
+//! each time that eventfd is signalled (the kernel's virqfd, QEMU's KVM
+//! resample path). The REQ eventfd is independent of the interrupt type.
+//! INTx is not delivered while COMMAND's INTx-disable bit is
 //! set. MSI/MSI-X delivery does not look at the MSI-X table's mask bits:
 //! as with vfio-pci, the user's table is a copy the host does not program
 //! from (QEMU emulates the guest's table itself).
@@ -165,6 +168,27 @@ impl EventFd {
     }
 }
 
+impl EventFd {
+    /// Read (reset) the counter, after the same identity check as
+    /// [`EventFd::signal`]; `false` when the reference is gone.
+    fn consume(&self) -> bool {
+        if identity(self.fd) != Some((self.dev, self.ino)) {
+            return false;
+        }
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from an fd we own.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_read,
+                self.fd,
+                &mut v as *mut u64 as *mut libc::c_void,
+                8usize,
+            )
+        };
+        n == 8 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
+    }
+}
+
 impl Drop for EventFd {
     fn drop(&mut self) {
         // a number closed and reused behind our back is not ours to close
@@ -198,7 +222,133 @@ struct Irqs {
     triggers: Vec<Option<EventFd>>,
     intx_masked: bool,
     intx_pending: bool,
+    /// INTx unmask by eventfd (`vfio_virqfd_enable`).
+    unmask: Option<Virqfd>,
     req: Option<EventFd>,
+}
+
+impl Irqs {
+    /// Take the interrupt type's state (everything but the REQ trigger,
+    /// which is independent of it), leaving no type enabled. The caller
+    /// drops what it got after releasing the lock: a [`Virqfd`] joins its
+    /// thread, which may be waiting for that lock.
+    fn take_type(&mut self) -> Irqs {
+        let req = self.req.take();
+        let old = std::mem::take(self);
+        self.req = req;
+        old
+    }
+}
+
+/// The kernel's virqfd for `ACTION_UNMASK` with an eventfd: a thread that
+/// waits for the user's eventfd (QEMU's KVM resample notifier) and unmasks
+/// INTx each time it is signalled. Dropping it stops and joins the thread.
+#[derive(Debug)]
+struct Virqfd {
+    stop: i32,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Virqfd {
+    fn start(efd: EventFd, bus: Weak<DeviceBus>) -> Result<Virqfd> {
+        // SAFETY: eventfd2 with flags only; no memory is touched.
+        let stop = unsafe {
+            libc::syscall(
+                libc::SYS_eventfd2,
+                0,
+                libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
+            )
+        };
+        if stop < 0 {
+            bail!(EMFILE, "virqfd: no eventfd for its stop signal");
+        }
+        let stop = stop as i32;
+        let thread = std::thread::Builder::new()
+            .name("vfio-virqfd".into())
+            .spawn(move || virqfd_loop(efd, stop, bus));
+        match thread {
+            Ok(t) => Ok(Virqfd {
+                stop,
+                thread: Some(t),
+            }),
+            Err(e) => {
+                // SAFETY: closes the eventfd made above.
+                unsafe { libc::syscall(libc::SYS_close, stop) };
+                bail!(EAGAIN, "virqfd: cannot start its thread: {e}")
+            }
+        }
+    }
+}
+
+impl Drop for Virqfd {
+    fn drop(&mut self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our own eventfd.
+        unsafe {
+            libc::syscall(
+                libc::SYS_write,
+                self.stop,
+                &one as *const u64 as *const libc::c_void,
+                8usize,
+            )
+        };
+        if let Some(t) = self.thread.take() {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+        // SAFETY: closes our own eventfd; the thread is gone.
+        unsafe { libc::syscall(libc::SYS_close, self.stop) };
+    }
+}
+
+fn virqfd_loop(efd: EventFd, stop: i32, bus: Weak<DeviceBus>) {
+    loop {
+        let mut pfd = [
+            libc::pollfd {
+                fd: efd.fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two live pollfds, no timeout, no signal mask; the raw
+        // syscall bypasses any interposed poll.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_ppoll,
+                pfd.as_mut_ptr(),
+                2 as libc::nfds_t,
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<libc::sigset_t>(),
+                0usize,
+            )
+        };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break;
+        }
+        if pfd[1].revents != 0
+            || pfd[0].revents & (libc::POLLNVAL | libc::POLLERR | libc::POLLHUP) != 0
+        {
+            break;
+        }
+        if pfd[0].revents & libc::POLLIN != 0 {
+            if !efd.consume() {
+                break;
+            }
+            match bus.upgrade() {
+                Some(b) => b.unmask_intx(),
+                None => break,
+            }
+        }
+    }
 }
 
 /// The bus side of a device: what its model's DMA and interrupts go
@@ -255,6 +405,20 @@ impl DeviceBus {
             }
         }
         f
+    }
+
+    /// Unmask INTx (`__vfio_pci_intx_unmask`): an interrupt raised while
+    /// masked fires now.
+    fn unmask_intx(&self) {
+        let mut irqs = self.irqs.lock();
+        if irqs.ty != IrqType::Intx {
+            return;
+        }
+        irqs.intx_masked = false;
+        self.intx_asserted.store(false, Ordering::Release);
+        if irqs.intx_pending && !self.intx_disable.load(Ordering::Acquire) {
+            self.intx_fire(&mut irqs);
+        }
     }
 
     fn intx_fire(&self, irqs: &mut Irqs) {
@@ -888,21 +1052,22 @@ impl VfioDevice {
         }
         if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
             let fd = i32::from_ne_bytes(data[..4].try_into().expect("validated"));
-            if fd >= 0 {
-                // vfio_virqfd_enable: would need a thread watching the fd
-                bail!(
-                    EOPNOTSUPP,
-                    "INTx unmask through an eventfd (virqfd) is not emulated; unmask with DATA_NONE/BOOL"
-                );
-            }
+            // vfio_virqfd_enable / _disable; the old one is dropped (its
+            // thread joined) after the lock is released
+            let new = if fd >= 0 {
+                let efd = EventFd::from_user(fd)?;
+                Some(Virqfd::start(efd, Arc::downgrade(&self.bus))?)
+            } else {
+                None
+            };
+            let old = std::mem::replace(&mut irqs.unmask, new);
+            drop(irqs);
+            drop(old);
             return Ok(());
         }
         if flags & VFIO_IRQ_SET_DATA_NONE != 0 || data.first().is_some_and(|&b| b != 0) {
-            irqs.intx_masked = false;
-            self.bus.intx_asserted.store(false, Ordering::Release);
-            if irqs.intx_pending && !self.bus.intx_disable.load(Ordering::Acquire) {
-                self.bus.intx_fire(&mut irqs);
-            }
+            drop(irqs);
+            self.bus.unmask_intx();
         }
         Ok(())
     }
@@ -911,8 +1076,11 @@ impl VfioDevice {
         let mut irqs = self.bus.irqs.lock();
         let is_intx = irqs.ty == IrqType::Intx;
         if is_intx && count == 0 && flags & VFIO_IRQ_SET_DATA_NONE != 0 {
-            *irqs = Irqs::default();
+            // vfio_intx_disable (its unmask virqfd too)
+            let old = irqs.take_type();
             self.bus.intx_asserted.store(false, Ordering::Release);
+            drop(irqs);
+            drop(old);
             return Ok(());
         }
         if !(is_intx || irqs.ty == IrqType::None) || start != 0 || count != 1 {
@@ -963,7 +1131,9 @@ impl VfioDevice {
         let want = if msix { IrqType::Msix } else { IrqType::Msi };
         let mut irqs = self.bus.irqs.lock();
         if irqs.ty == want && count == 0 && flags & VFIO_IRQ_SET_DATA_NONE != 0 {
-            *irqs = Irqs::default();
+            let old = irqs.take_type();
+            drop(irqs);
+            drop(old);
             return Ok(());
         }
         if !(irqs.ty == want || irqs.ty == IrqType::None) {
@@ -981,15 +1151,14 @@ impl VfioDevice {
             if irqs.ty == want {
                 return Self::msi_set_block(&mut irqs, msix, start, &fds);
             }
-            // vfio_msi_enable
-            *irqs = Irqs {
-                ty: want,
-                allocated: start + count,
-                ..Irqs::default()
-            };
+            // vfio_msi_enable (no type is enabled: nothing to drop)
+            irqs.ty = want;
+            irqs.allocated = start + count;
             let r = Self::msi_set_block(&mut irqs, msix, start, &fds);
             if r.is_err() {
-                *irqs = Irqs::default();
+                let old = irqs.take_type();
+                drop(irqs);
+                drop(old);
             }
             return r;
         }
