@@ -330,6 +330,14 @@ impl Run {
                 self.extra.push(new as i32);
             }
         }
+        // a migration data fd (VFIO_DEVICE_FEATURE_MIG_DEVICE_STATE)
+        if cmd == VFIO_DEVICE_FEATURE {
+            if let Ok(new) = r.as_ref().map(|&v| v as i32) {
+                if new > 0 && files::get(new).is_some() {
+                    files::close(new).unwrap();
+                }
+            }
+        }
     }
 
     fn region(&mut self, inp: &mut Input<'_>, write: bool) {
