@@ -1479,7 +1479,7 @@ fn vfio_concurrent_irqs_dma_and_config() {
         threads.push(std::thread::spawn(move || {
             let mut n = 0u32;
             while !stop.load(Ordering::Relaxed) {
-                let cmd: u16 = if n % 3 == 0 { 0x2 } else { 0x6 };
+                let cmd: u16 = if n.is_multiple_of(3) { 0x2 } else { 0x6 };
                 cfg_write(fd, 4, &cmd.to_le_bytes()).unwrap();
                 let _ = cfg_read(fd, 0, 64).unwrap();
                 bar_write32(fd, 0, 0, n);
