@@ -578,6 +578,11 @@ fn vfio_group_container_flow() {
         errno_of(g, VFIO_GROUP_GET_DEVICE_FD, &mut wrong[..]),
         libc::ENODEV
     );
+    let mut longer = format!("{addr}1\0").into_bytes();
+    assert_eq!(
+        errno_of(g, VFIO_GROUP_GET_DEVICE_FD, &mut longer[..]),
+        libc::ENODEV
+    );
     let mut unset = [0u8; 4];
     assert_eq!(
         errno_of(g, VFIO_GROUP_UNSET_CONTAINER, &mut unset),
@@ -624,6 +629,15 @@ fn vfio_group_container_flow() {
     // SAFETY: writes into our own buffer.
     unsafe { std::ptr::write_bytes(buf.addr() as *mut u8, 0x5c, 32) };
 
+    let mut token = format!("{addr} vf_token=2ab74924-c335-45f4-9b16-8569e5b08258\0").into_bytes();
+    assert_eq!(
+        kit::err(ioctl_on(g, VFIO_GROUP_GET_DEVICE_FD, &mut token[..], &fds)),
+        libc::EINVAL,
+        "not an SR-IOV function"
+    );
+    let mut spaced = format!("{addr}  \0").into_bytes();
+    let sfd = ioctl_on(g, VFIO_GROUP_GET_DEVICE_FD, &mut spaced[..], &fds).unwrap() as i32;
+    files::close(sfd).unwrap();
     let dfd = ioctl_on(g, VFIO_GROUP_GET_DEVICE_FD, &mut name[..], &fds).unwrap() as i32;
     assert!(
         file(dfd).stat_as().is_none(),
