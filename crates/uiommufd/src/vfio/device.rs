@@ -60,7 +60,7 @@ use crate::vfio::pci_config::{PciConfig, CONFIG_SIZE, PCI_STATUS, PCI_STATUS_INT
 use crate::vfio::registry::{DeviceDecl, Registered};
 use crate::vfio::uapi::*;
 use crate::vtd::VtdDriver;
-use crate::{bail, err, Result};
+use crate::{bail, Result};
 
 /// An eventfd the device signals: its own duplicate of the fd the user
 /// gave (the kernel holds an `eventfd_ctx` reference the same way), closed
@@ -80,6 +80,65 @@ pub struct EventFd {
     ino: u64,
 }
 
+/// Whether the open fd `fd` is an eventfd. The link `/proc/self/fd/N` of
+/// an eventfd reads `anon_inode:[eventfd]` (read with a raw `readlinkat`,
+/// past any interposition). Without `/proc` (a chroot that did not mount
+/// it): the fd must be the anon inode every eventfd shares (compared with
+/// one made for the purpose) and take a write of a zero counter increment,
+/// which changes nothing in an eventfd and which the other anon-inode
+/// files (epoll, timerfd, signalfd, ...) refuse.
+pub fn is_eventfd(fd: i32) -> bool {
+    let Ok(path) = std::ffi::CString::new(format!("/proc/self/fd/{fd}")) else {
+        return false;
+    };
+    let mut buf = [0u8; 64];
+    // SAFETY: a NUL-terminated path and a buffer of the length passed.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_readlinkat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if n >= 0 {
+        return &buf[..n as usize] == b"anon_inode:[eventfd]";
+    }
+    is_eventfd_without_proc(fd)
+}
+
+/// [`is_eventfd`] without `/proc`.
+pub fn is_eventfd_without_proc(fd: i32) -> bool {
+    static ANON: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+    let anon = *ANON.get_or_init(|| {
+        // SAFETY: eventfd2 with flags only; no memory is touched.
+        let probe = unsafe { libc::syscall(libc::SYS_eventfd2, 0, libc::EFD_CLOEXEC) };
+        if probe < 0 {
+            return None;
+        }
+        let id = identity(probe as i32);
+        // SAFETY: closes the probe made above.
+        unsafe { libc::syscall(libc::SYS_close, probe) };
+        id
+    });
+    if anon.is_none() || identity(fd) != anon {
+        return false;
+    }
+    let zero: u64 = 0;
+    // SAFETY: writes 8 bytes from a live u64; adding 0 to an eventfd's
+    // counter changes nothing and never blocks.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_write,
+            fd,
+            &zero as *const u64 as *const libc::c_void,
+            8usize,
+        )
+    };
+    n == 8
+}
+
 /// `(st_dev, st_ino)` of `fd` by a raw `fstat`.
 fn identity(fd: i32) -> Option<(u64, u64)> {
     // SAFETY: an all-zero `stat` is a valid value for the kernel to fill.
@@ -93,10 +152,9 @@ impl EventFd {
     /// Take a reference to the user's eventfd `fd` (`eventfd_ctx_fdget`):
     /// `EBADF` when `fd` is not open, `EINVAL` when it is not an eventfd.
     ///
-    /// How an eventfd is recognised: the link `/proc/self/fd/N` of an
-    /// eventfd reads `anon_inode:[eventfd]` (read with a raw `readlinkat`,
-    /// past any interposition). Engine files are eventfds underneath but
-    /// not the user's: an fd the engine registry knows is `EINVAL` too.
+    /// How an eventfd is recognised: see [`is_eventfd`]. Engine files are
+    /// eventfds underneath but not the user's: an fd the engine registry
+    /// knows is `EINVAL` too.
     pub fn from_user(fd: i32) -> Result<EventFd> {
         if fd < 0 {
             bail!(EBADF, "eventfd {fd} is negative");
@@ -106,20 +164,7 @@ impl EventFd {
         if r < 0 {
             bail!(EBADF, "eventfd {fd} is not an open file descriptor");
         }
-        let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}"))
-            .map_err(|_| err!(EINVAL, "fd path"))?;
-        let mut buf = [0u8; 64];
-        // SAFETY: a NUL-terminated path and a buffer of the length passed.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_readlinkat,
-                libc::AT_FDCWD,
-                path.as_ptr(),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
-        if n < 0 || &buf[..n as usize] != b"anon_inode:[eventfd]" {
+        if !is_eventfd(fd) {
             bail!(EINVAL, "fd {fd} is not an eventfd");
         }
         if crate::files::get(fd).is_some() {
@@ -1326,5 +1371,43 @@ impl RwBuf<'_> {
     }
     fn is_write(&self) -> bool {
         matches!(self, RwBuf::Write(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eventfd_recognised_with_and_without_proc() {
+        // SAFETY: plain fd creation.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        // SAFETY: as above.
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        let null = std::fs::File::open("/dev/null").unwrap();
+        use std::os::fd::AsRawFd;
+        assert!(is_eventfd(efd));
+        assert!(!is_eventfd(epfd));
+        assert!(!is_eventfd(null.as_raw_fd()));
+        assert!(is_eventfd_without_proc(efd));
+        assert!(
+            !is_eventfd_without_proc(epfd),
+            "an epoll fd refuses the write"
+        );
+        assert!(
+            !is_eventfd_without_proc(null.as_raw_fd()),
+            "not the anon inode"
+        );
+        let mut v = 0u64;
+        // SAFETY: a nonblocking check that the probe write added nothing.
+        unsafe { libc::fcntl(efd, libc::F_SETFL, libc::O_NONBLOCK) };
+        // SAFETY: reads 8 bytes into a live u64.
+        let n = unsafe { libc::read(efd, &mut v as *mut u64 as *mut libc::c_void, 8) };
+        assert_eq!(n, -1, "the counter is still 0");
+        // SAFETY: closing our own fds.
+        unsafe {
+            libc::close(efd);
+            libc::close(epfd);
+        }
     }
 }
