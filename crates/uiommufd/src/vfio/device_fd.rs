@@ -10,9 +10,10 @@
 //!
 //! Not served (the answer and why): `VFIO_DEVICE_IOEVENTFD` is `ENOTTY`
 //! (vfio-pci has it; QEMU uses it only for device quirks and falls back);
-//! `VFIO_DEVICE_FEATURE` answers `ENOTTY` for every feature after the
-//! kernel's header checks (no migration or dirty-logging ops yet, no VF
-//! token, and the low-power features are not emulated); plain `read(2)`/
+//! `VFIO_DEVICE_FEATURE` serves the migration and DMA-logging features
+//! ([`crate::vfio::migration`]) and answers `ENOTTY` for the others after
+//! the kernel's header checks (no VF token; the low-power features are not
+//! emulated); plain `read(2)`/
 //! `write(2)` without an offset are `EINVAL` (use `pread`/`pwrite`).
 
 use std::sync::Arc;
