@@ -78,9 +78,11 @@ vfio_ioctls_case() {
 }
 
 vfio_ioctls_all() {
+    local before=$failed
     vfio_ioctls_case "vfio-ioctls container (sysfs dir)" "@SYSFS@/devices/$ADDR"
     vfio_ioctls_case "vfio-ioctls container (/sys/bus/pci)" "/sys/bus/pci/devices/$ADDR"
     vfio_ioctls_case "vfio-ioctls iommufd cdev (sysfs dir)" "@SYSFS@/devices/$ADDR" --iommufd
+    [ "$failed" = "$before" ]
 }
 part vfio-ioctls vfio_ioctls_all
 
@@ -99,7 +101,7 @@ qemu_all() {
         failures+=("qemu")
     fi
     rm -f "$out"
-    return 0
+    return "$rc"
 }
 # QEMU's counts join ours (they are printed by test_qemu.py itself). The
 # harness check (no uiommufd: both QEMUs start, QMP, port I/O, pmemsave)

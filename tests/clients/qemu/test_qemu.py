@@ -30,6 +30,7 @@ Exits 1 if any case fails, printing what failed and QEMU's output.
 
 import argparse
 import os
+import shlex
 import shutil
 import subprocess
 import sys
@@ -199,7 +200,7 @@ def run_device_case(case, keep):
         penv["UIOMMUFD_SYSFS"] = env.inside(sysfs_root)
         penv.setdefault("UIOMMUFD_LOG", "debug")
         qemu = Qemu(argv, qmp_sock, env.workdir, root=env.root, name="qemu", env=penv)
-        log.append("command: UIOMMUFD_SYSFS=%s %s" % (penv["UIOMMUFD_SYSFS"], " ".join(argv)))
+        log.append("command: UIOMMUFD_SYSFS=%s %s" % (penv["UIOMMUFD_SYSFS"], shlex.join(argv)))
         t0 = time.monotonic()
         version = qemu.start(timeout=30)
         got = "%d.%d" % (version["major"], version["minor"])
@@ -286,9 +287,9 @@ def run_device_case(case, keep):
     except BaseException as e:
         if qemu is not None:
             qemu.kill()
-            e.args = (
-                "%s\n%s\n%s" % (e.args[0] if e.args else e, "\n".join(log), qemu.tails(60)),
-            )
+            msg = str(e.args[0]) if e.args else repr(e)
+            tails = "" if "--- qemu " in msg else "\n" + qemu.tails(60)
+            e.args = ("%s\n%s%s" % (msg, "\n".join(log), tails),)
         raise
     finally:
         env.cleanup()
