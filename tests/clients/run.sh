@@ -82,6 +82,7 @@ vfio_ioctls_all() {
     vfio_ioctls_case "vfio-ioctls container (sysfs dir)" "@SYSFS@/devices/$ADDR"
     vfio_ioctls_case "vfio-ioctls container (/sys/bus/pci)" "/sys/bus/pci/devices/$ADDR"
     vfio_ioctls_case "vfio-ioctls iommufd cdev (sysfs dir)" "@SYSFS@/devices/$ADDR" --iommufd
+    vfio_ioctls_case "vfio-ioctls iommufd cdev (/sys/bus/pci)" "/sys/bus/pci/devices/$ADDR" --iommufd
     [ "$failed" = "$before" ]
 }
 part vfio-ioctls vfio_ioctls_all
