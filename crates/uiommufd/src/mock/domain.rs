@@ -31,7 +31,7 @@ use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::domain::{next_domain_id, split_pgsizes, Domain};
+use crate::domain::{next_domain_id, split_pgsizes, DmaFault, Domain};
 use crate::io_pagetable::{DirtyBitmap, Prot};
 use crate::user::page_size;
 use crate::{bail, Result};
@@ -630,6 +630,58 @@ impl Domain for MockDomain {
             .map(|e| e.addr + iova % mock_io_page_size())
     }
 
+    /// Granule by granule (at most one stripe block per call), with the
+    /// mapping's permissions; a tracked write marks the granules it
+    /// returns dirty, as a device writing through the mock would.
+    fn translate(
+        &self,
+        iova: u64,
+        len: u64,
+        write: bool,
+    ) -> std::result::Result<(u64, u64), DmaFault> {
+        let mps = mock_io_page_size();
+        if iova < self.aperture.0 || iova > self.aperture.1 {
+            return Err(DmaFault::NotPresent { iova });
+        }
+        let g0 = iova / mps;
+        let last_byte = iova.saturating_add(len.max(1) - 1).min(self.aperture.1);
+        let g_last = (last_byte / mps).min(g0 + BLOCK - 1);
+        let allowed = |e: &MockEntry| if write { e.prot.write } else { e.prot.read };
+        // how many granules from g0 are mapped, allowed and host-contiguous
+        let scan = |get: &dyn Fn(u64) -> Option<MockEntry>| {
+            let first = get(g0).ok_or(DmaFault::NotPresent { iova })?;
+            if !allowed(&first) {
+                return Err(DmaFault::Permission { iova, write });
+            }
+            let mut n = 1;
+            while g0 + n <= g_last {
+                match get(g0 + n) {
+                    Some(e) if allowed(&e) && e.addr == first.addr.wrapping_add(n * mps) => n += 1,
+                    _ => break,
+                }
+            }
+            Ok((first.addr, n))
+        };
+        let (addr, n) = if write && self.tracking.load(Ordering::Acquire) {
+            let mut t = self.table.write(g0, g_last);
+            let (addr, n) = {
+                let t = &t;
+                scan(&|g| t.get(g).copied())?
+            };
+            for g in g0..g0 + n {
+                if let Some(e) = t.map_of_mut(g).get_mut(&g) {
+                    e.flags |= MockEntry::FLAG_DIRTY;
+                }
+            }
+            (addr, n)
+        } else {
+            let t = self.table.read(g0, g_last);
+            scan(&|g| t.get(g).copied())?
+        };
+        let off = iova % mps;
+        Ok((addr + off, (n * mps - off).min(len.max(1))))
+    }
+
     fn dirty_tracking_supported(&self) -> bool {
         self.dirty_ops
     }
@@ -739,6 +791,90 @@ mod tests {
 
     fn errno<T: std::fmt::Debug>(r: Result<T>) -> i32 {
         r.unwrap_err().errno().0
+    }
+
+    #[test]
+    fn mock_domain_translate_permissions_and_dirty() {
+        let mps = mock_io_page_size();
+        let d = MockDomain::new_paging(false, true);
+        // granules 0,1 RW contiguous, granule 2 RW elsewhere, granule 3 RO
+        d.map(A, 0x1000_0000, 2 * mps, Prot::RW, u64::MAX).unwrap();
+        d.map(A + 2 * mps, 0x3000_0000, mps, Prot::RW, u64::MAX)
+            .unwrap();
+        d.map(A + 3 * mps, 0x1000_0000 + 3 * mps, mps, Prot::RO, u64::MAX)
+            .unwrap();
+        assert_eq!(
+            d.translate(A + 5, 10 * mps, false),
+            Ok((0x1000_0005, 2 * mps - 5))
+        );
+        assert_eq!(d.translate(A + 5, 3, true), Ok((0x1000_0005, 3)));
+        assert_eq!(
+            d.translate(A + 2 * mps + 1, 4 * mps, false),
+            Ok((0x3000_0001, mps - 1))
+        );
+        assert_eq!(
+            d.translate(A + 3 * mps + 8, 1, true),
+            Err(DmaFault::Permission {
+                iova: A + 3 * mps + 8,
+                write: true
+            })
+        );
+        assert_eq!(
+            d.translate(A + 3 * mps + 8, 1, false),
+            Ok((0x1000_0000 + 3 * mps + 8, 1))
+        );
+        assert_eq!(
+            d.translate(A + 4 * mps, 1, false),
+            Err(DmaFault::NotPresent { iova: A + 4 * mps })
+        );
+        assert_eq!(
+            d.translate(0, 1, false),
+            Err(DmaFault::NotPresent { iova: 0 })
+        );
+        // writes mark dirty only while tracking is on
+        assert_eq!(d.runs().len(), 3);
+        assert_eq!(d.entry(A).unwrap().flags & MockEntry::FLAG_DIRTY, 0);
+        d.set_dirty_tracking(true).unwrap();
+        d.translate(A + mps - 1, 2, true).unwrap();
+        assert_eq!(d.translate(A + 2 * mps, 8, false), Ok((0x3000_0000, 8)));
+        let dirty: Vec<bool> = (0..4)
+            .map(|i| d.entry(A + i * mps).unwrap().flags & MockEntry::FLAG_DIRTY != 0)
+            .collect();
+        assert_eq!(dirty, vec![true, true, false, false]);
+    }
+
+    #[test]
+    fn mock_domain_dma_copies_through_translate() {
+        let mps = mock_io_page_size();
+        let mut mem = vec![0u8; 4 * mps as usize];
+        let host = (mem.as_mut_ptr() as u64).next_multiple_of(mps);
+        let off = (host - mem.as_ptr() as u64) as usize;
+        let d = MockDomain::new(false);
+        d.map(A, host, 2 * mps, Prot::RW, u64::MAX).unwrap();
+        d.map(A + 2 * mps, host + 2 * mps, mps, Prot::RO, u64::MAX)
+            .unwrap();
+        let dom: Arc<dyn Domain> = d;
+        dom.dma_write(A + mps - 2, &[1, 2, 3, 4]).unwrap();
+        assert_eq!(
+            &mem[off + mps as usize - 2..off + mps as usize + 2],
+            &[1, 2, 3, 4]
+        );
+        let mut b = [0u8; 4];
+        dom.dma_read(A + mps - 2, &mut b).unwrap();
+        assert_eq!(b, [1, 2, 3, 4]);
+        assert_eq!(
+            dom.dma_write(A + 2 * mps - 1, &[5, 6]),
+            Err(DmaFault::Permission {
+                iova: A + 2 * mps,
+                write: true
+            })
+        );
+        assert_eq!(mem[off + 2 * mps as usize - 1], 5);
+        assert_eq!(
+            dom.dma_read(A + 3 * mps, &mut b),
+            Err(DmaFault::NotPresent { iova: A + 3 * mps })
+        );
+        drop(mem);
     }
 
     #[test]

@@ -12,5 +12,10 @@
 //! the kernel offers: a group `/dev/vfio/N` with a container, or a cdev
 //! `/dev/vfio/devices/vfioN` bound to an iommufd.
 
+pub mod device;
+pub mod device_fd;
+pub mod group;
 pub mod model;
+pub mod pci_config;
 pub mod registry;
+pub mod uapi;

@@ -138,6 +138,58 @@ pub fn declare(spec: &str) -> Result<DeviceDecl> {
     Ok(decl)
 }
 
+/// Declare a device whose model the caller made (Rust users and tests
+/// with their own [`PciModel`]): as [`declare`], with `spec`'s kind only
+/// naming the model and its non-registry keys ignored.
+pub fn declare_model(spec: &str, model: Arc<dyn PciModel>) -> Result<DeviceDecl> {
+    let mut devs = DEVICES.lock();
+    let decl = parse(spec, devs.len() as u32)?;
+    if let Some(o) = devs.iter().find(|r| {
+        r.decl.addr == decl.addr || r.decl.group == decl.group || r.decl.cdev == decl.cdev
+    }) {
+        bail!(
+            EEXIST,
+            "device {spec:?} clashes with {} (address {}, group {}, cdev {})",
+            o.decl.kind,
+            o.decl.addr,
+            o.decl.group,
+            o.decl.cdev
+        );
+    }
+    devs.push(Registered {
+        decl: decl.clone(),
+        model,
+    });
+    Ok(decl)
+}
+
+/// Open the group `/dev/vfio/<group>`: a new group fd (close-on-exec when
+/// `cloexec`). `ENOENT` when no declared device has that group, `EBUSY`
+/// when the group is open or its device is bound through its cdev.
+pub fn open_group(group: u32, cloexec: bool) -> Result<i32> {
+    let Some(reg) = by_group(group) else {
+        bail!(ENOENT, "no VFIO group {group} (/dev/vfio/{group})");
+    };
+    let dev = crate::vfio::device::get(&reg);
+    let file = Arc::new(crate::vfio::group::GroupFile::open(dev)?);
+    crate::files::create(file, cloexec)
+}
+
+/// Open the cdev `/dev/vfio/devices/vfio<cdev>`: a new device fd, usable
+/// once bound (`VFIO_DEVICE_BIND_IOMMUFD`). `ENOENT` when no declared
+/// device has that cdev number.
+pub fn open_cdev(cdev: u32, cloexec: bool) -> Result<i32> {
+    let Some(reg) = by_cdev(cdev) else {
+        bail!(
+            ENOENT,
+            "no VFIO cdev vfio{cdev} (/dev/vfio/devices/vfio{cdev})"
+        );
+    };
+    let dev = crate::vfio::device::get(&reg);
+    let file = Arc::new(crate::vfio::device_fd::DeviceFile::cdev(dev));
+    crate::files::create(file, cloexec)
+}
+
 /// Declare every device of `$UIOMMUFD_DEVICES` (`;`-separated), once.
 pub fn declare_from_env() -> Result<Vec<DeviceDecl>> {
     let Ok(v) = std::env::var(DEVICES_ENV) else {

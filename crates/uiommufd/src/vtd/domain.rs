@@ -790,6 +790,35 @@ impl Domain for VtdDomain {
         n
     }
 
+    fn translate(
+        &self,
+        iova: u64,
+        len: u64,
+        write: bool,
+    ) -> std::result::Result<(u64, u64), Fault> {
+        VtdDomain::translate(self, iova, len, write)
+    }
+
+    /// Under the DMA drain lock from translation to the last byte, as an
+    /// [`super::Iotlb`]'s copies: an unmap of the IOVA waits for it.
+    fn dma_read(&self, iova: u64, buf: &mut [u8]) -> std::result::Result<(), Fault> {
+        super::iotlb::copy_by_iova(self, iova, buf.as_mut_ptr(), buf.len(), false, |a, n, w| {
+            VtdDomain::translate(self, a, n, w)
+        })
+    }
+
+    /// As [`Domain::dma_read`] (a write while tracking marks the leaves dirty).
+    fn dma_write(&self, iova: u64, buf: &[u8]) -> std::result::Result<(), Fault> {
+        super::iotlb::copy_by_iova(
+            self,
+            iova,
+            buf.as_ptr().cast_mut(),
+            buf.len(),
+            true,
+            |a, n, w| VtdDomain::translate(self, a, n, w),
+        )
+    }
+
     fn iova_to_phys(&self, iova: u64) -> Option<u64> {
         self.lookup(iova)
             .map(|l| (l.value & PTE_ADDR_MASK) + (iova & (l.size() - 1)))

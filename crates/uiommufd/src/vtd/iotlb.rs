@@ -148,55 +148,73 @@ impl Iotlb {
         self.copy(iova, buf.as_ptr().cast_mut(), buf.len(), true)
     }
 
-    /// Copy between `local` (`len` bytes, ours) and IOVA, one copy per
-    /// host-contiguous run. On a fault the runs before it are copied.
+    /// Copy between `local` (`len` bytes, ours) and IOVA through this
+    /// cache (see [`copy_by_iova`]).
     fn copy(&mut self, iova: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Fault> {
-        // in flight until the last byte moved: an unmap waits for it
         let dom = self.dom.clone();
-        let _dma = dom.dma.read();
-        let mut off = 0u64;
-        let len = len as u64;
-        // pending run: host address, offset in `local`, length
-        let mut run = (0u64, 0u64, 0u64);
-        let flush = |run: (u64, u64, u64)| -> Result<(), Fault> {
-            if run.2 == 0 {
-                return Ok(());
-            }
-            // SAFETY: `local + run.1 .. + run.2` lies inside the caller's
-            // buffer (`off` never passes `len`); it is only read for a
-            // DMA write.
-            let r = unsafe {
-                let p = local.add(run.1 as usize);
-                if write {
-                    SelfMemory.write(run.0, std::slice::from_raw_parts(p, run.2 as usize))
-                } else {
-                    SelfMemory.read(run.0, std::slice::from_raw_parts_mut(p, run.2 as usize))
-                }
-            };
-            r.map_err(|_| Fault::Host {
-                iova: iova.wrapping_add(run.1),
-            })
-        };
-        while off < len {
-            let Some(at) = iova.checked_add(off) else {
-                flush(run)?;
-                return Err(Fault::NotPresent { iova: u64::MAX });
-            };
-            let (h, n) = match self.translate(at, len - off, write) {
-                Ok(x) => x,
-                Err(f) => {
-                    flush(run)?;
-                    return Err(f);
-                }
-            };
-            if run.2 != 0 && run.0.wrapping_add(run.2) == h {
-                run.2 += n;
-            } else {
-                flush(run)?;
-                run = (h, off, n);
-            }
-            off += n;
-        }
-        flush(run)
+        copy_by_iova(&dom, iova, local, len, write, |at, n, w| {
+            self.translate(at, n, w)
+        })
     }
+}
+
+/// Copy between `local` (`len` bytes, the caller's) and IOVA of `dom`, one
+/// copy per host-contiguous run of what `translate` returns, holding the
+/// domain's DMA drain lock from the first translation to the last byte so
+/// that an unmap of that IOVA waits for the copy. On a fault the runs
+/// before it are copied. A DMA write reads `local`, a read writes it.
+pub(super) fn copy_by_iova(
+    dom: &VtdDomain,
+    iova: u64,
+    local: *mut u8,
+    len: usize,
+    write: bool,
+    mut translate: impl FnMut(u64, u64, bool) -> Result<(u64, u64), Fault>,
+) -> Result<(), Fault> {
+    // in flight until the last byte moved: an unmap waits for it
+    let _dma = dom.dma.read();
+    let mut off = 0u64;
+    let len = len as u64;
+    // pending run: host address, offset in `local`, length
+    let mut run = (0u64, 0u64, 0u64);
+    let flush = |run: (u64, u64, u64)| -> Result<(), Fault> {
+        if run.2 == 0 {
+            return Ok(());
+        }
+        // SAFETY: `local + run.1 .. + run.2` lies inside the caller's
+        // buffer (`off` never passes `len`); it is only read for a
+        // DMA write.
+        let r = unsafe {
+            let p = local.add(run.1 as usize);
+            if write {
+                SelfMemory.write(run.0, std::slice::from_raw_parts(p, run.2 as usize))
+            } else {
+                SelfMemory.read(run.0, std::slice::from_raw_parts_mut(p, run.2 as usize))
+            }
+        };
+        r.map_err(|_| Fault::Host {
+            iova: iova.wrapping_add(run.1),
+        })
+    };
+    while off < len {
+        let Some(at) = iova.checked_add(off) else {
+            flush(run)?;
+            return Err(Fault::NotPresent { iova: u64::MAX });
+        };
+        let (h, n) = match translate(at, len - off, write) {
+            Ok(x) => x,
+            Err(f) => {
+                flush(run)?;
+                return Err(f);
+            }
+        };
+        if run.2 != 0 && run.0.wrapping_add(run.2) == h {
+            run.2 += n;
+        } else {
+            flush(run)?;
+            run = (h, off, n);
+        }
+        off += n;
+    }
+    flush(run)
 }

@@ -56,10 +56,12 @@
 //! lost. Reads (A without D) are not recorded.
 
 mod domain;
+pub mod driver;
 mod iotlb;
 mod slab;
 
 pub use domain::{VtdDomain, VTD_PGSIZES};
+pub use driver::VtdDriver;
 pub use iotlb::{Iotlb, IOTLB_DEFAULT_SLOTS};
 
 /// Read permission.

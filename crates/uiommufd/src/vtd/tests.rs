@@ -362,3 +362,87 @@ fn disjoint_ranges_map_and_unmap_in_parallel() {
     }
     assert_eq!(d.unmap(0, 1 << 48), 2400 * 5 * K4);
 }
+
+#[test]
+fn domain_dma_through_the_trait_faults_and_marks_dirty() {
+    let mut mem = vec![0u8; 5 * K4 as usize];
+    let host = (mem.as_mut_ptr() as u64).next_multiple_of(K4);
+    let off = (host - mem.as_ptr() as u64) as usize;
+    let k = K4 as usize;
+    let d = VtdDomain::new(48, true).unwrap();
+    d.set_dirty_tracking(true).unwrap();
+    d.map(0x20_0000, host, 2 * K4, Prot::RW, u64::MAX).unwrap();
+    d.map(0x20_0000 + 2 * K4, host + 2 * K4, K4, Prot::RO, u64::MAX)
+        .unwrap();
+    let dom: Arc<dyn Domain> = d.clone();
+    assert_eq!(
+        dom.translate(0x20_0010, 3 * K4, false),
+        Ok((host + 0x10, 3 * K4 - 0x10))
+    );
+    // a write translation stops at the read-only page
+    assert_eq!(
+        dom.translate(0x20_0010, 3 * K4, true),
+        Ok((host + 0x10, 2 * K4 - 0x10))
+    );
+    let data: Vec<u8> = (0..k).map(|i| (i * 7) as u8).collect();
+    dom.dma_write(0x20_0000 + K4 - 4, &data).unwrap();
+    assert_eq!(&mem[off + k - 4..off + 2 * k - 4], &data[..]);
+    let mut back = vec![0u8; data.len()];
+    dom.dma_read(0x20_0000 + K4 - 4, &mut back).unwrap();
+    assert_eq!(back, data);
+    assert_eq!(
+        dirty_bits(&d, 0x20_0000, 3 * K4, true),
+        vec![0x20_0000, 0x20_1000]
+    );
+    assert_eq!(
+        dom.dma_write(0x20_0000 + 2 * K4 - 2, &[9u8; 4]),
+        Err(Fault::Permission {
+            iova: 0x20_0000 + 2 * K4,
+            write: true
+        })
+    );
+    // the bytes before the fault landed, none behind it
+    assert_eq!(&mem[off + 2 * k - 2..off + 2 * k + 2], &[9, 9, 0, 0]);
+    assert_eq!(
+        dom.dma_read(0x20_0000 + 3 * K4 - 1, &mut [0u8; 2]),
+        Err(Fault::NotPresent {
+            iova: 0x20_0000 + 3 * K4
+        })
+    );
+    assert_eq!(
+        dom.dma_read(0x90_0000, &mut [0u8; 1]),
+        Err(Fault::NotPresent { iova: 0x90_0000 })
+    );
+    drop(mem);
+}
+
+#[test]
+fn domain_dma_takes_the_drain_lock() {
+    let mut mem = vec![0u8; 3 * K4 as usize];
+    let host = (mem.as_mut_ptr() as u64).next_multiple_of(K4);
+    let off = (host - mem.as_ptr() as u64) as usize;
+    let d = VtdDomain::new(48, false).unwrap();
+    d.map(0x40_0000, host, K4, Prot::RW, u64::MAX).unwrap();
+    // while the drain lock is held exclusively (an unmap draining), a
+    // device's DMA through the trait waits for it
+    let drain = d.dma.write();
+    let d2 = d.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    let t = std::thread::spawn(move || {
+        tx.send(Domain::dma_write(&*d2, 0x40_0000, &[7u8; 16]))
+            .unwrap();
+    });
+    assert!(rx
+        .recv_timeout(std::time::Duration::from_millis(100))
+        .is_err());
+    drop(drain);
+    assert_eq!(rx.recv().unwrap(), Ok(()));
+    t.join().unwrap();
+    assert_eq!(&mem[off..off + 16], &[7u8; 16]);
+    assert_eq!(d.unmap(0x40_0000, K4), K4);
+    assert_eq!(
+        Domain::dma_write(&*d, 0x40_0000, &[1u8; 16]),
+        Err(Fault::NotPresent { iova: 0x40_0000 })
+    );
+    drop(mem);
+}

@@ -1,0 +1,1279 @@
+//! Emulated VFIO devices through the real ABI bytes: the device and group
+//! files' ioctls (errnos of every rule), config space bit rules and BAR
+//! sizing by `pread`/`pwrite`, IRQ eventfds that really fire, DMA through
+//! a VT-d domain after `IOAS_MAP` (and faults where nothing is mapped), and
+//! the group + container and cdev + bind + attach flows.
+//!
+//! Each test declares its own device (distinct address, group and cdev
+//! numbers: the registry is per process and the tests run in parallel).
+
+use std::collections::HashMap;
+use std::os::fd::AsRawFd;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use uiommufd::context::Object;
+use uiommufd::files::{self, EngineFile, FdResolver};
+use uiommufd::uapi::vfio::*;
+use uiommufd::uapi::*;
+use uiommufd::user::SelfMemory;
+use uiommufd::vfio::model::{Bar, Bus, MsixLayout, PciIds, PciLayout, PciModel};
+use uiommufd::vfio::registry;
+use uiommufd::vfio::uapi::*;
+use uiommufd::Context;
+use zerocopy::{FromBytes, IntoBytes};
+
+use uiommufd_testkit::{self as kit, Buf};
+
+// ---------------------------------------------------------------- model
+
+/// A tiny DMA device. BAR0 (4 KiB registers): 0x00 scratch, 0x08 source
+/// IOVA, 0x10 destination IOVA, 0x18 length, 0x1c doorbell (copy `length`
+/// bytes from source to destination by DMA, then raise the vector written),
+/// 0x20 status (0 ok, 1 DMA fault), 0x24 resets seen. BAR2: 8 KiB of shared
+/// memory (mmap), with the MSI-X table at 0x1000 and PBA at 0x1800.
+#[derive(Debug)]
+struct TinyModel {
+    regs: Mutex<[u64; 8]>,
+    bus: Mutex<Option<Arc<dyn Bus>>>,
+    resets: AtomicU32,
+    master: Mutex<Option<bool>>,
+    memfd: i32,
+}
+
+impl TinyModel {
+    fn new() -> Arc<TinyModel> {
+        // SAFETY: a NUL-terminated name.
+        let fd = unsafe { libc::memfd_create(c"tiny-bar2".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: sizing our own memfd.
+        assert_eq!(unsafe { libc::ftruncate(fd, 8192) }, 0);
+        Arc::new(TinyModel {
+            regs: Mutex::new([0; 8]),
+            bus: Mutex::new(None),
+            resets: AtomicU32::new(0),
+            master: Mutex::new(None),
+            memfd: fd,
+        })
+    }
+
+    fn bus(&self) -> Option<Arc<dyn Bus>> {
+        self.bus.lock().clone()
+    }
+
+    fn raise(&self, v: u16) {
+        if let Some(b) = self.bus() {
+            b.interrupt(v);
+        }
+    }
+}
+
+impl PciModel for TinyModel {
+    fn kind(&self) -> &'static str {
+        "tiny"
+    }
+
+    fn layout(&self) -> PciLayout {
+        PciLayout {
+            ids: PciIds {
+                vendor: 0x1b36,
+                device: 0x7777,
+                revision: 1,
+                class: 0xff0000,
+                subsystem_vendor: 0x1b36,
+                subsystem_device: 0x1,
+            },
+            bars: [
+                Some(Bar {
+                    size: 4096,
+                    mem64: false,
+                    prefetchable: false,
+                    mmap: false,
+                }),
+                None,
+                Some(Bar {
+                    size: 8192,
+                    mem64: true,
+                    prefetchable: true,
+                    mmap: true,
+                }),
+                None,
+                None,
+                None,
+            ],
+            intx_pin: 1,
+            msi_vectors: 2,
+            msix: Some(MsixLayout {
+                vectors: 4,
+                table_bar: 2,
+                table_offset: 0x1000,
+                pba_bar: 2,
+                pba_offset: 0x1800,
+            }),
+        }
+    }
+
+    fn bar_read(&self, bar: u8, offset: u64, data: &mut [u8]) {
+        let v = if bar == 0 {
+            let r = self.regs.lock();
+            match offset & !7 {
+                0x20 => r[4] | (self.resets.load(Ordering::SeqCst) as u64) << 32,
+                o if o < 0x40 => r[(o / 8) as usize],
+                _ => 0,
+            }
+        } else {
+            0
+        };
+        let bytes = v.to_le_bytes();
+        let at = (offset & 7) as usize;
+        data.copy_from_slice(&bytes[at..at + data.len()]);
+    }
+
+    fn bar_write(&self, bar: u8, offset: u64, data: &[u8]) {
+        if bar != 0 || offset >= 0x40 {
+            return;
+        }
+        let mut r = self.regs.lock();
+        let i = (offset / 8) as usize;
+        let mut bytes = r[i].to_le_bytes();
+        let at = (offset & 7) as usize;
+        bytes[at..at + data.len()].copy_from_slice(data);
+        r[i] = u64::from_le_bytes(bytes);
+        if offset == 0x1c && data.len() == 4 {
+            let (src, dst, len) = (r[1], r[2], r[3] as u32 as usize);
+            let vector = u32::from_le_bytes(data.try_into().unwrap()) as u16;
+            drop(r);
+            let bus = self.bus().expect("connected");
+            let mut buf = vec![0u8; len.min(65536)];
+            let ok = bus.dma_read(src, &mut buf).is_ok() && bus.dma_write(dst, &buf).is_ok();
+            self.regs.lock()[4] = u64::from(!ok);
+            bus.interrupt(vector);
+        }
+    }
+
+    fn bar_memory(&self, bar: u8) -> Option<(i32, u64)> {
+        (bar == 2).then_some((self.memfd, 0))
+    }
+
+    fn connect(&self, bus: Option<Arc<dyn Bus>>) {
+        *self.bus.lock() = bus;
+    }
+
+    fn set_bus_master(&self, on: bool) {
+        *self.master.lock() = Some(on);
+    }
+
+    fn reset(&self) {
+        self.resets.fetch_add(1, Ordering::SeqCst);
+        *self.regs.lock() = [0; 8];
+    }
+}
+
+// ---------------------------------------------------------------- helpers
+
+/// fd → context, as the preload's table would answer.
+#[derive(Default)]
+struct Fds(HashMap<i32, Arc<Context>>);
+
+impl FdResolver for Fds {
+    fn context(&self, fd: i32) -> Option<Arc<Context>> {
+        self.0.get(&fd).cloned()
+    }
+}
+
+/// Declare a tiny device numbered `n`: (model, address).
+fn declare(n: u32) -> (Arc<TinyModel>, String) {
+    let model = TinyModel::new();
+    let addr = format!("0000:e0:{n:02x}.0");
+    registry::declare_model(
+        &format!("tiny,addr={addr},group={},cdev={}", 500 + n, 500 + n),
+        model.clone(),
+    )
+    .unwrap();
+    (model, addr)
+}
+
+fn file(fd: i32) -> Arc<dyn EngineFile> {
+    files::get(fd).expect("an engine fd")
+}
+
+fn ioctl_on<T: IntoBytes + FromBytes + ?Sized>(
+    fd: i32,
+    cmd: u32,
+    arg: &mut T,
+    fds: &Fds,
+) -> Result<i64, i32> {
+    file(fd)
+        .ioctl(
+            cmd,
+            arg.as_mut_bytes().as_mut_ptr() as u64,
+            &SelfMemory,
+            fds,
+        )
+        .map_err(|e| e.errno().0)
+}
+
+fn errno_of<T: IntoBytes + FromBytes + ?Sized>(fd: i32, cmd: u32, arg: &mut T) -> i32 {
+    kit::err(ioctl_on(fd, cmd, arg, &Fds::default()))
+}
+
+fn region(index: u32) -> u64 {
+    (index as u64) << 40
+}
+
+fn cfg_read(fd: i32, off: u64, n: usize) -> Result<Vec<u8>, i32> {
+    let mut b = vec![0u8; n];
+    file(fd)
+        .read_at(&mut b, region(7) + off, false)
+        .map(|_| b)
+        .map_err(|e| e.errno().0)
+}
+
+fn cfg_read32(fd: i32, off: u64) -> u32 {
+    u32::from_le_bytes(cfg_read(fd, off, 4).unwrap().try_into().unwrap())
+}
+
+fn cfg_write(fd: i32, off: u64, data: &[u8]) -> Result<usize, i32> {
+    file(fd)
+        .write_at(data, region(7) + off)
+        .map_err(|e| e.errno().0)
+}
+
+fn bar_write32(fd: i32, bar: u32, off: u64, v: u32) {
+    file(fd)
+        .write_at(&v.to_le_bytes(), region(bar) + off)
+        .unwrap();
+}
+
+fn bar_write64(fd: i32, bar: u32, off: u64, v: u64) {
+    file(fd)
+        .write_at(&v.to_le_bytes(), region(bar) + off)
+        .unwrap();
+}
+
+fn bar_read32(fd: i32, bar: u32, off: u64) -> u32 {
+    let mut b = [0u8; 4];
+    file(fd).read_at(&mut b, region(bar) + off, false).unwrap();
+    u32::from_le_bytes(b)
+}
+
+/// A nonblocking eventfd: (owned fd).
+fn eventfd() -> std::os::fd::OwnedFd {
+    // SAFETY: plain eventfd creation.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    assert!(fd >= 0);
+    // SAFETY: we own the new fd.
+    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
+}
+
+/// The eventfd's counter, consumed (0 when it had not fired).
+fn fired(fd: &std::os::fd::OwnedFd) -> u64 {
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes into a live u64.
+    let n = unsafe { libc::read(fd.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
+    if n == 8 {
+        v
+    } else {
+        0
+    }
+}
+
+/// `VFIO_DEVICE_SET_IRQS` with eventfds (`-1` to unset).
+fn set_irq_fds(fd: i32, index: u32, start: u32, efds: &[i32]) -> Result<i64, i32> {
+    let mut b = Vec::new();
+    b.extend_from_slice(&(20 + 4 * efds.len() as u32).to_ne_bytes());
+    b.extend_from_slice(&(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER).to_ne_bytes());
+    b.extend_from_slice(&index.to_ne_bytes());
+    b.extend_from_slice(&start.to_ne_bytes());
+    b.extend_from_slice(&(efds.len() as u32).to_ne_bytes());
+    for e in efds {
+        b.extend_from_slice(&e.to_ne_bytes());
+    }
+    ioctl_on(fd, VFIO_DEVICE_SET_IRQS, &mut b[..], &Fds::default())
+}
+
+/// `SET_IRQS` without data.
+fn set_irq_none(fd: i32, index: u32, action: u32, start: u32, count: u32) -> Result<i64, i32> {
+    let mut s = VfioIrqSet {
+        argsz: 20,
+        flags: VFIO_IRQ_SET_DATA_NONE | action,
+        index,
+        start,
+        count,
+    };
+    ioctl_on(fd, VFIO_DEVICE_SET_IRQS, &mut s, &Fds::default())
+}
+
+/// A cdev fd bound to `ctx` (registered in `fds` as fd 1000 + n): the devid.
+fn bind(fd: i32, ctx: &Arc<Context>, fds: &mut Fds, n: i32) -> u32 {
+    // any open fd number stands for the iommufd (the resolver maps it)
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let num = null.as_raw_fd();
+    std::mem::forget(null);
+    let _ = n;
+    fds.0.insert(num, ctx.clone());
+    let mut b = VfioDeviceBindIommufd {
+        argsz: 16,
+        flags: 0,
+        iommufd: num,
+        out_devid: 0,
+    };
+    ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, fds).unwrap();
+    b.out_devid
+}
+
+fn attach(fd: i32, pt: u32) -> Result<u32, i32> {
+    let mut a = VfioDeviceAttachIommufdPt {
+        argsz: 12,
+        flags: 0,
+        pt_id: pt,
+    };
+    ioctl_on(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a, &Fds::default())?;
+    Ok(a.pt_id)
+}
+
+/// Memory decode and bus mastering on.
+fn enable(fd: i32) {
+    cfg_write(fd, 4, &0x6u16.to_le_bytes()).unwrap();
+}
+
+/// Program a DMA copy and ring the doorbell with `vector`: the status (0 ok).
+fn dma_copy(fd: i32, src: u64, dst: u64, len: u32, vector: u32) -> u32 {
+    bar_write64(fd, 0, 0x08, src);
+    bar_write64(fd, 0, 0x10, dst);
+    bar_write32(fd, 0, 0x18, len);
+    bar_write32(fd, 0, 0x1c, vector);
+    bar_read32(fd, 0, 0x20)
+}
+
+// ---------------------------------------------------------------- tests
+
+#[test]
+fn vfio_cdev_bind_attach_dma() {
+    let (model, _) = declare(1);
+    let fd = registry::open_cdev(501, true).unwrap();
+    let st = file(fd).stat_as().unwrap();
+    assert_eq!(st.mode, libc::S_IFCHR | 0o600);
+    assert_eq!(st.rdev, libc::makedev(registry::VFIO_CDEV_MAJOR, 501));
+
+    // before BIND: everything else is EINVAL
+    let mut info = VfioDeviceInfo {
+        argsz: 24,
+        ..Default::default()
+    };
+    assert_eq!(errno_of(fd, VFIO_DEVICE_GET_INFO, &mut info), libc::EINVAL);
+    assert_eq!(errno_of(fd, 0x3b00 | 200, &mut info), libc::EINVAL);
+    assert_eq!(cfg_read(fd, 0, 4).unwrap_err(), libc::EINVAL);
+    assert_eq!(
+        file(fd).mmap(region(2), 4096, true).unwrap_err().errno().0,
+        libc::EINVAL
+    );
+
+    // BIND's own rules
+    let ctx = Context::new();
+    let mut fds = Fds::default();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let mut b = VfioDeviceBindIommufd {
+        argsz: 15,
+        flags: 0,
+        iommufd: null.as_raw_fd(),
+        out_devid: 0,
+    };
+    assert_eq!(
+        kit::err(ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds)),
+        libc::EINVAL
+    );
+    b.argsz = 16;
+    b.flags = 1;
+    assert_eq!(
+        kit::err(ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds)),
+        libc::EINVAL
+    );
+    b.flags = 0;
+    b.iommufd = -1;
+    assert_eq!(
+        kit::err(ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds)),
+        libc::EINVAL
+    );
+    b.iommufd = null.as_raw_fd();
+    assert_eq!(
+        kit::err(ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds)),
+        libc::EBADFD
+    );
+    b.iommufd = 1 << 20;
+    assert_eq!(
+        kit::err(ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds)),
+        libc::EBADF
+    );
+    assert!(model.bus().is_none(), "not connected before a bind");
+
+    let devid = bind(fd, &ctx, &mut fds, 1);
+    assert!(matches!(ctx.get(devid), Ok(Object::Device(_))));
+    assert!(model.bus().is_some(), "connected at bind");
+    let mut b2 = VfioDeviceBindIommufd {
+        argsz: 16,
+        flags: 0,
+        iommufd: *fds.0.keys().next().unwrap(),
+        out_devid: 0,
+    };
+    assert_eq!(
+        kit::err(ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b2, &fds)),
+        libc::EINVAL,
+        "bound twice"
+    );
+    // a second cdev file cannot bind the open device
+    let fd2 = registry::open_cdev(501, true).unwrap();
+    assert_eq!(
+        kit::err(ioctl_on(fd2, VFIO_DEVICE_BIND_IOMMUFD, &mut b2, &fds)),
+        libc::EINVAL
+    );
+    files::close(fd2).unwrap();
+    // nor can its group be opened
+    assert_eq!(
+        registry::open_group(501, true).unwrap_err().errno().0,
+        libc::EBUSY
+    );
+
+    // the VT-d hardware info through iommufd
+    let mut data = [0u8; 24];
+    let mut h = IommuHwInfo {
+        size: 40,
+        dev_id: devid,
+        data_len: 24,
+        data_uptr: data.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    kit::ioc(&ctx, IOMMU_GET_HW_INFO, &mut h).unwrap();
+    assert_eq!(h.out_data_type, IOMMU_HW_INFO_TYPE_INTEL_VTD);
+    assert_eq!(
+        h.out_capabilities & IOMMU_HW_CAP_DIRTY_TRACKING,
+        IOMMU_HW_CAP_DIRTY_TRACKING
+    );
+    let cap = u64::from_ne_bytes(data[8..16].try_into().unwrap());
+    assert_eq!((cap >> 16) & 0x3f, 47);
+
+    // attach to an IOAS with memory mapped
+    let ioas = kit::ioas_alloc(&ctx);
+    let buf = Buf::zeroed(3 * 4096, 4096);
+    kit::map_fixed(&ctx, ioas, buf.addr(), 2 * 4096, 0x10_0000).unwrap();
+    let mut a = VfioDeviceAttachIommufdPt {
+        argsz: 11,
+        flags: 0,
+        pt_id: ioas,
+    };
+    assert_eq!(
+        errno_of(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a),
+        libc::EINVAL
+    );
+    a.argsz = 12;
+    a.flags = 1;
+    assert_eq!(
+        errno_of(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a),
+        libc::EINVAL
+    );
+    assert_eq!(attach(fd, 9999).unwrap_err(), libc::ENOENT);
+    let hwpt = attach(fd, ioas).unwrap();
+    assert_ne!(hwpt, ioas, "the auto domain's HWPT ID is written back");
+    assert!(matches!(ctx.get(hwpt), Ok(Object::HwptPaging(_))));
+
+    // DMA: blocked without bus mastering, lands in memory with it
+    // SAFETY: writes into our own buffer.
+    unsafe { std::ptr::write_bytes(buf.addr() as *mut u8, 0xab, 16) };
+    cfg_write(fd, 4, &0x2u16.to_le_bytes()).unwrap(); // memory only
+    assert_eq!(
+        dma_copy(fd, 0x10_0000, 0x10_1000, 16, 0),
+        1,
+        "no bus master: blocked"
+    );
+    assert_eq!(buf.byte(4096), 0);
+    enable(fd);
+    assert_eq!(*model.master.lock(), Some(true));
+    assert_eq!(dma_copy(fd, 0x10_0000, 0x10_1000, 16, 0), 0);
+    assert_eq!(buf.byte(4096), 0xab);
+    assert_eq!(buf.byte(4096 + 15), 0xab);
+    // DMA to an unmapped IOVA is a device error
+    assert_eq!(dma_copy(fd, 0x10_0000, 0x20_0000, 16, 0), 1);
+    assert_eq!(buf.byte(2 * 4096), 0, "nothing past the mapping");
+    let dev = uiommufd::vfio::device::get(&registry::by_cdev(501).unwrap());
+    assert!(dev.dma_faults() >= 2);
+
+    // a HWPT with dirty tracking, replacing the auto domain
+    let hw2 = kit::hwpt_alloc(&ctx, devid, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
+    assert_eq!(attach(fd, hw2).unwrap(), hw2);
+    assert!(
+        ctx.get(hwpt).is_err(),
+        "the auto domain went with its last device"
+    );
+    assert_eq!(dma_copy(fd, 0x10_0000, 0x10_1008, 8, 0), 0);
+    assert_eq!(buf.byte(4096 + 8), 0xab);
+    assert_eq!(
+        kit::hwpt_alloc(&ctx, devid, ioas, IOMMU_HWPT_ALLOC_NEST_PARENT).unwrap_err(),
+        libc::EOPNOTSUPP
+    );
+
+    // detach: blocked again
+    let mut d = VfioDeviceDetachIommufdPt { argsz: 7, flags: 0 };
+    assert_eq!(
+        errno_of(fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &mut d),
+        libc::EINVAL
+    );
+    d.argsz = 8;
+    d.flags = 2;
+    assert_eq!(
+        errno_of(fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &mut d),
+        libc::EINVAL
+    );
+    d.flags = 0;
+    assert_eq!(errno_of(fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &mut d), 0);
+    assert_eq!(dma_copy(fd, 0x10_0000, 0x10_1000, 8, 0), 1);
+
+    // closing unbinds and disconnects
+    let before = ctx.object_count();
+    files::close(fd).unwrap();
+    assert!(ctx.get(devid).is_err());
+    assert_eq!(ctx.object_count(), before - 1);
+    assert!(model.bus().is_none());
+    // and the group can be opened again
+    let g = registry::open_group(501, true).unwrap();
+    files::close(g).unwrap();
+}
+
+#[test]
+fn vfio_group_container_flow() {
+    let (model, addr) = declare(2);
+    let g = registry::open_group(502, true).unwrap();
+    assert_eq!(
+        registry::open_group(502, true).unwrap_err().errno().0,
+        libc::EBUSY
+    );
+    assert_eq!(
+        registry::open_group(4242, true).unwrap_err().errno().0,
+        libc::ENOENT
+    );
+
+    let mut s = VfioGroupStatus { argsz: 7, flags: 0 };
+    assert_eq!(errno_of(g, VFIO_GROUP_GET_STATUS, &mut s), libc::EINVAL);
+    s.argsz = 8;
+    assert_eq!(errno_of(g, VFIO_GROUP_GET_STATUS, &mut s), 0);
+    assert_eq!(s.flags, VFIO_GROUP_FLAGS_VIABLE);
+
+    let mut name = addr.clone().into_bytes();
+    name.push(0);
+    assert_eq!(
+        errno_of(g, VFIO_GROUP_GET_DEVICE_FD, &mut name[..]),
+        libc::EINVAL,
+        "no container"
+    );
+    let mut wrong = b"0000:00:00.0\0".to_vec();
+    assert_eq!(
+        errno_of(g, VFIO_GROUP_GET_DEVICE_FD, &mut wrong[..]),
+        libc::ENODEV
+    );
+    let mut unset = [0u8; 4];
+    assert_eq!(
+        errno_of(g, VFIO_GROUP_UNSET_CONTAINER, &mut unset),
+        libc::EINVAL
+    );
+
+    // the container: fd errors, then a /dev/vfio/vfio context
+    let container = Context::new_vfio_container().unwrap();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let mut fds = Fds::default();
+    let mut cfd: i32 = 1 << 20;
+    assert_eq!(
+        kit::err(ioctl_on(g, VFIO_GROUP_SET_CONTAINER, &mut cfd, &fds)),
+        libc::EBADF
+    );
+    cfd = null.as_raw_fd();
+    assert_eq!(
+        kit::err(ioctl_on(g, VFIO_GROUP_SET_CONTAINER, &mut cfd, &fds)),
+        libc::EBADFD
+    );
+    fds.0.insert(cfd, container.clone());
+    ioctl_on(g, VFIO_GROUP_SET_CONTAINER, &mut cfd, &fds).unwrap();
+    assert_eq!(
+        kit::err(ioctl_on(g, VFIO_GROUP_SET_CONTAINER, &mut cfd, &fds)),
+        libc::EINVAL
+    );
+    assert_eq!(errno_of(g, VFIO_GROUP_GET_STATUS, &mut s), 0);
+    assert_eq!(
+        s.flags,
+        VFIO_GROUP_FLAGS_VIABLE | VFIO_GROUP_FLAGS_CONTAINER_SET
+    );
+
+    // type1 maps before the device fd exists
+    kit::raw(&container, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
+    let buf = Buf::zeroed(2 * 4096, 4096);
+    let mut m = VfioIommuType1DmaMap {
+        argsz: 32,
+        flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+        vaddr: buf.addr(),
+        iova: 0x4000_0000,
+        size: 2 * 4096,
+    };
+    kit::ioc(&container, VFIO_IOMMU_MAP_DMA, &mut m).unwrap();
+    // SAFETY: writes into our own buffer.
+    unsafe { std::ptr::write_bytes(buf.addr() as *mut u8, 0x5c, 32) };
+
+    let dfd = ioctl_on(g, VFIO_GROUP_GET_DEVICE_FD, &mut name[..], &fds).unwrap() as i32;
+    assert!(
+        file(dfd).stat_as().is_none(),
+        "a group's device fd is an anon inode"
+    );
+    // cdev-only ioctls are not served on a group's device fd
+    let mut a = VfioDeviceAttachIommufdPt {
+        argsz: 12,
+        flags: 0,
+        pt_id: 1,
+    };
+    assert_eq!(
+        errno_of(dfd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a),
+        libc::ENOTTY
+    );
+    // nor BIND
+    let mut b = VfioDeviceBindIommufd {
+        argsz: 16,
+        flags: 0,
+        iommufd: cfd,
+        out_devid: 0,
+    };
+    assert_eq!(
+        kit::err(ioctl_on(dfd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds)),
+        libc::EINVAL
+    );
+    // the device's cdev cannot bind while the group is open
+    let cdev = registry::open_cdev(502, true).unwrap();
+    assert_eq!(
+        kit::err(ioctl_on(cdev, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds)),
+        libc::EBUSY
+    );
+    files::close(cdev).unwrap();
+
+    enable(dfd);
+    assert_eq!(
+        dma_copy(dfd, 0x4000_0000, 0x4000_1000, 32, 0),
+        0,
+        "DMA through the compat IOAS"
+    );
+    assert_eq!(buf.byte(4096), 0x5c);
+    assert_eq!(buf.byte(4096 + 31), 0x5c);
+    // a second device fd of the same group shares the open device
+    let dfd2 = ioctl_on(g, VFIO_GROUP_GET_DEVICE_FD, &mut name[..], &fds).unwrap() as i32;
+    assert_eq!(bar_read32(dfd2, 0, 0x20), 0);
+    files::close(dfd2).unwrap();
+    assert!(model.bus().is_some(), "still open through the first fd");
+
+    // the group stays open while a device fd is
+    files::close(g).unwrap();
+    assert_eq!(
+        registry::open_group(502, true).unwrap_err().errno().0,
+        libc::EBUSY
+    );
+    let resets = model.resets.load(Ordering::SeqCst);
+    files::close(dfd).unwrap();
+    assert!(model.bus().is_none());
+    assert_eq!(
+        model.resets.load(Ordering::SeqCst),
+        resets + 1,
+        "reset at the last close"
+    );
+    let g = registry::open_group(502, true).unwrap();
+    // an iommufd as the container gets a compat IOAS
+    let ictx = Context::new();
+    assert!(ictx.compat_ioas().is_err());
+    let null2 = std::fs::File::open("/dev/null").unwrap();
+    let mut ifd = null2.as_raw_fd();
+    let mut fds2 = Fds::default();
+    fds2.0.insert(ifd, ictx.clone());
+    ioctl_on(g, VFIO_GROUP_SET_CONTAINER, &mut ifd, &fds2).unwrap();
+    let ioas = ictx.compat_ioas().unwrap();
+    let dfd = ioctl_on(g, VFIO_GROUP_GET_DEVICE_FD, &mut name[..], &fds2).unwrap() as i32;
+    let dev = uiommufd::vfio::device::get(&registry::by_group(502).unwrap());
+    let hwpt = dev.engine_device().unwrap().attached_hwpt().unwrap();
+    match ictx.get(hwpt).unwrap() {
+        Object::HwptPaging(h) => assert_eq!(h.ioas_id(), ioas),
+        o => panic!("attached to a {}", o.kind()),
+    }
+    assert_eq!(errno_of(g, VFIO_GROUP_UNSET_CONTAINER, &mut unset), 0);
+    assert_eq!(errno_of(g, 0x3b00 | 199, &mut unset), libc::ENOTTY);
+    files::close(dfd).unwrap();
+    files::close(g).unwrap();
+}
+
+#[test]
+fn vfio_config_space_and_regions() {
+    let (_model, _) = declare(3);
+    let fd = registry::open_cdev(503, true).unwrap();
+    let ctx = Context::new();
+    let mut fds = Fds::default();
+    bind(fd, &ctx, &mut fds, 3);
+
+    // one read of the whole header
+    let cfg = cfg_read(fd, 0, 256).unwrap();
+    assert_eq!(u16::from_le_bytes([cfg[0], cfg[1]]), 0x1b36);
+    assert_eq!(u16::from_le_bytes([cfg[2], cfg[3]]), 0x7777);
+    assert_eq!(cfg[0x0e], 0, "type 0 header");
+    assert_eq!(cfg[0x3d], 1, "INTA");
+    assert_ne!(cfg[6] & 0x10, 0, "capability list");
+    // the capability list: MSI then MSI-X
+    let mut at = cfg[0x34] as usize;
+    let mut ids = Vec::new();
+    while at != 0 {
+        ids.push((cfg[at], at));
+        at = cfg[at + 1] as usize;
+    }
+    assert_eq!(
+        ids.iter().map(|c| c.0).collect::<Vec<_>>(),
+        vec![0x05, 0x11]
+    );
+    let msi = ids[0].1 as u64;
+    let msix = ids[1].1 as u64;
+    assert_eq!(
+        u16::from_le_bytes([cfg[msi as usize + 2], cfg[msi as usize + 3]]) & 0x8e,
+        0x82,
+        "64-bit, 2 vectors"
+    );
+    assert_eq!(
+        cfg_read32(fd, msix + 4),
+        0x1000 | 2,
+        "table in BAR2 at 0x1000"
+    );
+    assert_eq!(cfg_read32(fd, msix + 8), 0x1800 | 2);
+
+    // BAR sizing
+    cfg_write(fd, 0x10, &[0xff; 4]).unwrap();
+    assert_eq!(cfg_read32(fd, 0x10), 0xffff_f000);
+    cfg_write(fd, 0x18, &[0xff; 4]).unwrap();
+    cfg_write(fd, 0x1c, &[0xff; 4]).unwrap();
+    assert_eq!(
+        cfg_read32(fd, 0x18),
+        0xffff_e000 | 0xc,
+        "64-bit prefetchable 8 KiB"
+    );
+    assert_eq!(cfg_read32(fd, 0x1c), 0xffff_ffff);
+    cfg_write(fd, 0x14, &[0xff; 4]).unwrap();
+    assert_eq!(
+        cfg_read32(fd, 0x14),
+        0,
+        "upper half of nothing: BAR1 absent"
+    );
+    cfg_write(fd, 0x30, &0xffff_f800u32.to_le_bytes()).unwrap();
+    assert_eq!(cfg_read32(fd, 0x30), 0, "no ROM");
+    cfg_write(fd, 0x10, &0xfeb0_0000u32.to_le_bytes()).unwrap();
+    assert_eq!(cfg_read32(fd, 0x10), 0xfeb0_0000);
+    // read-only identity and pin, read-write line
+    cfg_write(fd, 0, &[0; 4]).unwrap();
+    assert_eq!(cfg_read32(fd, 0) & 0xffff, 0x1b36);
+    cfg_write(fd, 0x3c, &[0x0b, 0x04]).unwrap();
+    assert_eq!(cfg_read(fd, 0x3c, 2).unwrap(), vec![0x0b, 0x01]);
+    // COMMAND's writable bits; STATUS cannot be set by writing ones
+    cfg_write(fd, 4, &0xffff_ffffu32.to_le_bytes()).unwrap();
+    assert_eq!(cfg_read32(fd, 4) & 0xffff, 0x0546);
+    assert_eq!(cfg_read32(fd, 4) >> 16, 0x0010);
+    // MSI-X control: enable and mask writable, table size read-only
+    cfg_write(fd, msix + 2, &0xffffu16.to_le_bytes()).unwrap();
+    assert_eq!(cfg_read32(fd, msix) >> 16, 0xc003);
+    // capability IDs and pointers read-only
+    cfg_write(fd, msix, &[0, 0]).unwrap();
+    assert_eq!(cfg_read(fd, msix, 1).unwrap(), vec![0x11]);
+    cfg_write(fd, 0x34, &[0]).unwrap();
+    assert_eq!(cfg_read(fd, 0x34, 1).unwrap(), vec![msi as u8]);
+
+    // range errors
+    assert_eq!(cfg_read(fd, 256, 1).unwrap_err(), libc::EFAULT);
+    assert_eq!(cfg_read(fd, 252, 8).unwrap_err(), libc::EFAULT);
+    let mut b = [0u8; 4];
+    let f = file(fd);
+    assert_eq!(
+        f.read_at(&mut b, region(9), false).unwrap_err().errno().0,
+        libc::EINVAL
+    );
+    assert_eq!(
+        f.read_at(&mut b, region(8), false).unwrap_err().errno().0,
+        libc::EINVAL,
+        "VGA"
+    );
+    assert_eq!(
+        f.read_at(&mut b, region(6), false).unwrap_err().errno().0,
+        libc::EINVAL,
+        "ROM"
+    );
+    assert_eq!(
+        f.write_at(&b, region(6)).unwrap_err().errno().0,
+        libc::EINVAL
+    );
+    assert_eq!(
+        f.read_at(&mut b, region(1), false).unwrap_err().errno().0,
+        libc::EINVAL,
+        "absent BAR"
+    );
+    assert_eq!(
+        f.read_at(&mut b, region(0) + 4096, false)
+            .unwrap_err()
+            .errno()
+            .0,
+        libc::EINVAL
+    );
+    // BAR access needs memory decode
+    cfg_write(fd, 4, &0u16.to_le_bytes()).unwrap();
+    assert_eq!(
+        f.read_at(&mut b, region(0), false).unwrap_err().errno().0,
+        libc::EIO
+    );
+    enable(fd);
+    // the end of a BAR clamps the count
+    let mut big = [0u8; 16];
+    assert_eq!(f.read_at(&mut big, region(0) + 4088, false).unwrap(), 8);
+    // odd sizes are split into aligned pieces
+    f.write_at(&[1, 2, 3, 4, 5, 6, 7], region(0) + 1).unwrap();
+    let mut r = [0u8; 8];
+    f.read_at(&mut r, region(0), false).unwrap();
+    assert_eq!(r, [0, 1, 2, 3, 4, 5, 6, 7]);
+    // the MSI-X table is the VFIO layer's, vectors masked at power-on
+    let mut e = [0u8; 16];
+    f.read_at(&mut e, region(2) + 0x1000, false).unwrap();
+    assert_eq!(e[12], 1);
+    f.write_at(&0xfee0_0000u32.to_le_bytes(), region(2) + 0x1010)
+        .unwrap();
+    assert_eq!(bar_read32(fd, 2, 0x1010), 0xfee0_0000);
+    assert_eq!(bar_read32(fd, 2, 0x1800), 0, "PBA");
+
+    // mmap: BAR2 only, inside the BAR
+    let t = f.mmap(region(2), 8192, true).unwrap();
+    assert_eq!(t.offset, 0);
+    assert!(t.fd >= 0);
+    assert_eq!(f.mmap(region(2) + 4096, 4096, true).unwrap().offset, 4096);
+    assert_eq!(
+        f.mmap(region(2), 3 * 4096, true).unwrap_err().errno().0,
+        libc::EINVAL
+    );
+    assert_eq!(
+        f.mmap(region(0), 4096, true).unwrap_err().errno().0,
+        libc::EINVAL
+    );
+    assert_eq!(
+        f.mmap(region(7), 4096, false).unwrap_err().errno().0,
+        libc::EINVAL
+    );
+    files::close(fd).unwrap();
+
+    // a fresh open: config back to power-on
+    let fd = registry::open_cdev(503, true).unwrap();
+    bind(fd, &ctx, &mut fds, 3);
+    assert_eq!(cfg_read32(fd, 0x10), 0);
+    assert_eq!(cfg_read32(fd, 4) & 0xffff, 0);
+    files::close(fd).unwrap();
+}
+
+#[test]
+fn vfio_device_ioctl_errnos() {
+    let (model, _) = declare(4);
+    let fd = registry::open_cdev(504, true).unwrap();
+    let ctx = Context::new();
+    let mut fds = Fds::default();
+    bind(fd, &ctx, &mut fds, 4);
+
+    // GET_INFO: argsz rules, never written past argsz
+    let mut raw = [0xeeu8; 24];
+    raw[..4].copy_from_slice(&15u32.to_ne_bytes());
+    assert_eq!(errno_of(fd, VFIO_DEVICE_GET_INFO, &mut raw), libc::EINVAL);
+    raw[..4].copy_from_slice(&20u32.to_ne_bytes());
+    assert_eq!(errno_of(fd, VFIO_DEVICE_GET_INFO, &mut raw), 0);
+    let info = VfioDeviceInfo::read_from_bytes(&raw).unwrap();
+    assert_eq!(info.flags, VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET);
+    assert_eq!((info.num_regions, info.num_irqs), (9, 5));
+    assert_eq!(&raw[20..], &[0xee; 4], "nothing past argsz");
+    let mut info = VfioDeviceInfo {
+        argsz: 24,
+        cap_offset: 7,
+        ..Default::default()
+    };
+    assert_eq!(errno_of(fd, VFIO_DEVICE_GET_INFO, &mut info), 0);
+    assert_eq!(info.cap_offset, 0);
+
+    // GET_REGION_INFO
+    let ri = |index: u32, argsz: u32| {
+        let mut r = VfioRegionInfo {
+            argsz,
+            index,
+            ..Default::default()
+        };
+        (errno_of(fd, VFIO_DEVICE_GET_REGION_INFO, &mut r), r)
+    };
+    assert_eq!(ri(0, 31).0, libc::EINVAL);
+    assert_eq!(ri(8, 32).0, libc::EINVAL, "no VGA");
+    assert_eq!(ri(9, 32).0, libc::EINVAL);
+    let (e, r) = ri(0, 32);
+    assert_eq!(e, 0);
+    assert_eq!(
+        (r.size, r.offset, r.flags),
+        (
+            4096,
+            0,
+            VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE
+        )
+    );
+    let (_, r) = ri(1, 32);
+    assert_eq!((r.size, r.flags, r.offset), (0, 0, 1 << 40));
+    let (_, r) = ri(6, 32);
+    assert_eq!((r.size, r.flags), (0, 0), "no ROM");
+    let (_, r) = ri(7, 32);
+    assert_eq!((r.size, r.offset), (256, 7 << 40));
+    // BAR2: mmap and the MSI-X mappable capability
+    let (_, r) = ri(2, 32);
+    assert_eq!(r.size, 8192);
+    assert_eq!(
+        r.flags & VFIO_REGION_INFO_FLAG_MMAP,
+        VFIO_REGION_INFO_FLAG_MMAP
+    );
+    assert_eq!(
+        r.flags & VFIO_REGION_INFO_FLAG_CAPS,
+        VFIO_REGION_INFO_FLAG_CAPS
+    );
+    assert_eq!(
+        (r.argsz, r.cap_offset),
+        (40, 0),
+        "the size needed, no cap offset"
+    );
+    let mut big = [0u8; 40];
+    big[..4].copy_from_slice(&40u32.to_ne_bytes());
+    big[8..12].copy_from_slice(&2u32.to_ne_bytes());
+    assert_eq!(errno_of(fd, VFIO_DEVICE_GET_REGION_INFO, &mut big), 0);
+    let r = VfioRegionInfo::read_from_bytes(&big[..32]).unwrap();
+    assert_eq!(r.cap_offset, 32);
+    let cap = uiommufd::vfio::uapi::VfioInfoCapHeader::read_from_bytes(&big[32..40]).unwrap();
+    assert_eq!(
+        (cap.id, cap.version, cap.next),
+        (VFIO_REGION_INFO_CAP_MSIX_MAPPABLE, 1, 0)
+    );
+
+    // GET_IRQ_INFO
+    let ii = |index: u32, argsz: u32| {
+        let mut r = VfioIrqInfo {
+            argsz,
+            index,
+            ..Default::default()
+        };
+        (errno_of(fd, VFIO_DEVICE_GET_IRQ_INFO, &mut r), r)
+    };
+    assert_eq!(ii(0, 15).0, libc::EINVAL);
+    assert_eq!(ii(5, 16).0, libc::EINVAL);
+    assert_eq!(ii(3, 16).0, libc::EINVAL, "ERR is PCI Express only");
+    let (_, r) = ii(0, 16);
+    assert_eq!(
+        (r.count, r.flags),
+        (
+            1,
+            VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_MASKABLE | VFIO_IRQ_INFO_AUTOMASKED
+        )
+    );
+    let (_, r) = ii(1, 16);
+    assert_eq!(
+        (r.count, r.flags),
+        (2, VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE)
+    );
+    let (_, r) = ii(2, 16);
+    assert_eq!((r.count, r.flags), (4, VFIO_IRQ_INFO_EVENTFD));
+    let (_, r) = ii(4, 16);
+    assert_eq!(
+        (r.count, r.flags),
+        (1, VFIO_IRQ_INFO_EVENTFD | VFIO_IRQ_INFO_NORESIZE)
+    );
+
+    // SET_IRQS validation
+    let si = |argsz: u32, flags: u32, index: u32, start: u32, count: u32| {
+        let mut s = VfioIrqSet {
+            argsz,
+            flags,
+            index,
+            start,
+            count,
+        };
+        errno_of(fd, VFIO_DEVICE_SET_IRQS, &mut s)
+    };
+    let trig_none = VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER;
+    assert_eq!(si(19, trig_none, 2, 0, 0), libc::EINVAL, "short argsz");
+    assert_eq!(si(20, trig_none, 5, 0, 0), libc::EINVAL, "bad index");
+    assert_eq!(
+        si(20, trig_none | (1 << 6), 2, 0, 0),
+        libc::EINVAL,
+        "unknown flag"
+    );
+    assert_eq!(
+        si(
+            20,
+            VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_DATA_BOOL | VFIO_IRQ_SET_ACTION_TRIGGER,
+            2,
+            0,
+            1
+        ),
+        libc::EINVAL
+    );
+    assert_eq!(
+        si(20, trig_none, 2, 4, 0),
+        libc::EINVAL,
+        "start past the vectors"
+    );
+    assert_eq!(
+        si(20, trig_none, 2, 3, 2),
+        libc::EINVAL,
+        "start + count past the vectors"
+    );
+    assert_eq!(si(20, trig_none, 2, 1, u32::MAX - 1), libc::EINVAL, "wrap");
+    assert_eq!(
+        si(
+            20,
+            VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER,
+            2,
+            0,
+            1
+        ),
+        libc::EINVAL,
+        "no room for the data"
+    );
+    assert_eq!(
+        si(20, trig_none, 3, 0, 0),
+        libc::EINVAL,
+        "ERR has no vectors"
+    );
+    assert_eq!(
+        si(
+            20,
+            VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_MASK,
+            2,
+            0,
+            1
+        ),
+        libc::ENOTTY,
+        "MSI-X masking"
+    );
+    assert_eq!(
+        si(
+            20,
+            VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_MASK,
+            0,
+            0,
+            1
+        ),
+        libc::EINVAL,
+        "INTx not enabled"
+    );
+    assert_eq!(
+        si(20, trig_none, 2, 0, 1),
+        libc::EINVAL,
+        "loopback with MSI-X off"
+    );
+    // bad eventfds
+    assert_eq!(kit::err(set_irq_fds(fd, 2, 0, &[1 << 20])), libc::EBADF);
+    let null = std::fs::File::open("/dev/null").unwrap();
+    assert_eq!(
+        kit::err(set_irq_fds(fd, 2, 0, &[null.as_raw_fd()])),
+        libc::EINVAL
+    );
+    assert_eq!(
+        kit::err(set_irq_fds(fd, 2, 0, &[fd])),
+        libc::EINVAL,
+        "an engine fd is not the user's eventfd"
+    );
+    let ev = eventfd();
+    assert_eq!(
+        kit::err(set_irq_fds(fd, 2, 0, &[ev.as_raw_fd(), 1 << 20])),
+        libc::EBADF
+    );
+    assert_eq!(
+        uiommufd::vfio::device::get(&registry::by_cdev(504).unwrap()).irq_type(),
+        uiommufd::vfio::device::IrqType::None,
+        "a failed enable leaves nothing enabled"
+    );
+    // REQ
+    assert_eq!(
+        si(20, trig_none, 4, 0, 1),
+        libc::EINVAL,
+        "REQ loopback without an eventfd"
+    );
+    set_irq_fds(fd, 4, 0, &[ev.as_raw_fd()]).unwrap();
+    assert_eq!(si(20, trig_none, 4, 0, 1), 0);
+    assert_eq!(fired(&ev), 1);
+    assert_eq!(si(20, trig_none, 4, 0, 0), 0, "unset");
+    assert_eq!(si(20, trig_none, 4, 0, 1), libc::EINVAL);
+
+    // DEVICE_FEATURE
+    let mut f = VfioDeviceFeature { argsz: 7, flags: 0 };
+    assert_eq!(errno_of(fd, VFIO_DEVICE_FEATURE, &mut f), libc::EINVAL);
+    f.argsz = 8;
+    f.flags = 1 << 19;
+    assert_eq!(errno_of(fd, VFIO_DEVICE_FEATURE, &mut f), libc::EINVAL);
+    f.flags = VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET | 1;
+    assert_eq!(errno_of(fd, VFIO_DEVICE_FEATURE, &mut f), libc::EINVAL);
+    f.flags |= VFIO_DEVICE_FEATURE_PROBE;
+    assert_eq!(
+        errno_of(fd, VFIO_DEVICE_FEATURE, &mut f),
+        libc::ENOTTY,
+        "no migration"
+    );
+
+    // hot reset: no slot or bus reset
+    let mut h = VfioPciHotResetInfo {
+        argsz: 11,
+        ..Default::default()
+    };
+    assert_eq!(
+        errno_of(fd, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, &mut h),
+        libc::EINVAL
+    );
+    h.argsz = 12;
+    assert_eq!(
+        errno_of(fd, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, &mut h),
+        libc::ENODEV
+    );
+    let mut hr = VfioPciHotReset {
+        argsz: 12,
+        flags: 1,
+        count: 0,
+    };
+    assert_eq!(
+        errno_of(fd, VFIO_DEVICE_PCI_HOT_RESET, &mut hr),
+        libc::EINVAL
+    );
+    hr.flags = 0;
+    hr.count = 1;
+    assert_eq!(
+        errno_of(fd, VFIO_DEVICE_PCI_HOT_RESET, &mut hr),
+        libc::EINVAL,
+        "a cdev user names no group"
+    );
+    hr.count = 0;
+    assert_eq!(
+        errno_of(fd, VFIO_DEVICE_PCI_HOT_RESET, &mut hr),
+        libc::ENODEV
+    );
+
+    // RESET: the model resets, config and IRQs stay
+    enable(fd);
+    bar_write32(fd, 0, 0, 0x1234);
+    let r0 = model.resets.load(Ordering::SeqCst);
+    let mut none = [0u8; 4];
+    assert_eq!(errno_of(fd, VFIO_DEVICE_RESET, &mut none), 0);
+    assert_eq!(model.resets.load(Ordering::SeqCst), r0 + 1);
+    assert_eq!(bar_read32(fd, 0, 0), 0, "model registers at power-on");
+    assert_eq!(
+        cfg_read32(fd, 4) & 6,
+        6,
+        "config restored as pci_try_reset_function does"
+    );
+
+    // unknown ioctl; a bad pointer is EFAULT
+    assert_eq!(errno_of(fd, 0x3b00 | 190, &mut none), libc::ENOTTY);
+    assert_eq!(
+        file(fd)
+            .ioctl(VFIO_DEVICE_GET_INFO, 8, &SelfMemory, &Fds::default())
+            .unwrap_err()
+            .errno()
+            .0,
+        libc::EFAULT
+    );
+    files::close(fd).unwrap();
+}
+
+#[test]
+fn vfio_irqs_fire() {
+    let (model, _) = declare(5);
+    let fd = registry::open_cdev(505, true).unwrap();
+    let ctx = Context::new();
+    let mut fds = Fds::default();
+    bind(fd, &ctx, &mut fds, 5);
+    let dev = uiommufd::vfio::device::get(&registry::by_cdev(505).unwrap());
+    use uiommufd::vfio::device::IrqType;
+
+    // nothing set up: dropped
+    model.raise(0);
+
+    // MSI-X: per-vector eventfds
+    let evs: Vec<_> = (0..3).map(|_| eventfd()).collect();
+    set_irq_fds(fd, 2, 0, &[evs[0].as_raw_fd(), evs[1].as_raw_fd()]).unwrap();
+    assert_eq!(dev.irq_type(), IrqType::Msix);
+    model.raise(1);
+    assert_eq!((fired(&evs[0]), fired(&evs[1])), (0, 1));
+    model.raise(0);
+    model.raise(0);
+    assert_eq!(fired(&evs[0]), 2);
+    // grow dynamically, unset one vector
+    set_irq_fds(fd, 2, 3, &[evs[2].as_raw_fd()]).unwrap();
+    model.raise(3);
+    assert_eq!(fired(&evs[2]), 1);
+    set_irq_fds(fd, 2, 1, &[-1]).unwrap();
+    model.raise(1);
+    assert_eq!(fired(&evs[1]), 0, "unset vector");
+    // loopback triggers
+    let mut s = VfioIrqSet {
+        argsz: 20,
+        flags: VFIO_IRQ_SET_DATA_NONE | VFIO_IRQ_SET_ACTION_TRIGGER,
+        index: 2,
+        start: 0,
+        count: 1,
+    };
+    assert_eq!(errno_of(fd, VFIO_DEVICE_SET_IRQS, &mut s), 0);
+    assert_eq!(fired(&evs[0]), 1);
+    // another type while MSI-X is on
+    assert_eq!(
+        kit::err(set_irq_fds(fd, 0, 0, &[evs[0].as_raw_fd()])),
+        libc::EINVAL
+    );
+    assert_eq!(
+        kit::err(set_irq_fds(fd, 1, 0, &[evs[0].as_raw_fd()])),
+        libc::EINVAL
+    );
+    // the DMA engine's completion interrupt
+    enable(fd);
+    assert_eq!(dma_copy(fd, 0, 0, 0, 0), 0);
+    assert_eq!(fired(&evs[0]), 1);
+    // disable: nothing fires
+    set_irq_none(fd, 2, VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0).unwrap();
+    assert_eq!(dev.irq_type(), IrqType::None);
+    model.raise(0);
+    assert_eq!(fired(&evs[0]), 0);
+
+    // MSI: vectors fixed at enable
+    set_irq_fds(fd, 1, 0, &[evs[0].as_raw_fd()]).unwrap();
+    assert_eq!(dev.irq_type(), IrqType::Msi);
+    assert_eq!(
+        kit::err(set_irq_fds(fd, 1, 1, &[evs[1].as_raw_fd()])),
+        libc::EINVAL
+    );
+    model.raise(0);
+    assert_eq!(fired(&evs[0]), 1);
+    set_irq_none(fd, 1, VFIO_IRQ_SET_ACTION_TRIGGER, 0, 0).unwrap();
+
+    // INTx: auto-masked until unmasked; pending across the mask
+    set_irq_fds(fd, 0, 0, &[evs[0].as_raw_fd()]).unwrap();
+    assert_eq!(dev.irq_type(), IrqType::Intx);
+    model.raise(0);
+    assert_eq!(fired(&evs[0]), 1);
+    assert_ne!(cfg_read32(fd, 4) & (1 << 19), 0, "STATUS interrupt bit");
+    model.raise(0);
+    assert_eq!(fired(&evs[0]), 0, "masked");
+    set_irq_none(fd, 0, VFIO_IRQ_SET_ACTION_UNMASK, 0, 1).unwrap();
+    assert_eq!(fired(&evs[0]), 1, "the pending one at the unmask");
+    set_irq_none(fd, 0, VFIO_IRQ_SET_ACTION_UNMASK, 0, 1).unwrap();
+    assert_eq!(cfg_read32(fd, 4) & (1 << 19), 0);
+    // INTx disabled in COMMAND: dropped
+    cfg_write(fd, 4, &(0x6u16 | 1 << 10).to_le_bytes()).unwrap();
+    model.raise(0);
+    assert_eq!(fired(&evs[0]), 0);
+    cfg_write(fd, 4, &0x6u16.to_le_bytes()).unwrap();
+    model.raise(0);
+    assert_eq!(fired(&evs[0]), 1);
+    // mask by the user
+    set_irq_none(fd, 0, VFIO_IRQ_SET_ACTION_UNMASK, 0, 1).unwrap();
+    set_irq_none(fd, 0, VFIO_IRQ_SET_ACTION_MASK, 0, 1).unwrap();
+    model.raise(0);
+    assert_eq!(fired(&evs[0]), 0);
+    assert_eq!(
+        kit::err(set_irq_none(fd, 0, VFIO_IRQ_SET_ACTION_MASK, 0, 0)),
+        libc::EINVAL
+    );
+    // closing the device fd tears the IRQs down
+    files::close(fd).unwrap();
+    assert_eq!(dev.irq_type(), IrqType::None);
+}
