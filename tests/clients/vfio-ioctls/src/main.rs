@@ -8,7 +8,8 @@
 //! [--iommufd] [SYSFS_DIR]` (default `/sys/bus/pci/devices/0000:f0:00.0`).
 //!
 //! Checks, in order (register map: docs/devices/dma-engine.md):
-//! 1. identity registers through `region_read`, `SCRATCH` write/read-back;
+//! 1. memory decoding on through the config region; identity registers
+//!    through `region_read`, `SCRATCH` write/read-back;
 //! 2. a buffer mapped with `vfio_dma_map`; a COPY (64 KiB) and a FILL
 //!    descriptor in a ring inside it; the doorbell (`RING_TAIL`) rung with
 //!    `region_write`; completion as an MSI-X interrupt on vector 0 (an
@@ -211,6 +212,14 @@ impl Dev {
     fn wr64(&self, off: u64, v: u64) {
         self.dev.region_write(BAR0, &v.to_le_bytes(), off);
     }
+    fn config_command(&self) -> u16 {
+        let mut b = [0u8; 2];
+        self.dev.region_read(CONFIG, &mut b, 4);
+        u16::from_le_bytes(b)
+    }
+    fn set_config_command(&self, v: u16) {
+        self.dev.region_write(CONFIG, &v.to_le_bytes(), 4);
+    }
 }
 
 /// Wait until `efd` is signalled; its count.
@@ -286,7 +295,16 @@ fn run(iommufd: bool, sysfs: PathBuf) -> Res<()> {
     );
     let d = Dev { dev };
 
-    // 1. identity and a register round trip
+    // 1. memory decoding on (as a guest's driver does; BAR accesses fail
+    // with EIO before, as on Linux), bus mastering still off
+    let cmd = d.config_command() | 0x2;
+    d.set_config_command(cmd);
+    ensure!(
+        d.config_command() & 0x6 == 0x2,
+        "config COMMAND reads 0x{:04x} after writing 0x{cmd:04x}",
+        d.config_command()
+    );
+    // identity and a register round trip
     let (id, ver, caps) = (d.rd32(ID), d.rd32(VERSION), d.rd32(CAPS));
     ensure!(
         (id, ver, caps) == (0x444d_4145, 0x0001_0000, 0x0004_0007),
@@ -323,10 +341,8 @@ fn run(iommufd: bool, sysfs: PathBuf) -> Res<()> {
         .enable_msix(vectors.iter().collect())
         .map_err(|e| format!("enable_msix (4 eventfds): {e}"))?;
 
-    let mut cmd = [0u8; 2];
-    d.dev.region_read(CONFIG, &mut cmd, 4);
-    let cmd = u16::from_le_bytes(cmd) | 0x6; // memory space + bus master
-    d.dev.region_write(CONFIG, &cmd.to_le_bytes(), 4);
+    let cmd = d.config_command() | 0x4; // + bus master
+    d.set_config_command(cmd);
     let status = d.rd32(STATUS);
     ensure!(
         status & STATUS_BUS_MASTER != 0,
