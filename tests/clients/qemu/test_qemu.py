@@ -17,7 +17,10 @@ OS (SeaBIOS only) and checks over QMP:
    the 0xcf8/0xcfc I/O ports; read back), STATUS.BUS_MASTER follows;
 5. the traffic records appear in guest memory at the GPA given as
    `traffic_iova` (`pmemsave`), each a correct record for its slot;
-6. `quit` ends QEMU with status 0.
+6. `system_reset` resets the device (registers back to power-on values,
+   bus mastering off, no records), and traffic restarts once it is on;
+7. `quit` ends QEMU with status 0, and QEMU's trace shows the backend it
+   used (iommufd: bind, HWPT with dirty tracking, attach, IOAS_MAP).
 
 Usage: test_qemu.py [--only SUBSTRING]... [--keep] [--smoke]
   --smoke   only check the harness (both QEMUs start, QMP, port I/O and
@@ -30,6 +33,7 @@ Exits 1 if any case fails, printing what failed and QEMU's output.
 
 import argparse
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -82,25 +86,57 @@ def check(cond, msg):
 class Case:
     """One QEMU configuration."""
 
-    def __init__(self, name, version, device_args, extra_args=(), trace=()):
+    def __init__(self, name, version, device_args, extra_args=(), expect=(), forbid=()):
         self.name = name
         self.version = version  # "7.2" (host) or "10.0" (trixie chroot)
         self.device_args = device_args  # format with {sysfs}, {addr}
         self.extra_args = list(extra_args)
-        self.trace = list(trace)
+        # Regular expressions QEMU's trace (stderr) must / must not match:
+        # which backend QEMU really used.
+        self.expect = list(expect)
+        self.forbid = list(forbid)
 
+
+# QEMU 10.0's iommufd trace: bound, HWPT allocated with DIRTY_TRACKING
+# (flags bit 1, as QEMU asks when IOMMU_GET_HW_INFO reports the
+# capability), attached, guest RAM mapped at IOVA = GPA.
+IOMMUFD_TRACE = [
+    r"iommufd_cdev_connect_and_bind .*Successfully bound device " + ADDR,
+    r"iommufd_backend_alloc_hwpt .* flags=0x[0-9a-f]*[2367abef] .*\(0\)",
+    r"iommufd_cdev_attach_ioas_hwpt .*Successfully attached device " + ADDR,
+    r"iommufd_backend_map_dma .* iova=0x0 size=0x[0-9a-f]+ .*readonly=0 \(0\)",
+]
+# The legacy path: a group, FLR through VFIO_DEVICE_RESET.
+LEGACY_TRACE = [r"vfio_pci_reset_flr " + ADDR]
 
 CASES = [
-    Case("qemu-7.2 legacy sysfsdev", "7.2", "vfio-pci,sysfsdev={sysfs},id=dev0"),
-    Case("qemu-7.2 legacy host", "7.2", "vfio-pci,host={addr},id=dev0"),
+    Case(
+        "qemu-7.2 legacy sysfsdev",
+        "7.2",
+        "vfio-pci,sysfsdev={sysfs},id=dev0",
+        expect=LEGACY_TRACE + [r"vfio_realize +\(" + ADDR + r"\) group 100"],
+    ),
+    Case(
+        "qemu-7.2 legacy host",
+        "7.2",
+        "vfio-pci,host={addr},id=dev0",
+        expect=LEGACY_TRACE + [r"vfio_realize +\(" + ADDR + r"\) group 100"],
+    ),
     Case(
         "qemu-10.0 iommufd sysfsdev",
         "10.0",
         "vfio-pci,iommufd=i0,sysfsdev={sysfs},id=dev0",
         extra_args=["-object", "iommufd,id=i0"],
-        trace=["iommufd*"],
+        expect=IOMMUFD_TRACE,
+        forbid=[r"vfio_attach_device .* group"],
     ),
-    Case("qemu-10.0 legacy sysfsdev", "10.0", "vfio-pci,sysfsdev={sysfs},id=dev0"),
+    Case(
+        "qemu-10.0 legacy sysfsdev",
+        "10.0",
+        "vfio-pci,sysfsdev={sysfs},id=dev0",
+        expect=LEGACY_TRACE + [r"vfio_attach_device +\(" + ADDR + r"\) group 100"],
+        forbid=[r"iommufd_backend_connect"],
+    ),
 ]
 
 
@@ -191,7 +227,7 @@ def run_device_case(case, keep):
             env.prefix
             + [env.uiommufd, "run", "--device", DEVICE_SPEC, "--"]
             + QEMU_BASE
-            + sum((["-trace", t] for t in case.trace), [])
+            + (["-trace", "iommufd*"] if case.version != "7.2" else [])
             + ["-qmp", "unix:%s,server=on,wait=off" % env.inside(qmp_sock)]
             + case.extra_args
             + ["-device", device]
@@ -279,9 +315,45 @@ def run_device_case(case, keep):
         status = qemu.xp(bar0 + dmae.STATUS, 1)[0]
         check(status & dmae.STATUS_TRAFFIC_ACTIVE, "STATUS 0x%x: traffic no longer active" % status)
 
-        # 6. clean exit
+        # 6. a system reset resets the device (VFIO_DEVICE_RESET): bus
+        # mastering off, registers back to their power-on values, no more
+        # records; SeaBIOS runs again; bus mastering on restarts the stream.
+        qemu.execute("system_reset")
+
+        def after_reset():
+            d = qemu.pci_device("dev0")
+            if not d or not bar_address(d, 0):
+                return None
+            c = qemu.pci_config_read(bus, slot, fn, 0x04, "h")
+            if c & 0x4 or not c & 0x2:
+                return None
+            return bar_address(d, 0), c
+
+        bar0, cmd = wait_for("SeaBIOS to set the device up again after system_reset", after_reset, 20)
+        count = read64(qemu, bar0 + dmae.TRAFFIC_COUNT)
+        seq = read64(qemu, bar0 + dmae.TRAFFIC_SEQ)
+        check(count == 0 and seq == 0, "after system_reset: TRAFFIC_COUNT %d, TRAFFIC_SEQ %d (expected 0, 0)" % (count, seq))
+        time.sleep(0.1)
+        count = read64(qemu, bar0 + dmae.TRAFFIC_COUNT)
+        check(count == 0, "TRAFFIC_COUNT %d after system_reset with bus mastering off" % count)
+        qemu.pci_config_write(bus, slot, fn, 0x04, cmd | 0x6, "h")
+        count = wait_for(
+            "traffic to restart after system_reset",
+            lambda: (lambda c: c if c >= n else None)(read64(qemu, bar0 + dmae.TRAFFIC_COUNT)),
+            15,
+        )
+        good, bad, empty, errors = dmae.check_window(qemu.pmemsave(TRAFFIC_GPA, TRAFFIC_SIZE, "reset.bin"), count)
+        check(bad <= 2 and empty == 0, "after system_reset: %d bad, %d empty:\n  %s" % (bad, empty, "\n  ".join(errors)))
+        log.append("system_reset: device reset, traffic restarted (%d records)" % count)
+
+        # 7. clean exit; QEMU's trace shows the backend it used
         rc = qemu.quit()
         check(rc == 0, "QEMU exited with status %s after quit" % rc)
+        trace = qemu.stderr()
+        for pat in case.expect:
+            check(re.search(pat, trace, re.M), "QEMU's trace has no line matching %r" % pat)
+        for pat in case.forbid:
+            check(not re.search(pat, trace, re.M), "QEMU's trace has a line matching %r" % pat)
         log.append("quit: status 0 (%.2fs in all)" % (time.monotonic() - t0))
         return log
     except BaseException as e:
