@@ -38,7 +38,7 @@ dirty tracking is off (QEMU's trace and uiommufd's debug log).
 Cases: QEMU 7.2 v1 region protocol on a type1 container; QEMU 10.0 v2 with
 iommufd + HWPT dirty tracking, iommufd + device DMA logging (paused and
 auto-started destination), the legacy container (type1 dirty tracking);
-10.0 cancelled and destination-lost migrations.
+cancelled migrations (7.2 v1, 10.0 v2) and a destination lost mid-way (10.0).
 
 Usage: test_migration.py [--only SUBSTRING]... [--keep]
 Environment as test_qemu.py (UIOMMUFD_BIN, UIOMMUFD_TRIXIE). Exits 1 if any
@@ -191,6 +191,18 @@ CASES = [
         src_expect=V2_SRC + [r"vfio_get_dirty_bitmap iova=0x0 "],
         dst_expect=V2_DST,
         forbid=[r"vfio_device_dirty_tracking_start", r"iommufd_backend_connect"],
+    ),
+    MigCase(
+        "qemu-7.2 v1 cancel (type1)",
+        "7.2",
+        "vfio-pci,sysfsdev={sysfs},x-enable-migration=on,id=dev0",
+        # RUNNING|SAVING while the migration runs; on cancel QEMU writes
+        # RUNNING back and stops the container's dirty tracking.
+        src_expect=[r"vfio_migration_set_state +\(" + ADDR + r"\) state 3\b"],
+        forbid=[r"vfio_migration_set_state +\(" + ADDR + r"\) state 2\b"],
+        cancel="cancel",
+        cancel_expect=[r"type1 dirty tracking started", r"type1 dirty tracking stopped",
+                       r"v1 migration device_state 0x3 -> 0x1 \(Running\)"],
     ),
     MigCase(
         "qemu-10.0 v2 cancel (dma-logging)",
