@@ -93,8 +93,9 @@ class MigCase:
     more QEMU arguments; src_expect / dst_expect / forbid: regular
     expressions the source's / destination's stderr must match / neither
     may match; cancel: None (a completed migration), "cancel" or "kill-dst";
-    log_expect: regular expressions the source's stderr must match after a
-    cancel (uiommufd's debug log)."""
+    cancel_expect: regular expressions the source's stderr must match after
+    a cancel (QEMU's trace, uiommufd's debug log); autostart: the
+    destination runs without -S."""
 
     def __init__(self, name, version, device_args, extra_args=(), src_expect=(), dst_expect=(),
                  forbid=(), cancel=None, cancel_expect=(), autostart=False):
@@ -401,7 +402,7 @@ def start_source(case, env, log, t0):
     return src, bar0
 
 
-def check_traces(sides, case, forbid_only=False):
+def check_traces(sides, case):
     for side, pats in sides:
         text = side.q.stderr()
         for pat in pats:
@@ -445,6 +446,7 @@ def run_migration(case, env, log, sides):
     # 1. the source's device is stopped at S
     check(src.status() == "postmigrate", "src: status %r after the migration" % src.status())
     stop = src.seq(bar0)
+    stop_count = src.count(bar0)
     time.sleep(0.1)
     stop2 = src.seq(bar0)
     check(stop == stop2, "src: TRAFFIC_SEQ moves after the migration (%d then %d): the device was not stopped" % (stop, stop2))
@@ -474,17 +476,22 @@ def run_migration(case, env, log, sides):
     dbar0, dbus, dslot, dfn = dst.device()
     check(dbar0 == bar0, "dst: BAR0 at 0x%x, the source's was 0x%x" % (dbar0, bar0))
     s1 = dst.seq(bar0)
+    c1 = dst.count(bar0)
     check(s1 >= stop, "dst: TRAFFIC_SEQ %d after resume, below the source's stop %d" % (s1, stop))
+    check(c1 >= stop_count, "dst: TRAFFIC_COUNT %d after resume, below the source's %d at the stop" % (c1, stop_count))
     s2 = wait_for(
         "dst: TRAFFIC_SEQ to grow past %d" % (stop + N // 2),
         lambda: (lambda s: s if s >= stop + N // 2 else None)(dst.seq(bar0)),
         10,
     )
+    c2 = dst.count(bar0)
+    check(c2 > c1, "dst: TRAFFIC_COUNT does not grow after resume (%d then %d)" % (c1, c2))
     window = dst.q.pmemsave(TRAFFIC_GPA, TRAFFIC_SIZE, "dst-resumed.bin")
     good, bad = new_records(window, stop)
     check(bad <= 2, "dst: %d bad slots in the window after resume" % bad)
     check(good >= N // 2 - 2, "dst: only %d valid records with seq >= %d after resume (TRAFFIC_SEQ %d)" % (good, stop, s2))
-    log.append("dst: resumed at seq %d, then %d; %d new records in the window" % (s1, s2, good))
+    log.append("dst: resumed at seq %d (count %d), then seq %d (count %d); %d new records in the window"
+               % (s1, c1, s2, c2, good))
 
     rc = dst.q.quit()
     check(rc == 0, "dst: exit status %s after quit" % rc)
