@@ -15,8 +15,13 @@ same device declaration, so the destination's device matches):
                one case runs it without -S: it starts as soon as the
                migration completes, as a real destination does).
 
-QMP `migrate-incoming` / `migrate` over a unix socket, `query-migrate`
-polled to `completed`. Then:
+Bus mastering is turned on only once SeaBIOS has finished POST (its debug
+port says so): its last PAM change makes QEMU unmap and remap all of guest
+RAM, and a record written meanwhile faults and stops the stream. QMP
+`migrate-incoming` / `migrate` over a unix socket, throttled
+(`max-bandwidth`) so that the migration lasts a second or more and the
+device writes hundreds of records into pages already sent (only the dirty
+tracker brings those over), `query-migrate` polled to `completed`. Then:
 
 1. the source's device is stopped: its TRAFFIC_SEQ (BAR0, `xp`) is the
    stop sequence S and does not move;
@@ -53,8 +58,8 @@ import shlex
 import shutil
 import struct
 import subprocess
-import tempfile
 import sys
+import tempfile
 import time
 import traceback
 
