@@ -32,6 +32,10 @@ else
     echo "setup.sh: system packages present"
 fi
 
+# The real clients tests/clients/run.sh drives: QEMU 7.2 (bookworm) and
+# QEMU 10.0 in a cached trixie chroot (about 45 s the first time).
+"$(dirname "${BASH_SOURCE[0]}")/../tests/clients/install-qemu.sh"
+
 # Rust components used by scripts/test.sh.
 if have rustup; then
     cargo fmt --version >/dev/null 2>&1 || rustup component add rustfmt

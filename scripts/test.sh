@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# Full test suite: formatting, lints, unit/integration tests, doctests, and
-# the Linux iommufd kselftest conformance run. Stops at the first failure.
+# Full test suite: formatting, lints, unit/integration tests, doctests, the
+# real-client tests (QEMU, vfio-ioctls), and the Linux iommufd kselftest
+# conformance run. Stops at the first failure.
 # Extra arguments are passed to tests/conformance/kselftest.sh.
 set -euo pipefail
 
@@ -29,6 +30,19 @@ else
     step tests cargo test --workspace
 fi
 step doctests cargo test --workspace --doc
+
+# Real clients (tests/clients/run.sh): rust-vmm's vfio-ioctls, QEMU 7.2 and
+# QEMU 10.0 drive the emulated dma-engine through the preload. Builds the
+# release CLI/preload and the client (about 1-2 min from clean), then about
+# a minute of tests. UIOMMUFD_SKIP_CLIENTS=1 skips it.
+clients() {
+    if [ "${UIOMMUFD_SKIP_CLIENTS:-0}" = 1 ]; then
+        echo "UIOMMUFD_SKIP_CLIENTS=1: skipping the real-client tests"
+        return 0
+    fi
+    tests/clients/run.sh
+}
+step clients clients
 
 # Fuzz smoke run: each libFuzzer target (fuzz/, see scripts/fuzz.sh) for a
 # bounded time from the checked-in inputs; any crash fails the run. About

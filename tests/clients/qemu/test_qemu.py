@@ -1,0 +1,459 @@
+#!/usr/bin/env python3
+"""Unmodified QEMU (7.2 from bookworm, 10.0 from a trixie chroot) attaches
+uiommufd's emulated `dma-engine` as a `vfio-pci` device, and the device's
+traffic lands in guest memory.
+
+Each case runs `uiommufd run --device dma-engine,traffic... -- qemu-system-x86_64
+-machine q35 -accel tcg -nodefaults ... -device vfio-pci,...` with no guest
+OS (SeaBIOS only) and checks over QMP:
+
+1. the device is realized and `query-pci` lists it (vendor/device IDs) with
+   BAR0 assigned by SeaBIOS;
+2. `xp` at BAR0 returns the ID, VERSION and CAPS registers (MMIO through
+   the device fd);
+3. with bus mastering off, no record has been written (TRAFFIC_COUNT 0,
+   the window in guest memory all zero);
+4. bus mastering turned on the way a guest does it (config COMMAND through
+   the 0xcf8/0xcfc I/O ports; read back), STATUS.BUS_MASTER follows;
+5. the traffic records appear in guest memory at the GPA given as
+   `traffic_iova` (`pmemsave`), each a correct record for its slot;
+6. `system_reset` resets the device (registers back to power-on values,
+   bus mastering off, no records), and traffic restarts once it is on;
+7. `quit` ends QEMU with status 0, and QEMU's trace shows the backend it
+   used (iommufd: bind, HWPT with dirty tracking, attach, IOAS_MAP).
+
+Usage: test_qemu.py [--only SUBSTRING]... [--keep] [--smoke]
+  --smoke   only check the harness (both QEMUs start, QMP, port I/O and
+            pmemsave work) with an emulated pci-testdev; needs no uiommufd.
+Environment: UIOMMUFD_BIN (dir with `uiommufd` and `libuiommufd_preload.so`,
+default target/release), UIOMMUFD_TRIXIE (the chroot, default
+/var/cache/uiommufd/trixie; tests/clients/install-qemu.sh makes it).
+Exits 1 if any case fails, printing what failed and QEMU's output.
+"""
+
+import argparse
+import os
+import re
+import shlex
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import dmae  # noqa: E402
+from qmp import Qemu, QemuError  # noqa: E402
+
+REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", "..", ".."))
+TRIXIE = os.environ.get("UIOMMUFD_TRIXIE", "/var/cache/uiommufd/trixie")
+BIN = os.environ.get("UIOMMUFD_BIN", os.path.join(REPO, "target", "release"))
+
+# Where the device writes its records: guest RAM (-m 128), well away from
+# what SeaBIOS uses (low memory and the top of RAM).
+TRAFFIC_GPA = 0x4000000
+TRAFFIC_SIZE = 0x4000  # 256 records
+RATE = 2000  # records per second: the window fills in ~0.13 s
+DEVICE_SPEC = "dma-engine,traffic_iova=0x%x,traffic_size=0x%x,rate=%d" % (
+    TRAFFIC_GPA,
+    TRAFFIC_SIZE,
+    RATE,
+)
+ADDR = "0000:f0:00.0"  # the registry's default address of the first device
+
+QEMU_BASE = [
+    "qemu-system-x86_64",
+    "-machine", "q35",
+    "-accel", "tcg",
+    "-nodefaults",
+    "-display", "none",
+    "-m", "128",
+    "-trace", "vfio_*",
+]
+
+
+class Failure(Exception):
+    """A check failed; the message says which and what was seen."""
+
+
+def check(cond, msg):
+    if not cond:
+        raise Failure(msg)
+
+
+class Case:
+    """One QEMU configuration."""
+
+    def __init__(self, name, version, device_args, extra_args=(), expect=(), forbid=()):
+        self.name = name
+        self.version = version  # "7.2" (host) or "10.0" (trixie chroot)
+        self.device_args = device_args  # format with {sysfs}, {addr}
+        self.extra_args = list(extra_args)
+        # Regular expressions QEMU's trace (stderr) must / must not match:
+        # which backend QEMU really used.
+        self.expect = list(expect)
+        self.forbid = list(forbid)
+
+
+# QEMU 10.0's iommufd trace: bound, HWPT allocated with DIRTY_TRACKING
+# (flags bit 1, as QEMU asks when IOMMU_GET_HW_INFO reports the
+# capability), attached, guest RAM mapped at IOVA = GPA.
+IOMMUFD_TRACE = [
+    r"iommufd_cdev_connect_and_bind .*Successfully bound device " + ADDR,
+    r"iommufd_backend_alloc_hwpt .* flags=0x[0-9a-f]*[2367abef] .*\(0\)",
+    r"iommufd_cdev_attach_ioas_hwpt .*Successfully attached device " + ADDR,
+    r"iommufd_backend_map_dma .* iova=0x0 size=0x[0-9a-f]+ .*readonly=0 \(0\)",
+]
+# The legacy path: a group, FLR through VFIO_DEVICE_RESET.
+LEGACY_TRACE = [r"vfio_pci_reset_flr " + ADDR]
+
+CASES = [
+    Case(
+        "qemu-7.2 legacy sysfsdev",
+        "7.2",
+        "vfio-pci,sysfsdev={sysfs},id=dev0",
+        expect=LEGACY_TRACE + [r"vfio_realize +\(" + ADDR + r"\) group 100"],
+    ),
+    Case(
+        "qemu-7.2 legacy host",
+        "7.2",
+        "vfio-pci,host={addr},id=dev0",
+        expect=LEGACY_TRACE + [r"vfio_realize +\(" + ADDR + r"\) group 100"],
+    ),
+    Case(
+        "qemu-10.0 iommufd sysfsdev",
+        "10.0",
+        "vfio-pci,iommufd=i0,sysfsdev={sysfs},id=dev0",
+        extra_args=["-object", "iommufd,id=i0"],
+        expect=IOMMUFD_TRACE,
+        forbid=[r"vfio_attach_device .* group"],
+    ),
+    Case(
+        "qemu-10.0 legacy sysfsdev",
+        "10.0",
+        "vfio-pci,sysfsdev={sysfs},id=dev0",
+        expect=LEGACY_TRACE + [r"vfio_attach_device +\(" + ADDR + r"\) group 100"],
+        forbid=[r"iommufd_backend_connect"],
+    ),
+]
+
+
+class Env:
+    """Where a case runs: a work directory as this script sees it and as
+    QEMU sees it, and the command prefix that starts QEMU."""
+
+    def __init__(self, version, keep):
+        self.version = version
+        self.keep = keep
+        if version == "7.2":
+            self.root = ""
+            self.workdir = tempfile.mkdtemp(prefix="uiommufd-qemu-")
+            self.prefix = []
+            self.uiommufd = os.path.join(BIN, "uiommufd")
+        else:
+            qemu = os.path.join(TRIXIE, "usr/bin/qemu-system-x86_64")
+            if not os.path.exists(qemu):
+                raise Failure(
+                    "no QEMU 10.0 at %s: run tests/clients/install-qemu.sh" % qemu
+                )
+            self.root = TRIXIE
+            self.workdir = tempfile.mkdtemp(prefix="uiommufd-qemu-", dir=os.path.join(TRIXIE, "tmp"))
+            # The preload and the CLI are copied into the chroot (a bookworm
+            # build runs on trixie's newer glibc); /proc is mounted in a
+            # private mount namespace so nothing outlives the test.
+            optdir = os.path.join(TRIXIE, "opt", "uiommufd")
+            os.makedirs(optdir, exist_ok=True)
+            for f in ("uiommufd", "libuiommufd_preload.so"):
+                src = os.path.join(BIN, f)
+                if os.path.exists(src):
+                    shutil.copy2(src, os.path.join(optdir, f))
+            self.prefix = [
+                "unshare", "-m", "--propagation", "private",
+                "sh", "-ec", 'mount -t proc proc "$0/proc"; exec chroot "$0" "$@"', TRIXIE,
+            ]
+            self.uiommufd = "/opt/uiommufd/uiommufd"
+
+    def inside(self, host_path):
+        """`host_path` as QEMU sees it."""
+        if not self.root:
+            return host_path
+        return "/" + os.path.relpath(host_path, self.root)
+
+    def cleanup(self):
+        if not self.keep:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def wait_for(what, fn, timeout, interval=0.05):
+    """Call fn() until it returns a true value; Failure after `timeout`."""
+    deadline = time.monotonic() + timeout
+    last = None
+    while time.monotonic() < deadline:
+        last = fn()
+        if last:
+            return last
+        time.sleep(interval)
+    raise Failure("timed out after %.0fs waiting for %s (last: %r)" % (timeout, what, last))
+
+
+def bar_address(dev, bar):
+    for r in dev.get("regions", []):
+        if r.get("bar") == bar and r.get("type") == "memory":
+            addr = r["address"]
+            if addr in (0, -1, 0xFFFFFFFF, 0xFFFFFFFFFFFFFFFF):
+                return None
+            return addr
+    return None
+
+
+def read64(q, addr):
+    lo, hi = q.xp(addr, 2)
+    return lo | (hi << 32)
+
+
+def run_device_case(case, keep):
+    env = Env(case.version, keep)
+    log = []
+    qemu = None
+    try:
+        sysfs_root = os.path.join(env.workdir, "sysfs")
+        qmp_sock = os.path.join(env.workdir, "qmp.sock")
+        device = case.device_args.format(
+            sysfs=env.inside(os.path.join(sysfs_root, "devices", ADDR)), addr=ADDR
+        )
+        argv = (
+            env.prefix
+            + [env.uiommufd, "run", "--device", DEVICE_SPEC, "--"]
+            + QEMU_BASE
+            + (["-trace", "iommufd*"] if case.version != "7.2" else [])
+            + ["-qmp", "unix:%s,server=on,wait=off" % env.inside(qmp_sock)]
+            + case.extra_args
+            + ["-device", device]
+        )
+        penv = dict(os.environ)
+        penv["UIOMMUFD_SYSFS"] = env.inside(sysfs_root)
+        penv.setdefault("UIOMMUFD_LOG", "debug")
+        qemu = Qemu(argv, qmp_sock, env.workdir, root=env.root, name="qemu", env=penv)
+        log.append("command: UIOMMUFD_SYSFS=%s %s" % (penv["UIOMMUFD_SYSFS"], shlex.join(argv)))
+        t0 = time.monotonic()
+        version = qemu.start(timeout=30)
+        got = "%d.%d" % (version["major"], version["minor"])
+        check(got == case.version, "expected QEMU %s, QMP says %s" % (case.version, got))
+        log.append("QEMU %s.%d up in %.2fs" % (got, version["micro"], time.monotonic() - t0))
+
+        # 1. realized, listed, BAR0 assigned by SeaBIOS
+        dev = qemu.pci_device("dev0")
+        check(dev is not None, "query-pci does not list the vfio-pci device dev0")
+        ids = dev.get("id", {})
+        check(
+            (ids.get("vendor"), ids.get("device")) == (dmae.VENDOR, dmae.DEVICE),
+            "query-pci IDs %04x:%04x, expected %04x:%04x"
+            % (ids.get("vendor", 0), ids.get("device", 0), dmae.VENDOR, dmae.DEVICE),
+        )
+        dev = wait_for(
+            "SeaBIOS to assign BAR0",
+            lambda: (lambda d: d if d and bar_address(d, 0) else None)(qemu.pci_device("dev0")),
+            20,
+        )
+        bar0 = bar_address(dev, 0)
+        bus, slot, fn = dev["bus"], dev["slot"], dev["function"]
+        log.append("dev0 at %02x:%02x.%d, BAR0 0x%x (%.2fs)" % (bus, slot, fn, bar0, time.monotonic() - t0))
+
+        # 2. MMIO: identity registers
+        ident = qemu.xp(bar0, 3)
+        check(
+            ident == [dmae.ID_VALUE, dmae.VERSION_VALUE, dmae.CAPS_VALUE],
+            "xp at BAR0 0x%x: ID/VERSION/CAPS %s, expected %s"
+            % (bar0, [hex(v) for v in ident], [hex(v) for v in (dmae.ID_VALUE, dmae.VERSION_VALUE, dmae.CAPS_VALUE)]),
+        )
+        base = read64(qemu, bar0 + dmae.TRAFFIC_BASE)
+        size = read64(qemu, bar0 + dmae.TRAFFIC_SIZE)
+        check(
+            (base, size) == (TRAFFIC_GPA, TRAFFIC_SIZE),
+            "TRAFFIC_BASE/SIZE 0x%x/0x%x, expected the parameters 0x%x/0x%x" % (base, size, TRAFFIC_GPA, TRAFFIC_SIZE),
+        )
+
+        # 3. no DMA before bus mastering
+        cmd = qemu.pci_config_read(bus, slot, fn, 0x04, "h")
+        check(not cmd & 0x4, "bus mastering already on (COMMAND 0x%04x) before the test enabled it" % cmd)
+        check(cmd & 0x2, "SeaBIOS left memory decoding off (COMMAND 0x%04x)" % cmd)
+        status = qemu.xp(bar0 + dmae.STATUS, 1)[0]
+        check(not status & dmae.STATUS_BUS_MASTER, "STATUS 0x%x shows bus mastering before it is on" % status)
+        time.sleep(0.1)
+        count = read64(qemu, bar0 + dmae.TRAFFIC_COUNT)
+        check(count == 0, "TRAFFIC_COUNT %d with bus mastering off" % count)
+        window = qemu.pmemsave(TRAFFIC_GPA, TRAFFIC_SIZE, "before.bin")
+        check(window == bytes(TRAFFIC_SIZE), "guest memory at 0x%x not zero before bus mastering" % TRAFFIC_GPA)
+
+        # 4. bus mastering on, as a guest driver would (legacy config I/O)
+        qemu.pci_config_write(bus, slot, fn, 0x04, cmd | 0x6, "h")
+        cmd2 = qemu.pci_config_read(bus, slot, fn, 0x04, "h")
+        check(cmd2 & 0x6 == 0x6, "COMMAND reads 0x%04x after writing 0x%04x" % (cmd2, cmd | 0x6))
+        status = qemu.xp(bar0 + dmae.STATUS, 1)[0]
+        check(status & dmae.STATUS_BUS_MASTER, "STATUS 0x%x: the device does not see bus mastering" % status)
+        t_bm = time.monotonic()
+
+        # 5. the records land in guest memory
+        n = TRAFFIC_SIZE // dmae.RECORD
+        count = wait_for(
+            "TRAFFIC_COUNT to reach %d (a full window)" % (n + 8),
+            lambda: (lambda c: c if c >= n + 8 else None)(read64(qemu, bar0 + dmae.TRAFFIC_COUNT)),
+            15,
+        )
+        elapsed = time.monotonic() - t_bm
+        window = qemu.pmemsave(TRAFFIC_GPA, TRAFFIC_SIZE, "after.bin")
+        good, bad, empty, errors = dmae.check_window(window, count)
+        log.append(
+            "traffic: %d records in %.2fs; window: %d good, %d torn/bad, %d empty"
+            % (count, elapsed, good, bad, empty)
+        )
+        check(empty == 0, "%d slots of the window still empty after %d records" % (empty, count))
+        # A record being written while pmemsave reads may be torn: at most 2.
+        check(bad <= 2, "%d bad records in the window:\n  %s" % (bad, "\n  ".join(errors)))
+        status = qemu.xp(bar0 + dmae.STATUS, 1)[0]
+        check(status & dmae.STATUS_TRAFFIC_ACTIVE, "STATUS 0x%x: traffic no longer active" % status)
+
+        # 6. a system reset resets the device (VFIO_DEVICE_RESET): bus
+        # mastering off, registers back to their power-on values, no more
+        # records; SeaBIOS runs again; bus mastering on restarts the stream.
+        qemu.execute("system_reset")
+
+        def after_reset():
+            d = qemu.pci_device("dev0")
+            if not d or not bar_address(d, 0):
+                return None
+            c = qemu.pci_config_read(bus, slot, fn, 0x04, "h")
+            if c & 0x4 or not c & 0x2:
+                return None
+            return bar_address(d, 0), c
+
+        bar0, cmd = wait_for("SeaBIOS to set the device up again after system_reset", after_reset, 20)
+        count = read64(qemu, bar0 + dmae.TRAFFIC_COUNT)
+        seq = read64(qemu, bar0 + dmae.TRAFFIC_SEQ)
+        check(count == 0 and seq == 0, "after system_reset: TRAFFIC_COUNT %d, TRAFFIC_SEQ %d (expected 0, 0)" % (count, seq))
+        time.sleep(0.1)
+        count = read64(qemu, bar0 + dmae.TRAFFIC_COUNT)
+        check(count == 0, "TRAFFIC_COUNT %d after system_reset with bus mastering off" % count)
+        qemu.pci_config_write(bus, slot, fn, 0x04, cmd | 0x6, "h")
+        count = wait_for(
+            "traffic to restart after system_reset",
+            lambda: (lambda c: c if c >= n else None)(read64(qemu, bar0 + dmae.TRAFFIC_COUNT)),
+            15,
+        )
+        good, bad, empty, errors = dmae.check_window(qemu.pmemsave(TRAFFIC_GPA, TRAFFIC_SIZE, "reset.bin"), count)
+        check(bad <= 2 and empty == 0, "after system_reset: %d bad, %d empty:\n  %s" % (bad, empty, "\n  ".join(errors)))
+        log.append("system_reset: device reset, traffic restarted (%d records)" % count)
+
+        # 7. clean exit; QEMU's trace shows the backend it used
+        rc = qemu.quit()
+        check(rc == 0, "QEMU exited with status %s after quit" % rc)
+        trace = qemu.stderr()
+        for pat in case.expect:
+            check(re.search(pat, trace, re.M), "QEMU's trace has no line matching %r" % pat)
+        for pat in case.forbid:
+            check(not re.search(pat, trace, re.M), "QEMU's trace has a line matching %r" % pat)
+        log.append("quit: status 0 (%.2fs in all)" % (time.monotonic() - t0))
+        return log
+    except BaseException as e:
+        if qemu is not None:
+            qemu.kill()
+            msg = str(e.args[0]) if e.args else repr(e)
+            tails = "" if "--- qemu " in msg else "\n" + qemu.tails(60)
+            e.args = ("%s\n%s%s" % (msg, "\n".join(log), tails),)
+        raise
+    finally:
+        env.cleanup()
+
+
+def run_smoke(version, keep):
+    """The harness without uiommufd: QEMU starts, QMP, port I/O, pmemsave."""
+    env = Env(version, keep)
+    qemu = None
+    try:
+        qmp_sock = os.path.join(env.workdir, "qmp.sock")
+        argv = env.prefix + QEMU_BASE + [
+            "-qmp", "unix:%s,server=on,wait=off" % env.inside(qmp_sock),
+            "-device", "pci-testdev,id=dev0",
+        ]
+        qemu = Qemu(argv, qmp_sock, env.workdir, root=env.root, name="qemu")
+        v = qemu.start()
+        check("%d.%d" % (v["major"], v["minor"]) == version, "QMP says QEMU %s" % v)
+        dev = wait_for(
+            "SeaBIOS to assign BAR0",
+            lambda: (lambda d: d if d and bar_address(d, 0) else None)(qemu.pci_device("dev0")),
+            20,
+        )
+        bus, slot, fn = dev["bus"], dev["slot"], dev["function"]
+        ids = qemu.pci_config_read(bus, slot, fn, 0, "w")
+        check(ids == (dev["id"]["device"] << 16 | dev["id"]["vendor"]), "config IDs 0x%08x via 0xcf8" % ids)
+        cmd = qemu.pci_config_read(bus, slot, fn, 4, "h")
+        qemu.pci_config_write(bus, slot, fn, 4, cmd | 6, "h")
+        check(qemu.pci_config_read(bus, slot, fn, 4, "h") & 6 == 6, "COMMAND write through 0xcfc lost")
+        data = qemu.pmemsave(0xF0000, 0x10000, "bios.bin")
+        check(data != bytes(0x10000), "pmemsave of the BIOS area returned zeros")
+        check(len(qemu.xp(0xF0000, 4)) == 4, "xp")
+        check(qemu.quit() == 0, "quit")
+        return ["QEMU %d.%d.%d: QMP, port I/O, pmemsave ok" % (v["major"], v["minor"], v["micro"])]
+    except BaseException:
+        if qemu is not None:
+            qemu.kill()
+            print(qemu.tails(), file=sys.stderr)
+        raise
+    finally:
+        env.cleanup()
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--only", action="append", default=[], help="run cases whose name contains this")
+    ap.add_argument("--keep", action="store_true", help="keep work directories")
+    ap.add_argument("--smoke", action="store_true", help="check the harness only (no uiommufd)")
+    args = ap.parse_args()
+
+    if args.smoke:
+        jobs = [("smoke qemu-%s" % v, lambda v=v: run_smoke(v, args.keep)) for v in ("7.2", "10.0")]
+    else:
+        for f in ("uiommufd", "libuiommufd_preload.so"):
+            if not os.path.exists(os.path.join(BIN, f)):
+                print("missing %s: cargo build --release -p uiommufd-cli -p uiommufd-preload" % os.path.join(BIN, f))
+                return 2
+        jobs = [
+            (c.name, lambda c=c: run_device_case(c, args.keep))
+            for c in CASES
+            if not args.only or any(o in c.name for o in args.only)
+        ]
+        if not jobs:
+            print("no case matches %s" % args.only)
+            return 2
+
+    passed = failed = 0
+    failures = []
+    t_all = time.monotonic()
+    for name, job in jobs:
+        t0 = time.monotonic()
+        try:
+            lines = job()
+            passed += 1
+            print("PASS %-28s %5.1fs" % (name, time.monotonic() - t0))
+            for line in lines:
+                print("       " + line)
+        except (Failure, QemuError, OSError, subprocess.SubprocessError) as e:
+            failed += 1
+            failures.append(name)
+            print("FAIL %-28s %5.1fs\n%s" % (name, time.monotonic() - t0, e), flush=True)
+        except Exception:
+            failed += 1
+            failures.append(name)
+            print("FAIL %-28s (harness error)\n%s" % (name, traceback.format_exc()), flush=True)
+        sys.stdout.flush()
+    print("\nqemu: %.1fs in all" % (time.monotonic() - t_all))
+    if failures:
+        print("failed: %s" % ", ".join(failures))
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
