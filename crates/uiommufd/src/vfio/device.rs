@@ -796,11 +796,16 @@ impl VfioDevice {
         }
         let binding = st.binding.take();
         self.disable_irqs();
+        // Bus mastering off first, so that nothing the device does between
+        // here and its reset reaches memory; migration sessions and DMA
+        // logging end with the last file (a reopened device is RUNNING).
+        self.bus.master.store(false, Ordering::Release);
+        self.model.set_bus_master(false);
+        self.migration.reset();
+        self.bus.log.stop();
         self.model.reset();
         self.config.lock().reset();
-        self.bus.master.store(false, Ordering::Release);
         self.bus.intx_disable.store(false, Ordering::Release);
-        self.model.set_bus_master(false);
         *self.bus.engine.write() = None;
         if let Some(b) = binding {
             b.dev.unbind(&b.ctx);
