@@ -131,6 +131,14 @@ CASES = [
         forbid=[r"vfio_attach_device .* group"],
     ),
     Case(
+        "qemu-10.0 iommufd host",
+        "10.0",
+        "vfio-pci,iommufd=i0,host={addr},id=dev0",
+        extra_args=["-object", "iommufd,id=i0"],
+        expect=IOMMUFD_TRACE,
+        forbid=[r"vfio_attach_device .* group"],
+    ),
+    Case(
         "qemu-10.0 legacy sysfsdev",
         "10.0",
         "vfio-pci,sysfsdev={sysfs},id=dev0",
