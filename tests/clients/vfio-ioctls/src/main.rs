@@ -17,7 +17,9 @@
 //! 3. a COPY from an unmapped IOVA: the descriptor fails with
 //!    `NOT_PRESENT`, `ERROR_CODE`/`ERROR_ADDR` say where, the ERROR vector
 //!    fires, and the ring goes on (a later COPY succeeds);
-//! 4. `vfio_dma_unmap`, device reset, and orderly teardown.
+//! 4. INTx through an eventfd (`enable_irq`): it auto-masks after firing,
+//!    an interrupt while masked is held until `unmask_irq`;
+//! 5. `vfio_dma_unmap`, device reset, and orderly teardown.
 //!
 //! Prints each step; exits 1 with a reason at the first failed check.
 
@@ -61,6 +63,7 @@ const WHERE_COPY_SRC: u32 = 2;
 
 const BAR0: u32 = 0;
 const CONFIG: u32 = 7; // VFIO_PCI_CONFIG_REGION_INDEX
+const INTX: u32 = 0; // VFIO_PCI_INTX_IRQ_INDEX
 const MSIX: u32 = 2; // VFIO_PCI_MSIX_IRQ_INDEX
 
 // The DMA buffer and its layout (offsets from IOVA_BASE).
@@ -481,11 +484,44 @@ fn run(iommufd: bool, sysfs: PathBuf) -> Res<()> {
     );
     println!("ring continues after the fault: COPY ok, COMPLETED 4");
 
-    // 4. teardown
-    d.wr32(CONTROL, 0);
+    // 4. INTx instead of MSI-X: auto-masked after it fires, the next one
+    // held pending until ACTION_UNMASK (vfio-pci's semantics).
     d.dev
         .disable_msix()
         .map_err(|e| format!("disable_msix: {e}"))?;
+    let intx = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
+    d.dev
+        .enable_irq(INTX, vec![&intx])
+        .map_err(|e| format!("enable_irq(INTx): {e}"))?;
+    let fill = |i: usize| descriptor(OP_FILL, FLAG_INTERRUPT, 64, 0, iova(FILL_OFF), i as u64);
+    buf.write(desc_off(4), &fill(4));
+    d.wr32(RING_TAIL, 5);
+    wait_irq(&intx, "INTx", Duration::from_secs(10))?;
+    buf.write(desc_off(5), &fill(5));
+    d.wr32(RING_TAIL, 6);
+    let s5 = wait_status(&buf, desc_off(5), Duration::from_secs(10))?;
+    ensure!(s5 == DESC_OK, "FILL under a masked INTx: status 0x{s5:04x}");
+    std::thread::sleep(Duration::from_millis(50));
+    ensure!(
+        intx.read().is_err(),
+        "INTx fired again before it was unmasked"
+    );
+    d.wr32(INT_CAUSE, CAUSE_COMPLETION);
+    d.dev
+        .unmask_irq(INTX)
+        .map_err(|e| format!("unmask_irq(INTx): {e}"))?;
+    wait_irq(
+        &intx,
+        "INTx held while masked, at unmask",
+        Duration::from_secs(10),
+    )?;
+    d.dev
+        .disable_irq(INTX)
+        .map_err(|e| format!("disable_irq(INTx): {e}"))?;
+    println!("INTx: fired, auto-masked, the next one delivered at unmask");
+
+    // 5. teardown
+    d.wr32(CONTROL, 0);
     backend
         .unmap(IOVA_BASE, BUF_SIZE)
         .map_err(|e| format!("vfio_dma_unmap: {e}"))?;
