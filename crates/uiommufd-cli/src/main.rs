@@ -1,8 +1,9 @@
 //! `uiommufd`: run unmodified programs against a userspace `/dev/iommu`, and
 //! show what the engine does.
 //!
-//! - `uiommufd run -- PROGRAM [ARGS]`: exec PROGRAM with
-//!   `libuiommufd_preload.so` (found next to this binary) in `LD_PRELOAD`.
+//! - `uiommufd run [--device KIND[,key=value...]]... [-q] -- PROGRAM [ARGS]`:
+//!   exec PROGRAM with `libuiommufd_preload.so` (found next to this binary)
+//!   in `LD_PRELOAD` and the declared emulated VFIO devices.
 //! - `uiommufd demo`: the /dev/ioasid RFC's flows 5.1 and 5.2 through the
 //!   Rust API, printing each IOAS's IOVA map.
 //! - `uiommufd bench [--json] [--threads N] [--quick]`: each case's time next
@@ -10,6 +11,7 @@
 
 mod bench;
 mod demo;
+mod migrate;
 mod run;
 
 use clap::{Parser, Subcommand};
@@ -24,17 +26,26 @@ struct Cli {
 
 #[derive(Subcommand, Debug)]
 enum Cmd {
-    /// Run PROGRAM with a working /dev/iommu (LD_PRELOAD of libuiommufd_preload.so).
+    /// Run PROGRAM with a working /dev/iommu and the declared VFIO devices (LD_PRELOAD of libuiommufd_preload.so).
     Run {
         /// Path of the preload library (default: next to this binary, or $UIOMMUFD_PRELOAD).
         #[arg(long)]
         preload: Option<std::path::PathBuf>,
+        /// Declare an emulated VFIO PCI device (repeatable): KIND[,addr=DDDD:BB:DD.F][,group=N][,cdev=N][,key=value...].
+        #[arg(long = "device", value_name = "KIND[,key=value...]")]
+        devices: Vec<String>,
+        /// Do not print where the declared devices are.
+        #[arg(short, long)]
+        quiet: bool,
         /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         program: Vec<std::ffi::OsString>,
     },
     /// Walk through the /dev/ioasid RFC's use-case flows 5.1 and 5.2 and print the IOVA maps.
     Demo,
+    /// Live-migrate guest memory and a DMA-writing device to a destination
+    /// process, and verify that no byte the device wrote was lost.
+    Migrate(migrate::Args),
     /// Measure the engine against physical floors (populate, memcpy) and print the ratios.
     Bench {
         /// Print JSON (for comparisons across commits) instead of the table.
@@ -56,8 +67,14 @@ fn main() -> std::process::ExitCode {
     uiommufd::logging::init_from_env();
     let cli = Cli::parse();
     let res = match cli.cmd {
-        Cmd::Run { preload, program } => run::run(preload, program),
+        Cmd::Run {
+            preload,
+            devices,
+            quiet,
+            program,
+        } => run::run(preload, &devices, quiet, program),
         Cmd::Demo => demo::demo(),
+        Cmd::Migrate(args) => migrate::migrate(args),
         Cmd::Bench {
             json,
             threads,

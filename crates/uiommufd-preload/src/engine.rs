@@ -155,6 +155,110 @@ pub(crate) fn writev(fd: c_int, iov: u64, iovcnt: c_int) -> Option<Xfer> {
     vectored(fd, iov, iovcnt, write)
 }
 
+/// The `RWF_*` flags Linux 6.12 knows that a file without `read_iter`
+/// ignores: `HIPRI`, `DSYNC`, `SYNC`, `APPEND`, `NOAPPEND` (`RWF_NOWAIT`,
+/// 0x08, is `EOPNOTSUPP` on a file without `FMODE_NOWAIT`).
+const RWF_IGNORED: c_int = 0x01 | 0x02 | 0x04 | 0x10 | 0x20;
+
+/// The kernel's loop for `preadv`/`pwritev` on files without `_iter`
+/// operations: one positional call per segment, the position advancing,
+/// stopping at the first short transfer.
+fn vectored_at(
+    fd: c_int,
+    iov: u64,
+    iovcnt: c_int,
+    offset: i64,
+    op: fn(c_int, u64, usize, i64) -> Option<Xfer>,
+) -> Option<Xfer> {
+    files::get(fd)?;
+    if offset < 0 {
+        return Some(Err(libc::EINVAL));
+    }
+    let segs = match iovecs(iov, iovcnt) {
+        Ok(s) => s,
+        Err(e) => return Some(Err(e)),
+    };
+    let mut done = 0usize;
+    for (base, len) in segs {
+        let at = offset.saturating_add(done as i64);
+        match op(fd, base, len, at) {
+            Some(Ok(n)) => {
+                done += n;
+                if n != len {
+                    break;
+                }
+            }
+            Some(Err(e)) => return Some(if done == 0 { Err(e) } else { Ok(done) }),
+            None => {
+                return Some(if done == 0 {
+                    Err(libc::EBADF)
+                } else {
+                    Ok(done)
+                })
+            }
+        }
+    }
+    Some(Ok(done))
+}
+
+/// `preadv(fd, iov, iovcnt, offset)` on an engine fd.
+pub(crate) fn preadv(fd: c_int, iov: u64, iovcnt: c_int, offset: i64) -> Option<Xfer> {
+    vectored_at(fd, iov, iovcnt, offset, pread)
+}
+
+/// `pwritev(fd, iov, iovcnt, offset)` on an engine fd.
+pub(crate) fn pwritev(fd: c_int, iov: u64, iovcnt: c_int, offset: i64) -> Option<Xfer> {
+    vectored_at(fd, iov, iovcnt, offset, pwrite)
+}
+
+/// `preadv2`/`pwritev2` flags on an engine fd: `Err` for the ones Linux
+/// refuses on a file without `FMODE_NOWAIT` (`RWF_NOWAIT`) or does not know.
+fn rwf_check(flags: c_int) -> Result<(), c_int> {
+    if flags & !RWF_IGNORED != 0 {
+        return Err(libc::EOPNOTSUPP);
+    }
+    Ok(())
+}
+
+/// `preadv2(fd, iov, iovcnt, offset, flags)` on an engine fd: offset `-1`
+/// is `readv`.
+pub(crate) fn preadv2(
+    fd: c_int,
+    iov: u64,
+    iovcnt: c_int,
+    offset: i64,
+    flags: c_int,
+) -> Option<Xfer> {
+    files::get(fd)?;
+    if let Err(e) = rwf_check(flags) {
+        return Some(Err(e));
+    }
+    if offset == -1 {
+        readv(fd, iov, iovcnt)
+    } else {
+        preadv(fd, iov, iovcnt, offset)
+    }
+}
+
+/// `pwritev2(fd, iov, iovcnt, offset, flags)` on an engine fd.
+pub(crate) fn pwritev2(
+    fd: c_int,
+    iov: u64,
+    iovcnt: c_int,
+    offset: i64,
+    flags: c_int,
+) -> Option<Xfer> {
+    files::get(fd)?;
+    if let Err(e) = rwf_check(flags) {
+        return Some(Err(e));
+    }
+    if offset == -1 {
+        writev(fd, iov, iovcnt)
+    } else {
+        pwritev(fd, iov, iovcnt, offset)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     //! The hooks themselves, called directly on engine fds made with a test

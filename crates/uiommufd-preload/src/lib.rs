@@ -45,6 +45,25 @@
 //!   an engine fd is a real eventfd whose counter the engine keeps non-zero
 //!   exactly while the file has data (`POLLIN`), so the kernel answers them
 //!   correctly, for mixed fd sets too.
+//! * **Emulated VFIO devices** (see `vfio`): the devices declared in
+//!   `UIOMMUFD_DEVICES` are created at load and their sysfs tree written.
+//!   `open*` of `/dev/vfio/N` and `/dev/vfio/devices/vfioN` of declared
+//!   devices open their group/cdev engine files; `stat`, `stat64`, `lstat`,
+//!   `lstat64`, `fstatat`, `fstatat64`, `statx` and the pre-2.33
+//!   `__xstat`/`__lxstat`/`__fxstatat` family report those nodes as
+//!   character devices; `fstat`, `fstat64`, `__fxstat*` (and `fstatat`/`statx`
+//!   with `AT_EMPTY_PATH`) of an engine fd report its file's
+//!   [`uiommufd::files::EngineFile::stat_as`]; `ioctl` and `mmap`/`mmap64`
+//!   of engine fds run the file's `ioctl` (with the fd table resolving
+//!   iommufd fds) and map what its `mmap` names; `preadv`, `pwritev`,
+//!   `preadv64`, `pwritev64`, `preadv2`, `pwritev2`, `preadv64v2`,
+//!   `pwritev64v2` reach the file's positional I/O. `/sys/bus/pci/devices/ADDR`
+//!   and `/sys/kernel/iommu_groups/N` of declared devices are redirected to
+//!   the tree for the `open*` and `stat` families, `readlink`,
+//!   `readlinkat`, `__readlink_chk`, `__readlinkat_chk`, `opendir`,
+//!   `realpath`, `__realpath_chk`, `access`, `euidaccess`, `eaccess` and
+//!   `faccessat`. While no device is declared each of these hooks costs one
+//!   atomic load for a path, and for an fd one load of the engine-fd hint.
 //! * **Fd bookkeeping without a system call per ioctl**: `socket`,
 //!   `accept`, `accept4`, `socketpair`, `pipe`, `pipe2`, `eventfd`,
 //!   `epoll_create`, `epoll_create1`, `timerfd_create`, `signalfd`,
@@ -112,8 +131,8 @@
 //!   system call (not a cancellation point: a `pthread_cancel` never unwinds
 //!   out of a critical section), and a forwarded `close` of any other fd
 //!   runs outside critical sections, where it may block and be cancelled as
-//!   usual. `memfd_create`, `fstat`, `getcwd`, `readlink` and `dlsym` are not
-//!   hooked.
+//!   usual. `getcwd` and `dlsym` are not hooked; the shim's own `fstat`,
+//!   `readlink` and `statx` of its fds and paths are raw system calls.
 //! * **No unwinding into C**: every piece of Rust reachable from a hook runs
 //!   inside [`std::panic::catch_unwind`]; a panic makes the call fail with
 //!   `EIO`.
@@ -136,8 +155,9 @@
 //! * `fstat` on an emulated fd shows a memfd, not a character device;
 //!   `read`/`write`/`mmap` act on the memfd.
 //! * Engine fds show as `anon_inode:[eventfd]`, not `[iommufd-pgfault]` &c.
-//!   Only `read`/`write`/`readv`/`writev` and the `pread`/`pwrite` family
-//!   reach the engine file: `preadv`, `recv`, `splice`, glibc stdio on an `fdopen`ed engine fd (libc-internal
+//!   Only `read`/`write`/`readv`/`writev`, the `pread`/`pwrite` and
+//!   `preadv`/`pwritev` families, `ioctl`, `mmap` and `fstat` reach the
+//!   engine file: `recv`, `splice`, glibc stdio on an `fdopen`ed engine fd (libc-internal
 //!   reads are not interposable) and raw syscalls see the eventfd instead.
 //!   An engine fd closed by a raw syscall and reused by another anon-inode
 //!   fd (eventfd, epoll, timerfd, ...) is not recognised as stale.
@@ -153,12 +173,14 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use uiommufd::files;
 
 mod engine;
+mod fs_hooks;
 mod path;
 mod real;
 mod signals;
 mod special;
 mod sync;
 mod table;
+mod vfio;
 
 /// The shim's own heap, apart from the program's `malloc`: a signal handler
 /// that interrupted the program inside `malloc` can still call our
@@ -206,6 +228,10 @@ extern "C" fn preload_init() {
         let _c = sync::enter();
         uiommufd::logging::init_from_env();
     });
+    let _ = guard(|| {
+        let _c = sync::enter();
+        vfio::init();
+    });
 }
 
 /// Runs [`sync::init`] and [`uiommufd::logging::init_from_env`] when the
@@ -245,7 +271,7 @@ fn open_node(node: &DevNode, flags: c_int) -> c_int {
     // SAFETY: an all-zero `stat` is a valid value to be overwritten.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `fd` is open and `st` is writable.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+    if unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) as c_int } != 0 {
         let e = errno();
         raw_close(fd);
         return fail(e);
@@ -280,14 +306,28 @@ fn open_node(node: &DevNode, flags: c_int) -> c_int {
     fd
 }
 
-/// The shim's part of every `open*` hook: `Some(result)` when the path is
-/// an emulated node (or on panic), `None` to forward.
+/// What an `open*` hook does after [`pre_open`].
+// the path lives on the stack on purpose: a `Box` would be freed outside
+// the critical section
+#[allow(clippy::large_enum_variant)]
+enum Pre {
+    /// The shim answered: this fd, or -1 with `errno` set.
+    Done(c_int),
+    /// The real call on this path instead (a sysfs path of a declared
+    /// device, redirected to the tree).
+    Redirect(path::StackPath),
+    /// The real call, unchanged.
+    Forward,
+}
+
+/// The shim's part of every `open*` hook: the emulated nodes (or a panic:
+/// `Done(-1)`), the redirected sysfs paths, or `Forward`.
 ///
 /// # Safety
 /// None: `path` is read fault-safely (any pointer value is fine).
-unsafe fn pre_open(dirfd: c_int, path: *const c_char, flags: c_int) -> Option<c_int> {
+unsafe fn pre_open(dirfd: c_int, path: *const c_char, flags: c_int) -> Pre {
     if path.is_null() || sync::foreign() {
-        return None;
+        return Pre::Forward;
     }
     let r = guard(|| {
         let _c = sync::enter();
@@ -297,27 +337,33 @@ unsafe fn pre_open(dirfd: c_int, path: *const c_char, flags: c_int) -> Option<c_
             Ok(p) => p,
             Err(e) => {
                 tracing::debug!(errno = e, "open: path not readable here; forwarding");
-                return None;
+                return Pre::Forward;
             }
         };
         let path = path.as_cstr();
         match path::match_dev_node(dirfd, path, flags) {
             Some(Ok(node)) if flags & libc::O_PATH != 0 => {
-                return Some(match path::open_o_path(node, flags) {
+                return Pre::Done(match path::open_o_path(node, flags) {
                     Ok(fd) => post_open(fd),
                     Err(e) => fail(e),
                 })
             }
-            Some(Ok(node)) => return Some(open_node(node, flags)),
-            Some(Err(e)) => return Some(fail(e)),
+            Some(Ok(node)) => return Pre::Done(open_node(node, flags)),
+            Some(Err(e)) => return Pre::Done(fail(e)),
             None => {}
         }
-        path::match_special(dirfd, path).map(|what| special::open(what, flags))
+        match vfio::classify_path(dirfd, path) {
+            vfio::Act::Forward => {}
+            vfio::Act::Redirect(p) => return Pre::Redirect(p),
+            vfio::Act::Node(node, form) => return Pre::Done(vfio::open_node(node, form, flags)),
+            vfio::Act::Fail(e) => return Pre::Done(fail(e)),
+        }
+        match path::match_special(dirfd, path) {
+            Some(what) => Pre::Done(special::open(what, flags)),
+            None => Pre::Forward,
+        }
     });
-    match r {
-        Some(r) => r,
-        None => Some(-1),
-    }
+    r.unwrap_or(Pre::Done(-1))
 }
 
 /// Lock-free: whether `fd` may be, or be about to become, an fd whose
@@ -423,12 +469,19 @@ macro_rules! open_hook {
         #[no_mangle]
         pub unsafe extern "C" fn $name(path: *const c_char, flags: c_int $(, $mode: libc::mode_t)?) -> c_int {
             // SAFETY: forwarding the caller's path, which obeys the C contract.
-            if let Some(r) = unsafe { pre_open(libc::AT_FDCWD, path, flags) } {
-                return r;
-            }
+            let path = match unsafe { pre_open(libc::AT_FDCWD, path, flags) } {
+                Pre::Done(r) => return r,
+                Pre::Redirect(p) => p,
+                Pre::Forward => {
+                    let Some(real) = real::$name() else { return missing() };
+                    // SAFETY: forwarding the caller's arguments unchanged.
+                    let fd = unsafe { real(path, flags $(, $mode as c_uint)?) };
+                    return post_open(fd);
+                }
+            };
             let Some(real) = real::$name() else { return missing() };
-            // SAFETY: forwarding the caller's arguments unchanged.
-            let fd = unsafe { real(path, flags $(, $mode as c_uint)?) };
+            // SAFETY: the caller's arguments, the path redirected.
+            let fd = unsafe { real(path.as_ptr(), flags $(, $mode as c_uint)?) };
             post_open(fd)
         }
     };
@@ -445,12 +498,19 @@ macro_rules! open_hook {
             $(, $mode: libc::mode_t)?
         ) -> c_int {
             // SAFETY: forwarding the caller's path, which obeys the C contract.
-            if let Some(r) = unsafe { pre_open(dirfd, path, flags) } {
-                return r;
-            }
+            let path = match unsafe { pre_open(dirfd, path, flags) } {
+                Pre::Done(r) => return r,
+                Pre::Redirect(p) => p,
+                Pre::Forward => {
+                    let Some(real) = real::$name() else { return missing() };
+                    // SAFETY: forwarding the caller's arguments unchanged.
+                    let fd = unsafe { real(dirfd, path, flags $(, $mode as c_uint)?) };
+                    return post_open(fd);
+                }
+            };
             let Some(real) = real::$name() else { return missing() };
-            // SAFETY: forwarding the caller's arguments unchanged.
-            let fd = unsafe { real(dirfd, path, flags $(, $mode as c_uint)?) };
+            // SAFETY: the caller's arguments, the path redirected (absolute).
+            let fd = unsafe { real(dirfd, path.as_ptr(), flags $(, $mode as c_uint)?) };
             post_open(fd)
         }
     };
@@ -566,6 +626,18 @@ pub unsafe extern "C" fn ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) ->
             Some(Route::Done(Ok(v))) => return v,
             Some(Route::Done(Err(e))) => return fail(e),
             Some(Route::Kernel) => {}
+            None => return -1,
+        }
+    }
+    if files::is_engine_fd(fd) && !is_vfs_ioctl(request as u32) && !sync::foreign() {
+        let r = guard(|| {
+            let _c = sync::enter();
+            vfio::engine_ioctl(fd, request as u32, arg as u64)
+        });
+        match r {
+            Some(Some(Ok(v))) => return v,
+            Some(Some(Err(e))) => return fail(e),
+            Some(None) => {}
             None => return -1,
         }
     }
@@ -1231,13 +1303,27 @@ pub unsafe extern "C" fn opendir(name: *const c_char) -> *mut libc::DIR {
         let r = guard(|| match path::UserPath::read(name) {
             Ok(path) => {
                 let _c = sync::enter();
-                special::opendir(path.as_cstr()).map(Ok)
+                match vfio::classify_path(libc::AT_FDCWD, path.as_cstr()) {
+                    vfio::Act::Redirect(p) => return Some(Ok(Err(p))),
+                    vfio::Act::Node(..) => return Some(Err(libc::ENOTDIR)),
+                    vfio::Act::Fail(e) => return Some(Err(e)),
+                    vfio::Act::Forward => {}
+                }
+                special::opendir(path.as_cstr()).map(|d| Ok(Ok(d)))
             }
             Err(libc::ENAMETOOLONG) => None,
             Err(e) => Some(Err(e)),
         });
         match r {
-            Some(Some(Ok(d))) => return d,
+            Some(Some(Ok(Ok(d)))) => return d,
+            Some(Some(Ok(Err(p)))) => {
+                let Some(real) = real::opendir() else {
+                    set_errno(libc::ENOSYS);
+                    return std::ptr::null_mut();
+                };
+                // SAFETY: the real opendir of the redirected path.
+                return unsafe { real(p.as_ptr()) };
+            }
             Some(Some(Err(e))) => {
                 tracing::debug!(errno = e, "opendir: the name is not readable");
                 set_errno(e);

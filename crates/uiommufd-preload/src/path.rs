@@ -90,8 +90,17 @@ fn base_dir(dirfd: c_int) -> Option<Vec<u8>> {
         buf.truncate(n);
     } else {
         let link = format!("/proc/self/fd/{dirfd}\0");
-        // SAFETY: `link` is NUL-terminated and `buf` is writable for its length.
-        let n = unsafe { libc::readlink(link.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()) };
+        // SAFETY: `link` is NUL-terminated and `buf` is writable for its
+        // length; the raw system call does not re-enter our `readlink` hook.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_readlinkat,
+                libc::AT_FDCWD,
+                link.as_ptr(),
+                buf.as_mut_ptr(),
+                buf.len(),
+            )
+        };
         if n <= 0 || n as usize >= buf.len() {
             return None;
         }
@@ -102,7 +111,7 @@ fn base_dir(dirfd: c_int) -> Option<Vec<u8>> {
 
 /// How a path reached a device node.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
-enum Form {
+pub(crate) enum Form {
     /// The path names the node itself.
     Exact,
     /// The node with trailing slashes (`/dev/iommu/`): the walk wants a
@@ -115,11 +124,16 @@ enum Form {
 
 /// Walk the absolute path `abs` lexically: the node it reaches and how.
 fn walk(abs: &[u8]) -> Option<(&'static DevNode, Form)> {
-    let node_at = |stack: &[&[u8]]| {
+    walk_to(abs, |stack| {
         DEV_NODES
             .iter()
             .find(|n| components(n.path.as_bytes()) == stack)
-    };
+    })
+}
+
+/// Walk the absolute path `abs` lexically, asking `node_at` at every step
+/// whether the components so far name a node: the node reached and how.
+fn walk_to<T>(abs: &[u8], node_at: impl Fn(&[&[u8]]) -> Option<T>) -> Option<(T, Form)> {
     let mut stack: Vec<&[u8]> = Vec::new();
     for c in abs.split(|&b| b == b'/').filter(|c| !c.is_empty()) {
         // any component after a node, even `.` or `..`, makes the kernel
@@ -150,7 +164,7 @@ fn walk(abs: &[u8]) -> Option<(&'static DevNode, Form)> {
 /// the way `form` says, or `None` when the open goes ahead. Follows the
 /// kernel's order: flag validation (`build_open_flags`) before the walk;
 /// `O_PATH` keeps only `O_DIRECTORY`, `O_NOFOLLOW` and `O_CLOEXEC`.
-fn node_open_errno(flags: c_int, form: Form) -> Option<c_int> {
+pub(crate) fn node_open_errno(flags: c_int, form: Form) -> Option<c_int> {
     let o_path = flags & libc::O_PATH != 0;
     let tmpfile = libc::O_TMPFILE & !libc::O_DIRECTORY;
     if !o_path {
@@ -230,12 +244,107 @@ pub(crate) fn match_dev_node(
     }
 }
 
+/// The node of a declared VFIO device (see [`crate::vfio`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum VfioNode {
+    /// `/dev/vfio/N`: the device's IOMMU group `N`.
+    Group(u32),
+    /// `/dev/vfio/devices/vfioN`: the device's cdev `N`.
+    Cdev(u32),
+}
+
+/// A decimal number as Linux prints it (no sign, no leading zero).
+fn canonical_number(c: &[u8]) -> Option<u32> {
+    if c.is_empty() || c.len() > 10 || !c.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    if c.len() > 1 && c[0] == b'0' {
+        return None;
+    }
+    std::str::from_utf8(c).ok()?.parse().ok()
+}
+
+/// The VFIO node the components name, when `declared` says it exists.
+fn vfio_node_at(stack: &[&[u8]], declared: &impl Fn(VfioNode) -> bool) -> Option<VfioNode> {
+    let node = match stack {
+        [b"dev", b"vfio", n] => VfioNode::Group(canonical_number(n)?),
+        [b"dev", b"vfio", b"devices", name] => {
+            VfioNode::Cdev(canonical_number(name.strip_prefix(b"vfio")?)?)
+        }
+        _ => return None,
+    };
+    declared(node).then_some(node)
+}
+
+/// The VFIO node `path` (relative to `dirfd`) reaches and how, when
+/// `declared` says the node exists. Cheap for paths that do not contain
+/// `vfio`. Leaves `errno` as it found it.
+pub(crate) fn match_vfio_node(
+    dirfd: c_int,
+    path: &CStr,
+    declared: impl Fn(VfioNode) -> bool,
+) -> Option<(VfioNode, Form)> {
+    let path = path.to_bytes();
+    if !path.windows(4).any(|w| w == b"vfio") {
+        return None;
+    }
+    let abs: Vec<u8>;
+    let abs: &[u8] = if path.first() == Some(&b'/') {
+        path
+    } else {
+        let saved = errno();
+        let base = base_dir(dirfd);
+        set_errno(saved);
+        let mut v = base?;
+        v.push(b'/');
+        v.extend_from_slice(path);
+        abs = v;
+        &abs
+    };
+    walk_to(abs, |stack| vfio_node_at(stack, &declared))
+}
+
 /// A path copied out of the caller's memory (the kernel's `getname`), in a
 /// buffer on the stack: no allocation, whatever the caller passed.
 pub(crate) struct UserPath {
     buf: [u8; PATH_MAX],
     /// Bytes before the NUL.
     len: usize,
+}
+
+/// A path the shim hands to a real call (a redirected sysfs path), in a
+/// buffer on the stack: the hooks that use it make the real call outside
+/// their critical section, where the shim must not allocate or free (see
+/// `sync`).
+pub(crate) struct StackPath {
+    buf: [u8; PATH_MAX],
+}
+
+impl StackPath {
+    /// `bytes` with a NUL; `None` when it does not fit in `PATH_MAX` (the
+    /// kernel's `ENAMETOOLONG`) or holds a NUL.
+    pub(crate) fn new(bytes: &[u8]) -> Option<StackPath> {
+        if bytes.len() >= PATH_MAX || bytes.contains(&0) {
+            return None;
+        }
+        let mut p = StackPath {
+            buf: [0u8; PATH_MAX],
+        };
+        p.buf[..bytes.len()].copy_from_slice(bytes);
+        Some(p)
+    }
+
+    /// The NUL-terminated path.
+    pub(crate) fn as_ptr(&self) -> *const c_char {
+        self.buf.as_ptr().cast()
+    }
+}
+
+impl std::fmt::Debug for StackPath {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let n = self.buf.iter().position(|&b| b == 0).unwrap_or(0);
+        write!(f, "{:?}", String::from_utf8_lossy(&self.buf[..n]))
+    }
 }
 
 /// `PATH_MAX`: the most bytes a path may take, its NUL included.
@@ -504,5 +613,38 @@ mod tests {
                 .len(),
             PATH_MAX - 1
         );
+    }
+
+    #[test]
+    fn vfio_nodes() {
+        let declared = |n: VfioNode| matches!(n, VfioNode::Group(100) | VfioNode::Cdev(0));
+        let m = |p: &CStr| match_vfio_node(libc::AT_FDCWD, p, declared);
+        assert_eq!(
+            m(c"/dev/vfio/100"),
+            Some((VfioNode::Group(100), Form::Exact))
+        );
+        assert_eq!(
+            m(c"//dev/./vfio/100"),
+            Some((VfioNode::Group(100), Form::Exact))
+        );
+        assert_eq!(
+            m(c"/dev/vfio/devices/vfio0"),
+            Some((VfioNode::Cdev(0), Form::Exact))
+        );
+        assert_eq!(
+            m(c"/dev/vfio/100/"),
+            Some((VfioNode::Group(100), Form::TrailingSlash))
+        );
+        assert_eq!(
+            m(c"/dev/vfio/devices/vfio0/x"),
+            Some((VfioNode::Cdev(0), Form::Through))
+        );
+        assert_eq!(m(c"/dev/vfio/0100"), None);
+        assert_eq!(m(c"/dev/vfio/101"), None, "undeclared: the kernel's");
+        assert_eq!(m(c"/dev/vfio/devices/vfio1"), None);
+        assert_eq!(m(c"/dev/vfio/devices/vfio00"), None);
+        assert_eq!(m(c"/dev/vfio/vfio"), None);
+        assert_eq!(m(c"/dev/vfio"), None);
+        assert_eq!(m(c"/etc/passwd"), None);
     }
 }

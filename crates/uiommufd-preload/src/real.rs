@@ -153,4 +153,78 @@ real! {
     __sysv_signal: unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
     /// `sighandler_t sigset(int, sighandler_t)`
     sigset: unsafe extern "C" fn(c_int, libc::sighandler_t) -> libc::sighandler_t;
+    /// `int stat(const char *, struct stat *)` (glibc 2.33)
+    stat: unsafe extern "C" fn(*const c_char, *mut libc::stat) -> c_int;
+    /// `int stat64(const char *, struct stat64 *)` (glibc 2.33)
+    stat64: unsafe extern "C" fn(*const c_char, *mut libc::stat64) -> c_int;
+    /// `int lstat(const char *, struct stat *)` (glibc 2.33)
+    lstat: unsafe extern "C" fn(*const c_char, *mut libc::stat) -> c_int;
+    /// `int lstat64(const char *, struct stat64 *)` (glibc 2.33)
+    lstat64: unsafe extern "C" fn(*const c_char, *mut libc::stat64) -> c_int;
+    /// `int fstat(int, struct stat *)` (glibc 2.33)
+    fstat: unsafe extern "C" fn(c_int, *mut libc::stat) -> c_int;
+    /// `int fstat64(int, struct stat64 *)` (glibc 2.33)
+    fstat64: unsafe extern "C" fn(c_int, *mut libc::stat64) -> c_int;
+    /// `int fstatat(int, const char *, struct stat *, int)` (glibc 2.33)
+    fstatat: unsafe extern "C" fn(c_int, *const c_char, *mut libc::stat, c_int) -> c_int;
+    /// `int fstatat64(int, const char *, struct stat64 *, int)` (glibc 2.33)
+    fstatat64: unsafe extern "C" fn(c_int, *const c_char, *mut libc::stat64, c_int) -> c_int;
+    /// `int __xstat(int, const char *, struct stat *)` (before glibc 2.33)
+    __xstat: unsafe extern "C" fn(c_int, *const c_char, *mut libc::stat) -> c_int;
+    /// `int __xstat64(int, const char *, struct stat64 *)`
+    __xstat64: unsafe extern "C" fn(c_int, *const c_char, *mut libc::stat64) -> c_int;
+    /// `int __lxstat(int, const char *, struct stat *)`
+    __lxstat: unsafe extern "C" fn(c_int, *const c_char, *mut libc::stat) -> c_int;
+    /// `int __lxstat64(int, const char *, struct stat64 *)`
+    __lxstat64: unsafe extern "C" fn(c_int, *const c_char, *mut libc::stat64) -> c_int;
+    /// `int __fxstat(int, int, struct stat *)`
+    __fxstat: unsafe extern "C" fn(c_int, c_int, *mut libc::stat) -> c_int;
+    /// `int __fxstat64(int, int, struct stat64 *)`
+    __fxstat64: unsafe extern "C" fn(c_int, c_int, *mut libc::stat64) -> c_int;
+    /// `int __fxstatat(int, int, const char *, struct stat *, int)`
+    __fxstatat: unsafe extern "C" fn(c_int, c_int, *const c_char, *mut libc::stat, c_int) -> c_int;
+    /// `int __fxstatat64(int, int, const char *, struct stat64 *, int)`
+    __fxstatat64: unsafe extern "C" fn(c_int, c_int, *const c_char, *mut libc::stat64, c_int) -> c_int;
+    /// `int statx(int, const char *, int, unsigned, struct statx *)` (glibc 2.28)
+    statx: unsafe extern "C" fn(c_int, *const c_char, c_int, c_uint, *mut libc::statx) -> c_int;
+    /// `ssize_t readlink(const char *, char *, size_t)`
+    readlink: unsafe extern "C" fn(*const c_char, *mut c_char, libc::size_t) -> libc::ssize_t;
+    /// `ssize_t readlinkat(int, const char *, char *, size_t)`
+    readlinkat: unsafe extern "C" fn(c_int, *const c_char, *mut c_char, libc::size_t) -> libc::ssize_t;
+    /// `ssize_t __readlink_chk(const char *, char *, size_t, size_t)`
+    __readlink_chk: unsafe extern "C" fn(*const c_char, *mut c_char, libc::size_t, libc::size_t) -> libc::ssize_t;
+    /// `ssize_t __readlinkat_chk(int, const char *, char *, size_t, size_t)`
+    __readlinkat_chk: unsafe extern "C" fn(c_int, *const c_char, *mut c_char, libc::size_t, libc::size_t) -> libc::ssize_t;
+    /// `char *realpath(const char *, char *)`
+    realpath: unsafe extern "C" fn(*const c_char, *mut c_char) -> *mut c_char;
+    /// `char *__realpath_chk(const char *, char *, size_t)`
+    __realpath_chk: unsafe extern "C" fn(*const c_char, *mut c_char, libc::size_t) -> *mut c_char;
+    /// `int access(const char *, int)`
+    access: unsafe extern "C" fn(*const c_char, c_int) -> c_int;
+    /// `int faccessat(int, const char *, int, int)`
+    faccessat: unsafe extern "C" fn(c_int, *const c_char, c_int, c_int) -> c_int;
+    /// `int euidaccess(const char *, int)`
+    euidaccess: unsafe extern "C" fn(*const c_char, c_int) -> c_int;
+    /// `int eaccess(const char *, int)`
+    eaccess: unsafe extern "C" fn(*const c_char, c_int) -> c_int;
+    /// `ssize_t preadv(int, const struct iovec *, int, off_t)`
+    preadv: unsafe extern "C" fn(c_int, *const libc::iovec, c_int, libc::off_t) -> libc::ssize_t;
+    /// `ssize_t preadv64(int, const struct iovec *, int, off64_t)`
+    preadv64: unsafe extern "C" fn(c_int, *const libc::iovec, c_int, libc::off64_t) -> libc::ssize_t;
+    /// `ssize_t preadv2(int, const struct iovec *, int, off_t, int)`
+    preadv2: unsafe extern "C" fn(c_int, *const libc::iovec, c_int, libc::off_t, c_int) -> libc::ssize_t;
+    /// `ssize_t preadv64v2(int, const struct iovec *, int, off64_t, int)`
+    preadv64v2: unsafe extern "C" fn(c_int, *const libc::iovec, c_int, libc::off64_t, c_int) -> libc::ssize_t;
+    /// `ssize_t pwritev(int, const struct iovec *, int, off_t)`
+    pwritev: unsafe extern "C" fn(c_int, *const libc::iovec, c_int, libc::off_t) -> libc::ssize_t;
+    /// `ssize_t pwritev64(int, const struct iovec *, int, off64_t)`
+    pwritev64: unsafe extern "C" fn(c_int, *const libc::iovec, c_int, libc::off64_t) -> libc::ssize_t;
+    /// `ssize_t pwritev2(int, const struct iovec *, int, off_t, int)`
+    pwritev2: unsafe extern "C" fn(c_int, *const libc::iovec, c_int, libc::off_t, c_int) -> libc::ssize_t;
+    /// `ssize_t pwritev64v2(int, const struct iovec *, int, off64_t, int)`
+    pwritev64v2: unsafe extern "C" fn(c_int, *const libc::iovec, c_int, libc::off64_t, c_int) -> libc::ssize_t;
+    /// `void *mmap(void *, size_t, int, int, int, off_t)`
+    mmap: unsafe extern "C" fn(*mut c_void, libc::size_t, c_int, c_int, c_int, libc::off_t) -> *mut c_void;
+    /// `void *mmap64(void *, size_t, int, int, int, off64_t)`
+    mmap64: unsafe extern "C" fn(*mut c_void, libc::size_t, c_int, c_int, c_int, libc::off64_t) -> *mut c_void;
 }

@@ -243,7 +243,7 @@ fn identity(fd: c_int) -> Option<(u64, u64)> {
     // SAFETY: an all-zero `stat` is a valid value to be overwritten.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is writable; a bad fd just fails.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+    if unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) as c_int } != 0 {
         return None;
     }
     Some((st.st_dev, st.st_ino))

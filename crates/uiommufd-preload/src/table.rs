@@ -98,7 +98,8 @@ pub(crate) fn still_ours(fd: c_int, entry: &Entry) -> bool {
     // SAFETY: an all-zero `stat` is a valid value to be overwritten.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is writable; a bad fd just fails.
-    let ok = unsafe { libc::fstat(fd, &mut st) } == 0;
+    let ok =
+        unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) as c_int } == 0;
     ok && st.st_dev == entry.dev && st.st_ino == entry.ino
 }
 

@@ -507,3 +507,59 @@ fn programs_keep_their_own_fault_handlers() {
     let out = run_preloaded(&exe, &["1"], &[("UIOMMUFD_FAULT_HANDLER", "0")]);
     assert_ok(&out, "program_signals with UIOMMUFD_FAULT_HANDLER=0");
 }
+
+/// `tests/c/vfio_devices.c`: a device declared with `UIOMMUFD_DEVICES` as
+/// QEMU finds it — the sysfs tree (`sysfsdev=`), the `/sys/bus/pci/devices`
+/// and `/sys/kernel/iommu_groups` redirects (`host=`), the `/dev/vfio`
+/// nodes' `stat`, and the opened cdev's `fstat`.
+#[test]
+fn declared_vfio_device_from_c() {
+    let exe = compile_src("vfio_devices.c", "vfio_devices", &["-O1"]);
+    let sysfs = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("vfio-devices-sysfs-{}", std::process::id()));
+    let (addr, group, cdev) = ("0000:f3:04.0", "4242", "17");
+    let decl = format!("dma-engine,addr={addr},group={group},cdev={cdev}");
+    for log in ["", "debug"] {
+        let out = run_preloaded(
+            &exe,
+            &[sysfs.to_str().unwrap(), addr, group, cdev],
+            &[
+                ("UIOMMUFD_DEVICES", decl.as_str()),
+                ("UIOMMUFD_SYSFS", sysfs.to_str().unwrap()),
+                ("UIOMMUFD_LOG", log),
+            ],
+        );
+        assert_ok(&out, &format!("vfio_devices (UIOMMUFD_LOG={log:?})"));
+    }
+    let _ = std::fs::remove_dir_all(&sysfs);
+}
+
+/// A bad `UIOMMUFD_DEVICES`: a clear message on stderr, and the program
+/// runs without emulated devices (`vfio_devices.c` then finds none).
+#[test]
+fn bad_device_declaration_is_reported() {
+    let exe = compile_src("vfio_devices.c", "vfio_devices_bad", &["-O1"]);
+    let sysfs = Path::new(env!("CARGO_TARGET_TMPDIR"))
+        .join(format!("vfio-devices-bad-{}", std::process::id()));
+    let out = run_preloaded(
+        &exe,
+        &[sysfs.to_str().unwrap(), "0000:f3:04.0", "4242", "17"],
+        &[
+            ("UIOMMUFD_DEVICES", "no-such-model,group=4242,cdev=17"),
+            ("UIOMMUFD_SYSFS", sysfs.to_str().unwrap()),
+        ],
+    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && stderr.contains("UIOMMUFD_DEVICES")
+            && stderr.contains("unknown device model \"no-such-model\"")
+            && stderr.contains("running without emulated devices"),
+        "a bad declaration is reported:\n{stderr}"
+    );
+    assert!(!sysfs.exists(), "no tree for a failed declaration");
+    assert!(
+        stderr.contains("stat /dev/vfio/4242"),
+        "the group is not emulated:\n{stderr}"
+    );
+}

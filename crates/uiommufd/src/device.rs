@@ -86,6 +86,11 @@ pub trait DeviceDriver: Send + Sync + std::fmt::Debug {
     /// A new paging domain for this device: `flags` are `IOMMU_HWPT_ALLOC_*`
     /// (`NEST_PARENT`, `DIRTY_TRACKING`).
     fn alloc_paging_domain(&self, flags: u32) -> Result<Arc<dyn Domain>>;
+    /// The domain of an automatic HWPT (attach to an IOAS). Default: a
+    /// paging domain with no flags, as the kernel's default domain.
+    fn alloc_auto_domain(&self) -> Result<Arc<dyn Domain>> {
+        self.alloc_paging_domain(0)
+    }
     /// Whether this device can be attached to `domain` (`EINVAL` if not:
     /// incompatible, so an auto-domain search moves on).
     fn check_attach(&self, domain: &dyn Domain) -> Result<()>;
@@ -402,7 +407,7 @@ impl Device {
         }
         // a new auto domain, attached before it is filled (immediate attach)
         let r = ctx.reserve()?;
-        let domain = self.driver.alloc_paging_domain(0)?;
+        let domain = self.driver.alloc_auto_domain()?;
         self.driver.check_attach(domain.as_ref())?;
         let hwpt = HwptPaging::new(ioas.clone(), ioas_id, domain, true, false)?;
         hwpt.set_id(r.id());

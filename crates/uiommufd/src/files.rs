@@ -521,9 +521,9 @@ fn remove_if(fd: i32, rec: &Arc<FileRec>) -> Option<Slot> {
 fn identity(fd: i32) -> Option<(u64, u64)> {
     // SAFETY: an all-zero `stat` is a valid value to be overwritten.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: `st` is writable; a bad fd just fails. `fstat` is not hooked
-    // by the shim.
-    if unsafe { libc::fstat(fd, &mut st) } != 0 {
+    // SAFETY: `st` is writable; a bad fd just fails. The raw system call:
+    // the shim hooks `fstat` (and asks this module about engine fds there).
+    if unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) } != 0 {
         return None;
     }
     Some((st.st_dev, st.st_ino))
@@ -571,6 +571,16 @@ pub fn create<T: EngineFile>(file: Arc<T>, cloexec: bool) -> Result<i32> {
 /// [`create`] without its injection point: for files that are not iommufd
 /// objects (the emulated `fail-nth` files).
 pub fn create_no_inject<T: EngineFile>(file: Arc<T>, cloexec: bool) -> Result<i32> {
+    create_dyn_no_inject(file, cloexec)
+}
+
+/// [`create`] for a file known only as a trait object.
+pub fn create_dyn(file: Arc<dyn EngineFile>, cloexec: bool) -> Result<i32> {
+    crate::inject::point("files.create", libc::ENOMEM)?;
+    create_dyn_no_inject(file, cloexec)
+}
+
+fn create_dyn_no_inject(file: Arc<dyn EngineFile>, cloexec: bool) -> Result<i32> {
     let flags = if cloexec { libc::EFD_CLOEXEC } else { 0 };
     // SAFETY: plain syscall wrapper with no pointer arguments.
     let fd = unsafe { libc::eventfd(0, flags) };

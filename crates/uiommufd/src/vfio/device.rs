@@ -175,11 +175,15 @@ pub struct DeviceBus {
     intx_asserted: AtomicBool,
     irqs: Mutex<Irqs>,
     faults: AtomicU64,
+    /// Not stopped for migration: DMA and interrupts allowed.
+    running: AtomicBool,
+    /// The device's own log of the pages its DMA wrote.
+    log: crate::vfio::migration::dma_log::DmaLog,
 }
 
 impl DeviceBus {
     fn domain(&self, iova: u64) -> std::result::Result<(Arc<Device>, Arc<dyn Domain>), DmaFault> {
-        if !self.master.load(Ordering::Acquire) {
+        if !self.master.load(Ordering::Acquire) || !self.running.load(Ordering::Acquire) {
             return Err(DmaFault::Blocked { iova });
         }
         let dev = self
@@ -245,11 +249,19 @@ impl Bus for DeviceBus {
             return Ok(()); // no transaction
         }
         let (dev, d) = self.domain(iova).map_err(|f| self.fault(None, f, true))?;
-        d.dma_write(iova, buf)
-            .map_err(|f| self.fault(Some(&dev), f, true))
+        let r = d.dma_write(iova, buf);
+        // Logged after the write landed (a report between the two is
+        // followed by another that sees it), and also when it failed part
+        // way: over-reporting loses nothing.
+        self.log.record(iova, buf.len() as u64);
+        r.map_err(|f| self.fault(Some(&dev), f, true))
     }
 
     fn interrupt(&self, vector: u16) {
+        if !self.running.load(Ordering::Acquire) {
+            tracing::debug!(device = %self.addr, vector, "interrupt while stopped for migration: dropped");
+            return;
+        }
         let mut irqs = self.irqs.lock();
         match irqs.ty {
             IrqType::Msi | IrqType::Msix => match irqs.triggers.get(vector as usize) {
@@ -309,6 +321,7 @@ pub struct VfioDevice {
     config: Mutex<PciConfig>,
     msix_table: Mutex<Vec<u8>>,
     state: Mutex<OpenState>,
+    migration: crate::vfio::migration::Migration,
 }
 
 static DEVICES: Mutex<Option<HashMap<u32, Weak<VfioDevice>>>> = Mutex::new(None);
@@ -345,18 +358,32 @@ impl VfioDevice {
         for v in msix_table.chunks_mut(16) {
             v[12] = 1;
         }
+        let bus = Arc::new(DeviceBus {
+            addr: reg.decl.addr.clone(),
+            engine: RwLock::new(None),
+            master: AtomicBool::new(false),
+            intx_disable: AtomicBool::new(false),
+            intx_asserted: AtomicBool::new(false),
+            irqs: Mutex::new(Irqs::default()),
+            faults: AtomicU64::new(0),
+            running: AtomicBool::new(true),
+            log: Default::default(),
+        });
+        let gate = bus.clone();
+        let migration = crate::vfio::migration::Migration::with_hook(
+            reg.model.clone(),
+            crate::vfio::migration::MIGRATION_STOP_COPY
+                | crate::vfio::migration::MIGRATION_P2P
+                | crate::vfio::migration::MIGRATION_PRE_COPY,
+            Some(Box::new(move |on| {
+                gate.running.store(on, Ordering::Release)
+            })),
+        );
         VfioDevice {
             decl: reg.decl.clone(),
             model: reg.model.clone(),
-            bus: Arc::new(DeviceBus {
-                addr: reg.decl.addr.clone(),
-                engine: RwLock::new(None),
-                master: AtomicBool::new(false),
-                intx_disable: AtomicBool::new(false),
-                intx_asserted: AtomicBool::new(false),
-                irqs: Mutex::new(Irqs::default()),
-                faults: AtomicU64::new(0),
-            }),
+            bus,
+            migration,
             layout,
             config: Mutex::new(config),
             msix_table: Mutex::new(msix_table),
@@ -372,6 +399,16 @@ impl VfioDevice {
     /// The model.
     pub fn model(&self) -> &Arc<dyn PciModel> {
         &self.model
+    }
+
+    /// The device's migration state (v2 feature and v1 region).
+    pub fn migration(&self) -> &crate::vfio::migration::Migration {
+        &self.migration
+    }
+
+    /// The device's DMA log.
+    pub fn dma_log(&self) -> &crate::vfio::migration::dma_log::DmaLog {
+        &self.bus.log
     }
 
     /// The layout the model declared.
@@ -556,6 +593,7 @@ impl VfioDevice {
     /// user sees and the IRQ setup stay as they were; the model is told
     /// the (restored) bus-master state again.
     pub fn reset(&self) {
+        self.migration.reset();
         self.model.reset();
         let master = self.config.lock().bus_master();
         self.model.set_bus_master(master);
@@ -661,6 +699,13 @@ impl VfioDevice {
                 Ok(count)
             }
             VFIO_PCI_VGA_REGION_INDEX => bail!(EINVAL, "the device has no VGA region"),
+            VFIO_PCI_MIGRATION_REGION_INDEX => {
+                match &mut buf {
+                    RwBuf::Read(b) => self.migration.v1_read(pos, b)?,
+                    RwBuf::Write(d) => self.migration.v1_write(pos, d)?,
+                }
+                Ok(count)
+            }
             _ => bail!(EINVAL, "region {index} does not exist (offset {offset:#x})"),
         }
     }

@@ -227,10 +227,28 @@ impl DeviceFile {
         {
             bail!(EINVAL, "DEVICE_FEATURE: GET and SET together without PROBE");
         }
+        let feature = f.flags & VFIO_DEVICE_FEATURE_MASK;
+        let argsz = f.argsz as usize - minsz;
+        let new_fd = |file: Arc<dyn EngineFile>| crate::files::create_dyn(file, true);
+        let close_fd = |fd: i32| {
+            let _ = crate::files::close(fd);
+        };
+        if let Some(r) = crate::vfio::migration::feature::device_feature(
+            self.dev.migration(),
+            self.dev.dma_log(),
+            feature,
+            f.flags,
+            arg + minsz as u64,
+            argsz,
+            mem,
+            &new_fd,
+            &close_fd,
+        ) {
+            return r;
+        }
         bail!(
             ENOTTY,
-            "DEVICE_FEATURE: feature {} is not supported by this device",
-            f.flags & VFIO_DEVICE_FEATURE_MASK
+            "DEVICE_FEATURE: feature {feature} is not supported by this device"
         )
     }
 
@@ -242,7 +260,7 @@ impl DeviceFile {
         }
         let n = (info.argsz as usize).min(std::mem::size_of::<VfioDeviceInfo>());
         info.flags = VFIO_DEVICE_FLAGS_PCI | VFIO_DEVICE_FLAGS_RESET;
-        info.num_regions = VFIO_PCI_NUM_REGIONS;
+        info.num_regions = VFIO_PCI_NUM_REGIONS + 1;
         info.num_irqs = VFIO_PCI_NUM_IRQS;
         // no capability: no zPCI, and AtomicOps are PCI Express only
         info.cap_offset = 0;
@@ -258,6 +276,8 @@ impl DeviceFile {
             bail!(EINVAL, "GET_REGION_INFO: argsz {} < {minsz}", info.argsz);
         }
         let mut cap: Option<VfioInfoCapHeader> = None;
+        // A longer capability chain (the migration region's), as bytes.
+        let mut chain: Vec<u8> = Vec::new();
         let index = info.index;
         match index {
             VFIO_PCI_CONFIG_REGION_INDEX => {
@@ -297,16 +317,38 @@ impl DeviceFile {
             VFIO_PCI_VGA_REGION_INDEX => {
                 bail!(EINVAL, "GET_REGION_INFO: the device has no VGA region")
             }
+            VFIO_PCI_MIGRATION_REGION_INDEX => {
+                use crate::vfio::migration::v1;
+                info.offset = (index as u64) << VFIO_PCI_OFFSET_SHIFT;
+                info.size = v1::REGION_SIZE;
+                info.flags = VFIO_REGION_INFO_FLAG_READ | VFIO_REGION_INFO_FLAG_WRITE;
+                // struct vfio_region_info_cap_type {header; type; subtype},
+                // then the seed's NDMA capability (a bare header), each
+                // `next` an offset from the start of the info.
+                let base = minsz as u32;
+                chain.extend_from_slice(&VFIO_REGION_INFO_CAP_TYPE.to_le_bytes());
+                chain.extend_from_slice(&1u16.to_le_bytes());
+                chain.extend_from_slice(&(base + 16).to_le_bytes());
+                chain.extend_from_slice(&v1::REGION_TYPE.to_le_bytes());
+                chain.extend_from_slice(&v1::REGION_SUBTYPE.to_le_bytes());
+                chain.extend_from_slice(&v1::CAP_MIG_NDMA.to_le_bytes());
+                chain.extend_from_slice(&1u16.to_le_bytes());
+                chain.extend_from_slice(&0u32.to_le_bytes());
+            }
             _ => bail!(EINVAL, "GET_REGION_INFO: region {index} does not exist"),
         }
+        if let Some(c) = cap.take() {
+            chain.extend_from_slice(c.as_bytes());
+        }
         info.cap_offset = 0;
-        if let Some(cap) = cap {
-            let need = minsz + std::mem::size_of::<VfioInfoCapHeader>();
+        if !chain.is_empty() {
+            let need = minsz + chain.len();
             info.flags |= VFIO_REGION_INFO_FLAG_CAPS;
             if (info.argsz as usize) < need {
                 info.argsz = need as u32;
             } else {
-                write_prefix(mem, arg + minsz as u64, &cap, 8, "GET_REGION_INFO caps")?;
+                mem.write(arg + minsz as u64, &chain)
+                    .map_err(|_| Error::fault("GET_REGION_INFO caps"))?;
                 info.cap_offset = minsz as u32;
             }
         }

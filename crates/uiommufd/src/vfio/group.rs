@@ -190,4 +190,16 @@ impl EngineFile for GroupFile {
             _ => bail!(ENOTTY, "VFIO group: ioctl {cmd:#x} is not served"),
         }
     }
+
+    /// The group node's character device, as `stat` of `/dev/vfio/N`
+    /// reports it: `makedev(VFIO_GROUP_MAJOR, N)`.
+    fn stat_as(&self) -> Option<crate::files::StatAs> {
+        Some(crate::files::StatAs {
+            mode: libc::S_IFCHR | 0o600,
+            rdev: libc::makedev(
+                crate::vfio::registry::VFIO_GROUP_MAJOR,
+                self.dev.decl().group,
+            ),
+        })
+    }
 }

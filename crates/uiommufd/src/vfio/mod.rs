@@ -15,7 +15,9 @@
 pub mod device;
 pub mod device_fd;
 pub mod group;
+pub mod migration;
 pub mod model;
 pub mod pci_config;
 pub mod registry;
+pub mod sysfs;
 pub mod uapi;

@@ -21,6 +21,12 @@ use crate::{bail, Result};
 /// no real driver).
 pub const VFIO_CDEV_MAJOR: u32 = 240;
 
+/// The character-device major number the VFIO group nodes (`/dev/vfio/N`,
+/// minor `N`) report in `st_rdev`. Linux allocates the group major
+/// dynamically; this is the next "local/experimental use" major after
+/// [`VFIO_CDEV_MAJOR`].
+pub const VFIO_GROUP_MAJOR: u32 = 241;
+
 /// Environment variable with `;`-separated declarations.
 pub const DEVICES_ENV: &str = "UIOMMUFD_DEVICES";
 

@@ -808,15 +808,25 @@ impl Domain for VtdDomain {
     }
 
     /// As [`Domain::dma_read`] (a write while tracking marks the leaves dirty).
+    ///
+    /// The translation sets D before the bytes land, as hardware does; a
+    /// dirty-bitmap read between the two would clear D and copy the page
+    /// before the write reached it, and with no later write the page would
+    /// never be reported again. So once the copy is done the leaves are
+    /// marked again: a read that raced it reports them next time.
     fn dma_write(&self, iova: u64, buf: &[u8]) -> std::result::Result<(), Fault> {
-        super::iotlb::copy_by_iova(
+        let r = super::iotlb::copy_by_iova(
             self,
             iova,
             buf.as_ptr().cast_mut(),
             buf.len(),
             true,
             |a, n, w| VtdDomain::translate(self, a, n, w),
-        )
+        );
+        if !buf.is_empty() && self.tracking.load(Ordering::Acquire) {
+            self.mark_dirty(iova, buf.len() as u64);
+        }
+        r
     }
 
     fn iova_to_phys(&self, iova: u64) -> Option<u64> {

@@ -97,6 +97,17 @@ impl DeviceDriver for VtdDriver {
         Ok(d)
     }
 
+    /// Automatic domains can track dirty pages (tracking stays off until
+    /// someone turns it on): what lets a VFIO type1 container's
+    /// `VFIO_IOMMU_DIRTY_PAGES` report exactly the pages a device wrote
+    /// instead of every mapped page. (The kernel's default domains have no
+    /// dirty ops; so here `IOMMU_HWPT_SET_DIRTY_TRACKING` on an automatic
+    /// HWPT succeeds where the kernel says `EOPNOTSUPP`.)
+    fn alloc_auto_domain(&self) -> Result<Arc<dyn Domain>> {
+        let d: Arc<dyn Domain> = VtdDomain::new(VTD_ADDR_WIDTH, true)?;
+        Ok(d)
+    }
+
     fn check_attach(&self, domain: &dyn Domain) -> Result<()> {
         if domain.as_any().downcast_ref::<VtdDomain>().is_none() {
             bail!(

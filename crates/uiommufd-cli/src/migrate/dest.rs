@@ -1,0 +1,104 @@
+//! The destination side of `uiommufd migrate`.
+
+use std::time::{Duration, Instant};
+
+use uiommufd::vfio::migration::MigState;
+
+use super::records::{self, RECORD, TRAFFIC_COUNT, TRAFFIC_SEQ};
+use super::vm::{Vm, PAGE};
+use super::wire::{self, Tag, Wire};
+use super::{Opts, Sock};
+
+type R<T> = Result<T, String>;
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// Receive one migration on `sock`.
+pub fn run(sock: Sock, o: &Opts) -> R<()> {
+    let mut w = Wire::new(sock);
+    let h = w.expect(Tag::Hello).map_err(io("waiting for the source"))?;
+    if h.a != wire::MAGIC || h.c != PAGE {
+        return Err(format!(
+            "not a uiommufd migration stream (magic {:#x}, page size {})",
+            h.a, h.c
+        ));
+    }
+    let size = h.b;
+    // The destination's device: the same model, with its traffic off until
+    // the source's state is loaded.
+    let vm = Vm::new(
+        size,
+        o.tracker,
+        "dma-engine,addr=0000:f7:00.0,group=7700,cdev=7700",
+        false,
+    )?;
+    let npages = size / PAGE;
+    let mut state = None;
+    let last_seq = loop {
+        let h = w.recv().map_err(io("receiving"))?;
+        match h.tag {
+            Tag::Pages => {
+                if h.a.checked_add(h.b).is_none_or(|e| e > npages) {
+                    return Err(format!(
+                        "pages {}+{} outside guest memory ({npages} pages)",
+                        h.a, h.b
+                    ));
+                }
+                // SAFETY: inside guest memory; nothing holds a reference to it.
+                unsafe { w.recv_raw(vm.mem.add((h.a * PAGE) as usize), (h.b * PAGE) as usize) }
+                    .map_err(io("receiving pages"))?;
+            }
+            Tag::EndRound => {}
+            Tag::Device => {
+                state = Some(
+                    w.recv_vec(h.a, 64 << 20)
+                        .map_err(io("receiving the device state"))?,
+                )
+            }
+            Tag::Finish => break h.b,
+            t => return Err(format!("unexpected {t:?} in the migration stream")),
+        }
+    };
+    let state = state.ok_or("the stream ended without the device state")?;
+    vm.resume_device(&state)?;
+    w.send(Tag::Resumed, 0, 0, 0)
+        .map_err(io("reporting the resume"))?;
+
+    // Let the device go on for a while, then stop it to check.
+    let c0 = vm.bar0_read64(TRAFFIC_COUNT)?;
+    let t = Instant::now();
+    while vm.bar0_read64(TRAFFIC_COUNT)? < c0 + 64 && t.elapsed() < Duration::from_secs(3) {
+        std::thread::sleep(Duration::from_millis(1));
+    }
+    vm.mig_set(MigState::Stop)?;
+    let end_seq = vm.bar0_read64(TRAFFIC_SEQ)?;
+    let window = size - size % RECORD;
+    let first = last_seq
+        .saturating_sub(1)
+        .max(end_seq.saturating_sub(window / RECORD));
+    let mut stream_ok = end_seq > last_seq;
+    for seq in first..end_seq {
+        let mut got = [0u8; RECORD as usize];
+        // SAFETY: the slot lies inside guest memory; the device is stopped.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                vm.mem.add(records::slot(seq, window) as usize),
+                got.as_mut_ptr(),
+                got.len(),
+            )
+        };
+        if got != records::record(seq) {
+            eprintln!("uiommufd migrate: record {seq} is missing or wrong on the destination");
+            stream_ok = false;
+            break;
+        }
+    }
+    // SAFETY: guest memory, mapped for the Vm's life.
+    let digest = unsafe { wire::digest(vm.mem, size as usize) };
+    w.send(Tag::Verdict, digest, end_seq, u64::from(stream_ok))
+        .map_err(io("sending the verdict"))?;
+    vm.mig_set(MigState::Running)?;
+    Ok(())
+}

@@ -1,0 +1,223 @@
+//! The source side of `uiommufd migrate`.
+
+use std::time::{Duration, Instant};
+
+use uiommufd::vfio::migration::MigState;
+
+use super::records::{self, RECORD, TRAFFIC_SEQ};
+use super::report::{Progress, Report, Round};
+use super::vm::{Vm, PAGE};
+use super::wire::{self, Tag, Wire};
+use super::{floor, Opts, Sock};
+
+type R<T> = Result<T, String>;
+
+fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
+    move |e| format!("{what}: {e}")
+}
+
+/// Send the pages whose bits are set in `bm` (all pages when `None`).
+fn send_round(
+    w: &mut Wire<Sock>,
+    vm: &Vm,
+    bm: Option<&[u64]>,
+    round: u32,
+    progress: &Progress,
+) -> R<Round> {
+    let npages = vm.size / PAGE;
+    let total = bm.map_or(npages, |b| {
+        b.iter().map(|w| u64::from(w.count_ones())).sum()
+    });
+    let t = Instant::now();
+    let mut sent = 0u64;
+    let mut last_shown = 0u64;
+    let mut send_run = |w: &mut Wire<Sock>, first: u64, n: u64| -> R<()> {
+        w.send(Tag::Pages, first, n, 0)
+            .map_err(io("sending pages"))?;
+        // SAFETY: the run lies inside guest memory, which stays mapped.
+        unsafe { w.send_raw(vm.mem.add((first * PAGE) as usize), (n * PAGE) as usize) }
+            .map_err(io("sending pages"))?;
+        sent += n;
+        if sent - last_shown >= 16384 {
+            last_shown = sent;
+            let el = t.elapsed().as_secs_f64().max(1e-9);
+            progress.update(round, sent, total, sent * PAGE, (sent * PAGE) as f64 / el);
+        }
+        Ok(())
+    };
+    match bm {
+        None => {
+            let step = 16384;
+            let mut p = 0;
+            while p < npages {
+                let n = step.min(npages - p);
+                send_run(w, p, n)?;
+                p += n;
+            }
+        }
+        Some(b) => {
+            let mut run: Option<(u64, u64)> = None;
+            for (i, &word) in b.iter().enumerate() {
+                let mut x = word;
+                while x != 0 {
+                    let p = i as u64 * 64 + u64::from(x.trailing_zeros());
+                    x &= x - 1;
+                    if p >= npages {
+                        break;
+                    }
+                    run = match run {
+                        Some((f, n)) if f + n == p && n < 16384 => Some((f, n + 1)),
+                        Some((f, n)) => {
+                            send_run(w, f, n)?;
+                            Some((p, 1))
+                        }
+                        None => Some((p, 1)),
+                    };
+                }
+            }
+            if let Some((f, n)) = run {
+                send_run(w, f, n)?;
+            }
+        }
+    }
+    w.send(Tag::EndRound, u64::from(round), sent, 0)
+        .map_err(io("ending a round"))?;
+    Ok(Round {
+        round,
+        pages: sent,
+        bytes: sent * PAGE,
+        copy: t.elapsed(),
+        ..Default::default()
+    })
+}
+
+/// Restarts the source device if the migration fails after stopping it.
+struct Restart<'a>(Option<&'a Vm>);
+
+impl Drop for Restart<'_> {
+    fn drop(&mut self) {
+        if let Some(vm) = self.0 {
+            match vm.mig_set(MigState::Running) {
+                Ok(_) => eprintln!("uiommufd migrate: the source device runs again"),
+                Err(e) => eprintln!("uiommufd migrate: restarting the source device: {e}"),
+            }
+        }
+    }
+}
+
+/// Migrate to the destination on `sock`.
+pub fn run(sock: Sock, o: &Opts) -> R<Report> {
+    let start = Instant::now();
+    let spec = format!(
+        "dma-engine,addr=0000:f7:00.0,group=7700,cdev=7700,traffic_iova=0,traffic_size={},rate={}",
+        o.size, o.rate
+    );
+    let vm = Vm::new(o.size, o.tracker, &spec, true)?;
+    let progress = Progress::new(o.quiet);
+    // SAFETY: guest memory, mapped for the Vm's life.
+    let raw_rate = unsafe { floor::raw_socket_rate(vm.mem, o.size.min(256 << 20) as usize) };
+    let mut w = Wire::new(sock);
+    w.send(Tag::Hello, wire::MAGIC, o.size, PAGE)
+        .map_err(io("greeting the destination"))?;
+    vm.start_tracking()?;
+    let mut rep = Report {
+        tracker: o.tracker.name().to_string(),
+        mem_bytes: o.size,
+        page_size: PAGE,
+        raw_rate,
+        ..Default::default()
+    };
+    let r0 = send_round(&mut w, &vm, None, 0, &progress)?;
+    progress.finish(&r0);
+    let mut rate = r0.rate();
+    rep.rounds.push(r0);
+    let npages = o.size / PAGE;
+    let mut bm = vec![0u64; npages.div_ceil(64) as usize];
+    let budget = Duration::from_secs_f64(o.downtime_ms.max(0.0) / 1e3);
+    let mut round = 1;
+    let bitmap = loop {
+        let t = Instant::now();
+        vm.sync_dirty(&mut bm)?;
+        let bitmap = t.elapsed();
+        let dirty: u64 = bm.iter().map(|w| u64::from(w.count_ones())).sum();
+        let est = Duration::from_secs_f64((dirty * PAGE) as f64 / rate.max(1.0));
+        if est <= budget || round >= o.max_rounds {
+            break bitmap;
+        }
+        let mut r = send_round(&mut w, &vm, Some(&bm), round, &progress)?;
+        r.bitmap = bitmap;
+        progress.finish(&r);
+        if r.bytes > 0 {
+            rate = r.rate();
+        }
+        rep.rounds.push(r);
+        round += 1;
+    };
+
+    // Stop and copy.
+    let t_stop = Instant::now();
+    let state = vm.save_device()?;
+    let restart = Restart(Some(&vm));
+    let t_saved = Instant::now();
+    let last_seq = vm.bar0_read64(TRAFFIC_SEQ)?;
+    let mut fin = vec![0u64; bm.len()];
+    let t = Instant::now();
+    vm.sync_dirty(&mut fin)?;
+    let t_synced = Instant::now();
+    let bitmap = bitmap + (t_synced - t);
+    for (a, b) in bm.iter_mut().zip(&fin) {
+        *a |= *b;
+    }
+    let mut r = send_round(&mut w, &vm, Some(&bm), round, &progress)?;
+    r.bitmap = bitmap;
+    r.stopped = true;
+    w.send(Tag::Device, state.len() as u64, 0, 0)
+        .map_err(io("sending the device state"))?;
+    w.send_bytes(&state)
+        .map_err(io("sending the device state"))?;
+    w.send(Tag::Finish, 0, last_seq, r.pages)
+        .map_err(io("finishing"))?;
+    let t_sent = Instant::now();
+    w.expect(Tag::Resumed)
+        .map_err(io("waiting for the destination to resume"))?;
+    let t_resumed = Instant::now();
+    rep.downtime = t_resumed - t_stop;
+    rep.downtime_parts = vec![
+        ("stop + device state", t_saved - t_stop),
+        ("final bitmap", t_synced - t_saved),
+        ("final pages", t_sent - t_synced),
+        ("destination resume", t_resumed - t_sent),
+    ];
+    progress.finish(&r);
+    rep.rounds.push(r);
+    rep.device_bytes = state.len() as u64;
+    // The destination runs now: from here on, the source must not.
+    std::mem::forget(restart);
+
+    // Verification (outside the downtime): write into our stopped memory
+    // what the destination's device wrote after resuming, then compare.
+    let v = w
+        .expect(Tag::Verdict)
+        .map_err(io("waiting for the verdict"))?;
+    let (their_digest, end_seq, their_stream_ok) = (v.a, v.b, v.c == 1);
+    let window = o.size - o.size % RECORD;
+    let from = last_seq.max(end_seq.saturating_sub(window / RECORD));
+    for seq in from..end_seq {
+        let rec = records::record(seq);
+        // SAFETY: the slot lies inside guest memory; the device is stopped.
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                rec.as_ptr(),
+                vm.mem.add(records::slot(seq, window) as usize),
+                rec.len(),
+            )
+        };
+    }
+    // SAFETY: guest memory, mapped for the Vm's life.
+    let ours = unsafe { wire::digest(vm.mem, o.size as usize) };
+    rep.memory_ok = ours == their_digest;
+    rep.stream = (last_seq.wrapping_sub(1), last_seq);
+    rep.stream_ok = their_stream_ok && end_seq > last_seq;
+    rep.total = start.elapsed();
+    Ok(rep)
+}

@@ -1,0 +1,228 @@
+//! Device DMA logging (`VFIO_DEVICE_FEATURE_DMA_LOGGING_*`): the device
+//! records the pages its own DMA writes land in, inside the IOVA ranges the
+//! user asked for, and reports them into a user bitmap at any page size.
+//!
+//! The log is sparse: a word of 64 page bits is allocated only when a DMA
+//! write lands in it, so its memory follows what the device wrote, never
+//! the size of the ranges the user named. Reports read-and-clear; when the
+//! user bitmap cannot be written the taken bits are put back, so no write
+//! is ever lost (over-reporting is harmless, under-reporting loses data).
+//! Intervals: `last` inclusive.
+
+use std::collections::BTreeMap;
+
+use parking_lot::Mutex;
+
+use crate::user::UserMemory;
+use crate::{bail, Result};
+
+/// The most ranges one start accepts (the kernel's: a page of ranges).
+pub const MAX_RANGES: usize = 4096 / 16;
+
+#[derive(Debug)]
+struct Log {
+    pgshift: u32,
+    /// Sorted, disjoint.
+    ranges: Vec<(u64, u64)>,
+    /// Word index (page >> 6) → page bits.
+    words: BTreeMap<u64, u64>,
+}
+
+/// One device's DMA log.
+#[derive(Debug, Default)]
+pub struct DmaLog {
+    log: Mutex<Option<Log>>,
+}
+
+impl DmaLog {
+    /// Start logging writes to `ranges` (`(iova, length)`, validated by
+    /// the caller: aligned, disjoint, no overflow) at about `page_size`;
+    /// returns the page size chosen. `EBUSY` when already started.
+    pub fn start(&self, page_size: u64, ranges: &[(u64, u64)]) -> Result<u64> {
+        let mut g = self.log.lock();
+        if g.is_some() {
+            bail!(EBUSY, "DMA logging is already started: stop it first");
+        }
+        let ps = if page_size.is_power_of_two() {
+            page_size.clamp(4096, 1 << 30)
+        } else {
+            4096
+        };
+        let mut r: Vec<(u64, u64)> = ranges
+            .iter()
+            .filter(|&&(_, l)| l > 0)
+            .map(|&(i, l)| (i, i + (l - 1)))
+            .collect();
+        r.sort_unstable();
+        *g = Some(Log {
+            pgshift: ps.trailing_zeros(),
+            ranges: r,
+            words: BTreeMap::new(),
+        });
+        Ok(ps)
+    }
+
+    /// Stop logging (nothing to do when not started).
+    pub fn stop(&self) {
+        *self.log.lock() = None;
+    }
+
+    /// Whether logging is on.
+    pub fn active(&self) -> bool {
+        self.log.lock().is_some()
+    }
+
+    /// Record a DMA write of `len` bytes at `iova`.
+    pub fn record(&self, iova: u64, len: u64) {
+        if len == 0 {
+            return;
+        }
+        let mut g = self.log.lock();
+        let Some(log) = g.as_mut() else { return };
+        let last = iova.saturating_add(len - 1);
+        let i = log.ranges.partition_point(|r| r.1 < iova);
+        for &(s, l) in &log.ranges[i..] {
+            if s > last {
+                break;
+            }
+            let (a, b) = (s.max(iova) >> log.pgshift, l.min(last) >> log.pgshift);
+            for p in a..=b {
+                *log.words.entry(p >> 6).or_default() |= 1 << (p & 63);
+            }
+        }
+    }
+
+    /// `DMA_LOGGING_REPORT`: OR the pages written in `[iova, iova +
+    /// length)` since the last report into the user bitmap at `bitmap`
+    /// (one bit per `page_size`, a power of two ≥ 4 KiB, bit 0 = `iova`),
+    /// and clear them from the log. `EINVAL` when logging is off, `EFAULT`
+    /// when the bitmap cannot be read or written (the log keeps the bits).
+    pub fn report(
+        &self,
+        iova: u64,
+        length: u64,
+        page_size: u64,
+        bitmap: u64,
+        mem: &dyn UserMemory,
+    ) -> Result<()> {
+        if length == 0 {
+            return Ok(());
+        }
+        let last = iova + (length - 1);
+        let rshift = page_size.trailing_zeros();
+        let mut g = self.log.lock();
+        let Some(log) = g.as_mut() else {
+            bail!(EINVAL, "DMA logging report while logging is not started");
+        };
+        let shift = log.pgshift;
+        // Take the log pages overlapping the range.
+        let (p0, p1) = (iova >> shift, last >> shift);
+        let mut taken: Vec<(u64, u64)> = Vec::new();
+        for (&w, bits) in log.words.range_mut(p0 >> 6..=p1 >> 6) {
+            let mut mask = u64::MAX;
+            if w == p0 >> 6 {
+                mask &= u64::MAX << (p0 & 63);
+            }
+            if w == p1 >> 6 {
+                mask &= u64::MAX >> (63 - (p1 & 63));
+            }
+            let t = *bits & mask;
+            if t != 0 {
+                *bits &= !t;
+                taken.push((w, t));
+            }
+        }
+        log.words.retain(|_, b| *b != 0);
+        // Report pages → user words to OR in, in order.
+        let mut out: BTreeMap<u64, u64> = BTreeMap::new();
+        for &(w, bits) in &taken {
+            let mut b = bits;
+            while b != 0 {
+                let p = (w << 6) | u64::from(b.trailing_zeros());
+                b &= b - 1;
+                let s = (p << shift).max(iova);
+                let e = ((p << shift) + ((1 << shift) - 1)).min(last);
+                for rp in ((s - iova) >> rshift)..=((e - iova) >> rshift) {
+                    *out.entry(rp >> 6).or_default() |= 1 << (rp & 63);
+                }
+            }
+        }
+        for (&word, &bits) in &out {
+            let at = bitmap.wrapping_add(word * 8);
+            let mut cur = [0u8; 8];
+            let r = mem.read(at, &mut cur).and_then(|()| {
+                let v = u64::from_le_bytes(cur) | bits;
+                mem.write(at, &v.to_le_bytes())
+            });
+            if let Err(e) = r {
+                for &(w, t) in &taken {
+                    *log.words.entry(w).or_default() |= t;
+                }
+                return Err(e);
+            }
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::user::SelfMemory;
+
+    #[test]
+    fn records_inside_ranges_and_reports_at_any_page_size() {
+        let l = DmaLog::default();
+        assert_eq!(
+            l.start(4096, &[(0x10000, 0x10000), (0x100000, 0x1000)])
+                .unwrap(),
+            4096
+        );
+        assert!(l.start(4096, &[(0, 4096)]).is_err());
+        l.record(0x10ff8, 16); // pages 0x10 and 0x11
+        l.record(0x100000, 1);
+        l.record(0x200000, 4096); // outside every range
+        let mut bm = [0u64; 4];
+        l.report(0x10000, 0x10000, 4096, bm.as_mut_ptr() as u64, &SelfMemory)
+            .unwrap();
+        assert_eq!(bm[0], 0b11);
+        // Page 0x100000 is outside this report: still logged.
+        let mut bm2 = [0u64; 1];
+        l.report(0x100000, 0x1000, 4096, bm2.as_mut_ptr() as u64, &SelfMemory)
+            .unwrap();
+        assert_eq!(bm2[0], 1);
+        // Cleared by the reports; bits already set stay set.
+        let mut bm3 = [0x8000u64; 1];
+        l.report(0, 1 << 30, 1 << 21, bm3.as_mut_ptr() as u64, &SelfMemory)
+            .unwrap();
+        assert_eq!(bm3[0], 0x8000);
+        // A larger report page: one bit for both 4 KiB pages.
+        l.record(0x10000, 0x2000);
+        let mut bm4 = [0u64; 1];
+        l.report(0, 1 << 30, 1 << 16, bm4.as_mut_ptr() as u64, &SelfMemory)
+            .unwrap();
+        assert_eq!(bm4[0], 0b10);
+        l.stop();
+        assert!(l
+            .report(0, 4096, 4096, bm4.as_mut_ptr() as u64, &SelfMemory)
+            .is_err());
+    }
+
+    #[test]
+    fn an_unwritable_bitmap_loses_nothing() {
+        let l = DmaLog::default();
+        l.start(4096, &[(0, 1 << 20)]).unwrap();
+        l.record(0x3000, 1);
+        assert_eq!(
+            l.report(0, 1 << 20, 4096, 8, &SelfMemory)
+                .unwrap_err()
+                .errno()
+                .0,
+            libc::EFAULT
+        );
+        let mut bm = [0u64; 4];
+        l.report(0, 1 << 20, 4096, bm.as_mut_ptr() as u64, &SelfMemory)
+            .unwrap();
+        assert_eq!(bm[0], 1 << 3);
+    }
+}
