@@ -5,7 +5,9 @@ traffic lands in guest memory.
 
 Each case runs `uiommufd run --device dma-engine,traffic... -- qemu-system-x86_64
 -machine q35 -accel tcg -nodefaults ... -device vfio-pci,...` with no guest
-OS (SeaBIOS only) and checks over QMP:
+OS (SeaBIOS only) and checks over QMP, for each device (two-device cases
+declare two engines, each with its own traffic window, and give both to one
+QEMU: one container, or one iommufd HWPT):
 
 1. the device is realized and `query-pci` lists it (vendor/device IDs) with
    BAR0 assigned by SeaBIOS;
@@ -14,9 +16,11 @@ OS (SeaBIOS only) and checks over QMP:
 3. with bus mastering off, no record has been written (TRAFFIC_COUNT 0,
    the window in guest memory all zero);
 4. bus mastering turned on the way a guest does it (config COMMAND through
-   the 0xcf8/0xcfc I/O ports; read back), STATUS.BUS_MASTER follows;
+   the 0xcf8/0xcfc I/O ports, vCPUs paused; read back), STATUS.BUS_MASTER
+   follows (one device at a time: the others stay quiet);
 5. the traffic records appear in guest memory at the GPA given as
-   `traffic_iova` (`pmemsave`), each a correct record for its slot;
+   `traffic_iova` (`pmemsave`), each a correct record for its slot, never
+   more records than the rate allows;
 6. `system_reset` resets the device (registers back to power-on values,
    bus mastering off, no records), and traffic restarts once it is on;
 7. `quit` ends QEMU with status 0, and QEMU's trace shows the backend it
