@@ -71,8 +71,8 @@ pub const VFIO_PCI_NUM_REGIONS: u32 = 9;
 /// The device-specific region after the fixed ones: the seed's v1
 /// migration region (QEMU 7.2 finds it by its type capability).
 pub const VFIO_PCI_MIGRATION_REGION_INDEX: u32 = VFIO_PCI_NUM_REGIONS;
-/// `VFIO_REGION_INFO_CAP_TYPE`.
-pub const VFIO_REGION_INFO_CAP_TYPE: u16 = 1;
+/// `VFIO_REGION_INFO_CAP_TYPE` (2; 1 is `VFIO_REGION_INFO_CAP_SPARSE_MMAP`).
+pub const VFIO_REGION_INFO_CAP_TYPE: u16 = 2;
 pub const VFIO_PCI_INTX_IRQ_INDEX: u32 = 0;
 pub const VFIO_PCI_MSI_IRQ_INDEX: u32 = 1;
 pub const VFIO_PCI_MSIX_IRQ_INDEX: u32 = 2;
