@@ -7,7 +7,8 @@
 #     a DMA fault as a device error;
 #   - QEMU 7.2 (bookworm) and QEMU 10.0 (trixie chroot), TCG, no guest OS
 #     (tests/clients/qemu/test_qemu.py): vfio-pci realize (legacy and
-#     iommufd), BAR0 MMIO, traffic records in guest memory.
+#     iommufd, one and two devices), BAR0 MMIO, traffic records in guest
+#     memory, system_reset, live migration per dirty tracker.
 # Builds what it needs (release CLI + preload, the vfio-ioctls client),
 # installs the QEMUs (tests/clients/install-qemu.sh; cached), runs every
 # case, prints the wall time of each part, exits non-zero on any failure.
