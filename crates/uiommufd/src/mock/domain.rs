@@ -498,6 +498,89 @@ impl MockDomain {
     }
 }
 
+/// Copy between `local` (`len` bytes, the caller's) and the IOVA of the
+/// granules locked in `t`, one granule at a time, stopping at the first
+/// fault. Returns the result and the last granule reached (for dirty
+/// marking). A DMA write reads `local`, a read writes it.
+fn copy_locked<G: Deref<Target = Entries>>(
+    t: &Locked<G>,
+    iova: u64,
+    local: *mut u8,
+    len: u64,
+    write: bool,
+) -> (std::result::Result<(), DmaFault>, Option<u64>) {
+    use crate::user::{SelfMemory, UserMemory};
+    let mps = mock_io_page_size();
+    let mut off = 0u64;
+    let mut reached = None;
+    while off < len {
+        let at = iova + off;
+        let g = at / mps;
+        let Some(e) = t.get(g) else {
+            return (Err(DmaFault::NotPresent { iova: at }), reached);
+        };
+        if !(if write { e.prot.write } else { e.prot.read }) {
+            return (Err(DmaFault::Permission { iova: at, write }), reached);
+        }
+        let n = (mps - at % mps).min(len - off);
+        let host = e.addr + at % mps;
+        // SAFETY: `local + off .. + n` lies inside the caller's buffer
+        // (`off + n <= len`); it is only read for a DMA write.
+        let r = unsafe {
+            let p = local.add(off as usize);
+            if write {
+                SelfMemory.write(host, std::slice::from_raw_parts(p, n as usize))
+            } else {
+                SelfMemory.read(host, std::slice::from_raw_parts_mut(p, n as usize))
+            }
+        };
+        reached = Some(g);
+        if r.is_err() {
+            return (Err(DmaFault::Host { iova: at }), reached);
+        }
+        off += n;
+    }
+    (Ok(()), reached)
+}
+
+impl MockDomain {
+    /// A device's DMA under the table locks of the range (read locks, or
+    /// write locks for a tracked write, which marks what it reached
+    /// dirty): an unmap of that IOVA waits for the copy to finish.
+    fn dma_copy(
+        &self,
+        iova: u64,
+        local: *mut u8,
+        len: usize,
+        write: bool,
+    ) -> std::result::Result<(), DmaFault> {
+        let len = len as u64;
+        if len == 0 {
+            return Ok(());
+        }
+        let Some(last) = iova.checked_add(len - 1) else {
+            return Err(DmaFault::NotPresent { iova: u64::MAX });
+        };
+        let mps = mock_io_page_size();
+        let (g0, gl) = (iova / mps, last / mps);
+        if write && self.tracking.load(Ordering::Acquire) {
+            let mut t = self.table.write(g0, gl);
+            let (r, reached) = copy_locked(&t, iova, local, len, write);
+            if let Some(end) = reached {
+                for g in g0..=end {
+                    if let Some(e) = t.map_of_mut(g).get_mut(&g) {
+                        e.flags |= MockEntry::FLAG_DIRTY;
+                    }
+                }
+            }
+            r
+        } else {
+            let t = self.table.read(g0, gl);
+            copy_locked(&t, iova, local, len, write).0
+        }
+    }
+}
+
 impl Domain for MockDomain {
     fn id(&self) -> u64 {
         self.id
@@ -682,6 +765,17 @@ impl Domain for MockDomain {
         Ok((addr + off, (n * mps - off).min(len.max(1))))
     }
 
+    /// Under the table's stripe locks of the range (see
+    /// `MockDomain::dma_copy`): an unmap waits for it.
+    fn dma_read(&self, iova: u64, buf: &mut [u8]) -> std::result::Result<(), DmaFault> {
+        self.dma_copy(iova, buf.as_mut_ptr(), buf.len(), false)
+    }
+
+    /// As [`Domain::dma_read`]; a write while tracking marks dirty.
+    fn dma_write(&self, iova: u64, buf: &[u8]) -> std::result::Result<(), DmaFault> {
+        self.dma_copy(iova, buf.as_ptr().cast_mut(), buf.len(), true)
+    }
+
     fn dirty_tracking_supported(&self) -> bool {
         self.dirty_ops
     }
@@ -844,7 +938,7 @@ mod tests {
     }
 
     #[test]
-    fn mock_domain_dma_copies_through_translate() {
+    fn mock_domain_dma_copies_with_permissions() {
         let mps = mock_io_page_size();
         let mut mem = vec![0u8; 4 * mps as usize];
         let host = (mem.as_mut_ptr() as u64).next_multiple_of(mps);
@@ -874,6 +968,44 @@ mod tests {
             dom.dma_read(A + 3 * mps, &mut b),
             Err(DmaFault::NotPresent { iova: A + 3 * mps })
         );
+        drop(mem);
+    }
+
+    #[test]
+    fn mock_domain_dma_marks_dirty_and_holds_off_unmap() {
+        let mps = mock_io_page_size();
+        let mut mem = vec![0u8; 4 * mps as usize];
+        let host = (mem.as_mut_ptr() as u64).next_multiple_of(mps);
+        let off = (host - mem.as_ptr() as u64) as usize;
+        let d = MockDomain::new_paging(false, true);
+        d.map(A, host, 3 * mps, Prot::RW, u64::MAX).unwrap();
+        d.set_dirty_tracking(true).unwrap();
+        d.dma_write(A + mps - 1, &[1, 2]).unwrap();
+        let dirty: Vec<bool> = (0..3)
+            .map(|i| d.entry(A + i * mps).unwrap().flags & MockEntry::FLAG_DIRTY != 0)
+            .collect();
+        assert_eq!(dirty, vec![true, true, false]);
+        // the copy holds the table's locks of its range: while they are
+        // held elsewhere (an unmap in progress) it waits
+        let g = A / mps + 2;
+        let held = d.table.write(g, g);
+        let d2 = d.clone();
+        let (tx, rx) = std::sync::mpsc::channel();
+        let t = std::thread::spawn(move || {
+            tx.send(d2.dma_write(A + 2 * mps, &[7u8; 4])).unwrap();
+        });
+        assert!(rx
+            .recv_timeout(std::time::Duration::from_millis(100))
+            .is_err());
+        drop(held);
+        assert_eq!(rx.recv().unwrap(), Ok(()));
+        t.join().unwrap();
+        assert_eq!(
+            &mem[off + 2 * mps as usize..off + 2 * mps as usize + 4],
+            &[7; 4]
+        );
+        assert_eq!(d.unmap(A, 3 * mps), 3 * mps);
+        assert_eq!(d.dma_write(A, &[1]), Err(DmaFault::NotPresent { iova: A }));
         drop(mem);
     }
 

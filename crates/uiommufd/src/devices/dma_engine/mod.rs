@@ -26,6 +26,7 @@ pub mod regs;
 pub mod ring;
 pub mod state;
 pub mod traffic;
+mod worker;
 
 #[cfg(test)]
 mod tests;
@@ -33,13 +34,12 @@ mod tests;
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::JoinHandle;
-use std::time::Instant;
 
-use parking_lot::{Condvar, Mutex, MutexGuard};
+use parking_lot::{Condvar, Mutex};
 
 use self::regs::*;
-use self::traffic::{Clock, RECORD_SIZE};
+use self::traffic::RECORD_SIZE;
+use self::worker::{block_async_signals, Inner, Shared, Worker, IN_WORKER};
 use crate::vfio::model::{Bar, Bus, MsixLayout, PciIds, PciLayout, PciModel};
 use crate::{bail, Result};
 
@@ -57,9 +57,6 @@ pub const CLASS: u32 = 0x08_8000;
 pub const BAR_SIZE: u64 = 4096;
 /// Offset of the MSI-X PBA in BAR2.
 pub const PBA_OFFSET: u32 = 0x800;
-
-/// Records written per traffic job at most when the rate is 0.
-const BURST: u64 = 64;
 
 /// The device's parameters (`dma-engine,key=value,...`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -150,443 +147,6 @@ impl Params {
     }
 }
 
-/// Everything behind the device lock.
-#[derive(Debug)]
-struct Shared {
-    regs: Regs,
-    bus: Option<Arc<dyn Bus>>,
-    bus_master: bool,
-    running: bool,
-    /// Callers (reset, load) that want no job to start.
-    holds: u32,
-    /// A job is in flight.
-    busy: bool,
-    /// The worker is asked to exit.
-    stop: bool,
-    /// The worker died of a panic.
-    dead: bool,
-    /// Cause bits whose interrupt is raised but not sent.
-    pending_irq: u32,
-    /// Traffic pacing (`None`: restart at the next record).
-    clock: Option<Clock>,
-    /// Take traffic before the ring next time both have work.
-    traffic_first: bool,
-    /// Bumped by every change of the traffic registers: a traffic job
-    /// stops between two records when it changed.
-    traffic_gen: Arc<AtomicU64>,
-}
-
-#[derive(Debug)]
-struct Inner {
-    st: Mutex<Shared>,
-    cv: Condvar,
-    params: Params,
-    instance: u32,
-}
-
-/// One job of the worker, run outside the lock.
-enum Job {
-    Irq(Arc<dyn Bus>, u32),
-    Desc {
-        bus: Arc<dyn Bus>,
-        index: u32,
-        at: u64,
-    },
-    Records {
-        bus: Arc<dyn Bus>,
-        seq: u64,
-        count: u64,
-        base: u64,
-        size: u64,
-        gen: (Arc<AtomicU64>, u64),
-    },
-}
-
-impl Shared {
-    /// An event of cause `bit`: set it, and queue its interrupt if enabled.
-    fn raise(&mut self, bit: u32) {
-        self.regs.int_cause |= bit;
-        if self.regs.int_enable & bit != 0 {
-            self.pending_irq |= bit;
-        }
-    }
-
-    fn error(&mut self, e: DevError) {
-        tracing::warn!(
-            code = format_args!("{:#x}", e.code),
-            addr = format_args!("{:#x}", e.addr),
-            "dma-engine: device error"
-        );
-        self.regs.record_error(e);
-        self.raise(INT_ERROR);
-    }
-
-    fn may_start(&self) -> bool {
-        self.bus.is_some() && self.running && self.holds == 0 && !self.stop && !self.dead
-    }
-
-    /// The next job, or how long to wait for one (`None`: until woken).
-    fn next_job(&mut self, now: Instant) -> std::result::Result<Job, Option<Instant>> {
-        if !self.may_start() {
-            return Err(None);
-        }
-        let bus = self.bus.clone().ok_or(None)?;
-        if self.pending_irq != 0 {
-            let m = std::mem::take(&mut self.pending_irq);
-            return Ok(Job::Irq(bus, m));
-        }
-        if !self.bus_master {
-            return Err(None);
-        }
-        let r = &self.regs;
-        let mut ring =
-            r.control & CONTROL_RING_ENABLE != 0 && !r.ring_halted && r.ring_head != r.ring_tail;
-        if ring && (r.ring_size == 0 || r.ring_head >= r.ring_size || r.ring_tail >= r.ring_size) {
-            let base = r.ring_base;
-            self.regs.ring_halted = true;
-            self.error(DevError::new(
-                ErrorKind::BadRing,
-                ErrorSite::Ring,
-                false,
-                base,
-            ));
-            // the error interrupt first
-            return self.next_job(now);
-        }
-        let mut wait = None;
-        let mut records = 0;
-        if self.regs.traffic_active() {
-            let rate = self.regs.traffic_rate;
-            if rate == 0 {
-                records = BURST;
-            } else {
-                let c = self.clock.get_or_insert_with(|| Clock::new(now));
-                let due = c.due(rate);
-                if due <= now {
-                    if now.duration_since(due) > traffic::MAX_LAG {
-                        *c = Clock::new(now);
-                    }
-                    records = c.due_by(now, rate).clamp(1, BURST);
-                } else {
-                    wait = Some(due);
-                }
-            }
-        }
-        let r = &self.regs;
-        if ring && records > 0 {
-            ring = !self.traffic_first;
-            self.traffic_first = !self.traffic_first;
-        }
-        if ring {
-            let index = r.ring_head;
-            let at = r.ring_base.wrapping_add(index as u64 * ring::DESC_SIZE);
-            return Ok(Job::Desc { bus, index, at });
-        }
-        if records > 0 {
-            // stop a burst at the window's end (the wrap event)
-            let n = r.traffic_size / RECORD_SIZE;
-            let left = n - r.traffic_seq % n;
-            return Ok(Job::Records {
-                bus,
-                seq: r.traffic_seq,
-                count: records.min(left),
-                base: r.traffic_base,
-                size: r.traffic_size,
-                gen: (
-                    self.traffic_gen.clone(),
-                    self.traffic_gen.load(Ordering::Acquire),
-                ),
-            });
-        }
-        Err(wait)
-    }
-
-    fn status(&self) -> u32 {
-        let r = &self.regs;
-        let mut s = 0;
-        if r.control & CONTROL_RING_ENABLE != 0 {
-            s |= STATUS_RING_ENABLED;
-        }
-        if r.ring_head == r.ring_tail {
-            s |= STATUS_RING_IDLE;
-        }
-        if r.ring_halted {
-            s |= STATUS_RING_HALTED;
-        }
-        if r.traffic_active() {
-            s |= STATUS_TRAFFIC_ACTIVE;
-        }
-        if self.bus_master {
-            s |= STATUS_BUS_MASTER;
-        }
-        if !self.running {
-            s |= STATUS_STOPPED;
-        }
-        if self.busy {
-            s |= STATUS_BUSY;
-        }
-        s
-    }
-
-    fn read32(&self, off: u64) -> u32 {
-        let r = &self.regs;
-        let lo = |x: u64| x as u32;
-        let hi = |x: u64| (x >> 32) as u32;
-        match off {
-            ID => ID_VALUE,
-            VERSION => VERSION_VALUE,
-            CAPS => CAPS_VALUE,
-            SCRATCH => r.scratch,
-            CONTROL => r.control,
-            STATUS => self.status(),
-            INT_CAUSE => r.int_cause,
-            INT_ENABLE => r.int_enable,
-            ERROR_CODE => r.error_code,
-            ERROR_ADDR => lo(r.error_addr),
-            0x02c => hi(r.error_addr),
-            ERROR_COUNT => r.error_count,
-            RING_BASE => lo(r.ring_base),
-            0x044 => hi(r.ring_base),
-            RING_SIZE => r.ring_size,
-            RING_HEAD => r.ring_head,
-            RING_TAIL => r.ring_tail,
-            COMPLETED => r.completed,
-            TRAFFIC_CTRL => r.traffic_ctrl,
-            TRAFFIC_BASE => lo(r.traffic_base),
-            0x08c => hi(r.traffic_base),
-            TRAFFIC_SIZE => lo(r.traffic_size),
-            0x094 => hi(r.traffic_size),
-            TRAFFIC_RATE => r.traffic_rate,
-            TRAFFIC_SEQ => lo(r.traffic_seq),
-            0x0a4 => hi(r.traffic_seq),
-            TRAFFIC_COUNT => lo(r.traffic_count),
-            0x0ac => hi(r.traffic_count),
-            _ => 0,
-        }
-    }
-
-    /// A write of the bytes of `val` selected by `mask` to the dword at
-    /// `off`. Returns whether a device reset was asked for.
-    fn write32(&mut self, off: u64, val: u32, mask: u32) -> bool {
-        if (TRAFFIC_CTRL..TRAFFIC_COUNT).contains(&off) {
-            self.traffic_gen.fetch_add(1, Ordering::AcqRel);
-        }
-        let r = &mut self.regs;
-        match off {
-            SCRATCH => r.scratch = merge32(r.scratch, val, mask),
-            CONTROL => {
-                if val & mask & CONTROL_RESET != 0 {
-                    return true;
-                }
-                let old = r.control;
-                r.control = merge32(old, val, mask) & CONTROL_RING_ENABLE;
-                if old & CONTROL_RING_ENABLE == 0 && r.control & CONTROL_RING_ENABLE != 0 {
-                    r.ring_halted = false;
-                }
-            }
-            INT_CAUSE => r.int_cause &= !(val & mask),
-            INT_ENABLE => {
-                let old = r.int_enable;
-                r.int_enable = merge32(old, val, mask) & INT_ALL;
-                self.pending_irq |= r.int_enable & !old & r.int_cause;
-            }
-            ERROR_CODE if mask != 0 => {
-                r.error_code = 0;
-                r.error_addr = 0;
-            }
-            RING_BASE | 0x044 => {
-                r.ring_base = merge64(r.ring_base, off == 0x044, val, mask) & !0x1f;
-            }
-            RING_SIZE => r.ring_size = merge32(r.ring_size, val, mask).min(RING_SIZE_MAX),
-            RING_HEAD if r.control & CONTROL_RING_ENABLE == 0 => {
-                r.ring_head = merge32(r.ring_head, val, mask);
-            }
-            RING_TAIL => r.ring_tail = merge32(r.ring_tail, val, mask),
-            DOORBELL => {}
-            TRAFFIC_CTRL => {
-                let old = r.traffic_ctrl;
-                r.traffic_ctrl = merge32(old, val, mask) & TRAFFIC_ENABLE;
-                if old != r.traffic_ctrl {
-                    self.clock = None;
-                }
-            }
-            TRAFFIC_BASE | 0x08c => {
-                r.traffic_base = merge64(r.traffic_base, off == 0x08c, val, mask) & !0x3f;
-                self.clock = None;
-            }
-            TRAFFIC_SIZE | 0x094 => {
-                r.traffic_size = merge64(r.traffic_size, off == 0x094, val, mask) & !0x3f;
-                self.clock = None;
-            }
-            TRAFFIC_RATE => {
-                r.traffic_rate = merge32(r.traffic_rate, val, mask);
-                self.clock = None;
-            }
-            TRAFFIC_SEQ | 0x0a4 if r.traffic_ctrl & TRAFFIC_ENABLE == 0 => {
-                r.traffic_seq = merge64(r.traffic_seq, off == 0x0a4, val, mask);
-            }
-            _ => {}
-        }
-        false
-    }
-
-    /// Apply the results of a descriptor job.
-    fn finish_desc(&mut self, index: u32, out: ring::Outcome) {
-        for e in &out.errors {
-            self.error(*e);
-        }
-        if out.halt {
-            self.regs.ring_halted = true;
-            return;
-        }
-        let r = &mut self.regs;
-        if r.ring_head == index && r.ring_size != 0 {
-            r.ring_head = (index + 1) % r.ring_size;
-        }
-        r.completed = r.completed.wrapping_add(1);
-        if out.interrupt {
-            self.raise(INT_COMPLETION);
-        }
-    }
-
-    /// Apply the results of a traffic job: `written` records from `seq`,
-    /// then `fault`.
-    fn finish_records(&mut self, seq: u64, written: u64, fault: Option<DevError>) {
-        if self.regs.traffic_seq == seq && written > 0 {
-            let n = (self.regs.traffic_size / RECORD_SIZE).max(1);
-            self.regs.traffic_seq = seq.wrapping_add(written);
-            self.regs.traffic_count = self.regs.traffic_count.wrapping_add(written);
-            if let Some(c) = self.clock.as_mut() {
-                c.done += written;
-            }
-            // the window's last slot was written
-            if (seq % n) + written >= n {
-                self.raise(INT_TRAFFIC);
-            }
-        }
-        if let Some(e) = fault {
-            self.regs.traffic_ctrl &= !TRAFFIC_ENABLE;
-            self.clock = None;
-            self.error(e);
-        }
-    }
-}
-
-impl Inner {
-    /// Wait until no job is in flight (the lock is released meanwhile).
-    fn quiesce(&self, g: &mut MutexGuard<'_, Shared>) {
-        while g.busy {
-            self.cv.wait(g);
-        }
-    }
-
-    fn run(&self) {
-        let mut buf = Vec::new();
-        let mut g = self.st.lock();
-        loop {
-            if g.stop {
-                return;
-            }
-            let job = match g.next_job(Instant::now()) {
-                Ok(j) => j,
-                Err(None) => {
-                    self.cv.wait(&mut g);
-                    continue;
-                }
-                Err(Some(t)) => {
-                    self.cv.wait_until(&mut g, t);
-                    continue;
-                }
-            };
-            g.busy = true;
-            drop(g);
-            let done = self.run_job(job, &mut buf);
-            g = self.st.lock();
-            match done {
-                Done::Irq => {}
-                Done::Desc(index, out) => g.finish_desc(index, out),
-                Done::Records(seq, n, fault) => g.finish_records(seq, n, fault),
-            }
-            g.busy = false;
-            self.cv.notify_all();
-        }
-    }
-
-    fn run_job(&self, job: Job, buf: &mut Vec<u8>) -> Done {
-        match job {
-            Job::Irq(bus, mask) => {
-                for v in 0..MSIX_VECTORS {
-                    if mask & 1 << v != 0 {
-                        bus.interrupt(v);
-                    }
-                }
-                Done::Irq
-            }
-            Job::Desc { bus, index, at } => Done::Desc(index, ring::process(&*bus, at, buf)),
-            Job::Records {
-                bus,
-                seq,
-                count,
-                base,
-                size,
-                gen,
-            } => {
-                let n = (size / RECORD_SIZE).max(1);
-                let mut written = 0;
-                // stop early when software changed the traffic registers
-                while written < count && (written == 0 || gen.0.load(Ordering::Acquire) == gen.1) {
-                    let s = seq.wrapping_add(written);
-                    let at = base.wrapping_add((s % n) * RECORD_SIZE);
-                    if let Err(f) = bus.dma_write(at, &traffic::record(s)) {
-                        return Done::Records(
-                            seq,
-                            written,
-                            Some(DevError::from_fault(f, ErrorSite::Traffic, true)),
-                        );
-                    }
-                    written += 1;
-                }
-                Done::Records(seq, written, None)
-            }
-        }
-    }
-}
-
-enum Done {
-    Irq,
-    Desc(u32, ring::Outcome),
-    Records(u64, u64, Option<DevError>),
-}
-
-/// The worker thread of a connected device.
-#[derive(Debug)]
-struct Worker {
-    handle: JoinHandle<()>,
-    /// The process that started it (a child after `fork` has none).
-    pid: u32,
-}
-
-/// Block every asynchronous signal in the calling thread, keeping those a
-/// fault (and the fault-safe copies) raise.
-fn block_async_signals() {
-    // SAFETY: plain libc calls on a local signal set.
-    unsafe {
-        let mut set: libc::sigset_t = std::mem::zeroed();
-        libc::sigfillset(&mut set);
-        for s in [
-            libc::SIGSEGV,
-            libc::SIGBUS,
-            libc::SIGFPE,
-            libc::SIGILL,
-            libc::SIGTRAP,
-            libc::SIGSYS,
-        ] {
-            libc::sigdelset(&mut set, s);
-        }
-        libc::pthread_sigmask(libc::SIG_BLOCK, &set, std::ptr::null_mut());
-    }
-}
-
 /// A BAR0 access the registers answer: 1, 2, 4 or 8 bytes, naturally
 /// aligned, inside the BAR.
 fn access_ok(bar: u8, offset: u64, n: u64) -> bool {
@@ -616,13 +176,14 @@ impl DmaEngine {
                     bus_master: false,
                     running: true,
                     holds: 0,
-                    busy: false,
-                    stop: false,
+                    busy: 0,
+                    worker: 0,
                     dead: false,
                     pending_irq: 0,
                     clock: None,
                     traffic_first: false,
                     traffic_gen: Arc::new(AtomicU64::new(0)),
+                    epoch: 0,
                 }),
                 cv: Condvar::new(),
                 params,
@@ -647,41 +208,50 @@ impl DmaEngine {
         let pid = std::process::id();
         if let Some(cur) = w.as_ref() {
             // after fork the child's copy stays without a worker
-            if cur.pid != pid || !cur.handle.is_finished() {
+            if cur.pid != pid {
+                return;
+            }
+            let current = self.inner.st.lock().worker == cur.id;
+            if current && !cur.handle.is_finished() {
                 return;
             }
         }
         if let Some(old) = w.take() {
-            if old.pid == pid {
-                let _ = old.handle.join();
-            }
+            // dead, or told to exit (by a disconnect from a bus callback):
+            // it is gone or leaves after the job it is in
+            let _ = old.handle.join();
         }
-        {
+        let id = {
             let mut g = self.inner.st.lock();
             if g.bus.is_none() {
                 return;
             }
-            g.stop = false;
+            g.worker += 1;
             g.dead = false;
-            g.busy = false;
-        }
+            g.worker
+        };
         let inner = self.inner.clone();
         let name = format!("dmae-{}", self.inner.instance);
         let r = std::thread::Builder::new().name(name).spawn(move || {
+            IN_WORKER.with(|w| w.set(true));
             block_async_signals();
-            if catch_unwind(AssertUnwindSafe(|| inner.run())).is_err() {
+            if catch_unwind(AssertUnwindSafe(|| inner.run(id))).is_err() {
                 tracing::error!(
                     instance = inner.instance,
                     "dma-engine worker panicked: the device does no more DMA until reset"
                 );
                 let mut g = inner.st.lock();
-                g.busy = false;
-                g.dead = true;
+                if g.busy == id {
+                    g.busy = 0;
+                }
+                if g.worker == id {
+                    g.dead = true;
+                }
                 inner.cv.notify_all();
             }
         });
         match r {
-            Ok(handle) => *w = Some(Worker { handle, pid }),
+            Ok(handle) => *w = Some(Worker { handle, id, pid }),
             Err(e) => tracing::error!(
                 instance = self.inner.instance,
                 "dma-engine: cannot start the worker thread ({e}): the device does no DMA"
@@ -698,13 +268,41 @@ impl DmaEngine {
         }
         {
             let mut g = self.inner.st.lock();
-            g.stop = true;
+            g.worker += 1;
             self.inner.cv.notify_all();
         }
+        if IN_WORKER.with(|w| w.get()) {
+            // called back from the worker's own job: it exits after it
+            return;
+        }
         let _ = old.handle.join();
-        let mut g = self.inner.st.lock();
-        g.stop = false;
-        g.busy = false;
+    }
+
+    /// A function-level reset (`flr`: config space too, so bus mastering
+    /// is off until the VFIO layer restores COMMAND and says so) or the
+    /// device's own `CONTROL.RESET` (bus mastering as it was).
+    fn reset_device(&self, flr: bool) {
+        {
+            let mut g = self.inner.st.lock();
+            g.holds += 1;
+            self.inner.quiesce(&mut g);
+            g.regs = Regs::power_on(&self.inner.params.power_on);
+            if flr {
+                g.bus_master = false;
+            }
+            g.traffic_gen.fetch_add(1, Ordering::AcqRel);
+            g.epoch += 1;
+            g.pending_irq = 0;
+            g.clock = None;
+            g.holds -= 1;
+            self.inner.cv.notify_all();
+        }
+        // a worker that died of a panic comes back with the reset (not
+        // from a callback on the worker, which is alive)
+        if !IN_WORKER.with(|w| w.get()) {
+            let mut w = self.worker.lock();
+            self.ensure_worker(&mut w);
+        }
     }
 
     fn write_reg(&self, off: u64, val: u32, mask: u32) {
@@ -715,7 +313,7 @@ impl DmaEngine {
             reset
         };
         if reset {
-            self.reset();
+            self.reset_device(false);
         }
     }
 }
@@ -794,7 +392,7 @@ impl PciModel for DmaEngine {
                 a || b
             };
             if reset {
-                self.reset();
+                self.reset_device(false);
             }
             return;
         }
@@ -807,6 +405,17 @@ impl PciModel for DmaEngine {
     }
 
     fn connect(&self, bus: Option<Arc<dyn Bus>>) {
+        if IN_WORKER.with(|w| w.get()) {
+            // from a bus callback on the worker: the state only (the
+            // worker's handle is reaped by the next connect or reset)
+            let mut g = self.inner.st.lock();
+            if bus.is_none() {
+                g.worker += 1;
+            }
+            g.bus = bus;
+            self.inner.cv.notify_all();
+            return;
+        }
         let mut w = self.worker.lock();
         match bus {
             Some(b) => {
@@ -837,21 +446,10 @@ impl PciModel for DmaEngine {
         self.inner.cv.notify_all();
     }
 
+    /// A function-level reset: config space included, so bus mastering is
+    /// off until the VFIO layer restores COMMAND ([`PciModel::set_bus_master`]).
     fn reset(&self) {
-        {
-            let mut g = self.inner.st.lock();
-            g.holds += 1;
-            self.inner.quiesce(&mut g);
-            g.regs = Regs::power_on(&self.inner.params.power_on);
-            g.traffic_gen.fetch_add(1, Ordering::AcqRel);
-            g.pending_irq = 0;
-            g.clock = None;
-            g.holds -= 1;
-            self.inner.cv.notify_all();
-        }
-        // a worker that died of a panic comes back with the reset
-        let mut w = self.worker.lock();
-        self.ensure_worker(&mut w);
+        self.reset_device(true);
     }
 
     fn set_running(&self, running: bool) {
@@ -887,6 +485,7 @@ impl PciModel for DmaEngine {
         self.inner.quiesce(&mut g);
         g.regs = regs;
         g.traffic_gen.fetch_add(1, Ordering::AcqRel);
+        g.epoch += 1;
         g.pending_irq = extra.pending_irq;
         g.clock = None;
         g.holds -= 1;

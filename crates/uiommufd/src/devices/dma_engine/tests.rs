@@ -693,11 +693,16 @@ fn reset_returns_to_power_on_values() {
     assert_ne!(d.regs(), power_on);
     d.reset();
     assert_eq!(d.regs(), power_on);
-    // through CONTROL.RESET too
+    // through CONTROL.RESET too, which leaves bus mastering as it was;
+    // a function-level reset turns it off (config space resets with it)
+    d.set_bus_master(true);
     w32(&d, SCRATCH, 1);
     w32(&d, CONTROL, CONTROL_RESET | CONTROL_RING_ENABLE);
     assert_eq!(d.regs(), power_on);
     assert_eq!(r32(&d, CONTROL), 0);
+    assert_ne!(r32(&d, STATUS) & STATUS_BUS_MASTER, 0);
+    d.reset();
+    assert_eq!(r32(&d, STATUS) & STATUS_BUS_MASTER, 0);
     // a reset waits for the DMA in flight and nothing of the old state follows
     d.set_bus_master(true);
     w64(&d, RING_BASE, RING);
@@ -960,4 +965,96 @@ fn a_forked_child_has_no_worker_and_does_not_hang() {
     post(&bus, 1, copy(SRC, DST + 8, 8, 0));
     w32(&d, RING_TAIL, 2);
     wait_for("the parent's copy", || r32(&d, COMPLETED) == 2);
+}
+
+/// A bus whose interrupt callback calls back into the device.
+#[derive(Debug)]
+struct CallbackBus {
+    mem: Arc<FakeBus>,
+    dev: Mutex<std::sync::Weak<DmaEngine>>,
+    /// What the callback does: 1 reset, 2 disconnect.
+    action: AtomicU64,
+    calls: AtomicU64,
+}
+
+impl Bus for CallbackBus {
+    fn dma_read(&self, iova: u64, buf: &mut [u8]) -> Result<(), DmaFault> {
+        self.mem.dma_read(iova, buf)
+    }
+    fn dma_write(&self, iova: u64, buf: &[u8]) -> Result<(), DmaFault> {
+        self.mem.dma_write(iova, buf)
+    }
+    fn interrupt(&self, vector: u16) {
+        self.mem.interrupt(vector);
+        self.calls.fetch_add(1, Ordering::SeqCst);
+        let Some(d) = self.dev.lock().upgrade() else {
+            return;
+        };
+        match self.action.load(Ordering::SeqCst) {
+            1 => d.reset(),
+            2 => d.connect(None),
+            // the callback's reference is the last one: dropped here
+            3 => *self.dev.lock() = std::sync::Weak::new(),
+            _ => {}
+        }
+        drop(d);
+    }
+}
+
+#[test]
+fn calls_back_from_the_bus_do_not_deadlock() {
+    let mem = FakeBus::new();
+    let bus = Arc::new(CallbackBus {
+        mem: mem.clone(),
+        dev: Mutex::new(std::sync::Weak::new()),
+        action: AtomicU64::new(1),
+        calls: AtomicU64::new(0),
+    });
+    let d = Arc::new(DmaEngine::new(Params::default()));
+    *bus.dev.lock() = Arc::downgrade(&d);
+    let power_on = d.regs();
+    d.connect(Some(bus.clone()));
+    d.set_bus_master(true);
+    let start = |d: &DmaEngine| {
+        // (a function-level reset turned bus mastering off)
+        d.set_bus_master(true);
+        w64(d, RING_BASE, RING);
+        w32(d, RING_SIZE, 4);
+        w32(d, INT_ENABLE, INT_ALL);
+        w32(d, CONTROL, CONTROL_RING_ENABLE);
+        w32(d, RING_TAIL, 1);
+    };
+    post(&mem, 0, copy(SRC, DST, 8, FLAG_INTERRUPT));
+    start(&d);
+    // the completion interrupt resets the device from the worker
+    wait_for("the callback", || bus.calls.load(Ordering::SeqCst) == 1);
+    wait_for("the reset", || d.regs() == power_on);
+    // it still works; now the callback disconnects it
+    bus.action.store(2, Ordering::SeqCst);
+    start(&d);
+    wait_for("the second callback", || {
+        bus.calls.load(Ordering::SeqCst) == 2
+    });
+    wait_for("the worker's exit", || {
+        d.worker
+            .lock()
+            .as_ref()
+            .is_none_or(|w| w.handle.is_finished())
+    });
+    let calls = mem.dma_calls.load(Ordering::SeqCst);
+    w32(&d, RING_TAIL, 2);
+    std::thread::sleep(Duration::from_millis(20));
+    assert_eq!(mem.dma_calls.load(Ordering::SeqCst), calls);
+    // reconnected: a new worker takes over
+    bus.action.store(0, Ordering::SeqCst);
+    post(&mem, 1, copy(SRC, DST, 8, FLAG_INTERRUPT));
+    d.connect(Some(bus.clone()));
+    wait_for("the copy after reconnecting", || r32(&d, COMPLETED) == 2);
+    // the last reference dropped on the worker itself does not hang
+    bus.action.store(3, Ordering::SeqCst);
+    post(&mem, 2, copy(SRC, DST, 8, FLAG_INTERRUPT));
+    w32(&d, RING_TAIL, 3);
+    let weak = Arc::downgrade(&d);
+    drop(d);
+    wait_for("the device's drop", || weak.strong_count() == 0);
 }

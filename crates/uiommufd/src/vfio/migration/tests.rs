@@ -415,3 +415,131 @@ mod features {
         );
     }
 }
+
+/// A fresh device brought to `s` (every state but ERROR is reachable from
+/// RUNNING; a RESUMING one has received nothing).
+fn device_in(s: MigState) -> (Arc<Counter>, Migration) {
+    let c = Counter::new(3);
+    let m = Migration::new(c.clone(), ALL);
+    if s != MigState::Running {
+        m.set_state(s as u32).unwrap();
+    }
+    (c, m)
+}
+
+#[test]
+fn v2_every_pair_of_states_through_the_device() {
+    let states = [
+        MigState::Stop,
+        MigState::Running,
+        MigState::StopCopy,
+        MigState::Resuming,
+        MigState::RunningP2p,
+        MigState::PreCopy,
+        MigState::PreCopyP2p,
+    ];
+    let good = stream::record(stream::KIND_FINAL, &9u64.to_le_bytes());
+    for from in states {
+        for to in states.into_iter().chain([MigState::Error]) {
+            let (c, m) = device_in(from);
+            let r = m.set_state(to as u32);
+            let blocked = to == MigState::Error
+                || (from == MigState::StopCopy
+                    && matches!(to, MigState::PreCopy | MigState::PreCopyP2p))
+                || (from == MigState::Resuming && to != MigState::Resuming);
+            if blocked {
+                // Refused outright, or (leaving RESUMING with no data)
+                // refused by the device: the state is where the walk stopped.
+                assert!(r.is_err(), "{from:?} -> {to:?}");
+                assert_eq!(r.unwrap_err().errno().0, libc::EINVAL);
+                assert_eq!(m.state(), from, "{from:?} -> {to:?}");
+            } else {
+                let f = r.unwrap_or_else(|e| panic!("{from:?} -> {to:?}: {e}"));
+                assert_eq!(m.state(), to);
+                // A data fd exactly when the last arc opens a session.
+                let opens = matches!(
+                    (from, to),
+                    (f0, MigState::StopCopy) if !matches!(f0, MigState::PreCopy | MigState::PreCopyP2p | MigState::StopCopy)
+                ) || matches!(
+                    (from, to),
+                    (f0, MigState::PreCopy | MigState::PreCopyP2p)
+                        if !matches!(f0, MigState::PreCopy | MigState::PreCopyP2p)
+                ) || (to == MigState::Resuming && from != MigState::Resuming);
+                assert_eq!(f.is_some(), opens, "{from:?} -> {to:?}");
+                assert_eq!(
+                    c.running.load(Ordering::SeqCst),
+                    to.operational(),
+                    "{from:?} -> {to:?}"
+                );
+            }
+        }
+        // Leaving RESUMING with a complete stream works to every state
+        // but the blocked ones.
+        if from == MigState::Resuming {
+            for to in [
+                MigState::Stop,
+                MigState::Running,
+                MigState::StopCopy,
+                MigState::PreCopy,
+            ] {
+                let (c, m) = device_in(MigState::Stop);
+                let w = m.set_state(MigState::Resuming as u32).unwrap().unwrap();
+                w.write(&good).unwrap();
+                m.set_state(to as u32).unwrap();
+                assert_eq!(m.state(), to);
+                assert_eq!(c.value.load(Ordering::SeqCst), 9);
+            }
+        }
+    }
+}
+
+#[test]
+fn v1_every_transition_between_valid_states() {
+    let valid = [
+        0,
+        RUNNING,
+        SAVING,
+        RUNNING | SAVING,
+        RESUMING,
+        NDMA,
+        RUNNING | NDMA,
+        SAVING | NDMA,
+        RUNNING | SAVING | NDMA,
+        RESUMING | NDMA,
+    ];
+    let good = stream::record(stream::KIND_FINAL, &5u64.to_le_bytes());
+    for from in valid {
+        for to in 0..16u32 {
+            let c = Counter::new(1);
+            let m = Migration::new(c.clone(), ALL);
+            wr(&m, 0, 4, u64::from(from)).unwrap();
+            if from & RESUMING != 0 {
+                let off = rd(&m, 16, 8);
+                for (i, b) in good.iter().enumerate() {
+                    m.v1_write(off + i as u64, &[*b]).unwrap();
+                }
+                wr(&m, 24, 8, good.len() as u64).unwrap();
+            }
+            // RESUMING goes with neither SAVING nor RUNNING.
+            let ok = to & RESUMING == 0 || to & (SAVING | RUNNING) == 0;
+            let r = wr(&m, 0, 4, u64::from(to));
+            assert_eq!(r.is_ok(), ok, "{from:#x} -> {to:#x}");
+            let now = rd(&m, 0, 4) as u32;
+            if ok {
+                assert_eq!(now, to);
+                let runs = to & RUNNING != 0 && to & NDMA == 0;
+                assert_eq!(
+                    c.running.load(Ordering::SeqCst),
+                    runs,
+                    "{from:#x} -> {to:#x}"
+                );
+                if from & RESUMING != 0 && to & RESUMING == 0 {
+                    assert_eq!(c.value.load(Ordering::SeqCst), 5, "{from:#x} -> {to:#x}");
+                }
+            } else {
+                assert_eq!(r.unwrap_err().errno().0, libc::EINVAL);
+                assert_eq!(now, from, "a refused write keeps {from:#x}");
+            }
+        }
+    }
+}
