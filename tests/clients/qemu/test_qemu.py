@@ -657,7 +657,7 @@ def run_smoke(version, keep):
         qmp_sock = os.path.join(env.workdir, "qmp.sock")
         argv = env.prefix + QEMU_BASE + [
             "-qmp", "unix:%s,server=on,wait=off" % env.inside(qmp_sock),
-            "-device", "pci-testdev",
+            "-device", "pci-testdev,id=dev0",
         ]
         qemu = Qemu(argv, qmp_sock, env.workdir, root=env.root, name="qemu")
         v = qemu.start()
