@@ -378,14 +378,26 @@ class Dev:
         check(status & dmae.STATUS_BUS_MASTER, "%s: STATUS 0x%x: the device does not see bus mastering" % (self.qdev, status))
         return t
 
+    def diagnose(self):
+        """The registers and VM state that say why a stream stalled."""
+        regs = [("STATUS", dmae.STATUS), ("TRAFFIC_CTRL", dmae.TRAFFIC_CTRL), ("ERROR_CODE", 0x20),
+                ("ERROR_COUNT", 0x30)]
+        vals = ", ".join("%s 0x%x" % (name, self.reg(off)) for name, off in regs)
+        return "%s: %s, TRAFFIC_SEQ %d, COMMAND 0x%x, VM %s" % (
+            self.qdev, vals, self.reg64(dmae.TRAFFIC_SEQ), self.command(),
+            self.qemu.execute("query-status")["status"])
+
     def check_traffic(self, t_start, name):
         """A full window of correct records, at no more than the rate."""
         n = TRAFFIC_SIZE // dmae.RECORD
-        count = wait_for(
-            "%s's TRAFFIC_COUNT to reach %d (a full window)" % (self.qdev, n + 8),
-            lambda: (lambda c: c if c >= n + 8 else None)(self.reg64(dmae.TRAFFIC_COUNT)),
-            15,
-        )
+        try:
+            count = wait_for(
+                "%s's TRAFFIC_COUNT to reach %d (a full window)" % (self.qdev, n + 8),
+                lambda: (lambda c: c if c >= n + 8 else None)(self.reg64(dmae.TRAFFIC_COUNT)),
+                15,
+            )
+        except Failure as e:
+            raise Failure("%s; %s" % (e, self.diagnose())) from e
         elapsed = time.monotonic() - t_start
         # Paced by a deadline clock, no catch-up bursts: never ahead of the
         # rate (a job may write the up-to-64 records due at once).
@@ -403,6 +415,32 @@ class Dev:
             self.qdev, count, elapsed, self.gpa, good, bad)
 
 
+def firmware_args(env, log):
+    """SeaBIOS's debug console (port 0x402) into `log`."""
+    return [
+        "-chardev", "file,id=seabios,path=%s" % env.inside(log),
+        "-device", "isa-debugcon,iobase=0x402,chardev=seabios",
+    ]
+
+
+def wait_firmware_done(qemu, boots, what):
+    """Wait until SeaBIOS has finished its `boots`-th POST (it prints "No
+    bootable device." when it has nothing to boot). Until then it may
+    reprogram the PAM registers, and QEMU then unmaps and remaps guest RAM
+    (all of it, when the RAM section is split anew): a device that DMAs
+    into guest RAM meanwhile faults, as it would on real hardware."""
+
+    def done():
+        try:
+            with open(qemu.firmware_log, "rb") as f:
+                n = f.read().count(b"No bootable device")
+        except OSError:
+            n = 0
+        return n >= boots
+
+    wait_for("SeaBIOS to finish (%s)" % what, done, 30)
+
+
 def start_qemu(env, case, name, extra=()):
     """Start `case`'s QEMU (under `uiommufd run --device ...`) as `name`,
     with its own sysfs root; returns the started Qemu."""
@@ -411,11 +449,13 @@ def start_qemu(env, case, name, extra=()):
     argv = env.prefix + [env.uiommufd, "run"]
     for i in range(case.devices):
         argv += ["--device", device_spec(i)]
+    firmware_log = os.path.join(env.workdir, name + "-seabios.log")
     argv += (
         ["--"]
         + QEMU_BASE
         + (["-trace", "iommufd*"] if case.version != "7.2" else [])
         + ["-qmp", "unix:%s,server=on,wait=off" % env.inside(qmp_sock)]
+        + firmware_args(env, firmware_log)
         + case.extra_args
         + list(extra)
     )
@@ -426,6 +466,7 @@ def start_qemu(env, case, name, extra=()):
     penv["UIOMMUFD_SYSFS"] = env.inside(sysfs_root)
     penv.setdefault("UIOMMUFD_LOG", "debug")
     qemu = Qemu(argv, qmp_sock, env.workdir, root=env.root, name=name, env=penv)
+    qemu.firmware_log = firmware_log
     t0 = time.monotonic()
     version = qemu.start(timeout=30)
     got = "%d.%d" % (version["major"], version["minor"])
@@ -463,6 +504,7 @@ def run_migration_case(case, keep):
         dst = start_qemu(env, case, "dst", ["-incoming", "defer", "-S"])
         qemus.append(dst)
         log += src.log + dst.log
+        wait_firmware_done(src, 1, "source")
         d = Dev(src, 0)
         _, cmd = d.wait_bar0("source")
         log.append("source " + d.check_traffic(d.start_traffic(cmd), "src"))
@@ -536,31 +578,12 @@ def run_device_case(case, keep):
     log = []
     qemu = None
     try:
-        sysfs_root = os.path.join(env.workdir, "sysfs")
-        qmp_sock = os.path.join(env.workdir, "qmp.sock")
-        argv = env.prefix + [env.uiommufd, "run"]
-        for i in range(case.devices):
-            argv += ["--device", device_spec(i)]
-        argv += (
-            ["--"]
-            + QEMU_BASE
-            + (["-trace", "iommufd*"] if case.version != "7.2" else [])
-            + ["-qmp", "unix:%s,server=on,wait=off" % env.inside(qmp_sock)]
-            + case.extra_args
-        )
-        for i in range(case.devices):
-            sysfs = env.inside(os.path.join(sysfs_root, "devices", device_addr(i)))
-            argv += ["-device", case.device_args.format(sysfs=sysfs, addr=device_addr(i)) + ",id=dev%d" % i]
-        penv = dict(os.environ)
-        penv["UIOMMUFD_SYSFS"] = env.inside(sysfs_root)
-        penv.setdefault("UIOMMUFD_LOG", "debug")
-        qemu = Qemu(argv, qmp_sock, env.workdir, root=env.root, name="qemu", env=penv)
-        log.append("command: UIOMMUFD_SYSFS=%s %s" % (penv["UIOMMUFD_SYSFS"], shlex.join(argv)))
+        qemu = start_qemu(env, case, "qemu")
+        log += qemu.log
         t0 = time.monotonic()
-        version = qemu.start(timeout=30)
-        got = "%d.%d" % (version["major"], version["minor"])
-        check(got == case.version, "expected QEMU %s, QMP says %s" % (case.version, got))
-        log.append("QEMU %s.%d up in %.2fs" % (got, version["micro"], time.monotonic() - t0))
+        # Bus mastering only once the firmware is done with guest RAM.
+        wait_firmware_done(qemu, 1, "first boot")
+        log.append("SeaBIOS done after %.2fs" % (time.monotonic() - t0))
 
         devs = [Dev(qemu, i) for i in range(case.devices)]
         cmds = []
@@ -617,11 +640,13 @@ def run_device_case(case, keep):
         # records; SeaBIOS runs again; bus mastering on restarts the stream.
         qemu.execute("system_reset")
         cmds = [dev.wait_bar0("after system_reset")[1] for dev in devs]
+        # (the registers are checked before SeaBIOS is done: it does not
+        # touch the device beyond its BARs and COMMAND)
         for dev in devs:
             seq = dev.reg64(dmae.TRAFFIC_SEQ)
             check(seq == 0, "%s: TRAFFIC_SEQ %d after system_reset" % (dev.qdev, seq))
             dev.quiet("after system_reset")
-        time.sleep(0.1)
+        wait_firmware_done(qemu, 2, "after system_reset")
         for dev in devs:
             dev.quiet("after system_reset, bus mastering off")
         for k, dev in enumerate(devs):
@@ -655,12 +680,15 @@ def run_smoke(version, keep):
     qemu = None
     try:
         qmp_sock = os.path.join(env.workdir, "qmp.sock")
+        firmware_log = os.path.join(env.workdir, "seabios.log")
         argv = env.prefix + QEMU_BASE + [
             "-qmp", "unix:%s,server=on,wait=off" % env.inside(qmp_sock),
             "-device", "pci-testdev,id=dev0",
-        ]
+        ] + firmware_args(env, firmware_log)
         qemu = Qemu(argv, qmp_sock, env.workdir, root=env.root, name="qemu")
+        qemu.firmware_log = firmware_log
         v = qemu.start()
+        wait_firmware_done(qemu, 1, "boot")
         check("%d.%d" % (v["major"], v["minor"]) == version, "QMP says QEMU %s" % v)
         dev = wait_for(
             "SeaBIOS to assign BAR0",
