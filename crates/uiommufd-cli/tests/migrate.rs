@@ -167,6 +167,9 @@ fn a_corrupted_stream_is_refused_by_the_destination() {
     };
     s.write_all(&msg(1, u64::from_le_bytes(*b"UIOMIGR1"), 1 << 20, 4096))
         .unwrap();
+    let mut r = [0u8; 32];
+    s.read_exact(&mut r).unwrap();
+    assert_eq!(r[0], 8, "Ready");
     s.write_all(&msg(4, 8, 0, 0)).unwrap();
     s.write_all(b"notstate").unwrap();
     s.write_all(&msg(5, 0, 0, 0)).unwrap();

@@ -34,6 +34,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
         "dma-engine,addr=0000:f7:00.0,group=7700,cdev=7700",
         false,
     )?;
+    w.send(Tag::Ready, 0, 0, 0).map_err(io("reporting ready"))?;
     let npages = size / PAGE;
     let mut state = None;
     let last_seq = loop {

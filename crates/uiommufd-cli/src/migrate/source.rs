@@ -119,6 +119,10 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     let mut w = Wire::new(sock);
     w.send(Tag::Hello, wire::MAGIC, o.size, PAGE)
         .map_err(io("greeting the destination"))?;
+    // Round 0 starts once the destination's memory is ready, so that its
+    // set-up is not counted as transfer time.
+    w.expect(Tag::Ready)
+        .map_err(io("waiting for the destination to set up"))?;
     vm.start_tracking()?;
     let mut rep = Report {
         tracker: o.tracker.name().to_string(),

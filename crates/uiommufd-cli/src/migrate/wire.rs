@@ -33,6 +33,9 @@ pub enum Tag {
     Verdict = 6,
     /// The destination resumed the device (downtime ends): a = 0.
     Resumed = 7,
+    /// The destination's machine is set up (its memory mapped and
+    /// populated): the transfer may start. a = 0.
+    Ready = 8,
 }
 
 impl Tag {
@@ -45,6 +48,7 @@ impl Tag {
             5 => Tag::Finish,
             6 => Tag::Verdict,
             7 => Tag::Resumed,
+            8 => Tag::Ready,
             _ => return None,
         })
     }
