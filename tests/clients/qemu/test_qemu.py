@@ -122,10 +122,11 @@ LEGACY_TRACE = [r"vfio_pci_reset_flr " + ADDR]
 # A dirty-page sync that reported pages (the device's writes) to QEMU.
 DIRTY_SEEN = r"vfio_get_dirty_bitmap .*dirty_pages=[1-9]"
 
-# The live-migration cases (migration=True): one per dirty tracker, 7.2's v1 region with the
-# type1 container's tracking; 10.0's v2 with the device's DMA logging
-# (preferred by QEMU when the device has it), the iommufd HWPT's dirty bits
-# (device logging off), or the type1 container's (legacy, logging off).
+# The live-migration cases (migration=True) are one per dirty tracker:
+# 7.2's v1 region with the type1 container's tracking; 10.0's v2 with the
+# device's DMA logging (preferred by QEMU when the device has it), the
+# iommufd HWPT's dirty bits (device logging off), or the type1 container's
+# (legacy, device logging off).
 CASES = [
     Case(
         "qemu-7.2 legacy sysfsdev",
