@@ -7,7 +7,7 @@
 #   scripts/fuzz.sh list                    print the target names
 #   scripts/fuzz.sh merge TARGET DIR        minimize fuzz/corpus/TARGET into DIR
 #
-# TARGET: dispatcher | io_pagetable_model | faultsafe_copy. -j N runs N libFuzzer workers
+# TARGET: dispatcher | io_pagetable_model | faultsafe_copy | vfio_device. -j N runs N libFuzzer workers
 # (fork mode) for on-demand long runs, e.g. `scripts/fuzz.sh all 3600 -j 2`.
 #
 # No cargo-fuzz and no nightly: the targets are plain binaries linked with
@@ -27,7 +27,7 @@ set -euo pipefail
 
 REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 FUZZ="$REPO_ROOT/fuzz"
-TARGETS=(dispatcher io_pagetable_model faultsafe_copy)
+TARGETS=(dispatcher io_pagetable_model faultsafe_copy vfio_device)
 
 usage() {
     sed -n '2,13p' "${BASH_SOURCE[0]}" | sed 's/^# \{0,1\}//' >&2

@@ -44,6 +44,30 @@ clients() {
 }
 step clients clients
 
+# Live migration by unmodified QEMU (tests/clients/run-migration.sh): 7.2 with
+# the v1 region on a type1 container; 10.0 with v2 on iommufd (HWPT dirty
+# tracking and device DMA logging), on the legacy container, cancelled and
+# destination-lost migrations. About 20 s after the clients step.
+migration() {
+    if [ "${UIOMMUFD_SKIP_CLIENTS:-0}" = 1 ]; then
+        echo "UIOMMUFD_SKIP_CLIENTS=1: skipping the QEMU migration tests"
+        return 0
+    fi
+    UIOMMUFD_SKIP_INSTALL=1 tests/clients/run-migration.sh
+}
+step migration migration
+
+# The main job at full size: `uiommufd migrate` verifies a 1 GiB migration
+# with the device writing throughout, once per dirty tracker (a few seconds
+# each; the report is printed).
+main_job() {
+    cargo build --release --locked -p uiommufd-cli
+    for t in hwpt type1 dma-logging; do
+        target/release/uiommufd migrate --size 1G --tracker "$t" -q || return 1
+    done
+}
+step main-job main_job
+
 # Fuzz smoke run: each libFuzzer target (fuzz/, see scripts/fuzz.sh) for a
 # bounded time from the checked-in inputs; any crash fails the run. About
 # 1.5 min to build the targets from clean plus UIOMMUFD_FUZZ_SECONDS (default

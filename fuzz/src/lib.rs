@@ -8,7 +8,9 @@
 //! * [`iopt_model`]: IO page table operations checked against a reference
 //!   model;
 //! * [`faultsafe`]: the engine's fault-safe user copies against memory that
-//!   another thread unmaps, `mprotect`s and truncates under them.
+//!   another thread unmaps, `mprotect`s and truncates under them;
+//! * [`vfio_device`]: ioctls, region accesses, interrupts and DMA on an
+//!   emulated VFIO device's fds.
 //!
 //! A harness *panics* on a finding (a broken invariant, an engine panic
 //! turned into `EIO`, a model mismatch, leaked pins or objects); every other
@@ -19,3 +21,4 @@ pub mod dispatcher;
 pub mod faultsafe;
 pub mod input;
 pub mod iopt_model;
+pub mod vfio_device;

@@ -11,7 +11,10 @@ use std::time::Duration;
 use serde_json::Value;
 
 fn bin() -> Command {
-    Command::new(env!("CARGO_BIN_EXE_uiommufd"))
+    let mut c = Command::new(env!("CARGO_BIN_EXE_uiommufd"));
+    // No test may hang CI: a side that waits too long for its peer fails.
+    c.env("UIOMMUFD_MIGRATE_TIMEOUT_S", "60");
+    c
 }
 
 fn tmp(name: &str) -> std::path::PathBuf {
@@ -108,6 +111,9 @@ fn a_destination_dying_mid_stream_is_a_clear_error() {
         1,
         "Hello first"
     );
+    let mut ready = [0u8; 32];
+    ready[0] = 8;
+    s.write_all(&ready).unwrap();
     // Take a little of round 0, then die.
     let mut buf = vec![0u8; 1 << 20];
     s.read_exact(&mut buf).unwrap();

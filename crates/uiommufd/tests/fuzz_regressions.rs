@@ -54,6 +54,13 @@ fn replay_faultsafe_copy_inputs() {
 }
 
 #[test]
+fn replay_vfio_device_inputs() {
+    replay("vfio_device", |d| {
+        harness::vfio_device::run(d);
+    });
+}
+
+#[test]
 fn replay_io_pagetable_model_inputs() {
     replay("io_pagetable_model", |d| {
         harness::iopt_model::run(d);

@@ -335,8 +335,7 @@ fn v1_region_is_found_by_its_type_and_drives_the_same_device() {
     let u32at = |o: usize| u32::from_le_bytes(full[o..o + 4].try_into().unwrap());
     assert_eq!(u32at(12), 32); // cap_offset
 
-    // id 2 = VFIO_REGION_INFO_CAP_TYPE (include/uapi/linux/vfio.h; QEMU
-    // 7.2 looks for it), type 3 / subtype 1 = the v1 migration region
+    // VFIO_REGION_INFO_CAP_TYPE (2), type 3 / subtype 1
     assert_eq!((u16at(32), u32at(40), u32at(44)), (2, 3, 1));
     let next = u32at(36) as usize;
     assert_eq!(u16at(next), v1::CAP_MIG_NDMA);

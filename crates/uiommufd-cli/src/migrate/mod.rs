@@ -127,6 +127,23 @@ pub(crate) enum Sock {
     Tcp(std::net::TcpStream),
 }
 
+impl Sock {
+    /// Fail any read or write that waits longer than `t` (a peer that
+    /// hangs is a peer gone): `$UIOMMUFD_MIGRATE_TIMEOUT_S`, default 60 s.
+    fn set_timeouts(&self) {
+        let t = std::env::var("UIOMMUFD_MIGRATE_TIMEOUT_S")
+            .ok()
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(60)
+            .max(1);
+        let t = Some(Duration::from_secs(t));
+        let _ = match self {
+            Sock::Unix(s) => s.set_read_timeout(t).and(s.set_write_timeout(t)),
+            Sock::Tcp(s) => s.set_read_timeout(t).and(s.set_write_timeout(t)),
+        };
+    }
+}
+
 impl std::os::fd::AsRawFd for Sock {
     fn as_raw_fd(&self) -> std::os::fd::RawFd {
         match self {
@@ -183,10 +200,12 @@ pub fn migrate(args: Args) -> Result<(), String> {
     match args.role {
         Some(Role::Listen(ep)) => {
             let s = listen(&ep)?;
+            s.set_timeouts();
             dest::run(s, &args.opts)
         }
         Some(Role::Send(ep)) => {
             let s = connect(&ep, Duration::from_secs(10))?;
+            s.set_timeouts();
             finish(source::run(s, &args.opts)?, &args.opts)
         }
         None => {
@@ -210,7 +229,10 @@ pub fn migrate(args: Args) -> Result<(), String> {
                 unix: Some(sock),
                 tcp: None,
             };
-            let r = connect(&ep, Duration::from_secs(10)).and_then(|s| source::run(s, &args.opts));
+            let r = connect(&ep, Duration::from_secs(10)).and_then(|s| {
+                s.set_timeouts();
+                source::run(s, &args.opts)
+            });
             let status = child.wait().map_err(|e| e.to_string());
             let _ = std::fs::remove_dir_all(&dir);
             let report = r?;

@@ -88,7 +88,7 @@ pub unsafe fn write_raw(fd: RawFd, ptr: *const u8, len: usize) -> io::Result<()>
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(e);
+            return Err(timed_out(e));
         }
         if r == 0 {
             return Err(io::ErrorKind::WriteZero.into());
@@ -96,6 +96,15 @@ pub unsafe fn write_raw(fd: RawFd, ptr: *const u8, len: usize) -> io::Result<()>
         done += r as usize;
     }
     Ok(())
+}
+
+/// A socket timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO` expired) said plainly.
+fn timed_out(e: io::Error) -> io::Error {
+    if e.kind() == io::ErrorKind::WouldBlock {
+        io::Error::new(io::ErrorKind::TimedOut, "the peer did not answer in time")
+    } else {
+        e
+    }
 }
 
 /// Read exactly `len` bytes from `fd` into `ptr`.
@@ -114,7 +123,7 @@ pub unsafe fn read_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<()> {
             if e.kind() == io::ErrorKind::Interrupted {
                 continue;
             }
-            return Err(e);
+            return Err(timed_out(e));
         }
         if r == 0 {
             return Err(io::Error::new(

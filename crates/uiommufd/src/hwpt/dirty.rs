@@ -28,6 +28,7 @@ pub(crate) fn set_dirty_tracking(u: &Ucmd) -> Result<i32> {
     hwpt.ioas()
         .iopt()
         .set_dirty_tracking(hwpt.domain().id(), enable)?;
+    tracing::debug!(hwpt = cmd.hwpt_id, enable, "HWPT dirty tracking set");
     Ok(0)
 }
 

@@ -34,7 +34,10 @@
 //! vfio-pci's does (signal, then masked until `ACTION_UNMASK`); an INTx
 //! raised while masked stays pending and fires at the unmask (the model's
 //! interrupts are edges, a real INTx is a level that would still be
-//! asserted). INTx is not delivered while COMMAND's INTx-disable bit is
+//! asserted); `ACTION_UNMASK` with an eventfd starts a thread that unmasks
+//! each time that eventfd is signalled (the kernel's virqfd, QEMU's KVM
+//! resample path). The REQ eventfd is independent of the interrupt type.
+//! INTx is not delivered while COMMAND's INTx-disable bit is
 //! set. MSI/MSI-X delivery does not look at the MSI-X table's mask bits:
 //! as with vfio-pci, the user's table is a copy the host does not program
 //! from (QEMU emulates the guest's table itself).
@@ -57,22 +60,101 @@ use crate::vfio::pci_config::{PciConfig, CONFIG_SIZE, PCI_STATUS, PCI_STATUS_INT
 use crate::vfio::registry::{DeviceDecl, Registered};
 use crate::vfio::uapi::*;
 use crate::vtd::VtdDriver;
-use crate::{bail, err, Result};
+use crate::{bail, Result};
 
 /// An eventfd the device signals: its own duplicate of the fd the user
 /// gave (the kernel holds an `eventfd_ctx` reference the same way), closed
 /// when dropped.
+///
+/// The duplicate is a plain fd number in the program's table, so a program
+/// that closes numbers it does not own (`close_range` before `exec`) can
+/// close it behind our back and reuse the number for another file. Each
+/// signal therefore first checks with `fstat` that the number still is the
+/// anon inode it was (every eventfd shares one, so at worst another anon
+/// file gets a write it refuses), and never writes 8 bytes into a regular
+/// file, pipe or socket that took the number.
 #[derive(Debug)]
-pub struct EventFd(i32);
+pub struct EventFd {
+    fd: i32,
+    dev: u64,
+    ino: u64,
+}
+
+/// Whether the open fd `fd` is an eventfd. The link `/proc/self/fd/N` of
+/// an eventfd reads `anon_inode:[eventfd]` (read with a raw `readlinkat`,
+/// past any interposition). Without `/proc` (a chroot that did not mount
+/// it): the fd must be the anon inode every eventfd shares (compared with
+/// one made for the purpose) and take a write of a zero counter increment,
+/// which changes nothing in an eventfd and which the other anon-inode
+/// files (epoll, timerfd, signalfd, ...) refuse.
+pub fn is_eventfd(fd: i32) -> bool {
+    let Ok(path) = std::ffi::CString::new(format!("/proc/self/fd/{fd}")) else {
+        return false;
+    };
+    let mut buf = [0u8; 64];
+    // SAFETY: a NUL-terminated path and a buffer of the length passed.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_readlinkat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    if n >= 0 {
+        return &buf[..n as usize] == b"anon_inode:[eventfd]";
+    }
+    is_eventfd_without_proc(fd)
+}
+
+/// [`is_eventfd`] without `/proc`.
+pub fn is_eventfd_without_proc(fd: i32) -> bool {
+    static ANON: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
+    let anon = *ANON.get_or_init(|| {
+        // SAFETY: eventfd2 with flags only; no memory is touched.
+        let probe = unsafe { libc::syscall(libc::SYS_eventfd2, 0, libc::EFD_CLOEXEC) };
+        if probe < 0 {
+            return None;
+        }
+        let id = identity(probe as i32);
+        // SAFETY: closes the probe made above.
+        unsafe { libc::syscall(libc::SYS_close, probe) };
+        id
+    });
+    if anon.is_none() || identity(fd) != anon {
+        return false;
+    }
+    let zero: u64 = 0;
+    // SAFETY: writes 8 bytes from a live u64; adding 0 to an eventfd's
+    // counter changes nothing and never blocks.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_write,
+            fd,
+            &zero as *const u64 as *const libc::c_void,
+            8usize,
+        )
+    };
+    n == 8
+}
+
+/// `(st_dev, st_ino)` of `fd` by a raw `fstat`.
+fn identity(fd: i32) -> Option<(u64, u64)> {
+    // SAFETY: an all-zero `stat` is a valid value for the kernel to fill.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat into a live, writable `stat`.
+    let r = unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) };
+    (r == 0).then_some((st.st_dev, st.st_ino))
+}
 
 impl EventFd {
     /// Take a reference to the user's eventfd `fd` (`eventfd_ctx_fdget`):
     /// `EBADF` when `fd` is not open, `EINVAL` when it is not an eventfd.
     ///
-    /// How an eventfd is recognised: the link `/proc/self/fd/N` of an
-    /// eventfd reads `anon_inode:[eventfd]` (read with a raw `readlinkat`,
-    /// past any interposition). Engine files are eventfds underneath but
-    /// not the user's: an fd the engine registry knows is `EINVAL` too.
+    /// How an eventfd is recognised: see [`is_eventfd`]. Engine files are
+    /// eventfds underneath but not the user's: an fd the engine registry
+    /// knows is `EINVAL` too.
     pub fn from_user(fd: i32) -> Result<EventFd> {
         if fd < 0 {
             bail!(EBADF, "eventfd {fd} is negative");
@@ -82,20 +164,7 @@ impl EventFd {
         if r < 0 {
             bail!(EBADF, "eventfd {fd} is not an open file descriptor");
         }
-        let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}"))
-            .map_err(|_| err!(EINVAL, "fd path"))?;
-        let mut buf = [0u8; 64];
-        // SAFETY: a NUL-terminated path and a buffer of the length passed.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_readlinkat,
-                libc::AT_FDCWD,
-                path.as_ptr(),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
-        if n < 0 || &buf[..n as usize] != b"anon_inode:[eventfd]" {
+        if !is_eventfd(fd) {
             bail!(EINVAL, "fd {fd} is not an eventfd");
         }
         if crate::files::get(fd).is_some() {
@@ -109,32 +178,69 @@ impl EventFd {
         if dup < 0 {
             bail!(EMFILE, "cannot take a reference to eventfd {fd}");
         }
-        Ok(EventFd(dup as i32))
+        let dup = dup as i32;
+        let Some((dev, ino)) = identity(dup) else {
+            // SAFETY: closes the duplicate just made.
+            unsafe { libc::syscall(libc::SYS_close, dup) };
+            bail!(EBADF, "eventfd {fd} went away");
+        };
+        Ok(EventFd { fd: dup, dev, ino })
     }
 
     /// Add 1 to the counter (`eventfd_signal`), with a raw `write` so that
     /// no interposed `write` sees it.
     pub fn signal(&self) {
+        if identity(self.fd) != Some((self.dev, self.ino)) {
+            tracing::warn!(
+                fd = self.fd,
+                "an IRQ eventfd reference was closed behind the engine's back: not signalled"
+            );
+            return;
+        }
         let one: u64 = 1;
         // SAFETY: writes 8 bytes from a live u64 to an fd we own.
         let n = unsafe {
             libc::syscall(
                 libc::SYS_write,
-                self.0,
+                self.fd,
                 &one as *const u64 as *const libc::c_void,
                 8usize,
             )
         };
         if n != 8 {
-            tracing::debug!(fd = self.0, "signalling an IRQ eventfd failed");
+            tracing::debug!(fd = self.fd, "signalling an IRQ eventfd failed");
         }
+    }
+}
+
+impl EventFd {
+    /// Read (reset) the counter, after the same identity check as
+    /// [`EventFd::signal`]; `false` when the reference is gone.
+    fn consume(&self) -> bool {
+        if identity(self.fd) != Some((self.dev, self.ino)) {
+            return false;
+        }
+        let mut v: u64 = 0;
+        // SAFETY: reads 8 bytes into a live u64 from an fd we own.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_read,
+                self.fd,
+                &mut v as *mut u64 as *mut libc::c_void,
+                8usize,
+            )
+        };
+        n == 8 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
     }
 }
 
 impl Drop for EventFd {
     fn drop(&mut self) {
-        // SAFETY: closes the duplicate this object owns.
-        unsafe { libc::syscall(libc::SYS_close, self.0) };
+        // a number closed and reused behind our back is not ours to close
+        if identity(self.fd) == Some((self.dev, self.ino)) {
+            // SAFETY: closes the duplicate this object owns.
+            unsafe { libc::syscall(libc::SYS_close, self.fd) };
+        }
     }
 }
 
@@ -161,7 +267,133 @@ struct Irqs {
     triggers: Vec<Option<EventFd>>,
     intx_masked: bool,
     intx_pending: bool,
+    /// INTx unmask by eventfd (`vfio_virqfd_enable`).
+    unmask: Option<Virqfd>,
     req: Option<EventFd>,
+}
+
+impl Irqs {
+    /// Take the interrupt type's state (everything but the REQ trigger,
+    /// which is independent of it), leaving no type enabled. The caller
+    /// drops what it got after releasing the lock: a [`Virqfd`] joins its
+    /// thread, which may be waiting for that lock.
+    fn take_type(&mut self) -> Irqs {
+        let req = self.req.take();
+        let old = std::mem::take(self);
+        self.req = req;
+        old
+    }
+}
+
+/// The kernel's virqfd for `ACTION_UNMASK` with an eventfd: a thread that
+/// waits for the user's eventfd (QEMU's KVM resample notifier) and unmasks
+/// INTx each time it is signalled. Dropping it stops and joins the thread.
+#[derive(Debug)]
+struct Virqfd {
+    stop: i32,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Virqfd {
+    fn start(efd: EventFd, bus: Weak<DeviceBus>) -> Result<Virqfd> {
+        // SAFETY: eventfd2 with flags only; no memory is touched.
+        let stop = unsafe {
+            libc::syscall(
+                libc::SYS_eventfd2,
+                0,
+                libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
+            )
+        };
+        if stop < 0 {
+            bail!(EMFILE, "virqfd: no eventfd for its stop signal");
+        }
+        let stop = stop as i32;
+        let thread = std::thread::Builder::new()
+            .name("vfio-virqfd".into())
+            .spawn(move || virqfd_loop(efd, stop, bus));
+        match thread {
+            Ok(t) => Ok(Virqfd {
+                stop,
+                thread: Some(t),
+            }),
+            Err(e) => {
+                // SAFETY: closes the eventfd made above.
+                unsafe { libc::syscall(libc::SYS_close, stop) };
+                bail!(EAGAIN, "virqfd: cannot start its thread: {e}")
+            }
+        }
+    }
+}
+
+impl Drop for Virqfd {
+    fn drop(&mut self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a live u64 to our own eventfd.
+        unsafe {
+            libc::syscall(
+                libc::SYS_write,
+                self.stop,
+                &one as *const u64 as *const libc::c_void,
+                8usize,
+            )
+        };
+        if let Some(t) = self.thread.take() {
+            if t.thread().id() != std::thread::current().id() {
+                let _ = t.join();
+            }
+        }
+        // SAFETY: closes our own eventfd; the thread is gone.
+        unsafe { libc::syscall(libc::SYS_close, self.stop) };
+    }
+}
+
+fn virqfd_loop(efd: EventFd, stop: i32, bus: Weak<DeviceBus>) {
+    loop {
+        let mut pfd = [
+            libc::pollfd {
+                fd: efd.fd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: stop,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        // SAFETY: two live pollfds, no timeout, no signal mask; the raw
+        // syscall bypasses any interposed poll.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_ppoll,
+                pfd.as_mut_ptr(),
+                2 as libc::nfds_t,
+                std::ptr::null::<libc::timespec>(),
+                std::ptr::null::<libc::sigset_t>(),
+                0usize,
+            )
+        };
+        if n < 0 {
+            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+                continue;
+            }
+            break;
+        }
+        if pfd[1].revents != 0
+            || pfd[0].revents & (libc::POLLNVAL | libc::POLLERR | libc::POLLHUP) != 0
+        {
+            break;
+        }
+        if pfd[0].revents & libc::POLLIN != 0 {
+            if !efd.consume() {
+                break;
+            }
+            match bus.upgrade() {
+                Some(b) => b.unmask_intx(),
+                None => break,
+            }
+        }
+    }
 }
 
 /// The bus side of a device: what its model's DMA and interrupts go
@@ -222,6 +454,20 @@ impl DeviceBus {
             }
         }
         f
+    }
+
+    /// Unmask INTx (`__vfio_pci_intx_unmask`): an interrupt raised while
+    /// masked fires now.
+    fn unmask_intx(&self) {
+        let mut irqs = self.irqs.lock();
+        if irqs.ty != IrqType::Intx {
+            return;
+        }
+        irqs.intx_masked = false;
+        self.intx_asserted.store(false, Ordering::Release);
+        if irqs.intx_pending && !self.intx_disable.load(Ordering::Acquire) {
+            self.intx_fire(&mut irqs);
+        }
     }
 
     fn intx_fire(&self, irqs: &mut Irqs) {
@@ -525,27 +771,30 @@ impl VfioDevice {
             dev,
         });
         st.open_count = 1;
-        drop(st);
+        // under the state lock: a racing last close cannot undo it (models
+        // only call back through the Bus, which never takes this lock)
         let bus: Arc<dyn Bus> = self.bus.clone();
         self.model.connect(Some(bus));
+        drop(st);
         tracing::debug!(device = %self.decl.addr, ?via, dev_id = id, "device opened");
         Ok(id)
     }
 
-    /// Close a device file (`vfio_df_close`); the last one tears down.
+    /// Close a device file (`vfio_df_close`); the last one tears down
+    /// (`vfio_pci_core_disable`): IRQs off, bus master off, the model
+    /// reset, the config space back to power-on, unbound, disconnected.
+    /// All under the state lock, so that an open racing the last close
+    /// starts from a closed device.
     pub(crate) fn close_df(&self) {
-        let binding = {
-            let mut st = self.state.lock();
-            if st.open_count == 0 {
-                return;
-            }
-            st.open_count -= 1;
-            if st.open_count > 0 {
-                return;
-            }
-            st.binding.take()
-        };
-        // vfio_pci_core_disable: IRQs off, bus master off, reset
+        let mut st = self.state.lock();
+        if st.open_count == 0 {
+            return;
+        }
+        st.open_count -= 1;
+        if st.open_count > 0 {
+            return;
+        }
+        let binding = st.binding.take();
         self.disable_irqs();
         self.model.reset();
         self.config.lock().reset();
@@ -561,6 +810,7 @@ impl VfioDevice {
             v.fill(0);
             v[12] = 1;
         }
+        drop(st);
         tracing::debug!(device = %self.decl.addr, "device closed");
     }
 
@@ -892,21 +1142,22 @@ impl VfioDevice {
         }
         if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
             let fd = i32::from_ne_bytes(data[..4].try_into().expect("validated"));
-            if fd >= 0 {
-                // vfio_virqfd_enable: would need a thread watching the fd
-                bail!(
-                    EOPNOTSUPP,
-                    "INTx unmask through an eventfd (virqfd) is not emulated; unmask with DATA_NONE/BOOL"
-                );
-            }
+            // vfio_virqfd_enable / _disable; the old one is dropped (its
+            // thread joined) after the lock is released
+            let new = if fd >= 0 {
+                let efd = EventFd::from_user(fd)?;
+                Some(Virqfd::start(efd, Arc::downgrade(&self.bus))?)
+            } else {
+                None
+            };
+            let old = std::mem::replace(&mut irqs.unmask, new);
+            drop(irqs);
+            drop(old);
             return Ok(());
         }
         if flags & VFIO_IRQ_SET_DATA_NONE != 0 || data.first().is_some_and(|&b| b != 0) {
-            irqs.intx_masked = false;
-            self.bus.intx_asserted.store(false, Ordering::Release);
-            if irqs.intx_pending && !self.bus.intx_disable.load(Ordering::Acquire) {
-                self.bus.intx_fire(&mut irqs);
-            }
+            drop(irqs);
+            self.bus.unmask_intx();
         }
         Ok(())
     }
@@ -915,8 +1166,11 @@ impl VfioDevice {
         let mut irqs = self.bus.irqs.lock();
         let is_intx = irqs.ty == IrqType::Intx;
         if is_intx && count == 0 && flags & VFIO_IRQ_SET_DATA_NONE != 0 {
-            *irqs = Irqs::default();
+            // vfio_intx_disable (its unmask virqfd too)
+            let old = irqs.take_type();
             self.bus.intx_asserted.store(false, Ordering::Release);
+            drop(irqs);
+            drop(old);
             return Ok(());
         }
         if !(is_intx || irqs.ty == IrqType::None) || start != 0 || count != 1 {
@@ -967,7 +1221,9 @@ impl VfioDevice {
         let want = if msix { IrqType::Msix } else { IrqType::Msi };
         let mut irqs = self.bus.irqs.lock();
         if irqs.ty == want && count == 0 && flags & VFIO_IRQ_SET_DATA_NONE != 0 {
-            *irqs = Irqs::default();
+            let old = irqs.take_type();
+            drop(irqs);
+            drop(old);
             return Ok(());
         }
         if !(irqs.ty == want || irqs.ty == IrqType::None) {
@@ -985,15 +1241,14 @@ impl VfioDevice {
             if irqs.ty == want {
                 return Self::msi_set_block(&mut irqs, msix, start, &fds);
             }
-            // vfio_msi_enable
-            *irqs = Irqs {
-                ty: want,
-                allocated: start + count,
-                ..Irqs::default()
-            };
+            // vfio_msi_enable (no type is enabled: nothing to drop)
+            irqs.ty = want;
+            irqs.allocated = start + count;
             let r = Self::msi_set_block(&mut irqs, msix, start, &fds);
             if r.is_err() {
-                *irqs = Irqs::default();
+                let old = irqs.take_type();
+                drop(irqs);
+                drop(old);
             }
             return r;
         }
@@ -1116,5 +1371,43 @@ impl RwBuf<'_> {
     }
     fn is_write(&self) -> bool {
         matches!(self, RwBuf::Write(_))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn eventfd_recognised_with_and_without_proc() {
+        // SAFETY: plain fd creation.
+        let efd = unsafe { libc::eventfd(0, libc::EFD_CLOEXEC) };
+        // SAFETY: as above.
+        let epfd = unsafe { libc::epoll_create1(libc::EPOLL_CLOEXEC) };
+        let null = std::fs::File::open("/dev/null").unwrap();
+        use std::os::fd::AsRawFd;
+        assert!(is_eventfd(efd));
+        assert!(!is_eventfd(epfd));
+        assert!(!is_eventfd(null.as_raw_fd()));
+        assert!(is_eventfd_without_proc(efd));
+        assert!(
+            !is_eventfd_without_proc(epfd),
+            "an epoll fd refuses the write"
+        );
+        assert!(
+            !is_eventfd_without_proc(null.as_raw_fd()),
+            "not the anon inode"
+        );
+        let mut v = 0u64;
+        // SAFETY: a nonblocking check that the probe write added nothing.
+        unsafe { libc::fcntl(efd, libc::F_SETFL, libc::O_NONBLOCK) };
+        // SAFETY: reads 8 bytes into a live u64.
+        let n = unsafe { libc::read(efd, &mut v as *mut u64 as *mut libc::c_void, 8) };
+        assert_eq!(n, -1, "the counter is still 0");
+        // SAFETY: closing our own fds.
+        unsafe {
+            libc::close(efd);
+            libc::close(epfd);
+        }
     }
 }

@@ -10,9 +10,10 @@
 //!
 //! Not served (the answer and why): `VFIO_DEVICE_IOEVENTFD` is `ENOTTY`
 //! (vfio-pci has it; QEMU uses it only for device quirks and falls back);
-//! `VFIO_DEVICE_FEATURE` answers `ENOTTY` for every feature after the
-//! kernel's header checks (no migration or dirty-logging ops yet, no VF
-//! token, and the low-power features are not emulated); plain `read(2)`/
+//! `VFIO_DEVICE_FEATURE` serves the migration and DMA-logging features
+//! ([`crate::vfio::migration`]) and answers `ENOTTY` for the others after
+//! the kernel's header checks (no VF token; the low-power features are not
+//! emulated); plain `read(2)`/
 //! `write(2)` without an offset are `EINVAL` (use `pread`/`pwrite`).
 
 use std::sync::Arc;
@@ -20,6 +21,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
+use crate::context::{Context, ObjId};
 use crate::files::{EngineFile, FdResolver, MmapTarget, StatAs};
 use crate::user::UserMemory;
 use crate::vfio::device::{OpenedVia, VfioDevice};
@@ -137,6 +139,35 @@ impl DeviceFile {
                 b.iommufd
             );
         }
+        self.bind_with(
+            || {
+                fds.context(b.iommufd)
+                    .ok_or_else(|| not_an_iommufd(b.iommufd, "BIND_IOMMUFD"))
+            },
+            |id| {
+                mem.write(arg + 12, &id.to_ne_bytes())
+                    .map_err(|_| Error::fault("BIND_IOMMUFD out_devid"))
+            },
+        )?;
+        Ok(0)
+    }
+
+    /// `VFIO_DEVICE_BIND_IOMMUFD` from Rust: bind this cdev file to `ctx`
+    /// (open the device on it). Returns the device's object ID in `ctx`.
+    /// Errnos as the ioctl: `EINVAL` for a group's file or a file already
+    /// bound or a device open elsewhere, `EBUSY` while its group is open.
+    pub fn bind_context(&self, ctx: &Arc<Context>) -> Result<ObjId> {
+        self.bind_with(|| Ok(ctx.clone()), |_| Ok(()))
+    }
+
+    /// The bind: `ctx` resolves the iommufd (after the group is blocked,
+    /// as the kernel), `out` writes the device ID back (a failure closes
+    /// the device again).
+    fn bind_with(
+        &self,
+        ctx: impl FnOnce() -> Result<Arc<Context>>,
+        out: impl FnOnce(ObjId) -> Result<()>,
+    ) -> Result<ObjId> {
         if self.via == OpenedVia::Group {
             bail!(EINVAL, "BIND_IOMMUFD is for cdev files only");
         }
@@ -146,21 +177,18 @@ impl DeviceFile {
             if *bound {
                 bail!(EINVAL, "BIND_IOMMUFD: this file is already bound");
             }
-            let ctx = fds
-                .context(b.iommufd)
-                .ok_or_else(|| not_an_iommufd(b.iommufd, "BIND_IOMMUFD"))?;
+            let ctx = ctx()?;
             let id = self.dev.open_df(&ctx, OpenedVia::Cdev)?;
-            if let Err(e) = mem.write(arg + 12, &id.to_ne_bytes()) {
+            if let Err(e) = out(id) {
                 self.dev.close_df();
-                let _ = e;
-                return Err(Error::fault("BIND_IOMMUFD out_devid"));
+                return Err(e);
             }
-            Ok(())
+            Ok(id)
         })();
         match r {
-            Ok(()) => {
+            Ok(id) => {
                 *bound = true;
-                Ok(0)
+                Ok(id)
             }
             Err(e) => {
                 drop(bound);
@@ -168,6 +196,27 @@ impl DeviceFile {
                 Err(e)
             }
         }
+    }
+
+    /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` from Rust: attach (or replace the
+    /// attachment) to the IOAS or HWPT `pt_id`; returns the HWPT ID the
+    /// device now translates through.
+    pub fn attach(&self, pt_id: ObjId) -> Result<ObjId> {
+        self.granted()?;
+        if self.via != OpenedVia::Cdev {
+            bail!(ENOTTY, "ATTACH_IOMMUFD_PT is for cdev files only");
+        }
+        self.dev.attach_pt(pt_id)
+    }
+
+    /// `VFIO_DEVICE_DETACH_IOMMUFD_PT` from Rust.
+    pub fn detach(&self) -> Result<()> {
+        self.granted()?;
+        if self.via != OpenedVia::Cdev {
+            bail!(ENOTTY, "DETACH_IOMMUFD_PT is for cdev files only");
+        }
+        self.dev.detach_pt();
+        Ok(())
     }
 
     fn attach_pt(&self, arg: u64, mem: &dyn UserMemory) -> Result<i64> {

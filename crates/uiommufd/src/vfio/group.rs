@@ -77,14 +77,7 @@ impl GroupFile {
     /// `VFIO_GROUP_GET_DEVICE_FD` from Rust: open the device named `name`
     /// (its PCI address) and return its new fd (close-on-exec).
     pub fn get_device_fd(&self, name: &str) -> Result<i32> {
-        if name != self.dev.decl().addr {
-            bail!(
-                ENODEV,
-                "group {} has no device {name:?} (it has {})",
-                self.dev.decl().group,
-                self.dev.decl().addr
-            );
-        }
+        self.match_name(name)?;
         let Some(ctx) = self.container() else {
             bail!(
                 EINVAL,
@@ -101,6 +94,38 @@ impl GroupFile {
                 Err(e)
             }
         }
+    }
+
+    /// `vfio_pci_core_match`: the name is the PCI address, optionally
+    /// followed by a space and options. The only option is
+    /// `vf_token=UUID`, which a function that is neither a PF nor a VF
+    /// refuses (`EINVAL`), as any unknown option; a name that only starts
+    /// with the address is no match (`ENODEV`).
+    fn match_name(&self, name: &str) -> Result<()> {
+        let addr = &self.dev.decl().addr;
+        let no_match = || {
+            crate::err!(
+                ENODEV,
+                "group {} has no device {name:?} (it has {addr})",
+                self.dev.decl().group
+            )
+        };
+        let Some(rest) = name.strip_prefix(addr.as_str()) else {
+            return Err(no_match());
+        };
+        if rest.is_empty() {
+            return Ok(());
+        }
+        if !rest.starts_with(' ') {
+            return Err(no_match());
+        }
+        if rest.trim_start_matches(' ').is_empty() {
+            return Ok(());
+        }
+        bail!(
+            EINVAL,
+            "device name {name:?}: options after the address (a vf_token is only for SR-IOV functions)"
+        )
     }
 
     fn status(&self, arg: u64, mem: &dyn UserMemory) -> Result<i64> {

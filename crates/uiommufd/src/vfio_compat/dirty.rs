@@ -304,11 +304,13 @@ pub(crate) fn dirty_pages(ctx: &Context, arg: u64) -> Result<i32> {
                     );
                 }
                 iopt.type1_dirty_start()?;
+                tracing::debug!("type1 dirty tracking started");
             }
             Ok(0)
         }
         VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP => {
             iopt.type1_dirty_stop();
+            tracing::debug!("type1 dirty tracking stopped");
             Ok(0)
         }
         _ => get_bitmap(ctx, arg, &dirty, &ioas),

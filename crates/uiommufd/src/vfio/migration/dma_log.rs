@@ -54,6 +54,7 @@ impl DmaLog {
             .map(|&(i, l)| (i, i + (l - 1)))
             .collect();
         r.sort_unstable();
+        tracing::debug!("DMA logging started: page size {ps:#x}, {} ranges", r.len());
         *g = Some(Log {
             pgshift: ps.trailing_zeros(),
             ranges: r,
@@ -64,7 +65,9 @@ impl DmaLog {
 
     /// Stop logging (nothing to do when not started).
     pub fn stop(&self) {
-        *self.log.lock() = None;
+        if self.log.lock().take().is_some() {
+            tracing::debug!("DMA logging stopped");
+        }
     }
 
     /// Whether logging is on.

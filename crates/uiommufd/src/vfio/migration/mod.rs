@@ -301,6 +301,7 @@ impl Migration {
         while inner.state != to {
             let next = fsm::next_step(self.flags, inner.state, to)?;
             file = self.arc(&mut inner, next)?;
+            tracing::debug!("migration state {:?} -> {next:?}", inner.state);
             inner.state = next;
             inner.v1.set_bits(v1::bits_of(next));
         }

@@ -322,6 +322,10 @@ impl Migration {
         }
         inner.v1.bits = new;
         inner.state = state_of(new);
+        tracing::debug!(
+            "v1 migration device_state {old:#x} -> {new:#x} ({:?})",
+            inner.state
+        );
         Ok(())
     }
 }
