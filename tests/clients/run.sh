@@ -9,7 +9,7 @@
 #   - QEMU 7.2 (bookworm) and QEMU 10.0 (trixie chroot), TCG, no guest OS
 #     (tests/clients/qemu/test_qemu.py): vfio-pci realize (legacy and
 #     iommufd, one and two devices), BAR0 MMIO, traffic records in guest
-#     memory, system_reset, live migration per dirty tracker.
+#     memory, system_reset (live migration: run-migration.sh).
 # Builds what it needs (release CLI + preload, the vfio-ioctls client),
 # installs the QEMUs (tests/clients/install-qemu.sh; cached), runs every
 # case, prints the wall time of each part, exits non-zero on any failure.

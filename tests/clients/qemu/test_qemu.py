@@ -26,12 +26,7 @@ QEMU: one container, or one iommufd HWPT):
 7. `quit` ends QEMU with status 0, and QEMU's trace shows the backend it
    used (iommufd: bind, HWPT with dirty tracking, attach, IOAS_MAP).
 
-The migration cases run a source and a destination (`-incoming defer -S`)
-and migrate the running source while its device writes records: the
-destination's guest memory must hold exactly the last records the source
-device wrote before it stopped (the device's DMA was dirty-tracked: by its
-DMA logging, the iommufd HWPT or the type1 container, per case), and the
-destination's device goes on at the saved sequence number after `cont`.
+Live migration of the same device by both QEMUs: test_migration.py.
 
 Usage: test_qemu.py [--only SUBSTRING]... [--keep] [--smoke]
   --smoke   only check the harness (both QEMUs start, QMP, port I/O and
@@ -47,7 +42,6 @@ import os
 import re
 import shlex
 import shutil
-import struct
 import subprocess
 import sys
 import tempfile
@@ -94,10 +88,8 @@ def check(cond, msg):
 class Case:
     """One QEMU configuration."""
 
-    def __init__(self, name, version, device_args, extra_args=(), expect=(), forbid=(), devices=1,
-                 migration=False):
+    def __init__(self, name, version, device_args, extra_args=(), expect=(), forbid=(), devices=1):
         self.name = name
-        self.migration = migration  # a live migration case (run_migration_case)
         self.devices = devices  # dma-engines declared and given to QEMU
         self.version = version  # "7.2" (host) or "10.0" (trixie chroot)
         self.device_args = device_args  # format with {sysfs}, {addr}
@@ -120,14 +112,6 @@ IOMMUFD_TRACE = [
 # The legacy path: a group, FLR through VFIO_DEVICE_RESET.
 LEGACY_TRACE = [r"vfio_pci_reset_flr " + ADDR]
 
-# A dirty-page sync that reported pages (the device's writes) to QEMU.
-DIRTY_SEEN = r"vfio_get_dirty_bitmap .*dirty_pages=[1-9]"
-
-# The live-migration cases (migration=True) are one per dirty tracker:
-# 7.2's v1 region with the type1 container's tracking; 10.0's v2 with the
-# device's DMA logging (preferred by QEMU when the device has it), the
-# iommufd HWPT's dirty bits (device logging off), or the type1 container's
-# (legacy, device logging off).
 CASES = [
     Case(
         "qemu-7.2 legacy sysfsdev",
@@ -179,40 +163,6 @@ CASES = [
             r"Successfully attached device " + ADDR + r" \(\d+\) to id=(\d+)$(?s:.*)"
             r"Successfully attached device 0000:f0:01.0 \(\d+\) to id=\1$",
         ],
-    ),
-    Case(
-        "qemu-7.2 migration v1 type1",
-        "7.2",
-        "vfio-pci,sysfsdev={sysfs},x-enable-migration=on",
-        migration=True,
-        # 7.2's trace does not count the dirty pages: the syncs happened
-        expect=[r"vfio_migration_probe ", r"vfio_get_dirty_bitmap container fd="],
-    ),
-    Case(
-        "qemu-10.0 migration iommufd devlog",
-        "10.0",
-        "vfio-pci,iommufd=i0,sysfsdev={sysfs}",
-        extra_args=["-object", "iommufd,id=i0"],
-        migration=True,
-        expect=[DIRTY_SEEN, r"vfio_device_dirty_tracking_start "],
-        forbid=[r"iommufd_backend_get_dirty_bitmap "],
-    ),
-    Case(
-        "qemu-10.0 migration iommufd hwpt",
-        "10.0",
-        "vfio-pci,iommufd=i0,sysfsdev={sysfs},x-device-dirty-page-tracking=off",
-        extra_args=["-object", "iommufd,id=i0"],
-        migration=True,
-        expect=[DIRTY_SEEN, r"iommufd_backend_set_dirty .*\(0\)", r"iommufd_backend_get_dirty_bitmap .*\(0\)"],
-        forbid=[r"vfio_device_dirty_tracking_start "],
-    ),
-    Case(
-        "qemu-10.0 migration type1",
-        "10.0",
-        "vfio-pci,sysfsdev={sysfs},enable-migration=on,x-device-dirty-page-tracking=off",
-        migration=True,
-        expect=[DIRTY_SEEN],
-        forbid=[r"vfio_device_dirty_tracking_start ", r"iommufd_backend_"],
     ),
     Case(
         "qemu-10.0 legacy sysfsdev",
@@ -480,101 +430,6 @@ def start_qemu(env, case, name, extra=()):
     return qemu
 
 
-def check_trace(case, qemu):
-    """QEMU's trace shows the backend (and tracker) the case expects."""
-    trace = qemu.stderr()
-    for pat in case.expect:
-        check(re.search(pat, trace, re.M), "%s's trace has no line matching %r" % (qemu.name, pat))
-    for pat in case.forbid:
-        check(not re.search(pat, trace, re.M), "%s's trace has a line matching %r" % (qemu.name, pat))
-
-
-def run_migration_case(case, keep):
-    """Live migration of a running VM whose dma-engine writes traffic into
-    guest RAM the whole time: every record the device wrote before the
-    source stopped must reach the destination (the device's dirty pages
-    were tracked), the device state moves (the stream goes on at the saved
-    sequence number on the destination)."""
-    env = Env(case.version, keep)
-    log = []
-    qemus = []
-    try:
-        src = start_qemu(env, case, "src")
-        qemus.append(src)
-        # -S: the destination's device stays RESUMING until `cont`, so its
-        # guest memory is exactly what the migration brought.
-        dst = start_qemu(env, case, "dst", ["-incoming", "defer", "-S"])
-        qemus.append(dst)
-        log += src.log + dst.log
-        wait_firmware_done(src, 1, "source")
-        d = Dev(src, 0)
-        _, cmd = d.wait_bar0("source")
-        log.append("source " + d.check_traffic(d.start_traffic(cmd), "src"))
-
-        uri = "unix:" + env.inside(os.path.join(env.workdir, "migration.sock"))
-        dst.execute("migrate-incoming", {"uri": uri})
-        t0 = time.monotonic()
-        src.execute("migrate", {"uri": uri})
-        info = wait_for(
-            "the migration to end",
-            lambda: (lambda i: i if i.get("status") in ("completed", "failed", "cancelled") else None)(
-                src.execute("query-migrate")),
-            60,
-            0.05,
-        )
-        check(info["status"] == "completed", "migration %s: %s" % (info["status"], info.get("error-desc")))
-        log.append("migrated in %.2fs (downtime %s ms)" % (time.monotonic() - t0, info.get("downtime")))
-        check(src.execute("query-status")["status"] == "postmigrate", "source not in postmigrate")
-        wait_for("the destination to be paused", lambda: dst.execute("query-status")["status"] == "paused", 10)
-
-        # The source device is stopped; its registers say where it stopped.
-        status = d.reg(dmae.STATUS)
-        check(status & dmae.STATUS_STOPPED, "source STATUS 0x%x: not stopped after the migration" % status)
-        seq = d.reg64(dmae.TRAFFIC_SEQ)
-        n = TRAFFIC_SIZE // dmae.RECORD
-        window = Dev(dst, 0).window("dst")
-        good, bad, empty, errors = dmae.check_window(window, seq)
-        seqs = sorted(struct.unpack_from("<Q", window, i * dmae.RECORD + 8)[0] for i in range(n))
-        check(
-            bad == 0 and empty == 0 and seqs == list(range(seq - n, seq)),
-            "destination's window should hold records %d..%d (the last %d the source device wrote); "
-            "%d good, %d bad, %d empty, records %d..%d\n  %s"
-            % (seq - n, seq - 1, n, good, bad, empty, seqs[0], seqs[-1], "\n  ".join(errors)),
-        )
-        log.append("destination memory: records %d..%d, the source device's last %d" % (seq - n, seq - 1, n))
-
-        # The destination's device goes on where the source stopped.
-        dst.execute("cont")
-        dd = Dev(dst, 0)
-        dev = dst.pci_device("dev0")
-        dd.bar0 = bar_address(dev, 0)
-        check(dd.bar0, "destination's dev0 has no BAR0")
-        seq2 = wait_for(
-            "the destination's stream to go on",
-            lambda: (lambda v: v if v >= seq + n + 8 else None)(dd.reg64(dmae.TRAFFIC_SEQ)),
-            15,
-        )
-        good, bad, empty, errors = dmae.check_window(dd.window("dst-after"), seq2)
-        check(bad <= 2 and empty == 0, "destination window after cont: %d bad\n  %s" % (bad, "\n  ".join(errors)))
-        log.append("destination device: stream resumed at %d, now %d" % (seq, seq2))
-
-        for q in (src, dst):
-            rc = q.quit()
-            check(rc == 0, "%s exited with status %s after quit" % (q.name, rc))
-        check_trace(case, src)
-        return log
-    except Exception as e:
-        msg = str(e) if isinstance(e, (Failure, QemuError)) else "%s: %s" % (type(e).__name__, e)
-        tails = ""
-        for q in qemus:
-            q.kill()
-            if "--- %s " % q.name not in msg:
-                tails += "\n" + q.tails(40)
-        raise Failure("%s\n%s%s" % (msg, "\n".join(log), tails)) from e
-    finally:
-        env.cleanup()
-
-
 def run_device_case(case, keep):
     env = Env(case.version, keep)
     log = []
@@ -732,7 +587,7 @@ def main():
                 print("missing %s: cargo build --release -p uiommufd-cli -p uiommufd-preload" % os.path.join(BIN, f))
                 return 2
         jobs = [
-            (c.name, lambda c=c: (run_migration_case if c.migration else run_device_case)(c, args.keep))
+            (c.name, lambda c=c: run_device_case(c, args.keep))
             for c in CASES
             if not args.only or any(o in c.name for o in args.only)
         ]
