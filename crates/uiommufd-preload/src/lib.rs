@@ -429,10 +429,27 @@ fn mirror_dup(old: c_int, new: c_int) {
 /// the target `new` of `dup2`/`dup3`) may be ours, the real call and the
 /// registry update run under the fd-number lock, so a racing `close` of
 /// `old` gives either `EBADF` or a registered duplicate.
-fn dup_hook(old: c_int, new: Option<c_int>, real_dup: impl FnOnce() -> c_int) -> c_int {
-    let slow = may_be_ours(old) || new.is_some_and(may_be_ours);
-    if !slow || sync::foreign() {
+fn dup_hook(old: c_int, new: Option<c_int>, real_dup: impl Fn() -> c_int) -> c_int {
+    if sync::foreign() {
         return post_open(real_dup());
+    }
+    // While the process has any emulated fd, every dup takes the lock: a
+    // per-fd check would race with a close (which unregisters an engine fd
+    // before its real close) or a birth at the same number, and a dup made
+    // in such a window would be a bare memfd or eventfd. dup is rare enough
+    // for a mutex; only processes with no emulated fd at all keep the
+    // one-load fast path.
+    let gen = sync::birth_gen();
+    if !any_ours() {
+        let r = real_dup();
+        if r < 0 || (sync::birth_gen() == gen && !sync::births()) {
+            return post_open(r);
+        }
+        // The first birth started meanwhile, maybe at `old`: redo the dup
+        // under the lock (`dup2`/`dup3` simply replace `new` again).
+        if new.is_none() {
+            raw_close(r);
+        }
     }
     let mut r = -1;
     let mut e = 0;
@@ -707,7 +724,8 @@ pub unsafe extern "C" fn close(fd: c_int) -> c_int {
 /// `CLOSE_RANGE_UNSHARE` from `<linux/close_range.h>`.
 const CLOSE_RANGE_UNSHARE: c_int = 1 << 1;
 
-/// Whether a `close_range` or `closefrom` may close an fd of ours.
+/// Whether the process has any emulated fd, or one is being born: a
+/// `close_range` or `closefrom` may close one, a `dup` must take the lock.
 fn any_ours() -> bool {
     table::any_registered() || files::any_engine_fd() || sync::births() || special::any_dirs()
 }

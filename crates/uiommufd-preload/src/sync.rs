@@ -51,7 +51,7 @@
 //! sections, with signals blocked.
 
 use std::cell::Cell;
-use std::sync::atomic::{AtomicI32, AtomicU32, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard};
 
 /// Set in [`GATE`] while a `fork` is in progress (prepare to parent/child).
@@ -66,6 +66,10 @@ static PID: AtomicI32 = AtomicI32::new(0);
 
 /// How many fd births are in flight (see [`Birth`]).
 static BIRTHS: AtomicU32 = AtomicU32::new(0);
+
+/// How many fd births ever started: a `dup` that took the fast path checks
+/// that none started while it ran (see [`birth_gen`]).
+static BIRTH_GEN: AtomicU64 = AtomicU64::new(0);
 
 /// Serialises fd-number changes of fds that are, or are about to become,
 /// ours (see rule 4).
@@ -326,6 +330,15 @@ pub(crate) fn births() -> bool {
     BIRTHS.load(Ordering::SeqCst) != 0
 }
 
+/// The number of births started so far. A fast-path `dup` reads it before
+/// and after its real call: if it changed (or a birth is in flight), the
+/// number it duplicated may have become one of ours in between — a birth
+/// that created its fd there after the `dup` decided it was not ours — and
+/// the `dup` is redone under [`fd_ops`].
+pub(crate) fn birth_gen() -> u64 {
+    BIRTH_GEN.load(Ordering::SeqCst)
+}
+
 /// An fd birth in flight: from before the kernel creates the fd until it is
 /// registered (hold [`fd_ops`] for the same span).
 #[must_use]
@@ -335,6 +348,7 @@ impl Birth {
     /// Announce a birth.
     pub(crate) fn new() -> Birth {
         BIRTHS.fetch_add(1, Ordering::SeqCst);
+        BIRTH_GEN.fetch_add(1, Ordering::SeqCst);
         Birth(())
     }
 }
