@@ -47,7 +47,7 @@ pub trait NestingOps {
     /// the `IOMMU_HWPT_ALLOC_*` flags left once the core took its own.
     fn alloc_nested_domain(
         &self,
-        parent: &dyn Domain,
+        parent: &Arc<dyn Domain>,
         flags: u32,
         data: &UserData<'_>,
     ) -> Result<Arc<dyn NestedDomain>>;
@@ -116,6 +116,18 @@ impl HwptRef {
         match self {
             HwptRef::Paging(h) => h,
             HwptRef::Nested(n) => n.parent(),
+        }
+    }
+    /// The domain a device attached here does DMA through: a paging HWPT's
+    /// domain; for a nested HWPT its driver's two-stage domain
+    /// ([`NestedDomain::dma_domain`]) when it has one, else the parent's.
+    pub fn dma_domain(&self) -> Arc<dyn Domain> {
+        match self {
+            HwptRef::Paging(h) => h.domain().clone(),
+            HwptRef::Nested(n) => n
+                .domain()
+                .dma_domain()
+                .unwrap_or_else(|| n.parent().domain().clone()),
         }
     }
     /// The fault queue of the HWPT, if any.
@@ -211,6 +223,13 @@ impl Device {
             .lock()
             .as_ref()
             .map(|a| a.hwpt.paging().clone())
+    }
+
+    /// The domain the device's DMA goes through, if attached
+    /// ([`HwptRef::dma_domain`]: for a nested HWPT with a two-stage
+    /// domain, both stages).
+    pub fn dma_domain(&self) -> Option<Arc<dyn Domain>> {
+        self.attached.lock().as_ref().map(|a| a.hwpt.dma_domain())
     }
 
     /// The HWPT the device is attached to, paging or nested.

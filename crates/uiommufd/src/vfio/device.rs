@@ -423,8 +423,8 @@ impl DeviceBus {
             .read()
             .clone()
             .ok_or(DmaFault::Blocked { iova })?;
-        let hwpt = dev.hwpt().ok_or(DmaFault::Blocked { iova })?;
-        let d = hwpt.domain().clone();
+        // a nested HWPT's two-stage domain, or a paging HWPT's
+        let d = dev.dma_domain().ok_or(DmaFault::Blocked { iova })?;
         Ok((dev, d))
     }
 

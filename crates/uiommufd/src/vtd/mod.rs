@@ -58,11 +58,13 @@
 mod domain;
 pub mod driver;
 mod iotlb;
+pub mod nested;
 mod slab;
 
 pub use domain::{VtdDomain, VTD_PGSIZES};
 pub use driver::VtdDriver;
 pub use iotlb::{Iotlb, IOTLB_DEFAULT_SLOTS};
+pub use nested::VtdNestedDomain;
 
 /// Read permission.
 pub const PTE_R: u64 = 1 << 0;
