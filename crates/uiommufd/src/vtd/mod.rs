@@ -60,11 +60,15 @@ pub mod driver;
 mod iotlb;
 pub mod nested;
 mod slab;
+#[cfg(feature = "vm-memory")]
+pub mod vm_iommu;
 
 pub use domain::{VtdDomain, VTD_PGSIZES};
 pub use driver::VtdDriver;
 pub use iotlb::{Iotlb, IOTLB_DEFAULT_SLOTS};
 pub use nested::VtdNestedDomain;
+#[cfg(feature = "vm-memory")]
+pub use vm_iommu::{HostRegion, VtdIommu};
 
 /// Read permission.
 pub const PTE_R: u64 = 1 << 0;
