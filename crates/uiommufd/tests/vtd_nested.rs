@@ -204,10 +204,30 @@ impl Setup {
         unsafe { std::ptr::write_volatile((self.host(gpa(table)) + idx * 8) as *mut u64, v) }
     }
 
-    fn page(&self, page: u64) -> &mut [u8] {
-        // SAFETY: one page of our buffer; the test is the only writer
-        // apart from the device's DMA, which it waits for.
-        unsafe { std::slice::from_raw_parts_mut(self.host(gpa(page)) as *mut u8, 4096) }
+    /// `len` bytes at `off` of guest page `page`.
+    fn read(&self, page: u64, off: u64, len: usize) -> Vec<u8> {
+        let mut v = vec![0u8; len];
+        // SAFETY: inside our mapped buffer (the callers stay in a page).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                (self.host(gpa(page)) + off) as *const u8,
+                v.as_mut_ptr(),
+                len,
+            )
+        };
+        v
+    }
+
+    /// Write `data` at `off` of guest page `page`.
+    fn write(&self, page: u64, off: u64, data: &[u8]) {
+        // SAFETY: inside our mapped buffer (the callers stay in a page).
+        unsafe {
+            std::ptr::copy_nonoverlapping(
+                data.as_ptr(),
+                (self.host(gpa(page)) + off) as *mut u8,
+                data.len(),
+            )
+        };
     }
 
     /// PML4[0] → PDPT, PDPT[1] → PD, PD[0] → PT (IOVA 0x4000_0000..+2 MiB).
@@ -362,14 +382,14 @@ fn vtd_nested_flow_through_both_stages() {
     // a device write lands where the two stages say
     let bus = s.model.bus();
     bus.dma_write(IOVA + 0x10, b"through both stages").unwrap();
-    assert_eq!(&s.page(4)[0x10..0x10 + 19], b"through both stages");
+    assert_eq!(&s.read(4, 0x10, 19)[..], b"through both stages");
     // A in every level, D in the leaf written
     for (t, i) in [(PML4, 0), (PDPT, 1), (PD, 0)] {
         assert_ne!(s.entry(t, i) & fl::A, 0, "A in table {t} entry {i}");
     }
     assert_eq!(s.entry(PT, 0) & (fl::A | fl::D), fl::A | fl::D);
     // a read sets A only
-    s.page(5)[..4].copy_from_slice(b"ro!!");
+    s.write(5, 0, b"ro!!");
     let mut b = [0u8; 4];
     bus.dma_read(IOVA + 4096, &mut b).unwrap();
     assert_eq!(&b, b"ro!!");
@@ -382,7 +402,7 @@ fn vtd_nested_flow_through_both_stages() {
             write: true
         })
     );
-    assert_eq!(&s.page(5)[..4], b"ro!!");
+    assert_eq!(&s.read(5, 0, 4)[..], b"ro!!");
     // not present in the first stage
     assert!(matches!(
         bus.dma_read(IOVA + 2 * 4096, &mut b),
@@ -391,7 +411,7 @@ fn vtd_nested_flow_through_both_stages() {
 
     // the table is edited: IOVA page 0 now → guest page 6. The cached
     // translation survives until HWPT_INVALIDATE, as on hardware.
-    s.page(6)[..8].copy_from_slice(b"new page");
+    s.write(6, 0, b"new page");
     s.set_entry(PT, 0, gpa(6) | US_RW);
     let mut r = [0u8; 8];
     bus.dma_read(IOVA, &mut r).unwrap();
@@ -410,7 +430,7 @@ fn vtd_nested_flow_through_both_stages() {
     // the second stage is the parent's: unmapping a guest page from the
     // IOAS faults the device at once, with no first-stage invalidation
     let last = PAGES - 1;
-    s.page(last)[..4].copy_from_slice(b"last");
+    s.write(last, 0, b"last");
     s.set_entry(PT, 5, gpa(last) | US_RW);
     let mut l = [0u8; 4];
     bus.dma_read(IOVA + 5 * 4096, &mut l).unwrap();
@@ -488,7 +508,7 @@ fn vtd_nested_fault_queue_round_trip() {
     };
     assert_eq!(files::write(ffd, r.as_bytes()).unwrap().unwrap(), 8);
     bus.dma_write(at, b"retry me").unwrap();
-    assert_eq!(&s.page(8)[0x24..0x2c], b"retry me");
+    assert_eq!(&s.read(8, 0x24, 8)[..], b"retry me");
 
     // a permission fault (user request to a supervisor page) is reported too
     s.set_entry(PT, 4, gpa(9) | fl::P | fl::RW);
@@ -591,7 +611,8 @@ fn vtd_s1_invalidate_errnos_and_entry_num() {
     let ok = inv(0x1000, 1, 0, 0);
     let t = IOMMU_HWPT_INVALIDATE_DATA_VTD_S1;
     // (entries, data type, entry_len) → (errno, entry_num written back)
-    let table: Vec<(Vec<IommuHwptVtdS1Invalidate>, u32, u32, (i32, u32))> = vec![
+    type Row = (Vec<IommuHwptVtdS1Invalidate>, u32, u32, (i32, u32));
+    let table: Vec<Row> = vec![
         (vec![ok, ok], t, 24, (0, 2)),
         (vec![inv(0, u64::MAX, 0, 0)], t, 24, (0, 1)),
         (
