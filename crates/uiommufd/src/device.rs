@@ -12,10 +12,13 @@
 //! device holds an `Arc` of it, so the device ID cannot be destroyed by
 //! `IOMMU_DESTROY` (`EBUSY`) — the driver unbinds it.
 //!
-//! A device attaches to a paging HWPT or to a nested HWPT; in the latter
-//! case its DMA goes through the nested HWPT's parent (the stage-2 mapping
-//! of the IOAS: [`Device::hwpt`]), and, when the nested HWPT has a fault
-//! queue, its page requests ([`Device::report_fault`]) are delivered there.
+//! A device attaches to a paging HWPT or to a nested HWPT. Its DMA goes
+//! through [`Device::dma_domain`]: a paging HWPT's domain; for a nested
+//! HWPT, the driver's two-stage domain when it has one (the VT-d driver's
+//! first-stage walk through the parent: [`crate::vtd::nested`]), else the
+//! parent's stage-2 mapping of the IOAS ([`Device::hwpt`], the mock's
+//! nested domains). When the nested HWPT has a fault queue, the device's
+//! page requests ([`Device::report_fault`]) are delivered there.
 //! Each attachment has its own handle: when the device leaves a
 //! fault-capable HWPT, the faults raised through that attachment are
 //! answered `INVALID` (see [`crate::fault`]).
