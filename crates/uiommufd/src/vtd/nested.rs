@@ -701,10 +701,10 @@ mod tests {
         let n = nested(&p, 57);
         let iova = (1u64 << 48) | (2 << 39) | (3 << 30);
         m.set(0, 1, 4096 | URW);
-        m.set(1, 2, 2 * 4096 | URW);
-        m.set(2, 3, 3 * 4096 | URW);
-        m.set(3, 0, 4 * 4096 | URW);
-        m.set(4, 0, 10 * 4096 | URW);
+        m.set(1, 2, (2 * 4096) | URW);
+        m.set(2, 3, (3 * 4096) | URW);
+        m.set(3, 0, (4 * 4096) | URW);
+        m.set(4, 0, (10 * 4096) | URW);
         let (h, len) = n.translate(iova + 8, 100, true).unwrap();
         assert_eq!((h, len), (m.host(10) + 8, 100));
         assert_eq!(m.get(4, 0) & (fl::A | fl::D), fl::A | fl::D);
@@ -717,7 +717,7 @@ mod tests {
         );
         // an upper-half canonical address indexes with bits 47:12
         let hi = 0xffff_8000_0000_0000u64;
-        m.set(20, 256, 21 * 4096 | URW);
+        m.set(20, 256, (21 * 4096) | URW);
         let n4 = VtdNestedDomain::new(
             p.clone(),
             IommuHwptVtdS1 {
@@ -727,14 +727,14 @@ mod tests {
                 __reserved: 0,
             },
         );
-        m.set(21, 0, 22 * 4096 | URW);
+        m.set(21, 0, (22 * 4096) | URW);
         // a 2 MiB leaf at level 2 (its output aligned down to 2 MiB)
         m.set(22, 0, (1 << 21) | 0x1000 | URW | fl::PS);
         p.map(1 << 21, m.host(30), 4096, Prot::RW, 4096).unwrap();
         let (h, len) = n4.translate(hi + 0x10, 0x10_0000, false).unwrap();
         assert_eq!((h, len), (m.host(30) + 0x10, 4096 - 0x10));
         // PS at level 4 is reserved
-        m.set(20, 257, 23 * 4096 | URW | fl::PS);
+        m.set(20, 257, (23 * 4096) | URW | fl::PS);
         assert!(matches!(
             n4.translate(hi | (1 << 39), 1, false),
             Err(Fault::NotPresent { .. })
@@ -753,10 +753,10 @@ mod tests {
         let p = parent(&m);
         let n = nested(&p, 48);
         m.set(0, 0, 4096 | URW);
-        m.set(1, 0, 2 * 4096 | URW);
-        m.set(2, 0, 3 * 4096 | URW);
-        m.set(3, 0, 10 * 4096 | URW);
-        m.set(3, 1, 11 * 4096 | fl::P | fl::US);
+        m.set(1, 0, (2 * 4096) | URW);
+        m.set(2, 0, (3 * 4096) | URW);
+        m.set(3, 0, (10 * 4096) | URW);
+        m.set(3, 1, (11 * 4096) | fl::P | fl::US);
         assert_eq!(n.translate(0, 8, false).unwrap().0, m.host(10));
         assert_eq!(m.get(3, 0) & (fl::A | fl::D), fl::A);
         let w = n.walks();
@@ -769,8 +769,8 @@ mod tests {
         assert_eq!(n.walks(), w + 1);
         // edits are not seen until the range is flushed
         assert_eq!(n.translate(4096, 1, false).unwrap().0, m.host(11));
-        m.set(3, 0, 12 * 4096 | URW);
-        m.set(3, 1, 13 * 4096 | URW);
+        m.set(3, 0, (12 * 4096) | URW);
+        m.set(3, 1, (13 * 4096) | URW);
         assert_eq!(n.translate(4096, 1, false).unwrap().0, m.host(11));
         assert_eq!(
             n.translate(4096, 1, true),
@@ -787,7 +787,7 @@ mod tests {
         n.flush_range(0, u64::MAX);
         assert_eq!(n.translate(0, 8, false).unwrap().0, m.host(12));
         // Domain::iova_to_phys writes nothing
-        m.set(3, 2, 14 * 4096 | URW);
+        m.set(3, 2, (14 * 4096) | URW);
         assert_eq!(
             Domain::iova_to_phys(&*n, 2 * 4096 + 5),
             Some(m.host(14) + 5)
