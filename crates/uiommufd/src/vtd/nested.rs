@@ -32,11 +32,15 @@
 //! leaf whose D was not yet set walks again to set it.
 //!
 //! **Lifetime.** The host address of a table entry is valid while the
-//! parent maps its page (the IOAS keeps it pinned). The compare-exchange
-//! that writes A/D back is done in place, after a fault-safe read of the
-//! same entry succeeded; a program that unmaps memory it mapped into the
-//! IOAS while a device walks a table in it is outside what the engine
-//! guards against (the fault-safe copies cover every other access).
+//! parent maps its page (the IOAS keeps it pinned). Table entries are read
+//! with the fault-safe copy (memory the program unmapped or protected is a
+//! [`Fault::Host`]). The compare-exchange that writes A/D back is done in
+//! place (hardware's locked update; no fault-safe atomic exists here),
+//! after the fault-safe read of the same entry and a probe that the page
+//! is writable (`MADV_POPULATE_WRITE`, paid only when a bit must be set):
+//! only a program that unmaps or write-protects a table page between that
+//! probe and the store — memory it mapped into the IOAS, while a device
+//! walks it — is outside what the engine guards against.
 
 use std::any::Any;
 use std::mem::offset_of;
@@ -277,7 +281,7 @@ impl VtdNestedDomain {
                 let mut b = [0u8; 8];
                 SelfMemory
                     .read(host, &mut b)
-                    .map_err(|_| Fault::NotPresent { iova })?;
+                    .map_err(|_| Fault::Host { iova })?;
                 let v = u64::from_ne_bytes(b);
                 if v & fl::P == 0 {
                     return Err(Fault::NotPresent { iova });
@@ -302,9 +306,15 @@ impl VtdNestedDomain {
                 }
                 if update && want != v {
                     let wh = self.entry_host(iova, gpa, true, write)?;
+                    // writable in the process too (the program may have
+                    // protected memory it mapped writable in the IOAS)
+                    SelfMemory
+                        .probe_write(wh, 8)
+                        .map_err(|_| Fault::Host { iova })?;
                     // SAFETY: `wh` is 8-aligned (a table entry in a page
-                    // the parent maps) and was just read fault-safely;
-                    // see the module docs for the residual window.
+                    // the parent maps), was just read fault-safely and
+                    // probed writable; see the module docs for the
+                    // residual window.
                     let e = unsafe { &*(wh as usize as *const AtomicU64) };
                     if e.compare_exchange(v, want, Ordering::SeqCst, Ordering::SeqCst)
                         .is_err()
@@ -793,6 +803,37 @@ mod tests {
             Some(m.host(14) + 5)
         );
         assert_eq!(m.get(3, 2) & fl::A, 0);
+    }
+
+    #[test]
+    fn protected_or_unmapped_table_pages_are_host_faults() {
+        let m = Mem::new();
+        let p = parent(&m);
+        let n = nested(&p, 48);
+        m.set(0, 0, 4096 | URW);
+        m.set(1, 0, (2 * 4096) | URW);
+        m.set(2, 0, (3 * 4096) | URW);
+        m.set(3, 0, (10 * 4096) | URW);
+        // the PT page write-protected in the process: A cannot be set
+        let protect = |page: u64, prot: i32| {
+            // SAFETY: one page of our own mapping.
+            let rc = unsafe { libc::mprotect(m.host(page) as *mut libc::c_void, 4096, prot) };
+            assert_eq!(rc, 0);
+        };
+        protect(3, libc::PROT_READ);
+        assert_eq!(n.translate(0, 1, false), Err(Fault::Host { iova: 0 }));
+        // once A is set no write to the table is needed
+        protect(3, libc::PROT_READ | libc::PROT_WRITE);
+        m.set(3, 0, (10 * 4096) | URW | fl::A);
+        protect(3, libc::PROT_READ);
+        assert_eq!(n.translate(0, 1, false).unwrap().0, m.host(10));
+        // an unmapped table page (Mem's munmap of the whole range
+        // tolerates the hole)
+        // SAFETY: one page of our own mapping.
+        let rc = unsafe { libc::munmap(m.host(2) as *mut libc::c_void, 4096) };
+        assert_eq!(rc, 0);
+        n.flush_range(0, u64::MAX);
+        assert_eq!(n.translate(0, 1, false), Err(Fault::Host { iova: 0 }));
     }
 
     /// A reference walk, written from the rules, over the same memory and
