@@ -4,10 +4,12 @@
 # `uiommufd run --device dma-engine,... -- PROGRAM`:
 #   - rust-vmm's vfio-ioctls crate (tests/clients/vfio-ioctls): legacy
 #     group + container and iommufd cdev; map, COPY/FILL descriptors, MSI-X,
-#     a DMA fault as a device error;
+#     INTx, a DMA fault as a device error, DMA logging, migration v2 to a
+#     second device;
 #   - QEMU 7.2 (bookworm) and QEMU 10.0 (trixie chroot), TCG, no guest OS
 #     (tests/clients/qemu/test_qemu.py): vfio-pci realize (legacy and
-#     iommufd), BAR0 MMIO, traffic records in guest memory.
+#     iommufd, one and two devices), BAR0 MMIO, traffic records in guest
+#     memory, system_reset (live migration: run-migration.sh).
 # Builds what it needs (release CLI + preload, the vfio-ioctls client),
 # installs the QEMUs (tests/clients/install-qemu.sh; cached), runs every
 # case, prints the wall time of each part, exits non-zero on any failure.
@@ -20,7 +22,8 @@ cd "$REPO_ROOT"
 BIN=$REPO_ROOT/target/release
 CLIENT_TARGET=$REPO_ROOT/target/clients
 CLIENT=$CLIENT_TARGET/release/uiommufd-vfio-ioctls-client
-ADDR=0000:f0:00.0
+ADDR=0000:f0:00.0 # the registry's default addresses of the first two devices
+PEER=0000:f0:01.0
 
 passed=0
 failed=0
@@ -50,17 +53,18 @@ part "build (release uiommufd + preload)" \
 part "build (vfio-ioctls client)" \
     bash -c "cd tests/clients/vfio-ioctls && nice -n 10 cargo build --release --locked --target-dir '$CLIENT_TARGET'" || exit 1
 
-# One vfio-ioctls case: a fresh sysfs root, a timeout, the client's own
-# PASS/FAIL line.
+# One vfio-ioctls case: a fresh sysfs root, two devices (the second is the
+# migration peer), a timeout, the client's own PASS/FAIL line. @SYSFS@ in
+# the paths is the sysfs root.
 vfio_ioctls_case() {
-    local name=$1 sysfs_arg=$2
-    shift 2
+    local name=$1 sysfs_arg=$2 peer_arg=$3
+    shift 3
     local dir rc t0=$SECONDS
     dir=$(mktemp -d /tmp/uiommufd-clients.XXXXXX)
-    local path=${sysfs_arg//@SYSFS@/$dir/sysfs}
+    local path=${sysfs_arg//@SYSFS@/$dir/sysfs} peer=${peer_arg//@SYSFS@/$dir/sysfs}
     UIOMMUFD_SYSFS=$dir/sysfs UIOMMUFD_LOG=${UIOMMUFD_LOG:-debug} \
-        timeout 60 "$BIN/uiommufd" run --device dma-engine -- "$CLIENT" "$@" "$path" \
-        >"$dir/out" 2>"$dir/err"
+        timeout 60 "$BIN/uiommufd" run --device dma-engine --device dma-engine -- \
+        "$CLIENT" "$@" --peer "$peer" "$path" >"$dir/out" 2>"$dir/err"
     rc=$?
     if [ "$rc" = 0 ] && grep -q '^PASS' "$dir/out"; then
         passed=$((passed + 1))
@@ -79,10 +83,14 @@ vfio_ioctls_case() {
 
 vfio_ioctls_all() {
     local before=$failed
-    vfio_ioctls_case "vfio-ioctls container (sysfs dir)" "@SYSFS@/devices/$ADDR"
-    vfio_ioctls_case "vfio-ioctls container (/sys/bus/pci)" "/sys/bus/pci/devices/$ADDR"
-    vfio_ioctls_case "vfio-ioctls iommufd cdev (sysfs dir)" "@SYSFS@/devices/$ADDR" --iommufd
-    vfio_ioctls_case "vfio-ioctls iommufd cdev (/sys/bus/pci)" "/sys/bus/pci/devices/$ADDR" --iommufd
+    vfio_ioctls_case "vfio-ioctls container (sysfs dir)" \
+        "@SYSFS@/devices/$ADDR" "@SYSFS@/devices/$PEER"
+    vfio_ioctls_case "vfio-ioctls container (/sys/bus/pci)" \
+        "/sys/bus/pci/devices/$ADDR" "/sys/bus/pci/devices/$PEER"
+    vfio_ioctls_case "vfio-ioctls iommufd cdev (sysfs dir)" \
+        "@SYSFS@/devices/$ADDR" "@SYSFS@/devices/$PEER" --iommufd
+    vfio_ioctls_case "vfio-ioctls iommufd cdev (/sys/bus/pci)" \
+        "/sys/bus/pci/devices/$ADDR" "/sys/bus/pci/devices/$PEER" --iommufd
     [ "$failed" = "$before" ]
 }
 part vfio-ioctls vfio_ioctls_all

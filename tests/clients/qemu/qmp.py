@@ -8,6 +8,7 @@ failure raises `QemuError` with the tail of QEMU's stderr so that a failed
 test says why.
 """
 
+import contextlib
 import json
 import os
 import re
@@ -245,16 +246,41 @@ class Qemu:
             raise QemuError("%s: i /%s 0x%x printed %r" % (self.name, size, port, text))
         return int(m.group(1), 16)
 
+    @contextlib.contextmanager
+    def paused(self):
+        """Pause the vCPUs for the block (QMP stop/cont) if they run.
+
+        The 0xcf8 address latch is shared with the guest: SeaBIOS may be
+        between its own 0xcf8 write and 0xcfc access while the monitor
+        does the same, so config-space accesses from the monitor are made
+        with the vCPUs paused (and the latch restored)."""
+        running = self.execute("query-status").get("running")
+        if running:
+            self.execute("stop")
+        try:
+            yield
+        finally:
+            if running:
+                self.execute("cont")
+
+    def _config(self, bus, slot, fn, reg, op):
+        with self.paused():
+            saved = self.inp(0xCF8, "w")
+            self.outp(0xCF8, _cf8(bus, slot, fn, reg), "w")
+            try:
+                return op(0xCFC + (reg & 3))
+            finally:
+                self.outp(0xCF8, saved, "w")
+
     def pci_config_read(self, bus, slot, fn, reg, size="w"):
         """Read a config register through the legacy 0xcf8/0xcfc mechanism
-        (what a guest does; QEMU forwards it to the device like any other)."""
-        self.outp(0xCF8, _cf8(bus, slot, fn, reg), "w")
-        return self.inp(0xCFC + (reg & 3), size)
+        (what a guest does; QEMU forwards it to the device like any other),
+        with the vCPUs paused."""
+        return self._config(bus, slot, fn, reg, lambda port: self.inp(port, size))
 
     def pci_config_write(self, bus, slot, fn, reg, value, size="w"):
-        """Write a config register through 0xcf8/0xcfc."""
-        self.outp(0xCF8, _cf8(bus, slot, fn, reg), "w")
-        self.outp(0xCFC + (reg & 3), value, size)
+        """Write a config register through 0xcf8/0xcfc, vCPUs paused."""
+        self._config(bus, slot, fn, reg, lambda port: self.outp(port, value, size))
 
     def pmemsave(self, addr, size, name):
         """Save guest-physical memory to `name` in the work directory and

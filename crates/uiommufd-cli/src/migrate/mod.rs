@@ -233,6 +233,10 @@ pub fn migrate(args: Args) -> Result<(), String> {
                 s.set_timeouts();
                 source::run(s, &args.opts)
             });
+            if r.is_err() {
+                // It may still be waiting for a connection: never wait for it.
+                let _ = child.kill();
+            }
             let status = child.wait().map_err(|e| e.to_string());
             let _ = std::fs::remove_dir_all(&dir);
             let report = r?;

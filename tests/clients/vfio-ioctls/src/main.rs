@@ -4,8 +4,9 @@
 //! group + container, or the iommufd cdev), map memory for its DMA, ring
 //! the device and check what it did.
 //!
-//! Run it under `uiommufd run --device dma-engine -- uiommufd-vfio-ioctls-client
-//! [--iommufd] [SYSFS_DIR]` (default `/sys/bus/pci/devices/0000:f0:00.0`).
+//! Run it under `uiommufd run --device dma-engine [--device dma-engine] --
+//! uiommufd-vfio-ioctls-client [--iommufd] [--peer SYSFS_DIR] [SYSFS_DIR]`
+//! (default `/sys/bus/pci/devices/0000:f0:00.0`).
 //!
 //! Checks, in order (register map: docs/devices/dma-engine.md):
 //! 1. memory decoding on through the config region; identity registers
@@ -17,7 +18,15 @@
 //! 3. a COPY from an unmapped IOVA: the descriptor fails with
 //!    `NOT_PRESENT`, `ERROR_CODE`/`ERROR_ADDR` say where, the ERROR vector
 //!    fires, and the ring goes on (a later COPY succeeds);
-//! 4. `vfio_dma_unmap`, device reset, and orderly teardown.
+//! 4. INTx through an eventfd (`enable_irq`): it auto-masks after firing,
+//!    an interrupt while masked is held until `unmask_irq`;
+//! 5. DMA logging (`start_dma_logging`/`report_dma_logging`): exactly the
+//!    pages a COPY and its status write-back touched, reported once;
+//! 6. with `--peer SYSFS_DIR` (a second declared device): migration v2
+//!    (`set_migration_state`, the data fds) from the device to the peer,
+//!    whose registers then match and which processes the next descriptor of
+//!    the same ring;
+//! 7. `vfio_dma_unmap`, device reset, and orderly teardown.
 //!
 //! Prints each step; exits 1 with a reason at the first failed check.
 
@@ -26,7 +35,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use iommufd_ioctls::IommuFd;
-use vfio_ioctls::{VfioContainer, VfioDevice, VfioIommufd, VfioOps};
+use vfio_ioctls::{DmaLoggingRange, VfioContainer, VfioDevice, VfioIommufd, VfioOps};
 use vmm_sys_util::eventfd::{EventFd, EFD_NONBLOCK};
 
 // docs/devices/dma-engine.md, map version 1.0
@@ -59,8 +68,16 @@ const DESC_OK: u16 = 0x0001;
 const ERR_NOT_PRESENT: u32 = 1;
 const WHERE_COPY_SRC: u32 = 2;
 
+// include/uapi/linux/vfio.h: migration flags and v2 device states
+const VFIO_MIGRATION_STOP_COPY: u64 = 1;
+const MIG_STOP: u32 = 1;
+const MIG_RUNNING: u32 = 2;
+const MIG_STOP_COPY: u32 = 3;
+const MIG_RESUMING: u32 = 4;
+
 const BAR0: u32 = 0;
 const CONFIG: u32 = 7; // VFIO_PCI_CONFIG_REGION_INDEX
+const INTX: u32 = 0; // VFIO_PCI_INTX_IRQ_INDEX
 const MSIX: u32 = 2; // VFIO_PCI_MSIX_IRQ_INDEX
 
 // The DMA buffer and its layout (offsets from IOVA_BASE).
@@ -259,7 +276,7 @@ fn wait_status(buf: &DmaBuf, off: usize, timeout: Duration) -> Res<u16> {
     }
 }
 
-fn run(iommufd: bool, sysfs: PathBuf) -> Res<()> {
+fn run(iommufd: bool, sysfs: PathBuf, peer: Option<PathBuf>) -> Res<()> {
     let t0 = Instant::now();
     // 0. open: the way a VMM does it with vfio-ioctls
     let backend = if iommufd {
@@ -481,11 +498,181 @@ fn run(iommufd: bool, sysfs: PathBuf) -> Res<()> {
     );
     println!("ring continues after the fault: COPY ok, COMPLETED 4");
 
-    // 4. teardown
-    d.wr32(CONTROL, 0);
+    // 4. INTx instead of MSI-X: auto-masked after it fires, the next one
+    // held pending until ACTION_UNMASK (vfio-pci's semantics).
     d.dev
         .disable_msix()
         .map_err(|e| format!("disable_msix: {e}"))?;
+    let intx = EventFd::new(EFD_NONBLOCK).map_err(|e| format!("eventfd: {e}"))?;
+    d.dev
+        .enable_irq(INTX, vec![&intx])
+        .map_err(|e| format!("enable_irq(INTx): {e}"))?;
+    let fill = |i: usize| descriptor(OP_FILL, FLAG_INTERRUPT, 64, 0, iova(FILL_OFF), i as u64);
+    buf.write(desc_off(4), &fill(4));
+    d.wr32(RING_TAIL, 5);
+    wait_irq(&intx, "INTx", Duration::from_secs(10))?;
+    buf.write(desc_off(5), &fill(5));
+    d.wr32(RING_TAIL, 6);
+    let s5 = wait_status(&buf, desc_off(5), Duration::from_secs(10))?;
+    ensure!(s5 == DESC_OK, "FILL under a masked INTx: status 0x{s5:04x}");
+    std::thread::sleep(Duration::from_millis(50));
+    ensure!(
+        intx.read().is_err(),
+        "INTx fired again before it was unmasked"
+    );
+    d.wr32(INT_CAUSE, CAUSE_COMPLETION);
+    d.dev
+        .unmask_irq(INTX)
+        .map_err(|e| format!("unmask_irq(INTx): {e}"))?;
+    wait_irq(
+        &intx,
+        "INTx held while masked, at unmask",
+        Duration::from_secs(10),
+    )?;
+    d.dev
+        .disable_irq(INTX)
+        .map_err(|e| format!("disable_irq(INTx): {e}"))?;
+    println!("INTx: fired, auto-masked, the next one delivered at unmask");
+
+    // 5. dirty page logging (VFIO_DEVICE_FEATURE DMA_LOGGING_*): exactly
+    // the pages the device wrote are reported, once.
+    let page = 4096u64;
+    let range = DmaLoggingRange {
+        iova: IOVA_BASE,
+        length: BUF_SIZE as u64,
+    };
+    let pg = d
+        .dev
+        .start_dma_logging(page, &[range])
+        .map_err(|e| format!("start_dma_logging: {e}"))?;
+    ensure!(pg == page, "DMA logging page size {pg}, asked {page}");
+    let logged_dst = DST_OFF + 0x3000;
+    buf.write(
+        desc_off(6),
+        &descriptor(OP_COPY, 0, 0x2000, iova(SRC_OFF), iova(logged_dst), 0),
+    );
+    d.wr32(RING_TAIL, 7);
+    let s6 = wait_status(&buf, desc_off(6), Duration::from_secs(10))?;
+    ensure!(s6 == DESC_OK, "COPY under DMA logging: status 0x{s6:04x}");
+    let dirty = |bm: &[u64]| -> Vec<u64> {
+        (0..BUF_SIZE as u64 / page)
+            .filter(|p| bm[(p / 64) as usize] >> (p % 64) & 1 == 1)
+            .collect()
+    };
+    let report = |what: &str| {
+        d.dev
+            .report_dma_logging(range, page)
+            .map(|bm| dirty(&bm))
+            .map_err(|e| format!("report_dma_logging ({what}): {e}"))
+    };
+    let got = report("first")?;
+    // the descriptor's status (ring page) and the COPY's two destination pages
+    let want = vec![
+        (RING_OFF as u64) / page,
+        logged_dst as u64 / page,
+        logged_dst as u64 / page + 1,
+    ];
+    ensure!(
+        got == want,
+        "DMA logging reported pages {got:x?} (offsets from the IOVA base, in pages), expected {want:x?}"
+    );
+    let again = report("second")?;
+    ensure!(
+        again.is_empty(),
+        "a second report without DMA still has pages {again:x?}"
+    );
+    d.dev
+        .stop_dma_logging()
+        .map_err(|e| format!("stop_dma_logging: {e}"))?;
+    println!("DMA logging: exactly the 3 pages written reported ({got:x?}), then none");
+
+    // 6. migration v2 to a second device of the same process: dev0 stops,
+    // its state goes through the data fds, the peer resumes it and goes on
+    // with the ring where dev0 left it.
+    if let Some(peer) = peer {
+        let mig = d
+            .dev
+            .query_migration_support()
+            .map_err(|e| format!("query_migration_support: {e}"))?;
+        ensure!(
+            mig.is_some_and(|f| f & VFIO_MIGRATION_STOP_COPY != 0),
+            "migration flags {mig:x?}: no STOP_COPY"
+        );
+        d.wr32(SCRATCH, 0x5ca7_c4ed);
+        let regs = [
+            SCRATCH, INT_ENABLE, RING_SIZE, RING_HEAD, RING_TAIL, COMPLETED, CONTROL,
+        ];
+        let set = |dev: &VfioDevice, st: u32, what: &str| {
+            dev.set_migration_state(st)
+                .map_err(|e| format!("set_migration_state({what}): {e}"))
+        };
+        set(&d.dev, MIG_STOP, "source STOP")?;
+        let before: Vec<u32> = regs.iter().map(|&r| d.rd32(r)).collect();
+        set(&d.dev, MIG_STOP_COPY, "source STOP_COPY")?;
+        let data = d
+            .dev
+            .read_migration_data_to_end()
+            .map_err(|e| format!("read_migration_data_to_end: {e}"))?;
+        ensure!(!data.is_empty(), "the source device saved no state");
+        set(&d.dev, MIG_STOP, "source STOP after STOP_COPY")?;
+
+        let p = Dev {
+            dev: VfioDevice::new(&peer, backend.ops(), iommufd)
+                .map_err(|e| format!("VfioDevice::new({}): {e}", peer.display()))?,
+        };
+        p.set_config_command(p.config_command() | 0x6);
+        set(&p.dev, MIG_STOP, "peer STOP")?;
+        set(&p.dev, MIG_RESUMING, "peer RESUMING")?;
+        p.dev
+            .write_migration_data(&data)
+            .map_err(|e| format!("write_migration_data ({} bytes): {e}", data.len()))?;
+        set(&p.dev, MIG_STOP, "peer STOP after RESUMING")?;
+        set(&p.dev, MIG_RUNNING, "peer RUNNING")?;
+        let after: Vec<u32> = regs.iter().map(|&r| p.rd32(r)).collect();
+        ensure!(
+            after == before && p.rd64(RING_BASE) == d.rd64(RING_BASE),
+            "peer registers after resuming {after:x?}, source's {before:x?} (SCRATCH INT_ENABLE RING_SIZE HEAD TAIL COMPLETED CONTROL)"
+        );
+        // The peer processes the next descriptor of the same ring.
+        buf.write(SMALL_OFF + 0x200, b"migrated ring");
+        buf.write(
+            desc_off(7),
+            &descriptor(
+                OP_COPY,
+                0,
+                13,
+                iova(SMALL_OFF + 0x200),
+                iova(SMALL_OFF + 0x300),
+                0,
+            ),
+        );
+        p.wr32(RING_TAIL, 8);
+        let s7 = wait_status(&buf, desc_off(7), Duration::from_secs(10))?;
+        ensure!(
+            s7 == DESC_OK && buf.read(SMALL_OFF + 0x300, 13) == b"migrated ring",
+            "COPY on the resumed peer: status 0x{s7:04x}"
+        );
+        ensure!(
+            p.rd32(COMPLETED) == before[5] + 1 && d.rd32(COMPLETED) == before[5],
+            "COMPLETED: peer {} source {} (was {})",
+            p.rd32(COMPLETED),
+            d.rd32(COMPLETED),
+            before[5]
+        );
+        p.wr32(CONTROL, 0);
+        drop(p);
+        set(&d.dev, MIG_RUNNING, "source back to RUNNING")?;
+        println!(
+            "migration v2: {} bytes of state from {} to {}; the peer resumed the ring (COMPLETED {})",
+            data.len(),
+            sysfs.display(),
+            peer.display(),
+            before[5] + 1
+        );
+    }
+
+    // 7. teardown
+    d.wr32(CONTROL, 0);
     backend
         .unmap(IOVA_BASE, BUF_SIZE)
         .map_err(|e| format!("vfio_dma_unmap: {e}"))?;
@@ -526,18 +713,23 @@ fn main() {
     let _ = log::set_logger(&LOGGER).map(|()| log::set_max_level(log::LevelFilter::Warn));
     let mut iommufd = false;
     let mut sysfs = PathBuf::from("/sys/bus/pci/devices/0000:f0:00.0");
-    for a in std::env::args().skip(1) {
+    let mut peer = None;
+    let mut args = std::env::args().skip(1);
+    while let Some(a) = args.next() {
         match a.as_str() {
             "--iommufd" => iommufd = true,
+            "--peer" => peer = args.next().map(PathBuf::from),
             "-h" | "--help" => {
-                println!("usage: uiommufd-vfio-ioctls-client [--iommufd] [SYSFS_DIR]");
+                println!(
+                    "usage: uiommufd-vfio-ioctls-client [--iommufd] [--peer SYSFS_DIR] [SYSFS_DIR]"
+                );
                 return;
             }
             _ => sysfs = PathBuf::from(a),
         }
     }
     let mode = if iommufd { "iommufd" } else { "container" };
-    match run(iommufd, sysfs) {
+    match run(iommufd, sysfs, peer) {
         Ok(()) => println!("PASS vfio-ioctls {mode}"),
         Err(e) => {
             println!("FAIL vfio-ioctls {mode}: {e}");
