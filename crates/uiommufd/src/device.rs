@@ -12,10 +12,13 @@
 //! device holds an `Arc` of it, so the device ID cannot be destroyed by
 //! `IOMMU_DESTROY` (`EBUSY`) — the driver unbinds it.
 //!
-//! A device attaches to a paging HWPT or to a nested HWPT; in the latter
-//! case its DMA goes through the nested HWPT's parent (the stage-2 mapping
-//! of the IOAS: [`Device::hwpt`]), and, when the nested HWPT has a fault
-//! queue, its page requests ([`Device::report_fault`]) are delivered there.
+//! A device attaches to a paging HWPT or to a nested HWPT. Its DMA goes
+//! through [`Device::dma_domain`]: a paging HWPT's domain; for a nested
+//! HWPT, the driver's two-stage domain when it has one (the VT-d driver's
+//! first-stage walk through the parent: [`crate::vtd::nested`]), else the
+//! parent's stage-2 mapping of the IOAS ([`Device::hwpt`], the mock's
+//! nested domains). When the nested HWPT has a fault queue, the device's
+//! page requests ([`Device::report_fault`]) are delivered there.
 //! Each attachment has its own handle: when the device leaves a
 //! fault-capable HWPT, the faults raised through that attachment are
 //! answered `INVALID` (see [`crate::fault`]).
@@ -47,7 +50,7 @@ pub trait NestingOps {
     /// the `IOMMU_HWPT_ALLOC_*` flags left once the core took its own.
     fn alloc_nested_domain(
         &self,
-        parent: &dyn Domain,
+        parent: &Arc<dyn Domain>,
         flags: u32,
         data: &UserData<'_>,
     ) -> Result<Arc<dyn NestedDomain>>;
@@ -116,6 +119,18 @@ impl HwptRef {
         match self {
             HwptRef::Paging(h) => h,
             HwptRef::Nested(n) => n.parent(),
+        }
+    }
+    /// The domain a device attached here does DMA through: a paging HWPT's
+    /// domain; for a nested HWPT its driver's two-stage domain
+    /// ([`NestedDomain::dma_domain`]) when it has one, else the parent's.
+    pub fn dma_domain(&self) -> Arc<dyn Domain> {
+        match self {
+            HwptRef::Paging(h) => h.domain().clone(),
+            HwptRef::Nested(n) => n
+                .domain()
+                .dma_domain()
+                .unwrap_or_else(|| n.parent().domain().clone()),
         }
     }
     /// The fault queue of the HWPT, if any.
@@ -211,6 +226,13 @@ impl Device {
             .lock()
             .as_ref()
             .map(|a| a.hwpt.paging().clone())
+    }
+
+    /// The domain the device's DMA goes through, if attached
+    /// ([`HwptRef::dma_domain`]: for a nested HWPT with a two-stage
+    /// domain, both stages).
+    pub fn dma_domain(&self) -> Option<Arc<dyn Domain>> {
+        self.attached.lock().as_ref().map(|a| a.hwpt.dma_domain())
     }
 
     /// The HWPT the device is attached to, paging or nested.

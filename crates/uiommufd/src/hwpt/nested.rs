@@ -41,6 +41,14 @@ pub trait NestedDomain: Send + Sync + Debug + Any {
     /// Handle the invalidation requests of `array` in order, stopping at the
     /// first that fails. Returns how many were handled and the result.
     fn cache_invalidate_user(&self, array: &UserDataArray<'_>) -> (u32, Result<()>);
+    /// The domain a device attached to this nested domain does DMA
+    /// through, translating both stages (the user's stage 1, then the
+    /// parent). Default `None`: DMA goes through the parent's stage-2
+    /// mapping only (a driver that does not walk the user's table, such as
+    /// the mock's).
+    fn dma_domain(&self) -> Option<Arc<dyn crate::domain::Domain>> {
+        None
+    }
     /// For drivers to recognise their own domains.
     fn as_any(&self) -> &dyn Any;
 }
@@ -268,7 +276,7 @@ pub(crate) fn alloc(
     }
     let r = u.ctx.reserve()?;
     let domain = ops.alloc_nested_domain(
-        parent.domain().as_ref(),
+        parent.domain(),
         cmd.flags & !IOMMU_HWPT_FAULT_ID_VALID,
         &data,
     )?;

@@ -138,7 +138,7 @@ impl NestingOps for MockDevice {
     /// and no flags (`EOPNOTSUPP`), a mock parent (`EINVAL`), then the data.
     fn alloc_nested_domain(
         &self,
-        parent: &dyn Domain,
+        parent: &Arc<dyn Domain>,
         flags: u32,
         data: &UserData<'_>,
     ) -> Result<Arc<dyn NestedDomain>> {

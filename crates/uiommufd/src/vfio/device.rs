@@ -21,7 +21,8 @@
 //! # DMA
 //!
 //! Through the domain of the HWPT the engine device is attached to
-//! ([`crate::domain::Domain::dma_read`]/`dma_write`), only while bus
+//! ([`Device::dma_domain`]: for a VT-d first-stage nested HWPT, both
+//! stages; [`crate::domain::Domain::dma_read`]/`dma_write`), only while bus
 //! mastering is on: otherwise, or when not attached, [`DmaFault::Blocked`].
 //! Every fault is logged and counted ([`VfioDevice::dma_faults`]); when the
 //! attached HWPT has a fault queue it is also reported there as a page
@@ -423,8 +424,8 @@ impl DeviceBus {
             .read()
             .clone()
             .ok_or(DmaFault::Blocked { iova })?;
-        let hwpt = dev.hwpt().ok_or(DmaFault::Blocked { iova })?;
-        let d = hwpt.domain().clone();
+        // a nested HWPT's two-stage domain, or a paging HWPT's
+        let d = dev.dma_domain().ok_or(DmaFault::Blocked { iova })?;
         Ok((dev, d))
     }
 

@@ -16,11 +16,13 @@ use crate::{bail, Result};
 /// The IOVA width of the domains this driver makes (4-level second stage).
 pub const VTD_ADDR_WIDTH: u32 = 48;
 
-/// Capability register (`CAP_REG`) reported by `IOMMU_GET_HW_INFO`: 16-bit
-/// domain IDs (ND 6), SAGAW 3- and 4-level, MGAW 48 bits, zero-length
-/// reads, fault recording at 0x220 with 8 records, second-stage 2 MiB and
-/// 1 GiB pages, page-selective invalidation, MAMV 63, read/write draining,
-/// first-stage 1 GiB pages.
+/// Capability register (`CAP_REG`) reported by `IOMMU_GET_HW_INFO` (bit
+/// positions as the kernel's `cap_*` macros in `intel/iommu.h`): ND 6
+/// (16-bit domain IDs); SAGAW 3- and 4-level second stage (bits 9, 10);
+/// MGAW 48 bits; zero-length reads; fault recording at 0x220 with 8
+/// records; second-stage 2 MiB and 1 GiB pages (SLLPS); page-selective
+/// invalidation; MAMV 63; read/write draining; first-stage 1 GiB pages
+/// (FL1GP) and 5-level first-stage tables (FL5LP: `addr_width` 57).
 pub const VTD_CAP_REG: u64 = 6
     | (0b0110 << 8)
     | (((VTD_ADDR_WIDTH as u64) - 1) << 16)
@@ -32,13 +34,22 @@ pub const VTD_CAP_REG: u64 = 6
     | (0x3f << 48)
     | (1 << 54)
     | (1 << 55)
-    | (1 << 56);
+    | (1 << 56)
+    | (1 << 60);
 
-/// Extended capability register (`ECAP_REG`): coherent, queued
-/// invalidation, device TLB, interrupt remapping with x2APIC, pass-through,
-/// snoop control, IOTLB registers at 0x500 (IRO 0x50), MHMV 15, scalable
-/// mode, second-stage A/D bits (SLADS, what dirty tracking needs), first-
-/// and second-stage translation. No PASID and no nesting.
+/// Extended capability register (`ECAP_REG`, the kernel's `ecap_*`
+/// macros): coherent (C), queued invalidation (QI), device TLB (DT),
+/// interrupt remapping with x2APIC (IR, EIM), pass-through (PT), snoop
+/// control (SC), IOTLB registers at 0x500 (IRO 0x50), MHMV 15; nesting
+/// (NEST, bit 26); page requests (PRS, bit 29: I/O page faults);
+/// supervisor requests (SRS, bit 31: `IOMMU_VTD_S1_SRE` is accepted);
+/// 20-bit PASIDs (PSS 19, PASID); scalable mode (SMTS); second-stage A/D
+/// (SLADS, bit 45: what `IOMMU_HW_CAP_DIRTY_TRACKING` needs, together
+/// with SMTS and SMPWC — the kernel's `ssads_supported`); second- and
+/// first-stage translation (SLTS, FLTS); page-walk coherency in scalable
+/// mode (SMPWC). Not reported: extended access flags (EAFS: `EAFE` is
+/// refused at attach), execute requests (ERS), no-write flag (NWFS),
+/// memory types (MTS), PASID-directed invalidation (PDS).
 pub const VTD_ECAP_REG: u64 = 1
     | (1 << 1)
     | (1 << 2)
@@ -48,10 +59,16 @@ pub const VTD_ECAP_REG: u64 = 1
     | (1 << 7)
     | (0x50 << 8)
     | (0xf << 20)
+    | (1 << 26)
+    | (1 << 29)
+    | (1 << 31)
+    | (19 << 35)
+    | (1 << 40)
     | (1 << 43)
     | (1 << 45)
     | (1 << 46)
-    | (1 << 47);
+    | (1 << 47)
+    | (1 << 48);
 
 /// `struct iommu_hw_info_vtd` `flags`: no erratum flag.
 pub const VTD_HW_INFO_FLAGS: u32 = 0;
@@ -77,19 +94,14 @@ impl DeviceDriver for VtdDriver {
     }
 
     fn alloc_paging_domain(&self, flags: u32) -> Result<Arc<dyn Domain>> {
-        // intel_iommu_domain_alloc_user: a nest parent needs nesting
-        // support, which this unit does not report; unknown flags too
-        if flags & IOMMU_HWPT_ALLOC_NEST_PARENT != 0 {
-            bail!(
-                EOPNOTSUPP,
-                "VT-d: this IOMMU has no nesting support, so no nest-parent domain"
-            );
-        }
-        if flags & !IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0 {
+        // intel_iommu_domain_alloc_user: unknown flags EOPNOTSUPP; a nest
+        // parent is an ordinary second-stage domain (ECAP NEST is set)
+        const VALID: u32 = IOMMU_HWPT_ALLOC_NEST_PARENT | IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
+        if flags & !VALID != 0 {
             bail!(
                 EOPNOTSUPP,
                 "VT-d: HWPT flags {:#x} are not supported",
-                flags & !IOMMU_HWPT_ALLOC_DIRTY_TRACKING
+                flags & !VALID
             );
         }
         let d: Arc<dyn Domain> =
@@ -106,6 +118,11 @@ impl DeviceDriver for VtdDriver {
     fn alloc_auto_domain(&self) -> Result<Arc<dyn Domain>> {
         let d: Arc<dyn Domain> = VtdDomain::new(VTD_ADDR_WIDTH, true)?;
         Ok(d)
+    }
+
+    /// First-stage nesting (`vtd/nested.rs`).
+    fn nesting(&self) -> Option<&dyn crate::device::NestingOps> {
+        Some(self)
     }
 
     fn check_attach(&self, domain: &dyn Domain) -> Result<()> {
@@ -132,19 +149,36 @@ mod driver_tests {
         assert_eq!(data.len(), 24);
         assert_eq!((VTD_CAP_REG >> 16) & 0x3f, 47, "MGAW");
         assert_eq!((VTD_CAP_REG >> 8) & 0x1f, 0b0110, "SAGAW 3/4-level");
-        assert_eq!((VTD_ECAP_REG >> 45) & 1, 1, "SLADS");
+        let cap = VTD_CAP_REG;
+        let ecap = VTD_ECAP_REG;
+        // the kernel's predicates (intel/iommu.h) on what we report
+        let sm = (ecap >> 43) & 1 == 1;
+        assert!(sm, "scalable mode");
+        assert!(sm && (ecap >> 26) & 1 == 1, "nested_supported");
+        assert!(sm && (ecap >> 40) & 1 == 1, "pasid_supported");
+        assert_eq!((ecap >> 35) & 0x1f, 19, "PSS: 20-bit PASIDs");
+        let ssads = sm && (ecap >> 45) & 1 == 1 && (ecap >> 48) & 1 == 1;
+        assert_eq!(
+            ssads,
+            d.capabilities() & IOMMU_HW_CAP_DIRTY_TRACKING != 0,
+            "second-stage A/D exactly when dirty tracking is reported"
+        );
+        assert_eq!((ecap >> 46) & 3, 3, "SLTS and FLTS");
+        assert_eq!((ecap >> 29) & 1, 1, "PRS: page requests");
+        assert_eq!((ecap >> 31) & 1, 1, "SRS");
+        assert_eq!((ecap >> 34) & 1, 0, "no EAFS");
+        assert_eq!((cap >> 34) & 0xf, 0b0011, "SLLPS 2 MiB, 1 GiB");
+        assert_eq!((cap >> 56) & 1, 1, "FL1GP");
+        assert_eq!((cap >> 60) & 1, 1, "FL5LP");
+        assert_eq!((cap >> 10) & 1, 1, "SAGAW has the 4-level table we use");
+        assert!(d.nesting().is_some());
         let dom = d
             .alloc_paging_domain(IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
             .unwrap();
         assert!(dom.dirty_tracking_supported());
         d.check_attach(dom.as_ref()).unwrap();
-        assert_eq!(
-            d.alloc_paging_domain(IOMMU_HWPT_ALLOC_NEST_PARENT)
-                .unwrap_err()
-                .errno()
-                .0,
-            libc::EOPNOTSUPP
-        );
+        d.alloc_paging_domain(IOMMU_HWPT_ALLOC_NEST_PARENT | IOMMU_HWPT_ALLOC_DIRTY_TRACKING)
+            .unwrap();
         assert_eq!(
             d.alloc_paging_domain(1 << 5).unwrap_err().errno().0,
             libc::EOPNOTSUPP

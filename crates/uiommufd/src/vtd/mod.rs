@@ -54,15 +54,32 @@
 //! summary before reading what it covers and writers set D before the
 //! summaries, so a dirty page is reported now or at the next read, never
 //! lost. Reads (A without D) are not recorded.
+//!
+//! **Nesting** ([`nested`]): a [`VtdNestedDomain`] walks a user-owned
+//! x86-64 first-stage table through a nest-parent `VtdDomain` (every table
+//! pointer and output address translated by the parent, A/D written back
+//! into the user's table), caches its first-stage leaves until the user's
+//! `IOMMU_HWPT_INVALIDATE`, and is the DMA domain of the devices attached
+//! to its HWPT. The driver's `NestingOps` (`IOMMU_HWPT_DATA_VTD_S1`, the
+//! kernel's errno rules) are there too.
+//!
+//! **vm-memory** (feature `vm-memory`, `vm_iommu`): `VtdIommu`, rust-vmm
+//! vm-memory's `Iommu` trait over a `VtdDomain`.
 
 mod domain;
 pub mod driver;
 mod iotlb;
+pub mod nested;
 mod slab;
+#[cfg(feature = "vm-memory")]
+pub mod vm_iommu;
 
 pub use domain::{VtdDomain, VTD_PGSIZES};
 pub use driver::VtdDriver;
 pub use iotlb::{Iotlb, IOTLB_DEFAULT_SLOTS};
+pub use nested::VtdNestedDomain;
+#[cfg(feature = "vm-memory")]
+pub use vm_iommu::{HostRegion, VtdIommu};
 
 /// Read permission.
 pub const PTE_R: u64 = 1 << 0;
