@@ -9,8 +9,6 @@
 
 #![allow(missing_docs)] // names are the header's; see vfio.h for each
 
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
-
 /// `VFIO_TYPE`: the same type byte as iommufd (`';'`).
 pub const VFIO_TYPE: u32 = b';' as u32;
 /// `VFIO_BASE`: VFIO numbers start at 100 (below `IOMMUFD_CMD_BASE`).
@@ -70,14 +68,17 @@ pub const VFIO_IOMMU_DIRTY_PAGES_FLAG_START: u32 = 1 << 0;
 pub const VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP: u32 = 1 << 1;
 pub const VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP: u32 = 1 << 2;
 
+/// A VFIO `#[repr(C)]` struct with the zerocopy derives every layout needs
+/// (shared with the device and group uAPI in `crate::vfio::uapi`).
 macro_rules! vfio_struct {
     ($(#[$m:meta])* pub struct $name:ident { $(pub $f:ident : $t:ty),* $(,)? }) => {
         $(#[$m])*
         #[repr(C)]
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
+        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, zerocopy::FromBytes, zerocopy::IntoBytes, zerocopy::Immutable, zerocopy::KnownLayout)]
         pub struct $name { $(pub $f: $t),* }
     };
 }
+pub(crate) use vfio_struct;
 
 vfio_struct! {
     /// `struct vfio_info_cap_header`

@@ -4,9 +4,10 @@
 
 #![allow(missing_docs)] // names are the header's; see vfio.h for each
 
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
-
-use crate::uapi::vfio::vfio_io;
+/// `struct vfio_info_cap_header` (the whole of the MSI-X mappable
+/// capability): the container uAPI's.
+pub use crate::uapi::vfio::VfioInfoCapHeader;
+use crate::uapi::vfio::{vfio_io, vfio_struct};
 
 // Group ioctls.
 pub const VFIO_GROUP_GET_STATUS: u32 = vfio_io(3);
@@ -95,15 +96,6 @@ pub const VFIO_DEVICE_FEATURE_PROBE: u32 = 1 << 18;
 pub const VFIO_PCI_HOT_RESET_FLAG_DEV_ID: u32 = 1 << 0;
 pub const VFIO_PCI_HOT_RESET_FLAG_DEV_ID_OWNED: u32 = 1 << 1;
 
-macro_rules! vfio_struct {
-    ($(#[$m:meta])* pub struct $name:ident { $(pub $f:ident : $t:ty),* $(,)? }) => {
-        $(#[$m])*
-        #[repr(C)]
-        #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, FromBytes, IntoBytes, Immutable, KnownLayout)]
-        pub struct $name { $(pub $f: $t),* }
-    };
-}
-
 vfio_struct! {
     /// `struct vfio_group_status`
     pub struct VfioGroupStatus { pub argsz: u32, pub flags: u32 }
@@ -157,11 +149,6 @@ vfio_struct! {
 vfio_struct! {
     /// `struct vfio_device_detach_iommufd_pt`
     pub struct VfioDeviceDetachIommufdPt { pub argsz: u32, pub flags: u32 }
-}
-vfio_struct! {
-    /// `struct vfio_info_cap_header` (the whole of the MSI-X mappable
-    /// capability)
-    pub struct VfioInfoCapHeader { pub id: u16, pub version: u16, pub next: u32 }
 }
 
 const _: () = {
