@@ -12,6 +12,7 @@
 pub mod ioctl;
 pub mod iopt_model;
 pub mod mem;
+pub mod vfio;
 
 pub use ioctl::*;
 pub use mem::*;

@@ -5,9 +5,7 @@
 //! eventfds, its DMA landing in (and dirtying) mapped user memory, its
 //! faults as device errors.
 
-use std::collections::HashMap;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use uiommufd::devices::dma_engine::regs::*;
@@ -15,47 +13,17 @@ use uiommufd::devices::dma_engine::ring::{
     Descriptor, FLAG_INTERRUPT, OP_COPY, STATUS_FAILED, STATUS_OK,
 };
 use uiommufd::devices::dma_engine::traffic;
-use uiommufd::files::{self, EngineFile, FdResolver};
+use uiommufd::files;
 use uiommufd::uapi::vfio::*;
 use uiommufd::uapi::*;
-use uiommufd::user::SelfMemory;
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::*;
 use uiommufd::Context;
-use zerocopy::{FromBytes, IntoBytes};
+use uiommufd_testkit::vfio::{file, ioctl_on, Fds};
 
 use uiommufd_testkit::{self as kit, Buf};
 
 /// fd → context, as the preload's table would answer.
-#[derive(Default)]
-struct Fds(HashMap<i32, Arc<Context>>);
-
-impl FdResolver for Fds {
-    fn context(&self, fd: i32) -> Option<Arc<Context>> {
-        self.0.get(&fd).cloned()
-    }
-}
-
-fn file(fd: i32) -> Arc<dyn EngineFile> {
-    files::get(fd).expect("an engine fd")
-}
-
-fn ioctl_on<T: IntoBytes + FromBytes + ?Sized>(
-    fd: i32,
-    cmd: u32,
-    arg: &mut T,
-    fds: &Fds,
-) -> Result<i64, i32> {
-    file(fd)
-        .ioctl(
-            cmd,
-            arg.as_mut_bytes().as_mut_ptr() as u64,
-            &SelfMemory,
-            fds,
-        )
-        .map_err(|e| e.errno().0)
-}
-
 fn region(index: u32) -> u64 {
     (index as u64) << 40
 }

@@ -7,14 +7,13 @@
 //! Each test declares its own device (distinct address, group and cdev
 //! numbers: the registry is per process and the tests run in parallel).
 
-use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 use uiommufd::context::Object;
-use uiommufd::files::{self, EngineFile, FdResolver};
+use uiommufd::files;
 use uiommufd::uapi::vfio::*;
 use uiommufd::uapi::*;
 use uiommufd::user::SelfMemory;
@@ -22,6 +21,7 @@ use uiommufd::vfio::model::{Bar, Bus, MsixLayout, PciIds, PciLayout, PciModel};
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::*;
 use uiommufd::Context;
+use uiommufd_testkit::vfio::{file, ioctl_on, Fds};
 use zerocopy::{FromBytes, IntoBytes};
 
 use uiommufd_testkit::{self as kit, Buf};
@@ -173,15 +173,6 @@ impl PciModel for TinyModel {
 // ---------------------------------------------------------------- helpers
 
 /// fd → context, as the preload's table would answer.
-#[derive(Default)]
-struct Fds(HashMap<i32, Arc<Context>>);
-
-impl FdResolver for Fds {
-    fn context(&self, fd: i32) -> Option<Arc<Context>> {
-        self.0.get(&fd).cloned()
-    }
-}
-
 /// Declare a tiny device numbered `n`: (model, address).
 fn declare(n: u32) -> (Arc<TinyModel>, String) {
     let model = TinyModel::new();
@@ -192,26 +183,6 @@ fn declare(n: u32) -> (Arc<TinyModel>, String) {
     )
     .unwrap();
     (model, addr)
-}
-
-fn file(fd: i32) -> Arc<dyn EngineFile> {
-    files::get(fd).expect("an engine fd")
-}
-
-fn ioctl_on<T: IntoBytes + FromBytes + ?Sized>(
-    fd: i32,
-    cmd: u32,
-    arg: &mut T,
-    fds: &Fds,
-) -> Result<i64, i32> {
-    file(fd)
-        .ioctl(
-            cmd,
-            arg.as_mut_bytes().as_mut_ptr() as u64,
-            &SelfMemory,
-            fds,
-        )
-        .map_err(|e| e.errno().0)
 }
 
 fn errno_of<T: IntoBytes + FromBytes + ?Sized>(fd: i32, cmd: u32, arg: &mut T) -> i32 {

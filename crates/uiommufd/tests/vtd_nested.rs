@@ -8,7 +8,6 @@
 //! from the fault fd, answered, and the retried DMA completes. Plus the
 //! errno tables of the S1 allocation, attach and invalidation.
 
-use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
@@ -16,9 +15,8 @@ use parking_lot::Mutex;
 use uiommufd::context::Object;
 use uiommufd::domain::DmaFault;
 use uiommufd::fault::resp;
-use uiommufd::files::{self, FdResolver};
+use uiommufd::files;
 use uiommufd::uapi::*;
-use uiommufd::user::SelfMemory;
 use uiommufd::vfio::model::{Bar, Bus, PciIds, PciLayout, PciModel};
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::*;
@@ -27,6 +25,7 @@ use uiommufd::vtd::nested::{
     IOMMU_VTD_INV_FLAGS_LEAF, IOMMU_VTD_S1_EAFE, IOMMU_VTD_S1_SRE, IOMMU_VTD_S1_WPE,
 };
 use uiommufd::Context;
+use uiommufd_testkit::vfio::{ioctl_on, Fds};
 use zerocopy::{FromBytes, IntoBytes};
 
 use uiommufd_testkit::{self as kit, Buf};
@@ -83,32 +82,6 @@ impl Dma {
     fn bus(&self) -> Arc<dyn Bus> {
         self.bus.lock().clone().expect("connected")
     }
-}
-
-#[derive(Default)]
-struct Fds(HashMap<i32, Arc<Context>>);
-
-impl FdResolver for Fds {
-    fn context(&self, fd: i32) -> Option<Arc<Context>> {
-        self.0.get(&fd).cloned()
-    }
-}
-
-fn ioctl_on<T: IntoBytes + FromBytes + ?Sized>(
-    fd: i32,
-    cmd: u32,
-    arg: &mut T,
-    fds: &Fds,
-) -> Result<i64, i32> {
-    files::get(fd)
-        .expect("an engine fd")
-        .ioctl(
-            cmd,
-            arg.as_mut_bytes().as_mut_ptr() as u64,
-            &SelfMemory,
-            fds,
-        )
-        .map_err(|e| e.errno().0)
 }
 
 /// Guest memory layout (guest physical = IOVA of the parent HWPT).
