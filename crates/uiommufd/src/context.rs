@@ -32,8 +32,8 @@ use crate::hwpt::nested::HwptNested;
 use crate::hwpt::HwptPaging;
 use crate::ioas::Ioas;
 use crate::mock::MockStdev;
-use crate::user::{SelfMemory, UserMemory};
 use crate::uapi::level::UapiLevel;
+use crate::user::{SelfMemory, UserMemory};
 use crate::{bail, err, Result};
 
 /// An object ID as the uAPI sees it.

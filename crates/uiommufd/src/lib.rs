@@ -68,6 +68,6 @@ pub mod vfio_compat;
 pub mod vtd;
 
 pub use context::{Context, ObjId};
-pub use uapi::level::UapiLevel;
 pub use error::{Errno, Error, Result};
 pub use io_pagetable::Prot;
+pub use uapi::level::UapiLevel;

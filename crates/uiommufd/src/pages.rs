@@ -117,25 +117,45 @@ impl FileBacking {
                 -1,
                 0,
             )
-            .map_err(|e| crate::err!(ENOMEM, "IOAS_MAP_FILE: cannot reserve {len:#x} bytes: {e}"))?;
-            tracing::debug!(fd, fstype = format_args!("{fstype:#x}"), "IOAS_MAP_FILE of a file that cannot be pinned");
-            return Ok(FileBacking { addr, len, offset, pinnable });
+            .map_err(|e| {
+                crate::err!(ENOMEM, "IOAS_MAP_FILE: cannot reserve {len:#x} bytes: {e}")
+            })?;
+            tracing::debug!(
+                fd,
+                fstype = format_args!("{fstype:#x}"),
+                "IOAS_MAP_FILE of a file that cannot be pinned"
+            );
+            return Ok(FileBacking {
+                addr,
+                len,
+                offset,
+                pinnable,
+            });
         }
         let prot = libc::PROT_READ | if write { libc::PROT_WRITE } else { 0 };
-        let off = i64::try_from(offset)
-            .map_err(|_| crate::err!(EOVERFLOW, "IOAS_MAP_FILE: offset {offset:#x} is too large"))?;
+        let off = i64::try_from(offset).map_err(|_| {
+            crate::err!(EOVERFLOW, "IOAS_MAP_FILE: offset {offset:#x} is too large")
+        })?;
         let addr = match raw_mmap(len, prot, libc::MAP_SHARED, fd, off) {
             Ok(a) => a,
             // The fd's mode does not allow this mapping (an `O_RDONLY` fd
             // mapped writable, an `O_WRONLY` one): the kernel's pin does not
             // look at the fd's mode up to 7.2, so reach the same file
             // through /proc with the mode needed.
-            Err(libc::EACCES) => {
+            // (Some kernels say EPERM rather than EACCES for a shared
+            // writable mapping of a read-only fd; a sealed file still says
+            // EPERM after the reopen.)
+            Err(libc::EACCES | libc::EPERM) => {
                 let path = format!("/proc/self/fd/{fd}\0");
                 let mode = if write { libc::O_RDWR } else { libc::O_RDONLY };
                 // SAFETY: `path` is NUL-terminated and outlives the call.
                 let fd2 = unsafe {
-                    libc::syscall(libc::SYS_openat, libc::AT_FDCWD, path.as_ptr(), mode | libc::O_CLOEXEC)
+                    libc::syscall(
+                        libc::SYS_openat,
+                        libc::AT_FDCWD,
+                        path.as_ptr(),
+                        mode | libc::O_CLOEXEC,
+                    )
                 } as i32;
                 if fd2 < 0 {
                     crate::bail!(
@@ -151,7 +171,12 @@ impl FileBacking {
             }
             Err(e) => return Err(map_errno(fd, e)),
         };
-        Ok(FileBacking { addr, len, offset, pinnable })
+        Ok(FileBacking {
+            addr,
+            len,
+            offset,
+            pinnable,
+        })
     }
 
     /// Whether every page of `first..=last` (indexes into the mapping) is
@@ -165,7 +190,11 @@ impl FileBacking {
             // SAFETY: mincore reads the page tables of our own mapping and
             // writes `n` bytes into `vec`, which has room for them.
             let r = unsafe {
-                libc::mincore((self.addr + p * ps) as *mut libc::c_void, (n * ps) as usize, vec.as_mut_ptr())
+                libc::mincore(
+                    (self.addr + p * ps) as *mut libc::c_void,
+                    (n * ps) as usize,
+                    vec.as_mut_ptr(),
+                )
             };
             if r != 0 {
                 return Err(format!(
@@ -195,7 +224,10 @@ fn map_errno(fd: i32, e: i32) -> crate::Error {
         // kernel up to 7.2 pins it anyway; later kernels say EPERM, which
         // is what we can say.
         libc::EPERM => crate::err!(EPERM, "IOAS_MAP_FILE: fd {fd} is sealed against writing"),
-        libc::ENOMEM => crate::err!(ENOMEM, "IOAS_MAP_FILE: cannot map fd {fd}: out of address space"),
+        libc::ENOMEM => crate::err!(
+            ENOMEM,
+            "IOAS_MAP_FILE: cannot map fd {fd}: out of address space"
+        ),
         libc::EBADF => crate::err!(EBADF, "IOAS_MAP_FILE: fd {fd} is not an open file"),
         e => crate::err!(
             EINVAL,
@@ -213,7 +245,9 @@ fn raw_mmap(len: u64, prot: i32, flags: i32, fd: i32, off: i64) -> std::result::
     if r < 0 && r > -4096 {
         Err(-r as i32)
     } else if r == -1 {
-        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(libc::EINVAL))
+        Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL))
     } else {
         Ok(r as u64)
     }
@@ -402,7 +436,10 @@ impl Pages {
     ) -> Result<(Arc<Pages>, u64)> {
         let ps = page_size();
         if length > u64::MAX - ps || length == 0 {
-            crate::bail!(EINVAL, "IOAS_MAP_FILE: length {length:#x} is zero or too large");
+            crate::bail!(
+                EINVAL,
+                "IOAS_MAP_FILE: length {length:#x} is zero or too large"
+            );
         }
         let base = start & !(ps - 1);
         let start_byte = start - base;
@@ -410,7 +447,9 @@ impl Pages {
         let len = npages
             .checked_mul(ps)
             .filter(|&l| l <= isize::MAX as u64)
-            .ok_or_else(|| crate::err!(ENOMEM, "IOAS_MAP_FILE: {length:#x} bytes cannot be mapped"))?;
+            .ok_or_else(|| {
+                crate::err!(ENOMEM, "IOAS_MAP_FILE: {length:#x} bytes cannot be mapped")
+            })?;
         let file = FileBacking::map(fd, base, len, writable)?;
         let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
         let pages = Arc::new(Pages {
@@ -448,12 +487,22 @@ impl Pages {
                 self.len_bytes()
             ));
         }
-        let runs: Vec<(u64, u64)> = self.pins.lock().runs.iter().map(|(&s, &(l, _))| (s, l)).collect();
+        let runs: Vec<(u64, u64)> = self
+            .pins
+            .lock()
+            .runs
+            .iter()
+            .map(|(&s, &(l, _))| (s, l))
+            .collect();
         for (s, l) in runs {
             if !f.pinnable {
-                return Err(format!("pages {}: pages {s}..={l} of an unpinnable file are pinned", self.id));
+                return Err(format!(
+                    "pages {}: pages {s}..={l} of an unpinnable file are pinned",
+                    self.id
+                ));
             }
-            f.check_resident(s, l).map_err(|e| format!("pages {}: {e}", self.id))?;
+            f.check_resident(s, l)
+                .map_err(|e| format!("pages {}: {e}", self.id))?;
         }
         Ok(())
     }
@@ -677,6 +726,70 @@ mod tests {
         p.unpin(2, 5);
         assert_eq!(p.npinned(), 0);
         assert!(p.pins.lock().runs.is_empty());
+    }
+
+    fn memfd(npages: u64) -> i32 {
+        // SAFETY: creating and sizing our own memfd.
+        let fd = unsafe { libc::memfd_create(c"pages-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: as above.
+        let r = unsafe { libc::ftruncate(fd, (npages * page_size()) as i64) };
+        assert_eq!(r, 0);
+        fd
+    }
+
+    #[test]
+    fn file_pages_own_their_mapping_and_checks_see_it() {
+        let ps = page_size();
+        let fd = memfd(4);
+        let (p, start_byte) = Pages::new_file(fd, ps + 8, 2 * ps, true, AccountMode::None).unwrap();
+        // SAFETY: ours; the object keeps its own mapping.
+        unsafe { libc::close(fd) };
+        assert_eq!(start_byte, 8);
+        assert_eq!(p.npages(), 3);
+        let f = p.file().unwrap();
+        assert_eq!((f.addr(), f.len(), f.offset()), (p.uptr(), 3 * ps, ps));
+        assert!(f.pinnable());
+        p.check_backing().unwrap();
+        p.pin(0, 2).unwrap();
+        p.check_backing().unwrap();
+        let mut b = [0u8; 1];
+        p.memory().write(p.uptr() + 8, b"x").unwrap();
+        p.memory().read(p.uptr() + 8, &mut b).unwrap();
+        assert_eq!(&b, b"x");
+        // the mapping taken away under the object: the check says so
+        // SAFETY: unmapping the object's own (test-only) mapping; nothing
+        // reads it before the object's drop unmaps it again (a no-op).
+        unsafe { libc::munmap(f.addr() as *mut _, f.len() as usize) };
+        let e = p.check_backing().unwrap_err();
+        assert!(e.contains("no longer mapped"), "{e}");
+        p.unpin(0, 2);
+    }
+
+    #[test]
+    fn file_pages_past_eof_and_unpinnable() {
+        let ps = page_size();
+        let fd = memfd(1);
+        let (p, _) = Pages::new_file(fd, 0, 2 * ps, false, AccountMode::None).unwrap();
+        p.pin(0, 0).unwrap();
+        assert_eq!(p.pin(1, 1).unwrap_err().errno().0, libc::EINVAL);
+        assert_eq!(p.npinned(), 1);
+        p.unpin(0, 0);
+        // SAFETY: ours.
+        unsafe { libc::close(fd) };
+        assert_eq!(
+            Pages::new_file(-1, 0, ps, false, AccountMode::None)
+                .unwrap_err()
+                .errno()
+                .0,
+            libc::EBADF
+        );
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        use std::os::fd::AsRawFd;
+        let (p, _) = Pages::new_file(f.as_raw_fd(), 0, ps, false, AccountMode::None).unwrap();
+        assert!(!p.file().unwrap().pinnable());
+        assert_eq!(p.pin(0, 0).unwrap_err().errno().0, libc::EINVAL);
+        p.check_backing().unwrap();
     }
 
     #[test]

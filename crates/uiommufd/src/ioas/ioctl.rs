@@ -188,7 +188,10 @@ pub(crate) fn map_file(u: &Ucmd) -> Result<i32> {
         );
     }
     if cmd.flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE) == 0 {
-        bail!(EINVAL, "IOAS_MAP_FILE: neither READABLE nor WRITEABLE is set");
+        bail!(
+            EINVAL,
+            "IOAS_MAP_FILE: neither READABLE nor WRITEABLE is set"
+        );
     }
     let ioas = u.ctx.ioas(cmd.ioas_id)?;
     let range_checks = || -> Result<()> {

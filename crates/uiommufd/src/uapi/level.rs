@@ -139,11 +139,15 @@ impl FromStr for UapiLevel {
         let mut it = t.split('.');
         let num = |p: Option<&str>| p.and_then(|x| x.parse::<u8>().ok());
         let (Some(major), Some(minor)) = (num(it.next()), num(it.next())) else {
-            return Err(ParseLevelError(format!("{s:?} is not a MAJOR.MINOR release")));
+            return Err(ParseLevelError(format!(
+                "{s:?} is not a MAJOR.MINOR release"
+            )));
         };
         if let Some(patch) = it.next() {
             if patch.parse::<u32>().is_err() || it.next().is_some() {
-                return Err(ParseLevelError(format!("{s:?} is not a MAJOR.MINOR release")));
+                return Err(ParseLevelError(format!(
+                    "{s:?} is not a MAJOR.MINOR release"
+                )));
             }
         }
         let l = UapiLevel::new(major, minor);
