@@ -576,10 +576,13 @@ impl Pages {
             }
             self.account.charge(new)?;
             for &(s, l) in &holes {
-                let r = crate::inject::point("pages.pin", libc::EFAULT).and_then(|()| {
-                    self.mem
-                        .populate(self.uptr + s * ps, (l - s + 1) * ps, self.writable)
-                });
+                if let Err(e) = crate::inject::point("pages.pin", libc::EFAULT) {
+                    self.account.uncharge(new);
+                    return Err(e);
+                }
+                let r = self
+                    .mem
+                    .populate(self.uptr + s * ps, (l - s + 1) * ps, self.writable);
                 if let Err(e) = r {
                     self.account.uncharge(new);
                     // A shared file mapping faults past the end of the file:
