@@ -260,6 +260,36 @@ fn map_file_shares_the_pages() {
     ctx.check_invariants().unwrap();
 }
 
+/// `MD_CHECK_MAP` against the program's own view of the memfd: the domain
+/// maps the engine's view, the same file pages (the selftest's
+/// `check_mock_iova(mfd_buffer, ...)` of its `*_file` variants).
+#[test]
+fn md_check_map_sees_the_same_file_pages() {
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    let (_, hwpt, _) = mock_domain(&ctx, ioas).unwrap();
+    let m = Memfd::new(c"uapi-levels-checkmap", 4, |_| 0);
+    let other = Memfd::new(c"uapi-levels-checkmap-other", 4, |_| 0);
+    let iova = map_file(&ctx, ioas, m.fd, ps(), 2 * ps(), RW).unwrap();
+    let check = |uptr: u64, len: u64| {
+        let c = TestCheckMap {
+            iova,
+            length: len,
+            uptr,
+        };
+        test_cmd(&ctx, IOMMU_TEST_OP_MD_CHECK_MAP, hwpt, c.as_bytes()).map(|_| ())
+    };
+    let view = m.map as u64;
+    assert_eq!(check(view + ps(), 2 * ps()), Ok(()));
+    // the wrong offset in the file, another file: not the same pages
+    assert_eq!(check(view, 2 * ps()), Err(libc::EINVAL));
+    assert_eq!(check(other.map as u64 + ps(), ps()), Err(libc::EINVAL));
+    // a private copy of the bytes is not the file's pages either
+    let copy = vec![0u8; 4 * ps() as usize];
+    let c0 = (copy.as_ptr() as u64).next_multiple_of(ps());
+    assert_eq!(check(c0, ps()), Err(libc::EINVAL));
+}
+
 /// What each level answers for the new commands, with the struct right.
 #[test]
 fn levels_gate_the_new_commands() {
