@@ -576,6 +576,9 @@ fn map_file_of_a_memfd() {
     assert_ok(&out, "map_file at 6.13");
     let out = run_preloaded(&exe, &["6.12"], &[("UIOMMUFD_UAPI", "6.12")]);
     assert_ok(&out, "map_file at 6.12");
+    // a value that names no level is logged and the default (7.2) used
+    let out = run_preloaded(&exe, &[], &[("UIOMMUFD_UAPI", "6.99")]);
+    assert_ok(&out, "map_file with an unknown UIOMMUFD_UAPI");
     // the 6.12 expectations fail at a newer level: the check can fail
     let out = run_preloaded(&exe, &["6.12"], &[("UIOMMUFD_UAPI", "7.2")]);
     assert!(!out.status.success(), "MAP_FILE answered at 7.2 as at 6.12");
