@@ -37,6 +37,10 @@ enum Cmd {
         /// Do not print where the declared devices are.
         #[arg(short, long)]
         quiet: bool,
+        /// The kernel release whose iommufd uAPI the program sees (6.12 ... 7.2;
+        /// default: $UIOMMUFD_UAPI, else the newest).
+        #[arg(long, value_name = "LEVEL")]
+        uapi: Option<uiommufd::UapiLevel>,
         /// The program and its arguments.
         #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
         program: Vec<std::ffi::OsString>,
@@ -71,8 +75,9 @@ fn main() -> std::process::ExitCode {
             preload,
             devices,
             quiet,
+            uapi,
             program,
-        } => run::run(preload, &devices, quiet, program),
+        } => run::run(preload, &devices, quiet, uapi, program),
         Cmd::Demo => demo::demo(),
         Cmd::Migrate(args) => migrate::migrate(args),
         Cmd::Bench {

@@ -78,16 +78,20 @@ fn declare(specs: &[String], quiet: bool) -> Result<Vec<(&'static str, String)>,
     ])
 }
 
-/// Replace this process with `program`, the preload first in `LD_PRELOAD`
-/// and the devices `specs` declared.
+/// Replace this process with `program`, the preload first in `LD_PRELOAD`,
+/// the devices `specs` declared and, if given, the uAPI level set.
 pub fn run(
     preload: Option<PathBuf>,
     specs: &[String],
     quiet: bool,
+    uapi: Option<uiommufd::UapiLevel>,
     program: Vec<OsString>,
 ) -> Result<(), String> {
     let lib = find_preload(preload)?;
-    let env = declare(specs, quiet)?;
+    let mut env = declare(specs, quiet)?;
+    if let Some(level) = uapi {
+        env.push((uiommufd::UapiLevel::ENV, level.to_string()));
+    }
     let mut ld = OsString::from(lib.as_os_str());
     if let Some(old) = std::env::var_os("LD_PRELOAD").filter(|v| !v.is_empty()) {
         ld.push(":");

@@ -588,3 +588,23 @@ fn vtd_nested_from_c() {
     assert_ok(&out, "vtd_nested under the preload");
     let _ = std::fs::remove_dir_all(&sysfs);
 }
+
+/// Issue 16: `IOMMU_IOAS_MAP_FILE` of a memfd from C under the preload: the
+/// fd number is the program's, the area survives the program's `munmap`
+/// and `close`; at `UIOMMUFD_UAPI=6.12` the command is `ENOTTY`.
+#[test]
+fn map_file_of_a_memfd() {
+    let exe = compile_src("map_file.c", "map_file", &["-O1"]);
+    let out = run_preloaded(&exe, &[], &[]);
+    assert_ok(&out, "map_file at the default level");
+    let out = run_preloaded(&exe, &[], &[("UIOMMUFD_UAPI", "6.13")]);
+    assert_ok(&out, "map_file at 6.13");
+    let out = run_preloaded(&exe, &["6.12"], &[("UIOMMUFD_UAPI", "6.12")]);
+    assert_ok(&out, "map_file at 6.12");
+    // a value that names no level is logged and the default (7.2) used
+    let out = run_preloaded(&exe, &[], &[("UIOMMUFD_UAPI", "6.99")]);
+    assert_ok(&out, "map_file with an unknown UIOMMUFD_UAPI");
+    // the 6.12 expectations fail at a newer level: the check can fail
+    let out = run_preloaded(&exe, &["6.12"], &[("UIOMMUFD_UAPI", "7.2")]);
+    assert!(!out.status.success(), "MAP_FILE answered at 7.2 as at 6.12");
+}

@@ -32,6 +32,7 @@ use crate::hwpt::nested::HwptNested;
 use crate::hwpt::HwptPaging;
 use crate::ioas::Ioas;
 use crate::mock::MockStdev;
+use crate::uapi::level::UapiLevel;
 use crate::user::{SelfMemory, UserMemory};
 use crate::{bail, err, Result};
 
@@ -151,6 +152,8 @@ pub struct Context {
     /// the VFIO type1 dirty-tracking extension is served on it.
     vfio_container: AtomicBool,
     mem: Arc<dyn UserMemory>,
+    /// The kernel release this context answers as (fixed at creation).
+    uapi: UapiLevel,
 }
 
 /// An ID reserved for an object under construction; see the module docs.
@@ -193,15 +196,36 @@ impl Context {
         Self::with_memory(Arc::new(SelfMemory))
     }
 
-    /// A new context whose user pointers refer to `mem`.
+    /// A new context whose user pointers refer to `mem`, at the uAPI level
+    /// `UIOMMUFD_UAPI` names (default: the newest; see [`UapiLevel`]).
     pub fn with_memory(mem: Arc<dyn UserMemory>) -> Arc<Context> {
         crate::logging::init_from_env();
+        Self::with_memory_at(mem, UapiLevel::from_env())
+    }
+
+    /// A new, empty context over this process's memory that answers as
+    /// kernel release `level`, whatever the environment says.
+    pub fn new_at(level: UapiLevel) -> Arc<Context> {
+        Self::with_memory_at(Arc::new(SelfMemory), level)
+    }
+
+    /// A new context whose user pointers refer to `mem`, answering as
+    /// kernel release `level`.
+    pub fn with_memory_at(mem: Arc<dyn UserMemory>, level: UapiLevel) -> Arc<Context> {
+        crate::logging::init_from_env();
+        tracing::debug!(uapi = %level, "new context");
         Arc::new(Context {
             objects: Mutex::new(Table::default()),
             account_mode: AtomicU8::new(0),
             vfio_container: AtomicBool::new(false),
             mem,
+            uapi: level,
         })
+    }
+
+    /// The kernel release whose uAPI this context speaks.
+    pub fn uapi_level(&self) -> UapiLevel {
+        self.uapi
     }
 
     /// The memory user pointers refer to.

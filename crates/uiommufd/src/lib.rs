@@ -70,3 +70,4 @@ pub mod vtd;
 pub use context::{Context, ObjId};
 pub use error::{Errno, Error, Result};
 pub use io_pagetable::Prot;
+pub use uapi::level::UapiLevel;

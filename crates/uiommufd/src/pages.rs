@@ -9,6 +9,14 @@
 //! Intervals here are in **page indexes relative to the start of the object**,
 //! `first..=last` (inclusive `last`), like the kernel's pages.c.
 //!
+//! A pages object is either *user* memory (`IOAS_MAP`: the caller's range,
+//! which the caller may unmap under us, as in the kernel, where the pin is
+//! what keeps the pages) or *file* memory (`IOAS_MAP_FILE`): the engine maps
+//! the file itself ([`FileBacking`], `MAP_SHARED` at the file offset) and
+//! owns that mapping until the last user of the object is gone, so the
+//! pages outlive the caller's own mapping and its fd, as the kernel's file
+//! reference does.
+//!
 //! Lock order: `Pages::pins` is a leaf lock; nothing else is taken under it
 //! except the global accounting atomics and the user-memory calls.
 
@@ -36,6 +44,222 @@ pub struct Pages {
     /// first pin. An object never pinned has no pinned page to report, so
     /// a map with no domain attached never touches the registry.
     registered: AtomicBool,
+    /// For `IOAS_MAP_FILE`: the engine's own mapping of the file (`uptr`
+    /// is its start). Declared after everything that reads the memory.
+    file: Option<FileBacking>,
+}
+
+/// `TMPFS_MAGIC` (shmem, memfd)
+const TMPFS_MAGIC: i64 = 0x0102_1994;
+/// `HUGETLBFS_MAGIC` (hugetlb memfd)
+const HUGETLBFS_MAGIC: i64 = 0x9584_58f6;
+
+/// The engine's own `MAP_SHARED` mapping of a file range, for a pages object
+/// of `IOAS_MAP_FILE`: unmapped when the object is dropped.
+#[derive(Debug)]
+pub struct FileBacking {
+    addr: u64,
+    len: u64,
+    /// File offset of the first byte of the mapping (page aligned).
+    offset: u64,
+    /// Whether the kernel could pin this file's pages (`memfd_pin_folios`
+    /// takes shmem and hugetlbfs files only): when not, the mapping is an
+    /// inaccessible reservation and every pin is `EINVAL`.
+    pinnable: bool,
+}
+
+impl FileBacking {
+    /// The engine mapping's first address.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+    /// The engine mapping's length in bytes.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+    /// Whether the mapping is empty (never: a file map has a length).
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+    /// The file offset the mapping starts at.
+    pub fn offset(&self) -> u64 {
+        self.offset
+    }
+    /// Whether pins of this file can succeed (shmem / hugetlbfs).
+    pub fn pinnable(&self) -> bool {
+        self.pinnable
+    }
+
+    /// Map `len` bytes of `fd` from the page-aligned `offset`, for reading
+    /// and, if `write`, writing. Raw system calls throughout: under the
+    /// preload, `fcntl`, `open`, `mmap` and `close` are the program's
+    /// hooked entry points, and the engine is already inside an ioctl.
+    fn map(fd: i32, offset: u64, len: u64, write: bool) -> Result<FileBacking> {
+        // SAFETY: F_GETFL reads the flags of an fd number; any value is fine.
+        let fl = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFL) };
+        if fl < 0 || (fl as i32) & libc::O_PATH != 0 {
+            crate::bail!(EBADF, "IOAS_MAP_FILE: fd {fd} is not an open file");
+        }
+        // SAFETY: fstatfs writes one statfs into the zeroed buffer we own.
+        let mut sfs: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above; `sfs` is a valid, writable statfs.
+        let r = unsafe { libc::syscall(libc::SYS_fstatfs, fd, &mut sfs as *mut libc::statfs) };
+        let fstype = if r == 0 { sfs.f_type as i64 } else { 0 };
+        let pinnable = fstype == TMPFS_MAGIC || fstype == HUGETLBFS_MAGIC;
+        if !pinnable {
+            // Accepted, as by the kernel (which only fails when it pins);
+            // nothing of the file is mapped: an inaccessible reservation
+            // keeps the object's addresses to itself.
+            let addr = raw_mmap(
+                len,
+                libc::PROT_NONE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+                -1,
+                0,
+            )
+            .map_err(|e| {
+                crate::err!(ENOMEM, "IOAS_MAP_FILE: cannot reserve {len:#x} bytes: {e}")
+            })?;
+            tracing::debug!(
+                fd,
+                fstype = format_args!("{fstype:#x}"),
+                "IOAS_MAP_FILE of a file that cannot be pinned"
+            );
+            return Ok(FileBacking {
+                addr,
+                len,
+                offset,
+                pinnable,
+            });
+        }
+        let prot = libc::PROT_READ | if write { libc::PROT_WRITE } else { 0 };
+        let off = i64::try_from(offset).map_err(|_| {
+            crate::err!(EOVERFLOW, "IOAS_MAP_FILE: offset {offset:#x} is too large")
+        })?;
+        let addr = match raw_mmap(len, prot, libc::MAP_SHARED, fd, off) {
+            Ok(a) => a,
+            // The fd's mode does not allow this mapping (an `O_RDONLY` fd
+            // mapped writable, an `O_WRONLY` one): the kernel's pin does not
+            // look at the fd's mode up to 7.2, so reach the same file
+            // through /proc with the mode needed.
+            // (Some kernels say EPERM rather than EACCES for a shared
+            // writable mapping of a read-only fd; a sealed file still says
+            // EPERM after the reopen.)
+            Err(libc::EACCES | libc::EPERM) => {
+                let path = format!("/proc/self/fd/{fd}\0");
+                let mode = if write { libc::O_RDWR } else { libc::O_RDONLY };
+                // SAFETY: `path` is NUL-terminated and outlives the call.
+                let fd2 = unsafe {
+                    libc::syscall(
+                        libc::SYS_openat,
+                        libc::AT_FDCWD,
+                        path.as_ptr(),
+                        mode | libc::O_CLOEXEC,
+                    )
+                } as i32;
+                if fd2 < 0 {
+                    crate::bail!(
+                        EACCES,
+                        "IOAS_MAP_FILE: fd {fd} does not allow this mapping and the file cannot be reopened \
+                         for it (a kernel up to 7.2 would pin it anyway)"
+                    );
+                }
+                let r = raw_mmap(len, prot, libc::MAP_SHARED, fd2, off);
+                // SAFETY: closing the fd opened just above.
+                unsafe { libc::syscall(libc::SYS_close, fd2) };
+                r.map_err(|e| map_errno(fd, e))?
+            }
+            Err(e) => return Err(map_errno(fd, e)),
+        };
+        Ok(FileBacking {
+            addr,
+            len,
+            offset,
+            pinnable,
+        })
+    }
+
+    /// Whether every page of `first..=last` (indexes into the mapping) is
+    /// still mapped and resident: pinned pages of a file must be.
+    fn check_resident(&self, first: u64, last: u64) -> std::result::Result<(), String> {
+        let ps = page_size();
+        let mut vec = [0u8; 512];
+        let mut p = first;
+        while p <= last {
+            let n = (last - p + 1).min(vec.len() as u64);
+            // SAFETY: mincore reads the page tables of our own mapping and
+            // writes `n` bytes into `vec`, which has room for them.
+            let r = unsafe {
+                libc::mincore(
+                    (self.addr + p * ps) as *mut libc::c_void,
+                    (n * ps) as usize,
+                    vec.as_mut_ptr(),
+                )
+            };
+            if r != 0 {
+                return Err(format!(
+                    "file mapping at {:#x}: page {p} is no longer mapped ({})",
+                    self.addr,
+                    std::io::Error::last_os_error()
+                ));
+            }
+            if let Some(i) = vec[..n as usize].iter().position(|b| b & 1 == 0) {
+                return Err(format!(
+                    "file mapping at {:#x}: pinned page {} is not resident",
+                    self.addr,
+                    p + i as u64
+                ));
+            }
+            p += n;
+        }
+        Ok(())
+    }
+}
+
+/// The errno of the engine's failed mapping of the caller's fd, as the
+/// kernel would answer (which pins instead of mapping).
+fn map_errno(fd: i32, e: i32) -> crate::Error {
+    match e {
+        // A write-sealed memfd refuses a shared writable mapping. The
+        // kernel up to 7.2 pins it anyway; later kernels say EPERM, which
+        // is what we can say.
+        libc::EPERM => crate::err!(EPERM, "IOAS_MAP_FILE: fd {fd} is sealed against writing"),
+        libc::ENOMEM => crate::err!(
+            ENOMEM,
+            "IOAS_MAP_FILE: cannot map fd {fd}: out of address space"
+        ),
+        libc::EBADF => crate::err!(EBADF, "IOAS_MAP_FILE: fd {fd} is not an open file"),
+        e => crate::err!(
+            EINVAL,
+            "IOAS_MAP_FILE: cannot map fd {fd} ({})",
+            std::io::Error::from_raw_os_error(e)
+        ),
+    }
+}
+
+/// `mmap` by system call; `Err(errno)`.
+fn raw_mmap(len: u64, prot: i32, flags: i32, fd: i32, off: i64) -> std::result::Result<u64, i32> {
+    // SAFETY: a new mapping at an address the kernel picks (no MAP_FIXED):
+    // nothing of ours is replaced.
+    let r = unsafe { libc::syscall(libc::SYS_mmap, 0usize, len as usize, prot, flags, fd, off) };
+    if r < 0 && r > -4096 {
+        Err(-r as i32)
+    } else if r == -1 {
+        Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL))
+    } else {
+        Ok(r as u64)
+    }
+}
+
+impl Drop for FileBacking {
+    fn drop(&mut self) {
+        // SAFETY: unmapping the mapping this object made and owns; no user of
+        // it is left (it is dropped with its pages object, after every area,
+        // domain and access that reached it).
+        unsafe { libc::syscall(libc::SYS_munmap, self.addr as usize, self.len as usize) };
+    }
 }
 
 /// Per-page user counts, stored as runs: start page -> (last page, count).
@@ -189,7 +413,98 @@ impl Pages {
             account: Account::new(mode),
             pins: Mutex::new(PinMap::default()),
             registered: AtomicBool::new(false),
+            file: None,
         })
+    }
+
+    /// A new, unpinned pages object over `length` bytes of file `fd` from
+    /// byte `start` (`IOAS_MAP_FILE`): the engine maps the file itself, so
+    /// the pages stay reachable whatever the caller does with its own
+    /// mapping or its fd. Returns the object and the offset of `start` in
+    /// its first page.
+    ///
+    /// `length` is non-zero and `start + length - 1` does not overflow
+    /// (the caller checks, in the kernel's order). Errors: `EBADF` (not an
+    /// open file), `EINVAL` (length too large), `ENOMEM`, and what mapping
+    /// the file gives (see `FileBacking::map`).
+    pub fn new_file(
+        fd: i32,
+        start: u64,
+        length: u64,
+        writable: bool,
+        mode: AccountMode,
+    ) -> Result<(Arc<Pages>, u64)> {
+        let ps = page_size();
+        if length > u64::MAX - ps || length == 0 {
+            crate::bail!(
+                EINVAL,
+                "IOAS_MAP_FILE: length {length:#x} is zero or too large"
+            );
+        }
+        let base = start & !(ps - 1);
+        let start_byte = start - base;
+        let npages = (start_byte + length).div_ceil(ps);
+        let len = npages
+            .checked_mul(ps)
+            .filter(|&l| l <= isize::MAX as u64)
+            .ok_or_else(|| {
+                crate::err!(ENOMEM, "IOAS_MAP_FILE: {length:#x} bytes cannot be mapped")
+            })?;
+        let file = FileBacking::map(fd, base, len, writable)?;
+        let id = NEXT_ID.fetch_add(1, Ordering::Relaxed);
+        let pages = Arc::new(Pages {
+            id,
+            uptr: file.addr,
+            npages,
+            writable,
+            mem: Arc::new(crate::user::SelfMemory),
+            account: Account::new(mode),
+            pins: Mutex::new(PinMap::default()),
+            registered: AtomicBool::new(false),
+            file: Some(file),
+        });
+        Ok((pages, start_byte))
+    }
+
+    /// The engine's own mapping, for an object of `IOAS_MAP_FILE`.
+    pub fn file(&self) -> Option<&FileBacking> {
+        self.file.as_ref()
+    }
+
+    /// Check what the object owns: for a file object, that its mapping
+    /// covers the object and that every pinned page is mapped and resident.
+    pub fn check_backing(&self) -> std::result::Result<(), String> {
+        let Some(f) = &self.file else {
+            return Ok(());
+        };
+        if f.addr != self.uptr || f.len != self.len_bytes() {
+            return Err(format!(
+                "pages {}: file mapping [{:#x}, +{:#x}) does not cover the object [{:#x}, +{:#x})",
+                self.id,
+                f.addr,
+                f.len,
+                self.uptr,
+                self.len_bytes()
+            ));
+        }
+        let runs: Vec<(u64, u64)> = self
+            .pins
+            .lock()
+            .runs
+            .iter()
+            .map(|(&s, &(l, _))| (s, l))
+            .collect();
+        for (s, l) in runs {
+            if !f.pinnable {
+                return Err(format!(
+                    "pages {}: pages {s}..={l} of an unpinnable file are pinned",
+                    self.id
+                ));
+            }
+            f.check_resident(s, l)
+                .map_err(|e| format!("pages {}: {e}", self.id))?;
+        }
+        Ok(())
     }
 
     /// Put the object in [`REGISTRY`] (once). Called with `pins` held, before
@@ -250,14 +565,35 @@ impl Pages {
         if new > 0 {
             crate::inject::point("pages.batch", libc::ENOMEM)?;
             crate::inject::point("pages.account", libc::ENOMEM)?;
+            if let Some(f) = &self.file {
+                if !f.pinnable {
+                    crate::bail!(
+                        EINVAL,
+                        "pages {}: a file that is neither shmem nor hugetlbfs cannot be pinned",
+                        self.id
+                    );
+                }
+            }
             self.account.charge(new)?;
             for &(s, l) in &holes {
-                let r = crate::inject::point("pages.pin", libc::EFAULT).and_then(|()| {
-                    self.mem
-                        .populate(self.uptr + s * ps, (l - s + 1) * ps, self.writable)
-                });
+                if let Err(e) = crate::inject::point("pages.pin", libc::EFAULT) {
+                    self.account.uncharge(new);
+                    return Err(e);
+                }
+                let r = self
+                    .mem
+                    .populate(self.uptr + s * ps, (l - s + 1) * ps, self.writable);
                 if let Err(e) = r {
                     self.account.uncharge(new);
+                    // A shared file mapping faults past the end of the file:
+                    // the kernel's pin finds no folio there (`EINVAL`).
+                    if self.file.is_some() && e.errno().0 == libc::EFAULT {
+                        crate::bail!(
+                            EINVAL,
+                            "pages {}: pages {s}..={l} lie past the end of the file",
+                            self.id
+                        );
+                    }
                     return Err(e);
                 }
             }
@@ -393,6 +729,70 @@ mod tests {
         p.unpin(2, 5);
         assert_eq!(p.npinned(), 0);
         assert!(p.pins.lock().runs.is_empty());
+    }
+
+    fn memfd(npages: u64) -> i32 {
+        // SAFETY: creating and sizing our own memfd.
+        let fd = unsafe { libc::memfd_create(c"pages-test".as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: as above.
+        let r = unsafe { libc::ftruncate(fd, (npages * page_size()) as i64) };
+        assert_eq!(r, 0);
+        fd
+    }
+
+    #[test]
+    fn file_pages_own_their_mapping_and_checks_see_it() {
+        let ps = page_size();
+        let fd = memfd(4);
+        let (p, start_byte) = Pages::new_file(fd, ps + 8, 2 * ps, true, AccountMode::None).unwrap();
+        // SAFETY: ours; the object keeps its own mapping.
+        unsafe { libc::close(fd) };
+        assert_eq!(start_byte, 8);
+        assert_eq!(p.npages(), 3);
+        let f = p.file().unwrap();
+        assert_eq!((f.addr(), f.len(), f.offset()), (p.uptr(), 3 * ps, ps));
+        assert!(f.pinnable());
+        p.check_backing().unwrap();
+        p.pin(0, 2).unwrap();
+        p.check_backing().unwrap();
+        let mut b = [0u8; 1];
+        p.memory().write(p.uptr() + 8, b"x").unwrap();
+        p.memory().read(p.uptr() + 8, &mut b).unwrap();
+        assert_eq!(&b, b"x");
+        // the mapping taken away under the object: the check says so
+        // SAFETY: unmapping the object's own (test-only) mapping; nothing
+        // reads it before the object's drop unmaps it again (a no-op).
+        unsafe { libc::munmap(f.addr() as *mut _, f.len() as usize) };
+        let e = p.check_backing().unwrap_err();
+        assert!(e.contains("no longer mapped"), "{e}");
+        p.unpin(0, 2);
+    }
+
+    #[test]
+    fn file_pages_past_eof_and_unpinnable() {
+        let ps = page_size();
+        let fd = memfd(1);
+        let (p, _) = Pages::new_file(fd, 0, 2 * ps, false, AccountMode::None).unwrap();
+        p.pin(0, 0).unwrap();
+        assert_eq!(p.pin(1, 1).unwrap_err().errno().0, libc::EINVAL);
+        assert_eq!(p.npinned(), 1);
+        p.unpin(0, 0);
+        // SAFETY: ours.
+        unsafe { libc::close(fd) };
+        assert_eq!(
+            Pages::new_file(-1, 0, ps, false, AccountMode::None)
+                .unwrap_err()
+                .errno()
+                .0,
+            libc::EBADF
+        );
+        let f = std::fs::File::open("/proc/self/status").unwrap();
+        use std::os::fd::AsRawFd;
+        let (p, _) = Pages::new_file(f.as_raw_fd(), 0, ps, false, AccountMode::None).unwrap();
+        assert!(!p.file().unwrap().pinnable());
+        assert_eq!(p.pin(0, 0).unwrap_err().errno().0, libc::EINVAL);
+        p.check_backing().unwrap();
     }
 
     #[test]

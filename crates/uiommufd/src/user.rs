@@ -383,3 +383,90 @@ mod tests {
         unsafe { libc::munmap(p, ps) };
     }
 }
+
+/// The shared file mappings of this process, as `/proc/self/maps` lists
+/// them when [`FileMaps::snapshot`] reads it: what lets a check tell that
+/// two addresses reach the same page of the same file (the engine's own
+/// mapping of an `IOAS_MAP_FILE` memfd and the program's view of it), as
+/// the kernel compares page frames.
+#[derive(Debug, Default)]
+pub struct FileMaps {
+    /// (start, end, file offset of start, dev, inode), by start.
+    maps: Vec<(u64, u64, u64, u64, u64)>,
+}
+
+impl FileMaps {
+    /// Read `/proc/self/maps` (by system call: under the preload `open` is
+    /// the program's hooked entry point). Empty when it cannot be read.
+    pub fn snapshot() -> FileMaps {
+        let mut out = FileMaps::default();
+        // SAFETY: a NUL-terminated path; the fd is ours and closed below.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat,
+                libc::AT_FDCWD,
+                c"/proc/self/maps".as_ptr(),
+                libc::O_RDONLY | libc::O_CLOEXEC,
+            )
+        } as i32;
+        if fd < 0 {
+            return out;
+        }
+        let mut text = Vec::new();
+        let mut chunk = [0u8; 4096];
+        loop {
+            // SAFETY: reading into our own buffer of that size.
+            let n = unsafe { libc::syscall(libc::SYS_read, fd, chunk.as_mut_ptr(), chunk.len()) };
+            if n <= 0 {
+                break;
+            }
+            text.extend_from_slice(&chunk[..n as usize]);
+        }
+        // SAFETY: closing the fd opened above.
+        unsafe { libc::syscall(libc::SYS_close, fd) };
+        for line in String::from_utf8_lossy(&text).lines() {
+            let mut f = line.split_ascii_whitespace();
+            let (Some(range), Some(perms), Some(off), Some(dev), Some(ino)) =
+                (f.next(), f.next(), f.next(), f.next(), f.next())
+            else {
+                continue;
+            };
+            let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+            let Some((s, e)) = range.split_once('-') else {
+                continue;
+            };
+            let Some((maj, min)) = dev.split_once(':') else {
+                continue;
+            };
+            let (Some(s), Some(e), Some(off), Some(maj), Some(min), Ok(ino)) = (
+                hex(s),
+                hex(e),
+                hex(off),
+                hex(maj),
+                hex(min),
+                ino.parse::<u64>(),
+            ) else {
+                continue;
+            };
+            // only shared mappings of a file reach the file's own pages
+            if ino != 0 && perms.as_bytes().get(3) == Some(&b's') {
+                out.maps.push((s, e, off, (maj << 32) | min, ino));
+            }
+        }
+        out.maps.sort_unstable();
+        out
+    }
+
+    /// (dev, inode, byte offset in the file) of the page at `addr`, when a
+    /// shared file mapping covers it.
+    pub fn identity(&self, addr: u64) -> Option<(u64, u64, u64)> {
+        let i = self.maps.partition_point(|m| m.0 <= addr).checked_sub(1)?;
+        let (s, e, off, dev, ino) = self.maps[i];
+        (addr < e).then(|| (dev, ino, off + (addr - s)))
+    }
+
+    /// Whether `a` and `b` reach the same byte of the same file.
+    pub fn same_file_byte(&self, a: u64, b: u64) -> bool {
+        matches!((self.identity(a), self.identity(b)), (Some(x), Some(y)) if x == y)
+    }
+}

@@ -27,12 +27,21 @@ fn destroy_errors() {
     // unknown numbers: below the table, in a gap, past it, another type byte
     for nr in [
         io(IOMMUFD_CMD_BASE - 1),
-        io(0x8f),
+        io(0x95),
         io(0x9f),
         io(0xa1),
         0x1234_0080,
     ] {
         assert_eq!(errno(&ctx, nr, &mut d), libc::ENOTTY, "cmd {nr:#x}");
+    }
+    // 6.12's table ends at 0x8e (and the test command)
+    let ctx612 = Context::new_at(uiommufd::UapiLevel::V6_12);
+    for nr in 0x8f..=0x94 {
+        assert_eq!(
+            errno(&ctx612, io(nr), &mut d),
+            libc::ENOTTY,
+            "6.12 cmd {nr:#x}"
+        );
     }
 }
 

@@ -188,6 +188,8 @@ pub struct AreaInfo {
     pub prot: Prot,
     /// The pages object's id.
     pub pages_id: u64,
+    /// Whether the pages are the engine's mapping of a file (`IOAS_MAP_FILE`).
+    pub file_backed: bool,
 }
 
 /// The largest alignment IOVA allocation asks for: the size a page-table
@@ -1296,8 +1298,28 @@ impl IoPagetable {
                 uptr: a.pages.uptr() + a.start_byte,
                 prot: a.prot,
                 pages_id: a.pages.id(),
+                file_backed: a.pages.file().is_some(),
             })
             .collect()
+    }
+
+    /// `IOMMU_IOAS_CHANGE_PROCESS`'s check of this table: `EBUSY` while an
+    /// area is still being filled (the kernel's area without pages),
+    /// `EINVAL` when an area maps user memory rather than a file.
+    pub fn check_all_file_backed(&self) -> Result<()> {
+        let st = self.state.read();
+        for (&k, a) in st.areas.iter() {
+            if a.state == AreaState::Filling {
+                bail!(EBUSY, "the area at {k:#x} is still being mapped");
+            }
+            if a.pages.file().is_none() {
+                bail!(
+                    EINVAL,
+                    "the area at {k:#x} maps user memory: only file-backed areas can change process"
+                );
+            }
+        }
+        Ok(())
     }
 
     /// Check the structure's invariants; `Err` says which one broke.
@@ -1313,6 +1335,11 @@ impl IoPagetable {
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         let attached = self.domains.read();
         let st = self.state.write();
+        for (&k, a) in st.areas.iter() {
+            a.pages
+                .check_backing()
+                .map_err(|e| format!("area at {k:#x}: {e}"))?;
+        }
         let ps = page_size();
         let align = st.iova_alignment;
         if !align.is_power_of_two() {

@@ -10,6 +10,7 @@ use super::Ioas;
 use crate::context::Object;
 use crate::io_pagetable::Prot;
 use crate::uapi::dispatch::Ucmd;
+use crate::uapi::level::UapiLevel;
 use crate::uapi::*;
 use crate::{bail, err, Error, Result};
 
@@ -161,6 +162,93 @@ pub(crate) fn map(u: &Ucmd) -> Result<i32> {
     let fixed = (cmd.flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(cmd.iova);
     cmd.iova = ioas.map_user(cmd.user_va, cmd.length, fixed, prot_of(cmd.flags))?;
     u.respond(&cmd)?;
+    Ok(0)
+}
+
+/// `IOMMU_IOAS_MAP_FILE` (Linux 6.13): as `IOAS_MAP`, of a file range.
+///
+/// Order of the checks, by level: flags (`EOPNOTSUPP`), `iova`/`length` of
+/// `ULONG_MAX` (`EOVERFLOW`), neither READABLE nor WRITEABLE (`EINVAL`),
+/// the IOAS (`ENOENT`); then up to 6.18 the fd (`EBADF`) before a zero
+/// `length` (`EINVAL`) and `start + length - 1` overflowing (`EOVERFLOW`),
+/// and from 6.19 (which looks for a dma-buf first) those two before the fd.
+pub(crate) fn map_file(u: &Ucmd) -> Result<i32> {
+    let mut cmd: IommuIoasMapFile = u.cmd();
+    if cmd.flags & !MAP_FLAGS != 0 {
+        bail!(
+            EOPNOTSUPP,
+            "IOAS_MAP_FILE: unknown flags {:#x}",
+            cmd.flags & !MAP_FLAGS
+        );
+    }
+    if ulong_max_or_more(cmd.iova) || ulong_max_or_more(cmd.length) {
+        bail!(
+            EOVERFLOW,
+            "IOAS_MAP_FILE: iova or length is ULONG_MAX or more"
+        );
+    }
+    if cmd.flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE) == 0 {
+        bail!(
+            EINVAL,
+            "IOAS_MAP_FILE: neither READABLE nor WRITEABLE is set"
+        );
+    }
+    let ioas = u.ctx.ioas(cmd.ioas_id)?;
+    let range_checks = || -> Result<()> {
+        if cmd.length == 0 {
+            bail!(EINVAL, "IOAS_MAP_FILE: length is zero");
+        }
+        if cmd.start.checked_add(cmd.length - 1).is_none() {
+            bail!(
+                EOVERFLOW,
+                "IOAS_MAP_FILE: start {:#x} + length {:#x} overflows",
+                cmd.start,
+                cmd.length
+            );
+        }
+        Ok(())
+    };
+    if u.level().at_least(UapiLevel::V6_19) {
+        range_checks()?;
+    }
+    if cmd.fd < 0 {
+        bail!(EBADF, "IOAS_MAP_FILE: fd {} is not an open file", cmd.fd);
+    }
+    // The fd is one of the caller's (the preload runs in the program):
+    // `Pages::new_file` says EBADF when it is not open.
+    let fixed = (cmd.flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(cmd.iova);
+    if !u.level().at_least(UapiLevel::V6_19) {
+        // 6.13..6.18: the fd is looked up first.
+        // SAFETY: F_GETFL on a number; no memory is involved.
+        let fl = unsafe { libc::syscall(libc::SYS_fcntl, cmd.fd, libc::F_GETFL) };
+        if fl < 0 || (fl as i32) & libc::O_PATH != 0 {
+            bail!(EBADF, "IOAS_MAP_FILE: fd {} is not an open file", cmd.fd);
+        }
+        range_checks()?;
+    }
+    cmd.iova = ioas.map_file(cmd.fd, cmd.start, cmd.length, fixed, prot_of(cmd.flags))?;
+    u.respond(&cmd)?;
+    Ok(0)
+}
+
+/// `IOMMU_IOAS_CHANGE_PROCESS` (Linux 6.14): move the pins of every
+/// file-backed area of the context to the calling process's accounting.
+///
+/// `EOPNOTSUPP` for a non-zero `__reserved`; `EBUSY` while an area is being
+/// mapped; `EINVAL` when any area of any IOAS maps user memory (only file
+/// pages can change process). In one process the caller is the process
+/// that holds the pins already (same mm, same user), so, as in the kernel,
+/// nothing is recharged and the call succeeds.
+pub(crate) fn change_process(u: &Ucmd) -> Result<i32> {
+    let cmd: IommuIoasChangeProcess = u.cmd();
+    if cmd.__reserved != 0 {
+        bail!(EOPNOTSUPP, "IOAS_CHANGE_PROCESS: __reserved must be zero");
+    }
+    for (_, obj) in u.ctx.objects() {
+        if let Object::Ioas(ioas) = obj {
+            ioas.iopt().check_all_file_backed()?;
+        }
+    }
     Ok(0)
 }
 

@@ -72,6 +72,42 @@ impl Ioas {
         self.iopt.map_one(src, length, req, prot)
     }
 
+    /// `IOMMU_IOAS_MAP_FILE`: map `length` bytes of file `fd` (a file
+    /// descriptor of this process) from byte `start`, at `iova` (or an
+    /// allocated IOVA when `None`). Returns the IOVA.
+    ///
+    /// The engine maps the file itself (`MAP_SHARED`), and that mapping
+    /// lives as long as an area, domain or access uses the pages: the
+    /// caller may unmap its own view of the file and close `fd` at once.
+    /// Pins are accounted as those of `IOAS_MAP`. Only shmem (memfd) and
+    /// hugetlbfs files can be pinned (`EINVAL` when a domain or an access
+    /// needs them), as `memfd_pin_folios` only takes those; pages past
+    /// the end of the file cannot be pinned either (`EINVAL`).
+    pub fn map_file(
+        &self,
+        fd: i32,
+        start: u64,
+        length: u64,
+        iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<u64> {
+        if length == 0 {
+            bail!(EINVAL, "length is zero");
+        }
+        if start.checked_add(length - 1).is_none() {
+            bail!(EOVERFLOW, "start {start:#x} + length {length:#x} overflows");
+        }
+        let (pages, start_byte) =
+            Pages::new_file(fd, start, length, prot.write, self.account_mode)?;
+        let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
+        let src = MapSource {
+            pages,
+            start_byte,
+            length,
+        };
+        self.iopt.map_one(src, length, req, prot)
+    }
+
     /// `IOMMU_IOAS_COPY`: map what backs `[src_iova, src_iova + length)` in
     /// `src` into this IOAS, sharing the pin. Returns the destination IOVA.
     pub fn copy_from(

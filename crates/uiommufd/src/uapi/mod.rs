@@ -9,11 +9,16 @@
 //! out without `unsafe`.
 //!
 //! The *understood size* of each command (what decides `E2BIG` for trailing
-//! non-zero bytes) is the size of the Rust struct here, pinned to 6.12.
+//! non-zero bytes) is the size of the Rust struct here. No command of 6.12
+//! grew up to 7.2 (`iommu_hw_info` only turned `out_data_type` into a union
+//! of the same size), so one size per command serves every level; the
+//! commands added after 6.12 are here too, each with the level it appeared
+//! in ([`level::UapiLevel`], [`dispatch`]).
 
 #![allow(missing_docs)] // field names are the kernel's; see iommufd.h for each
 
 pub mod dispatch;
+pub mod level;
 pub mod vfio;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
@@ -43,6 +48,18 @@ pub const IOMMUFD_CMD_HWPT_SET_DIRTY_TRACKING: u32 = 0x8b;
 pub const IOMMUFD_CMD_HWPT_GET_DIRTY_BITMAP: u32 = 0x8c;
 pub const IOMMUFD_CMD_HWPT_INVALIDATE: u32 = 0x8d;
 pub const IOMMUFD_CMD_FAULT_QUEUE_ALLOC: u32 = 0x8e;
+/// Linux 6.13.
+pub const IOMMUFD_CMD_IOAS_MAP_FILE: u32 = 0x8f;
+/// Linux 6.13 (not implemented: `ENOTTY` at every level).
+pub const IOMMUFD_CMD_VIOMMU_ALLOC: u32 = 0x90;
+/// Linux 6.13 (not implemented: `ENOTTY` at every level).
+pub const IOMMUFD_CMD_VDEVICE_ALLOC: u32 = 0x91;
+/// Linux 6.14.
+pub const IOMMUFD_CMD_IOAS_CHANGE_PROCESS: u32 = 0x92;
+/// Linux 6.15 (not implemented: `ENOTTY` at every level).
+pub const IOMMUFD_CMD_VEVENTQ_ALLOC: u32 = 0x93;
+/// Linux 6.17 (not implemented: `ENOTTY` at every level).
+pub const IOMMUFD_CMD_HW_QUEUE_ALLOC: u32 = 0x94;
 /// The selftest's command, `IOMMUFD_CMD_BASE + 32`.
 pub const IOMMUFD_CMD_TEST: u32 = IOMMUFD_CMD_BASE + 32;
 
@@ -62,6 +79,12 @@ pub const IOMMU_HWPT_GET_DIRTY_BITMAP: u32 = io(IOMMUFD_CMD_HWPT_GET_DIRTY_BITMA
 pub const IOMMU_HWPT_INVALIDATE: u32 = io(IOMMUFD_CMD_HWPT_INVALIDATE);
 pub const IOMMU_FAULT_QUEUE_ALLOC: u32 = io(IOMMUFD_CMD_FAULT_QUEUE_ALLOC);
 pub const IOMMU_TEST_CMD: u32 = io(IOMMUFD_CMD_TEST);
+pub const IOMMU_IOAS_MAP_FILE: u32 = io(IOMMUFD_CMD_IOAS_MAP_FILE);
+pub const IOMMU_VIOMMU_ALLOC: u32 = io(IOMMUFD_CMD_VIOMMU_ALLOC);
+pub const IOMMU_VDEVICE_ALLOC: u32 = io(IOMMUFD_CMD_VDEVICE_ALLOC);
+pub const IOMMU_IOAS_CHANGE_PROCESS: u32 = io(IOMMUFD_CMD_IOAS_CHANGE_PROCESS);
+pub const IOMMU_VEVENTQ_ALLOC: u32 = io(IOMMUFD_CMD_VEVENTQ_ALLOC);
+pub const IOMMU_HW_QUEUE_ALLOC: u32 = io(IOMMUFD_CMD_HW_QUEUE_ALLOC);
 
 // IOAS map flags.
 pub const IOMMU_IOAS_MAP_FIXED_IOVA: u32 = 1 << 0;
@@ -144,6 +167,17 @@ abi_struct! {
         pub size: u32, pub flags: u32, pub ioas_id: u32, pub __reserved: u32,
         pub user_va: u64, pub length: u64, pub iova: u64,
     }
+}
+abi_struct! {
+    /// `struct iommu_ioas_map_file` (Linux 6.13)
+    pub struct IommuIoasMapFile {
+        pub size: u32, pub flags: u32, pub ioas_id: u32, pub fd: i32,
+        pub start: u64, pub length: u64, pub iova: u64,
+    }
+}
+abi_struct! {
+    /// `struct iommu_ioas_change_process` (Linux 6.14)
+    pub struct IommuIoasChangeProcess { pub size: u32, pub __reserved: u32 }
 }
 abi_struct! {
     /// `struct iommu_ioas_copy`
@@ -375,6 +409,8 @@ const _: () = {
     assert!(size_of::<IommuIoasIovaRanges>() == 32);
     assert!(size_of::<IommuIoasAllowIovas>() == 24);
     assert!(size_of::<IommuIoasMap>() == 40);
+    assert!(size_of::<IommuIoasMapFile>() == 40);
+    assert!(size_of::<IommuIoasChangeProcess>() == 8);
     assert!(size_of::<IommuIoasCopy>() == 40);
     assert!(size_of::<IommuIoasUnmap>() == 24);
     assert!(size_of::<IommuOption>() == 24);

@@ -1,0 +1,627 @@
+//! The uAPI level (`UIOMMUFD_UAPI`, `Context::new_at`) and the commands newer
+//! than 6.12: `IOMMU_IOAS_MAP_FILE` (6.13) and `IOMMU_IOAS_CHANGE_PROCESS`
+//! (6.14), through the uAPI bytes.
+
+use std::sync::Arc;
+
+use uiommufd::uapi::*;
+use uiommufd::{Context, UapiLevel};
+use uiommufd_testkit::*;
+use zerocopy::IntoBytes;
+
+const RW: u32 = IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE;
+
+fn ps() -> u64 {
+    uiommufd::user::page_size()
+}
+
+/// A memfd of `npages` pages named `name`, mapped shared, filled with `fill(i)`.
+struct Memfd {
+    fd: i32,
+    map: *mut u8,
+    len: usize,
+}
+
+impl Memfd {
+    fn new(name: &std::ffi::CStr, npages: u64, fill: impl Fn(usize) -> u8) -> Memfd {
+        let len = (npages * ps()) as usize;
+        // SAFETY: creating and sizing our own memfd.
+        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+        assert!(fd >= 0);
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::ftruncate(fd, len as i64) }, 0);
+        // SAFETY: a new shared mapping of our memfd.
+        let map = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                0,
+            )
+        };
+        assert_ne!(map, libc::MAP_FAILED);
+        let map = map as *mut u8;
+        for i in 0..len {
+            // SAFETY: within our mapping.
+            unsafe { *map.add(i) = fill(i) };
+        }
+        Memfd { fd, map, len }
+    }
+
+    /// The program gives up its own view and its fd.
+    fn drop_view_and_fd(&mut self) {
+        if !self.map.is_null() {
+            // SAFETY: our own mapping, unmapped once.
+            assert_eq!(unsafe { libc::munmap(self.map as *mut _, self.len) }, 0);
+            self.map = std::ptr::null_mut();
+        }
+        if self.fd >= 0 {
+            // SAFETY: our own fd, closed once.
+            unsafe { libc::close(self.fd) };
+            self.fd = -1;
+        }
+    }
+}
+
+impl Drop for Memfd {
+    fn drop(&mut self) {
+        self.drop_view_and_fd();
+    }
+}
+
+fn map_file_cmd(
+    ioas: u32,
+    fd: i32,
+    start: u64,
+    length: u64,
+    flags: u32,
+    iova: u64,
+) -> IommuIoasMapFile {
+    IommuIoasMapFile {
+        size: size_of::<IommuIoasMapFile>() as u32,
+        flags,
+        ioas_id: ioas,
+        fd,
+        start,
+        length,
+        iova,
+    }
+}
+
+fn map_file(
+    ctx: &Arc<Context>,
+    ioas: u32,
+    fd: i32,
+    start: u64,
+    length: u64,
+    flags: u32,
+) -> Result<u64, i32> {
+    let mut c = map_file_cmd(ioas, fd, start, length, flags, 0);
+    ctx.ioc(IOMMU_IOAS_MAP_FILE, &mut c)?;
+    Ok(c.iova)
+}
+
+/// `IOAS_MAP_FILE` at a fixed IOVA in the mock aperture.
+fn map_file_at(
+    ctx: &Arc<Context>,
+    ioas: u32,
+    fd: i32,
+    start: u64,
+    length: u64,
+    flags: u32,
+) -> Result<u64, i32> {
+    let iova = MOCK_APERTURE_START;
+    let mut c = map_file_cmd(
+        ioas,
+        fd,
+        start,
+        length,
+        flags | IOMMU_IOAS_MAP_FIXED_IOVA,
+        iova,
+    );
+    ctx.ioc(IOMMU_IOAS_MAP_FILE, &mut c)?;
+    Ok(c.iova)
+}
+
+/// Whether `/proc/self/maps` shows a mapping of the memfd called `name`.
+fn mapped_anywhere(name: &str) -> bool {
+    std::fs::read_to_string("/proc/self/maps")
+        .unwrap()
+        .lines()
+        .any(|l| l.contains(&format!("/memfd:{name} ")) || l.ends_with(&format!("/memfd:{name}")))
+}
+
+fn read_via_access(ctx: &Arc<Context>, access: u32, iova: u64, len: usize) -> Vec<u8> {
+    let mut out = vec![0u8; len];
+    access_rw(ctx, access, iova, len as u64, out.as_mut_ptr() as u64, 0).unwrap();
+    out
+}
+
+/// The "Done when": MAP_FILE of a memfd survives the mapping
+/// process's munmap (and close): the domain and an access still reach the
+/// data, writes land in the file, and the engine's own mapping goes with
+/// the last user.
+#[test]
+fn map_file_survives_munmap_and_close() {
+    let name = "uapi-levels-survive";
+    let ctx = Context::new_at(UapiLevel::V6_13);
+    let ioas = ioas_alloc(&ctx);
+    let (_stdev, _hwpt, _idev) = mock_domain(&ctx, ioas).unwrap();
+    let mut m = Memfd::new(c"uapi-levels-survive", 4, |i| (i % 251) as u8);
+    let want: Vec<u8> = (0..m.len).map(|i| (i % 251) as u8).collect();
+    let len = m.len as u64;
+    // from the middle of the first page (a start that is not page aligned;
+    // the mock domain's IOVA granule is half a page)
+    let h = ps() / 2;
+    let iova = map_file(&ctx, ioas, m.fd, h, len - h, RW).unwrap();
+    ctx.check_invariants().unwrap();
+    m.drop_view_and_fd();
+    assert!(
+        mapped_anywhere(name),
+        "the engine keeps its own mapping of the file"
+    );
+
+    let access = create_access(&ctx, ioas, 0).unwrap();
+    assert_eq!(
+        read_via_access(&ctx, access, iova, m.len - h as usize),
+        want[h as usize..]
+    );
+    // a device write lands in the file pages, and reads back
+    let mut patch = *b"written by the device";
+    access_rw(
+        &ctx,
+        access,
+        iova + h,
+        patch.len() as u64,
+        patch.as_mut_ptr() as u64,
+        MOCK_ACCESS_RW_WRITE,
+    )
+    .unwrap();
+    assert_eq!(read_via_access(&ctx, access, iova + h, patch.len()), patch);
+    ctx.check_invariants().unwrap();
+
+    // IOAS_COPY shares the file pages; unmapping the source keeps them
+    let ioas2 = ioas_alloc(&ctx);
+    mock_domain(&ctx, ioas2).unwrap();
+    let mut cp = IommuIoasCopy {
+        size: size_of::<IommuIoasCopy>() as u32,
+        flags: RW,
+        dst_ioas_id: ioas2,
+        src_ioas_id: ioas,
+        length: len - h,
+        dst_iova: 0,
+        src_iova: iova,
+    };
+    ctx.ioc(IOMMU_IOAS_COPY, &mut cp).unwrap();
+    unmap(&ctx, ioas, iova, len - h).unwrap();
+    ctx.check_invariants().unwrap();
+    let access2 = create_access(&ctx, ioas2, 0).unwrap();
+    let got = read_via_access(&ctx, access2, cp.dst_iova, m.len - h as usize);
+    assert_eq!(&got[h as usize..][..patch.len()], &patch);
+    assert_eq!(got[0], want[h as usize]);
+    assert_eq!(got[ps() as usize..], want[(ps() + h) as usize..]);
+    assert!(mapped_anywhere(name));
+
+    // the last area gone: the engine's mapping goes too
+    unmap(&ctx, ioas2, cp.dst_iova, len - h).unwrap();
+    ctx.check_invariants().unwrap();
+    assert!(
+        !mapped_anywhere(name),
+        "the engine's mapping outlived its last user"
+    );
+}
+
+/// The memfd is written by the program after the map: the device sees the
+/// same pages (a shared mapping, not a copy), and the reverse.
+#[test]
+fn map_file_shares_the_pages() {
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    mock_domain(&ctx, ioas).unwrap();
+    let m = Memfd::new(c"uapi-levels-share", 2, |_| 0);
+    let iova = map_file(&ctx, ioas, m.fd, 0, m.len as u64, RW).unwrap();
+    // SAFETY: within the program's mapping.
+    unsafe { *m.map.add(5) = 0x5a };
+    let access = create_access(&ctx, ioas, 0).unwrap();
+    assert_eq!(read_via_access(&ctx, access, iova + 5, 1), [0x5a]);
+    let mut b = [0xa5u8];
+    access_rw(
+        &ctx,
+        access,
+        iova + 6,
+        1,
+        b.as_mut_ptr() as u64,
+        MOCK_ACCESS_RW_WRITE,
+    )
+    .unwrap();
+    // SAFETY: within the program's mapping.
+    assert_eq!(unsafe { *m.map.add(6) }, 0xa5);
+    // and through the access fast path's slow sibling too
+    assert_eq!(
+        {
+            let mut o = [0u8; 2];
+            access_rw(
+                &ctx,
+                access,
+                iova + 5,
+                2,
+                o.as_mut_ptr() as u64,
+                MOCK_ACCESS_RW_SLOW_PATH,
+            )
+            .unwrap();
+            o
+        },
+        [0x5a, 0xa5]
+    );
+    let areas = ctx.ioas(ioas).unwrap().areas();
+    assert!(areas[0].file_backed);
+    ctx.check_invariants().unwrap();
+}
+
+/// `MD_CHECK_MAP` against the program's own view of the memfd: the domain
+/// maps the engine's view, the same file pages (the selftest's
+/// `check_mock_iova(mfd_buffer, ...)` of its `*_file` variants).
+#[test]
+fn md_check_map_sees_the_same_file_pages() {
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    let (_, hwpt, _) = mock_domain(&ctx, ioas).unwrap();
+    let m = Memfd::new(c"uapi-levels-checkmap", 4, |_| 0);
+    let other = Memfd::new(c"uapi-levels-checkmap-other", 4, |_| 0);
+    let iova = map_file(&ctx, ioas, m.fd, ps(), 2 * ps(), RW).unwrap();
+    let check = |uptr: u64, len: u64| {
+        let c = TestCheckMap {
+            iova,
+            length: len,
+            uptr,
+        };
+        test_cmd(&ctx, IOMMU_TEST_OP_MD_CHECK_MAP, hwpt, c.as_bytes()).map(|_| ())
+    };
+    let view = m.map as u64;
+    assert_eq!(check(view + ps(), 2 * ps()), Ok(()));
+    // the wrong offset in the file, another file: not the same pages
+    assert_eq!(check(view, 2 * ps()), Err(libc::EINVAL));
+    assert_eq!(check(other.map as u64 + ps(), ps()), Err(libc::EINVAL));
+    // a private copy of the bytes is not the file's pages either
+    let copy = vec![0u8; 4 * ps() as usize];
+    let c0 = (copy.as_ptr() as u64).next_multiple_of(ps());
+    assert_eq!(check(c0, ps()), Err(libc::EINVAL));
+}
+
+/// What each level answers for the new commands, with the struct right.
+#[test]
+fn levels_gate_the_new_commands() {
+    let m = Memfd::new(c"uapi-levels-gate", 1, |_| 1);
+    for level in UapiLevel::ALL {
+        let ctx = Context::new_at(level);
+        assert_eq!(ctx.uapi_level(), level);
+        let ioas = ioas_alloc(&ctx);
+        let r = map_file(&ctx, ioas, m.fd, 0, ps(), RW);
+        if level < UapiLevel::V6_13 {
+            assert_eq!(r, Err(libc::ENOTTY), "{level}");
+        } else {
+            assert!(r.is_ok(), "{level}: {r:?}");
+        }
+        let mut cp = IommuIoasChangeProcess {
+            size: 8,
+            __reserved: 0,
+        };
+        let r = ctx.ioc(IOMMU_IOAS_CHANGE_PROCESS, &mut cp);
+        if level < UapiLevel::V6_14 {
+            assert_eq!(r, Err(libc::ENOTTY), "{level}");
+        } else {
+            assert_eq!(r, Ok(0), "{level}: only file areas");
+        }
+        // not implemented at any level: ENOTTY, whatever the size
+        let mut junk = [0u64; 8];
+        junk[0] = 64;
+        for cmd in [
+            IOMMU_VIOMMU_ALLOC,
+            IOMMU_VDEVICE_ALLOC,
+            IOMMU_VEVENTQ_ALLOC,
+            IOMMU_HW_QUEUE_ALLOC,
+        ] {
+            assert_eq!(
+                ctx.ioc(cmd, &mut junk),
+                Err(libc::ENOTTY),
+                "{level} {cmd:#x}"
+            );
+        }
+        // a 6.12 context answers exactly as before for a 6.12 command
+        assert_eq!(unmap(&ctx, ioas, 0, u64::MAX).map(|_| ()), Ok(()));
+    }
+    // the gate comes before the size rule, as an empty table slot's ENOTTY
+    let ctx = Context::new_at(UapiLevel::V6_12);
+    let mut short = IommuDestroy { size: 4, id: 0 };
+    assert_eq!(errno(&ctx, IOMMU_IOAS_MAP_FILE, &mut short), libc::ENOTTY);
+    let ctx = Context::new_at(UapiLevel::V6_13);
+    assert_eq!(errno(&ctx, IOMMU_IOAS_MAP_FILE, &mut short), libc::EINVAL);
+}
+
+/// The kernel's errno for each bad `IOAS_MAP_FILE`, in its order, at 6.13
+/// and 7.2 (which differ in when the fd is looked up).
+#[test]
+fn map_file_errno_table() {
+    let m = Memfd::new(c"uapi-levels-errno", 2, |_| 0);
+    let len = m.len as u64;
+    for level in [
+        UapiLevel::V6_13,
+        UapiLevel::V6_18,
+        UapiLevel::V6_19,
+        UapiLevel::V7_2,
+    ] {
+        let ctx = Context::new_at(level);
+        let ioas = ioas_alloc(&ctx);
+        let e = |c: &mut IommuIoasMapFile| errno(&ctx, IOMMU_IOAS_MAP_FILE, c);
+        let ok = map_file_cmd(ioas, m.fd, 0, len, RW, 0);
+        // size rule: short EINVAL, long with a non-zero tail E2BIG, long zero tail fine
+        let mut c = IommuIoasMapFile { size: 39, ..ok };
+        assert_eq!(e(&mut c), libc::EINVAL, "{level}");
+        let mut long = [0u8; 48];
+        long[..40].copy_from_slice(IommuIoasMapFile { size: 48, ..ok }.as_bytes());
+        long[47] = 1;
+        assert_eq!(
+            errno(&ctx, IOMMU_IOAS_MAP_FILE, &mut long),
+            libc::E2BIG,
+            "{level}"
+        );
+        long[47] = 0;
+        assert_eq!(errno(&ctx, IOMMU_IOAS_MAP_FILE, &mut long), 0, "{level}");
+        // flags, then ULONG_MAX, then no access, then the IOAS
+        assert_eq!(
+            e(&mut IommuIoasMapFile {
+                flags: RW | 8,
+                ..ok
+            }),
+            libc::EOPNOTSUPP
+        );
+        assert_eq!(
+            e(&mut IommuIoasMapFile {
+                flags: RW | 8,
+                length: 0,
+                ..ok
+            }),
+            libc::EOPNOTSUPP
+        );
+        assert_eq!(
+            e(&mut IommuIoasMapFile {
+                length: u64::MAX,
+                ..ok
+            }),
+            libc::EOVERFLOW
+        );
+        assert_eq!(
+            e(&mut IommuIoasMapFile {
+                iova: u64::MAX,
+                ..ok
+            }),
+            libc::EOVERFLOW
+        );
+        assert_eq!(
+            e(&mut IommuIoasMapFile {
+                flags: IOMMU_IOAS_MAP_FIXED_IOVA,
+                ..ok
+            }),
+            libc::EINVAL
+        );
+        assert_eq!(
+            e(&mut IommuIoasMapFile {
+                ioas_id: 999,
+                fd: -1,
+                ..ok
+            }),
+            libc::ENOENT
+        );
+        // the fd
+        assert_eq!(e(&mut IommuIoasMapFile { fd: -1, ..ok }), libc::EBADF);
+        assert_eq!(e(&mut IommuIoasMapFile { fd: 1 << 30, ..ok }), libc::EBADF);
+        // SAFETY: an O_PATH fd of our memfd, closed below.
+        let opath = unsafe {
+            libc::open(
+                format!("/proc/self/fd/{}\0", m.fd).as_ptr().cast(),
+                libc::O_PATH | libc::O_CLOEXEC,
+            )
+        };
+        assert!(opath >= 0);
+        assert_eq!(e(&mut IommuIoasMapFile { fd: opath, ..ok }), libc::EBADF);
+        // SAFETY: ours.
+        unsafe { libc::close(opath) };
+        // zero length and start overflow: after the fd up to 6.18, before from 6.19
+        let fd_first = level < UapiLevel::V6_19;
+        assert_eq!(e(&mut IommuIoasMapFile { length: 0, ..ok }), libc::EINVAL);
+        assert_eq!(
+            e(&mut IommuIoasMapFile {
+                length: 0,
+                fd: -1,
+                ..ok
+            }),
+            if fd_first { libc::EBADF } else { libc::EINVAL },
+            "{level}"
+        );
+        assert_eq!(
+            e(&mut IommuIoasMapFile {
+                start: u64::MAX - 10,
+                length: 12,
+                ..ok
+            }),
+            libc::EOVERFLOW
+        );
+        assert_eq!(
+            e(&mut IommuIoasMapFile {
+                start: u64::MAX - 10,
+                length: 12,
+                fd: -1,
+                ..ok
+            }),
+            if fd_first {
+                libc::EBADF
+            } else {
+                libc::EOVERFLOW
+            },
+            "{level}"
+        );
+        // IOVA rules are IOAS_MAP's
+        let mut fixed = IommuIoasMapFile {
+            flags: RW | IOMMU_IOAS_MAP_FIXED_IOVA,
+            iova: 0x10_0000,
+            ..ok
+        };
+        assert_eq!(e(&mut fixed), 0);
+        assert_eq!(fixed.iova, 0x10_0000);
+        assert_eq!(e(&mut fixed), libc::EEXIST);
+        ctx.check_invariants().unwrap();
+    }
+}
+
+/// What can and cannot be pinned: past the end of the file, a file that is
+/// not shmem, a read-only fd mapped writable (allowed up to 7.2).
+#[test]
+fn map_file_pin_rules() {
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    mock_domain(&ctx, ioas).unwrap();
+    let m = Memfd::new(c"uapi-levels-pins", 2, |_| 7);
+    let len = m.len as u64;
+    // past the end of the file: the pin finds no page (the selftest's basic_file)
+    assert_eq!(
+        err(map_file(&ctx, ioas, m.fd, 0, len + ps() / 2, RW)),
+        libc::EINVAL
+    );
+    assert_eq!(err(map_file(&ctx, ioas, m.fd, len, ps(), RW)), libc::EINVAL);
+    ctx.check_invariants().unwrap();
+
+    // a truncated memfd maps where nothing pins it; attaching a domain fails
+    let t = Memfd::new(c"uapi-levels-trunc", 1, |_| 0);
+    // SAFETY: sizing our own memfd.
+    assert_eq!(unsafe { libc::ftruncate(t.fd, 0) }, 0);
+    assert_eq!(err(map_file(&ctx, ioas, t.fd, 0, ps(), RW)), libc::EINVAL);
+    let bare = ioas_alloc(&ctx);
+    map_file_at(&ctx, bare, t.fd, 0, ps(), RW).unwrap();
+    assert_eq!(err(mock_domain(&ctx, bare)), libc::EINVAL);
+    ctx.check_invariants().unwrap();
+
+    // not shmem: accepted, but nothing can pin it
+    let f = std::fs::File::open(std::env::current_exe().unwrap()).unwrap();
+    use std::os::fd::AsRawFd;
+    let statfs_tmp = {
+        // SAFETY: fstatfs into a zeroed struct we own.
+        let mut s: libc::statfs = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::fstatfs(f.as_raw_fd(), &mut s) }, 0);
+        s.f_type as i64 == 0x0102_1994
+    };
+    if !statfs_tmp {
+        let bare2 = ioas_alloc(&ctx);
+        map_file_at(&ctx, bare2, f.as_raw_fd(), 0, ps(), IOMMU_IOAS_MAP_READABLE).unwrap();
+        assert_eq!(err(mock_domain(&ctx, bare2)), libc::EINVAL);
+        assert_eq!(
+            err(map_file(
+                &ctx,
+                ioas,
+                f.as_raw_fd(),
+                0,
+                ps(),
+                IOMMU_IOAS_MAP_READABLE
+            )),
+            libc::EINVAL
+        );
+        ctx.check_invariants().unwrap();
+    }
+
+    // an O_RDONLY fd mapped WRITEABLE: up to 7.2 the kernel pins it for write
+    // SAFETY: a read-only reopen of our memfd.
+    let ro = unsafe {
+        libc::open(
+            format!("/proc/self/fd/{}\0", m.fd).as_ptr().cast(),
+            libc::O_RDONLY,
+        )
+    };
+    assert!(ro >= 0);
+    let iova = map_file(&ctx, ioas, ro, 0, len, RW).unwrap();
+    // SAFETY: ours.
+    unsafe { libc::close(ro) };
+    let access = create_access(&ctx, ioas, 0).unwrap();
+    let mut b = [0x42u8];
+    access_rw(
+        &ctx,
+        access,
+        iova,
+        1,
+        b.as_mut_ptr() as u64,
+        MOCK_ACCESS_RW_WRITE,
+    )
+    .unwrap();
+    // SAFETY: the program's own mapping of the memfd.
+    assert_eq!(unsafe { *m.map }, 0x42);
+    ctx.check_invariants().unwrap();
+
+    // a write-sealed memfd: readable maps are fine; a writable one is EPERM
+    // here (a known difference: kernels up to 7.2 pin it for write anyway)
+    // SAFETY: creating, sizing and sealing our own memfd.
+    let sealed =
+        unsafe { libc::memfd_create(c"uapi-levels-sealed".as_ptr(), libc::MFD_ALLOW_SEALING) };
+    assert!(sealed >= 0);
+    // SAFETY: as above.
+    assert_eq!(unsafe { libc::ftruncate(sealed, len as i64) }, 0);
+    // SAFETY: as above.
+    let r = unsafe { libc::fcntl(sealed, libc::F_ADD_SEALS, libc::F_SEAL_WRITE) };
+    assert_eq!(r, 0);
+    assert_eq!(err(map_file(&ctx, ioas, sealed, 0, len, RW)), libc::EPERM);
+    let iova = map_file(&ctx, ioas, sealed, 0, len, IOMMU_IOAS_MAP_READABLE).unwrap();
+    // SAFETY: ours.
+    unsafe { libc::close(sealed) };
+    assert_eq!(read_via_access(&ctx, access, iova, 1), [0]);
+    ctx.check_invariants().unwrap();
+}
+
+/// `IOMMU_IOAS_CHANGE_PROCESS` in one process: only file areas may be
+/// present (`EINVAL` otherwise, across every IOAS); the caller already
+/// holds the pins, so nothing moves.
+#[test]
+fn change_process_single_process() {
+    let ctx = Context::new_at(UapiLevel::V7_2);
+    let mut cp = IommuIoasChangeProcess {
+        size: 8,
+        __reserved: 0,
+    };
+    assert_eq!(
+        ctx.ioc(IOMMU_IOAS_CHANGE_PROCESS, &mut cp),
+        Ok(0),
+        "no IOAS at all"
+    );
+    assert_eq!(
+        errno(
+            &ctx,
+            IOMMU_IOAS_CHANGE_PROCESS,
+            &mut IommuIoasChangeProcess {
+                size: 8,
+                __reserved: 1
+            }
+        ),
+        libc::EOPNOTSUPP
+    );
+    let ioas = ioas_alloc(&ctx);
+    mock_domain(&ctx, ioas).unwrap();
+    let m = Memfd::new(c"uapi-levels-chproc", 1, |_| 3);
+    map_file(&ctx, ioas, m.fd, 0, ps(), RW).unwrap();
+    assert_eq!(ctx.ioc(IOMMU_IOAS_CHANGE_PROCESS, &mut cp), Ok(0));
+    let other = ioas_alloc(&ctx);
+    let buf = Box::new([0u8; 8192]);
+    map(
+        &ctx,
+        other,
+        (buf.as_ptr() as u64).next_multiple_of(ps()),
+        ps(),
+        None,
+    )
+    .unwrap();
+    assert_eq!(
+        errno(&ctx, IOMMU_IOAS_CHANGE_PROCESS, &mut cp),
+        libc::EINVAL
+    );
+    unmap(&ctx, other, 0, u64::MAX).unwrap();
+    assert_eq!(ctx.ioc(IOMMU_IOAS_CHANGE_PROCESS, &mut cp), Ok(0));
+    ctx.check_invariants().unwrap();
+}
