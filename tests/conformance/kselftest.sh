@@ -1,21 +1,34 @@
 #!/usr/bin/env bash
-# Run the Linux 6.12 iommufd kselftests (tools/testing/selftests/iommu) against
-# uiommufd through LD_PRELOAD=libuiommufd_preload.so.
+# Run the Linux iommufd kselftests (tools/testing/selftests/iommu) against
+# uiommufd through LD_PRELOAD=libuiommufd_preload.so, at two uAPI levels:
+#   6.12  Debian bookworm's linux-source-6.12 selftest, engine at
+#         UIOMMUFD_UAPI=6.12, gated by tests/conformance/expected-pass.txt;
+#   7.2   Debian trixie-backports' linux-source-7.2 selftest, built against
+#         its own 7.2 uAPI headers, engine at UIOMMUFD_UAPI=7.2, gated by
+#         tests/conformance/expected-pass-7.2.txt.
 #
-# Steps:
-#   1. fetch Debian's linux-source-6.12 (apt-get download) and extract only the
-#      selftest + uapi files into target/conformance/src (cached, stamp file);
+# Steps (for each level):
+#   1. fetch Debian's linux-source-<level> (apt-get download; for 7.2 through
+#      a private apt configuration that names only trixie-backports, so the
+#      machine's own sources are untouched) and extract only the selftest +
+#      uapi files into <cache>/src (cached, stamp file); the 7.2 selftest also
+#      needs <sys/capability.h> and libcap.a, taken from bookworm's
+#      libcap-dev .deb (apt-get download, extracted into the cache, not
+#      installed);
 #   2. build the `iommufd` and `iommufd_fail_nth` selftest binaries with gcc
 #      (skipped when the binaries are newer than their sources);
-#   3. cargo build --release -p uiommufd-preload -p uiommufd-cli;
+#   3. cargo build --release -p uiommufd-preload -p uiommufd-cli (once);
 #   4. run each binary under LD_PRELOAD with a timeout, log to
-#      target/conformance/<bin>.log, parse per-test results into
-#      target/conformance/results.txt ("PASS|FAIL|SKIP fixture[.variant].test");
-#   5. compare against tests/conformance/expected-pass.txt.
+#      <cache>/<bin>.log, parse per-test results into <cache>/results.txt
+#      ("PASS|FAIL|SKIP fixture[.variant].test");
+#   5. compare against the level's expected-pass list.
+# <cache> is <target>/conformance for 6.12 and <target>/conformance/7.2 for 7.2.
 #
-# Usage: tests/conformance/kselftest.sh [--update] [--filter REGEX] [--no-build]
+# Usage: tests/conformance/kselftest.sh [--level 6.12|7.2|all] [--update]
+#                                       [--filter REGEX] [--no-build]
 #                                       [--timeout SECS] [--preload PATH]
-#   --update         append newly passing tests to expected-pass.txt
+#   --level LEVEL    run one level's selftest, or both (default: all)
+#   --update         append newly passing tests to the expected-pass list
 #   --filter REGEX   only run tests whose full name matches the (ERE) regex
 #   --no-build       do not run cargo build (use the existing preload library)
 #   --timeout SECS   per-binary timeout (default: $KSFT_TIMEOUT or 600)
@@ -23,49 +36,34 @@
 #                    <target>/release/libuiommufd_preload.so)
 #
 # Environment:
-#   UIOMMUFD_LINUX_SOURCE_DEB   use this local linux-source-6.12 .deb instead
-#                               of apt-get download
-#   CARGO_TARGET_DIR            honoured for the cargo target directory
+#   UIOMMUFD_LINUX_SOURCE_DEB      use this local linux-source-6.12 .deb
+#                                  instead of apt-get download
+#   UIOMMUFD_LINUX_SOURCE_72_DEB   the same for linux-source-7.2
+#   UIOMMUFD_LIBCAP_DEV_DEB        the same for libcap-dev (7.2 build only)
+#   CARGO_TARGET_DIR               honoured for the cargo target directory
 #
-# Exit status: 0 when every test listed in expected-pass.txt passed, 1 when
-# some did not, 2 on a setup/build error.
+# Exit status: 0 when every test listed in the expected-pass list(s) passed,
+# 1 when some did not, 2 on a setup/build error.
 set -euo pipefail
 
 SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 REPO_ROOT=$(cd "$SCRIPT_DIR/../.." && pwd)
 TARGET_DIR=${CARGO_TARGET_DIR:-$REPO_ROOT/target}
 case "$TARGET_DIR" in /*) ;; *) TARGET_DIR=$REPO_ROOT/$TARGET_DIR ;; esac
-CACHE=$TARGET_DIR/conformance
-EXPECTED=$SCRIPT_DIR/expected-pass.txt
-
-PKG=linux-source-6.12
-KDIR=linux-source-6.12          # top-level directory inside the inner tarball
-SRC_STAMP_VERSION=1             # bump when the list of extracted paths changes
-BINS=(iommufd iommufd_fail_nth)
-
-# The 6.12.y stable selftests were updated past the 6.12 uapi/iommufd_test.h
-# they ship with; these defines paper over the missing names.
-SELFTEST_DEFINES=(
-    -D__user=
-    -DIOMMU_HW_INFO_TYPE_DEFAULT=0
-    -DIOMMU_HW_INFO_FLAG_INPUT_TYPE=1
-    -Din_data_type=out_data_type
-    -DMOCK_FLAGS_DEVICE_PASID=4
-    -DMOCK_PASID_WIDTH=20
-)
-# -D_GNU_SOURCE= as lib.mk adds it (iommufd.c needs it for pipe2()).
-CFLAGS=(-O2 -Wall -Wno-unused-function -D_GNU_SOURCE= "${SELFTEST_DEFINES[@]}")
-
 UPDATE=0
 FILTER=
 DO_BUILD=1
 TIMEOUT=${KSFT_TIMEOUT:-600}
 PRELOAD=${UIOMMUFD_PRELOAD:-$TARGET_DIR/release/libuiommufd_preload.so}
+LEVEL=all
+ARGS=("$@")
 
 usage() { sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; }
 
 while [ $# -gt 0 ]; do
     case "$1" in
+        --level) LEVEL=${2:?--level needs 6.12, 7.2 or all}; shift ;;
+        --level=*) LEVEL=${1#--level=} ;;
         --update) UPDATE=1 ;;
         --filter) FILTER=${2:?--filter needs a regex}; shift ;;
         --filter=*) FILTER=${1#--filter=} ;;
@@ -81,8 +79,75 @@ while [ $# -gt 0 ]; do
 done
 case "$PRELOAD" in /*) ;; *) PRELOAD=$PWD/$PRELOAD ;; esac
 
-log() { printf '[conformance] %s\n' "$*"; }
-die() { printf '[conformance] error: %s\n' "$*" >&2; exit 2; }
+# Both levels: run this script once per level (the second one without the
+# cargo build the first did); the worst exit status wins.
+if [ "$LEVEL" = all ]; then
+    st612=0 st72=0
+    "$0" "${ARGS[@]}" --level 6.12 || st612=$?
+    echo
+    "$0" "${ARGS[@]}" --level 7.2 --no-build || st72=$?
+    echo
+    printf '[conformance] level 6.12: exit status %d; level 7.2: exit status %d\n' "$st612" "$st72"
+    [ "$st612" -ge "$st72" ] && exit "$st612"
+    exit "$st72"
+fi
+
+BINS=(iommufd iommufd_fail_nth)
+APT_OPTS=()          # extra apt-get options for the source download
+NEED_LIBCAP=0        # the selftest includes <sys/capability.h> (links -lcap)
+case "$LEVEL" in
+    6.12)
+        CACHE=$TARGET_DIR/conformance
+        EXPECTED=$SCRIPT_DIR/expected-pass.txt
+        PKG=linux-source-6.12
+        LOCAL_DEB=${UIOMMUFD_LINUX_SOURCE_DEB:-}
+        SRC_STAMP_VERSION=1     # bump when the list of extracted paths changes
+        # The 6.12.y stable selftests were updated past the 6.12
+        # uapi/iommufd_test.h they ship with; these defines paper over the
+        # missing names.
+        SELFTEST_DEFINES=(
+            -D__user=
+            -DIOMMU_HW_INFO_TYPE_DEFAULT=0
+            -DIOMMU_HW_INFO_FLAG_INPUT_TYPE=1
+            -Din_data_type=out_data_type
+            -DMOCK_FLAGS_DEVICE_PASID=4
+            -DMOCK_PASID_WIDTH=20
+        )
+        ;;
+    7.2)
+        CACHE=$TARGET_DIR/conformance/7.2
+        EXPECTED=$SCRIPT_DIR/expected-pass-7.2.txt
+        PKG=linux-source-7.2
+        LOCAL_DEB=${UIOMMUFD_LINUX_SOURCE_72_DEB:-}
+        SRC_STAMP_VERSION=1
+        # The 7.2 selftest matches its own headers. Its uapi headers use
+        # __counted_by() and __user, which `make headers_install` would strip
+        # (and 7.2's installed <linux/stddef.h> defines to nothing); the
+        # headers are taken raw here, so they are defined away instead.
+        SELFTEST_DEFINES=("-D__counted_by(m)=" -D__user=)
+        NEED_LIBCAP=1
+        # linux-source-7.2 is in trixie-backports only. A private apt
+        # configuration (its own sources list, lists and cache directories
+        # under <cache>/apt) names that suite alone, so the download needs
+        # no change to the machine's apt sources and no root. The InRelease
+        # signature is checked against the system's debian-archive-keyring.
+        APT_DIR=$CACHE/apt
+        APT_OPTS=(
+            -o "Dir::Etc::sourcelist=$APT_DIR/sources.list"
+            -o "Dir::Etc::sourceparts=$APT_DIR/sources.list.d"
+            -o "Dir::State::Lists=$APT_DIR/lists"
+            -o "Dir::Cache=$APT_DIR/cache"
+            -o "APT::Get::List-Cleanup=0"
+        )
+        ;;
+    *) echo "kselftest.sh: --level must be 6.12, 7.2 or all, not $LEVEL" >&2; exit 2 ;;
+esac
+KDIR=$PKG                       # top-level directory inside the inner tarball
+# -D_GNU_SOURCE= as lib.mk adds it (iommufd.c needs it for pipe2()).
+CFLAGS=(-O2 -Wall -Wno-unused-function -D_GNU_SOURCE= ${SELFTEST_DEFINES[@]+"${SELFTEST_DEFINES[@]}"})
+
+log() { printf '[conformance %s] %s\n' "$LEVEL" "$*"; }
+die() { printf '[conformance %s] error: %s\n' "$LEVEL" "$*" >&2; exit 2; }
 now() { date +%s.%N; }
 elapsed() { awk -v a="$1" -v b="$(now)" 'BEGIN { printf "%.1fs", b - a }'; }
 
@@ -103,25 +168,44 @@ EXTRACT_PATHS=(
     "$KDIR/include/uapi/linux/vfio.h"
 )
 
+# apt-get with the level's apt options (for 7.2: the private configuration,
+# whose sources list and directories are made here).
+apt_get() {
+    if [ ${#APT_OPTS[@]} -gt 0 ]; then
+        mkdir -p "$APT_DIR/sources.list.d" "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
+        echo "deb http://deb.debian.org/debian trixie-backports main" >"$APT_DIR/sources.list"
+    fi
+    apt-get ${APT_OPTS[@]+"${APT_OPTS[@]}"} "$@"
+}
+
+# download_deb PKG DIR [apt-get options...]: apt-get download PKG into DIR
+# (running apt-get update once when the package is unknown); prints the path.
+download_deb() {
+    local pkg=$1 dir=$2 deb
+    shift 2
+    mkdir -p "$dir"
+    deb=$(ls -t "$dir"/${pkg}_*.deb 2>/dev/null | head -n1 || true)
+    if [ -z "$deb" ]; then
+        log "downloading $pkg (apt-get download)" >&2
+        if ! (cd "$dir" && "$@" download "$pkg") >&2; then
+            log "apt-get download failed; running apt-get update and retrying" >&2
+            "$@" update -qq >&2 || die "apt-get update failed"
+            (cd "$dir" && "$@" download "$pkg") >&2 || die "apt-get download $pkg failed"
+        fi
+        deb=$(ls -t "$dir"/${pkg}_*.deb 2>/dev/null | head -n1 || true)
+        [ -n "$deb" ] || die "apt-get download produced no ${pkg}_*.deb"
+    fi
+    printf '%s\n' "$deb"
+}
+
 fetch_sources() {
     local t0 deb dl=$CACHE/dl tmp=$SRC.tmp
     t0=$(now)
-    if [ -n "${UIOMMUFD_LINUX_SOURCE_DEB:-}" ]; then
-        deb=$UIOMMUFD_LINUX_SOURCE_DEB
-        [ -f "$deb" ] || die "UIOMMUFD_LINUX_SOURCE_DEB=$deb does not exist"
+    if [ -n "$LOCAL_DEB" ]; then
+        deb=$LOCAL_DEB
+        [ -f "$deb" ] || die "local $PKG .deb $deb does not exist"
     else
-        mkdir -p "$dl"
-        deb=$(ls -t "$dl"/${PKG}_*_all.deb 2>/dev/null | head -n1 || true)
-        if [ -z "$deb" ]; then
-            log "downloading $PKG (apt-get download)"
-            if ! (cd "$dl" && apt-get download "$PKG"); then
-                log "apt-get download failed; running apt-get update and retrying"
-                apt-get update -qq || die "apt-get update failed"
-                (cd "$dl" && apt-get download "$PKG") || die "apt-get download $PKG failed"
-            fi
-            deb=$(ls -t "$dl"/${PKG}_*_all.deb 2>/dev/null | head -n1 || true)
-            [ -n "$deb" ] || die "apt-get download produced no ${PKG}_*_all.deb"
-        fi
+        deb=$(download_deb "$PKG" "$dl" apt_get)
     fi
     log "extracting selftests from $(basename "$deb") (download: $(elapsed "$t0"))"
     local t1
@@ -134,11 +218,22 @@ fetch_sources() {
         || die "extracting $PKG.tar.xz from $deb failed"
     [ -f "$tmp/$KDIR/tools/testing/selftests/iommu/iommufd.c" ] \
         || die "iommufd selftest not found in $deb"
+    if [ "$NEED_LIBCAP" = 1 ]; then
+        # <sys/capability.h> and libcap.a from the machine's own suite's
+        # libcap-dev, unpacked into the cache (not installed).
+        local capdeb=${UIOMMUFD_LIBCAP_DEV_DEB:-}
+        if [ -z "$capdeb" ]; then capdeb=$(download_deb libcap-dev "$dl" apt-get); fi
+        [ -f "$capdeb" ] || die "libcap-dev .deb $capdeb does not exist"
+        mkdir -p "$tmp/libcap"
+        dpkg-deb -x "$capdeb" "$tmp/libcap" || die "extracting $capdeb failed"
+        [ -f "$tmp/libcap/usr/include/sys/capability.h" ] \
+            || die "no sys/capability.h in $capdeb"
+    fi
     printf 'version=%s\ndeb=%s\n' "$SRC_STAMP_VERSION" "$(basename "$deb")" >"$tmp/.stamp"
     rm -rf "$SRC"
     mv "$tmp" "$SRC"
     # The extracted tree is all we need; drop the 150 MB .deb.
-    if [ -z "${UIOMMUFD_LINUX_SOURCE_DEB:-}" ]; then rm -rf "$dl"; fi
+    if [ -z "$LOCAL_DEB" ]; then rm -rf "$dl"; fi
     log "sources ready in $(elapsed "$t0") (extract: $(elapsed "$t1"))"
 }
 
@@ -164,6 +259,12 @@ done
 build_selftest() {
     local name=$1 out=$BUILD/bin/$1 flags_file=$BUILD/bin/$1.flags dep stale=0
     local cmd=(gcc "${CFLAGS[@]}" -I"$INC" -o "$out" "$SELFTESTS/iommu/$name.c")
+    if [ "$NEED_LIBCAP" = 1 ]; then
+        # (lib.mk puts the selftests directory on the include path: the 7.2
+        # iommufd_utils.h includes "kselftest_harness.h" from there.)
+        cmd=(gcc "${CFLAGS[@]}" -I"$INC" -I"$SELFTESTS" -I"$SRC/libcap/usr/include" -o "$out" "$SELFTESTS/iommu/$name.c"
+            "$(ls "$SRC"/libcap/usr/lib/*/libcap.a)")
+    fi
     if [ ! -x "$out" ] || [ "$(cat "$flags_file" 2>/dev/null)" != "${cmd[*]}" ]; then
         stale=1
     else
@@ -307,9 +408,9 @@ for b in "${BINS[@]}"; do
     # UIOMMUFD_CHECK_INVARIANTS=1: after every injected failure (fail-nth)
     # the engine checks its invariants and pin accounting and reports a
     # violation on a line starting with UIOMMUFD-INVARIANT-VIOLATION.
-    # The selftest is 6.12's: the engine answers as 6.12 (UIOMMUFD_UAPI),
+    # The engine answers as the selftest's kernel (UIOMMUFD_UAPI=$LEVEL),
     # whatever level the caller's environment names.
-    timeout -k 10 "$TIMEOUT" env LD_PRELOAD="$PRELOAD" UIOMMUFD_UAPI=6.12 UIOMMUFD_CAPS="${UIOMMUFD_CAPS:-all}" \
+    timeout -k 10 "$TIMEOUT" env LD_PRELOAD="$PRELOAD" UIOMMUFD_UAPI="$LEVEL" UIOMMUFD_CAPS="${UIOMMUFD_CAPS:-all}" \
         UIOMMUFD_CHECK_INVARIANTS="${UIOMMUFD_CHECK_INVARIANTS:-1}" "$bin" ${args[@]+"${args[@]}"} \
         </dev/null >"$logf" 2>&1 || rc=$?
     case $rc in
@@ -351,7 +452,7 @@ done
 mv "$RESULTS.tmp" "$RESULTS"
 
 # ---------------------------------------------------------------------------
-# 5. Summary and comparison with expected-pass.txt
+# 5. Summary and comparison with the expected-pass list
 # ---------------------------------------------------------------------------
 echo
 awk '
@@ -379,7 +480,7 @@ regressions=$(expected_names | awk -v filtered="${FILTER:+1}" -v results="$RESUL
     { if ($0 in st) { if (st[$0] != "PASS") print $0 " (" st[$0] ")" }
       else if (!filtered) print $0 " (not run / unknown test)" }')
 if [ -n "$regressions" ]; then
-    echo "Tests listed in tests/conformance/expected-pass.txt that did not pass:"
+    echo "Tests listed in tests/conformance/$(basename "$EXPECTED") that did not pass:"
     printf '%s\n' "$regressions" | sed 's/^/  /'
     echo
     status=1
@@ -405,9 +506,9 @@ if [ -n "$newly" ]; then
         else
             printf '%s\n' "$newly" | LC_ALL=C sort -u >>"$EXPECTED"
         fi
-        echo "Added $n_new newly passing test(s) to tests/conformance/expected-pass.txt"
+        echo "Added $n_new newly passing test(s) to tests/conformance/$(basename "$EXPECTED")"
     else
-        echo "Newly passing tests — add them to expected-pass.txt (or run with --update):"
+        echo "Newly passing tests — add them to $(basename "$EXPECTED") (or run with --update):"
         printf '%s\n' "$newly" | sed 's/^/  /'
     fi
     echo
@@ -426,9 +527,9 @@ log "results: $RESULTS; logs: $CACHE/<bin>.log"
 # features still to come and are counted with the harness's skips.
 n_listed_bad=0
 [ -z "$regressions" ] || n_listed_bad=$(printf '%s\n' "$regressions" | wc -l)
-awk -v bad="$n_listed_bad" '{ n[$1]++ } END {
+awk -v bad="$n_listed_bad" -v list="$(basename "$EXPECTED")" -v level="$LEVEL" '{ n[$1]++ } END {
         unlisted = n["FAIL"] - bad; if (unlisted < 0) unlisted = 0
-        printf "not yet supported (failing, not in expected-pass.txt): %d\n", unlisted
-        printf "conformance: %d passed, %d failed, %d skipped\n", n["PASS"], bad, n["SKIP"] + unlisted
+        printf "not yet supported (failing, not in %s): %d\n", list, unlisted
+        printf "conformance %s: %d passed, %d failed, %d skipped\n", level, n["PASS"], bad, n["SKIP"] + unlisted
     }' "$RESULTS"
 exit "$status"
