@@ -89,6 +89,21 @@ pub trait DeviceDriver: Send + Sync + std::fmt::Debug {
     /// A new paging domain for this device: `flags` are `IOMMU_HWPT_ALLOC_*`
     /// (`NEST_PARENT`, `DIRTY_TRACKING`).
     fn alloc_paging_domain(&self, flags: u32) -> Result<Arc<dyn Domain>>;
+    /// A new paging domain made with driver data (`IOMMU_HWPT_ALLOC` on an
+    /// IOAS with a `data_type`; Linux 6.19 and later). Default: the driver
+    /// takes no data for a paging domain (`EOPNOTSUPP`).
+    fn alloc_paging_domain_with_data(
+        &self,
+        flags: u32,
+        data: &UserData<'_>,
+    ) -> Result<Arc<dyn Domain>> {
+        let _ = flags;
+        bail!(
+            EOPNOTSUPP,
+            "the driver takes no data for a paging domain (data_type {:#x})",
+            data.data_type
+        )
+    }
     /// The domain of an automatic HWPT (attach to an IOAS). Default: a
     /// paging domain with no flags, as the kernel's default domain.
     fn alloc_auto_domain(&self) -> Result<Arc<dyn Domain>> {
@@ -99,6 +114,10 @@ pub trait DeviceDriver: Send + Sync + std::fmt::Debug {
     fn check_attach(&self, domain: &dyn Domain) -> Result<()>;
     /// Nested domains and I/O page faults, when the driver has them.
     fn nesting(&self) -> Option<&dyn NestingOps> {
+        None
+    }
+    /// For drivers to recognise their own devices (`None`: not needed).
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
         None
     }
 }

@@ -24,6 +24,7 @@ use crate::device::get_device;
 use crate::domain::Domain;
 use crate::ioas::Ioas;
 use crate::uapi::dispatch::Ucmd;
+use crate::uapi::level::UapiLevel;
 use crate::uapi::*;
 use crate::{bail, err, Error, Result};
 
@@ -156,15 +157,27 @@ pub(crate) fn alloc(u: &Ucmd) -> Result<i32> {
             cmd.dev_id
         );
     }
-    if cmd.data_len != 0 {
+    // Driver data for a paging domain (the mock's page table type) came
+    // with Linux 6.19's generic page tables; before, none is taken.
+    if cmd.data_len != 0 && !u.level().at_least(UapiLevel::V6_19) {
         bail!(
             EOPNOTSUPP,
-            "HWPT_ALLOC: a paging HWPT takes no driver data (data_type {:#x})",
+            "HWPT_ALLOC: a paging HWPT takes no driver data (data_type {:#x}) before Linux 6.19",
             cmd.data_type
         );
     }
     let r = u.ctx.reserve()?;
-    let domain = dev.driver().alloc_paging_domain(cmd.flags)?;
+    let domain = if cmd.data_len != 0 {
+        let data = nested::UserData {
+            data_type: cmd.data_type,
+            uptr: cmd.data_uptr,
+            len: cmd.data_len,
+            mem: &**u.ctx.memory(),
+        };
+        dev.driver().alloc_paging_domain_with_data(cmd.flags, &data)?
+    } else {
+        dev.driver().alloc_paging_domain(cmd.flags)?
+    };
     let hwpt = HwptPaging::new(
         ioas.clone(),
         ioas_id,

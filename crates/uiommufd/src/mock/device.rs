@@ -8,6 +8,7 @@ use super::domain::MockDomain;
 use crate::context::Context;
 use crate::device::{Device, DeviceDriver};
 use crate::domain::Domain;
+use crate::hwpt::nested::UserData;
 use crate::uapi::*;
 use crate::{bail, Result};
 
@@ -28,6 +29,10 @@ pub const IOMMU_HW_INFO_SELFTEST_REGVAL: u32 = 0xdead_beef;
 #[derive(Debug)]
 pub struct MockDevice {
     flags: u32,
+    /// The device's cache entries (`mock_dev.cache`), each
+    /// [`IOMMU_TEST_DEV_CACHE_DEFAULT`] from creation; only a vIOMMU cache
+    /// invalidation (not implemented yet) would clear them.
+    cache: [u32; MOCK_DEV_CACHE_NUM],
 }
 
 impl MockDevice {
@@ -38,7 +43,28 @@ impl MockDevice {
         if flags & !KNOWN != 0 {
             bail!(EINVAL, "mock device: unknown flags {:#x}", flags & !KNOWN);
         }
-        Ok(Arc::new(MockDevice { flags }))
+        Ok(Arc::new(MockDevice {
+            flags,
+            cache: [IOMMU_TEST_DEV_CACHE_DEFAULT; MOCK_DEV_CACHE_NUM],
+        }))
+    }
+
+    /// `IOMMU_TEST_OP_DEV_CHECK_CACHE`: cache entry `id` holds `value`
+    /// (`EINVAL` when `id` is past [`MOCK_DEV_CACHE_ID_MAX`] or it does not).
+    pub fn check_cache(&self, id: u32, value: u32) -> Result<()> {
+        let Some(&have) = self.cache.get(id as usize).filter(|_| id <= MOCK_DEV_CACHE_ID_MAX) else {
+            bail!(
+                EINVAL,
+                "DEV_CHECK_CACHE: cache id {id} is past {MOCK_DEV_CACHE_ID_MAX}"
+            );
+        };
+        if have != value {
+            bail!(
+                EINVAL,
+                "DEV_CHECK_CACHE: cache entry {id} holds {have:#x}, not {value:#x}"
+            );
+        }
+        Ok(())
     }
 
     fn has(&self, f: u32) -> bool {
@@ -92,6 +118,48 @@ impl DeviceDriver for MockDevice {
             self.has(MOCK_FLAGS_DEVICE_HUGE_IOVA),
             flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0,
         ))
+    }
+
+    /// `mock_domain_alloc_paging_flags` with driver data (Linux 6.19): only
+    /// `IOMMU_HWPT_DATA_SELFTEST`, whose `pagetable_type` picks the default
+    /// 2 KiB page table or the one that also maps huge pages.
+    fn alloc_paging_domain_with_data(
+        &self,
+        flags: u32,
+        data: &UserData<'_>,
+    ) -> Result<Arc<dyn Domain>> {
+        const VALID: u32 = IOMMU_HWPT_ALLOC_NEST_PARENT | IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
+        if flags & !VALID != 0
+            || (flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0 && self.has(MOCK_FLAGS_DEVICE_NO_DIRTY))
+        {
+            bail!(
+                EOPNOTSUPP,
+                "mock driver: HWPT flags {flags:#x} are not supported by this device"
+            );
+        }
+        if data.data_type != IOMMU_HWPT_DATA_SELFTEST {
+            bail!(
+                EOPNOTSUPP,
+                "mock driver: paging data type {:#x} is not IOMMU_HWPT_DATA_SELFTEST",
+                data.data_type
+            );
+        }
+        let min = std::mem::offset_of!(IommuHwptSelftest, iotlb) + size_of::<u32>();
+        let cfg: IommuHwptSelftest = data.copy_struct(IOMMU_HWPT_DATA_SELFTEST, min)?;
+        let huge = match cfg.pagetable_type {
+            MOCK_IOMMUPT_DEFAULT => false,
+            MOCK_IOMMUPT_HUGE => true,
+            t => bail!(EOPNOTSUPP, "mock driver: unknown page table type {t}"),
+        };
+        crate::inject::point("mock.domain.alloc", libc::ENOMEM)?;
+        Ok(MockDomain::new_paging(
+            huge,
+            flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0,
+        ))
+    }
+
+    fn as_any(&self) -> Option<&dyn std::any::Any> {
+        Some(self)
     }
 
     fn check_attach(&self, domain: &dyn Domain) -> Result<()> {

@@ -25,6 +25,7 @@ use crate::context::Object;
 use crate::device::Device;
 use crate::pages::Pages;
 use crate::uapi::dispatch::Ucmd;
+use crate::uapi::level::UapiLevel;
 use crate::uapi::*;
 use crate::user::page_size;
 use crate::{bail, Result};
@@ -208,6 +209,9 @@ pub(crate) fn test_cmd(u: &Ucmd) -> Result<i32> {
         IOMMU_TEST_OP_DIRTY => mark_dirty(u, cmd),
         IOMMU_TEST_OP_MD_CHECK_IOTLB => check_iotlb(u, &cmd),
         IOMMU_TEST_OP_TRIGGER_IOPF => trigger_iopf(u, &cmd),
+        IOMMU_TEST_OP_DEV_CHECK_CACHE if u.level().at_least(UapiLevel::V6_13) => {
+            check_dev_cache(u, &cmd)
+        }
         op => bail!(EOPNOTSUPP, "IOMMU_TEST_CMD: unknown op {op}"),
     }
 }
@@ -310,6 +314,24 @@ fn check_iotlb(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
         );
     };
     mock.check_iotlb(c.id, c.iotlb)?;
+    Ok(0)
+}
+
+/// `DEV_CHECK_CACHE` (Linux 6.13): cache entry `check_dev_cache.id` of the
+/// mock device bound as device object `id` holds `check_dev_cache.cache`.
+/// `ENOENT` when `id` is not a device, `EINVAL` when it is not a mock device
+/// or the entry differs (or is past the last).
+fn check_dev_cache(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
+    let c: TestCheckDevCache = payload(cmd);
+    let dev = crate::device::get_device(u.ctx, cmd.id)?;
+    let Some(mock) = dev
+        .driver()
+        .as_any()
+        .and_then(|a| a.downcast_ref::<device::MockDevice>())
+    else {
+        bail!(EINVAL, "DEV_CHECK_CACHE: device {} is not a mock device", cmd.id);
+    };
+    mock.check_cache(c.id, c.cache)?;
     Ok(0)
 }
 

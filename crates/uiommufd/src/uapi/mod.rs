@@ -260,6 +260,21 @@ pub const IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS: u32 = 12;
 pub const IOMMU_TEST_OP_DIRTY: u32 = 13;
 pub const IOMMU_TEST_OP_MD_CHECK_IOTLB: u32 = 14;
 pub const IOMMU_TEST_OP_TRIGGER_IOPF: u32 = 15;
+/// Linux 6.13.
+pub const IOMMU_TEST_OP_DEV_CHECK_CACHE: u32 = 16;
+
+/// `MOCK_IOMMUPT_DEFAULT`: a mock paging domain of 2 KiB pages over the mock
+/// aperture (Linux 6.19 `iommu_hwpt_selftest.pagetable_type`).
+pub const MOCK_IOMMUPT_DEFAULT: u32 = 0;
+/// `MOCK_IOMMUPT_HUGE`: a mock paging domain that also maps huge pages.
+pub const MOCK_IOMMUPT_HUGE: u32 = 1;
+/// `MOCK_DEV_CACHE_ID_MAX`: the last index of a mock device's cache.
+pub const MOCK_DEV_CACHE_ID_MAX: u32 = 3;
+/// `MOCK_DEV_CACHE_NUM`: entries of a mock device's cache.
+pub const MOCK_DEV_CACHE_NUM: usize = 4;
+/// `IOMMU_TEST_DEV_CACHE_DEFAULT`: what every mock device cache entry holds
+/// until a vIOMMU invalidation clears it.
+pub const IOMMU_TEST_DEV_CACHE_DEFAULT: u32 = 0xbaddad;
 
 pub const MOCK_FLAGS_ACCESS_WRITE: u32 = 1 << 0;
 pub const MOCK_FLAGS_ACCESS_SYZ: u32 = 1 << 16;
@@ -360,8 +375,9 @@ pub const IOMMUFD_PAGE_RESP_SUCCESS: u32 = 0;
 pub const IOMMUFD_PAGE_RESP_INVALID: u32 = 1;
 
 abi_struct! {
-    /// `struct iommu_hwpt_selftest` (driver data of a mock nested HWPT)
-    pub struct IommuHwptSelftest { pub iotlb: u32 }
+    /// `struct iommu_hwpt_selftest` (driver data of a mock nested HWPT; from
+    /// Linux 6.19 also of a mock paging HWPT, whose `pagetable_type` it names)
+    pub struct IommuHwptSelftest { pub iotlb: u32, pub pagetable_type: u32 }
 }
 abi_struct! {
     /// `struct iommu_hwpt_invalidate_selftest` (one mock invalidation request)
@@ -370,6 +386,10 @@ abi_struct! {
 abi_struct! {
     /// `check_iotlb` member of the test command.
     pub struct TestCheckIotlb { pub id: u32, pub iotlb: u32 }
+}
+abi_struct! {
+    /// `check_dev_cache` member of the test command.
+    pub struct TestCheckDevCache { pub id: u32, pub cache: u32 }
 }
 abi_struct! {
     /// `trigger_iopf` member of the test command.
@@ -391,7 +411,7 @@ abi_struct! {
 
 const _: () = {
     use core::mem::size_of;
-    assert!(size_of::<IommuHwptSelftest>() == 4);
+    assert!(size_of::<IommuHwptSelftest>() == 8);
     assert!(size_of::<IommuHwptInvalidateSelftest>() == 8);
     assert!(size_of::<TestCheckIotlb>() == 8);
     assert!(size_of::<TestTriggerIopf>() == 24);
