@@ -647,6 +647,44 @@ impl Pages {
         }
         n
     }
+
+    /// [`Pages::pins_of_user_page`] counting also the file pages objects
+    /// (`IOAS_MAP_FILE`) whose engine mapping reaches the same page of the
+    /// same file as `addr` does in the program (the kernel counts pins of
+    /// the page frame, whichever mapping pinned it). `files` is a snapshot
+    /// of the shared file mappings.
+    pub fn pins_of_user_page_in(addr: u64, files: &crate::user::FileMaps) -> u32 {
+        let ps = page_size();
+        let addr = addr & !(ps - 1);
+        let Some((dev, ino, off)) = files.identity(addr) else {
+            return Self::pins_of_user_page(addr);
+        };
+        let mut n = 0;
+        for shard in &REGISTRY {
+            let live = live_pages(shard);
+            for p in &live {
+                let idx = if addr >= p.uptr && addr - p.uptr < p.len_bytes() {
+                    Some((addr - p.uptr) / ps)
+                } else if p.file.is_some() {
+                    // the engine's mapping of the file starts at p.uptr
+                    match files.identity(p.uptr) {
+                        Some((d, i, base))
+                            if d == dev && i == ino && off >= base && off - base < p.len_bytes() =>
+                        {
+                            Some((off - base) / ps)
+                        }
+                        _ => None,
+                    }
+                } else {
+                    None
+                };
+                if idx.is_some_and(|i| p.is_pinned(i)) {
+                    n += 1;
+                }
+            }
+        }
+        n
+    }
 }
 
 /// The live pages objects of one registry shard (the lock is released on

@@ -29,6 +29,7 @@ use crate::context::{ObjId, Object};
 use crate::device::Device;
 use crate::fault::{get_fault, Fault};
 use crate::uapi::dispatch::Ucmd;
+use crate::uapi::level::UapiLevel;
 use crate::uapi::*;
 use crate::user::UserMemory;
 use crate::{bail, err, Error, Result};
@@ -342,15 +343,25 @@ fn invalidate_entries(u: &Ucmd, cmd: &IommuHwptInvalidate) -> (u32, Result<()>) 
     let hwpt = match u.ctx.get(cmd.hwpt_id) {
         Ok(Object::HwptNested(h)) => h,
         Ok(o) => {
+            // 6.13 looks any object up (a vIOMMU is the other kind that
+            // takes invalidations) and answers EINVAL for the wrong kind;
+            // 6.12 looked a nested HWPT up, ENOENT for another kind.
+            let errno = if u.level().at_least(UapiLevel::V6_13) {
+                libc::EINVAL
+            } else {
+                libc::ENOENT
+            };
             return (
                 0,
-                Err(err!(
-                    ENOENT,
+                Err(Error::new(
+                    errno,
+                    format!(
                     "HWPT_INVALIDATE: object {} is a {}, not a nested HWPT",
                     cmd.hwpt_id,
                     o.kind()
+                    ),
                 )),
-            )
+            );
         }
         Err(e) => return (0, Err(e)),
     };

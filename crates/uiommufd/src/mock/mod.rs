@@ -399,10 +399,13 @@ fn check_refs(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
             c.length
         );
     }
+    // The user's pages may be a shared mapping of a file that an
+    // IOAS_MAP_FILE pinned through the engine's own mapping of it.
+    let files = crate::user::FileMaps::snapshot();
     check_user_range(&**u.ctx.memory(), c.uptr, c.length, ps, |off, len| {
         (off..off + len).step_by(ps as usize).find_map(|o| {
             let addr = c.uptr + o;
-            let n = Pages::pins_of_user_page(addr);
+            let n = Pages::pins_of_user_page_in(addr, &files);
             (n != c.refs).then(|| {
                 (
                     o,
