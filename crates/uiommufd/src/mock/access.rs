@@ -173,10 +173,19 @@ pub(super) fn pages(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
     let ps = page_size();
     if p.uptr != 0 {
         // the pinned page of each IOVA page is the page under the user's buffer
+        // (the kernel compares page frames: an IOAS_MAP_FILE area is pinned
+        // through the engine's own mapping of the file, which reaches the
+        // same file page as the user's shared mapping of it)
         let base = p.uptr.wrapping_sub(p.iova % ps);
+        let mut files: Option<crate::user::FileMaps> = None;
         for (i, &addr) in pinned.iter().enumerate() {
             let want = base.wrapping_add(i as u64 * ps);
-            if addr & !(ps - 1) != want & !(ps - 1) {
+            let (a, w) = (addr & !(ps - 1), want & !(ps - 1));
+            if a != w
+                && !files
+                    .get_or_insert_with(crate::user::FileMaps::snapshot)
+                    .same_file_byte(a, w)
+            {
                 access.unpin_pages(p.iova, p.length);
                 bail!(
                     EBADE,
