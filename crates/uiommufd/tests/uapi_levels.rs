@@ -625,3 +625,111 @@ fn change_process_single_process() {
     assert_eq!(ctx.ioc(IOMMU_IOAS_CHANGE_PROCESS, &mut cp), Ok(0));
     ctx.check_invariants().unwrap();
 }
+
+/// The 7.2 selftest mock's rules that came after 6.12, at each level:
+/// `IOMMU_TEST_OP_DEV_CHECK_CACHE` (6.13), mock paging HWPTs made with
+/// `IOMMU_HWPT_DATA_SELFTEST` page table types (6.19), and
+/// `IOMMU_HWPT_INVALIDATE` of a paging HWPT (`EINVAL` from 6.13, `ENOENT`
+/// before).
+#[test]
+fn mock_ops_after_6_12() {
+    for level in UapiLevel::ALL {
+        let ctx = Context::new_at(level);
+        let ioas = ioas_alloc(&ctx);
+        let (_, hwpt, idev) = mock_domain(&ctx, ioas).unwrap();
+        let check = |id: u32, cache: u32, obj: u32| {
+            let c = TestCheckDevCache { id, cache };
+            test_cmd(&ctx, IOMMU_TEST_OP_DEV_CHECK_CACHE, obj, c.as_bytes()).map(|_| ())
+        };
+        if level < UapiLevel::V6_13 {
+            assert_eq!(
+                check(0, IOMMU_TEST_DEV_CACHE_DEFAULT, idev),
+                Err(libc::EOPNOTSUPP),
+                "{level}"
+            );
+        } else {
+            for id in 0..=MOCK_DEV_CACHE_ID_MAX {
+                assert_eq!(check(id, IOMMU_TEST_DEV_CACHE_DEFAULT, idev), Ok(()), "{level}");
+            }
+            let past = MOCK_DEV_CACHE_ID_MAX + 1;
+            assert_eq!(check(past, IOMMU_TEST_DEV_CACHE_DEFAULT, idev), Err(libc::EINVAL));
+            assert_eq!(check(0, 0, idev), Err(libc::EINVAL), "{level}: another value");
+            assert_eq!(check(0, IOMMU_TEST_DEV_CACHE_DEFAULT, ioas), Err(libc::ENOENT));
+        }
+
+        // a paging HWPT with the mock's page table type
+        let cfg = |ty: u32| IommuHwptSelftest {
+            iotlb: 0,
+            pagetable_type: ty,
+        };
+        let alloc = |flags: u32, c: &IommuHwptSelftest| {
+            hwpt_alloc_with(
+                &ctx,
+                IommuHwptAlloc {
+                    flags,
+                    dev_id: idev,
+                    pt_id: ioas,
+                    data_type: IOMMU_HWPT_DATA_SELFTEST,
+                    data_len: size_of::<IommuHwptSelftest>() as u32,
+                    data_uptr: c as *const _ as u64,
+                    ..Default::default()
+                },
+            )
+        };
+        let dirty = IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
+        if level < UapiLevel::V6_19 {
+            assert_eq!(alloc(dirty, &cfg(MOCK_IOMMUPT_DEFAULT)), Err(libc::EOPNOTSUPP));
+        } else {
+            for ty in [MOCK_IOMMUPT_DEFAULT, MOCK_IOMMUPT_HUGE] {
+                let h = alloc(dirty, &cfg(ty)).unwrap();
+                assert_eq!(set_dirty_tracking(&ctx, h, true), Ok(0), "{level} {ty}");
+                assert_eq!(destroy(&ctx, h), Ok(0));
+            }
+            assert_eq!(alloc(0, &cfg(2)), Err(libc::EOPNOTSUPP), "unknown type");
+            assert_eq!(alloc(1 << 30, &cfg(0)), Err(libc::EOPNOTSUPP), "unknown flag");
+        }
+
+        // HWPT_INVALIDATE of the (paging) mock domain
+        let mut inv = IommuHwptInvalidate {
+            size: 32,
+            hwpt_id: hwpt,
+            data_type: IOMMU_HWPT_INVALIDATE_DATA_SELFTEST,
+            ..Default::default()
+        };
+        let want = if level < UapiLevel::V6_13 {
+            libc::ENOENT
+        } else {
+            libc::EINVAL
+        };
+        assert_eq!(errno(&ctx, IOMMU_HWPT_INVALIDATE, &mut inv), want, "{level}");
+    }
+}
+
+/// `MD_CHECK_REFS` of the program's view of a memfd counts the pins an
+/// `IOAS_MAP_FILE` of it made (the kernel counts the page's pins, whatever
+/// mapping reached it), and only of the pages mapped.
+#[test]
+fn check_refs_sees_file_pins() {
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    let _ = mock_domain(&ctx, ioas).unwrap();
+    let m = Memfd::new(c"uapi-levels-refs", 4, |_| 0);
+    let refs = |uptr: u64, len: u64, n: u32| {
+        let c = TestCheckRefs {
+            length: len,
+            uptr,
+            refs: n,
+            _pad: 0,
+        };
+        test_cmd(&ctx, IOMMU_TEST_OP_MD_CHECK_REFS, 0, c.as_bytes()).map(|_| ())
+    };
+    let view = m.map as u64;
+    assert_eq!(refs(view, 4 * ps(), 0), Ok(()));
+    let iova = map_file(&ctx, ioas, m.fd, ps(), 2 * ps(), RW).unwrap();
+    assert_eq!(refs(view + ps(), 2 * ps(), 1), Ok(()));
+    assert_eq!(refs(view, ps(), 0), Ok(()), "page 0 is not mapped");
+    assert_eq!(refs(view + 3 * ps(), ps(), 0), Ok(()), "page 3 is not mapped");
+    assert_eq!(refs(view, 2 * ps(), 1), Err(libc::EIO));
+    assert_eq!(unmap(&ctx, ioas, iova, 2 * ps()).map(|_| ()), Ok(()));
+    assert_eq!(refs(view, 4 * ps(), 0), Ok(()));
+}
