@@ -669,7 +669,10 @@ impl Pages {
                     // the engine's mapping of the file starts at p.uptr
                     match files.identity(p.uptr) {
                         Some((d, i, base))
-                            if d == dev && i == ino && off >= base && off - base < p.len_bytes() =>
+                            if d == dev
+                                && i == ino
+                                && off >= base
+                                && off - base < p.len_bytes() =>
                         {
                             Some((off - base) / ps)
                         }

@@ -649,12 +649,26 @@ fn mock_ops_after_6_12() {
             );
         } else {
             for id in 0..=MOCK_DEV_CACHE_ID_MAX {
-                assert_eq!(check(id, IOMMU_TEST_DEV_CACHE_DEFAULT, idev), Ok(()), "{level}");
+                assert_eq!(
+                    check(id, IOMMU_TEST_DEV_CACHE_DEFAULT, idev),
+                    Ok(()),
+                    "{level}"
+                );
             }
             let past = MOCK_DEV_CACHE_ID_MAX + 1;
-            assert_eq!(check(past, IOMMU_TEST_DEV_CACHE_DEFAULT, idev), Err(libc::EINVAL));
-            assert_eq!(check(0, 0, idev), Err(libc::EINVAL), "{level}: another value");
-            assert_eq!(check(0, IOMMU_TEST_DEV_CACHE_DEFAULT, ioas), Err(libc::ENOENT));
+            assert_eq!(
+                check(past, IOMMU_TEST_DEV_CACHE_DEFAULT, idev),
+                Err(libc::EINVAL)
+            );
+            assert_eq!(
+                check(0, 0, idev),
+                Err(libc::EINVAL),
+                "{level}: another value"
+            );
+            assert_eq!(
+                check(0, IOMMU_TEST_DEV_CACHE_DEFAULT, ioas),
+                Err(libc::ENOENT)
+            );
         }
 
         // a paging HWPT with the mock's page table type
@@ -678,7 +692,10 @@ fn mock_ops_after_6_12() {
         };
         let dirty = IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
         if level < UapiLevel::V6_19 {
-            assert_eq!(alloc(dirty, &cfg(MOCK_IOMMUPT_DEFAULT)), Err(libc::EOPNOTSUPP));
+            assert_eq!(
+                alloc(dirty, &cfg(MOCK_IOMMUPT_DEFAULT)),
+                Err(libc::EOPNOTSUPP)
+            );
         } else {
             for ty in [MOCK_IOMMUPT_DEFAULT, MOCK_IOMMUPT_HUGE] {
                 let h = alloc(dirty, &cfg(ty)).unwrap();
@@ -686,7 +703,11 @@ fn mock_ops_after_6_12() {
                 assert_eq!(destroy(&ctx, h), Ok(0));
             }
             assert_eq!(alloc(0, &cfg(2)), Err(libc::EOPNOTSUPP), "unknown type");
-            assert_eq!(alloc(1 << 30, &cfg(0)), Err(libc::EOPNOTSUPP), "unknown flag");
+            assert_eq!(
+                alloc(1 << 30, &cfg(0)),
+                Err(libc::EOPNOTSUPP),
+                "unknown flag"
+            );
         }
 
         // HWPT_INVALIDATE of the (paging) mock domain
@@ -701,7 +722,11 @@ fn mock_ops_after_6_12() {
         } else {
             libc::EINVAL
         };
-        assert_eq!(errno(&ctx, IOMMU_HWPT_INVALIDATE, &mut inv), want, "{level}");
+        assert_eq!(
+            errno(&ctx, IOMMU_HWPT_INVALIDATE, &mut inv),
+            want,
+            "{level}"
+        );
     }
 }
 
@@ -728,7 +753,11 @@ fn check_refs_sees_file_pins() {
     let iova = map_file(&ctx, ioas, m.fd, ps(), 2 * ps(), RW).unwrap();
     assert_eq!(refs(view + ps(), 2 * ps(), 1), Ok(()));
     assert_eq!(refs(view, ps(), 0), Ok(()), "page 0 is not mapped");
-    assert_eq!(refs(view + 3 * ps(), ps(), 0), Ok(()), "page 3 is not mapped");
+    assert_eq!(
+        refs(view + 3 * ps(), ps(), 0),
+        Ok(()),
+        "page 3 is not mapped"
+    );
     assert_eq!(refs(view, 2 * ps(), 1), Err(libc::EIO));
     assert_eq!(unmap(&ctx, ioas, iova, 2 * ps()).map(|_| ()), Ok(()));
     assert_eq!(refs(view, 4 * ps(), 0), Ok(()));

@@ -174,7 +174,8 @@ pub(crate) fn alloc(u: &Ucmd) -> Result<i32> {
             len: cmd.data_len,
             mem: &**u.ctx.memory(),
         };
-        dev.driver().alloc_paging_domain_with_data(cmd.flags, &data)?
+        dev.driver()
+            .alloc_paging_domain_with_data(cmd.flags, &data)?
     } else {
         dev.driver().alloc_paging_domain(cmd.flags)?
     };

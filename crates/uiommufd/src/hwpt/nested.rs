@@ -356,9 +356,9 @@ fn invalidate_entries(u: &Ucmd, cmd: &IommuHwptInvalidate) -> (u32, Result<()>) 
                 Err(Error::new(
                     errno,
                     format!(
-                    "HWPT_INVALIDATE: object {} is a {}, not a nested HWPT",
-                    cmd.hwpt_id,
-                    o.kind()
+                        "HWPT_INVALIDATE: object {} is a {}, not a nested HWPT",
+                        cmd.hwpt_id,
+                        o.kind()
                     ),
                 )),
             );

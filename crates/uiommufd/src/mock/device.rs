@@ -52,7 +52,11 @@ impl MockDevice {
     /// `IOMMU_TEST_OP_DEV_CHECK_CACHE`: cache entry `id` holds `value`
     /// (`EINVAL` when `id` is past [`MOCK_DEV_CACHE_ID_MAX`] or it does not).
     pub fn check_cache(&self, id: u32, value: u32) -> Result<()> {
-        let Some(&have) = self.cache.get(id as usize).filter(|_| id <= MOCK_DEV_CACHE_ID_MAX) else {
+        let Some(&have) = self
+            .cache
+            .get(id as usize)
+            .filter(|_| id <= MOCK_DEV_CACHE_ID_MAX)
+        else {
             bail!(
                 EINVAL,
                 "DEV_CHECK_CACHE: cache id {id} is past {MOCK_DEV_CACHE_ID_MAX}"
@@ -130,7 +134,8 @@ impl DeviceDriver for MockDevice {
     ) -> Result<Arc<dyn Domain>> {
         const VALID: u32 = IOMMU_HWPT_ALLOC_NEST_PARENT | IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
         if flags & !VALID != 0
-            || (flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0 && self.has(MOCK_FLAGS_DEVICE_NO_DIRTY))
+            || (flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0
+                && self.has(MOCK_FLAGS_DEVICE_NO_DIRTY))
         {
             bail!(
                 EOPNOTSUPP,

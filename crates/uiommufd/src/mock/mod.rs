@@ -329,7 +329,11 @@ fn check_dev_cache(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
         .as_any()
         .and_then(|a| a.downcast_ref::<device::MockDevice>())
     else {
-        bail!(EINVAL, "DEV_CHECK_CACHE: device {} is not a mock device", cmd.id);
+        bail!(
+            EINVAL,
+            "DEV_CHECK_CACHE: device {} is not a mock device",
+            cmd.id
+        );
     };
     mock.check_cache(c.id, c.cache)?;
     Ok(0)
