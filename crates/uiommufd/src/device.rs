@@ -169,6 +169,10 @@ impl HwptRef {
     fn auto_domain(&self) -> bool {
         matches!(self, HwptRef::Paging(h) if h.auto_domain())
     }
+    /// Made with `IOMMU_HWPT_ALLOC_PASID` (only paging HWPTs so far).
+    fn pasid_compat(&self) -> bool {
+        matches!(self, HwptRef::Paging(h) if h.pasid_compat())
+    }
     fn add_device(&self, dev: ObjId) {
         match self {
             HwptRef::Paging(h) => h.add_device(dev),
@@ -195,6 +199,9 @@ pub struct Device {
     id: ObjId,
     driver: Arc<dyn DeviceDriver>,
     attached: Mutex<Option<Attachment>>,
+    /// The attachments of its PASIDs other than `IOMMU_NO_PASID` (Linux 6.15
+    /// PASID attach), by PASID.
+    pasids: Mutex<std::collections::BTreeMap<u32, Attachment>>,
     /// Page requests waiting for the last one of their group.
     partial: Mutex<Vec<PageFault>>,
 }
@@ -217,6 +224,7 @@ impl Device {
             id: r.id(),
             driver,
             attached: Mutex::new(None),
+            pasids: Mutex::new(std::collections::BTreeMap::new()),
             partial: Mutex::new(Vec::new()),
         });
         r.finalize(Object::Device(dev.clone()));
@@ -370,6 +378,15 @@ impl Device {
                     return Ok(());
                 }
             }
+            // a device with PASIDs attached keeps its RID on PASID-capable
+            // HWPTs (iommufd_hwpt_pasid_compat)
+            if !hwpt.pasid_compat() && !self.pasids.lock().is_empty() {
+                bail!(
+                    EINVAL,
+                    "device {} has PASIDs attached: HWPT {hwpt_id} was not made with IOMMU_HWPT_ALLOC_PASID",
+                    self.id
+                );
+            }
             match hwpt {
                 HwptRef::Paging(h) => self.driver.check_attach(h.domain().as_ref())?,
                 HwptRef::Nested(n) => match self.driver.nesting() {
@@ -459,6 +476,100 @@ impl Device {
         Ok(id)
     }
 
+    /// Attach PASID `pasid` (not `IOMMU_NO_PASID`) to the paging HWPT
+    /// `pt_id`, or with `replace` move an attached PASID there
+    /// (`iommufd_device_attach` / `_replace` with a PASID). `EINVAL`: the
+    /// device has no PASIDs or not that many, the PASID is already attached
+    /// (attach) or not attached (replace), the HWPT was not made with
+    /// `IOMMU_HWPT_ALLOC_PASID`, the RID is attached to a HWPT that was not,
+    /// or the driver refuses the domain. A PASID attach to an IOAS (an
+    /// automatic domain) or to a nested HWPT is not implemented
+    /// (`EOPNOTSUPP`).
+    pub fn attach_pasid(
+        self: &Arc<Self>,
+        ctx: &Context,
+        pasid: u32,
+        pt_id: ObjId,
+        replace: bool,
+    ) -> Result<ObjId> {
+        let log2 = self.driver.max_pasid_log2();
+        if pasid == 0 || log2 == 0 || (log2 < 32 && pasid >= 1u32 << log2) {
+            bail!(
+                EINVAL,
+                "device {}: PASID {pasid} is not one of its {log2}-bit PASIDs",
+                self.id
+            );
+        }
+        let hwpt = match ctx.get(pt_id)? {
+            Object::HwptPaging(h) => HwptRef::Paging(h),
+            Object::Ioas(_) | Object::HwptNested(_) => bail!(
+                EOPNOTSUPP,
+                "device {}: a PASID attach to an IOAS or a nested HWPT is not implemented",
+                self.id
+            ),
+            o => bail!(
+                EINVAL,
+                "object {pt_id} is a {}, which a device cannot attach to",
+                o.kind()
+            ),
+        };
+        let old = {
+            let rid = self.attached.lock();
+            let mut pasids = self.pasids.lock();
+            match (pasids.get(&pasid), replace) {
+                (Some(_), false) => bail!(EINVAL, "device {}: PASID {pasid} is already attached", self.id),
+                (None, true) => bail!(EINVAL, "device {}: PASID {pasid} is not attached", self.id),
+                (Some(a), true) if a.hwpt.ptr_eq(&hwpt) => return Ok(pt_id),
+                _ => {}
+            }
+            if !hwpt.pasid_compat() {
+                bail!(
+                    EINVAL,
+                    "HWPT {pt_id} was not made with IOMMU_HWPT_ALLOC_PASID"
+                );
+            }
+            if rid.as_ref().is_some_and(|a| !a.hwpt.pasid_compat()) {
+                bail!(
+                    EINVAL,
+                    "device {}: its RID is attached to a HWPT not made with IOMMU_HWPT_ALLOC_PASID",
+                    self.id
+                );
+            }
+            if let HwptRef::Paging(h) = &hwpt {
+                self.driver.check_attach(h.domain().as_ref())?;
+            }
+            hwpt.add_device(self.id);
+            pasids.insert(
+                pasid,
+                Attachment {
+                    hwpt,
+                    hwpt_id: pt_id,
+                    handle: next_handle(),
+                },
+            )
+        };
+        if let Some(old) = old {
+            self.leave(ctx, old);
+        }
+        Ok(pt_id)
+    }
+
+    /// Detach PASID `pasid` (nothing when it is not attached).
+    pub fn detach_pasid(&self, ctx: &Context, pasid: u32) {
+        let old = self.pasids.lock().remove(&pasid);
+        if let Some(old) = old {
+            self.leave(ctx, old);
+        }
+    }
+
+    /// The HWPT PASID `pasid` is attached to (the RID's for 0).
+    pub fn pasid_hwpt(&self, pasid: u32) -> Option<ObjId> {
+        if pasid == 0 {
+            return self.attached_hwpt();
+        }
+        self.pasids.lock().get(&pasid).map(|a| a.hwpt_id)
+    }
+
     /// Detach from whatever the device is attached to.
     pub fn detach(&self, ctx: &Context) {
         let old = self.attached.lock().take();
@@ -472,6 +583,10 @@ impl Device {
 
     /// `iommufd_device_unbind`: detach, then remove the device object.
     pub fn unbind(self: Arc<Self>, ctx: &Context) {
+        let pasids: Vec<u32> = self.pasids.lock().keys().copied().collect();
+        for p in pasids {
+            self.detach_pasid(ctx, p);
+        }
         self.detach(ctx);
         let id = self.id;
         drop(self);

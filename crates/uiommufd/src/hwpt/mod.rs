@@ -11,7 +11,7 @@
 //! [`crate::fault`].
 //! Dirty tracking is in `dirty.rs`.
 
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -36,6 +36,8 @@ pub struct HwptPaging {
     domain: Arc<dyn Domain>,
     auto_domain: bool,
     nest_parent: bool,
+    /// Made with `IOMMU_HWPT_ALLOC_PASID`: PASIDs may attach to it.
+    pasid_compat: AtomicBool,
     /// Our own object ID once published (0 before).
     id: AtomicU32,
     devices: Mutex<Vec<ObjId>>,
@@ -58,6 +60,7 @@ impl HwptPaging {
             domain,
             auto_domain,
             nest_parent,
+            pasid_compat: AtomicBool::new(false),
             id: AtomicU32::new(0),
             devices: Mutex::new(Vec::new()),
         });
@@ -67,6 +70,16 @@ impl HwptPaging {
     /// The domain.
     pub fn domain(&self) -> &Arc<dyn Domain> {
         &self.domain
+    }
+    /// Whether it was made with `IOMMU_HWPT_ALLOC_PASID` (a device's PASID
+    /// may attach to it, and a device with PASIDs attached may attach its
+    /// RID only to such a HWPT).
+    pub fn pasid_compat(&self) -> bool {
+        self.pasid_compat.load(Ordering::Acquire)
+    }
+    /// Mark it made with `IOMMU_HWPT_ALLOC_PASID` (before it is published).
+    pub fn set_pasid_compat(&self) {
+        self.pasid_compat.store(true, Ordering::Release);
     }
     /// The IOAS it mirrors.
     pub fn ioas(&self) -> &Arc<Ioas> {
@@ -140,12 +153,21 @@ pub(crate) fn alloc(u: &Ucmd) -> Result<i32> {
             o.kind()
         ),
     };
-    const VALID: u32 = IOMMU_HWPT_ALLOC_NEST_PARENT | IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
-    if cmd.flags & !VALID != 0 {
+    // IOMMU_HWPT_ALLOC_PASID (6.15) is the core's: the HWPT is marked, the
+    // driver's domain is the same
+    let pasid_flag = if u.level().at_least(UapiLevel::V6_15) {
+        IOMMU_HWPT_ALLOC_PASID
+    } else {
+        0
+    };
+    let valid = IOMMU_HWPT_ALLOC_NEST_PARENT | IOMMU_HWPT_ALLOC_DIRTY_TRACKING | pasid_flag;
+    let pasid_compat = cmd.flags & pasid_flag != 0;
+    cmd.flags &= !pasid_flag;
+    if cmd.flags & !valid != 0 {
         bail!(
             EOPNOTSUPP,
             "HWPT_ALLOC: flags {:#x} are not supported for a paging HWPT",
-            cmd.flags & !VALID
+            cmd.flags & !valid
         );
     }
     if cmd.flags & IOMMU_HWPT_ALLOC_DIRTY_TRACKING != 0
@@ -187,6 +209,10 @@ pub(crate) fn alloc(u: &Ucmd) -> Result<i32> {
         cmd.flags & IOMMU_HWPT_ALLOC_NEST_PARENT != 0,
     )?;
     hwpt.set_id(r.id());
+    if pasid_compat {
+        hwpt.set_pasid_compat();
+        cmd.flags |= IOMMU_HWPT_ALLOC_PASID;
+    }
     cmd.out_hwpt_id = r.id();
     u.respond(&cmd)?;
     ioas.hwpts.lock().push(Arc::downgrade(&hwpt));

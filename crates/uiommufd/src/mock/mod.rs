@@ -212,6 +212,14 @@ pub(crate) fn test_cmd(u: &Ucmd) -> Result<i32> {
         IOMMU_TEST_OP_DEV_CHECK_CACHE if u.level().at_least(UapiLevel::V6_13) => {
             check_dev_cache(u, &cmd)
         }
+        IOMMU_TEST_OP_PASID_ATTACH
+        | IOMMU_TEST_OP_PASID_REPLACE
+        | IOMMU_TEST_OP_PASID_DETACH
+        | IOMMU_TEST_OP_PASID_CHECK_HWPT
+            if u.level().at_least(UapiLevel::V6_15) =>
+        {
+            pasid_op(u, cmd)
+        }
         op => bail!(EOPNOTSUPP, "IOMMU_TEST_CMD: unknown op {op}"),
     }
 }
@@ -336,6 +344,76 @@ fn check_dev_cache(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
         );
     };
     mock.check_cache(c.id, c.cache)?;
+    Ok(0)
+}
+
+/// The selftest object `id` (`ENOENT` when it is something else).
+fn get_stdev(u: &Ucmd, id: u32) -> Result<Arc<MockStdev>> {
+    match u.ctx.get(id)? {
+        Object::Selftest(s) => Ok(s),
+        o => bail!(ENOENT, "object {id} is a {}, not a selftest device", o.kind()),
+    }
+}
+
+/// `PASID_ATTACH` / `PASID_REPLACE` / `PASID_DETACH` / `PASID_CHECK_HWPT`
+/// (Linux 6.15) on the selftest device `id`: the device layer's PASID
+/// attach (`IOMMU_NO_PASID`, 0, is the RID's attach, replace and detach).
+/// The check is `EINVAL` unless the PASID is attached to HWPT `pt_id`
+/// (detached for 0).
+fn pasid_op(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
+    let mut p: TestPasid = payload(&cmd);
+    let stdev = get_stdev(u, cmd.id)?;
+    let dev = stdev.device();
+    match cmd.op {
+        IOMMU_TEST_OP_PASID_ATTACH | IOMMU_TEST_OP_PASID_REPLACE => {
+            let replace = cmd.op == IOMMU_TEST_OP_PASID_REPLACE;
+            p.pt_id = match (p.pasid, replace) {
+                (0, false) => dev.attach(u.ctx, p.pt_id)?,
+                (0, true) => dev.replace(u.ctx, p.pt_id)?,
+                (pasid, replace) => dev.attach_pasid(u.ctx, pasid, p.pt_id, replace)?,
+            };
+            set_payload(&mut cmd, &p);
+            if let Err(e) = u.respond(&cmd) {
+                if !replace {
+                    if p.pasid == 0 {
+                        dev.detach(u.ctx);
+                    } else {
+                        dev.detach_pasid(u.ctx, p.pasid);
+                    }
+                }
+                return Err(e);
+            }
+        }
+        IOMMU_TEST_OP_PASID_DETACH => {
+            if p.pasid == 0 {
+                dev.detach(u.ctx);
+            } else {
+                dev.detach_pasid(u.ctx, p.pasid);
+            }
+        }
+        _ => {
+            let have = dev.pasid_hwpt(p.pasid);
+            if p.pt_id == 0 {
+                if let Some(h) = have {
+                    bail!(EINVAL, "PASID_CHECK_HWPT: PASID {} is attached to HWPT {h}", p.pasid);
+                }
+            } else {
+                // the HWPT must exist (iommufd_get_hwpt)
+                match u.ctx.get(p.pt_id)? {
+                    Object::HwptPaging(_) | Object::HwptNested(_) => {}
+                    o => bail!(ENOENT, "object {} is a {}, not a HWPT", p.pt_id, o.kind()),
+                }
+                if have != Some(p.pt_id) {
+                    bail!(
+                        EINVAL,
+                        "PASID_CHECK_HWPT: PASID {} is attached to {have:?}, not HWPT {}",
+                        p.pasid,
+                        p.pt_id
+                    );
+                }
+            }
+        }
+    }
     Ok(0)
 }
 

@@ -106,6 +106,8 @@ pub const IOMMU_VFIO_IOAS_CLEAR: u16 = 2;
 pub const IOMMU_HWPT_ALLOC_NEST_PARENT: u32 = 1 << 0;
 pub const IOMMU_HWPT_ALLOC_DIRTY_TRACKING: u32 = 1 << 1;
 pub const IOMMU_HWPT_FAULT_ID_VALID: u32 = 1 << 2;
+/// Linux 6.15: a HWPT that devices may attach PASIDs to.
+pub const IOMMU_HWPT_ALLOC_PASID: u32 = 1 << 3;
 pub const IOMMU_HWPT_DATA_NONE: u32 = 0;
 pub const IOMMU_HWPT_DATA_VTD_S1: u32 = 1;
 
@@ -262,6 +264,16 @@ pub const IOMMU_TEST_OP_MD_CHECK_IOTLB: u32 = 14;
 pub const IOMMU_TEST_OP_TRIGGER_IOPF: u32 = 15;
 /// Linux 6.13.
 pub const IOMMU_TEST_OP_DEV_CHECK_CACHE: u32 = 16;
+/// Linux 6.13 (vEVENTQ; not implemented).
+pub const IOMMU_TEST_OP_TRIGGER_VEVENT: u32 = 17;
+/// Linux 6.15: attach a PASID of the selftest device.
+pub const IOMMU_TEST_OP_PASID_ATTACH: u32 = 18;
+/// Linux 6.15: replace a PASID's attachment.
+pub const IOMMU_TEST_OP_PASID_REPLACE: u32 = 19;
+/// Linux 6.15: detach a PASID.
+pub const IOMMU_TEST_OP_PASID_DETACH: u32 = 20;
+/// Linux 6.15: which HWPT a PASID is attached to.
+pub const IOMMU_TEST_OP_PASID_CHECK_HWPT: u32 = 21;
 
 /// `MOCK_IOMMUPT_DEFAULT`: a mock paging domain of 2 KiB pages over the mock
 /// aperture (Linux 6.19 `iommu_hwpt_selftest.pagetable_type`).
@@ -386,6 +398,11 @@ abi_struct! {
 abi_struct! {
     /// `check_iotlb` member of the test command.
     pub struct TestCheckIotlb { pub id: u32, pub iotlb: u32 }
+}
+abi_struct! {
+    /// `pasid_attach` / `pasid_replace` / `pasid_detach` / `pasid_check`
+    /// members of the test command (`pt_id` is `hwpt_id` for the check).
+    pub struct TestPasid { pub pasid: u32, pub pt_id: u32 }
 }
 abi_struct! {
     /// `check_dev_cache` member of the test command.
