@@ -517,7 +517,11 @@ impl Device {
             let rid = self.attached.lock();
             let mut pasids = self.pasids.lock();
             match (pasids.get(&pasid), replace) {
-                (Some(_), false) => bail!(EINVAL, "device {}: PASID {pasid} is already attached", self.id),
+                (Some(_), false) => bail!(
+                    EINVAL,
+                    "device {}: PASID {pasid} is already attached",
+                    self.id
+                ),
                 (None, true) => bail!(EINVAL, "device {}: PASID {pasid} is not attached", self.id),
                 (Some(a), true) if a.hwpt.ptr_eq(&hwpt) => return Ok(pt_id),
                 _ => {}

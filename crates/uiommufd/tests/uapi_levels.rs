@@ -4,6 +4,7 @@
 
 use std::sync::Arc;
 
+use uiommufd::mock::device::{MOCK_FLAGS_DEVICE_PASID, MOCK_PASID_WIDTH};
 use uiommufd::uapi::*;
 use uiommufd::{Context, UapiLevel};
 use uiommufd_testkit::*;
@@ -761,4 +762,92 @@ fn check_refs_sees_file_pins() {
     assert_eq!(refs(view, 2 * ps(), 1), Err(libc::EIO));
     assert_eq!(unmap(&ctx, ioas, iova, 2 * ps()).map(|_| ()), Ok(()));
     assert_eq!(refs(view, 4 * ps(), 0), Ok(()));
+}
+
+/// PASID attach (6.15) through the mock's test ops: only to HWPTs made with
+/// `IOMMU_HWPT_ALLOC_PASID`, only PASIDs the device has, once per PASID;
+/// a device with PASIDs attached keeps its RID on PASID-capable HWPTs; the
+/// attached HWPT cannot be destroyed; below 6.15 neither the flag nor the
+/// ops exist.
+#[test]
+fn pasid_attach_rules() {
+    let pasid_op = |ctx: &Arc<Context>, op: u32, stdev: u32, pasid: u32, pt: u32| {
+        let p = TestPasid { pasid, pt_id: pt };
+        test_cmd(ctx, op, stdev, p.as_bytes()).map(|_| ())
+    };
+    let old = Context::new_at(UapiLevel::V6_14);
+    let ioas = ioas_alloc(&old);
+    let (stdev, _, idev) = mock_domain_flags(&old, ioas, MOCK_FLAGS_DEVICE_PASID).unwrap();
+    assert_eq!(
+        hwpt_alloc(&old, idev, ioas, IOMMU_HWPT_ALLOC_PASID),
+        Err(libc::EOPNOTSUPP)
+    );
+    let plain = hwpt_alloc(&old, idev, ioas, 0).unwrap();
+    assert_eq!(
+        pasid_op(&old, IOMMU_TEST_OP_PASID_ATTACH, stdev, 7, plain),
+        Err(libc::EOPNOTSUPP)
+    );
+
+    let ctx = Context::new_at(UapiLevel::V7_2);
+    let ioas = ioas_alloc(&ctx);
+    let (stdev, rid_hwpt, idev) = mock_domain_flags(&ctx, ioas, MOCK_FLAGS_DEVICE_PASID).unwrap();
+    let compat = hwpt_alloc(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_PASID).unwrap();
+    let plain = hwpt_alloc(&ctx, idev, ioas, 0).unwrap();
+    let attach = |pasid, pt| pasid_op(&ctx, IOMMU_TEST_OP_PASID_ATTACH, stdev, pasid, pt);
+    let check = |pasid, pt| pasid_op(&ctx, IOMMU_TEST_OP_PASID_CHECK_HWPT, stdev, pasid, pt);
+    // the RID is on an automatic domain, not PASID-capable
+    assert_eq!(attach(5, compat), Err(libc::EINVAL));
+    mock_domain_replace(&ctx, stdev, compat).unwrap();
+    assert_eq!(
+        attach(5, plain),
+        Err(libc::EINVAL),
+        "not made with ALLOC_PASID"
+    );
+    assert_eq!(
+        attach(1 << MOCK_PASID_WIDTH, compat),
+        Err(libc::EINVAL),
+        "past the width"
+    );
+    assert_eq!(check(5, 0), Ok(()));
+    assert_eq!(attach(5, compat), Ok(()));
+    assert_eq!(attach(5, compat), Err(libc::EINVAL), "attached twice");
+    assert_eq!(check(5, compat), Ok(()));
+    assert_eq!(check(5, 0), Err(libc::EINVAL));
+    assert_eq!(check(5, plain), Err(libc::EINVAL));
+    // the RID may not leave for a HWPT that is not PASID-capable now
+    assert_eq!(mock_domain_replace(&ctx, stdev, plain), Err(libc::EINVAL));
+    assert_eq!(destroy(&ctx, compat), Err(libc::EBUSY));
+    let compat2 = hwpt_alloc(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_PASID).unwrap();
+    assert_eq!(
+        pasid_op(&ctx, IOMMU_TEST_OP_PASID_REPLACE, stdev, 5, compat2),
+        Ok(())
+    );
+    assert_eq!(check(5, compat2), Ok(()));
+    assert_eq!(
+        pasid_op(&ctx, IOMMU_TEST_OP_PASID_REPLACE, stdev, 6, compat2),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        pasid_op(&ctx, IOMMU_TEST_OP_PASID_DETACH, stdev, 5, 0),
+        Ok(())
+    );
+    assert_eq!(check(5, 0), Ok(()));
+    assert_eq!(mock_domain_replace(&ctx, stdev, plain), Ok(()));
+    // a device without PASIDs has none to attach
+    let (stdev2, _, _) = mock_domain(&ctx, compat).unwrap();
+    assert_eq!(
+        pasid_op(&ctx, IOMMU_TEST_OP_PASID_ATTACH, stdev2, 5, compat2),
+        Err(libc::EINVAL)
+    );
+    // destroying the selftest device drops its PASID attachments
+    assert_eq!(
+        attach(9, compat2),
+        Err(libc::EINVAL),
+        "the RID is on a plain HWPT"
+    );
+    mock_domain_replace(&ctx, stdev, compat).unwrap();
+    assert_eq!(attach(9, compat2), Ok(()));
+    assert_eq!(destroy(&ctx, stdev), Ok(0));
+    assert_eq!(destroy(&ctx, compat2), Ok(0));
+    let _ = rid_hwpt;
 }

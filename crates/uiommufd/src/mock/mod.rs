@@ -351,7 +351,11 @@ fn check_dev_cache(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
 fn get_stdev(u: &Ucmd, id: u32) -> Result<Arc<MockStdev>> {
     match u.ctx.get(id)? {
         Object::Selftest(s) => Ok(s),
-        o => bail!(ENOENT, "object {id} is a {}, not a selftest device", o.kind()),
+        o => bail!(
+            ENOENT,
+            "object {id} is a {}, not a selftest device",
+            o.kind()
+        ),
     }
 }
 
@@ -395,7 +399,11 @@ fn pasid_op(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
             let have = dev.pasid_hwpt(p.pasid);
             if p.pt_id == 0 {
                 if let Some(h) = have {
-                    bail!(EINVAL, "PASID_CHECK_HWPT: PASID {} is attached to HWPT {h}", p.pasid);
+                    bail!(
+                        EINVAL,
+                        "PASID_CHECK_HWPT: PASID {} is attached to HWPT {h}",
+                        p.pasid
+                    );
                 }
             } else {
                 // the HWPT must exist (iommufd_get_hwpt)
