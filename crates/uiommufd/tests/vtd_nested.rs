@@ -616,6 +616,7 @@ fn vtd_s1_invalidate_errnos_and_entry_num() {
     }
     // no entries: nothing to do
     assert_eq!(s.invalidate(h, &[], t, 24), (0, 0));
-    // the parent is not a nested HWPT
-    assert_eq!(s.invalidate(parent, &[ok], t, 24).0, libc::ENOENT);
+    // the parent is not a nested HWPT (EINVAL from 6.13, the default level
+    // here; ENOENT at 6.12)
+    assert_eq!(s.invalidate(parent, &[ok], t, 24).0, libc::EINVAL);
 }
