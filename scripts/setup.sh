@@ -7,8 +7,11 @@ need_pkgs=()
 have() { command -v "$1" >/dev/null 2>&1; }
 
 # The conformance runner builds the kernel selftests with gcc against the
-# libc/kernel headers, and fetches/extracts Debian's linux-source-6.12.
+# libc/kernel headers, and fetches/extracts Debian's linux-source-6.12 and
+# (through a private apt configuration for trixie-backports, whose
+# signature apt checks with the archive keyring) linux-source-7.2.
 have gcc || need_pkgs+=(gcc)
+[ -f /usr/share/keyrings/debian-archive-keyring.gpg ] || need_pkgs+=(debian-archive-keyring)
 # The fuzz targets (scripts/fuzz.sh) build libFuzzer from source: C++.
 have g++ || need_pkgs+=(g++)
 [ -f /usr/include/stdio.h ] || need_pkgs+=(libc6-dev)

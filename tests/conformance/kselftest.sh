@@ -173,7 +173,8 @@ EXTRACT_PATHS=(
 apt_get() {
     if [ ${#APT_OPTS[@]} -gt 0 ]; then
         mkdir -p "$APT_DIR/sources.list.d" "$APT_DIR/lists/partial" "$APT_DIR/cache/archives/partial"
-        echo "deb http://deb.debian.org/debian trixie-backports main" >"$APT_DIR/sources.list"
+        echo "deb [signed-by=/usr/share/keyrings/debian-archive-keyring.gpg] http://deb.debian.org/debian trixie-backports main" \
+            >"$APT_DIR/sources.list"
     fi
     apt-get ${APT_OPTS[@]+"${APT_OPTS[@]}"} "$@"
 }
