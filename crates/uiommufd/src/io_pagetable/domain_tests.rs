@@ -1071,8 +1071,11 @@ fn domain_add_remove_races_with_map_unmap() {
     let buf = Arc::new(RealBuf::new(32));
     let t = Arc::new(IoPagetable::new());
     let stop = Arc::new(AtomicBool::new(false));
+    // Flips done so far: the workers go on until some happened while they
+    // ran, however the threads are scheduled (no timing assumption).
+    let flips = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let flipper = {
-        let (t, stop) = (t.clone(), stop.clone());
+        let (t, stop, flips) = (t.clone(), stop.clone(), flips.clone());
         std::thread::spawn(move || {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
@@ -1082,19 +1085,23 @@ fn domain_add_remove_races_with_map_unmap() {
                 t.remove_domain(d.id());
                 assert!(d.is_empty());
                 n += 1;
+                flips.store(n, Ordering::Relaxed);
             }
             n
         })
     };
     let workers: Vec<_> = (0..4u64)
         .map(|n| {
-            let (t, buf) = (t.clone(), buf.clone());
+            let (t, buf, flips) = (t.clone(), buf.clone(), flips.clone());
             std::thread::spawn(move || {
-                for i in 0..200u64 {
+                let start = flips.load(Ordering::Relaxed);
+                let mut i = 0u64;
+                while i < 200 || flips.load(Ordering::Relaxed) < start + 2 {
                     let iova = A + n * (1 << 22) + (i % 4) * 8 * ps;
                     let up = buf.addr() + ((i + n) % 16) * ps;
                     map(&t, up, 2 * ps, Some(iova), Prot::RW).unwrap();
                     assert_eq!(t.unmap(iova, 2 * ps).unwrap(), 2 * ps);
+                    i += 1;
                 }
             })
         })
