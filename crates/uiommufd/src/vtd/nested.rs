@@ -35,12 +35,14 @@
 //! parent maps its page (the IOAS keeps it pinned). Table entries are read
 //! with the fault-safe copy (memory the program unmapped or protected is a
 //! [`Fault::Host`]). The compare-exchange that writes A/D back is done in
-//! place (hardware's locked update; no fault-safe atomic exists here),
-//! after the fault-safe read of the same entry and a probe that the page
-//! is writable (`MADV_POPULATE_WRITE`, paid only when a bit must be set):
-//! only a program that unmaps or write-protects a table page between that
-//! probe and the store — memory it mapped into the IOAS, while a device
-//! walks it — is outside what the engine guards against.
+//! place (hardware's locked update) with the fault-safe compare-exchange
+//! ([`crate::faultsafe::compare_exchange`], whenever the fault handler is
+//! installed — always under the preload): a table page the program unmaps
+//! or write-protects while a device walks it is a [`Fault::Host`], never a
+//! crash. Without the handler (a Rust user who did not call
+//! `faultsafe::install`), the update follows a fault-safe read of the entry
+//! and a probe that the page is writable, and only a program changing the
+//! page between that probe and the store is outside what the engine guards.
 
 use std::any::Any;
 use std::mem::offset_of;
@@ -306,20 +308,35 @@ impl VtdNestedDomain {
                 }
                 if update && want != v {
                     let wh = self.entry_host(iova, gpa, true, write)?;
-                    // writable in the process too (the program may have
-                    // protected memory it mapped writable in the IOAS)
-                    SelfMemory
-                        .probe_write(wh, 8)
-                        .map_err(|_| Fault::Host { iova })?;
-                    // SAFETY: `wh` is 8-aligned (a table entry in a page
-                    // the parent maps), was just read fault-safely and
-                    // probed writable; see the module docs for the
-                    // residual window.
-                    let e = unsafe { &*(wh as usize as *const AtomicU64) };
-                    if e.compare_exchange(v, want, Ordering::SeqCst, Ordering::SeqCst)
-                        .is_err()
-                    {
-                        continue 'retry;
+                    if crate::faultsafe::enabled() {
+                        // SAFETY: `wh` is 8-aligned (a table entry); a
+                        // fault (the program unmapped or protected the
+                        // table meanwhile) is fixed up, never a crash.
+                        match unsafe { crate::faultsafe::compare_exchange(wh as *mut u64, v, want) }
+                        {
+                            crate::faultsafe::Cas::Swapped => {}
+                            crate::faultsafe::Cas::Differs => continue 'retry,
+                            crate::faultsafe::Cas::Fault => {
+                                return Err(Fault::Host { iova });
+                            }
+                        }
+                    } else {
+                        // writable in the process too (the program may have
+                        // protected memory it mapped writable in the IOAS)
+                        SelfMemory
+                            .probe_write(wh, 8)
+                            .map_err(|_| Fault::Host { iova })?;
+                        // SAFETY: `wh` is 8-aligned (a table entry in a page
+                        // the parent maps), was just read fault-safely and
+                        // probed writable; without the fault handler (a Rust
+                        // user who did not call `faultsafe::install`) a
+                        // residual window remains: see the module docs.
+                        let e = unsafe { &*(wh as usize as *const AtomicU64) };
+                        if e.compare_exchange(v, want, Ordering::SeqCst, Ordering::SeqCst)
+                            .is_err()
+                        {
+                            continue 'retry;
+                        }
                     }
                 }
                 if leaf {
@@ -807,6 +824,18 @@ mod tests {
 
     #[test]
     fn protected_or_unmapped_table_pages_are_host_faults() {
+        table_pages_fault_safely();
+    }
+
+    /// The same with the fault handler installed: A/D are written back with
+    /// the fault-safe compare-exchange (what the preload always uses).
+    #[test]
+    fn protected_table_pages_with_the_fault_handler() {
+        assert!(crate::faultsafe::install());
+        table_pages_fault_safely();
+    }
+
+    fn table_pages_fault_safely() {
         let m = Mem::new();
         let p = parent(&m);
         let n = nested(&p, 48);
