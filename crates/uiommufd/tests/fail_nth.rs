@@ -29,6 +29,10 @@ use uiommufd::vfio::uapi::{
     VfioDeviceAttachIommufdPt, VfioDeviceBindIommufd, VfioDeviceDetachIommufdPt,
     VFIO_DEVICE_ATTACH_IOMMUFD_PT, VFIO_DEVICE_BIND_IOMMUFD, VFIO_DEVICE_DETACH_IOMMUFD_PT,
 };
+use uiommufd::vtd::nested::{
+    IommuHwptVtdS1, IommuHwptVtdS1Invalidate, IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
+    IOMMU_VTD_INV_FLAGS_LEAF,
+};
 use uiommufd::vtd::VtdDomain;
 use uiommufd::{files, Context};
 use uiommufd_testkit::vfio::{ioctl_on, Fds};
@@ -703,3 +707,84 @@ sweeps!(
     },
     10
 );
+
+/// `IOMMU_HWPT_ALLOC` of a VT-d first-stage HWPT (`IOMMU_HWPT_DATA_VTD_S1`)
+/// over `parent`, its table at guest address `pgtbl`, with fault queue
+/// `fault` if any.
+fn vtd_s1(e: &Env, idev: u32, parent: u32, pgtbl: u64, fault: Option<u32>) -> Result<u32, i32> {
+    let d = IommuHwptVtdS1 {
+        flags: 0,
+        pgtbl_addr: pgtbl,
+        addr_width: 48,
+        __reserved: 0,
+    };
+    kit::hwpt_alloc_with(
+        e,
+        IommuHwptAlloc {
+            flags: if fault.is_some() {
+                IOMMU_HWPT_FAULT_ID_VALID
+            } else {
+                0
+            },
+            dev_id: idev,
+            pt_id: parent,
+            data_type: IOMMU_HWPT_DATA_VTD_S1,
+            data_len: size_of::<IommuHwptVtdS1>() as u32,
+            data_uptr: &d as *const IommuHwptVtdS1 as u64,
+            fault_id: fault.unwrap_or(0),
+            ..Default::default()
+        },
+    )
+}
+
+/// `IOMMU_HWPT_INVALIDATE` of `npages` at `addr` on a VT-d first-stage HWPT.
+fn vtd_invalidate(e: &Env, hwpt: u32, addr: u64, npages: u64) -> Result<(), i32> {
+    let r = [IommuHwptVtdS1Invalidate {
+        addr,
+        npages,
+        flags: IOMMU_VTD_INV_FLAGS_LEAF,
+        __reserved: 0,
+    }];
+    let mut c = IommuHwptInvalidate {
+        size: size_of::<IommuHwptInvalidate>() as u32,
+        hwpt_id: hwpt,
+        data_uptr: r.as_ptr() as u64,
+        data_type: IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
+        entry_len: size_of::<IommuHwptVtdS1Invalidate>() as u32,
+        entry_num: 1,
+        __reserved: 0,
+    };
+    e.ioc(IOMMU_HWPT_INVALIDATE, &mut c)?;
+    assert_eq!(c.entry_num, 1);
+    Ok(())
+}
+
+/// VT-d nesting through every failure point: a nest parent, first-stage
+/// HWPTs over it (one with a fault queue), attach and replace between
+/// them, an invalidation, and the unmap of the parent's memory while a
+/// nested HWPT sits on it. VT-d only (the mock's nesting is the selftest's
+/// format, swept by `hwpt_alloc` above).
+#[test]
+fn fail_nth_vtd_nesting() {
+    let n = sweep_on("vtd_nesting", Driver::Vtd, |e| {
+        let ioas = e.ioas_alloc()?;
+        e.map(ioas, 0, LEN, Some(A))?;
+        e.arm();
+        let (dev, _, idev) = e.device(ioas, false)?;
+        e.hw_info(idev)?;
+        let parent = e.hwpt_alloc(idev, ioas, IOMMU_HWPT_ALLOC_NEST_PARENT)?;
+        let s1 = vtd_s1(e, idev, parent, A, None)?;
+        e.replace_dev(dev, s1)?;
+        vtd_invalidate(e, s1, 0, 16)?;
+        let fault = e.fault_alloc()?;
+        let s1f = vtd_s1(e, idev, parent, A + page_size(), Some(fault))?;
+        e.replace_dev(dev, s1f)?;
+        e.replace_dev(dev, parent)?;
+        e.destroy(s1)?;
+        e.unmap(ioas, A, LEN)?;
+        e.remove_dev(dev)?;
+        e.destroy(s1f)?;
+        Ok(())
+    });
+    assert!(n > 10, "{n}");
+}
