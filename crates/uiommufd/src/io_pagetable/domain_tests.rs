@@ -477,6 +477,15 @@ fn domain_add_refusals_change_nothing() {
 
 #[test]
 fn domain_add_pin_failure_is_efault() {
+    domain_add_pin_failure_is_efault_on(Drv::Mock);
+}
+
+#[test]
+fn domain_add_pin_failure_is_efault_vtd() {
+    domain_add_pin_failure_is_efault_on(Drv::Vtd);
+}
+
+fn domain_add_pin_failure_is_efault_on(drv: Drv) {
     let ps = ps();
     let buf = RealBuf::new(4);
     let u = buf.addr();
@@ -486,15 +495,15 @@ fn domain_add_pin_failure_is_efault() {
     let t = IoPagetable::new();
     map(&t, u + ps, ps, Some(A), Prot::RW).unwrap();
     map(&t, u, ps, Some(A + ps), Prot::RW).unwrap();
-    let d = MockDomain::new(false);
-    assert_eq!(errno(t.add_domain(d.clone())), libc::EFAULT);
+    let d = TestDom::new(drv, false);
+    assert_eq!(errno(t.add_domain(d.dyn_domain())), libc::EFAULT);
     assert!(d.is_empty());
     assert_eq!(pins(u + ps), 0);
     assert!(t.domains().is_empty());
     ok(&t);
     // With a domain, a map of memory that cannot be pinned fails the same.
     t.unmap(A + ps, ps).unwrap();
-    t.add_domain(d.clone()).unwrap();
+    t.add_domain(d.dyn_domain()).unwrap();
     assert_eq!(errno(map(&t, u, ps, Some(A + ps), Prot::RW)), libc::EFAULT);
     assert_eq!(t.areas().len(), 1);
     map(&t, u + 2 * ps, ps, Some(A + ps), Prot::RW).unwrap();
@@ -541,6 +550,76 @@ fn domain_map_failure_unwinds() {
     assert!(d1.is_empty() && d2.is_empty());
     assert_eq!(d1.warnings(), 0);
     accounting_ok();
+}
+
+/// `domain_map_failure_unwinds` for VT-d, whose map fails only when a
+/// table cannot be allocated: the 1st, 2nd, ... injection point of a map
+/// (with two fresh VT-d domains attached) and of a two-source copy fails
+/// in turn, until they go through; after every failure the table, the
+/// domains and the pins are as before. Some failure must be a VT-d table
+/// allocation.
+#[test]
+fn domain_map_failure_unwinds_vtd() {
+    use crate::inject;
+    let ps = ps();
+    let mut vtd_points = 0;
+    for nth in 1..200 {
+        let buf = RealBuf::new(8);
+        let u = buf.addr();
+        let t = IoPagetable::new();
+        let d1 = TestDom::new(Drv::Vtd, false);
+        let d2 = TestDom::new(Drv::Vtd, true);
+        t.add_domain(d1.dyn_domain()).unwrap();
+        t.add_domain(d2.dyn_domain()).unwrap();
+        map(&t, u + 4 * ps, 2 * ps, Some(A + 2 * ps), Prot::RW).unwrap();
+        let before = (t.areas(), pins(u), pins(u + 4 * ps));
+        inject::set_fail_nth_current(nth);
+        let w = inject::Watch::start();
+        let r = map(&t, u, 2 * ps, Some(A), Prot::RW);
+        let fired = w.fired();
+        // then a copy of both areas (two sources) to an IOVA far away
+        let (r2, fired2) = if r.is_ok() && fired.is_none() {
+            let w = inject::Watch::start();
+            let r2 = t
+                .get_pages(A + ps, 2 * ps)
+                .and_then(|s| t.map(s, 2 * ps, IovaRequest::Fixed(A + (1 << 30)), Prot::RW));
+            (Some(r2), w.fired())
+        } else {
+            (None, None)
+        };
+        let left = inject::fail_nth_current();
+        inject::set_fail_nth_current(0);
+        if fired.is_some() {
+            assert!(r.is_err(), "nth {nth}: a map that saw {fired:?} succeeded");
+            assert_eq!((t.areas(), pins(u), pins(u + 4 * ps)), before, "nth {nth}");
+        }
+        if let Some(p) = fired2 {
+            assert!(
+                r2.as_ref().unwrap().is_err(),
+                "nth {nth}: a copy that saw {p} succeeded"
+            );
+            assert_eq!(t.areas().len(), 2, "nth {nth}: the copy left an area");
+        }
+        for p in [fired, fired2].into_iter().flatten() {
+            if p == "vtd.table.alloc" {
+                vtd_points += 1;
+            }
+        }
+        ok(&t);
+        check_maps(&t);
+        t.unmap_all().unwrap();
+        assert!(d1.is_empty() && d2.is_empty(), "nth {nth}");
+        t.remove_domain(d1.id());
+        t.remove_domain(d2.id());
+        assert_eq!(pins(u), 0);
+        if left != 0 {
+            // the sequence ran through without reaching the armed point
+            assert!(vtd_points > 0, "no VT-d table allocation failed");
+            accounting_ok();
+            return;
+        }
+    }
+    panic!("more than 200 injection points");
 }
 
 #[test]
@@ -722,12 +801,21 @@ fn domain_invariants_catch_wrong_pin_counts() {
 
 #[test]
 fn domain_table_dropped_with_domain_leaves_nothing() {
+    domain_table_dropped_with_domain_leaves_nothing_on(Drv::Mock);
+}
+
+#[test]
+fn domain_table_dropped_with_domain_leaves_nothing_vtd() {
+    domain_table_dropped_with_domain_leaves_nothing_on(Drv::Vtd);
+}
+
+fn domain_table_dropped_with_domain_leaves_nothing_on(drv: Drv) {
     let buf = RealBuf::new(4);
     let u = buf.addr();
-    let d = MockDomain::new(false);
+    let d = TestDom::new(drv, false);
     {
         let t = IoPagetable::new();
-        t.add_domain(d.clone()).unwrap();
+        t.add_domain(d.dyn_domain()).unwrap();
         map(&t, u, 2 * ps(), Some(A), Prot::RW).unwrap();
         assert_eq!(pins(u), 1);
     }
@@ -970,12 +1058,21 @@ fn access_rw_rules() {
 
 #[test]
 fn access_unmap_notifies_and_unpins() {
+    access_unmap_notifies_and_unpins_on(Drv::Mock);
+}
+
+#[test]
+fn access_unmap_notifies_and_unpins_vtd() {
+    access_unmap_notifies_and_unpins_on(Drv::Vtd);
+}
+
+fn access_unmap_notifies_and_unpins_on(drv: Drv) {
     let ps = ps();
     let buf = RealBuf::new(16);
     let u = buf.addr();
     let t = Arc::new(IoPagetable::new());
-    let d = MockDomain::new(false);
-    t.add_domain(d.clone()).unwrap();
+    let d = TestDom::new(drv, false);
+    t.add_domain(d.dyn_domain()).unwrap();
     let (r, _token) = Recorder::new(&t);
     map(&t, u, 4 * ps, Some(A), Prot::RW).unwrap();
     map(&t, u + 8 * ps, 2 * ps, Some(A + 8 * ps), Prot::RW).unwrap();
@@ -1052,6 +1149,15 @@ fn access_that_refuses_is_edeadlk() {
 
 #[test]
 fn access_pins_survive_domain_changes() {
+    access_pins_survive_domain_changes_on(Drv::Mock);
+}
+
+#[test]
+fn access_pins_survive_domain_changes_vtd() {
+    access_pins_survive_domain_changes_on(Drv::Vtd);
+}
+
+fn access_pins_survive_domain_changes_on(drv: Drv) {
     // The selftest's access_pin: add and remove a domain while pinned.
     let ps = ps();
     let buf = RealBuf::new(8);
@@ -1061,9 +1167,9 @@ fn access_pins_survive_domain_changes() {
     map(&t, u, 8 * ps, Some(A), Prot::RW).unwrap();
     for npages in 1..8 {
         r.pin(A, npages * ps).unwrap();
-        let d = MockDomain::new(false);
-        t.add_domain(d.clone()).unwrap();
-        d.check_map(A, 8 * ps, u).unwrap();
+        let d = TestDom::new(drv, false);
+        t.add_domain(d.dyn_domain()).unwrap();
+        check_map(d.dyn_domain().as_ref(), A, 8 * ps, u).unwrap();
         ok(&t);
         t.remove_domain(d.id());
         assert_eq!(pins(u), 1, "the access still holds it");
