@@ -211,9 +211,10 @@ impl<S: AsRawFd> Wire<S> {
             }
             let off = done.saturating_sub(32);
             if off < len {
-                // SAFETY: inside the caller's readable range.
+                // SAFETY: `off < len`: inside the caller's readable range.
+                let at = unsafe { ptr.add(off) };
                 iov[n] = libc::iovec {
-                    iov_base: unsafe { ptr.add(off) }.cast_mut().cast(),
+                    iov_base: at.cast_mut().cast(),
                     iov_len: (len - off).min(1 << 30),
                 };
                 n += 1;
