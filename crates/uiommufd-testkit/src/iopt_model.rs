@@ -23,16 +23,59 @@ use uiommufd::io_pagetable::huge_page_size;
 use uiommufd::mock::domain::{MOCK_APERTURE_LAST, MOCK_APERTURE_START};
 use uiommufd::user::page_size;
 
-const AP: u64 = MOCK_APERTURE_START;
-const AP_LAST: u64 = MOCK_APERTURE_LAST;
-
 fn ps() -> u64 {
     page_size()
 }
 
-/// The mock domain's IO page size (`MOCK_IO_PAGE_SIZE`, half a page).
-fn mps() -> u64 {
-    page_size() / 2
+/// What the table sees of the domains the model attaches (all of one
+/// driver): their aperture and smallest IO page size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DomainGeometry {
+    /// First IOVA of the aperture.
+    pub start: u64,
+    /// Last IOVA of the aperture.
+    pub last: u64,
+    /// The smallest IO page size.
+    pub io_page: u64,
+}
+
+impl DomainGeometry {
+    /// The selftest mock domain: `MOCK_APERTURE_START..=MOCK_APERTURE_LAST`,
+    /// `MOCK_IO_PAGE_SIZE` (half a page).
+    pub fn mock() -> DomainGeometry {
+        DomainGeometry {
+            start: MOCK_APERTURE_START,
+            last: MOCK_APERTURE_LAST,
+            io_page: page_size() / 2,
+        }
+    }
+
+    /// A VT-d second-stage domain of `addr_width` bits: from 0, 4 KiB pages.
+    pub fn vtd(addr_width: u32) -> DomainGeometry {
+        DomainGeometry {
+            start: 0,
+            last: (1u64 << addr_width) - 1,
+            io_page: 1 << 12,
+        }
+    }
+
+    /// The ranges outside the aperture (what each attached domain reserves).
+    fn outside(&self) -> Vec<(u64, u64)> {
+        let mut r = Vec::new();
+        if self.start != 0 {
+            r.push((0, self.start - 1));
+        }
+        if self.last != u64::MAX {
+            r.push((self.last + 1, u64::MAX));
+        }
+        r
+    }
+}
+
+impl Default for DomainGeometry {
+    fn default() -> DomainGeometry {
+        DomainGeometry::mock()
+    }
 }
 
 /// What the model may assume of user memory.
@@ -138,9 +181,12 @@ pub struct Model {
     pub reserved: Vec<(u64, u64, u64)>,
     /// Large pages off (`IOMMU_OPTION_HUGE_PAGES` = 0).
     pub small_pages: bool,
-    /// Attached mock domains (each reserves everything outside the mock
-    /// aperture and asks for `MOCK_IO_PAGE_SIZE` alignment).
+    /// Attached domains (each reserves everything outside its aperture
+    /// and asks for its IO page size as alignment).
     pub domains: usize,
+    /// The aperture and IO page size of those domains (the mock's by
+    /// default).
+    pub geometry: DomainGeometry,
     /// IOVA alignment asked by each registered access
     /// ([`COOPERATIVE`], [`STUBBORN`]).
     pub access_align: [Option<u64>; 2],
@@ -156,7 +202,7 @@ impl Model {
     pub fn align(&self) -> u64 {
         let mut a = if self.small_pages { ps() } else { 1 };
         if self.domains > 0 {
-            a = a.max(mps());
+            a = a.max(self.geometry.io_page);
         }
         for x in self.access_align.iter().flatten() {
             a = a.max(*x);
@@ -175,8 +221,7 @@ impl Model {
     pub fn all_reserved(&self) -> Vec<(u64, u64)> {
         let mut r: Vec<(u64, u64)> = self.reserved.iter().map(|&(s, l, _)| (s, l)).collect();
         for _ in 0..self.domains {
-            r.push((0, AP - 1));
-            r.push((AP_LAST + 1, u64::MAX));
+            r.extend(self.geometry.outside());
         }
         r
     }
@@ -196,14 +241,14 @@ impl Model {
     /// The kernel's `iopt_table_add_domain` for a mock domain: `Ok` when it
     /// may be attached (the caller then counts it in [`Model::domains`]).
     pub fn add_domain(&self, mem: &dyn UserView) -> std::result::Result<(), i32> {
-        let new = self.align().max(mps());
+        let new = self.align().max(self.geometry.io_page);
         if new > ps() {
             return Err(libc::EINVAL);
         }
         if new != self.align() && !self.conform(new) {
             return Err(libc::EADDRINUSE);
         }
-        for (s, l) in [(0, AP - 1), (AP_LAST + 1, u64::MAX)] {
+        for (s, l) in self.geometry.outside() {
             if self.area_hit(s, l) || self.allowed.iter().any(|&a| overlaps(a, (s, l))) {
                 return Err(libc::EADDRINUSE);
             }
@@ -553,6 +598,7 @@ impl Model {
             let after = Model {
                 small_pages: true,
                 domains: self.domains,
+                geometry: self.geometry,
                 access_align: self.access_align,
                 ..Model::default()
             };

@@ -214,7 +214,35 @@ mod arch {
         copy as *const () as usize as i64
     }
 
-    /// If `ctx` stopped at the copy instruction, redirect it to the fixup.
+    /// `cas64(ptr, old, new) -> 0` when `*ptr` was `old` and is now `new`,
+    /// 1 when it held something else (left unchanged), 2 when `ptr` faulted.
+    /// The only instruction that may fault is the `lock cmpxchg` at
+    /// [`CAS_INSN`]; a fault there resumes at [`CAS_FIXUP`], which returns 2.
+    #[unsafe(naked)]
+    pub unsafe extern "C" fn cas64(ptr: *mut u64, old: u64, new: u64) -> u64 {
+        std::arch::naked_asm!(
+            "mov rax, rsi",
+            "lock cmpxchg qword ptr [rdi], rdx",
+            "mov eax, 0",
+            "setne al",
+            "ret",
+            "mov eax, 2",
+            "ret"
+        )
+    }
+
+    /// Offset of `lock cmpxchg` in [`cas64`] (`mov rax, rsi` is 3 bytes).
+    pub const CAS_INSN: usize = 3;
+    /// Offset of the fault path (`lock cmpxchg` 5, `mov eax, 0` 5,
+    /// `setne al` 3, `ret` 1).
+    pub const CAS_FIXUP: usize = 17;
+
+    fn cas_base() -> i64 {
+        cas64 as *const () as usize as i64
+    }
+
+    /// If `ctx` stopped at the copy or compare-exchange instruction,
+    /// redirect it to its fixup.
     ///
     /// # Safety
     /// `ctx` is the `ucontext_t` the kernel gave a signal handler.
@@ -223,11 +251,15 @@ mod arch {
         let rip = libc::REG_RIP as usize;
         // SAFETY: the caller passes the handler's ucontext.
         let gregs = unsafe { &mut (*uc).uc_mcontext.gregs };
-        if gregs[rip] != base() + INSN as i64 {
-            return false;
+        if gregs[rip] == base() + INSN as i64 {
+            gregs[rip] = base() + FIXUP as i64;
+            return true;
         }
-        gregs[rip] = base() + FIXUP as i64;
-        true
+        if gregs[rip] == cas_base() + CAS_INSN as i64 {
+            gregs[rip] = cas_base() + CAS_FIXUP as i64;
+            return true;
+        }
+        false
     }
 
     /// The mask the interrupted code ran with (signals 1..=64).
@@ -259,6 +291,43 @@ pub unsafe fn copy(dst: *mut u8, src: *const u8, len: usize) -> usize {
     {
         let _ = (dst, src);
         len
+    }
+}
+
+/// What [`compare_exchange`] found.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cas {
+    /// The word held the expected value and now holds the new one.
+    Swapped,
+    /// The word held something else; nothing was written.
+    Differs,
+    /// The address faulted (unmapped, or not writable).
+    Fault,
+}
+
+/// An atomic compare-exchange (sequentially consistent) of the 64-bit word
+/// at `ptr`, which may be a user pointer: a fault is [`Cas::Fault`], never
+/// a crash — the A and D bits a device's IOMMU writes back into tables in
+/// the program's memory.
+///
+/// # Safety
+/// [`enabled`] must be true; `ptr` must be 8-byte aligned.
+#[inline]
+pub unsafe fn compare_exchange(ptr: *mut u64, old: u64, new: u64) -> Cas {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: forwarded contract; a fault at the cmpxchg is fixed up by
+        // `handler`.
+        match unsafe { arch::cas64(ptr, old, new) } {
+            0 => Cas::Swapped,
+            1 => Cas::Differs,
+            _ => Cas::Fault,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ptr, old, new);
+        Cas::Fault
     }
 }
 
@@ -398,6 +467,44 @@ mod tests {
         let code = unsafe { std::slice::from_raw_parts(f, arch::FIXUP + 3) };
         assert_eq!(&code[arch::INSN..arch::FIXUP], &[0xf3, 0xa4], "rep movsb");
         assert_eq!(code[..arch::INSN].len(), 3);
+    }
+
+    #[test]
+    fn the_cas_instruction_is_where_the_handler_expects_it() {
+        let f = arch::cas64 as *const () as *const u8;
+        // SAFETY: reading the first bytes of our own function's code.
+        let code = unsafe { std::slice::from_raw_parts(f, arch::CAS_FIXUP + 6) };
+        // lock cmpxchg [rdi], rdx
+        assert_eq!(
+            &code[arch::CAS_INSN..arch::CAS_INSN + 5],
+            &[0xf0, 0x48, 0x0f, 0xb1, 0x17]
+        );
+        // the fault path: mov eax, 2; ret
+        assert_eq!(
+            &code[arch::CAS_FIXUP..arch::CAS_FIXUP + 6],
+            &[0xb8, 2, 0, 0, 0, 0xc3]
+        );
+    }
+
+    #[test]
+    fn compare_exchange_swaps_differs_and_faults() {
+        install();
+        let mut w = 5u64;
+        // SAFETY: a valid aligned word.
+        assert_eq!(unsafe { compare_exchange(&mut w, 5, 9) }, Cas::Swapped);
+        assert_eq!(w, 9);
+        // SAFETY: as above.
+        assert_eq!(unsafe { compare_exchange(&mut w, 5, 1) }, Cas::Differs);
+        assert_eq!(w, 9);
+        let none = map(libc::PROT_NONE);
+        let ro = map(libc::PROT_READ);
+        // SAFETY: both fault and are fixed up.
+        unsafe {
+            assert_eq!(compare_exchange(none.cast(), 0, 1), Cas::Fault);
+            assert_eq!(compare_exchange(ro.cast(), 0, 1), Cas::Fault);
+            libc::munmap(none.cast(), 8192);
+            libc::munmap(ro.cast(), 8192);
+        }
     }
 
     #[test]

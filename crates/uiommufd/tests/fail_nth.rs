@@ -10,8 +10,9 @@
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::atomic::Ordering;
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 use uiommufd::accounting::{MM_LOCKED_VM, PINNED_VM, USER_LOCKED_VM};
 use uiommufd::context::Object;
@@ -23,7 +24,18 @@ use uiommufd::pages::{check_accounting, Pages};
 use uiommufd::uapi::dispatch::ioctl;
 use uiommufd::uapi::*;
 use uiommufd::user::page_size;
+use uiommufd::vfio::registry;
+use uiommufd::vfio::uapi::{
+    VfioDeviceAttachIommufdPt, VfioDeviceBindIommufd, VfioDeviceDetachIommufdPt,
+    VFIO_DEVICE_ATTACH_IOMMUFD_PT, VFIO_DEVICE_BIND_IOMMUFD, VFIO_DEVICE_DETACH_IOMMUFD_PT,
+};
+use uiommufd::vtd::nested::{
+    IommuHwptVtdS1, IommuHwptVtdS1Invalidate, IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
+    IOMMU_VTD_INV_FLAGS_LEAF,
+};
+use uiommufd::vtd::VtdDomain;
 use uiommufd::{files, Context};
+use uiommufd_testkit::vfio::{ioctl_on, Fds};
 use uiommufd_testkit::{self as kit, *};
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -59,8 +71,11 @@ fn snapshot(ctx: &Context) -> Snapshot {
                 s.areas.insert(id, i.areas());
             }
             Object::HwptPaging(h) => {
-                if let Some(m) = h.domain().as_any().downcast_ref::<MockDomain>() {
+                let d = h.domain();
+                if let Some(m) = d.as_any().downcast_ref::<MockDomain>() {
                     s.mappings.insert(id, m.runs());
+                } else if let Some(v) = d.as_any().downcast_ref::<VtdDomain>() {
+                    s.mappings.insert(id, v.runs());
                 }
             }
             _ => {}
@@ -69,27 +84,176 @@ fn snapshot(ctx: &Context) -> Snapshot {
     s
 }
 
+/// Whose devices (and so whose domains) a sweep attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    /// Selftest mock devices and domains.
+    Mock,
+    /// `dma-engine` devices bound through their cdev: VT-d domains.
+    Vtd,
+}
+
+/// A device a sequence attached.
+#[derive(Debug, Clone, Copy)]
+enum Dev {
+    /// A mock device: its selftest object ID.
+    Mock(u32),
+    /// An emulated device: its cdev fd.
+    Vtd(i32),
+}
+
+/// The cdev numbers of the `dma-engine` devices the VT-d sweeps use
+/// (declared once per process; each run opens and binds them afresh and
+/// closes them in its teardown, and the sweeps run one at a time).
+const VTD_CDEVS: u32 = 4;
+/// The `cmd` that [`Env::checked`] reports as an open of a cdev.
+const OPEN: u32 = 0;
+const VTD_CDEV_BASE: u32 = 760;
+
+fn declare_vtd_devices() {
+    static DONE: OnceLock<()> = OnceLock::new();
+    DONE.get_or_init(|| {
+        for i in 0..VTD_CDEVS {
+            let n = VTD_CDEV_BASE + i;
+            registry::declare(&format!(
+                "dma-engine,addr=0000:e7:{i:02x}.0,group={n},cdev={n}"
+            ))
+            .unwrap();
+        }
+    });
+}
+
 /// One run of a sequence: the context, the engine fds it made, and the
 /// injected failure it armed.
 struct Env {
     ctx: Arc<Context>,
+    driver: Driver,
     nth: u32,
     armed: bool,
     fds: Vec<i32>,
     buf: Vec<u8>,
     /// Injected failures seen, by point.
     fired: RefCell<Vec<&'static str>>,
+    /// The fd that stands for the iommufd in `VFIO_DEVICE_BIND_IOMMUFD`.
+    iommufd: OwnedFd,
+    /// Emulated devices opened so far.
+    vtd_devs: u32,
 }
 
 impl Env {
-    fn new(nth: u32) -> Env {
+    fn new(nth: u32, driver: Driver) -> Env {
+        if driver == Driver::Vtd {
+            declare_vtd_devices();
+        }
         Env {
             ctx: Context::new(),
+            driver,
             nth,
             armed: false,
             fds: Vec::new(),
             buf: vec![0x5a; 4 * LEN as usize + (2 << 20)],
             fired: RefCell::new(Vec::new()),
+            iommufd: std::fs::File::open("/dev/null").unwrap().into(),
+            vtd_devs: 0,
+        }
+    }
+
+    /// A new device attached to `pt`: (device, hwpt, idev). Mock:
+    /// `MOCK_DOMAIN_FLAGS` (`huge`: `MOCK_FLAGS_DEVICE_HUGE_IOVA`); VT-d:
+    /// open the next cdev, bind it to the context, attach it to `pt`
+    /// (`huge` has no VT-d counterpart: its domains take 2 MiB leaves
+    /// where the IOAS allows).
+    fn device(&mut self, pt: u32, huge: bool) -> Result<(Dev, u32, u32), i32> {
+        match self.driver {
+            Driver::Mock => {
+                let flags = if huge { MOCK_FLAGS_DEVICE_HUGE_IOVA } else { 0 };
+                let (stdev, hwpt, idev) = self.mock_domain(pt, flags)?;
+                Ok((Dev::Mock(stdev), hwpt, idev))
+            }
+            Driver::Vtd => {
+                assert!(self.vtd_devs < VTD_CDEVS, "more devices than declared");
+                let cdev = VTD_CDEV_BASE + self.vtd_devs;
+                let fd = self.checked(OPEN, || {
+                    registry::open_cdev(cdev, true).map_err(|e| e.errno().0)
+                })?;
+                self.vtd_devs += 1;
+                self.fds.push(fd);
+                let mut fds = Fds::default();
+                fds.0.insert(self.iommufd.as_raw_fd(), self.ctx.clone());
+                let mut b = VfioDeviceBindIommufd {
+                    argsz: 16,
+                    flags: 0,
+                    iommufd: self.iommufd.as_raw_fd(),
+                    out_devid: 0,
+                };
+                self.checked(VFIO_DEVICE_BIND_IOMMUFD, || {
+                    ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds)
+                })?;
+                let hwpt = self.vtd_attach(fd, pt)?;
+                Ok((Dev::Vtd(fd), hwpt, b.out_devid))
+            }
+        }
+    }
+
+    /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT`: the HWPT attached.
+    fn vtd_attach(&self, fd: i32, pt: u32) -> Result<u32, i32> {
+        let mut a = VfioDeviceAttachIommufdPt {
+            argsz: 12,
+            flags: 0,
+            pt_id: pt,
+        };
+        self.checked(VFIO_DEVICE_ATTACH_IOMMUFD_PT, || {
+            ioctl_on(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a, &Fds::default())
+        })?;
+        Ok(a.pt_id)
+    }
+
+    /// Move `dev` to `pt` (mock: `MOCK_DOMAIN_REPLACE`; VT-d: attach again).
+    fn replace_dev(&mut self, dev: Dev, pt: u32) -> Result<(), i32> {
+        match dev {
+            Dev::Mock(stdev) => self.replace(stdev, pt),
+            Dev::Vtd(fd) => self.vtd_attach(fd, pt).map(|_| ()),
+        }
+    }
+
+    /// Take `dev` off its domain (mock: destroy the selftest device;
+    /// VT-d: `VFIO_DEVICE_DETACH_IOMMUFD_PT`).
+    fn remove_dev(&mut self, dev: Dev) -> Result<(), i32> {
+        match dev {
+            Dev::Mock(stdev) => self.destroy(stdev),
+            Dev::Vtd(fd) => {
+                let mut d = VfioDeviceDetachIommufdPt { argsz: 8, flags: 0 };
+                self.checked(VFIO_DEVICE_DETACH_IOMMUFD_PT, || {
+                    ioctl_on(fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &mut d, &Fds::default())
+                })
+                .map(|_| ())
+            }
+        }
+    }
+
+    /// Make every page of `[iova, iova + length)` in `hwpt` dirty, as
+    /// device writes would (mock: `IOMMU_TEST_OP_DIRTY`; VT-d: set the D
+    /// bits of the HWPT's tables).
+    fn make_dirty(&mut self, hwpt: u32, iova: u64, length: u64) -> Result<(), i32> {
+        match self.driver {
+            Driver::Mock => self.test_dirty(hwpt, iova, length),
+            Driver::Vtd => {
+                let o = self.ctx.objects();
+                let h = o.iter().find(|(id, _)| *id == hwpt).expect("the HWPT");
+                let Object::HwptPaging(h) = &h.1 else {
+                    panic!("{hwpt} is not a paging HWPT")
+                };
+                let d = h.domain();
+                let v = d
+                    .as_any()
+                    .downcast_ref::<VtdDomain>()
+                    .expect("a VT-d domain");
+                assert!(
+                    v.mark_dirty(iova, length) > 0,
+                    "nothing mapped to make dirty"
+                );
+                Ok(())
+            }
         }
     }
 
@@ -210,7 +374,10 @@ impl Env {
             files::close(*fd).unwrap();
         }
         let va = self.va();
-        let Env { ctx, buf, .. } = self;
+        let Env {
+            ctx, buf, iommufd, ..
+        } = self;
+        drop(iommufd);
         assert_eq!(
             Arc::strong_count(&ctx),
             1,
@@ -231,54 +398,71 @@ impl Env {
     }
 }
 
-impl Ioctl for Env {
-    /// One ioctl, with the checks after an injected failure.
-    fn ioc<T: IntoBytes + FromBytes + ?Sized>(&self, cmd: u32, arg: &mut T) -> Result<i32, i32> {
+impl Env {
+    /// One call into the engine (`call`, an ioctl or an open, returning
+    /// the errno on failure), with the checks after an injected failure.
+    fn checked<R>(&self, cmd: u32, call: impl FnOnce() -> Result<R, i32>) -> Result<R, i32> {
+        let what = if cmd == OPEN {
+            "open".to_string()
+        } else {
+            format!("ioctl {cmd:#x}")
+        };
         let before = snapshot(&self.ctx);
         let watch = inject::Watch::start();
-        let r = ioctl(
-            &self.ctx,
-            cmd as u64,
-            arg.as_mut_bytes().as_mut_ptr() as u64,
-        );
+        let r = call();
         let Some(point) = watch.fired() else {
-            return r.map_err(|e| panic!("ioctl {cmd:#x} failed without injection: {e}"));
+            return r.map_err(|e| panic!("{what} failed without injection: errno {e}"));
         };
         self.fired.borrow_mut().push(point);
         if let Err(e) = &r {
             assert_ne!(
-                e.errno().0,
+                *e,
                 libc::EIO,
-                "ioctl {cmd:#x} after the injected failure at {point}: {e}"
+                "{what} after the injected failure at {point}: errno {e}"
             );
             let after = snapshot(&self.ctx);
             assert_eq!(
                 before, after,
-                "ioctl {cmd:#x} failed at {point} ({e}) but changed the state"
+                "{what} failed at {point} (errno {e}) but changed the state"
             );
         }
         if let Err(v) = self.ctx.check_invariants() {
-            panic!("after the injected failure at {point} in ioctl {cmd:#x}: {v}");
+            panic!("after the injected failure at {point} in {what}: {v}");
         }
         if let Err(v) = check_accounting() {
-            panic!("after the injected failure at {point} in ioctl {cmd:#x}: {v}");
+            panic!("after the injected failure at {point} in {what}: {v}");
         }
-        r.map_err(|e| e.errno().0)
+        r
+    }
+}
+
+impl Ioctl for Env {
+    /// One ioctl, with the checks after an injected failure.
+    fn ioc<T: IntoBytes + FromBytes + ?Sized>(&self, cmd: u32, arg: &mut T) -> Result<i32, i32> {
+        self.checked(cmd, || {
+            ioctl(
+                &self.ctx,
+                cmd as u64,
+                arg.as_mut_bytes().as_mut_ptr() as u64,
+            )
+            .map_err(|e| e.errno().0)
+        })
     }
 }
 
 type Sequence = fn(&mut Env) -> Result<(), i32>;
 
-/// Run `seq` with the 1st, 2nd, ... injection point failing until it runs
-/// through; returns how many points it reached.
-fn sweep(name: &str, seq: Sequence) -> u32 {
+/// Run `seq` with `driver`'s devices and the 1st, 2nd, ... injection
+/// point failing until it runs through; returns how many points it
+/// reached.
+fn sweep_on(name: &str, driver: Driver, seq: Sequence) -> u32 {
     // the sweeps share the process-wide accounting: one at a time
     let _serial = serial();
     let pinned_before = PINNED_VM.load(Ordering::Acquire);
     let violations = inject::invariant_violations();
     let mut points = Vec::new();
     for nth in 1..400 {
-        let mut env = Env::new(nth);
+        let mut env = Env::new(nth, driver);
         let r = seq(&mut env);
         assert!(env.armed, "{name}: the sequence never armed the injection");
         let left = inject::fail_nth_current();
@@ -304,51 +488,74 @@ fn sweep(name: &str, seq: Sequence) -> u32 {
     panic!("{name}: more than 400 injection points");
 }
 
-#[test]
-fn fail_nth_map_with_two_domains() {
-    let n = sweep("map_two_domains", |e| {
+/// Both drivers' sweeps of a sequence: `$mock` with mock devices, `$vtd`
+/// with emulated devices on VT-d domains; each must reach more than
+/// `$min` injection points.
+macro_rules! sweeps {
+    ($mock:ident, $vtd:ident, $name:literal, $seq:expr, $min:expr) => {
+        #[test]
+        fn $mock() {
+            let n = sweep_on($name, Driver::Mock, $seq);
+            assert!(n > $min, "{n}");
+        }
+
+        #[test]
+        fn $vtd() {
+            let n = sweep_on(concat!($name, "_vtd"), Driver::Vtd, $seq);
+            assert!(n > $min, "{n}");
+        }
+    };
+}
+
+sweeps!(
+    fail_nth_map_with_two_domains,
+    fail_nth_map_with_two_domains_vtd,
+    "map_two_domains",
+    |e| {
         let ioas = e.ioas_alloc()?;
         e.arm();
-        let (s1, _, idev) = e.mock_domain(ioas, 0)?;
+        let (s1, _, idev) = e.device(ioas, false)?;
         // a second device shares the auto domain; a second HWPT does not
-        e.mock_domain(ioas, 0)?;
+        e.device(ioas, false)?;
         let h2 = e.hwpt_alloc(idev, ioas, 0)?;
         e.map(ioas, 0, LEN, Some(A))?;
         e.map(ioas, LEN / 2, LEN / 4, None)?;
         e.copy(ioas, A, ioas, A + 4 * LEN, LEN / 2)?;
         e.unmap(ioas, A + 4 * LEN, LEN / 2)?;
         e.destroy(h2)?;
-        e.destroy(s1)?;
-        e.mock_domain(ioas, 0)?;
+        e.remove_dev(s1)?;
+        e.device(ioas, false)?;
         e.hwpt_alloc(idev, ioas, 0)?;
         e.unmap(ioas, 0, u64::MAX)?;
         Ok(())
-    });
-    assert!(n > 20, "{n}");
-}
+    },
+    20
+);
 
-#[test]
-fn fail_nth_copy_between_ioas() {
-    let n = sweep("copy", |e| {
+sweeps!(
+    fail_nth_copy_between_ioas,
+    fail_nth_copy_between_ioas_vtd,
+    "copy",
+    |e| {
         let src = e.ioas_alloc()?;
         let dst = e.ioas_alloc()?;
-        e.mock_domain(dst, 0)?;
+        e.device(dst, false)?;
         e.map(src, 0, LEN / 2, Some(A))?;
         e.map(src, LEN / 2, LEN / 2, Some(A + LEN / 2))?;
         e.arm();
         e.allow(dst, A, A + 16 * LEN - 1)?;
         e.copy(src, A, dst, A + LEN, LEN)?;
-        e.mock_domain(dst, MOCK_FLAGS_DEVICE_HUGE_IOVA)?;
+        e.device(dst, true)?;
         e.copy(src, A + LEN / 4, dst, A + 4 * LEN, LEN / 4)?;
         Ok(())
-    });
-    assert!(n > 10, "{n}");
-}
+    },
+    10
+);
 
 fn access_pin(e: &mut Env, domain: bool) -> Result<(), i32> {
     let ioas = e.ioas_alloc()?;
     if domain {
-        e.mock_domain(ioas, 0)?;
+        e.device(ioas, false)?;
     }
     e.map(ioas, 0, LEN / 2, Some(A))?;
     e.map(ioas, LEN / 2, LEN / 2, Some(A + LEN / 2))?;
@@ -363,67 +570,75 @@ fn access_pin(e: &mut Env, domain: bool) -> Result<(), i32> {
     e.destroy_access_pages(fd, item2)?;
     e.access_pages(fd, A + LEN / 2, LEN / 2, LEN / 2)?;
     if !domain {
-        e.mock_domain(ioas, 0)?;
+        e.device(ioas, false)?;
     }
     Ok(())
 }
 
-#[test]
-fn fail_nth_access_pin() {
-    let n = sweep("access_pin", |e| access_pin(e, false));
-    assert!(n > 10, "{n}");
-}
+sweeps!(
+    fail_nth_access_pin,
+    fail_nth_access_pin_vtd,
+    "access_pin",
+    |e| access_pin(e, false),
+    10
+);
 
-#[test]
-fn fail_nth_access_pin_with_domain() {
-    let n = sweep("access_pin_domain", |e| access_pin(e, true));
-    assert!(n > 10, "{n}");
-}
+sweeps!(
+    fail_nth_access_pin_with_domain,
+    fail_nth_access_pin_with_domain_vtd,
+    "access_pin_domain",
+    |e| access_pin(e, true),
+    10
+);
 
-#[test]
-fn fail_nth_hwpt_alloc_and_replace() {
-    let n = sweep("hwpt_alloc", |e| {
+sweeps!(
+    fail_nth_hwpt_alloc_and_replace,
+    fail_nth_hwpt_alloc_and_replace_vtd,
+    "hwpt_alloc",
+    |e| {
         let ioas = e.ioas_alloc()?;
         let ioas2 = e.ioas_alloc()?;
         e.map(ioas, 0, LEN / 2, Some(A))?;
         e.map(ioas, LEN / 2, LEN / 2, Some(A + LEN))?;
         e.map(ioas2, 0, LEN / 2, Some(A))?;
         e.arm();
-        let (stdev, auto, idev) = e.mock_domain(ioas, 0)?;
+        let (stdev, auto, idev) = e.device(ioas, false)?;
         e.hw_info(idev)?;
         let hwpt = e.hwpt_alloc(idev, ioas, 0)?;
         let parent = e.hwpt_alloc(idev, ioas2, IOMMU_HWPT_ALLOC_NEST_PARENT)?;
-        e.replace(stdev, ioas2)?;
-        e.replace(stdev, hwpt)?;
-        e.replace(stdev, parent)?;
+        e.replace_dev(stdev, ioas2)?;
+        e.replace_dev(stdev, hwpt)?;
+        e.replace_dev(stdev, parent)?;
         e.destroy(hwpt)?;
-        e.replace(stdev, ioas)?;
+        e.replace_dev(stdev, ioas)?;
         let _ = auto;
         e.fault_alloc()?;
         Ok(())
-    });
-    assert!(n > 20, "{n}");
-}
+    },
+    20
+);
 
-#[test]
-fn fail_nth_dirty_get() {
-    let n = sweep("dirty", |e| {
+sweeps!(
+    fail_nth_dirty_get,
+    fail_nth_dirty_get_vtd,
+    "dirty",
+    |e| {
         let ioas = e.ioas_alloc()?;
         e.map(ioas, 0, LEN, Some(A))?;
-        let (stdev, _, idev) = e.mock_domain(ioas, 0)?;
+        let (stdev, _, idev) = e.device(ioas, false)?;
         e.arm();
         let hwpt = e.hwpt_alloc(idev, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING)?;
-        e.replace(stdev, hwpt)?;
+        e.replace_dev(stdev, hwpt)?;
         e.set_tracking(hwpt, true)?;
-        e.test_dirty(hwpt, A, LEN)?;
+        e.make_dirty(hwpt, A, LEN)?;
         e.get_bitmap(hwpt, A, LEN)?;
         e.map(ioas, LEN, LEN / 2, Some(A + LEN))?;
         e.get_bitmap(hwpt, A, 2 * LEN)?;
         e.set_tracking(hwpt, false)?;
         Ok(())
-    });
-    assert!(n > 10, "{n}");
-}
+    },
+    10
+);
 
 /// A memfd of `len` bytes, closed on drop.
 struct Memfd(i32);
@@ -462,30 +677,113 @@ fn map_file(e: &Env, ioas: u32, fd: i32, start: u64, len: u64, iova: u64) -> Res
     Ok(m.iova)
 }
 
-/// File-backed areas (`IOAS_MAP_FILE`) through every failure point: the
-/// map with domains attached, a domain added to file areas, a copy, access
-/// reads and writes, and the unmaps. The memfd is closed before the
-/// areas go: the engine's mappings must not leak (accounting and the
-/// context's teardown check them).
-#[test]
-fn fail_nth_map_file() {
-    let n = sweep("map_file", |e| {
+// File-backed areas (`IOAS_MAP_FILE`) through every failure point: the
+// map with domains attached, a domain added to file areas, a copy, access
+// reads and writes, and the unmaps. The memfd is closed before the
+// areas go: the engine's mappings must not leak (accounting and the
+// context's teardown check them).
+sweeps!(
+    fail_nth_map_file,
+    fail_nth_map_file_vtd,
+    "map_file",
+    |e| {
         let mfd = Memfd::new(LEN);
         let ioas = e.ioas_alloc()?;
         let dst = e.ioas_alloc()?;
         e.arm();
-        e.mock_domain(ioas, 0)?;
+        e.device(ioas, false)?;
         map_file(e, ioas, mfd.0, 0, LEN / 2, A)?;
         map_file(e, ioas, mfd.0, LEN / 2, LEN / 2, A + LEN)?;
         drop(mfd);
-        e.mock_domain(ioas, MOCK_FLAGS_DEVICE_HUGE_IOVA)?;
-        e.mock_domain(dst, 0)?;
+        e.device(ioas, true)?;
+        e.device(dst, false)?;
         e.copy(ioas, A, dst, A + 4 * LEN, LEN / 2)?;
         let fd = e.create_access(dst, 0)?;
         e.access_rw(fd, A + 4 * LEN, 64, 0)?;
         e.access_rw(fd, A + 4 * LEN + 100, 64, MOCK_ACCESS_RW_WRITE)?;
         e.unmap(ioas, A, LEN / 2)?;
         e.unmap(ioas, 0, u64::MAX)?;
+        Ok(())
+    },
+    10
+);
+
+/// `IOMMU_HWPT_ALLOC` of a VT-d first-stage HWPT (`IOMMU_HWPT_DATA_VTD_S1`)
+/// over `parent`, its table at guest address `pgtbl`, with fault queue
+/// `fault` if any.
+fn vtd_s1(e: &Env, idev: u32, parent: u32, pgtbl: u64, fault: Option<u32>) -> Result<u32, i32> {
+    let d = IommuHwptVtdS1 {
+        flags: 0,
+        pgtbl_addr: pgtbl,
+        addr_width: 48,
+        __reserved: 0,
+    };
+    kit::hwpt_alloc_with(
+        e,
+        IommuHwptAlloc {
+            flags: if fault.is_some() {
+                IOMMU_HWPT_FAULT_ID_VALID
+            } else {
+                0
+            },
+            dev_id: idev,
+            pt_id: parent,
+            data_type: IOMMU_HWPT_DATA_VTD_S1,
+            data_len: size_of::<IommuHwptVtdS1>() as u32,
+            data_uptr: &d as *const IommuHwptVtdS1 as u64,
+            fault_id: fault.unwrap_or(0),
+            ..Default::default()
+        },
+    )
+}
+
+/// `IOMMU_HWPT_INVALIDATE` of `npages` at `addr` on a VT-d first-stage HWPT.
+fn vtd_invalidate(e: &Env, hwpt: u32, addr: u64, npages: u64) -> Result<(), i32> {
+    let r = [IommuHwptVtdS1Invalidate {
+        addr,
+        npages,
+        flags: IOMMU_VTD_INV_FLAGS_LEAF,
+        __reserved: 0,
+    }];
+    let mut c = IommuHwptInvalidate {
+        size: size_of::<IommuHwptInvalidate>() as u32,
+        hwpt_id: hwpt,
+        data_uptr: r.as_ptr() as u64,
+        data_type: IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
+        entry_len: size_of::<IommuHwptVtdS1Invalidate>() as u32,
+        entry_num: 1,
+        __reserved: 0,
+    };
+    e.ioc(IOMMU_HWPT_INVALIDATE, &mut c)?;
+    assert_eq!(c.entry_num, 1);
+    Ok(())
+}
+
+/// VT-d nesting through every failure point: a nest parent, first-stage
+/// HWPTs over it (one with a fault queue), attach and replace between
+/// them, an invalidation, and the unmap of the parent's memory while a
+/// nested HWPT sits on it. VT-d only (the mock's nesting is the selftest's
+/// format, swept by `hwpt_alloc` above).
+#[test]
+fn fail_nth_vtd_nesting() {
+    let n = sweep_on("vtd_nesting", Driver::Vtd, |e| {
+        let ioas = e.ioas_alloc()?;
+        e.map(ioas, 0, LEN, Some(A))?;
+        e.arm();
+        let (dev, _, idev) = e.device(ioas, false)?;
+        e.hw_info(idev)?;
+        let parent = e.hwpt_alloc(idev, ioas, IOMMU_HWPT_ALLOC_NEST_PARENT)?;
+        let s1 = vtd_s1(e, idev, parent, A, None)?;
+        e.replace_dev(dev, s1)?;
+        vtd_invalidate(e, s1, 0, 16)?;
+        let fault = e.fault_alloc()?;
+        let s1f = vtd_s1(e, idev, parent, A + page_size(), Some(fault))?;
+        e.replace_dev(dev, s1f)?;
+        e.replace_dev(dev, parent)?;
+        e.destroy(s1)?;
+        e.unmap(ioas, A, LEN)?;
+        e.remove_dev(dev)?;
+        e.destroy(s1f)?;
         Ok(())
     });
     assert!(n > 10, "{n}");

@@ -2,7 +2,13 @@
 //! [`IoPagetable`] checked step by step against the reference model of the
 //! test kit ([`uiommufd_testkit::iopt_model`], the one the fuzz target
 //! `io_pagetable_model` uses), in the selftest's `no_domain`,
-//! `mock_domain` and `two_mock_domain` variants.
+//! `mock_domain` and `two_mock_domain` variants, and the same with VT-d
+//! second-stage domains (the software IOMMU) in place of the mock ones.
+//! With domains attached, every step also compares each domain's tables
+//! with the model (its runs of IOVA → host address) and checks
+//! `Domain::translate` at the edges of every area, just past them, and at
+//! random IOVAs against the model's translation (with the permission: a
+//! write to a read-only area faults).
 //!
 //! User memory is all there for the model ([`AllAccessible`]): without
 //! domains nothing is pinned (`BUF` is never touched), with domains the
@@ -12,21 +18,171 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use uiommufd::accounting::AccountMode;
+use uiommufd::domain::DmaFault;
 use uiommufd::domain::Domain;
 use uiommufd::io_pagetable::{IoPagetable, IovaRequest, MapSource};
 use uiommufd::mock::domain::{MockDomain, MOCK_APERTURE_START};
 use uiommufd::pages::Pages;
 use uiommufd::user::{page_size, SelfMemory};
+use uiommufd::vtd::VtdDomain;
 use uiommufd::{Prot, Result};
-use uiommufd_testkit::iopt_model::{AllAccessible, MSrc, Model};
+use uiommufd_testkit::iopt_model::{AllAccessible, DomainGeometry, MSrc, Model};
 use uiommufd_testkit::mem::Mapping;
 
 fn ps() -> u64 {
     page_size()
 }
 
-/// The selftest's `MOCK_APERTURE_START`.
+/// The selftest's `MOCK_APERTURE_START`: where IOVAs move with domains
+/// attached (inside the VT-d aperture too, which starts at 0).
 const APERTURE: u64 = MOCK_APERTURE_START;
+/// The VT-d domains' address width (4 levels).
+const VTD_AW: u32 = 48;
+
+/// The driver whose domains a run attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    /// The selftest mock (`huge`: `MOCK_FLAGS_DEVICE_HUGE_IOVA`).
+    Mock,
+    /// The software IOMMU's VT-d second stage (`huge`: 2 MiB and 1 GiB
+    /// leaves allowed, else 4 KiB only).
+    Vtd,
+}
+
+/// A domain of either driver, with what the checks need of it.
+#[derive(Debug, Clone)]
+enum TestDomain {
+    Mock(Arc<MockDomain>),
+    Vtd(Arc<VtdDomain>),
+}
+
+impl TestDomain {
+    fn new(driver: Driver, huge: bool) -> TestDomain {
+        match driver {
+            Driver::Mock => TestDomain::Mock(MockDomain::new(huge)),
+            Driver::Vtd => TestDomain::Vtd(if huge {
+                VtdDomain::new(VTD_AW, false).unwrap()
+            } else {
+                VtdDomain::with_max_page(VTD_AW, false, 1 << 12).unwrap()
+            }),
+        }
+    }
+
+    fn geometry(driver: Driver) -> DomainGeometry {
+        match driver {
+            Driver::Mock => DomainGeometry::mock(),
+            Driver::Vtd => DomainGeometry::vtd(VTD_AW),
+        }
+    }
+
+    fn domain(&self) -> Arc<dyn Domain> {
+        match self {
+            TestDomain::Mock(d) => d.clone(),
+            TestDomain::Vtd(d) => d.clone(),
+        }
+    }
+
+    fn id(&self) -> u64 {
+        self.domain().id()
+    }
+
+    /// Maximal runs `(iova, host address, length)`.
+    fn runs(&self) -> Vec<(u64, u64, u64)> {
+        match self {
+            TestDomain::Mock(d) => d.runs(),
+            TestDomain::Vtd(d) => d.runs(),
+        }
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            TestDomain::Mock(d) => d.is_empty(),
+            TestDomain::Vtd(d) => d.is_empty(),
+        }
+    }
+
+    /// Unmaps that cut a map (the mock counts them; the VT-d tables split
+    /// leaves, and the runs comparison catches a wrong cut).
+    fn warnings(&self) -> u64 {
+        match self {
+            TestDomain::Mock(d) => d.warnings(),
+            TestDomain::Vtd(_) => 0,
+        }
+    }
+}
+
+/// What the model says `iova` translates to: `(host address, writable)`.
+fn model_translate(m: &Model, iova: u64) -> Option<(u64, bool)> {
+    let (&k, a) = m.areas.range(..=iova).next_back()?;
+    (iova <= a.last(k)).then(|| (a.uptr + (iova - k), a.write))
+}
+
+/// `d.translate(iova, len, write)` against the model.
+fn check_translate(
+    d: &TestDomain,
+    m: &Model,
+    iova: u64,
+    len: u64,
+    write: bool,
+) -> std::result::Result<(), String> {
+    let got = d.domain().translate(iova, len, write);
+    let ctx = format!(
+        "domain {} translate({iova:#x}, {len:#x}, write {write})",
+        d.id()
+    );
+    match (model_translate(m, iova), got) {
+        (None, Err(DmaFault::NotPresent { iova: f })) if f == iova => Ok(()),
+        (
+            Some((_, false)),
+            Err(DmaFault::Permission {
+                iova: f,
+                write: true,
+            }),
+        ) if write && f == iova => Ok(()),
+        (Some((host, w)), Ok((h, n))) if h == host && n >= 1 && n <= len && (w || !write) => {
+            // every byte of the contiguous run the domain reports is the
+            // model's too
+            match model_translate(m, iova + n - 1) {
+                Some((hl, _)) if hl == host + n - 1 => Ok(()),
+                want => Err(format!(
+                    "{ctx}: ({h:#x}, {n:#x}) but its last byte is {want:x?} in the model"
+                )),
+            }
+        }
+        (want, got) => Err(format!("{ctx}: got {got:x?}, the model says {want:x?}")),
+    }
+}
+
+/// Translation probes after a step: both edges of every area, the IOVA
+/// just before and just past it, and `extra` (random IOVAs of the ops).
+fn check_translations(
+    doms: &[TestDomain],
+    m: &Model,
+    extra: &[(u64, bool)],
+) -> std::result::Result<(), String> {
+    let mut probes: Vec<(u64, u64, bool)> = Vec::new();
+    for (&k, a) in &m.areas {
+        let l = a.last(k);
+        for w in [false, true] {
+            probes.push((k, a.len, w));
+            probes.push((l, 1, w));
+            probes.push((k + a.len / 2, a.len - a.len / 2, w));
+        }
+        if k > 0 {
+            probes.push((k - 1, 1, false));
+        }
+        if l < u64::MAX {
+            probes.push((l + 1, 1, false));
+        }
+    }
+    probes.extend(extra.iter().map(|&(i, w)| (i, 4096, w)));
+    for d in doms {
+        for &(iova, len, write) in &probes {
+            check_translate(d, m, iova, len, write)?;
+        }
+    }
+    Ok(())
+}
 /// A user address that is never touched (creating pages does not read it).
 const BUF: u64 = 1 << 31;
 
@@ -84,6 +240,12 @@ enum Op {
     },
     /// Detach the oldest attached domain (variants with domains only).
     RemoveDomain,
+    /// Translate `iova` through every attached domain (a read or a write)
+    /// and compare with the model.
+    Translate {
+        iova: u64,
+        write: bool,
+    },
 }
 
 fn iova_s() -> impl Strategy<Value = u64> {
@@ -131,6 +293,7 @@ fn domain_op_s() -> impl Strategy<Value = Op> {
         30 => base_op_s(),
         1 => any::<bool>().prop_map(|huge| Op::AddDomain { huge }),
         1 => Just(Op::RemoveDomain),
+        4 => (iova_s(), any::<bool>()).prop_map(|(iova, write)| Op::Translate { iova, write }),
     ]
 }
 
@@ -188,22 +351,33 @@ fn place(op: Op, iova_base: u64, uptr_base: u64) -> Op {
         },
         Op::SetAllowed(r) => Op::SetAllowed(r.into_iter().map(|(a, b)| (i(a), i(b))).collect()),
         Op::AddReserved(a, b) => Op::AddReserved(i(a), i(b)),
+        Op::Translate { iova, write } => Op::Translate {
+            iova: i(iova),
+            write,
+        },
         op => op,
     }
 }
 
-/// Run `ops` against the table and the model with `ndomains` mock domains
-/// attached first (the selftest's no_domain / mock_domain /
+/// Run `ops` against the table and the model with `ndomains` domains of
+/// `driver` attached first (the selftest's no_domain / mock_domain /
 /// two_mock_domain variants). With domains, IOVAs move into the mock
 /// aperture and user addresses onto real memory (pinning populates it).
-fn run_ops(ops: Vec<Op>, ndomains: usize) -> std::result::Result<(), TestCaseError> {
+fn run_ops(
+    ops: Vec<Op>,
+    driver: Driver,
+    ndomains: usize,
+) -> std::result::Result<(), TestCaseError> {
     let t = IoPagetable::new();
-    let mut m = Model::default();
+    let mut m = Model {
+        geometry: TestDomain::geometry(driver),
+        ..Model::default()
+    };
     let variant = ndomains > 0;
-    let mut doms: Vec<Arc<MockDomain>> = Vec::new();
+    let mut doms: Vec<TestDomain> = Vec::new();
     for _ in 0..ndomains {
-        let d = MockDomain::new(false);
-        t.add_domain(d.clone()).unwrap();
+        let d = TestDomain::new(driver, false);
+        t.add_domain(d.domain()).unwrap();
         m.add_domain(&AllAccessible).unwrap();
         m.domains += 1;
         doms.push(d);
@@ -214,6 +388,7 @@ fn run_ops(ops: Vec<Op>, ndomains: usize) -> std::result::Result<(), TestCaseErr
         } else {
             op
         };
+        let mut probes = Vec::new();
         match op.clone() {
             Op::MapFixed {
                 iova,
@@ -349,8 +524,8 @@ fn run_ops(ops: Vec<Op>, ndomains: usize) -> std::result::Result<(), TestCaseErr
                 if !variant {
                     continue;
                 }
-                let d = MockDomain::new(huge);
-                let r = t.add_domain(d.clone());
+                let d = TestDomain::new(driver, huge);
+                let r = t.add_domain(d.domain());
                 let want = m.add_domain(&AllAccessible);
                 prop_assert_eq!(class(&r), want, "step {} {:?}: {:?}", step, op, r);
                 if r.is_ok() {
@@ -369,6 +544,7 @@ fn run_ops(ops: Vec<Op>, ndomains: usize) -> std::result::Result<(), TestCaseErr
                 m.domains -= 1;
                 prop_assert!(d.is_empty(), "step {}: a removed domain is emptied", step);
             }
+            Op::Translate { iova, write } => probes.push((iova, write)),
             Op::LargePages(enable) => {
                 let r = t.set_large_pages(enable);
                 let want = m.set_large_pages(enable);
@@ -394,6 +570,17 @@ fn run_ops(ops: Vec<Op>, ndomains: usize) -> std::result::Result<(), TestCaseErr
         prop_assert_eq!(t.domains().len(), m.domains);
         for d in &doms {
             prop_assert_eq!(d.warnings(), 0, "step {}: an unmap cut a map", step);
+            prop_assert_eq!(
+                d.runs(),
+                m.domain_runs(),
+                "step {} {:?}: domain {} does not map what the model says",
+                step,
+                op,
+                d.id()
+            );
+        }
+        if let Err(e) = check_translations(&doms, &m, &probes) {
+            return Err(TestCaseError::fail(format!("step {step} {op:?}: {e}")));
         }
     }
     let want = m.unmap(0, u64::MAX).unwrap();
@@ -413,7 +600,7 @@ proptest! {
 
     #[test]
     fn io_pagetable_proptest_matches_model(ops in prop::collection::vec(op_s(), 1..60)) {
-        run_ops(ops, 0)?;
+        run_ops(ops, Driver::Mock, 0)?;
     }
 }
 
@@ -422,11 +609,21 @@ proptest! {
 
     #[test]
     fn io_pagetable_proptest_mock_domain(ops in prop::collection::vec(domain_op_s(), 1..60)) {
-        run_ops(ops, 1)?;
+        run_ops(ops, Driver::Mock, 1)?;
     }
 
     #[test]
     fn io_pagetable_proptest_two_mock_domains(ops in prop::collection::vec(domain_op_s(), 1..60)) {
-        run_ops(ops, 2)?;
+        run_ops(ops, Driver::Mock, 2)?;
+    }
+
+    #[test]
+    fn io_pagetable_proptest_vtd_domain(ops in prop::collection::vec(domain_op_s(), 1..60)) {
+        run_ops(ops, Driver::Vtd, 1)?;
+    }
+
+    #[test]
+    fn io_pagetable_proptest_two_vtd_domains(ops in prop::collection::vec(domain_op_s(), 1..60)) {
+        run_ops(ops, Driver::Vtd, 2)?;
     }
 }

@@ -1503,11 +1503,21 @@ fn vfio_concurrent_irqs_dma_and_config() {
             }
         }
     }
+    // End with interrupts set up and the device attached, and wait (with a
+    // bound far above any scheduling delay) until it delivered one: no
+    // assumption about how the threads were scheduled during the churn.
+    attach(fd, ioas).unwrap();
+    let _ = set_irq_fds(fd, 2, 0, &raw);
+    let mut fired_any: u64 = evs.iter().map(fired).sum();
+    let t1 = std::time::Instant::now();
+    while fired_any == 0 && t1.elapsed() < std::time::Duration::from_secs(30) {
+        std::thread::sleep(std::time::Duration::from_millis(1));
+        fired_any += evs.iter().map(fired).sum::<u64>();
+    }
     stop.store(true, Ordering::Relaxed);
     for t in threads {
         t.join().unwrap();
     }
-    let fired_any: u64 = evs.iter().map(fired).sum();
     assert!(fired_any > 0, "some interrupt was delivered");
     files::close(fd).unwrap();
     assert!(model.bus().is_none());

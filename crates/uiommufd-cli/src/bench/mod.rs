@@ -323,6 +323,20 @@ const REFERENCES: &[Reference] = &[
         compare_with: "8.vtd.map_1g.4k.2dom, 8.vtd.map_1g.4k.second_dom",
     },
     Reference {
+        case: 8,
+        what: "target: nested translate hit, as flat",
+        value: 4.0,
+        unit: "ns/op",
+        compare_with: "8.vtd.nested.translate.hit",
+    },
+    Reference {
+        case: 8,
+        what: "target: nested translate miss (4 + 4 levels)",
+        value: 150.0,
+        unit: "ns/op",
+        compare_with: "8.vtd.nested.translate.miss (ours includes the flush of the page)",
+    },
+    Reference {
         case: 5,
         what: "floor: memcpy 64 KiB",
         value: 44.0,

@@ -64,29 +64,29 @@ pub enum Role {
 #[derive(Debug, Clone, clap::Args)]
 pub struct Opts {
     /// Guest memory size (suffix K, M or G).
-    #[arg(long, default_value = "1G", value_parser = parse_size)]
+    #[arg(long, global = true, default_value = "1G", value_parser = parse_size)]
     pub size: u64,
     /// The dirty tracker the pre-copy rounds read.
-    #[arg(long, value_enum, default_value_t = Tracker::Hwpt)]
+    #[arg(long, global = true, value_enum, default_value_t = Tracker::Hwpt)]
     pub tracker: Tracker,
     /// Records per second the device writes (64 bytes each, across all of
     /// guest memory).
-    #[arg(long, default_value_t = 200_000)]
+    #[arg(long, global = true, default_value_t = 200_000)]
     pub rate: u32,
     /// Pre-copy rounds at most before stopping the device.
-    #[arg(long, default_value_t = 30)]
+    #[arg(long, global = true, default_value_t = 30)]
     pub max_rounds: u32,
     /// Stop the device once the dirty set would take at most this long to send.
-    #[arg(long, default_value_t = 20.0)]
+    #[arg(long, global = true, default_value_t = 20.0)]
     pub downtime_ms: f64,
     /// Print the report as JSON on stdout.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub json: bool,
     /// Write an SVG picture of dirty pages per round and the downtime.
-    #[arg(long)]
+    #[arg(long, global = true)]
     pub svg: Option<PathBuf>,
     /// No progress lines.
-    #[arg(long, short)]
+    #[arg(long, short, global = true)]
     pub quiet: bool,
 }
 

@@ -32,11 +32,18 @@ fn send_round(
     let mut sent = 0u64;
     let mut last_shown = 0u64;
     let mut send_run = |w: &mut Wire<Sock>, first: u64, n: u64| -> R<()> {
-        w.send(Tag::Pages, first, n, 0)
-            .map_err(io("sending pages"))?;
         // SAFETY: the run lies inside guest memory, which stays mapped.
-        unsafe { w.send_raw(vm.mem.add((first * PAGE) as usize), (n * PAGE) as usize) }
-            .map_err(io("sending pages"))?;
+        unsafe {
+            w.send_with(
+                Tag::Pages,
+                first,
+                n,
+                0,
+                vm.mem.add((first * PAGE) as usize),
+                (n * PAGE) as usize,
+            )
+        }
+        .map_err(io("sending pages"))?;
         sent += n;
         if sent - last_shown >= 16384 {
             last_shown = sent;

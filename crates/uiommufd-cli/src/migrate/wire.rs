@@ -169,6 +169,74 @@ impl<S: AsRawFd> Wire<S> {
         Ok(())
     }
 
+    /// Send a header and the `len` bytes at `ptr` after it, in as few
+    /// system calls as the socket takes (`writev`).
+    ///
+    /// # Safety
+    /// As [`write_raw`].
+    pub unsafe fn send_with(
+        &mut self,
+        tag: Tag,
+        a: u64,
+        b: u64,
+        c: u64,
+        ptr: *const u8,
+        len: usize,
+    ) -> io::Result<()> {
+        let mut h = [0u8; 32];
+        h[0..4].copy_from_slice(&(tag as u32).to_le_bytes());
+        h[8..16].copy_from_slice(&a.to_le_bytes());
+        h[16..24].copy_from_slice(&b.to_le_bytes());
+        h[24..32].copy_from_slice(&c.to_le_bytes());
+        let total = 32 + len;
+        let mut done = 0usize;
+        while done < total {
+            let mut iov = [
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
+                libc::iovec {
+                    iov_base: std::ptr::null_mut(),
+                    iov_len: 0,
+                },
+            ];
+            let mut n = 0;
+            if done < 32 {
+                iov[0] = libc::iovec {
+                    iov_base: h[done..].as_mut_ptr().cast(),
+                    iov_len: 32 - done,
+                };
+                n = 1;
+            }
+            let off = done.saturating_sub(32);
+            if off < len {
+                // SAFETY: `off < len`: inside the caller's readable range.
+                let at = unsafe { ptr.add(off) };
+                iov[n] = libc::iovec {
+                    iov_base: at.cast_mut().cast(),
+                    iov_len: (len - off).min(1 << 30),
+                };
+                n += 1;
+            }
+            // SAFETY: the iovecs point at `h` and the caller's range.
+            let r = unsafe { libc::writev(self.sock.as_raw_fd(), iov.as_ptr(), n as i32) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(timed_out(e));
+            }
+            if r == 0 {
+                return Err(io::ErrorKind::WriteZero.into());
+            }
+            done += r as usize;
+        }
+        self.sent += total as u64;
+        Ok(())
+    }
+
     /// Send a payload of `len` bytes at `ptr`.
     ///
     /// # Safety

@@ -20,6 +20,7 @@ use crate::mock::domain::{
 };
 use crate::pages::{check_accounting, Pages};
 use crate::user::{SelfMemory, UserMemory};
+use crate::vtd::VtdDomain;
 
 fn ps() -> u64 {
     page_size()
@@ -82,12 +83,94 @@ fn copy(
     )
 }
 
-/// Every mock domain of `t` maps every area of `t` to its user address.
+/// Every domain of `t` (mock or VT-d) maps every area of `t` to its user
+/// address.
 fn check_maps(t: &IoPagetable) {
     for d in t.domains() {
-        let m = d.as_any().downcast_ref::<MockDomain>().unwrap();
         for a in t.areas() {
-            m.check_map(a.iova, a.length, a.uptr).unwrap();
+            check_map(d.as_ref(), a.iova, a.length, a.uptr).unwrap();
+        }
+    }
+}
+
+/// `d` maps `[iova, iova + len)` to `uptr` onwards: the mock's own check,
+/// or for a VT-d domain every 4 KiB page's translation.
+fn check_map(d: &dyn Domain, iova: u64, len: u64, uptr: u64) -> Result<()> {
+    if let Some(m) = d.as_any().downcast_ref::<MockDomain>() {
+        return m.check_map(iova, len, uptr);
+    }
+    let v = d
+        .as_any()
+        .downcast_ref::<VtdDomain>()
+        .expect("a mock or VT-d domain");
+    for off in (0..len).step_by(1 << 12) {
+        let got = v.iova_to_phys(iova + off);
+        if got != Some(uptr + off) {
+            crate::bail!(
+                EINVAL,
+                "VT-d domain {} maps {:#x} to {got:x?}, not {:#x}",
+                v.id(),
+                iova + off,
+                uptr + off
+            );
+        }
+    }
+    Ok(())
+}
+
+/// The driver whose domains a test attaches.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Drv {
+    /// The selftest mock (`huge`: huge IOVA pages).
+    Mock,
+    /// VT-d second stage, 48 bits (`huge`: 2 MiB and 1 GiB leaves, else
+    /// 4 KiB only).
+    Vtd,
+}
+
+/// A domain of either driver.
+#[derive(Debug, Clone)]
+enum TestDom {
+    Mock(Arc<MockDomain>),
+    Vtd(Arc<VtdDomain>),
+}
+
+impl TestDom {
+    fn new(drv: Drv, huge: bool) -> TestDom {
+        match drv {
+            Drv::Mock => TestDom::Mock(MockDomain::new(huge)),
+            Drv::Vtd => TestDom::Vtd(if huge {
+                VtdDomain::new(48, false).unwrap()
+            } else {
+                VtdDomain::with_max_page(48, false, 1 << 12).unwrap()
+            }),
+        }
+    }
+
+    fn dyn_domain(&self) -> Arc<dyn Domain> {
+        match self {
+            TestDom::Mock(d) => d.clone(),
+            TestDom::Vtd(d) => d.clone(),
+        }
+    }
+
+    fn id(&self) -> u64 {
+        self.dyn_domain().id()
+    }
+
+    fn is_empty(&self) -> bool {
+        match self {
+            TestDom::Mock(d) => d.is_empty(),
+            TestDom::Vtd(d) => d.is_empty(),
+        }
+    }
+
+    /// Unmaps that cut a map (the mock counts them; VT-d splits leaves,
+    /// and `check_maps` / `is_empty` see a wrong cut).
+    fn warnings(&self) -> u64 {
+        match self {
+            TestDom::Mock(d) => d.warnings(),
+            TestDom::Vtd(_) => 0,
         }
     }
 }
@@ -132,17 +215,26 @@ impl Domain for Wrapped {
 
 #[test]
 fn domain_shared_page_is_pinned_once_in_every_order() {
+    shared_page_is_pinned_once_in_every_order(Drv::Mock);
+}
+
+#[test]
+fn domain_shared_page_is_pinned_once_in_every_order_vtd() {
+    shared_page_is_pinned_once_in_every_order(Drv::Vtd);
+}
+
+fn shared_page_is_pinned_once_in_every_order(drv: Drv) {
     let ps = ps();
     for order in 0..4 {
         let buf = RealBuf::new(4);
         let u = buf.addr();
         let t1 = IoPagetable::new();
         let t2 = IoPagetable::new();
-        let d: Vec<Arc<MockDomain>> = (0..4).map(|i| MockDomain::new(i % 2 == 1)).collect();
-        t1.add_domain(d[0].clone()).unwrap();
-        t1.add_domain(d[1].clone()).unwrap();
-        t2.add_domain(d[2].clone()).unwrap();
-        t2.add_domain(d[3].clone()).unwrap();
+        let d: Vec<TestDom> = (0..4).map(|i| TestDom::new(drv, i % 2 == 1)).collect();
+        t1.add_domain(d[0].dyn_domain()).unwrap();
+        t1.add_domain(d[1].dyn_domain()).unwrap();
+        t2.add_domain(d[2].dyn_domain()).unwrap();
+        t2.add_domain(d[3].dyn_domain()).unwrap();
         assert_eq!(map(&t1, u, ps, Some(A), Prot::RW).unwrap(), A);
         copy(&t1, &t2, A, ps, Some(A + 16 * ps)).unwrap();
         assert_eq!(pins(u), 1, "one pages object, pinned once");
@@ -385,6 +477,15 @@ fn domain_add_refusals_change_nothing() {
 
 #[test]
 fn domain_add_pin_failure_is_efault() {
+    domain_add_pin_failure_is_efault_on(Drv::Mock);
+}
+
+#[test]
+fn domain_add_pin_failure_is_efault_vtd() {
+    domain_add_pin_failure_is_efault_on(Drv::Vtd);
+}
+
+fn domain_add_pin_failure_is_efault_on(drv: Drv) {
     let ps = ps();
     let buf = RealBuf::new(4);
     let u = buf.addr();
@@ -394,15 +495,15 @@ fn domain_add_pin_failure_is_efault() {
     let t = IoPagetable::new();
     map(&t, u + ps, ps, Some(A), Prot::RW).unwrap();
     map(&t, u, ps, Some(A + ps), Prot::RW).unwrap();
-    let d = MockDomain::new(false);
-    assert_eq!(errno(t.add_domain(d.clone())), libc::EFAULT);
+    let d = TestDom::new(drv, false);
+    assert_eq!(errno(t.add_domain(d.dyn_domain())), libc::EFAULT);
     assert!(d.is_empty());
     assert_eq!(pins(u + ps), 0);
     assert!(t.domains().is_empty());
     ok(&t);
     // With a domain, a map of memory that cannot be pinned fails the same.
     t.unmap(A + ps, ps).unwrap();
-    t.add_domain(d.clone()).unwrap();
+    t.add_domain(d.dyn_domain()).unwrap();
     assert_eq!(errno(map(&t, u, ps, Some(A + ps), Prot::RW)), libc::EFAULT);
     assert_eq!(t.areas().len(), 1);
     map(&t, u + 2 * ps, ps, Some(A + ps), Prot::RW).unwrap();
@@ -449,6 +550,76 @@ fn domain_map_failure_unwinds() {
     assert!(d1.is_empty() && d2.is_empty());
     assert_eq!(d1.warnings(), 0);
     accounting_ok();
+}
+
+/// `domain_map_failure_unwinds` for VT-d, whose map fails only when a
+/// table cannot be allocated: the 1st, 2nd, ... injection point of a map
+/// (with two fresh VT-d domains attached) and of a two-source copy fails
+/// in turn, until they go through; after every failure the table, the
+/// domains and the pins are as before. Some failure must be a VT-d table
+/// allocation.
+#[test]
+fn domain_map_failure_unwinds_vtd() {
+    use crate::inject;
+    let ps = ps();
+    let mut vtd_points = 0;
+    for nth in 1..200 {
+        let buf = RealBuf::new(8);
+        let u = buf.addr();
+        let t = IoPagetable::new();
+        let d1 = TestDom::new(Drv::Vtd, false);
+        let d2 = TestDom::new(Drv::Vtd, true);
+        t.add_domain(d1.dyn_domain()).unwrap();
+        t.add_domain(d2.dyn_domain()).unwrap();
+        map(&t, u + 4 * ps, 2 * ps, Some(A + 2 * ps), Prot::RW).unwrap();
+        let before = (t.areas(), pins(u), pins(u + 4 * ps));
+        inject::set_fail_nth_current(nth);
+        let w = inject::Watch::start();
+        let r = map(&t, u, 2 * ps, Some(A), Prot::RW);
+        let fired = w.fired();
+        // then a copy of both areas (two sources) to an IOVA far away
+        let (r2, fired2) = if r.is_ok() && fired.is_none() {
+            let w = inject::Watch::start();
+            let r2 = t
+                .get_pages(A + ps, 2 * ps)
+                .and_then(|s| t.map(s, 2 * ps, IovaRequest::Fixed(A + (1 << 30)), Prot::RW));
+            (Some(r2), w.fired())
+        } else {
+            (None, None)
+        };
+        let left = inject::fail_nth_current();
+        inject::set_fail_nth_current(0);
+        if fired.is_some() {
+            assert!(r.is_err(), "nth {nth}: a map that saw {fired:?} succeeded");
+            assert_eq!((t.areas(), pins(u), pins(u + 4 * ps)), before, "nth {nth}");
+        }
+        if let Some(p) = fired2 {
+            assert!(
+                r2.as_ref().unwrap().is_err(),
+                "nth {nth}: a copy that saw {p} succeeded"
+            );
+            assert_eq!(t.areas().len(), 2, "nth {nth}: the copy left an area");
+        }
+        for p in [fired, fired2].into_iter().flatten() {
+            if p == "vtd.table.alloc" {
+                vtd_points += 1;
+            }
+        }
+        ok(&t);
+        check_maps(&t);
+        t.unmap_all().unwrap();
+        assert!(d1.is_empty() && d2.is_empty(), "nth {nth}");
+        t.remove_domain(d1.id());
+        t.remove_domain(d2.id());
+        assert_eq!(pins(u), 0);
+        if left != 0 {
+            // the sequence ran through without reaching the armed point
+            assert!(vtd_points > 0, "no VT-d table allocation failed");
+            accounting_ok();
+            return;
+        }
+    }
+    panic!("more than 200 injection points");
 }
 
 #[test]
@@ -630,12 +801,21 @@ fn domain_invariants_catch_wrong_pin_counts() {
 
 #[test]
 fn domain_table_dropped_with_domain_leaves_nothing() {
+    domain_table_dropped_with_domain_leaves_nothing_on(Drv::Mock);
+}
+
+#[test]
+fn domain_table_dropped_with_domain_leaves_nothing_vtd() {
+    domain_table_dropped_with_domain_leaves_nothing_on(Drv::Vtd);
+}
+
+fn domain_table_dropped_with_domain_leaves_nothing_on(drv: Drv) {
     let buf = RealBuf::new(4);
     let u = buf.addr();
-    let d = MockDomain::new(false);
+    let d = TestDom::new(drv, false);
     {
         let t = IoPagetable::new();
-        t.add_domain(d.clone()).unwrap();
+        t.add_domain(d.dyn_domain()).unwrap();
         map(&t, u, 2 * ps(), Some(A), Prot::RW).unwrap();
         assert_eq!(pins(u), 1);
     }
@@ -878,12 +1058,21 @@ fn access_rw_rules() {
 
 #[test]
 fn access_unmap_notifies_and_unpins() {
+    access_unmap_notifies_and_unpins_on(Drv::Mock);
+}
+
+#[test]
+fn access_unmap_notifies_and_unpins_vtd() {
+    access_unmap_notifies_and_unpins_on(Drv::Vtd);
+}
+
+fn access_unmap_notifies_and_unpins_on(drv: Drv) {
     let ps = ps();
     let buf = RealBuf::new(16);
     let u = buf.addr();
     let t = Arc::new(IoPagetable::new());
-    let d = MockDomain::new(false);
-    t.add_domain(d.clone()).unwrap();
+    let d = TestDom::new(drv, false);
+    t.add_domain(d.dyn_domain()).unwrap();
     let (r, _token) = Recorder::new(&t);
     map(&t, u, 4 * ps, Some(A), Prot::RW).unwrap();
     map(&t, u + 8 * ps, 2 * ps, Some(A + 8 * ps), Prot::RW).unwrap();
@@ -960,6 +1149,15 @@ fn access_that_refuses_is_edeadlk() {
 
 #[test]
 fn access_pins_survive_domain_changes() {
+    access_pins_survive_domain_changes_on(Drv::Mock);
+}
+
+#[test]
+fn access_pins_survive_domain_changes_vtd() {
+    access_pins_survive_domain_changes_on(Drv::Vtd);
+}
+
+fn access_pins_survive_domain_changes_on(drv: Drv) {
     // The selftest's access_pin: add and remove a domain while pinned.
     let ps = ps();
     let buf = RealBuf::new(8);
@@ -969,9 +1167,9 @@ fn access_pins_survive_domain_changes() {
     map(&t, u, 8 * ps, Some(A), Prot::RW).unwrap();
     for npages in 1..8 {
         r.pin(A, npages * ps).unwrap();
-        let d = MockDomain::new(false);
-        t.add_domain(d.clone()).unwrap();
-        d.check_map(A, 8 * ps, u).unwrap();
+        let d = TestDom::new(drv, false);
+        t.add_domain(d.dyn_domain()).unwrap();
+        check_map(d.dyn_domain().as_ref(), A, 8 * ps, u).unwrap();
         ok(&t);
         t.remove_domain(d.id());
         assert_eq!(pins(u), 1, "the access still holds it");
@@ -988,13 +1186,22 @@ fn access_pins_survive_domain_changes() {
 
 #[test]
 fn domain_concurrent_map_unmap_two_domains() {
+    concurrent_map_unmap_two_domains(Drv::Mock);
+}
+
+#[test]
+fn domain_concurrent_map_unmap_two_domains_vtd() {
+    concurrent_map_unmap_two_domains(Drv::Vtd);
+}
+
+fn concurrent_map_unmap_two_domains(drv: Drv) {
     let ps = ps();
     let buf = Arc::new(RealBuf::new(64));
     let t = Arc::new(IoPagetable::new());
-    let d1 = MockDomain::new(false);
-    let d2 = MockDomain::new(true);
-    t.add_domain(d1.clone()).unwrap();
-    t.add_domain(d2.clone()).unwrap();
+    let d1 = TestDom::new(drv, false);
+    let d2 = TestDom::new(drv, true);
+    t.add_domain(d1.dyn_domain()).unwrap();
+    t.add_domain(d2.dyn_domain()).unwrap();
     // Allocation inside [A, A + 2^28); fixed maps above, one region per thread.
     t.set_allowed(&[(A, A + (1 << 28) - 1)]).unwrap();
     let stop = Arc::new(AtomicBool::new(false));
@@ -1022,9 +1229,8 @@ fn domain_concurrent_map_unmap_two_domains() {
                     assert!((A..A + (1 << 28)).contains(&a));
                     let c = copy(&t, &t, fixed, len, None).unwrap();
                     for d in t.domains() {
-                        let m = d.as_any().downcast_ref::<MockDomain>().unwrap();
-                        m.check_map(c, len, up).unwrap();
-                        m.check_map(fixed, len, up).unwrap();
+                        check_map(d.as_ref(), c, len, up).unwrap();
+                        check_map(d.as_ref(), fixed, len, up).unwrap();
                     }
                     assert_eq!(t.unmap(a, len).unwrap(), len);
                     assert_eq!(t.unmap(c, len).unwrap(), len);
@@ -1067,34 +1273,50 @@ fn domain_concurrent_map_unmap_two_domains() {
 
 #[test]
 fn domain_add_remove_races_with_map_unmap() {
+    add_remove_races_with_map_unmap(Drv::Mock);
+}
+
+#[test]
+fn domain_add_remove_races_with_map_unmap_vtd() {
+    add_remove_races_with_map_unmap(Drv::Vtd);
+}
+
+fn add_remove_races_with_map_unmap(drv: Drv) {
     let ps = ps();
     let buf = Arc::new(RealBuf::new(32));
     let t = Arc::new(IoPagetable::new());
     let stop = Arc::new(AtomicBool::new(false));
+    // Flips done so far: the workers go on until some happened while they
+    // ran, however the threads are scheduled (no timing assumption).
+    let flips = Arc::new(std::sync::atomic::AtomicU64::new(0));
     let flipper = {
-        let (t, stop) = (t.clone(), stop.clone());
+        let (t, stop, flips) = (t.clone(), stop.clone(), flips.clone());
         std::thread::spawn(move || {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                let d = MockDomain::new(n % 2 == 0);
-                t.add_domain(d.clone()).unwrap();
+                let d = TestDom::new(drv, n % 2 == 0);
+                t.add_domain(d.dyn_domain()).unwrap();
                 t.check_invariants().unwrap();
                 t.remove_domain(d.id());
                 assert!(d.is_empty());
                 n += 1;
+                flips.store(n, Ordering::Relaxed);
             }
             n
         })
     };
     let workers: Vec<_> = (0..4u64)
         .map(|n| {
-            let (t, buf) = (t.clone(), buf.clone());
+            let (t, buf, flips) = (t.clone(), buf.clone(), flips.clone());
             std::thread::spawn(move || {
-                for i in 0..200u64 {
+                let start = flips.load(Ordering::Relaxed);
+                let mut i = 0u64;
+                while i < 200 || flips.load(Ordering::Relaxed) < start + 2 {
                     let iova = A + n * (1 << 22) + (i % 4) * 8 * ps;
                     let up = buf.addr() + ((i + n) % 16) * ps;
                     map(&t, up, 2 * ps, Some(iova), Prot::RW).unwrap();
                     assert_eq!(t.unmap(iova, 2 * ps).unwrap(), 2 * ps);
+                    i += 1;
                 }
             })
         })

@@ -673,6 +673,42 @@ impl VtdDomain {
         n
     }
 
+    /// The mappings as maximal runs `(iova, host address, length)` where
+    /// both IOVA and host address advance together, in IOVA order (the
+    /// form of the mock's `runs`, so that tests compare either driver's
+    /// tables with one model). Walks every table: for tests and debugging.
+    pub fn runs(&self) -> Vec<(u64, u64, u64)> {
+        let mut out = Vec::new();
+        self.runs_in(self.root(), self.levels, 0, &mut out);
+        out
+    }
+
+    fn runs_in(&self, t: &Table, level: u32, base: u64, out: &mut Vec<(u64, u64, u64)>) {
+        let size = 1u64 << shift(level);
+        for (i, e) in t.e.iter().enumerate() {
+            let v = e.load(Ordering::Acquire);
+            if v == 0 {
+                continue;
+            }
+            let iova = base + i as u64 * size;
+            if is_leaf(level, v) {
+                let addr = v & PTE_ADDR_MASK;
+                match out.last_mut() {
+                    Some(r) if r.0 + r.2 == iova && r.1.wrapping_add(r.2) == addr => r.2 += size,
+                    _ => out.push((iova, addr, size)),
+                }
+            } else {
+                // SAFETY: a non-leaf entry of our table.
+                self.runs_in(unsafe { child(v) }, level - 1, iova, out);
+            }
+        }
+    }
+
+    /// Whether nothing is mapped (no leaf in any table).
+    pub fn is_empty(&self) -> bool {
+        self.runs().is_empty()
+    }
+
     /// The leaf mapping `iova` as `(host address of the leaf's first
     /// byte, leaf size, R, W, D)`, for tests and debugging.
     pub fn leaf(&self, iova: u64) -> Option<(u64, u64, bool, bool, bool)> {

@@ -35,12 +35,14 @@
 //! parent maps its page (the IOAS keeps it pinned). Table entries are read
 //! with the fault-safe copy (memory the program unmapped or protected is a
 //! [`Fault::Host`]). The compare-exchange that writes A/D back is done in
-//! place (hardware's locked update; no fault-safe atomic exists here),
-//! after the fault-safe read of the same entry and a probe that the page
-//! is writable (`MADV_POPULATE_WRITE`, paid only when a bit must be set):
-//! only a program that unmaps or write-protects a table page between that
-//! probe and the store — memory it mapped into the IOAS, while a device
-//! walks it — is outside what the engine guards against.
+//! place (hardware's locked update) with the fault-safe compare-exchange
+//! ([`crate::faultsafe::compare_exchange`], whenever the fault handler is
+//! installed — always under the preload): a table page the program unmaps
+//! or write-protects while a device walks it is a [`Fault::Host`], never a
+//! crash. Without the handler (a Rust user who did not call
+//! `faultsafe::install`), the update follows a fault-safe read of the entry
+//! and a probe that the page is writable, and only a program changing the
+//! page between that probe and the store is outside what the engine guards.
 
 use std::any::Any;
 use std::mem::offset_of;
@@ -306,20 +308,35 @@ impl VtdNestedDomain {
                 }
                 if update && want != v {
                     let wh = self.entry_host(iova, gpa, true, write)?;
-                    // writable in the process too (the program may have
-                    // protected memory it mapped writable in the IOAS)
-                    SelfMemory
-                        .probe_write(wh, 8)
-                        .map_err(|_| Fault::Host { iova })?;
-                    // SAFETY: `wh` is 8-aligned (a table entry in a page
-                    // the parent maps), was just read fault-safely and
-                    // probed writable; see the module docs for the
-                    // residual window.
-                    let e = unsafe { &*(wh as usize as *const AtomicU64) };
-                    if e.compare_exchange(v, want, Ordering::SeqCst, Ordering::SeqCst)
-                        .is_err()
-                    {
-                        continue 'retry;
+                    if crate::faultsafe::enabled() {
+                        // SAFETY: `wh` is 8-aligned (a table entry); a
+                        // fault (the program unmapped or protected the
+                        // table meanwhile) is fixed up, never a crash.
+                        match unsafe { crate::faultsafe::compare_exchange(wh as *mut u64, v, want) }
+                        {
+                            crate::faultsafe::Cas::Swapped => {}
+                            crate::faultsafe::Cas::Differs => continue 'retry,
+                            crate::faultsafe::Cas::Fault => {
+                                return Err(Fault::Host { iova });
+                            }
+                        }
+                    } else {
+                        // writable in the process too (the program may have
+                        // protected memory it mapped writable in the IOAS)
+                        SelfMemory
+                            .probe_write(wh, 8)
+                            .map_err(|_| Fault::Host { iova })?;
+                        // SAFETY: `wh` is 8-aligned (a table entry in a page
+                        // the parent maps), was just read fault-safely and
+                        // probed writable; without the fault handler (a Rust
+                        // user who did not call `faultsafe::install`) a
+                        // residual window remains: see the module docs.
+                        let e = unsafe { &*(wh as usize as *const AtomicU64) };
+                        if e.compare_exchange(v, want, Ordering::SeqCst, Ordering::SeqCst)
+                            .is_err()
+                        {
+                            continue 'retry;
+                        }
                     }
                 }
                 if leaf {
@@ -807,6 +824,18 @@ mod tests {
 
     #[test]
     fn protected_or_unmapped_table_pages_are_host_faults() {
+        table_pages_fault_safely();
+    }
+
+    /// The same with the fault handler installed: A/D are written back with
+    /// the fault-safe compare-exchange (what the preload always uses).
+    #[test]
+    fn protected_table_pages_with_the_fault_handler() {
+        assert!(crate::faultsafe::install());
+        table_pages_fault_safely();
+    }
+
+    fn table_pages_fault_safely() {
         let m = Mem::new();
         let p = parent(&m);
         let n = nested(&p, 48);
@@ -837,10 +866,13 @@ mod tests {
     }
 
     /// A reference walk, written from the rules, over the same memory and
-    /// parent: Ok(host) or the fault, and which entries need A/D written.
+    /// a model of the parent (`parent(gpa)`: the host address of guest
+    /// address `gpa` and whether it is writable, or `None`; kept by the
+    /// test, never read from the parent's tables): Ok(host) or the fault,
+    /// and which entries need A/D written.
     fn reference(
         m: &Mem,
-        p: &VtdDomain,
+        parent: &dyn Fn(u64) -> Option<(u64, bool)>,
         levels: u32,
         iova: u64,
         write: bool,
@@ -853,8 +885,8 @@ mod tests {
             let shift = 12 + 9 * (level - 1);
             let gpa = table + ((iova >> shift) & 511) * 8;
             // the parent maps guest page g to host page g, or not at all
-            let (_, _, r, w, _) = p.leaf(gpa).ok_or(np)?;
-            assert!(r);
+            let (host, w) = parent(gpa).ok_or(np)?;
+            assert_eq!(host, m.host(gpa >> 12) + (gpa & 4095));
             let v = m.get(gpa >> 12, (gpa & 4095) / 8);
             if v & fl::P == 0 {
                 return Err(np);
@@ -878,20 +910,45 @@ mod tests {
             if leaf {
                 let size = 1u64 << shift;
                 let out = (v & fl::ADDR & !(size - 1)) + (iova & (size - 1));
-                let (host, _, _, pw, _) = p.leaf(out).ok_or(np)?;
+                let (host, pw) = parent(out).ok_or(np)?;
                 if write && !pw {
                     return Err(perm);
                 }
-                return Ok(host + (out & 4095));
+                return Ok(host);
             }
             table = v & fl::ADDR;
         }
         unreachable!()
     }
 
-    #[test]
-    fn random_tables_match_the_reference_walk() {
-        let mut seed = 0x9e37_79b9_7f4a_7c15u64;
+    /// A source of exactly `[uptr, uptr + len)` of this process's memory.
+    fn src(uptr: u64, len: u64, writable: bool) -> crate::io_pagetable::MapSource {
+        let p = crate::pages::Pages::new(
+            Arc::new(crate::user::SelfMemory),
+            uptr,
+            len,
+            writable,
+            crate::accounting::AccountMode::None,
+        );
+        crate::io_pagetable::MapSource {
+            start_byte: uptr - p.uptr(),
+            pages: p,
+            length: len,
+        }
+    }
+
+    /// The nested walk against the reference, with the parent's tables
+    /// written directly (`via_ioas` false) or by an IO page table the
+    /// parent is attached to, mapping random runs of guest pages as areas
+    /// (`via_ioas`: the engine's path to a nest parent). The reference
+    /// reads the parent from the test's own model either way.
+    fn random_tables_match_the_reference_walk(via_ioas: bool) {
+        use crate::io_pagetable::{IoPagetable, IovaRequest};
+        let mut seed = if via_ioas {
+            0x2545_f491_4f6c_dd1du64
+        } else {
+            0x9e37_79b9_7f4a_7c15u64
+        };
         let mut rnd = move || {
             seed ^= seed << 13;
             seed ^= seed >> 7;
@@ -904,13 +961,42 @@ mod tests {
             let m = Mem::new();
             // parent: most guest pages mapped, some read-only, some not
             let p = VtdDomain::new(48, false).unwrap();
-            for g in 0..PAGES {
-                match rnd() % 10 {
-                    0 => {}
-                    1 => p.map(g * 4096, m.host(g), 4096, Prot::RO, 4096).unwrap(),
-                    _ => p.map(g * 4096, m.host(g), 4096, Prot::RW, 4096).unwrap(),
-                }
+            // the model of the parent: guest page -> writable
+            let mut model = std::collections::BTreeMap::new();
+            // dropped before `m`: its pins go first
+            let t = IoPagetable::new();
+            if via_ioas {
+                t.add_domain(p.clone()).unwrap();
             }
+            let mut g = 0;
+            while g < PAGES {
+                // runs of 1..8 pages of one kind (areas of the IOAS)
+                let run = (1 + rnd() % 8).min(PAGES - g);
+                let kind = rnd() % 10;
+                if kind != 0 {
+                    let prot = if kind == 1 { Prot::RO } else { Prot::RW };
+                    let (iova, len) = (g * 4096, run * 4096);
+                    if via_ioas {
+                        let req = IovaRequest::Fixed(iova);
+                        t.map(vec![src(m.host(g), len, prot.write)], len, req, prot)
+                            .unwrap();
+                    } else {
+                        p.map(iova, m.host(g), len, prot, 4096).unwrap();
+                    }
+                    for x in g..g + run {
+                        model.insert(x, prot.write);
+                    }
+                }
+                g += run;
+            }
+            if via_ioas {
+                t.check_invariants().unwrap();
+            }
+            let parent = |gpa: u64| {
+                model
+                    .get(&(gpa >> 12))
+                    .map(|&w| (m.host(gpa >> 12) + (gpa & 4095), w))
+            };
             // tables in guest pages 0..16, entries 0..4 of each; data in 16..64
             for t in 0..16 {
                 for i in 0..4 {
@@ -946,7 +1032,7 @@ mod tests {
                     iova |= ((r >> (2 * l + 30)) & 3) << (12 + 9 * (l - 1));
                 }
                 let write = r & 1 == 1;
-                let want = reference(&m, &p, levels, iova, write);
+                let want = reference(&m, &parent, levels, iova, write);
                 n.flush_range(0, u64::MAX);
                 let got = n.translate(iova, 1, write).map(|(h, _)| h);
                 assert_eq!(got, want, "round {round} iova {iova:#x} write {write}");
@@ -959,5 +1045,15 @@ mod tests {
         }
         // the tables reach every outcome
         assert!(checked.iter().all(|&c| c > 50), "{checked:?}");
+    }
+
+    #[test]
+    fn random_tables_match_the_reference_walk_direct_parent() {
+        random_tables_match_the_reference_walk(false);
+    }
+
+    #[test]
+    fn random_tables_match_the_reference_walk_parent_through_an_ioas() {
+        random_tables_match_the_reference_walk(true);
     }
 }

@@ -103,8 +103,11 @@ fn map_chunk() -> Result<usize> {
 
 impl Slab {
     /// A zero table, valid until the slab is dropped. `ENOMEM` when no
-    /// memory can be mapped.
+    /// memory can be mapped (or at the fail-nth point `vtd.table.alloc`,
+    /// so that the sweeps reach every path a table allocation can fail:
+    /// a domain's root, a map's new tables, an unmap's split).
     pub fn alloc(&self) -> Result<&Table> {
+        crate::inject::point("vtd.table.alloc", libc::ENOMEM)?;
         let mut g = self.inner.lock();
         let addr = if let Some(a) = g.free.pop() {
             a

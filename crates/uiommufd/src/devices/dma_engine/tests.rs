@@ -443,16 +443,17 @@ fn traffic_records_are_verifiable_paced_and_wrap() {
     w32(&d, TRAFFIC_RATE, 200);
     let t = Instant::now();
     w32(&d, TRAFFIC_CTRL, TRAFFIC_ENABLE);
-    std::thread::sleep(Duration::from_millis(300));
+    // Wait for 20 records (more than the window) however slowly the machine schedules the worker
+    // (no lower bound on the rate is asserted: that would be timing), then
+    // check the pacing: never more than the rate allows (+2 for the first
+    // and the read racing the next).
+    wait_for("20 records (a wrap)", || r64(&d, TRAFFIC_COUNT) >= 20);
     let n = r64(&d, TRAFFIC_COUNT);
     let el = t.elapsed().as_secs_f64();
-    // paced: no more than the rate allows (+1 for the first), and not
-    // much less (the machine may be loaded)
     assert!(
         n as f64 <= el * 200.0 + 2.0,
         "{n} records in {el} s at 200/s"
     );
-    assert!(n >= 10, "only {n} records in {el} s at 200/s");
     assert!(r32(&d, STATUS) & STATUS_TRAFFIC_ACTIVE != 0);
     w32(&d, TRAFFIC_CTRL, 0);
     wait_for("not busy", || r32(&d, STATUS) & STATUS_BUSY == 0);
