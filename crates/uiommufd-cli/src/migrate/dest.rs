@@ -36,7 +36,11 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
     )?;
     w.send(Tag::Ready, 0, 0, 0).map_err(io("reporting ready"))?;
     let npages = size / PAGE;
-    let mut state = None;
+    // The device's migration data arrives in pieces (its pre-copy snapshot
+    // with round 0, its final state after the stop): each goes into the
+    // resuming data fd at once, so that at the end only RESUMING → RUNNING
+    // is left.
+    let mut resume_fd: Option<i32> = None;
     let last_seq = loop {
         let h = w.recv().map_err(io("receiving"))?;
         match h.tag {
@@ -53,17 +57,28 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
             }
             Tag::EndRound => {}
             Tag::Device => {
-                state = Some(
-                    w.recv_vec(h.a, 64 << 20)
-                        .map_err(io("receiving the device state"))?,
-                )
+                let data = w
+                    .recv_vec(h.a, 64 << 20)
+                    .map_err(io("receiving the device state"))?;
+                let fd = match resume_fd {
+                    Some(fd) => fd,
+                    None => {
+                        let fd = vm.start_resume()?;
+                        resume_fd = Some(fd);
+                        fd
+                    }
+                };
+                vm.write_data(fd, &data)?;
             }
             Tag::Finish => break h.b,
             t => return Err(format!("unexpected {t:?} in the migration stream")),
         }
     };
-    let state = state.ok_or("the stream ended without the device state")?;
-    vm.resume_device(&state)?;
+    let Some(fd) = resume_fd else {
+        return Err("the stream ended without the device state".into());
+    };
+    let _ = uiommufd::files::close(fd);
+    vm.finish_resume()?;
     w.send(Tag::Resumed, 0, 0, 0)
         .map_err(io("reporting the resume"))?;
 

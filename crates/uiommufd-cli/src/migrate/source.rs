@@ -98,6 +98,15 @@ fn send_round(
     })
 }
 
+/// Closes a migration data fd (the session's end) however `run` returns.
+struct CloseOnDrop(i32);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        let _ = uiommufd::files::close(self.0);
+    }
+}
+
 /// Restarts the source device if the migration fails after stopping it.
 struct Restart<'a>(Option<&'a Vm>);
 
@@ -131,6 +140,15 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     w.expect(Tag::Ready)
         .map_err(io("waiting for the destination to set up"))?;
     vm.start_tracking()?;
+    // Device pre-copy: its data fd is opened now and its snapshot sent
+    // with round 0; at the stop only the final record follows on it.
+    let data_fd = vm.start_precopy()?;
+    let _close = CloseOnDrop(data_fd);
+    let early = vm.read_data(data_fd)?;
+    w.send(Tag::Device, early.len() as u64, 0, 0)
+        .map_err(io("sending the device's pre-copy data"))?;
+    w.send_bytes(&early)
+        .map_err(io("sending the device's pre-copy data"))?;
     let mut rep = Report {
         tracker: o.tracker.name().to_string(),
         mem_bytes: o.size,
@@ -165,10 +183,16 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         round += 1;
     };
 
-    // Stop and copy.
+    // Stop and copy. The device state goes first, so that the destination
+    // loads it into its device while the last pages are still on the way.
     let t_stop = Instant::now();
-    let state = vm.save_device()?;
+    vm.stop_copy()?;
     let restart = Restart(Some(&vm));
+    let state = vm.read_data(data_fd)?;
+    w.send(Tag::Device, state.len() as u64, 0, 0)
+        .map_err(io("sending the device state"))?;
+    w.send_bytes(&state)
+        .map_err(io("sending the device state"))?;
     let t_saved = Instant::now();
     let last_seq = vm.bar0_read64(TRAFFIC_SEQ)?;
     let mut fin = vec![0u64; bm.len()];
@@ -182,16 +206,14 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     let mut r = send_round(&mut w, &vm, Some(&bm), round, &progress)?;
     r.bitmap = bitmap;
     r.stopped = true;
-    w.send(Tag::Device, state.len() as u64, 0, 0)
-        .map_err(io("sending the device state"))?;
-    w.send_bytes(&state)
-        .map_err(io("sending the device state"))?;
     w.send(Tag::Finish, 0, last_seq, r.pages)
         .map_err(io("finishing"))?;
     let t_sent = Instant::now();
     w.expect(Tag::Resumed)
         .map_err(io("waiting for the destination to resume"))?;
     let t_resumed = Instant::now();
+    // The session ends (STOP_COPY → STOP) once it cost no downtime.
+    vm.mig_set(MigState::Stop)?;
     rep.downtime = t_resumed - t_stop;
     rep.downtime_parts = vec![
         ("stop + device state", t_saved - t_stop),
@@ -201,7 +223,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     ];
     progress.finish(&r);
     rep.rounds.push(r);
-    rep.device_bytes = state.len() as u64;
+    rep.device_bytes = (early.len() + state.len()) as u64;
     // The destination runs now: from here on, the source must not.
     std::mem::forget(restart);
 

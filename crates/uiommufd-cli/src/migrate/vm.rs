@@ -428,47 +428,65 @@ impl Vm {
         Ok((fd >= 0).then_some(fd))
     }
 
-    /// Stop the device and take its state (RUNNING → STOP_COPY, read the
-    /// data fd to its end, → STOP).
-    pub fn save_device(&self) -> R<Vec<u8>> {
-        let fd = self
-            .mig_set(MigState::StopCopy)?
-            .ok_or("STOP_COPY opened no data fd")?;
-        let mut out = Vec::new();
-        let mut buf = vec![0u8; 1 << 16];
-        let r = loop {
-            match files::read(fd, &mut buf) {
-                Some(Ok(0)) => break Ok(()),
-                Some(Ok(n)) => out.extend_from_slice(&buf[..n]),
-                Some(Err(e)) => break Err(err("reading the device's stop-copy data", e)),
-                None => break Err("the data fd vanished".to_string()),
-            }
-        };
-        let _ = files::close(fd);
-        r?;
-        self.mig_set(MigState::Stop)?;
-        Ok(out)
+    /// Start a pre-copy session (RUNNING → PRE_COPY): the data fd, from
+    /// which [`Vm::read_data`] takes the device's pre-copy snapshot now and,
+    /// after [`Vm::stop_copy`], its final state — so that nothing has to be
+    /// created while the device is stopped.
+    pub fn start_precopy(&self) -> R<i32> {
+        self.mig_set(MigState::PreCopy)?
+            .ok_or_else(|| "PRE_COPY opened no data fd".to_string())
     }
 
-    /// Load a state taken by [`Vm::save_device`]: → RESUMING, write it, →
-    /// RUNNING (the device runs on from that state).
-    pub fn resume_device(&self, state: &[u8]) -> R<()> {
-        let fd = self
-            .mig_set(MigState::Resuming)?
-            .ok_or("RESUMING opened no data fd")?;
+    /// Stop the device (PRE_COPY → PRE_COPY_P2P → STOP_COPY): its final
+    /// state follows on the pre-copy data fd.
+    pub fn stop_copy(&self) -> R<()> {
+        match self.mig_set(MigState::StopCopy)? {
+            None => Ok(()),
+            Some(fd) => {
+                let _ = files::close(fd);
+                Err("STOP_COPY from PRE_COPY opened a second data fd".into())
+            }
+        }
+    }
+
+    /// Read what the data fd `fd` has now: to its temporary end in
+    /// pre-copy (`ENOMSG`), to its end after the stop.
+    pub fn read_data(&self, fd: i32) -> R<Vec<u8>> {
+        let mut out = Vec::new();
+        let mut buf = vec![0u8; 1 << 16];
+        loop {
+            match files::read(fd, &mut buf) {
+                Some(Ok(0)) => return Ok(out),
+                Some(Ok(n)) => out.extend_from_slice(&buf[..n]),
+                Some(Err(e)) if e.errno().0 == libc::ENOMSG => return Ok(out),
+                Some(Err(e)) => return Err(err("reading the device's migration data", e)),
+                None => return Err("the data fd vanished".to_string()),
+            }
+        }
+    }
+
+    /// Start resuming (→ RESUMING): the data fd the device's migration
+    /// data is written to, in any pieces, as it arrives.
+    pub fn start_resume(&self) -> R<i32> {
+        self.mig_set(MigState::Resuming)?
+            .ok_or_else(|| "RESUMING opened no data fd".to_string())
+    }
+
+    /// Write `data` to the resuming data fd.
+    pub fn write_data(&self, fd: i32, data: &[u8]) -> R<()> {
         let mut done = 0;
-        let r = loop {
-            if done == state.len() {
-                break Ok(());
-            }
-            match files::write(fd, &state[done..]) {
+        while done < data.len() {
+            match files::write(fd, &data[done..]) {
                 Some(Ok(n)) => done += n,
-                Some(Err(e)) => break Err(err("writing the device state", e)),
-                None => break Err("the data fd vanished".to_string()),
+                Some(Err(e)) => return Err(err("writing the device state", e)),
+                None => return Err("the data fd vanished".to_string()),
             }
-        };
-        let _ = files::close(fd);
-        r?;
+        }
+        Ok(())
+    }
+
+    /// Leave RESUMING: the device checks and applies the state, and runs.
+    pub fn finish_resume(&self) -> R<()> {
         self.mig_set(MigState::Running).map(|_| ())
     }
 }
