@@ -55,11 +55,9 @@ import argparse
 import os
 import re
 import shlex
-import shutil
 import struct
 import subprocess
 import sys
-import tempfile
 import time
 import traceback
 
@@ -238,50 +236,6 @@ CASES = [
         cancel_expect=[r"iommufd_backend_set_dirty .*enable=0 \(0\)", r"migration state PreCopy -> Running"],
     ),
 ]
-
-
-class Env:
-    """Where a case runs, as test_qemu.Env (a work directory as this script
-    and as QEMU see it, the command prefix that starts QEMU), except that
-    QEMU 10.0 runs a private copy of the CLI and the preload inside the
-    chroot (in the work directory): a shared copy rewritten in place by
-    another run (another checkout's tests) would crash the QEMUs mapping it
-    or have them run another build."""
-
-    def __init__(self, version, keep):
-        self.version = version
-        self.keep = keep
-        if version == "7.2":
-            self.root = ""
-            self.workdir = tempfile.mkdtemp(prefix="uiommufd-qmig-")
-            self.prefix = []
-            self.uiommufd = os.path.join(tq.BIN, "uiommufd")
-            return
-        qemu = os.path.join(tq.TRIXIE, "usr/bin/qemu-system-x86_64")
-        if not os.path.exists(qemu):
-            raise Failure("no QEMU 10.0 at %s: run tests/clients/install-qemu.sh" % qemu)
-        self.root = tq.TRIXIE
-        self.workdir = tempfile.mkdtemp(prefix="uiommufd-qmig-", dir=os.path.join(tq.TRIXIE, "tmp"))
-        bindir = os.path.join(self.workdir, "bin")
-        os.mkdir(bindir)
-        for f in ("uiommufd", "libuiommufd_preload.so"):
-            shutil.copy2(os.path.join(tq.BIN, f), os.path.join(bindir, f))
-        # /proc mounted in a private mount namespace: nothing outlives the test.
-        self.prefix = [
-            "unshare", "-m", "--propagation", "private",
-            "sh", "-ec", 'mount -t proc proc "$0/proc"; exec chroot "$0" "$@"', tq.TRIXIE,
-        ]
-        self.uiommufd = self.inside(os.path.join(bindir, "uiommufd"))
-
-    def inside(self, host_path):
-        """`host_path` as QEMU sees it."""
-        if not self.root:
-            return host_path
-        return "/" + os.path.relpath(host_path, self.root)
-
-    def cleanup(self):
-        if not self.keep:
-            shutil.rmtree(self.workdir, ignore_errors=True)
 
 
 class Side:
@@ -599,7 +553,7 @@ def run_cancel(case, env, log, sides):
 
 
 def run_case(case, keep):
-    env = Env(case.version, keep)
+    env = tq.Env(case.version, keep)
     log = []
     sides = []
     try:
