@@ -241,6 +241,29 @@ mod arch {
         cas64 as *const () as usize as i64
     }
 
+    /// `load64(ptr, out) -> 0` with `*out = *ptr`, or 1 when `ptr`
+    /// faulted (`*out` untouched). The only instruction that may fault is
+    /// the load at offset 0; a fault there resumes at [`LOAD_FIXUP`].
+    #[unsafe(naked)]
+    pub unsafe extern "C" fn load64(ptr: *const u64, out: *mut u64) -> u64 {
+        std::arch::naked_asm!(
+            "mov rax, qword ptr [rdi]",
+            "mov qword ptr [rsi], rax",
+            "xor eax, eax",
+            "ret",
+            "mov eax, 1",
+            "ret"
+        )
+    }
+
+    /// Offset of the fault path of [`load64`] (two 3-byte moves, the
+    /// 2-byte `xor`, `ret`).
+    pub const LOAD_FIXUP: usize = 9;
+
+    fn load_base() -> i64 {
+        load64 as *const () as usize as i64
+    }
+
     /// If `ctx` stopped at the copy or compare-exchange instruction,
     /// redirect it to its fixup.
     ///
@@ -257,6 +280,10 @@ mod arch {
         }
         if gregs[rip] == cas_base() + CAS_INSN as i64 {
             gregs[rip] = cas_base() + CAS_FIXUP as i64;
+            return true;
+        }
+        if gregs[rip] == load_base() {
+            gregs[rip] = load_base() + LOAD_FIXUP as i64;
             return true;
         }
         false
@@ -328,6 +355,32 @@ pub unsafe fn compare_exchange(ptr: *mut u64, old: u64, new: u64) -> Cas {
     {
         let _ = (ptr, old, new);
         Cas::Fault
+    }
+}
+
+/// Load the 64-bit word at `ptr`, which may be a user pointer: `None`
+/// where it faults (unmapped or unreadable), never a crash — a table entry
+/// an IOMMU walk reads from the program's memory, without the set-up of a
+/// general copy.
+///
+/// # Safety
+/// [`enabled`] must be true; `ptr` must be 8-byte aligned.
+#[inline]
+pub unsafe fn load_u64(ptr: *const u64) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        let mut v = 0u64;
+        // SAFETY: forwarded contract; `v` is ours; a fault at the load is
+        // fixed up by `handler`.
+        match unsafe { arch::load64(ptr, &mut v) } {
+            0 => Some(v),
+            _ => None,
+        }
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = ptr;
+        None
     }
 }
 
@@ -484,6 +537,34 @@ mod tests {
             &code[arch::CAS_FIXUP..arch::CAS_FIXUP + 6],
             &[0xb8, 2, 0, 0, 0, 0xc3]
         );
+    }
+
+    #[test]
+    fn the_load_instruction_is_where_the_handler_expects_it() {
+        let f = arch::load64 as *const () as *const u8;
+        // SAFETY: reading the first bytes of our own function's code.
+        let code = unsafe { std::slice::from_raw_parts(f, arch::LOAD_FIXUP + 6) };
+        // mov rax, [rdi]
+        assert_eq!(&code[..3], &[0x48, 0x8b, 0x07]);
+        // the fault path: mov eax, 1; ret
+        assert_eq!(
+            &code[arch::LOAD_FIXUP..arch::LOAD_FIXUP + 6],
+            &[0xb8, 1, 0, 0, 0, 0xc3]
+        );
+    }
+
+    #[test]
+    fn load_reads_and_faults() {
+        install();
+        let w = 0x1234_5678_9abc_def0u64;
+        // SAFETY: a valid aligned word.
+        assert_eq!(unsafe { load_u64(&w) }, Some(w));
+        let none = map(libc::PROT_NONE);
+        // SAFETY: faults and is fixed up.
+        unsafe {
+            assert_eq!(load_u64(none.cast()), None);
+            libc::munmap(none.cast(), 8192);
+        }
     }
 
     #[test]

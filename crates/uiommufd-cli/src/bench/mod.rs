@@ -334,7 +334,7 @@ const REFERENCES: &[Reference] = &[
         what: "target: nested translate miss (4 + 4 levels)",
         value: 150.0,
         unit: "ns/op",
-        compare_with: "8.vtd.nested.translate.miss (ours includes the flush of the page)",
+        compare_with: "8.vtd.nested.translate.miss",
     },
     Reference {
         case: 5,

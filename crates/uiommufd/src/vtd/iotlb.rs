@@ -1,31 +1,42 @@
 //! [`Iotlb`]: one caller's cache of recent translations of a
-//! [`VtdDomain`], and DMA by IOVA through it.
+//! [`VtdDomain`] or of a [`VtdNestedDomain`] (both stages combined, as a
+//! hardware IOTLB caches them), and DMA by IOVA through it.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::domain::VtdDomain;
+use super::nested::VtdNestedDomain;
 use super::{Fault, PTE_ADDR_MASK, PTE_D, PTE_R, PTE_W};
 use crate::user::{SelfMemory, UserMemory};
+
+/// A slot permission bit (beside `PTE_R | PTE_W`): the first-stage leaf is
+/// writable but its D is not yet set, so a write must walk to set it.
+const NEED_WALK: u64 = 1 << 62;
 
 /// Slots of an [`Iotlb`] made by [`Iotlb::new`].
 pub const IOTLB_DEFAULT_SLOTS: usize = 1024;
 
-/// One cached leaf.
+/// One cached leaf (a cache line each: a lookup touches one line, and the
+/// index scales by a shift).
 #[derive(Debug, Clone, Copy)]
+#[repr(align(64))]
 struct Slot {
-    /// The domain generation it was read under (`u64::MAX`: empty).
+    /// The generation it was read under (`u64::MAX`: empty).
     gen: u64,
-    /// IOVA of the leaf's first byte.
+    /// IOVA of the slot's first byte.
     tag: u64,
-    /// Leaf size - 1.
+    /// Slot size - 1 (the leaf's; nested: the smaller of both stages').
     mask: u64,
-    /// Host address of the leaf's first byte.
+    /// Host address of the slot's first byte.
     host: u64,
-    /// `PTE_R | PTE_W` of the leaf.
+    /// `PTE_R | PTE_W` allowed (both stages), and [`NEED_WALK`].
     perm: u64,
-    /// The leaf entry (for its D bit).
+    /// The second-stage leaf entry (for its D bit).
     entry: *const AtomicU64,
+    /// The second-stage IOVA of the slot's first byte (flat: `tag`;
+    /// nested: the guest physical address), where dirty tracking marks.
+    at: u64,
 }
 
 const EMPTY: Slot = Slot {
@@ -35,16 +46,22 @@ const EMPTY: Slot = Slot {
     host: 0,
     perm: 0,
     entry: std::ptr::null(),
+    at: 0,
 };
 
 /// A per-caller translation cache of one domain (an emulated device's
 /// IOTLB): direct-mapped, one slot per recently used leaf. Every unmap of
-/// the domain invalidates it as a whole (the domain's generation).
+/// the (second-stage) domain invalidates it as a whole (the domain's
+/// generation); over a nested domain, so does every `HWPT_INVALIDATE` of
+/// the first stage (its generation), so a hit costs what a flat one does.
 #[derive(Debug)]
 pub struct Iotlb {
     dom: Arc<VtdDomain>,
+    nested: Option<Arc<VtdNestedDomain>>,
     slots: Box<[Slot]>,
     mask: usize,
+    /// Second-stage ranges a tracked write went through (reused).
+    written: Vec<(u64, u64)>,
 }
 
 // SAFETY: the only non-Send field is `Slot::entry`, a pointer into the
@@ -62,14 +79,44 @@ impl Iotlb {
         let n = slots.max(1).next_power_of_two();
         Iotlb {
             dom,
+            nested: None,
             slots: vec![EMPTY; n].into_boxed_slice(),
             mask: n - 1,
+            written: Vec::new(),
         }
     }
 
-    /// The domain translated.
+    /// A cache of [`IOTLB_DEFAULT_SLOTS`] slots over a nested domain: each
+    /// slot holds the combined translation (first stage through the
+    /// parent), with the first stage's own cache behind it (a cached
+    /// first-stage leaf stays in use until invalidated, as on hardware).
+    pub fn nested(dom: Arc<VtdNestedDomain>) -> Iotlb {
+        Self::nested_with_slots(dom, IOTLB_DEFAULT_SLOTS)
+    }
+
+    /// [`Iotlb::nested`] with `slots` slots (rounded up to a power of two,
+    /// at least 1).
+    pub fn nested_with_slots(dom: Arc<VtdNestedDomain>, slots: usize) -> Iotlb {
+        let mut t = Self::with_slots(dom.parent().clone(), slots);
+        t.nested = Some(dom);
+        t
+    }
+
+    /// The (second-stage) domain translated.
     pub fn domain(&self) -> &Arc<VtdDomain> {
         &self.dom
+    }
+
+    /// The generation the slots are checked against: the second stage's
+    /// unmaps, plus (nested) the first stage's invalidations, both only
+    /// ever growing, so that the sum changes whenever either does.
+    #[inline]
+    fn gen_now(&self) -> u64 {
+        let g = self.dom.gen.load(Ordering::Acquire);
+        match &self.nested {
+            None => g,
+            Some(n) => g.wrapping_add(n.gen.load(Ordering::Acquire) << 40),
+        }
     }
 
     /// Forget every cached translation.
@@ -93,26 +140,47 @@ impl Iotlb {
     /// so an unmap waits for them).
     #[inline]
     pub fn translate(&mut self, iova: u64, len: u64, write: bool) -> Result<(u64, u64), Fault> {
-        let gen = self.dom.gen.load(Ordering::Acquire);
+        let gen = self.gen_now();
         let i = self.slot_of(iova);
         let s = self.slots[i];
-        if s.gen == gen && iova & !s.mask == s.tag {
+        if s.gen == gen && iova & !s.mask == s.tag && !(write && s.perm & NEED_WALK != 0) {
             let need = if write { PTE_W } else { PTE_R };
             if s.perm & need == 0 {
                 return Err(Fault::Permission { iova, write });
             }
+            let off = iova & s.mask;
             if write && self.dom.tracking.load(Ordering::Relaxed) {
                 // SAFETY: an entry of a table of `dom`, alive while we
                 // hold the `Arc`.
                 let e = unsafe { &*s.entry };
-                if e.load(Ordering::Relaxed) & PTE_D == 0 && !self.dom.set_dirty(iova) {
+                if e.load(Ordering::Relaxed) & PTE_D == 0 && !self.dom.set_dirty(s.at + off) {
                     return Err(Fault::NotPresent { iova });
                 }
             }
-            let off = iova & s.mask;
             return Ok((s.host + off, (s.mask - off + 1).min(len)));
         }
-        self.miss(i, gen, iova, len, write)
+        self.miss_any(i, gen, iova, len, write)
+    }
+
+    #[cold]
+    #[inline(never)]
+    fn miss_any(
+        &mut self,
+        i: usize,
+        gen: u64,
+        iova: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<(u64, u64), Fault> {
+        // taken out for the call (no reference count traffic)
+        match self.nested.take() {
+            None => self.miss(i, gen, iova, len, write),
+            Some(n) => {
+                let r = self.miss_nested(&n, i, gen, iova, len, write);
+                self.nested = Some(n);
+                r
+            }
+        }
     }
 
     #[cold]
@@ -133,9 +201,58 @@ impl Iotlb {
             host: leaf.value & PTE_ADDR_MASK,
             perm: leaf.value & (PTE_R | PTE_W),
             entry: leaf.entry,
+            at: iova & !(size - 1),
         };
         self.dom.check_leaf(iova, &leaf, write)?;
         Ok(self.dom.extend(iova, len, write, &leaf))
+    }
+
+    /// A miss over a nested domain: the first-stage leaf (its cache, or a
+    /// walk that sets A/D), then the parent's leaf of its output; the slot
+    /// covers what lies in both (the smaller leaf, naturally aligned in
+    /// both spaces). Faults are reported at the device's IOVA.
+    #[cold]
+    fn miss_nested(
+        &mut self,
+        n: &VtdNestedDomain,
+        i: usize,
+        gen: u64,
+        iova: u64,
+        len: u64,
+        write: bool,
+    ) -> Result<(u64, u64), Fault> {
+        let l = n.s1_leaf(iova, write)?;
+        let gpa = l.gpa + (iova - l.base);
+        let leaf = self.dom.lookup(gpa).ok_or(Fault::NotPresent { iova })?;
+        let size = l.size.min(leaf.size());
+        let mask = size - 1;
+        let mut perm = leaf.value & (PTE_R | PTE_W);
+        if !l.write {
+            perm &= !PTE_W;
+        } else if !l.dirty {
+            perm |= NEED_WALK;
+        }
+        let host = (leaf.value & PTE_ADDR_MASK) + (gpa & (leaf.size() - 1) & !mask);
+        self.slots[i] = Slot {
+            gen,
+            tag: iova & !mask,
+            mask,
+            host,
+            perm,
+            entry: leaf.entry,
+            at: gpa & !mask,
+        };
+        let need = if write { PTE_W } else { PTE_R };
+        if perm & need == 0 {
+            return Err(Fault::Permission { iova, write });
+        }
+        match self.dom.check_leaf(gpa, &leaf, write) {
+            Ok(()) => {}
+            Err(Fault::Permission { .. }) => return Err(Fault::Permission { iova, write }),
+            Err(_) => return Err(Fault::NotPresent { iova }),
+        }
+        let off = iova & mask;
+        Ok((host + off, (size - off).min(len)))
     }
 
     /// DMA read: copy `buf.len()` bytes at `iova` into `buf`.
@@ -149,12 +266,35 @@ impl Iotlb {
     }
 
     /// Copy between `local` (`len` bytes, ours) and IOVA through this
-    /// cache (see [`copy_by_iova`]).
+    /// cache (see [`copy_by_iova`]). A write while the domain tracks dirty
+    /// pages marks what it went through again once the bytes are in (as
+    /// `VtdDomain::dma_write` does): a bitmap read that cleared D between
+    /// the translation and the copy reports the page next time.
     fn copy(&mut self, iova: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Fault> {
         let dom = self.dom.clone();
-        copy_by_iova(&dom, iova, local, len, write, |at, n, w| {
-            self.translate(at, n, w)
-        })
+        if !(write && dom.tracking.load(Ordering::Acquire)) {
+            return copy_by_iova(&dom, iova, local, len, write, |at, n, w| {
+                self.translate(at, n, w)
+            });
+        }
+        let mut written = std::mem::take(&mut self.written);
+        written.clear();
+        let r = copy_by_iova(&dom, iova, local, len, write, |at, n, w| {
+            let (h, m) = self.translate(at, n, w)?;
+            // the second-stage address of `at`: its slot's
+            let s = &self.slots[self.slot_of(at)];
+            let a = s.at + (at & s.mask);
+            match written.last_mut() {
+                Some(r) if r.0 + r.1 == a => r.1 += m,
+                _ => written.push((a, m)),
+            }
+            Ok((h, m))
+        });
+        for &(a, m) in &written {
+            dom.mark_dirty(a, m);
+        }
+        self.written = written;
+        r
     }
 }
 

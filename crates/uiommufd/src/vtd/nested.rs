@@ -21,15 +21,21 @@
 //! tracking records the table page); if the entry changed under it the
 //! walk starts again.
 //!
-//! **Cache.** Each nested domain caches its recent first-stage leaves (a
+//! **Caches.** Each nested domain caches its recent first-stage leaves (a
 //! direct-mapped cache of [`S1_CACHE_SLOTS`] entries: IOVA leaf → guest
-//! physical leaf, writable, dirty). A cached leaf is used until
-//! `IOMMU_HWPT_INVALIDATE` with `IOMMU_HWPT_INVALIDATE_DATA_VTD_S1` drops
-//! it, as an IOTLB does: editing the table alone does not change what the
-//! device sees. The second stage is never cached here (each access
-//! translates the guest physical address through the parent), so the
-//! parent's unmap and dirty tracking act at once. A write through a cached
-//! leaf whose D was not yet set walks again to set it.
+//! physical leaf, writable, dirty; read without a lock under a sequence
+//! count). A cached leaf is used until `IOMMU_HWPT_INVALIDATE` with
+//! `IOMMU_HWPT_INVALIDATE_DATA_VTD_S1` drops it, as an IOTLB does: editing
+//! the table alone does not change what the device sees; a walk that an
+//! invalidation overtook serves its access but is not kept. The domain's
+//! own translate path does not cache the second stage (each access
+//! translates the guest physical address through the parent). A
+//! per-device [`super::Iotlb`] made with [`super::Iotlb::nested`] caches
+//! both stages combined, so that a hit costs what a flat one does; it is
+//! dropped by any first-stage invalidation (the domain's generation) and
+//! any unmap of the parent (the parent's), and a write hit still sets the
+//! parent's D while it tracks. A write through a cached leaf whose D was
+//! not yet set walks again to set it.
 //!
 //! **Lifetime.** The host address of a table entry is valid while the
 //! parent maps its page (the IOAS keeps it pinned). Table entries are read
@@ -152,17 +158,98 @@ pub const S1_CACHE_SLOTS: usize = 64;
 
 /// One cached first-stage leaf.
 #[derive(Debug, Clone, Copy, Default)]
-struct S1Leaf {
+pub(super) struct S1Leaf {
     /// First IOVA of the leaf (`u64::MAX`: empty slot).
-    base: u64,
+    pub base: u64,
     /// Leaf size (4 KiB, 2 MiB or 1 GiB).
-    size: u64,
+    pub size: u64,
     /// Guest physical (parent IOVA) address of the leaf's first byte.
-    gpa: u64,
+    pub gpa: u64,
     /// Writable at every level.
-    write: bool,
+    pub write: bool,
     /// D was set in the leaf.
-    dirty: bool,
+    pub dirty: bool,
+}
+
+/// One slot of [`S1Cache`]: an [`S1Leaf`] as words (`meta`: the size, W in
+/// bit 0, D in bit 1).
+#[derive(Debug)]
+struct S1Slot {
+    base: AtomicU64,
+    gpa: AtomicU64,
+    meta: AtomicU64,
+}
+
+/// The first-stage leaves a nested domain caches: direct-mapped by the 4 KiB
+/// page of the access that walked them. Lookups take no lock: a sequence
+/// count, odd while a writer changes slots, tells a reader to read again
+/// (the slots are atomics, so a torn read is only ever discarded, never
+/// undefined). Writers (fills and invalidations) serialise on `writer`.
+#[derive(Debug)]
+struct S1Cache {
+    seq: AtomicU64,
+    slots: [S1Slot; S1_CACHE_SLOTS],
+    /// Held to change slots; counts the slots holding a leaf larger than
+    /// 4 KiB (one that may sit in a slot that is not its first page's, so
+    /// a flush must look at all).
+    writer: Mutex<usize>,
+}
+
+impl S1Cache {
+    fn new() -> S1Cache {
+        S1Cache {
+            seq: AtomicU64::new(0),
+            slots: std::array::from_fn(|_| S1Slot {
+                base: AtomicU64::new(u64::MAX),
+                gpa: AtomicU64::new(0),
+                meta: AtomicU64::new(0),
+            }),
+            writer: Mutex::new(0),
+        }
+    }
+
+    /// Slot `i`, consistently.
+    #[inline]
+    fn get(&self, i: usize) -> S1Leaf {
+        let s = &self.slots[i];
+        loop {
+            let s1 = self.seq.load(Ordering::Acquire);
+            if s1 & 1 == 0 {
+                let base = s.base.load(Ordering::Relaxed);
+                let gpa = s.gpa.load(Ordering::Relaxed);
+                let meta = s.meta.load(Ordering::Relaxed);
+                std::sync::atomic::fence(Ordering::Acquire);
+                if self.seq.load(Ordering::Relaxed) == s1 {
+                    return S1Leaf {
+                        base,
+                        size: meta & !3,
+                        gpa,
+                        write: meta & 1 != 0,
+                        dirty: meta & 2 != 0,
+                    };
+                }
+            }
+            std::hint::spin_loop();
+        }
+    }
+
+    /// Replace slot `i`; the caller holds `writer` (`large`).
+    fn put(&self, large: &mut usize, i: usize, leaf: S1Leaf) {
+        let big = |l: &S1Leaf| l.base != u64::MAX && l.size > 1 << 12;
+        *large -= usize::from(big(&self.get(i)));
+        *large += usize::from(big(&leaf));
+        let s = &self.slots[i];
+        let q = self.seq.load(Ordering::Relaxed);
+        self.seq.store(q + 1, Ordering::Relaxed);
+        std::sync::atomic::fence(Ordering::Release);
+        s.base.store(leaf.base, Ordering::Relaxed);
+        s.gpa.store(leaf.gpa, Ordering::Relaxed);
+        s.meta.store(
+            leaf.size | u64::from(leaf.write) | u64::from(leaf.dirty) << 1,
+            Ordering::Relaxed,
+        );
+        self.seq.store(q + 2, Ordering::Release);
+    }
 }
 
 const EMPTY: S1Leaf = S1Leaf {
@@ -183,7 +270,11 @@ pub struct VtdNestedDomain {
     me: Weak<VtdNestedDomain>,
     parent: Arc<VtdDomain>,
     cfg: IommuHwptVtdS1,
-    cache: Mutex<[S1Leaf; S1_CACHE_SLOTS]>,
+    cache: S1Cache,
+    /// Bumped by every invalidation (after the cache dropped what it
+    /// covers): combined translations a per-device [`super::Iotlb`] cached
+    /// under an older value are stale.
+    pub(super) gen: AtomicU64,
     /// Walks done (cache misses), for tests.
     walks: AtomicU64,
 }
@@ -201,7 +292,8 @@ impl VtdNestedDomain {
             me: me.clone(),
             parent,
             cfg,
-            cache: Mutex::new([EMPTY; S1_CACHE_SLOTS]),
+            cache: S1Cache::new(),
+            gen: AtomicU64::new(0),
             walks: AtomicU64::new(0),
         })
     }
@@ -231,14 +323,35 @@ impl VtdNestedDomain {
         }
     }
 
-    /// Drop the cached leaves that overlap `[first, last]`.
+    /// Drop the cached leaves that overlap `[first, last]` (and every
+    /// combined translation per-device IOTLBs hold of this domain).
     pub fn flush_range(&self, first: u64, last: u64) {
-        let mut c = self.cache.lock();
-        for s in c.iter_mut() {
-            if s.base != u64::MAX && s.base <= last && s.base.saturating_add(s.size - 1) >= first {
-                *s = EMPTY;
+        let c = &self.cache;
+        let mut large = c.writer.lock();
+        let pages = (last >> 12).wrapping_sub(first >> 12);
+        if *large == 0 && pages < S1_CACHE_SLOTS as u64 {
+            // only 4 KiB leaves are cached, each in the slot of its page:
+            // look at the slots of the range's pages only
+            for p in (first >> 12)..=(last >> 12) {
+                let i = p as usize % S1_CACHE_SLOTS;
+                if c.get(i).base >> 12 == p {
+                    c.put(&mut large, i, EMPTY);
+                }
+            }
+        } else {
+            for i in 0..S1_CACHE_SLOTS {
+                let s = c.get(i);
+                if s.base != u64::MAX
+                    && s.base <= last
+                    && s.base.saturating_add(s.size - 1) >= first
+                {
+                    c.put(&mut large, i, EMPTY);
+                }
             }
         }
+        // under the writer lock: a walk that started before this flush
+        // sees the change when it comes to fill its slot
+        self.gen.fetch_add(1, Ordering::Release);
     }
 
     /// The host address of the 8 bytes at guest physical `gpa`, through
@@ -251,6 +364,18 @@ impl VtdNestedDomain {
         update: bool,
         write: bool,
     ) -> std::result::Result<u64, Fault> {
+        if !update {
+            // a read of the entry: the parent's leaf, readable
+            let Some(l) = self.parent.lookup(gpa) else {
+                return Err(Fault::NotPresent { iova });
+            };
+            if l.value & super::PTE_R == 0 {
+                return Err(Fault::Permission { iova, write });
+            }
+            return Ok((l.value & super::PTE_ADDR_MASK) + (gpa & (l.size() - 1)));
+        }
+        // a write of A/D: through the parent's checks (and its dirty
+        // tracking, which records the table page)
         match self.parent.translate(gpa, 8, update) {
             Ok((h, n)) if n >= 8 => Ok(h),
             Ok(_) => Err(Fault::NotPresent { iova }),
@@ -280,11 +405,7 @@ impl VtdNestedDomain {
                 let idx = (iova >> shift) & 511;
                 let gpa = table + idx * 8;
                 let host = self.entry_host(iova, gpa, false, write)?;
-                let mut b = [0u8; 8];
-                SelfMemory
-                    .read(host, &mut b)
-                    .map_err(|_| Fault::Host { iova })?;
-                let v = u64::from_ne_bytes(b);
+                let v = read_entry(host).ok_or(Fault::Host { iova })?;
                 if v & fl::P == 0 {
                     return Err(Fault::NotPresent { iova });
                 }
@@ -366,23 +487,30 @@ impl VtdNestedDomain {
 
     /// The first-stage leaf of `iova` for an access: from the cache, or
     /// walked (and cached).
-    fn s1_leaf(&self, iova: u64, write: bool) -> std::result::Result<S1Leaf, Fault> {
+    pub(super) fn s1_leaf(&self, iova: u64, write: bool) -> std::result::Result<S1Leaf, Fault> {
         let slot = ((iova >> 12) as usize) % S1_CACHE_SLOTS;
-        {
-            let c = self.cache.lock();
-            let s = c[slot];
-            if s.base != u64::MAX && iova >= s.base && iova - s.base < s.size {
-                if write && !s.write {
-                    return Err(Fault::Permission { iova, write });
-                }
-                if !write || s.dirty {
-                    return Ok(s);
-                }
+        let s = self.cache.get(slot);
+        if s.base != u64::MAX && iova >= s.base && iova - s.base < s.size {
+            if write && !s.write {
+                return Err(Fault::Permission { iova, write });
+            }
+            if !write || s.dirty {
+                return Ok(s);
             }
         }
-        self.walks.fetch_add(1, Ordering::Relaxed);
-        let w = self.walk(iova, write, true)?;
-        self.cache.lock()[slot] = w.leaf;
+        let gen = self.gen.load(Ordering::Acquire);
+        let w = self.walk(iova, write, true);
+        let mut large = self.cache.writer.lock();
+        // counted under the lock: a load and a store, no locked add
+        self.walks
+            .store(self.walks.load(Ordering::Relaxed) + 1, Ordering::Relaxed);
+        let w = w?;
+        // an invalidation during the walk may cover what it read: the
+        // result serves this access (as a walk in flight does on
+        // hardware) but is not kept
+        if self.gen.load(Ordering::Relaxed) == gen {
+            self.cache.put(&mut large, slot, w.leaf);
+        }
         Ok(w.leaf)
     }
 
@@ -430,6 +558,21 @@ impl VtdNestedDomain {
 }
 
 type Result2 = std::result::Result<(), Fault>;
+
+/// The table entry at host address `host` (8-aligned), read fault-safely:
+/// one guarded load where the fault handler is installed, the general
+/// checked copy otherwise.
+#[inline]
+fn read_entry(host: u64) -> Option<u64> {
+    if crate::faultsafe::enabled() {
+        // SAFETY: the handler is installed; `host` is 8-aligned (a table
+        // entry) and a fault is fixed up, never a crash.
+        return unsafe { crate::faultsafe::load_u64(host as usize as *const u64) };
+    }
+    let mut b = [0u8; 8];
+    SelfMemory.read(host, &mut b).ok()?;
+    Some(u64::from_ne_bytes(b))
+}
 
 impl NestedDomain for VtdNestedDomain {
     fn id(&self) -> u64 {
@@ -822,6 +965,85 @@ mod tests {
         assert_eq!(m.get(3, 2) & fl::A, 0);
     }
 
+    /// The per-device IOTLB over a nested domain: combined translations
+    /// that hit without a walk, stay until invalidated (first stage) or
+    /// unmapped (second stage), walk again for a write that must set D,
+    /// and mark the parent's pages dirty while it tracks.
+    #[test]
+    fn iotlb_over_a_nested_domain() {
+        use super::super::Iotlb;
+        let m = Mem::new();
+        let p = VtdDomain::new(48, true).unwrap();
+        p.map(0, m.host(0), PAGES * 4096, Prot::RW, 4096).unwrap();
+        let n = nested(&p, 48);
+        m.set(0, 0, 4096 | URW);
+        m.set(1, 0, (2 * 4096) | URW);
+        m.set(2, 0, (3 * 4096) | URW);
+        m.set(3, 0, (10 * 4096) | URW);
+        m.set(3, 1, (11 * 4096) | fl::P | fl::US);
+        let mut tlb = Iotlb::nested(n.clone());
+        assert_eq!(tlb.translate(8, 8, false).unwrap(), (m.host(10) + 8, 8));
+        let w = n.walks();
+        // hits: no walk
+        for _ in 0..10 {
+            assert_eq!(
+                tlb.translate(16, 4096, false).unwrap(),
+                (m.host(10) + 16, 4080)
+            );
+        }
+        assert_eq!(n.walks(), w);
+        // a write through the cached read walks once to set D
+        assert_eq!(m.get(3, 0) & fl::D, 0);
+        tlb.translate(0, 8, true).unwrap();
+        assert_eq!(n.walks(), w + 1);
+        assert_eq!(m.get(3, 0) & fl::D, fl::D);
+        tlb.translate(0, 8, true).unwrap();
+        assert_eq!(n.walks(), w + 1);
+        // read-only in the first stage: a permission fault at the IOVA
+        assert_eq!(
+            tlb.translate(4096 + 1, 1, true),
+            Err(Fault::Permission {
+                iova: 4097,
+                write: true
+            })
+        );
+        // an edit is not seen until invalidated
+        m.set(3, 0, (12 * 4096) | URW);
+        assert_eq!(tlb.translate(0, 8, false).unwrap().0, m.host(10));
+        n.flush_range(0, 4095);
+        assert_eq!(tlb.translate(0, 8, false).unwrap().0, m.host(12));
+        // the parent tracks: a write hit marks the guest physical page
+        p.set_dirty_tracking(true).unwrap();
+        tlb.translate(0, 8, true).unwrap();
+        let mut words = [0u64; 1];
+        let mut bm = DirtyBitmap::new(0, 64 * 4096 - 1, 12, &mut words);
+        p.read_and_clear_dirty(0, 64 * 4096, true, Some(&mut bm))
+            .unwrap();
+        // the data page (12) and the table pages whose A/D were written
+        assert_ne!(words[0] & 1 << 12, 0, "{:#x}", words[0]);
+        // cleared: the next write hit marks it again
+        tlb.translate(0, 8, true).unwrap();
+        let mut words = [0u64; 1];
+        let mut bm = DirtyBitmap::new(0, 64 * 4096 - 1, 12, &mut words);
+        p.read_and_clear_dirty(0, 64 * 4096, true, Some(&mut bm))
+            .unwrap();
+        assert_eq!(words[0], 1 << 12);
+        // DMA through it marks what it wrote once the bytes are in
+        tlb.write(96, &[7u8; 8]).unwrap();
+        assert_eq!(m.get(12, 12) & 0xff, 7);
+        let mut words = [0u64; 1];
+        let mut bm = DirtyBitmap::new(0, 64 * 4096 - 1, 12, &mut words);
+        p.read_and_clear_dirty(0, 64 * 4096, true, Some(&mut bm))
+            .unwrap();
+        assert_eq!(words[0], 1 << 12);
+        // an unmap of the parent drops the combined translation
+        p.unmap(12 * 4096, 4096);
+        assert_eq!(
+            tlb.translate(0, 8, false),
+            Err(Fault::NotPresent { iova: 0 })
+        );
+    }
+
     #[test]
     fn protected_or_unmapped_table_pages_are_host_faults() {
         table_pages_fault_safely();
@@ -1025,6 +1247,9 @@ mod tests {
                     __reserved: 0,
                 },
             );
+            // every other access through a per-device IOTLB (combined
+            // translations; the flush below drops them too)
+            let mut tlb = super::super::Iotlb::nested(n.clone());
             for _ in 0..200 {
                 let r = rnd();
                 let mut iova = (r >> 8) & 0xfff; // offset
@@ -1034,7 +1259,11 @@ mod tests {
                 let write = r & 1 == 1;
                 let want = reference(&m, &parent, levels, iova, write);
                 n.flush_range(0, u64::MAX);
-                let got = n.translate(iova, 1, write).map(|(h, _)| h);
+                let got = if r & 2 == 0 {
+                    n.translate(iova, 1, write).map(|(h, _)| h)
+                } else {
+                    tlb.translate(iova, 1, write).map(|(h, _)| h)
+                };
                 assert_eq!(got, want, "round {round} iova {iova:#x} write {write}");
                 checked[match want {
                     Ok(_) => 0,
