@@ -95,6 +95,7 @@ impl PciModel for FuzzModel {
                 pba_bar: 0,
                 pba_offset: 0x1800,
             }),
+            pasid_log2: 0,
         }
     }
 

@@ -262,29 +262,48 @@ impl Device {
         self.attached.lock().as_ref().map(|a| a.hwpt.dma_domain())
     }
 
+    /// The domain DMA tagged with PASID `pasid` goes through (RFC §5.5:
+    /// each PASID of a device has its own address space): for 0 (no
+    /// PASID) the RID's, as [`Device::dma_domain`]; otherwise the domain of
+    /// the HWPT that PASID is attached to, `None` when it is attached to
+    /// nothing.
+    pub fn pasid_dma_domain(&self, pasid: u32) -> Option<Arc<dyn Domain>> {
+        if pasid == 0 {
+            return self.dma_domain();
+        }
+        self.pasids.lock().get(&pasid).map(|a| a.hwpt.dma_domain())
+    }
+
     /// The HWPT the device is attached to, paging or nested.
     pub fn attached(&self) -> Option<HwptRef> {
         self.attached.lock().as_ref().map(|a| a.hwpt.clone())
     }
 
-    /// Raise a page request (`iommu_report_device_fault`). It goes to the
-    /// fault queue of the HWPT the device is attached to (with `PASID_VALID`
-    /// only when that is a nested HWPT and the driver's PASID table is
-    /// user-managed). Without such a queue the request is answered
+    /// Raise a page request (`iommu_report_device_fault`). One with
+    /// `PASID_VALID` goes to the fault queue of the HWPT that PASID is
+    /// attached to, or, when it is attached to nothing, to the RID's
+    /// nested HWPT if the driver's PASID table is user-managed; one
+    /// without, to the fault queue of the HWPT the RID is attached to.
+    /// Without such a queue the request is answered
     /// `INVALID` at once. A request without `LAST_PAGE` waits for the last
     /// one of its group (`None`); the last one returns the group, whose
     /// response [`FaultGroup::wait`] waits for.
     pub fn report_fault(&self, f: PageFault) -> Option<Arc<FaultGroup>> {
         let (group, queue) = {
             let cur = self.attached.lock();
-            let target = cur
-                .as_ref()
-                .filter(|a| {
-                    f.flags & IOMMU_PGFAULT_FLAGS_PASID_VALID == 0
+            let pasids = self.pasids.lock();
+            let pasid_valid = f.flags & IOMMU_PGFAULT_FLAGS_PASID_VALID != 0;
+            let own = pasids.get(&f.pasid).filter(|_| pasid_valid);
+            let target = match own {
+                Some(a) => Some(a),
+                None => cur.as_ref().filter(|a| {
+                    !pasid_valid
                         || (matches!(a.hwpt, HwptRef::Nested(_))
                             && self.driver.nesting().is_some_and(|o| o.user_pasid_table()))
-                })
-                .and_then(|a| a.hwpt.fault().map(|q| (a.handle, q.clone())));
+                }),
+            }
+            .and_then(|a| a.hwpt.fault().map(|q| (a.handle, q.clone())));
+            drop(pasids);
             let Some((handle, queue)) = target else {
                 tracing::debug!(
                     dev = self.id,

@@ -154,8 +154,98 @@ pub trait Domain: Send + Sync + Debug + Any {
         }
         Ok(())
     }
+    /// A device's atomic operation on the aligned 64-bit word at `iova`
+    /// (a PCIe AtomicOp): returns the word's old value. It needs read and
+    /// write permission, and is a write for dirty tracking. Drivers whose
+    /// unmap drains DMA in flight override this to hold the drain, as for
+    /// [`Domain::dma_read`].
+    fn dma_atomic(&self, iova: u64, op: AtomicOp) -> std::result::Result<u64, DmaFault> {
+        let (host, _) = self.translate(iova, 8, true)?;
+        atomic_at(iova, host, op)
+    }
     /// For drivers to recognise their own domains.
     fn as_any(&self) -> &dyn Any;
+}
+
+/// A device's atomic operation on a 64-bit word in memory (the PCIe
+/// AtomicOp requests, at their 64-bit size).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AtomicOp {
+    /// Add, wrapping (`FetchAdd`).
+    FetchAdd(u64),
+    /// Store, returning the old value (`Swap`).
+    Swap(u64),
+    /// Store `new` if the word holds `expected` (`CAS`); the old value
+    /// tells whether it did.
+    CompareSwap {
+        /// The value the word must hold.
+        expected: u64,
+        /// What it then becomes.
+        new: u64,
+    },
+}
+
+impl AtomicOp {
+    /// The word after the operation on `old` (for a `CompareSwap` that
+    /// fails: `old`).
+    pub fn apply(self, old: u64) -> u64 {
+        match self {
+            AtomicOp::FetchAdd(v) => old.wrapping_add(v),
+            AtomicOp::Swap(v) => v,
+            AtomicOp::CompareSwap { expected, new } => {
+                if old == expected {
+                    new
+                } else {
+                    old
+                }
+            }
+        }
+    }
+}
+
+/// Perform `op` on the word at host address `host` (what `iova`
+/// translated to): a locked compare-exchange loop, as the device's atomic
+/// is one indivisible read-modify-write for every other CPU and device.
+/// The word must be 8-aligned (`Permission` otherwise, as an unaligned
+/// AtomicOp is a malformed request). With the fault handler installed
+/// (always under the preload) memory the program unmapped or protected is
+/// `Host`, never a crash; without it, the page is probed writable first
+/// and only a program changing it between probe and operation is outside
+/// what the engine guards (as for the nested walk's A/D updates).
+pub fn atomic_at(iova: u64, host: u64, op: AtomicOp) -> std::result::Result<u64, DmaFault> {
+    if !host.is_multiple_of(8) {
+        return Err(DmaFault::Permission { iova, write: true });
+    }
+    let p = host as usize as *mut u64;
+    if crate::faultsafe::enabled() {
+        // SAFETY: the handler is installed and `p` is 8-aligned; a fault
+        // on it is fixed up, never a crash.
+        let mut old = unsafe { crate::faultsafe::load_u64(p) }.ok_or(DmaFault::Host { iova })?;
+        loop {
+            // SAFETY: as above.
+            match unsafe { crate::faultsafe::compare_exchange(p, old, op.apply(old)) } {
+                crate::faultsafe::Cas::Swapped => return Ok(old),
+                crate::faultsafe::Cas::Fault => return Err(DmaFault::Host { iova }),
+                crate::faultsafe::Cas::Differs => {
+                    // SAFETY: as above.
+                    old =
+                        unsafe { crate::faultsafe::load_u64(p) }.ok_or(DmaFault::Host { iova })?;
+                }
+            }
+        }
+    }
+    crate::user::UserMemory::probe_write(&crate::user::SelfMemory, host, 8)
+        .map_err(|_| DmaFault::Host { iova })?;
+    // SAFETY: 8-aligned, in a page the domain maps (pinned) and just
+    // probed writable; the residual window is in the function's docs.
+    let w = unsafe { &*(p as *const AtomicU64) };
+    let mut old = w.load(Ordering::SeqCst);
+    loop {
+        match w.compare_exchange(old, op.apply(old), Ordering::SeqCst, Ordering::SeqCst) {
+            Ok(_) => return Ok(old),
+            Err(v) => old = v,
+        }
+    }
 }
 
 /// Why a device's DMA through a domain failed (what a real IOMMU reports

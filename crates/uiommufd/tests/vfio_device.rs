@@ -111,6 +111,7 @@ impl PciModel for TinyModel {
                 pba_bar: 2,
                 pba_offset: 0x1800,
             }),
+            pasid_log2: 0,
         }
     }
 

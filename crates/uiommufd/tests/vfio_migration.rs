@@ -62,6 +62,7 @@ impl PciModel for Probe {
             intx_pin: 0,
             msi_vectors: 0,
             msix: None,
+            pasid_log2: 0,
         }
     }
     fn bar_read(&self, _: u8, _: u64, data: &mut [u8]) {

@@ -66,6 +66,7 @@ impl PciModel for Dma {
             intx_pin: 1,
             msi_vectors: 0,
             msix: None,
+            pasid_log2: 0,
         }
     }
     fn bar_read(&self, _bar: u8, _offset: u64, data: &mut [u8]) {

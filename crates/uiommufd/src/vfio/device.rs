@@ -415,7 +415,11 @@ pub struct DeviceBus {
 }
 
 impl DeviceBus {
-    fn domain(&self, iova: u64) -> std::result::Result<(Arc<Device>, Arc<dyn Domain>), DmaFault> {
+    fn domain(
+        &self,
+        pasid: u32,
+        iova: u64,
+    ) -> std::result::Result<(Arc<Device>, Arc<dyn Domain>), DmaFault> {
         if !self.master.load(Ordering::Acquire) || !self.running.load(Ordering::Acquire) {
             return Err(DmaFault::Blocked { iova });
         }
@@ -424,16 +428,19 @@ impl DeviceBus {
             .read()
             .clone()
             .ok_or(DmaFault::Blocked { iova })?;
-        // a nested HWPT's two-stage domain, or a paging HWPT's
-        let d = dev.dma_domain().ok_or(DmaFault::Blocked { iova })?;
+        // a nested HWPT's two-stage domain, or a paging HWPT's; for a
+        // PASID, that of what the PASID is attached to
+        let d = dev
+            .pasid_dma_domain(pasid)
+            .ok_or(DmaFault::Blocked { iova })?;
         Ok((dev, d))
     }
 
-    fn fault(&self, dev: Option<&Device>, f: DmaFault, write: bool) -> DmaFault {
+    fn fault(&self, dev: Option<&Device>, pasid: u32, f: DmaFault, write: bool) -> DmaFault {
         self.faults.fetch_add(1, Ordering::Relaxed);
-        tracing::warn!(device = %self.addr, "DMA {}: {f}", if write { "write" } else { "read" });
+        tracing::warn!(device = %self.addr, pasid, "DMA {}: {f}", if write { "write" } else { "read" });
         if let Some(dev) = dev {
-            if dev.attached().is_some_and(|h| h.fault().is_some()) {
+            if dev.attached().is_some_and(|h| h.fault().is_some()) || pasid != 0 {
                 let iova = match f {
                     DmaFault::NotPresent { iova }
                     | DmaFault::Permission { iova, .. }
@@ -441,8 +448,13 @@ impl DeviceBus {
                     | DmaFault::Blocked { iova } => iova,
                 };
                 let _ = dev.report_fault(PageFault {
-                    flags: IOMMU_PGFAULT_FLAGS_LAST_PAGE,
-                    pasid: 0,
+                    flags: IOMMU_PGFAULT_FLAGS_LAST_PAGE
+                        | if pasid != 0 {
+                            crate::uapi::IOMMU_PGFAULT_FLAGS_PASID_VALID
+                        } else {
+                            0
+                        },
+                    pasid,
                     grpid: 0,
                     perm: if write {
                         IOMMU_PGFAULT_PERM_WRITE
@@ -483,25 +495,67 @@ impl DeviceBus {
 
 impl Bus for DeviceBus {
     fn dma_read(&self, iova: u64, buf: &mut [u8]) -> std::result::Result<(), DmaFault> {
-        if buf.is_empty() {
-            return Ok(()); // no transaction
-        }
-        let (dev, d) = self.domain(iova).map_err(|f| self.fault(None, f, false))?;
-        d.dma_read(iova, buf)
-            .map_err(|f| self.fault(Some(&dev), f, false))
+        self.dma_read_pasid(0, iova, buf)
     }
 
     fn dma_write(&self, iova: u64, buf: &[u8]) -> std::result::Result<(), DmaFault> {
+        self.dma_write_pasid(0, iova, buf)
+    }
+
+    fn dma_read_pasid(
+        &self,
+        pasid: u32,
+        iova: u64,
+        buf: &mut [u8],
+    ) -> std::result::Result<(), DmaFault> {
         if buf.is_empty() {
             return Ok(()); // no transaction
         }
-        let (dev, d) = self.domain(iova).map_err(|f| self.fault(None, f, true))?;
+        let (dev, d) = self
+            .domain(pasid, iova)
+            .map_err(|f| self.fault(None, pasid, f, false))?;
+        d.dma_read(iova, buf)
+            .map_err(|f| self.fault(Some(&dev), pasid, f, false))
+    }
+
+    fn dma_write_pasid(
+        &self,
+        pasid: u32,
+        iova: u64,
+        buf: &[u8],
+    ) -> std::result::Result<(), DmaFault> {
+        if buf.is_empty() {
+            return Ok(()); // no transaction
+        }
+        let (dev, d) = self
+            .domain(pasid, iova)
+            .map_err(|f| self.fault(None, pasid, f, true))?;
         let r = d.dma_write(iova, buf);
         // Logged after the write landed (a report between the two is
         // followed by another that sees it), and also when it failed part
-        // way: over-reporting loses nothing.
-        self.log.record(iova, buf.len() as u64);
-        r.map_err(|f| self.fault(Some(&dev), f, true))
+        // way: over-reporting loses nothing. The device's DMA log covers
+        // requests without PASID only (the kernel's logging is per RID
+        // address space, the IOVA of the device's own domain).
+        if pasid == 0 {
+            self.log.record(iova, buf.len() as u64);
+        }
+        r.map_err(|f| self.fault(Some(&dev), pasid, f, true))
+    }
+
+    fn dma_atomic(
+        &self,
+        pasid: u32,
+        iova: u64,
+        op: crate::domain::AtomicOp,
+    ) -> std::result::Result<u64, DmaFault> {
+        let (dev, d) = self
+            .domain(pasid, iova)
+            .map_err(|f| self.fault(None, pasid, f, true))?;
+        let r = d.dma_atomic(iova, op);
+        if pasid == 0 {
+            self.log.record(iova, 8);
+        }
+        r.map_err(|f| self.fault(Some(&dev), pasid, f, true))
     }
 
     fn interrupt(&self, vector: u16) {
@@ -755,7 +809,10 @@ impl VfioDevice {
             st.open_count += 1;
             return Ok(id);
         }
-        let dev = Device::bind(ctx, Arc::new(VtdDriver))?;
+        // the driver knows the function's PASIDs (the kernel reads them from
+        // its PCIe PASID capability)
+        let driver = VtdDriver::with_pasids(self.layout.pasid_log2);
+        let dev = Device::bind(ctx, Arc::new(driver))?;
         if via == OpenedVia::Group {
             let attached = ctx
                 .compat_ioas()

@@ -73,6 +73,12 @@ pub struct PciLayout {
     pub msi_vectors: u8,
     /// The MSI-X capability, if any.
     pub msix: Option<MsixLayout>,
+    /// log2 of the PASIDs the function supports (its PCIe PASID
+    /// capability), 0 for none. The IOMMU driver it is bound with gets it
+    /// (`GET_HW_INFO`'s `out_max_pasid_log2`, PASID attach) and the model
+    /// can tag DMA with them ([`Bus::dma_read_pasid`]); the config space
+    /// does not show the extended capability itself.
+    pub pasid_log2: u8,
 }
 
 /// The device's side of the machine: DMA through its IOMMU domain and its
@@ -85,6 +91,46 @@ pub trait Bus: Send + Sync + Debug {
     fn dma_read(&self, iova: u64, buf: &mut [u8]) -> std::result::Result<(), DmaFault>;
     /// Write `buf` at `iova` (dirty tracking sees it).
     fn dma_write(&self, iova: u64, buf: &[u8]) -> std::result::Result<(), DmaFault>;
+    /// Read at `iova` in the address space of PASID `pasid` (a request
+    /// carrying that PASID; 0 is the requester ID's, [`Bus::dma_read`]).
+    /// A PASID attached to nothing is [`DmaFault::Blocked`]. Default: a
+    /// bus without PASIDs.
+    fn dma_read_pasid(
+        &self,
+        pasid: u32,
+        iova: u64,
+        buf: &mut [u8],
+    ) -> std::result::Result<(), DmaFault> {
+        if pasid == 0 {
+            return self.dma_read(iova, buf);
+        }
+        Err(DmaFault::Blocked { iova })
+    }
+    /// Write at `iova` for PASID `pasid`, as [`Bus::dma_read_pasid`].
+    fn dma_write_pasid(
+        &self,
+        pasid: u32,
+        iova: u64,
+        buf: &[u8],
+    ) -> std::result::Result<(), DmaFault> {
+        if pasid == 0 {
+            return self.dma_write(iova, buf);
+        }
+        Err(DmaFault::Blocked { iova })
+    }
+    /// An atomic operation on the aligned 64-bit word at `iova` for PASID
+    /// `pasid` (0: none); returns the old value (see
+    /// [`crate::domain::Domain::dma_atomic`]). Default: a bus without
+    /// atomics ([`DmaFault::Blocked`]).
+    fn dma_atomic(
+        &self,
+        pasid: u32,
+        iova: u64,
+        op: crate::domain::AtomicOp,
+    ) -> std::result::Result<u64, DmaFault> {
+        let _ = (pasid, op);
+        Err(DmaFault::Blocked { iova })
+    }
     /// Raise interrupt `vector`: an MSI-X or MSI vector when one is
     /// enabled, else INTx (any vector). Dropped when nothing is set up
     /// to deliver it, as on real hardware with interrupts disabled.

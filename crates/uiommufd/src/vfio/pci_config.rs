@@ -309,6 +309,7 @@ mod tests {
                 pba_bar: 0,
                 pba_offset: 0xc00,
             }),
+            pasid_log2: 0,
         }
     }
 

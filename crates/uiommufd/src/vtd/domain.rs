@@ -920,6 +920,24 @@ impl Domain for VtdDomain {
         r
     }
 
+    /// Under the DMA drain lock, re-marked dirty afterwards (as
+    /// [`Domain::dma_write`]).
+    fn dma_atomic(
+        &self,
+        iova: u64,
+        op: crate::domain::AtomicOp,
+    ) -> std::result::Result<u64, Fault> {
+        let r = {
+            let _dma = self.dma.read();
+            let (host, _) = VtdDomain::translate(self, iova, 8, true)?;
+            crate::domain::atomic_at(iova, host, op)
+        };
+        if self.tracking.load(Ordering::Acquire) {
+            self.mark_dirty(iova, 8);
+        }
+        r
+    }
+
     fn iova_to_phys(&self, iova: u64) -> Option<u64> {
         self.lookup(iova)
             .map(|l| (l.value & PTE_ADDR_MASK) + (iova & (l.size() - 1)))

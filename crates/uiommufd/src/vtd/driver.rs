@@ -73,11 +73,35 @@ pub const VTD_ECAP_REG: u64 = 1
 /// `struct iommu_hw_info_vtd` `flags`: no erratum flag.
 pub const VTD_HW_INFO_FLAGS: u32 = 0;
 
-/// The VT-d driver of an emulated device.
+/// The VT-d driver of an emulated device. [`VtdDriver::default`] is a
+/// device without the PCIe PASID capability (what the VFIO layer's
+/// devices are); [`VtdDriver::with_pasids`] one with it, whose PASIDs can
+/// each be attached to their own domain (`Device::attach_pasid`) and do
+/// DMA through it (`Device::pasid_dma_domain`, the VFIO bus's
+/// `dma_*_pasid`).
 #[derive(Debug, Default, Clone, Copy)]
-pub struct VtdDriver;
+pub struct VtdDriver {
+    pasid_log2: u8,
+}
+
+impl VtdDriver {
+    /// A device with `2^log2` PASIDs (at most the IOMMU's 20 bits: the
+    /// kernel takes the smaller of the device's and the IOMMU's).
+    pub fn with_pasids(log2: u8) -> VtdDriver {
+        VtdDriver {
+            pasid_log2: log2.min(VTD_PASID_LOG2),
+        }
+    }
+}
+
+/// PASID bits of the emulated IOMMU (`ECAP.PSS` + 1).
+pub const VTD_PASID_LOG2: u8 = 20;
 
 impl DeviceDriver for VtdDriver {
+    fn max_pasid_log2(&self) -> u8 {
+        self.pasid_log2
+    }
+
     fn hw_info(&self) -> (u32, Vec<u8>) {
         // struct iommu_hw_info_vtd { __u32 flags; __u32 __reserved;
         //                            __aligned_u64 cap_reg, ecap_reg; }
@@ -143,7 +167,13 @@ mod driver_tests {
 
     #[test]
     fn vtd_driver_info_and_domains() {
-        let d = VtdDriver;
+        let d = VtdDriver::default();
+        assert_eq!(
+            d.max_pasid_log2(),
+            0,
+            "a function without the PASID capability"
+        );
+        assert_eq!(VtdDriver::with_pasids(32).max_pasid_log2(), VTD_PASID_LOG2);
         let (ty, data) = d.hw_info();
         assert_eq!(ty, IOMMU_HW_INFO_TYPE_INTEL_VTD);
         assert_eq!(data.len(), 24);

@@ -699,6 +699,28 @@ impl Domain for VtdNestedDomain {
         self.copy(iova, buf.as_ptr().cast_mut(), buf.len(), true)
     }
 
+    /// Through both stages under the parent's DMA drain lock; the guest
+    /// physical word is re-marked dirty afterwards while the parent tracks.
+    fn dma_atomic(
+        &self,
+        iova: u64,
+        op: crate::domain::AtomicOp,
+    ) -> std::result::Result<u64, Fault> {
+        let (r, gpa) = {
+            let _dma = self.parent.dma.read();
+            let (host, _) = VtdNestedDomain::translate(self, iova, 8, true)?;
+            let gpa = self
+                .s1_leaf(iova, true)
+                .ok()
+                .map(|l| l.gpa + (iova - l.base));
+            (crate::domain::atomic_at(iova, host, op), gpa)
+        };
+        if let Some(g) = gpa.filter(|_| self.parent.dirty_tracking_enabled()) {
+            self.parent.mark_dirty(g, 8);
+        }
+        r
+    }
+
     fn read_and_clear_dirty(
         &self,
         _iova: u64,
@@ -1031,6 +1053,16 @@ mod tests {
         // DMA through it marks what it wrote once the bytes are in
         tlb.write(96, &[7u8; 8]).unwrap();
         assert_eq!(m.get(12, 12) & 0xff, 7);
+        let mut words = [0u64; 1];
+        let mut bm = DirtyBitmap::new(0, 64 * 4096 - 1, 12, &mut words);
+        p.read_and_clear_dirty(0, 64 * 4096, true, Some(&mut bm))
+            .unwrap();
+        assert_eq!(words[0], 1 << 12);
+        // an atomic through both stages, a write for the parent's tracking
+        let add = crate::domain::AtomicOp::FetchAdd(2);
+        let old = Domain::dma_atomic(&*n, 96, add).unwrap();
+        assert_eq!(old & 0xff, 7);
+        assert_eq!(m.get(12, 12), old + 2);
         let mut words = [0u64; 1];
         let mut bm = DirtyBitmap::new(0, 64 * 4096 - 1, 12, &mut words);
         p.read_and_clear_dirty(0, 64 * 4096, true, Some(&mut bm))

@@ -356,6 +356,7 @@ impl PciModel for DmaEngine {
                 pba_bar: 2,
                 pba_offset: PBA_OFFSET,
             }),
+            pasid_log2: 0,
         }
     }
 

@@ -50,6 +50,7 @@ impl PciModel for Counter {
             intx_pin: 0,
             msi_vectors: 0,
             msix: None,
+            pasid_log2: 0,
         }
     }
     fn bar_read(&self, _: u8, _: u64, _: &mut [u8]) {}

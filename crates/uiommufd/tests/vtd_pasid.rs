@@ -1,0 +1,213 @@
+//! PASIDs of an emulated device (RFC §5.5): a function with PASIDs is bound
+//! through the VFIO cdev, its RID and one PASID attached to two different
+//! VT-d HWPTs (made with `IOMMU_HWPT_ALLOC_PASID`) over two IOAS that map
+//! different memory at the same IOVA; the model's DMA tagged with each
+//! reaches its own memory, an unattached PASID is blocked, and atomic
+//! operations by IOVA go through the same domains (permissions, faults,
+//! dirty tracking).
+
+use std::os::fd::AsRawFd;
+use std::sync::{Arc, Mutex};
+
+use uiommufd::context::Object;
+use uiommufd::domain::{AtomicOp, DmaFault};
+use uiommufd::uapi::*;
+use uiommufd::vfio::model::{Bus, PciIds, PciLayout, PciModel};
+use uiommufd::vfio::registry;
+use uiommufd::vfio::uapi::*;
+use uiommufd::{Context, Prot};
+use uiommufd_testkit::vfio::{ioctl_on, Fds};
+use uiommufd_testkit::{self as kit, Buf};
+
+const K4: u64 = 4096;
+
+/// A function with 8-bit PASIDs and no registers: the test drives its bus.
+#[derive(Debug, Default)]
+struct Tagger {
+    bus: Mutex<Option<Arc<dyn Bus>>>,
+}
+
+impl PciModel for Tagger {
+    fn kind(&self) -> &'static str {
+        "pasid-tagger"
+    }
+    fn layout(&self) -> PciLayout {
+        PciLayout {
+            ids: PciIds {
+                vendor: 0x1b36,
+                device: 0x7777,
+                revision: 0,
+                class: 0x088000,
+                subsystem_vendor: 0,
+                subsystem_device: 0,
+            },
+            bars: [None; 6],
+            intx_pin: 0,
+            msi_vectors: 0,
+            msix: None,
+            pasid_log2: 8,
+        }
+    }
+    fn bar_read(&self, _: u8, _: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn bar_write(&self, _: u8, _: u64, _: &[u8]) {}
+    fn connect(&self, bus: Option<Arc<dyn Bus>>) {
+        *self.bus.lock().unwrap() = bus;
+    }
+    fn reset(&self) {}
+}
+
+#[test]
+fn dma_and_atomics_per_pasid() {
+    assert!(uiommufd::faultsafe::install());
+    let model = Arc::new(Tagger::default());
+    registry::declare_model(
+        "pasid-tagger,addr=0000:e1:05.0,group=655,cdev=655",
+        model.clone(),
+    )
+    .unwrap();
+    let fd = registry::open_cdev(655, true).unwrap();
+    let ctx = Context::new();
+    let mut fds = Fds::default();
+    let null = std::fs::File::open("/dev/null").unwrap();
+    fds.0.insert(null.as_raw_fd(), ctx.clone());
+    let mut b = VfioDeviceBindIommufd {
+        argsz: 16,
+        flags: 0,
+        iommufd: null.as_raw_fd(),
+        out_devid: 0,
+    };
+    ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds).unwrap();
+    let devid = b.out_devid;
+
+    // two address spaces mapping different memory at the same IOVA
+    const IOVA: u64 = 0x4000_0000;
+    let (ioas_a, ioas_b) = (kit::ioas_alloc(&ctx), kit::ioas_alloc(&ctx));
+    let (buf_a, buf_b) = (Buf::zeroed(4 * K4, K4), Buf::zeroed(4 * K4, K4));
+    kit::map_fixed(&ctx, ioas_a, buf_a.addr(), 4 * K4, IOVA).unwrap();
+    kit::map_fixed(&ctx, ioas_b, buf_b.addr(), 4 * K4, IOVA).unwrap();
+    let hwpt_a = kit::hwpt_alloc(&ctx, devid, ioas_a, IOMMU_HWPT_ALLOC_PASID).unwrap();
+    let flags = IOMMU_HWPT_ALLOC_PASID | IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
+    let hwpt_b = kit::hwpt_alloc(&ctx, devid, ioas_b, flags).unwrap();
+    let mut a = VfioDeviceAttachIommufdPt {
+        argsz: 12,
+        flags: 0,
+        pt_id: hwpt_a,
+    };
+    ioctl_on(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a, &Fds::default()).unwrap();
+    let Object::Device(dev) = ctx.get(devid).unwrap() else {
+        panic!("object {devid} is not a device");
+    };
+    // the driver knows the function's PASIDs
+    assert_eq!(
+        dev.attach_pasid(&ctx, 256, hwpt_b, false)
+            .unwrap_err()
+            .errno()
+            .0,
+        libc::EINVAL,
+        "8-bit PASIDs: 256 is not one"
+    );
+    dev.attach_pasid(&ctx, 5, hwpt_b, false).unwrap();
+    // bus mastering on
+    uiommufd_testkit::vfio::file(fd)
+        .write_at(&0x6u16.to_le_bytes(), (7u64 << 40) + 4)
+        .unwrap();
+    let bus = model.bus.lock().unwrap().clone().expect("connected");
+
+    // the same IOVA, two memories
+    bus.dma_write(IOVA + 8, &[0xaa; 8]).unwrap();
+    bus.dma_write_pasid(5, IOVA + 8, &[0xbb; 8]).unwrap();
+    // SAFETY: reading our own buffers.
+    let (va, vb) = unsafe {
+        (
+            std::ptr::read_volatile((buf_a.addr() + 8) as *const u64),
+            std::ptr::read_volatile((buf_b.addr() + 8) as *const u64),
+        )
+    };
+    assert_eq!((va, vb), (0xaaaa_aaaa_aaaa_aaaa, 0xbbbb_bbbb_bbbb_bbbb));
+    let mut r = [0u8; 8];
+    bus.dma_read_pasid(0, IOVA + 8, &mut r).unwrap();
+    assert_eq!(r, [0xaa; 8]);
+    bus.dma_read_pasid(5, IOVA + 8, &mut r).unwrap();
+    assert_eq!(r, [0xbb; 8]);
+    // a PASID attached to nothing
+    assert_eq!(
+        bus.dma_read_pasid(6, IOVA, &mut r),
+        Err(DmaFault::Blocked { iova: IOVA })
+    );
+
+    // atomics, per PASID
+    assert_eq!(
+        bus.dma_atomic(5, IOVA + 8, AtomicOp::FetchAdd(1)).unwrap(),
+        0xbbbb_bbbb_bbbb_bbbb
+    );
+    assert_eq!(
+        bus.dma_atomic(5, IOVA + 8, AtomicOp::Swap(40)).unwrap(),
+        0xbbbb_bbbb_bbbb_bbbc
+    );
+    let cas = |expected, new| AtomicOp::CompareSwap { expected, new };
+    assert_eq!(
+        bus.dma_atomic(5, IOVA + 8, cas(41, 7)).unwrap(),
+        40,
+        "fails"
+    );
+    assert_eq!(
+        bus.dma_atomic(5, IOVA + 8, cas(40, 7)).unwrap(),
+        40,
+        "swaps"
+    );
+    // SAFETY: reading our own buffer.
+    let v = unsafe { std::ptr::read_volatile((buf_b.addr() + 8) as *const u64) };
+    assert_eq!(v, 7);
+    assert_eq!(
+        bus.dma_atomic(0, IOVA + 8, AtomicOp::FetchAdd(0)).unwrap(),
+        0xaaaa_aaaa_aaaa_aaaa,
+        "the RID's word is another"
+    );
+    // malformed (unaligned), unmapped, read-only
+    assert_eq!(
+        bus.dma_atomic(5, IOVA + 4, AtomicOp::FetchAdd(1)),
+        Err(DmaFault::Permission {
+            iova: IOVA + 4,
+            write: true
+        })
+    );
+    assert_eq!(
+        bus.dma_atomic(5, IOVA + 4 * K4, AtomicOp::FetchAdd(1)),
+        Err(DmaFault::NotPresent {
+            iova: IOVA + 4 * K4
+        })
+    );
+    let ro = Buf::zeroed(K4, K4);
+    ctx.ioas(ioas_b)
+        .unwrap()
+        .map_user(ro.addr(), K4, Some(IOVA + 8 * K4), Prot::RO)
+        .unwrap();
+    assert_eq!(
+        bus.dma_atomic(5, IOVA + 8 * K4, AtomicOp::FetchAdd(1)),
+        Err(DmaFault::Permission {
+            iova: IOVA + 8 * K4,
+            write: true
+        })
+    );
+
+    // dirty tracking sees an atomic as a write
+    kit::set_dirty_tracking(&ctx, hwpt_b, true).unwrap();
+    let mut bitmap = [0u64; 1];
+    let bm = bitmap.as_mut_ptr() as u64;
+    kit::get_dirty_bitmap(&ctx, hwpt_b, IOVA, 4 * K4, K4, bm, 0).unwrap();
+    bitmap[0] = 0;
+    bus.dma_atomic(5, IOVA + 2 * K4, AtomicOp::FetchAdd(3))
+        .unwrap();
+    kit::get_dirty_bitmap(&ctx, hwpt_b, IOVA, 4 * K4, K4, bm, 0).unwrap();
+    assert_eq!(bitmap[0], 0b100);
+
+    // detached: blocked again
+    dev.detach_pasid(&ctx, 5);
+    assert_eq!(
+        bus.dma_write_pasid(5, IOVA, &[1]),
+        Err(DmaFault::Blocked { iova: IOVA })
+    );
+    bus.dma_write(IOVA, &[1]).unwrap();
+}
