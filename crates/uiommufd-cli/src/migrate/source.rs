@@ -224,6 +224,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     progress.finish(&r);
     rep.rounds.push(r);
     rep.device_bytes = (early.len() + state.len()) as u64;
+    rep.device_stop_bytes = state.len() as u64;
     // The destination runs now: from here on, the source must not.
     std::mem::forget(restart);
 
