@@ -21,7 +21,9 @@ pub enum Tag {
     Hello = 1,
     /// A run of pages: a = first page, b = number of pages; payload = the pages.
     Pages = 2,
-    /// End of a round: a = round number, b = pages sent in it.
+    /// End of a round: a = round number, b = pages sent in it, c = 1 when
+    /// the source waits for [`Tag::Received`] (pre-copy rounds), 0 not
+    /// (the stop-and-copy round, which `Finish` follows at once).
     EndRound = 3,
     /// The device's stop-copy data: a = length; payload = the bytes.
     Device = 4,
@@ -36,6 +38,9 @@ pub enum Tag {
     /// The destination's machine is set up (its memory mapped and
     /// populated): the transfer may start. a = 0.
     Ready = 8,
+    /// The destination has read a pre-copy round up to its `EndRound`:
+    /// a = round number, b = its pages.
+    Received = 9,
 }
 
 impl Tag {
@@ -49,6 +54,7 @@ impl Tag {
             6 => Tag::Verdict,
             7 => Tag::Resumed,
             8 => Tag::Ready,
+            9 => Tag::Received,
             _ => return None,
         })
     }
