@@ -154,6 +154,9 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     // SAFETY: guest memory, mapped for the Vm's life.
     let raw_rate = unsafe { floor::raw_socket_rate(vm.mem, o.size.min(256 << 20) as usize) };
     let mut w = Wire::new(sock);
+    if !o.plain_copy {
+        w.zero_copy();
+    }
     w.send(Tag::Hello, wire::MAGIC, o.size, PAGE)
         .map_err(io("greeting the destination"))?;
     // Round 0 starts once the destination's memory is ready, so that its
