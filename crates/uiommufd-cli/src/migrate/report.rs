@@ -98,11 +98,17 @@ impl Report {
     }
 
     /// The largest share of a round's copy time spent on its bitmap (rounds
-    /// that copied at least 1 ms, so that an idle round's ratio is not noise).
+    /// that moved at least 1 MiB, so that a nearly idle round's ratio is not
+    /// noise: the bitmap's cost follows guest memory, the copy's the dirty
+    /// set).
+    ///
+    /// The threshold is in bytes, not copy time (it was 1 ms of copy): a
+    /// faster copy shortens a round without making it idle, and a time
+    /// threshold then left out the very rounds whose share it made larger.
     pub fn bitmap_share(&self) -> f64 {
         self.rounds
             .iter()
-            .filter(|r| r.round > 0 && r.copy >= Duration::from_millis(1))
+            .filter(|r| r.round > 0 && r.bytes >= 1 << 20)
             .map(|r| r.bitmap.as_secs_f64() / r.copy.as_secs_f64())
             .fold(0.0, f64::max)
     }
