@@ -55,7 +55,12 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
                 unsafe { w.recv_raw(vm.mem.add((h.a * PAGE) as usize), (h.b * PAGE) as usize) }
                     .map_err(io("receiving pages"))?;
             }
-            Tag::EndRound => {}
+            Tag::EndRound => {
+                if h.c == 1 {
+                    w.send(Tag::Received, h.a, h.b, 0)
+                        .map_err(io("acknowledging a round"))?;
+                }
+            }
             Tag::Device => {
                 let data = w
                     .recv_vec(h.a, 64 << 20)

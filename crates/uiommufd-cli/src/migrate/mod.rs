@@ -88,6 +88,10 @@ pub struct Opts {
     /// No progress lines.
     #[arg(long, short, global = true)]
     pub quiet: bool,
+    /// Send pages with plain socket writes instead of zero-copy splices
+    /// (to compare the two).
+    #[arg(long, global = true)]
+    pub plain_copy: bool,
 }
 
 /// `uiommufd migrate` arguments.
@@ -121,7 +125,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
-/// Any connected stream socket.
+/// Any connected stream socket, with the kernel's default buffer sizes:
+/// larger ones (up to 4 MiB) let the source hand a whole final round to
+/// the socket before the destination has read it, so that the source's
+/// measure of that round's copy time would leave the receiving out.
 pub(crate) enum Sock {
     Unix(std::os::unix::net::UnixStream),
     Tcp(std::net::TcpStream),

@@ -17,11 +17,20 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
 }
 
 /// Send the pages whose bits are set in `bm` (all pages when `None`).
+///
+/// A pre-copy round (`stopped` false) ends when the destination says it
+/// has read it all ([`Tag::Received`]), and its copy time runs to then:
+/// so the time is that of the transfer, not of handing bytes to the
+/// socket, and the stop that may follow finds no earlier round still
+/// queued in the socket ahead of the final pages (they would wait behind
+/// it, in the downtime). The stop-and-copy round does not wait: `Finish`
+/// follows it at once, and the downtime runs to the destination's resume.
 fn send_round(
     w: &mut Wire<Sock>,
     vm: &Vm,
     bm: Option<&[u64]>,
     round: u32,
+    stopped: bool,
     progress: &Progress,
 ) -> R<Round> {
     let npages = vm.size / PAGE;
@@ -87,13 +96,25 @@ fn send_round(
             }
         }
     }
-    w.send(Tag::EndRound, u64::from(round), sent, 0)
+    w.send(Tag::EndRound, u64::from(round), sent, u64::from(!stopped))
         .map_err(io("ending a round"))?;
+    if !stopped {
+        let h = w
+            .expect(Tag::Received)
+            .map_err(io("waiting for the destination to read a round"))?;
+        if h.a != u64::from(round) || h.b != sent {
+            return Err(format!(
+                "the destination read round {} with {} pages, not round {round} with {sent}",
+                h.a, h.b
+            ));
+        }
+    }
     Ok(Round {
         round,
         pages: sent,
         bytes: sent * PAGE,
         copy: t.elapsed(),
+        stopped,
         ..Default::default()
     })
 }
@@ -133,6 +154,9 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     // SAFETY: guest memory, mapped for the Vm's life.
     let raw_rate = unsafe { floor::raw_socket_rate(vm.mem, o.size.min(256 << 20) as usize) };
     let mut w = Wire::new(sock);
+    if !o.plain_copy {
+        w.zero_copy();
+    }
     w.send(Tag::Hello, wire::MAGIC, o.size, PAGE)
         .map_err(io("greeting the destination"))?;
     // Round 0 starts once the destination's memory is ready, so that its
@@ -156,7 +180,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         raw_rate,
         ..Default::default()
     };
-    let r0 = send_round(&mut w, &vm, None, 0, &progress)?;
+    let r0 = send_round(&mut w, &vm, None, 0, false, &progress)?;
     progress.finish(&r0);
     let mut rate = r0.rate();
     rep.rounds.push(r0);
@@ -173,7 +197,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         if est <= budget || round >= o.max_rounds {
             break bitmap;
         }
-        let mut r = send_round(&mut w, &vm, Some(&bm), round, &progress)?;
+        let mut r = send_round(&mut w, &vm, Some(&bm), round, false, &progress)?;
         r.bitmap = bitmap;
         progress.finish(&r);
         if r.bytes > 0 {
@@ -183,6 +207,8 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         round += 1;
     };
 
+    // The final bitmap's buffer is made before the stop, not in the downtime.
+    let mut fin = vec![0u64; bm.len()];
     // Stop and copy. The device state goes first, so that the destination
     // loads it into its device while the last pages are still on the way.
     let t_stop = Instant::now();
@@ -195,7 +221,6 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         .map_err(io("sending the device state"))?;
     let t_saved = Instant::now();
     let last_seq = vm.bar0_read64(TRAFFIC_SEQ)?;
-    let mut fin = vec![0u64; bm.len()];
     let t = Instant::now();
     vm.sync_dirty(&mut fin)?;
     let t_synced = Instant::now();
@@ -203,9 +228,8 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     for (a, b) in bm.iter_mut().zip(&fin) {
         *a |= *b;
     }
-    let mut r = send_round(&mut w, &vm, Some(&bm), round, &progress)?;
+    let mut r = send_round(&mut w, &vm, Some(&bm), round, true, &progress)?;
     r.bitmap = bitmap;
-    r.stopped = true;
     w.send(Tag::Finish, 0, last_seq, r.pages)
         .map_err(io("finishing"))?;
     let t_sent = Instant::now();
@@ -224,6 +248,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     progress.finish(&r);
     rep.rounds.push(r);
     rep.device_bytes = (early.len() + state.len()) as u64;
+    rep.device_stop_bytes = state.len() as u64;
     // The destination runs now: from here on, the source must not.
     std::mem::forget(restart);
 

@@ -3,6 +3,19 @@
 //! source's memory and received straight into the destination's (no
 //! intermediate buffer, so the transfer runs at the socket's speed).
 //!
+//! Page payloads go zero-copy when [`Wire::zero_copy`] is on: the pages
+//! are `vmsplice`d into a pipe (which takes references to them, not
+//! copies) and `splice`d from it into the socket, whose buffers then hold
+//! the guest pages themselves; the one copy left is the receiver's read.
+//! A plain `write` copies every byte twice (into the socket, out of it),
+//! both on the CPUs the two sides share. A page referenced this way is
+//! read by the receiver when it reaches it, possibly after the source's
+//! device wrote it again: that is as safe as the copy, because any write
+//! after the bitmap read that chose the page marks it dirty again and
+//! sends it in a later round, which the receiver reads later still; the
+//! final round runs with the device stopped, and the source writes its
+//! memory again only after the destination said it has it all.
+//!
 //! Every message is a 32-byte header — tag, flags, and three u64 fields —
 //! possibly followed by a payload whose length the header gives. All
 //! integers little-endian.
@@ -21,7 +34,9 @@ pub enum Tag {
     Hello = 1,
     /// A run of pages: a = first page, b = number of pages; payload = the pages.
     Pages = 2,
-    /// End of a round: a = round number, b = pages sent in it.
+    /// End of a round: a = round number, b = pages sent in it, c = 1 when
+    /// the source waits for [`Tag::Received`] (pre-copy rounds), 0 not
+    /// (the stop-and-copy round, which `Finish` follows at once).
     EndRound = 3,
     /// The device's stop-copy data: a = length; payload = the bytes.
     Device = 4,
@@ -36,6 +51,9 @@ pub enum Tag {
     /// The destination's machine is set up (its memory mapped and
     /// populated): the transfer may start. a = 0.
     Ready = 8,
+    /// The destination has read a pre-copy round up to its `EndRound`:
+    /// a = round number, b = its pages.
+    Received = 9,
 }
 
 impl Tag {
@@ -49,6 +67,7 @@ impl Tag {
             6 => Tag::Verdict,
             7 => Tag::Resumed,
             8 => Tag::Ready,
+            9 => Tag::Received,
             _ => return None,
         })
     }
@@ -136,6 +155,15 @@ pub unsafe fn read_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<()> {
     Ok(())
 }
 
+/// Payloads at least this long go zero-copy when it is on (below it, the
+/// two extra system calls cost more than the copy they save).
+const ZERO_COPY_MIN: usize = 64 << 10;
+
+/// The pipe that carries zero-copy payloads holds this much (the largest
+/// an unprivileged process gets by default, `/proc/sys/fs/pipe-max-size`;
+/// a smaller pipe just takes more rounds of `vmsplice` and `splice`).
+const PIPE_BYTES: usize = 1 << 20;
+
 /// One end of the stream.
 #[derive(Debug)]
 pub struct Wire<S: AsRawFd> {
@@ -144,6 +172,16 @@ pub struct Wire<S: AsRawFd> {
     pub sent: u64,
     /// Bytes received.
     pub received: u64,
+    /// The pipe (read end, write end) of zero-copy sends, when on.
+    pipe: Option<(RawFd, RawFd)>,
+    /// Bytes each `vmsplice` moves at most (the pipe's capacity).
+    pipe_bytes: usize,
+}
+
+impl<S: AsRawFd> Drop for Wire<S> {
+    fn drop(&mut self) {
+        self.close_pipe();
+    }
 }
 
 impl<S: AsRawFd> Wire<S> {
@@ -153,7 +191,118 @@ impl<S: AsRawFd> Wire<S> {
             sock,
             sent: 0,
             received: 0,
+            pipe: None,
+            pipe_bytes: 0,
         }
+    }
+
+    /// Send page payloads zero-copy from now on (see the module
+    /// documentation); false, and plain copies, when no pipe could be made.
+    pub fn zero_copy(&mut self) -> bool {
+        if self.pipe.is_some() {
+            return true;
+        }
+        let mut p = [0i32; 2];
+        // SAFETY: `p` is two ints for the new fds.
+        if unsafe { libc::pipe2(p.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+            return false;
+        }
+        // SAFETY: our own pipe; a failure leaves its default size.
+        unsafe { libc::fcntl(p[1], libc::F_SETPIPE_SZ, PIPE_BYTES as libc::c_int) };
+        // SAFETY: as above; the answer is the capacity in bytes.
+        let cap = unsafe { libc::fcntl(p[1], libc::F_GETPIPE_SZ) };
+        self.pipe = Some((p[0], p[1]));
+        self.pipe_bytes = if cap > 0 { cap as usize } else { 1 << 16 };
+        true
+    }
+
+    fn close_pipe(&mut self) {
+        if let Some((r, w)) = self.pipe.take() {
+            // SAFETY: our own pipe fds, closed once.
+            unsafe {
+                libc::close(r);
+                libc::close(w);
+            }
+        }
+    }
+
+    /// Send `len` bytes at `ptr` zero-copy through the pipe. When the
+    /// socket refuses spliced data (`EINVAL`), what the pipe holds is sent
+    /// with a plain write, zero-copy is turned off and the rest goes the
+    /// plain way too.
+    ///
+    /// # Safety
+    /// As [`write_raw`].
+    unsafe fn splice_out(&mut self, ptr: *const u8, len: usize) -> io::Result<()> {
+        let Some((pr, pw)) = self.pipe else {
+            // SAFETY: forwarded from the caller.
+            return unsafe { write_raw(self.sock.as_raw_fd(), ptr, len) };
+        };
+        let fd = self.sock.as_raw_fd();
+        let mut off = 0;
+        while off < len {
+            let iov = libc::iovec {
+                // SAFETY: `off < len`: inside the caller's readable range.
+                iov_base: unsafe { ptr.add(off) }.cast_mut().cast(),
+                iov_len: (len - off).min(self.pipe_bytes),
+            };
+            // SAFETY: the iovec points at the caller's range; the pipe
+            // takes references to its pages, which stay mapped (see the
+            // module documentation for why their later writes are safe).
+            let r = unsafe { libc::vmsplice(pw, &iov, 1, 0) };
+            if r < 0 {
+                let e = io::Error::last_os_error();
+                if e.kind() == io::ErrorKind::Interrupted {
+                    continue;
+                }
+                return Err(e);
+            }
+            let mut left = r as usize;
+            while left > 0 {
+                let more = if off + (r as usize) < len {
+                    libc::SPLICE_F_MORE
+                } else {
+                    0
+                };
+                // SAFETY: pipe to socket, both our fds; no user memory.
+                let s = unsafe {
+                    libc::splice(
+                        pr,
+                        std::ptr::null_mut(),
+                        fd,
+                        std::ptr::null_mut(),
+                        left,
+                        libc::SPLICE_F_MOVE | more,
+                    )
+                };
+                if s < 0 {
+                    let e = io::Error::last_os_error();
+                    match e.raw_os_error() {
+                        Some(libc::EINTR) => continue,
+                        Some(libc::EINVAL) => {
+                            // The socket takes no spliced pages: empty the
+                            // pipe into it by hand, then go on plainly.
+                            let mut buf = vec![0u8; left];
+                            // SAFETY: `buf` is `left` bytes; the pipe holds them.
+                            unsafe { read_raw(pr, buf.as_mut_ptr(), left) }?;
+                            // SAFETY: a live vector.
+                            unsafe { write_raw(fd, buf.as_ptr(), left) }?;
+                            self.close_pipe();
+                            let done = off + r as usize;
+                            // SAFETY: the rest of the caller's range.
+                            return unsafe { write_raw(fd, ptr.add(done), len - done) };
+                        }
+                        _ => return Err(timed_out(e)),
+                    }
+                }
+                if s == 0 {
+                    return Err(io::ErrorKind::WriteZero.into());
+                }
+                left -= s as usize;
+            }
+            off += r as usize;
+        }
+        Ok(())
     }
 
     /// Send a header.
@@ -183,6 +332,13 @@ impl<S: AsRawFd> Wire<S> {
         ptr: *const u8,
         len: usize,
     ) -> io::Result<()> {
+        if self.pipe.is_some() && len >= ZERO_COPY_MIN {
+            self.send(tag, a, b, c)?;
+            // SAFETY: forwarded from the caller.
+            unsafe { self.splice_out(ptr, len) }?;
+            self.sent += len as u64;
+            return Ok(());
+        }
         let mut h = [0u8; 32];
         h[0..4].copy_from_slice(&(tag as u32).to_le_bytes());
         h[8..16].copy_from_slice(&a.to_le_bytes());
