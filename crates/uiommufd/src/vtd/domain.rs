@@ -631,10 +631,13 @@ impl VtdDomain {
             // entries as a mask, runs recorded whole. The lines of every
             // marked group are requested first, so that their misses
             // overlap instead of queueing one after the other.
-            let mut g = groups;
-            while g != 0 {
-                prefetch(&t.e[g.trailing_zeros() as usize * 8]);
-                g &= g - 1;
+            // (A dense table streams: the hardware prefetcher does better.)
+            if groups.count_ones() <= 16 {
+                let mut g = groups;
+                while g != 0 {
+                    prefetch(&t.e[g.trailing_zeros() as usize * 8]);
+                    g &= g - 1;
+                }
             }
             let mut dirty = [0u64; 8];
             while groups != 0 {
