@@ -690,14 +690,45 @@ impl VtdDomain {
                     let (cs, cl) = (es.max(iova), el.min(last));
                     // SAFETY: a non-leaf entry of our table.
                     let c = unsafe { child(v) };
-                    if let Some(n) = t.e.get(i + 1) {
-                        let nv = n.load(Ordering::Relaxed);
-                        if nv != 0 && !is_leaf(level, nv) {
-                            // SAFETY: a non-leaf entry of our table.
-                            prefetch(Slab::summary(unsafe { child(nv) }));
-                        }
+                    if level == 2 {
+                        self.prefetch_ahead(t, i);
                     }
                     self.dirty_in(c, level - 1, cs, cl, cs == es && cl == el, clear, rec);
+                }
+            }
+        }
+    }
+
+    /// While leaf table `i` of level-2 table `t` is read for dirty bits,
+    /// ask for what a later one will need: the summary of the table
+    /// [`AHEAD`]` * 2` on, and the marked lines of the one [`AHEAD`] on
+    /// (when they are few: a dense table streams by itself). Tables far
+    /// apart in memory defeat the hardware prefetcher, and at tens of GiB
+    /// the tables are not in cache: without this a sparse read waits for
+    /// memory once per marked line. Hints only: a summary read here may
+    /// change before its table is visited, which reads it for real.
+    #[inline]
+    fn prefetch_ahead(&self, t: &Table, i: usize) {
+        const AHEAD: usize = 4;
+        if let Some(n) = t.e.get(i + 2 * AHEAD) {
+            let nv = n.load(Ordering::Relaxed);
+            if nv != 0 && !is_leaf(2, nv) {
+                // SAFETY: a non-leaf entry of our table.
+                prefetch(Slab::summary(unsafe { child(nv) }));
+            }
+        }
+        if let Some(n) = t.e.get(i + AHEAD) {
+            let nv = n.load(Ordering::Relaxed);
+            if nv != 0 && !is_leaf(2, nv) {
+                // SAFETY: a non-leaf entry of our table.
+                let c = unsafe { child(nv) };
+                let g = Slab::summary(c).load(Ordering::Relaxed);
+                if g.count_ones() <= 16 {
+                    let mut g = g;
+                    while g != 0 {
+                        prefetch(&c.e[g.trailing_zeros() as usize * 8]);
+                        g &= g - 1;
+                    }
                 }
             }
         }
