@@ -44,3 +44,44 @@ pub fn ioctl_on<T: IntoBytes + FromBytes + ?Sized>(
         )
         .map_err(|e| e.errno().0)
 }
+
+/// `VFIO_DEVICE_BIND_IOMMUFD` of device fd `fd` to `ctx` (the iommufd
+/// argument is an fd number the resolver maps to `ctx`, as the preload's
+/// table would; the binding holds the context, not the number): the
+/// device ID.
+pub fn bind_cdev(fd: i32, ctx: &Arc<Context>) -> u32 {
+    use std::os::fd::AsRawFd;
+    use uiommufd::vfio::uapi::{VfioDeviceBindIommufd, VFIO_DEVICE_BIND_IOMMUFD};
+    let stand_in = std::fs::File::open("/dev/null").expect("/dev/null");
+    let mut fds = Fds::default();
+    fds.0.insert(stand_in.as_raw_fd(), ctx.clone());
+    let mut b = VfioDeviceBindIommufd {
+        argsz: 16,
+        flags: 0,
+        iommufd: stand_in.as_raw_fd(),
+        out_devid: 0,
+    };
+    ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds).expect("VFIO_DEVICE_BIND_IOMMUFD");
+    b.out_devid
+}
+
+/// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` of device fd `fd` to `pt_id`: the HWPT
+/// it attached to, or the errno.
+pub fn attach_pt(fd: i32, pt_id: u32) -> Result<u32, i32> {
+    use uiommufd::vfio::uapi::{VfioDeviceAttachIommufdPt, VFIO_DEVICE_ATTACH_IOMMUFD_PT};
+    let mut a = VfioDeviceAttachIommufdPt {
+        argsz: 12,
+        flags: 0,
+        pt_id,
+    };
+    ioctl_on(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a, &Fds::default())?;
+    Ok(a.pt_id)
+}
+
+/// Turn on memory decode and bus mastering in device fd `fd`'s config
+/// space (region 7, `COMMAND`).
+pub fn enable_bus_master(fd: i32) {
+    file(fd)
+        .write_at(&0x6u16.to_le_bytes(), (7u64 << 40) + 4)
+        .expect("config write");
+}

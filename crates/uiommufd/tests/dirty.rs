@@ -259,11 +259,8 @@ enum Dev {
 /// `pt`: (cdev fd, the attached HWPT, the device ID). Every call declares a
 /// new device (cdev numbers from 780): runs may go in parallel.
 fn vtd_device(ctx: &Arc<Context>, pt: u32) -> (i32, u32, u32) {
-    use std::os::fd::AsRawFd;
     use std::sync::atomic::{AtomicU32, Ordering};
     use uiommufd::vfio::registry;
-    use uiommufd::vfio::uapi::*;
-    use uiommufd_testkit::vfio::{ioctl_on, Fds};
     static NEXT: AtomicU32 = AtomicU32::new(0);
     let i = NEXT.fetch_add(1, Ordering::Relaxed);
     let n = 780 + i;
@@ -272,23 +269,9 @@ fn vtd_device(ctx: &Arc<Context>, pt: u32) -> (i32, u32, u32) {
     ))
     .unwrap();
     let fd = registry::open_cdev(n, true).unwrap();
-    let null = std::fs::File::open("/dev/null").unwrap();
-    let mut fds = Fds::default();
-    fds.0.insert(null.as_raw_fd(), ctx.clone());
-    let mut b = VfioDeviceBindIommufd {
-        argsz: 16,
-        flags: 0,
-        iommufd: null.as_raw_fd(),
-        out_devid: 0,
-    };
-    ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds).unwrap();
-    let mut a = VfioDeviceAttachIommufdPt {
-        argsz: 12,
-        flags: 0,
-        pt_id: pt,
-    };
-    ioctl_on(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a, &Fds::default()).unwrap();
-    (fd, a.pt_id, b.out_devid)
+    let devid = uiommufd_testkit::vfio::bind_cdev(fd, ctx);
+    let pt = uiommufd_testkit::vfio::attach_pt(fd, pt).unwrap();
+    (fd, pt, devid)
 }
 
 /// The domain of paging HWPT `hwpt`.

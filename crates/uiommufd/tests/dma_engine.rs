@@ -19,7 +19,7 @@ use uiommufd::uapi::*;
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::*;
 use uiommufd::Context;
-use uiommufd_testkit::vfio::{file, ioctl_on, Fds};
+use uiommufd_testkit::vfio::{attach_pt, bind_cdev, file, ioctl_on, Fds};
 
 use uiommufd_testkit::{self as kit, Buf};
 
@@ -134,29 +134,14 @@ fn dma_engine_over_a_cdev_with_a_dirty_tracking_hwpt() {
     registry::declare("dma-engine,addr=0000:e1:01.0,group=601,cdev=601").unwrap();
     let fd = registry::open_cdev(601, true).unwrap();
     let ctx = Context::new();
-    let mut fds = Fds::default();
-    let null = std::fs::File::open("/dev/null").unwrap();
-    fds.0.insert(null.as_raw_fd(), ctx.clone());
-    let mut b = VfioDeviceBindIommufd {
-        argsz: 16,
-        flags: 0,
-        iommufd: null.as_raw_fd(),
-        out_devid: 0,
-    };
-    ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds).unwrap();
-    let devid = b.out_devid;
+    let devid = bind_cdev(fd, &ctx);
 
     const IOVA: u64 = 0x8000_0000;
     let ioas = kit::ioas_alloc(&ctx);
     let buf = Buf::zeroed(32 * K4, K4);
     kit::map_fixed(&ctx, ioas, buf.addr(), 32 * K4, IOVA).unwrap();
     let hwpt = kit::hwpt_alloc(&ctx, devid, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
-    let mut a = VfioDeviceAttachIommufdPt {
-        argsz: 12,
-        flags: 0,
-        pt_id: hwpt,
-    };
-    ioctl_on(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a, &Fds::default()).unwrap();
+    attach_pt(fd, hwpt).unwrap();
     let evs: Vec<OwnedFd> = (0..3).map(|_| eventfd()).collect();
     set_msix(fd, &[&evs[0], &evs[1], &evs[2]]);
     enable(fd);
@@ -252,7 +237,6 @@ fn dma_engine_over_a_cdev_with_a_dirty_tracking_hwpt() {
     wait_for("the copy after reset", || r32(fd, COMPLETED) == 1);
 
     files::close(fd).unwrap();
-    drop(null);
 }
 
 #[test]

@@ -6,7 +6,6 @@
 //! operations by IOVA go through the same domains (permissions, faults,
 //! dirty tracking).
 
-use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex};
 
 use uiommufd::context::Object;
@@ -14,9 +13,8 @@ use uiommufd::domain::{AtomicOp, DmaFault};
 use uiommufd::uapi::*;
 use uiommufd::vfio::model::{Bus, PciIds, PciLayout, PciModel};
 use uiommufd::vfio::registry;
-use uiommufd::vfio::uapi::*;
 use uiommufd::{Context, Prot};
-use uiommufd_testkit::vfio::{ioctl_on, Fds};
+use uiommufd_testkit::vfio::{attach_pt, bind_cdev, enable_bus_master};
 use uiommufd_testkit::{self as kit, Buf};
 
 const K4: u64 = 4096;
@@ -69,17 +67,7 @@ fn dma_and_atomics_per_pasid() {
     .unwrap();
     let fd = registry::open_cdev(655, true).unwrap();
     let ctx = Context::new();
-    let mut fds = Fds::default();
-    let null = std::fs::File::open("/dev/null").unwrap();
-    fds.0.insert(null.as_raw_fd(), ctx.clone());
-    let mut b = VfioDeviceBindIommufd {
-        argsz: 16,
-        flags: 0,
-        iommufd: null.as_raw_fd(),
-        out_devid: 0,
-    };
-    ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds).unwrap();
-    let devid = b.out_devid;
+    let devid = bind_cdev(fd, &ctx);
 
     // two address spaces mapping different memory at the same IOVA
     const IOVA: u64 = 0x4000_0000;
@@ -90,12 +78,7 @@ fn dma_and_atomics_per_pasid() {
     let hwpt_a = kit::hwpt_alloc(&ctx, devid, ioas_a, IOMMU_HWPT_ALLOC_PASID).unwrap();
     let flags = IOMMU_HWPT_ALLOC_PASID | IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
     let hwpt_b = kit::hwpt_alloc(&ctx, devid, ioas_b, flags).unwrap();
-    let mut a = VfioDeviceAttachIommufdPt {
-        argsz: 12,
-        flags: 0,
-        pt_id: hwpt_a,
-    };
-    ioctl_on(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a, &Fds::default()).unwrap();
+    attach_pt(fd, hwpt_a).unwrap();
     let Object::Device(dev) = ctx.get(devid).unwrap() else {
         panic!("object {devid} is not a device");
     };
@@ -109,10 +92,7 @@ fn dma_and_atomics_per_pasid() {
         "8-bit PASIDs: 256 is not one"
     );
     dev.attach_pasid(&ctx, 5, hwpt_b, false).unwrap();
-    // bus mastering on
-    uiommufd_testkit::vfio::file(fd)
-        .write_at(&0x6u16.to_le_bytes(), (7u64 << 40) + 4)
-        .unwrap();
+    enable_bus_master(fd);
     let bus = model.bus.lock().unwrap().clone().expect("connected");
 
     // the same IOVA, two memories

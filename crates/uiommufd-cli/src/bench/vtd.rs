@@ -304,10 +304,44 @@ fn dma(s: &Scale, r: &mut Report) -> Result<(), String> {
     Ok(())
 }
 
+/// Dirty fractions of case 8's dirty rows, in parts per 1000.
+const VTD_DIRTY: [(u64, &str); 3] = [(0, "0%"), (10, "1%"), (1000, "100%")];
+
+/// Median time of a dirty read over `span` bytes from `IOVA` after a
+/// device's writes through `tlb` to the `permille` pages (one translation
+/// per dirty page), and the bits it reported.
+fn timed_vtd_dirty(
+    s: &Scale,
+    iopt: &uiommufd::io_pagetable::IoPagetable,
+    tlb: &mut Iotlb,
+    span: u64,
+    permille: u64,
+) -> (std::time::Duration, u64) {
+    let pages = span / KIB4;
+    let req = DirtyRequest {
+        iova: IOVA,
+        length: span,
+        page_size: KIB4,
+        flags: 0,
+    };
+    let mut bitmap = vec![0u64; pages.div_ceil(64) as usize];
+    let id = tlb.domain().id();
+    let mut found = 0u64;
+    let d = median(s.large_reps.max(5), || {
+        for p in dirty_pages(pages, permille) {
+            tlb.translate(IOVA + p * KIB4, 8, true).expect("write");
+        }
+        let (el, n) = timed_dirty_read(iopt, id, &req, &mut bitmap);
+        found = n;
+        el
+    });
+    (d, found)
+}
+
 fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
     let len = s.large;
     let npages = len / KIB4;
-    let gib = len as f64 / (1u64 << 30) as f64;
+    let gib = |bytes: u64| bytes as f64 / (1u64 << 30) as f64;
     let buf = Buf::populated(len, Backing::Small)?;
     let ctx = Context::new();
     let ioas = ctx.ioas(ctx.ioas_alloc().map_err(es)?).map_err(es)?;
@@ -317,27 +351,12 @@ fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
     ioas.map_user(buf.addr(), len, Some(IOVA), Prot::RW)
         .map_err(es)?;
     iopt.set_dirty_tracking(dom.id(), true).map_err(es)?;
-    let req = DirtyRequest {
-        iova: IOVA,
-        length: len,
-        page_size: KIB4,
-        flags: 0,
-    };
     let mut bitmap = vec![0u64; npages.div_ceil(64) as usize];
     let mut ptes = vec![0u64; npages as usize];
     let mut tlb = Iotlb::new(dom.clone());
     let mut per_gib = Vec::new();
-    for (permille, name) in [(0u64, "0%"), (10, "1%"), (1000, "100%")] {
-        let mut found = 0u64;
-        let d = median(s.large_reps.max(5), || {
-            // device writes: one translation per dirty page
-            for p in dirty_pages(npages, permille) {
-                tlb.translate(IOVA + p * KIB4, 8, true).expect("write");
-            }
-            let (el, n) = timed_dirty_read(iopt, dom.id(), &req, &mut bitmap);
-            found = n;
-            el
-        });
+    for (permille, name) in VTD_DIRTY {
+        let (d, found) = timed_vtd_dirty(s, iopt, &mut tlb, len, permille);
         let f = median(s.large_reps.max(5), || {
             for p in dirty_pages(npages, permille) {
                 ptes[p as usize] |= 1 << 9;
@@ -353,7 +372,7 @@ fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
             std::hint::black_box(&bitmap[0]);
             t.elapsed()
         });
-        per_gib.push(d.as_secs_f64() * 1e3 / gib);
+        per_gib.push(d.as_secs_f64() * 1e3 / gib(len));
         r.push(
             Row::vs_floor(
                 format!("8.vtd.dirty.{name}"),
@@ -362,8 +381,8 @@ fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
                     "IoPagetable::read_and_clear_dirty per GiB at 4 KiB pages, {name} dirty, 1 VT-d domain"
                 ),
                 Unit::Ms,
-                d.as_secs_f64() * 1e3 / gib,
-                f.as_secs_f64() * 1e3 / gib,
+                d.as_secs_f64() * 1e3 / gib(len),
+                f.as_secs_f64() * 1e3 / gib(len),
                 "one scan of a dense 8-byte-PTE array, test-and-clear + bitmap",
             )
             .note(format!("{found} bits set")),
@@ -372,49 +391,29 @@ fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
     // the same over the dirty span (64 GiB; --quick: 1 GiB): the buffer
     // mapped again at each following GiB of IOVA, the dirty pages spread
     // over all of it; per GiB against the 1 GiB rows
-    let copies = (s.dirty_span / len).max(1);
+    let copies = s.dirty_span / len;
     if copies > 1 {
         for k in 1..copies {
             ioas.map_user(buf.addr(), len, Some(IOVA + k * len), Prot::RW)
                 .map_err(es)?;
         }
         let span = copies * len;
-        let req = DirtyRequest {
-            iova: IOVA,
-            length: span,
-            page_size: KIB4,
-            flags: 0,
-        };
-        let all = span / KIB4;
-        let mut bitmap = vec![0u64; all.div_ceil(64) as usize];
-        let gibs = span as f64 / (1u64 << 30) as f64;
-        for (i, (permille, name)) in [(0u64, "0%"), (10, "1%"), (1000, "100%")]
-            .into_iter()
-            .enumerate()
-        {
-            let mut found = 0u64;
-            let d = median(s.large_reps.max(3), || {
-                for p in dirty_pages(all, permille) {
-                    tlb.translate(IOVA + p * KIB4, 8, true).expect("write");
-                }
-                let (el, n) = timed_dirty_read(iopt, dom.id(), &req, &mut bitmap);
-                found = n;
-                el
-            });
-            let ms = d.as_secs_f64() * 1e3 / gibs;
+        for ((permille, name), one) in VTD_DIRTY.into_iter().zip(&per_gib) {
+            let (d, found) = timed_vtd_dirty(s, iopt, &mut tlb, span, permille);
+            let ms = d.as_secs_f64() * 1e3 / gib(span);
             r.push(
                 Row::plain(
                     format!("8.vtd.dirty.{}g.{name}", span >> 30),
                     8,
                     format!(
                         "IoPagetable::read_and_clear_dirty per GiB over {} GiB at 4 KiB pages, {name} dirty, 1 VT-d domain; \
-                         s = per-GiB cost here / at 1 GiB (<= 1: linear or better)",
+                         g = per-GiB cost here / at 1 GiB (<= 1: linear or better)",
                         span >> 30
                     ),
                     Unit::Ms,
                     ms,
                 )
-                .ratio(RatioKind::VsSmallest, ms / per_gib[i].max(1e-9))
+                .ratio(RatioKind::VsSmallest, ms / one.max(1e-9))
                 .note(format!("{found} bits set")),
             );
         }
