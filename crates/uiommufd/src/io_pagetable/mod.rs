@@ -361,6 +361,9 @@ pub struct IoPagetable {
     uid: u64,
     /// What accesses wrote (VFIO type1 dirty tracking); a leaf lock.
     write_log: AccessWriteLog,
+    /// The areas the access fast path may copy through, searched without
+    /// the lock (`access.rs`).
+    direct: access::DirectIndex,
 }
 
 impl Default for IoPagetable {
@@ -867,6 +870,7 @@ impl IoPagetable {
             state: CacheAligned(StateLock::new(State::new())),
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             write_log: AccessWriteLog::default(),
+            direct: access::DirectIndex::default(),
         }
     }
 
@@ -1084,6 +1088,13 @@ impl IoPagetable {
                     bytes = bytes.wrapping_add(a.length(k));
                     removed.push(a);
                 }
+                // Access copies of the lock-free path still moving bytes
+                // through the areas end before the unmap goes on (the
+                // generation moved when the lock was taken: no new one
+                // starts). Under the lock, like the copies under the read
+                // lock, and before `forget`, so that no copy logs a write
+                // to the unmapped IOVA after it.
+                crate::drain::wait();
                 self.write_log.forget(start, last);
                 drop(st);
                 drop(attached);
@@ -1099,6 +1110,11 @@ impl IoPagetable {
                 refs.push(st.area_ref(k));
             }
             drop(st);
+            // The areas are `Removing`: the generation moved, the locked
+            // walk and the index skip them, so no new access copy goes
+            // through them; let those of the lock-free path still in
+            // flight end before their pages leave the domains.
+            crate::drain::wait();
             if !attached.domains.is_empty() {
                 for r in &refs {
                     domains::unfill_area(r, &attached.domains, true);
