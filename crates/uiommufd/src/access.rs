@@ -54,7 +54,7 @@ pub struct Access {
     state: RwLock<State>,
     /// The attached IOAS's IO page table (null: none), for the fast path
     /// of [`Access::rw`], which reads it in a drain section
-    /// ([`crate::drain`]) instead of taking `state`: set under `state`'s
+    /// (`crate::drain`) instead of taking `state`: set under `state`'s
     /// write lock, and a detach or replace clears or moves it and then
     /// drains before it lets go of the old IOAS, so it points into the
     /// `Arc<Ioas>` held in `state` for as long as a section can read it.
@@ -218,7 +218,7 @@ impl Access {
     ///
     /// The common case takes no lock: the attached table is read from an
     /// atomic pointer inside a drain section, and the copy is the table's
-    /// lock-free fast path ([`IoPagetable::access_rw_fast`]); a detach or
+    /// lock-free fast path (`IoPagetable::access_rw_fast`); a detach or
     /// replace drains such copies before it returns. Anything else (not
     /// attached, an area not known to the fast path, an error) takes the
     /// locked path, under `state`'s read lock.

@@ -282,7 +282,7 @@ impl IoPagetable {
     /// `ENOENT` for a gap; then `EFAULT` from the copy. The checks all run
     /// before any byte moves.
     ///
-    /// **Fast path** ([`IoPagetable::access_rw_fast`]): while
+    /// **Fast path** (`IoPagetable::access_rw_fast`): while
     /// [`crate::faultsafe::enabled`] and the area's memory is the process's
     /// own ([`crate::user::UserMemory::direct`]), a copy inside one area
     /// moves in place with [`crate::faultsafe::copy`] (memory the program
@@ -292,7 +292,7 @@ impl IoPagetable {
     /// Either way an unmap never returns while bytes still move to or from
     /// the memory it unmapped (the program may reuse that memory as soon as
     /// it returns): it waits for the read lock, and drains the fast path's
-    /// sections ([`crate::drain`]).
+    /// sections (`crate::drain`).
     pub fn access_rw(&self, iova: u64, buf: &mut [u8], write: bool) -> Result<()> {
         if let Some(g) = crate::drain::enter() {
             if let Some(r) = self.access_rw_fast(&g, iova, buf, write) {
@@ -304,7 +304,7 @@ impl IoPagetable {
 
     /// The fast path of [`IoPagetable::access_rw`], in the caller's drain
     /// section `_section`: `None` when it does not apply (then call
-    /// [`IoPagetable::access_rw_slow`], after ending the section).
+    /// `IoPagetable::access_rw_slow`, after ending the section).
     ///
     /// It applies when the whole range lies in one area that this thread
     /// copied through recently (a per-thread cache of the last few areas,

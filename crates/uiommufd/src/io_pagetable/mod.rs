@@ -22,19 +22,24 @@
 //! pages are pinned for a domain, or while an `Arc<Pages>` is dropped:
 //! removed areas are dropped after the guard. Two exceptions hold the read
 //! side, as the kernel holds `iova_rwsem`: [`IoPagetable::access_pin`] pins
-//! under it so that an unmap can never miss a pin, and
+//! under it so that an unmap can never miss a pin, and the locked path of
 //! [`IoPagetable::access_rw`] copies under it so that an unmap never returns
 //! while bytes still move to or from the memory it unmapped (the program may
 //! reuse that memory at once). Access notifiers are called with no lock
 //! held.
 //!
 //! Taking the `state` write lock bumps the table's generation. The access
-//! copy fast path (`access.rs`) remembers, per thread, areas it checked
-//! under the read lock together with the generation it read there, and
-//! later copies inside such an area without walking the tree again only
-//! while the generation is unchanged (checked under the read lock): no map,
-//! unmap, split or `prevent_access` change happened since, so the same
-//! checks would pass.
+//! copy fast path (`access.rs`) takes no lock: it runs in a drain section
+//! (`crate::drain`), finds the area in a per-thread memory of the last
+//! areas or in the table's sorted index of directly copyable areas, each
+//! recorded with the generation it was checked under, and copies only
+//! while that generation is still the current one (no map, unmap, split or
+//! `prevent_access` change happened since, so the same checks would
+//! pass). An unmap that takes areas away drains those sections (under the
+//! write lock when no domain is attached, before the write log forgets the
+//! range; after marking the areas `Removing` otherwise), so it still never
+//! returns while such a copy is in flight. Sections never block on the
+//! `state` lock, so draining under it cannot deadlock.
 //!
 //! # Pin ownership
 //!
