@@ -15,12 +15,13 @@
 //! Lock order: `Access::state` → the IOAS's IO page table locks. The driver's
 //! unmap callback runs with no access lock held.
 
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::RwLock;
 
 use crate::context::{Context, ObjId, Object};
-use crate::io_pagetable::{AccessNotify, PinnedPages};
+use crate::io_pagetable::{AccessNotify, IoPagetable, PinnedPages};
 use crate::ioas::Ioas;
 use crate::user::page_size;
 use crate::{bail, Result};
@@ -46,10 +47,18 @@ pub struct Access {
     id: ObjId,
     ops: Weak<dyn AccessOps>,
     iova_alignment: u64,
-    /// Read side: held by [`Access::rw`] for the whole copy (the kernel
-    /// holds its `ioas_lock` there), so a detach or replace waits for copies
-    /// in flight, and concurrent copies do not wait for one another.
+    /// Read side: held by the locked path of [`Access::rw`] for the whole
+    /// copy (the kernel holds its `ioas_lock` there), so a detach or
+    /// replace waits for copies in flight, and concurrent copies do not
+    /// wait for one another.
     state: RwLock<State>,
+    /// The attached IOAS's IO page table (null: none), for the fast path
+    /// of [`Access::rw`], which reads it in a drain section
+    /// (`crate::drain`) instead of taking `state`: set under `state`'s
+    /// write lock, and a detach or replace clears or moves it and then
+    /// drains before it lets go of the old IOAS, so it points into the
+    /// `Arc<Ioas>` held in `state` for as long as a section can read it.
+    table: AtomicPtr<IoPagetable>,
     me: Weak<Access>,
 }
 
@@ -72,6 +81,7 @@ impl Access {
             ops,
             iova_alignment: if needs_pin { page_size() } else { 1 },
             state: RwLock::new(State::default()),
+            table: AtomicPtr::new(std::ptr::null_mut()),
             me: me.clone(),
         });
         r.finalize(Object::Access(a.clone()));
@@ -161,7 +171,19 @@ impl Access {
             }
             old.iopt().remove_access(token);
         }
-        self.state.write().ioas = new_entry;
+        let prev = {
+            let mut st = self.state.write();
+            let table = new_entry
+                .as_ref()
+                .map_or(std::ptr::null(), |(i, _, _)| i.iopt() as *const IoPagetable);
+            self.table.store(table.cast_mut(), Ordering::Release);
+            std::mem::replace(&mut st.ioas, new_entry)
+        };
+        // Copies of the fast path that may still use the old table end
+        // before this returns (as those of the locked path, which hold
+        // `state`'s read side) and before `prev` lets go of the old IOAS.
+        crate::drain::wait();
+        drop(prev);
         Ok(())
     }
 
@@ -193,10 +215,30 @@ impl Access {
     /// (`ENOENT` when not attached). Pinned or present memory of the
     /// program is copied in place at `memcpy` speed once fault-safe copies
     /// are on ([`crate::faultsafe::install`], or the preload shim).
+    ///
+    /// The common case takes no lock: the attached table is read from an
+    /// atomic pointer inside a drain section, and the copy is the table's
+    /// lock-free fast path (`IoPagetable::access_rw_fast`); a detach or
+    /// replace drains such copies before it returns. Anything else (not
+    /// attached, an area not known to the fast path, an error) takes the
+    /// locked path, under `state`'s read lock.
     pub fn rw(&self, iova: u64, buf: &mut [u8], write: bool) -> Result<()> {
+        if let Some(g) = crate::drain::enter() {
+            let t = self.table.load(Ordering::Acquire);
+            if !t.is_null() {
+                // SAFETY: a non-null `table` points into the IOAS held in
+                // `state`; `change_ioas` replaces it and then drains
+                // before that IOAS can go, and this section began before
+                // the drain (see `table`).
+                let t = unsafe { &*t };
+                if let Some(r) = t.access_rw_fast(&g, iova, buf, write) {
+                    return r;
+                }
+            }
+        }
         let st = self.state.read();
         match &st.ioas {
-            Some((i, _, _)) => i.iopt().access_rw(iova, buf, write),
+            Some((i, _, _)) => i.iopt().access_rw_slow(iova, buf, write),
             None => bail!(ENOENT, "access {} is not attached to an IOAS", self.id),
         }
     }

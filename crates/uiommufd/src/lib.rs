@@ -50,6 +50,7 @@ pub mod context;
 pub mod device;
 pub mod devices;
 pub mod domain;
+mod drain;
 mod error;
 pub mod fault;
 pub mod faultsafe;

@@ -73,6 +73,14 @@ fn racing_remaps() {
     p::racing_remaps(true);
 }
 
+/// Unmaps and detaches wait for the lock-free copies in flight.
+#[test]
+fn unmap_drains_copies() {
+    install();
+    p::unmap_drains_copies(true, 400);
+    p::unmap_drains_copies(false, 100);
+}
+
 /// A fault that is not one of our copies still reaches the program's
 /// handler installed before `install` (chaining).
 #[test]

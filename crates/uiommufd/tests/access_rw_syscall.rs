@@ -47,3 +47,9 @@ fn racing_remaps() {
     off();
     p::racing_remaps(true);
 }
+
+#[test]
+fn unmap_drains_copies() {
+    off();
+    p::unmap_drains_copies(true, 100);
+}

@@ -4,7 +4,10 @@
 //!
 //! Intervals: `last` inclusive; lengths in bytes.
 
+use std::sync::atomic::{AtomicPtr, Ordering};
 use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use super::{Area, AreaState, IoPagetable, PinnedPages, State};
 use crate::user::{access_ok, page_size, UserMemory};
@@ -277,18 +280,76 @@ impl IoPagetable {
     /// the range wraps; area by area `EINVAL` (an unmap is waiting for the
     /// area's accesses), `EPERM` (prot, or writing read-only memory); then
     /// `ENOENT` for a gap; then `EFAULT` from the copy. The checks all run
-    /// before any byte moves; the copy itself runs without the lock.
+    /// before any byte moves.
     ///
-    /// **Fast path.** While [`crate::faultsafe::enabled`] and the areas'
-    /// memory is the process's own ([`crate::user::UserMemory::direct`]),
-    /// bytes move in place between `buf` and the areas' host addresses
-    /// with [`crate::faultsafe::copy`] (memory the program unmapped is
-    /// `EFAULT`, never a crash), and each thread remembers the last few
-    /// areas it copied through ([`hint`]): a range inside one of them, in a
-    /// table whose generation has not moved since (every map, unmap, split
-    /// and `prevent_access` change moves it), is copied without taking the
-    /// table's lock, after the same checks the locked walk made then.
+    /// **Fast path** (`IoPagetable::access_rw_fast`): while
+    /// [`crate::faultsafe::enabled`] and the area's memory is the process's
+    /// own ([`crate::user::UserMemory::direct`]), a copy inside one area
+    /// moves in place with [`crate::faultsafe::copy`] (memory the program
+    /// unmapped is `EFAULT`, never a crash), without taking the table's
+    /// lock. Everything else takes the **locked path**: the tree walk and
+    /// the copy under the read lock, as the kernel's under `iova_rwsem`.
+    /// Either way an unmap never returns while bytes still move to or from
+    /// the memory it unmapped (the program may reuse that memory as soon as
+    /// it returns): it waits for the read lock, and drains the fast path's
+    /// sections (`crate::drain`).
     pub fn access_rw(&self, iova: u64, buf: &mut [u8], write: bool) -> Result<()> {
+        if let Some(g) = crate::drain::enter() {
+            if let Some(r) = self.access_rw_fast(&g, iova, buf, write) {
+                return r;
+            }
+        }
+        self.access_rw_slow(iova, buf, write)
+    }
+
+    /// The fast path of [`IoPagetable::access_rw`], in the caller's drain
+    /// section `_section`: `None` when it does not apply (then call
+    /// `IoPagetable::access_rw_slow`, after ending the section).
+    ///
+    /// It applies when the whole range lies in one area that this thread
+    /// copied through recently (a per-thread cache of the last few areas,
+    /// [`hint`]) or that the table's index of directly copyable areas holds
+    /// (a sorted array searched in O(log n), [`DirectIndex`]), and either
+    /// was recorded at the table's current generation. Every map, unmap,
+    /// split and `prevent_access` change moves the generation, so a match
+    /// means the area is exactly as the locked walk saw it: live, not being
+    /// unmapped, same memory and prot, so the same checks pass. The
+    /// generation is read inside the section; an unmap moves it before it
+    /// drains, so either this copy sees the new generation (and falls back
+    /// to the locked walk, which sees the unmap) or the unmap waits for the
+    /// copy (see [`crate::drain`]).
+    #[inline]
+    pub(crate) fn access_rw_fast(
+        &self,
+        _section: &crate::drain::Guard,
+        iova: u64,
+        buf: &mut [u8],
+        write: bool,
+    ) -> Option<Result<()>> {
+        let length = buf.len() as u64;
+        if length == 0 || !crate::faultsafe::enabled() {
+            return None;
+        }
+        let last = iova.checked_add(length - 1)?;
+        let gen = self.state.gen();
+        let delta = match hint::lookup(self.uid, gen, iova, last, write) {
+            Some(d) => d,
+            None => {
+                let h = self.direct.find(gen, iova, last, write)?;
+                hint::put(self.uid, gen, h);
+                h.delta
+            }
+        };
+        // the kernel's iopt_pages_rw_access through the mm
+        if let Err(e) = crate::inject::point("access.rw", libc::EINVAL) {
+            return Some(Err(e));
+        }
+        Some(self.copy_direct(iova, iova.wrapping_add(delta), buf, write))
+    }
+
+    /// [`IoPagetable::access_rw`] without its fast path: the argument
+    /// checks, then the locked walk and copy.
+    pub(crate) fn access_rw_slow(&self, iova: u64, buf: &mut [u8], write: bool) -> Result<()> {
         let length = buf.len() as u64;
         if length == 0 {
             bail!(EINVAL, "access rw length is zero");
@@ -299,37 +360,59 @@ impl IoPagetable {
                 "access rw iova {iova:#x} + length {length:#x} overflows"
             );
         };
-        if crate::faultsafe::enabled() {
-            // The copy runs under the read side, as the kernel's under
-            // `iova_rwsem`: an unmap cannot return while bytes are still
-            // moving to or from the memory it unmapped (the program may
-            // reuse that memory as soon as it returns). Under it the
-            // generation cannot move, so a remembered area stays exact.
-            let st = self.state.read();
-            if let Some(delta) = hint::lookup(self.uid, self.state.gen(), iova, last, write) {
-                // the kernel's iopt_pages_rw_access through the mm
-                crate::inject::point("access.rw", libc::EINVAL)?;
-                let r = self.copy_direct(iova, iova.wrapping_add(delta), buf, write);
-                drop(st);
-                return r;
-            }
-            drop(st);
+        let (r, retired) = self.access_rw_locked(iova, last, buf, write);
+        if let Some(old) = retired {
+            // no section can still be reading the index it replaced once
+            // the sections in flight have ended
+            crate::drain::wait();
+            drop(old);
         }
-        self.access_rw_locked(iova, last, buf, write)
+        r
     }
 
     /// The walk of [`IoPagetable::access_rw`] under the read lock (which
-    /// also remembers the area for the fast path), then the copies, still
-    /// under it (see [`IoPagetable::access_rw`]).
-    fn access_rw_locked(&self, iova: u64, last: u64, buf: &mut [u8], write: bool) -> Result<()> {
+    /// also remembers the area for the fast path, and may rebuild the
+    /// index: the index it replaced is returned, to be freed after a
+    /// drain), then the copies, still under it (see
+    /// [`IoPagetable::access_rw`]).
+    fn access_rw_locked(
+        &self,
+        iova: u64,
+        last: u64,
+        buf: &mut [u8],
+        write: bool,
+    ) -> (Result<()>, Option<Box<Index>>) {
         let fast = crate::faultsafe::enabled();
+        let st = self.state.read();
+        // the generation of this snapshot: no writer while we hold it
+        let gen = self.state.gen();
+        let retired = if fast {
+            self.direct.miss(&st, gen)
+        } else {
+            None
+        };
+        let r = self.access_rw_walk(&st, gen, fast, iova, last, buf, write);
+        drop(st);
+        (r, retired)
+    }
+
+    /// The walk and copies of [`IoPagetable::access_rw_locked`] under its
+    /// read guard `st`, taken at generation `gen`.
+    #[allow(clippy::too_many_arguments)]
+    fn access_rw_walk(
+        &self,
+        st: &State,
+        gen: u64,
+        fast: bool,
+        iova: u64,
+        last: u64,
+        buf: &mut [u8],
+        write: bool,
+    ) -> Result<()> {
         // One part (the common case) needs no allocation.
         let mut first: Option<(Target, u64)> = None;
         let mut more: Vec<(Target, u64)> = Vec::new();
-        let st = self.state.read();
         {
-            // the generation of this snapshot: no writer while we hold it
-            let gen = self.state.gen();
             let remember = match st.within_one(iova, last) {
                 Some(s) => {
                     s.rw_check(write)?;
@@ -356,8 +439,8 @@ impl IoPagetable {
                     segs.pop()
                 }
             };
-            if let Some(s) = remember.filter(|_| fast) {
-                hint::fill(self.uid, gen, &s);
+            if let Some(h) = remember.filter(|_| fast).and_then(|s| Hint::of(&s)) {
+                hint::put(self.uid, gen, h);
             }
         }
         // the kernel's iopt_pages_rw_access through the mm
@@ -380,13 +463,17 @@ impl IoPagetable {
             }
             off += len as usize;
         }
-        drop(st);
         Ok(())
     }
 
     /// Copy `buf` in place to or from host address `host`, which IOVA
     /// `iova` maps: `EFAULT` (never a crash) when the program no longer
     /// has the memory there, or (for `write`) it is not writable.
+    ///
+    /// Inlined, with the error built out of line: the fast path's 8-byte
+    /// copy then returns its `Ok` in registers instead of through memory
+    /// read back wider than it was written (a store-forwarding stall).
+    #[inline]
     fn copy_direct(&self, iova: u64, host: u64, buf: &mut [u8], write: bool) -> Result<()> {
         let len = buf.len();
         let left = if write {
@@ -403,19 +490,27 @@ impl IoPagetable {
             self.write_log.record_write(iova, (len - left) as u64);
         }
         if left != 0 {
-            let e = err!(
-                EFAULT,
-                "access {} of {len} bytes at iova {iova:#x}: host address {:#x} is not {} (the program \
-                 unmapped or protected the memory)",
-                if write { "write" } else { "read" },
-                host + (len - left) as u64,
-                if write { "writable" } else { "readable" }
-            );
-            tracing::debug!("{e}");
-            return Err(e);
+            return Err(copy_fault(iova, host, len, left, write));
         }
         Ok(())
     }
+}
+
+/// The `EFAULT` of a copy of `len` bytes at `iova` (host `host`) that
+/// stopped `left` bytes short.
+#[cold]
+#[inline(never)]
+fn copy_fault(iova: u64, host: u64, len: usize, left: usize, write: bool) -> crate::Error {
+    let e = err!(
+        EFAULT,
+        "access {} of {len} bytes at iova {iova:#x}: host address {:#x} is not {} (the program \
+         unmapped or protected the memory)",
+        if write { "write" } else { "read" },
+        host + (len - left) as u64,
+        if write { "writable" } else { "readable" }
+    );
+    tracing::debug!("{e}");
+    e
 }
 
 /// Where one part of an access copy goes.
@@ -439,11 +534,173 @@ impl Target {
     }
 }
 
+/// An area that may be copied in place, as the fast path needs it.
+#[derive(Clone, Copy, Debug)]
+struct Hint {
+    /// The area's first IOVA.
+    start: u64,
+    /// The area's last IOVA.
+    last: u64,
+    /// Host address of IOVA `x` is `x + delta` (wrapping).
+    delta: u64,
+    /// Prot allows reads.
+    read: bool,
+    /// Prot allows writes and the memory is writable.
+    write: bool,
+}
+
+impl Hint {
+    /// The area of `s`, if it passes the access checks but for the
+    /// direction (live, not being unmapped) and its memory may be copied
+    /// in place (the process's own, below the top of user space).
+    fn of(s: &Seg<'_>) -> Option<Hint> {
+        Hint::of_area(s.key, s.area)
+    }
+
+    fn of_area(start: u64, a: &Area) -> Option<Hint> {
+        let host = a.pages.uptr().checked_add(a.start_byte)?;
+        let len = a.last - start + 1;
+        if a.state != AreaState::Live
+            || a.prevent_access
+            || !a.pages.memory().direct()
+            || !access_ok(host, len as usize)
+        {
+            return None;
+        }
+        Some(Hint {
+            start,
+            last: a.last,
+            delta: host.wrapping_sub(start),
+            read: a.prot.read,
+            write: a.prot.write && a.pages.writable(),
+        })
+    }
+
+    /// Whether the area holds `iova..=last` and allows the direction.
+    #[inline]
+    fn covers(&self, iova: u64, last: u64, write: bool) -> bool {
+        self.start <= iova && last <= self.last && if write { self.write } else { self.read }
+    }
+}
+
+/// A table's index of the areas the fast path may copy through: every
+/// area [`Hint::of_area`] accepts, sorted by IOVA, at one generation.
+/// Immutable once published; searched without a lock, in O(log n), inside
+/// a drain section.
+pub(super) struct Index {
+    /// The table's generation the index was built under.
+    gen: u64,
+    /// The areas' first IOVAs, ascending (searched apart from the rest:
+    /// eight per cache line).
+    starts: Box<[u64]>,
+    /// The areas, in the same order.
+    hints: Box<[Hint]>,
+}
+
+/// A table's [`Index`], published for the fast path, and when to rebuild
+/// it.
+///
+/// **Rebuilding.** An index is built from the tree, under the read lock,
+/// by a copy that took the locked path, once the table has gone
+/// `8 + n / 8` locked lookups (n areas) without a change since the index
+/// went stale: building costs O(n), so the building is paid for by at
+/// least n / 8 lookups that needed it, and a table that changes more often
+/// than that (a map, a few copies, an unmap) is not rebuilt at every change.
+/// Until then, copies take the locked path.
+///
+/// **Reclaiming.** Sections may still be reading the index a new one
+/// replaces: the builder frees it after a drain ([`crate::drain::wait`]),
+/// once it holds no lock.
+#[derive(Default)]
+pub(super) struct DirectIndex {
+    /// The published index (null: none yet); owned (`Box::into_raw`).
+    current: AtomicPtr<Index>,
+    /// The generation of the last locked lookup and how many there were
+    /// at it; the builder holds this lock.
+    build: Mutex<(u64, u64)>,
+}
+
+impl std::fmt::Debug for DirectIndex {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DirectIndex").finish_non_exhaustive()
+    }
+}
+
+impl Drop for DirectIndex {
+    fn drop(&mut self) {
+        let p = *self.current.get_mut();
+        if !p.is_null() {
+            // SAFETY: `current` owns the index (`Box::into_raw`); the table
+            // is being dropped, so no section can hold a reference to it.
+            drop(unsafe { Box::from_raw(p) });
+        }
+    }
+}
+
+impl DirectIndex {
+    /// The area holding `iova..=last` that allows the direction, if the
+    /// index is at generation `gen`. Call inside a drain section, with
+    /// `gen` read inside it.
+    #[inline]
+    fn find(&self, gen: u64, iova: u64, last: u64, write: bool) -> Option<Hint> {
+        let p = self.current.load(Ordering::Acquire);
+        if p.is_null() {
+            return None;
+        }
+        // SAFETY: a published index is freed only after it was replaced
+        // and the sections in flight then ended (`access_rw_slow`) or with
+        // the table; the caller is in a section that began before.
+        let idx = unsafe { &*p };
+        if idx.gen != gen {
+            return None;
+        }
+        let i = idx.starts.partition_point(|&s| s <= iova).checked_sub(1)?;
+        let h = idx.hints[i];
+        h.covers(iova, last, write).then_some(h)
+    }
+
+    /// A locked lookup at generation `gen` (under the read guard `st`):
+    /// count it, and rebuild the index when it is due (see the type's
+    /// docs). Returns the index replaced, to be freed after a drain.
+    fn miss(&self, st: &State, gen: u64) -> Option<Box<Index>> {
+        // another copy is counting or building: leave it to that one
+        let mut b = self.build.try_lock()?;
+        if b.0 != gen {
+            *b = (gen, 0);
+        }
+        b.1 += 1;
+        let n = st.areas.len() as u64;
+        if b.1 < 8 + n / 8 {
+            return None;
+        }
+        let cur = self.current.load(Ordering::Relaxed);
+        // SAFETY: only a holder of `build` replaces or frees the index.
+        if !cur.is_null() && unsafe { (*cur).gen } == gen {
+            return None;
+        }
+        let (starts, hints): (Vec<u64>, Vec<Hint>) = st
+            .areas
+            .iter()
+            .filter_map(|(&k, a)| Hint::of_area(k, a).map(|h| (k, h)))
+            .unzip();
+        let new = Box::into_raw(Box::new(Index {
+            gen,
+            starts: starts.into_boxed_slice(),
+            hints: hints.into_boxed_slice(),
+        }));
+        let old = self.current.swap(new, Ordering::AcqRel);
+        // SAFETY: `old` was published by `Box::into_raw` and is no longer
+        // reachable; the caller frees it after a drain.
+        (!old.is_null()).then(|| unsafe { Box::from_raw(old) })
+    }
+}
+
 /// The access fast path's memory: per thread, the last few areas an
 /// access copy went through, each with the table's identity and the
 /// generation it was read under. An entry is used only while its table's
 /// generation is unchanged, i.e. while the area is exactly as the locked
-/// walk saw it (live, not being unmapped, same pages and prot).
+/// walk (or the index) saw it (live, not being unmapped, same pages and
+/// prot).
 ///
 /// Per thread rather than per access: no lock or atomic read-modify-write
 /// is needed to read or update it, threads never contend for it, and every
@@ -453,41 +710,34 @@ impl Target {
 mod hint {
     use std::cell::Cell;
 
-    use super::Seg;
+    use super::Hint;
 
     /// Entries per thread.
     const SLOTS: usize = 4;
 
     #[derive(Clone, Copy)]
-    struct Hint {
+    struct Slot {
         /// The table's `uid` (0: empty).
         table: u64,
         /// The table's generation the area was read under.
         gen: u64,
-        /// The area's first IOVA.
-        start: u64,
-        /// The area's last IOVA.
-        last: u64,
-        /// Host address of IOVA `x` is `x + delta` (wrapping).
-        delta: u64,
-        /// Prot allows reads.
-        read: bool,
-        /// Prot allows writes and the memory is writable.
-        write: bool,
+        hint: Hint,
     }
 
-    const EMPTY: Hint = Hint {
+    const EMPTY: Slot = Slot {
         table: 0,
         gen: 0,
-        start: 1,
-        last: 0,
-        delta: 0,
-        read: false,
-        write: false,
+        hint: Hint {
+            start: 1,
+            last: 0,
+            delta: 0,
+            read: false,
+            write: false,
+        },
     };
 
     struct Cache {
-        slots: [Cell<Hint>; SLOTS],
+        slots: [Cell<Slot>; SLOTS],
         next: Cell<usize>,
     }
 
@@ -507,46 +757,21 @@ mod hint {
         CACHE
             .try_with(|c| {
                 c.slots.iter().find_map(|slot| {
-                    let h = slot.get();
-                    (h.table == table
-                        && h.gen == gen
-                        && h.start <= iova
-                        && last <= h.last
-                        && if write { h.write } else { h.read })
-                    .then_some(h.delta)
+                    let s = slot.get();
+                    (s.table == table && s.gen == gen && s.hint.covers(iova, last, write))
+                        .then_some(s.hint.delta)
                 })
             })
             .ok()
             .flatten()
     }
 
-    /// Remember the area of `s` (which passed the access checks under the
-    /// read lock at generation `gen`), if its memory may be copied in
-    /// place.
-    pub(super) fn fill(table: u64, gen: u64, s: &Seg<'_>) {
-        let a = s.area;
-        let Some(host) = a.pages.uptr().checked_add(a.start_byte) else {
-            return;
-        };
-        let len = a.last - s.key + 1;
-        if a.prevent_access
-            || !a.pages.memory().direct()
-            || !crate::user::access_ok(host, len as usize)
-        {
-            return;
-        }
-        let h = Hint {
-            table,
-            gen,
-            start: s.key,
-            last: a.last,
-            delta: host.wrapping_sub(s.key),
-            read: a.prot.read,
-            write: a.prot.write && a.pages.writable(),
-        };
+    /// Remember area `hint` of table `table`, checked at generation `gen`.
+    #[inline]
+    pub(super) fn put(table: u64, gen: u64, hint: Hint) {
         let _ = CACHE.try_with(|c| {
             let i = c.next.get();
-            c.slots[i].set(h);
+            c.slots[i].set(Slot { table, gen, hint });
             c.next.set((i + 1) % SLOTS);
         });
     }

@@ -22,19 +22,24 @@
 //! pages are pinned for a domain, or while an `Arc<Pages>` is dropped:
 //! removed areas are dropped after the guard. Two exceptions hold the read
 //! side, as the kernel holds `iova_rwsem`: [`IoPagetable::access_pin`] pins
-//! under it so that an unmap can never miss a pin, and
+//! under it so that an unmap can never miss a pin, and the locked path of
 //! [`IoPagetable::access_rw`] copies under it so that an unmap never returns
 //! while bytes still move to or from the memory it unmapped (the program may
 //! reuse that memory at once). Access notifiers are called with no lock
 //! held.
 //!
 //! Taking the `state` write lock bumps the table's generation. The access
-//! copy fast path (`access.rs`) remembers, per thread, areas it checked
-//! under the read lock together with the generation it read there, and
-//! later copies inside such an area without walking the tree again only
-//! while the generation is unchanged (checked under the read lock): no map,
-//! unmap, split or `prevent_access` change happened since, so the same
-//! checks would pass.
+//! copy fast path (`access.rs`) takes no lock: it runs in a drain section
+//! (`crate::drain`), finds the area in a per-thread memory of the last
+//! areas or in the table's sorted index of directly copyable areas, each
+//! recorded with the generation it was checked under, and copies only
+//! while that generation is still the current one (no map, unmap, split or
+//! `prevent_access` change happened since, so the same checks would
+//! pass). An unmap that takes areas away drains those sections (under the
+//! write lock when no domain is attached, before the write log forgets the
+//! range; after marking the areas `Removing` otherwise), so it still never
+//! returns while such a copy is in flight. Sections never block on the
+//! `state` lock, so draining under it cannot deadlock.
 //!
 //! # Pin ownership
 //!
@@ -361,6 +366,9 @@ pub struct IoPagetable {
     uid: u64,
     /// What accesses wrote (VFIO type1 dirty tracking); a leaf lock.
     write_log: AccessWriteLog,
+    /// The areas the access fast path may copy through, searched without
+    /// the lock (`access.rs`).
+    direct: access::DirectIndex,
 }
 
 impl Default for IoPagetable {
@@ -867,6 +875,7 @@ impl IoPagetable {
             state: CacheAligned(StateLock::new(State::new())),
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             write_log: AccessWriteLog::default(),
+            direct: access::DirectIndex::default(),
         }
     }
 
@@ -1084,6 +1093,13 @@ impl IoPagetable {
                     bytes = bytes.wrapping_add(a.length(k));
                     removed.push(a);
                 }
+                // Access copies of the lock-free path still moving bytes
+                // through the areas end before the unmap goes on (the
+                // generation moved when the lock was taken: no new one
+                // starts). Under the lock, like the copies under the read
+                // lock, and before `forget`, so that no copy logs a write
+                // to the unmapped IOVA after it.
+                crate::drain::wait();
                 self.write_log.forget(start, last);
                 drop(st);
                 drop(attached);
@@ -1099,6 +1115,11 @@ impl IoPagetable {
                 refs.push(st.area_ref(k));
             }
             drop(st);
+            // The areas are `Removing`: the generation moved, the locked
+            // walk and the index skip them, so no new access copy goes
+            // through them; let those of the lock-free path still in
+            // flight end before their pages leave the domains.
+            crate::drain::wait();
             if !attached.domains.is_empty() {
                 for r in &refs {
                     domains::unfill_area(r, &attached.domains, true);

@@ -526,3 +526,94 @@ pub fn racing_remaps(direct: bool) {
         }
     });
 }
+
+/// An unmap (or a detach) never returns while an access copy into the
+/// memory it unmapped is still moving bytes: a thread keeps writing `0xa5`
+/// by IOVA through `AREAS` areas in turn (more than a thread remembers, so
+/// the fast path also goes through the table's index once it is built),
+/// while this one unmaps an area, zeroes its memory at once, waits until
+/// the writer has finished two more copies, and finds the memory still
+/// zero; then maps it back. Every `DETACH_EVERY`th round detaches and
+/// reattaches the access instead, with the same check on every area.
+pub fn unmap_drains_copies(direct: bool, rounds: usize) {
+    use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+    const AREAS: u64 = 12;
+    const PAGES: u64 = 16;
+    const DETACH_EVERY: usize = 8;
+    const BASE: u64 = 0x100_0000;
+    let len = PAGES * PS;
+    let iova = |i: u64| BASE + i * 2 * len;
+    let maps: Vec<Mapping> = (0..AREAS)
+        .map(|_| Mapping::new(PAGES, libc::PROT_READ | libc::PROT_WRITE, |_| 0))
+        .collect();
+    let r = Rig::new(direct, false);
+    for (i, m) in maps.iter().enumerate() {
+        r.map(m.addr, len, iova(i as u64), Prot::RW, true);
+    }
+    let zero = vec![0u8; len as usize];
+    let stop = AtomicBool::new(false);
+    let copies = AtomicU64::new(0);
+    std::thread::scope(|s| {
+        s.spawn(|| {
+            let mut buf = vec![0xa5u8; len as usize];
+            let mut i = 0u64;
+            while !stop.load(Ordering::Relaxed) {
+                i = (i + 5) % AREAS;
+                match r.acc.rw(iova(i), &mut buf, true) {
+                    Ok(()) => {}
+                    Err(e) => assert_eq!(e.errno().0, libc::ENOENT, "{e}"),
+                }
+                copies.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        /// Stops the writer however this thread leaves the scope (a
+        /// failed check must not leave the scope waiting for it).
+        struct Stop<'a>(&'a AtomicBool);
+        impl Drop for Stop<'_> {
+            fn drop(&mut self) {
+                self.0.store(true, Ordering::Relaxed);
+            }
+        }
+        let _stop = Stop(&stop);
+        // until the writer has finished `n` more copies (a writer that
+        // died fails the test instead of hanging it)
+        let after = |n: u64| {
+            let c = copies.load(Ordering::SeqCst);
+            let t = std::time::Instant::now();
+            while copies.load(Ordering::SeqCst) < c + n {
+                assert!(t.elapsed().as_secs() < 30, "the writer stopped");
+                std::thread::yield_now();
+            }
+        };
+        let settle = || after(2);
+        for round in 0..rounds {
+            // let the writer run (and the index get built) for a while
+            after(3 * AREAS);
+            if round % DETACH_EVERY == DETACH_EVERY - 1 {
+                r.acc.detach();
+                for m in &maps {
+                    m.set(&zero);
+                }
+                settle();
+                for (i, m) in maps.iter().enumerate() {
+                    assert!(
+                        m.bytes() == zero,
+                        "round {round}: a copy reached area {i} after detach returned"
+                    );
+                }
+                r.acc.attach(&r.ctx, r.ioas_id).unwrap();
+                continue;
+            }
+            let i = (round as u64 * 7) % AREAS;
+            assert_eq!(r.ioas.unmap(iova(i), len).unwrap(), len);
+            let m = &maps[i as usize];
+            m.set(&zero);
+            settle();
+            assert!(
+                m.bytes() == zero,
+                "round {round}: a copy reached area {i} after its unmap returned"
+            );
+            r.map(m.addr, len, iova(i), Prot::RW, true);
+        }
+    });
+}
