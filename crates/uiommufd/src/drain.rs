@@ -37,6 +37,14 @@
 //! [`wait`] is never called inside a section (it would wait for itself).
 //! Sections do not nest: [`enter`] inside a section returns a guard that
 //! does nothing.
+//!
+//! **Fork.** A child keeps the parent's slots; a thread that was inside a
+//! section when another forked does not exist in the child, so its slot
+//! stays odd there and a [`wait`] in the child would wait for it forever.
+//! Under the preload no thread is in a section at a fork (sections run
+//! inside the shim's hooks, which its `pthread_atfork` prepare handler
+//! waits for). A Rust program that forks while other threads copy by IOVA
+//! must, as POSIX asks of any multi-threaded fork, only exec in the child.
 
 use std::cell::Cell;
 use std::marker::PhantomData;
