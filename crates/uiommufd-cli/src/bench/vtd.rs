@@ -60,6 +60,11 @@ fn load_floor(s: &Scale, page: &Buf) -> f64 {
     })
 }
 
+/// A row of a lookup's time per operation against the 8-byte load.
+fn lookup_row(id: &str, what: &str, ns: f64, floor: f64) -> Row {
+    Row::vs_floor(id, 8, what, Unit::NsPerOp, ns, floor, "8-byte load")
+}
+
 /// Run case 8.
 pub fn vtd(s: &Scale, r: &mut Report) -> Result<(), String> {
     translate(s, r)?;
@@ -86,14 +91,11 @@ fn translate(s: &Scale, r: &mut Report) -> Result<(), String> {
         let (h, n) = t.expect("translate");
         std::hint::black_box(h ^ n);
     });
-    r.push(Row::vs_floor(
+    r.push(lookup_row(
         "8.vtd.translate.hit",
-        8,
         "Iotlb::translate of one cached IOVA (generation check, tag, permission)",
-        Unit::NsPerOp,
         hit,
         floor,
-        "8-byte load",
     ));
     let mut k = 0u64;
     let rand = ns_per_op(s.reps, s.iters * 10, || {
@@ -104,14 +106,11 @@ fn translate(s: &Scale, r: &mut Report) -> Result<(), String> {
         let (h, n) = t.expect("translate");
         std::hint::black_box(h ^ n);
     });
-    r.push(Row::vs_floor(
+    r.push(lookup_row(
         "8.vtd.translate.1024",
-        8,
         "Iotlb::translate at a random one of 1024 4 KiB mappings (1024-slot IOTLB)",
-        Unit::NsPerOp,
         rand,
         floor,
-        "8-byte load",
     ));
     let walk = ns_per_op(s.reps, s.iters * 10, || {
         k = (k + 389) % 1024;
@@ -121,14 +120,11 @@ fn translate(s: &Scale, r: &mut Report) -> Result<(), String> {
         let (h, n) = t.expect("translate");
         std::hint::black_box(h ^ n);
     });
-    r.push(Row::vs_floor(
+    r.push(lookup_row(
         "8.vtd.translate.1024.walk",
-        8,
         "VtdDomain::translate (4-level walk, no cache) at a random one of 1024 mappings",
-        Unit::NsPerOp,
         walk,
         floor,
-        "8-byte load",
     ));
     nested_translate(s, r, floor)
 }
@@ -178,14 +174,11 @@ fn nested_translate(s: &Scale, r: &mut Report, floor: f64) -> Result<(), String>
         let (h, n) = t.expect("translate");
         std::hint::black_box(h ^ n);
     });
-    r.push(Row::vs_floor(
+    r.push(lookup_row(
         "8.vtd.nested.translate.hit",
-        8,
         "Iotlb::translate over a nested domain, one cached IOVA (both stages combined in the slot; generation check, tag, permission)",
-        Unit::NsPerOp,
         hit,
         floor,
-        "8-byte load",
     ));
     // misses without an invalidation: a one-slot IOTLB, and pages 64
     // apart, which share the first-stage cache's slot
@@ -228,14 +221,11 @@ fn nested_translate(s: &Scale, r: &mut Report, floor: f64) -> Result<(), String>
         let (h, n) = t.expect("translate");
         std::hint::black_box(h ^ n);
     });
-    r.push(Row::vs_floor(
+    r.push(lookup_row(
         "8.vtd.nested.translate.invalidated",
-        8,
         "Iotlb::translate over a nested domain after an invalidation of the page, the invalidation included (it drops the IOTLB's slots too)",
-        Unit::NsPerOp,
         inval,
         floor,
-        "8-byte load",
     ));
     let shared = ns_per_op(s.reps, s.iters * 10, || {
         let t = n.translate(std::hint::black_box(64), 8, false);
@@ -244,14 +234,11 @@ fn nested_translate(s: &Scale, r: &mut Report, floor: f64) -> Result<(), String>
         let (h, n) = t.expect("translate");
         std::hint::black_box(h ^ n);
     });
-    r.push(Row::vs_floor(
+    r.push(lookup_row(
         "8.vtd.nested.translate.domain",
-        8,
         "VtdNestedDomain::translate (the domain's shared path, no per-device IOTLB): first-stage cache under its lock, then the parent's walk",
-        Unit::NsPerOp,
         shared,
         floor,
-        "8-byte load",
     ));
     Ok(())
 }
