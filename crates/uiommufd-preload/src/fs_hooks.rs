@@ -254,6 +254,48 @@ readlink_hook!(
     __readlinkat_chk(dirfd; dirfd: c_int; buf: *mut c_char, size: libc::size_t, buflen: libc::size_t)
 );
 
+macro_rules! fopen_hook {
+    ($(#[$m:meta])* $name:ident) => {
+        $(#[$m])*
+        ///
+        /// # Safety
+        /// Same contract as the libc function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
+            let Some(real) = real::$name() else {
+                set_errno(libc::ENOSYS);
+                return std::ptr::null_mut();
+            };
+            // SAFETY: `classify` reads the path fault-safely.
+            match unsafe { vfio::classify(libc::AT_FDCWD, path) } {
+                // SAFETY: as above, with the redirected path.
+                Act::Redirect(p) => unsafe { real(p.as_ptr(), mode) },
+                Act::Fail(e) => {
+                    set_errno(e);
+                    std::ptr::null_mut()
+                }
+                // stdio on the emulated nodes is not served (their reads
+                // and writes would reach the kernel): programs open them
+                // with open(2), as VFIO users do
+                // SAFETY: forwarding the caller's arguments unchanged.
+                Act::Forward | Act::Node(..) => unsafe { real(path, mode) },
+            }
+        }
+    };
+}
+
+fopen_hook!(
+    /// `fopen(3)`: sysfs paths of declared devices are redirected, as for
+    /// `open` (glibc's `fopen` opens through an internal call that the
+    /// `open` hook never sees; programs that read sysfs with stdio, such
+    /// as libpci-style tools, need this one).
+    fopen
+);
+fopen_hook!(
+    /// `fopen64(3)`: as [`fopen()`].
+    fopen64
+);
+
 /// `realpath(3)`: sysfs paths of declared devices resolve in the tree;
 /// a node resolves to its own path.
 ///

@@ -195,6 +195,10 @@ real! {
     __readlink_chk: unsafe extern "C" fn(*const c_char, *mut c_char, libc::size_t, libc::size_t) -> libc::ssize_t;
     /// `ssize_t __readlinkat_chk(int, const char *, char *, size_t, size_t)`
     __readlinkat_chk: unsafe extern "C" fn(c_int, *const c_char, *mut c_char, libc::size_t, libc::size_t) -> libc::ssize_t;
+    /// `FILE *fopen(const char *, const char *)`
+    fopen: unsafe extern "C" fn(*const c_char, *const c_char) -> *mut libc::FILE;
+    /// `FILE *fopen64(const char *, const char *)`
+    fopen64: unsafe extern "C" fn(*const c_char, *const c_char) -> *mut libc::FILE;
     /// `char *realpath(const char *, char *)`
     realpath: unsafe extern "C" fn(*const c_char, *mut c_char) -> *mut c_char;
     /// `char *__realpath_chk(const char *, char *, size_t)`

@@ -184,6 +184,13 @@ static void sysfs_views(void)
 	CHECK(slurp(path, b, sizeof(b)) == 0, "read %s", path);
 	CHECK(!strcmp(a, b) && !strncmp(a, "0x", 2) && strlen(a) == 7,
 	      "vendor %s / %s", a, b);
+	/* stdio too (glibc's fopen opens through an internal call) */
+	snprintf(path, sizeof(path), "%svendor", host);
+	FILE *f = fopen(path, "r");
+	CHECK(f && fgets(a, sizeof(a), f) && !strncmp(a, b, strlen(b)),
+	      "fopen %s: %s", path, f ? a : "NULL");
+	if (f)
+		fclose(f);
 	snprintf(path, sizeof(path), "%svendor", host);
 	CHECK(access(path, R_OK) == 0, "access %s", path);
 	CHECK(faccessat(AT_FDCWD, path, R_OK, 0) == 0, "faccessat %s", path);
