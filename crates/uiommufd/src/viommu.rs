@@ -167,13 +167,19 @@ impl Viommu {
     /// The virtual ID of `dev`'s vDEVICE on this vIOMMU
     /// (`iommufd_viommu_get_vdev_id`: `ENOENT` when it has none).
     pub fn vdev_id_of(&self, dev: &Device) -> Result<u64> {
-        let vdevs = self.vdevs.lock();
-        for (&virt, w) in vdevs.iter() {
-            if w.upgrade()
-                .and_then(|v| v.device())
+        // upgraded under the lock, dropped after it: the last reference of
+        // a vDEVICE destroyed meanwhile unregisters itself (takes the lock)
+        let live: Vec<(u64, Arc<Vdevice>)> = self
+            .vdevs
+            .lock()
+            .iter()
+            .filter_map(|(&virt, w)| w.upgrade().map(|v| (virt, v)))
+            .collect();
+        for (virt, v) in &live {
+            if v.device()
                 .is_some_and(|d| std::ptr::eq(Arc::as_ptr(&d), dev))
             {
-                return Ok(virt);
+                return Ok(*virt);
             }
         }
         bail!(
