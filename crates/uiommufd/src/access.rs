@@ -35,6 +35,17 @@ pub trait AccessOps: Send + Sync + std::fmt::Debug {
     fn needs_pin_pages(&self) -> bool;
 }
 
+/// The driver of an internal access: none (it is never asked to unpin).
+#[derive(Debug)]
+struct NoOps;
+
+impl AccessOps for NoOps {
+    fn unmap(&self, _iova: u64, _length: u64) {}
+    fn needs_pin_pages(&self) -> bool {
+        true
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// The IOAS attached, its ID and our notifier token in it.
@@ -86,6 +97,54 @@ impl Access {
         });
         r.finalize(Object::Access(a.clone()));
         Ok(a)
+    }
+
+    /// `iommufd_access_create_internal`: an access the core itself uses (a
+    /// HW queue's pin of its memory), published on `ctx`. It has no driver
+    /// to ask for unpins, so its pins lock their areas
+    /// ([`Access::pin_locked`]).
+    pub fn create_internal(ctx: &Context) -> Result<Arc<Access>> {
+        let ops: Weak<dyn AccessOps> = Weak::<NoOps>::new();
+        let r = ctx.reserve()?;
+        let id = r.id();
+        let a = Arc::new_cyclic(|me| Access {
+            id,
+            ops,
+            iova_alignment: page_size(),
+            state: RwLock::new(State::default()),
+            me: me.clone(),
+        });
+        r.finalize(Object::Access(a.clone()));
+        Ok(a)
+    }
+
+    /// Attach to `ioas` (ID `ioas_id`), for the core's own accesses.
+    pub(crate) fn attach_ioas(&self, ioas: Arc<Ioas>, ioas_id: ObjId) -> Result<()> {
+        if self.state.read().ioas.is_some() {
+            bail!(EINVAL, "access {} is already attached", self.id);
+        }
+        self.change_ioas(Some((ioas, ioas_id)))
+    }
+
+    /// Pin `[iova, iova + length)` read-only and lock the areas it touches:
+    /// `IOMMU_IOAS_UNMAP` of them is `EBUSY` until
+    /// [`Access::unpin_locked`] (the kernel's pin by an internal access).
+    pub(crate) fn pin_locked(&self, iova: u64, length: u64) -> Result<PinnedPages> {
+        let ioas = self.ioas()?;
+        let pages = ioas.iopt().access_pin(iova, length, false)?;
+        ioas.iopt().lock_areas(iova, length, true);
+        Ok(pages)
+    }
+
+    /// Undo [`Access::pin_locked`].
+    pub(crate) fn unpin_locked(&self, iova: u64, length: u64) {
+        match self.ioas() {
+            Ok(i) => {
+                i.iopt().lock_areas(iova, length, false);
+                i.iopt().access_unpin(iova, length);
+            }
+            Err(e) => tracing::error!("unpin without an IOAS: {e}"),
+        }
     }
 
     /// The object ID.

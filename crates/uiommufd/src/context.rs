@@ -34,6 +34,8 @@ use crate::ioas::Ioas;
 use crate::mock::MockStdev;
 use crate::uapi::level::UapiLevel;
 use crate::user::{SelfMemory, UserMemory};
+use crate::veventq::Veventq;
+use crate::viommu::{HwQueue, Vdevice, Viommu};
 use crate::{bail, err, Result};
 
 /// An object ID as the uAPI sees it.
@@ -56,6 +58,14 @@ pub enum Object {
     Access(Arc<Access>),
     /// The selftest's mock device object (`IOMMUFD_OBJ_SELFTEST`).
     Selftest(Arc<MockStdev>),
+    /// A virtual IOMMU (Linux 6.13).
+    Viommu(Arc<Viommu>),
+    /// A virtual device on a vIOMMU (Linux 6.13).
+    Vdevice(Arc<Vdevice>),
+    /// A vEVENT queue of a vIOMMU (Linux 6.15).
+    Veventq(Arc<Veventq>),
+    /// A HW queue of a vIOMMU (Linux 6.17).
+    HwQueue(Arc<HwQueue>),
 }
 
 impl Object {
@@ -69,6 +79,10 @@ impl Object {
             Object::Fault(_) => "fault queue",
             Object::Access(_) => "access",
             Object::Selftest(_) => "selftest device",
+            Object::Viommu(_) => "vIOMMU",
+            Object::Vdevice(_) => "vDEVICE",
+            Object::Veventq(_) => "vEVENTQ",
+            Object::HwQueue(_) => "HW queue",
         }
     }
 
@@ -82,15 +96,21 @@ impl Object {
             Object::Fault(a) => Arc::strong_count(a) - 1,
             Object::Access(a) => Arc::strong_count(a) - 1,
             Object::Selftest(a) => Arc::strong_count(a) - 1,
+            Object::Viommu(a) => Arc::strong_count(a) - 1,
+            Object::Vdevice(a) => Arc::strong_count(a) - 1,
+            Object::Veventq(a) => Arc::strong_count(a) - 1,
+            Object::HwQueue(a) => Arc::strong_count(a) - 1,
         }
     }
 
     /// What destroying the object does beyond dropping it: objects that own
-    /// driver-side objects (a selftest device owns its bound device) tear
-    /// those down. Runs with no table lock held.
+    /// driver-side objects (a selftest device owns its bound device, a HW
+    /// queue its internal access) tear those down. Runs with no table lock
+    /// held.
     fn destroyed(self, ctx: &Context) {
         match self {
             Object::Selftest(s) => s.destroy(ctx),
+            Object::HwQueue(q) => q.destroyed(ctx),
             other => drop(other),
         }
     }
@@ -101,6 +121,10 @@ enum Slot {
     /// ID taken by a creation still in progress; invisible to lookups.
     Reserved,
     Live(Object),
+    /// The ID of an object destroyed behind the user's back (a vDEVICE
+    /// whose device was unbound): taken until the context closes, and
+    /// invisible to lookups (`ENOENT`), as the kernel's tombstone.
+    Tombstone,
 }
 
 #[derive(Debug, Default)]
@@ -320,14 +344,38 @@ impl Context {
                     t.release_id(id);
                     Some(o)
                 }
-                Some(Slot::Reserved) => {
-                    t.slots.insert(id, Slot::Reserved);
+                Some(other) => {
+                    t.slots.insert(id, other);
                     None
                 }
                 None => None,
             }
         };
         if let Some(o) = obj {
+            o.destroyed(self);
+        }
+    }
+
+    /// Destroy the live object `id` whatever holds it, and keep its ID taken
+    /// (lookups and `IOMMU_DESTROY` of it are `ENOENT`) until the context
+    /// closes: a vDEVICE whose device is unbound (the kernel's tombstone).
+    pub fn tombstone(&self, id: ObjId) {
+        let obj = {
+            let mut t = self.objects.lock();
+            match t.slots.remove(&id) {
+                Some(Slot::Live(o)) => {
+                    t.slots.insert(id, Slot::Tombstone);
+                    Some(o)
+                }
+                Some(other) => {
+                    t.slots.insert(id, other);
+                    None
+                }
+                None => None,
+            }
+        };
+        if let Some(o) = obj {
+            tracing::debug!(id, "{} destroyed; its ID stays taken", o.kind());
             o.destroyed(self);
         }
     }
@@ -373,7 +421,7 @@ impl Context {
             .iter()
             .filter_map(|(&id, s)| match s {
                 Slot::Live(o) => Some((id, o.clone())),
-                Slot::Reserved => None,
+                Slot::Reserved | Slot::Tombstone => None,
             })
             .collect();
         v.sort_by_key(|(id, _)| *id);
@@ -468,7 +516,27 @@ impl Context {
                         }
                     }
                 }
-                Object::Selftest(_) | Object::Fault(_) => {}
+                Object::Viommu(v) => {
+                    if !v.hwpt().nest_parent() {
+                        return Err(format!(
+                            "vIOMMU {id} is on a HWPT that is not a nest parent"
+                        ));
+                    }
+                }
+                Object::Vdevice(v) => {
+                    if let Some(d) = v.device() {
+                        if d.vdevice_id() != Some(id) {
+                            return Err(format!(
+                                "vDEVICE {id}'s device {} does not name it as its vDEVICE",
+                                d.id()
+                            ));
+                        }
+                    }
+                }
+                Object::Selftest(_)
+                | Object::Fault(_)
+                | Object::Veventq(_)
+                | Object::HwQueue(_) => {}
             }
         }
         Ok(())

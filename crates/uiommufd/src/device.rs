@@ -38,6 +38,7 @@ use crate::hwpt::nested::{HwptNested, NestedDomain, UserData};
 use crate::hwpt::HwptPaging;
 use crate::ioas::Ioas;
 use crate::uapi::{IOMMU_PGFAULT_FLAGS_LAST_PAGE, IOMMU_PGFAULT_FLAGS_PASID_VALID};
+use crate::viommu::ViommuOps;
 use crate::{bail, err, Result};
 
 /// What a driver with user-managed (nested) domains and I/O page faults
@@ -116,6 +117,25 @@ pub trait DeviceDriver: Send + Sync + std::fmt::Debug {
     fn nesting(&self) -> Option<&dyn NestingOps> {
         None
     }
+    /// Whether the IOMMU behind the device offers vIOMMUs of type `ty`
+    /// (the kernel's `get_viommu_size` non-zero). Default: none.
+    fn viommu_supported(&self, ty: u32) -> bool {
+        let _ = ty;
+        false
+    }
+    /// Make the driver half of a vIOMMU of type `ty` on the nest-parent
+    /// domain `parent` (`viommu_init`), from the user's driver data when
+    /// there is some (the driver may write its reply into it). Default:
+    /// `EOPNOTSUPP`.
+    fn viommu_init(
+        &self,
+        ty: u32,
+        parent: &Arc<dyn Domain>,
+        data: Option<&UserData<'_>>,
+    ) -> Result<Arc<dyn ViommuOps>> {
+        let _ = (parent, data);
+        bail!(EOPNOTSUPP, "the IOMMU has no vIOMMU of type {ty:#x}")
+    }
     /// For drivers to recognise their own devices (`None`: not needed).
     fn as_any(&self) -> Option<&dyn std::any::Any> {
         None
@@ -169,9 +189,12 @@ impl HwptRef {
     fn auto_domain(&self) -> bool {
         matches!(self, HwptRef::Paging(h) if h.auto_domain())
     }
-    /// Made with `IOMMU_HWPT_ALLOC_PASID` (only paging HWPTs so far).
+    /// Made with `IOMMU_HWPT_ALLOC_PASID`.
     fn pasid_compat(&self) -> bool {
-        matches!(self, HwptRef::Paging(h) if h.pasid_compat())
+        match self {
+            HwptRef::Paging(h) => h.pasid_compat(),
+            HwptRef::Nested(n) => n.pasid_compat(),
+        }
     }
     fn add_device(&self, dev: ObjId) {
         match self {
@@ -204,6 +227,8 @@ pub struct Device {
     pasids: Mutex<std::collections::BTreeMap<u32, Attachment>>,
     /// Page requests waiting for the last one of their group.
     partial: Mutex<Vec<PageFault>>,
+    /// The ID of its vDEVICE, if it has one (`idev->vdev`).
+    vdev: Mutex<Option<ObjId>>,
 }
 
 /// The HWPT a device is attached to, its ID, and the attachment's handle.
@@ -226,6 +251,7 @@ impl Device {
             attached: Mutex::new(None),
             pasids: Mutex::new(std::collections::BTreeMap::new()),
             partial: Mutex::new(Vec::new()),
+            vdev: Mutex::new(None),
         });
         r.finalize(Object::Device(dev.clone()));
         Ok(dev)
@@ -239,6 +265,24 @@ impl Device {
     /// The driver.
     pub fn driver(&self) -> &Arc<dyn DeviceDriver> {
         &self.driver
+    }
+
+    /// The ID of the device's vDEVICE, if it has one.
+    pub fn vdevice_id(&self) -> Option<ObjId> {
+        *self.vdev.lock()
+    }
+
+    /// The device's vDEVICE slot, held while a vDEVICE is made for it.
+    pub(crate) fn vdevice_slot(&self) -> parking_lot::MutexGuard<'_, Option<ObjId>> {
+        self.vdev.lock()
+    }
+
+    /// vDEVICE `id` is gone: clear the slot if it names it.
+    pub(crate) fn clear_vdevice(&self, id: ObjId) {
+        let mut v = self.vdev.lock();
+        if *v == Some(id) {
+            *v = None;
+        }
     }
 
     /// The HWPT ID the device is attached to, if any.
@@ -408,14 +452,19 @@ impl Device {
             }
             match hwpt {
                 HwptRef::Paging(h) => self.driver.check_attach(h.domain().as_ref())?,
-                HwptRef::Nested(n) => match self.driver.nesting() {
-                    Some(ops) => ops.check_attach_nested(n.domain().as_ref())?,
-                    None => bail!(
-                        EINVAL,
-                        "device {} cannot attach to nested HWPT {hwpt_id}: its driver has no nested domains",
-                        self.id
-                    ),
-                },
+                HwptRef::Nested(n) => {
+                    match self.driver.nesting() {
+                        Some(ops) => ops.check_attach_nested(n.domain().as_ref())?,
+                        None => bail!(
+                            EINVAL,
+                            "device {} cannot attach to nested HWPT {hwpt_id}: its driver has no nested domains",
+                            self.id
+                        ),
+                    }
+                    if let Some(v) = n.viommu() {
+                        v.ops().check_attach(v, self)?;
+                    }
+                }
             }
             // the kernel's iopt_table_enforce_dev_resv_regions on attach
             crate::inject::point("device.resv_regions", libc::EINVAL)?;
@@ -606,6 +655,11 @@ impl Device {
 
     /// `iommufd_device_unbind`: detach, then remove the device object.
     pub fn unbind(self: Arc<Self>, ctx: &Context) {
+        // a vDEVICE left on the device goes with it, its ID a tombstone
+        let vdev = *self.vdev.lock();
+        if let Some(v) = vdev {
+            ctx.tombstone(v);
+        }
         let pasids: Vec<u32> = self.pasids.lock().keys().copied().collect();
         for p in pasids {
             self.detach_pasid(ctx, p);

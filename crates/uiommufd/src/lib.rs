@@ -18,6 +18,8 @@
 //! | [`device`] | device.c | devices: bind, attach, replace, detach |
 //! | [`hwpt`] | hw_pagetable.c | paging and nested HWPTs, dirty tracking, `IOMMU_GET_HW_INFO` |
 //! | [`fault`] | fault.c, io-pgfault.c | I/O page fault queues and their fds |
+//! | [`viommu`] | viommu.c, driver.c | vIOMMUs, vDEVICEs, HW queues |
+//! | [`veventq`] | eventq.c | vEVENT queues and their fds |
 //! | [`access`] | device.c (access) | pin and read/write by IOVA for emulated devices |
 //! | [`files`] | anon inodes | real fds for engine objects |
 //! | [`vfio_compat`] | vfio_compat.c, vfio_iommu_type1.c | VFIO type1 container ioctls and dirty tracking |
@@ -64,8 +66,10 @@ pub mod mock;
 pub mod pages;
 pub mod uapi;
 pub mod user;
+pub mod veventq;
 pub mod vfio;
 pub mod vfio_compat;
+pub mod viommu;
 pub mod vtd;
 
 pub use context::{Context, ObjId};

@@ -146,6 +146,7 @@ pub(crate) fn alloc(u: &Ucmd) -> Result<i32> {
     let (ioas, ioas_id) = match pt {
         Object::Ioas(i) => (i, cmd.pt_id),
         Object::HwptPaging(parent) => return nested::alloc(u, cmd, &dev, parent),
+        Object::Viommu(v) => return crate::viommu::alloc_hwpt_nested(u, cmd, &dev, v),
         o => bail!(
             EINVAL,
             "HWPT_ALLOC: object {} is a {}, not an IOAS or a paging HWPT",

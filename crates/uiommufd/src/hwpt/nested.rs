@@ -155,6 +155,10 @@ impl UserDataArray<'_> {
 #[derive(Debug)]
 pub struct HwptNested {
     parent: Arc<HwptPaging>,
+    /// The vIOMMU it was made on (`pt_id` a vIOMMU), which it holds.
+    viommu: Option<Arc<crate::viommu::Viommu>>,
+    /// Made with `IOMMU_HWPT_ALLOC_PASID` (on a vIOMMU).
+    pasid_compat: std::sync::atomic::AtomicBool,
     domain: Arc<dyn NestedDomain>,
     fault: Option<Arc<Fault>>,
     /// Our own object ID once published (0 before).
@@ -172,11 +176,45 @@ impl HwptNested {
     ) -> Arc<HwptNested> {
         Arc::new(HwptNested {
             parent,
+            viommu: None,
+            pasid_compat: std::sync::atomic::AtomicBool::new(false),
             domain,
             fault,
             id: AtomicU32::new(0),
             devices: Mutex::new(Vec::new()),
         })
+    }
+
+    /// A nested HWPT of `domain` on `viommu` (whose parent is the
+    /// vIOMMU's nest-parent HWPT), delivering I/O page faults to `fault`
+    /// when given.
+    pub fn new_on_viommu(
+        viommu: Arc<crate::viommu::Viommu>,
+        domain: Arc<dyn NestedDomain>,
+        fault: Option<Arc<Fault>>,
+    ) -> Arc<HwptNested> {
+        Arc::new(HwptNested {
+            parent: viommu.hwpt().clone(),
+            viommu: Some(viommu),
+            pasid_compat: std::sync::atomic::AtomicBool::new(false),
+            domain,
+            fault,
+            id: AtomicU32::new(0),
+            devices: Mutex::new(Vec::new()),
+        })
+    }
+
+    /// The vIOMMU it was made on, if any.
+    pub fn viommu(&self) -> Option<&Arc<crate::viommu::Viommu>> {
+        self.viommu.as_ref()
+    }
+    /// Whether it was made with `IOMMU_HWPT_ALLOC_PASID`.
+    pub fn pasid_compat(&self) -> bool {
+        self.pasid_compat.load(Ordering::Acquire)
+    }
+    /// Mark it made with `IOMMU_HWPT_ALLOC_PASID` (before it is published).
+    pub fn set_pasid_compat(&self) {
+        self.pasid_compat.store(true, Ordering::Release);
     }
 
     /// The parent paging HWPT (whose mapping DMA goes through).
@@ -342,6 +380,16 @@ fn invalidate_entries(u: &Ucmd, cmd: &IommuHwptInvalidate) -> (u32, Result<()>) 
     }
     let hwpt = match u.ctx.get(cmd.hwpt_id) {
         Ok(Object::HwptNested(h)) => h,
+        Ok(Object::Viommu(v)) => {
+            let array = UserDataArray {
+                data_type: cmd.data_type,
+                uptr: cmd.data_uptr,
+                entry_len: cmd.entry_len,
+                entry_num: cmd.entry_num,
+                mem: &**u.ctx.memory(),
+            };
+            return v.ops().cache_invalidate(&v, &array);
+        }
         Ok(o) => {
             // 6.13 looks any object up (a vIOMMU is the other kind that
             // takes invalidations) and answers EINVAL for the wrong kind;

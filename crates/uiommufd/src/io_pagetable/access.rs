@@ -246,6 +246,30 @@ impl IoPagetable {
         Ok(out)
     }
 
+    /// Lock (`lock`) or unlock the areas covering `[iova, iova + length)`
+    /// against unmap (`EBUSY` while locked; the kernel's `num_locks` of a
+    /// pin by an internal access). The range was pinned, so it is covered.
+    pub fn lock_areas(&self, iova: u64, length: u64, lock: bool) {
+        let Some(last) = length.checked_sub(1).and_then(|l| iova.checked_add(l)) else {
+            return;
+        };
+        let st = self.state.read();
+        let (segs, _) = st.contig(iova, last);
+        for s in &segs {
+            if lock {
+                s.area
+                    .locks
+                    .fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            } else {
+                let _ = s.area.locks.fetch_update(
+                    std::sync::atomic::Ordering::AcqRel,
+                    std::sync::atomic::Ordering::Acquire,
+                    |n| n.checked_sub(1),
+                );
+            }
+        }
+    }
+
     /// Undo one [`IoPagetable::access_pin`] of exactly that range. A range
     /// that was not pinned is logged and ignored (the kernel WARNs).
     pub fn access_unpin(&self, iova: u64, length: u64) {

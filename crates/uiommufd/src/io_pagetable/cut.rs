@@ -70,6 +70,8 @@ impl State {
             alloc_gen: whole.alloc_gen,
             accesses: Mutex::new(BTreeMap::new()),
             prevent_access: false,
+            // (an area with access pins is never cut, so it has no locks)
+            locks: std::sync::atomic::AtomicU32::new(0),
         };
         // The IOVA stays occupied, so the free index is unchanged.
         self.areas.insert(start, half(iova, whole.start_byte));

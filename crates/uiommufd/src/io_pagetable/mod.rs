@@ -234,6 +234,9 @@ struct Area {
     /// An unmap is asking the accesses to let go of this area: new access
     /// pins and copies are refused (`EINVAL`) meanwhile.
     prevent_access: bool,
+    /// Pins of the core's own accesses (a HW queue's memory): while
+    /// non-zero the area cannot be unmapped (`EBUSY`; `num_locks`).
+    locks: std::sync::atomic::AtomicU32,
 }
 
 impl Area {
@@ -779,6 +782,7 @@ impl State {
                 alloc_gen,
                 accesses: Mutex::new(BTreeMap::new()),
                 prevent_access: false,
+                locks: std::sync::atomic::AtomicU32::new(0),
             };
             st.insert_area(at, area);
             at = last.wrapping_add(1);
@@ -833,6 +837,13 @@ impl State {
                     a.last
                 ),
                 AreaState::Live => {}
+            }
+            if a.locks.load(std::sync::atomic::Ordering::Acquire) != 0 {
+                bail!(
+                    EBUSY,
+                    "area [{k:#x}, {:#x}] is locked by an object that pins it (a HW queue)",
+                    a.last
+                );
             }
             if k < start || a.last > last {
                 bail!(

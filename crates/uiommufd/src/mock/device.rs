@@ -30,9 +30,9 @@ pub const IOMMU_HW_INFO_SELFTEST_REGVAL: u32 = 0xdead_beef;
 pub struct MockDevice {
     flags: u32,
     /// The device's cache entries (`mock_dev.cache`), each
-    /// [`IOMMU_TEST_DEV_CACHE_DEFAULT`] from creation; only a vIOMMU cache
-    /// invalidation (not implemented yet) would clear them.
-    cache: [u32; MOCK_DEV_CACHE_NUM],
+    /// [`IOMMU_TEST_DEV_CACHE_DEFAULT`] from creation; a mock vIOMMU's
+    /// cache invalidation clears them.
+    cache: parking_lot::Mutex<[u32; MOCK_DEV_CACHE_NUM]>,
 }
 
 impl MockDevice {
@@ -45,7 +45,7 @@ impl MockDevice {
         }
         Ok(Arc::new(MockDevice {
             flags,
-            cache: [IOMMU_TEST_DEV_CACHE_DEFAULT; MOCK_DEV_CACHE_NUM],
+            cache: parking_lot::Mutex::new([IOMMU_TEST_DEV_CACHE_DEFAULT; MOCK_DEV_CACHE_NUM]),
         }))
     }
 
@@ -54,6 +54,7 @@ impl MockDevice {
     pub fn check_cache(&self, id: u32, value: u32) -> Result<()> {
         let Some(&have) = self
             .cache
+            .lock()
             .get(id as usize)
             .filter(|_| id <= MOCK_DEV_CACHE_ID_MAX)
         else {
@@ -69,6 +70,17 @@ impl MockDevice {
             );
         }
         Ok(())
+    }
+
+    /// Clear cache entry `id` (every entry with `all`): a vIOMMU cache
+    /// invalidation (the caller checked `id`).
+    pub fn invalidate_cache(&self, id: u32, all: bool) {
+        let mut c = self.cache.lock();
+        if all {
+            *c = [0; MOCK_DEV_CACHE_NUM];
+        } else if let Some(e) = c.get_mut(id as usize) {
+            *e = 0;
+        }
     }
 
     fn has(&self, f: u32) -> bool {
@@ -189,6 +201,19 @@ impl DeviceDriver for MockDevice {
 
     fn nesting(&self) -> Option<&dyn crate::device::NestingOps> {
         Some(self)
+    }
+
+    fn viommu_supported(&self, ty: u32) -> bool {
+        ty == IOMMU_VIOMMU_TYPE_SELFTEST
+    }
+
+    fn viommu_init(
+        &self,
+        ty: u32,
+        parent: &Arc<dyn Domain>,
+        data: Option<&UserData<'_>>,
+    ) -> Result<Arc<dyn crate::viommu::ViommuOps>> {
+        super::viommu::MockViommu::init(ty, parent, data)
     }
 }
 

@@ -12,6 +12,7 @@ pub mod access;
 pub mod device;
 pub mod domain;
 pub mod nested;
+pub mod viommu;
 
 pub use device::MockStdev;
 
@@ -211,6 +212,9 @@ pub(crate) fn test_cmd(u: &Ucmd) -> Result<i32> {
         IOMMU_TEST_OP_TRIGGER_IOPF => trigger_iopf(u, &cmd),
         IOMMU_TEST_OP_DEV_CHECK_CACHE if u.level().at_least(UapiLevel::V6_13) => {
             check_dev_cache(u, &cmd)
+        }
+        IOMMU_TEST_OP_TRIGGER_VEVENT if u.level().at_least(UapiLevel::V6_15) => {
+            trigger_vevent(u, &cmd)
         }
         IOMMU_TEST_OP_PASID_ATTACH
         | IOMMU_TEST_OP_PASID_REPLACE
@@ -422,6 +426,40 @@ fn pasid_op(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
             }
         }
     }
+    Ok(0)
+}
+
+/// `TRIGGER_VEVENT` (Linux 6.15): device `dev_id`, attached to a nested
+/// HWPT of a vIOMMU on which it has a vDEVICE of a non-zero virtual ID,
+/// reports one `iommu_viommu_event_selftest` (that ID) to the vIOMMU's
+/// `IOMMU_VEVENTQ_TYPE_SELFTEST` queue. `ENOENT` when the device is not so
+/// attached, `EOPNOTSUPP` when the vIOMMU has no such queue.
+fn trigger_vevent(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
+    let t: TestTriggerVevent = payload(cmd);
+    let dev = crate::device::get_device(u.ctx, t.dev_id)?;
+    let viommu = match dev.attached() {
+        Some(crate::device::HwptRef::Nested(n)) => n.viommu().cloned(),
+        _ => None,
+    };
+    let Some(viommu) = viommu else {
+        bail!(
+            ENOENT,
+            "TRIGGER_VEVENT: device {} is not attached to a nested HWPT of a vIOMMU",
+            t.dev_id
+        );
+    };
+    let virt_id = match viommu.vdev_id_of(&dev) {
+        Ok(v) if v != 0 => v,
+        _ => bail!(
+            ENOENT,
+            "TRIGGER_VEVENT: device {} has no vDEVICE with a non-zero virtual ID",
+            t.dev_id
+        ),
+    };
+    let ev = IommuViommuEventSelftest {
+        virt_id: virt_id as u32,
+    };
+    viommu.report_event(IOMMU_VEVENTQ_TYPE_SELFTEST, ev.as_bytes())?;
     Ok(0)
 }
 

@@ -120,8 +120,8 @@ macro_rules! op {
 
 /// The iommufd command table, indexed by `nr - IOMMUFD_CMD_BASE`.
 fn lookup(nr: u32) -> Option<&'static Op> {
-    use crate::{fault, hwpt, ioas::ioctl as ioas, mock, vfio_compat};
-    static OPS: [Op; 18] = [
+    use crate::{fault, hwpt, ioas::ioctl as ioas, mock, veventq, vfio_compat, viommu};
+    static OPS: [Op; 22] = [
         op!(IOMMU_DESTROY, destroy, IommuDestroy, id: u32),
         op!(IOMMU_IOAS_ALLOC, ioas::alloc, IommuIoasAlloc, out_ioas_id: u32),
         op!(IOMMU_IOAS_ALLOW_IOVAS, ioas::allow_iovas, IommuIoasAllowIovas, allowed_iovas: u64),
@@ -140,23 +140,18 @@ fn lookup(nr: u32) -> Option<&'static Op> {
         op!(IOMMU_IOAS_MAP_FILE, ioas::map_file, IommuIoasMapFile, iova: u64, since UapiLevel::V6_13),
         op!(IOMMU_IOAS_CHANGE_PROCESS, ioas::change_process, IommuIoasChangeProcess, __reserved: u32,
             since UapiLevel::V6_14),
+        op!(IOMMU_VIOMMU_ALLOC, viommu::viommu_alloc, IommuViommuAlloc, out_viommu_id: u32,
+            since UapiLevel::V6_13),
+        op!(IOMMU_VDEVICE_ALLOC, viommu::vdevice_alloc, IommuVdeviceAlloc, virt_id: u64,
+            since UapiLevel::V6_13),
+        op!(IOMMU_VEVENTQ_ALLOC, veventq::veventq_alloc, IommuVeventqAlloc, out_veventq_fd: u32,
+            since UapiLevel::V6_15),
+        op!(IOMMU_HW_QUEUE_ALLOC, viommu::hw_queue_alloc, IommuHwQueueAlloc, length: u64,
+            since UapiLevel::V6_17),
         op!(IOMMU_TEST_CMD, mock::test_cmd, IommuTestCmd, last: u32),
     ];
     OPS.iter().find(|op| op.num & 0xff == nr)
 }
-
-/// Commands of Linux 7.2 that uiommufd does not serve yet (`ENOTTY` at
-/// every level, with this reason in the log).
-const NOT_IMPLEMENTED: [(u32, &str, UapiLevel); 4] = [
-    (IOMMU_VIOMMU_ALLOC, "IOMMU_VIOMMU_ALLOC", UapiLevel::V6_13),
-    (IOMMU_VDEVICE_ALLOC, "IOMMU_VDEVICE_ALLOC", UapiLevel::V6_13),
-    (IOMMU_VEVENTQ_ALLOC, "IOMMU_VEVENTQ_ALLOC", UapiLevel::V6_15),
-    (
-        IOMMU_HW_QUEUE_ALLOC,
-        "IOMMU_HW_QUEUE_ALLOC",
-        UapiLevel::V6_17,
-    ),
-];
 
 /// The last command number the table spans (`IOMMU_TEST_CMD`).
 const TABLE_LAST_NR: u32 = IOMMUFD_CMD_TEST;
@@ -258,16 +253,6 @@ fn dispatch(ctx: &Arc<Context>, cmd: u32, arg: u64) -> Result<i32> {
                 "{} appeared in Linux {}; this context speaks {level}",
                 newer.name,
                 newer.since
-            );
-        }
-        if let Some((name, since)) = NOT_IMPLEMENTED
-            .iter()
-            .find(|&&(n, _, _)| n == cmd)
-            .map(|&(_, n, l)| (n, l))
-        {
-            bail!(
-                ENOTTY,
-                "{name} (Linux {since}) is not implemented by uiommufd at any level"
             );
         }
         bail!(ENOTTY, "ioctl {cmd:#x} is not an iommufd command");

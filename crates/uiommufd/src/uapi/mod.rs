@@ -50,15 +50,15 @@ pub const IOMMUFD_CMD_HWPT_INVALIDATE: u32 = 0x8d;
 pub const IOMMUFD_CMD_FAULT_QUEUE_ALLOC: u32 = 0x8e;
 /// Linux 6.13.
 pub const IOMMUFD_CMD_IOAS_MAP_FILE: u32 = 0x8f;
-/// Linux 6.13 (not implemented: `ENOTTY` at every level).
+/// Linux 6.13.
 pub const IOMMUFD_CMD_VIOMMU_ALLOC: u32 = 0x90;
-/// Linux 6.13 (not implemented: `ENOTTY` at every level).
+/// Linux 6.13.
 pub const IOMMUFD_CMD_VDEVICE_ALLOC: u32 = 0x91;
 /// Linux 6.14.
 pub const IOMMUFD_CMD_IOAS_CHANGE_PROCESS: u32 = 0x92;
-/// Linux 6.15 (not implemented: `ENOTTY` at every level).
+/// Linux 6.15.
 pub const IOMMUFD_CMD_VEVENTQ_ALLOC: u32 = 0x93;
-/// Linux 6.17 (not implemented: `ENOTTY` at every level).
+/// Linux 6.17.
 pub const IOMMUFD_CMD_HW_QUEUE_ALLOC: u32 = 0x94;
 /// The selftest's command, `IOMMUFD_CMD_BASE + 32`.
 pub const IOMMUFD_CMD_TEST: u32 = IOMMUFD_CMD_BASE + 32;
@@ -240,6 +240,82 @@ abi_struct! {
     }
 }
 abi_struct! {
+    /// `struct iommu_viommu_alloc` (Linux 6.13)
+    pub struct IommuViommuAlloc {
+        pub size: u32, pub flags: u32, pub r#type: u32, pub dev_id: u32,
+        pub hwpt_id: u32, pub out_viommu_id: u32, pub data_len: u32, pub __reserved: u32,
+        pub data_uptr: u64,
+    }
+}
+abi_struct! {
+    /// `struct iommu_vdevice_alloc` (Linux 6.13)
+    pub struct IommuVdeviceAlloc {
+        pub size: u32, pub viommu_id: u32, pub dev_id: u32, pub out_vdevice_id: u32,
+        pub virt_id: u64,
+    }
+}
+abi_struct! {
+    /// `struct iommu_veventq_alloc` (Linux 6.15)
+    pub struct IommuVeventqAlloc {
+        pub size: u32, pub flags: u32, pub viommu_id: u32, pub r#type: u32,
+        pub veventq_depth: u32, pub out_veventq_id: u32, pub out_veventq_fd: u32, pub __reserved: u32,
+    }
+}
+abi_struct! {
+    /// `struct iommu_hw_queue_alloc` (Linux 6.17)
+    pub struct IommuHwQueueAlloc {
+        pub size: u32, pub flags: u32, pub viommu_id: u32, pub r#type: u32,
+        pub index: u32, pub out_hw_queue_id: u32, pub nesting_parent_iova: u64, pub length: u64,
+    }
+}
+abi_struct! {
+    /// `struct iommufd_vevent_header`: what precedes each vEVENT read from a
+    /// vEVENTQ fd (alone, with `LOST_EVENTS`, after an overflow).
+    pub struct IommufdVeventHeader { pub flags: u32, pub sequence: u32 }
+}
+
+/// `IOMMU_VIOMMU_TYPE_DEFAULT` (reserved: refused).
+pub const IOMMU_VIOMMU_TYPE_DEFAULT: u32 = 0;
+/// `IOMMU_VEVENTQ_TYPE_DEFAULT` (reserved: refused).
+pub const IOMMU_VEVENTQ_TYPE_DEFAULT: u32 = 0;
+/// `IOMMU_HW_QUEUE_TYPE_DEFAULT` (reserved: refused).
+pub const IOMMU_HW_QUEUE_TYPE_DEFAULT: u32 = 0;
+/// `IOMMU_VEVENTQ_FLAG_LOST_EVENTS`: the header stands for lost vEVENTs.
+pub const IOMMU_VEVENTQ_FLAG_LOST_EVENTS: u32 = 1 << 0;
+
+/// The selftest's vIOMMU type (`IOMMU_VIOMMU_TYPE_SELFTEST`).
+pub const IOMMU_VIOMMU_TYPE_SELFTEST: u32 = 0xdeadbeef;
+/// `IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST`
+pub const IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST: u32 = 0xdeadbeef;
+/// `IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST_INVALID`
+pub const IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST_INVALID: u32 = 0xdadbeef;
+/// The selftest's vEVENTQ type (`IOMMU_VEVENTQ_TYPE_SELFTEST`).
+pub const IOMMU_VEVENTQ_TYPE_SELFTEST: u32 = 0xbeefbeef;
+/// The selftest's HW queue type (`IOMMU_HW_QUEUE_TYPE_SELFTEST`).
+pub const IOMMU_HW_QUEUE_TYPE_SELFTEST: u32 = 0xdeadbeef;
+/// `IOMMU_TEST_HW_QUEUE_MAX`: HW queues per mock vIOMMU.
+pub const IOMMU_TEST_HW_QUEUE_MAX: u32 = 2;
+
+abi_struct! {
+    /// `struct iommu_viommu_selftest` (driver data of a mock vIOMMU)
+    pub struct IommuViommuSelftest {
+        pub in_data: u32, pub out_data: u32, pub out_mmap_offset: u64, pub out_mmap_length: u64,
+    }
+}
+abi_struct! {
+    /// `struct iommu_viommu_invalidate_selftest` (one mock vIOMMU invalidation)
+    pub struct IommuViommuInvalidateSelftest { pub flags: u32, pub vdev_id: u32, pub cache_id: u32 }
+}
+abi_struct! {
+    /// `struct iommu_viommu_event_selftest` (the mock's vEVENT)
+    pub struct IommuViommuEventSelftest { pub virt_id: u32 }
+}
+abi_struct! {
+    /// `trigger_vevent` member of the test command.
+    pub struct TestTriggerVevent { pub dev_id: u32 }
+}
+
+abi_struct! {
     /// `struct iommu_fault_alloc`
     pub struct IommuFaultAlloc { pub size: u32, pub flags: u32, pub out_fault_id: u32, pub out_fault_fd: u32 }
 }
@@ -264,7 +340,7 @@ pub const IOMMU_TEST_OP_MD_CHECK_IOTLB: u32 = 14;
 pub const IOMMU_TEST_OP_TRIGGER_IOPF: u32 = 15;
 /// Linux 6.13.
 pub const IOMMU_TEST_OP_DEV_CHECK_CACHE: u32 = 16;
-/// Linux 6.13 (vEVENTQ; not implemented).
+/// Linux 6.15: the mock device reports a vEVENT to its vIOMMU.
 pub const IOMMU_TEST_OP_TRIGGER_VEVENT: u32 = 17;
 /// Linux 6.15: attach a PASID of the selftest device.
 pub const IOMMU_TEST_OP_PASID_ATTACH: u32 = 18;
@@ -458,6 +534,13 @@ const _: () = {
     assert!(size_of::<IommuHwptGetDirtyBitmap>() == 48);
     assert!(size_of::<IommuHwptInvalidate>() == 32);
     assert!(size_of::<IommuFaultAlloc>() == 16);
+    assert!(size_of::<IommuViommuAlloc>() == 40);
+    assert!(size_of::<IommuVdeviceAlloc>() == 24);
+    assert!(size_of::<IommuVeventqAlloc>() == 32);
+    assert!(size_of::<IommuHwQueueAlloc>() == 40);
+    assert!(size_of::<IommufdVeventHeader>() == 8);
+    assert!(size_of::<IommuViommuSelftest>() == 24);
+    assert!(size_of::<IommuViommuInvalidateSelftest>() == 12);
     assert!(size_of::<IommuTestCmd>() == 72);
     assert!(size_of::<TestDirty>() == 48);
 };

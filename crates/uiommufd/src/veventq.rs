@@ -1,0 +1,333 @@
+//! vEVENT queues (the kernel's eventq.c, `IOMMUFD_OBJ_VEVENTQ`) and
+//! `IOMMU_VEVENTQ_ALLOC` (Linux 6.15).
+//!
+//! A vEVENTQ belongs to one vIOMMU, at most one per type; the vIOMMU's
+//! driver reports events to it ([`crate::viommu::Viommu::report_event`]),
+//! and user space reads them from the queue's fd ([`VeventqFile`]). The fd
+//! holds the queue, so the queue cannot be destroyed while it is open
+//! (`EBUSY`), and the queue holds its vIOMMU.
+//!
+//! The queue follows 7.2's eventq.c exactly:
+//!
+//! * each event is queued with the next sequence number (31 bits, wrapping
+//!   to 0), while fewer than `veventq_depth` events wait; when the queue is
+//!   full the event is lost instead, and one *lost-events header*
+//!   (`IOMMU_VEVENTQ_FLAG_LOST_EVENTS`, no data) stands at the tail in its
+//!   place, carrying the sequence number the lost event had: each further
+//!   loss moves it to the tail with a new number, and the next event that
+//!   is queued replaces it (the gap in the numbers tells the loss);
+//! * `read` hands out whole events, each a `struct iommufd_vevent_header`
+//!   followed by its data. A count below the header is `EINVAL` (also on
+//!   an empty queue); an event that does not fit is `EINVAL` when it is the
+//!   first, otherwise the read stops short; an empty queue reads 0 bytes
+//!   and `read` never blocks (wait with `poll`). A copy that faults puts
+//!   the event back (`EFAULT` when nothing was read).
+//! * `poll` is readable while events wait; the fd is never writable, and
+//!   `write` is `EINVAL` (no write op).
+
+use std::collections::VecDeque;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+use zerocopy::IntoBytes;
+
+use crate::context::{Context, Object};
+use crate::files::{self, EngineFile};
+use crate::uapi::dispatch::Ucmd;
+use crate::uapi::*;
+use crate::viommu::{get_viommu, Viommu};
+use crate::{bail, Error, Result};
+
+/// The most events a queue may hold (`VEVENTQ_MAX_DEPTH`).
+pub const VEVENTQ_MAX_DEPTH: u32 = 1 << 19;
+
+/// Size of the header before each event.
+const HDR: usize = size_of::<IommufdVeventHeader>();
+
+#[derive(Debug, Clone)]
+enum Entry {
+    /// A queued event and its sequence number.
+    Event { seq: u32, data: Vec<u8> },
+    /// The lost-events header and its sequence number.
+    Lost { seq: u32 },
+}
+
+impl Entry {
+    fn header(&self) -> IommufdVeventHeader {
+        match *self {
+            Entry::Event { seq, .. } => IommufdVeventHeader {
+                flags: 0,
+                sequence: seq,
+            },
+            Entry::Lost { seq } => IommufdVeventHeader {
+                flags: IOMMU_VEVENTQ_FLAG_LOST_EVENTS,
+                sequence: seq,
+            },
+        }
+    }
+}
+
+#[derive(Debug, Default)]
+struct State {
+    deliver: VecDeque<Entry>,
+    /// Events queued (the lost-events header does not count).
+    num_events: u32,
+    /// The sequence number of the next entry.
+    sequence: u32,
+}
+
+/// A vEVENT queue object.
+#[derive(Debug)]
+pub struct Veventq {
+    viommu: Arc<Viommu>,
+    ty: u32,
+    depth: u32,
+    state: Mutex<State>,
+    /// An entry was queued since the last resync of the fd.
+    fresh: AtomicBool,
+    file: Mutex<Weak<VeventqFile>>,
+}
+
+impl Veventq {
+    /// The queue type (`IOMMU_VEVENTQ_TYPE_*`).
+    pub fn queue_type(&self) -> u32 {
+        self.ty
+    }
+    /// The most events it holds.
+    pub fn depth(&self) -> u32 {
+        self.depth
+    }
+    /// The vIOMMU.
+    pub fn viommu(&self) -> &Arc<Viommu> {
+        &self.viommu
+    }
+    /// Entries waiting to be read (the lost-events header counts as one).
+    pub fn pending(&self) -> usize {
+        self.state.lock().deliver.len()
+    }
+
+    /// Queue one event of `data`, or record its loss when the queue is full
+    /// (`iommufd_viommu_report_event` + `iommufd_vevent_handler`).
+    pub(crate) fn report(&self, data: &[u8]) {
+        {
+            let mut st = self.state.lock();
+            let seq = st.sequence;
+            let entry = if st.num_events == self.depth {
+                tracing::debug!(
+                    ty = format_args!("{:#x}", self.ty),
+                    depth = self.depth,
+                    "vEVENTQ full: the event is lost"
+                );
+                Entry::Lost { seq }
+            } else {
+                st.num_events += 1;
+                Entry::Event {
+                    seq,
+                    data: data.to_vec(),
+                }
+            };
+            // the lost-events header only ever stands at the tail; whatever
+            // comes next takes its place
+            if matches!(st.deliver.back(), Some(Entry::Lost { .. })) {
+                st.deliver.pop_back();
+            }
+            st.deliver.push_back(entry);
+            st.sequence = seq.wrapping_add(1) & i32::MAX as u32;
+        }
+        self.fresh.store(true, Ordering::Release);
+        self.notify();
+    }
+
+    /// Resync the fd's readiness (waking its waiters after a new entry).
+    fn notify(&self) {
+        let file = self.file.lock().upgrade();
+        if let Some(f) = file {
+            if self.fresh.swap(false, Ordering::AcqRel) {
+                files::wake_file(&*f);
+            } else {
+                files::notify_file(&*f);
+            }
+        }
+    }
+
+    /// `read(2)` of the fd into `buf` (see the module docs).
+    pub fn read_events(&self, buf: &mut [u8]) -> Result<usize> {
+        let len = buf.len();
+        self.read_events_with(len, &mut |off, b| {
+            buf[off..off + b.len()].copy_from_slice(b);
+            Ok(())
+        })
+    }
+
+    /// `read(2)` of the fd for a buffer of `len` bytes: each piece is handed
+    /// to `put(offset, bytes)`, a copy to the reader's memory that may fail
+    /// (the event then stays queued).
+    pub fn read_events_with(
+        &self,
+        len: usize,
+        put: &mut dyn FnMut(usize, &[u8]) -> Result<()>,
+    ) -> Result<usize> {
+        if len < HDR {
+            bail!(
+                EINVAL,
+                "vEVENTQ read: {len} bytes cannot hold the {HDR}-byte header"
+            );
+        }
+        let mut st = self.state.lock();
+        let mut done = 0usize;
+        let mut rc: Result<()> = Ok(());
+        while let Some(cur) = st.deliver.pop_front() {
+            let restore = |st: &mut State, cur: Entry| match cur {
+                // the header is put back only on an empty queue: an entry
+                // queued since replaced it
+                Entry::Lost { .. } if !st.deliver.is_empty() => {}
+                e => st.deliver.push_front(e),
+            };
+            if done >= len || HDR > len - done {
+                restore(&mut st, cur);
+                break;
+            }
+            let data_len = match &cur {
+                Entry::Event { data, .. } => data.len(),
+                Entry::Lost { .. } => 0,
+            };
+            if HDR + data_len > len - done {
+                restore(&mut st, cur);
+                if done == 0 {
+                    rc = Err(Error::new(
+                        libc::EINVAL,
+                        format!(
+                            "vEVENTQ read: {len} bytes cannot hold the next event ({} bytes)",
+                            HDR + data_len
+                        ),
+                    ));
+                }
+                break;
+            }
+            if let Err(e) = put(done, cur.header().as_bytes()) {
+                restore(&mut st, cur);
+                rc = Err(e);
+                break;
+            }
+            if let Entry::Event { data, .. } = &cur {
+                if let Err(e) = put(done + HDR, data) {
+                    restore(&mut st, cur);
+                    rc = Err(e);
+                    break;
+                }
+                st.num_events -= 1;
+            }
+            done += HDR + data_len;
+        }
+        if done == 0 {
+            rc.map(|()| 0)
+        } else {
+            Ok(done)
+        }
+    }
+
+    /// `poll` events of the fd.
+    pub fn poll_events(&self) -> i16 {
+        if self.state.lock().deliver.is_empty() {
+            0
+        } else {
+            libc::POLLIN | libc::POLLRDNORM
+        }
+    }
+}
+
+/// The vEVENTQ fd's file: the queue, and the context it keeps alive.
+#[derive(Debug)]
+pub struct VeventqFile {
+    queue: Arc<Veventq>,
+    _ctx: Arc<Context>,
+}
+
+impl VeventqFile {
+    /// The queue behind the fd.
+    pub fn queue(&self) -> &Arc<Veventq> {
+        &self.queue
+    }
+}
+
+impl EngineFile for VeventqFile {
+    fn kind(&self) -> &'static str {
+        "[iommufd-viommu-event]"
+    }
+
+    fn read(&self, buf: &mut [u8], _nonblock: bool) -> Result<usize> {
+        self.queue.read_events(buf)
+    }
+
+    /// Event by event straight into the reader's memory.
+    fn read_user(&self, buf: files::UserBuf<'_>, _nonblock: bool) -> Result<usize> {
+        self.queue
+            .read_events_with(buf.len, &mut |off, b| buf.copy_out(off, b))
+    }
+
+    fn poll_events(&self) -> i16 {
+        self.queue.poll_events()
+    }
+}
+
+/// `IOMMU_VEVENTQ_ALLOC`: a vEVENTQ object and its fd (close-on-exec).
+///
+/// Errnos, in the kernel's order: non-zero `flags` or `__reserved`, or the
+/// `DEFAULT` type: `EOPNOTSUPP`; a depth of 0 or above 2^19: `EINVAL`;
+/// `viommu_id` not a vIOMMU: `ENOENT`; a queue of that type exists on the
+/// vIOMMU: `EEXIST`.
+pub(crate) fn veventq_alloc(u: &Ucmd) -> Result<i32> {
+    let mut cmd: IommuVeventqAlloc = u.cmd();
+    if cmd.flags != 0 || cmd.__reserved != 0 || cmd.r#type == IOMMU_VEVENTQ_TYPE_DEFAULT {
+        bail!(
+            EOPNOTSUPP,
+            "VEVENTQ_ALLOC: flags {:#x} and __reserved must be 0 and the type not DEFAULT (type {:#x})",
+            cmd.flags,
+            cmd.r#type
+        );
+    }
+    if cmd.veventq_depth == 0 || cmd.veventq_depth > VEVENTQ_MAX_DEPTH {
+        bail!(
+            EINVAL,
+            "VEVENTQ_ALLOC: depth {} is outside 1..={VEVENTQ_MAX_DEPTH}",
+            cmd.veventq_depth
+        );
+    }
+    let viommu = get_viommu(u.ctx, cmd.viommu_id)?;
+    if viommu.find_veventq(cmd.r#type).is_some() {
+        bail!(
+            EEXIST,
+            "VEVENTQ_ALLOC: vIOMMU {} already has a vEVENTQ of type {:#x}",
+            cmd.viommu_id,
+            cmd.r#type
+        );
+    }
+    let r = u.ctx.reserve()?;
+    let queue = Arc::new(Veventq {
+        viommu: viommu.clone(),
+        ty: cmd.r#type,
+        depth: cmd.veventq_depth,
+        state: Mutex::new(State::default()),
+        fresh: AtomicBool::new(false),
+        file: Mutex::new(Weak::new()),
+    });
+    let file = Arc::new(VeventqFile {
+        queue: queue.clone(),
+        _ctx: u.ctx.clone(),
+    });
+    *queue.file.lock() = Arc::downgrade(&file);
+    let fd = files::create(file, true)?;
+    cmd.out_veventq_id = r.id();
+    cmd.out_veventq_fd = fd as u32;
+    if let Err(e) = u.respond(&cmd) {
+        let _ = files::close(fd);
+        return Err(e);
+    }
+    if let Err(e) = viommu.add_veventq(&queue) {
+        let _ = files::close(fd);
+        return Err(e);
+    }
+    r.finalize(Object::Veventq(queue));
+    Ok(0)
+}
