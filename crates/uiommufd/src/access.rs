@@ -85,12 +85,22 @@ impl Access {
     /// `iommufd_access_create`: a new access driven by `ops`, published on `ctx`.
     pub fn create(ctx: &Context, ops: Weak<dyn AccessOps>) -> Result<Arc<Access>> {
         let needs_pin = ops.upgrade().is_some_and(|o| o.needs_pin_pages());
+        Self::publish(ctx, ops, if needs_pin { page_size() } else { 1 })
+    }
+
+    /// A new access with `ops` and IOVA alignment `iova_alignment`,
+    /// published on `ctx`.
+    fn publish(
+        ctx: &Context,
+        ops: Weak<dyn AccessOps>,
+        iova_alignment: u64,
+    ) -> Result<Arc<Access>> {
         let r = ctx.reserve()?;
         let id = r.id();
         let a = Arc::new_cyclic(|me| Access {
             id,
             ops,
-            iova_alignment: if needs_pin { page_size() } else { 1 },
+            iova_alignment,
             state: RwLock::new(State::default()),
             table: AtomicPtr::new(std::ptr::null_mut()),
             me: me.clone(),
@@ -105,17 +115,7 @@ impl Access {
     /// ([`Access::pin_locked`]).
     pub fn create_internal(ctx: &Context) -> Result<Arc<Access>> {
         let ops: Weak<dyn AccessOps> = Weak::<NoOps>::new();
-        let r = ctx.reserve()?;
-        let id = r.id();
-        let a = Arc::new_cyclic(|me| Access {
-            id,
-            ops,
-            iova_alignment: page_size(),
-            state: RwLock::new(State::default()),
-            me: me.clone(),
-        });
-        r.finalize(Object::Access(a.clone()));
-        Ok(a)
+        Self::publish(ctx, ops, page_size())
     }
 
     /// Attach to `ioas` (ID `ioas_id`), for the core's own accesses.
