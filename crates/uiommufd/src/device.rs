@@ -113,6 +113,14 @@ pub trait DeviceDriver: Send + Sync + std::fmt::Debug {
     /// Whether this device can be attached to `domain` (`EINVAL` if not:
     /// incompatible, so an auto-domain search moves on).
     fn check_attach(&self, domain: &dyn Domain) -> Result<()>;
+    /// PASID `pasid` is being attached (`attach`: to a domain, on attach or
+    /// replace) or detached (to the blocking domain): the driver's
+    /// `set_dev_pasid`. A failure leaves the PASID as it was. Default:
+    /// nothing to do.
+    fn set_dev_pasid(&self, pasid: u32, attach: bool) -> Result<()> {
+        let _ = (pasid, attach);
+        Ok(())
+    }
     /// Nested domains and I/O page faults, when the driver has them.
     fn nesting(&self) -> Option<&dyn NestingOps> {
         None
@@ -450,22 +458,7 @@ impl Device {
                     self.id
                 );
             }
-            match hwpt {
-                HwptRef::Paging(h) => self.driver.check_attach(h.domain().as_ref())?,
-                HwptRef::Nested(n) => {
-                    match self.driver.nesting() {
-                        Some(ops) => ops.check_attach_nested(n.domain().as_ref())?,
-                        None => bail!(
-                            EINVAL,
-                            "device {} cannot attach to nested HWPT {hwpt_id}: its driver has no nested domains",
-                            self.id
-                        ),
-                    }
-                    if let Some(v) = n.viommu() {
-                        v.ops().check_attach(v, self)?;
-                    }
-                }
-            }
+            self.check_driver(hwpt, hwpt_id)?;
             // the kernel's iopt_table_enforce_dev_resv_regions on attach
             crate::inject::point("device.resv_regions", libc::EINVAL)?;
             let old_fault = cur.as_ref().is_some_and(|a| a.hwpt.fault().is_some());
@@ -491,6 +484,28 @@ impl Device {
             self.leave(ctx, old);
         }
         Ok(())
+    }
+
+    /// Whether the driver takes `hwpt` (ID `hwpt_id`) for this device: its
+    /// domain (paging), or its nested domain and vIOMMU (nested).
+    fn check_driver(self: &Arc<Self>, hwpt: &HwptRef, hwpt_id: ObjId) -> Result<()> {
+        match hwpt {
+            HwptRef::Paging(h) => self.driver.check_attach(h.domain().as_ref()),
+            HwptRef::Nested(n) => {
+                match self.driver.nesting() {
+                    Some(ops) => ops.check_attach_nested(n.domain().as_ref())?,
+                    None => bail!(
+                        EINVAL,
+                        "device {} cannot attach to nested HWPT {hwpt_id}: its driver has no nested domains",
+                        self.id
+                    ),
+                }
+                if let Some(v) = n.viommu() {
+                    v.ops().check_attach(v, self)?;
+                }
+                Ok(())
+            }
+        }
     }
 
     /// I/O page faults turned off: drop the partial requests too.
@@ -544,15 +559,16 @@ impl Device {
         Ok(id)
     }
 
-    /// Attach PASID `pasid` (not `IOMMU_NO_PASID`) to the paging HWPT
-    /// `pt_id`, or with `replace` move an attached PASID there
+    /// Attach PASID `pasid` (not `IOMMU_NO_PASID`) to the HWPT `pt_id`,
+    /// paging or nested, or with `replace` move an attached PASID there
     /// (`iommufd_device_attach` / `_replace` with a PASID). `EINVAL`: the
-    /// device has no PASIDs or not that many, the PASID is already attached
-    /// (attach) or not attached (replace), the HWPT was not made with
-    /// `IOMMU_HWPT_ALLOC_PASID`, the RID is attached to a HWPT that was not,
-    /// or the driver refuses the domain. A PASID attach to an IOAS (an
-    /// automatic domain) or to a nested HWPT is not implemented
-    /// (`EOPNOTSUPP`).
+    /// device has no PASIDs or not that many, the PASID is not attached
+    /// (replace), the HWPT was not made with `IOMMU_HWPT_ALLOC_PASID`, the
+    /// RID is attached to a HWPT that was not, `pt_id` is an IOAS (its
+    /// automatic domain is made without `IOMMU_HWPT_ALLOC_PASID`, so the
+    /// kernel's attempt always ends there), or the driver refuses the
+    /// domain. `EBUSY`: the PASID is already attached (attach never
+    /// overwrites). A driver failure on replace leaves the old attachment.
     pub fn attach_pasid(
         self: &Arc<Self>,
         ctx: &Context,
@@ -570,9 +586,11 @@ impl Device {
         }
         let hwpt = match ctx.get(pt_id)? {
             Object::HwptPaging(h) => HwptRef::Paging(h),
-            Object::Ioas(_) | Object::HwptNested(_) => bail!(
-                EOPNOTSUPP,
-                "device {}: a PASID attach to an IOAS or a nested HWPT is not implemented",
+            Object::HwptNested(n) => HwptRef::Nested(n),
+            Object::Ioas(_) => bail!(
+                EINVAL,
+                "device {}: PASID {pasid} cannot attach to IOAS {pt_id}: its automatic domain is not made with \
+                 IOMMU_HWPT_ALLOC_PASID",
                 self.id
             ),
             o => bail!(
@@ -586,8 +604,8 @@ impl Device {
             let mut pasids = self.pasids.lock();
             match (pasids.get(&pasid), replace) {
                 (Some(_), false) => bail!(
-                    EINVAL,
-                    "device {}: PASID {pasid} is already attached",
+                    EBUSY,
+                    "device {}: PASID {pasid} is already attached (replace it instead)",
                     self.id
                 ),
                 (None, true) => bail!(EINVAL, "device {}: PASID {pasid} is not attached", self.id),
@@ -607,9 +625,15 @@ impl Device {
                     self.id
                 );
             }
-            if let HwptRef::Paging(h) = &hwpt {
-                self.driver.check_attach(h.domain().as_ref())?;
+            self.check_driver(&hwpt, pt_id)?;
+            if hwpt.fault().is_some() {
+                match self.driver.nesting() {
+                    Some(ops) => ops.enable_iopf()?,
+                    None => bail!(ENODEV, "device {} cannot report I/O page faults", self.id),
+                }
             }
+            // the driver's set_dev_pasid: on failure nothing changed
+            self.driver.set_dev_pasid(pasid, true)?;
             hwpt.add_device(self.id);
             pasids.insert(
                 pasid,
@@ -626,10 +650,13 @@ impl Device {
         Ok(pt_id)
     }
 
-    /// Detach PASID `pasid` (nothing when it is not attached).
+    /// Detach PASID `pasid` (nothing when it is not attached): it is
+    /// blocked (the driver's blocking domain) and its HWPT let go.
     pub fn detach_pasid(&self, ctx: &Context, pasid: u32) {
         let old = self.pasids.lock().remove(&pasid);
         if let Some(old) = old {
+            // attaching the blocking domain does not fail
+            let _ = self.driver.set_dev_pasid(pasid, false);
             self.leave(ctx, old);
         }
     }

@@ -809,7 +809,12 @@ fn pasid_attach_rules() {
     );
     assert_eq!(check(5, 0), Ok(()));
     assert_eq!(attach(5, compat), Ok(()));
-    assert_eq!(attach(5, compat), Err(libc::EINVAL), "attached twice");
+    assert_eq!(
+        attach(5, compat),
+        Err(libc::EBUSY),
+        "attached twice (the kernel's xa_insert of the device)"
+    );
+    assert_eq!(attach(6, ioas), Err(libc::EINVAL), "an IOAS");
     assert_eq!(check(5, compat), Ok(()));
     assert_eq!(check(5, 0), Err(libc::EINVAL));
     assert_eq!(check(5, plain), Err(libc::EINVAL));

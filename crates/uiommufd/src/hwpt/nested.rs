@@ -272,11 +272,18 @@ pub(crate) fn alloc(
         len: cmd.data_len,
         mem: &**u.ctx.memory(),
     };
-    if cmd.flags & !IOMMU_HWPT_FAULT_ID_VALID != 0 {
+    // IOMMU_HWPT_ALLOC_PASID (6.15) is the core's, as for paging HWPTs
+    let pasid_flag = if u.level().at_least(crate::uapi::level::UapiLevel::V6_15) {
+        crate::uapi::IOMMU_HWPT_ALLOC_PASID
+    } else {
+        0
+    };
+    let valid = IOMMU_HWPT_FAULT_ID_VALID | pasid_flag;
+    if cmd.flags & !valid != 0 {
         bail!(
             EOPNOTSUPP,
             "HWPT_ALLOC: flags {:#x} are not supported for a nested HWPT",
-            cmd.flags & !IOMMU_HWPT_FAULT_ID_VALID
+            cmd.flags & !valid
         );
     }
     if data.len == 0 {
@@ -314,11 +321,7 @@ pub(crate) fn alloc(
         );
     }
     let r = u.ctx.reserve()?;
-    let domain = ops.alloc_nested_domain(
-        parent.domain(),
-        cmd.flags & !IOMMU_HWPT_FAULT_ID_VALID,
-        &data,
-    )?;
+    let domain = ops.alloc_nested_domain(parent.domain(), cmd.flags & !valid, &data)?;
     let fault = if cmd.flags & IOMMU_HWPT_FAULT_ID_VALID != 0 {
         Some(get_fault(u.ctx, cmd.fault_id).map_err(|e| {
             Error::new(e.errno().0, format!("HWPT_ALLOC: fault_id: {}", e.reason()))
@@ -328,6 +331,9 @@ pub(crate) fn alloc(
     };
     let hwpt = HwptNested::new(parent, domain, fault);
     hwpt.set_id(r.id());
+    if cmd.flags & pasid_flag != 0 {
+        hwpt.set_pasid_compat();
+    }
     cmd.out_hwpt_id = r.id();
     u.respond(&cmd)?;
     r.finalize(Object::HwptNested(hwpt));

@@ -33,6 +33,10 @@ pub struct MockDevice {
     /// [`IOMMU_TEST_DEV_CACHE_DEFAULT`] from creation; a mock vIOMMU's
     /// cache invalidation clears them.
     cache: parking_lot::Mutex<[u32; MOCK_DEV_CACHE_NUM]>,
+    /// The selftest's fake failure for PASID 1024 (`pasid_1024_fake_error`):
+    /// set by an attach of it, then the next attach (a replace) fails with
+    /// `ENOMEM` and clears it; a detach clears it.
+    pasid_1024_fake_error: std::sync::atomic::AtomicBool,
 }
 
 impl MockDevice {
@@ -46,6 +50,7 @@ impl MockDevice {
         Ok(Arc::new(MockDevice {
             flags,
             cache: parking_lot::Mutex::new([IOMMU_TEST_DEV_CACHE_DEFAULT; MOCK_DEV_CACHE_NUM]),
+            pasid_1024_fake_error: std::sync::atomic::AtomicBool::new(false),
         }))
     }
 
@@ -103,6 +108,26 @@ impl DeviceDriver for MockDevice {
         } else {
             IOMMU_HW_CAP_DIRTY_TRACKING
         }
+    }
+
+    /// The selftest driver's `set_dev_pasid` for PASID 1024: the second
+    /// attach in a row fails with `ENOMEM` (a replace's rollback path).
+    fn set_dev_pasid(&self, pasid: u32, attach: bool) -> Result<()> {
+        use std::sync::atomic::Ordering::SeqCst;
+        if pasid != 1024 {
+            return Ok(());
+        }
+        if !attach {
+            self.pasid_1024_fake_error.store(false, SeqCst);
+        } else if self.pasid_1024_fake_error.swap(false, SeqCst) {
+            bail!(
+                ENOMEM,
+                "mock device: the selftest's fake failure of a second attach of PASID 1024"
+            );
+        } else {
+            self.pasid_1024_fake_error.store(true, SeqCst);
+        }
+        Ok(())
     }
 
     fn max_pasid_log2(&self) -> u8 {
