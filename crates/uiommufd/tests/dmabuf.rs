@@ -188,6 +188,17 @@ fn revoke_unmaps_every_domain_and_stays() {
     let areas = ctx.ioas(ioas).unwrap().iopt().areas();
     assert_eq!(areas.len(), 1, "the area stays");
     ctx.check_invariants().unwrap();
+    // the checker sees a domain that still maps a revoked import
+    let Object::HwptPaging(h1) = ctx.get(hwpt1).unwrap() else {
+        unreachable!()
+    };
+    h1.domain()
+        .map(iova, base, size, uiommufd::Prot::RW, ps())
+        .unwrap();
+    let e = ctx.check_invariants().unwrap_err();
+    assert!(e.contains("revoked"), "{e}");
+    assert_eq!(h1.domain().unmap(iova, size), size);
+    ctx.check_invariants().unwrap();
 
     // a domain attached meanwhile is filled without the revoked pages
     let hwpt4 = hwpt_alloc(&ctx, idev2, ioas, 0).unwrap();
@@ -227,8 +238,8 @@ fn revoke_unmaps_every_domain_and_stays() {
 
 /// A dma-buf has no page an access could pin or copy through (`EINVAL`,
 /// as the kernel's `iopt_area_add_access` / `iopt_pages_rw_access`); a
-/// VFIO-style cut of its area is `EOPNOTSUPP`; an unmap never waits for
-/// accesses there.
+/// VFIO-style cut of its area is `EOPNOTSUPP`; it cannot change process;
+/// an unmap never waits for accesses there.
 #[test]
 fn accesses_and_cuts_refuse_dmabuf_areas() {
     let ctx = Context::new_at(UapiLevel::V7_2);
@@ -259,6 +270,15 @@ fn accesses_and_cuts_refuse_dmabuf_areas() {
     );
     let iopt_cut = ctx.ioas(ioas).unwrap().iopt().cut_iova(&[iova + ps() - 1]);
     assert_eq!(iopt_cut.unwrap_err().errno().0, libc::EOPNOTSUPP);
+    // not file-backed: it cannot change process
+    let mut cp = IommuIoasChangeProcess {
+        size: size_of::<IommuIoasChangeProcess>() as u32,
+        ..Default::default()
+    };
+    assert_eq!(
+        ctx.ioc(IOMMU_IOAS_CHANGE_PROCESS, &mut cp),
+        Err(libc::EINVAL)
+    );
     ctx.check_invariants().unwrap();
     assert_eq!(unmap(&ctx, ioas, iova, size), Ok(0));
     close(fd);
