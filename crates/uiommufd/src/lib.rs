@@ -14,6 +14,7 @@
 //! | [`io_pagetable`] | io_pagetable.c, iova_bitmap.c | IOVA → area tree, allowed/reserved ranges, IOVA allocation, domains, accesses, dirty bitmaps |
 //! | [`pages`] | pages.c | single pin of user memory shared by areas |
 //! | [`accounting`] | pages.c | RLIMIT_MEMLOCK accounting modes |
+//! | [`dmabuf`] | dma-buf core, pages.c (`IOPT_ADDRESS_DMABUF`) | dma-buf fds, their import by `IOAS_MAP_FILE`, revocation |
 //! | [`domain`] | iommu_domain ops | what a translation table can do |
 //! | [`device`] | device.c | devices: bind, attach, replace, detach |
 //! | [`hwpt`] | hw_pagetable.c | paging and nested HWPTs, dirty tracking, `IOMMU_GET_HW_INFO` |
@@ -51,6 +52,7 @@ pub mod accounting;
 pub mod context;
 pub mod device;
 pub mod devices;
+pub mod dmabuf;
 pub mod domain;
 mod drain;
 mod error;

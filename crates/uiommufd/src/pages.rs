@@ -15,7 +15,9 @@
 //! the file itself ([`FileBacking`], `MAP_SHARED` at the file offset) and
 //! owns that mapping until the last user of the object is gone, so the
 //! pages outlive the caller's own mapping and its fd, as the kernel's file
-//! reference does.
+//! reference does. A third kind imports a *dma-buf* (`IOAS_MAP_FILE` of a
+//! dma-buf fd, [`crate::dmabuf`]): the exporter's memory, never pinned,
+//! which the exporter may revoke.
 //!
 //! Lock order: `Pages::pins` is a leaf lock; nothing else is taken under it
 //! except the global accounting atomics and the user-memory calls.
@@ -47,6 +49,9 @@ pub struct Pages {
     /// For `IOAS_MAP_FILE`: the engine's own mapping of the file (`uptr`
     /// is its start). Declared after everything that reads the memory.
     file: Option<FileBacking>,
+    /// For `IOAS_MAP_FILE` of a dma-buf: the import (`uptr` is the
+    /// buffer's memory; never pinned, see [`crate::dmabuf`]).
+    dmabuf: Option<crate::dmabuf::Attachment>,
 }
 
 /// `TMPFS_MAGIC` (shmem, memfd)
@@ -238,7 +243,13 @@ fn map_errno(fd: i32, e: i32) -> crate::Error {
 }
 
 /// `mmap` by system call; `Err(errno)`.
-fn raw_mmap(len: u64, prot: i32, flags: i32, fd: i32, off: i64) -> std::result::Result<u64, i32> {
+pub(crate) fn raw_mmap(
+    len: u64,
+    prot: i32,
+    flags: i32,
+    fd: i32,
+    off: i64,
+) -> std::result::Result<u64, i32> {
     // SAFETY: a new mapping at an address the kernel picks (no MAP_FIXED):
     // nothing of ours is replaced.
     let r = unsafe { libc::syscall(libc::SYS_mmap, 0usize, len as usize, prot, flags, fd, off) };
@@ -414,6 +425,7 @@ impl Pages {
             pins: Mutex::new(PinMap::default()),
             registered: AtomicBool::new(false),
             file: None,
+            dmabuf: None,
         })
     }
 
@@ -462,8 +474,59 @@ impl Pages {
             pins: Mutex::new(PinMap::default()),
             registered: AtomicBool::new(false),
             file: Some(file),
+            dmabuf: None,
         });
         Ok((pages, start_byte))
+    }
+
+    /// A new pages object over `length` bytes of dma-buf `buf` from byte
+    /// `start` (`IOAS_MAP_FILE` of a dma-buf fd): the buffer's own memory,
+    /// never pinned nor accounted. Returns the object and the offset of
+    /// `start` in its first page.
+    ///
+    /// `length` is non-zero and `start + length - 1` does not overflow (the
+    /// caller checks). Errors, in the kernel's order: `EINVAL` (the range
+    /// is not inside the buffer), `ENODEV` (the exporter revoked it).
+    pub fn new_dmabuf(
+        buf: Arc<crate::dmabuf::DmaBuf>,
+        start: u64,
+        length: u64,
+        writable: bool,
+    ) -> Result<(Arc<Pages>, u64)> {
+        let ps = page_size();
+        let att = crate::dmabuf::Attachment::new(buf.clone(), start, length)?;
+        let start_byte = start - att.start();
+        let npages = (start_byte + length).div_ceil(ps);
+        let pages = Arc::new(Pages {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            uptr: buf.addr() + att.start(),
+            npages,
+            writable,
+            mem: Arc::new(crate::user::SelfMemory),
+            account: Account::new(AccountMode::None),
+            pins: Mutex::new(PinMap::default()),
+            registered: AtomicBool::new(false),
+            file: None,
+            dmabuf: Some(att),
+        });
+        buf.attach(&pages)?;
+        Ok((pages, start_byte))
+    }
+
+    /// The dma-buf import, for an object of `IOAS_MAP_FILE` of a dma-buf.
+    pub fn dmabuf(&self) -> Option<&crate::dmabuf::Attachment> {
+        self.dmabuf.as_ref()
+    }
+
+    /// Whether the object is a dma-buf import.
+    pub fn is_dmabuf(&self) -> bool {
+        self.dmabuf.is_some()
+    }
+
+    /// Whether the object is a dma-buf import whose exporter revoked it
+    /// (its pages are in no domain).
+    pub fn dmabuf_revoked(&self) -> bool {
+        self.dmabuf.as_ref().is_some_and(|d| d.revoked())
     }
 
     /// The engine's own mapping, for an object of `IOAS_MAP_FILE`.
@@ -474,6 +537,25 @@ impl Pages {
     /// Check what the object owns: for a file object, that its mapping
     /// covers the object and that every pinned page is mapped and resident.
     pub fn check_backing(&self) -> std::result::Result<(), String> {
+        if let Some(d) = &self.dmabuf {
+            let (base, blen) = (d.buf().addr(), d.buf().len());
+            if self.uptr != base + d.start() || d.start() + self.len_bytes() > blen {
+                return Err(format!(
+                    "pages {}: [{:#x}, +{:#x}) is not inside dma-buf {} [{base:#x}, +{blen:#x})",
+                    self.id,
+                    self.uptr,
+                    self.len_bytes(),
+                    d.buf().id()
+                ));
+            }
+            if self.pins.lock().npinned != 0 {
+                return Err(format!(
+                    "pages {}: a dma-buf import has pinned pages",
+                    self.id
+                ));
+            }
+            return Ok(());
+        }
         let Some(f) = &self.file else {
             return Ok(());
         };
@@ -558,6 +640,14 @@ impl Pages {
     /// unpinned pages).
     pub fn pin(self: &Arc<Self>, first: u64, last: u64) -> Result<()> {
         debug_assert!(first <= last && last < self.npages);
+        if self.dmabuf.is_some() {
+            // the kernel's iopt_area_add_access: a dma-buf has no page to pin
+            crate::bail!(
+                EINVAL,
+                "pages {}: the pages of a dma-buf cannot be pinned",
+                self.id
+            );
+        }
         let ps = page_size();
         let mut pins = self.pins.lock();
         let holes = pins.holes(first, last);

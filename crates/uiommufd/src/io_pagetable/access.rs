@@ -73,6 +73,15 @@ impl Seg<'_> {
                 a.last
             );
         }
+        if a.pages.is_dmabuf() {
+            // the kernel's iopt_pages_rw_access: no page to copy through
+            bail!(
+                EINVAL,
+                "area [{:#x}, {:#x}] maps a dma-buf, which accesses cannot read or write",
+                self.key,
+                a.last
+            );
+        }
         Ok(())
     }
 }
@@ -587,6 +596,7 @@ impl Hint {
         if a.state != AreaState::Live
             || a.prevent_access
             || !a.pages.memory().direct()
+            || a.pages.is_dmabuf()
             || !access_ok(host, len as usize)
         {
             return None;

@@ -35,6 +35,14 @@ impl State {
                 a.last
             );
         }
+        if a.pages.is_dmabuf() {
+            // the kernel keeps a dma-buf's per-domain tracking per area
+            bail!(
+                EOPNOTSUPP,
+                "cannot cut area [{start:#x}, {:#x}]: it maps a dma-buf",
+                a.last
+            );
+        }
         let new_start = iova + 1;
         let rhs_start_byte = a.start_byte + (new_start - start);
         if new_start & (align - 1) != 0 || (rhs_start_byte % ps) & (align - 1) != 0 {

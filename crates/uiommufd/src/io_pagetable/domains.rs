@@ -95,6 +95,10 @@ impl AreaRef {
 /// Map one area into `domains`, first taking its domain pin when `pin`.
 /// On error nothing stays mapped or pinned.
 fn fill_area(a: &AreaRef, domains: &[Arc<dyn Domain>], pin: bool, max_pgsize: u64) -> Result<()> {
+    if let Some(d) = a.pages.dmabuf() {
+        // not pinned; tracked for revocation, and not mapped once revoked
+        return d.fill(a.iova, a.addr(), a.length, a.prot, domains, max_pgsize);
+    }
     let (first, last) = a.page_range();
     // the kernel's pfn reader allocates its batch for every area it fills
     crate::inject::point("iopt.fill.batch", libc::ENOMEM)?;
@@ -117,6 +121,10 @@ fn fill_area(a: &AreaRef, domains: &[Arc<dyn Domain>], pin: bool, max_pgsize: u6
 
 /// Unmap one area from `domains`, then drop its domain pin when `unpin`.
 pub(super) fn unfill_area(a: &AreaRef, domains: &[Arc<dyn Domain>], unpin: bool) {
+    if let Some(d) = a.pages.dmabuf() {
+        d.unfill(a.iova, a.length, domains);
+        return;
+    }
     for d in domains {
         let n = d.unmap(a.iova, a.length);
         debug_assert_eq!(n, a.length, "domain {} unmapped a short range", d.id());
@@ -363,6 +371,12 @@ fn check_mock(st: &State, mock: &MockDomain) -> std::result::Result<(), String> 
                 ));
             }
             let end = a.last.min(run_last);
+            if a.state == AreaState::Live && a.pages.dmabuf_revoked() {
+                return Err(format!(
+                    "domain {id} maps iova {cur:#x} of area [{k:#x}, {:#x}], whose dma-buf was revoked",
+                    a.last
+                ));
+            }
             if a.state == AreaState::Live {
                 let want = a.pages.uptr() + a.start_byte + (cur - k);
                 let have = addr + (cur - iova);
@@ -389,7 +403,7 @@ fn check_mock(st: &State, mock: &MockDomain) -> std::result::Result<(), String> 
     let live: u64 = st
         .areas
         .iter()
-        .filter(|(_, a)| a.state == AreaState::Live)
+        .filter(|(_, a)| a.state == AreaState::Live && !a.pages.dmabuf_revoked())
         .map(|(&k, a)| a.length(k))
         .sum();
     if covered != live {
@@ -411,13 +425,14 @@ fn check_generic(st: &State, d: &dyn Domain) -> std::result::Result<(), String> 
         if n == 0 {
             continue;
         }
+        let revoked = a.pages.dmabuf_revoked();
         for g in sample(0, n - 1, 32) {
             let iova = k + g * gran;
-            let want = a.pages.uptr() + a.start_byte + g * gran;
+            let want = (!revoked).then(|| a.pages.uptr() + a.start_byte + g * gran);
             let have = d.iova_to_phys(iova);
-            if have != Some(want) {
+            if have != want {
                 return Err(format!(
-                    "domain {} translates iova {iova:#x} to {have:#x?}, area [{k:#x}, {:#x}] says {want:#x}",
+                    "domain {} translates iova {iova:#x} to {have:#x?}, area [{k:#x}, {:#x}] says {want:#x?}",
                     d.id(),
                     a.last
                 ));
@@ -498,7 +513,10 @@ pub(super) fn check(st: &State, attached: &Attached) -> std::result::Result<(), 
                 }
             }
         }
-        if have_domains && a.state == AreaState::Live {
+        if a.state == AreaState::Live {
+            check_dmabuf_tracks(k, a, attached)?;
+        }
+        if have_domains && a.state == AreaState::Live && !a.pages.is_dmabuf() {
             for p in sample(f, l, 16) {
                 if !a.pages.is_pinned(p) {
                     return Err(format!(
@@ -517,6 +535,20 @@ pub(super) fn check(st: &State, attached: &Attached) -> std::result::Result<(), 
         if keys.iter().any(|k| st.areas[k].state != AreaState::Live)
             || Arc::strong_count(pages) != keys.len()
         {
+            continue;
+        }
+        if let Some(d) = pages.dmabuf() {
+            // never pinned (`check_backing`); tracked once per area and domain
+            let want = keys.len() * attached.domains.len();
+            if d.ntracked() != want {
+                return Err(format!(
+                    "dma-buf pages object {} tracks {} domain fill(s), expected {want} ({} area(s) x {} domain(s))",
+                    pages.id(),
+                    d.ntracked(),
+                    keys.len(),
+                    attached.domains.len()
+                ));
+            }
             continue;
         }
         let mut points = BTreeSet::new();
@@ -552,6 +584,30 @@ pub(super) fn check(st: &State, attached: &Attached) -> std::result::Result<(), 
                     pages.id()
                 ));
             }
+        }
+    }
+    Ok(())
+}
+
+/// A live area of dma-buf pages is tracked for every attached domain, with
+/// its length (so that a revocation unmaps it from each).
+fn check_dmabuf_tracks(
+    k: u64,
+    a: &super::Area,
+    attached: &Attached,
+) -> std::result::Result<(), String> {
+    let Some(d) = a.pages.dmabuf() else {
+        return Ok(());
+    };
+    for dom in &attached.domains {
+        let len = a.length(k);
+        if d.tracked(dom.id(), k) != Some(len) {
+            return Err(format!(
+                "dma-buf area [{k:#x}, {:#x}] is not tracked for domain {} with length {len:#x} (have {:#x?})",
+                a.last,
+                dom.id(),
+                d.tracked(dom.id(), k)
+            ));
         }
     }
     Ok(())

@@ -1344,6 +1344,12 @@ impl IoPagetable {
             if a.state == AreaState::Filling {
                 bail!(EBUSY, "the area at {k:#x} is still being mapped");
             }
+            if a.pages.is_dmabuf() {
+                bail!(
+                    EINVAL,
+                    "the area at {k:#x} maps a dma-buf: only file-backed areas can change process"
+                );
+            }
             if a.pages.file().is_none() {
                 bail!(
                     EINVAL,

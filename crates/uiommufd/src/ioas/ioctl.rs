@@ -217,6 +217,34 @@ pub(crate) fn map_file(u: &Ucmd) -> Result<i32> {
     // The fd is one of the caller's (the preload runs in the program):
     // `Pages::new_file` says EBADF when it is not open.
     let fixed = (cmd.flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(cmd.iova);
+    if u.level().at_least(UapiLevel::V6_19) {
+        // 6.19: a dma-buf is looked for first
+        match crate::dmabuf::classify_fd(cmd.fd) {
+            crate::dmabuf::FdKind::Engine(buf) => {
+                cmd.iova =
+                    ioas.map_dmabuf(&buf, cmd.start, cmd.length, fixed, prot_of(cmd.flags))?;
+                u.respond(&cmd)?;
+                return Ok(0);
+            }
+            crate::dmabuf::FdKind::Host(size) => {
+                if size <= cmd.start + (cmd.length - 1) {
+                    bail!(
+                        EINVAL,
+                        "IOAS_MAP_FILE: bytes [{:#x}, +{:#x}) are not inside the {size:#x}-byte dma-buf fd {}",
+                        cmd.start,
+                        cmd.length,
+                        cmd.fd
+                    );
+                }
+                bail!(
+                    EOPNOTSUPP,
+                    "IOAS_MAP_FILE: fd {} is a host dma-buf, whose exporter is neither the selftest's nor VFIO's",
+                    cmd.fd
+                );
+            }
+            crate::dmabuf::FdKind::Other | crate::dmabuf::FdKind::NotOpen => {}
+        }
+    }
     if !u.level().at_least(UapiLevel::V6_19) {
         // 6.13..6.18: the fd is looked up first.
         // SAFETY: F_GETFL on a number; no memory is involved.

@@ -108,6 +108,40 @@ impl Ioas {
         self.iopt.map_one(src, length, req, prot)
     }
 
+    /// `IOMMU_IOAS_MAP_FILE` of a dma-buf (Linux 6.19): map `length` bytes
+    /// of `buf` from byte `start`, at `iova` (or an allocated IOVA when
+    /// `None`). Returns the IOVA.
+    ///
+    /// The pages are the buffer's memory, not pinned nor accounted; when
+    /// the exporter revokes the buffer they leave every domain (see
+    /// [`crate::dmabuf`]). Errors: `EINVAL` (zero length, or the range is
+    /// not inside the buffer), `EOVERFLOW` (`start + length - 1`
+    /// overflows), `ENODEV` (the exporter revoked the buffer), then those
+    /// of every map.
+    pub fn map_dmabuf(
+        &self,
+        buf: &Arc<crate::dmabuf::DmaBuf>,
+        start: u64,
+        length: u64,
+        iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<u64> {
+        if length == 0 {
+            bail!(EINVAL, "length is zero");
+        }
+        if start.checked_add(length - 1).is_none() {
+            bail!(EOVERFLOW, "start {start:#x} + length {length:#x} overflows");
+        }
+        let (pages, start_byte) = Pages::new_dmabuf(buf.clone(), start, length, prot.write)?;
+        let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
+        let src = MapSource {
+            pages,
+            start_byte,
+            length,
+        };
+        self.iopt.map_one(src, length, req, prot)
+    }
+
     /// `IOMMU_IOAS_COPY`: map what backs `[src_iova, src_iova + length)` in
     /// `src` into this IOAS, sharing the pin. Returns the destination IOVA.
     pub fn copy_from(

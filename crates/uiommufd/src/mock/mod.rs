@@ -6,10 +6,12 @@
 //! [`crate::domain::Domain`] trait, and its accesses
 //! ([`access::MockAccessFile`]) use the generic access API. The test
 //! command only drives them. Its nested domains ([`nested::MockNestedDomain`])
-//! implement [`crate::hwpt::nested::NestedDomain`].
+//! implement [`crate::hwpt::nested::NestedDomain`]. Its dma-buf exporter
+//! ([`dmabuf`]) hands out engine dma-bufs ([`crate::dmabuf`]).
 
 pub mod access;
 pub mod device;
+pub mod dmabuf;
 pub mod domain;
 pub mod nested;
 pub mod viommu;
@@ -223,6 +225,12 @@ pub(crate) fn test_cmd(u: &Ucmd) -> Result<i32> {
             if u.level().at_least(UapiLevel::V6_15) =>
         {
             pasid_op(u, cmd)
+        }
+        dmabuf::IOMMU_TEST_OP_DMABUF_GET if u.level().at_least(UapiLevel::V6_19) => {
+            dmabuf::get(u, &cmd)
+        }
+        dmabuf::IOMMU_TEST_OP_DMABUF_REVOKE if u.level().at_least(UapiLevel::V6_19) => {
+            dmabuf::revoke(u, &cmd)
         }
         op => bail!(EOPNOTSUPP, "IOMMU_TEST_CMD: unknown op {op}"),
     }

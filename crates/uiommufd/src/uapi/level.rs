@@ -37,8 +37,9 @@ impl UapiLevel {
     pub const V6_17: UapiLevel = UapiLevel::new(6, 17);
     /// Linux 6.18.
     pub const V6_18: UapiLevel = UapiLevel::new(6, 18);
-    /// Linux 6.19: `IOMMU_IOAS_MAP_FILE` of a dma-buf; the file map checks
-    /// `length` and `start + length` before it looks the fd up.
+    /// Linux 6.19: `IOMMU_IOAS_MAP_FILE` of a dma-buf (and the selftest's
+    /// `DMABUF_GET` / `DMABUF_REVOKE`); the file map checks `length` and
+    /// `start + length` before it looks the fd up.
     pub const V6_19: UapiLevel = UapiLevel::new(6, 19);
     /// Linux 7.0.
     pub const V7_0: UapiLevel = UapiLevel::new(7, 0);
