@@ -473,6 +473,28 @@ macro_rules! mmap_hook {
                     }
                     None => return libc::MAP_FAILED,
                 }
+            } else if fd >= 0
+                && flags & libc::MAP_ANONYMOUS == 0
+                && crate::table::maybe_registered(fd)
+                && !sync::foreign()
+            {
+                // an emulated /dev/iommu fd: the regions its objects offer
+                let r = crate::guard(|| {
+                    let _c = sync::enter();
+                    crate::iommufd_mmap(fd, len, prot, flags, offset as i64, |tfd, toff| {
+                        // SAFETY: the caller's mapping, of the engine's memfd.
+                        unsafe { real(addr, len, prot, flags, tfd, toff as $off) }
+                    })
+                });
+                match r {
+                    Some(None) => {}
+                    Some(Some(Ok(p))) => return p,
+                    Some(Some(Err(e))) => {
+                        set_errno(e);
+                        return libc::MAP_FAILED;
+                    }
+                    None => return libc::MAP_FAILED,
+                }
             }
             // SAFETY: forwarding the caller's arguments unchanged.
             unsafe { real(addr, len, prot, flags, fd, offset) }

@@ -616,8 +616,9 @@ fn emulated_ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> Route {
     }
     // Commands that create an engine fd are fd births: a racing `close` or
     // `dup` of the new number waits until it is registered.
-    let births_fd =
-        cmd == uiommufd::uapi::IOMMU_FAULT_QUEUE_ALLOC || cmd == uiommufd::uapi::IOMMU_TEST_CMD;
+    let births_fd = cmd == uiommufd::uapi::IOMMU_FAULT_QUEUE_ALLOC
+        || cmd == uiommufd::uapi::IOMMU_VEVENTQ_ALLOC
+        || cmd == uiommufd::uapi::IOMMU_TEST_CMD;
     let _birth = births_fd.then(sync::Birth::new);
     let ops = births_fd.then(sync::fd_ops);
     let r = match &entry.obj {
@@ -626,6 +627,39 @@ fn emulated_ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> Route {
     drop(ops);
     drop(entry);
     Route::Done(r.map_err(|e| e.errno().0))
+}
+
+/// `mmap` of an emulated `/dev/iommu` fd (`iommufd_fops_mmap`): the region
+/// an object offers at `offset` ([`uiommufd::Context::mmap_target`]),
+/// mapped with `map(memfd, 0)`. `None`: `fd` is not ours.
+pub(crate) fn iommufd_mmap(
+    fd: c_int,
+    len: usize,
+    prot: c_int,
+    flags: c_int,
+    offset: i64,
+    map: impl FnOnce(c_int, i64) -> *mut c_void,
+) -> Option<Result<*mut c_void, c_int>> {
+    let entry = table::lookup(fd)?;
+    let FdObject::Iommu(ctx) = &entry.obj;
+    let Ok(off) = u64::try_from(offset) else {
+        return Some(Err(libc::EINVAL));
+    };
+    let region = match ctx.mmap_target(off, len as u64, prot, flags) {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::debug!(fd, offset, len, "iommufd mmap refused: {e}");
+            return Some(Err(e.errno().0));
+        }
+    };
+    // the region (and its memfd) lives until the mapping is made
+    let p = map(region.fd(), 0);
+    drop(region);
+    Some(if p == libc::MAP_FAILED {
+        Err(errno())
+    } else {
+        Ok(p)
+    })
 }
 
 /// `ioctl(2)`: runs the iommufd dispatcher on emulated fds.

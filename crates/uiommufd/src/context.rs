@@ -96,7 +96,9 @@ impl Object {
             Object::Fault(a) => Arc::strong_count(a) - 1,
             Object::Access(a) => Arc::strong_count(a) - 1,
             Object::Selftest(a) => Arc::strong_count(a) - 1,
-            Object::Viommu(a) => Arc::strong_count(a) - 1,
+            // a mapping of its mmap region is a user too (the kernel's
+            // VMA open/close)
+            Object::Viommu(a) => Arc::strong_count(a) - 1 + usize::from(a.mmap_mapped()),
             Object::Vdevice(a) => Arc::strong_count(a) - 1,
             Object::Veventq(a) => Arc::strong_count(a) - 1,
             Object::HwQueue(a) => Arc::strong_count(a) - 1,
@@ -178,6 +180,13 @@ pub struct Context {
     mem: Arc<dyn UserMemory>,
     /// The kernel release this context answers as (fixed at creation).
     uapi: UapiLevel,
+    /// Regions objects offer through `mmap` of the fd, by offset, and the
+    /// next free offset (the kernel's `mt_mmap`: the first page is never
+    /// handed out).
+    mmaps: Mutex<(
+        u64,
+        std::collections::BTreeMap<u64, Arc<crate::mmap::MmapRegion>>,
+    )>,
 }
 
 /// An ID reserved for an object under construction; see the module docs.
@@ -244,7 +253,66 @@ impl Context {
             vfio_container: AtomicBool::new(false),
             mem,
             uapi: level,
+            mmaps: Mutex::new((crate::user::page_size(), std::collections::BTreeMap::new())),
         })
+    }
+
+    /// Offer `region` through `mmap` of the fd: the offset to map it at
+    /// (`iommufd_alloc_mmap`).
+    pub fn mmap_register(&self, region: Arc<crate::mmap::MmapRegion>) -> u64 {
+        let mut m = self.mmaps.lock();
+        let off = m.0;
+        m.0 = off + region.length();
+        m.1.insert(off, region);
+        off
+    }
+
+    /// Withdraw the region at `offset` (`iommufd_destroy_mmap`).
+    pub fn mmap_unregister(&self, offset: u64) {
+        self.mmaps.lock().1.remove(&offset);
+    }
+
+    /// `mmap` of the fd (`iommufd_fops_mmap`): the region to map (its
+    /// memfd from 0; keep the `Arc` until the mapping is made) for
+    /// `length` bytes at `offset` with `prot` and `flags`. `EINVAL`: a length not in
+    /// whole pages, or a private mapping; `EPERM`: `PROT_EXEC`; `ENXIO`:
+    /// no region starts at `offset`, or it has another length (only a
+    /// region exactly may be mapped).
+    pub fn mmap_target(
+        &self,
+        offset: u64,
+        length: u64,
+        prot: i32,
+        flags: i32,
+    ) -> Result<Arc<crate::mmap::MmapRegion>> {
+        if length == 0 || !length.is_multiple_of(crate::user::page_size()) {
+            bail!(
+                EINVAL,
+                "mmap of the iommufd: length {length:#x} is not whole pages"
+            );
+        }
+        let ty = flags & 0xf; // MAP_TYPE
+        if ty != libc::MAP_SHARED && ty != libc::MAP_SHARED_VALIDATE {
+            bail!(EINVAL, "mmap of the iommufd: only MAP_SHARED mappings");
+        }
+        if prot & libc::PROT_EXEC != 0 {
+            bail!(EPERM, "mmap of the iommufd: PROT_EXEC is refused");
+        }
+        let m = self.mmaps.lock();
+        let Some(r) = m.1.get(&offset) else {
+            bail!(
+                ENXIO,
+                "mmap of the iommufd: no region starts at offset {offset:#x}"
+            );
+        };
+        if r.length() != length {
+            bail!(
+                ENXIO,
+                "mmap of the iommufd: the region at {offset:#x} is {:#x} bytes, not {length:#x}",
+                r.length()
+            );
+        }
+        Ok(r.clone())
     }
 
     /// The kernel release whose uAPI this context speaks.

@@ -135,13 +135,17 @@ pub trait DeviceDriver: Send + Sync + std::fmt::Debug {
     /// domain `parent` (`viommu_init`), from the user's driver data when
     /// there is some (the driver may write its reply into it). Default:
     /// `EOPNOTSUPP`.
+    /// `mmap` offers a region through `mmap` of the fd (returns its offset,
+    /// what the driver reports to the user); the core withdraws it when
+    /// the vIOMMU goes.
     fn viommu_init(
         &self,
         ty: u32,
         parent: &Arc<dyn Domain>,
         data: Option<&UserData<'_>>,
+        mmap: &dyn Fn(Arc<crate::mmap::MmapRegion>) -> u64,
     ) -> Result<Arc<dyn ViommuOps>> {
-        let _ = (parent, data);
+        let _ = (parent, data, mmap);
         bail!(EOPNOTSUPP, "the IOMMU has no vIOMMU of type {ty:#x}")
     }
     /// For drivers to recognise their own devices (`None`: not needed).

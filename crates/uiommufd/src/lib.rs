@@ -64,6 +64,7 @@ pub mod inject;
 pub mod io_pagetable;
 pub mod ioas;
 pub mod logging;
+pub mod mmap;
 pub mod mock;
 pub mod pages;
 pub mod uapi;

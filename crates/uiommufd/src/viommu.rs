@@ -125,6 +125,28 @@ pub struct Viommu {
     veventqs: Mutex<Vec<Weak<Veventq>>>,
     /// Our own object ID once published (0 before).
     id: AtomicU32,
+    /// Regions the driver offers through `mmap` of the fd (offset, region),
+    /// withdrawn with the vIOMMU.
+    mmaps: Vec<(u64, Arc<crate::mmap::MmapRegion>)>,
+    /// The context, to withdraw them.
+    ctx: Weak<Context>,
+}
+
+impl Viommu {
+    /// Whether a region it offers through `mmap` is mapped now.
+    pub(crate) fn mmap_mapped(&self) -> bool {
+        self.mmaps.iter().any(|(_, r)| r.mapped())
+    }
+}
+
+impl Drop for Viommu {
+    fn drop(&mut self) {
+        if let Some(ctx) = self.ctx.upgrade() {
+            for (off, _) in &self.mmaps {
+                ctx.mmap_unregister(*off);
+            }
+        }
+    }
 }
 
 /// The identity of the physical IOMMU behind `dev` (its driver's type).
@@ -382,11 +404,28 @@ pub(crate) fn viommu_alloc(u: &Ucmd) -> Result<i32> {
         len: cmd.data_len,
         mem: &**u.ctx.memory(),
     };
+    let offered = std::cell::RefCell::new(Vec::new());
+    let mmap = |region: Arc<crate::mmap::MmapRegion>| {
+        let off = u.ctx.mmap_register(region.clone());
+        offered.borrow_mut().push((off, region));
+        off
+    };
     let ops = dev.driver().viommu_init(
         cmd.r#type,
         hwpt.domain(),
         (cmd.data_len != 0).then_some(&data),
-    )?;
+        &mmap,
+    );
+    let mmaps = offered.into_inner();
+    let ops = match ops {
+        Ok(o) => o,
+        Err(e) => {
+            for (off, _) in &mmaps {
+                u.ctx.mmap_unregister(*off);
+            }
+            return Err(e);
+        }
+    };
     let viommu = Arc::new(Viommu {
         ty: cmd.r#type,
         hwpt,
@@ -395,6 +434,8 @@ pub(crate) fn viommu_alloc(u: &Ucmd) -> Result<i32> {
         vdevs: Mutex::new(BTreeMap::new()),
         veventqs: Mutex::new(Vec::new()),
         id: AtomicU32::new(r.id()),
+        mmaps,
+        ctx: Arc::downgrade(u.ctx),
     });
     cmd.out_viommu_id = r.id();
     u.respond(&cmd)?;

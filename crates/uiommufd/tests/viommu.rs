@@ -262,6 +262,32 @@ fn viommu_data_loopback() {
     )
     .unwrap();
     assert_eq!(d.out_data, 0xbeef);
+    // its two pages through mmap of the fd: only exactly the region, shared,
+    // not executable; the first word is in_data; mapped, the vIOMMU is busy
+    let page = 4096u64;
+    let (off, len) = (d.out_mmap_offset, d.out_mmap_length);
+    assert_eq!(len, 2 * page);
+    assert!(off >= page && off % page == 0, "offset {off:#x}");
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    let sh = libc::MAP_SHARED;
+    let e = |o, l, p, fl| f.ctx.mmap_target(o, l, p, fl).unwrap_err().errno().0;
+    assert_eq!(e(off + page, len, rw, sh), libc::ENXIO);
+    assert_eq!(e(off + 2 * page, len, rw, sh), libc::ENXIO);
+    assert_eq!(e(off, len / 2, rw, sh), libc::ENXIO);
+    assert_eq!(e(off, len * 2, rw, sh), libc::ENXIO);
+    assert_eq!(e(off, len - 1, rw, sh), libc::EINVAL);
+    assert_eq!(e(off, len, rw, libc::MAP_PRIVATE), libc::EINVAL);
+    assert_eq!(e(off, len, rw | libc::PROT_EXEC, sh), libc::EPERM);
+    let region = f.ctx.mmap_target(off, len, rw, sh).unwrap();
+    // SAFETY: a shared mapping of the region's memfd, unmapped below.
+    let p = unsafe { libc::mmap(std::ptr::null_mut(), len as usize, rw, sh, region.fd(), 0) };
+    assert_ne!(p, libc::MAP_FAILED);
+    // SAFETY: the mapping is readable.
+    assert_eq!(unsafe { *(p as *const u32) }, 0xbeef);
+    drop(region);
+    assert_eq!(destroy(&f.ctx, v), libc::EBUSY, "mapped");
+    // SAFETY: our own mapping.
+    unsafe { libc::munmap(p, len as usize) };
     // a length below the end of out_data is EINVAL
     let mut c = IommuViommuAlloc {
         size: 40,
@@ -277,6 +303,11 @@ fn viommu_data_loopback() {
     c.data_uptr = 8; // unreadable
     assert_eq!(errno(&f.ctx, IOMMU_VIOMMU_ALLOC, &mut c), libc::EFAULT);
     assert_eq!(destroy(&f.ctx, v), 0);
+    // withdrawn with it
+    assert_eq!(
+        f.ctx.mmap_target(off, len, rw, sh).unwrap_err().errno().0,
+        libc::ENXIO
+    );
 }
 
 #[test]

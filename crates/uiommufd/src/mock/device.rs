@@ -237,8 +237,9 @@ impl DeviceDriver for MockDevice {
         ty: u32,
         parent: &Arc<dyn Domain>,
         data: Option<&UserData<'_>>,
+        mmap: &dyn Fn(Arc<crate::mmap::MmapRegion>) -> u64,
     ) -> Result<Arc<dyn crate::viommu::ViommuOps>> {
-        super::viommu::MockViommu::init(ty, parent, data)
+        super::viommu::MockViommu::init(ty, parent, data, mmap)
     }
 }
 

@@ -33,13 +33,15 @@ pub struct MockViommu {
 
 impl MockViommu {
     /// `mock_viommu_init`: with data, copy it in (`EINVAL` for a bad type or
-    /// length, `EFAULT` for an unreadable pointer) and write `out_data` =
-    /// `in_data` back. The data's mmap region (`out_mmap_offset`,
-    /// `out_mmap_length`) is not offered: both are reported 0.
+    /// length, `EFAULT` for an unreadable pointer), offer two pages through
+    /// `mmap` of the fd with `in_data` in the first word (a loopback), and
+    /// write `out_data` = `in_data` and the pages' `out_mmap_offset` /
+    /// `out_mmap_length` back.
     pub fn init(
         ty: u32,
         parent: &Arc<dyn Domain>,
         data: Option<&UserData<'_>>,
+        mmap: &dyn Fn(Arc<crate::mmap::MmapRegion>) -> u64,
     ) -> Result<Arc<dyn ViommuOps>> {
         if ty != IOMMU_VIOMMU_TYPE_SELFTEST {
             bail!(
@@ -50,9 +52,12 @@ impl MockViommu {
         if let Some(d) = data {
             let min = offset_of!(IommuViommuSelftest, out_data) + size_of::<u32>();
             let mut v: IommuViommuSelftest = d.copy_struct(IOMMU_VIOMMU_TYPE_SELFTEST, min)?;
+            let len = 2 * crate::user::page_size();
+            let page = crate::mmap::MmapRegion::new(len)?;
+            page.write(0, &v.in_data.to_ne_bytes())?;
             v.out_data = v.in_data;
-            v.out_mmap_offset = 0;
-            v.out_mmap_length = 0;
+            v.out_mmap_offset = mmap(Arc::new(page));
+            v.out_mmap_length = len;
             // copy_struct_to_user: the user's length (checked above)
             let n = (d.len as usize).min(size_of::<IommuViommuSelftest>());
             d.mem.write(d.uptr, &v.as_bytes()[..n]).map_err(|_| {
