@@ -149,6 +149,39 @@ impl UserDataArray<'_> {
         .copy_struct(data_type, min_len)
         .map_err(|e| Error::new(e.errno().0, format!("entry {index}: {}", e.reason())))
     }
+
+    /// The loop of a driver's `cache_invalidate_user`: another data type
+    /// than `data_type` is `EINVAL` with nothing done; then each entry is
+    /// copied as a `T` ([`UserDataArray::copy_entry`]) and handed to
+    /// `handle(index, entry)`, in order, up to the first failure. Returns
+    /// the entries handled (what the kernel writes back to `entry_num`) and
+    /// the result.
+    pub fn for_each_entry<T: FromBytes + IntoBytes>(
+        &self,
+        data_type: u32,
+        min_len: usize,
+        mut handle: impl FnMut(u32, T) -> Result<()>,
+    ) -> (u32, Result<()>) {
+        if self.data_type != data_type {
+            return (
+                0,
+                Err(crate::err!(
+                    EINVAL,
+                    "HWPT_INVALIDATE: data_type {:#x} is not the driver's {data_type:#x}",
+                    self.data_type
+                )),
+            );
+        }
+        for i in 0..self.entry_num {
+            let r = self
+                .copy_entry(data_type, i, min_len)
+                .and_then(|v| handle(i, v));
+            if let Err(e) = r {
+                return (i, Err(e));
+            }
+        }
+        (self.entry_num, Ok(()))
+    }
 }
 
 /// A nested HW page table.

@@ -75,53 +75,34 @@ impl NestedDomain for MockNestedDomain {
     /// an IOTLB ID past the last `EINVAL`, a bad entry size `EINVAL`, an
     /// unreadable entry `EFAULT`.
     fn cache_invalidate_user(&self, array: &UserDataArray<'_>) -> (u32, Result<()>) {
-        if array.data_type != IOMMU_HWPT_INVALIDATE_DATA_SELFTEST {
-            return (
-                0,
-                Err(crate::err!(
-                    EINVAL,
-                    "HWPT_INVALIDATE: data_type {:#x} is not the mock's {IOMMU_HWPT_INVALIDATE_DATA_SELFTEST:#x}",
-                    array.data_type
-                )),
-            );
-        }
         let min = offset_of!(IommuHwptInvalidateSelftest, iotlb_id) + size_of::<u32>();
-        let mut done = 0u32;
-        for i in 0..array.entry_num {
-            let inv: IommuHwptInvalidateSelftest =
-                match array.copy_entry(IOMMU_HWPT_INVALIDATE_DATA_SELFTEST, i, min) {
-                    Ok(v) => v,
-                    Err(e) => return (done, Err(e)),
-                };
-            if inv.flags & !IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
-                return (
-                    done,
-                    Err(crate::err!(
+        array.for_each_entry(
+            IOMMU_HWPT_INVALIDATE_DATA_SELFTEST,
+            min,
+            |i, inv: IommuHwptInvalidateSelftest| {
+                if inv.flags & !IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
+                    crate::bail!(
                         EOPNOTSUPP,
                         "HWPT_INVALIDATE: entry {i}: unknown flags {:#x}",
                         inv.flags & !IOMMU_TEST_INVALIDATE_FLAG_ALL
-                    )),
-                );
-            }
-            if inv.iotlb_id > MOCK_NESTED_DOMAIN_IOTLB_ID_MAX {
-                return (
-                    done,
-                    Err(crate::err!(
+                    );
+                }
+                if inv.iotlb_id > MOCK_NESTED_DOMAIN_IOTLB_ID_MAX {
+                    crate::bail!(
                         EINVAL,
                         "HWPT_INVALIDATE: entry {i}: iotlb_id {} is above {MOCK_NESTED_DOMAIN_IOTLB_ID_MAX}",
                         inv.iotlb_id
-                    )),
-                );
-            }
-            let mut t = self.iotlb.lock();
-            if inv.flags & IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
-                *t = [0; MOCK_NESTED_DOMAIN_IOTLB_NUM];
-            } else {
-                t[inv.iotlb_id as usize] = 0;
-            }
-            done += 1;
-        }
-        (done, Ok(()))
+                    );
+                }
+                let mut t = self.iotlb.lock();
+                if inv.flags & IOMMU_TEST_INVALIDATE_FLAG_ALL != 0 {
+                    *t = [0; MOCK_NESTED_DOMAIN_IOTLB_NUM];
+                } else {
+                    t[inv.iotlb_id as usize] = 0;
+                }
+                Ok(())
+            },
+        )
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -66,7 +66,7 @@ use crate::hwpt::nested::{NestedDomain, UserData, UserDataArray};
 use crate::io_pagetable::{DirtyBitmap, Prot};
 use crate::uapi::IOMMU_HWPT_DATA_VTD_S1;
 use crate::user::{SelfMemory, UserMemory};
-use crate::{bail, err, Result};
+use crate::{bail, Result};
 
 /// `IOMMU_HWPT_INVALIDATE_DATA_VTD_S1` (`enum iommu_hwpt_invalidate_data_type`).
 pub const IOMMU_HWPT_INVALIDATE_DATA_VTD_S1: u32 = 0;
@@ -585,58 +585,39 @@ impl NestedDomain for VtdNestedDomain {
     /// an unaligned `addr` or `npages` `u64::MAX` with a non-zero `addr`
     /// `EINVAL`. Entries before the failing one are done.
     fn cache_invalidate_user(&self, array: &UserDataArray<'_>) -> (u32, Result<()>) {
-        if array.data_type != IOMMU_HWPT_INVALIDATE_DATA_VTD_S1 {
-            return (
-                0,
-                Err(err!(
-                    EINVAL,
-                    "HWPT_INVALIDATE: data_type {:#x} is not IOMMU_HWPT_INVALIDATE_DATA_VTD_S1",
-                    array.data_type
-                )),
-            );
-        }
         let min = offset_of!(IommuHwptVtdS1Invalidate, __reserved) + size_of::<u32>();
-        let mut done = 0u32;
-        for i in 0..array.entry_num {
-            let inv: IommuHwptVtdS1Invalidate =
-                match array.copy_entry(IOMMU_HWPT_INVALIDATE_DATA_VTD_S1, i, min) {
-                    Ok(v) => v,
-                    Err(e) => return (done, Err(e)),
-                };
-            if inv.flags & !IOMMU_VTD_INV_FLAGS_LEAF != 0 || inv.__reserved != 0 {
-                return (
-                    done,
-                    Err(err!(
+        array.for_each_entry(
+            IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
+            min,
+            |i, inv: IommuHwptVtdS1Invalidate| {
+                if inv.flags & !IOMMU_VTD_INV_FLAGS_LEAF != 0 || inv.__reserved != 0 {
+                    bail!(
                         EOPNOTSUPP,
                         "HWPT_INVALIDATE: entry {i}: unknown flags {:#x} or non-zero __reserved",
                         inv.flags & !IOMMU_VTD_INV_FLAGS_LEAF
-                    )),
-                );
-            }
-            if inv.addr & 0xfff != 0 || (inv.npages == u64::MAX && inv.addr != 0) {
-                return (
-                    done,
-                    Err(err!(
+                    );
+                }
+                if inv.addr & 0xfff != 0 || (inv.npages == u64::MAX && inv.addr != 0) {
+                    bail!(
                         EINVAL,
-                        "HWPT_INVALIDATE: entry {i}: addr {:#x} is not 4 KiB aligned, or npages is all-ones with a \
-                         non-zero addr",
+                        "HWPT_INVALIDATE: entry {i}: addr {:#x} is not 4 KiB aligned, or npages is all-ones with \
+                         a non-zero addr",
                         inv.addr
-                    )),
-                );
-            }
-            if inv.npages != 0 {
-                let last = inv
-                    .npages
-                    .checked_mul(4096)
-                    .and_then(|n| inv.addr.checked_add(n - 1))
-                    .unwrap_or(u64::MAX);
-                // we keep no paging-structure cache: LEAF or not, the
-                // leaves of the range go
-                self.flush_range(inv.addr, last);
-            }
-            done += 1;
-        }
-        (done, Ok(()))
+                    );
+                }
+                if inv.npages != 0 {
+                    let last = inv
+                        .npages
+                        .checked_mul(4096)
+                        .and_then(|n| inv.addr.checked_add(n - 1))
+                        .unwrap_or(u64::MAX);
+                    // we keep no paging-structure cache: LEAF or not, the
+                    // leaves of the range go
+                    self.flush_range(inv.addr, last);
+                }
+                Ok(())
+            },
+        )
     }
 
     fn dma_domain(&self) -> Option<Arc<dyn Domain>> {
