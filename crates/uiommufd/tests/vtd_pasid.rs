@@ -191,3 +191,119 @@ fn dma_and_atomics_per_pasid() {
     );
     bus.dma_write(IOVA, &[1]).unwrap();
 }
+
+/// `VFIO_DEVICE_{ATTACH,DETACH}_IOMMUFD_PT` with the PASID flags (Linux
+/// 6.15), through the cdev's ioctl: sizes and flags as
+/// `vfio_df_ioctl_attach_pt`, a second attach replaces, detach blocks, a
+/// PASID never attached is left alone, and a 6.12 iommufd does not know
+/// the flags.
+#[test]
+fn vfio_cdev_pasid_attach_and_detach() {
+    use uiommufd::vfio::uapi::*;
+    use uiommufd_testkit::vfio::{ioctl_on, Fds};
+    assert!(uiommufd::faultsafe::install());
+    let model = Arc::new(Tagger::default());
+    registry::declare_model(
+        "pasid-tagger,addr=0000:e1:06.0,group=656,cdev=656",
+        model.clone(),
+    )
+    .unwrap();
+    let fd = registry::open_cdev(656, true).unwrap();
+    let ctx = Context::new();
+    let devid = bind_cdev(fd, &ctx);
+    const IOVA: u64 = 0x4000_0000;
+    let (ioas_a, ioas_b) = (kit::ioas_alloc(&ctx), kit::ioas_alloc(&ctx));
+    let (buf_a, buf_b) = (Buf::zeroed(K4, K4), Buf::zeroed(K4, K4));
+    kit::map_fixed(&ctx, ioas_a, buf_a.addr(), K4, IOVA).unwrap();
+    kit::map_fixed(&ctx, ioas_b, buf_b.addr(), K4, IOVA).unwrap();
+    let hwpt_a = kit::hwpt_alloc(&ctx, devid, ioas_a, IOMMU_HWPT_ALLOC_PASID).unwrap();
+    let hwpt_b = kit::hwpt_alloc(&ctx, devid, ioas_b, IOMMU_HWPT_ALLOC_PASID).unwrap();
+    attach_pt(fd, hwpt_a).unwrap();
+    enable_bus_master(fd);
+    let bus = model.bus.lock().unwrap().clone().expect("connected");
+
+    let attach = |argsz, flags, pt_id, pasid| {
+        let mut a = VfioDeviceAttachIommufdPtPasid {
+            argsz,
+            flags,
+            pt_id,
+            pasid,
+        };
+        ioctl_on(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a, &Fds::default()).map(|_| a.pt_id)
+    };
+    let detach = |argsz, flags, pasid| {
+        let mut d = VfioDeviceDetachIommufdPtPasid {
+            argsz,
+            flags,
+            pasid,
+        };
+        ioctl_on(fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &mut d, &Fds::default()).map(|_| ())
+    };
+    // the pasid field is needed with the flag; unknown flags
+    assert_eq!(
+        attach(12, VFIO_DEVICE_ATTACH_PASID, hwpt_b, 5),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(attach(16, 2, hwpt_b, 5), Err(libc::EINVAL));
+    assert_eq!(detach(8, VFIO_DEVICE_DETACH_PASID, 5), Err(libc::EINVAL));
+    assert_eq!(detach(12, 2, 5), Err(libc::EINVAL));
+    // a PASID the device does not have; an IOAS (never PASID-capable)
+    assert_eq!(
+        attach(16, VFIO_DEVICE_ATTACH_PASID, hwpt_b, 256),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(
+        attach(16, VFIO_DEVICE_ATTACH_PASID, ioas_b, 5),
+        Err(libc::EINVAL)
+    );
+
+    assert_eq!(attach(16, VFIO_DEVICE_ATTACH_PASID, hwpt_b, 5), Ok(hwpt_b));
+    let mut r = [0u8; 1];
+    bus.dma_write_pasid(5, IOVA, &[0xbb]).unwrap();
+    bus.dma_read_pasid(0, IOVA, &mut r).unwrap();
+    assert_eq!(r, [0], "the RID still reaches its own memory");
+    // SAFETY: reading our own buffer.
+    let b = unsafe { std::ptr::read_volatile(buf_b.addr() as *const u8) };
+    assert_eq!(b, 0xbb);
+    // a second attach of the same PASID replaces
+    assert_eq!(attach(16, VFIO_DEVICE_ATTACH_PASID, hwpt_a, 5), Ok(hwpt_a));
+    bus.dma_write_pasid(5, IOVA, &[0xaa]).unwrap();
+    // SAFETY: reading our own buffer.
+    let b = unsafe { std::ptr::read_volatile(buf_a.addr() as *const u8) };
+    assert_eq!(b, 0xaa);
+    // a failed replace leaves the attachment
+    assert_eq!(
+        attach(16, VFIO_DEVICE_ATTACH_PASID, ioas_b, 5),
+        Err(libc::EINVAL)
+    );
+    bus.dma_read_pasid(5, IOVA, &mut r).unwrap();
+    assert_eq!(r, [0xaa]);
+
+    // a PASID never attached: nothing; then the attached one is blocked
+    assert_eq!(detach(12, VFIO_DEVICE_DETACH_PASID, 9), Ok(()));
+    assert_eq!(detach(12, VFIO_DEVICE_DETACH_PASID, 5), Ok(()));
+    assert_eq!(
+        bus.dma_read_pasid(5, IOVA, &mut r),
+        Err(DmaFault::Blocked { iova: IOVA })
+    );
+    bus.dma_read_pasid(0, IOVA, &mut r).unwrap();
+
+    // an iommufd at 6.12 does not know the flags
+    // SAFETY: closing the fd this test opened.
+    unsafe { libc::close(fd) };
+    let fd = registry::open_cdev(656, true).unwrap();
+    let old = Context::new_at(uiommufd::uapi::level::UapiLevel::V6_12);
+    bind_cdev(fd, &old);
+    let mut a = VfioDeviceAttachIommufdPtPasid {
+        argsz: 16,
+        flags: VFIO_DEVICE_ATTACH_PASID,
+        pt_id: 0,
+        pasid: 5,
+    };
+    assert_eq!(
+        ioctl_on(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a, &Fds::default()),
+        Err(libc::EINVAL)
+    );
+    // SAFETY: closing the fd this test opened.
+    unsafe { libc::close(fd) };
+}

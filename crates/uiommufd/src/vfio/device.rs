@@ -600,6 +600,11 @@ pub enum OpenedVia {
 struct Binding {
     ctx: Arc<Context>,
     dev: Arc<Device>,
+    /// The PASIDs attached through `VFIO_DEVICE_ATTACH_PASID` (the kernel's
+    /// `vfio_device::pasids` IDA): one in it is replaced by a second
+    /// attach, detached by `VFIO_DEVICE_DETACH_PASID`. PASID 0 is
+    /// `IOMMU_NO_PASID`, so attaching it through this path attaches the RID.
+    pasids: std::collections::BTreeSet<u32>,
 }
 
 #[derive(Debug, Default)]
@@ -827,6 +832,7 @@ impl VfioDevice {
         st.binding = Some(Binding {
             ctx: ctx.clone(),
             dev,
+            pasids: Default::default(),
         });
         st.open_count = 1;
         // under the state lock: a racing last close cannot undo it (models
@@ -895,6 +901,51 @@ impl VfioDevice {
         let st = self.state.lock();
         if let Some(b) = st.binding.as_ref() {
             b.dev.detach(&b.ctx);
+        }
+    }
+
+    /// The uAPI level of the iommufd this device is bound to.
+    pub(crate) fn bound_level(&self) -> Option<crate::uapi::level::UapiLevel> {
+        let st = self.state.lock();
+        st.binding.as_ref().map(|b| b.ctx.uapi_level())
+    }
+
+    /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` with `VFIO_DEVICE_ATTACH_PASID`
+    /// (`vfio_iommufd_physical_pasid_attach_ioas`): a PASID attached through
+    /// this path before is replaced, any other attached (the engine refuses
+    /// a PASID the device does not have, an IOAS, a HWPT made without
+    /// `IOMMU_HWPT_ALLOC_PASID`). Returns the HWPT ID.
+    pub(crate) fn attach_pasid_pt(&self, pasid: u32, pt_id: ObjId) -> Result<ObjId> {
+        let mut st = self.state.lock();
+        let Some(b) = st.binding.as_mut() else {
+            bail!(EINVAL, "device {} is not bound", self.decl.addr);
+        };
+        let replace = b.pasids.contains(&pasid);
+        let r = match (pasid, replace) {
+            (0, true) => b.dev.replace(&b.ctx, pt_id),
+            (0, false) => b.dev.attach(&b.ctx, pt_id),
+            (p, r) => b.dev.attach_pasid(&b.ctx, p, pt_id, r),
+        };
+        if r.is_ok() {
+            b.pasids.insert(pasid);
+        }
+        r
+    }
+
+    /// `VFIO_DEVICE_DETACH_IOMMUFD_PT` with `VFIO_DEVICE_DETACH_PASID`: a
+    /// PASID not attached through `VFIO_DEVICE_ATTACH_PASID` is left alone.
+    pub(crate) fn detach_pasid_pt(&self, pasid: u32) {
+        let mut st = self.state.lock();
+        let Some(b) = st.binding.as_mut() else {
+            return;
+        };
+        if !b.pasids.remove(&pasid) {
+            return;
+        }
+        if pasid == 0 {
+            b.dev.detach(&b.ctx);
+        } else {
+            b.dev.detach_pasid(&b.ctx, pasid);
         }
     }
 

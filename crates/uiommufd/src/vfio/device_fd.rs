@@ -209,6 +209,27 @@ impl DeviceFile {
         self.dev.attach_pt(pt_id)
     }
 
+    /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` with `VFIO_DEVICE_ATTACH_PASID` from
+    /// Rust: attach (or replace) PASID `pasid` to the HWPT `pt_id`.
+    pub fn attach_pasid(&self, pasid: u32, pt_id: ObjId) -> Result<ObjId> {
+        self.granted()?;
+        if self.via != OpenedVia::Cdev {
+            bail!(ENOTTY, "ATTACH_IOMMUFD_PT is for cdev files only");
+        }
+        self.dev.attach_pasid_pt(pasid, pt_id)
+    }
+
+    /// `VFIO_DEVICE_DETACH_IOMMUFD_PT` with `VFIO_DEVICE_DETACH_PASID` from
+    /// Rust (nothing when `pasid` was not attached that way).
+    pub fn detach_pasid(&self, pasid: u32) -> Result<()> {
+        self.granted()?;
+        if self.via != OpenedVia::Cdev {
+            bail!(ENOTTY, "DETACH_IOMMUFD_PT is for cdev files only");
+        }
+        self.dev.detach_pasid_pt(pasid);
+        Ok(())
+    }
+
     /// `VFIO_DEVICE_DETACH_IOMMUFD_PT` from Rust.
     pub fn detach(&self) -> Result<()> {
         self.granted()?;
@@ -219,20 +240,62 @@ impl DeviceFile {
         Ok(())
     }
 
+    /// Whether the bound iommufd's level has the PASID flags of
+    /// `VFIO_DEVICE_{ATTACH,DETACH}_IOMMUFD_PT` (Linux 6.15); below it the
+    /// flag is an unknown one (`EINVAL`).
+    fn pasid_flags_known(&self) -> bool {
+        use crate::uapi::level::UapiLevel;
+        self.dev
+            .bound_level()
+            .is_some_and(|l| l.at_least(UapiLevel::V6_15))
+    }
+
     fn attach_pt(&self, arg: u64, mem: &dyn UserMemory) -> Result<i64> {
         let minsz = 12;
-        let a: VfioDeviceAttachIommufdPt = read_prefix(mem, arg, minsz, "ATTACH_IOMMUFD_PT")?;
-        if (a.argsz as usize) < minsz || a.flags != 0 {
+        let mut a: VfioDeviceAttachIommufdPtPasid =
+            read_prefix(mem, arg, minsz, "ATTACH_IOMMUFD_PT")?;
+        if (a.argsz as usize) < minsz {
+            bail!(EINVAL, "ATTACH_IOMMUFD_PT: argsz {} < {minsz}", a.argsz);
+        }
+        let known = if self.pasid_flags_known() {
+            VFIO_DEVICE_ATTACH_PASID
+        } else {
+            0
+        };
+        if a.flags & !known != 0 {
             bail!(
                 EINVAL,
-                "ATTACH_IOMMUFD_PT: argsz {} < {minsz} or flags {:#x} not 0",
-                a.argsz,
-                a.flags
+                "ATTACH_IOMMUFD_PT: unknown flags {:#x}",
+                a.flags & !known
             );
         }
-        let id = self.dev.attach_pt(a.pt_id)?;
+        let pasid = a.flags & VFIO_DEVICE_ATTACH_PASID != 0;
+        if pasid {
+            // a vfio-pci device has the op; the PASID itself is checked by
+            // the engine (EINVAL for one the device does not have)
+            let xend = 16;
+            if (a.argsz as usize) < xend {
+                bail!(
+                    EINVAL,
+                    "ATTACH_IOMMUFD_PT: argsz {} < {xend} with VFIO_DEVICE_ATTACH_PASID",
+                    a.argsz
+                );
+            }
+            a = read_prefix(mem, arg, xend, "ATTACH_IOMMUFD_PT pasid")?;
+        }
+        let id = if pasid {
+            self.dev.attach_pasid_pt(a.pasid, a.pt_id)?
+        } else {
+            self.dev.attach_pt(a.pt_id)?
+        };
         if mem.write(arg + 8, &id.to_ne_bytes()).is_err() {
-            self.dev.detach_pt();
+            // The kernel undoes with detach_ioas, the RID's, even after a
+            // PASID attach; here what was attached is what is undone.
+            if pasid {
+                self.dev.detach_pasid_pt(a.pasid);
+            } else {
+                self.dev.detach_pt();
+            }
             return Err(Error::fault("ATTACH_IOMMUFD_PT pt_id"));
         }
         Ok(0)
@@ -240,16 +303,37 @@ impl DeviceFile {
 
     fn detach_pt(&self, arg: u64, mem: &dyn UserMemory) -> Result<i64> {
         let minsz = 8;
-        let d: VfioDeviceDetachIommufdPt = read_prefix(mem, arg, minsz, "DETACH_IOMMUFD_PT")?;
-        if (d.argsz as usize) < minsz || d.flags != 0 {
+        let mut d: VfioDeviceDetachIommufdPtPasid =
+            read_prefix(mem, arg, minsz, "DETACH_IOMMUFD_PT")?;
+        if (d.argsz as usize) < minsz {
+            bail!(EINVAL, "DETACH_IOMMUFD_PT: argsz {} < {minsz}", d.argsz);
+        }
+        let known = if self.pasid_flags_known() {
+            VFIO_DEVICE_DETACH_PASID
+        } else {
+            0
+        };
+        if d.flags & !known != 0 {
             bail!(
                 EINVAL,
-                "DETACH_IOMMUFD_PT: argsz {} < {minsz} or flags {:#x} not 0",
-                d.argsz,
-                d.flags
+                "DETACH_IOMMUFD_PT: unknown flags {:#x}",
+                d.flags & !known
             );
         }
-        self.dev.detach_pt();
+        if d.flags & VFIO_DEVICE_DETACH_PASID != 0 {
+            let xend = 12;
+            if (d.argsz as usize) < xend {
+                bail!(
+                    EINVAL,
+                    "DETACH_IOMMUFD_PT: argsz {} < {xend} with VFIO_DEVICE_DETACH_PASID",
+                    d.argsz
+                );
+            }
+            d = read_prefix(mem, arg, xend, "DETACH_IOMMUFD_PT pasid")?;
+            self.dev.detach_pasid_pt(d.pasid);
+        } else {
+            self.dev.detach_pt();
+        }
         Ok(0)
     }
 

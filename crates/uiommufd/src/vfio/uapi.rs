@@ -147,15 +147,35 @@ vfio_struct! {
     pub struct VfioDeviceAttachIommufdPt { pub argsz: u32, pub flags: u32, pub pt_id: u32 }
 }
 vfio_struct! {
+    /// `struct vfio_device_attach_iommufd_pt` as Linux 6.15 extended it:
+    /// the PASID to attach when `flags` has [`VFIO_DEVICE_ATTACH_PASID`]
+    /// (the 6.12 layout above stays for callers that attach the RID).
+    pub struct VfioDeviceAttachIommufdPtPasid {
+        pub argsz: u32, pub flags: u32, pub pt_id: u32, pub pasid: u32,
+    }
+}
+vfio_struct! {
     /// `struct vfio_device_detach_iommufd_pt`
     pub struct VfioDeviceDetachIommufdPt { pub argsz: u32, pub flags: u32 }
 }
+vfio_struct! {
+    /// `struct vfio_device_detach_iommufd_pt` as Linux 6.15 extended it:
+    /// the PASID to detach when `flags` has [`VFIO_DEVICE_DETACH_PASID`].
+    pub struct VfioDeviceDetachIommufdPtPasid { pub argsz: u32, pub flags: u32, pub pasid: u32 }
+}
+
+/// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` flag (6.15): attach `pasid`, not the RID.
+pub const VFIO_DEVICE_ATTACH_PASID: u32 = 1 << 0;
+/// `VFIO_DEVICE_DETACH_IOMMUFD_PT` flag (6.15): detach `pasid`, not the RID.
+pub const VFIO_DEVICE_DETACH_PASID: u32 = 1 << 0;
 
 const _: () = {
     use core::mem::size_of;
     assert!(size_of::<VfioGroupStatus>() == 8);
     assert!(size_of::<VfioDeviceInfo>() == 24);
     assert!(size_of::<VfioRegionInfo>() == 32);
+    assert!(size_of::<VfioDeviceAttachIommufdPtPasid>() == 16);
+    assert!(size_of::<VfioDeviceDetachIommufdPtPasid>() == 12);
     assert!(size_of::<VfioIrqInfo>() == 16);
     assert!(size_of::<VfioIrqSet>() == 20);
     assert!(size_of::<VfioPciHotResetInfo>() == 12);
