@@ -866,6 +866,7 @@ impl VfioDevice {
         self.bus.master.store(false, Ordering::Release);
         self.model.set_bus_master(false);
         self.migration.reset();
+        self.migration.set_precopy_info_v2(false);
         self.bus.log.stop();
         self.model.reset();
         self.config.lock().reset();

@@ -366,7 +366,9 @@ impl DeviceFile {
         let close_fd = |fd: i32| {
             let _ = crate::files::close(fd);
         };
+        let level = self.dev.bound_level().unwrap_or_default();
         if let Some(r) = crate::vfio::migration::feature::device_feature(
+            level,
             self.dev.migration(),
             self.dev.dma_log(),
             feature,

@@ -1,13 +1,14 @@
 //! The migration and DMA-logging features of `VFIO_DEVICE_FEATURE`
 //! (`MIGRATION`, `MIG_DEVICE_STATE`, `DMA_LOGGING_START`/`_STOP`/`_REPORT`,
-//! `MIG_DATA_SIZE`), validated as Linux 6.12's `vfio_main.c` does. The
+//! `MIG_DATA_SIZE`, and from 7.1 `MIG_PRECOPY_INFOv2`), validated as
+//! `vfio_main.c` does. The
 //! device fd's `VFIO_DEVICE_FEATURE` handler checks the common header and
 //! hands these feature numbers here.
 
 use std::sync::Arc;
 
 use super::dma_log::{DmaLog, MAX_RANGES};
-use super::Migration;
+use super::{Migration, MIGRATION_PRE_COPY};
 use crate::files::EngineFile;
 use crate::user::UserMemory;
 use crate::{bail, Result};
@@ -30,6 +31,8 @@ pub const DMA_LOGGING_STOP: u32 = 7;
 pub const DMA_LOGGING_REPORT: u32 = 8;
 /// `VFIO_DEVICE_FEATURE_MIG_DATA_SIZE`.
 pub const MIG_DATA_SIZE: u32 = 9;
+/// `VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2` (Linux 7.1).
+pub const MIG_PRECOPY_INFO_V2: u32 = 12;
 
 /// The kernel's `vfio_check_feature`: `Ok(false)` for a successful probe
 /// (answer 0), `Ok(true)` to go on with the GET or SET.
@@ -60,10 +63,12 @@ fn u64_at(b: &[u8], at: usize) -> u64 {
 }
 
 /// Handle feature `feature` with `flags` and `argsz` bytes of data at
-/// user address `data`. `None` when `feature` is not one of these;
-/// `new_fd` turns a data file into an fd (close-on-exec, as the kernel's).
+/// user address `data`. `None` when `feature` is not one of these (or not
+/// one of the bound iommufd's uAPI `level`); `new_fd` turns a data file
+/// into an fd (close-on-exec, as the kernel's).
 #[allow(clippy::too_many_arguments)]
 pub fn device_feature(
+    level: crate::uapi::level::UapiLevel,
     mig: &Migration,
     log: &DmaLog,
     feature: u32,
@@ -182,6 +187,20 @@ pub fn device_feature(
                 log.stop();
                 return Err(e);
             }
+            Ok(0)
+        })(),
+        MIG_PRECOPY_INFO_V2 if level.at_least(crate::uapi::level::UapiLevel::V7_1) => (|| {
+            // checked before the GET/SET/PROBE rules, as the kernel does
+            if mig.flags() & MIGRATION_PRE_COPY == 0 {
+                bail!(
+                    EINVAL,
+                    "MIG_PRECOPY_INFOv2: the device does not support PRE_COPY"
+                );
+            }
+            if !check_feature(flags, argsz, FEATURE_SET, 0)? {
+                return Ok(0);
+            }
+            mig.set_precopy_info_v2(true);
             Ok(0)
         })(),
         DMA_LOGGING_STOP => (|| {

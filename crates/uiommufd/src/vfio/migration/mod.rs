@@ -56,6 +56,10 @@ pub struct SaveFile {
     session: Mutex<SaveSession>,
     /// In a PRE_COPY state (the precopy-info ioctl is valid).
     precopy: std::sync::atomic::AtomicBool,
+    /// The device's `VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2` opt-in, read
+    /// at each `VFIO_MIG_GET_PRECOPY_INFO` (as the kernel reads the
+    /// device's flag): without it the `flags` the caller passed are echoed.
+    info_v2: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl SaveFile {
@@ -156,6 +160,13 @@ impl EngineFile for SaveFile {
         let (initial, dirty) = self.pending();
         let mut out = [0u8; 24];
         out[0..4].copy_from_slice(&hdr[0..4]);
+        // Before the v2 opt-in the kernel's drivers copy the struct in and
+        // back out, so `flags` is whatever the caller put there; with it
+        // `flags` is output: no `VFIO_PRECOPY_INFO_REINIT` here, as these
+        // devices never produce new initial data within a session.
+        if !self.info_v2.load(std::sync::atomic::Ordering::Acquire) {
+            out[4..8].copy_from_slice(&hdr[4..8]);
+        }
         out[8..16].copy_from_slice(&initial.to_le_bytes());
         out[16..24].copy_from_slice(&dirty.to_le_bytes());
         mem.write(arg, &out)?;
@@ -232,6 +243,9 @@ pub type RunHook = Box<dyn Fn(bool) + Send + Sync>;
 pub struct Migration {
     model: Arc<dyn PciModel>,
     flags: u32,
+    /// `VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2` was set (Linux 7.1): until
+    /// the device's last file closes.
+    precopy_info_v2: Arc<std::sync::atomic::AtomicBool>,
     inner: Mutex<Inner>,
     hook: Option<RunHook>,
 }
@@ -263,6 +277,7 @@ impl Migration {
             hook,
             model,
             flags: flags | MIGRATION_STOP_COPY,
+            precopy_info_v2: Default::default(),
             inner: Mutex::new(Inner {
                 state: MigState::Running,
                 v1: v1::V1::default(),
@@ -373,7 +388,7 @@ impl Migration {
                 Ok(None)
             }
             (Stop, StopCopy) => {
-                let f = Arc::new(SaveFile::default());
+                let f = self.save_file();
                 self.snapshot(&f, stream::KIND_FINAL)?;
                 inner.save = Some(f.clone());
                 Ok(Some(f))
@@ -392,7 +407,7 @@ impl Migration {
                 Ok(None)
             }
             (Running, PreCopy) | (RunningP2p, PreCopyP2p) => {
-                let f = Arc::new(SaveFile::default());
+                let f = self.save_file();
                 self.snapshot(&f, stream::KIND_PRECOPY)?;
                 f.precopy.store(true, std::sync::atomic::Ordering::Release);
                 inner.save = Some(f.clone());
@@ -416,6 +431,20 @@ impl Migration {
                 format!("no migration arc {from:?} -> {to:?}"),
             )),
         }
+    }
+
+    fn save_file(&self) -> Arc<SaveFile> {
+        Arc::new(SaveFile {
+            info_v2: self.precopy_info_v2.clone(),
+            ..SaveFile::default()
+        })
+    }
+
+    /// `VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2` (set), or its end when the
+    /// device's last file closes (clear; a `VFIO_DEVICE_RESET` keeps it).
+    pub fn set_precopy_info_v2(&self, on: bool) {
+        self.precopy_info_v2
+            .store(on, std::sync::atomic::Ordering::Release);
     }
 
     /// `VFIO_DEVICE_RESET`: back to RUNNING, every session ended (its fds

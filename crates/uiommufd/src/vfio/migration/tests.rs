@@ -304,6 +304,7 @@ mod features {
                 Ok(100 + v.len() as i32 - 1)
             };
             device_feature(
+                crate::uapi::level::UapiLevel::NEWEST,
                 &self.mig,
                 &self.log,
                 feature,
@@ -543,4 +544,72 @@ fn v1_every_transition_between_valid_states() {
             }
         }
     }
+}
+
+/// `VFIO_DEVICE_FEATURE_MIG_PRECOPY_INFOv2` (7.1): before it the precopy
+/// info echoes the caller's `flags`; after the SET they are output (0: no
+/// new initial data); a device without PRE_COPY refuses it even as a probe;
+/// below 7.1 it is not a feature at all.
+#[test]
+fn precopy_info_v2_opt_in() {
+    use crate::uapi::level::UapiLevel;
+    use crate::vfio::migration::dma_log::DmaLog;
+    use crate::vfio::migration::feature::*;
+    let m = Migration::new(Counter::new(3), ALL);
+    let log = DmaLog::default();
+    let feat = |m: &Migration, level, flags| {
+        device_feature(
+            level,
+            m,
+            &log,
+            MIG_PRECOPY_INFO_V2,
+            flags,
+            0,
+            0,
+            &SelfMemory,
+            &|_| Ok(-1),
+            &|_| {},
+        )
+        .map(|r| r.map_err(|e| e.errno().0))
+    };
+    let f = m.set_state(MigState::PreCopy as u32).unwrap().unwrap();
+    let flags_out = |f: &Arc<dyn EngineFile>| {
+        let mut b = [0u8; 24];
+        b[0..4].copy_from_slice(&24u32.to_le_bytes());
+        b[4..8].copy_from_slice(&0xf0u32.to_le_bytes());
+        f.ioctl(
+            VFIO_MIG_GET_PRECOPY_INFO,
+            b.as_mut_ptr() as u64,
+            &SelfMemory,
+            &NoFds,
+        )
+        .unwrap();
+        u32::from_le_bytes(b[4..8].try_into().unwrap())
+    };
+    assert_eq!(flags_out(&f), 0xf0, "v1: the caller's flags come back");
+    assert_eq!(
+        feat(&m, UapiLevel::V7_0, FEATURE_SET),
+        None,
+        "not a 7.0 feature"
+    );
+    assert_eq!(
+        feat(&m, UapiLevel::V7_1, FEATURE_GET),
+        Some(Err(libc::EINVAL))
+    );
+    assert_eq!(
+        feat(&m, UapiLevel::V7_1, FEATURE_PROBE | FEATURE_SET),
+        Some(Ok(0))
+    );
+    assert_eq!(flags_out(&f), 0xf0, "a probe does not opt in");
+    assert_eq!(feat(&m, UapiLevel::V7_1, FEATURE_SET), Some(Ok(0)));
+    assert_eq!(flags_out(&f), 0, "v2: flags are output");
+    // the device's last close ends the opt-in
+    m.set_precopy_info_v2(false);
+    assert_eq!(flags_out(&f), 0xf0);
+    // without PRE_COPY: EINVAL, a probe too
+    let stop_only = Migration::new(Counter::new(3), MIGRATION_STOP_COPY);
+    assert_eq!(
+        feat(&stop_only, UapiLevel::V7_1, FEATURE_PROBE | FEATURE_SET),
+        Some(Err(libc::EINVAL))
+    );
 }
