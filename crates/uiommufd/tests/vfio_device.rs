@@ -357,7 +357,8 @@ fn vfio_cdev_bind_attach_dma() {
         libc::EINVAL
     );
     b.argsz = 16;
-    b.flags = 1;
+    // (1 is VFIO_DEVICE_BIND_FLAG_TOKEN from 6.17: see the token test)
+    b.flags = 2;
     assert_eq!(
         kit::err(ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds)),
         libc::EINVAL
@@ -1523,4 +1524,74 @@ fn vfio_concurrent_irqs_dma_and_config() {
     files::close(fd).unwrap();
     assert!(model.bus().is_none());
     ctx.check_invariants().unwrap();
+}
+
+/// `VFIO_DEVICE_BIND_IOMMUFD` as 6.17 extended it: 24 bytes with
+/// `token_uuid_ptr`, a longer `argsz` needs zeros past them (`E2BIG`), the
+/// VF-token flag reads the token (`EFAULT`) and is refused on a function
+/// that is neither PF nor VF (`EINVAL`); at 6.12 the tail is not read and
+/// the flag is unknown.
+#[test]
+fn vfio_bind_with_token_rules_by_level() {
+    let (_model, _) = declare(7);
+    #[repr(C)]
+    #[derive(Clone, Copy, Default, IntoBytes, FromBytes, zerocopy::Immutable)]
+    struct Bind {
+        argsz: u32,
+        flags: u32,
+        iommufd: i32,
+        out_devid: u32,
+        token_uuid_ptr: u64,
+        extra: u64,
+    }
+    let null = std::fs::File::open("/dev/null").unwrap();
+    let num = null.as_raw_fd();
+    let try_bind = |level, b: &mut Bind| {
+        let fd = registry::open_cdev(507, true).unwrap();
+        let mut fds = Fds::default();
+        fds.0.insert(num, Context::new_at(level));
+        b.iommufd = num;
+        let r = ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, b, &fds).map(|_| b.out_devid);
+        // SAFETY: closing the fd this closure opened.
+        unsafe { libc::close(fd) };
+        r
+    };
+    use uiommufd::uapi::level::UapiLevel;
+    const V6_12: UapiLevel = UapiLevel::V6_12;
+    const V7_2: UapiLevel = UapiLevel::V7_2;
+    let uuid = [7u8; 16];
+    let base = Bind {
+        argsz: 24,
+        ..Default::default()
+    };
+    assert!(try_bind(V7_2, &mut base.clone()).is_ok());
+    let tail = Bind {
+        argsz: 32,
+        extra: 1,
+        ..base
+    };
+    assert_eq!(try_bind(V7_2, &mut tail.clone()), Err(libc::E2BIG));
+    assert!(
+        try_bind(V6_12, &mut tail.clone()).is_ok(),
+        "6.12 reads 16 bytes"
+    );
+    assert!(try_bind(V7_2, &mut Bind { extra: 0, ..tail }).is_ok());
+    let token = Bind {
+        flags: VFIO_DEVICE_BIND_FLAG_TOKEN,
+        token_uuid_ptr: uuid.as_ptr() as u64,
+        ..base
+    };
+    assert_eq!(try_bind(V7_2, &mut token.clone()), Err(libc::EINVAL));
+    let bad_ptr = Bind {
+        token_uuid_ptr: 8,
+        ..token
+    };
+    assert_eq!(try_bind(V7_2, &mut bad_ptr.clone()), Err(libc::EFAULT));
+    assert_eq!(try_bind(V6_12, &mut bad_ptr.clone()), Err(libc::EINVAL));
+    assert_eq!(
+        try_bind(V7_2, &mut Bind { flags: 2, ..base }),
+        Err(libc::EINVAL)
+    );
+    // a refused bind left the file unbound and the group unblocked
+    assert!(try_bind(V7_2, &mut base.clone()).is_ok());
 }

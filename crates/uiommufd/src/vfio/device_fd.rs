@@ -127,20 +127,77 @@ impl DeviceFile {
         Ok(())
     }
 
+    /// `VFIO_DEVICE_BIND_IOMMUFD`. From Linux 6.17 the struct is 24 bytes
+    /// (`token_uuid_ptr`), read as `copy_struct_from_user` does (a longer
+    /// `argsz` needs zero bytes past them: `E2BIG`), and
+    /// `VFIO_DEVICE_BIND_FLAG_TOKEN` is known; these functions are neither
+    /// SR-IOV PFs nor VFs, so a token is read (`EFAULT`) and refused
+    /// (`EINVAL`), as `vfio_pci_core_match_token_uuid` refuses it. Before
+    /// 6.17 only the first 16 bytes are read and `flags` must be 0.
     fn bind(&self, arg: u64, mem: &dyn UserMemory, fds: &dyn FdResolver) -> Result<i64> {
+        use crate::uapi::level::UapiLevel;
         let minsz = 16;
-        let b: VfioDeviceBindIommufd = read_prefix(mem, arg, minsz, "BIND_IOMMUFD")?;
-        if (b.argsz as usize) < minsz || b.flags != 0 || b.iommufd < 0 {
+        let argsz: u32 = read_prefix(mem, arg, 4, "BIND_IOMMUFD argsz")?;
+        if (argsz as usize) < minsz {
+            bail!(EINVAL, "BIND_IOMMUFD: argsz {argsz} < {minsz}");
+        }
+        // the level of the iommufd named (the process's when it names none)
+        let mut b: VfioDeviceBindIommufd = read_prefix(mem, arg, minsz, "BIND_IOMMUFD")?;
+        let level = (b.iommufd >= 0)
+            .then(|| fds.context(b.iommufd))
+            .flatten()
+            .map_or_else(UapiLevel::from_env, |c| c.uapi_level());
+        let token = level.at_least(UapiLevel::V6_17);
+        let mut uuid_ptr = 0u64;
+        if token {
+            let full = 24;
+            let mut raw = [0u8; 24];
+            let n = (argsz as usize).min(full);
+            mem.read(arg, &mut raw[..n])
+                .map_err(|_| Error::fault("BIND_IOMMUFD"))?;
+            let mut off = full as u64;
+            let mut chunk = [0u8; 256];
+            while off < u64::from(argsz) {
+                let len = (u64::from(argsz) - off).min(chunk.len() as u64) as usize;
+                mem.read(arg + off, &mut chunk[..len])
+                    .map_err(|_| Error::fault("BIND_IOMMUFD tail"))?;
+                if chunk[..len].iter().any(|&c| c != 0) {
+                    bail!(
+                        E2BIG,
+                        "BIND_IOMMUFD: bytes past the {full} this kernel version understands (argsz {argsz}) must be zero"
+                    );
+                }
+                off += len as u64;
+            }
+            b = VfioDeviceBindIommufd::read_from_prefix(&raw[..minsz])
+                .map(|(v, _)| v)
+                .map_err(|_| Error::fault("BIND_IOMMUFD"))?;
+            uuid_ptr = u64::from_ne_bytes(raw[16..24].try_into().unwrap());
+        }
+        let valid = if token {
+            VFIO_DEVICE_BIND_FLAG_TOKEN
+        } else {
+            0
+        };
+        if b.flags & !valid != 0 || b.iommufd < 0 {
             bail!(
                 EINVAL,
-                "BIND_IOMMUFD: argsz {} < {minsz}, flags {:#x} not 0, or iommufd {} negative",
-                b.argsz,
-                b.flags,
+                "BIND_IOMMUFD: unknown flags {:#x} or iommufd {} negative",
+                b.flags & !valid,
                 b.iommufd
             );
         }
         self.bind_with(
             || {
+                if b.flags & VFIO_DEVICE_BIND_FLAG_TOKEN != 0 {
+                    let mut uuid = [0u8; 16];
+                    mem.read(uuid_ptr, &mut uuid)
+                        .map_err(|_| Error::fault("BIND_IOMMUFD token_uuid_ptr"))?;
+                    bail!(
+                        EINVAL,
+                        "BIND_IOMMUFD: a VF token was given, but the device is neither an SR-IOV PF nor a VF"
+                    );
+                }
                 fds.context(b.iommufd)
                     .ok_or_else(|| not_an_iommufd(b.iommufd, "BIND_IOMMUFD"))
             },

@@ -164,6 +164,9 @@ vfio_struct! {
     pub struct VfioDeviceDetachIommufdPtPasid { pub argsz: u32, pub flags: u32, pub pasid: u32 }
 }
 
+/// `VFIO_DEVICE_BIND_IOMMUFD` flag (6.17): `token_uuid_ptr` points to the
+/// SR-IOV VF token.
+pub const VFIO_DEVICE_BIND_FLAG_TOKEN: u32 = 1 << 0;
 /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT` flag (6.15): attach `pasid`, not the RID.
 pub const VFIO_DEVICE_ATTACH_PASID: u32 = 1 << 0;
 /// `VFIO_DEVICE_DETACH_IOMMUFD_PT` flag (6.15): detach `pasid`, not the RID.
