@@ -66,6 +66,12 @@ pub struct DmaBuf {
     /// The whole reservation (`addr` lies inside it, aligned), unmapped on drop.
     map_addr: u64,
     map_len: u64,
+    /// Ranges the exporter made the buffer of (VFIO's `nr_ranges`; 1 for
+    /// the selftest's): only a one-range buffer is imported by an IOAS.
+    ranges: u32,
+    /// Made by the selftest exporter ([`DmaBuf::new`]), not by VFIO: only
+    /// such a buffer takes the selftest's `DMABUF_REVOKE`.
+    selftest: bool,
     exporter: Mutex<Exporter>,
 }
 
@@ -109,8 +115,75 @@ impl DmaBuf {
             len,
             map_addr,
             map_len,
+            ranges: 1,
+            selftest: true,
             exporter: Mutex::new(Exporter::default()),
         }))
+    }
+
+    /// A buffer over another object's shared memory (VFIO's export of a
+    /// BAR, `VFIO_DEVICE_FEATURE_DMA_BUF`): `len` bytes of the file `fd`
+    /// from `offset`, mapped shared into engine memory (so DMA through an
+    /// IOAS that imports it reaches the very bytes the device model and a
+    /// program's `mmap` of the BAR see), made of `ranges` ranges. A buffer
+    /// of several ranges is not mapped at all (`len` is their sum): an IOAS
+    /// refuses to import it (`EOPNOTSUPP`), as the kernel's iommufd takes
+    /// one range only. Starts `revoked` as the exporter says.
+    pub fn over_file(
+        fd: i32,
+        offset: u64,
+        len: u64,
+        ranges: u32,
+        revoked: bool,
+    ) -> Result<Arc<DmaBuf>> {
+        let ps = page_size();
+        if len == 0 || !len.is_multiple_of(ps) || ranges == 0 {
+            bail!(
+                EINVAL,
+                "dma-buf length {len:#x} is not a non-zero multiple of the page size"
+            );
+        }
+        let (addr, map_addr, map_len) = if ranges == 1 {
+            let a = crate::pages::raw_mmap(
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED,
+                fd,
+                offset as i64,
+            )
+            .map_err(|e| {
+                err!(
+                    ENOMEM,
+                    "dma-buf: cannot map {len:#x} bytes of fd {fd} (errno {e})"
+                )
+            })?;
+            (a, a, len)
+        } else {
+            (0, 0, 0)
+        };
+        Ok(Arc::new(DmaBuf {
+            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
+            addr,
+            len,
+            map_addr,
+            map_len,
+            ranges,
+            selftest: false,
+            exporter: Mutex::new(Exporter {
+                revoked,
+                attachments: Vec::new(),
+            }),
+        }))
+    }
+
+    /// Revoke (`true`) or restore the buffer when the exporter's state
+    /// changes, as VFIO's `vfio_pci_dma_buf_move` does: nothing when the
+    /// state is already that one; otherwise every importer is invalidated
+    /// ([`DmaBuf::set_revoked`]).
+    pub fn move_to(&self, revoked: bool) {
+        if self.revoked() != revoked {
+            self.set_revoked(revoked);
+        }
     }
 
     /// Process-unique identity, for logs.
@@ -128,6 +201,11 @@ impl DmaBuf {
     /// Whether the buffer is empty (never: a dma-buf has a size).
     pub fn is_empty(&self) -> bool {
         self.len == 0
+    }
+
+    /// Whether the selftest exporter made the buffer (not VFIO).
+    pub fn is_selftest(&self) -> bool {
+        self.selftest
     }
 
     /// Whether the exporter says the memory is revoked (new imports fail).
@@ -170,6 +248,14 @@ impl DmaBuf {
                 self.id
             );
         }
+        if self.ranges != 1 {
+            bail!(
+                EOPNOTSUPP,
+                "IOAS_MAP_FILE: dma-buf {} is made of {} ranges; an IOAS imports one-range buffers only",
+                self.id,
+                self.ranges
+            );
+        }
         ex.attachments.retain(|w| w.strong_count() > 0);
         ex.attachments.push(Arc::downgrade(pages));
         Ok(())
@@ -178,6 +264,9 @@ impl DmaBuf {
 
 impl Drop for DmaBuf {
     fn drop(&mut self) {
+        if self.map_len == 0 {
+            return;
+        }
         // SAFETY: unmapping the reservation this object made and owns; every
         // pages object that reached it held an `Arc` of it, so none is left.
         unsafe {

@@ -70,11 +70,11 @@ pub(super) fn get(_u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
 pub(super) fn revoke(_u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
     let r: TestDmabufRevoke = payload(cmd);
     match dmabuf::classify_fd(r.dmabuf_fd) {
-        FdKind::Engine(buf) => {
+        FdKind::Engine(buf) if buf.is_selftest() => {
             buf.set_revoked(r.revoked != 0);
             Ok(0)
         }
-        FdKind::Host(_) => bail!(
+        FdKind::Engine(_) | FdKind::Host(_) => bail!(
             EOPNOTSUPP,
             "DMABUF_REVOKE: fd {} is a dma-buf of another exporter",
             r.dmabuf_fd

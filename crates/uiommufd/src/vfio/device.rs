@@ -628,6 +628,10 @@ pub struct VfioDevice {
     msix_table: Mutex<Vec<u8>>,
     state: Mutex<OpenState>,
     migration: crate::vfio::migration::Migration,
+    /// dma-bufs exported from BARs (`VFIO_DEVICE_FEATURE_DMA_BUF`), revoked
+    /// while memory decode is off, during a reset and for good once the
+    /// device's last file closes (`vdev->dmabufs`).
+    dmabufs: Mutex<Vec<Weak<crate::dmabuf::DmaBuf>>>,
 }
 
 static DEVICES: Mutex<Option<HashMap<u32, Weak<VfioDevice>>>> = Mutex::new(None);
@@ -694,6 +698,7 @@ impl VfioDevice {
             config: Mutex::new(config),
             msix_table: Mutex::new(msix_table),
             state: Mutex::new(OpenState::default()),
+            dmabufs: Mutex::new(Vec::new()),
         }
     }
 
@@ -865,6 +870,7 @@ impl VfioDevice {
         // logging end with the last file (a reopened device is RUNNING).
         self.bus.master.store(false, Ordering::Release);
         self.model.set_bus_master(false);
+        self.dmabufs_cleanup();
         self.migration.reset();
         self.migration.set_precopy_info_v2(false);
         self.bus.log.stop();
@@ -958,8 +964,14 @@ impl VfioDevice {
     /// user sees and the IRQ setup stay as they were; the model is told
     /// the (restored) bus-master state again.
     pub fn reset(&self) {
+        // dma-bufs are revoked across the reset, restored after it when
+        // memory decode (kept, as the config space is) is on
+        self.dmabufs_move(true);
         self.migration.reset();
         self.model.reset();
+        if self.memory_enabled() {
+            self.dmabufs_move(false);
+        }
         let master = self.config.lock().bus_master();
         self.model.set_bus_master(master);
     }
@@ -990,6 +1002,86 @@ impl VfioDevice {
             self.bus.master.store(on, Ordering::Release);
             self.model.set_bus_master(on);
         }
+        if let Some(on) = fx.memory {
+            self.dmabufs_move(!on);
+        }
+    }
+
+    // ---- dma-bufs of BARs ----
+
+    /// `VFIO_DEVICE_FEATURE_DMA_BUF` (`vfio_pci_core_feature_dma_buf`): a
+    /// dma-buf of `ranges` (offset, length) of BAR `index`, revoked from
+    /// the start when memory decode is off. The caller checked each range
+    /// is non-empty and page aligned and their sum does not overflow.
+    /// `ENODEV`: not an implemented BAR; `EOVERFLOW`: a range wraps;
+    /// `EINVAL`: a range leaves the BAR, or the BAR has no memory behind it
+    /// (the kernel's "no P2P provider"; a register-only emulated BAR is
+    /// not memory a peer could reach).
+    pub fn export_dmabuf(
+        &self,
+        index: u32,
+        ranges: &[(u64, u64)],
+    ) -> Result<Arc<crate::dmabuf::DmaBuf>> {
+        let Some(bar) = self.layout.bars.get(index as usize).copied().flatten() else {
+            bail!(ENODEV, "DMA_BUF: region {index} is not an implemented BAR");
+        };
+        let mem = bar
+            .mmap
+            .then(|| self.model.bar_memory(index as u8))
+            .flatten();
+        let Some((fd, base)) = mem else {
+            bail!(
+                EINVAL,
+                "DMA_BUF: BAR {index} has no memory behind it (its accesses are register calls)"
+            );
+        };
+        let mut total = 0u64;
+        for &(off, len) in ranges {
+            let Some(end) = off.checked_add(len) else {
+                bail!(EOVERFLOW, "DMA_BUF: range {off:#x}+{len:#x} wraps");
+            };
+            if end > bar.size {
+                bail!(
+                    EINVAL,
+                    "DMA_BUF: range [{off:#x}, {end:#x}) leaves BAR {index} ({:#x} bytes)",
+                    bar.size
+                );
+            }
+            total += len;
+        }
+        let (first, _) = ranges[0];
+        let revoked = !self.memory_enabled();
+        let buf = crate::dmabuf::DmaBuf::over_file(
+            fd,
+            base + first,
+            total,
+            ranges.len() as u32,
+            revoked,
+        )?;
+        let mut list = self.dmabufs.lock();
+        list.retain(|w| w.strong_count() > 0);
+        list.push(Arc::downgrade(&buf));
+        Ok(buf)
+    }
+
+    /// Revoke or restore every exported dma-buf (`vfio_pci_dma_buf_move`).
+    fn dmabufs_move(&self, revoked: bool) {
+        let live: Vec<_> = self
+            .dmabufs
+            .lock()
+            .iter()
+            .filter_map(Weak::upgrade)
+            .collect();
+        for b in live {
+            b.move_to(revoked);
+        }
+    }
+
+    /// The last close (`vfio_pci_dma_buf_cleanup`): every exported dma-buf
+    /// is revoked and forgotten, so no later open restores it.
+    fn dmabufs_cleanup(&self) {
+        self.dmabufs_move(true);
+        self.dmabufs.lock().clear();
     }
 
     fn memory_enabled(&self) -> bool {

@@ -438,10 +438,84 @@ impl DeviceFile {
         ) {
             return r;
         }
+        if feature == VFIO_DEVICE_FEATURE_DMA_BUF
+            && level.at_least(crate::uapi::level::UapiLevel::V6_19)
+        {
+            return self.feature_dma_buf(f.flags, arg + minsz as u64, argsz, mem);
+        }
         bail!(
             ENOTTY,
             "DEVICE_FEATURE: feature {feature} is not supported by this device"
         )
+    }
+
+    /// `VFIO_DEVICE_FEATURE_DMA_BUF` (6.19, GET): a dma-buf fd of ranges of
+    /// a BAR, returned as the ioctl's value. The ranges are read whatever
+    /// `argsz` says, as the kernel's `memdup_array_user`, and no more of
+    /// them than the kernel's largest allocation holds (4 MiB: `ENOMEM`).
+    fn feature_dma_buf(
+        &self,
+        flags: u32,
+        data: u64,
+        argsz: usize,
+        mem: &dyn UserMemory,
+    ) -> Result<i64> {
+        use crate::vfio::migration::feature::{check_feature, FEATURE_GET};
+        if !check_feature(flags, argsz, FEATURE_GET, 16)? {
+            return Ok(0);
+        }
+        let d: VfioDeviceFeatureDmaBuf = read_prefix(mem, data, 16, "DMA_BUF")?;
+        if d.nr_ranges == 0 || d.flags != 0 {
+            bail!(
+                EINVAL,
+                "DMA_BUF: nr_ranges {} must be non-zero and flags {:#x} zero",
+                d.nr_ranges,
+                d.flags
+            );
+        }
+        if d.region_index >= VFIO_PCI_ROM_REGION_INDEX {
+            bail!(ENODEV, "DMA_BUF: region {} is not a BAR", d.region_index);
+        }
+        const MAX_RANGES: u32 = (4 << 20) / 16;
+        if d.nr_ranges > MAX_RANGES {
+            bail!(
+                ENOMEM,
+                "DMA_BUF: {} ranges are more than the {MAX_RANGES} the kernel can copy in",
+                d.nr_ranges
+            );
+        }
+        let mut ranges = Vec::with_capacity(d.nr_ranges.min(256) as usize);
+        let mut chunk = [0u8; 256 * 16];
+        let mut left = d.nr_ranges as usize;
+        let mut at = data + 16;
+        while left > 0 {
+            let n = left.min(256);
+            mem.read(at, &mut chunk[..n * 16])
+                .map_err(|_| Error::fault("DMA_BUF dma_ranges"))?;
+            for r in chunk[..n * 16].chunks_exact(16) {
+                let off = u64::from_ne_bytes(r[0..8].try_into().unwrap());
+                let len = u64::from_ne_bytes(r[8..16].try_into().unwrap());
+                ranges.push((off, len));
+            }
+            left -= n;
+            at += (n * 16) as u64;
+        }
+        let page = crate::user::page_size();
+        let mut total = 0u64;
+        for &(off, len) in &ranges {
+            if len == 0 || !off.is_multiple_of(page) || !len.is_multiple_of(page) {
+                bail!(
+                    EINVAL,
+                    "DMA_BUF: range {off:#x}+{len:#x} is empty or not page aligned"
+                );
+            }
+            total = total
+                .checked_add(len)
+                .ok_or_else(|| Error::new(libc::EINVAL, "DMA_BUF: the ranges' lengths overflow"))?;
+        }
+        let buf = self.dev.export_dmabuf(d.region_index, &ranges)?;
+        let fd = crate::dmabuf::export_fd(buf, d.open_flags & libc::O_CLOEXEC as u32 != 0)?;
+        Ok(i64::from(fd))
     }
 
     fn get_info(&self, arg: u64, mem: &dyn UserMemory) -> Result<i64> {

@@ -69,6 +69,8 @@ pub struct ConfigEffects {
     pub bus_master: Option<bool>,
     /// INTx disable turned on or off.
     pub intx_disable: Option<bool>,
+    /// Memory decode turned on or off.
+    pub memory: Option<bool>,
 }
 
 /// An emulated type 0 config space.
@@ -232,6 +234,7 @@ impl PciConfig {
         ConfigEffects {
             bus_master: bit(PCI_COMMAND_MASTER),
             intx_disable: bit(PCI_COMMAND_INTX_DISABLE),
+            memory: bit(PCI_COMMAND_MEMORY),
         }
     }
 

@@ -164,6 +164,17 @@ vfio_struct! {
     pub struct VfioDeviceDetachIommufdPtPasid { pub argsz: u32, pub flags: u32, pub pasid: u32 }
 }
 
+vfio_struct! {
+    /// `struct vfio_device_feature_dma_buf` without its `dma_ranges[]`
+    /// (each a `struct vfio_region_dma_range { u64 offset, length }`).
+    pub struct VfioDeviceFeatureDmaBuf {
+        pub region_index: u32, pub open_flags: u32, pub flags: u32, pub nr_ranges: u32,
+    }
+}
+
+/// `VFIO_DEVICE_FEATURE_DMA_BUF` (6.19): export ranges of a BAR as a dma-buf.
+pub const VFIO_DEVICE_FEATURE_DMA_BUF: u32 = 11;
+
 /// `VFIO_DEVICE_BIND_IOMMUFD` flag (6.17): `token_uuid_ptr` points to the
 /// SR-IOV VF token.
 pub const VFIO_DEVICE_BIND_FLAG_TOKEN: u32 = 1 << 0;
