@@ -109,16 +109,29 @@ impl DmaBuf {
         )
         .map_err(|e| err!(ENOMEM, "dma-buf: cannot map {map_len:#x} bytes (errno {e})"))?;
         let addr = map_addr.next_multiple_of(align);
-        Ok(Arc::new(DmaBuf {
+        Ok(Self::made((addr, len), (map_addr, map_len), 1, true, false))
+    }
+
+    fn made(
+        (addr, len): (u64, u64),
+        (map_addr, map_len): (u64, u64),
+        ranges: u32,
+        selftest: bool,
+        revoked: bool,
+    ) -> Arc<DmaBuf> {
+        Arc::new(DmaBuf {
             id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
             addr,
             len,
             map_addr,
             map_len,
-            ranges: 1,
-            selftest: true,
-            exporter: Mutex::new(Exporter::default()),
-        }))
+            ranges,
+            selftest,
+            exporter: Mutex::new(Exporter {
+                revoked,
+                attachments: Vec::new(),
+            }),
+        })
     }
 
     /// A buffer over another object's shared memory (VFIO's export of a
@@ -161,19 +174,13 @@ impl DmaBuf {
         } else {
             (0, 0, 0)
         };
-        Ok(Arc::new(DmaBuf {
-            id: NEXT_ID.fetch_add(1, Ordering::Relaxed),
-            addr,
-            len,
-            map_addr,
-            map_len,
+        Ok(Self::made(
+            (addr, len),
+            (map_addr, map_len),
             ranges,
-            selftest: false,
-            exporter: Mutex::new(Exporter {
-                revoked,
-                attachments: Vec::new(),
-            }),
-        }))
+            false,
+            revoked,
+        ))
     }
 
     /// Revoke (`true`) or restore the buffer when the exporter's state

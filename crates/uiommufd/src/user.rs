@@ -56,6 +56,37 @@ pub trait UserMemory: Send + Sync + std::fmt::Debug {
     }
 }
 
+/// The bytes of the user struct at `arg` from `known` to `size` must be
+/// zero (`E2BIG`; `EFAULT` when they cannot be read): the caller knows
+/// fields this kernel version does not (`copy_struct_from_user`). Reads
+/// a bounded chunk at a time, whatever `size` says.
+pub fn check_zero_tail(
+    mem: &dyn UserMemory,
+    arg: u64,
+    known: u64,
+    size: u64,
+    name: &str,
+) -> Result<()> {
+    let mut off = known;
+    let mut chunk = [0u8; 512];
+    while off < size {
+        let len = (size - off).min(chunk.len() as u64) as usize;
+        let a = arg
+            .checked_add(off)
+            .ok_or_else(|| Error::fault("command struct wraps the address space"))?;
+        mem.read(a, &mut chunk[..len])
+            .map_err(|_| Error::fault("cannot read the command's tail"))?;
+        if chunk[..len].iter().any(|&b| b != 0) {
+            crate::bail!(
+                E2BIG,
+                "{name}: bytes past the {known} this kernel version understands (size {size}) must be zero"
+            );
+        }
+        off += len as u64;
+    }
+    Ok(())
+}
+
 /// Zero `len` bytes of user memory at `addr` (the kernel's `clear_user`):
 /// written in bounded chunks from a static zero page, so a huge
 /// user-supplied `len` costs no allocation. `EFAULT` when any byte is

@@ -56,18 +56,28 @@ impl PciModel for Tagger {
     fn reset(&self) {}
 }
 
-#[test]
-fn dma_and_atomics_per_pasid() {
+/// A tagger declared as group and cdev `n` (slot `n - 650` of bus e1),
+/// its cdev opened and bound to a new context: (model, fd, ctx, devid).
+fn tagger_bound(n: u32) -> (Arc<Tagger>, i32, Arc<Context>, u32) {
     assert!(uiommufd::faultsafe::install());
     let model = Arc::new(Tagger::default());
     registry::declare_model(
-        "pasid-tagger,addr=0000:e1:05.0,group=655,cdev=655",
+        &format!(
+            "pasid-tagger,addr=0000:e1:{:02x}.0,group={n},cdev={n}",
+            n - 650
+        ),
         model.clone(),
     )
     .unwrap();
-    let fd = registry::open_cdev(655, true).unwrap();
+    let fd = registry::open_cdev(n, true).unwrap();
     let ctx = Context::new();
     let devid = bind_cdev(fd, &ctx);
+    (model, fd, ctx, devid)
+}
+
+#[test]
+fn dma_and_atomics_per_pasid() {
+    let (model, fd, ctx, devid) = tagger_bound(655);
 
     // two address spaces mapping different memory at the same IOVA
     const IOVA: u64 = 0x4000_0000;
@@ -201,16 +211,7 @@ fn dma_and_atomics_per_pasid() {
 fn vfio_cdev_pasid_attach_and_detach() {
     use uiommufd::vfio::uapi::*;
     use uiommufd_testkit::vfio::{ioctl_on, Fds};
-    assert!(uiommufd::faultsafe::install());
-    let model = Arc::new(Tagger::default());
-    registry::declare_model(
-        "pasid-tagger,addr=0000:e1:06.0,group=656,cdev=656",
-        model.clone(),
-    )
-    .unwrap();
-    let fd = registry::open_cdev(656, true).unwrap();
-    let ctx = Context::new();
-    let devid = bind_cdev(fd, &ctx);
+    let (model, fd, ctx, devid) = tagger_bound(656);
     const IOVA: u64 = 0x4000_0000;
     let (ioas_a, ioas_b) = (kit::ioas_alloc(&ctx), kit::ioas_alloc(&ctx));
     let (buf_a, buf_b) = (Buf::zeroed(K4, K4), Buf::zeroed(K4, K4));

@@ -302,28 +302,10 @@ fn copy_struct_from_user(
     check_zero_tail(ctx, arg, known, usize_, name)
 }
 
-/// The bytes of the user buffer from `known` to `usize_` must be zero
-/// (`E2BIG`): the caller knows fields this kernel version does not.
+/// The bytes from `known` to `usize_` must be zero (`E2BIG`): see
+/// [`crate::user::check_zero_tail`].
 fn check_zero_tail(ctx: &Context, arg: u64, known: u64, usize_: u64, name: &str) -> Result<()> {
-    let mut off = known;
-    let mut chunk = [0u8; 512];
-    while off < usize_ {
-        let len = (usize_ - off).min(chunk.len() as u64) as usize;
-        let a = arg
-            .checked_add(off)
-            .ok_or_else(|| Error::fault("command struct wraps the address space"))?;
-        ctx.memory()
-            .read(a, &mut chunk[..len])
-            .map_err(|_| Error::fault("cannot read the command's tail"))?;
-        if chunk[..len].iter().any(|&b| b != 0) {
-            bail!(
-                E2BIG,
-                "{name}: bytes past the {known} this kernel version understands (size {usize_}) must be zero"
-            );
-        }
-        off += len as u64;
-    }
-    Ok(())
+    crate::user::check_zero_tail(&**ctx.memory(), arg, known, usize_, name)
 }
 
 // ---------------------------------------------------------------------------

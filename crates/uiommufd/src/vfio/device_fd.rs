@@ -155,20 +155,7 @@ impl DeviceFile {
             let n = (argsz as usize).min(full);
             mem.read(arg, &mut raw[..n])
                 .map_err(|_| Error::fault("BIND_IOMMUFD"))?;
-            let mut off = full as u64;
-            let mut chunk = [0u8; 256];
-            while off < u64::from(argsz) {
-                let len = (u64::from(argsz) - off).min(chunk.len() as u64) as usize;
-                mem.read(arg + off, &mut chunk[..len])
-                    .map_err(|_| Error::fault("BIND_IOMMUFD tail"))?;
-                if chunk[..len].iter().any(|&c| c != 0) {
-                    bail!(
-                        E2BIG,
-                        "BIND_IOMMUFD: bytes past the {full} this kernel version understands (argsz {argsz}) must be zero"
-                    );
-                }
-                off += len as u64;
-            }
+            crate::user::check_zero_tail(mem, arg, full as u64, u64::from(argsz), "BIND_IOMMUFD")?;
             b = VfioDeviceBindIommufd::read_from_prefix(&raw[..minsz])
                 .map(|(v, _)| v)
                 .map_err(|_| Error::fault("BIND_IOMMUFD"))?;

@@ -124,20 +124,28 @@ fn v2_stop_copy_and_resume() {
     assert!(dst.running.load(Ordering::SeqCst));
 }
 
+/// `VFIO_MIG_GET_PRECOPY_INFO` on `f` with `flags` passed in: the struct
+/// as it came back.
+fn precopy_info(f: &Arc<dyn EngineFile>, flags: u32) -> Result<[u8; 24]> {
+    let mut b = [0u8; 24];
+    b[0..4].copy_from_slice(&24u32.to_le_bytes());
+    b[4..8].copy_from_slice(&flags.to_le_bytes());
+    f.ioctl(
+        VFIO_MIG_GET_PRECOPY_INFO,
+        b.as_mut_ptr() as u64,
+        &SelfMemory,
+        &NoFds,
+    )?;
+    Ok(b)
+}
+
 #[test]
 fn v2_precopy_then_stop_copy_on_the_same_fd() {
     let src = Counter::new(7);
     let m = Migration::new(src.clone(), ALL);
     let f = m.set_state(MigState::PreCopy as u32).unwrap().unwrap();
     let info = |f: &Arc<dyn EngineFile>| -> Result<(u64, u64)> {
-        let mut b = [0u8; 24];
-        b[0..4].copy_from_slice(&24u32.to_le_bytes());
-        f.ioctl(
-            VFIO_MIG_GET_PRECOPY_INFO,
-            b.as_mut_ptr() as u64,
-            &SelfMemory,
-            &NoFds,
-        )?;
+        let b = precopy_info(f, 0)?;
         Ok((
             u64::from_le_bytes(b[8..16].try_into().unwrap()),
             u64::from_le_bytes(b[16..24].try_into().unwrap()),
@@ -574,16 +582,7 @@ fn precopy_info_v2_opt_in() {
     };
     let f = m.set_state(MigState::PreCopy as u32).unwrap().unwrap();
     let flags_out = |f: &Arc<dyn EngineFile>| {
-        let mut b = [0u8; 24];
-        b[0..4].copy_from_slice(&24u32.to_le_bytes());
-        b[4..8].copy_from_slice(&0xf0u32.to_le_bytes());
-        f.ioctl(
-            VFIO_MIG_GET_PRECOPY_INFO,
-            b.as_mut_ptr() as u64,
-            &SelfMemory,
-            &NoFds,
-        )
-        .unwrap();
+        let b = precopy_info(f, 0xf0).unwrap();
         u32::from_le_bytes(b[4..8].try_into().unwrap())
     };
     assert_eq!(flags_out(&f), 0xf0, "v1: the caller's flags come back");
