@@ -107,7 +107,7 @@ merge)
     "$BIN_DIR/$1" -merge=1 "$2" "$FUZZ/corpus/$1" "$FUZZ/regressions/$1"
     exit 0
     ;;
-all | dispatcher | io_pagetable_model | faultsafe_copy) ;;
+all | dispatcher | io_pagetable_model | faultsafe_copy | vfio_device) ;;
 *) usage ;;
 esac
 

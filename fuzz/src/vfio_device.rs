@@ -289,13 +289,63 @@ impl Run {
                 }
                 // bools: bytes as they are
             }
-            // mostly well-formed: flags 0 and the context's fd or the IOAS
+            // a known feature with GET/SET/PROBE most of the time; the
+            // BAR dma-buf export with plausible ranges (6.19)
+            VFIO_DEVICE_FEATURE if inp.below(4) != 0 => {
+                const FEATURES: [u32; 8] = [1, 2, 6, 7, 8, 9, 11, 12];
+                let feature = FEATURES[inp.below(FEATURES.len())];
+                let flags = feature | (1 << (16 + inp.below(3)));
+                head[4..8].copy_from_slice(&flags.to_ne_bytes());
+                if feature == 11 {
+                    let region = if inp.below(4) != 0 {
+                        2
+                    } else {
+                        inp.below(8) as u32
+                    };
+                    head[8..12].copy_from_slice(&region.to_ne_bytes());
+                    head[12..16].copy_from_slice(&(libc::O_CLOEXEC as u32).to_ne_bytes());
+                    head[16..20].fill(0);
+                    let nr = match inp.below(8) {
+                        0 => inp.u32(),
+                        n => (n as u32).min(4),
+                    };
+                    head[20..24].copy_from_slice(&nr.to_ne_bytes());
+                    for i in 0..nr.min(8) as usize {
+                        let (o, l) = if inp.below(4) != 0 {
+                            (inp.below(3) as u64 * 4096, (1 + inp.below(2)) as u64 * 4096)
+                        } else {
+                            (inp.u64(), inp.u64())
+                        };
+                        head[24 + 16 * i..32 + 16 * i].copy_from_slice(&o.to_ne_bytes());
+                        head[32 + 16 * i..40 + 16 * i].copy_from_slice(&l.to_ne_bytes());
+                    }
+                    if argsz == good {
+                        let sz = 24 + 16 * nr.min(8);
+                        head[..4].copy_from_slice(&sz.to_ne_bytes());
+                    }
+                }
+            }
+            // mostly well-formed: flags 0 (or the VF-token flag with a
+            // 24-byte struct, 6.17) and the context's fd or the IOAS
             VFIO_DEVICE_BIND_IOMMUFD if inp.below(4) != 0 => {
                 head[4..8].fill(0);
                 head[8..12].copy_from_slice(&self.ctx_fd.as_raw_fd().to_ne_bytes());
+                if inp.below(4) == 0 {
+                    head[..4].copy_from_slice(&24u32.to_ne_bytes());
+                    head[4..8].copy_from_slice(&1u32.to_ne_bytes());
+                    let uuid = self.buf.as_ptr() as u64 + (off + n - 16) as u64;
+                    let head = &mut self.buf[off..off + n];
+                    head[16..24].copy_from_slice(&uuid.to_ne_bytes());
+                }
             }
+            // the RID, or a PASID with the 16-byte struct (6.15)
             VFIO_DEVICE_ATTACH_IOMMUFD_PT if inp.below(4) != 0 => {
                 head[4..8].fill(0);
+                if inp.below(4) == 0 {
+                    head[..4].copy_from_slice(&16u32.to_ne_bytes());
+                    head[4..8].copy_from_slice(&1u32.to_ne_bytes());
+                    head[12..16].copy_from_slice(&(inp.below(4) as u32).to_ne_bytes());
+                }
                 let id = if inp.below(2) == 0 {
                     self.ioas
                 } else {
