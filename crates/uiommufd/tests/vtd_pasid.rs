@@ -308,3 +308,49 @@ fn vfio_cdev_pasid_attach_and_detach() {
     // SAFETY: closing the fd this test opened.
     unsafe { libc::close(fd) };
 }
+
+/// A GiB mapped at a GiB-aligned IOVA from GiB-aligned memory is mapped
+/// with 2 MiB pages at most (the kernel maps physically contiguous runs,
+/// a THP at most for such memory), so one DMA write makes one 2 MiB run
+/// dirty, not the whole GiB.
+#[test]
+fn a_gib_is_not_one_dirty_page() {
+    const G1: u64 = 1 << 30;
+    let (model, fd, ctx, devid) = tagger_bound(657);
+    // SAFETY: a fresh private reservation; nothing else uses it.
+    let raw = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            (2 * G1) as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(raw, libc::MAP_FAILED);
+    let mem = (raw as u64).next_multiple_of(G1);
+    let ioas = kit::ioas_alloc(&ctx);
+    kit::map_fixed(&ctx, ioas, mem, G1, G1).unwrap();
+    let flags = IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
+    let hwpt = kit::hwpt_alloc(&ctx, devid, ioas, flags).unwrap();
+    attach_pt(fd, hwpt).unwrap();
+    enable_bus_master(fd);
+    kit::set_dirty_tracking(&ctx, hwpt, true).unwrap();
+    let bus = model.bus.lock().unwrap().clone().expect("connected");
+    bus.dma_write(G1 + 5 * K4, &[1; 8]).unwrap();
+    let mut bitmap = vec![0u64; (G1 / K4 / 64) as usize];
+    let bm = bitmap.as_mut_ptr() as u64;
+    kit::get_dirty_bitmap(&ctx, hwpt, G1, G1, K4, bm, 0).unwrap();
+    let set: u32 = bitmap.iter().map(|w| w.count_ones()).sum();
+    assert!((1..=512).contains(&set), "{set} pages of 4 KiB reported dirty");
+    assert_ne!(bitmap[0] & (1 << 5), 0);
+    // SAFETY: closing our fd; unmapping our reservation (the IOAS that
+    // mapped it goes with the context).
+    unsafe {
+        libc::close(fd);
+    }
+    drop(ctx);
+    // SAFETY: our reservation, no longer mapped in any IOAS.
+    unsafe { libc::munmap(raw, (2 * G1) as usize) };
+}

@@ -451,12 +451,19 @@ impl State {
         self.base_alignment().max(self.domain_alignment)
     }
 
-    /// The largest page a domain may use for new mappings.
+    /// The largest page a domain may use for new mappings. The kernel
+    /// maps what is physically contiguous, and pinned anonymous or shmem
+    /// memory is contiguous over a PMD-size folio at most; here memory is
+    /// reached by its (always contiguous) virtual address, so without a cap
+    /// a domain would map a 1 GiB-aligned GiB as one 1 GiB page, and its
+    /// dirty tracking would then see the whole GiB dirty for one write.
+    /// Capped at the PMD size (a 1 GiB hugetlbfs backing, which the kernel
+    /// maps with 1 GiB pages, gets 2 MiB ones here: finer, never coarser).
     fn max_pgsize(&self) -> u64 {
         if self.disable_large_pages {
             page_size()
         } else {
-            u64::MAX
+            huge_page_size()
         }
     }
 
