@@ -343,7 +343,10 @@ fn a_gib_is_not_one_dirty_page() {
     let bm = bitmap.as_mut_ptr() as u64;
     kit::get_dirty_bitmap(&ctx, hwpt, G1, G1, K4, bm, 0).unwrap();
     let set: u32 = bitmap.iter().map(|w| w.count_ones()).sum();
-    assert!((1..=512).contains(&set), "{set} pages of 4 KiB reported dirty");
+    assert!(
+        (1..=512).contains(&set),
+        "{set} pages of 4 KiB reported dirty"
+    );
     assert_ne!(bitmap[0] & (1 << 5), 0);
     // SAFETY: closing our fd; unmapping our reservation (the IOAS that
     // mapped it goes with the context).

@@ -11,7 +11,8 @@ use crate::{bail, Result};
 
 /// `IOMMU_HWPT_SET_DIRTY_TRACKING`: `EOPNOTSUPP` for unknown flags, the
 /// HWPT lookup's errno (`ENOENT`), `EOPNOTSUPP` when the HWPT's domain was
-/// not allocated with `IOMMU_HWPT_ALLOC_DIRTY_TRACKING`. Enabling clears
+/// not allocated with `IOMMU_HWPT_ALLOC_DIRTY_TRACKING` (an automatic HWPT
+/// included). Enabling clears
 /// the dirty state of every mapped area first. `__reserved` is not checked
 /// (6.12 does not).
 pub(crate) fn set_dirty_tracking(u: &Ucmd) -> Result<i32> {
@@ -24,6 +25,7 @@ pub(crate) fn set_dirty_tracking(u: &Ucmd) -> Result<i32> {
         );
     }
     let hwpt = get_hwpt_paging(u, cmd.hwpt_id)?;
+    refuse_auto(&hwpt, cmd.hwpt_id)?;
     let enable = cmd.flags & IOMMU_HWPT_DIRTY_TRACKING_ENABLE != 0;
     hwpt.ioas()
         .iopt()
@@ -52,6 +54,11 @@ pub(crate) fn get_dirty_bitmap(u: &Ucmd) -> Result<i32> {
         page_size: cmd.page_size,
         flags: cmd.flags,
     };
+    if hwpt.auto_domain() {
+        // the range checks come first, then the missing dirty ops
+        hwpt.ioas().iopt().check_dirty_request(&req)?;
+        refuse_auto(&hwpt, cmd.hwpt_id)?;
+    }
     hwpt.ioas().iopt().read_and_clear_dirty_user(
         hwpt.domain().id(),
         &req,
@@ -59,4 +66,21 @@ pub(crate) fn get_dirty_bitmap(u: &Ucmd) -> Result<i32> {
         u.ctx.memory().as_ref(),
     )?;
     Ok(0)
+}
+
+/// An automatic HWPT (made by attaching a device to an IOAS) has a domain
+/// without dirty ops in the kernel (drivers give them only to domains
+/// allocated with `IOMMU_HWPT_ALLOC_DIRTY_TRACKING`): `EOPNOTSUPP`. The
+/// engine's VT-d automatic domains can track (a type1 container's
+/// `VFIO_IOMMU_DIRTY_PAGES` uses that, inside the engine), but the uAPI
+/// answers as the kernel does.
+fn refuse_auto(hwpt: &super::HwptPaging, id: u32) -> Result<()> {
+    if hwpt.auto_domain() {
+        bail!(
+            EOPNOTSUPP,
+            "HWPT {id} is an automatic HWPT, whose domain has no dirty tracking (allocate one with \
+             IOMMU_HWPT_ALLOC_DIRTY_TRACKING)"
+        );
+    }
+    Ok(())
 }

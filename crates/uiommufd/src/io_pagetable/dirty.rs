@@ -402,6 +402,13 @@ impl IoPagetable {
         walk(&st, domain.as_ref(), q.iova, q.last, clear, &mut bm)
     }
 
+    /// The flag and range checks of a dirty-bitmap request alone (what the
+    /// kernel checks before it looks at the domain's dirty ops).
+    pub(crate) fn check_dirty_request(&self, req: &DirtyRequest) -> Result<()> {
+        check_flags(req.flags)?;
+        self.dirty_query(req).map(|_| ())
+    }
+
     /// `IOMMU_HWPT_GET_DIRTY_BITMAP` on the attached domain `domain_id`:
     /// like [`IoPagetable::read_and_clear_dirty`] but OR-ing into the user
     /// buffer at `data` through `mem`, window by window, and answering as

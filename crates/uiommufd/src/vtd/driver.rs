@@ -137,8 +137,8 @@ impl DeviceDriver for VtdDriver {
     /// someone turns it on): what lets a VFIO type1 container's
     /// `VFIO_IOMMU_DIRTY_PAGES` report exactly the pages a device wrote
     /// instead of every mapped page. (The kernel's default domains have no
-    /// dirty ops; so here `IOMMU_HWPT_SET_DIRTY_TRACKING` on an automatic
-    /// HWPT succeeds where the kernel says `EOPNOTSUPP`.)
+    /// dirty ops, so the uAPI still refuses dirty tracking on an automatic
+    /// HWPT with `EOPNOTSUPP`, as the kernel: `hwpt/dirty.rs`.)
     fn alloc_auto_domain(&self) -> Result<Arc<dyn Domain>> {
         let d: Arc<dyn Domain> = VtdDomain::new(VTD_ADDR_WIDTH, true)?;
         Ok(d)
