@@ -632,6 +632,8 @@ pub struct VfioDevice {
     /// while memory decode is off, during a reset and for good once the
     /// device's last file closes (`vdev->dmabufs`).
     dmabufs: Mutex<Vec<Weak<crate::dmabuf::DmaBuf>>>,
+    /// `VFIO_DEVICE_IOEVENTFD` registrations, ended by the last close.
+    ioeventfds: crate::vfio::ioeventfd::IoEventFds,
 }
 
 static DEVICES: Mutex<Option<HashMap<u32, Weak<VfioDevice>>>> = Mutex::new(None);
@@ -699,6 +701,7 @@ impl VfioDevice {
             msix_table: Mutex::new(msix_table),
             state: Mutex::new(OpenState::default()),
             dmabufs: Mutex::new(Vec::new()),
+            ioeventfds: Default::default(),
         }
     }
 
@@ -871,6 +874,7 @@ impl VfioDevice {
         self.bus.master.store(false, Ordering::Release);
         self.model.set_bus_master(false);
         self.dmabufs_cleanup();
+        self.ioeventfds.clear();
         self.migration.reset();
         self.migration.set_precopy_info_v2(false);
         self.bus.log.stop();
@@ -1005,6 +1009,50 @@ impl VfioDevice {
         if let Some(on) = fx.memory {
             self.dmabufs_move(!on);
         }
+    }
+
+    // ---- ioeventfds ----
+
+    /// `VFIO_DEVICE_IOEVENTFD` (`vfio_pci_ioeventfd`) of `count` bytes of
+    /// `data` at region offset `offset`, or with `fd == -1` its removal.
+    /// `EINVAL`: not a BAR, past its end, over the MSI-X table; then the
+    /// registration's own rules ([`crate::vfio::ioeventfd::IoEventFds::set`]).
+    pub fn ioeventfd(self: &Arc<Self>, offset: u64, data: u64, count: u8, fd: i32) -> Result<()> {
+        let bar = (offset >> VFIO_PCI_OFFSET_SHIFT) as u32;
+        let pos = offset & VFIO_PCI_OFFSET_MASK;
+        if bar > VFIO_PCI_BAR5_REGION_INDEX {
+            bail!(EINVAL, "IOEVENTFD: region {bar} is not a BAR");
+        }
+        if pos + u64::from(count) > self.bar_size(bar) {
+            bail!(
+                EINVAL,
+                "IOEVENTFD: {count} bytes at {pos:#x} leave BAR {bar} ({:#x} bytes)",
+                self.bar_size(bar)
+            );
+        }
+        if let Some(m) = self.layout.msix {
+            let (start, len) = (
+                u64::from(m.table_offset),
+                u64::from(m.vectors.min(2048)) * 16,
+            );
+            if u32::from(m.table_bar) == bar
+                && !(pos + u64::from(count) <= start || pos >= start + len)
+            {
+                bail!(
+                    EINVAL,
+                    "IOEVENTFD: {count} bytes at {pos:#x} of BAR {bar} reach the MSI-X table"
+                );
+            }
+        }
+        self.ioeventfds.set(self, (bar as u8, pos, data, count), fd)
+    }
+
+    /// An ioeventfd fired: its write, dropped while memory decode is off.
+    pub(crate) fn ioeventfd_write(&self, bar: u8, pos: u64, data: &[u8]) {
+        if !self.memory_enabled() {
+            return;
+        }
+        self.bar_rw(bar, pos, &mut RwBuf::Write(data), data.len());
     }
 
     // ---- dma-bufs of BARs ----

@@ -8,9 +8,8 @@
 //! write and mmap is `EINVAL` (`df->access_granted`). Files from
 //! `VFIO_GROUP_GET_DEVICE_FD` are open from the start.
 //!
-//! Not served (the answer and why): `VFIO_DEVICE_IOEVENTFD` is `ENOTTY`
-//! (vfio-pci has it; QEMU uses it only for device quirks and falls back);
-//! `VFIO_DEVICE_FEATURE` serves the migration and DMA-logging features
+//! `VFIO_DEVICE_IOEVENTFD` is served by a watcher thread
+//! ([`crate::vfio::ioeventfd`]). `VFIO_DEVICE_FEATURE` serves the migration and DMA-logging features
 //! ([`crate::vfio::migration`]) and answers `ENOTTY` for the others after
 //! the kernel's header checks (no VF token; the low-power features are not
 //! emulated); plain `read(2)`/
@@ -505,6 +504,30 @@ impl DeviceFile {
         Ok(i64::from(fd))
     }
 
+    /// `VFIO_DEVICE_IOEVENTFD` (`vfio_pci_ioctl_ioeventfd`): `argsz` up to
+    /// `fd`, one size flag and nothing else, `fd` of at least -1 (`EINVAL`);
+    /// then the device's rules.
+    fn ioeventfd(&self, arg: u64, mem: &dyn UserMemory) -> Result<i64> {
+        let minsz = 28;
+        let e: VfioDeviceIoeventfd = read_prefix(mem, arg, minsz, "DEVICE_IOEVENTFD")?;
+        if (e.argsz as usize) < minsz {
+            bail!(EINVAL, "DEVICE_IOEVENTFD: argsz {} < {minsz}", e.argsz);
+        }
+        if e.flags & !VFIO_DEVICE_IOEVENTFD_SIZE_MASK != 0 {
+            bail!(EINVAL, "DEVICE_IOEVENTFD: unknown flags {:#x}", e.flags);
+        }
+        let count = e.flags & VFIO_DEVICE_IOEVENTFD_SIZE_MASK;
+        if count.count_ones() != 1 || e.fd < -1 {
+            bail!(
+                EINVAL,
+                "DEVICE_IOEVENTFD: size flags {count:#x} must name one size, fd {} be -1 or more",
+                e.fd
+            );
+        }
+        self.dev.ioeventfd(e.offset, e.data, count as u8, e.fd)?;
+        Ok(0)
+    }
+
     fn get_info(&self, arg: u64, mem: &dyn UserMemory) -> Result<i64> {
         let minsz = 16;
         let mut info: VfioDeviceInfo = read_prefix(mem, arg, minsz, "DEVICE_GET_INFO")?;
@@ -801,6 +824,7 @@ impl EngineFile for DeviceFile {
             VFIO_DEVICE_GET_REGION_INFO => self.region_info(arg, mem),
             VFIO_DEVICE_GET_IRQ_INFO => self.irq_info(arg, mem),
             VFIO_DEVICE_SET_IRQS => self.set_irqs(arg, mem),
+            VFIO_DEVICE_IOEVENTFD => self.ioeventfd(arg, mem),
             VFIO_DEVICE_RESET => {
                 self.dev.reset();
                 Ok(0)

@@ -79,6 +79,7 @@
 pub mod device;
 pub mod device_fd;
 pub mod group;
+pub mod ioeventfd;
 pub mod migration;
 pub mod model;
 pub mod pci_config;

@@ -165,6 +165,17 @@ vfio_struct! {
 }
 
 vfio_struct! {
+    /// `struct vfio_device_ioeventfd`
+    pub struct VfioDeviceIoeventfd {
+        pub argsz: u32, pub flags: u32, pub offset: u64, pub data: u64, pub fd: i32,
+        pub reserved: u32,
+    }
+}
+
+/// `VFIO_DEVICE_IOEVENTFD` size flags: the write is 1, 2, 4 or 8 bytes.
+pub const VFIO_DEVICE_IOEVENTFD_SIZE_MASK: u32 = 0xf;
+
+vfio_struct! {
     /// `struct vfio_device_feature_dma_buf` without its `dma_ranges[]`
     /// (each a `struct vfio_region_dma_range { u64 offset, length }`).
     pub struct VfioDeviceFeatureDmaBuf {
