@@ -98,6 +98,7 @@ mod dirty;
 mod domain_tests;
 mod domains;
 mod free;
+mod relocate; // re-pointing domains after custody moved pages (crate::custody)
 #[cfg(test)]
 mod tests;
 mod type1_dirty; // VFIO type1 dirty tracking (vfio_compat)

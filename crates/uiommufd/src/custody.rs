@@ -1,0 +1,545 @@
+//! Custody of pinned pages: pins that hold when the program unmaps.
+//!
+//! In the kernel a pin is a reference on the page itself: the program may
+//! `munmap` the memory, `mmap(MAP_FIXED)` over it, `madvise(MADV_DONTNEED)`
+//! it, and the IOMMU (domains, and accesses' pinned pages) keeps reaching
+//! the very same pages until they are unpinned, while the program's
+//! address range behaves as it asked (gone, fresh memory, zero pages).
+//! Here a pin is a fault-in (`MADV_POPULATE_*`) plus a count, and every
+//! user of a pinned page reaches it by the program's virtual address: the
+//! program's call would take the page away from the IOMMU.
+//!
+//! # Design: move the pages out of the way first
+//!
+//! [`take`] is called *before* the program's call runs (the preload does
+//! it from its `munmap`, `mmap(MAP_FIXED)` and `madvise` hooks; a Rust
+//! embedder does it before it unmaps, see below). When the range holds
+//! pinned pages of a pages object, the engine moves those very pages —
+//! page-table entries, not copies — to an address of its own with
+//! `mremap(MREMAP_MAYMOVE | MREMAP_FIXED)` onto a reservation (a
+//! **custody chunk**, [`Chunk`]). That works for private anonymous memory
+//! (whose pages have no other name) as well as for shared mappings, is
+//! O(page tables) and keeps the data where DMA wrote it. Then it re-points
+//! everything that reaches the pages:
+//!
+//! * the pages object records a **relocation** for those page indexes
+//!   ([`Pages::host`]); only pinned pages are relocated, and a relocation
+//!   ends with the page's last user, when its custody page is unmapped
+//!   (so `IOAS_UNMAP`, an access unpin or a domain detach releases the
+//!   memory and the accounting together);
+//! * every attached domain of every IOAS mapping such an object gets the
+//!   object's areas mapped again at the new host addresses;
+//! * the access copy fast path forgets what it cached (taking the tables'
+//!   write locks moves their generations; the drain waits for copies in
+//!   flight), and an area whose pages are relocated is copied through the
+//!   locked path, piece by piece.
+//!
+//! All of it happens with every registered IO page table's `domains` and
+//! `state` locks held for write, so no map, unmap, pin, unpin or locked
+//! copy runs meanwhile, and after [`crate::drain::wait`], so no lock-free
+//! copy is in flight. The program's call then runs on a range without
+//! those pages: `munmap` succeeds, `MAP_FIXED` gives fresh memory. For
+//! `madvise(MADV_DONTNEED / MADV_DONTNEED_LOCKED / MADV_FREE)` ([`Reason::Discard`])
+//! the moved-out range of private anonymous memory is refilled with fresh
+//! anonymous memory of the same protection at once, so the program reads
+//! zeros as it asked; a shared mapping keeps its pages in its file, so
+//! discarding it needs no custody.
+//!
+//! Why not copy: a copy breaks the sharing between the device and the
+//! pinned pages (DMA in flight would write into the old copy), costs
+//! O(bytes), and for the program's `munmap` there is nobody to copy for.
+//! Why not an engine-owned alias made at pin time: private anonymous
+//! memory has no second name to map.
+//!
+//! The fast paths pay nothing while nothing was moved: [`Pages::host`] and
+//! the checks on the copy paths are one load of a per-object flag, and the
+//! preload's hooks one load of [`PINNED`] (zero while no custodial page is
+//! pinned) before forwarding.
+//!
+//! # Limits
+//!
+//! * A device DMA through a domain that runs at the very moment the
+//!   program unmaps the pages it targets may fault once (the domains are
+//!   re-pointed right after the move, not atomically with it; accesses'
+//!   copies are not affected: they wait).
+//! * The host addresses [`crate::access::Access::pin_pages`] returned
+//!   are those of the pages when pinned: after a move, reach the pages
+//!   through `Access::rw` (or pin again).
+//! * Dirty tracking state of a domain's mappings of a moved area is lost
+//!   (the area is mapped again).
+//! * `MADV_REMOVE` (which punches a hole in the *file* of a shared
+//!   mapping) is not covered: moving the mapping does not keep the file's
+//!   pages. Nor is `madvise` of private *file* mappings.
+//! * Only pages objects of `IOAS_MAP` of this process's memory in IOASes
+//!   made by [`crate::ioas::Ioas::new_shared`] (every IOAS of a
+//!   [`crate::Context`]) are covered; `IOAS_MAP_FILE` and dma-buf areas
+//!   need nothing (the engine maps them itself).
+//! * hugetlb mappings move only in whole huge pages; a partial move fails
+//!   and is logged (the pages then stay with the program's call).
+//!
+//! # The Rust API
+//!
+//! Without the preload nothing intercepts the program's calls. The
+//! contract: memory mapped in an IOAS stays mapped while it is mapped
+//! there, **or** the embedder calls [`take`] on a range before it unmaps
+//! it, `mmap`s over it or discards it, and the same guarantee holds.
+
+use std::collections::HashSet;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Weak};
+
+use parking_lot::Mutex;
+
+use crate::ioas::Ioas;
+use crate::pages::Pages;
+use crate::user::page_size;
+use crate::Result;
+
+/// Pinned pages of custodial pages objects (see
+/// [`Pages::set_custodial`]), process-wide: while zero, [`take`] has
+/// nothing to do and answers after one load.
+pub(crate) static PINNED: AtomicU64 = AtomicU64::new(0);
+
+/// Pages the custody chunks hold, process-wide.
+static HELD: AtomicU64 = AtomicU64::new(0);
+
+/// One [`take`] at a time.
+static OP: Mutex<()> = Mutex::new(());
+
+/// The IOASes whose domains custody re-points, by address.
+static TABLES: Mutex<Vec<(usize, Weak<Ioas>)>> = Mutex::new(Vec::new());
+
+/// Whether some custodial page is pinned (one load): the preload's hooks
+/// forward at once when not.
+#[inline]
+pub fn active() -> bool {
+    PINNED.load(Ordering::Acquire) != 0
+}
+
+/// Pages custody holds now (moved out of the program's way and still
+/// pinned), process-wide.
+pub fn held_pages() -> u64 {
+    HELD.load(Ordering::Acquire)
+}
+
+/// Make `ioas` known to custody (its domains are re-pointed on a move).
+pub(crate) fn register(ioas: &Arc<Ioas>) {
+    let mut t = TABLES.lock();
+    t.retain(|(_, w)| w.strong_count() > 0);
+    t.push((Arc::as_ptr(ioas) as usize, Arc::downgrade(ioas)));
+}
+
+/// Forget the IOAS at `addr` (its drop).
+pub(crate) fn unregister(addr: usize) {
+    TABLES.lock().retain(|(a, _)| *a != addr);
+}
+
+/// What the program is about to do to the range.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    /// `munmap`: the range goes away.
+    Unmap,
+    /// `mmap(MAP_FIXED)`: new memory replaces the range.
+    Replace,
+    /// `madvise(MADV_DONTNEED, MADV_DONTNEED_LOCKED, MADV_FREE)`: the
+    /// range stays, its private anonymous pages read as zeros afterwards.
+    Discard,
+}
+
+/// A reservation of the engine's that holds moved pages (each page
+/// unmapped when its last relocation lets it go).
+#[derive(Debug)]
+pub struct Chunk {
+    addr: u64,
+    /// Per page: how many relocations (pages objects) hold it, and whether
+    /// it is still mapped.
+    pages: Mutex<Vec<(u32, bool)>>,
+}
+
+impl Chunk {
+    /// An inaccessible reservation of `len` bytes.
+    fn reserve(len: u64) -> std::result::Result<Arc<Chunk>, i32> {
+        let addr = crate::pages::raw_mmap(
+            len,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )?;
+        let n = len / page_size();
+        Ok(Arc::new(Chunk {
+            addr,
+            pages: Mutex::new(vec![(0, true); n as usize]),
+        }))
+    }
+
+    /// First address.
+    pub fn addr(&self) -> u64 {
+        self.addr
+    }
+
+    /// One more holder of pages `first..=last` of the chunk.
+    pub(crate) fn acquire(&self, first: u64, last: u64) {
+        let mut p = self.pages.lock();
+        for e in &mut p[first as usize..=last as usize] {
+            debug_assert!(e.1, "custody page acquired after it was freed");
+            e.0 += 1;
+        }
+    }
+
+    /// One holder less of pages `first..=last`: those left with none are
+    /// unmapped.
+    pub(crate) fn release(&self, first: u64, last: u64) {
+        let mut p = self.pages.lock();
+        for e in &mut p[first as usize..=last as usize] {
+            e.0 -= 1;
+        }
+        self.trim(&mut p, first, last);
+    }
+
+    /// Unmap the mapped pages of `first..=last` that nobody holds.
+    fn trim(&self, p: &mut [(u32, bool)], first: u64, last: u64) {
+        let ps = page_size();
+        let mut i = first;
+        while i <= last {
+            if p[i as usize] != (0, true) {
+                i += 1;
+                continue;
+            }
+            let s = i;
+            while i <= last && p[i as usize] == (0, true) {
+                p[i as usize].1 = false;
+                i += 1;
+            }
+            // SAFETY: unmapping pages of our own reservation that no
+            // relocation reaches any more.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_munmap,
+                    (self.addr + s * ps) as usize,
+                    ((i - s) * ps) as usize,
+                )
+            };
+            HELD.fetch_sub(i - s, Ordering::AcqRel);
+        }
+    }
+
+    /// Unmap every page nobody took (after the relocations are recorded).
+    fn trim_all(&self) {
+        let mut p = self.pages.lock();
+        let n = p.len() as u64;
+        if n > 0 {
+            self.trim(&mut p, 0, n - 1);
+        }
+    }
+}
+
+impl Drop for Chunk {
+    fn drop(&mut self) {
+        // every relocation holds the chunk: nothing is held any more
+        let p = self.pages.get_mut();
+        let n = p.len() as u64;
+        for e in p.iter_mut() {
+            e.0 = 0;
+        }
+        if n > 0 {
+            let mut v = std::mem::take(p);
+            self.trim(&mut v, 0, n - 1);
+        }
+    }
+}
+
+/// A mapping of `/proc/self/maps`.
+#[derive(Debug, Clone, Copy)]
+struct Vma {
+    start: u64,
+    end: u64,
+    prot: i32,
+    shared: bool,
+    /// No file behind it (anonymous, heap, stack).
+    anon: bool,
+}
+
+/// The mappings that meet `[lo, hi)`, by raw system calls (under the
+/// preload `open` and `read` are the program's hooked entry points).
+fn vmas(lo: u64, hi: u64) -> Vec<Vma> {
+    // SAFETY: a NUL-terminated path; the fd is ours and closed below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            c"/proc/self/maps".as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    } as i32;
+    if fd < 0 {
+        return Vec::new();
+    }
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // SAFETY: reading into our own buffer of that size.
+        let n = unsafe { libc::syscall(libc::SYS_read, fd, chunk.as_mut_ptr(), chunk.len()) };
+        if n <= 0 {
+            break;
+        }
+        text.extend_from_slice(&chunk[..n as usize]);
+    }
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+    let mut out = Vec::new();
+    for line in String::from_utf8_lossy(&text).lines() {
+        let mut f = line.split_ascii_whitespace();
+        let (Some(range), Some(perms), Some(_off), Some(_dev), Some(ino)) =
+            (f.next(), f.next(), f.next(), f.next(), f.next())
+        else {
+            continue;
+        };
+        let path = f.next().unwrap_or("");
+        let Some((s, e)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else {
+            continue;
+        };
+        if end <= lo || start >= hi {
+            continue;
+        }
+        let b = perms.as_bytes();
+        let mut prot = 0;
+        if b.first() == Some(&b'r') {
+            prot |= libc::PROT_READ;
+        }
+        if b.get(1) == Some(&b'w') {
+            prot |= libc::PROT_WRITE;
+        }
+        if b.get(2) == Some(&b'x') {
+            prot |= libc::PROT_EXEC;
+        }
+        out.push(Vma {
+            start,
+            end,
+            prot,
+            shared: b.get(3) == Some(&b's'),
+            anon: ino == "0" && (path.is_empty() || path.starts_with('[')),
+        });
+    }
+    out
+}
+
+/// `mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to)`: errno on failure.
+fn move_pages(from: u64, len: u64, to: u64) -> std::result::Result<(), i32> {
+    // SAFETY: moves the program's pages at `from` (which the caller found
+    // pinned, inside one mapping) onto our own reservation at `to`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mremap,
+            from as usize,
+            len as usize,
+            len as usize,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            to as usize,
+        )
+    };
+    if r as u64 == to {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL))
+    }
+}
+
+/// Whether some custodial pinned page lives in `[lo, hi)` now (without
+/// the tables' locks: the quick answer for calls far from any pin).
+fn any_pinned_in(objs: &[Arc<Pages>], lo: u64, hi: u64) -> bool {
+    let ps = page_size();
+    objs.iter().any(|p| {
+        p.pinned_program_runs()
+            .iter()
+            .any(|&(f, l, h)| h < hi && h + (l - f + 1) * ps > lo)
+    })
+}
+
+/// Take the pinned pages of `[addr, addr + len)` (rounded out to pages)
+/// into custody before the program's call `why` runs on the range (see
+/// the module docs). Returns how many page relocations were recorded (0:
+/// nothing there was pinned).
+///
+/// Pages the range holds that no IOAS pins are left alone: the program's
+/// call takes them, as the kernel's would (an unpinned page is pinned
+/// again from the program's memory when needed). Failures to move a piece
+/// (a mapping `mremap` refuses) are logged, and the piece stays where it
+/// is; `Err` only for a range that wraps.
+pub fn take(addr: u64, len: u64, why: Reason) -> Result<u64> {
+    if !active() || len == 0 {
+        return Ok(0);
+    }
+    let ps = page_size();
+    let lo = addr & !(ps - 1);
+    let Some(hi) = addr
+        .checked_add(len)
+        .and_then(|e| e.checked_next_multiple_of(ps))
+    else {
+        crate::bail!(EINVAL, "custody: [{addr:#x}, +{len:#x}) wraps");
+    };
+    if !any_pinned_in(&crate::pages::live_custodial(), lo, hi) {
+        return Ok(0);
+    }
+    let _op = OP.lock();
+    let tables: Vec<Arc<Ioas>> = {
+        let mut t: Vec<(usize, Arc<Ioas>)> = TABLES
+            .lock()
+            .iter()
+            .filter_map(|(a, w)| w.upgrade().map(|i| (*a, i)))
+            .collect();
+        t.sort_by_key(|(a, _)| *a);
+        t.into_iter().map(|(_, i)| i).collect()
+    };
+    let n = {
+        let mut locks: Vec<_> = tables.iter().map(|t| t.iopt().lock_for_custody()).collect();
+        // no lock-free copy may still use what the generations named
+        crate::drain::wait();
+        let objs = crate::pages::live_custodial();
+        let (n, moved) = take_locked(&objs, lo, hi, why);
+        if !moved.is_empty() {
+            for l in &mut locks {
+                l.repoint(&moved);
+            }
+        }
+        drop(locks);
+        n
+    };
+    drop(tables);
+    Ok(n)
+}
+
+/// [`take`] under the tables' locks: move, refill, record. Returns the
+/// relocations recorded and the ids of the pages objects that got them.
+fn take_locked(objs: &[Arc<Pages>], lo: u64, hi: u64, why: Reason) -> (u64, HashSet<u64>) {
+    let ps = page_size();
+    // the pinned runs in the range: (object, first, last, host of first)
+    let mut hits: Vec<(&Arc<Pages>, u64, u64, u64)> = Vec::new();
+    for p in objs {
+        for (f, l, h) in p.pinned_program_runs() {
+            let e = h + (l - f + 1) * ps;
+            let (s, e) = (h.max(lo), e.min(hi));
+            if s < e {
+                let pf = f + (s - h) / ps;
+                hits.push((p, pf, pf + (e - s) / ps - 1, s));
+            }
+        }
+    }
+    let mut moved = HashSet::new();
+    if hits.is_empty() {
+        return (0, moved);
+    }
+    // the address ranges to move: the union of the hits
+    let mut ranges: Vec<(u64, u64)> = hits
+        .iter()
+        .map(|&(_, f, l, h)| (h, h + (l - f + 1) * ps))
+        .collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in ranges {
+        match merged.last_mut() {
+            Some(m) if s <= m.1 => m.1 = m.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    let maps = vmas(lo, hi);
+    // each range, cut at mapping boundaries (one mremap moves one mapping)
+    let mut chunks: Vec<(u64, u64, Arc<Chunk>)> = Vec::new();
+    for (s, e) in merged {
+        let mut cur = s;
+        while cur < e {
+            let vma = maps.iter().find(|v| v.start <= cur && cur < v.end).copied();
+            let end = vma.map_or(e, |v| v.end.min(e));
+            let len = end - cur;
+            if why == Reason::Discard && !vma.is_some_and(|v| v.anon && !v.shared) {
+                // a shared mapping's pages stay in its file; a private file
+                // mapping is not covered (see the module docs)
+                cur = end;
+                continue;
+            }
+            let chunk = match Chunk::reserve(len) {
+                Ok(c) => c,
+                Err(e) => {
+                    tracing::error!("custody: cannot reserve {len:#x} bytes (errno {e}); pinned pages at {cur:#x} stay with the program's call");
+                    cur = end;
+                    continue;
+                }
+            };
+            if let Err(err) = move_pages(cur, len, chunk.addr) {
+                tracing::error!(
+                    "custody: cannot move the pinned pages [{cur:#x}, {end:#x}) (errno {err}); they stay with the program's call"
+                );
+                // nothing moved: the reservation goes with the chunk
+                cur = end;
+                continue;
+            }
+            HELD.fetch_add(len / ps, Ordering::AcqRel);
+            if why == Reason::Discard {
+                // the program keeps the range, as fresh zero pages
+                let prot = vma.map_or(libc::PROT_READ | libc::PROT_WRITE, |v| v.prot);
+                // SAFETY: refilling the hole we just made in the program's
+                // private anonymous mapping, as the discard leaves it.
+                let r = unsafe {
+                    libc::syscall(
+                        libc::SYS_mmap,
+                        cur as usize,
+                        len as usize,
+                        prot,
+                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                        -1,
+                        0,
+                    )
+                };
+                if r as u64 != cur {
+                    tracing::error!("custody: cannot refill [{cur:#x}, {end:#x}) after moving its pinned pages out");
+                }
+            }
+            tracing::debug!(
+                "custody: pinned pages [{cur:#x}, {end:#x}) moved to {:#x} before the program's {why:?}",
+                chunk.addr
+            );
+            chunks.push((cur, end, chunk));
+            cur = end;
+        }
+    }
+    let mut n = 0;
+    for &(p, f, l, h) in &hits {
+        let e = h + (l - f + 1) * ps;
+        for (cs, ce, c) in &chunks {
+            let (s, e) = (h.max(*cs), e.min(*ce));
+            if s >= e {
+                continue;
+            }
+            let pf = f + (s - h) / ps;
+            let pl = pf + (e - s) / ps - 1;
+            let k = p.relocate(pf, pl, c.addr + (s - cs), Some((c, (s - cs) / ps)));
+            if k > 0 {
+                n += k;
+                moved.insert(p.id());
+            }
+        }
+    }
+    for (_, _, c) in &chunks {
+        c.trim_all();
+    }
+    (n, moved)
+}
+
+/// Check custody against the pages objects: the pages the chunks hold are
+/// exactly the relocated pinned pages (each counted once). Only meaningful
+/// while no other thread pins, unpins or takes (tests call it between
+/// steps).
+pub fn check() -> std::result::Result<(), String> {
+    let held = held_pages();
+    if held > 0 && !active() {
+        return Err(format!(
+            "custody holds {held} page(s) but no custodial page is pinned"
+        ));
+    }
+    Ok(())
+}

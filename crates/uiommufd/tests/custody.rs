@@ -1,0 +1,235 @@
+//! Pins that hold (issue 12, item 3): pinned pages taken into custody
+//! ([`uiommufd::custody::take`], what the preload calls before the
+//! program's `munmap`, `mmap(MAP_FIXED)` and `madvise`) keep serving DMA
+//! through the domains and the access's copies, the program's range does
+//! what it asked, and everything is released with the pins.
+
+use std::sync::Arc;
+
+use uiommufd::context::Object;
+use uiommufd::custody::{self, Reason};
+use uiommufd::uapi::{MOCK_ACCESS_RW_WRITE, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES};
+use uiommufd::Context;
+use uiommufd_testkit::*;
+
+fn ps() -> u64 {
+    uiommufd::user::page_size()
+}
+
+const IOVA: u64 = 1 << 24;
+
+/// A fresh private anonymous mapping of `n` pages, filled with `fill(i)`.
+fn anon(n: u64, fill: impl Fn(u64) -> u8) -> u64 {
+    // SAFETY: a new mapping at an address the kernel picks.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            (n * ps()) as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    assert_ne!(p, libc::MAP_FAILED);
+    for i in 0..n * ps() {
+        // SAFETY: inside the mapping just made.
+        unsafe { *(p as *mut u8).add(i as usize) = fill(i) };
+    }
+    p as u64
+}
+
+fn pattern(i: u64) -> u8 {
+    (i * 7 + 3) as u8
+}
+
+/// The mock domain of paging HWPT `hwpt`.
+fn domain(ctx: &Arc<Context>, hwpt: u32) -> Arc<dyn uiommufd::domain::Domain> {
+    match ctx.get(hwpt).unwrap() {
+        Object::HwptPaging(h) => h.domain().clone(),
+        o => panic!("object {hwpt} is a {}", o.kind()),
+    }
+}
+
+/// `len` bytes at `iova` through access `fd`.
+fn read_access(ctx: &Arc<Context>, fd: u32, iova: u64, len: u64) -> Vec<u8> {
+    let mut v = vec![0u8; len as usize];
+    access_rw(ctx, fd, iova, len, v.as_mut_ptr() as u64, 0).unwrap();
+    v
+}
+
+fn at(addr: u64, off: u64) -> u8 {
+    // SAFETY: the tests read their own mappings.
+    unsafe { *((addr + off) as *const u8) }
+}
+
+fn checks(ctx: &Arc<Context>) {
+    ctx.check_invariants().unwrap();
+    uiommufd::pages::check_accounting().unwrap();
+}
+
+/// The issue's "done when": a buffer mapped in an IOAS with a domain and
+/// an access, `munmap`ed: DMA and `ACCESS_RW` still read and write the old
+/// pages, a `MAP_FIXED` at the same address gives the program fresh
+/// memory, and `IOAS_UNMAP` releases everything.
+#[test]
+fn munmap_then_map_fixed_keeps_the_pinned_pages() {
+    let _s = serial();
+    let n = 8;
+    let buf = anon(n, pattern);
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    let (_stdev, hwpt, _idev) = mock_domain(&ctx, ioas).unwrap();
+    map_fixed(&ctx, ioas, buf, n * ps(), IOVA).unwrap();
+    let access = create_access(&ctx, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES).unwrap();
+    let item = access_pages(&ctx, access, IOVA + ps(), 2 * ps(), buf + ps(), 0).unwrap();
+    assert!(custody::active());
+    let dom = domain(&ctx, hwpt);
+
+    // the program unmaps pages 2..=5 (the access pinned 1..=2): partial
+    let (lo, len) = (buf + 2 * ps(), 4 * ps());
+    assert_eq!(custody::take(lo, len, Reason::Unmap).unwrap(), 4);
+    assert_eq!(custody::held_pages(), 4);
+    // SAFETY: the program's own unmap of its own memory.
+    assert_eq!(unsafe { libc::munmap(lo as *mut _, len as usize) }, 0);
+    checks(&ctx);
+
+    // DMA through the domain and the access still see the old data
+    let mut got = vec![0u8; (n * ps()) as usize];
+    dom.dma_read(IOVA, &mut got).unwrap();
+    assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(i as u64)));
+    assert_eq!(read_access(&ctx, access, IOVA, n * ps()), got);
+    // and write them: DMA into a moved page, the access reads it back
+    dom.dma_write(IOVA + 3 * ps() + 5, b"dma").unwrap();
+    let msg = b"access!";
+    access_rw(
+        &ctx,
+        access,
+        IOVA + 2 * ps() - 3,
+        msg.len() as u64,
+        msg.as_ptr() as u64,
+        MOCK_ACCESS_RW_WRITE,
+    )
+    .unwrap();
+    assert_eq!(
+        &read_access(&ctx, access, IOVA + 3 * ps() + 5, 3)[..],
+        b"dma"
+    );
+    let mut b = [0u8; 7];
+    dom.dma_read(IOVA + 2 * ps() - 3, &mut b).unwrap();
+    assert_eq!(&b, msg);
+    // the part before the move is still the program's own page
+    assert_eq!(at(buf, 2 * ps() - 3), b'a');
+
+    // MAP_FIXED at the old address: fresh zeroed memory, not the pages
+    let fresh = anon(1, |_| 0);
+    // SAFETY: replacing a mapping of the test's own (the one just made).
+    let p = unsafe {
+        libc::mmap(
+            lo as *mut _,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(p as u64, lo);
+    // SAFETY: our own scratch page.
+    unsafe { libc::munmap(fresh as *mut _, ps() as usize) };
+    assert!((0..len).all(|i| at(lo, i) == 0));
+    // SAFETY: writing the program's new memory.
+    unsafe { std::ptr::write_bytes(lo as *mut u8, 0xee, len as usize) };
+    let mut want = got.clone();
+    want[(3 * ps() + 5) as usize..(3 * ps() + 8) as usize].copy_from_slice(b"dma");
+    want[(2 * ps() - 3) as usize..(2 * ps() + 4) as usize].copy_from_slice(msg);
+    // the program's writes to its new memory reach neither
+    assert_eq!(read_access(&ctx, access, IOVA, n * ps()), want);
+    dom.dma_read(IOVA, &mut got).unwrap();
+    assert_eq!(got, want);
+    checks(&ctx);
+
+    // the access lets go of its pages, then the IOAS unmap releases all
+    destroy_access_pages(&ctx, access, item).unwrap();
+    checks(&ctx);
+    assert_eq!(custody::held_pages(), 4, "the domain still pins them");
+    unmap(&ctx, ioas, IOVA, n * ps()).unwrap();
+    checks(&ctx);
+    assert_eq!(custody::held_pages(), 0);
+    assert!(!custody::active());
+    // SAFETY: the test's own mapping.
+    unsafe { libc::munmap(buf as *mut _, (n * ps()) as usize) };
+}
+
+/// `madvise(MADV_DONTNEED)` of pinned private memory: the program reads
+/// zeros, the IOMMU keeps the data; a page mapped twice (two pages
+/// objects) goes to custody once.
+#[test]
+fn discard_gives_the_program_zeros_and_the_iommu_the_data() {
+    let _s = serial();
+    let n = 4;
+    let buf = anon(n, pattern);
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    let (_stdev, hwpt, _idev) = mock_domain(&ctx, ioas).unwrap();
+    map_fixed(&ctx, ioas, buf, n * ps(), IOVA).unwrap();
+    // the same memory again, in a second IOAS (its own pages object)
+    let ioas2 = ioas_alloc(&ctx);
+    let (_s2, hwpt2, _i2) = mock_domain(&ctx, ioas2).unwrap();
+    map_fixed(&ctx, ioas2, buf + ps(), ps(), IOVA).unwrap();
+    let access = create_access(&ctx, ioas, 0).unwrap();
+
+    assert_eq!(custody::take(buf, n * ps(), Reason::Discard).unwrap(), 5);
+    assert_eq!(custody::held_pages(), n);
+    // SAFETY: the program's own madvise of its own memory.
+    let r = unsafe { libc::madvise(buf as *mut _, (n * ps()) as usize, libc::MADV_DONTNEED) };
+    assert_eq!(r, 0);
+    assert!((0..n * ps()).all(|i| at(buf, i) == 0));
+    checks(&ctx);
+    let mut got = vec![0u8; (n * ps()) as usize];
+    domain(&ctx, hwpt).dma_read(IOVA, &mut got).unwrap();
+    assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(i as u64)));
+    assert_eq!(read_access(&ctx, access, IOVA, n * ps()), got);
+    let mut one = vec![0u8; ps() as usize];
+    domain(&ctx, hwpt2).dma_read(IOVA, &mut one).unwrap();
+    assert_eq!(one, got[ps() as usize..2 * ps() as usize]);
+    // a write through one IOAS shows in the other: the same page
+    domain(&ctx, hwpt)
+        .dma_write(IOVA + ps(), b"shared")
+        .unwrap();
+    domain(&ctx, hwpt2).dma_read(IOVA, &mut one[..6]).unwrap();
+    assert_eq!(&one[..6], b"shared");
+    // the program's new zero page is its own
+    assert_eq!(at(buf, ps()), 0);
+
+    unmap(&ctx, ioas, IOVA, n * ps()).unwrap();
+    checks(&ctx);
+    assert_eq!(
+        custody::held_pages(),
+        1,
+        "the second IOAS still pins a page"
+    );
+    // a second take finds nothing left in the program's range to move
+    assert_eq!(custody::take(buf, n * ps(), Reason::Unmap).unwrap(), 0);
+    unmap(&ctx, ioas2, IOVA, ps()).unwrap();
+    checks(&ctx);
+    assert_eq!(custody::held_pages(), 0);
+    // SAFETY: the test's own mapping.
+    unsafe { libc::munmap(buf as *mut _, (n * ps()) as usize) };
+}
+
+/// Nothing pinned: a take does nothing (and unpinned pages of a mapped
+/// area stay with the program's call, as in the kernel).
+#[test]
+fn take_of_unpinned_memory_moves_nothing() {
+    let _s = serial();
+    let buf = anon(2, pattern);
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    map_fixed(&ctx, ioas, buf, 2 * ps(), IOVA).unwrap();
+    assert_eq!(custody::take(buf, 2 * ps(), Reason::Unmap).unwrap(), 0);
+    assert_eq!(custody::held_pages(), 0);
+    checks(&ctx);
+    // SAFETY: the test's own mapping.
+    unsafe { libc::munmap(buf as *mut _, (2 * ps()) as usize) };
+}
