@@ -174,6 +174,7 @@ use uiommufd::files;
 
 mod engine;
 mod fs_hooks;
+mod mem_hooks;
 mod path;
 mod real;
 mod signals;

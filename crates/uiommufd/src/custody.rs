@@ -350,17 +350,6 @@ fn move_pages(from: u64, len: u64, to: u64) -> std::result::Result<(), i32> {
     }
 }
 
-/// Whether some custodial pinned page lives in `[lo, hi)` now (without
-/// the tables' locks: the quick answer for calls far from any pin).
-fn any_pinned_in(objs: &[Arc<Pages>], lo: u64, hi: u64) -> bool {
-    let ps = page_size();
-    objs.iter().any(|p| {
-        p.pinned_program_runs()
-            .iter()
-            .any(|&(f, l, h)| h < hi && h + (l - f + 1) * ps > lo)
-    })
-}
-
 /// Take the pinned pages of `[addr, addr + len)` (rounded out to pages)
 /// into custody before the program's call `why` runs on the range (see
 /// the module docs). Returns how many page relocations were recorded (0:
@@ -371,6 +360,9 @@ fn any_pinned_in(objs: &[Arc<Pages>], lo: u64, hi: u64) -> bool {
 /// again from the program's memory when needed). Failures to move a piece
 /// (a mapping `mremap` refuses) are logged, and the piece stays where it
 /// is; `Err` only for a range that wraps.
+///
+/// While nothing is pinned this is one load; a range far from every pin
+/// is answered without allocating or taking the tables' locks.
 pub fn take(addr: u64, len: u64, why: Reason) -> Result<u64> {
     if !active() || len == 0 {
         return Ok(0);
@@ -383,7 +375,7 @@ pub fn take(addr: u64, len: u64, why: Reason) -> Result<u64> {
     else {
         crate::bail!(EINVAL, "custody: [{addr:#x}, +{len:#x}) wraps");
     };
-    if !any_pinned_in(&crate::pages::live_custodial(), lo, hi) {
+    if !crate::pages::any_custodial_pinned_in(lo, hi) {
         return Ok(0);
     }
     let _op = OP.lock();
@@ -412,6 +404,89 @@ pub fn take(addr: u64, len: u64, why: Reason) -> Result<u64> {
     };
     drop(tables);
     Ok(n)
+}
+
+/// The program's `mremap(old, old_len, new_len, flags, new_addr)`, made by
+/// `call` (which returns the new address, or `MAP_FAILED`'s value, as
+/// `mremap` does), with the pinned pages it moves followed to their new
+/// program address: in the kernel `mremap` moves page-table entries, so
+/// the device and the program keep sharing the pinned pages, at the new
+/// address for the program; here the engine re-points its users of those
+/// pages there (a relocation in program memory, which a later `munmap`
+/// there takes into custody as usual).
+///
+/// Before the call, as the kernel would unmap them: the tail a shrink
+/// drops, and with `MREMAP_FIXED` the destination range, are taken into
+/// custody ([`take`]). The call itself runs with the tables held still.
+/// `MREMAP_DONTUNMAP` moves the pages too (the old range stays, empty).
+pub fn follow_mremap(
+    old: u64,
+    old_len: u64,
+    new_len: u64,
+    flags: i32,
+    new_addr: u64,
+    call: impl FnOnce() -> u64,
+) -> u64 {
+    if !active() {
+        return call();
+    }
+    let ps = page_size();
+    if flags & libc::MREMAP_FIXED != 0 && new_len > 0 {
+        let _ = take(new_addr, new_len, Reason::Replace);
+    }
+    if new_len < old_len {
+        let _ = take(old + new_len, old_len - new_len, Reason::Unmap);
+    }
+    let keep = old_len.min(new_len);
+    let lo = old & !(ps - 1);
+    let hi = match old.checked_add(keep) {
+        Some(e) if keep > 0 => e.next_multiple_of(ps),
+        _ => return call(),
+    };
+    if !crate::pages::any_custodial_pinned_in(lo, hi) {
+        return call();
+    }
+    let _op = OP.lock();
+    let tables: Vec<Arc<Ioas>> = TABLES
+        .lock()
+        .iter()
+        .filter_map(|(_, w)| w.upgrade())
+        .collect();
+    let mut sorted: Vec<&Arc<Ioas>> = tables.iter().collect();
+    sorted.sort_by_key(|t| Arc::as_ptr(t) as usize);
+    let r = {
+        let mut locks: Vec<_> = sorted.iter().map(|t| t.iopt().lock_for_custody()).collect();
+        crate::drain::wait();
+        let r = call();
+        if r as i64 != -1 && r != lo {
+            let objs = crate::pages::live_custodial();
+            let mut moved = HashSet::new();
+            for p in &objs {
+                for (f, l, h) in p.pinned_program_runs() {
+                    let e = h + (l - f + 1) * ps;
+                    let (s, e) = (h.max(lo), e.min(hi));
+                    if s < e {
+                        let pf = f + (s - h) / ps;
+                        let pl = pf + (e - s) / ps - 1;
+                        if p.relocate(pf, pl, r + (s - lo), None) > 0 {
+                            moved.insert(p.id());
+                        }
+                    }
+                }
+            }
+            tracing::debug!(
+                "custody: the program moved pinned pages [{lo:#x}, {hi:#x}) to {r:#x}; {} pages object(s) follow",
+                moved.len()
+            );
+            for l in &mut locks {
+                l.repoint(&moved);
+            }
+        }
+        r
+    };
+    drop(sorted);
+    drop(tables);
+    r
 }
 
 /// [`take`] under the tables' locks: move, refill, record. Returns the

@@ -429,6 +429,7 @@ impl PinMap {
     /// range without a user are left alone. Returns the pages recorded.
     fn relocate(
         &mut self,
+        uptr: u64,
         first: u64,
         last: u64,
         host: u64,
@@ -452,6 +453,11 @@ impl PinMap {
         for (s, l) in pinned {
             self.remove_relocs(s, l);
             let d = s - first;
+            if chunk.is_none() && host + d * ps == uptr + s * ps {
+                // back at the program address it was pinned at
+                n += l - s + 1;
+                continue;
+            }
             let chunk = chunk.map(|(c, i)| {
                 c.acquire(i + d, i + d + (l - s));
                 (c.clone(), i + d)
@@ -467,6 +473,11 @@ impl PinMap {
             n += l - s + 1;
         }
         n
+    }
+
+    /// Whether page `page` lives in a custody chunk.
+    fn in_custody(&self, page: u64) -> bool {
+        matches!(self.relocs.range(..=page).next_back(), Some((_, r)) if r.last >= page && r.chunk.is_some())
     }
 
     /// Host address of page `page` of an object whose page 0 is at `uptr`.
@@ -972,10 +983,9 @@ impl Pages {
         chunk: Option<(&Arc<crate::custody::Chunk>, u64)>,
     ) -> u64 {
         let mut pins = self.pins.lock();
-        let n = pins.relocate(first, last, host, chunk);
-        if !pins.relocs.is_empty() {
-            self.relocated.store(true, Ordering::Release);
-        }
+        let n = pins.relocate(self.uptr, first, last, host, chunk);
+        self.relocated
+            .store(!pins.relocs.is_empty(), Ordering::Release);
         n
     }
 
@@ -1084,6 +1094,58 @@ fn live_pages(shard: &Shard) -> Vec<Arc<Pages>> {
         .flat_map(|m| m.values())
         .filter_map(|w| w.upgrade())
         .collect()
+}
+
+/// Whether a custodial pages object has a pinned page living in program
+/// memory within `[lo, hi)`. Allocates nothing and creates no reference
+/// (so it may run inside the shim's allocator's own `munmap`): each object
+/// is looked at under its registry shard's lock, where an object whose
+/// last reference went away is still whole (its drop waits for that lock
+/// before it lets go of anything). Its `pins` lock is only tried (the
+/// lock order is `pins`, then a shard): on contention the shard is looked
+/// at again.
+pub(crate) fn any_custodial_pinned_in(lo: u64, hi: u64) -> bool {
+    let ps = page_size();
+    for shard in &REGISTRY {
+        'again: loop {
+            let g = shard.lock();
+            let Some(m) = g.as_ref() else { break };
+            for w in m.values() {
+                if w.strong_count() == 0 {
+                    continue;
+                }
+                // SAFETY: the object is in the map, so its drop has not got
+                // past removing it, which needs the shard lock we hold: it
+                // is whole.
+                let p = unsafe { &*w.as_ptr() };
+                if !p.custodial() || p.uptr >= hi && !p.relocated() {
+                    continue;
+                }
+                let Some(pins) = p.pins.try_lock() else {
+                    drop(g);
+                    std::thread::yield_now();
+                    continue 'again;
+                };
+                for (&s, &(l, _)) in &pins.runs {
+                    let (a, b) = (p.uptr + s * ps, p.uptr + (l + 1) * ps);
+                    if pins.relocs.is_empty() {
+                        if a < hi && b > lo {
+                            return true;
+                        }
+                        continue;
+                    }
+                    if (s..=l).any(|i| {
+                        let h = pins.host_of(p.uptr, i);
+                        h < hi && h + ps > lo && !pins.in_custody(i)
+                    }) {
+                        return true;
+                    }
+                }
+            }
+            break;
+        }
+    }
+    false
 }
 
 /// Every live pages object that ever pinned and may be taken into custody

@@ -233,3 +233,63 @@ fn take_of_unpinned_memory_moves_nothing() {
     // SAFETY: the test's own mapping.
     unsafe { libc::munmap(buf as *mut _, (2 * ps()) as usize) };
 }
+
+/// The program's `mremap` of pinned memory: the data moves for the
+/// program, and the domain and the access follow it there (the pages stay
+/// shared, as the kernel's pinned pages do); a shrink's tail goes to
+/// custody; a later `munmap` at the new address too.
+#[test]
+fn mremap_is_followed() {
+    let _s = serial();
+    let n = 4;
+    let buf = anon(n, pattern);
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    let (_stdev, hwpt, _idev) = mock_domain(&ctx, ioas).unwrap();
+    map_fixed(&ctx, ioas, buf, n * ps(), IOVA).unwrap();
+    let access = create_access(&ctx, ioas, 0).unwrap();
+    let dst = anon(n, |_| 0);
+    let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
+    // shrink to 3 pages while moving: the last page goes to custody
+    let r = custody::follow_mremap(buf, n * ps(), 3 * ps(), flags, dst, || {
+        // SAFETY: the program's own mremap of its own memory.
+        unsafe {
+            libc::mremap(
+                buf as *mut _,
+                (n * ps()) as usize,
+                (3 * ps()) as usize,
+                flags,
+                dst as *mut libc::c_void,
+            ) as u64
+        }
+    });
+    assert_eq!(r, dst);
+    assert_eq!(custody::held_pages(), 1);
+    checks(&ctx);
+    assert_eq!(at(dst, 5), pattern(5));
+    // SAFETY: the program writes its memory at the new address.
+    unsafe { *((dst + ps() + 1) as *mut u8) = 0xab };
+    let mut got = vec![0u8; (n * ps()) as usize];
+    domain(&ctx, hwpt).dma_read(IOVA, &mut got).unwrap();
+    let mut want: Vec<u8> = (0..n * ps()).map(pattern).collect();
+    want[ps() as usize + 1] = 0xab;
+    assert_eq!(got, want);
+    assert_eq!(read_access(&ctx, access, IOVA, n * ps()), want);
+    // the old address is free for the program: nothing there is reached
+    let fresh = anon(1, |_| 0xee);
+    assert_eq!(read_access(&ctx, access, IOVA, n * ps()), want);
+    // a munmap at the new address: custody as any other
+    assert_eq!(custody::take(dst, 3 * ps(), Reason::Unmap).unwrap(), 3);
+    // SAFETY: the program's own unmap.
+    unsafe { libc::munmap(dst as *mut _, (3 * ps()) as usize) };
+    assert_eq!(read_access(&ctx, access, IOVA, n * ps()), want);
+    checks(&ctx);
+    unmap(&ctx, ioas, IOVA, n * ps()).unwrap();
+    checks(&ctx);
+    assert_eq!(custody::held_pages(), 0);
+    // SAFETY: the test's own mappings.
+    unsafe {
+        libc::munmap(fresh as *mut _, ps() as usize);
+        libc::munmap((dst + 3 * ps()) as *mut _, ps() as usize);
+    }
+}
