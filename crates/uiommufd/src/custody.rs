@@ -16,11 +16,12 @@
 //! embedder does it before it unmaps, see below). When the range holds
 //! pinned pages of a pages object, the engine moves those very pages —
 //! page-table entries, not copies — to an address of its own with
-//! `mremap(MREMAP_MAYMOVE | MREMAP_FIXED)` onto a reservation (a
-//! **custody chunk**, [`Chunk`]). That works for private anonymous memory
-//! (whose pages have no other name) as well as for shared mappings, is
-//! O(page tables) and keeps the data where DMA wrote it. Then it re-points
-//! everything that reaches the pages:
+//! `mremap(MREMAP_MAYMOVE | MREMAP_FIXED | MREMAP_DONTUNMAP)` onto a
+//! reservation (a **custody chunk**, [`Chunk`]). That works for private
+//! anonymous memory (whose pages have no other name) as well as for shared
+//! mappings, is O(page tables) and keeps the data where DMA wrote it.
+//! Everything that reaches the pages is re-pointed at the reservation
+//! *before* the pages move there:
 //!
 //! * the pages object records a **relocation** for those page indexes
 //!   ([`Pages::host`]); only pinned pages are relocated, and a relocation
@@ -37,13 +38,28 @@
 //! All of it happens with every registered IO page table's `domains` and
 //! `state` locks held for write, so no map, unmap, pin, unpin or locked
 //! copy runs meanwhile, and after [`crate::drain::wait`], so no lock-free
-//! copy is in flight. The program's call then runs on a range without
-//! those pages: `munmap` succeeds, `MAP_FIXED` gives fresh memory. For
-//! `madvise(MADV_DONTNEED / MADV_DONTNEED_LOCKED / MADV_FREE)` ([`Reason::Discard`])
-//! the moved-out range of private anonymous memory is refilled with fresh
-//! anonymous memory of the same protection at once, so the program reads
-//! zeros as it asked; a shared mapping keeps its pages in its file, so
-//! discarding it needs no custody.
+//! copy is in flight. A device's DMA is not stopped: while the domains
+//! are re-mapped, or reach the reservation before the pages arrive, it
+//! faults, and [`dma`] (which the VFIO device bus wraps every DMA in)
+//! makes a DMA that faulted during a move again once the move is done. It
+//! never reaches the program's memory: the pages leave the program's
+//! mapping only after nothing points there.
+//!
+//! `MREMAP_DONTUNMAP` leaves the program's mapping in place, without the
+//! pages (zero pages if anonymous, the file's if shared): there is no
+//! hole that another thread's `mmap` could take before the program's own
+//! call runs. That call then does what it asked: `munmap` unmaps, a
+//! `MAP_FIXED` gives fresh memory, and a `madvise(MADV_DONTNEED /
+//! MADV_DONTNEED_LOCKED / MADV_FREE)` ([`Reason::Discard`]) finds the zero
+//! pages it promises (a shared mapping keeps its pages in its file, so
+//! discarding it needs no custody). Where the kernel refuses the flag the
+//! pages move plainly, and a discarded private range is mapped anew.
+//!
+//! `mremap` is followed, not taken ([`follow_mremap`]): in the kernel it
+//! moves page-table entries, so the device and the program keep sharing
+//! the pinned pages, at their new address for the program; here the
+//! engine runs the program's `mremap` with the tables held still and
+//! re-points everything at the new address.
 //!
 //! Why not copy: a copy breaks the sharing between the device and the
 //! pinned pages (DMA in flight would write into the old copy), costs
@@ -58,10 +74,11 @@
 //!
 //! # Limits
 //!
-//! * A device DMA through a domain that runs at the very moment the
-//!   program unmaps the pages it targets may fault once (the domains are
-//!   re-pointed right after the move, not atomically with it; accesses'
-//!   copies are not affected: they wait).
+//! * A DMA through a domain made directly by a Rust user (not through the
+//!   VFIO device bus) that runs during a move may fault; wrap it in
+//!   [`dma`]. A program's own `mremap(MREMAP_DONTUNMAP)` of pinned pages
+//!   leaves a moment where such a DMA may still reach the zero pages left
+//!   behind.
 //! * The host addresses [`crate::access::Access::pin_pages`] returned
 //!   are those of the pages when pinned: after a move, reach the pages
 //!   through `Access::rw` (or pin again).
@@ -90,6 +107,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
+use crate::io_pagetable::CustodyLock;
 use crate::ioas::Ioas;
 use crate::pages::Pages;
 use crate::user::page_size;
@@ -100,7 +118,7 @@ use crate::Result;
 /// nothing to do and answers after one load.
 pub(crate) static PINNED: AtomicU64 = AtomicU64::new(0);
 
-/// Pages the custody chunks hold, process-wide.
+/// Pages the custody chunks hold (mapped), process-wide.
 static HELD: AtomicU64 = AtomicU64::new(0);
 
 /// One [`take`] at a time.
@@ -167,6 +185,7 @@ impl Chunk {
             0,
         )?;
         let n = len / page_size();
+        HELD.fetch_add(n, Ordering::AcqRel);
         Ok(Arc::new(Chunk {
             addr,
             pages: Mutex::new(vec![(0, true); n as usize]),
@@ -327,29 +346,6 @@ fn vmas(lo: u64, hi: u64) -> Vec<Vma> {
     out
 }
 
-/// `mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED, to)`: errno on failure.
-fn move_pages(from: u64, len: u64, to: u64) -> std::result::Result<(), i32> {
-    // SAFETY: moves the program's pages at `from` (which the caller found
-    // pinned, inside one mapping) onto our own reservation at `to`.
-    let r = unsafe {
-        libc::syscall(
-            libc::SYS_mremap,
-            from as usize,
-            len as usize,
-            len as usize,
-            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
-            to as usize,
-        )
-    };
-    if r as u64 == to {
-        Ok(())
-    } else {
-        Err(std::io::Error::last_os_error()
-            .raw_os_error()
-            .unwrap_or(libc::EINVAL))
-    }
-}
-
 /// Take the pinned pages of `[addr, addr + len)` (rounded out to pages)
 /// into custody before the program's call `why` runs on the range (see
 /// the module docs). Returns how many page relocations were recorded (0:
@@ -378,6 +374,14 @@ pub fn take(addr: u64, len: u64, why: Reason) -> Result<u64> {
     if !crate::pages::any_custodial_pinned_in(lo, hi) {
         return Ok(0);
     }
+    Ok(held_still(|locks| take_locked(locks, lo, hi, why)))
+}
+
+/// Run `f` with custody's lock and every registered IO page table held
+/// still (both locks for write, in address order), no lock-free access
+/// copy in flight, and [`SEQ`] odd (device DMA that faults meanwhile is
+/// made again after, [`dma`]).
+fn held_still<T>(f: impl FnOnce(&mut [CustodyLock<'_>]) -> T) -> T {
     let _op = OP.lock();
     let tables: Vec<Arc<Ioas>> = {
         let mut t: Vec<(usize, Arc<Ioas>)> = TABLES
@@ -388,22 +392,260 @@ pub fn take(addr: u64, len: u64, why: Reason) -> Result<u64> {
         t.sort_by_key(|(a, _)| *a);
         t.into_iter().map(|(_, i)| i).collect()
     };
-    let n = {
+    let r = {
         let mut locks: Vec<_> = tables.iter().map(|t| t.iopt().lock_for_custody()).collect();
         // no lock-free copy may still use what the generations named
         crate::drain::wait();
-        let objs = crate::pages::live_custodial();
-        let (n, moved) = take_locked(&objs, lo, hi, why);
-        if !moved.is_empty() {
-            for l in &mut locks {
-                l.repoint(&moved);
+        SEQ.fetch_add(1, Ordering::AcqRel);
+        let r = f(&mut locks);
+        SEQ.fetch_add(1, Ordering::AcqRel);
+        drop(locks);
+        r
+    };
+    // the last reference to a table may be this one: dropped unlocked
+    drop(tables);
+    r
+}
+
+/// Odd while custody moves pages (see [`dma`]).
+static SEQ: AtomicU64 = AtomicU64::new(0);
+
+/// A device's DMA through a domain, `f`, made safe against custody moving
+/// the pages it targets at that moment: a DMA that faults (nothing mapped,
+/// or host memory unreachable) while or since a move ran is made again
+/// once the move is done (a fault is all it can have seen: the domains
+/// reach the pages' new place, a reservation nobody can read, before the
+/// pages go there). Free unless the DMA faults. A write or read that
+/// faulted half way is simply made again; an atomic faults before it
+/// changes anything.
+pub fn dma<T>(
+    mut f: impl FnMut() -> std::result::Result<T, crate::domain::DmaFault>,
+) -> std::result::Result<T, crate::domain::DmaFault> {
+    use crate::domain::DmaFault;
+    let mut seq = SEQ.load(Ordering::Acquire);
+    let mut tries = 0;
+    loop {
+        match f() {
+            Err(DmaFault::NotPresent { .. } | DmaFault::Host { .. })
+                if tries < 64 && (seq & 1 == 1 || SEQ.load(Ordering::Acquire) != seq) =>
+            {
+                // wait for the move in progress, then once more
+                drop(OP.lock());
+                seq = SEQ.load(Ordering::Acquire);
+                tries += 1;
+            }
+            r => return r,
+        }
+    }
+}
+
+/// `MREMAP_DONTUNMAP` (Linux 5.7; any mapping from 5.13).
+const MREMAP_DONTUNMAP: i32 = 4;
+
+/// `mremap(from, len, len, MREMAP_MAYMOVE | MREMAP_FIXED [| MREMAP_DONTUNMAP], to)`:
+/// errno on failure.
+fn move_pages(from: u64, len: u64, to: u64, dontunmap: bool) -> std::result::Result<(), i32> {
+    let flags =
+        libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | if dontunmap { MREMAP_DONTUNMAP } else { 0 };
+    // SAFETY: moves the program's pages at `from` (which the caller found
+    // pinned, inside one mapping) onto our own reservation at `to`.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mremap,
+            from as usize,
+            len as usize,
+            len as usize,
+            flags,
+            to as usize,
+        )
+    };
+    if r as u64 == to {
+        Ok(())
+    } else {
+        Err(std::io::Error::last_os_error()
+            .raw_os_error()
+            .unwrap_or(libc::EINVAL))
+    }
+}
+
+/// [`take`] with the tables held still: reserve, record, re-point, move.
+/// Returns the relocations recorded.
+///
+/// The order keeps DMA off the program's memory: the pages objects and
+/// the domains are pointed at the reservations (where DMA faults and is
+/// made again, [`dma`]) before the pages move there. The pages move with
+/// `MREMAP_DONTUNMAP`, which leaves the program's mapping in place, as it
+/// was, with no page (it reads zeros if anonymous, the file if shared):
+/// no hole another thread's `mmap` could take before the program's own
+/// call runs, and for a discard exactly what it asked. Where the kernel
+/// refuses that flag the pages move plainly (a hole; a discarded private
+/// range is then mapped anew).
+fn take_locked(locks: &mut [CustodyLock<'_>], lo: u64, hi: u64, why: Reason) -> u64 {
+    let ps = page_size();
+    let objs = crate::pages::live_custodial();
+    // the pinned runs in the range: (object, first, last, host of first)
+    let mut hits: Vec<(&Arc<Pages>, u64, u64, u64)> = Vec::new();
+    for p in &objs {
+        for (f, l, h) in p.pinned_program_runs() {
+            let e = h + (l - f + 1) * ps;
+            let (s, e) = (h.max(lo), e.min(hi));
+            if s < e {
+                let pf = f + (s - h) / ps;
+                hits.push((p, pf, pf + (e - s) / ps - 1, s));
             }
         }
-        drop(locks);
-        n
+    }
+    if hits.is_empty() {
+        return 0;
+    }
+    // the address ranges to move: the union of the hits
+    let mut ranges: Vec<(u64, u64)> = hits
+        .iter()
+        .map(|&(_, f, l, h)| (h, h + (l - f + 1) * ps))
+        .collect();
+    ranges.sort_unstable();
+    let mut merged: Vec<(u64, u64)> = Vec::new();
+    for (s, e) in ranges {
+        match merged.last_mut() {
+            Some(m) if s <= m.1 => m.1 = m.1.max(e),
+            _ => merged.push((s, e)),
+        }
+    }
+    // each range cut at mapping boundaries (one mremap moves one mapping),
+    // with a reservation to move to
+    let maps = vmas(lo, hi);
+    let mut pieces: Vec<Piece> = Vec::new();
+    for (s, e) in merged {
+        let mut cur = s;
+        while cur < e {
+            let vma = maps.iter().find(|v| v.start <= cur && cur < v.end).copied();
+            let end = vma.map_or(e, |v| v.end.min(e));
+            let private_anon = vma.is_some_and(|v| v.anon && !v.shared);
+            // a discarded shared mapping's pages stay in its file; a
+            // private file mapping is not covered (see the module docs)
+            if why != Reason::Discard || private_anon {
+                match Chunk::reserve(end - cur) {
+                    Ok(chunk) => pieces.push(Piece {
+                        start: cur,
+                        end,
+                        vma,
+                        chunk,
+                    }),
+                    Err(e) => tracing::error!(
+                        "custody: cannot reserve {:#x} bytes (errno {e}); pinned pages at {cur:#x} stay with the program's call",
+                        end - cur
+                    ),
+                }
+            }
+            cur = end;
+        }
+    }
+    // record where the pages go (or, `back`, that they stayed), per
+    // object: the relocations and the objects that got them
+    let record = |pieces: &[&Piece], back: bool| {
+        let mut n = 0;
+        let mut moved = HashSet::new();
+        for &(p, f, l, h) in &hits {
+            let e = h + (l - f + 1) * ps;
+            for pc in pieces {
+                let (s, e) = (h.max(pc.start), e.min(pc.end));
+                if s >= e {
+                    continue;
+                }
+                let pf = f + (s - h) / ps;
+                let pl = pf + (e - s) / ps - 1;
+                let off = s - pc.start;
+                let k = if back {
+                    p.relocate(pf, pl, s, None)
+                } else {
+                    p.relocate(pf, pl, pc.chunk.addr + off, Some((&pc.chunk, off / ps)))
+                };
+                if k > 0 {
+                    n += k;
+                    moved.insert(p.id());
+                }
+            }
+        }
+        (n, moved)
     };
-    drop(tables);
-    Ok(n)
+    let all: Vec<&Piece> = pieces.iter().collect();
+    let (mut n, moved) = record(&all, false);
+    for l in locks.iter_mut() {
+        l.repoint(&moved);
+    }
+    // move the pages
+    let mut failed = Vec::new();
+    for pc in &pieces {
+        let (cs, ce) = (pc.start, pc.end);
+        let len = ce - cs;
+        let r = match move_pages(cs, len, pc.chunk.addr, true) {
+            Err(libc::EINVAL) => move_pages(cs, len, pc.chunk.addr, false).map(|()| false),
+            r => r.map(|()| true),
+        };
+        match r {
+            Ok(kept) => {
+                if !kept && why == Reason::Discard {
+                    let prot = pc
+                        .vma
+                        .map_or(libc::PROT_READ | libc::PROT_WRITE, |v| v.prot);
+                    refill(cs, len, prot);
+                }
+                tracing::debug!(
+                    "custody: pinned pages [{cs:#x}, {ce:#x}) moved to {:#x} before the program's {why:?}",
+                    pc.chunk.addr
+                );
+            }
+            Err(e) => {
+                tracing::error!(
+                    "custody: cannot move the pinned pages [{cs:#x}, {ce:#x}) (errno {e}); they stay with the program's call"
+                );
+                failed.push(pc);
+            }
+        }
+    }
+    if !failed.is_empty() {
+        // those pages stayed where they were: point everything back
+        let (k, back) = record(&failed, true);
+        n -= k;
+        for l in locks.iter_mut() {
+            l.repoint(&back);
+        }
+    }
+    for pc in &pieces {
+        pc.chunk.trim_all();
+    }
+    n
+}
+
+/// One mapping's part of the range to move, and where it goes.
+struct Piece {
+    start: u64,
+    end: u64,
+    vma: Option<Vma>,
+    chunk: Arc<Chunk>,
+}
+
+/// Map fresh private anonymous memory of `prot` at `[at, at + len)`, the
+/// hole a plain move left in a discarded private range.
+fn refill(at: u64, len: u64, prot: i32) {
+    // SAFETY: refilling the hole we just made in the program's private
+    // anonymous mapping, as the discard leaves it.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_mmap,
+            at as usize,
+            len as usize,
+            prot,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    if r as u64 != at {
+        tracing::error!(
+            "custody: cannot refill [{at:#x}, +{len:#x}) after moving its pinned pages out"
+        );
+    }
 }
 
 /// The program's `mremap(old, old_len, new_len, flags, new_addr)`, made by
@@ -446,17 +688,7 @@ pub fn follow_mremap(
     if !crate::pages::any_custodial_pinned_in(lo, hi) {
         return call();
     }
-    let _op = OP.lock();
-    let tables: Vec<Arc<Ioas>> = TABLES
-        .lock()
-        .iter()
-        .filter_map(|(_, w)| w.upgrade())
-        .collect();
-    let mut sorted: Vec<&Arc<Ioas>> = tables.iter().collect();
-    sorted.sort_by_key(|t| Arc::as_ptr(t) as usize);
-    let r = {
-        let mut locks: Vec<_> = sorted.iter().map(|t| t.iopt().lock_for_custody()).collect();
-        crate::drain::wait();
+    held_still(|locks| {
         let r = call();
         if r as i64 != -1 && r != lo {
             let objs = crate::pages::live_custodial();
@@ -478,131 +710,12 @@ pub fn follow_mremap(
                 "custody: the program moved pinned pages [{lo:#x}, {hi:#x}) to {r:#x}; {} pages object(s) follow",
                 moved.len()
             );
-            for l in &mut locks {
+            for l in locks.iter_mut() {
                 l.repoint(&moved);
             }
         }
         r
-    };
-    drop(sorted);
-    drop(tables);
-    r
-}
-
-/// [`take`] under the tables' locks: move, refill, record. Returns the
-/// relocations recorded and the ids of the pages objects that got them.
-fn take_locked(objs: &[Arc<Pages>], lo: u64, hi: u64, why: Reason) -> (u64, HashSet<u64>) {
-    let ps = page_size();
-    // the pinned runs in the range: (object, first, last, host of first)
-    let mut hits: Vec<(&Arc<Pages>, u64, u64, u64)> = Vec::new();
-    for p in objs {
-        for (f, l, h) in p.pinned_program_runs() {
-            let e = h + (l - f + 1) * ps;
-            let (s, e) = (h.max(lo), e.min(hi));
-            if s < e {
-                let pf = f + (s - h) / ps;
-                hits.push((p, pf, pf + (e - s) / ps - 1, s));
-            }
-        }
-    }
-    let mut moved = HashSet::new();
-    if hits.is_empty() {
-        return (0, moved);
-    }
-    // the address ranges to move: the union of the hits
-    let mut ranges: Vec<(u64, u64)> = hits
-        .iter()
-        .map(|&(_, f, l, h)| (h, h + (l - f + 1) * ps))
-        .collect();
-    ranges.sort_unstable();
-    let mut merged: Vec<(u64, u64)> = Vec::new();
-    for (s, e) in ranges {
-        match merged.last_mut() {
-            Some(m) if s <= m.1 => m.1 = m.1.max(e),
-            _ => merged.push((s, e)),
-        }
-    }
-    let maps = vmas(lo, hi);
-    // each range, cut at mapping boundaries (one mremap moves one mapping)
-    let mut chunks: Vec<(u64, u64, Arc<Chunk>)> = Vec::new();
-    for (s, e) in merged {
-        let mut cur = s;
-        while cur < e {
-            let vma = maps.iter().find(|v| v.start <= cur && cur < v.end).copied();
-            let end = vma.map_or(e, |v| v.end.min(e));
-            let len = end - cur;
-            if why == Reason::Discard && !vma.is_some_and(|v| v.anon && !v.shared) {
-                // a shared mapping's pages stay in its file; a private file
-                // mapping is not covered (see the module docs)
-                cur = end;
-                continue;
-            }
-            let chunk = match Chunk::reserve(len) {
-                Ok(c) => c,
-                Err(e) => {
-                    tracing::error!("custody: cannot reserve {len:#x} bytes (errno {e}); pinned pages at {cur:#x} stay with the program's call");
-                    cur = end;
-                    continue;
-                }
-            };
-            if let Err(err) = move_pages(cur, len, chunk.addr) {
-                tracing::error!(
-                    "custody: cannot move the pinned pages [{cur:#x}, {end:#x}) (errno {err}); they stay with the program's call"
-                );
-                // nothing moved: the reservation goes with the chunk
-                cur = end;
-                continue;
-            }
-            HELD.fetch_add(len / ps, Ordering::AcqRel);
-            if why == Reason::Discard {
-                // the program keeps the range, as fresh zero pages
-                let prot = vma.map_or(libc::PROT_READ | libc::PROT_WRITE, |v| v.prot);
-                // SAFETY: refilling the hole we just made in the program's
-                // private anonymous mapping, as the discard leaves it.
-                let r = unsafe {
-                    libc::syscall(
-                        libc::SYS_mmap,
-                        cur as usize,
-                        len as usize,
-                        prot,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                        -1,
-                        0,
-                    )
-                };
-                if r as u64 != cur {
-                    tracing::error!("custody: cannot refill [{cur:#x}, {end:#x}) after moving its pinned pages out");
-                }
-            }
-            tracing::debug!(
-                "custody: pinned pages [{cur:#x}, {end:#x}) moved to {:#x} before the program's {why:?}",
-                chunk.addr
-            );
-            chunks.push((cur, end, chunk));
-            cur = end;
-        }
-    }
-    let mut n = 0;
-    for &(p, f, l, h) in &hits {
-        let e = h + (l - f + 1) * ps;
-        for (cs, ce, c) in &chunks {
-            let (s, e) = (h.max(*cs), e.min(*ce));
-            if s >= e {
-                continue;
-            }
-            let pf = f + (s - h) / ps;
-            let pl = pf + (e - s) / ps - 1;
-            let k = p.relocate(pf, pl, c.addr + (s - cs), Some((c, (s - cs) / ps)));
-            if k > 0 {
-                n += k;
-                moved.insert(p.id());
-            }
-        }
-    }
-    for (_, _, c) in &chunks {
-        c.trim_all();
-    }
-    (n, moved)
+    })
 }
 
 /// Check custody against the pages objects: the pages the chunks hold are

@@ -293,3 +293,67 @@ fn mremap_is_followed() {
         libc::munmap((dst + 3 * ps()) as *mut _, ps() as usize);
     }
 }
+
+/// DMA through a domain while the program unmaps and replaces the pinned
+/// pages under it, page after page: every read (wrapped in
+/// [`custody::dma`], as the VFIO device bus does) sees the pinned data,
+/// never a fault and never the program's new memory.
+#[test]
+fn dma_during_moves_never_faults_nor_sees_new_memory() {
+    let _s = serial();
+    let n = 32;
+    let buf = anon(n, pattern);
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    let (_stdev, hwpt, _idev) = mock_domain(&ctx, ioas).unwrap();
+    map_fixed(&ctx, ioas, buf, n * ps(), IOVA).unwrap();
+    let dom = domain(&ctx, hwpt);
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let reader = {
+        let (dom, stop) = (dom.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let want: Vec<u8> = (0..n * ps()).map(pattern).collect();
+            let mut got = vec![0u8; (n * ps()) as usize];
+            let mut reads = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || reads == 0 {
+                custody::dma(|| dom.dma_read(IOVA, &mut got)).unwrap();
+                assert!(got == want, "DMA read something else than the pinned data");
+                reads += 1;
+            }
+            reads
+        })
+    };
+    for i in 0..n {
+        let page = buf + i * ps();
+        assert_eq!(custody::take(page, ps(), Reason::Unmap).unwrap(), 1);
+        // the program's mapping stays (MREMAP_DONTUNMAP), without the page
+        let mut v = 0u8;
+        // SAFETY: mincore of one page into one byte of ours.
+        let r = unsafe { libc::mincore(page as *mut _, ps() as usize, &mut v) };
+        assert_eq!(r, 0, "the program's mapping went away with the move");
+        // SAFETY: the program's own munmap and MAP_FIXED over its memory.
+        unsafe {
+            assert_eq!(libc::munmap(page as *mut _, ps() as usize), 0);
+            let p = libc::mmap(
+                page as *mut _,
+                ps() as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+                -1,
+                0,
+            );
+            assert_eq!(p as u64, page);
+            std::ptr::write_bytes(page as *mut u8, 0xee, ps() as usize);
+        }
+    }
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let reads = reader.join().unwrap();
+    assert!(reads > 0);
+    checks(&ctx);
+    assert_eq!(custody::held_pages(), n);
+    unmap(&ctx, ioas, IOVA, n * ps()).unwrap();
+    checks(&ctx);
+    assert_eq!(custody::held_pages(), 0);
+    // SAFETY: the test's own mapping.
+    unsafe { libc::munmap(buf as *mut _, (n * ps()) as usize) };
+}

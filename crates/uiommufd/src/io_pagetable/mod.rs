@@ -106,6 +106,7 @@ mod write_log; // what accesses wrote, for VFIO type1 dirty tracking
 
 pub use dirty::{DirtyBitmap, DirtyRequest, WINDOW_WORDS as DIRTY_WINDOW_WORDS};
 pub use domains::{AccessNotify, PinnedPages};
+pub(crate) use relocate::CustodyLock;
 pub use type1_dirty::AreaDirty;
 pub use write_log::AccessWriteLog;
 
