@@ -1327,6 +1327,48 @@ mod tests {
     }
 
     #[test]
+    fn relocations_split_follow_pins_and_end_with_them() {
+        let ps = page_size();
+        let (_v, a) = buf(8);
+        let p = Pages::new(Arc::new(SelfMemory), a, 8 * ps, true, AccountMode::None);
+        p.pin(0, 7).unwrap();
+        p.pin(2, 3).unwrap();
+        assert!(!p.relocated());
+        assert_eq!(p.host(5 * ps + 9), a + 5 * ps + 9);
+        // pages 1..=5 live elsewhere (as after the program's mremap)
+        let to = 0x7000_0000_0000;
+        assert_eq!(p.relocate(1, 5, to, None), 5);
+        assert!(p.relocated());
+        assert_eq!(p.host(9), a + 9);
+        assert_eq!(p.host(3 * ps + 1), to + 2 * ps + 1);
+        let mut runs = Vec::new();
+        p.for_each_host_run(ps / 2, 2 * ps, |d, h, n| {
+            runs.push((d, h, n));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(
+            runs,
+            vec![(0, a + ps / 2, ps / 2), (ps / 2, to, ps + ps / 2)]
+        );
+        assert_eq!(
+            p.pinned_program_runs(),
+            vec![(0, 0, a), (1, 5, to), (6, 7, a + 6 * ps)]
+        );
+        // a page that loses its last user loses its relocation; one that
+        // keeps a user keeps it
+        p.unpin(0, 7);
+        assert_eq!(p.host(ps), a + ps);
+        assert_eq!(p.host(2 * ps), to + ps);
+        assert_eq!(p.pinned_program_runs(), vec![(2, 3, to + ps)]);
+        // back at its program address: no relocation left
+        assert_eq!(p.relocate(2, 3, a + 2 * ps, None), 2);
+        assert!(!p.relocated());
+        p.unpin(2, 3);
+        assert_eq!(p.npinned(), 0);
+    }
+
+    #[test]
     fn pin_failure_changes_nothing() {
         let p = Pages::new(
             Arc::new(SelfMemory),

@@ -357,3 +357,68 @@ fn dma_during_moves_never_faults_nor_sees_new_memory() {
     // SAFETY: the test's own mapping.
     unsafe { libc::munmap(buf as *mut _, (n * ps()) as usize) };
 }
+
+/// The software VT-d domain, with 2 MiB leaves: one page taken out of the
+/// middle of a huge mapping is re-mapped alone, and DMA through an IOTLB
+/// (which cached the old translation) reaches the pinned pages.
+#[test]
+fn vtd_domain_with_huge_leaves_follows_a_moved_page() {
+    use uiommufd::domain::Domain;
+    use uiommufd::io_pagetable::huge_page_size;
+    use uiommufd::vtd::{Iotlb, VtdDomain};
+    let _s = serial();
+    let huge = huge_page_size();
+    let mem = uiommufd_testkit::mem::Mapping::new(huge / ps(), huge);
+    let len = huge;
+    for i in 0..len {
+        // SAFETY: inside the test's mapping.
+        unsafe { *((mem.addr() + i) as *mut u8) = pattern(i) };
+    }
+    let ctx = Context::new();
+    let id = ctx.ioas_alloc().unwrap();
+    let ioas = ctx.ioas(id).unwrap();
+    let iova0 = 1u64 << 32;
+    ioas.map_user(mem.addr(), len, Some(iova0), uiommufd::Prot::RW)
+        .unwrap();
+    let dom = VtdDomain::new(48, true).unwrap();
+    ioas.iopt().add_domain(dom.clone()).unwrap();
+    assert_eq!(dom.leaf(iova0).unwrap().1, huge, "2 MiB leaves");
+    let mut tlb = Iotlb::new(dom.clone());
+    let mut got = vec![0u8; len as usize];
+    tlb.read(iova0, &mut got).unwrap();
+
+    let page = mem.addr() + 100 * ps();
+    assert_eq!(custody::take(page, ps(), Reason::Replace).unwrap(), 1);
+    // SAFETY: the program's MAP_FIXED over its own page.
+    let p = unsafe {
+        libc::mmap(
+            page as *mut _,
+            ps() as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(p as u64, page);
+    // SAFETY: the program writes its new page.
+    unsafe { std::ptr::write_bytes(page as *mut u8, 0xee, ps() as usize) };
+    ioas.iopt().check_invariants().unwrap();
+    uiommufd::pages::check_accounting().unwrap();
+    assert_ne!(dom.iova_to_phys(iova0 + 100 * ps()), Some(page));
+    tlb.read(iova0, &mut got).unwrap();
+    assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(i as u64)));
+    tlb.write(iova0 + 100 * ps() + 1, b"vt-d").unwrap();
+    assert_eq!(at(page, 1), 0xee);
+    let mut b = [0u8; 4];
+    tlb.read(iova0 + 100 * ps() + 1, &mut b).unwrap();
+    assert_eq!(&b, b"vt-d");
+    ioas.iopt().remove_domain(dom.id());
+    ioas.iopt().check_invariants().unwrap();
+    uiommufd::pages::check_accounting().unwrap();
+    assert_eq!(
+        custody::held_pages(),
+        0,
+        "the last domain gone, nothing pinned"
+    );
+}
