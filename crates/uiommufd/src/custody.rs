@@ -125,7 +125,8 @@ static HELD: AtomicU64 = AtomicU64::new(0);
 static OP: Mutex<()> = Mutex::new(());
 
 /// The IOASes whose domains custody re-points, by address.
-static TABLES: Mutex<Vec<(usize, Weak<Ioas>)>> = Mutex::new(Vec::new());
+type Tables = std::collections::BTreeMap<usize, Weak<Ioas>>;
+static TABLES: Mutex<Tables> = Mutex::new(Tables::new());
 
 /// Whether some custodial page is pinned (one load): the preload's hooks
 /// forward at once when not.
@@ -142,14 +143,14 @@ pub fn held_pages() -> u64 {
 
 /// Make `ioas` known to custody (its domains are re-pointed on a move).
 pub(crate) fn register(ioas: &Arc<Ioas>) {
-    let mut t = TABLES.lock();
-    t.retain(|(_, w)| w.strong_count() > 0);
-    t.push((Arc::as_ptr(ioas) as usize, Arc::downgrade(ioas)));
+    TABLES
+        .lock()
+        .insert(Arc::as_ptr(ioas) as usize, Arc::downgrade(ioas));
 }
 
 /// Forget the IOAS at `addr` (its drop).
 pub(crate) fn unregister(addr: usize) {
-    TABLES.lock().retain(|(a, _)| *a != addr);
+    TABLES.lock().remove(&addr);
 }
 
 /// What the program is about to do to the range.
@@ -383,15 +384,8 @@ pub fn take(addr: u64, len: u64, why: Reason) -> Result<u64> {
 /// made again after, [`dma`]).
 fn held_still<T>(f: impl FnOnce(&mut [CustodyLock<'_>]) -> T) -> T {
     let _op = OP.lock();
-    let tables: Vec<Arc<Ioas>> = {
-        let mut t: Vec<(usize, Arc<Ioas>)> = TABLES
-            .lock()
-            .iter()
-            .filter_map(|(a, w)| w.upgrade().map(|i| (*a, i)))
-            .collect();
-        t.sort_by_key(|(a, _)| *a);
-        t.into_iter().map(|(_, i)| i).collect()
-    };
+    // in address order (the map's): the order every holder locks them in
+    let tables: Vec<Arc<Ioas>> = TABLES.lock().values().filter_map(Weak::upgrade).collect();
     let r = {
         let mut locks: Vec<_> = tables.iter().map(|t| t.iopt().lock_for_custody()).collect();
         // no lock-free copy may still use what the generations named

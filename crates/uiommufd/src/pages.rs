@@ -41,7 +41,10 @@ pub struct Pages {
     writable: bool,
     mem: Arc<dyn UserMemory>,
     account: Account,
-    pins: Mutex<PinMap>,
+    /// Shared with the registry entry, so that
+    /// [`any_custodial_pinned_in`] reads it without a reference to the
+    /// object.
+    pins: Arc<Mutex<PinMap>>,
     /// Whether the object is in [`REGISTRY`]: set (under `pins`) by the
     /// first pin. An object never pinned has no pinned page to report, so
     /// a map with no domain attached never touches the registry.
@@ -533,7 +536,17 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 const SHARDS: usize = 16;
 /// Keyed by pages id, so that registering and dropping a pages object cost
 /// O(1) however many are alive (a VMM maps one region per call).
-type Shard = Mutex<Option<std::collections::HashMap<u64, Weak<Pages>>>>;
+type Shard = Mutex<Option<std::collections::HashMap<u64, Registered>>>;
+
+/// A registry entry: the object, and what [`any_custodial_pinned_in`]
+/// reads without upgrading it.
+#[derive(Debug)]
+struct Registered {
+    pages: Weak<Pages>,
+    pins: Arc<Mutex<PinMap>>,
+    uptr: u64,
+    custodial: bool,
+}
 static REGISTRY: [Shard; SHARDS] = [const { Mutex::new(None) }; SHARDS];
 
 impl Pages {
@@ -560,7 +573,7 @@ impl Pages {
             writable,
             mem,
             account: Account::new(mode),
-            pins: Mutex::new(PinMap::default()),
+            pins: Arc::new(Mutex::new(PinMap::default())),
             registered: AtomicBool::new(false),
             relocated: AtomicBool::new(false),
             custodial: AtomicBool::new(false),
@@ -611,7 +624,7 @@ impl Pages {
             writable,
             mem: Arc::new(crate::user::SelfMemory),
             account: Account::new(mode),
-            pins: Mutex::new(PinMap::default()),
+            pins: Arc::new(Mutex::new(PinMap::default())),
             registered: AtomicBool::new(false),
             relocated: AtomicBool::new(false),
             custodial: AtomicBool::new(false),
@@ -646,7 +659,7 @@ impl Pages {
             writable,
             mem: Arc::new(crate::user::SelfMemory),
             account: Account::new(AccountMode::None),
-            pins: Mutex::new(PinMap::default()),
+            pins: Arc::new(Mutex::new(PinMap::default())),
             registered: AtomicBool::new(false),
             relocated: AtomicBool::new(false),
             custodial: AtomicBool::new(false),
@@ -744,7 +757,15 @@ impl Pages {
         REGISTRY[(self.id as usize) % SHARDS]
             .lock()
             .get_or_insert_with(Default::default)
-            .insert(self.id, Arc::downgrade(self));
+            .insert(
+                self.id,
+                Registered {
+                    pages: Arc::downgrade(self),
+                    pins: self.pins.clone(),
+                    uptr: self.uptr,
+                    custodial: self.custodial(),
+                },
+            );
         self.registered.store(true, Ordering::Relaxed);
     }
 
@@ -1092,50 +1113,41 @@ fn live_pages(shard: &Shard) -> Vec<Arc<Pages>> {
         .lock()
         .iter()
         .flat_map(|m| m.values())
-        .filter_map(|w| w.upgrade())
+        .filter_map(|e| e.pages.upgrade())
         .collect()
 }
 
 /// Whether a custodial pages object has a pinned page living in program
 /// memory within `[lo, hi)`. Allocates nothing and creates no reference
-/// (so it may run inside the shim's allocator's own `munmap`): each object
-/// is looked at under its registry shard's lock, where an object whose
-/// last reference went away is still whole (its drop waits for that lock
-/// before it lets go of anything). Its `pins` lock is only tried (the
-/// lock order is `pins`, then a shard): on contention the shard is looked
-/// at again.
+/// to an object (so it may run inside the shim's allocator's own
+/// `munmap`): it reads the pin maps the registry entries share. A pin map
+/// is only tried (the lock order is `pins`, then a shard): on contention
+/// the shard is looked at again.
 pub(crate) fn any_custodial_pinned_in(lo: u64, hi: u64) -> bool {
     let ps = page_size();
     for shard in &REGISTRY {
         'again: loop {
             let g = shard.lock();
             let Some(m) = g.as_ref() else { break };
-            for w in m.values() {
-                if w.strong_count() == 0 {
+            for e in m.values() {
+                if !e.custodial {
                     continue;
                 }
-                // SAFETY: the object is in the map, so its drop has not got
-                // past removing it, which needs the shard lock we hold: it
-                // is whole.
-                let p = unsafe { &*w.as_ptr() };
-                if !p.custodial() || p.uptr >= hi && !p.relocated() {
-                    continue;
-                }
-                let Some(pins) = p.pins.try_lock() else {
+                let Some(pins) = e.pins.try_lock() else {
                     drop(g);
                     std::thread::yield_now();
                     continue 'again;
                 };
+                let uptr = e.uptr;
                 for (&s, &(l, _)) in &pins.runs {
-                    let (a, b) = (p.uptr + s * ps, p.uptr + (l + 1) * ps);
                     if pins.relocs.is_empty() {
-                        if a < hi && b > lo {
+                        if uptr + s * ps < hi && uptr + (l + 1) * ps > lo {
                             return true;
                         }
                         continue;
                     }
                     if (s..=l).any(|i| {
-                        let h = pins.host_of(p.uptr, i);
+                        let h = pins.host_of(uptr, i);
                         h < hi && h + ps > lo && !pins.in_custody(i)
                     }) {
                         return true;
@@ -1204,7 +1216,12 @@ pub fn check_accounting() -> std::result::Result<(), String> {
 
 impl Drop for Pages {
     fn drop(&mut self) {
-        let pins = self.pins.get_mut();
+        if *self.registered.get_mut() {
+            if let Some(m) = REGISTRY[(self.id as usize) % SHARDS].lock().as_mut() {
+                m.remove(&self.id);
+            }
+        }
+        let mut pins = self.pins.lock();
         debug_assert_eq!(
             pins.npinned, 0,
             "pages object {} dropped with pinned pages",
@@ -1218,11 +1235,6 @@ impl Drop for Pages {
         }
         if !pins.relocs.is_empty() {
             pins.remove_relocs(0, u64::MAX);
-        }
-        if *self.registered.get_mut() {
-            if let Some(m) = REGISTRY[(self.id as usize) % SHARDS].lock().as_mut() {
-                m.remove(&self.id);
-            }
         }
     }
 }
