@@ -91,6 +91,12 @@
 //!   made by [`crate::ioas::Ioas::new_shared`] (every IOAS of a
 //!   [`crate::Context`]) are covered; `IOAS_MAP_FILE` and dma-buf areas
 //!   need nothing (the engine maps them itself).
+//! * `mprotect` is not covered: a pinned page the program makes
+//!   inaccessible or read-only is so for DMA and copies too (the kernel's
+//!   device keeps its access).
+//! * A program's `munmap` of a range that covers custody's own
+//!   reservations (it cannot know them, but a blanket unmap could) takes
+//!   them.
 //! * hugetlb mappings move only in whole huge pages; a partial move fails
 //!   and is logged (the pages then stay with the program's call).
 //!

@@ -294,13 +294,16 @@ fn mremap_is_followed() {
     }
 }
 
-/// DMA through a domain while the program unmaps and replaces the pinned
-/// pages under it, page after page: every read (wrapped in
-/// [`custody::dma`], as the VFIO device bus does) sees the pinned data,
-/// never a fault and never the program's new memory.
+/// DMA through a domain and an access's copies while the program unmaps
+/// and replaces the pinned pages under them, page after page: every DMA
+/// read (wrapped in [`custody::dma`], as the VFIO device bus does) and
+/// every copy sees the pinned data, never a fault and never the program's
+/// new memory.
 #[test]
 fn dma_during_moves_never_faults_nor_sees_new_memory() {
     let _s = serial();
+    // fault-safe copies: the access copies take their lock-free fast path
+    assert!(uiommufd::faultsafe::install());
     let n = 32;
     let buf = anon(n, pattern);
     let ctx = Context::new();
@@ -308,7 +311,27 @@ fn dma_during_moves_never_faults_nor_sees_new_memory() {
     let (_stdev, hwpt, _idev) = mock_domain(&ctx, ioas).unwrap();
     map_fixed(&ctx, ioas, buf, n * ps(), IOVA).unwrap();
     let dom = domain(&ctx, hwpt);
+    let access = create_access(&ctx, ioas, 0).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // and an access copying (its lock-free fast path, then the locked one)
+    let copier = {
+        let (ctx, stop) = (ctx.clone(), stop.clone());
+        std::thread::spawn(move || {
+            let want: Vec<u8> = (0..n * ps()).map(pattern).collect();
+            let mut copies = 0u64;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) || copies == 0 {
+                let i = copies % n;
+                let got = read_access(&ctx, access, IOVA + i * ps() + 8, 64);
+                let at = (i * ps() + 8) as usize;
+                assert!(
+                    got[..] == want[at..at + 64],
+                    "the access read something else"
+                );
+                copies += 1;
+            }
+            copies
+        })
+    };
     let reader = {
         let (dom, stop) = (dom.clone(), stop.clone());
         std::thread::spawn(move || {
@@ -349,6 +372,7 @@ fn dma_during_moves_never_faults_nor_sees_new_memory() {
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let reads = reader.join().unwrap();
     assert!(reads > 0);
+    assert!(copier.join().unwrap() > 0);
     checks(&ctx);
     assert_eq!(custody::held_pages(), n);
     unmap(&ctx, ioas, IOVA, n * ps()).unwrap();
