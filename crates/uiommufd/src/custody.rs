@@ -579,7 +579,11 @@ fn take_locked(locks: &mut [CustodyLock<'_>], lo: u64, hi: u64, why: Reason) -> 
         let (cs, ce) = (pc.start, pc.end);
         let len = ce - cs;
         let r = match move_pages(cs, len, pc.chunk.addr, true) {
-            Err(libc::EINVAL) => move_pages(cs, len, pc.chunk.addr, false).map(|()| false),
+            // refused (an older kernel, a mapping it does not take, the
+            // commit charge of a private copy): a plain move
+            Err(e) if e != libc::EFAULT => {
+                move_pages(cs, len, pc.chunk.addr, false).map(|()| false)
+            }
             r => r.map(|()| true),
         };
         match r {
@@ -661,6 +665,9 @@ fn refill(at: u64, len: u64, prot: i32) {
 /// drops, and with `MREMAP_FIXED` the destination range, are taken into
 /// custody ([`take`]). The call itself runs with the tables held still.
 /// `MREMAP_DONTUNMAP` moves the pages too (the old range stays, empty).
+/// A call the kernel refuses for its arguments is made without any of
+/// this; one that fails later (`ENOMEM`) has had those ranges taken
+/// already, which leaves the program zero pages there.
 pub fn follow_mremap(
     old: u64,
     old_len: u64,
@@ -669,10 +676,18 @@ pub fn follow_mremap(
     new_addr: u64,
     call: impl FnOnce() -> u64,
 ) -> u64 {
-    if !active() {
+    let ps = page_size();
+    let known = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED | MREMAP_DONTUNMAP;
+    if !active()
+        || !old.is_multiple_of(ps)
+        || flags & !known != 0
+        || (flags & (libc::MREMAP_FIXED | MREMAP_DONTUNMAP) != 0
+            && flags & libc::MREMAP_MAYMOVE == 0)
+    {
+        // nothing pinned, or a call the kernel refuses (EINVAL) before it
+        // changes anything: nothing to take first
         return call();
     }
-    let ps = page_size();
     if flags & libc::MREMAP_FIXED != 0 && new_len > 0 {
         let _ = take(new_addr, new_len, Reason::Replace);
     }
