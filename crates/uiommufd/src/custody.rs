@@ -77,8 +77,8 @@
 //! * A DMA through a domain made directly by a Rust user (not through the
 //!   VFIO device bus) that runs during a move may fault; wrap it in
 //!   [`dma`]. A program's own `mremap(MREMAP_DONTUNMAP)` of pinned pages
-//!   leaves a moment where such a DMA may still reach the zero pages left
-//!   behind.
+//!   leaves a moment (between its call and the re-pointing) where a DMA
+//!   may still reach the zero pages it leaves behind.
 //! * The host addresses [`crate::access::Access::pin_pages`] returned
 //!   are those of the pages when pinned: after a move, reach the pages
 //!   through `Access::rw` (or pin again).
@@ -105,7 +105,10 @@
 //! Without the preload nothing intercepts the program's calls. The
 //! contract: memory mapped in an IOAS stays mapped while it is mapped
 //! there, **or** the embedder calls [`take`] on a range before it unmaps
-//! it, `mmap`s over it or discards it, and the same guarantee holds.
+//! it, `mmap`s over it or discards it (and makes its `mremap` through
+//! [`follow_mremap`]), and the same guarantee holds; device models that
+//! DMA through a domain themselves wrap it in [`dma`]. Memory the engine
+//! maps itself (`IOAS_MAP_FILE`) needs neither.
 
 use std::collections::HashSet;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -733,10 +736,11 @@ pub fn follow_mremap(
     })
 }
 
-/// Check custody against the pages objects: the pages the chunks hold are
-/// exactly the relocated pinned pages (each counted once). Only meaningful
-/// while no other thread pins, unpins or takes (tests call it between
-/// steps).
+/// What custody can check alone: it holds pages only while some custodial
+/// page is pinned. ([`crate::pages::check_accounting`] checks the rest:
+/// the pages the chunks hold are exactly those relocations reach, and
+/// only pinned pages are relocated.) Only meaningful while no other
+/// thread pins, unpins or takes (tests call it between steps).
 pub fn check() -> std::result::Result<(), String> {
     let held = held_pages();
     if held > 0 && !active() {
