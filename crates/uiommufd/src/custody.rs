@@ -82,8 +82,8 @@
 //! * The host addresses [`crate::access::Access::pin_pages`] returned
 //!   are those of the pages when pinned: after a move, reach the pages
 //!   through `Access::rw` (or pin again).
-//! * Dirty tracking state of a domain's mappings of a moved area is lost
-//!   (the area is mapped again).
+//! * A domain with dirty tracking reports a moved area dirty as a whole
+//!   once (the area is mapped again; over-reporting loses nothing).
 //! * `MADV_REMOVE` (which punches a hole in the *file* of a shared
 //!   mapping) is not covered: moving the mapping does not keep the file's
 //!   pages. Nor is `madvise` of private *file* mappings.

@@ -446,3 +446,42 @@ fn vtd_domain_with_huge_leaves_follows_a_moved_page() {
         "the last domain gone, nothing pinned"
     );
 }
+
+/// A domain with dirty tracking on: a move re-maps the area, whose dirty
+/// state is reported whole once (nothing the device wrote is lost).
+#[test]
+fn dirty_tracking_reports_a_moved_area_dirty() {
+    use uiommufd::uapi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
+    let _s = serial();
+    let n = 8;
+    let buf = anon(n, pattern);
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    let (stdev, _hwpt0, idev) = mock_domain(&ctx, ioas).unwrap();
+    let hwpt = hwpt_alloc(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
+    mock_domain_replace(&ctx, stdev, hwpt).unwrap();
+    map_fixed(&ctx, ioas, buf, n * ps(), IOVA).unwrap();
+    set_dirty_tracking(&ctx, hwpt, true).unwrap();
+    let dirty = |ctx: &Arc<Context>| {
+        let mut bm = [0u64; 1];
+        get_dirty_bitmap(ctx, hwpt, IOVA, n * ps(), ps(), bm.as_mut_ptr() as u64, 0).unwrap();
+        bm[0]
+    };
+    assert_eq!(dirty(&ctx), 0);
+    assert_eq!(
+        custody::take(buf + 2 * ps(), ps(), Reason::Unmap).unwrap(),
+        1
+    );
+    assert_eq!(
+        dirty(&ctx),
+        (1 << n) - 1,
+        "the whole moved area reads dirty"
+    );
+    assert_eq!(dirty(&ctx), 0, "once");
+    checks(&ctx);
+    unmap(&ctx, ioas, IOVA, n * ps()).unwrap();
+    checks(&ctx);
+    assert_eq!(custody::held_pages(), 0);
+    // SAFETY: the test's own mapping.
+    unsafe { libc::munmap(buf as *mut _, (n * ps()) as usize) };
+}

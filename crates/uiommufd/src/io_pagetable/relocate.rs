@@ -31,7 +31,9 @@ impl CustodyLock<'_> {
     /// Map again, in every attached domain, the live areas over the pages
     /// objects `moved` (ids), at the host addresses their pages live at
     /// now. A domain that refuses the new mapping is logged: DMA there
-    /// then faults, as after a failed map.
+    /// then faults, as after a failed map. A domain with dirty tracking
+    /// reports the whole area dirty once (its dirty state went with the
+    /// old mapping).
     pub(crate) fn repoint(&mut self, moved: &HashSet<u64>) {
         if self.attached.domains.is_empty() {
             return;
@@ -57,6 +59,12 @@ impl CustodyLock<'_> {
                         r.iova,
                         r.length
                     );
+                } else if d.dirty_tracking_supported() {
+                    // the dirty state of the old mapping went with it: the
+                    // whole area reads dirty once (over-reporting loses
+                    // nothing; with tracking off it is cleared before the
+                    // next enable)
+                    let _ = d.redirty(r.iova, r.length);
                 }
             }
         }
