@@ -76,9 +76,7 @@
 //!
 //! * A DMA through a domain made directly by a Rust user (not through the
 //!   VFIO device bus) that runs during a move may fault; wrap it in
-//!   [`dma`]. A program's own `mremap(MREMAP_DONTUNMAP)` of pinned pages
-//!   leaves a moment (between its call and the re-pointing) where a DMA
-//!   may still reach the zero pages it leaves behind.
+//!   [`dma`].
 //! * The host addresses [`crate::access::Access::pin_pages`] returned
 //!   are those of the pages when pinned: after a move, reach the pages
 //!   through `Access::rw` (or pin again).
@@ -666,10 +664,13 @@ fn refill(at: u64, len: u64, prot: i32) {
 ///
 /// Before the call, as the kernel would unmap them: the tail a shrink
 /// drops, and with `MREMAP_FIXED` the destination range, are taken into
-/// custody ([`take`]). The call itself runs with the tables held still.
+/// custody ([`take`]). The call itself runs with the tables held still
+/// and the IOMMU pointed at an inaccessible reservation (DMA meanwhile
+/// faults and is made again, [`dma`]), then at where the pages went (back
+/// where they were if the call failed).
 /// `MREMAP_DONTUNMAP` moves the pages too (the old range stays, empty).
-/// A call the kernel refuses for its arguments is made without any of
-/// this; one that fails later (`ENOMEM`) has had those ranges taken
+/// A call the kernel refuses for its arguments (unaligned, unknown
+/// flags, overlapping ranges) is made without any of this; one that fails later (`ENOMEM`) has had those ranges taken
 /// already, which leaves the program zero pages there.
 pub fn follow_mremap(
     old: u64,
@@ -686,6 +687,10 @@ pub fn follow_mremap(
         || flags & !known != 0
         || (flags & (libc::MREMAP_FIXED | MREMAP_DONTUNMAP) != 0
             && flags & libc::MREMAP_MAYMOVE == 0)
+        || (flags & libc::MREMAP_FIXED != 0
+            && (!new_addr.is_multiple_of(ps)
+                || (old.saturating_add(old_len) > new_addr
+                    && new_addr.saturating_add(new_len) > old)))
     {
         // nothing pinned, or a call the kernel refuses (EINVAL) before it
         // changes anything: nothing to take first
@@ -707,30 +712,56 @@ pub fn follow_mremap(
         return call();
     }
     held_still(|locks| {
-        let r = call();
-        if r as i64 != -1 && r != lo {
-            let objs = crate::pages::live_custodial();
-            let mut moved = HashSet::new();
-            for p in &objs {
-                for (f, l, h) in p.pinned_program_runs() {
-                    let e = h + (l - f + 1) * ps;
-                    let (s, e) = (h.max(lo), e.min(hi));
-                    if s < e {
-                        let pf = f + (s - h) / ps;
-                        let pl = pf + (e - s) / ps - 1;
-                        if p.relocate(pf, pl, r + (s - lo), None) > 0 {
-                            moved.insert(p.id());
-                        }
-                    }
+        // the pinned runs the call moves: (object, first, last, host)
+        let objs = crate::pages::live_custodial();
+        let mut hits: Vec<(&Arc<Pages>, u64, u64, u64)> = Vec::new();
+        for p in &objs {
+            for (f, l, h) in p.pinned_program_runs() {
+                let e = h + (l - f + 1) * ps;
+                let (s, e) = (h.max(lo), e.min(hi));
+                if s < e {
+                    let pf = f + (s - h) / ps;
+                    hits.push((p, pf, pf + (e - s) / ps - 1, s));
                 }
             }
-            tracing::debug!(
-                "custody: the program moved pinned pages [{lo:#x}, {hi:#x}) to {r:#x}; {} pages object(s) follow",
-                moved.len()
-            );
+        }
+        // point them at `base + (host - lo)` (in `chunk` when given)
+        let point = |locks: &mut [CustodyLock<'_>], base: u64, chunk: Option<&Arc<Chunk>>| {
+            let mut moved = HashSet::new();
+            for &(p, f, l, h) in &hits {
+                let off = h - lo;
+                let c = chunk.map(|c| (c, off / ps));
+                if p.relocate(f, l, base + off, c) > 0 {
+                    moved.insert(p.id());
+                }
+            }
             for l in locks.iter_mut() {
                 l.repoint(&moved);
             }
+        };
+        // While the call runs, DMA reaches an inaccessible reservation (a
+        // fault, made again after, [`dma`]): never the range the call
+        // leaves behind (zero pages after MREMAP_DONTUNMAP) nor what the
+        // program maps there next.
+        let parked = if hits.is_empty() {
+            None
+        } else {
+            // (without a reservation, the call runs with the IOMMU still
+            // pointing at the range)
+            Chunk::reserve(hi - lo)
+                .ok()
+                .inspect(|c| point(locks, c.addr, Some(c)))
+        };
+        let r = call();
+        let to = if r as i64 == -1 { lo } else { r };
+        if parked.is_some() || to != lo {
+            point(locks, to, None);
+            tracing::debug!(
+                "custody: the program moved pinned pages [{lo:#x}, {hi:#x}) to {r:#x}; the IOMMU follows"
+            );
+        }
+        if let Some(c) = parked {
+            c.trim_all();
         }
         r
     })

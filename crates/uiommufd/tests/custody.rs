@@ -485,3 +485,61 @@ fn dirty_tracking_reports_a_moved_area_dirty() {
     // SAFETY: the test's own mapping.
     unsafe { libc::munmap(buf as *mut _, (n * ps()) as usize) };
 }
+
+/// `mremap(MREMAP_DONTUNMAP)` of pinned memory, and an `mremap` the kernel
+/// refuses: the IOMMU follows the pages to the new address (never the zero
+/// pages left behind), or stays where they are.
+#[test]
+fn mremap_dontunmap_and_a_failed_mremap() {
+    const MREMAP_DONTUNMAP: i32 = 4;
+    let _s = serial();
+    let n = 4;
+    let len = n * ps();
+    let buf = anon(n, pattern);
+    let ctx = Context::new();
+    let ioas = ioas_alloc(&ctx);
+    let (_stdev, hwpt, _idev) = mock_domain(&ctx, ioas).unwrap();
+    map_fixed(&ctx, ioas, buf, len, IOVA).unwrap();
+    let dom = domain(&ctx, hwpt);
+    let remap = |old: u64, flags: i32, new: u64| {
+        custody::follow_mremap(old, len, len, flags, new, || {
+            // SAFETY: the program's own mremap of its own memory.
+            unsafe {
+                libc::mremap(
+                    old as *mut _,
+                    len as usize,
+                    len as usize,
+                    flags,
+                    new as *mut libc::c_void,
+                ) as u64
+            }
+        })
+    };
+    let r = remap(buf, libc::MREMAP_MAYMOVE | MREMAP_DONTUNMAP, 0);
+    assert_ne!(r as i64, -1);
+    assert_ne!(r, buf);
+    assert_eq!(at(buf, 5), 0, "the old range stays, without its pages");
+    assert_eq!(at(r, 5), pattern(5));
+    // SAFETY: the program writes its memory at the new address.
+    unsafe { *((r + 7) as *mut u8) = 0x5a };
+    let mut got = vec![0u8; len as usize];
+    dom.dma_read(IOVA, &mut got).unwrap();
+    assert_eq!(got[7], 0x5a);
+    assert_eq!(got[8], pattern(8));
+    checks(&ctx);
+    assert_eq!(custody::held_pages(), 0, "the parking reservation is gone");
+    // a refused move (the ranges overlap): everything stays
+    let e = remap(r, libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED, r + ps());
+    assert_eq!(e as i64, -1);
+    dom.dma_read(IOVA, &mut got).unwrap();
+    assert_eq!(got[7], 0x5a);
+    checks(&ctx);
+    assert_eq!(custody::held_pages(), 0);
+    unmap(&ctx, ioas, IOVA, len).unwrap();
+    checks(&ctx);
+    // SAFETY: the test's own mappings.
+    unsafe {
+        libc::munmap(buf as *mut _, len as usize);
+        libc::munmap(r as *mut _, len as usize);
+    }
+}
