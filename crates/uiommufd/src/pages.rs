@@ -10,8 +10,10 @@
 //! `first..=last` (inclusive `last`), like the kernel's pages.c.
 //!
 //! A pages object is either *user* memory (`IOAS_MAP`: the caller's range,
-//! which the caller may unmap under us, as in the kernel, where the pin is
-//! what keeps the pages) or *file* memory (`IOAS_MAP_FILE`): the engine maps
+//! which the caller may unmap under us; as in the kernel, where the pin is
+//! what keeps the pages, pinned pages then move to the engine's custody
+//! and the object records where they live, see [`crate::custody`] and
+//! [`Pages::host`]) or *file* memory (`IOAS_MAP_FILE`): the engine maps
 //! the file itself ([`FileBacking`], `MAP_SHARED` at the file offset) and
 //! owns that mapping until the last user of the object is gone, so the
 //! pages outlive the caller's own mapping and its fd, as the kernel's file
@@ -20,7 +22,9 @@
 //! which the exporter may revoke.
 //!
 //! Lock order: `Pages::pins` is a leaf lock; nothing else is taken under it
-//! except the global accounting atomics and the user-memory calls.
+//! except the global accounting atomics, the user-memory calls, a registry
+//! shard (the first pin registers the object) and a custody chunk's page
+//! counts (a relocation ending with its page's last user).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
