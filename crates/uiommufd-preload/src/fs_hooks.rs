@@ -452,6 +452,8 @@ macro_rules! mmap_hook {
                 set_errno(libc::ENOSYS);
                 return libc::MAP_FAILED;
             };
+            // pinned pages under a MAP_FIXED keep serving the IOMMU
+            crate::mem_hooks::before_map(addr, len, flags);
             if fd >= 0
                 && flags & libc::MAP_ANONYMOUS == 0
                 && files::is_engine_fd(fd)

@@ -79,6 +79,14 @@
 //!   receive every fault that is not the engine's. For every other signal
 //!   they are forwarded, noting that the program may now have a handler
 //!   (critical sections block signals from then on; see `sync`).
+//! * **Pins that hold** (see `mem_hooks` and [`uiommufd::custody`]):
+//!   `munmap`, `madvise` (`MADV_DONTNEED`, `MADV_DONTNEED_LOCKED`,
+//!   `MADV_FREE`), `mremap` and `mmap`/`mmap64` with `MAP_FIXED` over
+//!   memory pinned for a domain or an access hand the pinned pages to the
+//!   engine's custody before the real call (for `mremap`: the engine
+//!   follows them to their new address), so the IOMMU keeps the same pages
+//!   and the program gets what it asked. While nothing is pinned each of
+//!   these hooks costs one atomic load.
 //! * **Failure injection** (see `special` and [`uiommufd::inject`]):
 //!   opening `/proc/self/task/TID/fail-nth`, `/proc/PID/task/TID/fail-nth`
 //!   (our PID) or `/proc/thread-self/fail-nth` gives an engine fd whose
@@ -166,6 +174,10 @@
 //!   `POLLIN|POLLOUT`), and `epoll_ctl` accepts an access fd (the kernel:
 //!   `EPERM`).
 //! * Symlinks to `/dev/iommu` are not recognised; the match is lexical.
+//! * glibc's internal `munmap`/`mremap` (`free()` and `realloc()` of large
+//!   `malloc` chunks) bypass the pin hooks: a program that frees a buffer
+//!   still mapped in an IOAS loses those pages to the IOMMU (the kernel
+//!   keeps them). Raw `SYS_munmap` &c. likewise.
 
 use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void};
 
@@ -174,6 +186,7 @@ use uiommufd::files;
 
 mod engine;
 mod fs_hooks;
+mod mem_hooks;
 mod path;
 mod real;
 mod signals;

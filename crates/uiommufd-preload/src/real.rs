@@ -231,4 +231,10 @@ real! {
     mmap: unsafe extern "C" fn(*mut c_void, libc::size_t, c_int, c_int, c_int, libc::off_t) -> *mut c_void;
     /// `void *mmap64(void *, size_t, int, int, int, off64_t)`
     mmap64: unsafe extern "C" fn(*mut c_void, libc::size_t, c_int, c_int, c_int, libc::off64_t) -> *mut c_void;
+    /// `int munmap(void *, size_t)`
+    munmap: unsafe extern "C" fn(*mut c_void, libc::size_t) -> c_int;
+    /// `int madvise(void *, size_t, int)`
+    madvise: unsafe extern "C" fn(*mut c_void, libc::size_t, c_int) -> c_int;
+    /// `void *mremap(void *, size_t, size_t, int, ...)`
+    mremap: unsafe extern "C" fn(*mut c_void, libc::size_t, libc::size_t, c_int, ...) -> *mut c_void;
 }

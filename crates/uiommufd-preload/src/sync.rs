@@ -230,6 +230,13 @@ pub(crate) struct Critical {
     outer: bool,
 }
 
+/// Whether this thread is inside a critical section: a hook reached from
+/// the shim's or the engine's own code (its allocator, an ioctl), not
+/// from the program.
+pub(crate) fn nested() -> bool {
+    DEPTH.get() > 0
+}
+
 /// Enter a critical section (see the module docs).
 pub(crate) fn enter() -> Critical {
     let depth = DEPTH.get();

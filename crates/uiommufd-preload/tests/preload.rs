@@ -608,3 +608,16 @@ fn map_file_of_a_memfd() {
     let out = run_preloaded(&exe, &["6.12"], &[("UIOMMUFD_UAPI", "7.2")]);
     assert!(!out.status.success(), "MAP_FILE answered at 7.2 as at 6.12");
 }
+
+/// Issue 12 item 3, pins that hold: memory pinned for a mock domain and an
+/// access survives the program's `munmap`, `mmap(MAP_FIXED)`, `madvise
+/// (MADV_DONTNEED)` and `mremap` for the IOMMU, while the program's calls
+/// do what they say; `IOAS_UNMAP` releases it.
+#[test]
+fn pins_hold_when_the_program_unmaps() {
+    let exe = compile_src("pins_hold.c", "pins_hold", &["-O1"]);
+    let out = run_preloaded(&exe, &[], &[]);
+    assert_ok(&out, "pins_hold");
+    let out = run_preloaded(&exe, &[], &[("UIOMMUFD_LOG", "debug")]);
+    assert_ok(&out, "pins_hold with debug logging");
+}

@@ -368,10 +368,10 @@ impl Context {
     pub fn ioas_alloc(&self) -> Result<ObjId> {
         let r = self.reserve()?;
         let id = r.id();
-        r.finalize(Object::Ioas(Arc::new(Ioas::new(
+        r.finalize(Object::Ioas(Ioas::new_shared(
             self.mem.clone(),
             self.account_mode(),
-        ))));
+        )));
         Ok(id)
     }
 

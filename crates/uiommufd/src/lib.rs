@@ -50,6 +50,7 @@
 pub mod access;
 pub mod accounting;
 pub mod context;
+pub mod custody;
 pub mod device;
 pub mod devices;
 pub mod dmabuf;

@@ -10,8 +10,10 @@
 //! `first..=last` (inclusive `last`), like the kernel's pages.c.
 //!
 //! A pages object is either *user* memory (`IOAS_MAP`: the caller's range,
-//! which the caller may unmap under us, as in the kernel, where the pin is
-//! what keeps the pages) or *file* memory (`IOAS_MAP_FILE`): the engine maps
+//! which the caller may unmap under us; as in the kernel, where the pin is
+//! what keeps the pages, pinned pages then move to the engine's custody
+//! and the object records where they live, see [`crate::custody`] and
+//! [`Pages::host`]) or *file* memory (`IOAS_MAP_FILE`): the engine maps
 //! the file itself ([`FileBacking`], `MAP_SHARED` at the file offset) and
 //! owns that mapping until the last user of the object is gone, so the
 //! pages outlive the caller's own mapping and its fd, as the kernel's file
@@ -20,7 +22,9 @@
 //! which the exporter may revoke.
 //!
 //! Lock order: `Pages::pins` is a leaf lock; nothing else is taken under it
-//! except the global accounting atomics and the user-memory calls.
+//! except the global accounting atomics, the user-memory calls, a registry
+//! shard (the first pin registers the object) and a custody chunk's page
+//! counts (a relocation ending with its page's last user).
 
 use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -41,11 +45,22 @@ pub struct Pages {
     writable: bool,
     mem: Arc<dyn UserMemory>,
     account: Account,
-    pins: Mutex<PinMap>,
+    /// Shared with the registry entry, so that
+    /// [`any_custodial_pinned_in`] reads it without a reference to the
+    /// object.
+    pins: Arc<Mutex<PinMap>>,
     /// Whether the object is in [`REGISTRY`]: set (under `pins`) by the
     /// first pin. An object never pinned has no pinned page to report, so
     /// a map with no domain attached never touches the registry.
     registered: AtomicBool,
+    /// Whether some pinned page no longer lives at its program address
+    /// (`PinMap::relocs` is not empty): the one load that keeps the
+    /// address lookups free while nothing was ever taken into custody.
+    relocated: AtomicBool,
+    /// Whether [`crate::custody`] may move the pinned pages of this object
+    /// (user memory of this process, mapped through IOASes the custody
+    /// registry knows): set once, before the first pin.
+    custodial: AtomicBool,
     /// For `IOAS_MAP_FILE`: the engine's own mapping of the file (`uptr`
     /// is its start). Declared after everything that reads the memory.
     file: Option<FileBacking>,
@@ -280,6 +295,35 @@ struct PinMap {
     runs: BTreeMap<u64, (u64, u32)>,
     /// Pages with a count above zero (what is populated and accounted).
     npinned: u64,
+    /// Pinned pages that live elsewhere than at their program address
+    /// (`uptr + index * PAGE_SIZE`), by first page: only ever pinned pages
+    /// (a relocation ends with the page's last user). Runs never overlap.
+    relocs: BTreeMap<u64, Reloc>,
+}
+
+/// Where a run of pinned pages lives now (see [`crate::custody`]).
+#[derive(Debug, Clone)]
+struct Reloc {
+    /// Last page of the run (inclusive).
+    last: u64,
+    /// Host address of the run's first page.
+    host: u64,
+    /// The custody chunk holding the run and the chunk page of its first
+    /// page; `None` when the run lives in program memory at another
+    /// address (the program moved it with `mremap`).
+    chunk: Option<(Arc<crate::custody::Chunk>, u64)>,
+}
+
+impl Reloc {
+    /// The part of the run from page `at` (`start` is the run's first page).
+    fn from(&self, start: u64, at: u64) -> Reloc {
+        let d = at - start;
+        Reloc {
+            last: self.last,
+            host: self.host + d * page_size(),
+            chunk: self.chunk.as_ref().map(|(c, i)| (c.clone(), i + d)),
+        }
+    }
 }
 
 impl PinMap {
@@ -323,7 +367,10 @@ impl PinMap {
 
     /// Add `delta` (+1 or -1) to every page of `first..=last`.
     /// For -1, every page must currently have a count above zero.
-    fn add(&mut self, first: u64, last: u64, delta: i32) {
+    /// Returns whether some page lost its last user (its relocation, if
+    /// any, is then gone too).
+    fn add(&mut self, first: u64, last: u64, delta: i32) -> bool {
+        let mut zeroed = Vec::new();
         self.split_at(first);
         if last < u64::MAX {
             self.split_at(last + 1);
@@ -343,11 +390,109 @@ impl PinMap {
             if n == 0 {
                 self.npinned -= l - s + 1;
                 self.runs.remove(&s);
+                zeroed.push((s, l));
             } else {
                 self.runs.insert(s, (l, n));
             }
         }
         self.merge_around(first, last);
+        if !self.relocs.is_empty() {
+            for &(s, l) in &zeroed {
+                self.remove_relocs(s, l);
+            }
+        }
+        !zeroed.is_empty()
+    }
+
+    /// Split the relocation containing `at` (if any) so that one starts at `at`.
+    fn reloc_split_at(&mut self, at: u64) {
+        if let Some((&s, r)) = self.relocs.range(..at).next_back() {
+            if r.last >= at {
+                let right = r.from(s, at);
+                self.relocs.get_mut(&s).expect("just found").last = at - 1;
+                self.relocs.insert(at, right);
+            }
+        }
+    }
+
+    /// Forget the relocations of pages `first..=last`, giving their custody
+    /// pages back.
+    fn remove_relocs(&mut self, first: u64, last: u64) {
+        self.reloc_split_at(first);
+        if last < u64::MAX {
+            self.reloc_split_at(last + 1);
+        }
+        let keys: Vec<u64> = self.relocs.range(first..=last).map(|(&s, _)| s).collect();
+        for s in keys {
+            let r = self.relocs.remove(&s).expect("just listed");
+            if let Some((c, i)) = r.chunk {
+                c.release(i, i + (r.last - s));
+            }
+        }
+    }
+
+    /// Record that pinned pages `first..=last` now live at `host` (page
+    /// `first`), in `chunk` from its page `idx` when given. Pages of the
+    /// range without a user are left alone. Returns the pages recorded.
+    fn relocate(
+        &mut self,
+        uptr: u64,
+        first: u64,
+        last: u64,
+        host: u64,
+        chunk: Option<(&Arc<crate::custody::Chunk>, u64)>,
+    ) -> u64 {
+        let ps = page_size();
+        let pinned: Vec<(u64, u64)> = {
+            let start = self
+                .runs
+                .range(..=first)
+                .next_back()
+                .map(|(&s, _)| s)
+                .unwrap_or(first);
+            self.runs
+                .range(start..=last)
+                .filter(|(_, &(l, _))| l >= first)
+                .map(|(&s, &(l, _))| (s.max(first), l.min(last)))
+                .collect()
+        };
+        let mut n = 0;
+        for (s, l) in pinned {
+            self.remove_relocs(s, l);
+            let d = s - first;
+            if chunk.is_none() && host + d * ps == uptr + s * ps {
+                // back at the program address it was pinned at
+                n += l - s + 1;
+                continue;
+            }
+            let chunk = chunk.map(|(c, i)| {
+                c.acquire(i + d, i + d + (l - s));
+                (c.clone(), i + d)
+            });
+            self.relocs.insert(
+                s,
+                Reloc {
+                    last: l,
+                    host: host + d * ps,
+                    chunk,
+                },
+            );
+            n += l - s + 1;
+        }
+        n
+    }
+
+    /// Whether page `page` lives in a custody chunk.
+    fn in_custody(&self, page: u64) -> bool {
+        matches!(self.relocs.range(..=page).next_back(), Some((_, r)) if r.last >= page && r.chunk.is_some())
+    }
+
+    /// Host address of page `page` of an object whose page 0 is at `uptr`.
+    fn host_of(&self, uptr: u64, page: u64) -> u64 {
+        match self.relocs.range(..=page).next_back() {
+            Some((&s, r)) if r.last >= page => r.host + (page - s) * page_size(),
+            _ => uptr + page * page_size(),
+        }
     }
 
     fn merge_around(&mut self, first: u64, last: u64) {
@@ -395,7 +540,17 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 const SHARDS: usize = 16;
 /// Keyed by pages id, so that registering and dropping a pages object cost
 /// O(1) however many are alive (a VMM maps one region per call).
-type Shard = Mutex<Option<std::collections::HashMap<u64, Weak<Pages>>>>;
+type Shard = Mutex<Option<std::collections::HashMap<u64, Registered>>>;
+
+/// A registry entry: the object, and what [`any_custodial_pinned_in`]
+/// reads without upgrading it.
+#[derive(Debug)]
+struct Registered {
+    pages: Weak<Pages>,
+    pins: Arc<Mutex<PinMap>>,
+    uptr: u64,
+    custodial: bool,
+}
 static REGISTRY: [Shard; SHARDS] = [const { Mutex::new(None) }; SHARDS];
 
 impl Pages {
@@ -422,8 +577,10 @@ impl Pages {
             writable,
             mem,
             account: Account::new(mode),
-            pins: Mutex::new(PinMap::default()),
+            pins: Arc::new(Mutex::new(PinMap::default())),
             registered: AtomicBool::new(false),
+            relocated: AtomicBool::new(false),
+            custodial: AtomicBool::new(false),
             file: None,
             dmabuf: None,
         })
@@ -471,8 +628,10 @@ impl Pages {
             writable,
             mem: Arc::new(crate::user::SelfMemory),
             account: Account::new(mode),
-            pins: Mutex::new(PinMap::default()),
+            pins: Arc::new(Mutex::new(PinMap::default())),
             registered: AtomicBool::new(false),
+            relocated: AtomicBool::new(false),
+            custodial: AtomicBool::new(false),
             file: Some(file),
             dmabuf: None,
         });
@@ -504,8 +663,10 @@ impl Pages {
             writable,
             mem: Arc::new(crate::user::SelfMemory),
             account: Account::new(AccountMode::None),
-            pins: Mutex::new(PinMap::default()),
+            pins: Arc::new(Mutex::new(PinMap::default())),
             registered: AtomicBool::new(false),
+            relocated: AtomicBool::new(false),
+            custodial: AtomicBool::new(false),
             file: None,
             dmabuf: Some(att),
         });
@@ -600,7 +761,15 @@ impl Pages {
         REGISTRY[(self.id as usize) % SHARDS]
             .lock()
             .get_or_insert_with(Default::default)
-            .insert(self.id, Arc::downgrade(self));
+            .insert(
+                self.id,
+                Registered {
+                    pages: Arc::downgrade(self),
+                    pins: self.pins.clone(),
+                    uptr: self.uptr,
+                    custodial: self.custodial(),
+                },
+            );
         self.registered.store(true, Ordering::Relaxed);
     }
 
@@ -690,15 +859,179 @@ impl Pages {
         }
         self.register();
         pins.add(first, last, 1);
+        if new > 0 && self.custodial.load(Ordering::Relaxed) {
+            crate::custody::PINNED.fetch_add(new, Ordering::AcqRel);
+        }
         Ok(())
     }
 
     /// Drop one user from pages `first..=last` (each must have one).
+    /// Pages that lose their last user and lived in custody are freed.
     pub fn unpin(&self, first: u64, last: u64) {
         let mut pins = self.pins.lock();
         let before = pins.npinned;
-        pins.add(first, last, -1);
-        self.account.uncharge(before - pins.npinned);
+        if pins.add(first, last, -1) && pins.relocs.is_empty() {
+            self.relocated.store(false, Ordering::Release);
+        }
+        let gone = before - pins.npinned;
+        self.account.uncharge(gone);
+        if gone > 0 && self.custodial.load(Ordering::Relaxed) {
+            crate::custody::PINNED.fetch_sub(gone, Ordering::AcqRel);
+        }
+    }
+
+    /// Let [`crate::custody`] move this object's pinned pages when the
+    /// program unmaps them. Only for memory of this process
+    /// ([`UserMemory::direct`]), before the first pin, and only when every
+    /// IO page table that will map the object is one the custody registry
+    /// knows (an IOAS made by [`crate::ioas::Ioas::new_shared`]): custody
+    /// re-points the domains of those tables alone.
+    pub fn set_custodial(&self) {
+        debug_assert_eq!(self.npinned(), 0);
+        if self.mem.direct() && self.file.is_none() && self.dmabuf.is_none() {
+            self.custodial.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether [`Pages::set_custodial`] was called (and took).
+    pub fn custodial(&self) -> bool {
+        self.custodial.load(Ordering::Relaxed)
+    }
+
+    /// Whether some pinned page lives elsewhere than at its program
+    /// address (one load; `false` unless custody moved pages).
+    #[inline]
+    pub fn relocated(&self) -> bool {
+        self.relocated.load(Ordering::Acquire)
+    }
+
+    /// Host address of byte `off` of the object (counted from
+    /// [`Pages::uptr`]): where the engine, its domains and accesses reach
+    /// it. `uptr() + off` unless custody moved that page.
+    #[inline]
+    pub fn host(&self, off: u64) -> u64 {
+        if !self.relocated() {
+            return self.uptr + off;
+        }
+        let ps = page_size();
+        self.pins.lock().host_of(self.uptr, off / ps) + off % ps
+    }
+
+    /// Call `f(delta, host, len)` for the host-contiguous pieces of bytes
+    /// `off..off + len` of the object, in order (`delta` from `off`): one
+    /// piece, `uptr() + off`, unless custody moved some of those pages.
+    /// Stops at the first error.
+    pub fn for_each_host_run<E>(
+        &self,
+        off: u64,
+        len: u64,
+        mut f: impl FnMut(u64, u64, u64) -> std::result::Result<(), E>,
+    ) -> std::result::Result<(), E> {
+        if len == 0 {
+            return Ok(());
+        }
+        if !self.relocated() {
+            return f(0, self.uptr + off, len);
+        }
+        let ps = page_size();
+        let runs: Vec<(u64, u64, u64)> = {
+            let pins = self.pins.lock();
+            let mut out: Vec<(u64, u64, u64)> = Vec::new();
+            let mut cur = off;
+            let end = off + len;
+            while cur < end {
+                let n = (ps - cur % ps).min(end - cur);
+                let h = pins.host_of(self.uptr, cur / ps) + cur % ps;
+                match out.last_mut() {
+                    Some((d, lh, ll)) if *lh + *ll == h && *d + *ll == cur - off => *ll += n,
+                    _ => out.push((cur - off, h, n)),
+                }
+                cur += n;
+            }
+            out
+        };
+        for (d, h, n) in runs {
+            f(d, h, n)?;
+        }
+        Ok(())
+    }
+
+    /// The pinned pages that live in program memory (not in custody), as
+    /// runs `(first, last, host of first)` that are contiguous in both.
+    pub(crate) fn pinned_program_runs(&self) -> Vec<(u64, u64, u64)> {
+        let ps = page_size();
+        let pins = self.pins.lock();
+        let mut out: Vec<(u64, u64, u64)> = Vec::new();
+        for (&s, &(l, _)) in &pins.runs {
+            let mut p = s;
+            while p <= l {
+                // the stretch of pages from p with one placement
+                let (end, host, custody) = match pins.relocs.range(..=p).next_back() {
+                    Some((&rs, r)) if r.last >= p => {
+                        (r.last.min(l), r.host + (p - rs) * ps, r.chunk.is_some())
+                    }
+                    _ => {
+                        let next = pins
+                            .relocs
+                            .range(p..)
+                            .next()
+                            .map_or(u64::MAX, |(&rs, _)| rs - 1);
+                        (next.min(l), self.uptr + p * ps, false)
+                    }
+                };
+                if !custody {
+                    match out.last_mut() {
+                        Some((f, ll, fh)) if *ll + 1 == p && *fh + (p - *f) * ps == host => {
+                            *ll = end
+                        }
+                        _ => out.push((p, end, host)),
+                    }
+                }
+                if end == u64::MAX {
+                    break;
+                }
+                p = end + 1;
+            }
+        }
+        out
+    }
+
+    /// Record that pinned pages `first..=last` now live at `host` (page
+    /// `first`), in custody chunk `chunk` from its page `idx` when given
+    /// (else in program memory the program moved them to). Pages of the
+    /// range without a user are left alone. Returns the pages recorded.
+    pub(crate) fn relocate(
+        &self,
+        first: u64,
+        last: u64,
+        host: u64,
+        chunk: Option<(&Arc<crate::custody::Chunk>, u64)>,
+    ) -> u64 {
+        let mut pins = self.pins.lock();
+        let n = pins.relocate(self.uptr, first, last, host, chunk);
+        self.relocated
+            .store(!pins.relocs.is_empty(), Ordering::Release);
+        n
+    }
+
+    /// The page of this object that lives at host address `addr` (page
+    /// aligned), if one does.
+    fn page_at_host(&self, addr: u64) -> Option<u64> {
+        let ps = page_size();
+        if !self.relocated() {
+            return (addr >= self.uptr && addr - self.uptr < self.len_bytes())
+                .then(|| (addr - self.uptr) / ps);
+        }
+        let pins = self.pins.lock();
+        if addr >= self.uptr && addr - self.uptr < self.len_bytes() {
+            let p = (addr - self.uptr) / ps;
+            if pins.host_of(self.uptr, p) == addr {
+                return Some(p);
+            }
+        }
+        pins.relocs.iter().find_map(|(&s, r)| {
+            (addr >= r.host && (addr - r.host) / ps <= r.last - s).then(|| s + (addr - r.host) / ps)
+        })
     }
 
     /// How many pages currently have at least one user.
@@ -727,10 +1060,7 @@ impl Pages {
             // turn out to be the last one, and its drop takes the shard lock.
             let live = live_pages(shard);
             for p in &live {
-                if addr >= p.uptr
-                    && addr - p.uptr < p.len_bytes()
-                    && p.is_pinned((addr - p.uptr) / ps)
-                {
+                if p.page_at_host(addr).is_some_and(|i| p.is_pinned(i)) {
                     n += 1;
                 }
             }
@@ -753,8 +1083,8 @@ impl Pages {
         for shard in &REGISTRY {
             let live = live_pages(shard);
             for p in &live {
-                let idx = if addr >= p.uptr && addr - p.uptr < p.len_bytes() {
-                    Some((addr - p.uptr) / ps)
+                let idx = if let Some(i) = p.page_at_host(addr) {
+                    Some(i)
                 } else if p.file.is_some() {
                     // the engine's mapping of the file starts at p.uptr
                     match files.identity(p.uptr) {
@@ -787,8 +1117,61 @@ fn live_pages(shard: &Shard) -> Vec<Arc<Pages>> {
         .lock()
         .iter()
         .flat_map(|m| m.values())
-        .filter_map(|w| w.upgrade())
+        .filter_map(|e| e.pages.upgrade())
         .collect()
+}
+
+/// Whether a custodial pages object has a pinned page living in program
+/// memory within `[lo, hi)`. Allocates nothing and creates no reference
+/// to an object (so it may run inside the shim's allocator's own
+/// `munmap`): it reads the pin maps the registry entries share. A pin map
+/// is only tried (the lock order is `pins`, then a shard): on contention
+/// the shard is looked at again.
+pub(crate) fn any_custodial_pinned_in(lo: u64, hi: u64) -> bool {
+    let ps = page_size();
+    for shard in &REGISTRY {
+        'again: loop {
+            let g = shard.lock();
+            let Some(m) = g.as_ref() else { break };
+            for e in m.values() {
+                if !e.custodial {
+                    continue;
+                }
+                let Some(pins) = e.pins.try_lock() else {
+                    drop(g);
+                    std::thread::yield_now();
+                    continue 'again;
+                };
+                let uptr = e.uptr;
+                for (&s, &(l, _)) in &pins.runs {
+                    if pins.relocs.is_empty() {
+                        if uptr + s * ps < hi && uptr + (l + 1) * ps > lo {
+                            return true;
+                        }
+                        continue;
+                    }
+                    if (s..=l).any(|i| {
+                        let h = pins.host_of(uptr, i);
+                        h < hi && h + ps > lo && !pins.in_custody(i)
+                    }) {
+                        return true;
+                    }
+                }
+            }
+            break;
+        }
+    }
+    false
+}
+
+/// Every live pages object that ever pinned and may be taken into custody
+/// (see [`Pages::set_custodial`]).
+pub(crate) fn live_custodial() -> Vec<Arc<Pages>> {
+    let mut out = Vec::new();
+    for shard in &REGISTRY {
+        out.extend(live_pages(shard).into_iter().filter(|p| p.custodial()));
+    }
+    out
 }
 
 /// Check process-wide pin accounting: `pinned_vm` equals the pinned pages
@@ -805,12 +1188,44 @@ pub fn check_accounting() -> std::result::Result<(), String> {
             "pinned_vm is {vm} pages but live pages objects pin {sum}"
         ));
     }
-    Ok(())
+    // custody: the chunks hold exactly the pages relocations reach
+    let mut held = std::collections::BTreeSet::new();
+    for shard in &REGISTRY {
+        for p in live_pages(shard) {
+            let pins = p.pins.lock();
+            for (&s, r) in &pins.relocs {
+                if let Some((c, i)) = &r.chunk {
+                    for k in 0..=(r.last - s) {
+                        held.insert(c.addr() + (i + k) * page_size());
+                    }
+                }
+                if pins.count(s) == 0 || pins.count(r.last) == 0 {
+                    return Err(format!(
+                        "pages {}: pages {s}..={} are relocated but not pinned",
+                        p.id, r.last
+                    ));
+                }
+            }
+        }
+    }
+    let h = crate::custody::held_pages();
+    if held.len() as u64 != h {
+        return Err(format!(
+            "custody holds {h} page(s) but relocations reach {}",
+            held.len()
+        ));
+    }
+    crate::custody::check()
 }
 
 impl Drop for Pages {
     fn drop(&mut self) {
-        let pins = self.pins.get_mut();
+        if *self.registered.get_mut() {
+            if let Some(m) = REGISTRY[(self.id as usize) % SHARDS].lock().as_mut() {
+                m.remove(&self.id);
+            }
+        }
+        let mut pins = self.pins.lock();
         debug_assert_eq!(
             pins.npinned, 0,
             "pages object {} dropped with pinned pages",
@@ -818,11 +1233,12 @@ impl Drop for Pages {
         );
         if pins.npinned != 0 {
             self.account.uncharge(pins.npinned);
-        }
-        if *self.registered.get_mut() {
-            if let Some(m) = REGISTRY[(self.id as usize) % SHARDS].lock().as_mut() {
-                m.remove(&self.id);
+            if *self.custodial.get_mut() {
+                crate::custody::PINNED.fetch_sub(pins.npinned, Ordering::AcqRel);
             }
+        }
+        if !pins.relocs.is_empty() {
+            pins.remove_relocs(0, u64::MAX);
         }
     }
 }
@@ -924,6 +1340,48 @@ mod tests {
         assert!(!p.file().unwrap().pinnable());
         assert_eq!(p.pin(0, 0).unwrap_err().errno().0, libc::EINVAL);
         p.check_backing().unwrap();
+    }
+
+    #[test]
+    fn relocations_split_follow_pins_and_end_with_them() {
+        let ps = page_size();
+        let (_v, a) = buf(8);
+        let p = Pages::new(Arc::new(SelfMemory), a, 8 * ps, true, AccountMode::None);
+        p.pin(0, 7).unwrap();
+        p.pin(2, 3).unwrap();
+        assert!(!p.relocated());
+        assert_eq!(p.host(5 * ps + 9), a + 5 * ps + 9);
+        // pages 1..=5 live elsewhere (as after the program's mremap)
+        let to = 0x7000_0000_0000;
+        assert_eq!(p.relocate(1, 5, to, None), 5);
+        assert!(p.relocated());
+        assert_eq!(p.host(9), a + 9);
+        assert_eq!(p.host(3 * ps + 1), to + 2 * ps + 1);
+        let mut runs = Vec::new();
+        p.for_each_host_run(ps / 2, 2 * ps, |d, h, n| {
+            runs.push((d, h, n));
+            Ok::<(), ()>(())
+        })
+        .unwrap();
+        assert_eq!(
+            runs,
+            vec![(0, a + ps / 2, ps / 2), (ps / 2, to, ps + ps / 2)]
+        );
+        assert_eq!(
+            p.pinned_program_runs(),
+            vec![(0, 0, a), (1, 5, to), (6, 7, a + 6 * ps)]
+        );
+        // a page that loses its last user loses its relocation; one that
+        // keeps a user keeps it
+        p.unpin(0, 7);
+        assert_eq!(p.host(ps), a + ps);
+        assert_eq!(p.host(2 * ps), to + ps);
+        assert_eq!(p.pinned_program_runs(), vec![(2, 3, to + ps)]);
+        // back at its program address: no relocation left
+        assert_eq!(p.relocate(2, 3, a + 2 * ps, None), 2);
+        assert!(!p.relocated());
+        p.unpin(2, 3);
+        assert_eq!(p.npinned(), 0);
     }
 
     #[test]

@@ -232,8 +232,12 @@ impl IoPagetable {
                 *acc.entry((first, lastp)).or_default() += 1;
             }
             pinned.push((a, first, lastp));
-            let base = a.pages.uptr();
-            out.extend((first..=lastp).map(|p| base + p * ps));
+            if a.pages.relocated() {
+                out.extend((first..=lastp).map(|p| a.pages.host(p * ps)));
+            } else {
+                let base = a.pages.uptr();
+                out.extend((first..=lastp).map(|p| base + p * ps));
+            }
         }
         if failure.is_none() && !done {
             let reached = segs.last().map_or(iova, |s| s.last + 1);
@@ -484,6 +488,19 @@ impl IoPagetable {
             let at = iova + off as u64;
             match t {
                 Target::Direct(host) => self.copy_direct(at, host, chunk, write)?,
+                Target::Moved(pages, off) => {
+                    // custody moved some of these pages: piece by piece
+                    pages.for_each_host_run(off, len, |d, host, n| {
+                        let part = &mut chunk[d as usize..(d + n) as usize];
+                        if write {
+                            crate::user::SelfMemory.write(host, part)?;
+                            self.write_log.record_write(at + d, n);
+                        } else {
+                            crate::user::SelfMemory.read(host, part)?;
+                        }
+                        Ok::<(), crate::Error>(())
+                    })?
+                }
                 Target::Memory(mem, addr) => {
                     if write {
                         mem.write(addr, chunk)?;
@@ -552,11 +569,18 @@ enum Target {
     Direct(u64),
     /// Through the pages' memory, at this user address.
     Memory(Arc<dyn UserMemory>, u64),
+    /// Pages custody moved some of ([`crate::pages::Pages::relocated`]),
+    /// from this byte of the object: copied piece by piece where they
+    /// live now (always memory of this process).
+    Moved(Arc<crate::pages::Pages>, u64),
 }
 
 impl Target {
     fn of(s: &Seg<'_>, fast: bool) -> Target {
         let a = s.area;
+        if a.pages.relocated() {
+            return Target::Moved(a.pages.clone(), s.bytes().0);
+        }
         let addr = a.pages.uptr() + s.bytes().0;
         let len = s.last - s.start + 1;
         if fast && a.pages.memory().direct() && access_ok(addr, len as usize) {
@@ -595,6 +619,7 @@ impl Hint {
         let len = a.last - start + 1;
         if a.state != AreaState::Live
             || a.prevent_access
+            || a.pages.relocated()
             || !a.pages.memory().direct()
             || a.pages.is_dmabuf()
             || !access_ok(host, len as usize)

@@ -98,6 +98,7 @@ mod dirty;
 mod domain_tests;
 mod domains;
 mod free;
+mod relocate; // re-pointing domains after custody moved pages (crate::custody)
 #[cfg(test)]
 mod tests;
 mod type1_dirty; // VFIO type1 dirty tracking (vfio_compat)
@@ -105,6 +106,7 @@ mod write_log; // what accesses wrote, for VFIO type1 dirty tracking
 
 pub use dirty::{DirtyBitmap, DirtyRequest, WINDOW_WORDS as DIRTY_WINDOW_WORDS};
 pub use domains::{AccessNotify, PinnedPages};
+pub(crate) use relocate::CustodyLock;
 pub use type1_dirty::AreaDirty;
 pub use write_log::AccessWriteLog;
 

@@ -2,8 +2,6 @@
 //! the kernel's order (flags/reserved → ranges/overflow → meaning → object
 //! lookup), calls the engine, and writes the reply.
 
-use std::sync::Arc;
-
 use zerocopy::IntoBytes;
 
 use super::Ioas;
@@ -41,7 +39,7 @@ pub(crate) fn alloc(u: &Ucmd) -> Result<i32> {
     }
     // two-phase: the ID is only published once the reply reached the user
     let r = u.ctx.reserve()?;
-    let ioas = Arc::new(Ioas::new(u.ctx.memory().clone(), u.ctx.account_mode()));
+    let ioas = Ioas::new_shared(u.ctx.memory().clone(), u.ctx.account_mode());
     cmd.out_ioas_id = r.id();
     u.respond(&cmd)?;
     r.finalize(Object::Ioas(ioas));

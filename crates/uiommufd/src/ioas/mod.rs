@@ -19,6 +19,9 @@ pub struct Ioas {
     pub(crate) hwpts: parking_lot::Mutex<Vec<std::sync::Weak<crate::hwpt::HwptPaging>>>,
     mem: Arc<dyn UserMemory>,
     account_mode: AccountMode,
+    /// Known to [`crate::custody`] (made by [`Ioas::new_shared`]): its
+    /// `IOAS_MAP` pages may be taken into custody.
+    custody: bool,
 }
 
 impl Ioas {
@@ -29,7 +32,19 @@ impl Ioas {
             hwpts: Default::default(),
             mem,
             account_mode,
+            custody: false,
         }
+    }
+
+    /// A new empty IOAS, shared, that [`crate::custody`] knows: the pinned
+    /// pages of its `IOAS_MAP` areas hold when the program unmaps them
+    /// (every IOAS of a [`crate::Context`] is made so).
+    pub fn new_shared(mem: Arc<dyn UserMemory>, account_mode: AccountMode) -> Arc<Ioas> {
+        let mut ioas = Ioas::new(mem, account_mode);
+        ioas.custody = true;
+        let ioas = Arc::new(ioas);
+        crate::custody::register(&ioas);
+        ioas
     }
 
     /// The IO page table.
@@ -62,6 +77,9 @@ impl Ioas {
             prot.write,
             self.account_mode,
         );
+        if self.custody {
+            pages.set_custodial();
+        }
         let start_byte = user_va - pages.uptr();
         let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
         let src = MapSource {
@@ -192,6 +210,9 @@ impl Ioas {
 
 impl Drop for Ioas {
     fn drop(&mut self) {
+        if self.custody {
+            crate::custody::unregister(self as *const Ioas as usize);
+        }
         if let Err(e) = self.iopt.unmap_all() {
             tracing::error!("IOAS teardown: unmap_all failed: {e}");
         }

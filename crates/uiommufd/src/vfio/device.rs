@@ -514,7 +514,8 @@ impl Bus for DeviceBus {
         let (dev, d) = self
             .domain(pasid, iova)
             .map_err(|f| self.fault(None, pasid, f, false))?;
-        d.dma_read(iova, buf)
+        // (made again when custody moved the pages meanwhile)
+        crate::custody::dma(|| d.dma_read(iova, buf))
             .map_err(|f| self.fault(Some(&dev), pasid, f, false))
     }
 
@@ -530,7 +531,7 @@ impl Bus for DeviceBus {
         let (dev, d) = self
             .domain(pasid, iova)
             .map_err(|f| self.fault(None, pasid, f, true))?;
-        let r = d.dma_write(iova, buf);
+        let r = crate::custody::dma(|| d.dma_write(iova, buf));
         // Logged after the write landed (a report between the two is
         // followed by another that sees it), and also when it failed part
         // way: over-reporting loses nothing. The device's DMA log covers
@@ -551,7 +552,7 @@ impl Bus for DeviceBus {
         let (dev, d) = self
             .domain(pasid, iova)
             .map_err(|f| self.fault(None, pasid, f, true))?;
-        let r = d.dma_atomic(iova, op);
+        let r = crate::custody::dma(|| d.dma_atomic(iova, op));
         if pasid == 0 {
             self.log.record(iova, 8);
         }
