@@ -160,7 +160,7 @@ pub(crate) fn map(u: &Ucmd) -> Result<i32> {
     }
     let ioas = u.ctx.ioas(cmd.ioas_id)?;
     let fixed = (cmd.flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(cmd.iova);
-    cmd.iova = ioas.map_user(cmd.user_va, cmd.length, fixed, prot_of(cmd.flags))?;
+    cmd.iova = ioas.map_user_of(u.mem, cmd.user_va, cmd.length, fixed, prot_of(cmd.flags))?;
     u.respond(&cmd)?;
     Ok(0)
 }
