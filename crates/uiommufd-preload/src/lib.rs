@@ -176,6 +176,7 @@ mod engine;
 mod fs_hooks;
 mod path;
 mod real;
+mod remote;
 mod signals;
 mod special;
 mod sync;
@@ -622,11 +623,13 @@ fn emulated_ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> Route {
     let _birth = births_fd.then(sync::Birth::new);
     let ops = births_fd.then(sync::fd_ops);
     let r = match &entry.obj {
-        FdObject::Iommu(ctx) => uiommufd::uapi::dispatch::ioctl(ctx, u64::from(cmd), arg as u64),
+        FdObject::Iommu(ctx) => uiommufd::uapi::dispatch::ioctl(ctx, u64::from(cmd), arg as u64)
+            .map_err(|e| e.errno().0),
+        FdObject::Remote(rc) => remote::ioctl(rc, cmd, arg as u64),
     };
     drop(ops);
     drop(entry);
-    Route::Done(r.map_err(|e| e.errno().0))
+    Route::Done(r)
 }
 
 /// `mmap` of an emulated `/dev/iommu` fd (`iommufd_fops_mmap`): the region
@@ -641,7 +644,11 @@ pub(crate) fn iommufd_mmap(
     map: impl FnOnce(c_int, i64) -> *mut c_void,
 ) -> Option<Result<*mut c_void, c_int>> {
     let entry = table::lookup(fd)?;
-    let FdObject::Iommu(ctx) = &entry.obj;
+    let ctx = match &entry.obj {
+        FdObject::Iommu(ctx) => ctx,
+        // the regions live in the owner (see `remote`)
+        FdObject::Remote(_) => return Some(Err(libc::ENODEV)),
+    };
     let Ok(off) = u64::try_from(offset) else {
         return Some(Err(libc::EINVAL));
     };

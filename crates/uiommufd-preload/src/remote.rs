@@ -1,0 +1,682 @@
+//! One context across processes: a `/dev/iommu` fd held by a process that
+//! does not hold its engine (a `fork` child).
+//!
+//! # The kernel's model, and ours
+//!
+//! In the kernel the iommufd file is one object however many processes
+//! hold it; every command runs as the calling process (`current->mm`): its
+//! structs and arrays are copied from the caller, and the pages an
+//! `IOAS_MAP` pins are the caller's. Here a context lives in the process
+//! that opened it (its **owner**), and every ioctl there runs in place, on
+//! the fast path of a single process: nothing below is touched until the
+//! owner forks with emulated fds open.
+//!
+//! A process holding an fd whose context lives elsewhere is a **client**.
+//! Its fd table entry is [`FdObject::Remote`](crate::table::FdObject): it
+//! names the context (a key, the address of the owner's `Context`) and a
+//! [`Conn`], a `SOCK_SEQPACKET` Unix socket to a thread of the owner. Each
+//! ioctl is one request on it (the context's key, `cmd`, `arg`); the owner
+//! runs the engine's dispatcher with a
+//! [`ProcessMemory`](uiommufd::process::ProcessMemory) of the client
+//! ([`uiommufd::uapi::dispatch::ioctl_as`]), so the command struct, its
+//! arrays and the reply move between the engine and the client's memory by
+//! `process_vm_readv`/`process_vm_writev`, and the areas it maps are the
+//! client's memory. The client announces itself with its pid and a pidfd
+//! (sent with `SCM_RIGHTS`) on its first request: the pidfd tells the
+//! owner when the client has exited, never confusing it with a recycled pid.
+//!
+//! # Lifetime
+//!
+//! The owner's end of each connection holds a strong reference to every
+//! context the client holds an fd of, so a context lives while any process
+//! holds an fd of it (the kernel's file reference), as long as the owner
+//! runs. The client drops a context's reference (a `CLOSE` request) when its
+//! last fd of it is closed; the owner drops all of a connection's
+//! references when the client exits (end of file on the socket).
+//!
+//! # fork
+//!
+//! The `pthread_atfork` *prepare* handler (inside the fork gate, see `sync`)
+//! makes one socket pair for the contexts this process owns, holding them
+//! all, and asks the owner of every context this process is a client of for
+//! a second connection holding the same references (`CLONE`). The *parent*
+//! handler hands the owner's end to a new server thread and closes the
+//! child's ends; the *child* handler turns each emulated fd into a client
+//! entry on the new connection, leaves its copy of the engine state alone
+//! (never torn down: the objects belong to the owner), and closes the
+//! parent's server and client sockets it inherited, so the owner sees end
+//! of file exactly when the processes that use a connection are gone.
+//!
+//! # What a client cannot do (yet)
+//!
+//! * Commands that name or create an fd of the caller — `IOAS_MAP_FILE`,
+//!   `FAULT_QUEUE_ALLOC`, `VEVENTQ_ALLOC`, the selftest's access commands —
+//!   and the VFIO container commands are `EOPNOTSUPP` from a client; `mmap`
+//!   of the fd is `ENODEV`. Engine fds (access, fault, event queue) the
+//!   owner made before the fork reach the child's copy of the engine, not
+//!   the owner's.
+//! * An area a client maps from memory it does not share with the owner at
+//!   the same address (private memory) is read from the client while it
+//!   runs, and no domain can map it (`EFAULT`): the engine's domains map
+//!   host addresses of the owner (see [`uiommufd::process`]).
+//! * When the owner exits, its clients' fds stop working (`EIO`); `exec`
+//!   of the owner drops its contexts as before.
+//! * Pinned pages are accounted to the owner.
+
+use std::collections::HashMap;
+use std::ffi::c_int;
+use std::os::fd::{FromRawFd, OwnedFd};
+use std::sync::{Arc, Mutex};
+
+use uiommufd::process::{pidfd_open, ProcessMemory};
+use uiommufd::user::UserMemory;
+use uiommufd::Context;
+
+use crate::table::{self, Entry, FdObject};
+
+/// Request: the client's pid (`a`), its pidfd attached.
+const OP_HELLO: u32 = 1;
+/// Request: ioctl `b` with argument `c` on context `a`. Reply: the result.
+const OP_IOCTL: u32 = 2;
+/// Request: the client's last fd of context `a` is closed. No reply.
+const OP_CLOSE: u32 = 3;
+/// Request: a new connection holding the same contexts. Reply: 0, its
+/// client end attached.
+const OP_CLONE: u32 = 4;
+
+/// One request or reply (replies use `a` for the result or `-errno`).
+#[repr(C)]
+#[derive(Clone, Copy, Default, Debug)]
+struct Msg {
+    op: u32,
+    _pad: u32,
+    a: u64,
+    b: u64,
+    c: u64,
+}
+
+impl Msg {
+    fn bytes(&self) -> &[u8] {
+        // SAFETY: a plain `repr(C)` struct of integers, no padding bytes
+        // left uninitialised (`_pad` is a field).
+        unsafe {
+            std::slice::from_raw_parts((self as *const Msg).cast(), std::mem::size_of::<Msg>())
+        }
+    }
+}
+
+/// Send `m` on `fd`, with `pass` attached (`SCM_RIGHTS`) when given.
+fn send(fd: c_int, m: &Msg, pass: Option<c_int>) -> std::io::Result<()> {
+    let mut iov = libc::iovec {
+        iov_base: m.bytes().as_ptr().cast_mut().cast(),
+        iov_len: std::mem::size_of::<Msg>(),
+    };
+    // room for one cmsg with one int, 8-byte aligned
+    let mut cbuf = [0u64; 4];
+    // SAFETY: an all-zero msghdr is valid; fields are set below.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    if let Some(pfd) = pass {
+        // SAFETY: CMSG_SPACE is a pure size computation.
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<c_int>() as u32) } as usize;
+        hdr.msg_control = cbuf.as_mut_ptr().cast();
+        hdr.msg_controllen = space;
+        // SAFETY: `hdr` describes `cbuf`, big enough for one cmsg with one
+        // int; CMSG_FIRSTHDR/CMSG_DATA point inside it.
+        unsafe {
+            let c = libc::CMSG_FIRSTHDR(&hdr);
+            (*c).cmsg_level = libc::SOL_SOCKET;
+            (*c).cmsg_type = libc::SCM_RIGHTS;
+            (*c).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<c_int>() as u32) as usize;
+            std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>(), pfd);
+        }
+    }
+    loop {
+        // SAFETY: `hdr` points at our iovec and control buffer. The raw
+        // system call: `sendmsg` may be hooked by the program's preloads.
+        let n = unsafe { libc::syscall(libc::SYS_sendmsg, fd, &hdr, libc::MSG_NOSIGNAL) };
+        if n >= 0 {
+            return Ok(());
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+}
+
+/// Receive one message on `fd`, and the fd attached to it if any, moved
+/// out of the program's way ([`hide`]). `Ok(None)` at end of file.
+///
+/// The kernel installs a passed fd at the lowest free number, where the
+/// program may be about to `close` or `dup` a number it just freed: the
+/// receipt is an fd birth (see `sync`), after a wait for the message
+/// outside any critical section.
+fn recv(fd: c_int) -> std::io::Result<Option<(Msg, Option<OwnedFd>)>> {
+    let mut p = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    loop {
+        // SAFETY: one pollfd we own. Raw: `poll` may be the program's.
+        let r = unsafe { libc::syscall(libc::SYS_poll, &mut p, 1, -1) };
+        if r >= 0 {
+            break;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    }
+    let _c = crate::sync::enter();
+    let _birth = crate::sync::Birth::new();
+    let _ops = crate::sync::fd_ops();
+    let r = recv_now(fd)?;
+    Ok(r.map(|(m, f)| {
+        use std::os::fd::IntoRawFd;
+        // SAFETY: `hide` returns an fd that we alone own.
+        (
+            m,
+            f.map(|f| unsafe { OwnedFd::from_raw_fd(hide(f.into_raw_fd())) }),
+        )
+    }))
+}
+
+/// [`recv`] of a message that is there (or end of file).
+fn recv_now(fd: c_int) -> std::io::Result<Option<(Msg, Option<OwnedFd>)>> {
+    let mut m = Msg::default();
+    let mut iov = libc::iovec {
+        iov_base: (&mut m as *mut Msg).cast(),
+        iov_len: std::mem::size_of::<Msg>(),
+    };
+    let mut cbuf = [0u64; 8];
+    // SAFETY: an all-zero msghdr is valid; fields are set below.
+    let mut hdr: libc::msghdr = unsafe { std::mem::zeroed() };
+    hdr.msg_iov = &mut iov;
+    hdr.msg_iovlen = 1;
+    hdr.msg_control = cbuf.as_mut_ptr().cast();
+    hdr.msg_controllen = std::mem::size_of_val(&cbuf);
+    let n = loop {
+        // SAFETY: `hdr` points at our message and control buffers.
+        let n = unsafe { libc::syscall(libc::SYS_recvmsg, fd, &mut hdr, libc::MSG_CMSG_CLOEXEC) };
+        if n >= 0 {
+            break n as usize;
+        }
+        let e = std::io::Error::last_os_error();
+        if e.raw_os_error() != Some(libc::EINTR) {
+            return Err(e);
+        }
+    };
+    let mut passed = None;
+    // SAFETY: walking the control messages the kernel wrote into `cbuf`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&hdr);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<c_int>();
+                let count = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..count {
+                    let f = std::ptr::read_unaligned(data.add(i));
+                    if passed.is_none() {
+                        passed = Some(OwnedFd::from_raw_fd(f));
+                    } else {
+                        crate::raw_close(f);
+                    }
+                }
+            }
+            c = libc::CMSG_NXTHDR(&hdr, c);
+        }
+    }
+    if n == 0 {
+        return Ok(None);
+    }
+    if n != std::mem::size_of::<Msg>() {
+        return Err(std::io::Error::from_raw_os_error(libc::EPROTO));
+    }
+    Ok(Some((m, passed)))
+}
+
+/// Move an fd of ours out of the way of the program: to a number near the
+/// top of what `select` can see (at least 768 with the usual 1024 limit),
+/// close-on-exec, so that a program which closes or predicts "the next fd
+/// number" (the lowest free one) never meets our sockets. Returns the new
+/// number (the old one is closed), or `fd` itself when no higher number is
+/// free.
+fn hide(fd: c_int) -> c_int {
+    // SAFETY: getrlimit writes one rlimit we own.
+    let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let cur = if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) } == 0 {
+        rl.rlim_cur.min(4096) as c_int
+    } else {
+        1024
+    };
+    let floor = (cur - 256).max(3);
+    // SAFETY: F_DUPFD_CLOEXEC on our own fd; raw: `fcntl` is hooked.
+    let high = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, floor) } as c_int;
+    if high < 0 {
+        return fd;
+    }
+    crate::raw_close(fd);
+    high
+}
+
+/// A `SOCK_SEQPACKET` socket pair, close-on-exec, out of the program's way
+/// ([`hide`]): (owner's end, client's).
+fn socketpair() -> std::io::Result<(c_int, c_int)> {
+    let mut sv = [-1 as c_int; 2];
+    // SAFETY: `sv` has room for the two fds. Raw system call: `socketpair`
+    // is hooked.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_socketpair,
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+            sv.as_mut_ptr(),
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok((hide(sv[0]), hide(sv[1])))
+}
+
+// ---------------------------------------------------------------------------
+// Client side.
+
+/// A connection of a client to the owner of some contexts.
+#[derive(Debug)]
+pub(crate) struct Conn {
+    /// The client's end (close-on-exec).
+    fd: c_int,
+    /// Request/reply pairs, one at a time; `true` once `HELLO` was sent.
+    state: Mutex<bool>,
+}
+
+impl Drop for Conn {
+    fn drop(&mut self) {
+        crate::raw_close(self.fd);
+    }
+}
+
+impl Conn {
+    /// One request and, when `reply`, its answer: `(value, attached fd)`.
+    fn call(&self, m: &Msg, reply: bool) -> Result<(i64, Option<OwnedFd>), c_int> {
+        let mut hello = self.state.lock().unwrap_or_else(|e| e.into_inner());
+        if !*hello {
+            let pid = crate::sync::pid();
+            // a short-lived fd of ours at the lowest free number: a birth
+            let _birth = crate::sync::Birth::new();
+            let _ops = crate::sync::fd_ops();
+            let pidfd = pidfd_open(pid).map_err(|e| e.raw_os_error().unwrap_or(libc::EIO))?;
+            let h = Msg {
+                op: OP_HELLO,
+                a: pid as u64,
+                ..Msg::default()
+            };
+            use std::os::fd::AsRawFd;
+            send(self.fd, &h, Some(pidfd.as_raw_fd())).map_err(|_| libc::EIO)?;
+            *hello = true;
+        }
+        send(self.fd, m, None).map_err(|e| {
+            tracing::debug!("the owner of the context is gone: {e}");
+            libc::EIO
+        })?;
+        if !reply {
+            return Ok((0, None));
+        }
+        match recv(self.fd) {
+            Ok(Some((r, f))) => Ok((r.a as i64, f)),
+            _ => {
+                tracing::debug!("the owner of the context is gone");
+                Err(libc::EIO)
+            }
+        }
+    }
+}
+
+/// A context held by this process but living in its owner.
+#[derive(Debug)]
+pub(crate) struct RemoteCtx {
+    key: u64,
+    conn: Arc<Conn>,
+}
+
+impl Drop for RemoteCtx {
+    fn drop(&mut self) {
+        let m = Msg {
+            op: OP_CLOSE,
+            a: self.key,
+            ..Msg::default()
+        };
+        let _ = self.conn.call(&m, false);
+    }
+}
+
+/// The ioctl of a client fd: run by the owner as this process.
+pub(crate) fn ioctl(rc: &RemoteCtx, cmd: u32, arg: u64) -> Result<c_int, c_int> {
+    let m = Msg {
+        op: OP_IOCTL,
+        a: rc.key,
+        b: u64::from(cmd),
+        c: arg,
+        ..Msg::default()
+    };
+    let (r, _) = rc.conn.call(&m, true)?;
+    if r < 0 {
+        Err((-r) as c_int)
+    } else {
+        Ok(r as c_int)
+    }
+}
+
+// ---------------------------------------------------------------------------
+// Owner side.
+
+/// The owner's end of every connection it serves, so that a forked child
+/// closes its inherited copies (the owner must see end of file when the
+/// client exits).
+static SERVED: Mutex<Vec<c_int>> = Mutex::new(Vec::new());
+
+/// Why a command cannot run for a client (see the module docs): it names or
+/// creates an fd of the caller.
+fn refused(ctx: &Context, mem: &ProcessMemory, cmd: u32, arg: u64) -> Option<&'static str> {
+    use uiommufd::uapi::*;
+    let _ = ctx;
+    match cmd {
+        IOMMU_IOAS_MAP_FILE => Some("IOAS_MAP_FILE names an fd of the caller"),
+        IOMMU_FAULT_QUEUE_ALLOC | IOMMU_VEVENTQ_ALLOC => Some("it creates an fd"),
+        IOMMU_TEST_CMD => {
+            let mut op = [0u8; 4];
+            // an unreadable struct: the dispatcher answers EFAULT
+            mem.read(arg + 4, &mut op).ok()?;
+            match u32::from_ne_bytes(op) {
+                IOMMU_TEST_OP_CREATE_ACCESS
+                | IOMMU_TEST_OP_DESTROY_ACCESS_PAGES
+                | IOMMU_TEST_OP_ACCESS_PAGES
+                | IOMMU_TEST_OP_ACCESS_RW
+                | IOMMU_TEST_OP_ACCESS_REPLACE_IOAS => Some("the access commands name access fds"),
+                _ => None,
+            }
+        }
+        _ => None,
+    }
+}
+
+/// Serve one connection until the client is gone. `held`: the contexts it
+/// holds, by key.
+fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
+    let mut mem: Option<Arc<dyn UserMemory>> = None;
+    let mut pm: Option<Arc<ProcessMemory>> = None;
+    loop {
+        let Ok(Some((m, passed))) = recv(fd) else {
+            break;
+        };
+        let reply = match m.op {
+            OP_HELLO => {
+                if let Some(pidfd) = passed {
+                    let p = Arc::new(ProcessMemory::new(m.a as i32, pidfd));
+                    mem = Some(p.clone());
+                    pm = Some(p);
+                }
+                None
+            }
+            OP_IOCTL => {
+                let r = match (held.get(&m.a), &mem, &pm) {
+                    (Some(ctx), Some(mem), Some(pm)) => {
+                        let cmd = m.b as u32;
+                        let _c = crate::sync::enter();
+                        if let Some(why) = refused(ctx, pm, cmd, m.c) {
+                            tracing::debug!(
+                                cmd = format_args!("{cmd:#x}"),
+                                pid = pm.pid(),
+                                "refused for a process that does not hold the engine: {why}"
+                            );
+                            -i64::from(libc::EOPNOTSUPP)
+                        } else {
+                            match uiommufd::uapi::dispatch::ioctl_as(ctx, mem, m.b, m.c) {
+                                Ok(v) => i64::from(v),
+                                Err(e) => -i64::from(e.errno().0),
+                            }
+                        }
+                    }
+                    _ => -i64::from(libc::EBADF),
+                };
+                Some((r, None))
+            }
+            OP_CLOSE => {
+                let gone = held.remove(&m.a);
+                let _c = crate::sync::enter();
+                drop(gone);
+                None
+            }
+            OP_CLONE => match socketpair() {
+                Ok((server, client)) => {
+                    let _c = crate::sync::enter();
+                    start(server, held.clone());
+                    Some((0, Some(client)))
+                }
+                Err(e) => Some((-i64::from(e.raw_os_error().unwrap_or(libc::EIO)), None)),
+            },
+            _ => Some((-i64::from(libc::EINVAL), None)),
+        };
+        if let Some((r, pass)) = reply {
+            let ok = send(
+                fd,
+                &Msg {
+                    op: m.op,
+                    a: r as u64,
+                    ..Msg::default()
+                },
+                pass,
+            )
+            .is_ok();
+            if let Some(p) = pass {
+                crate::raw_close(p);
+            }
+            if !ok {
+                break;
+            }
+        }
+    }
+    {
+        let _c = crate::sync::enter();
+        let mut s = SERVED.lock().unwrap_or_else(|e| e.into_inner());
+        s.retain(|&f| f != fd);
+        crate::raw_close(fd);
+        drop(s);
+        held.clear();
+    }
+}
+
+/// Serve `fd` (the owner's end of a connection) on a new thread, which
+/// takes every asynchronous signal out of its mask: the program's signals
+/// go to its own threads.
+fn start(fd: c_int, held: HashMap<u64, Arc<Context>>) {
+    SERVED.lock().unwrap_or_else(|e| e.into_inner()).push(fd);
+    // SAFETY: sigfillset/pthread_sigmask on our own sigset_t values.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid sigset pointers.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    let r = std::thread::Builder::new()
+        .name("uiommufd-owner".into())
+        .spawn(move || serve(fd, held));
+    // SAFETY: restoring the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    if let Err(e) = r {
+        tracing::warn!("cannot start the owner thread of a shared context: {e}");
+        SERVED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|&f| f != fd);
+        crate::raw_close(fd);
+    }
+}
+
+/// The key of a context this process owns.
+fn key_of(ctx: &Arc<Context>) -> u64 {
+    Arc::as_ptr(ctx) as u64
+}
+
+// ---------------------------------------------------------------------------
+// fork
+
+/// What the prepare handler set up for one fork.
+struct Pending {
+    /// The connection for the contexts we own: (our end, the child's end),
+    /// and the contexts it holds.
+    own: Option<(c_int, c_int, HashMap<u64, Arc<Context>>)>,
+    /// For each connection we are a client on: the child's new connection.
+    cloned: Vec<(Arc<Conn>, c_int)>,
+}
+
+static PENDING: Mutex<Option<Pending>> = Mutex::new(None);
+
+/// The `fork` prepare handler's part (inside the fork gate): connections
+/// for the child, when this process has any `/dev/iommu` fd.
+pub(crate) fn prepare() {
+    if !table::any_registered() {
+        return;
+    }
+    let entries = table::all();
+    let mut own: HashMap<u64, Arc<Context>> = HashMap::new();
+    let mut conns: Vec<Arc<Conn>> = Vec::new();
+    for (_, e) in &entries {
+        match &e.obj {
+            FdObject::Iommu(ctx) => {
+                own.insert(key_of(ctx), ctx.clone());
+            }
+            FdObject::Remote(rc) => {
+                if !conns.iter().any(|c| Arc::ptr_eq(c, &rc.conn)) {
+                    conns.push(rc.conn.clone());
+                }
+            }
+        }
+    }
+    let own = if own.is_empty() {
+        None
+    } else {
+        match socketpair() {
+            Ok((s, c)) => Some((s, c, own)),
+            Err(e) => {
+                tracing::warn!("fork: cannot share the contexts with the child: {e}");
+                None
+            }
+        }
+    };
+    let mut cloned = Vec::new();
+    for conn in conns {
+        let m = Msg {
+            op: OP_CLONE,
+            ..Msg::default()
+        };
+        match conn.call(&m, true) {
+            Ok((0, Some(fd))) => {
+                use std::os::fd::IntoRawFd;
+                cloned.push((conn, fd.into_raw_fd()));
+            }
+            _ => tracing::warn!("fork: the owner of a shared context did not answer"),
+        }
+    }
+    *PENDING.lock().unwrap_or_else(|e| e.into_inner()) = Some(Pending { own, cloned });
+}
+
+/// The `fork` parent handler's part: serve the child, close its ends.
+pub(crate) fn parent() {
+    let Some(p) = PENDING.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return;
+    };
+    if let Some((server, client, held)) = p.own {
+        crate::raw_close(client);
+        start(server, held);
+    }
+    for (_, fd) in p.cloned {
+        crate::raw_close(fd);
+    }
+}
+
+/// The `fork` child handler's part: every `/dev/iommu` fd becomes a client
+/// of its owner; the parent's sockets are closed.
+pub(crate) fn child() {
+    let Some(p) = PENDING.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return;
+    };
+    // the parent's server ends: not ours to keep open
+    for fd in std::mem::take(&mut *SERVED.lock().unwrap_or_else(|e| e.into_inner())) {
+        crate::raw_close(fd);
+    }
+    let own_conn = p.own.map(|(server, client, held)| {
+        crate::raw_close(server);
+        // the parent's references, not ours to drop
+        std::mem::forget(held);
+        Arc::new(Conn {
+            fd: client,
+            state: Mutex::new(false),
+        })
+    });
+    let cloned: Vec<(Arc<Conn>, Arc<Conn>)> = p
+        .cloned
+        .into_iter()
+        .map(|(old, fd)| {
+            (
+                old,
+                Arc::new(Conn {
+                    fd,
+                    state: Mutex::new(false),
+                }),
+            )
+        })
+        .collect();
+    // one client context per (connection, key), shared by the fds (dups)
+    let mut made: HashMap<(usize, u64), Arc<RemoteCtx>> = HashMap::new();
+    let mut old_conns: Vec<Arc<Conn>> = Vec::new();
+    for (fd, e) in table::all() {
+        let rc = match &e.obj {
+            FdObject::Iommu(ctx) => {
+                let Some(conn) = &own_conn else { continue };
+                let key = key_of(ctx);
+                made.entry((Arc::as_ptr(conn) as usize, key))
+                    .or_insert_with(|| {
+                        Arc::new(RemoteCtx {
+                            key,
+                            conn: conn.clone(),
+                        })
+                    })
+                    .clone()
+            }
+            FdObject::Remote(rc) => {
+                if !old_conns.iter().any(|c| Arc::ptr_eq(c, &rc.conn)) {
+                    old_conns.push(rc.conn.clone());
+                }
+                let Some((_, conn)) = cloned.iter().find(|(o, _)| Arc::ptr_eq(o, &rc.conn)) else {
+                    continue;
+                };
+                made.entry((Arc::as_ptr(conn) as usize, rc.key))
+                    .or_insert_with(|| {
+                        Arc::new(RemoteCtx {
+                            key: rc.key,
+                            conn: conn.clone(),
+                        })
+                    })
+                    .clone()
+            }
+        };
+        let old = table::register(fd, Entry::new(FdObject::Remote(rc), e.dev, e.ino));
+        // the parent's objects: never torn down here
+        std::mem::forget(old);
+    }
+    // the parent's connections: closed here; the parent's `RemoteCtx`s
+    // (forgotten above, so no CLOSE is sent for the parent's references)
+    // keep them alive, never used again
+    for c in old_conns {
+        crate::raw_close(c.fd);
+    }
+}
