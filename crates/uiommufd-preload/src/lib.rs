@@ -977,6 +977,56 @@ fd_creating_hook!(
     memfd_create(name: *const c_char, flags: c_uint)
 );
 
+/// `sendmsg(2)`: a `/dev/iommu` fd passed with `SCM_RIGHTS` carries the
+/// way to its context (see `remote`).
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> isize {
+    if table::any_registered() && !msg.is_null() && !sync::foreign() {
+        quietly(|| {
+            let _c = sync::enter();
+            remote::before_send(msg as u64);
+        });
+    }
+    let Some(real) = real::sendmsg() else {
+        return missing() as isize;
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, msg, flags) }
+}
+
+/// `recvmsg(2)`: fds received with `SCM_RIGHTS` forget stale
+/// registrations, and a `/dev/iommu` fd of another process reaches its
+/// context (see `remote`).
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> isize {
+    let Some(real) = real::recvmsg() else {
+        return missing() as isize;
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let n = unsafe { real(fd, msg, flags) };
+    // SAFETY: the call succeeded, so `msg` is the caller's valid msghdr,
+    // which the kernel just filled.
+    if n >= 0 && !msg.is_null() && unsafe { (*msg).msg_controllen } > 0 && !sync::foreign() {
+        quietly(|| {
+            let _c = sync::enter();
+            // SAFETY: as above.
+            for rfd in unsafe { remote::passed_fds(msg) } {
+                let ops = sync::fd_ops();
+                forget_stale(rfd);
+                drop(ops);
+                remote::after_receive(rfd);
+            }
+        });
+    }
+    n
+}
+
 /// A call that creates two fds in `fds[0..2]`.
 macro_rules! fd_pair_hook {
     ($(#[$m:meta])* $name:ident($($arg:ident: $ty:ty),*)) => {

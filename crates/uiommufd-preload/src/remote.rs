@@ -83,6 +83,13 @@ const OP_CLOSE: u32 = 3;
 /// Request: a new connection holding the same contexts. Reply: 0, its
 /// client end attached.
 const OP_CLONE: u32 = 4;
+/// Request: context `a` is being sent with `SCM_RIGHTS`: hold it for the
+/// receiver. Reply: 0 (or `-errno`), the owner's pid in `b` and its
+/// listening socket's nonce in `c`.
+const OP_HOLD: u32 = 5;
+/// Request (a receiver's): take one reference of context `a` held for an
+/// fd in flight. Reply: 0, or `-EBADF` when none is held.
+const OP_CLAIM: u32 = 6;
 
 /// One request or reply (replies use `a` for the result or `-errno`).
 #[repr(C)]
@@ -305,6 +312,11 @@ impl Drop for Conn {
 impl Conn {
     /// One request and, when `reply`, its answer: `(value, attached fd)`.
     fn call(&self, m: &Msg, reply: bool) -> Result<(i64, Option<OwnedFd>), c_int> {
+        self.exchange(m, reply).map(|(r, f)| (r.a as i64, f))
+    }
+
+    /// [`Conn::call`], with the whole reply.
+    fn exchange(&self, m: &Msg, reply: bool) -> Result<(Msg, Option<OwnedFd>), c_int> {
         let mut hello = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if !*hello {
             let pid = crate::sync::pid();
@@ -326,10 +338,10 @@ impl Conn {
             libc::EIO
         })?;
         if !reply {
-            return Ok((0, None));
+            return Ok((Msg::default(), None));
         }
         match recv(self.fd) {
-            Ok(Some((r, f))) => Ok((r.a as i64, f)),
+            Ok(Some((r, f))) => Ok((r, f)),
             _ => {
                 tracing::debug!("the owner of the context is gone");
                 Err(libc::EIO)
@@ -415,6 +427,7 @@ fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
         let Ok(Some((m, passed))) = recv(fd) else {
             break;
         };
+        let mut extra = (0u64, 0u64);
         let reply = match m.op {
             OP_HELLO => {
                 if let Some(pidfd) = passed {
@@ -461,6 +474,29 @@ fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
                 }
                 Err(e) => Some((-i64::from(e.raw_os_error().unwrap_or(libc::EIO)), None)),
             },
+            OP_HOLD => {
+                let _c = crate::sync::enter();
+                match (held.get(&m.a), listener()) {
+                    (Some(ctx), Ok(name)) => {
+                        inflight().push((m.a, ctx.clone()));
+                        extra = name;
+                        Some((0, None))
+                    }
+                    (None, _) => Some((-i64::from(libc::EBADF), None)),
+                    (_, Err(e)) => Some((-i64::from(e), None)),
+                }
+            }
+            OP_CLAIM => {
+                let _c = crate::sync::enter();
+                match claim(m.a) {
+                    Some(ctx) => {
+                        let old = held.insert(m.a, ctx);
+                        drop(old);
+                        Some((0, None))
+                    }
+                    None => Some((-i64::from(libc::EBADF), None)),
+                }
+            }
             _ => Some((-i64::from(libc::EINVAL), None)),
         };
         if let Some((r, pass)) = reply {
@@ -469,6 +505,8 @@ fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
                 &Msg {
                     op: m.op,
                     a: r as u64,
+                    b: extra.0,
+                    c: extra.1,
                     ..Msg::default()
                 },
                 pass,
@@ -606,13 +644,20 @@ pub(crate) fn parent() {
 /// The `fork` child handler's part: every `/dev/iommu` fd becomes a client
 /// of its owner; the parent's sockets are closed.
 pub(crate) fn child() {
-    let Some(p) = PENDING.lock().unwrap_or_else(|e| e.into_inner()).take() else {
-        return;
-    };
-    // the parent's server ends: not ours to keep open
+    // the parent's server ends and listening socket: not ours to keep open
     for fd in std::mem::take(&mut *SERVED.lock().unwrap_or_else(|e| e.into_inner())) {
         crate::raw_close(fd);
     }
+    if let Some(l) = LISTENER.lock().unwrap_or_else(|e| e.into_inner()).take() {
+        crate::raw_close(l.fd);
+    }
+    // the parent's references for fds in flight, and its connections as a
+    // receiver (their sockets are closed below)
+    std::mem::forget(std::mem::take(&mut *inflight()));
+    CONNS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    let Some(p) = PENDING.lock().unwrap_or_else(|e| e.into_inner()).take() else {
+        return;
+    };
     let own_conn = p.own.map(|(server, client, held)| {
         crate::raw_close(server);
         // the parent's references, not ours to drop
@@ -641,7 +686,12 @@ pub(crate) fn child() {
     for (fd, e) in table::all() {
         let rc = match &e.obj {
             FdObject::Iommu(ctx) => {
-                let Some(conn) = &own_conn else { continue };
+                let Some(conn) = &own_conn else {
+                    // no connection (logged by prepare): the fd stays a
+                    // bare memfd here, the parent's objects untouched
+                    std::mem::forget(table::unregister(fd));
+                    continue;
+                };
                 let key = key_of(ctx);
                 made.entry((Arc::as_ptr(conn) as usize, key))
                     .or_insert_with(|| {
@@ -657,6 +707,7 @@ pub(crate) fn child() {
                     old_conns.push(rc.conn.clone());
                 }
                 let Some((_, conn)) = cloned.iter().find(|(o, _)| Arc::ptr_eq(o, &rc.conn)) else {
+                    std::mem::forget(table::unregister(fd));
                     continue;
                 };
                 made.entry((Arc::as_ptr(conn) as usize, rc.key))
@@ -679,4 +730,394 @@ pub(crate) fn child() {
     for c in old_conns {
         crate::raw_close(c.fd);
     }
+}
+
+// ---------------------------------------------------------------------------
+// SCM_RIGHTS
+
+/// This process's listening socket, for the receivers of fds it sent: an
+/// abstract Unix socket named `uiommufd/PID/NONCE`.
+struct Listener {
+    fd: c_int,
+    nonce: u64,
+}
+
+static LISTENER: Mutex<Option<Listener>> = Mutex::new(None);
+
+/// References held for fds in flight (sent, not yet received): (key,
+/// context), one per fd sent. A receiver claims one (`OP_CLAIM`); an fd
+/// that nobody with the preload receives keeps its context until the owner
+/// exits.
+static INFLIGHT: Mutex<Vec<(u64, Arc<Context>)>> = Mutex::new(Vec::new());
+
+fn inflight() -> std::sync::MutexGuard<'static, Vec<(u64, Arc<Context>)>> {
+    INFLIGHT.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Take one in-flight reference of context `key`.
+fn claim(key: u64) -> Option<Arc<Context>> {
+    let mut v = inflight();
+    let i = v.iter().position(|(k, _)| *k == key)?;
+    Some(v.swap_remove(i).1)
+}
+
+/// The abstract address of owner `pid`'s listening socket.
+fn address(pid: i32, nonce: u64) -> (libc::sockaddr_un, libc::socklen_t) {
+    // SAFETY: an all-zero sockaddr_un is valid.
+    let mut a: libc::sockaddr_un = unsafe { std::mem::zeroed() };
+    a.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let name = format!("uiommufd/{pid}/{nonce:016x}");
+    // sun_path[0] stays 0: the abstract namespace
+    for (d, s) in a.sun_path[1..].iter_mut().zip(name.bytes()) {
+        *d = s as libc::c_char;
+    }
+    let len = std::mem::size_of::<libc::sa_family_t>() + 1 + name.len();
+    (a, len as libc::socklen_t)
+}
+
+/// A new socket of ours, out of the program's way. Inside a critical
+/// section: a birth while it is at the lowest free number.
+fn new_socket() -> Result<c_int, c_int> {
+    let _birth = crate::sync::Birth::new();
+    let _ops = crate::sync::fd_ops();
+    // SAFETY: socket(2) by raw system call (`socket` is hooked).
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_socket,
+            libc::AF_UNIX,
+            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+            0,
+        )
+    } as c_int;
+    if fd < 0 {
+        return Err(crate::path::errno());
+    }
+    Ok(hide(fd))
+}
+
+/// This process's listening socket, started on first use: `(pid, nonce)`.
+/// Inside a critical section.
+fn listener() -> Result<(u64, u64), c_int> {
+    let mut l = LISTENER.lock().unwrap_or_else(|e| e.into_inner());
+    let pid = crate::sync::pid();
+    if let Some(l) = &*l {
+        return Ok((pid as u64, l.nonce));
+    }
+    let mut nonce = 0u64;
+    // SAFETY: getrandom fills the 8 bytes of `nonce`.
+    unsafe { libc::getrandom((&mut nonce as *mut u64).cast(), 8, 0) };
+    let fd = new_socket()?;
+    let (addr, len) = address(pid, nonce);
+    // SAFETY: bind/listen on our socket with a valid address.
+    let ok = unsafe {
+        libc::syscall(libc::SYS_bind, fd, &addr as *const libc::sockaddr_un, len) == 0
+            && libc::syscall(libc::SYS_listen, fd, 64) == 0
+    };
+    if !ok {
+        let e = crate::path::errno();
+        crate::raw_close(fd);
+        return Err(e);
+    }
+    // SAFETY: sigfillset/pthread_sigmask on our own sigset_t values.
+    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: as above.
+    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
+    // SAFETY: valid sigset pointers.
+    unsafe {
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+    }
+    let r = std::thread::Builder::new()
+        .name("uiommufd-listen".into())
+        .spawn(move || accept_loop(fd));
+    // SAFETY: restoring the mask saved above.
+    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
+    if r.is_err() {
+        crate::raw_close(fd);
+        return Err(libc::EAGAIN);
+    }
+    *l = Some(Listener { fd, nonce });
+    Ok((pid as u64, nonce))
+}
+
+/// Accept the receivers of our fds, each served like a fork child.
+fn accept_loop(lfd: c_int) {
+    loop {
+        let mut p = libc::pollfd {
+            fd: lfd,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd we own.
+        let r = unsafe { libc::syscall(libc::SYS_poll, &mut p, 1, -1) };
+        if r < 0 && crate::path::errno() == libc::EINTR {
+            continue;
+        }
+        if r < 0 || p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+            return;
+        }
+        let _c = crate::sync::enter();
+        let fd = {
+            let _birth = crate::sync::Birth::new();
+            let _ops = crate::sync::fd_ops();
+            // SAFETY: accept4 on our listening socket, no address wanted.
+            let fd = unsafe {
+                libc::syscall(
+                    libc::SYS_accept4,
+                    lfd,
+                    std::ptr::null_mut::<libc::sockaddr>(),
+                    std::ptr::null_mut::<libc::socklen_t>(),
+                    libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+                )
+            } as c_int;
+            if fd < 0 {
+                continue;
+            }
+            hide(fd)
+        };
+        // blocking again: the server thread waits in poll anyway
+        // SAFETY: fcntl on our own fd.
+        unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_SETFL, 0) };
+        start(fd, HashMap::new());
+    }
+}
+
+/// The first bytes of an emulated fd's memfd once it was sent: how a
+/// receiver reaches the context.
+const HEADER: &str = "uiommufd-owner";
+const HEADER_LEN: usize = 96;
+
+/// Write the header into the memfd behind `fd` (the file is shared by
+/// every holder of the fd).
+fn write_header(fd: c_int, pid: u64, nonce: u64, key: u64) {
+    let text = format!("{HEADER} {pid} {nonce:016x} {key:016x}\n");
+    let mut buf = [0u8; HEADER_LEN];
+    buf[..text.len()].copy_from_slice(text.as_bytes());
+    // SAFETY: pwrite of our buffer to the memfd; raw: `pwrite` is hooked.
+    unsafe { libc::syscall(libc::SYS_pwrite64, fd, buf.as_ptr(), buf.len(), 0) };
+}
+
+/// The header of `fd`, when it is one of our memfds that was sent:
+/// `(owner pid, nonce, key)`.
+fn read_header(fd: c_int) -> Option<(i32, u64, u64)> {
+    let link = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).ok()?;
+    let mut target = [0u8; 128];
+    // SAFETY: readlink into our buffer; raw: `readlink` is hooked.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_readlinkat,
+            libc::AT_FDCWD,
+            link.as_ptr(),
+            target.as_mut_ptr(),
+            target.len(),
+        )
+    };
+    if n <= 0 || !target[..n as usize].starts_with(b"/memfd:uiommufd:") {
+        return None;
+    }
+    let mut buf = [0u8; HEADER_LEN];
+    // SAFETY: pread into our buffer; raw: `pread` is hooked.
+    let n = unsafe { libc::syscall(libc::SYS_pread64, fd, buf.as_mut_ptr(), buf.len(), 0) };
+    if n <= 0 {
+        return None;
+    }
+    let text = std::str::from_utf8(&buf[..n as usize]).ok()?;
+    let mut f = text.trim_end_matches('\0').split_ascii_whitespace();
+    if f.next()? != HEADER {
+        return None;
+    }
+    let pid = f.next()?.parse().ok()?;
+    let nonce = u64::from_str_radix(f.next()?, 16).ok()?;
+    let key = u64::from_str_radix(f.next()?, 16).ok()?;
+    Some((pid, nonce, key))
+}
+
+/// The fds of the `SCM_RIGHTS` messages in `msg` (read fault-safely: the
+/// program's pointers).
+fn control_fds(msg: u64) -> Vec<c_int> {
+    use uiommufd::user::SelfMemory;
+    let mut out = Vec::new();
+    let mut hdr = [0u8; std::mem::size_of::<libc::msghdr>()];
+    if SelfMemory.read(msg, &mut hdr).is_err() {
+        return out;
+    }
+    // SAFETY: `hdr` holds the bytes of a msghdr.
+    let h: libc::msghdr = unsafe { std::ptr::read_unaligned(hdr.as_ptr().cast()) };
+    if h.msg_control.is_null() || h.msg_controllen == 0 || h.msg_controllen > 1 << 16 {
+        return out;
+    }
+    let mut ctl = vec![0u64; h.msg_controllen.div_ceil(8)];
+    // SAFETY: viewing our u64 buffer as bytes.
+    let bytes =
+        unsafe { std::slice::from_raw_parts_mut(ctl.as_mut_ptr().cast::<u8>(), h.msg_controllen) };
+    if SelfMemory.read(h.msg_control as u64, bytes).is_err() {
+        return out;
+    }
+    let mut copy = h;
+    copy.msg_control = ctl.as_mut_ptr().cast();
+    // SAFETY: walking the control messages in our own copy.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&copy);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
+                let data = libc::CMSG_DATA(c).cast::<c_int>();
+                let count = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / 4;
+                for i in 0..count {
+                    out.push(std::ptr::read_unaligned(data.add(i)));
+                }
+            }
+            c = libc::CMSG_NXTHDR(&copy, c);
+        }
+    }
+    out
+}
+
+/// The fds a successful `recvmsg` just received.
+///
+/// # Safety
+/// `msg` is the msghdr the kernel just filled.
+pub(crate) unsafe fn passed_fds(msg: *mut libc::msghdr) -> Vec<c_int> {
+    control_fds(msg as u64)
+}
+
+/// Before the program sends `msg`: every `/dev/iommu` fd in it gets a
+/// reference held for its receiver, and its memfd the header that leads
+/// there. Inside a critical section.
+pub(crate) fn before_send(msg: u64) {
+    for fd in control_fds(msg) {
+        let Some(e) = table::lookup(fd) else { continue };
+        let r = match &e.obj {
+            FdObject::Iommu(ctx) => listener().map(|(pid, nonce)| {
+                let key = key_of(ctx);
+                inflight().push((key, ctx.clone()));
+                (pid, nonce, key)
+            }),
+            FdObject::Remote(rc) => {
+                let m = Msg {
+                    op: OP_HOLD,
+                    a: rc.key,
+                    ..Msg::default()
+                };
+                match rc.conn.exchange(&m, true) {
+                    Ok((r, _)) if r.a == 0 => Ok((r.b, r.c, rc.key)),
+                    Ok((r, _)) => Err((r.a as i64).unsigned_abs() as c_int),
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        match r {
+            Ok((pid, nonce, key)) => write_header(fd, pid, nonce, key),
+            Err(e) => tracing::debug!(fd, errno = e, "cannot share a sent /dev/iommu fd"),
+        }
+    }
+}
+
+/// Connections of this process as a receiver, by owner.
+static CONNS: Mutex<Vec<(Owner, std::sync::Weak<Conn>)>> = Mutex::new(Vec::new());
+
+/// An owner's listening socket: its pid and nonce.
+type Owner = (i32, u64);
+
+/// The connection to owner `(pid, nonce)`, made on first use.
+fn connect(pid: i32, nonce: u64) -> Result<Arc<Conn>, c_int> {
+    let mut conns = CONNS.lock().unwrap_or_else(|e| e.into_inner());
+    conns.retain(|(_, w)| w.strong_count() > 0);
+    if let Some(c) = conns
+        .iter()
+        .find(|(k, _)| *k == (pid, nonce))
+        .and_then(|(_, w)| w.upgrade())
+    {
+        return Ok(c);
+    }
+    let fd = new_socket()?;
+    let (addr, len) = address(pid, nonce);
+    // SAFETY: connect our socket to a valid address.
+    if unsafe {
+        libc::syscall(
+            libc::SYS_connect,
+            fd,
+            &addr as *const libc::sockaddr_un,
+            len,
+        )
+    } != 0
+    {
+        let e = crate::path::errno();
+        crate::raw_close(fd);
+        return Err(e);
+    }
+    let c = Arc::new(Conn {
+        fd,
+        state: Mutex::new(false),
+    });
+    conns.push(((pid, nonce), Arc::downgrade(&c)));
+    Ok(c)
+}
+
+/// After `fd` was received with `SCM_RIGHTS`: when it is a `/dev/iommu` fd
+/// of another process's context (or one of ours coming back), register it.
+/// Inside a critical section.
+pub(crate) fn after_receive(fd: c_int) {
+    let Some((pid, nonce, key)) = read_header(fd) else {
+        return;
+    };
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat of the received fd into our buffer.
+    if unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) } != 0 {
+        return;
+    }
+    let ours = LISTENER
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .as_ref()
+        .is_some_and(|l| l.nonce == nonce)
+        && pid == crate::sync::pid();
+    let obj = if ours {
+        match claim(key) {
+            Some(ctx) => FdObject::Iommu(ctx),
+            None => return,
+        }
+    } else {
+        let conn = match connect(pid, nonce) {
+            Ok(c) => c,
+            Err(e) => {
+                tracing::debug!(
+                    fd,
+                    pid,
+                    errno = e,
+                    "cannot reach the owner of a received /dev/iommu fd"
+                );
+                return;
+            }
+        };
+        let m = Msg {
+            op: OP_CLAIM,
+            a: key,
+            ..Msg::default()
+        };
+        // one client context per (connection, key): another fd of the same
+        // context already here shares it (its last close drops the owner's
+        // reference, which the claim below does not add twice)
+        let same = table::all().into_iter().find_map(|(_, e)| match e.obj {
+            FdObject::Remote(rc) if rc.key == key && Arc::ptr_eq(&rc.conn, &conn) => Some(rc),
+            _ => None,
+        });
+        match conn.call(&m, true) {
+            Ok((0, _)) => {
+                FdObject::Remote(same.unwrap_or_else(|| Arc::new(RemoteCtx { key, conn })))
+            }
+            _ => {
+                tracing::debug!(
+                    fd,
+                    pid,
+                    "the owner holds no reference for a received /dev/iommu fd"
+                );
+                return;
+            }
+        }
+    };
+    let ops = crate::sync::fd_ops();
+    let old = table::register(fd, Entry::new(obj, st.st_dev, st.st_ino));
+    drop(ops);
+    drop(old);
 }

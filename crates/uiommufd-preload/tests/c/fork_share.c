@@ -1,0 +1,155 @@
+/* SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause */
+/*
+ * A /dev/iommu fd inherited across fork refers to the parent's context,
+ * under libuiommufd_preload.so (run with LD_PRELOAD set):
+ *
+ *  - objects a child and a grandchild (a fork of the child: its fd is
+ *    itself inherited) allocate are the parent's to destroy;
+ *  - the context lives while a child holds the fd, after the parent closed
+ *    its own;
+ *  - the child maps MAP_SHARED memory it shares with the parent into a
+ *    mock domain, and the parent's access reads what the child wrote.
+ *
+ * Prints "OK" and exits 0 when every check passed.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "uapi_test.h"
+
+#define IOVA 0x1000000ull /* inside the mock aperture */
+
+static uint32_t ioas_alloc(int fd)
+{
+	struct iommu_ioas_alloc a = { .size = sizeof(a) };
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, &a))
+		return 0;
+	return a.out_ioas_id;
+}
+
+static int destroy(int fd, uint32_t id)
+{
+	struct iommu_destroy d = { .size = sizeof(d), .id = id };
+	return ioctl(fd, IOMMU_DESTROY, &d);
+}
+
+static int wait_ok(pid_t pid)
+{
+	int st = 0;
+	return waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+static void objects_of_children(void)
+{
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open");
+	int p[2];
+	CHECK(pipe(p) == 0, "pipe");
+	pid_t child = fork();
+	if (child == 0) {
+		uint32_t id = ioas_alloc(fd);
+		pid_t grandchild = fork();
+		if (grandchild == 0) {
+			uint32_t id3 = ioas_alloc(fd);
+			_exit(write(p[1], &id3, 4) == 4 && id3 ? 0 : 1);
+		}
+		int ok = wait_ok(grandchild);
+		_exit(write(p[1], &id, 4) == 4 && id && ok ? 0 : 1);
+	}
+	uint32_t ids[2] = { 0, 0 };
+	CHECK(read(p[0], &ids[0], 4) == 4 && read(p[0], &ids[1], 4) == 4, "ids");
+	CHECK(wait_ok(child), "child");
+	CHECK(ids[0] && ids[1] && ids[0] != ids[1], "two ids %u %u", ids[0], ids[1]);
+	CHECK(destroy(fd, ids[0]) == 0, "destroy the grandchild's IOAS %u", ids[0]);
+	CHECK(destroy(fd, ids[1]) == 0, "destroy the child's IOAS %u", ids[1]);
+	errno = 0;
+	CHECK(destroy(fd, ids[0]) == -1 && errno == ENOENT, "destroyed once");
+	close(p[0]);
+	close(p[1]);
+	close(fd);
+}
+
+static void outlives_the_parents_fd(void)
+{
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open");
+	uint32_t ioas = ioas_alloc(fd);
+	int p[2];
+	CHECK(pipe(p) == 0, "pipe");
+	pid_t child = fork();
+	if (child == 0) {
+		char c;
+		close(p[1]);
+		if (read(p[0], &c, 1) != 1)
+			_exit(2);
+		/* the parent has closed its fd: the context is still ours */
+		_exit(ioas_alloc(fd) && destroy(fd, ioas) == 0 ? 0 : 1);
+	}
+	close(p[0]);
+	close(fd);
+	CHECK(write(p[1], "g", 1) == 1, "go");
+	CHECK(wait_ok(child), "the child's calls after the parent's close");
+	close(p[1]);
+}
+
+static void shared_memory_in_a_domain(void)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open");
+	uint32_t ioas = ioas_alloc(fd);
+	struct iommu_test_cmd d = { .size = sizeof(d), .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = ioas };
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &d) == 0, "MOCK_DOMAIN");
+	struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_CREATE_ACCESS, .id = ioas };
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &c) == 0, "CREATE_ACCESS");
+	unsigned char *buf = mmap(NULL, 2 * pg, PROT_READ | PROT_WRITE,
+				  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	CHECK(buf != MAP_FAILED, "mmap");
+	pid_t child = fork();
+	if (child == 0) {
+		memset(buf, 0x3c, 2 * pg);
+		struct iommu_ioas_map m = {
+			.size = sizeof(m),
+			.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE |
+				 IOMMU_IOAS_MAP_WRITEABLE,
+			.ioas_id = ioas,
+			.user_va = (uintptr_t)buf,
+			.length = 2 * pg,
+			.iova = IOVA,
+		};
+		_exit(ioctl(fd, IOMMU_IOAS_MAP, &m) == 0 ? 0 : 1);
+	}
+	CHECK(wait_ok(child), "the child's IOAS_MAP into a domain");
+	unsigned char got[32] = { 0 };
+	struct iommu_test_cmd rw = { .size = sizeof(rw), .op = IOMMU_TEST_OP_ACCESS_RW,
+				     .id = c.create_access.out_access_fd };
+	rw.access_rw.iova = IOVA + pg - 16;
+	rw.access_rw.length = sizeof(got);
+	rw.access_rw.uptr = (uintptr_t)got;
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &rw) == 0, "ACCESS_RW after the child exited");
+	for (size_t i = 0; i < sizeof(got); i++)
+		CHECK(got[i] == 0x3c, "byte %zu", i);
+	close(fd);
+}
+
+int main(void)
+{
+	objects_of_children();
+	outlives_the_parents_fd();
+	shared_memory_in_a_domain();
+	if (failures) {
+		fprintf(stderr, "%d failures\n", failures);
+		return 1;
+	}
+	printf("OK\n");
+	return 0;
+}
