@@ -25,6 +25,11 @@
 //!   as the kernel's `unsigned int cmd` does. Errors become `-1` + `errno`.
 //! * `close`, `close_range`, `closefrom`: unregister (the context dies when
 //!   its last fd is closed and no ioctl is in flight on it).
+//! * `fork` (`pthread_atfork` handlers), `sendmsg` and `recvmsg`: one context
+//!   across processes (see `remote`). A fork child's `/dev/iommu` fds, and
+//!   such fds received with `SCM_RIGHTS`, send their ioctls to the process
+//!   that opened them, which runs them as the caller; `sendmsg` of such an
+//!   fd writes into its memfd how the receiver reaches that process.
 //! * `dup`, `dup2`, `dup3`, `fcntl`/`fcntl64` with `F_DUPFD`/`F_DUPFD_CLOEXEC`:
 //!   the new fd refers to the same context; an fd that `dup2`/`dup3` closes
 //!   implicitly is unregistered. The file-level ioctls the kernel answers
@@ -145,13 +150,16 @@
 //! * Static binaries, raw `syscall(SYS_open, ..)`/`SYS_ioctl` and libc-internal
 //!   calls (glibc's `fopen` uses the non-interposable `__open_nocancel`) bypass
 //!   the shim. Use `open`/`openat` to reach `/dev/iommu`.
-//! * After `fork()` the child has a *copy* of the engine state (the fd table
-//!   and every context), not a shared one: objects created by the parent after
-//!   the fork are invisible to the child and vice versa. Pinned memory is
-//!   that of each process's own address space.
-//! * Fds passed over `SCM_RIGHTS`, kept across `exec`, or inherited by a
-//!   process without the preload are plain memfds: the context does not travel
-//!   with them (their ioctls fail with `ENOTTY` from the kernel).
+//! * A `/dev/iommu` fd inherited across `fork` or received with
+//!   `SCM_RIGHTS` reaches the context in the process that opened it (see
+//!   `remote`: the calls run there, as the caller), with the limits listed
+//!   there: another process's private memory is not host memory of the
+//!   engine, fd-naming commands are `EOPNOTSUPP` from another process,
+//!   inherited engine fds answer from the child's copy of the engine, pins
+//!   are charged to the owner. Fds kept across `exec` by a process that
+//!   does not own their context, or inherited by a process without the
+//!   preload, are plain memfds (their ioctls fail with `ENOTTY` from the
+//!   kernel).
 //! * `fstat` on an emulated fd shows a memfd, not a character device;
 //!   `read`/`write`/`mmap` act on the memfd.
 //! * Engine fds show as `anon_inode:[eventfd]`, not `[iommufd-pgfault]` &c.

@@ -1,5 +1,6 @@
 //! One context across processes: a `/dev/iommu` fd held by a process that
-//! does not hold its engine (a `fork` child).
+//! does not hold its engine (a `fork` child, a grandchild, a receiver of the
+//! fd over `SCM_RIGHTS`).
 //!
 //! # The kernel's model, and ours
 //!
@@ -46,6 +47,44 @@
 //! (never torn down: the objects belong to the owner), and closes the
 //! parent's server and client sockets it inherited, so the owner sees end
 //! of file exactly when the processes that use a connection are gone.
+//!
+//! # SCM_RIGHTS
+//!
+//! `sendmsg` of a `/dev/iommu` fd holds a reference of its context for the
+//! receiver (in the owner's in-flight list; a client asks its owner with
+//! `HOLD`) and writes a header into the fd's memfd — one file shared by
+//! every holder of the fd — naming the owner's listening socket (an
+//! abstract Unix socket `uiommufd/PID/NONCE`, started on the first send)
+//! and the context's key. `recvmsg` looks at every fd received: one of our
+//! memfds with a header connects to that owner (once per owner) and claims
+//! the held reference (`CLAIM`), and becomes a client entry; an fd that
+//! comes back to its owner is its context again. Accepted connections are
+//! served as fork children's are.
+//!
+//! # Why this shape
+//!
+//! * **The owner keeps the engine**, rather than a daemon holding every
+//!   context: a program that never shares its fd (every VMM and test today)
+//!   runs exactly as before, with no extra process, no socket and no lock
+//!   on its ioctl path; the cost of sharing falls on the processes that
+//!   share. The price: the owner's exit ends the context for everyone.
+//! * **A connection per fork, made before the fork** (a socket pair, not a
+//!   connect from the child): the owner holds the child's references from
+//!   the instant the child exists, so the parent may close its fd at once;
+//!   end of file on the pair says exactly when every process using it is
+//!   gone (each side closes the other's inherited ends).
+//! * **A pidfd per client**: liveness without pid reuse, the test of the
+//!   kernel's "the mm is gone" (`fork_gone`).
+//! * **Memory in place or through the process, never converted**: the
+//!   classic alternative moves a client's private range into a memfd at
+//!   `IOAS_MAP` (copy, `mmap MAP_FIXED` over it) so the owner can map it;
+//!   that silently turns private memory shared (a later `fork` of the
+//!   client would share it with its child) and races the client's other
+//!   threads writing the range meanwhile. Shared mappings the owner already
+//!   has at the same address (what `fork` leaves) are used in place instead,
+//!   and private memory stays the client's, reached with
+//!   `process_vm_readv`/`process_vm_writev` (see
+//!   [`uiommufd::process`]).
 //!
 //! # What a client cannot do (yet)
 //!

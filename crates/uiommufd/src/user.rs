@@ -7,8 +7,8 @@
 //! kernel checks the pointers for us, so a bad pointer is `EFAULT`, never
 //! `SIGSEGV`) and from `MADV_POPULATE_{READ,WRITE}`, which faults pages in
 //! with the access the mapping needs and refuses unmapped or forbidden
-//! memory. A later shared-state mode (a daemon holding the engine) will add a
-//! second implementation that targets another pid.
+//! memory. [`crate::process::ProcessMemory`] is the memory of another
+//! process, for the calls of processes that share a context with ours.
 
 use crate::{Error, Result};
 
