@@ -70,7 +70,7 @@ impl ProcessMemory {
             revents: 0,
         };
         // SAFETY: one pollfd we own; a zero timeout never blocks.
-        let r = unsafe { libc::poll(&mut p, 1, 0) };
+        let r = unsafe { libc::syscall(libc::SYS_poll, &mut p as *mut libc::pollfd, 1, 0) };
         r == 0
     }
 
@@ -126,8 +126,7 @@ impl ProcessMemory {
     /// Whether `[addr, addr + len)` of the process is writable, from its
     /// `/proc/PID/maps` permissions.
     fn writable(&self, addr: u64, len: u64) -> bool {
-        let path = format!("/proc/{}/maps", self.pid);
-        let Ok(text) = std::fs::read_to_string(path) else {
+        let Some(text) = read_proc(&format!("/proc/{}/maps", self.pid)) else {
             return false;
         };
         let end = addr.saturating_add(len);
@@ -273,6 +272,37 @@ impl UserMemory for ProcessMemory {
     }
 }
 
+/// The text of a `/proc` file, read with raw system calls (under the
+/// preload `open` and `read` are the program's hooked entry points).
+fn read_proc(path: &str) -> Option<String> {
+    let path = std::ffi::CString::new(path).ok()?;
+    // SAFETY: a NUL-terminated path; the fd is ours and closed below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    } as i32;
+    if fd < 0 {
+        return None;
+    }
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // SAFETY: reading into our own buffer of that size.
+        let n = unsafe { libc::syscall(libc::SYS_read, fd, chunk.as_mut_ptr(), chunk.len()) };
+        if n <= 0 {
+            break;
+        }
+        text.extend_from_slice(&chunk[..n as usize]);
+    }
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+    String::from_utf8(text).ok()
+}
+
 /// A pidfd for `pid` (`pidfd_open`, Linux 5.3+).
 pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     use std::os::fd::FromRawFd;
@@ -310,6 +340,56 @@ mod tests {
         assert_eq!(m.populate(8, 1, false).unwrap_err().errno().0, libc::EFAULT);
         // private memory is not ours to alias
         assert!(m.pages_memory(src.as_ptr() as u64, 16).is_none());
+    }
+
+    #[test]
+    fn shared_memory_is_reached_in_place_and_read_only_memory_refuses_write_pins() {
+        let m = me();
+        let ps = page_size() as usize;
+        // SAFETY: fresh mappings of our own, unmapped at the end.
+        let (shared, ro) = unsafe {
+            (
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    2 * ps,
+                    libc::PROT_READ | libc::PROT_WRITE,
+                    libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                ),
+                libc::mmap(
+                    std::ptr::null_mut(),
+                    ps,
+                    libc::PROT_READ,
+                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                    -1,
+                    0,
+                ),
+            )
+        };
+        assert!(shared != libc::MAP_FAILED && ro != libc::MAP_FAILED);
+        let p = m
+            .pages_memory(shared as u64, 2 * ps as u64)
+            .expect("a shared mapping both processes have");
+        assert!(p.direct() && p.mappable());
+        assert!(!m.direct() && !m.mappable());
+        p.write(shared as u64 + 5, &[9]).unwrap();
+        // SAFETY: byte 5 of our own mapping, just written.
+        assert_eq!(unsafe { *(shared as *const u8).add(5) }, 9);
+        p.populate(shared as u64, 2 * ps as u64, true).unwrap();
+        m.populate(ro as u64, ps as u64, false).unwrap();
+        assert_eq!(
+            m.populate(ro as u64, ps as u64, true)
+                .unwrap_err()
+                .errno()
+                .0,
+            libc::EFAULT
+        );
+        // SAFETY: the mappings made above.
+        unsafe {
+            libc::munmap(shared, 2 * ps);
+            libc::munmap(ro, ps);
+        }
     }
 
     #[test]
