@@ -8,7 +8,8 @@
  *  - the context lives while a child holds the fd, after the parent closed
  *    its own;
  *  - the child maps MAP_SHARED memory it shares with the parent into a
- *    mock domain, and the parent's access reads what the child wrote.
+ *    mock domain, and the parent's access reads what the child wrote;
+ *  - the owner's exit ends the context: a child's calls are then EIO.
  *
  * Prints "OK" and exits 0 when every check passed.
  */
@@ -141,11 +142,46 @@ static void shared_memory_in_a_domain(void)
 	close(fd);
 }
 
+/* The owner's exit ends its contexts (a documented difference: the kernel
+ * keeps the file while any process holds it): the child's calls are EIO. */
+static void owner_exit(void)
+{
+	int p[2], res[2];
+	CHECK(pipe(p) == 0 && pipe(res) == 0, "pipe");
+	pid_t owner = fork();
+	if (owner == 0) {
+		int fd = open("/dev/iommu", O_RDWR);
+		pid_t child = fork();
+		if (child == 0) {
+			char c;
+			close(p[1]);
+			close(res[0]);
+			/* end of file: the owner has exited */
+			if (read(p[0], &c, 1) != 0)
+				_exit(2);
+			struct iommu_ioas_alloc a = { .size = sizeof(a) };
+			errno = 0;
+			int r = ioctl(fd, IOMMU_IOAS_ALLOC, &a);
+			c = r == -1 && errno == EIO ? 'y' : 'n';
+			_exit(write(res[1], &c, 1) == 1 ? 0 : 1);
+		}
+		_exit(fd >= 0 && ioas_alloc(fd) ? 0 : 1);
+	}
+	close(p[0]);
+	close(p[1]);
+	close(res[1]);
+	CHECK(wait_ok(owner), "the owner");
+	char c = 0;
+	CHECK(read(res[0], &c, 1) == 1 && c == 'y', "EIO after the owner's exit (%c)", c);
+	close(res[0]);
+}
+
 int main(void)
 {
 	objects_of_children();
 	outlives_the_parents_fd();
 	shared_memory_in_a_domain();
+	owner_exit();
 	if (failures) {
 		fprintf(stderr, "%d failures\n", failures);
 		return 1;
