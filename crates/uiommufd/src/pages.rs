@@ -604,6 +604,11 @@ impl Pages {
         self.registered.store(true, Ordering::Relaxed);
     }
 
+    /// The account the pins are charged to (`IOAS_CHANGE_PROCESS` moves it).
+    pub fn account(&self) -> &Account {
+        &self.account
+    }
+
     /// Page-aligned user address of page 0.
     pub fn uptr(&self) -> u64 {
         self.uptr
