@@ -230,6 +230,7 @@ fn fail(e: c_int) -> c_int {
 
 extern "C" fn preload_init() {
     sync::init();
+    let _ = guard(uiommufd::accounting::note_initial_caps);
     let _ = guard(signals::init);
     let _ = guard(signals::scan_existing_handlers);
     let _ = guard(table::init_paranoia);
@@ -984,6 +985,31 @@ fd_creating_hook!(
     /// `memfd_create(2)`, forgetting a stale registration of the new fd.
     memfd_create(name: *const c_char, flags: c_uint)
 );
+
+/// `fopen` of `/proc/PID/status` while this process has a `/dev/iommu` fd:
+/// the text with the engine's pins in `VmPin`/`VmLck` (see
+/// `remote::status_file`), as a stream on a memfd. `None`: not such a
+/// path, or nothing to add (the real file is opened).
+///
+/// # Safety
+/// `path` and `mode` are read fault-safely (any pointer value is fine).
+unsafe fn status_fopen(path: *const c_char, mode: *const c_char) -> Option<*mut libc::FILE> {
+    if path.is_null() || mode.is_null() || !table::any_registered() || sync::foreign() {
+        return None;
+    }
+    let fd = guard(|| {
+        let _c = sync::enter();
+        let p = path::UserPath::read(path).ok()?;
+        remote::status_file(p.as_cstr().to_bytes())
+    })??;
+    // SAFETY: our fresh memfd and the caller's mode string.
+    let f = unsafe { libc::fdopen(fd, mode) };
+    if f.is_null() {
+        raw_close(fd);
+        return None;
+    }
+    Some(f)
+}
 
 /// `sendmsg(2)`: a `/dev/iommu` fd passed with `SCM_RIGHTS` carries the
 /// way to its context (see `remote`).

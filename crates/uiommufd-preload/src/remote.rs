@@ -129,6 +129,9 @@ const OP_HOLD: u32 = 5;
 /// Request (a receiver's): take one reference of context `a` held for an
 /// fd in flight. Reply: 0, or `-EBADF` when none is held.
 const OP_CLAIM: u32 = 6;
+/// Request: the pins the owner charges to process `a`. Reply: 0, pinned
+/// pages in `b`, locked pages (`RLIMIT_MODE` 1) in `c`.
+const OP_STATUS: u32 = 7;
 
 /// One request or reply (replies use `a` for the result or `-errno`).
 #[repr(C)]
@@ -462,6 +465,7 @@ fn refused(ctx: &Context, mem: &ProcessMemory, cmd: u32, arg: u64) -> Option<&'s
 fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
     let mut mem: Option<Arc<dyn UserMemory>> = None;
     let mut pm: Option<Arc<ProcessMemory>> = None;
+    let mut charges: Option<Arc<uiommufd::accounting::ProcCharges>> = None;
     loop {
         let Ok(Some((m, passed))) = recv(fd) else {
             break;
@@ -471,6 +475,10 @@ fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
             OP_HELLO => {
                 if let Some(pidfd) = passed {
                     let p = Arc::new(ProcessMemory::new(m.a as i32, pidfd));
+                    charges = {
+                        let _c = crate::sync::enter();
+                        uiommufd::accounting::process_charges(m.a as i32)
+                    };
                     mem = Some(p.clone());
                     pm = Some(p);
                 }
@@ -489,7 +497,10 @@ fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
                             );
                             -i64::from(libc::EOPNOTSUPP)
                         } else {
-                            match uiommufd::uapi::dispatch::ioctl_as(ctx, mem, m.b, m.c) {
+                            let r = uiommufd::accounting::as_caller(charges.clone(), || {
+                                uiommufd::uapi::dispatch::ioctl_as(ctx, mem, m.b, m.c)
+                            });
+                            match r {
                                 Ok(v) => i64::from(v),
                                 Err(e) => -i64::from(e.errno().0),
                             }
@@ -535,6 +546,11 @@ fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
                     }
                     None => Some((-i64::from(libc::EBADF), None)),
                 }
+            }
+            OP_STATUS => {
+                let _c = crate::sync::enter();
+                extra = uiommufd::accounting::counts(m.a as i32);
+                Some((0, None))
             }
             _ => Some((-i64::from(libc::EINVAL), None)),
         };
@@ -697,6 +713,8 @@ pub(crate) fn child() {
     let Some(p) = PENDING.lock().unwrap_or_else(|e| e.into_inner()).take() else {
         return;
     };
+    // the pins of the copied engine state are the parent's
+    uiommufd::accounting::forget_after_fork();
     let own_conn = p.own.map(|(server, client, held)| {
         crate::raw_close(server);
         // the parent's references, not ours to drop
@@ -1159,4 +1177,126 @@ pub(crate) fn after_receive(fd: c_int) {
     let old = table::register(fd, Entry::new(obj, st.st_dev, st.st_ino));
     drop(ops);
     drop(old);
+}
+
+// ---------------------------------------------------------------------------
+// /proc/PID/status
+
+/// The pid `/proc/PID/status` names (`self` included), if that is the path.
+fn status_pid(path: &[u8]) -> Option<i32> {
+    let rest = path.strip_prefix(b"/proc/")?.strip_suffix(b"/status")?;
+    if rest == b"self" {
+        return Some(crate::sync::pid());
+    }
+    if rest.is_empty() || !rest.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(rest).ok()?.parse().ok()
+}
+
+/// `/proc/PID/status` as the kernel would show it with our pins: its
+/// `VmPin` and `VmLck` lines grown by what the engine charges to that
+/// process, here and in the owners of the contexts this process is a client
+/// of (the kernel's `mm->pinned_vm`, and `mm->locked_vm` for
+/// `IOMMU_OPTION_RLIMIT_MODE` = 1). A memfd holding the text, or `None`
+/// when `path` is not such a file or no context is around. Inside a
+/// critical section.
+pub(crate) fn status_file(path: &[u8]) -> Option<c_int> {
+    if !table::any_registered() {
+        return None;
+    }
+    let pid = status_pid(path)?;
+    let real = read_proc(path)?;
+    let (mut pinned, mut locked) = uiommufd::accounting::counts(pid);
+    let mut conns: Vec<Arc<Conn>> = Vec::new();
+    for (_, e) in table::all() {
+        if let FdObject::Remote(rc) = &e.obj {
+            if !conns.iter().any(|c| Arc::ptr_eq(c, &rc.conn)) {
+                conns.push(rc.conn.clone());
+            }
+        }
+    }
+    for c in conns {
+        let m = Msg {
+            op: OP_STATUS,
+            a: pid as u64,
+            ..Msg::default()
+        };
+        if let Ok((r, _)) = c.exchange(&m, true) {
+            pinned += r.b;
+            locked += r.c;
+        }
+    }
+    let kb = uiommufd::user::page_size() / 1024;
+    let mut text = String::with_capacity(real.len() + 16);
+    for line in real.lines() {
+        let grown = |tag: &str, extra: u64| -> Option<String> {
+            let v: u64 = line
+                .strip_prefix(tag)?
+                .trim()
+                .strip_suffix("kB")?
+                .trim()
+                .parse()
+                .ok()?;
+            Some(format!("{tag}\t{:8} kB", v + extra * kb))
+        };
+        match grown("VmPin:", pinned).or_else(|| grown("VmLck:", locked)) {
+            Some(l) => text.push_str(&l),
+            None => text.push_str(line),
+        }
+        text.push('\n');
+    }
+    let _birth = crate::sync::Birth::new();
+    let _ops = crate::sync::fd_ops();
+    // SAFETY: a NUL-terminated name; the fd is handed to the caller.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_memfd_create,
+            c"uiommufd:status".as_ptr(),
+            libc::MFD_CLOEXEC,
+        )
+    } as c_int;
+    if fd < 0 {
+        return None;
+    }
+    let b = text.as_bytes();
+    // SAFETY: writing our buffer, then rewinding, on our memfd.
+    let ok = unsafe {
+        libc::syscall(libc::SYS_write, fd, b.as_ptr(), b.len()) == b.len() as i64
+            && libc::syscall(libc::SYS_lseek, fd, 0, libc::SEEK_SET) == 0
+    };
+    if !ok {
+        crate::raw_close(fd);
+        return None;
+    }
+    Some(fd)
+}
+
+/// The text of a `/proc` file, by raw system calls.
+fn read_proc(path: &[u8]) -> Option<String> {
+    let path = std::ffi::CString::new(path).ok()?;
+    // SAFETY: a NUL-terminated path; the fd is ours and closed below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    } as c_int;
+    if fd < 0 {
+        return None;
+    }
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // SAFETY: reading into our own buffer of that size.
+        let n = unsafe { libc::syscall(libc::SYS_read, fd, chunk.as_mut_ptr(), chunk.len()) };
+        if n <= 0 {
+            break;
+        }
+        text.extend_from_slice(&chunk[..n as usize]);
+    }
+    crate::raw_close(fd);
+    String::from_utf8(text).ok()
 }
