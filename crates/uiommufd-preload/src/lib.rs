@@ -30,6 +30,8 @@
 //!   such fds received with `SCM_RIGHTS`, send their ioctls to the process
 //!   that opened them, which runs them as the caller; `sendmsg` of such an
 //!   fd writes into its memfd how the receiver reaches that process.
+//!   `fopen` of `/proc/PID/status` (`fopen64` too) in a process with such an
+//!   fd shows the engine's pins of that process in `VmPin` and `VmLck`.
 //! * `dup`, `dup2`, `dup3`, `fcntl`/`fcntl64` with `F_DUPFD`/`F_DUPFD_CLOEXEC`:
 //!   the new fd refers to the same context; an fd that `dup2`/`dup3` closes
 //!   implicitly is unregistered. The file-level ioctls the kernel answers
@@ -155,8 +157,8 @@
 //!   `remote`: the calls run there, as the caller), with the limits listed
 //!   there: another process's private memory is not host memory of the
 //!   engine, fd-naming commands are `EOPNOTSUPP` from another process,
-//!   inherited engine fds answer from the child's copy of the engine, pins
-//!   are charged to the owner. Fds kept across `exec` by a process that
+//!   inherited engine fds answer from the child's copy of the engine, the
+//!   owner's `RLIMIT_MEMLOCK` bounds every process's pins. Fds kept across `exec` by a process that
 //!   does not own their context, or inherited by a process without the
 //!   preload, are plain memfds (their ioctls fail with `ENOTTY` from the
 //!   kernel).

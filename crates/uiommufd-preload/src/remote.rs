@@ -100,7 +100,11 @@
 //!   host addresses of the owner (see [`uiommufd::process`]).
 //! * When the owner exits, its clients' fds stop working (`EIO`); `exec`
 //!   of the owner drops its contexts as before.
-//! * Pinned pages are accounted to the owner.
+//! * Pins are charged to the process that mapped, or that called
+//!   `IOAS_CHANGE_PROCESS` last ([`uiommufd::accounting::as_caller`] around
+//!   a client's command; `OP_STATUS` reports a process's share, which
+//!   [`status_file`] adds to `/proc/PID/status`), but checked against the
+//!   owner's `RLIMIT_MEMLOCK` and totals.
 
 use std::collections::HashMap;
 use std::ffi::c_int;
