@@ -156,7 +156,8 @@
 //!   `SCM_RIGHTS` reaches the context in the process that opened it (see
 //!   `remote`: the calls run there, as the caller), with the limits listed
 //!   there: another process's private memory is not host memory of the
-//!   engine, fd-naming commands are `EOPNOTSUPP` from another process,
+//!   engine, commands that create or name engine fds are `EOPNOTSUPP` from
+//!   another process,
 //!   inherited engine fds answer from the child's copy of the engine, the
 //!   owner's `RLIMIT_MEMLOCK` bounds every process's pins. Fds kept across `exec` by a process that
 //!   does not own their context, or inherited by a process without the

@@ -88,7 +88,8 @@
 //!
 //! # What a client cannot do (yet)
 //!
-//! * Commands that name or create an fd of the caller — `IOAS_MAP_FILE`,
+//! * `IOAS_MAP_FILE` works (its fd travels with the request, see
+//!   [`ioctl`]), but the commands that create or name an engine fd —
 //!   `FAULT_QUEUE_ALLOC`, `VEVENTQ_ALLOC`, the selftest's access commands —
 //!   and the VFIO container commands are `EOPNOTSUPP` from a client; `mmap`
 //!   of the fd is `ENODEV`. Engine fds (access, fault, event queue) the
@@ -358,11 +359,17 @@ impl Drop for Conn {
 impl Conn {
     /// One request and, when `reply`, its answer: `(value, attached fd)`.
     fn call(&self, m: &Msg, reply: bool) -> Result<(i64, Option<OwnedFd>), c_int> {
-        self.exchange(m, reply).map(|(r, f)| (r.a as i64, f))
+        self.exchange(m, None, reply).map(|(r, f)| (r.a as i64, f))
     }
 
-    /// [`Conn::call`], with the whole reply.
-    fn exchange(&self, m: &Msg, reply: bool) -> Result<(Msg, Option<OwnedFd>), c_int> {
+    /// [`Conn::call`], with `pass` attached to the request, and the whole
+    /// reply.
+    fn exchange(
+        &self,
+        m: &Msg,
+        pass: Option<c_int>,
+        reply: bool,
+    ) -> Result<(Msg, Option<OwnedFd>), c_int> {
         let mut hello = self.state.lock().unwrap_or_else(|e| e.into_inner());
         if !*hello {
             let pid = crate::sync::pid();
@@ -379,7 +386,7 @@ impl Conn {
             send(self.fd, &h, Some(pidfd.as_raw_fd())).map_err(|_| libc::EIO)?;
             *hello = true;
         }
-        send(self.fd, m, None).map_err(|e| {
+        send(self.fd, m, pass).map_err(|e| {
             tracing::debug!("the owner of the context is gone: {e}");
             libc::EIO
         })?;
@@ -415,6 +422,11 @@ impl Drop for RemoteCtx {
 }
 
 /// The ioctl of a client fd: run by the owner as this process.
+///
+/// `IOAS_MAP_FILE` names an fd of ours: it travels with the request
+/// (`SCM_RIGHTS`), and the owner reads its own number for it in the
+/// command ([`FdPatched`]); an fd that is not open travels as none (the
+/// owner answers `EBADF`, as the kernel).
 pub(crate) fn ioctl(rc: &RemoteCtx, cmd: u32, arg: u64) -> Result<c_int, c_int> {
     let m = Msg {
         op: OP_IOCTL,
@@ -423,7 +435,20 @@ pub(crate) fn ioctl(rc: &RemoteCtx, cmd: u32, arg: u64) -> Result<c_int, c_int> 
         c: arg,
         ..Msg::default()
     };
-    let (r, _) = rc.conn.call(&m, true)?;
+    let pass = (cmd == uiommufd::uapi::IOMMU_IOAS_MAP_FILE)
+        .then(|| {
+            let mut b = [0u8; 4];
+            uiommufd::user::SelfMemory
+                .read(arg.wrapping_add(MAP_FILE_FD_OFFSET), &mut b)
+                .ok()?;
+            let fd = c_int::from_ne_bytes(b);
+            // SAFETY: F_GETFD on a number; raw: `fcntl` is hooked.
+            (fd >= 0 && unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD) } >= 0)
+                .then_some(fd)
+        })
+        .flatten();
+    let (r, _) = rc.conn.exchange(&m, pass, true)?;
+    let r = r.a as i64;
     if r < 0 {
         Err((-r) as c_int)
     } else {
@@ -433,6 +458,66 @@ pub(crate) fn ioctl(rc: &RemoteCtx, cmd: u32, arg: u64) -> Result<c_int, c_int> 
 
 // ---------------------------------------------------------------------------
 // Owner side.
+
+/// Where `struct iommu_ioas_map_file` keeps its `fd` (after `size`,
+/// `flags`, `ioas_id`).
+const MAP_FILE_FD_OFFSET: u64 = 12;
+
+/// A client's memory in which the 4 bytes at `at` (the fd field of its
+/// `IOAS_MAP_FILE` struct) read as `fd`, the owner's copy of the client's
+/// fd, and are never written: the reply leaves the client's own number.
+#[derive(Debug)]
+struct FdPatched {
+    inner: Arc<dyn UserMemory>,
+    at: u64,
+    fd: c_int,
+}
+
+impl FdPatched {
+    /// The bytes of `[addr, addr + len)` that overlap the field: (offset in
+    /// the buffer, offset in the field, count).
+    fn overlap(&self, addr: u64, len: usize) -> Option<(usize, usize, usize)> {
+        let end = addr.checked_add(len as u64)?;
+        let (lo, hi) = (addr.max(self.at), end.min(self.at.checked_add(4)?));
+        (lo < hi).then(|| {
+            (
+                (lo - addr) as usize,
+                (lo - self.at) as usize,
+                (hi - lo) as usize,
+            )
+        })
+    }
+}
+
+impl UserMemory for FdPatched {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> uiommufd::Result<()> {
+        self.inner.read(addr, buf)?;
+        if let Some((b, f, n)) = self.overlap(addr, buf.len()) {
+            buf[b..b + n].copy_from_slice(&self.fd.to_ne_bytes()[f..f + n]);
+        }
+        Ok(())
+    }
+
+    fn write(&self, addr: u64, buf: &[u8]) -> uiommufd::Result<()> {
+        match self.overlap(addr, buf.len()) {
+            None => self.inner.write(addr, buf),
+            Some((b, _, n)) => {
+                // the client's own bytes stay
+                self.inner.write(addr, &buf[..b])?;
+                let rest = b + n;
+                self.inner.write(addr + rest as u64, &buf[rest..])
+            }
+        }
+    }
+
+    fn populate(&self, addr: u64, len: u64, write: bool) -> uiommufd::Result<()> {
+        self.inner.populate(addr, len, write)
+    }
+
+    fn mappable(&self) -> bool {
+        self.inner.mappable()
+    }
+}
 
 /// The owner's end of every connection it serves, so that a forked child
 /// closes its inherited copies (the owner must see end of file when the
@@ -445,7 +530,6 @@ fn refused(ctx: &Context, mem: &ProcessMemory, cmd: u32, arg: u64) -> Option<&'s
     use uiommufd::uapi::*;
     let _ = ctx;
     match cmd {
-        IOMMU_IOAS_MAP_FILE => Some("IOAS_MAP_FILE names an fd of the caller"),
         IOMMU_FAULT_QUEUE_ALLOC | IOMMU_VEVENTQ_ALLOC => Some("it creates an fd"),
         IOMMU_TEST_CMD => {
             let mut op = [0u8; 4];
@@ -501,6 +585,17 @@ fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
                             );
                             -i64::from(libc::EOPNOTSUPP)
                         } else {
+                            let patched: Option<Arc<dyn UserMemory>> =
+                                (cmd == uiommufd::uapi::IOMMU_IOAS_MAP_FILE).then(|| {
+                                    use std::os::fd::AsRawFd;
+                                    let ours = passed.as_ref().map_or(-1, |f| f.as_raw_fd());
+                                    Arc::new(FdPatched {
+                                        inner: mem.clone(),
+                                        at: m.c.wrapping_add(MAP_FILE_FD_OFFSET),
+                                        fd: ours,
+                                    }) as Arc<dyn UserMemory>
+                                });
+                            let mem = patched.as_ref().unwrap_or(mem);
                             let r = uiommufd::accounting::as_caller(charges.clone(), || {
                                 uiommufd::uapi::dispatch::ioctl_as(ctx, mem, m.b, m.c)
                             });
@@ -1059,7 +1154,7 @@ pub(crate) fn before_send(msg: u64) {
                     a: rc.key,
                     ..Msg::default()
                 };
-                match rc.conn.exchange(&m, true) {
+                match rc.conn.exchange(&m, None, true) {
                     Ok((r, _)) if r.a == 0 => Ok((r.b, r.c, rc.key)),
                     Ok((r, _)) => Err((r.a as i64).unsigned_abs() as c_int),
                     Err(e) => Err(e),
@@ -1226,7 +1321,7 @@ pub(crate) fn status_file(path: &[u8]) -> Option<c_int> {
             a: pid as u64,
             ..Msg::default()
         };
-        if let Ok((r, _)) = c.exchange(&m, true) {
+        if let Ok((r, _)) = c.exchange(&m, None, true) {
             pinned += r.b;
             locked += r.c;
         }

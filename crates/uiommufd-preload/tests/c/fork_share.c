@@ -9,6 +9,8 @@
  *    its own;
  *  - the child maps MAP_SHARED memory it shares with the parent into a
  *    mock domain, and the parent's access reads what the child wrote;
+ *  - a child's IOAS_MAP_FILE maps its own memfd (the fd travels to the
+ *    owner), which stays mapped after the child closed it and exited;
  *  - the owner's exit ends the context: a child's calls are then EIO.
  *
  * Prints "OK" and exits 0 when every check passed.
@@ -142,6 +144,65 @@ static void shared_memory_in_a_domain(void)
 	close(fd);
 }
 
+#define IOMMU_IOAS_MAP_FILE _IO(IOMMUFD_TYPE, 0x8f)
+
+struct iommu_ioas_map_file {
+	uint32_t size;
+	uint32_t flags;
+	uint32_t ioas_id;
+	int32_t fd;
+	uint64_t start;
+	uint64_t length;
+	uint64_t iova;
+};
+
+/* IOAS_MAP_FILE from a child: its fd travels to the owner, the area stays
+ * after the child closed the memfd and exited; a bad fd is EBADF. */
+static void map_file_from_a_child(void)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open");
+	uint32_t ioas = ioas_alloc(fd);
+	struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_CREATE_ACCESS, .id = ioas };
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &c) == 0, "CREATE_ACCESS");
+	pid_t child = fork();
+	if (child == 0) {
+		int mfd = memfd_create("guest-ram", 0);
+		unsigned char page[4096];
+		memset(page, 0x77, sizeof(page));
+		int ok = mfd >= 0 && ftruncate(mfd, 2 * pg) == 0 &&
+			 pwrite(mfd, page, sizeof(page), pg) == (ssize_t)sizeof(page);
+		struct iommu_ioas_map_file m = {
+			.size = sizeof(m),
+			.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE,
+			.ioas_id = ioas,
+			.fd = mfd,
+			.start = 0,
+			.length = 2 * pg,
+			.iova = IOVA,
+		};
+		ok = ok && ioctl(fd, IOMMU_IOAS_MAP_FILE, &m) == 0 && m.fd == mfd;
+		m.fd = 1000;
+		m.iova = IOVA + 2 * pg;
+		errno = 0;
+		ok = ok && ioctl(fd, IOMMU_IOAS_MAP_FILE, &m) == -1 && errno == EBADF;
+		close(mfd);
+		_exit(ok ? 0 : 1);
+	}
+	CHECK(wait_ok(child), "the child's IOAS_MAP_FILE");
+	unsigned char got[32] = { 0 };
+	struct iommu_test_cmd rw = { .size = sizeof(rw), .op = IOMMU_TEST_OP_ACCESS_RW,
+				     .id = c.create_access.out_access_fd };
+	rw.access_rw.iova = IOVA + pg + 100;
+	rw.access_rw.length = sizeof(got);
+	rw.access_rw.uptr = (uintptr_t)got;
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &rw) == 0, "ACCESS_RW of the child's file");
+	for (size_t i = 0; i < sizeof(got); i++)
+		CHECK(got[i] == 0x77, "byte %zu", i);
+	close(fd);
+}
+
 /* The owner's exit ends its contexts (a documented difference: the kernel
  * keeps the file while any process holds it): the child's calls are EIO. */
 static void owner_exit(void)
@@ -181,6 +242,7 @@ int main(void)
 	objects_of_children();
 	outlives_the_parents_fd();
 	shared_memory_in_a_domain();
+	map_file_from_a_child();
 	owner_exit();
 	if (failures) {
 		fprintf(stderr, "%d failures\n", failures);
