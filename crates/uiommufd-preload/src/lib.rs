@@ -158,7 +158,8 @@
 //!   there: another process's private memory is not host memory of the
 //!   engine, commands that create or name engine fds are `EOPNOTSUPP` from
 //!   another process,
-//!   inherited engine fds answer from the child's copy of the engine, the
+//!   the `ioctl` and `mmap` of inherited engine fds answer from the child's
+//!   copy of the engine (their reads and writes reach the owner's), the
 //!   owner's `RLIMIT_MEMLOCK` bounds every process's pins. Fds kept across `exec` by a process that
 //!   does not own their context, or inherited by a process without the
 //!   preload, are plain memfds (their ioctls fail with `ENOTTY` from the
@@ -425,6 +426,7 @@ fn mirror_dup(old: c_int, new: c_int) {
     }
     if files::is_engine_fd(old) || files::is_engine_fd(new) {
         files::on_dup(old, new);
+        remote::dup_engine_fd(old, new);
     }
     if special::any_dirs() {
         special::forget_fd(new);
@@ -739,6 +741,7 @@ fn slow_close(fd: c_int) -> Option<c_int> {
         // Before the real close: once the number is free, a racing open may
         // reuse it, and the engine must not signal (write to) it any more.
         files::on_close(fd);
+        remote::forget_engine_fds(fd, fd);
     }
     if dir {
         special::forget_fd(fd);
@@ -792,6 +795,7 @@ fn close_many(lo: c_int, hi: c_int, unshare: bool, real_close: impl FnOnce() -> 
     let ops = sync::fd_ops();
     if !unshare {
         files::on_close_range(lo, hi);
+        remote::forget_engine_fds(lo, hi);
     }
     let r = real_close();
     let e = errno();
@@ -799,6 +803,7 @@ fn close_many(lo: c_int, hi: c_int, unshare: bool, real_close: impl FnOnce() -> 
     if r == 0 {
         if unshare {
             files::on_close_range(lo, hi);
+            remote::forget_engine_fds(lo, hi);
         }
         gone = table::unregister_range(lo, hi);
         special::forget_range(lo, hi);

@@ -92,9 +92,12 @@
 //!   [`ioctl`]), but the commands that create or name an engine fd —
 //!   `FAULT_QUEUE_ALLOC`, `VEVENTQ_ALLOC`, the selftest's access commands —
 //!   and the VFIO container commands are `EOPNOTSUPP` from a client; `mmap`
-//!   of the fd is `ENODEV`. Engine fds (access, fault, event queue) the
-//!   owner made before the fork reach the child's copy of the engine, not
-//!   the owner's.
+//!   of the fd is `ENODEV`. Engine fds (access, fault, event queue, VFIO
+//!   files) the owner made before the fork move their bytes through the
+//!   owner's engine (`OP_ENGINE`, the file checked with `kcmp`: the owner
+//!   may have reused the number; see [`engine_io`]), but their `ioctl` and
+//!   `mmap` reach the child's copy of the engine; engine fds sent with
+//!   `SCM_RIGHTS` are bare eventfds.
 //! * An area a client maps from memory it does not share with the owner at
 //!   the same address (private memory) is read from the client while it
 //!   runs, and no domain can map it (`EFAULT`): the engine's domains map
@@ -137,22 +140,38 @@ const OP_CLAIM: u32 = 6;
 /// Request: the pins the owner charges to process `a`. Reply: 0, pinned
 /// pages in `b`, locked pages (`RLIMIT_MODE` 1) in `c`.
 const OP_STATUS: u32 = 7;
+/// Request: a transfer (`sub`: `IO_*`) on engine fd `a & 0xffffffff` of
+/// the owner, which is the client's fd `a >> 32` (checked with `kcmp`), to
+/// or from the client's `c` bytes at `b`, at offset `d` for the positional
+/// ones. Reply: the bytes moved, or `-errno`.
+const OP_ENGINE: u32 = 8;
+
+/// `read`
+const IO_READ: u32 = 0;
+/// `write`
+const IO_WRITE: u32 = 1;
+/// `pread`
+const IO_PREAD: u32 = 2;
+/// `pwrite`
+const IO_PWRITE: u32 = 3;
 
 /// One request or reply (replies use `a` for the result or `-errno`).
 #[repr(C)]
 #[derive(Clone, Copy, Default, Debug)]
 struct Msg {
     op: u32,
-    _pad: u32,
+    /// `OP_ENGINE`: which transfer (`IO_*`).
+    sub: u32,
     a: u64,
     b: u64,
     c: u64,
+    d: u64,
 }
 
 impl Msg {
     fn bytes(&self) -> &[u8] {
         // SAFETY: a plain `repr(C)` struct of integers, no padding bytes
-        // left uninitialised (`_pad` is a field).
+        // left uninitialised (`sub` fills the gap).
         unsafe {
             std::slice::from_raw_parts((self as *const Msg).cast(), std::mem::size_of::<Msg>())
         }
@@ -646,6 +665,16 @@ fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
                     None => Some((-i64::from(libc::EBADF), None)),
                 }
             }
+            OP_ENGINE => {
+                let r = match &mem {
+                    Some(mem) => {
+                        let _c = crate::sync::enter();
+                        engine_transfer(&m, mem, pm.as_ref().map_or(0, |p| p.pid()))
+                    }
+                    None => -i64::from(libc::EBADF),
+                };
+                Some((r, None))
+            }
             OP_STATUS => {
                 let _c = crate::sync::enter();
                 extra = uiommufd::accounting::counts(m.a as i32);
@@ -735,7 +764,8 @@ static PENDING: Mutex<Option<Pending>> = Mutex::new(None);
 /// The `fork` prepare handler's part (inside the fork gate): connections
 /// for the child, when this process has any `/dev/iommu` fd.
 pub(crate) fn prepare() {
-    if !table::any_registered() {
+    let local_engine = uiommufd::files::any_engine_fd();
+    if !table::any_registered() && !local_engine {
         return;
     }
     let entries = table::all();
@@ -753,7 +783,12 @@ pub(crate) fn prepare() {
             }
         }
     }
-    let own = if own.is_empty() {
+    for (_, e) in engine_fds().iter() {
+        if !conns.iter().any(|c| Arc::ptr_eq(c, &e.conn)) {
+            conns.push(e.conn.clone());
+        }
+    }
+    let own = if own.is_empty() && !local_engine {
         None
     } else {
         match socketpair() {
@@ -836,6 +871,37 @@ pub(crate) fn child() {
             )
         })
         .collect();
+    // the engine fds: transfers go to the process whose engine they belong to
+    {
+        let mut map = engine_fds();
+        let parent: HashMap<c_int, RemoteEngineFd> =
+            std::mem::take(&mut *map).into_iter().collect();
+        for (fd, kind) in uiommufd::files::engine_fds() {
+            // a fail-nth file is per thread, of this process
+            if kind == "fail-nth" {
+                continue;
+            }
+            let e = match parent.get(&fd) {
+                Some(e) => cloned
+                    .iter()
+                    .find(|(o, _)| Arc::ptr_eq(o, &e.conn))
+                    .map(|(_, c)| RemoteEngineFd {
+                        conn: c.clone(),
+                        owner_fd: e.owner_fd,
+                    }),
+                None => own_conn.as_ref().map(|c| RemoteEngineFd {
+                    conn: c.clone(),
+                    owner_fd: fd,
+                }),
+            };
+            if let Some(e) = e {
+                map.push((fd, e));
+            }
+        }
+        // the parent's entries keep its connections alive (never used here)
+        std::mem::forget(parent);
+        ANY_REMOTE_ENGINE.store(!map.is_empty(), std::sync::atomic::Ordering::Release);
+    }
     // one client context per (connection, key), shared by the fds (dups)
     let mut made: HashMap<(usize, u64), Arc<RemoteCtx>> = HashMap::new();
     let mut old_conns: Vec<Arc<Conn>> = Vec::new();
@@ -880,7 +946,8 @@ pub(crate) fn child() {
         // the parent's objects: never torn down here
         std::mem::forget(old);
     }
-    // the parent's connections: closed here; the parent's `RemoteCtx`s
+    // the parent's connections: closed here (those only its engine fds used
+    // were among the cloned ones); the parent's `RemoteCtx`s
     // (forgotten above, so no CLOSE is sent for the parent's references)
     // keep them alive, never used again
     for c in old_conns {
@@ -1398,4 +1465,148 @@ fn read_proc(path: &[u8]) -> Option<String> {
     }
     crate::raw_close(fd);
     String::from_utf8(text).ok()
+}
+
+// ---------------------------------------------------------------------------
+// Engine fds inherited across fork
+
+/// An engine fd of this process whose file lives in another process's
+/// engine (inherited across `fork`): its transfers go there.
+#[derive(Debug, Clone)]
+struct RemoteEngineFd {
+    conn: Arc<Conn>,
+    /// The fd's number in the owner (the same file: checked there).
+    owner_fd: c_int,
+}
+
+static ENGINE_FDS: Mutex<Vec<(c_int, RemoteEngineFd)>> = Mutex::new(Vec::new());
+
+/// Lock-free: whether any engine fd here belongs to another process.
+static ANY_REMOTE_ENGINE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+fn engine_fds() -> std::sync::MutexGuard<'static, Vec<(c_int, RemoteEngineFd)>> {
+    ENGINE_FDS.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// A transfer on engine fd `fd` when its file lives in another process:
+/// `Some` with the result (bytes or errno) when it does. One atomic load
+/// when no engine fd here is another's.
+pub(crate) fn engine_io(
+    fd: c_int,
+    op: u32,
+    addr: u64,
+    len: usize,
+    offset: Option<u64>,
+) -> Option<Result<usize, c_int>> {
+    if !ANY_REMOTE_ENGINE.load(std::sync::atomic::Ordering::Acquire) {
+        return None;
+    }
+    let e = engine_fds()
+        .iter()
+        .find(|(f, _)| *f == fd)
+        .map(|(_, e)| e.clone())?;
+    let m = Msg {
+        op: OP_ENGINE,
+        sub: op,
+        a: (e.owner_fd as u32 as u64) | ((fd as u32 as u64) << 32),
+        b: addr,
+        c: len as u64,
+        d: offset.unwrap_or(u64::MAX),
+    };
+    Some(match e.conn.call(&m, true) {
+        Ok((r, _)) if r < 0 => Err((-r) as c_int),
+        Ok((r, _)) => Ok(r as usize),
+        Err(e) => Err(e),
+    })
+}
+
+/// `read` of an engine fd owned elsewhere (see [`engine_io`]).
+pub(crate) fn engine_read(fd: c_int, addr: u64, len: usize) -> Option<Result<usize, c_int>> {
+    engine_io(fd, IO_READ, addr, len, None)
+}
+
+/// `write` of an engine fd owned elsewhere.
+pub(crate) fn engine_write(fd: c_int, addr: u64, len: usize) -> Option<Result<usize, c_int>> {
+    engine_io(fd, IO_WRITE, addr, len, None)
+}
+
+/// `pread` of an engine fd owned elsewhere.
+pub(crate) fn engine_pread(
+    fd: c_int,
+    addr: u64,
+    len: usize,
+    offset: u64,
+) -> Option<Result<usize, c_int>> {
+    engine_io(fd, IO_PREAD, addr, len, Some(offset))
+}
+
+/// `pwrite` of an engine fd owned elsewhere.
+pub(crate) fn engine_pwrite(
+    fd: c_int,
+    addr: u64,
+    len: usize,
+    offset: u64,
+) -> Option<Result<usize, c_int>> {
+    engine_io(fd, IO_PWRITE, addr, len, Some(offset))
+}
+
+/// `fd` was closed (or `close_range`d): it is no longer another's.
+pub(crate) fn forget_engine_fds(first: c_int, last: c_int) {
+    if !ANY_REMOTE_ENGINE.load(std::sync::atomic::Ordering::Acquire) {
+        return;
+    }
+    engine_fds().retain(|(f, _)| *f < first || *f > last);
+}
+
+/// `new` became a duplicate of `old`: it is another's when `old` is.
+pub(crate) fn dup_engine_fd(old: c_int, new: c_int) {
+    if !ANY_REMOTE_ENGINE.load(std::sync::atomic::Ordering::Acquire) || old == new {
+        return;
+    }
+    let mut map = engine_fds();
+    map.retain(|(f, _)| *f != new);
+    if let Some(e) = map.iter().find(|(f, _)| *f == old).map(|(_, e)| e.clone()) {
+        map.push((new, e));
+    }
+}
+
+/// The owner's side of `OP_ENGINE` for client `pid`: `kcmp` says whether
+/// our fd is the client's file, then the engine moves the bytes between the
+/// file and the client's memory.
+fn engine_transfer(m: &Msg, mem: &Arc<dyn UserMemory>, pid: i32) -> i64 {
+    use uiommufd::files::{self, UserBuf};
+    let ours = (m.a & 0xffff_ffff) as c_int;
+    let theirs = (m.a >> 32) as c_int;
+    const KCMP_FILE: c_int = 0;
+    // SAFETY: kcmp compares two fds of two processes; no memory involved.
+    let same = unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            crate::sync::pid(),
+            pid,
+            KCMP_FILE,
+            ours,
+            theirs,
+        )
+    } == 0;
+    if !same {
+        return -i64::from(libc::EBADF);
+    }
+    let buf = UserBuf {
+        mem: &**mem,
+        addr: m.b,
+        len: m.c as usize,
+    };
+    let r = match m.sub {
+        IO_READ => files::read_user(ours, buf),
+        IO_WRITE => files::write_user(ours, buf),
+        IO_PREAD => files::pread_user(ours, buf, m.d),
+        IO_PWRITE => files::pwrite_user(ours, buf, m.d),
+        _ => return -i64::from(libc::EINVAL),
+    };
+    match r {
+        Some(Ok(n)) => n as i64,
+        Some(Err(e)) => -i64::from(e.errno().0),
+        None => -i64::from(libc::EBADF),
+    }
 }

@@ -11,6 +11,8 @@
  *    mock domain, and the parent's access reads what the child wrote;
  *  - a child's IOAS_MAP_FILE maps its own memfd (the fd travels to the
  *    owner), which stays mapped after the child closed it and exited;
+ *  - a fault queue fd inherited by a child reads and answers the faults of
+ *    the owner's engine;
  *  - the owner's exit ends the context: a child's calls are then EIO.
  *
  * Prints "OK" and exits 0 when every check passed.
@@ -18,6 +20,7 @@
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
+#include <poll.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -203,6 +206,70 @@ static void map_file_from_a_child(void)
 	close(fd);
 }
 
+/* A fault queue fd inherited across fork: the child reads the faults the
+ * owner's engine queued and answers them there (the queue empties for the
+ * parent too); poll works on the shared eventfd. */
+static void fault_fd_in_a_child(void)
+{
+	struct iommu_ioas_alloc ioas = { .size = sizeof(ioas) };
+	struct iommu_test_cmd md = { .size = sizeof(md), .op = IOMMU_TEST_OP_MOCK_DOMAIN };
+	struct iommu_hwpt_alloc parent = { .size = sizeof(parent) };
+	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
+	uint32_t iotlb = IOMMU_TEST_IOTLB_DEFAULT;
+	struct iommu_hwpt_alloc nested = { .size = sizeof(nested) };
+	struct iommu_test_cmd rep = { .size = sizeof(rep), .op = IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE };
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open");
+	CHECK(ioctl(fd, IOMMU_IOAS_ALLOC, &ioas) == 0, "IOAS_ALLOC");
+	md.id = ioas.out_ioas_id;
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &md) == 0, "MOCK_DOMAIN");
+	parent.flags = IOMMU_HWPT_ALLOC_NEST_PARENT;
+	parent.dev_id = md.mock_domain.out_idev_id;
+	parent.pt_id = ioas.out_ioas_id;
+	CHECK(ioctl(fd, IOMMU_HWPT_ALLOC, &parent) == 0, "parent HWPT");
+	CHECK(ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa) == 0, "FAULT_QUEUE_ALLOC");
+	nested.flags = IOMMU_HWPT_FAULT_ID_VALID;
+	nested.dev_id = md.mock_domain.out_idev_id;
+	nested.pt_id = parent.out_hwpt_id;
+	nested.data_type = IOMMU_HWPT_DATA_SELFTEST;
+	nested.data_len = sizeof(iotlb);
+	nested.data_uptr = (uintptr_t)&iotlb;
+	nested.fault_id = fa.out_fault_id;
+	CHECK(ioctl(fd, IOMMU_HWPT_ALLOC, &nested) == 0, "nested HWPT");
+	rep.id = md.mock_domain.out_stdev_id;
+	rep.replace.pt_id = nested.out_hwpt_id;
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &rep) == 0, "attach to the nested HWPT");
+	for (uint32_t g = 1; g <= 2; g++) {
+		struct iommu_test_cmd t = { .size = sizeof(t), .op = IOMMU_TEST_OP_TRIGGER_IOPF };
+		t.trigger_iopf.dev_id = md.mock_domain.out_idev_id;
+		t.trigger_iopf.grpid = g;
+		t.trigger_iopf.perm = 3;
+		t.trigger_iopf.addr = 0xdeadbeef000;
+		CHECK(ioctl(fd, IOMMU_TEST_CMD, &t) == 0, "TRIGGER_IOPF %u", g);
+	}
+	int ffd = fa.out_fault_fd;
+	pid_t child = fork();
+	if (child == 0) {
+		struct pollfd pf = { .fd = ffd, .events = POLLIN };
+		struct iommu_hwpt_pgfault f[4];
+		int ok = poll(&pf, 1, 1000) == 1;
+		ssize_t r = read(ffd, f, sizeof(f));
+		ok = ok && r == 2 * (ssize_t)sizeof(f[0]) && f[0].grpid == 1 && f[1].grpid == 2;
+		for (int i = 0; ok && i < 2; i++) {
+			struct iommu_hwpt_page_response resp = { .cookie = f[i].cookie, .code = 0 };
+			ok = write(ffd, &resp, sizeof(resp)) == sizeof(resp);
+		}
+		_exit(ok ? 0 : 1);
+	}
+	CHECK(wait_ok(child), "the child read and answered the faults");
+	struct pollfd pf = { .fd = ffd, .events = POLLIN };
+	CHECK(poll(&pf, 1, 0) == 0, "the queue is empty for the parent too");
+	struct iommu_hwpt_pgfault left[4];
+	CHECK(read(ffd, left, sizeof(left)) == 0, "no fault left in the owner's queue");
+	close(ffd);
+	close(fd);
+}
+
 /* The owner's exit ends its contexts (a documented difference: the kernel
  * keeps the file while any process holds it): the child's calls are EIO. */
 static void owner_exit(void)
@@ -243,6 +310,7 @@ int main(void)
 	outlives_the_parents_fd();
 	shared_memory_in_a_domain();
 	map_file_from_a_child();
+	fault_fd_in_a_child();
 	owner_exit();
 	if (failures) {
 		fprintf(stderr, "%d failures\n", failures);
