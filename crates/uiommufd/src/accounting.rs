@@ -292,12 +292,32 @@ pub fn caller() -> Option<Arc<ProcCharges>> {
 }
 
 /// The account of one pages object.
+///
+/// Which process the pins are charged to is a pointer that is null for
+/// ours (the single-process fast path: one atomic load per charge, no lock)
+/// and otherwise owns one reference of that process's [`ProcCharges`]. Its
+/// owner serialises every charge, uncharge and move of one account (a
+/// pages object does all three under its pin lock, see
+/// [`crate::pages::Pages::change_process`]), so a move never races a
+/// charge and the pointer is never freed under a reader.
 #[derive(Debug)]
 pub struct Account {
     mode: AccountMode,
-    /// The process the pins are charged to (`None`: ours) and how many
-    /// pages are charged, changed together under this lock.
-    owner: parking_lot::Mutex<(Option<Arc<ProcCharges>>, u64)>,
+    owner: std::sync::atomic::AtomicPtr<ProcCharges>,
+}
+
+impl Drop for Account {
+    fn drop(&mut self) {
+        let p = *self.owner.get_mut();
+        if !p.is_null() {
+            // SAFETY: a non-null pointer owns one reference (`Arc::into_raw`).
+            drop(unsafe { Arc::from_raw(p) });
+        }
+    }
+}
+
+fn into_ptr(p: Option<Arc<ProcCharges>>) -> *mut ProcCharges {
+    p.map_or(std::ptr::null_mut(), |p| Arc::into_raw(p).cast_mut())
 }
 
 impl Account {
@@ -306,38 +326,49 @@ impl Account {
     pub fn new(mode: AccountMode) -> Self {
         Account {
             mode,
-            owner: parking_lot::Mutex::new((caller(), 0)),
+            owner: std::sync::atomic::AtomicPtr::new(into_ptr(caller())),
         }
     }
 
-    /// Charge every page charged here to `to` (`None`: ours) from now on,
-    /// moving what is charged (`IOAS_CHANGE_PROCESS`). The totals do not
-    /// change, so neither does any limit check.
-    pub fn move_to(&self, to: Option<Arc<ProcCharges>>) {
-        let mut o = self.owner.lock();
-        let n = o.1;
+    /// The process charged, if not ours.
+    #[inline]
+    fn proc(&self) -> Option<&ProcCharges> {
+        let p = self.owner.load(Ordering::Acquire);
+        // SAFETY: a non-null pointer owns a reference that only `move_to`
+        // (serialised with the caller, see the type's docs) or `drop`
+        // releases.
+        (!p.is_null()).then(|| unsafe { &*p })
+    }
+
+    /// Charge the `npinned` pages charged here to `to` (`None`: ours) from
+    /// now on (`IOAS_CHANGE_PROCESS`). The totals do not change, so neither
+    /// does any limit check. Serialised with this account's charges (the
+    /// pages object's pin lock).
+    pub fn move_to(&self, to: Option<Arc<ProcCharges>>, npinned: u64) {
         let mm = self.mode == AccountMode::Mm;
-        if let Some(p) = &o.0 {
-            p.pinned.fetch_sub(n, Ordering::AcqRel);
+        if let Some(p) = self.proc() {
+            p.pinned.fetch_sub(npinned, Ordering::AcqRel);
             if mm {
-                p.mm_locked.fetch_sub(n, Ordering::AcqRel);
+                p.mm_locked.fetch_sub(npinned, Ordering::AcqRel);
             }
         }
         if let Some(p) = &to {
-            p.pinned.fetch_add(n, Ordering::AcqRel);
+            p.pinned.fetch_add(npinned, Ordering::AcqRel);
             if mm {
-                p.mm_locked.fetch_add(n, Ordering::AcqRel);
+                p.mm_locked.fetch_add(npinned, Ordering::AcqRel);
             }
         }
-        o.0 = to;
+        let old = self.owner.swap(into_ptr(to), Ordering::AcqRel);
+        if !old.is_null() {
+            // SAFETY: the pointer swapped out owned one reference.
+            drop(unsafe { Arc::from_raw(old) });
+        }
     }
 
     /// Charge `npages` newly pinned pages; `ENOMEM` over the limit, with nothing charged.
     pub fn charge(&self, npages: u64) -> Result<()> {
-        let mut o = self.owner.lock();
         self.charge_totals(npages)?;
-        o.1 += npages;
-        if let Some(p) = &o.0 {
+        if let Some(p) = self.proc() {
             p.pinned.fetch_add(npages, Ordering::AcqRel);
             if self.mode == AccountMode::Mm {
                 p.mm_locked.fetch_add(npages, Ordering::AcqRel);
@@ -351,9 +382,7 @@ impl Account {
         if npages == 0 {
             return;
         }
-        let mut o = self.owner.lock();
-        o.1 = o.1.saturating_sub(npages);
-        if let Some(p) = &o.0 {
+        if let Some(p) = self.proc() {
             p.pinned.fetch_sub(npages, Ordering::AcqRel);
             if self.mode == AccountMode::Mm {
                 p.mm_locked.fetch_sub(npages, Ordering::AcqRel);
@@ -362,6 +391,7 @@ impl Account {
         self.uncharge_totals(npages);
     }
 
+    #[inline]
     fn charge_totals(&self, npages: u64) -> Result<()> {
         let counter = match self.mode {
             AccountMode::None => None,
@@ -383,6 +413,7 @@ impl Account {
         Ok(())
     }
 
+    #[inline]
     fn uncharge_totals(&self, npages: u64) {
         match self.mode {
             AccountMode::None => {}
@@ -415,10 +446,10 @@ mod tests {
         a.charge(3).unwrap();
         assert_eq!(counts(other), (3, 3));
         assert_eq!(counts(me), (p0, l0), "not ours");
-        a.move_to(None);
+        a.move_to(None, 3);
         assert_eq!(counts(other), (0, 0));
         assert_eq!(counts(me), (p0 + 3, l0 + 3));
-        a.move_to(Some(theirs));
+        a.move_to(Some(theirs), 3);
         a.uncharge(1);
         assert_eq!(counts(other), (2, 2));
         a.uncharge(2);

@@ -288,7 +288,7 @@ pub(crate) fn change_process(u: &Ucmd) -> Result<i32> {
     let to = crate::accounting::caller();
     for ioas in &ioases {
         for pages in ioas.iopt().area_pages() {
-            pages.account().move_to(to.clone());
+            pages.change_process(to.clone());
         }
     }
     Ok(0)
