@@ -751,6 +751,10 @@ fn slow_close(fd: c_int) -> Option<c_int> {
     let e = errno();
     let gone = table::unregister(fd);
     drop(ops);
+    if matches!(gone.as_ref().map(|e| &e.obj), Some(FdObject::Iommu(_))) {
+        // references of processes that have exited go first
+        remote::sweep();
+    }
     // the context dies here when this was its last fd
     drop(gone);
     set_errno(e);
@@ -809,6 +813,9 @@ fn close_many(lo: c_int, hi: c_int, unshare: bool, real_close: impl FnOnce() -> 
         special::forget_range(lo, hi);
     }
     drop(ops);
+    if gone.iter().any(|e| matches!(e.obj, FdObject::Iommu(_))) {
+        remote::sweep();
+    }
     drop(gone);
     set_errno(e);
     r

@@ -541,7 +541,43 @@ impl UserMemory for FdPatched {
 /// The owner's end of every connection it serves, so that a forked child
 /// closes its inherited copies (the owner must see end of file when the
 /// client exits).
-static SERVED: Mutex<Vec<c_int>> = Mutex::new(Vec::new());
+static SERVED: Mutex<Vec<(c_int, Held)>> = Mutex::new(Vec::new());
+
+/// The contexts one connection holds, by key: its server thread's, and
+/// [`sweep`]'s when the client is gone.
+type Held = Arc<Mutex<HashMap<u64, Arc<Context>>>>;
+
+fn lock_held(h: &Held) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Context>>> {
+    h.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Drop now the references of every connection whose clients have all
+/// exited, rather than when its thread gets to the end of file: a process
+/// that closes its fd after `waitpid` of the child it shared the context
+/// with finds the context gone, as the kernel's exit releases the child's
+/// file at once (the selftest's teardown checks that nothing stays pinned).
+/// Called when this process closes a `/dev/iommu` fd it owns; inside a
+/// critical section.
+pub(crate) fn sweep() {
+    let mut gone = Vec::new();
+    {
+        let served = SERVED.lock().unwrap_or_else(|e| e.into_inner());
+        for (fd, held) in served.iter() {
+            let mut p = libc::pollfd {
+                fd: *fd,
+                events: libc::POLLRDHUP,
+                revents: 0,
+            };
+            // SAFETY: one pollfd we own; no wait. Under the SERVED lock the
+            // fd is still the connection (its thread closes it under it).
+            let r = unsafe { libc::syscall(libc::SYS_poll, &mut p as *mut libc::pollfd, 1, 0) };
+            if r == 1 && p.revents & (libc::POLLHUP | libc::POLLRDHUP) != 0 {
+                gone.push(std::mem::take(&mut *lock_held(held)));
+            }
+        }
+    }
+    drop(gone);
+}
 
 /// Why a command cannot run for a client (see the module docs): it names or
 /// creates an fd of the caller.
@@ -569,7 +605,7 @@ fn refused(ctx: &Context, mem: &ProcessMemory, cmd: u32, arg: u64) -> Option<&'s
 
 /// Serve one connection until the client is gone. `held`: the contexts it
 /// holds, by key.
-fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
+fn serve(fd: c_int, held: Held) {
     let mut mem: Option<Arc<dyn UserMemory>> = None;
     let mut pm: Option<Arc<ProcessMemory>> = None;
     let mut charges: Option<Arc<uiommufd::accounting::ProcCharges>> = None;
@@ -592,7 +628,8 @@ fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
                 None
             }
             OP_IOCTL => {
-                let r = match (held.get(&m.a), &mem, &pm) {
+                let ctx = lock_held(&held).get(&m.a).cloned();
+                let r = match (ctx.as_ref(), &mem, &pm) {
                     (Some(ctx), Some(mem), Some(pm)) => {
                         let cmd = m.b as u32;
                         let _c = crate::sync::enter();
@@ -629,7 +666,7 @@ fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
                 Some((r, None))
             }
             OP_CLOSE => {
-                let gone = held.remove(&m.a);
+                let gone = lock_held(&held).remove(&m.a);
                 let _c = crate::sync::enter();
                 drop(gone);
                 None
@@ -637,14 +674,16 @@ fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
             OP_CLONE => match socketpair() {
                 Ok((server, client)) => {
                     let _c = crate::sync::enter();
-                    start(server, held.clone());
+                    let copy = lock_held(&held).clone();
+                    start(server, copy);
                     Some((0, Some(client)))
                 }
                 Err(e) => Some((-i64::from(e.raw_os_error().unwrap_or(libc::EIO)), None)),
             },
             OP_HOLD => {
                 let _c = crate::sync::enter();
-                match (held.get(&m.a), listener()) {
+                let ctx = lock_held(&held).get(&m.a).cloned();
+                match (ctx, listener()) {
                     (Some(ctx), Ok(name)) => {
                         inflight().push((m.a, ctx.clone()));
                         extra = name;
@@ -658,7 +697,7 @@ fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
                 let _c = crate::sync::enter();
                 match claim(m.a) {
                     Some(ctx) => {
-                        let old = held.insert(m.a, ctx);
+                        let old = lock_held(&held).insert(m.a, ctx);
                         drop(old);
                         Some((0, None))
                     }
@@ -706,10 +745,11 @@ fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
     {
         let _c = crate::sync::enter();
         let mut s = SERVED.lock().unwrap_or_else(|e| e.into_inner());
-        s.retain(|&f| f != fd);
+        s.retain(|(f, _)| *f != fd);
         crate::raw_close(fd);
         drop(s);
-        held.clear();
+        let gone = std::mem::take(&mut *lock_held(&held));
+        drop(gone);
     }
 }
 
@@ -717,7 +757,11 @@ fn serve(fd: c_int, mut held: HashMap<u64, Arc<Context>>) {
 /// takes every asynchronous signal out of its mask: the program's signals
 /// go to its own threads.
 fn start(fd: c_int, held: HashMap<u64, Arc<Context>>) {
-    SERVED.lock().unwrap_or_else(|e| e.into_inner()).push(fd);
+    let held: Held = Arc::new(Mutex::new(held));
+    SERVED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push((fd, held.clone()));
     // SAFETY: sigfillset/pthread_sigmask on our own sigset_t values.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -737,7 +781,7 @@ fn start(fd: c_int, held: HashMap<u64, Arc<Context>>) {
         SERVED
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|&f| f != fd);
+            .retain(|(f, _)| *f != fd);
         crate::raw_close(fd);
     }
 }
@@ -834,8 +878,10 @@ pub(crate) fn parent() {
 /// of its owner; the parent's sockets are closed.
 pub(crate) fn child() {
     // the parent's server ends and listening socket: not ours to keep open
-    for fd in std::mem::take(&mut *SERVED.lock().unwrap_or_else(|e| e.into_inner())) {
+    for (fd, held) in std::mem::take(&mut *SERVED.lock().unwrap_or_else(|e| e.into_inner())) {
         crate::raw_close(fd);
+        // the parent's references, not ours to drop
+        std::mem::forget(held);
     }
     if let Some(l) = LISTENER.lock().unwrap_or_else(|e| e.into_inner()).take() {
         crate::raw_close(l.fd);
