@@ -51,12 +51,18 @@ fn xfer(r: uiommufd::Result<usize>) -> Xfer {
 /// memory (see [`files::read_user`]); nothing the size of `count` is
 /// allocated.
 pub(crate) fn read(fd: c_int, buf: u64, count: usize) -> Option<Xfer> {
+    if let Some(r) = crate::remote::engine_read(fd, buf, count.min(MAX_RW_COUNT)) {
+        return Some(r);
+    }
     files::read_user(fd, user_buf(buf, count)).map(xfer)
 }
 
 /// `write(fd, buf, count)` on an engine fd, straight from the caller's
 /// memory.
 pub(crate) fn write(fd: c_int, buf: u64, count: usize) -> Option<Xfer> {
+    if let Some(r) = crate::remote::engine_write(fd, buf, count.min(MAX_RW_COUNT)) {
+        return Some(r);
+    }
     files::write_user(fd, user_buf(buf, count)).map(xfer)
 }
 
@@ -67,6 +73,9 @@ pub(crate) fn pread(fd: c_int, buf: u64, count: usize, offset: i64) -> Option<Xf
     let Ok(offset) = u64::try_from(offset) else {
         return Some(Err(libc::EINVAL));
     };
+    if let Some(r) = crate::remote::engine_pread(fd, buf, count.min(MAX_RW_COUNT), offset) {
+        return Some(r);
+    }
     files::pread_user(fd, user_buf(buf, count), offset).map(xfer)
 }
 
@@ -76,6 +85,9 @@ pub(crate) fn pwrite(fd: c_int, buf: u64, count: usize, offset: i64) -> Option<X
     let Ok(offset) = u64::try_from(offset) else {
         return Some(Err(libc::EINVAL));
     };
+    if let Some(r) = crate::remote::engine_pwrite(fd, buf, count.min(MAX_RW_COUNT), offset) {
+        return Some(r);
+    }
     files::pwrite_user(fd, user_buf(buf, count), offset).map(xfer)
 }
 

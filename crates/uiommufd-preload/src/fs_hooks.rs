@@ -266,6 +266,10 @@ macro_rules! fopen_hook {
                 set_errno(libc::ENOSYS);
                 return std::ptr::null_mut();
             };
+            // SAFETY: reads the path fault-safely.
+            if let Some(f) = unsafe { crate::status_fopen(path, mode) } {
+                return f;
+            }
             // SAFETY: `classify` reads the path fault-safely.
             match unsafe { vfio::classify(libc::AT_FDCWD, path) } {
                 // SAFETY: as above, with the redirected path.

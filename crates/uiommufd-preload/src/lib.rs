@@ -25,6 +25,13 @@
 //!   as the kernel's `unsigned int cmd` does. Errors become `-1` + `errno`.
 //! * `close`, `close_range`, `closefrom`: unregister (the context dies when
 //!   its last fd is closed and no ioctl is in flight on it).
+//! * `fork` (`pthread_atfork` handlers), `sendmsg` and `recvmsg`: one context
+//!   across processes (see `remote`). A fork child's `/dev/iommu` fds, and
+//!   such fds received with `SCM_RIGHTS`, send their ioctls to the process
+//!   that opened them, which runs them as the caller; `sendmsg` of such an
+//!   fd writes into its memfd how the receiver reaches that process.
+//!   `fopen` of `/proc/PID/status` (`fopen64` too) in a process with such an
+//!   fd shows the engine's pins of that process in `VmPin` and `VmLck`.
 //! * `dup`, `dup2`, `dup3`, `fcntl`/`fcntl64` with `F_DUPFD`/`F_DUPFD_CLOEXEC`:
 //!   the new fd refers to the same context; an fd that `dup2`/`dup3` closes
 //!   implicitly is unregistered. The file-level ioctls the kernel answers
@@ -153,13 +160,18 @@
 //! * Static binaries, raw `syscall(SYS_open, ..)`/`SYS_ioctl` and libc-internal
 //!   calls (glibc's `fopen` uses the non-interposable `__open_nocancel`) bypass
 //!   the shim. Use `open`/`openat` to reach `/dev/iommu`.
-//! * After `fork()` the child has a *copy* of the engine state (the fd table
-//!   and every context), not a shared one: objects created by the parent after
-//!   the fork are invisible to the child and vice versa. Pinned memory is
-//!   that of each process's own address space.
-//! * Fds passed over `SCM_RIGHTS`, kept across `exec`, or inherited by a
-//!   process without the preload are plain memfds: the context does not travel
-//!   with them (their ioctls fail with `ENOTTY` from the kernel).
+//! * A `/dev/iommu` fd inherited across `fork` or received with
+//!   `SCM_RIGHTS` reaches the context in the process that opened it (see
+//!   `remote`: the calls run there, as the caller), with the limits listed
+//!   there: another process's private memory is not host memory of the
+//!   engine, commands that create or name engine fds are `EOPNOTSUPP` from
+//!   another process,
+//!   the `ioctl` and `mmap` of inherited engine fds answer from the child's
+//!   copy of the engine (their reads and writes reach the owner's), the
+//!   owner's `RLIMIT_MEMLOCK` bounds every process's pins. Fds kept across `exec` by a process that
+//!   does not own their context, or inherited by a process without the
+//!   preload, are plain memfds (their ioctls fail with `ENOTTY` from the
+//!   kernel).
 //! * `fstat` on an emulated fd shows a memfd, not a character device;
 //!   `read`/`write`/`mmap` act on the memfd.
 //! * Engine fds show as `anon_inode:[eventfd]`, not `[iommufd-pgfault]` &c.
@@ -189,6 +201,7 @@ mod fs_hooks;
 mod mem_hooks;
 mod path;
 mod real;
+mod remote;
 mod signals;
 mod special;
 mod sync;
@@ -234,6 +247,7 @@ fn fail(e: c_int) -> c_int {
 
 extern "C" fn preload_init() {
     sync::init();
+    let _ = guard(uiommufd::accounting::note_initial_caps);
     let _ = guard(signals::init);
     let _ = guard(signals::scan_existing_handlers);
     let _ = guard(table::init_paranoia);
@@ -425,6 +439,7 @@ fn mirror_dup(old: c_int, new: c_int) {
     }
     if files::is_engine_fd(old) || files::is_engine_fd(new) {
         files::on_dup(old, new);
+        remote::dup_engine_fd(old, new);
     }
     if special::any_dirs() {
         special::forget_fd(new);
@@ -635,11 +650,13 @@ fn emulated_ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> Route {
     let _birth = births_fd.then(sync::Birth::new);
     let ops = births_fd.then(sync::fd_ops);
     let r = match &entry.obj {
-        FdObject::Iommu(ctx) => uiommufd::uapi::dispatch::ioctl(ctx, u64::from(cmd), arg as u64),
+        FdObject::Iommu(ctx) => uiommufd::uapi::dispatch::ioctl(ctx, u64::from(cmd), arg as u64)
+            .map_err(|e| e.errno().0),
+        FdObject::Remote(rc) => remote::ioctl(rc, cmd, arg as u64),
     };
     drop(ops);
     drop(entry);
-    Route::Done(r.map_err(|e| e.errno().0))
+    Route::Done(r)
 }
 
 /// `mmap` of an emulated `/dev/iommu` fd (`iommufd_fops_mmap`): the region
@@ -654,7 +671,11 @@ pub(crate) fn iommufd_mmap(
     map: impl FnOnce(c_int, i64) -> *mut c_void,
 ) -> Option<Result<*mut c_void, c_int>> {
     let entry = table::lookup(fd)?;
-    let FdObject::Iommu(ctx) = &entry.obj;
+    let ctx = match &entry.obj {
+        FdObject::Iommu(ctx) => ctx,
+        // the regions live in the owner (see `remote`)
+        FdObject::Remote(_) => return Some(Err(libc::ENODEV)),
+    };
     let Ok(off) = u64::try_from(offset) else {
         return Some(Err(libc::EINVAL));
     };
@@ -733,6 +754,7 @@ fn slow_close(fd: c_int) -> Option<c_int> {
         // Before the real close: once the number is free, a racing open may
         // reuse it, and the engine must not signal (write to) it any more.
         files::on_close(fd);
+        remote::forget_engine_fds(fd, fd);
     }
     if dir {
         special::forget_fd(fd);
@@ -742,6 +764,10 @@ fn slow_close(fd: c_int) -> Option<c_int> {
     let e = errno();
     let gone = table::unregister(fd);
     drop(ops);
+    if matches!(gone.as_ref().map(|e| &e.obj), Some(FdObject::Iommu(_))) {
+        // references of processes that have exited go first
+        remote::sweep();
+    }
     // the context dies here when this was its last fd
     drop(gone);
     set_errno(e);
@@ -786,6 +812,7 @@ fn close_many(lo: c_int, hi: c_int, unshare: bool, real_close: impl FnOnce() -> 
     let ops = sync::fd_ops();
     if !unshare {
         files::on_close_range(lo, hi);
+        remote::forget_engine_fds(lo, hi);
     }
     let r = real_close();
     let e = errno();
@@ -793,11 +820,15 @@ fn close_many(lo: c_int, hi: c_int, unshare: bool, real_close: impl FnOnce() -> 
     if r == 0 {
         if unshare {
             files::on_close_range(lo, hi);
+            remote::forget_engine_fds(lo, hi);
         }
         gone = table::unregister_range(lo, hi);
         special::forget_range(lo, hi);
     }
     drop(ops);
+    if gone.iter().any(|e| matches!(e.obj, FdObject::Iommu(_))) {
+        remote::sweep();
+    }
     drop(gone);
     set_errno(e);
     r
@@ -982,6 +1013,81 @@ fd_creating_hook!(
     /// `memfd_create(2)`, forgetting a stale registration of the new fd.
     memfd_create(name: *const c_char, flags: c_uint)
 );
+
+/// `fopen` of `/proc/PID/status` while this process has a `/dev/iommu` fd:
+/// the text with the engine's pins in `VmPin`/`VmLck` (see
+/// `remote::status_file`), as a stream on a memfd. `None`: not such a
+/// path, or nothing to add (the real file is opened).
+///
+/// # Safety
+/// `path` and `mode` are read fault-safely (any pointer value is fine).
+unsafe fn status_fopen(path: *const c_char, mode: *const c_char) -> Option<*mut libc::FILE> {
+    if path.is_null() || mode.is_null() || !table::any_registered() || sync::foreign() {
+        return None;
+    }
+    let fd = guard(|| {
+        let _c = sync::enter();
+        let p = path::UserPath::read(path).ok()?;
+        remote::status_file(p.as_cstr().to_bytes())
+    })??;
+    // SAFETY: our fresh memfd and the caller's mode string.
+    let f = unsafe { libc::fdopen(fd, mode) };
+    if f.is_null() {
+        raw_close(fd);
+        return None;
+    }
+    Some(f)
+}
+
+/// `sendmsg(2)`: a `/dev/iommu` fd passed with `SCM_RIGHTS` carries the
+/// way to its context (see `remote`).
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> isize {
+    if table::any_registered() && !msg.is_null() && !sync::foreign() {
+        quietly(|| {
+            let _c = sync::enter();
+            remote::before_send(msg as u64);
+        });
+    }
+    let Some(real) = real::sendmsg() else {
+        return missing() as isize;
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    unsafe { real(fd, msg, flags) }
+}
+
+/// `recvmsg(2)`: fds received with `SCM_RIGHTS` forget stale
+/// registrations, and a `/dev/iommu` fd of another process reaches its
+/// context (see `remote`).
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int) -> isize {
+    let Some(real) = real::recvmsg() else {
+        return missing() as isize;
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let n = unsafe { real(fd, msg, flags) };
+    // SAFETY: the call succeeded, so `msg` is the caller's valid msghdr,
+    // which the kernel just filled.
+    if n >= 0 && !msg.is_null() && unsafe { (*msg).msg_controllen } > 0 && !sync::foreign() {
+        quietly(|| {
+            let _c = sync::enter();
+            // SAFETY: as above.
+            for rfd in unsafe { remote::passed_fds(msg) } {
+                let ops = sync::fd_ops();
+                forget_stale(rfd);
+                drop(ops);
+                remote::after_receive(rfd);
+            }
+        });
+    }
+    n
+}
 
 /// A call that creates two fds in `fds[0..2]`.
 macro_rules! fd_pair_hook {

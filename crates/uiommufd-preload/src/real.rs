@@ -137,6 +137,10 @@ real! {
     pipe: unsafe extern "C" fn(*mut c_int) -> c_int;
     /// `int pipe2(int[2], int)`
     pipe2: unsafe extern "C" fn(*mut c_int, c_int) -> c_int;
+    /// `ssize_t sendmsg(int, const struct msghdr *, int)`
+    sendmsg: unsafe extern "C" fn(c_int, *const libc::msghdr, c_int) -> isize;
+    /// `ssize_t recvmsg(int, struct msghdr *, int)`
+    recvmsg: unsafe extern "C" fn(c_int, *mut libc::msghdr, c_int) -> isize;
     /// `int socketpair(int, int, int, int[2])`
     socketpair: unsafe extern "C" fn(c_int, c_int, c_int, *mut c_int) -> c_int;
     /// `int fclose(FILE *)`

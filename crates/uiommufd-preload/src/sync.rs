@@ -380,10 +380,13 @@ extern "C" fn atfork_prepare() {
     // hooks: this thread holds the gate, so it counts as inside a critical
     // section until the fork is done.
     DEPTH.set(1);
+    // the child's connections to the contexts it inherits
+    let _ = crate::guard(crate::remote::prepare);
 }
 
 extern "C" fn atfork_parent() {
     if let Some(mask) = FORK_MASK.take() {
+        let _ = crate::guard(crate::remote::parent);
         DEPTH.set(0);
         gate_exit_exclusive();
         restore(&mask);
@@ -393,6 +396,7 @@ extern "C" fn atfork_parent() {
 extern "C" fn atfork_child() {
     PID.store(raw_getpid(), Ordering::Relaxed);
     if let Some(mask) = FORK_MASK.take() {
+        let _ = crate::guard(crate::remote::child);
         DEPTH.set(0);
         gate_exit_exclusive();
         restore(&mask);

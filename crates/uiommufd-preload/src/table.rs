@@ -41,6 +41,9 @@ static MAP: RwLock<BTreeMap<c_int, Entry>> = RwLock::new(BTreeMap::new());
 pub(crate) enum FdObject {
     /// An open of `/dev/iommu`.
     Iommu(Arc<Context>),
+    /// A `/dev/iommu` fd whose context lives in another process (see
+    /// `remote`).
+    Remote(Arc<crate::remote::RemoteCtx>),
 }
 
 /// One registered fd.
@@ -135,6 +138,11 @@ pub(crate) fn lookup(fd: c_int) -> Option<Entry> {
         return None;
     }
     read().get(&fd).cloned()
+}
+
+/// A strong copy of every entry, by fd.
+pub(crate) fn all() -> Vec<(c_int, Entry)> {
+    read().iter().map(|(&fd, e)| (fd, e.clone())).collect()
 }
 
 /// Register `fd`, replacing (and returning, for the caller to drop outside

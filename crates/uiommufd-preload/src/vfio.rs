@@ -459,6 +459,7 @@ impl FdResolver for TableFds {
     fn context(&self, fd: i32) -> Option<Arc<uiommufd::Context>> {
         match crate::table::lookup(fd)?.obj {
             crate::table::FdObject::Iommu(ctx) => Some(ctx),
+            crate::table::FdObject::Remote(_) => None,
         }
     }
 }

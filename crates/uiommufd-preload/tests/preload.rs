@@ -621,3 +621,49 @@ fn pins_hold_when_the_program_unmaps() {
     let out = run_preloaded(&exe, &[], &[("UIOMMUFD_LOG", "debug")]);
     assert_ok(&out, "pins_hold with debug logging");
 }
+
+/// Issue 16 item 1: one context shared by two unrelated processes through
+/// `SCM_RIGHTS` (`tests/c/scm_rights.c`): each maps its own memory into the
+/// same IOAS and sees the other's areas; the owner's access reads and
+/// writes the peer's memory.
+#[test]
+fn scm_rights_shares_one_context_between_unrelated_processes() {
+    use std::io::{BufRead, BufReader, Read};
+    use std::process::Stdio;
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    let exe = EXE.get_or_init(|| compile_src("scm_rights.c", "scm_rights", &["-O1"]));
+    let name = format!("uiommufd-test-scm-{}", std::process::id());
+    let mut owner = Command::new(exe)
+        .args(["owner", &name])
+        .env("LD_PRELOAD", preload_so())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("run the owner");
+    // the peer starts once the owner listens
+    let mut lines = BufReader::new(owner.stdout.take().unwrap());
+    let mut first = String::new();
+    lines.read_line(&mut first).expect("the owner's first line");
+    assert_eq!(first.trim(), "LISTENING", "owner did not start");
+    let peer = run_preloaded(exe, &["peer", &name], &[]);
+    let status = owner.wait().expect("wait for the owner");
+    let mut rest = String::new();
+    let _ = lines.read_to_string(&mut rest);
+    let mut err = String::new();
+    let _ = owner.stderr.take().unwrap().read_to_string(&mut err);
+    assert_ok(&peer, "scm_rights peer");
+    assert!(
+        status.success() && rest.contains("OK"),
+        "scm_rights owner: {status:?}\nstdout:\n{rest}\nstderr:\n{err}"
+    );
+}
+
+/// Issue 16 item 1: a `/dev/iommu` fd inherited across `fork` (and again by
+/// a grandchild) is the parent's context (`tests/c/fork_share.c`).
+#[test]
+fn fork_shares_the_context() {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    let exe = EXE.get_or_init(|| compile_src("fork_share.c", "fork_share", &["-O1"]));
+    let out = run_preloaded(exe, &[], &[]);
+    assert_ok(&out, "fork_share");
+}

@@ -949,6 +949,15 @@ fn set_readable(fd: i32, on: bool, wake: bool) {
     }
 }
 
+/// Every registered fd and the kind of its file
+/// ([`EngineFile::kind`]), by fd.
+pub fn engine_fds() -> Vec<(i32, &'static str)> {
+    MAP.read()
+        .iter()
+        .map(|(&fd, s)| (fd, s.rec.file.kind()))
+        .collect()
+}
+
 /// How many fds are registered (for tests and diagnostics).
 pub fn registered_fds() -> usize {
     MAP.read().len()

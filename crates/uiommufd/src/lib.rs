@@ -68,6 +68,7 @@ pub mod logging;
 pub mod mmap;
 pub mod mock;
 pub mod pages;
+pub mod process;
 pub mod uapi;
 pub mod user;
 pub mod veventq;

@@ -773,6 +773,14 @@ impl Pages {
         self.registered.store(true, Ordering::Relaxed);
     }
 
+    /// Charge the pinned pages to process `to` (`None`: ours) from now on
+    /// (`IOAS_CHANGE_PROCESS`), under the pin lock that serialises the
+    /// account's charges.
+    pub fn change_process(&self, to: Option<Arc<crate::accounting::ProcCharges>>) {
+        let pins = self.pins.lock();
+        self.account.move_to(to, pins.npinned);
+    }
+
     /// Page-aligned user address of page 0.
     pub fn uptr(&self) -> u64 {
         self.uptr

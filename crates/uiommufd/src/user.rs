@@ -7,8 +7,8 @@
 //! kernel checks the pointers for us, so a bad pointer is `EFAULT`, never
 //! `SIGSEGV`) and from `MADV_POPULATE_{READ,WRITE}`, which faults pages in
 //! with the access the mapping needs and refuses unmapped or forbidden
-//! memory. A later shared-state mode (a daemon holding the engine) will add a
-//! second implementation that targets another pid.
+//! memory. [`crate::process::ProcessMemory`] is the memory of another
+//! process, for the calls of processes that share a context with ours.
 
 use crate::{Error, Result};
 
@@ -53,6 +53,22 @@ pub trait UserMemory: Send + Sync + std::fmt::Debug {
     /// [`UserMemory::write`].
     fn direct(&self) -> bool {
         false
+    }
+    /// Whether these user addresses are addresses of the engine's own
+    /// process, so that a domain may map them as host addresses (a device
+    /// reads and writes there). Default: `true`; `false` for the private
+    /// memory of another process ([`crate::process`]), which only
+    /// accesses reach, through [`UserMemory::read`]/[`UserMemory::write`].
+    fn mappable(&self) -> bool {
+        true
+    }
+    /// The memory a pages object of `[addr, addr + len)` (an `IOAS_MAP` by
+    /// this caller) reads from, when it is not this one: for another
+    /// process's memory, a range that process shares with us is reached in
+    /// place (see [`crate::process`]). Default: `None`, this memory.
+    fn pages_memory(&self, addr: u64, len: u64) -> Option<std::sync::Arc<dyn UserMemory>> {
+        let _ = (addr, len);
+        None
     }
 }
 
@@ -430,13 +446,26 @@ impl FileMaps {
     /// Read `/proc/self/maps` (by system call: under the preload `open` is
     /// the program's hooked entry point). Empty when it cannot be read.
     pub fn snapshot() -> FileMaps {
+        Self::read(c"/proc/self/maps")
+    }
+
+    /// The shared file mappings of process `pid` (`/proc/PID/maps`; empty
+    /// when it cannot be read, e.g. the process is gone).
+    pub fn of_process(pid: i32) -> FileMaps {
+        match std::ffi::CString::new(format!("/proc/{pid}/maps")) {
+            Ok(path) => Self::read(&path),
+            Err(_) => FileMaps::default(),
+        }
+    }
+
+    fn read(path: &std::ffi::CStr) -> FileMaps {
         let mut out = FileMaps::default();
         // SAFETY: a NUL-terminated path; the fd is ours and closed below.
         let fd = unsafe {
             libc::syscall(
                 libc::SYS_openat,
                 libc::AT_FDCWD,
-                c"/proc/self/maps".as_ptr(),
+                path.as_ptr(),
                 libc::O_RDONLY | libc::O_CLOEXEC,
             )
         } as i32;
@@ -494,6 +523,30 @@ impl FileMaps {
         let i = self.maps.partition_point(|m| m.0 <= addr).checked_sub(1)?;
         let (s, e, off, dev, ino) = self.maps[i];
         (addr < e).then(|| (dev, ino, off + (addr - s)))
+    }
+
+    /// Whether every page of `[addr, addr + len)` is in a shared file
+    /// mapping of this snapshot that `other` maps at the same address, of
+    /// the same file at the same offset (a `MAP_SHARED` mapping inherited
+    /// across `fork` and left alone by both processes): the bytes there are
+    /// the same memory in both.
+    pub fn same_memory_as(&self, other: &FileMaps, addr: u64, len: u64) -> bool {
+        let ps = page_size();
+        let Some(end) = addr.checked_add(len) else {
+            return false;
+        };
+        let mut cur = addr & !(ps - 1);
+        while cur < end {
+            let i = match self.maps.partition_point(|m| m.0 <= cur).checked_sub(1) {
+                Some(i) if cur < self.maps[i].1 => i,
+                _ => return false,
+            };
+            if !other.maps.contains(&self.maps[i]) {
+                return false;
+            }
+            cur = self.maps[i].1;
+        }
+        true
     }
 
     /// Whether `a` and `b` reach the same byte of the same file.

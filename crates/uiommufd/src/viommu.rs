@@ -402,7 +402,7 @@ pub(crate) fn viommu_alloc(u: &Ucmd) -> Result<i32> {
         data_type: cmd.r#type,
         uptr: cmd.data_uptr,
         len: cmd.data_len,
-        mem: &**u.ctx.memory(),
+        mem: &**u.mem,
     };
     let offered = std::cell::RefCell::new(Vec::new());
     let mmap = |region: Arc<crate::mmap::MmapRegion>| {
@@ -660,7 +660,7 @@ pub(crate) fn alloc_hwpt_nested(
         data_type: cmd.data_type,
         uptr: cmd.data_uptr,
         len: cmd.data_len,
-        mem: &**u.ctx.memory(),
+        mem: &**u.mem,
     };
     let r = u.ctx.reserve()?;
     let domain =

@@ -63,7 +63,7 @@ pub(crate) fn get_dirty_bitmap(u: &Ucmd) -> Result<i32> {
         hwpt.domain().id(),
         &req,
         cmd.data,
-        u.ctx.memory().as_ref(),
+        u.mem.as_ref(),
     )?;
     Ok(0)
 }

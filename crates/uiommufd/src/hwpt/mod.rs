@@ -195,7 +195,7 @@ pub(crate) fn alloc(u: &Ucmd) -> Result<i32> {
             data_type: cmd.data_type,
             uptr: cmd.data_uptr,
             len: cmd.data_len,
-            mem: &**u.ctx.memory(),
+            mem: &**u.mem,
         };
         dev.driver()
             .alloc_paging_domain_with_data(cmd.flags, &data)?
@@ -255,12 +255,8 @@ pub(crate) fn get_hw_info(u: &Ucmd) -> Result<i32> {
             .map_err(|_| Error::fault("GET_HW_INFO: cannot write data_uptr"))?;
         // zero what the user buffer has beyond our data
         let rest = u64::from(cmd.data_len) - copy as u64;
-        crate::user::clear_user(
-            &**u.ctx.memory(),
-            cmd.data_uptr.wrapping_add(copy as u64),
-            rest,
-        )
-        .map_err(|_| Error::fault("GET_HW_INFO: cannot clear the tail of data_uptr"))?;
+        crate::user::clear_user(&**u.mem, cmd.data_uptr.wrapping_add(copy as u64), rest)
+            .map_err(|_| Error::fault("GET_HW_INFO: cannot clear the tail of data_uptr"))?;
     }
     cmd.data_len = data.len() as u32;
     cmd.out_data_type = ty;

@@ -303,7 +303,7 @@ pub(crate) fn alloc(
         data_type: cmd.data_type,
         uptr: cmd.data_uptr,
         len: cmd.data_len,
-        mem: &**u.ctx.memory(),
+        mem: &**u.mem,
     };
     // IOMMU_HWPT_ALLOC_PASID (6.15) is the core's, as for paging HWPTs
     let pasid_flag = if u.level().at_least(crate::uapi::level::UapiLevel::V6_15) {
@@ -425,7 +425,7 @@ fn invalidate_entries(u: &Ucmd, cmd: &IommuHwptInvalidate) -> (u32, Result<()>) 
                 uptr: cmd.data_uptr,
                 entry_len: cmd.entry_len,
                 entry_num: cmd.entry_num,
-                mem: &**u.ctx.memory(),
+                mem: &**u.mem,
             };
             return v.ops().cache_invalidate(&v, &array);
         }
@@ -457,7 +457,7 @@ fn invalidate_entries(u: &Ucmd, cmd: &IommuHwptInvalidate) -> (u32, Result<()>) 
         uptr: cmd.data_uptr,
         entry_len: cmd.entry_len,
         entry_num: cmd.entry_num,
-        mem: &**u.ctx.memory(),
+        mem: &**u.mem,
     };
     hwpt.domain().cache_invalidate_user(&array)
 }

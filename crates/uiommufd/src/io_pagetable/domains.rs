@@ -100,6 +100,13 @@ fn fill_area(a: &AreaRef, domains: &[Arc<dyn Domain>], pin: bool, max_pgsize: u6
         // not pinned; tracked for revocation, and not mapped once revoked
         return d.fill(a.iova, a.addr(), a.length, a.prot, domains, max_pgsize);
     }
+    if !a.pages.memory().mappable() {
+        crate::bail!(
+            EFAULT,
+            "the area at {:#x} maps private memory of another process, which no domain can map here",
+            a.iova
+        );
+    }
     let (first, last) = a.page_range();
     // the kernel's pfn reader allocates its batch for every area it fills
     crate::inject::point("iopt.fill.batch", libc::ENOMEM)?;

@@ -1369,6 +1369,18 @@ impl IoPagetable {
         Ok(())
     }
 
+    /// The pages objects of every area (each once).
+    pub fn area_pages(&self) -> Vec<Arc<Pages>> {
+        let st = self.state.read();
+        let mut out: Vec<Arc<Pages>> = Vec::new();
+        for a in st.areas.values() {
+            if !out.iter().any(|p| Arc::ptr_eq(p, &a.pages)) {
+                out.push(a.pages.clone());
+            }
+        }
+        out
+    }
+
     /// Check the structure's invariants; `Err` says which one broke.
     ///
     /// Besides the tree, allowed, reserved and free-index rules: every

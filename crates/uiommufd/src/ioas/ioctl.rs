@@ -158,7 +158,7 @@ pub(crate) fn map(u: &Ucmd) -> Result<i32> {
     }
     let ioas = u.ctx.ioas(cmd.ioas_id)?;
     let fixed = (cmd.flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(cmd.iova);
-    cmd.iova = ioas.map_user(cmd.user_va, cmd.length, fixed, prot_of(cmd.flags))?;
+    cmd.iova = ioas.map_user_of(u.mem, cmd.user_va, cmd.length, fixed, prot_of(cmd.flags))?;
     u.respond(&cmd)?;
     Ok(0)
 }
@@ -262,17 +262,31 @@ pub(crate) fn map_file(u: &Ucmd) -> Result<i32> {
 ///
 /// `EOPNOTSUPP` for a non-zero `__reserved`; `EBUSY` while an area is being
 /// mapped; `EINVAL` when any area of any IOAS maps user memory (only file
-/// pages can change process). In one process the caller is the process
-/// that holds the pins already (same mm, same user), so, as in the kernel,
-/// nothing is recharged and the call succeeds.
+/// pages can change process). The caller is the process the command runs
+/// for ([`crate::accounting::caller`]: another process sharing the context,
+/// or ours); the totals (one user here) do not change, so no limit check
+/// can fail. In one process the pins stay where they are, as in the kernel.
 pub(crate) fn change_process(u: &Ucmd) -> Result<i32> {
     let cmd: IommuIoasChangeProcess = u.cmd();
     if cmd.__reserved != 0 {
         bail!(EOPNOTSUPP, "IOAS_CHANGE_PROCESS: __reserved must be zero");
     }
-    for (_, obj) in u.ctx.objects() {
-        if let Object::Ioas(ioas) = obj {
-            ioas.iopt().check_all_file_backed()?;
+    let ioases: Vec<_> = u
+        .ctx
+        .objects()
+        .into_iter()
+        .filter_map(|(_, obj)| match obj {
+            Object::Ioas(ioas) => Some(ioas),
+            _ => None,
+        })
+        .collect();
+    for ioas in &ioases {
+        ioas.iopt().check_all_file_backed()?;
+    }
+    let to = crate::accounting::caller();
+    for ioas in &ioases {
+        for pages in ioas.iopt().area_pages() {
+            pages.change_process(to.clone());
         }
     }
     Ok(0)

@@ -61,6 +61,20 @@ impl Ioas {
         iova: Option<u64>,
         prot: Prot,
     ) -> Result<u64> {
+        self.map_user_of(&self.mem, user_va, length, iova, prot)
+    }
+
+    /// [`Ioas::map_user`] of the memory `mem` (the calling process's, the
+    /// pages' `source_mm`), which need not be the IOAS's own: an IOAS
+    /// shared by several processes maps the memory of whichever maps.
+    pub fn map_user_of(
+        &self,
+        mem: &Arc<dyn UserMemory>,
+        user_va: u64,
+        length: u64,
+        iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<u64> {
         if length == 0 {
             bail!(EINVAL, "length is zero");
         }
@@ -70,14 +84,12 @@ impl Ioas {
                 "user_va {user_va:#x} + length {length:#x} overflows"
             );
         }
-        let pages = Pages::new(
-            self.mem.clone(),
-            user_va,
-            length,
-            prot.write,
-            self.account_mode,
-        );
+        let mem = mem
+            .pages_memory(user_va, length)
+            .unwrap_or_else(|| mem.clone());
+        let pages = Pages::new(mem, user_va, length, prot.write, self.account_mode);
         if self.custody {
+            // (taken only for this process's own memory: see set_custodial)
             pages.set_custodial();
         }
         let start_byte = user_va - pages.uptr();

@@ -131,7 +131,7 @@ fn check_map(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
     let Some(mock) = hwpt.domain().as_any().downcast_ref::<domain::MockDomain>() else {
         bail!(EINVAL, "MD_CHECK_MAP: HWPT {} is not a mock domain", cmd.id);
     };
-    check_user_range(&**u.ctx.memory(), c.uptr, c.length, m, |off, len| {
+    check_user_range(&**u.mem, c.uptr, c.length, m, |off, len| {
         mock.check_map(c.iova.wrapping_add(off), len, c.uptr + off)
             .err()?;
         (off..off + len).step_by(m as usize).find_map(|o| {
@@ -538,7 +538,7 @@ fn check_refs(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
     // The user's pages may be a shared mapping of a file that an
     // IOAS_MAP_FILE pinned through the engine's own mapping of it.
     let files = crate::user::FileMaps::snapshot();
-    check_user_range(&**u.ctx.memory(), c.uptr, c.length, ps, |off, len| {
+    check_user_range(&**u.mem, c.uptr, c.length, ps, |off, len| {
         (off..off + len).step_by(ps as usize).find_map(|o| {
             let addr = c.uptr + o;
             let n = Pages::pins_of_user_page_in(addr, &files);

@@ -33,6 +33,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 use super::level::UapiLevel;
 use super::*;
 use crate::context::Context;
+use crate::user::UserMemory;
 use crate::{bail, Error, Result};
 
 /// Room for the largest command struct we understand.
@@ -43,6 +44,10 @@ const BUF_LEN: usize = 128;
 pub struct Ucmd<'a> {
     /// The context the fd refers to.
     pub ctx: &'a Arc<Context>,
+    /// The memory of the calling process: where `arg` and every user
+    /// pointer of the command point (the context's own memory, or another
+    /// process's for a call made there; see [`ioctl_as`]).
+    pub mem: &'a Arc<dyn UserMemory>,
     /// The user pointer passed to ioctl.
     pub arg: u64,
     /// The `size` field the user passed.
@@ -68,20 +73,19 @@ impl Ucmd<'_> {
     pub fn respond<T: IntoBytes + Immutable>(&self, reply: &T) -> Result<()> {
         let bytes = reply.as_bytes();
         let n = bytes.len().min(self.user_size as usize);
-        self.ctx
-            .memory()
+        self.mem
             .write(self.arg, &bytes[..n])
             .map_err(|_| Error::fault("cannot write the reply"))
     }
 
     /// Copy `n` bytes from user address `addr`.
     pub fn read_user(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        self.ctx.memory().read(addr, buf)
+        self.mem.read(addr, buf)
     }
 
     /// Copy bytes to user address `addr`.
     pub fn write_user(&self, addr: u64, buf: &[u8]) -> Result<()> {
-        self.ctx.memory().write(addr, buf)
+        self.mem.write(addr, buf)
     }
 }
 
@@ -160,10 +164,20 @@ const TABLE_LAST_NR: u32 = IOMMUFD_CMD_TEST;
 /// pointer. Returns the ioctl's non-negative result or the error (whose
 /// `errno()` is what the caller must see).
 pub fn ioctl(ctx: &Arc<Context>, cmd: u64, arg: u64) -> Result<i32> {
+    ioctl_as(ctx, ctx.memory(), cmd, arg)
+}
+
+/// [`ioctl`] made by a process whose memory is `mem` (the kernel's
+/// `current->mm` of the call): `arg` and the command's user pointers are
+/// addresses there, and the pages an `IOAS_MAP` maps are its memory. With
+/// `ctx.memory()` this is [`ioctl`]. The VFIO container commands (numbers
+/// outside the iommufd table) are refused from another process's memory
+/// (`EOPNOTSUPP`).
+pub fn ioctl_as(ctx: &Arc<Context>, mem: &Arc<dyn UserMemory>, cmd: u64, arg: u64) -> Result<i32> {
     // The kernel's ioctl takes `unsigned int cmd`: upper bits are dropped.
     let cmd = cmd as u32;
     let watch = crate::inject::Watch::start();
-    let res = catch_unwind(AssertUnwindSafe(|| dispatch(ctx, cmd, arg)));
+    let res = catch_unwind(AssertUnwindSafe(|| dispatch(ctx, mem, cmd, arg)));
     let res = match res {
         Ok(r) => r,
         Err(p) => {
@@ -225,11 +239,17 @@ fn after_injected_failure(
     }
 }
 
-fn dispatch(ctx: &Arc<Context>, cmd: u32, arg: u64) -> Result<i32> {
+fn dispatch(ctx: &Arc<Context>, mem: &Arc<dyn UserMemory>, cmd: u32, arg: u64) -> Result<i32> {
     // As the kernel: only `_IOC_NR` decides; a number outside the table is
     // the VFIO container API (which matches whole numbers, else `ENOTTY`).
     let nr = cmd & 0xff;
     if !(IOMMUFD_CMD_BASE..=TABLE_LAST_NR).contains(&nr) {
+        if !Arc::ptr_eq(mem, ctx.memory()) {
+            bail!(
+                EOPNOTSUPP,
+                "VFIO container ioctl {cmd:#x} from a process that does not hold the engine"
+            );
+        }
         return crate::vfio_compat::ioctl(ctx, cmd, arg);
     }
     let level = ctx.uapi_level();
@@ -239,10 +259,9 @@ fn dispatch(ctx: &Arc<Context>, cmd: u32, arg: u64) -> Result<i32> {
     // user memory is a syscall here). It fails where the user buffer is
     // shorter than that and ends at unmapped memory; the exact path below
     // then gives the kernel's answers in the kernel's order.
-    let speculative = op.is_some_and(|op| ctx.memory().read(arg, &mut buf[..op.size]).is_ok());
+    let speculative = op.is_some_and(|op| mem.read(arg, &mut buf[..op.size]).is_ok());
     if !speculative {
-        ctx.memory()
-            .read(arg, &mut buf[..4])
+        mem.read(arg, &mut buf[..4])
             .map_err(|_| Error::fault("cannot read the command's size field"))?;
     }
     let user_size = u32::from_ne_bytes([buf[0], buf[1], buf[2], buf[3]]);
@@ -271,12 +290,13 @@ fn dispatch(ctx: &Arc<Context>, cmd: u32, arg: u64) -> Result<i32> {
         // check what lies past the struct we understand
         let n = (user_size as usize).min(op.size);
         buf[n..op.size].fill(0);
-        check_zero_tail(ctx, arg, op.size as u64, user_size as u64, op.name)?;
+        check_zero_tail(&**mem, arg, op.size as u64, user_size as u64, op.name)?;
     } else {
-        copy_struct_from_user(ctx, &mut buf[..op.size], arg, user_size as u64, op.name)?;
+        copy_struct_from_user(&**mem, &mut buf[..op.size], arg, user_size as u64, op.name)?;
     }
     let ucmd = Ucmd {
         ctx,
+        mem,
         arg,
         user_size,
         buf,
@@ -288,7 +308,7 @@ fn dispatch(ctx: &Arc<Context>, cmd: u32, arg: u64) -> Result<i32> {
 /// Copy a struct of `dst.len()` known bytes from a user buffer of `usize`
 /// bytes: shorter is zero-filled, longer must be zero past what we know.
 fn copy_struct_from_user(
-    ctx: &Context,
+    mem: &dyn UserMemory,
     dst: &mut [u8],
     arg: u64,
     usize_: u64,
@@ -296,16 +316,21 @@ fn copy_struct_from_user(
 ) -> Result<()> {
     let known = dst.len() as u64;
     let n = known.min(usize_) as usize;
-    ctx.memory()
-        .read(arg, &mut dst[..n])
+    mem.read(arg, &mut dst[..n])
         .map_err(|_| Error::fault("cannot read the command struct"))?;
-    check_zero_tail(ctx, arg, known, usize_, name)
+    check_zero_tail(mem, arg, known, usize_, name)
 }
 
 /// The bytes from `known` to `usize_` must be zero (`E2BIG`): see
 /// [`crate::user::check_zero_tail`].
-fn check_zero_tail(ctx: &Context, arg: u64, known: u64, usize_: u64, name: &str) -> Result<()> {
-    crate::user::check_zero_tail(&**ctx.memory(), arg, known, usize_, name)
+fn check_zero_tail(
+    mem: &dyn UserMemory,
+    arg: u64,
+    known: u64,
+    usize_: u64,
+    name: &str,
+) -> Result<()> {
+    crate::user::check_zero_tail(mem, arg, known, usize_, name)
 }
 
 // ---------------------------------------------------------------------------

@@ -1,0 +1,321 @@
+/* SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause */
+/*
+ * A /dev/iommu fd inherited across fork refers to the parent's context,
+ * under libuiommufd_preload.so (run with LD_PRELOAD set):
+ *
+ *  - objects a child and a grandchild (a fork of the child: its fd is
+ *    itself inherited) allocate are the parent's to destroy;
+ *  - the context lives while a child holds the fd, after the parent closed
+ *    its own;
+ *  - the child maps MAP_SHARED memory it shares with the parent into a
+ *    mock domain, and the parent's access reads what the child wrote;
+ *  - a child's IOAS_MAP_FILE maps its own memfd (the fd travels to the
+ *    owner), which stays mapped after the child closed it and exited;
+ *  - a fault queue fd inherited by a child reads and answers the faults of
+ *    the owner's engine;
+ *  - the owner's exit ends the context: a child's calls are then EIO.
+ *
+ * Prints "OK" and exits 0 when every check passed.
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <poll.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "uapi_test.h"
+
+#define IOVA 0x1000000ull /* inside the mock aperture */
+
+static uint32_t ioas_alloc(int fd)
+{
+	struct iommu_ioas_alloc a = { .size = sizeof(a) };
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, &a))
+		return 0;
+	return a.out_ioas_id;
+}
+
+static int destroy(int fd, uint32_t id)
+{
+	struct iommu_destroy d = { .size = sizeof(d), .id = id };
+	return ioctl(fd, IOMMU_DESTROY, &d);
+}
+
+static int wait_ok(pid_t pid)
+{
+	int st = 0;
+	return waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+static void objects_of_children(void)
+{
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open");
+	int p[2];
+	CHECK(pipe(p) == 0, "pipe");
+	pid_t child = fork();
+	if (child == 0) {
+		uint32_t id = ioas_alloc(fd);
+		pid_t grandchild = fork();
+		if (grandchild == 0) {
+			uint32_t id3 = ioas_alloc(fd);
+			_exit(write(p[1], &id3, 4) == 4 && id3 ? 0 : 1);
+		}
+		int ok = wait_ok(grandchild);
+		_exit(write(p[1], &id, 4) == 4 && id && ok ? 0 : 1);
+	}
+	uint32_t ids[2] = { 0, 0 };
+	CHECK(read(p[0], &ids[0], 4) == 4 && read(p[0], &ids[1], 4) == 4, "ids");
+	CHECK(wait_ok(child), "child");
+	CHECK(ids[0] && ids[1] && ids[0] != ids[1], "two ids %u %u", ids[0], ids[1]);
+	CHECK(destroy(fd, ids[0]) == 0, "destroy the grandchild's IOAS %u", ids[0]);
+	CHECK(destroy(fd, ids[1]) == 0, "destroy the child's IOAS %u", ids[1]);
+	errno = 0;
+	CHECK(destroy(fd, ids[0]) == -1 && errno == ENOENT, "destroyed once");
+	close(p[0]);
+	close(p[1]);
+	close(fd);
+}
+
+static void outlives_the_parents_fd(void)
+{
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open");
+	uint32_t ioas = ioas_alloc(fd);
+	int p[2];
+	CHECK(pipe(p) == 0, "pipe");
+	pid_t child = fork();
+	if (child == 0) {
+		char c;
+		close(p[1]);
+		if (read(p[0], &c, 1) != 1)
+			_exit(2);
+		/* the parent has closed its fd: the context is still ours */
+		_exit(ioas_alloc(fd) && destroy(fd, ioas) == 0 ? 0 : 1);
+	}
+	close(p[0]);
+	close(fd);
+	CHECK(write(p[1], "g", 1) == 1, "go");
+	CHECK(wait_ok(child), "the child's calls after the parent's close");
+	close(p[1]);
+}
+
+static void shared_memory_in_a_domain(void)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open");
+	uint32_t ioas = ioas_alloc(fd);
+	struct iommu_test_cmd d = { .size = sizeof(d), .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = ioas };
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &d) == 0, "MOCK_DOMAIN");
+	struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_CREATE_ACCESS, .id = ioas };
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &c) == 0, "CREATE_ACCESS");
+	unsigned char *buf = mmap(NULL, 2 * pg, PROT_READ | PROT_WRITE,
+				  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	CHECK(buf != MAP_FAILED, "mmap");
+	pid_t child = fork();
+	if (child == 0) {
+		memset(buf, 0x3c, 2 * pg);
+		struct iommu_ioas_map m = {
+			.size = sizeof(m),
+			.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE |
+				 IOMMU_IOAS_MAP_WRITEABLE,
+			.ioas_id = ioas,
+			.user_va = (uintptr_t)buf,
+			.length = 2 * pg,
+			.iova = IOVA,
+		};
+		_exit(ioctl(fd, IOMMU_IOAS_MAP, &m) == 0 ? 0 : 1);
+	}
+	CHECK(wait_ok(child), "the child's IOAS_MAP into a domain");
+	unsigned char got[32] = { 0 };
+	struct iommu_test_cmd rw = { .size = sizeof(rw), .op = IOMMU_TEST_OP_ACCESS_RW,
+				     .id = c.create_access.out_access_fd };
+	rw.access_rw.iova = IOVA + pg - 16;
+	rw.access_rw.length = sizeof(got);
+	rw.access_rw.uptr = (uintptr_t)got;
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &rw) == 0, "ACCESS_RW after the child exited");
+	for (size_t i = 0; i < sizeof(got); i++)
+		CHECK(got[i] == 0x3c, "byte %zu", i);
+	close(fd);
+}
+
+#define IOMMU_IOAS_MAP_FILE _IO(IOMMUFD_TYPE, 0x8f)
+
+struct iommu_ioas_map_file {
+	uint32_t size;
+	uint32_t flags;
+	uint32_t ioas_id;
+	int32_t fd;
+	uint64_t start;
+	uint64_t length;
+	uint64_t iova;
+};
+
+/* IOAS_MAP_FILE from a child: its fd travels to the owner, the area stays
+ * after the child closed the memfd and exited; a bad fd is EBADF. */
+static void map_file_from_a_child(void)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open");
+	uint32_t ioas = ioas_alloc(fd);
+	struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_CREATE_ACCESS, .id = ioas };
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &c) == 0, "CREATE_ACCESS");
+	pid_t child = fork();
+	if (child == 0) {
+		int mfd = memfd_create("guest-ram", 0);
+		unsigned char page[4096];
+		memset(page, 0x77, sizeof(page));
+		int ok = mfd >= 0 && ftruncate(mfd, 2 * pg) == 0 &&
+			 pwrite(mfd, page, sizeof(page), pg) == (ssize_t)sizeof(page);
+		struct iommu_ioas_map_file m = {
+			.size = sizeof(m),
+			.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE,
+			.ioas_id = ioas,
+			.fd = mfd,
+			.start = 0,
+			.length = 2 * pg,
+			.iova = IOVA,
+		};
+		ok = ok && ioctl(fd, IOMMU_IOAS_MAP_FILE, &m) == 0 && m.fd == mfd;
+		m.fd = 1000;
+		m.iova = IOVA + 2 * pg;
+		errno = 0;
+		ok = ok && ioctl(fd, IOMMU_IOAS_MAP_FILE, &m) == -1 && errno == EBADF;
+		close(mfd);
+		_exit(ok ? 0 : 1);
+	}
+	CHECK(wait_ok(child), "the child's IOAS_MAP_FILE");
+	unsigned char got[32] = { 0 };
+	struct iommu_test_cmd rw = { .size = sizeof(rw), .op = IOMMU_TEST_OP_ACCESS_RW,
+				     .id = c.create_access.out_access_fd };
+	rw.access_rw.iova = IOVA + pg + 100;
+	rw.access_rw.length = sizeof(got);
+	rw.access_rw.uptr = (uintptr_t)got;
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &rw) == 0, "ACCESS_RW of the child's file");
+	for (size_t i = 0; i < sizeof(got); i++)
+		CHECK(got[i] == 0x77, "byte %zu", i);
+	close(fd);
+}
+
+/* A fault queue fd inherited across fork: the child reads the faults the
+ * owner's engine queued and answers them there (the queue empties for the
+ * parent too); poll works on the shared eventfd. */
+static void fault_fd_in_a_child(void)
+{
+	struct iommu_ioas_alloc ioas = { .size = sizeof(ioas) };
+	struct iommu_test_cmd md = { .size = sizeof(md), .op = IOMMU_TEST_OP_MOCK_DOMAIN };
+	struct iommu_hwpt_alloc parent = { .size = sizeof(parent) };
+	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
+	uint32_t iotlb = IOMMU_TEST_IOTLB_DEFAULT;
+	struct iommu_hwpt_alloc nested = { .size = sizeof(nested) };
+	struct iommu_test_cmd rep = { .size = sizeof(rep), .op = IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE };
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open");
+	CHECK(ioctl(fd, IOMMU_IOAS_ALLOC, &ioas) == 0, "IOAS_ALLOC");
+	md.id = ioas.out_ioas_id;
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &md) == 0, "MOCK_DOMAIN");
+	parent.flags = IOMMU_HWPT_ALLOC_NEST_PARENT;
+	parent.dev_id = md.mock_domain.out_idev_id;
+	parent.pt_id = ioas.out_ioas_id;
+	CHECK(ioctl(fd, IOMMU_HWPT_ALLOC, &parent) == 0, "parent HWPT");
+	CHECK(ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa) == 0, "FAULT_QUEUE_ALLOC");
+	nested.flags = IOMMU_HWPT_FAULT_ID_VALID;
+	nested.dev_id = md.mock_domain.out_idev_id;
+	nested.pt_id = parent.out_hwpt_id;
+	nested.data_type = IOMMU_HWPT_DATA_SELFTEST;
+	nested.data_len = sizeof(iotlb);
+	nested.data_uptr = (uintptr_t)&iotlb;
+	nested.fault_id = fa.out_fault_id;
+	CHECK(ioctl(fd, IOMMU_HWPT_ALLOC, &nested) == 0, "nested HWPT");
+	rep.id = md.mock_domain.out_stdev_id;
+	rep.replace.pt_id = nested.out_hwpt_id;
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &rep) == 0, "attach to the nested HWPT");
+	for (uint32_t g = 1; g <= 2; g++) {
+		struct iommu_test_cmd t = { .size = sizeof(t), .op = IOMMU_TEST_OP_TRIGGER_IOPF };
+		t.trigger_iopf.dev_id = md.mock_domain.out_idev_id;
+		t.trigger_iopf.grpid = g;
+		t.trigger_iopf.perm = 3;
+		t.trigger_iopf.addr = 0xdeadbeef000;
+		CHECK(ioctl(fd, IOMMU_TEST_CMD, &t) == 0, "TRIGGER_IOPF %u", g);
+	}
+	int ffd = fa.out_fault_fd;
+	pid_t child = fork();
+	if (child == 0) {
+		struct pollfd pf = { .fd = ffd, .events = POLLIN };
+		struct iommu_hwpt_pgfault f[4];
+		int ok = poll(&pf, 1, 1000) == 1;
+		ssize_t r = read(ffd, f, sizeof(f));
+		ok = ok && r == 2 * (ssize_t)sizeof(f[0]) && f[0].grpid == 1 && f[1].grpid == 2;
+		for (int i = 0; ok && i < 2; i++) {
+			struct iommu_hwpt_page_response resp = { .cookie = f[i].cookie, .code = 0 };
+			ok = write(ffd, &resp, sizeof(resp)) == sizeof(resp);
+		}
+		_exit(ok ? 0 : 1);
+	}
+	CHECK(wait_ok(child), "the child read and answered the faults");
+	struct pollfd pf = { .fd = ffd, .events = POLLIN };
+	CHECK(poll(&pf, 1, 0) == 0, "the queue is empty for the parent too");
+	struct iommu_hwpt_pgfault left[4];
+	CHECK(read(ffd, left, sizeof(left)) == 0, "no fault left in the owner's queue");
+	close(ffd);
+	close(fd);
+}
+
+/* The owner's exit ends its contexts (a documented difference: the kernel
+ * keeps the file while any process holds it): the child's calls are EIO. */
+static void owner_exit(void)
+{
+	int p[2], res[2];
+	CHECK(pipe(p) == 0 && pipe(res) == 0, "pipe");
+	pid_t owner = fork();
+	if (owner == 0) {
+		int fd = open("/dev/iommu", O_RDWR);
+		pid_t child = fork();
+		if (child == 0) {
+			char c;
+			close(p[1]);
+			close(res[0]);
+			/* end of file: the owner has exited */
+			if (read(p[0], &c, 1) != 0)
+				_exit(2);
+			struct iommu_ioas_alloc a = { .size = sizeof(a) };
+			errno = 0;
+			int r = ioctl(fd, IOMMU_IOAS_ALLOC, &a);
+			c = r == -1 && errno == EIO ? 'y' : 'n';
+			_exit(write(res[1], &c, 1) == 1 ? 0 : 1);
+		}
+		_exit(fd >= 0 && ioas_alloc(fd) ? 0 : 1);
+	}
+	close(p[0]);
+	close(p[1]);
+	close(res[1]);
+	CHECK(wait_ok(owner), "the owner");
+	char c = 0;
+	CHECK(read(res[0], &c, 1) == 1 && c == 'y', "EIO after the owner's exit (%c)", c);
+	close(res[0]);
+}
+
+int main(void)
+{
+	objects_of_children();
+	outlives_the_parents_fd();
+	shared_memory_in_a_domain();
+	map_file_from_a_child();
+	fault_fd_in_a_child();
+	owner_exit();
+	if (failures) {
+		fprintf(stderr, "%d failures\n", failures);
+		return 1;
+	}
+	printf("OK\n");
+	return 0;
+}
