@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use uiommufd::vfio::migration::MigState;
 
+use super::clock;
 use super::records::{self, RECORD, TRAFFIC_COUNT, TRAFFIC_SEQ};
 use super::vm::{Vm, PAGE};
 use super::wire::{self, Tag, Wire};
@@ -34,13 +35,16 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
         "dma-engine,addr=0000:f7:00.0,group=7700,cdev=7700",
         false,
     )?;
-    w.send(Tag::Ready, 0, 0, 0).map_err(io("reporting ready"))?;
+    w.send(Tag::Ready, clock::host_id(), 0, 0)
+        .map_err(io("reporting ready"))?;
     let npages = size / PAGE;
     // The device's migration data arrives in pieces (its pre-copy snapshot
     // with round 0, its final state after the stop): each goes into the
     // resuming data fd at once, so that at the end only RESUMING → RUNNING
     // is left.
     let mut resume_fd: Option<i32> = None;
+    // When the final round (the one the source does not wait for) was read.
+    let mut final_read = 0;
     let last_seq = loop {
         let h = w.recv().map_err(io("receiving"))?;
         match h.tag {
@@ -56,7 +60,9 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
                     .map_err(io("receiving pages"))?;
             }
             Tag::EndRound => {
-                if h.c == 1 {
+                if h.c == 0 {
+                    final_read = clock::now_ns();
+                } else {
                     w.send(Tag::Received, h.a, h.b, 0)
                         .map_err(io("acknowledging a round"))?;
                 }
@@ -84,7 +90,9 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
     };
     let _ = uiommufd::files::close(fd);
     vm.finish_resume()?;
-    w.send(Tag::Resumed, 0, 0, 0)
+    // The downtime ends here, not when the source reads the message.
+    let resumed = clock::now_ns();
+    w.send(Tag::Resumed, resumed, final_read, 0)
         .map_err(io("reporting the resume"))?;
 
     // Let the device go on for a while, then stop it to check.

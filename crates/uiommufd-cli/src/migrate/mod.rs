@@ -27,6 +27,7 @@
 //! device error) ends with a clear error, and a source that had stopped
 //! its device restarts it.
 
+mod clock;
 mod dest;
 mod floor;
 mod records;

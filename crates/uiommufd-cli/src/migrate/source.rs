@@ -8,7 +8,7 @@ use super::records::{self, RECORD, TRAFFIC_SEQ};
 use super::report::{Progress, Report, Round};
 use super::vm::{Vm, PAGE};
 use super::wire::{self, Tag, Wire};
-use super::{floor, Opts, Sock};
+use super::{clock, floor, Opts, Sock};
 
 type R<T> = Result<T, String>;
 
@@ -16,29 +16,19 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
-/// Send the pages whose bits are set in `bm` (all pages when `None`).
-///
-/// A pre-copy round (`stopped` false) ends when the destination says it
-/// has read it all ([`Tag::Received`]), and its copy time runs to then:
-/// so the time is that of the transfer, not of handing bytes to the
-/// socket, and the stop that may follow finds no earlier round still
-/// queued in the socket ahead of the final pages (they would wait behind
-/// it, in the downtime). The stop-and-copy round does not wait: `Finish`
-/// follows it at once, and the downtime runs to the destination's resume.
-fn send_round(
+/// Send the pages whose bits are set in `bm` (all pages when `None`),
+/// counting from `sent` pages of a round of `total`; returns the pages
+/// sent now.
+fn send_pages(
     w: &mut Wire<Sock>,
     vm: &Vm,
     bm: Option<&[u64]>,
     round: u32,
-    stopped: bool,
+    (sent0, total, t): (u64, u64, Instant),
     progress: &Progress,
-) -> R<Round> {
+) -> R<u64> {
     let npages = vm.size / PAGE;
-    let total = bm.map_or(npages, |b| {
-        b.iter().map(|w| u64::from(w.count_ones())).sum()
-    });
-    let t = Instant::now();
-    let mut sent = 0u64;
+    let mut sent = sent0;
     let mut last_shown = 0u64;
     let mut send_run = |w: &mut Wire<Sock>, first: u64, n: u64| -> R<()> {
         // SAFETY: the run lies inside guest memory, which stays mapped.
@@ -96,25 +86,52 @@ fn send_round(
             }
         }
     }
-    w.send(Tag::EndRound, u64::from(round), sent, u64::from(!stopped))
+    Ok(sent - sent0)
+}
+
+/// Pages set in a bitmap.
+fn count(bm: &[u64]) -> u64 {
+    bm.iter().map(|w| u64::from(w.count_ones())).sum()
+}
+
+/// Send a pre-copy round: the pages whose bits are set in `bm` (all pages
+/// when `None`).
+///
+/// The round ends when the destination says it has read it all
+/// ([`Tag::Received`]), and its copy time runs to then: so the time is
+/// that of the transfer, not of handing bytes to the socket, and the stop
+/// that may follow finds no earlier round still queued in the socket
+/// ahead of the final pages (they would wait behind it, in the downtime).
+/// The stop-and-copy round is sent by [`run`] itself (in two parts, see
+/// there) and not waited for: `Finish` follows it at once, and the
+/// downtime runs to the destination's resume.
+fn send_round(
+    w: &mut Wire<Sock>,
+    vm: &Vm,
+    bm: Option<&[u64]>,
+    round: u32,
+    progress: &Progress,
+) -> R<Round> {
+    let total = bm.map_or(vm.size / PAGE, count);
+    let t = Instant::now();
+    let sent = send_pages(w, vm, bm, round, (0, total, t), progress)?;
+    w.send(Tag::EndRound, u64::from(round), sent, 1)
         .map_err(io("ending a round"))?;
-    if !stopped {
-        let h = w
-            .expect(Tag::Received)
-            .map_err(io("waiting for the destination to read a round"))?;
-        if h.a != u64::from(round) || h.b != sent {
-            return Err(format!(
-                "the destination read round {} with {} pages, not round {round} with {sent}",
-                h.a, h.b
-            ));
-        }
+    let h = w
+        .expect(Tag::Received)
+        .map_err(io("waiting for the destination to read a round"))?;
+    if h.a != u64::from(round) || h.b != sent {
+        return Err(format!(
+            "the destination read round {} with {} pages, not round {round} with {sent}",
+            h.a, h.b
+        ));
     }
     Ok(Round {
         round,
         pages: sent,
         bytes: sent * PAGE,
         copy: t.elapsed(),
-        stopped,
+        stopped: false,
         ..Default::default()
     })
 }
@@ -161,8 +178,10 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         .map_err(io("greeting the destination"))?;
     // Round 0 starts once the destination's memory is ready, so that its
     // set-up is not counted as transfer time.
-    w.expect(Tag::Ready)
+    let ready = w
+        .expect(Tag::Ready)
         .map_err(io("waiting for the destination to set up"))?;
+    let hosts = (clock::host_id(), ready.a);
     vm.start_tracking()?;
     // Device pre-copy: its data fd is opened now and its snapshot sent
     // with round 0; at the stop only the final record follows on it.
@@ -180,7 +199,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         raw_rate,
         ..Default::default()
     };
-    let r0 = send_round(&mut w, &vm, None, 0, false, &progress)?;
+    let r0 = send_round(&mut w, &vm, None, 0, &progress)?;
     progress.finish(&r0);
     let mut rate = r0.rate();
     rep.rounds.push(r0);
@@ -192,12 +211,12 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         let t = Instant::now();
         vm.sync_dirty(&mut bm)?;
         let bitmap = t.elapsed();
-        let dirty: u64 = bm.iter().map(|w| u64::from(w.count_ones())).sum();
+        let dirty = count(&bm);
         let est = Duration::from_secs_f64((dirty * PAGE) as f64 / rate.max(1.0));
         if est <= budget || round >= o.max_rounds {
             break bitmap;
         }
-        let mut r = send_round(&mut w, &vm, Some(&bm), round, false, &progress)?;
+        let mut r = send_round(&mut w, &vm, Some(&bm), round, &progress)?;
         r.bitmap = bitmap;
         progress.finish(&r);
         if r.bytes > 0 {
@@ -211,7 +230,16 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     let mut fin = vec![0u64; bm.len()];
     // Stop and copy. The device state goes first, so that the destination
     // loads it into its device while the last pages are still on the way.
-    let t_stop = Instant::now();
+    //
+    // The final round goes in two parts. The pages the last read found
+    // (`bm`, nearly all of the final set: the read just above came right
+    // before the stop) are final once the device is stopped, so they go at
+    // once; the final read of the tracker follows, while the socket still
+    // carries them to the destination, and only the pages it finds that
+    // were not sent yet go after. So the final read overlaps the transfer
+    // instead of delaying all of it, and no page is sent twice. Both reads
+    // chose this round's pages: both count as its bitmap cost.
+    let t_stop = clock::now_ns();
     vm.stop_copy()?;
     let restart = Restart(Some(&vm));
     let state = vm.read_data(data_fd)?;
@@ -219,32 +247,75 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         .map_err(io("sending the device state"))?;
     w.send_bytes(&state)
         .map_err(io("sending the device state"))?;
-    let t_saved = Instant::now();
+    let t_saved = clock::now_ns();
     let last_seq = vm.bar0_read64(TRAFFIC_SEQ)?;
+    let known = count(&bm);
+    let t_pages = clock::now_ns();
+    let t_pages_i = Instant::now();
+    let early_pages = send_pages(
+        &mut w,
+        &vm,
+        Some(&bm),
+        round,
+        (0, known, t_pages_i),
+        &progress,
+    )?;
+    let t_known = clock::now_ns();
     let t = Instant::now();
     vm.sync_dirty(&mut fin)?;
-    let t_synced = Instant::now();
-    let bitmap = bitmap + (t_synced - t);
-    for (a, b) in bm.iter_mut().zip(&fin) {
-        *a |= *b;
+    let fin_read = t.elapsed();
+    let t_synced = clock::now_ns();
+    for (f, b) in fin.iter_mut().zip(&bm) {
+        *f &= !*b;
     }
-    let mut r = send_round(&mut w, &vm, Some(&bm), round, true, &progress)?;
-    r.bitmap = bitmap;
-    w.send(Tag::Finish, 0, last_seq, r.pages)
+    let late = count(&fin);
+    let late_pages = send_pages(
+        &mut w,
+        &vm,
+        Some(&fin),
+        round,
+        (early_pages, early_pages + late, t_pages_i),
+        &progress,
+    )?;
+    let pages = early_pages + late_pages;
+    w.send(Tag::EndRound, u64::from(round), pages, 0)
+        .map_err(io("ending the final round"))?;
+    w.send(Tag::Finish, 0, last_seq, pages)
         .map_err(io("finishing"))?;
-    let t_sent = Instant::now();
-    w.expect(Tag::Resumed)
+    let t_sent = clock::now_ns();
+    let h = w
+        .expect(Tag::Resumed)
         .map_err(io("waiting for the destination to resume"))?;
-    let t_resumed = Instant::now();
+    let t_answer = clock::now_ns();
+    // The destination's stamps where they are on our clock (clock.rs),
+    // else what we saw: its answer, our last write.
+    let t_resumed =
+        clock::on_our_clock(hosts.0, hosts.1, h.a, t_stop, t_answer).unwrap_or(t_answer);
+    let t_read = clock::on_our_clock(hosts.0, hosts.1, h.b, t_pages, t_answer).unwrap_or(t_sent);
     // The session ends (STOP_COPY → STOP) once it cost no downtime.
     vm.mig_set(MigState::Stop)?;
-    rep.downtime = t_resumed - t_stop;
-    rep.downtime_parts = vec![
-        ("stop + device state", t_saved - t_stop),
-        ("final bitmap", t_synced - t_saved),
-        ("final pages", t_sent - t_synced),
-        ("destination resume", t_resumed - t_sent),
-    ];
+    rep.downtime = Duration::from_nanos(t_resumed.saturating_sub(t_stop));
+    rep.downtime_parts = clock::parts(
+        t_stop,
+        &[
+            ("stop + device state", t_saved),
+            ("pages found before the stop", t_known),
+            ("final bitmap", t_synced),
+            ("pages found after", t_sent),
+            ("destination resume", t_resumed),
+        ],
+    );
+    // The final round's copy time: from its first page to the destination
+    // having read its last (when it says so on our clock; else to our last
+    // write), the overlapped final read included.
+    let r = Round {
+        round,
+        pages,
+        bytes: pages * PAGE,
+        copy: Duration::from_nanos(t_read.saturating_sub(t_pages)),
+        bitmap: bitmap + fin_read,
+        stopped: true,
+    };
     progress.finish(&r);
     rep.rounds.push(r);
     rep.device_bytes = (early.len() + state.len()) as u64;

@@ -46,10 +46,14 @@ pub enum Tag {
     /// Destination's answer: a = 1 when the memory digest matched, b = its
     /// digest, c = the first record sequence number the resumed device wrote.
     Verdict = 6,
-    /// The destination resumed the device (downtime ends): a = 0.
+    /// The destination resumed the device (downtime ends): a = when its
+    /// device was running, b = when it had read the final round up to its
+    /// `EndRound`, both on its `CLOCK_MONOTONIC` in nanoseconds (see
+    /// `clock.rs` for when the source may use them).
     Resumed = 7,
     /// The destination's machine is set up (its memory mapped and
-    /// populated): the transfer may start. a = 0.
+    /// populated): the transfer may start. a = its host id (`clock.rs`:
+    /// equal ids share `CLOCK_MONOTONIC`; 0 unknown).
     Ready = 8,
     /// The destination has read a pre-copy round up to its `EndRound`:
     /// a = round number, b = its pages.
