@@ -53,8 +53,11 @@ pub struct Report {
     pub downtime_parts: Vec<(&'static str, Duration)>,
     /// Wall time of the whole migration.
     pub total: Duration,
-    /// A raw socket copy measured in the same run, bytes per second.
+    /// A raw socket copy measured in the same run, bytes per second: the
+    /// fastest of [`Report::raw_samples`] (see `floor.rs`).
     pub raw_rate: f64,
+    /// Each raw copy measured, bytes per second, in the order taken.
+    pub raw_samples: Vec<f64>,
     /// Memory digests equal.
     pub memory_ok: bool,
     /// The device's last record sequence at stop and the first after resume.
@@ -175,9 +178,10 @@ impl Report {
         }
         let _ = writeln!(
             s,
-            "  throughput {}/s, raw socket copy {}/s in this run: {:.2}x",
+            "  throughput {}/s, raw socket copy {}/s in this run (fastest of {}): {:.2}x",
             human(self.rate()),
             human(self.raw_rate),
+            self.raw_samples.len(),
             self.rate() / self.raw_rate.max(1.0)
         );
         let _ = writeln!(
@@ -219,6 +223,7 @@ impl Report {
             "total_s": self.total.as_secs_f64(),
             "throughput_bps": self.rate(),
             "raw_socket_bps": self.raw_rate,
+            "raw_socket_samples_bps": self.raw_samples,
             "bitmap_share": self.bitmap_share(),
             "memory_ok": self.memory_ok,
             "stream_last_before": self.stream.0,

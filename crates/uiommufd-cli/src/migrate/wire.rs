@@ -451,6 +451,36 @@ impl<S: AsRawFd> Wire<S> {
         Ok(())
     }
 
+    /// Wait until the peer closes the stream, or `limit` passes, throwing
+    /// away whatever it still sends.
+    pub fn wait_closed(&mut self, limit: std::time::Duration) {
+        let fd = self.sock.as_raw_fd();
+        let end = std::time::Instant::now() + limit;
+        let tv = libc::timeval {
+            tv_sec: limit.as_secs() as libc::time_t,
+            tv_usec: limit.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: a valid timeval for SO_RCVTIMEO on our own socket.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        let mut buf = [0u8; 4096];
+        while std::time::Instant::now() < end {
+            // SAFETY: a local buffer.
+            let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if r == 0 || (r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted)
+            {
+                return;
+            }
+        }
+    }
+
     /// Receive a payload into a new vector of `len` bytes, refusing more
     /// than `max` (a corrupt length must not make us allocate it).
     pub fn recv_vec(&mut self, len: u64, max: u64) -> io::Result<Vec<u8>> {
@@ -505,5 +535,25 @@ mod tests {
         assert!(r.recv_vec(h.a, 100).is_err());
         t.join().unwrap();
         assert!(r.recv().is_err());
+    }
+
+    #[test]
+    fn waiting_for_the_peer_to_close_ends_at_its_close_or_the_limit() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut w = Wire::new(a);
+            w.send(Tag::Ready, 0, 0, 0).unwrap();
+        });
+        let mut r = Wire::new(b);
+        let t0 = std::time::Instant::now();
+        r.wait_closed(std::time::Duration::from_secs(20));
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+        t.join().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut r = Wire::new(b);
+        let t0 = std::time::Instant::now();
+        r.wait_closed(std::time::Duration::from_millis(50));
+        assert!(t0.elapsed() >= std::time::Duration::from_millis(50));
+        drop(a);
     }
 }
