@@ -11,8 +11,9 @@
 //! and the fastest ([`best`]) is the tightest floor the run saw. Taking it
 //! makes both comparisons stricter, never looser: a faster raw rate means
 //! a smaller downtime bound and a smaller throughput ratio. The samples are
-//! spread over the run (one before the transfer, the others after the
-//! verification) so that one burst of outside load spoils at most one of
+//! spread over the run (one right before round 0, with the destination set
+//! up and idle, the others after the verification, once the destination
+//! has exited) so that one burst of outside load spoils at most one of
 //! them, and none competes with the migration's own two processes.
 //!
 //! # Why the whole-run size, not the final round's

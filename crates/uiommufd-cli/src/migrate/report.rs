@@ -90,7 +90,8 @@ impl Report {
     }
 
     /// The downtime bound: the final dirty set and the device's stop-copy
-    /// data at the raw socket rate measured in this run, plus 10 %.
+    /// data at the raw socket rate measured in this run (the fastest of its
+    /// samples, `floor.rs`: the strictest bound they give), plus 10 %.
     ///
     /// Only the device data sent after the stop counts: the pre-copy
     /// snapshot went with round 0, outside the downtime (counting it, as

@@ -168,11 +168,6 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     );
     let vm = Vm::new(o.size, o.tracker, &spec, true)?;
     let progress = Progress::new(o.quiet);
-    // The raw copy's first sample (floor.rs: the others follow the
-    // verification, the fastest counts).
-    let raw_len = o.size.min(floor::SAMPLE_BYTES) as usize;
-    // SAFETY: guest memory, mapped for the Vm's life.
-    let mut raw_samples = vec![unsafe { floor::raw_socket_rate(vm.mem, raw_len) }];
     let mut w = Wire::new(sock);
     if !o.plain_copy {
         w.zero_copy();
@@ -185,6 +180,13 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         .expect(Tag::Ready)
         .map_err(io("waiting for the destination to set up"))?;
     let hosts = (clock::host_id(), ready.a);
+    // The raw copy's first sample, right before round 0 and with the
+    // destination idle (taken before the greeting, as it once was, it
+    // competed with the destination's start and set-up). floor.rs: the
+    // others follow the verification, the fastest counts.
+    let raw_len = o.size.min(floor::SAMPLE_BYTES) as usize;
+    // SAFETY: guest memory, mapped for the Vm's life.
+    let mut raw_samples = vec![unsafe { floor::raw_socket_rate(vm.mem, raw_len) }];
     vm.start_tracking()?;
     // Device pre-copy: its data fd is opened now and its snapshot sent
     // with round 0; at the stop only the final record follows on it.
