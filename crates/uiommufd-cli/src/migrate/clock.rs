@@ -52,17 +52,19 @@ pub fn on_our_clock(ours: u64, theirs: u64, t: u64, lo: u64, hi: u64) -> Option<
     (ours != 0 && ours == theirs && (lo..=hi).contains(&t)).then_some(t)
 }
 
-/// Consecutive parts of an interval from its start and the stamps that
-/// end each part, in order. A stamp earlier than the one before it (the
-/// peer's stamp of an event that happened before our own stamp of the
-/// preceding step returned) ends its part where the previous ended: the
-/// parts are never negative and always add up to `last stamp - start`.
+/// Consecutive parts of an interval from its start to its last stamp,
+/// given the stamps that end each part, in order. A stamp earlier than the
+/// one before it ends its part where the previous ended, and one later
+/// than the last (the peer's stamp of the end can precede our own stamp
+/// of the step before it returning) ends it at the last: the parts are
+/// never negative and always add up to `last stamp - start`.
 pub fn parts<'a>(start: u64, marks: &[(&'a str, u64)]) -> Vec<(&'a str, std::time::Duration)> {
     let mut at = start;
+    let last = marks.last().map_or(start, |m| m.1.max(start));
     marks
         .iter()
         .map(|&(name, t)| {
-            let end = t.max(at);
+            let end = t.clamp(at, last);
             let d = std::time::Duration::from_nanos(end - at);
             at = end;
             (name, d)
@@ -104,5 +106,9 @@ mod tests {
         let sum: Duration = p.iter().map(|(_, d)| *d).sum();
         assert_eq!(sum, Duration::from_nanos(400));
         assert!(parts(5, &[]).is_empty());
+        // the end stamped before the step ahead of it returned
+        let p = parts(1000, &[("a", 1100), ("b", 1500), ("end", 1300)]);
+        let ms: Vec<_> = p.iter().map(|(n, d)| (*n, d.as_nanos())).collect();
+        assert_eq!(ms, vec![("a", 100), ("b", 200), ("end", 0)]);
     }
 }
