@@ -16,6 +16,30 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
 }
 
+/// Take part in the source's raw copies (`floor.rs`: the downtime's
+/// floor) until it says `Go`: read each into a buffer made and touched
+/// beforehand, and say when the last byte was read.
+fn raw_copies(w: &mut Wire<Sock>, size: u64) -> R<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let h = w.recv().map_err(io("waiting for the source to measure"))?;
+        match h.tag {
+            Tag::RawPrep if h.a <= size => {
+                buf = vec![1u8; h.a as usize];
+                w.send(Tag::RawReady, 0, 0, 0).map_err(io("raw copy"))?;
+            }
+            Tag::Raw if h.a == buf.len() as u64 => {
+                // SAFETY: our own buffer of that length.
+                unsafe { w.recv_raw(buf.as_mut_ptr(), buf.len()) }.map_err(io("raw copy"))?;
+                w.send(Tag::RawDone, clock::now_ns(), 0, 0)
+                    .map_err(io("raw copy"))?;
+            }
+            Tag::Go => return Ok(()),
+            t => return Err(format!("unexpected {t:?} (a = {}) while measuring", h.a)),
+        }
+    }
+}
+
 /// Receive one migration on `sock`.
 pub fn run(sock: Sock, o: &Opts) -> R<()> {
     let mut w = Wire::new(sock);
@@ -102,6 +126,11 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
         std::thread::sleep(Duration::from_millis(1));
     }
     vm.mig_set(MigState::Stop)?;
+    // The source measures its raw copies next to the downtime now; the
+    // digest below would compete with them.
+    w.send(Tag::Quiet, 0, 0, 0)
+        .map_err(io("reporting the device stopped"))?;
+    raw_copies(&mut w, size)?;
     let end_seq = vm.bar0_read64(TRAFFIC_SEQ)?;
     let window = size - size % RECORD;
     let first = last_seq

@@ -8,27 +8,38 @@
 //! whatever else runs takes the CPUs the copy needs, and a single sample
 //! says more about that moment than about the socket. Interference only
 //! ever slows a copy, so each sample is a floor of what the socket can do
-//! and the fastest ([`best`]) is the tightest floor the run saw. Taking it
-//! makes both comparisons stricter, never looser: a faster raw rate means
-//! a smaller downtime bound and a smaller throughput ratio. The samples are
-//! spread over the run (one right before round 0, with the destination set
-//! up and idle, the others after the verification, once the destination
-//! has exited) so that one burst of outside load spoils at most one of
-//! them, and none competes with the migration's own two processes.
+//! and the fastest ([`best`]) is the tightest floor of its set. Taking it
+//! makes the comparison stricter, never looser: a faster raw rate means a
+//! smaller downtime bound and a smaller throughput ratio.
 //!
-//! # Why the whole-run size, not the final round's
+//! # When, and what it is compared with
 //!
-//! Each sample copies [`SAMPLE_BYTES`] (up to 256 MiB) of guest memory,
-//! also for the downtime bound, whose final dirty set is only a few MiB.
-//! A copy of a few MiB measures caches more than the socket: the same
-//! pages copied again through a socket pair ran 4–6 GiB/s here (source
-//! and buffer hot), and a copy of cold pages to a cold buffer 1.4–2.2
-//! GiB/s (its start-up counted in a short copy), against 2.2–3.0 GiB/s for
-//! 256 MiB. The final set is neither (the source's pages were written by
-//! the device recently, the destination's were last touched in round 0);
-//! the bulk rate is above the cold small-copy rate, so it is the stricter
-//! of the two honest choices, and it does not depend on what a previous
-//! sample left in the caches.
+//! The samples (copies of [`SAMPLE_BYTES`], up to 256 MiB, of guest memory
+//! between two threads) are taken one right before round 0 (the
+//! destination set up and idle) and two after the verification (the
+//! destination gone), so that none competes with the migration's own
+//! processes. Their best is the floor of both the throughput (~1 GiB,
+//! nearly all of it round 0) and the downtime bound.
+//!
+//! # The copy next to the downtime (reported, not the bound)
+//!
+//! The final set is a few MiB copied in a few ms, at one moment. So the
+//! source also copies exactly [`Report::stop_bytes`] raw to the
+//! destination process, through the migration's own socket (plain `write`
+//! into a `read` into a buffer made beforehand), three times, milliseconds
+//! after the resume: once the destination's device has written its
+//! verification records and stopped, and before either side's digest (the
+//! `Quiet`/`Go` exchange). The bytes are the guest memory next to the final
+//! set (`next_to` in `source.rs`: as recently written, not just read). That
+//! copy has the final round's size, processes, socket and moment; the
+//! report gives the downtime as a multiple of its time
+//! ([`Report::next_ratio`]). It is not the bound's rate because it
+//! measures more than the socket: between processes a copy of a few MiB
+//! ran 1.5–2x faster here than the final round's pages, which points at
+//! the final round's own path (see the README), not at the floor.
+//!
+//! [`Report::stop_bytes`]: super::report::Report::stop_bytes
+//! [`Report::next_ratio`]: super::report::Report::next_ratio
 
 use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
@@ -39,7 +50,7 @@ use super::wire::{read_raw, write_raw};
 /// Bytes each sample copies at most.
 pub const SAMPLE_BYTES: u64 = 256 << 20;
 
-/// Samples taken in a run: one before the transfer, the rest after it.
+/// Samples of each floor taken in a run.
 pub const SAMPLES: usize = 3;
 
 /// The socket's rate from `samples` (bytes per second): the fastest valid
@@ -77,10 +88,16 @@ pub unsafe fn raw_socket_rate(src: *const u8, len: usize) -> f64 {
         return 0.0;
     }
     let dst_addr = dst as usize;
+    // The clock starts once the reader runs (blocked in its read, as the
+    // destination is when pages come): a thread's start is no part of a
+    // socket copy, and in a copy of a few MiB it would be a few percent.
+    let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let reader = std::thread::spawn(move || {
+        let _ = ready_tx.send(());
         // SAFETY: the mapping above, alive until after the join.
         unsafe { read_raw(b.as_raw_fd(), dst_addr as *mut u8, len) }.is_ok()
     });
+    let _ = ready_rx.recv();
     let t = Instant::now();
     let run = 64usize << 20;
     let mut done = 0;

@@ -89,6 +89,31 @@ fn send_pages(
     Ok(sent - sent0)
 }
 
+/// Where the downtime floor's `len` bytes of guest memory (of `size`)
+/// start, for a final set starting at byte `first`: right before it, or
+/// right after it where there is no room before.
+///
+/// Not the final set's own pages: the final copy has just read those into
+/// the caches, and a copy of hot pages ran up to twice as fast as one of
+/// pages the device wrote a moment ago, which is what the final copy
+/// found. The device's record stream moves through memory in order, so the
+/// bytes before the final set are the ones it wrote just before — as
+/// recently as the final set itself, not since.
+fn next_to(first: u64, len: u64, size: u64) -> u64 {
+    if first >= len {
+        first - len
+    } else {
+        (first + len).min(size.saturating_sub(len))
+    }
+}
+
+/// The first page set in a bitmap.
+fn first_page(bm: &[u64]) -> Option<u64> {
+    bm.iter()
+        .position(|w| *w != 0)
+        .map(|i| i as u64 * 64 + u64::from(bm[i].trailing_zeros()))
+}
+
 /// Pages set in a bitmap.
 fn count(bm: &[u64]) -> u64 {
     bm.iter().map(|w| u64::from(w.count_ones())).sum()
@@ -327,6 +352,34 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     // The destination runs now: from here on, the source must not.
     std::mem::forget(restart);
 
+    // The raw copy next to the downtime (floor.rs): as many bytes as the
+    // bound covers, through this socket to the destination process, taken
+    // as soon as the destination's device has written its verification
+    // records and stopped (milliseconds after the resume), before either
+    // side's digest.
+    w.expect(Tag::Quiet)
+        .map_err(io("waiting for the destination to stop its device"))?;
+    let fin_len = (pages * PAGE + state.len() as u64).clamp(PAGE, o.size);
+    let fin_off = next_to(first_page(&bm).map_or(0, |p| p * PAGE), fin_len, o.size);
+    w.send(Tag::RawPrep, fin_len, 0, 0)
+        .map_err(io("raw copy"))?;
+    w.expect(Tag::RawReady).map_err(io("raw copy"))?;
+    for _ in 0..floor::SAMPLES {
+        let t0 = clock::now_ns();
+        w.send(Tag::Raw, fin_len, 0, 0).map_err(io("raw copy"))?;
+        // SAFETY: inside guest memory, mapped for the Vm's life.
+        unsafe { w.send_raw(vm.mem.add(fin_off as usize), fin_len as usize) }
+            .map_err(io("raw copy"))?;
+        let h = w.expect(Tag::RawDone).map_err(io("raw copy"))?;
+        let now = clock::now_ns();
+        let t1 = clock::on_our_clock(hosts.0, hosts.1, h.a, t0, now).unwrap_or(now);
+        rep.next_raw_samples
+            .push(fin_len as f64 / ((t1 - t0) as f64 / 1e9).max(1e-9));
+    }
+    rep.next_raw_rate = floor::best(&rep.next_raw_samples);
+    w.send(Tag::Go, 0, 0, 0)
+        .map_err(io("letting the destination verify"))?;
+
     // Verification (outside the downtime): write into our stopped memory
     // what the destination's device wrote after resuming, then compare.
     let v = w
@@ -362,4 +415,28 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     rep.raw_samples = raw_samples;
     rep.total = start.elapsed();
     Ok(rep)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn bitmap_counts_and_first_page() {
+        assert_eq!(first_page(&[0, 0]), None);
+        assert_eq!(first_page(&[0, 1 << 5 | 1 << 9]), Some(69));
+        assert_eq!(count(&[0b1011, !0]), 67);
+    }
+
+    #[test]
+    fn the_copy_next_to_the_downtime_reads_the_memory_next_to_the_final_set() {
+        // before it
+        assert_eq!(next_to(100 << 20, 10 << 20, 1 << 30), 90 << 20);
+        assert_eq!(next_to(10 << 20, 10 << 20, 1 << 30), 0);
+        // after it where there is no room before
+        assert_eq!(next_to(4 << 20, 10 << 20, 1 << 30), 14 << 20);
+        // never past the end
+        assert_eq!(next_to(4 << 20, 10 << 20, 20 << 20), 10 << 20);
+        assert_eq!(next_to(0, 1 << 30, 1 << 30), 0);
+    }
 }

@@ -58,6 +58,24 @@ pub enum Tag {
     /// The destination has read a pre-copy round up to its `EndRound`:
     /// a = round number, b = its pages.
     Received = 9,
+    /// The destination has stopped its device after letting it run a
+    /// little (for the verification) and waits for [`Tag::Go`]: the
+    /// source may measure raw copies now, next to the downtime, without
+    /// either side's device or verification competing. a = 0.
+    Quiet = 10,
+    /// The source has measured: the destination may verify. a = 0.
+    Go = 11,
+    /// Get a buffer of a = bytes ready for [`Tag::Raw`] copies (between
+    /// `Quiet` and `Go`).
+    RawPrep = 12,
+    /// The buffer is ready. a = 0.
+    RawReady = 13,
+    /// A raw copy: a = bytes, then that many bytes written plainly, read
+    /// into the buffer and thrown away.
+    Raw = 14,
+    /// The raw copy has been read: a = when, on the destination's
+    /// `CLOCK_MONOTONIC` in nanoseconds.
+    RawDone = 15,
 }
 
 impl Tag {
@@ -72,6 +90,12 @@ impl Tag {
             7 => Tag::Resumed,
             8 => Tag::Ready,
             9 => Tag::Received,
+            10 => Tag::Quiet,
+            11 => Tag::Go,
+            12 => Tag::RawPrep,
+            13 => Tag::RawReady,
+            14 => Tag::Raw,
+            15 => Tag::RawDone,
             _ => return None,
         })
     }
