@@ -30,13 +30,14 @@
 //! after the resume: once the destination's device has written its
 //! verification records and stopped, and before either side's digest (the
 //! `Quiet`/`Go` exchange). The bytes are the guest memory next to the final
-//! set (`next_to` in `source.rs`: as recently written, not just read). That
+//! set, a new region for each copy (`next_to` in `source.rs`: as recently
+//! written, never just read). That
 //! copy has the final round's size, processes, socket and moment; the
 //! report gives the downtime as a multiple of its time
-//! ([`Report::next_ratio`]). It is not the bound's rate because it
-//! measures more than the socket: between processes a copy of a few MiB
-//! ran 1.5–2x faster here than the final round's pages, which points at
-//! the final round's own path (see the README), not at the floor.
+//! ([`Report::next_ratio`]). It is not the bound's rate: it is three
+//! copies of a few ms at one moment, so one preemption-free sample decides
+//! it, and it is there to say how the final round's own path compares with
+//! a plain copy of its size (see the README), not to replace the floor.
 //!
 //! [`Report::stop_bytes`]: super::report::Report::stop_bytes
 //! [`Report::next_ratio`]: super::report::Report::next_ratio
