@@ -50,6 +50,17 @@ fn each_tracker_verifies_a_migration() {
         assert_eq!(rounds[0]["pages"], 32 * 256);
         assert_eq!(rounds.last().unwrap()["stopped"], true);
         assert!(v["device_bytes"].as_u64().unwrap() > 0);
+        // the raw floor's samples and the copy next to the downtime
+        assert_eq!(v["raw_socket_samples_bps"].as_array().unwrap().len(), 3);
+        assert_eq!(v["next_raw_samples_bps"].as_array().unwrap().len(), 3);
+        assert!(v["next_raw_bps"].as_f64().unwrap() > 0.0);
+        let parts = v["downtime_parts_s"].as_object().unwrap();
+        let sum: f64 = parts.values().map(|p| p.as_f64().unwrap()).sum();
+        let down = v["downtime_s"].as_f64().unwrap();
+        assert!(
+            (sum - down).abs() < 1e-6,
+            "{tracker}: parts {sum} vs {down}"
+        );
         let svg = std::fs::read_to_string(&svg).unwrap();
         assert!(svg.starts_with("<svg"));
         eprintln!(

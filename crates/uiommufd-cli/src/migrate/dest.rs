@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use uiommufd::vfio::migration::MigState;
 
+use super::clock;
 use super::records::{self, RECORD, TRAFFIC_COUNT, TRAFFIC_SEQ};
 use super::vm::{Vm, PAGE};
 use super::wire::{self, Tag, Wire};
@@ -13,6 +14,30 @@ type R<T> = Result<T, String>;
 
 fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
     move |e| format!("{what}: {e}")
+}
+
+/// Take part in the source's raw copies (`floor.rs`: the downtime's
+/// floor) until it says `Go`: read each into a buffer made and touched
+/// beforehand, and say when the last byte was read.
+fn raw_copies(w: &mut Wire<Sock>, size: u64) -> R<()> {
+    let mut buf: Vec<u8> = Vec::new();
+    loop {
+        let h = w.recv().map_err(io("waiting for the source to measure"))?;
+        match h.tag {
+            Tag::RawPrep if h.a <= size => {
+                buf = vec![1u8; h.a as usize];
+                w.send(Tag::RawReady, 0, 0, 0).map_err(io("raw copy"))?;
+            }
+            Tag::Raw if h.a == buf.len() as u64 => {
+                // SAFETY: our own buffer of that length.
+                unsafe { w.recv_raw(buf.as_mut_ptr(), buf.len()) }.map_err(io("raw copy"))?;
+                w.send(Tag::RawDone, clock::now_ns(), 0, 0)
+                    .map_err(io("raw copy"))?;
+            }
+            Tag::Go => return Ok(()),
+            t => return Err(format!("unexpected {t:?} (a = {}) while measuring", h.a)),
+        }
+    }
 }
 
 /// Receive one migration on `sock`.
@@ -34,13 +59,16 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
         "dma-engine,addr=0000:f7:00.0,group=7700,cdev=7700",
         false,
     )?;
-    w.send(Tag::Ready, 0, 0, 0).map_err(io("reporting ready"))?;
+    w.send(Tag::Ready, clock::host_id(), 0, 0)
+        .map_err(io("reporting ready"))?;
     let npages = size / PAGE;
     // The device's migration data arrives in pieces (its pre-copy snapshot
     // with round 0, its final state after the stop): each goes into the
     // resuming data fd at once, so that at the end only RESUMING → RUNNING
     // is left.
     let mut resume_fd: Option<i32> = None;
+    // When the final round (the one the source does not wait for) was read.
+    let mut final_read = 0;
     let last_seq = loop {
         let h = w.recv().map_err(io("receiving"))?;
         match h.tag {
@@ -56,7 +84,9 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
                     .map_err(io("receiving pages"))?;
             }
             Tag::EndRound => {
-                if h.c == 1 {
+                if h.c == 0 {
+                    final_read = clock::now_ns();
+                } else {
                     w.send(Tag::Received, h.a, h.b, 0)
                         .map_err(io("acknowledging a round"))?;
                 }
@@ -84,7 +114,9 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
     };
     let _ = uiommufd::files::close(fd);
     vm.finish_resume()?;
-    w.send(Tag::Resumed, 0, 0, 0)
+    // The downtime ends here, not when the source reads the message.
+    let resumed = clock::now_ns();
+    w.send(Tag::Resumed, resumed, final_read, 0)
         .map_err(io("reporting the resume"))?;
 
     // Let the device go on for a while, then stop it to check.
@@ -94,6 +126,11 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
         std::thread::sleep(Duration::from_millis(1));
     }
     vm.mig_set(MigState::Stop)?;
+    // The source measures its raw copies next to the downtime now; the
+    // digest below would compete with them.
+    w.send(Tag::Quiet, 0, 0, 0)
+        .map_err(io("reporting the device stopped"))?;
+    raw_copies(&mut w, size)?;
     let end_seq = vm.bar0_read64(TRAFFIC_SEQ)?;
     let window = size - size % RECORD;
     let first = last_seq

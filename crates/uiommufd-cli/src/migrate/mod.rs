@@ -10,10 +10,13 @@
 //! stops the device (migration v2 `STOP_COPY`), reads its state, sends the
 //! final dirty pages and the state. The destination loads the pages, gives
 //! the state to its device (`RESUMING` → `RUNNING`) and says so: the
-//! downtime is from the source's stop to that message.
+//! downtime is from the source's stop to that resume (the destination's
+//! own stamp of it where both share a clock, `clock.rs`; else the
+//! message's arrival).
 //!
 //! **Verification** costs no downtime: after resuming, the destination
-//! lets its device write a few more records, stops it and sends its
+//! lets its device write a few more records, stops it (the source then
+//! measures its raw copy next to the downtime, `floor.rs`) and sends its
 //! memory digest and the stream's sequence number; the source writes the
 //! records the destination's device must have written (the stream is a
 //! pure function of its sequence numbers) into its own stopped memory and
@@ -27,6 +30,7 @@
 //! device error) ends with a clear error, and a source that had stopped
 //! its device restarts it.
 
+mod clock;
 mod dest;
 mod floor;
 mod records;

@@ -46,6 +46,70 @@ impl Tracker {
     }
 }
 
+/// Guest memory's alignment: that of a transparent huge page.
+const GUEST_ALIGN: u64 = 2 << 20;
+
+/// The alignment guest memory must not have: the emulated IOMMU's largest
+/// page.
+const GUEST_AVOID: u64 = 1 << 30;
+
+/// Where guest memory starts in a reservation at `base` that has
+/// `2 * GUEST_ALIGN` bytes to spare: the first 2 MiB boundary, or the next
+/// one when that is a 1 GiB boundary.
+///
+/// The engine's VT-d model maps an IOVA range with the largest page its
+/// virtual address allows, 1 GiB included; the kernel maps by physical
+/// contiguity, which anonymous memory has at most for a 2 MiB huge page.
+/// Guest memory that `mmap` happened to place on a 1 GiB boundary (ASLR
+/// did so now and then) was mapped with one 1 GiB IOPTE, whose dirty bit
+/// then stood for all of memory: every round found the whole GiB dirty
+/// and the migration never converged (30 rounds, a 1 GiB stop-and-copy).
+/// Placed this way its granularity is what a kernel would give it.
+fn guest_start(base: u64) -> u64 {
+    let start = base.next_multiple_of(GUEST_ALIGN);
+    if start.is_multiple_of(GUEST_AVOID) {
+        start + GUEST_ALIGN
+    } else {
+        start
+    }
+}
+
+/// Map `size` bytes of guest memory at [`guest_start`] of a larger
+/// reservation, the rest of which is given back.
+fn map_guest(size: u64) -> R<*mut u8> {
+    let span = size + 2 * GUEST_ALIGN;
+    // SAFETY: a fresh anonymous mapping; no existing memory is touched.
+    let base = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            span as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if base == libc::MAP_FAILED {
+        return Err(format!(
+            "mmap of {size} bytes of guest memory: {}",
+            std::io::Error::last_os_error()
+        ));
+    }
+    let b = base as u64;
+    let start = guest_start(b);
+    let (head, tail) = (start - b, b + span - (start + size));
+    // SAFETY: the parts of our own reservation before and after guest memory.
+    unsafe {
+        if head > 0 {
+            libc::munmap(base, head as usize);
+        }
+        if tail > 0 {
+            libc::munmap((start + size) as *mut libc::c_void, tail as usize);
+        }
+    }
+    Ok(start as *mut u8)
+}
+
 /// The fd number the context answers to in ioctl arguments (there is no
 /// real iommufd fd in this process: the resolver stands for the fd table).
 const CTX_FD: i32 = 1 << 30;
@@ -114,24 +178,7 @@ impl Vm {
                 "guest memory size {size} is not a positive multiple of 4 KiB"
             ));
         }
-        // SAFETY: a fresh anonymous mapping; no existing memory is touched.
-        let mem = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                size as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if mem == libc::MAP_FAILED {
-            return Err(format!(
-                "mmap of {size} bytes of guest memory: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
-        let mem = mem.cast::<u8>();
+        let mem = map_guest(size)?;
         if fill {
             for p in 0..size / PAGE {
                 // SAFETY: inside the mapping just made.
@@ -500,5 +547,29 @@ impl Drop for Vm {
         self.ctx.destroy_all();
         // SAFETY: our own mapping, no longer used by the device (closed above).
         unsafe { libc::munmap(self.mem.cast(), self.size as usize) };
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn guest_memory_is_huge_page_aligned_but_never_on_a_gigabyte() {
+        const M2: u64 = 2 << 20;
+        const G1: u64 = 1 << 30;
+        for base in [G1 - 4096, G1, G1 + 4096, 5 * G1 - M2 + 1, 0x7f12_3456_7000] {
+            let s = guest_start(base);
+            assert!(s >= base && s < base + 2 * M2, "{base:#x} -> {s:#x}");
+            assert!(
+                s.is_multiple_of(M2) && !s.is_multiple_of(G1),
+                "{base:#x} -> {s:#x}"
+            );
+        }
+        let size = 8 * M2;
+        let p = map_guest(size).unwrap() as u64;
+        assert!(p.is_multiple_of(M2) && !p.is_multiple_of(G1));
+        // SAFETY: the mapping just made, unused.
+        unsafe { libc::munmap(p as *mut libc::c_void, size as usize) };
     }
 }

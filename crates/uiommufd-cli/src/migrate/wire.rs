@@ -46,14 +46,36 @@ pub enum Tag {
     /// Destination's answer: a = 1 when the memory digest matched, b = its
     /// digest, c = the first record sequence number the resumed device wrote.
     Verdict = 6,
-    /// The destination resumed the device (downtime ends): a = 0.
+    /// The destination resumed the device (downtime ends): a = when its
+    /// device was running, b = when it had read the final round up to its
+    /// `EndRound`, both on its `CLOCK_MONOTONIC` in nanoseconds (see
+    /// `clock.rs` for when the source may use them).
     Resumed = 7,
     /// The destination's machine is set up (its memory mapped and
-    /// populated): the transfer may start. a = 0.
+    /// populated): the transfer may start. a = its host id (`clock.rs`:
+    /// equal ids share `CLOCK_MONOTONIC`; 0 unknown).
     Ready = 8,
     /// The destination has read a pre-copy round up to its `EndRound`:
     /// a = round number, b = its pages.
     Received = 9,
+    /// The destination has stopped its device after letting it run a
+    /// little (for the verification) and waits for [`Tag::Go`]: the
+    /// source may measure raw copies now, next to the downtime, without
+    /// either side's device or verification competing. a = 0.
+    Quiet = 10,
+    /// The source has measured: the destination may verify. a = 0.
+    Go = 11,
+    /// Get a buffer of a = bytes ready for [`Tag::Raw`] copies (between
+    /// `Quiet` and `Go`).
+    RawPrep = 12,
+    /// The buffer is ready. a = 0.
+    RawReady = 13,
+    /// A raw copy: a = bytes, then that many bytes written plainly, read
+    /// into the buffer and thrown away.
+    Raw = 14,
+    /// The raw copy has been read: a = when, on the destination's
+    /// `CLOCK_MONOTONIC` in nanoseconds.
+    RawDone = 15,
 }
 
 impl Tag {
@@ -68,6 +90,12 @@ impl Tag {
             7 => Tag::Resumed,
             8 => Tag::Ready,
             9 => Tag::Received,
+            10 => Tag::Quiet,
+            11 => Tag::Go,
+            12 => Tag::RawPrep,
+            13 => Tag::RawReady,
+            14 => Tag::Raw,
+            15 => Tag::RawDone,
             _ => return None,
         })
     }
@@ -447,6 +475,36 @@ impl<S: AsRawFd> Wire<S> {
         Ok(())
     }
 
+    /// Wait until the peer closes the stream, or `limit` passes, throwing
+    /// away whatever it still sends.
+    pub fn wait_closed(&mut self, limit: std::time::Duration) {
+        let fd = self.sock.as_raw_fd();
+        let end = std::time::Instant::now() + limit;
+        let tv = libc::timeval {
+            tv_sec: limit.as_secs() as libc::time_t,
+            tv_usec: limit.subsec_micros() as libc::suseconds_t,
+        };
+        // SAFETY: a valid timeval for SO_RCVTIMEO on our own socket.
+        unsafe {
+            libc::setsockopt(
+                fd,
+                libc::SOL_SOCKET,
+                libc::SO_RCVTIMEO,
+                (&tv as *const libc::timeval).cast(),
+                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
+            )
+        };
+        let mut buf = [0u8; 4096];
+        while std::time::Instant::now() < end {
+            // SAFETY: a local buffer.
+            let r = unsafe { libc::read(fd, buf.as_mut_ptr().cast(), buf.len()) };
+            if r == 0 || (r < 0 && io::Error::last_os_error().kind() != io::ErrorKind::Interrupted)
+            {
+                return;
+            }
+        }
+    }
+
     /// Receive a payload into a new vector of `len` bytes, refusing more
     /// than `max` (a corrupt length must not make us allocate it).
     pub fn recv_vec(&mut self, len: u64, max: u64) -> io::Result<Vec<u8>> {
@@ -501,5 +559,25 @@ mod tests {
         assert!(r.recv_vec(h.a, 100).is_err());
         t.join().unwrap();
         assert!(r.recv().is_err());
+    }
+
+    #[test]
+    fn waiting_for_the_peer_to_close_ends_at_its_close_or_the_limit() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let t = std::thread::spawn(move || {
+            let mut w = Wire::new(a);
+            w.send(Tag::Ready, 0, 0, 0).unwrap();
+        });
+        let mut r = Wire::new(b);
+        let t0 = std::time::Instant::now();
+        r.wait_closed(std::time::Duration::from_secs(20));
+        assert!(t0.elapsed() < std::time::Duration::from_secs(10));
+        t.join().unwrap();
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut r = Wire::new(b);
+        let t0 = std::time::Instant::now();
+        r.wait_closed(std::time::Duration::from_millis(50));
+        assert!(t0.elapsed() >= std::time::Duration::from_millis(50));
+        drop(a);
     }
 }
