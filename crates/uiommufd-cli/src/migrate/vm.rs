@@ -57,14 +57,14 @@ const GUEST_AVOID: u64 = 1 << 30;
 /// `2 * GUEST_ALIGN` bytes to spare: the first 2 MiB boundary, or the next
 /// one when that is a 1 GiB boundary.
 ///
-/// The engine's VT-d model maps an IOVA range with the largest page its
-/// virtual address allows, 1 GiB included; the kernel maps by physical
-/// contiguity, which anonymous memory has at most for a 2 MiB huge page.
-/// Guest memory that `mmap` happened to place on a 1 GiB boundary (ASLR
-/// did so now and then) was mapped with one 1 GiB IOPTE, whose dirty bit
-/// then stood for all of memory: every round found the whole GiB dirty
-/// and the migration never converged (30 rounds, a 1 GiB stop-and-copy).
-/// Placed this way its granularity is what a kernel would give it.
+/// The engine's VT-d model used to map an IOVA range with the largest page
+/// its virtual address allowed, 1 GiB included (the kernel maps by
+/// physical contiguity, which anonymous memory has at most for a 2 MiB
+/// huge page): guest memory that `mmap` happened to place on a 1 GiB
+/// boundary was one 1 GiB IOPTE whose dirty bit stood for all of memory,
+/// and the migration never converged. The engine now caps domain pages at
+/// the PMD size (`IoPagetable::max_pgsize`); this placement stays as a
+/// second guard, and 2 MiB alignment lets THPs back guest memory.
 fn guest_start(base: u64) -> u64 {
     let start = base.next_multiple_of(GUEST_ALIGN);
     if start.is_multiple_of(GUEST_AVOID) {
