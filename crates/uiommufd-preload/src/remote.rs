@@ -59,7 +59,10 @@
 //! memfds with a header connects to that owner (once per owner) and claims
 //! the held reference (`CLAIM`), and becomes a client entry; an fd that
 //! comes back to its owner is its context again. Accepted connections are
-//! served as fork children's are.
+//! served as fork children's are, if the peer runs as the owner's user or
+//! as root (`SO_PEERCRED`): the socket's name is listed in /proc/net/unix,
+//! so it is no secret, and a process of another user must not reach the
+//! context (one of the same user could read the owner's memory anyway).
 //!
 //! # Why this shape
 //!
@@ -1144,11 +1147,45 @@ fn accept_loop(lfd: c_int) {
             }
             hide(fd)
         };
+        // The socket's name is no secret (abstract names are listed in
+        // /proc/net/unix): only a process of our own user (or root), which
+        // could read our memory anyway, may connect and claim a context.
+        if !same_user(fd) {
+            tracing::debug!("refused a connection from another user's process");
+            crate::raw_close(fd);
+            continue;
+        }
         // blocking again: the server thread waits in poll anyway
         // SAFETY: fcntl on our own fd.
         unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_SETFL, 0) };
         start(fd, HashMap::new());
     }
+}
+
+/// Whether the peer of the connected socket `fd` runs as our effective
+/// user, or as root (`SO_PEERCRED`): the check that keeps another user's
+/// process, which found the listening socket's name, out of our contexts.
+fn same_user(fd: c_int) -> bool {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: u32::MAX,
+        gid: u32::MAX,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: getsockopt into our ucred of the stated size.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_getsockopt,
+            fd,
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            &mut cred as *mut libc::ucred,
+            &mut len as *mut libc::socklen_t,
+        )
+    };
+    // SAFETY: plain syscall wrapper.
+    let me = unsafe { libc::geteuid() };
+    r == 0 && (cred.uid == me || cred.uid == 0)
 }
 
 /// The first bytes of an emulated fd's memfd once it was sent: how a
@@ -1654,5 +1691,69 @@ fn engine_transfer(m: &Msg, mem: &Arc<dyn UserMemory>, pid: i32) -> i64 {
         Some(Ok(n)) => n as i64,
         Some(Err(e)) => -i64::from(e.errno().0),
         None => -i64::from(libc::EBADF),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A connection from another user's process is told apart from our
+    /// own (run as root: the child drops to `nobody` before it connects).
+    #[test]
+    fn another_users_connection_is_refused() {
+        // SAFETY: plain syscall wrappers on fds this test owns; the child
+        // only makes raw system calls before `_exit`.
+        unsafe {
+            let lfd = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+            assert!(lfd >= 0);
+            let (addr, len) = address(libc::getpid(), 0x7e57);
+            assert_eq!(
+                libc::bind(lfd, (&addr as *const libc::sockaddr_un).cast(), len),
+                0
+            );
+            assert_eq!(libc::listen(lfd, 4), 0);
+            // our own process: the same user
+            let c = libc::socket(libc::AF_UNIX, libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC, 0);
+            assert_eq!(
+                libc::connect(c, (&addr as *const libc::sockaddr_un).cast(), len),
+                0
+            );
+            let a = libc::accept4(
+                lfd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            );
+            assert!(same_user(a));
+            libc::close(a);
+            libc::close(c);
+            if libc::geteuid() != 0 {
+                eprintln!("not root: the other-user half is skipped");
+                libc::close(lfd);
+                return;
+            }
+            let child = libc::fork();
+            if child == 0 {
+                let ok = libc::syscall(libc::SYS_setresgid, 65534, 65534, 65534) == 0
+                    && libc::syscall(libc::SYS_setresuid, 65534, 65534, 65534) == 0;
+                let c = libc::syscall(libc::SYS_socket, libc::AF_UNIX, libc::SOCK_SEQPACKET, 0);
+                let r = libc::syscall(libc::SYS_connect, c, &addr as *const libc::sockaddr_un, len);
+                libc::syscall(libc::SYS_exit_group, if ok && r == 0 { 0 } else { 1 });
+            }
+            let a = libc::accept4(
+                lfd,
+                std::ptr::null_mut(),
+                std::ptr::null_mut(),
+                libc::SOCK_CLOEXEC,
+            );
+            assert!(a >= 0);
+            assert!(!same_user(a), "a process of user 65534 passed");
+            let mut status = 0;
+            assert_eq!(libc::waitpid(child, &mut status, 0), child);
+            assert_eq!(status, 0, "the child could not drop to nobody or connect");
+            libc::close(a);
+            libc::close(lfd);
+        }
     }
 }
