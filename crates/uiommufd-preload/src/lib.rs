@@ -206,6 +206,7 @@ mod signals;
 mod special;
 mod sync;
 mod table;
+mod threads;
 mod vfio;
 
 /// The shim's own heap, apart from the program's `malloc`: a signal handler

@@ -49,6 +49,15 @@ macro_rules! real {
 }
 
 real! {
+    /// `int pthread_create(pthread_t *, const pthread_attr_t *, void *(*)(void *), void *)`
+    pthread_create: unsafe extern "C" fn(
+        *mut libc::pthread_t,
+        *const libc::pthread_attr_t,
+        extern "C" fn(*mut c_void) -> *mut c_void,
+        *mut c_void,
+    ) -> c_int;
+    /// `void pthread_exit(void *)`
+    pthread_exit: unsafe extern "C" fn(*mut c_void) -> !;
     /// `int open(const char *, int, ...)`
     open: unsafe extern "C" fn(*const c_char, c_int, ...) -> c_int;
     /// `int open64(const char *, int, ...)`

@@ -124,7 +124,7 @@ pub(crate) fn is_synchronous(sig: libc::c_int) -> bool {
 
 /// Block every asynchronous signal of the calling thread; returns the
 /// previous mask.
-fn block_all() -> libc::sigset_t {
+pub(crate) fn block_all() -> libc::sigset_t {
     // SAFETY: an all-zero sigset_t is a valid value to be overwritten.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: `all` is a valid sigset_t.

@@ -447,6 +447,23 @@ static void *node_worker(void *arg)
 	return NULL;
 }
 
+/* A thread that makes the shim allocate (its heap sets up a per-thread
+ * part) and ends at once: its heap's thread-exit destructor runs while the
+ * timer's handler may call stat() (which allocates in the shim). */
+static void *short_lived(void *arg)
+{
+	(void)arg;
+	struct stat st;
+	CHECK(stat(cdev_path, &st) == 0, "short-lived thread stat");
+	return NULL;
+}
+
+static void *short_lived_exit(void *arg)
+{
+	short_lived(arg);
+	pthread_exit(NULL);
+}
+
 static void concurrency(void)
 {
 	snprintf(cdev_path, sizeof(cdev_path), "/dev/vfio/devices/vfio%d", cdev);
@@ -458,6 +475,14 @@ static void concurrency(void)
 	CHECK(sigaction(SIGALRM, &sa, NULL) == 0, "sigaction");
 	struct itimerval it = { { 0, 200 }, { 0, 200 } };
 	CHECK(setitimer(ITIMER_REAL, &it, NULL) == 0, "setitimer");
+	/* many thread exits under the 200 us timer: none may hang */
+	for (int i = 0; i < 400; i++) {
+		pthread_t s;
+		CHECK(pthread_create(&s, NULL, i % 2 ? short_lived : short_lived_exit,
+				     NULL) == 0,
+		      "pthread_create");
+		pthread_join(s, NULL);
+	}
 	pthread_t t[3];
 	for (int i = 0; i < 3; i++)
 		pthread_create(&t[i], NULL, node_worker, NULL);
