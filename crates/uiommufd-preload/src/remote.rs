@@ -1524,30 +1524,7 @@ pub(crate) fn status_file(path: &[u8]) -> Option<c_int> {
 /// The text of a `/proc` file, by raw system calls.
 fn read_proc(path: &[u8]) -> Option<String> {
     let path = std::ffi::CString::new(path).ok()?;
-    // SAFETY: a NUL-terminated path; the fd is ours and closed below.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    } as c_int;
-    if fd < 0 {
-        return None;
-    }
-    let mut text = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        // SAFETY: reading into our own buffer of that size.
-        let n = unsafe { libc::syscall(libc::SYS_read, fd, chunk.as_mut_ptr(), chunk.len()) };
-        if n <= 0 {
-            break;
-        }
-        text.extend_from_slice(&chunk[..n as usize]);
-    }
-    crate::raw_close(fd);
-    String::from_utf8(text).ok()
+    String::from_utf8(uiommufd::user::read_proc_raw(&path)?).ok()
 }
 
 // ---------------------------------------------------------------------------

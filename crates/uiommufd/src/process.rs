@@ -276,31 +276,7 @@ impl UserMemory for ProcessMemory {
 /// preload `open` and `read` are the program's hooked entry points).
 fn read_proc(path: &str) -> Option<String> {
     let path = std::ffi::CString::new(path).ok()?;
-    // SAFETY: a NUL-terminated path; the fd is ours and closed below.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    } as i32;
-    if fd < 0 {
-        return None;
-    }
-    let mut text = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        // SAFETY: reading into our own buffer of that size.
-        let n = unsafe { libc::syscall(libc::SYS_read, fd, chunk.as_mut_ptr(), chunk.len()) };
-        if n <= 0 {
-            break;
-        }
-        text.extend_from_slice(&chunk[..n as usize]);
-    }
-    // SAFETY: closing the fd opened above.
-    unsafe { libc::syscall(libc::SYS_close, fd) };
-    String::from_utf8(text).ok()
+    String::from_utf8(crate::user::read_proc_raw(&path)?).ok()
 }
 
 /// A pidfd for `pid` (`pidfd_open`, Linux 5.3+).

@@ -103,6 +103,37 @@ pub fn check_zero_tail(
     Ok(())
 }
 
+/// The bytes of a `/proc` (or other small) file, read with raw system
+/// calls: under the preload `open` and `read` are the program's hooked
+/// entry points. `None` when it cannot be opened.
+pub fn read_proc_raw(path: &std::ffi::CStr) -> Option<Vec<u8>> {
+    // SAFETY: a NUL-terminated path; the fd is ours and closed below.
+    let fd = unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            path.as_ptr(),
+            libc::O_RDONLY | libc::O_CLOEXEC,
+        )
+    } as i32;
+    if fd < 0 {
+        return None;
+    }
+    let mut text = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        // SAFETY: reading into our own buffer of that size.
+        let n = unsafe { libc::syscall(libc::SYS_read, fd, chunk.as_mut_ptr(), chunk.len()) };
+        if n <= 0 {
+            break;
+        }
+        text.extend_from_slice(&chunk[..n as usize]);
+    }
+    // SAFETY: closing the fd opened above.
+    unsafe { libc::syscall(libc::SYS_close, fd) };
+    Some(text)
+}
+
 /// Zero `len` bytes of user memory at `addr` (the kernel's `clear_user`):
 /// written in bounded chunks from a static zero page, so a huge
 /// user-supplied `len` costs no allocation. `EFAULT` when any byte is
@@ -460,30 +491,9 @@ impl FileMaps {
 
     fn read(path: &std::ffi::CStr) -> FileMaps {
         let mut out = FileMaps::default();
-        // SAFETY: a NUL-terminated path; the fd is ours and closed below.
-        let fd = unsafe {
-            libc::syscall(
-                libc::SYS_openat,
-                libc::AT_FDCWD,
-                path.as_ptr(),
-                libc::O_RDONLY | libc::O_CLOEXEC,
-            )
-        } as i32;
-        if fd < 0 {
+        let Some(text) = read_proc_raw(path) else {
             return out;
-        }
-        let mut text = Vec::new();
-        let mut chunk = [0u8; 4096];
-        loop {
-            // SAFETY: reading into our own buffer of that size.
-            let n = unsafe { libc::syscall(libc::SYS_read, fd, chunk.as_mut_ptr(), chunk.len()) };
-            if n <= 0 {
-                break;
-            }
-            text.extend_from_slice(&chunk[..n as usize]);
-        }
-        // SAFETY: closing the fd opened above.
-        unsafe { libc::syscall(libc::SYS_close, fd) };
+        };
         for line in String::from_utf8_lossy(&text).lines() {
             let mut f = line.split_ascii_whitespace();
             let (Some(range), Some(perms), Some(off), Some(dev), Some(ino)) =

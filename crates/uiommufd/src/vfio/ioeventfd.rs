@@ -246,8 +246,11 @@ fn eventfd_identity(fd: i32) -> Option<Option<u64>> {
     if n <= 0 || &buf[..n as usize] != b"anon_inode:[eventfd]" {
         return None;
     }
-    let info = std::fs::read_to_string(format!("/proc/self/fdinfo/{fd}")).unwrap_or_default();
-    let id = info
+    let info = std::ffi::CString::new(format!("/proc/self/fdinfo/{fd}"))
+        .ok()
+        .and_then(|p| crate::user::read_proc_raw(&p))
+        .unwrap_or_default();
+    let id = String::from_utf8_lossy(&info)
         .lines()
         .find_map(|l| l.strip_prefix("eventfd-id:"))
         .and_then(|v| v.trim().parse().ok());
