@@ -93,13 +93,7 @@ impl Ioas {
             pages.set_custodial();
         }
         let start_byte = user_va - pages.uptr();
-        let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
-        let src = MapSource {
-            pages,
-            start_byte,
-            length,
-        };
-        self.iopt.map_one(src, length, req, prot)
+        self.map_pages(pages, start_byte, length, iova, prot)
     }
 
     /// `IOMMU_IOAS_MAP_FILE`: map `length` bytes of file `fd` (a file
@@ -121,21 +115,10 @@ impl Ioas {
         iova: Option<u64>,
         prot: Prot,
     ) -> Result<u64> {
-        if length == 0 {
-            bail!(EINVAL, "length is zero");
-        }
-        if start.checked_add(length - 1).is_none() {
-            bail!(EOVERFLOW, "start {start:#x} + length {length:#x} overflows");
-        }
+        check_file_range(start, length)?;
         let (pages, start_byte) =
             Pages::new_file(fd, start, length, prot.write, self.account_mode)?;
-        let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
-        let src = MapSource {
-            pages,
-            start_byte,
-            length,
-        };
-        self.iopt.map_one(src, length, req, prot)
+        self.map_pages(pages, start_byte, length, iova, prot)
     }
 
     /// `IOMMU_IOAS_MAP_FILE` of a dma-buf (Linux 6.19): map `length` bytes
@@ -156,20 +139,9 @@ impl Ioas {
         iova: Option<u64>,
         prot: Prot,
     ) -> Result<u64> {
-        if length == 0 {
-            bail!(EINVAL, "length is zero");
-        }
-        if start.checked_add(length - 1).is_none() {
-            bail!(EOVERFLOW, "start {start:#x} + length {length:#x} overflows");
-        }
+        check_file_range(start, length)?;
         let (pages, start_byte) = Pages::new_dmabuf(buf.clone(), start, length, prot.write)?;
-        let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
-        let src = MapSource {
-            pages,
-            start_byte,
-            length,
-        };
-        self.iopt.map_one(src, length, req, prot)
+        self.map_pages(pages, start_byte, length, iova, prot)
     }
 
     /// `IOMMU_IOAS_COPY`: map what backs `[src_iova, src_iova + length)` in
@@ -197,6 +169,25 @@ impl Ioas {
     ) -> Result<u64> {
         let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
         self.iopt.map(sources, length, req, prot)
+    }
+
+    /// Map `length` bytes of `pages` from `start_byte` (in its first page)
+    /// at `iova`, or an allocated IOVA.
+    fn map_pages(
+        &self,
+        pages: Arc<Pages>,
+        start_byte: u64,
+        length: u64,
+        iova: Option<u64>,
+        prot: Prot,
+    ) -> Result<u64> {
+        let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
+        let src = MapSource {
+            pages,
+            start_byte,
+            length,
+        };
+        self.iopt.map_one(src, length, req, prot)
     }
 
     /// `IOMMU_IOAS_UNMAP` of a range: returns the bytes unmapped.
@@ -229,4 +220,16 @@ impl Drop for Ioas {
             tracing::error!("IOAS teardown: unmap_all failed: {e}");
         }
     }
+}
+
+/// The range checks of a file or dma-buf map: `EINVAL` for a zero length,
+/// `EOVERFLOW` when `start + length - 1` overflows.
+fn check_file_range(start: u64, length: u64) -> Result<()> {
+    if length == 0 {
+        bail!(EINVAL, "length is zero");
+    }
+    if start.checked_add(length - 1).is_none() {
+        bail!(EOVERFLOW, "start {start:#x} + length {length:#x} overflows");
+    }
+    Ok(())
 }
