@@ -197,6 +197,7 @@ use std::panic::{catch_unwind, AssertUnwindSafe};
 use uiommufd::files;
 
 mod engine;
+mod exec_hooks;
 mod fs_hooks;
 mod mem_hooks;
 mod path;
@@ -234,7 +235,7 @@ fn guard<T>(f: impl FnOnce() -> T) -> Option<T> {
 }
 
 /// Run `f` for its side effects, keeping `errno` as it was.
-fn quietly(f: impl FnOnce()) {
+pub(crate) fn quietly(f: impl FnOnce()) {
     let saved = errno();
     let _ = guard(f);
     set_errno(saved);
@@ -259,6 +260,11 @@ extern "C" fn preload_init() {
     let _ = guard(|| {
         let _c = sync::enter();
         vfio::init();
+    });
+    // `/dev/iommu` fds inherited across `exec`: their contexts live on
+    let _ = guard(|| {
+        let _c = sync::enter();
+        remote::adopt_inherited();
     });
 }
 
@@ -322,8 +328,15 @@ fn open_node(node: &DevNode, flags: c_int) -> c_int {
             }
         },
     };
+    let shared = match (&node.kind, &obj) {
+        (NodeKind::Iommu, FdObject::Iommu(ctx)) => Some(ctx.clone()),
+        _ => None,
+    };
     let stale = table::register(fd, Entry::new(obj, st.st_dev, st.st_ino));
     drop(ops);
+    if let Some(ctx) = shared {
+        remote::opened(fd, &ctx);
+    }
     tracing::debug!(
         fd,
         path = node.path,
@@ -502,7 +515,7 @@ fn dup_hook(old: c_int, new: Option<c_int>, real_dup: impl Fn() -> c_int) -> c_i
 }
 
 /// `ENOSYS` for a libc function that could not be found.
-fn missing() -> c_int {
+pub(crate) fn missing() -> c_int {
     fail(libc::ENOSYS)
 }
 
@@ -1015,7 +1028,8 @@ fd_creating_hook!(
     memfd_create(name: *const c_char, flags: c_uint)
 );
 
-/// `fopen` of `/proc/PID/status` while this process has a `/dev/iommu` fd:
+/// `fopen` of `/proc/PID/status` while this process has a `/dev/iommu` fd
+/// or pins:
 /// the text with the engine's pins in `VmPin`/`VmLck` (see
 /// `remote::status_file`), as a stream on a memfd. `None`: not such a
 /// path, or nothing to add (the real file is opened).
@@ -1023,7 +1037,11 @@ fd_creating_hook!(
 /// # Safety
 /// `path` and `mode` are read fault-safely (any pointer value is fine).
 unsafe fn status_fopen(path: *const c_char, mode: *const c_char) -> Option<*mut libc::FILE> {
-    if path.is_null() || mode.is_null() || !table::any_registered() || sync::foreign() {
+    use std::sync::atomic::Ordering::Relaxed;
+    // pins outlive the fds (a context another process holds)
+    let pins = uiommufd::accounting::PINNED_VM.load(Relaxed) != 0
+        || uiommufd::accounting::MM_LOCKED_VM.load(Relaxed) != 0;
+    if path.is_null() || mode.is_null() || !(table::any_registered() || pins) || sync::foreign() {
         return None;
     }
     let fd = guard(|| {

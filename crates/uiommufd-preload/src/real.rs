@@ -58,6 +58,36 @@ real! {
     ) -> c_int;
     /// `void pthread_exit(void *)`
     pthread_exit: unsafe extern "C" fn(*mut c_void) -> !;
+    /// `int execve(const char *, char *const[], char *const[])`
+    execve: unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
+    /// `int execv(const char *, char *const[])`
+    execv: unsafe extern "C" fn(*const c_char, *const *const c_char) -> c_int;
+    /// `int execvp(const char *, char *const[])`
+    execvp: unsafe extern "C" fn(*const c_char, *const *const c_char) -> c_int;
+    /// `int execvpe(const char *, char *const[], char *const[])`
+    execvpe: unsafe extern "C" fn(*const c_char, *const *const c_char, *const *const c_char) -> c_int;
+    /// `int fexecve(int, char *const[], char *const[])`
+    fexecve: unsafe extern "C" fn(c_int, *const *const c_char, *const *const c_char) -> c_int;
+    /// `int execveat(int, const char *, char *const[], char *const[], int)`
+    execveat: unsafe extern "C" fn(c_int, *const c_char, *const *const c_char, *const *const c_char, c_int) -> c_int;
+    /// `int posix_spawn(pid_t *, const char *, const posix_spawn_file_actions_t *, const posix_spawnattr_t *, char *const[], char *const[])`
+    posix_spawn: unsafe extern "C" fn(
+        *mut libc::pid_t,
+        *const c_char,
+        *const libc::posix_spawn_file_actions_t,
+        *const libc::posix_spawnattr_t,
+        *const *mut c_char,
+        *const *mut c_char,
+    ) -> c_int;
+    /// `int posix_spawnp(...)`, as `posix_spawn` with a file name
+    posix_spawnp: unsafe extern "C" fn(
+        *mut libc::pid_t,
+        *const c_char,
+        *const libc::posix_spawn_file_actions_t,
+        *const libc::posix_spawnattr_t,
+        *const *mut c_char,
+        *const *mut c_char,
+    ) -> c_int;
     /// `int open(const char *, int, ...)`
     open: unsafe extern "C" fn(*const c_char, c_int, ...) -> c_int;
     /// `int open64(const char *, int, ...)`

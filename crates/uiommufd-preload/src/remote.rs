@@ -133,12 +133,15 @@ const OP_CLOSE: u32 = 3;
 /// Request: a new connection holding the same contexts. Reply: 0, its
 /// client end attached.
 const OP_CLONE: u32 = 4;
-/// Request: context `a` is being sent with `SCM_RIGHTS`: hold it for the
-/// receiver. Reply: 0 (or `-errno`), the owner's pid in `b` and its
-/// listening socket's nonce in `c`.
+/// Request: an fd of context `a` is being sent with `SCM_RIGHTS`, or kept
+/// across an `exec` or `posix_spawn`: hold a reference for its next
+/// holder, process `b` (0: whoever claims it). Reply: 0 (or `-errno`), the
+/// owner's pid in `b`, its listening socket's nonce in `c`, the hold's
+/// token in `d`.
 const OP_HOLD: u32 = 5;
-/// Request (a receiver's): take one reference of context `a` held for an
-/// fd in flight. Reply: 0, or `-EBADF` when none is held.
+/// Request (a receiver's, or a new image's): take one reference of context
+/// `a` held for this process (see [`claim`]). Reply: 0, or `-EBADF` when
+/// the context is gone.
 const OP_CLAIM: u32 = 6;
 /// Request: the pins the owner charges to process `a`. Reply: 0, pinned
 /// pages in `b`, locked pages (`RLIMIT_MODE` 1) in `c`.
@@ -148,6 +151,11 @@ const OP_STATUS: u32 = 7;
 /// or from the client's `c` bytes at `b`, at offset `d` for the positional
 /// ones. Reply: the bytes moved, or `-errno`.
 const OP_ENGINE: u32 = 8;
+/// Request: hold `a` is for process `b` (a `posix_spawn` child). Reply: 0,
+/// or `-ENOENT`.
+const OP_BIND: u32 = 9;
+/// Request: drop hold `a` (its `exec` or `posix_spawn` failed). Reply: 0.
+const OP_RELEASE: u32 = 10;
 
 /// `read`
 const IO_READ: u32 = 0;
@@ -616,7 +624,7 @@ fn serve(fd: c_int, held: Held) {
         let Ok(Some((m, passed))) = recv(fd) else {
             break;
         };
-        let mut extra = (0u64, 0u64);
+        let mut extra = (0u64, 0u64, 0u64);
         let reply = match m.op {
             OP_HELLO => {
                 if let Some(pidfd) = passed {
@@ -687,9 +695,9 @@ fn serve(fd: c_int, held: Held) {
                 let _c = crate::sync::enter();
                 let ctx = lock_held(&held).get(&m.a).cloned();
                 match (ctx, listener()) {
-                    (Some(ctx), Ok(name)) => {
-                        inflight().push((m.a, ctx.clone()));
-                        extra = name;
+                    (Some(ctx), Ok((pid, nonce))) => {
+                        let token = hold_local(m.a, &ctx, (m.b != 0).then_some(m.b as i32));
+                        extra = (pid, nonce, token);
                         Some((0, None))
                     }
                     (None, _) => Some((-i64::from(libc::EBADF), None)),
@@ -698,7 +706,7 @@ fn serve(fd: c_int, held: Held) {
             }
             OP_CLAIM => {
                 let _c = crate::sync::enter();
-                match claim(m.a) {
+                match claim(m.a, pm.as_ref().map_or(0, |p| p.pid())) {
                     Some(ctx) => {
                         let old = lock_held(&held).insert(m.a, ctx);
                         drop(old);
@@ -717,9 +725,20 @@ fn serve(fd: c_int, held: Held) {
                 };
                 Some((r, None))
             }
+            OP_BIND => {
+                let _c = crate::sync::enter();
+                let ok = bind_local(m.a, m.b as i32);
+                Some((if ok { 0 } else { -i64::from(libc::ENOENT) }, None))
+            }
+            OP_RELEASE => {
+                let _c = crate::sync::enter();
+                release_local(m.a);
+                Some((0, None))
+            }
             OP_STATUS => {
                 let _c = crate::sync::enter();
-                extra = uiommufd::accounting::counts(m.a as i32);
+                let (pinned, locked) = uiommufd::accounting::counts(m.a as i32);
+                extra = (pinned, locked, 0);
                 Some((0, None))
             }
             _ => Some((-i64::from(libc::EINVAL), None)),
@@ -732,6 +751,7 @@ fn serve(fd: c_int, held: Held) {
                     a: r as u64,
                     b: extra.0,
                     c: extra.1,
+                    d: extra.2,
                     ..Msg::default()
                 },
                 pass,
@@ -765,6 +785,19 @@ fn start(fd: c_int, held: HashMap<u64, Arc<Context>>) {
         .lock()
         .unwrap_or_else(|e| e.into_inner())
         .push((fd, held.clone()));
+    if let Err(e) = spawn_quiet("uiommufd-owner", move || serve(fd, held)) {
+        tracing::warn!("cannot start the owner thread of a shared context: {e}");
+        SERVED
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .retain(|(f, _)| *f != fd);
+        crate::raw_close(fd);
+    }
+}
+
+/// Start thread `name` running `f` with every asynchronous signal out of
+/// its mask: the program's signals go to its own threads.
+fn spawn_quiet(name: &str, f: impl FnOnce() + Send + 'static) -> std::io::Result<()> {
     // SAFETY: sigfillset/pthread_sigmask on our own sigset_t values.
     let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -774,19 +807,10 @@ fn start(fd: c_int, held: HashMap<u64, Arc<Context>>) {
         libc::sigfillset(&mut all);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
     }
-    let r = std::thread::Builder::new()
-        .name("uiommufd-owner".into())
-        .spawn(move || serve(fd, held));
+    let r = std::thread::Builder::new().name(name.into()).spawn(f);
     // SAFETY: restoring the mask saved above.
     unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    if let Err(e) = r {
-        tracing::warn!("cannot start the owner thread of a shared context: {e}");
-        SERVED
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .retain(|(f, _)| *f != fd);
-        crate::raw_close(fd);
-    }
+    r.map(drop)
 }
 
 /// The key of a context this process owns.
@@ -888,10 +912,12 @@ pub(crate) fn child() {
     }
     if let Some(l) = LISTENER.lock().unwrap_or_else(|e| e.into_inner()).take() {
         crate::raw_close(l.fd);
+        crate::raw_close(l.wake);
     }
     // the parent's references for fds in flight, and its connections as a
     // receiver (their sockets are closed below)
     std::mem::forget(std::mem::take(&mut *inflight()));
+    BOUND.store(0, std::sync::atomic::Ordering::Release);
     CONNS.lock().unwrap_or_else(|e| e.into_inner()).clear();
     let Some(p) = PENDING.lock().unwrap_or_else(|e| e.into_inner()).take() else {
         return;
@@ -1012,25 +1038,217 @@ pub(crate) fn child() {
 struct Listener {
     fd: c_int,
     nonce: u64,
+    /// An eventfd that wakes the accepting thread when a hold for a
+    /// process is made: it then watches that process's exit ([`expire`]).
+    wake: c_int,
 }
 
 static LISTENER: Mutex<Option<Listener>> = Mutex::new(None);
 
-/// References held for fds in flight (sent, not yet received): (key,
-/// context), one per fd sent. A receiver claims one (`OP_CLAIM`); an fd
-/// that nobody with the preload receives keeps its context until the owner
-/// exits.
-static INFLIGHT: Mutex<Vec<(u64, Arc<Context>)>> = Mutex::new(Vec::new());
+/// A reference of a context held for an fd on its way to another process
+/// image: sent with `SCM_RIGHTS` (for whoever receives it), or kept across
+/// an `exec` or a `posix_spawn` (for that process). The receiver claims it
+/// (`OP_CLAIM`); the kernel's equivalent is the file reference the fd in
+/// flight, or the inherited fd, holds.
+struct Hold {
+    key: u64,
+    ctx: Arc<Context>,
+    /// Names this hold for `OP_BIND`/`OP_RELEASE`.
+    token: u64,
+    /// The process it is for, when known: only that process claims it, and
+    /// it ends when that process exits (an `exec`ed image that never claims
+    /// it, a statically linked program say, does not keep the context
+    /// for ever). `None`: an fd sent with `SCM_RIGHTS`, kept until the
+    /// owner exits when nobody with the preload receives it.
+    pid: Option<i32>,
+    /// A pidfd of `pid` (opened lazily when the hold was made in a `vfork`
+    /// child, whose fds are not ours).
+    pidfd: Option<OwnedFd>,
+}
 
-fn inflight() -> std::sync::MutexGuard<'static, Vec<(u64, Arc<Context>)>> {
+/// The held references, in the owner.
+static INFLIGHT: Mutex<Vec<Hold>> = Mutex::new(Vec::new());
+
+/// How many holds wait for a known process (see [`accept_loop`]).
+static BOUND: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+
+/// Recount [`BOUND`] after a change of the holds (under their lock).
+fn recount(v: &[Hold]) {
+    let n = v.iter().filter(|h| h.pid.is_some()).count();
+    BOUND.store(n, std::sync::atomic::Ordering::Release);
+}
+
+/// Wake the accepting thread: a hold for a process was made.
+fn wake_listener() {
+    if let Some(l) = LISTENER.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        let one = 1u64;
+        // SAFETY: writing 8 bytes to our eventfd (raw: `write` is hooked).
+        unsafe { libc::syscall(libc::SYS_write, l.wake, &one as *const u64, 8) };
+    }
+}
+
+/// The last hold token given out.
+static TOKENS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn inflight() -> std::sync::MutexGuard<'static, Vec<Hold>> {
     INFLIGHT.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// Take one in-flight reference of context `key`.
-fn claim(key: u64) -> Option<Arc<Context>> {
-    let mut v = inflight();
-    let i = v.iter().position(|(k, _)| *k == key)?;
-    Some(v.swap_remove(i).1)
+/// A pidfd of `pid`, out of the program's way. Inside a critical section:
+/// a birth while it is at the lowest free number.
+fn pidfd_hidden(pid: i32) -> Option<OwnedFd> {
+    use std::os::fd::IntoRawFd;
+    let _birth = crate::sync::Birth::new();
+    let _ops = crate::sync::fd_ops();
+    let fd = pidfd_open(pid).ok()?.into_raw_fd();
+    // SAFETY: `hide` returns an fd that we alone own.
+    Some(unsafe { OwnedFd::from_raw_fd(hide(fd)) })
+}
+
+/// Whether the process behind `pidfd` has exited (the pidfd polls readable).
+fn exited(pidfd: &OwnedFd) -> bool {
+    use std::os::fd::AsRawFd;
+    let mut p = libc::pollfd {
+        fd: pidfd.as_raw_fd(),
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one pollfd we own; no wait. Raw: `poll` may be the program's.
+    let r = unsafe { libc::syscall(libc::SYS_poll, &mut p as *mut libc::pollfd, 1, 0) };
+    r == 1 && p.revents != 0
+}
+
+/// Drop the holds whose process has exited. Inside a critical section, in
+/// the owner (not a `vfork` child: it opens pidfds).
+fn expire() {
+    let mut gone = Vec::new();
+    {
+        let mut v = inflight();
+        let mut i = 0;
+        while i < v.len() {
+            let h = &mut v[i];
+            let dead = match (h.pid, &h.pidfd) {
+                (None, _) => false,
+                (Some(_), Some(fd)) => exited(fd),
+                (Some(pid), None) => match pidfd_hidden(pid) {
+                    Some(fd) => {
+                        h.pidfd = Some(fd);
+                        false
+                    }
+                    None => true,
+                },
+            };
+            if dead {
+                gone.push(v.swap_remove(i));
+            } else {
+                i += 1;
+            }
+        }
+        recount(&v);
+    }
+    drop(gone);
+}
+
+/// Hold a reference of `ctx` for `pid` (`None`: for whoever claims it), and
+/// return its token. In a `vfork` child (which shares our memory, so this
+/// still holds in the owner) the pidfd is left to [`expire`].
+fn hold_local(key: u64, ctx: &Arc<Context>, pid: Option<i32>) -> u64 {
+    let foreign = crate::sync::foreign();
+    if !foreign {
+        expire();
+    }
+    let pidfd = pid.filter(|_| !foreign).and_then(pidfd_hidden);
+    let token = TOKENS.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+    {
+        let mut v = inflight();
+        v.push(Hold {
+            key,
+            ctx: ctx.clone(),
+            token,
+            pid,
+            pidfd,
+        });
+        recount(&v);
+    }
+    if pid.is_some() {
+        wake_listener();
+    }
+    token
+}
+
+/// Bind hold `token` to process `pid` (a `posix_spawn` child, known once it
+/// exists). `false` when there is no such hold.
+fn bind_local(token: u64, pid: i32) -> bool {
+    let pidfd = pidfd_hidden(pid);
+    let found = {
+        let mut v = inflight();
+        let found = match v.iter_mut().find(|h| h.token == token) {
+            Some(h) => {
+                h.pid = Some(pid);
+                h.pidfd = pidfd;
+                true
+            }
+            None => false,
+        };
+        recount(&v);
+        found
+    };
+    if found {
+        wake_listener();
+    }
+    found
+}
+
+/// Drop hold `token` (the `exec` or `posix_spawn` it was for failed).
+fn release_local(token: u64) {
+    let gone = {
+        let mut v = inflight();
+        let h = v
+            .iter()
+            .position(|h| h.token == token)
+            .map(|i| v.swap_remove(i));
+        recount(&v);
+        h
+    };
+    drop(gone);
+}
+
+/// A reference of context `key` for process `pid`: a hold made for it,
+/// else one made for anyone, else — an fd inherited by a path no hook sees
+/// (an `execl`, glibc's own `posix_spawn` inside `system`) — a new
+/// reference while the context lives here (held by an fd of ours or a
+/// connection we serve).
+fn claim(key: u64, pid: i32) -> Option<Arc<Context>> {
+    expire();
+    {
+        let mut v = inflight();
+        let at = v
+            .iter()
+            .position(|h| h.key == key && h.pid == Some(pid))
+            .or_else(|| v.iter().position(|h| h.key == key && h.pid.is_none()));
+        if let Some(i) = at {
+            let h = v.swap_remove(i);
+            recount(&v);
+            return Some(h.ctx);
+        }
+    }
+    live(key)
+}
+
+/// Context `key` if it lives here: an fd of ours or a connection we serve
+/// holds it.
+fn live(key: u64) -> Option<Arc<Context>> {
+    for (_, e) in table::all() {
+        if let FdObject::Iommu(ctx) = &e.obj {
+            if key_of(ctx) == key {
+                return Some(ctx.clone());
+            }
+        }
+    }
+    let served = SERVED.lock().unwrap_or_else(|e| e.into_inner());
+    served
+        .iter()
+        .find_map(|(_, held)| lock_held(held).get(&key).cloned())
 }
 
 /// The abstract address of owner `pid`'s listening socket.
@@ -1090,43 +1308,75 @@ fn listener() -> Result<(u64, u64), c_int> {
         crate::raw_close(fd);
         return Err(e);
     }
-    // SAFETY: sigfillset/pthread_sigmask on our own sigset_t values.
-    let mut all: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    let mut old: libc::sigset_t = unsafe { std::mem::zeroed() };
-    // SAFETY: valid sigset pointers.
-    unsafe {
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-    }
-    let r = std::thread::Builder::new()
-        .name("uiommufd-listen".into())
-        .spawn(move || accept_loop(fd));
-    // SAFETY: restoring the mask saved above.
-    unsafe { libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut()) };
-    if r.is_err() {
+    let wake = {
+        let _birth = crate::sync::Birth::new();
+        let _ops = crate::sync::fd_ops();
+        // SAFETY: eventfd2 by raw system call (`eventfd` is hooked).
+        let w = unsafe {
+            libc::syscall(
+                libc::SYS_eventfd2,
+                0,
+                libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
+            )
+        } as c_int;
+        if w < 0 {
+            let e = crate::path::errno();
+            crate::raw_close(fd);
+            return Err(e);
+        }
+        hide(w)
+    };
+    if spawn_quiet("uiommufd-listen", move || accept_loop(fd, wake)).is_err() {
         crate::raw_close(fd);
+        crate::raw_close(wake);
         return Err(libc::EAGAIN);
     }
-    *l = Some(Listener { fd, nonce });
+    *l = Some(Listener { fd, nonce, wake });
     Ok((pid as u64, nonce))
 }
 
-/// Accept the receivers of our fds, each served like a fork child.
-fn accept_loop(lfd: c_int) {
+/// Accept the receivers of our fds, each served like a fork child; while
+/// a hold waits for a process, look every 100 ms whether it has exited
+/// ([`expire`]), so that its context ends as the kernel's would when the
+/// last process holding its fd is gone.
+fn accept_loop(lfd: c_int, wake: c_int) {
     loop {
-        let mut p = libc::pollfd {
-            fd: lfd,
-            events: libc::POLLIN,
-            revents: 0,
+        let mut p = [
+            libc::pollfd {
+                fd: lfd,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+            libc::pollfd {
+                fd: wake,
+                events: libc::POLLIN,
+                revents: 0,
+            },
+        ];
+        let timeout = if BOUND.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            100
+        } else {
+            -1
         };
-        // SAFETY: one pollfd we own.
-        let r = unsafe { libc::syscall(libc::SYS_poll, &mut p, 1, -1) };
+        // SAFETY: two pollfds we own.
+        let r = unsafe { libc::syscall(libc::SYS_poll, p.as_mut_ptr(), 2, timeout) };
         if r < 0 && crate::path::errno() == libc::EINTR {
             continue;
         }
-        if r < 0 || p.revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
+        if r < 0 || p[0].revents & (libc::POLLERR | libc::POLLHUP | libc::POLLNVAL) != 0 {
             return;
+        }
+        if p[1].revents != 0 {
+            let mut v = 0u64;
+            // SAFETY: reading the eventfd's 8-byte counter into `v`.
+            unsafe { libc::syscall(libc::SYS_read, wake, &mut v as *mut u64, 8) };
+        }
+        if BOUND.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            let _c = crate::sync::enter();
+            expire();
+        }
+        if p[0].revents & libc::POLLIN == 0 {
+            continue;
         }
         let _c = crate::sync::enter();
         let fd = {
@@ -1286,35 +1536,216 @@ pub(crate) unsafe fn passed_fds(msg: *mut libc::msghdr) -> Vec<c_int> {
     control_fds(msg as u64)
 }
 
+/// A reference held for a new holder of an fd (see [`Hold`]), to bind or
+/// release once it is known whether that holder exists.
+#[derive(Debug)]
+pub(crate) enum Kept {
+    /// A hold in this process (the owner), by token.
+    Local(u64),
+    /// A hold in the owner at the other end of a connection, by token.
+    Remote(Arc<Conn>, u64),
+}
+
+/// Hold a reference of the context behind fd entry `e` for its next holder
+/// (process `pid`, or whoever claims it), and write into the fd's memfd
+/// the header that leads there. Inside a critical section.
+fn keep(fd: c_int, e: &Entry, pid: Option<i32>) -> Result<Kept, c_int> {
+    let (owner, nonce, key, kept) = match &e.obj {
+        FdObject::Iommu(ctx) => {
+            let (owner, nonce) = if crate::sync::foreign() {
+                // a vfork child: our memory, but its fds; the owner's
+                // listening socket was started when the fd was opened
+                let l = LISTENER.lock().unwrap_or_else(|e| e.into_inner());
+                let l = l.as_ref().ok_or(libc::ENOTCONN)?;
+                (crate::sync::pid() as u64, l.nonce)
+            } else {
+                listener()?
+            };
+            let key = key_of(ctx);
+            (owner, nonce, key, Kept::Local(hold_local(key, ctx, pid)))
+        }
+        FdObject::Remote(rc) => {
+            let m = Msg {
+                op: OP_HOLD,
+                a: rc.key,
+                b: pid.map_or(0, |p| p as u64),
+                ..Msg::default()
+            };
+            match rc.conn.exchange(&m, None, true)? {
+                (r, _) if r.a == 0 => (r.b, r.c, rc.key, Kept::Remote(rc.conn.clone(), r.d)),
+                (r, _) => return Err((r.a as i64).unsigned_abs() as c_int),
+            }
+        }
+    };
+    write_header(fd, owner, nonce, key);
+    Ok(kept)
+}
+
+/// Bind `kept` to process `pid` (see [`OP_BIND`]).
+fn bind(kept: &Kept, pid: i32) {
+    match kept {
+        Kept::Local(t) => {
+            bind_local(*t, pid);
+        }
+        Kept::Remote(conn, t) => {
+            let m = Msg {
+                op: OP_BIND,
+                a: *t,
+                b: pid as u64,
+                ..Msg::default()
+            };
+            let _ = conn.call(&m, true);
+        }
+    }
+}
+
+/// Drop `kept` (see [`OP_RELEASE`]).
+fn release(kept: Kept) {
+    match kept {
+        Kept::Local(t) => release_local(t),
+        Kept::Remote(conn, t) => {
+            let m = Msg {
+                op: OP_RELEASE,
+                a: t,
+                ..Msg::default()
+            };
+            let _ = conn.call(&m, true);
+        }
+    }
+}
+
 /// Before the program sends `msg`: every `/dev/iommu` fd in it gets a
 /// reference held for its receiver, and its memfd the header that leads
 /// there. Inside a critical section.
 pub(crate) fn before_send(msg: u64) {
     for fd in control_fds(msg) {
         let Some(e) = table::lookup(fd) else { continue };
-        let r = match &e.obj {
-            FdObject::Iommu(ctx) => listener().map(|(pid, nonce)| {
-                let key = key_of(ctx);
-                inflight().push((key, ctx.clone()));
-                (pid, nonce, key)
-            }),
-            FdObject::Remote(rc) => {
-                let m = Msg {
-                    op: OP_HOLD,
-                    a: rc.key,
-                    ..Msg::default()
-                };
-                match rc.conn.exchange(&m, None, true) {
-                    Ok((r, _)) if r.a == 0 => Ok((r.b, r.c, rc.key)),
-                    Ok((r, _)) => Err((r.a as i64).unsigned_abs() as c_int),
-                    Err(e) => Err(e),
-                }
-            }
-        };
-        match r {
-            Ok((pid, nonce, key)) => write_header(fd, pid, nonce, key),
-            Err(e) => tracing::debug!(fd, errno = e, "cannot share a sent /dev/iommu fd"),
+        if let Err(e) = keep(fd, &e, None) {
+            tracing::debug!(fd, errno = e, "cannot share a sent /dev/iommu fd");
         }
+    }
+}
+
+/// An emulated fd was opened or made for a context this process owns: its
+/// memfd gets the header that leads to it, and the listening socket is
+/// started, so that a process which inherits the fd by a path no hook of
+/// ours sees (a `vfork` child's `execve`, glibc's internal `posix_spawn`,
+/// an `execl`) still reaches the context. Inside a critical section.
+pub(crate) fn opened(fd: c_int, ctx: &Arc<Context>) {
+    match listener() {
+        Ok((pid, nonce)) => write_header(fd, pid, nonce, key_of(ctx)),
+        Err(e) => tracing::debug!(fd, errno = e, "no listening socket for a /dev/iommu fd"),
+    }
+}
+
+/// Whether `fd` is still the file of entry `e` and survives `exec`.
+fn inherited(fd: c_int, e: &Entry) -> bool {
+    // SAFETY: F_GETFD on a number; raw: `fcntl` is hooked.
+    let flags = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD) };
+    if flags < 0 || flags & i64::from(libc::FD_CLOEXEC) != 0 {
+        return false;
+    }
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let mut st: libc::stat = unsafe { std::mem::zeroed() };
+    // SAFETY: fstat into our buffer.
+    let ok = unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) } == 0;
+    ok && st.st_dev == e.dev && st.st_ino == e.ino
+}
+
+/// Before an `exec` (`pid`: this process) or a `posix_spawn` (`None`: the
+/// child is bound once it exists, [`spawned`]): every `/dev/iommu` fd that
+/// survives it gets a reference held for the new image, which claims it
+/// when the preload loads there ([`adopt_inherited`]). The references are
+/// undone by [`exec_failed`]. Inside a critical section.
+///
+/// A context this process owns cannot outlive the `exec` of the process
+/// itself (the engine is in its memory, see [`keeper`]); a `vfork` child
+/// holds for itself in its parent, the owner.
+pub(crate) fn before_exec(pid: Option<i32>) -> Vec<Kept> {
+    let mut kept = Vec::new();
+    let own_exec = pid.is_some() && !crate::sync::foreign();
+    for (fd, e) in table::all() {
+        if !inherited(fd, &e) {
+            continue;
+        }
+        if own_exec && matches!(e.obj, FdObject::Iommu(_)) {
+            continue;
+        }
+        match keep(fd, &e, pid) {
+            Ok(k) => kept.push(k),
+            Err(err) => tracing::debug!(fd, errno = err, "cannot keep a /dev/iommu fd across exec"),
+        }
+    }
+    kept
+}
+
+/// The `exec` or `posix_spawn` that [`before_exec`] prepared failed.
+pub(crate) fn exec_failed(kept: Vec<Kept>) {
+    for k in kept {
+        release(k);
+    }
+}
+
+/// The `posix_spawn` that [`before_exec`] prepared made process `pid`.
+pub(crate) fn spawned(kept: Vec<Kept>, pid: i32) {
+    for k in &kept {
+        bind(k, pid);
+    }
+}
+
+/// At load: the fds this image inherited (across `exec`) that are
+/// `/dev/iommu` fds of a context elsewhere reach it, as fds received with
+/// `SCM_RIGHTS` do ([`after_receive`]).
+pub(crate) fn adopt_inherited() {
+    let mut fds = Vec::new();
+    {
+        let _ops = crate::sync::fd_ops();
+        // SAFETY: open of a NUL-terminated path; raw: `open` is hooked.
+        let dir = unsafe {
+            libc::syscall(
+                libc::SYS_openat,
+                libc::AT_FDCWD,
+                c"/proc/self/fd".as_ptr(),
+                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+            )
+        } as c_int;
+        if dir < 0 {
+            return;
+        }
+        let mut buf = [0u64; 512];
+        loop {
+            // SAFETY: getdents64 into our buffer.
+            let n =
+                unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), 4096usize) };
+            if n <= 0 {
+                break;
+            }
+            // SAFETY: viewing our buffer's first `n` bytes.
+            let bytes =
+                unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
+            let mut at = 0;
+            while at + 19 < bytes.len() {
+                let reclen = u16::from_ne_bytes([bytes[at + 16], bytes[at + 17]]) as usize;
+                if reclen == 0 {
+                    break;
+                }
+                let name = &bytes[at + 19..(at + reclen).min(bytes.len())];
+                let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+                if let Some(fd) = std::str::from_utf8(name)
+                    .ok()
+                    .and_then(|t| t.parse::<c_int>().ok())
+                {
+                    if fd != dir {
+                        fds.push(fd);
+                    }
+                }
+                at += reclen;
+            }
+        }
+        crate::raw_close(dir);
+    }
+    for fd in fds {
+        after_receive(fd);
     }
 }
 
@@ -1379,7 +1810,7 @@ pub(crate) fn after_receive(fd: c_int) {
         .is_some_and(|l| l.nonce == nonce)
         && pid == crate::sync::pid();
     let obj = if ours {
-        match claim(key) {
+        match claim(key, crate::sync::pid()) {
             Some(ctx) => FdObject::Iommu(ctx),
             None => return,
         }
@@ -1451,11 +1882,9 @@ fn status_pid(path: &[u8]) -> Option<i32> {
 /// when `path` is not such a file or no context is around. Inside a
 /// critical section.
 pub(crate) fn status_file(path: &[u8]) -> Option<c_int> {
-    if !table::any_registered() {
-        return None;
-    }
     let pid = status_pid(path)?;
-    let real = read_proc(path)?;
+    // (pins outlive the fds: a context another process holds, or one in
+    // an engine reached through a connection)
     let (mut pinned, mut locked) = uiommufd::accounting::counts(pid);
     let mut conns: Vec<Arc<Conn>> = Vec::new();
     for (_, e) in table::all() {
@@ -1465,6 +1894,10 @@ pub(crate) fn status_file(path: &[u8]) -> Option<c_int> {
             }
         }
     }
+    if pinned == 0 && locked == 0 && conns.is_empty() {
+        return None;
+    }
+    let real = read_proc(path)?;
     for c in conns {
         let m = Msg {
             op: OP_STATUS,

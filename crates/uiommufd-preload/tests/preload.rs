@@ -658,6 +658,22 @@ fn scm_rights_shares_one_context_between_unrelated_processes() {
     );
 }
 
+/// Issue 16 item 1: a `/dev/iommu` fd inherited across `exec` keeps its
+/// context (`tests/c/exec_share.c`): after `fork` + `execv`, `vfork` +
+/// `execve` (the child makes the fd inheritable, as CPython does),
+/// `posix_spawn` by the owner and by a client, each time with the parent's
+/// own fd closed first; a failed `exec` changes nothing; a new image that
+/// never claims its reference does not keep the context after it exits.
+#[test]
+fn exec_keeps_the_context() {
+    static EXE: OnceLock<PathBuf> = OnceLock::new();
+    let exe = EXE.get_or_init(|| compile_src("exec_share.c", "exec_share", &["-O1"]));
+    let out = run_preloaded(exe, &[], &[]);
+    assert_ok(&out, "exec_share");
+    let out = run_preloaded(exe, &[], &[("UIOMMUFD_LOG", "debug")]);
+    assert_ok(&out, "exec_share with debug logging");
+}
+
 /// Issue 16 item 1: a `/dev/iommu` fd inherited across `fork` (and again by
 /// a grandchild) is the parent's context (`tests/c/fork_share.c`).
 #[test]

@@ -1,0 +1,281 @@
+/* SPDX-License-Identifier: Apache-2.0 OR BSD-3-Clause */
+/*
+ * A /dev/iommu fd inherited across exec keeps its context, under
+ * libuiommufd_preload.so (run with LD_PRELOAD set), however the new image
+ * was started:
+ *
+ *  - fork, then execv in the child (a client of its parent's context);
+ *  - vfork, then execve in the child, which makes the fd inheritable
+ *    itself (what CPython's subprocess does for pass_fds);
+ *  - posix_spawn with the fd inherited;
+ *  - a client (a fork child) that forks and execs in turn.
+ *
+ * Each time the parent closes its own fd before the new image uses it, so
+ * only the reference kept for the new image holds the context: the new
+ * image allocates an IOAS, maps and unmaps its own memory, and destroys
+ * the IOAS the parent made (proof it is the same context).
+ *
+ * Usage: exec_share            the checks; prints "OK", exits 0
+ *        exec_share image FD ID  (internal) the new image's part
+ */
+#define _GNU_SOURCE
+#include <errno.h>
+#include <fcntl.h>
+#include <spawn.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/ioctl.h>
+#include <sys/mman.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+#include "uapi_test.h"
+
+extern char **environ;
+
+static uint32_t ioas_alloc(int fd)
+{
+	struct iommu_ioas_alloc a = { .size = sizeof(a) };
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, &a))
+		return 0;
+	return a.out_ioas_id;
+}
+
+static int destroy(int fd, uint32_t id)
+{
+	struct iommu_destroy d = { .size = sizeof(d), .id = id };
+	return ioctl(fd, IOMMU_DESTROY, &d);
+}
+
+static int wait_ok(pid_t pid)
+{
+	int st = 0;
+	return waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+/* The new image: FD is the inherited /dev/iommu fd, ID an IOAS of it. */
+static int image(int fd, uint32_t parents)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	uint32_t ioas = ioas_alloc(fd);
+	CHECK(ioas != 0, "IOAS_ALLOC through the inherited fd");
+	void *buf = mmap(NULL, 4 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(buf != MAP_FAILED, "mmap");
+	memset(buf, 0x5a, 4 * pg);
+	struct iommu_ioas_map m = {
+		.size = sizeof(m),
+		.flags = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+		.ioas_id = ioas,
+		.user_va = (uintptr_t)buf,
+		.length = 4 * pg,
+	};
+	CHECK(ioctl(fd, IOMMU_IOAS_MAP, &m) == 0, "IOAS_MAP of the new image's memory");
+	struct iommu_ioas_unmap u = { .size = sizeof(u), .ioas_id = ioas, .iova = m.iova,
+				      .length = 4 * pg };
+	CHECK(ioctl(fd, IOMMU_IOAS_UNMAP, &u) == 0 && u.length == (uint64_t)(4 * pg),
+	      "IOAS_UNMAP");
+	CHECK(destroy(fd, ioas) == 0, "destroy our IOAS");
+	CHECK(destroy(fd, parents) == 0, "destroy the parent's IOAS %u: the same context", parents);
+	errno = 0;
+	CHECK(destroy(fd, parents) == -1 && errno == ENOENT, "destroyed once");
+	return failures ? 1 : 0;
+}
+
+static char self[4096];
+
+static void args(char *fdbuf, char *idbuf, int fd, uint32_t id)
+{
+	snprintf(fdbuf, 16, "%d", fd);
+	snprintf(idbuf, 16, "%u", id);
+}
+
+/* fork, the parent closes its fd, then the child execs. */
+static void fork_then_exec(void)
+{
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open");
+	uint32_t id = ioas_alloc(fd);
+	int p[2];
+	CHECK(pipe(p) == 0, "pipe");
+	pid_t child = fork();
+	if (child == 0) {
+		char c, a[16], b[16];
+		close(p[1]);
+		if (read(p[0], &c, 1) != 1)
+			_exit(2);
+		args(a, b, fd, id);
+		char *argv[] = { self, "image", a, b, NULL };
+		execv(self, argv);
+		_exit(3);
+	}
+	close(p[0]);
+	close(fd);
+	CHECK(write(p[1], "g", 1) == 1, "go");
+	CHECK(wait_ok(child), "fork + execv: the new image's calls");
+	close(p[1]);
+}
+
+/* vfork; the child clears close-on-exec itself and calls execve. */
+static void vfork_then_execve(void)
+{
+	int fd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
+	CHECK(fd >= 0, "open");
+	uint32_t id = ioas_alloc(fd);
+	char a[16], b[16];
+	args(a, b, fd, id);
+	char *argv[] = { self, "image", a, b, NULL };
+	pid_t child = vfork();
+	if (child == 0) {
+		fcntl(fd, F_SETFD, 0);
+		execve(self, argv, environ);
+		_exit(3);
+	}
+	/* the child has exec'd: only its reference holds the context now */
+	close(fd);
+	CHECK(wait_ok(child), "vfork + execve: the new image's calls");
+}
+
+/* posix_spawn with the fd inherited; the parent closes it at once. */
+static void posix_spawn_inherits(void)
+{
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open");
+	uint32_t id = ioas_alloc(fd);
+	char a[16], b[16];
+	args(a, b, fd, id);
+	char *argv[] = { self, "image", a, b, NULL };
+	pid_t child = 0;
+	CHECK(posix_spawn(&child, self, NULL, NULL, argv, environ) == 0, "posix_spawn");
+	close(fd);
+	CHECK(wait_ok(child), "posix_spawn: the new image's calls");
+}
+
+/* A client (fork child) forks again; its child execs after both the
+ * owner and the client closed their fds. */
+static void client_forks_and_execs(void)
+{
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open");
+	uint32_t id = ioas_alloc(fd);
+	int p[2];
+	CHECK(pipe(p) == 0, "pipe");
+	pid_t child = fork();
+	if (child == 0) {
+		close(p[1]);
+		char c, a[16], b[16];
+		if (read(p[0], &c, 1) != 1)
+			_exit(2);
+		args(a, b, fd, id);
+		char *argv[] = { self, "image", a, b, NULL };
+		pid_t grandchild = 0;
+		/* a client's posix_spawn: the hold is made in the owner */
+		int ok = posix_spawn(&grandchild, self, NULL, NULL, argv, environ) == 0;
+		close(fd);
+		_exit(ok && wait_ok(grandchild) ? 0 : 1);
+	}
+	close(p[0]);
+	close(fd);
+	CHECK(write(p[1], "g", 1) == 1, "go");
+	CHECK(wait_ok(child), "a client's posix_spawn: the new image's calls");
+	close(p[1]);
+}
+
+/* VmPin of this process, in kB (-1 when not found). */
+static long vm_pin(void)
+{
+	FILE *f = fopen("/proc/self/status", "r");
+	char line[256];
+	long kb = -1;
+	while (f && fgets(line, sizeof(line), f))
+		if (sscanf(line, "VmPin: %ld kB", &kb) == 1)
+			break;
+	if (f)
+		fclose(f);
+	return kb;
+}
+
+/* A new image that never claims its reference (run without the preload)
+ * does not keep the context after it exits: the pins go. */
+static void unclaimed_reference_ends_with_the_image(void)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open");
+	uint32_t ioas = ioas_alloc(fd);
+	struct iommu_test_cmd d = { .size = sizeof(d), .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = ioas };
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &d) == 0, "MOCK_DOMAIN");
+	void *buf = mmap(NULL, 16 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+	CHECK(buf != MAP_FAILED, "mmap");
+	struct iommu_ioas_map m = {
+		.size = sizeof(m),
+		.flags = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+		.ioas_id = ioas,
+		.user_va = (uintptr_t)buf,
+		.length = 16 * pg,
+	};
+	CHECK(ioctl(fd, IOMMU_IOAS_MAP, &m) == 0, "IOAS_MAP into a mock domain");
+	long pinned = vm_pin();
+	CHECK(pinned >= 16 * pg / 1024, "VmPin %ld kB while mapped", pinned);
+	int p[2];
+	CHECK(pipe(p) == 0, "pipe");
+	pid_t child = fork();
+	if (child == 0) {
+		char c;
+		close(p[1]);
+		if (read(p[0], &c, 1) != 1)
+			_exit(2);
+		char *argv[] = { "true", NULL };
+		char *envp[] = { "PATH=/usr/bin:/bin", NULL };
+		execve("/bin/true", argv, envp);
+		_exit(3);
+	}
+	close(p[0]);
+	/* the child's reference alone holds the context from here */
+	close(fd);
+	CHECK(vm_pin() == pinned, "still pinned while the child holds the fd");
+	CHECK(write(p[1], "g", 1) == 1, "go");
+	CHECK(wait_ok(child), "the child ran /bin/true");
+	close(p[1]);
+	long now = vm_pin();
+	for (int i = 0; i < 200 && now != pinned - 16 * pg / 1024; i++) {
+		usleep(10000);
+		now = vm_pin();
+	}
+	CHECK(now == pinned - 16 * pg / 1024, "VmPin %ld kB after the image exited (was %ld)", now,
+	      pinned);
+	munmap(buf, 16 * pg);
+}
+
+/* An exec that fails leaves the process and its fd as they were. */
+static void failed_exec(void)
+{
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open");
+	char *argv[] = { "/nonexistent/program", NULL };
+	errno = 0;
+	CHECK(execv(argv[0], argv) == -1 && errno == ENOENT, "execv of a missing program");
+	uint32_t id = ioas_alloc(fd);
+	CHECK(id != 0 && destroy(fd, id) == 0, "the fd still works");
+	close(fd);
+}
+
+int main(int argc, char **argv)
+{
+	if (argc == 4 && !strcmp(argv[1], "image"))
+		return image(atoi(argv[2]), (uint32_t)strtoul(argv[3], NULL, 10));
+	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
+	CHECK(n > 0, "readlink");
+	self[n > 0 ? n : 0] = 0;
+	fork_then_exec();
+	vfork_then_execve();
+	posix_spawn_inherits();
+	client_forks_and_execs();
+	failed_exec();
+	unclaimed_reference_ends_with_the_image();
+	if (failures)
+		return 1;
+	printf("OK\n");
+	return 0;
+}
