@@ -9,8 +9,9 @@
 //! structs and arrays are copied from the caller, and the pages an
 //! `IOAS_MAP` pins are the caller's. Here a context lives in the process
 //! that opened it (its **owner**), and every ioctl there runs in place, on
-//! the fast path of a single process: nothing below is touched until the
-//! owner forks with emulated fds open.
+//! the fast path of a single process: nothing below is on that path (the
+//! first open writes a header and starts the listening thread, which then
+//! sleeps).
 //!
 //! A process holding an fd whose context lives elsewhere is a **client**.
 //! Its fd table entry is [`FdObject::Remote`](crate::table::FdObject): it
@@ -68,9 +69,15 @@
 //!
 //! * **The owner keeps the engine**, rather than a daemon holding every
 //!   context: a program that never shares its fd (every VMM and test today)
-//!   runs exactly as before, with no extra process, no socket and no lock
-//!   on its ioctl path; the cost of sharing falls on the processes that
-//!   share. The price: the owner's exit ends the context for everyone.
+//!   runs exactly as before, with no extra process, and no socket and no
+//!   lock on its ioctl path (one sleeping listening thread, started at the
+//!   first open, so that a `vfork` child's `exec` can reach the context: a
+//!   `vfork` child cannot start one); the cost of sharing falls on the
+//!   processes that share. The price: the owner's exit ends the context
+//!   for everyone.
+//! * **Holds bound to a pid**, not to a connection: the new image of an
+//!   `exec` has no connection yet, and one that never claims (a static
+//!   program) must not keep the context for ever.
 //! * **A connection per fork, made before the fork** (a socket pair, not a
 //!   connect from the child): the owner holds the child's references from
 //!   the instant the child exists, so the parent may close its fd at once;
@@ -89,24 +96,48 @@
 //!   `process_vm_readv`/`process_vm_writev` (see
 //!   [`uiommufd::process`]).
 //!
+//! # exec and posix_spawn
+//!
+//! An owned context's memfd carries a header naming the owner's listening
+//! socket and the context from its first open ([`opened`]), and the owner
+//! listens from then on, so any later holder of the fd can reach it. The
+//! `exec` and `posix_spawn` hooks (`exec_hooks`) hold a reference for the
+//! new image ([`before_exec`]): in the owner for its `vfork` child or
+//! spawned child, through `OP_HOLD` for a client. A hold is bound to the
+//! new image's pid (a spawned child's once it exists, `OP_BIND`): only that
+//! process claims it, and the owner's accepting thread drops it when that
+//! process exits unclaimed ([`expire`]). The new image's preload claims at
+//! load ([`adopt_inherited`], as an `SCM_RIGHTS` receiver does). An fd
+//! inherited by a path no hook sees (`execl`, glibc's `system`) finds no
+//! hold: the claim then takes a new reference while the context lives
+//! ([`claim`]).
+//!
+//! # Engine fds
+//!
+//! A command that makes an engine fd (`FAULT_QUEUE_ALLOC`,
+//! `VEVENTQ_ALLOC`, the selftest's `CREATE_ACCESS`: [`FdField::Out`]) runs
+//! in the owner, which keeps the fd (out of its program's way) for as long
+//! as the connection holds it and passes it back; the client installs it at
+//! its lowest free number ([`install`]), routes its transfers to the owner
+//! (`OP_ENGINE`), translates it to the owner's number where a command names
+//! it ([`FdField::In`]), and releases the owner's copy at its last close
+//! (`OP_ENGINE_CLOSE`, [`RemoteFile`]).
+//!
 //! # What a client cannot do (yet)
 //!
-//! * `IOAS_MAP_FILE` works (its fd travels with the request, see
-//!   [`ioctl`]), but the commands that create or name an engine fd —
-//!   `FAULT_QUEUE_ALLOC`, `VEVENTQ_ALLOC`, the selftest's access commands —
-//!   and the VFIO container commands are `EOPNOTSUPP` from a client; `mmap`
-//!   of the fd is `ENODEV`. Engine fds (access, fault, event queue, VFIO
-//!   files) the owner made before the fork move their bytes through the
-//!   owner's engine (`OP_ENGINE`, the file checked with `kcmp`: the owner
-//!   may have reused the number; see [`engine_io`]), but their `ioctl` and
-//!   `mmap` reach the child's copy of the engine; engine fds sent with
-//!   `SCM_RIGHTS` are bare eventfds.
+//! * The selftest's `DMABUF_GET` and the VFIO container commands are
+//!   `EOPNOTSUPP` from a client; `mmap` of the fd is `ENODEV`. Engine fds
+//!   (access, fault, event queue, VFIO files) the owner made before the
+//!   fork move their bytes through the owner's engine (`OP_ENGINE`, the
+//!   file checked with `kcmp`: the owner may have reused the number; see
+//!   [`engine_io`]), but their `ioctl` and `mmap` reach the child's copy of
+//!   the engine; engine fds sent with `SCM_RIGHTS` are bare eventfds.
 //! * An area a client maps from memory it does not share with the owner at
 //!   the same address (private memory) is read from the client while it
 //!   runs, and no domain can map it (`EFAULT`): the engine's domains map
 //!   host addresses of the owner (see [`uiommufd::process`]).
 //! * When the owner exits, its clients' fds stop working (`EIO`); `exec`
-//!   of the owner drops its contexts as before.
+//!   of the owner drops its contexts (the engine is in its memory).
 //! * Pins are charged to the process that mapped, or that called
 //!   `IOAS_CHANGE_PROCESS` last ([`uiommufd::accounting::as_caller`] around
 //!   a client's command; `OP_STATUS` reports a process's share, which
@@ -156,6 +187,9 @@ const OP_ENGINE: u32 = 8;
 const OP_BIND: u32 = 9;
 /// Request: drop hold `a` (its `exec` or `posix_spawn` failed). Reply: 0.
 const OP_RELEASE: u32 = 10;
+/// Request: the client let go of engine fd `a` (the owner's number) that
+/// the owner made for it. No reply.
+const OP_ENGINE_CLOSE: u32 = 11;
 
 /// `read`
 const IO_READ: u32 = 0;
@@ -329,6 +363,16 @@ fn recv_now(fd: c_int) -> std::io::Result<Option<(Msg, Option<OwnedFd>)>> {
 /// number (the old one is closed), or `fd` itself when no higher number is
 /// free.
 fn hide(fd: c_int) -> c_int {
+    let high = hide_keeping(fd);
+    if high != fd {
+        crate::raw_close(fd);
+    }
+    high
+}
+
+/// A close-on-exec duplicate of `fd` at a number out of the program's way
+/// (see [`hide`]), `fd` left open; `fd` itself when no such number is free.
+fn hide_keeping(fd: c_int) -> c_int {
     // SAFETY: getrlimit writes one rlimit we own.
     let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
     // SAFETY: as above.
@@ -341,10 +385,10 @@ fn hide(fd: c_int) -> c_int {
     // SAFETY: F_DUPFD_CLOEXEC on our own fd; raw: `fcntl` is hooked.
     let high = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, floor) } as c_int;
     if high < 0 {
-        return fd;
+        fd
+    } else {
+        high
     }
-    crate::raw_close(fd);
-    high
 }
 
 /// A `SOCK_SEQPACKET` socket pair, close-on-exec, out of the program's way
@@ -458,17 +502,37 @@ impl Drop for RemoteCtx {
 /// command ([`FdPatched`]); an fd that is not open travels as none (the
 /// owner answers `EBADF`, as the kernel).
 pub(crate) fn ioctl(rc: &RemoteCtx, cmd: u32, arg: u64) -> Result<c_int, c_int> {
+    use uiommufd::user::SelfMemory;
+    let field = fd_field(&SelfMemory, cmd, arg);
+    // an access fd the command names: the owner's number of that file
+    let owner_fd = match field {
+        Some(FdField::In(off)) => {
+            let mut b = [0u8; 4];
+            SelfMemory
+                .read(arg.wrapping_add(off), &mut b)
+                .ok()
+                .and_then(|_| {
+                    let fd = c_int::from_ne_bytes(b);
+                    engine_fds()
+                        .iter()
+                        .find(|(f, e)| *f == fd && Arc::ptr_eq(&e.conn, &rc.conn))
+                        .map(|(_, e)| e.owner_fd)
+                })
+        }
+        _ => None,
+    };
     let m = Msg {
         op: OP_IOCTL,
         a: rc.key,
         b: u64::from(cmd),
         c: arg,
+        d: owner_fd.unwrap_or(-1) as u32 as u64,
         ..Msg::default()
     };
     let pass = (cmd == uiommufd::uapi::IOMMU_IOAS_MAP_FILE)
         .then(|| {
             let mut b = [0u8; 4];
-            uiommufd::user::SelfMemory
+            SelfMemory
                 .read(arg.wrapping_add(MAP_FILE_FD_OFFSET), &mut b)
                 .ok()?;
             let fd = c_int::from_ne_bytes(b);
@@ -477,12 +541,100 @@ pub(crate) fn ioctl(rc: &RemoteCtx, cmd: u32, arg: u64) -> Result<c_int, c_int> 
                 .then_some(fd)
         })
         .flatten();
-    let (r, _) = rc.conn.exchange(&m, pass, true)?;
-    let r = r.a as i64;
-    if r < 0 {
-        Err((-r) as c_int)
+    let (r, passed) = rc.conn.exchange(&m, pass, true)?;
+    let v = r.a as i64;
+    if v < 0 {
+        return Err((-v) as c_int);
+    }
+    if let (Some(FdField::Out(off)), Some(f)) = (field, passed) {
+        install(&rc.conn, f, r.b as c_int, r.c != 0, arg.wrapping_add(off))?;
+    }
+    Ok(v as c_int)
+}
+
+/// Make `hidden`, an engine fd the owner made for our command and passed
+/// back (its number there: `owner_fd`), the program's fd: at the lowest
+/// free number (close-on-exec as the owner's), routed to the owner
+/// ([`engine_io`], [`RemoteFile`]), its number written to the command's
+/// out field at `at`. Inside the command's fd birth.
+fn install(
+    conn: &Arc<Conn>,
+    hidden: OwnedFd,
+    owner_fd: c_int,
+    cloexec: bool,
+    at: u64,
+) -> Result<(), c_int> {
+    use std::os::fd::AsRawFd;
+    use uiommufd::user::SelfMemory;
+    let _ops = crate::sync::fd_ops();
+    let how = if cloexec {
+        libc::F_DUPFD_CLOEXEC
     } else {
-        Ok(r as c_int)
+        libc::F_DUPFD
+    };
+    // SAFETY: fcntl duplicating our fd; raw: `fcntl` is hooked.
+    let fd = unsafe { libc::syscall(libc::SYS_fcntl, hidden.as_raw_fd(), how, 0) } as c_int;
+    if fd < 0 {
+        // the owner's copy goes with the connection's end or the program's
+        // next close of nothing: tell it now
+        let e = crate::path::errno();
+        let m = Msg {
+            op: OP_ENGINE_CLOSE,
+            a: owner_fd as u64,
+            ..Msg::default()
+        };
+        let _ = conn.call(&m, false);
+        return Err(e);
+    }
+    drop(hidden);
+    let file = Arc::new(RemoteFile {
+        conn: conn.clone(),
+        owner_fd,
+    });
+    if let Err(e) = uiommufd::files::adopt(fd, file) {
+        crate::raw_close(fd);
+        return Err(e.errno().0);
+    }
+    {
+        let mut map = engine_fds();
+        map.retain(|(f, _)| *f != fd);
+        map.push((
+            fd,
+            RemoteEngineFd {
+                conn: conn.clone(),
+                owner_fd,
+            },
+        ));
+        ANY_REMOTE_ENGINE.store(true, std::sync::atomic::Ordering::Release);
+    }
+    // (an out field that cannot be written: the kernel's copy_to_user
+    // failure after the fd was installed leaves it installed too)
+    let _ = SelfMemory.write(at, &fd.to_ne_bytes());
+    Ok(())
+}
+
+/// The engine file of an fd whose file lives in the owner's engine (made
+/// there for this client's command): its transfers go there
+/// ([`engine_io`]); releasing the last fd of it here lets the owner close
+/// its copy.
+#[derive(Debug)]
+struct RemoteFile {
+    conn: Arc<Conn>,
+    owner_fd: c_int,
+}
+
+impl uiommufd::files::EngineFile for RemoteFile {
+    fn kind(&self) -> &'static str {
+        "remote"
+    }
+
+    fn release(&self) {
+        let m = Msg {
+            op: OP_ENGINE_CLOSE,
+            a: self.owner_fd as u64,
+            ..Msg::default()
+        };
+        let _ = self.conn.call(&m, false);
     }
 }
 
@@ -556,9 +708,17 @@ static SERVED: Mutex<Vec<(c_int, Held)>> = Mutex::new(Vec::new());
 
 /// The contexts one connection holds, by key: its server thread's, and
 /// [`sweep`]'s when the client is gone.
-type Held = Arc<Mutex<HashMap<u64, Arc<Context>>>>;
+type Held = Arc<Mutex<Refs>>;
 
-fn lock_held(h: &Held) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Context>>> {
+/// What one connection holds for its client: its contexts by key, and the
+/// engine fds made for it ([`MadeFd`]).
+#[derive(Debug, Default, Clone)]
+struct Refs {
+    ctxs: HashMap<u64, Arc<Context>>,
+    made: Vec<Arc<MadeFd>>,
+}
+
+fn lock_held(h: &Held) -> std::sync::MutexGuard<'_, Refs> {
     h.lock().unwrap_or_else(|e| e.into_inner())
 }
 
@@ -590,28 +750,93 @@ pub(crate) fn sweep() {
     drop(gone);
 }
 
-/// Why a command cannot run for a client (see the module docs): it names or
-/// creates an fd of the caller.
-fn refused(ctx: &Context, mem: &ProcessMemory, cmd: u32, arg: u64) -> Option<&'static str> {
+/// Where a command names or returns an engine fd of the caller, at an
+/// offset of its struct.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum FdField {
+    /// An fd the command reads (an access fd); the owner reads its own
+    /// number of the same file there.
+    In(u64),
+    /// An fd the command makes (fault queue, vEVENTQ, access): the owner
+    /// passes it back, and the client writes its own number there.
+    Out(u64),
+}
+
+/// The selftest op of an `IOMMU_TEST_CMD` at `arg` in `mem`.
+fn test_op(mem: &dyn UserMemory, arg: u64) -> Option<u32> {
+    let mut op = [0u8; 4];
+    mem.read(arg.wrapping_add(4), &mut op).ok()?;
+    Some(u32::from_ne_bytes(op))
+}
+
+/// The engine fd field of command `cmd` with its struct at `arg` in `mem`.
+fn fd_field(mem: &dyn UserMemory, cmd: u32, arg: u64) -> Option<FdField> {
     use uiommufd::uapi::*;
-    let _ = ctx;
     match cmd {
-        IOMMU_FAULT_QUEUE_ALLOC | IOMMU_VEVENTQ_ALLOC => Some("it creates an fd"),
-        IOMMU_TEST_CMD => {
-            let mut op = [0u8; 4];
-            // an unreadable struct: the dispatcher answers EFAULT
-            mem.read(arg + 4, &mut op).ok()?;
-            match u32::from_ne_bytes(op) {
-                IOMMU_TEST_OP_CREATE_ACCESS
-                | IOMMU_TEST_OP_DESTROY_ACCESS_PAGES
-                | IOMMU_TEST_OP_ACCESS_PAGES
-                | IOMMU_TEST_OP_ACCESS_RW
-                | IOMMU_TEST_OP_ACCESS_REPLACE_IOAS => Some("the access commands name access fds"),
-                _ => None,
-            }
-        }
+        // struct iommu_fault_alloc: size, flags, out_fault_id, out_fault_fd
+        IOMMU_FAULT_QUEUE_ALLOC => Some(FdField::Out(12)),
+        // struct iommu_veventq_alloc: ..., out_veventq_id (20), out_veventq_fd
+        IOMMU_VEVENTQ_ALLOC => Some(FdField::Out(24)),
+        // struct iommu_test_cmd: size, op, id, __reserved, then the union
+        IOMMU_TEST_CMD => match test_op(mem, arg)? {
+            IOMMU_TEST_OP_CREATE_ACCESS => Some(FdField::Out(16)),
+            IOMMU_TEST_OP_DESTROY_ACCESS_PAGES
+            | IOMMU_TEST_OP_ACCESS_PAGES
+            | IOMMU_TEST_OP_ACCESS_RW
+            | IOMMU_TEST_OP_ACCESS_REPLACE_IOAS => Some(FdField::In(8)),
+            _ => None,
+        },
         _ => None,
     }
+}
+
+/// Why a command cannot run for a client (see the module docs).
+fn refused(mem: &dyn UserMemory, cmd: u32, arg: u64) -> Option<&'static str> {
+    (cmd == uiommufd::uapi::IOMMU_TEST_CMD
+        && test_op(mem, arg) == Some(uiommufd::mock::dmabuf::IOMMU_TEST_OP_DMABUF_GET))
+    .then_some("it returns a dma-buf fd, which is not passed across processes")
+}
+
+/// An engine fd the owner made for a client's command (an `FdField::Out`):
+/// kept open here while the client holds its copy, since the engine knows
+/// the file by this number; closed (as the kernel's last `fput`) when the
+/// last connection holding it lets it go. Dropped inside a critical section.
+#[derive(Debug)]
+struct MadeFd(c_int);
+
+impl Drop for MadeFd {
+    fn drop(&mut self) {
+        let _ops = crate::sync::fd_ops();
+        uiommufd::files::on_close(self.0);
+        forget_engine_fds(self.0, self.0);
+        crate::raw_close(self.0);
+    }
+}
+
+/// The engine fd a command just made, read back from the out field at
+/// `at` of the client's struct, moved out of the program's way ([`hide`]:
+/// this process's program never sees it). Inside the command's fd birth.
+/// Also whether the engine made it close-on-exec.
+fn made_fd(mem: &dyn UserMemory, at: u64) -> Option<(Arc<MadeFd>, bool)> {
+    let mut b = [0u8; 4];
+    mem.read(at, &mut b).ok()?;
+    let fd = c_int::from_ne_bytes(b);
+    uiommufd::files::get(fd)?;
+    let cloexec = cloexec(fd);
+    let high = hide_keeping(fd);
+    if high != fd {
+        uiommufd::files::on_dup(fd, high);
+        uiommufd::files::on_close(fd);
+        crate::raw_close(fd);
+    }
+    Some((Arc::new(MadeFd(high)), cloexec))
+}
+
+/// Whether `fd` is close-on-exec.
+fn cloexec(fd: c_int) -> bool {
+    // SAFETY: F_GETFD on a number; raw: `fcntl` is hooked.
+    let flags = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD) };
+    flags >= 0 && flags & i64::from(libc::FD_CLOEXEC) != 0
 }
 
 /// Serve one connection until the client is gone. `held`: the contexts it
@@ -625,6 +850,9 @@ fn serve(fd: c_int, held: Held) {
             break;
         };
         let mut extra = (0u64, 0u64, 0u64);
+        // an fd passed with the reply stays open here (an engine fd made for
+        // the client) rather than being closed once sent
+        let mut lend = false;
         let reply = match m.op {
             OP_HELLO => {
                 if let Some(pidfd) = passed {
@@ -639,45 +867,81 @@ fn serve(fd: c_int, held: Held) {
                 None
             }
             OP_IOCTL => {
-                let ctx = lock_held(&held).get(&m.a).cloned();
-                let r = match (ctx.as_ref(), &mem, &pm) {
+                let ctx = lock_held(&held).ctxs.get(&m.a).cloned();
+                let r: (i64, Option<c_int>) = match (ctx.as_ref(), &mem, &pm) {
                     (Some(ctx), Some(mem), Some(pm)) => {
                         let cmd = m.b as u32;
                         let _c = crate::sync::enter();
-                        if let Some(why) = refused(ctx, pm, cmd, m.c) {
+                        if let Some(why) = refused(&**pm, cmd, m.c) {
                             tracing::debug!(
                                 cmd = format_args!("{cmd:#x}"),
                                 pid = pm.pid(),
                                 "refused for a process that does not hold the engine: {why}"
                             );
-                            -i64::from(libc::EOPNOTSUPP)
+                            (-i64::from(libc::EOPNOTSUPP), None)
                         } else {
-                            let patched: Option<Arc<dyn UserMemory>> =
-                                (cmd == uiommufd::uapi::IOMMU_IOAS_MAP_FILE).then(|| {
-                                    use std::os::fd::AsRawFd;
-                                    let ours = passed.as_ref().map_or(-1, |f| f.as_raw_fd());
-                                    Arc::new(FdPatched {
-                                        inner: mem.clone(),
-                                        at: m.c.wrapping_add(MAP_FILE_FD_OFFSET),
-                                        fd: ours,
-                                    }) as Arc<dyn UserMemory>
-                                });
+                            use std::os::fd::AsRawFd;
+                            let field = fd_field(&**pm, cmd, m.c);
+                            // the owner's number of an fd the command names
+                            let patch = if cmd == uiommufd::uapi::IOMMU_IOAS_MAP_FILE {
+                                let ours = passed.as_ref().map_or(-1, |f| f.as_raw_fd());
+                                Some((MAP_FILE_FD_OFFSET, ours))
+                            } else if let Some(FdField::In(off)) = field {
+                                Some((off, m.d as u32 as c_int))
+                            } else {
+                                None
+                            };
+                            let patched: Option<Arc<dyn UserMemory>> = patch.map(|(off, fd)| {
+                                Arc::new(FdPatched {
+                                    inner: mem.clone(),
+                                    at: m.c.wrapping_add(off),
+                                    fd,
+                                }) as Arc<dyn UserMemory>
+                            });
                             let mem = patched.as_ref().unwrap_or(mem);
+                            // a command that makes an fd: an fd birth here
+                            let births = matches!(field, Some(FdField::Out(_)));
+                            let _birth = births.then(crate::sync::Birth::new);
+                            let _ops = births.then(crate::sync::fd_ops);
                             let r = uiommufd::accounting::as_caller(charges.clone(), || {
                                 uiommufd::uapi::dispatch::ioctl_as(ctx, mem, m.b, m.c)
                             });
-                            match r {
-                                Ok(v) => i64::from(v),
-                                Err(e) => -i64::from(e.errno().0),
+                            match (r, field) {
+                                (Ok(v), Some(FdField::Out(off))) => {
+                                    match made_fd(&**mem, m.c.wrapping_add(off)) {
+                                        Some((f, cloexec)) => {
+                                            extra = (f.0 as u64, u64::from(cloexec), 0);
+                                            let raw = f.0;
+                                            lock_held(&held).made.push(f);
+                                            lend = true;
+                                            (i64::from(v), Some(raw))
+                                        }
+                                        None => (-i64::from(libc::EIO), None),
+                                    }
+                                }
+                                (Ok(v), _) => (i64::from(v), None),
+                                (Err(e), _) => (-i64::from(e.errno().0), None),
                             }
                         }
                     }
-                    _ => -i64::from(libc::EBADF),
+                    _ => (-i64::from(libc::EBADF), None),
                 };
-                Some((r, None))
+                Some(r)
+            }
+            OP_ENGINE_CLOSE => {
+                let _c = crate::sync::enter();
+                let gone = {
+                    let mut h = lock_held(&held);
+                    h.made
+                        .iter()
+                        .position(|f| f.0 == m.a as c_int)
+                        .map(|i| h.made.swap_remove(i))
+                };
+                drop(gone);
+                None
             }
             OP_CLOSE => {
-                let gone = lock_held(&held).remove(&m.a);
+                let gone = lock_held(&held).ctxs.remove(&m.a);
                 let _c = crate::sync::enter();
                 drop(gone);
                 None
@@ -693,7 +957,7 @@ fn serve(fd: c_int, held: Held) {
             },
             OP_HOLD => {
                 let _c = crate::sync::enter();
-                let ctx = lock_held(&held).get(&m.a).cloned();
+                let ctx = lock_held(&held).ctxs.get(&m.a).cloned();
                 match (ctx, listener()) {
                     (Some(ctx), Ok((pid, nonce))) => {
                         let token = hold_local(m.a, &ctx, (m.b != 0).then_some(m.b as i32));
@@ -708,7 +972,7 @@ fn serve(fd: c_int, held: Held) {
                 let _c = crate::sync::enter();
                 match claim(m.a, pm.as_ref().map_or(0, |p| p.pid())) {
                     Some(ctx) => {
-                        let old = lock_held(&held).insert(m.a, ctx);
+                        let old = lock_held(&held).ctxs.insert(m.a, ctx);
                         drop(old);
                         Some((0, None))
                     }
@@ -757,7 +1021,7 @@ fn serve(fd: c_int, held: Held) {
                 pass,
             )
             .is_ok();
-            if let Some(p) = pass {
+            if let Some(p) = pass.filter(|_| !lend) {
                 crate::raw_close(p);
             }
             if !ok {
@@ -767,19 +1031,25 @@ fn serve(fd: c_int, held: Held) {
     }
     {
         let _c = crate::sync::enter();
+        // The references go under the SERVED lock: a `sweep` (the owner's
+        // close of its own fd) that no longer finds this connection waits
+        // here until they are gone, so that the close returns with the
+        // context released, as the kernel's does once the client's exit
+        // dropped its file (the selftests' teardown checks for pins right
+        // after).
         let mut s = SERVED.lock().unwrap_or_else(|e| e.into_inner());
         s.retain(|(f, _)| *f != fd);
         crate::raw_close(fd);
-        drop(s);
         let gone = std::mem::take(&mut *lock_held(&held));
         drop(gone);
+        drop(s);
     }
 }
 
 /// Serve `fd` (the owner's end of a connection) on a new thread, which
 /// takes every asynchronous signal out of its mask: the program's signals
 /// go to its own threads.
-fn start(fd: c_int, held: HashMap<u64, Arc<Context>>) {
+fn start(fd: c_int, held: Refs) {
     let held: Held = Arc::new(Mutex::new(held));
     SERVED
         .lock()
@@ -894,7 +1164,13 @@ pub(crate) fn parent() {
     };
     if let Some((server, client, held)) = p.own {
         crate::raw_close(client);
-        start(server, held);
+        start(
+            server,
+            Refs {
+                ctxs: held,
+                made: Vec::new(),
+            },
+        );
     }
     for (_, fd) in p.cloned {
         crate::raw_close(fd);
@@ -1248,7 +1524,7 @@ fn live(key: u64) -> Option<Arc<Context>> {
     let served = SERVED.lock().unwrap_or_else(|e| e.into_inner());
     served
         .iter()
-        .find_map(|(_, held)| lock_held(held).get(&key).cloned())
+        .find_map(|(_, held)| lock_held(held).ctxs.get(&key).cloned())
 }
 
 /// The abstract address of owner `pid`'s listening socket.
@@ -1408,7 +1684,7 @@ fn accept_loop(lfd: c_int, wake: c_int) {
         // blocking again: the server thread waits in poll anyway
         // SAFETY: fcntl on our own fd.
         unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_SETFL, 0) };
-        start(fd, HashMap::new());
+        start(fd, Refs::default());
     }
 }
 
@@ -1659,8 +1935,8 @@ fn inherited(fd: c_int, e: &Entry) -> bool {
 /// undone by [`exec_failed`]. Inside a critical section.
 ///
 /// A context this process owns cannot outlive the `exec` of the process
-/// itself (the engine is in its memory, see [`keeper`]); a `vfork` child
-/// holds for itself in its parent, the owner.
+/// itself (the engine is in its memory); a `vfork` child holds for itself
+/// in its parent, the owner.
 pub(crate) fn before_exec(pid: Option<i32>) -> Vec<Kept> {
     let mut kept = Vec::new();
     let own_exec = pid.is_some() && !crate::sync::foreign();

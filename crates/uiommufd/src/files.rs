@@ -621,6 +621,24 @@ fn create_dyn_no_inject(file: Arc<dyn EngineFile>, cloexec: bool) -> Result<i32>
     Ok(fd)
 }
 
+/// Register `fd`, an open fd made elsewhere, as referring to `file`: an
+/// engine fd of another process's engine received over a socket, whose
+/// readiness that engine mirrors into the shared file. Nothing is synced
+/// here. Fails with `EBADF` when `fd` is not open.
+pub fn adopt(fd: i32, file: Arc<dyn EngineFile>) -> Result<()> {
+    let Some((dev, ino)) = identity(fd) else {
+        return Err(Error::new(libc::EBADF, format!("fd {fd} is not open")));
+    };
+    let any: Arc<dyn Any + Send + Sync> = file.clone();
+    let rec = Arc::new(FileRec {
+        file,
+        any,
+        sync: Mutex::new(()),
+    });
+    drop(insert(fd, Slot { rec, dev, ino }));
+    Ok(())
+}
+
 /// The engine file `fd` refers to, or `None` when `fd` is not (or no longer)
 /// an engine fd.
 pub fn get(fd: i32) -> Option<Arc<dyn EngineFile>> {

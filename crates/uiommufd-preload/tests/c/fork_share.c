@@ -13,6 +13,8 @@
  *    owner), which stays mapped after the child closed it and exited;
  *  - a fault queue fd inherited by a child reads and answers the faults of
  *    the owner's engine;
+ *  - a child makes a fault queue and an access itself: their fds work
+ *    there, and closing the access fd destroys the access;
  *  - the owner's exit ends the context: a child's calls are then EIO.
  *
  * Prints "OK" and exits 0 when every check passed.
@@ -270,6 +272,112 @@ static void fault_fd_in_a_child(void)
 	close(fd);
 }
 
+/* Engine fds a child makes (a fault queue, an access): the owner passes
+ * them back; the child reads and answers faults through its fault fd and
+ * reads the owner's areas through its access fd, which names the access
+ * in later commands; closing it destroys the access in the owner. */
+static void engine_fds_made_by_a_child(void)
+{
+	long pg = sysconf(_SC_PAGESIZE);
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open");
+	uint32_t ioas = ioas_alloc(fd);
+	unsigned char *buf = mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
+	CHECK(buf != MAP_FAILED, "mmap");
+	memset(buf, 0x6b, pg);
+	struct iommu_ioas_map m = {
+		.size = sizeof(m),
+		.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
+		.ioas_id = ioas,
+		.user_va = (uintptr_t)buf,
+		.length = pg,
+		.iova = IOVA,
+	};
+	CHECK(ioctl(fd, IOMMU_IOAS_MAP, &m) == 0, "IOAS_MAP");
+	pid_t child = fork();
+	if (child == 0) {
+		int ok = 1;
+#define C(x) ok = ok && (x)
+		/* an access made here, used here */
+		struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_CREATE_ACCESS,
+					    .id = ioas };
+		C(ioctl(fd, IOMMU_TEST_CMD, &c) == 0);
+		int afd = c.create_access.out_access_fd;
+		C(afd > 2 && fcntl(afd, F_GETFD) == FD_CLOEXEC);
+		unsigned char got[64] = { 0 };
+		struct iommu_test_cmd rw = { .size = sizeof(rw), .op = IOMMU_TEST_OP_ACCESS_RW,
+					     .id = afd };
+		rw.access_rw.iova = IOVA + 8;
+		rw.access_rw.length = sizeof(got);
+		rw.access_rw.uptr = (uintptr_t)got;
+		C(ioctl(fd, IOMMU_TEST_CMD, &rw) == 0);
+		for (size_t i = 0; i < sizeof(got); i++)
+			C(got[i] == 0x6b);
+		/* a number that is no access fd of ours */
+		rw.id = 1;
+		errno = 0;
+		C(ioctl(fd, IOMMU_TEST_CMD, &rw) == -1);
+		/* a fault queue made here: its faults read and answered here */
+		struct iommu_test_cmd md = { .size = sizeof(md), .op = IOMMU_TEST_OP_MOCK_DOMAIN,
+					     .id = ioas_alloc(fd) };
+		C(ioctl(fd, IOMMU_TEST_CMD, &md) == 0);
+		struct iommu_hwpt_alloc parent = { .size = sizeof(parent),
+						   .flags = IOMMU_HWPT_ALLOC_NEST_PARENT,
+						   .dev_id = md.mock_domain.out_idev_id,
+						   .pt_id = md.id };
+		C(ioctl(fd, IOMMU_HWPT_ALLOC, &parent) == 0);
+		struct iommu_fault_alloc fa = { .size = sizeof(fa) };
+		C(ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa) == 0);
+		int ffd = fa.out_fault_fd;
+		C(ffd > 2 && ffd != afd && fcntl(ffd, F_GETFD) == FD_CLOEXEC);
+		uint32_t iotlb = IOMMU_TEST_IOTLB_DEFAULT;
+		struct iommu_hwpt_alloc nested = { .size = sizeof(nested),
+						   .flags = IOMMU_HWPT_FAULT_ID_VALID,
+						   .dev_id = md.mock_domain.out_idev_id,
+						   .pt_id = parent.out_hwpt_id,
+						   .data_type = IOMMU_HWPT_DATA_SELFTEST,
+						   .data_len = sizeof(iotlb),
+						   .data_uptr = (uintptr_t)&iotlb,
+						   .fault_id = fa.out_fault_id };
+		C(ioctl(fd, IOMMU_HWPT_ALLOC, &nested) == 0);
+		struct iommu_test_cmd rep = { .size = sizeof(rep),
+					      .op = IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE,
+					      .id = md.mock_domain.out_stdev_id };
+		rep.replace.pt_id = nested.out_hwpt_id;
+		C(ioctl(fd, IOMMU_TEST_CMD, &rep) == 0);
+		struct iommu_test_cmd t = { .size = sizeof(t), .op = IOMMU_TEST_OP_TRIGGER_IOPF };
+		t.trigger_iopf.dev_id = md.mock_domain.out_idev_id;
+		t.trigger_iopf.grpid = 7;
+		t.trigger_iopf.perm = 3;
+		t.trigger_iopf.addr = 0xdeadbeef000;
+		C(ioctl(fd, IOMMU_TEST_CMD, &t) == 0);
+		struct pollfd pf = { .fd = ffd, .events = POLLIN };
+		C(poll(&pf, 1, 1000) == 1);
+		struct iommu_hwpt_pgfault f[2];
+		C(read(ffd, f, sizeof(f)) == (ssize_t)sizeof(f[0]) && f[0].grpid == 7);
+		struct iommu_hwpt_page_response resp = { .cookie = f[0].cookie, .code = 0 };
+		C(write(ffd, &resp, sizeof(resp)) == sizeof(resp));
+		C(poll(&pf, 1, 0) == 0);
+		/* closing the access fd destroys the access in the owner: the
+		 * IOAS it was on can go (EBUSY before) */
+		errno = 0;
+		C(destroy(fd, ioas) == -1 && errno == EBUSY);
+		C(close(afd) == 0);
+		rw.id = afd;
+		errno = 0;
+		C(ioctl(fd, IOMMU_TEST_CMD, &rw) == -1);
+		C(destroy(fd, ioas) == 0);
+		close(ffd);
+#undef C
+		_exit(ok ? 0 : 1);
+	}
+	CHECK(wait_ok(child), "the child's access and fault fds");
+	errno = 0;
+	CHECK(destroy(fd, ioas) == -1 && errno == ENOENT, "the child destroyed the IOAS");
+	munmap(buf, pg);
+	close(fd);
+}
+
 /* The owner's exit ends its contexts (a documented difference: the kernel
  * keeps the file while any process holds it): the child's calls are EIO. */
 static void owner_exit(void)
@@ -311,6 +419,7 @@ int main(void)
 	shared_memory_in_a_domain();
 	map_file_from_a_child();
 	fault_fd_in_a_child();
+	engine_fds_made_by_a_child();
 	owner_exit();
 	if (failures) {
 		fprintf(stderr, "%d failures\n", failures);

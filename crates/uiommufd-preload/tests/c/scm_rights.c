@@ -217,11 +217,15 @@ static int peer(const char *name)
 	struct iommu_ioas_iova_ranges r = { .size = sizeof(r), .ioas_id = ioas };
 	CHECK(ioctl(fd, IOMMU_IOAS_IOVA_RANGES, &r) == -1 && errno == EMSGSIZE && r.num_iovas >= 1,
 	      "IOAS_IOVA_RANGES");
-	/* what names an fd of ours is not for another process's engine */
+	/* an access the peer makes: its fd is passed back from the owner and
+	 * reads the owner's area (the owner's memory, through its engine) */
 	struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_CREATE_ACCESS, .id = ioas };
-	errno = 0;
-	CHECK(ioctl(fd, IOMMU_TEST_CMD, &c) == -1 && errno == EOPNOTSUPP,
-	      "CREATE_ACCESS from the peer");
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &c) == 0, "CREATE_ACCESS from the peer");
+	unsigned char seen[16] = { 0 };
+	CHECK(access_rw(fd, c.create_access.out_access_fd, OWNER_IOVA, seen, sizeof(seen), 0) == 0 &&
+		      all(seen, sizeof(seen), 0xa5),
+	      "the peer's access reads the owner's area");
+	CHECK(close(c.create_access.out_access_fd) == 0, "close the peer's access fd");
 	say(s, 'm');
 	CHECK(hear(s) == 'w', "the owner wrote");
 	CHECK(all(mine, 16, 0x11) && all(mine + 16, 2 * pg - 16, 0x5b),
