@@ -1065,17 +1065,135 @@ unsafe fn status_fopen(path: *const c_char, mode: *const c_char) -> Option<*mut 
 /// Same contract as the libc function.
 #[no_mangle]
 pub unsafe extern "C" fn sendmsg(fd: c_int, msg: *const libc::msghdr, flags: c_int) -> isize {
-    if table::any_registered() && !msg.is_null() && !sync::foreign() {
-        quietly(|| {
-            let _c = sync::enter();
-            remote::before_send(msg as u64);
-        });
-    }
+    let kept = before_send(&[msg as u64]);
     let Some(real) = real::sendmsg() else {
         return missing() as isize;
     };
     // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real(fd, msg, flags) }
+    let n = unsafe { real(fd, msg, flags) };
+    not_sent(kept, usize::from(n >= 0));
+    n
+}
+
+/// The kernel's `UIO_MAXIOV`: the most messages one `sendmmsg`/`recvmmsg`
+/// handles.
+const MAX_MMSG: usize = 1024;
+
+/// The addresses of the `msghdr`s of an `mmsghdr` array (none for null).
+fn mmsg_headers(vec: *const libc::mmsghdr, vlen: c_uint) -> impl Iterator<Item = u64> {
+    let n = if vec.is_null() {
+        0
+    } else {
+        (vlen as usize).min(MAX_MMSG)
+    };
+    (0..n).map(move |i| vec as u64 + (i * std::mem::size_of::<libc::mmsghdr>()) as u64)
+}
+
+/// Before the program sends the messages at `msgs`: their `/dev/iommu` fds
+/// get references held for their receivers (see `remote`). One list per
+/// message.
+fn before_send(msgs: &[u64]) -> Vec<Vec<remote::Kept>> {
+    if !table::any_registered() || sync::foreign() {
+        return Vec::new();
+    }
+    let saved = errno();
+    let kept = guard(|| {
+        let _c = sync::enter();
+        msgs.iter()
+            .map(|&m| {
+                if m == 0 {
+                    Vec::new()
+                } else {
+                    remote::before_send(m)
+                }
+            })
+            .collect()
+    })
+    .unwrap_or_default();
+    set_errno(saved);
+    kept
+}
+
+/// The messages from index `sent` on were not sent: release what
+/// [`before_send`] held for them.
+fn not_sent(kept: Vec<Vec<remote::Kept>>, sent: usize) {
+    if kept.iter().skip(sent).all(Vec::is_empty) {
+        return;
+    }
+    quietly(|| {
+        let _c = sync::enter();
+        for k in kept.into_iter().skip(sent) {
+            remote::exec_failed(k);
+        }
+    });
+}
+
+/// After the program received messages: each fd they carried forgets a
+/// stale registration, and a `/dev/iommu` fd of another process reaches its
+/// context (see `remote`).
+fn after_receive(msgs: impl Iterator<Item = u64>) {
+    quietly(|| {
+        let _c = sync::enter();
+        for m in msgs {
+            // SAFETY: `m` is a msghdr the kernel just filled (read
+            // fault-safely all the same).
+            for rfd in unsafe { remote::passed_fds(m as *mut libc::msghdr) } {
+                let ops = sync::fd_ops();
+                forget_stale(rfd);
+                drop(ops);
+                remote::after_receive(rfd);
+            }
+        }
+    });
+}
+
+/// `sendmmsg(2)`: as `sendmsg` for each message.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn sendmmsg(
+    fd: c_int,
+    vec: *mut libc::mmsghdr,
+    vlen: c_uint,
+    flags: c_int,
+) -> c_int {
+    let headers: Vec<u64> = if table::any_registered() {
+        mmsg_headers(vec, vlen).collect()
+    } else {
+        Vec::new()
+    };
+    let kept = before_send(&headers);
+    let Some(real) = real::sendmmsg() else {
+        return missing();
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let n = unsafe { real(fd, vec, vlen, flags) };
+    not_sent(kept, n.max(0) as usize);
+    n
+}
+
+/// `recvmmsg(2)`: as `recvmsg` for each message received.
+///
+/// # Safety
+/// Same contract as the libc function.
+#[no_mangle]
+pub unsafe extern "C" fn recvmmsg(
+    fd: c_int,
+    vec: *mut libc::mmsghdr,
+    vlen: c_uint,
+    flags: c_int,
+    timeout: *mut libc::timespec,
+) -> c_int {
+    let Some(real) = real::recvmmsg() else {
+        return missing();
+    };
+    // SAFETY: forwarding the caller's arguments unchanged.
+    let n = unsafe { real(fd, vec, vlen, flags, timeout) };
+    if n > 0 && !sync::foreign() {
+        after_receive(mmsg_headers(vec, n as c_uint));
+    }
+    n
 }
 
 /// `recvmsg(2)`: fds received with `SCM_RIGHTS` forget stale
@@ -1094,16 +1212,7 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
     // SAFETY: the call succeeded, so `msg` is the caller's valid msghdr,
     // which the kernel just filled.
     if n >= 0 && !msg.is_null() && unsafe { (*msg).msg_controllen } > 0 && !sync::foreign() {
-        quietly(|| {
-            let _c = sync::enter();
-            // SAFETY: as above.
-            for rfd in unsafe { remote::passed_fds(msg) } {
-                let ops = sync::fd_ops();
-                forget_stale(rfd);
-                drop(ops);
-                remote::after_receive(rfd);
-            }
-        });
+        after_receive(std::iter::once(msg as u64));
     }
     n
 }

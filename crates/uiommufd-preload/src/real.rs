@@ -180,6 +180,10 @@ real! {
     sendmsg: unsafe extern "C" fn(c_int, *const libc::msghdr, c_int) -> isize;
     /// `ssize_t recvmsg(int, struct msghdr *, int)`
     recvmsg: unsafe extern "C" fn(c_int, *mut libc::msghdr, c_int) -> isize;
+    /// `int sendmmsg(int, struct mmsghdr *, unsigned int, int)`
+    sendmmsg: unsafe extern "C" fn(c_int, *mut libc::mmsghdr, c_uint, c_int) -> c_int;
+    /// `int recvmmsg(int, struct mmsghdr *, unsigned int, int, struct timespec *)`
+    recvmmsg: unsafe extern "C" fn(c_int, *mut libc::mmsghdr, c_uint, c_int, *mut libc::timespec) -> c_int;
     /// `int socketpair(int, int, int, int[2])`
     socketpair: unsafe extern "C" fn(c_int, c_int, c_int, *mut c_int) -> c_int;
     /// `int fclose(FILE *)`

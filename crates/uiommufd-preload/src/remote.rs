@@ -1893,13 +1893,19 @@ fn release(kept: Kept) {
 /// Before the program sends `msg`: every `/dev/iommu` fd in it gets a
 /// reference held for its receiver, and its memfd the header that leads
 /// there. Inside a critical section.
-pub(crate) fn before_send(msg: u64) {
+///
+/// Returns the references held, for [`exec_failed`] when the message is
+/// not sent.
+pub(crate) fn before_send(msg: u64) -> Vec<Kept> {
+    let mut kept = Vec::new();
     for fd in control_fds(msg) {
         let Some(e) = table::lookup(fd) else { continue };
-        if let Err(e) = keep(fd, &e, None) {
-            tracing::debug!(fd, errno = e, "cannot share a sent /dev/iommu fd");
+        match keep(fd, &e, None) {
+            Ok(k) => kept.push(k),
+            Err(e) => tracing::debug!(fd, errno = e, "cannot share a sent /dev/iommu fd"),
         }
     }
+    kept
 }
 
 /// An emulated fd was opened or made for a context this process owns: its
@@ -1955,7 +1961,8 @@ pub(crate) fn before_exec(pid: Option<i32>) -> Vec<Kept> {
     kept
 }
 
-/// The `exec` or `posix_spawn` that [`before_exec`] prepared failed.
+/// The `exec` or `posix_spawn` that [`before_exec`] prepared failed (or
+/// the message [`before_send`] prepared was not sent).
 pub(crate) fn exec_failed(kept: Vec<Kept>) {
     for k in kept {
         release(k);

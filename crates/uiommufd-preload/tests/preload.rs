@@ -628,13 +628,25 @@ fn pins_hold_when_the_program_unmaps() {
 /// writes the peer's memory.
 #[test]
 fn scm_rights_shares_one_context_between_unrelated_processes() {
+    scm_rights_run(false);
+}
+
+/// The same with the fd sent by `sendmmsg` and received by `recvmmsg`.
+#[test]
+fn scm_rights_by_sendmmsg_and_recvmmsg() {
+    scm_rights_run(true);
+}
+
+fn scm_rights_run(mmsg: bool) {
     use std::io::{BufRead, BufReader, Read};
     use std::process::Stdio;
     static EXE: OnceLock<PathBuf> = OnceLock::new();
     let exe = EXE.get_or_init(|| compile_src("scm_rights.c", "scm_rights", &["-O1"]));
-    let name = format!("uiommufd-test-scm-{}", std::process::id());
+    let name = format!("uiommufd-test-scm-{}-{mmsg}", std::process::id());
+    let env: &[(&str, &str)] = if mmsg { &[("SCM_MMSG", "1")] } else { &[] };
     let mut owner = Command::new(exe)
         .args(["owner", &name])
+        .envs(env.iter().copied())
         .env("LD_PRELOAD", preload_so())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -645,7 +657,7 @@ fn scm_rights_shares_one_context_between_unrelated_processes() {
     let mut first = String::new();
     lines.read_line(&mut first).expect("the owner's first line");
     assert_eq!(first.trim(), "LISTENING", "owner did not start");
-    let peer = run_preloaded(exe, &["peer", &name], &[]);
+    let peer = run_preloaded(exe, &["peer", &name], env);
     let status = owner.wait().expect("wait for the owner");
     let mut rest = String::new();
     let _ = lines.read_to_string(&mut rest);

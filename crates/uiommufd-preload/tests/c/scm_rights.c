@@ -84,6 +84,27 @@ static int access_rw(int fd, uint32_t access, uint64_t iova, void *buf, size_t l
 	return ioctl(fd, IOMMU_TEST_CMD, &c);
 }
 
+/* With SCM_MMSG=1 in the environment, the fd travels by sendmmsg and
+ * recvmmsg (one message each) rather than sendmsg and recvmsg. */
+static ssize_t send_one(int s, struct msghdr *msg)
+{
+	if (!getenv("SCM_MMSG"))
+		return sendmsg(s, msg, 0);
+	struct mmsghdr m = { .msg_hdr = *msg };
+	return sendmmsg(s, &m, 1, 0) == 1 ? (ssize_t)m.msg_len : -1;
+}
+
+static ssize_t recv_one(int s, struct msghdr *msg)
+{
+	if (!getenv("SCM_MMSG"))
+		return recvmsg(s, msg, 0);
+	struct mmsghdr m = { .msg_hdr = *msg };
+	if (recvmmsg(s, &m, 1, 0, NULL) != 1)
+		return -1;
+	*msg = m.msg_hdr;
+	return m.msg_len;
+}
+
 static int all(const unsigned char *p, size_t n, unsigned char v)
 {
 	for (size_t i = 0; i < n; i++)
@@ -137,7 +158,7 @@ static int owner(const char *name)
 	cm->cmsg_type = SCM_RIGHTS;
 	cm->cmsg_len = CMSG_LEN(sizeof(int));
 	memcpy(CMSG_DATA(cm), &fd, sizeof(int));
-	CHECK(sendmsg(s, &msg, 0) == sizeof(a.out_ioas_id), "sendmsg");
+	CHECK(send_one(s, &msg) == sizeof(a.out_ioas_id), "sendmsg");
 
 	CHECK(hear(s) == 'm', "the peer mapped");
 	unsigned char got[64];
@@ -191,7 +212,7 @@ static int peer(const char *name)
 	struct iovec iov = { .iov_base = &ioas, .iov_len = sizeof(ioas) };
 	struct msghdr msg = { .msg_iov = &iov, .msg_iovlen = 1, .msg_control = cbuf,
 			      .msg_controllen = sizeof(cbuf) };
-	CHECK(recvmsg(s, &msg, 0) == sizeof(ioas), "recvmsg");
+	CHECK(recv_one(s, &msg) == sizeof(ioas), "recvmsg");
 	struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
 	int fd = -1;
 	CHECK(cm && cm->cmsg_type == SCM_RIGHTS, "an fd came");
