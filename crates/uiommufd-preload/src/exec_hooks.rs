@@ -57,10 +57,21 @@ fn failed(kept: Vec<remote::Kept>) {
 /// An `exec` family call: `call` only returns when it failed.
 fn exec_with(call: impl FnOnce() -> Option<c_int>) -> c_int {
     let kept = prepare(Some(raw_pid()));
+    // the owner's own exec: its engine goes to a keeper (see `keeper`)
+    let handover = if sync::foreign() {
+        None
+    } else {
+        crate::keeper::hand_over()
+    };
     let r = match call() {
         Some(r) => r,
         None => crate::missing(),
     };
+    let saved = errno();
+    if let Some(h) = handover {
+        h.failed();
+    }
+    set_errno(saved);
     failed(kept);
     r
 }

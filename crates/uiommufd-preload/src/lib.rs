@@ -199,6 +199,7 @@ use uiommufd::files;
 mod engine;
 mod exec_hooks;
 mod fs_hooks;
+mod keeper;
 mod mem_hooks;
 mod path;
 mod real;

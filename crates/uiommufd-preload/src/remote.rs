@@ -136,8 +136,8 @@
 //!   the same address (private memory) is read from the client while it
 //!   runs, and no domain can map it (`EFAULT`): the engine's domains map
 //!   host addresses of the owner (see [`uiommufd::process`]).
-//! * When the owner exits, its clients' fds stop working (`EIO`); `exec`
-//!   of the owner drops its contexts (the engine is in its memory).
+//! * When the owner exits, its clients' fds stop working (`EIO`). Its
+//!   `exec` hands the engine to a keeper process (see `keeper`).
 //! * Pins are charged to the process that mapped, or that called
 //!   `IOAS_CHANGE_PROCESS` last ([`uiommufd::accounting::as_caller`] around
 //!   a client's command; `OP_STATUS` reports a process's share, which
@@ -272,6 +272,14 @@ fn send(fd: c_int, m: &Msg, pass: Option<c_int>) -> std::io::Result<()> {
 /// receipt is an fd birth (see `sync`), after a wait for the message
 /// outside any critical section.
 fn recv(fd: c_int) -> std::io::Result<Option<(Msg, Option<OwnedFd>)>> {
+    wait_readable(fd)?;
+    let _c = crate::sync::enter();
+    recv_here(fd)
+}
+
+/// Wait, outside any critical section, until `fd` has a message (or end of
+/// file).
+fn wait_readable(fd: c_int) -> std::io::Result<()> {
     let mut p = libc::pollfd {
         fd,
         events: libc::POLLIN,
@@ -281,14 +289,17 @@ fn recv(fd: c_int) -> std::io::Result<Option<(Msg, Option<OwnedFd>)>> {
         // SAFETY: one pollfd we own. Raw: `poll` may be the program's.
         let r = unsafe { libc::syscall(libc::SYS_poll, &mut p, 1, -1) };
         if r >= 0 {
-            break;
+            return Ok(());
         }
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EINTR) {
             return Err(e);
         }
     }
-    let _c = crate::sync::enter();
+}
+
+/// The receiving half of [`recv`], inside the caller's critical section.
+fn recv_here(fd: c_int) -> std::io::Result<Option<(Msg, Option<OwnedFd>)>> {
     let _birth = crate::sync::Birth::new();
     let _ops = crate::sync::fd_ops();
     let r = recv_now(fd)?;
@@ -704,7 +715,25 @@ impl UserMemory for FdPatched {
 /// The owner's end of every connection it serves, so that a forked child
 /// closes its inherited copies (the owner must see end of file when the
 /// client exits).
-static SERVED: Mutex<Vec<(c_int, Held)>> = Mutex::new(Vec::new());
+static SERVED: Mutex<Vec<Arc<Served>>> = Mutex::new(Vec::new());
+
+/// A connection the owner serves.
+struct Served {
+    /// The owner's end of the socket (close-on-exec).
+    fd: c_int,
+    /// What the connection holds for its client.
+    held: Held,
+    /// Who the client is (from its `HELLO`).
+    client: Mutex<Client>,
+}
+
+/// A client as its connection knows it.
+#[derive(Default)]
+struct Client {
+    mem: Option<Arc<dyn UserMemory>>,
+    pm: Option<Arc<ProcessMemory>>,
+    charges: Option<Arc<uiommufd::accounting::ProcCharges>>,
+}
 
 /// The contexts one connection holds, by key: its server thread's, and
 /// [`sweep`]'s when the client is gone.
@@ -733,9 +762,9 @@ pub(crate) fn sweep() {
     let mut gone = Vec::new();
     {
         let served = SERVED.lock().unwrap_or_else(|e| e.into_inner());
-        for (fd, held) in served.iter() {
+        for sv in served.iter() {
             let mut p = libc::pollfd {
-                fd: *fd,
+                fd: sv.fd,
                 events: libc::POLLRDHUP,
                 revents: 0,
             };
@@ -743,7 +772,7 @@ pub(crate) fn sweep() {
             // fd is still the connection (its thread closes it under it).
             let r = unsafe { libc::syscall(libc::SYS_poll, &mut p as *mut libc::pollfd, 1, 0) };
             if r == 1 && p.revents & (libc::POLLHUP | libc::POLLRDHUP) != 0 {
-                gone.push(std::mem::take(&mut *lock_held(held)));
+                gone.push(std::mem::take(&mut *lock_held(&sv.held)));
             }
         }
     }
@@ -841,194 +870,221 @@ fn cloexec(fd: c_int) -> bool {
 
 /// Serve one connection until the client is gone. `held`: the contexts it
 /// holds, by key.
-fn serve(fd: c_int, held: Held) {
-    let mut mem: Option<Arc<dyn UserMemory>> = None;
-    let mut pm: Option<Arc<ProcessMemory>> = None;
-    let mut charges: Option<Arc<uiommufd::accounting::ProcCharges>> = None;
+fn serve(sv: Arc<Served>) {
     loop {
-        let Ok(Some((m, passed))) = recv(fd) else {
+        if wait_readable(sv.fd).is_err() {
             break;
-        };
-        let mut extra = (0u64, 0u64, 0u64);
-        // an fd passed with the reply stays open here (an engine fd made for
-        // the client) rather than being closed once sent
-        let mut lend = false;
-        let reply = match m.op {
-            OP_HELLO => {
-                if let Some(pidfd) = passed {
-                    let p = Arc::new(ProcessMemory::new(m.a as i32, pidfd));
-                    charges = {
-                        let _c = crate::sync::enter();
-                        uiommufd::accounting::process_charges(m.a as i32)
-                    };
-                    mem = Some(p.clone());
-                    pm = Some(p);
-                }
-                None
-            }
-            OP_IOCTL => {
-                let ctx = lock_held(&held).ctxs.get(&m.a).cloned();
-                let r: (i64, Option<c_int>) = match (ctx.as_ref(), &mem, &pm) {
-                    (Some(ctx), Some(mem), Some(pm)) => {
-                        let cmd = m.b as u32;
-                        let _c = crate::sync::enter();
-                        if let Some(why) = refused(&**pm, cmd, m.c) {
-                            tracing::debug!(
-                                cmd = format_args!("{cmd:#x}"),
-                                pid = pm.pid(),
-                                "refused for a process that does not hold the engine: {why}"
-                            );
-                            (-i64::from(libc::EOPNOTSUPP), None)
-                        } else {
-                            use std::os::fd::AsRawFd;
-                            let field = fd_field(&**pm, cmd, m.c);
-                            // the owner's number of an fd the command names
-                            let patch = if cmd == uiommufd::uapi::IOMMU_IOAS_MAP_FILE {
-                                let ours = passed.as_ref().map_or(-1, |f| f.as_raw_fd());
-                                Some((MAP_FILE_FD_OFFSET, ours))
-                            } else if let Some(FdField::In(off)) = field {
-                                Some((off, m.d as u32 as c_int))
-                            } else {
-                                None
-                            };
-                            let patched: Option<Arc<dyn UserMemory>> = patch.map(|(off, fd)| {
-                                Arc::new(FdPatched {
-                                    inner: mem.clone(),
-                                    at: m.c.wrapping_add(off),
-                                    fd,
-                                }) as Arc<dyn UserMemory>
-                            });
-                            let mem = patched.as_ref().unwrap_or(mem);
-                            // a command that makes an fd: an fd birth here
-                            let births = matches!(field, Some(FdField::Out(_)));
-                            let _birth = births.then(crate::sync::Birth::new);
-                            let _ops = births.then(crate::sync::fd_ops);
-                            let r = uiommufd::accounting::as_caller(charges.clone(), || {
-                                uiommufd::uapi::dispatch::ioctl_as(ctx, mem, m.b, m.c)
-                            });
-                            match (r, field) {
-                                (Ok(v), Some(FdField::Out(off))) => {
-                                    match made_fd(&**mem, m.c.wrapping_add(off)) {
-                                        Some((f, cloexec)) => {
-                                            extra = (f.0 as u64, u64::from(cloexec), 0);
-                                            let raw = f.0;
-                                            lock_held(&held).made.push(f);
-                                            lend = true;
-                                            (i64::from(v), Some(raw))
-                                        }
-                                        None => (-i64::from(libc::EIO), None),
-                                    }
-                                }
-                                (Ok(v), _) => (i64::from(v), None),
-                                (Err(e), _) => (-i64::from(e.errno().0), None),
-                            }
-                        }
-                    }
-                    _ => (-i64::from(libc::EBADF), None),
-                };
-                Some(r)
-            }
-            OP_ENGINE_CLOSE => {
-                let _c = crate::sync::enter();
-                let gone = {
-                    let mut h = lock_held(&held);
-                    h.made
-                        .iter()
-                        .position(|f| f.0 == m.a as c_int)
-                        .map(|i| h.made.swap_remove(i))
-                };
-                drop(gone);
-                None
-            }
-            OP_CLOSE => {
-                let gone = lock_held(&held).ctxs.remove(&m.a);
-                let _c = crate::sync::enter();
-                drop(gone);
-                None
-            }
-            OP_CLONE => match socketpair() {
-                Ok((server, client)) => {
-                    let _c = crate::sync::enter();
-                    let copy = lock_held(&held).clone();
-                    start(server, copy);
-                    Some((0, Some(client)))
-                }
-                Err(e) => Some((-i64::from(e.raw_os_error().unwrap_or(libc::EIO)), None)),
-            },
-            OP_HOLD => {
-                let _c = crate::sync::enter();
-                let ctx = lock_held(&held).ctxs.get(&m.a).cloned();
-                match (ctx, listener()) {
-                    (Some(ctx), Ok((pid, nonce))) => {
-                        let token = hold_local(m.a, &ctx, (m.b != 0).then_some(m.b as i32));
-                        extra = (pid, nonce, token);
-                        Some((0, None))
-                    }
-                    (None, _) => Some((-i64::from(libc::EBADF), None)),
-                    (_, Err(e)) => Some((-i64::from(e), None)),
-                }
-            }
-            OP_CLAIM => {
-                let _c = crate::sync::enter();
-                match claim(m.a, pm.as_ref().map_or(0, |p| p.pid())) {
-                    Some(ctx) => {
-                        let old = lock_held(&held).ctxs.insert(m.a, ctx);
-                        drop(old);
-                        Some((0, None))
-                    }
-                    None => Some((-i64::from(libc::EBADF), None)),
-                }
-            }
-            OP_ENGINE => {
-                let r = match &mem {
-                    Some(mem) => {
-                        let _c = crate::sync::enter();
-                        engine_transfer(&m, mem, pm.as_ref().map_or(0, |p| p.pid()))
-                    }
-                    None => -i64::from(libc::EBADF),
-                };
-                Some((r, None))
-            }
-            OP_BIND => {
-                let _c = crate::sync::enter();
-                let ok = bind_local(m.a, m.b as i32);
-                Some((if ok { 0 } else { -i64::from(libc::ENOENT) }, None))
-            }
-            OP_RELEASE => {
-                let _c = crate::sync::enter();
-                release_local(m.a);
-                Some((0, None))
-            }
-            OP_STATUS => {
-                let _c = crate::sync::enter();
-                let (pinned, locked) = uiommufd::accounting::counts(m.a as i32);
-                extra = (pinned, locked, 0);
-                Some((0, None))
-            }
-            _ => Some((-i64::from(libc::EINVAL), None)),
-        };
-        if let Some((r, pass)) = reply {
-            let ok = send(
-                fd,
-                &Msg {
-                    op: m.op,
-                    a: r as u64,
-                    b: extra.0,
-                    c: extra.1,
-                    d: extra.2,
-                    ..Msg::default()
-                },
-                pass,
-            )
-            .is_ok();
-            if let Some(p) = pass.filter(|_| !lend) {
-                crate::raw_close(p);
-            }
-            if !ok {
-                break;
-            }
+        }
+        // a request is received and answered in one critical section, so
+        // that a process taking over the engine at an `exec` (see
+        // `keeper`) finds each one either answered or still in the socket
+        let c = crate::sync::enter();
+        if crate::keeper::paused() {
+            drop(c);
+            crate::keeper::wait_resumed();
+            continue;
+        }
+        let more = handle(&sv);
+        drop(c);
+        if !more {
+            break;
         }
     }
+    end(&sv);
+}
+
+/// Receive and answer one request of `sv`, inside the caller's critical
+/// section. `false` at end of file (the client is gone) or a broken socket.
+fn handle(sv: &Served) -> bool {
+    let (fd, held) = (sv.fd, &sv.held);
+    let mut client = sv.client.lock().unwrap_or_else(|e| e.into_inner());
+    let Client { mem, pm, charges } = &mut *client;
+    let Ok(Some((m, passed))) = recv_here(fd) else {
+        return false;
+    };
+    let mut extra = (0u64, 0u64, 0u64);
+    // an fd passed with the reply stays open here (an engine fd made for
+    // the client) rather than being closed once sent
+    let mut lend = false;
+    let reply = match m.op {
+        OP_HELLO => {
+            if let Some(pidfd) = passed {
+                let p = Arc::new(ProcessMemory::new(m.a as i32, pidfd));
+                *charges = {
+                    let _c = crate::sync::enter();
+                    uiommufd::accounting::process_charges(m.a as i32)
+                };
+                *mem = Some(p.clone());
+                *pm = Some(p);
+            }
+            None
+        }
+        OP_IOCTL => {
+            let ctx = lock_held(held).ctxs.get(&m.a).cloned();
+            let r: (i64, Option<c_int>) = match (ctx.as_ref(), &mem, &pm) {
+                (Some(ctx), Some(mem), Some(pm)) => {
+                    let cmd = m.b as u32;
+                    let _c = crate::sync::enter();
+                    if let Some(why) = refused(&**pm, cmd, m.c) {
+                        tracing::debug!(
+                            cmd = format_args!("{cmd:#x}"),
+                            pid = pm.pid(),
+                            "refused for a process that does not hold the engine: {why}"
+                        );
+                        (-i64::from(libc::EOPNOTSUPP), None)
+                    } else {
+                        use std::os::fd::AsRawFd;
+                        let field = fd_field(&**pm, cmd, m.c);
+                        // the owner's number of an fd the command names
+                        let patch = if cmd == uiommufd::uapi::IOMMU_IOAS_MAP_FILE {
+                            let ours = passed.as_ref().map_or(-1, |f| f.as_raw_fd());
+                            Some((MAP_FILE_FD_OFFSET, ours))
+                        } else if let Some(FdField::In(off)) = field {
+                            Some((off, m.d as u32 as c_int))
+                        } else {
+                            None
+                        };
+                        let patched: Option<Arc<dyn UserMemory>> = patch.map(|(off, fd)| {
+                            Arc::new(FdPatched {
+                                inner: mem.clone(),
+                                at: m.c.wrapping_add(off),
+                                fd,
+                            }) as Arc<dyn UserMemory>
+                        });
+                        let mem = patched.as_ref().unwrap_or(mem);
+                        // a command that makes an fd: an fd birth here
+                        let births = matches!(field, Some(FdField::Out(_)));
+                        let _birth = births.then(crate::sync::Birth::new);
+                        let _ops = births.then(crate::sync::fd_ops);
+                        let r = uiommufd::accounting::as_caller(charges.clone(), || {
+                            uiommufd::uapi::dispatch::ioctl_as(ctx, mem, m.b, m.c)
+                        });
+                        match (r, field) {
+                            (Ok(v), Some(FdField::Out(off))) => {
+                                match made_fd(&**mem, m.c.wrapping_add(off)) {
+                                    Some((f, cloexec)) => {
+                                        extra = (f.0 as u64, u64::from(cloexec), 0);
+                                        let raw = f.0;
+                                        lock_held(held).made.push(f);
+                                        lend = true;
+                                        (i64::from(v), Some(raw))
+                                    }
+                                    None => (-i64::from(libc::EIO), None),
+                                }
+                            }
+                            (Ok(v), _) => (i64::from(v), None),
+                            (Err(e), _) => (-i64::from(e.errno().0), None),
+                        }
+                    }
+                }
+                _ => (-i64::from(libc::EBADF), None),
+            };
+            Some(r)
+        }
+        OP_ENGINE_CLOSE => {
+            let _c = crate::sync::enter();
+            let gone = {
+                let mut h = lock_held(held);
+                h.made
+                    .iter()
+                    .position(|f| f.0 == m.a as c_int)
+                    .map(|i| h.made.swap_remove(i))
+            };
+            drop(gone);
+            None
+        }
+        OP_CLOSE => {
+            let gone = lock_held(held).ctxs.remove(&m.a);
+            let _c = crate::sync::enter();
+            drop(gone);
+            None
+        }
+        OP_CLONE => match socketpair() {
+            Ok((server, client)) => {
+                let _c = crate::sync::enter();
+                let copy = lock_held(held).clone();
+                start(server, copy);
+                Some((0, Some(client)))
+            }
+            Err(e) => Some((-i64::from(e.raw_os_error().unwrap_or(libc::EIO)), None)),
+        },
+        OP_HOLD => {
+            let _c = crate::sync::enter();
+            let ctx = lock_held(held).ctxs.get(&m.a).cloned();
+            match (ctx, listener()) {
+                (Some(ctx), Ok((pid, nonce))) => {
+                    let token = hold_local(m.a, &ctx, (m.b != 0).then_some(m.b as i32));
+                    extra = (pid, nonce, token);
+                    Some((0, None))
+                }
+                (None, _) => Some((-i64::from(libc::EBADF), None)),
+                (_, Err(e)) => Some((-i64::from(e), None)),
+            }
+        }
+        OP_CLAIM => {
+            let _c = crate::sync::enter();
+            match claim(m.a, pm.as_ref().map_or(0, |p| p.pid())) {
+                Some(ctx) => {
+                    let old = lock_held(held).ctxs.insert(m.a, ctx);
+                    drop(old);
+                    Some((0, None))
+                }
+                None => Some((-i64::from(libc::EBADF), None)),
+            }
+        }
+        OP_ENGINE => {
+            let r = match &mem {
+                Some(mem) => {
+                    let _c = crate::sync::enter();
+                    engine_transfer(&m, mem, pm.as_ref().map_or(0, |p| p.pid()))
+                }
+                None => -i64::from(libc::EBADF),
+            };
+            Some((r, None))
+        }
+        OP_BIND => {
+            let _c = crate::sync::enter();
+            let ok = bind_local(m.a, m.b as i32);
+            Some((if ok { 0 } else { -i64::from(libc::ENOENT) }, None))
+        }
+        OP_RELEASE => {
+            let _c = crate::sync::enter();
+            release_local(m.a);
+            Some((0, None))
+        }
+        OP_STATUS => {
+            let _c = crate::sync::enter();
+            let (pinned, locked) = uiommufd::accounting::counts(m.a as i32);
+            extra = (pinned, locked, 0);
+            Some((0, None))
+        }
+        _ => Some((-i64::from(libc::EINVAL), None)),
+    };
+    if let Some((r, pass)) = reply {
+        let ok = send(
+            fd,
+            &Msg {
+                op: m.op,
+                a: r as u64,
+                b: extra.0,
+                c: extra.1,
+                d: extra.2,
+                ..Msg::default()
+            },
+            pass,
+        )
+        .is_ok();
+        if let Some(p) = pass.filter(|_| !lend) {
+            crate::raw_close(p);
+        }
+        return ok;
+    }
+    true
+}
+
+/// Connection `sv` ended: drop what it held.
+fn end(sv: &Served) {
+    let (fd, held) = (sv.fd, &sv.held);
     {
         let _c = crate::sync::enter();
         // The references go under the SERVED lock: a `sweep` (the owner's
@@ -1038,9 +1094,9 @@ fn serve(fd: c_int, held: Held) {
         // dropped its file (the selftests' teardown checks for pins right
         // after).
         let mut s = SERVED.lock().unwrap_or_else(|e| e.into_inner());
-        s.retain(|(f, _)| *f != fd);
+        s.retain(|x| x.fd != fd);
         crate::raw_close(fd);
-        let gone = std::mem::take(&mut *lock_held(&held));
+        let gone = std::mem::take(&mut *lock_held(held));
         drop(gone);
         drop(s);
     }
@@ -1050,19 +1106,29 @@ fn serve(fd: c_int, held: Held) {
 /// takes every asynchronous signal out of its mask: the program's signals
 /// go to its own threads.
 fn start(fd: c_int, held: Refs) {
-    let held: Held = Arc::new(Mutex::new(held));
-    SERVED
-        .lock()
-        .unwrap_or_else(|e| e.into_inner())
-        .push((fd, held.clone()));
-    if let Err(e) = spawn_quiet("uiommufd-owner", move || serve(fd, held)) {
+    let sv = served(fd, held);
+    if let Err(e) = spawn_quiet("uiommufd-owner", move || serve(sv)) {
         tracing::warn!("cannot start the owner thread of a shared context: {e}");
         SERVED
             .lock()
             .unwrap_or_else(|e| e.into_inner())
-            .retain(|(f, _)| *f != fd);
+            .retain(|x| x.fd != fd);
         crate::raw_close(fd);
     }
+}
+
+/// A new served connection on `fd`, holding `held`, in [`SERVED`].
+fn served(fd: c_int, held: Refs) -> Arc<Served> {
+    let sv = Arc::new(Served {
+        fd,
+        held: Arc::new(Mutex::new(held)),
+        client: Mutex::new(Client::default()),
+    });
+    SERVED
+        .lock()
+        .unwrap_or_else(|e| e.into_inner())
+        .push(sv.clone());
+    sv
 }
 
 /// Start thread `name` running `f` with every asynchronous signal out of
@@ -1181,10 +1247,10 @@ pub(crate) fn parent() {
 /// of its owner; the parent's sockets are closed.
 pub(crate) fn child() {
     // the parent's server ends and listening socket: not ours to keep open
-    for (fd, held) in std::mem::take(&mut *SERVED.lock().unwrap_or_else(|e| e.into_inner())) {
-        crate::raw_close(fd);
+    for sv in std::mem::take(&mut *SERVED.lock().unwrap_or_else(|e| e.into_inner())) {
+        crate::raw_close(sv.fd);
         // the parent's references, not ours to drop
-        std::mem::forget(held);
+        std::mem::forget(sv);
     }
     if let Some(l) = LISTENER.lock().unwrap_or_else(|e| e.into_inner()).take() {
         crate::raw_close(l.fd);
@@ -1524,7 +1590,7 @@ fn live(key: u64) -> Option<Arc<Context>> {
     let served = SERVED.lock().unwrap_or_else(|e| e.into_inner());
     served
         .iter()
-        .find_map(|(_, held)| lock_held(held).ctxs.get(&key).cloned())
+        .find_map(|sv| lock_held(&sv.held).ctxs.get(&key).cloned())
 }
 
 /// The abstract address of owner `pid`'s listening socket.
@@ -1647,14 +1713,28 @@ fn accept_loop(lfd: c_int, wake: c_int) {
             // SAFETY: reading the eventfd's 8-byte counter into `v`.
             unsafe { libc::syscall(libc::SYS_read, wake, &mut v as *mut u64, 8) };
         }
-        if BOUND.load(std::sync::atomic::Ordering::Acquire) > 0 {
-            let _c = crate::sync::enter();
-            expire();
-        }
-        if p[0].revents & libc::POLLIN == 0 {
+        let c = crate::sync::enter();
+        if crate::keeper::paused() {
+            drop(c);
+            crate::keeper::wait_resumed();
             continue;
         }
-        let _c = crate::sync::enter();
+        if BOUND.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            expire();
+        }
+        if p[0].revents & libc::POLLIN != 0 {
+            if let Some(fd) = accept_one(lfd) {
+                start(fd, Refs::default());
+            }
+        }
+    }
+}
+
+/// Accept one receiver of our fds on listening socket `lfd`: its
+/// connection, blocking, once it is known to be of our user. Inside a
+/// critical section.
+fn accept_one(lfd: c_int) -> Option<c_int> {
+    {
         let fd = {
             let _birth = crate::sync::Birth::new();
             let _ops = crate::sync::fd_ops();
@@ -1669,7 +1749,7 @@ fn accept_loop(lfd: c_int, wake: c_int) {
                 )
             } as c_int;
             if fd < 0 {
-                continue;
+                return None;
             }
             hide(fd)
         };
@@ -1679,12 +1759,12 @@ fn accept_loop(lfd: c_int, wake: c_int) {
         if !same_user(fd) {
             tracing::debug!("refused a connection from another user's process");
             crate::raw_close(fd);
-            continue;
+            return None;
         }
         // blocking again: the server thread waits in poll anyway
         // SAFETY: fcntl on our own fd.
         unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_SETFL, 0) };
-        start(fd, Refs::default());
+        Some(fd)
     }
 }
 
@@ -1940,9 +2020,8 @@ fn inherited(fd: c_int, e: &Entry) -> bool {
 /// when the preload loads there ([`adopt_inherited`]). The references are
 /// undone by [`exec_failed`]. Inside a critical section.
 ///
-/// A context this process owns cannot outlive the `exec` of the process
-/// itself (the engine is in its memory); a `vfork` child holds for itself
-/// in its parent, the owner.
+/// The owner's own `exec` is left to `keeper` (its contexts are not held
+/// here); a `vfork` child holds for itself in its parent, the owner.
 pub(crate) fn before_exec(pid: Option<i32>) -> Vec<Kept> {
     let mut kept = Vec::new();
     let own_exec = pid.is_some() && !crate::sync::foreign();
@@ -1980,56 +2059,70 @@ pub(crate) fn spawned(kept: Vec<Kept>, pid: i32) {
 /// `/dev/iommu` fds of a context elsewhere reach it, as fds received with
 /// `SCM_RIGHTS` do ([`after_receive`]).
 pub(crate) fn adopt_inherited() {
-    let mut fds = Vec::new();
-    {
-        let _ops = crate::sync::fd_ops();
-        // SAFETY: open of a NUL-terminated path; raw: `open` is hooked.
-        let dir = unsafe {
-            libc::syscall(
-                libc::SYS_openat,
-                libc::AT_FDCWD,
-                c"/proc/self/fd".as_ptr(),
-                libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-            )
-        } as c_int;
-        if dir < 0 {
-            return;
-        }
-        let mut buf = [0u64; 512];
-        loop {
-            // SAFETY: getdents64 into our buffer.
-            let n =
-                unsafe { libc::syscall(libc::SYS_getdents64, dir, buf.as_mut_ptr(), 4096usize) };
-            if n <= 0 {
-                break;
-            }
-            // SAFETY: viewing our buffer's first `n` bytes.
-            let bytes =
-                unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
-            let mut at = 0;
-            while at + 19 < bytes.len() {
-                let reclen = u16::from_ne_bytes([bytes[at + 16], bytes[at + 17]]) as usize;
-                if reclen == 0 {
-                    break;
-                }
-                let name = &bytes[at + 19..(at + reclen).min(bytes.len())];
-                let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-                if let Some(fd) = std::str::from_utf8(name)
-                    .ok()
-                    .and_then(|t| t.parse::<c_int>().ok())
-                {
-                    if fd != dir {
-                        fds.push(fd);
-                    }
-                }
-                at += reclen;
-            }
-        }
-        crate::raw_close(dir);
-    }
-    for fd in fds {
+    for fd in open_fds() {
         after_receive(fd);
     }
+}
+
+/// The fds open in this process (from `/proc/self/fd`, by raw system calls).
+pub(crate) fn open_fds() -> Vec<c_int> {
+    let mut fds = Vec::new();
+    let _ops = crate::sync::fd_ops();
+    // SAFETY: open of a NUL-terminated path; raw: `open` is hooked.
+    let dir = unsafe {
+        libc::syscall(
+            libc::SYS_openat,
+            libc::AT_FDCWD,
+            c"/proc/self/fd".as_ptr(),
+            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        )
+    } as c_int;
+    if dir < 0 {
+        return fds;
+    }
+    let mut buf = [0u64; 512];
+    loop {
+        // SAFETY: getdents64 into our buffer of that many bytes.
+        let n = unsafe {
+            libc::syscall(
+                libc::SYS_getdents64,
+                dir,
+                buf.as_mut_ptr(),
+                std::mem::size_of_val(&buf),
+            )
+        };
+        if n <= 0 {
+            break;
+        }
+        // SAFETY: viewing our buffer's first `n` bytes.
+        let bytes = unsafe { std::slice::from_raw_parts(buf.as_ptr().cast::<u8>(), n as usize) };
+        let mut at = 0;
+        // struct linux_dirent64: ino (8), off (8), reclen (2), type (1), name
+        while at + 19 < bytes.len() {
+            let reclen = u16::from_ne_bytes([bytes[at + 16], bytes[at + 17]]) as usize;
+            if reclen == 0 {
+                break;
+            }
+            let name = &bytes[at + 19..(at + reclen).min(bytes.len())];
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            if let Some(fd) = std::str::from_utf8(name)
+                .ok()
+                .and_then(|t| t.parse::<c_int>().ok())
+            {
+                if fd != dir {
+                    fds.push(fd);
+                }
+            }
+            at += reclen;
+        }
+    }
+    crate::raw_close(dir);
+    fds
+}
+
+/// Whether this process has owned a context (its listening socket runs).
+pub(crate) fn ever_owned() -> bool {
+    LISTENER.lock().unwrap_or_else(|e| e.into_inner()).is_some()
 }
 
 /// Connections of this process as a receiver, by owner.
@@ -2384,6 +2477,133 @@ fn engine_transfer(m: &Msg, mem: &Arc<dyn UserMemory>, pid: i32) -> i64 {
         Some(Ok(n)) => n as i64,
         Some(Err(e)) => -i64::from(e.errno().0),
         None => -i64::from(libc::EBADF),
+    }
+}
+
+// ---------------------------------------------------------------------------
+// The owner's exec (see `keeper`)
+
+/// Whether the owner's `exec` must leave its engine to a keeper: the new
+/// image inherits an fd of a context it owns, or another process holds one
+/// (a connection, or a reference held for an fd on its way). Inside a
+/// critical section.
+pub(crate) fn engine_needed_after_exec() -> bool {
+    let inherited_own = table::all()
+        .iter()
+        .any(|(fd, e)| matches!(e.obj, FdObject::Iommu(_)) && inherited(*fd, e));
+    inherited_own
+        || !SERVED.lock().unwrap_or_else(|e| e.into_inner()).is_empty()
+        || !inflight().is_empty()
+}
+
+/// Before the owner's own `exec`, once a keeper is decided: hold a
+/// reference of each owned context with an inherited fd for the new image
+/// (this pid). Inside a critical section.
+pub(crate) fn keep_own_for_exec() -> Vec<Kept> {
+    let pid = crate::sync::pid();
+    let mut kept = Vec::new();
+    for (fd, e) in table::all() {
+        if matches!(e.obj, FdObject::Iommu(_)) && inherited(fd, &e) {
+            match keep(fd, &e, Some(pid)) {
+                Ok(k) => kept.push(k),
+                Err(err) => tracing::debug!(fd, errno = err, "cannot keep an owned fd across exec"),
+            }
+        }
+    }
+    kept
+}
+
+/// In the keeper, once the old image is gone: drop the program's fd
+/// registrations (the new image holds what it inherited through the holds
+/// made for it), and the connections to other owners. Inside a critical
+/// section. Returns the fds the keeper still uses.
+pub(crate) fn keeper_take_over() -> Vec<c_int> {
+    for (fd, _) in table::all() {
+        drop(table::unregister(fd));
+    }
+    CONNS.lock().unwrap_or_else(|e| e.into_inner()).clear();
+    {
+        let mut map = engine_fds();
+        map.clear();
+        ANY_REMOTE_ENGINE.store(false, std::sync::atomic::Ordering::Release);
+    }
+    let mut ours = Vec::new();
+    if let Some(l) = LISTENER.lock().unwrap_or_else(|e| e.into_inner()).as_ref() {
+        ours.push(l.fd);
+        ours.push(l.wake);
+    }
+    for sv in SERVED.lock().unwrap_or_else(|e| e.into_inner()).iter() {
+        use std::os::fd::AsRawFd;
+        ours.push(sv.fd);
+        ours.extend(lock_held(&sv.held).made.iter().map(|f| f.0));
+        let c = sv.client.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(pm) = &c.pm {
+            ours.push(pm.pidfd().as_raw_fd());
+        }
+    }
+    for h in inflight().iter() {
+        use std::os::fd::AsRawFd;
+        ours.extend(h.pidfd.as_ref().map(|f| f.as_raw_fd()));
+    }
+    ours.extend(uiommufd::files::engine_fds().into_iter().map(|(fd, _)| fd));
+    ours
+}
+
+/// The keeper's loop, on its one thread: serve every connection and the
+/// listening socket, and watch the holds, until no process holds any of
+/// the contexts; then exit.
+pub(crate) fn keeper_loop() -> ! {
+    let mut fds: Vec<libc::pollfd> = Vec::new();
+    loop {
+        let (lfd, wake) = LISTENER
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+            .map_or((-1, -1), |l| (l.fd, l.wake));
+        let all: Vec<Arc<Served>> = SERVED.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        if all.is_empty() && inflight().is_empty() {
+            // SAFETY: ending this process without the program's exit
+            // handlers (it runs none of the program's code).
+            unsafe { libc::_exit(0) };
+        }
+        fds.clear();
+        for fd in [lfd, wake].into_iter().chain(all.iter().map(|s| s.fd)) {
+            fds.push(libc::pollfd {
+                fd,
+                events: libc::POLLIN,
+                revents: 0,
+            });
+        }
+        let timeout = if BOUND.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            100
+        } else {
+            -1
+        };
+        // SAFETY: our pollfd array.
+        let r = unsafe { libc::syscall(libc::SYS_poll, fds.as_mut_ptr(), fds.len(), timeout) };
+        if r < 0 && crate::path::errno() != libc::EINTR {
+            // SAFETY: as above.
+            unsafe { libc::_exit(1) };
+        }
+        let _c = crate::sync::enter();
+        if fds[1].revents != 0 {
+            let mut v = 0u64;
+            // SAFETY: reading the eventfd's 8-byte counter into `v`.
+            unsafe { libc::syscall(libc::SYS_read, wake, &mut v as *mut u64, 8) };
+        }
+        if BOUND.load(std::sync::atomic::Ordering::Acquire) > 0 {
+            expire();
+        }
+        for (sv, p) in all.iter().zip(&fds[2..]) {
+            if p.revents != 0 && !handle(sv) {
+                end(sv);
+            }
+        }
+        if fds[0].revents & libc::POLLIN != 0 {
+            if let Some(fd) = accept_one(lfd) {
+                served(fd, Refs::default());
+            }
+        }
     }
 }
 

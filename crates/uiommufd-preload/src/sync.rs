@@ -403,6 +403,15 @@ extern "C" fn atfork_child() {
     }
 }
 
+/// In a child made without the atfork handlers (`_Fork`) while this
+/// thread held the gate (see `keeper`): the child's copy of the gate and
+/// of this thread's depth start afresh, and the pid is the child's.
+pub(crate) fn reset_in_child() {
+    PID.store(raw_getpid(), Ordering::Relaxed);
+    GATE.store(0, Ordering::Release);
+    DEPTH.set(0);
+}
+
 /// Install the `pthread_atfork` handlers and cache the pid. Called from the
 /// library's constructor.
 pub(crate) fn init() {

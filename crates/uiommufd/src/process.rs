@@ -48,6 +48,11 @@ pub struct ProcessMemory {
 const IOV_MAX: usize = 1024;
 
 impl ProcessMemory {
+    /// The pidfd that tells when the process has exited.
+    pub fn pidfd(&self) -> &OwnedFd {
+        &self.pidfd
+    }
+
     /// The memory of the process `pidfd` refers to, whose pid is `pid`.
     pub fn new(pid: i32, pidfd: OwnedFd) -> ProcessMemory {
         ProcessMemory {

@@ -8,7 +8,9 @@
  *  - vfork, then execve in the child, which makes the fd inheritable
  *    itself (what CPython's subprocess does for pass_fds);
  *  - posix_spawn with the fd inherited;
- *  - a client (a fork child) that forks and execs in turn.
+ *  - a client (a fork child) that forks and execs in turn;
+ *  - the owner itself (a keeper process takes over its engine), for its
+ *    new image and for a client that holds the fd.
  *
  * Each time the parent closes its own fd before the new image uses it, so
  * only the reference kept for the new image holds the context: the new
@@ -182,6 +184,60 @@ static void client_forks_and_execs(void)
 	close(p[1]);
 }
 
+/* The owner itself execs: the new image keeps the context (a keeper
+ * process takes over the engine), with the area the old image mapped. */
+static void owner_execs(void)
+{
+	pid_t owner = fork();
+	if (owner == 0) {
+		int fd = open("/dev/iommu", O_RDWR);
+		uint32_t id = fd >= 0 ? ioas_alloc(fd) : 0;
+		char a[16], b[16];
+		args(a, b, fd, id);
+		char *argv[] = { self, "image", a, b, NULL };
+		execv(self, argv);
+		_exit(3);
+	}
+	CHECK(wait_ok(owner), "the owner's new image's calls");
+}
+
+/* The owner execs a program that does not inherit the fd while a client
+ * (its fork child) holds one: the client's calls still work. */
+static void owner_execs_under_a_client(void)
+{
+	int go[2], done[2];
+	CHECK(pipe(go) == 0 && pipe(done) == 0, "pipe");
+	pid_t owner = fork();
+	if (owner == 0) {
+		int fd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
+		uint32_t id = fd >= 0 ? ioas_alloc(fd) : 0;
+		pid_t client = fork();
+		if (client == 0) {
+			char c;
+			close(go[1]);
+			close(done[0]);
+			if (read(go[0], &c, 1) != 1)
+				_exit(2);
+			uint32_t mine = ioas_alloc(fd);
+			c = mine && destroy(fd, mine) == 0 && destroy(fd, id) == 0 ? 'y' : 'n';
+			_exit(write(done[1], &c, 1) == 1 ? 0 : 1);
+		}
+		char *argv[] = { "true", NULL };
+		execv("/bin/true", argv);
+		_exit(3);
+	}
+	close(go[0]);
+	close(done[1]);
+	/* the owner's new image has run and exited */
+	CHECK(wait_ok(owner), "the owner ran /bin/true");
+	CHECK(write(go[1], "g", 1) == 1, "go");
+	char c = 0;
+	CHECK(read(done[0], &c, 1) == 1 && c == 'y', "the client's calls after the owner's exec (%c)",
+	      c);
+	close(go[1]);
+	close(done[0]);
+}
+
 /* VmPin of this process, in kB (-1 when not found). */
 static long vm_pin(void)
 {
@@ -274,6 +330,8 @@ int main(int argc, char **argv)
 	client_forks_and_execs();
 	failed_exec();
 	unclaimed_reference_ends_with_the_image();
+	owner_execs();
+	owner_execs_under_a_client();
 	if (failures)
 		return 1;
 	printf("OK\n");
