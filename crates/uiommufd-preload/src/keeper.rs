@@ -19,8 +19,8 @@
 //! pause ([`paused`]): each request is received and answered inside one
 //! critical section, so each is either answered by the owner before the
 //! fork or still in its socket for the keeper. If the `exec` fails, the
-//! keeper is told to go (a byte on a pipe; end of file on it means the old
-//! image is gone) and the owner resumes.
+//! keeper is told to go (a byte on a pipe) and the owner resumes; the old
+//! image is gone once its close-on-exec end of that pipe is (`kcmp`).
 //!
 //! **What the keeper is not.** It runs none of the program's code and keeps
 //! none of its files: every fd it does not use is replaced by `/dev/null`
@@ -39,6 +39,15 @@ use crate::{remote, sync, table};
 /// Set while an `exec` hands the engine over: the owner's serving threads
 /// wait (see the module docs).
 static PAUSED: AtomicBool = AtomicBool::new(false);
+
+/// Set in the keeper: connections are served by its one loop, never by a
+/// thread of their own.
+static IN_KEEPER: AtomicBool = AtomicBool::new(false);
+
+/// Whether this process is a keeper (see [`IN_KEEPER`]).
+pub(crate) fn in_keeper() -> bool {
+    IN_KEEPER.load(Ordering::Acquire)
+}
 
 /// Whether serving threads must wait (the engine is being handed over).
 pub(crate) fn paused() -> bool {
@@ -135,6 +144,7 @@ pub(crate) fn hand_over() -> Option<Handover> {
         return None;
     };
     let mut child: libc::pid_t = -1;
+    let owner = sync::pid();
     sync::drained(|| {
         PAUSED.store(true, Ordering::Release);
         // SAFETY: `_Fork` duplicates this process with this one thread; no
@@ -147,7 +157,7 @@ pub(crate) fn hand_over() -> Option<Handover> {
             // SAFETY: as above, from the single-threaded child.
             if unsafe { fork() } == 0 {
                 sync::reset_in_child();
-                keeper_main(r, w);
+                keeper_main(r, w, owner);
             }
             // SAFETY: the intermediate child ends at once, running nothing
             // of the program's.
@@ -176,9 +186,14 @@ pub(crate) fn hand_over() -> Option<Handover> {
     Some(Handover { abort: w, kept })
 }
 
-/// The keeper: wait until the old image is gone (or told to go), take
-/// over, serve.
-fn keeper_main(r: c_int, w: c_int) -> ! {
+/// The keeper: wait until the old image of `owner` is gone (or told to go),
+/// take over, serve.
+///
+/// The old image is gone when its copy of the pipe's write end `w` (close-
+/// on-exec) no longer is that pipe (`kcmp`): not end of file on the pipe,
+/// which a fork child of the program made meanwhile would hold off.
+fn keeper_main(r: c_int, w: c_int, owner: libc::pid_t) -> ! {
+    IN_KEEPER.store(true, Ordering::Release);
     // no signal of the terminal's or the program's reaches the keeper's
     // code; SIGTERM and SIGKILL still end it
     // SAFETY: a sigset_t we fill, then set as this thread's mask.
@@ -188,21 +203,37 @@ fn keeper_main(r: c_int, w: c_int) -> ! {
         libc::sigdelset(&mut all, libc::SIGTERM);
         libc::pthread_sigmask(libc::SIG_SETMASK, &all, std::ptr::null_mut());
     }
-    crate::raw_close(w);
-    let mut b = [0u8; 1];
-    let n = loop {
+    let me = sync::pid();
+    // SAFETY: the pipe's read end is ours; non-blocking from now on.
+    unsafe { libc::syscall(libc::SYS_fcntl, r, libc::F_SETFL, libc::O_NONBLOCK) };
+    let told_to_go = || {
+        let mut b = [0u8; 1];
         // SAFETY: reading one byte into our buffer.
-        let n = unsafe { libc::syscall(libc::SYS_read, r, b.as_mut_ptr(), 1usize) };
-        if n >= 0 || crate::path::errno() != libc::EINTR {
-            break n;
-        }
+        unsafe { libc::syscall(libc::SYS_read, r, b.as_mut_ptr(), 1usize) == 1 }
     };
-    if n != 0 {
-        // the exec failed (or the pipe did): the owner serves on
-        // SAFETY: ending the keeper without running anything else.
-        unsafe { libc::_exit(0) };
+    loop {
+        let mut p = libc::pollfd {
+            fd: r,
+            events: libc::POLLIN,
+            revents: 0,
+        };
+        // SAFETY: one pollfd of ours; at most 2 ms.
+        unsafe { libc::syscall(libc::SYS_poll, &mut p as *mut libc::pollfd, 1, 2) };
+        const KCMP_FILE: c_int = 0;
+        // SAFETY: kcmp compares fd `w` of the owner with ours; no memory.
+        let same = unsafe { libc::syscall(libc::SYS_kcmp, owner, me, KCMP_FILE, w, w) } == 0;
+        // (the byte of a failed exec is written before its end closes)
+        if told_to_go() {
+            // the exec failed: the owner serves on
+            // SAFETY: ending the keeper without running anything else.
+            unsafe { libc::_exit(0) };
+        }
+        if !same {
+            break;
+        }
     }
     crate::raw_close(r);
+    crate::raw_close(w);
     PAUSED.store(false, Ordering::Release);
     let ours = crate::guard(|| {
         let _c = sync::enter();

@@ -1107,6 +1107,10 @@ fn end(sv: &Served) {
 /// go to its own threads.
 fn start(fd: c_int, held: Refs) {
     let sv = served(fd, held);
+    if crate::keeper::in_keeper() {
+        // the keeper's one loop serves it (`keeper_loop`)
+        return;
+    }
     if let Err(e) = spawn_quiet("uiommufd-owner", move || serve(sv)) {
         tracing::warn!("cannot start the owner thread of a shared context: {e}");
         SERVED
