@@ -85,6 +85,25 @@ static int image(int fd, uint32_t parents)
 	return failures ? 1 : 0;
 }
 
+/* The new image of an owner that mapped 0x3e bytes at IOVA 0x1000000 in
+ * IOAS ID with a mock domain: they read back through an access. */
+static int image_reads(int fd, uint32_t ioas)
+{
+	struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_CREATE_ACCESS, .id = ioas };
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &c) == 0, "CREATE_ACCESS in the new image");
+	unsigned char got[64] = { 0 };
+	struct iommu_test_cmd rw = { .size = sizeof(rw), .op = IOMMU_TEST_OP_ACCESS_RW,
+				     .id = c.create_access.out_access_fd };
+	rw.access_rw.iova = 0x1000000 + 100;
+	rw.access_rw.length = sizeof(got);
+	rw.access_rw.uptr = (uintptr_t)got;
+	CHECK(ioctl(fd, IOMMU_TEST_CMD, &rw) == 0, "ACCESS_RW of the old image's area");
+	for (size_t i = 0; i < sizeof(got); i++)
+		CHECK(got[i] == 0x3e, "byte %zu is %#x", i, got[i]);
+	close(c.create_access.out_access_fd);
+	return failures ? 1 : 0;
+}
+
 static char self[4096];
 
 static void args(char *fdbuf, char *idbuf, int fd, uint32_t id)
@@ -199,6 +218,42 @@ static void owner_execs(void)
 		_exit(3);
 	}
 	CHECK(wait_ok(owner), "the owner's new image's calls");
+}
+
+/* The owner maps its memory into a mock domain, then execs: the pinned
+ * pages stay in the IOAS for the new image (the keeper's copy of them). */
+static void owner_execs_with_pinned_memory(void)
+{
+	pid_t owner = fork();
+	if (owner == 0) {
+		long pg = sysconf(_SC_PAGESIZE);
+		int fd = open("/dev/iommu", O_RDWR);
+		uint32_t ioas = fd >= 0 ? ioas_alloc(fd) : 0;
+		struct iommu_test_cmd d = { .size = sizeof(d), .op = IOMMU_TEST_OP_MOCK_DOMAIN,
+					    .id = ioas };
+		unsigned char *buf = mmap(NULL, 4 * pg, PROT_READ | PROT_WRITE,
+					  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+		if (buf == MAP_FAILED || ioctl(fd, IOMMU_TEST_CMD, &d))
+			_exit(4);
+		memset(buf, 0x3e, 4 * pg);
+		struct iommu_ioas_map m = {
+			.size = sizeof(m),
+			.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE |
+				 IOMMU_IOAS_MAP_WRITEABLE,
+			.ioas_id = ioas,
+			.user_va = (uintptr_t)buf,
+			.length = 4 * pg,
+			.iova = 0x1000000,
+		};
+		if (ioctl(fd, IOMMU_IOAS_MAP, &m))
+			_exit(5);
+		char a[16], b[16];
+		args(a, b, fd, ioas);
+		char *argv[] = { self, "image-reads", a, b, NULL };
+		execv(self, argv);
+		_exit(3);
+	}
+	CHECK(wait_ok(owner), "the owner's new image read the old image's pinned pages");
 }
 
 /* The owner execs a program that does not inherit the fd while a client
@@ -321,6 +376,8 @@ int main(int argc, char **argv)
 {
 	if (argc == 4 && !strcmp(argv[1], "image"))
 		return image(atoi(argv[2]), (uint32_t)strtoul(argv[3], NULL, 10));
+	if (argc == 4 && !strcmp(argv[1], "image-reads"))
+		return image_reads(atoi(argv[2]), (uint32_t)strtoul(argv[3], NULL, 10));
 	ssize_t n = readlink("/proc/self/exe", self, sizeof(self) - 1);
 	CHECK(n > 0, "readlink");
 	self[n > 0 ? n : 0] = 0;
@@ -331,6 +388,7 @@ int main(int argc, char **argv)
 	failed_exec();
 	unclaimed_reference_ends_with_the_image();
 	owner_execs();
+	owner_execs_with_pinned_memory();
 	owner_execs_under_a_client();
 	if (failures)
 		return 1;
