@@ -187,6 +187,35 @@ pub fn hwpt_alloc<C: Ioctl + ?Sized>(c: &C, idev: u32, pt: u32, flags: u32) -> R
     )
 }
 
+/// `IOMMU_HWPT_INVALIDATE` on HWPT or vIOMMU `id` of `num` entries of
+/// `entry_len` bytes from `reqs` (a NULL array when `reqs` is empty): the
+/// errno (0 on success) and the `entry_num` written back (the entries
+/// done).
+pub fn invalidate<C: Ioctl + ?Sized, R>(
+    c: &C,
+    id: u32,
+    reqs: &[R],
+    data_type: u32,
+    entry_len: u32,
+    num: u32,
+) -> (i32, u32) {
+    let mut a = IommuHwptInvalidate {
+        size: 32,
+        hwpt_id: id,
+        data_uptr: if reqs.is_empty() {
+            0
+        } else {
+            reqs.as_ptr() as u64
+        },
+        data_type,
+        entry_len,
+        entry_num: num,
+        __reserved: 0,
+    };
+    let e = err(c.ioc(IOMMU_HWPT_INVALIDATE, &mut a));
+    (e, a.entry_num)
+}
+
 /// `IOMMU_GET_HW_INFO` for `idev` with an 8-byte data buffer.
 pub fn hw_info<C: Ioctl + ?Sized>(c: &C, idev: u32) -> Result<i32, i32> {
     let mut data = [0u8; 8];

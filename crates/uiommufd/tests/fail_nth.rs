@@ -745,18 +745,17 @@ fn vtd_invalidate(e: &Env, hwpt: u32, addr: u64, npages: u64) -> Result<(), i32>
         flags: IOMMU_VTD_INV_FLAGS_LEAF,
         __reserved: 0,
     }];
-    let mut c = IommuHwptInvalidate {
-        size: size_of::<IommuHwptInvalidate>() as u32,
-        hwpt_id: hwpt,
-        data_uptr: r.as_ptr() as u64,
-        data_type: IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
-        entry_len: size_of::<IommuHwptVtdS1Invalidate>() as u32,
-        entry_num: 1,
-        __reserved: 0,
-    };
-    e.ioc(IOMMU_HWPT_INVALIDATE, &mut c)?;
-    assert_eq!(c.entry_num, 1);
-    Ok(())
+    let (len, ty) = (
+        size_of::<IommuHwptVtdS1Invalidate>() as u32,
+        IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
+    );
+    match invalidate(e, hwpt, &r, ty, len, 1) {
+        (0, done) => {
+            assert_eq!(done, 1);
+            Ok(())
+        }
+        (errno, _) => Err(errno),
+    }
 }
 
 /// VT-d nesting through every failure point: a nest parent, first-stage

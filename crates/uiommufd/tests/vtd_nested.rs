@@ -281,17 +281,8 @@ impl Setup {
         data_type: u32,
         entry_len: u32,
     ) -> (i32, u32) {
-        let mut c = IommuHwptInvalidate {
-            size: 32,
-            hwpt_id: hwpt,
-            data_uptr: reqs.as_ptr() as u64,
-            data_type,
-            entry_len,
-            entry_num: reqs.len() as u32,
-            __reserved: 0,
-        };
-        let e = kit::errno(&self.ctx, IOMMU_HWPT_INVALIDATE, &mut c);
-        (e, c.entry_num)
+        let num = reqs.len() as u32;
+        kit::invalidate(&self.ctx, hwpt, reqs, data_type, entry_len, num)
     }
 
     fn inv_one(&self, hwpt: u32, addr: u64, npages: u64) {
