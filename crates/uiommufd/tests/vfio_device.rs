@@ -85,19 +85,9 @@ impl PciModel for TinyModel {
                 subsystem_device: 0x1,
             },
             bars: [
-                Some(Bar {
-                    size: 4096,
-                    mem64: false,
-                    prefetchable: false,
-                    mmap: false,
-                }),
+                Some(Bar::registers(4096)),
                 None,
-                Some(Bar {
-                    size: 8192,
-                    mem64: true,
-                    prefetchable: true,
-                    mmap: true,
-                }),
+                Some(Bar::memory(8192)),
                 None,
                 None,
                 None,
