@@ -131,15 +131,17 @@ pub fn copy<C: Ioctl + ?Sized>(
     c.ioc(IOMMU_IOAS_COPY, &mut a)
 }
 
-/// `IOMMU_IOAS_UNMAP` of a range (`0, u64::MAX` unmaps everything).
-pub fn unmap<C: Ioctl + ?Sized>(c: &C, ioas: u32, iova: u64, length: u64) -> Result<i32, i32> {
+/// `IOMMU_IOAS_UNMAP` of a range (`0, u64::MAX` unmaps everything): the
+/// bytes unmapped.
+pub fn unmap<C: Ioctl + ?Sized>(c: &C, ioas: u32, iova: u64, length: u64) -> Result<u64, i32> {
     let mut u = IommuIoasUnmap {
         size: 24,
         ioas_id: ioas,
         iova,
         length,
     };
-    c.ioc(IOMMU_IOAS_UNMAP, &mut u)
+    c.ioc(IOMMU_IOAS_UNMAP, &mut u)?;
+    Ok(u.length)
 }
 
 /// `IOMMU_IOAS_ALLOW_IOVAS` with the one range `[start, last]`.
