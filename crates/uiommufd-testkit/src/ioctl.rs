@@ -131,6 +131,31 @@ pub fn copy<C: Ioctl + ?Sized>(
     c.ioc(IOMMU_IOAS_COPY, &mut a)
 }
 
+/// `IOMMU_IOAS_MAP_FILE` of `length` bytes of `fd` from `start` with
+/// `flags`, at the IOVA `at` names (`IOMMU_IOAS_MAP_FIXED_IOVA` added) or
+/// at one the IOAS picks: the IOVA.
+pub fn map_file<C: Ioctl + ?Sized>(
+    c: &C,
+    ioas: u32,
+    fd: i32,
+    start: u64,
+    length: u64,
+    flags: u32,
+    at: Option<u64>,
+) -> Result<u64, i32> {
+    let mut m = IommuIoasMapFile {
+        size: size_of::<IommuIoasMapFile>() as u32,
+        flags: flags | at.map_or(0, |_| IOMMU_IOAS_MAP_FIXED_IOVA),
+        ioas_id: ioas,
+        fd,
+        start,
+        length,
+        iova: at.unwrap_or(0),
+    };
+    c.ioc(IOMMU_IOAS_MAP_FILE, &mut m)?;
+    Ok(m.iova)
+}
+
 /// `IOMMU_IOAS_UNMAP` of a range (`0, u64::MAX` unmaps everything): the
 /// bytes unmapped.
 pub fn unmap<C: Ioctl + ?Sized>(c: &C, ioas: u32, iova: u64, length: u64) -> Result<u64, i32> {

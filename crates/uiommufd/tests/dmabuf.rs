@@ -45,7 +45,7 @@ fn revoke(ctx: &Arc<Context>, fd: i32, revoked: bool) -> Result<(), i32> {
     test_cmd(ctx, IOMMU_TEST_OP_DMABUF_REVOKE, 0, r.as_bytes()).map(|_| ())
 }
 
-/// `IOAS_MAP_FILE` of `fd`: the IOVA (`at`: a fixed one).
+/// `IOAS_MAP_FILE` of `fd` for read and write: the IOVA (`at`: a fixed one).
 fn map_file(
     ctx: &Arc<Context>,
     ioas: u32,
@@ -54,17 +54,7 @@ fn map_file(
     length: u64,
     at: Option<u64>,
 ) -> Result<u64, i32> {
-    let mut c = IommuIoasMapFile {
-        size: size_of::<IommuIoasMapFile>() as u32,
-        flags: RW | at.map_or(0, |_| IOMMU_IOAS_MAP_FIXED_IOVA),
-        ioas_id: ioas,
-        fd,
-        start,
-        length,
-        iova: at.unwrap_or(0),
-    };
-    ctx.ioc(IOMMU_IOAS_MAP_FILE, &mut c)?;
-    Ok(c.iova)
+    uiommufd_testkit::map_file(ctx, ioas, fd, start, length, RW, at)
 }
 
 /// The buffer's memory (engine memory: the test runs in the same process).

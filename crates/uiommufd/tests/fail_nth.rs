@@ -664,17 +664,8 @@ impl Drop for Memfd {
 
 /// `IOAS_MAP_FILE` at `iova` of `len` bytes of `fd` from `start`.
 fn map_file(e: &Env, ioas: u32, fd: i32, start: u64, len: u64, iova: u64) -> Result<u64, i32> {
-    let mut m = IommuIoasMapFile {
-        size: size_of::<IommuIoasMapFile>() as u32,
-        flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_FIXED_IOVA,
-        ioas_id: ioas,
-        fd,
-        start,
-        length: len,
-        iova,
-    };
-    e.ioc(IOMMU_IOAS_MAP_FILE, &mut m)?;
-    Ok(m.iova)
+    let rw = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE;
+    kit::map_file(e, ioas, fd, start, len, rw, Some(iova))
 }
 
 // File-backed areas (`IOAS_MAP_FILE`) through every failure point: the

@@ -99,9 +99,7 @@ fn map_file(
     length: u64,
     flags: u32,
 ) -> Result<u64, i32> {
-    let mut c = map_file_cmd(ioas, fd, start, length, flags, 0);
-    ctx.ioc(IOMMU_IOAS_MAP_FILE, &mut c)?;
-    Ok(c.iova)
+    uiommufd_testkit::map_file(ctx, ioas, fd, start, length, flags, None)
 }
 
 /// `IOAS_MAP_FILE` at a fixed IOVA in the mock aperture.
@@ -113,17 +111,15 @@ fn map_file_at(
     length: u64,
     flags: u32,
 ) -> Result<u64, i32> {
-    let iova = MOCK_APERTURE_START;
-    let mut c = map_file_cmd(
+    uiommufd_testkit::map_file(
+        ctx,
         ioas,
         fd,
         start,
         length,
-        flags | IOMMU_IOAS_MAP_FIXED_IOVA,
-        iova,
-    );
-    ctx.ioc(IOMMU_IOAS_MAP_FILE, &mut c)?;
-    Ok(c.iova)
+        flags,
+        Some(MOCK_APERTURE_START),
+    )
 }
 
 /// Whether `/proc/self/maps` shows a mapping of the memfd called `name`.
