@@ -6,10 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// `target/<profile>` of this test binary (`target/<profile>/deps/preload-*`).
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
@@ -22,24 +18,7 @@ fn profile_dir() -> PathBuf {
 /// Build the cdylib with the same profile and target dir as this test, once.
 fn preload_so() -> &'static Path {
     static SO: OnceLock<PathBuf> = OnceLock::new();
-    SO.get_or_init(|| {
-        let dir = profile_dir();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .args(["build", "-p", "uiommufd-preload"]);
-        if dir.file_name().is_some_and(|p| p == "release") {
-            cmd.arg("--release");
-        }
-        if let Some(target) = dir.parent() {
-            cmd.env("CARGO_TARGET_DIR", target);
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p uiommufd-preload failed");
-        let so = dir.join("libuiommufd_preload.so");
-        assert!(so.exists(), "{} missing after the build", so.display());
-        so
-    })
+    SO.get_or_init(|| uiommufd_testkit::preload::build_preload(&profile_dir()))
 }
 
 /// Where compiled C programs go.

@@ -8,6 +8,8 @@
 //! * [`mem`]: user memory for tests: aligned buffers, pages whose
 //!   protection can be changed one by one;
 //! * [`iopt_model`]: the IO page table reference model;
+//! * [`preload`]: the `LD_PRELOAD` shim, built for tests that run
+//!   programs under it;
 //! * [`iopt_harness`]: operations run on an IO page table and on the model
 //!   side by side, checked after every step.
 
@@ -15,6 +17,7 @@ pub mod ioctl;
 pub mod iopt_harness;
 pub mod iopt_model;
 pub mod mem;
+pub mod preload;
 pub mod vfio;
 
 pub use ioctl::*;
