@@ -590,7 +590,7 @@ macro_rules! rwv_hook {
             unsafe { real(fd, iov, iovcnt, offset) }
         }
     };
-    ($(#[$m:meta])* $name:ident($off:ty, flags) => $eng:ident) => {
+    ($(#[$m:meta])* $name:ident($off:ty, flags) => write: $write:expr) => {
         $(#[$m])*
         ///
         /// # Safety
@@ -604,7 +604,8 @@ macro_rules! rwv_hook {
             flags: c_int,
         ) -> libc::ssize_t {
             if files::is_engine_fd(fd) {
-                if let Some(r) = engine_io(|| engine::$eng(fd, iov as u64, iovcnt, offset, flags)) {
+                let op = || engine::vectored2(fd, iov as u64, iovcnt, offset, flags, $write);
+                if let Some(r) = engine_io(op) {
                     return r;
                 }
             }
@@ -634,19 +635,19 @@ rwv_hook!(
 );
 rwv_hook!(
     /// `preadv2(2)`: as [`preadv()`]; offset -1 reads as `readv`.
-    preadv2(libc::off_t, flags) => preadv2
+    preadv2(libc::off_t, flags) => write: false
 );
 rwv_hook!(
     /// `preadv64v2`: as [`preadv2()`].
-    preadv64v2(libc::off64_t, flags) => preadv2
+    preadv64v2(libc::off64_t, flags) => write: false
 );
 rwv_hook!(
     /// `pwritev2(2)`: as [`pwritev()`]; offset -1 writes as `writev`.
-    pwritev2(libc::off_t, flags) => pwritev2
+    pwritev2(libc::off_t, flags) => write: true
 );
 rwv_hook!(
     /// `pwritev64v2`: as [`pwritev2()`].
-    pwritev64v2(libc::off64_t, flags) => pwritev2
+    pwritev64v2(libc::off64_t, flags) => write: true
 );
 
 #[cfg(test)]
