@@ -201,6 +201,35 @@ pub fn hwpt_alloc_with<C: Ioctl + ?Sized>(c: &C, mut a: IommuHwptAlloc) -> Resul
     Ok(a.out_hwpt_id)
 }
 
+/// `IOMMU_HWPT_ALLOC` for device `dev` on `pt` (an IOAS, a parent HWPT or
+/// a vIOMMU) with `flags`, fault queue `fault_id` and `data_len` bytes of
+/// driver data of `data_type` at `data`: the HWPT ID.
+#[allow(clippy::too_many_arguments)]
+pub fn hwpt_alloc_data<C: Ioctl + ?Sized>(
+    c: &C,
+    dev: u32,
+    pt: u32,
+    flags: u32,
+    fault_id: u32,
+    data_type: u32,
+    data: u64,
+    data_len: u32,
+) -> Result<u32, i32> {
+    hwpt_alloc_with(
+        c,
+        IommuHwptAlloc {
+            flags,
+            dev_id: dev,
+            pt_id: pt,
+            data_type,
+            data_len,
+            data_uptr: data,
+            fault_id,
+            ..Default::default()
+        },
+    )
+}
+
 /// `IOMMU_HWPT_ALLOC` of a paging HWPT for device `idev` on `pt`.
 pub fn hwpt_alloc<C: Ioctl + ?Sized>(c: &C, idev: u32, pt: u32, flags: u32) -> Result<u32, i32> {
     hwpt_alloc_with(

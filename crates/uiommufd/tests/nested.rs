@@ -12,7 +12,7 @@ use uiommufd::files;
 use uiommufd::uapi::*;
 use uiommufd::Context;
 use uiommufd_testkit::{
-    self as kit, err, errno, hwpt_alloc_with, invalidate, ioas_alloc, mock_domain_replace, test_cmd,
+    self as kit, err, errno, hwpt_alloc_data, invalidate, ioas_alloc, mock_domain_replace, test_cmd,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -27,32 +27,6 @@ fn replace(ctx: &Arc<Context>, stdev: u32, pt: u32) -> i32 {
 
 fn destroy(ctx: &Arc<Context>, id: u32) -> i32 {
     err(kit::destroy(ctx, id))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn hwpt_alloc(
-    ctx: &Arc<Context>,
-    dev: u32,
-    pt: u32,
-    flags: u32,
-    fault_id: u32,
-    data_type: u32,
-    data: u64,
-    data_len: u32,
-) -> Result<u32, i32> {
-    hwpt_alloc_with(
-        ctx,
-        IommuHwptAlloc {
-            flags,
-            dev_id: dev,
-            pt_id: pt,
-            data_type,
-            data_len,
-            data_uptr: data,
-            fault_id,
-            ..Default::default()
-        },
-    )
 }
 
 fn check_iotlb(ctx: &Arc<Context>, hwpt: u32, id: u32, value: u32) -> i32 {
@@ -131,7 +105,7 @@ impl Setup {
         let ioas = ioas_alloc(&ctx);
         let (stdev, _, idev) = mock_domain(&ctx, ioas);
         let parent =
-            hwpt_alloc(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_NEST_PARENT, 0, 0, 0, 0).unwrap();
+            hwpt_alloc_data(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_NEST_PARENT, 0, 0, 0, 0).unwrap();
         Setup {
             ctx,
             ioas,
@@ -150,7 +124,7 @@ impl Setup {
     }
 
     fn nested(&self, flags: u32, fault_id: u32) -> Result<u32, i32> {
-        hwpt_alloc(
+        hwpt_alloc_data(
             &self.ctx,
             self.idev,
             self.parent,
@@ -169,7 +143,7 @@ fn nested_alloc_errno_table() {
     let ctx = &s.ctx;
     let d = s.data();
     let sel = IOMMU_HWPT_DATA_SELFTEST;
-    let not_parent = hwpt_alloc(ctx, s.idev, s.ioas, 0, 0, 0, 0, 0).unwrap();
+    let not_parent = hwpt_alloc_data(ctx, s.idev, s.ioas, 0, 0, 0, 0, 0).unwrap();
     let auto = device(ctx, s.idev).attached_hwpt().unwrap();
     let (fault_id, fault_fd) = fault_alloc(ctx);
     /// (what, pt, flags, fault_id, data_type, data, len, errno)
@@ -283,11 +257,11 @@ fn nested_alloc_errno_table() {
         ("pt does not exist", 9999, 0, 0, sel, d, 4, libc::EINVAL),
     ];
     for &(what, pt, flags, fid, ty, data, len, want) in cases {
-        let got = hwpt_alloc(ctx, s.idev, pt, flags, fid, ty, data, len);
+        let got = hwpt_alloc_data(ctx, s.idev, pt, flags, fid, ty, data, len);
         assert_eq!(got, Err(want), "{what}");
     }
     assert_eq!(
-        hwpt_alloc(ctx, 9999, s.parent, 0, 0, sel, d, 4),
+        hwpt_alloc_data(ctx, 9999, s.parent, 0, 0, sel, d, 4),
         Err(libc::ENOENT),
         "no such device"
     );
@@ -299,7 +273,7 @@ fn nested_alloc_errno_table() {
     assert_eq!(n1, n0 + 1, "IDs stay dense after failures");
     // nested on nested
     assert_eq!(
-        hwpt_alloc(ctx, s.idev, n0, 0, 0, sel, d, 4),
+        hwpt_alloc_data(ctx, s.idev, n0, 0, 0, sel, d, 4),
         Err(libc::EINVAL)
     );
     for i in 0..4 {

@@ -11,7 +11,7 @@ use uiommufd::uapi::*;
 use uiommufd::veventq::VeventqFile;
 use uiommufd::{Context, UapiLevel};
 use uiommufd_testkit::{
-    self as kit, err, errno, hwpt_alloc, hwpt_alloc_with, invalidate, ioas_alloc,
+    self as kit, err, errno, hwpt_alloc, hwpt_alloc_data, hwpt_alloc_with, invalidate, ioas_alloc,
     mock_domain_replace, test_cmd, Buf, Ioctl,
 };
 use zerocopy::{FromBytes, IntoBytes};
@@ -98,18 +98,16 @@ fn nested_on(ctx: &Arc<Context>, dev: u32, pt: u32, flags: u32, fault: u32) -> R
         iotlb: IOMMU_TEST_IOTLB_DEFAULT,
         pagetable_type: 0,
     };
-    hwpt_alloc_with(
+    let uptr = &mut data as *mut IommuHwptSelftest as u64;
+    hwpt_alloc_data(
         ctx,
-        IommuHwptAlloc {
-            flags,
-            dev_id: dev,
-            pt_id: pt,
-            data_type: IOMMU_HWPT_DATA_SELFTEST,
-            data_len: 8,
-            data_uptr: &mut data as *mut IommuHwptSelftest as u64,
-            fault_id: fault,
-            ..Default::default()
-        },
+        dev,
+        pt,
+        flags,
+        fault,
+        IOMMU_HWPT_DATA_SELFTEST,
+        uptr,
+        8,
     )
 }
 
