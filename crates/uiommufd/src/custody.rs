@@ -290,30 +290,9 @@ struct Vma {
 /// The mappings that meet `[lo, hi)`, by raw system calls (under the
 /// preload `open` and `read` are the program's hooked entry points).
 fn vmas(lo: u64, hi: u64) -> Vec<Vma> {
-    // SAFETY: a NUL-terminated path; the fd is ours and closed below.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat,
-            libc::AT_FDCWD,
-            c"/proc/self/maps".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    } as i32;
-    if fd < 0 {
+    let Some(text) = crate::user::read_proc_raw(c"/proc/self/maps") else {
         return Vec::new();
-    }
-    let mut text = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        // SAFETY: reading into our own buffer of that size.
-        let n = unsafe { libc::syscall(libc::SYS_read, fd, chunk.as_mut_ptr(), chunk.len()) };
-        if n <= 0 {
-            break;
-        }
-        text.extend_from_slice(&chunk[..n as usize]);
-    }
-    // SAFETY: closing the fd opened above.
-    unsafe { libc::syscall(libc::SYS_close, fd) };
+    };
     let mut out = Vec::new();
     for line in String::from_utf8_lossy(&text).lines() {
         let mut f = line.split_ascii_whitespace();
