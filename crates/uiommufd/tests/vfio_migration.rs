@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 
 use uiommufd::domain::DmaFault;
 use uiommufd::files::{self, EngineFile, FdResolver};
-use uiommufd::uapi::{self, dispatch};
 use uiommufd::user::SelfMemory;
 use uiommufd::vfio::migration::feature as mf;
 use uiommufd::vfio::migration::{v1, MigState};
@@ -16,7 +15,7 @@ use uiommufd::vfio::model::{Bar, Bus, PciIds, PciLayout, PciModel};
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi as vu;
 use uiommufd::Context;
-use zerocopy::IntoBytes;
+use uiommufd_testkit as kit;
 
 /// A device with one register (a counter) and DMA the test triggers.
 #[derive(Debug, Default)]
@@ -107,63 +106,14 @@ impl Rig {
         let ctx = Context::new();
         let fd = registry::open_cdev(decl.cdev, true).unwrap();
         let dev = files::get(fd).unwrap();
-        let fds = Fds(ctx.clone());
-        let mut bind = vu::VfioDeviceBindIommufd {
-            argsz: 16,
-            flags: 0,
-            iommufd: CTX_FD,
-            out_devid: 0,
-        };
-        dev.ioctl(
-            vu::VFIO_DEVICE_BIND_IOMMUFD,
-            bind.as_mut_bytes().as_mut_ptr() as u64,
-            &SelfMemory,
-            &fds,
-        )
-        .unwrap();
-        let mut alloc = uapi::IommuIoasAlloc {
-            size: 12,
-            ..Default::default()
-        };
-        dispatch::ioctl(
-            &ctx,
-            u64::from(uapi::IOMMU_IOAS_ALLOC),
-            alloc.as_mut_bytes().as_mut_ptr() as u64,
-        )
-        .unwrap();
+        kit::vfio::bind_cdev(fd, &ctx);
+        let ioas = kit::ioas_alloc(&ctx);
         let mut buf = vec![0u64; 16 * 512 + 512];
         let base = (buf.as_mut_ptr() as u64 + 4095) & !4095;
-        let mut map = uapi::IommuIoasMap {
-            size: std::mem::size_of::<uapi::IommuIoasMap>() as u32,
-            flags: uapi::IOMMU_IOAS_MAP_FIXED_IOVA
-                | uapi::IOMMU_IOAS_MAP_READABLE
-                | uapi::IOMMU_IOAS_MAP_WRITEABLE,
-            ioas_id: alloc.out_ioas_id,
-            user_va: base,
-            length: 16 * 4096,
-            iova: 0,
-            ..Default::default()
-        };
-        dispatch::ioctl(
-            &ctx,
-            u64::from(uapi::IOMMU_IOAS_MAP),
-            map.as_mut_bytes().as_mut_ptr() as u64,
-        )
-        .unwrap();
-        let mut at = vu::VfioDeviceAttachIommufdPt {
-            argsz: 12,
-            flags: 0,
-            pt_id: alloc.out_ioas_id,
-        };
-        dev.ioctl(
-            vu::VFIO_DEVICE_ATTACH_IOMMUFD_PT,
-            at.as_mut_bytes().as_mut_ptr() as u64,
-            &SelfMemory,
-            &fds,
-        )
-        .unwrap();
-        let cfg = (u64::from(vu::VFIO_PCI_CONFIG_REGION_INDEX) << 40) | 4;
-        dev.write_at(&6u16.to_le_bytes(), cfg).unwrap();
+        kit::map_fixed(&ctx, ioas, base, 16 * 4096, 0).unwrap();
+        kit::vfio::attach_pt(fd, ioas).unwrap();
+        kit::vfio::enable_bus_master(fd);
+        let fds = Fds(ctx.clone());
         Rig {
             model,
             dev,
