@@ -147,18 +147,6 @@ static void shared_memory_in_a_domain(void)
 	close(fd);
 }
 
-#define IOMMU_IOAS_MAP_FILE _IO(IOMMUFD_TYPE, 0x8f)
-
-struct iommu_ioas_map_file {
-	uint32_t size;
-	uint32_t flags;
-	uint32_t ioas_id;
-	int32_t fd;
-	uint64_t start;
-	uint64_t length;
-	uint64_t iova;
-};
-
 /* IOAS_MAP_FILE from a child: its fd travels to the owner, the area stays
  * after the child closed the memfd and exited; a bad fd is EBADF. */
 static void map_file_from_a_child(void)

@@ -73,17 +73,6 @@ static int map_at(int fd, uint32_t ioas, void *p, uint64_t iova)
 	return ioctl(fd, IOMMU_IOAS_MAP, &m);
 }
 
-static int access_rw(int fd, uint32_t access, uint64_t iova, void *buf, size_t len,
-		     uint32_t flags)
-{
-	struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_ACCESS_RW, .id = access };
-	c.access_rw.iova = iova;
-	c.access_rw.length = len;
-	c.access_rw.uptr = (uintptr_t)buf;
-	c.access_rw.flags = flags;
-	return ioctl(fd, IOMMU_TEST_CMD, &c);
-}
-
 static int all(const unsigned char *p, size_t n, unsigned char v)
 {
 	for (size_t i = 0; i < n; i++)
@@ -142,16 +131,16 @@ static int owner(const char *name)
 	CHECK(hear(s) == 'm', "the peer mapped");
 	unsigned char got[64];
 	/* the peer's memory, through the peer's area */
-	CHECK(access_rw(fd, access, PEER_IOVA + pg - 32, got, sizeof(got), 0) == 0,
+	CHECK(uapi_access_rw(fd, access, PEER_IOVA + pg - 32, got, sizeof(got), 0) == 0,
 	      "read the peer's area");
 	CHECK(all(got, sizeof(got), 0x5b), "the peer's bytes");
 	/* our own memory, through the peer's copy of our area */
-	CHECK(access_rw(fd, access, COPY_IOVA + 8, got, sizeof(got), 0) == 0,
+	CHECK(uapi_access_rw(fd, access, COPY_IOVA + 8, got, sizeof(got), 0) == 0,
 	      "read the peer's copy of our area");
 	CHECK(all(got, sizeof(got), 0xa5), "our bytes through the copy");
 	/* writes land in the peer's memory */
 	memset(got, 0x11, sizeof(got));
-	CHECK(access_rw(fd, access, PEER_IOVA, got, 16, MOCK_ACCESS_RW_WRITE) == 0,
+	CHECK(uapi_access_rw(fd, access, PEER_IOVA, got, 16, MOCK_ACCESS_RW_WRITE) == 0,
 	      "write the peer's area");
 	say(s, 'w');
 	CHECK(hear(s) == 'k', "the peer saw the write");
@@ -166,12 +155,12 @@ static int owner(const char *name)
 	CHECK(read(s, got, 1) == 0, "the peer exited");
 	for (int i = 0; i < 100; i++) {
 		errno = 0;
-		if (access_rw(fd, access, PEER_IOVA, got, 16, 0) == -1)
+		if (uapi_access_rw(fd, access, PEER_IOVA, got, 16, 0) == -1)
 			break;
 		usleep(10000);
 	}
 	CHECK(errno == EFAULT, "the exited peer's memory reads EFAULT");
-	CHECK(access_rw(fd, access, COPY_IOVA, got, 16, 0) == 0 && all(got, 16, 0xa5),
+	CHECK(uapi_access_rw(fd, access, COPY_IOVA, got, 16, 0) == 0 && all(got, 16, 0xa5),
 	      "our own area (the copy) still reads");
 	close(s);
 	close(l);
