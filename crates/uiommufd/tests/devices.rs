@@ -314,41 +314,31 @@ fn failing_md_checks_populate_only_up_to_the_first_bad_page() {
         refs,
         _pad: 0,
     };
-    assert_eq!(
-        test(
-            IOMMU_TEST_OP_MD_CHECK_REFS,
-            0,
-            refs(buf.addr(), 4 * 4096, 1).as_bytes()
+    let check_refs = |c: TestCheckRefs| test(IOMMU_TEST_OP_MD_CHECK_REFS, 0, c.as_bytes());
+    for (c, want, why) in [
+        (
+            refs(buf.addr(), 4 * 4096, 1),
+            Ok(0),
+            "the mapped pages are pinned once",
         ),
-        Ok(0)
-    );
-    assert_eq!(
-        test(
-            IOMMU_TEST_OP_MD_CHECK_REFS,
-            0,
-            refs(big, 3 * 4096, 0).as_bytes()
+        (
+            refs(big, 3 * 4096, 0),
+            Err(libc::EFAULT),
+            "page 1 is PROT_NONE, all pages have the expected refs",
         ),
-        Err(libc::EFAULT),
-        "page 1 is PROT_NONE, all pages have the expected refs"
-    );
-    assert_eq!(
-        test(
-            IOMMU_TEST_OP_MD_CHECK_REFS,
-            0,
-            refs(big, 3 * 4096, 1).as_bytes()
+        (
+            refs(big, 3 * 4096, 1),
+            Err(libc::EIO),
+            "page 0 already mismatches: page 1 is never got",
         ),
-        Err(libc::EIO),
-        "page 0 already mismatches: page 1 is never got"
-    );
+    ] {
+        assert_eq!(check_refs(c), want, "{why}");
+    }
     // a mismatch after 200 good pages (page 202 pinned by a map) stops there
     let iova2 = MOCK_APERTURE_START + (1 << 20);
     map_fixed(&ctx, ioas, big + 202 * 4096, 4096, iova2).unwrap();
     assert_eq!(
-        test(
-            IOMMU_TEST_OP_MD_CHECK_REFS,
-            0,
-            refs(big + 2 * 4096, BIG - 2 * 4096, 0).as_bytes()
-        ),
+        check_refs(refs(big + 2 * 4096, BIG - 2 * 4096, 0)),
         Err(libc::EIO)
     );
     let n = resident(big, BIG);

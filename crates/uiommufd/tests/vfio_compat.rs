@@ -460,12 +460,17 @@ fn get_req(iova: u64, size: u64, bm: &mut [u64]) -> GetBitmap {
         range: VfioIommuType1DirtyBitmapGet {
             iova,
             size,
-            bitmap: VfioBitmap {
-                pgsize: PS,
-                size: (bm.len() * 8) as u64,
-                data: bm.as_mut_ptr() as u64,
-            },
+            bitmap: bitmap_of(bm),
         },
+    }
+}
+
+/// The `vfio_bitmap` of `bm` at 4 KiB pages.
+fn bitmap_of(bm: &mut [u64]) -> VfioBitmap {
+    VfioBitmap {
+        pgsize: PS,
+        size: (bm.len() * 8) as u64,
+        data: bm.as_mut_ptr() as u64,
     }
 }
 
@@ -500,11 +505,7 @@ fn unmap_req(iova: u64, size: u64, bm: &mut [u64]) -> UnmapBitmap {
             iova,
             size,
         },
-        bitmap: VfioBitmap {
-            pgsize: PS,
-            size: (bm.len() * 8) as u64,
-            data: bm.as_mut_ptr() as u64,
-        },
+        bitmap: bitmap_of(bm),
     }
 }
 
