@@ -123,18 +123,18 @@ impl Rig {
         }
     }
 
+    /// `ioctl(cmd, arg)` on the device fd, the argument's bytes at `arg`.
+    fn ioctl(&self, cmd: u32, arg: *mut u8) -> uiommufd::Result<i64> {
+        self.dev.ioctl(cmd, arg as u64, &SelfMemory, &self.fds)
+    }
+
     fn feature(&self, flags: u32, data: &mut [u8]) -> Result<(), i32> {
         let mut b = vec![0u8; 8 + data.len()];
         let n = b.len() as u32;
         b[0..4].copy_from_slice(&n.to_le_bytes());
         b[4..8].copy_from_slice(&flags.to_le_bytes());
         b[8..].copy_from_slice(data);
-        let r = self.dev.ioctl(
-            vu::VFIO_DEVICE_FEATURE,
-            b.as_mut_ptr() as u64,
-            &SelfMemory,
-            &self.fds,
-        );
+        let r = self.ioctl(vu::VFIO_DEVICE_FEATURE, b.as_mut_ptr());
         data.copy_from_slice(&b[8..]);
         r.map(|_| ()).map_err(|e| e.errno().0)
     }
@@ -218,8 +218,7 @@ fn v2_migration_and_dma_logging_through_the_device_fd() {
     dst.model.dma_write(0, b"again").unwrap();
 
     // VFIO_DEVICE_RESET brings the source back to RUNNING.
-    src.dev
-        .ioctl(vu::VFIO_DEVICE_RESET, 0, &SelfMemory, &src.fds)
+    src.ioctl(vu::VFIO_DEVICE_RESET, std::ptr::null_mut())
         .unwrap();
     let mut g = [0u8; 8];
     src.feature(mf::FEATURE_GET | mf::MIG_DEVICE_STATE, &mut g)
@@ -236,39 +235,20 @@ fn v1_region_is_found_by_its_type_and_drives_the_same_device() {
     let r = Rig::new(3);
     let mut di = [0u8; 24];
     di[0..4].copy_from_slice(&24u32.to_le_bytes());
-    r.dev
-        .ioctl(
-            vu::VFIO_DEVICE_GET_INFO,
-            di.as_mut_ptr() as u64,
-            &SelfMemory,
-            &r.fds,
-        )
-        .unwrap();
+    r.ioctl(vu::VFIO_DEVICE_GET_INFO, di.as_mut_ptr()).unwrap();
     assert_eq!(u32::from_le_bytes(di[8..12].try_into().unwrap()), 10);
     // Region 9: argsz growth, then the chain: type 3/1, then NDMA.
     let mut ri = [0u8; 32];
     ri[0..4].copy_from_slice(&32u32.to_le_bytes());
     ri[8..12].copy_from_slice(&9u32.to_le_bytes());
-    r.dev
-        .ioctl(
-            vu::VFIO_DEVICE_GET_REGION_INFO,
-            ri.as_mut_ptr() as u64,
-            &SelfMemory,
-            &r.fds,
-        )
+    r.ioctl(vu::VFIO_DEVICE_GET_REGION_INFO, ri.as_mut_ptr())
         .unwrap();
     let need = u32::from_le_bytes(ri[0..4].try_into().unwrap());
     assert_eq!(need, 32 + 16 + 8);
     let mut full = vec![0u8; need as usize];
     full[0..4].copy_from_slice(&need.to_le_bytes());
     full[8..12].copy_from_slice(&9u32.to_le_bytes());
-    r.dev
-        .ioctl(
-            vu::VFIO_DEVICE_GET_REGION_INFO,
-            full.as_mut_ptr() as u64,
-            &SelfMemory,
-            &r.fds,
-        )
+    r.ioctl(vu::VFIO_DEVICE_GET_REGION_INFO, full.as_mut_ptr())
         .unwrap();
     let u16at = |o: usize| u16::from_le_bytes(full[o..o + 2].try_into().unwrap());
     let u32at = |o: usize| u32::from_le_bytes(full[o..o + 4].try_into().unwrap());
