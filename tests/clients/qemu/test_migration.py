@@ -74,15 +74,7 @@ RATE = 500  # records per second: the window wraps every ~0.5 s
 DEVICE_SPEC = "dma-engine,traffic_iova=0x%x,traffic_size=0x%x,rate=%d" % (TRAFFIC_GPA, TRAFFIC_SIZE, RATE)
 ADDR = tq.ADDR
 
-QEMU_BASE = [
-    "qemu-system-x86_64",
-    "-machine", "q35",
-    "-accel", "tcg",
-    "-nodefaults",
-    "-display", "none",
-    "-m", "128",
-    "-trace", "vfio_*",
-]
+QEMU_BASE = tq.QEMU_BASE
 
 MIGRATE_TIMEOUT = 60
 # Bytes per second of a completed migration: 128 MiB of mostly zero pages
