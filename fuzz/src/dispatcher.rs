@@ -1179,6 +1179,41 @@ fn bitmap_spot(g: &mut Gen) -> u64 {
     }
 }
 
+/// A bitmap of `nbytes` for a dirty read at [`bitmap_spot`]: its address
+/// and whether it can be written (then it is cleared).
+fn bitmap_at(g: &mut Gen, nbytes: u64) -> (u64, bool) {
+    let data = bitmap_spot(g);
+    let good = g.arena.accessible(data, nbytes, true);
+    if good {
+        g.arena.poke(data, &vec![0u8; nbytes as usize]);
+    }
+    (data, good)
+}
+
+/// The answer `r` of the dirty read `what` into the `nbytes` bitmap at
+/// `data` ([`bitmap_at`]): `EFAULT` when the bitmap cannot be written
+/// (`None`), else success and the bits reported.
+fn reported_bits(
+    arena: &Arena,
+    what: &str,
+    r: Result<i32, i32>,
+    (data, good): (u64, bool),
+    nbytes: u64,
+) -> Option<u64> {
+    if !good {
+        assert_eq!(
+            r,
+            Err(libc::EFAULT),
+            "{what} with an unwritable bitmap at {data:#x} ({nbytes} bytes)"
+        );
+        return None;
+    }
+    assert_eq!(r, Ok(0), "{what} with a good bitmap");
+    let mut b = [0u8; 8];
+    arena.peek(data, &mut b[..nbytes as usize]);
+    Some(u64::from_le_bytes(b))
+}
+
 /// The `GET_DIRTY_BITMAP` oracle: no dirty bit is lost by a failed call.
 fn dirty_loss(g: &mut Gen) {
     let arena = g.arena;
@@ -1227,12 +1262,8 @@ fn dirty_loss(g: &mut Gen) {
         let off = g.inp.u8() as u64 % nbits;
         let n = 1 + g.inp.u8() as u64 % (nbits - off);
         let no_clear = g.inp.one_in(4);
-        let data = bitmap_spot(g);
         let nbytes = n.div_ceil(8);
-        let good = arena.accessible(data, nbytes, true);
-        if good {
-            arena.poke(data, &vec![0u8; nbytes as usize]);
-        }
+        let bitmap = bitmap_at(g, nbytes);
         let mut c = IommuHwptGetDirtyBitmap {
             size: 48,
             hwpt_id: hwpt,
@@ -1245,22 +1276,14 @@ fn dirty_loss(g: &mut Gen) {
             iova: a + off * gran,
             length: n * gran,
             page_size: gran,
-            data,
+            data: bitmap.0,
         };
         let r = sys(&ctx, arena, IOMMU_HWPT_GET_DIRTY_BITMAP, &mut c);
         let range = (if n == 64 { !0u64 } else { (1u64 << n) - 1 }) << off;
-        if !good {
-            assert_eq!(
-                r,
-                Err(libc::EFAULT),
-                "GET_DIRTY_BITMAP with an unwritable bitmap at {data:#x} ({nbytes} bytes)"
-            );
+        let Some(bits) = reported_bits(arena, "GET_DIRTY_BITMAP", r, bitmap, nbytes) else {
             continue;
-        }
-        assert_eq!(r, Ok(0), "GET_DIRTY_BITMAP with a good bitmap");
-        let mut b = [0u8; 8];
-        arena.peek(data, &mut b[..nbytes as usize]);
-        let reported = (u64::from_le_bytes(b) << off) & range;
+        };
+        let reported = (bits << off) & range;
         assert_eq!(
             model & range & !reported,
             0,
@@ -1327,12 +1350,8 @@ fn type1_dirty_loss(g: &mut Gen) {
                 model |= 1 << p;
             }
             2 => {
-                let data = bitmap_spot(g);
                 // one mapping of NP pages: its 2 bytes of bitmap are written whole
-                let good = arena.accessible(data, 2, true);
-                if good {
-                    arena.poke(data, &[0u8; 8]);
-                }
+                let bitmap = bitmap_at(g, 2);
                 #[derive(Clone, Copy, FromBytes, IntoBytes, Immutable)]
                 #[repr(C)]
                 struct Get {
@@ -1350,23 +1369,15 @@ fn type1_dirty_loss(g: &mut Gen) {
                         bitmap: VfioBitmap {
                             pgsize: ps,
                             size: 8,
-                            data,
+                            data: bitmap.0,
                         },
                     },
                 };
                 let r = sys(&ctx, arena, VFIO_IOMMU_DIRTY_PAGES, &mut c);
-                if !good {
-                    assert_eq!(
-                        r,
-                        Err(libc::EFAULT),
-                        "GET_BITMAP with an unwritable bitmap at {data:#x}"
-                    );
+                let Some(bits) = reported_bits(arena, "GET_BITMAP", r, bitmap, 2) else {
                     continue;
-                }
-                assert_eq!(r, Ok(0), "GET_BITMAP with a good bitmap");
-                let mut b = [0u8; 2];
-                arena.peek(data, &mut b);
-                let reported = u16::from_le_bytes(b);
+                };
+                let reported = bits as u16;
                 assert_eq!(
                     model & !reported,
                     0,

@@ -80,6 +80,18 @@ fn mmap_at(addr: usize, len: usize, prot: libc::c_int, flags: libc::c_int, fd: i
     p as usize
 }
 
+/// Fresh private read-write memory over the page at `page`.
+fn fresh_page(page: usize) {
+    let rw = libc::PROT_READ | libc::PROT_WRITE;
+    mmap_at(
+        page,
+        PAGE,
+        rw,
+        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+        -1,
+    );
+}
+
 /// Install the engine's handler (chaining to libFuzzer's), map the
 /// windows and start the racing thread; once per process.
 fn setup() {
@@ -87,19 +99,9 @@ fn setup() {
         // SAFETY: sysconf has no preconditions.
         let ps = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
         assert_eq!(ps, PAGE as libc::c_long);
-        for sig in [libc::SIGSEGV, libc::SIGBUS] {
-            // SAFETY: an all-zero sigaction, filled in below.
-            let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-            act.sa_sigaction = uiommufd::faultsafe::handler as *const () as usize;
-            act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
-            // SAFETY: as above.
-            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-            // SAFETY: installing a valid handler; the previous one (the
-            // fuzzer's crash reporter) becomes the chained disposition.
-            assert_eq!(unsafe { libc::sigaction(sig, &act, &mut old) }, 0);
-            uiommufd::faultsafe::set_program_action(sig, &old);
-        }
-        if !uiommufd::faultsafe::enable() {
+        // the engine's handler; the fuzzer's crash reporter becomes the
+        // chained disposition
+        if !uiommufd::faultsafe::install() {
             return;
         }
         // each window sits between two PROT_NONE guard pages of its own, so
@@ -143,17 +145,9 @@ fn racer(base: usize) {
         // SAFETY: every change stays inside the racing window.
         unsafe {
             match (x >> 32) % 5 {
-                0 => {
-                    // fresh memory replaces the page at once (never a
-                    // hole another thread's mmap could take)
-                    mmap_at(
-                        page,
-                        PAGE,
-                        rw,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                        -1,
-                    );
-                }
+                // fresh memory replaces the page at once (never a hole
+                // another thread's mmap could take)
+                0 => fresh_page(page),
                 1 => {
                     libc::mprotect(p, PAGE, libc::PROT_NONE);
                     std::thread::yield_now();
@@ -170,13 +164,7 @@ fn racer(base: usize) {
                     mmap_at(page, PAGE, rw, libc::MAP_SHARED | libc::MAP_FIXED, mfd);
                     libc::ftruncate(mfd, 0);
                     std::thread::yield_now();
-                    mmap_at(
-                        page,
-                        PAGE,
-                        rw,
-                        libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                        -1,
-                    );
+                    fresh_page(page);
                 }
                 _ => std::thread::yield_now(),
             }

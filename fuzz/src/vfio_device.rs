@@ -63,11 +63,10 @@ impl PciModel for FuzzModel {
     }
 
     fn layout(&self) -> PciLayout {
-        let bar = |size, mem64| Bar {
-            size,
-            mem64,
-            prefetchable: false,
-            mmap: false,
+        // trapped BARs: a 32-bit one and a 64-bit one
+        let bar64 = Bar {
+            mem64: true,
+            ..Bar::registers(1 << 32)
         };
         PciLayout {
             ids: PciIds {
@@ -79,9 +78,9 @@ impl PciModel for FuzzModel {
                 subsystem_device: 0,
             },
             bars: [
-                Some(bar(8192, false)),
+                Some(Bar::registers(8192)),
                 None,
-                Some(bar(1 << 32, true)),
+                Some(bar64),
                 None,
                 None,
                 None,

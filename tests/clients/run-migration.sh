@@ -12,29 +12,12 @@
 # Exits non-zero on any failure.
 set -uo pipefail
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$REPO_ROOT"
+STEP_TAG=migration
+# shellcheck source=tests/clients/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 t_all=$SECONDS
 
-step() {
-    local name=$1
-    shift
-    local t0=$SECONDS
-    printf '\n--> migration: %s\n' "$name"
-    if "$@"; then
-        printf -- '--> migration: %s ok (%ds)\n' "$name" "$((SECONDS - t0))"
-    else
-        local rc=$?
-        printf -- '--> migration: %s FAILED (exit status %d, %ds)\n' "$name" "$rc" "$((SECONDS - t0))" >&2
-        return "$rc"
-    fi
-}
-
-if [ "${UIOMMUFD_SKIP_INSTALL:-0}" != 1 ]; then
-    step install tests/clients/install-qemu.sh || exit 1
-fi
-step "build (release uiommufd + preload)" \
-    nice -n 10 cargo build --release --locked -p uiommufd-cli -p uiommufd-preload || exit 1
+setup_qemu_and_release
 step "qemu live migration" python3 tests/clients/qemu/test_migration.py "$@"
 rc=$?
 printf '\n==> migration: %ds in all\n' "$((SECONDS - t_all))"

@@ -17,8 +17,9 @@
 # install. Arguments are passed to test_qemu.py (e.g. --only 7.2).
 set -uo pipefail
 
-REPO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/../.." && pwd)
-cd "$REPO_ROOT"
+STEP_TAG=clients
+# shellcheck source=tests/clients/lib.sh
+source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 BIN=$REPO_ROOT/target/release
 CLIENT_TARGET=$REPO_ROOT/target/clients
 CLIENT=$CLIENT_TARGET/release/uiommufd-vfio-ioctls-client
@@ -30,27 +31,9 @@ failed=0
 failures=()
 t_all=$SECONDS
 
-part() {
-    local name=$1
-    shift
-    local t0=$SECONDS
-    printf '\n--> clients: %s\n' "$name"
-    if "$@"; then
-        printf -- '--> clients: %s ok (%ds)\n' "$name" "$((SECONDS - t0))"
-    else
-        local rc=$?
-        printf -- '--> clients: %s FAILED (exit status %d, %ds)\n' "$name" "$rc" "$((SECONDS - t0))" >&2
-        return "$rc"
-    fi
-}
-
 # Setup failures end the run: nothing can be tested without them.
-if [ "${UIOMMUFD_SKIP_INSTALL:-0}" != 1 ]; then
-    part install tests/clients/install-qemu.sh || exit 1
-fi
-part "build (release uiommufd + preload)" \
-    nice -n 10 cargo build --release --locked -p uiommufd-cli -p uiommufd-preload || exit 1
-part "build (vfio-ioctls client)" \
+setup_qemu_and_release
+step "build (vfio-ioctls client)" \
     bash -c "cd tests/clients/vfio-ioctls && nice -n 10 cargo build --release --locked --target-dir '$CLIENT_TARGET'" || exit 1
 
 # One vfio-ioctls case: a fresh sysfs root, two devices (the second is the
@@ -93,7 +76,7 @@ vfio_ioctls_all() {
         "/sys/bus/pci/devices/$ADDR" "/sys/bus/pci/devices/$PEER" --iommufd
     [ "$failed" = "$before" ]
 }
-part vfio-ioctls vfio_ioctls_all
+step vfio-ioctls vfio_ioctls_all
 
 qemu_all() {
     local out rc
@@ -115,8 +98,8 @@ qemu_all() {
 # QEMU's counts join ours (they are printed by test_qemu.py itself). The
 # harness check (no uiommufd: both QEMUs start, QMP, port I/O, pmemsave)
 # tells a broken environment from a broken device.
-part "qemu harness" qemu_all --smoke
-part qemu qemu_all "$@"
+step "qemu harness" qemu_all --smoke
+step qemu qemu_all "$@"
 
 printf '\n==> clients: %ds in all\n' "$((SECONDS - t_all))"
 [ "${#failures[@]}" = 0 ] || printf 'clients failed: %s\n' "${failures[*]}"

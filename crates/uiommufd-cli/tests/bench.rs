@@ -11,22 +11,7 @@ use serde_json::Value;
 /// under test, so that case 1 (b) finds it next to the binary.
 fn build_preload(bin: &Path) {
     let dir = bin.parent().expect("target/<profile>");
-    if dir.join("libuiommufd_preload.so").is_file() {
-        return;
-    }
-    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(root)
-        .args(["build", "-p", "uiommufd-preload"]);
-    if dir.file_name().is_some_and(|p| p == "release") {
-        cmd.arg("--release");
-    }
-    if let Some(target) = dir.parent() {
-        cmd.env("CARGO_TARGET_DIR", target);
-    }
-    let status = cmd.status().expect("run cargo build");
-    assert!(status.success(), "cargo build -p uiommufd-preload failed");
+    uiommufd_testkit::preload::build_preload(dir);
 }
 
 fn has_cc() -> bool {

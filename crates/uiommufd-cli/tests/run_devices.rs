@@ -45,20 +45,7 @@ fn a_bad_device_fails_before_the_program_runs() {
 /// under test (cargo makes it a no-op when it is up to date).
 fn build_preload() -> std::path::PathBuf {
     let bin = std::path::PathBuf::from(env!("CARGO_BIN_EXE_uiommufd"));
-    let dir = bin.parent().expect("target/<profile>").to_path_buf();
-    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("../..");
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-    let mut cmd = Command::new(cargo);
-    cmd.current_dir(root)
-        .args(["build", "-p", "uiommufd-preload"]);
-    if dir.file_name().is_some_and(|p| p == "release") {
-        cmd.arg("--release");
-    }
-    if let Some(target) = dir.parent() {
-        cmd.env("CARGO_TARGET_DIR", target);
-    }
-    assert!(cmd.status().expect("run cargo build").success());
-    dir.join("libuiommufd_preload.so")
+    uiommufd_testkit::preload::build_preload(bin.parent().expect("target/<profile>"))
 }
 
 #[test]

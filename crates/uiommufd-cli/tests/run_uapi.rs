@@ -15,39 +15,30 @@ fn uiommufd() -> Command {
     c
 }
 
+/// `uiommufd run -q ARGS -- sh -c 'echo uapi=$UIOMMUFD_UAPI'` with
+/// `UIOMMUFD_UAPI` set to `env` first when given: the run's output.
+fn uapi_seen(args: &[&str], env: Option<&str>) -> std::process::Output {
+    let mut c = uiommufd();
+    if let Some(level) = env {
+        c.env("UIOMMUFD_UAPI", level);
+    }
+    c.args(["run", "-q"])
+        .args(args)
+        .args(["--", "sh", "-c", "echo \"uapi=$UIOMMUFD_UAPI\""])
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn the_level_reaches_the_program() {
     for (arg, want) in [("6.12", "6.12"), ("6.13.7", "6.13"), ("v7.2", "7.2")] {
-        let out = uiommufd()
-            .args([
-                "run",
-                "-q",
-                "--uapi",
-                arg,
-                "--",
-                "sh",
-                "-c",
-                "echo \"uapi=$UIOMMUFD_UAPI\"",
-            ])
-            .output()
-            .unwrap();
+        let out = uapi_seen(&["--uapi", arg], None);
         let stdout = String::from_utf8_lossy(&out.stdout);
         assert!(out.status.success(), "{arg}: {out:?}");
         assert_eq!(stdout.trim(), format!("uapi={want}"), "{arg}");
     }
     // without --uapi the caller's environment is left as it is
-    let out = uiommufd()
-        .env("UIOMMUFD_UAPI", "6.14")
-        .args([
-            "run",
-            "-q",
-            "--",
-            "sh",
-            "-c",
-            "echo \"uapi=$UIOMMUFD_UAPI\"",
-        ])
-        .output()
-        .unwrap();
+    let out = uapi_seen(&[], Some("6.14"));
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "uapi=6.14");
 }
 

@@ -134,27 +134,37 @@ fn vectored(
         Ok(s) => s,
         Err(e) => return Some(Err(e)),
     };
+    Some(segments(segs, |base, len, _| op(fd, base, len)))
+}
+
+/// Move `segs` (`(base, len)`) one call `op(base, len, done so far)` each,
+/// stopping at the first short transfer; an error (or the fd closed under
+/// us on another thread: `None`, `EBADF`) is returned only when nothing was
+/// transferred.
+fn segments(
+    segs: Vec<(u64, usize)>,
+    mut op: impl FnMut(u64, usize, usize) -> Option<Xfer>,
+) -> Xfer {
     let mut done = 0usize;
     for (base, len) in segs {
-        match op(fd, base, len) {
+        match op(base, len, done) {
             Some(Ok(n)) => {
                 done += n;
                 if n != len {
                     break;
                 }
             }
-            Some(Err(e)) => return Some(if done == 0 { Err(e) } else { Ok(done) }),
-            // closed under us on another thread
+            Some(Err(e)) => return if done == 0 { Err(e) } else { Ok(done) },
             None => {
-                return Some(if done == 0 {
+                return if done == 0 {
                     Err(libc::EBADF)
                 } else {
                     Ok(done)
-                })
+                }
             }
         }
     }
-    Some(Ok(done))
+    Ok(done)
 }
 
 /// `readv(fd, iov, iovcnt)` on an engine fd.
@@ -190,27 +200,9 @@ fn vectored_at(
         Ok(s) => s,
         Err(e) => return Some(Err(e)),
     };
-    let mut done = 0usize;
-    for (base, len) in segs {
-        let at = offset.saturating_add(done as i64);
-        match op(fd, base, len, at) {
-            Some(Ok(n)) => {
-                done += n;
-                if n != len {
-                    break;
-                }
-            }
-            Some(Err(e)) => return Some(if done == 0 { Err(e) } else { Ok(done) }),
-            None => {
-                return Some(if done == 0 {
-                    Err(libc::EBADF)
-                } else {
-                    Ok(done)
-                })
-            }
-        }
-    }
-    Some(Ok(done))
+    Some(segments(segs, |base, len, done| {
+        op(fd, base, len, offset.saturating_add(done as i64))
+    }))
 }
 
 /// `preadv(fd, iov, iovcnt, offset)` on an engine fd.
@@ -232,42 +224,26 @@ fn rwf_check(flags: c_int) -> Result<(), c_int> {
     Ok(())
 }
 
-/// `preadv2(fd, iov, iovcnt, offset, flags)` on an engine fd: offset `-1`
-/// is `readv`.
-pub(crate) fn preadv2(
+/// `preadv2(fd, iov, iovcnt, offset, flags)` on an engine fd, or
+/// `pwritev2` when `write`: the flags checked, then offset `-1` is
+/// `readv`/`writev`, any other `preadv`/`pwritev`.
+pub(crate) fn vectored2(
     fd: c_int,
     iov: u64,
     iovcnt: c_int,
     offset: i64,
     flags: c_int,
+    write: bool,
 ) -> Option<Xfer> {
     files::get(fd)?;
     if let Err(e) = rwf_check(flags) {
         return Some(Err(e));
     }
-    if offset == -1 {
-        readv(fd, iov, iovcnt)
-    } else {
-        preadv(fd, iov, iovcnt, offset)
-    }
-}
-
-/// `pwritev2(fd, iov, iovcnt, offset, flags)` on an engine fd.
-pub(crate) fn pwritev2(
-    fd: c_int,
-    iov: u64,
-    iovcnt: c_int,
-    offset: i64,
-    flags: c_int,
-) -> Option<Xfer> {
-    files::get(fd)?;
-    if let Err(e) = rwf_check(flags) {
-        return Some(Err(e));
-    }
-    if offset == -1 {
-        writev(fd, iov, iovcnt)
-    } else {
-        pwritev(fd, iov, iovcnt, offset)
+    match (offset == -1, write) {
+        (true, false) => readv(fd, iov, iovcnt),
+        (true, true) => writev(fd, iov, iovcnt),
+        (false, false) => preadv(fd, iov, iovcnt, offset),
+        (false, true) => pwritev(fd, iov, iovcnt, offset),
     }
 }
 

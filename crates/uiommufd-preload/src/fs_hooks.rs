@@ -9,11 +9,43 @@ use std::ffi::{c_char, c_int, c_void};
 
 use uiommufd::files;
 
+use crate::path::{Form, VfioNode};
 use crate::vfio::{self, Act};
 use crate::{engine, engine_io, fail, fail_ssize, missing, real, set_errno, sync};
 
 // the hooks hand `struct stat64` to code written for `struct stat`
 const _: () = assert!(std::mem::size_of::<libc::stat>() == std::mem::size_of::<libc::stat64>());
+
+/// The part of a path-taking hook after [`vfio::classify`] looked at the
+/// caller's `path` (relative to `dirfd`): `real` on that path, or on the
+/// redirected sysfs path of a declared device; `node` for a declared VFIO
+/// node (and how the path reaches it); `fail` with the errno of a path that
+/// cannot be read.
+///
+/// # Safety
+/// `path` is the caller's argument (read fault-safely); `real` gets it, or
+/// an absolute path of ours, in its place.
+unsafe fn by_path<R>(
+    dirfd: c_int,
+    path: *const c_char,
+    real: impl FnOnce(*const c_char) -> R,
+    node: impl FnOnce(VfioNode, Form) -> R,
+    fail: impl FnOnce(c_int) -> R,
+) -> R {
+    // SAFETY: `classify` reads the path fault-safely.
+    match unsafe { vfio::classify(dirfd, path) } {
+        Act::Forward => real(path),
+        Act::Redirect(p) => real(p.as_ptr()),
+        Act::Node(n, f) => node(n, f),
+        Act::Fail(e) => fail(e),
+    }
+}
+
+/// `set_errno(e)` and a null pointer: how pointer-returning calls fail.
+fn fail_null<T>(e: c_int) -> *mut T {
+    set_errno(e);
+    std::ptr::null_mut()
+}
 
 /// A `stat(path, buf)`-shaped hook.
 macro_rules! stat_hook {
@@ -25,14 +57,16 @@ macro_rules! stat_hook {
         #[no_mangle]
         pub unsafe extern "C" fn $name($($pre: $pty,)* path: *const c_char, buf: *mut $st) -> c_int {
             let Some(real) = real::$name() else { return missing() };
-            // SAFETY: `classify` reads the path fault-safely.
-            match unsafe { vfio::classify(libc::AT_FDCWD, path) } {
-                // SAFETY: forwarding the caller's arguments unchanged.
-                Act::Forward => unsafe { real($($pre,)* path, buf) },
-                // SAFETY: as above, with the redirected path.
-                Act::Redirect(p) => unsafe { real($($pre,)* p.as_ptr(), buf) },
-                Act::Node(n, f) => vfio::critical(-1, || vfio::stat_node(n, f, buf.cast())),
-                Act::Fail(e) => fail(e),
+            // SAFETY: the caller's path, as `by_path` asks.
+            unsafe {
+                by_path(
+                    libc::AT_FDCWD,
+                    path,
+                    // SAFETY: the caller's arguments, the path maybe redirected.
+                    |p| real($($pre,)* p, buf),
+                    |n, f| vfio::critical(-1, || vfio::stat_node(n, f, buf.cast())),
+                    fail,
+                )
             }
         }
     };
@@ -98,14 +132,17 @@ macro_rules! fstatat_hook {
                     return r;
                 }
             }
-            // SAFETY: `classify` reads the path fault-safely.
-            match unsafe { vfio::classify(dirfd, path) } {
-                // SAFETY: forwarding the caller's arguments unchanged.
-                Act::Forward => unsafe { real($($pre,)* dirfd, path, buf, flags) },
-                // SAFETY: as above, with the (absolute) redirected path.
-                Act::Redirect(p) => unsafe { real($($pre,)* dirfd, p.as_ptr(), buf, flags) },
-                Act::Node(n, f) => vfio::critical(-1, || vfio::stat_node(n, f, buf.cast())),
-                Act::Fail(e) => fail(e),
+            // SAFETY: the caller's path, as `by_path` asks.
+            unsafe {
+                by_path(
+                    dirfd,
+                    path,
+                    // SAFETY: the caller's arguments, the path maybe
+                    // redirected (to an absolute one).
+                    |p| real($($pre,)* dirfd, p, buf, flags),
+                    |n, f| vfio::critical(-1, || vfio::stat_node(n, f, buf.cast())),
+                    fail,
+                )
             }
         }
     };
@@ -198,14 +235,17 @@ pub unsafe extern "C" fn statx(
             return r;
         }
     }
-    // SAFETY: `classify` reads the path fault-safely.
-    match unsafe { vfio::classify(dirfd, path) } {
-        // SAFETY: forwarding the caller's arguments unchanged.
-        Act::Forward => unsafe { real(dirfd, path, flags, mask, buf) },
-        // SAFETY: as above, with the (absolute) redirected path.
-        Act::Redirect(p) => unsafe { real(dirfd, p.as_ptr(), flags, mask, buf) },
-        Act::Node(n, f) => vfio::critical(-1, || vfio::statx_node(n, f, mask, buf)),
-        Act::Fail(e) => fail(e),
+    // SAFETY: the caller's path, as `by_path` asks.
+    unsafe {
+        by_path(
+            dirfd,
+            path,
+            // SAFETY: the caller's arguments, the path maybe redirected
+            // (to an absolute one).
+            |p| real(dirfd, p, flags, mask, buf),
+            |n, f| vfio::critical(-1, || vfio::statx_node(n, f, mask, buf)),
+            fail,
+        )
     }
 }
 
@@ -219,18 +259,20 @@ macro_rules! readlink_hook {
         #[no_mangle]
         pub unsafe extern "C" fn $name($($a: $t,)* path: *const c_char, $($post: $pt),*) -> libc::ssize_t {
             let Some(real) = real::$name() else { return fail_ssize(libc::ENOSYS) };
-            // SAFETY: `classify` reads the path fault-safely.
-            match unsafe { vfio::classify($dirfd, path) } {
-                // SAFETY: forwarding the caller's arguments unchanged.
-                Act::Forward => unsafe { real($($a,)* path, $($post),*) },
-                // SAFETY: as above, with the redirected path.
-                Act::Redirect(p) => unsafe { real($($a,)* p.as_ptr(), $($post),*) },
-                Act::Node(_, vfio_form) => fail_ssize(if vfio_form == crate::path::Form::Exact {
-                    libc::EINVAL
-                } else {
-                    libc::ENOTDIR
-                }),
-                Act::Fail(e) => fail_ssize(e),
+            // SAFETY: the caller's path, as `by_path` asks.
+            unsafe {
+                by_path(
+                    $dirfd,
+                    path,
+                    // SAFETY: the caller's arguments, the path maybe redirected.
+                    |p| real($($a,)* p, $($post),*),
+                    |_, form| fail_ssize(if form == Form::Exact {
+                        libc::EINVAL
+                    } else {
+                        libc::ENOTDIR
+                    }),
+                    fail_ssize,
+                )
             }
         }
     };
@@ -270,19 +312,20 @@ macro_rules! fopen_hook {
             if let Some(f) = unsafe { crate::status_fopen(path, mode) } {
                 return f;
             }
-            // SAFETY: `classify` reads the path fault-safely.
-            match unsafe { vfio::classify(libc::AT_FDCWD, path) } {
-                // SAFETY: as above, with the redirected path.
-                Act::Redirect(p) => unsafe { real(p.as_ptr(), mode) },
-                Act::Fail(e) => {
-                    set_errno(e);
-                    std::ptr::null_mut()
-                }
-                // stdio on the emulated nodes is not served (their reads
-                // and writes would reach the kernel): programs open them
-                // with open(2), as VFIO users do
-                // SAFETY: forwarding the caller's arguments unchanged.
-                Act::Forward | Act::Node(..) => unsafe { real(path, mode) },
+            // SAFETY: the caller's path, as `by_path` asks.
+            unsafe {
+                by_path(
+                    libc::AT_FDCWD,
+                    path,
+                    // SAFETY: the caller's arguments, the path maybe redirected.
+                    |p| real(p, mode),
+                    // stdio on the emulated nodes is not served (their reads
+                    // and writes would reach the kernel): programs open them
+                    // with open(2), as VFIO users do
+                    // SAFETY: forwarding the caller's arguments unchanged.
+                    |_, _| real(path, mode),
+                    fail_null,
+                )
             }
         }
     };
@@ -311,19 +354,16 @@ pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) ->
         set_errno(libc::ENOSYS);
         return std::ptr::null_mut();
     };
-    // SAFETY: `classify` reads the path fault-safely.
-    match unsafe { vfio::classify(libc::AT_FDCWD, path) } {
-        // SAFETY: forwarding the caller's arguments unchanged.
-        Act::Forward => unsafe { real(path, resolved) },
-        // SAFETY: as above, with the redirected path.
-        Act::Redirect(p) => unsafe { real(p.as_ptr(), resolved) },
-        Act::Node(n, f) => {
-            vfio::critical(std::ptr::null_mut(), || vfio::realpath_node(n, f, resolved))
-        }
-        Act::Fail(e) => {
-            set_errno(e);
-            std::ptr::null_mut()
-        }
+    // SAFETY: the caller's path, as `by_path` asks.
+    unsafe {
+        by_path(
+            libc::AT_FDCWD,
+            path,
+            // SAFETY: the caller's arguments, the path maybe redirected.
+            |p| real(p, resolved),
+            |n, f| vfio::critical(std::ptr::null_mut(), || vfio::realpath_node(n, f, resolved)),
+            fail_null,
+        )
     }
 }
 
@@ -341,30 +381,33 @@ pub unsafe extern "C" fn __realpath_chk(
         set_errno(libc::ENOSYS);
         return std::ptr::null_mut();
     };
-    // SAFETY: `classify` reads the path fault-safely.
-    match unsafe { vfio::classify(libc::AT_FDCWD, path) } {
-        // SAFETY: forwarding the caller's arguments unchanged.
-        Act::Forward => unsafe { real(path, resolved, resolvedlen) },
-        // SAFETY: as above, with the redirected path.
-        Act::Redirect(p) => unsafe { real(p.as_ptr(), resolved, resolvedlen) },
-        Act::Node(n, f) if resolvedlen >= libc::PATH_MAX as usize || resolved.is_null() => {
-            vfio::critical(std::ptr::null_mut(), || vfio::realpath_node(n, f, resolved))
-        }
-        // SAFETY: libc's own check aborts as it would (buffer too small).
-        Act::Node(..) => unsafe { real(path, resolved, resolvedlen) },
-        Act::Fail(e) => {
-            set_errno(e);
-            std::ptr::null_mut()
-        }
+    // SAFETY: the caller's path, as `by_path` asks.
+    unsafe {
+        by_path(
+            libc::AT_FDCWD,
+            path,
+            // SAFETY: the caller's arguments, the path maybe redirected.
+            |p| real(p, resolved, resolvedlen),
+            |n, f| {
+                if resolvedlen >= libc::PATH_MAX as usize || resolved.is_null() {
+                    vfio::critical(std::ptr::null_mut(), || vfio::realpath_node(n, f, resolved))
+                } else {
+                    // SAFETY: libc's own check aborts as it would (buffer
+                    // too small).
+                    real(path, resolved, resolvedlen)
+                }
+            },
+            fail_null,
+        )
     }
 }
 
 /// `access` on a node: `0600` owned by the caller.
-fn access_node(form: crate::path::Form, mode: c_int) -> c_int {
+fn access_node(form: Form, mode: c_int) -> c_int {
     if mode & !(libc::R_OK | libc::W_OK | libc::X_OK) != 0 {
         return fail(libc::EINVAL);
     }
-    if form != crate::path::Form::Exact {
+    if form != Form::Exact {
         return fail(libc::ENOTDIR);
     }
     if mode & libc::X_OK != 0 {
@@ -383,14 +426,16 @@ macro_rules! access_hook {
         #[no_mangle]
         pub unsafe extern "C" fn $name(path: *const c_char, mode: c_int) -> c_int {
             let Some(real) = real::$name() else { return missing() };
-            // SAFETY: `classify` reads the path fault-safely.
-            match unsafe { vfio::classify(libc::AT_FDCWD, path) } {
-                // SAFETY: forwarding the caller's arguments unchanged.
-                Act::Forward => unsafe { real(path, mode) },
-                // SAFETY: as above, with the redirected path.
-                Act::Redirect(p) => unsafe { real(p.as_ptr(), mode) },
-                Act::Node(_, f) => access_node(f, mode),
-                Act::Fail(e) => fail(e),
+            // SAFETY: the caller's path, as `by_path` asks.
+            unsafe {
+                by_path(
+                    libc::AT_FDCWD,
+                    path,
+                    // SAFETY: the caller's arguments, the path maybe redirected.
+                    |p| real(p, mode),
+                    |_, f| access_node(f, mode),
+                    fail,
+                )
             }
         }
     };
@@ -424,14 +469,17 @@ pub unsafe extern "C" fn faccessat(
     let Some(real) = real::faccessat() else {
         return missing();
     };
-    // SAFETY: `classify` reads the path fault-safely.
-    match unsafe { vfio::classify(dirfd, path) } {
-        // SAFETY: forwarding the caller's arguments unchanged.
-        Act::Forward => unsafe { real(dirfd, path, mode, flags) },
-        // SAFETY: as above, with the (absolute) redirected path.
-        Act::Redirect(p) => unsafe { real(dirfd, p.as_ptr(), mode, flags) },
-        Act::Node(_, f) => access_node(f, mode),
-        Act::Fail(e) => fail(e),
+    // SAFETY: the caller's path, as `by_path` asks.
+    unsafe {
+        by_path(
+            dirfd,
+            path,
+            // SAFETY: the caller's arguments, the path maybe redirected
+            // (to an absolute one).
+            |p| real(dirfd, p, mode, flags),
+            |_, f| access_node(f, mode),
+            fail,
+        )
     }
 }
 
@@ -542,7 +590,7 @@ macro_rules! rwv_hook {
             unsafe { real(fd, iov, iovcnt, offset) }
         }
     };
-    ($(#[$m:meta])* $name:ident($off:ty, flags) => $eng:ident) => {
+    ($(#[$m:meta])* $name:ident($off:ty, flags) => write: $write:expr) => {
         $(#[$m])*
         ///
         /// # Safety
@@ -556,7 +604,8 @@ macro_rules! rwv_hook {
             flags: c_int,
         ) -> libc::ssize_t {
             if files::is_engine_fd(fd) {
-                if let Some(r) = engine_io(|| engine::$eng(fd, iov as u64, iovcnt, offset, flags)) {
+                let op = || engine::vectored2(fd, iov as u64, iovcnt, offset, flags, $write);
+                if let Some(r) = engine_io(op) {
                     return r;
                 }
             }
@@ -586,19 +635,19 @@ rwv_hook!(
 );
 rwv_hook!(
     /// `preadv2(2)`: as [`preadv()`]; offset -1 reads as `readv`.
-    preadv2(libc::off_t, flags) => preadv2
+    preadv2(libc::off_t, flags) => write: false
 );
 rwv_hook!(
     /// `preadv64v2`: as [`preadv2()`].
-    preadv64v2(libc::off64_t, flags) => preadv2
+    preadv64v2(libc::off64_t, flags) => write: false
 );
 rwv_hook!(
     /// `pwritev2(2)`: as [`pwritev()`]; offset -1 writes as `writev`.
-    pwritev2(libc::off_t, flags) => pwritev2
+    pwritev2(libc::off_t, flags) => write: true
 );
 rwv_hook!(
     /// `pwritev64v2`: as [`pwritev2()`].
-    pwritev64v2(libc::off64_t, flags) => pwritev2
+    pwritev64v2(libc::off64_t, flags) => write: true
 );
 
 #[cfg(test)]

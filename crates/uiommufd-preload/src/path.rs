@@ -16,6 +16,7 @@
 //! (`ENOTDIR`, or `EISDIR` for `O_CREAT` with a trailing slash). Symlinks are
 //! not followed: `/dev/iommu` is matched by name only, and `..` is lexical.
 
+use std::borrow::Cow;
 use std::ffi::{c_char, c_int, CStr};
 
 use crate::special::{self, Special};
@@ -193,6 +194,22 @@ pub(crate) fn node_open_errno(flags: c_int, form: Form) -> Option<c_int> {
     }
 }
 
+/// `path` made absolute against `dirfd` (borrowed when it already is);
+/// `None` when the directory cannot be found. Leaves `errno` as it found
+/// it.
+fn absolute(dirfd: c_int, path: &[u8]) -> Option<Cow<'_, [u8]>> {
+    if path.first() == Some(&b'/') {
+        return Some(Cow::Borrowed(path));
+    }
+    let saved = errno();
+    let base = base_dir(dirfd);
+    set_errno(saved);
+    let mut v = base?;
+    v.push(b'/');
+    v.extend_from_slice(path);
+    Some(Cow::Owned(v))
+}
+
 /// The node `path` names when opened relative to `dirfd` with `flags`:
 /// `None` when it names none (forward the open), `Some(Ok(node))` to open
 /// it, `Some(Err(errno))` when the kernel would refuse the open (the node
@@ -215,20 +232,8 @@ pub(crate) fn match_dev_node(
     {
         return None;
     }
-    let abs: Vec<u8>;
-    let abs: &[u8] = if path.first() == Some(&b'/') {
-        path
-    } else {
-        let saved = errno();
-        let base = base_dir(dirfd);
-        set_errno(saved);
-        let mut v = base?;
-        v.push(b'/');
-        v.extend_from_slice(path);
-        abs = v;
-        &abs
-    };
-    let (node, form) = walk(abs)?;
+    let abs = absolute(dirfd, path)?;
+    let (node, form) = walk(&abs)?;
     match node_open_errno(flags, form) {
         Some(e) => {
             tracing::debug!(
@@ -288,20 +293,8 @@ pub(crate) fn match_vfio_node(
     if !path.windows(4).any(|w| w == b"vfio") {
         return None;
     }
-    let abs: Vec<u8>;
-    let abs: &[u8] = if path.first() == Some(&b'/') {
-        path
-    } else {
-        let saved = errno();
-        let base = base_dir(dirfd);
-        set_errno(saved);
-        let mut v = base?;
-        v.push(b'/');
-        v.extend_from_slice(path);
-        abs = v;
-        &abs
-    };
-    walk_to(abs, |stack| vfio_node_at(stack, &declared))
+    let abs = absolute(dirfd, path)?;
+    walk_to(&abs, |stack| vfio_node_at(stack, &declared))
 }
 
 /// A path copied out of the caller's memory (the kernel's `getname`), in a
@@ -490,20 +483,8 @@ pub(crate) fn match_special(dirfd: c_int, path: &CStr) -> Option<Special> {
     if !fail_nth && !debugfs {
         return None;
     }
-    let abs: Vec<u8>;
-    let abs: &[u8] = if absolute {
-        path
-    } else {
-        let saved = errno();
-        let base = base_dir(dirfd);
-        set_errno(saved);
-        let mut v = base?;
-        v.push(b'/');
-        v.extend_from_slice(path);
-        abs = v;
-        &abs
-    };
-    special::classify(&components(abs))
+    let abs = self::absolute(dirfd, path)?;
+    special::classify(&components(&abs))
 }
 
 /// The calling thread's `errno`.

@@ -340,13 +340,16 @@ fn engine_stat_as(fd: c_int) -> Option<uiommufd::files::StatAs> {
     uiommufd::files::get(fd)?.stat_as()
 }
 
-/// `fstat` of a possible engine fd: `real` fills a local `stat`, which is
-/// patched with the file's [`uiommufd::files::EngineFile::stat_as`] and
-/// copied out. `None`: not an engine fd with `stat_as` (forward).
-pub(crate) fn fstat_engine(
+/// A stat of a possible engine fd: `real` fills the local `st`, `patch`
+/// puts the file's [`uiommufd::files::EngineFile::stat_as`] in it, and it
+/// is copied out to `buf`. `None`: not an engine fd with `stat_as`
+/// (forward).
+fn stat_engine<T>(
     fd: c_int,
-    buf: *mut libc::stat,
-    real: impl FnOnce(*mut libc::stat) -> c_int,
+    buf: *mut T,
+    mut st: T,
+    real: impl FnOnce(*mut T) -> c_int,
+    patch: impl FnOnce(&mut T, uiommufd::files::StatAs),
 ) -> Option<c_int> {
     if sync::foreign() {
         return None;
@@ -354,13 +357,10 @@ pub(crate) fn fstat_engine(
     let r = crate::guard(|| {
         let _c = sync::enter();
         let sa = engine_stat_as(fd)?;
-        // SAFETY: an all-zero `stat` is a valid value to be overwritten.
-        let mut st: libc::stat = unsafe { std::mem::zeroed() };
         if real(&mut st) != 0 {
             return Some(-1);
         }
-        st.st_mode = sa.mode;
-        st.st_rdev = sa.rdev;
+        patch(&mut st, sa);
         Some(copy_out(buf, &st))
     });
     match r {
@@ -369,34 +369,35 @@ pub(crate) fn fstat_engine(
     }
 }
 
+/// `fstat` of a possible engine fd, as [`stat_engine`]: the mode and the
+/// device number.
+pub(crate) fn fstat_engine(
+    fd: c_int,
+    buf: *mut libc::stat,
+    real: impl FnOnce(*mut libc::stat) -> c_int,
+) -> Option<c_int> {
+    // SAFETY: an all-zero `stat` is a valid value to be overwritten.
+    let st: libc::stat = unsafe { std::mem::zeroed() };
+    stat_engine(fd, buf, st, real, |st, sa| {
+        st.st_mode = sa.mode;
+        st.st_rdev = sa.rdev;
+    })
+}
+
 /// `statx` of a possible engine fd (`AT_EMPTY_PATH` with `""`), as
-/// [`fstat_engine`].
+/// [`stat_engine`].
 pub(crate) fn statx_engine(
     fd: c_int,
     buf: *mut libc::statx,
     real: impl FnOnce(*mut libc::statx) -> c_int,
 ) -> Option<c_int> {
-    if sync::foreign() {
-        return None;
-    }
-    let r = crate::guard(|| {
-        let _c = sync::enter();
-        let sa = engine_stat_as(fd)?;
-        // SAFETY: an all-zero `statx` is a valid value to be overwritten.
-        let mut stx: libc::statx = unsafe { std::mem::zeroed() };
-        if real(&mut stx) != 0 {
-            return Some(-1);
-        }
+    // SAFETY: an all-zero `statx` is a valid value to be overwritten.
+    let stx: libc::statx = unsafe { std::mem::zeroed() };
+    stat_engine(fd, buf, stx, real, |stx, sa| {
         stx.stx_mode = sa.mode as u16;
-        let (ma, mi) = (libc::major(sa.rdev), libc::minor(sa.rdev));
-        stx.stx_rdev_major = ma;
-        stx.stx_rdev_minor = mi;
-        Some(copy_out(buf, &stx))
-    });
-    match r {
-        Some(r) => r,
-        None => Some(-1),
-    }
+        stx.stx_rdev_major = libc::major(sa.rdev);
+        stx.stx_rdev_minor = libc::minor(sa.rdev);
+    })
 }
 
 /// Whether `path` (at `dirfd`, with `flags`) is the empty path with

@@ -6,10 +6,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
 use std::sync::OnceLock;
 
-fn workspace_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../..")
-}
-
 /// `target/<profile>` of this test binary (`target/<profile>/deps/preload-*`).
 fn profile_dir() -> PathBuf {
     let exe = std::env::current_exe().expect("current_exe");
@@ -22,24 +18,7 @@ fn profile_dir() -> PathBuf {
 /// Build the cdylib with the same profile and target dir as this test, once.
 fn preload_so() -> &'static Path {
     static SO: OnceLock<PathBuf> = OnceLock::new();
-    SO.get_or_init(|| {
-        let dir = profile_dir();
-        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        let mut cmd = Command::new(cargo);
-        cmd.current_dir(workspace_root())
-            .args(["build", "-p", "uiommufd-preload"]);
-        if dir.file_name().is_some_and(|p| p == "release") {
-            cmd.arg("--release");
-        }
-        if let Some(target) = dir.parent() {
-            cmd.env("CARGO_TARGET_DIR", target);
-        }
-        let status = cmd.status().expect("run cargo build");
-        assert!(status.success(), "cargo build -p uiommufd-preload failed");
-        let so = dir.join("libuiommufd_preload.so");
-        assert!(so.exists(), "{} missing after the build", so.display());
-        so
-    })
+    SO.get_or_init(|| uiommufd_testkit::preload::build_preload(&profile_dir()))
 }
 
 /// Where compiled C programs go.
@@ -114,13 +93,12 @@ fn run_preloaded(exe: &Path, args: &[&str], env: &[(&str, &str)]) -> Output {
     cmd.output().expect("run the preloaded program")
 }
 
-fn assert_ok(out: &Output, what: &str) {
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let stderr = String::from_utf8_lossy(&out.stderr);
+/// A program's run passed: it exited 0 and printed `OK`, and no Rust panic
+/// happened under the preload.
+fn check_run(what: &str, status: std::process::ExitStatus, stdout: &str, stderr: &str) {
     assert!(
-        out.status.success() && stdout.contains("OK"),
-        "{what}: status {:?}\nstdout:\n{stdout}\nstderr:\n{stderr}",
-        out.status
+        status.success() && stdout.contains("OK"),
+        "{what}: status {status:?}\nstdout:\n{stdout}\nstderr:\n{stderr}"
     );
     // the dispatcher turns an engine panic into EIO, but none may happen at
     // all: the panic hook's message would be on stderr
@@ -130,44 +108,52 @@ fn assert_ok(out: &Output, what: &str) {
     );
 }
 
+fn assert_ok(out: &Output, what: &str) {
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    check_run(what, out.status, &stdout, &stderr);
+}
+
+/// `tests/c/NAME.c` built with `-O1` (a new binary per call).
+fn c_program(name: &str) -> PathBuf {
+    compile_src(&format!("{name}.c"), name, &["-O1"])
+}
+
+/// Run `exe` under the preload quietly and with debug logging; both pass.
+fn assert_ok_with_logging(exe: &Path, args: &[&str], env: &[(&str, &str)], what: &str) {
+    for log in ["", "debug"] {
+        let env: Vec<_> = env.iter().copied().chain([("UIOMMUFD_LOG", log)]).collect();
+        let out = run_preloaded(exe, args, &env);
+        assert_ok(&out, &format!("{what} (UIOMMUFD_LOG={log:?})"));
+    }
+}
+
 fn smoke_with(how: &str) {
     let out = run_preloaded(smoke(), &[how], &[]);
     assert_ok(&out, how);
 }
 
-#[test]
-fn open() {
-    smoke_with("open");
+/// One `#[test]` per row (`name: the call that is its body`).
+macro_rules! cases {
+    ($($(#[$doc:meta])* $name:ident: $body:expr;)*) => {
+        $(
+            $(#[$doc])*
+            #[test]
+            fn $name() {
+                $body;
+            }
+        )*
+    };
 }
 
-#[test]
-fn open64() {
-    smoke_with("open64");
-}
-
-#[test]
-fn openat() {
-    smoke_with("openat");
-}
-
-#[test]
-fn openat64() {
-    smoke_with("openat64");
-}
-
-#[test]
-fn openat_relative_to_dirfd() {
-    smoke_with("openat-dirfd");
-}
-
-#[test]
-fn open_relative_to_cwd() {
-    smoke_with("relative");
-}
-
-#[test]
-fn open_unnormalised_path() {
-    smoke_with("messy-path");
+cases! {
+    open: smoke_with("open");
+    open64: smoke_with("open64");
+    openat: smoke_with("openat");
+    openat64: smoke_with("openat64");
+    openat_relative_to_dirfd: smoke_with("openat-dirfd");
+    open_relative_to_cwd: smoke_with("relative");
+    open_unnormalised_path: smoke_with("messy-path");
 }
 
 #[test]
@@ -190,39 +176,44 @@ fn with_debug_logging() {
     assert_ok(&out, "UIOMMUFD_LOG=debug");
 }
 
+/// `nm -D` of `exe`: its dynamic symbols (`None` without `nm`).
+fn imports(exe: &Path) -> Option<String> {
+    let out = Command::new("nm").arg("-D").arg(exe).output().ok()?;
+    out.status
+        .success()
+        .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+/// `exe` (called `name` in messages) imports every one of `syms`; `false`
+/// when `nm` is not there to tell.
+fn assert_imports(exe: &Path, name: &str, syms: &[&str]) -> bool {
+    let Some(all) = imports(exe) else {
+        eprintln!("nm not available; skipping the import check");
+        return false;
+    };
+    for sym in syms {
+        let has = all.lines().any(|l| {
+            l.split_whitespace()
+                .any(|w| w.split('@').next() == Some(*sym))
+        });
+        assert!(has, "{name} does not import {sym}:\n{all}");
+    }
+    true
+}
+
 /// The C programs really call the entry points the tests claim to cover.
 #[test]
 fn programs_import_the_hooked_symbols() {
-    let imports = |exe: &Path| -> Option<String> {
-        let out = Command::new("nm").arg("-D").arg(exe).output().ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let Some(plain) = imports(smoke()) else {
-        eprintln!("nm not available; skipping the import check");
-        return;
-    };
-    let has = |syms: &str, name: &str| {
-        syms.lines().any(|l| {
-            l.split_whitespace()
-                .any(|w| w.split('@').next() == Some(name))
-        })
-    };
-    for sym in [
+    let plain = [
         "open", "open64", "openat", "openat64", "ioctl", "close", "dup", "dup2", "dup3", "fcntl",
-    ] {
-        assert!(
-            has(&plain, sym),
-            "preload_smoke does not import {sym}:\n{plain}"
-        );
-    }
-    let fortified = imports(smoke_fortified()).expect("nm");
-    for sym in ["__open_2", "__open64_2", "__openat_2", "__openat64_2"] {
-        assert!(
-            has(&fortified, sym),
-            "preload_smoke_fortify does not import {sym}:\n{fortified}"
-        );
+    ];
+    if assert_imports(smoke(), "preload_smoke", &plain) {
+        let fortified = ["__open_2", "__open64_2", "__openat_2", "__openat64_2"];
+        assert!(assert_imports(
+            smoke_fortified(),
+            "preload_smoke_fortify",
+            &fortified
+        ));
     }
 }
 
@@ -277,33 +268,14 @@ fn ordinary_io_is_unaffected() {
 /// The I/O program really calls the hooked data functions.
 #[test]
 fn io_program_imports_the_hooked_symbols() {
-    let imports = |exe: &Path| -> Option<String> {
-        let out = Command::new("nm").arg("-D").arg(exe).output().ok()?;
-        out.status
-            .success()
-            .then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-    };
-    let Some(plain) = imports(io_program(false)) else {
-        eprintln!("nm not available; skipping the import check");
-        return;
-    };
-    let has = |syms: &str, name: &str| {
-        syms.lines().any(|l| {
-            l.split_whitespace()
-                .any(|w| w.split('@').next() == Some(name))
-        })
-    };
-    for sym in ["read", "write", "readv", "writev", "poll", "close", "dup"] {
-        assert!(
-            has(&plain, sym),
-            "preload_io does not import {sym}:\n{plain}"
-        );
+    let plain = ["read", "write", "readv", "writev", "poll", "close", "dup"];
+    if assert_imports(io_program(false), "preload_io", &plain) {
+        assert!(assert_imports(
+            io_program(true),
+            "preload_io_fortify",
+            &["__read_chk"]
+        ));
     }
-    let fortified = imports(io_program(true)).expect("nm");
-    assert!(
-        has(&fortified, "__read_chk"),
-        "preload_io_fortify does not import __read_chk:\n{fortified}"
-    );
 }
 
 /// `tests/c/fail_nth.c`: the emulated `/proc/self/task/TID/fail-nth` and
@@ -328,11 +300,11 @@ fn fail_nth_from_c() {
 /// `<linux/vfio.h>`), quietly and with debug logging.
 #[test]
 fn vfio_type1_container_and_dirty_tracking() {
-    let exe = compile_src("vfio_type1.c", "vfio_type1", &["-O1"]);
-    for log in ["", "debug"] {
-        let out = run_preloaded(&exe, &[], &[("UIOMMUFD_LOG", log)]);
-        assert_ok(&out, &format!("vfio_type1 (UIOMMUFD_LOG={log:?})"));
-    }
+    assert_ok_with_logging(&c_program("vfio_type1"), &[], &[], "vfio_type1");
+}
+
+fn secs(n: u64) -> std::time::Duration {
+    std::time::Duration::from_secs(n)
 }
 
 /// `tests/c/host_safety.c`, built once.
@@ -371,64 +343,36 @@ fn host_case(case: &str, seconds: &str, deadline: std::time::Duration) {
     let Some(status) = status else {
         panic!("{case}: hung (killed after {deadline:?})\nstdout:\n{out}\nstderr:\n{err}");
     };
-    assert!(
-        status.success() && out.contains("OK"),
-        "{case}: status {status:?}\nstdout:\n{out}\nstderr:\n{err}"
-    );
-    assert!(
-        !err.contains("panicked at"),
-        "{case}: a Rust panic happened under the preload:\n{err}"
-    );
+    check_run(case, status, &out, &err);
 }
 
-/// Issue 10 item 1: `vfork` children (closing, `close_range`, `closefrom`,
-/// `dup2` over our fds before `exec`/`_exit`) and `posix_spawn` leave the
-/// parent's `/dev/iommu`, dup and fault fds working.
-#[test]
-fn vfork_children_leave_the_parents_fds_alone() {
-    host_case("vfork", "0", std::time::Duration::from_secs(60));
-}
-
-/// Issue 10 item 2: 60 `fork`s while three threads run ioctls,
-/// open/close and dup/close; every child's calls work (a deadlocked child
-/// dies of `SIGALRM` and fails the test).
-#[test]
-fn fork_in_a_threaded_program() {
-    host_case("fork-threads", "0", std::time::Duration::from_secs(120));
-}
-
-/// Issue 10 item 3: signal handlers calling `ioctl`, `dup`, `close`,
-/// `read` (fault fd) and `open("/dev/iommu")` that interrupt the same calls
-/// (and `malloc`) of the main thread: no corruption, no deadlock, every
-/// call works.
-#[test]
-fn calls_from_signal_handlers() {
-    host_case("signals", "2", std::time::Duration::from_secs(60));
-}
-
-/// Issue 10 item 4: `dup` racing `close` of `/dev/iommu` and fault fds
-/// gives `EBADF` or a working fd, never an orphan; `open` racing a `close`
-/// of the number it is about to get never fails.
-#[test]
-fn dup_racing_close() {
-    host_case("dup-race", "2", std::time::Duration::from_secs(60));
-}
-
-/// Issue 10 item 12: `FIOCLEX`, `FIONCLEX`, `FIONBIO`, `FIOASYNC` and
-/// `FIGETBSZ` behave as the kernel's `do_vfs_ioctl` on `/dev/iommu` and
-/// `/dev/vfio/vfio`.
-#[test]
-fn file_level_ioctls() {
-    host_case("fio", "0", std::time::Duration::from_secs(30));
-}
-
-/// Fds closed behind the shim's back (raw `close`, `fclose` of an
-/// `fdopen`ed stream) and reused by a socket, pipe, eventfd, socketpair or
-/// epoll fd are not taken for ours any more, without the per-ioctl `fstat`
-/// of the paranoid mode.
-#[test]
-fn fds_closed_behind_the_shims_back() {
-    host_case("stale", "0", std::time::Duration::from_secs(30));
+cases! {
+    /// Issue 10 item 1: `vfork` children (closing, `close_range`, `closefrom`,
+    /// `dup2` over our fds before `exec`/`_exit`) and `posix_spawn` leave the
+    /// parent's `/dev/iommu`, dup and fault fds working.
+    vfork_children_leave_the_parents_fds_alone: host_case("vfork", "0", secs(60));
+    /// Issue 10 item 2: 60 `fork`s while three threads run ioctls,
+    /// open/close and dup/close; every child's calls work (a deadlocked child
+    /// dies of `SIGALRM` and fails the test).
+    fork_in_a_threaded_program: host_case("fork-threads", "0", secs(120));
+    /// Issue 10 item 3: signal handlers calling `ioctl`, `dup`, `close`,
+    /// `read` (fault fd) and `open("/dev/iommu")` that interrupt the same calls
+    /// (and `malloc`) of the main thread: no corruption, no deadlock, every
+    /// call works.
+    calls_from_signal_handlers: host_case("signals", "2", secs(60));
+    /// Issue 10 item 4: `dup` racing `close` of `/dev/iommu` and fault fds
+    /// gives `EBADF` or a working fd, never an orphan; `open` racing a `close`
+    /// of the number it is about to get never fails.
+    dup_racing_close: host_case("dup-race", "2", secs(60));
+    /// Issue 10 item 12: `FIOCLEX`, `FIONCLEX`, `FIONBIO`, `FIOASYNC` and
+    /// `FIGETBSZ` behave as the kernel's `do_vfs_ioctl` on `/dev/iommu` and
+    /// `/dev/vfio/vfio`.
+    file_level_ioctls: host_case("fio", "0", secs(30));
+    /// Fds closed behind the shim's back (raw `close`, `fclose` of an
+    /// `fdopen`ed stream) and reused by a socket, pipe, eventfd, socketpair or
+    /// epoll fd are not taken for ours any more, without the per-ioctl `fstat`
+    /// of the paranoid mode.
+    fds_closed_behind_the_shims_back: host_case("stale", "0", secs(30));
 }
 
 /// The stress test: threads running ioctls, open/close, dup/close races on
@@ -466,11 +410,7 @@ fn python_subprocess_keeps_the_parents_fd() {
 /// `/dev/null` in its place.
 #[test]
 fn open_path_forms_and_bad_paths() {
-    let exe = compile_src("preload_paths.c", "preload_paths", &["-O1"]);
-    for log in ["", "debug"] {
-        let out = run_preloaded(&exe, &[], &[("UIOMMUFD_LOG", log)]);
-        assert_ok(&out, &format!("preload_paths (UIOMMUFD_LOG={log:?})"));
-    }
+    assert_ok_with_logging(&c_program("preload_paths"), &[], &[], "preload_paths");
 }
 
 /// `tests/c/engine_fds.c`: access and fault fds through the uAPI under
@@ -482,11 +422,7 @@ fn open_path_forms_and_bad_paths() {
 /// another thread increments there loses nothing).
 #[test]
 fn engine_fds_from_c() {
-    let exe = compile_src("engine_fds.c", "engine_fds", &["-O1"]);
-    for log in ["", "debug"] {
-        let out = run_preloaded(&exe, &[], &[("UIOMMUFD_LOG", log)]);
-        assert_ok(&out, &format!("engine_fds (UIOMMUFD_LOG={log:?})"));
-    }
+    assert_ok_with_logging(&c_program("engine_fds"), &[], &[], "engine_fds");
 }
 
 /// `tests/c/program_signals.c`: a program with `SIGSEGV`/`SIGBUS` handlers
@@ -499,7 +435,7 @@ fn engine_fds_from_c() {
 /// racing `munmap`/`mprotect` of their memory fail cleanly.
 #[test]
 fn programs_keep_their_own_fault_handlers() {
-    let exe = compile_src("program_signals.c", "program_signals", &["-O1"]);
+    let exe = c_program("program_signals");
     let plain = Command::new(&exe).output().expect("run program_signals");
     assert_ok(&plain, "program_signals without the preload");
     let out = run_preloaded(&exe, &["2"], &[]);
@@ -514,23 +450,20 @@ fn programs_keep_their_own_fault_handlers() {
 /// nodes' `stat`, and the opened cdev's `fstat`.
 #[test]
 fn declared_vfio_device_from_c() {
-    let exe = compile_src("vfio_devices.c", "vfio_devices", &["-O1"]);
+    let exe = c_program("vfio_devices");
     let sysfs = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("vfio-devices-sysfs-{}", std::process::id()));
     let (addr, group, cdev) = ("0000:f3:04.0", "4242", "17");
     let decl = format!("dma-engine,addr={addr},group={group},cdev={cdev}");
-    for log in ["", "debug"] {
-        let out = run_preloaded(
-            &exe,
-            &[sysfs.to_str().unwrap(), addr, group, cdev],
-            &[
-                ("UIOMMUFD_DEVICES", decl.as_str()),
-                ("UIOMMUFD_SYSFS", sysfs.to_str().unwrap()),
-                ("UIOMMUFD_LOG", log),
-            ],
-        );
-        assert_ok(&out, &format!("vfio_devices (UIOMMUFD_LOG={log:?})"));
-    }
+    assert_ok_with_logging(
+        &exe,
+        &[sysfs.to_str().unwrap(), addr, group, cdev],
+        &[
+            ("UIOMMUFD_DEVICES", decl.as_str()),
+            ("UIOMMUFD_SYSFS", sysfs.to_str().unwrap()),
+        ],
+        "vfio_devices",
+    );
     let _ = std::fs::remove_dir_all(&sysfs);
 }
 
@@ -571,7 +504,7 @@ fn bad_device_declaration_is_reported() {
 /// and the COPY retried.
 #[test]
 fn vtd_nested_from_c() {
-    let exe = compile_src("vtd_nested.c", "vtd_nested", &["-O1"]);
+    let exe = c_program("vtd_nested");
     let sysfs = Path::new(env!("CARGO_TARGET_TMPDIR"))
         .join(format!("vtd-nested-sysfs-{}", std::process::id()));
     let out = run_preloaded(
@@ -594,7 +527,7 @@ fn vtd_nested_from_c() {
 /// and `close`; at `UIOMMUFD_UAPI=6.12` the command is `ENOTTY`.
 #[test]
 fn map_file_of_a_memfd() {
-    let exe = compile_src("map_file.c", "map_file", &["-O1"]);
+    let exe = c_program("map_file");
     let out = run_preloaded(&exe, &[], &[]);
     assert_ok(&out, "map_file at the default level");
     let out = run_preloaded(&exe, &[], &[("UIOMMUFD_UAPI", "6.13")]);
@@ -615,11 +548,7 @@ fn map_file_of_a_memfd() {
 /// do what they say; `IOAS_UNMAP` releases it.
 #[test]
 fn pins_hold_when_the_program_unmaps() {
-    let exe = compile_src("pins_hold.c", "pins_hold", &["-O1"]);
-    let out = run_preloaded(&exe, &[], &[]);
-    assert_ok(&out, "pins_hold");
-    let out = run_preloaded(&exe, &[], &[("UIOMMUFD_LOG", "debug")]);
-    assert_ok(&out, "pins_hold with debug logging");
+    assert_ok_with_logging(&c_program("pins_hold"), &[], &[], "pins_hold");
 }
 
 /// Issue 16 item 1: one context shared by two unrelated processes through
@@ -664,10 +593,7 @@ fn scm_rights_run(mmsg: bool) {
     let mut err = String::new();
     let _ = owner.stderr.take().unwrap().read_to_string(&mut err);
     assert_ok(&peer, "scm_rights peer");
-    assert!(
-        status.success() && rest.contains("OK"),
-        "scm_rights owner: {status:?}\nstdout:\n{rest}\nstderr:\n{err}"
-    );
+    check_run("scm_rights owner", status, &rest, &err);
 }
 
 /// Issue 16 item 1: a `/dev/iommu` fd inherited across `exec` keeps its

@@ -131,15 +131,42 @@ pub fn copy<C: Ioctl + ?Sized>(
     c.ioc(IOMMU_IOAS_COPY, &mut a)
 }
 
-/// `IOMMU_IOAS_UNMAP` of a range (`0, u64::MAX` unmaps everything).
-pub fn unmap<C: Ioctl + ?Sized>(c: &C, ioas: u32, iova: u64, length: u64) -> Result<i32, i32> {
+/// `IOMMU_IOAS_MAP_FILE` of `length` bytes of `fd` from `start` with
+/// `flags`, at the IOVA `at` names (`IOMMU_IOAS_MAP_FIXED_IOVA` added) or
+/// at one the IOAS picks: the IOVA.
+pub fn map_file<C: Ioctl + ?Sized>(
+    c: &C,
+    ioas: u32,
+    fd: i32,
+    start: u64,
+    length: u64,
+    flags: u32,
+    at: Option<u64>,
+) -> Result<u64, i32> {
+    let mut m = IommuIoasMapFile {
+        size: size_of::<IommuIoasMapFile>() as u32,
+        flags: flags | at.map_or(0, |_| IOMMU_IOAS_MAP_FIXED_IOVA),
+        ioas_id: ioas,
+        fd,
+        start,
+        length,
+        iova: at.unwrap_or(0),
+    };
+    c.ioc(IOMMU_IOAS_MAP_FILE, &mut m)?;
+    Ok(m.iova)
+}
+
+/// `IOMMU_IOAS_UNMAP` of a range (`0, u64::MAX` unmaps everything): the
+/// bytes unmapped.
+pub fn unmap<C: Ioctl + ?Sized>(c: &C, ioas: u32, iova: u64, length: u64) -> Result<u64, i32> {
     let mut u = IommuIoasUnmap {
         size: 24,
         ioas_id: ioas,
         iova,
         length,
     };
-    c.ioc(IOMMU_IOAS_UNMAP, &mut u)
+    c.ioc(IOMMU_IOAS_UNMAP, &mut u)?;
+    Ok(u.length)
 }
 
 /// `IOMMU_IOAS_ALLOW_IOVAS` with the one range `[start, last]`.
@@ -174,6 +201,35 @@ pub fn hwpt_alloc_with<C: Ioctl + ?Sized>(c: &C, mut a: IommuHwptAlloc) -> Resul
     Ok(a.out_hwpt_id)
 }
 
+/// `IOMMU_HWPT_ALLOC` for device `dev` on `pt` (an IOAS, a parent HWPT or
+/// a vIOMMU) with `flags`, fault queue `fault_id` and `data_len` bytes of
+/// driver data of `data_type` at `data`: the HWPT ID.
+#[allow(clippy::too_many_arguments)]
+pub fn hwpt_alloc_data<C: Ioctl + ?Sized>(
+    c: &C,
+    dev: u32,
+    pt: u32,
+    flags: u32,
+    fault_id: u32,
+    data_type: u32,
+    data: u64,
+    data_len: u32,
+) -> Result<u32, i32> {
+    hwpt_alloc_with(
+        c,
+        IommuHwptAlloc {
+            flags,
+            dev_id: dev,
+            pt_id: pt,
+            data_type,
+            data_len,
+            data_uptr: data,
+            fault_id,
+            ..Default::default()
+        },
+    )
+}
+
 /// `IOMMU_HWPT_ALLOC` of a paging HWPT for device `idev` on `pt`.
 pub fn hwpt_alloc<C: Ioctl + ?Sized>(c: &C, idev: u32, pt: u32, flags: u32) -> Result<u32, i32> {
     hwpt_alloc_with(
@@ -185,6 +241,35 @@ pub fn hwpt_alloc<C: Ioctl + ?Sized>(c: &C, idev: u32, pt: u32, flags: u32) -> R
             ..Default::default()
         },
     )
+}
+
+/// `IOMMU_HWPT_INVALIDATE` on HWPT or vIOMMU `id` of `num` entries of
+/// `entry_len` bytes from `reqs` (a NULL array when `reqs` is empty): the
+/// errno (0 on success) and the `entry_num` written back (the entries
+/// done).
+pub fn invalidate<C: Ioctl + ?Sized, R>(
+    c: &C,
+    id: u32,
+    reqs: &[R],
+    data_type: u32,
+    entry_len: u32,
+    num: u32,
+) -> (i32, u32) {
+    let mut a = IommuHwptInvalidate {
+        size: 32,
+        hwpt_id: id,
+        data_uptr: if reqs.is_empty() {
+            0
+        } else {
+            reqs.as_ptr() as u64
+        },
+        data_type,
+        entry_len,
+        entry_num: num,
+        __reserved: 0,
+    };
+    let e = err(c.ioc(IOMMU_HWPT_INVALIDATE, &mut a));
+    (e, a.entry_num)
 }
 
 /// `IOMMU_GET_HW_INFO` for `idev` with an 8-byte data buffer.

@@ -7,11 +7,17 @@
 //!   [`ioctl::Ioctl`]);
 //! * [`mem`]: user memory for tests: aligned buffers, pages whose
 //!   protection can be changed one by one;
-//! * [`iopt_model`]: the IO page table reference model.
+//! * [`iopt_model`]: the IO page table reference model;
+//! * [`preload`]: the `LD_PRELOAD` shim, built for tests that run
+//!   programs under it;
+//! * [`iopt_harness`]: operations run on an IO page table and on the model
+//!   side by side, checked after every step.
 
 pub mod ioctl;
+pub mod iopt_harness;
 pub mod iopt_model;
 pub mod mem;
+pub mod preload;
 pub mod vfio;
 
 pub use ioctl::*;

@@ -290,30 +290,9 @@ struct Vma {
 /// The mappings that meet `[lo, hi)`, by raw system calls (under the
 /// preload `open` and `read` are the program's hooked entry points).
 fn vmas(lo: u64, hi: u64) -> Vec<Vma> {
-    // SAFETY: a NUL-terminated path; the fd is ours and closed below.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat,
-            libc::AT_FDCWD,
-            c"/proc/self/maps".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    } as i32;
-    if fd < 0 {
+    let Some(text) = crate::user::read_proc_raw(c"/proc/self/maps") else {
         return Vec::new();
-    }
-    let mut text = Vec::new();
-    let mut chunk = [0u8; 4096];
-    loop {
-        // SAFETY: reading into our own buffer of that size.
-        let n = unsafe { libc::syscall(libc::SYS_read, fd, chunk.as_mut_ptr(), chunk.len()) };
-        if n <= 0 {
-            break;
-        }
-        text.extend_from_slice(&chunk[..n as usize]);
-    }
-    // SAFETY: closing the fd opened above.
-    unsafe { libc::syscall(libc::SYS_close, fd) };
+    };
     let mut out = Vec::new();
     for line in String::from_utf8_lossy(&text).lines() {
         let mut f = line.split_ascii_whitespace();
@@ -469,6 +448,24 @@ fn move_pages(from: u64, len: u64, to: u64, dontunmap: bool) -> std::result::Res
     }
 }
 
+/// The pinned runs of `objs` whose host pages lie in `[lo, hi)`, clipped
+/// to it: `(object, first page, last page, host address of the first)`.
+fn pinned_runs_in(objs: &[Arc<Pages>], lo: u64, hi: u64) -> Vec<(&Arc<Pages>, u64, u64, u64)> {
+    let ps = page_size();
+    let mut hits = Vec::new();
+    for p in objs {
+        for (f, l, h) in p.pinned_program_runs() {
+            let e = h + (l - f + 1) * ps;
+            let (s, e) = (h.max(lo), e.min(hi));
+            if s < e {
+                let pf = f + (s - h) / ps;
+                hits.push((p, pf, pf + (e - s) / ps - 1, s));
+            }
+        }
+    }
+    hits
+}
+
 /// [`take`] with the tables held still: reserve, record, re-point, move.
 /// Returns the relocations recorded.
 ///
@@ -484,18 +481,7 @@ fn move_pages(from: u64, len: u64, to: u64, dontunmap: bool) -> std::result::Res
 fn take_locked(locks: &mut [CustodyLock<'_>], lo: u64, hi: u64, why: Reason) -> u64 {
     let ps = page_size();
     let objs = crate::pages::live_custodial();
-    // the pinned runs in the range: (object, first, last, host of first)
-    let mut hits: Vec<(&Arc<Pages>, u64, u64, u64)> = Vec::new();
-    for p in &objs {
-        for (f, l, h) in p.pinned_program_runs() {
-            let e = h + (l - f + 1) * ps;
-            let (s, e) = (h.max(lo), e.min(hi));
-            if s < e {
-                let pf = f + (s - h) / ps;
-                hits.push((p, pf, pf + (e - s) / ps - 1, s));
-            }
-        }
-    }
+    let hits = pinned_runs_in(&objs, lo, hi);
     if hits.is_empty() {
         return 0;
     }
@@ -712,19 +698,9 @@ pub fn follow_mremap(
         return call();
     }
     held_still(|locks| {
-        // the pinned runs the call moves: (object, first, last, host)
+        // the pinned runs the call moves
         let objs = crate::pages::live_custodial();
-        let mut hits: Vec<(&Arc<Pages>, u64, u64, u64)> = Vec::new();
-        for p in &objs {
-            for (f, l, h) in p.pinned_program_runs() {
-                let e = h + (l - f + 1) * ps;
-                let (s, e) = (h.max(lo), e.min(hi));
-                if s < e {
-                    let pf = f + (s - h) / ps;
-                    hits.push((p, pf, pf + (e - s) / ps - 1, s));
-                }
-            }
-        }
+        let hits = pinned_runs_in(&objs, lo, hi);
         // point them at `base + (host - lo)` (in `chunk` when given)
         let point = |locks: &mut [CustodyLock<'_>], base: u64, chunk: Option<&Arc<Chunk>>| {
             let mut moved = HashSet::new();

@@ -125,37 +125,7 @@ impl MmapRegion {
 
 /// `/proc/self/maps`, read with raw `openat`/`read`/`close`.
 fn read_self_maps() -> Option<String> {
-    // SAFETY: a NUL-terminated path; the fd is ours and closed below.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat,
-            libc::AT_FDCWD,
-            c"/proc/self/maps".as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    } as i32;
-    if fd < 0 {
-        return None;
-    }
-    let mut out = Vec::new();
-    let mut buf = [0u8; 4096];
-    loop {
-        // SAFETY: `buf` is writable for its length; our own fd.
-        let n = unsafe { libc::syscall(libc::SYS_read, fd, buf.as_mut_ptr(), buf.len()) };
-        if n < 0 {
-            if std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
-                continue;
-            }
-            break;
-        }
-        if n == 0 {
-            break;
-        }
-        out.extend_from_slice(&buf[..n as usize]);
-    }
-    // SAFETY: closing our own fd once.
-    unsafe { libc::syscall(libc::SYS_close, fd) };
-    String::from_utf8(out).ok()
+    String::from_utf8(crate::user::read_proc_raw(c"/proc/self/maps")?).ok()
 }
 
 #[cfg(test)]

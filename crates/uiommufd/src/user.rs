@@ -105,7 +105,8 @@ pub fn check_zero_tail(
 
 /// The bytes of a `/proc` (or other small) file, read with raw system
 /// calls: under the preload `open` and `read` are the program's hooked
-/// entry points. `None` when it cannot be opened.
+/// entry points (a read interrupted by a signal is retried). `None` when
+/// it cannot be opened.
 pub fn read_proc_raw(path: &std::ffi::CStr) -> Option<Vec<u8>> {
     // SAFETY: a NUL-terminated path; the fd is ours and closed below.
     let fd = unsafe {
@@ -124,6 +125,9 @@ pub fn read_proc_raw(path: &std::ffi::CStr) -> Option<Vec<u8>> {
     loop {
         // SAFETY: reading into our own buffer of that size.
         let n = unsafe { libc::syscall(libc::SYS_read, fd, chunk.as_mut_ptr(), chunk.len()) };
+        if n < 0 && std::io::Error::last_os_error().raw_os_error() == Some(libc::EINTR) {
+            continue;
+        }
         if n <= 0 {
             break;
         }

@@ -8,7 +8,7 @@ use uiommufd::uapi::dispatch::ioctl;
 use uiommufd::uapi::*;
 use uiommufd::Context;
 
-use uiommufd_testkit::{errno, ioas_alloc};
+use uiommufd_testkit::{errno, ioas_alloc, Mapping};
 
 #[test]
 fn destroy_errors() {
@@ -95,37 +95,20 @@ fn huge_size_with_zero_tail_is_accepted() {
     buf[last] = 1;
     assert_eq!(errno(&ctx, IOMMU_IOAS_ALLOC, &mut buf[..]), libc::E2BIG);
     // a size running past mapped memory (all zero until then) is EFAULT
-    let ps = 4096usize;
-    // SAFETY: a fresh anonymous mapping of two pages; the second is unmapped
-    // so the zero tail of the command runs into a hole.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            2 * ps,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    // SAFETY: unmapping the second page of our own mapping, then writing the
-    // size field at the end of the first (still mapped) page.
-    let arg = unsafe {
-        libc::munmap((p as usize + ps) as *mut libc::c_void, ps);
-        let arg = p as usize + ps - 16;
-        *(arg as *mut u32) = 64;
-        arg
-    };
+    // two pages, the second unmapped so the zero tail of the command runs
+    // into a hole; the size field at the end of the first
+    let m = Mapping::pages(2);
+    m.unmap(1);
+    let arg = m.page(1) - 16;
+    // SAFETY: the end of the first (still mapped) page of our own mapping.
+    unsafe { *(arg as *mut u32) = 64 };
     assert_eq!(
-        ioctl(&ctx, IOMMU_IOAS_ALLOC as u64, arg as u64)
+        ioctl(&ctx, IOMMU_IOAS_ALLOC as u64, arg)
             .unwrap_err()
             .errno()
             .0,
         libc::EFAULT
     );
-    // SAFETY: the first page of our own mapping.
-    unsafe { libc::munmap(p, ps) };
 }
 
 #[test]
@@ -158,26 +141,13 @@ fn ioas_alloc_ids_and_destroy() {
 fn reply_to_unwritable_memory_leaves_no_object() {
     let ctx = Context::new();
     // a read-only page holding a valid command: the reply cannot be written
-    let ps = 4096;
-    // SAFETY: a fresh anonymous mapping, made read-only after filling it.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            ps,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
-    // SAFETY: p is a writable page we own.
-    unsafe {
-        *(p as *mut u32) = 12;
-        libc::mprotect(p, ps, libc::PROT_READ);
-    }
+    let m = Mapping::pages(1);
+    let p = m.addr();
+    // SAFETY: the start of our own (read/write) page.
+    unsafe { *(p as *mut u32) = 12 };
+    m.protect(0, libc::PROT_READ);
     assert_eq!(
-        ioctl(&ctx, IOMMU_IOAS_ALLOC as u64, p as u64)
+        ioctl(&ctx, IOMMU_IOAS_ALLOC as u64, p)
             .unwrap_err()
             .errno()
             .0,
@@ -185,8 +155,6 @@ fn reply_to_unwritable_memory_leaves_no_object() {
     );
     assert_eq!(ctx.object_count(), 0);
     assert!(ctx.is_empty());
-    // SAFETY: our own mapping.
-    unsafe { libc::munmap(p, ps) };
     ctx.check_invariants().unwrap();
 }
 

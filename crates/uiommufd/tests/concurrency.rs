@@ -4,7 +4,7 @@
 
 use uiommufd::uapi::*;
 use uiommufd::Context;
-use uiommufd_testkit::ioc;
+use uiommufd_testkit::{ioc, unmap};
 
 #[test]
 fn threads_map_unmap_one_ioas() {
@@ -51,21 +51,8 @@ fn threads_map_unmap_one_ioas() {
                         ..m
                     };
                     ioc(&ctx, IOMMU_IOAS_MAP, &mut a).unwrap();
-                    let mut u = IommuIoasUnmap {
-                        size: 24,
-                        ioas_id,
-                        iova: fixed,
-                        length: m.length,
-                    };
-                    ioc(&ctx, IOMMU_IOAS_UNMAP, &mut u).unwrap();
-                    assert_eq!(u.length, m.length);
-                    let mut u = IommuIoasUnmap {
-                        size: 24,
-                        ioas_id,
-                        iova: a.iova,
-                        length: a.length,
-                    };
-                    ioc(&ctx, IOMMU_IOAS_UNMAP, &mut u).unwrap();
+                    assert_eq!(unmap(&ctx, ioas_id, fixed, m.length), Ok(m.length));
+                    unmap(&ctx, ioas_id, a.iova, a.length).unwrap();
                 }
             });
         }

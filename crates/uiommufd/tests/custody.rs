@@ -68,6 +68,69 @@ fn checks(ctx: &Arc<Context>) {
     uiommufd::pages::check_accounting().unwrap();
 }
 
+/// The program's `mmap(MAP_FIXED)` of fresh anonymous memory over
+/// `[addr, addr + len)`.
+fn map_fixed_over(addr: u64, len: u64) {
+    // SAFETY: the program's MAP_FIXED over its own memory.
+    let p = unsafe {
+        libc::mmap(
+            addr as *mut _,
+            len as usize,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
+            -1,
+            0,
+        )
+    };
+    assert_eq!(p as u64, addr);
+}
+
+/// The shape every test starts from: `n` pages of [`pattern`] mapped at
+/// [`IOVA`] in an IOAS of a new context, through a mock domain.
+struct Mapped {
+    ctx: Arc<Context>,
+    ioas: u32,
+    hwpt: u32,
+    stdev: u32,
+    idev: u32,
+    buf: u64,
+    len: u64,
+}
+
+impl Mapped {
+    fn new(n: u64) -> Mapped {
+        let buf = anon(n, pattern);
+        let ctx = Context::new();
+        let ioas = ioas_alloc(&ctx);
+        let (stdev, hwpt, idev) = mock_domain(&ctx, ioas).unwrap();
+        let len = n * ps();
+        map_fixed(&ctx, ioas, buf, len, IOVA).unwrap();
+        Mapped {
+            ctx,
+            ioas,
+            hwpt,
+            stdev,
+            idev,
+            buf,
+            len,
+        }
+    }
+
+    /// Unmap the IOAS: the invariants hold and custody holds nothing.
+    fn unmap(&self) {
+        unmap(&self.ctx, self.ioas, IOVA, self.len).unwrap();
+        checks(&self.ctx);
+        assert_eq!(custody::held_pages(), 0);
+    }
+
+    /// [`Mapped::unmap`], then the program's `munmap` of the buffer.
+    fn finish(self) {
+        self.unmap();
+        // SAFETY: the test's own mapping.
+        unsafe { libc::munmap(self.buf as *mut _, self.len as usize) };
+    }
+}
+
 /// The "done when": a buffer mapped in an IOAS with a domain and
 /// an access, `munmap`ed: DMA and `ACCESS_RW` still read and write the old
 /// pages, a `MAP_FIXED` at the same address gives the program fresh
@@ -76,15 +139,12 @@ fn checks(ctx: &Arc<Context>) {
 fn munmap_then_map_fixed_keeps_the_pinned_pages() {
     let _s = serial();
     let n = 8;
-    let buf = anon(n, pattern);
-    let ctx = Context::new();
-    let ioas = ioas_alloc(&ctx);
-    let (_stdev, hwpt, _idev) = mock_domain(&ctx, ioas).unwrap();
-    map_fixed(&ctx, ioas, buf, n * ps(), IOVA).unwrap();
+    let m = Mapped::new(n);
+    let (ctx, ioas, buf) = (m.ctx.clone(), m.ioas, m.buf);
     let access = create_access(&ctx, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES).unwrap();
     let item = access_pages(&ctx, access, IOVA + ps(), 2 * ps(), buf + ps(), 0).unwrap();
     assert!(custody::active());
-    let dom = domain(&ctx, hwpt);
+    let dom = domain(&ctx, m.hwpt);
 
     // the program unmaps pages 2..=5 (the access pinned 1..=2): partial
     let (lo, len) = (buf + 2 * ps(), 4 * ps());
@@ -123,18 +183,7 @@ fn munmap_then_map_fixed_keeps_the_pinned_pages() {
 
     // MAP_FIXED at the old address: fresh zeroed memory, not the pages
     let fresh = anon(1, |_| 0);
-    // SAFETY: replacing a mapping of the test's own (the one just made).
-    let p = unsafe {
-        libc::mmap(
-            lo as *mut _,
-            len as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-            -1,
-            0,
-        )
-    };
-    assert_eq!(p as u64, lo);
+    map_fixed_over(lo, len);
     // SAFETY: our own scratch page.
     unsafe { libc::munmap(fresh as *mut _, ps() as usize) };
     assert!((0..len).all(|i| at(lo, i) == 0));
@@ -153,12 +202,8 @@ fn munmap_then_map_fixed_keeps_the_pinned_pages() {
     destroy_access_pages(&ctx, access, item).unwrap();
     checks(&ctx);
     assert_eq!(custody::held_pages(), 4, "the domain still pins them");
-    unmap(&ctx, ioas, IOVA, n * ps()).unwrap();
-    checks(&ctx);
-    assert_eq!(custody::held_pages(), 0);
+    m.finish();
     assert!(!custody::active());
-    // SAFETY: the test's own mapping.
-    unsafe { libc::munmap(buf as *mut _, (n * ps()) as usize) };
 }
 
 /// `madvise(MADV_DONTNEED)` of pinned private memory: the program reads
@@ -168,11 +213,8 @@ fn munmap_then_map_fixed_keeps_the_pinned_pages() {
 fn discard_gives_the_program_zeros_and_the_iommu_the_data() {
     let _s = serial();
     let n = 4;
-    let buf = anon(n, pattern);
-    let ctx = Context::new();
-    let ioas = ioas_alloc(&ctx);
-    let (_stdev, hwpt, _idev) = mock_domain(&ctx, ioas).unwrap();
-    map_fixed(&ctx, ioas, buf, n * ps(), IOVA).unwrap();
+    let m = Mapped::new(n);
+    let (ctx, ioas, buf, hwpt) = (m.ctx.clone(), m.ioas, m.buf, m.hwpt);
     // the same memory again, in a second IOAS (its own pages object)
     let ioas2 = ioas_alloc(&ctx);
     let (_s2, hwpt2, _i2) = mock_domain(&ctx, ioas2).unwrap();
@@ -242,12 +284,9 @@ fn take_of_unpinned_memory_moves_nothing() {
 fn mremap_is_followed() {
     let _s = serial();
     let n = 4;
-    let buf = anon(n, pattern);
-    let ctx = Context::new();
-    let ioas = ioas_alloc(&ctx);
-    let (_stdev, hwpt, _idev) = mock_domain(&ctx, ioas).unwrap();
-    map_fixed(&ctx, ioas, buf, n * ps(), IOVA).unwrap();
-    let access = create_access(&ctx, ioas, 0).unwrap();
+    let m = Mapped::new(n);
+    let (ctx, buf) = (m.ctx.clone(), m.buf);
+    let access = create_access(&ctx, m.ioas, 0).unwrap();
     let dst = anon(n, |_| 0);
     let flags = libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED;
     // shrink to 3 pages while moving: the last page goes to custody
@@ -270,7 +309,7 @@ fn mremap_is_followed() {
     // SAFETY: the program writes its memory at the new address.
     unsafe { *((dst + ps() + 1) as *mut u8) = 0xab };
     let mut got = vec![0u8; (n * ps()) as usize];
-    domain(&ctx, hwpt).dma_read(IOVA, &mut got).unwrap();
+    domain(&ctx, m.hwpt).dma_read(IOVA, &mut got).unwrap();
     let mut want: Vec<u8> = (0..n * ps()).map(pattern).collect();
     want[ps() as usize + 1] = 0xab;
     assert_eq!(got, want);
@@ -284,9 +323,7 @@ fn mremap_is_followed() {
     unsafe { libc::munmap(dst as *mut _, (3 * ps()) as usize) };
     assert_eq!(read_access(&ctx, access, IOVA, n * ps()), want);
     checks(&ctx);
-    unmap(&ctx, ioas, IOVA, n * ps()).unwrap();
-    checks(&ctx);
-    assert_eq!(custody::held_pages(), 0);
+    m.unmap();
     // SAFETY: the test's own mappings.
     unsafe {
         libc::munmap(fresh as *mut _, ps() as usize);
@@ -305,13 +342,10 @@ fn dma_during_moves_never_faults_nor_sees_new_memory() {
     // fault-safe copies: the access copies take their lock-free fast path
     assert!(uiommufd::faultsafe::install());
     let n = 32;
-    let buf = anon(n, pattern);
-    let ctx = Context::new();
-    let ioas = ioas_alloc(&ctx);
-    let (_stdev, hwpt, _idev) = mock_domain(&ctx, ioas).unwrap();
-    map_fixed(&ctx, ioas, buf, n * ps(), IOVA).unwrap();
-    let dom = domain(&ctx, hwpt);
-    let access = create_access(&ctx, ioas, 0).unwrap();
+    let m = Mapped::new(n);
+    let (ctx, buf) = (m.ctx.clone(), m.buf);
+    let dom = domain(&ctx, m.hwpt);
+    let access = create_access(&ctx, m.ioas, 0).unwrap();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     // and an access copying (its lock-free fast path, then the locked one)
     let copier = {
@@ -354,20 +388,11 @@ fn dma_during_moves_never_faults_nor_sees_new_memory() {
         // SAFETY: mincore of one page into one byte of ours.
         let r = unsafe { libc::mincore(page as *mut _, ps() as usize, &mut v) };
         assert_eq!(r, 0, "the program's mapping went away with the move");
-        // SAFETY: the program's own munmap and MAP_FIXED over its memory.
-        unsafe {
-            assert_eq!(libc::munmap(page as *mut _, ps() as usize), 0);
-            let p = libc::mmap(
-                page as *mut _,
-                ps() as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-                -1,
-                0,
-            );
-            assert_eq!(p as u64, page);
-            std::ptr::write_bytes(page as *mut u8, 0xee, ps() as usize);
-        }
+        // SAFETY: the program's own munmap of its memory.
+        assert_eq!(unsafe { libc::munmap(page as *mut _, ps() as usize) }, 0);
+        map_fixed_over(page, ps());
+        // SAFETY: the program writes its new page.
+        unsafe { std::ptr::write_bytes(page as *mut u8, 0xee, ps() as usize) };
     }
     stop.store(true, std::sync::atomic::Ordering::Relaxed);
     let reads = reader.join().unwrap();
@@ -375,11 +400,7 @@ fn dma_during_moves_never_faults_nor_sees_new_memory() {
     assert!(copier.join().unwrap() > 0);
     checks(&ctx);
     assert_eq!(custody::held_pages(), n);
-    unmap(&ctx, ioas, IOVA, n * ps()).unwrap();
-    checks(&ctx);
-    assert_eq!(custody::held_pages(), 0);
-    // SAFETY: the test's own mapping.
-    unsafe { libc::munmap(buf as *mut _, (n * ps()) as usize) };
+    m.finish();
 }
 
 /// The software VT-d domain, with 2 MiB leaves: one page taken out of the
@@ -413,18 +434,7 @@ fn vtd_domain_with_huge_leaves_follows_a_moved_page() {
 
     let page = mem.addr() + 100 * ps();
     assert_eq!(custody::take(page, ps(), Reason::Replace).unwrap(), 1);
-    // SAFETY: the program's MAP_FIXED over its own page.
-    let p = unsafe {
-        libc::mmap(
-            page as *mut _,
-            ps() as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED,
-            -1,
-            0,
-        )
-    };
-    assert_eq!(p as u64, page);
+    map_fixed_over(page, ps());
     // SAFETY: the program writes its new page.
     unsafe { std::ptr::write_bytes(page as *mut u8, 0xee, ps() as usize) };
     ioas.iopt().check_invariants().unwrap();
@@ -454,13 +464,10 @@ fn dirty_tracking_reports_a_moved_area_dirty() {
     use uiommufd::uapi::IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
     let _s = serial();
     let n = 8;
-    let buf = anon(n, pattern);
-    let ctx = Context::new();
-    let ioas = ioas_alloc(&ctx);
-    let (stdev, _hwpt0, idev) = mock_domain(&ctx, ioas).unwrap();
-    let hwpt = hwpt_alloc(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
-    mock_domain_replace(&ctx, stdev, hwpt).unwrap();
-    map_fixed(&ctx, ioas, buf, n * ps(), IOVA).unwrap();
+    let m = Mapped::new(n);
+    let (ctx, buf) = (m.ctx.clone(), m.buf);
+    let hwpt = hwpt_alloc(&ctx, m.idev, m.ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
+    mock_domain_replace(&ctx, m.stdev, hwpt).unwrap();
     set_dirty_tracking(&ctx, hwpt, true).unwrap();
     let dirty = |ctx: &Arc<Context>| {
         let mut bm = [0u64; 1];
@@ -479,11 +486,7 @@ fn dirty_tracking_reports_a_moved_area_dirty() {
     );
     assert_eq!(dirty(&ctx), 0, "once");
     checks(&ctx);
-    unmap(&ctx, ioas, IOVA, n * ps()).unwrap();
-    checks(&ctx);
-    assert_eq!(custody::held_pages(), 0);
-    // SAFETY: the test's own mapping.
-    unsafe { libc::munmap(buf as *mut _, (n * ps()) as usize) };
+    m.finish();
 }
 
 /// `mremap(MREMAP_DONTUNMAP)` of pinned memory, and an `mremap` the kernel
@@ -495,12 +498,9 @@ fn mremap_dontunmap_and_a_failed_mremap() {
     let _s = serial();
     let n = 4;
     let len = n * ps();
-    let buf = anon(n, pattern);
-    let ctx = Context::new();
-    let ioas = ioas_alloc(&ctx);
-    let (_stdev, hwpt, _idev) = mock_domain(&ctx, ioas).unwrap();
-    map_fixed(&ctx, ioas, buf, len, IOVA).unwrap();
-    let dom = domain(&ctx, hwpt);
+    let m = Mapped::new(n);
+    let (ctx, buf) = (m.ctx.clone(), m.buf);
+    let dom = domain(&ctx, m.hwpt);
     let remap = |old: u64, flags: i32, new: u64| {
         custody::follow_mremap(old, len, len, flags, new, || {
             // SAFETY: the program's own mremap of its own memory.
@@ -535,8 +535,7 @@ fn mremap_dontunmap_and_a_failed_mremap() {
     assert_eq!(got[7], 0x5a);
     checks(&ctx);
     assert_eq!(custody::held_pages(), 0);
-    unmap(&ctx, ioas, IOVA, len).unwrap();
-    checks(&ctx);
+    m.unmap();
     // SAFETY: the test's own mappings.
     unsafe {
         libc::munmap(buf as *mut _, len as usize);

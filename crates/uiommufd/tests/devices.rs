@@ -66,22 +66,10 @@ fn one_page_two_ioas_two_domains_is_pinned_once() {
             Box::new(|| assert_eq!(destroy(&ctx, sb1), Ok(0))),
             Box::new(|| assert_eq!(destroy(&ctx, sb2), Ok(0))),
             Box::new(|| {
-                let mut u = IommuIoasUnmap {
-                    size: 24,
-                    ioas_id: a,
-                    iova: 0,
-                    length: u64::MAX,
-                };
-                ioc(&ctx, IOMMU_IOAS_UNMAP, &mut u).unwrap();
+                unmap(&ctx, a, 0, u64::MAX).unwrap();
             }),
             Box::new(|| {
-                let mut u = IommuIoasUnmap {
-                    size: 24,
-                    ioas_id: b,
-                    iova: 0,
-                    length: u64::MAX,
-                };
-                ioc(&ctx, IOMMU_IOAS_UNMAP, &mut u).unwrap();
+                unmap(&ctx, b, 0, u64::MAX).unwrap();
             }),
         ];
         for &i in &order {
@@ -176,13 +164,7 @@ fn concurrent_map_unmap_with_two_domains() {
                     let iova = MOCK_APERTURE_START + (t << 22) + (r % 4) * 0x10000;
                     let len = 4096 * (1 + r % 4);
                     map_fixed(&ctx, a, base + (r % 32) * 4096, len, iova).unwrap();
-                    let mut u = IommuIoasUnmap {
-                        size: 24,
-                        ioas_id: a,
-                        iova,
-                        length: len,
-                    };
-                    ioc(&ctx, IOMMU_IOAS_UNMAP, &mut u).unwrap();
+                    assert_eq!(unmap(&ctx, a, iova, len), Ok(len));
                 }
                 // leave one mapping per thread for the final comparison
                 map_fixed(
@@ -198,14 +180,7 @@ fn concurrent_map_unmap_with_two_domains() {
     });
     // both domains are identical to the IOAS
     check(&ctx);
-    let mut u = IommuIoasUnmap {
-        size: 24,
-        ioas_id: a,
-        iova: 0,
-        length: u64::MAX,
-    };
-    ioc(&ctx, IOMMU_IOAS_UNMAP, &mut u).unwrap();
-    assert_eq!(u.length, 4 * 4096);
+    assert_eq!(unmap(&ctx, a, 0, u64::MAX), Ok(4 * 4096));
     check(&ctx);
 }
 
@@ -339,47 +314,37 @@ fn failing_md_checks_populate_only_up_to_the_first_bad_page() {
         refs,
         _pad: 0,
     };
-    assert_eq!(
-        test(
-            IOMMU_TEST_OP_MD_CHECK_REFS,
-            0,
-            refs(buf.addr(), 4 * 4096, 1).as_bytes()
+    let check_refs = |c: TestCheckRefs| test(IOMMU_TEST_OP_MD_CHECK_REFS, 0, c.as_bytes());
+    for (c, want, why) in [
+        (
+            refs(buf.addr(), 4 * 4096, 1),
+            Ok(0),
+            "the mapped pages are pinned once",
         ),
-        Ok(0)
-    );
-    assert_eq!(
-        test(
-            IOMMU_TEST_OP_MD_CHECK_REFS,
-            0,
-            refs(big, 3 * 4096, 0).as_bytes()
+        (
+            refs(big, 3 * 4096, 0),
+            Err(libc::EFAULT),
+            "page 1 is PROT_NONE, all pages have the expected refs",
         ),
-        Err(libc::EFAULT),
-        "page 1 is PROT_NONE, all pages have the expected refs"
-    );
-    assert_eq!(
-        test(
-            IOMMU_TEST_OP_MD_CHECK_REFS,
-            0,
-            refs(big, 3 * 4096, 1).as_bytes()
+        (
+            refs(big, 3 * 4096, 1),
+            Err(libc::EIO),
+            "page 0 already mismatches: page 1 is never got",
         ),
-        Err(libc::EIO),
-        "page 0 already mismatches: page 1 is never got"
-    );
+    ] {
+        assert_eq!(check_refs(c), want, "{why}");
+    }
     // a mismatch after 200 good pages (page 202 pinned by a map) stops there
     let iova2 = MOCK_APERTURE_START + (1 << 20);
     map_fixed(&ctx, ioas, big + 202 * 4096, 4096, iova2).unwrap();
     assert_eq!(
-        test(
-            IOMMU_TEST_OP_MD_CHECK_REFS,
-            0,
-            refs(big + 2 * 4096, BIG - 2 * 4096, 0).as_bytes()
-        ),
+        check_refs(refs(big + 2 * 4096, BIG - 2 * 4096, 0)),
         Err(libc::EIO)
     );
     let n = resident(big, BIG);
     assert!((200..=202 + 16).contains(&n), "{n} pages");
     assert_eq!(destroy(&ctx, stdev), Ok(0));
-    assert_eq!(unmap(&ctx, ioas, 0, u64::MAX), Ok(0));
+    unmap(&ctx, ioas, 0, u64::MAX).unwrap();
     // SAFETY: our own mapping, no longer mapped in the IOAS.
     unsafe { libc::munmap(p, BIG as usize) };
     check_accounting().unwrap();

@@ -45,28 +45,6 @@ fn revoke(ctx: &Arc<Context>, fd: i32, revoked: bool) -> Result<(), i32> {
     test_cmd(ctx, IOMMU_TEST_OP_DMABUF_REVOKE, 0, r.as_bytes()).map(|_| ())
 }
 
-/// `IOAS_MAP_FILE` of `fd`: the IOVA (`at`: a fixed one).
-fn map_file(
-    ctx: &Arc<Context>,
-    ioas: u32,
-    fd: i32,
-    start: u64,
-    length: u64,
-    at: Option<u64>,
-) -> Result<u64, i32> {
-    let mut c = IommuIoasMapFile {
-        size: size_of::<IommuIoasMapFile>() as u32,
-        flags: RW | at.map_or(0, |_| IOMMU_IOAS_MAP_FIXED_IOVA),
-        ioas_id: ioas,
-        fd,
-        start,
-        length,
-        iova: at.unwrap_or(0),
-    };
-    ctx.ioc(IOMMU_IOAS_MAP_FILE, &mut c)?;
-    Ok(c.iova)
-}
-
 /// The buffer's memory (engine memory: the test runs in the same process).
 fn buf_addr(fd: i32) -> u64 {
     uiommufd::files::get_as::<DmaBufFile>(fd)
@@ -99,10 +77,10 @@ fn dmabuf_get_sizes_and_levels() {
     let fd = get_dmabuf(&ctx, 1).unwrap();
     let ioas = ioas_alloc(&ctx);
     assert_eq!(
-        map_file(&ctx, ioas, fd, 0, ps() + 1, None),
+        map_file(&ctx, ioas, fd, 0, ps() + 1, RW, None),
         Err(libc::EINVAL)
     );
-    map_file(&ctx, ioas, fd, 0, ps(), None).unwrap();
+    map_file(&ctx, ioas, fd, 0, ps(), RW, None).unwrap();
     // the fd is not readable, writable or mappable
     let f = uiommufd::files::get(fd).unwrap();
     assert!(!f.can_read() && !f.can_write());
@@ -125,26 +103,26 @@ fn map_file_of_a_dmabuf_checks_the_range() {
     let (_s, hwpt, _d) = mock_domain(&ctx, ioas).unwrap();
     let size = 4 * ps();
     let fd = get_dmabuf(&ctx, size as u32).unwrap();
-    assert_eq!(map_file(&ctx, ioas, fd, 0, 0, None), Err(libc::EINVAL));
+    assert_eq!(map_file(&ctx, ioas, fd, 0, 0, RW, None), Err(libc::EINVAL));
     assert_eq!(
-        map_file(&ctx, ioas, fd, size, size, None),
+        map_file(&ctx, ioas, fd, size, size, RW, None),
         Err(libc::EINVAL)
     );
     assert_eq!(
-        map_file(&ctx, ioas, fd, 0, size + 1, None),
+        map_file(&ctx, ioas, fd, 0, size + 1, RW, None),
         Err(libc::EINVAL)
     );
     assert_eq!(
-        map_file(&ctx, ioas, fd, u64::MAX - 1, 4, None),
+        map_file(&ctx, ioas, fd, u64::MAX - 1, 4, RW, None),
         Err(libc::EOVERFLOW)
     );
-    let iova = map_file(&ctx, ioas, fd, 0, size, None).unwrap();
+    let iova = map_file(&ctx, ioas, fd, 0, size, RW, None).unwrap();
     ctx.check_invariants().unwrap();
     let base = buf_addr(fd);
     assert_eq!(phys(&ctx, hwpt, iova), Some(base));
     assert_eq!(phys(&ctx, hwpt, iova + size - 1), Some(base + size - 1));
     // a piece from the middle
-    let iova2 = map_file(&ctx, ioas, fd, ps(), 2 * ps(), None).unwrap();
+    let iova2 = map_file(&ctx, ioas, fd, ps(), 2 * ps(), RW, None).unwrap();
     assert_eq!(phys(&ctx, hwpt, iova2), Some(base + ps()));
     ctx.check_invariants().unwrap();
     // the mapping outlives the fd
@@ -169,7 +147,7 @@ fn revoke_unmaps_every_domain_and_stays() {
     let size = 4 * ps();
     let fd = get_dmabuf(&ctx, size as u32).unwrap();
     let base = buf_addr(fd);
-    let iova = map_file(&ctx, ioas, fd, 0, size, None).unwrap();
+    let iova = map_file(&ctx, ioas, fd, 0, size, RW, None).unwrap();
     // IOAS_COPY into a second IOAS with its own domain shares the import
     let ioas2 = ioas_alloc(&ctx);
     let (_s3, hwpt3, _d3) = mock_domain(&ctx, ioas2).unwrap();
@@ -204,11 +182,14 @@ fn revoke_unmaps_every_domain_and_stays() {
     let hwpt4 = hwpt_alloc(&ctx, idev2, ioas, 0).unwrap();
     assert_eq!(phys(&ctx, hwpt4, iova), None);
     ctx.check_invariants().unwrap();
-    assert_eq!(map_file(&ctx, ioas, fd, 0, size, None), Err(libc::ENODEV));
+    assert_eq!(
+        map_file(&ctx, ioas, fd, 0, size, RW, None),
+        Err(libc::ENODEV)
+    );
 
     // the exporter allows imports again: only new maps see the memory
     revoke(&ctx, fd, false).unwrap();
-    let iova2 = map_file(&ctx, ioas, fd, 0, size, None).unwrap();
+    let iova2 = map_file(&ctx, ioas, fd, 0, size, RW, None).unwrap();
     for h in [hwpt1, hwpt2, hwpt4] {
         assert_eq!(phys(&ctx, h, iova2), Some(base));
         assert_eq!(phys(&ctx, h, iova), None, "the old area stays revoked");
@@ -216,8 +197,8 @@ fn revoke_unmaps_every_domain_and_stays() {
     ctx.check_invariants().unwrap();
 
     // restore the IOVA: unmap the revoked area, map it again
-    assert_eq!(unmap(&ctx, ioas, iova, size), Ok(0));
-    map_file(&ctx, ioas, fd, 0, size, Some(iova)).unwrap();
+    assert_eq!(unmap(&ctx, ioas, iova, size), Ok(size));
+    map_file(&ctx, ioas, fd, 0, size, RW, Some(iova)).unwrap();
     for h in [hwpt1, hwpt2, hwpt4] {
         assert_eq!(phys(&ctx, h, iova), Some(base));
     }
@@ -246,7 +227,7 @@ fn accesses_and_cuts_refuse_dmabuf_areas() {
     let ioas = ioas_alloc(&ctx);
     let size = 4 * ps();
     let fd = get_dmabuf(&ctx, size as u32).unwrap();
-    let iova = map_file(&ctx, ioas, fd, 0, size, None).unwrap();
+    let iova = map_file(&ctx, ioas, fd, 0, size, RW, None).unwrap();
     let access = create_access(&ctx, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES).unwrap();
     let mut b = [0u8; 8];
     assert_eq!(
@@ -280,7 +261,7 @@ fn accesses_and_cuts_refuse_dmabuf_areas() {
         Err(libc::EINVAL)
     );
     ctx.check_invariants().unwrap();
-    assert_eq!(unmap(&ctx, ioas, iova, size), Ok(0));
+    assert_eq!(unmap(&ctx, ioas, iova, size), Ok(size));
     close(fd);
 }
 

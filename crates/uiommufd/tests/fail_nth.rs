@@ -664,17 +664,8 @@ impl Drop for Memfd {
 
 /// `IOAS_MAP_FILE` at `iova` of `len` bytes of `fd` from `start`.
 fn map_file(e: &Env, ioas: u32, fd: i32, start: u64, len: u64, iova: u64) -> Result<u64, i32> {
-    let mut m = IommuIoasMapFile {
-        size: size_of::<IommuIoasMapFile>() as u32,
-        flags: IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_FIXED_IOVA,
-        ioas_id: ioas,
-        fd,
-        start,
-        length: len,
-        iova,
-    };
-    e.ioc(IOMMU_IOAS_MAP_FILE, &mut m)?;
-    Ok(m.iova)
+    let rw = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE;
+    kit::map_file(e, ioas, fd, start, len, rw, Some(iova))
 }
 
 // File-backed areas (`IOAS_MAP_FILE`) through every failure point: the
@@ -745,18 +736,17 @@ fn vtd_invalidate(e: &Env, hwpt: u32, addr: u64, npages: u64) -> Result<(), i32>
         flags: IOMMU_VTD_INV_FLAGS_LEAF,
         __reserved: 0,
     }];
-    let mut c = IommuHwptInvalidate {
-        size: size_of::<IommuHwptInvalidate>() as u32,
-        hwpt_id: hwpt,
-        data_uptr: r.as_ptr() as u64,
-        data_type: IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
-        entry_len: size_of::<IommuHwptVtdS1Invalidate>() as u32,
-        entry_num: 1,
-        __reserved: 0,
-    };
-    e.ioc(IOMMU_HWPT_INVALIDATE, &mut c)?;
-    assert_eq!(c.entry_num, 1);
-    Ok(())
+    let (len, ty) = (
+        size_of::<IommuHwptVtdS1Invalidate>() as u32,
+        IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
+    );
+    match invalidate(e, hwpt, &r, ty, len, 1) {
+        (0, done) => {
+            assert_eq!(done, 1);
+            Ok(())
+        }
+        (errno, _) => Err(errno),
+    }
 }
 
 /// VT-d nesting through every failure point: a nest parent, first-stage

@@ -12,7 +12,7 @@ use uiommufd::files;
 use uiommufd::uapi::*;
 use uiommufd::Context;
 use uiommufd_testkit::{
-    self as kit, err, errno, hwpt_alloc_with, ioas_alloc, mock_domain_replace, test_cmd,
+    self as kit, err, errno, hwpt_alloc_data, invalidate, ioas_alloc, mock_domain_replace, test_cmd,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -27,57 +27,6 @@ fn replace(ctx: &Arc<Context>, stdev: u32, pt: u32) -> i32 {
 
 fn destroy(ctx: &Arc<Context>, id: u32) -> i32 {
     err(kit::destroy(ctx, id))
-}
-
-#[allow(clippy::too_many_arguments)]
-fn hwpt_alloc(
-    ctx: &Arc<Context>,
-    dev: u32,
-    pt: u32,
-    flags: u32,
-    fault_id: u32,
-    data_type: u32,
-    data: u64,
-    data_len: u32,
-) -> Result<u32, i32> {
-    hwpt_alloc_with(
-        ctx,
-        IommuHwptAlloc {
-            flags,
-            dev_id: dev,
-            pt_id: pt,
-            data_type,
-            data_len,
-            data_uptr: data,
-            fault_id,
-            ..Default::default()
-        },
-    )
-}
-
-fn invalidate(
-    ctx: &Arc<Context>,
-    hwpt: u32,
-    reqs: &[IommuHwptInvalidateSelftest],
-    data_type: u32,
-    entry_len: u32,
-    num: u32,
-) -> (i32, u32) {
-    let mut c = IommuHwptInvalidate {
-        size: 32,
-        hwpt_id: hwpt,
-        data_uptr: if reqs.is_empty() {
-            0
-        } else {
-            reqs.as_ptr() as u64
-        },
-        data_type,
-        entry_len,
-        entry_num: num,
-        __reserved: 0,
-    };
-    let e = errno(ctx, IOMMU_HWPT_INVALIDATE, &mut c);
-    (e, c.entry_num)
 }
 
 fn check_iotlb(ctx: &Arc<Context>, hwpt: u32, id: u32, value: u32) -> i32 {
@@ -156,7 +105,7 @@ impl Setup {
         let ioas = ioas_alloc(&ctx);
         let (stdev, _, idev) = mock_domain(&ctx, ioas);
         let parent =
-            hwpt_alloc(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_NEST_PARENT, 0, 0, 0, 0).unwrap();
+            hwpt_alloc_data(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_NEST_PARENT, 0, 0, 0, 0).unwrap();
         Setup {
             ctx,
             ioas,
@@ -175,7 +124,7 @@ impl Setup {
     }
 
     fn nested(&self, flags: u32, fault_id: u32) -> Result<u32, i32> {
-        hwpt_alloc(
+        hwpt_alloc_data(
             &self.ctx,
             self.idev,
             self.parent,
@@ -194,7 +143,7 @@ fn nested_alloc_errno_table() {
     let ctx = &s.ctx;
     let d = s.data();
     let sel = IOMMU_HWPT_DATA_SELFTEST;
-    let not_parent = hwpt_alloc(ctx, s.idev, s.ioas, 0, 0, 0, 0, 0).unwrap();
+    let not_parent = hwpt_alloc_data(ctx, s.idev, s.ioas, 0, 0, 0, 0, 0).unwrap();
     let auto = device(ctx, s.idev).attached_hwpt().unwrap();
     let (fault_id, fault_fd) = fault_alloc(ctx);
     /// (what, pt, flags, fault_id, data_type, data, len, errno)
@@ -308,11 +257,11 @@ fn nested_alloc_errno_table() {
         ("pt does not exist", 9999, 0, 0, sel, d, 4, libc::EINVAL),
     ];
     for &(what, pt, flags, fid, ty, data, len, want) in cases {
-        let got = hwpt_alloc(ctx, s.idev, pt, flags, fid, ty, data, len);
+        let got = hwpt_alloc_data(ctx, s.idev, pt, flags, fid, ty, data, len);
         assert_eq!(got, Err(want), "{what}");
     }
     assert_eq!(
-        hwpt_alloc(ctx, 9999, s.parent, 0, 0, sel, d, 4),
+        hwpt_alloc_data(ctx, 9999, s.parent, 0, 0, sel, d, 4),
         Err(libc::ENOENT),
         "no such device"
     );
@@ -324,7 +273,7 @@ fn nested_alloc_errno_table() {
     assert_eq!(n1, n0 + 1, "IDs stay dense after failures");
     // nested on nested
     assert_eq!(
-        hwpt_alloc(ctx, s.idev, n0, 0, 0, sel, d, 4),
+        hwpt_alloc_data(ctx, s.idev, n0, 0, 0, sel, d, 4),
         Err(libc::EINVAL)
     );
     for i in 0..4 {
@@ -357,69 +306,61 @@ fn invalidate_errno_table_and_entry_num() {
     let sel = IOMMU_HWPT_INVALIDATE_DATA_SELFTEST;
     let req = |flags, iotlb_id| IommuHwptInvalidateSelftest { flags, iotlb_id };
     let mut reqs = [req(0, 0), req(0, 0)];
-    // only nested HWPTs; entry_num written back as 0 (a paging HWPT is
-    // EINVAL from 6.13, the default level here; ENOENT at 6.12, which
-    // uapi_levels.rs checks)
-    assert_eq!(
-        invalidate(ctx, s.parent, &reqs, sel, 8, 1),
-        (libc::EINVAL, 0)
-    );
-    assert_eq!(invalidate(ctx, 9999, &reqs, sel, 8, 1), (libc::ENOENT, 0));
-    assert_eq!(invalidate(ctx, n, &[], sel, 8, 0), (0, 0));
-    assert_eq!(invalidate(ctx, n, &[], sel, 0, 0), (0, 0));
-    assert_eq!(
-        invalidate(
-            ctx,
-            n,
-            &[],
-            IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID,
+    let none: &[IommuHwptInvalidateSelftest] = &[];
+    let bad_type = IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID;
+    // (HWPT, entries, data type, entry_len, entry_num, errno, why): nothing
+    // done, entry_num written back as 0
+    let rows = [
+        // only nested HWPTs (a paging HWPT is EINVAL from 6.13, the default
+        // level here; ENOENT at 6.12, which uapi_levels.rs checks)
+        (
+            s.parent,
+            &reqs[..],
+            sel,
             8,
-            0
+            1,
+            libc::EINVAL,
+            "a paging HWPT",
         ),
-        (libc::EINVAL, 0),
-        "the data type is checked even with no entries"
-    );
-    assert_eq!(
-        invalidate(
-            ctx,
+        (9999, &reqs[..], sel, 8, 1, libc::ENOENT, "no such object"),
+        (n, none, sel, 8, 0, 0, "no entries"),
+        (n, none, sel, 0, 0, 0, "no entries, entry_len 0"),
+        (
             n,
-            &reqs,
-            IOMMU_HWPT_INVALIDATE_DATA_SELFTEST_INVALID,
+            none,
+            bad_type,
             8,
-            1
+            0,
+            libc::EINVAL,
+            "the data type is checked even with no entries",
         ),
-        (libc::EINVAL, 0)
-    );
-    assert_eq!(
-        invalidate(ctx, n, &reqs, sel, 9, 1),
-        (libc::EINVAL, 0),
-        "entry too long"
-    );
-    assert_eq!(
-        invalidate(ctx, n, &reqs, sel, 1, 1),
-        (libc::EINVAL, 0),
-        "entry too short"
-    );
-    assert_eq!(
-        invalidate(ctx, n, &[], sel, 8, 1),
-        (libc::EINVAL, 0),
-        "NULL array"
-    );
-    assert_eq!(
-        invalidate(ctx, n, &reqs, sel, 0, 1),
-        (libc::EINVAL, 0),
-        "entry_len 0"
-    );
-    assert_eq!(
-        invalidate(ctx, n, &reqs, sel, 8192, 1),
-        (libc::EINVAL, 0),
-        "entry_len > page"
-    );
-    assert_eq!(
-        invalidate(ctx, n, &reqs, sel, 8, (1 << 19) + 1),
-        (libc::EINVAL, 0),
-        "entry_num cap"
-    );
+        (
+            n,
+            &reqs[..],
+            bad_type,
+            8,
+            1,
+            libc::EINVAL,
+            "an unknown data type",
+        ),
+        (n, &reqs[..], sel, 9, 1, libc::EINVAL, "entry too long"),
+        (n, &reqs[..], sel, 1, 1, libc::EINVAL, "entry too short"),
+        (n, none, sel, 8, 1, libc::EINVAL, "NULL array"),
+        (n, &reqs[..], sel, 0, 1, libc::EINVAL, "entry_len 0"),
+        (n, &reqs[..], sel, 8192, 1, libc::EINVAL, "entry_len > page"),
+        (
+            n,
+            &reqs[..],
+            sel,
+            8,
+            (1 << 19) + 1,
+            libc::EINVAL,
+            "entry_num cap",
+        ),
+    ];
+    for (hwpt, r, ty, len, num, want, why) in rows {
+        assert_eq!(invalidate(ctx, hwpt, r, ty, len, num), (want, 0), "{why}");
+    }
     let mut c = IommuHwptInvalidate {
         size: 32,
         hwpt_id: n,

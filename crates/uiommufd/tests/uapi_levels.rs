@@ -91,41 +91,6 @@ fn map_file_cmd(
     }
 }
 
-fn map_file(
-    ctx: &Arc<Context>,
-    ioas: u32,
-    fd: i32,
-    start: u64,
-    length: u64,
-    flags: u32,
-) -> Result<u64, i32> {
-    let mut c = map_file_cmd(ioas, fd, start, length, flags, 0);
-    ctx.ioc(IOMMU_IOAS_MAP_FILE, &mut c)?;
-    Ok(c.iova)
-}
-
-/// `IOAS_MAP_FILE` at a fixed IOVA in the mock aperture.
-fn map_file_at(
-    ctx: &Arc<Context>,
-    ioas: u32,
-    fd: i32,
-    start: u64,
-    length: u64,
-    flags: u32,
-) -> Result<u64, i32> {
-    let iova = MOCK_APERTURE_START;
-    let mut c = map_file_cmd(
-        ioas,
-        fd,
-        start,
-        length,
-        flags | IOMMU_IOAS_MAP_FIXED_IOVA,
-        iova,
-    );
-    ctx.ioc(IOMMU_IOAS_MAP_FILE, &mut c)?;
-    Ok(c.iova)
-}
-
 /// Whether `/proc/self/maps` shows a mapping of the memfd called `name`.
 fn mapped_anywhere(name: &str) -> bool {
     std::fs::read_to_string("/proc/self/maps")
@@ -156,7 +121,7 @@ fn map_file_survives_munmap_and_close() {
     // from the middle of the first page (a start that is not page aligned;
     // the mock domain's IOVA granule is half a page)
     let h = ps() / 2;
-    let iova = map_file(&ctx, ioas, m.fd, h, len - h, RW).unwrap();
+    let iova = map_file(&ctx, ioas, m.fd, h, len - h, RW, None).unwrap();
     ctx.check_invariants().unwrap();
     m.drop_view_and_fd();
     assert!(
@@ -222,7 +187,7 @@ fn map_file_shares_the_pages() {
     let ioas = ioas_alloc(&ctx);
     mock_domain(&ctx, ioas).unwrap();
     let m = Memfd::new(c"uapi-levels-share", 2, |_| 0);
-    let iova = map_file(&ctx, ioas, m.fd, 0, m.len as u64, RW).unwrap();
+    let iova = map_file(&ctx, ioas, m.fd, 0, m.len as u64, RW, None).unwrap();
     // SAFETY: within the program's mapping.
     unsafe { *m.map.add(5) = 0x5a };
     let access = create_access(&ctx, ioas, 0).unwrap();
@@ -271,7 +236,7 @@ fn md_check_map_sees_the_same_file_pages() {
     let (_, hwpt, _) = mock_domain(&ctx, ioas).unwrap();
     let m = Memfd::new(c"uapi-levels-checkmap", 4, |_| 0);
     let other = Memfd::new(c"uapi-levels-checkmap-other", 4, |_| 0);
-    let iova = map_file(&ctx, ioas, m.fd, ps(), 2 * ps(), RW).unwrap();
+    let iova = map_file(&ctx, ioas, m.fd, ps(), 2 * ps(), RW, None).unwrap();
     let check = |uptr: u64, len: u64| {
         let c = TestCheckMap {
             iova,
@@ -299,7 +264,7 @@ fn levels_gate_the_new_commands() {
         let ctx = Context::new_at(level);
         assert_eq!(ctx.uapi_level(), level);
         let ioas = ioas_alloc(&ctx);
-        let r = map_file(&ctx, ioas, m.fd, 0, ps(), RW);
+        let r = map_file(&ctx, ioas, m.fd, 0, ps(), RW, None);
         if level < UapiLevel::V6_13 {
             assert_eq!(r, Err(libc::ENOTTY), "{level}");
         } else {
@@ -486,19 +451,25 @@ fn map_file_pin_rules() {
     let len = m.len as u64;
     // past the end of the file: the pin finds no page (the selftest's basic_file)
     assert_eq!(
-        err(map_file(&ctx, ioas, m.fd, 0, len + ps() / 2, RW)),
+        err(map_file(&ctx, ioas, m.fd, 0, len + ps() / 2, RW, None)),
         libc::EINVAL
     );
-    assert_eq!(err(map_file(&ctx, ioas, m.fd, len, ps(), RW)), libc::EINVAL);
+    assert_eq!(
+        err(map_file(&ctx, ioas, m.fd, len, ps(), RW, None)),
+        libc::EINVAL
+    );
     ctx.check_invariants().unwrap();
 
     // a truncated memfd maps where nothing pins it; attaching a domain fails
     let t = Memfd::new(c"uapi-levels-trunc", 1, |_| 0);
     // SAFETY: sizing our own memfd.
     assert_eq!(unsafe { libc::ftruncate(t.fd, 0) }, 0);
-    assert_eq!(err(map_file(&ctx, ioas, t.fd, 0, ps(), RW)), libc::EINVAL);
+    assert_eq!(
+        err(map_file(&ctx, ioas, t.fd, 0, ps(), RW, None)),
+        libc::EINVAL
+    );
     let bare = ioas_alloc(&ctx);
-    map_file_at(&ctx, bare, t.fd, 0, ps(), RW).unwrap();
+    map_file(&ctx, bare, t.fd, 0, ps(), RW, Some(MOCK_APERTURE_START)).unwrap();
     assert_eq!(err(mock_domain(&ctx, bare)), libc::EINVAL);
     ctx.check_invariants().unwrap();
 
@@ -514,7 +485,16 @@ fn map_file_pin_rules() {
     };
     if !statfs_tmp {
         let bare2 = ioas_alloc(&ctx);
-        map_file_at(&ctx, bare2, f.as_raw_fd(), 0, ps(), IOMMU_IOAS_MAP_READABLE).unwrap();
+        map_file(
+            &ctx,
+            bare2,
+            f.as_raw_fd(),
+            0,
+            ps(),
+            IOMMU_IOAS_MAP_READABLE,
+            Some(MOCK_APERTURE_START),
+        )
+        .unwrap();
         assert_eq!(err(mock_domain(&ctx, bare2)), libc::EINVAL);
         assert_eq!(
             err(map_file(
@@ -523,7 +503,8 @@ fn map_file_pin_rules() {
                 f.as_raw_fd(),
                 0,
                 ps(),
-                IOMMU_IOAS_MAP_READABLE
+                IOMMU_IOAS_MAP_READABLE,
+                None
             )),
             libc::EINVAL
         );
@@ -539,7 +520,7 @@ fn map_file_pin_rules() {
         )
     };
     assert!(ro >= 0);
-    let iova = map_file(&ctx, ioas, ro, 0, len, RW).unwrap();
+    let iova = map_file(&ctx, ioas, ro, 0, len, RW, None).unwrap();
     // SAFETY: ours.
     unsafe { libc::close(ro) };
     let access = create_access(&ctx, ioas, 0).unwrap();
@@ -568,8 +549,11 @@ fn map_file_pin_rules() {
     // SAFETY: as above.
     let r = unsafe { libc::fcntl(sealed, libc::F_ADD_SEALS, libc::F_SEAL_WRITE) };
     assert_eq!(r, 0);
-    assert_eq!(err(map_file(&ctx, ioas, sealed, 0, len, RW)), libc::EPERM);
-    let iova = map_file(&ctx, ioas, sealed, 0, len, IOMMU_IOAS_MAP_READABLE).unwrap();
+    assert_eq!(
+        err(map_file(&ctx, ioas, sealed, 0, len, RW, None)),
+        libc::EPERM
+    );
+    let iova = map_file(&ctx, ioas, sealed, 0, len, IOMMU_IOAS_MAP_READABLE, None).unwrap();
     // SAFETY: ours.
     unsafe { libc::close(sealed) };
     assert_eq!(read_via_access(&ctx, access, iova, 1), [0]);
@@ -605,7 +589,7 @@ fn change_process_single_process() {
     let ioas = ioas_alloc(&ctx);
     mock_domain(&ctx, ioas).unwrap();
     let m = Memfd::new(c"uapi-levels-chproc", 1, |_| 3);
-    map_file(&ctx, ioas, m.fd, 0, ps(), RW).unwrap();
+    map_file(&ctx, ioas, m.fd, 0, ps(), RW, None).unwrap();
     assert_eq!(ctx.ioc(IOMMU_IOAS_CHANGE_PROCESS, &mut cp), Ok(0));
     let other = ioas_alloc(&ctx);
     let buf = Box::new([0u8; 8192]);
@@ -750,7 +734,7 @@ fn check_refs_sees_file_pins() {
     };
     let view = m.map as u64;
     assert_eq!(refs(view, 4 * ps(), 0), Ok(()));
-    let iova = map_file(&ctx, ioas, m.fd, ps(), 2 * ps(), RW).unwrap();
+    let iova = map_file(&ctx, ioas, m.fd, ps(), 2 * ps(), RW, None).unwrap();
     assert_eq!(refs(view + ps(), 2 * ps(), 1), Ok(()));
     assert_eq!(refs(view, ps(), 0), Ok(()), "page 0 is not mapped");
     assert_eq!(

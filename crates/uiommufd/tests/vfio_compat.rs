@@ -31,6 +31,13 @@ fn compat_with_domain(ty: u64) -> (Arc<Context>, u32) {
     (ctx, ioas)
 }
 
+/// A VFIO container and its compat IOAS: (ctx, ioas).
+fn container() -> (Arc<Context>, u32) {
+    let ctx = Context::new_vfio_container().unwrap();
+    let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
+    (ctx, ioas)
+}
+
 fn map(ctx: &Arc<Context>, va: u64, size: u64, iova: u64) -> Result<i32, i32> {
     let mut m = VfioIommuType1DmaMap {
         argsz: 32,
@@ -392,8 +399,7 @@ fn get_info_cap_chain_and_argsz() {
         ],
     );
     // a container adds the migration cap
-    let ctx = Context::new_vfio_container().unwrap();
-    let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
+    let (ctx, ioas) = container();
     mock_domain(&ctx, ioas);
     check_info(
         &ctx,
@@ -454,12 +460,17 @@ fn get_req(iova: u64, size: u64, bm: &mut [u64]) -> GetBitmap {
         range: VfioIommuType1DirtyBitmapGet {
             iova,
             size,
-            bitmap: VfioBitmap {
-                pgsize: PS,
-                size: (bm.len() * 8) as u64,
-                data: bm.as_mut_ptr() as u64,
-            },
+            bitmap: bitmap_of(bm),
         },
+    }
+}
+
+/// The `vfio_bitmap` of `bm` at 4 KiB pages.
+fn bitmap_of(bm: &mut [u64]) -> VfioBitmap {
+    VfioBitmap {
+        pgsize: PS,
+        size: (bm.len() * 8) as u64,
+        data: bm.as_mut_ptr() as u64,
     }
 }
 
@@ -494,16 +505,24 @@ fn unmap_req(iova: u64, size: u64, bm: &mut [u64]) -> UnmapBitmap {
             iova,
             size,
         },
-        bitmap: VfioBitmap {
-            pgsize: PS,
-            size: (bm.len() * 8) as u64,
-            data: bm.as_mut_ptr() as u64,
-        },
+        bitmap: bitmap_of(bm),
     }
 }
 
 fn create_access(ctx: &Arc<Context>, ioas: u32, flags: u32) -> u32 {
     kit::create_access(ctx, ioas, flags).unwrap()
+}
+
+/// A type1v2 container with two mappings of 8 pages at `A` (one buffer of
+/// 16) and an access that pins on its IOAS: (ctx, ioas, buffer, access fd).
+fn tracked_with_access() -> (Arc<Context>, u32, Buf, u32) {
+    let (ctx, ioas) = container();
+    raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
+    let buf = Buf::zeroed(16 * PS, PS);
+    map(&ctx, buf.addr(), 8 * PS, A).unwrap();
+    map(&ctx, buf.addr() + 8 * PS, 8 * PS, A + 8 * PS).unwrap();
+    let fd = create_access(&ctx, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES);
+    (ctx, ioas, buf, fd)
 }
 
 fn access_write(ctx: &Arc<Context>, fd: u32, iova: u64, len: u64) -> Result<(), i32> {
@@ -520,8 +539,7 @@ fn access_write(ctx: &Arc<Context>, fd: u32, iova: u64, len: u64) -> Result<(), 
 
 #[test]
 fn dirty_pages_errno_rules() {
-    let ctx = Context::new_vfio_container().unwrap();
-    let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
+    let (ctx, ioas) = container();
     let buf = Buf::zeroed(8 * PS, PS);
     map(&ctx, buf.addr(), 4 * PS, A).unwrap();
     map(&ctx, buf.addr() + 4 * PS, 4 * PS, A + 4 * PS).unwrap();
@@ -653,13 +671,7 @@ fn dirty_pages_errno_rules() {
 
 #[test]
 fn dirty_pages_report_access_writes() {
-    let ctx = Context::new_vfio_container().unwrap();
-    let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
-    raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
-    let buf = Buf::zeroed(16 * PS, PS);
-    map(&ctx, buf.addr(), 8 * PS, A).unwrap();
-    map(&ctx, buf.addr() + 8 * PS, 8 * PS, A + 8 * PS).unwrap();
-    let fd = create_access(&ctx, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES);
+    let (ctx, ioas, buf, fd) = tracked_with_access();
 
     // writes before START are not reported
     access_write(&ctx, fd, A, 10).unwrap();
@@ -747,8 +759,7 @@ fn dirty_pages_report_access_writes() {
 
 #[test]
 fn dirty_pages_report_device_writes() {
-    let ctx = Context::new_vfio_container().unwrap();
-    let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
+    let (ctx, ioas) = container();
     let (stdev, _auto, idev) = mock_domain(&ctx, ioas);
     raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
     let buf = Buf::zeroed(8 * PS, PS);
@@ -818,13 +829,7 @@ fn dirty_pages_report_device_writes() {
 /// GET_BITMAP reports them, and the failed unmap unmapped nothing.
 #[test]
 fn dirty_pages_unwritable_bitmap_loses_nothing() {
-    let ctx = Context::new_vfio_container().unwrap();
-    let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
-    raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
-    let buf = Buf::zeroed(16 * PS, PS);
-    map(&ctx, buf.addr(), 8 * PS, A).unwrap();
-    map(&ctx, buf.addr() + 8 * PS, 8 * PS, A + 8 * PS).unwrap();
-    let fd = create_access(&ctx, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES);
+    let (ctx, ioas, _buf, fd) = tracked_with_access();
     dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
     // pages: 0 read-only, 1 PROT_NONE, 2 unmapped
     let pp = Mapping::pages(3);

@@ -85,19 +85,9 @@ impl PciModel for TinyModel {
                 subsystem_device: 0x1,
             },
             bars: [
-                Some(Bar {
-                    size: 4096,
-                    mem64: false,
-                    prefetchable: false,
-                    mmap: false,
-                }),
+                Some(Bar::registers(4096)),
                 None,
-                Some(Bar {
-                    size: 8192,
-                    mem64: true,
-                    prefetchable: true,
-                    mmap: true,
-                }),
+                Some(Bar::memory(8192)),
                 None,
                 None,
                 None,
@@ -1662,16 +1652,8 @@ fn vfio_bar_dmabuf_export_and_p2p_dma() {
     assert_eq!(get(g, 2, 0, &[(!(page - 1), page)]), Err(libc::EOVERFLOW));
 
     let map_file = |dmabuf: i32, iova: u64| {
-        let mut m = IommuIoasMapFile {
-            size: std::mem::size_of::<IommuIoasMapFile>() as u32,
-            flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-            ioas_id: ioas,
-            fd: dmabuf,
-            start: 0,
-            length: page,
-            iova,
-        };
-        kit::ioc(&ctx, IOMMU_IOAS_MAP_FILE, &mut m)
+        let rw = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE;
+        kit::map_file(&ctx, ioas, dmabuf, 0, page, rw, Some(iova))
     };
     let bar_byte = |off: i64| {
         let mut b = [0u8; 1];

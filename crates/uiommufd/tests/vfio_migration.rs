@@ -8,7 +8,6 @@ use std::sync::{Arc, Mutex};
 
 use uiommufd::domain::DmaFault;
 use uiommufd::files::{self, EngineFile, FdResolver};
-use uiommufd::uapi::{self, dispatch};
 use uiommufd::user::SelfMemory;
 use uiommufd::vfio::migration::feature as mf;
 use uiommufd::vfio::migration::{v1, MigState};
@@ -16,7 +15,7 @@ use uiommufd::vfio::model::{Bar, Bus, PciIds, PciLayout, PciModel};
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi as vu;
 use uiommufd::Context;
-use zerocopy::IntoBytes;
+use uiommufd_testkit as kit;
 
 /// A device with one register (a counter) and DMA the test triggers.
 #[derive(Debug, Default)]
@@ -46,19 +45,7 @@ impl PciModel for Probe {
                 subsystem_vendor: 0,
                 subsystem_device: 0,
             },
-            bars: [
-                Some(Bar {
-                    size: 4096,
-                    mem64: false,
-                    prefetchable: false,
-                    mmap: false,
-                }),
-                None,
-                None,
-                None,
-                None,
-                None,
-            ],
+            bars: [Some(Bar::registers(4096)), None, None, None, None, None],
             intx_pin: 0,
             msi_vectors: 0,
             msix: None,
@@ -119,63 +106,14 @@ impl Rig {
         let ctx = Context::new();
         let fd = registry::open_cdev(decl.cdev, true).unwrap();
         let dev = files::get(fd).unwrap();
-        let fds = Fds(ctx.clone());
-        let mut bind = vu::VfioDeviceBindIommufd {
-            argsz: 16,
-            flags: 0,
-            iommufd: CTX_FD,
-            out_devid: 0,
-        };
-        dev.ioctl(
-            vu::VFIO_DEVICE_BIND_IOMMUFD,
-            bind.as_mut_bytes().as_mut_ptr() as u64,
-            &SelfMemory,
-            &fds,
-        )
-        .unwrap();
-        let mut alloc = uapi::IommuIoasAlloc {
-            size: 12,
-            ..Default::default()
-        };
-        dispatch::ioctl(
-            &ctx,
-            u64::from(uapi::IOMMU_IOAS_ALLOC),
-            alloc.as_mut_bytes().as_mut_ptr() as u64,
-        )
-        .unwrap();
+        kit::vfio::bind_cdev(fd, &ctx);
+        let ioas = kit::ioas_alloc(&ctx);
         let mut buf = vec![0u64; 16 * 512 + 512];
         let base = (buf.as_mut_ptr() as u64 + 4095) & !4095;
-        let mut map = uapi::IommuIoasMap {
-            size: std::mem::size_of::<uapi::IommuIoasMap>() as u32,
-            flags: uapi::IOMMU_IOAS_MAP_FIXED_IOVA
-                | uapi::IOMMU_IOAS_MAP_READABLE
-                | uapi::IOMMU_IOAS_MAP_WRITEABLE,
-            ioas_id: alloc.out_ioas_id,
-            user_va: base,
-            length: 16 * 4096,
-            iova: 0,
-            ..Default::default()
-        };
-        dispatch::ioctl(
-            &ctx,
-            u64::from(uapi::IOMMU_IOAS_MAP),
-            map.as_mut_bytes().as_mut_ptr() as u64,
-        )
-        .unwrap();
-        let mut at = vu::VfioDeviceAttachIommufdPt {
-            argsz: 12,
-            flags: 0,
-            pt_id: alloc.out_ioas_id,
-        };
-        dev.ioctl(
-            vu::VFIO_DEVICE_ATTACH_IOMMUFD_PT,
-            at.as_mut_bytes().as_mut_ptr() as u64,
-            &SelfMemory,
-            &fds,
-        )
-        .unwrap();
-        let cfg = (u64::from(vu::VFIO_PCI_CONFIG_REGION_INDEX) << 40) | 4;
-        dev.write_at(&6u16.to_le_bytes(), cfg).unwrap();
+        kit::map_fixed(&ctx, ioas, base, 16 * 4096, 0).unwrap();
+        kit::vfio::attach_pt(fd, ioas).unwrap();
+        kit::vfio::enable_bus_master(fd);
+        let fds = Fds(ctx.clone());
         Rig {
             model,
             dev,
@@ -185,18 +123,18 @@ impl Rig {
         }
     }
 
+    /// `ioctl(cmd, arg)` on the device fd, the argument's bytes at `arg`.
+    fn ioctl(&self, cmd: u32, arg: *mut u8) -> uiommufd::Result<i64> {
+        self.dev.ioctl(cmd, arg as u64, &SelfMemory, &self.fds)
+    }
+
     fn feature(&self, flags: u32, data: &mut [u8]) -> Result<(), i32> {
         let mut b = vec![0u8; 8 + data.len()];
         let n = b.len() as u32;
         b[0..4].copy_from_slice(&n.to_le_bytes());
         b[4..8].copy_from_slice(&flags.to_le_bytes());
         b[8..].copy_from_slice(data);
-        let r = self.dev.ioctl(
-            vu::VFIO_DEVICE_FEATURE,
-            b.as_mut_ptr() as u64,
-            &SelfMemory,
-            &self.fds,
-        );
+        let r = self.ioctl(vu::VFIO_DEVICE_FEATURE, b.as_mut_ptr());
         data.copy_from_slice(&b[8..]);
         r.map(|_| ()).map_err(|e| e.errno().0)
     }
@@ -280,8 +218,7 @@ fn v2_migration_and_dma_logging_through_the_device_fd() {
     dst.model.dma_write(0, b"again").unwrap();
 
     // VFIO_DEVICE_RESET brings the source back to RUNNING.
-    src.dev
-        .ioctl(vu::VFIO_DEVICE_RESET, 0, &SelfMemory, &src.fds)
+    src.ioctl(vu::VFIO_DEVICE_RESET, std::ptr::null_mut())
         .unwrap();
     let mut g = [0u8; 8];
     src.feature(mf::FEATURE_GET | mf::MIG_DEVICE_STATE, &mut g)
@@ -298,39 +235,20 @@ fn v1_region_is_found_by_its_type_and_drives_the_same_device() {
     let r = Rig::new(3);
     let mut di = [0u8; 24];
     di[0..4].copy_from_slice(&24u32.to_le_bytes());
-    r.dev
-        .ioctl(
-            vu::VFIO_DEVICE_GET_INFO,
-            di.as_mut_ptr() as u64,
-            &SelfMemory,
-            &r.fds,
-        )
-        .unwrap();
+    r.ioctl(vu::VFIO_DEVICE_GET_INFO, di.as_mut_ptr()).unwrap();
     assert_eq!(u32::from_le_bytes(di[8..12].try_into().unwrap()), 10);
     // Region 9: argsz growth, then the chain: type 3/1, then NDMA.
     let mut ri = [0u8; 32];
     ri[0..4].copy_from_slice(&32u32.to_le_bytes());
     ri[8..12].copy_from_slice(&9u32.to_le_bytes());
-    r.dev
-        .ioctl(
-            vu::VFIO_DEVICE_GET_REGION_INFO,
-            ri.as_mut_ptr() as u64,
-            &SelfMemory,
-            &r.fds,
-        )
+    r.ioctl(vu::VFIO_DEVICE_GET_REGION_INFO, ri.as_mut_ptr())
         .unwrap();
     let need = u32::from_le_bytes(ri[0..4].try_into().unwrap());
     assert_eq!(need, 32 + 16 + 8);
     let mut full = vec![0u8; need as usize];
     full[0..4].copy_from_slice(&need.to_le_bytes());
     full[8..12].copy_from_slice(&9u32.to_le_bytes());
-    r.dev
-        .ioctl(
-            vu::VFIO_DEVICE_GET_REGION_INFO,
-            full.as_mut_ptr() as u64,
-            &SelfMemory,
-            &r.fds,
-        )
+    r.ioctl(vu::VFIO_DEVICE_GET_REGION_INFO, full.as_mut_ptr())
         .unwrap();
     let u16at = |o: usize| u16::from_le_bytes(full[o..o + 2].try_into().unwrap());
     let u32at = |o: usize| u32::from_le_bytes(full[o..o + 4].try_into().unwrap());

@@ -11,8 +11,8 @@ use uiommufd::uapi::*;
 use uiommufd::veventq::VeventqFile;
 use uiommufd::{Context, UapiLevel};
 use uiommufd_testkit::{
-    self as kit, err, errno, hwpt_alloc, hwpt_alloc_with, ioas_alloc, mock_domain_replace,
-    test_cmd, Buf, Ioctl,
+    self as kit, err, errno, hwpt_alloc, hwpt_alloc_data, hwpt_alloc_with, invalidate, ioas_alloc,
+    mock_domain_replace, test_cmd, Buf, Ioctl,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -98,18 +98,16 @@ fn nested_on(ctx: &Arc<Context>, dev: u32, pt: u32, flags: u32, fault: u32) -> R
         iotlb: IOMMU_TEST_IOTLB_DEFAULT,
         pagetable_type: 0,
     };
-    hwpt_alloc_with(
+    let uptr = &mut data as *mut IommuHwptSelftest as u64;
+    hwpt_alloc_data(
         ctx,
-        IommuHwptAlloc {
-            flags,
-            dev_id: dev,
-            pt_id: pt,
-            data_type: IOMMU_HWPT_DATA_SELFTEST,
-            data_len: 8,
-            data_uptr: &mut data as *mut IommuHwptSelftest as u64,
-            fault_id: fault,
-            ..Default::default()
-        },
+        dev,
+        pt,
+        flags,
+        fault,
+        IOMMU_HWPT_DATA_SELFTEST,
+        uptr,
+        8,
     )
 }
 
@@ -126,31 +124,6 @@ fn check_cache(ctx: &Arc<Context>, dev: u32, id: u32, value: u32) -> i32 {
         dev,
         c.as_bytes(),
     ))
-}
-
-fn invalidate(
-    ctx: &Arc<Context>,
-    viommu: u32,
-    reqs: &[IommuViommuInvalidateSelftest],
-    data_type: u32,
-    entry_len: u32,
-    num: u32,
-) -> (i32, u32) {
-    let mut c = IommuHwptInvalidate {
-        size: 32,
-        hwpt_id: viommu,
-        data_uptr: if reqs.is_empty() {
-            0
-        } else {
-            reqs.as_ptr() as u64
-        },
-        data_type,
-        entry_len,
-        entry_num: num,
-        __reserved: 0,
-    };
-    let e = errno(ctx, IOMMU_HWPT_INVALIDATE, &mut c);
-    (e, c.entry_num)
 }
 
 /// The selftest fixture: an IOAS, a mock device on it, a nest-parent HWPT,
@@ -385,57 +358,70 @@ fn viommu_invalidate_errno_table() {
     for i in 0..4 {
         assert_eq!(check_cache(ctx, f.dev, i, IOMMU_TEST_DEV_CACHE_DEFAULT), 0);
     }
+    let req = |flags, vdev_id, cache_id| IommuViommuInvalidateSelftest {
+        flags,
+        vdev_id,
+        cache_id,
+    };
     let mut reqs = [IommuViommuInvalidateSelftest::default(); 2];
-    // an empty array checks the type only
-    assert_eq!(invalidate(ctx, f.viommu, &reqs, sel, len, 0), (0, 0));
-    assert_eq!(
-        invalidate(
-            ctx,
-            f.viommu,
-            &reqs,
-            IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST_INVALID,
+    let bad_type = IOMMU_VIOMMU_INVALIDATE_DATA_SELFTEST_INVALID;
+    let (array, null) = (false, true);
+    // (first entry, NULL array, data type, entry_len, entry_num, errno,
+    // why): nothing done
+    let rows = [
+        (
+            reqs[0],
+            array,
+            sel,
             len,
-            1
+            0,
+            0,
+            "an empty array checks the type only",
         ),
-        (libc::EINVAL, 0)
-    );
-    // the core's array checks
-    assert_eq!(
-        invalidate(ctx, f.viommu, &[], sel, len, 1),
-        (libc::EINVAL, 0)
-    );
-    assert_eq!(
-        invalidate(ctx, f.viommu, &reqs, sel, 0, 1),
-        (libc::EINVAL, 0)
-    );
-    // unknown flags, a cache ID past the last, an unknown virtual ID
-    reqs[0] = IommuViommuInvalidateSelftest {
-        flags: 0xffff_ffff,
-        vdev_id: 0x99,
-        cache_id: 0,
-    };
-    assert_eq!(
-        invalidate(ctx, f.viommu, &reqs, sel, len, 1),
-        (libc::EOPNOTSUPP, 0)
-    );
-    reqs[0] = IommuViommuInvalidateSelftest {
-        flags: 0,
-        vdev_id: 0x99,
-        cache_id: MOCK_DEV_CACHE_ID_MAX + 1,
-    };
-    assert_eq!(
-        invalidate(ctx, f.viommu, &reqs, sel, len, 1),
-        (libc::EINVAL, 0)
-    );
-    reqs[0] = IommuViommuInvalidateSelftest {
-        flags: 0,
-        vdev_id: 0x9,
-        cache_id: 0,
-    };
-    assert_eq!(
-        invalidate(ctx, f.viommu, &reqs, sel, len, 1),
-        (libc::EINVAL, 0)
-    );
+        (
+            reqs[0],
+            array,
+            bad_type,
+            len,
+            1,
+            libc::EINVAL,
+            "an unknown type",
+        ),
+        (reqs[0], null, sel, len, 1, libc::EINVAL, "NULL array"),
+        (reqs[0], array, sel, 0, 1, libc::EINVAL, "entry_len 0"),
+        (
+            req(!0, 0x99, 0),
+            array,
+            sel,
+            len,
+            1,
+            libc::EOPNOTSUPP,
+            "unknown flags",
+        ),
+        (
+            req(0, 0x99, MOCK_DEV_CACHE_ID_MAX + 1),
+            array,
+            sel,
+            len,
+            1,
+            libc::EINVAL,
+            "cache ID",
+        ),
+        (
+            req(0, 0x9, 0),
+            array,
+            sel,
+            len,
+            1,
+            libc::EINVAL,
+            "an unknown virtual ID",
+        ),
+    ];
+    for (first, is_null, ty, l, num, want, why) in rows {
+        reqs[0] = first;
+        let r = if is_null { &[][..] } else { &reqs[..] };
+        assert_eq!(invalidate(ctx, f.viommu, r, ty, l, num), (want, 0), "{why}");
+    }
     // a longer entry must be zero past what the driver knows (E2BIG)
     let mut wide = [0u32; 4];
     wide[1] = 0x99;
@@ -451,27 +437,14 @@ fn viommu_invalidate_errno_table() {
     };
     assert_eq!(errno(ctx, IOMMU_HWPT_INVALIDATE, &mut c), libc::E2BIG);
     // the first entry is done, the second fails
-    reqs[0] = IommuViommuInvalidateSelftest {
-        flags: 0,
-        vdev_id: 0x99,
-        cache_id: 0,
-    };
-    reqs[1] = IommuViommuInvalidateSelftest {
-        flags: 0xffff_ffff,
-        vdev_id: 0x99,
-        cache_id: 1,
-    };
+    reqs = [req(0, 0x99, 0), req(0xffff_ffff, 0x99, 1)];
     assert_eq!(
         invalidate(ctx, f.viommu, &reqs, sel, len, 2),
         (libc::EOPNOTSUPP, 1)
     );
     assert_eq!(check_cache(ctx, f.dev, 0, 0), 0);
     assert_eq!(check_cache(ctx, f.dev, 1, IOMMU_TEST_DEV_CACHE_DEFAULT), 0);
-    reqs[0] = IommuViommuInvalidateSelftest {
-        flags: IOMMU_TEST_INVALIDATE_FLAG_ALL,
-        vdev_id: 0x99,
-        cache_id: 0,
-    };
+    reqs[0] = req(IOMMU_TEST_INVALIDATE_FLAG_ALL, 0x99, 0);
     assert_eq!(invalidate(ctx, f.viommu, &reqs, sel, len, 1), (0, 1));
     for i in 0..4 {
         assert_eq!(check_cache(ctx, f.dev, i, 0), 0);

@@ -50,19 +50,7 @@ impl PciModel for Dma {
                 subsystem_vendor: 0x1b36,
                 subsystem_device: 0x1,
             },
-            bars: [
-                Some(Bar {
-                    size: 4096,
-                    mem64: false,
-                    prefetchable: false,
-                    mmap: false,
-                }),
-                None,
-                None,
-                None,
-                None,
-                None,
-            ],
+            bars: [Some(Bar::registers(4096)), None, None, None, None, None],
             intx_pin: 1,
             msi_vectors: 0,
             msix: None,
@@ -281,17 +269,8 @@ impl Setup {
         data_type: u32,
         entry_len: u32,
     ) -> (i32, u32) {
-        let mut c = IommuHwptInvalidate {
-            size: 32,
-            hwpt_id: hwpt,
-            data_uptr: reqs.as_ptr() as u64,
-            data_type,
-            entry_len,
-            entry_num: reqs.len() as u32,
-            __reserved: 0,
-        };
-        let e = kit::errno(&self.ctx, IOMMU_HWPT_INVALIDATE, &mut c);
-        (e, c.entry_num)
+        let num = reqs.len() as u32;
+        kit::invalidate(&self.ctx, hwpt, reqs, data_type, entry_len, num)
     }
 
     fn inv_one(&self, hwpt: u32, addr: u64, npages: u64) {

@@ -56,7 +56,6 @@ import os
 import re
 import shlex
 import struct
-import subprocess
 import sys
 import time
 import traceback
@@ -75,15 +74,7 @@ RATE = 500  # records per second: the window wraps every ~0.5 s
 DEVICE_SPEC = "dma-engine,traffic_iova=0x%x,traffic_size=0x%x,rate=%d" % (TRAFFIC_GPA, TRAFFIC_SIZE, RATE)
 ADDR = tq.ADDR
 
-QEMU_BASE = [
-    "qemu-system-x86_64",
-    "-machine", "q35",
-    "-accel", "tcg",
-    "-nodefaults",
-    "-display", "none",
-    "-m", "128",
-    "-trace", "vfio_*",
-]
+QEMU_BASE = tq.QEMU_BASE
 
 MIGRATE_TIMEOUT = 60
 # Bytes per second of a completed migration: 128 MiB of mostly zero pages
@@ -589,40 +580,14 @@ def main():
     ap.add_argument("--only", action="append", default=[], help="run cases whose name contains this")
     ap.add_argument("--keep", action="store_true", help="keep work directories")
     args = ap.parse_args()
-    for f in ("uiommufd", "libuiommufd_preload.so"):
-        if not os.path.exists(os.path.join(tq.BIN, f)):
-            print("missing %s: cargo build --release -p uiommufd-cli -p uiommufd-preload" % os.path.join(tq.BIN, f))
-            return 2
+    if not tq.release_built():
+        return 2
     cases = [c for c in CASES if not args.only or any(o in c.name for o in args.only)]
     if not cases:
         print("no case matches %s" % args.only)
         return 2
-    passed = failed = 0
-    failures = []
-    t_all = time.monotonic()
-    for case in cases:
-        t0 = time.monotonic()
-        try:
-            lines = run_case(case, args.keep)
-            passed += 1
-            print("PASS %-44s %5.1fs" % (case.name, time.monotonic() - t0))
-            for line in lines:
-                print("       " + line)
-        except (Failure, QemuError, OSError, subprocess.SubprocessError) as e:
-            failed += 1
-            failures.append(case.name)
-            print("FAIL %-44s %5.1fs\n%s" % (case.name, time.monotonic() - t0, e), flush=True)
-        except Exception:
-            failed += 1
-            failures.append(case.name)
-            print("FAIL %-44s (harness error)\n%s" % (case.name, traceback.format_exc()), flush=True)
-        sys.stdout.flush()
-    print("\nqemu migration: %.1fs in all" % (time.monotonic() - t_all))
-    if failures:
-        print("failed: %s" % ", ".join(failures))
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
-
+    jobs = [(c.name, lambda c=c: run_case(c, args.keep)) for c in cases]
+    return tq.run_jobs("qemu migration", jobs, 44)
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -572,6 +572,46 @@ def run_smoke(version, keep):
         env.cleanup()
 
 
+def release_built():
+    """Whether the release CLI and preload are built (else say so)."""
+    for f in ("uiommufd", "libuiommufd_preload.so"):
+        if not os.path.exists(os.path.join(BIN, f)):
+            print("missing %s: cargo build --release -p uiommufd-cli -p uiommufd-preload" % os.path.join(BIN, f))
+            return False
+    return True
+
+
+def run_jobs(title, jobs, width):
+    """Run each (name, job) of jobs (a job returns lines to print under its
+    PASS line, or raises): one PASS/FAIL line each, the total time and the
+    counts under title. The exit status: 1 if any failed."""
+    passed = failed = 0
+    failures = []
+    t_all = time.monotonic()
+    for name, job in jobs:
+        t0 = time.monotonic()
+        try:
+            lines = job()
+            passed += 1
+            print("PASS %-*s %5.1fs" % (width, name, time.monotonic() - t0))
+            for line in lines:
+                print("       " + line)
+        except (Failure, QemuError, OSError, subprocess.SubprocessError) as e:
+            failed += 1
+            failures.append(name)
+            print("FAIL %-*s %5.1fs\n%s" % (width, name, time.monotonic() - t0, e), flush=True)
+        except Exception:
+            failed += 1
+            failures.append(name)
+            print("FAIL %-*s (harness error)\n%s" % (width, name, traceback.format_exc()), flush=True)
+        sys.stdout.flush()
+    print("\n%s: %.1fs in all" % (title, time.monotonic() - t_all))
+    if failures:
+        print("failed: %s" % ", ".join(failures))
+    print("%d passed, %d failed" % (passed, failed))
+    return 1 if failed else 0
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--only", action="append", default=[], help="run cases whose name contains this")
@@ -582,10 +622,8 @@ def main():
     if args.smoke:
         jobs = [("smoke qemu-%s" % v, lambda v=v: run_smoke(v, args.keep)) for v in ("7.2", "10.0")]
     else:
-        for f in ("uiommufd", "libuiommufd_preload.so"):
-            if not os.path.exists(os.path.join(BIN, f)):
-                print("missing %s: cargo build --release -p uiommufd-cli -p uiommufd-preload" % os.path.join(BIN, f))
-                return 2
+        if not release_built():
+            return 2
         jobs = [
             (c.name, lambda c=c: run_device_case(c, args.keep))
             for c in CASES
@@ -595,32 +633,7 @@ def main():
             print("no case matches %s" % args.only)
             return 2
 
-    passed = failed = 0
-    failures = []
-    t_all = time.monotonic()
-    for name, job in jobs:
-        t0 = time.monotonic()
-        try:
-            lines = job()
-            passed += 1
-            print("PASS %-28s %5.1fs" % (name, time.monotonic() - t0))
-            for line in lines:
-                print("       " + line)
-        except (Failure, QemuError, OSError, subprocess.SubprocessError) as e:
-            failed += 1
-            failures.append(name)
-            print("FAIL %-28s %5.1fs\n%s" % (name, time.monotonic() - t0, e), flush=True)
-        except Exception:
-            failed += 1
-            failures.append(name)
-            print("FAIL %-28s (harness error)\n%s" % (name, traceback.format_exc()), flush=True)
-        sys.stdout.flush()
-    print("\nqemu: %.1fs in all" % (time.monotonic() - t_all))
-    if failures:
-        print("failed: %s" % ", ".join(failures))
-    print("%d passed, %d failed" % (passed, failed))
-    return 1 if failed else 0
-
+    return run_jobs("qemu", jobs, 28)
 
 if __name__ == "__main__":
     sys.exit(main())

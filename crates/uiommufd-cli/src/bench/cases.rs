@@ -382,41 +382,49 @@ impl AccessOps for CopyOnly {
 #[derive(Debug)]
 struct SyscallMemory;
 
-impl uiommufd::user::UserMemory for SyscallMemory {
-    fn read(&self, addr: u64, buf: &mut [u8]) -> uiommufd::Result<()> {
+impl SyscallMemory {
+    /// `process_vm_writev` (`write`) of `len` bytes at `local` to `addr`,
+    /// or `process_vm_readv` of them from `addr` into `local`.
+    ///
+    /// # Safety
+    /// `local` is valid for `len` bytes (written unless `write`).
+    unsafe fn copy(addr: u64, local: *mut u8, len: usize, write: bool) -> uiommufd::Result<()> {
         let local = libc::iovec {
-            iov_base: buf.as_mut_ptr().cast(),
-            iov_len: buf.len(),
+            iov_base: local.cast(),
+            iov_len: len,
         };
         let remote = libc::iovec {
             iov_base: addr as usize as *mut libc::c_void,
-            iov_len: buf.len(),
+            iov_len: len,
         };
-        // SAFETY: `local` is our own buffer; the kernel checks `remote`.
-        let n = unsafe { libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0) };
-        if n == buf.len() as isize {
+        // SAFETY: `local` as the caller promises; the kernel checks `remote`
+        // (and a write only reads `local`).
+        let n = unsafe {
+            if write {
+                libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0)
+            } else {
+                libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0)
+            }
+        };
+        if n == len as isize {
             Ok(())
         } else {
-            Err(uiommufd::Error::fault("bench: process_vm_readv failed"))
+            Err(uiommufd::Error::fault(
+                "bench: process_vm_readv/writev failed",
+            ))
         }
+    }
+}
+
+impl uiommufd::user::UserMemory for SyscallMemory {
+    fn read(&self, addr: u64, buf: &mut [u8]) -> uiommufd::Result<()> {
+        // SAFETY: our own buffer, written.
+        unsafe { Self::copy(addr, buf.as_mut_ptr(), buf.len(), false) }
     }
 
     fn write(&self, addr: u64, buf: &[u8]) -> uiommufd::Result<()> {
-        let local = libc::iovec {
-            iov_base: buf.as_ptr() as *mut libc::c_void,
-            iov_len: buf.len(),
-        };
-        let remote = libc::iovec {
-            iov_base: addr as usize as *mut libc::c_void,
-            iov_len: buf.len(),
-        };
-        // SAFETY: `local` is only read; the kernel checks `remote`.
-        let n = unsafe { libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0) };
-        if n == buf.len() as isize {
-            Ok(())
-        } else {
-            Err(uiommufd::Error::fault("bench: process_vm_writev failed"))
-        }
+        // SAFETY: our own buffer, only read for a write.
+        unsafe { Self::copy(addr, buf.as_ptr().cast_mut(), buf.len(), true) }
     }
 
     fn populate(&self, addr: u64, len: u64, write: bool) -> uiommufd::Result<()> {

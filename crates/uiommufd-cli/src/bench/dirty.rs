@@ -43,35 +43,73 @@ pub(super) fn dirty_pages(npages: u64, permille: u64) -> impl Iterator<Item = u6
     (0..n).map(move |i| i * npages / n.max(1))
 }
 
-/// One timed `read_and_clear_dirty` of `domain_id` into a cleared
-/// `bitmap`: the time and the number of dirty pages it reported.
-pub(super) fn timed_dirty_read(
+/// The request of a dirty read of `length` bytes from `iova` at 4 KiB.
+pub(super) fn dirty_request(iova: u64, length: u64) -> DirtyRequest {
+    DirtyRequest {
+        iova,
+        length,
+        page_size: KIB4,
+        flags: 0,
+    }
+}
+
+/// Median time of a `read_and_clear_dirty` of `domain_id` into a cleared
+/// `bitmap`, each after `mark` (untimed) dirtied pages, and the number of
+/// dirty pages the last one reported.
+pub(super) fn timed_dirty_reads(
+    s: &Scale,
     iopt: &uiommufd::io_pagetable::IoPagetable,
     domain_id: u64,
     req: &DirtyRequest,
     bitmap: &mut [u64],
+    mut mark: impl FnMut(),
 ) -> (std::time::Duration, u64) {
-    bitmap.fill(0);
-    let t = Instant::now();
-    iopt.read_and_clear_dirty(domain_id, req, bitmap)
-        .expect("read_and_clear_dirty");
-    let el = t.elapsed();
-    (el, bitmap.iter().map(|w| u64::from(w.count_ones())).sum())
+    let mut found = 0u64;
+    let d = median(s.large_reps.max(5), || {
+        mark();
+        bitmap.fill(0);
+        let t = Instant::now();
+        iopt.read_and_clear_dirty(domain_id, req, bitmap)
+            .expect("read_and_clear_dirty");
+        let el = t.elapsed();
+        found = bitmap.iter().map(|w| u64::from(w.count_ones())).sum();
+        el
+    });
+    (d, found)
 }
 
-/// The floor: scan a dense PTE array (one `u64` per 4 KiB page, bit 6 =
-/// dirty), test-and-clear, set bitmap bits. Returns the time of one scan.
-fn floor_scan(ptes: &mut [u64], bitmap: &mut [u64]) -> std::time::Duration {
-    const DIRTY: u64 = 1 << 6;
+/// The floor: scan a dense PTE array (one `u64` per 4 KiB page, bit `BIT`
+/// = dirty), test-and-clear, set bitmap bits. Returns the time of one scan.
+fn floor_scan<const BIT: u32>(ptes: &mut [u64], bitmap: &mut [u64]) -> std::time::Duration {
+    const { assert!(BIT < 64) };
+    let dirty: u64 = 1 << BIT;
     let t = Instant::now();
     for (i, p) in ptes.iter_mut().enumerate() {
-        if *p & DIRTY != 0 {
-            *p &= !DIRTY;
+        if *p & dirty != 0 {
+            *p &= !dirty;
             bitmap[i / 64] |= 1 << (i % 64);
         }
     }
     std::hint::black_box(&bitmap[0]);
     t.elapsed()
+}
+
+/// Median time of the floor scan (dirty bit `BIT`) of `ptes` after the
+/// `permille` pages of the `npages` were set dirty, into a cleared `bitmap`.
+pub(super) fn floor_median<const BIT: u32>(
+    s: &Scale,
+    npages: u64,
+    permille: u64,
+    ptes: &mut [u64],
+    bitmap: &mut [u64],
+) -> std::time::Duration {
+    median(s.large_reps.max(5), || {
+        for p in dirty_pages(npages, permille) {
+            ptes[p as usize] |= 1 << BIT;
+        }
+        bitmap.fill(0);
+        floor_scan::<BIT>(ptes, bitmap)
+    })
 }
 
 fn pct(permille: u64) -> String {
@@ -101,12 +139,7 @@ pub fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
         at += chunk;
     }
     iopt.set_dirty_tracking(dom.id(), true).map_err(es)?;
-    let req = DirtyRequest {
-        iova: IOVA,
-        length: len,
-        page_size: KIB4,
-        flags: 0,
-    };
+    let req = dirty_request(IOVA, len);
     let mut bitmap = vec![0u64; npages.div_ceil(64) as usize];
     let mut ptes = vec![0u64; npages as usize];
     let mark = |permille: u64| -> Result<(), String> {
@@ -125,20 +158,11 @@ pub fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
         format!("{} MiB", len >> 20)
     };
     for permille in PERMILLE {
-        let mut found = 0u64;
-        let d = median(s.large_reps.max(5), || {
-            mark(permille).expect("mark dirty");
-            let (el, n) = timed_dirty_read(iopt, dom.id(), &req, &mut bitmap);
-            found = n;
-            el
+        let (d, found) = timed_dirty_reads(s, iopt, dom.id(), &req, &mut bitmap, || {
+            mark(permille).expect("mark dirty")
         });
-        let f = median(s.large_reps.max(5), || {
-            for p in dirty_pages(npages, permille) {
-                ptes[p as usize] |= 1 << 6;
-            }
-            bitmap.fill(0);
-            floor_scan(&mut ptes, &mut bitmap)
-        });
+        // the mock's dirty bit
+        let f = floor_median::<6>(s, npages, permille, &mut ptes, &mut bitmap);
         r.push(
             Row::vs_floor(
                 format!("6.dirty.rust.{}", pct(permille)),

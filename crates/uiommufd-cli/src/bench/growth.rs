@@ -27,6 +27,31 @@ fn area_iova(i: u64) -> u64 {
     BASE + i * 2 * KIB4
 }
 
+/// Add areas with `add(i)` (`i` = the area count so far) until `count`
+/// reaches `target`: the time per area added, in ns.
+fn fill_to(
+    count: &mut u64,
+    target: u64,
+    mut add: impl FnMut(u64) -> uiommufd::Result<()>,
+) -> Result<f64, String> {
+    let t = Instant::now();
+    let added = target - *count;
+    while *count < target {
+        add(*count).map_err(es)?;
+        *count += 1;
+    }
+    Ok(t.elapsed().as_nanos() as f64 / added.max(1) as f64)
+}
+
+/// ns per map+unmap of the 4 KiB at `p` at the fixed IOVA.
+fn map_unmap_fixed(s: &Scale, iters: u64, ioas: &uiommufd::ioas::Ioas, p: u64) -> f64 {
+    ns_per_op(s.reps, iters, || {
+        ioas.map_user(p, KIB4, Some(FIXED), Prot::RW)
+            .expect("map at the fixed IOVA");
+        ioas.unmap(FIXED, KIB4).expect("unmap at the fixed IOVA");
+    })
+}
+
 /// Run case 7 (both fills).
 pub fn growth(s: &Scale, r: &mut Report) -> Result<(), String> {
     let probe = Buf::populated(KIB4, Backing::Small)?;
@@ -43,25 +68,16 @@ pub fn growth(s: &Scale, r: &mut Report) -> Result<(), String> {
             .map_err(es)?;
         let src = ioas.iopt().get_pages(SRC_IOVA, KIB4).map_err(es)?;
         let mut count = 1u64; // the source area
-        let mut next = 0u64;
         let mut base_fixed = None;
         let mut base_alloc = None;
         for exp in 2..=s.growth_max_exp {
             let target = 10u64.pow(exp);
-            let t = Instant::now();
-            let added = target - count;
-            while count < target {
-                ioas.map_sources(src.clone(), KIB4, Some(area_iova(next)), Prot::RW)
-                    .map_err(es)?;
-                next += 1;
-                count += 1;
-            }
-            let fill_ns = t.elapsed().as_nanos() as f64 / added.max(1) as f64;
-            let fixed = ns_per_op(s.reps, iters, || {
-                ioas.map_user(p, KIB4, Some(FIXED), Prot::RW)
-                    .expect("map at the fixed IOVA");
-                ioas.unmap(FIXED, KIB4).expect("unmap at the fixed IOVA");
-            });
+            // area i is the (i + 1)th: the source area came first
+            let fill_ns = fill_to(&mut count, target, |i| {
+                ioas.map_sources(src.clone(), KIB4, Some(area_iova(i - 1)), Prot::RW)
+                    .map(|_| ())
+            })?;
+            let fixed = map_unmap_fixed(s, iters, &ioas, p);
             let alloc = ns_per_op(s.reps, iters, || {
                 let v = ioas
                     .map_user(p, KIB4, None, Prot::RW)
@@ -107,19 +123,11 @@ pub fn growth(s: &Scale, r: &mut Report) -> Result<(), String> {
         let mut max_target = 0;
         for exp in 2..=s.growth_pages_max_exp {
             let target = 10u64.pow(exp);
-            let t = Instant::now();
-            let added = target - count;
-            while count < target {
-                ioas.map_user(fill.addr(), KIB4, Some(area_iova(count)), Prot::RW)
-                    .map_err(es)?;
-                count += 1;
-            }
-            let fill_ns = t.elapsed().as_nanos() as f64 / added.max(1) as f64;
-            let fixed = ns_per_op(s.reps, iters, || {
-                ioas.map_user(p, KIB4, Some(FIXED), Prot::RW)
-                    .expect("map at the fixed IOVA");
-                ioas.unmap(FIXED, KIB4).expect("unmap at the fixed IOVA");
-            });
+            let fill_ns = fill_to(&mut count, target, |i| {
+                ioas.map_user(fill.addr(), KIB4, Some(area_iova(i)), Prot::RW)
+                    .map(|_| ())
+            })?;
+            let fixed = map_unmap_fixed(s, iters, &ioas, p);
             let b = *base.get_or_insert(fixed);
             r.push(
                 Row::plain(

@@ -192,16 +192,10 @@ impl Row {
             ours / floor
         };
         Row {
-            id: id.into(),
-            case,
-            what: what.into(),
-            unit,
-            ours,
             floor: Some((floor, floor_what.into())),
-            ratio: Some(ratio),
-            ratio_kind: RatioKind::VsFloor,
-            note: String::new(),
+            ..Row::plain(id, case, what, unit, ours)
         }
+        .ratio(RatioKind::VsFloor, ratio)
     }
 
     /// A row without a floor.

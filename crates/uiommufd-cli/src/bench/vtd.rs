@@ -11,44 +11,16 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use uiommufd::domain::Domain;
-use uiommufd::io_pagetable::DirtyRequest;
-use uiommufd::vtd::{Iotlb, VtdDomain};
+use uiommufd::vtd::{Fault, Iotlb, VtdDomain};
 use uiommufd::{Context, Prot};
 
 use super::cases::es;
-use super::dirty::{dirty_pages, timed_dirty_read};
+use super::dirty::{dirty_pages, dirty_request, floor_median, timed_dirty_reads};
 use super::util::{gbps, median, memcpy_gbps, ns_per_op, populate, Backing, Buf, KIB4};
 use super::{RatioKind, Report, Row, Scale, Unit};
 
 /// Where the large buffers are mapped.
 const IOVA: u64 = 1 << 32;
-
-/// Install the fault-safe copy's handler (once) so that DMA copies run in
-/// process; `false` where the architecture has none.
-fn enable_faultsafe() -> bool {
-    use std::sync::OnceLock;
-    static ON: OnceLock<bool> = OnceLock::new();
-    *ON.get_or_init(|| {
-        if uiommufd::faultsafe::enabled() {
-            return true;
-        }
-        for sig in [libc::SIGSEGV, libc::SIGBUS] {
-            // SAFETY: an all-zero sigaction, then filled in.
-            let mut act: libc::sigaction = unsafe { std::mem::zeroed() };
-            act.sa_sigaction = uiommufd::faultsafe::handler as *const () as usize;
-            act.sa_flags = libc::SA_SIGINFO | libc::SA_ONSTACK | libc::SA_RESTART;
-            // SAFETY: as above.
-            let mut old: libc::sigaction = unsafe { std::mem::zeroed() };
-            // SAFETY: installing the engine's handler; the old disposition
-            // is recorded as the program's, to which foreign faults go.
-            if unsafe { libc::sigaction(sig, &act, &mut old) } != 0 {
-                return false;
-            }
-            uiommufd::faultsafe::set_program_action(sig, &old);
-        }
-        uiommufd::faultsafe::enable()
-    })
-}
 
 /// An 8-byte load from a present page: the floor of a lookup.
 fn load_floor(s: &Scale, page: &Buf) -> f64 {
@@ -58,6 +30,30 @@ fn load_floor(s: &Scale, page: &Buf) -> f64 {
         let v = unsafe { std::ptr::read_volatile(a as *const u64) };
         std::hint::black_box(v);
     })
+}
+
+/// Nanoseconds per translation: `op` (one translation) run `s.iters * 10`
+/// times per repetition.
+fn ns_per_translate(s: &Scale, mut op: impl FnMut() -> Result<(u64, u64), Fault>) -> f64 {
+    ns_per_op(s.reps, s.iters * 10, || {
+        // one word out: a black-boxed tuple would be stored as two words
+        // and reloaded as one, a store-forwarding stall the harness adds
+        let (h, n) = op().expect("translate");
+        std::hint::black_box(h ^ n);
+    })
+}
+
+/// Time a lookup (`op`, one translation) and report it as row `id`
+/// against the 8-byte load `floor`.
+fn time_lookup(
+    s: &Scale,
+    r: &mut Report,
+    floor: f64,
+    id: &str,
+    what: &str,
+    op: impl FnMut() -> Result<(u64, u64), Fault>,
+) {
+    r.push(lookup_row(id, what, ns_per_translate(s, op), floor));
 }
 
 /// A row of a lookup's time per operation against the 8-byte load.
@@ -84,48 +80,37 @@ fn translate(s: &Scale, r: &mut Report) -> Result<(), String> {
             .map_err(es)?;
     }
     let mut tlb = Iotlb::new(dom.clone());
-    let hit = ns_per_op(s.reps, s.iters * 10, || {
-        let t = tlb.translate(std::hint::black_box(base + 64), 8, false);
-        // one word out: a black-boxed tuple would be stored as two words
-        // and reloaded as one, a store-forwarding stall the harness adds
-        let (h, n) = t.expect("translate");
-        std::hint::black_box(h ^ n);
-    });
-    r.push(lookup_row(
+    time_lookup(
+        s,
+        r,
+        floor,
         "8.vtd.translate.hit",
         "Iotlb::translate of one cached IOVA (generation check, tag, permission)",
-        hit,
-        floor,
-    ));
+        || tlb.translate(std::hint::black_box(base + 64), 8, false),
+    );
     let mut k = 0u64;
-    let rand = ns_per_op(s.reps, s.iters * 10, || {
-        k = (k + 389) % 1024;
-        let t = tlb.translate(base + k * 2 * KIB4 + 64, 8, false);
-        // one word out: a black-boxed tuple would be stored as two words
-        // and reloaded as one, a store-forwarding stall the harness adds
-        let (h, n) = t.expect("translate");
-        std::hint::black_box(h ^ n);
-    });
-    r.push(lookup_row(
+    time_lookup(
+        s,
+        r,
+        floor,
         "8.vtd.translate.1024",
         "Iotlb::translate at a random one of 1024 4 KiB mappings (1024-slot IOTLB)",
-        rand,
+        || {
+            k = (k + 389) % 1024;
+            tlb.translate(base + k * 2 * KIB4 + 64, 8, false)
+        },
+    );
+    time_lookup(
+        s,
+        r,
         floor,
-    ));
-    let walk = ns_per_op(s.reps, s.iters * 10, || {
-        k = (k + 389) % 1024;
-        let t = dom.translate(base + k * 2 * KIB4 + 64, 8, false);
-        // one word out: a black-boxed tuple would be stored as two words
-        // and reloaded as one, a store-forwarding stall the harness adds
-        let (h, n) = t.expect("translate");
-        std::hint::black_box(h ^ n);
-    });
-    r.push(lookup_row(
         "8.vtd.translate.1024.walk",
         "VtdDomain::translate (4-level walk, no cache) at a random one of 1024 mappings",
-        walk,
-        floor,
-    ));
+        || {
+            k = (k + 389) % 1024;
+            dom.translate(base + k * 2 * KIB4 + 64, 8, false)
+        },
+    );
     nested_translate(s, r, floor)
 }
 
@@ -135,7 +120,7 @@ fn translate(s: &Scale, r: &mut Report) -> Result<(), String> {
 fn nested_translate(s: &Scale, r: &mut Report, floor: f64) -> Result<(), String> {
     // table entries are read in process, as under the preload (which
     // always installs the handler)
-    if !enable_faultsafe() {
+    if !uiommufd::faultsafe::install() {
         r.skip("8.vtd.nested.*", "no fault-safe copy on this architecture");
         return Ok(());
     }
@@ -167,30 +152,21 @@ fn nested_translate(s: &Scale, r: &mut Report, floor: f64) -> Result<(), String>
         },
     );
     let mut tlb = Iotlb::nested(n.clone());
-    let hit = ns_per_op(s.reps, s.iters * 10, || {
-        let t = tlb.translate(std::hint::black_box(64), 8, false);
-        // one word out: a black-boxed tuple would be stored as two words
-        // and reloaded as one, a store-forwarding stall the harness adds
-        let (h, n) = t.expect("translate");
-        std::hint::black_box(h ^ n);
-    });
-    r.push(lookup_row(
+    time_lookup(
+        s,
+        r,
+        floor,
         "8.vtd.nested.translate.hit",
         "Iotlb::translate over a nested domain, one cached IOVA (both stages combined in the slot; generation check, tag, permission)",
-        hit,
-        floor,
-    ));
+        || tlb.translate(std::hint::black_box(64), 8, false),
+    );
     // misses without an invalidation: a one-slot IOTLB, and pages 64
     // apart, which share the first-stage cache's slot
     let mut one = Iotlb::nested_with_slots(n.clone(), 1);
     let mut k = 0u64;
-    let miss = ns_per_op(s.reps, s.iters * 10, || {
+    let miss = ns_per_translate(s, || {
         k = (k + 64 * 3) % 512;
-        let t = one.translate(k * KIB4 + 64, 8, false);
-        // one word out: a black-boxed tuple would be stored as two words
-        // and reloaded as one, a store-forwarding stall the harness adds
-        let (h, n) = t.expect("translate");
-        std::hint::black_box(h ^ n);
+        one.translate(k * KIB4 + 64, 8, false)
     });
     // the same sequence on: each access must have walked
     let w0 = n.walks();
@@ -212,39 +188,31 @@ fn nested_translate(s: &Scale, r: &mut Report, floor: f64) -> Result<(), String>
         .note(if walked { "every access walked" } else { "NOT every access walked" }),
     );
     let mut k = 0u64;
-    let inval = ns_per_op(s.reps, s.iters * 10, || {
-        k = (k + 389) % 512;
-        n.flush_range(k * KIB4, k * KIB4);
-        let t = tlb.translate(k * KIB4 + 64, 8, false);
-        // one word out: a black-boxed tuple would be stored as two words
-        // and reloaded as one, a store-forwarding stall the harness adds
-        let (h, n) = t.expect("translate");
-        std::hint::black_box(h ^ n);
-    });
-    r.push(lookup_row(
+    time_lookup(
+        s,
+        r,
+        floor,
         "8.vtd.nested.translate.invalidated",
         "Iotlb::translate over a nested domain after an invalidation of the page, the invalidation included (it drops the IOTLB's slots too)",
-        inval,
+        || {
+            k = (k + 389) % 512;
+            n.flush_range(k * KIB4, k * KIB4);
+            tlb.translate(k * KIB4 + 64, 8, false)
+        },
+    );
+    time_lookup(
+        s,
+        r,
         floor,
-    ));
-    let shared = ns_per_op(s.reps, s.iters * 10, || {
-        let t = n.translate(std::hint::black_box(64), 8, false);
-        // one word out: a black-boxed tuple would be stored as two words
-        // and reloaded as one, a store-forwarding stall the harness adds
-        let (h, n) = t.expect("translate");
-        std::hint::black_box(h ^ n);
-    });
-    r.push(lookup_row(
         "8.vtd.nested.translate.domain",
         "VtdNestedDomain::translate (the domain's shared path, no per-device IOTLB): first-stage cache under its lock, then the parent's walk",
-        shared,
-        floor,
-    ));
+        || n.translate(std::hint::black_box(64), 8, false),
+    );
     Ok(())
 }
 
 fn dma(s: &Scale, r: &mut Report) -> Result<(), String> {
-    if !enable_faultsafe() {
+    if !uiommufd::faultsafe::install() {
         r.skip("8.vtd.dma.*", "no fault-safe copy on this architecture");
         return Ok(());
     }
@@ -305,24 +273,14 @@ fn timed_vtd_dirty(
     permille: u64,
 ) -> (std::time::Duration, u64) {
     let pages = span / KIB4;
-    let req = DirtyRequest {
-        iova: IOVA,
-        length: span,
-        page_size: KIB4,
-        flags: 0,
-    };
+    let req = dirty_request(IOVA, span);
     let mut bitmap = vec![0u64; pages.div_ceil(64) as usize];
     let id = tlb.domain().id();
-    let mut found = 0u64;
-    let d = median(s.large_reps.max(5), || {
+    timed_dirty_reads(s, iopt, id, &req, &mut bitmap, || {
         for p in dirty_pages(pages, permille) {
             tlb.translate(IOVA + p * KIB4, 8, true).expect("write");
         }
-        let (el, n) = timed_dirty_read(iopt, id, &req, &mut bitmap);
-        found = n;
-        el
-    });
-    (d, found)
+    })
 }
 
 fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
@@ -344,21 +302,8 @@ fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
     let mut per_gib = Vec::new();
     for (permille, name) in VTD_DIRTY {
         let (d, found) = timed_vtd_dirty(s, iopt, &mut tlb, len, permille);
-        let f = median(s.large_reps.max(5), || {
-            for p in dirty_pages(npages, permille) {
-                ptes[p as usize] |= 1 << 9;
-            }
-            bitmap.fill(0);
-            let t = Instant::now();
-            for (i, p) in ptes.iter_mut().enumerate() {
-                if *p & (1 << 9) != 0 {
-                    *p &= !(1 << 9);
-                    bitmap[i / 64] |= 1 << (i % 64);
-                }
-            }
-            std::hint::black_box(&bitmap[0]);
-            t.elapsed()
-        });
+        // the VT-d D bit
+        let f = floor_median::<9>(s, npages, permille, &mut ptes, &mut bitmap);
         per_gib.push(d.as_secs_f64() * 1e3 / gib(len));
         r.push(
             Row::vs_floor(

@@ -40,8 +40,7 @@ static long pg;
 
 static int test_cmd(struct iommu_test_cmd *c)
 {
-	c->size = sizeof(*c);
-	return ioctl(iommufd, IOMMU_TEST_CMD, c);
+	return uapi_test_cmd(iommufd, c);
 }
 
 static int trigger(uint32_t grpid)

@@ -37,31 +37,11 @@
 
 extern char **environ;
 
-static uint32_t ioas_alloc(int fd)
-{
-	struct iommu_ioas_alloc a = { .size = sizeof(a) };
-	if (ioctl(fd, IOMMU_IOAS_ALLOC, &a))
-		return 0;
-	return a.out_ioas_id;
-}
-
-static int destroy(int fd, uint32_t id)
-{
-	struct iommu_destroy d = { .size = sizeof(d), .id = id };
-	return ioctl(fd, IOMMU_DESTROY, &d);
-}
-
-static int wait_ok(pid_t pid)
-{
-	int st = 0;
-	return waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
-}
-
 /* The new image: FD is the inherited /dev/iommu fd, ID an IOAS of it. */
 static int image(int fd, uint32_t parents)
 {
 	long pg = sysconf(_SC_PAGESIZE);
-	uint32_t ioas = ioas_alloc(fd);
+	uint32_t ioas = uapi_ioas_alloc(fd);
 	CHECK(ioas != 0, "IOAS_ALLOC through the inherited fd");
 	void *buf = mmap(NULL, 4 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK(buf != MAP_FAILED, "mmap");
@@ -78,10 +58,10 @@ static int image(int fd, uint32_t parents)
 				      .length = 4 * pg };
 	CHECK(ioctl(fd, IOMMU_IOAS_UNMAP, &u) == 0 && u.length == (uint64_t)(4 * pg),
 	      "IOAS_UNMAP");
-	CHECK(destroy(fd, ioas) == 0, "destroy our IOAS");
-	CHECK(destroy(fd, parents) == 0, "destroy the parent's IOAS %u: the same context", parents);
+	CHECK(uapi_destroy(fd, ioas) == 0, "destroy our IOAS");
+	CHECK(uapi_destroy(fd, parents) == 0, "destroy the parent's IOAS %u: the same context", parents);
 	errno = 0;
-	CHECK(destroy(fd, parents) == -1 && errno == ENOENT, "destroyed once");
+	CHECK(uapi_destroy(fd, parents) == -1 && errno == ENOENT, "destroyed once");
 	return failures ? 1 : 0;
 }
 
@@ -117,7 +97,7 @@ static void fork_then_exec(void)
 {
 	int fd = open("/dev/iommu", O_RDWR);
 	CHECK(fd >= 0, "open");
-	uint32_t id = ioas_alloc(fd);
+	uint32_t id = uapi_ioas_alloc(fd);
 	int p[2];
 	CHECK(pipe(p) == 0, "pipe");
 	pid_t child = fork();
@@ -134,7 +114,7 @@ static void fork_then_exec(void)
 	close(p[0]);
 	close(fd);
 	CHECK(write(p[1], "g", 1) == 1, "go");
-	CHECK(wait_ok(child), "fork + execv: the new image's calls");
+	CHECK(child_ok(child), "fork + execv: the new image's calls");
 	close(p[1]);
 }
 
@@ -143,7 +123,7 @@ static void vfork_then_execve(void)
 {
 	int fd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
 	CHECK(fd >= 0, "open");
-	uint32_t id = ioas_alloc(fd);
+	uint32_t id = uapi_ioas_alloc(fd);
 	char a[16], b[16];
 	args(a, b, fd, id);
 	char *argv[] = { self, "image", a, b, NULL };
@@ -155,7 +135,7 @@ static void vfork_then_execve(void)
 	}
 	/* the child has exec'd: only its reference holds the context now */
 	close(fd);
-	CHECK(wait_ok(child), "vfork + execve: the new image's calls");
+	CHECK(child_ok(child), "vfork + execve: the new image's calls");
 }
 
 /* posix_spawn with the fd inherited; the parent closes it at once. */
@@ -163,14 +143,14 @@ static void posix_spawn_inherits(void)
 {
 	int fd = open("/dev/iommu", O_RDWR);
 	CHECK(fd >= 0, "open");
-	uint32_t id = ioas_alloc(fd);
+	uint32_t id = uapi_ioas_alloc(fd);
 	char a[16], b[16];
 	args(a, b, fd, id);
 	char *argv[] = { self, "image", a, b, NULL };
 	pid_t child = 0;
 	CHECK(posix_spawn(&child, self, NULL, NULL, argv, environ) == 0, "posix_spawn");
 	close(fd);
-	CHECK(wait_ok(child), "posix_spawn: the new image's calls");
+	CHECK(child_ok(child), "posix_spawn: the new image's calls");
 }
 
 /* A client (fork child) forks again; its child execs after both the
@@ -179,7 +159,7 @@ static void client_forks_and_execs(void)
 {
 	int fd = open("/dev/iommu", O_RDWR);
 	CHECK(fd >= 0, "open");
-	uint32_t id = ioas_alloc(fd);
+	uint32_t id = uapi_ioas_alloc(fd);
 	int p[2];
 	CHECK(pipe(p) == 0, "pipe");
 	pid_t child = fork();
@@ -194,12 +174,12 @@ static void client_forks_and_execs(void)
 		/* a client's posix_spawn: the hold is made in the owner */
 		int ok = posix_spawn(&grandchild, self, NULL, NULL, argv, environ) == 0;
 		close(fd);
-		_exit(ok && wait_ok(grandchild) ? 0 : 1);
+		_exit(ok && child_ok(grandchild) ? 0 : 1);
 	}
 	close(p[0]);
 	close(fd);
 	CHECK(write(p[1], "g", 1) == 1, "go");
-	CHECK(wait_ok(child), "a client's posix_spawn: the new image's calls");
+	CHECK(child_ok(child), "a client's posix_spawn: the new image's calls");
 	close(p[1]);
 }
 
@@ -210,14 +190,14 @@ static void owner_execs(void)
 	pid_t owner = fork();
 	if (owner == 0) {
 		int fd = open("/dev/iommu", O_RDWR);
-		uint32_t id = fd >= 0 ? ioas_alloc(fd) : 0;
+		uint32_t id = fd >= 0 ? uapi_ioas_alloc(fd) : 0;
 		char a[16], b[16];
 		args(a, b, fd, id);
 		char *argv[] = { self, "image", a, b, NULL };
 		execv(self, argv);
 		_exit(3);
 	}
-	CHECK(wait_ok(owner), "the owner's new image's calls");
+	CHECK(child_ok(owner), "the owner's new image's calls");
 }
 
 /* The owner maps its memory into a mock domain, then execs: the pinned
@@ -228,7 +208,7 @@ static void owner_execs_with_pinned_memory(void)
 	if (owner == 0) {
 		long pg = sysconf(_SC_PAGESIZE);
 		int fd = open("/dev/iommu", O_RDWR);
-		uint32_t ioas = fd >= 0 ? ioas_alloc(fd) : 0;
+		uint32_t ioas = fd >= 0 ? uapi_ioas_alloc(fd) : 0;
 		struct iommu_test_cmd d = { .size = sizeof(d), .op = IOMMU_TEST_OP_MOCK_DOMAIN,
 					    .id = ioas };
 		unsigned char *buf = mmap(NULL, 4 * pg, PROT_READ | PROT_WRITE,
@@ -253,7 +233,7 @@ static void owner_execs_with_pinned_memory(void)
 		execv(self, argv);
 		_exit(3);
 	}
-	CHECK(wait_ok(owner), "the owner's new image read the old image's pinned pages");
+	CHECK(child_ok(owner), "the owner's new image read the old image's pinned pages");
 }
 
 /* The owner execs a program that does not inherit the fd while a client
@@ -265,7 +245,7 @@ static void owner_execs_under_a_client(void)
 	pid_t owner = fork();
 	if (owner == 0) {
 		int fd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
-		uint32_t id = fd >= 0 ? ioas_alloc(fd) : 0;
+		uint32_t id = fd >= 0 ? uapi_ioas_alloc(fd) : 0;
 		pid_t client = fork();
 		if (client == 0) {
 			char c;
@@ -273,8 +253,8 @@ static void owner_execs_under_a_client(void)
 			close(done[0]);
 			if (read(go[0], &c, 1) != 1)
 				_exit(2);
-			uint32_t mine = ioas_alloc(fd);
-			c = mine && destroy(fd, mine) == 0 && destroy(fd, id) == 0 ? 'y' : 'n';
+			uint32_t mine = uapi_ioas_alloc(fd);
+			c = mine && uapi_destroy(fd, mine) == 0 && uapi_destroy(fd, id) == 0 ? 'y' : 'n';
 			_exit(write(done[1], &c, 1) == 1 ? 0 : 1);
 		}
 		char *argv[] = { "true", NULL };
@@ -284,7 +264,7 @@ static void owner_execs_under_a_client(void)
 	close(go[0]);
 	close(done[1]);
 	/* the owner's new image has run and exited */
-	CHECK(wait_ok(owner), "the owner ran /bin/true");
+	CHECK(child_ok(owner), "the owner ran /bin/true");
 	CHECK(write(go[1], "g", 1) == 1, "go");
 	char c = 0;
 	CHECK(read(done[0], &c, 1) == 1 && c == 'y', "the client's calls after the owner's exec (%c)",
@@ -314,7 +294,7 @@ static void unclaimed_reference_ends_with_the_image(void)
 	long pg = sysconf(_SC_PAGESIZE);
 	int fd = open("/dev/iommu", O_RDWR);
 	CHECK(fd >= 0, "open");
-	uint32_t ioas = ioas_alloc(fd);
+	uint32_t ioas = uapi_ioas_alloc(fd);
 	struct iommu_test_cmd d = { .size = sizeof(d), .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = ioas };
 	CHECK(ioctl(fd, IOMMU_TEST_CMD, &d) == 0, "MOCK_DOMAIN");
 	void *buf = mmap(NULL, 16 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
@@ -347,7 +327,7 @@ static void unclaimed_reference_ends_with_the_image(void)
 	close(fd);
 	CHECK(vm_pin() == pinned, "still pinned while the child holds the fd");
 	CHECK(write(p[1], "g", 1) == 1, "go");
-	CHECK(wait_ok(child), "the child ran /bin/true");
+	CHECK(child_ok(child), "the child ran /bin/true");
 	close(p[1]);
 	long now = vm_pin();
 	for (int i = 0; i < 200 && now != pinned - 16 * pg / 1024; i++) {
@@ -367,8 +347,8 @@ static void failed_exec(void)
 	char *argv[] = { "/nonexistent/program", NULL };
 	errno = 0;
 	CHECK(execv(argv[0], argv) == -1 && errno == ENOENT, "execv of a missing program");
-	uint32_t id = ioas_alloc(fd);
-	CHECK(id != 0 && destroy(fd, id) == 0, "the fd still works");
+	uint32_t id = uapi_ioas_alloc(fd);
+	CHECK(id != 0 && uapi_destroy(fd, id) == 0, "the fd still works");
 	close(fd);
 }
 

@@ -36,26 +36,6 @@
 
 #define IOVA 0x1000000ull /* inside the mock aperture */
 
-static uint32_t ioas_alloc(int fd)
-{
-	struct iommu_ioas_alloc a = { .size = sizeof(a) };
-	if (ioctl(fd, IOMMU_IOAS_ALLOC, &a))
-		return 0;
-	return a.out_ioas_id;
-}
-
-static int destroy(int fd, uint32_t id)
-{
-	struct iommu_destroy d = { .size = sizeof(d), .id = id };
-	return ioctl(fd, IOMMU_DESTROY, &d);
-}
-
-static int wait_ok(pid_t pid)
-{
-	int st = 0;
-	return waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
-}
-
 static void objects_of_children(void)
 {
 	int fd = open("/dev/iommu", O_RDWR);
@@ -64,23 +44,23 @@ static void objects_of_children(void)
 	CHECK(pipe(p) == 0, "pipe");
 	pid_t child = fork();
 	if (child == 0) {
-		uint32_t id = ioas_alloc(fd);
+		uint32_t id = uapi_ioas_alloc(fd);
 		pid_t grandchild = fork();
 		if (grandchild == 0) {
-			uint32_t id3 = ioas_alloc(fd);
+			uint32_t id3 = uapi_ioas_alloc(fd);
 			_exit(write(p[1], &id3, 4) == 4 && id3 ? 0 : 1);
 		}
-		int ok = wait_ok(grandchild);
+		int ok = child_ok(grandchild);
 		_exit(write(p[1], &id, 4) == 4 && id && ok ? 0 : 1);
 	}
 	uint32_t ids[2] = { 0, 0 };
 	CHECK(read(p[0], &ids[0], 4) == 4 && read(p[0], &ids[1], 4) == 4, "ids");
-	CHECK(wait_ok(child), "child");
+	CHECK(child_ok(child), "child");
 	CHECK(ids[0] && ids[1] && ids[0] != ids[1], "two ids %u %u", ids[0], ids[1]);
-	CHECK(destroy(fd, ids[0]) == 0, "destroy the grandchild's IOAS %u", ids[0]);
-	CHECK(destroy(fd, ids[1]) == 0, "destroy the child's IOAS %u", ids[1]);
+	CHECK(uapi_destroy(fd, ids[0]) == 0, "destroy the grandchild's IOAS %u", ids[0]);
+	CHECK(uapi_destroy(fd, ids[1]) == 0, "destroy the child's IOAS %u", ids[1]);
 	errno = 0;
-	CHECK(destroy(fd, ids[0]) == -1 && errno == ENOENT, "destroyed once");
+	CHECK(uapi_destroy(fd, ids[0]) == -1 && errno == ENOENT, "destroyed once");
 	close(p[0]);
 	close(p[1]);
 	close(fd);
@@ -90,7 +70,7 @@ static void outlives_the_parents_fd(void)
 {
 	int fd = open("/dev/iommu", O_RDWR);
 	CHECK(fd >= 0, "open");
-	uint32_t ioas = ioas_alloc(fd);
+	uint32_t ioas = uapi_ioas_alloc(fd);
 	int p[2];
 	CHECK(pipe(p) == 0, "pipe");
 	pid_t child = fork();
@@ -100,12 +80,12 @@ static void outlives_the_parents_fd(void)
 		if (read(p[0], &c, 1) != 1)
 			_exit(2);
 		/* the parent has closed its fd: the context is still ours */
-		_exit(ioas_alloc(fd) && destroy(fd, ioas) == 0 ? 0 : 1);
+		_exit(uapi_ioas_alloc(fd) && uapi_destroy(fd, ioas) == 0 ? 0 : 1);
 	}
 	close(p[0]);
 	close(fd);
 	CHECK(write(p[1], "g", 1) == 1, "go");
-	CHECK(wait_ok(child), "the child's calls after the parent's close");
+	CHECK(child_ok(child), "the child's calls after the parent's close");
 	close(p[1]);
 }
 
@@ -114,7 +94,7 @@ static void shared_memory_in_a_domain(void)
 	long pg = sysconf(_SC_PAGESIZE);
 	int fd = open("/dev/iommu", O_RDWR);
 	CHECK(fd >= 0, "open");
-	uint32_t ioas = ioas_alloc(fd);
+	uint32_t ioas = uapi_ioas_alloc(fd);
 	struct iommu_test_cmd d = { .size = sizeof(d), .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = ioas };
 	CHECK(ioctl(fd, IOMMU_TEST_CMD, &d) == 0, "MOCK_DOMAIN");
 	struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_CREATE_ACCESS, .id = ioas };
@@ -136,7 +116,7 @@ static void shared_memory_in_a_domain(void)
 		};
 		_exit(ioctl(fd, IOMMU_IOAS_MAP, &m) == 0 ? 0 : 1);
 	}
-	CHECK(wait_ok(child), "the child's IOAS_MAP into a domain");
+	CHECK(child_ok(child), "the child's IOAS_MAP into a domain");
 	unsigned char got[32] = { 0 };
 	struct iommu_test_cmd rw = { .size = sizeof(rw), .op = IOMMU_TEST_OP_ACCESS_RW,
 				     .id = c.create_access.out_access_fd };
@@ -149,18 +129,6 @@ static void shared_memory_in_a_domain(void)
 	close(fd);
 }
 
-#define IOMMU_IOAS_MAP_FILE _IO(IOMMUFD_TYPE, 0x8f)
-
-struct iommu_ioas_map_file {
-	uint32_t size;
-	uint32_t flags;
-	uint32_t ioas_id;
-	int32_t fd;
-	uint64_t start;
-	uint64_t length;
-	uint64_t iova;
-};
-
 /* IOAS_MAP_FILE from a child: its fd travels to the owner, the area stays
  * after the child closed the memfd and exited; a bad fd is EBADF. */
 static void map_file_from_a_child(void)
@@ -168,7 +136,7 @@ static void map_file_from_a_child(void)
 	long pg = sysconf(_SC_PAGESIZE);
 	int fd = open("/dev/iommu", O_RDWR);
 	CHECK(fd >= 0, "open");
-	uint32_t ioas = ioas_alloc(fd);
+	uint32_t ioas = uapi_ioas_alloc(fd);
 	struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_CREATE_ACCESS, .id = ioas };
 	CHECK(ioctl(fd, IOMMU_TEST_CMD, &c) == 0, "CREATE_ACCESS");
 	pid_t child = fork();
@@ -195,7 +163,7 @@ static void map_file_from_a_child(void)
 		close(mfd);
 		_exit(ok ? 0 : 1);
 	}
-	CHECK(wait_ok(child), "the child's IOAS_MAP_FILE");
+	CHECK(child_ok(child), "the child's IOAS_MAP_FILE");
 	unsigned char got[32] = { 0 };
 	struct iommu_test_cmd rw = { .size = sizeof(rw), .op = IOMMU_TEST_OP_ACCESS_RW,
 				     .id = c.create_access.out_access_fd };
@@ -263,7 +231,7 @@ static void fault_fd_in_a_child(void)
 		}
 		_exit(ok ? 0 : 1);
 	}
-	CHECK(wait_ok(child), "the child read and answered the faults");
+	CHECK(child_ok(child), "the child read and answered the faults");
 	struct pollfd pf = { .fd = ffd, .events = POLLIN };
 	CHECK(poll(&pf, 1, 0) == 0, "the queue is empty for the parent too");
 	struct iommu_hwpt_pgfault left[4];
@@ -281,7 +249,7 @@ static void engine_fds_made_by_a_child(void)
 	long pg = sysconf(_SC_PAGESIZE);
 	int fd = open("/dev/iommu", O_RDWR);
 	CHECK(fd >= 0, "open");
-	uint32_t ioas = ioas_alloc(fd);
+	uint32_t ioas = uapi_ioas_alloc(fd);
 	unsigned char *buf = mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	CHECK(buf != MAP_FAILED, "mmap");
 	memset(buf, 0x6b, pg);
@@ -319,7 +287,7 @@ static void engine_fds_made_by_a_child(void)
 		C(ioctl(fd, IOMMU_TEST_CMD, &rw) == -1);
 		/* a fault queue made here: its faults read and answered here */
 		struct iommu_test_cmd md = { .size = sizeof(md), .op = IOMMU_TEST_OP_MOCK_DOMAIN,
-					     .id = ioas_alloc(fd) };
+					     .id = uapi_ioas_alloc(fd) };
 		C(ioctl(fd, IOMMU_TEST_CMD, &md) == 0);
 		struct iommu_hwpt_alloc parent = { .size = sizeof(parent),
 						   .flags = IOMMU_HWPT_ALLOC_NEST_PARENT,
@@ -361,19 +329,19 @@ static void engine_fds_made_by_a_child(void)
 		/* closing the access fd destroys the access in the owner: the
 		 * IOAS it was on can go (EBUSY before) */
 		errno = 0;
-		C(destroy(fd, ioas) == -1 && errno == EBUSY);
+		C(uapi_destroy(fd, ioas) == -1 && errno == EBUSY);
 		C(close(afd) == 0);
 		rw.id = afd;
 		errno = 0;
 		C(ioctl(fd, IOMMU_TEST_CMD, &rw) == -1);
-		C(destroy(fd, ioas) == 0);
+		C(uapi_destroy(fd, ioas) == 0);
 		close(ffd);
 #undef C
 		_exit(ok ? 0 : 1);
 	}
-	CHECK(wait_ok(child), "the child's access and fault fds");
+	CHECK(child_ok(child), "the child's access and fault fds");
 	errno = 0;
-	CHECK(destroy(fd, ioas) == -1 && errno == ENOENT, "the child destroyed the IOAS");
+	CHECK(uapi_destroy(fd, ioas) == -1 && errno == ENOENT, "the child destroyed the IOAS");
 	munmap(buf, pg);
 	close(fd);
 }
@@ -401,12 +369,12 @@ static void owner_exit(void)
 			c = r == -1 && errno == EIO ? 'y' : 'n';
 			_exit(write(res[1], &c, 1) == 1 ? 0 : 1);
 		}
-		_exit(fd >= 0 && ioas_alloc(fd) ? 0 : 1);
+		_exit(fd >= 0 && uapi_ioas_alloc(fd) ? 0 : 1);
 	}
 	close(p[0]);
 	close(p[1]);
 	close(res[1]);
-	CHECK(wait_ok(owner), "the owner");
+	CHECK(child_ok(owner), "the owner");
 	char c = 0;
 	CHECK(read(res[0], &c, 1) == 1 && c == 'y', "EIO after the owner's exit (%c)", c);
 	close(res[0]);

@@ -26,25 +26,12 @@
 
 #include "uapi_test.h"
 
-#define IOMMU_IOAS_MAP_FILE _IO(IOMMUFD_TYPE, 0x8f)
-
-struct iommu_ioas_map_file {
-	uint32_t size;
-	uint32_t flags;
-	uint32_t ioas_id;
-	int32_t fd;
-	uint64_t start;
-	uint64_t length;
-	uint64_t iova;
-};
-
 static int iommufd;
 static long pg;
 
 static int test_cmd(struct iommu_test_cmd *c)
 {
-	c->size = sizeof(*c);
-	return ioctl(iommufd, IOMMU_TEST_CMD, c);
+	return uapi_test_cmd(iommufd, c);
 }
 
 static uint32_t ioas_alloc(void)
@@ -69,12 +56,7 @@ static uint32_t create_access(uint32_t ioas)
 
 static int access_rw(uint32_t access, uint64_t iova, void *buf, size_t len, uint32_t flags)
 {
-	struct iommu_test_cmd c = { .op = IOMMU_TEST_OP_ACCESS_RW, .id = access };
-	c.access_rw.iova = iova;
-	c.access_rw.length = len;
-	c.access_rw.uptr = (uintptr_t)buf;
-	c.access_rw.flags = flags;
-	return test_cmd(&c);
+	return uapi_access_rw(iommufd, access, iova, buf, len, flags);
 }
 
 static int map_file(uint32_t ioas, int fd, uint64_t start, uint64_t length, uint32_t flags,

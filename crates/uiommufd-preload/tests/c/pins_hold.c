@@ -38,8 +38,7 @@ static long pg;
 
 static int test_cmd(struct iommu_test_cmd *c)
 {
-	c->size = sizeof(*c);
-	return ioctl(iommufd, IOMMU_TEST_CMD, c);
+	return uapi_test_cmd(iommufd, c);
 }
 
 /* MD_CHECK_MAP: the domain of `hwpt` maps [iova, +len) to the pages at uptr */
@@ -63,12 +62,7 @@ static int check_refs(void *uptr, uint64_t len, uint32_t refs)
 
 static int access_rw(uint32_t access, uint64_t iova, void *buf, size_t len, uint32_t flags)
 {
-	struct iommu_test_cmd c = { .op = IOMMU_TEST_OP_ACCESS_RW, .id = access };
-	c.access_rw.iova = iova;
-	c.access_rw.length = len;
-	c.access_rw.uptr = (uintptr_t)buf;
-	c.access_rw.flags = flags;
-	return test_cmd(&c);
+	return uapi_access_rw(iommufd, access, iova, buf, len, flags);
 }
 
 static void map(uint32_t ioas, void *va, size_t len, uint64_t iova)

@@ -73,17 +73,6 @@ static int map_at(int fd, uint32_t ioas, void *p, uint64_t iova)
 	return ioctl(fd, IOMMU_IOAS_MAP, &m);
 }
 
-static int access_rw(int fd, uint32_t access, uint64_t iova, void *buf, size_t len,
-		     uint32_t flags)
-{
-	struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_ACCESS_RW, .id = access };
-	c.access_rw.iova = iova;
-	c.access_rw.length = len;
-	c.access_rw.uptr = (uintptr_t)buf;
-	c.access_rw.flags = flags;
-	return ioctl(fd, IOMMU_TEST_CMD, &c);
-}
-
 /* With SCM_MMSG=1 in the environment, the fd travels by sendmmsg and
  * recvmmsg (one message each) rather than sendmsg and recvmsg. */
 static ssize_t send_one(int s, struct msghdr *msg)
@@ -163,16 +152,16 @@ static int owner(const char *name)
 	CHECK(hear(s) == 'm', "the peer mapped");
 	unsigned char got[64];
 	/* the peer's memory, through the peer's area */
-	CHECK(access_rw(fd, access, PEER_IOVA + pg - 32, got, sizeof(got), 0) == 0,
+	CHECK(uapi_access_rw(fd, access, PEER_IOVA + pg - 32, got, sizeof(got), 0) == 0,
 	      "read the peer's area");
 	CHECK(all(got, sizeof(got), 0x5b), "the peer's bytes");
 	/* our own memory, through the peer's copy of our area */
-	CHECK(access_rw(fd, access, COPY_IOVA + 8, got, sizeof(got), 0) == 0,
+	CHECK(uapi_access_rw(fd, access, COPY_IOVA + 8, got, sizeof(got), 0) == 0,
 	      "read the peer's copy of our area");
 	CHECK(all(got, sizeof(got), 0xa5), "our bytes through the copy");
 	/* writes land in the peer's memory */
 	memset(got, 0x11, sizeof(got));
-	CHECK(access_rw(fd, access, PEER_IOVA, got, 16, MOCK_ACCESS_RW_WRITE) == 0,
+	CHECK(uapi_access_rw(fd, access, PEER_IOVA, got, 16, MOCK_ACCESS_RW_WRITE) == 0,
 	      "write the peer's area");
 	say(s, 'w');
 	CHECK(hear(s) == 'k', "the peer saw the write");
@@ -187,12 +176,12 @@ static int owner(const char *name)
 	CHECK(read(s, got, 1) == 0, "the peer exited");
 	for (int i = 0; i < 100; i++) {
 		errno = 0;
-		if (access_rw(fd, access, PEER_IOVA, got, 16, 0) == -1)
+		if (uapi_access_rw(fd, access, PEER_IOVA, got, 16, 0) == -1)
 			break;
 		usleep(10000);
 	}
 	CHECK(errno == EFAULT, "the exited peer's memory reads EFAULT");
-	CHECK(access_rw(fd, access, COPY_IOVA, got, 16, 0) == 0 && all(got, 16, 0xa5),
+	CHECK(uapi_access_rw(fd, access, COPY_IOVA, got, 16, 0) == 0 && all(got, 16, 0xa5),
 	      "our own area (the copy) still reads");
 	close(s);
 	close(l);
@@ -243,7 +232,7 @@ static int peer(const char *name)
 	struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_CREATE_ACCESS, .id = ioas };
 	CHECK(ioctl(fd, IOMMU_TEST_CMD, &c) == 0, "CREATE_ACCESS from the peer");
 	unsigned char seen[16] = { 0 };
-	CHECK(access_rw(fd, c.create_access.out_access_fd, OWNER_IOVA, seen, sizeof(seen), 0) == 0 &&
+	CHECK(uapi_access_rw(fd, c.create_access.out_access_fd, OWNER_IOVA, seen, sizeof(seen), 0) == 0 &&
 		      all(seen, sizeof(seen), 0xa5),
 	      "the peer's access reads the owner's area");
 	CHECK(close(c.create_access.out_access_fd) == 0, "close the peer's access fd");

@@ -14,6 +14,7 @@
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/wait.h>
 
 /* Checks that failed (atomic: some programs check from several threads). */
 static atomic_int failures;
@@ -42,6 +43,7 @@ static atomic_int failures;
 #define IOMMU_VFIO_IOAS _IO(IOMMUFD_TYPE, 0x88)
 #define IOMMU_HWPT_ALLOC _IO(IOMMUFD_TYPE, 0x89)
 #define IOMMU_FAULT_QUEUE_ALLOC _IO(IOMMUFD_TYPE, 0x8e)
+#define IOMMU_IOAS_MAP_FILE _IO(IOMMUFD_TYPE, 0x8f)
 #define IOMMU_TEST_CMD _IO(IOMMUFD_TYPE, 0x80 + 32)
 
 #define IOMMU_IOAS_MAP_FIXED_IOVA (1 << 0)
@@ -111,6 +113,16 @@ struct iommu_ioas_unmap {
 	uint32_t ioas_id;
 	uint64_t iova;
 	uint64_t length;
+};
+
+struct iommu_ioas_map_file {
+	uint32_t size;
+	uint32_t flags;
+	uint32_t ioas_id;
+	int32_t fd;
+	uint64_t start;
+	uint64_t length;
+	uint64_t iova;
 };
 
 struct iommu_vfio_ioas {
@@ -184,5 +196,48 @@ struct iommu_test_cmd {
 	};
 	uint32_t last;
 };
+
+/* IOMMU_TEST_CMD on the iommufd `fd`, its size filled in: ioctl's result */
+static inline int uapi_test_cmd(int fd, struct iommu_test_cmd *c)
+{
+	c->size = sizeof(*c);
+	return ioctl(fd, IOMMU_TEST_CMD, c);
+}
+
+/* IOMMU_TEST_OP_ACCESS_RW of `len` bytes at `iova` through access `access`
+ * of the iommufd `fd`, to (MOCK_ACCESS_RW_WRITE) or from `buf` */
+static inline int uapi_access_rw(int fd, uint32_t access, uint64_t iova, void *buf, size_t len,
+				 uint32_t flags)
+{
+	struct iommu_test_cmd c = { .op = IOMMU_TEST_OP_ACCESS_RW, .id = access };
+	c.access_rw.iova = iova;
+	c.access_rw.length = len;
+	c.access_rw.uptr = (uintptr_t)buf;
+	c.access_rw.flags = flags;
+	return uapi_test_cmd(fd, &c);
+}
+
+/* IOMMU_IOAS_ALLOC: the new IOAS's ID, 0 on failure. */
+static inline uint32_t uapi_ioas_alloc(int fd)
+{
+	struct iommu_ioas_alloc a = { .size = sizeof(a) };
+	if (ioctl(fd, IOMMU_IOAS_ALLOC, &a))
+		return 0;
+	return a.out_ioas_id;
+}
+
+/* IOMMU_DESTROY of object ID. */
+static inline int uapi_destroy(int fd, uint32_t id)
+{
+	struct iommu_destroy d = { .size = sizeof(d), .id = id };
+	return ioctl(fd, IOMMU_DESTROY, &d);
+}
+
+/* Whether child PID exited with status 0 (waits for it). */
+static inline int child_ok(pid_t pid)
+{
+	int st = 0;
+	return waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
 
 #endif

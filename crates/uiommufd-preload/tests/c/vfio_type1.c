@@ -69,6 +69,14 @@ struct get_bitmap {
 	struct vfio_iommu_type1_dirty_bitmap_get range;
 };
 
+/* a bitmap of `bytes` at 4 KiB pages */
+static void bitmap_init(struct vfio_bitmap *b, uint64_t *bitmap, uint64_t bytes)
+{
+	b->pgsize = PAGE;
+	b->size = bytes;
+	b->data = (__u64 *)bitmap;
+}
+
 static void get_init(struct get_bitmap *g, uint64_t iova, uint64_t size,
 		     uint64_t *bitmap, uint64_t bitmap_bytes)
 {
@@ -77,9 +85,7 @@ static void get_init(struct get_bitmap *g, uint64_t iova, uint64_t size,
 	g->hdr.flags = VFIO_IOMMU_DIRTY_PAGES_FLAG_GET_BITMAP;
 	g->range.iova = iova;
 	g->range.size = size;
-	g->range.bitmap.pgsize = PAGE;
-	g->range.bitmap.size = bitmap_bytes;
-	g->range.bitmap.data = (__u64 *)bitmap;
+	bitmap_init(&g->range.bitmap, bitmap, bitmap_bytes);
 }
 
 struct unmap_bitmap {
@@ -95,9 +101,7 @@ static void unmap_init(struct unmap_bitmap *u, uint64_t iova, uint64_t size,
 	u->hdr.flags = VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP;
 	u->hdr.iova = iova;
 	u->hdr.size = size;
-	u->bitmap.pgsize = PAGE;
-	u->bitmap.size = bitmap_bytes;
-	u->bitmap.data = (__u64 *)bitmap;
+	bitmap_init(&u->bitmap, bitmap, bitmap_bytes);
 }
 
 /* the dirty pages of [iova, iova + npages pages) as a bit mask */

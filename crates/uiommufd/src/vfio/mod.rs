@@ -37,7 +37,7 @@
 //! impl PciModel for Dma {
 //!     fn kind(&self) -> &'static str { "doc-dma" }
 //!     fn layout(&self) -> PciLayout {
-//!         let bar = Bar { size: 4096, mem64: false, prefetchable: false, mmap: false };
+//!         let bar = Bar::registers(4096);
 //!         PciLayout {
 //!             ids: PciIds { vendor: 0x1b36, device: 0x7f00, revision: 0, class: 0xff0000,
 //!                           subsystem_vendor: 0, subsystem_device: 0 },

@@ -45,6 +45,30 @@ pub struct Bar {
     pub mmap: bool,
 }
 
+impl Bar {
+    /// A 32-bit, non-prefetchable BAR of `size` bytes whose every access
+    /// is a model call (registers).
+    pub const fn registers(size: u64) -> Bar {
+        Bar {
+            size,
+            mem64: false,
+            prefetchable: false,
+            mmap: false,
+        }
+    }
+
+    /// A 64-bit, prefetchable BAR of `size` bytes backed by shared memory
+    /// the program may `mmap`.
+    pub const fn memory(size: u64) -> Bar {
+        Bar {
+            size,
+            mem64: true,
+            prefetchable: true,
+            mmap: true,
+        }
+    }
+}
+
 /// Where the MSI-X table and PBA live (the VFIO layer emulates both).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct MsixLayout {

@@ -286,19 +286,9 @@ mod tests {
                 subsystem_device: 1,
             },
             bars: [
-                Some(Bar {
-                    size: 0x1000,
-                    mem64: false,
-                    prefetchable: false,
-                    mmap: false,
-                }),
+                Some(Bar::registers(0x1000)),
                 None,
-                Some(Bar {
-                    size: 1 << 33,
-                    mem64: true,
-                    prefetchable: true,
-                    mmap: true,
-                }),
+                Some(Bar::memory(1 << 33)),
                 None,
                 None,
                 None,

@@ -118,10 +118,13 @@ pub fn parse(spec: &str, index: u32) -> Result<DeviceDecl> {
     Ok(decl)
 }
 
-/// Declare a device in this process: its model is created now, so a bad
-/// parameter fails here. `EEXIST` when its address, group or cdev number
-/// is taken.
-pub fn declare(spec: &str) -> Result<DeviceDecl> {
+/// Register the device `spec` declares with the model `model` makes for
+/// it (after the clash check, under the registry's lock). `EEXIST` when
+/// its address, group or cdev number is taken.
+fn register(
+    spec: &str,
+    model: impl FnOnce(&DeviceDecl) -> Result<Arc<dyn PciModel>>,
+) -> Result<DeviceDecl> {
     let mut devs = DEVICES.lock();
     let decl = parse(spec, devs.len() as u32)?;
     if let Some(o) = devs.iter().find(|r| {
@@ -136,7 +139,7 @@ pub fn declare(spec: &str) -> Result<DeviceDecl> {
             o.decl.cdev
         );
     }
-    let model = crate::devices::create(&decl.kind, &decl.params)?;
+    let model = model(&decl)?;
     devs.push(Registered {
         decl: decl.clone(),
         model,
@@ -144,29 +147,20 @@ pub fn declare(spec: &str) -> Result<DeviceDecl> {
     Ok(decl)
 }
 
+/// Declare a device in this process: its model is created now, so a bad
+/// parameter fails here. `EEXIST` when its address, group or cdev number
+/// is taken.
+pub fn declare(spec: &str) -> Result<DeviceDecl> {
+    register(spec, |decl| {
+        crate::devices::create(&decl.kind, &decl.params)
+    })
+}
+
 /// Declare a device whose model the caller made (Rust users and tests
 /// with their own [`PciModel`]): as [`declare`], with `spec`'s kind only
 /// naming the model and its non-registry keys ignored.
 pub fn declare_model(spec: &str, model: Arc<dyn PciModel>) -> Result<DeviceDecl> {
-    let mut devs = DEVICES.lock();
-    let decl = parse(spec, devs.len() as u32)?;
-    if let Some(o) = devs.iter().find(|r| {
-        r.decl.addr == decl.addr || r.decl.group == decl.group || r.decl.cdev == decl.cdev
-    }) {
-        bail!(
-            EEXIST,
-            "device {spec:?} clashes with {} (address {}, group {}, cdev {})",
-            o.decl.kind,
-            o.decl.addr,
-            o.decl.group,
-            o.decl.cdev
-        );
-    }
-    devs.push(Registered {
-        decl: decl.clone(),
-        model,
-    });
-    Ok(decl)
+    register(spec, |_| Ok(model))
 }
 
 /// Open the group `/dev/vfio/<group>`: a new group fd (close-on-exec when

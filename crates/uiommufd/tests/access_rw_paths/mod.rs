@@ -36,70 +36,51 @@ impl UserMemory for Indirect {
     }
 }
 
-/// An anonymous mapping of ours, unmapped on drop (unless already).
+/// An anonymous mapping of ours (the test kit's), unmapped on drop
+/// (unless already).
 pub struct Mapping {
     pub addr: u64,
     pub len: usize,
-    mapped: bool,
+    map: Option<uiommufd_testkit::mem::Mapping>,
 }
 
 impl Mapping {
     /// `pages` pages with `prot`, filled with `fill(i)` first when readable.
     pub fn new(pages: u64, prot: libc::c_int, fill: impl Fn(usize) -> u8) -> Mapping {
-        let len = (pages * PS) as usize;
-        // SAFETY: a fresh private anonymous mapping we own.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
+        let map = uiommufd_testkit::mem::Mapping::new(pages, PS);
+        let (addr, len) = (map.addr(), (pages * PS) as usize);
         // SAFETY: the mapping just made, read-write for now.
-        let s = unsafe { std::slice::from_raw_parts_mut(p.cast::<u8>(), len) };
+        let s = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len) };
         for (i, b) in s.iter_mut().enumerate() {
             *b = fill(i);
         }
-        // SAFETY: changing the protection of our own mapping.
-        assert_eq!(unsafe { libc::mprotect(p, len, prot) }, 0);
+        for i in 0..pages as usize {
+            map.protect(i, prot);
+        }
         Mapping {
-            addr: p as u64,
+            addr,
             len,
-            mapped: true,
+            map: Some(map),
         }
     }
 
     /// The bytes (the mapping must be readable).
     pub fn bytes(&self) -> Vec<u8> {
-        assert!(self.mapped);
+        assert!(self.map.is_some());
         // SAFETY: our own readable mapping.
         unsafe { std::slice::from_raw_parts(self.addr as *const u8, self.len) }.to_vec()
     }
 
     /// Overwrite the bytes (the mapping must be writable).
     pub fn set(&self, data: &[u8]) {
-        assert!(self.mapped && data.len() == self.len);
+        assert!(self.map.is_some() && data.len() == self.len);
         // SAFETY: our own writable mapping of `len` bytes.
         unsafe { std::ptr::copy_nonoverlapping(data.as_ptr(), self.addr as *mut u8, self.len) };
     }
 
     /// `munmap` it now, as a program that forgot its DMA mapping would.
     pub fn unmap(&mut self) {
-        if self.mapped {
-            // SAFETY: our own mapping, not used again.
-            unsafe { libc::munmap(self.addr as *mut libc::c_void, self.len) };
-            self.mapped = false;
-        }
-    }
-}
-
-impl Drop for Mapping {
-    fn drop(&mut self) {
-        self.unmap();
+        self.map = None;
     }
 }
 

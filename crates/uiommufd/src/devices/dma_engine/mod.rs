@@ -331,12 +331,7 @@ impl PciModel for DmaEngine {
     }
 
     fn layout(&self) -> PciLayout {
-        let bar = Bar {
-            size: BAR_SIZE,
-            mem64: false,
-            prefetchable: false,
-            mmap: false,
-        };
+        let bar = Bar::registers(BAR_SIZE);
         PciLayout {
             ids: PciIds {
                 vendor: VENDOR_ID,
