@@ -33,7 +33,9 @@ fn load_floor(s: &Scale, page: &Buf) -> f64 {
 }
 
 /// Nanoseconds per translation: `op` (one translation) run `s.iters * 10`
-/// times per repetition.
+/// times per repetition. Inlined, so that each call site's loop is the
+/// one it would write itself.
+#[inline(always)]
 fn ns_per_translate(s: &Scale, mut op: impl FnMut() -> Result<(u64, u64), Fault>) -> f64 {
     ns_per_op(s.reps, s.iters * 10, || {
         // one word out: a black-boxed tuple would be stored as two words
