@@ -80,7 +80,7 @@ fn ioas_with_a_vtd_domain_maps_translates_dmas_tracks_and_unmaps() {
         iova: iova0,
         length: len,
         page_size: K4,
-        flags: 0,
+        no_clear: false,
     };
     let mut bm = vec![0u64; 1024 / 64];
     iopt.read_and_clear_dirty(dom.id(), &req, &mut bm).unwrap();
@@ -132,12 +132,15 @@ fn small_page_dirty_tracking_is_page_exact() {
         iova,
         length: 512 * K4,
         page_size: K4,
-        flags: uiommufd::uapi::IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR,
+        no_clear: true,
     };
     let mut bm = vec![0u64; 8];
     iopt.read_and_clear_dirty(dom.id(), &req, &mut bm).unwrap();
     assert_eq!(bits(&bm), vec![0, 1, 63, 64, 300, 511]);
-    let req = DirtyRequest { flags: 0, ..req };
+    let req = DirtyRequest {
+        no_clear: false,
+        ..req
+    };
     bm.fill(0);
     iopt.read_and_clear_dirty(dom.id(), &req, &mut bm).unwrap();
     assert_eq!(bits(&bm), vec![0, 1, 63, 64, 300, 511]);

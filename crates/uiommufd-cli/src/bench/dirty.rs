@@ -105,7 +105,7 @@ pub fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
         iova: IOVA,
         length: len,
         page_size: KIB4,
-        flags: 0,
+        no_clear: false,
     };
     let mut bitmap = vec![0u64; npages.div_ceil(64) as usize];
     let mut ptes = vec![0u64; npages as usize];

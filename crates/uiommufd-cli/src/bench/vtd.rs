@@ -309,7 +309,7 @@ fn timed_vtd_dirty(
         iova: IOVA,
         length: span,
         page_size: KIB4,
-        flags: 0,
+        no_clear: false,
     };
     let mut bitmap = vec![0u64; pages.div_ceil(64) as usize];
     let id = tlb.domain().id();

@@ -31,8 +31,7 @@ use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::domain::{next_domain_id, split_pgsizes, DmaFault, Domain};
-use crate::io_pagetable::{DirtyBitmap, Prot};
+use crate::domain::{next_domain_id, split_pgsizes, DirtyBitmap, DmaFault, Domain, Prot};
 use crate::user::page_size;
 use crate::{bail, Result};
 
@@ -883,6 +882,10 @@ impl Domain for MockDomain {
             bm.record(rs, re - rs);
         }
         Ok(())
+    }
+
+    fn mapped_runs(&self) -> Option<Vec<(u64, u64, u64)>> {
+        Some(self.runs())
     }
 
     fn as_any(&self) -> &dyn Any {

@@ -17,7 +17,7 @@ use super::device::MockDevice;
 use super::nested::MockNestedDomain;
 use crate::device::Device;
 use crate::domain::Domain;
-use crate::hwpt::nested::{NestedDomain, UserData, UserDataArray};
+use crate::domain::{NestedDomain, UserData, UserDataArray};
 use crate::uapi::*;
 use crate::viommu::{HwQueue, Viommu, ViommuOps};
 use crate::{bail, err, Error, Result};

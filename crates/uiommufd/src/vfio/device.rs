@@ -54,7 +54,7 @@ use crate::device::Device;
 use crate::domain::{DmaFault, Domain};
 use crate::fault::PageFault;
 use crate::uapi::{
-    IOMMU_PGFAULT_FLAGS_LAST_PAGE, IOMMU_PGFAULT_PERM_READ, IOMMU_PGFAULT_PERM_WRITE,
+    IOMMU_PGFAULT_PERM_READ, IOMMU_PGFAULT_PERM_WRITE,
 };
 use crate::vfio::model::{Bus, PciLayout, PciModel};
 use crate::vfio::pci_config::{PciConfig, CONFIG_SIZE, PCI_STATUS, PCI_STATUS_INTERRUPT};
@@ -448,12 +448,8 @@ impl DeviceBus {
                     | DmaFault::Blocked { iova } => iova,
                 };
                 let _ = dev.report_fault(PageFault {
-                    flags: IOMMU_PGFAULT_FLAGS_LAST_PAGE
-                        | if pasid != 0 {
-                            crate::uapi::IOMMU_PGFAULT_FLAGS_PASID_VALID
-                        } else {
-                            0
-                        },
+                    pasid_valid: pasid != 0,
+                    last_page: true,
                     pasid,
                     grpid: 0,
                     perm: if write {

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::slab::{Slab, Table, ENTRIES};
 use super::{Fault, PTE_A, PTE_ADDR_MASK, PTE_D, PTE_PS, PTE_R, PTE_SNP, PTE_W};
 use crate::domain::{next_domain_id, Domain};
-use crate::io_pagetable::{DirtyBitmap, Prot};
+use crate::domain::{DirtyBitmap, Prot};
 use crate::{bail, Error, Result};
 
 /// 4 KiB, 2 MiB and 1 GiB: the leaf sizes of levels 1, 2 and 3.

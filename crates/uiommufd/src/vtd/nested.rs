@@ -60,10 +60,9 @@ use parking_lot::Mutex;
 use super::domain::VtdDomain;
 use super::driver::VtdDriver;
 use super::Fault;
-use crate::device::NestingOps;
-use crate::domain::{next_domain_id, Domain};
-use crate::hwpt::nested::{NestedDomain, UserData, UserDataArray};
-use crate::io_pagetable::{DirtyBitmap, Prot};
+use crate::domain::{
+    next_domain_id, DirtyBitmap, Domain, NestedDomain, NestingOps, Prot, UserData, UserDataArray,
+};
 use crate::uapi::IOMMU_HWPT_DATA_VTD_S1;
 use crate::user::{SelfMemory, UserMemory};
 use crate::{bail, Result};

@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::domain::Domain;
-use crate::io_pagetable::{DirtyBitmap, Prot};
+use crate::domain::{DirtyBitmap, Prot};
 
 const K4: u64 = 1 << 12;
 const M2: u64 = 1 << 21;

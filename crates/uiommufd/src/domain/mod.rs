@@ -16,8 +16,37 @@ use std::any::Any;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::io_pagetable::{DirtyBitmap, Prot};
 use crate::Result;
+
+mod dirty;
+mod driver;
+mod nested;
+
+pub use dirty::DirtyBitmap;
+pub use driver::{DeviceDriver, NestingOps};
+pub use nested::{NestedDomain, UserData, UserDataArray};
+
+/// Access rights of a mapping (`IOMMU_IOAS_MAP_READABLE` / `WRITEABLE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Prot {
+    /// The device may read.
+    pub read: bool,
+    /// The device may write.
+    pub write: bool,
+}
+
+impl Prot {
+    /// Read and write.
+    pub const RW: Prot = Prot {
+        read: true,
+        write: true,
+    };
+    /// Read only.
+    pub const RO: Prot = Prot {
+        read: true,
+        write: false,
+    };
+}
 
 /// A translation table a device can be attached to.
 pub trait Domain: Send + Sync + Debug + Any {
@@ -162,6 +191,14 @@ pub trait Domain: Send + Sync + Debug + Any {
     fn dma_atomic(&self, iova: u64, op: AtomicOp) -> std::result::Result<u64, DmaFault> {
         let (host, _) = self.translate(iova, 8, true)?;
         atomic_at(iova, host, op)
+    }
+    /// Every mapping of the domain as maximal runs `(iova, host address,
+    /// length)` in IOVA order, for a driver that can list them exactly.
+    /// The IO page table's invariant check then compares each run with its
+    /// areas; `None` (the default) makes it sample
+    /// [`Domain::iova_to_phys`] instead.
+    fn mapped_runs(&self) -> Option<Vec<(u64, u64, u64)>> {
+        None
     }
     /// For drivers to recognise their own domains.
     fn as_any(&self) -> &dyn Any;
