@@ -45,7 +45,7 @@ use zerocopy::IntoBytes;
 
 use crate::context::{Context, ObjId, Object};
 use crate::files::{self, EngineFile};
-use crate::uapi::dispatch::Ucmd;
+use crate::ucmd::Ucmd;
 use crate::uapi::*;
 use crate::{bail, Error, Result};
 

@@ -39,7 +39,7 @@ use crate::context::{Context, ObjId, Object};
 use crate::device::{get_device, Device};
 use crate::hwpt::nested::{HwptNested, NestedDomain, UserData, UserDataArray};
 use crate::hwpt::HwptPaging;
-use crate::uapi::dispatch::Ucmd;
+use crate::ucmd::Ucmd;
 use crate::uapi::*;
 use crate::user::page_size;
 use crate::veventq::Veventq;

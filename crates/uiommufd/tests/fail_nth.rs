@@ -21,7 +21,7 @@ use uiommufd::io_pagetable::AreaInfo;
 use uiommufd::mock::device::MOCK_FLAGS_DEVICE_HUGE_IOVA;
 use uiommufd::mock::domain::MockDomain;
 use uiommufd::pages::{check_accounting, Pages};
-use uiommufd::uapi::dispatch::ioctl;
+use uiommufd::dispatch::ioctl;
 use uiommufd::uapi::*;
 use uiommufd::user::page_size;
 use uiommufd::vfio::registry;

@@ -8,7 +8,8 @@ use std::sync::{Arc, Mutex};
 
 use uiommufd::domain::DmaFault;
 use uiommufd::files::{self, EngineFile, FdResolver};
-use uiommufd::uapi::{self, dispatch};
+use uiommufd::dispatch;
+use uiommufd::uapi;
 use uiommufd::user::SelfMemory;
 use uiommufd::vfio::migration::feature as mf;
 use uiommufd::vfio::migration::{v1, MigState};

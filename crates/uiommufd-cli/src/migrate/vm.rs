@@ -12,7 +12,8 @@ use std::sync::Arc;
 
 use uiommufd::files::{self, EngineFile, FdResolver};
 use uiommufd::uapi::vfio as t1;
-use uiommufd::uapi::{self, dispatch};
+use uiommufd::dispatch;
+use uiommufd::uapi;
 use uiommufd::user::SelfMemory;
 use uiommufd::vfio::migration::feature as mf;
 use uiommufd::vfio::migration::MigState;

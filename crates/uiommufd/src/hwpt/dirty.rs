@@ -5,7 +5,7 @@
 
 use super::get_hwpt_paging;
 use crate::io_pagetable::DirtyRequest;
-use crate::uapi::dispatch::Ucmd;
+use crate::ucmd::Ucmd;
 use crate::uapi::*;
 use crate::{bail, Result};
 

@@ -23,7 +23,7 @@ use crate::context::{ObjId, Object};
 use crate::device::get_device;
 use crate::domain::Domain;
 use crate::ioas::Ioas;
-use crate::uapi::dispatch::Ucmd;
+use crate::ucmd::Ucmd;
 use crate::uapi::level::UapiLevel;
 use crate::uapi::*;
 use crate::{bail, err, Error, Result};

@@ -27,7 +27,7 @@ use crate::context::{ObjId, Object};
 use crate::device::Device;
 use crate::fault::{get_fault, Fault};
 pub use crate::domain::{NestedDomain, UserData, UserDataArray};
-use crate::uapi::dispatch::Ucmd;
+use crate::ucmd::Ucmd;
 use crate::uapi::level::UapiLevel;
 use crate::uapi::*;
 use crate::{bail, err, Error, Result};

@@ -7,7 +7,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::payload;
 use crate::dmabuf::{self, DmaBuf, FdKind};
-use crate::uapi::dispatch::Ucmd;
+use crate::ucmd::Ucmd;
 use crate::uapi::IommuTestCmd;
 use crate::user::page_size;
 use crate::{bail, Result};

@@ -27,7 +27,7 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 use crate::context::Object;
 use crate::device::Device;
 use crate::pages::Pages;
-use crate::uapi::dispatch::Ucmd;
+use crate::ucmd::Ucmd;
 use crate::uapi::level::UapiLevel;
 use crate::uapi::*;
 use crate::user::page_size;

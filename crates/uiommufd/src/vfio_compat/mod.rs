@@ -35,7 +35,7 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::context::Context;
 use crate::ioas::Ioas;
-use crate::uapi::dispatch::Ucmd;
+use crate::ucmd::Ucmd;
 use crate::uapi::vfio::*;
 use crate::uapi::*;
 use crate::user::UserMemory;
