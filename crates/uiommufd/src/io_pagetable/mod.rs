@@ -108,7 +108,6 @@ pub use crate::domain::{DirtyBitmap, Prot};
 pub use crate::user::huge_page_size;
 pub use dirty::{DirtyRequest, WINDOW_WORDS as DIRTY_WINDOW_WORDS};
 pub use domains::{AccessNotify, PinnedPages};
-pub(crate) use relocate::CustodyLock;
 pub use type1_dirty::AreaDirty;
 pub use write_log::AccessWriteLog;
 
