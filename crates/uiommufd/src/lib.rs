@@ -50,11 +50,9 @@
 pub mod access;
 pub mod accounting;
 pub mod context;
-pub mod custody;
 pub mod device;
 pub mod devices;
 pub mod dispatch;
-pub mod dmabuf;
 pub mod domain;
 mod drain;
 mod error;
@@ -82,5 +80,6 @@ pub mod vtd;
 
 pub use context::{Context, ObjId};
 pub use error::{Errno, Error, Result};
-pub use io_pagetable::Prot;
+pub use domain::Prot;
+pub use pages::{custody, dmabuf};
 pub use uapi::level::UapiLevel;
