@@ -651,8 +651,9 @@ fn emulated_ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> Route {
     let _birth = births_fd.then(sync::Birth::new);
     let ops = births_fd.then(sync::fd_ops);
     let r = match &entry.obj {
-        FdObject::Iommu(ctx) => uiommufd::dispatch::ioctl(ctx, u64::from(cmd), arg as u64)
-            .map_err(|e| e.errno().0),
+        FdObject::Iommu(ctx) => {
+            uiommufd::dispatch::ioctl(ctx, u64::from(cmd), arg as u64).map_err(|e| e.errno().0)
+        }
         FdObject::Remote(rc) => remote::ioctl(rc, cmd, arg as u64),
     };
     drop(ops);

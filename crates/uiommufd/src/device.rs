@@ -32,8 +32,8 @@ use std::sync::{Arc, Weak};
 use parking_lot::Mutex;
 
 use crate::context::{Context, ObjId, Object};
-pub use crate::domain::{DeviceDriver, NestingOps};
 use crate::domain::Domain;
+pub use crate::domain::{DeviceDriver, NestingOps};
 use crate::fault::{resp, Fault, FaultGroup, PageFault};
 use crate::hwpt::nested::HwptNested;
 use crate::hwpt::HwptPaging;

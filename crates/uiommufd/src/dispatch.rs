@@ -191,7 +191,11 @@ fn after_injected_failure(
 /// `point`: the context's invariants and, in a single-threaded process,
 /// the process-wide pin accounting. `Err` describes the first violation
 /// (already reported by [`crate::inject::report_violation`]).
-fn check_after_failure(ctx: &Context, point: &str, during: &str) -> std::result::Result<(), String> {
+fn check_after_failure(
+    ctx: &Context,
+    point: &str,
+    during: &str,
+) -> std::result::Result<(), String> {
     let mut problem = ctx.check_invariants().err();
     if problem.is_none() && crate::inject::single_threaded() {
         problem = crate::pages::check_accounting().err();

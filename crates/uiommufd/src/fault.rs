@@ -45,8 +45,8 @@ use zerocopy::IntoBytes;
 
 use crate::context::{Context, ObjId, Object};
 use crate::files::{self, EngineFile};
-use crate::ucmd::Ucmd;
 use crate::uapi::*;
+use crate::ucmd::Ucmd;
 use crate::{bail, Error, Result};
 
 /// Page response codes (the kernel's `enum iommu_page_response_code`).

@@ -21,7 +21,10 @@ use std::path::{Path, PathBuf};
 
 /// The rows, bottom first. Keep in step with README's diagram.
 const LAYERS: &[(&str, &[&str])] = &[
-    ("base", &["error", "logging", "faultsafe", "inject", "drain"]),
+    (
+        "base",
+        &["error", "logging", "faultsafe", "inject", "drain"],
+    ),
     ("host", &["user", "accounting", "mmap", "process"]),
     ("uAPI layouts", &["uapi"]),
     ("driver API", &["domain"]),
@@ -301,13 +304,24 @@ fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
 }
 
 /// The edges `a -> b` with the files that make each.
-fn graph(src: &Path) -> (BTreeSet<String>, BTreeMap<(String, String), BTreeSet<String>>) {
+fn graph(
+    src: &Path,
+) -> (
+    BTreeSet<String>,
+    BTreeMap<(String, String), BTreeSet<String>>,
+) {
     let mut files = Vec::new();
     rs_files(src, &mut files);
     files.sort();
     let top = |p: &Path| -> String {
         let rel = p.strip_prefix(src).unwrap();
-        let first = rel.components().next().unwrap().as_os_str().to_str().unwrap();
+        let first = rel
+            .components()
+            .next()
+            .unwrap()
+            .as_os_str()
+            .to_str()
+            .unwrap();
         first.trim_end_matches(".rs").to_string()
     };
     let modules: BTreeSet<String> = files
@@ -493,6 +507,62 @@ fn modules_form_layers() {
         "the module layers are broken:\n  {}",
         problems.join("\n  ")
     );
+}
+
+/// README's diagram: its rows top first, each the modules from the
+/// 18th column on (up to the first word that is not a module), and its
+/// text (where the exceptions are marked `a -> b*`).
+fn readme_diagram(modules: &BTreeSet<String>) -> (Vec<Vec<String>>, String) {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../README.md");
+    let readme = std::fs::read_to_string(path).unwrap();
+    let at = readme
+        .find("## Architecture")
+        .expect("README has an Architecture section");
+    let body = &readme[at..];
+    let start = body.find("```text\n").expect("with a text block") + 8;
+    let block = &body[start..start + body[start..].find("```").unwrap()];
+    let mut rows = Vec::new();
+    for line in block.lines() {
+        let row: Vec<String> = line
+            .get(17..)
+            .unwrap_or("")
+            .split_whitespace()
+            .take_while(|w| modules.contains(*w))
+            .map(str::to_string)
+            .collect();
+        if !row.is_empty() {
+            rows.push(row);
+        }
+    }
+    (rows, block.to_string())
+}
+
+#[test]
+fn readme_shows_the_layers() {
+    let src = Path::new(env!("CARGO_MANIFEST_DIR")).join("src");
+    let (modules, _) = graph(&src);
+    let (rows, text) = readme_diagram(&modules);
+    let want: Vec<Vec<String>> = LAYERS
+        .iter()
+        .rev()
+        .map(|(_, ms)| ms.iter().rev().map(|m| m.to_string()).collect())
+        .collect();
+    let norm = |v: &[Vec<String>]| -> Vec<BTreeSet<String>> {
+        v.iter().map(|r| r.iter().cloned().collect()).collect()
+    };
+    assert_eq!(
+        norm(&rows),
+        norm(&want),
+        "README's diagram and LAYERS differ"
+    );
+    for (a, b, _) in EXCEPTIONS {
+        let shown = text.contains(&format!("{a} -> {b}*"))
+            || (*a == "context" && text.contains("context -> every object kind*"));
+        assert!(
+            shown,
+            "README's diagram does not mark the exception {a} -> {b}*"
+        );
+    }
 }
 
 #[test]

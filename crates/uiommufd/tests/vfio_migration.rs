@@ -6,9 +6,9 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
+use uiommufd::dispatch;
 use uiommufd::domain::DmaFault;
 use uiommufd::files::{self, EngineFile, FdResolver};
-use uiommufd::dispatch;
 use uiommufd::uapi;
 use uiommufd::user::SelfMemory;
 use uiommufd::vfio::migration::feature as mf;

@@ -7,10 +7,10 @@ use std::sync::{Arc, Barrier, Weak};
 use std::time::{Duration, Instant};
 
 use uiommufd::access::{Access, AccessOps};
+use uiommufd::dispatch;
 use uiommufd::ioas::Ioas;
 use uiommufd::mock::domain::{MockDomain, MOCK_APERTURE_START};
 use uiommufd::pages::Pages;
-use uiommufd::dispatch;
 use uiommufd::uapi::{
     IommuIoasMap, IommuIoasUnmap, IOMMU_IOAS_MAP, IOMMU_IOAS_MAP_FIXED_IOVA,
     IOMMU_IOAS_MAP_READABLE, IOMMU_IOAS_MAP_WRITEABLE, IOMMU_IOAS_UNMAP,

@@ -5,8 +5,8 @@
 
 use super::get_hwpt_paging;
 use crate::io_pagetable::DirtyRequest;
-use crate::ucmd::Ucmd;
 use crate::uapi::*;
+use crate::ucmd::Ucmd;
 use crate::{bail, Result};
 
 /// `IOMMU_HWPT_SET_DIRTY_TRACKING`: `EOPNOTSUPP` for unknown flags, the

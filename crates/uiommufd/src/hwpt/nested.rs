@@ -25,11 +25,11 @@ use parking_lot::Mutex;
 use super::HwptPaging;
 use crate::context::{ObjId, Object};
 use crate::device::Device;
-use crate::fault::{get_fault, Fault};
 pub use crate::domain::{NestedDomain, UserData, UserDataArray};
-use crate::ucmd::Ucmd;
+use crate::fault::{get_fault, Fault};
 use crate::uapi::level::UapiLevel;
 use crate::uapi::*;
+use crate::ucmd::Ucmd;
 use crate::{bail, err, Error, Result};
 
 /// A nested HW page table.

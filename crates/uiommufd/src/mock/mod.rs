@@ -27,9 +27,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 use crate::context::Object;
 use crate::device::Device;
 use crate::pages::Pages;
-use crate::ucmd::Ucmd;
 use crate::uapi::level::UapiLevel;
 use crate::uapi::*;
+use crate::ucmd::Ucmd;
 use crate::user::page_size;
 use crate::{bail, Result};
 

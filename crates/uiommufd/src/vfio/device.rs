@@ -53,9 +53,7 @@ use crate::context::{Context, ObjId};
 use crate::device::Device;
 use crate::domain::{DmaFault, Domain};
 use crate::fault::PageFault;
-use crate::uapi::{
-    IOMMU_PGFAULT_PERM_READ, IOMMU_PGFAULT_PERM_WRITE,
-};
+use crate::uapi::{IOMMU_PGFAULT_PERM_READ, IOMMU_PGFAULT_PERM_WRITE};
 use crate::vfio::model::{Bus, PciLayout, PciModel};
 use crate::vfio::pci_config::{PciConfig, CONFIG_SIZE, PCI_STATUS, PCI_STATUS_INTERRUPT};
 use crate::vfio::registry::{DeviceDecl, Registered};
