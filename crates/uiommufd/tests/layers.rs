@@ -303,13 +303,11 @@ fn rs_files(dir: &Path, out: &mut Vec<PathBuf>) {
     }
 }
 
+/// Edges `a -> b`, each with the files that make it.
+type Edges = BTreeMap<(String, String), BTreeSet<String>>;
+
 /// The edges `a -> b` with the files that make each.
-fn graph(
-    src: &Path,
-) -> (
-    BTreeSet<String>,
-    BTreeMap<(String, String), BTreeSet<String>>,
-) {
+fn graph(src: &Path) -> (BTreeSet<String>, Edges) {
     let mut files = Vec::new();
     rs_files(src, &mut files);
     files.sort();
@@ -347,7 +345,7 @@ fn graph(
         }
         stripped.insert(p.clone(), text);
     }
-    let mut edges: BTreeMap<(String, String), BTreeSet<String>> = BTreeMap::new();
+    let mut edges = Edges::new();
     for (p, text) in &stripped {
         let from = top(p);
         if from == "lib" || test_files.contains(p) {
