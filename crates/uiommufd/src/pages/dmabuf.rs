@@ -42,7 +42,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use crate::domain::{Domain, Prot};
+use crate::domain::{Domain, HostAddr, Iova, Prot};
 use crate::files::{self, EngineFile};
 use crate::pages::Pages;
 use crate::user::page_size;
@@ -376,7 +376,7 @@ impl Attachment {
             let r = if st.revoked {
                 Ok(())
             } else {
-                d.map(iova, addr, len, prot, max_pgsize)
+                d.map(Iova(iova), HostAddr(addr), len, prot, max_pgsize)
             };
             if let Err(e) = r {
                 for d in &domains[..i] {
