@@ -1,5 +1,5 @@
 //! The `dispatcher` harness: a program of ioctls with fuzzed arguments
-//! through `uiommufd::uapi::dispatch::ioctl` on one context.
+//! through `uiommufd::dispatch::ioctl` on one context.
 //!
 //! # Input format
 //!
@@ -55,9 +55,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use uiommufd::dispatch::ioctl;
 use uiommufd::files;
 use uiommufd::pages::{check_accounting, Pages};
-use uiommufd::uapi::dispatch::ioctl;
 use uiommufd::uapi::vfio::*;
 use uiommufd::uapi::*;
 use uiommufd::user::page_size;

@@ -4,7 +4,7 @@
 //! with `#[path]`), so that every input replays the same way under both.
 //!
 //! * [`dispatcher`]: sequences of ioctls with fuzzed bytes through
-//!   `uapi::dispatch::ioctl` on one context;
+//!   `dispatch::ioctl` on one context;
 //! * [`iopt_model`]: IO page table operations checked against a reference
 //!   model;
 //! * [`faultsafe`]: the engine's fault-safe user copies against memory that

@@ -13,6 +13,7 @@ use std::sync::{Arc, Weak};
 
 use uiommufd::access::{Access, AccessOps};
 use uiommufd::device::Device;
+use uiommufd::domain::{HostAddr, Iova};
 use uiommufd::io_pagetable::AreaInfo;
 use uiommufd::mock::device::MockDevice;
 use uiommufd::{Context, Prot};
@@ -145,7 +146,9 @@ pub fn demo() -> Result<(), String> {
     println!(
         "    its page table: GPA {:#x} -> HVA {:#x} (guest RAM is now pinned, once: {} pages)",
         GPA_BASE + 0x1000,
-        domain.iova_to_phys(GPA_BASE + 0x1000).unwrap_or(0),
+        domain
+            .iova_to_phys(Iova(GPA_BASE + 0x1000))
+            .unwrap_or(HostAddr(0)),
         GUEST_RAM / 4096
     );
     // an emulated device doing DMA by IOVA through an access

@@ -21,7 +21,7 @@
 //!   `O_CLOEXEC` was asked), creates a fresh [`uiommufd::Context`] and
 //!   registers the fd. Any other path is forwarded untouched.
 //! * `ioctl`: on a registered fd, runs
-//!   [`uiommufd::uapi::dispatch::ioctl`]; the request is truncated to 32 bits
+//!   [`uiommufd::dispatch::ioctl`]; the request is truncated to 32 bits
 //!   as the kernel's `unsigned int cmd` does. Errors become `-1` + `errno`.
 //! * `close`, `close_range`, `closefrom`: unregister (the context dies when
 //!   its last fd is closed and no ioctl is in flight on it).
@@ -665,8 +665,9 @@ fn emulated_ioctl(fd: c_int, request: c_ulong, arg: *mut c_void) -> Route {
     let _birth = births_fd.then(sync::Birth::new);
     let ops = births_fd.then(sync::fd_ops);
     let r = match &entry.obj {
-        FdObject::Iommu(ctx) => uiommufd::uapi::dispatch::ioctl(ctx, u64::from(cmd), arg as u64)
-            .map_err(|e| e.errno().0),
+        FdObject::Iommu(ctx) => {
+            uiommufd::dispatch::ioctl(ctx, u64::from(cmd), arg as u64).map_err(|e| e.errno().0)
+        }
         FdObject::Remote(rc) => remote::ioctl(rc, cmd, arg as u64),
     };
     drop(ops);

@@ -20,7 +20,7 @@
 //! ioctl is one request on it (the context's key, `cmd`, `arg`); the owner
 //! runs the engine's dispatcher with a
 //! [`ProcessMemory`](uiommufd::process::ProcessMemory) of the client
-//! ([`uiommufd::uapi::dispatch::ioctl_as`]), so the command struct, its
+//! ([`uiommufd::dispatch::ioctl_as`]), so the command struct, its
 //! arrays and the reply move between the engine and the client's memory by
 //! `process_vm_readv`/`process_vm_writev`, and the areas it maps are the
 //! client's memory. The client announces itself with its pid and a pidfd
@@ -957,7 +957,7 @@ fn handle(sv: &Served) -> bool {
                         let _birth = births.then(crate::sync::Birth::new);
                         let _ops = births.then(crate::sync::fd_ops);
                         let r = uiommufd::accounting::as_caller(charges.clone(), || {
-                            uiommufd::uapi::dispatch::ioctl_as(ctx, mem, m.b, m.c)
+                            uiommufd::dispatch::ioctl_as(ctx, mem, m.b, m.c)
                         });
                         match (r, field) {
                             (Ok(v), Some(FdField::Out(off))) => {

@@ -3,7 +3,7 @@
 //!
 //! * `/proc/self/task/TID/fail-nth`, `/proc/PID/task/TID/fail-nth` (our own
 //!   PID) and `/proc/thread-self/fail-nth` open an engine file
-//!   ([`uiommufd::inject::FailNthFile`]) of thread `TID` (which must be a
+//!   ([`uiommufd::fail_nth::FailNthFile`]) of thread `TID` (which must be a
 //!   thread of this process: `ENOENT` otherwise). `read`/`pread` give the
 //!   remaining count, `write`/`pwrite` arm the thread, exactly as
 //!   `Documentation/fault-injection/fault-injection.rst` describes; the
@@ -163,7 +163,7 @@ pub(crate) fn open(what: Special, flags: c_int) -> c_int {
             if unsafe { libc::syscall(libc::SYS_tgkill, getpid(), tid, 0) } != 0 {
                 return fail(libc::ENOENT);
             }
-            let file = Arc::new(uiommufd::inject::FailNthFile::new(tid));
+            let file = Arc::new(uiommufd::fail_nth::FailNthFile::new(tid));
             match uiommufd::files::create_no_inject(file, cloexec) {
                 Ok(fd) => fd,
                 Err(e) => fail(e.errno().0),

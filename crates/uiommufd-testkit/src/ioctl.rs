@@ -1,4 +1,4 @@
-//! Typed wrappers over [`uiommufd::uapi::dispatch::ioctl`]: each builds the
+//! Typed wrappers over [`uiommufd::dispatch::ioctl`]: each builds the
 //! command's struct as a program would, makes the call through an
 //! [`Ioctl`] and returns the reply's fields, or the errno.
 //!
@@ -8,7 +8,7 @@
 
 use std::sync::Arc;
 
-use uiommufd::uapi::dispatch::ioctl;
+use uiommufd::dispatch::ioctl;
 use uiommufd::uapi::*;
 use uiommufd::Context;
 use zerocopy::{FromBytes, IntoBytes};

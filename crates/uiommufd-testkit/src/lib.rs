@@ -2,7 +2,7 @@
 //! proptests, the fuzz targets (`fuzz/`) and the benchmarks
 //! (`uiommufd-cli`): one copy of each piece that they all need.
 //!
-//! * [`ioctl`]: typed wrappers over [`uiommufd::uapi::dispatch::ioctl`]
+//! * [`ioctl`]: typed wrappers over [`uiommufd::dispatch::ioctl`]
 //!   with real user pointers (or any other way of making the call, see
 //!   [`ioctl::Ioctl`]);
 //! * [`mem`]: user memory for tests: aligned buffers, pages whose

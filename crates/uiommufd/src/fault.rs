@@ -45,8 +45,8 @@ use zerocopy::IntoBytes;
 
 use crate::context::{Context, ObjId, Object};
 use crate::files::{self, EngineFile};
-use crate::uapi::dispatch::Ucmd;
 use crate::uapi::*;
+use crate::ucmd::Ucmd;
 use crate::{bail, Error, Result};
 
 /// Page response codes (the kernel's `enum iommu_page_response_code`).
@@ -63,9 +63,11 @@ pub mod resp {
 /// `iommu_fault_page_request`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct PageFault {
-    /// `IOMMU_PGFAULT_FLAGS_*` (`PASID_VALID`, `LAST_PAGE`).
-    pub flags: u32,
-    /// PASID, meaningful with `PASID_VALID`.
+    /// Whether `pasid` is meaningful (`IOMMU_PGFAULT_FLAGS_PASID_VALID`).
+    pub pasid_valid: bool,
+    /// The last request of its group (`IOMMU_PGFAULT_FLAGS_LAST_PAGE`).
+    pub last_page: bool,
+    /// PASID, meaningful with `pasid_valid`.
     pub pasid: u32,
     /// Page request group index.
     pub grpid: u32,
@@ -75,6 +77,18 @@ pub struct PageFault {
     pub addr: u64,
     /// Length hint (0 when none).
     pub length: u32,
+}
+
+/// The uAPI flags of a page request (`IOMMU_PGFAULT_FLAGS_*`).
+fn pgfault_flags(f: &PageFault) -> u32 {
+    let mut flags = 0;
+    if f.pasid_valid {
+        flags |= IOMMU_PGFAULT_FLAGS_PASID_VALID;
+    }
+    if f.last_page {
+        flags |= IOMMU_PGFAULT_FLAGS_LAST_PAGE;
+    }
+    flags
 }
 
 /// A group of page requests answered by one response (the kernel's
@@ -321,7 +335,7 @@ impl Fault {
             let mut at = done;
             for f in &g.faults {
                 let rec = IommuHwptPgfault {
-                    flags: f.flags,
+                    flags: pgfault_flags(f),
                     dev_id: g.dev_id,
                     pasid: f.pasid,
                     grpid: f.grpid,

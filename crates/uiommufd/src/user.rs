@@ -27,6 +27,14 @@ pub fn page_size() -> u64 {
     })
 }
 
+/// The largest alignment IOVA allocation asks for: the size a page-table
+/// entry one level above the base page maps (the kernel's `HPAGE_SIZE` with
+/// transparent huge pages: 2 MiB for 4 KiB pages).
+pub fn huge_page_size() -> u64 {
+    let ps = page_size();
+    ps * (ps / 8)
+}
+
 /// Access to the memory of the process whose pointers arrive in commands.
 pub trait UserMemory: Send + Sync + std::fmt::Debug {
     /// Copy `buf.len()` bytes from user address `addr`; `EFAULT` if any byte is unreadable.

@@ -34,8 +34,8 @@ use zerocopy::IntoBytes;
 
 use crate::context::{Context, Object};
 use crate::files::{self, EngineFile};
-use crate::uapi::dispatch::Ucmd;
 use crate::uapi::*;
+use crate::ucmd::Ucmd;
 use crate::viommu::{get_viommu, Viommu};
 use crate::{bail, Error, Result};
 

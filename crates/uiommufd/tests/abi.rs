@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use uiommufd::uapi::dispatch::ioctl;
+use uiommufd::dispatch::ioctl;
 use uiommufd::uapi::*;
 use uiommufd::Context;
 

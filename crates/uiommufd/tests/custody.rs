@@ -408,7 +408,7 @@ fn dma_during_moves_never_faults_nor_sees_new_memory() {
 /// (which cached the old translation) reaches the pinned pages.
 #[test]
 fn vtd_domain_with_huge_leaves_follows_a_moved_page() {
-    use uiommufd::domain::Domain;
+    use uiommufd::domain::{Domain, HostAddr, Iova};
     use uiommufd::io_pagetable::huge_page_size;
     use uiommufd::vtd::{Iotlb, VtdDomain};
     let _s = serial();
@@ -439,7 +439,10 @@ fn vtd_domain_with_huge_leaves_follows_a_moved_page() {
     unsafe { std::ptr::write_bytes(page as *mut u8, 0xee, ps() as usize) };
     ioas.iopt().check_invariants().unwrap();
     uiommufd::pages::check_accounting().unwrap();
-    assert_ne!(dom.iova_to_phys(iova0 + 100 * ps()), Some(page));
+    assert_ne!(
+        dom.iova_to_phys(Iova(iova0 + 100 * ps())),
+        Some(HostAddr(page))
+    );
     tlb.read(iova0, &mut got).unwrap();
     assert!(got.iter().enumerate().all(|(i, &b)| b == pattern(i as u64)));
     tlb.write(iova0 + 100 * ps() + 1, b"vt-d").unwrap();

@@ -7,6 +7,7 @@ use std::sync::Arc;
 
 use uiommufd::context::Object;
 use uiommufd::dmabuf::DmaBufFile;
+use uiommufd::domain::{HostAddr, Iova};
 use uiommufd::mock::dmabuf::{
     TestDmabufGet, TestDmabufRevoke, IOMMU_TEST_OP_DMABUF_GET, IOMMU_TEST_OP_DMABUF_REVOKE,
 };
@@ -56,7 +57,7 @@ fn buf_addr(fd: i32) -> u64 {
 /// What the domain of paging HWPT `hwpt` translates `iova` to.
 fn phys(ctx: &Arc<Context>, hwpt: u32, iova: u64) -> Option<u64> {
     match ctx.get(hwpt).unwrap() {
-        Object::HwptPaging(h) => h.domain().iova_to_phys(iova),
+        Object::HwptPaging(h) => h.domain().iova_to_phys(Iova(iova)).map(|h| h.0),
         o => panic!("object {hwpt} is a {}", o.kind()),
     }
 }
@@ -171,7 +172,7 @@ fn revoke_unmaps_every_domain_and_stays() {
         unreachable!()
     };
     h1.domain()
-        .map(iova, base, size, uiommufd::Prot::RW, ps())
+        .map(Iova(iova), HostAddr(base), size, uiommufd::Prot::RW, ps())
         .unwrap();
     let e = ctx.check_invariants().unwrap_err();
     assert!(e.contains("revoked"), "{e}");

@@ -16,12 +16,12 @@ use std::sync::{Arc, OnceLock};
 
 use uiommufd::accounting::{MM_LOCKED_VM, PINNED_VM, USER_LOCKED_VM};
 use uiommufd::context::Object;
+use uiommufd::dispatch::ioctl;
 use uiommufd::inject;
 use uiommufd::io_pagetable::AreaInfo;
 use uiommufd::mock::device::MOCK_FLAGS_DEVICE_HUGE_IOVA;
 use uiommufd::mock::domain::MockDomain;
 use uiommufd::pages::{check_accounting, Pages};
-use uiommufd::uapi::dispatch::ioctl;
 use uiommufd::uapi::*;
 use uiommufd::user::page_size;
 use uiommufd::vfio::registry;

@@ -540,7 +540,7 @@ fn fault_fd_read_write_rules() {
     assert!(dev.report_fault(part).is_none(), "waits for its last page");
     let g = dev
         .report_fault(PageFault {
-            flags: IOMMU_PGFAULT_FLAGS_LAST_PAGE,
+            last_page: true,
             grpid: 9,
             addr: 0x2000,
             ..Default::default()
@@ -602,7 +602,7 @@ fn fault_round_trip_between_threads() {
     for i in 0..N {
         let g = dev
             .report_fault(PageFault {
-                flags: IOMMU_PGFAULT_FLAGS_LAST_PAGE,
+                last_page: true,
                 grpid: i,
                 addr: 0x1000 * i as u64,
                 ..Default::default()
@@ -629,7 +629,7 @@ fn leaving_the_hwpt_answers_pending_faults() {
     let dev = device(&ctx, s.idev);
     let raise = |grpid| {
         dev.report_fault(PageFault {
-            flags: IOMMU_PGFAULT_FLAGS_LAST_PAGE,
+            last_page: true,
             grpid,
             ..Default::default()
         })
@@ -693,7 +693,7 @@ fn faults_without_a_fault_queue() {
     );
     let g = device(ctx, s.idev)
         .report_fault(PageFault {
-            flags: IOMMU_PGFAULT_FLAGS_LAST_PAGE,
+            last_page: true,
             ..Default::default()
         })
         .unwrap();

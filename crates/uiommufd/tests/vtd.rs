@@ -5,7 +5,7 @@
 
 use std::sync::Arc;
 
-use uiommufd::domain::Domain;
+use uiommufd::domain::{Domain, HostAddr, Iova};
 use uiommufd::io_pagetable::{huge_page_size, DirtyRequest};
 use uiommufd::vtd::{Fault, Iotlb, VtdDomain};
 use uiommufd::{Context, Prot};
@@ -46,7 +46,10 @@ fn ioas_with_a_vtd_domain_maps_translates_dmas_tracks_and_unmaps() {
         .map_user(mem.addr(), K4, Some(iova0 + 2 * len), Prot::RO)
         .unwrap();
     iopt.check_invariants().unwrap();
-    assert_eq!(dom.iova_to_phys(iova0 + 5), Some(mem.addr() + 5));
+    assert_eq!(
+        dom.iova_to_phys(Iova(iova0 + 5)),
+        Some(HostAddr(mem.addr() + 5))
+    );
     assert_eq!(dom.leaf(iova0).unwrap().1, huge, "2 MiB leaves");
     // the IOAS reserves what the 48-bit aperture cannot translate
     assert!(ioas
@@ -80,7 +83,7 @@ fn ioas_with_a_vtd_domain_maps_translates_dmas_tracks_and_unmaps() {
         iova: iova0,
         length: len,
         page_size: K4,
-        flags: 0,
+        no_clear: false,
     };
     let mut bm = vec![0u64; 1024 / 64];
     iopt.read_and_clear_dirty(dom.id(), &req, &mut bm).unwrap();
@@ -106,7 +109,11 @@ fn ioas_with_a_vtd_domain_maps_translates_dmas_tracks_and_unmaps() {
     );
     iopt.check_invariants().unwrap();
     iopt.remove_domain(dom.id());
-    assert_eq!(dom.iova_to_phys(iova0), None, "detach unmaps everything");
+    assert_eq!(
+        dom.iova_to_phys(Iova(iova0)),
+        None,
+        "detach unmaps everything"
+    );
     iopt.check_invariants().unwrap();
 }
 
@@ -132,12 +139,15 @@ fn small_page_dirty_tracking_is_page_exact() {
         iova,
         length: 512 * K4,
         page_size: K4,
-        flags: uiommufd::uapi::IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR,
+        no_clear: true,
     };
     let mut bm = vec![0u64; 8];
     iopt.read_and_clear_dirty(dom.id(), &req, &mut bm).unwrap();
     assert_eq!(bits(&bm), vec![0, 1, 63, 64, 300, 511]);
-    let req = DirtyRequest { flags: 0, ..req };
+    let req = DirtyRequest {
+        no_clear: false,
+        ..req
+    };
     bm.fill(0);
     iopt.read_and_clear_dirty(dom.id(), &req, &mut bm).unwrap();
     assert_eq!(bits(&bm), vec![0, 1, 63, 64, 300, 511]);
@@ -163,10 +173,13 @@ fn threads_map_disjoint_ranges_through_the_ioas() {
                     let iova = (1 << 30) + (round * 4 + t) * 16 * K4;
                     let uva = mem.addr() + t * 16 * K4;
                     ioas.map_user(uva, 16 * K4, Some(iova), Prot::RW).unwrap();
-                    assert_eq!(dom.iova_to_phys(iova + 15 * K4), Some(uva + 15 * K4));
+                    assert_eq!(
+                        dom.iova_to_phys(Iova(iova + 15 * K4)),
+                        Some(HostAddr(uva + 15 * K4))
+                    );
                     if round % 2 == 0 {
                         assert_eq!(ioas.unmap(iova, 16 * K4).unwrap(), 16 * K4);
-                        assert_eq!(dom.iova_to_phys(iova), None);
+                        assert_eq!(dom.iova_to_phys(Iova(iova)), None);
                     }
                 }
             })
@@ -179,7 +192,10 @@ fn threads_map_disjoint_ranges_through_the_ioas() {
     for t in 0..4u64 {
         for round in (1..50u64).step_by(2) {
             let iova = (1 << 30) + (round * 4 + t) * 16 * K4;
-            assert_eq!(dom.iova_to_phys(iova), Some(mem.addr() + t * 16 * K4));
+            assert_eq!(
+                dom.iova_to_phys(Iova(iova)),
+                Some(HostAddr(mem.addr() + t * 16 * K4))
+            );
         }
     }
 }

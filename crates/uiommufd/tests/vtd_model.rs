@@ -19,7 +19,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use proptest::prelude::*;
-use uiommufd::domain::Domain;
+use uiommufd::domain::{Domain, HostAddr, Iova};
 use uiommufd::io_pagetable::DirtyBitmap;
 use uiommufd::vtd::{Iotlb, VtdDomain};
 use uiommufd::Prot;
@@ -126,7 +126,7 @@ impl Model {
                 (None, None) => {}
                 (Some(&(host, w)), Some((lhost, size, r, lw, ld))) => {
                     let start = p & !(size - 1);
-                    prop_assert_eq!(d.iova_to_phys(p + 5), Some(host + 5));
+                    prop_assert_eq!(d.iova_to_phys(Iova(p + 5)), Some(HostAddr(host + 5)));
                     prop_assert!(r);
                     prop_assert_eq!(lw, w, "permission of {:#x}", p);
                     if !seen_leaf.insert(start) {
@@ -186,7 +186,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let len = npages * K4;
                 let host = HOST + iova % (1 << 30) + shift * K4;
                 let prot = Prot { read: true, write };
-                let r = d.map(iova, host, len, prot, max_pgsize);
+                let r = d.map(Iova(iova), HostAddr(host), len, prot, max_pgsize);
                 let in_ap = iova + len <= TOP;
                 let free = m.pages.range(iova..iova + len).next().is_none();
                 match r {

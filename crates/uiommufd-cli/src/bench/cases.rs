@@ -7,10 +7,10 @@ use std::sync::{Arc, Barrier, Weak};
 use std::time::{Duration, Instant};
 
 use uiommufd::access::{Access, AccessOps};
+use uiommufd::dispatch;
 use uiommufd::ioas::Ioas;
 use uiommufd::mock::domain::{MockDomain, MOCK_APERTURE_START};
 use uiommufd::pages::Pages;
-use uiommufd::uapi::dispatch;
 use uiommufd::uapi::{
     IommuIoasMap, IommuIoasUnmap, IOMMU_IOAS_MAP, IOMMU_IOAS_MAP_FIXED_IOVA,
     IOMMU_IOAS_MAP_READABLE, IOMMU_IOAS_MAP_WRITEABLE, IOMMU_IOAS_UNMAP,
@@ -112,7 +112,7 @@ pub fn map_one_page(s: &Scale, r: &mut Report) -> Result<(), String> {
     r.push(Row::vs_floor(
         "1.map_unmap_4k.dispatch.0dom",
         1,
-        "IOMMU_IOAS_MAP+UNMAP 4 KiB via uapi::dispatch::ioctl in process, no domain",
+        "IOMMU_IOAS_MAP+UNMAP 4 KiB via dispatch::ioctl in process, no domain",
         Unit::NsPerOp,
         ns,
         floor,

@@ -49,7 +49,7 @@ pub(super) fn dirty_request(iova: u64, length: u64) -> DirtyRequest {
         iova,
         length,
         page_size: KIB4,
-        flags: 0,
+        no_clear: false,
     }
 }
 

@@ -10,7 +10,7 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use uiommufd::domain::Domain;
+use uiommufd::domain::{Domain, HostAddr, Iova};
 use uiommufd::vtd::{Fault, Iotlb, VtdDomain};
 use uiommufd::{Context, Prot};
 
@@ -78,8 +78,14 @@ fn translate(s: &Scale, r: &mut Report) -> Result<(), String> {
     let base = 1u64 << 40;
     // 1024 one-page mappings, every other page, like case 5's areas
     for i in 0..1024u64 {
-        dom.map(base + i * 2 * KIB4, page.addr(), KIB4, Prot::RW, u64::MAX)
-            .map_err(es)?;
+        dom.map(
+            Iova(base + i * 2 * KIB4),
+            HostAddr(page.addr()),
+            KIB4,
+            Prot::RW,
+            u64::MAX,
+        )
+        .map_err(es)?;
     }
     let mut tlb = Iotlb::new(dom.clone());
     time_lookup(
@@ -131,7 +137,7 @@ fn nested_translate(s: &Scale, r: &mut Report, floor: f64) -> Result<(), String>
     let mem = Buf::populated(5 * KIB4, Backing::Small)?;
     let parent = VtdDomain::new(48, false).map_err(es)?;
     parent
-        .map(0, mem.addr(), 5 * KIB4, Prot::RW, KIB4)
+        .map(Iova(0), HostAddr(mem.addr()), 5 * KIB4, Prot::RW, KIB4)
         .map_err(es)?;
     let set = |page: u64, idx: u64, v: u64| {
         // SAFETY: an 8-byte entry inside our populated buffer.
@@ -437,14 +443,14 @@ fn map_large(s: &Scale, r: &mut Report) -> Result<(), String> {
     let fresh = median(s.large_reps, || {
         let dom = VtdDomain::new(48, false).expect("domain");
         let t = Instant::now();
-        dom.map(IOVA, buf.addr(), len, Prot::RW, u64::MAX)
+        dom.map(Iova(IOVA), HostAddr(buf.addr()), len, Prot::RW, u64::MAX)
             .expect("map");
         t.elapsed()
     });
     let dom = VtdDomain::new(48, false).map_err(es)?;
     let warm = median(s.large_reps, || {
         let t = Instant::now();
-        dom.map(IOVA, buf.addr(), len, Prot::RW, u64::MAX)
+        dom.map(Iova(IOVA), HostAddr(buf.addr()), len, Prot::RW, u64::MAX)
             .expect("map");
         let el = t.elapsed();
         dom.unmap(IOVA, len);

@@ -10,9 +10,10 @@
 
 use std::sync::Arc;
 
+use uiommufd::dispatch;
 use uiommufd::files::{self, EngineFile, FdResolver};
+use uiommufd::uapi;
 use uiommufd::uapi::vfio as t1;
-use uiommufd::uapi::{self, dispatch};
 use uiommufd::user::SelfMemory;
 use uiommufd::vfio::migration::feature as mf;
 use uiommufd::vfio::migration::MigState;

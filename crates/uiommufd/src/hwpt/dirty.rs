@@ -5,8 +5,8 @@
 
 use super::get_hwpt_paging;
 use crate::io_pagetable::DirtyRequest;
-use crate::uapi::dispatch::Ucmd;
 use crate::uapi::*;
+use crate::ucmd::Ucmd;
 use crate::{bail, Result};
 
 /// `IOMMU_HWPT_SET_DIRTY_TRACKING`: `EOPNOTSUPP` for unknown flags, the
@@ -52,7 +52,7 @@ pub(crate) fn get_dirty_bitmap(u: &Ucmd) -> Result<i32> {
         iova: cmd.iova,
         length: cmd.length,
         page_size: cmd.page_size,
-        flags: cmd.flags,
+        no_clear: cmd.flags & IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR != 0,
     };
     if hwpt.auto_domain() {
         // the range checks come first, then the missing dirty ops

@@ -23,9 +23,9 @@ use crate::context::{ObjId, Object};
 use crate::device::get_device;
 use crate::domain::Domain;
 use crate::ioas::Ioas;
-use crate::uapi::dispatch::Ucmd;
 use crate::uapi::level::UapiLevel;
 use crate::uapi::*;
+use crate::ucmd::Ucmd;
 use crate::{bail, err, Error, Result};
 
 /// A paging HW page table: a domain that mirrors an IOAS.

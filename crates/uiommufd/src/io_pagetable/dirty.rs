@@ -65,127 +65,12 @@
 use std::sync::Arc;
 
 use super::{AreaState, IoPagetable, State};
-use crate::domain::Domain;
-use crate::uapi::IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR;
+use crate::domain::{DirtyBitmap, Domain};
 use crate::user::UserMemory;
 use crate::{bail, err, Error, Result};
 
 /// The most `u64` words of bitmap one window builds (256 KiB: 2 Mi pages).
 pub const WINDOW_WORDS: usize = 32 * 1024;
-
-/// A window of a dirty bitmap that a domain records into (the kernel's
-/// `iommu_dirty_bitmap`): bit `i` of `words` stands for the IOVA
-/// `iova + (i << pgshift)`; records outside `iova..=last` are clipped.
-#[derive(Debug)]
-pub struct DirtyBitmap<'a> {
-    iova: u64,
-    last: u64,
-    pgshift: u32,
-    words: &'a mut [u64],
-}
-
-impl<'a> DirtyBitmap<'a> {
-    /// A window over `iova..=last` (`iova` a multiple of `1 << pgshift`),
-    /// recording into `words`, which must hold
-    /// `((last - iova) >> pgshift) + 1` bits (panics otherwise).
-    pub fn new(iova: u64, last: u64, pgshift: u32, words: &'a mut [u64]) -> DirtyBitmap<'a> {
-        assert!(pgshift < 64 && iova <= last);
-        let nbits = ((last - iova) >> pgshift) + 1;
-        assert!(
-            words.len() as u64 >= nbits.div_ceil(64),
-            "a dirty bitmap of {nbits} bits needs {} words, got {}",
-            nbits.div_ceil(64),
-            words.len()
-        );
-        DirtyBitmap {
-            iova,
-            last,
-            pgshift,
-            words,
-        }
-    }
-
-    /// First IOVA the window covers.
-    pub fn iova(&self) -> u64 {
-        self.iova
-    }
-
-    /// Last IOVA the window covers (inclusive).
-    pub fn last(&self) -> u64 {
-        self.last
-    }
-
-    /// Bytes of IOVA per bit, as a shift.
-    pub fn pgshift(&self) -> u32 {
-        self.pgshift
-    }
-
-    /// Mark the 4 KiB pages of `mask` dirty at once: bit `k` of `mask[w]`
-    /// is the page at `iova + (64 * w + k) * 4 KiB`. Applies only where the
-    /// bitmap has a bit per 4 KiB page and the whole span of `mask` lies in
-    /// the window (then it ORs words, shifted, into the bitmap and answers
-    /// `true`); otherwise it records nothing and answers `false`, and the
-    /// caller records runs with [`DirtyBitmap::record`].
-    #[inline]
-    pub fn record_pages_4k(&mut self, iova: u64, mask: &[u64]) -> bool {
-        let span = (mask.len() as u64) << 18;
-        if self.pgshift != 12
-            || iova < self.iova
-            || iova.checked_add(span - 1).is_none_or(|e| e > self.last)
-        {
-            return false;
-        }
-        let bit = (iova - self.iova) >> 12;
-        let (w0, sh) = ((bit / 64) as usize, bit % 64);
-        for (k, &m) in mask.iter().enumerate() {
-            if m == 0 {
-                continue;
-            }
-            self.words[w0 + k] |= m << sh;
-            if sh != 0 {
-                let hi = m >> (64 - sh);
-                if hi != 0 {
-                    self.words[w0 + k + 1] |= hi;
-                }
-            }
-        }
-        true
-    }
-
-    /// Mark `[iova, iova + len)` dirty: every bit whose page overlaps it,
-    /// within the window (the kernel's `iommu_dirty_bitmap_record`).
-    #[inline]
-    pub fn record(&mut self, iova: u64, len: u64) {
-        if len == 0 {
-            return;
-        }
-        let start = iova.max(self.iova);
-        let end = iova.saturating_add(len - 1).min(self.last);
-        if start > end {
-            return;
-        }
-        set_bits(
-            self.words,
-            (start - self.iova) >> self.pgshift,
-            (end - self.iova) >> self.pgshift,
-        );
-    }
-}
-
-/// Set bits `first..=last` of `words`, a word at a time.
-#[inline]
-fn set_bits(words: &mut [u64], first: u64, last: u64) {
-    let (w0, w1) = ((first / 64) as usize, (last / 64) as usize);
-    let m0 = !0u64 << (first % 64);
-    let m1 = !0u64 >> (63 - last % 64);
-    if w0 == w1 {
-        words[w0] |= m0 & m1;
-        return;
-    }
-    words[w0] |= m0;
-    words[w0 + 1..w1].fill(!0);
-    words[w1] |= m1;
-}
 
 /// A dirty-bitmap request (the fields of `struct iommu_hwpt_get_dirty_bitmap`
 /// but the bitmap itself).
@@ -197,8 +82,9 @@ pub struct DirtyRequest {
     pub length: u64,
     /// IOVA per bit (its lowest set bit counts; see the module documentation).
     pub page_size: u64,
-    /// `IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR` or 0.
-    pub flags: u32,
+    /// Report without clearing the dirty state (the ioctl layer sets it
+    /// for `IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR`).
+    pub no_clear: bool,
 }
 
 impl DirtyRequest {
@@ -231,17 +117,6 @@ impl Query {
         let start = self.iova + (first_bit << self.pgshift);
         (start, start + ((nbits << self.pgshift) - 1))
     }
-}
-
-fn check_flags(flags: u32) -> Result<bool> {
-    if flags & !IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR != 0 {
-        bail!(
-            EOPNOTSUPP,
-            "GET_DIRTY_BITMAP: unknown flags {:#x}",
-            flags & !IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR
-        );
-    }
-    Ok(flags & IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR == 0)
 }
 
 /// Report the dirty IOVA of `start..=last` into `bm`, walking contiguous
@@ -365,12 +240,11 @@ impl IoPagetable {
 
     /// Set the bits of the dirty pages of `[req.iova, req.iova + req.length)`
     /// in `bitmap` (bit `i` of word `w` is page `64 * w + i` of `page_size`
-    /// from `iova`; [`DirtyRequest::nbits`] bits), clearing their dirty state unless `flags` has
-    /// `IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR`. Other bits are left alone.
+    /// from `iova`; [`DirtyRequest::nbits`] bits), clearing their dirty state unless
+    /// `req.no_clear`. Other bits are left alone.
     ///
     /// The same core as `IOMMU_HWPT_GET_DIRTY_BITMAP`, but strict: after the
-    /// ioctl's checks (`ENOENT` for a domain not attached here, `EOPNOTSUPP`
-    /// for unknown flags, the range rules of the module documentation,
+    /// ioctl's checks (`ENOENT` for a domain not attached here, the range rules of the module documentation,
     /// `EINVAL` when `bitmap` has fewer than `ceil(bits / 64)` words), a
     /// walk that stops early (`EINVAL` at an unmapped IOVA, the domain's
     /// error) is returned as an error; the bits found before are set.
@@ -381,7 +255,7 @@ impl IoPagetable {
         bitmap: &mut [u64],
     ) -> Result<()> {
         let domain = self.dirty_domain(domain_id)?;
-        let clear = check_flags(req.flags)?;
+        let clear = !req.no_clear;
         let q = self.dirty_query(req)?;
         if bitmap.len() < q.words() {
             bail!(
@@ -402,10 +276,9 @@ impl IoPagetable {
         walk(&st, domain.as_ref(), q.iova, q.last, clear, &mut bm)
     }
 
-    /// The flag and range checks of a dirty-bitmap request alone (what the
-    /// kernel checks before it looks at the domain's dirty ops).
+    /// The range checks of a dirty-bitmap request alone (what the kernel
+    /// checks before it looks at the domain's dirty ops).
     pub(crate) fn check_dirty_request(&self, req: &DirtyRequest) -> Result<()> {
-        check_flags(req.flags)?;
         self.dirty_query(req).map(|_| ())
     }
 
@@ -435,7 +308,7 @@ impl IoPagetable {
         window: usize,
     ) -> Result<()> {
         let domain = self.dirty_domain(domain_id)?;
-        let clear = check_flags(req.flags)?;
+        let clear = !req.no_clear;
         let q = self.dirty_query(req)?;
         if !domain.dirty_tracking_supported() {
             bail!(
@@ -598,56 +471,6 @@ fn or_into_user(
 
 #[cfg(test)]
 mod tests {
-    /// Word-at-a-time recording of 4 KiB pages sets exactly what recording
-    /// each page would, at any bit offset of the window, and declines
-    /// (recording nothing) outside the window or at another page size.
-    #[test]
-    fn record_pages_4k_matches_record() {
-        let mut seed = 0x1234_5678_9abc_def1u64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
-        for _ in 0..500 {
-            let win = (rnd() % 200) << 12;
-            let nwords = 1 + (rnd() % 8) as usize;
-            let mask: Vec<u64> = (0..nwords)
-                .map(|_| match rnd() % 4 {
-                    0 => 0,
-                    1 => u64::MAX,
-                    _ => rnd(),
-                })
-                .collect();
-            let at = win + ((rnd() % 300) << 12);
-            let last = win + (1000 << 12) - 1;
-            let mut a = vec![0u64; 1000usize.div_ceil(64)];
-            let mut b = a.clone();
-            let fits = at + ((nwords as u64) << 18) - 1 <= last;
-            let did = DirtyBitmap::new(win, last, 12, &mut a).record_pages_4k(at, &mask);
-            assert_eq!(did, fits);
-            if fits {
-                let mut bm = DirtyBitmap::new(win, last, 12, &mut b);
-                for (w, &m) in mask.iter().enumerate() {
-                    for k in 0..64 {
-                        if m & 1 << k != 0 {
-                            bm.record(at + ((w as u64 * 64 + k) << 12), 4096);
-                        }
-                    }
-                }
-            }
-            assert_eq!(a, b);
-        }
-        // another page size: declined
-        let mut w = [0u64; 8];
-        assert!(!DirtyBitmap::new(0, (1 << 30) - 1, 21, &mut w).record_pages_4k(0, &[1]));
-        assert_eq!(w, [0; 8]);
-        // starting before the window: declined
-        let mut w = [0u64; 4];
-        assert!(!DirtyBitmap::new(1 << 12, 200 << 12, 12, &mut w).record_pages_4k(0, &[1]));
-    }
-
     use super::super::tests::RealBuf;
     use super::super::{IovaRequest, MapSource, Prot};
     use super::*;
@@ -707,7 +530,7 @@ mod tests {
                 iova: A + off,
                 length,
                 page_size: ps,
-                flags: IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR,
+                no_clear: true,
             };
             let nbits = req.nbits();
             let mut want = vec![0u64; nbits.div_ceil(64) as usize];
@@ -739,7 +562,7 @@ mod tests {
             iova: A,
             length: len,
             page_size: g,
-            flags: 0,
+            no_clear: false,
         };
         let mut bytes = vec![0u8; (len / g / 8) as usize];
         t.dirty_to_user(id, &req, bytes.as_mut_ptr() as u64, &SelfMemory, 1)
@@ -799,14 +622,14 @@ mod tests {
             iova: A,
             length: len,
             page_size: g,
-            flags: 0,
+            no_clear: false,
         };
         let nbits = req.nbits();
         assert!(nbits > 64, "two windows of one word");
         let peek = || {
             let mut all = vec![0u64; nbits.div_ceil(64) as usize];
             let r = DirtyRequest {
-                flags: IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR,
+                no_clear: true,
                 ..req
             };
             t.read_and_clear_dirty(id, &r, &mut all).unwrap();
@@ -850,30 +673,5 @@ mod tests {
         unsafe { libc::munmap(p, 2 * ps) };
         t.unmap_all().unwrap();
         t.remove_domain(id);
-    }
-
-    #[test]
-    fn set_bits_spans_words() {
-        let mut w = [0u64; 4];
-        set_bits(&mut w, 3, 3);
-        assert_eq!(w, [8, 0, 0, 0]);
-        set_bits(&mut w, 62, 129);
-        assert_eq!(w, [8 | 3 << 62, !0, 3, 0]);
-        set_bits(&mut w, 192, 255);
-        assert_eq!(w[3], !0);
-    }
-
-    #[test]
-    fn record_clips_to_the_window() {
-        let mut w = [0u64; 2];
-        // 128 pages of 4 KiB from 0x10000
-        let mut bm = DirtyBitmap::new(0x10000, 0x10000 + 128 * 4096 - 1, 12, &mut w);
-        bm.record(0, 0x10000 + 4096); // only page 0 is inside
-        bm.record(0x10000 + 127 * 4096 + 5, 1 << 40); // last page
-        bm.record(0x10000 + 10 * 4096 + 1, 1); // one byte: page 10
-        bm.record(0x10000 + 20 * 4096 - 1, 2); // straddles pages 19 and 20
-        bm.record(u64::MAX - 10, 100); // outside, must not overflow
-        assert_eq!(w[0], 1 | 1 << 10 | 3 << 19);
-        assert_eq!(w[1], 1 << 63);
     }
 }

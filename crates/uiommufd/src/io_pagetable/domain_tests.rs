@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use super::tests::RealBuf;
 use super::*;
 use crate::accounting::AccountMode;
-use crate::domain::Domain;
+use crate::domain::{Domain, HostAddr, Iova};
 use crate::mock::domain::{
     mock_huge_page_size, mock_io_page_size, MockDomain, MockEntry, MOCK_APERTURE_LAST,
     MOCK_APERTURE_START as A,
@@ -104,8 +104,8 @@ fn check_map(d: &dyn Domain, iova: u64, len: u64, uptr: u64) -> Result<()> {
         .downcast_ref::<VtdDomain>()
         .expect("a mock or VT-d domain");
     for off in (0..len).step_by(1 << 12) {
-        let got = v.iova_to_phys(iova + off);
-        if got != Some(uptr + off) {
+        let got = v.iova_to_phys(Iova(iova + off));
+        if got != Some(HostAddr(uptr + off)) {
             crate::bail!(
                 EINVAL,
                 "VT-d domain {} maps {:#x} to {got:x?}, not {:#x}",
@@ -197,13 +197,13 @@ impl Domain for Wrapped {
     fn aperture(&self) -> (u64, u64) {
         self.inner.aperture()
     }
-    fn map(&self, iova: u64, addr: u64, len: u64, prot: Prot, max_pgsize: u64) -> Result<()> {
+    fn map(&self, iova: Iova, addr: HostAddr, len: u64, prot: Prot, max_pgsize: u64) -> Result<()> {
         self.inner.map(iova, addr, len, prot, max_pgsize)
     }
     fn unmap(&self, iova: u64, len: u64) -> u64 {
         self.inner.unmap(iova, len)
     }
-    fn iova_to_phys(&self, iova: u64) -> Option<u64> {
+    fn iova_to_phys(&self, iova: Iova) -> Option<HostAddr> {
         self.inner.iova_to_phys(iova)
     }
     fn as_any(&self) -> &dyn std::any::Any {
@@ -747,16 +747,19 @@ fn domain_invariants_catch_a_domain_out_of_sync() {
             t.check_invariants().is_err(),
             "generic {generic}: a missing mapping"
         );
-        m.map(A, u + ps, 2 * ps, Prot::RW, u64::MAX).unwrap();
+        m.map(Iova(A), HostAddr(u + ps), 2 * ps, Prot::RW, u64::MAX)
+            .unwrap();
         assert!(
             t.check_invariants().is_err(),
             "generic {generic}: a wrong address"
         );
         m.unmap(A, 2 * ps);
-        m.map(A, u, 2 * ps, Prot::RW, u64::MAX).unwrap();
+        m.map(Iova(A), HostAddr(u), 2 * ps, Prot::RW, u64::MAX)
+            .unwrap();
         ok(&t);
         if !generic {
-            m.map(A + 8 * ps, u, ps, Prot::RW, u64::MAX).unwrap();
+            m.map(Iova(A + 8 * ps), HostAddr(u), ps, Prot::RW, u64::MAX)
+                .unwrap();
             assert!(
                 t.check_invariants().is_err(),
                 "a mapping outside every area"

@@ -10,8 +10,7 @@ use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::{Arc, Weak};
 
 use super::{AreaState, IoPagetable, MapSource, Prot, State};
-use crate::domain::Domain;
-use crate::mock::domain::MockDomain;
+use crate::domain::{Domain, HostAddr, Iova};
 use crate::pages::Pages;
 use crate::user::page_size;
 use crate::{bail, Result};
@@ -133,13 +132,25 @@ fn fill_area(a: &AreaRef, domains: &[Arc<dyn Domain>], pin: bool, max_pgsize: u6
 /// nothing of the area stays mapped in `d`.
 pub(super) fn map_area(d: &dyn Domain, a: &AreaRef, max_pgsize: u64) -> Result<()> {
     if !a.pages.relocated() {
-        return d.map(a.iova, a.addr(), a.length, a.prot, max_pgsize);
+        return d.map(
+            Iova(a.iova),
+            HostAddr(a.addr()),
+            a.length,
+            a.prot,
+            max_pgsize,
+        );
     }
     let mut done = 0;
     let r = a
         .pages
         .for_each_host_run(a.start_byte, a.length, |delta, host, len| {
-            d.map(a.iova + delta, host, len, a.prot, max_pgsize)?;
+            d.map(
+                Iova(a.iova + delta),
+                HostAddr(host),
+                len,
+                a.prot,
+                max_pgsize,
+            )?;
             done = delta + len;
             Ok(())
         });
@@ -384,12 +395,16 @@ fn sample(first: u64, last: u64, n: u64) -> Vec<u64> {
     v
 }
 
-/// `mock` maps exactly the live areas of `st` (everything it maps lies in an
-/// area of any state; live areas are fully mapped to their host addresses).
-fn check_mock(st: &State, mock: &MockDomain) -> std::result::Result<(), String> {
-    let id = crate::domain::Domain::id(mock);
+/// Domain `id`, whose mappings are `runs` ([`Domain::mapped_runs`]), maps
+/// exactly the live areas of `st` (everything it maps lies in an area of
+/// any state; live areas are fully mapped to their host addresses).
+fn check_runs(
+    st: &State,
+    id: u64,
+    runs: Vec<(Iova, HostAddr, u64)>,
+) -> std::result::Result<(), String> {
     let mut covered = 0u64;
-    for (iova, addr, len) in mock.runs() {
+    for (Iova(iova), HostAddr(addr), len) in runs {
         let run_last = iova + (len - 1);
         let mut cur = iova;
         let mut done = false;
@@ -470,7 +485,7 @@ fn check_generic(st: &State, d: &dyn Domain) -> std::result::Result<(), String> 
         for g in sample(0, n - 1, 32) {
             let iova = k + g * gran;
             let want = (!revoked).then(|| a.pages.host(a.start_byte + g * gran));
-            let have = d.iova_to_phys(iova);
+            let have = d.iova_to_phys(Iova(iova)).map(|h| h.0);
             if have != want {
                 return Err(format!(
                     "domain {} translates iova {iova:#x} to {have:#x?}, area [{k:#x}, {:#x}] says {want:#x?}",
@@ -526,8 +541,8 @@ pub(super) fn check(st: &State, attached: &Attached) -> std::result::Result<(), 
         ));
     }
     for d in &attached.domains {
-        match d.as_any().downcast_ref::<MockDomain>() {
-            Some(m) => check_mock(st, m)?,
+        match d.mapped_runs() {
+            Some(runs) => check_runs(st, d.id(), runs)?,
             None => check_generic(st, d.as_ref())?,
         }
     }

@@ -104,9 +104,10 @@ mod tests;
 mod type1_dirty; // VFIO type1 dirty tracking (vfio_compat)
 mod write_log; // what accesses wrote, for VFIO type1 dirty tracking
 
-pub use dirty::{DirtyBitmap, DirtyRequest, WINDOW_WORDS as DIRTY_WINDOW_WORDS};
+pub use crate::domain::{DirtyBitmap, Prot};
+pub use crate::user::huge_page_size;
+pub use dirty::{DirtyRequest, WINDOW_WORDS as DIRTY_WINDOW_WORDS};
 pub use domains::{AccessNotify, PinnedPages};
-pub(crate) use relocate::CustodyLock;
 pub use type1_dirty::AreaDirty;
 pub use write_log::AccessWriteLog;
 
@@ -120,28 +121,6 @@ use crate::pages::Pages;
 use crate::user::page_size;
 use crate::{bail, err, Result};
 use free::{hits_merged, merge_sorted, overlaps, subtract_merged, FreeIndex};
-
-/// Access rights of a mapping (`IOMMU_IOAS_MAP_READABLE` / `WRITEABLE`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
-pub struct Prot {
-    /// The device may read.
-    pub read: bool,
-    /// The device may write.
-    pub write: bool,
-}
-
-impl Prot {
-    /// Read and write.
-    pub const RW: Prot = Prot {
-        read: true,
-        write: true,
-    };
-    /// Read only.
-    pub const RO: Prot = Prot {
-        read: true,
-        write: false,
-    };
-}
 
 /// Where a new mapping goes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -197,14 +176,6 @@ pub struct AreaInfo {
     pub pages_id: u64,
     /// Whether the pages are the engine's mapping of a file (`IOAS_MAP_FILE`).
     pub file_backed: bool,
-}
-
-/// The largest alignment IOVA allocation asks for: the size a page-table
-/// entry one level above the base page maps (the kernel's `HPAGE_SIZE` with
-/// transparent huge pages: 2 MiB for 4 KiB pages).
-pub fn huge_page_size() -> u64 {
-    let ps = page_size();
-    ps * (ps / 8)
 }
 
 /// Where an area is in its life.

@@ -8,6 +8,7 @@ use parking_lot::RwLockWriteGuard;
 
 use super::domains::{self, Attached};
 use super::{AreaState, IoPagetable, State};
+use crate::custody::HeldTable;
 
 /// An IO page table held still for custody: no map, unmap, pin, unpin or
 /// locked copy runs, and the generation moved (the access fast path's
@@ -27,14 +28,14 @@ impl IoPagetable {
     }
 }
 
-impl CustodyLock<'_> {
+impl HeldTable for CustodyLock<'_> {
     /// Map again, in every attached domain, the live areas over the pages
     /// objects `moved` (ids), at the host addresses their pages live at
     /// now. A domain that refuses the new mapping is logged: DMA there
     /// then faults, as after a failed map. A domain with dirty tracking
     /// reports the whole area dirty once (its dirty state went with the
     /// old mapping).
-    pub(crate) fn repoint(&mut self, moved: &HashSet<u64>) {
+    fn repoint(&mut self, moved: &HashSet<u64>) {
         if self.attached.domains.is_empty() {
             return;
         }

@@ -7,9 +7,9 @@ use zerocopy::IntoBytes;
 use super::Ioas;
 use crate::context::Object;
 use crate::io_pagetable::Prot;
-use crate::uapi::dispatch::Ucmd;
 use crate::uapi::level::UapiLevel;
 use crate::uapi::*;
+use crate::ucmd::Ucmd;
 use crate::{bail, err, Error, Result};
 
 const MAP_FLAGS: u32 =

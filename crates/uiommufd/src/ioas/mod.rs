@@ -211,6 +211,12 @@ impl Ioas {
     }
 }
 
+impl crate::custody::Table for Ioas {
+    fn hold(&self) -> crate::custody::Held<'_> {
+        Box::new(self.iopt.lock_for_custody())
+    }
+}
+
 impl Drop for Ioas {
     fn drop(&mut self) {
         if self.custody {

@@ -10,8 +10,8 @@ use super::{payload, set_payload};
 use crate::access::{Access, AccessOps};
 use crate::context::Context;
 use crate::files::{self, EngineFile};
-use crate::uapi::dispatch::Ucmd;
 use crate::uapi::*;
+use crate::ucmd::Ucmd;
 use crate::user::page_size;
 use crate::{bail, Error, Result};
 

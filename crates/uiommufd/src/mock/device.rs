@@ -6,9 +6,8 @@ use std::sync::Arc;
 
 use super::domain::MockDomain;
 use crate::context::Context;
-use crate::device::{Device, DeviceDriver};
-use crate::domain::Domain;
-use crate::hwpt::nested::UserData;
+use crate::device::Device;
+use crate::domain::{DeviceDriver, Domain, UserData};
 use crate::uapi::*;
 use crate::{bail, Result};
 
@@ -224,7 +223,7 @@ impl DeviceDriver for MockDevice {
         Ok(())
     }
 
-    fn nesting(&self) -> Option<&dyn crate::device::NestingOps> {
+    fn nesting(&self) -> Option<&dyn crate::domain::NestingOps> {
         Some(self)
     }
 

@@ -7,8 +7,8 @@ use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::payload;
 use crate::dmabuf::{self, DmaBuf, FdKind};
-use crate::uapi::dispatch::Ucmd;
 use crate::uapi::IommuTestCmd;
+use crate::ucmd::Ucmd;
 use crate::user::page_size;
 use crate::{bail, Result};
 

@@ -31,8 +31,9 @@ use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
-use crate::domain::{next_domain_id, split_pgsizes, DmaFault, Domain};
-use crate::io_pagetable::{DirtyBitmap, Prot};
+use crate::domain::{
+    next_domain_id, split_pgsizes, DirtyBitmap, DmaFault, Domain, HostAddr, Iova, Prot,
+};
 use crate::user::page_size;
 use crate::{bail, Result};
 
@@ -607,7 +608,14 @@ impl Domain for MockDomain {
         self.aperture
     }
 
-    fn map(&self, iova: u64, addr: u64, len: u64, prot: Prot, max_pgsize: u64) -> Result<()> {
+    fn map(
+        &self,
+        Iova(iova): Iova,
+        HostAddr(addr): HostAddr,
+        len: u64,
+        prot: Prot,
+        max_pgsize: u64,
+    ) -> Result<()> {
         // the kernel mock's own failure point (mock_domain_map_pages)
         crate::inject::point("mock.domain.map", libc::ENOENT)?;
         let mps = mock_io_page_size();
@@ -718,12 +726,12 @@ impl Domain for MockDomain {
         len
     }
 
-    fn iova_to_phys(&self, iova: u64) -> Option<u64> {
+    fn iova_to_phys(&self, Iova(iova): Iova) -> Option<HostAddr> {
         let g = iova / mock_io_page_size();
         self.table
             .read(g, g)
             .get(g)
-            .map(|e| e.addr + iova % mock_io_page_size())
+            .map(|e| HostAddr(e.addr + iova % mock_io_page_size()))
     }
 
     /// Granule by granule (at most one stripe block per call), with the
@@ -885,6 +893,11 @@ impl Domain for MockDomain {
         Ok(())
     }
 
+    fn mapped_runs(&self) -> Option<Vec<(Iova, HostAddr, u64)>> {
+        let runs = self.runs().into_iter();
+        Some(runs.map(|(i, a, l)| (Iova(i), HostAddr(a), l)).collect())
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
@@ -905,11 +918,24 @@ mod tests {
         let mps = mock_io_page_size();
         let d = MockDomain::new_paging(false, true);
         // granules 0,1 RW contiguous, granule 2 RW elsewhere, granule 3 RO
-        d.map(A, 0x1000_0000, 2 * mps, Prot::RW, u64::MAX).unwrap();
-        d.map(A + 2 * mps, 0x3000_0000, mps, Prot::RW, u64::MAX)
+        d.map(Iova(A), HostAddr(0x1000_0000), 2 * mps, Prot::RW, u64::MAX)
             .unwrap();
-        d.map(A + 3 * mps, 0x1000_0000 + 3 * mps, mps, Prot::RO, u64::MAX)
-            .unwrap();
+        d.map(
+            Iova(A + 2 * mps),
+            HostAddr(0x3000_0000),
+            mps,
+            Prot::RW,
+            u64::MAX,
+        )
+        .unwrap();
+        d.map(
+            Iova(A + 3 * mps),
+            HostAddr(0x1000_0000 + 3 * mps),
+            mps,
+            Prot::RO,
+            u64::MAX,
+        )
+        .unwrap();
         assert_eq!(
             d.translate(A + 5, 10 * mps, false),
             Ok((0x1000_0005, 2 * mps - 5))
@@ -957,9 +983,16 @@ mod tests {
         let host = (mem.as_mut_ptr() as u64).next_multiple_of(mps);
         let off = (host - mem.as_ptr() as u64) as usize;
         let d = MockDomain::new(false);
-        d.map(A, host, 2 * mps, Prot::RW, u64::MAX).unwrap();
-        d.map(A + 2 * mps, host + 2 * mps, mps, Prot::RO, u64::MAX)
+        d.map(Iova(A), HostAddr(host), 2 * mps, Prot::RW, u64::MAX)
             .unwrap();
+        d.map(
+            Iova(A + 2 * mps),
+            HostAddr(host + 2 * mps),
+            mps,
+            Prot::RO,
+            u64::MAX,
+        )
+        .unwrap();
         let dom: Arc<dyn Domain> = d;
         dom.dma_write(A + mps - 2, &[1, 2, 3, 4]).unwrap();
         assert_eq!(
@@ -991,7 +1024,8 @@ mod tests {
         let host = (mem.as_mut_ptr() as u64).next_multiple_of(mps);
         let off = (host - mem.as_ptr() as u64) as usize;
         let d = MockDomain::new_paging(false, true);
-        d.map(A, host, 3 * mps, Prot::RW, u64::MAX).unwrap();
+        d.map(Iova(A), HostAddr(host), 3 * mps, Prot::RW, u64::MAX)
+            .unwrap();
         d.set_dirty_tracking(true).unwrap();
         d.dma_write(A + mps - 1, &[1, 2]).unwrap();
         let dirty: Vec<bool> = (0..3)
@@ -1037,10 +1071,14 @@ mod tests {
     fn mock_domain_map_marks_and_translates() {
         let d = MockDomain::new(false);
         let mps = mock_io_page_size();
-        d.map(A, 0x1000_0000, 4 * mps, Prot::RW, u64::MAX).unwrap();
+        d.map(Iova(A), HostAddr(0x1000_0000), 4 * mps, Prot::RW, u64::MAX)
+            .unwrap();
         assert_eq!(d.len(), 4);
-        assert_eq!(d.iova_to_phys(A + mps + 5), Some(0x1000_0000 + mps + 5));
-        assert_eq!(d.iova_to_phys(A + 4 * mps), None);
+        assert_eq!(
+            d.iova_to_phys(Iova(A + mps + 5)),
+            Some(HostAddr(0x1000_0000 + mps + 5))
+        );
+        assert_eq!(d.iova_to_phys(Iova(A + 4 * mps)), None);
         assert_eq!(d.entry(A).unwrap().flags, MockEntry::FLAG_START);
         assert_eq!(d.entry(A + mps).unwrap().flags, 0);
         assert_eq!(d.entry(A + 3 * mps).unwrap().flags, MockEntry::FLAG_LAST);
@@ -1060,12 +1098,15 @@ mod tests {
         );
         // Mapping over a mapping, outside the aperture, misaligned.
         assert_eq!(
-            errno(d.map(A + 3 * mps, 0, mps, Prot::RW, u64::MAX)),
+            errno(d.map(Iova(A + 3 * mps), HostAddr(0), mps, Prot::RW, u64::MAX)),
             libc::EEXIST
         );
-        assert_eq!(errno(d.map(0, 0, mps, Prot::RW, u64::MAX)), libc::EINVAL);
         assert_eq!(
-            errno(d.map(A, 0, mps + 1, Prot::RW, u64::MAX)),
+            errno(d.map(Iova(0), HostAddr(0), mps, Prot::RW, u64::MAX)),
+            libc::EINVAL
+        );
+        assert_eq!(
+            errno(d.map(Iova(A), HostAddr(0), mps + 1, Prot::RW, u64::MAX)),
             libc::EINVAL
         );
         assert_eq!(d.unmap(A, 4 * mps), 4 * mps);
@@ -1079,21 +1120,34 @@ mod tests {
         let huge = mock_huge_page_size();
         let mps = mock_io_page_size();
         // IOVA and address both huge aligned: huge entries.
-        d.map(A, 0x4000_0000, 2 * huge, Prot::RW, u64::MAX).unwrap();
+        d.map(Iova(A), HostAddr(0x4000_0000), 2 * huge, Prot::RW, u64::MAX)
+            .unwrap();
         assert!(d.entry(A + mps).unwrap().flags & MockEntry::FLAG_HUGE != 0);
         assert_eq!(
-            d.iova_to_phys(A + huge + 3 * mps),
-            Some(0x4000_0000 + huge + 3 * mps)
+            d.iova_to_phys(Iova(A + huge + 3 * mps)),
+            Some(HostAddr(0x4000_0000 + huge + 3 * mps))
         );
         d.unmap(A, 2 * huge);
         // Capped at PAGE_SIZE: only granules.
-        d.map(A, 0x4000_0000, 2 * huge, Prot::RW, page_size())
-            .unwrap();
+        d.map(
+            Iova(A),
+            HostAddr(0x4000_0000),
+            2 * huge,
+            Prot::RW,
+            page_size(),
+        )
+        .unwrap();
         assert!(d.entry(A + mps).unwrap().flags & MockEntry::FLAG_HUGE == 0);
         d.unmap(A, 2 * huge);
         // Address not huge aligned: granules.
-        d.map(A, 0x4000_0000 + mps, huge, Prot::RW, u64::MAX)
-            .unwrap();
+        d.map(
+            Iova(A),
+            HostAddr(0x4000_0000 + mps),
+            huge,
+            Prot::RW,
+            u64::MAX,
+        )
+        .unwrap();
         assert!(d.entry(A).unwrap().flags & MockEntry::FLAG_HUGE == 0);
         d.unmap(A, huge);
         assert!(d.is_empty());
@@ -1103,20 +1157,23 @@ mod tests {
     fn mock_domain_unmap_rule_and_injection() {
         let d = MockDomain::new(false);
         let mps = mock_io_page_size();
-        d.map(A, 0x1000_0000, 4 * mps, Prot::RW, u64::MAX).unwrap();
+        d.map(Iova(A), HostAddr(0x1000_0000), 4 * mps, Prot::RW, u64::MAX)
+            .unwrap();
         d.unmap(A + mps, mps);
         assert_eq!(d.warnings(), 1, "an unmap that cuts a map is flagged");
         d.fail_map_after(Some(1));
-        d.map(A + 8 * mps, 0, mps, Prot::RW, u64::MAX).unwrap();
+        d.map(Iova(A + 8 * mps), HostAddr(0), mps, Prot::RW, u64::MAX)
+            .unwrap();
         assert_eq!(
-            errno(d.map(A + 9 * mps, 0, mps, Prot::RW, u64::MAX)),
+            errno(d.map(Iova(A + 9 * mps), HostAddr(0), mps, Prot::RW, u64::MAX)),
             libc::ENOENT
         );
         assert!(
             d.entry(A + 9 * mps).is_none(),
             "a failed map leaves nothing"
         );
-        d.map(A + 9 * mps, 0, mps, Prot::RW, u64::MAX).unwrap();
+        d.map(Iova(A + 9 * mps), HostAddr(0), mps, Prot::RW, u64::MAX)
+            .unwrap();
     }
 
     #[test]
@@ -1130,9 +1187,16 @@ mod tests {
 
         let d = MockDomain::new_paging(true, true);
         assert!(d.dirty_tracking_supported());
-        d.map(A, 0x4000_0000, 2 * huge, Prot::RW, u64::MAX).unwrap();
-        d.map(A + 2 * huge, 0x5000_0800, 4 * mps, Prot::RW, u64::MAX)
+        d.map(Iova(A), HostAddr(0x4000_0000), 2 * huge, Prot::RW, u64::MAX)
             .unwrap();
+        d.map(
+            Iova(A + 2 * huge),
+            HostAddr(0x5000_0800),
+            4 * mps,
+            Prot::RW,
+            u64::MAX,
+        )
+        .unwrap();
         let last = A + 2 * huge + 4 * mps - 1;
         let read = |iova: u64, len: u64, clear: bool| -> Result<Vec<u64>> {
             let mut w = vec![0u64; ((last - A) / mps / 64 + 1) as usize];
@@ -1193,8 +1257,14 @@ mod tests {
                 std::thread::spawn(move || {
                     for i in 0..200u64 {
                         let iova = A + (n * 1000 + i) * 4 * mps;
-                        d.map(iova, iova + (1 << 32), 4 * mps, Prot::RW, u64::MAX)
-                            .unwrap();
+                        d.map(
+                            Iova(iova),
+                            HostAddr(iova + (1 << 32)),
+                            4 * mps,
+                            Prot::RW,
+                            u64::MAX,
+                        )
+                        .unwrap();
                     }
                     for i in 0..200u64 {
                         let iova = A + (n * 1000 + i) * 4 * mps;
@@ -1219,12 +1289,30 @@ mod tests {
         // Blocks 3, 3 + STRIPES and 4 share or neighbour stripes; runs() and
         // EEXIST must see them in IOVA order whatever the stripe.
         let far = (3 + STRIPES as u64) * block;
-        d.map(far, 0x9000_0000, 2 * mps, Prot::RW, u64::MAX)
-            .unwrap();
-        d.map(3 * block + mps, 0x1000_0000, mps, Prot::RW, u64::MAX)
-            .unwrap();
-        d.map(4 * block, 0x2000_0000, mps, Prot::RW, u64::MAX)
-            .unwrap();
+        d.map(
+            Iova(far),
+            HostAddr(0x9000_0000),
+            2 * mps,
+            Prot::RW,
+            u64::MAX,
+        )
+        .unwrap();
+        d.map(
+            Iova(3 * block + mps),
+            HostAddr(0x1000_0000),
+            mps,
+            Prot::RW,
+            u64::MAX,
+        )
+        .unwrap();
+        d.map(
+            Iova(4 * block),
+            HostAddr(0x2000_0000),
+            mps,
+            Prot::RW,
+            u64::MAX,
+        )
+        .unwrap();
         assert_eq!(
             d.runs(),
             vec![
@@ -1235,7 +1323,9 @@ mod tests {
         );
         assert_eq!(d.len(), 4);
         // A map over every stripe fails on the first mapped granule.
-        let r = d.map(0, 0, far + block, Prot::RW, u64::MAX).unwrap_err();
+        let r = d
+            .map(Iova(0), HostAddr(0), far + block, Prot::RW, u64::MAX)
+            .unwrap_err();
         assert_eq!(r.errno().0, libc::EEXIST);
         assert!(
             r.to_string().contains(&format!("{:#x}", 3 * block + mps)),
@@ -1247,7 +1337,8 @@ mod tests {
         let base = 1000 * block;
         let len = (STRIPES as u64 + 5) * block + 3 * mps;
         let tail = base + (STRIPES as u64 + 5) * block;
-        d.map(base, 0x4000_0000, len, Prot::RW, u64::MAX).unwrap();
+        d.map(Iova(base), HostAddr(0x4000_0000), len, Prot::RW, u64::MAX)
+            .unwrap();
         d.check_map(base, len, 0x4000_0000).unwrap();
         assert_eq!(d.len(), 4 + len / mps);
         assert!(d.entry(base + 7 * block).unwrap().flags & MockEntry::FLAG_HUGE != 0);
@@ -1292,7 +1383,10 @@ mod tests {
                 .into_iter()
                 .map(|iova| {
                     let d = d.clone();
-                    std::thread::spawn(move || d.map(iova, iova, len, Prot::RW, u64::MAX).is_ok())
+                    std::thread::spawn(move || {
+                        d.map(Iova(iova), HostAddr(iova), len, Prot::RW, u64::MAX)
+                            .is_ok()
+                    })
                 })
                 .collect();
             let ok: Vec<bool> = t.into_iter().map(|t| t.join().unwrap()).collect();

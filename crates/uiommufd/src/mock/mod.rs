@@ -27,9 +27,9 @@ use zerocopy::{FromBytes, Immutable, IntoBytes};
 use crate::context::Object;
 use crate::device::Device;
 use crate::pages::Pages;
-use crate::uapi::dispatch::Ucmd;
 use crate::uapi::level::UapiLevel;
 use crate::uapi::*;
+use crate::ucmd::Ucmd;
 use crate::user::page_size;
 use crate::{bail, Result};
 
@@ -485,12 +485,9 @@ fn trigger_iopf(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
             t.dev_id
         );
     }
-    let mut flags = IOMMU_PGFAULT_FLAGS_LAST_PAGE;
-    if t.pasid != 0 {
-        flags |= IOMMU_PGFAULT_FLAGS_PASID_VALID;
-    }
     dev.report_fault(crate::fault::PageFault {
-        flags,
+        pasid_valid: t.pasid != 0,
+        last_page: true,
         pasid: t.pasid,
         grpid: t.grpid,
         perm: t.perm,

@@ -13,9 +13,7 @@ use parking_lot::Mutex;
 
 use super::device::MockDevice;
 use super::domain::MockDomain;
-use crate::device::NestingOps;
-use crate::domain::{next_domain_id, Domain};
-use crate::hwpt::nested::{NestedDomain, UserData, UserDataArray};
+use crate::domain::{next_domain_id, Domain, NestedDomain, NestingOps, UserData, UserDataArray};
 use crate::uapi::*;
 use crate::{bail, Result};
 

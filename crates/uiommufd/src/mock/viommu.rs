@@ -17,7 +17,7 @@ use super::device::MockDevice;
 use super::nested::MockNestedDomain;
 use crate::device::Device;
 use crate::domain::Domain;
-use crate::hwpt::nested::{NestedDomain, UserData, UserDataArray};
+use crate::domain::{HostAddr, Iova, NestedDomain, UserData, UserDataArray};
 use crate::uapi::*;
 use crate::viommu::{HwQueue, Viommu, ViommuOps};
 use crate::{bail, err, Error, Result};
@@ -263,8 +263,8 @@ impl ViommuOps for MockViommu {
         } else {
             None
         };
-        let want = self.parent.iova_to_phys(queue.base_addr());
-        if want != Some(base_pa) {
+        let want = self.parent.iova_to_phys(Iova(queue.base_addr()));
+        if want != Some(HostAddr(base_pa)) {
             bail!(
                 EFAULT,
                 "mock vIOMMU: the queue's address {base_pa:#x} is not what the parent maps {:#x} to ({want:?})",

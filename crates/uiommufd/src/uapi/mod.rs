@@ -13,11 +13,10 @@
 //! grew up to 7.2 (`iommu_hw_info` only turned `out_data_type` into a union
 //! of the same size), so one size per command serves every level; the
 //! commands added after 6.12 are here too, each with the level it appeared
-//! in ([`level::UapiLevel`], [`dispatch`]).
+//! in ([`level::UapiLevel`], [`crate::dispatch`]).
 
 #![allow(missing_docs)] // field names are the kernel's; see iommufd.h for each
 
-pub mod dispatch;
 pub mod level;
 pub mod vfio;
 

@@ -53,9 +53,7 @@ use crate::context::{Context, ObjId};
 use crate::device::Device;
 use crate::domain::{DmaFault, Domain};
 use crate::fault::PageFault;
-use crate::uapi::{
-    IOMMU_PGFAULT_FLAGS_LAST_PAGE, IOMMU_PGFAULT_PERM_READ, IOMMU_PGFAULT_PERM_WRITE,
-};
+use crate::uapi::{IOMMU_PGFAULT_PERM_READ, IOMMU_PGFAULT_PERM_WRITE};
 use crate::vfio::model::{Bus, PciLayout, PciModel};
 use crate::vfio::pci_config::{PciConfig, CONFIG_SIZE, PCI_STATUS, PCI_STATUS_INTERRUPT};
 use crate::vfio::registry::{DeviceDecl, Registered};
@@ -448,12 +446,8 @@ impl DeviceBus {
                     | DmaFault::Blocked { iova } => iova,
                 };
                 let _ = dev.report_fault(PageFault {
-                    flags: IOMMU_PGFAULT_FLAGS_LAST_PAGE
-                        | if pasid != 0 {
-                            crate::uapi::IOMMU_PGFAULT_FLAGS_PASID_VALID
-                        } else {
-                            0
-                        },
+                    pasid_valid: pasid != 0,
+                    last_page: true,
                     pasid,
                     grpid: 0,
                     perm: if write {

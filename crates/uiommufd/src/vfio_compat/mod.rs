@@ -35,9 +35,9 @@ use zerocopy::{FromBytes, IntoBytes};
 
 use crate::context::Context;
 use crate::ioas::Ioas;
-use crate::uapi::dispatch::Ucmd;
 use crate::uapi::vfio::*;
 use crate::uapi::*;
+use crate::ucmd::Ucmd;
 use crate::user::UserMemory;
 use crate::{bail, err, Error, Result};
 

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::slab::{Slab, Table, ENTRIES};
 use super::{Fault, PTE_A, PTE_ADDR_MASK, PTE_D, PTE_PS, PTE_R, PTE_SNP, PTE_W};
 use crate::domain::{next_domain_id, Domain};
-use crate::io_pagetable::{DirtyBitmap, Prot};
+use crate::domain::{DirtyBitmap, HostAddr, Iova, Prot};
 use crate::{bail, Error, Result};
 
 /// 4 KiB, 2 MiB and 1 GiB: the leaf sizes of levels 1, 2 and 3.
@@ -826,7 +826,14 @@ impl Domain for VtdDomain {
         (0, self.last_iova())
     }
 
-    fn map(&self, iova: u64, addr: u64, len: u64, prot: Prot, max_pgsize: u64) -> Result<()> {
+    fn map(
+        &self,
+        Iova(iova): Iova,
+        HostAddr(addr): HostAddr,
+        len: u64,
+        prot: Prot,
+        max_pgsize: u64,
+    ) -> Result<()> {
         const PG: u64 = 1 << 12;
         if len == 0
             || !iova.is_multiple_of(PG)
@@ -972,9 +979,9 @@ impl Domain for VtdDomain {
         r
     }
 
-    fn iova_to_phys(&self, iova: u64) -> Option<u64> {
+    fn iova_to_phys(&self, Iova(iova): Iova) -> Option<HostAddr> {
         self.lookup(iova)
-            .map(|l| (l.value & PTE_ADDR_MASK) + (iova & (l.size() - 1)))
+            .map(|l| HostAddr((l.value & PTE_ADDR_MASK) + (iova & (l.size() - 1))))
     }
 
     fn dirty_tracking_supported(&self) -> bool {

@@ -4,7 +4,7 @@
 
 use std::sync::Arc;
 
-use crate::device::DeviceDriver;
+use crate::domain::DeviceDriver;
 use crate::domain::Domain;
 use crate::uapi::{
     IOMMU_HWPT_ALLOC_DIRTY_TRACKING, IOMMU_HWPT_ALLOC_NEST_PARENT, IOMMU_HW_CAP_DIRTY_TRACKING,
@@ -145,7 +145,7 @@ impl DeviceDriver for VtdDriver {
     }
 
     /// First-stage nesting (`vtd/nested.rs`).
-    fn nesting(&self) -> Option<&dyn crate::device::NestingOps> {
+    fn nesting(&self) -> Option<&dyn crate::domain::NestingOps> {
         Some(self)
     }
 

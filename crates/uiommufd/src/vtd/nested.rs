@@ -60,10 +60,10 @@ use parking_lot::Mutex;
 use super::domain::VtdDomain;
 use super::driver::VtdDriver;
 use super::Fault;
-use crate::device::NestingOps;
-use crate::domain::{next_domain_id, Domain};
-use crate::hwpt::nested::{NestedDomain, UserData, UserDataArray};
-use crate::io_pagetable::{DirtyBitmap, Prot};
+use crate::domain::{
+    next_domain_id, DirtyBitmap, Domain, HostAddr, Iova, NestedDomain, NestingOps, Prot, UserData,
+    UserDataArray,
+};
 use crate::uapi::IOMMU_HWPT_DATA_VTD_S1;
 use crate::user::{SelfMemory, UserMemory};
 use crate::{bail, Result};
@@ -644,7 +644,7 @@ impl Domain for VtdNestedDomain {
     }
 
     /// The user owns the table: the engine never maps into it.
-    fn map(&self, iova: u64, _addr: u64, _len: u64, _prot: Prot, _max: u64) -> Result<()> {
+    fn map(&self, Iova(iova): Iova, _: HostAddr, _len: u64, _prot: Prot, _max: u64) -> Result<()> {
         bail!(
             EINVAL,
             "VT-d nested domain {}: the first-stage table is the user's, nothing maps IOVA {iova:#x} into it",
@@ -657,10 +657,10 @@ impl Domain for VtdNestedDomain {
     }
 
     /// A lookup that sets no A/D bit and leaves the cache alone.
-    fn iova_to_phys(&self, iova: u64) -> Option<u64> {
+    fn iova_to_phys(&self, Iova(iova): Iova) -> Option<HostAddr> {
         let w = self.walk(iova, false, false).ok()?;
         let gpa = w.leaf.gpa + (iova - w.leaf.base);
-        self.parent.iova_to_phys(gpa)
+        self.parent.iova_to_phys(Iova(gpa))
     }
 
     fn translate(
@@ -850,7 +850,8 @@ mod tests {
     /// A parent mapping guest page i to host page i (all of them, RW).
     fn parent(m: &Mem) -> Arc<VtdDomain> {
         let p = VtdDomain::new(48, false).unwrap();
-        p.map(0, m.host(0), PAGES * 4096, Prot::RW, 4096).unwrap();
+        p.map(Iova(0), HostAddr(m.host(0)), PAGES * 4096, Prot::RW, 4096)
+            .unwrap();
         p
     }
 
@@ -903,7 +904,8 @@ mod tests {
         m.set(21, 0, (22 * 4096) | URW);
         // a 2 MiB leaf at level 2 (its output aligned down to 2 MiB)
         m.set(22, 0, (1 << 21) | 0x1000 | URW | fl::PS);
-        p.map(1 << 21, m.host(30), 4096, Prot::RW, 4096).unwrap();
+        p.map(Iova(1 << 21), HostAddr(m.host(30)), 4096, Prot::RW, 4096)
+            .unwrap();
         let (h, len) = n4.translate(hi + 0x10, 0x10_0000, false).unwrap();
         assert_eq!((h, len), (m.host(30) + 0x10, 4096 - 0x10));
         // PS at level 4 is reserved
@@ -914,8 +916,14 @@ mod tests {
         ));
         // a 1 GiB leaf at level 3
         m.set(21, 1, (1 << 30) | URW | fl::PS);
-        p.map((1 << 30) + 0x3000, m.host(31), 4096, Prot::RW, 4096)
-            .unwrap();
+        p.map(
+            Iova((1 << 30) + 0x3000),
+            HostAddr(m.host(31)),
+            4096,
+            Prot::RW,
+            4096,
+        )
+        .unwrap();
         let (h, _) = n4.translate(hi | (1 << 30) | 0x3004, 4, false).unwrap();
         assert_eq!(h, m.host(31) + 4);
     }
@@ -962,8 +970,8 @@ mod tests {
         // Domain::iova_to_phys writes nothing
         m.set(3, 2, (14 * 4096) | URW);
         assert_eq!(
-            Domain::iova_to_phys(&*n, 2 * 4096 + 5),
-            Some(m.host(14) + 5)
+            Domain::iova_to_phys(&*n, Iova(2 * 4096 + 5)),
+            Some(HostAddr(m.host(14) + 5))
         );
         assert_eq!(m.get(3, 2) & fl::A, 0);
     }
@@ -977,7 +985,8 @@ mod tests {
         use super::super::Iotlb;
         let m = Mem::new();
         let p = VtdDomain::new(48, true).unwrap();
-        p.map(0, m.host(0), PAGES * 4096, Prot::RW, 4096).unwrap();
+        p.map(Iova(0), HostAddr(m.host(0)), PAGES * 4096, Prot::RW, 4096)
+            .unwrap();
         let n = nested(&p, 48);
         m.set(0, 0, 4096 | URW);
         m.set(1, 0, (2 * 4096) | URW);
@@ -1216,7 +1225,8 @@ mod tests {
                         t.map(vec![src(m.host(g), len, prot.write)], len, req, prot)
                             .unwrap();
                     } else {
-                        p.map(iova, m.host(g), len, prot, 4096).unwrap();
+                        p.map(Iova(iova), HostAddr(m.host(g)), len, prot, 4096)
+                            .unwrap();
                     }
                     for x in g..g + run {
                         model.insert(x, prot.write);

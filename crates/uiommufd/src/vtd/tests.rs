@@ -6,8 +6,7 @@
 use std::sync::Arc;
 
 use super::*;
-use crate::domain::Domain;
-use crate::io_pagetable::{DirtyBitmap, Prot};
+use crate::domain::{DirtyBitmap, Domain, HostAddr, Iova, Prot};
 
 const K4: u64 = 1 << 12;
 const M2: u64 = 1 << 21;
@@ -46,37 +45,61 @@ fn geometry_and_entry_format() {
         assert_eq!(d.pgsize_bitmap(), K4 | M2 | G1);
     }
     let d = VtdDomain::new(48, false).unwrap();
-    d.map(0x1000, HOST + 0x5000, K4, Prot::RO, u64::MAX)
-        .unwrap();
+    d.map(
+        Iova(0x1000),
+        HostAddr(HOST + 0x5000),
+        K4,
+        Prot::RO,
+        u64::MAX,
+    )
+    .unwrap();
     let l = d.lookup(0x1000).unwrap();
     assert_eq!(l.level, 1);
     assert_eq!(l.value, (HOST + 0x5000) | PTE_R | PTE_SNP);
-    d.map(M2, HOST + M2, M2, Prot::RW, u64::MAX).unwrap();
+    d.map(Iova(M2), HostAddr(HOST + M2), M2, Prot::RW, u64::MAX)
+        .unwrap();
     let l = d.lookup(M2 + 5).unwrap();
     assert_eq!(l.level, 2);
     assert_eq!(l.value, (HOST + M2) | PTE_R | PTE_W | PTE_PS | PTE_SNP);
-    d.map(G1, HOST, G1, Prot::RW, u64::MAX).unwrap();
+    d.map(Iova(G1), HostAddr(HOST), G1, Prot::RW, u64::MAX)
+        .unwrap();
     assert_eq!(d.lookup(G1 + 12345).unwrap().level, 3);
-    assert_eq!(d.iova_to_phys(G1 + 12345), Some(HOST + 12345));
-    assert_eq!(d.iova_to_phys(0x1abc), Some(HOST + 0x5abc));
-    assert_eq!(d.iova_to_phys(0x2000), None);
+    assert_eq!(
+        d.iova_to_phys(Iova(G1 + 12345)),
+        Some(HostAddr(HOST + 12345))
+    );
+    assert_eq!(d.iova_to_phys(Iova(0x1abc)), Some(HostAddr(HOST + 0x5abc)));
+    assert_eq!(d.iova_to_phys(Iova(0x2000)), None);
 }
 
 #[test]
 fn page_sizes_follow_alignment_and_max_pgsize() {
     let d = VtdDomain::new(48, false).unwrap();
     // IOVA 2 MiB aligned, host not: 4 KiB leaves only
-    d.map(4 * M2, HOST + K4, 2 * M2, Prot::RW, u64::MAX)
-        .unwrap();
+    d.map(
+        Iova(4 * M2),
+        HostAddr(HOST + K4),
+        2 * M2,
+        Prot::RW,
+        u64::MAX,
+    )
+    .unwrap();
     assert_eq!(d.leaf(4 * M2).unwrap().1, K4);
     assert_eq!(d.unmap(4 * M2, 2 * M2), 2 * M2);
     // capped at 4 KiB
-    d.map(8 * M2, HOST, 2 * M2, Prot::RW, K4).unwrap();
+    d.map(Iova(8 * M2), HostAddr(HOST), 2 * M2, Prot::RW, K4)
+        .unwrap();
     assert_eq!(d.leaf(8 * M2).unwrap().1, K4);
     assert_eq!(d.unmap(8 * M2, 2 * M2), 2 * M2);
     // mixed: 4 KiB head, 2 MiB body, 4 KiB tail
-    d.map(16 * M2 - K4, HOST - K4, M2 + 2 * K4, Prot::RW, u64::MAX)
-        .unwrap();
+    d.map(
+        Iova(16 * M2 - K4),
+        HostAddr(HOST - K4),
+        M2 + 2 * K4,
+        Prot::RW,
+        u64::MAX,
+    )
+    .unwrap();
     assert_eq!(d.leaf(16 * M2 - K4).unwrap().1, K4);
     assert_eq!(d.leaf(16 * M2).unwrap().1, M2);
     assert_eq!(d.leaf(17 * M2).unwrap().1, K4);
@@ -84,7 +107,8 @@ fn page_sizes_follow_alignment_and_max_pgsize() {
     // a domain limited to 2 MiB never uses 1 GiB leaves
     let d2 = VtdDomain::with_max_page(39, false, M2).unwrap();
     assert_eq!(d2.pgsize_bitmap(), K4 | M2);
-    d2.map(G1, HOST, G1, Prot::RW, u64::MAX).unwrap();
+    d2.map(Iova(G1), HostAddr(HOST), G1, Prot::RW, u64::MAX)
+        .unwrap();
     assert_eq!(d2.leaf(G1).unwrap().1, M2);
 }
 
@@ -92,39 +116,62 @@ fn page_sizes_follow_alignment_and_max_pgsize() {
 fn map_errors_change_nothing() {
     let d = VtdDomain::new(39, false).unwrap();
     let last = (1u64 << 39) - 1;
-    assert_eq!(errno(d.map(0, HOST, 0, Prot::RW, u64::MAX)), libc::EINVAL);
-    assert_eq!(errno(d.map(1, HOST, K4, Prot::RW, u64::MAX)), libc::EINVAL);
     assert_eq!(
-        errno(d.map(0, HOST, K4, Prot::default(), u64::MAX)),
+        errno(d.map(Iova(0), HostAddr(HOST), 0, Prot::RW, u64::MAX)),
         libc::EINVAL
     );
     assert_eq!(
-        errno(d.map(last + 1 - K4, HOST, 2 * K4, Prot::RW, u64::MAX)),
+        errno(d.map(Iova(1), HostAddr(HOST), K4, Prot::RW, u64::MAX)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(d.map(Iova(0), HostAddr(HOST), K4, Prot::default(), u64::MAX)),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno(d.map(
+            Iova(last + 1 - K4),
+            HostAddr(HOST),
+            2 * K4,
+            Prot::RW,
+            u64::MAX
+        )),
         libc::EINVAL,
         "past the aperture"
     );
     assert_eq!(
-        errno(d.map(0, 1 << 52, K4, Prot::RW, u64::MAX)),
+        errno(d.map(Iova(0), HostAddr(1 << 52), K4, Prot::RW, u64::MAX)),
         libc::EINVAL,
         "host address beyond 52 bits"
     );
     // the aperture's last page maps
-    d.map(last + 1 - K4, HOST, K4, Prot::RW, u64::MAX).unwrap();
-    assert_eq!(d.iova_to_phys(last), Some(HOST + K4 - 1));
-    // overlap in the middle of a long map: EEXIST, and nothing new stays
-    d.map(G1 + 3 * M2 + 5 * K4, HOST, K4, Prot::RW, u64::MAX)
+    d.map(Iova(last + 1 - K4), HostAddr(HOST), K4, Prot::RW, u64::MAX)
         .unwrap();
+    assert_eq!(d.iova_to_phys(Iova(last)), Some(HostAddr(HOST + K4 - 1)));
+    // overlap in the middle of a long map: EEXIST, and nothing new stays
+    d.map(
+        Iova(G1 + 3 * M2 + 5 * K4),
+        HostAddr(HOST),
+        K4,
+        Prot::RW,
+        u64::MAX,
+    )
+    .unwrap();
     assert_eq!(
-        errno(d.map(G1, HOST, 4 * M2, Prot::RW, u64::MAX)),
+        errno(d.map(Iova(G1), HostAddr(HOST), 4 * M2, Prot::RW, u64::MAX)),
         libc::EEXIST
     );
-    assert_eq!(d.iova_to_phys(G1), None);
-    assert_eq!(d.iova_to_phys(G1 + 3 * M2), None);
-    assert_eq!(d.iova_to_phys(G1 + 3 * M2 + 5 * K4), Some(HOST));
-    // over a large leaf
-    d.map(4 * G1, HOST, G1, Prot::RW, u64::MAX).unwrap();
+    assert_eq!(d.iova_to_phys(Iova(G1)), None);
+    assert_eq!(d.iova_to_phys(Iova(G1 + 3 * M2)), None);
     assert_eq!(
-        errno(d.map(4 * G1 + M2, HOST, K4, Prot::RW, u64::MAX)),
+        d.iova_to_phys(Iova(G1 + 3 * M2 + 5 * K4)),
+        Some(HostAddr(HOST))
+    );
+    // over a large leaf
+    d.map(Iova(4 * G1), HostAddr(HOST), G1, Prot::RW, u64::MAX)
+        .unwrap();
+    assert_eq!(
+        errno(d.map(Iova(4 * G1 + M2), HostAddr(HOST), K4, Prot::RW, u64::MAX)),
         libc::EEXIST
     );
     assert_eq!(d.unmap(0, 1 << 39), 2 * K4 + G1);
@@ -135,14 +182,15 @@ fn map_errors_change_nothing() {
 fn partial_unmaps_split_large_leaves() {
     let d = VtdDomain::new(48, true).unwrap();
     d.set_dirty_tracking(true).unwrap();
-    d.map(G1, HOST, G1, Prot::RW, u64::MAX).unwrap();
+    d.map(Iova(G1), HostAddr(HOST), G1, Prot::RW, u64::MAX)
+        .unwrap();
     assert!(d.set_dirty(G1 + 7 * M2));
     // a 4 KiB hole in the middle of the 1 GiB leaf
     assert_eq!(d.unmap(G1 + 5 * M2 + 3 * K4, K4), K4);
-    assert_eq!(d.iova_to_phys(G1 + 5 * M2 + 3 * K4), None);
+    assert_eq!(d.iova_to_phys(Iova(G1 + 5 * M2 + 3 * K4)), None);
     assert_eq!(
-        d.iova_to_phys(G1 + 5 * M2 + 4 * K4),
-        Some(HOST + 5 * M2 + 4 * K4)
+        d.iova_to_phys(Iova(G1 + 5 * M2 + 4 * K4)),
+        Some(HostAddr(HOST + 5 * M2 + 4 * K4))
     );
     assert_eq!(d.leaf(G1 + 5 * M2).unwrap().1, K4);
     assert_eq!(d.leaf(G1 + 6 * M2).unwrap().1, M2);
@@ -154,15 +202,22 @@ fn partial_unmaps_split_large_leaves() {
     assert!(dirty_bits(&d, G1, G1, true).is_empty());
     // unmapping the rest returns exactly what was left
     assert_eq!(d.unmap(G1, G1), G1 - K4);
-    assert_eq!(d.iova_to_phys(G1 + 6 * M2), None);
+    assert_eq!(d.iova_to_phys(Iova(G1 + 6 * M2)), None);
 }
 
 #[test]
 fn translate_faults_and_extends_over_contiguous_leaves() {
     let d = VtdDomain::new(48, false).unwrap();
-    d.map(0x10_0000, HOST, 16 * K4, Prot::RO, u64::MAX).unwrap();
-    d.map(0x10_0000 + 16 * K4, HOST + 32 * K4, K4, Prot::RW, u64::MAX)
+    d.map(Iova(0x10_0000), HostAddr(HOST), 16 * K4, Prot::RO, u64::MAX)
         .unwrap();
+    d.map(
+        Iova(0x10_0000 + 16 * K4),
+        HostAddr(HOST + 32 * K4),
+        K4,
+        Prot::RW,
+        u64::MAX,
+    )
+    .unwrap();
     assert_eq!(
         d.translate(0x10_0010, 1 << 20, false),
         Ok((HOST + 0x10, 16 * K4 - 0x10))
@@ -189,7 +244,8 @@ fn translate_faults_and_extends_over_contiguous_leaves() {
 fn iotlb_never_returns_an_unmapped_translation() {
     let d = VtdDomain::new(48, false).unwrap();
     let mut tlb = Iotlb::with_slots(d.clone(), 4);
-    d.map(0x1000, HOST, K4, Prot::RW, u64::MAX).unwrap();
+    d.map(Iova(0x1000), HostAddr(HOST), K4, Prot::RW, u64::MAX)
+        .unwrap();
     assert_eq!(tlb.translate(0x1008, 8, false), Ok((HOST + 8, 8)));
     assert_eq!(
         tlb.translate(0x1008, 1 << 20, false),
@@ -200,7 +256,8 @@ fn iotlb_never_returns_an_unmapped_translation() {
         tlb.translate(0x1008, 8, false),
         Err(Fault::NotPresent { iova: 0x1008 })
     );
-    d.map(0x1000, HOST + K4, K4, Prot::RO, u64::MAX).unwrap();
+    d.map(Iova(0x1000), HostAddr(HOST + K4), K4, Prot::RO, u64::MAX)
+        .unwrap();
     assert_eq!(tlb.translate(0x1008, 8, false), Ok((HOST + K4 + 8, 8)));
     assert_eq!(
         tlb.translate(0x1008, 8, true),
@@ -219,8 +276,10 @@ fn dirty_tracking_follows_writes_and_summaries() {
 
     let d = VtdDomain::new(48, true).unwrap();
     let base = 4 * G1;
-    d.map(base, HOST + K4, G1, Prot::RW, u64::MAX).unwrap();
-    d.map(base + G1, HOST, 4 * M2, Prot::RW, u64::MAX).unwrap();
+    d.map(Iova(base), HostAddr(HOST + K4), G1, Prot::RW, u64::MAX)
+        .unwrap();
+    d.map(Iova(base + G1), HostAddr(HOST), 4 * M2, Prot::RW, u64::MAX)
+        .unwrap();
     let mut tlb = Iotlb::new(d.clone());
     // not tracking: a write marks nothing; reading with a bitmap refuses
     tlb.translate(base, 8, true).unwrap();
@@ -291,10 +350,22 @@ fn dma_read_write_through_translations() {
     let d = VtdDomain::new(48, true).unwrap();
     d.set_dirty_tracking(true).unwrap();
     // IOVA pages 0,1 -> host pages 2,3; IOVA page 2 -> host page 0 (RO)
-    d.map(0x10_0000, host + 2 * K4, 2 * K4, Prot::RW, u64::MAX)
-        .unwrap();
-    d.map(0x10_0000 + 2 * K4, host, K4, Prot::RO, u64::MAX)
-        .unwrap();
+    d.map(
+        Iova(0x10_0000),
+        HostAddr(host + 2 * K4),
+        2 * K4,
+        Prot::RW,
+        u64::MAX,
+    )
+    .unwrap();
+    d.map(
+        Iova(0x10_0000 + 2 * K4),
+        HostAddr(host),
+        K4,
+        Prot::RO,
+        u64::MAX,
+    )
+    .unwrap();
     let mut tlb = Iotlb::new(d.clone());
     let data: Vec<u8> = (0..2 * K4 as usize).map(|i| i as u8).collect();
     tlb.write(0x10_0000 + 100, &data[..K4 as usize + 50])
@@ -340,12 +411,21 @@ fn disjoint_ranges_map_and_unmap_in_parallel() {
                 for round in 0..3 {
                     for i in 0..300u64 {
                         let iova = (i * 8 + n) * 5 * K4;
-                        d.map(iova, HOST + iova, 5 * K4, Prot::RW, u64::MAX)
-                            .unwrap();
+                        d.map(
+                            Iova(iova),
+                            HostAddr(HOST + iova),
+                            5 * K4,
+                            Prot::RW,
+                            u64::MAX,
+                        )
+                        .unwrap();
                     }
                     for i in 0..300u64 {
                         let iova = (i * 8 + n) * 5 * K4;
-                        assert_eq!(d.iova_to_phys(iova + 4 * K4), Some(HOST + iova + 4 * K4));
+                        assert_eq!(
+                            d.iova_to_phys(Iova(iova + 4 * K4)),
+                            Some(HostAddr(HOST + iova + 4 * K4))
+                        );
                         if round < 2 {
                             assert_eq!(d.unmap(iova, 5 * K4), 5 * K4);
                         }
@@ -358,7 +438,10 @@ fn disjoint_ranges_map_and_unmap_in_parallel() {
         t.join().unwrap();
     }
     for k in 0..2400u64 {
-        assert_eq!(d.iova_to_phys(k * 5 * K4), Some(HOST + k * 5 * K4));
+        assert_eq!(
+            d.iova_to_phys(Iova(k * 5 * K4)),
+            Some(HostAddr(HOST + k * 5 * K4))
+        );
     }
     assert_eq!(d.unmap(0, 1 << 48), 2400 * 5 * K4);
 }
@@ -371,9 +454,16 @@ fn domain_dma_through_the_trait_faults_and_marks_dirty() {
     let k = K4 as usize;
     let d = VtdDomain::new(48, true).unwrap();
     d.set_dirty_tracking(true).unwrap();
-    d.map(0x20_0000, host, 2 * K4, Prot::RW, u64::MAX).unwrap();
-    d.map(0x20_0000 + 2 * K4, host + 2 * K4, K4, Prot::RO, u64::MAX)
+    d.map(Iova(0x20_0000), HostAddr(host), 2 * K4, Prot::RW, u64::MAX)
         .unwrap();
+    d.map(
+        Iova(0x20_0000 + 2 * K4),
+        HostAddr(host + 2 * K4),
+        K4,
+        Prot::RO,
+        u64::MAX,
+    )
+    .unwrap();
     let dom: Arc<dyn Domain> = d.clone();
     assert_eq!(
         dom.translate(0x20_0010, 3 * K4, false),
@@ -422,7 +512,8 @@ fn domain_dma_takes_the_drain_lock() {
     let host = (mem.as_mut_ptr() as u64).next_multiple_of(K4);
     let off = (host - mem.as_ptr() as u64) as usize;
     let d = VtdDomain::new(48, false).unwrap();
-    d.map(0x40_0000, host, K4, Prot::RW, u64::MAX).unwrap();
+    d.map(Iova(0x40_0000), HostAddr(host), K4, Prot::RW, u64::MAX)
+        .unwrap();
     // while the drain lock is held exclusively (an unmap draining), a
     // device's DMA through the trait waits for it
     let drain = d.dma.write();

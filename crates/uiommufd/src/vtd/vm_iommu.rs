@@ -202,7 +202,7 @@ impl Iommu for VtdIommu {
 mod tests {
     use super::*;
     use crate::domain::Domain;
-    use crate::io_pagetable::Prot;
+    use crate::domain::Prot;
     use vm_memory::{Bytes, GuestMemoryMmap, IommuMemory};
 
     #[test]

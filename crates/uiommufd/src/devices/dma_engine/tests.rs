@@ -848,7 +848,7 @@ impl Bus for DomainBus {
 #[test]
 fn through_an_ioas_with_a_vtd_domain() {
     use crate::accounting::AccountMode;
-    use crate::io_pagetable::{DirtyBitmap, Prot};
+    use crate::domain::{DirtyBitmap, Prot};
     use crate::ioas::Ioas;
     use crate::user::{page_size, SelfMemory};
     use crate::vtd::VtdDomain;

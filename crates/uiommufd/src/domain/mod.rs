@@ -10,14 +10,68 @@
 //!
 //! Addresses: the "physical" address a domain maps an IOVA to is the host
 //! virtual address of the pinned user page — what an emulated device can
-//! load from and store to. Intervals: `last` inclusive.
+//! load from and store to. Where the core hands a driver both kinds
+//! ([`Domain::map`], [`Domain::iova_to_phys`], [`Domain::mapped_runs`]),
+//! they are distinct types: [`Iova`] and [`HostAddr`]. Intervals: `last`
+//! inclusive.
 
 use std::any::Any;
 use std::fmt::Debug;
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use crate::io_pagetable::{DirtyBitmap, Prot};
 use crate::Result;
+
+mod dirty;
+mod driver;
+mod nested;
+
+pub use dirty::DirtyBitmap;
+pub use driver::{DeviceDriver, NestingOps};
+pub use nested::{NestedDomain, UserData, UserDataArray};
+
+/// Access rights of a mapping (`IOMMU_IOAS_MAP_READABLE` / `WRITEABLE`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct Prot {
+    /// The device may read.
+    pub read: bool,
+    /// The device may write.
+    pub write: bool,
+}
+
+impl Prot {
+    /// Read and write.
+    pub const RW: Prot = Prot {
+        read: true,
+        write: true,
+    };
+    /// Read only.
+    pub const RO: Prot = Prot {
+        read: true,
+        write: false,
+    };
+}
+
+/// An I/O virtual address: what a device names, and a domain translates.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Iova(pub u64);
+
+/// A host address: where the memory a domain maps an IOVA to lives (the
+/// host virtual address of the pinned page, which an emulated device loads
+/// from and stores to).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct HostAddr(pub u64);
+
+impl std::fmt::LowerHex for Iova {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::LowerHex::fmt(&self.0, f)
+    }
+}
+
+impl std::fmt::LowerHex for HostAddr {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::LowerHex::fmt(&self.0, f)
+    }
+}
 
 /// A translation table a device can be attached to.
 pub trait Domain: Send + Sync + Debug + Any {
@@ -33,12 +87,12 @@ pub trait Domain: Send + Sync + Debug + Any {
     /// `len` are multiples of the smallest page size. `max_pgsize` caps the
     /// page size the driver may use (the IOAS's huge-page option). On error
     /// nothing stays mapped.
-    fn map(&self, iova: u64, addr: u64, len: u64, prot: Prot, max_pgsize: u64) -> Result<()>;
+    fn map(&self, iova: Iova, addr: HostAddr, len: u64, prot: Prot, max_pgsize: u64) -> Result<()>;
     /// Unmap `len` bytes at `iova` (everything there was mapped by `map`).
     /// Returns the bytes unmapped; never fails.
     fn unmap(&self, iova: u64, len: u64) -> u64;
     /// The host address `iova` translates to, if mapped.
-    fn iova_to_phys(&self, iova: u64) -> Option<u64>;
+    fn iova_to_phys(&self, iova: Iova) -> Option<HostAddr>;
     /// Whether the domain can enforce cache coherency (no-snoop blocking).
     fn enforce_cache_coherency(&self) -> bool {
         true
@@ -111,14 +165,14 @@ pub trait Domain: Send + Sync + Debug + Any {
         write: bool,
     ) -> std::result::Result<(u64, u64), DmaFault> {
         let _ = write;
-        let host = self
-            .iova_to_phys(iova)
+        let HostAddr(host) = self
+            .iova_to_phys(Iova(iova))
             .ok_or(DmaFault::NotPresent { iova })?;
         let page = 1u64 << self.pgsize_bitmap().trailing_zeros();
         let mut n = page - (iova & (page - 1));
         while n < len {
-            match iova.checked_add(n).and_then(|i| self.iova_to_phys(i)) {
-                Some(h) if h == host.wrapping_add(n) => n += page,
+            match iova.checked_add(n).and_then(|i| self.iova_to_phys(Iova(i))) {
+                Some(HostAddr(h)) if h == host.wrapping_add(n) => n += page,
                 _ => break,
             }
         }
@@ -162,6 +216,15 @@ pub trait Domain: Send + Sync + Debug + Any {
     fn dma_atomic(&self, iova: u64, op: AtomicOp) -> std::result::Result<u64, DmaFault> {
         let (host, _) = self.translate(iova, 8, true)?;
         atomic_at(iova, host, op)
+    }
+    /// Every mapping of the domain as maximal runs `(iova, host address,
+    /// length in bytes)` in IOVA order, for a driver that can list them
+    /// exactly.
+    /// The IO page table's invariant check then compares each run with its
+    /// areas; `None` (the default) makes it sample
+    /// [`Domain::iova_to_phys`] instead.
+    fn mapped_runs(&self) -> Option<Vec<(Iova, HostAddr, u64)>> {
+        None
     }
     /// For drivers to recognise their own domains.
     fn as_any(&self) -> &dyn Any;

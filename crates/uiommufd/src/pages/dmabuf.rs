@@ -42,9 +42,8 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use crate::domain::Domain;
+use crate::domain::{Domain, HostAddr, Iova, Prot};
 use crate::files::{self, EngineFile};
-use crate::io_pagetable::Prot;
 use crate::pages::Pages;
 use crate::user::page_size;
 use crate::{bail, err, Result};
@@ -96,7 +95,7 @@ impl DmaBuf {
                 "dma-buf length {len:#x} is not a non-zero multiple of the page size"
             );
         }
-        let align = crate::io_pagetable::huge_page_size().max(ps);
+        let align = crate::user::huge_page_size().max(ps);
         let Some(map_len) = len.checked_add(align) else {
             bail!(ENOMEM, "dma-buf of {len:#x} bytes is too large");
         };
@@ -377,7 +376,7 @@ impl Attachment {
             let r = if st.revoked {
                 Ok(())
             } else {
-                d.map(iova, addr, len, prot, max_pgsize)
+                d.map(Iova(iova), HostAddr(addr), len, prot, max_pgsize)
             };
             if let Err(e) = r {
                 for d in &domains[..i] {

@@ -114,8 +114,6 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use crate::io_pagetable::CustodyLock;
-use crate::ioas::Ioas;
 use crate::pages::Pages;
 use crate::user::page_size;
 use crate::Result;
@@ -131,8 +129,28 @@ static HELD: AtomicU64 = AtomicU64::new(0);
 /// One [`take`] at a time.
 static OP: Mutex<()> = Mutex::new(());
 
-/// The IOASes whose domains custody re-points, by address.
-type Tables = std::collections::BTreeMap<usize, Weak<Ioas>>;
+/// An IO page table whose domains custody re-points (an IOAS's).
+pub(crate) trait Table: Send + Sync {
+    /// Hold the table still: both its locks for write (in its lock
+    /// order) until the guard is dropped.
+    fn hold(&self) -> Held<'_>;
+}
+
+/// An IO page table held still for custody: no map, unmap, pin, unpin or
+/// locked copy runs, and the generation moved (the access fast path's
+/// cached areas are stale).
+pub(crate) trait HeldTable {
+    /// Map again, in every attached domain, the live areas over the pages
+    /// objects `moved` (ids), at the host addresses their pages live at
+    /// now.
+    fn repoint(&mut self, moved: &HashSet<u64>);
+}
+
+/// A table held still ([`Table::hold`]).
+pub(crate) type Held<'a> = Box<dyn HeldTable + 'a>;
+
+/// The tables custody re-points, by address.
+type Tables = std::collections::BTreeMap<usize, Weak<dyn Table>>;
 static TABLES: Mutex<Tables> = Mutex::new(Tables::new());
 
 /// Whether some custodial page is pinned (one load): the preload's hooks
@@ -148,14 +166,13 @@ pub fn held_pages() -> u64 {
     HELD.load(Ordering::Acquire)
 }
 
-/// Make `ioas` known to custody (its domains are re-pointed on a move).
-pub(crate) fn register(ioas: &Arc<Ioas>) {
-    TABLES
-        .lock()
-        .insert(Arc::as_ptr(ioas) as usize, Arc::downgrade(ioas));
+/// Make `table` known to custody (its domains are re-pointed on a move).
+pub(crate) fn register<T: Table + 'static>(table: &Arc<T>) {
+    let weak: Weak<dyn Table> = Arc::downgrade(table) as Weak<dyn Table>;
+    TABLES.lock().insert(Arc::as_ptr(table) as usize, weak);
 }
 
-/// Forget the IOAS at `addr` (its drop).
+/// Forget the table at `addr` (its drop).
 pub(crate) fn unregister(addr: usize) {
     TABLES.lock().remove(&addr);
 }
@@ -368,12 +385,12 @@ pub fn take(addr: u64, len: u64, why: Reason) -> Result<u64> {
 /// still (both locks for write, in address order), no lock-free access
 /// copy in flight, and [`SEQ`] odd (device DMA that faults meanwhile is
 /// made again after, [`dma`]).
-fn held_still<T>(f: impl FnOnce(&mut [CustodyLock<'_>]) -> T) -> T {
+fn held_still<T>(f: impl FnOnce(&mut [Held<'_>]) -> T) -> T {
     let _op = OP.lock();
     // in address order (the map's): the order every holder locks them in
-    let tables: Vec<Arc<Ioas>> = TABLES.lock().values().filter_map(Weak::upgrade).collect();
+    let tables: Vec<Arc<dyn Table>> = TABLES.lock().values().filter_map(Weak::upgrade).collect();
     let r = {
-        let mut locks: Vec<_> = tables.iter().map(|t| t.iopt().lock_for_custody()).collect();
+        let mut locks: Vec<Held<'_>> = tables.iter().map(|t| t.hold()).collect();
         // no lock-free copy may still use what the generations named
         crate::drain::wait();
         SEQ.fetch_add(1, Ordering::AcqRel);
@@ -478,7 +495,7 @@ fn pinned_runs_in(objs: &[Arc<Pages>], lo: u64, hi: u64) -> Vec<(&Arc<Pages>, u6
 /// call runs, and for a discard exactly what it asked. Where the kernel
 /// refuses that flag the pages move plainly (a hole; a discarded private
 /// range is then mapped anew).
-fn take_locked(locks: &mut [CustodyLock<'_>], lo: u64, hi: u64, why: Reason) -> u64 {
+fn take_locked(locks: &mut [Held<'_>], lo: u64, hi: u64, why: Reason) -> u64 {
     let ps = page_size();
     let objs = crate::pages::live_custodial();
     let hits = pinned_runs_in(&objs, lo, hi);
@@ -702,7 +719,7 @@ pub fn follow_mremap(
         let objs = crate::pages::live_custodial();
         let hits = pinned_runs_in(&objs, lo, hi);
         // point them at `base + (host - lo)` (in `chunk` when given)
-        let point = |locks: &mut [CustodyLock<'_>], base: u64, chunk: Option<&Arc<Chunk>>| {
+        let point = |locks: &mut [Held<'_>], base: u64, chunk: Option<&Arc<Chunk>>| {
             let mut moved = HashSet::new();
             for &(p, f, l, h) in &hits {
                 let off = h - lo;

@@ -6,7 +6,7 @@
 //!    the VFIO container path (`vfio_compat`);
 //! 2. `size` is read from the first 4 bytes of the argument (`EFAULT`);
 //! 3. a number inside the table but not a command of ours — or a command
-//!    newer than the context's uAPI level ([`super::level`]), exactly as
+//!    newer than the context's uAPI level ([`crate::uapi::level`]), exactly as
 //!    that older kernel's table has no entry there — is `ENOTTY`;
 //! 4. `size` below the minimum is `EINVAL`;
 //! 5. the struct is copied in, zero-filled past `size`, and any byte past what
@@ -28,66 +28,14 @@ use std::mem::{offset_of, size_of};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::sync::Arc;
 
-use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
+use zerocopy::IntoBytes;
 
-use super::level::UapiLevel;
-use super::*;
 use crate::context::Context;
+use crate::uapi::level::UapiLevel;
+use crate::uapi::*;
+use crate::ucmd::{Ucmd, BUF_LEN};
 use crate::user::UserMemory;
 use crate::{bail, Error, Result};
-
-/// Room for the largest command struct we understand.
-const BUF_LEN: usize = 128;
-
-/// One decoded ioctl call: the context, the user buffer and the copied-in struct.
-#[derive(Debug)]
-pub struct Ucmd<'a> {
-    /// The context the fd refers to.
-    pub ctx: &'a Arc<Context>,
-    /// The memory of the calling process: where `arg` and every user
-    /// pointer of the command point (the context's own memory, or another
-    /// process's for a call made there; see [`ioctl_as`]).
-    pub mem: &'a Arc<dyn UserMemory>,
-    /// The user pointer passed to ioctl.
-    pub arg: u64,
-    /// The `size` field the user passed.
-    pub user_size: u32,
-    buf: [u8; BUF_LEN],
-}
-
-impl Ucmd<'_> {
-    /// The uAPI level of the context (what kernel release answers).
-    pub fn level(&self) -> UapiLevel {
-        self.ctx.uapi_level()
-    }
-
-    /// The command struct, as copied in (zero past the user's size).
-    pub fn cmd<T: FromBytes + KnownLayout + Immutable>(&self) -> T {
-        match T::read_from_prefix(&self.buf) {
-            Ok((v, _)) => v,
-            Err(_) => unreachable!("command struct larger than the dispatch buffer"),
-        }
-    }
-
-    /// Copy `reply` back: `min(user size, sizeof(T))` bytes (`iommufd_ucmd_respond`).
-    pub fn respond<T: IntoBytes + Immutable>(&self, reply: &T) -> Result<()> {
-        let bytes = reply.as_bytes();
-        let n = bytes.len().min(self.user_size as usize);
-        self.mem
-            .write(self.arg, &bytes[..n])
-            .map_err(|_| Error::fault("cannot write the reply"))
-    }
-
-    /// Copy `n` bytes from user address `addr`.
-    pub fn read_user(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
-        self.mem.read(addr, buf)
-    }
-
-    /// Copy bytes to user address `addr`.
-    pub fn write_user(&self, addr: u64, buf: &[u8]) -> Result<()> {
-        self.mem.write(addr, buf)
-    }
-}
 
 /// A handler: validates the struct in `Ucmd` and calls the engine.
 type Handler = fn(&Ucmd) -> Result<i32>;
@@ -230,12 +178,34 @@ fn after_injected_failure(
         "ioctl {cmd:#x} (result {:?})",
         res.as_ref().map_err(|e| e.errno())
     );
-    match crate::inject::check_after_failure(Some(ctx), point, &during) {
+    match check_after_failure(ctx, point, &during) {
         Ok(()) => res,
         Err(what) => Err(Error::new(
             libc::EIO,
             format!("invariant violation after the injected failure at {point}: {what}"),
         )),
+    }
+}
+
+/// The checks after a call during which an injected failure fired at
+/// `point`: the context's invariants and, in a single-threaded process,
+/// the process-wide pin accounting. `Err` describes the first violation
+/// (already reported by [`crate::inject::report_violation`]).
+fn check_after_failure(
+    ctx: &Context,
+    point: &str,
+    during: &str,
+) -> std::result::Result<(), String> {
+    let mut problem = ctx.check_invariants().err();
+    if problem.is_none() && crate::inject::single_threaded() {
+        problem = crate::pages::check_accounting().err();
+    }
+    match problem {
+        Some(p) => {
+            crate::inject::report_violation(point, during, &p);
+            Err(p)
+        }
+        None => Ok(()),
     }
 }
 

@@ -32,6 +32,9 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
+pub mod custody;
+pub mod dmabuf;
+
 use crate::accounting::{Account, AccountMode};
 use crate::user::{page_size, UserMemory};
 use crate::Result;
