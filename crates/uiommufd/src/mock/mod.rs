@@ -24,7 +24,6 @@ use std::sync::Arc;
 
 use zerocopy::{FromBytes, Immutable, IntoBytes};
 
-use crate::context::Object;
 use crate::device::Device;
 use crate::pages::Pages;
 use crate::uapi::dispatch::Ucmd;
@@ -78,26 +77,19 @@ fn mock_domain(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
         dev_flags: md.dev_flags,
     };
     set_payload(&mut cmd, &out);
+    let stdev = Arc::new(MockStdev::new(dev));
     if let Err(e) = u.respond(&cmd) {
-        dev.unbind(u.ctx);
+        r.abort(stdev); // unbinds the device
         return Err(e);
     }
-    r.finalize(Object::Selftest(Arc::new(MockStdev::new(dev))));
+    r.finalize(stdev);
     Ok(0)
 }
 
 /// `MOCK_DOMAIN_REPLACE`: move the selftest device `id` to `pt_id`.
 fn mock_domain_replace(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
     let mut rep: TestMockDomainReplace = payload(&cmd);
-    let stdev = match u.ctx.get(cmd.id)? {
-        Object::Selftest(s) => s,
-        o => bail!(
-            ENOENT,
-            "object {} is a {}, not a selftest device",
-            cmd.id,
-            o.kind()
-        ),
-    };
+    let stdev = u.ctx.get::<MockStdev>(cmd.id)?;
     rep.pt_id = stdev.device().replace(u.ctx, rep.pt_id)?;
     set_payload(&mut cmd, &rep);
     u.respond(&cmd)?;
@@ -119,15 +111,7 @@ fn check_map(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
             "MD_CHECK_MAP: iova, length and uptr must be multiples of {m:#x}"
         );
     }
-    let hwpt = match u.ctx.get(cmd.id)? {
-        Object::HwptPaging(h) => h,
-        o => bail!(
-            ENOENT,
-            "object {} is a {}, not a paging HWPT",
-            cmd.id,
-            o.kind()
-        ),
-    };
+    let hwpt = u.ctx.get::<crate::hwpt::HwptPaging>(cmd.id)?;
     let Some(mock) = hwpt.domain().as_any().downcast_ref::<domain::MockDomain>() else {
         bail!(EINVAL, "MD_CHECK_MAP: HWPT {} is not a mock domain", cmd.id);
     };
@@ -271,15 +255,7 @@ fn mark_dirty(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
             "DIRTY: {max} pages is more than the {MAX_BITS} the bitmap may hold"
         );
     }
-    let hwpt = match u.ctx.get(cmd.id)? {
-        Object::HwptPaging(h) => h,
-        o => bail!(
-            ENOENT,
-            "object {} is a {}, not a paging HWPT",
-            cmd.id,
-            o.kind()
-        ),
-    };
+    let hwpt = u.ctx.get::<crate::hwpt::HwptPaging>(cmd.id)?;
     let Some(mock) = hwpt.domain().as_any().downcast_ref::<domain::MockDomain>() else {
         bail!(EINVAL, "DIRTY: HWPT {} is not a mock domain", cmd.id);
     };
@@ -313,15 +289,7 @@ fn mark_dirty(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
 /// differs).
 fn check_iotlb(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
     let c: TestCheckIotlb = payload(cmd);
-    let hwpt = match u.ctx.get(cmd.id)? {
-        Object::HwptNested(h) => h,
-        o => bail!(
-            ENOENT,
-            "object {} is a {}, not a nested HWPT",
-            cmd.id,
-            o.kind()
-        ),
-    };
+    let hwpt = u.ctx.get::<crate::hwpt::nested::HwptNested>(cmd.id)?;
     let Some(mock) = hwpt
         .domain()
         .as_any()
@@ -361,14 +329,7 @@ fn check_dev_cache(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
 
 /// The selftest object `id` (`ENOENT` when it is something else).
 fn get_stdev(u: &Ucmd, id: u32) -> Result<Arc<MockStdev>> {
-    match u.ctx.get(id)? {
-        Object::Selftest(s) => Ok(s),
-        o => bail!(
-            ENOENT,
-            "object {id} is a {}, not a selftest device",
-            o.kind()
-        ),
-    }
+    u.ctx.get::<MockStdev>(id)
 }
 
 /// `PASID_ATTACH` / `PASID_REPLACE` / `PASID_DETACH` / `PASID_CHECK_HWPT`
@@ -419,9 +380,10 @@ fn pasid_op(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
                 }
             } else {
                 // the HWPT must exist (iommufd_get_hwpt)
-                match u.ctx.get(p.pt_id)? {
-                    Object::HwptPaging(_) | Object::HwptNested(_) => {}
-                    o => bail!(ENOENT, "object {} is a {}, not a HWPT", p.pt_id, o.kind()),
+                let o = u.ctx.get_any(p.pt_id)?;
+                if !o.is::<crate::hwpt::HwptPaging>() && !o.is::<crate::hwpt::nested::HwptNested>()
+                {
+                    bail!(ENOENT, "object {} is a {}, not a HWPT", p.pt_id, o.kind());
                 }
                 if have != Some(p.pt_id) {
                     bail!(
