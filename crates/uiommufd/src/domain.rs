@@ -163,6 +163,13 @@ pub trait Domain: Send + Sync + Debug + Any {
         let (host, _) = self.translate(iova, 8, true)?;
         atomic_at(iova, host, op)
     }
+    /// Every mapping as maximal runs `(iova, host address, length)`, in
+    /// IOVA order, from drivers that can list them cheaply: the IO page
+    /// table's invariant check then compares them with its areas exactly
+    /// (`None`, the default: it samples [`Domain::iova_to_phys`]).
+    fn mapped_runs(&self) -> Option<Vec<(u64, u64, u64)>> {
+        None
+    }
     /// For drivers to recognise their own domains.
     fn as_any(&self) -> &dyn Any;
 }

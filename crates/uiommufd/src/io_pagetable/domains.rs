@@ -11,7 +11,6 @@ use std::sync::{Arc, Weak};
 
 use super::{AreaState, IoPagetable, MapSource, Prot, State};
 use crate::domain::Domain;
-use crate::mock::domain::MockDomain;
 use crate::pages::Pages;
 use crate::user::page_size;
 use crate::{bail, Result};
@@ -384,12 +383,16 @@ fn sample(first: u64, last: u64, n: u64) -> Vec<u64> {
     v
 }
 
-/// `mock` maps exactly the live areas of `st` (everything it maps lies in an
-/// area of any state; live areas are fully mapped to their host addresses).
-fn check_mock(st: &State, mock: &MockDomain) -> std::result::Result<(), String> {
-    let id = crate::domain::Domain::id(mock);
+/// Domain `id`, whose mappings are `runs` ([`Domain::mapped_runs`]), maps
+/// exactly the live areas of `st` (everything it maps lies in an area of any
+/// state; live areas are fully mapped to their host addresses).
+fn check_runs(
+    st: &State,
+    id: u64,
+    runs: &[(u64, u64, u64)],
+) -> std::result::Result<(), String> {
     let mut covered = 0u64;
-    for (iova, addr, len) in mock.runs() {
+    for &(iova, addr, len) in runs {
         let run_last = iova + (len - 1);
         let mut cur = iova;
         let mut done = false;
@@ -526,8 +529,8 @@ pub(super) fn check(st: &State, attached: &Attached) -> std::result::Result<(), 
         ));
     }
     for d in &attached.domains {
-        match d.as_any().downcast_ref::<MockDomain>() {
-            Some(m) => check_mock(st, m)?,
+        match d.mapped_runs() {
+            Some(runs) => check_runs(st, d.id(), &runs)?,
             None => check_generic(st, d.as_ref())?,
         }
     }

@@ -885,6 +885,10 @@ impl Domain for MockDomain {
         Ok(())
     }
 
+    fn mapped_runs(&self) -> Option<Vec<(u64, u64, u64)>> {
+        Some(self.runs())
+    }
+
     fn as_any(&self) -> &dyn Any {
         self
     }
