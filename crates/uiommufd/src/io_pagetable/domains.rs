@@ -386,11 +386,7 @@ fn sample(first: u64, last: u64, n: u64) -> Vec<u64> {
 /// Domain `id`, whose mappings are `runs` ([`Domain::mapped_runs`]), maps
 /// exactly the live areas of `st` (everything it maps lies in an area of any
 /// state; live areas are fully mapped to their host addresses).
-fn check_runs(
-    st: &State,
-    id: u64,
-    runs: &[(u64, u64, u64)],
-) -> std::result::Result<(), String> {
+fn check_runs(st: &State, id: u64, runs: &[(u64, u64, u64)]) -> std::result::Result<(), String> {
     let mut covered = 0u64;
     for &(iova, addr, len) in runs {
         let run_last = iova + (len - 1);
