@@ -125,7 +125,7 @@ macro_rules! op {
 /// The iommufd command table, indexed by `nr - IOMMUFD_CMD_BASE`.
 fn lookup(nr: u32) -> Option<&'static Op> {
     use crate::{fault, hwpt, ioas::ioctl as ioas, veventq, vfio_compat, viommu};
-    static OPS: [Op; 21] = [
+    static OPS: &[Op] = &[
         op!(IOMMU_DESTROY, destroy, IommuDestroy, id: u32),
         op!(IOMMU_IOAS_ALLOC, ioas::alloc, IommuIoasAlloc, out_ioas_id: u32),
         op!(IOMMU_IOAS_ALLOW_IOVAS, ioas::allow_iovas, IommuIoasAllowIovas, allowed_iovas: u64),
