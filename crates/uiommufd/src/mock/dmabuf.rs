@@ -5,7 +5,7 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use super::payload;
+use super::ioctl::payload;
 use crate::dmabuf::{self, DmaBuf, FdKind};
 use crate::uapi::dispatch::Ucmd;
 use crate::uapi::IommuTestCmd;
