@@ -163,9 +163,7 @@ impl AnyObject {
 
     /// The object as a `T`, if it is one.
     pub fn downcast<T: Object>(&self) -> Option<Arc<T>> {
-        if !self.is::<T>() {
-            return None;
-        }
+        // (one type check: a clone of the wrong kind is only the error path)
         let any: Arc<dyn Any + Send + Sync> = self.0.clone();
         any.downcast::<T>().ok()
     }
