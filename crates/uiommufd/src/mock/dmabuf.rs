@@ -70,7 +70,7 @@ pub(super) fn get(_u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
 pub(super) fn revoke(_u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
     let r: TestDmabufRevoke = payload(cmd);
     match dmabuf::classify_fd(r.dmabuf_fd) {
-        FdKind::Engine(buf) if buf.is_selftest() => {
+        FdKind::Engine(buf) if buf.is_anonymous() => {
             buf.set_revoked(r.revoked != 0);
             Ok(0)
         }
