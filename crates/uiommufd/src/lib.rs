@@ -8,8 +8,8 @@
 //!
 //! | module | kernel | what |
 //! |---|---|---|
-//! | [`context`] | main.c | the fd context, object table, destroy |
-//! | [`uapi`] | uapi/iommufd.h, uapi/vfio.h, main.c | ABI structs, ioctl dispatch and size rules |
+//! | [`context`] | main.c | the fd context, the object model ([`context::Object`], typed lookups), object table, destroy |
+//! | [`uapi`] | uapi/iommufd.h, uapi/vfio.h, iommufd_test.h, main.c | ABI structs (the selftest's with feature `selftest`), ioctl dispatch and size rules |
 //! | [`ioas`] | ioas.c | IOAS objects and their ioctl handlers |
 //! | [`io_pagetable`] | io_pagetable.c, iova_bitmap.c | IOVA → area tree, allowed/reserved ranges, IOVA allocation, domains, accesses, dirty bitmaps |
 //! | [`pages`] | pages.c | single pin of user memory shared by areas |
