@@ -571,7 +571,7 @@ pub fn run(data: &[u8]) {
     assert!(
         !ctx.objects()
             .iter()
-            .any(|(_, o)| matches!(o, uiommufd::context::Object::Device(_))),
+            .any(|(_, o)| o.is::<uiommufd::device::Device>()),
         "an engine device outlived its device fds"
     );
     let g = registry::open_group(NUM, true).expect("the group opens again");

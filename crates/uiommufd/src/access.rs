@@ -73,6 +73,26 @@ pub struct Access {
     me: Weak<Access>,
 }
 
+impl Object for Access {
+    const KIND: &'static str = "access";
+    const OBJ_TYPE: Option<&'static str> = Some("IOMMUFD_OBJ_ACCESS");
+
+    fn check_object(&self, ctx: &Context, id: ObjId) -> std::result::Result<(), String> {
+        // an access only ever reaches an IOAS of its own context
+        if let Some((ioas, ioas_id)) = self.attached_ioas() {
+            match ctx.lookup::<Ioas>(ioas_id) {
+                Ok(i) if Arc::ptr_eq(&i, &ioas) => {}
+                _ => {
+                    return Err(format!(
+                        "access {id} is attached to IOAS {ioas_id}, which is not that IOAS of this context"
+                    ))
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 impl AccessNotify for Access {
     fn unmap(&self, iova: u64, length: u64) {
         if let Some(ops) = self.ops.upgrade() {
@@ -105,7 +125,7 @@ impl Access {
             table: AtomicPtr::new(std::ptr::null_mut()),
             me: me.clone(),
         });
-        r.finalize(Object::Access(a.clone()));
+        r.finalize(a.clone());
         Ok(a)
     }
 
@@ -170,8 +190,8 @@ impl Access {
     /// an IOAS ID is only ever resolved in the access's own context (the
     /// kernel's access holds its `ictx`), never in a caller's.
     fn check_owner(&self, ctx: &Context) -> Result<()> {
-        match ctx.lookup(self.id) {
-            Ok(Object::Access(a)) if std::ptr::eq(Arc::as_ptr(&a), self) => Ok(()),
+        match ctx.lookup::<Access>(self.id) {
+            Ok(a) if std::ptr::eq(Arc::as_ptr(&a), self) => Ok(()),
             _ => bail!(
                 ENOENT,
                 "access {} belongs to another context: IOAS IDs are resolved in its own",

@@ -1,5 +1,11 @@
 //! The iommufd context: what one open of `/dev/iommu` owns (kernel main.c).
 //!
+//! Object kinds are open: each registers by implementing [`Object`] in its
+//! own module (its name, the kernel's object type, and hooks for destroy,
+//! abort, extra users and invariants), and is looked up by type
+//! ([`Context::get`]`::<Ioas>(id)`); this module names no kind but the IOAS
+//! of its convenience calls.
+//!
 //! Objects live in a table keyed by a 32-bit ID (the lowest free one, from 1,
 //! as the kernel's xarray hands them out). Every reference to an object is an
 //! `Arc`: the table holds one; in-flight calls and other objects (a HWPT on
@@ -12,109 +18,177 @@
 //! `_abort`): [`Context::reserve`] takes an ID that lookups cannot see yet;
 //! the handler does the fallible work and writes its reply, then
 //! [`Reservation::finalize`] publishes the object. Dropping the reservation
-//! instead frees the ID, so no error path can leak a half-made object.
+//! instead frees the ID, so no error path can leak a half-made object;
+//! [`Reservation::abort`] also undoes an object already built for it.
 //!
 //! Lock order: `Context::objects` is taken alone and briefly: never while
 //! holding an object's own locks, and object destructors run after it is
 //! released.
 
+use std::any::Any;
 use std::collections::{BTreeSet, HashMap};
+use std::fmt::Debug;
 use std::sync::atomic::{AtomicBool, AtomicU8, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
 
-use crate::access::Access;
 use crate::accounting::AccountMode;
-use crate::device::Device;
-use crate::fault::Fault;
-use crate::hwpt::nested::HwptNested;
-use crate::hwpt::HwptPaging;
 use crate::ioas::Ioas;
-use crate::mock::MockStdev;
 use crate::uapi::level::UapiLevel;
 use crate::user::{SelfMemory, UserMemory};
-use crate::veventq::Veventq;
-use crate::viommu::{HwQueue, Vdevice, Viommu};
 use crate::{bail, err, Result};
 
 /// An object ID as the uAPI sees it.
 pub type ObjId = u32;
 
-/// Any object a context can hold.
-#[derive(Debug, Clone)]
-pub enum Object {
-    /// An IO address space.
-    Ioas(Arc<Ioas>),
-    /// A bound device.
-    Device(Arc<Device>),
-    /// A paging HW page table.
-    HwptPaging(Arc<HwptPaging>),
-    /// A nested (user-managed) HW page table on a paging parent.
-    HwptNested(Arc<HwptNested>),
-    /// An I/O page fault queue.
-    Fault(Arc<Fault>),
-    /// An access (kernel-internal API toward emulated devices).
-    Access(Arc<Access>),
-    /// The selftest's mock device object (`IOMMUFD_OBJ_SELFTEST`).
-    Selftest(Arc<MockStdev>),
-    /// A virtual IOMMU (Linux 6.13).
-    Viommu(Arc<Viommu>),
-    /// A virtual device on a vIOMMU (Linux 6.13).
-    Vdevice(Arc<Vdevice>),
-    /// A vEVENT queue of a vIOMMU (Linux 6.15).
-    Veventq(Arc<Veventq>),
-    /// A HW queue of a vIOMMU (Linux 6.17).
-    HwQueue(Arc<HwQueue>),
+/// An object kind a context can hold (the kernel's `struct iommufd_object`
+/// and its `iommufd_object_ops`).
+///
+/// A kind registers by implementing this trait in its own module; the
+/// context knows kinds only through it. Lookups are typed
+/// ([`Context::get`]): an ID that names nothing, or an object of another
+/// kind, is `ENOENT`, as the kernel's `iommufd_get_object` with a type.
+/// Every hook has a default, so the smallest kind is two constants:
+///
+/// ```
+/// use std::sync::Arc;
+/// use uiommufd::context::{Context, Object};
+///
+/// #[derive(Debug)]
+/// struct Probe;
+/// impl Object for Probe {
+///     const KIND: &'static str = "probe";
+///     const OBJ_TYPE: Option<&'static str> = None;
+/// }
+///
+/// let ctx = Context::new();
+/// let r = ctx.reserve().unwrap();
+/// let id = r.id();
+/// r.finalize(Arc::new(Probe));
+/// let held = ctx.get::<Probe>(id).unwrap();
+/// // another kind under that ID: ENOENT; destroy while held: EBUSY
+/// assert_eq!(ctx.get::<uiommufd::ioas::Ioas>(id).unwrap_err().errno().0, libc::ENOENT);
+/// assert_eq!(ctx.destroy(id).unwrap_err().errno().0, libc::EBUSY);
+/// drop(held);
+/// ctx.destroy(id).unwrap();
+/// ```
+pub trait Object: Any + Send + Sync + Debug {
+    /// The kind's name, for messages ("IOAS", "paging HWPT").
+    const KIND: &'static str;
+    /// The kernel's `enum iommufd_object_type` enumerator of this kind
+    /// (`"IOMMUFD_OBJ_IOAS"`); `None` for a kind the kernel has no object
+    /// type for.
+    const OBJ_TYPE: Option<&'static str>;
+
+    /// Users of the object that hold no `Arc` to it (a mapping of a region
+    /// it offers through `mmap`): `IOMMU_DESTROY` is `EBUSY` while any
+    /// reference beside the table's own, or any of these, remains.
+    fn extra_users(&self) -> usize {
+        0
+    }
+
+    /// What destroying the object does beyond dropping it (the kernel's
+    /// `destroy` op): an object that owns driver-side objects (a selftest
+    /// device its bound device, a HW queue its internal access) tears them
+    /// down. Runs with no table lock held, after the ID was released.
+    fn on_destroy(self: Arc<Self>, ctx: &Context) {
+        let _ = ctx;
+    }
+
+    /// Undo an object that was built but never published (the kernel's
+    /// `abort` op, `iommufd_object_abort_and_destroy`): see
+    /// [`Reservation::abort`]. Defaults to [`Object::on_destroy`].
+    fn on_abort(self: Arc<Self>, ctx: &Context) {
+        self.on_destroy(ctx)
+    }
+
+    /// Check this object's invariants as object `id` of `ctx` (see
+    /// [`Context::check_invariants`]); `Err` says what is broken.
+    fn check_object(&self, ctx: &Context, id: ObjId) -> std::result::Result<(), String> {
+        let _ = (ctx, id);
+        Ok(())
+    }
 }
 
-impl Object {
+/// The object-safe face of [`Object`], which the table stores.
+trait DynObject: Any + Send + Sync + Debug {
+    fn dyn_kind(&self) -> &'static str;
+    fn dyn_obj_type(&self) -> Option<&'static str>;
+    fn dyn_extra_users(&self) -> usize;
+    fn dyn_destroy(self: Arc<Self>, ctx: &Context);
+    fn dyn_check(&self, ctx: &Context, id: ObjId) -> std::result::Result<(), String>;
+}
+
+impl<T: Object> DynObject for T {
+    fn dyn_kind(&self) -> &'static str {
+        T::KIND
+    }
+    fn dyn_obj_type(&self) -> Option<&'static str> {
+        T::OBJ_TYPE
+    }
+    fn dyn_extra_users(&self) -> usize {
+        T::extra_users(self)
+    }
+    fn dyn_destroy(self: Arc<Self>, ctx: &Context) {
+        T::on_destroy(self, ctx)
+    }
+    fn dyn_check(&self, ctx: &Context, id: ObjId) -> std::result::Result<(), String> {
+        T::check_object(self, ctx, id)
+    }
+}
+
+/// A live object of any kind (what [`Context::get_any`] and
+/// [`Context::objects`] return): a reference that counts as a user until
+/// dropped.
+#[derive(Debug, Clone)]
+pub struct AnyObject(Arc<dyn DynObject>);
+
+impl AnyObject {
     /// The object kind, for messages.
     pub fn kind(&self) -> &'static str {
-        match self {
-            Object::Ioas(_) => "IOAS",
-            Object::Device(_) => "device",
-            Object::HwptPaging(_) => "paging HWPT",
-            Object::HwptNested(_) => "nested HWPT",
-            Object::Fault(_) => "fault queue",
-            Object::Access(_) => "access",
-            Object::Selftest(_) => "selftest device",
-            Object::Viommu(_) => "vIOMMU",
-            Object::Vdevice(_) => "vDEVICE",
-            Object::Veventq(_) => "vEVENTQ",
-            Object::HwQueue(_) => "HW queue",
-        }
+        self.0.dyn_kind()
     }
 
-    /// References held beside the table's own.
+    /// The kernel's object type enumerator of its kind (see [`Object::OBJ_TYPE`]).
+    pub fn obj_type(&self) -> Option<&'static str> {
+        self.0.dyn_obj_type()
+    }
+
+    /// Whether the object is a `T`.
+    pub fn is<T: Object>(&self) -> bool {
+        let any: &dyn Any = &*self.0;
+        any.is::<T>()
+    }
+
+    /// The object as a `T`, if it is one.
+    pub fn downcast<T: Object>(&self) -> Option<Arc<T>> {
+        // (one type check: a clone of the wrong kind is only the error path)
+        let any: Arc<dyn Any + Send + Sync> = self.0.clone();
+        any.downcast::<T>().ok()
+    }
+
+    /// The object as a `T`, or `ENOENT` naming both kinds (`id`: its ID,
+    /// for the message).
+    pub fn expect<T: Object>(&self, id: ObjId) -> Result<Arc<T>> {
+        self.downcast::<T>().ok_or_else(|| {
+            err!(
+                ENOENT,
+                "object {id} is a {}, not a {}",
+                self.kind(),
+                T::KIND
+            )
+        })
+    }
+
+    /// References held beside the table's own (the `AnyObject` in the table).
     fn other_users(&self) -> usize {
-        match self {
-            Object::Ioas(a) => Arc::strong_count(a) - 1,
-            Object::Device(a) => Arc::strong_count(a) - 1,
-            Object::HwptPaging(a) => Arc::strong_count(a) - 1,
-            Object::HwptNested(a) => Arc::strong_count(a) - 1,
-            Object::Fault(a) => Arc::strong_count(a) - 1,
-            Object::Access(a) => Arc::strong_count(a) - 1,
-            Object::Selftest(a) => Arc::strong_count(a) - 1,
-            // a mapping of its mmap region is a user too (the kernel's
-            // VMA open/close)
-            Object::Viommu(a) => Arc::strong_count(a) - 1 + usize::from(a.mmap_mapped()),
-            Object::Vdevice(a) => Arc::strong_count(a) - 1,
-            Object::Veventq(a) => Arc::strong_count(a) - 1,
-            Object::HwQueue(a) => Arc::strong_count(a) - 1,
-        }
+        Arc::strong_count(&self.0) - 1 + self.0.dyn_extra_users()
     }
 
-    /// What destroying the object does beyond dropping it: objects that own
-    /// driver-side objects (a selftest device owns its bound device, a HW
-    /// queue its internal access) tear those down. Runs with no table lock
-    /// held.
+    /// Run the kind's destroy hook (no table lock held).
     fn destroyed(self, ctx: &Context) {
-        match self {
-            Object::Selftest(s) => s.destroy(ctx),
-            Object::HwQueue(q) => q.destroyed(ctx),
-            other => drop(other),
-        }
+        self.0.dyn_destroy(ctx)
     }
 }
 
@@ -122,7 +196,7 @@ impl Object {
 enum Slot {
     /// ID taken by a creation still in progress; invisible to lookups.
     Reserved,
-    Live(Object),
+    Live(AnyObject),
     /// The ID of an object destroyed behind the user's back (a vDEVICE
     /// whose device was unbound): taken until the context closes, and
     /// invisible to lookups (`ENOENT`), as the kernel's tombstone.
@@ -204,14 +278,24 @@ impl Reservation<'_> {
         self.id
     }
 
-    /// Publish `obj` under the reserved ID.
-    pub fn finalize(mut self, obj: Object) {
+    /// Publish `obj` under the reserved ID (`iommufd_object_finalize`).
+    pub fn finalize<T: Object>(mut self, obj: Arc<T>) {
         self.done = true;
         self.ctx
             .objects
             .lock()
             .slots
-            .insert(self.id, Slot::Live(obj));
+            .insert(self.id, Slot::Live(AnyObject(obj)));
+    }
+
+    /// Undo `obj`, built for this ID but never published, and give the ID
+    /// back (`iommufd_object_abort_and_destroy`): its kind's
+    /// [`Object::on_abort`] runs, then the ID is freed. Dropping the
+    /// reservation alone frees the ID (`iommufd_object_abort`), for
+    /// objects whose drop undoes them.
+    pub fn abort<T: Object>(self, obj: Arc<T>) {
+        obj.on_abort(self.ctx);
+        drop(self);
     }
 }
 
@@ -339,16 +423,37 @@ impl Context {
         })
     }
 
-    /// Look up a live object (`ENOENT` also from the `"object.get"`
-    /// injection point, as the kernel's `iommufd_get_object`).
-    pub fn get(&self, id: ObjId) -> Result<Object> {
+    /// Look up the live `T` with ID `id` (`ENOENT` when `id` names nothing
+    /// or an object of another kind, and from the `"object.get"` injection
+    /// point: the kernel's `iommufd_get_object` with the kind's type).
+    pub fn get<T: Object>(&self, id: ObjId) -> Result<Arc<T>> {
         crate::inject::point("object.get", libc::ENOENT)?;
-        self.lookup(id)
+        self.lookup::<T>(id)
+    }
+
+    /// Look up a live object of any kind (`iommufd_get_object` with
+    /// `IOMMUFD_OBJ_ANY`; `ENOENT` also from the `"object.get"` injection
+    /// point).
+    pub fn get_any(&self, id: ObjId) -> Result<AnyObject> {
+        crate::inject::point("object.get", libc::ENOENT)?;
+        self.lookup_any(id)
     }
 
     /// [`Context::get`] without its injection point (for checks, and the
     /// lookups the kernel makes without `iommufd_get_object`).
-    pub(crate) fn lookup(&self, id: ObjId) -> Result<Object> {
+    pub(crate) fn lookup<T: Object>(&self, id: ObjId) -> Result<Arc<T>> {
+        let kind = match self.objects.lock().slots.get(&id) {
+            Some(Slot::Live(o)) => match o.downcast::<T>() {
+                Some(obj) => return Ok(obj),
+                None => o.kind(),
+            },
+            _ => bail!(ENOENT, "no object with ID {id}"),
+        };
+        Err(err!(ENOENT, "object {id} is a {kind}, not a {}", T::KIND))
+    }
+
+    /// [`Context::get_any`] without its injection point.
+    pub(crate) fn lookup_any(&self, id: ObjId) -> Result<AnyObject> {
         match self.objects.lock().slots.get(&id) {
             Some(Slot::Live(o)) => Ok(o.clone()),
             _ => Err(err!(ENOENT, "no object with ID {id}")),
@@ -357,21 +462,14 @@ impl Context {
 
     /// Look up an IOAS (`ENOENT` when `id` names nothing or something else).
     pub fn ioas(&self, id: ObjId) -> Result<Arc<Ioas>> {
-        match self.get(id)? {
-            Object::Ioas(i) => Ok(i),
-            #[allow(unreachable_patterns)]
-            o => Err(err!(ENOENT, "object {id} is a {}, not an IOAS", o.kind())),
-        }
+        self.get::<Ioas>(id)
     }
 
     /// `IOMMU_IOAS_ALLOC` for Rust callers: a new empty IOAS; returns its ID.
     pub fn ioas_alloc(&self) -> Result<ObjId> {
         let r = self.reserve()?;
         let id = r.id();
-        r.finalize(Object::Ioas(Ioas::new_shared(
-            self.mem.clone(),
-            self.account_mode(),
-        )));
+        r.finalize(Ioas::new_shared(self.mem.clone(), self.account_mode()));
         Ok(id)
     }
 
@@ -482,7 +580,7 @@ impl Context {
     }
 
     /// All live objects with their IDs, in ID order.
-    pub fn objects(&self) -> Vec<(ObjId, Object)> {
+    pub fn objects(&self) -> Vec<(ObjId, AnyObject)> {
         let t = self.objects.lock();
         let mut v: Vec<_> = t
             .slots
@@ -540,72 +638,7 @@ impl Context {
     /// Check the invariants of every object; `Err` names the first broken one.
     pub fn check_invariants(&self) -> std::result::Result<(), String> {
         for (id, o) in self.objects() {
-            match o {
-                Object::Ioas(i) => i
-                    .check_invariants()
-                    .map_err(|e| format!("IOAS {id}: {e}"))?,
-                Object::HwptPaging(h) => {
-                    if h.id() != Some(id) {
-                        return Err(format!("HWPT {id} believes its ID is {:?}", h.id()));
-                    }
-                }
-                Object::HwptNested(h) => {
-                    if h.id() != Some(id) {
-                        return Err(format!("nested HWPT {id} believes its ID is {:?}", h.id()));
-                    }
-                    if !h.parent().nest_parent() || h.parent().auto_domain() {
-                        return Err(format!(
-                            "nested HWPT {id} has a parent that is not a manual nest parent"
-                        ));
-                    }
-                }
-                Object::Device(d) => {
-                    if let Some(h) = d.attached_hwpt() {
-                        if !matches!(
-                            self.lookup(h),
-                            Ok(Object::HwptPaging(_) | Object::HwptNested(_))
-                        ) {
-                            return Err(format!(
-                                "device {id} is attached to {h}, which is not a live HWPT"
-                            ));
-                        }
-                    }
-                }
-                Object::Access(a) => {
-                    // an access only ever reaches an IOAS of its own context
-                    if let Some((ioas, ioas_id)) = a.attached_ioas() {
-                        match self.lookup(ioas_id) {
-                            Ok(Object::Ioas(i)) if Arc::ptr_eq(&i, &ioas) => {}
-                            _ => {
-                                return Err(format!(
-                                    "access {id} is attached to IOAS {ioas_id}, which is not that IOAS of this context"
-                                ))
-                            }
-                        }
-                    }
-                }
-                Object::Viommu(v) => {
-                    if !v.hwpt().nest_parent() {
-                        return Err(format!(
-                            "vIOMMU {id} is on a HWPT that is not a nest parent"
-                        ));
-                    }
-                }
-                Object::Vdevice(v) => {
-                    if let Some(d) = v.device() {
-                        if d.vdevice_id() != Some(id) {
-                            return Err(format!(
-                                "vDEVICE {id}'s device {} does not name it as its vDEVICE",
-                                d.id()
-                            ));
-                        }
-                    }
-                }
-                Object::Selftest(_)
-                | Object::Fault(_)
-                | Object::Veventq(_)
-                | Object::HwQueue(_) => {}
-            }
+            o.0.dyn_check(self, id)?;
         }
         Ok(())
     }
@@ -613,7 +646,7 @@ impl Context {
     /// Destroy every object, leaves first (what closing the fd does).
     pub fn destroy_all(&self) {
         loop {
-            let victims: Vec<Object> = {
+            let victims: Vec<AnyObject> = {
                 let mut t = self.objects.lock();
                 let ids: Vec<ObjId> = t
                     .slots
@@ -650,5 +683,149 @@ impl Context {
 impl Drop for Context {
     fn drop(&mut self) {
         self.destroy_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicUsize;
+
+    /// A kind defined here alone: what any new object kind needs.
+    #[derive(Debug, Default)]
+    struct Probe {
+        destroyed: AtomicUsize,
+        aborted: AtomicUsize,
+        /// Users that hold no `Arc` (as a vIOMMU's mapped region).
+        mapped: AtomicUsize,
+    }
+
+    impl Object for Probe {
+        const KIND: &'static str = "probe";
+        const OBJ_TYPE: Option<&'static str> = None;
+
+        fn extra_users(&self) -> usize {
+            self.mapped.load(Ordering::Relaxed)
+        }
+        fn on_destroy(self: Arc<Self>, _ctx: &Context) {
+            self.destroyed.fetch_add(1, Ordering::Relaxed);
+        }
+        fn on_abort(self: Arc<Self>, _ctx: &Context) {
+            self.aborted.fetch_add(1, Ordering::Relaxed);
+        }
+        fn check_object(&self, _ctx: &Context, id: ObjId) -> std::result::Result<(), String> {
+            match self.mapped.load(Ordering::Relaxed) {
+                0 | 1 => Ok(()),
+                n => Err(format!("probe {id} is mapped {n} times")),
+            }
+        }
+    }
+
+    fn publish(ctx: &Context) -> (ObjId, Arc<Probe>) {
+        let r = ctx.reserve().unwrap();
+        let id = r.id();
+        let p = Arc::new(Probe::default());
+        r.finalize(p.clone());
+        (id, p)
+    }
+
+    #[test]
+    fn typed_lookups_answer_enoent_for_another_kind_or_nothing() {
+        let ctx = Context::new();
+        let (id, p) = publish(&ctx);
+        let ioas = ctx.ioas_alloc().unwrap();
+        assert!(Arc::ptr_eq(&ctx.get::<Probe>(id).unwrap(), &p));
+        assert_eq!(ctx.get::<Ioas>(id).unwrap_err().errno().0, libc::ENOENT);
+        assert_eq!(ctx.get::<Probe>(ioas).unwrap_err().errno().0, libc::ENOENT);
+        assert_eq!(ctx.get::<Probe>(99).unwrap_err().errno().0, libc::ENOENT);
+        let any = ctx.get_any(id).unwrap();
+        assert_eq!((any.kind(), any.obj_type()), ("probe", None));
+        assert!(any.is::<Probe>() && !any.is::<Ioas>());
+        assert!(any.downcast::<Ioas>().is_none());
+        assert_eq!(any.expect::<Ioas>(id).unwrap_err().errno().0, libc::ENOENT);
+        let any = ctx.get_any(ioas).unwrap();
+        assert_eq!(any.obj_type(), Some("IOMMUFD_OBJ_IOAS"));
+    }
+
+    #[test]
+    fn destroy_is_ebusy_while_used_and_runs_the_kind_hook_once() {
+        let ctx = Context::new();
+        let (id, p) = publish(&ctx);
+        // the test's own Arc is a user
+        assert_eq!(ctx.destroy(id).unwrap_err().errno().0, libc::EBUSY);
+        let weak = Arc::downgrade(&p);
+        drop(p);
+        let held = ctx.get::<Probe>(id).unwrap();
+        assert_eq!(ctx.destroy(id).unwrap_err().errno().0, libc::EBUSY);
+        // a user without an Arc
+        held.mapped.store(1, Ordering::Relaxed);
+        drop(held);
+        assert_eq!(ctx.destroy(id).unwrap_err().errno().0, libc::EBUSY);
+        ctx.check_invariants().unwrap();
+        weak.upgrade().unwrap().mapped.store(2, Ordering::Relaxed);
+        assert_eq!(
+            ctx.check_invariants().unwrap_err(),
+            format!("probe {id} is mapped 2 times")
+        );
+        weak.upgrade().unwrap().mapped.store(0, Ordering::Relaxed);
+        ctx.destroy(id).unwrap();
+        assert!(
+            weak.upgrade().is_none(),
+            "the table held the last reference"
+        );
+        assert_eq!(ctx.destroy(id).unwrap_err().errno().0, libc::ENOENT);
+        assert!(ctx.is_empty());
+    }
+
+    #[test]
+    fn destroy_hook_runs_with_the_id_released() {
+        let ctx = Context::new();
+        let (id, p) = publish(&ctx);
+        let seen = p.clone();
+        drop(p);
+        // `seen` keeps it busy; release it through remove_internal instead
+        ctx.remove_internal(id);
+        assert_eq!(seen.destroyed.load(Ordering::Relaxed), 1);
+        assert_eq!(ctx.get::<Probe>(id).unwrap_err().errno().0, libc::ENOENT);
+        // the ID is free again: the lowest one is handed out
+        assert_eq!(publish(&ctx).0, id);
+    }
+
+    #[test]
+    fn a_failed_create_leaves_nothing() {
+        let ctx = Context::new();
+        let r = ctx.reserve().unwrap();
+        let id = r.id();
+        // reserved: invisible to lookups and destroy
+        assert_eq!(ctx.get_any(id).unwrap_err().errno().0, libc::ENOENT);
+        assert_eq!(ctx.destroy(id).unwrap_err().errno().0, libc::ENOENT);
+        assert_eq!(ctx.object_count(), 0);
+        assert!(!ctx.is_empty());
+        // abort: the kind's abort hook runs, the ID is free again
+        let p = Arc::new(Probe::default());
+        r.abort(p.clone());
+        assert_eq!(p.aborted.load(Ordering::Relaxed), 1);
+        assert_eq!(p.destroyed.load(Ordering::Relaxed), 0);
+        assert!(ctx.is_empty());
+        // dropping the reservation alone frees the ID too
+        drop(ctx.reserve().unwrap());
+        assert!(ctx.is_empty());
+        assert_eq!(publish(&ctx).0, id);
+    }
+
+    #[test]
+    fn tombstones_and_teardown_run_the_hook() {
+        let ctx = Context::new();
+        let (a, pa) = publish(&ctx);
+        let (b, pb) = publish(&ctx);
+        ctx.tombstone(a);
+        assert_eq!(pa.destroyed.load(Ordering::Relaxed), 1);
+        assert_eq!(ctx.get_any(a).unwrap_err().errno().0, libc::ENOENT);
+        assert_eq!(publish(&ctx).0, b + 1, "a tombstone's ID stays taken");
+        let watch = Arc::downgrade(&pb);
+        drop(pb);
+        ctx.destroy_all();
+        assert!(watch.upgrade().is_none());
+        assert_eq!(ctx.object_count(), 0);
     }
 }

@@ -38,7 +38,7 @@ use crate::fault::{resp, Fault, FaultGroup, PageFault};
 use crate::hwpt::nested::HwptNested;
 use crate::hwpt::HwptPaging;
 use crate::ioas::Ioas;
-use crate::{bail, err, Result};
+use crate::{bail, Result};
 
 /// A HWPT a device can be attached to.
 #[derive(Debug, Clone)]
@@ -129,6 +129,25 @@ pub struct Device {
     vdev: Mutex<Option<ObjId>>,
 }
 
+impl Object for Device {
+    const KIND: &'static str = "device";
+    const OBJ_TYPE: Option<&'static str> = Some("IOMMUFD_OBJ_DEVICE");
+
+    fn check_object(&self, ctx: &Context, id: ObjId) -> std::result::Result<(), String> {
+        if let Some(h) = self.attached_hwpt() {
+            let live = ctx
+                .lookup_any(h)
+                .is_ok_and(|o| o.is::<HwptPaging>() || o.is::<HwptNested>());
+            if !live {
+                return Err(format!(
+                    "device {id} is attached to {h}, which is not a live HWPT"
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The HWPT a device is attached to, its ID, and the attachment's handle.
 #[derive(Debug, Clone)]
 struct Attachment {
@@ -151,7 +170,7 @@ impl Device {
             partial: Mutex::new(Vec::new()),
             vdev: Mutex::new(None),
         });
-        r.finalize(Object::Device(dev.clone()));
+        r.finalize(dev.clone());
         Ok(dev)
     }
 
@@ -304,29 +323,29 @@ impl Device {
 
     fn change_pt(self: &Arc<Self>, ctx: &Context, pt_id: ObjId) -> Result<ObjId> {
         // page table IDs are resolved in the device's own context only
-        match ctx.lookup(self.id) {
-            Ok(Object::Device(d)) if Arc::ptr_eq(&d, self) => {}
+        match ctx.lookup::<Device>(self.id) {
+            Ok(d) if Arc::ptr_eq(&d, self) => {}
             _ => bail!(
                 ENOENT,
                 "device {} is bound to another context: page table {pt_id} is not looked up here",
                 self.id
             ),
         }
-        match ctx.get(pt_id)? {
-            Object::HwptPaging(h) => {
-                self.switch_to(ctx, &HwptRef::Paging(h), pt_id)?;
-                Ok(pt_id)
-            }
-            Object::HwptNested(n) => {
-                self.switch_to(ctx, &HwptRef::Nested(n), pt_id)?;
-                Ok(pt_id)
-            }
-            Object::Ioas(ioas) => self.auto_domain(ctx, &ioas, pt_id),
-            o => bail!(
+        let pt = ctx.get_any(pt_id)?;
+        if let Some(h) = pt.downcast::<HwptPaging>() {
+            self.switch_to(ctx, &HwptRef::Paging(h), pt_id)?;
+            Ok(pt_id)
+        } else if let Some(n) = pt.downcast::<HwptNested>() {
+            self.switch_to(ctx, &HwptRef::Nested(n), pt_id)?;
+            Ok(pt_id)
+        } else if let Some(ioas) = pt.downcast::<Ioas>() {
+            self.auto_domain(ctx, &ioas, pt_id)
+        } else {
+            bail!(
                 EINVAL,
                 "object {pt_id} is a {}, which a device cannot attach to",
-                o.kind()
-            ),
+                pt.kind()
+            )
         }
     }
 
@@ -445,7 +464,7 @@ impl Device {
         let id = r.id();
         self.switch_to(ctx, &HwptRef::Paging(hwpt.clone()), id)?;
         list.push(Arc::downgrade(&hwpt));
-        r.finalize(Object::HwptPaging(hwpt));
+        r.finalize(hwpt);
         Ok(id)
     }
 
@@ -474,20 +493,24 @@ impl Device {
                 self.id
             );
         }
-        let hwpt = match ctx.get(pt_id)? {
-            Object::HwptPaging(h) => HwptRef::Paging(h),
-            Object::HwptNested(n) => HwptRef::Nested(n),
-            Object::Ioas(_) => bail!(
+        let pt = ctx.get_any(pt_id)?;
+        let hwpt = if let Some(h) = pt.downcast::<HwptPaging>() {
+            HwptRef::Paging(h)
+        } else if let Some(n) = pt.downcast::<HwptNested>() {
+            HwptRef::Nested(n)
+        } else if pt.is::<Ioas>() {
+            bail!(
                 EINVAL,
                 "device {}: PASID {pasid} cannot attach to IOAS {pt_id}: its automatic domain is not made with \
                  IOMMU_HWPT_ALLOC_PASID",
                 self.id
-            ),
-            o => bail!(
+            )
+        } else {
+            bail!(
                 EINVAL,
                 "object {pt_id} is a {}, which a device cannot attach to",
-                o.kind()
-            ),
+                pt.kind()
+            )
         };
         let old = {
             let rid = self.attached.lock();
@@ -604,8 +627,5 @@ pub type WeakDevice = Weak<Device>;
 
 /// Look up a device (`ENOENT` when `id` names nothing or something else).
 pub fn get_device(ctx: &Context, id: ObjId) -> Result<Arc<Device>> {
-    match ctx.get(id)? {
-        Object::Device(d) => Ok(d),
-        o => Err(err!(ENOENT, "object {id} is a {}, not a device", o.kind())),
-    }
+    ctx.get::<Device>(id)
 }

@@ -72,8 +72,8 @@ macro_rules! op {
 
 /// The iommufd command table, indexed by `nr - IOMMUFD_CMD_BASE`.
 fn lookup(nr: u32) -> Option<&'static Op> {
-    use crate::{fault, hwpt, ioas::ioctl as ioas, mock, veventq, vfio_compat, viommu};
-    static OPS: [Op; 22] = [
+    use crate::{fault, hwpt, ioas::ioctl as ioas, veventq, vfio_compat, viommu};
+    static OPS: &[Op] = &[
         op!(IOMMU_DESTROY, destroy, IommuDestroy, id: u32),
         op!(IOMMU_IOAS_ALLOC, ioas::alloc, IommuIoasAlloc, out_ioas_id: u32),
         op!(IOMMU_IOAS_ALLOW_IOVAS, ioas::allow_iovas, IommuIoasAllowIovas, allowed_iovas: u64),
@@ -100,12 +100,19 @@ fn lookup(nr: u32) -> Option<&'static Op> {
             since UapiLevel::V6_15),
         op!(IOMMU_HW_QUEUE_ALLOC, viommu::hw_queue_alloc, IommuHwQueueAlloc, length: u64,
             since UapiLevel::V6_17),
-        op!(IOMMU_TEST_CMD, mock::test_cmd, IommuTestCmd, last: u32),
     ];
-    OPS.iter().find(|op| op.num & 0xff == nr)
+    // the selftest's command (the kernel's CONFIG_IOMMUFD_TEST)
+    #[cfg(feature = "selftest")]
+    static TEST: Option<Op> =
+        Some(op!(IOMMU_TEST_CMD, crate::mock::test_cmd, IommuTestCmd, last: u32));
+    #[cfg(not(feature = "selftest"))]
+    static TEST: Option<Op> = None;
+    OPS.iter().chain(&TEST).find(|op| op.num & 0xff == nr)
 }
 
-/// The last command number the table spans (`IOMMU_TEST_CMD`).
+/// The last command number the table spans (`IOMMU_TEST_CMD`'s, whether or
+/// not the selftest is built: a number past the last command is `ENOTTY`
+/// either way).
 const TABLE_LAST_NR: u32 = IOMMUFD_CMD_TEST;
 
 /// Execute one ioctl on `ctx`: `cmd` is the request number, `arg` the user
@@ -368,6 +375,9 @@ mod tests {
         assert_eq!(lookup(IOMMUFD_CMD_DESTROY).unwrap().min_size, 8);
         assert_eq!(lookup(IOMMUFD_CMD_GET_HW_INFO).unwrap().min_size, 32);
         assert_eq!(lookup(IOMMUFD_CMD_HWPT_ALLOC).unwrap().min_size, 24);
+        #[cfg(feature = "selftest")]
         assert_eq!(lookup(IOMMUFD_CMD_TEST).unwrap().min_size, 68);
+        #[cfg(not(feature = "selftest"))]
+        assert!(lookup(IOMMUFD_CMD_TEST).is_none());
     }
 }

@@ -175,6 +175,11 @@ impl FaultState {
     }
 }
 
+impl Object for Fault {
+    const KIND: &'static str = "fault queue";
+    const OBJ_TYPE: Option<&'static str> = Some("IOMMUFD_OBJ_FAULT");
+}
+
 /// A fault queue object (`IOMMUFD_OBJ_FAULT`).
 #[derive(Debug, Default)]
 pub struct Fault {
@@ -509,13 +514,7 @@ impl EngineFile for FaultFile {
 
 /// Look up a fault queue (`ENOENT` when `id` names nothing or something else).
 pub fn get_fault(ctx: &Context, id: ObjId) -> Result<Arc<Fault>> {
-    match ctx.get(id)? {
-        Object::Fault(f) => Ok(f),
-        o => Err(Error::new(
-            libc::ENOENT,
-            format!("object {id} is a {}, not a fault queue", o.kind()),
-        )),
-    }
+    ctx.get::<Fault>(id)
 }
 
 /// `IOMMU_FAULT_QUEUE_ALLOC`: a fault queue object and its fd (close-on-exec).
@@ -538,6 +537,6 @@ pub(crate) fn fault_queue_alloc(u: &Ucmd) -> Result<i32> {
         let _ = files::close(fd);
         return Err(e);
     }
-    r.finalize(Object::Fault(fault));
+    r.finalize(fault);
     Ok(0)
 }

@@ -8,8 +8,8 @@
 //!
 //! | module | kernel | what |
 //! |---|---|---|
-//! | [`context`] | main.c | the fd context, object table, destroy |
-//! | [`uapi`] | uapi/iommufd.h, uapi/vfio.h | ABI structs and constants (layouts only) |
+//! | [`context`] | main.c | the fd context, the object model ([`context::Object`], typed lookups), object table, destroy |
+//! | [`uapi`] | uapi/iommufd.h, uapi/vfio.h, iommufd_test.h | ABI structs and constants, layouts only (the selftest's with feature `selftest`) |
 //! | [`ucmd`] | main.c (`iommufd_ucmd`) | the command context every ioctl handler gets |
 //! | [`dispatch`] | main.c | the one ioctl table, its size rules, the checks after an injected failure |
 //! | [`ioas`] | ioas.c | IOAS objects and their ioctl handlers |
@@ -25,7 +25,7 @@
 //! | [`access`] | device.c (access) | pin and read/write by IOVA for emulated devices |
 //! | [`files`] | anon inodes | real fds for engine objects |
 //! | [`vfio_compat`] | vfio_compat.c, vfio_iommu_type1.c | VFIO type1 container ioctls and dirty tracking |
-//! | [`mock`] | selftest.c | the selftest's mock driver and `IOMMU_TEST_CMD` |
+//! | `mock` | selftest.c | the selftest's mock driver and `IOMMU_TEST_CMD` (feature `selftest`, on by default) |
 //! | [`vtd`] | intel/iommu.c | the software IOMMU: VT-d second-stage page tables, translation, IOTLB, DMA by IOVA, dirty tracking from D bits |
 //! | [`user`] | copy_*_user, GUP | fault-safe user memory access |
 //! | [`faultsafe`] | exception tables | in-process copies whose faults become `EFAULT` |
@@ -71,6 +71,7 @@ pub mod io_pagetable;
 pub mod ioas;
 pub mod logging;
 pub mod mmap;
+#[cfg(feature = "selftest")]
 pub mod mock;
 pub mod pages;
 pub mod process;

@@ -89,6 +89,11 @@ pub struct Veventq {
     file: Mutex<Weak<VeventqFile>>,
 }
 
+impl Object for Veventq {
+    const KIND: &'static str = "vEVENTQ";
+    const OBJ_TYPE: Option<&'static str> = Some("IOMMUFD_OBJ_VEVENTQ");
+}
+
 impl Veventq {
     /// The queue type (`IOMMU_VEVENTQ_TYPE_*`).
     pub fn queue_type(&self) -> u32 {
@@ -328,6 +333,6 @@ pub(crate) fn veventq_alloc(u: &Ucmd) -> Result<i32> {
         let _ = files::close(fd);
         return Err(e);
     }
-    r.finalize(Object::Veventq(queue));
+    r.finalize(queue);
     Ok(0)
 }

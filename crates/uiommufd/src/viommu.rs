@@ -132,6 +132,26 @@ pub struct Viommu {
     ctx: Weak<Context>,
 }
 
+impl Object for Viommu {
+    const KIND: &'static str = "vIOMMU";
+    const OBJ_TYPE: Option<&'static str> = Some("IOMMUFD_OBJ_VIOMMU");
+
+    /// A mapping of its mmap region is a user too (the kernel's VMA
+    /// open/close).
+    fn extra_users(&self) -> usize {
+        usize::from(self.mmap_mapped())
+    }
+
+    fn check_object(&self, _ctx: &Context, id: ObjId) -> std::result::Result<(), String> {
+        if !self.hwpt().nest_parent() {
+            return Err(format!(
+                "vIOMMU {id} is on a HWPT that is not a nest parent"
+            ));
+        }
+        Ok(())
+    }
+}
+
 impl Viommu {
     /// Whether a region it offers through `mmap` is mapped now.
     pub(crate) fn mmap_mapped(&self) -> bool {
@@ -271,6 +291,23 @@ pub struct Vdevice {
     id: ObjId,
 }
 
+impl Object for Vdevice {
+    const KIND: &'static str = "vDEVICE";
+    const OBJ_TYPE: Option<&'static str> = Some("IOMMUFD_OBJ_VDEVICE");
+
+    fn check_object(&self, _ctx: &Context, id: ObjId) -> std::result::Result<(), String> {
+        if let Some(d) = self.device() {
+            if d.vdevice_id() != Some(id) {
+                return Err(format!(
+                    "vDEVICE {id}'s device {} does not name it as its vDEVICE",
+                    d.id()
+                ));
+            }
+        }
+        Ok(())
+    }
+}
+
 impl Vdevice {
     /// The vIOMMU.
     pub fn viommu(&self) -> &Arc<Viommu> {
@@ -325,6 +362,20 @@ pub struct HwQueue {
     depends: Mutex<Option<Arc<HwQueue>>>,
 }
 
+impl Object for HwQueue {
+    const KIND: &'static str = "HW queue";
+    const OBJ_TYPE: Option<&'static str> = Some("IOMMUFD_OBJ_HW_QUEUE");
+
+    /// The driver's destroy, then the pin and the internal access go.
+    fn on_destroy(self: Arc<Self>, ctx: &Context) {
+        self.viommu.ops.hw_queue_destroy(&self);
+        self.depends.lock().take();
+        let (iova, len) = self.pinned;
+        self.access.unpin_locked(iova, len);
+        self.access.clone().destroy(ctx);
+    }
+}
+
 impl HwQueue {
     /// The queue type (`IOMMU_HW_QUEUE_TYPE_*`).
     pub fn queue_type(&self) -> u32 {
@@ -350,16 +401,6 @@ impl HwQueue {
     /// first (`EBUSY`).
     pub fn depend_on(&self, other: Arc<HwQueue>) {
         *self.depends.lock() = Some(other);
-    }
-
-    /// Teardown when the object is destroyed: the driver's destroy, then
-    /// the pin and the internal access go.
-    pub(crate) fn destroyed(self: Arc<Self>, ctx: &Context) {
-        self.viommu.ops.hw_queue_destroy(&self);
-        self.depends.lock().take();
-        let (iova, len) = self.pinned;
-        self.access.unpin_locked(iova, len);
-        self.access.clone().destroy(ctx);
     }
 }
 
@@ -439,17 +480,14 @@ pub(crate) fn viommu_alloc(u: &Ucmd) -> Result<i32> {
     });
     cmd.out_viommu_id = r.id();
     u.respond(&cmd)?;
-    r.finalize(Object::Viommu(viommu));
+    r.finalize(viommu);
     Ok(0)
 }
 
 /// Look up a vIOMMU (`ENOENT` when `id` names nothing or something else:
 /// `iommufd_get_viommu`).
 pub fn get_viommu(ctx: &Context, id: ObjId) -> Result<Arc<Viommu>> {
-    match ctx.get(id)? {
-        Object::Viommu(v) => Ok(v),
-        o => Err(err!(ENOENT, "object {id} is a {}, not a vIOMMU", o.kind())),
-    }
+    ctx.get::<Viommu>(id)
 }
 
 /// `IOMMU_VDEVICE_ALLOC` (Linux 6.13).
@@ -512,7 +550,7 @@ pub(crate) fn vdevice_alloc(u: &Ucmd) -> Result<i32> {
     }
     *slot = Some(r.id());
     drop(slot);
-    r.finalize(Object::Vdevice(vdev));
+    r.finalize(vdev);
     Ok(0)
 }
 
@@ -614,10 +652,10 @@ pub(crate) fn hw_queue_alloc(u: &Ucmd) -> Result<i32> {
     }
     cmd.out_hw_queue_id = r.id();
     if let Err(e) = u.respond(&cmd) {
-        queue.destroyed(u.ctx);
+        r.abort(queue); // the driver's destroy, the pin, the access
         return Err(e);
     }
-    r.finalize(Object::HwQueue(queue));
+    r.finalize(queue);
     Ok(0)
 }
 
@@ -681,6 +719,6 @@ pub(crate) fn alloc_hwpt_nested(
     hwpt.set_id(r.id());
     cmd.out_hwpt_id = r.id();
     u.respond(&cmd)?;
-    r.finalize(Object::HwptNested(hwpt));
+    r.finalize(hwpt);
     Ok(0)
 }

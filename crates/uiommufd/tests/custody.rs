@@ -6,8 +6,8 @@
 
 use std::sync::Arc;
 
-use uiommufd::context::Object;
 use uiommufd::custody::{self, Reason};
+use uiommufd::hwpt::HwptPaging;
 use uiommufd::uapi::{MOCK_ACCESS_RW_WRITE, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES};
 use uiommufd::Context;
 use uiommufd_testkit::*;
@@ -45,10 +45,7 @@ fn pattern(i: u64) -> u8 {
 
 /// The mock domain of paging HWPT `hwpt`.
 fn domain(ctx: &Arc<Context>, hwpt: u32) -> Arc<dyn uiommufd::domain::Domain> {
-    match ctx.get(hwpt).unwrap() {
-        Object::HwptPaging(h) => h.domain().clone(),
-        o => panic!("object {hwpt} is a {}", o.kind()),
-    }
+    ctx.get::<HwptPaging>(hwpt).unwrap().domain().clone()
 }
 
 /// `len` bytes at `iova` through access `fd`.

@@ -11,7 +11,7 @@ use std::cell::Cell;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use uiommufd::context::Object;
+use uiommufd::hwpt::HwptPaging;
 use uiommufd::io_pagetable::DirtyRequest;
 use uiommufd::mock::device::{MOCK_FLAGS_DEVICE_HUGE_IOVA, MOCK_FLAGS_DEVICE_NO_DIRTY};
 use uiommufd::pages::check_accounting;
@@ -26,10 +26,7 @@ const G: u64 = 2048;
 const HUGE: u64 = 512 * G;
 
 fn domain_id(ctx: &Arc<Context>, hwpt: u32) -> u64 {
-    match ctx.get(hwpt).unwrap() {
-        Object::HwptPaging(h) => h.domain().id(),
-        o => panic!("{hwpt} is a {}", o.kind()),
-    }
+    ctx.get::<HwptPaging>(hwpt).unwrap().domain().id()
 }
 
 /// xorshift64*: deterministic, seedable.
@@ -276,10 +273,7 @@ fn vtd_device(ctx: &Arc<Context>, pt: u32) -> (i32, u32, u32) {
 
 /// The domain of paging HWPT `hwpt`.
 fn domain_of(ctx: &Arc<Context>, hwpt: u32) -> Arc<dyn uiommufd::domain::Domain> {
-    match ctx.get(hwpt).unwrap() {
-        Object::HwptPaging(h) => h.domain().clone(),
-        o => panic!("{hwpt} is a {}", o.kind()),
-    }
+    ctx.get::<HwptPaging>(hwpt).unwrap().domain().clone()
 }
 
 fn run_model(seed: u64, huge: bool, steps: usize, driver: Driver) {

@@ -5,9 +5,9 @@
 
 use std::sync::Arc;
 
-use uiommufd::context::Object;
 use uiommufd::dmabuf::DmaBufFile;
 use uiommufd::domain::{HostAddr, Iova};
+use uiommufd::hwpt::HwptPaging;
 use uiommufd::mock::dmabuf::{
     TestDmabufGet, TestDmabufRevoke, IOMMU_TEST_OP_DMABUF_GET, IOMMU_TEST_OP_DMABUF_REVOKE,
 };
@@ -56,10 +56,11 @@ fn buf_addr(fd: i32) -> u64 {
 
 /// What the domain of paging HWPT `hwpt` translates `iova` to.
 fn phys(ctx: &Arc<Context>, hwpt: u32, iova: u64) -> Option<u64> {
-    match ctx.get(hwpt).unwrap() {
-        Object::HwptPaging(h) => h.domain().iova_to_phys(Iova(iova)).map(|h| h.0),
-        o => panic!("object {hwpt} is a {}", o.kind()),
-    }
+    ctx.get::<HwptPaging>(hwpt)
+        .unwrap()
+        .domain()
+        .iova_to_phys(Iova(iova))
+        .map(|h| h.0)
 }
 
 fn close(fd: i32) {
@@ -168,9 +169,7 @@ fn revoke_unmaps_every_domain_and_stays() {
     assert_eq!(areas.len(), 1, "the area stays");
     ctx.check_invariants().unwrap();
     // the checker sees a domain that still maps a revoked import
-    let Object::HwptPaging(h1) = ctx.get(hwpt1).unwrap() else {
-        unreachable!()
-    };
+    let h1 = ctx.get::<HwptPaging>(hwpt1).unwrap();
     h1.domain()
         .map(Iova(iova), HostAddr(base), size, uiommufd::Prot::RW, ps())
         .unwrap();

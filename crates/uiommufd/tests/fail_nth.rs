@@ -15,10 +15,11 @@ use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
 use uiommufd::accounting::{MM_LOCKED_VM, PINNED_VM, USER_LOCKED_VM};
-use uiommufd::context::Object;
 use uiommufd::dispatch::ioctl;
+use uiommufd::hwpt::HwptPaging;
 use uiommufd::inject;
 use uiommufd::io_pagetable::AreaInfo;
+use uiommufd::ioas::Ioas;
 use uiommufd::mock::device::MOCK_FLAGS_DEVICE_HUGE_IOVA;
 use uiommufd::mock::domain::MockDomain;
 use uiommufd::pages::{check_accounting, Pages};
@@ -66,19 +67,15 @@ fn snapshot(ctx: &Context) -> Snapshot {
     };
     for (id, o) in ctx.objects() {
         s.objects.push((id, o.kind()));
-        match &o {
-            Object::Ioas(i) => {
-                s.areas.insert(id, i.areas());
+        if let Some(i) = o.downcast::<Ioas>() {
+            s.areas.insert(id, i.areas());
+        } else if let Some(h) = o.downcast::<HwptPaging>() {
+            let d = h.domain();
+            if let Some(m) = d.as_any().downcast_ref::<MockDomain>() {
+                s.mappings.insert(id, m.runs());
+            } else if let Some(v) = d.as_any().downcast_ref::<VtdDomain>() {
+                s.mappings.insert(id, v.runs());
             }
-            Object::HwptPaging(h) => {
-                let d = h.domain();
-                if let Some(m) = d.as_any().downcast_ref::<MockDomain>() {
-                    s.mappings.insert(id, m.runs());
-                } else if let Some(v) = d.as_any().downcast_ref::<VtdDomain>() {
-                    s.mappings.insert(id, v.runs());
-                }
-            }
-            _ => {}
         }
     }
     s
@@ -240,7 +237,7 @@ impl Env {
             Driver::Vtd => {
                 let o = self.ctx.objects();
                 let h = o.iter().find(|(id, _)| *id == hwpt).expect("the HWPT");
-                let Object::HwptPaging(h) = &h.1 else {
+                let Some(h) = h.1.downcast::<HwptPaging>() else {
                     panic!("{hwpt} is not a paging HWPT")
                 };
                 let d = h.domain();

@@ -6,9 +6,9 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use uiommufd::context::Object;
 use uiommufd::fault::{resp, FaultFile, PageFault};
 use uiommufd::files;
+use uiommufd::hwpt::HwptPaging;
 use uiommufd::uapi::*;
 use uiommufd::Context;
 use uiommufd_testkit::{
@@ -83,10 +83,7 @@ fn respond(fd: i32, rs: &[IommuHwptPageResponse]) -> Result<usize, i32> {
 }
 
 fn device(ctx: &Arc<Context>, idev: u32) -> Arc<uiommufd::device::Device> {
-    match ctx.get(idev).unwrap() {
-        Object::Device(d) => d,
-        o => panic!("{} is a {}", idev, o.kind()),
-    }
+    ctx.get::<uiommufd::device::Device>(idev).unwrap()
 }
 
 /// A context with an IOAS, a mock device on it, and a nest parent.
@@ -434,10 +431,7 @@ fn attach_to_nested_hwpts() {
     assert_eq!(replace(ctx, s.stdev, n0), 0);
     assert_eq!(destroy(ctx, n0), libc::EBUSY);
     let dev = device(ctx, s.idev);
-    let parent = match ctx.get(s.parent).unwrap() {
-        Object::HwptPaging(p) => p,
-        _ => unreachable!(),
-    };
+    let parent = ctx.get::<HwptPaging>(s.parent).unwrap();
     assert!(
         Arc::ptr_eq(&dev.hwpt().unwrap(), &parent),
         "DMA goes through the parent"

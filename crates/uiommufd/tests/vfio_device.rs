@@ -12,8 +12,9 @@ use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use uiommufd::context::Object;
+use uiommufd::device::Device;
 use uiommufd::files;
+use uiommufd::hwpt::HwptPaging;
 use uiommufd::uapi::vfio::*;
 use uiommufd::uapi::*;
 use uiommufd::user::SelfMemory;
@@ -372,7 +373,7 @@ fn vfio_cdev_bind_attach_dma() {
     assert!(model.bus().is_none(), "not connected before a bind");
 
     let devid = bind(fd, &ctx, &mut fds, 1);
-    assert!(matches!(ctx.get(devid), Ok(Object::Device(_))));
+    assert!(ctx.get::<Device>(devid).is_ok());
     assert!(model.bus().is_some(), "connected at bind");
     let mut b2 = VfioDeviceBindIommufd {
         argsz: 16,
@@ -438,7 +439,7 @@ fn vfio_cdev_bind_attach_dma() {
     assert_eq!(attach(fd, 9999).unwrap_err(), libc::ENOENT);
     let hwpt = attach(fd, ioas).unwrap();
     assert_ne!(hwpt, ioas, "the auto domain's HWPT ID is written back");
-    assert!(matches!(ctx.get(hwpt), Ok(Object::HwptPaging(_))));
+    assert!(ctx.get::<HwptPaging>(hwpt).is_ok());
 
     // DMA: blocked without bus mastering, lands in memory with it
     // SAFETY: writes into our own buffer.
@@ -465,7 +466,7 @@ fn vfio_cdev_bind_attach_dma() {
     let hw2 = kit::hwpt_alloc(&ctx, devid, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
     assert_eq!(attach(fd, hw2).unwrap(), hw2);
     assert!(
-        ctx.get(hwpt).is_err(),
+        ctx.get_any(hwpt).is_err(),
         "the auto domain went with its last device"
     );
     // the device's writes are what dirty tracking reports
@@ -506,7 +507,7 @@ fn vfio_cdev_bind_attach_dma() {
     // closing unbinds and disconnects
     let before = ctx.object_count();
     files::close(fd).unwrap();
-    assert!(ctx.get(devid).is_err());
+    assert!(ctx.get_any(devid).is_err());
     assert_eq!(ctx.object_count(), before - 1);
     assert!(model.bus().is_none());
     // and the group can be opened again
@@ -680,9 +681,10 @@ fn vfio_group_container_flow() {
     let dfd = ioctl_on(g, VFIO_GROUP_GET_DEVICE_FD, &mut name[..], &fds2).unwrap() as i32;
     let dev = uiommufd::vfio::device::get(&registry::by_group(502).unwrap());
     let hwpt = dev.engine_device().unwrap().attached_hwpt().unwrap();
-    match ictx.get(hwpt).unwrap() {
-        Object::HwptPaging(h) => assert_eq!(h.ioas_id(), ioas),
-        o => panic!("attached to a {}", o.kind()),
+    let o = ictx.get_any(hwpt).unwrap();
+    match o.downcast::<HwptPaging>() {
+        Some(h) => assert_eq!(h.ioas_id(), ioas),
+        None => panic!("attached to a {}", o.kind()),
     }
     assert_eq!(errno_of(g, VFIO_GROUP_UNSET_CONTAINER, &mut unset), 0);
     assert_eq!(errno_of(g, 0x3b00 | 199, &mut unset), libc::ENOTTY);

@@ -12,7 +12,6 @@ use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use uiommufd::context::Object;
 use uiommufd::domain::DmaFault;
 use uiommufd::fault::resp;
 use uiommufd::files;
@@ -329,7 +328,7 @@ fn vtd_nested_flow_through_both_stages() {
     s.set_entry(PT, 1, gpa(5) | fl::P | fl::US);
     let cfg = Setup::s1_data(0, 48);
     let s1 = s.s1(parent, &cfg, None).unwrap();
-    assert!(matches!(s.ctx.get(s1), Ok(Object::HwptNested(_))));
+    assert!(s.ctx.get::<uiommufd::hwpt::nested::HwptNested>(s1).is_ok());
     assert_eq!(s.attach(s1).unwrap(), s1);
 
     // a device write lands where the two stages say

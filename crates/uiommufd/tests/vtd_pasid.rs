@@ -8,7 +8,6 @@
 
 use std::sync::{Arc, Mutex};
 
-use uiommufd::context::Object;
 use uiommufd::domain::{AtomicOp, DmaFault};
 use uiommufd::uapi::*;
 use uiommufd::vfio::model::{Bus, PciIds, PciLayout, PciModel};
@@ -89,9 +88,7 @@ fn dma_and_atomics_per_pasid() {
     let flags = IOMMU_HWPT_ALLOC_PASID | IOMMU_HWPT_ALLOC_DIRTY_TRACKING;
     let hwpt_b = kit::hwpt_alloc(&ctx, devid, ioas_b, flags).unwrap();
     attach_pt(fd, hwpt_a).unwrap();
-    let Object::Device(dev) = ctx.get(devid).unwrap() else {
-        panic!("object {devid} is not a device");
-    };
+    let dev = ctx.get::<uiommufd::device::Device>(devid).unwrap();
     // the driver knows the function's PASIDs
     assert_eq!(
         dev.attach_pasid(&ctx, 256, hwpt_b, false)

@@ -19,7 +19,7 @@ use parking_lot::Mutex;
 pub(crate) mod dirty;
 pub mod nested;
 
-use crate::context::{ObjId, Object};
+use crate::context::{Context, ObjId, Object};
 use crate::device::get_device;
 use crate::domain::Domain;
 use crate::ioas::Ioas;
@@ -41,6 +41,18 @@ pub struct HwptPaging {
     /// Our own object ID once published (0 before).
     id: AtomicU32,
     devices: Mutex<Vec<ObjId>>,
+}
+
+impl Object for HwptPaging {
+    const KIND: &'static str = "paging HWPT";
+    const OBJ_TYPE: Option<&'static str> = Some("IOMMUFD_OBJ_HWPT_PAGING");
+
+    fn check_object(&self, _ctx: &Context, id: ObjId) -> std::result::Result<(), String> {
+        if self.id() != Some(id) {
+            return Err(format!("HWPT {id} believes its ID is {:?}", self.id()));
+        }
+        Ok(())
+    }
 }
 
 impl HwptPaging {
@@ -141,18 +153,21 @@ pub(crate) fn alloc(u: &Ucmd) -> Result<i32> {
     let dev = get_device(u.ctx, cmd.dev_id)?;
     let pt = u
         .ctx
-        .get(cmd.pt_id)
+        .get_any(cmd.pt_id)
         .map_err(|e| err!(EINVAL, "HWPT_ALLOC: pt_id: {}", e.reason()))?;
-    let (ioas, ioas_id) = match pt {
-        Object::Ioas(i) => (i, cmd.pt_id),
-        Object::HwptPaging(parent) => return nested::alloc(u, cmd, &dev, parent),
-        Object::Viommu(v) => return crate::viommu::alloc_hwpt_nested(u, cmd, &dev, v),
-        o => bail!(
+    let (ioas, ioas_id) = if let Some(i) = pt.downcast::<Ioas>() {
+        (i, cmd.pt_id)
+    } else if let Some(parent) = pt.downcast::<HwptPaging>() {
+        return nested::alloc(u, cmd, &dev, parent);
+    } else if let Some(v) = pt.downcast::<crate::viommu::Viommu>() {
+        return crate::viommu::alloc_hwpt_nested(u, cmd, &dev, v);
+    } else {
+        bail!(
             EINVAL,
             "HWPT_ALLOC: object {} is a {}, not an IOAS or a paging HWPT",
             cmd.pt_id,
-            o.kind()
-        ),
+            pt.kind()
+        )
     };
     // IOMMU_HWPT_ALLOC_PASID (6.15) is the core's: the HWPT is marked, the
     // driver's domain is the same
@@ -217,7 +232,7 @@ pub(crate) fn alloc(u: &Ucmd) -> Result<i32> {
     cmd.out_hwpt_id = r.id();
     u.respond(&cmd)?;
     ioas.hwpts.lock().push(Arc::downgrade(&hwpt));
-    r.finalize(Object::HwptPaging(hwpt));
+    r.finalize(hwpt);
     Ok(0)
 }
 
@@ -267,12 +282,5 @@ pub(crate) fn get_hw_info(u: &Ucmd) -> Result<i32> {
 }
 
 pub(crate) fn get_hwpt_paging(u: &Ucmd, id: ObjId) -> Result<Arc<HwptPaging>> {
-    match u.ctx.get(id)? {
-        Object::HwptPaging(h) => Ok(h),
-        o => Err(err!(
-            ENOENT,
-            "object {id} is a {}, not a paging HWPT",
-            o.kind()
-        )),
-    }
+    u.ctx.get::<HwptPaging>(id)
 }

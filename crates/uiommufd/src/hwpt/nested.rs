@@ -23,7 +23,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 
 use super::HwptPaging;
-use crate::context::{ObjId, Object};
+use crate::context::{Context, ObjId, Object};
 use crate::device::Device;
 pub use crate::domain::{NestedDomain, UserData, UserDataArray};
 use crate::fault::{get_fault, Fault};
@@ -45,6 +45,26 @@ pub struct HwptNested {
     /// Our own object ID once published (0 before).
     id: AtomicU32,
     devices: Mutex<Vec<ObjId>>,
+}
+
+impl Object for HwptNested {
+    const KIND: &'static str = "nested HWPT";
+    const OBJ_TYPE: Option<&'static str> = Some("IOMMUFD_OBJ_HWPT_NESTED");
+
+    fn check_object(&self, _ctx: &Context, id: ObjId) -> std::result::Result<(), String> {
+        if self.id() != Some(id) {
+            return Err(format!(
+                "nested HWPT {id} believes its ID is {:?}",
+                self.id()
+            ));
+        }
+        if !self.parent().nest_parent() || self.parent().auto_domain() {
+            return Err(format!(
+                "nested HWPT {id} has a parent that is not a manual nest parent"
+            ));
+        }
+        Ok(())
+    }
 }
 
 impl HwptNested {
@@ -217,7 +237,7 @@ pub(crate) fn alloc(
     }
     cmd.out_hwpt_id = r.id();
     u.respond(&cmd)?;
-    r.finalize(Object::HwptNested(hwpt));
+    r.finalize(hwpt);
     Ok(0)
 }
 
@@ -265,40 +285,41 @@ fn invalidate_entries(u: &Ucmd, cmd: &IommuHwptInvalidate) -> (u32, Result<()>) 
             );
         }
     }
-    let hwpt = match u.ctx.get(cmd.hwpt_id) {
-        Ok(Object::HwptNested(h)) => h,
-        Ok(Object::Viommu(v)) => {
-            let array = UserDataArray {
-                data_type: cmd.data_type,
-                uptr: cmd.data_uptr,
-                entry_len: cmd.entry_len,
-                entry_num: cmd.entry_num,
-                mem: &**u.mem,
-            };
-            return v.ops().cache_invalidate(&v, &array);
-        }
-        Ok(o) => {
-            // 6.13 looks any object up (a vIOMMU is the other kind that
-            // takes invalidations) and answers EINVAL for the wrong kind;
-            // 6.12 looked a nested HWPT up, ENOENT for another kind.
-            let errno = if u.level().at_least(UapiLevel::V6_13) {
-                libc::EINVAL
-            } else {
-                libc::ENOENT
-            };
-            return (
-                0,
-                Err(Error::new(
-                    errno,
-                    format!(
-                        "HWPT_INVALIDATE: object {} is a {}, not a nested HWPT",
-                        cmd.hwpt_id,
-                        o.kind()
-                    ),
-                )),
-            );
-        }
+    let obj = match u.ctx.get_any(cmd.hwpt_id) {
+        Ok(o) => o,
         Err(e) => return (0, Err(e)),
+    };
+    let hwpt = if let Some(h) = obj.downcast::<HwptNested>() {
+        h
+    } else if let Some(v) = obj.downcast::<crate::viommu::Viommu>() {
+        let array = UserDataArray {
+            data_type: cmd.data_type,
+            uptr: cmd.data_uptr,
+            entry_len: cmd.entry_len,
+            entry_num: cmd.entry_num,
+            mem: &**u.mem,
+        };
+        return v.ops().cache_invalidate(&v, &array);
+    } else {
+        // 6.13 looks any object up (a vIOMMU is the other kind that
+        // takes invalidations) and answers EINVAL for the wrong kind;
+        // 6.12 looked a nested HWPT up, ENOENT for another kind.
+        let errno = if u.level().at_least(UapiLevel::V6_13) {
+            libc::EINVAL
+        } else {
+            libc::ENOENT
+        };
+        return (
+            0,
+            Err(Error::new(
+                errno,
+                format!(
+                    "HWPT_INVALIDATE: object {} is a {}, not a nested HWPT",
+                    cmd.hwpt_id,
+                    obj.kind()
+                ),
+            )),
+        );
     };
     let array = UserDataArray {
         data_type: cmd.data_type,

@@ -1356,8 +1356,8 @@ impl IoPagetable {
     ///
     /// Besides the tree, allowed, reserved and free-index rules: every
     /// attached domain maps exactly the published areas (same IOVA, same
-    /// host address; sampled for generic domains, complete for mock
-    /// domains), published areas are pinned while a domain is attached and
+    /// host address; complete for domains that list their mappings,
+    /// `Domain::mapped_runs`, else sampled), published areas are pinned while a domain is attached and
     /// where accesses pinned them, pages objects only this table holds carry
     /// exactly those pins, and removed domains left no reserved range.
     ///

@@ -5,7 +5,6 @@
 use zerocopy::IntoBytes;
 
 use super::Ioas;
-use crate::context::Object;
 use crate::io_pagetable::Prot;
 use crate::uapi::level::UapiLevel;
 use crate::uapi::*;
@@ -42,7 +41,7 @@ pub(crate) fn alloc(u: &Ucmd) -> Result<i32> {
     let ioas = Ioas::new_shared(u.ctx.memory().clone(), u.ctx.account_mode());
     cmd.out_ioas_id = r.id();
     u.respond(&cmd)?;
-    r.finalize(Object::Ioas(ioas));
+    r.finalize(ioas);
     Ok(0)
 }
 
@@ -275,10 +274,7 @@ pub(crate) fn change_process(u: &Ucmd) -> Result<i32> {
         .ctx
         .objects()
         .into_iter()
-        .filter_map(|(_, obj)| match obj {
-            Object::Ioas(ioas) => Some(ioas),
-            _ => None,
-        })
+        .filter_map(|(_, obj)| obj.downcast::<Ioas>())
         .collect();
     for ioas in &ioases {
         ioas.iopt().check_all_file_backed()?;

@@ -24,6 +24,20 @@ pub struct Ioas {
     custody: bool,
 }
 
+impl crate::context::Object for Ioas {
+    const KIND: &'static str = "IOAS";
+    const OBJ_TYPE: Option<&'static str> = Some("IOMMUFD_OBJ_IOAS");
+
+    fn check_object(
+        &self,
+        _ctx: &crate::context::Context,
+        id: crate::ObjId,
+    ) -> std::result::Result<(), String> {
+        self.check_invariants()
+            .map_err(|e| format!("IOAS {id}: {e}"))
+    }
+}
+
 impl Ioas {
     /// A new empty IOAS over `mem`, accounting pins in `account_mode`.
     pub fn new(mem: Arc<dyn UserMemory>, account_mode: AccountMode) -> Ioas {

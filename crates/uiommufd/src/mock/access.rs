@@ -6,7 +6,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use super::{payload, set_payload};
+use super::ioctl::{payload, set_payload};
 use crate::access::{Access, AccessOps};
 use crate::context::Context;
 use crate::files::{self, EngineFile};

@@ -249,6 +249,16 @@ pub struct MockStdev {
     device: Arc<Device>,
 }
 
+impl crate::context::Object for MockStdev {
+    const KIND: &'static str = "selftest device";
+    const OBJ_TYPE: Option<&'static str> = Some("IOMMUFD_OBJ_SELFTEST");
+
+    /// Destroying it detaches and unbinds the device.
+    fn on_destroy(self: Arc<Self>, ctx: &Context) {
+        self.device.clone().unbind(ctx);
+    }
+}
+
 impl MockStdev {
     /// Wrap a bound device.
     pub fn new(device: Arc<Device>) -> MockStdev {
@@ -258,10 +268,5 @@ impl MockStdev {
     /// The bound device.
     pub fn device(&self) -> &Arc<Device> {
         &self.device
-    }
-
-    /// Teardown when the object is destroyed.
-    pub(crate) fn destroy(self: Arc<Self>, ctx: &Context) {
-        self.device.clone().unbind(ctx);
     }
 }

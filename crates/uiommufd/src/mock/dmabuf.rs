@@ -5,7 +5,7 @@
 
 use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
-use super::payload;
+use super::ioctl::payload;
 use crate::dmabuf::{self, DmaBuf, FdKind};
 use crate::uapi::IommuTestCmd;
 use crate::ucmd::Ucmd;
@@ -70,7 +70,7 @@ pub(super) fn get(_u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
 pub(super) fn revoke(_u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
     let r: TestDmabufRevoke = payload(cmd);
     match dmabuf::classify_fd(r.dmabuf_fd) {
-        FdKind::Engine(buf) if buf.is_selftest() => {
+        FdKind::Engine(buf) if buf.is_anonymous() => {
             buf.set_revoked(r.revoked != 0);
             Ok(0)
         }

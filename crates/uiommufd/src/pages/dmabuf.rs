@@ -68,9 +68,10 @@ pub struct DmaBuf {
     /// Ranges the exporter made the buffer of (VFIO's `nr_ranges`; 1 for
     /// the selftest's): only a one-range buffer is imported by an IOAS.
     ranges: u32,
-    /// Made by the selftest exporter ([`DmaBuf::new`]), not by VFIO: only
-    /// such a buffer takes the selftest's `DMABUF_REVOKE`.
-    selftest: bool,
+    /// Made of anonymous engine memory by [`DmaBuf::new`] (the selftest
+    /// exporter's), not over a device's memory (VFIO's export): only such a
+    /// buffer takes the selftest's `DMABUF_REVOKE`.
+    anonymous: bool,
     exporter: Mutex<Exporter>,
 }
 
@@ -115,7 +116,7 @@ impl DmaBuf {
         (addr, len): (u64, u64),
         (map_addr, map_len): (u64, u64),
         ranges: u32,
-        selftest: bool,
+        anonymous: bool,
         revoked: bool,
     ) -> Arc<DmaBuf> {
         Arc::new(DmaBuf {
@@ -125,7 +126,7 @@ impl DmaBuf {
             map_addr,
             map_len,
             ranges,
-            selftest,
+            anonymous,
             exporter: Mutex::new(Exporter {
                 revoked,
                 attachments: Vec::new(),
@@ -209,9 +210,10 @@ impl DmaBuf {
         self.len == 0
     }
 
-    /// Whether the selftest exporter made the buffer (not VFIO).
-    pub fn is_selftest(&self) -> bool {
-        self.selftest
+    /// Whether [`DmaBuf::new`] made the buffer of anonymous memory (the
+    /// selftest exporter does), not VFIO over a device's memory.
+    pub fn is_anonymous(&self) -> bool {
+        self.anonymous
     }
 
     /// Whether the exporter says the memory is revoked (new imports fail).

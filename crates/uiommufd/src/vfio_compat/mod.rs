@@ -110,9 +110,9 @@ pub(crate) fn compat_ioas(ctx: &Context) -> Result<Arc<Ioas>> {
     let id = ctx.compat_ioas()?;
     // (the kernel's get_compat_ioas locks the object directly: no
     // iommufd_get_object, so no injection point)
-    match ctx.lookup(id) {
-        Ok(crate::context::Object::Ioas(i)) => Ok(i),
-        _ => Err(err!(ENODEV, "the compat IOAS {id} is gone")),
+    match ctx.lookup::<Ioas>(id) {
+        Ok(i) => Ok(i),
+        Err(_) => Err(err!(ENODEV, "the compat IOAS {id} is gone")),
     }
 }
 
