@@ -195,6 +195,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     );
     let vm = Vm::new(o.size, o.tracker, &spec, true)?;
     let progress = Progress::new(o.quiet);
+    sock.grow_send_buffer();
     let mut w = Wire::new(sock);
     if !o.plain_copy {
         w.zero_copy();
@@ -257,38 +258,31 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         round += 1;
     };
 
-    // The final bitmap's buffer is made before the stop, not in the downtime.
+    // Everything the stop path needs is made before the stop, not in the
+    // downtime: the final bitmap, room for the device's final state and
+    // the buffer it is read through.
     let mut fin = vec![0u64; bm.len()];
-    // Stop and copy. The device state goes first, so that the destination
-    // loads it into its device while the last pages are still on the way.
+    let mut state = Vec::with_capacity(1 << 16);
+    let mut state_buf = vec![0u8; 1 << 16];
+    let known = count(&bm);
+    // Stop and copy, in the order that keeps the destination busy from the
+    // first moment: right after the stop, the pages the read before it
+    // found (`bm`, nearly all of the final set) go into the socket, whose
+    // send buffer holds them all (`Sock::grow_send_buffer`): zero-copy,
+    // that takes a fraction of the time the destination needs to read
+    // them. While it reads, the source reads the device's final state and
+    // the tracker a last time, and sends the pages only that read found,
+    // the state and `Finish` behind them. So the device's stop, its state
+    // and the last bitmap cost no downtime of their own; the destination
+    // writes the state into its resuming fd when it reaches it.
     //
-    // The final round reads the tracker a last time first, then sends the
-    // pages the read before the stop found (`bm`, nearly all of the final
-    // set) and after them those only the last read found. Both reads chose
-    // this round's pages: both count as its bitmap cost. (Sending `bm`
-    // first and reading while the socket carried it was tried: the read,
-    // competing with the transfer, took 2-3x as long, which raised the
-    // round's bitmap share by 1-2.5 points, and won no downtime we could
-    // measure.)
+    // (With the default buffer this order won nothing: the source blocked
+    // in the send while the destination read, and the bitmap read then
+    // competed with the transfer and took 2-3x as long.)
     let t_stop = clock::now_ns();
     vm.stop_copy()?;
     let restart = Restart(Some(&vm));
-    let state = vm.read_data(data_fd)?;
-    w.send(Tag::Device, state.len() as u64, 0, 0)
-        .map_err(io("sending the device state"))?;
-    w.send_bytes(&state)
-        .map_err(io("sending the device state"))?;
-    let t_saved = clock::now_ns();
-    let last_seq = vm.bar0_read64(TRAFFIC_SEQ)?;
-    let t = Instant::now();
-    vm.sync_dirty(&mut fin)?;
-    let fin_read = t.elapsed();
-    let t_synced = clock::now_ns();
-    for (f, b) in fin.iter_mut().zip(&bm) {
-        *f &= !*b;
-    }
-    let known = count(&bm);
-    let t_pages = clock::now_ns();
+    let t_stopped = clock::now_ns();
     let t_pages_i = Instant::now();
     let early_pages = send_pages(
         &mut w,
@@ -298,6 +292,16 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         (0, known, t_pages_i),
         &progress,
     )?;
+    let t_queued = clock::now_ns();
+    vm.read_data_into(data_fd, &mut state, &mut state_buf)?;
+    let last_seq = vm.bar0_read64(TRAFFIC_SEQ)?;
+    let t = Instant::now();
+    vm.sync_dirty(&mut fin)?;
+    let fin_read = t.elapsed();
+    for (f, b) in fin.iter_mut().zip(&bm) {
+        *f &= !*b;
+    }
+    let t_synced = clock::now_ns();
     let late = count(&fin);
     let late_pages = send_pages(
         &mut w,
@@ -308,6 +312,10 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         &progress,
     )?;
     let pages = early_pages + late_pages;
+    w.send(Tag::Device, state.len() as u64, 0, 0)
+        .map_err(io("sending the device state"))?;
+    w.send_bytes(&state)
+        .map_err(io("sending the device state"))?;
     w.send(Tag::EndRound, u64::from(round), pages, 0)
         .map_err(io("ending the final round"))?;
     w.send(Tag::Finish, 0, last_seq, pages)
@@ -321,16 +329,18 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     // else what we saw: its answer, our last write.
     let t_resumed =
         clock::on_our_clock(hosts.0, hosts.1, h.a, t_stop, t_answer).unwrap_or(t_answer);
-    let t_read = clock::on_our_clock(hosts.0, hosts.1, h.b, t_pages, t_answer).unwrap_or(t_sent);
+    let t_read = clock::on_our_clock(hosts.0, hosts.1, h.b, t_stopped, t_answer).unwrap_or(t_sent);
     // The session ends (STOP_COPY → STOP) once it cost no downtime.
     vm.mig_set(MigState::Stop)?;
     rep.downtime = Duration::from_nanos(t_resumed.saturating_sub(t_stop));
     rep.downtime_parts = clock::parts(
         t_stop,
         &[
-            ("stop + device state", t_saved),
-            ("final bitmap", t_synced),
-            ("final pages", t_sent),
+            ("device stop", t_stopped),
+            ("final pages queued", t_queued),
+            ("device state + final bitmap", t_synced),
+            ("last pages + state sent", t_sent),
+            ("destination reads the rest", t_read),
             ("destination resume", t_resumed),
         ],
     );
@@ -341,7 +351,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         round,
         pages,
         bytes: pages * PAGE,
-        copy: Duration::from_nanos(t_read.saturating_sub(t_pages)),
+        copy: Duration::from_nanos(t_read.saturating_sub(t_stopped)),
         bitmap: bitmap + fin_read,
         stopped: true,
     };
