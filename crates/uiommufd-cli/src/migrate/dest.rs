@@ -112,12 +112,14 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
     let Some(fd) = resume_fd else {
         return Err("the stream ended without the device state".into());
     };
-    let _ = uiommufd::files::close(fd);
     vm.finish_resume()?;
     // The downtime ends here, not when the source reads the message.
     let resumed = clock::now_ns();
     w.send(Tag::Resumed, resumed, final_read, 0)
         .map_err(io("reporting the resume"))?;
+    // The resuming fd is no longer needed once the device left RESUMING:
+    // closed after the resume, not in the downtime.
+    let _ = uiommufd::files::close(fd);
 
     // Let the device go on for a while, then stop it to check.
     let c0 = vm.bar0_read64(TRAFFIC_COUNT)?;

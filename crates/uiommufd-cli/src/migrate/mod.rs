@@ -129,6 +129,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
+/// The send buffer the source's Unix socket asks for where it may
+/// (`Sock::grow_send_buffer`): room for a final round of ~60 MiB.
+const SEND_BUFFER: libc::c_int = 64 << 20;
+
 /// Any connected stream socket. The source's Unix socket gets a larger
 /// send buffer ([`Sock::grow_send_buffer`]); everything else keeps the
 /// kernel's defaults.
@@ -138,34 +142,47 @@ pub(crate) enum Sock {
 }
 
 impl Sock {
-    /// The largest send buffer an unprivileged process may ask for
-    /// (`SO_SNDBUF`, up to `net.core.wmem_max`, which the kernel doubles),
-    /// on a Unix socket: the stop-and-copy round's pages, spliced, then
-    /// fit in the socket at once (see the stop path in `source.rs`), and
-    /// the source never waits for the destination to make room — each such
-    /// wait was a sleep and a wake-up on both sides, inside the downtime.
-    /// Round times do not depend on it: every round's copy time runs to
-    /// the destination's reading of it, not to the source's last write.
-    /// TCP keeps the kernel's autotuning (a fixed `SO_SNDBUF` turns it off).
+    /// A send buffer that holds a whole stop-and-copy round, on a Unix
+    /// socket: its pages, spliced, then go into the socket at once (see
+    /// the stop path in `source.rs`), and the source never waits for the
+    /// destination to make room — each such wait was a sleep and a wake-up
+    /// on both sides, inside the downtime. [`SEND_BUFFER`] where the
+    /// process may exceed `net.core.wmem_max` (`SO_SNDBUFFORCE`,
+    /// `CAP_NET_ADMIN`), else the largest `SO_SNDBUF` it may ask for
+    /// (`wmem_max`, which the kernel doubles: 8 MiB by default). Spliced
+    /// pages are referenced, not copied, so the buffer costs no memory of
+    /// its own. Round times do not depend on it: every round's copy time
+    /// runs to the destination's reading of it, not to the source's last
+    /// write. TCP keeps the kernel's autotuning (a fixed `SO_SNDBUF` turns
+    /// it off).
     fn grow_send_buffer(&self) {
-        if let Sock::Unix(s) = self {
-            let max = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
-                .ok()
-                .and_then(|v| v.trim().parse::<libc::c_int>().ok())
-                .unwrap_or(4 << 20)
-                .clamp(1 << 20, 64 << 20);
-            // SAFETY: an int option on our own socket; a refusal keeps the
-            // default size.
-            unsafe {
+        let Sock::Unix(s) = self else {
+            return;
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(s);
+        let set = |opt: libc::c_int, v: libc::c_int| {
+            // SAFETY: an int option on our own socket; a refusal keeps
+            // the size it had.
+            let r = unsafe {
                 libc::setsockopt(
-                    std::os::fd::AsRawFd::as_raw_fd(s),
+                    fd,
                     libc::SOL_SOCKET,
-                    libc::SO_SNDBUF,
-                    (&max as *const libc::c_int).cast(),
+                    opt,
+                    (&v as *const libc::c_int).cast(),
                     std::mem::size_of::<libc::c_int>() as libc::socklen_t,
                 )
             };
+            r == 0
+        };
+        if set(libc::SO_SNDBUFFORCE, SEND_BUFFER / 2) {
+            return;
         }
+        let max = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .ok()
+            .and_then(|v| v.trim().parse::<libc::c_int>().ok())
+            .unwrap_or(4 << 20)
+            .clamp(1 << 20, SEND_BUFFER / 2);
+        set(libc::SO_SNDBUF, max);
     }
 
     /// Fail any read or write that waits longer than `t` (a peer that
