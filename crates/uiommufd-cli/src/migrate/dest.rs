@@ -4,10 +4,10 @@ use std::time::{Duration, Instant};
 
 use uiommufd::vfio::migration::MigState;
 
-use super::clock;
 use super::records::{self, RECORD, TRAFFIC_COUNT, TRAFFIC_SEQ};
 use super::vm::{Vm, PAGE};
 use super::wire::{self, Tag, Wire};
+use super::{clock, sched};
 use super::{Opts, Sock};
 
 type R<T> = Result<T, String>;
@@ -19,8 +19,10 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
 /// Take part in the source's raw copies (`floor.rs`: the downtime's
 /// floor) until it says `Go`: read each into a buffer made and touched
 /// beforehand, and say when the last byte was read.
-fn raw_copies(w: &mut Wire<Sock>, size: u64) -> R<()> {
+fn raw_copies(w: &mut Wire<Sock>, size: u64, rt: bool) -> R<()> {
     let mut buf: Vec<u8> = Vec::new();
+    // As the final round was read (sched.rs).
+    let _rt = sched::Rt::enter(rt);
     loop {
         let h = w.recv().map_err(io("waiting for the source to measure"))?;
         match h.tag {
@@ -69,6 +71,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
     let mut resume_fd: Option<i32> = None;
     // When the final round (the one the source does not wait for) was read.
     let mut final_read = 0;
+    let mut rt = None;
     let last_seq = loop {
         let h = w.recv().map_err(io("receiving"))?;
         match h.tag {
@@ -89,6 +92,12 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
                 } else {
                     w.send(Tag::Received, h.a, h.b, 0)
                         .map_err(io("acknowledging a round"))?;
+                    // Every round after round 0 is small, and the final
+                    // one may be next: read them real-time (sched.rs)
+                    // until the device runs.
+                    if rt.is_none() {
+                        rt = Some(sched::Rt::enter(!o.no_realtime));
+                    }
                 }
             }
             Tag::Device => {
@@ -117,6 +126,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
     let resumed = clock::now_ns();
     w.send(Tag::Resumed, resumed, final_read, 0)
         .map_err(io("reporting the resume"))?;
+    drop(rt);
     // The resuming fd is no longer needed once the device left RESUMING:
     // closed after the resume, not in the downtime.
     let _ = uiommufd::files::close(fd);
@@ -132,7 +142,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
     // digest below would compete with them.
     w.send(Tag::Quiet, 0, 0, 0)
         .map_err(io("reporting the device stopped"))?;
-    raw_copies(&mut w, size)?;
+    raw_copies(&mut w, size, !o.no_realtime)?;
     let end_seq = vm.bar0_read64(TRAFFIC_SEQ)?;
     let window = size - size % RECORD;
     let first = last_seq

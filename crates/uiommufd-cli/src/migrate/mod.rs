@@ -35,6 +35,7 @@ mod dest;
 mod floor;
 mod records;
 mod report;
+mod sched;
 mod source;
 mod vm;
 mod wire;
@@ -96,6 +97,11 @@ pub struct Opts {
     /// (to compare the two).
     #[arg(long, global = true)]
     pub plain_copy: bool,
+    /// Never run the stop path (nor the raw copies it is compared with)
+    /// under `SCHED_FIFO`; by default both do where the process may
+    /// (`sched.rs`).
+    #[arg(long, global = true)]
+    pub no_realtime: bool,
 }
 
 /// `uiommufd migrate` arguments.
@@ -282,6 +288,7 @@ pub fn migrate(args: Args) -> Result<(), String> {
                 .arg("--tracker")
                 .arg(args.opts.tracker.name())
                 .arg("-q")
+                .args(args.opts.no_realtime.then_some("--no-realtime"))
                 .arg("listen")
                 .arg("--unix")
                 .arg(&sock)

@@ -71,6 +71,9 @@ pub struct Report {
     pub stream: (u64, u64),
     /// The stream continued without a gap or a duplicate.
     pub stream_ok: bool,
+    /// The source's stop path ran under `SCHED_FIFO` (and so did the raw
+    /// copies, `sched.rs`).
+    pub realtime: bool,
 }
 
 fn human(b: f64) -> String {
@@ -209,6 +212,15 @@ impl Report {
         }
         let _ = writeln!(
             s,
+            "    (stop path and raw copies: {})",
+            if self.realtime {
+                "SCHED_FIFO"
+            } else {
+                "normal scheduling"
+            }
+        );
+        let _ = writeln!(
+            s,
             "  throughput {}/s, raw socket copy {}/s in this run (fastest of {}): {:.2}x",
             human(self.rate()),
             human(self.raw_rate),
@@ -258,6 +270,7 @@ impl Report {
             "next_raw_bps": self.next_raw_rate,
             "next_raw_samples_bps": self.next_raw_samples,
             "downtime_next_ratio": self.next_ratio(),
+            "realtime": self.realtime,
             "bitmap_share": self.bitmap_share(),
             "memory_ok": self.memory_ok,
             "stream_last_before": self.stream.0,

@@ -8,7 +8,7 @@ use super::records::{self, RECORD, TRAFFIC_SEQ};
 use super::report::{Progress, Report, Round};
 use super::vm::{Vm, PAGE};
 use super::wire::{self, Tag, Wire};
-use super::{clock, floor, Opts, Sock};
+use super::{clock, floor, sched, Opts, Sock};
 
 type R<T> = Result<T, String>;
 
@@ -213,8 +213,11 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     // competed with the destination's start and set-up). floor.rs: the
     // others follow the verification, the fastest counts.
     let raw_len = o.size.min(floor::SAMPLE_BYTES) as usize;
+    // The stop path runs real-time where it may, and the raw copies it is
+    // compared with then do too (sched.rs).
+    let rt_wanted = !o.no_realtime;
     // SAFETY: guest memory, mapped for the Vm's life.
-    let mut raw_samples = vec![unsafe { floor::raw_socket_rate(vm.mem, raw_len) }];
+    let mut raw_samples = vec![unsafe { floor::raw_socket_rate(vm.mem, raw_len, rt_wanted) }];
     vm.start_tracking()?;
     // Device pre-copy: its data fd is opened now and its snapshot sent
     // with round 0; at the stop only the final record follows on it.
@@ -279,6 +282,9 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     // (With the default buffer this order won nothing: the source blocked
     // in the send while the destination read, and the bitmap read then
     // competed with the transfer and took 2-3x as long.)
+    // From here to the destination's answer: real-time where allowed.
+    let rt = sched::Rt::enter(rt_wanted);
+    rep.realtime = rt.on();
     let t_stop = clock::now_ns();
     vm.stop_copy()?;
     let restart = Restart(Some(&vm));
@@ -325,6 +331,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         .expect(Tag::Resumed)
         .map_err(io("waiting for the destination to resume"))?;
     let t_answer = clock::now_ns();
+    drop(rt);
     // The destination's stamps where they are on our clock (clock.rs),
     // else what we saw: its answer, our last write.
     let t_resumed =
@@ -374,6 +381,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     w.send(Tag::RawPrep, fin_len, 0, 0)
         .map_err(io("raw copy"))?;
     w.expect(Tag::RawReady).map_err(io("raw copy"))?;
+    let rt = sched::Rt::enter(rt_wanted);
     for k in 0..floor::SAMPLES {
         let fin_off = next_to(fin_first, fin_len, o.size, k as u64);
         let t0 = clock::now_ns();
@@ -387,6 +395,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         rep.next_raw_samples
             .push(fin_len as f64 / ((t1 - t0) as f64 / 1e9).max(1e-9));
     }
+    drop(rt);
     rep.next_raw_rate = floor::best(&rep.next_raw_samples);
     w.send(Tag::Go, 0, 0, 0)
         .map_err(io("letting the destination verify"))?;
@@ -420,7 +429,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     w.wait_closed(Duration::from_secs(5));
     for _ in 1..floor::SAMPLES {
         // SAFETY: guest memory, mapped for the Vm's life.
-        raw_samples.push(unsafe { floor::raw_socket_rate(vm.mem, raw_len) });
+        raw_samples.push(unsafe { floor::raw_socket_rate(vm.mem, raw_len, rt_wanted) });
     }
     rep.raw_rate = floor::best(&raw_samples);
     rep.raw_samples = raw_samples;
