@@ -72,6 +72,31 @@ fn each_tracker_verifies_a_migration() {
 }
 
 #[test]
+fn one_connection_and_normal_scheduling_verify_too() {
+    let out = bin()
+        .args([
+            "migrate",
+            "--size",
+            "16M",
+            "--json",
+            "-q",
+            "--lanes",
+            "1",
+            "--no-realtime",
+        ])
+        .output()
+        .expect("run uiommufd migrate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["realtime"], false);
+}
+
+#[test]
 fn listen_and_send_over_tcp() {
     let port = {
         let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();

@@ -33,6 +33,7 @@
 mod clock;
 mod dest;
 mod floor;
+mod lanes;
 mod records;
 mod report;
 mod sched;
@@ -102,6 +103,11 @@ pub struct Opts {
     /// (`sched.rs`).
     #[arg(long, global = true)]
     pub no_realtime: bool,
+    /// Connections the pages go over (1 or 2; a second one only on a Unix
+    /// socket, where both sides run the stop path real-time, see
+    /// `lanes.rs`).
+    #[arg(long, global = true, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub lanes: u32,
 }
 
 /// `uiommufd migrate` arguments.
@@ -142,6 +148,7 @@ const SEND_BUFFER: libc::c_int = 64 << 20;
 /// Any connected stream socket. The source's Unix socket gets a larger
 /// send buffer ([`Sock::grow_send_buffer`]); everything else keeps the
 /// kernel's defaults.
+#[derive(Debug)]
 pub(crate) enum Sock {
     Unix(std::os::unix::net::UnixStream),
     Tcp(std::net::TcpStream),

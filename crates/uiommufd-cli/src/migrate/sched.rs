@@ -33,6 +33,12 @@ impl Rt {
         Rt(unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &p) } == 0)
     }
 
+    /// Whether this process may run real-time (and `wanted`): a probe that
+    /// leaves the calling thread as it was.
+    pub fn allowed(wanted: bool) -> bool {
+        Rt::enter(wanted).on()
+    }
+
     /// Whether the thread runs real-time now.
     pub fn on(&self) -> bool {
         self.0

@@ -4,6 +4,7 @@ use std::time::{Duration, Instant};
 
 use uiommufd::vfio::migration::MigState;
 
+use super::lanes::LaneTx;
 use super::records::{self, RECORD, TRAFFIC_SEQ};
 use super::report::{Progress, Report, Round};
 use super::vm::{Vm, PAGE};
@@ -21,6 +22,7 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
 /// sent now.
 fn send_pages(
     w: &mut Wire<Sock>,
+    lane: &mut Option<LaneTx>,
     vm: &Vm,
     bm: Option<&[u64]>,
     round: u32,
@@ -31,16 +33,20 @@ fn send_pages(
     let mut sent = sent0;
     let mut last_shown = 0u64;
     let mut send_run = |w: &mut Wire<Sock>, first: u64, n: u64| -> R<()> {
-        // SAFETY: the run lies inside guest memory, which stays mapped.
-        unsafe {
-            w.send_with(
-                Tag::Pages,
-                first,
-                n,
-                0,
-                vm.mem.add((first * PAGE) as usize),
-                (n * PAGE) as usize,
-            )
+        match lane {
+            // SAFETY: the run lies inside guest memory, which stays mapped.
+            Some(l) => unsafe { l.send_run(w, vm.mem, first, n) },
+            // SAFETY: as above.
+            None => unsafe {
+                w.send_with(
+                    Tag::Pages,
+                    first,
+                    n,
+                    0,
+                    vm.mem.add((first * PAGE) as usize),
+                    (n * PAGE) as usize,
+                )
+            },
         }
         .map_err(io("sending pages"))?;
         sent += n;
@@ -134,6 +140,7 @@ fn count(bm: &[u64]) -> u64 {
 /// downtime runs to the destination's resume.
 fn send_round(
     w: &mut Wire<Sock>,
+    lane: &mut Option<LaneTx>,
     vm: &Vm,
     bm: Option<&[u64]>,
     round: u32,
@@ -141,8 +148,14 @@ fn send_round(
 ) -> R<Round> {
     let total = bm.map_or(vm.size / PAGE, count);
     let t = Instant::now();
-    let sent = send_pages(w, vm, bm, round, (0, total, t), progress)?;
-    w.send(Tag::EndRound, u64::from(round), sent, 1)
+    let sent = send_pages(w, lane, vm, bm, round, (0, total, t), progress)?;
+    let on_lane = match lane {
+        Some(l) => l
+            .end_round(round, false)
+            .map_err(io("ending a round on the page lane"))?,
+        None => 0,
+    };
+    w.send(Tag::EndRound, u64::from(round), sent - on_lane, 1)
         .map_err(io("ending a round"))?;
     let h = w
         .expect(Tag::Received)
@@ -208,14 +221,25 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         .expect(Tag::Ready)
         .map_err(io("waiting for the destination to set up"))?;
     let hosts = (clock::host_id(), ready.a);
+    // The stop path runs real-time where it may, and the raw copies it is
+    // compared with then do too (sched.rs).
+    let rt_wanted = !o.no_realtime;
+    // A second page lane where the destination offers one and this side
+    // runs real-time too (lanes.rs).
+    let mut lane = if ready.b >= 1
+        && o.lanes >= 2
+        && matches!(w.sock(), Sock::Unix(_))
+        && sched::Rt::allowed(rt_wanted)
+    {
+        Some(LaneTx::open(&mut w, !o.plain_copy)?)
+    } else {
+        None
+    };
     // The raw copy's first sample, right before round 0 and with the
     // destination idle (taken before the greeting, as it once was, it
     // competed with the destination's start and set-up). floor.rs: the
     // others follow the verification, the fastest counts.
     let raw_len = o.size.min(floor::SAMPLE_BYTES) as usize;
-    // The stop path runs real-time where it may, and the raw copies it is
-    // compared with then do too (sched.rs).
-    let rt_wanted = !o.no_realtime;
     // SAFETY: guest memory, mapped for the Vm's life.
     let mut raw_samples = vec![unsafe { floor::raw_socket_rate(vm.mem, raw_len, rt_wanted) }];
     vm.start_tracking()?;
@@ -234,7 +258,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         page_size: PAGE,
         ..Default::default()
     };
-    let r0 = send_round(&mut w, &vm, None, 0, &progress)?;
+    let r0 = send_round(&mut w, &mut lane, &vm, None, 0, &progress)?;
     progress.finish(&r0);
     let mut rate = r0.rate();
     rep.rounds.push(r0);
@@ -251,7 +275,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         if est <= budget || round >= o.max_rounds {
             break bitmap;
         }
-        let mut r = send_round(&mut w, &vm, Some(&bm), round, &progress)?;
+        let mut r = send_round(&mut w, &mut lane, &vm, Some(&bm), round, &progress)?;
         r.bitmap = bitmap;
         progress.finish(&r);
         if r.bytes > 0 {
@@ -292,6 +316,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     let t_pages_i = Instant::now();
     let early_pages = send_pages(
         &mut w,
+        &mut lane,
         &vm,
         Some(&bm),
         round,
@@ -311,6 +336,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     let late = count(&fin);
     let late_pages = send_pages(
         &mut w,
+        &mut lane,
         &vm,
         Some(&fin),
         round,
@@ -318,11 +344,17 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         &progress,
     )?;
     let pages = early_pages + late_pages;
+    let on_lane = match &mut lane {
+        Some(l) => l
+            .end_round(round, true)
+            .map_err(io("ending the final round on the page lane"))?,
+        None => 0,
+    };
     w.send(Tag::Device, state.len() as u64, 0, 0)
         .map_err(io("sending the device state"))?;
     w.send_bytes(&state)
         .map_err(io("sending the device state"))?;
-    w.send(Tag::EndRound, u64::from(round), pages, 0)
+    w.send(Tag::EndRound, u64::from(round), pages - on_lane, 0)
         .map_err(io("ending the final round"))?;
     w.send(Tag::Finish, 0, last_seq, pages)
         .map_err(io("finishing"))?;
