@@ -54,6 +54,14 @@ fn each_tracker_verifies_a_migration() {
         assert_eq!(v["raw_socket_samples_bps"].as_array().unwrap().len(), 3);
         assert_eq!(v["next_raw_samples_bps"].as_array().unwrap().len(), 3);
         assert!(v["next_raw_bps"].as_f64().unwrap() > 0.0);
+        // the bound's rate: real-time copies where the stop path was
+        let bound_samples = v["bound_raw_samples_bps"].as_array().unwrap().len();
+        if v["realtime"] == true {
+            assert_eq!(bound_samples, 3);
+        } else {
+            assert_eq!(bound_samples, 0);
+            assert_eq!(v["bound_raw_bps"], v["raw_socket_bps"]);
+        }
         let parts = v["downtime_parts_s"].as_object().unwrap();
         let sum: f64 = parts.values().map(|p| p.as_f64().unwrap()).sum();
         let down = v["downtime_s"].as_f64().unwrap();

@@ -7,8 +7,10 @@
 //! iommufd HWPT with dirty tracking, `type1`: a VFIO container's dirty
 //! pages, `dma-logging`: the device's own DMA log), send what was written —
 //! until the dirty set fits the downtime budget or `--max-rounds`; then it
-//! stops the device (migration v2 `STOP_COPY`), reads its state, sends the
-//! final dirty pages and the state. The destination loads the pages, gives
+//! stops the device (migration v2 `STOP_COPY`), queues the final dirty
+//! pages it already knows, and while the destination reads them reads the
+//! device's state and the tracker a last time and sends the rest (see the
+//! stop path in `source.rs`, `sched.rs` and `lanes.rs`). The destination loads the pages, gives
 //! the state to its device (`RESUMING` → `RUNNING`) and says so: the
 //! downtime is from the source's stop to that resume (the destination's
 //! own stamp of it where both share a clock, `clock.rs`; else the
