@@ -115,6 +115,16 @@ fn next_to(first: u64, len: u64, size: u64, k: u64) -> u64 {
     }
 }
 
+/// Write a zero into each 4 KiB page of `len` bytes at `p` (volatile: a
+/// write of the zero a fresh zeroed allocation already holds must not be
+/// optimized away, as the page fault it takes is the point).
+fn prefault(p: *mut u8, len: usize) {
+    for off in (0..len).step_by(PAGE as usize) {
+        // SAFETY: inside the caller's allocation of `len` bytes.
+        unsafe { p.add(off).write_volatile(0) };
+    }
+}
+
 /// The first page set in a bitmap.
 fn first_page(bm: &[u64]) -> Option<u64> {
     bm.iter()
@@ -307,8 +317,14 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     // downtime: the final bitmap, room for the device's final state and
     // the buffer it is read through.
     let mut fin = vec![0u64; bm.len()];
-    let mut state = Vec::with_capacity(1 << 16);
+    let mut state = vec![0u8; 1 << 16];
     let mut state_buf = vec![0u8; 1 << 16];
+    // Zeroed allocations are mapped lazily: touch each page now, so that
+    // the stop path takes no page fault in them.
+    prefault(fin.as_mut_ptr().cast(), fin.len() * 8);
+    prefault(state.as_mut_ptr(), state.len());
+    prefault(state_buf.as_mut_ptr(), state_buf.len());
+    state.clear();
     let known = count(&bm);
     // Stop and copy, in the order that keeps the destination busy from the
     // first moment: right after the stop, the pages the read before it
