@@ -54,6 +54,14 @@ fn each_tracker_verifies_a_migration() {
         assert_eq!(v["raw_socket_samples_bps"].as_array().unwrap().len(), 3);
         assert_eq!(v["next_raw_samples_bps"].as_array().unwrap().len(), 3);
         assert!(v["next_raw_bps"].as_f64().unwrap() > 0.0);
+        // the bound's rate: real-time copies where the stop path was
+        let bound_samples = v["bound_raw_samples_bps"].as_array().unwrap().len();
+        if v["realtime"] == true {
+            assert_eq!(bound_samples, 3);
+        } else {
+            assert_eq!(bound_samples, 0);
+            assert_eq!(v["bound_raw_bps"], v["raw_socket_bps"]);
+        }
         let parts = v["downtime_parts_s"].as_object().unwrap();
         let sum: f64 = parts.values().map(|p| p.as_f64().unwrap()).sum();
         let down = v["downtime_s"].as_f64().unwrap();
@@ -69,6 +77,31 @@ fn each_tracker_verifies_a_migration() {
             v["downtime_s"].as_f64().unwrap() * 1e3
         );
     }
+}
+
+#[test]
+fn one_connection_and_normal_scheduling_verify_too() {
+    let out = bin()
+        .args([
+            "migrate",
+            "--size",
+            "16M",
+            "--json",
+            "-q",
+            "--lanes",
+            "1",
+            "--no-realtime",
+        ])
+        .output()
+        .expect("run uiommufd migrate");
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+    assert_eq!(v["ok"], true, "{v}");
+    assert_eq!(v["realtime"], false);
 }
 
 #[test]

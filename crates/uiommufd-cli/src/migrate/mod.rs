@@ -7,8 +7,10 @@
 //! iommufd HWPT with dirty tracking, `type1`: a VFIO container's dirty
 //! pages, `dma-logging`: the device's own DMA log), send what was written —
 //! until the dirty set fits the downtime budget or `--max-rounds`; then it
-//! stops the device (migration v2 `STOP_COPY`), reads its state, sends the
-//! final dirty pages and the state. The destination loads the pages, gives
+//! stops the device (migration v2 `STOP_COPY`), queues the final dirty
+//! pages it already knows, and while the destination reads them reads the
+//! device's state and the tracker a last time and sends the rest (see the
+//! stop path in `source.rs`, `sched.rs` and `lanes.rs`). The destination loads the pages, gives
 //! the state to its device (`RESUMING` → `RUNNING`) and says so: the
 //! downtime is from the source's stop to that resume (the destination's
 //! own stamp of it where both share a clock, `clock.rs`; else the
@@ -33,8 +35,10 @@
 mod clock;
 mod dest;
 mod floor;
+mod lanes;
 mod records;
 mod report;
+mod sched;
 mod source;
 mod vm;
 mod wire;
@@ -96,6 +100,16 @@ pub struct Opts {
     /// (to compare the two).
     #[arg(long, global = true)]
     pub plain_copy: bool,
+    /// Never run the stop path (nor the raw copies it is compared with)
+    /// under `SCHED_FIFO`; by default both do where the process may
+    /// (`sched.rs`).
+    #[arg(long, global = true)]
+    pub no_realtime: bool,
+    /// Connections the pages go over (1 or 2; a second one only on a Unix
+    /// socket, where both sides run the stop path real-time, see
+    /// `lanes.rs`).
+    #[arg(long, global = true, default_value_t = 2, value_parser = clap::value_parser!(u32).range(1..=2))]
+    pub lanes: u32,
 }
 
 /// `uiommufd migrate` arguments.
@@ -129,16 +143,63 @@ fn parse_size(s: &str) -> Result<u64, String> {
     Ok(v)
 }
 
-/// Any connected stream socket, with the kernel's default buffer sizes:
-/// larger ones (up to 4 MiB) let the source hand a whole final round to
-/// the socket before the destination has read it, so that the source's
-/// measure of that round's copy time would leave the receiving out.
+/// The send buffer the source's Unix socket asks for where it may
+/// (`Sock::grow_send_buffer`): room for a final round of ~60 MiB.
+const SEND_BUFFER: libc::c_int = 64 << 20;
+
+/// Any connected stream socket. The source's Unix socket gets a larger
+/// send buffer ([`Sock::grow_send_buffer`]); everything else keeps the
+/// kernel's defaults.
+#[derive(Debug)]
 pub(crate) enum Sock {
     Unix(std::os::unix::net::UnixStream),
     Tcp(std::net::TcpStream),
 }
 
 impl Sock {
+    /// A send buffer that holds a whole stop-and-copy round, on a Unix
+    /// socket: its pages, spliced, then go into the socket at once (see
+    /// the stop path in `source.rs`), and the source never waits for the
+    /// destination to make room — each such wait was a sleep and a wake-up
+    /// on both sides, inside the downtime. [`SEND_BUFFER`] where the
+    /// process may exceed `net.core.wmem_max` (`SO_SNDBUFFORCE`,
+    /// `CAP_NET_ADMIN`), else the largest `SO_SNDBUF` it may ask for
+    /// (`wmem_max`, which the kernel doubles: 8 MiB by default). Spliced
+    /// pages are referenced, not copied, so the buffer costs no memory of
+    /// its own. Round times do not depend on it: every round's copy time
+    /// runs to the destination's reading of it, not to the source's last
+    /// write. TCP keeps the kernel's autotuning (a fixed `SO_SNDBUF` turns
+    /// it off).
+    fn grow_send_buffer(&self) {
+        let Sock::Unix(s) = self else {
+            return;
+        };
+        let fd = std::os::fd::AsRawFd::as_raw_fd(s);
+        let set = |opt: libc::c_int, v: libc::c_int| {
+            // SAFETY: an int option on our own socket; a refusal keeps
+            // the size it had.
+            let r = unsafe {
+                libc::setsockopt(
+                    fd,
+                    libc::SOL_SOCKET,
+                    opt,
+                    (&v as *const libc::c_int).cast(),
+                    std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+                )
+            };
+            r == 0
+        };
+        if set(libc::SO_SNDBUFFORCE, SEND_BUFFER / 2) {
+            return;
+        }
+        let max = std::fs::read_to_string("/proc/sys/net/core/wmem_max")
+            .ok()
+            .and_then(|v| v.trim().parse::<libc::c_int>().ok())
+            .unwrap_or(4 << 20)
+            .clamp(1 << 20, SEND_BUFFER / 2);
+        set(libc::SO_SNDBUF, max);
+    }
+
     /// Fail any read or write that waits longer than `t` (a peer that
     /// hangs is a peer gone): `$UIOMMUFD_MIGRATE_TIMEOUT_S`, default 60 s.
     fn set_timeouts(&self) {
@@ -236,6 +297,7 @@ pub fn migrate(args: Args) -> Result<(), String> {
                 .arg("--tracker")
                 .arg(args.opts.tracker.name())
                 .arg("-q")
+                .args(args.opts.no_realtime.then_some("--no-realtime"))
                 .arg("listen")
                 .arg("--unix")
                 .arg(&sock)

@@ -58,6 +58,13 @@ pub struct Report {
     pub raw_rate: f64,
     /// Each raw copy measured, bytes per second, in the order taken.
     pub raw_samples: Vec<f64>,
+    /// The rate the downtime bound uses: [`Report::raw_rate`], or where
+    /// the stop path ran real-time the fastest of
+    /// [`Report::bound_samples`], the same copies with both threads
+    /// real-time (`sched.rs`).
+    pub bound_rate: f64,
+    /// The real-time raw copies (empty when the stop path was not).
+    pub bound_samples: Vec<f64>,
     /// A raw copy of the final set's size between the same two processes,
     /// through the migration's socket, milliseconds after the resume: the
     /// fastest of [`Report::next_raw_samples`], bytes per second (0: not
@@ -71,6 +78,9 @@ pub struct Report {
     pub stream: (u64, u64),
     /// The stream continued without a gap or a duplicate.
     pub stream_ok: bool,
+    /// The source's stop path ran under `SCHED_FIFO` (and so did the raw
+    /// copies, `sched.rs`).
+    pub realtime: bool,
 }
 
 fn human(b: f64) -> String {
@@ -107,10 +117,20 @@ impl Report {
     }
 
     /// The downtime bound: [`Report::stop_bytes`] at the raw socket rate
-    /// measured in this run (the fastest of its samples, `floor.rs`: the
+    /// measured in this run under the stop path's scheduling
+    /// ([`Report::bound_rate`]: the fastest of its samples, `floor.rs`, the
     /// strictest bound they give), plus 10 %.
     pub fn downtime_bound(&self) -> Duration {
-        Duration::from_secs_f64(self.stop_bytes() as f64 / self.raw_rate.max(1.0) * 1.1)
+        Duration::from_secs_f64(self.stop_bytes() as f64 / self.bound_rate().max(1.0) * 1.1)
+    }
+
+    /// [`Report::bound_rate`], or [`Report::raw_rate`] where it is unset.
+    fn bound_rate(&self) -> f64 {
+        if self.bound_rate > 0.0 {
+            self.bound_rate
+        } else {
+            self.raw_rate
+        }
     }
 
     /// The downtime over the time [`Report::stop_bytes`] took in the raw
@@ -207,6 +227,16 @@ impl Report {
                 self.next_ratio()
             );
         }
+        if self.realtime {
+            let _ = writeln!(
+                s,
+                "    (stop path SCHED_FIFO; the bound's rate: raw copies with both threads SCHED_FIFO, {}/s, fastest of {})",
+                human(self.bound_rate()),
+                self.bound_samples.len()
+            );
+        } else {
+            let _ = writeln!(s, "    (stop path at normal priority)");
+        }
         let _ = writeln!(
             s,
             "  throughput {}/s, raw socket copy {}/s in this run (fastest of {}): {:.2}x",
@@ -258,6 +288,9 @@ impl Report {
             "next_raw_bps": self.next_raw_rate,
             "next_raw_samples_bps": self.next_raw_samples,
             "downtime_next_ratio": self.next_ratio(),
+            "realtime": self.realtime,
+            "bound_raw_bps": self.bound_rate(),
+            "bound_raw_samples_bps": self.bound_samples,
             "bitmap_share": self.bitmap_share(),
             "memory_ok": self.memory_ok,
             "stream_last_before": self.stream.0,

@@ -4,11 +4,12 @@ use std::time::{Duration, Instant};
 
 use uiommufd::vfio::migration::MigState;
 
+use super::lanes::LaneTx;
 use super::records::{self, RECORD, TRAFFIC_SEQ};
 use super::report::{Progress, Report, Round};
 use super::vm::{Vm, PAGE};
 use super::wire::{self, Tag, Wire};
-use super::{clock, floor, Opts, Sock};
+use super::{clock, floor, sched, Opts, Sock};
 
 type R<T> = Result<T, String>;
 
@@ -21,6 +22,7 @@ fn io(what: &str) -> impl Fn(std::io::Error) -> String + '_ {
 /// sent now.
 fn send_pages(
     w: &mut Wire<Sock>,
+    lane: &mut Option<LaneTx>,
     vm: &Vm,
     bm: Option<&[u64]>,
     round: u32,
@@ -31,16 +33,20 @@ fn send_pages(
     let mut sent = sent0;
     let mut last_shown = 0u64;
     let mut send_run = |w: &mut Wire<Sock>, first: u64, n: u64| -> R<()> {
-        // SAFETY: the run lies inside guest memory, which stays mapped.
-        unsafe {
-            w.send_with(
-                Tag::Pages,
-                first,
-                n,
-                0,
-                vm.mem.add((first * PAGE) as usize),
-                (n * PAGE) as usize,
-            )
+        match lane {
+            // SAFETY: the run lies inside guest memory, which stays mapped.
+            Some(l) => unsafe { l.send_run(w, vm.mem, first, n) },
+            // SAFETY: as above.
+            None => unsafe {
+                w.send_with(
+                    Tag::Pages,
+                    first,
+                    n,
+                    0,
+                    vm.mem.add((first * PAGE) as usize),
+                    (n * PAGE) as usize,
+                )
+            },
         }
         .map_err(io("sending pages"))?;
         sent += n;
@@ -109,6 +115,16 @@ fn next_to(first: u64, len: u64, size: u64, k: u64) -> u64 {
     }
 }
 
+/// Write a zero into each 4 KiB page of `len` bytes at `p` (volatile: a
+/// write of the zero a fresh zeroed allocation already holds must not be
+/// optimized away, as the page fault it takes is the point).
+fn prefault(p: *mut u8, len: usize) {
+    for off in (0..len).step_by(PAGE as usize) {
+        // SAFETY: inside the caller's allocation of `len` bytes.
+        unsafe { p.add(off).write_volatile(0) };
+    }
+}
+
 /// The first page set in a bitmap.
 fn first_page(bm: &[u64]) -> Option<u64> {
     bm.iter()
@@ -134,6 +150,7 @@ fn count(bm: &[u64]) -> u64 {
 /// downtime runs to the destination's resume.
 fn send_round(
     w: &mut Wire<Sock>,
+    lane: &mut Option<LaneTx>,
     vm: &Vm,
     bm: Option<&[u64]>,
     round: u32,
@@ -141,8 +158,19 @@ fn send_round(
 ) -> R<Round> {
     let total = bm.map_or(vm.size / PAGE, count);
     let t = Instant::now();
-    let sent = send_pages(w, vm, bm, round, (0, total, t), progress)?;
-    w.send(Tag::EndRound, u64::from(round), sent, 1)
+    // Round 0 runs at normal priority (sched.rs), where a second reader
+    // would wait for a CPU: one connection, as its floor.
+    // (Its LaneEnd, with 0 pages, still tells the lane the round ended.)
+    let mut none = None;
+    let pages_lane = if round == 0 { &mut none } else { &mut *lane };
+    let sent = send_pages(w, pages_lane, vm, bm, round, (0, total, t), progress)?;
+    let on_lane = match lane {
+        Some(l) => l
+            .end_round(round, false)
+            .map_err(io("ending a round on the page lane"))?,
+        None => 0,
+    };
+    w.send(Tag::EndRound, u64::from(round), sent - on_lane, 1)
         .map_err(io("ending a round"))?;
     let h = w
         .expect(Tag::Received)
@@ -195,6 +223,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     );
     let vm = Vm::new(o.size, o.tracker, &spec, true)?;
     let progress = Progress::new(o.quiet);
+    sock.grow_send_buffer();
     let mut w = Wire::new(sock);
     if !o.plain_copy {
         w.zero_copy();
@@ -207,13 +236,35 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         .expect(Tag::Ready)
         .map_err(io("waiting for the destination to set up"))?;
     let hosts = (clock::host_id(), ready.a);
+    // The stop path runs real-time where it may, and the raw copies it is
+    // compared with then do too (sched.rs).
+    let rt_wanted = !o.no_realtime;
+    // A second page lane where the destination offers one and this side
+    // runs real-time too (lanes.rs).
+    let mut lane = if ready.b >= 1
+        && o.lanes >= 2
+        && matches!(w.sock(), Sock::Unix(_))
+        && sched::Rt::allowed(rt_wanted)
+    {
+        Some(LaneTx::open(&mut w, !o.plain_copy)?)
+    } else {
+        None
+    };
     // The raw copy's first sample, right before round 0 and with the
     // destination idle (taken before the greeting, as it once was, it
     // competed with the destination's start and set-up). floor.rs: the
     // others follow the verification, the fastest counts.
     let raw_len = o.size.min(floor::SAMPLE_BYTES) as usize;
     // SAFETY: guest memory, mapped for the Vm's life.
-    let mut raw_samples = vec![unsafe { floor::raw_socket_rate(vm.mem, raw_len) }];
+    let mut raw_samples = vec![unsafe { floor::raw_socket_rate(vm.mem, raw_len, false) }];
+    // The bound's samples, real-time as the stop path, where it runs so
+    // (else the samples above serve both).
+    let rt_floor = sched::Rt::allowed(rt_wanted);
+    let mut bound_samples = Vec::new();
+    if rt_floor {
+        // SAFETY: as above.
+        bound_samples.push(unsafe { floor::raw_socket_rate(vm.mem, raw_len, true) });
+    }
     vm.start_tracking()?;
     // Device pre-copy: its data fd is opened now and its snapshot sent
     // with round 0; at the stop only the final record follows on it.
@@ -230,10 +281,15 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         page_size: PAGE,
         ..Default::default()
     };
-    let r0 = send_round(&mut w, &vm, None, 0, &progress)?;
+    let r0 = send_round(&mut w, &mut lane, &vm, None, 0, &progress)?;
     progress.finish(&r0);
     let mut rate = r0.rate();
     rep.rounds.push(r0);
+    // From the end of round 0 to the destination's answer (the bitmap
+    // reads, the small rounds and the stop path), real-time where allowed,
+    // as the destination's readers (sched.rs).
+    let rt = sched::Rt::enter(rt_wanted);
+    rep.realtime = rt.on();
     let npages = o.size / PAGE;
     let mut bm = vec![0u64; npages.div_ceil(64) as usize];
     let budget = Duration::from_secs_f64(o.downtime_ms.max(0.0) / 1e3);
@@ -247,7 +303,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         if est <= budget || round >= o.max_rounds {
             break bitmap;
         }
-        let mut r = send_round(&mut w, &vm, Some(&bm), round, &progress)?;
+        let mut r = send_round(&mut w, &mut lane, &vm, Some(&bm), round, &progress)?;
         r.bitmap = bitmap;
         progress.finish(&r);
         if r.bytes > 0 {
@@ -257,50 +313,61 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         round += 1;
     };
 
-    // The final bitmap's buffer is made before the stop, not in the downtime.
+    // Everything the stop path needs is made before the stop, not in the
+    // downtime: the final bitmap, room for the device's final state and
+    // the buffer it is read through.
     let mut fin = vec![0u64; bm.len()];
-    // Stop and copy. The device state goes first, so that the destination
-    // loads it into its device while the last pages are still on the way.
+    let mut state = vec![0u8; 1 << 16];
+    let mut state_buf = vec![0u8; 1 << 16];
+    // Zeroed allocations are mapped lazily: touch each page now, so that
+    // the stop path takes no page fault in them.
+    prefault(fin.as_mut_ptr().cast(), fin.len() * 8);
+    prefault(state.as_mut_ptr(), state.len());
+    prefault(state_buf.as_mut_ptr(), state_buf.len());
+    state.clear();
+    let known = count(&bm);
+    // Stop and copy, in the order that keeps the destination busy from the
+    // first moment: right after the stop, the pages the read before it
+    // found (`bm`, nearly all of the final set) go into the socket, whose
+    // send buffer holds them all (`Sock::grow_send_buffer`): zero-copy,
+    // that takes a fraction of the time the destination needs to read
+    // them. While it reads, the source reads the device's final state and
+    // the tracker a last time, and sends the pages only that read found,
+    // the state and `Finish` behind them. So the device's stop, its state
+    // and the last bitmap cost no downtime of their own; the destination
+    // writes the state into its resuming fd when it reaches it.
     //
-    // The final round reads the tracker a last time first, then sends the
-    // pages the read before the stop found (`bm`, nearly all of the final
-    // set) and after them those only the last read found. Both reads chose
-    // this round's pages: both count as its bitmap cost. (Sending `bm`
-    // first and reading while the socket carried it was tried: the read,
-    // competing with the transfer, took 2-3x as long, which raised the
-    // round's bitmap share by 1-2.5 points, and won no downtime we could
-    // measure.)
+    // (With the default buffer this order won nothing: the source blocked
+    // in the send while the destination read, and the bitmap read then
+    // competed with the transfer and took 2-3x as long.)
     let t_stop = clock::now_ns();
     vm.stop_copy()?;
     let restart = Restart(Some(&vm));
-    let state = vm.read_data(data_fd)?;
-    w.send(Tag::Device, state.len() as u64, 0, 0)
-        .map_err(io("sending the device state"))?;
-    w.send_bytes(&state)
-        .map_err(io("sending the device state"))?;
-    let t_saved = clock::now_ns();
-    let last_seq = vm.bar0_read64(TRAFFIC_SEQ)?;
-    let t = Instant::now();
-    vm.sync_dirty(&mut fin)?;
-    let fin_read = t.elapsed();
-    let t_synced = clock::now_ns();
-    for (f, b) in fin.iter_mut().zip(&bm) {
-        *f &= !*b;
-    }
-    let known = count(&bm);
-    let t_pages = clock::now_ns();
+    let t_stopped = clock::now_ns();
     let t_pages_i = Instant::now();
     let early_pages = send_pages(
         &mut w,
+        &mut lane,
         &vm,
         Some(&bm),
         round,
         (0, known, t_pages_i),
         &progress,
     )?;
+    let t_queued = clock::now_ns();
+    vm.read_data_into(data_fd, &mut state, &mut state_buf)?;
+    let last_seq = vm.bar0_read64(TRAFFIC_SEQ)?;
+    let t = Instant::now();
+    vm.sync_dirty(&mut fin)?;
+    let fin_read = t.elapsed();
+    for (f, b) in fin.iter_mut().zip(&bm) {
+        *f &= !*b;
+    }
+    let t_synced = clock::now_ns();
     let late = count(&fin);
     let late_pages = send_pages(
         &mut w,
+        &mut lane,
         &vm,
         Some(&fin),
         round,
@@ -308,7 +375,17 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         &progress,
     )?;
     let pages = early_pages + late_pages;
-    w.send(Tag::EndRound, u64::from(round), pages, 0)
+    let on_lane = match &mut lane {
+        Some(l) => l
+            .end_round(round, true)
+            .map_err(io("ending the final round on the page lane"))?,
+        None => 0,
+    };
+    w.send(Tag::Device, state.len() as u64, 0, 0)
+        .map_err(io("sending the device state"))?;
+    w.send_bytes(&state)
+        .map_err(io("sending the device state"))?;
+    w.send(Tag::EndRound, u64::from(round), pages - on_lane, 0)
         .map_err(io("ending the final round"))?;
     w.send(Tag::Finish, 0, last_seq, pages)
         .map_err(io("finishing"))?;
@@ -317,20 +394,23 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         .expect(Tag::Resumed)
         .map_err(io("waiting for the destination to resume"))?;
     let t_answer = clock::now_ns();
+    drop(rt);
     // The destination's stamps where they are on our clock (clock.rs),
     // else what we saw: its answer, our last write.
     let t_resumed =
         clock::on_our_clock(hosts.0, hosts.1, h.a, t_stop, t_answer).unwrap_or(t_answer);
-    let t_read = clock::on_our_clock(hosts.0, hosts.1, h.b, t_pages, t_answer).unwrap_or(t_sent);
+    let t_read = clock::on_our_clock(hosts.0, hosts.1, h.b, t_stopped, t_answer).unwrap_or(t_sent);
     // The session ends (STOP_COPY → STOP) once it cost no downtime.
     vm.mig_set(MigState::Stop)?;
     rep.downtime = Duration::from_nanos(t_resumed.saturating_sub(t_stop));
     rep.downtime_parts = clock::parts(
         t_stop,
         &[
-            ("stop + device state", t_saved),
-            ("final bitmap", t_synced),
-            ("final pages", t_sent),
+            ("device stop", t_stopped),
+            ("final pages queued", t_queued),
+            ("device state + final bitmap", t_synced),
+            ("last pages + state sent", t_sent),
+            ("destination reads the rest", t_read),
             ("destination resume", t_resumed),
         ],
     );
@@ -341,7 +421,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         round,
         pages,
         bytes: pages * PAGE,
-        copy: Duration::from_nanos(t_read.saturating_sub(t_pages)),
+        copy: Duration::from_nanos(t_read.saturating_sub(t_stopped)),
         bitmap: bitmap + fin_read,
         stopped: true,
     };
@@ -364,6 +444,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     w.send(Tag::RawPrep, fin_len, 0, 0)
         .map_err(io("raw copy"))?;
     w.expect(Tag::RawReady).map_err(io("raw copy"))?;
+    let rt = sched::Rt::enter(rt_wanted);
     for k in 0..floor::SAMPLES {
         let fin_off = next_to(fin_first, fin_len, o.size, k as u64);
         let t0 = clock::now_ns();
@@ -377,6 +458,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         rep.next_raw_samples
             .push(fin_len as f64 / ((t1 - t0) as f64 / 1e9).max(1e-9));
     }
+    drop(rt);
     rep.next_raw_rate = floor::best(&rep.next_raw_samples);
     w.send(Tag::Go, 0, 0, 0)
         .map_err(io("letting the destination verify"))?;
@@ -410,10 +492,20 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     w.wait_closed(Duration::from_secs(5));
     for _ in 1..floor::SAMPLES {
         // SAFETY: guest memory, mapped for the Vm's life.
-        raw_samples.push(unsafe { floor::raw_socket_rate(vm.mem, raw_len) });
+        raw_samples.push(unsafe { floor::raw_socket_rate(vm.mem, raw_len, false) });
+        if rt_floor {
+            // SAFETY: as above.
+            bound_samples.push(unsafe { floor::raw_socket_rate(vm.mem, raw_len, true) });
+        }
     }
     rep.raw_rate = floor::best(&raw_samples);
     rep.raw_samples = raw_samples;
+    rep.bound_rate = if rt_floor {
+        floor::best(&bound_samples)
+    } else {
+        rep.raw_rate
+    };
+    rep.bound_samples = bound_samples;
     rep.total = start.elapsed();
     Ok(rep)
 }

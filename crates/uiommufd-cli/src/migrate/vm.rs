@@ -501,12 +501,19 @@ impl Vm {
     /// pre-copy (`ENOMSG`), to its end after the stop.
     pub fn read_data(&self, fd: i32) -> R<Vec<u8>> {
         let mut out = Vec::new();
-        let mut buf = vec![0u8; 1 << 16];
+        self.read_data_into(fd, &mut out, &mut vec![0u8; 1 << 16])?;
+        Ok(out)
+    }
+
+    /// [`Vm::read_data`] appending to `out` through `buf`, both made by
+    /// the caller: with room made beforehand, no allocation (the stop path
+    /// reads the device's final state this way, with the device stopped).
+    pub fn read_data_into(&self, fd: i32, out: &mut Vec<u8>, buf: &mut [u8]) -> R<()> {
         loop {
-            match files::read(fd, &mut buf) {
-                Some(Ok(0)) => return Ok(out),
+            match files::read(fd, buf) {
+                Some(Ok(0)) => return Ok(()),
                 Some(Ok(n)) => out.extend_from_slice(&buf[..n]),
-                Some(Err(e)) if e.errno().0 == libc::ENOMSG => return Ok(out),
+                Some(Err(e)) if e.errno().0 == libc::ENOMSG => return Ok(()),
                 Some(Err(e)) => return Err(err("reading the device's migration data", e)),
                 None => return Err("the data fd vanished".to_string()),
             }

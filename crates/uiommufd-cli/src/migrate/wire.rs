@@ -21,7 +21,7 @@
 //! integers little-endian.
 
 use std::io;
-use std::os::fd::{AsRawFd, RawFd};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 
 /// Stream magic, in `Hello`.
 pub const MAGIC: u64 = u64::from_le_bytes(*b"UIOMIGR1");
@@ -34,7 +34,8 @@ pub enum Tag {
     Hello = 1,
     /// A run of pages: a = first page, b = number of pages; payload = the pages.
     Pages = 2,
-    /// End of a round: a = round number, b = pages sent in it, c = 1 when
+    /// End of a round: a = round number, b = pages sent in it on this
+    /// connection (a page lane's are in its `LaneEnd`), c = 1 when
     /// the source waits for [`Tag::Received`] (pre-copy rounds), 0 not
     /// (the stop-and-copy round, which `Finish` follows at once).
     EndRound = 3,
@@ -53,10 +54,12 @@ pub enum Tag {
     Resumed = 7,
     /// The destination's machine is set up (its memory mapped and
     /// populated): the transfer may start. a = its host id (`clock.rs`:
-    /// equal ids share `CLOCK_MONOTONIC`; 0 unknown).
+    /// equal ids share `CLOCK_MONOTONIC`; 0 unknown), b = 1 when it takes a
+    /// page lane (`Tag::Lane`) as the next message, else 0.
     Ready = 8,
-    /// The destination has read a pre-copy round up to its `EndRound`:
-    /// a = round number, b = its pages.
+    /// The destination has read a pre-copy round up to its `EndRound`
+    /// (and the lane's part up to its `LaneEnd`): a = round number, b = its
+    /// pages on all connections.
     Received = 9,
     /// The destination has stopped its device after letting it run a
     /// little (for the verification) and waits for [`Tag::Go`]: the
@@ -76,6 +79,14 @@ pub enum Tag {
     /// The raw copy has been read: a = when, on the destination's
     /// `CLOCK_MONOTONIC` in nanoseconds.
     RawDone = 15,
+    /// On the main connection, with a second connected Unix socket
+    /// attached (`SCM_RIGHTS`): a page lane (see `lanes.rs`). Sent only to
+    /// a destination whose `Ready` offered lanes. a = 0.
+    Lane = 16,
+    /// On a lane: the lane's part of a round is complete. a = round
+    /// number, b = pages the lane carried in it, c = 1 for a pre-copy
+    /// round, 0 for the final one (the lane's last message).
+    LaneEnd = 17,
 }
 
 impl Tag {
@@ -96,6 +107,8 @@ impl Tag {
             13 => Tag::RawReady,
             14 => Tag::Raw,
             15 => Tag::RawDone,
+            16 => Tag::Lane,
+            17 => Tag::LaneEnd,
             _ => return None,
         })
     }
@@ -112,6 +125,27 @@ pub struct Header {
     pub b: u64,
     /// Third field.
     pub c: u64,
+}
+
+fn encode(tag: Tag, a: u64, b: u64, c: u64) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    h[0..4].copy_from_slice(&(tag as u32).to_le_bytes());
+    h[8..16].copy_from_slice(&a.to_le_bytes());
+    h[16..24].copy_from_slice(&b.to_le_bytes());
+    h[24..32].copy_from_slice(&c.to_le_bytes());
+    h
+}
+
+fn decode(h: &[u8; 32]) -> io::Result<Header> {
+    let t = u32::from_le_bytes(h[0..4].try_into().unwrap());
+    let tag = Tag::from_u32(t).ok_or_else(|| bad(format!("unknown message tag {t}")))?;
+    let f = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap());
+    Ok(Header {
+        tag,
+        a: f(8),
+        b: f(16),
+        c: f(24),
+    })
 }
 
 fn bad(msg: String) -> io::Error {
@@ -335,11 +369,7 @@ impl<S: AsRawFd> Wire<S> {
 
     /// Send a header.
     pub fn send(&mut self, tag: Tag, a: u64, b: u64, c: u64) -> io::Result<()> {
-        let mut h = [0u8; 32];
-        h[0..4].copy_from_slice(&(tag as u32).to_le_bytes());
-        h[8..16].copy_from_slice(&a.to_le_bytes());
-        h[16..24].copy_from_slice(&b.to_le_bytes());
-        h[24..32].copy_from_slice(&c.to_le_bytes());
+        let h = encode(tag, a, b, c);
         // SAFETY: `h` is a local buffer.
         unsafe { write_raw(self.sock.as_raw_fd(), h.as_ptr(), h.len()) }?;
         self.sent += 32;
@@ -367,11 +397,7 @@ impl<S: AsRawFd> Wire<S> {
             self.sent += len as u64;
             return Ok(());
         }
-        let mut h = [0u8; 32];
-        h[0..4].copy_from_slice(&(tag as u32).to_le_bytes());
-        h[8..16].copy_from_slice(&a.to_le_bytes());
-        h[16..24].copy_from_slice(&b.to_le_bytes());
-        h[24..32].copy_from_slice(&c.to_le_bytes());
+        let mut h = encode(tag, a, b, c);
         let total = 32 + len;
         let mut done = 0usize;
         while done < total {
@@ -444,15 +470,124 @@ impl<S: AsRawFd> Wire<S> {
         // SAFETY: a local buffer.
         unsafe { read_raw(self.sock.as_raw_fd(), h.as_mut_ptr(), h.len()) }?;
         self.received += 32;
-        let t = u32::from_le_bytes(h[0..4].try_into().unwrap());
-        let tag = Tag::from_u32(t).ok_or_else(|| bad(format!("unknown message tag {t}")))?;
-        let f = |i: usize| u64::from_le_bytes(h[i..i + 8].try_into().unwrap());
-        Ok(Header {
-            tag,
-            a: f(8),
-            b: f(16),
-            c: f(24),
-        })
+        decode(&h)
+    }
+
+    /// Send a header with the file descriptor `fd` attached (`SCM_RIGHTS`:
+    /// a Unix socket only; the peer must take it with [`Wire::recv_fd`]).
+    pub fn send_fd(&mut self, tag: Tag, a: u64, b: u64, c: u64, fd: RawFd) -> io::Result<()> {
+        let mut h = encode(tag, a, b, c);
+        let mut iov = libc::iovec {
+            iov_base: h.as_mut_ptr().cast(),
+            iov_len: h.len(),
+        };
+        // u64 words: aligned for a cmsghdr.
+        let mut cbuf = [0u64; 4];
+        // SAFETY: a pure size computation.
+        let space = unsafe { libc::CMSG_SPACE(std::mem::size_of::<RawFd>() as u32) } as usize;
+        // SAFETY: an all-zero msghdr is a valid empty one.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = space as _;
+        // SAFETY: `msg` points at `cbuf`, which has room for one cmsghdr
+        // with one fd (`space` <= 32 bytes).
+        unsafe {
+            let cm = libc::CMSG_FIRSTHDR(&msg);
+            (*cm).cmsg_level = libc::SOL_SOCKET;
+            (*cm).cmsg_type = libc::SCM_RIGHTS;
+            (*cm).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
+            libc::CMSG_DATA(cm).cast::<RawFd>().write_unaligned(fd);
+        }
+        let r = loop {
+            // SAFETY: `msg` describes `h` and the control buffer above.
+            let r = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
+            if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break r;
+        };
+        if r < 0 {
+            return Err(timed_out(io::Error::last_os_error()));
+        }
+        let sent = r as usize;
+        if sent < h.len() {
+            // the fd went with the first byte; the rest plainly
+            // SAFETY: the rest of the local header.
+            unsafe { write_raw(self.sock.as_raw_fd(), h[sent..].as_ptr(), h.len() - sent) }?;
+        }
+        self.sent += 32;
+        Ok(())
+    }
+
+    /// Receive a header and the file descriptor attached to it, if any
+    /// (`SCM_RIGHTS`; any other control message is refused).
+    pub fn recv_fd(&mut self) -> io::Result<(Header, Option<OwnedFd>)> {
+        let mut h = [0u8; 32];
+        let mut iov = libc::iovec {
+            iov_base: h.as_mut_ptr().cast(),
+            iov_len: h.len(),
+        };
+        let mut cbuf = [0u64; 8];
+        // SAFETY: an all-zero msghdr is a valid empty one.
+        let mut msg: libc::msghdr = unsafe { std::mem::zeroed() };
+        msg.msg_iov = &mut iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = cbuf.as_mut_ptr().cast();
+        msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
+        let r = loop {
+            // SAFETY: `msg` describes `h` and `cbuf`, both live locals.
+            let r =
+                unsafe { libc::recvmsg(self.sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
+            if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
+                continue;
+            }
+            break r;
+        };
+        if r < 0 {
+            return Err(timed_out(io::Error::last_os_error()));
+        }
+        if r == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::UnexpectedEof,
+                "the peer closed the migration stream",
+            ));
+        }
+        let mut fds = Vec::new();
+        // SAFETY: the kernel filled `cbuf` and set `msg_controllen`; the
+        // CMSG macros walk only inside it.
+        unsafe {
+            let mut cm = libc::CMSG_FIRSTHDR(&msg);
+            while !cm.is_null() {
+                if (*cm).cmsg_level == libc::SOL_SOCKET && (*cm).cmsg_type == libc::SCM_RIGHTS {
+                    let n = ((*cm).cmsg_len as usize - libc::CMSG_LEN(0) as usize)
+                        / std::mem::size_of::<RawFd>();
+                    let p = libc::CMSG_DATA(cm).cast::<RawFd>();
+                    for i in 0..n {
+                        fds.push(OwnedFd::from_raw_fd(p.add(i).read_unaligned()));
+                    }
+                }
+                cm = libc::CMSG_NXTHDR(&msg, cm);
+            }
+        }
+        if msg.msg_flags & libc::MSG_CTRUNC != 0 || fds.len() > 1 {
+            return Err(bad(
+                "unexpected file descriptors in the migration stream".into()
+            ));
+        }
+        let got = r as usize;
+        if got < h.len() {
+            // SAFETY: the rest of the local header.
+            unsafe { read_raw(self.sock.as_raw_fd(), h[got..].as_mut_ptr(), h.len() - got) }?;
+        }
+        self.received += 32;
+        Ok((decode(&h)?, fds.pop()))
+    }
+
+    /// The socket.
+    pub fn sock(&self) -> &S {
+        &self.sock
     }
 
     /// Receive a header that must be `tag`.
@@ -538,6 +673,7 @@ pub unsafe fn digest(ptr: *const u8, len: usize) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::io::{Read, Write};
     use std::os::unix::net::UnixStream;
 
     #[test]
@@ -559,6 +695,29 @@ mod tests {
         assert!(r.recv_vec(h.a, 100).is_err());
         t.join().unwrap();
         assert!(r.recv().is_err());
+    }
+
+    #[test]
+    fn a_header_carries_a_file_descriptor_and_a_plain_one_none() {
+        let (a, b) = UnixStream::pair().unwrap();
+        let mut w = Wire::new(a);
+        let mut r = Wire::new(b);
+        let (x, mut y) = UnixStream::pair().unwrap();
+        w.send_fd(Tag::Lane, 1, 2, 3, x.as_raw_fd()).unwrap();
+        w.send(Tag::Ready, 4, 5, 6).unwrap();
+        let (h, fd) = r.recv_fd().unwrap();
+        assert_eq!((h.tag, h.a, h.b, h.c), (Tag::Lane, 1, 2, 3));
+        // the descriptor received is the same socket
+        let mut got = UnixStream::from(fd.unwrap());
+        got.write_all(b"hi").unwrap();
+        let mut buf = [0u8; 2];
+        y.read_exact(&mut buf).unwrap();
+        assert_eq!(&buf, b"hi");
+        let (h, fd) = r.recv_fd().unwrap();
+        assert_eq!((h.tag, h.a), (Tag::Ready, 4));
+        assert!(fd.is_none());
+        drop(w);
+        assert!(r.recv_fd().is_err());
     }
 
     #[test]
