@@ -557,10 +557,59 @@ pub(crate) fn ioctl(rc: &RemoteCtx, cmd: u32, arg: u64) -> Result<c_int, c_int> 
     if v < 0 {
         return Err((-v) as c_int);
     }
-    if let (Some(FdField::Out(off)), Some(f)) = (field, passed) {
-        install(&rc.conn, f, r.b as c_int, r.c != 0, arg.wrapping_add(off))?;
+    if let Some(FdField::Out(off)) = field {
+        let owner_fd = r.b as c_int;
+        let installed = match passed {
+            Some(f) => install(&rc.conn, f, owner_fd, r.c != 0, arg.wrapping_add(off)),
+            None => {
+                // the kernel could not give us the passed fd (no free
+                // number): the owner's copy goes
+                let m = Msg {
+                    op: OP_ENGINE_CLOSE,
+                    a: owner_fd as u64,
+                    ..Msg::default()
+                };
+                let _ = rc.conn.call(&m, false);
+                Err(libc::EMFILE)
+            }
+        };
+        if let Err(e) = installed {
+            // as the kernel, which takes the fd number before it finishes
+            // the object: a command that cannot give its fd leaves nothing
+            undo_made(rc, cmd, arg);
+            return Err(e);
+        }
     }
     Ok(v as c_int)
+}
+
+/// The object a command made whose fd could not be installed here goes
+/// again: `IOMMU_DESTROY` of the ID in its out field (an access has none:
+/// its fd was its last reference, released by [`install`]).
+fn undo_made(rc: &RemoteCtx, cmd: u32, arg: u64) {
+    use uiommufd::uapi::*;
+    use uiommufd::user::SelfMemory;
+    // struct iommu_fault_alloc's out_fault_id, iommu_veventq_alloc's
+    // out_veventq_id
+    let at = match cmd {
+        IOMMU_FAULT_QUEUE_ALLOC => 8,
+        IOMMU_VEVENTQ_ALLOC => 20,
+        _ => return,
+    };
+    let mut b = [0u8; 4];
+    if SelfMemory.read(arg.wrapping_add(at), &mut b).is_err() {
+        return;
+    }
+    let d = IommuDestroy {
+        size: std::mem::size_of::<IommuDestroy>() as u32,
+        id: u32::from_ne_bytes(b),
+    };
+    if let Err(e) = ioctl(rc, IOMMU_DESTROY, &d as *const IommuDestroy as u64) {
+        tracing::debug!(
+            errno = e,
+            "cannot destroy an object whose fd was not installed"
+        );
+    }
 }
 
 /// Make `hidden`, an engine fd the owner made for our command and passed
@@ -586,8 +635,7 @@ fn install(
     // SAFETY: fcntl duplicating our fd; raw: `fcntl` is hooked.
     let fd = unsafe { libc::syscall(libc::SYS_fcntl, hidden.as_raw_fd(), how, 0) } as c_int;
     if fd < 0 {
-        // the owner's copy goes with the connection's end or the program's
-        // next close of nothing: tell it now
+        // nothing here will ever close the owner's copy: let it go now
         let e = crate::path::errno();
         let m = Msg {
             op: OP_ENGINE_CLOSE,

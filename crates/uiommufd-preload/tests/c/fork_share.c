@@ -29,6 +29,7 @@
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/mman.h>
+#include <sys/resource.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -326,6 +327,26 @@ static void engine_fds_made_by_a_child(void)
 		struct iommu_hwpt_page_response resp = { .cookie = f[0].cookie, .code = 0 };
 		C(write(ffd, &resp, sizeof(resp)) == sizeof(resp));
 		C(poll(&pf, 1, 0) == 0);
+		/* no free fd number here: the fault queue the owner made goes
+		 * again (its ID is the next one's), as the kernel's never is */
+		{
+			struct rlimit old, low;
+			int lowest = dup(0);
+			close(lowest);
+			C(getrlimit(RLIMIT_NOFILE, &old) == 0);
+			low = old;
+			low.rlim_cur = lowest;
+			C(setrlimit(RLIMIT_NOFILE, &low) == 0);
+			struct iommu_fault_alloc f2 = { .size = sizeof(f2) };
+			errno = 0;
+			C(ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &f2) == -1 && errno == EMFILE);
+			uint32_t gone = f2.out_fault_id;
+			C(setrlimit(RLIMIT_NOFILE, &old) == 0);
+			struct iommu_fault_alloc f3 = { .size = sizeof(f3) };
+			C(ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &f3) == 0 && f3.out_fault_id == gone);
+			close(f3.out_fault_fd);
+			C(uapi_destroy(fd, f3.out_fault_id) == 0);
+		}
 		/* closing the access fd destroys the access in the owner: the
 		 * IOAS it was on can go (EBUSY before) */
 		errno = 0;
