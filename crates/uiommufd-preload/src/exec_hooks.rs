@@ -21,12 +21,6 @@ use std::ffi::{c_char, c_int};
 use crate::path::{errno, set_errno};
 use crate::{real, remote, sync, table};
 
-/// The raw pid of the caller (a `vfork` child's own).
-fn raw_pid() -> i32 {
-    // SAFETY: getpid takes no argument and cannot fail.
-    unsafe { libc::syscall(libc::SYS_getpid) as i32 }
-}
-
 /// Hold the inherited contexts for the image `pid` (`None`: a child still
 /// to be made), when this process has any emulated fd.
 fn prepare(pid: Option<i32>) -> Vec<remote::Kept> {
@@ -56,7 +50,7 @@ fn failed(kept: Vec<remote::Kept>) {
 
 /// An `exec` family call: `call` only returns when it failed.
 fn exec_with(call: impl FnOnce() -> Option<c_int>) -> c_int {
-    let kept = prepare(Some(raw_pid()));
+    let kept = prepare(Some(sync::raw_getpid()));
     // the owner's own exec: its engine goes to a keeper (see `keeper`)
     let handover = if sync::foreign() {
         None

@@ -1492,11 +1492,9 @@ fn inflight() -> std::sync::MutexGuard<'static, Vec<Hold>> {
 /// a birth while it is at the lowest free number.
 fn pidfd_hidden(pid: i32) -> Option<OwnedFd> {
     use std::os::fd::IntoRawFd;
-    let _birth = crate::sync::Birth::new();
-    let _ops = crate::sync::fd_ops();
-    let fd = pidfd_open(pid).ok()?.into_raw_fd();
-    // SAFETY: `hide` returns an fd that we alone own.
-    Some(unsafe { OwnedFd::from_raw_fd(hide(fd)) })
+    let fd = born_hidden(|| pidfd_open(pid).map_or(-1, |f| f.into_raw_fd())).ok()?;
+    // SAFETY: `born_hidden` returns an fd that we alone own.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
 }
 
 /// Whether the process behind `pidfd` has exited (the pidfd polls readable).
@@ -1662,17 +1660,26 @@ fn address(pid: i32, nonce: u64) -> (libc::sockaddr_un, libc::socklen_t) {
 /// A new socket of ours, out of the program's way. Inside a critical
 /// section: a birth while it is at the lowest free number.
 fn new_socket() -> Result<c_int, c_int> {
+    born_hidden(|| {
+        // SAFETY: socket(2) by raw system call (`socket` is hooked).
+        unsafe {
+            libc::syscall(
+                libc::SYS_socket,
+                libc::AF_UNIX,
+                libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
+                0,
+            ) as c_int
+        }
+    })
+}
+
+/// An fd of ours that `make` creates (a raw system call: an fd or -1 with
+/// `errno`), out of the program's way ([`hide`]). It is an fd birth while
+/// it is at the lowest free number (see `sync`); inside a critical section.
+fn born_hidden(make: impl FnOnce() -> c_int) -> Result<c_int, c_int> {
     let _birth = crate::sync::Birth::new();
     let _ops = crate::sync::fd_ops();
-    // SAFETY: socket(2) by raw system call (`socket` is hooked).
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_socket,
-            libc::AF_UNIX,
-            libc::SOCK_SEQPACKET | libc::SOCK_CLOEXEC,
-            0,
-        )
-    } as c_int;
+    let fd = make();
     if fd < 0 {
         return Err(crate::path::errno());
     }
@@ -1702,23 +1709,22 @@ fn listener() -> Result<(u64, u64), c_int> {
         crate::raw_close(fd);
         return Err(e);
     }
-    let wake = {
-        let _birth = crate::sync::Birth::new();
-        let _ops = crate::sync::fd_ops();
+    let wake = born_hidden(|| {
         // SAFETY: eventfd2 by raw system call (`eventfd` is hooked).
-        let w = unsafe {
+        unsafe {
             libc::syscall(
                 libc::SYS_eventfd2,
                 0,
                 libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
-            )
-        } as c_int;
-        if w < 0 {
-            let e = crate::path::errno();
+            ) as c_int
+        }
+    });
+    let wake = match wake {
+        Ok(w) => w,
+        Err(e) => {
             crate::raw_close(fd);
             return Err(e);
         }
-        hide(w)
     };
     if spawn_quiet("uiommufd-listen", move || accept_loop(fd, wake)).is_err() {
         crate::raw_close(fd);
@@ -1786,38 +1792,31 @@ fn accept_loop(lfd: c_int, wake: c_int) {
 /// connection, blocking, once it is known to be of our user. Inside a
 /// critical section.
 fn accept_one(lfd: c_int) -> Option<c_int> {
-    {
-        let fd = {
-            let _birth = crate::sync::Birth::new();
-            let _ops = crate::sync::fd_ops();
-            // SAFETY: accept4 on our listening socket, no address wanted.
-            let fd = unsafe {
-                libc::syscall(
-                    libc::SYS_accept4,
-                    lfd,
-                    std::ptr::null_mut::<libc::sockaddr>(),
-                    std::ptr::null_mut::<libc::socklen_t>(),
-                    libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
-                )
-            } as c_int;
-            if fd < 0 {
-                return None;
-            }
-            hide(fd)
-        };
-        // The socket's name is no secret (abstract names are listed in
-        // /proc/net/unix): only a process of our own user (or root), which
-        // could read our memory anyway, may connect and claim a context.
-        if !same_user(fd) {
-            tracing::debug!("refused a connection from another user's process");
-            crate::raw_close(fd);
-            return None;
+    let fd = born_hidden(|| {
+        // SAFETY: accept4 on our listening socket, no address wanted.
+        unsafe {
+            libc::syscall(
+                libc::SYS_accept4,
+                lfd,
+                std::ptr::null_mut::<libc::sockaddr>(),
+                std::ptr::null_mut::<libc::socklen_t>(),
+                libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+            ) as c_int
         }
-        // blocking again: the server thread waits in poll anyway
-        // SAFETY: fcntl on our own fd.
-        unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_SETFL, 0) };
-        Some(fd)
+    })
+    .ok()?;
+    // The socket's name is no secret (abstract names are listed in
+    // /proc/net/unix): only a process of our own user (or root), which could
+    // read our memory anyway, may connect and claim a context.
+    if !same_user(fd) {
+        tracing::debug!("refused a connection from another user's process");
+        crate::raw_close(fd);
+        return None;
     }
+    // blocking again: the server thread waits in poll anyway
+    // SAFETY: fcntl on our own fd.
+    unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_SETFL, 0) };
+    Some(fd)
 }
 
 /// Whether the peer of the connected socket `fd` runs as our effective

@@ -280,7 +280,8 @@ impl Drop for Critical {
     }
 }
 
-fn raw_getpid() -> i32 {
+/// The caller's pid from the kernel (a `vfork` child's own), not cached.
+pub(crate) fn raw_getpid() -> i32 {
     // SAFETY: getpid takes no argument and cannot fail; the raw syscall
     // answers for the calling process even in a vfork child.
     unsafe { libc::syscall(libc::SYS_getpid) as i32 }

@@ -35,7 +35,8 @@ static volatile size_t huge_count = 1610612720; /* volatile: no -Wstringop-* */
 #define HUGE huge_count
 static void *volatile null_ptr; /* NULL the compiler cannot see */
 
-static int iommufd, idev_id, fault_fd, access_fd;
+static int iommufd, fault_fd, access_fd;
+static uint32_t idev_id;
 static long pg;
 
 static int test_cmd(struct iommu_test_cmd *c)
@@ -63,39 +64,15 @@ static short poll_events(int fd)
 
 static void setup(void)
 {
-	struct iommu_ioas_alloc ioas = { .size = sizeof(ioas) };
-	struct iommu_test_cmd md = { .op = IOMMU_TEST_OP_MOCK_DOMAIN };
-	struct iommu_hwpt_alloc parent = { .size = sizeof(parent) };
-	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
-	uint32_t iotlb = IOMMU_TEST_IOTLB_DEFAULT;
-	struct iommu_hwpt_alloc nested = { .size = sizeof(nested) };
-	struct iommu_test_cmd rep = { .op = IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE };
 	struct iommu_test_cmd acc = { .op = IOMMU_TEST_OP_CREATE_ACCESS };
 
 	iommufd = open("/dev/iommu", O_RDWR);
 	CHECK(iommufd >= 0, "open /dev/iommu");
-	CHECK(ioctl(iommufd, IOMMU_IOAS_ALLOC, &ioas) == 0, "IOAS_ALLOC");
-	md.id = ioas.out_ioas_id;
-	CHECK(test_cmd(&md) == 0, "MOCK_DOMAIN");
-	idev_id = md.mock_domain.out_idev_id;
-	parent.flags = IOMMU_HWPT_ALLOC_NEST_PARENT;
-	parent.dev_id = idev_id;
-	parent.pt_id = ioas.out_ioas_id;
-	CHECK(ioctl(iommufd, IOMMU_HWPT_ALLOC, &parent) == 0, "parent HWPT");
-	CHECK(ioctl(iommufd, IOMMU_FAULT_QUEUE_ALLOC, &fa) == 0, "FAULT_QUEUE_ALLOC");
-	fault_fd = fa.out_fault_fd;
-	nested.flags = IOMMU_HWPT_FAULT_ID_VALID;
-	nested.dev_id = idev_id;
-	nested.pt_id = parent.out_hwpt_id;
-	nested.data_type = IOMMU_HWPT_DATA_SELFTEST;
-	nested.data_len = sizeof(iotlb);
-	nested.data_uptr = (uintptr_t)&iotlb;
-	nested.fault_id = fa.out_fault_id;
-	CHECK(ioctl(iommufd, IOMMU_HWPT_ALLOC, &nested) == 0, "nested HWPT with a fault queue");
-	rep.id = md.mock_domain.out_stdev_id;
-	rep.replace.pt_id = nested.out_hwpt_id;
-	CHECK(test_cmd(&rep) == 0, "attach the device to the nested HWPT");
-	acc.id = ioas.out_ioas_id;
+	uint32_t ioas = uapi_ioas_alloc(iommufd);
+	CHECK(ioas != 0, "IOAS_ALLOC");
+	fault_fd = uapi_faulting_mock_device(iommufd, ioas, &idev_id);
+	CHECK(fault_fd >= 0, "a mock device on a nested HWPT with a fault queue");
+	acc.id = ioas;
 	CHECK(test_cmd(&acc) == 0, "CREATE_ACCESS");
 	access_fd = acc.create_access.out_access_fd;
 }
@@ -165,7 +142,7 @@ static void check_huge_counts(void)
 	CHECK(trigger(7) == 0, "trigger");
 	CHECK(read(fault_fd, rec, HUGE + 1) == -1 && errno == ESPIPE, "not a multiple of 40");
 	CHECK(read(fault_fd, rec, HUGE) == (ssize_t)sizeof(*rec), "1.5 GiB read gets one record");
-	CHECK(rec->grpid == 7 && rec->dev_id == (uint32_t)idev_id, "the record");
+	CHECK(rec->grpid == 7 && rec->dev_id == idev_id, "the record");
 	struct iommu_hwpt_page_response *resp = (struct iommu_hwpt_page_response *)(map + pg - sizeof(*resp));
 	resp->cookie = rec->cookie;
 	resp->code = 0;

@@ -182,43 +182,13 @@ static void map_file_from_a_child(void)
  * parent too); poll works on the shared eventfd. */
 static void fault_fd_in_a_child(void)
 {
-	struct iommu_ioas_alloc ioas = { .size = sizeof(ioas) };
-	struct iommu_test_cmd md = { .size = sizeof(md), .op = IOMMU_TEST_OP_MOCK_DOMAIN };
-	struct iommu_hwpt_alloc parent = { .size = sizeof(parent) };
-	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
-	uint32_t iotlb = IOMMU_TEST_IOTLB_DEFAULT;
-	struct iommu_hwpt_alloc nested = { .size = sizeof(nested) };
-	struct iommu_test_cmd rep = { .size = sizeof(rep), .op = IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE };
 	int fd = open("/dev/iommu", O_RDWR);
 	CHECK(fd >= 0, "open");
-	CHECK(ioctl(fd, IOMMU_IOAS_ALLOC, &ioas) == 0, "IOAS_ALLOC");
-	md.id = ioas.out_ioas_id;
-	CHECK(ioctl(fd, IOMMU_TEST_CMD, &md) == 0, "MOCK_DOMAIN");
-	parent.flags = IOMMU_HWPT_ALLOC_NEST_PARENT;
-	parent.dev_id = md.mock_domain.out_idev_id;
-	parent.pt_id = ioas.out_ioas_id;
-	CHECK(ioctl(fd, IOMMU_HWPT_ALLOC, &parent) == 0, "parent HWPT");
-	CHECK(ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa) == 0, "FAULT_QUEUE_ALLOC");
-	nested.flags = IOMMU_HWPT_FAULT_ID_VALID;
-	nested.dev_id = md.mock_domain.out_idev_id;
-	nested.pt_id = parent.out_hwpt_id;
-	nested.data_type = IOMMU_HWPT_DATA_SELFTEST;
-	nested.data_len = sizeof(iotlb);
-	nested.data_uptr = (uintptr_t)&iotlb;
-	nested.fault_id = fa.out_fault_id;
-	CHECK(ioctl(fd, IOMMU_HWPT_ALLOC, &nested) == 0, "nested HWPT");
-	rep.id = md.mock_domain.out_stdev_id;
-	rep.replace.pt_id = nested.out_hwpt_id;
-	CHECK(ioctl(fd, IOMMU_TEST_CMD, &rep) == 0, "attach to the nested HWPT");
-	for (uint32_t g = 1; g <= 2; g++) {
-		struct iommu_test_cmd t = { .size = sizeof(t), .op = IOMMU_TEST_OP_TRIGGER_IOPF };
-		t.trigger_iopf.dev_id = md.mock_domain.out_idev_id;
-		t.trigger_iopf.grpid = g;
-		t.trigger_iopf.perm = 3;
-		t.trigger_iopf.addr = 0xdeadbeef000;
-		CHECK(ioctl(fd, IOMMU_TEST_CMD, &t) == 0, "TRIGGER_IOPF %u", g);
-	}
-	int ffd = fa.out_fault_fd;
+	uint32_t idev = 0;
+	int ffd = uapi_faulting_mock_device(fd, uapi_ioas_alloc(fd), &idev);
+	CHECK(ffd >= 0, "a mock device on a nested HWPT with a fault queue");
+	for (uint32_t g = 1; g <= 2; g++)
+		CHECK(uapi_trigger_iopf(fd, idev, g) == 0, "TRIGGER_IOPF %u", g);
 	pid_t child = fork();
 	if (child == 0) {
 		struct pollfd pf = { .fd = ffd, .events = POLLIN };
@@ -287,39 +257,10 @@ static void engine_fds_made_by_a_child(void)
 		errno = 0;
 		C(ioctl(fd, IOMMU_TEST_CMD, &rw) == -1);
 		/* a fault queue made here: its faults read and answered here */
-		struct iommu_test_cmd md = { .size = sizeof(md), .op = IOMMU_TEST_OP_MOCK_DOMAIN,
-					     .id = uapi_ioas_alloc(fd) };
-		C(ioctl(fd, IOMMU_TEST_CMD, &md) == 0);
-		struct iommu_hwpt_alloc parent = { .size = sizeof(parent),
-						   .flags = IOMMU_HWPT_ALLOC_NEST_PARENT,
-						   .dev_id = md.mock_domain.out_idev_id,
-						   .pt_id = md.id };
-		C(ioctl(fd, IOMMU_HWPT_ALLOC, &parent) == 0);
-		struct iommu_fault_alloc fa = { .size = sizeof(fa) };
-		C(ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa) == 0);
-		int ffd = fa.out_fault_fd;
+		uint32_t idev = 0;
+		int ffd = uapi_faulting_mock_device(fd, uapi_ioas_alloc(fd), &idev);
 		C(ffd > 2 && ffd != afd && fcntl(ffd, F_GETFD) == FD_CLOEXEC);
-		uint32_t iotlb = IOMMU_TEST_IOTLB_DEFAULT;
-		struct iommu_hwpt_alloc nested = { .size = sizeof(nested),
-						   .flags = IOMMU_HWPT_FAULT_ID_VALID,
-						   .dev_id = md.mock_domain.out_idev_id,
-						   .pt_id = parent.out_hwpt_id,
-						   .data_type = IOMMU_HWPT_DATA_SELFTEST,
-						   .data_len = sizeof(iotlb),
-						   .data_uptr = (uintptr_t)&iotlb,
-						   .fault_id = fa.out_fault_id };
-		C(ioctl(fd, IOMMU_HWPT_ALLOC, &nested) == 0);
-		struct iommu_test_cmd rep = { .size = sizeof(rep),
-					      .op = IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE,
-					      .id = md.mock_domain.out_stdev_id };
-		rep.replace.pt_id = nested.out_hwpt_id;
-		C(ioctl(fd, IOMMU_TEST_CMD, &rep) == 0);
-		struct iommu_test_cmd t = { .size = sizeof(t), .op = IOMMU_TEST_OP_TRIGGER_IOPF };
-		t.trigger_iopf.dev_id = md.mock_domain.out_idev_id;
-		t.trigger_iopf.grpid = 7;
-		t.trigger_iopf.perm = 3;
-		t.trigger_iopf.addr = 0xdeadbeef000;
-		C(ioctl(fd, IOMMU_TEST_CMD, &t) == 0);
+		C(uapi_trigger_iopf(fd, idev, 7) == 0);
 		struct pollfd pf = { .fd = ffd, .events = POLLIN };
 		C(poll(&pf, 1, 1000) == 1);
 		struct iommu_hwpt_pgfault f[2];

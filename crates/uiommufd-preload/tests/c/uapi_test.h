@@ -204,6 +204,54 @@ static inline int uapi_test_cmd(int fd, struct iommu_test_cmd *c)
 	return ioctl(fd, IOMMU_TEST_CMD, c);
 }
 
+/* A mock device on IOAS `ioas`, attached to a nested HWPT (over a parent
+ * HWPT of the IOAS) whose page requests go to a new fault queue: the
+ * device's ID in *idev, and the queue's fd returned; -1 at the first step
+ * that fails (its errno kept). */
+static inline int uapi_faulting_mock_device(int fd, uint32_t ioas, uint32_t *idev)
+{
+	struct iommu_test_cmd md = { .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = ioas };
+	if (uapi_test_cmd(fd, &md))
+		return -1;
+	*idev = md.mock_domain.out_idev_id;
+	struct iommu_hwpt_alloc parent = { .size = sizeof(parent),
+					   .flags = IOMMU_HWPT_ALLOC_NEST_PARENT,
+					   .dev_id = *idev,
+					   .pt_id = ioas };
+	struct iommu_fault_alloc fa = { .size = sizeof(fa) };
+	if (ioctl(fd, IOMMU_HWPT_ALLOC, &parent) || ioctl(fd, IOMMU_FAULT_QUEUE_ALLOC, &fa))
+		return -1;
+	uint32_t iotlb = IOMMU_TEST_IOTLB_DEFAULT;
+	struct iommu_hwpt_alloc nested = { .size = sizeof(nested),
+					   .flags = IOMMU_HWPT_FAULT_ID_VALID,
+					   .dev_id = *idev,
+					   .pt_id = parent.out_hwpt_id,
+					   .data_type = IOMMU_HWPT_DATA_SELFTEST,
+					   .data_len = sizeof(iotlb),
+					   .data_uptr = (uintptr_t)&iotlb,
+					   .fault_id = fa.out_fault_id };
+	struct iommu_test_cmd rep = { .op = IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE,
+				      .id = md.mock_domain.out_stdev_id };
+	if (ioctl(fd, IOMMU_HWPT_ALLOC, &nested))
+		return -1;
+	rep.replace.pt_id = nested.out_hwpt_id;
+	if (uapi_test_cmd(fd, &rep))
+		return -1;
+	return fa.out_fault_fd;
+}
+
+/* IOMMU_TEST_OP_TRIGGER_IOPF: a read+write page request of group `grpid`
+ * from mock device `idev`. */
+static inline int uapi_trigger_iopf(int fd, uint32_t idev, uint32_t grpid)
+{
+	struct iommu_test_cmd t = { .op = IOMMU_TEST_OP_TRIGGER_IOPF };
+	t.trigger_iopf.dev_id = idev;
+	t.trigger_iopf.grpid = grpid;
+	t.trigger_iopf.perm = 3;
+	t.trigger_iopf.addr = 0xdeadbeef000;
+	return uapi_test_cmd(fd, &t);
+}
+
 /* IOMMU_TEST_OP_ACCESS_RW of `len` bytes at `iova` through access `access`
  * of the iommufd `fd`, to (MOCK_ACCESS_RW_WRITE) or from `buf` */
 static inline int uapi_access_rw(int fd, uint32_t access, uint64_t iova, void *buf, size_t len,
