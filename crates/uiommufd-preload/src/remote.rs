@@ -782,7 +782,9 @@ struct Served {
 struct Client {
     mem: Option<Arc<dyn UserMemory>>,
     pm: Option<Arc<ProcessMemory>>,
-    charges: Option<Arc<uiommufd::client::Client>>,
+    /// The engine's client for the process: what its commands charge and
+    /// whose limit and capabilities they are checked against.
+    engine: Option<Arc<uiommufd::client::Client>>,
 }
 
 /// The contexts one connection holds, by key: its server thread's, and
@@ -948,7 +950,7 @@ fn serve(sv: Arc<Served>) {
 fn handle(sv: &Served) -> bool {
     let (fd, held) = (sv.fd, &sv.held);
     let mut client = sv.client.lock().unwrap_or_else(|e| e.into_inner());
-    let Client { mem, pm, charges } = &mut *client;
+    let Client { mem, pm, engine } = &mut *client;
     let Ok(Some((m, passed))) = recv_here(fd) else {
         return false;
     };
@@ -960,7 +962,7 @@ fn handle(sv: &Served) -> bool {
         OP_HELLO => {
             if let Some(pidfd) = passed {
                 let p = Arc::new(ProcessMemory::new(m.a as i32, pidfd));
-                *charges = {
+                *engine = {
                     let _c = crate::sync::enter();
                     Some(uiommufd::client::Client::of_process(p.clone()))
                 };
@@ -1006,7 +1008,7 @@ fn handle(sv: &Served) -> bool {
                         let births = matches!(field, Some(FdField::Out(_)));
                         let _birth = births.then(crate::sync::Birth::new);
                         let _ops = births.then(crate::sync::fd_ops);
-                        let r = uiommufd::client::as_caller(charges.clone(), || {
+                        let r = uiommufd::client::as_caller(engine.clone(), || {
                             uiommufd::dispatch::ioctl_as(ctx, mem, m.b, m.c)
                         });
                         match (r, field) {

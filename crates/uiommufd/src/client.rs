@@ -168,8 +168,12 @@ impl Client {
         }
         // SAFETY: getuid has no preconditions.
         let uid = uid_of(pid).unwrap_or_else(|| unsafe { libc::getuid() });
+        // what the sandbox gave: ours when the engine first looked (the
+        // process tree's) and the process's own now; a capability either
+        // had is one a program gave up when it is missing later
         let initial_caps = OnceLock::new();
-        let _ = initial_caps.set(accounting::effective_caps(pid));
+        let _ = initial_caps
+            .set(Client::ours().note_initial_caps() | accounting::effective_caps(pid));
         let c = Arc::new(Client {
             who: Who::Other(mem.clone()),
             mem,
@@ -273,9 +277,11 @@ impl Client {
     }
 
     /// Record the effective capabilities now (once; another process's are
-    /// recorded when its client is made), so that [`Client::capable`] can
-    /// tell a capability the program dropped from one the sandbox never
-    /// gave. The preload calls it for ours when it is loaded.
+    /// recorded when its client is made, together with ours: a process
+    /// that shares a context with us is of the same sandbox), so that
+    /// [`Client::capable`] can tell a capability the program dropped from
+    /// one the sandbox never gave. The preload calls it for ours when it is
+    /// loaded.
     pub fn note_initial_caps(&self) -> u64 {
         *self.initial_caps.get_or_init(|| self.effective_caps())
     }
