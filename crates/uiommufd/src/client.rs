@@ -172,8 +172,8 @@ impl Client {
         // process tree's) and the process's own now; a capability either
         // had is one a program gave up when it is missing later
         let initial_caps = OnceLock::new();
-        let _ = initial_caps
-            .set(Client::ours().note_initial_caps() | accounting::effective_caps(pid));
+        let _ =
+            initial_caps.set(Client::ours().note_initial_caps() | accounting::effective_caps(pid));
         let c = Arc::new(Client {
             who: Who::Other(mem.clone()),
             mem,
