@@ -403,28 +403,34 @@ pub fn as_caller<R>(client: Option<Arc<Client>>, f: impl FnOnce() -> R) -> R {
 /// The client the current command runs for ([`Client::ours`] outside
 /// [`as_caller`]).
 pub fn caller() -> Arc<Client> {
-    CALLER
-        .with(|c| c.borrow().clone())
-        .unwrap_or_else(|| Client::ours().clone())
+    with_caller(|c| c.clone())
+}
+
+/// `f` of the client the current command runs for, without taking a
+/// reference of it.
+pub fn with_caller<R>(f: impl FnOnce(&Arc<Client>) -> R) -> R {
+    CALLER.with(|c| match &*c.borrow() {
+        Some(c) => f(c),
+        None => f(Client::ours()),
+    })
 }
 
 /// Whether the client the current command runs for has capability `cap`
 /// ([`Client::capable`]).
 pub fn capable(cap: u32) -> bool {
-    CALLER.with(|c| match &*c.borrow() {
-        Some(c) => c.capable(cap),
-        None => Client::ours().capable(cap),
-    })
+    with_caller(|c| c.capable(cap))
 }
 
 /// The account of one pages object: its mode and the client its pins are
 /// charged to (the kernel's `source_mm`/`source_user`/`source_task`),
 /// captured when the object is made.
 ///
-/// The client is a pointer that owns one reference of it, so that
-/// `IOAS_CHANGE_PROCESS` can move the account while readers charge without
-/// a lock. Its owner serialises every charge, uncharge and move of one
-/// account (a pages object does all three under its pin lock, see
+/// The client is a pointer that is null for ours (the single-process fast
+/// path: no reference count to take or drop per object) and otherwise
+/// owns one reference of another client, so that `IOAS_CHANGE_PROCESS`
+/// can move the account while readers charge without a lock. Its owner
+/// serialises every charge, uncharge and move of one account (a pages
+/// object does all three under its pin lock, see
 /// [`crate::pages::Pages::change_process`]), so a move never races a charge
 /// and the pointer is never freed under a reader.
 #[derive(Debug)]
@@ -433,10 +439,23 @@ pub struct Account {
     client: AtomicPtr<Client>,
 }
 
+/// The pointer an account keeps for `client`: null for ours, else one
+/// reference (`Arc::into_raw`).
+fn into_ptr(client: Arc<Client>) -> *mut Client {
+    if client.is_ours() {
+        std::ptr::null_mut()
+    } else {
+        Arc::into_raw(client).cast_mut()
+    }
+}
+
 impl Drop for Account {
     fn drop(&mut self) {
-        // SAFETY: the pointer owns one reference (`Arc::into_raw`).
-        drop(unsafe { Arc::from_raw(*self.client.get_mut()) });
+        let p = *self.client.get_mut();
+        if !p.is_null() {
+            // SAFETY: a non-null pointer owns one reference (`into_ptr`).
+            drop(unsafe { Arc::from_raw(p) });
+        }
     }
 }
 
@@ -444,14 +463,21 @@ impl Account {
     /// An account in `mode`, charged to the client the current command
     /// runs for ([`caller`]).
     pub fn new(mode: AccountMode) -> Self {
-        Account::for_client(caller(), mode)
+        let client = CALLER.with(|c| match &*c.borrow() {
+            Some(c) => Arc::into_raw(c.clone()).cast_mut(),
+            None => std::ptr::null_mut(),
+        });
+        Account {
+            mode,
+            client: AtomicPtr::new(client),
+        }
     }
 
     /// An account in `mode`, charged to `client`.
     pub fn for_client(client: Arc<Client>, mode: AccountMode) -> Self {
         Account {
             mode,
-            client: AtomicPtr::new(Arc::into_raw(client).cast_mut()),
+            client: AtomicPtr::new(into_ptr(client)),
         }
     }
 
@@ -464,7 +490,10 @@ impl Account {
     #[inline]
     pub fn client(&self) -> &Client {
         let p = self.client.load(Ordering::Acquire);
-        // SAFETY: the pointer owns a reference that only `move_to`
+        if p.is_null() {
+            return Client::ours();
+        }
+        // SAFETY: a non-null pointer owns a reference that only `move_to`
         // (serialised with the caller, see the type's docs) or `drop`
         // releases.
         unsafe { &*p }
@@ -473,6 +502,9 @@ impl Account {
     /// A reference of the client charged.
     pub fn client_arc(&self) -> Arc<Client> {
         let p = self.client.load(Ordering::Acquire);
+        if p.is_null() {
+            return Client::ours().clone();
+        }
         // SAFETY: as in `client`; one more strong reference is taken
         // before one is made from the pointer.
         unsafe {
@@ -500,11 +532,11 @@ impl Account {
         };
         to.charge(mode, npinned, force)?;
         from.uncharge(mode, npinned);
-        let old = self
-            .client
-            .swap(Arc::into_raw(to).cast_mut(), Ordering::AcqRel);
-        // SAFETY: the pointer swapped out owned one reference.
-        drop(unsafe { Arc::from_raw(old) });
+        let old = self.client.swap(into_ptr(to), Ordering::AcqRel);
+        if !old.is_null() {
+            // SAFETY: a non-null pointer swapped out owned one reference.
+            drop(unsafe { Arc::from_raw(old) });
+        }
         Ok(())
     }
 
