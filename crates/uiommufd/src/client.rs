@@ -25,9 +25,9 @@
 //! several clients from one engine needs no other change here.
 //!
 //! The single-process fast path stays cheap: the own client is made once;
-//! a pages object takes one reference to its client when it is made; a
-//! charge is the client's atomics plus the limit read, as before, with no
-//! lock. Looking up a client by pid (for `/proc/PID/status` reporting and
+//! a pages object of ours holds a null pointer for it (another client's
+//! holds one reference); a charge is one pointer load, the client's atomics
+//! and the limit read, as before, with no lock. Looking up a client by pid (for `/proc/PID/status` reporting and
 //! [`Client::of_process`]) takes the registry's lock; nothing on the map or
 //! unmap path does.
 
