@@ -168,7 +168,8 @@
 //!   another process,
 //!   the `ioctl` and `mmap` of inherited engine fds answer from the child's
 //!   copy of the engine (their reads and writes reach the owner's), the
-//!   owner's `RLIMIT_MEMLOCK` bounds every process's pins. Fds kept across `exec` by a process that
+//!   each process's pins are charged to and checked against its own
+//!   client (its mm, its user, its `RLIMIT_MEMLOCK`). Fds kept across `exec` by a process that
 //!   does not own their context, or inherited by a process without the
 //!   preload, are plain memfds (their ioctls fail with `ENOTTY` from the
 //!   kernel).
@@ -250,7 +251,7 @@ fn fail(e: c_int) -> c_int {
 
 extern "C" fn preload_init() {
     sync::init();
-    let _ = guard(uiommufd::accounting::note_initial_caps);
+    let _ = guard(|| uiommufd::client::Client::ours().note_initial_caps());
     let _ = guard(signals::init);
     let _ = guard(signals::scan_existing_handlers);
     let _ = guard(table::init_paranoia);
@@ -1039,10 +1040,10 @@ fd_creating_hook!(
 /// # Safety
 /// `path` and `mode` are read fault-safely (any pointer value is fine).
 unsafe fn status_fopen(path: *const c_char, mode: *const c_char) -> Option<*mut libc::FILE> {
-    use std::sync::atomic::Ordering::Relaxed;
-    // pins outlive the fds (a context another process holds)
-    let pins = uiommufd::accounting::PINNED_VM.load(Relaxed) != 0
-        || uiommufd::accounting::MM_LOCKED_VM.load(Relaxed) != 0;
+    // pins outlive the fds (a context another process holds): any client's
+    let pins = uiommufd::client::Client::all()
+        .iter()
+        .any(|c| c.pinned_vm() != 0 || c.mm_locked_vm() != 0);
     if path.is_null() || mode.is_null() || !(table::any_registered() || pins) || sync::foreign() {
         return None;
     }

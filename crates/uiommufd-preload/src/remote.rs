@@ -139,10 +139,12 @@
 //! * When the owner exits, its clients' fds stop working (`EIO`). Its
 //!   `exec` hands the engine to a keeper process (see `keeper`).
 //! * Pins are charged to the process that mapped, or that called
-//!   `IOAS_CHANGE_PROCESS` last ([`uiommufd::accounting::as_caller`] around
-//!   a client's command; `OP_STATUS` reports a process's share, which
-//!   [`status_file`] adds to `/proc/PID/status`), but checked against the
-//!   owner's `RLIMIT_MEMLOCK` and totals.
+//!   `IOAS_CHANGE_PROCESS` last: each process is a
+//!   [`uiommufd::client::Client`] of the owner's engine
+//!   ([`uiommufd::client::as_caller`] around its commands), with its own mm
+//!   counters, its user's `locked_vm` and its own `RLIMIT_MEMLOCK` and
+//!   capabilities; `OP_STATUS` reports a process's counters, which
+//!   [`status_file`] adds to `/proc/PID/status`.
 
 use std::collections::HashMap;
 use std::ffi::c_int;
@@ -780,7 +782,9 @@ struct Served {
 struct Client {
     mem: Option<Arc<dyn UserMemory>>,
     pm: Option<Arc<ProcessMemory>>,
-    charges: Option<Arc<uiommufd::accounting::ProcCharges>>,
+    /// The engine's client for the process: what its commands charge and
+    /// whose limit and capabilities they are checked against.
+    engine: Option<Arc<uiommufd::client::Client>>,
 }
 
 /// The contexts one connection holds, by key: its server thread's, and
@@ -946,7 +950,7 @@ fn serve(sv: Arc<Served>) {
 fn handle(sv: &Served) -> bool {
     let (fd, held) = (sv.fd, &sv.held);
     let mut client = sv.client.lock().unwrap_or_else(|e| e.into_inner());
-    let Client { mem, pm, charges } = &mut *client;
+    let Client { mem, pm, engine } = &mut *client;
     let Ok(Some((m, passed))) = recv_here(fd) else {
         return false;
     };
@@ -958,9 +962,9 @@ fn handle(sv: &Served) -> bool {
         OP_HELLO => {
             if let Some(pidfd) = passed {
                 let p = Arc::new(ProcessMemory::new(m.a as i32, pidfd));
-                *charges = {
+                *engine = {
                     let _c = crate::sync::enter();
-                    uiommufd::accounting::process_charges(m.a as i32)
+                    Some(uiommufd::client::Client::of_process(p.clone()))
                 };
                 *mem = Some(p.clone());
                 *pm = Some(p);
@@ -1004,7 +1008,7 @@ fn handle(sv: &Served) -> bool {
                         let births = matches!(field, Some(FdField::Out(_)));
                         let _birth = births.then(crate::sync::Birth::new);
                         let _ops = births.then(crate::sync::fd_ops);
-                        let r = uiommufd::accounting::as_caller(charges.clone(), || {
+                        let r = uiommufd::client::as_caller(engine.clone(), || {
                             uiommufd::dispatch::ioctl_as(ctx, mem, m.b, m.c)
                         });
                         match (r, field) {
@@ -1102,7 +1106,7 @@ fn handle(sv: &Served) -> bool {
         }
         OP_STATUS => {
             let _c = crate::sync::enter();
-            let (pinned, locked) = uiommufd::accounting::counts(m.a as i32);
+            let (pinned, locked) = uiommufd::client::counts(m.a as i32);
             extra = (pinned, locked, 0);
             Some((0, None))
         }
@@ -1317,7 +1321,7 @@ pub(crate) fn child() {
         return;
     };
     // the pins of the copied engine state are the parent's
-    uiommufd::accounting::forget_after_fork();
+    uiommufd::client::Client::forget_after_fork();
     let own_conn = p.own.map(|(server, client, held)| {
         crate::raw_close(server);
         // the parent's references, not ours to drop
@@ -2312,7 +2316,7 @@ pub(crate) fn status_file(path: &[u8]) -> Option<c_int> {
     let pid = status_pid(path)?;
     // (pins outlive the fds: a context another process holds, or one in
     // an engine reached through a connection)
-    let (mut pinned, mut locked) = uiommufd::accounting::counts(pid);
+    let (mut pinned, mut locked) = uiommufd::client::counts(pid);
     let mut conns: Vec<Arc<Conn>> = Vec::new();
     for (_, e) in table::all() {
         if let FdObject::Remote(rc) = &e.obj {

@@ -604,7 +604,7 @@ impl Context {
         // CAP_IPC_LOCK means no accounting in either mode (the kernel only
         // moves pages from user to mm accounting, never from none)
         match (
-            crate::accounting::default_mode(),
+            crate::client::with_caller(|c| c.default_mode()),
             self.account_mode.load(Ordering::Acquire),
         ) {
             (AccountMode::None, _) => AccountMode::None,

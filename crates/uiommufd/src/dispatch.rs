@@ -350,7 +350,7 @@ fn rlimit_mode(u: &Ucmd, cmd: &mut IommuOption) -> Result<()> {
             Ok(())
         }
         IOMMU_OPTION_OP_SET => {
-            if !crate::accounting::capable(crate::accounting::CAP_SYS_RESOURCE) {
+            if !crate::client::capable(crate::accounting::CAP_SYS_RESOURCE) {
                 bail!(EPERM, "changing the RLIMIT mode needs CAP_SYS_RESOURCE");
             }
             u.ctx.set_rlimit_mode(cmd.val64)

@@ -17,6 +17,20 @@
 //! `/proc/self/task/TID/fail-nth` (and `/proc/thread-self/fail-nth`) over
 //! this, with [`crate::fail_nth::FailNthFile`]; Rust code calls the functions directly.
 //!
+//! # Whose state this is
+//!
+//! In the kernel `fail-nth` is an attribute of the task (`task_struct`'s
+//! `fail_nth`), not of an iommufd context or of the process a command
+//! charges: it follows the thread that runs the code. The table here is
+//! the same thing, keyed by tid: a thread's counter counts the injection
+//! points that thread reaches, whatever context or client
+//! ([`crate::client`]) the command is for. It is no part of the engine's
+//! object model (contexts, clients and pages objects hold none of it).
+//! The preload's emulated `fail-nth` file reaches the thread it names;
+//! a command another process sends the owner runs on an owner's thread,
+//! whose counter is the one that counts. [`total_fired`] and
+//! [`invariant_violations`] are the process's diagnostics.
+//!
 //! # Checking the unwinding
 //!
 //! Every call must leave every object, pin and counter exactly as it was

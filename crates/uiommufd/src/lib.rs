@@ -54,6 +54,7 @@
 
 pub mod access;
 pub mod accounting;
+pub mod client;
 pub mod context;
 pub mod device;
 pub mod devices;

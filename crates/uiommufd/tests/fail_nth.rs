@@ -11,10 +11,9 @@
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, OnceLock};
 
-use uiommufd::accounting::{MM_LOCKED_VM, PINNED_VM, USER_LOCKED_VM};
+use uiommufd::client::Client;
 use uiommufd::dispatch::ioctl;
 use uiommufd::hwpt::HwptPaging;
 use uiommufd::inject;
@@ -60,9 +59,9 @@ fn snapshot(ctx: &Context) -> Snapshot {
         objects: Vec::new(),
         areas: BTreeMap::new(),
         mappings: BTreeMap::new(),
-        pinned_vm: PINNED_VM.load(Ordering::Acquire),
-        user_locked_vm: USER_LOCKED_VM.load(Ordering::Acquire),
-        mm_locked_vm: MM_LOCKED_VM.load(Ordering::Acquire),
+        pinned_vm: Client::ours().pinned_vm(),
+        user_locked_vm: Client::ours().user().locked_vm(),
+        mm_locked_vm: Client::ours().mm_locked_vm(),
         engine_fds: files::registered_fds(),
     };
     for (id, o) in ctx.objects() {
@@ -382,7 +381,7 @@ impl Env {
         );
         drop(ctx);
         check_accounting().unwrap();
-        assert_eq!(PINNED_VM.load(Ordering::Acquire), pinned_before);
+        assert_eq!(Client::ours().pinned_vm(), pinned_before);
         let ps = page_size();
         for off in (0..LEN).step_by(ps as usize) {
             assert_eq!(
@@ -455,7 +454,7 @@ type Sequence = fn(&mut Env) -> Result<(), i32>;
 fn sweep_on(name: &str, driver: Driver, seq: Sequence) -> u32 {
     // the sweeps share the process-wide accounting: one at a time
     let _serial = serial();
-    let pinned_before = PINNED_VM.load(Ordering::Acquire);
+    let pinned_before = Client::ours().pinned_vm();
     let violations = inject::invariant_violations();
     let mut points = Vec::new();
     for nth in 1..400 {

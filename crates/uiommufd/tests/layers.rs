@@ -26,6 +26,7 @@ const LAYERS: &[(&str, &[&str])] = &[
         &["error", "logging", "faultsafe", "inject", "drain"],
     ),
     ("host", &["user", "accounting", "mmap", "process"]),
+    ("clients", &["client"]),
     ("uAPI layouts", &["uapi"]),
     ("driver API", &["domain"]),
     ("drivers", &["vtd"]),

@@ -610,6 +610,60 @@ fn change_process_single_process() {
     ctx.check_invariants().unwrap();
 }
 
+/// `IOMMU_IOAS_CHANGE_PROCESS` run for another client (a child process, as
+/// the preload runs a command another process sends): the pins of the file
+/// areas move to that client's `pinned_vm`, and back when we call it.
+#[test]
+fn change_process_moves_pins_between_clients() {
+    use uiommufd::client::{as_caller, counts, Client};
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("spawn sleep");
+    let pid = child.id() as i32;
+    let pidfd = uiommufd::process::pidfd_open(pid).unwrap();
+    let theirs = Client::of_process(Arc::new(uiommufd::process::ProcessMemory::new(pid, pidfd)));
+    let ours = Client::ours();
+    let ctx = Context::new_at(UapiLevel::V7_2);
+    let ioas = ioas_alloc(&ctx);
+    mock_domain(&ctx, ioas).unwrap();
+    let m = Memfd::new(c"uapi-levels-chproc2", 4, |i| i as u8);
+    let before = ours.pinned_vm();
+    map_file(&ctx, ioas, m.fd, 0, 4 * ps(), RW, None).unwrap();
+    assert_eq!(ours.pinned_vm(), before + 4, "pinned by the domain, ours");
+    let mut cp = IommuIoasChangeProcess {
+        size: 8,
+        __reserved: 0,
+    };
+    assert_eq!(
+        as_caller(Some(theirs.clone()), || ctx
+            .ioc(IOMMU_IOAS_CHANGE_PROCESS, &mut cp)),
+        Ok(0)
+    );
+    assert_eq!(counts(pid).0, 4, "the caller's now");
+    assert_eq!(ours.pinned_vm(), before);
+    // unmapped by a command of ours: the object's client is uncharged,
+    // not the caller
+    unmap(&ctx, ioas, 0, u64::MAX).unwrap();
+    assert_eq!(counts(pid).0, 0, "unpinned there");
+    assert_eq!(ours.pinned_vm(), before);
+    map_file(&ctx, ioas, m.fd, 0, 4 * ps(), RW, None).unwrap();
+    assert_eq!(ours.pinned_vm(), before + 4, "a new object is the caller's");
+    as_caller(Some(theirs.clone()), || {
+        ctx.ioc(IOMMU_IOAS_CHANGE_PROCESS, &mut cp).unwrap()
+    });
+    assert_eq!(counts(pid).0, 4);
+    assert_eq!(ctx.ioc(IOMMU_IOAS_CHANGE_PROCESS, &mut cp), Ok(0));
+    assert_eq!(counts(pid).0, 0, "back to ours");
+    assert_eq!(ours.pinned_vm(), before + 4);
+    uiommufd::pages::check_accounting().unwrap();
+    unmap(&ctx, ioas, 0, u64::MAX).unwrap();
+    assert_eq!(ours.pinned_vm(), before);
+    ctx.check_invariants().unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
 /// The 7.2 selftest mock's rules that came after 6.12, at each level:
 /// `IOMMU_TEST_OP_DEV_CHECK_CACHE` (6.13), mock paging HWPTs made with
 /// `IOMMU_HWPT_DATA_SELFTEST` page table types (6.19), and

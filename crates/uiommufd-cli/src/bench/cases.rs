@@ -2,7 +2,6 @@
 //! path is in `preload.rs`, the dirty bitmap in `dirty.rs`, the growth
 //! table in `growth.rs`.
 
-use std::sync::atomic::Ordering;
 use std::sync::{Arc, Barrier, Weak};
 use std::time::{Duration, Instant};
 
@@ -256,13 +255,13 @@ pub fn copy_large(s: &Scale, r: &mut Report) -> Result<(), String> {
         let mut pin_before = Vec::new();
         let mut pin_after = Vec::new();
         let d = median(s.large_reps, || {
-            let vm = uiommufd::accounting::PINNED_VM.load(Ordering::Acquire);
+            let vm = uiommufd::client::Client::ours().pinned_vm();
             pin_before = pins();
             let t = Instant::now();
             dst.copy_from(&src, LARGE_IOVA, len, Some(LARGE_IOVA), Prot::RW)
                 .expect("IOAS_COPY");
             let el = t.elapsed();
-            deltas.push(uiommufd::accounting::PINNED_VM.load(Ordering::Acquire) as i64 - vm as i64);
+            deltas.push(uiommufd::client::Client::ours().pinned_vm() as i64 - vm as i64);
             pin_after = pins();
             dst.unmap(LARGE_IOVA, len).expect("unmap the copy");
             el

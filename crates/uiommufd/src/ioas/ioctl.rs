@@ -257,14 +257,17 @@ pub(crate) fn map_file(u: &Ucmd) -> Result<i32> {
 }
 
 /// `IOMMU_IOAS_CHANGE_PROCESS` (Linux 6.14): move the pins of every
-/// file-backed area of the context to the calling process's accounting.
+/// file-backed area of the context to the calling process's client.
 ///
 /// `EOPNOTSUPP` for a non-zero `__reserved`; `EBUSY` while an area is being
 /// mapped; `EINVAL` when any area of any IOAS maps user memory (only file
-/// pages can change process). The caller is the process the command runs
-/// for ([`crate::accounting::caller`]: another process sharing the context,
-/// or ours); the totals (one user here) do not change, so no limit check
-/// can fail. In one process the pins stay where they are, as in the kernel.
+/// pages can change process). The caller is the client the command runs
+/// for ([`crate::client::caller`]: another process sharing the context, or
+/// ours). Each pages object's pins are charged to the caller, checked
+/// against the caller's `RLIMIT_MEMLOCK`, before they leave their old
+/// client; `ENOMEM` past it, with every object moved back (as the kernel's
+/// `charge_current`, which charges the caller first and changes nothing
+/// when that fails). In one process the pins stay where they are.
 pub(crate) fn change_process(u: &Ucmd) -> Result<i32> {
     let cmd: IommuIoasChangeProcess = u.cmd();
     if cmd.__reserved != 0 {
@@ -279,10 +282,21 @@ pub(crate) fn change_process(u: &Ucmd) -> Result<i32> {
     for ioas in &ioases {
         ioas.iopt().check_all_file_backed()?;
     }
-    let to = crate::accounting::caller();
+    let to = crate::client::caller();
+    let mut moved = Vec::new();
     for ioas in &ioases {
         for pages in ioas.iopt().area_pages() {
-            pages.change_process(to.clone());
+            match pages.change_process(to.clone(), false) {
+                Ok(from) => moved.push((pages, from)),
+                Err(e) => {
+                    // back where they were: charged there before, so no
+                    // limit to check
+                    for (p, from) in moved.into_iter().rev() {
+                        let _ = p.change_process(from, true);
+                    }
+                    return Err(e);
+                }
+            }
         }
     }
     Ok(0)

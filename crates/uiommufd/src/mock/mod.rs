@@ -26,4 +26,7 @@ use std::sync::atomic::AtomicU32;
 
 /// `iommufd_test_memory_limit`: the batch memory limit the selftest sets
 /// (the kernel sizes its temporary pin batches from it; we record it).
+/// A process-wide knob on purpose: the kernel's is a module global of the
+/// selftest code too, set by `IOMMU_TEST_OP_SET_TEMP_MEMORY_LIMIT` from any
+/// context, and no client or context owns it.
 pub static TEMP_MEMORY_LIMIT: AtomicU32 = AtomicU32::new(65536);

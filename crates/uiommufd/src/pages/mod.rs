@@ -35,7 +35,8 @@ use parking_lot::Mutex;
 pub mod custody;
 pub mod dmabuf;
 
-use crate::accounting::{Account, AccountMode};
+use crate::accounting::AccountMode;
+use crate::client::{Account, Client};
 use crate::user::{page_size, UserMemory};
 use crate::Result;
 
@@ -540,6 +541,15 @@ static NEXT_ID: AtomicU64 = AtomicU64::new(1);
 /// refcount does (an object enters on its first pin: before that it pins
 /// nothing, so leaving it out changes no answer). Sharded so that creating pages
 /// objects from many threads does not serialise on one lock.
+///
+/// The registry is the engine's address space's, not a client's or a
+/// context's: what it answers is about host pages (a page's pin count,
+/// whatever client or context pinned it, as the kernel's page refcount;
+/// the pinned pages [`custody`] must keep when the program unmaps its
+/// memory), and every pages object reaches its pages through host
+/// addresses of this process. Accounting is per client (each object's
+/// [`Account`]); the registry only lets [`check_accounting`] sum each
+/// client's pins.
 const SHARDS: usize = 16;
 /// Keyed by pages id, so that registering and dropping a pages object cost
 /// O(1) however many are alive (a VMM maps one region per call).
@@ -776,12 +786,27 @@ impl Pages {
         self.registered.store(true, Ordering::Relaxed);
     }
 
-    /// Charge the pinned pages to process `to` (`None`: ours) from now on
+    /// Charge the pinned pages to client `to` from now on
     /// (`IOAS_CHANGE_PROCESS`), under the pin lock that serialises the
-    /// account's charges.
-    pub fn change_process(&self, to: Option<Arc<crate::accounting::ProcCharges>>) {
+    /// account's charges: `to` is checked against its limit unless `force`
+    /// (`ENOMEM`, nothing moved). Returns the client charged before.
+    pub fn change_process(&self, to: Arc<Client>, force: bool) -> Result<Arc<Client>> {
         let pins = self.pins.lock();
-        self.account.move_to(to, pins.npinned);
+        let from = self.account.client_arc();
+        self.account.move_to(to, pins.npinned, force)?;
+        Ok(from)
+    }
+
+    /// The client the pins are charged to (the kernel's `source_mm`,
+    /// `source_user` and `source_task`).
+    pub fn client(&self) -> Arc<Client> {
+        let _pins = self.pins.lock();
+        self.account.client_arc()
+    }
+
+    /// The accounting mode of the object.
+    pub fn account_mode(&self) -> AccountMode {
+        self.account.mode()
     }
 
     /// Page-aligned user address of page 0.
@@ -1185,19 +1210,31 @@ pub(crate) fn live_custodial() -> Vec<Arc<Pages>> {
     out
 }
 
-/// Check process-wide pin accounting: `pinned_vm` equals the pinned pages
-/// of all live pages objects. Only meaningful while no other thread pins or
-/// unpins (tests call it between steps).
+/// Check pin accounting: each client's `pinned_vm` equals the pinned
+/// pages of the live pages objects charged to it. Only meaningful while no
+/// other thread pins or unpins (tests call it between steps).
 pub fn check_accounting() -> std::result::Result<(), String> {
-    let mut sum = 0;
+    let mut sums: Vec<(Arc<Client>, u64)> = Client::all().into_iter().map(|c| (c, 0)).collect();
     for shard in &REGISTRY {
-        sum += live_pages(shard).iter().map(|p| p.npinned()).sum::<u64>();
+        for p in live_pages(shard) {
+            let (c, n) = {
+                let pins = p.pins.lock();
+                (p.account.client_arc(), pins.npinned)
+            };
+            match sums.iter_mut().find(|(k, _)| Arc::ptr_eq(k, &c)) {
+                Some((_, s)) => *s += n,
+                None => sums.push((c, n)),
+            }
+        }
     }
-    let vm = crate::accounting::PINNED_VM.load(Ordering::Acquire);
-    if sum != vm {
-        return Err(format!(
-            "pinned_vm is {vm} pages but live pages objects pin {sum}"
-        ));
+    for (c, sum) in &sums {
+        let vm = c.pinned_vm();
+        if *sum != vm {
+            return Err(format!(
+                "pinned_vm of pid {} is {vm} pages but the live pages objects charged to it pin {sum}",
+                c.pid()
+            ));
+        }
     }
     // custody: the chunks hold exactly the pages relocations reach
     let mut held = std::collections::BTreeSet::new();
@@ -1287,6 +1324,44 @@ mod tests {
         p.unpin(2, 5);
         assert_eq!(p.npinned(), 0);
         assert!(p.pins.lock().runs.is_empty());
+    }
+
+    #[test]
+    fn pins_stay_with_the_client_the_object_was_made_for() {
+        // another process's client: the parent of this test process
+        // SAFETY: getppid has no preconditions.
+        let pid = unsafe { libc::getppid() };
+        let pidfd = crate::process::pidfd_open(pid).unwrap();
+        let b = Client::of_process(Arc::new(crate::process::ProcessMemory::new(pid, pidfd)));
+        let ours = Client::ours();
+        let (_v, a) = buf(4);
+        let p = crate::client::as_caller(Some(b.clone()), || {
+            Pages::new(
+                Arc::new(SelfMemory),
+                a,
+                4 * page_size(),
+                true,
+                AccountMode::Mm,
+            )
+        });
+        assert!(Arc::ptr_eq(&p.client(), &b));
+        let before = (ours.pinned_vm(), ours.mm_locked_vm());
+        // pinned by a command of ours: still charged to b
+        p.pin(0, 2).unwrap();
+        assert_eq!(crate::client::counts(pid), (3, 3));
+        assert_eq!((ours.pinned_vm(), ours.mm_locked_vm()), before);
+        check_accounting().unwrap();
+        // IOAS_CHANGE_PROCESS run by us: the pins move to ours
+        let from = p.change_process(ours.clone(), false).unwrap();
+        assert!(Arc::ptr_eq(&from, &b));
+        assert_eq!(crate::client::counts(pid), (0, 0));
+        assert_eq!(
+            (ours.pinned_vm(), ours.mm_locked_vm()),
+            (before.0 + 3, before.1 + 3)
+        );
+        check_accounting().unwrap();
+        p.unpin(0, 2);
+        assert_eq!((ours.pinned_vm(), ours.mm_locked_vm()), before);
     }
 
     fn memfd(npages: u64) -> i32 {
