@@ -17,7 +17,8 @@ use std::mem::{offset_of, size_of};
 
 use zerocopy::IntoBytes;
 
-use super::{compat_ioas, read_prefix, write_prefix};
+use super::compat_ioas;
+use super::ioctl::{read_prefix, write_prefix};
 use crate::context::Context;
 use crate::io_pagetable::Prot;
 use crate::ioas::Ioas;
