@@ -21,7 +21,8 @@ use std::sync::{Arc, Weak};
 use parking_lot::RwLock;
 
 use crate::context::{Context, ObjId, Object};
-use crate::io_pagetable::{AccessNotify, IoPagetable, PinnedPages};
+pub use crate::io_pagetable::PinnedPages;
+use crate::io_pagetable::{AccessNotify, IoPagetable};
 use crate::ioas::Ioas;
 use crate::user::page_size;
 use crate::{bail, Result};

@@ -107,7 +107,7 @@ mod write_log; // what accesses wrote, for area_dirty
 pub use crate::domain::{DirtyBitmap, Prot};
 pub use crate::user::huge_page_size;
 pub use area_dirty::AreaDirty;
-pub use dirty::{DirtyRequest, WINDOW_WORDS as DIRTY_WINDOW_WORDS};
+pub use dirty::DirtyRequest;
 pub use domains::{AccessNotify, PinnedPages};
 pub use write_log::AccessWriteLog;
 

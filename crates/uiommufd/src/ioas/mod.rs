@@ -1,5 +1,6 @@
-//! IO address spaces (the kernel's ioas.c): an [`IoPagetable`] as a context
-//! object, with the typed operations the ioctl handlers and the Rust API call.
+//! IO address spaces (the kernel's ioas.c): the engine's IO page table as a
+//! context object, with the typed operations the ioctl handlers and the
+//! Rust API call (the handlers are in `ioctl.rs`).
 
 pub(crate) mod ioctl;
 
@@ -7,7 +8,8 @@ use std::any::Any;
 use std::sync::Arc;
 
 use crate::accounting::AccountMode;
-use crate::io_pagetable::{AreaInfo, IoPagetable, IovaRequest, MapSource, Prot};
+pub use crate::io_pagetable::{AreaInfo, MapSource};
+use crate::io_pagetable::{IoPagetable, IovaRequest, Prot};
 use crate::pages::Pages;
 use crate::user::UserMemory;
 use crate::{bail, Result};
@@ -78,7 +80,9 @@ impl Ioas {
         ioas
     }
 
-    /// The IO page table.
+    /// The IO page table: the engine's own, for the workspace's white-box
+    /// tests (see `plumbing`), not API.
+    #[doc(hidden)]
     pub fn iopt(&self) -> &IoPagetable {
         &self.iopt
     }

@@ -43,7 +43,7 @@
 use std::mem::size_of;
 
 use super::compat_ioas;
-use super::ioctl::{read_prefix, write_prefix};
+use super::ioctl::{check_argsz, read_prefix, write_prefix};
 use super::tracking::Type1Session;
 use super::type1::{min_pgsize, UNMAP_MINSZ};
 use crate::context::Context;
@@ -272,13 +272,7 @@ pub(crate) fn dirty_pages(ctx: &Context, arg: u64) -> Result<i32> {
         DIRTY_MINSZ,
         "cannot read vfio_iommu_type1_dirty_bitmap",
     )?;
-    if (dirty.argsz as usize) < DIRTY_MINSZ {
-        bail!(
-            EINVAL,
-            "{W}: argsz {} is below the minimum {DIRTY_MINSZ}",
-            dirty.argsz
-        );
-    }
+    check_argsz(W, dirty.argsz, DIRTY_MINSZ)?;
     if dirty.flags & !MASK != 0 {
         bail!(EINVAL, "{W}: unknown flags {:#x}", dirty.flags & !MASK);
     }

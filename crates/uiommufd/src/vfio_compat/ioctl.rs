@@ -12,6 +12,7 @@ use crate::context::Context;
 use crate::uapi::vfio::*;
 use crate::uapi::*;
 use crate::ucmd::Ucmd;
+use crate::user::UserMemory;
 use crate::{bail, Error, Result};
 
 /// `IOMMU_VFIO_IOAS`
@@ -59,10 +60,11 @@ pub(crate) fn container_ioctl(ctx: &Arc<Context>, cmd: u32, arg: u64) -> Result<
     }
 }
 
-/// Copy in the first `min(n, sizeof T)` bytes of a `T` at `addr` (the rest
-/// zero): the `copy_from_user(&s, arg, minsz)` of the VFIO handlers.
-pub(crate) fn read_prefix<T: FromBytes + IntoBytes>(
-    ctx: &Context,
+/// Copy in the first `min(n, sizeof T)` bytes of a `T` at `addr` in `mem`
+/// (the rest zero): the `copy_from_user(&s, arg, minsz)` of the VFIO
+/// handlers, the container's and the device files' (`EFAULT`).
+pub(crate) fn read_prefix_from<T: FromBytes + IntoBytes>(
+    mem: &dyn UserMemory,
     addr: u64,
     n: usize,
     what: &'static str,
@@ -70,10 +72,28 @@ pub(crate) fn read_prefix<T: FromBytes + IntoBytes>(
     let mut v = T::new_zeroed();
     let bytes = v.as_mut_bytes();
     let n = n.min(bytes.len());
-    ctx.memory()
-        .read(addr, &mut bytes[..n])
+    mem.read(addr, &mut bytes[..n])
         .map_err(|_| Error::fault(what))?;
     Ok(v)
+}
+
+/// [`read_prefix_from`] the context's memory.
+pub(crate) fn read_prefix<T: FromBytes + IntoBytes>(
+    ctx: &Context,
+    addr: u64,
+    n: usize,
+    what: &'static str,
+) -> Result<T> {
+    read_prefix_from(&**ctx.memory(), addr, n, what)
+}
+
+/// `EINVAL` when a command's `argsz` is below `min`, the first check of
+/// every VFIO container command after its copy in.
+pub(crate) fn check_argsz(cmd: &str, argsz: u32, min: usize) -> Result<()> {
+    if (argsz as usize) < min {
+        bail!(EINVAL, "{cmd}: argsz {argsz} is below the minimum {min}");
+    }
+    Ok(())
 }
 
 /// Copy out the first `n` bytes of `v` to `addr` (`EFAULT`).
