@@ -64,51 +64,9 @@
 //! assert_eq!(ctx.ioas(ioas).unwrap().unmap(iova, 4096).unwrap(), 4096);
 //! ```
 //!
-//! An emulated device reading and writing guest memory by IOVA through an
-//! access:
-//!
-//! ```
-//! use uiommufd::{Access, Context, Prot};
-//! let ctx = Context::new();
-//! let ioas = ctx.ioas_alloc().unwrap();
-//! let guest = vec![0u8; 2 * 4096];
-//! // a whole page: an access needs page-aligned areas
-//! let va = (guest.as_ptr() as u64).next_multiple_of(4096);
-//! let iova = ctx.ioas(ioas).unwrap()
-//!     .map_user(va, 4096, Some(0x10_0000), Prot::RW).unwrap();
-//! let access = Access::create_internal(&ctx).unwrap();
-//! access.attach(&ctx, ioas).unwrap();
-//! access.rw(iova + 8, &mut b"hello".to_vec(), true).unwrap();
-//! let mut word = [0u8; 5];
-//! access.rw(iova + 8, &mut word, false).unwrap();
-//! assert_eq!(&word, b"hello");
-//! // (the bytes are in the mapped memory itself)
-//! let at = (va - guest.as_ptr() as u64) as usize + 8;
-//! assert_eq!(&std::hint::black_box(&guest)[at..at + 5], b"hello");
-//! access.destroy(&ctx);
-//! ```
-//!
-//! A device behind the software VT-d IOMMU attached to an IOAS: its DMA
-//! translates through the automatic domain, which mirrors the IOAS:
-//!
-//! ```
-//! use std::sync::Arc;
-//! use uiommufd::domain::Iova;
-//! use uiommufd::{vtd::driver::VtdDriver, Context, Device, Prot};
-//! let ctx = Context::new();
-//! let ioas = ctx.ioas_alloc().unwrap();
-//! let dev = Device::bind(&ctx, Arc::new(VtdDriver::default())).unwrap();
-//! let hwpt = dev.attach(&ctx, ioas).unwrap();
-//! let buf = vec![0u8; 3 * 4096];
-//! // whole pages: the domain's granule is 4 KiB
-//! let va = (buf.as_ptr() as u64).next_multiple_of(4096);
-//! let iova = ctx.ioas(ioas).unwrap()
-//!     .map_user(va, 8192, None, Prot::RW).unwrap();
-//! let domain = dev.dma_domain().unwrap();
-//! assert_eq!(domain.iova_to_phys(Iova(iova + 4096)).unwrap().0, va + 4096);
-//! assert_eq!(dev.attached_hwpt(), Some(hwpt));
-//! dev.unbind(&ctx);
-//! ```
+//! [`Access`] and [`Device`] show an emulated device reading and writing
+//! guest memory by IOVA, and a device behind the software VT-d IOMMU
+//! attached to an IOAS.
 //!
 //! The C ABI through the ioctl table:
 //!

@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use zerocopy::{FromBytes, Immutable, IntoBytes};
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::context::{Context, ObjId};
 use crate::files::{EngineFile, FdResolver, MmapTarget, StatAs};
@@ -27,21 +27,10 @@ use crate::vfio::device::{OpenedVia, VfioDevice};
 use crate::vfio::group::GroupToken;
 use crate::vfio::registry::VFIO_CDEV_MAJOR;
 use crate::vfio::uapi::*;
-pub(crate) use crate::vfio_compat::ioctl::read_prefix_from as read_prefix;
+pub(crate) use crate::vfio_compat::ioctl::{
+    read_prefix_from as read_prefix, write_prefix_to as write_prefix,
+};
 use crate::{bail, Error, Result};
-
-/// Copy out the first `n` bytes of `v` to `addr` (`EFAULT`).
-pub(crate) fn write_prefix<T: IntoBytes + Immutable>(
-    mem: &dyn UserMemory,
-    addr: u64,
-    v: &T,
-    n: usize,
-    what: &'static str,
-) -> Result<()> {
-    let bytes = v.as_bytes();
-    let n = n.min(bytes.len());
-    mem.write(addr, &bytes[..n]).map_err(|_| Error::fault(what))
-}
 
 /// The errno for an fd that names no iommufd: `EBADF` when it is not open
 /// (`fdget`), `EBADFD` when it is some other file.

@@ -43,9 +43,9 @@
 use std::mem::size_of;
 
 use super::compat_ioas;
-use super::ioctl::{check_argsz, read_prefix, write_prefix};
+use super::ioctl::{check_argsz, read_prefix};
 use super::tracking::Type1Session;
-use super::type1::{min_pgsize, UNMAP_MINSZ};
+use super::type1::{min_pgsize, reply_unmap, UNMAP_MINSZ};
 use crate::context::Context;
 use crate::io_pagetable::AreaDirty;
 use crate::ioas::Ioas;
@@ -458,13 +458,7 @@ pub(crate) fn unmap_with_bitmap(
     let areas = session.read(ioas.iopt(), unmap.iova, last, pgshift, false)?;
     write_bitmap(ctx, &ioas, bitmap.data, unmap.iova, pgshift, &areas, false)?;
     unmap.size = ioas.unmap(unmap.iova, unmap.size)?;
-    write_prefix(
-        ctx,
-        arg,
-        &unmap,
-        UNMAP_MINSZ,
-        "cannot write vfio_iommu_type1_dma_unmap",
-    )?;
+    reply_unmap(ctx, arg, &unmap)?;
     Ok(0)
 }
 

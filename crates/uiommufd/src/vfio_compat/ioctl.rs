@@ -96,9 +96,11 @@ pub(crate) fn check_argsz(cmd: &str, argsz: u32, min: usize) -> Result<()> {
     Ok(())
 }
 
-/// Copy out the first `n` bytes of `v` to `addr` (`EFAULT`).
-pub(crate) fn write_prefix<T: IntoBytes + zerocopy::Immutable>(
-    ctx: &Context,
+/// Copy out the first `n` bytes of `v` to `addr` in `mem` (`EFAULT`), the
+/// `copy_to_user` of the VFIO handlers, the container's and the device
+/// files'.
+pub(crate) fn write_prefix_to<T: IntoBytes + zerocopy::Immutable>(
+    mem: &dyn UserMemory,
     addr: u64,
     v: &T,
     n: usize,
@@ -106,7 +108,16 @@ pub(crate) fn write_prefix<T: IntoBytes + zerocopy::Immutable>(
 ) -> Result<()> {
     let bytes = v.as_bytes();
     let n = n.min(bytes.len());
-    ctx.memory()
-        .write(addr, &bytes[..n])
-        .map_err(|_| Error::fault(what))
+    mem.write(addr, &bytes[..n]).map_err(|_| Error::fault(what))
+}
+
+/// [`write_prefix_to`] the context's memory.
+pub(crate) fn write_prefix<T: IntoBytes + zerocopy::Immutable>(
+    ctx: &Context,
+    addr: u64,
+    v: &T,
+    n: usize,
+    what: &'static str,
+) -> Result<()> {
+    write_prefix_to(&**ctx.memory(), addr, v, n, what)
 }

@@ -297,12 +297,17 @@ pub(crate) fn unmap_dma(ctx: &Context, arg: u64) -> Result<i32> {
         ioas.unmap(unmap.iova, unmap.size)
     };
     unmap.size = *res.as_ref().unwrap_or(&0);
+    reply_unmap(ctx, arg, &unmap)?;
+    res.map(|_| 0)
+}
+
+/// Copy an unmap's reply (`size`: the bytes unmapped) back to the caller.
+pub(crate) fn reply_unmap(ctx: &Context, arg: u64, unmap: &VfioIommuType1DmaUnmap) -> Result<()> {
     write_prefix(
         ctx,
         arg,
-        &unmap,
+        unmap,
         UNMAP_MINSZ,
         "cannot write vfio_iommu_type1_dma_unmap",
-    )?;
-    res.map(|_| 0)
+    )
 }
