@@ -17,6 +17,41 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+/// The [`HwptCore`] accessors of a HWPT type that keeps one in its field
+/// `core`: paging and nested HWPTs share them.
+macro_rules! hwpt_core_accessors {
+    () => {
+        /// Its object ID, once published.
+        pub fn id(&self) -> Option<ObjId> {
+            self.core.id()
+        }
+        pub(crate) fn set_id(&self, id: ObjId) {
+            self.core.set_id(id);
+        }
+        pub(crate) fn add_device(&self, dev: ObjId) {
+            self.core.add_device(dev);
+        }
+        pub(crate) fn remove_device(&self, dev: ObjId) {
+            self.core.remove_device(dev);
+        }
+        /// IDs of the devices attached.
+        pub fn devices(&self) -> Vec<ObjId> {
+            self.core.devices()
+        }
+        /// Whether it was made with `IOMMU_HWPT_ALLOC_PASID` (a device's
+        /// PASID may attach to it, and a device with PASIDs attached may
+        /// attach its RID only to such a HWPT).
+        pub fn pasid_compat(&self) -> bool {
+            self.core.pasid_compat()
+        }
+        /// Mark it made with `IOMMU_HWPT_ALLOC_PASID` (before it is
+        /// published).
+        pub(crate) fn set_pasid_compat(&self) {
+            self.core.set_pasid_compat();
+        }
+    };
+}
+
 pub(crate) mod ioctl;
 pub mod nested;
 
@@ -113,16 +148,6 @@ impl HwptPaging {
     pub fn domain(&self) -> &Arc<dyn Domain> {
         &self.domain
     }
-    /// Whether it was made with `IOMMU_HWPT_ALLOC_PASID` (a device's PASID
-    /// may attach to it, and a device with PASIDs attached may attach its
-    /// RID only to such a HWPT).
-    pub fn pasid_compat(&self) -> bool {
-        self.core.pasid_compat()
-    }
-    /// Mark it made with `IOMMU_HWPT_ALLOC_PASID` (before it is published).
-    pub fn set_pasid_compat(&self) {
-        self.core.set_pasid_compat();
-    }
     /// The IOAS it mirrors.
     pub fn ioas(&self) -> &Arc<Ioas> {
         &self.ioas
@@ -139,23 +164,7 @@ impl HwptPaging {
     pub fn nest_parent(&self) -> bool {
         self.nest_parent
     }
-    /// Its object ID, once published.
-    pub fn id(&self) -> Option<ObjId> {
-        self.core.id()
-    }
-    pub(crate) fn set_id(&self, id: ObjId) {
-        self.core.set_id(id);
-    }
-    pub(crate) fn add_device(&self, dev: ObjId) {
-        self.core.add_device(dev);
-    }
-    pub(crate) fn remove_device(&self, dev: ObjId) {
-        self.core.remove_device(dev);
-    }
-    /// IDs of the devices attached.
-    pub fn devices(&self) -> Vec<ObjId> {
-        self.core.devices()
-    }
+    hwpt_core_accessors!();
 }
 
 impl Drop for HwptPaging {

@@ -93,14 +93,6 @@ impl HwptNested {
     pub fn viommu(&self) -> Option<&Arc<crate::viommu::Viommu>> {
         self.viommu.as_ref()
     }
-    /// Whether it was made with `IOMMU_HWPT_ALLOC_PASID`.
-    pub fn pasid_compat(&self) -> bool {
-        self.core.pasid_compat()
-    }
-    /// Mark it made with `IOMMU_HWPT_ALLOC_PASID` (before it is published).
-    pub fn set_pasid_compat(&self) {
-        self.core.set_pasid_compat();
-    }
 
     /// The parent paging HWPT (whose mapping DMA goes through).
     pub fn parent(&self) -> &Arc<HwptPaging> {
@@ -114,21 +106,5 @@ impl HwptNested {
     pub fn fault(&self) -> Option<&Arc<Fault>> {
         self.fault.as_ref()
     }
-    /// Its object ID, once published.
-    pub fn id(&self) -> Option<ObjId> {
-        self.core.id()
-    }
-    pub(crate) fn set_id(&self, id: ObjId) {
-        self.core.set_id(id);
-    }
-    pub(crate) fn add_device(&self, dev: ObjId) {
-        self.core.add_device(dev);
-    }
-    pub(crate) fn remove_device(&self, dev: ObjId) {
-        self.core.remove_device(dev);
-    }
-    /// IDs of the devices attached.
-    pub fn devices(&self) -> Vec<ObjId> {
-        self.core.devices()
-    }
+    hwpt_core_accessors!();
 }
