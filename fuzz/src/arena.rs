@@ -109,7 +109,7 @@ fn protect(addr: u64, len: u64, prot: i32) {
 impl Arena {
     fn new() -> Arena {
         let ps = page_size();
-        let align = uiommufd::io_pagetable::huge_page_size().max(ps);
+        let align = uiommufd::plumbing::io_pagetable::huge_page_size().max(ps);
         let len = PAGES * ps;
         let map_len = (len + align) as usize;
         // SAFETY: a fresh anonymous private mapping; no existing memory is

@@ -56,8 +56,8 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use uiommufd::dispatch::ioctl;
-use uiommufd::files;
 use uiommufd::pages::{check_accounting, Pages};
+use uiommufd::plumbing::files;
 use uiommufd::uapi::vfio::*;
 use uiommufd::uapi::*;
 use uiommufd::user::page_size;

@@ -1,5 +1,5 @@
 //! The `io_pagetable_model` harness: the input decoded into operations on
-//! one [`IoPagetable`](uiommufd::io_pagetable::IoPagetable), run and checked
+//! one [`IoPagetable`](uiommufd::plumbing::io_pagetable::IoPagetable), run and checked
 //! step by step by the test kit's [`Harness`] against the reference model
 //! (the harness and model the proptests of `tests/io_pagetable_model.rs`
 //! use).

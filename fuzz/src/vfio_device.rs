@@ -24,8 +24,8 @@ use std::collections::HashMap;
 use std::os::fd::AsRawFd;
 use std::sync::{Arc, Mutex, OnceLock};
 
-use uiommufd::files::{self, FdResolver};
-use uiommufd::io_pagetable::Prot;
+use uiommufd::plumbing::files::{self, FdResolver};
+use uiommufd::plumbing::io_pagetable::Prot;
 use uiommufd::user::SelfMemory;
 use uiommufd::vfio::device_fd::DeviceFile;
 use uiommufd::vfio::group::GroupFile;

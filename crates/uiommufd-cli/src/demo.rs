@@ -14,8 +14,8 @@ use std::sync::{Arc, Weak};
 use uiommufd::access::{Access, AccessOps};
 use uiommufd::device::Device;
 use uiommufd::domain::{HostAddr, Iova};
-use uiommufd::io_pagetable::AreaInfo;
 use uiommufd::mock::device::MockDevice;
+use uiommufd::plumbing::io_pagetable::AreaInfo;
 use uiommufd::{Context, Prot};
 
 /// An emulated device that reads and writes guest memory by IOVA through an

@@ -1,10 +1,10 @@
 //! I/O on engine fds: the fds the engine itself creates for the program
-//! (selftest access fds, fault queue fds; see [`uiommufd::files`]).
+//! (selftest access fds, fault queue fds; see [`uiommufd::plumbing::files`]).
 //!
 //! Such an fd is a real `eventfd` whose counter mirrors the engine file's
 //! `POLLIN` readiness, so `poll`/`ppoll`/`select`/`epoll` need no hook. What
 //! the shim must do is route the data calls (`read`, `__read_chk`, `write`,
-//! `readv`, `writev`) to [`uiommufd::files::read`]/[`uiommufd::files::write`]
+//! `readv`, `writev`) to [`uiommufd::plumbing::files::read`]/[`uiommufd::plumbing::files::write`]
 //! instead of the eventfd, copying to and from the caller's buffers with the
 //! fault-safe [`SelfMemory`] (a bad pointer is `EFAULT`, not `SIGSEGV`, as
 //! with the kernel's `copy_to_user`). Each file moves data in bounded pieces
@@ -16,7 +16,7 @@
 
 use std::ffi::c_int;
 
-use uiommufd::files::{self, UserBuf};
+use uiommufd::plumbing::files::{self, UserBuf};
 use uiommufd::user::{SelfMemory, UserMemory};
 
 /// The kernel's `MAX_RW_COUNT` (`INT_MAX & PAGE_MASK` with 4 KiB pages): the
@@ -256,7 +256,7 @@ mod tests {
     use std::sync::atomic::{AtomicBool, Ordering};
     use std::sync::{Arc, Mutex};
 
-    use uiommufd::files::{self, EngineFile};
+    use uiommufd::plumbing::files::{self, EngineFile};
 
     #[derive(Debug, Default)]
     struct Fifo {

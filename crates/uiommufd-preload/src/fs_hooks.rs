@@ -7,7 +7,7 @@
 
 use std::ffi::{c_char, c_int, c_void};
 
-use uiommufd::files;
+use uiommufd::plumbing::files;
 
 use crate::path::{Form, VfioNode};
 use crate::vfio::{self, Act};
@@ -659,7 +659,7 @@ mod tests {
     use std::ffi::c_void;
     use std::sync::{Arc, Mutex};
 
-    use uiommufd::files::{self, EngineFile, FdResolver, MmapTarget, StatAs};
+    use uiommufd::plumbing::files::{self, EngineFile, FdResolver, MmapTarget, StatAs};
     use uiommufd::user::UserMemory;
 
     use crate::path::errno;

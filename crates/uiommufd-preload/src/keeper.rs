@@ -98,7 +98,7 @@ fn underscore_fork() -> Option<unsafe extern "C" fn() -> libc::pid_t> {
 
 /// Whether the engine runs threads of its own (VFIO devices are open).
 fn engine_threads() -> bool {
-    uiommufd::files::engine_fds()
+    uiommufd::plumbing::files::engine_fds()
         .iter()
         .any(|(_, kind)| kind.starts_with("vfio"))
 }

@@ -39,9 +39,9 @@
 //!   `FIGETBSZ`) go to the kernel on the backing memfd, which answers them
 //!   as it would for the device file.
 //! * **Engine fds** — fds the engine itself creates for the program (selftest
-//!   access fds, fault queue fds; see [`uiommufd::files`]): `close`,
+//!   access fds, fault queue fds; see [`uiommufd::plumbing::files`]): `close`,
 //!   `close_range`, `closefrom` and the `dup` family keep
-//!   [`uiommufd::files`] informed ([`uiommufd::files::on_close`] is called
+//!   [`uiommufd::plumbing::files`] informed ([`uiommufd::plumbing::files::on_close`] is called
 //!   *before* the real close, so the engine never signals a number a racing
 //!   `open` already reused), and `read`, `__read_chk`, `write`, `readv`,
 //!   `writev` on them run the engine file's read/write (see `engine`);
@@ -60,7 +60,7 @@
 //!   `__xstat`/`__lxstat`/`__fxstatat` family report those nodes as
 //!   character devices; `fstat`, `fstat64`, `__fxstat*` (and `fstatat`/`statx`
 //!   with `AT_EMPTY_PATH`) of an engine fd report its file's
-//!   [`uiommufd::files::EngineFile::stat_as`]; `ioctl` and `mmap`/`mmap64`
+//!   [`uiommufd::plumbing::files::EngineFile::stat_as`]; `ioctl` and `mmap`/`mmap64`
 //!   of engine fds run the file's `ioctl` (with the fd table resolving
 //!   iommufd fds) and map what its `mmap` names; `preadv`, `pwritev`,
 //!   `preadv64`, `pwritev64`, `preadv2`, `pwritev2`, `preadv64v2`,
@@ -112,8 +112,8 @@
 //! * **The fd table** (see `table`) is a `RwLock`ed map behind a lock-free
 //!   per-fd hint bitmap: for fds the shim did not create, each hook costs one
 //!   atomic load before forwarding. Engine fds live in the engine's own
-//!   registry ([`uiommufd::files`]), which has the same kind of bitmap
-//!   ([`uiommufd::files::is_engine_fd`]); the data hooks (`read`, `write`,
+//!   registry ([`uiommufd::plumbing::files`]), which has the same kind of bitmap
+//!   ([`uiommufd::plumbing::files::is_engine_fd`]); the data hooks (`read`, `write`,
 //!   ...) check only that bit, `close` and the `dup` family check both (two
 //!   loads), and the kind of an fd is decided in the slow path. Keeping the
 //!   engine registry authoritative (rather than mirroring it here) means the
@@ -195,7 +195,7 @@
 use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void};
 
 use std::panic::{catch_unwind, AssertUnwindSafe};
-use uiommufd::files;
+use uiommufd::plumbing::files;
 
 mod engine;
 mod exec_hooks;

@@ -652,7 +652,7 @@ fn install(
         conn: conn.clone(),
         owner_fd,
     });
-    if let Err(e) = uiommufd::files::adopt(fd, file) {
+    if let Err(e) = uiommufd::plumbing::files::adopt(fd, file) {
         crate::raw_close(fd);
         return Err(e.errno().0);
     }
@@ -684,7 +684,7 @@ struct RemoteFile {
     owner_fd: c_int,
 }
 
-impl uiommufd::files::EngineFile for RemoteFile {
+impl uiommufd::plumbing::files::EngineFile for RemoteFile {
     fn kind(&self) -> &'static str {
         "remote"
     }
@@ -888,7 +888,7 @@ struct MadeFd(c_int);
 impl Drop for MadeFd {
     fn drop(&mut self) {
         let _ops = crate::sync::fd_ops();
-        uiommufd::files::on_close(self.0);
+        uiommufd::plumbing::files::on_close(self.0);
         forget_engine_fds(self.0, self.0);
         crate::raw_close(self.0);
     }
@@ -902,12 +902,12 @@ fn made_fd(mem: &dyn UserMemory, at: u64) -> Option<(Arc<MadeFd>, bool)> {
     let mut b = [0u8; 4];
     mem.read(at, &mut b).ok()?;
     let fd = c_int::from_ne_bytes(b);
-    uiommufd::files::get(fd)?;
+    uiommufd::plumbing::files::get(fd)?;
     let cloexec = cloexec(fd);
     let high = hide_keeping(fd);
     if high != fd {
-        uiommufd::files::on_dup(fd, high);
-        uiommufd::files::on_close(fd);
+        uiommufd::plumbing::files::on_dup(fd, high);
+        uiommufd::plumbing::files::on_close(fd);
         crate::raw_close(fd);
     }
     Some((Arc::new(MadeFd(high)), cloexec))
@@ -1227,7 +1227,7 @@ static PENDING: Mutex<Option<Pending>> = Mutex::new(None);
 /// The `fork` prepare handler's part (inside the fork gate): connections
 /// for the child, when this process has any `/dev/iommu` fd.
 pub(crate) fn prepare() {
-    let local_engine = uiommufd::files::any_engine_fd();
+    let local_engine = uiommufd::plumbing::files::any_engine_fd();
     if !table::any_registered() && !local_engine {
         return;
     }
@@ -1349,7 +1349,7 @@ pub(crate) fn child() {
         let mut map = engine_fds();
         let parent: HashMap<c_int, RemoteEngineFd> =
             std::mem::take(&mut *map).into_iter().collect();
-        for (fd, kind) in uiommufd::files::engine_fds() {
+        for (fd, kind) in uiommufd::plumbing::files::engine_fds() {
             // a fail-nth file is per thread, of this process
             if kind == "fail-nth" {
                 continue;
@@ -2498,7 +2498,7 @@ pub(crate) fn dup_engine_fd(old: c_int, new: c_int) {
 /// our fd is the client's file, then the engine moves the bytes between the
 /// file and the client's memory.
 fn engine_transfer(m: &Msg, mem: &Arc<dyn UserMemory>, pid: i32) -> i64 {
-    use uiommufd::files::{self, UserBuf};
+    use uiommufd::plumbing::files::{self, UserBuf};
     let ours = (m.a & 0xffff_ffff) as c_int;
     let theirs = (m.a >> 32) as c_int;
     const KCMP_FILE: c_int = 0;
@@ -2600,7 +2600,11 @@ pub(crate) fn keeper_take_over() -> Vec<c_int> {
         use std::os::fd::AsRawFd;
         ours.extend(h.pidfd.as_ref().map(|f| f.as_raw_fd()));
     }
-    ours.extend(uiommufd::files::engine_fds().into_iter().map(|(fd, _)| fd));
+    ours.extend(
+        uiommufd::plumbing::files::engine_fds()
+            .into_iter()
+            .map(|(fd, _)| fd),
+    );
     ours
 }
 

@@ -164,7 +164,7 @@ pub(crate) fn open(what: Special, flags: c_int) -> c_int {
                 return fail(libc::ENOENT);
             }
             let file = Arc::new(uiommufd::fail_nth::FailNthFile::new(tid));
-            match uiommufd::files::create_no_inject(file, cloexec) {
+            match uiommufd::plumbing::files::create_no_inject(file, cloexec) {
                 Ok(fd) => fd,
                 Err(e) => fail(e.errno().0),
             }

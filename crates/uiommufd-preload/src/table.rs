@@ -4,7 +4,7 @@
 //!
 //! The authoritative map is a `RwLock<BTreeMap<fd, Entry>>` (const-initialised,
 //! so usable before any Rust runtime setup). In front of it sits a lock-free
-//! *hint*: one bit per fd for fds below [`uiommufd::files::FdHints::FAST_FDS`], and a counter of
+//! *hint*: one bit per fd for fds below [`uiommufd::plumbing::files::FdHints::FAST_FDS`], and a counter of
 //! registered fds at or above it. Every hook first reads the hint with one
 //! atomic load; when the bit is clear (the case for every fd the program did
 //! not get from us) it forwards to libc without touching the lock. Bits are
@@ -31,7 +31,7 @@ use std::sync::{Arc, RwLock, RwLockReadGuard, RwLockWriteGuard};
 use uiommufd::Context;
 
 /// Which fds may be ours (the engine's lock-free hint; see its docs).
-static HINTS: uiommufd::files::FdHints = uiommufd::files::FdHints::new();
+static HINTS: uiommufd::plumbing::files::FdHints = uiommufd::plumbing::files::FdHints::new();
 static SERIAL: AtomicU64 = AtomicU64::new(1);
 static MAP: RwLock<BTreeMap<c_int, Entry>> = RwLock::new(BTreeMap::new());
 

@@ -15,7 +15,7 @@
 //!   `st_rdev = makedev(VFIO_GROUP_MAJOR, N)` for groups and
 //!   `makedev(VFIO_CDEV_MAJOR, N)` for cdevs (the other fields are those of
 //!   `/dev/null`: a devtmpfs node). `fstat` of an engine fd whose file has
-//!   [`uiommufd::files::EngineFile::stat_as`] reports that mode and rdev.
+//!   [`uiommufd::plumbing::files::EngineFile::stat_as`] reports that mode and rdev.
 //! * **sysfs**: `/sys/bus/pci/devices/ADDR[/...]` and
 //!   `/sys/kernel/iommu_groups/N[/...]` of declared devices are redirected
 //!   to the tree (`open*`, the `stat` family, `readlink*`, `opendir`,
@@ -33,7 +33,7 @@ use std::path::PathBuf;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, OnceLock};
 
-use uiommufd::files::FdResolver;
+use uiommufd::plumbing::files::FdResolver;
 use uiommufd::user::{SelfMemory, UserMemory};
 use uiommufd::vfio::registry::{self, VFIO_CDEV_MAJOR, VFIO_GROUP_MAJOR};
 use uiommufd::vfio::sysfs;
@@ -336,12 +336,12 @@ pub(crate) fn statx_node(node: VfioNode, form: Form, mask: u32, buf: *mut libc::
 
 /// The `(mode, rdev)` an engine fd reports instead of its eventfd's, if
 /// its file says so. Inside a critical section.
-fn engine_stat_as(fd: c_int) -> Option<uiommufd::files::StatAs> {
-    uiommufd::files::get(fd)?.stat_as()
+fn engine_stat_as(fd: c_int) -> Option<uiommufd::plumbing::files::StatAs> {
+    uiommufd::plumbing::files::get(fd)?.stat_as()
 }
 
 /// A stat of a possible engine fd: `real` fills the local `st`, `patch`
-/// puts the file's [`uiommufd::files::EngineFile::stat_as`] in it, and it
+/// puts the file's [`uiommufd::plumbing::files::EngineFile::stat_as`] in it, and it
 /// is copied out to `buf`. `None`: not an engine fd with `stat_as`
 /// (forward).
 fn stat_engine<T>(
@@ -349,7 +349,7 @@ fn stat_engine<T>(
     buf: *mut T,
     mut st: T,
     real: impl FnOnce(*mut T) -> c_int,
-    patch: impl FnOnce(&mut T, uiommufd::files::StatAs),
+    patch: impl FnOnce(&mut T, uiommufd::plumbing::files::StatAs),
 ) -> Option<c_int> {
     if sync::foreign() {
         return None;
@@ -410,7 +410,10 @@ pub(crate) unsafe fn empty_path_on_engine_fd(
     path: *const c_char,
     flags: c_int,
 ) -> bool {
-    if flags & libc::AT_EMPTY_PATH == 0 || !uiommufd::files::is_engine_fd(dirfd) || path.is_null() {
+    if flags & libc::AT_EMPTY_PATH == 0
+        || !uiommufd::plumbing::files::is_engine_fd(dirfd)
+        || path.is_null()
+    {
         return false;
     }
     if sync::foreign() {
@@ -483,7 +486,7 @@ fn creates_fd(cmd: u32) -> bool {
 /// `ioctl` on an engine fd: `None` when `fd` is not (or no longer) one.
 /// Inside a critical section.
 pub(crate) fn engine_ioctl(fd: c_int, cmd: u32, arg: u64) -> Option<Result<c_int, c_int>> {
-    let file = uiommufd::files::get(fd)?;
+    let file = uiommufd::plumbing::files::get(fd)?;
     let births = creates_fd(cmd);
     let _birth = births.then(sync::Birth::new);
     let ops = births.then(sync::fd_ops);
@@ -514,7 +517,7 @@ pub(crate) fn engine_mmap(
     offset: i64,
     map: impl FnOnce(c_int, i64) -> *mut libc::c_void,
 ) -> Option<Result<*mut libc::c_void, c_int>> {
-    let file = uiommufd::files::get(fd)?;
+    let file = uiommufd::plumbing::files::get(fd)?;
     let page = uiommufd::user::page_size() as i64;
     let Ok(off) = u64::try_from(offset) else {
         return Some(Err(libc::EINVAL));

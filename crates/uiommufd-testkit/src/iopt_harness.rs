@@ -20,9 +20,9 @@ use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use uiommufd::accounting::AccountMode;
 use uiommufd::domain::{DmaFault, Domain};
-use uiommufd::io_pagetable::{AccessNotify, IoPagetable, IovaRequest, MapSource};
 use uiommufd::mock::domain::MockDomain;
 use uiommufd::pages::Pages;
+use uiommufd::plumbing::io_pagetable::{AccessNotify, IoPagetable, IovaRequest, MapSource};
 use uiommufd::user::UserMemory;
 use uiommufd::vtd::VtdDomain;
 use uiommufd::{Prot, Result};

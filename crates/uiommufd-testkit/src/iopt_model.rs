@@ -1,5 +1,5 @@
 //! The IO page table reference model: what an
-//! [`IoPagetable`](uiommufd::io_pagetable::IoPagetable) must answer to each
+//! [`IoPagetable`](uiommufd::plumbing::io_pagetable::IoPagetable) must answer to each
 //! operation (the errno, the acceptable IOVAs, the host pages an access
 //! pins), written independently of the engine. One model, used by the
 //! engine's proptests (`io_pagetable/tests.rs`), by the fuzz target
@@ -19,8 +19,8 @@
 
 use std::collections::BTreeMap;
 
-use uiommufd::io_pagetable::huge_page_size;
 use uiommufd::mock::domain::{MOCK_APERTURE_LAST, MOCK_APERTURE_START};
+use uiommufd::plumbing::io_pagetable::huge_page_size;
 use uiommufd::user::page_size;
 
 fn ps() -> u64 {

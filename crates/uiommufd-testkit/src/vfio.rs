@@ -5,7 +5,7 @@
 use std::collections::HashMap;
 use std::sync::Arc;
 
-use uiommufd::files::{self, EngineFile, FdResolver};
+use uiommufd::plumbing::files::{self, EngineFile, FdResolver};
 use uiommufd::user::SelfMemory;
 use uiommufd::Context;
 use zerocopy::{FromBytes, IntoBytes};

@@ -9,7 +9,7 @@
 //! they do not allow.
 
 use uiommufd::domain::Domain;
-use uiommufd::io_pagetable::Prot;
+use uiommufd::plumbing::io_pagetable::Prot;
 use uiommufd::vtd::{VtdDomain, VtdIommu};
 use vm_memory::{Bytes, GuestAddress, GuestMemoryBackend, GuestMemoryMmap, IommuMemory};
 

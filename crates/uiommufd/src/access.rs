@@ -21,7 +21,8 @@ use std::sync::{Arc, Weak};
 use parking_lot::RwLock;
 
 use crate::context::{Context, ObjId, Object};
-use crate::io_pagetable::{AccessNotify, IoPagetable, PinnedPages};
+pub use crate::io_pagetable::PinnedPages;
+use crate::io_pagetable::{AccessNotify, IoPagetable};
 use crate::ioas::Ioas;
 use crate::user::page_size;
 use crate::{bail, Result};
@@ -52,7 +53,32 @@ struct State {
     ioas: Option<(Arc<Ioas>, ObjId, u64)>,
 }
 
-/// An access object.
+/// An access object: an emulated device (or the engine itself) that reads,
+/// writes and pins guest memory by IOVA in the IOAS it is attached to, and
+/// is told of unmaps through its [`AccessOps`].
+///
+/// An emulated device writing and reading guest memory through an access:
+///
+/// ```
+/// use uiommufd::{Access, Context, Prot};
+/// let ctx = Context::new();
+/// let ioas = ctx.ioas_alloc().unwrap();
+/// let mut guest = vec![0u8; 2 * 4096];
+/// // a whole page: an access needs page-aligned areas
+/// let va = (guest.as_mut_ptr() as u64).next_multiple_of(4096);
+/// let iova = ctx.ioas(ioas).unwrap()
+///     .map_user(va, 4096, Some(0x10_0000), Prot::RW).unwrap();
+/// let access = Access::create_internal(&ctx).unwrap();
+/// access.attach(&ctx, ioas).unwrap();
+/// access.rw(iova + 8, &mut b"hello".to_vec(), true).unwrap();
+/// let mut word = [0u8; 5];
+/// access.rw(iova + 8, &mut word, false).unwrap();
+/// assert_eq!(&word, b"hello");
+/// // (the bytes are in the mapped memory itself)
+/// let at = (va - guest.as_ptr() as u64) as usize + 8;
+/// assert_eq!(&std::hint::black_box(&guest)[at..at + 5], b"hello");
+/// access.destroy(&ctx);
+/// ```
 #[derive(Debug)]
 pub struct Access {
     id: ObjId,

@@ -301,6 +301,28 @@ impl Device {
 
     /// Attach to `pt_id` (an IOAS: reuse or make an auto domain; or a paging
     /// HWPT). Returns the HWPT ID the device now translates through.
+    ///
+    /// A device behind the software VT-d IOMMU attached to an IOAS: its DMA
+    /// translates through the automatic domain, which mirrors the IOAS.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use uiommufd::domain::Iova;
+    /// use uiommufd::{vtd::VtdDriver, Context, Device, Prot};
+    /// let ctx = Context::new();
+    /// let ioas = ctx.ioas_alloc().unwrap();
+    /// let dev = Device::bind(&ctx, Arc::new(VtdDriver::default())).unwrap();
+    /// let hwpt = dev.attach(&ctx, ioas).unwrap();
+    /// let buf = vec![0u8; 3 * 4096];
+    /// // whole pages: the domain's granule is 4 KiB
+    /// let va = (buf.as_ptr() as u64).next_multiple_of(4096);
+    /// let iova = ctx.ioas(ioas).unwrap()
+    ///     .map_user(va, 8192, None, Prot::RW).unwrap();
+    /// let domain = dev.dma_domain().unwrap();
+    /// assert_eq!(domain.iova_to_phys(Iova(iova + 4096)).unwrap().0, va + 4096);
+    /// assert_eq!(dev.attached_hwpt(), Some(hwpt));
+    /// dev.unbind(&ctx);
+    /// ```
     pub fn attach(self: &Arc<Self>, ctx: &Context, pt_id: ObjId) -> Result<ObjId> {
         if self.attached.lock().is_some() {
             bail!(EINVAL, "device {} is already attached", self.id);

@@ -82,23 +82,23 @@ fn lookup(nr: u32) -> Option<&'static Op> {
         op!(IOMMU_IOAS_MAP, ioas::map, IommuIoasMap, iova: u64),
         op!(IOMMU_IOAS_UNMAP, ioas::unmap, IommuIoasUnmap, length: u64),
         op!(IOMMU_OPTION, option, IommuOption, val64: u64),
-        op!(IOMMU_VFIO_IOAS, vfio_compat::vfio_ioas, IommuVfioIoas, __reserved: u16),
-        op!(IOMMU_HWPT_ALLOC, hwpt::alloc, IommuHwptAlloc, __reserved: u32),
-        op!(IOMMU_GET_HW_INFO, hwpt::get_hw_info, IommuHwInfo, __reserved: [u8; 3]),
-        op!(IOMMU_HWPT_SET_DIRTY_TRACKING, hwpt::dirty::set_dirty_tracking, IommuHwptSetDirtyTracking, __reserved: u32),
-        op!(IOMMU_HWPT_GET_DIRTY_BITMAP, hwpt::dirty::get_dirty_bitmap, IommuHwptGetDirtyBitmap, data: u64),
-        op!(IOMMU_HWPT_INVALIDATE, hwpt::nested::invalidate, IommuHwptInvalidate, __reserved: u32),
-        op!(IOMMU_FAULT_QUEUE_ALLOC, fault::fault_queue_alloc, IommuFaultAlloc, out_fault_fd: u32),
+        op!(IOMMU_VFIO_IOAS, vfio_compat::ioctl::vfio_ioas, IommuVfioIoas, __reserved: u16),
+        op!(IOMMU_HWPT_ALLOC, hwpt::ioctl::alloc, IommuHwptAlloc, __reserved: u32),
+        op!(IOMMU_GET_HW_INFO, hwpt::ioctl::get_hw_info, IommuHwInfo, __reserved: [u8; 3]),
+        op!(IOMMU_HWPT_SET_DIRTY_TRACKING, hwpt::ioctl::set_dirty_tracking, IommuHwptSetDirtyTracking, __reserved: u32),
+        op!(IOMMU_HWPT_GET_DIRTY_BITMAP, hwpt::ioctl::get_dirty_bitmap, IommuHwptGetDirtyBitmap, data: u64),
+        op!(IOMMU_HWPT_INVALIDATE, hwpt::ioctl::invalidate, IommuHwptInvalidate, __reserved: u32),
+        op!(IOMMU_FAULT_QUEUE_ALLOC, fault::ioctl::fault_queue_alloc, IommuFaultAlloc, out_fault_fd: u32),
         op!(IOMMU_IOAS_MAP_FILE, ioas::map_file, IommuIoasMapFile, iova: u64, since UapiLevel::V6_13),
         op!(IOMMU_IOAS_CHANGE_PROCESS, ioas::change_process, IommuIoasChangeProcess, __reserved: u32,
             since UapiLevel::V6_14),
-        op!(IOMMU_VIOMMU_ALLOC, viommu::viommu_alloc, IommuViommuAlloc, out_viommu_id: u32,
+        op!(IOMMU_VIOMMU_ALLOC, viommu::ioctl::viommu_alloc, IommuViommuAlloc, out_viommu_id: u32,
             since UapiLevel::V6_13),
-        op!(IOMMU_VDEVICE_ALLOC, viommu::vdevice_alloc, IommuVdeviceAlloc, virt_id: u64,
+        op!(IOMMU_VDEVICE_ALLOC, viommu::ioctl::vdevice_alloc, IommuVdeviceAlloc, virt_id: u64,
             since UapiLevel::V6_13),
-        op!(IOMMU_VEVENTQ_ALLOC, veventq::veventq_alloc, IommuVeventqAlloc, out_veventq_fd: u32,
+        op!(IOMMU_VEVENTQ_ALLOC, veventq::ioctl::veventq_alloc, IommuVeventqAlloc, out_veventq_fd: u32,
             since UapiLevel::V6_15),
-        op!(IOMMU_HW_QUEUE_ALLOC, viommu::hw_queue_alloc, IommuHwQueueAlloc, length: u64,
+        op!(IOMMU_HW_QUEUE_ALLOC, viommu::ioctl::hw_queue_alloc, IommuHwQueueAlloc, length: u64,
             since UapiLevel::V6_17),
     ];
     // the selftest's command (the kernel's CONFIG_IOMMUFD_TEST)
@@ -227,7 +227,7 @@ fn dispatch(ctx: &Arc<Context>, mem: &Arc<dyn UserMemory>, cmd: u32, arg: u64) -
                 "VFIO container ioctl {cmd:#x} from a process that does not hold the engine"
             );
         }
-        return crate::vfio_compat::ioctl(ctx, cmd, arg);
+        return crate::vfio_compat::ioctl::container_ioctl(ctx, cmd, arg);
     }
     let level = ctx.uapi_level();
     let op = lookup(nr).filter(|op| op.num == cmd && level.at_least(op.since));

@@ -981,6 +981,88 @@ pub fn registered_fds() -> usize {
     MAP.read().len()
 }
 
+/// The link from an engine object that queues entries for reading (a fault
+/// queue, a vEVENT queue) to the file of its fd: [`QueueLink::notify`]
+/// resyncs the fd's readiness and, after a [`QueueLink::arrived`], wakes
+/// its waiters even when it already was readable, so that an
+/// edge-triggered `epoll` sees every new entry (the kernel's `wake_up` per
+/// entry). Notify with no lock of the queue held.
+#[derive(Debug)]
+pub(crate) struct QueueLink<F> {
+    file: Mutex<std::sync::Weak<F>>,
+    /// An entry arrived since the last notify.
+    fresh: std::sync::atomic::AtomicBool,
+}
+
+impl<F> Default for QueueLink<F> {
+    fn default() -> Self {
+        QueueLink {
+            file: Mutex::new(std::sync::Weak::new()),
+            fresh: std::sync::atomic::AtomicBool::new(false),
+        }
+    }
+}
+
+impl<F: EngineFile> QueueLink<F> {
+    /// The queue's fd is `file` from now on.
+    pub(crate) fn set(&self, file: &Arc<F>) {
+        *self.file.lock() = Arc::downgrade(file);
+    }
+
+    /// An entry arrived: the next [`QueueLink::notify`] wakes.
+    pub(crate) fn arrived(&self) {
+        self.fresh.store(true, Ordering::Release);
+    }
+
+    /// Resync the fd's readiness with the queue (waking its waiters after
+    /// an arrival). Nothing happens while the queue has no fd.
+    pub(crate) fn notify(&self) {
+        let file = self.file.lock().upgrade();
+        if let Some(f) = file {
+            if self.fresh.swap(false, Ordering::AcqRel) {
+                wake_file(&*f);
+            } else {
+                notify_file(&*f);
+            }
+        }
+    }
+}
+
+/// A `put(offset, bytes)` sink for the queues' `read_*_with` that copies
+/// into `buf` (the plain-buffer `read`).
+pub(crate) fn into_slice(buf: &mut [u8]) -> impl FnMut(usize, &[u8]) -> Result<()> + '_ {
+    |off, b| {
+        buf[off..off + b.len()].copy_from_slice(b);
+        Ok(())
+    }
+}
+
+/// What a `read(2)` or `write(2)` of a queue returns once it handled
+/// `done` bytes and stopped with `rc`: the bytes when there are any (the
+/// error is then the next call's), otherwise `rc` (0 bytes or its error).
+pub(crate) fn partial(done: usize, rc: Result<()>) -> Result<usize> {
+    if done == 0 {
+        rc.map(|()| 0)
+    } else {
+        Ok(done)
+    }
+}
+
+/// Make `file` a close-on-exec fd of this process and hand the number to
+/// `publish` (which replies to the command that made it); when `publish`
+/// fails the fd is closed again and its error returned.
+pub(crate) fn create_published<T: EngineFile>(
+    file: Arc<T>,
+    publish: impl FnOnce(i32) -> Result<()>,
+) -> Result<i32> {
+    let fd = create(file, true)?;
+    if let Err(e) = publish(fd) {
+        let _ = close(fd);
+        return Err(e);
+    }
+    Ok(fd)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -406,7 +406,7 @@ fn dma_during_moves_never_faults_nor_sees_new_memory() {
 #[test]
 fn vtd_domain_with_huge_leaves_follows_a_moved_page() {
     use uiommufd::domain::{Domain, HostAddr, Iova};
-    use uiommufd::io_pagetable::huge_page_size;
+    use uiommufd::plumbing::io_pagetable::huge_page_size;
     use uiommufd::vtd::{Iotlb, VtdDomain};
     let _s = serial();
     let huge = huge_page_size();

@@ -12,9 +12,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use uiommufd::hwpt::HwptPaging;
-use uiommufd::io_pagetable::DirtyRequest;
 use uiommufd::mock::device::{MOCK_FLAGS_DEVICE_HUGE_IOVA, MOCK_FLAGS_DEVICE_NO_DIRTY};
 use uiommufd::pages::check_accounting;
+use uiommufd::plumbing::io_pagetable::DirtyRequest;
 use uiommufd::uapi::*;
 use uiommufd::Context;
 
@@ -438,7 +438,7 @@ fn run_model(seed: u64, huge: bool, steps: usize, driver: Driver) {
     assert_eq!(destroy(&ctx, hwpt), Ok(0));
     match dev {
         Dev::Mock(stdev) => assert_eq!(destroy(&ctx, stdev), Ok(0)),
-        Dev::Vtd(fd) => uiommufd::files::close(fd).unwrap(),
+        Dev::Vtd(fd) => uiommufd::plumbing::files::close(fd).unwrap(),
     }
     let r = unmap(&ctx, ioas, 0, u64::MAX);
     let mapped: u64 = m.areas.values().sum();

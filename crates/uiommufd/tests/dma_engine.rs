@@ -13,7 +13,7 @@ use uiommufd::devices::dma_engine::ring::{
     Descriptor, FLAG_INTERRUPT, OP_COPY, STATUS_FAILED, STATUS_OK,
 };
 use uiommufd::devices::dma_engine::traffic;
-use uiommufd::files;
+use uiommufd::plumbing::files;
 use uiommufd::uapi::vfio::*;
 use uiommufd::uapi::*;
 use uiommufd::vfio::registry;

@@ -48,7 +48,7 @@ fn revoke(ctx: &Arc<Context>, fd: i32, revoked: bool) -> Result<(), i32> {
 
 /// The buffer's memory (engine memory: the test runs in the same process).
 fn buf_addr(fd: i32) -> u64 {
-    uiommufd::files::get_as::<DmaBufFile>(fd)
+    uiommufd::plumbing::files::get_as::<DmaBufFile>(fd)
         .expect("a dma-buf fd")
         .buf()
         .addr()
@@ -64,7 +64,7 @@ fn phys(ctx: &Arc<Context>, hwpt: u32, iova: u64) -> Option<u64> {
 }
 
 fn close(fd: i32) {
-    uiommufd::files::close(fd).unwrap();
+    uiommufd::plumbing::files::close(fd).unwrap();
 }
 
 #[test]
@@ -84,7 +84,7 @@ fn dmabuf_get_sizes_and_levels() {
     );
     map_file(&ctx, ioas, fd, 0, ps(), RW, None).unwrap();
     // the fd is not readable, writable or mappable
-    let f = uiommufd::files::get(fd).unwrap();
+    let f = uiommufd::plumbing::files::get(fd).unwrap();
     assert!(!f.can_read() && !f.can_write());
     assert_eq!(f.mmap(0, ps(), false).unwrap_err().errno().0, libc::EINVAL);
     close(fd);

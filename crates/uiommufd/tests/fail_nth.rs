@@ -17,11 +17,12 @@ use uiommufd::client::Client;
 use uiommufd::dispatch::ioctl;
 use uiommufd::hwpt::HwptPaging;
 use uiommufd::inject;
-use uiommufd::io_pagetable::AreaInfo;
 use uiommufd::ioas::Ioas;
 use uiommufd::mock::device::MOCK_FLAGS_DEVICE_HUGE_IOVA;
 use uiommufd::mock::domain::MockDomain;
 use uiommufd::pages::{check_accounting, Pages};
+use uiommufd::plumbing::files;
+use uiommufd::plumbing::io_pagetable::AreaInfo;
 use uiommufd::uapi::*;
 use uiommufd::user::page_size;
 use uiommufd::vfio::registry;
@@ -34,7 +35,7 @@ use uiommufd::vtd::nested::{
     IOMMU_VTD_INV_FLAGS_LEAF,
 };
 use uiommufd::vtd::VtdDomain;
-use uiommufd::{files, Context};
+use uiommufd::Context;
 use uiommufd_testkit::vfio::{ioctl_on, Fds};
 use uiommufd_testkit::{self as kit, *};
 use zerocopy::{FromBytes, IntoBytes};

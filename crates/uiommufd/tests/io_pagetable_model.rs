@@ -41,7 +41,7 @@ fn real_buf_base() -> u64 {
     use std::sync::OnceLock;
     static B: OnceLock<u64> = OnceLock::new();
     *B.get_or_init(|| {
-        let m = Mapping::new(80, uiommufd::io_pagetable::huge_page_size());
+        let m = Mapping::new(80, uiommufd::plumbing::io_pagetable::huge_page_size());
         Box::leak(Box::new(m)).addr()
     })
 }

@@ -73,7 +73,7 @@ fn access_replace_ioas_resolves_in_the_access_context() {
     assert_eq!(replace_access_ioas(&b.ctx, fd, a.ioas2), Ok(()));
     assert_eq!(access_read(&a.ctx, fd, A), Ok(0xaa));
     assert_eq!(replace_access_ioas(&a.ctx, fd, a.ioas), Ok(()));
-    uiommufd::files::close(fd as i32).unwrap();
+    uiommufd::plumbing::files::close(fd as i32).unwrap();
     for s in [&a, &b] {
         s.ctx.check_invariants().unwrap();
     }
@@ -283,7 +283,7 @@ fn ids_of_another_context_are_enoent_everywhere() {
     let fd = create_access(&a.ctx, a.ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES).unwrap();
     assert_eq!(replace_access_ioas(&b.ctx, fd, b.ioas2), Err(libc::ENOENT));
     assert_eq!(access_read(&b.ctx, fd, A), Ok(0xaa));
-    uiommufd::files::close(fd as i32).unwrap();
+    uiommufd::plumbing::files::close(fd as i32).unwrap();
 
     // nothing of B changed
     assert_eq!(

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use uiommufd::fault::{resp, FaultFile, PageFault};
-use uiommufd::files;
 use uiommufd::hwpt::HwptPaging;
+use uiommufd::plumbing::files;
 use uiommufd::uapi::*;
 use uiommufd::Context;
 use uiommufd_testkit::{

@@ -297,7 +297,7 @@ fn map_unmap_v1_cuts_mappings() {
     };
     test_cmd(&ctx, IOMMU_TEST_OP_ACCESS_PAGES, fd, p.as_bytes()).unwrap();
     assert_eq!(unmap(&ctx, A + PS, PS, 0), Err((libc::EINVAL, PS)));
-    uiommufd::files::close(fd as i32).unwrap();
+    uiommufd::plumbing::files::close(fd as i32).unwrap();
     assert_eq!(unmap(&ctx, A + PS, PS, 0), Ok(PS));
     ctx.check_invariants().unwrap();
 }
@@ -651,7 +651,7 @@ fn dirty_pages_errno_rules() {
     // tracking off: EINVAL
     assert_eq!(dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP), Ok(0));
     assert_eq!(ucase(&|_| {}), Err(libc::EINVAL));
-    uiommufd::files::close(fd as i32).unwrap();
+    uiommufd::plumbing::files::close(fd as i32).unwrap();
 
     // a v1 container cannot track
     let v1 = Context::new_vfio_container().unwrap();
@@ -753,7 +753,7 @@ fn dirty_pages_report_access_writes() {
     access_write(&ctx, fd, A + PS, 1).unwrap();
     dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
     assert!(get_dirty(&ctx, A, 16 * PS).is_empty());
-    uiommufd::files::close(fd as i32).unwrap();
+    uiommufd::plumbing::files::close(fd as i32).unwrap();
     ctx.check_invariants().unwrap();
 }
 
@@ -819,7 +819,7 @@ fn dirty_pages_report_device_writes() {
         test_cmd(&ctx, IOMMU_TEST_OP_DIRTY, hwpt, td.as_bytes()).err(),
         Some(libc::EINVAL)
     );
-    uiommufd::files::close(fd as i32).unwrap();
+    uiommufd::plumbing::files::close(fd as i32).unwrap();
     ctx.check_invariants().unwrap();
 }
 
@@ -867,6 +867,6 @@ fn dirty_pages_unwritable_bitmap_loses_nothing() {
     let mut u = unmap_req(A + 8 * PS, 8 * PS, &mut bm);
     ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u).unwrap();
     assert_eq!(bits(&bm), vec![4]);
-    uiommufd::files::close(fd as i32).unwrap();
+    uiommufd::plumbing::files::close(fd as i32).unwrap();
     ctx.check_invariants().unwrap();
 }

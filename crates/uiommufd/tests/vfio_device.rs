@@ -13,8 +13,8 @@ use std::sync::Arc;
 
 use parking_lot::Mutex;
 use uiommufd::device::Device;
-use uiommufd::files;
 use uiommufd::hwpt::HwptPaging;
+use uiommufd::plumbing::files;
 use uiommufd::uapi::vfio::*;
 use uiommufd::uapi::*;
 use uiommufd::user::SelfMemory;

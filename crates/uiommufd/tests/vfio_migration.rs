@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use uiommufd::domain::DmaFault;
-use uiommufd::files::{self, EngineFile, FdResolver};
+use uiommufd::plumbing::files::{self, EngineFile, FdResolver};
 use uiommufd::user::SelfMemory;
 use uiommufd::vfio::migration::feature as mf;
 use uiommufd::vfio::migration::{v1, MigState};

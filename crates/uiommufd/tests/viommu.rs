@@ -6,7 +6,7 @@
 
 use std::sync::Arc;
 
-use uiommufd::files;
+use uiommufd::plumbing::files;
 use uiommufd::uapi::*;
 use uiommufd::veventq::VeventqFile;
 use uiommufd::{Context, UapiLevel};

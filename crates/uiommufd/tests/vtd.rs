@@ -6,7 +6,7 @@
 use std::sync::Arc;
 
 use uiommufd::domain::{Domain, HostAddr, Iova};
-use uiommufd::io_pagetable::{huge_page_size, DirtyRequest};
+use uiommufd::plumbing::io_pagetable::{huge_page_size, DirtyRequest};
 use uiommufd::vtd::{Fault, Iotlb, VtdDomain};
 use uiommufd::{Context, Prot};
 use uiommufd_testkit::mem::Mapping;

@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use uiommufd::domain::{Domain, HostAddr, Iova};
-use uiommufd::io_pagetable::DirtyBitmap;
+use uiommufd::plumbing::io_pagetable::DirtyBitmap;
 use uiommufd::vtd::{Iotlb, VtdDomain};
 use uiommufd::Prot;
 

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use parking_lot::Mutex;
 use uiommufd::domain::DmaFault;
 use uiommufd::fault::resp;
-use uiommufd::files;
+use uiommufd::plumbing::files;
 use uiommufd::uapi::*;
 use uiommufd::vfio::model::{Bar, Bus, PciIds, PciLayout, PciModel};
 use uiommufd::vfio::registry;

@@ -21,8 +21,8 @@
 use std::time::Instant;
 
 use uiommufd::domain::Domain;
-use uiommufd::io_pagetable::DirtyRequest;
 use uiommufd::mock::domain::MockDomain;
+use uiommufd::plumbing::io_pagetable::DirtyRequest;
 use uiommufd::user::SelfMemory;
 use uiommufd::{Context, Prot};
 
@@ -58,7 +58,7 @@ pub(super) fn dirty_request(iova: u64, length: u64) -> DirtyRequest {
 /// dirty pages the last one reported.
 pub(super) fn timed_dirty_reads(
     s: &Scale,
-    iopt: &uiommufd::io_pagetable::IoPagetable,
+    iopt: &uiommufd::plumbing::io_pagetable::IoPagetable,
     domain_id: u64,
     req: &DirtyRequest,
     bitmap: &mut [u64],

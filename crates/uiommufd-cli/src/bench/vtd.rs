@@ -275,7 +275,7 @@ const VTD_DIRTY: [(u64, &str); 3] = [(0, "0%"), (10, "1%"), (1000, "100%")];
 /// per dirty page), and the bits it reported.
 fn timed_vtd_dirty(
     s: &Scale,
-    iopt: &uiommufd::io_pagetable::IoPagetable,
+    iopt: &uiommufd::plumbing::io_pagetable::IoPagetable,
     tlb: &mut Iotlb,
     span: u64,
     permille: u64,

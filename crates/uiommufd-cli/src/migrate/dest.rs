@@ -161,7 +161,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<()> {
     drop(rt);
     // The resuming fd is no longer needed once the device left RESUMING:
     // closed after the resume, not in the downtime.
-    let _ = uiommufd::files::close(fd);
+    let _ = uiommufd::plumbing::files::close(fd);
 
     // Let the device go on for a while, then stop it to check.
     let c0 = vm.bar0_read64(TRAFFIC_COUNT)?;

@@ -196,7 +196,7 @@ struct CloseOnDrop(i32);
 
 impl Drop for CloseOnDrop {
     fn drop(&mut self) {
-        let _ = uiommufd::files::close(self.0);
+        let _ = uiommufd::plumbing::files::close(self.0);
     }
 }
 

@@ -11,7 +11,7 @@
 use std::sync::Arc;
 
 use uiommufd::dispatch;
-use uiommufd::files::{self, EngineFile, FdResolver};
+use uiommufd::plumbing::files::{self, EngineFile, FdResolver};
 use uiommufd::uapi;
 use uiommufd::uapi::vfio as t1;
 use uiommufd::user::SelfMemory;

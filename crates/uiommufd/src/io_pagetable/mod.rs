@@ -92,6 +92,7 @@
 //! `prevent_access` set).
 
 mod access;
+mod area_dirty; // dirty pages per area, for a tracking session above (vfio_compat)
 mod cut; // area splitting for VFIO type1 (v1) unmaps (vfio_compat)
 mod dirty;
 #[cfg(test)]
@@ -101,14 +102,13 @@ mod free;
 mod relocate; // re-pointing domains after custody moved pages (crate::custody)
 #[cfg(test)]
 mod tests;
-mod type1_dirty; // VFIO type1 dirty tracking (vfio_compat)
-mod write_log; // what accesses wrote, for VFIO type1 dirty tracking
+mod write_log; // what accesses wrote, for area_dirty
 
 pub use crate::domain::{DirtyBitmap, Prot};
 pub use crate::user::huge_page_size;
-pub use dirty::{DirtyRequest, WINDOW_WORDS as DIRTY_WINDOW_WORDS};
+pub use area_dirty::AreaDirty;
+pub use dirty::DirtyRequest;
 pub use domains::{AccessNotify, PinnedPages};
-pub use type1_dirty::AreaDirty;
 pub use write_log::AccessWriteLog;
 
 use std::collections::BTreeMap;
@@ -340,7 +340,7 @@ pub struct IoPagetable {
     /// This table's identity, unique in the process for its lifetime and
     /// after (the access fast path keys remembered areas by it).
     uid: u64,
-    /// What accesses wrote (VFIO type1 dirty tracking); a leaf lock.
+    /// What accesses wrote (for `area_dirty`); a leaf lock.
     write_log: AccessWriteLog,
     /// The areas the access fast path may copy through, searched without
     /// the lock (`access.rs`).

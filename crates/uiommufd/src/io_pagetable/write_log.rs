@@ -1,8 +1,9 @@
 //! The IOAS-level log of what *accesses* wrote (emulated devices that copy
 //! or pin by IOVA through [`IoPagetable::access_rw`] /
-//! [`IoPagetable::access_pin`]): the CPU-side half of VFIO type1 dirty page
-//! tracking (`crate::vfio_compat`). Devices that write through an IOMMU
-//! domain are tracked by the domain's own dirty bits instead.
+//! [`IoPagetable::access_pin`]): the CPU-side half of the dirty pages
+//! [`IoPagetable::read_area_dirty`] reports (for the VFIO container's
+//! tracking session, `crate::vfio_compat`). Devices that write through an
+//! IOMMU domain are tracked by the domain's own dirty bits instead.
 //!
 //! Two records, both by IOVA (bytes, `last` inclusive):
 //!
@@ -20,7 +21,7 @@
 //! a leaf lock: it may be taken under the table's `state` lock, never the
 //! other way around.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 
 use parking_lot::Mutex;
@@ -32,10 +33,6 @@ use super::IoPagetable;
 pub struct AccessWriteLog {
     enabled: AtomicBool,
     inner: Mutex<LogInner>,
-    /// The domains whose dirty tracking the type1 session turned on
-    /// (`type1_dirty.rs`). Taken before any other lock of the table, never
-    /// under one.
-    pub(super) tracked_domains: Mutex<BTreeSet<u64>>,
 }
 
 #[derive(Debug, Default)]

@@ -1,12 +1,15 @@
-//! IO address spaces (the kernel's ioas.c): an [`IoPagetable`] as a context
-//! object, with the typed operations the ioctl handlers and the Rust API call.
+//! IO address spaces (the kernel's ioas.c): the engine's IO page table as a
+//! context object, with the typed operations the ioctl handlers and the
+//! Rust API call (the handlers are in `ioctl.rs`).
 
 pub(crate) mod ioctl;
 
+use std::any::Any;
 use std::sync::Arc;
 
 use crate::accounting::AccountMode;
-use crate::io_pagetable::{AreaInfo, IoPagetable, IovaRequest, MapSource, Prot};
+pub use crate::io_pagetable::{AreaInfo, MapSource};
+use crate::io_pagetable::{IoPagetable, IovaRequest, Prot};
 use crate::pages::Pages;
 use crate::user::UserMemory;
 use crate::{bail, Result};
@@ -22,6 +25,21 @@ pub struct Ioas {
     /// Known to [`crate::custody`] (made by [`Ioas::new_shared`]): its
     /// `IOAS_MAP` pages may be taken into custody.
     custody: bool,
+    /// State layers above keep with this IOAS (see [`Ioas::extension`]).
+    extensions: Extensions,
+}
+
+/// Per-IOAS state of the layers above the IOAS, one value per type, made on
+/// first use and dropped with the IOAS (the VFIO container's type1 dirty
+/// session, `vfio_compat::tracking`). The IOAS knows nothing of what they
+/// hold.
+#[derive(Default)]
+struct Extensions(parking_lot::Mutex<Vec<Arc<dyn Any + Send + Sync>>>);
+
+impl std::fmt::Debug for Extensions {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Extensions({})", self.0.lock().len())
+    }
 }
 
 impl crate::context::Object for Ioas {
@@ -47,6 +65,7 @@ impl Ioas {
             mem,
             account_mode,
             custody: false,
+            extensions: Extensions::default(),
         }
     }
 
@@ -61,9 +80,23 @@ impl Ioas {
         ioas
     }
 
-    /// The IO page table.
+    /// The IO page table: the engine's own, for the workspace's white-box
+    /// tests (see `plumbing`), not API.
+    #[doc(hidden)]
     pub fn iopt(&self) -> &IoPagetable {
         &self.iopt
+    }
+
+    /// The state of type `T` a layer above keeps with this IOAS, made with
+    /// `T::default()` on first use; it lives as long as the IOAS.
+    pub(crate) fn extension<T: Any + Send + Sync + Default>(&self) -> Arc<T> {
+        let mut v = self.extensions.0.lock();
+        if let Some(t) = v.iter().find_map(|e| e.clone().downcast::<T>().ok()) {
+            return t;
+        }
+        let t = Arc::new(T::default());
+        v.push(t.clone());
+        t
     }
 
     /// `IOMMU_IOAS_MAP`: map `length` bytes of user memory at `user_va`,

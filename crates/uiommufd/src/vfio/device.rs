@@ -1011,7 +1011,7 @@ impl VfioDevice {
     /// `VFIO_DEVICE_IOEVENTFD` (`vfio_pci_ioeventfd`) of `count` bytes of
     /// `data` at region offset `offset`, or with `fd == -1` its removal.
     /// `EINVAL`: not a BAR, past its end, over the MSI-X table; then the
-    /// registration's own rules ([`crate::vfio::ioeventfd::IoEventFds::set`]).
+    /// registration's own rules (`vfio::ioeventfd::IoEventFds::set`).
     pub fn ioeventfd(self: &Arc<Self>, offset: u64, data: u64, count: u8, fd: i32) -> Result<()> {
         let bar = (offset >> VFIO_PCI_OFFSET_SHIFT) as u32;
         let pos = offset & VFIO_PCI_OFFSET_MASK;

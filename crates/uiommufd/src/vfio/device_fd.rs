@@ -9,7 +9,7 @@
 //! `VFIO_GROUP_GET_DEVICE_FD` are open from the start.
 //!
 //! `VFIO_DEVICE_IOEVENTFD` is served by a watcher thread
-//! ([`crate::vfio::ioeventfd`]). `VFIO_DEVICE_FEATURE` serves the migration and DMA-logging features
+//! (`vfio::ioeventfd`). `VFIO_DEVICE_FEATURE` serves the migration and DMA-logging features
 //! ([`crate::vfio::migration`]) and answers `ENOTTY` for the others after
 //! the kernel's header checks (no VF token; the low-power features are not
 //! emulated); plain `read(2)`/
@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use zerocopy::{FromBytes, Immutable, IntoBytes};
+use zerocopy::{FromBytes, IntoBytes};
 
 use crate::context::{Context, ObjId};
 use crate::files::{EngineFile, FdResolver, MmapTarget, StatAs};
@@ -27,36 +27,10 @@ use crate::vfio::device::{OpenedVia, VfioDevice};
 use crate::vfio::group::GroupToken;
 use crate::vfio::registry::VFIO_CDEV_MAJOR;
 use crate::vfio::uapi::*;
+pub(crate) use crate::vfio_compat::ioctl::{
+    read_prefix_from as read_prefix, write_prefix_to as write_prefix,
+};
 use crate::{bail, Error, Result};
-
-/// Copy in the first `min(n, size_of T)` bytes of a `T` at `addr`
-/// (`copy_from_user(&s, arg, minsz)`), the rest zero.
-pub(crate) fn read_prefix<T: FromBytes + IntoBytes>(
-    mem: &dyn UserMemory,
-    addr: u64,
-    n: usize,
-    what: &'static str,
-) -> Result<T> {
-    let mut v = T::new_zeroed();
-    let bytes = v.as_mut_bytes();
-    let n = n.min(bytes.len());
-    mem.read(addr, &mut bytes[..n])
-        .map_err(|_| Error::fault(what))?;
-    Ok(v)
-}
-
-/// Copy out the first `n` bytes of `v` to `addr` (`EFAULT`).
-pub(crate) fn write_prefix<T: IntoBytes + Immutable>(
-    mem: &dyn UserMemory,
-    addr: u64,
-    v: &T,
-    n: usize,
-    what: &'static str,
-) -> Result<()> {
-    let bytes = v.as_bytes();
-    let n = n.min(bytes.len());
-    mem.write(addr, &bytes[..n]).map_err(|_| Error::fault(what))
-}
 
 /// The errno for an fd that names no iommufd: `EBADF` when it is not open
 /// (`fdget`), `EBADFD` when it is some other file.

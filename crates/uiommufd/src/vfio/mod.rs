@@ -24,11 +24,10 @@
 //!
 //! ```
 //! use std::sync::{Arc, Mutex};
-//! use uiommufd::io_pagetable::Prot;
 //! use uiommufd::vfio::device_fd::DeviceFile;
 //! use uiommufd::vfio::model::{Bar, Bus, PciIds, PciLayout, PciModel};
 //! use uiommufd::vfio::registry;
-//! use uiommufd::{files, Context};
+//! use uiommufd::{fds, Context, Prot};
 //!
 //! /// A device that only does DMA when told to.
 //! #[derive(Debug, Default)]
@@ -54,7 +53,7 @@
 //! let model = Arc::new(Dma::default());
 //! registry::declare_model("doc-dma,addr=0000:ee:00.0,group=990,cdev=990", model.clone())?;
 //! let fd = registry::open_cdev(990, true)?;
-//! let file: Arc<DeviceFile> = files::get_as(fd).unwrap();
+//! let file: Arc<DeviceFile> = fds::get_as(fd).unwrap();
 //!
 //! let ctx = Context::new();
 //! let _dev_id = file.bind_context(&ctx)?;
@@ -72,14 +71,14 @@
 //! assert_eq!(std::hint::black_box(&page)[(va - page.as_ptr() as u64) as usize], b'h');
 //! assert!(bus.dma_write(0x9000_0000, b"x").is_err(), "nothing mapped there");
 //!
-//! files::close(fd)?; // unbinds
+//! fds::close(fd)?; // unbinds
 //! # Ok::<(), uiommufd::Error>(())
 //! ```
 
 pub mod device;
 pub mod device_fd;
 pub mod group;
-pub mod ioeventfd;
+pub(crate) mod ioeventfd;
 pub mod migration;
 pub mod model;
 pub mod pci_config;

@@ -2,8 +2,8 @@
 //! iommufd answers `ENOTTY`; this follows the type1 contract of the v16
 //! dirty-pages series and of 6.12's vfio_iommu_type1.c).
 //!
-//! What is reported is what was really written (see
-//! `io_pagetable::type1_dirty`): by a device through a domain with dirty
+//! What is reported is what was really written (see `tracking.rs`):
+//! by a device through a domain with dirty
 //! tracking (its dirty bits), by an access (`access_rw` writes, and pages
 //! an access holds pinned for write), and everything mapped while a domain
 //! without dirty tracking is attached. The bitmap page size is the
@@ -42,8 +42,10 @@
 
 use std::mem::size_of;
 
-use super::type1::{min_pgsize, UNMAP_MINSZ};
-use super::{compat_ioas, read_prefix, write_prefix};
+use super::compat_ioas;
+use super::ioctl::{check_argsz, read_prefix};
+use super::tracking::Type1Session;
+use super::type1::{min_pgsize, reply_unmap, UNMAP_MINSZ};
 use crate::context::Context;
 use crate::io_pagetable::AreaDirty;
 use crate::ioas::Ioas;
@@ -153,7 +155,7 @@ fn write_bitmap(
             .and_then(|()| or_bits_into_user(ctx, data, off, &ad.words, ad.nbits));
         if let Err(e) = r {
             if cleared {
-                ioas.iopt().type1_dirty_put_back(&areas[i..], pgshift);
+                Type1Session::of(ioas).put_back(ioas.iopt(), &areas[i..], pgshift);
             }
             return Err(e);
         }
@@ -270,13 +272,7 @@ pub(crate) fn dirty_pages(ctx: &Context, arg: u64) -> Result<i32> {
         DIRTY_MINSZ,
         "cannot read vfio_iommu_type1_dirty_bitmap",
     )?;
-    if (dirty.argsz as usize) < DIRTY_MINSZ {
-        bail!(
-            EINVAL,
-            "{W}: argsz {} is below the minimum {DIRTY_MINSZ}",
-            dirty.argsz
-        );
-    }
+    check_argsz(W, dirty.argsz, DIRTY_MINSZ)?;
     if dirty.flags & !MASK != 0 {
         bail!(EINVAL, "{W}: unknown flags {:#x}", dirty.flags & !MASK);
     }
@@ -288,9 +284,10 @@ pub(crate) fn dirty_pages(ctx: &Context, arg: u64) -> Result<i32> {
         );
     }
     let iopt = ioas.iopt();
+    let session = Type1Session::of(&ioas);
     match dirty.flags {
         VFIO_IOMMU_DIRTY_PAGES_FLAG_START => {
-            if !iopt.type1_dirty_tracking() {
+            if !session.is_on() {
                 let pgshift = min_pgsize(&ioas).trailing_zeros();
                 if let Some(a) = ioas
                     .areas()
@@ -303,13 +300,13 @@ pub(crate) fn dirty_pages(ctx: &Context, arg: u64) -> Result<i32> {
                         a.iova
                     );
                 }
-                iopt.type1_dirty_start()?;
+                session.start(iopt)?;
                 tracing::debug!("type1 dirty tracking started");
             }
             Ok(0)
         }
         VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP => {
-            iopt.type1_dirty_stop();
+            session.stop(iopt);
             tracing::debug!("type1 dirty tracking stopped");
             Ok(0)
         }
@@ -373,14 +370,13 @@ fn get_bitmap(
     }
     check_bitmap_addr(W, &range.bitmap)?;
     verify_bitmap_size(W, range.size >> pgshift, range.bitmap.size)?;
-    if !ioas.iopt().type1_dirty_tracking() {
+    let session = Type1Session::of(ioas);
+    if !session.is_on() {
         bail!(EINVAL, "{W}: dirty tracking is not started");
     }
     let last = range.iova + (range.size - 1);
     check_whole_mappings(W, ioas, range.iova, last, false)?;
-    let areas = ioas
-        .iopt()
-        .type1_dirty_read(range.iova, last, pgshift, true)?;
+    let areas = session.read(ioas.iopt(), range.iova, last, pgshift, true)?;
     write_bitmap(
         ctx,
         ioas,
@@ -444,7 +440,8 @@ pub(crate) fn unmap_with_bitmap(
             unmap.iova
         );
     }
-    if !ioas.iopt().type1_dirty_tracking() {
+    let session = Type1Session::of(&ioas);
+    if !session.is_on() {
         bail!(EINVAL, "{W}: dirty tracking is not started");
     }
     if bitmap.pgsize != pgsize {
@@ -458,18 +455,10 @@ pub(crate) fn unmap_with_bitmap(
     check_whole_mappings(W, &ioas, unmap.iova, last, true)?;
     // Report first (without clearing: on failure the pages stay mapped and
     // dirty), then unmap; the dirty state goes with the mapping.
-    let areas = ioas
-        .iopt()
-        .type1_dirty_read(unmap.iova, last, pgshift, false)?;
+    let areas = session.read(ioas.iopt(), unmap.iova, last, pgshift, false)?;
     write_bitmap(ctx, &ioas, bitmap.data, unmap.iova, pgshift, &areas, false)?;
     unmap.size = ioas.unmap(unmap.iova, unmap.size)?;
-    write_prefix(
-        ctx,
-        arg,
-        &unmap,
-        UNMAP_MINSZ,
-        "cannot write vfio_iommu_type1_dma_unmap",
-    )?;
+    reply_unmap(ctx, arg, &unmap)?;
     Ok(0)
 }
 

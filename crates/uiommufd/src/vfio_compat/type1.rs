@@ -17,7 +17,8 @@ use std::mem::{offset_of, size_of};
 
 use zerocopy::IntoBytes;
 
-use super::{compat_ioas, read_prefix, write_prefix};
+use super::compat_ioas;
+use super::ioctl::{check_argsz, read_prefix, write_prefix};
 use crate::context::Context;
 use crate::io_pagetable::Prot;
 use crate::ioas::Ioas;
@@ -185,13 +186,7 @@ fn fill_migration(ctx: &Context, ioas: &Ioas, at: Option<u64>, avail: u64) -> Re
 pub(crate) fn get_info(ctx: &Context, arg: u64) -> Result<i32> {
     let mut info: VfioIommuType1Info =
         read_prefix(ctx, arg, INFO_MINSZ, "cannot read vfio_iommu_type1_info")?;
-    if (info.argsz as usize) < INFO_MINSZ {
-        bail!(
-            EINVAL,
-            "VFIO_IOMMU_GET_INFO: argsz {} is below the minimum {INFO_MINSZ}",
-            info.argsz
-        );
-    }
+    check_argsz("VFIO_IOMMU_GET_INFO", info.argsz, INFO_MINSZ)?;
     let argsz = info.argsz as u64;
     let out_n = (info.argsz as usize).min(size_of::<VfioIommuType1Info>());
     let ioas = compat_ioas(ctx)?;
@@ -238,13 +233,7 @@ pub(crate) fn map_dma(ctx: &Context, arg: u64) -> Result<i32> {
     let map: VfioIommuType1DmaMap =
         read_prefix(ctx, arg, MAP_MINSZ, "cannot read vfio_iommu_type1_dma_map")?;
     const SUPPORTED: u32 = VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE;
-    if (map.argsz as usize) < MAP_MINSZ {
-        bail!(
-            EINVAL,
-            "VFIO_IOMMU_MAP_DMA: argsz {} is below the minimum {MAP_MINSZ}",
-            map.argsz
-        );
-    }
+    check_argsz("VFIO_IOMMU_MAP_DMA", map.argsz, MAP_MINSZ)?;
     if map.flags & !SUPPORTED != 0 {
         bail!(
             EINVAL,
@@ -273,13 +262,7 @@ pub(crate) fn unmap_dma(ctx: &Context, arg: u64) -> Result<i32> {
     if ctx.is_vfio_container() {
         supported |= VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP;
     }
-    if (unmap.argsz as usize) < UNMAP_MINSZ {
-        bail!(
-            EINVAL,
-            "VFIO_IOMMU_UNMAP_DMA: argsz {} is below the minimum {UNMAP_MINSZ}",
-            unmap.argsz
-        );
-    }
+    check_argsz("VFIO_IOMMU_UNMAP_DMA", unmap.argsz, UNMAP_MINSZ)?;
     if unmap.flags & !supported != 0 {
         bail!(
             EINVAL,
@@ -314,12 +297,17 @@ pub(crate) fn unmap_dma(ctx: &Context, arg: u64) -> Result<i32> {
         ioas.unmap(unmap.iova, unmap.size)
     };
     unmap.size = *res.as_ref().unwrap_or(&0);
+    reply_unmap(ctx, arg, &unmap)?;
+    res.map(|_| 0)
+}
+
+/// Copy an unmap's reply (`size`: the bytes unmapped) back to the caller.
+pub(crate) fn reply_unmap(ctx: &Context, arg: u64, unmap: &VfioIommuType1DmaUnmap) -> Result<()> {
     write_prefix(
         ctx,
         arg,
-        &unmap,
+        unmap,
         UNMAP_MINSZ,
         "cannot write vfio_iommu_type1_dma_unmap",
-    )?;
-    res.map(|_| 0)
+    )
 }

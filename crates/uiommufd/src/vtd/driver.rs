@@ -138,7 +138,7 @@ impl DeviceDriver for VtdDriver {
     /// `VFIO_IOMMU_DIRTY_PAGES` report exactly the pages a device wrote
     /// instead of every mapped page. (The kernel's default domains have no
     /// dirty ops, so the uAPI still refuses dirty tracking on an automatic
-    /// HWPT with `EOPNOTSUPP`, as the kernel: `hwpt/dirty.rs`.)
+    /// HWPT with `EOPNOTSUPP`, as the kernel: `hwpt/ioctl.rs`.)
     fn alloc_auto_domain(&self) -> Result<Arc<dyn Domain>> {
         let d: Arc<dyn Domain> = VtdDomain::new(VTD_ADDR_WIDTH, true)?;
         Ok(d)

@@ -10,9 +10,9 @@ use std::sync::{Arc, Mutex, Weak};
 
 use uiommufd::access::{Access, AccessOps};
 use uiommufd::accounting::AccountMode;
-use uiommufd::io_pagetable::MapSource;
 use uiommufd::ioas::Ioas;
 use uiommufd::pages::Pages;
+use uiommufd::plumbing::io_pagetable::MapSource;
 use uiommufd::user::{SelfMemory, UserMemory};
 use uiommufd::{Context, ObjId, Prot};
 

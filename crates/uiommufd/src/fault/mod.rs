@@ -33,11 +33,12 @@
 //! woken by any of these.
 //!
 //! Lock order: `Device::attached` → `Fault::state` → `FaultGroup::done`.
-//! [`crate::files::notify_file`] is called with none of them held.
+//! `files::notify_file` is called with none of them held.
+
+pub(crate) mod ioctl;
 
 use std::collections::{BTreeMap, VecDeque};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use parking_lot::{Condvar, Mutex};
@@ -46,7 +47,6 @@ use zerocopy::IntoBytes;
 use crate::context::{Context, ObjId, Object};
 use crate::files::{self, EngineFile};
 use crate::uapi::*;
-use crate::ucmd::Ucmd;
 use crate::{bail, Error, Result};
 
 /// Page response codes (the kernel's `enum iommu_page_response_code`).
@@ -185,11 +185,8 @@ impl Object for Fault {
 pub struct Fault {
     state: Mutex<FaultState>,
     readable: Condvar,
-    /// A group was queued since the last [`Fault::notify`]: the next one
-    /// wakes the fd's waiters even if it already was readable.
-    fresh: AtomicBool,
     /// The fd's file, to resync its readiness.
-    file: Mutex<Weak<FaultFile>>,
+    file: files::QueueLink<FaultFile>,
 }
 
 /// Size of one fault record.
@@ -207,7 +204,7 @@ impl Fault {
     /// resyncs the fd ([`Fault::notify`]) once it holds no lock.
     pub(crate) fn deliver(&self, group: Arc<FaultGroup>) {
         self.state.lock().deliver.push_back(group);
-        self.fresh.store(true, Ordering::Release);
+        self.file.arrived();
         self.readable.notify_all();
     }
 
@@ -216,14 +213,7 @@ impl Fault {
     /// new fault as the kernel's `wake_up_interruptible` per fault makes it.
     /// Call with no lock held.
     pub(crate) fn notify(&self) {
-        let file = self.file.lock().upgrade();
-        if let Some(f) = file {
-            if self.fresh.swap(false, Ordering::AcqRel) {
-                files::wake_file(&*f);
-            } else {
-                files::notify_file(&*f);
-            }
-        }
+        self.file.notify();
     }
 
     /// Complete with `INVALID` every group raised through attachment
@@ -288,11 +278,7 @@ impl Fault {
 
     /// `read(2)` of the fault fd into `buf` (see the module docs).
     pub fn read_records(&self, buf: &mut [u8]) -> Result<usize> {
-        let len = buf.len();
-        self.read_records_with(len, &mut |off, rec| {
-            buf[off..off + rec.len()].copy_from_slice(rec);
-            Ok(())
-        })
+        self.read_records_with(buf.len(), &mut files::into_slice(buf))
     }
 
     /// `read(2)` of the fault fd for a buffer of `len` bytes: each record is
@@ -363,11 +349,7 @@ impl Fault {
             st.response.insert(cookie, g);
             done = at;
         }
-        if done == 0 {
-            rc.map(|()| 0)
-        } else {
-            Ok(done)
-        }
+        files::partial(done, rc)
     }
 
     /// `write(2)` of the fault fd from `buf` (see the module docs).
@@ -438,11 +420,7 @@ impl Fault {
         for (g, code) in completed {
             g.complete(code);
         }
-        if done == 0 {
-            rc.map(|()| 0)
-        } else {
-            Ok(done)
-        }
+        files::partial(done, rc)
     }
 
     /// `poll` events of the fault fd.
@@ -515,28 +493,4 @@ impl EngineFile for FaultFile {
 /// Look up a fault queue (`ENOENT` when `id` names nothing or something else).
 pub fn get_fault(ctx: &Context, id: ObjId) -> Result<Arc<Fault>> {
     ctx.get::<Fault>(id)
-}
-
-/// `IOMMU_FAULT_QUEUE_ALLOC`: a fault queue object and its fd (close-on-exec).
-pub(crate) fn fault_queue_alloc(u: &Ucmd) -> Result<i32> {
-    let mut cmd: IommuFaultAlloc = u.cmd();
-    if cmd.flags != 0 {
-        bail!(EOPNOTSUPP, "FAULT_QUEUE_ALLOC: flags must be zero");
-    }
-    let r = u.ctx.reserve()?;
-    let fault = Fault::new();
-    let file = Arc::new(FaultFile {
-        fault: fault.clone(),
-        _ctx: u.ctx.clone(),
-    });
-    *fault.file.lock() = Arc::downgrade(&file);
-    let fd = files::create(file, true)?;
-    cmd.out_fault_id = r.id();
-    cmd.out_fault_fd = fd as u32;
-    if let Err(e) = u.respond(&cmd) {
-        let _ = files::close(fd);
-        return Err(e);
-    }
-    r.finalize(fault);
-    Ok(0)
 }

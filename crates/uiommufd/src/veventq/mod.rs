@@ -25,9 +25,10 @@
 //! * `poll` is readable while events wait; the fd is never writable, and
 //!   `write` is `EINVAL` (no write op).
 
+pub(crate) mod ioctl;
+
 use std::collections::VecDeque;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Weak};
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 use zerocopy::IntoBytes;
@@ -35,8 +36,7 @@ use zerocopy::IntoBytes;
 use crate::context::{Context, Object};
 use crate::files::{self, EngineFile};
 use crate::uapi::*;
-use crate::ucmd::Ucmd;
-use crate::viommu::{get_viommu, Viommu};
+use crate::viommu::Viommu;
 use crate::{bail, Error, Result};
 
 /// The most events a queue may hold (`VEVENTQ_MAX_DEPTH`).
@@ -84,9 +84,8 @@ pub struct Veventq {
     ty: u32,
     depth: u32,
     state: Mutex<State>,
-    /// An entry was queued since the last resync of the fd.
-    fresh: AtomicBool,
-    file: Mutex<Weak<VeventqFile>>,
+    /// The fd's file, to resync its readiness.
+    file: files::QueueLink<VeventqFile>,
 }
 
 impl Object for Veventq {
@@ -95,6 +94,18 @@ impl Object for Veventq {
 }
 
 impl Veventq {
+    /// A new, empty queue of type `ty` holding at most `depth` events on
+    /// `viommu`, with no fd yet.
+    pub(crate) fn new(viommu: Arc<Viommu>, ty: u32, depth: u32) -> Arc<Veventq> {
+        Arc::new(Veventq {
+            viommu,
+            ty,
+            depth,
+            state: Mutex::new(State::default()),
+            file: files::QueueLink::default(),
+        })
+    }
+
     /// The queue type (`IOMMU_VEVENTQ_TYPE_*`).
     pub fn queue_type(&self) -> u32 {
         self.ty
@@ -140,29 +151,13 @@ impl Veventq {
             st.deliver.push_back(entry);
             st.sequence = seq.wrapping_add(1) & i32::MAX as u32;
         }
-        self.fresh.store(true, Ordering::Release);
-        self.notify();
-    }
-
-    /// Resync the fd's readiness (waking its waiters after a new entry).
-    fn notify(&self) {
-        let file = self.file.lock().upgrade();
-        if let Some(f) = file {
-            if self.fresh.swap(false, Ordering::AcqRel) {
-                files::wake_file(&*f);
-            } else {
-                files::notify_file(&*f);
-            }
-        }
+        self.file.arrived();
+        self.file.notify();
     }
 
     /// `read(2)` of the fd into `buf` (see the module docs).
     pub fn read_events(&self, buf: &mut [u8]) -> Result<usize> {
-        let len = buf.len();
-        self.read_events_with(len, &mut |off, b| {
-            buf[off..off + b.len()].copy_from_slice(b);
-            Ok(())
-        })
+        self.read_events_with(buf.len(), &mut files::into_slice(buf))
     }
 
     /// `read(2)` of the fd for a buffer of `len` bytes: each piece is handed
@@ -225,11 +220,7 @@ impl Veventq {
             }
             done += HDR + data_len;
         }
-        if done == 0 {
-            rc.map(|()| 0)
-        } else {
-            Ok(done)
-        }
+        files::partial(done, rc)
     }
 
     /// `poll` events of the fd.
@@ -250,6 +241,17 @@ pub struct VeventqFile {
 }
 
 impl VeventqFile {
+    /// The fd's file of `queue` (which resyncs it from now on), keeping
+    /// `ctx` alive.
+    pub(crate) fn new(queue: &Arc<Veventq>, ctx: Arc<Context>) -> Arc<VeventqFile> {
+        let file = Arc::new(VeventqFile {
+            queue: queue.clone(),
+            _ctx: ctx,
+        });
+        queue.file.set(&file);
+        file
+    }
+
     /// The queue behind the fd.
     pub fn queue(&self) -> &Arc<Veventq> {
         &self.queue
@@ -274,65 +276,4 @@ impl EngineFile for VeventqFile {
     fn poll_events(&self) -> i16 {
         self.queue.poll_events()
     }
-}
-
-/// `IOMMU_VEVENTQ_ALLOC`: a vEVENTQ object and its fd (close-on-exec).
-///
-/// Errnos, in the kernel's order: non-zero `flags` or `__reserved`, or the
-/// `DEFAULT` type: `EOPNOTSUPP`; a depth of 0 or above 2^19: `EINVAL`;
-/// `viommu_id` not a vIOMMU: `ENOENT`; a queue of that type exists on the
-/// vIOMMU: `EEXIST`.
-pub(crate) fn veventq_alloc(u: &Ucmd) -> Result<i32> {
-    let mut cmd: IommuVeventqAlloc = u.cmd();
-    if cmd.flags != 0 || cmd.__reserved != 0 || cmd.r#type == IOMMU_VEVENTQ_TYPE_DEFAULT {
-        bail!(
-            EOPNOTSUPP,
-            "VEVENTQ_ALLOC: flags {:#x} and __reserved must be 0 and the type not DEFAULT (type {:#x})",
-            cmd.flags,
-            cmd.r#type
-        );
-    }
-    if cmd.veventq_depth == 0 || cmd.veventq_depth > VEVENTQ_MAX_DEPTH {
-        bail!(
-            EINVAL,
-            "VEVENTQ_ALLOC: depth {} is outside 1..={VEVENTQ_MAX_DEPTH}",
-            cmd.veventq_depth
-        );
-    }
-    let viommu = get_viommu(u.ctx, cmd.viommu_id)?;
-    if viommu.find_veventq(cmd.r#type).is_some() {
-        bail!(
-            EEXIST,
-            "VEVENTQ_ALLOC: vIOMMU {} already has a vEVENTQ of type {:#x}",
-            cmd.viommu_id,
-            cmd.r#type
-        );
-    }
-    let r = u.ctx.reserve()?;
-    let queue = Arc::new(Veventq {
-        viommu: viommu.clone(),
-        ty: cmd.r#type,
-        depth: cmd.veventq_depth,
-        state: Mutex::new(State::default()),
-        fresh: AtomicBool::new(false),
-        file: Mutex::new(Weak::new()),
-    });
-    let file = Arc::new(VeventqFile {
-        queue: queue.clone(),
-        _ctx: u.ctx.clone(),
-    });
-    *queue.file.lock() = Arc::downgrade(&file);
-    let fd = files::create(file, true)?;
-    cmd.out_veventq_id = r.id();
-    cmd.out_veventq_fd = fd as u32;
-    if let Err(e) = u.respond(&cmd) {
-        let _ = files::close(fd);
-        return Err(e);
-    }
-    if let Err(e) = viommu.add_veventq(&queue) {
-        let _ = files::close(fd);
-        return Err(e);
-    }
-    r.finalize(queue);
-    Ok(0)
 }

@@ -1,0 +1,133 @@
+//! Dirty pages per area, from every source the table knows: the narrow
+//! interface a dirty-tracking session above the IOAS reads through (the
+//! VFIO container's, `crate::vfio_compat::tracking`, which decides which
+//! domains track and when).
+//!
+//! What is reported dirty is what was really written, from two sources:
+//!
+//! - **devices behind a domain**: an attached domain the caller names
+//!   *precise* (its dirty tracking is on and was on since the last read)
+//!   reports its own dirty bits. Any other domain cannot tell what its
+//!   devices wrote: every area is reported dirty while it is attached.
+//! - **accesses** (emulated devices copying or pinning by IOVA): the
+//!   [`AccessWriteLog`](super::AccessWriteLog).
+//!
+//! Bits are reported per area, for the areas that lie wholly inside the
+//! range asked for; the caller checks that the range cuts no area.
+
+use super::{AreaState, IoPagetable};
+use crate::io_pagetable::DirtyBitmap;
+use crate::Result;
+
+/// The dirty bits of one area: `nbits` bits of `1 << pgshift` bytes from `iova`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AreaDirty {
+    /// IOVA of bit 0: the area's first IOVA rounded down to the page size.
+    pub iova: u64,
+    /// Bits (pages) the area spans.
+    pub nbits: u64,
+    /// Bit `i` (bit `i % 64` of word `i / 64`) is page `i` of the area.
+    pub words: Vec<u64>,
+}
+
+impl IoPagetable {
+    /// Put back bits that [`IoPagetable::read_area_dirty`] read and
+    /// cleared but that could not be delivered (the user bitmap is not
+    /// writable): they go into the access write log, which the next read
+    /// reports whatever the source was, for the areas still live at the same
+    /// place. Nothing happens while the write log is off.
+    pub fn put_back_area_dirty(&self, areas: &[AreaDirty], pgshift: u32) {
+        let st = self.state.read();
+        for ad in areas {
+            let live = st
+                .areas
+                .range(..=ad.iova.saturating_add((1u64 << pgshift) - 1))
+                .next_back()
+                .filter(|(&k, a)| a.state == AreaState::Live && k >= ad.iova)
+                .map(|(&k, a)| (k, a.last));
+            let Some((k, alast)) = live else {
+                continue;
+            };
+            let mut i = 0u64;
+            while i < ad.nbits {
+                if ad.words[(i / 64) as usize] >> (i % 64) & 1 == 0 {
+                    i += 1;
+                    continue;
+                }
+                let mut j = i;
+                while j + 1 < ad.nbits
+                    && ad.words[((j + 1) / 64) as usize] >> ((j + 1) % 64) & 1 != 0
+                {
+                    j += 1;
+                }
+                let s = (ad.iova + (i << pgshift)).max(k);
+                let e = (ad.iova + (j << pgshift) + ((1u64 << pgshift) - 1)).min(alast);
+                if s <= e {
+                    self.write_log.put_back(s, e);
+                }
+                i = j + 1;
+            }
+        }
+    }
+
+    /// The dirty pages of every live area wholly inside `start..=last`, in
+    /// pages of `1 << pgshift` bytes (`start` and every area's IOVA are
+    /// multiples of it), clearing what was reported when `clear`.
+    ///
+    /// `precise(id)` says whether attached domain `id` (which must have
+    /// dirty tracking) reports its own bits; every other domain's areas are
+    /// reported whole (their bits cleared when `clear`). Domain errors are
+    /// not fatal: a domain that fails to report (its tracking was switched
+    /// off behind the caller's back) has its areas reported whole.
+    pub fn read_area_dirty(
+        &self,
+        start: u64,
+        last: u64,
+        pgshift: u32,
+        clear: bool,
+        precise: impl Fn(u64) -> bool,
+    ) -> Result<Vec<AreaDirty>> {
+        let attached = self.domains.read();
+        let st = self.state.read();
+        let mut out = Vec::new();
+        for (&k, a) in st.areas.range(start..=last) {
+            if a.last > last || a.state != AreaState::Live {
+                continue;
+            }
+            let len = a.length(k);
+            // bits count from the page holding the area's first byte
+            let base = k & !((1u64 << pgshift) - 1);
+            let nbits = ((a.last - base) >> pgshift) + 1;
+            let mut words = vec![0u64; nbits.div_ceil(64) as usize];
+            {
+                let mut bm = DirtyBitmap::new(base, a.last, pgshift, &mut words);
+                for (s, l) in self.write_log.read(k, a.last, clear) {
+                    bm.record(s, l - s + 1);
+                }
+                for d in &attached.domains {
+                    if d.dirty_tracking_supported() && precise(d.id()) {
+                        if let Err(e) = d.read_and_clear_dirty(k, len, clear, Some(&mut bm)) {
+                            tracing::debug!(
+                                "area dirty: domain {} cannot report [{k:#x}, {:#x}]: {e}; all of it counts",
+                                d.id(),
+                                a.last
+                            );
+                            bm.record(k, len);
+                        }
+                    } else {
+                        if d.dirty_tracking_supported() && clear {
+                            let _ = d.read_and_clear_dirty(k, len, true, None);
+                        }
+                        bm.record(k, len);
+                    }
+                }
+            }
+            out.push(AreaDirty {
+                iova: base,
+                nbits,
+                words,
+            });
+        }
+        Ok(out)
+    }
+}
