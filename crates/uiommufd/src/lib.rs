@@ -46,9 +46,11 @@
 //! it is no API, follows no semver, and an embedder should not name it.
 //! One module rather than a cargo feature, so that a sibling crate needs
 //! no feature switch and an embedder gets exactly one place to stay away
-//! from. (The host-memory modules `user`, `accounting`, `process`,
-//! `pages`, `inject` and `fail_nth` are being reorganised and keep their
-//! visibility for now.)
+//! from. The host-memory modules stay public: [`client`] (the process on
+//! the other side of the fd, its limit and counters), [`accounting`],
+//! [`user`], [`process`] and [`pages`] are what an embedder serving several
+//! processes builds on; [`inject`] and [`fail_nth`] are the failure
+//! injection a program under test drives.
 //!
 //! ## Examples
 //!
@@ -97,6 +99,7 @@
 //! | `io_pagetable` (internal) | io_pagetable.c, iova_bitmap.c | IOVA → area tree, allowed/reserved ranges, IOVA allocation, domains, accesses, dirty bitmaps, dirty pages per area for a tracking session above |
 //! | [`pages`] | pages.c | single pin of user memory shared by areas; [`custody`] (pinned pages the program unmaps) and [`dmabuf`] live in its folder |
 //! | [`accounting`] | pages.c | RLIMIT_MEMLOCK accounting modes |
+//! | [`client`] | `source_mm`, `source_user`, creds | the process on the other side of the fd: its memory, capabilities, `RLIMIT_MEMLOCK`, pinned/locked counters (per uid for the user's) |
 //! | [`domain`] | include/linux/iommu.h | the driver API: what a driver implements ([`domain::Domain`], [`domain::NestedDomain`], [`domain::DeviceDriver`], [`domain::NestingOps`]) and what the core hands it ([`Prot`], [`domain::DirtyBitmap`], [`domain::UserData`]); page-size splitting |
 //! | [`device`] | device.c | devices: bind, attach, replace, detach |
 //! | [`hwpt`] | hw_pagetable.c | paging and nested HWPTs (`hwpt/ioctl.rs`: allocation, invalidation, dirty tracking, `IOMMU_GET_HW_INFO`) |
