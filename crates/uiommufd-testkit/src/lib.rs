@@ -22,3 +22,16 @@ pub mod vfio;
 
 pub use ioctl::*;
 pub use mem::*;
+
+/// Wait, polling every millisecond, until `cond` holds (a device model's
+/// worker thread got somewhere); panics naming `what` after 10 s.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}

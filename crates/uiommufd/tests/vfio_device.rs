@@ -401,14 +401,7 @@ fn vfio_cdev_bind_attach_dma() {
 
     // the VT-d hardware info through iommufd
     let mut data = [0u8; 24];
-    let mut h = IommuHwInfo {
-        size: 40,
-        dev_id: devid,
-        data_len: 24,
-        data_uptr: data.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    kit::ioc(&ctx, IOMMU_GET_HW_INFO, &mut h).unwrap();
+    let h = kit::hw_info_into(&ctx, devid, &mut data).unwrap();
     assert_eq!(h.out_data_type, IOMMU_HW_INFO_TYPE_INTEL_VTD);
     assert_eq!(
         h.out_capabilities & IOMMU_HW_CAP_DIRTY_TRACKING,

@@ -41,19 +41,9 @@ impl PciModel for Dma {
     }
     fn layout(&self) -> PciLayout {
         PciLayout {
-            ids: PciIds {
-                vendor: 0x1b36,
-                device: 0x7778,
-                revision: 1,
-                class: 0xff0000,
-                subsystem_vendor: 0x1b36,
-                subsystem_device: 0x1,
-            },
             bars: [Some(Bar::registers(4096)), None, None, None, None, None],
             intx_pin: 1,
-            msi_vectors: 0,
-            msix: None,
-            pasid_log2: 0,
+            ..PciLayout::new(PciIds::new(0x1b36, 0x7778, 0xff0000))
         }
     }
     fn bar_read(&self, _bar: u8, _offset: u64, data: &mut [u8]) {
@@ -307,14 +297,7 @@ fn vtd_nested_flow_through_both_stages() {
 
     // GET_HW_INFO: VT-d, scalable mode with nesting and first stage
     let mut data = [0u8; 24];
-    let mut h = IommuHwInfo {
-        size: 40,
-        dev_id: s.devid,
-        data_len: 24,
-        data_uptr: data.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    kit::ioc(&s.ctx, IOMMU_GET_HW_INFO, &mut h).unwrap();
+    let h = kit::hw_info_into(&s.ctx, s.devid, &mut data).unwrap();
     assert_eq!(h.out_data_type, IOMMU_HW_INFO_TYPE_INTEL_VTD);
     let ecap = u64::from_ne_bytes(data[16..24].try_into().unwrap());
     assert_eq!((ecap >> 26) & 1, 1, "ECAP.NEST");

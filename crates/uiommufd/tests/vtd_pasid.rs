@@ -30,19 +30,8 @@ impl PciModel for Tagger {
     }
     fn layout(&self) -> PciLayout {
         PciLayout {
-            ids: PciIds {
-                vendor: 0x1b36,
-                device: 0x7777,
-                revision: 0,
-                class: 0x088000,
-                subsystem_vendor: 0,
-                subsystem_device: 0,
-            },
-            bars: [None; 6],
-            intx_pin: 0,
-            msi_vectors: 0,
-            msix: None,
             pasid_log2: 8,
+            ..PciLayout::new(PciIds::new(0x1b36, 0x7777, 0x088000))
         }
     }
     fn bar_read(&self, _: u8, _: u64, data: &mut [u8]) {

@@ -79,23 +79,8 @@ fn guest_start(base: u64) -> u64 {
 /// reservation, the rest of which is given back.
 fn map_guest(size: u64) -> R<*mut u8> {
     let span = size + 2 * GUEST_ALIGN;
-    // SAFETY: a fresh anonymous mapping; no existing memory is touched.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            span as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        return Err(format!(
-            "mmap of {size} bytes of guest memory: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    let base = uiommufd_testkit::map_anon(span as usize, libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+        .map_err(|e| format!("mmap of {size} bytes of guest memory: {e}"))?;
     let b = base as u64;
     let start = guest_start(b);
     let (head, tail) = (start - b, b + span - (start + size));

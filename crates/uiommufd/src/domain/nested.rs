@@ -47,6 +47,35 @@ pub struct UserData<'a> {
 }
 
 impl UserData<'_> {
+    /// The request check a driver's nested-domain allocation starts with:
+    /// `flags` outside `allowed`, then a data type other than the driver's
+    /// `want` (named `want_name`), are `EOPNOTSUPP`; `driver` names the
+    /// driver in the messages.
+    pub fn check_nested_request(
+        &self,
+        driver: &str,
+        flags: u32,
+        allowed: u32,
+        want: u32,
+        want_name: &str,
+    ) -> Result<()> {
+        if flags & !allowed != 0 {
+            bail!(
+                EOPNOTSUPP,
+                "{driver}: flags {:#x} are not supported for a nested domain",
+                flags & !allowed
+            );
+        }
+        if self.data_type != want {
+            bail!(
+                EOPNOTSUPP,
+                "{driver}: nested data type {:#x} is not {want_name}",
+                self.data_type
+            );
+        }
+        Ok(())
+    }
+
     /// Copy the struct as a `T` of type `data_type`, whose first version ends
     /// at byte `min_len` (`iommu_copy_struct_from_user`): `EINVAL` for another
     /// type or a length outside `min_len..=size_of::<T>()`, `EFAULT` for an

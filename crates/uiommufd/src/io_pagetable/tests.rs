@@ -40,18 +40,8 @@ impl RealBuf {
     pub(super) fn new(npages: u64) -> RealBuf {
         let align = huge_page_size() as usize;
         let map_len = (npages * page_size()) as usize + align;
-        // SAFETY: a fresh anonymous private mapping; no existing memory is touched.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(map, libc::MAP_FAILED, "mmap of the test buffer failed");
+        let map = uiommufd_testkit::map_anon(map_len, libc::MAP_PRIVATE)
+            .expect("mmap of the test buffer");
         let addr = (map as u64).div_ceil(align as u64) * align as u64;
         RealBuf { map, map_len, addr }
     }

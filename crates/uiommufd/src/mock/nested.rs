@@ -36,6 +36,14 @@ impl MockNestedDomain {
         })
     }
 
+    /// A nested domain on mock domain `parent` from the user's
+    /// `struct iommu_hwpt_selftest` (`EINVAL` length, `EFAULT`).
+    pub fn from_user(parent: u64, data: &UserData<'_>) -> Result<Arc<dyn NestedDomain>> {
+        let min = offset_of!(IommuHwptSelftest, iotlb) + size_of::<u32>();
+        let cfg: IommuHwptSelftest = data.copy_struct(IOMMU_HWPT_DATA_SELFTEST, min)?;
+        Ok(MockNestedDomain::new(parent, cfg.iotlb))
+    }
+
     /// The parent domain's ID.
     pub fn parent_id(&self) -> u64 {
         self.parent
@@ -121,25 +129,17 @@ impl NestingOps for MockDevice {
         flags: u32,
         data: &UserData<'_>,
     ) -> Result<Arc<dyn NestedDomain>> {
-        if data.data_type != IOMMU_HWPT_DATA_SELFTEST {
-            bail!(
-                EOPNOTSUPP,
-                "mock driver: nested data type {:#x} is not IOMMU_HWPT_DATA_SELFTEST",
-                data.data_type
-            );
-        }
-        if flags != 0 {
-            bail!(
-                EOPNOTSUPP,
-                "mock driver: flags {flags:#x} are not supported for a nested domain"
-            );
-        }
+        data.check_nested_request(
+            "mock driver",
+            flags,
+            0,
+            IOMMU_HWPT_DATA_SELFTEST,
+            "IOMMU_HWPT_DATA_SELFTEST",
+        )?;
         if !parent.as_any().is::<MockDomain>() {
             bail!(EINVAL, "mock driver: the parent is not a mock domain");
         }
-        let min = offset_of!(IommuHwptSelftest, iotlb) + size_of::<u32>();
-        let cfg: IommuHwptSelftest = data.copy_struct(IOMMU_HWPT_DATA_SELFTEST, min)?;
-        Ok(MockNestedDomain::new(parent.id(), cfg.iotlb))
+        MockNestedDomain::from_user(parent.id(), data)
     }
 
     fn check_attach_nested(&self, domain: &dyn NestedDomain) -> Result<()> {

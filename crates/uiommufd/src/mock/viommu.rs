@@ -134,23 +134,14 @@ impl ViommuOps for MockViommu {
         flags: u32,
         data: &UserData<'_>,
     ) -> Result<Arc<dyn NestedDomain>> {
-        if flags & !IOMMU_HWPT_ALLOC_PASID != 0 {
-            bail!(
-                EOPNOTSUPP,
-                "mock vIOMMU: flags {:#x} are not supported for a nested domain",
-                flags & !IOMMU_HWPT_ALLOC_PASID
-            );
-        }
-        if data.data_type != IOMMU_HWPT_DATA_SELFTEST {
-            bail!(
-                EOPNOTSUPP,
-                "mock vIOMMU: nested data type {:#x} is not IOMMU_HWPT_DATA_SELFTEST",
-                data.data_type
-            );
-        }
-        let min = offset_of!(IommuHwptSelftest, iotlb) + size_of::<u32>();
-        let cfg: IommuHwptSelftest = data.copy_struct(IOMMU_HWPT_DATA_SELFTEST, min)?;
-        Ok(MockNestedDomain::new(self.parent.id(), cfg.iotlb))
+        data.check_nested_request(
+            "mock vIOMMU",
+            flags,
+            IOMMU_HWPT_ALLOC_PASID,
+            IOMMU_HWPT_DATA_SELFTEST,
+            "IOMMU_HWPT_DATA_SELFTEST",
+        )?;
+        MockNestedDomain::from_user(self.parent.id(), data)
     }
 
     /// `mock_viommu_cache_invalidate`: an empty array of the right type

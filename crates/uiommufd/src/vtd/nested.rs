@@ -56,6 +56,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::domain::VtdDomain;
 use super::driver::VtdDriver;
@@ -64,7 +65,7 @@ use crate::domain::{
     next_domain_id, DirtyBitmap, Domain, HostAddr, Iova, NestedDomain, NestingOps, Prot, UserData,
     UserDataArray,
 };
-use crate::uapi::IOMMU_HWPT_DATA_VTD_S1;
+use crate::uapi::{abi_struct, IOMMU_HWPT_DATA_VTD_S1};
 use crate::user::{SelfMemory, UserMemory};
 use crate::{bail, Result};
 
@@ -80,54 +81,32 @@ pub const IOMMU_VTD_S1_EAFE: u64 = 1 << 1;
 /// `IOMMU_VTD_S1_WPE`: write protect for supervisor requests.
 pub const IOMMU_VTD_S1_WPE: u64 = 1 << 2;
 
-/// `struct iommu_hwpt_vtd_s1` (`IOMMU_HWPT_DATA_VTD_S1`).
-#[repr(C)]
-#[derive(
-    Debug,
-    Default,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    zerocopy::FromBytes,
-    zerocopy::IntoBytes,
-    zerocopy::Immutable,
-    zerocopy::KnownLayout,
-)]
-pub struct IommuHwptVtdS1 {
-    /// `IOMMU_VTD_S1_*`.
-    pub flags: u64,
-    /// The first-stage root table's address in the parent's IOVA space.
-    pub pgtbl_addr: u64,
-    /// 48 (4 levels) or 57 (5 levels).
-    pub addr_width: u32,
-    /// Not checked (as the kernel).
-    pub __reserved: u32,
+abi_struct! {
+    /// `struct iommu_hwpt_vtd_s1` (`IOMMU_HWPT_DATA_VTD_S1`).
+    pub struct IommuHwptVtdS1 {
+        /// `IOMMU_VTD_S1_*`.
+        pub flags: u64,
+        /// The first-stage root table's address in the parent's IOVA space.
+        pub pgtbl_addr: u64,
+        /// 48 (4 levels) or 57 (5 levels).
+        pub addr_width: u32,
+        /// Not checked (as the kernel).
+        pub __reserved: u32,
+    }
 }
 
-/// `struct iommu_hwpt_vtd_s1_invalidate`.
-#[repr(C)]
-#[derive(
-    Debug,
-    Default,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    zerocopy::FromBytes,
-    zerocopy::IntoBytes,
-    zerocopy::Immutable,
-    zerocopy::KnownLayout,
-)]
-pub struct IommuHwptVtdS1Invalidate {
-    /// First IOVA, 4 KiB aligned.
-    pub addr: u64,
-    /// Number of 4 KiB pages (`u64::MAX` with `addr` 0: everything).
-    pub npages: u64,
-    /// `IOMMU_VTD_INV_FLAGS_*`.
-    pub flags: u32,
-    /// Must be zero.
-    pub __reserved: u32,
+abi_struct! {
+    /// `struct iommu_hwpt_vtd_s1_invalidate`.
+    pub struct IommuHwptVtdS1Invalidate {
+        /// First IOVA, 4 KiB aligned.
+        pub addr: u64,
+        /// Number of 4 KiB pages (`u64::MAX` with `addr` 0: everything).
+        pub npages: u64,
+        /// `IOMMU_VTD_INV_FLAGS_*`.
+        pub flags: u32,
+        /// Must be zero.
+        pub __reserved: u32,
+    }
 }
 
 const _: () = {
@@ -737,19 +716,13 @@ impl NestingOps for VtdDriver {
         flags: u32,
         data: &UserData<'_>,
     ) -> Result<Arc<dyn NestedDomain>> {
-        if flags != 0 {
-            bail!(
-                EOPNOTSUPP,
-                "VT-d: flags {flags:#x} are not supported for a nested domain"
-            );
-        }
-        if data.data_type != IOMMU_HWPT_DATA_VTD_S1 {
-            bail!(
-                EOPNOTSUPP,
-                "VT-d: nested data type {:#x} is not IOMMU_HWPT_DATA_VTD_S1",
-                data.data_type
-            );
-        }
+        data.check_nested_request(
+            "VT-d",
+            flags,
+            0,
+            IOMMU_HWPT_DATA_VTD_S1,
+            "IOMMU_HWPT_DATA_VTD_S1",
+        )?;
         let any: Arc<dyn Any + Send + Sync> = parent.clone();
         let Ok(s2) = any.downcast::<VtdDomain>() else {
             bail!(EINVAL, "VT-d: the parent is not a VT-d domain");
