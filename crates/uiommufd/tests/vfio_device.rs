@@ -22,7 +22,7 @@ use uiommufd::vfio::model::{Bar, Bus, MsixLayout, PciIds, PciLayout, PciModel};
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::*;
 use uiommufd::Context;
-use uiommufd_testkit::vfio::{file, ioctl_on, Fds};
+use uiommufd_testkit::vfio::{attach_pt, file, ioctl_on, Fds};
 use zerocopy::{FromBytes, IntoBytes};
 
 use uiommufd_testkit::{self as kit, Buf};
@@ -286,16 +286,6 @@ fn bind(fd: i32, ctx: &Arc<Context>, fds: &mut Fds, n: i32) -> u32 {
     b.out_devid
 }
 
-fn attach(fd: i32, pt: u32) -> Result<u32, i32> {
-    let mut a = VfioDeviceAttachIommufdPt {
-        argsz: 12,
-        flags: 0,
-        pt_id: pt,
-    };
-    ioctl_on(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a, &Fds::default())?;
-    Ok(a.pt_id)
-}
-
 /// Memory decode and bus mastering on.
 fn enable(fd: i32) {
     cfg_write(fd, 4, &0x6u16.to_le_bytes()).unwrap();
@@ -429,8 +419,8 @@ fn vfio_cdev_bind_attach_dma() {
         errno_of(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a),
         libc::EINVAL
     );
-    assert_eq!(attach(fd, 9999).unwrap_err(), libc::ENOENT);
-    let hwpt = attach(fd, ioas).unwrap();
+    assert_eq!(attach_pt(fd, 9999).unwrap_err(), libc::ENOENT);
+    let hwpt = attach_pt(fd, ioas).unwrap();
     assert_ne!(hwpt, ioas, "the auto domain's HWPT ID is written back");
     assert!(ctx.get::<HwptPaging>(hwpt).is_ok());
 
@@ -457,7 +447,7 @@ fn vfio_cdev_bind_attach_dma() {
 
     // a HWPT with dirty tracking, replacing the auto domain
     let hw2 = kit::hwpt_alloc(&ctx, devid, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
-    assert_eq!(attach(fd, hw2).unwrap(), hw2);
+    assert_eq!(attach_pt(fd, hw2).unwrap(), hw2);
     assert!(
         ctx.get_any(hwpt).is_err(),
         "the auto domain went with its last device"
@@ -1352,7 +1342,7 @@ fn vfio_dma_engine_end_to_end() {
         uiommufd::Prot::RO,
     )
     .unwrap();
-    attach(fd, ioas).unwrap();
+    attach_pt(fd, ioas).unwrap();
     enable(fd);
     let ev = eventfd();
     // MSI-X enabled in config, then vector 0's eventfd
@@ -1427,7 +1417,7 @@ fn vfio_concurrent_irqs_dma_and_config() {
     let ioas = kit::ioas_alloc(&ctx);
     let buf = Buf::zeroed(2 * 4096, 4096);
     kit::map_fixed(&ctx, ioas, buf.addr(), 2 * 4096, 0x40_0000).unwrap();
-    attach(fd, ioas).unwrap();
+    attach_pt(fd, ioas).unwrap();
     enable(fd);
     let evs: Vec<_> = (0..4).map(|_| eventfd()).collect();
     let raw: Vec<i32> = evs.iter().map(|e| e.as_raw_fd()).collect();
@@ -1486,14 +1476,14 @@ fn vfio_concurrent_irqs_dma_and_config() {
                 let _ = errno_of(fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &mut d);
             }
             _ => {
-                attach(fd, ioas).unwrap();
+                attach_pt(fd, ioas).unwrap();
             }
         }
     }
     // End with interrupts set up and the device attached, and wait (with a
     // bound far above any scheduling delay) until it delivered one: no
     // assumption about how the threads were scheduled during the churn.
-    attach(fd, ioas).unwrap();
+    attach_pt(fd, ioas).unwrap();
     let _ = set_irq_fds(fd, 2, 0, &raw);
     let mut fired_any: u64 = evs.iter().map(fired).sum();
     let t1 = std::time::Instant::now();
@@ -1600,7 +1590,7 @@ fn vfio_bar_dmabuf_export_and_p2p_dma() {
     // SAFETY: writes into our own buffer.
     unsafe { std::ptr::write_bytes(src.addr() as *mut u8, 0xab, 16) };
     kit::map_fixed(&ctx, ioas, src.addr(), 4096, 0x10_0000).unwrap();
-    attach(fd, ioas).unwrap();
+    attach_pt(fd, ioas).unwrap();
     enable(fd);
 
     let get = |flags: u32, region: u32, dflags: u32, ranges: &[(u64, u64)]| {

@@ -8,7 +8,6 @@
 //! from the fault fd, answered, and the retried DMA completes. Plus the
 //! errno tables of the S1 allocation, attach and invalidation.
 
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -24,7 +23,7 @@ use uiommufd::vtd::nested::{
     IOMMU_VTD_INV_FLAGS_LEAF, IOMMU_VTD_S1_EAFE, IOMMU_VTD_S1_SRE, IOMMU_VTD_S1_WPE,
 };
 use uiommufd::Context;
-use uiommufd_testkit::vfio::{ioctl_on, Fds};
+use uiommufd_testkit::vfio::{bind_cdev, enable_bus_master, ioctl_on, Fds};
 use zerocopy::{FromBytes, IntoBytes};
 
 use uiommufd_testkit::{self as kit, Buf};
@@ -101,23 +100,8 @@ impl Setup {
         .unwrap();
         let ctx = Context::new();
         let fd = registry::open_cdev(600 + n, true).unwrap();
-        let mut fds = Fds::default();
-        let null = std::fs::File::open("/dev/null").unwrap();
-        let num = null.as_raw_fd();
-        std::mem::forget(null);
-        fds.0.insert(num, ctx.clone());
-        let mut b = VfioDeviceBindIommufd {
-            argsz: 16,
-            flags: 0,
-            iommufd: num,
-            out_devid: 0,
-        };
-        ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds).unwrap();
-        // memory decode and bus mastering
-        files::get(fd)
-            .unwrap()
-            .write_at(&0x6u16.to_le_bytes(), (7u64 << 40) + 4)
-            .unwrap();
+        let devid = bind_cdev(fd, &ctx);
+        enable_bus_master(fd);
         let ioas = kit::ioas_alloc(&ctx);
         let mem = Buf::zeroed(PAGES * 4096, 4096);
         // the last page is an area of its own (unmapped and mapped again)
@@ -134,7 +118,7 @@ impl Setup {
             ctx,
             model,
             fd,
-            devid: b.out_devid,
+            devid,
             ioas,
             mem,
         }

@@ -403,50 +403,43 @@ impl<S: AsRawFd> Wire<S> {
         }
         let mut h = encode(tag, a, b, c);
         let total = 32 + len;
-        let mut done = 0usize;
-        while done < total {
-            let mut iov = [
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                },
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                },
-            ];
-            let mut n = 0;
-            if done < 32 {
-                iov[0] = libc::iovec {
-                    iov_base: h[done..].as_mut_ptr().cast(),
-                    iov_len: 32 - done,
-                };
-                n = 1;
-            }
-            let off = done.saturating_sub(32);
-            if off < len {
-                // SAFETY: `off < len`: inside the caller's readable range.
-                let at = unsafe { ptr.add(off) };
-                iov[n] = libc::iovec {
-                    iov_base: at.cast_mut().cast(),
-                    iov_len: (len - off).min(1 << 30),
-                };
-                n += 1;
-            }
-            // SAFETY: the iovecs point at `h` and the caller's range.
-            let r = unsafe { libc::writev(self.sock.as_raw_fd(), iov.as_ptr(), n as i32) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+        let fd = self.sock.as_raw_fd();
+        all_of(
+            total,
+            |done, _| {
+                let mut iov = [
+                    libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0,
+                    },
+                    libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0,
+                    },
+                ];
+                let mut n = 0;
+                if done < 32 {
+                    iov[0] = libc::iovec {
+                        iov_base: h[done..].as_mut_ptr().cast(),
+                        iov_len: 32 - done,
+                    };
+                    n = 1;
                 }
-                return Err(timed_out(e));
-            }
-            if r == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            done += r as usize;
-        }
+                let off = done.saturating_sub(32);
+                if off < len {
+                    // SAFETY: `off < len`: inside the caller's readable range.
+                    let at = unsafe { ptr.add(off) };
+                    iov[n] = libc::iovec {
+                        iov_base: at.cast_mut().cast(),
+                        iov_len: (len - off).min(1 << 30),
+                    };
+                    n += 1;
+                }
+                // SAFETY: the iovecs point at `h` and the caller's range.
+                unsafe { libc::writev(fd, iov.as_ptr(), n as i32) }
+            },
+            || io::ErrorKind::WriteZero.into(),
+        )?;
         self.sent += total as u64;
         Ok(())
     }

@@ -46,19 +46,33 @@ pub struct UserData<'a> {
     pub mem: &'a dyn UserMemory,
 }
 
+/// A driver's one kind of nested-domain data (what
+/// [`UserData::check_nested_request`] accepts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NestedDataKind {
+    /// The driver, as messages name it.
+    pub driver: &'static str,
+    /// Its `IOMMU_HWPT_DATA_*` type.
+    pub data_type: u32,
+    /// That type's uAPI name.
+    pub name: &'static str,
+}
+
 impl UserData<'_> {
     /// The request check a driver's nested-domain allocation starts with:
     /// `flags` outside `allowed`, then a data type other than the driver's
-    /// `want` (named `want_name`), are `EOPNOTSUPP`; `driver` names the
-    /// driver in the messages.
+    /// `kind`, are `EOPNOTSUPP`.
     pub fn check_nested_request(
         &self,
-        driver: &str,
+        kind: &NestedDataKind,
         flags: u32,
         allowed: u32,
-        want: u32,
-        want_name: &str,
     ) -> Result<()> {
+        let NestedDataKind {
+            driver,
+            data_type,
+            name,
+        } = kind;
         if flags & !allowed != 0 {
             bail!(
                 EOPNOTSUPP,
@@ -66,10 +80,10 @@ impl UserData<'_> {
                 flags & !allowed
             );
         }
-        if self.data_type != want {
+        if self.data_type != *data_type {
             bail!(
                 EOPNOTSUPP,
-                "{driver}: nested data type {:#x} is not {want_name}",
+                "{driver}: nested data type {:#x} is not {name}",
                 self.data_type
             );
         }

@@ -13,7 +13,9 @@ use parking_lot::Mutex;
 
 use super::device::MockDevice;
 use super::domain::MockDomain;
-use crate::domain::{next_domain_id, Domain, NestedDomain, NestingOps, UserData, UserDataArray};
+use crate::domain::{
+    next_domain_id, Domain, NestedDataKind, NestedDomain, NestingOps, UserData, UserDataArray,
+};
 use crate::uapi::*;
 use crate::{bail, Result};
 
@@ -25,6 +27,13 @@ pub struct MockNestedDomain {
     parent: u64,
     iotlb: Mutex<[u32; MOCK_NESTED_DOMAIN_IOTLB_NUM]>,
 }
+
+/// The mock driver's nested data (`struct iommu_hwpt_selftest`).
+pub(super) const MOCK_NESTED: NestedDataKind = NestedDataKind {
+    driver: "mock driver",
+    data_type: IOMMU_HWPT_DATA_SELFTEST,
+    name: "IOMMU_HWPT_DATA_SELFTEST",
+};
 
 impl MockNestedDomain {
     /// A nested domain on mock domain `parent` with every IOTLB entry `iotlb`.
@@ -129,13 +138,7 @@ impl NestingOps for MockDevice {
         flags: u32,
         data: &UserData<'_>,
     ) -> Result<Arc<dyn NestedDomain>> {
-        data.check_nested_request(
-            "mock driver",
-            flags,
-            0,
-            IOMMU_HWPT_DATA_SELFTEST,
-            "IOMMU_HWPT_DATA_SELFTEST",
-        )?;
+        data.check_nested_request(&MOCK_NESTED, flags, 0)?;
         if !parent.as_any().is::<MockDomain>() {
             bail!(EINVAL, "mock driver: the parent is not a mock domain");
         }

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::device::MockDevice;
-use super::nested::MockNestedDomain;
+use super::nested::{MockNestedDomain, MOCK_NESTED};
 use crate::device::Device;
 use crate::domain::Domain;
 use crate::domain::{HostAddr, Iova, NestedDomain, UserData, UserDataArray};
@@ -134,13 +134,7 @@ impl ViommuOps for MockViommu {
         flags: u32,
         data: &UserData<'_>,
     ) -> Result<Arc<dyn NestedDomain>> {
-        data.check_nested_request(
-            "mock vIOMMU",
-            flags,
-            IOMMU_HWPT_ALLOC_PASID,
-            IOMMU_HWPT_DATA_SELFTEST,
-            "IOMMU_HWPT_DATA_SELFTEST",
-        )?;
+        data.check_nested_request(&MOCK_NESTED, flags, IOMMU_HWPT_ALLOC_PASID)?;
         MockNestedDomain::from_user(self.parent.id(), data)
     }
 

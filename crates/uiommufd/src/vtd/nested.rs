@@ -62,8 +62,8 @@ use super::domain::VtdDomain;
 use super::driver::VtdDriver;
 use super::Fault;
 use crate::domain::{
-    next_domain_id, DirtyBitmap, Domain, HostAddr, Iova, NestedDomain, NestingOps, Prot, UserData,
-    UserDataArray,
+    next_domain_id, DirtyBitmap, Domain, HostAddr, Iova, NestedDataKind, NestedDomain, NestingOps,
+    Prot, UserData, UserDataArray,
 };
 use crate::uapi::{abi_struct, IOMMU_HWPT_DATA_VTD_S1};
 use crate::user::{SelfMemory, UserMemory};
@@ -80,6 +80,13 @@ pub const IOMMU_VTD_S1_SRE: u64 = 1 << 0;
 pub const IOMMU_VTD_S1_EAFE: u64 = 1 << 1;
 /// `IOMMU_VTD_S1_WPE`: write protect for supervisor requests.
 pub const IOMMU_VTD_S1_WPE: u64 = 1 << 2;
+
+/// The VT-d driver's nested data: a first-stage table.
+const VTD_S1: NestedDataKind = NestedDataKind {
+    driver: "VT-d",
+    data_type: IOMMU_HWPT_DATA_VTD_S1,
+    name: "IOMMU_HWPT_DATA_VTD_S1",
+};
 
 abi_struct! {
     /// `struct iommu_hwpt_vtd_s1` (`IOMMU_HWPT_DATA_VTD_S1`).
@@ -716,13 +723,7 @@ impl NestingOps for VtdDriver {
         flags: u32,
         data: &UserData<'_>,
     ) -> Result<Arc<dyn NestedDomain>> {
-        data.check_nested_request(
-            "VT-d",
-            flags,
-            0,
-            IOMMU_HWPT_DATA_VTD_S1,
-            "IOMMU_HWPT_DATA_VTD_S1",
-        )?;
+        data.check_nested_request(&VTD_S1, flags, 0)?;
         let any: Arc<dyn Any + Send + Sync> = parent.clone();
         let Ok(s2) = any.downcast::<VtdDomain>() else {
             bail!(EINVAL, "VT-d: the parent is not a VT-d domain");
