@@ -9,6 +9,7 @@ use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use uiommufd_testkit::run_ok;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_uiommufd"));
@@ -81,8 +82,8 @@ fn each_tracker_verifies_a_migration() {
 
 #[test]
 fn one_connection_and_normal_scheduling_verify_too() {
-    let out = bin()
-        .args([
+    let out = run_ok(
+        bin().args([
             "migrate",
             "--size",
             "16M",
@@ -91,13 +92,8 @@ fn one_connection_and_normal_scheduling_verify_too() {
             "--lanes",
             "1",
             "--no-realtime",
-        ])
-        .output()
-        .expect("run uiommufd migrate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ]),
+        "uiommufd migrate",
     );
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(v["ok"], true, "{v}");
@@ -115,18 +111,13 @@ fn listen_and_send_over_tcp() {
         .args(["migrate", "--size", "16M", "-q", "listen", "--tcp", &addr])
         .spawn()
         .unwrap();
-    let out = bin()
-        .args([
+    let out = run_ok(
+        bin().args([
             "migrate", "--size", "16M", "-q", "--json", "send", "--tcp", &addr,
-        ])
-        .output()
-        .unwrap();
-    assert!(dst.wait().unwrap().success());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ]),
+        "uiommufd migrate send",
     );
+    assert!(dst.wait().unwrap().success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], true);
 }

@@ -11,7 +11,7 @@ use uiommufd::files;
 
 use crate::path::{Form, VfioNode};
 use crate::vfio::{self, Act};
-use crate::{engine, engine_io, fail, fail_ssize, missing, real, set_errno, sync};
+use crate::{engine, fail, fail_ssize, missing, real, set_errno, sync};
 
 // the hooks hand `struct stat64` to code written for `struct stat`
 const _: () = assert!(std::mem::size_of::<libc::stat>() == std::mem::size_of::<libc::stat64>());
@@ -465,89 +465,33 @@ mmap_hook!(
     mmap64(libc::off64_t)
 );
 
-/// A `preadv`/`pwritev`-shaped hook.
-macro_rules! rwv_hook {
-    ($(#[$m:meta])* $name:ident($off:ty) => $eng:ident) => {
-        $(#[$m])*
-        ///
-        /// # Safety
-        /// Same contract as the libc function.
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(
-            fd: c_int,
-            iov: *const libc::iovec,
-            iovcnt: c_int,
-            offset: $off,
-        ) -> libc::ssize_t {
-            if files::is_engine_fd(fd) {
-                if let Some(r) = engine_io(|| engine::$eng(fd, iov as u64, iovcnt, offset)) {
-                    return r;
-                }
-            }
-            let Some(real) = real::$name() else { return fail_ssize(libc::ENOSYS) };
-            // SAFETY: forwarding the caller's arguments unchanged.
-            unsafe { real(fd, iov, iovcnt, offset) }
-        }
-    };
-    ($(#[$m:meta])* $name:ident($off:ty, flags) => write: $write:expr) => {
-        $(#[$m])*
-        ///
-        /// # Safety
-        /// Same contract as the libc function.
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(
-            fd: c_int,
-            iov: *const libc::iovec,
-            iovcnt: c_int,
-            offset: $off,
-            flags: c_int,
-        ) -> libc::ssize_t {
-            if files::is_engine_fd(fd) {
-                let op = || engine::vectored2(fd, iov as u64, iovcnt, offset, flags, $write);
-                if let Some(r) = engine_io(op) {
-                    return r;
-                }
-            }
-            let Some(real) = real::$name() else { return fail_ssize(libc::ENOSYS) };
-            // SAFETY: forwarding the caller's arguments unchanged.
-            unsafe { real(fd, iov, iovcnt, offset, flags) }
-        }
-    };
-}
-
-rwv_hook!(
+io_hook! {
     /// `preadv(2)`: engine fds read their file at the offset, segment by
     /// segment; every other fd after one atomic load.
-    preadv(libc::off_t) => preadv
-);
-rwv_hook!(
+    preadv(fd, iov: *const libc::iovec, iovcnt: c_int, offset: libc::off_t)
+        => engine::preadv(fd, iov as u64, iovcnt, offset);
     /// `preadv64`: as [`preadv()`].
-    preadv64(libc::off64_t) => preadv
-);
-rwv_hook!(
+    preadv64(fd, iov: *const libc::iovec, iovcnt: c_int, offset: libc::off64_t)
+        => engine::preadv(fd, iov as u64, iovcnt, offset);
     /// `pwritev(2)`: as [`preadv()`], writing.
-    pwritev(libc::off_t) => pwritev
-);
-rwv_hook!(
+    pwritev(fd, iov: *const libc::iovec, iovcnt: c_int, offset: libc::off_t)
+        => engine::pwritev(fd, iov as u64, iovcnt, offset);
     /// `pwritev64`: as [`pwritev()`].
-    pwritev64(libc::off64_t) => pwritev
-);
-rwv_hook!(
+    pwritev64(fd, iov: *const libc::iovec, iovcnt: c_int, offset: libc::off64_t)
+        => engine::pwritev(fd, iov as u64, iovcnt, offset);
     /// `preadv2(2)`: as [`preadv()`]; offset -1 reads as `readv`.
-    preadv2(libc::off_t, flags) => write: false
-);
-rwv_hook!(
+    preadv2(fd, iov: *const libc::iovec, iovcnt: c_int, offset: libc::off_t, flags: c_int)
+        => engine::vectored2(fd, iov as u64, iovcnt, offset, flags, false);
     /// `preadv64v2`: as [`preadv2()`].
-    preadv64v2(libc::off64_t, flags) => write: false
-);
-rwv_hook!(
+    preadv64v2(fd, iov: *const libc::iovec, iovcnt: c_int, offset: libc::off64_t, flags: c_int)
+        => engine::vectored2(fd, iov as u64, iovcnt, offset, flags, false);
     /// `pwritev2(2)`: as [`pwritev()`]; offset -1 writes as `writev`.
-    pwritev2(libc::off_t, flags) => write: true
-);
-rwv_hook!(
+    pwritev2(fd, iov: *const libc::iovec, iovcnt: c_int, offset: libc::off_t, flags: c_int)
+        => engine::vectored2(fd, iov as u64, iovcnt, offset, flags, true);
     /// `pwritev64v2`: as [`pwritev2()`].
-    pwritev64v2(libc::off64_t, flags) => write: true
-);
+    pwritev64v2(fd, iov: *const libc::iovec, iovcnt: c_int, offset: libc::off64_t, flags: c_int)
+        => engine::vectored2(fd, iov as u64, iovcnt, offset, flags, true);
+}
 
 #[cfg(test)]
 mod tests {

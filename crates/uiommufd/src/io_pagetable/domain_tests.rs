@@ -10,9 +10,8 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use super::tests::RealBuf;
+use super::tests::{copy, errno, ok, ps, src, RealBuf};
 use super::*;
-use crate::accounting::AccountMode;
 use crate::domain::{Domain, HostAddr, Iova};
 use crate::mock::domain::{
     mock_huge_page_size, mock_io_page_size, MockDomain, MockEntry, MOCK_APERTURE_LAST,
@@ -22,22 +21,8 @@ use crate::pages::{check_accounting, Pages};
 use crate::user::{SelfMemory, UserMemory};
 use crate::vtd::VtdDomain;
 
-fn ps() -> u64 {
-    page_size()
-}
-
 fn mps() -> u64 {
     mock_io_page_size()
-}
-
-fn errno<T: std::fmt::Debug>(r: Result<T>) -> i32 {
-    r.unwrap_err().errno().0
-}
-
-fn ok(t: &IoPagetable) {
-    if let Err(e) = t.check_invariants() {
-        panic!("invariant broken: {e}");
-    }
 }
 
 /// Process-wide accounting is only exact while no other test pins, so try
@@ -53,34 +38,9 @@ fn accounting_ok() {
 }
 
 /// A pages object for exactly `[uptr, uptr + len)`, and a source for it.
-fn src(uptr: u64, len: u64, writable: bool) -> MapSource {
-    let p = Pages::new(Arc::new(SelfMemory), uptr, len, writable, AccountMode::None);
-    MapSource {
-        start_byte: uptr - p.uptr(),
-        pages: p,
-        length: len,
-    }
-}
-
 fn map(t: &IoPagetable, uptr: u64, len: u64, iova: Option<u64>, prot: Prot) -> Result<u64> {
     let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
     t.map(vec![src(uptr, len, prot.write)], len, req, prot)
-}
-
-fn copy(
-    from: &IoPagetable,
-    to: &IoPagetable,
-    iova: u64,
-    len: u64,
-    dst: Option<u64>,
-) -> Result<u64> {
-    let s = from.get_pages(iova, len)?;
-    to.map(
-        s,
-        len,
-        dst.map_or(IovaRequest::Alloc, IovaRequest::Fixed),
-        Prot::RW,
-    )
 }
 
 /// Every domain of `t` (mock or VT-d) maps every area of `t` to its user

@@ -10,7 +10,7 @@ use super::*;
 use crate::accounting::AccountMode;
 use crate::user::SelfMemory;
 
-fn ps() -> u64 {
+pub(super) fn ps() -> u64 {
     page_size()
 }
 
@@ -63,7 +63,7 @@ fn pages(uptr: u64, len: u64, writable: bool) -> Arc<Pages> {
     Pages::new(Arc::new(SelfMemory), uptr, len, writable, AccountMode::None)
 }
 
-fn src(uptr: u64, len: u64, writable: bool) -> MapSource {
+pub(super) fn src(uptr: u64, len: u64, writable: bool) -> MapSource {
     let p = pages(uptr, len, writable);
     MapSource {
         start_byte: uptr - p.uptr(),
@@ -77,11 +77,11 @@ fn map_at(t: &IoPagetable, uptr: u64, len: u64, iova: Option<u64>) -> Result<u64
     t.map(vec![src(uptr, len, true)], len, req, Prot::RW)
 }
 
-fn errno<T: std::fmt::Debug>(r: Result<T>) -> i32 {
+pub(super) fn errno<T: std::fmt::Debug>(r: Result<T>) -> i32 {
     r.unwrap_err().errno().0
 }
 
-fn copy(
+pub(super) fn copy(
     src_t: &IoPagetable,
     dst: &IoPagetable,
     src_iova: u64,
@@ -97,7 +97,7 @@ fn copy(
     )
 }
 
-fn ok(t: &IoPagetable) {
+pub(super) fn ok(t: &IoPagetable) {
     if let Err(e) = t.check_invariants() {
         panic!("invariant broken: {e}");
     }

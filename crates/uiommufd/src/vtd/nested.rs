@@ -785,18 +785,7 @@ mod tests {
 
     impl Mem {
         fn new() -> Mem {
-            // SAFETY: a fresh anonymous mapping.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    (PAGES * 4096) as usize,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(p, libc::MAP_FAILED);
+            let p = uiommufd_testkit::map_anon((PAGES * 4096) as usize, libc::MAP_PRIVATE).unwrap();
             Mem(p as u64)
         }
         fn host(&self, page: u64) -> u64 {
@@ -820,6 +809,13 @@ mod tests {
     }
 
     const URW: u64 = fl::P | fl::RW | fl::US;
+
+    /// The 4-level path of IOVA 0: root page 0 → 1 → 2 → page 3, the PT.
+    fn table_path(m: &Mem) {
+        m.set(0, 0, 4096 | URW);
+        m.set(1, 0, (2 * 4096) | URW);
+        m.set(2, 0, (3 * 4096) | URW);
+    }
 
     /// A parent mapping guest page i to host page i (all of them, RW).
     fn parent(m: &Mem) -> Arc<VtdDomain> {
@@ -907,9 +903,7 @@ mod tests {
         let m = Mem::new();
         let p = parent(&m);
         let n = nested(&p, 48);
-        m.set(0, 0, 4096 | URW);
-        m.set(1, 0, (2 * 4096) | URW);
-        m.set(2, 0, (3 * 4096) | URW);
+        table_path(&m);
         m.set(3, 0, (10 * 4096) | URW);
         m.set(3, 1, (11 * 4096) | fl::P | fl::US);
         assert_eq!(n.translate(0, 8, false).unwrap().0, m.host(10));
@@ -962,9 +956,7 @@ mod tests {
         p.map(Iova(0), HostAddr(m.host(0)), PAGES * 4096, Prot::RW, 4096)
             .unwrap();
         let n = nested(&p, 48);
-        m.set(0, 0, 4096 | URW);
-        m.set(1, 0, (2 * 4096) | URW);
-        m.set(2, 0, (3 * 4096) | URW);
+        table_path(&m);
         m.set(3, 0, (10 * 4096) | URW);
         m.set(3, 1, (11 * 4096) | fl::P | fl::US);
         let mut tlb = Iotlb::nested(n.clone());
@@ -1057,9 +1049,7 @@ mod tests {
         let m = Mem::new();
         let p = parent(&m);
         let n = nested(&p, 48);
-        m.set(0, 0, 4096 | URW);
-        m.set(1, 0, (2 * 4096) | URW);
-        m.set(2, 0, (3 * 4096) | URW);
+        table_path(&m);
         m.set(3, 0, (10 * 4096) | URW);
         // the PT page write-protected in the process: A cannot be set
         let protect = |page: u64, prot: i32| {
