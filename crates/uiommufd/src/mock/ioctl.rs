@@ -304,7 +304,6 @@ fn check_dev_cache(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
     Ok(0)
 }
 
-/// The selftest object `id` (`ENOENT` when it is something else).
 /// The mock domain of paging HWPT `id` (`EINVAL` for another driver's);
 /// `what` names the command.
 fn paging_mock_domain(u: &Ucmd, id: u32, what: &str) -> Result<Arc<domain::MockDomain>> {
@@ -314,6 +313,7 @@ fn paging_mock_domain(u: &Ucmd, id: u32, what: &str) -> Result<Arc<domain::MockD
         .map_err(|_| err!(EINVAL, "{what}: HWPT {id} is not a mock domain"))
 }
 
+/// The selftest object `id` (`ENOENT` when it is something else).
 fn get_stdev(u: &Ucmd, id: u32) -> Result<Arc<MockStdev>> {
     u.ctx.get::<MockStdev>(id)
 }
