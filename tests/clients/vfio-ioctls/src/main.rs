@@ -267,6 +267,11 @@ fn wait_irq(efd: &EventFd, what: &str, timeout: Duration) -> Res<u64> {
     }
 }
 
+/// The offset of ring slot `i` (a 32-byte descriptor) in the DMA buffer.
+fn desc_off(i: usize) -> usize {
+    RING_OFF + i * 32
+}
+
 /// Poll a descriptor's status word until the device wrote it.
 fn wait_status(buf: &DmaBuf, off: usize, timeout: Duration) -> Res<u16> {
     let deadline = Instant::now() + timeout;
@@ -385,7 +390,6 @@ fn run(iommufd: bool, sysfs: PathBuf, peer: Option<PathBuf>) -> Res<()> {
     );
 
     // COPY 64 KiB, then FILL with a completion interrupt; one doorbell.
-    let desc_off = |i: usize| RING_OFF + i * 32;
     let iova = |off: usize| IOVA_BASE + off as u64;
     buf.write(
         desc_off(0),
