@@ -160,7 +160,7 @@ struct Gen<'a, 'b> {
     stats: &'a mut BTreeMap<(u32, u32), usize>,
 }
 
-impl Gen<'_, '_> {
+impl<'b> Gen<'_, 'b> {
     fn ps(&self) -> u64 {
         page_size()
     }
@@ -296,23 +296,24 @@ impl Gen<'_, '_> {
         }
     }
 
-    /// One of `common`, or anything.
-    fn among32(&mut self, common: &[u32]) -> u32 {
+    /// One of `common`, or (one time in eight) anything `any` draws.
+    fn among<T: Copy>(&mut self, common: &[T], any: fn(&mut Input<'b>) -> T) -> T {
         let i = self.inp.u8() as usize;
         if i % 8 == 7 {
-            self.inp.u32()
+            any(self.inp)
         } else {
             common[i % common.len()]
         }
     }
 
+    /// One of `common`, or anything.
+    fn among32(&mut self, common: &[u32]) -> u32 {
+        self.among(common, Input::u32)
+    }
+
+    /// One of `common`, or anything.
     fn among64(&mut self, common: &[u64]) -> u64 {
-        let i = self.inp.u8() as usize;
-        if i % 8 == 7 {
-            self.inp.u64()
-        } else {
-            common[i % common.len()]
-        }
+        self.among(common, Input::u64)
     }
 }
 
