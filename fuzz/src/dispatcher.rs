@@ -160,7 +160,7 @@ struct Gen<'a, 'b> {
     stats: &'a mut BTreeMap<(u32, u32), usize>,
 }
 
-impl Gen<'_, '_> {
+impl<'b> Gen<'_, 'b> {
     fn ps(&self) -> u64 {
         page_size()
     }
@@ -268,6 +268,16 @@ impl Gen<'_, '_> {
         }
     }
 
+    /// A type1 dirty bitmap: its page size, a size among the common ones,
+    /// and an address (drawn in that order).
+    fn bitmap(&mut self) -> VfioBitmap {
+        VfioBitmap {
+            pgsize: self.pgsize(),
+            size: self.among64(&[8, 64, 4096, 0, 1 << 20]),
+            data: self.ptr(),
+        }
+    }
+
     /// Flags: mostly among `known`.
     fn flags(&mut self, known: u32) -> u32 {
         match self.inp.u8() % 8 {
@@ -286,23 +296,24 @@ impl Gen<'_, '_> {
         }
     }
 
-    /// One of `common`, or anything.
-    fn among32(&mut self, common: &[u32]) -> u32 {
+    /// One of `common`, or (one time in eight) anything `any` draws.
+    fn among<T: Copy>(&mut self, common: &[T], any: fn(&mut Input<'b>) -> T) -> T {
         let i = self.inp.u8() as usize;
         if i % 8 == 7 {
-            self.inp.u32()
+            any(self.inp)
         } else {
             common[i % common.len()]
         }
     }
 
+    /// One of `common`, or anything.
+    fn among32(&mut self, common: &[u32]) -> u32 {
+        self.among(common, Input::u32)
+    }
+
+    /// One of `common`, or anything.
     fn among64(&mut self, common: &[u64]) -> u64 {
-        let i = self.inp.u8() as usize;
-        if i % 8 == 7 {
-            self.inp.u64()
-        } else {
-            common[i % common.len()]
-        }
+        self.among(common, Input::u64)
     }
 }
 
@@ -957,11 +968,7 @@ fn step(ctx: &Arc<Context>, g: &mut Gen, learn: &mut Vec<Learn>) {
                 iova: g.iova(),
                 size: g.len(),
             };
-            let bm = VfioBitmap {
-                pgsize: g.pgsize(),
-                size: g.among64(&[8, 64, 4096, 0, 1 << 20]),
-                data: g.ptr(),
-            };
+            let bm = g.bitmap();
             let mut b = bytes_of(&u);
             b.extend_from_slice(bm.as_bytes());
             let _ = call(ctx, g, VFIO_IOMMU_UNMAP_DMA as u64, &b, &[]);
@@ -980,11 +987,7 @@ fn step(ctx: &Arc<Context>, g: &mut Gen, learn: &mut Vec<Learn>) {
             let get = VfioIommuType1DirtyBitmapGet {
                 iova: g.iova(),
                 size: g.len(),
-                bitmap: VfioBitmap {
-                    pgsize: g.pgsize(),
-                    size: g.among64(&[8, 64, 4096, 0, 1 << 20]),
-                    data: g.ptr(),
-                },
+                bitmap: g.bitmap(),
             };
             let mut b = bytes_of(&d);
             b.extend_from_slice(get.as_bytes());

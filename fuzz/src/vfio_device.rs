@@ -69,14 +69,7 @@ impl PciModel for FuzzModel {
             ..Bar::registers(1 << 32)
         };
         PciLayout {
-            ids: PciIds {
-                vendor: 0x1b36,
-                device: 0x7ff0,
-                revision: 0,
-                class: 0xff0000,
-                subsystem_vendor: 0,
-                subsystem_device: 0,
-            },
+            ids: PciIds::new(0x1b36, 0x7ff0, 0xff0000),
             bars: [
                 Some(Bar::registers(8192)),
                 None,

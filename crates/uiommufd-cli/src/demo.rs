@@ -81,24 +81,9 @@ struct GuestRam {
 
 impl GuestRam {
     fn new(len: u64) -> Result<Self, String> {
-        // SAFETY: a fresh private anonymous mapping; we own it until Drop.
-        let ptr = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                len as usize,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if ptr == libc::MAP_FAILED {
-            return Err(format!(
-                "mmap of {} failed: {}",
-                human(len),
-                std::io::Error::last_os_error()
-            ));
-        }
+        // a fresh private mapping; we own it until Drop
+        let ptr = uiommufd_testkit::map_anon(len as usize, libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .map_err(|e| format!("mmap of {} failed: {e}", human(len)))?;
         Ok(GuestRam {
             ptr,
             len: len as usize,

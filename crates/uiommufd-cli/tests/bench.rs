@@ -25,14 +25,9 @@ fn has_cc() -> bool {
 fn bench_quick_json_has_every_case() {
     let bin = PathBuf::from(env!("CARGO_BIN_EXE_uiommufd"));
     build_preload(&bin);
-    let out = Command::new(&bin)
-        .args(["bench", "--quick", "--json", "--threads", "3"])
-        .output()
-        .expect("run uiommufd bench");
-    assert!(
-        out.status.success(),
-        "bench failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = uiommufd_testkit::run_ok(
+        Command::new(&bin).args(["bench", "--quick", "--json", "--threads", "3"]),
+        "uiommufd bench",
     );
     let doc: Value = serde_json::from_slice(&out.stdout).unwrap_or_else(|e| {
         panic!(

@@ -5,10 +5,11 @@
 
 use std::io::{Read, Write};
 use std::os::unix::net::{UnixListener, UnixStream};
-use std::process::{Command, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
 use serde_json::Value;
+use uiommufd_testkit::run_ok;
 
 fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_uiommufd"));
@@ -81,8 +82,8 @@ fn each_tracker_verifies_a_migration() {
 
 #[test]
 fn one_connection_and_normal_scheduling_verify_too() {
-    let out = bin()
-        .args([
+    let out = run_ok(
+        bin().args([
             "migrate",
             "--size",
             "16M",
@@ -91,13 +92,8 @@ fn one_connection_and_normal_scheduling_verify_too() {
             "--lanes",
             "1",
             "--no-realtime",
-        ])
-        .output()
-        .expect("run uiommufd migrate");
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ]),
+        "uiommufd migrate",
     );
     let v: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
     assert_eq!(v["ok"], true, "{v}");
@@ -115,18 +111,13 @@ fn listen_and_send_over_tcp() {
         .args(["migrate", "--size", "16M", "-q", "listen", "--tcp", &addr])
         .spawn()
         .unwrap();
-    let out = bin()
-        .args([
+    let out = run_ok(
+        bin().args([
             "migrate", "--size", "16M", "-q", "--json", "send", "--tcp", &addr,
-        ])
-        .output()
-        .unwrap();
-    assert!(dst.wait().unwrap().success());
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+        ]),
+        "uiommufd migrate send",
     );
+    assert!(dst.wait().unwrap().success());
     let v: Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(v["ok"], true);
 }
@@ -155,66 +146,63 @@ fn a_destination_dying_mid_stream_is_a_clear_error() {
         1,
         "Hello first"
     );
-    let mut ready = [0u8; 32];
-    ready[0] = 8;
-    s.write_all(&ready).unwrap();
+    s.write_all(&msg(8, 0, 0, 0)).unwrap();
     // Take a little of round 0, then die.
     let mut buf = vec![0u8; 1 << 20];
     s.read_exact(&mut buf).unwrap();
     drop(s);
-    let out = src.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = failure(src);
     assert!(err.contains("sending pages"), "{err}");
     let _ = std::fs::remove_file(&path);
 }
 
-#[test]
-fn a_corrupted_stream_is_refused_by_the_destination() {
-    // Garbage instead of a Hello.
-    let path = tmp("garbage");
-    let mut dst = bin()
-        .args(["migrate", "-q", "listen", "--unix"])
-        .arg(&path)
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut s = loop {
-        match UnixStream::connect(&path) {
-            Ok(s) => break s,
-            Err(_) => std::thread::sleep(Duration::from_millis(20)),
-        }
-    };
-    s.write_all(&[0xa5u8; 64]).unwrap();
-    drop(s);
-    let status = dst.wait().unwrap();
-    let mut err = String::new();
-    dst.stderr.take().unwrap().read_to_string(&mut err).unwrap();
-    assert!(!status.success());
-    assert!(err.contains("unknown message tag"), "{err}");
+/// A message header: `tag`, then the three words.
+fn msg(tag: u32, a: u64, b: u64, c: u64) -> [u8; 32] {
+    let mut h = [0u8; 32];
+    h[0..4].copy_from_slice(&tag.to_le_bytes());
+    h[8..16].copy_from_slice(&a.to_le_bytes());
+    h[16..24].copy_from_slice(&b.to_le_bytes());
+    h[24..32].copy_from_slice(&c.to_le_bytes());
+    h
+}
 
-    // A valid Hello, then a device state that is not one.
-    let path = tmp("badstate");
+/// A destination listening on a fresh Unix socket `name`, and a
+/// connection to it.
+fn destination(name: &str) -> (Child, UnixStream) {
+    let path = tmp(name);
     let dst = bin()
         .args(["migrate", "-q", "listen", "--unix"])
         .arg(&path)
         .stderr(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut s = loop {
+    let s = loop {
         match UnixStream::connect(&path) {
             Ok(s) => break s,
             Err(_) => std::thread::sleep(Duration::from_millis(20)),
         }
     };
-    let msg = |tag: u32, a: u64, b: u64, c: u64| {
-        let mut h = [0u8; 32];
-        h[0..4].copy_from_slice(&tag.to_le_bytes());
-        h[8..16].copy_from_slice(&a.to_le_bytes());
-        h[16..24].copy_from_slice(&b.to_le_bytes());
-        h[24..32].copy_from_slice(&c.to_le_bytes());
-        h
-    };
+    (dst, s)
+}
+
+/// The stderr of a side that must fail.
+fn failure(side: Child) -> String {
+    let out = side.wait_with_output().unwrap();
+    assert!(!out.status.success());
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn a_corrupted_stream_is_refused_by_the_destination() {
+    // Garbage instead of a Hello.
+    let (dst, mut s) = destination("garbage");
+    s.write_all(&[0xa5u8; 64]).unwrap();
+    drop(s);
+    let err = failure(dst);
+    assert!(err.contains("unknown message tag"), "{err}");
+
+    // A valid Hello, then a device state that is not one.
+    let (dst, mut s) = destination("badstate");
     s.write_all(&msg(1, u64::from_le_bytes(*b"UIOMIGR1"), 1 << 20, 4096))
         .unwrap();
     let mut r = [0u8; 32];
@@ -223,9 +211,7 @@ fn a_corrupted_stream_is_refused_by_the_destination() {
     s.write_all(&msg(4, 8, 0, 0)).unwrap();
     s.write_all(b"notstate").unwrap();
     s.write_all(&msg(5, 0, 0, 0)).unwrap();
-    let out = dst.wait_with_output().unwrap();
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success());
+    let err = failure(dst);
     assert!(
         err.contains("MIG_DEVICE_STATE") || err.contains("migration stream"),
         "{err}"

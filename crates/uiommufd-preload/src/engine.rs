@@ -66,29 +66,30 @@ pub(crate) fn write(fd: c_int, buf: u64, count: usize) -> Option<Xfer> {
     files::write_user(fd, user_buf(buf, count)).map(xfer)
 }
 
-/// `pread(fd, buf, count, offset)` on an engine fd (`EINVAL` for a negative
-/// offset, as the kernel).
-pub(crate) fn pread(fd: c_int, buf: u64, count: usize, offset: i64) -> Option<Xfer> {
+/// A positional transfer on engine fd `fd`: `io` with the offset, which
+/// must not be negative (`EINVAL`, as the kernel).
+fn at_offset(fd: c_int, offset: i64, io: impl FnOnce(u64) -> Option<Xfer>) -> Option<Xfer> {
     files::get(fd)?;
     let Ok(offset) = u64::try_from(offset) else {
         return Some(Err(libc::EINVAL));
     };
-    if let Some(r) = crate::remote::engine_pread(fd, buf, count.min(MAX_RW_COUNT), offset) {
-        return Some(r);
-    }
-    files::pread_user(fd, user_buf(buf, count), offset).map(xfer)
+    io(offset)
+}
+
+/// `pread(fd, buf, count, offset)` on an engine fd.
+pub(crate) fn pread(fd: c_int, buf: u64, count: usize, offset: i64) -> Option<Xfer> {
+    at_offset(fd, offset, |offset| {
+        crate::remote::engine_pread(fd, buf, count.min(MAX_RW_COUNT), offset)
+            .or_else(|| files::pread_user(fd, user_buf(buf, count), offset).map(xfer))
+    })
 }
 
 /// `pwrite(fd, buf, count, offset)` on an engine fd.
 pub(crate) fn pwrite(fd: c_int, buf: u64, count: usize, offset: i64) -> Option<Xfer> {
-    files::get(fd)?;
-    let Ok(offset) = u64::try_from(offset) else {
-        return Some(Err(libc::EINVAL));
-    };
-    if let Some(r) = crate::remote::engine_pwrite(fd, buf, count.min(MAX_RW_COUNT), offset) {
-        return Some(r);
-    }
-    files::pwrite_user(fd, user_buf(buf, count), offset).map(xfer)
+    at_offset(fd, offset, |offset| {
+        crate::remote::engine_pwrite(fd, buf, count.min(MAX_RW_COUNT), offset)
+            .or_else(|| files::pwrite_user(fd, user_buf(buf, count), offset).map(xfer))
+    })
 }
 
 /// The caller's iovec array, read fault-safely: `(base, len)` pairs.

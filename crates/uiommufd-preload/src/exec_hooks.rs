@@ -70,82 +70,41 @@ fn exec_with(call: impl FnOnce() -> Option<c_int>) -> c_int {
     r
 }
 
-/// `execve(2)`.
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn execve(
-    path: *const c_char,
-    argv: *const *const c_char,
-    envp: *const *const c_char,
-) -> c_int {
-    // SAFETY: forwarding the caller's arguments unchanged.
-    exec_with(|| real::execve().map(|f| unsafe { f(path, argv, envp) }))
+/// An `exec` family hook: the real call, forwarded the caller's arguments
+/// unchanged, inside [`exec_with`].
+macro_rules! exec_hook {
+    ($($(#[$m:meta])* $name:ident($($a:ident: $t:ty),* $(,)?));* $(;)?) => {$(
+        $(#[$m])*
+        ///
+        /// # Safety
+        /// Same contract as the libc function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($a: $t),*) -> c_int {
+            // SAFETY: forwarding the caller's arguments unchanged.
+            exec_with(|| real::$name().map(|f| unsafe { f($($a),*) }))
+        }
+    )*};
 }
 
-/// `execv(3)`.
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn execv(path: *const c_char, argv: *const *const c_char) -> c_int {
-    // SAFETY: forwarding the caller's arguments unchanged.
-    exec_with(|| real::execv().map(|f| unsafe { f(path, argv) }))
-}
-
-/// `execvp(3)`.
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn execvp(file: *const c_char, argv: *const *const c_char) -> c_int {
-    // SAFETY: forwarding the caller's arguments unchanged.
-    exec_with(|| real::execvp().map(|f| unsafe { f(file, argv) }))
-}
-
-/// `execvpe(3)`.
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn execvpe(
-    file: *const c_char,
-    argv: *const *const c_char,
-    envp: *const *const c_char,
-) -> c_int {
-    // SAFETY: forwarding the caller's arguments unchanged.
-    exec_with(|| real::execvpe().map(|f| unsafe { f(file, argv, envp) }))
-}
-
-/// `fexecve(3)`.
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn fexecve(
-    fd: c_int,
-    argv: *const *const c_char,
-    envp: *const *const c_char,
-) -> c_int {
-    // SAFETY: forwarding the caller's arguments unchanged.
-    exec_with(|| real::fexecve().map(|f| unsafe { f(fd, argv, envp) }))
-}
-
-/// `execveat(2)`.
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn execveat(
-    dirfd: c_int,
-    path: *const c_char,
-    argv: *const *const c_char,
-    envp: *const *const c_char,
-    flags: c_int,
-) -> c_int {
-    // SAFETY: forwarding the caller's arguments unchanged.
-    exec_with(|| real::execveat().map(|f| unsafe { f(dirfd, path, argv, envp, flags) }))
+exec_hook! {
+    /// `execve(2)`.
+    execve(path: *const c_char, argv: *const *const c_char, envp: *const *const c_char);
+    /// `execv(3)`.
+    execv(path: *const c_char, argv: *const *const c_char);
+    /// `execvp(3)`.
+    execvp(file: *const c_char, argv: *const *const c_char);
+    /// `execvpe(3)`.
+    execvpe(file: *const c_char, argv: *const *const c_char, envp: *const *const c_char);
+    /// `fexecve(3)`.
+    fexecve(fd: c_int, argv: *const *const c_char, envp: *const *const c_char);
+    /// `execveat(2)`.
+    execveat(
+        dirfd: c_int,
+        path: *const c_char,
+        argv: *const *const c_char,
+        envp: *const *const c_char,
+        flags: c_int,
+    );
 }
 
 /// A `posix_spawn` family call: returns an error number (0 on success)
@@ -178,41 +137,36 @@ fn spawn_with(
     r
 }
 
-/// `posix_spawn(3)`.
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn posix_spawn(
-    pid: *mut libc::pid_t,
-    path: *const c_char,
-    actions: *const libc::posix_spawn_file_actions_t,
-    attr: *const libc::posix_spawnattr_t,
-    argv: *const *mut c_char,
-    envp: *const *mut c_char,
-) -> c_int {
-    spawn_with(pid, |out| {
-        // SAFETY: forwarding the caller's arguments (the pid pointer
-        // possibly replaced by our local) unchanged.
-        real::posix_spawn().map(|f| unsafe { f(out, path, actions, attr, argv, envp) })
-    })
+/// A `posix_spawn` family hook: the real call inside [`spawn_with`],
+/// forwarded the caller's arguments (the pid pointer possibly replaced by
+/// our local) unchanged.
+macro_rules! spawn_hook {
+    ($($(#[$m:meta])* $name:ident($path:ident));* $(;)?) => {$(
+        $(#[$m])*
+        ///
+        /// # Safety
+        /// Same contract as the libc function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name(
+            pid: *mut libc::pid_t,
+            $path: *const c_char,
+            actions: *const libc::posix_spawn_file_actions_t,
+            attr: *const libc::posix_spawnattr_t,
+            argv: *const *mut c_char,
+            envp: *const *mut c_char,
+        ) -> c_int {
+            spawn_with(pid, |out| {
+                // SAFETY: forwarding the caller's arguments (the pid pointer
+                // possibly replaced by our local) unchanged.
+                real::$name().map(|f| unsafe { f(out, $path, actions, attr, argv, envp) })
+            })
+        }
+    )*};
 }
 
-/// `posix_spawnp(3)`.
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn posix_spawnp(
-    pid: *mut libc::pid_t,
-    file: *const c_char,
-    actions: *const libc::posix_spawn_file_actions_t,
-    attr: *const libc::posix_spawnattr_t,
-    argv: *const *mut c_char,
-    envp: *const *mut c_char,
-) -> c_int {
-    spawn_with(pid, |out| {
-        // SAFETY: as in `posix_spawn`.
-        real::posix_spawnp().map(|f| unsafe { f(out, file, actions, attr, argv, envp) })
-    })
+spawn_hook! {
+    /// `posix_spawn(3)`.
+    posix_spawn(path);
+    /// `posix_spawnp(3)`.
+    posix_spawnp(file);
 }

@@ -11,7 +11,7 @@ use uiommufd::plumbing::files;
 
 use crate::path::{Form, VfioNode};
 use crate::vfio::{self, Act};
-use crate::{engine, engine_io, fail, fail_ssize, missing, real, set_errno, sync};
+use crate::{engine, fail, fail_ssize, missing, real, set_errno, sync};
 
 // the hooks hand `struct stat64` to code written for `struct stat`
 const _: () = assert!(std::mem::size_of::<libc::stat>() == std::mem::size_of::<libc::stat64>());
@@ -47,128 +47,119 @@ fn fail_null<T>(e: c_int) -> *mut T {
     std::ptr::null_mut()
 }
 
-/// A `stat(path, buf)`-shaped hook.
-macro_rules! stat_hook {
-    ($(#[$m:meta])* $name:ident($($pre:ident: $pty:ty,)*) $st:ty) => {
+/// A path-taking hook: the real function (`$missing` when libc lacks
+/// it), then `before` (which may return), then [`by_path`] on `$path`
+/// relative to `$dirfd`: `|$p| $call` runs the real function with the
+/// path maybe redirected, `$node` serves a declared node and `$fail` a
+/// path that cannot be read.
+macro_rules! path_hook {
+    (
+        $(#[$m:meta])*
+        $name:ident($($a:ident: $t:ty),* $(,)?) -> $ret:ty;
+        $real:ident else $missing:expr;
+        $(before $before:block)?
+        by_path($dirfd:expr, $path:ident, |$p:ident| $call:expr, $node:expr, $fail:expr $(,)?)
+    ) => {
         $(#[$m])*
         ///
         /// # Safety
         /// Same contract as the libc function.
         #[no_mangle]
-        pub unsafe extern "C" fn $name($($pre: $pty,)* path: *const c_char, buf: *mut $st) -> c_int {
-            let Some(real) = real::$name() else { return missing() };
-            // SAFETY: the caller's path, as `by_path` asks.
-            unsafe {
-                by_path(
-                    libc::AT_FDCWD,
-                    path,
-                    // SAFETY: the caller's arguments, the path maybe redirected.
-                    |p| real($($pre,)* p, buf),
-                    |n, f| vfio::critical(-1, || vfio::stat_node(n, f, buf.cast())),
-                    fail,
-                )
-            }
+        pub unsafe extern "C" fn $name($($a: $t),*) -> $ret {
+            let Some($real) = real::$name() else { return $missing };
+            $($before)?
+            // SAFETY: the caller's path, as `by_path` asks; the real function
+            // gets the caller's arguments, the path maybe redirected (to an
+            // absolute one).
+            unsafe { by_path($dirfd, $path, |$p| $call, $node, $fail) }
         }
     };
 }
 
-stat_hook!(
+/// A `stat(path, buf)`-shaped hook.
+macro_rules! stat_hook {
+    ($($(#[$m:meta])* $name:ident($($pre:ident: $pty:ty,)*) $st:ty);* $(;)?) => {$(
+        path_hook!(
+            $(#[$m])*
+            $name($($pre: $pty,)* path: *const c_char, buf: *mut $st) -> c_int;
+            real else missing();
+            by_path(
+                libc::AT_FDCWD,
+                path,
+                |p| real($($pre,)* p, buf),
+                |n, f| vfio::critical(-1, || vfio::stat_node(n, f, buf.cast())),
+                fail,
+            )
+        );
+    )*};
+}
+
+stat_hook! {
     /// `stat(2)`: declared VFIO nodes are character devices; sysfs paths of
     /// declared devices are redirected.
-    stat() libc::stat
-);
-stat_hook!(
+    stat() libc::stat;
     /// `stat64`: as [`stat()`].
-    stat64() libc::stat64
-);
-stat_hook!(
+    stat64() libc::stat64;
     /// `lstat(2)`: as [`stat()`].
-    lstat() libc::stat
-);
-stat_hook!(
+    lstat() libc::stat;
     /// `lstat64`: as [`stat()`].
-    lstat64() libc::stat64
-);
-stat_hook!(
+    lstat64() libc::stat64;
     /// `__xstat` (programs built before glibc 2.33): as [`stat()`].
-    __xstat(ver: c_int,) libc::stat
-);
-stat_hook!(
+    __xstat(ver: c_int,) libc::stat;
     /// `__xstat64`: as [`stat()`].
-    __xstat64(ver: c_int,) libc::stat64
-);
-stat_hook!(
+    __xstat64(ver: c_int,) libc::stat64;
     /// `__lxstat`: as [`stat()`].
-    __lxstat(ver: c_int,) libc::stat
-);
-stat_hook!(
+    __lxstat(ver: c_int,) libc::stat;
     /// `__lxstat64`: as [`stat()`].
-    __lxstat64(ver: c_int,) libc::stat64
-);
+    __lxstat64(ver: c_int,) libc::stat64;
+}
 
 /// An `fstatat(dirfd, path, buf, flags)`-shaped hook.
 macro_rules! fstatat_hook {
-    ($(#[$m:meta])* $name:ident($($pre:ident: $pty:ty,)*) $st:ty) => {
-        $(#[$m])*
-        ///
-        /// # Safety
-        /// Same contract as the libc function.
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(
-            $($pre: $pty,)*
-            dirfd: c_int,
-            path: *const c_char,
-            buf: *mut $st,
-            flags: c_int,
-        ) -> c_int {
-            let Some(real) = real::$name() else { return missing() };
-            // SAFETY: the path is read fault-safely.
-            if unsafe { vfio::empty_path_on_engine_fd(dirfd, path, flags) } {
-                // SAFETY: the real call into our local buffer.
-                let r = vfio::fstat_engine(dirfd, buf.cast(), |st| unsafe {
-                    real($($pre,)* dirfd, path, st.cast(), flags)
-                });
-                if let Some(r) = r {
-                    return r;
+    ($($(#[$m:meta])* $name:ident($($pre:ident: $pty:ty,)*) $st:ty);* $(;)?) => {$(
+        path_hook!(
+            $(#[$m])*
+            $name($($pre: $pty,)* dirfd: c_int, path: *const c_char, buf: *mut $st, flags: c_int)
+                -> c_int;
+            real else missing();
+            before {
+                // SAFETY: the path is read fault-safely.
+                if unsafe { vfio::empty_path_on_engine_fd(dirfd, path, flags) } {
+                    // SAFETY: the real call into our local buffer.
+                    let r = vfio::fstat_engine(dirfd, buf.cast(), |st| unsafe {
+                        real($($pre,)* dirfd, path, st.cast(), flags)
+                    });
+                    if let Some(r) = r {
+                        return r;
+                    }
                 }
             }
-            // SAFETY: the caller's path, as `by_path` asks.
-            unsafe {
-                by_path(
-                    dirfd,
-                    path,
-                    // SAFETY: the caller's arguments, the path maybe
-                    // redirected (to an absolute one).
-                    |p| real($($pre,)* dirfd, p, buf, flags),
-                    |n, f| vfio::critical(-1, || vfio::stat_node(n, f, buf.cast())),
-                    fail,
-                )
-            }
-        }
-    };
+            by_path(
+                dirfd,
+                path,
+                |p| real($($pre,)* dirfd, p, buf, flags),
+                |n, f| vfio::critical(-1, || vfio::stat_node(n, f, buf.cast())),
+                fail,
+            )
+        );
+    )*};
 }
 
-fstatat_hook!(
+fstatat_hook! {
     /// `fstatat(2)`: as [`stat()`]; `AT_EMPTY_PATH` on an engine fd as
     /// [`fstat()`].
-    fstatat() libc::stat
-);
-fstatat_hook!(
+    fstatat() libc::stat;
     /// `fstatat64`: as [`fstatat()`].
-    fstatat64() libc::stat64
-);
-fstatat_hook!(
+    fstatat64() libc::stat64;
     /// `__fxstatat`: as [`fstatat()`].
-    __fxstatat(ver: c_int,) libc::stat
-);
-fstatat_hook!(
+    __fxstatat(ver: c_int,) libc::stat;
     /// `__fxstatat64`: as [`fstatat()`].
-    __fxstatat64(ver: c_int,) libc::stat64
-);
+    __fxstatat64(ver: c_int,) libc::stat64;
+}
 
 /// An `fstat(fd, buf)`-shaped hook.
 macro_rules! fstat_hook {
-    ($(#[$m:meta])* $name:ident($($pre:ident: $pty:ty,)*) $st:ty) => {
+    ($($(#[$m:meta])* $name:ident($($pre:ident: $pty:ty,)*) $st:ty);* $(;)?) => {$(
         $(#[$m])*
         ///
         /// # Safety
@@ -188,219 +179,162 @@ macro_rules! fstat_hook {
             // SAFETY: forwarding the caller's arguments unchanged.
             unsafe { real($($pre,)* fd, buf) }
         }
-    };
+    )*};
 }
 
-fstat_hook!(
+fstat_hook! {
     /// `fstat(2)`: an engine fd whose file has a `stat_as` (a VFIO device
     /// cdev) reports its type and device number; every other fd is
     /// forwarded after one atomic load.
-    fstat() libc::stat
-);
-fstat_hook!(
+    fstat() libc::stat;
     /// `fstat64`: as [`fstat()`].
-    fstat64() libc::stat64
-);
-fstat_hook!(
+    fstat64() libc::stat64;
     /// `__fxstat`: as [`fstat()`].
-    __fxstat(ver: c_int,) libc::stat
-);
-fstat_hook!(
+    __fxstat(ver: c_int,) libc::stat;
     /// `__fxstat64`: as [`fstat()`].
-    __fxstat64(ver: c_int,) libc::stat64
-);
+    __fxstat64(ver: c_int,) libc::stat64;
+}
 
-/// `statx(2)`: as [`fstatat()`].
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn statx(
-    dirfd: c_int,
-    path: *const c_char,
-    flags: c_int,
-    mask: libc::c_uint,
-    buf: *mut libc::statx,
-) -> c_int {
-    let Some(real) = real::statx() else {
-        return missing();
-    };
-    // SAFETY: the path is read fault-safely.
-    if unsafe { vfio::empty_path_on_engine_fd(dirfd, path, flags) } {
-        // SAFETY: the real call into our local buffer.
-        let r = vfio::statx_engine(dirfd, buf, |st| unsafe {
-            real(dirfd, path, flags, mask, st)
-        });
-        if let Some(r) = r {
-            return r;
+path_hook!(
+    /// `statx(2)`: as [`fstatat()`].
+    statx(
+        dirfd: c_int,
+        path: *const c_char,
+        flags: c_int,
+        mask: libc::c_uint,
+        buf: *mut libc::statx,
+    ) -> c_int;
+    real else missing();
+    before {
+        // SAFETY: the path is read fault-safely.
+        if unsafe { vfio::empty_path_on_engine_fd(dirfd, path, flags) } {
+            // SAFETY: the real call into our local buffer.
+            let r = vfio::statx_engine(dirfd, buf, |st| unsafe {
+                real(dirfd, path, flags, mask, st)
+            });
+            if let Some(r) = r {
+                return r;
+            }
         }
     }
-    // SAFETY: the caller's path, as `by_path` asks.
-    unsafe {
-        by_path(
-            dirfd,
-            path,
-            // SAFETY: the caller's arguments, the path maybe redirected
-            // (to an absolute one).
-            |p| real(dirfd, p, flags, mask, buf),
-            |n, f| vfio::critical(-1, || vfio::statx_node(n, f, mask, buf)),
-            fail,
-        )
-    }
-}
+    by_path(
+        dirfd,
+        path,
+        |p| real(dirfd, p, flags, mask, buf),
+        |n, f| vfio::critical(-1, || vfio::statx_node(n, f, mask, buf)),
+        fail,
+    )
+);
 
 /// A `readlink`-shaped hook: a node is not a symlink (`EINVAL`).
 macro_rules! readlink_hook {
-    ($(#[$m:meta])* $name:ident($dirfd:expr; $($a:ident: $t:ty),*; $($post:ident: $pt:ty),*)) => {
-        $(#[$m])*
-        ///
-        /// # Safety
-        /// Same contract as the libc function.
-        #[no_mangle]
-        pub unsafe extern "C" fn $name($($a: $t,)* path: *const c_char, $($post: $pt),*) -> libc::ssize_t {
-            let Some(real) = real::$name() else { return fail_ssize(libc::ENOSYS) };
-            // SAFETY: the caller's path, as `by_path` asks.
-            unsafe {
-                by_path(
-                    $dirfd,
-                    path,
-                    // SAFETY: the caller's arguments, the path maybe redirected.
-                    |p| real($($a,)* p, $($post),*),
-                    |_, form| fail_ssize(if form == Form::Exact {
-                        libc::EINVAL
-                    } else {
-                        libc::ENOTDIR
-                    }),
-                    fail_ssize,
-                )
-            }
-        }
-    };
+    ($($(#[$m:meta])* $name:ident($dirfd:expr; $($a:ident: $t:ty),*; $($post:ident: $pt:ty),*));* $(;)?) => {$(
+        path_hook!(
+            $(#[$m])*
+            $name($($a: $t,)* path: *const c_char, $($post: $pt),*) -> libc::ssize_t;
+            real else fail_ssize(libc::ENOSYS);
+            by_path(
+                $dirfd,
+                path,
+                |p| real($($a,)* p, $($post),*),
+                |_, form| fail_ssize(if form == Form::Exact {
+                    libc::EINVAL
+                } else {
+                    libc::ENOTDIR
+                }),
+                fail_ssize,
+            )
+        );
+    )*};
 }
 
-readlink_hook!(
+readlink_hook! {
     /// `readlink(2)`: sysfs paths of declared devices are redirected (QEMU
     /// reads `DEV/iommu_group`).
-    readlink(libc::AT_FDCWD;; buf: *mut c_char, size: libc::size_t)
-);
-readlink_hook!(
+    readlink(libc::AT_FDCWD;; buf: *mut c_char, size: libc::size_t);
     /// `readlinkat(2)`: as [`readlink()`].
-    readlinkat(dirfd; dirfd: c_int; buf: *mut c_char, size: libc::size_t)
-);
-readlink_hook!(
+    readlinkat(dirfd; dirfd: c_int; buf: *mut c_char, size: libc::size_t);
     /// Fortified `readlink`: as [`readlink()`].
-    __readlink_chk(libc::AT_FDCWD;; buf: *mut c_char, size: libc::size_t, buflen: libc::size_t)
-);
-readlink_hook!(
+    __readlink_chk(libc::AT_FDCWD;; buf: *mut c_char, size: libc::size_t, buflen: libc::size_t);
     /// Fortified `readlinkat`: as [`readlink()`].
-    __readlinkat_chk(dirfd; dirfd: c_int; buf: *mut c_char, size: libc::size_t, buflen: libc::size_t)
-);
-
-macro_rules! fopen_hook {
-    ($(#[$m:meta])* $name:ident) => {
-        $(#[$m])*
-        ///
-        /// # Safety
-        /// Same contract as the libc function.
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(path: *const c_char, mode: *const c_char) -> *mut libc::FILE {
-            let Some(real) = real::$name() else {
-                set_errno(libc::ENOSYS);
-                return std::ptr::null_mut();
-            };
-            // SAFETY: reads the path fault-safely.
-            if let Some(f) = unsafe { crate::status_fopen(path, mode) } {
-                return f;
-            }
-            // SAFETY: the caller's path, as `by_path` asks.
-            unsafe {
-                by_path(
-                    libc::AT_FDCWD,
-                    path,
-                    // SAFETY: the caller's arguments, the path maybe redirected.
-                    |p| real(p, mode),
-                    // stdio on the emulated nodes is not served (their reads
-                    // and writes would reach the kernel): programs open them
-                    // with open(2), as VFIO users do
-                    // SAFETY: forwarding the caller's arguments unchanged.
-                    |_, _| real(path, mode),
-                    fail_null,
-                )
-            }
-        }
-    };
+    __readlinkat_chk(dirfd; dirfd: c_int; buf: *mut c_char, size: libc::size_t, buflen: libc::size_t);
 }
 
-fopen_hook!(
+macro_rules! fopen_hook {
+    ($($(#[$m:meta])* $name:ident);* $(;)?) => {$(
+        path_hook!(
+            $(#[$m])*
+            $name(path: *const c_char, mode: *const c_char) -> *mut libc::FILE;
+            real else fail_null(libc::ENOSYS);
+            before {
+                // SAFETY: reads the path fault-safely.
+                if let Some(f) = unsafe { crate::status_fopen(path, mode) } {
+                    return f;
+                }
+            }
+            by_path(
+                libc::AT_FDCWD,
+                path,
+                |p| real(p, mode),
+                // stdio on the emulated nodes is not served (their reads
+                // and writes would reach the kernel): programs open them
+                // with open(2), as VFIO users do
+                // SAFETY: forwarding the caller's arguments unchanged.
+                |_, _| real(path, mode),
+                fail_null,
+            )
+        );
+    )*};
+}
+
+fopen_hook! {
     /// `fopen(3)`: sysfs paths of declared devices are redirected, as for
     /// `open` (glibc's `fopen` opens through an internal call that the
     /// `open` hook never sees; programs that read sysfs with stdio, such
     /// as libpci-style tools, need this one).
-    fopen
-);
-fopen_hook!(
+    fopen;
     /// `fopen64(3)`: as [`fopen()`].
-    fopen64
+    fopen64;
+}
+
+path_hook!(
+    /// `realpath(3)`: sysfs paths of declared devices resolve in the tree;
+    /// a node resolves to its own path.
+    realpath(path: *const c_char, resolved: *mut c_char) -> *mut c_char;
+    real else fail_null(libc::ENOSYS);
+    by_path(
+        libc::AT_FDCWD,
+        path,
+        |p| real(p, resolved),
+        |n, f| vfio::critical(std::ptr::null_mut(), || vfio::realpath_node(n, f, resolved)),
+        fail_null,
+    )
 );
 
-/// `realpath(3)`: sysfs paths of declared devices resolve in the tree;
-/// a node resolves to its own path.
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn realpath(path: *const c_char, resolved: *mut c_char) -> *mut c_char {
-    let Some(real) = real::realpath() else {
-        set_errno(libc::ENOSYS);
-        return std::ptr::null_mut();
-    };
-    // SAFETY: the caller's path, as `by_path` asks.
-    unsafe {
-        by_path(
-            libc::AT_FDCWD,
-            path,
-            // SAFETY: the caller's arguments, the path maybe redirected.
-            |p| real(p, resolved),
-            |n, f| vfio::critical(std::ptr::null_mut(), || vfio::realpath_node(n, f, resolved)),
-            fail_null,
-        )
-    }
-}
-
-/// Fortified `realpath`: as [`realpath()`] (libc checks `resolvedlen`).
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn __realpath_chk(
-    path: *const c_char,
-    resolved: *mut c_char,
-    resolvedlen: libc::size_t,
-) -> *mut c_char {
-    let Some(real) = real::__realpath_chk() else {
-        set_errno(libc::ENOSYS);
-        return std::ptr::null_mut();
-    };
-    // SAFETY: the caller's path, as `by_path` asks.
-    unsafe {
-        by_path(
-            libc::AT_FDCWD,
-            path,
-            // SAFETY: the caller's arguments, the path maybe redirected.
-            |p| real(p, resolved, resolvedlen),
-            |n, f| {
-                if resolvedlen >= libc::PATH_MAX as usize || resolved.is_null() {
-                    vfio::critical(std::ptr::null_mut(), || vfio::realpath_node(n, f, resolved))
-                } else {
-                    // SAFETY: libc's own check aborts as it would (buffer
-                    // too small).
-                    real(path, resolved, resolvedlen)
-                }
-            },
-            fail_null,
-        )
-    }
-}
+path_hook!(
+    /// Fortified `realpath`: as [`realpath()`] (libc checks `resolvedlen`).
+    __realpath_chk(
+        path: *const c_char,
+        resolved: *mut c_char,
+        resolvedlen: libc::size_t,
+    ) -> *mut c_char;
+    real else fail_null(libc::ENOSYS);
+    by_path(
+        libc::AT_FDCWD,
+        path,
+        |p| real(p, resolved, resolvedlen),
+        |n, f| {
+            if resolvedlen >= libc::PATH_MAX as usize || resolved.is_null() {
+                vfio::critical(std::ptr::null_mut(), || vfio::realpath_node(n, f, resolved))
+            } else {
+                // SAFETY: libc's own check aborts as it would (buffer
+                // too small).
+                real(path, resolved, resolvedlen)
+            }
+        },
+        fail_null,
+    )
+);
 
 /// `access` on a node: `0600` owned by the caller.
 fn access_node(form: Form, mode: c_int) -> c_int {
@@ -418,68 +352,45 @@ fn access_node(form: Form, mode: c_int) -> c_int {
 
 /// An `access(path, mode)`-shaped hook.
 macro_rules! access_hook {
-    ($(#[$m:meta])* $name:ident) => {
-        $(#[$m])*
-        ///
-        /// # Safety
-        /// Same contract as the libc function.
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(path: *const c_char, mode: c_int) -> c_int {
-            let Some(real) = real::$name() else { return missing() };
-            // SAFETY: the caller's path, as `by_path` asks.
-            unsafe {
-                by_path(
-                    libc::AT_FDCWD,
-                    path,
-                    // SAFETY: the caller's arguments, the path maybe redirected.
-                    |p| real(p, mode),
-                    |_, f| access_node(f, mode),
-                    fail,
-                )
-            }
-        }
-    };
+    ($($(#[$m:meta])* $name:ident);* $(;)?) => {$(
+        path_hook!(
+            $(#[$m])*
+            $name(path: *const c_char, mode: c_int) -> c_int;
+            real else missing();
+            by_path(libc::AT_FDCWD, path, |p| real(p, mode), |_, f| access_node(f, mode), fail)
+        );
+    )*};
 }
 
-access_hook!(
+access_hook! {
     /// `access(2)`: declared nodes are `rw` for the caller; sysfs paths of
     /// declared devices are redirected.
-    access
-);
-access_hook!(
+    access;
     /// `euidaccess(3)`: as [`access()`].
-    euidaccess
-);
-access_hook!(
+    euidaccess;
     /// `eaccess(3)`: as [`access()`].
-    eaccess
+    eaccess;
+}
+
+path_hook!(
+    /// `faccessat(2)`: as [`access()`].
+    faccessat(dirfd: c_int, path: *const c_char, mode: c_int, flags: c_int) -> c_int;
+    real else missing();
+    by_path(dirfd, path, |p| real(dirfd, p, mode, flags), |_, f| access_node(f, mode), fail)
 );
 
-/// `faccessat(2)`: as [`access()`].
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn faccessat(
-    dirfd: c_int,
-    path: *const c_char,
-    mode: c_int,
-    flags: c_int,
-) -> c_int {
-    let Some(real) = real::faccessat() else {
-        return missing();
-    };
-    // SAFETY: the caller's path, as `by_path` asks.
-    unsafe {
-        by_path(
-            dirfd,
-            path,
-            // SAFETY: the caller's arguments, the path maybe redirected
-            // (to an absolute one).
-            |p| real(dirfd, p, mode, flags),
-            |_, f| access_node(f, mode),
-            fail,
-        )
+/// What an `mmap` hook returns after the engine looked at the call
+/// (under [`crate::guard`]): `None` to forward it, or the mapping, or
+/// `MAP_FAILED` with `errno` set.
+fn mapped(r: Option<Option<Result<*mut c_void, c_int>>>) -> Option<*mut c_void> {
+    match r {
+        Some(None) => None,
+        Some(Some(Ok(p))) => Some(p),
+        Some(Some(Err(e))) => {
+            set_errno(e);
+            Some(libc::MAP_FAILED)
+        }
+        None => Some(libc::MAP_FAILED),
     }
 }
 
@@ -518,14 +429,8 @@ macro_rules! mmap_hook {
                         unsafe { real(addr, len, prot, flags, tfd, toff) }
                     })
                 });
-                match r {
-                    Some(None) => {}
-                    Some(Some(Ok(p))) => return p,
-                    Some(Some(Err(e))) => {
-                        set_errno(e);
-                        return libc::MAP_FAILED;
-                    }
-                    None => return libc::MAP_FAILED,
+                if let Some(p) = mapped(r) {
+                    return p;
                 }
             } else if fd >= 0
                 && flags & libc::MAP_ANONYMOUS == 0
@@ -540,14 +445,8 @@ macro_rules! mmap_hook {
                         unsafe { real(addr, len, prot, flags, tfd, toff as $off) }
                     })
                 });
-                match r {
-                    Some(None) => {}
-                    Some(Some(Ok(p))) => return p,
-                    Some(Some(Err(e))) => {
-                        set_errno(e);
-                        return libc::MAP_FAILED;
-                    }
-                    None => return libc::MAP_FAILED,
+                if let Some(p) = mapped(r) {
+                    return p;
                 }
             }
             // SAFETY: forwarding the caller's arguments unchanged.
@@ -566,89 +465,33 @@ mmap_hook!(
     mmap64(libc::off64_t)
 );
 
-/// A `preadv`/`pwritev`-shaped hook.
-macro_rules! rwv_hook {
-    ($(#[$m:meta])* $name:ident($off:ty) => $eng:ident) => {
-        $(#[$m])*
-        ///
-        /// # Safety
-        /// Same contract as the libc function.
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(
-            fd: c_int,
-            iov: *const libc::iovec,
-            iovcnt: c_int,
-            offset: $off,
-        ) -> libc::ssize_t {
-            if files::is_engine_fd(fd) {
-                if let Some(r) = engine_io(|| engine::$eng(fd, iov as u64, iovcnt, offset)) {
-                    return r;
-                }
-            }
-            let Some(real) = real::$name() else { return fail_ssize(libc::ENOSYS) };
-            // SAFETY: forwarding the caller's arguments unchanged.
-            unsafe { real(fd, iov, iovcnt, offset) }
-        }
-    };
-    ($(#[$m:meta])* $name:ident($off:ty, flags) => write: $write:expr) => {
-        $(#[$m])*
-        ///
-        /// # Safety
-        /// Same contract as the libc function.
-        #[no_mangle]
-        pub unsafe extern "C" fn $name(
-            fd: c_int,
-            iov: *const libc::iovec,
-            iovcnt: c_int,
-            offset: $off,
-            flags: c_int,
-        ) -> libc::ssize_t {
-            if files::is_engine_fd(fd) {
-                let op = || engine::vectored2(fd, iov as u64, iovcnt, offset, flags, $write);
-                if let Some(r) = engine_io(op) {
-                    return r;
-                }
-            }
-            let Some(real) = real::$name() else { return fail_ssize(libc::ENOSYS) };
-            // SAFETY: forwarding the caller's arguments unchanged.
-            unsafe { real(fd, iov, iovcnt, offset, flags) }
-        }
-    };
-}
-
-rwv_hook!(
+io_hook! {
     /// `preadv(2)`: engine fds read their file at the offset, segment by
     /// segment; every other fd after one atomic load.
-    preadv(libc::off_t) => preadv
-);
-rwv_hook!(
+    preadv(fd, iov: *const libc::iovec, iovcnt: c_int, offset: libc::off_t)
+        => engine::preadv(fd, iov as u64, iovcnt, offset);
     /// `preadv64`: as [`preadv()`].
-    preadv64(libc::off64_t) => preadv
-);
-rwv_hook!(
+    preadv64(fd, iov: *const libc::iovec, iovcnt: c_int, offset: libc::off64_t)
+        => engine::preadv(fd, iov as u64, iovcnt, offset);
     /// `pwritev(2)`: as [`preadv()`], writing.
-    pwritev(libc::off_t) => pwritev
-);
-rwv_hook!(
+    pwritev(fd, iov: *const libc::iovec, iovcnt: c_int, offset: libc::off_t)
+        => engine::pwritev(fd, iov as u64, iovcnt, offset);
     /// `pwritev64`: as [`pwritev()`].
-    pwritev64(libc::off64_t) => pwritev
-);
-rwv_hook!(
+    pwritev64(fd, iov: *const libc::iovec, iovcnt: c_int, offset: libc::off64_t)
+        => engine::pwritev(fd, iov as u64, iovcnt, offset);
     /// `preadv2(2)`: as [`preadv()`]; offset -1 reads as `readv`.
-    preadv2(libc::off_t, flags) => write: false
-);
-rwv_hook!(
+    preadv2(fd, iov: *const libc::iovec, iovcnt: c_int, offset: libc::off_t, flags: c_int)
+        => engine::vectored2(fd, iov as u64, iovcnt, offset, flags, false);
     /// `preadv64v2`: as [`preadv2()`].
-    preadv64v2(libc::off64_t, flags) => write: false
-);
-rwv_hook!(
+    preadv64v2(fd, iov: *const libc::iovec, iovcnt: c_int, offset: libc::off64_t, flags: c_int)
+        => engine::vectored2(fd, iov as u64, iovcnt, offset, flags, false);
     /// `pwritev2(2)`: as [`pwritev()`]; offset -1 writes as `writev`.
-    pwritev2(libc::off_t, flags) => write: true
-);
-rwv_hook!(
+    pwritev2(fd, iov: *const libc::iovec, iovcnt: c_int, offset: libc::off_t, flags: c_int)
+        => engine::vectored2(fd, iov as u64, iovcnt, offset, flags, true);
     /// `pwritev64v2`: as [`pwritev2()`].
-    pwritev64v2(libc::off64_t, flags) => write: true
-);
+    pwritev64v2(fd, iov: *const libc::iovec, iovcnt: c_int, offset: libc::off64_t, flags: c_int)
+        => engine::vectored2(fd, iov as u64, iovcnt, offset, flags, true);
+}
 
 #[cfg(test)]
 mod tests {

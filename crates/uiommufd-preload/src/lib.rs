@@ -197,6 +197,35 @@ use std::ffi::{c_char, c_int, c_uint, c_ulong, c_void};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use uiommufd::plumbing::files;
 
+/// A hook of an fd-taking I/O call: an engine fd (and `if` the condition
+/// holds) is served by the engine expression through [`engine_io`] (unless
+/// it turns out not to be one); every other call is forwarded, after one
+/// atomic load, to the real function with the caller's arguments.
+macro_rules! io_hook {
+    ($(
+        $(#[$m:meta])*
+        $name:ident($fd:ident $(, $a:ident: $t:ty)* $(,)?) $(if $cond:expr)? => $engine:expr;
+    )*) => {$(
+        $(#[$m])*
+        ///
+        /// # Safety
+        /// Same contract as the libc function.
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($fd: ::std::ffi::c_int $(, $a: $t)*) -> libc::ssize_t {
+            if $($cond &&)? ::uiommufd::files::is_engine_fd($fd) {
+                if let Some(r) = $crate::engine_io(|| $engine) {
+                    return r;
+                }
+            }
+            let Some(real) = $crate::real::$name() else {
+                return $crate::fail_ssize(libc::ENOSYS);
+            };
+            // SAFETY: forwarding the caller's arguments unchanged.
+            unsafe { real($fd $(, $a)*) }
+        }
+    )*};
+}
+
 mod engine;
 mod exec_hooks;
 mod fs_hooks;
@@ -1339,255 +1368,45 @@ fn engine_io(f: impl FnOnce() -> Option<engine::Xfer>) -> Option<libc::ssize_t> 
     }
 }
 
-/// `read(2)`: engine fds read their engine file; everything else is
-/// forwarded after one atomic load.
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn read(fd: c_int, buf: *mut c_void, count: libc::size_t) -> libc::ssize_t {
-    if files::is_engine_fd(fd) {
-        if let Some(r) = engine_io(|| engine::read(fd, buf as u64, count)) {
-            return r;
-        }
-    }
-    let Some(real) = real::read() else {
-        return fail_ssize(libc::ENOSYS);
-    };
-    // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real(fd, buf, count) }
-}
-
-/// Fortified `read` (`_FORTIFY_SOURCE`): as [`read`]; an overflowing `count`
-/// still aborts in libc's `__read_chk`.
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn __read_chk(
-    fd: c_int,
-    buf: *mut c_void,
-    count: libc::size_t,
-    buflen: libc::size_t,
-) -> libc::ssize_t {
-    if count <= buflen && files::is_engine_fd(fd) {
-        if let Some(r) = engine_io(|| engine::read(fd, buf as u64, count)) {
-            return r;
-        }
-    }
-    let Some(real) = real::__read_chk() else {
-        return fail_ssize(libc::ENOSYS);
-    };
-    // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real(fd, buf, count, buflen) }
-}
-
-/// `write(2)`: engine fds write their engine file; everything else is
-/// forwarded after one atomic load.
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn write(
-    fd: c_int,
-    buf: *const c_void,
-    count: libc::size_t,
-) -> libc::ssize_t {
-    if files::is_engine_fd(fd) {
-        if let Some(r) = engine_io(|| engine::write(fd, buf as u64, count)) {
-            return r;
-        }
-    }
-    let Some(real) = real::write() else {
-        return fail_ssize(libc::ENOSYS);
-    };
-    // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real(fd, buf, count) }
-}
-
-/// `readv(2)`: as [`read`], one engine read per segment (the kernel's loop
-/// for files without `read_iter`).
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn readv(fd: c_int, iov: *const libc::iovec, iovcnt: c_int) -> libc::ssize_t {
-    if files::is_engine_fd(fd) {
-        if let Some(r) = engine_io(|| engine::readv(fd, iov as u64, iovcnt)) {
-            return r;
-        }
-    }
-    let Some(real) = real::readv() else {
-        return fail_ssize(libc::ENOSYS);
-    };
-    // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real(fd, iov, iovcnt) }
-}
-
-/// `writev(2)`: as [`write()`], one engine write per segment.
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn writev(
-    fd: c_int,
-    iov: *const libc::iovec,
-    iovcnt: c_int,
-) -> libc::ssize_t {
-    if files::is_engine_fd(fd) {
-        if let Some(r) = engine_io(|| engine::writev(fd, iov as u64, iovcnt)) {
-            return r;
-        }
-    }
-    let Some(real) = real::writev() else {
-        return fail_ssize(libc::ENOSYS);
-    };
-    // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real(fd, iov, iovcnt) }
-}
-
-/// `pread(2)`: engine fds read their engine file at the offset (`ESPIPE`
-/// unless the file supports it, as the kernel's anon-inode files);
-/// everything else is forwarded after one atomic load.
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn pread(
-    fd: c_int,
-    buf: *mut c_void,
-    count: libc::size_t,
-    offset: libc::off_t,
-) -> libc::ssize_t {
-    if files::is_engine_fd(fd) {
-        if let Some(r) = engine_io(|| engine::pread(fd, buf as u64, count, offset)) {
-            return r;
-        }
-    }
-    let Some(real) = real::pread() else {
-        return fail_ssize(libc::ENOSYS);
-    };
-    // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real(fd, buf, count, offset) }
-}
-
-/// `pread64`: as [`pread`].
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn pread64(
-    fd: c_int,
-    buf: *mut c_void,
-    count: libc::size_t,
-    offset: libc::off64_t,
-) -> libc::ssize_t {
-    if files::is_engine_fd(fd) {
-        if let Some(r) = engine_io(|| engine::pread(fd, buf as u64, count, offset)) {
-            return r;
-        }
-    }
-    let Some(real) = real::pread64() else {
-        return fail_ssize(libc::ENOSYS);
-    };
-    // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real(fd, buf, count, offset) }
-}
-
-/// Fortified `pread` (`_FORTIFY_SOURCE`): as [`pread`]; an overflowing
-/// `count` still aborts in libc's `__pread_chk`.
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn __pread_chk(
-    fd: c_int,
-    buf: *mut c_void,
-    count: libc::size_t,
-    offset: libc::off_t,
-    buflen: libc::size_t,
-) -> libc::ssize_t {
-    if count <= buflen && files::is_engine_fd(fd) {
-        if let Some(r) = engine_io(|| engine::pread(fd, buf as u64, count, offset)) {
-            return r;
-        }
-    }
-    let Some(real) = real::__pread_chk() else {
-        return fail_ssize(libc::ENOSYS);
-    };
-    // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real(fd, buf, count, offset, buflen) }
-}
-
-/// Fortified `pread64`: as [`__pread_chk`].
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn __pread64_chk(
-    fd: c_int,
-    buf: *mut c_void,
-    count: libc::size_t,
-    offset: libc::off64_t,
-    buflen: libc::size_t,
-) -> libc::ssize_t {
-    if count <= buflen && files::is_engine_fd(fd) {
-        if let Some(r) = engine_io(|| engine::pread(fd, buf as u64, count, offset)) {
-            return r;
-        }
-    }
-    let Some(real) = real::__pread64_chk() else {
-        return fail_ssize(libc::ENOSYS);
-    };
-    // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real(fd, buf, count, offset, buflen) }
-}
-
-/// `pwrite(2)`: engine fds write their engine file at the offset; everything
-/// else is forwarded after one atomic load.
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn pwrite(
-    fd: c_int,
-    buf: *const c_void,
-    count: libc::size_t,
-    offset: libc::off_t,
-) -> libc::ssize_t {
-    if files::is_engine_fd(fd) {
-        if let Some(r) = engine_io(|| engine::pwrite(fd, buf as u64, count, offset)) {
-            return r;
-        }
-    }
-    let Some(real) = real::pwrite() else {
-        return fail_ssize(libc::ENOSYS);
-    };
-    // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real(fd, buf, count, offset) }
-}
-
-/// `pwrite64`: as [`pwrite`].
-///
-/// # Safety
-/// Same contract as the libc function.
-#[no_mangle]
-pub unsafe extern "C" fn pwrite64(
-    fd: c_int,
-    buf: *const c_void,
-    count: libc::size_t,
-    offset: libc::off64_t,
-) -> libc::ssize_t {
-    if files::is_engine_fd(fd) {
-        if let Some(r) = engine_io(|| engine::pwrite(fd, buf as u64, count, offset)) {
-            return r;
-        }
-    }
-    let Some(real) = real::pwrite64() else {
-        return fail_ssize(libc::ENOSYS);
-    };
-    // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real(fd, buf, count, offset) }
+io_hook! {
+    /// `read(2)`: engine fds read their engine file; everything else is
+    /// forwarded after one atomic load.
+    read(fd, buf: *mut c_void, count: libc::size_t) => engine::read(fd, buf as u64, count);
+    /// Fortified `read` (`_FORTIFY_SOURCE`): as [`read`]; an overflowing
+    /// `count` still aborts in libc's `__read_chk`.
+    __read_chk(fd, buf: *mut c_void, count: libc::size_t, buflen: libc::size_t)
+        if count <= buflen => engine::read(fd, buf as u64, count);
+    /// `write(2)`: engine fds write their engine file; everything else is
+    /// forwarded after one atomic load.
+    write(fd, buf: *const c_void, count: libc::size_t) => engine::write(fd, buf as u64, count);
+    /// `readv(2)`: as [`read`], one engine read per segment (the kernel's
+    /// loop for files without `read_iter`).
+    readv(fd, iov: *const libc::iovec, iovcnt: c_int) => engine::readv(fd, iov as u64, iovcnt);
+    /// `writev(2)`: as [`write()`], one engine write per segment.
+    writev(fd, iov: *const libc::iovec, iovcnt: c_int) => engine::writev(fd, iov as u64, iovcnt);
+    /// `pread(2)`: engine fds read their engine file at the offset
+    /// (`ESPIPE` unless the file supports it, as the kernel's anon-inode
+    /// files); everything else is forwarded after one atomic load.
+    pread(fd, buf: *mut c_void, count: libc::size_t, offset: libc::off_t)
+        => engine::pread(fd, buf as u64, count, offset);
+    /// `pread64`: as [`pread`].
+    pread64(fd, buf: *mut c_void, count: libc::size_t, offset: libc::off64_t)
+        => engine::pread(fd, buf as u64, count, offset);
+    /// Fortified `pread` (`_FORTIFY_SOURCE`): as [`pread`]; an overflowing
+    /// `count` still aborts in libc's `__pread_chk`.
+    __pread_chk(fd, buf: *mut c_void, count: libc::size_t, offset: libc::off_t, buflen: libc::size_t)
+        if count <= buflen => engine::pread(fd, buf as u64, count, offset);
+    /// Fortified `pread64`: as [`__pread_chk`].
+    __pread64_chk(
+        fd, buf: *mut c_void, count: libc::size_t, offset: libc::off64_t, buflen: libc::size_t
+    ) if count <= buflen => engine::pread(fd, buf as u64, count, offset);
+    /// `pwrite(2)`: engine fds write their engine file at the offset;
+    /// everything else is forwarded after one atomic load.
+    pwrite(fd, buf: *const c_void, count: libc::size_t, offset: libc::off_t)
+        => engine::pwrite(fd, buf as u64, count, offset);
+    /// `pwrite64`: as [`pwrite`].
+    pwrite64(fd, buf: *const c_void, count: libc::size_t, offset: libc::off64_t)
+        => engine::pwrite(fd, buf as u64, count, offset);
 }
 
 /// `opendir(3)`: the emulated debugfs directories (see `special`); every

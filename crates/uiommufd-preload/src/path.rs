@@ -600,26 +600,16 @@ mod tests {
     fn vfio_nodes() {
         let declared = |n: VfioNode| matches!(n, VfioNode::Group(100) | VfioNode::Cdev(0));
         let m = |p: &CStr| match_vfio_node(libc::AT_FDCWD, p, declared);
-        assert_eq!(
-            m(c"/dev/vfio/100"),
-            Some((VfioNode::Group(100), Form::Exact))
-        );
-        assert_eq!(
-            m(c"//dev/./vfio/100"),
-            Some((VfioNode::Group(100), Form::Exact))
-        );
-        assert_eq!(
-            m(c"/dev/vfio/devices/vfio0"),
-            Some((VfioNode::Cdev(0), Form::Exact))
-        );
-        assert_eq!(
-            m(c"/dev/vfio/100/"),
-            Some((VfioNode::Group(100), Form::TrailingSlash))
-        );
-        assert_eq!(
-            m(c"/dev/vfio/devices/vfio0/x"),
-            Some((VfioNode::Cdev(0), Form::Through))
-        );
+        let (group, cdev) = (VfioNode::Group(100), VfioNode::Cdev(0));
+        for (path, want) in [
+            (c"/dev/vfio/100", (group, Form::Exact)),
+            (c"//dev/./vfio/100", (group, Form::Exact)),
+            (c"/dev/vfio/devices/vfio0", (cdev, Form::Exact)),
+            (c"/dev/vfio/100/", (group, Form::TrailingSlash)),
+            (c"/dev/vfio/devices/vfio0/x", (cdev, Form::Through)),
+        ] {
+            assert_eq!(m(path), Some(want), "{path:?}");
+        }
         assert_eq!(m(c"/dev/vfio/0100"), None);
         assert_eq!(m(c"/dev/vfio/101"), None, "undeclared: the kernel's");
         assert_eq!(m(c"/dev/vfio/devices/vfio1"), None);

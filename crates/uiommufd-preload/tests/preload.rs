@@ -39,17 +39,13 @@ fn compile_src(file: &str, name: &str, extra: &[&str]) -> PathBuf {
     // nextest runs each test in its own process: a per-process name keeps one
     // process from executing a binary another is still writing
     let exe = out_dir().join(format!("{name}-{}", std::process::id()));
-    let out = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
-        .args(["-Wall", "-Wextra", "-Werror", "-pthread", "-o"])
-        .arg(&exe)
-        .args(extra)
-        .arg(&src)
-        .output()
-        .expect("run the C compiler");
-    assert!(
-        out.status.success(),
-        "cc failed:\n{}",
-        String::from_utf8_lossy(&out.stderr)
+    uiommufd_testkit::run_ok(
+        Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
+            .args(["-Wall", "-Wextra", "-Werror", "-pthread", "-o"])
+            .arg(&exe)
+            .args(extra)
+            .arg(&src),
+        "the C compiler",
     );
     exe
 }
@@ -235,17 +231,13 @@ fn ordinary_programs_still_work() {
     let dir = out_dir();
     let script = "set -e; echo hello > plain.txt; cat plain.txt; ls plain.txt >/dev/null; \
                   exec 7<plain.txt; read -r line <&7; exec 7<&-; echo \"$line\"; rm plain.txt";
-    let out = Command::new("sh")
-        .arg("-c")
-        .arg(script)
-        .current_dir(&dir)
-        .env("LD_PRELOAD", preload_so())
-        .output()
-        .expect("run sh");
-    assert!(
-        out.status.success(),
-        "sh failed: {}",
-        String::from_utf8_lossy(&out.stderr)
+    let out = uiommufd_testkit::run_ok(
+        Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .current_dir(&dir)
+            .env("LD_PRELOAD", preload_so()),
+        "sh",
     );
     assert_eq!(String::from_utf8_lossy(&out.stdout), "hello\nhello\n");
     assert!(

@@ -285,6 +285,24 @@ pub fn hw_info<C: Ioctl + ?Sized>(c: &C, idev: u32) -> Result<i32, i32> {
     c.ioc(IOMMU_GET_HW_INFO, &mut h)
 }
 
+/// `IOMMU_GET_HW_INFO` (the whole 40-byte struct) for `idev`, the
+/// driver's data into `data`: the reply.
+pub fn hw_info_into<C: Ioctl + ?Sized>(
+    c: &C,
+    idev: u32,
+    data: &mut [u8],
+) -> Result<IommuHwInfo, i32> {
+    let mut h = IommuHwInfo {
+        size: 40,
+        dev_id: idev,
+        data_len: data.len() as u32,
+        data_uptr: data.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    c.ioc(IOMMU_GET_HW_INFO, &mut h)?;
+    Ok(h)
+}
+
 /// `IOMMU_HWPT_SET_DIRTY_TRACKING`.
 pub fn set_dirty_tracking<C: Ioctl + ?Sized>(c: &C, hwpt: u32, enable: bool) -> Result<i32, i32> {
     let mut s = IommuHwptSetDirtyTracking {

@@ -22,3 +22,31 @@ pub mod vfio;
 
 pub use ioctl::*;
 pub use mem::*;
+
+/// Wait, polling every millisecond, until `cond` holds (a device model's
+/// worker thread got somewhere); panics naming `what` after 10 s.
+pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let t = std::time::Instant::now();
+    while !cond() {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(10),
+            "timed out waiting for {what}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+}
+
+/// Run `cmd` to its end: its output; panics (naming it `what`, with its
+/// stderr) unless it exited with 0.
+pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> std::process::Output {
+    let out = cmd
+        .output()
+        .unwrap_or_else(|e| panic!("cannot run {what}: {e}"));
+    assert!(
+        out.status.success(),
+        "{what} failed ({}):\n{}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}

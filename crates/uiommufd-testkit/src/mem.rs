@@ -1,6 +1,38 @@
 //! User memory for tests: buffers whose addresses the engine is given as
 //! user pointers.
 
+/// A fresh read/write anonymous mapping of `len` bytes, with `flags`
+/// (`MAP_PRIVATE` or `MAP_SHARED`, maybe `MAP_NORESERVE`, `MAP_POPULATE`)
+/// besides `MAP_ANONYMOUS`, wherever the kernel puts it: its address, or
+/// the `mmap` error. The caller unmaps it.
+///
+/// # Panics
+/// When `flags` has `MAP_FIXED` or `MAP_FIXED_NOREPLACE`: the mapping must
+/// not replace anything.
+pub fn map_anon(len: usize, flags: libc::c_int) -> std::io::Result<*mut libc::c_void> {
+    assert_eq!(
+        flags & (libc::MAP_FIXED | libc::MAP_FIXED_NOREPLACE),
+        0,
+        "map_anon places no mapping at a fixed address"
+    );
+    // SAFETY: a fresh anonymous mapping at an address of the kernel's
+    // choosing (no MAP_FIXED): no existing memory is touched.
+    let p = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len,
+            libc::PROT_READ | libc::PROT_WRITE,
+            flags | libc::MAP_ANONYMOUS,
+            -1,
+            0,
+        )
+    };
+    if p == libc::MAP_FAILED {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(p)
+}
+
 /// `len` bytes of heap memory (filled with `0x5a`) at an `align`-aligned
 /// address.
 #[derive(Debug)]
@@ -70,18 +102,7 @@ impl Mapping {
     pub fn new(npages: u64, align: u64) -> Mapping {
         let extra = if align > 4096 { align } else { 0 };
         let map_len = (npages * 4096 + extra) as usize;
-        // SAFETY: a fresh anonymous mapping that nothing else refers to.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED, "mmap of a test buffer failed");
+        let p = map_anon(map_len, libc::MAP_PRIVATE).expect("mmap of a test buffer");
         let map = p as u64;
         Mapping {
             map,

@@ -20,18 +20,7 @@ const IOVA: u64 = 1 << 24;
 
 /// A fresh private anonymous mapping of `n` pages, filled with `fill(i)`.
 fn anon(n: u64, fill: impl Fn(u64) -> u8) -> u64 {
-    // SAFETY: a new mapping at an address the kernel picks.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            (n * ps()) as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
+    let p = uiommufd_testkit::map_anon((n * ps()) as usize, libc::MAP_PRIVATE).unwrap();
     for i in 0..n * ps() {
         // SAFETY: inside the mapping just made.
         unsafe { *(p as *mut u8).add(i as usize) = fill(i) };

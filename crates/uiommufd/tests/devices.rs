@@ -261,18 +261,9 @@ fn failing_md_checks_populate_only_up_to_the_first_bad_page() {
     let buf = Buf::pages(4);
     map_fixed(&ctx, ioas, buf.addr(), 4 * 4096, MOCK_APERTURE_START).unwrap();
     const BIG: u64 = 1 << 30;
-    // SAFETY: a fresh shared anonymous (shmem) mapping, unmapped below.
-    let p = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            BIG as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_SHARED | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(p, libc::MAP_FAILED);
+    // shmem, unmapped below
+    let p =
+        uiommufd_testkit::map_anon(BIG as usize, libc::MAP_SHARED | libc::MAP_NORESERVE).unwrap();
     let big = p as u64;
     let test = |op: u32, id: u32, payload: &[u8]| test_cmd(&ctx, op, id, payload).map(|_| 0);
     // the IOVA maps `buf`, not `big`: the first granule mismatches

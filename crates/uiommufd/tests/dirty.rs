@@ -448,32 +448,37 @@ fn run_model(seed: u64, huge: bool, steps: usize, driver: Driver) {
     check_accounting().unwrap();
 }
 
+/// The model over its seeds on `driver`'s domains: granules (6 runs of
+/// 600 steps) or huge pages (4 runs of 400).
+fn model_runs(huge: bool, driver: Driver) {
+    let (seeds, stride, steps) = if huge {
+        (4, 0x51_7cc1_b727, 400)
+    } else {
+        (6, 0x9e37_79b9, 600)
+    };
+    for seed in 1..=seeds {
+        run_model(seed * stride, huge, steps, driver);
+    }
+}
+
 #[test]
 fn model_granules() {
-    for seed in 1..=6 {
-        run_model(seed * 0x9e37_79b9, false, 600, Driver::Mock);
-    }
+    model_runs(false, Driver::Mock);
 }
 
 #[test]
 fn model_huge_pages() {
-    for seed in 1..=4 {
-        run_model(seed * 0x51_7cc1_b727, true, 400, Driver::Mock);
-    }
+    model_runs(true, Driver::Mock);
 }
 
 #[test]
 fn model_granules_vtd() {
-    for seed in 1..=6 {
-        run_model(seed * 0x9e37_79b9, false, 600, Driver::Vtd);
-    }
+    model_runs(false, Driver::Vtd);
 }
 
 #[test]
 fn model_huge_pages_vtd() {
-    for seed in 1..=4 {
-        run_model(seed * 0x51_7cc1_b727, true, 400, Driver::Vtd);
-    }
+    model_runs(true, Driver::Vtd);
 }
 
 #[test]

@@ -6,7 +6,7 @@
 //! faults as device errors.
 
 use std::os::fd::{AsRawFd, OwnedFd};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use uiommufd::devices::dma_engine::regs::*;
 use uiommufd::devices::dma_engine::ring::{
@@ -21,7 +21,7 @@ use uiommufd::vfio::uapi::*;
 use uiommufd::Context;
 use uiommufd_testkit::vfio::{attach_pt, bind_cdev, file, ioctl_on, Fds};
 
-use uiommufd_testkit::{self as kit, Buf};
+use uiommufd_testkit::{self as kit, wait_for, Buf};
 
 /// fd → context, as the preload's table would answer.
 fn region(index: u32) -> u64 {
@@ -91,17 +91,6 @@ fn set_msix(fd: i32, efds: &[&OwnedFd]) {
         b.extend_from_slice(&e.as_raw_fd().to_ne_bytes());
     }
     ioctl_on(fd, VFIO_DEVICE_SET_IRQS, &mut b[..], &Fds::default()).unwrap();
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
-    }
 }
 
 /// `len` bytes of `buf` at `off`, read behind the device's back.

@@ -389,18 +389,7 @@ fn invalidate_errno_table_and_entry_num() {
     };
     // the page after `one` may be mapped: put the array at the end of a
     // mapping followed by an unmapped page instead
-    // SAFETY: anonymous mapping of two pages, second one unmapped again.
-    let map = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            8192,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(map, libc::MAP_FAILED);
+    let map = uiommufd_testkit::map_anon(8192, libc::MAP_PRIVATE).unwrap();
     // SAFETY: unmapping the second page of our own mapping.
     unsafe { libc::munmap((map as usize + 4096) as *mut libc::c_void, 4096) };
     let at = map as usize + 4096 - 8;

@@ -22,7 +22,7 @@ use uiommufd::vfio::model::{Bar, Bus, MsixLayout, PciIds, PciLayout, PciModel};
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::*;
 use uiommufd::Context;
-use uiommufd_testkit::vfio::{file, ioctl_on, Fds};
+use uiommufd_testkit::vfio::{attach_pt, file, ioctl_on, Fds};
 use zerocopy::{FromBytes, IntoBytes};
 
 use uiommufd_testkit::{self as kit, Buf};
@@ -177,6 +177,17 @@ fn declare(n: u32) -> (Arc<TinyModel>, String) {
     (model, addr)
 }
 
+/// Device `n` declared, its cdev opened and bound to a new context:
+/// (model, fd, ctx, the fds that name the context).
+fn bound(n: u32) -> (Arc<TinyModel>, i32, Arc<Context>, Fds) {
+    let (model, _) = declare(n);
+    let fd = registry::open_cdev(500 + n, true).unwrap();
+    let ctx = Context::new();
+    let mut fds = Fds::default();
+    bind(fd, &ctx, &mut fds);
+    (model, fd, ctx, fds)
+}
+
 fn errno_of<T: IntoBytes + FromBytes + ?Sized>(fd: i32, cmd: u32, arg: &mut T) -> i32 {
     kit::err(ioctl_on(fd, cmd, arg, &Fds::default()))
 }
@@ -269,12 +280,11 @@ fn set_irq_none(fd: i32, index: u32, action: u32, start: u32, count: u32) -> Res
 }
 
 /// A cdev fd bound to `ctx` (registered in `fds` as fd 1000 + n): the devid.
-fn bind(fd: i32, ctx: &Arc<Context>, fds: &mut Fds, n: i32) -> u32 {
+fn bind(fd: i32, ctx: &Arc<Context>, fds: &mut Fds) -> u32 {
     // any open fd number stands for the iommufd (the resolver maps it)
     let null = std::fs::File::open("/dev/null").unwrap();
     let num = null.as_raw_fd();
     std::mem::forget(null);
-    let _ = n;
     fds.0.insert(num, ctx.clone());
     let mut b = VfioDeviceBindIommufd {
         argsz: 16,
@@ -284,16 +294,6 @@ fn bind(fd: i32, ctx: &Arc<Context>, fds: &mut Fds, n: i32) -> u32 {
     };
     ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, fds).unwrap();
     b.out_devid
-}
-
-fn attach(fd: i32, pt: u32) -> Result<u32, i32> {
-    let mut a = VfioDeviceAttachIommufdPt {
-        argsz: 12,
-        flags: 0,
-        pt_id: pt,
-    };
-    ioctl_on(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a, &Fds::default())?;
-    Ok(a.pt_id)
 }
 
 /// Memory decode and bus mastering on.
@@ -372,7 +372,7 @@ fn vfio_cdev_bind_attach_dma() {
     );
     assert!(model.bus().is_none(), "not connected before a bind");
 
-    let devid = bind(fd, &ctx, &mut fds, 1);
+    let devid = bind(fd, &ctx, &mut fds);
     assert!(ctx.get::<Device>(devid).is_ok());
     assert!(model.bus().is_some(), "connected at bind");
     let mut b2 = VfioDeviceBindIommufd {
@@ -401,14 +401,7 @@ fn vfio_cdev_bind_attach_dma() {
 
     // the VT-d hardware info through iommufd
     let mut data = [0u8; 24];
-    let mut h = IommuHwInfo {
-        size: 40,
-        dev_id: devid,
-        data_len: 24,
-        data_uptr: data.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    kit::ioc(&ctx, IOMMU_GET_HW_INFO, &mut h).unwrap();
+    let h = kit::hw_info_into(&ctx, devid, &mut data).unwrap();
     assert_eq!(h.out_data_type, IOMMU_HW_INFO_TYPE_INTEL_VTD);
     assert_eq!(
         h.out_capabilities & IOMMU_HW_CAP_DIRTY_TRACKING,
@@ -436,8 +429,8 @@ fn vfio_cdev_bind_attach_dma() {
         errno_of(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a),
         libc::EINVAL
     );
-    assert_eq!(attach(fd, 9999).unwrap_err(), libc::ENOENT);
-    let hwpt = attach(fd, ioas).unwrap();
+    assert_eq!(attach_pt(fd, 9999).unwrap_err(), libc::ENOENT);
+    let hwpt = attach_pt(fd, ioas).unwrap();
     assert_ne!(hwpt, ioas, "the auto domain's HWPT ID is written back");
     assert!(ctx.get::<HwptPaging>(hwpt).is_ok());
 
@@ -464,7 +457,7 @@ fn vfio_cdev_bind_attach_dma() {
 
     // a HWPT with dirty tracking, replacing the auto domain
     let hw2 = kit::hwpt_alloc(&ctx, devid, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
-    assert_eq!(attach(fd, hw2).unwrap(), hw2);
+    assert_eq!(attach_pt(fd, hw2).unwrap(), hw2);
     assert!(
         ctx.get_any(hwpt).is_err(),
         "the auto domain went with its last device"
@@ -694,11 +687,7 @@ fn vfio_group_container_flow() {
 
 #[test]
 fn vfio_config_space_and_regions() {
-    let (_model, _) = declare(3);
-    let fd = registry::open_cdev(503, true).unwrap();
-    let ctx = Context::new();
-    let mut fds = Fds::default();
-    bind(fd, &ctx, &mut fds, 3);
+    let (_model, fd, ctx, mut fds) = bound(3);
 
     // one read of the whole header
     let cfg = cfg_read(fd, 0, 256).unwrap();
@@ -851,7 +840,7 @@ fn vfio_config_space_and_regions() {
 
     // a fresh open: config back to power-on
     let fd = registry::open_cdev(503, true).unwrap();
-    bind(fd, &ctx, &mut fds, 3);
+    bind(fd, &ctx, &mut fds);
     assert_eq!(cfg_read32(fd, 0x10), 0);
     assert_eq!(cfg_read32(fd, 4) & 0xffff, 0);
     files::close(fd).unwrap();
@@ -859,11 +848,7 @@ fn vfio_config_space_and_regions() {
 
 #[test]
 fn vfio_device_ioctl_errnos() {
-    let (model, _) = declare(4);
-    let fd = registry::open_cdev(504, true).unwrap();
-    let ctx = Context::new();
-    let mut fds = Fds::default();
-    bind(fd, &ctx, &mut fds, 4);
+    let (model, fd, _ctx, _fds) = bound(4);
 
     // GET_INFO: argsz rules, never written past argsz
     let mut raw = [0xeeu8; 24];
@@ -1169,11 +1154,7 @@ fn vfio_device_ioctl_errnos() {
 
 #[test]
 fn vfio_irqs_fire() {
-    let (model, _) = declare(5);
-    let fd = registry::open_cdev(505, true).unwrap();
-    let ctx = Context::new();
-    let mut fds = Fds::default();
-    bind(fd, &ctx, &mut fds, 5);
+    let (model, fd, _ctx, _fds) = bound(5);
     let dev = uiommufd::vfio::device::get(&registry::by_cdev(505).unwrap());
     use uiommufd::vfio::device::IrqType;
 
@@ -1342,7 +1323,7 @@ fn vfio_dma_engine_end_to_end() {
     let fd = registry::open_cdev(610, true).unwrap();
     let ctx = Context::new();
     let mut fds = Fds::default();
-    bind(fd, &ctx, &mut fds, 10);
+    bind(fd, &ctx, &mut fds);
     let cfg = cfg_read(fd, 0, 4).unwrap();
     assert_eq!(cfg, vec![0xe5, 0x1d, 0x01, 0x00]);
 
@@ -1359,7 +1340,7 @@ fn vfio_dma_engine_end_to_end() {
         uiommufd::Prot::RO,
     )
     .unwrap();
-    attach(fd, ioas).unwrap();
+    attach_pt(fd, ioas).unwrap();
     enable(fd);
     let ev = eventfd();
     // MSI-X enabled in config, then vector 0's eventfd
@@ -1393,11 +1374,7 @@ fn vfio_dma_engine_end_to_end() {
     w32(0x1c, 0b11); // completion and error interrupts
     w32(0x10, 1);
     w32(0x50, 2); // two descriptors
-    let t0 = std::time::Instant::now();
-    while bar_read32(fd, 0, 0x58) < 2 {
-        assert!(t0.elapsed().as_secs() < 10, "the device did not complete");
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
+    kit::wait_for("the device to complete", || bar_read32(fd, 0, 0x58) >= 2);
     for k in 0..256 {
         assert_eq!(mem.byte(2 * 4096 + k), k as u8);
     }
@@ -1410,13 +1387,9 @@ fn vfio_dma_engine_end_to_end() {
         "nothing written to the read-only page"
     );
     assert_eq!(bar_read32(fd, 0, 0x20) & 0xff, 2);
-    let t0 = std::time::Instant::now();
-    let mut got = 0;
-    while got == 0 && t0.elapsed().as_secs() < 10 {
-        got = fired(&ev);
-        std::thread::sleep(std::time::Duration::from_millis(1));
-    }
-    assert!(got >= 1, "the completion interrupt reached the eventfd");
+    kit::wait_for("the completion interrupt on the eventfd", || {
+        fired(&ev) >= 1
+    });
     files::close(fd).unwrap();
 }
 
@@ -1426,15 +1399,11 @@ fn vfio_dma_engine_end_to_end() {
 /// the device closes cleanly at the end.
 #[test]
 fn vfio_concurrent_irqs_dma_and_config() {
-    let (model, _) = declare(6);
-    let fd = registry::open_cdev(506, true).unwrap();
-    let ctx = Context::new();
-    let mut fds = Fds::default();
-    bind(fd, &ctx, &mut fds, 6);
+    let (model, fd, ctx, _fds) = bound(6);
     let ioas = kit::ioas_alloc(&ctx);
     let buf = Buf::zeroed(2 * 4096, 4096);
     kit::map_fixed(&ctx, ioas, buf.addr(), 2 * 4096, 0x40_0000).unwrap();
-    attach(fd, ioas).unwrap();
+    attach_pt(fd, ioas).unwrap();
     enable(fd);
     let evs: Vec<_> = (0..4).map(|_| eventfd()).collect();
     let raw: Vec<i32> = evs.iter().map(|e| e.as_raw_fd()).collect();
@@ -1493,14 +1462,14 @@ fn vfio_concurrent_irqs_dma_and_config() {
                 let _ = errno_of(fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &mut d);
             }
             _ => {
-                attach(fd, ioas).unwrap();
+                attach_pt(fd, ioas).unwrap();
             }
         }
     }
     // End with interrupts set up and the device attached, and wait (with a
     // bound far above any scheduling delay) until it delivered one: no
     // assumption about how the threads were scheduled during the churn.
-    attach(fd, ioas).unwrap();
+    attach_pt(fd, ioas).unwrap();
     let _ = set_irq_fds(fd, 2, 0, &raw);
     let mut fired_any: u64 = evs.iter().map(fired).sum();
     let t1 = std::time::Instant::now();
@@ -1597,17 +1566,13 @@ fn vfio_bind_with_token_rules_by_level() {
 /// allows new imports; the last close revokes for good.
 #[test]
 fn vfio_bar_dmabuf_export_and_p2p_dma() {
-    let (model, _) = declare(8);
-    let fd = registry::open_cdev(508, true).unwrap();
-    let ctx = Context::new();
-    let mut fds = Fds::default();
-    bind(fd, &ctx, &mut fds, 8);
+    let (model, fd, ctx, mut fds) = bound(8);
     let ioas = kit::ioas_alloc(&ctx);
     let src = Buf::zeroed(4096, 4096);
     // SAFETY: writes into our own buffer.
     unsafe { std::ptr::write_bytes(src.addr() as *mut u8, 0xab, 16) };
     kit::map_fixed(&ctx, ioas, src.addr(), 4096, 0x10_0000).unwrap();
-    attach(fd, ioas).unwrap();
+    attach_pt(fd, ioas).unwrap();
     enable(fd);
 
     let get = |flags: u32, region: u32, dflags: u32, ranges: &[(u64, u64)]| {
@@ -1696,7 +1661,7 @@ fn vfio_bar_dmabuf_export_and_p2p_dma() {
     // the last close revokes for good
     files::close(fd).unwrap();
     let fd = registry::open_cdev(508, true).unwrap();
-    bind(fd, &ctx, &mut fds, 8);
+    bind(fd, &ctx, &mut fds);
     enable(fd);
     assert_eq!(map_file(dmabuf, 0x60_0000), Err(libc::ENODEV));
     files::close(dmabuf).unwrap();
@@ -1710,11 +1675,7 @@ fn vfio_bar_dmabuf_export_and_p2p_dma() {
 /// happens on the watcher thread: the test waits for it, up to 10 s.)
 #[test]
 fn vfio_ioeventfd_writes_the_bar() {
-    let (model, _) = declare(9);
-    let fd = registry::open_cdev(509, true).unwrap();
-    let ctx = Context::new();
-    let mut fds = Fds::default();
-    bind(fd, &ctx, &mut fds, 9);
+    let (model, fd, ctx, mut fds) = bound(9);
     enable(fd);
     let efd = eventfd();
     let reg = |offset: u64, flags: u32, data: u64, efd: i32, argsz: u32| {
@@ -1808,7 +1769,7 @@ fn vfio_ioeventfd_writes_the_bar() {
     // the last close ends the registration: the same one is new again
     files::close(fd).unwrap();
     let fd = registry::open_cdev(509, true).unwrap();
-    bind(fd, &ctx, &mut fds, 9);
+    bind(fd, &ctx, &mut fds);
     let mut again = VfioDeviceIoeventfd {
         argsz: 32,
         flags: 4,

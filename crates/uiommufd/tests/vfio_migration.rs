@@ -37,19 +37,8 @@ impl PciModel for Probe {
     }
     fn layout(&self) -> PciLayout {
         PciLayout {
-            ids: PciIds {
-                vendor: 0x1de5,
-                device: 0xfff0,
-                revision: 0,
-                class: 0x088000,
-                subsystem_vendor: 0,
-                subsystem_device: 0,
-            },
             bars: [Some(Bar::registers(4096)), None, None, None, None, None],
-            intx_pin: 0,
-            msi_vectors: 0,
-            msix: None,
-            pasid_log2: 0,
+            ..PciLayout::new(PciIds::new(0x1de5, 0xfff0, 0x088000))
         }
     }
     fn bar_read(&self, _: u8, _: u64, data: &mut [u8]) {

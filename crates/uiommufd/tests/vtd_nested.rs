@@ -8,7 +8,6 @@
 //! from the fault fd, answered, and the retried DMA completes. Plus the
 //! errno tables of the S1 allocation, attach and invalidation.
 
-use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -24,7 +23,7 @@ use uiommufd::vtd::nested::{
     IOMMU_VTD_INV_FLAGS_LEAF, IOMMU_VTD_S1_EAFE, IOMMU_VTD_S1_SRE, IOMMU_VTD_S1_WPE,
 };
 use uiommufd::Context;
-use uiommufd_testkit::vfio::{ioctl_on, Fds};
+use uiommufd_testkit::vfio::{bind_cdev, enable_bus_master, ioctl_on, Fds};
 use zerocopy::{FromBytes, IntoBytes};
 
 use uiommufd_testkit::{self as kit, Buf};
@@ -41,19 +40,9 @@ impl PciModel for Dma {
     }
     fn layout(&self) -> PciLayout {
         PciLayout {
-            ids: PciIds {
-                vendor: 0x1b36,
-                device: 0x7778,
-                revision: 1,
-                class: 0xff0000,
-                subsystem_vendor: 0x1b36,
-                subsystem_device: 0x1,
-            },
             bars: [Some(Bar::registers(4096)), None, None, None, None, None],
             intx_pin: 1,
-            msi_vectors: 0,
-            msix: None,
-            pasid_log2: 0,
+            ..PciLayout::new(PciIds::new(0x1b36, 0x7778, 0xff0000))
         }
     }
     fn bar_read(&self, _bar: u8, _offset: u64, data: &mut [u8]) {
@@ -111,23 +100,8 @@ impl Setup {
         .unwrap();
         let ctx = Context::new();
         let fd = registry::open_cdev(600 + n, true).unwrap();
-        let mut fds = Fds::default();
-        let null = std::fs::File::open("/dev/null").unwrap();
-        let num = null.as_raw_fd();
-        std::mem::forget(null);
-        fds.0.insert(num, ctx.clone());
-        let mut b = VfioDeviceBindIommufd {
-            argsz: 16,
-            flags: 0,
-            iommufd: num,
-            out_devid: 0,
-        };
-        ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds).unwrap();
-        // memory decode and bus mastering
-        files::get(fd)
-            .unwrap()
-            .write_at(&0x6u16.to_le_bytes(), (7u64 << 40) + 4)
-            .unwrap();
+        let devid = bind_cdev(fd, &ctx);
+        enable_bus_master(fd);
         let ioas = kit::ioas_alloc(&ctx);
         let mem = Buf::zeroed(PAGES * 4096, 4096);
         // the last page is an area of its own (unmapped and mapped again)
@@ -144,7 +118,7 @@ impl Setup {
             ctx,
             model,
             fd,
-            devid: b.out_devid,
+            devid,
             ioas,
             mem,
         }
@@ -307,14 +281,7 @@ fn vtd_nested_flow_through_both_stages() {
 
     // GET_HW_INFO: VT-d, scalable mode with nesting and first stage
     let mut data = [0u8; 24];
-    let mut h = IommuHwInfo {
-        size: 40,
-        dev_id: s.devid,
-        data_len: 24,
-        data_uptr: data.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    kit::ioc(&s.ctx, IOMMU_GET_HW_INFO, &mut h).unwrap();
+    let h = kit::hw_info_into(&s.ctx, s.devid, &mut data).unwrap();
     assert_eq!(h.out_data_type, IOMMU_HW_INFO_TYPE_INTEL_VTD);
     let ecap = u64::from_ne_bytes(data[16..24].try_into().unwrap());
     assert_eq!((ecap >> 26) & 1, 1, "ECAP.NEST");

@@ -30,19 +30,8 @@ impl PciModel for Tagger {
     }
     fn layout(&self) -> PciLayout {
         PciLayout {
-            ids: PciIds {
-                vendor: 0x1b36,
-                device: 0x7777,
-                revision: 0,
-                class: 0x088000,
-                subsystem_vendor: 0,
-                subsystem_device: 0,
-            },
-            bars: [None; 6],
-            intx_pin: 0,
-            msi_vectors: 0,
-            msix: None,
             pasid_log2: 8,
+            ..PciLayout::new(PciIds::new(0x1b36, 0x7777, 0x088000))
         }
     }
     fn bar_read(&self, _: u8, _: u64, data: &mut [u8]) {
@@ -314,18 +303,10 @@ fn vfio_cdev_pasid_attach_and_detach() {
 fn a_gib_is_not_one_dirty_page() {
     const G1: u64 = 1 << 30;
     let (model, fd, ctx, devid) = tagger_bound(657);
-    // SAFETY: a fresh private reservation; nothing else uses it.
-    let raw = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            (2 * G1) as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    assert_ne!(raw, libc::MAP_FAILED);
+    // a private reservation; nothing else uses it
+    let raw =
+        uiommufd_testkit::map_anon((2 * G1) as usize, libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .unwrap();
     let mem = (raw as u64).next_multiple_of(G1);
     let ioas = kit::ioas_alloc(&ctx);
     kit::map_fixed(&ctx, ioas, mem, G1, G1).unwrap();

@@ -111,6 +111,13 @@ class MigCase:
 
 
 IOMMUFD = ["-object", "iommufd,id=i0"]
+# The -device values: QEMU 7.2's v1 migration (type1 dirty tracking), and
+# QEMU 10.0's v2 on iommufd with dirty tracking by the HWPT or by the
+# device's DMA logging.
+V1_TYPE1_DEV = "vfio-pci,sysfsdev={sysfs},x-enable-migration=on,id=dev0"
+V2_IOMMUFD_DEV = "vfio-pci,iommufd=i0,sysfsdev={sysfs},x-device-dirty-page-tracking=%s,id=dev0"
+HWPT_DIRTY_DEV = V2_IOMMUFD_DEV % "off"
+DMA_LOGGING_DEV = V2_IOMMUFD_DEV % "on"
 # Each arc QEMU 10.0 takes shows in its trace as
 # "vfio_migration_set_device_state (NAME) state STATE".
 V2_SRC = [
@@ -133,7 +140,7 @@ CASES = [
     MigCase(
         "qemu-7.2 v1 type1",
         "7.2",
-        "vfio-pci,sysfsdev={sysfs},x-enable-migration=on,id=dev0",
+        V1_TYPE1_DEV,
         # v1: RUNNING|SAVING (3) while running, SAVING (2) once stopped,
         # STOP (0) at the end; the destination RESUMING (4) then RUNNING
         # (1). Dirty pages from the type1 container.
@@ -154,30 +161,24 @@ CASES = [
     MigCase(
         "qemu-10.0 v2 iommufd hwpt-dirty",
         "10.0",
-        "vfio-pci,iommufd=i0,sysfsdev={sysfs},x-device-dirty-page-tracking=off,id=dev0",
+        HWPT_DIRTY_DEV,
         extra_args=IOMMUFD,
         src_expect=V2_SRC + HWPT_DIRTY,
         dst_expect=V2_DST,
         forbid=[r"vfio_device_dirty_tracking_start"],
     ),
-    MigCase(
-        "qemu-10.0 v2 iommufd dma-logging",
-        "10.0",
-        "vfio-pci,iommufd=i0,sysfsdev={sysfs},x-device-dirty-page-tracking=on,id=dev0",
-        extra_args=IOMMUFD,
-        src_expect=V2_SRC + DEVICE_LOGGING,
-        dst_expect=V2_DST,
-        forbid=[r"iommufd_backend_set_dirty .*enable=1"],
-    ),
-    MigCase(
-        "qemu-10.0 v2 iommufd dma-logging autostart",
-        "10.0",
-        "vfio-pci,iommufd=i0,sysfsdev={sysfs},x-device-dirty-page-tracking=on,id=dev0",
-        extra_args=IOMMUFD,
-        src_expect=V2_SRC + DEVICE_LOGGING,
-        dst_expect=V2_DST,
-        forbid=[r"iommufd_backend_set_dirty .*enable=1"],
-        autostart=True,
+    *(
+        MigCase(
+            "qemu-10.0 v2 iommufd dma-logging" + (" autostart" if autostart else ""),
+            "10.0",
+            DMA_LOGGING_DEV,
+            extra_args=IOMMUFD,
+            src_expect=V2_SRC + DEVICE_LOGGING,
+            dst_expect=V2_DST,
+            forbid=[r"iommufd_backend_set_dirty .*enable=1"],
+            autostart=autostart,
+        )
+        for autostart in (False, True)
     ),
     MigCase(
         "qemu-10.0 v2 legacy type1",
@@ -192,7 +193,7 @@ CASES = [
     MigCase(
         "qemu-7.2 v1 cancel (type1)",
         "7.2",
-        "vfio-pci,sysfsdev={sysfs},x-enable-migration=on,id=dev0",
+        V1_TYPE1_DEV,
         # RUNNING|SAVING while the migration runs; on cancel QEMU writes
         # RUNNING back and stops the container's dirty tracking.
         src_expect=[r"vfio_migration_set_state +\(" + ADDR + r"\) state 3\b"],
@@ -204,7 +205,7 @@ CASES = [
     MigCase(
         "qemu-10.0 v2 cancel (dma-logging)",
         "10.0",
-        "vfio-pci,iommufd=i0,sysfsdev={sysfs},x-device-dirty-page-tracking=on,id=dev0",
+        DMA_LOGGING_DEV,
         extra_args=IOMMUFD,
         src_expect=[
             r"vfio_migration_set_device_state +\(" + ADDR + r"\) state PRE_COPY\b",
@@ -216,7 +217,7 @@ CASES = [
     MigCase(
         "qemu-10.0 v2 destination lost (hwpt-dirty)",
         "10.0",
-        "vfio-pci,iommufd=i0,sysfsdev={sysfs},x-device-dirty-page-tracking=off,id=dev0",
+        HWPT_DIRTY_DEV,
         extra_args=IOMMUFD,
         src_expect=[
             r"vfio_migration_set_device_state +\(" + ADDR + r"\) state PRE_COPY\b",

@@ -111,19 +111,19 @@ IOMMUFD_TRACE = [
 ]
 # The legacy path: a group, FLR through VFIO_DEVICE_RESET.
 LEGACY_TRACE = [r"vfio_pci_reset_flr " + ADDR]
+# The two ways a -device names the device (format fields {sysfs}, {addr}).
+NAMED = [("sysfsdev", "sysfsdev={sysfs}"), ("host", "host={addr}")]
 
 CASES = [
-    Case(
-        "qemu-7.2 legacy sysfsdev",
-        "7.2",
-        "vfio-pci,sysfsdev={sysfs}",
-        expect=LEGACY_TRACE + [r"vfio_realize +\(" + ADDR + r"\) group 100"],
-    ),
-    Case(
-        "qemu-7.2 legacy host",
-        "7.2",
-        "vfio-pci,host={addr}",
-        expect=LEGACY_TRACE + [r"vfio_realize +\(" + ADDR + r"\) group 100"],
+    # the device named by its sysfs directory and by its address
+    *(
+        Case(
+            "qemu-7.2 legacy " + how,
+            "7.2",
+            "vfio-pci," + dev,
+            expect=LEGACY_TRACE + [r"vfio_realize +\(" + ADDR + r"\) group 100"],
+        )
+        for how, dev in NAMED
     ),
     Case(
         "qemu-7.2 legacy 2 devices",
@@ -135,21 +135,16 @@ CASES = [
             r"vfio_realize +\(0000:f0:01.0\) group 101",
         ],
     ),
-    Case(
-        "qemu-10.0 iommufd sysfsdev",
-        "10.0",
-        "vfio-pci,iommufd=i0,sysfsdev={sysfs}",
-        extra_args=["-object", "iommufd,id=i0"],
-        expect=IOMMUFD_TRACE,
-        forbid=[r"vfio_attach_device .* group"],
-    ),
-    Case(
-        "qemu-10.0 iommufd host",
-        "10.0",
-        "vfio-pci,iommufd=i0,host={addr}",
-        extra_args=["-object", "iommufd,id=i0"],
-        expect=IOMMUFD_TRACE,
-        forbid=[r"vfio_attach_device .* group"],
+    *(
+        Case(
+            "qemu-10.0 iommufd " + how,
+            "10.0",
+            "vfio-pci,iommufd=i0," + dev,
+            extra_args=["-object", "iommufd,id=i0"],
+            expect=IOMMUFD_TRACE,
+            forbid=[r"vfio_attach_device .* group"],
+        )
+        for how, dev in NAMED
     ),
     Case(
         "qemu-10.0 iommufd 2 devices",

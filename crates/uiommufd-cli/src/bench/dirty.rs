@@ -18,7 +18,7 @@
 //! `BTreeMap` (8 MiB of entries per GiB plus tree nodes), so our ratio
 //! includes the mock's format, not only the engine's walk.
 
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use uiommufd::domain::Domain;
 use uiommufd::mock::domain::MockDomain;
@@ -163,17 +163,23 @@ pub fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
         });
         // the mock's dirty bit
         let f = floor_median::<6>(s, npages, permille, &mut ptes, &mut bitmap);
-        r.push(
+        // a row of this density against the floor `f`
+        let row = |kind: &str, what: &str, d: Duration, how: &str| {
             Row::vs_floor(
-                format!("6.dirty.rust.{}", pct(permille)),
+                format!("6.dirty.{kind}.{}", pct(permille)),
                 6,
-                format!(
-                    "read_and_clear_dirty of {size} at 4 KiB pages, {} dirty, 1 mock domain (Rust API)",
-                    pct(permille)
-                ),
+                format!("{what} of {size}, {} dirty", pct(permille)),
                 Unit::Ms,
                 d.as_secs_f64() * 1e3,
                 f.as_secs_f64() * 1e3,
+                how,
+            )
+        };
+        r.push(
+            row(
+                "rust",
+                "read_and_clear_dirty (Rust API, 1 mock domain, 4 KiB pages)",
+                d,
                 "one scan of a dense 8-byte-PTE array, test-and-clear + bitmap",
             )
             .note(format!("{found} bits set")),
@@ -192,16 +198,10 @@ pub fn dirty(s: &Scale, r: &mut Report) -> Result<(), String> {
                 .expect("read_and_clear_dirty_user");
                 t.elapsed()
             });
-            r.push(Row::vs_floor(
-                format!("6.dirty.user.{}", pct(permille)),
-                6,
-                format!(
-                    "GET_DIRTY_BITMAP core (windowed, OR into a user buffer) of {size}, {} dirty",
-                    pct(permille)
-                ),
-                Unit::Ms,
-                d.as_secs_f64() * 1e3,
-                f.as_secs_f64() * 1e3,
+            r.push(row(
+                "user",
+                "GET_DIRTY_BITMAP core (windowed, OR into a user buffer)",
+                d,
                 "as above",
             ));
         }

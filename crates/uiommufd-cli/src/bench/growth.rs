@@ -87,28 +87,24 @@ pub fn growth(s: &Scale, r: &mut Report) -> Result<(), String> {
             let bf = *base_fixed.get_or_insert(fixed);
             let ba = *base_alloc.get_or_insert(alloc);
             r.push(
-                Row::plain(
-                    format!("7.growth.fixed.{target}"),
-                    7,
-                    format!(
-                        "map+unmap 4 KiB at a fixed IOVA, IOAS holds {target} areas (shared pages)"
-                    ),
-                    Unit::NsPerOp,
+                row(
+                    "fixed",
+                    target,
+                    "a fixed IOVA",
+                    " (shared pages)",
                     fixed,
+                    bf,
                 )
-                .ratio(RatioKind::VsSmallest, fixed / bf)
                 .note(format!("filling cost {fill_ns:.0} ns/area")),
             );
-            r.push(
-                Row::plain(
-                    format!("7.growth.alloc.{target}"),
-                    7,
-                    format!("map+unmap 4 KiB at an allocated IOVA, IOAS holds {target} areas (shared pages)"),
-                    Unit::NsPerOp,
-                    alloc,
-                )
-                .ratio(RatioKind::VsSmallest, alloc / ba),
-            );
+            r.push(row(
+                "alloc",
+                target,
+                "an allocated IOVA",
+                " (shared pages)",
+                alloc,
+                ba,
+            ));
         }
     }
 
@@ -130,16 +126,14 @@ pub fn growth(s: &Scale, r: &mut Report) -> Result<(), String> {
             let fixed = map_unmap_fixed(s, iters, &ioas, p);
             let b = *base.get_or_insert(fixed);
             r.push(
-                Row::plain(
-                    format!("7.growth.pages.{target}"),
-                    7,
-                    format!(
-                        "map+unmap 4 KiB at a fixed IOVA, IOAS holds {target} areas, one pages object each"
-                    ),
-                    Unit::NsPerOp,
+                row(
+                    "pages",
+                    target,
+                    "a fixed IOVA",
+                    ", one pages object each",
                     fixed,
+                    b,
                 )
-                .ratio(RatioKind::VsSmallest, fixed / b)
                 .note(format!("filling cost {fill_ns:.0} ns/area")),
             );
             max_target = target;
@@ -156,4 +150,18 @@ pub fn growth(s: &Scale, r: &mut Report) -> Result<(), String> {
         }
     }
     Ok(())
+}
+
+/// A growth row: `ns` per map+unmap of 4 KiB at `at` while the IOAS holds
+/// `target` areas (`how` they are backed, with its leading separator),
+/// against `smallest`, the first size's.
+fn row(kind: &str, target: u64, at: &str, how: &str, ns: f64, smallest: f64) -> Row {
+    Row::plain(
+        format!("7.growth.{kind}.{target}"),
+        7,
+        format!("map+unmap 4 KiB at {at}, IOAS holds {target} areas{how}"),
+        Unit::NsPerOp,
+        ns,
+    )
+    .ratio(RatioKind::VsSmallest, ns / smallest)
 }

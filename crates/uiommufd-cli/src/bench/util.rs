@@ -41,23 +41,9 @@ impl Buf {
     /// `len` bytes of fresh, unpopulated anonymous memory backed as asked.
     pub fn new(len: u64, backing: Backing) -> Result<Buf, String> {
         let map_len = (len + 2 * MIB2) as usize;
-        // SAFETY: a fresh private anonymous mapping that we own until Drop.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-                -1,
-                0,
-            )
-        };
-        if map == libc::MAP_FAILED {
-            return Err(format!(
-                "mmap of {len} bytes failed: {}",
-                std::io::Error::last_os_error()
-            ));
-        }
+        // a fresh private mapping that we own until Drop
+        let map = uiommufd_testkit::map_anon(map_len, libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+            .map_err(|e| format!("mmap of {len} bytes failed: {e}"))?;
         let aligned = (map as u64).div_ceil(MIB2) * MIB2;
         let (addr, advice) = match backing {
             Backing::Small => (aligned + KIB4, libc::MADV_NOHUGEPAGE),

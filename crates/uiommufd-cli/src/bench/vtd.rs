@@ -96,17 +96,19 @@ fn translate(s: &Scale, r: &mut Report) -> Result<(), String> {
         "Iotlb::translate of one cached IOVA (generation check, tag, permission)",
         || tlb.translate(std::hint::black_box(base + 64), 8, false),
     );
+    // an IOVA in a scattered one of the 1024 mappings, each time the next
     let mut k = 0u64;
+    let mut scattered = move || {
+        k = (k + 389) % 1024;
+        base + k * 2 * KIB4 + 64
+    };
     time_lookup(
         s,
         r,
         floor,
         "8.vtd.translate.1024",
         "Iotlb::translate at a random one of 1024 4 KiB mappings (1024-slot IOTLB)",
-        || {
-            k = (k + 389) % 1024;
-            tlb.translate(base + k * 2 * KIB4 + 64, 8, false)
-        },
+        || tlb.translate(scattered(), 8, false),
     );
     time_lookup(
         s,
@@ -114,10 +116,7 @@ fn translate(s: &Scale, r: &mut Report) -> Result<(), String> {
         floor,
         "8.vtd.translate.1024.walk",
         "VtdDomain::translate (4-level walk, no cache) at a random one of 1024 mappings",
-        || {
-            k = (k + 389) % 1024;
-            dom.translate(base + k * 2 * KIB4 + 64, 8, false)
-        },
+        || dom.translate(scattered(), 8, false),
     );
     nested_translate(s, r, floor)
 }

@@ -81,20 +81,9 @@ pub unsafe fn raw_socket_rate(src: *const u8, len: usize, rt: bool) -> f64 {
     let Ok((a, b)) = UnixStream::pair() else {
         return 0.0;
     };
-    // SAFETY: a fresh anonymous mapping.
-    let dst = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            len,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_POPULATE,
-            -1,
-            0,
-        )
-    };
-    if dst == libc::MAP_FAILED {
+    let Ok(dst) = uiommufd_testkit::map_anon(len, libc::MAP_PRIVATE | libc::MAP_POPULATE) else {
         return 0.0;
-    }
+    };
     let dst_addr = dst as usize;
     // The clock starts once the reader runs (blocked in its read, as the
     // destination is when pages come): a thread's start is no part of a

@@ -79,23 +79,8 @@ fn guest_start(base: u64) -> u64 {
 /// reservation, the rest of which is given back.
 fn map_guest(size: u64) -> R<*mut u8> {
     let span = size + 2 * GUEST_ALIGN;
-    // SAFETY: a fresh anonymous mapping; no existing memory is touched.
-    let base = unsafe {
-        libc::mmap(
-            std::ptr::null_mut(),
-            span as usize,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
-            -1,
-            0,
-        )
-    };
-    if base == libc::MAP_FAILED {
-        return Err(format!(
-            "mmap of {size} bytes of guest memory: {}",
-            std::io::Error::last_os_error()
-        ));
-    }
+    let base = uiommufd_testkit::map_anon(span as usize, libc::MAP_PRIVATE | libc::MAP_NORESERVE)
+        .map_err(|e| format!("mmap of {size} bytes of guest memory: {e}"))?;
     let b = base as u64;
     let start = guest_start(b);
     let (head, tail) = (start - b, b + span - (start + size));
@@ -127,6 +112,13 @@ type R<T> = Result<T, String>;
 
 fn err(what: &str, e: uiommufd::Error) -> String {
     format!("{what}: {e}")
+}
+
+/// `cmd` on engine file `f` with `arg` (an address in this process), fds
+/// resolved by `fds`; `what` names the call in the error.
+fn file_ioctl(f: &dyn EngineFile, cmd: u32, arg: u64, fds: &Fds, what: &str) -> R<i64> {
+    f.ioctl(cmd, arg, &SelfMemory, fds)
+        .map_err(|e| err(what, e))
 }
 
 /// One side's machine.
@@ -212,13 +204,14 @@ impl Vm {
             iommufd: CTX_FD,
             out_devid: 0,
         };
-        dev.ioctl(
+        let bind_arg = bind.as_mut_bytes().as_mut_ptr() as u64;
+        file_ioctl(
+            &*dev,
             vu::VFIO_DEVICE_BIND_IOMMUFD,
-            bind.as_mut_bytes().as_mut_ptr() as u64,
-            &SelfMemory,
+            bind_arg,
             &fds,
-        )
-        .map_err(|e| err("VFIO_DEVICE_BIND_IOMMUFD", e))?;
+            "VFIO_DEVICE_BIND_IOMMUFD",
+        )?;
         let mut alloc = uapi::IommuIoasAlloc {
             size: 12,
             ..Default::default()
@@ -259,13 +252,14 @@ impl Vm {
             flags: 0,
             pt_id: hw.out_hwpt_id,
         };
-        dev.ioctl(
+        let at_arg = at.as_mut_bytes().as_mut_ptr() as u64;
+        file_ioctl(
+            &*dev,
             vu::VFIO_DEVICE_ATTACH_IOMMUFD_PT,
-            at.as_mut_bytes().as_mut_ptr() as u64,
-            &SelfMemory,
+            at_arg,
             &fds,
-        )
-        .map_err(|e| err("VFIO_DEVICE_ATTACH_IOMMUFD_PT", e))?;
+            "VFIO_DEVICE_ATTACH_IOMMUFD_PT",
+        )?;
         Ok(Vm {
             mem,
             size,
@@ -286,14 +280,14 @@ impl Vm {
             registry::open_group(decl.group, true).map_err(|e| err("opening the group", e))?;
         let group = files::get(gfd).ok_or("the group fd vanished")?;
         let mut cfd = CTX_FD;
-        group
-            .ioctl(
-                vu::VFIO_GROUP_SET_CONTAINER,
-                (&mut cfd as *mut i32) as u64,
-                &SelfMemory,
-                &fds,
-            )
-            .map_err(|e| err("VFIO_GROUP_SET_CONTAINER", e))?;
+        let cfd_arg = (&mut cfd as *mut i32) as u64;
+        file_ioctl(
+            &*group,
+            vu::VFIO_GROUP_SET_CONTAINER,
+            cfd_arg,
+            &fds,
+            "VFIO_GROUP_SET_CONTAINER",
+        )?;
         dispatch::ioctl(&ctx, u64::from(t1::VFIO_SET_IOMMU), t1::VFIO_TYPE1V2_IOMMU)
             .map_err(|e| err("VFIO_SET_IOMMU", e))?;
         let mut map = t1::VfioIommuType1DmaMap {
@@ -305,14 +299,13 @@ impl Vm {
         };
         iommufd(&ctx, t1::VFIO_IOMMU_MAP_DMA, &mut map, "VFIO_IOMMU_MAP_DMA")?;
         let name = std::ffi::CString::new(decl.addr.clone()).map_err(|e| e.to_string())?;
-        let fd = group
-            .ioctl(
-                vu::VFIO_GROUP_GET_DEVICE_FD,
-                name.as_ptr() as u64,
-                &SelfMemory,
-                &fds,
-            )
-            .map_err(|e| err("VFIO_GROUP_GET_DEVICE_FD", e))? as i32;
+        let fd = file_ioctl(
+            &*group,
+            vu::VFIO_GROUP_GET_DEVICE_FD,
+            name.as_ptr() as u64,
+            &fds,
+            "VFIO_GROUP_GET_DEVICE_FD",
+        )? as i32;
         let dev = files::get(fd).ok_or("the device fd vanished")?;
         Ok(Vm {
             mem,
@@ -328,9 +321,7 @@ impl Vm {
     }
 
     fn dev_ioctl(&self, cmd: u32, arg: &mut [u8], what: &str) -> R<i64> {
-        self.dev
-            .ioctl(cmd, arg.as_mut_ptr() as u64, &SelfMemory, &self.fds)
-            .map_err(|e| err(what, e))
+        file_ioctl(&*self.dev, cmd, arg.as_mut_ptr() as u64, &self.fds, what)
     }
 
     /// A `VFIO_DEVICE_FEATURE` call: header + `data`.

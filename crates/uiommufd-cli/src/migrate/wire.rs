@@ -152,18 +152,17 @@ fn bad(msg: String) -> io::Error {
     io::Error::new(io::ErrorKind::InvalidData, msg)
 }
 
-/// Write all of `len` bytes at `ptr` to `fd` (the source's guest memory,
-/// which the device may be writing meanwhile: read by the kernel, never
-/// through a Rust reference).
-///
-/// # Safety
-/// `ptr..ptr + len` must stay mapped and readable during the call.
-pub unsafe fn write_raw(fd: RawFd, ptr: *const u8, len: usize) -> io::Result<()> {
+/// Move all of `len` bytes, at most 1 GiB a call: `io(done, n)` moves up
+/// to `n` bytes from offset `done` (a `read`/`write` result); interrupted
+/// calls are retried, a zero result is `at_zero()`.
+fn all_of(
+    len: usize,
+    mut io: impl FnMut(usize, usize) -> isize,
+    at_zero: impl Fn() -> io::Error,
+) -> io::Result<()> {
     let mut done = 0;
     while done < len {
-        let n = (len - done).min(1 << 30);
-        // SAFETY: the caller guarantees the range is readable.
-        let r = unsafe { libc::write(fd, ptr.add(done).cast(), n) };
+        let r = io(done, (len - done).min(1 << 30));
         if r < 0 {
             let e = io::Error::last_os_error();
             if e.kind() == io::ErrorKind::Interrupted {
@@ -172,11 +171,26 @@ pub unsafe fn write_raw(fd: RawFd, ptr: *const u8, len: usize) -> io::Result<()>
             return Err(timed_out(e));
         }
         if r == 0 {
-            return Err(io::ErrorKind::WriteZero.into());
+            return Err(at_zero());
         }
         done += r as usize;
     }
     Ok(())
+}
+
+/// Write all of `len` bytes at `ptr` to `fd` (the source's guest memory,
+/// which the device may be writing meanwhile: read by the kernel, never
+/// through a Rust reference).
+///
+/// # Safety
+/// `ptr..ptr + len` must stay mapped and readable during the call.
+pub unsafe fn write_raw(fd: RawFd, ptr: *const u8, len: usize) -> io::Result<()> {
+    all_of(
+        len,
+        // SAFETY: the caller guarantees the range is readable.
+        |done, n| unsafe { libc::write(fd, ptr.add(done).cast(), n) },
+        || io::ErrorKind::WriteZero.into(),
+    )
 }
 
 /// A socket timeout (`SO_RCVTIMEO`/`SO_SNDTIMEO` expired) said plainly.
@@ -194,27 +208,17 @@ fn timed_out(e: io::Error) -> io::Error {
 /// `ptr..ptr + len` must stay mapped and writable during the call, and
 /// nothing may hold a Rust reference to it.
 pub unsafe fn read_raw(fd: RawFd, ptr: *mut u8, len: usize) -> io::Result<()> {
-    let mut done = 0;
-    while done < len {
-        let n = (len - done).min(1 << 30);
+    all_of(
+        len,
         // SAFETY: the caller guarantees the range is writable.
-        let r = unsafe { libc::read(fd, ptr.add(done).cast(), n) };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(timed_out(e));
-        }
-        if r == 0 {
-            return Err(io::Error::new(
+        |done, n| unsafe { libc::read(fd, ptr.add(done).cast(), n) },
+        || {
+            io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the peer closed the migration stream",
-            ));
-        }
-        done += r as usize;
-    }
-    Ok(())
+            )
+        },
+    )
 }
 
 /// Payloads at least this long go zero-copy when it is on (below it, the
@@ -399,50 +403,43 @@ impl<S: AsRawFd> Wire<S> {
         }
         let mut h = encode(tag, a, b, c);
         let total = 32 + len;
-        let mut done = 0usize;
-        while done < total {
-            let mut iov = [
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                },
-                libc::iovec {
-                    iov_base: std::ptr::null_mut(),
-                    iov_len: 0,
-                },
-            ];
-            let mut n = 0;
-            if done < 32 {
-                iov[0] = libc::iovec {
-                    iov_base: h[done..].as_mut_ptr().cast(),
-                    iov_len: 32 - done,
-                };
-                n = 1;
-            }
-            let off = done.saturating_sub(32);
-            if off < len {
-                // SAFETY: `off < len`: inside the caller's readable range.
-                let at = unsafe { ptr.add(off) };
-                iov[n] = libc::iovec {
-                    iov_base: at.cast_mut().cast(),
-                    iov_len: (len - off).min(1 << 30),
-                };
-                n += 1;
-            }
-            // SAFETY: the iovecs point at `h` and the caller's range.
-            let r = unsafe { libc::writev(self.sock.as_raw_fd(), iov.as_ptr(), n as i32) };
-            if r < 0 {
-                let e = io::Error::last_os_error();
-                if e.kind() == io::ErrorKind::Interrupted {
-                    continue;
+        let fd = self.sock.as_raw_fd();
+        all_of(
+            total,
+            |done, _| {
+                let mut iov = [
+                    libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0,
+                    },
+                    libc::iovec {
+                        iov_base: std::ptr::null_mut(),
+                        iov_len: 0,
+                    },
+                ];
+                let mut n = 0;
+                if done < 32 {
+                    iov[0] = libc::iovec {
+                        iov_base: h[done..].as_mut_ptr().cast(),
+                        iov_len: 32 - done,
+                    };
+                    n = 1;
                 }
-                return Err(timed_out(e));
-            }
-            if r == 0 {
-                return Err(io::ErrorKind::WriteZero.into());
-            }
-            done += r as usize;
-        }
+                let off = done.saturating_sub(32);
+                if off < len {
+                    // SAFETY: `off < len`: inside the caller's readable range.
+                    let at = unsafe { ptr.add(off) };
+                    iov[n] = libc::iovec {
+                        iov_base: at.cast_mut().cast(),
+                        iov_len: (len - off).min(1 << 30),
+                    };
+                    n += 1;
+                }
+                // SAFETY: the iovecs point at `h` and the caller's range.
+                unsafe { libc::writev(fd, iov.as_ptr(), n as i32) }
+            },
+            || io::ErrorKind::WriteZero.into(),
+        )?;
         self.sent += total as u64;
         Ok(())
     }

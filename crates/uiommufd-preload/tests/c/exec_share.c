@@ -46,15 +46,11 @@ static int image(int fd, uint32_t parents)
 	void *buf = mmap(NULL, 4 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK(buf != MAP_FAILED, "mmap");
 	memset(buf, 0x5a, 4 * pg);
-	struct iommu_ioas_map m = {
-		.size = sizeof(m),
-		.flags = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-		.ioas_id = ioas,
-		.user_va = (uintptr_t)buf,
-		.length = 4 * pg,
-	};
-	CHECK(ioctl(fd, IOMMU_IOAS_MAP, &m) == 0, "IOAS_MAP of the new image's memory");
-	struct iommu_ioas_unmap u = { .size = sizeof(u), .ioas_id = ioas, .iova = m.iova,
+	uint64_t iova = 0;
+	CHECK(uapi_ioas_map(fd, ioas, buf, 4 * pg, &iova,
+			    IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE) == 0,
+	      "IOAS_MAP of the new image's memory");
+	struct iommu_ioas_unmap u = { .size = sizeof(u), .ioas_id = ioas, .iova = iova,
 				      .length = 4 * pg };
 	CHECK(ioctl(fd, IOMMU_IOAS_UNMAP, &u) == 0 && u.length == (uint64_t)(4 * pg),
 	      "IOAS_UNMAP");
@@ -69,18 +65,11 @@ static int image(int fd, uint32_t parents)
  * IOAS ID with a mock domain: they read back through an access. */
 static int image_reads(int fd, uint32_t ioas)
 {
-	struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_CREATE_ACCESS, .id = ioas };
-	CHECK(ioctl(fd, IOMMU_TEST_CMD, &c) == 0, "CREATE_ACCESS in the new image");
-	unsigned char got[64] = { 0 };
-	struct iommu_test_cmd rw = { .size = sizeof(rw), .op = IOMMU_TEST_OP_ACCESS_RW,
-				     .id = c.create_access.out_access_fd };
-	rw.access_rw.iova = 0x1000000 + 100;
-	rw.access_rw.length = sizeof(got);
-	rw.access_rw.uptr = (uintptr_t)got;
-	CHECK(ioctl(fd, IOMMU_TEST_CMD, &rw) == 0, "ACCESS_RW of the old image's area");
-	for (size_t i = 0; i < sizeof(got); i++)
-		CHECK(got[i] == 0x3e, "byte %zu is %#x", i, got[i]);
-	close(c.create_access.out_access_fd);
+	int access = uapi_create_access(fd, ioas, 0);
+	CHECK(access >= 0, "CREATE_ACCESS in the new image");
+	CHECK(uapi_access_reads(fd, access, 0x1000000 + 100, 64, 0x3e),
+	      "ACCESS_RW of the old image's area");
+	close(access);
 	return failures ? 1 : 0;
 }
 
@@ -92,30 +81,20 @@ static void args(char *fdbuf, char *idbuf, int fd, uint32_t id)
 	snprintf(idbuf, 16, "%u", id);
 }
 
+/* The new image on the inherited fd, by execv (0 when it could not start). */
+static int exec_image(int fd, uint32_t id)
+{
+	char a[16], b[16];
+	args(a, b, fd, id);
+	char *argv[] = { self, "image", a, b, NULL };
+	execv(self, argv);
+	return 0;
+}
+
 /* fork, the parent closes its fd, then the child execs. */
 static void fork_then_exec(void)
 {
-	int fd = open("/dev/iommu", O_RDWR);
-	CHECK(fd >= 0, "open");
-	uint32_t id = uapi_ioas_alloc(fd);
-	int p[2];
-	CHECK(pipe(p) == 0, "pipe");
-	pid_t child = fork();
-	if (child == 0) {
-		char c, a[16], b[16];
-		close(p[1]);
-		if (read(p[0], &c, 1) != 1)
-			_exit(2);
-		args(a, b, fd, id);
-		char *argv[] = { self, "image", a, b, NULL };
-		execv(self, argv);
-		_exit(3);
-	}
-	close(p[0]);
-	close(fd);
-	CHECK(write(p[1], "g", 1) == 1, "go");
-	CHECK(child_ok(child), "fork + execv: the new image's calls");
-	close(p[1]);
+	CHECK(child_after_parent_closes(exec_image), "fork + execv: the new image's calls");
 }
 
 /* vfork; the child clears close-on-exec itself and calls execve. */
@@ -141,9 +120,8 @@ static void vfork_then_execve(void)
 /* posix_spawn with the fd inherited; the parent closes it at once. */
 static void posix_spawn_inherits(void)
 {
-	int fd = open("/dev/iommu", O_RDWR);
-	CHECK(fd >= 0, "open");
-	uint32_t id = uapi_ioas_alloc(fd);
+	uint32_t id;
+	int fd = uapi_open_ioas(&id);
 	char a[16], b[16];
 	args(a, b, fd, id);
 	char *argv[] = { self, "image", a, b, NULL };
@@ -153,34 +131,24 @@ static void posix_spawn_inherits(void)
 	CHECK(child_ok(child), "posix_spawn: the new image's calls");
 }
 
+/* The new image on the inherited fd, by a client's posix_spawn (the hold
+ * is made in the owner); the client closes its fd before the image runs. */
+static int spawn_image(int fd, uint32_t id)
+{
+	char a[16], b[16];
+	args(a, b, fd, id);
+	char *argv[] = { self, "image", a, b, NULL };
+	pid_t grandchild = 0;
+	int ok = posix_spawn(&grandchild, self, NULL, NULL, argv, environ) == 0;
+	close(fd);
+	return ok && child_ok(grandchild);
+}
+
 /* A client (fork child) forks again; its child execs after both the
  * owner and the client closed their fds. */
 static void client_forks_and_execs(void)
 {
-	int fd = open("/dev/iommu", O_RDWR);
-	CHECK(fd >= 0, "open");
-	uint32_t id = uapi_ioas_alloc(fd);
-	int p[2];
-	CHECK(pipe(p) == 0, "pipe");
-	pid_t child = fork();
-	if (child == 0) {
-		close(p[1]);
-		char c, a[16], b[16];
-		if (read(p[0], &c, 1) != 1)
-			_exit(2);
-		args(a, b, fd, id);
-		char *argv[] = { self, "image", a, b, NULL };
-		pid_t grandchild = 0;
-		/* a client's posix_spawn: the hold is made in the owner */
-		int ok = posix_spawn(&grandchild, self, NULL, NULL, argv, environ) == 0;
-		close(fd);
-		_exit(ok && child_ok(grandchild) ? 0 : 1);
-	}
-	close(p[0]);
-	close(fd);
-	CHECK(write(p[1], "g", 1) == 1, "go");
-	CHECK(child_ok(child), "a client's posix_spawn: the new image's calls");
-	close(p[1]);
+	CHECK(child_after_parent_closes(spawn_image), "a client's posix_spawn: the new image's calls");
 }
 
 /* The owner itself execs: the new image keeps the context (a keeper
@@ -209,23 +177,15 @@ static void owner_execs_with_pinned_memory(void)
 		long pg = sysconf(_SC_PAGESIZE);
 		int fd = open("/dev/iommu", O_RDWR);
 		uint32_t ioas = fd >= 0 ? uapi_ioas_alloc(fd) : 0;
-		struct iommu_test_cmd d = { .size = sizeof(d), .op = IOMMU_TEST_OP_MOCK_DOMAIN,
-					    .id = ioas };
 		unsigned char *buf = mmap(NULL, 4 * pg, PROT_READ | PROT_WRITE,
 					  MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-		if (buf == MAP_FAILED || ioctl(fd, IOMMU_TEST_CMD, &d))
+		if (buf == MAP_FAILED || uapi_mock_domain(fd, ioas))
 			_exit(4);
 		memset(buf, 0x3e, 4 * pg);
-		struct iommu_ioas_map m = {
-			.size = sizeof(m),
-			.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE |
-				 IOMMU_IOAS_MAP_WRITEABLE,
-			.ioas_id = ioas,
-			.user_va = (uintptr_t)buf,
-			.length = 4 * pg,
-			.iova = 0x1000000,
-		};
-		if (ioctl(fd, IOMMU_IOAS_MAP, &m))
+		uint64_t iova = 0x1000000;
+		if (uapi_ioas_map(fd, ioas, buf, 4 * pg, &iova,
+				  IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE |
+					  IOMMU_IOAS_MAP_WRITEABLE))
 			_exit(5);
 		char a[16], b[16];
 		args(a, b, fd, ioas);
@@ -236,41 +196,21 @@ static void owner_execs_with_pinned_memory(void)
 	CHECK(child_ok(owner), "the owner's new image read the old image's pinned pages");
 }
 
+/* An owner's part: exec /bin/true, which does not inherit `fd`. */
+static int exec_true(int fd)
+{
+	(void)fd;
+	char *argv[] = { "true", NULL };
+	execv("/bin/true", argv);
+	return 0;
+}
+
 /* The owner execs a program that does not inherit the fd while a client
  * (its fork child) holds one: the client's calls still work. */
 static void owner_execs_under_a_client(void)
 {
-	int go[2], done[2];
-	CHECK(pipe(go) == 0 && pipe(done) == 0, "pipe");
-	pid_t owner = fork();
-	if (owner == 0) {
-		int fd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
-		uint32_t id = fd >= 0 ? uapi_ioas_alloc(fd) : 0;
-		pid_t client = fork();
-		if (client == 0) {
-			char c;
-			close(go[1]);
-			close(done[0]);
-			if (read(go[0], &c, 1) != 1)
-				_exit(2);
-			uint32_t mine = uapi_ioas_alloc(fd);
-			c = mine && uapi_destroy(fd, mine) == 0 && uapi_destroy(fd, id) == 0 ? 'y' : 'n';
-			_exit(write(done[1], &c, 1) == 1 ? 0 : 1);
-		}
-		char *argv[] = { "true", NULL };
-		execv("/bin/true", argv);
-		_exit(3);
-	}
-	close(go[0]);
-	close(done[1]);
-	/* the owner's new image has run and exited */
-	CHECK(child_ok(owner), "the owner ran /bin/true");
-	CHECK(write(go[1], "g", 1) == 1, "go");
-	char c = 0;
-	CHECK(read(done[0], &c, 1) == 1 && c == 'y', "the client's calls after the owner's exec (%c)",
-	      c);
-	close(go[1]);
-	close(done[0]);
+	CHECK(client_after_owner(O_RDWR | O_CLOEXEC, exec_true, uapi_calls_work),
+	      "the client's calls after the owner's exec of /bin/true");
 }
 
 /* VmPin of this process, in kB (-1 when not found). */
@@ -292,43 +232,33 @@ static long vm_pin(void)
 static void unclaimed_reference_ends_with_the_image(void)
 {
 	long pg = sysconf(_SC_PAGESIZE);
-	int fd = open("/dev/iommu", O_RDWR);
-	CHECK(fd >= 0, "open");
-	uint32_t ioas = uapi_ioas_alloc(fd);
-	struct iommu_test_cmd d = { .size = sizeof(d), .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = ioas };
-	CHECK(ioctl(fd, IOMMU_TEST_CMD, &d) == 0, "MOCK_DOMAIN");
+	uint32_t ioas;
+	int fd = uapi_open_ioas(&ioas);
+	CHECK(uapi_mock_domain(fd, ioas) == 0, "MOCK_DOMAIN");
 	void *buf = mmap(NULL, 16 * pg, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
 	CHECK(buf != MAP_FAILED, "mmap");
-	struct iommu_ioas_map m = {
-		.size = sizeof(m),
-		.flags = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-		.ioas_id = ioas,
-		.user_va = (uintptr_t)buf,
-		.length = 16 * pg,
-	};
-	CHECK(ioctl(fd, IOMMU_IOAS_MAP, &m) == 0, "IOAS_MAP into a mock domain");
+	uint64_t iova = 0;
+	CHECK(uapi_ioas_map(fd, ioas, buf, 16 * pg, &iova,
+			    IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE) == 0,
+	      "IOAS_MAP into a mock domain");
 	long pinned = vm_pin();
 	CHECK(pinned >= 16 * pg / 1024, "VmPin %ld kB while mapped", pinned);
 	int p[2];
 	CHECK(pipe(p) == 0, "pipe");
 	pid_t child = fork();
 	if (child == 0) {
-		char c;
-		close(p[1]);
-		if (read(p[0], &c, 1) != 1)
+		if (await_go(p))
 			_exit(2);
 		char *argv[] = { "true", NULL };
 		char *envp[] = { "PATH=/usr/bin:/bin", NULL };
 		execve("/bin/true", argv, envp);
 		_exit(3);
 	}
-	close(p[0]);
 	/* the child's reference alone holds the context from here */
 	close(fd);
 	CHECK(vm_pin() == pinned, "still pinned while the child holds the fd");
-	CHECK(write(p[1], "g", 1) == 1, "go");
+	CHECK(send_go(p) == 0, "go");
 	CHECK(child_ok(child), "the child ran /bin/true");
-	close(p[1]);
 	long now = vm_pin();
 	for (int i = 0; i < 200 && now != pinned - 16 * pg / 1024; i++) {
 		usleep(10000);

@@ -36,6 +36,7 @@
 #include "uapi_test.h"
 
 #define IOVA 0x1000000ull /* inside the mock aperture */
+#define MAP_FIXED_RW (IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE)
 
 static void objects_of_children(void)
 {
@@ -67,66 +68,32 @@ static void objects_of_children(void)
 	close(fd);
 }
 
+/* The context lives while a child holds the fd, after the parent closed
+ * its own. */
 static void outlives_the_parents_fd(void)
 {
-	int fd = open("/dev/iommu", O_RDWR);
-	CHECK(fd >= 0, "open");
-	uint32_t ioas = uapi_ioas_alloc(fd);
-	int p[2];
-	CHECK(pipe(p) == 0, "pipe");
-	pid_t child = fork();
-	if (child == 0) {
-		char c;
-		close(p[1]);
-		if (read(p[0], &c, 1) != 1)
-			_exit(2);
-		/* the parent has closed its fd: the context is still ours */
-		_exit(uapi_ioas_alloc(fd) && uapi_destroy(fd, ioas) == 0 ? 0 : 1);
-	}
-	close(p[0]);
-	close(fd);
-	CHECK(write(p[1], "g", 1) == 1, "go");
-	CHECK(child_ok(child), "the child's calls after the parent's close");
-	close(p[1]);
+	CHECK(child_after_parent_closes(uapi_calls_work), "the child's calls after the parent's close");
 }
 
 static void shared_memory_in_a_domain(void)
 {
 	long pg = sysconf(_SC_PAGESIZE);
-	int fd = open("/dev/iommu", O_RDWR);
-	CHECK(fd >= 0, "open");
-	uint32_t ioas = uapi_ioas_alloc(fd);
-	struct iommu_test_cmd d = { .size = sizeof(d), .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = ioas };
-	CHECK(ioctl(fd, IOMMU_TEST_CMD, &d) == 0, "MOCK_DOMAIN");
-	struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_CREATE_ACCESS, .id = ioas };
-	CHECK(ioctl(fd, IOMMU_TEST_CMD, &c) == 0, "CREATE_ACCESS");
+	uint32_t ioas;
+	int fd = uapi_open_ioas(&ioas);
+	CHECK(uapi_mock_domain(fd, ioas) == 0, "MOCK_DOMAIN");
+	int access = uapi_create_access(fd, ioas, 0);
+	CHECK(access >= 0, "CREATE_ACCESS");
 	unsigned char *buf = mmap(NULL, 2 * pg, PROT_READ | PROT_WRITE,
 				  MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	CHECK(buf != MAP_FAILED, "mmap");
 	pid_t child = fork();
 	if (child == 0) {
 		memset(buf, 0x3c, 2 * pg);
-		struct iommu_ioas_map m = {
-			.size = sizeof(m),
-			.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE |
-				 IOMMU_IOAS_MAP_WRITEABLE,
-			.ioas_id = ioas,
-			.user_va = (uintptr_t)buf,
-			.length = 2 * pg,
-			.iova = IOVA,
-		};
-		_exit(ioctl(fd, IOMMU_IOAS_MAP, &m) == 0 ? 0 : 1);
+		uint64_t iova = IOVA;
+		_exit(uapi_ioas_map(fd, ioas, buf, 2 * pg, &iova, MAP_FIXED_RW) == 0 ? 0 : 1);
 	}
 	CHECK(child_ok(child), "the child's IOAS_MAP into a domain");
-	unsigned char got[32] = { 0 };
-	struct iommu_test_cmd rw = { .size = sizeof(rw), .op = IOMMU_TEST_OP_ACCESS_RW,
-				     .id = c.create_access.out_access_fd };
-	rw.access_rw.iova = IOVA + pg - 16;
-	rw.access_rw.length = sizeof(got);
-	rw.access_rw.uptr = (uintptr_t)got;
-	CHECK(ioctl(fd, IOMMU_TEST_CMD, &rw) == 0, "ACCESS_RW after the child exited");
-	for (size_t i = 0; i < sizeof(got); i++)
-		CHECK(got[i] == 0x3c, "byte %zu", i);
+	CHECK(uapi_access_reads(fd, access, IOVA + pg - 16, 32, 0x3c), "ACCESS_RW after the child exited");
 	close(fd);
 }
 
@@ -135,11 +102,10 @@ static void shared_memory_in_a_domain(void)
 static void map_file_from_a_child(void)
 {
 	long pg = sysconf(_SC_PAGESIZE);
-	int fd = open("/dev/iommu", O_RDWR);
-	CHECK(fd >= 0, "open");
-	uint32_t ioas = uapi_ioas_alloc(fd);
-	struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_CREATE_ACCESS, .id = ioas };
-	CHECK(ioctl(fd, IOMMU_TEST_CMD, &c) == 0, "CREATE_ACCESS");
+	uint32_t ioas;
+	int fd = uapi_open_ioas(&ioas);
+	int access = uapi_create_access(fd, ioas, 0);
+	CHECK(access >= 0, "CREATE_ACCESS");
 	pid_t child = fork();
 	if (child == 0) {
 		int mfd = memfd_create("guest-ram", 0);
@@ -165,15 +131,7 @@ static void map_file_from_a_child(void)
 		_exit(ok ? 0 : 1);
 	}
 	CHECK(child_ok(child), "the child's IOAS_MAP_FILE");
-	unsigned char got[32] = { 0 };
-	struct iommu_test_cmd rw = { .size = sizeof(rw), .op = IOMMU_TEST_OP_ACCESS_RW,
-				     .id = c.create_access.out_access_fd };
-	rw.access_rw.iova = IOVA + pg + 100;
-	rw.access_rw.length = sizeof(got);
-	rw.access_rw.uptr = (uintptr_t)got;
-	CHECK(ioctl(fd, IOMMU_TEST_CMD, &rw) == 0, "ACCESS_RW of the child's file");
-	for (size_t i = 0; i < sizeof(got); i++)
-		CHECK(got[i] == 0x77, "byte %zu", i);
+	CHECK(uapi_access_reads(fd, access, IOVA + pg + 100, 32, 0x77), "ACCESS_RW of the child's file");
 	close(fd);
 }
 
@@ -218,44 +176,24 @@ static void fault_fd_in_a_child(void)
 static void engine_fds_made_by_a_child(void)
 {
 	long pg = sysconf(_SC_PAGESIZE);
-	int fd = open("/dev/iommu", O_RDWR);
-	CHECK(fd >= 0, "open");
-	uint32_t ioas = uapi_ioas_alloc(fd);
+	uint32_t ioas;
+	int fd = uapi_open_ioas(&ioas);
 	unsigned char *buf = mmap(NULL, pg, PROT_READ | PROT_WRITE, MAP_SHARED | MAP_ANONYMOUS, -1, 0);
 	CHECK(buf != MAP_FAILED, "mmap");
 	memset(buf, 0x6b, pg);
-	struct iommu_ioas_map m = {
-		.size = sizeof(m),
-		.flags = IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE,
-		.ioas_id = ioas,
-		.user_va = (uintptr_t)buf,
-		.length = pg,
-		.iova = IOVA,
-	};
-	CHECK(ioctl(fd, IOMMU_IOAS_MAP, &m) == 0, "IOAS_MAP");
+	uint64_t iova = IOVA;
+	CHECK(uapi_ioas_map(fd, ioas, buf, pg, &iova, MAP_FIXED_RW) == 0, "IOAS_MAP");
 	pid_t child = fork();
 	if (child == 0) {
 		int ok = 1;
 #define C(x) ok = ok && (x)
 		/* an access made here, used here */
-		struct iommu_test_cmd c = { .size = sizeof(c), .op = IOMMU_TEST_OP_CREATE_ACCESS,
-					    .id = ioas };
-		C(ioctl(fd, IOMMU_TEST_CMD, &c) == 0);
-		int afd = c.create_access.out_access_fd;
+		int afd = uapi_create_access(fd, ioas, 0);
 		C(afd > 2 && fcntl(afd, F_GETFD) == FD_CLOEXEC);
-		unsigned char got[64] = { 0 };
-		struct iommu_test_cmd rw = { .size = sizeof(rw), .op = IOMMU_TEST_OP_ACCESS_RW,
-					     .id = afd };
-		rw.access_rw.iova = IOVA + 8;
-		rw.access_rw.length = sizeof(got);
-		rw.access_rw.uptr = (uintptr_t)got;
-		C(ioctl(fd, IOMMU_TEST_CMD, &rw) == 0);
-		for (size_t i = 0; i < sizeof(got); i++)
-			C(got[i] == 0x6b);
+		C(uapi_access_reads(fd, afd, IOVA + 8, 64, 0x6b));
 		/* a number that is no access fd of ours */
-		rw.id = 1;
-		errno = 0;
-		C(ioctl(fd, IOMMU_TEST_CMD, &rw) == -1);
+		unsigned char got[8];
+		C(uapi_access_rw(fd, 1, IOVA + 8, got, sizeof(got), 0) == -1);
 		/* a fault queue made here: its faults read and answered here */
 		uint32_t idev = 0;
 		int ffd = uapi_faulting_mock_device(fd, uapi_ioas_alloc(fd), &idev);
@@ -293,9 +231,7 @@ static void engine_fds_made_by_a_child(void)
 		errno = 0;
 		C(uapi_destroy(fd, ioas) == -1 && errno == EBUSY);
 		C(close(afd) == 0);
-		rw.id = afd;
-		errno = 0;
-		C(ioctl(fd, IOMMU_TEST_CMD, &rw) == -1);
+		C(uapi_access_rw(fd, afd, IOVA + 8, got, sizeof(got), 0) == -1);
 		C(uapi_destroy(fd, ioas) == 0);
 		close(ffd);
 #undef C
@@ -308,38 +244,26 @@ static void engine_fds_made_by_a_child(void)
 	close(fd);
 }
 
+/* An owner's part: exit at once. */
+static int just_exit(int fd)
+{
+	(void)fd;
+	return 1;
+}
+
+/* A client's part: a call is EIO. */
+static int calls_are_eio(int fd, uint32_t ioas)
+{
+	(void)ioas;
+	errno = 0;
+	return uapi_ioas_alloc(fd) == 0 && errno == EIO;
+}
+
 /* The owner's exit ends its contexts (a documented difference: the kernel
  * keeps the file while any process holds it): the child's calls are EIO. */
 static void owner_exit(void)
 {
-	int p[2], res[2];
-	CHECK(pipe(p) == 0 && pipe(res) == 0, "pipe");
-	pid_t owner = fork();
-	if (owner == 0) {
-		int fd = open("/dev/iommu", O_RDWR);
-		pid_t child = fork();
-		if (child == 0) {
-			char c;
-			close(p[1]);
-			close(res[0]);
-			/* end of file: the owner has exited */
-			if (read(p[0], &c, 1) != 0)
-				_exit(2);
-			struct iommu_ioas_alloc a = { .size = sizeof(a) };
-			errno = 0;
-			int r = ioctl(fd, IOMMU_IOAS_ALLOC, &a);
-			c = r == -1 && errno == EIO ? 'y' : 'n';
-			_exit(write(res[1], &c, 1) == 1 ? 0 : 1);
-		}
-		_exit(fd >= 0 && uapi_ioas_alloc(fd) ? 0 : 1);
-	}
-	close(p[0]);
-	close(p[1]);
-	close(res[1]);
-	CHECK(child_ok(owner), "the owner");
-	char c = 0;
-	CHECK(read(res[0], &c, 1) == 1 && c == 'y', "EIO after the owner's exit (%c)", c);
-	close(res[0]);
+	CHECK(client_after_owner(O_RDWR, just_exit, calls_are_eio), "EIO after the owner's exit");
 }
 
 int main(void)

@@ -9,12 +9,14 @@
 #define UAPI_TEST_H
 
 #include <errno.h>
+#include <fcntl.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
 #include <sys/wait.h>
+#include <unistd.h>
 
 /* Checks that failed (atomic: some programs check from several threads). */
 static atomic_int failures;
@@ -265,6 +267,59 @@ static inline int uapi_access_rw(int fd, uint32_t access, uint64_t iova, void *b
 	return uapi_test_cmd(fd, &c);
 }
 
+/* IOMMU_TEST_OP_MOCK_DOMAIN: a mock device whose domain is attached to
+ * IOAS `ioas`: ioctl's result. */
+static inline int uapi_mock_domain(int fd, uint32_t ioas)
+{
+	struct iommu_test_cmd d = { .op = IOMMU_TEST_OP_MOCK_DOMAIN, .id = ioas };
+	return uapi_test_cmd(fd, &d);
+}
+
+/* IOMMU_TEST_OP_CREATE_ACCESS on IOAS `ioas`: the new access's fd, -1 on
+ * failure. */
+static inline int uapi_create_access(int fd, uint32_t ioas, uint32_t flags)
+{
+	struct iommu_test_cmd c = { .op = IOMMU_TEST_OP_CREATE_ACCESS, .id = ioas };
+	c.create_access.flags = flags;
+	if (uapi_test_cmd(fd, &c))
+		return -1;
+	return (int)c.create_access.out_access_fd;
+}
+
+/* IOMMU_IOAS_MAP of `len` bytes at `buf` into IOAS `ioas`: at *iova with
+ * IOMMU_IOAS_MAP_FIXED_IOVA in `flags`, else where the kernel picks (then
+ * written to *iova); ioctl's result. */
+static inline int uapi_ioas_map(int fd, uint32_t ioas, void *buf, uint64_t len, uint64_t *iova,
+				uint32_t flags)
+{
+	struct iommu_ioas_map m = {
+		.size = sizeof(m),
+		.flags = flags,
+		.ioas_id = ioas,
+		.user_va = (uintptr_t)buf,
+		.length = len,
+		.iova = *iova,
+	};
+	int r = ioctl(fd, IOMMU_IOAS_MAP, &m);
+	if (r == 0)
+		*iova = m.iova;
+	return r;
+}
+
+/* Whether the `len` bytes (at most 256) that access `access` reads at
+ * `iova` are all `byte`. */
+static inline int uapi_access_reads(int fd, uint32_t access, uint64_t iova, size_t len,
+				    unsigned char byte)
+{
+	unsigned char got[256];
+	if (len > sizeof(got) || uapi_access_rw(fd, access, iova, got, len, 0))
+		return 0;
+	for (size_t i = 0; i < len; i++)
+		if (got[i] != byte)
+			return 0;
+	return 1;
+}
+
 /* IOMMU_IOAS_ALLOC: the new IOAS's ID, 0 on failure. */
 static inline uint32_t uapi_ioas_alloc(int fd)
 {
@@ -281,11 +336,100 @@ static inline int uapi_destroy(int fd, uint32_t id)
 	return ioctl(fd, IOMMU_DESTROY, &d);
 }
 
+/* A child's side of the go pipe `p` (from pipe(2)): wait for the parent's
+ * byte; 0 when it came. */
+static inline int await_go(int p[2])
+{
+	char c;
+	close(p[1]);
+	return read(p[0], &c, 1) == 1 ? 0 : -1;
+}
+
+/* The parent's side of the go pipe `p`: the byte the child waits for, then
+ * both ends closed; 0 when it was written. */
+static inline int send_go(int p[2])
+{
+	int r = write(p[1], "g", 1) == 1 ? 0 : -1;
+	close(p[0]);
+	close(p[1]);
+	return r;
+}
+
 /* Whether child PID exited with status 0 (waits for it). */
 static inline int child_ok(pid_t pid)
 {
 	int st = 0;
 	return waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+/* Open /dev/iommu and allocate an IOAS, its ID in *ioas (both checked):
+ * the fd. */
+static inline int uapi_open_ioas(uint32_t *ioas)
+{
+	int fd = open("/dev/iommu", O_RDWR);
+	CHECK(fd >= 0, "open /dev/iommu");
+	*ioas = uapi_ioas_alloc(fd);
+	CHECK(*ioas != 0, "IOAS_ALLOC");
+	return fd;
+}
+
+/* A client's check that its calls work: an IOAS of its own, and the
+ * owner's IOAS `ioas` destroyed (proof it is the owner's context). */
+static inline int uapi_calls_work(int fd, uint32_t ioas)
+{
+	uint32_t mine = uapi_ioas_alloc(fd);
+	return mine && uapi_destroy(fd, mine) == 0 && uapi_destroy(fd, ioas) == 0;
+}
+
+/* A fork child of a process that opened /dev/iommu and allocated IOAS
+ * `ioas` runs `then(fd, ioas)` once the parent has closed its fd (an exec
+ * there does not return: the new image's exit status counts). Whether
+ * `then` returned nonzero. */
+static inline int child_after_parent_closes(int (*then)(int fd, uint32_t ioas))
+{
+	uint32_t ioas;
+	int fd = uapi_open_ioas(&ioas);
+	int p[2];
+	if (pipe(p))
+		return 0;
+	pid_t child = fork();
+	if (child == 0)
+		_exit(await_go(p) == 0 && then(fd, ioas) ? 0 : 1);
+	close(fd);
+	int sent = send_go(p) == 0;
+	return child_ok(child) && sent;
+}
+
+/* A client that outlives its owner: an owner (a fork child) opens
+ * /dev/iommu with `oflags`, allocates an IOAS, forks the client and runs
+ * `owner(fd)` (nonzero when it passed; an exec does not return: the new
+ * image's exit status counts). Once the owner has exited, the client runs
+ * `client(fd, ioas)`. Whether both returned nonzero. */
+static inline int client_after_owner(int oflags, int (*owner)(int fd),
+				     int (*client)(int fd, uint32_t ioas))
+{
+	int go[2], done[2];
+	if (pipe(go) || pipe(done))
+		return 0;
+	pid_t pid = fork();
+	if (pid == 0) {
+		int fd = open("/dev/iommu", oflags);
+		uint32_t ioas = fd >= 0 ? uapi_ioas_alloc(fd) : 0;
+		pid_t c = fork();
+		if (c == 0) {
+			close(done[0]);
+			char r = await_go(go) == 0 && client(fd, ioas) ? 'y' : 'n';
+			_exit(write(done[1], &r, 1) == 1 ? 0 : 1);
+		}
+		_exit(ioas && owner(fd) ? 0 : 1);
+	}
+	close(done[1]);
+	int owner_ok = child_ok(pid);
+	int sent = send_go(go) == 0;
+	char r = 0;
+	int answered = read(done[0], &r, 1) == 1;
+	close(done[0]);
+	return owner_ok && sent && answered && r == 'y';
 }
 
 #endif

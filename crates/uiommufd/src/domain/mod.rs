@@ -27,7 +27,7 @@ mod nested;
 
 pub use dirty::DirtyBitmap;
 pub use driver::{DeviceDriver, NestingOps};
-pub use nested::{NestedDomain, UserData, UserDataArray};
+pub use nested::{NestedDataKind, NestedDomain, UserData, UserDataArray};
 
 /// Access rights of a mapping (`IOMMU_IOAS_MAP_READABLE` / `WRITEABLE`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]

@@ -46,7 +46,50 @@ pub struct UserData<'a> {
     pub mem: &'a dyn UserMemory,
 }
 
+/// A driver's one kind of nested-domain data (what
+/// [`UserData::check_nested_request`] accepts).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NestedDataKind {
+    /// The driver, as messages name it.
+    pub driver: &'static str,
+    /// Its `IOMMU_HWPT_DATA_*` type.
+    pub data_type: u32,
+    /// That type's uAPI name.
+    pub name: &'static str,
+}
+
 impl UserData<'_> {
+    /// The request check a driver's nested-domain allocation starts with:
+    /// `flags` outside `allowed`, then a data type other than the driver's
+    /// `kind`, are `EOPNOTSUPP`.
+    pub fn check_nested_request(
+        &self,
+        kind: &NestedDataKind,
+        flags: u32,
+        allowed: u32,
+    ) -> Result<()> {
+        let NestedDataKind {
+            driver,
+            data_type,
+            name,
+        } = kind;
+        if flags & !allowed != 0 {
+            bail!(
+                EOPNOTSUPP,
+                "{driver}: flags {:#x} are not supported for a nested domain",
+                flags & !allowed
+            );
+        }
+        if self.data_type != *data_type {
+            bail!(
+                EOPNOTSUPP,
+                "{driver}: nested data type {:#x} is not {name}",
+                self.data_type
+            );
+        }
+        Ok(())
+    }
+
     /// Copy the struct as a `T` of type `data_type`, whose first version ends
     /// at byte `min_len` (`iommu_copy_struct_from_user`): `EINVAL` for another
     /// type or a length outside `min_len..=size_of::<T>()`, `EFAULT` for an

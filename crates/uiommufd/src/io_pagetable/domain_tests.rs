@@ -10,9 +10,8 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use super::tests::RealBuf;
+use super::tests::{copy, errno, ok, ps, src, RealBuf};
 use super::*;
-use crate::accounting::AccountMode;
 use crate::domain::{Domain, HostAddr, Iova};
 use crate::mock::domain::{
     mock_huge_page_size, mock_io_page_size, MockDomain, MockEntry, MOCK_APERTURE_LAST,
@@ -22,22 +21,8 @@ use crate::pages::{check_accounting, Pages};
 use crate::user::{SelfMemory, UserMemory};
 use crate::vtd::VtdDomain;
 
-fn ps() -> u64 {
-    page_size()
-}
-
 fn mps() -> u64 {
     mock_io_page_size()
-}
-
-fn errno<T: std::fmt::Debug>(r: Result<T>) -> i32 {
-    r.unwrap_err().errno().0
-}
-
-fn ok(t: &IoPagetable) {
-    if let Err(e) = t.check_invariants() {
-        panic!("invariant broken: {e}");
-    }
 }
 
 /// Process-wide accounting is only exact while no other test pins, so try
@@ -53,34 +38,9 @@ fn accounting_ok() {
 }
 
 /// A pages object for exactly `[uptr, uptr + len)`, and a source for it.
-fn src(uptr: u64, len: u64, writable: bool) -> MapSource {
-    let p = Pages::new(Arc::new(SelfMemory), uptr, len, writable, AccountMode::None);
-    MapSource {
-        start_byte: uptr - p.uptr(),
-        pages: p,
-        length: len,
-    }
-}
-
 fn map(t: &IoPagetable, uptr: u64, len: u64, iova: Option<u64>, prot: Prot) -> Result<u64> {
     let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
     t.map(vec![src(uptr, len, prot.write)], len, req, prot)
-}
-
-fn copy(
-    from: &IoPagetable,
-    to: &IoPagetable,
-    iova: u64,
-    len: u64,
-    dst: Option<u64>,
-) -> Result<u64> {
-    let s = from.get_pages(iova, len)?;
-    to.map(
-        s,
-        len,
-        dst.map_or(IovaRequest::Alloc, IovaRequest::Fixed),
-        Prot::RW,
-    )
 }
 
 /// Every domain of `t` (mock or VT-d) maps every area of `t` to its user
@@ -126,6 +86,22 @@ enum Drv {
     /// VT-d second stage, 48 bits (`huge`: 2 MiB and 1 GiB leaves, else
     /// 4 KiB only).
     Vtd,
+}
+
+/// The two `#[test]`s of a driver-generic check: `$mock` runs it on mock
+/// domains, `$vtd` on VT-d domains.
+macro_rules! on_both_drivers {
+    ($check:ident: $mock:ident, $vtd:ident) => {
+        #[test]
+        fn $mock() {
+            $check(Drv::Mock);
+        }
+
+        #[test]
+        fn $vtd() {
+            $check(Drv::Vtd);
+        }
+    };
 }
 
 /// A domain of either driver.
@@ -213,14 +189,9 @@ impl Domain for Wrapped {
 
 // ---- single pinning ----
 
-#[test]
-fn domain_shared_page_is_pinned_once_in_every_order() {
-    shared_page_is_pinned_once_in_every_order(Drv::Mock);
-}
-
-#[test]
-fn domain_shared_page_is_pinned_once_in_every_order_vtd() {
-    shared_page_is_pinned_once_in_every_order(Drv::Vtd);
+on_both_drivers! {
+    shared_page_is_pinned_once_in_every_order: domain_shared_page_is_pinned_once_in_every_order,
+    domain_shared_page_is_pinned_once_in_every_order_vtd
 }
 
 fn shared_page_is_pinned_once_in_every_order(drv: Drv) {
@@ -475,14 +446,9 @@ fn domain_add_refusals_change_nothing() {
     accounting_ok();
 }
 
-#[test]
-fn domain_add_pin_failure_is_efault() {
-    domain_add_pin_failure_is_efault_on(Drv::Mock);
-}
-
-#[test]
-fn domain_add_pin_failure_is_efault_vtd() {
-    domain_add_pin_failure_is_efault_on(Drv::Vtd);
+on_both_drivers! {
+    domain_add_pin_failure_is_efault_on: domain_add_pin_failure_is_efault,
+    domain_add_pin_failure_is_efault_vtd
 }
 
 fn domain_add_pin_failure_is_efault_on(drv: Drv) {
@@ -802,14 +768,9 @@ fn domain_invariants_catch_wrong_pin_counts() {
     ok(&t);
 }
 
-#[test]
-fn domain_table_dropped_with_domain_leaves_nothing() {
-    domain_table_dropped_with_domain_leaves_nothing_on(Drv::Mock);
-}
-
-#[test]
-fn domain_table_dropped_with_domain_leaves_nothing_vtd() {
-    domain_table_dropped_with_domain_leaves_nothing_on(Drv::Vtd);
+on_both_drivers! {
+    domain_table_dropped_with_domain_leaves_nothing_on: domain_table_dropped_with_domain_leaves_nothing,
+    domain_table_dropped_with_domain_leaves_nothing_vtd
 }
 
 fn domain_table_dropped_with_domain_leaves_nothing_on(drv: Drv) {
@@ -1059,14 +1020,9 @@ fn access_rw_rules() {
     ok(&t);
 }
 
-#[test]
-fn access_unmap_notifies_and_unpins() {
-    access_unmap_notifies_and_unpins_on(Drv::Mock);
-}
-
-#[test]
-fn access_unmap_notifies_and_unpins_vtd() {
-    access_unmap_notifies_and_unpins_on(Drv::Vtd);
+on_both_drivers! {
+    access_unmap_notifies_and_unpins_on: access_unmap_notifies_and_unpins,
+    access_unmap_notifies_and_unpins_vtd
 }
 
 fn access_unmap_notifies_and_unpins_on(drv: Drv) {
@@ -1150,14 +1106,9 @@ fn access_that_refuses_is_edeadlk() {
     ok(&t);
 }
 
-#[test]
-fn access_pins_survive_domain_changes() {
-    access_pins_survive_domain_changes_on(Drv::Mock);
-}
-
-#[test]
-fn access_pins_survive_domain_changes_vtd() {
-    access_pins_survive_domain_changes_on(Drv::Vtd);
+on_both_drivers! {
+    access_pins_survive_domain_changes_on: access_pins_survive_domain_changes,
+    access_pins_survive_domain_changes_vtd
 }
 
 fn access_pins_survive_domain_changes_on(drv: Drv) {
@@ -1187,14 +1138,9 @@ fn access_pins_survive_domain_changes_on(drv: Drv) {
 
 // ---- concurrency ----
 
-#[test]
-fn domain_concurrent_map_unmap_two_domains() {
-    concurrent_map_unmap_two_domains(Drv::Mock);
-}
-
-#[test]
-fn domain_concurrent_map_unmap_two_domains_vtd() {
-    concurrent_map_unmap_two_domains(Drv::Vtd);
+on_both_drivers! {
+    concurrent_map_unmap_two_domains: domain_concurrent_map_unmap_two_domains,
+    domain_concurrent_map_unmap_two_domains_vtd
 }
 
 fn concurrent_map_unmap_two_domains(drv: Drv) {
@@ -1274,14 +1220,9 @@ fn concurrent_map_unmap_two_domains(drv: Drv) {
     accounting_ok();
 }
 
-#[test]
-fn domain_add_remove_races_with_map_unmap() {
-    add_remove_races_with_map_unmap(Drv::Mock);
-}
-
-#[test]
-fn domain_add_remove_races_with_map_unmap_vtd() {
-    add_remove_races_with_map_unmap(Drv::Vtd);
+on_both_drivers! {
+    add_remove_races_with_map_unmap: domain_add_remove_races_with_map_unmap,
+    domain_add_remove_races_with_map_unmap_vtd
 }
 
 fn add_remove_races_with_map_unmap(drv: Drv) {

@@ -10,7 +10,7 @@ use super::*;
 use crate::accounting::AccountMode;
 use crate::user::SelfMemory;
 
-fn ps() -> u64 {
+pub(super) fn ps() -> u64 {
     page_size()
 }
 
@@ -40,18 +40,8 @@ impl RealBuf {
     pub(super) fn new(npages: u64) -> RealBuf {
         let align = huge_page_size() as usize;
         let map_len = (npages * page_size()) as usize + align;
-        // SAFETY: a fresh anonymous private mapping; no existing memory is touched.
-        let map = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                map_len,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(map, libc::MAP_FAILED, "mmap of the test buffer failed");
+        let map = uiommufd_testkit::map_anon(map_len, libc::MAP_PRIVATE)
+            .expect("mmap of the test buffer");
         let addr = (map as u64).div_ceil(align as u64) * align as u64;
         RealBuf { map, map_len, addr }
     }
@@ -73,7 +63,7 @@ fn pages(uptr: u64, len: u64, writable: bool) -> Arc<Pages> {
     Pages::new(Arc::new(SelfMemory), uptr, len, writable, AccountMode::None)
 }
 
-fn src(uptr: u64, len: u64, writable: bool) -> MapSource {
+pub(super) fn src(uptr: u64, len: u64, writable: bool) -> MapSource {
     let p = pages(uptr, len, writable);
     MapSource {
         start_byte: uptr - p.uptr(),
@@ -87,11 +77,11 @@ fn map_at(t: &IoPagetable, uptr: u64, len: u64, iova: Option<u64>) -> Result<u64
     t.map(vec![src(uptr, len, true)], len, req, Prot::RW)
 }
 
-fn errno<T: std::fmt::Debug>(r: Result<T>) -> i32 {
+pub(super) fn errno<T: std::fmt::Debug>(r: Result<T>) -> i32 {
     r.unwrap_err().errno().0
 }
 
-fn copy(
+pub(super) fn copy(
     src_t: &IoPagetable,
     dst: &IoPagetable,
     src_iova: u64,
@@ -107,7 +97,7 @@ fn copy(
     )
 }
 
-fn ok(t: &IoPagetable) {
+pub(super) fn ok(t: &IoPagetable) {
     if let Err(e) = t.check_invariants() {
         panic!("invariant broken: {e}");
     }

@@ -13,7 +13,7 @@ use crate::uapi::level::UapiLevel;
 use crate::uapi::*;
 use crate::ucmd::Ucmd;
 use crate::user::page_size;
-use crate::{bail, Result};
+use crate::{bail, err, Result};
 
 use super::{access, device, dmabuf, domain, nested, MockStdev, TEMP_MEMORY_LIMIT};
 
@@ -94,10 +94,7 @@ fn check_map(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
             "MD_CHECK_MAP: iova, length and uptr must be multiples of {m:#x}"
         );
     }
-    let hwpt = u.ctx.get::<crate::hwpt::HwptPaging>(cmd.id)?;
-    let Some(mock) = hwpt.domain().as_any().downcast_ref::<domain::MockDomain>() else {
-        bail!(EINVAL, "MD_CHECK_MAP: HWPT {} is not a mock domain", cmd.id);
-    };
+    let mock = paging_mock_domain(u, cmd.id, "MD_CHECK_MAP")?;
     check_user_range(&**u.mem, c.uptr, c.length, m, |off, len| {
         mock.check_map(c.iova.wrapping_add(off), len, c.uptr + off)
             .err()?;
@@ -238,10 +235,7 @@ fn mark_dirty(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
             "DIRTY: {max} pages is more than the {MAX_BITS} the bitmap may hold"
         );
     }
-    let hwpt = u.ctx.get::<crate::hwpt::HwptPaging>(cmd.id)?;
-    let Some(mock) = hwpt.domain().as_any().downcast_ref::<domain::MockDomain>() else {
-        bail!(EINVAL, "DIRTY: HWPT {} is not a mock domain", cmd.id);
-    };
+    let mock = paging_mock_domain(u, cmd.id, "DIRTY")?;
     if !mock.dirty_tracking_enabled() {
         bail!(
             EINVAL,
@@ -308,6 +302,15 @@ fn check_dev_cache(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
     };
     mock.check_cache(c.id, c.cache)?;
     Ok(0)
+}
+
+/// The mock domain of paging HWPT `id` (`EINVAL` for another driver's);
+/// `what` names the command.
+fn paging_mock_domain(u: &Ucmd, id: u32, what: &str) -> Result<Arc<domain::MockDomain>> {
+    let hwpt = u.ctx.get::<crate::hwpt::HwptPaging>(id)?;
+    let any: Arc<dyn std::any::Any + Send + Sync> = hwpt.domain().clone();
+    any.downcast::<domain::MockDomain>()
+        .map_err(|_| err!(EINVAL, "{what}: HWPT {id} is not a mock domain"))
 }
 
 /// The selftest object `id` (`ENOENT` when it is something else).

@@ -13,7 +13,9 @@ use parking_lot::Mutex;
 
 use super::device::MockDevice;
 use super::domain::MockDomain;
-use crate::domain::{next_domain_id, Domain, NestedDomain, NestingOps, UserData, UserDataArray};
+use crate::domain::{
+    next_domain_id, Domain, NestedDataKind, NestedDomain, NestingOps, UserData, UserDataArray,
+};
 use crate::uapi::*;
 use crate::{bail, Result};
 
@@ -26,6 +28,13 @@ pub struct MockNestedDomain {
     iotlb: Mutex<[u32; MOCK_NESTED_DOMAIN_IOTLB_NUM]>,
 }
 
+/// The mock driver's nested data (`struct iommu_hwpt_selftest`).
+pub(super) const MOCK_NESTED: NestedDataKind = NestedDataKind {
+    driver: "mock driver",
+    data_type: IOMMU_HWPT_DATA_SELFTEST,
+    name: "IOMMU_HWPT_DATA_SELFTEST",
+};
+
 impl MockNestedDomain {
     /// A nested domain on mock domain `parent` with every IOTLB entry `iotlb`.
     pub fn new(parent: u64, iotlb: u32) -> Arc<MockNestedDomain> {
@@ -34,6 +43,14 @@ impl MockNestedDomain {
             parent,
             iotlb: Mutex::new([iotlb; MOCK_NESTED_DOMAIN_IOTLB_NUM]),
         })
+    }
+
+    /// A nested domain on mock domain `parent` from the user's
+    /// `struct iommu_hwpt_selftest` (`EINVAL` length, `EFAULT`).
+    pub fn from_user(parent: u64, data: &UserData<'_>) -> Result<Arc<dyn NestedDomain>> {
+        let min = offset_of!(IommuHwptSelftest, iotlb) + size_of::<u32>();
+        let cfg: IommuHwptSelftest = data.copy_struct(IOMMU_HWPT_DATA_SELFTEST, min)?;
+        Ok(MockNestedDomain::new(parent, cfg.iotlb))
     }
 
     /// The parent domain's ID.
@@ -121,25 +138,11 @@ impl NestingOps for MockDevice {
         flags: u32,
         data: &UserData<'_>,
     ) -> Result<Arc<dyn NestedDomain>> {
-        if data.data_type != IOMMU_HWPT_DATA_SELFTEST {
-            bail!(
-                EOPNOTSUPP,
-                "mock driver: nested data type {:#x} is not IOMMU_HWPT_DATA_SELFTEST",
-                data.data_type
-            );
-        }
-        if flags != 0 {
-            bail!(
-                EOPNOTSUPP,
-                "mock driver: flags {flags:#x} are not supported for a nested domain"
-            );
-        }
+        data.check_nested_request(&MOCK_NESTED, flags, 0)?;
         if !parent.as_any().is::<MockDomain>() {
             bail!(EINVAL, "mock driver: the parent is not a mock domain");
         }
-        let min = offset_of!(IommuHwptSelftest, iotlb) + size_of::<u32>();
-        let cfg: IommuHwptSelftest = data.copy_struct(IOMMU_HWPT_DATA_SELFTEST, min)?;
-        Ok(MockNestedDomain::new(parent.id(), cfg.iotlb))
+        MockNestedDomain::from_user(parent.id(), data)
     }
 
     fn check_attach_nested(&self, domain: &dyn NestedDomain) -> Result<()> {

@@ -14,7 +14,7 @@ use parking_lot::Mutex;
 use zerocopy::{FromBytes, IntoBytes};
 
 use super::device::MockDevice;
-use super::nested::MockNestedDomain;
+use super::nested::{MockNestedDomain, MOCK_NESTED};
 use crate::device::Device;
 use crate::domain::Domain;
 use crate::domain::{HostAddr, Iova, NestedDomain, UserData, UserDataArray};
@@ -134,23 +134,8 @@ impl ViommuOps for MockViommu {
         flags: u32,
         data: &UserData<'_>,
     ) -> Result<Arc<dyn NestedDomain>> {
-        if flags & !IOMMU_HWPT_ALLOC_PASID != 0 {
-            bail!(
-                EOPNOTSUPP,
-                "mock vIOMMU: flags {:#x} are not supported for a nested domain",
-                flags & !IOMMU_HWPT_ALLOC_PASID
-            );
-        }
-        if data.data_type != IOMMU_HWPT_DATA_SELFTEST {
-            bail!(
-                EOPNOTSUPP,
-                "mock vIOMMU: nested data type {:#x} is not IOMMU_HWPT_DATA_SELFTEST",
-                data.data_type
-            );
-        }
-        let min = offset_of!(IommuHwptSelftest, iotlb) + size_of::<u32>();
-        let cfg: IommuHwptSelftest = data.copy_struct(IOMMU_HWPT_DATA_SELFTEST, min)?;
-        Ok(MockNestedDomain::new(self.parent.id(), cfg.iotlb))
+        data.check_nested_request(&MOCK_NESTED, flags, IOMMU_HWPT_ALLOC_PASID)?;
+        MockNestedDomain::from_user(self.parent.id(), data)
     }
 
     /// `mock_viommu_cache_invalidate`: an empty array of the right type

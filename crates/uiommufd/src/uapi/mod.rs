@@ -121,7 +121,8 @@ pub const IOMMU_HW_CAP_PCI_PASID_PRIV: u64 = 1 << 2;
 pub const IOMMU_HWPT_DIRTY_TRACKING_ENABLE: u32 = 1;
 pub const IOMMU_HWPT_GET_DIRTY_BITMAP_NO_CLEAR: u32 = 1;
 
-/// Generates the zerocopy derives every ABI struct needs.
+/// Generates the zerocopy derives every ABI struct needs (the user imports
+/// `zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout}`).
 macro_rules! abi_struct {
     ($(#[$m:meta])* pub struct $name:ident { $($(#[$fm:meta])* pub $f:ident : $t:ty),* $(,)? }) => {
         $(#[$m])*
@@ -135,6 +136,7 @@ macro_rules! abi_struct {
         }
     };
 }
+pub(crate) use abi_struct;
 
 // The selftest's part of the uAPI (after the macro, which it uses).
 #[cfg(feature = "selftest")]

@@ -38,10 +38,8 @@
 //!     fn layout(&self) -> PciLayout {
 //!         let bar = Bar::registers(4096);
 //!         PciLayout {
-//!             ids: PciIds { vendor: 0x1b36, device: 0x7f00, revision: 0, class: 0xff0000,
-//!                           subsystem_vendor: 0, subsystem_device: 0 },
 //!             bars: [Some(bar), None, None, None, None, None],
-//!             intx_pin: 0, msi_vectors: 0, msix: None, pasid_log2: 0,
+//!             ..PciLayout::new(PciIds::new(0x1b36, 0x7f00, 0xff0000))
 //!         }
 //!     }
 //!     fn bar_read(&self, _bar: u8, _off: u64, data: &mut [u8]) { data.fill(0) }

@@ -30,6 +30,21 @@ pub struct PciIds {
     pub subsystem_device: u16,
 }
 
+impl PciIds {
+    /// Device `device` of vendor `vendor`, of class `class`, revision 0,
+    /// with no subsystem IDs (0).
+    pub const fn new(vendor: u16, device: u16, class: u32) -> PciIds {
+        PciIds {
+            vendor,
+            device,
+            revision: 0,
+            class,
+            subsystem_vendor: 0,
+            subsystem_device: 0,
+        }
+    }
+}
+
 /// One memory BAR.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Bar {
@@ -103,6 +118,22 @@ pub struct PciLayout {
     /// can tag DMA with them ([`Bus::dma_read_pasid`]); the config space
     /// does not show the extended capability itself.
     pub pasid_log2: u8,
+}
+
+impl PciLayout {
+    /// A function with identity `ids` and nothing else: no BARs, no
+    /// interrupts, no PASIDs (what it has is set with struct update
+    /// syntax: `PciLayout { intx_pin: 1, ..PciLayout::new(ids) }`).
+    pub const fn new(ids: PciIds) -> PciLayout {
+        PciLayout {
+            ids,
+            bars: [None; 6],
+            intx_pin: 0,
+            msi_vectors: 0,
+            msix: None,
+            pasid_log2: 0,
+        }
+    }
 }
 
 /// The device's side of the machine: DMA through its IOMMU domain and its

@@ -56,15 +56,16 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
+use zerocopy::{FromBytes, Immutable, IntoBytes, KnownLayout};
 
 use super::domain::VtdDomain;
 use super::driver::VtdDriver;
 use super::Fault;
 use crate::domain::{
-    next_domain_id, DirtyBitmap, Domain, HostAddr, Iova, NestedDomain, NestingOps, Prot, UserData,
-    UserDataArray,
+    next_domain_id, DirtyBitmap, Domain, HostAddr, Iova, NestedDataKind, NestedDomain, NestingOps,
+    Prot, UserData, UserDataArray,
 };
-use crate::uapi::IOMMU_HWPT_DATA_VTD_S1;
+use crate::uapi::{abi_struct, IOMMU_HWPT_DATA_VTD_S1};
 use crate::user::{SelfMemory, UserMemory};
 use crate::{bail, Result};
 
@@ -80,54 +81,39 @@ pub const IOMMU_VTD_S1_EAFE: u64 = 1 << 1;
 /// `IOMMU_VTD_S1_WPE`: write protect for supervisor requests.
 pub const IOMMU_VTD_S1_WPE: u64 = 1 << 2;
 
-/// `struct iommu_hwpt_vtd_s1` (`IOMMU_HWPT_DATA_VTD_S1`).
-#[repr(C)]
-#[derive(
-    Debug,
-    Default,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    zerocopy::FromBytes,
-    zerocopy::IntoBytes,
-    zerocopy::Immutable,
-    zerocopy::KnownLayout,
-)]
-pub struct IommuHwptVtdS1 {
-    /// `IOMMU_VTD_S1_*`.
-    pub flags: u64,
-    /// The first-stage root table's address in the parent's IOVA space.
-    pub pgtbl_addr: u64,
-    /// 48 (4 levels) or 57 (5 levels).
-    pub addr_width: u32,
-    /// Not checked (as the kernel).
-    pub __reserved: u32,
+/// The VT-d driver's nested data: a first-stage table.
+const VTD_S1: NestedDataKind = NestedDataKind {
+    driver: "VT-d",
+    data_type: IOMMU_HWPT_DATA_VTD_S1,
+    name: "IOMMU_HWPT_DATA_VTD_S1",
+};
+
+abi_struct! {
+    /// `struct iommu_hwpt_vtd_s1` (`IOMMU_HWPT_DATA_VTD_S1`).
+    pub struct IommuHwptVtdS1 {
+        /// `IOMMU_VTD_S1_*`.
+        pub flags: u64,
+        /// The first-stage root table's address in the parent's IOVA space.
+        pub pgtbl_addr: u64,
+        /// 48 (4 levels) or 57 (5 levels).
+        pub addr_width: u32,
+        /// Not checked (as the kernel).
+        pub __reserved: u32,
+    }
 }
 
-/// `struct iommu_hwpt_vtd_s1_invalidate`.
-#[repr(C)]
-#[derive(
-    Debug,
-    Default,
-    Clone,
-    Copy,
-    PartialEq,
-    Eq,
-    zerocopy::FromBytes,
-    zerocopy::IntoBytes,
-    zerocopy::Immutable,
-    zerocopy::KnownLayout,
-)]
-pub struct IommuHwptVtdS1Invalidate {
-    /// First IOVA, 4 KiB aligned.
-    pub addr: u64,
-    /// Number of 4 KiB pages (`u64::MAX` with `addr` 0: everything).
-    pub npages: u64,
-    /// `IOMMU_VTD_INV_FLAGS_*`.
-    pub flags: u32,
-    /// Must be zero.
-    pub __reserved: u32,
+abi_struct! {
+    /// `struct iommu_hwpt_vtd_s1_invalidate`.
+    pub struct IommuHwptVtdS1Invalidate {
+        /// First IOVA, 4 KiB aligned.
+        pub addr: u64,
+        /// Number of 4 KiB pages (`u64::MAX` with `addr` 0: everything).
+        pub npages: u64,
+        /// `IOMMU_VTD_INV_FLAGS_*`.
+        pub flags: u32,
+        /// Must be zero.
+        pub __reserved: u32,
+    }
 }
 
 const _: () = {
@@ -737,19 +723,7 @@ impl NestingOps for VtdDriver {
         flags: u32,
         data: &UserData<'_>,
     ) -> Result<Arc<dyn NestedDomain>> {
-        if flags != 0 {
-            bail!(
-                EOPNOTSUPP,
-                "VT-d: flags {flags:#x} are not supported for a nested domain"
-            );
-        }
-        if data.data_type != IOMMU_HWPT_DATA_VTD_S1 {
-            bail!(
-                EOPNOTSUPP,
-                "VT-d: nested data type {:#x} is not IOMMU_HWPT_DATA_VTD_S1",
-                data.data_type
-            );
-        }
+        data.check_nested_request(&VTD_S1, flags, 0)?;
         let any: Arc<dyn Any + Send + Sync> = parent.clone();
         let Ok(s2) = any.downcast::<VtdDomain>() else {
             bail!(EINVAL, "VT-d: the parent is not a VT-d domain");
@@ -811,18 +785,7 @@ mod tests {
 
     impl Mem {
         fn new() -> Mem {
-            // SAFETY: a fresh anonymous mapping.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    (PAGES * 4096) as usize,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(p, libc::MAP_FAILED);
+            let p = uiommufd_testkit::map_anon((PAGES * 4096) as usize, libc::MAP_PRIVATE).unwrap();
             Mem(p as u64)
         }
         fn host(&self, page: u64) -> u64 {
@@ -846,6 +809,13 @@ mod tests {
     }
 
     const URW: u64 = fl::P | fl::RW | fl::US;
+
+    /// The 4-level path of IOVA 0: root page 0 → 1 → 2 → page 3, the PT.
+    fn table_path(m: &Mem) {
+        m.set(0, 0, 4096 | URW);
+        m.set(1, 0, (2 * 4096) | URW);
+        m.set(2, 0, (3 * 4096) | URW);
+    }
 
     /// A parent mapping guest page i to host page i (all of them, RW).
     fn parent(m: &Mem) -> Arc<VtdDomain> {
@@ -933,9 +903,7 @@ mod tests {
         let m = Mem::new();
         let p = parent(&m);
         let n = nested(&p, 48);
-        m.set(0, 0, 4096 | URW);
-        m.set(1, 0, (2 * 4096) | URW);
-        m.set(2, 0, (3 * 4096) | URW);
+        table_path(&m);
         m.set(3, 0, (10 * 4096) | URW);
         m.set(3, 1, (11 * 4096) | fl::P | fl::US);
         assert_eq!(n.translate(0, 8, false).unwrap().0, m.host(10));
@@ -988,9 +956,7 @@ mod tests {
         p.map(Iova(0), HostAddr(m.host(0)), PAGES * 4096, Prot::RW, 4096)
             .unwrap();
         let n = nested(&p, 48);
-        m.set(0, 0, 4096 | URW);
-        m.set(1, 0, (2 * 4096) | URW);
-        m.set(2, 0, (3 * 4096) | URW);
+        table_path(&m);
         m.set(3, 0, (10 * 4096) | URW);
         m.set(3, 1, (11 * 4096) | fl::P | fl::US);
         let mut tlb = Iotlb::nested(n.clone());
@@ -1083,9 +1049,7 @@ mod tests {
         let m = Mem::new();
         let p = parent(&m);
         let n = nested(&p, 48);
-        m.set(0, 0, 4096 | URW);
-        m.set(1, 0, (2 * 4096) | URW);
-        m.set(2, 0, (3 * 4096) | URW);
+        table_path(&m);
         m.set(3, 0, (10 * 4096) | URW);
         // the PT page write-protected in the process: A cannot be set
         let protect = |page: u64, prot: i32| {

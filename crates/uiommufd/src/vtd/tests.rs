@@ -18,6 +18,12 @@ fn errno<T: std::fmt::Debug>(r: crate::Result<T>) -> i32 {
     r.unwrap_err().errno().0
 }
 
+/// Map `[iova, iova + len)` of `d` to host `host` with `prot`, any page
+/// size.
+fn map(d: &VtdDomain, iova: u64, host: u64, len: u64, prot: Prot) -> crate::Result<()> {
+    d.map(Iova(iova), HostAddr(host), len, prot, u64::MAX)
+}
+
 fn dirty_bits(d: &VtdDomain, iova: u64, len: u64, clear: bool) -> Vec<u64> {
     let last = iova + len - 1;
     let mut w = vec![0u64; (len / K4).div_ceil(64) as usize];
@@ -45,24 +51,15 @@ fn geometry_and_entry_format() {
         assert_eq!(d.pgsize_bitmap(), K4 | M2 | G1);
     }
     let d = VtdDomain::new(48, false).unwrap();
-    d.map(
-        Iova(0x1000),
-        HostAddr(HOST + 0x5000),
-        K4,
-        Prot::RO,
-        u64::MAX,
-    )
-    .unwrap();
+    map(&d, 0x1000, HOST + 0x5000, K4, Prot::RO).unwrap();
     let l = d.lookup(0x1000).unwrap();
     assert_eq!(l.level, 1);
     assert_eq!(l.value, (HOST + 0x5000) | PTE_R | PTE_SNP);
-    d.map(Iova(M2), HostAddr(HOST + M2), M2, Prot::RW, u64::MAX)
-        .unwrap();
+    map(&d, M2, HOST + M2, M2, Prot::RW).unwrap();
     let l = d.lookup(M2 + 5).unwrap();
     assert_eq!(l.level, 2);
     assert_eq!(l.value, (HOST + M2) | PTE_R | PTE_W | PTE_PS | PTE_SNP);
-    d.map(Iova(G1), HostAddr(HOST), G1, Prot::RW, u64::MAX)
-        .unwrap();
+    map(&d, G1, HOST, G1, Prot::RW).unwrap();
     assert_eq!(d.lookup(G1 + 12345).unwrap().level, 3);
     assert_eq!(
         d.iova_to_phys(Iova(G1 + 12345)),
@@ -76,14 +73,7 @@ fn geometry_and_entry_format() {
 fn page_sizes_follow_alignment_and_max_pgsize() {
     let d = VtdDomain::new(48, false).unwrap();
     // IOVA 2 MiB aligned, host not: 4 KiB leaves only
-    d.map(
-        Iova(4 * M2),
-        HostAddr(HOST + K4),
-        2 * M2,
-        Prot::RW,
-        u64::MAX,
-    )
-    .unwrap();
+    map(&d, 4 * M2, HOST + K4, 2 * M2, Prot::RW).unwrap();
     assert_eq!(d.leaf(4 * M2).unwrap().1, K4);
     assert_eq!(d.unmap(4 * M2, 2 * M2), 2 * M2);
     // capped at 4 KiB
@@ -92,14 +82,7 @@ fn page_sizes_follow_alignment_and_max_pgsize() {
     assert_eq!(d.leaf(8 * M2).unwrap().1, K4);
     assert_eq!(d.unmap(8 * M2, 2 * M2), 2 * M2);
     // mixed: 4 KiB head, 2 MiB body, 4 KiB tail
-    d.map(
-        Iova(16 * M2 - K4),
-        HostAddr(HOST - K4),
-        M2 + 2 * K4,
-        Prot::RW,
-        u64::MAX,
-    )
-    .unwrap();
+    map(&d, 16 * M2 - K4, HOST - K4, M2 + 2 * K4, Prot::RW).unwrap();
     assert_eq!(d.leaf(16 * M2 - K4).unwrap().1, K4);
     assert_eq!(d.leaf(16 * M2).unwrap().1, M2);
     assert_eq!(d.leaf(17 * M2).unwrap().1, K4);
@@ -107,8 +90,7 @@ fn page_sizes_follow_alignment_and_max_pgsize() {
     // a domain limited to 2 MiB never uses 1 GiB leaves
     let d2 = VtdDomain::with_max_page(39, false, M2).unwrap();
     assert_eq!(d2.pgsize_bitmap(), K4 | M2);
-    d2.map(Iova(G1), HostAddr(HOST), G1, Prot::RW, u64::MAX)
-        .unwrap();
+    map(&d2, G1, HOST, G1, Prot::RW).unwrap();
     assert_eq!(d2.leaf(G1).unwrap().1, M2);
 }
 
@@ -116,51 +98,25 @@ fn page_sizes_follow_alignment_and_max_pgsize() {
 fn map_errors_change_nothing() {
     let d = VtdDomain::new(39, false).unwrap();
     let last = (1u64 << 39) - 1;
+    assert_eq!(errno(map(&d, 0, HOST, 0, Prot::RW)), libc::EINVAL);
+    assert_eq!(errno(map(&d, 1, HOST, K4, Prot::RW)), libc::EINVAL);
+    assert_eq!(errno(map(&d, 0, HOST, K4, Prot::default())), libc::EINVAL);
     assert_eq!(
-        errno(d.map(Iova(0), HostAddr(HOST), 0, Prot::RW, u64::MAX)),
-        libc::EINVAL
-    );
-    assert_eq!(
-        errno(d.map(Iova(1), HostAddr(HOST), K4, Prot::RW, u64::MAX)),
-        libc::EINVAL
-    );
-    assert_eq!(
-        errno(d.map(Iova(0), HostAddr(HOST), K4, Prot::default(), u64::MAX)),
-        libc::EINVAL
-    );
-    assert_eq!(
-        errno(d.map(
-            Iova(last + 1 - K4),
-            HostAddr(HOST),
-            2 * K4,
-            Prot::RW,
-            u64::MAX
-        )),
+        errno(map(&d, last + 1 - K4, HOST, 2 * K4, Prot::RW)),
         libc::EINVAL,
         "past the aperture"
     );
     assert_eq!(
-        errno(d.map(Iova(0), HostAddr(1 << 52), K4, Prot::RW, u64::MAX)),
+        errno(map(&d, 0, 1 << 52, K4, Prot::RW)),
         libc::EINVAL,
         "host address beyond 52 bits"
     );
     // the aperture's last page maps
-    d.map(Iova(last + 1 - K4), HostAddr(HOST), K4, Prot::RW, u64::MAX)
-        .unwrap();
+    map(&d, last + 1 - K4, HOST, K4, Prot::RW).unwrap();
     assert_eq!(d.iova_to_phys(Iova(last)), Some(HostAddr(HOST + K4 - 1)));
     // overlap in the middle of a long map: EEXIST, and nothing new stays
-    d.map(
-        Iova(G1 + 3 * M2 + 5 * K4),
-        HostAddr(HOST),
-        K4,
-        Prot::RW,
-        u64::MAX,
-    )
-    .unwrap();
-    assert_eq!(
-        errno(d.map(Iova(G1), HostAddr(HOST), 4 * M2, Prot::RW, u64::MAX)),
-        libc::EEXIST
-    );
+    map(&d, G1 + 3 * M2 + 5 * K4, HOST, K4, Prot::RW).unwrap();
+    assert_eq!(errno(map(&d, G1, HOST, 4 * M2, Prot::RW)), libc::EEXIST);
     assert_eq!(d.iova_to_phys(Iova(G1)), None);
     assert_eq!(d.iova_to_phys(Iova(G1 + 3 * M2)), None);
     assert_eq!(
@@ -168,10 +124,9 @@ fn map_errors_change_nothing() {
         Some(HostAddr(HOST))
     );
     // over a large leaf
-    d.map(Iova(4 * G1), HostAddr(HOST), G1, Prot::RW, u64::MAX)
-        .unwrap();
+    map(&d, 4 * G1, HOST, G1, Prot::RW).unwrap();
     assert_eq!(
-        errno(d.map(Iova(4 * G1 + M2), HostAddr(HOST), K4, Prot::RW, u64::MAX)),
+        errno(map(&d, 4 * G1 + M2, HOST, K4, Prot::RW)),
         libc::EEXIST
     );
     assert_eq!(d.unmap(0, 1 << 39), 2 * K4 + G1);
@@ -182,8 +137,7 @@ fn map_errors_change_nothing() {
 fn partial_unmaps_split_large_leaves() {
     let d = VtdDomain::new(48, true).unwrap();
     d.set_dirty_tracking(true).unwrap();
-    d.map(Iova(G1), HostAddr(HOST), G1, Prot::RW, u64::MAX)
-        .unwrap();
+    map(&d, G1, HOST, G1, Prot::RW).unwrap();
     assert!(d.set_dirty(G1 + 7 * M2));
     // a 4 KiB hole in the middle of the 1 GiB leaf
     assert_eq!(d.unmap(G1 + 5 * M2 + 3 * K4, K4), K4);
@@ -208,16 +162,8 @@ fn partial_unmaps_split_large_leaves() {
 #[test]
 fn translate_faults_and_extends_over_contiguous_leaves() {
     let d = VtdDomain::new(48, false).unwrap();
-    d.map(Iova(0x10_0000), HostAddr(HOST), 16 * K4, Prot::RO, u64::MAX)
-        .unwrap();
-    d.map(
-        Iova(0x10_0000 + 16 * K4),
-        HostAddr(HOST + 32 * K4),
-        K4,
-        Prot::RW,
-        u64::MAX,
-    )
-    .unwrap();
+    map(&d, 0x10_0000, HOST, 16 * K4, Prot::RO).unwrap();
+    map(&d, 0x10_0000 + 16 * K4, HOST + 32 * K4, K4, Prot::RW).unwrap();
     assert_eq!(
         d.translate(0x10_0010, 1 << 20, false),
         Ok((HOST + 0x10, 16 * K4 - 0x10))
@@ -244,8 +190,7 @@ fn translate_faults_and_extends_over_contiguous_leaves() {
 fn iotlb_never_returns_an_unmapped_translation() {
     let d = VtdDomain::new(48, false).unwrap();
     let mut tlb = Iotlb::with_slots(d.clone(), 4);
-    d.map(Iova(0x1000), HostAddr(HOST), K4, Prot::RW, u64::MAX)
-        .unwrap();
+    map(&d, 0x1000, HOST, K4, Prot::RW).unwrap();
     assert_eq!(tlb.translate(0x1008, 8, false), Ok((HOST + 8, 8)));
     assert_eq!(
         tlb.translate(0x1008, 1 << 20, false),
@@ -256,8 +201,7 @@ fn iotlb_never_returns_an_unmapped_translation() {
         tlb.translate(0x1008, 8, false),
         Err(Fault::NotPresent { iova: 0x1008 })
     );
-    d.map(Iova(0x1000), HostAddr(HOST + K4), K4, Prot::RO, u64::MAX)
-        .unwrap();
+    map(&d, 0x1000, HOST + K4, K4, Prot::RO).unwrap();
     assert_eq!(tlb.translate(0x1008, 8, false), Ok((HOST + K4 + 8, 8)));
     assert_eq!(
         tlb.translate(0x1008, 8, true),
@@ -276,10 +220,8 @@ fn dirty_tracking_follows_writes_and_summaries() {
 
     let d = VtdDomain::new(48, true).unwrap();
     let base = 4 * G1;
-    d.map(Iova(base), HostAddr(HOST + K4), G1, Prot::RW, u64::MAX)
-        .unwrap();
-    d.map(Iova(base + G1), HostAddr(HOST), 4 * M2, Prot::RW, u64::MAX)
-        .unwrap();
+    map(&d, base, HOST + K4, G1, Prot::RW).unwrap();
+    map(&d, base + G1, HOST, 4 * M2, Prot::RW).unwrap();
     let mut tlb = Iotlb::new(d.clone());
     // not tracking: a write marks nothing; reading with a bitmap refuses
     tlb.translate(base, 8, true).unwrap();
@@ -350,22 +292,8 @@ fn dma_read_write_through_translations() {
     let d = VtdDomain::new(48, true).unwrap();
     d.set_dirty_tracking(true).unwrap();
     // IOVA pages 0,1 -> host pages 2,3; IOVA page 2 -> host page 0 (RO)
-    d.map(
-        Iova(0x10_0000),
-        HostAddr(host + 2 * K4),
-        2 * K4,
-        Prot::RW,
-        u64::MAX,
-    )
-    .unwrap();
-    d.map(
-        Iova(0x10_0000 + 2 * K4),
-        HostAddr(host),
-        K4,
-        Prot::RO,
-        u64::MAX,
-    )
-    .unwrap();
+    map(&d, 0x10_0000, host + 2 * K4, 2 * K4, Prot::RW).unwrap();
+    map(&d, 0x10_0000 + 2 * K4, host, K4, Prot::RO).unwrap();
     let mut tlb = Iotlb::new(d.clone());
     let data: Vec<u8> = (0..2 * K4 as usize).map(|i| i as u8).collect();
     tlb.write(0x10_0000 + 100, &data[..K4 as usize + 50])
@@ -411,14 +339,7 @@ fn disjoint_ranges_map_and_unmap_in_parallel() {
                 for round in 0..3 {
                     for i in 0..300u64 {
                         let iova = (i * 8 + n) * 5 * K4;
-                        d.map(
-                            Iova(iova),
-                            HostAddr(HOST + iova),
-                            5 * K4,
-                            Prot::RW,
-                            u64::MAX,
-                        )
-                        .unwrap();
+                        map(&d, iova, HOST + iova, 5 * K4, Prot::RW).unwrap();
                     }
                     for i in 0..300u64 {
                         let iova = (i * 8 + n) * 5 * K4;
@@ -454,16 +375,8 @@ fn domain_dma_through_the_trait_faults_and_marks_dirty() {
     let k = K4 as usize;
     let d = VtdDomain::new(48, true).unwrap();
     d.set_dirty_tracking(true).unwrap();
-    d.map(Iova(0x20_0000), HostAddr(host), 2 * K4, Prot::RW, u64::MAX)
-        .unwrap();
-    d.map(
-        Iova(0x20_0000 + 2 * K4),
-        HostAddr(host + 2 * K4),
-        K4,
-        Prot::RO,
-        u64::MAX,
-    )
-    .unwrap();
+    map(&d, 0x20_0000, host, 2 * K4, Prot::RW).unwrap();
+    map(&d, 0x20_0000 + 2 * K4, host + 2 * K4, K4, Prot::RO).unwrap();
     let dom: Arc<dyn Domain> = d.clone();
     assert_eq!(
         dom.translate(0x20_0010, 3 * K4, false),
@@ -512,8 +425,7 @@ fn domain_dma_takes_the_drain_lock() {
     let host = (mem.as_mut_ptr() as u64).next_multiple_of(K4);
     let off = (host - mem.as_ptr() as u64) as usize;
     let d = VtdDomain::new(48, false).unwrap();
-    d.map(Iova(0x40_0000), HostAddr(host), K4, Prot::RW, u64::MAX)
-        .unwrap();
+    map(&d, 0x40_0000, host, K4, Prot::RW).unwrap();
     // while the drain lock is held exclusively (an unmap draining), a
     // device's DMA through the trait waits for it
     let drain = d.dma.write();

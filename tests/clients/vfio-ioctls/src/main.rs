@@ -237,6 +237,13 @@ impl Dev {
     fn set_config_command(&self, v: u16) {
         self.dev.region_write(CONFIG, &v.to_le_bytes(), 4);
     }
+    /// Put descriptor `desc` in ring slot `slot` of `buf`, move the tail
+    /// past it and wait for its status.
+    fn run(&self, buf: &DmaBuf, slot: usize, desc: &[u8; 32]) -> Res<u16> {
+        buf.write(desc_off(slot), desc);
+        self.wr32(RING_TAIL, slot as u32 + 1);
+        wait_status(buf, desc_off(slot), Duration::from_secs(10))
+    }
 }
 
 /// Wait until `efd` is signalled; its count.
@@ -258,6 +265,11 @@ fn wait_irq(efd: &EventFd, what: &str, timeout: Duration) -> Res<u64> {
         // SAFETY: one valid pollfd for the duration of the call.
         unsafe { libc::poll(&mut pfd, 1, left.as_millis().min(1000) as i32 + 1) };
     }
+}
+
+/// The offset of ring slot `i` (a 32-byte descriptor) in the DMA buffer.
+fn desc_off(i: usize) -> usize {
+    RING_OFF + i * 32
 }
 
 /// Poll a descriptor's status word until the device wrote it.
@@ -378,7 +390,6 @@ fn run(iommufd: bool, sysfs: PathBuf, peer: Option<PathBuf>) -> Res<()> {
     );
 
     // COPY 64 KiB, then FILL with a completion interrupt; one doorbell.
-    let desc_off = |i: usize| RING_OFF + i * 32;
     let iova = |off: usize| IOVA_BASE + off as u64;
     buf.write(
         desc_off(0),
@@ -480,12 +491,11 @@ fn run(iommufd: bool, sysfs: PathBuf, peer: Option<PathBuf>) -> Res<()> {
 
     // The ring goes on after the error.
     buf.write(SMALL_OFF, b"after the fault");
-    buf.write(
-        desc_off(3),
+    let s3 = d.run(
+        &buf,
+        3,
         &descriptor(OP_COPY, 0, 15, iova(SMALL_OFF), iova(SMALL_OFF + 0x100), 0),
-    );
-    d.wr32(RING_TAIL, 4);
-    let s3 = wait_status(&buf, desc_off(3), Duration::from_secs(10))?;
+    )?;
     ensure!(
         s3 == DESC_OK && buf.read(SMALL_OFF + 0x100, 15) == b"after the fault",
         "COPY after the fault: status 0x{s3:04x}"
@@ -511,9 +521,7 @@ fn run(iommufd: bool, sysfs: PathBuf, peer: Option<PathBuf>) -> Res<()> {
     buf.write(desc_off(4), &fill(4));
     d.wr32(RING_TAIL, 5);
     wait_irq(&intx, "INTx", Duration::from_secs(10))?;
-    buf.write(desc_off(5), &fill(5));
-    d.wr32(RING_TAIL, 6);
-    let s5 = wait_status(&buf, desc_off(5), Duration::from_secs(10))?;
+    let s5 = d.run(&buf, 5, &fill(5))?;
     ensure!(s5 == DESC_OK, "FILL under a masked INTx: status 0x{s5:04x}");
     std::thread::sleep(Duration::from_millis(50));
     ensure!(
@@ -547,12 +555,11 @@ fn run(iommufd: bool, sysfs: PathBuf, peer: Option<PathBuf>) -> Res<()> {
         .map_err(|e| format!("start_dma_logging: {e}"))?;
     ensure!(pg == page, "DMA logging page size {pg}, asked {page}");
     let logged_dst = DST_OFF + 0x3000;
-    buf.write(
-        desc_off(6),
+    let s6 = d.run(
+        &buf,
+        6,
         &descriptor(OP_COPY, 0, 0x2000, iova(SRC_OFF), iova(logged_dst), 0),
-    );
-    d.wr32(RING_TAIL, 7);
-    let s6 = wait_status(&buf, desc_off(6), Duration::from_secs(10))?;
+    )?;
     ensure!(s6 == DESC_OK, "COPY under DMA logging: status 0x{s6:04x}");
     let dirty = |bm: &[u64]| -> Vec<u64> {
         (0..BUF_SIZE as u64 / page)
@@ -635,19 +642,15 @@ fn run(iommufd: bool, sysfs: PathBuf, peer: Option<PathBuf>) -> Res<()> {
         );
         // The peer processes the next descriptor of the same ring.
         buf.write(SMALL_OFF + 0x200, b"migrated ring");
-        buf.write(
-            desc_off(7),
-            &descriptor(
-                OP_COPY,
-                0,
-                13,
-                iova(SMALL_OFF + 0x200),
-                iova(SMALL_OFF + 0x300),
-                0,
-            ),
+        let copy = descriptor(
+            OP_COPY,
+            0,
+            13,
+            iova(SMALL_OFF + 0x200),
+            iova(SMALL_OFF + 0x300),
+            0,
         );
-        p.wr32(RING_TAIL, 8);
-        let s7 = wait_status(&buf, desc_off(7), Duration::from_secs(10))?;
+        let s7 = p.run(&buf, 7, &copy)?;
         ensure!(
             s7 == DESC_OK && buf.read(SMALL_OFF + 0x300, 13) == b"migrated ring",
             "COPY on the resumed peer: status 0x{s7:04x}"

@@ -13,6 +13,7 @@ use super::ring::*;
 use super::traffic;
 use super::*;
 use crate::domain::{DmaFault, Domain};
+use uiommufd_testkit::wait_for;
 
 /// Where the fake bus's memory starts.
 const BASE: u64 = 0x10_0000;
@@ -113,17 +114,6 @@ impl Bus for FakeBus {
     }
     fn interrupt(&self, vector: u16) {
         self.irqs.lock().push(vector);
-    }
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let t = Instant::now();
-    while !cond() {
-        assert!(
-            t.elapsed() < Duration::from_secs(10),
-            "timed out waiting for {what}"
-        );
-        std::thread::sleep(Duration::from_millis(1));
     }
 }
 

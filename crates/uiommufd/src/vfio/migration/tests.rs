@@ -37,21 +37,7 @@ impl PciModel for Counter {
         "counter"
     }
     fn layout(&self) -> PciLayout {
-        PciLayout {
-            ids: PciIds {
-                vendor: 1,
-                device: 2,
-                revision: 0,
-                class: 0,
-                subsystem_vendor: 0,
-                subsystem_device: 0,
-            },
-            bars: [None; 6],
-            intx_pin: 0,
-            msi_vectors: 0,
-            msix: None,
-            pasid_log2: 0,
-        }
+        PciLayout::new(PciIds::new(1, 2, 0))
     }
     fn bar_read(&self, _: u8, _: u64, _: &mut [u8]) {}
     fn bar_write(&self, _: u8, _: u64, _: &[u8]) {}
