@@ -212,7 +212,7 @@ macro_rules! io_hook {
         /// Same contract as the libc function.
         #[no_mangle]
         pub unsafe extern "C" fn $name($fd: ::std::ffi::c_int $(, $a: $t)*) -> libc::ssize_t {
-            if $($cond &&)? ::uiommufd::files::is_engine_fd($fd) {
+            if $($cond &&)? ::uiommufd::plumbing::files::is_engine_fd($fd) {
                 if let Some(r) = $crate::engine_io(|| $engine) {
                     return r;
                 }
