@@ -106,6 +106,7 @@ mod write_log; // what accesses wrote, for VFIO type1 dirty tracking
 
 pub use crate::domain::{DirtyBitmap, Prot};
 pub use crate::user::huge_page_size;
+pub(crate) use dirty::{or_bits_into_user, user_bitmap_writable};
 pub use dirty::{DirtyRequest, WINDOW_WORDS as DIRTY_WINDOW_WORDS};
 pub use domains::{AccessNotify, PinnedPages};
 pub use type1_dirty::AreaDirty;
@@ -345,6 +346,9 @@ pub struct IoPagetable {
     /// The areas the access fast path may copy through, searched without
     /// the lock (`access.rs`).
     direct: access::DirectIndex,
+    /// The zeroed words dirty reads build their bits in (`dirty.rs`); a
+    /// leaf lock, held only to take or return the buffer.
+    dirty_scratch: dirty::ScratchSlot,
 }
 
 impl Default for IoPagetable {
@@ -867,6 +871,7 @@ impl IoPagetable {
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             write_log: AccessWriteLog::default(),
             direct: access::DirectIndex::default(),
+            dirty_scratch: dirty::ScratchSlot::default(),
         }
     }
 

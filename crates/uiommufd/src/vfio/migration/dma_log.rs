@@ -121,6 +121,7 @@ impl DmaLog {
         // Take the log pages overlapping the range.
         let (p0, p1) = (iova >> shift, last >> shift);
         let mut taken: Vec<(u64, u64)> = Vec::new();
+        let mut emptied: Vec<u64> = Vec::new();
         for (&w, bits) in log.words.range_mut(p0 >> 6..=p1 >> 6) {
             let mut mask = u64::MAX;
             if w == p0 >> 6 {
@@ -134,35 +135,49 @@ impl DmaLog {
                 *bits &= !t;
                 taken.push((w, t));
             }
+            if *bits == 0 {
+                emptied.push(w);
+            }
         }
-        log.words.retain(|_, b| *b != 0);
-        // Report pages → user words to OR in, in order.
-        let mut out: BTreeMap<u64, u64> = BTreeMap::new();
+        for w in &emptied {
+            log.words.remove(w);
+        }
+        // Each run of logged pages is a run of report bits; runs come in
+        // order, so the report words are built in order, a word at a time.
+        let mut out: Vec<(u64, u64)> = Vec::new();
         for &(w, bits) in &taken {
             let mut b = bits;
             while b != 0 {
-                let p = (w << 6) | u64::from(b.trailing_zeros());
-                b &= b - 1;
-                let s = (p << shift).max(iova);
-                let e = ((p << shift) + ((1 << shift) - 1)).min(last);
-                for rp in ((s - iova) >> rshift)..=((e - iova) >> rshift) {
-                    *out.entry(rp >> 6).or_default() |= 1 << (rp & 63);
+                let start = b.trailing_zeros();
+                let len = (!(b >> start)).trailing_zeros().min(64 - start);
+                b &= !(u64::MAX >> (64 - len) << start);
+                let (pa, pb) = (
+                    (w << 6) | u64::from(start),
+                    (w << 6) | u64::from(start + len - 1),
+                );
+                let s = (pa << shift).max(iova);
+                let e = ((pb << shift) + ((1 << shift) - 1)).min(last);
+                let (r0, r1) = ((s - iova) >> rshift, (e - iova) >> rshift);
+                for word in r0 >> 6..=r1 >> 6 {
+                    let mut m = u64::MAX;
+                    if word == r0 >> 6 {
+                        m &= u64::MAX << (r0 & 63);
+                    }
+                    if word == r1 >> 6 {
+                        m &= u64::MAX >> (63 - (r1 & 63));
+                    }
+                    match out.last_mut() {
+                        Some((lw, lb)) if *lw == word => *lb |= m,
+                        _ => out.push((word, m)),
+                    }
                 }
             }
         }
-        for (&word, &bits) in &out {
-            let at = bitmap.wrapping_add(word * 8);
-            let mut cur = [0u8; 8];
-            let r = mem.read(at, &mut cur).and_then(|()| {
-                let v = u64::from_le_bytes(cur) | bits;
-                mem.write(at, &v.to_le_bytes())
-            });
-            if let Err(e) = r {
-                for &(w, t) in &taken {
-                    *log.words.entry(w).or_default() |= t;
-                }
-                return Err(e);
+        if let Err(e) = crate::io_pagetable::or_bits_into_user(mem, bitmap, 0, out.into_iter()) {
+            for &(w, t) in &taken {
+                *log.words.entry(w).or_default() |= t;
             }
+            return Err(e);
         }
         Ok(())
     }
@@ -209,6 +224,71 @@ mod tests {
         assert!(l
             .report(0, 4096, 4096, bm4.as_mut_ptr() as u64, &SelfMemory)
             .is_err());
+    }
+
+    /// Reports at page sizes below, equal to and above the log's, over
+    /// ranges that start anywhere, set exactly the bits a page-by-page
+    /// model sets and leave the bits already in the bitmap.
+    #[test]
+    fn reports_agree_with_a_page_model() {
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for case in 0..40 {
+            let log_ps = 4096u64 << (case % 3 * 2); // 4 KiB, 16 KiB, 64 KiB
+            let span = 1u64 << 26; // 64 MiB logged
+            let l = DmaLog::default();
+            assert_eq!(l.start(log_ps, &[(0, span)]).unwrap(), log_ps);
+            let mut written: Vec<(u64, u64)> = Vec::new();
+            for _ in 0..(1 + rnd() % 200) {
+                let at = rnd() % span;
+                let len = match rnd() % 3 {
+                    0 => 1 + rnd() % 64,
+                    1 => 1 + rnd() % (1 << 20),
+                    _ => 4096,
+                }
+                .min(span - at);
+                l.record(at, len);
+                written.push((at, at + len - 1));
+            }
+            let rep_ps = 4096u64 << (rnd() % 6);
+            let iova = (rnd() % (span / 2)) & !(rep_ps - 1);
+            let length = ((span - iova) & !(rep_ps - 1))
+                .min(1 + rnd() % span)
+                .max(rep_ps)
+                & !(rep_ps - 1);
+            let last = iova + length - 1;
+            let nbits = length / rep_ps;
+            let mut bm = vec![0u64; nbits.div_ceil(64) as usize + 1];
+            bm[0] |= 1 << 1; // kept
+            let mut want = bm.clone();
+            for &(s, e) in &written {
+                // what the log holds: whole log pages
+                let (s, e) = (s & !(log_ps - 1), e | (log_ps - 1));
+                let (s, e) = (s.max(iova), e.min(last));
+                if s > e {
+                    continue;
+                }
+                for b in (s - iova) / rep_ps..=(e - iova) / rep_ps {
+                    want[(b / 64) as usize] |= 1 << (b % 64);
+                }
+            }
+            l.report(iova, length, rep_ps, bm.as_mut_ptr() as u64, &SelfMemory)
+                .unwrap();
+            assert_eq!(
+                bm, want,
+                "case {case}: log {log_ps:#x} report {rep_ps:#x} at {iova:#x}+{length:#x}"
+            );
+            // cleared: the same report again sets nothing new
+            let mut again = vec![0u64; bm.len()];
+            l.report(iova, length, rep_ps, again.as_mut_ptr() as u64, &SelfMemory)
+                .unwrap();
+            assert!(again.iter().all(|&w| w == 0), "case {case}");
+        }
     }
 
     #[test]
