@@ -48,7 +48,7 @@
 //!
 //! Before a window's dirty state is read and cleared, the part of the user
 //! buffer that window fills is made present for write
-//! ([`UserMemory::populate`], the kernel's pin with `FOLL_WRITE`): a buffer
+//! ([`user_bitmap_writable`], the kernel's pin with `FOLL_WRITE`): a buffer
 //! that is read-only, `PROT_NONE`, unmapped, NULL or not a user address is
 //! `EFAULT` with that window's dirty state untouched, whether or not
 //! anything in it is dirty, and the windows before it were delivered. If
