@@ -281,6 +281,14 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         page_size: PAGE,
         ..Default::default()
     };
+    // The bitmaps the rounds and the stop path read into, made (and their
+    // pages faulted in) before round 0, as a VMM keeps its dirty bitmap:
+    // never allocated in a round, nor in the downtime.
+    let npages = o.size / PAGE;
+    let mut bm = vec![0u64; npages.div_ceil(64) as usize];
+    let mut fin = vec![0u64; bm.len()];
+    prefault(bm.as_mut_ptr().cast(), bm.len() * 8);
+    prefault(fin.as_mut_ptr().cast(), fin.len() * 8);
     let r0 = send_round(&mut w, &mut lane, &vm, None, 0, &progress)?;
     progress.finish(&r0);
     let mut rate = r0.rate();
@@ -290,8 +298,6 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     // as the destination's readers (sched.rs).
     let rt = sched::Rt::enter(rt_wanted);
     rep.realtime = rt.on();
-    let npages = o.size / PAGE;
-    let mut bm = vec![0u64; npages.div_ceil(64) as usize];
     let budget = Duration::from_secs_f64(o.downtime_ms.max(0.0) / 1e3);
     let mut round = 1;
     let bitmap = loop {
@@ -314,14 +320,12 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     };
 
     // Everything the stop path needs is made before the stop, not in the
-    // downtime: the final bitmap, room for the device's final state and
-    // the buffer it is read through.
-    let mut fin = vec![0u64; bm.len()];
+    // downtime: the final bitmap (above), room for the device's final
+    // state and the buffer it is read through.
     let mut state = vec![0u8; 1 << 16];
     let mut state_buf = vec![0u8; 1 << 16];
     // Zeroed allocations are mapped lazily: touch each page now, so that
     // the stop path takes no page fault in them.
-    prefault(fin.as_mut_ptr().cast(), fin.len() * 8);
     prefault(state.as_mut_ptr(), state.len());
     prefault(state_buf.as_mut_ptr(), state_buf.len());
     state.clear();

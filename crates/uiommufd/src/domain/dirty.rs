@@ -5,12 +5,19 @@
 /// A window of a dirty bitmap that a domain records into (the kernel's
 /// `iommu_dirty_bitmap`): bit `i` of `words` stands for the IOVA
 /// `iova + (i << pgshift)`; records outside `iova..=last` are clipped.
+///
+/// It remembers the span of words it set bits in ([`DirtyBitmap::touched`]),
+/// so that a caller with a large, mostly clean window delivers and clears
+/// only that span instead of the whole window.
 #[derive(Debug)]
 pub struct DirtyBitmap<'a> {
     iova: u64,
     last: u64,
     pgshift: u32,
     words: &'a mut [u64],
+    /// Lowest and highest word a bit was set in (`lo > hi`: none yet).
+    lo: usize,
+    hi: usize,
 }
 
 impl<'a> DirtyBitmap<'a> {
@@ -31,7 +38,22 @@ impl<'a> DirtyBitmap<'a> {
             last,
             pgshift,
             words,
+            lo: usize::MAX,
+            hi: 0,
         }
+    }
+
+    /// The words `lo..=hi` that hold every bit set through this window
+    /// (bits of `words` set before it was made are not counted); `None`
+    /// when nothing was recorded. Words inside the span may still be zero.
+    pub fn touched(&self) -> Option<(usize, usize)> {
+        (self.lo <= self.hi).then_some((self.lo, self.hi))
+    }
+
+    #[inline(always)]
+    fn touch(&mut self, w0: usize, w1: usize) {
+        self.lo = self.lo.min(w0);
+        self.hi = self.hi.max(w1);
     }
 
     /// First IOVA the window covers.
@@ -66,17 +88,28 @@ impl<'a> DirtyBitmap<'a> {
         }
         let bit = (iova - self.iova) >> 12;
         let (w0, sh) = ((bit / 64) as usize, bit % 64);
+        let (mut lo, mut hi) = (usize::MAX, 0);
         for (k, &m) in mask.iter().enumerate() {
             if m == 0 {
                 continue;
             }
-            self.words[w0 + k] |= m << sh;
+            let low = m << sh;
+            if low != 0 {
+                self.words[w0 + k] |= low;
+                lo = lo.min(w0 + k);
+                hi = w0 + k;
+            }
             if sh != 0 {
-                let hi = m >> (64 - sh);
-                if hi != 0 {
-                    self.words[w0 + k + 1] |= hi;
+                let up = m >> (64 - sh);
+                if up != 0 {
+                    self.words[w0 + k + 1] |= up;
+                    lo = lo.min(w0 + k + 1);
+                    hi = w0 + k + 1;
                 }
             }
+        }
+        if lo <= hi {
+            self.touch(lo, hi);
         }
         true
     }
@@ -93,11 +126,12 @@ impl<'a> DirtyBitmap<'a> {
         if start > end {
             return;
         }
-        set_bits(
-            self.words,
+        let (first, last) = (
             (start - self.iova) >> self.pgshift,
             (end - self.iova) >> self.pgshift,
         );
+        set_bits(self.words, first, last);
+        self.touch((first / 64) as usize, (last / 64) as usize);
     }
 }
 
@@ -147,8 +181,17 @@ mod tests {
             let mut a = vec![0u64; 1000usize.div_ceil(64)];
             let mut b = a.clone();
             let fits = at + ((nwords as u64) << 18) - 1 <= last;
-            let did = DirtyBitmap::new(win, last, 12, &mut a).record_pages_4k(at, &mask);
+            let mut bm_a = DirtyBitmap::new(win, last, 12, &mut a);
+            let did = bm_a.record_pages_4k(at, &mask);
+            let touched = bm_a.touched();
             assert_eq!(did, fits);
+            // the span covers every word set, and starts and ends at one
+            let set: Vec<usize> = (0..a.len()).filter(|&i| a[i] != 0).collect();
+            match (touched, set.first(), set.last()) {
+                (None, None, None) => {}
+                (Some((lo, hi)), Some(&f), Some(&l)) => assert_eq!((lo, hi), (f, l)),
+                other => panic!("touched span {other:?}"),
+            }
             if fits {
                 let mut bm = DirtyBitmap::new(win, last, 12, &mut b);
                 for (w, &m) in mask.iter().enumerate() {
@@ -168,6 +211,21 @@ mod tests {
         // starting before the window: declined
         let mut w = [0u64; 4];
         assert!(!DirtyBitmap::new(1 << 12, 200 << 12, 12, &mut w).record_pages_4k(0, &[1]));
+    }
+
+    #[test]
+    fn touched_spans_only_what_was_recorded() {
+        let mut w = [0u64; 8];
+        let mut bm = DirtyBitmap::new(0, 512 * 4096 - 1, 12, &mut w);
+        assert_eq!(bm.touched(), None);
+        bm.record(1 << 40, 4096); // outside: nothing
+        assert_eq!(bm.touched(), None);
+        bm.record(200 * 4096, 4096);
+        assert_eq!(bm.touched(), Some((3, 3)));
+        bm.record(63 * 4096, 2 * 4096);
+        assert_eq!(bm.touched(), Some((0, 3)));
+        bm.record(500 * 4096, 1 << 30);
+        assert_eq!(bm.touched(), Some((0, 7)));
     }
 
     #[test]
@@ -191,6 +249,7 @@ mod tests {
         bm.record(0x10000 + 10 * 4096 + 1, 1); // one byte: page 10
         bm.record(0x10000 + 20 * 4096 - 1, 2); // straddles pages 19 and 20
         bm.record(u64::MAX - 10, 100); // outside, must not overflow
+        assert_eq!(bm.touched(), Some((0, 1)));
         assert_eq!(w[0], 1 | 1 << 10 | 3 << 19);
         assert_eq!(w[1], 1 << 63);
     }

@@ -19,15 +19,40 @@ use super::{AreaState, IoPagetable};
 use crate::io_pagetable::DirtyBitmap;
 use crate::Result;
 
-/// The dirty bits of one area: `nbits` bits of `1 << pgshift` bytes from `iova`.
+/// The dirty bits of one area: `nbits` bits of `1 << pgshift` bytes from
+/// `iova`, of which only the span of words holding set bits is kept.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct AreaDirty {
     /// IOVA of bit 0: the area's first IOVA rounded down to the page size.
     pub iova: u64,
     /// Bits (pages) the area spans.
     pub nbits: u64,
-    /// Bit `i` (bit `i % 64` of word `i / 64`) is page `i` of the area.
+    /// Which word of the area's bitmap `words[0]` is: bit `i` of the area
+    /// (page `i`) is bit `i % 64` of `words[i / 64 - first_word]`; the
+    /// words outside `words` are zero.
+    pub first_word: usize,
+    /// The words from the first to the last one with a set bit (empty when
+    /// nothing is dirty).
     pub words: Vec<u64>,
+}
+
+impl AreaDirty {
+    /// Whether page `i` of the area is dirty.
+    pub fn bit(&self, i: u64) -> bool {
+        (i / 64)
+            .checked_sub(self.first_word as u64)
+            .and_then(|w| self.words.get(w as usize))
+            .is_some_and(|w| w >> (i % 64) & 1 != 0)
+    }
+
+    /// The non-zero words as `(index in the area's bitmap, word)`, in order.
+    pub fn set_words(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
+        self.words
+            .iter()
+            .enumerate()
+            .filter(|(_, &x)| x != 0)
+            .map(|(k, &x)| ((self.first_word + k) as u64, x))
+    }
 }
 
 impl IoPagetable {
@@ -48,16 +73,15 @@ impl IoPagetable {
             let Some((k, alast)) = live else {
                 continue;
             };
-            let mut i = 0u64;
-            while i < ad.nbits {
-                if ad.words[(i / 64) as usize] >> (i % 64) & 1 == 0 {
+            let mut i = ad.first_word as u64 * 64;
+            let end = ad.nbits.min((ad.first_word + ad.words.len()) as u64 * 64);
+            while i < end {
+                if !ad.bit(i) {
                     i += 1;
                     continue;
                 }
                 let mut j = i;
-                while j + 1 < ad.nbits
-                    && ad.words[((j + 1) / 64) as usize] >> ((j + 1) % 64) & 1 != 0
-                {
+                while j + 1 < end && ad.bit(j + 1) {
                     j += 1;
                 }
                 let s = (ad.iova + (i << pgshift)).max(k);
@@ -90,6 +114,10 @@ impl IoPagetable {
         let attached = self.domains.read();
         let st = self.state.read();
         let mut out = Vec::new();
+        // Each area's bits are built in a zeroed per-thread buffer, and only
+        // the span of words that got set bits is copied out (and zeroed
+        // again): no allocation or zeroing in proportion to the area.
+        let mut scratch = self.dirty_scratch.take(0);
         for (&k, a) in st.areas.range(start..=last) {
             if a.last > last || a.state != AreaState::Live {
                 continue;
@@ -98,9 +126,13 @@ impl IoPagetable {
             // bits count from the page holding the area's first byte
             let base = k & !((1u64 << pgshift) - 1);
             let nbits = ((a.last - base) >> pgshift) + 1;
-            let mut words = vec![0u64; nbits.div_ceil(64) as usize];
-            {
-                let mut bm = DirtyBitmap::new(base, a.last, pgshift, &mut words);
+            let nwords = nbits.div_ceil(64) as usize;
+            if scratch.words.len() < nwords {
+                scratch = self.dirty_scratch.take(nwords);
+            }
+            let words = &mut scratch.words[..nwords];
+            let touched = {
+                let mut bm = DirtyBitmap::new(base, a.last, pgshift, words);
                 for (s, l) in self.write_log.read(k, a.last, clear) {
                     bm.record(s, l - s + 1);
                 }
@@ -121,13 +153,24 @@ impl IoPagetable {
                         bm.record(k, len);
                     }
                 }
-            }
+                bm.touched()
+            };
+            let (first_word, words) = match touched {
+                Some((lo, hi)) => {
+                    let kept = words[lo..=hi].to_vec();
+                    words[lo..=hi].fill(0);
+                    (lo, kept)
+                }
+                None => (0, Vec::new()),
+            };
             out.push(AreaDirty {
                 iova: base,
                 nbits,
+                first_word,
                 words,
             });
         }
+        scratch.give_back();
         Ok(out)
     }
 }

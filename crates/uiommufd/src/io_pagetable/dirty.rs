@@ -15,14 +15,18 @@
 //! # How a request runs
 //!
 //! The bits are built in local `u64` words, one window of at most
-//! [`WINDOW_WORDS`] words at a time. For each window, under the `state`
-//! read lock, the contiguous live areas of the window's IOVA span are walked
-//! and the domain reports each piece into the window ([`DirtyBitmap::record`]
-//! sets runs of bits a word at a time). The lock is then dropped and the
-//! window is OR-ed into the user buffer: the bytes from the first to the last
-//! non-zero word are read, OR-ed and written back (two copies per window
-//! with dirty pages, none without). So the cost is one domain call per area
-//! and window, plus the domain's own walk.
+//! [`WINDOW_WORDS`] words at a time, in a per-thread buffer that stays
+//! zeroed between reads (no allocation or zeroing in proportion to the
+//! range). For each window, under the `state` read lock, the contiguous
+//! live areas of the window's IOVA span are walked and the domain reports
+//! each piece into the window ([`DirtyBitmap::record`] sets runs of bits a
+//! word at a time; a domain skips what its summaries say is clean). The
+//! lock is then dropped and the words the walk set
+//! ([`DirtyBitmap::touched`]) are OR-ed into the user buffer: only the
+//! bytes holding set bits (or a few clean words between them) are read,
+//! OR-ed and written back, then those words are zeroed again. So the cost
+//! is one domain call per area and window, the domain's own walk, and
+//! work in proportion to the dirty words.
 //!
 //! # Errno rules (Linux 6.12)
 //!
@@ -44,7 +48,7 @@
 //!
 //! Before a window's dirty state is read and cleared, the part of the user
 //! buffer that window fills is made present for write
-//! ([`UserMemory::populate`], the kernel's pin with `FOLL_WRITE`): a buffer
+//! ([`user_bitmap_writable`], the kernel's pin with `FOLL_WRITE`): a buffer
 //! that is read-only, `PROT_NONE`, unmapped, NULL or not a user address is
 //! `EFAULT` with that window's dirty state untouched, whether or not
 //! anything in it is dirty, and the windows before it were delivered. If
@@ -230,12 +234,26 @@ impl IoPagetable {
             );
         }
         let st = self.state.read();
+        let mut words = 0;
         if enable {
             for (&k, a) in st.areas.iter().filter(|(_, a)| a.state == AreaState::Live) {
                 domain.read_and_clear_dirty(k, a.length(k), true, None)?;
             }
+            if let (Some((&k, _)), Some((_, a))) =
+                (st.areas.first_key_value(), st.areas.last_key_value())
+            {
+                words = ((a.last - k) >> 12).saturating_add(1).div_ceil(64);
+            }
         }
-        domain.set_dirty_tracking(enable)
+        domain.set_dirty_tracking(enable)?;
+        drop(st);
+        // Room for a read of everything mapped, at 4 KiB pages, made now
+        // rather than by the first read.
+        if words > 0 {
+            self.dirty_scratch
+                .warm(words.min(WINDOW_WORDS as u64) as usize);
+        }
+        Ok(())
     }
 
     /// Set the bits of the dirty pages of `[req.iova, req.iova + req.length)`
@@ -320,46 +338,135 @@ impl IoPagetable {
         let total_bytes = q.nbits.div_ceil(8);
         // the kernel's iova_bitmap_alloc
         crate::inject::point("dirty.bitmap.alloc", libc::ENOMEM)?;
-        let mut words = vec![0u64; total_words.min(window)];
-        let mut bytes: Vec<u8> = Vec::new();
+        let mut scratch = self.dirty_scratch.take(total_words.min(window));
         let mut first_word = 0usize;
         while first_word < total_words {
             let n = (total_words - first_word).min(window);
-            let w = &mut words[..n];
-            w.fill(0);
+            let w = &mut scratch.words[..n];
             let first_bit = first_word as u64 * 64;
             let nbits = (q.nbits - first_bit).min(n as u64 * 64);
             let (start, last) = q.span(first_bit, nbits);
             let byte_end = ((first_word + n) as u64 * 8).min(total_bytes);
             writable_or_fault(mem, data, first_word as u64 * 8, byte_end)?;
-            let stopped = {
+            let (stopped, touched) = {
                 let st = self.state.read();
                 let mut bm = DirtyBitmap::new(start, last, q.pgshift, w);
-                walk(&st, domain.as_ref(), start, last, clear, &mut bm).err()
+                let r = walk(&st, domain.as_ref(), start, last, clear, &mut bm).err();
+                (r, bm.touched())
             };
-            if let Err(e) = or_into_user(mem, data, first_word, w, total_bytes, &mut bytes) {
-                if clear {
-                    put_back(domain.as_ref(), start, last, q.pgshift, w);
+            // Only the words the walk set bits in are delivered, and then
+            // cleared again (the scratch words stay zero between windows).
+            if let Some((lo, hi)) = touched {
+                let set = w[lo..=hi]
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, &x)| x != 0)
+                    .map(|(i, &x)| ((first_word + lo + i) as u64, x));
+                let delivered = or_bits_into_user(mem, data, 0, set).map_err(|e| {
+                    err!(
+                        EFAULT,
+                        "GET_DIRTY_BITMAP: cannot update the bitmap at data {data:#x}: {}",
+                        e.reason()
+                    )
+                });
+                if let Err(e) = delivered {
+                    if clear {
+                        put_back(domain.as_ref(), start, last, q.pgshift, w);
+                    }
+                    return Err(e);
                 }
-                return Err(e);
+                w[lo..=hi].fill(0);
             }
             if let Some(e) = stopped {
                 tracing::debug!(
                     domain = domain_id,
                     "GET_DIRTY_BITMAP answers 0 as Linux 6.12 does, but stopped early: {e}"
                 );
+                scratch.give_back();
                 return Ok(());
             }
             first_word += n;
         }
+        scratch.give_back();
         Ok(())
     }
 }
 
-/// Make bytes `byte_lo..byte_end` of the user bitmap at `data` present for
-/// write without changing them (`EFAULT` when they are not all writable
-/// user memory): the kernel's `FOLL_WRITE` pin of a window's bitmap pages.
-fn writable_or_fault(mem: &dyn UserMemory, data: u64, byte_lo: u64, byte_end: u64) -> Result<()> {
+/// The zeroed words dirty reads build their bits in, one buffer per IO
+/// page table, kept between reads and all zero whenever it is in the slot
+/// (a read clears the words it set before returning it). So a read of a
+/// large, mostly clean range neither allocates nor zeroes nor faults in
+/// memory in proportion to it. Made (and its pages faulted in) when dirty
+/// tracking is turned on ([`IoPagetable::set_dirty_tracking`]), for the
+/// mapped span, up to [`WINDOW_WORDS`]; it grows to the largest window a
+/// read needed and lives as long as the table.
+///
+/// A read takes the buffer out of the slot: one that panics or fails drops
+/// it (the next read allocates afresh), and a concurrent read finds the
+/// slot empty and allocates its own.
+#[derive(Debug, Default)]
+pub(super) struct ScratchSlot(parking_lot::Mutex<Vec<u64>>);
+
+/// A buffer taken from a [`ScratchSlot`].
+pub(super) struct Scratch<'a> {
+    slot: &'a ScratchSlot,
+    pub(super) words: Vec<u64>,
+}
+
+/// `n` zeroed words with every page written (a zeroed allocation may be
+/// mapped lazily: its first use would take a page fault per page).
+// `vec![0; n]` may come from `calloc` untouched: the point here is the writes.
+#[allow(clippy::slow_vector_initialization)]
+fn zeroed_words(n: usize) -> Vec<u64> {
+    let mut v = Vec::with_capacity(n);
+    v.resize(n, 0);
+    v
+}
+
+impl ScratchSlot {
+    /// At least `n` zeroed words.
+    pub(super) fn take(&self, n: usize) -> Scratch<'_> {
+        let mut words = std::mem::take(&mut *self.0.lock());
+        if words.len() < n {
+            words = zeroed_words(n);
+        }
+        debug_assert!(words.iter().all(|&x| x == 0));
+        Scratch { slot: self, words }
+    }
+
+    /// Make sure the slot holds at least `n` zeroed words.
+    fn warm(&self, n: usize) {
+        let s = self.take(n);
+        s.give_back();
+    }
+}
+
+impl Scratch<'_> {
+    /// Back into its slot: the caller cleared every word it set. The larger
+    /// of this and what the slot holds meanwhile is kept.
+    pub(super) fn give_back(self) {
+        let mut g = self.slot.0.lock();
+        if g.len() < self.words.len() {
+            *g = self.words;
+        }
+    }
+}
+
+/// Bytes `byte_lo..byte_end` of the user bitmap at `data` are writable
+/// user memory (present for write, contents unchanged), or `EFAULT`: the
+/// kernel's `FOLL_WRITE` pin of a bitmap's pages.
+///
+/// In our own address space with fault-safe copies on, each page is tried
+/// with an atomic compare-exchange of one of its words with itself (a
+/// locked `cmpxchg` always writes, so a page that is not writable faults,
+/// and the value is never changed); else `UserMemory::populate`
+/// (`MADV_POPULATE_WRITE`, a system call).
+pub(crate) fn user_bitmap_writable(
+    mem: &dyn UserMemory,
+    data: u64,
+    byte_lo: u64,
+    byte_end: u64,
+) -> Result<()> {
     let ps = crate::user::page_size();
     let span = data
         .checked_add(byte_lo)
@@ -367,10 +474,40 @@ fn writable_or_fault(mem: &dyn UserMemory, data: u64, byte_lo: u64, byte_end: u6
         .and_then(|(lo, end)| Some((lo & !(ps - 1), end.checked_add(ps - 1)? & !(ps - 1))));
     let Some((lo, end)) = span else {
         return Err(Error::fault(
-            "GET_DIRTY_BITMAP: the bitmap at data runs past the end of the address space",
+            "the bitmap runs past the end of the address space",
         ));
     };
-    mem.populate(lo, end - lo, true).map_err(|e| {
+    if lo == end {
+        return Ok(());
+    }
+    if mem.direct() && crate::faultsafe::enabled() {
+        if !crate::user::access_ok(lo, (end - lo) as usize) {
+            return Err(Error::fault("the bitmap is not at a user address"));
+        }
+        let mut p = lo;
+        while p < end {
+            // SAFETY: fault-safe copies are on and `p` is 8-byte aligned
+            // (a page boundary); the exchange of 0 for 0 changes nothing,
+            // and a fault is an answer, not a crash.
+            let r = unsafe { crate::faultsafe::compare_exchange(p as *mut u64, 0, 0) };
+            if r == crate::faultsafe::Cas::Fault {
+                return Err(err!(
+                    EFAULT,
+                    "the bitmap page at {p:#x} is not writable user memory"
+                ));
+            }
+            p += ps;
+        }
+        return Ok(());
+    }
+    mem.populate(lo, end - lo, true)
+}
+
+/// Make bytes `byte_lo..byte_end` of the user bitmap at `data` present for
+/// write without changing them (`EFAULT` when they are not all writable
+/// user memory): the kernel's `FOLL_WRITE` pin of a window's bitmap pages.
+fn writable_or_fault(mem: &dyn UserMemory, data: u64, byte_lo: u64, byte_end: u64) -> Result<()> {
+    user_bitmap_writable(mem, data, byte_lo, byte_end).map_err(|e| {
         err!(
             EFAULT,
             "GET_DIRTY_BITMAP: the bitmap at data {data:#x} is not writable user memory (bytes \
@@ -414,59 +551,98 @@ fn put_back(domain: &dyn Domain, start: u64, last: u64, pgshift: u32, w: &[u64])
     }
 }
 
-/// OR window `w` (words `first_word..` of the bitmap) into the user bitmap
-/// at `data`, which holds `total_bytes` bytes: only the bytes from the first
-/// to the last non-zero word are read and written.
-fn or_into_user(
+/// Source words one read-OR-write of the user bitmap covers at most.
+const OR_RUN_WORDS: usize = 64;
+
+/// Zero words between two set words up to which one read-OR-write still
+/// covers both (copying a few clean bytes costs less than another copy).
+const OR_GAP_WORDS: u64 = 4;
+
+/// OR bits into the user bitmap at `data`: `words` yields `(i, x)` in
+/// increasing `i`, and bit `k` of `x` goes to bit `bit_off + 64 * i + k`
+/// of the bitmap (bit `b` is bit `b % 8` of byte `b / 8`). Only bytes that
+/// hold a set bit, or lie between two set bits a few words apart, are
+/// read and written back — a byte-granular read-modify-write of up to
+/// [`OR_RUN_WORDS`] words at a time, so the cost follows the set bits, not
+/// the bitmap's size. `EFAULT` when the bitmap cannot be read or written
+/// (the runs before were delivered).
+pub(crate) fn or_bits_into_user(
     mem: &dyn UserMemory,
     data: u64,
-    first_word: usize,
-    w: &[u64],
-    total_bytes: u64,
-    bytes: &mut Vec<u8>,
+    bit_off: u64,
+    words: impl Iterator<Item = (u64, u64)>,
 ) -> Result<()> {
-    let Some(lo) = w.iter().position(|&x| x != 0) else {
-        return Ok(());
-    };
-    let hi = w.iter().rposition(|&x| x != 0).unwrap_or(lo);
-    let byte_lo = (first_word + lo) as u64 * 8;
-    let byte_end = ((first_word + hi + 1) as u64 * 8).min(total_bytes);
-    let Some(addr) = data
-        .checked_add(byte_lo)
-        .filter(|a| a.checked_add(byte_end - byte_lo).is_some())
-    else {
-        return Err(Error::fault(
-            "GET_DIRTY_BITMAP: the bitmap at data runs past the end of the address space",
-        ));
-    };
-    bytes.clear();
-    bytes.resize((byte_end - byte_lo) as usize, 0);
-    mem.read(addr, bytes).map_err(|e| {
-        err!(
-            EFAULT,
-            "GET_DIRTY_BITMAP: cannot read the bitmap at data {data:#x}: {}",
-            e.reason()
-        )
-    })?;
-    let src = &w[lo..=hi];
-    let mut chunks = bytes.chunks_exact_mut(8);
-    let mut words = src.iter();
-    for (c, &x) in (&mut chunks).zip(&mut words) {
-        let v = u64::from_le_bytes((&*c).try_into().expect("8-byte chunk")) | x;
-        c.copy_from_slice(&v.to_le_bytes());
-    }
-    if let Some(&x) = words.next() {
-        for (i, b) in chunks.into_remainder().iter_mut().enumerate() {
-            *b |= (x >> (8 * i)) as u8;
+    let mut words = words.filter(|&(_, x)| x != 0).peekable();
+    let mut run = [(0u64, 0u64); OR_RUN_WORDS];
+    let mut buf = [0u8; OR_RUN_WORDS * 8 + 8];
+    while let Some(first) = words.next() {
+        run[0] = first;
+        let mut n = 1;
+        while n < OR_RUN_WORDS {
+            match words.peek() {
+                Some(&(i, _))
+                    if i - run[n - 1].0 <= OR_GAP_WORDS && i - first.0 < OR_RUN_WORDS as u64 =>
+                {
+                    run[n] = words.next().expect("peeked");
+                    n += 1;
+                }
+                _ => break,
+            }
         }
+        let run = &run[..n];
+        // the bitmap bits of the lowest and highest set bit of the run
+        let bit = |i: u64, k: u32| {
+            i.checked_mul(64)
+                .and_then(|b| b.checked_add(bit_off))
+                .and_then(|b| b.checked_add(u64::from(k)))
+        };
+        let (i0, x0) = run[0];
+        let (i1, x1) = run[n - 1];
+        let (Some(b0), Some(b1)) = (
+            bit(i0, x0.trailing_zeros()),
+            bit(i1, 63 - x1.leading_zeros()),
+        ) else {
+            return Err(Error::fault(
+                "the bitmap runs past the end of the address space",
+            ));
+        };
+        let (byte0, byte1) = (b0 / 8, b1 / 8);
+        let Some(addr) = data
+            .checked_add(byte0)
+            .filter(|a| a.checked_add(byte1 - byte0).is_some())
+        else {
+            return Err(Error::fault(
+                "the bitmap runs past the end of the address space",
+            ));
+        };
+        let bytes = &mut buf[..(byte1 - byte0 + 1) as usize];
+        mem.read(addr, bytes).map_err(|e| {
+            err!(
+                EFAULT,
+                "cannot read the bitmap at {addr:#x}: {}",
+                e.reason()
+            )
+        })?;
+        for &(i, x) in run {
+            let tz = x.trailing_zeros();
+            let at = bit(i, tz).expect("inside the run") - byte0 * 8;
+            let mut v = u128::from(x >> tz) << (at % 8);
+            let mut k = (at / 8) as usize;
+            while v != 0 {
+                bytes[k] |= v as u8;
+                v >>= 8;
+                k += 1;
+            }
+        }
+        mem.write(addr, bytes).map_err(|e| {
+            err!(
+                EFAULT,
+                "cannot write the bitmap at {addr:#x}: {}",
+                e.reason()
+            )
+        })?;
     }
-    mem.write(addr, bytes).map_err(|e| {
-        err!(
-            EFAULT,
-            "GET_DIRTY_BITMAP: cannot write the bitmap at data {data:#x}: {}",
-            e.reason()
-        )
-    })
+    Ok(())
 }
 
 #[cfg(test)]
@@ -581,6 +757,186 @@ mod tests {
         let mut third = vec![0u64; (len / 4 / g / 64) as usize];
         t.read_and_clear_dirty(id, &req, &mut third).unwrap();
         assert!(third.iter().any(|&w| w != 0));
+        t.unmap_all().unwrap();
+        t.remove_domain(id);
+    }
+
+    /// Sparse and dense words OR-ed in at any bit offset set exactly the
+    /// bits a bit-by-bit model sets, touch no byte outside the set bits'
+    /// span, and keep the bits already there.
+    #[test]
+    fn or_bits_into_user_matches_a_model() {
+        let mut x = 0x2545_f491_4f6c_dd1du64;
+        let mut rnd = move || {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x
+        };
+        for case in 0..60 {
+            let nwords = 1 + rnd() % 300;
+            let bit_off = match case % 3 {
+                0 => 0,
+                1 => rnd() % 64,
+                _ => 64 * (rnd() % 5) + rnd() % 8,
+            };
+            let keep = rnd() % 10; // in tenths: how many words are zero
+            let words: Vec<(u64, u64)> = (0..nwords)
+                .map(|i| {
+                    let v = if rnd() % 10 < keep {
+                        0
+                    } else {
+                        match rnd() % 3 {
+                            0 => u64::MAX,
+                            1 => 1 << (rnd() % 64),
+                            _ => rnd(),
+                        }
+                    };
+                    (i, v)
+                })
+                .collect();
+            let nbytes = ((bit_off + nwords * 64) / 8 + 16) as usize;
+            let mut buf: Vec<u8> = (0..nbytes).map(|_| rnd() as u8 & 0x11).collect();
+            let mut want = buf.clone();
+            for &(i, v) in &words {
+                for k in 0..64 {
+                    if v >> k & 1 != 0 {
+                        let b = bit_off + i * 64 + k;
+                        want[(b / 8) as usize] |= 1 << (b % 8);
+                    }
+                }
+            }
+            or_bits_into_user(
+                &SelfMemory,
+                buf.as_mut_ptr() as u64,
+                bit_off,
+                words.iter().copied(),
+            )
+            .unwrap();
+            assert_eq!(buf, want, "case {case}");
+        }
+        // nothing set: nothing read, even at an unusable address
+        or_bits_into_user(&SelfMemory, 8, 0, [(0, 0), (5, 0)].into_iter()).unwrap();
+        // a bitmap that cannot be read is EFAULT
+        let e = or_bits_into_user(&SelfMemory, 8, 0, [(0, 1)].into_iter()).unwrap_err();
+        assert_eq!(e.errno().0, libc::EFAULT);
+    }
+
+    /// The writability probe: writable pages pass with their contents
+    /// unchanged, a read-only page, `PROT_NONE`, a hole or a kernel
+    /// address is `EFAULT` — through fault-safe exchanges and through
+    /// `populate` alike.
+    #[test]
+    fn the_bitmap_writability_probe() {
+        assert!(crate::faultsafe::install());
+        let ps = page_size() as usize;
+        // SAFETY: a fresh anonymous mapping, unmapped below.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                4 * ps,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        let base = p as u64;
+        // SAFETY: our own mapping: a value in page 0, page 1 read-only,
+        // page 2 PROT_NONE, page 3 a hole.
+        unsafe {
+            (p as *mut u64).write(0x1234);
+            assert_eq!(
+                libc::mprotect(p.cast::<u8>().add(ps).cast(), ps, libc::PROT_READ),
+                0
+            );
+            assert_eq!(
+                libc::mprotect(p.cast::<u8>().add(2 * ps).cast(), ps, libc::PROT_NONE),
+                0
+            );
+            assert_eq!(libc::munmap(p.cast::<u8>().add(3 * ps).cast(), ps), 0);
+        }
+        /// [`SelfMemory`] seen as foreign: the probe must use `populate`.
+        #[derive(Debug)]
+        struct Indirect;
+        impl UserMemory for Indirect {
+            fn read(&self, addr: u64, buf: &mut [u8]) -> Result<()> {
+                SelfMemory.read(addr, buf)
+            }
+            fn write(&self, addr: u64, buf: &[u8]) -> Result<()> {
+                SelfMemory.write(addr, buf)
+            }
+            fn populate(&self, addr: u64, len: u64, write: bool) -> Result<()> {
+                SelfMemory.populate(addr, len, write)
+            }
+        }
+        let psz = ps as u64;
+        for mem in [&SelfMemory as &dyn UserMemory, &Indirect] {
+            user_bitmap_writable(mem, base, 8, psz - 1).unwrap();
+            user_bitmap_writable(mem, base, 0, 0).unwrap(); // empty
+            for (lo, end) in [
+                (0, psz + 1),
+                (psz, psz + 8),
+                (2 * psz, 2 * psz + 1),
+                (3 * psz, 3 * psz + 8),
+            ] {
+                let e = user_bitmap_writable(mem, base, lo, end).unwrap_err();
+                assert_eq!(e.errno().0, libc::EFAULT, "bytes {lo:#x}..{end:#x}");
+            }
+            let e = user_bitmap_writable(mem, u64::MAX - 4096, 0, 8).unwrap_err();
+            assert_eq!(e.errno().0, libc::EFAULT);
+            let e = user_bitmap_writable(mem, 0xffff_8000_0000_0000, 0, 8).unwrap_err();
+            assert_eq!(e.errno().0, libc::EFAULT);
+        }
+        // SAFETY: page 0 of our mapping, still mapped and readable.
+        assert_eq!(unsafe { (p as *const u64).read() }, 0x1234);
+        // SAFETY: the pages of our mapping still mapped.
+        unsafe { libc::munmap(p, 3 * ps) };
+    }
+
+    /// The scratch words stay zero between reads: after a read with many
+    /// dirty pages, a read of the same range with none reports none, and a
+    /// read whose delivery failed (its words dropped, not returned) does
+    /// not leave bits for the next one.
+    #[test]
+    fn the_scratch_words_are_clean_for_the_next_read() {
+        let g = mock_io_page_size();
+        let npages = 256;
+        let len = npages * page_size();
+        let buf = RealBuf::new(npages);
+        let t = IoPagetable::new();
+        let d = MockDomain::new_paging(false, true);
+        t.add_domain(d.clone()).unwrap();
+        map(&t, buf.addr(), len, A);
+        let id = d.id();
+        t.set_dirty_tracking(id, true).unwrap();
+        let req = DirtyRequest {
+            iova: A,
+            length: len,
+            page_size: g,
+            no_clear: false,
+        };
+        let nbytes = req.nbits().div_ceil(8) as usize;
+        let read = |mem: &dyn UserMemory| {
+            let mut bytes = vec![0u8; nbytes];
+            let r = t.read_and_clear_dirty_user(id, &req, bytes.as_mut_ptr() as u64, mem);
+            r.map(|()| bytes)
+        };
+        d.mark_dirty(A + 3 * g, 40 * g).unwrap();
+        assert_eq!(read(&WritesFail).unwrap_err().errno().0, libc::EFAULT);
+        let got = read(&SelfMemory).unwrap();
+        let set: Vec<usize> = (0..nbytes * 8)
+            .filter(|&b| got[b / 8] >> (b % 8) & 1 != 0)
+            .collect();
+        assert_eq!(set, (3..43).collect::<Vec<_>>(), "put back, then delivered");
+        assert!(read(&SelfMemory).unwrap().iter().all(|&b| b == 0));
+        d.mark_dirty(A + 100 * g, g).unwrap();
+        let got = read(&SelfMemory).unwrap();
+        let set: Vec<usize> = (0..nbytes * 8)
+            .filter(|&b| got[b / 8] >> (b % 8) & 1 != 0)
+            .collect();
+        assert_eq!(set, vec![100]);
         t.unmap_all().unwrap();
         t.remove_domain(id);
     }

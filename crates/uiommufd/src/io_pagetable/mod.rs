@@ -108,6 +108,7 @@ pub use crate::domain::{DirtyBitmap, Prot};
 pub use crate::user::huge_page_size;
 pub use area_dirty::AreaDirty;
 pub use dirty::DirtyRequest;
+pub(crate) use dirty::{or_bits_into_user, user_bitmap_writable};
 pub use domains::{AccessNotify, PinnedPages};
 pub use write_log::AccessWriteLog;
 
@@ -345,6 +346,9 @@ pub struct IoPagetable {
     /// The areas the access fast path may copy through, searched without
     /// the lock (`access.rs`).
     direct: access::DirectIndex,
+    /// The zeroed words dirty reads build their bits in (`dirty.rs`); a
+    /// leaf lock, held only to take or return the buffer.
+    dirty_scratch: dirty::ScratchSlot,
 }
 
 impl Default for IoPagetable {
@@ -867,6 +871,7 @@ impl IoPagetable {
             uid: NEXT_UID.fetch_add(1, Ordering::Relaxed),
             write_log: AccessWriteLog::default(),
             direct: access::DirectIndex::default(),
+            dirty_scratch: dirty::ScratchSlot::default(),
         }
     }
 

@@ -152,7 +152,7 @@ fn write_bitmap(
     for (i, ad) in areas.iter().enumerate() {
         let off = (ad.iova - iova) >> pgshift;
         let r = area_writable(ctx, data, off, ad.nbits)
-            .and_then(|()| or_bits_into_user(ctx, data, off, &ad.words, ad.nbits));
+            .and_then(|()| or_bits_into_user(ctx, data, off, ad));
         if let Err(e) = r {
             if cleared {
                 Type1Session::of(ioas).put_back(ioas.iopt(), &areas[i..], pgshift);
@@ -170,16 +170,8 @@ fn area_writable(ctx: &Context, data: u64, off: u64, nbits: u64) -> Result<()> {
     if nbits == 0 {
         return Ok(());
     }
-    let ps = crate::user::page_size();
-    let lo = data.checked_add(off / 8);
-    let end = data.checked_add((off + nbits - 1) / 8 + 1);
-    let Some((lo, end)) = lo
-        .zip(end)
-        .and_then(|(lo, end)| Some((lo & !(ps - 1), end.checked_add(ps - 1)? & !(ps - 1))))
-    else {
-        return Err(Error::fault("dirty bitmap address wraps"));
-    };
-    ctx.memory().populate(lo, end - lo, true).map_err(|e| {
+    let (lo, end) = (off / 8, (off + nbits - 1) / 8 + 1);
+    crate::io_pagetable::user_bitmap_writable(ctx.memory().as_ref(), data, lo, end).map_err(|e| {
         crate::err!(
             EFAULT,
             "the dirty bitmap at {data:#x} is not writable user memory: {}",
@@ -188,69 +180,22 @@ fn area_writable(ctx: &Context, data: u64, off: u64, nbits: u64) -> Result<()> {
     })
 }
 
-/// Bytes of user bitmap one read-OR-write pass handles.
-const OR_CHUNK: u64 = 4096;
-
-/// OR `nbits` bits of `words` into the user bitmap at `data`, from bit
-/// `off`: only the bytes between the first and last set bit are touched,
-/// [`OR_CHUNK`] bytes at a time (no buffer in proportion to the bitmap).
-fn or_bits_into_user(ctx: &Context, data: u64, off: u64, words: &[u64], nbits: u64) -> Result<()> {
-    let nbits = nbits.min(words.len() as u64 * 64);
-    let word_below = |wi: usize| {
-        let base = wi as u64 * 64;
-        if base + 64 <= nbits {
-            words[wi]
-        } else {
-            words[wi] & ((1u64 << (nbits - base)) - 1)
-        }
-    };
-    let nwords = nbits.div_ceil(64) as usize;
-    let Some(lo_w) = (0..nwords).find(|&wi| word_below(wi) != 0) else {
-        return Ok(());
-    };
-    let hi_w = (lo_w..nwords)
-        .rev()
-        .find(|&wi| word_below(wi) != 0)
-        .unwrap_or(lo_w);
-    let lo = lo_w as u64 * 64 + u64::from(word_below(lo_w).trailing_zeros());
-    let hi = hi_w as u64 * 64 + 63 - u64::from(word_below(hi_w).leading_zeros());
-    let (byte_lo, byte_hi) = ((off + lo) / 8, (off + hi) / 8);
-    let mut buf = [0u8; OR_CHUNK as usize];
-    let mut b = byte_lo;
-    while b <= byte_hi {
-        let n = (byte_hi - b + 1).min(OR_CHUNK);
-        let chunk = &mut buf[..n as usize];
-        let addr = data
-            .checked_add(b)
-            .filter(|a| a.checked_add(n).is_some())
-            .ok_or_else(|| Error::fault("dirty bitmap address wraps"))?;
-        ctx.memory()
-            .read(addr, chunk)
-            .map_err(|_| Error::fault("cannot read the dirty bitmap"))?;
-        // bitmap bits i0..=i1 land in this chunk
-        let i0 = (b * 8).saturating_sub(off).max(lo);
-        let i1 = ((b + n) * 8 - 1 - off).min(hi);
-        let mut i = i0;
-        while i <= i1 {
-            let wi = (i / 64) as usize;
-            let mut w = word_below(wi) & (!0u64 << (i % 64));
-            let wend = (wi as u64 * 64 + 63).min(i1);
-            if wend < wi as u64 * 64 + 63 {
-                w &= (1u64 << (wend % 64 + 1)) - 1;
-            }
-            while w != 0 {
-                let p = off + wi as u64 * 64 + u64::from(w.trailing_zeros()) - b * 8;
-                chunk[(p / 8) as usize] |= 1 << (p % 8);
-                w &= w - 1;
-            }
-            i = wend + 1;
-        }
-        ctx.memory()
-            .write(addr, chunk)
-            .map_err(|_| Error::fault("cannot write the dirty bitmap"))?;
-        b += n;
-    }
-    Ok(())
+/// OR the area's bits into the user bitmap at `data`, from bit `off`: only
+/// the bytes holding set bits are touched (see
+/// `io_pagetable::or_bits_into_user`).
+fn or_bits_into_user(ctx: &Context, data: u64, off: u64, ad: &AreaDirty) -> Result<()> {
+    let nbits = ad.nbits;
+    let set = ad.set_words().map(|(i, x)| {
+        let base = i * 64;
+        let x = match nbits.checked_sub(base) {
+            Some(n) if n >= 64 => x,
+            Some(n) => x & ((1u64 << n) - 1),
+            None => 0,
+        };
+        (i, x)
+    });
+    crate::io_pagetable::or_bits_into_user(ctx.memory().as_ref(), data, off, set)
+        .map_err(|e| crate::err!(EFAULT, "cannot update the dirty bitmap: {}", e.reason()))
 }
 
 /// `VFIO_IOMMU_DIRTY_PAGES`
@@ -489,32 +434,51 @@ mod tests {
         buf[0] = 0x80; // kept
         let data = buf.as_mut_ptr() as u64;
         let words = [0b1011u64 | 1 << 63, 1];
-        or_bits_into_user(&ctx, data, 3, &words, 65).unwrap();
+        or_bits_into_user(&ctx, data, 3, &area(&words, 65)).unwrap();
         // bits 0,1,3,63,64 at offset 3: 3,4,6,66,67
         assert_eq!(buf[0], 0x80 | 0b0101_1000);
         assert_eq!(buf[8], 0b1100);
         assert!(buf[1..8].iter().all(|&b| b == 0));
         // bits past nbits are ignored
-        or_bits_into_user(&ctx, data, 100, &[1 << 5], 5).unwrap();
+        or_bits_into_user(&ctx, data, 100, &area(&[1 << 5], 5)).unwrap();
         assert!(buf[12..].iter().all(|&b| b == 0));
     }
 
-    /// Bitmaps spanning several chunks agree with a bit-by-bit model.
+    /// An area's bits as `type1_dirty_read` gives them: the span from the
+    /// first to the last non-zero word.
+    fn area(words: &[u64], nbits: u64) -> AreaDirty {
+        let lo = words.iter().position(|&w| w != 0).unwrap_or(0);
+        let hi = words.iter().rposition(|&w| w != 0).map_or(0, |h| h + 1);
+        AreaDirty {
+            iova: 0,
+            nbits,
+            first_word: lo,
+            words: words[lo..hi.max(lo)].to_vec(),
+        }
+    }
+
+    /// Bitmaps of many words, dense or sparse, agree with a bit-by-bit model.
     #[test]
     fn or_bits_across_chunks() {
         let ctx = Context::new();
         let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        for (off, nbits) in [
-            (0u64, 3 * OR_CHUNK * 8 + 5),
-            (13, 2 * OR_CHUNK * 8),
-            (7, 70),
+        for (off, nbits, sparse) in [
+            (0u64, 3 * 4096 * 8 + 5u64, false),
+            (13, 2 * 4096 * 8, false),
+            (7, 70, false),
+            (0, 64 * 1000, true),
+            (5, 64 * 1000 + 7, true),
         ] {
             let words: Vec<u64> = (0..nbits.div_ceil(64))
                 .map(|_| {
                     x ^= x << 13;
                     x ^= x >> 7;
                     x ^= x << 17;
-                    x & x.rotate_left(7)
+                    if sparse && !x.is_multiple_of(7) {
+                        0
+                    } else {
+                        x & x.rotate_left(7)
+                    }
                 })
                 .collect();
             let mut buf = vec![0x10u8; ((off + nbits) / 8 + 16) as usize];
@@ -524,7 +488,7 @@ mod tests {
                     want[((off + i) / 8) as usize] |= 1 << ((off + i) % 8);
                 }
             }
-            or_bits_into_user(&ctx, buf.as_mut_ptr() as u64, off, &words, nbits).unwrap();
+            or_bits_into_user(&ctx, buf.as_mut_ptr() as u64, off, &area(&words, nbits)).unwrap();
             assert_eq!(buf, want, "off {off} nbits {nbits}");
         }
     }
