@@ -407,6 +407,27 @@ pub fn mock_domain_replace<C: Ioctl + ?Sized>(c: &C, stdev: u32, pt: u32) -> Res
     test_cmd(c, IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, stdev, r.as_bytes()).map(|_| ())
 }
 
+/// `IOMMU_TEST_OP_MD_CHECK_IOTLB`: IOTLB entry `id` of the mock nested
+/// HWPT `hwpt` holds `value` (`EINVAL` when it does not).
+pub fn check_iotlb<C: Ioctl + ?Sized>(c: &C, hwpt: u32, id: u32, value: u32) -> Result<(), i32> {
+    let ci = TestCheckIotlb { id, iotlb: value };
+    test_cmd(c, IOMMU_TEST_OP_MD_CHECK_IOTLB, hwpt, ci.as_bytes()).map(|_| ())
+}
+
+/// `IOMMU_TEST_OP_DEV_CHECK_CACHE`: cache entry `id` of the mock device
+/// bound as device object `dev` holds `value` (`EINVAL` when it does not).
+pub fn check_dev_cache<C: Ioctl + ?Sized>(c: &C, dev: u32, id: u32, value: u32) -> Result<(), i32> {
+    let cc = TestCheckDevCache { id, cache: value };
+    test_cmd(c, IOMMU_TEST_OP_DEV_CHECK_CACHE, dev, cc.as_bytes()).map(|_| ())
+}
+
+/// `IOMMU_TEST_OP_TRIGGER_VEVENT`: the mock vIOMMU of device object `dev`
+/// reports a vEVENT for it.
+pub fn trigger_vevent<C: Ioctl + ?Sized>(c: &C, dev: u32) -> Result<(), i32> {
+    let t = TestTriggerVevent { dev_id: dev };
+    test_cmd(c, IOMMU_TEST_OP_TRIGGER_VEVENT, 0, t.as_bytes()).map(|_| ())
+}
+
 /// `IOMMU_TEST_OP_CREATE_ACCESS` on `ioas`: the access fd.
 pub fn create_access<C: Ioctl + ?Sized>(c: &C, ioas: u32, flags: u32) -> Result<u32, i32> {
     let a = TestCreateAccess {

@@ -227,6 +227,19 @@ impl Table {
         Ok(id)
     }
 
+    /// Take the object out of `id`'s slot when it is live; the caller then
+    /// releases the ID or leaves a tombstone in the slot. `None`, and
+    /// nothing changes, when `id` is not live.
+    fn take_live(&mut self, id: ObjId) -> Option<AnyObject> {
+        match self.slots.remove(&id)? {
+            Slot::Live(o) => Some(o),
+            other => {
+                self.slots.insert(id, other);
+                None
+            }
+        }
+    }
+
     fn release_id(&mut self, id: ObjId) {
         self.slots.remove(&id);
         if self.compat_ioas == Some(id) {
@@ -505,17 +518,7 @@ impl Context {
     pub fn remove_internal(&self, id: ObjId) {
         let obj = {
             let mut t = self.objects.lock();
-            match t.slots.remove(&id) {
-                Some(Slot::Live(o)) => {
-                    t.release_id(id);
-                    Some(o)
-                }
-                Some(other) => {
-                    t.slots.insert(id, other);
-                    None
-                }
-                None => None,
-            }
+            t.take_live(id).inspect(|_| t.release_id(id))
         };
         if let Some(o) = obj {
             o.destroyed(self);
@@ -528,17 +531,9 @@ impl Context {
     pub fn tombstone(&self, id: ObjId) {
         let obj = {
             let mut t = self.objects.lock();
-            match t.slots.remove(&id) {
-                Some(Slot::Live(o)) => {
-                    t.slots.insert(id, Slot::Tombstone);
-                    Some(o)
-                }
-                Some(other) => {
-                    t.slots.insert(id, other);
-                    None
-                }
-                None => None,
-            }
+            t.take_live(id).inspect(|_| {
+                t.slots.insert(id, Slot::Tombstone);
+            })
         };
         if let Some(o) = obj {
             tracing::debug!(id, "{} destroyed; its ID stays taken", o.kind());

@@ -518,7 +518,7 @@ fn remove_if(fd: i32, rec: &Arc<FileRec>) -> Option<Slot> {
 }
 
 /// `(st_dev, st_ino)` of `fd`, or `None` when it is not open.
-fn identity(fd: i32) -> Option<(u64, u64)> {
+pub(crate) fn identity(fd: i32) -> Option<(u64, u64)> {
     // SAFETY: an all-zero `stat` is a valid value to be overwritten.
     let mut st: libc::stat = unsafe { std::mem::zeroed() };
     // SAFETY: `st` is writable; a bad fd just fails. The raw system call:
@@ -937,34 +937,45 @@ fn readable(fd: i32) -> bool {
 fn set_readable(fd: i32, on: bool, wake: bool) {
     let is = readable(fd);
     if on && (wake || !is) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to the eventfd.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_write,
-                fd,
-                &one as *const u64 as *const libc::c_void,
-                8usize,
-            )
-        };
-        if n != 8 {
+        if !eventfd_write(fd, 1) {
             tracing::debug!(fd, errno = errno(), "signalling an engine fd failed");
         }
-    } else if !on && is {
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from the eventfd.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_read,
-                fd,
-                &mut v as *mut u64 as *mut libc::c_void,
-                8usize,
-            )
-        };
-        if n != 8 {
-            tracing::debug!(fd, errno = errno(), "draining an engine fd failed");
-        }
+    } else if !on && is && eventfd_read(fd).is_none() {
+        tracing::debug!(fd, errno = errno(), "draining an engine fd failed");
     }
+}
+
+/// Add `v` to the counter of the eventfd `fd` by the raw system call (no
+/// interposed `write` sees it); whether the 8 bytes were written (`errno`
+/// says why not).
+pub(crate) fn eventfd_write(fd: i32, v: u64) -> bool {
+    // SAFETY: writes 8 bytes from a live u64; a bad fd just fails.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_write,
+            fd,
+            &v as *const u64 as *const libc::c_void,
+            8usize,
+        )
+    };
+    n == 8
+}
+
+/// Read (and so reset) the counter of the eventfd `fd` by the raw system
+/// call; `None` when the read failed (`errno` says why: `EAGAIN` for a
+/// zero counter of a non-blocking eventfd).
+pub(crate) fn eventfd_read(fd: i32) -> Option<u64> {
+    let mut v: u64 = 0;
+    // SAFETY: reads 8 bytes into a live u64; a bad fd just fails.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_read,
+            fd,
+            &mut v as *mut u64 as *mut libc::c_void,
+            8usize,
+        )
+    };
+    (n == 8).then_some(v)
 }
 
 /// Every registered fd and the kind of its file

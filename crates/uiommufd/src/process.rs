@@ -97,24 +97,9 @@ impl ProcessMemory {
         if !self.alive() {
             return Err(self.gone(if to_user { "write" } else { "read" }, addr));
         }
-        let l = libc::iovec {
-            iov_base: local.cast(),
-            iov_len: len,
-        };
-        let r = libc::iovec {
-            iov_base: addr as usize as *mut libc::c_void,
-            iov_len: len,
-        };
-        // SAFETY: `l` describes the caller's buffer (see `read`/`write`);
-        // the kernel checks the other process's side.
-        let n = unsafe {
-            if to_user {
-                libc::process_vm_writev(self.pid, &l, 1, &r, 1, 0)
-            } else {
-                libc::process_vm_readv(self.pid, &l, 1, &r, 1, 0)
-            }
-        };
-        if n == len as isize {
+        // SAFETY: `local` is the caller's buffer of `len` bytes (see
+        // `read`/`write`).
+        if unsafe { vm_copy(self.pid, addr, local, len, to_user) } {
             Ok(())
         } else {
             Err(Error::new(
@@ -294,6 +279,34 @@ pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
     }
     // SAFETY: a fresh fd that nothing else owns.
     Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+}
+
+/// One `process_vm_writev` (`write`) of `len` bytes from `local` to `addr`
+/// in process `pid`, or one `process_vm_readv` of them from `addr` into
+/// `local`: whether all `len` bytes moved. The kernel checks the remote
+/// side, so a bad `addr` is just `false`.
+///
+/// # Safety
+/// `local` is valid for `len` bytes (written unless `write`).
+pub unsafe fn vm_copy(pid: i32, addr: u64, local: *mut u8, len: usize, write: bool) -> bool {
+    let l = libc::iovec {
+        iov_base: local.cast(),
+        iov_len: len,
+    };
+    let r = libc::iovec {
+        iov_base: addr as usize as *mut libc::c_void,
+        iov_len: len,
+    };
+    // SAFETY: `l` as the caller promises (a write only reads it); the
+    // kernel checks `r`.
+    let n = unsafe {
+        if write {
+            libc::process_vm_writev(pid, &l, 1, &r, 1, 0)
+        } else {
+            libc::process_vm_readv(pid, &l, 1, &r, 1, 0)
+        }
+    };
+    n == len as isize
 }
 
 #[cfg(test)]

@@ -30,13 +30,7 @@ fn destroy(ctx: &Arc<Context>, id: u32) -> i32 {
 }
 
 fn check_iotlb(ctx: &Arc<Context>, hwpt: u32, id: u32, value: u32) -> i32 {
-    let c = TestCheckIotlb { id, iotlb: value };
-    err(test_cmd(
-        ctx,
-        IOMMU_TEST_OP_MD_CHECK_IOTLB,
-        hwpt,
-        c.as_bytes(),
-    ))
+    err(kit::check_iotlb(ctx, hwpt, id, value))
 }
 
 fn fault_alloc(ctx: &Arc<Context>) -> (u32, i32) {

@@ -675,10 +675,7 @@ fn mock_ops_after_6_12() {
         let ctx = Context::new_at(level);
         let ioas = ioas_alloc(&ctx);
         let (_, hwpt, idev) = mock_domain(&ctx, ioas).unwrap();
-        let check = |id: u32, cache: u32, obj: u32| {
-            let c = TestCheckDevCache { id, cache };
-            test_cmd(&ctx, IOMMU_TEST_OP_DEV_CHECK_CACHE, obj, c.as_bytes()).map(|_| ())
-        };
+        let check = |id: u32, cache: u32, obj: u32| check_dev_cache(&ctx, obj, id, cache);
         if level < UapiLevel::V6_13 {
             assert_eq!(
                 check(0, IOMMU_TEST_DEV_CACHE_DEFAULT, idev),

@@ -12,9 +12,9 @@ use uiommufd::veventq::VeventqFile;
 use uiommufd::{Context, UapiLevel};
 use uiommufd_testkit::{
     self as kit, err, errno, hwpt_alloc, hwpt_alloc_data, hwpt_alloc_with, invalidate, ioas_alloc,
-    mock_domain_replace, test_cmd, Buf, Ioctl,
+    mock_domain_replace, Buf, Ioctl,
 };
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::FromBytes;
 
 fn ps() -> u64 {
     uiommufd::user::page_size()
@@ -112,18 +112,11 @@ fn nested_on(ctx: &Arc<Context>, dev: u32, pt: u32, flags: u32, fault: u32) -> R
 }
 
 fn trigger_vevent(ctx: &Arc<Context>, dev: u32) -> i32 {
-    let t = TestTriggerVevent { dev_id: dev };
-    err(test_cmd(ctx, IOMMU_TEST_OP_TRIGGER_VEVENT, 0, t.as_bytes()))
+    err(kit::trigger_vevent(ctx, dev))
 }
 
 fn check_cache(ctx: &Arc<Context>, dev: u32, id: u32, value: u32) -> i32 {
-    let c = TestCheckDevCache { id, cache: value };
-    err(test_cmd(
-        ctx,
-        IOMMU_TEST_OP_DEV_CHECK_CACHE,
-        dev,
-        c.as_bytes(),
-    ))
+    err(kit::check_dev_cache(ctx, dev, id, value))
 }
 
 /// The selftest fixture: an IOAS, a mock device on it, a nest-parent HWPT,

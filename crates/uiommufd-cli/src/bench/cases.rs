@@ -388,24 +388,8 @@ impl SyscallMemory {
     /// # Safety
     /// `local` is valid for `len` bytes (written unless `write`).
     unsafe fn copy(addr: u64, local: *mut u8, len: usize, write: bool) -> uiommufd::Result<()> {
-        let local = libc::iovec {
-            iov_base: local.cast(),
-            iov_len: len,
-        };
-        let remote = libc::iovec {
-            iov_base: addr as usize as *mut libc::c_void,
-            iov_len: len,
-        };
-        // SAFETY: `local` as the caller promises; the kernel checks `remote`
-        // (and a write only reads `local`).
-        let n = unsafe {
-            if write {
-                libc::process_vm_writev(libc::getpid(), &local, 1, &remote, 1, 0)
-            } else {
-                libc::process_vm_readv(libc::getpid(), &local, 1, &remote, 1, 0)
-            }
-        };
-        if n == len as isize {
+        // SAFETY: `local` as the caller promises.
+        if unsafe { uiommufd::process::vm_copy(libc::getpid(), addr, local, len, write) } {
             Ok(())
         } else {
             Err(uiommufd::Error::fault(

@@ -239,10 +239,5 @@ int main(void)
 	check_efault_keeps_faults();
 	check_reads_leave_the_rest_alone();
 	CHECK(!(poll_events(fault_fd) & POLLIN), "nothing left");
-	if (failures) {
-		fprintf(stderr, "%d check(s) failed\n", failures);
-		return 1;
-	}
-	printf("OK\n");
-	return 0;
+	return checks_result();
 }

@@ -300,8 +300,5 @@ int main(int argc, char **argv)
 	owner_execs();
 	owner_execs_with_pinned_memory();
 	owner_execs_under_a_client();
-	if (failures)
-		return 1;
-	printf("OK\n");
-	return 0;
+	return checks_result();
 }

@@ -275,10 +275,5 @@ int main(void)
 	fault_fd_in_a_child();
 	engine_fds_made_by_a_child();
 	owner_exit();
-	if (failures) {
-		fprintf(stderr, "%d failures\n", failures);
-		return 1;
-	}
-	printf("OK\n");
-	return 0;
+	return checks_result();
 }

@@ -677,10 +677,5 @@ int main(int argc, char **argv)
 		fprintf(stderr, "unknown case %s\n", c);
 		return 2;
 	}
-	if (atomic_load(&failures)) {
-		fprintf(stderr, "%d failures\n", atomic_load(&failures));
-		return 1;
-	}
-	printf("OK\n");
-	return 0;
+	return checks_result();
 }

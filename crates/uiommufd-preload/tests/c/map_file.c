@@ -152,8 +152,5 @@ int main(int argc, char **argv)
 	free(back);
 out:
 	close(iommufd);
-	if (atomic_load(&failures))
-		return 1;
-	printf("OK\n");
-	return 0;
+	return checks_result();
 }

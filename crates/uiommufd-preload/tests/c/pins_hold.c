@@ -214,8 +214,5 @@ int main(void)
 	/* the program's memory is its own as before */
 	CHECK(munmap(buf, len) == 0 && munmap(b2, 4 * pg) == 0, "final munmap");
 	close(iommufd);
-	if (atomic_load(&failures))
-		return 1;
-	printf("OK\n");
-	return 0;
+	return checks_result();
 }

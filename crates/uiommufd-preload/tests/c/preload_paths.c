@@ -200,10 +200,5 @@ int main(void)
 	check_long_paths();
 	check_o_path();
 	check_forms();
-	if (failures) {
-		fprintf(stderr, "%d check(s) failed\n", failures);
-		return 1;
-	}
-	printf("OK\n");
-	return 0;
+	return checks_result();
 }

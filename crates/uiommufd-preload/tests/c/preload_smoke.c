@@ -286,10 +286,5 @@ int main(int argc, char **argv)
 
 	check_ordinary_files();
 
-	if (failures) {
-		fprintf(stderr, "%d check(s) failed\n", failures);
-		return 1;
-	}
-	printf("OK\n");
-	return 0;
+	return checks_result();
 }

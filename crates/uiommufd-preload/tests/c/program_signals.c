@@ -304,10 +304,5 @@ int main(int argc, char **argv)
 	test_resethand_and_kill();
 	test_default_actions();
 	test_race(secs);
-	if (failures) {
-		fprintf(stderr, "%d failures\n", failures);
-		return 1;
-	}
-	printf("OK\n");
-	return 0;
+	return checks_result();
 }

@@ -257,10 +257,5 @@ int main(int argc, char **argv)
 		owner(argv[2]);
 	else
 		peer(argv[2]);
-	if (failures) {
-		fprintf(stderr, "%d failures\n", failures);
-		return 1;
-	}
-	printf("OK\n");
-	return 0;
+	return checks_result();
 }

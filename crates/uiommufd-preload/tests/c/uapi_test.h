@@ -35,6 +35,20 @@ static atomic_int failures;
 		}                                                            \
 	} while (0)
 
+/* What main returns at the end: 1, after the count of failed checks on
+ * stderr, when any failed; 0, after "OK" on stdout, when none did. */
+static inline int checks_result(void)
+{
+	int n = atomic_load(&failures);
+
+	if (n) {
+		fprintf(stderr, "%d check(s) failed\n", n);
+		return 1;
+	}
+	printf("OK\n");
+	return 0;
+}
+
 #define IOMMUFD_TYPE ';'
 #define IOMMU_DESTROY _IO(IOMMUFD_TYPE, 0x80)
 #define IOMMU_IOAS_ALLOC _IO(IOMMUFD_TYPE, 0x81)

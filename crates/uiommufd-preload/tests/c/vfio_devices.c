@@ -524,8 +524,5 @@ int main(int argc, char **argv)
 	nodes();
 	group_and_device();
 	concurrency();
-	if (failures)
-		return 1;
-	printf("OK\n");
-	return 0;
+	return checks_result();
 }

@@ -399,10 +399,5 @@ int main(void)
 
 	CHECK(close(fd) == 0, "check failed");
 	munmap(mem, NPAGES * PAGE);
-	if (failures) {
-		fprintf(stderr, "%d check(s) failed\n", failures);
-		return 1;
-	}
-	printf("OK\n");
-	return 0;
+	return checks_result();
 }

@@ -333,8 +333,5 @@ int main(void)
 	close(devfd);
 	close(fa.out_fault_fd);
 	close(iommufd);
-	if (atomic_load(&failures))
-		return 1;
-	printf("OK\n");
-	return 0;
+	return checks_result();
 }

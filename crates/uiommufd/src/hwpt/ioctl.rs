@@ -182,19 +182,7 @@ fn alloc_nested(
         0
     };
     let valid = IOMMU_HWPT_FAULT_ID_VALID | pasid_flag;
-    if cmd.flags & !valid != 0 {
-        bail!(
-            EOPNOTSUPP,
-            "HWPT_ALLOC: flags {:#x} are not supported for a nested HWPT",
-            cmd.flags & !valid
-        );
-    }
-    if data.len == 0 {
-        bail!(
-            EOPNOTSUPP,
-            "HWPT_ALLOC: a nested HWPT needs driver data (data_len is 0)"
-        );
-    }
+    check_nested_request(&cmd, valid, "a nested HWPT")?;
     let Some(ops) = dev.driver().nesting() else {
         bail!(
             EOPNOTSUPP,
@@ -252,19 +240,7 @@ fn alloc_on_viommu(
         );
     }
     let valid = IOMMU_HWPT_FAULT_ID_VALID | IOMMU_HWPT_ALLOC_PASID;
-    if cmd.flags & !valid != 0 {
-        bail!(
-            EOPNOTSUPP,
-            "HWPT_ALLOC: flags {:#x} are not supported for a nested HWPT on a vIOMMU",
-            cmd.flags & !valid
-        );
-    }
-    if cmd.data_len == 0 {
-        bail!(
-            EOPNOTSUPP,
-            "HWPT_ALLOC: a nested HWPT needs driver data (data_len is 0)"
-        );
-    }
+    check_nested_request(&cmd, valid, "a nested HWPT on a vIOMMU")?;
     let data = user_data(u, &cmd);
     let r = u.ctx.reserve()?;
     let domain =
@@ -280,6 +256,26 @@ fn alloc_on_viommu(
         HwptNested::new_on_viommu(viommu, domain, fault),
         pasid,
     )
+}
+
+/// The first checks of both nested branches of `IOMMU_HWPT_ALLOC`:
+/// `EOPNOTSUPP` for flags outside `valid` or no driver data; `what` names
+/// the HWPT asked for in the message.
+fn check_nested_request(cmd: &IommuHwptAlloc, valid: u32, what: &str) -> Result<()> {
+    if cmd.flags & !valid != 0 {
+        bail!(
+            EOPNOTSUPP,
+            "HWPT_ALLOC: flags {:#x} are not supported for {what}",
+            cmd.flags & !valid
+        );
+    }
+    if cmd.data_len == 0 {
+        bail!(
+            EOPNOTSUPP,
+            "HWPT_ALLOC: a nested HWPT needs driver data (data_len is 0)"
+        );
+    }
+    Ok(())
 }
 
 /// The driver data of an `IOMMU_HWPT_ALLOC`.

@@ -82,6 +82,14 @@ impl HwptCore {
     fn set_id(&self, id: ObjId) {
         self.id.store(id, Ordering::Release);
     }
+    /// The first check of a HWPT's `check_object`: it was published as
+    /// `id` (`kind` names it in the message).
+    fn check_id(&self, kind: &str, id: ObjId) -> std::result::Result<(), String> {
+        match self.id() {
+            Some(own) if own == id => Ok(()),
+            own => Err(format!("{kind} {id} believes its ID is {own:?}")),
+        }
+    }
     fn add_device(&self, dev: ObjId) {
         self.devices.lock().push(dev);
     }
@@ -115,10 +123,7 @@ impl Object for HwptPaging {
     const OBJ_TYPE: Option<&'static str> = Some("IOMMUFD_OBJ_HWPT_PAGING");
 
     fn check_object(&self, _ctx: &Context, id: ObjId) -> std::result::Result<(), String> {
-        if self.id() != Some(id) {
-            return Err(format!("HWPT {id} believes its ID is {:?}", self.id()));
-        }
-        Ok(())
+        self.core.check_id(Self::KIND, id)
     }
 }
 

@@ -40,12 +40,7 @@ impl Object for HwptNested {
     const OBJ_TYPE: Option<&'static str> = Some("IOMMUFD_OBJ_HWPT_NESTED");
 
     fn check_object(&self, _ctx: &Context, id: ObjId) -> std::result::Result<(), String> {
-        if self.id() != Some(id) {
-            return Err(format!(
-                "nested HWPT {id} believes its ID is {:?}",
-                self.id()
-            ));
-        }
+        self.core.check_id(Self::KIND, id)?;
         if !self.parent().nest_parent() || self.parent().auto_domain() {
             return Err(format!(
                 "nested HWPT {id} has a parent that is not a manual nest parent"

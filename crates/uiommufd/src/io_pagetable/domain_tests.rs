@@ -10,7 +10,7 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use super::tests::{copy, errno, ok, ps, src, RealBuf};
+use super::tests::{concurrently, copy, errno, ok, ps, src, RealBuf};
 use super::*;
 use crate::domain::{Domain, HostAddr, Iova};
 use crate::mock::domain::{
@@ -1153,47 +1153,25 @@ fn concurrent_map_unmap_two_domains(drv: Drv) {
     t.add_domain(d2.dyn_domain()).unwrap();
     // Allocation inside [A, A + 2^28); fixed maps above, one region per thread.
     t.set_allowed(&[(A, A + (1 << 28) - 1)]).unwrap();
-    let stop = Arc::new(AtomicBool::new(false));
-    let checker = {
-        let (t, stop) = (t.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::Relaxed) {
-                t.check_invariants().unwrap();
-                std::thread::yield_now();
-            }
-        })
-    };
-    let workers: Vec<_> = (0..6u64)
-        .map(|n| {
-            let (t, buf) = (t.clone(), buf.clone());
-            std::thread::spawn(move || {
-                let u = buf.addr();
-                let base = A + (1 << 28) + n * (1 << 24);
-                for i in 0..150u64 {
-                    let len = ps * (1 + (i + n) % 4);
-                    let fixed = base + (i % 8) * 16 * ps;
-                    let up = u + (i % 32) * ps;
-                    assert_eq!(map(&t, up, len, Some(fixed), Prot::RW).unwrap(), fixed);
-                    let a = map(&t, u + (i % 5) * ps, len, None, Prot::RW).unwrap();
-                    assert!((A..A + (1 << 28)).contains(&a));
-                    let c = copy(&t, &t, fixed, len, None).unwrap();
-                    for d in t.domains() {
-                        check_map(d.as_ref(), c, len, up).unwrap();
-                        check_map(d.as_ref(), fixed, len, up).unwrap();
-                    }
-                    assert_eq!(t.unmap(a, len).unwrap(), len);
-                    assert_eq!(t.unmap(c, len).unwrap(), len);
-                    assert_eq!(t.unmap(fixed, len).unwrap(), len);
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().unwrap();
-    }
-    stop.store(true, Ordering::Relaxed);
-    checker.join().unwrap();
-    ok(&t);
+    let b = buf.clone();
+    concurrently(&t, 150, move |t, n, i| {
+        let u = b.addr();
+        let base = A + (1 << 28) + n * (1 << 24);
+        let len = ps * (1 + (i + n) % 4);
+        let fixed = base + (i % 8) * 16 * ps;
+        let up = u + (i % 32) * ps;
+        assert_eq!(map(t, up, len, Some(fixed), Prot::RW).unwrap(), fixed);
+        let a = map(t, u + (i % 5) * ps, len, None, Prot::RW).unwrap();
+        assert!((A..A + (1 << 28)).contains(&a));
+        let c = copy(t, t, fixed, len, None).unwrap();
+        for d in t.domains() {
+            check_map(d.as_ref(), c, len, up).unwrap();
+            check_map(d.as_ref(), fixed, len, up).unwrap();
+        }
+        assert_eq!(t.unmap(a, len).unwrap(), len);
+        assert_eq!(t.unmap(c, len).unwrap(), len);
+        assert_eq!(t.unmap(fixed, len).unwrap(), len);
+    });
     assert!(t.areas().is_empty());
     assert!(d1.is_empty() && d2.is_empty());
     assert_eq!(d1.warnings(), 0);

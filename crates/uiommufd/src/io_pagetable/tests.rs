@@ -612,6 +612,40 @@ fn io_pagetable_unmap_error_order() {
 
 // ---- concurrency ----
 
+/// Run `round(t, n, i)` for `i` in `0..rounds` on each of six threads `n`,
+/// while another thread checks `t`'s invariants all along; then check them
+/// once more ([`ok`]).
+pub(super) fn concurrently(
+    t: &Arc<IoPagetable>,
+    rounds: u64,
+    round: impl Fn(&IoPagetable, u64, u64) + Send + Sync + 'static,
+) {
+    use std::sync::atomic::{AtomicBool, Ordering};
+    let stop = Arc::new(AtomicBool::new(false));
+    let checker = {
+        let (t, stop) = (t.clone(), stop.clone());
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::Relaxed) {
+                t.check_invariants().unwrap();
+                std::thread::yield_now();
+            }
+        })
+    };
+    let round = Arc::new(round);
+    let workers: Vec<_> = (0..6u64)
+        .map(|n| {
+            let (t, round) = (t.clone(), round.clone());
+            std::thread::spawn(move || (0..rounds).for_each(|i| round(&t, n, i)))
+        })
+        .collect();
+    for w in workers {
+        w.join().unwrap();
+    }
+    stop.store(true, Ordering::Relaxed);
+    checker.join().unwrap();
+    ok(t);
+}
+
 #[test]
 fn io_pagetable_concurrent_map_unmap() {
     let t = Arc::new(IoPagetable::new());
@@ -619,45 +653,22 @@ fn io_pagetable_concurrent_map_unmap() {
     // Allocation stays below 1 << 39; fixed maps (which ignore the allowed
     // ranges) go above, one region per thread.
     t.set_allowed(&[(ps, (1 << 39) - 1)]).unwrap();
-    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let checker = {
-        let (t, stop) = (t.clone(), stop.clone());
-        std::thread::spawn(move || {
-            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
-                t.check_invariants().unwrap();
-                std::thread::yield_now();
-            }
-        })
-    };
-    let workers: Vec<_> = (0..6u64)
-        .map(|n| {
-            let t = t.clone();
-            std::thread::spawn(move || {
-                let base = (n + 1) << 40;
-                for i in 0..300u64 {
-                    let len = ps * (1 + (i + n) % 4);
-                    let fixed = base + (i % 8) * 16 * ps;
-                    assert_eq!(map_at(&t, BUF + i * ps, len, Some(fixed)).unwrap(), fixed);
-                    let a = map_at(&t, BUF + (i % 5) * ps, len, None).unwrap();
-                    assert!(a < 1 << 39);
-                    let c = copy(&t, &t, fixed, len, None).unwrap();
-                    assert_eq!(
-                        t.get_pages(c, len).unwrap()[0].pages.id(),
-                        t.get_pages(fixed, len).unwrap()[0].pages.id()
-                    );
-                    assert_eq!(t.unmap(a, len).unwrap(), len);
-                    assert_eq!(t.unmap(c, len).unwrap(), len);
-                    assert_eq!(t.unmap(fixed, len).unwrap(), len);
-                }
-            })
-        })
-        .collect();
-    for w in workers {
-        w.join().unwrap();
-    }
-    stop.store(true, std::sync::atomic::Ordering::Relaxed);
-    checker.join().unwrap();
-    ok(&t);
+    concurrently(&t, 300, move |t, n, i| {
+        let base = (n + 1) << 40;
+        let len = ps * (1 + (i + n) % 4);
+        let fixed = base + (i % 8) * 16 * ps;
+        assert_eq!(map_at(t, BUF + i * ps, len, Some(fixed)).unwrap(), fixed);
+        let a = map_at(t, BUF + (i % 5) * ps, len, None).unwrap();
+        assert!(a < 1 << 39);
+        let c = copy(t, t, fixed, len, None).unwrap();
+        assert_eq!(
+            t.get_pages(c, len).unwrap()[0].pages.id(),
+            t.get_pages(fixed, len).unwrap()[0].pages.id()
+        );
+        assert_eq!(t.unmap(a, len).unwrap(), len);
+        assert_eq!(t.unmap(c, len).unwrap(), len);
+        assert_eq!(t.unmap(fixed, len).unwrap(), len);
+    });
     assert!(t.areas().is_empty());
     assert_eq!(t.unmap_all().unwrap(), 0);
 }

@@ -341,20 +341,26 @@ impl PinMap {
         }
     }
 
-    /// The holes (count zero) within `first..=last`, in order.
-    fn holes(&self, first: u64, last: u64) -> Vec<(u64, u64)> {
-        let mut out = Vec::new();
-        let mut cur = first;
+    /// The runs that overlap `first..=last`, in order, as (start page,
+    /// last page), not clipped to the range.
+    fn overlapping(&self, first: u64, last: u64) -> impl Iterator<Item = (u64, u64)> + '_ {
         let start = self
             .runs
             .range(..=first)
             .next_back()
             .map(|(&s, _)| s)
             .unwrap_or(first);
-        for (&s, &(l, _)) in self.runs.range(start..=last) {
-            if l < cur {
-                continue;
-            }
+        self.runs
+            .range(start..=last)
+            .map(|(&s, &(l, _))| (s, l))
+            .filter(move |&(_, l)| l >= first)
+    }
+
+    /// The holes (count zero) within `first..=last`, in order.
+    fn holes(&self, first: u64, last: u64) -> Vec<(u64, u64)> {
+        let mut out = Vec::new();
+        let mut cur = first;
+        for (s, l) in self.overlapping(first, last) {
             if s > cur {
                 out.push((cur, s - 1));
             }
@@ -447,19 +453,10 @@ impl PinMap {
         chunk: Option<(&Arc<crate::custody::Chunk>, u64)>,
     ) -> u64 {
         let ps = page_size();
-        let pinned: Vec<(u64, u64)> = {
-            let start = self
-                .runs
-                .range(..=first)
-                .next_back()
-                .map(|(&s, _)| s)
-                .unwrap_or(first);
-            self.runs
-                .range(start..=last)
-                .filter(|(_, &(l, _))| l >= first)
-                .map(|(&s, &(l, _))| (s.max(first), l.min(last)))
-                .collect()
-        };
+        let pinned: Vec<(u64, u64)> = self
+            .overlapping(first, last)
+            .map(|(s, l)| (s.max(first), l.min(last)))
+            .collect();
         let mut n = 0;
         for (s, l) in pinned {
             self.remove_relocs(s, l);

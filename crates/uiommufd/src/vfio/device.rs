@@ -53,6 +53,7 @@ use crate::context::{Context, ObjId};
 use crate::device::Device;
 use crate::domain::{DmaFault, Domain};
 use crate::fault::PageFault;
+use crate::files::{eventfd_read, eventfd_write, identity};
 use crate::uapi::{IOMMU_PGFAULT_PERM_READ, IOMMU_PGFAULT_PERM_WRITE};
 use crate::vfio::model::{Bus, PciLayout, PciModel};
 use crate::vfio::pci_config::{PciConfig, CONFIG_SIZE, PCI_STATUS, PCI_STATUS_INTERRUPT};
@@ -124,27 +125,8 @@ pub fn is_eventfd_without_proc(fd: i32) -> bool {
     if anon.is_none() || identity(fd) != anon {
         return false;
     }
-    let zero: u64 = 0;
-    // SAFETY: writes 8 bytes from a live u64; adding 0 to an eventfd's
-    // counter changes nothing and never blocks.
-    let n = unsafe {
-        libc::syscall(
-            libc::SYS_write,
-            fd,
-            &zero as *const u64 as *const libc::c_void,
-            8usize,
-        )
-    };
-    n == 8
-}
-
-/// `(st_dev, st_ino)` of `fd` by a raw `fstat`.
-fn identity(fd: i32) -> Option<(u64, u64)> {
-    // SAFETY: an all-zero `stat` is a valid value for the kernel to fill.
-    let mut st: libc::stat = unsafe { std::mem::zeroed() };
-    // SAFETY: fstat into a live, writable `stat`.
-    let r = unsafe { libc::syscall(libc::SYS_fstat, fd, &mut st as *mut libc::stat) };
-    (r == 0).then_some((st.st_dev, st.st_ino))
+    // adding 0 to an eventfd's counter changes nothing and never blocks
+    eventfd_write(fd, 0)
 }
 
 impl EventFd {
@@ -196,17 +178,7 @@ impl EventFd {
             );
             return;
         }
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to an fd we own.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_write,
-                self.fd,
-                &one as *const u64 as *const libc::c_void,
-                8usize,
-            )
-        };
-        if n != 8 {
+        if !eventfd_write(self.fd, 1) {
             tracing::debug!(fd = self.fd, "signalling an IRQ eventfd failed");
         }
     }
@@ -219,17 +191,8 @@ impl EventFd {
         if identity(self.fd) != Some((self.dev, self.ino)) {
             return false;
         }
-        let mut v: u64 = 0;
-        // SAFETY: reads 8 bytes into a live u64 from an fd we own.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_read,
-                self.fd,
-                &mut v as *mut u64 as *mut libc::c_void,
-                8usize,
-            )
-        };
-        n == 8 || std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
+        eventfd_read(self.fd).is_some()
+            || std::io::Error::last_os_error().raw_os_error() == Some(libc::EAGAIN)
     }
 }
 
@@ -326,16 +289,7 @@ impl Virqfd {
 
 impl Drop for Virqfd {
     fn drop(&mut self) {
-        let one: u64 = 1;
-        // SAFETY: writes 8 bytes from a live u64 to our own eventfd.
-        unsafe {
-            libc::syscall(
-                libc::SYS_write,
-                self.stop,
-                &one as *const u64 as *const libc::c_void,
-                8usize,
-            )
-        };
+        eventfd_write(self.stop, 1);
         if let Some(t) = self.thread.take() {
             if t.thread().id() != std::thread::current().id() {
                 let _ = t.join();

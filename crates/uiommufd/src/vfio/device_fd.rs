@@ -18,7 +18,7 @@
 use std::sync::Arc;
 
 use parking_lot::Mutex;
-use zerocopy::{FromBytes, IntoBytes};
+use zerocopy::{FromBytes, Immutable, IntoBytes};
 
 use crate::context::{Context, ObjId};
 use crate::files::{EngineFile, FdResolver, MmapTarget, StatAs};
@@ -267,39 +267,59 @@ impl DeviceFile {
             .is_some_and(|l| l.at_least(UapiLevel::V6_15))
     }
 
-    fn attach_pt(&self, arg: u64, mem: &dyn UserMemory) -> Result<i64> {
-        let minsz = 12;
-        let mut a: VfioDeviceAttachIommufdPtPasid =
-            read_prefix(mem, arg, minsz, "ATTACH_IOMMUFD_PT")?;
-        if (a.argsz as usize) < minsz {
-            bail!(EINVAL, "ATTACH_IOMMUFD_PT: argsz {} < {minsz}", a.argsz);
+    /// Copy in the argument of `VFIO_DEVICE_{ATTACH,DETACH}_IOMMUFD_PT`
+    /// (`what`): its `minsz` bytes, then, when `flags` has `pasid_flag`
+    /// (known from Linux 6.15, see [`Self::pasid_flags_known`]), its
+    /// `xend` bytes. `EINVAL` for an `argsz` below either or an unknown
+    /// flag. Returns the argument and whether it names a PASID.
+    fn read_pt_arg<T: FromBytes + IntoBytes + Immutable>(
+        &self,
+        mem: &dyn UserMemory,
+        arg: u64,
+        what: &'static str,
+        minsz: usize,
+        xend: usize,
+        pasid_flag: u32,
+    ) -> Result<(T, bool)> {
+        let v: T = read_prefix(mem, arg, minsz, what)?;
+        // both layouts start with `argsz` and `flags`
+        let (h, _) = VfioDeviceDetachIommufdPt::read_from_prefix(v.as_bytes())
+            .expect("a PT argument starts with argsz and flags");
+        if (h.argsz as usize) < minsz {
+            bail!(EINVAL, "{what}: argsz {} < {minsz}", h.argsz);
         }
         let known = if self.pasid_flags_known() {
-            VFIO_DEVICE_ATTACH_PASID
+            pasid_flag
         } else {
             0
         };
-        if a.flags & !known != 0 {
+        if h.flags & !known != 0 {
+            bail!(EINVAL, "{what}: unknown flags {:#x}", h.flags & !known);
+        }
+        if h.flags & pasid_flag == 0 {
+            return Ok((v, false));
+        }
+        if (h.argsz as usize) < xend {
             bail!(
                 EINVAL,
-                "ATTACH_IOMMUFD_PT: unknown flags {:#x}",
-                a.flags & !known
+                "{what}: argsz {} < {xend} with the PASID flag",
+                h.argsz
             );
         }
-        let pasid = a.flags & VFIO_DEVICE_ATTACH_PASID != 0;
-        if pasid {
-            // a vfio-pci device has the op; the PASID itself is checked by
-            // the engine (EINVAL for one the device does not have)
-            let xend = 16;
-            if (a.argsz as usize) < xend {
-                bail!(
-                    EINVAL,
-                    "ATTACH_IOMMUFD_PT: argsz {} < {xend} with VFIO_DEVICE_ATTACH_PASID",
-                    a.argsz
-                );
-            }
-            a = read_prefix(mem, arg, xend, "ATTACH_IOMMUFD_PT pasid")?;
-        }
+        Ok((read_prefix(mem, arg, xend, what)?, true))
+    }
+
+    fn attach_pt(&self, arg: u64, mem: &dyn UserMemory) -> Result<i64> {
+        // a vfio-pci device has the op; the PASID itself is checked by the
+        // engine (EINVAL for one the device does not have)
+        let (a, pasid): (VfioDeviceAttachIommufdPtPasid, bool) = self.read_pt_arg(
+            mem,
+            arg,
+            "ATTACH_IOMMUFD_PT",
+            12,
+            16,
+            VFIO_DEVICE_ATTACH_PASID,
+        )?;
         let id = if pasid {
             self.dev.attach_pasid_pt(a.pasid, a.pt_id)?
         } else {
@@ -319,34 +339,15 @@ impl DeviceFile {
     }
 
     fn detach_pt(&self, arg: u64, mem: &dyn UserMemory) -> Result<i64> {
-        let minsz = 8;
-        let mut d: VfioDeviceDetachIommufdPtPasid =
-            read_prefix(mem, arg, minsz, "DETACH_IOMMUFD_PT")?;
-        if (d.argsz as usize) < minsz {
-            bail!(EINVAL, "DETACH_IOMMUFD_PT: argsz {} < {minsz}", d.argsz);
-        }
-        let known = if self.pasid_flags_known() {
-            VFIO_DEVICE_DETACH_PASID
-        } else {
-            0
-        };
-        if d.flags & !known != 0 {
-            bail!(
-                EINVAL,
-                "DETACH_IOMMUFD_PT: unknown flags {:#x}",
-                d.flags & !known
-            );
-        }
-        if d.flags & VFIO_DEVICE_DETACH_PASID != 0 {
-            let xend = 12;
-            if (d.argsz as usize) < xend {
-                bail!(
-                    EINVAL,
-                    "DETACH_IOMMUFD_PT: argsz {} < {xend} with VFIO_DEVICE_DETACH_PASID",
-                    d.argsz
-                );
-            }
-            d = read_prefix(mem, arg, xend, "DETACH_IOMMUFD_PT pasid")?;
+        let (d, pasid): (VfioDeviceDetachIommufdPtPasid, bool) = self.read_pt_arg(
+            mem,
+            arg,
+            "DETACH_IOMMUFD_PT",
+            8,
+            12,
+            VFIO_DEVICE_DETACH_PASID,
+        )?;
+        if pasid {
             self.dev.detach_pasid_pt(d.pasid);
         } else {
             self.dev.detach_pt();
