@@ -158,7 +158,7 @@ impl Access {
     /// `iommufd_access_create_internal`: an access the core itself uses (a
     /// HW queue's pin of its memory), published on `ctx`. It has no driver
     /// to ask for unpins, so its pins lock their areas
-    /// ([`Access::pin_locked`]).
+    /// (`Access::pin_locked`).
     pub fn create_internal(ctx: &Context) -> Result<Arc<Access>> {
         let ops: Weak<dyn AccessOps> = Weak::<NoOps>::new();
         Self::publish(ctx, ops, page_size())

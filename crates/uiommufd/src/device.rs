@@ -60,7 +60,7 @@ impl HwptRef {
     }
     /// The domain a device attached here does DMA through: a paging HWPT's
     /// domain; for a nested HWPT its driver's two-stage domain
-    /// ([`NestedDomain::dma_domain`]) when it has one, else the parent's.
+    /// ([`NestedDomain::dma_domain`](crate::domain::NestedDomain::dma_domain)) when it has one, else the parent's.
     pub fn dma_domain(&self) -> Arc<dyn Domain> {
         match self {
             HwptRef::Paging(h) => h.domain().clone(),

@@ -37,7 +37,7 @@
 //!
 //! All of it happens with every registered IO page table's `domains` and
 //! `state` locks held for write, so no map, unmap, pin, unpin or locked
-//! copy runs meanwhile, and after [`crate::drain::wait`], so no lock-free
+//! copy runs meanwhile, and after `drain::wait`, so no lock-free
 //! copy is in flight. A device's DMA is not stopped: while the domains
 //! are re-mapped, or reach the reservation before the pages arrive, it
 //! faults, and [`dma`] (which the VFIO device bus wraps every DMA in)
@@ -69,7 +69,7 @@
 //!
 //! The fast paths pay nothing while nothing was moved: [`Pages::host`] and
 //! the checks on the copy paths are one load of a per-object flag, and the
-//! preload's hooks one load of [`PINNED`] (zero while no custodial page is
+//! preload's hooks one load of `PINNED` (zero while no custodial page is
 //! pinned) before forwarding.
 //!
 //! # Limits

@@ -12,7 +12,7 @@
 //! # Revocation
 //!
 //! The exporter may take its memory back at any time
-//! ([`DmaBuf::invalidate`], the kernel's `dma_buf_invalidate_mappings`):
+//! ([`DmaBuf::move_to`], the kernel's `dma_buf_invalidate_mappings`):
 //! every attachment then unmaps its pages from every domain that maps them
 //! and stays *revoked* for the rest of its life. The areas that map it stay
 //! (an unmap of them still works and unmaps nothing from the domains), a
@@ -22,8 +22,8 @@
 //! the buffer is revoked, a new map is `ENODEV`.
 //!
 //! To unmap on revocation, an attachment records (*tracks*) each domain it
-//! was filled into, with the IOVA range: [`Attachment::fill`] and
-//! [`Attachment::unfill`] (called by the IO page table for every domain
+//! was filled into, with the IOVA range: `Attachment::fill` and
+//! `Attachment::unfill` (called by the IO page table for every domain
 //! fill and unfill of an area of these pages) keep that list, under the
 //! attachment's lock, which revocation takes too.
 //!

@@ -8,7 +8,7 @@
 //! [`crate::Context::new_at`] / [`crate::Context::with_memory_at`]; the
 //! default is [`UapiLevel::NEWEST`].
 //!
-//! The dispatcher's table ([`super::dispatch`]) says for each command the
+//! The dispatcher's table ([`crate::dispatch`]) says for each command the
 //! level it appeared in; handlers ask [`UapiLevel::at_least`] for the rules
 //! that changed later.
 
