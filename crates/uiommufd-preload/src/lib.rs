@@ -280,6 +280,8 @@ fn fail(e: c_int) -> c_int {
 
 extern "C" fn preload_init() {
     sync::init();
+    // before anything can make the engine open an fd for itself (rule 5)
+    uiommufd::user::set_private_fd_guard(sync::private_fd_guard);
     let _ = guard(|| uiommufd::client::Client::ours().note_initial_caps());
     let _ = guard(signals::init);
     let _ = guard(signals::scan_existing_handlers);
@@ -514,7 +516,7 @@ fn dup_hook(old: c_int, new: Option<c_int>, real_dup: impl Fn() -> c_int) -> c_i
     // one-load fast path.
     let gen = sync::birth_gen();
     if !any_ours() {
-        let r = real_dup();
+        let r = sync::fd_call(&real_dup);
         if r < 0 || (sync::birth_gen() == gen && !sync::births()) {
             return post_open(r);
         }
@@ -529,7 +531,7 @@ fn dup_hook(old: c_int, new: Option<c_int>, real_dup: impl Fn() -> c_int) -> c_i
     let ok = guard(|| {
         let _c = sync::enter();
         let ops = sync::fd_ops();
-        r = real_dup();
+        r = sync::fd_call(&real_dup);
         e = errno();
         let replaced = new.filter(|&n| r == n && n != old && table::maybe_registered(n));
         let gone = replaced.and_then(table::lookup);

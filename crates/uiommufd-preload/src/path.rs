@@ -404,18 +404,22 @@ impl UserPath {
 /// `/proc` (its errno otherwise). Only `O_CLOEXEC` of `flags` matters here
 /// (the caller already checked `O_DIRECTORY`).
 pub(crate) fn open_o_path(node: &DevNode, flags: c_int) -> Result<c_int, c_int> {
-    // SAFETY: the name is a NUL-terminated static string; raw syscalls
-    // bypass the hooks.
-    let mfd = unsafe {
-        libc::syscall(
-            libc::SYS_memfd_create,
-            node.memfd_name.as_ptr(),
-            libc::MFD_CLOEXEC,
-        )
+    // a private fd (a racing `dup` of the number must not meet a bare
+    // memfd named like the node); raw syscalls bypass the hooks
+    let mfd = uiommufd::user::private_fd(|| {
+        // SAFETY: the name is a NUL-terminated static string.
+        unsafe {
+            libc::syscall(
+                libc::SYS_memfd_create,
+                node.memfd_name.as_ptr(),
+                libc::MFD_CLOEXEC,
+            ) as c_int
+        }
+    });
+    let mfd = match mfd {
+        Ok(m) => std::os::fd::IntoRawFd::into_raw_fd(m),
+        Err(e) => return Err(e.raw_os_error().unwrap_or(libc::EIO)),
     };
-    if mfd < 0 {
-        return Err(errno());
-    }
     let mut link = [0u8; 32];
     let prefix = b"/proc/self/fd/";
     link[..prefix.len()].copy_from_slice(prefix);

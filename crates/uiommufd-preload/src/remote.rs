@@ -383,6 +383,21 @@ fn hide(fd: c_int) -> c_int {
     high
 }
 
+/// As [`hide`], but `Err(errno)` when `fd` is not open (a program closed
+/// the number, which it does not hold): nothing is closed then.
+pub(crate) fn hide_checked(fd: c_int) -> Result<c_int, c_int> {
+    let high = hide_keeping(fd);
+    if high != fd {
+        crate::raw_close(fd);
+        return Ok(high);
+    }
+    // SAFETY: F_GETFD on a number; raw: `fcntl` is hooked.
+    if unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_GETFD) } < 0 {
+        return Err(crate::path::errno());
+    }
+    Ok(fd)
+}
+
 /// A close-on-exec duplicate of `fd` at a number out of the program's way
 /// (see [`hide`]), `fd` left open; `fd` itself when no such number is free.
 fn hide_keeping(fd: c_int) -> c_int {
@@ -2123,18 +2138,13 @@ pub(crate) fn adopt_inherited() {
 pub(crate) fn open_fds() -> Vec<c_int> {
     let mut fds = Vec::new();
     let _ops = crate::sync::fd_ops();
-    // SAFETY: open of a NUL-terminated path; raw: `open` is hooked.
-    let dir = unsafe {
-        libc::syscall(
-            libc::SYS_openat,
-            libc::AT_FDCWD,
-            c"/proc/self/fd".as_ptr(),
-            libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        )
-    } as c_int;
-    if dir < 0 {
+    // a private fd (out of the program's way); raw syscalls: `open` is hooked
+    let Ok(dir) =
+        uiommufd::user::open_private(c"/proc/self/fd", libc::O_RDONLY | libc::O_DIRECTORY)
+    else {
         return fds;
-    }
+    };
+    let dir = std::os::fd::IntoRawFd::into_raw_fd(dir);
     let mut buf = [0u64; 512];
     loop {
         // SAFETY: getdents64 into our buffer of that many bytes.

@@ -40,6 +40,16 @@
 //!    and `dup` takes that slow path: the new fd exists in the kernel before
 //!    it is registered, and a racing `close` of the number must wait until
 //!    the birth completed.
+//! 5. **The engine's private fds never show at the program's numbers**
+//!    ([`private_fd_guard`]): a `/proc` file the engine reads, a pidfd, a
+//!    reference to an eventfd — fds the kernel would never put in the
+//!    program's table — are made at the lowest free number, which a
+//!    program thread may be `dup`ing at that moment (a number it just
+//!    closed). Such an fd is made while no `dup`-family call is inside its
+//!    real system call and none may enter one, and is moved out of the
+//!    program's way before they may again. The exclusion is lock-free
+//!    ([`fd_call`]): the engine makes these fds with its own locks held,
+//!    and the fd-number lock's holders wait for engine locks.
 //!
 //! The allocator: the shim's Rust code (the engine included) allocates from
 //! its own heap ([`mimalloc`], see `lib.rs`), never from the program's
@@ -75,6 +85,14 @@ static BIRTH_GEN: AtomicU64 = AtomicU64::new(0);
 /// ours (see rule 4).
 static FD_OPS: Mutex<()> = Mutex::new(());
 
+/// How many `dup`-family calls are inside their real system call (rule 5,
+/// [`fd_call`]).
+static FD_CALLS: AtomicU32 = AtomicU32::new(0);
+
+/// How many private fds of the engine are being made at a low number
+/// (rule 5, [`private_fd_guard`]).
+static HIDING: AtomicU32 = AtomicU32::new(0);
+
 thread_local! {
     /// Critical-section nesting depth of this thread.
     static DEPTH: Cell<u32> = const { Cell::new(0) };
@@ -83,6 +101,11 @@ thread_local! {
     static FORK_MASK: Cell<Option<libc::sigset_t>> = const { Cell::new(None) };
     /// Whether this thread holds [`FD_OPS`].
     static HOLDS_FD_OPS: Cell<bool> = const { Cell::new(false) };
+    /// This thread's part of [`FD_CALLS`] (a signal handler may interrupt
+    /// a call of the program's that is about to leave the kernel).
+    static MY_FD_CALLS: Cell<u32> = const { Cell::new(0) };
+    /// This thread's part of [`HIDING`].
+    static MY_HIDING: Cell<u32> = const { Cell::new(0) };
 }
 
 /// `rt_sigprocmask` directly: glibc's wrappers leave its internal
@@ -331,6 +354,91 @@ pub(crate) fn fd_ops() -> FdOps {
     FdOps(Some(g))
 }
 
+/// Run `call`, a `dup`-family system call of the program's (one that
+/// makes a new fd from a number), while no private fd of the engine is at
+/// a number it could duplicate (rule 5). Lock-free: it waits only for
+/// [`private_fd_guard`]s in flight, which wait for nothing but calls
+/// already inside this function. `call` must not be a cancellation point
+/// (the count would stay up) and must not block; `dup`, `dup2`, `dup3` and
+/// `fcntl(F_DUPFD*)` are neither.
+pub(crate) fn fd_call<R>(call: impl FnOnce() -> R) -> R {
+    // This thread's part is counted before and uncounted after the shared
+    // count, so that a signal handler of this thread that makes a private
+    // fd never waits for the call it interrupted (which would never end).
+    MY_FD_CALLS.set(MY_FD_CALLS.get() + 1);
+    loop {
+        FD_CALLS.fetch_add(1, Ordering::SeqCst);
+        let h = HIDING.load(Ordering::SeqCst);
+        // (a private fd this very thread is making, interrupted by a
+        // signal handler of the program: not waited for, or never)
+        if h <= MY_HIDING.get() {
+            break;
+        }
+        leave_fd_call();
+        futex_wait(&HIDING, h);
+    }
+    let r = call();
+    let saved = crate::path::errno();
+    leave_fd_call();
+    MY_FD_CALLS.set(MY_FD_CALLS.get() - 1);
+    crate::path::set_errno(saved);
+    r
+}
+
+fn leave_fd_call() {
+    FD_CALLS.fetch_sub(1, Ordering::SeqCst);
+    if HIDING.load(Ordering::SeqCst) != 0 {
+        futex_wake_all(&FD_CALLS);
+    }
+}
+
+/// The engine's private-fd guard ([`uiommufd::user::set_private_fd_guard`],
+/// rule 5): `make` runs while no `dup`-family call of the program is inside
+/// its real system call ([`fd_call`]), and the new fd is moved to a number
+/// out of the program's way (`remote::hide`) before any may enter one. A
+/// `close` of the program's is not held off (it may block, and is a
+/// cancellation point): a program that closes a number it does not hold
+/// may close such an fd, as it may close any of the shim's own; the engine
+/// then sees the error (`EBADF` from the move).
+pub(crate) fn private_fd_guard(make: &mut dyn FnMut() -> libc::c_int) -> libc::c_int {
+    // Signals blocked: a handler of this thread must not `dup` meanwhile
+    // (inside a critical section they are already). No fork gate: the
+    // engine's own threads may call this outside critical sections, and a
+    // fork child recounts what is in flight (`reset_fd_calls_in_child`).
+    let mask = (!nested() && crate::signals::handlers_possible()).then(block_all);
+    MY_HIDING.set(MY_HIDING.get() + 1);
+    HIDING.fetch_add(1, Ordering::SeqCst);
+    loop {
+        let n = FD_CALLS.load(Ordering::SeqCst);
+        if n <= MY_FD_CALLS.get() {
+            break;
+        }
+        futex_wait(&FD_CALLS, n);
+    }
+    let fd = make();
+    let r = if fd < 0 {
+        fd
+    } else {
+        match crate::remote::hide_checked(fd) {
+            Ok(high) => high,
+            Err(e) => {
+                crate::path::set_errno(e);
+                -1
+            }
+        }
+    };
+    let saved = crate::path::errno();
+    if HIDING.fetch_sub(1, Ordering::SeqCst) == 1 {
+        futex_wake_all(&HIDING);
+    }
+    MY_HIDING.set(MY_HIDING.get() - 1);
+    if let Some(mask) = mask {
+        restore(&mask);
+    }
+    crate::path::set_errno(saved);
+    r
+}
+
 /// Lock-free: whether an fd birth is in flight somewhere (close and dup
 /// must then take their slow path).
 #[inline]
@@ -394,8 +502,16 @@ extern "C" fn atfork_parent() {
     }
 }
 
+/// In a fork child: the calls of rule 5 in flight are those of the threads
+/// that were not copied, but for this thread's own.
+fn reset_fd_calls_in_child() {
+    FD_CALLS.store(MY_FD_CALLS.get(), Ordering::SeqCst);
+    HIDING.store(MY_HIDING.get(), Ordering::SeqCst);
+}
+
 extern "C" fn atfork_child() {
     PID.store(raw_getpid(), Ordering::Relaxed);
+    reset_fd_calls_in_child();
     if let Some(mask) = FORK_MASK.take() {
         let _ = crate::guard(crate::remote::child);
         DEPTH.set(0);
@@ -409,6 +525,7 @@ extern "C" fn atfork_child() {
 /// of this thread's depth start afresh, and the pid is the child's.
 pub(crate) fn reset_in_child() {
     PID.store(raw_getpid(), Ordering::Relaxed);
+    reset_fd_calls_in_child();
     GATE.store(0, Ordering::Release);
     DEPTH.set(0);
 }

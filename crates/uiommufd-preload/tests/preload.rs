@@ -365,6 +365,13 @@ cases! {
     /// epoll fd are not taken for ours any more, without the per-ioctl `fstat`
     /// of the paranoid mode.
     fds_closed_behind_the_shims_back: host_case("stale", "0", secs(30));
+    /// The fds the engine makes for itself in the program's process (the
+    /// `/proc/PID/status` and `/proc/PID/maps` it reads for a fork child
+    /// reaching the parent's context, a pidfd) never show at a number the
+    /// program may `dup`: a thread duplicating every low number the program
+    /// does not hold gets `EBADF` only (the stress test once saw such a
+    /// `/proc` file as "a dup of a closing `/dev/iommu` fd").
+    private_fds_stay_out_of_the_programs_way: host_case("private-fds", "2", secs(60));
 }
 
 /// The stress test: threads running ioctls, open/close, dup/close races on

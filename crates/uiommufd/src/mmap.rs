@@ -11,7 +11,7 @@
 //! [`MmapRegion::mapped`] asks the process's own map list at destroy time
 //! (regions are rare: the cost is paid only by owners that have one).
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
 
 use crate::{bail, Result};
 
@@ -29,17 +29,15 @@ impl MmapRegion {
         if length == 0 || !length.is_multiple_of(crate::user::page_size()) {
             bail!(EINVAL, "mmap region: length {length:#x} is not whole pages");
         }
-        // SAFETY: a NUL-terminated name; the fd is new and ours.
-        let fd = unsafe { libc::memfd_create(c"uiommufd-mmap".as_ptr(), libc::MFD_CLOEXEC) };
-        if fd < 0 {
-            bail!(
-                ENOMEM,
-                "mmap region: memfd_create: {}",
-                std::io::Error::last_os_error()
-            );
-        }
-        // SAFETY: `fd` was just created and is owned by nobody else.
-        let memfd = unsafe { OwnedFd::from_raw_fd(fd) };
+        // a private fd of ours, out of the program's way
+        let memfd = crate::user::private_fd(|| {
+            // SAFETY: a NUL-terminated name; the fd is new and ours.
+            unsafe { libc::memfd_create(c"uiommufd-mmap".as_ptr(), libc::MFD_CLOEXEC) }
+        });
+        let memfd = match memfd {
+            Ok(m) => m,
+            Err(e) => bail!(ENOMEM, "mmap region: memfd_create: {e}"),
+        };
         let len = i64::try_from(length).unwrap_or(i64::MAX);
         // SAFETY: our own fd.
         if unsafe { libc::ftruncate(memfd.as_raw_fd(), len) } != 0 {

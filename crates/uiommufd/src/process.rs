@@ -253,7 +253,7 @@ impl UserMemory for ProcessMemory {
         if !theirs.same_memory_as(&FileMaps::snapshot(), addr, len) {
             return None;
         }
-        let pidfd = self.pidfd.try_clone().ok()?;
+        let pidfd = crate::user::dup_private(self.pidfd.as_raw_fd()).ok()?;
         Some(Arc::new(ProcessMemory {
             pid: self.pid,
             pidfd,
@@ -269,16 +269,13 @@ fn read_proc(path: &str) -> Option<String> {
     String::from_utf8(crate::user::read_proc_raw(&path)?).ok()
 }
 
-/// A pidfd for `pid` (`pidfd_open`, Linux 5.3+).
+/// A pidfd for `pid` (`pidfd_open`, Linux 5.3+), a private fd of the
+/// engine ([`crate::user::private_fd`]).
 pub fn pidfd_open(pid: i32) -> std::io::Result<OwnedFd> {
-    use std::os::fd::FromRawFd;
-    // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    // SAFETY: a fresh fd that nothing else owns.
-    Ok(unsafe { OwnedFd::from_raw_fd(fd as i32) })
+    crate::user::private_fd(|| {
+        // SAFETY: pidfd_open takes a pid and flags; it returns a new fd or -1.
+        unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) as i32 }
+    })
 }
 
 /// One `process_vm_writev` (`write`) of `len` bytes from `local` to `addr`

@@ -111,23 +111,96 @@ pub fn check_zero_tail(
     Ok(())
 }
 
-/// The bytes of a `/proc` (or other small) file, read with raw system
-/// calls: under the preload `open` and `read` are the program's hooked
-/// entry points (a read interrupted by a signal is retried). `None` when
-/// it cannot be opened.
-pub fn read_proc_raw(path: &std::ffi::CStr) -> Option<Vec<u8>> {
-    // SAFETY: a NUL-terminated path; the fd is ours and closed below.
-    let fd = unsafe {
-        libc::syscall(
-            libc::SYS_openat,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            libc::O_RDONLY | libc::O_CLOEXEC,
-        )
-    } as i32;
+// ---------------------------------------------------------------------------
+// The engine's private fds
+
+/// How an embedder makes the engine's private fds (see
+/// [`set_private_fd_guard`]): run `make` (one raw system call that returns
+/// a new fd, or -1 with `errno` set) and return the fd the engine is to
+/// use — `make`'s, or a duplicate of it elsewhere, `make`'s then closed —
+/// or -1 with `errno` set. `make` must be called exactly once.
+pub type PrivateFdGuard = fn(make: &mut dyn FnMut() -> i32) -> i32;
+
+static PRIVATE_FD_GUARD: std::sync::OnceLock<PrivateFdGuard> = std::sync::OnceLock::new();
+
+/// Install the guard through which the engine makes every fd it keeps for
+/// itself in the process it runs in (its private fds: a `/proc` file it
+/// reads, a pidfd, a reference to an eventfd it watches, a memfd behind an
+/// mmap region — never an fd it hands to the program, such as a fault
+/// queue's). `false` when a guard was installed already (the first stays).
+///
+/// The kernel makes none of these in the program's fd table: under an
+/// `LD_PRELOAD` shim they are there, at the lowest free number, where a
+/// thread of the program racing on a number it just closed (a `dup` of
+/// it, say) could reach them. A shim installs a guard that makes each one
+/// out of that race and moves it to a number out of the program's way
+/// before it returns. Without a guard, `make` just runs.
+pub fn set_private_fd_guard(guard: PrivateFdGuard) -> bool {
+    PRIVATE_FD_GUARD.set(guard).is_ok()
+}
+
+/// A private fd of the engine (see [`set_private_fd_guard`]), made by
+/// `make`: one raw system call that returns a new fd or -1 with `errno`.
+pub fn private_fd(make: impl FnOnce() -> i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    let mut make = Some(make);
+    let mut once = || match make.take() {
+        Some(f) => f(),
+        None => {
+            // a guard that calls `make` twice: refuse the second fd
+            // SAFETY: errno is thread-local; setting it has no other effect.
+            unsafe { *libc::__errno_location() = libc::EINVAL };
+            -1
+        }
+    };
+    let fd = match PRIVATE_FD_GUARD.get() {
+        Some(guard) => guard(&mut once),
+        None => once(),
+    };
     if fd < 0 {
-        return None;
+        return Err(std::io::Error::last_os_error());
     }
+    // SAFETY: a new fd that only the caller will own.
+    Ok(unsafe { std::os::fd::OwnedFd::from_raw_fd(fd) })
+}
+
+/// `openat(AT_FDCWD, path, flags | O_CLOEXEC)` by raw system call (under a
+/// preload shim `open` is the program's hooked entry point), as a private
+/// fd of the engine.
+pub fn open_private(path: &std::ffi::CStr, flags: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    private_fd(|| {
+        // SAFETY: a NUL-terminated path that outlives the call.
+        unsafe {
+            libc::syscall(
+                libc::SYS_openat,
+                libc::AT_FDCWD,
+                path.as_ptr(),
+                flags | libc::O_CLOEXEC,
+            ) as i32
+        }
+    })
+}
+
+/// A close-on-exec duplicate of `fd` as a private fd of the engine (a
+/// reference to a file of the program that outlives the program's number).
+pub fn dup_private(fd: i32) -> std::io::Result<std::os::fd::OwnedFd> {
+    private_fd(|| {
+        // SAFETY: F_DUPFD_CLOEXEC on a number: no memory is involved; raw:
+        // under a preload shim `fcntl` is hooked.
+        unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, 0) as i32 }
+    })
+}
+
+/// The bytes of a `/proc` (or other small) file, read with raw system
+/// calls through a private fd ([`open_private`]): under the preload `open`
+/// and `read` are the program's hooked entry points (a read interrupted by
+/// a signal is retried). `None` when it cannot be opened.
+pub fn read_proc_raw(path: &std::ffi::CStr) -> Option<Vec<u8>> {
+    use std::os::fd::IntoRawFd;
+    // closed by raw system call below: under the preload a `close` may
+    // take the shim's fd-number lock, which our caller's locks must not
+    // wait for
+    let fd = open_private(path, libc::O_RDONLY).ok()?.into_raw_fd();
     let mut text = Vec::new();
     let mut chunk = [0u8; 4096];
     loop {
@@ -141,7 +214,7 @@ pub fn read_proc_raw(path: &std::ffi::CStr) -> Option<Vec<u8>> {
         }
         text.extend_from_slice(&chunk[..n as usize]);
     }
-    // SAFETY: closing the fd opened above.
+    // SAFETY: closing the fd opened above, which nothing else owns.
     unsafe { libc::syscall(libc::SYS_close, fd) };
     Some(text)
 }
@@ -391,6 +464,66 @@ impl SelfMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Where [`test_guard`] moves fds: near the top of the fd limit.
+    fn floor() -> i32 {
+        // SAFETY: getrlimit writes one rlimit we own.
+        let mut rl: libc::rlimit = unsafe { std::mem::zeroed() };
+        // SAFETY: as above.
+        assert_eq!(unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut rl) }, 0);
+        rl.rlim_cur.min(4096) as i32 - 100
+    }
+
+    /// The guard of [`private_fds_go_through_the_guard`] (installed for the
+    /// whole test process): counts its calls and moves each fd near the top
+    /// of the limit, as the preload's does.
+    fn test_guard(make: &mut dyn FnMut() -> i32) -> i32 {
+        GUARD_CALLS.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        let fd = make();
+        if fd < 0 {
+            return fd;
+        }
+        // SAFETY: F_DUPFD_CLOEXEC on the fd `make` just returned.
+        let high = unsafe { libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, floor()) };
+        if high < 0 {
+            return fd;
+        }
+        // SAFETY: closing the low number, which we own.
+        unsafe { libc::close(fd) };
+        high
+    }
+
+    static GUARD_CALLS: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
+
+    #[test]
+    fn private_fds_go_through_the_guard() {
+        use std::os::fd::AsRawFd;
+        use std::sync::atomic::Ordering::SeqCst;
+        assert!(set_private_fd_guard(test_guard));
+        assert!(!set_private_fd_guard(test_guard), "the first guard stays");
+        let before = GUARD_CALLS.load(SeqCst);
+        let f = open_private(c"/proc/self/status", libc::O_RDONLY).unwrap();
+        assert!(
+            f.as_raw_fd() >= floor(),
+            "fd {} was not moved",
+            f.as_raw_fd()
+        );
+        // SAFETY: F_GETFD on our fd.
+        let fl = unsafe { libc::fcntl(f.as_raw_fd(), libc::F_GETFD) };
+        assert_eq!(fl & libc::FD_CLOEXEC, libc::FD_CLOEXEC);
+        let d = dup_private(f.as_raw_fd()).unwrap();
+        assert!(d.as_raw_fd() >= floor());
+        let text = read_proc_raw(c"/proc/self/status").unwrap();
+        assert!(text.starts_with(b"Name:"));
+        assert_eq!(GUARD_CALLS.load(SeqCst), before + 3);
+        // a failing system call fails through the guard, errno kept
+        let e = open_private(c"/proc/self/no such file", libc::O_RDONLY).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
+        assert!(read_proc_raw(c"/nonexistent").is_none());
+        // the pidfds of `process` are private fds too
+        let p = crate::process::pidfd_open(std::process::id() as i32).unwrap();
+        assert!(p.as_raw_fd() >= floor());
+    }
 
     #[test]
     fn read_write_roundtrip_and_efault() {

@@ -17,6 +17,9 @@
  *   fio          FIOCLEX/FIONCLEX/FIONBIO/FIOASYNC/FIGETBSZ on the fds
  *   stale        fds closed behind the shim's back (raw close, fclose)
  *                and reused by sockets, pipes, eventfds: not ours any more
+ *   private-fds  fork children that reach the parent's context, while a
+ *                thread dups every low number the program does not hold:
+ *                the shim's and the engine's own fds are never there
  *   stress       all of the above mixed, for [seconds] (default 5)
  *
  * Prints "OK" and exits 0 when every check passed. The test driver kills
@@ -526,6 +529,88 @@ static void case_stale(void)
 	}
 }
 
+/* ---- the shim's own fds --------------------------------------------- */
+
+/* Numbers below this one that the program does not hold: the racer's. */
+#define LOW_FDS 32
+static atomic_int owned[LOW_FDS];
+
+/* dup()s every low number the program does not hold: each must be EBADF.
+ * A success is an fd the shim or its engine made for itself (a /proc file
+ * it reads, a pidfd, an eventfd) at the lowest free number, where the
+ * kernel makes none: a program thread racing on a number it just closed
+ * would get it. */
+static void *racer_unowned(void *arg)
+{
+	(void)arg;
+	while (!atomic_load(&stop)) {
+		for (int n = 3; n < LOW_FDS; n++) {
+			if (atomic_load(&owned[n]))
+				continue;
+			int d = dup(n);
+			if (d < 0) {
+				CHECK(errno == EBADF, "dup(%d): errno %d", n, errno);
+				continue;
+			}
+			struct stat st;
+			char link[64] = "?";
+			char path[40];
+			snprintf(path, sizeof(path), "/proc/self/fd/%d", d);
+			ssize_t l = readlink(path, link, sizeof(link) - 1);
+			if (l > 0)
+				link[l] = 0;
+			CHECK(0, "dup(%d) of a number the program does not hold worked: "
+			      "%s (mode %#o)", n, link,
+			      fstat(d, &st) ? 0 : (unsigned)st.st_mode);
+			close(d);
+		}
+	}
+	return NULL;
+}
+
+/* Work that makes the engine open fds for itself in this process: fork
+ * children reaching the parent's context through an inherited fd (the
+ * parent's server opens a pidfd and reads the child's /proc files), and
+ * their maps of their own memory (the parent reads /proc/PID/maps). */
+static void case_private_fds(double seconds)
+{
+	atomic_store(&stop, 0);
+	/* what the program inherited is its own */
+	for (int n = 0; n < LOW_FDS; n++)
+		atomic_store(&owned[n], fcntl(n, F_GETFD) >= 0);
+	int fd = open_iommu();
+	CHECK(fd >= 0 && fd < LOW_FDS, "open");
+	atomic_store(&owned[fd], 1);
+	int ioas = ioas_alloc(fd);
+	CHECK(ioas > 0, "IOAS_ALLOC");
+	pthread_t t;
+	pthread_create(&t, NULL, racer_unowned, NULL);
+	double end = now() + seconds;
+	long n = 0;
+	while (now() < end) {
+		pid_t pid = fork();
+		if (pid == 0) {
+			alarm(10);
+			char *buf = page();
+			int ok = ioas_alloc(fd) > 0 &&
+				 map_unmap(fd, ioas, buf, (1ull << 30) + 4096 * (n % 64)) == 0;
+			_exit(ok ? 0 : 3);
+		}
+		CHECK(pid > 0, "fork");
+		if (pid > 0) {
+			int st;
+			waitpid(pid, &st, 0);
+			CHECK(WIFEXITED(st) && WEXITSTATUS(st) == 0,
+			      "child status %#x", st);
+		}
+		n++;
+	}
+	atomic_store(&stop, 1);
+	pthread_join(t, NULL);
+	close(fd);
+	fprintf(stderr, "private-fds: %ld children\n", n);
+}
+
 /* ---- file-level ioctls ------------------------------------------------- */
 
 static void case_fio(void)
@@ -669,6 +754,8 @@ int main(int argc, char **argv)
 		case_dup_race(secs);
 	else if (!strcmp(c, "stale"))
 		case_stale();
+	else if (!strcmp(c, "private-fds"))
+		case_private_fds(secs);
 	else if (!strcmp(c, "fio"))
 		case_fio();
 	else if (!strcmp(c, "stress"))

@@ -170,17 +170,13 @@ impl FileBacking {
             // writable mapping of a read-only fd; a sealed file still says
             // EPERM after the reopen.)
             Err(libc::EACCES | libc::EPERM) => {
-                let path = format!("/proc/self/fd/{fd}\0");
+                let path = std::ffi::CString::new(format!("/proc/self/fd/{fd}"))
+                    .expect("no NUL in a number");
                 let mode = if write { libc::O_RDWR } else { libc::O_RDONLY };
-                // SAFETY: `path` is NUL-terminated and outlives the call.
-                let fd2 = unsafe {
-                    libc::syscall(
-                        libc::SYS_openat,
-                        libc::AT_FDCWD,
-                        path.as_ptr(),
-                        mode | libc::O_CLOEXEC,
-                    )
-                } as i32;
+                // a private fd of ours (out of the program's way), closed by
+                // raw system call below
+                let fd2 = crate::user::open_private(&path, mode)
+                    .map_or(-1, std::os::fd::IntoRawFd::into_raw_fd);
                 if fd2 < 0 {
                     crate::bail!(
                         EACCES,

@@ -44,6 +44,7 @@
 //! from (QEMU emulates the guest's table itself).
 
 use std::collections::HashMap;
+use std::os::fd::IntoRawFd;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
 
@@ -112,12 +113,13 @@ pub fn is_eventfd(fd: i32) -> bool {
 pub fn is_eventfd_without_proc(fd: i32) -> bool {
     static ANON: std::sync::OnceLock<Option<(u64, u64)>> = std::sync::OnceLock::new();
     let anon = *ANON.get_or_init(|| {
-        // SAFETY: eventfd2 with flags only; no memory is touched.
-        let probe = unsafe { libc::syscall(libc::SYS_eventfd2, 0, libc::EFD_CLOEXEC) };
-        if probe < 0 {
-            return None;
-        }
-        let id = identity(probe as i32);
+        let probe = crate::user::private_fd(|| {
+            // SAFETY: eventfd2 with flags only; no memory is touched.
+            unsafe { libc::syscall(libc::SYS_eventfd2, 0, libc::EFD_CLOEXEC) as i32 }
+        })
+        .ok()?
+        .into_raw_fd();
+        let id = identity(probe);
         // SAFETY: closes the probe made above.
         unsafe { libc::syscall(libc::SYS_close, probe) };
         id
@@ -154,12 +156,12 @@ impl EventFd {
                 "fd {fd} is an iommufd/VFIO engine file, not an eventfd"
             );
         }
-        // SAFETY: duplicates an open fd; no memory is touched.
-        let dup = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, 0) };
-        if dup < 0 {
+        // a private fd of ours, out of the program's way (closed by raw
+        // system call when dropped)
+        let Ok(dup) = crate::user::dup_private(fd) else {
             bail!(EMFILE, "cannot take a reference to eventfd {fd}");
-        }
-        let dup = dup as i32;
+        };
+        let dup = dup.into_raw_fd();
         let Some((dev, ino)) = identity(dup) else {
             // SAFETY: closes the duplicate just made.
             unsafe { libc::syscall(libc::SYS_close, dup) };
@@ -258,18 +260,20 @@ struct Virqfd {
 
 impl Virqfd {
     fn start(efd: EventFd, bus: Weak<DeviceBus>) -> Result<Virqfd> {
-        // SAFETY: eventfd2 with flags only; no memory is touched.
-        let stop = unsafe {
-            libc::syscall(
-                libc::SYS_eventfd2,
-                0,
-                libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
-            )
-        };
-        if stop < 0 {
+        let stop = crate::user::private_fd(|| {
+            // SAFETY: eventfd2 with flags only; no memory is touched.
+            unsafe {
+                libc::syscall(
+                    libc::SYS_eventfd2,
+                    0,
+                    libc::EFD_CLOEXEC | libc::EFD_NONBLOCK,
+                ) as i32
+            }
+        });
+        let Ok(stop) = stop else {
             bail!(EMFILE, "virqfd: no eventfd for its stop signal");
-        }
-        let stop = stop as i32;
+        };
+        let stop = stop.into_raw_fd();
         let thread = std::thread::Builder::new()
             .name("vfio-virqfd".into())
             .spawn(move || virqfd_loop(efd, stop, bus));

@@ -260,13 +260,10 @@ fn eventfd_identity(fd: i32) -> Option<Option<u64>> {
 /// The source for the program's eventfd `fd`: the one already watching it,
 /// or a new one (added to the watcher).
 fn source_for(fd: i32) -> Result<Arc<Source>> {
-    // SAFETY: F_DUPFD_CLOEXEC on a number: no memory is involved.
-    let dup = unsafe { libc::syscall(libc::SYS_fcntl, fd, libc::F_DUPFD_CLOEXEC, 0) };
-    if dup < 0 {
+    // a private fd of ours, out of the program's way
+    let Ok(owned) = crate::user::dup_private(fd) else {
         bail!(EBADF, "IOEVENTFD: fd {fd} is not open");
-    }
-    // SAFETY: `dup` is a new fd we own.
-    let owned = unsafe { OwnedFd::from_raw_fd(dup as i32) };
+    };
     let Some(id) = eventfd_identity(fd) else {
         bail!(EINVAL, "IOEVENTFD: fd {fd} is not an eventfd");
     };
