@@ -655,6 +655,44 @@ mod tests {
     use crate::pages::Pages;
     use crate::user::{page_size, SelfMemory};
 
+    /// A fresh private anonymous read-write mapping of `n` host pages (the
+    /// caller unmaps it).
+    fn anon_pages(n: usize) -> *mut libc::c_void {
+        // SAFETY: a new anonymous mapping at an address the kernel picks.
+        let p = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                n * page_size() as usize,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        assert_ne!(p, libc::MAP_FAILED);
+        p
+    }
+
+    /// `npages` host pages mapped at `A` in an IO page table with one
+    /// dirty-tracking mock domain, and the clearing read of all of them at
+    /// the mock's page size.
+    fn tracked(npages: u64) -> (RealBuf, IoPagetable, Arc<MockDomain>, DirtyRequest) {
+        let len = npages * page_size();
+        let buf = RealBuf::new(npages);
+        let t = IoPagetable::new();
+        let d = MockDomain::new_paging(false, true);
+        t.add_domain(d.clone()).unwrap();
+        map(&t, buf.addr(), len, A);
+        t.set_dirty_tracking(d.id(), true).unwrap();
+        let req = DirtyRequest {
+            iova: A,
+            length: len,
+            page_size: mock_io_page_size(),
+            no_clear: false,
+        };
+        (buf, t, d, req)
+    }
+
     fn map(t: &IoPagetable, uptr: u64, len: u64, iova: u64) {
         let pages = Pages::new(Arc::new(SelfMemory), uptr, len, true, AccountMode::None);
         let src = MapSource {
@@ -830,18 +868,7 @@ mod tests {
     fn the_bitmap_writability_probe() {
         assert!(crate::faultsafe::install());
         let ps = page_size() as usize;
-        // SAFETY: a fresh anonymous mapping, unmapped below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                4 * ps,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
+        let p = anon_pages(4); // unmapped below
         let base = p as u64;
         // SAFETY: our own mapping: a value in page 0, page 1 read-only,
         // page 2 PROT_NONE, page 3 a hole.
@@ -902,21 +929,8 @@ mod tests {
     #[test]
     fn the_scratch_words_are_clean_for_the_next_read() {
         let g = mock_io_page_size();
-        let npages = 256;
-        let len = npages * page_size();
-        let buf = RealBuf::new(npages);
-        let t = IoPagetable::new();
-        let d = MockDomain::new_paging(false, true);
-        t.add_domain(d.clone()).unwrap();
-        map(&t, buf.addr(), len, A);
+        let (_buf, t, d, req) = tracked(256);
         let id = d.id();
-        t.set_dirty_tracking(id, true).unwrap();
-        let req = DirtyRequest {
-            iova: A,
-            length: len,
-            page_size: g,
-            no_clear: false,
-        };
         let nbytes = req.nbits().div_ceil(8) as usize;
         let read = |mem: &dyn UserMemory| {
             let mut bytes = vec![0u8; nbytes];
@@ -963,23 +977,9 @@ mod tests {
     /// whose write fails late is put back: nothing is lost either way.
     #[test]
     fn failed_windows_lose_nothing() {
-        let g = mock_io_page_size();
-        let npages = 64;
-        let len = npages * page_size();
-        let buf = RealBuf::new(npages);
-        let t = IoPagetable::new();
-        let d = MockDomain::new_paging(false, true);
-        t.add_domain(d.clone()).unwrap();
-        map(&t, buf.addr(), len, A);
+        let (_buf, t, d, req) = tracked(64);
         let id = d.id();
-        t.set_dirty_tracking(id, true).unwrap();
-        d.mark_dirty(A, len).unwrap();
-        let req = DirtyRequest {
-            iova: A,
-            length: len,
-            page_size: g,
-            no_clear: false,
-        };
+        d.mark_dirty(A, req.length).unwrap();
         let nbits = req.nbits();
         assert!(nbits > 64, "two windows of one word");
         let peek = || {
@@ -998,19 +998,8 @@ mod tests {
         assert!(peek().iter().all(|&w| w == !0), "{:x?}", peek());
         // the second window's bytes are read-only: the first is delivered
         let ps = page_size() as usize;
-        // SAFETY: a fresh anonymous mapping, unmapped below.
-        let p = unsafe {
-            libc::mmap(
-                std::ptr::null_mut(),
-                2 * ps,
-                libc::PROT_READ | libc::PROT_WRITE,
-                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                -1,
-                0,
-            )
-        };
-        assert_ne!(p, libc::MAP_FAILED);
-        // SAFETY: the second page of our own mapping.
+        let p = anon_pages(2); // unmapped below
+                               // SAFETY: the second page of our own mapping.
         let rc = unsafe { libc::mprotect(p.cast::<u8>().add(ps).cast(), ps, libc::PROT_READ) };
         assert_eq!(rc, 0);
         let data = p as u64 + ps as u64 - 8;
