@@ -101,8 +101,10 @@ thread_local! {
     static FORK_MASK: Cell<Option<libc::sigset_t>> = const { Cell::new(None) };
     /// Whether this thread holds [`FD_OPS`].
     static HOLDS_FD_OPS: Cell<bool> = const { Cell::new(false) };
-    /// This thread's part of [`FD_CALLS`] (a signal handler may interrupt
-    /// a call of the program's that is about to leave the kernel).
+    /// This thread's part of [`FD_CALLS`], never less than it: raised just
+    /// before the shared count, lowered just after it (a signal handler of
+    /// this thread that makes a private fd must not wait for the call it
+    /// interrupted, and must wait for every other thread's).
     static MY_FD_CALLS: Cell<u32> = const { Cell::new(0) };
     /// This thread's part of [`HIDING`].
     static MY_HIDING: Cell<u32> = const { Cell::new(0) };
@@ -362,31 +364,37 @@ pub(crate) fn fd_ops() -> FdOps {
 /// (the count would stay up) and must not block; `dup`, `dup2`, `dup3` and
 /// `fcntl(F_DUPFD*)` are neither.
 pub(crate) fn fd_call<R>(call: impl FnOnce() -> R) -> R {
-    // This thread's part is counted before and uncounted after the shared
-    // count, so that a signal handler of this thread that makes a private
-    // fd never waits for the call it interrupted (which would never end).
-    MY_FD_CALLS.set(MY_FD_CALLS.get() + 1);
     loop {
-        FD_CALLS.fetch_add(1, Ordering::SeqCst);
+        enter_fd_call();
         let h = HIDING.load(Ordering::SeqCst);
         // (a private fd this very thread is making, interrupted by a
         // signal handler of the program: not waited for, or never)
         if h <= MY_HIDING.get() {
             break;
         }
+        // Parked uncounted: a private fd made meanwhile (by another thread,
+        // or by a signal handler of this one) waits for nothing of ours.
         leave_fd_call();
         futex_wait(&HIDING, h);
     }
     let r = call();
     let saved = crate::path::errno();
     leave_fd_call();
-    MY_FD_CALLS.set(MY_FD_CALLS.get() - 1);
     crate::path::set_errno(saved);
     r
 }
 
+/// Count this thread into [`FD_CALLS`] (its own part first).
+fn enter_fd_call() {
+    MY_FD_CALLS.set(MY_FD_CALLS.get() + 1);
+    FD_CALLS.fetch_add(1, Ordering::SeqCst);
+}
+
+/// Count this thread out of [`FD_CALLS`] (its own part last), waking a
+/// private-fd guard that waits for the count to drop.
 fn leave_fd_call() {
     FD_CALLS.fetch_sub(1, Ordering::SeqCst);
+    MY_FD_CALLS.set(MY_FD_CALLS.get() - 1);
     if HIDING.load(Ordering::SeqCst) != 0 {
         futex_wake_all(&FD_CALLS);
     }
