@@ -80,6 +80,36 @@ fn each_tracker_verifies_a_migration() {
     }
 }
 
+/// With no downtime budget every tracker runs pre-copy rounds up to the
+/// limit (or until a read finds nothing dirty), reading into one bitmap
+/// that the source keeps zero between reads by clearing the words it
+/// consumed (a debug build asserts that the bitmap is zero before each
+/// read).
+#[test]
+fn rounds_up_to_the_limit_reuse_the_bitmap() {
+    for tracker in ["hwpt", "type1", "dma-logging"] {
+        let out = run_ok(
+            bin()
+                .args([
+                    "migrate", "--size", "16M", "--rate", "200000", "--json", "-q",
+                ])
+                .args(["--downtime-ms", "0", "--max-rounds", "4"])
+                .args(["--tracker", tracker]),
+            "uiommufd migrate",
+        );
+        let v: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+        assert_eq!(v["ok"], true, "{tracker}: {v}");
+        let rounds = v["rounds"].as_array().unwrap();
+        // round 0, at least one pre-copy round (the device writes throughout;
+        // a read that finds nothing dirty ends them early), the stop
+        assert!(
+            (3..=5).contains(&rounds.len()),
+            "{tracker}: {} rounds: {v}",
+            rounds.len()
+        );
+    }
+}
+
 #[test]
 fn one_connection_and_normal_scheduling_verify_too() {
     let out = run_ok(

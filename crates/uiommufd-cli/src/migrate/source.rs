@@ -300,11 +300,24 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     rep.realtime = rt.on();
     let budget = Duration::from_secs_f64(o.downtime_ms.max(0.0) / 1e3);
     let mut round = 1;
+    // The words of `bm` the last read set: cleared before the next read,
+    // which wants a zeroed bitmap (Vm::sync_dirty).
+    let mut set: Vec<usize> = Vec::new();
     let bitmap = loop {
+        for &i in &set {
+            bm[i] = 0;
+        }
         let t = Instant::now();
         vm.sync_dirty(&mut bm)?;
         let bitmap = t.elapsed();
-        let dirty = count(&bm);
+        set.clear();
+        set.extend(
+            bm.iter()
+                .enumerate()
+                .filter(|(_, w)| **w != 0)
+                .map(|(i, _)| i),
+        );
+        let dirty: u64 = set.iter().map(|&i| u64::from(bm[i].count_ones())).sum();
         let est = Duration::from_secs_f64((dirty * PAGE) as f64 / rate.max(1.0));
         if est <= budget || round >= o.max_rounds {
             break bitmap;
@@ -329,7 +342,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     prefault(state.as_mut_ptr(), state.len());
     prefault(state_buf.as_mut_ptr(), state_buf.len());
     state.clear();
-    let known = count(&bm);
+    let known: u64 = set.iter().map(|&i| u64::from(bm[i].count_ones())).sum();
     // Stop and copy, in the order that keeps the destination busy from the
     // first moment: right after the stop, the pages the read before it
     // found (`bm`, nearly all of the final set) go into the socket, whose
