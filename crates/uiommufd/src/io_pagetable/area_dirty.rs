@@ -56,6 +56,25 @@ impl AreaDirty {
 }
 
 impl IoPagetable {
+    /// The live area that `start..=last` cuts, as `(iova, last)`: the one
+    /// holding `start` when it begins before it, else the one holding
+    /// `last` when it ends after it; `None` when the range holds whole
+    /// areas only. Two lookups, not a walk of every area (a dirty read
+    /// checks this first, and a container may hold many mappings).
+    pub fn area_cut_by(&self, start: u64, last: u64) -> Option<(u64, u64)> {
+        let st = self.state.read();
+        let holding = |x: u64| {
+            st.areas
+                .range(..=x)
+                .next_back()
+                .filter(|(_, a)| a.last >= x && a.state == AreaState::Live)
+                .map(|(&k, a)| (k, a.last))
+        };
+        holding(start)
+            .filter(|&(k, _)| k < start)
+            .or_else(|| holding(last).filter(|&(_, l)| l > last))
+    }
+
     /// Put back bits that [`IoPagetable::read_area_dirty`] read and
     /// cleared but that could not be delivered (the user bitmap is not
     /// writable): they go into the access write log, which the next read

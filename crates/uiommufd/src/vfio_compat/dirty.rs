@@ -112,27 +112,21 @@ fn check_bitmap_addr(what: &str, bm: &VfioBitmap) -> Result<()> {
     Ok(())
 }
 
-/// `ENOENT`/`EINVAL` (`errno`) when `iova..=last` cuts a mapping at either end.
+/// `ENOENT`/`EINVAL` (`unmap` or not) when `iova..=last` cuts a mapping at
+/// either end.
 fn check_whole_mappings(what: &str, ioas: &Ioas, iova: u64, last: u64, unmap: bool) -> Result<()> {
-    for a in ioas.areas() {
-        let a_last = a.iova + (a.length - 1);
-        if a_last < iova || a.iova > last {
-            continue;
-        }
-        if a.iova < iova || a_last > last {
-            let msg = format!(
-                "{what}: range [{iova:#x}, {last:#x}] cuts the mapping [{:#x}, {a_last:#x}]; only whole mappings are \
-                 tracked",
-                a.iova
-            );
-            return Err(if unmap {
-                Error::new(libc::ENOENT, msg)
-            } else {
-                Error::new(libc::EINVAL, msg)
-            });
-        }
-    }
-    Ok(())
+    let Some((a_iova, a_last)) = ioas.iopt().area_cut_by(iova, last) else {
+        return Ok(());
+    };
+    let msg = format!(
+        "{what}: range [{iova:#x}, {last:#x}] cuts the mapping [{a_iova:#x}, {a_last:#x}]; only whole mappings are \
+         tracked"
+    );
+    Err(if unmap {
+        Error::new(libc::ENOENT, msg)
+    } else {
+        Error::new(libc::EINVAL, msg)
+    })
 }
 
 /// OR the bits of every area into the user bitmap at `data`, whose bit 0

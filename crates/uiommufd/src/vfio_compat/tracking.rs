@@ -104,28 +104,31 @@ impl Type1Session {
         pgshift: u32,
         clear: bool,
     ) -> Result<Vec<AreaDirty>> {
-        // Adopt domains attached since the session started: tracking on now
-        // (without any lock of the table held), their areas reported whole.
-        let precise: BTreeSet<u64> = match self.tracked.lock().as_mut() {
-            // (stopped since the caller checked: every domain counts whole)
-            None => BTreeSet::new(),
-            Some(tracked) => {
-                let mut fresh: BTreeSet<u64> = BTreeSet::new();
-                for d in iopt.domains() {
-                    if d.dirty_tracking_supported() && !tracked.contains(&d.id()) {
-                        match iopt.set_dirty_tracking(d.id(), true) {
-                            Ok(()) => {
-                                tracked.insert(d.id());
-                            }
-                            Err(e) => tracing::warn!("type1 dirty: domain {}: {e}", d.id()),
-                        }
-                        fresh.insert(d.id());
-                    }
-                }
-                tracked.difference(&fresh).copied().collect()
-            }
+        // The session's lock is held through the read (it comes before the
+        // table's locks), so no set of domain IDs is built per read.
+        let mut guard = self.tracked.lock();
+        let Some(tracked) = guard.as_mut() else {
+            // stopped since the caller checked: every domain counts whole
+            return iopt.read_area_dirty(start, last, pgshift, clear, |_| false);
         };
-        iopt.read_area_dirty(start, last, pgshift, clear, |id| precise.contains(&id))
+        // Adopt domains attached since the session started: tracking on
+        // now, their areas reported whole this once.
+        let mut fresh: Vec<u64> = Vec::new();
+        for d in iopt.domains() {
+            if d.dirty_tracking_supported() && !tracked.contains(&d.id()) {
+                match iopt.set_dirty_tracking(d.id(), true) {
+                    Ok(()) => {
+                        tracked.insert(d.id());
+                    }
+                    Err(e) => tracing::warn!("type1 dirty: domain {}: {e}", d.id()),
+                }
+                fresh.push(d.id());
+            }
+        }
+        let tracked = &*tracked;
+        iopt.read_area_dirty(start, last, pgshift, clear, |id| {
+            tracked.contains(&id) && !fresh.contains(&id)
+        })
     }
 
     /// Put back bits [`Type1Session::read`] read and cleared but could not
