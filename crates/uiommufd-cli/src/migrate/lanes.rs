@@ -258,18 +258,7 @@ mod tests {
     impl Mem {
         fn new(n: u64, fill: u8) -> Mem {
             let len = (n * PAGE) as usize;
-            // SAFETY: a fresh anonymous mapping.
-            let p = unsafe {
-                libc::mmap(
-                    std::ptr::null_mut(),
-                    len,
-                    libc::PROT_READ | libc::PROT_WRITE,
-                    libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
-                    -1,
-                    0,
-                )
-            };
-            assert_ne!(p, libc::MAP_FAILED);
+            let p = uiommufd_testkit::mem::map_anon(len, libc::MAP_PRIVATE).expect("mmap");
             // SAFETY: the mapping just made.
             unsafe { std::ptr::write_bytes(p.cast::<u8>(), fill, len) };
             Mem(p.cast(), len)
