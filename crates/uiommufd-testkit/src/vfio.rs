@@ -11,6 +11,8 @@ use uiommufd::vfio::model::{Bus, PciLayout, PciModel};
 use uiommufd::Context;
 use zerocopy::{FromBytes, IntoBytes};
 
+use crate::Ioctl;
+
 /// The fd numbers an ioctl argument may name (an iommufd or a container
 /// given to `VFIO_DEVICE_BIND_IOMMUFD` or `VFIO_GROUP_SET_CONTAINER`), as
 /// the preload's fd table would answer them.
@@ -20,6 +22,18 @@ pub struct Fds(pub HashMap<i32, Arc<Context>>);
 impl FdResolver for Fds {
     fn context(&self, fd: i32) -> Option<Arc<Context>> {
         self.0.get(&fd).cloned()
+    }
+}
+
+/// A device or group fd with the fd table its ioctls resolve fds in: the
+/// [`Ioctl`] target that lets the generic helpers (`errno`, `errno_table`)
+/// run on it.
+#[derive(Debug, Clone, Copy)]
+pub struct OnFd<'a>(pub i32, pub &'a Fds);
+
+impl Ioctl for OnFd<'_> {
+    fn ioc<T: IntoBytes + FromBytes + ?Sized>(&self, cmd: u32, arg: &mut T) -> Result<i32, i32> {
+        ioctl_on(self.0, cmd, arg, self.1).map(|v| v as i32)
     }
 }
 

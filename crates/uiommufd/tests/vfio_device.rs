@@ -22,7 +22,7 @@ use uiommufd::vfio::model::{Bar, Bus, MsixLayout, PciIds, PciLayout, PciModel};
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::*;
 use uiommufd::Context;
-use uiommufd_testkit::vfio::{attach_pt, file, ioctl_on, Fds};
+use uiommufd_testkit::vfio::{attach_pt, file, ioctl_on, Fds, OnFd};
 use zerocopy::{FromBytes, IntoBytes};
 
 use uiommufd_testkit::{self as kit, Buf};
@@ -192,20 +192,6 @@ fn errno_of<T: IntoBytes + FromBytes + ?Sized>(fd: i32, cmd: u32, arg: &mut T) -
     kit::err(ioctl_on(fd, cmd, arg, &Fds::default()))
 }
 
-/// Issues `cmd` on `fd` once per case, in order, with the case's argument
-/// (`fds` answering the fds it names), and checks the case's errno (0:
-/// success); a mismatch names the case.
-fn errno_table<T: IntoBytes + FromBytes>(
-    fd: i32,
-    cmd: u32,
-    fds: &Fds,
-    cases: impl IntoIterator<Item = (&'static str, T, i32)>,
-) {
-    for (case, mut arg, want) in cases {
-        assert_eq!(kit::err(ioctl_on(fd, cmd, &mut arg, fds)), want, "{case}");
-    }
-}
-
 fn region(index: u32) -> u64 {
     (index as u64) << 40
 }
@@ -358,16 +344,11 @@ fn vfio_cdev_bind_attach_dma() {
         out_devid: 0,
     };
     let null_fd = null.as_raw_fd();
-    errno_table(
-        fd,
+    kit::errno_table(
+        &OnFd(fd, &fds),
         VFIO_DEVICE_BIND_IOMMUFD,
-        &fds,
         [
-            (
-                "argsz short of out_devid",
-                bind_arg(15, 0, null_fd),
-                libc::EINVAL,
-            ),
+            ("short argsz", bind_arg(15, 0, null_fd), libc::EINVAL),
             // (1 is VFIO_DEVICE_BIND_FLAG_TOKEN from 6.17: see the token test)
             ("unknown flag", bind_arg(16, 2, null_fd), libc::EINVAL),
             ("negative fd", bind_arg(16, 0, -1), libc::EINVAL),
@@ -424,12 +405,11 @@ fn vfio_cdev_bind_attach_dma() {
         flags,
         pt_id: ioas,
     };
-    errno_table(
-        fd,
+    kit::errno_table(
+        &OnFd(fd, &Fds::default()),
         VFIO_DEVICE_ATTACH_IOMMUFD_PT,
-        &Fds::default(),
         [
-            ("argsz short of pt_id", attach_arg(11, 0), libc::EINVAL),
+            ("short argsz", attach_arg(11, 0), libc::EINVAL),
             ("unknown flag", attach_arg(12, 1), libc::EINVAL),
         ],
     );
@@ -487,12 +467,11 @@ fn vfio_cdev_bind_attach_dma() {
 
     // detach: blocked again
     let detach_arg = |argsz, flags| VfioDeviceDetachIommufdPt { argsz, flags };
-    errno_table(
-        fd,
+    kit::errno_table(
+        &OnFd(fd, &Fds::default()),
         VFIO_DEVICE_DETACH_IOMMUFD_PT,
-        &Fds::default(),
         [
-            ("argsz short of flags", detach_arg(7, 0), libc::EINVAL),
+            ("short argsz", detach_arg(7, 0), libc::EINVAL),
             ("unknown flag", detach_arg(8, 2), libc::EINVAL),
             ("detached", detach_arg(8, 0), 0),
         ],
@@ -1081,12 +1060,11 @@ fn vfio_device_ioctl_errnos() {
     // DEVICE_FEATURE
     let feature_arg = |argsz, flags| VfioDeviceFeature { argsz, flags };
     let get_set = VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET;
-    errno_table(
-        fd,
+    kit::errno_table(
+        &OnFd(fd, &Fds::default()),
         VFIO_DEVICE_FEATURE,
-        &Fds::default(),
         [
-            ("argsz short of flags", feature_arg(7, 0), libc::EINVAL),
+            ("short argsz", feature_arg(7, 0), libc::EINVAL),
             ("unknown flag", feature_arg(8, 1 << 19), libc::EINVAL),
             (
                 "GET and SET without PROBE",
@@ -1106,12 +1084,11 @@ fn vfio_device_ioctl_errnos() {
         argsz,
         ..Default::default()
     };
-    errno_table(
-        fd,
+    kit::errno_table(
+        &OnFd(fd, &Fds::default()),
         VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
-        &Fds::default(),
         [
-            ("argsz short of count", info_arg(11), libc::EINVAL),
+            ("short argsz", info_arg(11), libc::EINVAL),
             ("no slot or bus reset", info_arg(12), libc::ENODEV),
         ],
     );
@@ -1120,10 +1097,9 @@ fn vfio_device_ioctl_errnos() {
         flags,
         count,
     };
-    errno_table(
-        fd,
+    kit::errno_table(
+        &OnFd(fd, &Fds::default()),
         VFIO_DEVICE_PCI_HOT_RESET,
-        &Fds::default(),
         [
             ("unknown flag", reset_arg(1, 0), libc::EINVAL),
             ("a cdev user names no group", reset_arg(0, 1), libc::EINVAL),
