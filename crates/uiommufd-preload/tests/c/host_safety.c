@@ -391,24 +391,25 @@ static int works_or_gone(int d)
 	return fault_fd_works(d) || errno == EBADF;
 }
 
+/* dup `fd`, which the main thread may be closing: the copy works or is an
+ * orphan, and only EBADF refuses it. */
+static void dup_works_or_gone(int fd, const char *what)
+{
+	int d = dup(fd);
+	if (d >= 0) {
+		CHECK(works_or_gone(d), "dup of a closing %s is an orphan", what);
+		close(d);
+	} else {
+		CHECK(errno == EBADF, "dup of %s", what);
+	}
+}
+
 static void *racer_dup(void *arg)
 {
 	(void)arg;
 	while (!atomic_load(&stop)) {
-		int d = dup(atomic_load(&shared_fd));
-		if (d >= 0) {
-			CHECK(works_or_gone(d), "dup of a closing /dev/iommu fd is an orphan");
-			close(d);
-		} else {
-			CHECK(errno == EBADF, "dup");
-		}
-		int f = dup(atomic_load(&shared_ffd));
-		if (f >= 0) {
-			CHECK(works_or_gone(f), "dup of a closing fault fd is an orphan");
-			close(f);
-		} else {
-			CHECK(errno == EBADF, "dup of fault fd");
-		}
+		dup_works_or_gone(atomic_load(&shared_fd), "/dev/iommu fd");
+		dup_works_or_gone(atomic_load(&shared_ffd), "fault fd");
 	}
 	return NULL;
 }
