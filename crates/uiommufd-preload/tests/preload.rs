@@ -276,9 +276,8 @@ fn io_program_imports_the_hooked_symbols() {
 /// with a small sweep.
 #[test]
 fn fail_nth_from_c() {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    let exe = EXE.get_or_init(|| compile_src("fail_nth.c", "fail_nth", &["-O1"]));
-    let out = run_preloaded(exe, &[], &[("UIOMMUFD_CHECK_INVARIANTS", "1")]);
+    let exe = c_program("fail_nth");
+    let out = run_preloaded(&exe, &[], &[("UIOMMUFD_CHECK_INVARIANTS", "1")]);
     assert_ok(&out, "fail_nth");
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -603,20 +602,15 @@ fn scm_rights_run(mmsg: bool) {
 /// never claims its reference does not keep the context after it exits.
 #[test]
 fn exec_keeps_the_context() {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    let exe = EXE.get_or_init(|| compile_src("exec_share.c", "exec_share", &["-O1"]));
-    let out = run_preloaded(exe, &[], &[]);
-    assert_ok(&out, "exec_share");
-    let out = run_preloaded(exe, &[], &[("UIOMMUFD_LOG", "debug")]);
-    assert_ok(&out, "exec_share with debug logging");
+    assert_ok_with_logging(&c_program("exec_share"), &[], &[], "exec_share");
 }
 
 /// Issue 16 item 1: a `/dev/iommu` fd inherited across `fork` (and again by
 /// a grandchild) is the parent's context (`tests/c/fork_share.c`).
 #[test]
 fn fork_shares_the_context() {
-    static EXE: OnceLock<PathBuf> = OnceLock::new();
-    let exe = EXE.get_or_init(|| compile_src("fork_share.c", "fork_share", &["-O1"]));
-    let out = run_preloaded(exe, &[], &[]);
-    assert_ok(&out, "fork_share");
+    assert_ok(
+        &run_preloaded(&c_program("fork_share"), &[], &[]),
+        "fork_share",
+    );
 }

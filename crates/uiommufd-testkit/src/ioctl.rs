@@ -54,6 +54,20 @@ pub fn err<V>(r: Result<V, i32>) -> i32 {
     r.err().unwrap_or(0)
 }
 
+/// Runs `cmd` once per case, in order, on the case's argument and checks
+/// the case's errno (0: success); a mismatch names the case. Cases see the
+/// effects of those before them, as a sequence of plain calls would.
+#[track_caller]
+pub fn errno_table<C: Ioctl + ?Sized, T: IntoBytes + FromBytes>(
+    c: &C,
+    cmd: u32,
+    cases: impl IntoIterator<Item = (&'static str, T, i32)>,
+) {
+    for (case, mut arg, want) in cases {
+        assert_eq!(errno(c, cmd, &mut arg), want, "{case}");
+    }
+}
+
 /// `IOMMU_IOAS_ALLOC`: the IOAS ID.
 pub fn try_ioas_alloc<C: Ioctl + ?Sized>(c: &C) -> Result<u32, i32> {
     let mut a = IommuIoasAlloc {

@@ -446,13 +446,21 @@ impl Model {
         (out, false)
     }
 
-    /// The sources a copy of `[iova, iova + len)` takes, or the errno.
-    pub fn get_pages(&self, iova: u64, len: u64) -> std::result::Result<Vec<MSrc>, i32> {
+    /// The walk over `[iova, iova + len)` (as [`Self::segments`]) and the
+    /// range's last byte: `EINVAL` when it is empty, `EOVERFLOW` when it
+    /// wraps.
+    fn walk(&self, iova: u64, len: u64) -> std::result::Result<(Segs, bool, u64), i32> {
         if len == 0 {
             return Err(libc::EINVAL);
         }
         let last = iova.checked_add(len - 1).ok_or(libc::EOVERFLOW)?;
         let (segs, done) = self.segments(iova, last);
+        Ok((segs, done, last))
+    }
+
+    /// The sources a copy of `[iova, iova + len)` takes, or the errno.
+    pub fn get_pages(&self, iova: u64, len: u64) -> std::result::Result<Vec<MSrc>, i32> {
+        let (segs, done, _) = self.walk(iova, len)?;
         if !done {
             return Err(libc::ENOENT);
         }
@@ -479,11 +487,7 @@ impl Model {
         write: bool,
     ) -> std::result::Result<Vec<u64>, i32> {
         let ps = ps();
-        if len == 0 {
-            return Err(libc::EINVAL);
-        }
-        let last = iova.checked_add(len - 1).ok_or(libc::EOVERFLOW)?;
-        let (segs, done) = self.segments(iova, last);
+        let (segs, done, last) = self.walk(iova, len)?;
         let mut out = Vec::new();
         for &(k, cur, end) in &segs {
             let a = &self.areas[&k];
@@ -518,11 +522,7 @@ impl Model {
         len: u64,
         write: bool,
     ) -> std::result::Result<Vec<(u64, u64)>, i32> {
-        if len == 0 {
-            return Err(libc::EINVAL);
-        }
-        let last = iova.checked_add(len - 1).ok_or(libc::EOVERFLOW)?;
-        let (segs, done) = self.segments(iova, last);
+        let (segs, done, _) = self.walk(iova, len)?;
         let mut plan = Vec::new();
         for &(k, cur, end) in &segs {
             let a = &self.areas[&k];

@@ -1,14 +1,17 @@
 //! Helpers for tests of emulated VFIO devices through their engine fds:
-//! an fd table for the `FdResolver` argument, and ioctls on engine files
-//! with real ABI bytes.
+//! an fd table for the `FdResolver` argument, ioctls on engine files with
+//! real ABI bytes, and a device model whose DMA the test drives itself.
 
 use std::collections::HashMap;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 
 use uiommufd::plumbing::files::{self, EngineFile, FdResolver};
 use uiommufd::user::SelfMemory;
+use uiommufd::vfio::model::{Bus, PciLayout, PciModel};
 use uiommufd::Context;
 use zerocopy::{FromBytes, IntoBytes};
+
+use crate::Ioctl;
 
 /// The fd numbers an ioctl argument may name (an iommufd or a container
 /// given to `VFIO_DEVICE_BIND_IOMMUFD` or `VFIO_GROUP_SET_CONTAINER`), as
@@ -19,6 +22,18 @@ pub struct Fds(pub HashMap<i32, Arc<Context>>);
 impl FdResolver for Fds {
     fn context(&self, fd: i32) -> Option<Arc<Context>> {
         self.0.get(&fd).cloned()
+    }
+}
+
+/// A device or group fd with the fd table its ioctls resolve fds in: the
+/// [`Ioctl`] target that lets the generic helpers (`errno`, `errno_table`)
+/// run on it.
+#[derive(Debug, Clone, Copy)]
+pub struct OnFd<'a>(pub i32, pub &'a Fds);
+
+impl Ioctl for OnFd<'_> {
+    fn ioc<T: IntoBytes + FromBytes + ?Sized>(&self, cmd: u32, arg: &mut T) -> Result<i32, i32> {
+        ioctl_on(self.0, cmd, arg, self.1).map(|v| v as i32)
     }
 }
 
@@ -84,4 +99,49 @@ pub fn enable_bus_master(fd: i32) {
     file(fd)
         .write_at(&0x6u16.to_le_bytes(), (7u64 << 40) + 4)
         .expect("config write");
+}
+
+/// A PCI function with no behaviour of its own: its BARs read as zero and
+/// ignore writes, and it keeps the bus it is connected to so that the test
+/// can issue the function's DMA (tagged, atomic, faulting) directly.
+#[derive(Debug)]
+pub struct BusOnly {
+    kind: &'static str,
+    layout: PciLayout,
+    bus: Mutex<Option<Arc<dyn Bus>>>,
+}
+
+impl BusOnly {
+    /// A function of model name `kind` (the name `declare_model` specs
+    /// use) declaring `layout`.
+    pub fn new(kind: &'static str, layout: PciLayout) -> Arc<BusOnly> {
+        Arc::new(BusOnly {
+            kind,
+            layout,
+            bus: Mutex::new(None),
+        })
+    }
+
+    /// The bus the function is connected to (panics while it is none:
+    /// before binding or after unbinding).
+    pub fn bus(&self) -> Arc<dyn Bus> {
+        self.bus.lock().unwrap().clone().expect("connected")
+    }
+}
+
+impl PciModel for BusOnly {
+    fn kind(&self) -> &'static str {
+        self.kind
+    }
+    fn layout(&self) -> PciLayout {
+        self.layout.clone()
+    }
+    fn bar_read(&self, _bar: u8, _offset: u64, data: &mut [u8]) {
+        data.fill(0);
+    }
+    fn bar_write(&self, _bar: u8, _offset: u64, _data: &[u8]) {}
+    fn connect(&self, bus: Option<Arc<dyn Bus>>) {
+        *self.bus.lock().unwrap() = bus;
+    }
+    fn reset(&self) {}
 }

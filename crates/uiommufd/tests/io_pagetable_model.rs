@@ -113,52 +113,33 @@ fn base_op_s() -> impl Strategy<Value = Op> {
 
 /// Move an op generated for the no-domain layout (IOVAs from 0, user
 /// addresses from `BUF`) into the mock aperture and onto real memory.
-fn place(op: Op, iova_base: u64, uptr_base: u64) -> Op {
+fn place(mut op: Op, iova_base: u64, uptr_base: u64) -> Op {
     let i = |x: u64| if x < 1 << 40 { x + iova_base } else { x };
     let u = |x: u64| x - BUF + uptr_base;
-    match op {
-        Op::MapFixed {
-            iova,
-            len,
-            uptr,
-            writable,
-            write,
-        } => Op::MapFixed {
-            iova: i(iova),
-            len,
-            uptr: u(uptr),
-            writable,
-            write,
-        },
-        Op::MapAlloc {
-            len,
-            uptr,
-            writable,
-        } => Op::MapAlloc {
-            len,
-            uptr: u(uptr),
-            writable,
-        },
-        Op::Unmap { iova, len } => Op::Unmap { iova: i(iova), len },
-        Op::Copy {
-            src,
-            len,
-            dst,
-            write,
-        } => Op::Copy {
-            src: i(src),
-            len,
-            dst: dst.map(i),
-            write,
-        },
-        Op::SetAllowed(r) => Op::SetAllowed(r.into_iter().map(|(a, b)| (i(a), i(b))).collect()),
-        Op::AddReserved(a, b, owner) => Op::AddReserved(i(a), i(b), owner),
-        Op::Translate { iova, write } => Op::Translate {
-            iova: i(iova),
-            write,
-        },
-        op => op,
+    match &mut op {
+        Op::MapFixed { iova, uptr, .. } => {
+            *iova = i(*iova);
+            *uptr = u(*uptr);
+        }
+        Op::MapAlloc { uptr, .. } => *uptr = u(*uptr),
+        Op::Unmap { iova, .. } | Op::Translate { iova, .. } => *iova = i(*iova),
+        Op::Copy { src, dst, .. } => {
+            *src = i(*src);
+            *dst = dst.map(i);
+        }
+        Op::SetAllowed(ranges) => {
+            for (a, b) in ranges {
+                *a = i(*a);
+                *b = i(*b);
+            }
+        }
+        Op::AddReserved(a, b, _) => {
+            *a = i(*a);
+            *b = i(*b);
+        }
+        _ => {}
     }
+    op
 }
 
 /// Run `ops` against the table and the model with `ndomains` domains of

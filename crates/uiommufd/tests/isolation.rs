@@ -151,13 +151,7 @@ fn ids_of_another_context_are_enoent_everywhere() {
         (a.idev, b.ioas, libc::EINVAL),
         (a.idev, b.hwpt, libc::EINVAL),
     ] {
-        let mut h = IommuHwptAlloc {
-            size: 48,
-            dev_id: dev,
-            pt_id: pt,
-            ..Default::default()
-        };
-        let r = ioc(ctx, IOMMU_HWPT_ALLOC, &mut h);
+        let r = hwpt_alloc(ctx, dev, pt, 0);
         assert_eq!(r, Err(errno), "HWPT_ALLOC dev {dev} pt {pt}");
     }
     let mut info = IommuHwInfo {

@@ -769,17 +769,8 @@ fn dirty_pages_report_device_writes() {
     assert_eq!(get_dirty(&ctx, A, 8 * PS), (0..8).collect::<Vec<_>>());
 
     // move the device to a dirty-tracking HWPT (the auto domain goes)
-    let mut a = IommuHwptAlloc {
-        size: 48,
-        flags: IOMMU_HWPT_ALLOC_DIRTY_TRACKING,
-        dev_id: idev,
-        pt_id: ioas,
-        ..Default::default()
-    };
-    ioc(&ctx, IOMMU_HWPT_ALLOC, &mut a).unwrap();
-    let hwpt = a.out_hwpt_id;
-    let r = TestMockDomainReplace { pt_id: hwpt };
-    test_cmd(&ctx, IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE, stdev, r.as_bytes()).unwrap();
+    let hwpt = hwpt_alloc(&ctx, idev, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
+    mock_domain_replace(&ctx, stdev, hwpt).unwrap();
     assert_eq!(ctx.ioas(ioas).unwrap().iopt().domains().len(), 1);
     // attached after START: adopted at the next read, reported whole once
     assert_eq!(get_dirty(&ctx, A, 8 * PS), (0..8).collect::<Vec<_>>());

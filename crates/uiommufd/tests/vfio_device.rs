@@ -22,7 +22,7 @@ use uiommufd::vfio::model::{Bar, Bus, MsixLayout, PciIds, PciLayout, PciModel};
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::*;
 use uiommufd::Context;
-use uiommufd_testkit::vfio::{attach_pt, file, ioctl_on, Fds};
+use uiommufd_testkit::vfio::{attach_pt, file, ioctl_on, Fds, OnFd};
 use zerocopy::{FromBytes, IntoBytes};
 
 use uiommufd_testkit::{self as kit, Buf};
@@ -337,38 +337,24 @@ fn vfio_cdev_bind_attach_dma() {
     let ctx = Context::new();
     let mut fds = Fds::default();
     let null = std::fs::File::open("/dev/null").unwrap();
-    let mut b = VfioDeviceBindIommufd {
-        argsz: 15,
-        flags: 0,
-        iommufd: null.as_raw_fd(),
+    let bind_arg = |argsz, flags, iommufd| VfioDeviceBindIommufd {
+        argsz,
+        flags,
+        iommufd,
         out_devid: 0,
     };
-    assert_eq!(
-        kit::err(ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds)),
-        libc::EINVAL
-    );
-    b.argsz = 16;
-    // (1 is VFIO_DEVICE_BIND_FLAG_TOKEN from 6.17: see the token test)
-    b.flags = 2;
-    assert_eq!(
-        kit::err(ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds)),
-        libc::EINVAL
-    );
-    b.flags = 0;
-    b.iommufd = -1;
-    assert_eq!(
-        kit::err(ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds)),
-        libc::EINVAL
-    );
-    b.iommufd = null.as_raw_fd();
-    assert_eq!(
-        kit::err(ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds)),
-        libc::EBADFD
-    );
-    b.iommufd = 1 << 20;
-    assert_eq!(
-        kit::err(ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, &fds)),
-        libc::EBADF
+    let null_fd = null.as_raw_fd();
+    kit::errno_table(
+        &OnFd(fd, &fds),
+        VFIO_DEVICE_BIND_IOMMUFD,
+        [
+            ("short argsz", bind_arg(15, 0, null_fd), libc::EINVAL),
+            // (1 is VFIO_DEVICE_BIND_FLAG_TOKEN from 6.17: see the token test)
+            ("unknown flag", bind_arg(16, 2, null_fd), libc::EINVAL),
+            ("negative fd", bind_arg(16, 0, -1), libc::EINVAL),
+            ("not an iommufd", bind_arg(16, 0, null_fd), libc::EBADFD),
+            ("no such fd", bind_arg(16, 0, 1 << 20), libc::EBADF),
+        ],
     );
     assert!(model.bus().is_none(), "not connected before a bind");
 
@@ -414,20 +400,18 @@ fn vfio_cdev_bind_attach_dma() {
     let ioas = kit::ioas_alloc(&ctx);
     let buf = Buf::zeroed(3 * 4096, 4096);
     kit::map_fixed(&ctx, ioas, buf.addr(), 2 * 4096, 0x10_0000).unwrap();
-    let mut a = VfioDeviceAttachIommufdPt {
-        argsz: 11,
-        flags: 0,
+    let attach_arg = |argsz, flags| VfioDeviceAttachIommufdPt {
+        argsz,
+        flags,
         pt_id: ioas,
     };
-    assert_eq!(
-        errno_of(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a),
-        libc::EINVAL
-    );
-    a.argsz = 12;
-    a.flags = 1;
-    assert_eq!(
-        errno_of(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a),
-        libc::EINVAL
+    kit::errno_table(
+        &OnFd(fd, &Fds::default()),
+        VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+        [
+            ("short argsz", attach_arg(11, 0), libc::EINVAL),
+            ("unknown flag", attach_arg(12, 1), libc::EINVAL),
+        ],
     );
     assert_eq!(attach_pt(fd, 9999).unwrap_err(), libc::ENOENT);
     let hwpt = attach_pt(fd, ioas).unwrap();
@@ -482,19 +466,16 @@ fn vfio_cdev_bind_attach_dma() {
     );
 
     // detach: blocked again
-    let mut d = VfioDeviceDetachIommufdPt { argsz: 7, flags: 0 };
-    assert_eq!(
-        errno_of(fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &mut d),
-        libc::EINVAL
+    let detach_arg = |argsz, flags| VfioDeviceDetachIommufdPt { argsz, flags };
+    kit::errno_table(
+        &OnFd(fd, &Fds::default()),
+        VFIO_DEVICE_DETACH_IOMMUFD_PT,
+        [
+            ("short argsz", detach_arg(7, 0), libc::EINVAL),
+            ("unknown flag", detach_arg(8, 2), libc::EINVAL),
+            ("detached", detach_arg(8, 0), 0),
+        ],
     );
-    d.argsz = 8;
-    d.flags = 2;
-    assert_eq!(
-        errno_of(fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &mut d),
-        libc::EINVAL
-    );
-    d.flags = 0;
-    assert_eq!(errno_of(fd, VFIO_DEVICE_DETACH_IOMMUFD_PT, &mut d), 0);
     assert_eq!(dma_copy(fd, 0x10_0000, 0x10_1000, 8, 0), 1);
 
     // closing unbinds and disconnects
@@ -1077,52 +1058,53 @@ fn vfio_device_ioctl_errnos() {
     assert_eq!(si(20, trig_none, 4, 0, 1), libc::EINVAL);
 
     // DEVICE_FEATURE
-    let mut f = VfioDeviceFeature { argsz: 7, flags: 0 };
-    assert_eq!(errno_of(fd, VFIO_DEVICE_FEATURE, &mut f), libc::EINVAL);
-    f.argsz = 8;
-    f.flags = 1 << 19;
-    assert_eq!(errno_of(fd, VFIO_DEVICE_FEATURE, &mut f), libc::EINVAL);
-    f.flags = VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET | 1;
-    assert_eq!(errno_of(fd, VFIO_DEVICE_FEATURE, &mut f), libc::EINVAL);
-    // a feature no device has
-    f.flags =
-        VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET | VFIO_DEVICE_FEATURE_PROBE | 0xfff0;
-    assert_eq!(errno_of(fd, VFIO_DEVICE_FEATURE, &mut f), libc::ENOTTY);
+    let feature_arg = |argsz, flags| VfioDeviceFeature { argsz, flags };
+    let get_set = VFIO_DEVICE_FEATURE_GET | VFIO_DEVICE_FEATURE_SET;
+    kit::errno_table(
+        &OnFd(fd, &Fds::default()),
+        VFIO_DEVICE_FEATURE,
+        [
+            ("short argsz", feature_arg(7, 0), libc::EINVAL),
+            ("unknown flag", feature_arg(8, 1 << 19), libc::EINVAL),
+            (
+                "GET and SET without PROBE",
+                feature_arg(8, get_set | 1),
+                libc::EINVAL,
+            ),
+            (
+                "a feature no device has",
+                feature_arg(8, get_set | VFIO_DEVICE_FEATURE_PROBE | 0xfff0),
+                libc::ENOTTY,
+            ),
+        ],
+    );
 
     // hot reset: no slot or bus reset
-    let mut h = VfioPciHotResetInfo {
-        argsz: 11,
+    let info_arg = |argsz| VfioPciHotResetInfo {
+        argsz,
         ..Default::default()
     };
-    assert_eq!(
-        errno_of(fd, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, &mut h),
-        libc::EINVAL
+    kit::errno_table(
+        &OnFd(fd, &Fds::default()),
+        VFIO_DEVICE_GET_PCI_HOT_RESET_INFO,
+        [
+            ("short argsz", info_arg(11), libc::EINVAL),
+            ("no slot or bus reset", info_arg(12), libc::ENODEV),
+        ],
     );
-    h.argsz = 12;
-    assert_eq!(
-        errno_of(fd, VFIO_DEVICE_GET_PCI_HOT_RESET_INFO, &mut h),
-        libc::ENODEV
-    );
-    let mut hr = VfioPciHotReset {
+    let reset_arg = |flags, count| VfioPciHotReset {
         argsz: 12,
-        flags: 1,
-        count: 0,
+        flags,
+        count,
     };
-    assert_eq!(
-        errno_of(fd, VFIO_DEVICE_PCI_HOT_RESET, &mut hr),
-        libc::EINVAL
-    );
-    hr.flags = 0;
-    hr.count = 1;
-    assert_eq!(
-        errno_of(fd, VFIO_DEVICE_PCI_HOT_RESET, &mut hr),
-        libc::EINVAL,
-        "a cdev user names no group"
-    );
-    hr.count = 0;
-    assert_eq!(
-        errno_of(fd, VFIO_DEVICE_PCI_HOT_RESET, &mut hr),
-        libc::ENODEV
+    kit::errno_table(
+        &OnFd(fd, &Fds::default()),
+        VFIO_DEVICE_PCI_HOT_RESET,
+        [
+            ("unknown flag", reset_arg(1, 0), libc::EINVAL),
+            ("a cdev user names no group", reset_arg(0, 1), libc::EINVAL),
+            ("no slot or bus reset", reset_arg(0, 0), libc::ENODEV),
+        ],
     );
 
     // RESET: the model resets, config and IRQs stay

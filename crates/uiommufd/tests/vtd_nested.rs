@@ -10,12 +10,11 @@
 
 use std::sync::Arc;
 
-use parking_lot::Mutex;
 use uiommufd::domain::DmaFault;
 use uiommufd::fault::resp;
 use uiommufd::plumbing::files;
 use uiommufd::uapi::*;
-use uiommufd::vfio::model::{Bar, Bus, PciIds, PciLayout, PciModel};
+use uiommufd::vfio::model::{Bar, PciIds, PciLayout};
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::*;
 use uiommufd::vtd::nested::{
@@ -23,42 +22,20 @@ use uiommufd::vtd::nested::{
     IOMMU_VTD_INV_FLAGS_LEAF, IOMMU_VTD_S1_EAFE, IOMMU_VTD_S1_SRE, IOMMU_VTD_S1_WPE,
 };
 use uiommufd::Context;
-use uiommufd_testkit::vfio::{bind_cdev, enable_bus_master, ioctl_on, Fds};
+use uiommufd_testkit::vfio::{bind_cdev, enable_bus_master, ioctl_on, BusOnly, Fds};
 use zerocopy::{FromBytes, IntoBytes};
 
 use uiommufd_testkit::{self as kit, Buf};
 
-/// A device that only keeps its bus: the test drives its DMA directly.
-#[derive(Debug, Default)]
-struct Dma {
-    bus: Mutex<Option<Arc<dyn Bus>>>,
-}
-
-impl PciModel for Dma {
-    fn kind(&self) -> &'static str {
-        "nest-dma"
-    }
-    fn layout(&self) -> PciLayout {
-        PciLayout {
-            bars: [Some(Bar::registers(4096)), None, None, None, None, None],
-            intx_pin: 1,
-            ..PciLayout::new(PciIds::new(0x1b36, 0x7778, 0xff0000))
-        }
-    }
-    fn bar_read(&self, _bar: u8, _offset: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-    fn bar_write(&self, _bar: u8, _offset: u64, _data: &[u8]) {}
-    fn connect(&self, bus: Option<Arc<dyn Bus>>) {
-        *self.bus.lock() = bus;
-    }
-    fn reset(&self) {}
-}
-
-impl Dma {
-    fn bus(&self) -> Arc<dyn Bus> {
-        self.bus.lock().clone().expect("connected")
-    }
+/// A device with one register BAR and nothing behind it: the test drives
+/// its DMA directly.
+fn dma_device() -> Arc<BusOnly> {
+    let layout = PciLayout {
+        bars: [Some(Bar::registers(4096)), None, None, None, None, None],
+        intx_pin: 1,
+        ..PciLayout::new(PciIds::new(0x1b36, 0x7778, 0xff0000))
+    };
+    BusOnly::new("nest-dma", layout)
 }
 
 /// Guest memory layout (guest physical = IOVA of the parent HWPT).
@@ -79,7 +56,7 @@ fn gpa(page: u64) -> u64 {
 /// A device bound to a fresh context, with guest memory mapped in an IOAS.
 struct Setup {
     ctx: Arc<Context>,
-    model: Arc<Dma>,
+    model: Arc<BusOnly>,
     fd: i32,
     devid: u32,
     ioas: u32,
@@ -88,7 +65,7 @@ struct Setup {
 
 impl Setup {
     fn new(n: u32) -> Setup {
-        let model = Arc::new(Dma::default());
+        let model = dma_device();
         registry::declare_model(
             &format!(
                 "nest-dma,addr=0000:e1:{n:02x}.0,group={},cdev={}",

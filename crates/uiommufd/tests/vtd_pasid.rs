@@ -6,49 +6,32 @@
 //! operations by IOVA go through the same domains (permissions, faults,
 //! dirty tracking).
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
 
 use uiommufd::domain::{AtomicOp, DmaFault};
 use uiommufd::uapi::*;
-use uiommufd::vfio::model::{Bus, PciIds, PciLayout, PciModel};
+use uiommufd::vfio::model::{PciIds, PciLayout};
 use uiommufd::vfio::registry;
 use uiommufd::{Context, Prot};
-use uiommufd_testkit::vfio::{attach_pt, bind_cdev, enable_bus_master};
+use uiommufd_testkit::vfio::{attach_pt, bind_cdev, enable_bus_master, BusOnly};
 use uiommufd_testkit::{self as kit, Buf};
 
 const K4: u64 = 4096;
 
 /// A function with 8-bit PASIDs and no registers: the test drives its bus.
-#[derive(Debug, Default)]
-struct Tagger {
-    bus: Mutex<Option<Arc<dyn Bus>>>,
-}
-
-impl PciModel for Tagger {
-    fn kind(&self) -> &'static str {
-        "pasid-tagger"
-    }
-    fn layout(&self) -> PciLayout {
-        PciLayout {
-            pasid_log2: 8,
-            ..PciLayout::new(PciIds::new(0x1b36, 0x7777, 0x088000))
-        }
-    }
-    fn bar_read(&self, _: u8, _: u64, data: &mut [u8]) {
-        data.fill(0);
-    }
-    fn bar_write(&self, _: u8, _: u64, _: &[u8]) {}
-    fn connect(&self, bus: Option<Arc<dyn Bus>>) {
-        *self.bus.lock().unwrap() = bus;
-    }
-    fn reset(&self) {}
+fn tagger() -> Arc<BusOnly> {
+    let layout = PciLayout {
+        pasid_log2: 8,
+        ..PciLayout::new(PciIds::new(0x1b36, 0x7777, 0x088000))
+    };
+    BusOnly::new("pasid-tagger", layout)
 }
 
 /// A tagger declared as group and cdev `n` (slot `n - 650` of bus e1),
 /// its cdev opened and bound to a new context: (model, fd, ctx, devid).
-fn tagger_bound(n: u32) -> (Arc<Tagger>, i32, Arc<Context>, u32) {
+fn tagger_bound(n: u32) -> (Arc<BusOnly>, i32, Arc<Context>, u32) {
     assert!(uiommufd::faultsafe::install());
-    let model = Arc::new(Tagger::default());
+    let model = tagger();
     registry::declare_model(
         &format!(
             "pasid-tagger,addr=0000:e1:{:02x}.0,group={n},cdev={n}",
@@ -89,7 +72,7 @@ fn dma_and_atomics_per_pasid() {
     );
     dev.attach_pasid(&ctx, 5, hwpt_b, false).unwrap();
     enable_bus_master(fd);
-    let bus = model.bus.lock().unwrap().clone().expect("connected");
+    let bus = model.bus();
 
     // the same IOVA, two memories
     bus.dma_write(IOVA + 8, &[0xaa; 8]).unwrap();
@@ -207,7 +190,7 @@ fn vfio_cdev_pasid_attach_and_detach() {
     let hwpt_b = kit::hwpt_alloc(&ctx, devid, ioas_b, IOMMU_HWPT_ALLOC_PASID).unwrap();
     attach_pt(fd, hwpt_a).unwrap();
     enable_bus_master(fd);
-    let bus = model.bus.lock().unwrap().clone().expect("connected");
+    let bus = model.bus();
 
     let attach = |argsz, flags, pt_id, pasid| {
         let mut a = VfioDeviceAttachIommufdPtPasid {
@@ -315,7 +298,7 @@ fn a_gib_is_not_one_dirty_page() {
     attach_pt(fd, hwpt).unwrap();
     enable_bus_master(fd);
     kit::set_dirty_tracking(&ctx, hwpt, true).unwrap();
-    let bus = model.bus.lock().unwrap().clone().expect("connected");
+    let bus = model.bus();
     bus.dma_write(G1 + 5 * K4, &[1; 8]).unwrap();
     let mut bitmap = vec![0u64; (G1 / K4 / 64) as usize];
     let bm = bitmap.as_mut_ptr() as u64;

@@ -408,17 +408,24 @@ def check_traces(sides, case):
             check(not re.search(pat, text, re.M), "%s's stderr has a line matching %r" % (side.role, pat))
 
 
-def run_migration(case, env, log, sides):
+def start_pair(case, env, log, sides, dst_args):
+    """The source streaming (start_source) and a destination started with
+    `-incoming defer` plus `dst_args`, listening on a unix socket:
+    (t0, src, bar0, dst, uri)."""
     t0 = time.monotonic()
     src, bar0 = start_source(case, env, log, t0)
     sides.append(src)
-    mig_sock = os.path.join(env.workdir, "migrate.sock")
-    uri = "unix:" + env.inside(mig_sock)
-    dst = Side(env, case, "dst", ["-incoming", "defer"] + ([] if case.autostart else ["-S"]))
+    uri = "unix:" + env.inside(os.path.join(env.workdir, "migrate.sock"))
+    dst = Side(env, case, "dst", ["-incoming", "defer"] + dst_args)
     sides.append(dst)
     log.append("dst: " + dst.command)
     dst.start(case.version)
     dst.q.execute("migrate-incoming", {"uri": uri})
+    return t0, src, bar0, dst, uri
+
+
+def run_migration(case, env, log, sides):
+    t0, src, bar0, dst, uri = start_pair(case, env, log, sides, [] if case.autostart else ["-S"])
     # Throttled so that the migration lasts about a second and a half: the
     # device writes hundreds of records (every window page many times over)
     # into pages already sent, which only the dirty tracker can bring over.
@@ -498,16 +505,7 @@ def run_migration(case, env, log, sides):
 
 
 def run_cancel(case, env, log, sides):
-    t0 = time.monotonic()
-    src, bar0 = start_source(case, env, log, t0)
-    sides.append(src)
-    mig_sock = os.path.join(env.workdir, "migrate.sock")
-    uri = "unix:" + env.inside(mig_sock)
-    dst = Side(env, case, "dst", ["-incoming", "defer", "-S"])
-    sides.append(dst)
-    log.append("dst: " + dst.command)
-    dst.start(case.version)
-    dst.q.execute("migrate-incoming", {"uri": uri})
+    t0, src, bar0, dst, uri = start_pair(case, env, log, sides, ["-S"])
     # A crawl: the migration cannot complete before it is cancelled.
     src.q.execute("migrate-set-parameters", {"max-bandwidth": 64 * 1024})
     src.q.execute("migrate", {"uri": uri})

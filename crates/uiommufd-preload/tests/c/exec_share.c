@@ -75,19 +75,38 @@ static int image_reads(int fd, uint32_t ioas)
 
 static char self[4096];
 
-static void args(char *fdbuf, char *idbuf, int fd, uint32_t id)
+/* The command line of this program's new image: `self mode fd id`. */
+struct image_argv {
+	char fd[16], id[16];
+	char *argv[5];
+};
+
+/* Fill `v` for image `mode` ("image" or "image-reads") on `fd` and `id`;
+ * its argv. */
+static char **image_argv(struct image_argv *v, const char *mode, int fd, uint32_t id)
 {
-	snprintf(fdbuf, 16, "%d", fd);
-	snprintf(idbuf, 16, "%u", id);
+	snprintf(v->fd, sizeof(v->fd), "%d", fd);
+	snprintf(v->id, sizeof(v->id), "%u", id);
+	v->argv[0] = self;
+	v->argv[1] = (char *)mode;
+	v->argv[2] = v->fd;
+	v->argv[3] = v->id;
+	v->argv[4] = NULL;
+	return v->argv;
+}
+
+/* execv this program as image `mode` on `fd` and `id`; returns only when
+ * the exec failed. */
+static void exec_self(const char *mode, int fd, uint32_t id)
+{
+	struct image_argv v;
+	execv(self, image_argv(&v, mode, fd, id));
 }
 
 /* The new image on the inherited fd, by execv (0 when it could not start). */
 static int exec_image(int fd, uint32_t id)
 {
-	char a[16], b[16];
-	args(a, b, fd, id);
-	char *argv[] = { self, "image", a, b, NULL };
-	execv(self, argv);
+	exec_self("image", fd, id);
 	return 0;
 }
 
@@ -103,9 +122,8 @@ static void vfork_then_execve(void)
 	int fd = open("/dev/iommu", O_RDWR | O_CLOEXEC);
 	CHECK(fd >= 0, "open");
 	uint32_t id = uapi_ioas_alloc(fd);
-	char a[16], b[16];
-	args(a, b, fd, id);
-	char *argv[] = { self, "image", a, b, NULL };
+	struct image_argv v;
+	char **argv = image_argv(&v, "image", fd, id);
 	pid_t child = vfork();
 	if (child == 0) {
 		fcntl(fd, F_SETFD, 0);
@@ -122,11 +140,10 @@ static void posix_spawn_inherits(void)
 {
 	uint32_t id;
 	int fd = uapi_open_ioas(&id);
-	char a[16], b[16];
-	args(a, b, fd, id);
-	char *argv[] = { self, "image", a, b, NULL };
+	struct image_argv v;
 	pid_t child = 0;
-	CHECK(posix_spawn(&child, self, NULL, NULL, argv, environ) == 0, "posix_spawn");
+	CHECK(posix_spawn(&child, self, NULL, NULL, image_argv(&v, "image", fd, id), environ) == 0,
+	      "posix_spawn");
 	close(fd);
 	CHECK(child_ok(child), "posix_spawn: the new image's calls");
 }
@@ -135,11 +152,10 @@ static void posix_spawn_inherits(void)
  * is made in the owner); the client closes its fd before the image runs. */
 static int spawn_image(int fd, uint32_t id)
 {
-	char a[16], b[16];
-	args(a, b, fd, id);
-	char *argv[] = { self, "image", a, b, NULL };
+	struct image_argv v;
 	pid_t grandchild = 0;
-	int ok = posix_spawn(&grandchild, self, NULL, NULL, argv, environ) == 0;
+	int ok = posix_spawn(&grandchild, self, NULL, NULL, image_argv(&v, "image", fd, id),
+			     environ) == 0;
 	close(fd);
 	return ok && child_ok(grandchild);
 }
@@ -159,10 +175,7 @@ static void owner_execs(void)
 	if (owner == 0) {
 		int fd = open("/dev/iommu", O_RDWR);
 		uint32_t id = fd >= 0 ? uapi_ioas_alloc(fd) : 0;
-		char a[16], b[16];
-		args(a, b, fd, id);
-		char *argv[] = { self, "image", a, b, NULL };
-		execv(self, argv);
+		exec_self("image", fd, id);
 		_exit(3);
 	}
 	CHECK(child_ok(owner), "the owner's new image's calls");
@@ -187,10 +200,7 @@ static void owner_execs_with_pinned_memory(void)
 				  IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE |
 					  IOMMU_IOAS_MAP_WRITEABLE))
 			_exit(5);
-		char a[16], b[16];
-		args(a, b, fd, ioas);
-		char *argv[] = { self, "image-reads", a, b, NULL };
-		execv(self, argv);
+		exec_self("image-reads", fd, ioas);
 		_exit(3);
 	}
 	CHECK(child_ok(owner), "the owner's new image read the old image's pinned pages");

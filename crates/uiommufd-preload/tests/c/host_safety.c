@@ -334,12 +334,7 @@ static void case_signals(double seconds)
 	sig_ffd = fault_alloc(sig_fd);
 	CHECK(sig_fd >= 0 && sig_ffd >= 0, "setup");
 	fcntl(sig_ffd, F_SETFL, O_NONBLOCK);
-	struct sigaction sa = { .sa_handler = handler, .sa_flags = SA_RESTART };
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGALRM, &sa, NULL);
-	struct itimerval it = { .it_interval = { 0, 200 },
-				.it_value = { 0, 200 } };
-	setitimer(ITIMER_REAL, &it, NULL);
+	CHECK(alarm_storm(handler, 200) == 0, "SIGALRM every 200 us");
 	int ioas = ioas_alloc(sig_fd);
 	char *buf = page();
 	double end = now() + seconds;
@@ -363,8 +358,7 @@ static void case_signals(double seconds)
 		free(p);
 		loops++;
 	}
-	struct itimerval off = { 0 };
-	setitimer(ITIMER_REAL, &off, NULL);
+	alarm_storm_stop();
 	signal(SIGALRM, SIG_DFL);
 	CHECK(atomic_load(&sig_bad) == 0, "%d handler calls failed",
 	      atomic_load(&sig_bad));
@@ -397,24 +391,25 @@ static int works_or_gone(int d)
 	return fault_fd_works(d) || errno == EBADF;
 }
 
+/* dup `fd`, which the main thread may be closing: the copy works or is an
+ * orphan, and only EBADF refuses it. */
+static void dup_works_or_gone(int fd, const char *what)
+{
+	int d = dup(fd);
+	if (d >= 0) {
+		CHECK(works_or_gone(d), "dup of a closing %s is an orphan", what);
+		close(d);
+	} else {
+		CHECK(errno == EBADF, "dup of %s", what);
+	}
+}
+
 static void *racer_dup(void *arg)
 {
 	(void)arg;
 	while (!atomic_load(&stop)) {
-		int d = dup(atomic_load(&shared_fd));
-		if (d >= 0) {
-			CHECK(works_or_gone(d), "dup of a closing /dev/iommu fd is an orphan");
-			close(d);
-		} else {
-			CHECK(errno == EBADF, "dup");
-		}
-		int f = dup(atomic_load(&shared_ffd));
-		if (f >= 0) {
-			CHECK(works_or_gone(f), "dup of a closing fault fd is an orphan");
-			close(f);
-		} else {
-			CHECK(errno == EBADF, "dup of fault fd");
-		}
+		dup_works_or_gone(atomic_load(&shared_fd), "/dev/iommu fd");
+		dup_works_or_gone(atomic_load(&shared_ffd), "fault fd");
 	}
 	return NULL;
 }
@@ -702,12 +697,7 @@ static void case_stress(double seconds)
 	int fd = open_iommu();
 	atomic_store(&shared_fd, fd);
 	atomic_store(&shared_ffd, fault_alloc(fd));
-	struct sigaction sa = { .sa_handler = handler, .sa_flags = SA_RESTART };
-	sigemptyset(&sa.sa_mask);
-	sigaction(SIGALRM, &sa, NULL);
-	struct itimerval it = { .it_interval = { 0, 500 },
-				.it_value = { 0, 500 } };
-	setitimer(ITIMER_REAL, &it, NULL);
+	CHECK(alarm_storm(handler, 500) == 0, "SIGALRM every 500 us");
 	pthread_create(&t[0], NULL, worker_ioctl, NULL);
 	pthread_create(&t[1], NULL, worker_open_close, NULL);
 	pthread_create(&t[2], NULL, racer_dup, NULL);
@@ -724,8 +714,7 @@ static void case_stress(double seconds)
 	atomic_store(&stop, 1);
 	for (int i = 0; i < 5; i++)
 		pthread_join(t[i], NULL);
-	struct itimerval off = { 0 };
-	setitimer(ITIMER_REAL, &off, NULL);
+	alarm_storm_stop();
 	signal(SIGALRM, SIG_DFL);
 	CHECK(atomic_load(&sig_bad) == 0, "%d handler calls failed",
 	      atomic_load(&sig_bad));

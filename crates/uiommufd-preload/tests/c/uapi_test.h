@@ -10,11 +10,13 @@
 
 #include <errno.h>
 #include <fcntl.h>
+#include <signal.h>
 #include <stdatomic.h>
 #include <stdint.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/ioctl.h>
+#include <sys/time.h>
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -374,6 +376,26 @@ static inline int child_ok(pid_t pid)
 {
 	int st = 0;
 	return waitpid(pid, &st, 0) == pid && WIFEXITED(st) && WEXITSTATUS(st) == 0;
+}
+
+/* SIGALRM to `handler` every `usec` microseconds (SA_RESTART), the signal
+ * storm concurrency cases run their calls under, until alarm_storm_stop();
+ * 0, or -1 with errno. */
+static inline int alarm_storm(void (*handler)(int), long usec)
+{
+	struct sigaction sa = { .sa_handler = handler, .sa_flags = SA_RESTART };
+	sigemptyset(&sa.sa_mask);
+	if (sigaction(SIGALRM, &sa, NULL))
+		return -1;
+	struct itimerval it = { .it_interval = { 0, usec }, .it_value = { 0, usec } };
+	return setitimer(ITIMER_REAL, &it, NULL);
+}
+
+/* Stop alarm_storm's timer (the handler stays installed). */
+static inline void alarm_storm_stop(void)
+{
+	struct itimerval off = { 0 };
+	setitimer(ITIMER_REAL, &off, NULL);
 }
 
 /* Open /dev/iommu and allocate an IOAS, its ID in *ioas (both checked):

@@ -469,12 +469,7 @@ static void concurrency(void)
 	snprintf(cdev_path, sizeof(cdev_path), "/dev/vfio/devices/vfio%d", cdev);
 	snprintf(dev_file, sizeof(dev_file),
 		 "/sys/bus/pci/devices/%s/vfio-dev/vfio%d/dev", addr, cdev);
-	struct sigaction sa = { .sa_handler = on_alarm };
-	sigemptyset(&sa.sa_mask);
-	sa.sa_flags = SA_RESTART;
-	CHECK(sigaction(SIGALRM, &sa, NULL) == 0, "sigaction");
-	struct itimerval it = { { 0, 200 }, { 0, 200 } };
-	CHECK(setitimer(ITIMER_REAL, &it, NULL) == 0, "setitimer");
+	CHECK(alarm_storm(on_alarm, 200) == 0, "SIGALRM every 200 us");
 	/* many thread exits under the 200 us timer: none may hang */
 	for (int i = 0; i < 400; i++) {
 		pthread_t s;
@@ -489,8 +484,7 @@ static void concurrency(void)
 	pid_t child = fork();
 	if (child == 0) {
 		/* the child has its own copy of the devices */
-		struct itimerval off = { { 0, 0 }, { 0, 0 } };
-		setitimer(ITIMER_REAL, &off, NULL);
+		alarm_storm_stop();
 		node_worker(NULL);
 		_exit(failures ? 1 : 0);
 	}
@@ -502,8 +496,7 @@ static void concurrency(void)
 	CHECK(waitpid(child, &status, 0) == child && WIFEXITED(status) &&
 		      WEXITSTATUS(status) == 0,
 	      "forked child: status %#x", status);
-	struct itimerval off = { { 0, 0 }, { 0, 0 } };
-	setitimer(ITIMER_REAL, &off, NULL);
+	alarm_storm_stop();
 	signal(SIGALRM, SIG_IGN);
 	CHECK(handler_bad == 0, "%d bad answers in the handler",
 	      (int)handler_bad);

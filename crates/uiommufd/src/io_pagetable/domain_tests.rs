@@ -112,6 +112,13 @@ enum TestDom {
 }
 
 impl TestDom {
+    /// A new domain of `drv` added to `t`.
+    fn add_to(t: &IoPagetable, drv: Drv, huge: bool) -> TestDom {
+        let d = TestDom::new(drv, huge);
+        t.add_domain(d.dyn_domain()).unwrap();
+        d
+    }
+
     fn new(drv: Drv, huge: bool) -> TestDom {
         match drv {
             Drv::Mock => TestDom::Mock(MockDomain::new(huge)),
@@ -149,6 +156,22 @@ impl TestDom {
             TestDom::Vtd(_) => 0,
         }
     }
+}
+
+/// What most tests start from: `pages` pages of real memory (the buffer,
+/// which the caller keeps alive, and its address) and an empty IO page
+/// table.
+fn memory_and_table(pages: u64) -> (RealBuf, u64, Arc<IoPagetable>) {
+    let buf = RealBuf::new(pages);
+    let u = buf.addr();
+    (buf, u, Arc::new(IoPagetable::new()))
+}
+
+/// A new mock domain (`huge`: huge IOVA pages) added to `t`.
+fn add_mock(t: &IoPagetable, huge: bool) -> Arc<MockDomain> {
+    let d = MockDomain::new(huge);
+    t.add_domain(d.clone()).unwrap();
+    d
 }
 
 fn pins(addr: u64) -> u32 {
@@ -273,11 +296,8 @@ fn shared_page_is_pinned_once_in_every_order(drv: Drv) {
 #[test]
 fn domain_two_areas_of_one_pages_object_count_two_users() {
     let ps = ps();
-    let buf = RealBuf::new(4);
-    let u = buf.addr();
-    let t = IoPagetable::new();
-    let d = MockDomain::new(false);
-    t.add_domain(d.clone()).unwrap();
+    let (_buf, u, t) = memory_and_table(4);
+    let d = add_mock(&t, false);
     let s = src(u, 2 * ps, true);
     let p = s.pages.clone();
     t.map(vec![s], 2 * ps, IovaRequest::Fixed(A), Prot::RW)
@@ -302,9 +322,7 @@ fn domain_two_areas_of_one_pages_object_count_two_users() {
 #[test]
 fn domain_add_fills_existing_areas_and_remove_empties() {
     let ps = ps();
-    let buf = RealBuf::new(16);
-    let u = buf.addr();
-    let t = IoPagetable::new();
+    let (_buf, u, t) = memory_and_table(16);
     map(&t, u, 4 * ps, Some(A), Prot::RW).unwrap();
     map(
         &t,
@@ -317,8 +335,7 @@ fn domain_add_fills_existing_areas_and_remove_empties() {
     assert_eq!(pins(u), 0, "no domain: nothing pinned at map time");
     assert_eq!(t.iova_ranges(), (vec![(0, u64::MAX)], 1));
 
-    let d1 = MockDomain::new(false);
-    t.add_domain(d1.clone()).unwrap();
+    let d1 = add_mock(&t, false);
     assert_eq!(errno(t.add_domain(d1.clone())), libc::EEXIST);
     check_maps(&t);
     assert_eq!(d1.entry(A).unwrap().prot, Prot::RW);
@@ -333,8 +350,7 @@ fn domain_add_fills_existing_areas_and_remove_empties() {
     );
     ok(&t);
 
-    let d2 = MockDomain::new(true);
-    t.add_domain(d2.clone()).unwrap();
+    let d2 = add_mock(&t, true);
     check_maps(&t);
     assert_eq!(t.domains().len(), 2);
     ok(&t);
@@ -423,8 +439,7 @@ fn domain_add_refusals_change_nothing() {
     for i in 0..4 {
         map(&t, u + i * ps, ps, Some(A + 4 * i * ps), Prot::RW).unwrap();
     }
-    let d1 = MockDomain::new(false);
-    t.add_domain(d1.clone()).unwrap();
+    let d1 = add_mock(&t, false);
     let d2 = MockDomain::new(false);
     d2.fail_map_after(Some(2));
     let b = before(&t);
@@ -482,13 +497,9 @@ fn domain_add_pin_failure_is_efault_on(drv: Drv) {
 #[test]
 fn domain_map_failure_unwinds() {
     let ps = ps();
-    let buf = RealBuf::new(8);
-    let u = buf.addr();
-    let t = IoPagetable::new();
-    let d1 = MockDomain::new(false);
-    let d2 = MockDomain::new(true);
-    t.add_domain(d1.clone()).unwrap();
-    t.add_domain(d2.clone()).unwrap();
+    let (_buf, u, t) = memory_and_table(8);
+    let d1 = add_mock(&t, false);
+    let d2 = add_mock(&t, true);
     d2.fail_map_after(Some(0));
     assert_eq!(errno(map(&t, u, 2 * ps, Some(A), Prot::RW)), libc::ENOENT);
     assert!(t.areas().is_empty());
@@ -530,13 +541,9 @@ fn domain_map_failure_unwinds_vtd() {
     let ps = ps();
     let mut vtd_points = 0;
     for nth in 1..200 {
-        let buf = RealBuf::new(8);
-        let u = buf.addr();
-        let t = IoPagetable::new();
-        let d1 = TestDom::new(Drv::Vtd, false);
-        let d2 = TestDom::new(Drv::Vtd, true);
-        t.add_domain(d1.dyn_domain()).unwrap();
-        t.add_domain(d2.dyn_domain()).unwrap();
+        let (_buf, u, t) = memory_and_table(8);
+        let d1 = TestDom::add_to(&t, Drv::Vtd, false);
+        let d2 = TestDom::add_to(&t, Drv::Vtd, true);
         map(&t, u + 4 * ps, 2 * ps, Some(A + 2 * ps), Prot::RW).unwrap();
         let before = (t.areas(), pins(u), pins(u + 4 * ps));
         inject::set_fail_nth_current(nth);
@@ -591,11 +598,8 @@ fn domain_map_failure_unwinds_vtd() {
 #[test]
 fn domain_alloc_stays_in_aperture() {
     // The selftest's ioas_iova_alloc with a mock domain.
-    let buf = RealBuf::new(4);
-    let u = buf.addr();
-    let t = IoPagetable::new();
-    let d = MockDomain::new(false);
-    t.add_domain(d.clone()).unwrap();
+    let (_buf, u, t) = memory_and_table(4);
+    let d = add_mock(&t, false);
     let mps = mps();
     let mut len = mps;
     while len < 2 * ps() {
@@ -621,10 +625,8 @@ fn domain_all_aligns_and_copy() {
     let size = 8 * ps;
     let t = IoPagetable::new();
     let dst = IoPagetable::new();
-    let d = MockDomain::new(false);
-    let e = MockDomain::new(true);
-    t.add_domain(d.clone()).unwrap();
-    dst.add_domain(e.clone()).unwrap();
+    let d = add_mock(&t, false);
+    let e = add_mock(&dst, true);
     let mut start = 0;
     while start < size {
         let mut end = start + mps;
@@ -656,8 +658,7 @@ fn domain_large_pages_option() {
     let u = buf.addr();
     assert_eq!(u % huge, 0);
     let t = IoPagetable::new();
-    let d = MockDomain::new(true);
-    t.add_domain(d.clone()).unwrap();
+    let d = add_mock(&t, true);
     let iova = A + 4 * huge;
     map(&t, u, 2 * huge, Some(iova), Prot::RW).unwrap();
     assert!(d.entry(iova).unwrap().flags & MockEntry::FLAG_HUGE != 0);
@@ -673,8 +674,7 @@ fn domain_large_pages_option() {
     map(&t, u, 2 * huge, Some(iova), Prot::RW).unwrap();
     assert!(d.entry(iova).unwrap().flags & MockEntry::FLAG_HUGE == 0);
     // A domain added now is filled without large pages too.
-    let d2 = MockDomain::new(true);
-    t.add_domain(d2.clone()).unwrap();
+    let d2 = add_mock(&t, true);
     assert!(d2.entry(iova).unwrap().flags & MockEntry::FLAG_HUGE == 0);
     check_maps(&t);
     ok(&t);
@@ -741,9 +741,7 @@ fn domain_invariants_catch_a_domain_out_of_sync() {
 #[test]
 fn domain_invariants_catch_wrong_pin_counts() {
     let ps = ps();
-    let buf = RealBuf::new(4);
-    let u = buf.addr();
-    let t = IoPagetable::new();
+    let (_buf, u, t) = memory_and_table(4);
     map(&t, u, 2 * ps, Some(A), Prot::RW).unwrap();
     ok(&t);
     // No domain, no access: a pin is a leak.
@@ -751,8 +749,7 @@ fn domain_invariants_catch_wrong_pin_counts() {
     assert!(t.check_invariants().is_err());
     t.state.read().areas[&A].pages.unpin(1, 1);
     ok(&t);
-    let d = MockDomain::new(false);
-    t.add_domain(d.clone()).unwrap();
+    let d = add_mock(&t, false);
     ok(&t);
     // A domain attached: a missing pin, and a double pin.
     t.state.read().areas[&A].pages.unpin(0, 0);
@@ -848,9 +845,7 @@ impl AccessNotify for Recorder {
 #[test]
 fn access_pin_rules() {
     let ps = ps();
-    let buf = RealBuf::new(16);
-    let u = buf.addr();
-    let t = Arc::new(IoPagetable::new());
+    let (_buf, u, t) = memory_and_table(16);
     let (_r, token) = Recorder::new(&t);
     assert_eq!(
         t.iova_alignment(),
@@ -915,9 +910,7 @@ fn access_pin_rules() {
 #[test]
 fn access_pin_needs_page_aligned_pages() {
     let ps = ps();
-    let buf = RealBuf::new(8);
-    let u = buf.addr();
-    let t = IoPagetable::new();
+    let (_buf, u, t) = memory_and_table(8);
     // An area that starts mid-page: its IOVA is page aligned, its pages not.
     map(&t, u + 8, ps, Some(A), Prot::RW).unwrap();
     assert_eq!(errno(t.access_pin(A, 8, false)), libc::EINVAL);
@@ -938,9 +931,7 @@ fn access_pin_needs_page_aligned_pages() {
 #[test]
 fn access_alignment_rules() {
     let ps = ps();
-    let buf = RealBuf::new(4);
-    let u = buf.addr();
-    let t = Arc::new(IoPagetable::new());
+    let (_buf, u, t) = memory_and_table(4);
     let r = Arc::new(Recorder::default());
     let w: Weak<dyn AccessNotify> = Arc::downgrade(&r) as Weak<dyn AccessNotify>;
     assert_eq!(errno(t.add_access(w.clone(), 3)), libc::EINVAL);
@@ -1027,11 +1018,8 @@ on_both_drivers! {
 
 fn access_unmap_notifies_and_unpins_on(drv: Drv) {
     let ps = ps();
-    let buf = RealBuf::new(16);
-    let u = buf.addr();
-    let t = Arc::new(IoPagetable::new());
-    let d = TestDom::new(drv, false);
-    t.add_domain(d.dyn_domain()).unwrap();
+    let (_buf, u, t) = memory_and_table(16);
+    let d = TestDom::add_to(&t, drv, false);
     let (r, _token) = Recorder::new(&t);
     map(&t, u, 4 * ps, Some(A), Prot::RW).unwrap();
     map(&t, u + 8 * ps, 2 * ps, Some(A + 8 * ps), Prot::RW).unwrap();
@@ -1068,11 +1056,8 @@ fn access_unmap_notifies_and_unpins_on(drv: Drv) {
 #[test]
 fn access_that_refuses_is_edeadlk() {
     let ps = ps();
-    let buf = RealBuf::new(8);
-    let u = buf.addr();
-    let t = Arc::new(IoPagetable::new());
-    let d = MockDomain::new(false);
-    t.add_domain(d.clone()).unwrap();
+    let (_buf, u, t) = memory_and_table(8);
+    let d = add_mock(&t, false);
     let (r, token) = Recorder::new(&t);
     map(&t, u, 2 * ps, Some(A), Prot::RW).unwrap();
     map(&t, u + 2 * ps, 2 * ps, Some(A + 2 * ps), Prot::RW).unwrap();
@@ -1114,15 +1099,12 @@ on_both_drivers! {
 fn access_pins_survive_domain_changes_on(drv: Drv) {
     // The selftest's access_pin: add and remove a domain while pinned.
     let ps = ps();
-    let buf = RealBuf::new(8);
-    let u = buf.addr();
-    let t = Arc::new(IoPagetable::new());
+    let (_buf, u, t) = memory_and_table(8);
     let (r, _token) = Recorder::new(&t);
     map(&t, u, 8 * ps, Some(A), Prot::RW).unwrap();
     for npages in 1..8 {
         r.pin(A, npages * ps).unwrap();
-        let d = TestDom::new(drv, false);
-        t.add_domain(d.dyn_domain()).unwrap();
+        let d = TestDom::add_to(&t, drv, false);
         check_map(d.dyn_domain().as_ref(), A, 8 * ps, u).unwrap();
         ok(&t);
         t.remove_domain(d.id());
@@ -1147,10 +1129,8 @@ fn concurrent_map_unmap_two_domains(drv: Drv) {
     let ps = ps();
     let buf = Arc::new(RealBuf::new(64));
     let t = Arc::new(IoPagetable::new());
-    let d1 = TestDom::new(drv, false);
-    let d2 = TestDom::new(drv, true);
-    t.add_domain(d1.dyn_domain()).unwrap();
-    t.add_domain(d2.dyn_domain()).unwrap();
+    let d1 = TestDom::add_to(&t, drv, false);
+    let d2 = TestDom::add_to(&t, drv, true);
     // Allocation inside [A, A + 2^28); fixed maps above, one region per thread.
     t.set_allowed(&[(A, A + (1 << 28) - 1)]).unwrap();
     let b = buf.clone();
@@ -1216,8 +1196,7 @@ fn add_remove_races_with_map_unmap(drv: Drv) {
         std::thread::spawn(move || {
             let mut n = 0;
             while !stop.load(Ordering::Relaxed) {
-                let d = TestDom::new(drv, n % 2 == 0);
-                t.add_domain(d.dyn_domain()).unwrap();
+                let d = TestDom::add_to(&t, drv, n % 2 == 0);
                 t.check_invariants().unwrap();
                 t.remove_domain(d.id());
                 assert!(d.is_empty());

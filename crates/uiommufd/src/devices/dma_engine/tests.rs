@@ -137,6 +137,15 @@ fn w64(d: &DmaEngine, off: u64, v: u64) {
     d.bar_write(0, off, &v.to_le_bytes());
 }
 
+/// Program the traffic window `[iova, iova + size)` and start the stream at
+/// `rate` records a second (0: as fast as it can).
+fn start_traffic(d: &DmaEngine, iova: u64, size: u64, rate: u32) {
+    w64(d, TRAFFIC_BASE, iova);
+    w64(d, TRAFFIC_SIZE, size);
+    w32(d, TRAFFIC_RATE, rate);
+    w32(d, TRAFFIC_CTRL, TRAFFIC_ENABLE);
+}
+
 fn params(kv: &[(&str, &str)]) -> Vec<(String, String)> {
     kv.iter()
         .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -495,10 +504,7 @@ fn pacing_clock_counts_due_records() {
 #[test]
 fn traffic_and_ring_share_the_worker() {
     let (d, bus) = setup(64);
-    w64(&d, TRAFFIC_BASE, WIN);
-    w64(&d, TRAFFIC_SIZE, 64 * 64);
-    w32(&d, TRAFFIC_RATE, 0);
-    w32(&d, TRAFFIC_CTRL, TRAFFIC_ENABLE);
+    start_traffic(&d, WIN, 64 * 64, 0);
     for i in 0..40 {
         post(&bus, i, copy(SRC, DST + i as u64 * 16, 16, 0));
     }
@@ -513,10 +519,7 @@ fn traffic_and_ring_share_the_worker() {
 fn traffic_fault_stops_the_stream() {
     let (d, bus) = setup(4);
     bus.holes.lock().push((WIN + 5 * 64, WIN + 6 * 64));
-    w64(&d, TRAFFIC_BASE, WIN);
-    w64(&d, TRAFFIC_SIZE, 8 * 64);
-    w32(&d, TRAFFIC_RATE, 0);
-    w32(&d, TRAFFIC_CTRL, TRAFFIC_ENABLE);
+    start_traffic(&d, WIN, 8 * 64, 0);
     wait_for("the fault", || r32(&d, ERROR_CODE) != 0);
     assert_eq!(r32(&d, ERROR_CODE), 1 | 5 << 8 | ERROR_WRITE);
     assert_eq!(r64(&d, ERROR_ADDR), WIN + 5 * 64);
@@ -540,10 +543,7 @@ fn bus_master_off_blocks_dma() {
     let calls = bus.dma_calls.load(Ordering::SeqCst);
     post(&bus, 0, copy(SRC, DST, 8, 0));
     w32(&d, RING_TAIL, 1);
-    w64(&d, TRAFFIC_BASE, WIN);
-    w64(&d, TRAFFIC_SIZE, 64 * 4);
-    w32(&d, TRAFFIC_RATE, 0);
-    w32(&d, TRAFFIC_CTRL, TRAFFIC_ENABLE);
+    start_traffic(&d, WIN, 64 * 4, 0);
     std::thread::sleep(Duration::from_millis(50));
     assert_eq!(bus.dma_calls.load(Ordering::SeqCst), calls);
     assert_eq!(r32(&d, COMPLETED), 0);
@@ -879,10 +879,7 @@ fn through_an_ioas_with_a_vtd_domain() {
     assert_eq!(u16::from_le_bytes([rd(off + 2), rd(off + 3)]), STATUS_OK);
     wait_for("its interrupt", || bus.irqs.lock().contains(&0));
     // traffic into pages 8..16, then the IOVA is unmapped under it
-    w64(&d, TRAFFIC_BASE, IOVA + 8 * ps as u64);
-    w64(&d, TRAFFIC_SIZE, 8 * ps as u64);
-    w32(&d, TRAFFIC_RATE, 0);
-    w32(&d, TRAFFIC_CTRL, TRAFFIC_ENABLE);
+    start_traffic(&d, IOVA + 8 * ps as u64, 8 * ps as u64, 0);
     let per_window = (8 * ps / 64) as u64;
     wait_for("a window of records", || {
         r64(&d, TRAFFIC_COUNT) >= per_window
