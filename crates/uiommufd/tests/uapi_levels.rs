@@ -890,3 +890,153 @@ fn pasid_attach_rules() {
     assert_eq!(destroy(&ctx, compat2), Ok(0));
     let _ = rid_hwpt;
 }
+
+/// This thread's effective capabilities without `CAP_IPC_LOCK` (the
+/// kernel's, and so the engine's, are per thread) for as long as the value
+/// lives; the permitted set keeps it, so the drop restores it.
+struct NoIpcLock([u32; 6]);
+
+impl NoIpcLock {
+    fn new() -> NoIpcLock {
+        let mut hdr = [0x2008_0522u32, 0]; // _LINUX_CAPABILITY_VERSION_3, this thread
+        let mut data = [0u32; 6];
+        // SAFETY: capget fills the 2 x 3 words of a version 3 header.
+        let r = unsafe { libc::syscall(libc::SYS_capget, hdr.as_mut_ptr(), data.as_mut_ptr()) };
+        assert_eq!(r, 0, "capget");
+        let saved = data;
+        data[0] &= !(1 << uiommufd::accounting::CAP_IPC_LOCK);
+        // SAFETY: as above; lowering this thread's own effective set.
+        let r = unsafe { libc::syscall(libc::SYS_capset, hdr.as_mut_ptr(), data.as_ptr()) };
+        assert_eq!(r, 0, "capset");
+        NoIpcLock(saved)
+    }
+}
+
+impl Drop for NoIpcLock {
+    fn drop(&mut self) {
+        let mut hdr = [0x2008_0522u32, 0];
+        // SAFETY: restoring the sets read in `new` (still permitted).
+        unsafe { libc::syscall(libc::SYS_capset, hdr.as_mut_ptr(), self.0.as_ptr()) };
+    }
+}
+
+/// The soft `RLIMIT_MEMLOCK` of process `pid` (one of ours) set to `pages`
+/// pages, its hard limit kept (lowering needs no privilege; raising the
+/// soft limit up to the hard one neither).
+fn set_memlock(pid: i32, pages: u64) {
+    let mut rl = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: prlimit reading into a valid rlimit.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_MEMLOCK, std::ptr::null(), &mut rl) };
+    assert_eq!(r, 0, "prlimit({pid}): {}", std::io::Error::last_os_error());
+    assert!(
+        rl.rlim_max >= pages * ps(),
+        "the hard limit is below {pages} pages"
+    );
+    rl.rlim_cur = pages * ps();
+    // SAFETY: prlimit with a valid new limit and no old-limit pointer.
+    let r = unsafe { libc::prlimit(pid, libc::RLIMIT_MEMLOCK, &rl, std::ptr::null_mut()) };
+    assert_eq!(r, 0, "prlimit({pid}): {}", std::io::Error::last_os_error());
+}
+
+/// `IOMMU_IOAS_CHANGE_PROCESS` for another process whose `RLIMIT_MEMLOCK`
+/// the second of two pages objects passes: `ENOMEM`, and the first one,
+/// already moved, goes back, so every pin stays charged where it was; with
+/// a limit that fits, everything moves. Pins are charged to the mm
+/// (`IOMMU_OPTION_RLIMIT_MODE` 1) by a thread without `CAP_IPC_LOCK`, so
+/// that limits are checked at all (the kernel skips them for a creator
+/// with it).
+#[test]
+fn change_process_past_the_callers_limit_moves_nothing() {
+    use uiommufd::accounting::{effective_caps, policy_grants, CAP_SYS_RESOURCE};
+    // The mm mode needs CAP_SYS_RESOURCE, which sandboxes (this one, CI's)
+    // take away: granted as a program under test would be, through the
+    // policy, read once per process (nextest runs each test in its own,
+    // before any other engine call).
+    // SAFETY: set before this test starts any thread that reads the
+    // environment.
+    unsafe { std::env::set_var("UIOMMUFD_CAPS", "sys_resource") };
+    if effective_caps(0) & (1 << CAP_SYS_RESOURCE) == 0 && !policy_grants(CAP_SYS_RESOURCE) {
+        eprintln!("skipped: the capability policy was read before this test (not under nextest)");
+        return;
+    }
+    let ours = uiommufd::client::Client::ours();
+    let (small, large) = (16u64, 64u64);
+    // the process the command runs for: a child whose limit is ours to set
+    let mut child = std::process::Command::new("sleep")
+        .arg("60")
+        .spawn()
+        .expect("spawn sleep");
+    let pid = child.id() as i32;
+    set_memlock(pid, large);
+    let pidfd = uiommufd::process::pidfd_open(pid).expect("pidfd");
+    let them = uiommufd::client::Client::of_process(Arc::new(
+        uiommufd::process::ProcessMemory::new(pid, pidfd),
+    ));
+    let no_ipc_lock = NoIpcLock::new();
+    let ctx = Context::new_at(UapiLevel::V7_2);
+    let mut mode = IommuOption {
+        size: 24,
+        option_id: IOMMU_OPTION_RLIMIT_MODE,
+        op: IOMMU_OPTION_OP_SET,
+        val64: 1,
+        ..Default::default()
+    };
+    ctx.ioc(IOMMU_OPTION, &mut mode).expect("the mm mode");
+    let ioas = ioas_alloc(&ctx);
+    mock_domain(&ctx, ioas).unwrap();
+    let (before_pinned, before_locked) = (ours.pinned_vm(), ours.mm_locked_vm());
+    let a = Memfd::new(c"chproc-small", small, |_| 1);
+    let b = Memfd::new(c"chproc-large", large, |_| 2);
+    map_file(&ctx, ioas, a.fd, 0, small * ps(), RW, None).unwrap();
+    map_file(&ctx, ioas, b.fd, 0, large * ps(), RW, None).unwrap();
+    let charged = || {
+        (
+            ours.pinned_vm() - before_pinned,
+            ours.mm_locked_vm() - before_locked,
+        )
+    };
+    assert_eq!(
+        charged(),
+        (small + large, small + large),
+        "ours, in the mm mode"
+    );
+    let mut cp = IommuIoasChangeProcess {
+        size: 8,
+        __reserved: 0,
+    };
+    // the first object fits their limit, the second does not after it
+    let r = uiommufd::client::as_caller(Some(them.clone()), || {
+        ctx.ioc(IOMMU_IOAS_CHANGE_PROCESS, &mut cp)
+    });
+    assert_eq!(r, Err(libc::ENOMEM));
+    assert_eq!(
+        (them.pinned_vm(), them.mm_locked_vm()),
+        (0, 0),
+        "nothing stays moved"
+    );
+    assert_eq!(charged(), (small + large, small + large), "all still ours");
+    ctx.check_invariants().unwrap();
+    // room for both: everything moves
+    set_memlock(pid, small + large);
+    let r = uiommufd::client::as_caller(Some(them.clone()), || {
+        ctx.ioc(IOMMU_IOAS_CHANGE_PROCESS, &mut cp)
+    });
+    assert_eq!(r, Ok(0));
+    assert_eq!(
+        (them.pinned_vm(), them.mm_locked_vm()),
+        (small + large, small + large)
+    );
+    assert_eq!(charged(), (0, 0));
+    ctx.check_invariants().unwrap();
+    // and back to us (our limit is not lowered: the default 8 MiB fits)
+    assert_eq!(ctx.ioc(IOMMU_IOAS_CHANGE_PROCESS, &mut cp), Ok(0));
+    assert_eq!((them.pinned_vm(), them.mm_locked_vm()), (0, 0));
+    drop(ctx);
+    assert_eq!(charged(), (0, 0), "every pin given back");
+    drop(no_ipc_lock);
+    let _ = child.kill();
+    let _ = child.wait();
+}
