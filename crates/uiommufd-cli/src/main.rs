@@ -31,8 +31,13 @@ enum Cmd {
         /// Path of the preload library (default: next to this binary, or $UIOMMUFD_PRELOAD).
         #[arg(long)]
         preload: Option<std::path::PathBuf>,
-        /// Declare an emulated VFIO PCI device (repeatable): KIND[,addr=DDDD:BB:DD.F][,group=N][,cdev=N][,key=value...].
-        #[arg(long = "device", value_name = "KIND[,key=value...]")]
+        /// The emulated VFIO PCI devices to declare, one `--device` each
+        /// (the help text, with its bracketed syntax, is in `help`).
+        #[arg(
+            long = "device",
+            value_name = "KIND[,key=value...]",
+            help = "Declare an emulated VFIO PCI device (repeatable): KIND[,addr=DDDD:BB:DD.F][,group=N][,cdev=N][,key=value...]"
+        )]
         devices: Vec<String>,
         /// Do not print where the declared devices are.
         #[arg(short, long)]
