@@ -446,13 +446,21 @@ impl Model {
         (out, false)
     }
 
-    /// The sources a copy of `[iova, iova + len)` takes, or the errno.
-    pub fn get_pages(&self, iova: u64, len: u64) -> std::result::Result<Vec<MSrc>, i32> {
+    /// The argument checks of a copy, a pin or an access read/write
+    /// (`EINVAL` for a zero `len`, `EOVERFLOW` when the range wraps), then
+    /// [`Self::segments`] over `[iova, last]`; `last` first.
+    fn checked_segments(&self, iova: u64, len: u64) -> std::result::Result<(u64, Segs, bool), i32> {
         if len == 0 {
             return Err(libc::EINVAL);
         }
         let last = iova.checked_add(len - 1).ok_or(libc::EOVERFLOW)?;
         let (segs, done) = self.segments(iova, last);
+        Ok((last, segs, done))
+    }
+
+    /// The sources a copy of `[iova, iova + len)` takes, or the errno.
+    pub fn get_pages(&self, iova: u64, len: u64) -> std::result::Result<Vec<MSrc>, i32> {
+        let (_, segs, done) = self.checked_segments(iova, len)?;
         if !done {
             return Err(libc::ENOENT);
         }
@@ -479,11 +487,7 @@ impl Model {
         write: bool,
     ) -> std::result::Result<Vec<u64>, i32> {
         let ps = ps();
-        if len == 0 {
-            return Err(libc::EINVAL);
-        }
-        let last = iova.checked_add(len - 1).ok_or(libc::EOVERFLOW)?;
-        let (segs, done) = self.segments(iova, last);
+        let (last, segs, done) = self.checked_segments(iova, len)?;
         let mut out = Vec::new();
         for &(k, cur, end) in &segs {
             let a = &self.areas[&k];
@@ -518,11 +522,7 @@ impl Model {
         len: u64,
         write: bool,
     ) -> std::result::Result<Vec<(u64, u64)>, i32> {
-        if len == 0 {
-            return Err(libc::EINVAL);
-        }
-        let last = iova.checked_add(len - 1).ok_or(libc::EOVERFLOW)?;
-        let (segs, done) = self.segments(iova, last);
+        let (_, segs, done) = self.checked_segments(iova, len)?;
         let mut plan = Vec::new();
         for &(k, cur, end) in &segs {
             let a = &self.areas[&k];
