@@ -5,7 +5,7 @@
 use std::sync::{Arc, Barrier, Weak};
 use std::time::{Duration, Instant};
 
-use uiommufd::access::{Access, AccessOps};
+use uiommufd::access::{Access, AccessOps, CopyOnly};
 use uiommufd::dispatch;
 use uiommufd::ioas::Ioas;
 use uiommufd::mock::domain::{MockDomain, MOCK_APERTURE_START};
@@ -362,17 +362,6 @@ pub fn threads(s: &Scale, r: &mut Report) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// An emulated device that copies by IOVA and never pins.
-#[derive(Debug)]
-struct CopyOnly;
-
-impl AccessOps for CopyOnly {
-    fn unmap(&self, _iova: u64, _length: u64) {}
-    fn needs_pin_pages(&self) -> bool {
-        false
-    }
 }
 
 /// The process's own memory reached only through
