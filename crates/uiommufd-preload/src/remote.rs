@@ -1866,19 +1866,7 @@ fn write_header(fd: c_int, pid: u64, nonce: u64, key: u64) {
 /// The header of `fd`, when it is one of our memfds that was sent:
 /// `(owner pid, nonce, key)`.
 fn read_header(fd: c_int) -> Option<(i32, u64, u64)> {
-    let link = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).ok()?;
-    let mut target = [0u8; 128];
-    // SAFETY: readlink into our buffer; raw: `readlink` is hooked.
-    let n = unsafe {
-        libc::syscall(
-            libc::SYS_readlinkat,
-            libc::AT_FDCWD,
-            link.as_ptr(),
-            target.as_mut_ptr(),
-            target.len(),
-        )
-    };
-    if n <= 0 || !target[..n as usize].starts_with(b"/memfd:uiommufd:") {
+    if !uiommufd::user::fd_link(fd, &mut [0u8; 128])?.starts_with(b"/memfd:uiommufd:") {
         return None;
     }
     let mut buf = [0u8; HEADER_LEN];

@@ -219,6 +219,26 @@ pub fn read_proc_raw(path: &std::ffi::CStr) -> Option<Vec<u8>> {
     Some(text)
 }
 
+/// What the link `/proc/self/fd/{fd}` names, read into `buf` with a raw
+/// `readlinkat` (under the preload `readlink` is the program's hooked entry
+/// point): its first `buf.len()` bytes at most, as `readlink(2)` cuts it.
+/// `None` when it cannot be read.
+pub fn fd_link(fd: i32, buf: &mut [u8]) -> Option<&[u8]> {
+    let link = format!("/proc/self/fd/{fd}\0");
+    // SAFETY: a NUL-terminated path, and a buffer writable for the length
+    // passed.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_readlinkat,
+            libc::AT_FDCWD,
+            link.as_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    (n >= 0).then(|| &buf[..n as usize])
+}
+
 /// Zero `len` bytes of user memory at `addr` (the kernel's `clear_user`):
 /// written in bounded chunks from a static zero page, so a huge
 /// user-supplied `len` costs no allocation. `EFAULT` when any byte is

@@ -89,24 +89,10 @@ pub struct EventFd {
 /// which changes nothing in an eventfd and which the other anon-inode
 /// files (epoll, timerfd, signalfd, ...) refuse.
 pub fn is_eventfd(fd: i32) -> bool {
-    let Ok(path) = std::ffi::CString::new(format!("/proc/self/fd/{fd}")) else {
-        return false;
-    };
-    let mut buf = [0u8; 64];
-    // SAFETY: a NUL-terminated path and a buffer of the length passed.
-    let n = unsafe {
-        libc::syscall(
-            libc::SYS_readlinkat,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            buf.as_mut_ptr(),
-            buf.len(),
-        )
-    };
-    if n >= 0 {
-        return &buf[..n as usize] == b"anon_inode:[eventfd]";
+    match crate::user::fd_link(fd, &mut [0u8; 64]) {
+        Some(target) => target == b"anon_inode:[eventfd]",
+        None => is_eventfd_without_proc(fd),
     }
-    is_eventfd_without_proc(fd)
 }
 
 /// [`is_eventfd`] without `/proc`.
