@@ -11,24 +11,12 @@
 
 use std::sync::{Arc, Weak};
 
-use uiommufd::access::{Access, AccessOps};
+use uiommufd::access::{Access, AccessOps, CopyOnly};
 use uiommufd::device::Device;
 use uiommufd::domain::{HostAddr, Iova};
 use uiommufd::mock::device::MockDevice;
 use uiommufd::plumbing::io_pagetable::AreaInfo;
 use uiommufd::{Context, Prot};
-
-/// An emulated device that reads and writes guest memory by IOVA through an
-/// access and never pins (so unmaps need nothing from it).
-#[derive(Debug)]
-struct DemoDma;
-
-impl AccessOps for DemoDma {
-    fn unmap(&self, _iova: u64, _length: u64) {}
-    fn needs_pin_pages(&self) -> bool {
-        false
-    }
-}
 
 /// Guest RAM size for the demo.
 const GUEST_RAM: u64 = 256 << 20;
@@ -137,7 +125,7 @@ pub fn demo() -> Result<(), String> {
         GUEST_RAM / 4096
     );
     // an emulated device doing DMA by IOVA through an access
-    let ops: Arc<dyn AccessOps> = Arc::new(DemoDma);
+    let ops: Arc<dyn AccessOps> = Arc::new(CopyOnly);
     let dma = Access::create(&ctx, Arc::downgrade(&ops) as Weak<dyn AccessOps>).map_err(e)?;
     dma.attach(&ctx, gpa).map_err(e)?;
     let mut msg = *b"hello from an emulated device";

@@ -11,7 +11,7 @@ use uiommufd::plumbing::files;
 
 use crate::path::{Form, VfioNode};
 use crate::vfio::{self, Act};
-use crate::{engine, fail, fail_ssize, missing, real, set_errno, sync};
+use crate::{engine, fail, fail_null, fail_ssize, missing, real, set_errno, sync};
 
 // the hooks hand `struct stat64` to code written for `struct stat`
 const _: () = assert!(std::mem::size_of::<libc::stat>() == std::mem::size_of::<libc::stat64>());
@@ -39,12 +39,6 @@ unsafe fn by_path<R>(
         Act::Node(n, f) => node(n, f),
         Act::Fail(e) => fail(e),
     }
-}
-
-/// `set_errno(e)` and a null pointer: how pointer-returning calls fail.
-fn fail_null<T>(e: c_int) -> *mut T {
-    set_errno(e);
-    std::ptr::null_mut()
 }
 
 /// A path-taking hook: the real function (`$missing` when libc lacks

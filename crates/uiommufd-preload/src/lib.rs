@@ -974,15 +974,8 @@ pub unsafe extern "C" fn dup3(old: c_int, new: c_int, flags: c_int) -> c_int {
 /// Same contract as the libc function.
 #[no_mangle]
 pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    let Some(real) = real::fcntl() else {
-        return missing();
-    };
-    if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
-        // SAFETY: forwarding the caller's arguments unchanged.
-        return dup_hook(fd, None, || unsafe { real(fd, cmd, arg) });
-    }
-    // SAFETY: forwarding the caller's arguments unchanged.
-    unsafe { real(fd, cmd, arg) }
+    // SAFETY: the caller's contract is fcntl's.
+    unsafe { fcntl_with(real::fcntl(), fd, cmd, arg) }
 }
 
 /// `fcntl64`: as [`fcntl`].
@@ -991,7 +984,22 @@ pub unsafe extern "C" fn fcntl(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
 /// Same contract as the libc function.
 #[no_mangle]
 pub unsafe extern "C" fn fcntl64(fd: c_int, cmd: c_int, arg: c_ulong) -> c_int {
-    let Some(real) = real::fcntl64() else {
+    // SAFETY: the caller's contract is fcntl64's.
+    unsafe { fcntl_with(real::fcntl64(), fd, cmd, arg) }
+}
+
+/// What [`fcntl`] and [`fcntl64`] share, with `real` the libc function
+/// (`ENOSYS` when libc lacks it).
+///
+/// # Safety
+/// Same contract as the libc function.
+unsafe fn fcntl_with(
+    real: Option<unsafe extern "C" fn(c_int, c_int, ...) -> c_int>,
+    fd: c_int,
+    cmd: c_int,
+    arg: c_ulong,
+) -> c_int {
+    let Some(real) = real else {
         return missing();
     };
     if cmd == libc::F_DUPFD || cmd == libc::F_DUPFD_CLOEXEC {
@@ -1352,6 +1360,12 @@ fn fail_ssize(e: c_int) -> libc::ssize_t {
     -1
 }
 
+/// `set_errno(e)` and a null pointer: how pointer-returning calls fail.
+fn fail_null<T>(e: c_int) -> *mut T {
+    set_errno(e);
+    std::ptr::null_mut()
+}
+
 /// Turn an engine transfer into the libc return convention; `None` (not an
 /// engine fd after all) stays `None` so that the hook forwards the call.
 fn engine_io(f: impl FnOnce() -> Option<engine::Xfer>) -> Option<libc::ssize_t> {
@@ -1441,8 +1455,7 @@ pub unsafe extern "C" fn opendir(name: *const c_char) -> *mut libc::DIR {
             Some(Some(Ok(Ok(d)))) => return d,
             Some(Some(Ok(Err(p)))) => {
                 let Some(real) = real::opendir() else {
-                    set_errno(libc::ENOSYS);
-                    return std::ptr::null_mut();
+                    return fail_null(libc::ENOSYS);
                 };
                 // SAFETY: the real opendir of the redirected path.
                 return unsafe { real(p.as_ptr()) };
@@ -1457,8 +1470,7 @@ pub unsafe extern "C" fn opendir(name: *const c_char) -> *mut libc::DIR {
         }
     }
     let Some(real) = real::opendir() else {
-        set_errno(libc::ENOSYS);
-        return std::ptr::null_mut();
+        return fail_null(libc::ENOSYS);
     };
     // SAFETY: forwarding the caller's argument unchanged.
     unsafe { real(name) }
@@ -1471,21 +1483,8 @@ pub unsafe extern "C" fn opendir(name: *const c_char) -> *mut libc::DIR {
 /// Same contract as the libc function.
 #[no_mangle]
 pub unsafe extern "C" fn readdir(dirp: *mut libc::DIR) -> *mut libc::dirent {
-    if special::any_dirs() {
-        if let Some(Some(e)) = guard(|| {
-            let _c = sync::enter();
-            special::readdir(dirp)
-        }) {
-            // dirent and dirent64 have the same layout on 64-bit Linux
-            return e.cast();
-        }
-    }
-    let Some(real) = real::readdir() else {
-        set_errno(libc::ENOSYS);
-        return std::ptr::null_mut();
-    };
-    // SAFETY: forwarding the caller's argument unchanged.
-    unsafe { real(dirp) }
+    // SAFETY: the caller's contract is readdir's.
+    unsafe { readdir_or(dirp, real::readdir()) }
 }
 
 /// `readdir64(3)`: as [`readdir`].
@@ -1494,17 +1493,30 @@ pub unsafe extern "C" fn readdir(dirp: *mut libc::DIR) -> *mut libc::dirent {
 /// Same contract as the libc function.
 #[no_mangle]
 pub unsafe extern "C" fn readdir64(dirp: *mut libc::DIR) -> *mut libc::dirent64 {
+    // SAFETY: the caller's contract is readdir64's.
+    unsafe { readdir_or(dirp, real::readdir64()) }
+}
+
+/// What [`readdir`] and [`readdir64`] share: an emulated stream's next
+/// entry (`dirent` and `dirent64` have the same layout on 64-bit Linux),
+/// else `real` (`ENOSYS` when libc lacks it) on `dirp`.
+///
+/// # Safety
+/// Same contract as the libc function.
+unsafe fn readdir_or<T>(
+    dirp: *mut libc::DIR,
+    real: Option<unsafe extern "C" fn(*mut libc::DIR) -> *mut T>,
+) -> *mut T {
     if special::any_dirs() {
         if let Some(Some(e)) = guard(|| {
             let _c = sync::enter();
             special::readdir(dirp)
         }) {
-            return e;
+            return e.cast();
         }
     }
-    let Some(real) = real::readdir64() else {
-        set_errno(libc::ENOSYS);
-        return std::ptr::null_mut();
+    let Some(real) = real else {
+        return fail_null(libc::ENOSYS);
     };
     // SAFETY: forwarding the caller's argument unchanged.
     unsafe { real(dirp) }

@@ -90,22 +90,12 @@ fn base_dir(dirfd: c_int) -> Option<Vec<u8>> {
         let n = buf.iter().position(|&b| b == 0)?;
         buf.truncate(n);
     } else {
-        let link = format!("/proc/self/fd/{dirfd}\0");
-        // SAFETY: `link` is NUL-terminated and `buf` is writable for its
-        // length; the raw system call does not re-enter our `readlink` hook.
-        let n = unsafe {
-            libc::syscall(
-                libc::SYS_readlinkat,
-                libc::AT_FDCWD,
-                link.as_ptr(),
-                buf.as_mut_ptr(),
-                buf.len(),
-            )
-        };
-        if n <= 0 || n as usize >= buf.len() {
+        // (a target that fills `buf` may have been cut)
+        let n = uiommufd::user::fd_link(dirfd, &mut buf)?.len();
+        if n == 0 || n >= buf.len() {
             return None;
         }
-        buf.truncate(n as usize);
+        buf.truncate(n);
     }
     (buf.first() == Some(&b'/')).then_some(buf)
 }

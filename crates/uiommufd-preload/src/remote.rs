@@ -252,12 +252,19 @@ fn send(fd: c_int, m: &Msg, pass: Option<c_int>) -> std::io::Result<()> {
             std::ptr::write_unaligned(libc::CMSG_DATA(c).cast::<c_int>(), pfd);
         }
     }
+    // SAFETY: `hdr` points at our iovec and control buffer. The raw
+    // system call: `sendmsg` may be hooked by the program's preloads.
+    restarting(|| unsafe { libc::syscall(libc::SYS_sendmsg, fd, &hdr, libc::MSG_NOSIGNAL) })?;
+    Ok(())
+}
+
+/// `call` (a raw system call) again while it fails with `EINTR`: its
+/// non-negative result, or its error.
+fn restarting(mut call: impl FnMut() -> libc::c_long) -> std::io::Result<libc::c_long> {
     loop {
-        // SAFETY: `hdr` points at our iovec and control buffer. The raw
-        // system call: `sendmsg` may be hooked by the program's preloads.
-        let n = unsafe { libc::syscall(libc::SYS_sendmsg, fd, &hdr, libc::MSG_NOSIGNAL) };
-        if n >= 0 {
-            return Ok(());
+        let r = call();
+        if r >= 0 {
+            return Ok(r);
         }
         let e = std::io::Error::last_os_error();
         if e.raw_os_error() != Some(libc::EINTR) {
@@ -287,17 +294,9 @@ fn wait_readable(fd: c_int) -> std::io::Result<()> {
         events: libc::POLLIN,
         revents: 0,
     };
-    loop {
-        // SAFETY: one pollfd we own. Raw: `poll` may be the program's.
-        let r = unsafe { libc::syscall(libc::SYS_poll, &mut p, 1, -1) };
-        if r >= 0 {
-            return Ok(());
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
-        }
-    }
+    // SAFETY: one pollfd we own. Raw: `poll` may be the program's.
+    restarting(|| unsafe { libc::syscall(libc::SYS_poll, &mut p, 1, -1) })?;
+    Ok(())
 }
 
 /// The receiving half of [`recv`], inside the caller's critical section.
@@ -329,36 +328,21 @@ fn recv_now(fd: c_int) -> std::io::Result<Option<(Msg, Option<OwnedFd>)>> {
     hdr.msg_iovlen = 1;
     hdr.msg_control = cbuf.as_mut_ptr().cast();
     hdr.msg_controllen = std::mem::size_of_val(&cbuf);
-    let n = loop {
+    let n = restarting(|| {
         // SAFETY: `hdr` points at our message and control buffers.
-        let n = unsafe { libc::syscall(libc::SYS_recvmsg, fd, &mut hdr, libc::MSG_CMSG_CLOEXEC) };
-        if n >= 0 {
-            break n as usize;
-        }
-        let e = std::io::Error::last_os_error();
-        if e.raw_os_error() != Some(libc::EINTR) {
-            return Err(e);
-        }
-    };
+        unsafe { libc::syscall(libc::SYS_recvmsg, fd, &mut hdr, libc::MSG_CMSG_CLOEXEC) }
+    })? as usize;
     let mut passed = None;
-    // SAFETY: walking the control messages the kernel wrote into `cbuf`.
+    // SAFETY: the control messages are the ones the kernel wrote into `cbuf`.
     unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&hdr);
-        while !c.is_null() {
-            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
-                let data = libc::CMSG_DATA(c).cast::<c_int>();
-                let count = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / 4;
-                for i in 0..count {
-                    let f = std::ptr::read_unaligned(data.add(i));
-                    if passed.is_none() {
-                        passed = Some(OwnedFd::from_raw_fd(f));
-                    } else {
-                        crate::raw_close(f);
-                    }
-                }
+        each_rights_fd(&hdr, |f| {
+            if passed.is_none() {
+                // SAFETY: the kernel just installed `f` for us.
+                passed = Some(OwnedFd::from_raw_fd(f));
+            } else {
+                crate::raw_close(f);
             }
-            c = libc::CMSG_NXTHDR(&hdr, c);
-        }
+        });
     }
     if n == 0 {
         return Ok(None);
@@ -1882,19 +1866,7 @@ fn write_header(fd: c_int, pid: u64, nonce: u64, key: u64) {
 /// The header of `fd`, when it is one of our memfds that was sent:
 /// `(owner pid, nonce, key)`.
 fn read_header(fd: c_int) -> Option<(i32, u64, u64)> {
-    let link = std::ffi::CString::new(format!("/proc/self/fd/{fd}")).ok()?;
-    let mut target = [0u8; 128];
-    // SAFETY: readlink into our buffer; raw: `readlink` is hooked.
-    let n = unsafe {
-        libc::syscall(
-            libc::SYS_readlinkat,
-            libc::AT_FDCWD,
-            link.as_ptr(),
-            target.as_mut_ptr(),
-            target.len(),
-        )
-    };
-    if n <= 0 || !target[..n as usize].starts_with(b"/memfd:uiommufd:") {
+    if !uiommufd::user::fd_link(fd, &mut [0u8; 128])?.starts_with(b"/memfd:uiommufd:") {
         return None;
     }
     let mut buf = [0u8; HEADER_LEN];
@@ -1937,21 +1909,32 @@ fn control_fds(msg: u64) -> Vec<c_int> {
     }
     let mut copy = h;
     copy.msg_control = ctl.as_mut_ptr().cast();
-    // SAFETY: walking the control messages in our own copy.
+    // SAFETY: the control messages are our own copy, `msg_controllen`
+    // bytes of `ctl`.
+    unsafe { each_rights_fd(&copy, |f| out.push(f)) };
+    out
+}
+
+/// Hand every fd of the `SCM_RIGHTS` messages of `hdr` to `f`.
+///
+/// # Safety
+/// `hdr.msg_control` points at `hdr.msg_controllen` readable bytes.
+unsafe fn each_rights_fd(hdr: &libc::msghdr, mut f: impl FnMut(c_int)) {
+    // SAFETY: the CMSG_* walk stays inside the control buffer, readable as
+    // the caller promises; the fds are read unaligned from the messages.
     unsafe {
-        let mut c = libc::CMSG_FIRSTHDR(&copy);
+        let mut c = libc::CMSG_FIRSTHDR(hdr);
         while !c.is_null() {
             if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_RIGHTS {
                 let data = libc::CMSG_DATA(c).cast::<c_int>();
                 let count = ((*c).cmsg_len - libc::CMSG_LEN(0) as usize) / 4;
                 for i in 0..count {
-                    out.push(std::ptr::read_unaligned(data.add(i)));
+                    f(std::ptr::read_unaligned(data.add(i)));
                 }
             }
-            c = libc::CMSG_NXTHDR(&copy, c);
+            c = libc::CMSG_NXTHDR(hdr, c);
         }
     }
-    out
 }
 
 /// The fds a successful `recvmsg` just received.

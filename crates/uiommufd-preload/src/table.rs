@@ -191,13 +191,5 @@ pub(crate) fn unregister_range(first: c_int, last: c_int) -> Vec<Entry> {
     if first > last || !any_registered() {
         return Vec::new();
     }
-    let mut map = write();
-    let fds: Vec<c_int> = map.range(first..=last).map(|(&fd, _)| fd).collect();
-    fds.into_iter()
-        .filter_map(|fd| {
-            let e = map.remove(&fd)?;
-            set_hint(fd, false, true);
-            Some(e)
-        })
-        .collect()
+    HINTS.take_range(&mut write(), first, last)
 }

@@ -47,6 +47,19 @@ impl AccessOps for NoOps {
     }
 }
 
+/// The driver of an access that only copies by IOVA ([`Access::rw`]) and
+/// never pins: an unmap needs nothing from it, and its IOVAs need no page
+/// alignment (an emulated device doing plain DMA).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct CopyOnly;
+
+impl AccessOps for CopyOnly {
+    fn unmap(&self, _iova: u64, _length: u64) {}
+    fn needs_pin_pages(&self) -> bool {
+        false
+    }
+}
+
 #[derive(Debug, Default)]
 struct State {
     /// The IOAS attached, its ID and our notifier token in it.

@@ -463,6 +463,23 @@ impl FdHints {
     pub fn any(&self) -> bool {
         self.total.load(Ordering::Acquire) != 0
     }
+
+    /// Remove the fds `first..=last` from `map`, the table these hints
+    /// describe, and unmark them (`close_range`); the removed values. Call
+    /// with the map's write lock held.
+    pub fn take_range<V>(&self, map: &mut BTreeMap<i32, V>, first: i32, last: i32) -> Vec<V> {
+        if first > last {
+            return Vec::new();
+        }
+        let fds: Vec<i32> = map.range(first..=last).map(|(&fd, _)| fd).collect();
+        fds.into_iter()
+            .filter_map(|fd| {
+                let v = map.remove(&fd)?;
+                self.set(fd, false, true);
+                Some(v)
+            })
+            .collect()
+    }
 }
 
 static HINTS: FdHints = FdHints::new();
@@ -666,17 +683,7 @@ pub fn on_close_range(first: i32, last: i32) {
     if first > last || first < 0 {
         return;
     }
-    let gone: Vec<Slot> = {
-        let mut map = MAP.write();
-        let fds: Vec<i32> = map.range(first..=last).map(|(&fd, _)| fd).collect();
-        fds.into_iter()
-            .filter_map(|fd| {
-                let s = map.remove(&fd)?;
-                set_hint(fd, false, true);
-                Some(s)
-            })
-            .collect()
-    };
+    let gone: Vec<Slot> = HINTS.take_range(&mut MAP.write(), first, last);
     drop(gone);
 }
 

@@ -112,11 +112,9 @@ impl MmapRegion {
             // than freeing what may still be mapped
             return true;
         };
-        let ino = self.ino.to_string();
         maps.lines().any(|l| {
-            let mut f = l.split_ascii_whitespace();
-            // address perms offset dev inode path
-            f.nth(4) == Some(ino.as_str()) && l.contains("/memfd:uiommufd-mmap")
+            crate::user::MapsLine::parse(l).is_some_and(|m| m.inode == self.ino)
+                && l.contains("/memfd:uiommufd-mmap")
         })
     }
 }

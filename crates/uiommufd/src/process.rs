@@ -31,7 +31,7 @@
 use std::os::fd::{AsRawFd, OwnedFd};
 use std::sync::Arc;
 
-use crate::user::{page_size, FileMaps, SelfMemory, UserMemory};
+use crate::user::{page_size, FileMaps, MapsLine, SelfMemory, UserMemory};
 use crate::{Error, Result};
 
 /// The memory of process `pid` (see the module docs).
@@ -123,16 +123,8 @@ impl ProcessMemory {
         let mut cur = addr;
         let mut ranges: Vec<(u64, u64, bool)> = text
             .lines()
-            .filter_map(|l| {
-                let mut f = l.split_ascii_whitespace();
-                let (s, e) = f.next()?.split_once('-')?;
-                let w = f.next()?.as_bytes().get(1) == Some(&b'w');
-                Some((
-                    u64::from_str_radix(s, 16).ok()?,
-                    u64::from_str_radix(e, 16).ok()?,
-                    w,
-                ))
-            })
+            .filter_map(MapsLine::parse)
+            .map(|m| (m.start, m.end, m.prot() & libc::PROT_WRITE != 0))
             .collect();
         ranges.sort_unstable();
         for (s, e, w) in ranges {

@@ -219,6 +219,26 @@ pub fn read_proc_raw(path: &std::ffi::CStr) -> Option<Vec<u8>> {
     Some(text)
 }
 
+/// What the link `/proc/self/fd/{fd}` names, read into `buf` with a raw
+/// `readlinkat` (under the preload `readlink` is the program's hooked entry
+/// point): its first `buf.len()` bytes at most, as `readlink(2)` cuts it.
+/// `None` when it cannot be read.
+pub fn fd_link(fd: i32, buf: &mut [u8]) -> Option<&[u8]> {
+    let link = format!("/proc/self/fd/{fd}\0");
+    // SAFETY: a NUL-terminated path, and a buffer writable for the length
+    // passed.
+    let n = unsafe {
+        libc::syscall(
+            libc::SYS_readlinkat,
+            libc::AT_FDCWD,
+            link.as_ptr(),
+            buf.as_mut_ptr(),
+            buf.len(),
+        )
+    };
+    (n >= 0).then(|| &buf[..n as usize])
+}
+
 /// Zero `len` bytes of user memory at `addr` (the kernel's `clear_user`):
 /// written in bounded chunks from a static zero page, so a huge
 /// user-supplied `len` costs no allocation. `EFAULT` when any byte is
@@ -607,6 +627,71 @@ mod tests {
     }
 }
 
+/// One line of `/proc/PID/maps`: `start-end perms offset maj:min inode
+/// [path]` (addresses, offset and device in hex).
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct MapsLine<'a> {
+    /// First address.
+    pub start: u64,
+    /// One past the last address.
+    pub end: u64,
+    /// `r`/`w`/`x` or `-`, then `s` (shared) or `p` (private).
+    pub perms: &'a [u8],
+    /// File offset of `start`.
+    pub offset: u64,
+    /// The file's device, `(major << 32) | minor`.
+    pub dev: u64,
+    /// The file's inode; 0 for anonymous memory.
+    pub inode: u64,
+    /// The first word of the path (`""` when none, `[heap]`, `[stack]`…).
+    pub path: &'a str,
+}
+
+impl<'a> MapsLine<'a> {
+    /// `line` parsed; `None` when it is not of that form.
+    pub(crate) fn parse(line: &'a str) -> Option<MapsLine<'a>> {
+        let hex = |s: &str| u64::from_str_radix(s, 16).ok();
+        let mut f = line.split_ascii_whitespace();
+        let (start, end) = f.next()?.split_once('-')?;
+        let perms = f.next()?.as_bytes();
+        let offset = hex(f.next()?)?;
+        let (maj, min) = f.next()?.split_once(':')?;
+        let inode = f.next()?.parse().ok()?;
+        Some(MapsLine {
+            start: hex(start)?,
+            end: hex(end)?,
+            perms,
+            offset,
+            dev: (hex(maj)? << 32) | hex(min)?,
+            inode,
+            path: f.next().unwrap_or(""),
+        })
+    }
+
+    /// The `PROT_*` bits of the permissions.
+    pub(crate) fn prot(&self) -> i32 {
+        let mut prot = 0;
+        for (i, (c, bit)) in [
+            (b'r', libc::PROT_READ),
+            (b'w', libc::PROT_WRITE),
+            (b'x', libc::PROT_EXEC),
+        ]
+        .into_iter()
+        .enumerate()
+        {
+            if self.perms.get(i) == Some(&c) {
+                prot |= bit;
+            }
+        }
+        prot
+    }
+
+    /// Whether the mapping is shared (`MAP_SHARED`).
+    pub(crate) fn shared(&self) -> bool {
+        self.perms.get(3) == Some(&b's')
+    }
+}
+
 /// The shared file mappings of this process, as `/proc/self/maps` lists
 /// them when [`FileMaps::snapshot`] reads it: what lets a check tell that
 /// two addresses reach the same page of the same file (the engine's own
@@ -639,33 +724,11 @@ impl FileMaps {
         let Some(text) = read_proc_raw(path) else {
             return out;
         };
-        for line in String::from_utf8_lossy(&text).lines() {
-            let mut f = line.split_ascii_whitespace();
-            let (Some(range), Some(perms), Some(off), Some(dev), Some(ino)) =
-                (f.next(), f.next(), f.next(), f.next(), f.next())
-            else {
-                continue;
-            };
-            let hex = |s: &str| u64::from_str_radix(s, 16).ok();
-            let Some((s, e)) = range.split_once('-') else {
-                continue;
-            };
-            let Some((maj, min)) = dev.split_once(':') else {
-                continue;
-            };
-            let (Some(s), Some(e), Some(off), Some(maj), Some(min), Ok(ino)) = (
-                hex(s),
-                hex(e),
-                hex(off),
-                hex(maj),
-                hex(min),
-                ino.parse::<u64>(),
-            ) else {
-                continue;
-            };
+        let text = String::from_utf8_lossy(&text);
+        for m in text.lines().filter_map(MapsLine::parse) {
             // only shared mappings of a file reach the file's own pages
-            if ino != 0 && perms.as_bytes().get(3) == Some(&b's') {
-                out.maps.push((s, e, off, (maj << 32) | min, ino));
+            if m.inode != 0 && m.shared() {
+                out.maps.push((m.start, m.end, m.offset, m.dev, m.inode));
             }
         }
         out.maps.sort_unstable();

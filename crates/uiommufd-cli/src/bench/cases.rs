@@ -5,7 +5,7 @@
 use std::sync::{Arc, Barrier, Weak};
 use std::time::{Duration, Instant};
 
-use uiommufd::access::{Access, AccessOps};
+use uiommufd::access::{Access, AccessOps, CopyOnly};
 use uiommufd::dispatch;
 use uiommufd::ioas::Ioas;
 use uiommufd::mock::domain::{MockDomain, MOCK_APERTURE_START};
@@ -16,7 +16,9 @@ use uiommufd::uapi::{
 };
 use uiommufd::{Context, Prot};
 
-use super::util::{gbps, median, memcpy_gbps, ns_per_op, populate, Backing, Buf, KIB4, MIB2};
+use super::util::{
+    gbps, median, memcpy_gbps, ns_per_op, populate, populate_present_gbps, Backing, Buf, KIB4, MIB2,
+};
 use super::{Report, Row, Scale, Unit};
 
 /// Engine errors as strings.
@@ -148,14 +150,7 @@ pub fn map_large(s: &Scale, r: &mut Report) -> Result<(), String> {
     let len = s.large;
     for (bname, backing) in [("4k", Backing::Small), ("thp", Backing::Huge)] {
         let buf = Buf::populated(len, backing)?;
-        let floor_present = gbps(
-            len,
-            median(s.large_reps, || {
-                let t = Instant::now();
-                populate(buf.addr(), len).expect("populate");
-                t.elapsed()
-            }),
-        );
+        let floor_present = populate_present_gbps(s.large_reps, &buf);
         let floor_fresh = gbps(
             len,
             median(s.large_reps, || {
@@ -362,17 +357,6 @@ pub fn threads(s: &Scale, r: &mut Report) -> Result<(), String> {
         }
     }
     Ok(())
-}
-
-/// An emulated device that copies by IOVA and never pins.
-#[derive(Debug)]
-struct CopyOnly;
-
-impl AccessOps for CopyOnly {
-    fn unmap(&self, _iova: u64, _length: u64) {}
-    fn needs_pin_pages(&self) -> bool {
-        false
-    }
 }
 
 /// The process's own memory reached only through

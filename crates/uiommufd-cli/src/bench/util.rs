@@ -114,6 +114,20 @@ pub fn populate(addr: u64, len: u64) -> Result<(), String> {
     }
 }
 
+/// Median GB/s of `MADV_POPULATE_WRITE` over all of `buf` while it is
+/// present: the floor of mapping (pinning) memory that is already there.
+pub fn populate_present_gbps(reps: usize, buf: &Buf) -> f64 {
+    let len = buf.len();
+    gbps(
+        len,
+        median(reps, || {
+            let t = Instant::now();
+            populate(buf.addr(), len).expect("populate");
+            t.elapsed()
+        }),
+    )
+}
+
 /// The median of `reps` timings returned by `f` (each call times what it
 /// wants: setup outside its own stopwatch is not counted).
 pub fn median(reps: usize, mut f: impl FnMut() -> Duration) -> Duration {

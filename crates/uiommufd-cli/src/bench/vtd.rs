@@ -16,7 +16,9 @@ use uiommufd::{Context, Prot};
 
 use super::cases::es;
 use super::dirty::{dirty_pages, dirty_request, floor_median, timed_dirty_reads};
-use super::util::{gbps, median, memcpy_gbps, ns_per_op, populate, Backing, Buf, KIB4};
+use super::util::{
+    gbps, median, memcpy_gbps, ns_per_op, populate_present_gbps, Backing, Buf, KIB4,
+};
 use super::{RatioKind, Report, Row, Scale, Unit};
 
 /// Where the large buffers are mapped.
@@ -366,14 +368,7 @@ fn map_large(s: &Scale, r: &mut Report) -> Result<(), String> {
     let len = s.large;
     let npages = len / KIB4;
     let buf = Buf::populated(len, Backing::Small)?;
-    let floor = gbps(
-        len,
-        median(s.large_reps, || {
-            let t = Instant::now();
-            populate(buf.addr(), len).expect("populate");
-            t.elapsed()
-        }),
-    );
+    let floor = populate_present_gbps(s.large_reps, &buf);
     let mut per_dom = Vec::new();
     for ndom in [1usize, 2] {
         let ctx = Context::new();

@@ -109,10 +109,7 @@ pub trait Domain: Send + Sync + Debug + Any {
     /// clears the domain's dirty state of every area (a `None` bitmap read).
     fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
         let _ = enable;
-        Err(crate::Error::new(
-            libc::EOPNOTSUPP,
-            format!("domain {} has no dirty tracking", self.id()),
-        ))
+        crate::bail!(EOPNOTSUPP, "domain {} has no dirty tracking", self.id())
     }
     /// Report the dirty IOVA of `[iova, iova + len)` into `bitmap` with
     /// [`DirtyBitmap::record`] (the kernel's `read_and_clear_dirty`), and
@@ -133,10 +130,7 @@ pub trait Domain: Send + Sync + Debug + Any {
         bitmap: Option<&mut DirtyBitmap<'_>>,
     ) -> Result<()> {
         let _ = (iova, len, clear, bitmap);
-        Err(crate::Error::new(
-            libc::EOPNOTSUPP,
-            format!("domain {} has no dirty tracking", self.id()),
-        ))
+        crate::bail!(EOPNOTSUPP, "domain {} has no dirty tracking", self.id())
     }
     /// Mark `[iova, iova + len)` dirty again: dirty state that
     /// `read_and_clear_dirty` cleared but the IO page table could not
@@ -146,10 +140,11 @@ pub trait Domain: Send + Sync + Debug + Any {
     /// Only called on domains with dirty tracking.
     fn redirty(&self, iova: u64, len: u64) -> Result<()> {
         let _ = (iova, len);
-        Err(crate::Error::new(
-            libc::EOPNOTSUPP,
-            format!("domain {} cannot put dirty state back", self.id()),
-        ))
+        crate::bail!(
+            EOPNOTSUPP,
+            "domain {} cannot put dirty state back",
+            self.id()
+        )
     }
     /// Translate for a device's DMA: the host address of `iova` and how
     /// many bytes from there (at most `len`, at least 1) are contiguous in

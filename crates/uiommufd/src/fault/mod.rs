@@ -162,6 +162,31 @@ struct FaultState {
 }
 
 impl FaultState {
+    /// The delivered group the response `raw` answers, taken out of
+    /// `response`, and its code: `EINVAL` for a code other than SUCCESS or
+    /// INVALID, or a cookie that names no delivered group.
+    fn take_response(&mut self, raw: &[u8; RESPONSE]) -> Result<(Arc<FaultGroup>, u32)> {
+        let r: IommuHwptPageResponse = match zerocopy::FromBytes::read_from_bytes(&raw[..]) {
+            Ok(r) => r,
+            Err(_) => unreachable!("raw is one response"),
+        };
+        if r.code != IOMMUFD_PAGE_RESP_SUCCESS && r.code != IOMMUFD_PAGE_RESP_INVALID {
+            bail!(
+                EINVAL,
+                "fault write: response code {} is neither SUCCESS (0) nor INVALID (1)",
+                r.code
+            );
+        }
+        let Some(g) = self.response.remove(&r.cookie) else {
+            bail!(
+                EINVAL,
+                "fault write: cookie {} names no delivered fault group",
+                r.cookie
+            );
+        };
+        Ok((g, r.code))
+    }
+
     /// Lowest free cookie from 1 (`xa_alloc` with `XA_FLAGS_ALLOC1`).
     fn free_cookie(&self) -> Option<u32> {
         let mut want = 1u32;
@@ -382,38 +407,15 @@ impl Fault {
             let mut st = self.state.lock();
             while done < len {
                 let mut raw = [0u8; RESPONSE];
-                if let Err(e) = get(done, &mut raw) {
-                    rc = Err(e);
-                    break;
+                match get(done, &mut raw).and_then(|()| st.take_response(&raw)) {
+                    // (at most one entry per delivered group: `completed`
+                    // is bounded by the queue, not by `len`)
+                    Ok(answered) => completed.push(answered),
+                    Err(e) => {
+                        rc = Err(e);
+                        break;
+                    }
                 }
-                let r: IommuHwptPageResponse = match zerocopy::FromBytes::read_from_bytes(&raw[..])
-                {
-                    Ok(r) => r,
-                    Err(_) => unreachable!("raw is one response"),
-                };
-                if r.code != IOMMUFD_PAGE_RESP_SUCCESS && r.code != IOMMUFD_PAGE_RESP_INVALID {
-                    rc = Err(Error::new(
-                        libc::EINVAL,
-                        format!(
-                            "fault write: response code {} is neither SUCCESS (0) nor INVALID (1)",
-                            r.code
-                        ),
-                    ));
-                    break;
-                }
-                // (at most one entry per delivered group: `completed` is
-                // bounded by the queue, not by `len`)
-                let Some(g) = st.response.remove(&r.cookie) else {
-                    rc = Err(Error::new(
-                        libc::EINVAL,
-                        format!(
-                            "fault write: cookie {} names no delivered fault group",
-                            r.cookie
-                        ),
-                    ));
-                    break;
-                };
-                completed.push((g, r.code));
                 done += RESPONSE;
             }
         }

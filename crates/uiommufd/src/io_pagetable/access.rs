@@ -161,15 +161,7 @@ impl IoPagetable {
     /// On error nothing stays pinned.
     pub fn access_pin(&self, iova: u64, length: u64, write: bool) -> Result<PinnedPages> {
         let ps = page_size();
-        if length == 0 {
-            bail!(EINVAL, "access pin length is zero");
-        }
-        let Some(last) = iova.checked_add(length - 1) else {
-            bail!(
-                EOVERFLOW,
-                "access pin iova {iova:#x} + length {length:#x} overflows"
-            );
-        };
+        let last = super::range_last("access pin", iova, length)?;
         // Pinned under the read lock so that an unmap (write lock) sees
         // every pin it must wait for.
         let st = self.state.read();
@@ -388,15 +380,7 @@ impl IoPagetable {
     /// checks, then the locked walk and copy.
     pub(crate) fn access_rw_slow(&self, iova: u64, buf: &mut [u8], write: bool) -> Result<()> {
         let length = buf.len() as u64;
-        if length == 0 {
-            bail!(EINVAL, "access rw length is zero");
-        }
-        let Some(last) = iova.checked_add(length - 1) else {
-            bail!(
-                EOVERFLOW,
-                "access rw iova {iova:#x} + length {length:#x} overflows"
-            );
-        };
+        let last = super::range_last("access rw", iova, length)?;
         let (r, retired) = self.access_rw_locked(iova, last, buf, write);
         if let Some(old) = retired {
             // no section can still be reading the index it replaced once

@@ -357,6 +357,22 @@ impl Default for IoPagetable {
     }
 }
 
+/// The last byte of the `length` bytes at `iova`: `EINVAL` for a zero
+/// length, `EOVERFLOW` when the range wraps. `what` names the operation in
+/// the messages.
+pub(crate) fn range_last(what: &str, iova: u64, length: u64) -> Result<u64> {
+    if length == 0 {
+        bail!(EINVAL, "{what} length is zero");
+    }
+    let Some(last) = iova.checked_add(length - 1) else {
+        bail!(
+            EOVERFLOW,
+            "{what} iova {iova:#x} + length {length:#x} overflows"
+        );
+    };
+    Ok(last)
+}
+
 /// `start..=last` clipped to the allocation window `[PAGE_SIZE, u64::MAX -
 /// PAGE_SIZE]`, if anything is left.
 fn alloc_window(start: u64, last: u64) -> Option<(u64, u64)> {
@@ -1009,15 +1025,7 @@ impl IoPagetable {
     /// there is a success with 0 bytes (the ioctl turns that into `ENOENT`).
     /// On error nothing is unmapped.
     pub fn unmap(&self, iova: u64, length: u64) -> Result<u64> {
-        if length == 0 {
-            bail!(EINVAL, "unmap length is zero");
-        }
-        let Some(last) = iova.checked_add(length - 1) else {
-            bail!(
-                EOVERFLOW,
-                "unmap iova {iova:#x} + length {length:#x} overflows"
-            );
-        };
+        let last = range_last("unmap", iova, length)?;
         self.unmap_range(iova, last)
     }
 
@@ -1139,15 +1147,7 @@ impl IoPagetable {
     /// boundaries. `EINVAL` for a zero length, `EOVERFLOW` when the range
     /// wraps, `ENOENT` unless contiguous live areas cover the whole range.
     pub fn get_pages(&self, iova: u64, length: u64) -> Result<Vec<MapSource>> {
-        if length == 0 {
-            bail!(EINVAL, "copy length is zero");
-        }
-        let Some(last) = iova.checked_add(length - 1) else {
-            bail!(
-                EOVERFLOW,
-                "copy iova {iova:#x} + length {length:#x} overflows"
-            );
-        };
+        let last = range_last("copy", iova, length)?;
         let st = self.state.read();
         let mut out = Vec::new();
         let mut cur = iova;

@@ -19,6 +19,31 @@ fn ulong_max_or_more(v: u64) -> bool {
     v == u64::MAX
 }
 
+/// The checks `IOAS_MAP`, `IOAS_MAP_FILE` and `IOAS_COPY` start with, in
+/// the kernel's order: flags outside [`MAP_FLAGS`] or a non-zero
+/// `reserved` (`EOPNOTSUPP`), any of `ulongs` (the IOVAs and the length)
+/// `ULONG_MAX` or more (`EOVERFLOW`), neither READABLE nor WRITEABLE
+/// (`EINVAL`). `what` names the command in the messages.
+fn check_map_request(what: &str, flags: u32, reserved: u32, ulongs: &[u64]) -> Result<()> {
+    if flags & !MAP_FLAGS != 0 || reserved != 0 {
+        bail!(
+            EOPNOTSUPP,
+            "{what}: unknown flags {:#x} or a non-zero __reserved ({reserved:#x})",
+            flags & !MAP_FLAGS
+        );
+    }
+    if ulongs.iter().any(|&v| ulong_max_or_more(v)) {
+        bail!(
+            EOVERFLOW,
+            "{what}: an IOVA or the length is ULONG_MAX or more"
+        );
+    }
+    if flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE) == 0 {
+        bail!(EINVAL, "{what}: neither READABLE nor WRITEABLE is set");
+    }
+    Ok(())
+}
+
 fn prot_of(flags: u32) -> Prot {
     Prot {
         read: flags & IOMMU_IOAS_MAP_READABLE != 0,
@@ -142,19 +167,12 @@ pub(crate) fn allow_iovas(u: &Ucmd) -> Result<i32> {
 /// `IOMMU_IOAS_MAP`
 pub(crate) fn map(u: &Ucmd) -> Result<i32> {
     let mut cmd: IommuIoasMap = u.cmd();
-    if cmd.flags & !MAP_FLAGS != 0 || cmd.__reserved != 0 {
-        bail!(
-            EOPNOTSUPP,
-            "IOAS_MAP: unknown flags {:#x} or non-zero __reserved",
-            cmd.flags & !MAP_FLAGS
-        );
-    }
-    if ulong_max_or_more(cmd.iova) || ulong_max_or_more(cmd.length) {
-        bail!(EOVERFLOW, "IOAS_MAP: iova or length is ULONG_MAX or more");
-    }
-    if cmd.flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE) == 0 {
-        bail!(EINVAL, "IOAS_MAP: neither READABLE nor WRITEABLE is set");
-    }
+    check_map_request(
+        "IOAS_MAP",
+        cmd.flags,
+        cmd.__reserved,
+        &[cmd.iova, cmd.length],
+    )?;
     let ioas = u.ctx.ioas(cmd.ioas_id)?;
     let fixed = (cmd.flags & IOMMU_IOAS_MAP_FIXED_IOVA != 0).then_some(cmd.iova);
     cmd.iova = ioas.map_user_of(u.mem, cmd.user_va, cmd.length, fixed, prot_of(cmd.flags))?;
@@ -171,25 +189,7 @@ pub(crate) fn map(u: &Ucmd) -> Result<i32> {
 /// and from 6.19 (which looks for a dma-buf first) those two before the fd.
 pub(crate) fn map_file(u: &Ucmd) -> Result<i32> {
     let mut cmd: IommuIoasMapFile = u.cmd();
-    if cmd.flags & !MAP_FLAGS != 0 {
-        bail!(
-            EOPNOTSUPP,
-            "IOAS_MAP_FILE: unknown flags {:#x}",
-            cmd.flags & !MAP_FLAGS
-        );
-    }
-    if ulong_max_or_more(cmd.iova) || ulong_max_or_more(cmd.length) {
-        bail!(
-            EOVERFLOW,
-            "IOAS_MAP_FILE: iova or length is ULONG_MAX or more"
-        );
-    }
-    if cmd.flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE) == 0 {
-        bail!(
-            EINVAL,
-            "IOAS_MAP_FILE: neither READABLE nor WRITEABLE is set"
-        );
-    }
+    check_map_request("IOAS_MAP_FILE", cmd.flags, 0, &[cmd.iova, cmd.length])?;
     let ioas = u.ctx.ioas(cmd.ioas_id)?;
     let range_checks = || -> Result<()> {
         if cmd.length == 0 {
@@ -305,25 +305,8 @@ pub(crate) fn change_process(u: &Ucmd) -> Result<i32> {
 /// `IOMMU_IOAS_COPY`
 pub(crate) fn copy(u: &Ucmd) -> Result<i32> {
     let mut cmd: IommuIoasCopy = u.cmd();
-    if cmd.flags & !MAP_FLAGS != 0 {
-        bail!(
-            EOPNOTSUPP,
-            "IOAS_COPY: unknown flags {:#x}",
-            cmd.flags & !MAP_FLAGS
-        );
-    }
-    if ulong_max_or_more(cmd.length)
-        || ulong_max_or_more(cmd.src_iova)
-        || ulong_max_or_more(cmd.dst_iova)
-    {
-        bail!(
-            EOVERFLOW,
-            "IOAS_COPY: length or an IOVA is ULONG_MAX or more"
-        );
-    }
-    if cmd.flags & (IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE) == 0 {
-        bail!(EINVAL, "IOAS_COPY: neither READABLE nor WRITEABLE is set");
-    }
+    let ulongs = [cmd.length, cmd.src_iova, cmd.dst_iova];
+    check_map_request("IOAS_COPY", cmd.flags, 0, &ulongs)?;
     let src = u.ctx.ioas(cmd.src_ioas_id)?;
     let sources = src.iopt().get_pages(cmd.src_iova, cmd.length)?;
     drop(src);

@@ -96,6 +96,16 @@ fn get(fd: u32) -> Result<Arc<MockAccessFile>> {
     }
 }
 
+impl MockAccessFile {
+    /// The access of this file, fd `fd` (`ENOENT` when it has none).
+    fn attached(&self, fd: u32) -> Result<Arc<Access>> {
+        match self.access.lock().clone() {
+            Some(a) => Ok(a),
+            None => bail!(ENOENT, "access fd {fd} has no access"),
+        }
+    }
+}
+
 /// `CREATE_ACCESS`: an access attached to IOAS `id`, behind a new fd.
 pub(super) fn create(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
     let mut c: TestCreateAccess = payload(&cmd);
@@ -131,11 +141,7 @@ pub(super) fn create(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
 pub(super) fn replace_ioas(_u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
     let r: TestAccessReplaceIoas = payload(cmd);
     let f = get(cmd.id)?;
-    let access = f.access.lock().clone();
-    match access {
-        Some(a) => a.replace(&f.ctx, r.ioas_id)?,
-        None => bail!(ENOENT, "access fd {} has no access", cmd.id),
-    }
+    f.attached(cmd.id)?.replace(&f.ctx, r.ioas_id)?;
     Ok(0)
 }
 
@@ -163,9 +169,7 @@ pub(super) fn pages(u: &Ucmd, mut cmd: IommuTestCmd) -> Result<i32> {
             "ACCESS_PAGES: the access was not created with NEEDS_PIN_PAGES"
         );
     }
-    let Some(access) = f.access.lock().clone() else {
-        bail!(ENOENT, "access fd {} has no access", cmd.id)
-    };
+    let access = f.attached(cmd.id)?;
     // the selftest's kvcalloc of the page array
     crate::inject::point("mock.access.pages.alloc", libc::ENOMEM)?;
     let mut items = f.items.lock();
@@ -251,9 +255,7 @@ pub(super) fn rw(u: &Ucmd, cmd: &IommuTestCmd) -> Result<i32> {
         bail!(EOPNOTSUPP, "ACCESS_RW: unknown flags {:#x}", r.flags);
     }
     let f = get(cmd.id)?;
-    let Some(access) = f.access.lock().clone() else {
-        bail!(ENOENT, "access fd {} has no access", cmd.id)
-    };
+    let access = f.attached(cmd.id)?;
     // the selftest's kvzalloc of the bounce buffer
     crate::inject::point("mock.access.rw.alloc", libc::ENOMEM)?;
     let mut buf = vec![0u8; r.length as usize];

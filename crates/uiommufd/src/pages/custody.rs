@@ -310,44 +310,18 @@ fn vmas(lo: u64, hi: u64) -> Vec<Vma> {
     let Some(text) = crate::user::read_proc_raw(c"/proc/self/maps") else {
         return Vec::new();
     };
-    let mut out = Vec::new();
-    for line in String::from_utf8_lossy(&text).lines() {
-        let mut f = line.split_ascii_whitespace();
-        let (Some(range), Some(perms), Some(_off), Some(_dev), Some(ino)) =
-            (f.next(), f.next(), f.next(), f.next(), f.next())
-        else {
-            continue;
-        };
-        let path = f.next().unwrap_or("");
-        let Some((s, e)) = range.split_once('-') else {
-            continue;
-        };
-        let (Ok(start), Ok(end)) = (u64::from_str_radix(s, 16), u64::from_str_radix(e, 16)) else {
-            continue;
-        };
-        if end <= lo || start >= hi {
-            continue;
-        }
-        let b = perms.as_bytes();
-        let mut prot = 0;
-        if b.first() == Some(&b'r') {
-            prot |= libc::PROT_READ;
-        }
-        if b.get(1) == Some(&b'w') {
-            prot |= libc::PROT_WRITE;
-        }
-        if b.get(2) == Some(&b'x') {
-            prot |= libc::PROT_EXEC;
-        }
-        out.push(Vma {
-            start,
-            end,
-            prot,
-            shared: b.get(3) == Some(&b's'),
-            anon: ino == "0" && (path.is_empty() || path.starts_with('[')),
-        });
-    }
-    out
+    String::from_utf8_lossy(&text)
+        .lines()
+        .filter_map(crate::user::MapsLine::parse)
+        .filter(|m| m.end > lo && m.start < hi)
+        .map(|m| Vma {
+            start: m.start,
+            end: m.end,
+            prot: m.prot(),
+            shared: m.shared(),
+            anon: m.inode == 0 && (m.path.is_empty() || m.path.starts_with('[')),
+        })
+        .collect()
 }
 
 /// Take the pinned pages of `[addr, addr + len)` (rounded out to pages)

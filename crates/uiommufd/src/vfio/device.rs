@@ -89,24 +89,10 @@ pub struct EventFd {
 /// which changes nothing in an eventfd and which the other anon-inode
 /// files (epoll, timerfd, signalfd, ...) refuse.
 pub fn is_eventfd(fd: i32) -> bool {
-    let Ok(path) = std::ffi::CString::new(format!("/proc/self/fd/{fd}")) else {
-        return false;
-    };
-    let mut buf = [0u8; 64];
-    // SAFETY: a NUL-terminated path and a buffer of the length passed.
-    let n = unsafe {
-        libc::syscall(
-            libc::SYS_readlinkat,
-            libc::AT_FDCWD,
-            path.as_ptr(),
-            buf.as_mut_ptr(),
-            buf.len(),
-        )
-    };
-    if n >= 0 {
-        return &buf[..n as usize] == b"anon_inode:[eventfd]";
+    match crate::user::fd_link(fd, &mut [0u8; 64]) {
+        Some(target) => target == b"anon_inode:[eventfd]",
+        None => is_eventfd_without_proc(fd),
     }
-    is_eventfd_without_proc(fd)
 }
 
 /// [`is_eventfd`] without `/proc`.
@@ -1320,50 +1306,52 @@ impl VfioDevice {
         }
     }
 
-    fn intx_mask(&self, start: u32, count: u32, flags: u32, data: &[u8]) -> Result<()> {
-        let mut irqs = self.bus.irqs.lock();
+    /// The IRQ state for an INTx mask or unmask (`what`): `EINVAL` unless
+    /// INTx is enabled and the set is of its one line (start 0, count 1).
+    fn intx_lines(
+        &self,
+        what: &str,
+        start: u32,
+        count: u32,
+    ) -> Result<parking_lot::MutexGuard<'_, Irqs>> {
+        let irqs = self.bus.irqs.lock();
         if irqs.ty != IrqType::Intx || start != 0 || count != 1 {
             bail!(
                 EINVAL,
-                "INTx mask: INTx is not enabled, or start/count is not 0/1"
+                "INTx {what}: INTx is not enabled, or start/count is not 0/1"
             );
         }
+        Ok(irqs)
+    }
+
+    fn intx_mask(&self, start: u32, count: u32, flags: u32, data: &[u8]) -> Result<()> {
+        let mut irqs = self.intx_lines("mask", start, count)?;
         if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
             bail!(
                 ENOTTY,
                 "INTx mask by eventfd is not implemented (nor in vfio-pci)"
             );
         }
-        if flags & VFIO_IRQ_SET_DATA_NONE != 0 || data.first().is_some_and(|&b| b != 0) {
+        if asserts(flags, data) {
             irqs.intx_masked = true;
         }
         Ok(())
     }
 
     fn intx_unmask(&self, start: u32, count: u32, flags: u32, data: &[u8]) -> Result<()> {
-        let mut irqs = self.bus.irqs.lock();
-        if irqs.ty != IrqType::Intx || start != 0 || count != 1 {
-            bail!(
-                EINVAL,
-                "INTx unmask: INTx is not enabled, or start/count is not 0/1"
-            );
-        }
+        let mut irqs = self.intx_lines("unmask", start, count)?;
         if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
-            let fd = i32::from_ne_bytes(data[..4].try_into().expect("validated"));
             // vfio_virqfd_enable / _disable; the old one is dropped (its
             // thread joined) after the lock is released
-            let new = if fd >= 0 {
-                let efd = EventFd::from_user(fd)?;
-                Some(Virqfd::start(efd, Arc::downgrade(&self.bus))?)
-            } else {
-                None
-            };
+            let new = eventfd_in(data)?
+                .map(|efd| Virqfd::start(efd, Arc::downgrade(&self.bus)))
+                .transpose()?;
             let old = std::mem::replace(&mut irqs.unmask, new);
             drop(irqs);
             drop(old);
             return Ok(());
         }
-        if flags & VFIO_IRQ_SET_DATA_NONE != 0 || data.first().is_some_and(|&b| b != 0) {
+        if asserts(flags, data) {
             drop(irqs);
             self.bus.unmask_intx();
         }
@@ -1388,12 +1376,7 @@ impl VfioDevice {
             );
         }
         if flags & VFIO_IRQ_SET_DATA_EVENTFD != 0 {
-            let fd = i32::from_ne_bytes(data[..4].try_into().expect("validated"));
-            let trigger = if fd >= 0 {
-                Some(EventFd::from_user(fd)?)
-            } else {
-                None
-            };
+            let trigger = eventfd_in(data)?;
             if !is_intx {
                 // vfio_intx_enable: unmasked, unless INTx is disabled in COMMAND
                 irqs.ty = IrqType::Intx;
@@ -1409,7 +1392,7 @@ impl VfioDevice {
         if !is_intx {
             bail!(EINVAL, "INTx trigger loopback: INTx is not enabled");
         }
-        if flags & VFIO_IRQ_SET_DATA_NONE != 0 || data.first().is_some_and(|&b| b != 0) {
+        if asserts(flags, data) {
             // vfio_send_intx_eventfd: signal and mask, as a real interrupt
             if !irqs.intx_masked {
                 self.bus.intx_fire(&mut irqs);
@@ -1556,6 +1539,22 @@ impl VfioDevice {
         }
         Ok(())
     }
+}
+
+/// Whether a `DATA_NONE` or `DATA_BOOL` (`data` non-zero) set of the INTx
+/// lines asks for the action (mask, unmask, loopback trigger).
+fn asserts(flags: u32, data: &[u8]) -> bool {
+    flags & VFIO_IRQ_SET_DATA_NONE != 0 || data.first().is_some_and(|&b| b != 0)
+}
+
+/// The eventfd of a validated one-entry `DATA_EVENTFD` set: `None` for a
+/// negative fd (the INTx trigger or unmask eventfd goes).
+fn eventfd_in(data: &[u8]) -> Result<Option<EventFd>> {
+    let fd = i32::from_ne_bytes(data[..4].try_into().expect("validated"));
+    if fd < 0 {
+        return Ok(None);
+    }
+    EventFd::from_user(fd).map(Some)
 }
 
 enum Place {

@@ -239,11 +239,7 @@ fn eventfd_identity(fd: i32) -> Option<Option<u64>> {
     if crate::files::is_engine_fd(fd) {
         return None;
     }
-    let path = format!("/proc/self/fd/{fd}\0");
-    let mut buf = [0u8; 64];
-    // SAFETY: a NUL-terminated path and a buffer of its stated size.
-    let n = unsafe { libc::readlink(path.as_ptr().cast(), buf.as_mut_ptr().cast(), buf.len()) };
-    if n <= 0 || &buf[..n as usize] != b"anon_inode:[eventfd]" {
+    if crate::user::fd_link(fd, &mut [0u8; 64]) != Some(b"anon_inode:[eventfd]") {
         return None;
     }
     let info = std::ffi::CString::new(format!("/proc/self/fdinfo/{fd}"))

@@ -99,25 +99,43 @@ pub(crate) fn min_pgsize(ioas: &Ioas) -> u64 {
 /// `at` (nothing, or what fits, when `at` is `None`), returns its size.
 type FillCap = fn(&Context, &Ioas, Option<u64>, u64) -> Result<u64>;
 
+/// The header of a version 1 capability `id`; `next` is linked by
+/// [`get_info`] once the following capability's place is known.
+fn cap_header(id: u16) -> VfioInfoCapHeader {
+    VfioInfoCapHeader {
+        id,
+        version: 1,
+        next: 0,
+    }
+}
+
+/// The end of a [`FillCap`]: `cap`, the head of a capability followed by
+/// `extra` bytes (already written), goes at `at` when the whole capability
+/// fits in `avail`; its size. `what` names it in the error.
+fn put_cap(
+    ctx: &Context,
+    at: Option<u64>,
+    avail: u64,
+    cap: &[u8],
+    extra: u64,
+    what: &str,
+) -> Result<u64> {
+    let size = cap.len() as u64 + extra;
+    if let Some(at) = at.filter(|_| avail >= size) {
+        ctx.memory()
+            .write(at, cap)
+            .map_err(|_| Error::new(libc::EFAULT, format!("cannot write the {what} cap")))?;
+    }
+    Ok(size)
+}
+
 fn fill_dma_avail(ctx: &Context, _: &Ioas, at: Option<u64>, avail: u64) -> Result<u64> {
     let cap = VfioIommuType1InfoDmaAvail {
-        header: VfioInfoCapHeader {
-            id: VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL,
-            version: 1,
-            next: 0,
-        },
+        header: cap_header(VFIO_IOMMU_TYPE1_INFO_DMA_AVAIL),
         // iommufd's limit is the memory limit; it reports U32_MAX
         avail: u32::MAX,
     };
-    let size = size_of_val(&cap) as u64;
-    if let Some(at) = at {
-        if avail >= size {
-            ctx.memory()
-                .write(at, cap.as_bytes())
-                .map_err(|_| Error::fault("cannot write the DMA_AVAIL cap"))?;
-        }
-    }
-    Ok(size)
+    put_cap(ctx, at, avail, cap.as_bytes(), 0, "DMA_AVAIL")
 }
 
 fn fill_iova_range(ctx: &Context, ioas: &Ioas, at: Option<u64>, avail: u64) -> Result<u64> {
@@ -126,11 +144,7 @@ fn fill_iova_range(ctx: &Context, ioas: &Ioas, at: Option<u64>, avail: u64) -> R
     let elm = size_of::<VfioIovaRange>() as u64;
     let size_for = |n: u64| hdr + elm * n;
     let mut cap = VfioIommuType1InfoCapIovaRange {
-        header: VfioInfoCapHeader {
-            id: VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE,
-            version: 1,
-            next: 0,
-        },
+        header: cap_header(VFIO_IOMMU_TYPE1_INFO_CAP_IOVA_RANGE),
         nr_iovas: 0,
         reserved: 0,
     };
@@ -145,38 +159,25 @@ fn fill_iova_range(ctx: &Context, ioas: &Ioas, at: Option<u64>, avail: u64) -> R
         }
         cap.nr_iovas += 1;
     }
-    let size = size_for(cap.nr_iovas as u64);
-    if let Some(at) = at {
-        if avail >= size {
-            ctx.memory()
-                .write(at, cap.as_bytes())
-                .map_err(|_| Error::fault("cannot write the IOVA_RANGE cap"))?;
-        }
-    }
-    Ok(size)
+    put_cap(
+        ctx,
+        at,
+        avail,
+        cap.as_bytes(),
+        elm * cap.nr_iovas as u64,
+        "IOVA_RANGE",
+    )
 }
 
 fn fill_migration(ctx: &Context, ioas: &Ioas, at: Option<u64>, avail: u64) -> Result<u64> {
     let cap = VfioIommuType1InfoCapMigration {
-        header: VfioInfoCapHeader {
-            id: VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION,
-            version: 1,
-            next: 0,
-        },
+        header: cap_header(VFIO_IOMMU_TYPE1_INFO_CAP_MIGRATION),
         flags: 0,
         _pad: 0,
         pgsize_bitmap: min_pgsize(ioas),
         max_dirty_bitmap_size: super::dirty::DIRTY_BITMAP_SIZE_MAX,
     };
-    let size = size_of_val(&cap) as u64;
-    if let Some(at) = at {
-        if avail >= size {
-            ctx.memory()
-                .write(at, cap.as_bytes())
-                .map_err(|_| Error::fault("cannot write the MIGRATION cap"))?;
-        }
-    }
-    Ok(size)
+    put_cap(ctx, at, avail, cap.as_bytes(), 0, "MIGRATION")
 }
 
 /// `VFIO_IOMMU_GET_INFO`: page sizes plus the capability chain. When
