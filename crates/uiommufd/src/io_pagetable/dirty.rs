@@ -180,15 +180,7 @@ impl IoPagetable {
             page_size,
             ..
         } = *req;
-        if length == 0 {
-            bail!(EINVAL, "GET_DIRTY_BITMAP: length is zero");
-        }
-        let Some(last) = iova.checked_add(length - 1) else {
-            bail!(
-                EOVERFLOW,
-                "GET_DIRTY_BITMAP: iova {iova:#x} + length {length:#x} overflows"
-            );
-        };
+        let last = super::range_last("GET_DIRTY_BITMAP:", iova, length)?;
         let end = last.wrapping_add(1);
         let align = self.state.read().iova_alignment;
         if iova & (align - 1) != 0 || end & (align - 1) != 0 {
