@@ -154,6 +154,8 @@ pub mod mmap;
 pub mod mock;
 pub mod pages;
 pub mod process;
+#[cfg(test)]
+mod test_rng;
 pub mod uapi;
 pub(crate) mod ucmd;
 pub mod user;

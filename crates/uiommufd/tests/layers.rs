@@ -23,7 +23,14 @@ use std::path::{Path, PathBuf};
 const LAYERS: &[(&str, &[&str])] = &[
     (
         "base",
-        &["error", "logging", "faultsafe", "inject", "drain"],
+        &[
+            "error",
+            "logging",
+            "faultsafe",
+            "inject",
+            "drain",
+            "test_rng",
+        ],
     ),
     ("host", &["user", "accounting", "mmap", "process"]),
     ("clients", &["client"]),

@@ -159,13 +159,7 @@ mod tests {
     /// (recording nothing) outside the window or at another page size.
     #[test]
     fn record_pages_4k_matches_record() {
-        let mut seed = 0x1234_5678_9abc_def1u64;
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut rnd = crate::test_rng::xorshift(0x1234_5678_9abc_def1);
         for _ in 0..500 {
             let win = (rnd() % 200) << 12;
             let nwords = 1 + (rnd() % 8) as usize;

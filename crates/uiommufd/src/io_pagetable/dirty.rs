@@ -714,12 +714,9 @@ mod tests {
         let id = d.id();
         assert_eq!(d.mark_dirty(A, g).unwrap_err().errno().0, libc::EINVAL);
         t.set_dirty_tracking(id, true).unwrap();
-        let mut x = 0x1234_5678_9abc_def1u64;
+        let mut rnd = crate::test_rng::xorshift(0x1234_5678_9abc_def1);
         for i in 0..(len + len / 4) / g {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            if x.is_multiple_of(3) {
+            if rnd().is_multiple_of(3) {
                 d.mark_dirty(A + i * g, g).unwrap();
             }
         }
@@ -796,13 +793,7 @@ mod tests {
     /// span, and keep the bits already there.
     #[test]
     fn or_bits_into_user_matches_a_model() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rnd = crate::test_rng::xorshift(0x2545_f491_4f6c_dd1d);
         for case in 0..60 {
             let nwords = 1 + rnd() % 300;
             let bit_off = match case % 3 {

@@ -235,13 +235,8 @@ mod tests {
     /// runs stay maximal with both indexes in step.
     #[test]
     fn io_pagetable_free_index_matches_model() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = crate::test_rng::xorshift(0x9e37_79b9_7f4a_7c15);
+        let mut rnd = |n: u64| next() % n;
         for _ in 0..200 {
             let mut f = FreeIndex::default();
             let mut free = [false; 96];
@@ -282,13 +277,8 @@ mod tests {
     /// The one-sweep subtraction agrees with subtracting cut by cut.
     #[test]
     fn io_pagetable_subtract_merged_agrees() {
-        let mut x = 0x2545_f491_4f6c_dd1du64;
-        let mut rnd = |n: u64| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x % n
-        };
+        let mut next = crate::test_rng::xorshift(0x2545_f491_4f6c_dd1d);
+        let mut rnd = |n: u64| next() % n;
         for _ in 0..300 {
             let mut pieces = Vec::new();
             let mut at = rnd(4);

@@ -455,7 +455,7 @@ mod tests {
     #[test]
     fn or_bits_across_chunks() {
         let ctx = Context::new();
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = crate::test_rng::xorshift(0x9e37_79b9_7f4a_7c15);
         for (off, nbits, sparse) in [
             (0u64, 3 * 4096 * 8 + 5u64, false),
             (13, 2 * 4096 * 8, false),
@@ -465,9 +465,7 @@ mod tests {
         ] {
             let words: Vec<u64> = (0..nbits.div_ceil(64))
                 .map(|_| {
-                    x ^= x << 13;
-                    x ^= x >> 7;
-                    x ^= x << 17;
+                    let x = rnd();
                     if sparse && !x.is_multiple_of(7) {
                         0
                     } else {

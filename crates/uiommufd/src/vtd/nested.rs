@@ -1152,17 +1152,11 @@ mod tests {
     /// reads the parent from the test's own model either way.
     fn random_tables_match_the_reference_walk(via_ioas: bool) {
         use crate::io_pagetable::{IoPagetable, IovaRequest};
-        let mut seed = if via_ioas {
-            0x2545_f491_4f6c_dd1du64
+        let mut rnd = crate::test_rng::xorshift(if via_ioas {
+            0x2545_f491_4f6c_dd1d
         } else {
-            0x9e37_79b9_7f4a_7c15u64
-        };
-        let mut rnd = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+            0x9e37_79b9_7f4a_7c15
+        });
         let mut checked = [0usize; 3];
         for round in 0..40 {
             let levels = if round % 2 == 0 { 4 } else { 5 };

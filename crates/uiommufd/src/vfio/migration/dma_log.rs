@@ -275,13 +275,7 @@ mod tests {
     /// model sets and leave the bits already in the bitmap.
     #[test]
     fn reports_agree_with_a_page_model() {
-        let mut x = 0x9e37_79b9_7f4a_7c15u64;
-        let mut rnd = move || {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x
-        };
+        let mut rnd = crate::test_rng::xorshift(0x9e37_79b9_7f4a_7c15);
         for case in 0..40 {
             let log_ps = 4096u64 << (case % 3 * 2); // 4 KiB, 16 KiB, 64 KiB
             let span = 1u64 << 26; // 64 MiB logged
