@@ -1205,13 +1205,13 @@ mod tests {
                 for i in 0..4 {
                     let r = rnd();
                     let mut flags = r & (fl::P | fl::RW | fl::US | fl::A | fl::D | fl::PS);
-                    if r % 3 != 0 {
+                    if !r.is_multiple_of(3) {
                         flags |= fl::P | fl::US; // mostly walkable
                     }
-                    if r % 5 == 0 {
+                    if r.is_multiple_of(5) {
                         flags &= !fl::PS;
                     }
-                    let to = if (r >> 20) % 2 == 0 {
+                    let to = if (r >> 20).is_multiple_of(2) {
                         (r >> 24) % 16
                     } else {
                         16 + (r >> 24) % 48
