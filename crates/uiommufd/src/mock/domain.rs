@@ -84,6 +84,8 @@ const STRIPES: usize = 64;
 const NO_KEY: u64 = u64::MAX;
 /// The last granule index.
 const LAST_GRANULE: u64 = u64::MAX / 2;
+/// Keys an unmap gathers per search before it removes them.
+const UNMAP_BATCH: usize = 64;
 
 /// granule index (IOVA / MOCK_IO_PAGE_SIZE) -> entry
 type Entries = BTreeMap<u64, MockEntry>;
@@ -117,29 +119,6 @@ impl Table {
         }
     }
 
-    /// The stripes granules `first..=last` touch, ascending.
-    fn touched(first: u64, last: u64) -> ([u8; STRIPES], usize) {
-        let mut held = [0u8; STRIPES];
-        let (fb, lb) = (first / BLOCK, last / BLOCK);
-        if lb - fb >= STRIPES as u64 - 1 {
-            for (s, h) in held.iter_mut().enumerate() {
-                *h = s as u8;
-            }
-            return (held, STRIPES);
-        }
-        let mut mask = 0u64;
-        for b in fb..=lb {
-            mask |= 1 << (b % STRIPES as u64);
-        }
-        let mut n = 0;
-        while mask != 0 {
-            held[n] = mask.trailing_zeros() as u8;
-            mask &= mask - 1;
-            n += 1;
-        }
-        (held, n)
-    }
-
     /// Write-lock the stripes of granules `first..=last`.
     fn write(&self, first: u64, last: u64) -> Locked<RwLockWriteGuard<'_, Entries>> {
         Locked::new(first, last, |s| self.stripes[s].0.write())
@@ -151,28 +130,119 @@ impl Table {
     }
 }
 
+/// The guards a [`Locked`] holds.
+enum Guards<G> {
+    /// A range inside one block holds one stripe: the small maps, unmaps
+    /// and lookups, which then neither fill nor drop a table of guards.
+    One(usize, G),
+    /// Indexed by stripe, `None` where the range does not touch it.
+    Many(Box<[Option<G>; STRIPES]>),
+}
+
 /// Guards on the stripes of a granule range (see [`Table`]).
 struct Locked<G> {
-    guards: [Option<G>; STRIPES],
-    /// Indexes of the held stripes, ascending (`held[..n]`).
-    held: [u8; STRIPES],
-    n: usize,
+    guards: Guards<G>,
     first: u64,
     last: u64,
+}
+
+/// One stripe's entries in a merged walk: its next key (`NO_KEY` when
+/// done), that entry, and the rest.
+struct Cursor<I, V> {
+    key: u64,
+    val: Option<V>,
+    rest: I,
+}
+
+impl<'a, V, I: Iterator<Item = (&'a u64, V)>> Cursor<I, V> {
+    fn new(rest: I) -> Cursor<I, V> {
+        let mut c = Cursor {
+            key: NO_KEY,
+            val: None,
+            rest,
+        };
+        c.advance();
+        c
+    }
+
+    fn advance(&mut self) {
+        (self.key, self.val) = match self.rest.next() {
+            Some((&k, v)) => (k, Some(v)),
+            None => (NO_KEY, None),
+        };
+    }
+}
+
+/// Call `visit(granule, entry)` for every entry the stripes' iterators
+/// yield (`(stripe, entries of that stripe in ascending order)`), in
+/// granule order, until it returns false. A block's entries all lie in
+/// one stripe, so a block is taken whole from one iterator, and in a dense
+/// range the next block is in the next stripe: no search of the trees,
+/// each is read in order once.
+fn merge_walk<'a, V, I: Iterator<Item = (&'a u64, V)>>(
+    stripes: impl Iterator<Item = (usize, I)>,
+    mut visit: impl FnMut(u64, V) -> bool,
+) {
+    // stripe -> index in `cs` (u8::MAX: not walked)
+    let mut pos = [u8::MAX; STRIPES];
+    let mut cs: Vec<Cursor<I, V>> = Vec::new();
+    for (s, it) in stripes {
+        pos[s] = cs.len() as u8;
+        cs.push(Cursor::new(it));
+    }
+    let mut next_block = None;
+    loop {
+        // Every entry of the blocks before `next_block` was visited: an
+        // entry in `next_block` is the smallest left.
+        let hit = next_block.and_then(|b: u64| {
+            let p = pos[(b % STRIPES as u64) as usize];
+            (p != u8::MAX && cs[p as usize].key / BLOCK == b).then_some(p as usize)
+        });
+        let at = match hit {
+            Some(p) => p,
+            None => match cs.iter().enumerate().min_by_key(|(_, c)| c.key) {
+                Some((p, c)) if c.key != NO_KEY => p,
+                _ => return,
+            },
+        };
+        let c = &mut cs[at];
+        let block = c.key / BLOCK;
+        // NO_KEY / BLOCK is above every block, so the loop ends with them
+        while c.key / BLOCK == block {
+            let v = c.val.take().expect("a cursor below NO_KEY holds its entry");
+            if !visit(c.key, v) {
+                return;
+            }
+            c.advance();
+        }
+        next_block = Some(block + 1);
+    }
 }
 
 impl<G: Deref<Target = Entries>> Locked<G> {
     fn new(first: u64, last: u64, mut lock: impl FnMut(usize) -> G) -> Locked<G> {
         debug_assert!(first <= last && last <= LAST_GRANULE);
-        let (held, n) = Table::touched(first, last);
-        let mut guards: [Option<G>; STRIPES] = std::array::from_fn(|_| None);
-        for &s in &held[..n] {
-            guards[s as usize] = Some(lock(s as usize));
-        }
+        let (fb, lb) = (first / BLOCK, last / BLOCK);
+        let guards = if fb == lb {
+            let s = stripe_of(first);
+            Guards::One(s, lock(s))
+        } else {
+            let mask = if lb - fb >= STRIPES as u64 - 1 {
+                u64::MAX
+            } else {
+                (fb..=lb).fold(0u64, |m, b| m | 1 << (b % STRIPES as u64))
+            };
+            let mut g: Box<[Option<G>; STRIPES]> = Box::new(std::array::from_fn(|_| None));
+            // ascending stripe order: the lock order
+            for (s, slot) in g.iter_mut().enumerate() {
+                if mask >> s & 1 != 0 {
+                    *slot = Some(lock(s));
+                }
+            }
+            Guards::Many(g)
+        };
         Locked {
             guards,
-            held,
-            n,
             first,
             last,
         }
@@ -181,71 +251,113 @@ impl<G: Deref<Target = Entries>> Locked<G> {
     /// The stripe of granule `g`, which must be in the locked range.
     fn map_of(&self, g: u64) -> &Entries {
         debug_assert!(self.first <= g && g <= self.last);
-        self.guards[stripe_of(g)]
-            .as_deref()
-            .expect("granule outside the locked range")
+        match &self.guards {
+            Guards::One(s, m) => {
+                debug_assert_eq!(*s, stripe_of(g));
+                m
+            }
+            Guards::Many(gs) => gs[stripe_of(g)]
+                .as_deref()
+                .expect("granule outside the locked range"),
+        }
     }
 
     fn get(&self, g: u64) -> Option<&MockEntry> {
         self.map_of(g).get(&g)
     }
 
-    /// Call `visit(stripe, lo, hi)` for every block holding an entry in
-    /// the locked range, in IOVA order: `lo` is the block's first entry in
-    /// range, `hi` the last granule of the block in range; every entry in
-    /// `lo..=hi` is in `stripe`. Stops when `visit` returns false. `visit`
-    /// may change entries of `lo..=hi`.
-    fn walk(&mut self, mut visit: impl FnMut(&mut G, u64, u64) -> bool) {
-        let (first, last) = (self.first, self.last);
-        let next_key =
-            |m: &Entries, from: u64| m.range(from..=last).next().map_or(NO_KEY, |(&k, _)| k);
-        let mut next = [NO_KEY; STRIPES];
-        for &s in &self.held[..self.n] {
-            let m = self.guards[s as usize].as_deref().expect("held stripe");
-            next[s as usize] = next_key(m, first);
-        }
-        loop {
-            let mut best = NO_KEY;
-            let mut at = 0;
-            for &s in &self.held[..self.n] {
-                if next[s as usize] < best {
-                    best = next[s as usize];
-                    at = s as usize;
-                }
-            }
-            if best == NO_KEY {
-                return;
-            }
-            let hi = (best / BLOCK * BLOCK + (BLOCK - 1)).min(last);
-            let g = self.guards[at].as_mut().expect("held stripe");
-            if !visit(g, best, hi) {
-                return;
-            }
-            next[at] = if hi < last {
-                next_key(g, hi + 1)
-            } else {
-                NO_KEY
-            };
-        }
+    /// The held stripes, ascending.
+    fn stripes(&self) -> impl Iterator<Item = (usize, &Entries)> {
+        let (one, many) = match &self.guards {
+            Guards::One(s, m) => (Some((*s, &**m)), None),
+            Guards::Many(gs) => (None, Some(gs.iter().enumerate())),
+        };
+        let many = many.into_iter().flatten();
+        one.into_iter()
+            .chain(many.filter_map(|(s, m)| Some((s, &**m.as_ref()?))))
     }
 
-    /// The first entry of the locked range, in IOVA order.
-    fn first_entry(&mut self) -> Option<(u64, MockEntry)> {
-        let mut found = None;
-        self.walk(|m, lo, _| {
-            found = m.get(&lo).map(|e| (lo, *e));
-            false
-        });
-        found
+    /// Check that walking `from..=to` stays in the locked stripes.
+    fn check_walk(&self, from: u64, to: u64) {
+        debug_assert!(from <= to);
+        debug_assert!(self.first / BLOCK <= from / BLOCK && to / BLOCK <= self.last / BLOCK);
+    }
+
+    /// Call `visit(granule, entry)` for every entry of granules
+    /// `from..=to` (in the locked range's blocks), in IOVA order, until it
+    /// returns false.
+    fn walk(&self, from: u64, to: u64, visit: impl FnMut(u64, &MockEntry) -> bool) {
+        self.check_walk(from, to);
+        merge_walk(self.stripes().map(|(s, m)| (s, m.range(from..=to))), visit);
+    }
+
+    /// The first entry of the locked range, in IOVA order: the least of
+    /// every held stripe's first.
+    fn first_entry(&self) -> Option<(u64, MockEntry)> {
+        let (first, last) = (self.first, self.last);
+        self.stripes()
+            .filter_map(|(_, m)| m.range(first..=last).next())
+            .min_by_key(|(&g, _)| g)
+            .map(|(&g, e)| (g, *e))
     }
 }
 
 impl<G: DerefMut<Target = Entries>> Locked<G> {
     fn map_of_mut(&mut self, g: u64) -> &mut Entries {
         debug_assert!(self.first <= g && g <= self.last);
-        self.guards[stripe_of(g)]
-            .as_deref_mut()
-            .expect("granule outside the locked range")
+        match &mut self.guards {
+            Guards::One(s, m) => {
+                debug_assert_eq!(*s, stripe_of(g));
+                m
+            }
+            Guards::Many(gs) => gs[stripe_of(g)]
+                .as_deref_mut()
+                .expect("granule outside the locked range"),
+        }
+    }
+
+    /// The held stripes, ascending, to change.
+    fn stripes_mut(&mut self) -> impl Iterator<Item = (usize, &mut Entries)> {
+        let (one, many) = match &mut self.guards {
+            Guards::One(s, m) => (Some((*s, &mut **m)), None),
+            Guards::Many(gs) => (None, Some(gs.iter_mut().enumerate())),
+        };
+        let many = many.into_iter().flatten();
+        one.into_iter()
+            .chain(many.filter_map(|(s, m)| Some((s, &mut **m.as_mut()?))))
+    }
+
+    /// As [`Locked::walk`], with the entries to change.
+    fn walk_mut(&mut self, from: u64, to: u64, visit: impl FnMut(u64, &mut MockEntry) -> bool) {
+        self.check_walk(from, to);
+        merge_walk(
+            self.stripes_mut().map(|(s, m)| (s, m.range_mut(from..=to))),
+            visit,
+        );
+    }
+
+    /// Remove every entry of the locked range; whole batches of keys per
+    /// search, no allocation.
+    fn remove_all(&mut self) {
+        let (first, last) = (self.first, self.last);
+        for (_, m) in self.stripes_mut() {
+            let mut from = first;
+            loop {
+                let mut keys = [0u64; UNMAP_BATCH];
+                let mut n = 0;
+                for (&g, _) in m.range(from..=last).take(UNMAP_BATCH) {
+                    keys[n] = g;
+                    n += 1;
+                }
+                for g in &keys[..n] {
+                    m.remove(g);
+                }
+                if n < UNMAP_BATCH || keys[n - 1] == last {
+                    break;
+                }
+                from = keys[n - 1] + 1;
+            }
+        }
     }
 }
 
@@ -370,15 +482,16 @@ impl MockDomain {
         }
         let mps = mock_io_page_size();
         let last = iova.saturating_add(len - 1);
-        let mut t = self.table.write(iova / mps, last / mps);
+        let (first, last) = (iova / mps, last / mps);
+        let mut t = self.table.write(first, last);
         let mut count = 0;
-        t.walk(|m, lo, hi| {
-            for (_, e) in m.range_mut(lo..=hi) {
+        // in any order: stripe by stripe
+        for (_, m) in t.stripes_mut() {
+            for (_, e) in m.range_mut(first..=last) {
                 e.flags |= MockEntry::FLAG_DIRTY;
                 count += 1;
             }
-            true
-        });
+        }
         Ok(count)
     }
 
@@ -390,7 +503,7 @@ impl MockDomain {
     /// Number of mapped granules.
     pub fn len(&self) -> u64 {
         let t = self.table.read(0, LAST_GRANULE);
-        t.guards.iter().flatten().map(|m| m.len() as u64).sum()
+        t.stripes().map(|(_, m)| m.len() as u64).sum()
     }
 
     /// The entry of the granule holding `iova`.
@@ -403,15 +516,13 @@ impl MockDomain {
     /// host address advance together, in IOVA order.
     pub fn runs(&self) -> Vec<(u64, u64, u64)> {
         let mps = mock_io_page_size();
-        let mut t = self.table.read(0, LAST_GRANULE);
+        let t = self.table.read(0, LAST_GRANULE);
         let mut out: Vec<(u64, u64, u64)> = Vec::new();
-        t.walk(|m, lo, hi| {
-            for (&g, e) in m.range(lo..=hi) {
-                let iova = g * mps;
-                match out.last_mut() {
-                    Some(r) if r.0 + r.2 == iova && r.1.wrapping_add(r.2) == e.addr => r.2 += mps,
-                    _ => out.push((iova, e.addr, mps)),
-                }
+        t.walk(0, LAST_GRANULE, |g, e| {
+            let iova = g * mps;
+            match out.last_mut() {
+                Some(r) if r.0 + r.2 == iova && r.1.wrapping_add(r.2) == e.addr => r.2 += mps,
+                _ => out.push((iova, e.addr, mps)),
             }
             true
         });
@@ -595,6 +706,39 @@ impl MockDomain {
     }
 }
 
+/// A dirty read's report: consecutive dirty IOVA merges into one run, a
+/// run is recorded into the bitmap (if any) when the next one starts.
+struct DirtyRuns<'b, 'c> {
+    bm: Option<&'b mut DirtyBitmap<'c>>,
+    /// The current run `[start, end)`.
+    run: Option<(u64, u64)>,
+}
+
+impl DirtyRuns<'_, '_> {
+    /// Report `[s, e)` dirty (in IOVA order).
+    fn push(&mut self, s: u64, e: u64) {
+        let Some(bm) = self.bm.as_deref_mut() else {
+            return;
+        };
+        match &mut self.run {
+            Some((_, re)) if *re == s => *re = e,
+            r => {
+                if let Some((rs, re)) = *r {
+                    bm.record(rs, re - rs);
+                }
+                *r = Some((s, e));
+            }
+        }
+    }
+
+    /// Record the last run.
+    fn finish(self) {
+        if let (Some(bm), Some((rs, re))) = (self.bm, self.run) {
+            bm.record(rs, re - rs);
+        }
+    }
+}
+
 impl Domain for MockDomain {
     fn id(&self) -> u64 {
         self.id
@@ -717,12 +861,7 @@ impl Domain for MockDomain {
                 );
             }
         }
-        t.walk(|m, lo, hi| {
-            while let Some((&g, _)) = m.range(lo..=hi).next() {
-                m.remove(&g);
-            }
-            true
-        });
+        t.remove_all();
         len
     }
 
@@ -822,7 +961,7 @@ impl Domain for MockDomain {
         iova: u64,
         len: u64,
         clear: bool,
-        mut bitmap: Option<&mut DirtyBitmap<'_>>,
+        bitmap: Option<&mut DirtyBitmap<'_>>,
     ) -> Result<()> {
         if bitmap.is_some() {
             self.check_tracking("read dirty")?;
@@ -832,64 +971,108 @@ impl Domain for MockDomain {
         }
         let mps = mock_io_page_size();
         let end = iova.saturating_add(len - 1);
-        // The current run of dirty IOVA [start, end), recorded when broken.
-        let mut run: Option<(u64, u64)> = None;
-        let mut push = |s: u64, e: u64, bm: &mut Option<&mut DirtyBitmap<'_>>| {
-            let Some(bm) = bm.as_deref_mut() else {
-                return;
-            };
-            match &mut run {
-                Some((_, re)) if *re == s => *re = e,
-                r => {
-                    if let Some((rs, re)) = *r {
-                        bm.record(rs, re - rs);
-                    }
-                    *r = Some((s, e));
-                }
+        let (first, last) = (iova / mps, end / mps);
+        let mut out = DirtyRuns {
+            bm: bitmap,
+            run: None,
+        };
+        // Block by block (a block is where a huge page would be). A huge
+        // page is dirty when any of its granules is; all of them are
+        // cleared, and it is reported whole within the range. A block turns
+        // huge at its first huge entry in range: the dirty small entries in
+        // range before it are reported one by one.
+        #[derive(Clone, Copy)]
+        struct Block {
+            index: u64,
+            /// A huge entry in range was seen.
+            huge: bool,
+            /// A granule counted for the huge page was dirty.
+            dirty: bool,
+        }
+        let (fb, lb) = (first / BLOCK, last / BLOCK);
+        // the whole blocks of the range
+        let (from, to) = (fb * BLOCK, lb * BLOCK + (BLOCK - 1));
+        let report = |b: &Block, out: &mut DirtyRuns<'_, '_>| {
+            let head = b.index * BLOCK;
+            let s = (head * mps).max(iova);
+            let e = ((head + BLOCK) * mps).min(end.saturating_add(1));
+            out.push(s, e);
+        };
+        // huge pages that stick out of the range: their granules outside
+        // it count too, read after the walk
+        let sticks_out =
+            |b: &Block| (b.index == fb && from < first) || (b.index == lb && to > last);
+        let mut edges: [Option<Block>; 2] = [None, None];
+        let mut flush = |b: &Block, out: &mut DirtyRuns<'_, '_>| {
+            if !b.huge {
+            } else if sticks_out(b) {
+                edges[usize::from(b.index != fb)] = Some(*b);
+            } else if b.dirty {
+                report(b, out);
             }
         };
-        let mut t = self.table.write(iova / mps, end / mps);
-        // Block by block (a block is where a huge page would be).
-        t.walk(|m, lo, hi| {
-            let mut huge_at = false;
-            for (&g, e) in m.range_mut(lo..=hi) {
-                if e.flags & MockEntry::FLAG_HUGE != 0 {
-                    huge_at = true;
-                    break;
-                }
-                if e.flags & MockEntry::FLAG_DIRTY != 0 {
-                    if clear {
-                        e.flags &= !MockEntry::FLAG_DIRTY;
-                    }
-                    push(g * mps, (g + 1) * mps, &mut bitmap);
-                }
-            }
-            if !huge_at {
+        let mut t = self.table.write(first, last);
+        // In IOVA order, which is the order the entries were allocated in
+        // for a range mapped at once: the tree nodes stream from memory.
+        // (The bits recorded would not depend on it.)
+        let mut cur = Block {
+            index: NO_KEY,
+            huge: false,
+            dirty: false,
+        };
+        t.walk_mut(first, last, |g, e| {
+            // a clean small page changes nothing, whatever its block
+            if e.flags & (MockEntry::FLAG_HUGE | MockEntry::FLAG_DIRTY) == 0 {
                 return true;
             }
-            // A huge page is dirty when any of its granules is; all of them
-            // are cleared, and it is reported whole within the range.
-            let head = lo / BLOCK * BLOCK;
-            let mut dirty = false;
-            for (_, e) in m.range_mut(head..head + BLOCK) {
-                if e.flags & MockEntry::FLAG_DIRTY != 0 {
-                    dirty = true;
-                    if clear {
-                        e.flags &= !MockEntry::FLAG_DIRTY;
-                    }
-                }
+            if g / BLOCK != cur.index {
+                flush(&cur, &mut out);
+                cur = Block {
+                    index: g / BLOCK,
+                    huge: false,
+                    dirty: false,
+                };
             }
-            if dirty {
-                let s = (head * mps).max(iova);
-                let e = ((head + BLOCK) * mps).min(end.saturating_add(1));
-                push(s, e, &mut bitmap);
+            let dirty = e.flags & MockEntry::FLAG_DIRTY != 0;
+            if cur.huge || e.flags & MockEntry::FLAG_HUGE != 0 {
+                cur.huge = true;
+                cur.dirty |= dirty;
+            } else {
+                // a small page reported alone; still dirty for a huge
+                // page later in the block if this read keeps the bits
+                cur.dirty |= dirty && !clear;
+                out.push(g * mps, (g + 1) * mps);
+            }
+            if clear {
+                e.flags &= !MockEntry::FLAG_DIRTY;
             }
             true
         });
-        drop(t);
-        if let (Some(bm), Some((rs, re))) = (bitmap, run) {
-            bm.record(rs, re - rs);
+        flush(&cur, &mut out);
+        for b in edges.iter_mut().flatten() {
+            // its granules before `first` and after `last`, in the stripe
+            // of `first` or `last`
+            let mut parts = [None, None];
+            if b.index == fb && from < first {
+                parts[0] = Some((first, from..=first - 1));
+            }
+            if b.index == lb && to > last {
+                parts[1] = Some((last, last + 1..=to));
+            }
+            for (at, part) in parts.into_iter().flatten() {
+                for (_, e) in t.map_of_mut(at).range_mut(part) {
+                    b.dirty |= e.flags & MockEntry::FLAG_DIRTY != 0;
+                    if clear {
+                        e.flags &= !MockEntry::FLAG_DIRTY;
+                    }
+                }
+            }
+            if b.dirty {
+                report(b, &mut out);
+            }
         }
+        drop(t);
+        out.finish();
         Ok(())
     }
 
@@ -1393,5 +1576,150 @@ mod tests {
             assert_eq!(ok.iter().filter(|&&x| x).count(), 1, "{ok:?}");
             assert_eq!(d.len(), len / mps);
         }
+    }
+
+    /// Every entry of the table, from all stripes.
+    fn snapshot(d: &MockDomain) -> Entries {
+        let t = d.table.read(0, LAST_GRANULE);
+        t.stripes().flat_map(|(_, m)| m.clone()).collect()
+    }
+
+    /// The dirty read over one ordered map (the table before striping):
+    /// the runs `[s, e)` it reports, in order; clears as it goes.
+    fn reference_read(m: &mut Entries, iova: u64, len: u64, clear: bool) -> Vec<(u64, u64)> {
+        let mps = mock_io_page_size();
+        let end = iova + len - 1;
+        let mut out = Vec::new();
+        let mut next = iova / mps;
+        while next <= end / mps {
+            let mut huge_at = None;
+            for (&g, e) in m.range_mut(next..=end / mps) {
+                if e.flags & MockEntry::FLAG_HUGE != 0 {
+                    huge_at = Some(g);
+                    break;
+                }
+                if e.flags & MockEntry::FLAG_DIRTY != 0 {
+                    if clear {
+                        e.flags &= !MockEntry::FLAG_DIRTY;
+                    }
+                    out.push((g * mps, (g + 1) * mps));
+                }
+            }
+            let Some(g) = huge_at else { break };
+            let head = g / BLOCK * BLOCK;
+            let mut dirty = false;
+            for (_, e) in m.range_mut(head..head + BLOCK) {
+                if e.flags & MockEntry::FLAG_DIRTY != 0 {
+                    dirty = true;
+                    if clear {
+                        e.flags &= !MockEntry::FLAG_DIRTY;
+                    }
+                }
+            }
+            if dirty {
+                out.push(((head * mps).max(iova), ((head + BLOCK) * mps).min(end + 1)));
+            }
+            next = head + BLOCK;
+        }
+        out
+    }
+
+    #[test]
+    fn mock_domain_striped_walks_match_one_ordered_map() {
+        let mps = mock_io_page_size();
+        let block = mock_huge_page_size();
+        let span = (STRIPES as u64 + 16) * block;
+        let d = MockDomain::with_aperture(true, true, 0, u64::MAX);
+        d.set_dirty_tracking(true).unwrap();
+        let mut x = 0x9e37_79b9_7f4a_7c15u64;
+        let mut rnd = move |n: u64| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x % n
+        };
+        let (mut reads, mut huge_reads) = (0, 0);
+        for round in 0..1200 {
+            // granule-aligned, often block-aligned ranges: huge pages,
+            // partial unmaps of them and small pages in their holes
+            let range = |rnd: &mut dyn FnMut(u64) -> u64| {
+                let g = if rnd(2) == 0 {
+                    rnd(span / block) * BLOCK
+                } else {
+                    rnd(span / mps)
+                };
+                let n = match rnd(3) {
+                    0 => 1 + rnd(4),
+                    1 => 1 + rnd(2 * BLOCK),
+                    _ => BLOCK * (1 + rnd(STRIPES as u64 + 4)),
+                };
+                (g * mps, (n * mps).min(span - g * mps))
+            };
+            let (iova, len) = range(&mut rnd);
+            match rnd(6) {
+                0 | 1 => {
+                    let before = snapshot(&d);
+                    let r = d.map(
+                        Iova(iova),
+                        HostAddr(iova + (1 << 40)),
+                        len,
+                        Prot::RW,
+                        u64::MAX,
+                    );
+                    let want = before.range(iova / mps..=(iova + len - 1) / mps).next();
+                    match (r, want) {
+                        (Ok(()), None) => {}
+                        (Err(e), Some((&g, _))) => {
+                            assert_eq!(e.errno().0, libc::EEXIST);
+                            assert!(e.to_string().contains(&format!("{:#x} ", g * mps)), "{e}");
+                        }
+                        (r, w) => panic!("round {round}: map {r:?}, first entry {w:?}"),
+                    }
+                }
+                2 => {
+                    d.unmap(iova, len);
+                }
+                3 => {
+                    d.mark_dirty(iova, len.min(rnd(8) * mps + mps)).unwrap();
+                }
+                _ => {
+                    let clear = rnd(4) != 0;
+                    let mut model = snapshot(&d);
+                    let runs = reference_read(&mut model, iova, len, clear);
+                    huge_reads +=
+                        usize::from(model.values().any(|e| e.flags & MockEntry::FLAG_HUGE != 0));
+                    let last = iova + len - 1;
+                    let mut want = vec![0u64; (len / mps).div_ceil(64) as usize];
+                    for (s, e) in runs {
+                        for b in (s - iova) / mps..(e - iova) / mps {
+                            want[(b / 64) as usize] |= 1 << (b % 64);
+                        }
+                    }
+                    let mut got = vec![0u64; want.len()];
+                    let mut bm = DirtyBitmap::new(iova, last, mps.trailing_zeros(), &mut got);
+                    d.read_and_clear_dirty(iova, len, clear, Some(&mut bm))
+                        .unwrap();
+                    assert_eq!(got, want, "round {round}: read [{iova:#x}, +{len:#x})");
+                    assert_eq!(snapshot(&d), model, "round {round}: flags after the read");
+                    reads += 1;
+                }
+            }
+            if round % 8 != 0 {
+                continue;
+            }
+            let mut want_runs: Vec<(u64, u64, u64)> = Vec::new();
+            for (&g, e) in &snapshot(&d) {
+                match want_runs.last_mut() {
+                    Some(r) if r.0 + r.2 == g * mps && r.1 + r.2 == e.addr => r.2 += mps,
+                    _ => want_runs.push((g * mps, e.addr, mps)),
+                }
+            }
+            assert_eq!(d.runs(), want_runs, "round {round}");
+            assert_eq!(d.len(), want_runs.iter().map(|r| r.2 / mps).sum::<u64>());
+        }
+        assert!(
+            reads > 200 && huge_reads > 50,
+            "{reads} reads, {huge_reads} with huge pages"
+        );
     }
 }
