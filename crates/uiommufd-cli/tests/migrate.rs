@@ -182,7 +182,14 @@ fn a_destination_dying_mid_stream_is_a_clear_error() {
     s.read_exact(&mut buf).unwrap();
     drop(s);
     let err = failure(src);
-    assert!(err.contains("sending pages"), "{err}");
+    // Where the source sees it depends on how much of round 0 its send
+    // buffer (up to 64 MiB, `Sock::grow_send_buffer`) had taken: in a
+    // send, or in the wait for the round's acknowledgement.
+    assert!(
+        err.contains("sending pages")
+            || err.contains("waiting for the destination to read a round"),
+        "{err}"
+    );
     let _ = std::fs::remove_file(&path);
 }
 
