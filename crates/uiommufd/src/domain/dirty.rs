@@ -1,6 +1,12 @@
 //! The dirty bitmap a domain records into (the kernel's
 //! `iommu_dirty_bitmap` and the bit addressing of iova_bitmap.c): bit `i`
-//! of a window stands for the IOVA `iova + (i << pgshift)`.
+//! of a window stands for the IOVA `iova + (i << pgshift)`; and the switch
+//! a domain turns tracking on and off with ([`DirtyTracking`]).
+
+use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::{bail, Result};
 
 /// A window of a dirty bitmap that a domain records into (the kernel's
 /// `iommu_dirty_bitmap`): bit `i` of `words` stands for the IOVA
@@ -150,9 +156,88 @@ fn set_bits(words: &mut [u64], first: u64, last: u64) {
     words[w1] |= m1;
 }
 
+/// A domain's dirty-tracking switch, as drivers keep it: whether the domain
+/// was allocated with dirty tracking (`IOMMU_HWPT_ALLOC_DIRTY_TRACKING`,
+/// the kernel's `dirty_ops`) and whether tracking is on now (off at first).
+#[derive(Debug)]
+pub struct DirtyTracking {
+    supported: bool,
+    on: AtomicBool,
+}
+
+impl DirtyTracking {
+    /// Tracking off; `supported` when the domain was allocated with dirty
+    /// tracking.
+    pub const fn new(supported: bool) -> DirtyTracking {
+        DirtyTracking {
+            supported,
+            on: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the domain can track ([`super::Domain::dirty_tracking_supported`]).
+    #[inline]
+    pub fn supported(&self) -> bool {
+        self.supported
+    }
+
+    /// Whether tracking is on (an acquire load: it sees what was done
+    /// before tracking was switched).
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.on.load(Ordering::Acquire)
+    }
+
+    /// Whether tracking is on, with no ordering: for a translation's fast
+    /// path, which only decides from it whether to set a dirty bit.
+    #[inline]
+    pub fn enabled_relaxed(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// Switch tracking on or off ([`super::Domain::set_dirty_tracking`]):
+    /// `EINVAL` when turning it on for a domain allocated without it;
+    /// `domain` names the domain in the error.
+    pub fn set(&self, enable: bool, domain: impl Display) -> Result<()> {
+        if enable && !self.supported {
+            bail!(EINVAL, "{domain} was not allocated with dirty tracking");
+        }
+        self.on.store(enable, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// `EINVAL` unless tracking is on: `what` names the operation and
+    /// `domain` the domain in the error.
+    pub fn check_enabled(&self, what: &str, domain: impl Display) -> Result<()> {
+        if !self.enabled() {
+            bail!(EINVAL, "{what}: dirty tracking is not enabled on {domain}");
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dirty_tracking_switch() {
+        let plain = DirtyTracking::new(false);
+        assert!(!plain.supported());
+        assert_eq!(plain.set(true, "d").unwrap_err().errno().0, libc::EINVAL);
+        plain.set(false, "d").unwrap();
+        assert!(!plain.enabled());
+        let t = DirtyTracking::new(true);
+        assert!(t.supported() && !t.enabled());
+        let e = t.check_enabled("read dirty", "domain 7").unwrap_err();
+        assert_eq!(e.errno().0, libc::EINVAL);
+        assert!(e.to_string().contains("read dirty"), "{e}");
+        t.set(true, "d").unwrap();
+        assert!(t.enabled() && t.enabled_relaxed());
+        t.check_enabled("read dirty", "d").unwrap();
+        t.set(false, "d").unwrap();
+        assert!(!t.enabled() && !t.enabled_relaxed());
+    }
 
     /// Word-at-a-time recording of 4 KiB pages sets exactly what recording
     /// each page would, at any bit offset of the window, and declines

@@ -26,13 +26,14 @@
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::domain::{
-    next_domain_id, split_pgsizes, DirtyBitmap, DmaFault, Domain, HostAddr, Iova, Prot,
+    next_domain_id, split_pgsizes, DirtyBitmap, DirtyTracking, DmaFault, Domain, HostAddr, Iova,
+    Prot,
 };
 use crate::user::page_size;
 use crate::{bail, Result};
@@ -373,10 +374,8 @@ pub struct MockDomain {
     /// (the kernel's mock WARNs; counted here so tests can assert none).
     warnings: AtomicU64,
     /// Allocated with `IOMMU_HWPT_ALLOC_DIRTY_TRACKING` (the kernel's
-    /// `dirty_ops` are set).
-    dirty_ops: bool,
-    /// Dirty tracking is on (`MOCK_DIRTY_TRACK`).
-    tracking: AtomicBool,
+    /// `dirty_ops` are set), and whether tracking is on (`MOCK_DIRTY_TRACK`).
+    tracking: DirtyTracking,
     /// The IOVA range translated (`start..=last`): the selftest's
     /// `MOCK_APERTURE_*` unless made by [`MockDomain::with_aperture`].
     aperture: (u64, u64),
@@ -411,26 +410,19 @@ impl MockDomain {
             table: Table::new(),
             fail_in: AtomicU64::new(NO_KEY),
             warnings: AtomicU64::new(0),
-            dirty_ops: dirty,
-            tracking: AtomicBool::new(false),
+            tracking: DirtyTracking::new(dirty),
             aperture: (start, last),
         })
     }
 
     /// Whether dirty tracking is on (`MOCK_DIRTY_TRACK`).
     pub fn dirty_tracking_enabled(&self) -> bool {
-        self.tracking.load(Ordering::Acquire)
+        self.tracking.enabled()
     }
 
     fn check_tracking(&self, what: &str) -> Result<()> {
-        if !self.dirty_tracking_enabled() {
-            bail!(
-                EINVAL,
-                "{what}: dirty tracking is not enabled on mock domain {}",
-                self.id
-            );
-        }
-        Ok(())
+        self.tracking
+            .check_enabled(what, format_args!("mock domain {}", self.id))
     }
 
     /// The core of `IOMMU_TEST_OP_DIRTY`: for every set bit `i < nbits` of
@@ -688,7 +680,7 @@ impl MockDomain {
         };
         let mps = mock_io_page_size();
         let (g0, gl) = (iova / mps, last / mps);
-        if write && self.tracking.load(Ordering::Acquire) {
+        if write && self.tracking.enabled() {
             let mut t = self.table.write(g0, gl);
             let (r, reached) = copy_locked(&t, iova, local, len, write);
             if let Some(end) = reached {
@@ -905,7 +897,7 @@ impl Domain for MockDomain {
             }
             Ok((first.addr, n))
         };
-        let (addr, n) = if write && self.tracking.load(Ordering::Acquire) {
+        let (addr, n) = if write && self.tracking.enabled() {
             let mut t = self.table.write(g0, g_last);
             let (addr, n) = {
                 let t = &t;
@@ -937,19 +929,12 @@ impl Domain for MockDomain {
     }
 
     fn dirty_tracking_supported(&self) -> bool {
-        self.dirty_ops
+        self.tracking.supported()
     }
 
     fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
-        if enable && !self.dirty_ops {
-            bail!(
-                EINVAL,
-                "mock domain {} was not allocated with dirty tracking",
-                self.id
-            );
-        }
-        self.tracking.store(enable, Ordering::Release);
-        Ok(())
+        self.tracking
+            .set(enable, format_args!("mock domain {}", self.id))
     }
 
     fn redirty(&self, iova: u64, len: u64) -> Result<()> {

@@ -5,13 +5,13 @@
 //! convention and the concurrency rules.
 
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::slab::{Slab, Table, ENTRIES};
 use super::{Fault, PTE_A, PTE_ADDR_MASK, PTE_D, PTE_PS, PTE_R, PTE_SNP, PTE_W};
 use crate::domain::{next_domain_id, Domain};
-use crate::domain::{DirtyBitmap, HostAddr, Iova, Prot};
+use crate::domain::{DirtyBitmap, DirtyTracking, HostAddr, Iova, Prot};
 use crate::{bail, Error, Result};
 
 /// 4 KiB, 2 MiB and 1 GiB: the leaf sizes of levels 1, 2 and 3.
@@ -176,10 +176,9 @@ pub struct VtdDomain {
     /// After that the program may reuse the memory without a late device
     /// write landing in it.
     pub(super) dma: parking_lot::RwLock<()>,
-    /// Allocated with dirty tracking (`IOMMU_HWPT_ALLOC_DIRTY_TRACKING`).
-    dirty_ops: bool,
-    /// Dirty tracking is on: writes set A and D in the leaves.
-    pub(super) tracking: AtomicBool,
+    /// Allocated with dirty tracking (`IOMMU_HWPT_ALLOC_DIRTY_TRACKING`),
+    /// and whether it is on: writes set A and D in the leaves.
+    pub(super) tracking: DirtyTracking,
     pgsize_bitmap: u64,
 }
 
@@ -208,8 +207,7 @@ impl VtdDomain {
             slab,
             gen: AtomicU64::new(0),
             dma: parking_lot::RwLock::new(()),
-            dirty_ops: dirty,
-            tracking: AtomicBool::new(false),
+            tracking: DirtyTracking::new(dirty),
             pgsize_bitmap: VTD_PGSIZES,
         }))
     }
@@ -240,7 +238,7 @@ impl VtdDomain {
 
     /// Whether dirty tracking is on.
     pub fn dirty_tracking_enabled(&self) -> bool {
-        self.tracking.load(Ordering::Acquire)
+        self.tracking.enabled()
     }
 
     /// Bytes of memory mapped for page tables so far.
@@ -539,7 +537,7 @@ impl VtdDomain {
         }
         if write
             && leaf.value & PTE_D == 0
-            && self.tracking.load(Ordering::Relaxed)
+            && self.tracking.enabled_relaxed()
             && !self.set_dirty(iova)
         {
             return Err(Fault::NotPresent { iova });
@@ -560,7 +558,7 @@ impl VtdDomain {
             return (host, len);
         }
         let need = if write { PTE_W } else { PTE_R };
-        let tracking = write && self.tracking.load(Ordering::Relaxed);
+        let tracking = write && self.tracking.enabled_relaxed();
         // The leaf's table: entries are 8 bytes, tables 4 KiB aligned.
         let here = leaf.entry as *const AtomicU64 as usize;
         let table_end = (here & !4095) + 4096;
@@ -955,7 +953,7 @@ impl Domain for VtdDomain {
             true,
             |a, n, w| VtdDomain::translate(self, a, n, w),
         );
-        if !buf.is_empty() && self.tracking.load(Ordering::Acquire) {
+        if !buf.is_empty() && self.tracking.enabled() {
             self.mark_dirty(iova, buf.len() as u64);
         }
         r
@@ -973,7 +971,7 @@ impl Domain for VtdDomain {
             let (host, _) = VtdDomain::translate(self, iova, 8, true)?;
             crate::domain::atomic_at(iova, host, op)
         };
-        if self.tracking.load(Ordering::Acquire) {
+        if self.tracking.enabled() {
             self.mark_dirty(iova, 8);
         }
         r
@@ -985,19 +983,12 @@ impl Domain for VtdDomain {
     }
 
     fn dirty_tracking_supported(&self) -> bool {
-        self.dirty_ops
+        self.tracking.supported()
     }
 
     fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
-        if enable && !self.dirty_ops {
-            bail!(
-                EINVAL,
-                "VT-d domain {} was not allocated with dirty tracking",
-                self.id
-            );
-        }
-        self.tracking.store(enable, Ordering::SeqCst);
-        Ok(())
+        self.tracking
+            .set(enable, format_args!("VT-d domain {}", self.id))
     }
 
     fn read_and_clear_dirty(
@@ -1007,12 +998,9 @@ impl Domain for VtdDomain {
         clear: bool,
         bitmap: Option<&mut DirtyBitmap<'_>>,
     ) -> Result<()> {
-        if bitmap.is_some() && !self.dirty_tracking_enabled() {
-            bail!(
-                EINVAL,
-                "read dirty: dirty tracking is not enabled on VT-d domain {}",
-                self.id
-            );
+        if bitmap.is_some() {
+            self.tracking
+                .check_enabled("read dirty", format_args!("VT-d domain {}", self.id))?;
         }
         if len == 0 || iova > self.last_iova() {
             return Ok(());
