@@ -1074,12 +1074,9 @@ impl Domain for MockDomain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::errno;
 
     const A: u64 = MOCK_APERTURE_START;
-
-    fn errno<T: std::fmt::Debug>(r: Result<T>) -> i32 {
-        r.unwrap_err().errno().0
-    }
 
     #[test]
     fn mock_domain_translate_permissions_and_dirty() {
