@@ -156,6 +156,57 @@ fn set_bits(words: &mut [u64], first: u64, last: u64) {
     words[w1] |= m1;
 }
 
+/// Dirty IOVA on its way to a [`DirtyBitmap`], merged into runs: a driver
+/// reports what it finds dirty in IOVA order with [`DirtyRuns::push`]; a
+/// run is recorded when the next one does not continue it, and the last by
+/// [`DirtyRuns::finish`], so the bitmap sees one `record` per run rather
+/// than one per page. Without a bitmap (a read that only clears) nothing
+/// is recorded.
+#[derive(Debug)]
+pub struct DirtyRuns<'b, 'c> {
+    bitmap: Option<&'b mut DirtyBitmap<'c>>,
+    /// The current run `[start, last]`.
+    run: Option<(u64, u64)>,
+}
+
+impl<'b, 'c> DirtyRuns<'b, 'c> {
+    /// Runs into `bitmap`, or nowhere when it is `None`.
+    pub fn new(bitmap: Option<&'b mut DirtyBitmap<'c>>) -> DirtyRuns<'b, 'c> {
+        DirtyRuns { bitmap, run: None }
+    }
+
+    /// The bitmap, for a driver that records some dirty pages into it
+    /// directly (the order of records does not matter to the bitmap).
+    #[inline]
+    pub fn bitmap(&mut self) -> Option<&mut DirtyBitmap<'c>> {
+        self.bitmap.as_deref_mut()
+    }
+
+    /// `[start, last]` is dirty (`start` above what was pushed before).
+    #[inline(always)]
+    pub fn push(&mut self, start: u64, last: u64) {
+        let Some(bm) = self.bitmap.as_deref_mut() else {
+            return;
+        };
+        match &mut self.run {
+            Some((_, rl)) if rl.wrapping_add(1) == start => *rl = last,
+            r => {
+                if let Some((rs, rl)) = *r {
+                    bm.record(rs, rl - rs + 1);
+                }
+                *r = Some((start, last));
+            }
+        }
+    }
+
+    /// Record the last run.
+    pub fn finish(mut self) {
+        if let (Some(bm), Some((rs, rl))) = (self.bitmap.as_deref_mut(), self.run) {
+            bm.record(rs, rl - rs + 1);
+        }
+    }
+}
+
 /// A domain's dirty-tracking switch, as drivers keep it: whether the domain
 /// was allocated with dirty tracking (`IOMMU_HWPT_ALLOC_DIRTY_TRACKING`,
 /// the kernel's `dirty_ops`) and whether tracking is on now (off at first).
@@ -219,6 +270,25 @@ impl DirtyTracking {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dirty_runs_merge_and_record_every_run() {
+        let mut words = [0u64; 1];
+        let mut bm = DirtyBitmap::new(0, (64 << 12) - 1, 12, &mut words);
+        let mut runs = DirtyRuns::new(Some(&mut bm));
+        runs.push(0, 0xfff);
+        runs.push(0x1000, 0x2fff); // continues the run
+        runs.push(0x5000, 0x5fff); // a new one: the first is recorded
+        runs.push(0x6000, 0x6fff);
+        runs.push(0x3f000, 0x3ffff); // the last page, recorded by finish
+        runs.finish();
+        assert_eq!(words[0], 0b111 | 0b11 << 5 | 1 << 63);
+        // without a bitmap: nothing to record, nothing fails
+        let mut none = DirtyRuns::new(None);
+        assert!(none.bitmap().is_none());
+        none.push(0, 0xfff);
+        none.finish();
+    }
 
     #[test]
     fn dirty_tracking_switch() {

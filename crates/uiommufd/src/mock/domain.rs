@@ -32,8 +32,8 @@ use std::sync::Arc;
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::domain::{
-    next_domain_id, split_pgsizes, DirtyBitmap, DirtyTracking, DmaFault, Domain, HostAddr, Iova,
-    Prot,
+    next_domain_id, split_pgsizes, DirtyBitmap, DirtyRuns, DirtyTracking, DmaFault, Domain,
+    HostAddr, Iova, Prot,
 };
 use crate::user::page_size;
 use crate::{bail, Result};
@@ -698,39 +698,6 @@ impl MockDomain {
     }
 }
 
-/// A dirty read's report: consecutive dirty IOVA merges into one run, a
-/// run is recorded into the bitmap (if any) when the next one starts.
-struct DirtyRuns<'b, 'c> {
-    bm: Option<&'b mut DirtyBitmap<'c>>,
-    /// The current run `[start, end)`.
-    run: Option<(u64, u64)>,
-}
-
-impl DirtyRuns<'_, '_> {
-    /// Report `[s, e)` dirty (in IOVA order).
-    fn push(&mut self, s: u64, e: u64) {
-        let Some(bm) = self.bm.as_deref_mut() else {
-            return;
-        };
-        match &mut self.run {
-            Some((_, re)) if *re == s => *re = e,
-            r => {
-                if let Some((rs, re)) = *r {
-                    bm.record(rs, re - rs);
-                }
-                *r = Some((s, e));
-            }
-        }
-    }
-
-    /// Record the last run.
-    fn finish(self) {
-        if let (Some(bm), Some((rs, re))) = (self.bm, self.run) {
-            bm.record(rs, re - rs);
-        }
-    }
-}
-
 impl Domain for MockDomain {
     fn id(&self) -> u64 {
         self.id
@@ -957,10 +924,7 @@ impl Domain for MockDomain {
         let mps = mock_io_page_size();
         let end = iova.saturating_add(len - 1);
         let (first, last) = (iova / mps, end / mps);
-        let mut out = DirtyRuns {
-            bm: bitmap,
-            run: None,
-        };
+        let mut out = DirtyRuns::new(bitmap);
         // Block by block (a block is where a huge page would be). A huge
         // page is dirty when any of its granules is; all of them are
         // cleared, and it is reported whole within the range. A block turns
@@ -980,8 +944,8 @@ impl Domain for MockDomain {
         let report = |b: &Block, out: &mut DirtyRuns<'_, '_>| {
             let head = b.index * BLOCK;
             let s = (head * mps).max(iova);
-            let e = ((head + BLOCK) * mps).min(end.saturating_add(1));
-            out.push(s, e);
+            let l = ((head + BLOCK) * mps - 1).min(end);
+            out.push(s, l);
         };
         // huge pages that stick out of the range: their granules outside
         // it count too, read after the walk
@@ -1026,7 +990,7 @@ impl Domain for MockDomain {
                 // a small page reported alone; still dirty for a huge
                 // page later in the block if this read keeps the bits
                 cur.dirty |= dirty && !clear;
-                out.push(g * mps, (g + 1) * mps);
+                out.push(g * mps, (g + 1) * mps - 1);
             }
             if clear {
                 e.flags &= !MockEntry::FLAG_DIRTY;

@@ -11,7 +11,7 @@ use std::sync::Arc;
 use super::slab::{Slab, Table, ENTRIES};
 use super::{Fault, PTE_A, PTE_ADDR_MASK, PTE_D, PTE_PS, PTE_R, PTE_SNP, PTE_W};
 use crate::domain::{next_domain_id, Domain};
-use crate::domain::{DirtyBitmap, DirtyTracking, HostAddr, Iova, Prot};
+use crate::domain::{DirtyBitmap, DirtyRuns, DirtyTracking, HostAddr, Iova, Prot};
 use crate::{bail, Error, Result};
 
 /// 4 KiB, 2 MiB and 1 GiB: the leaf sizes of levels 1, 2 and 3.
@@ -80,61 +80,30 @@ impl Leaf<'_> {
     }
 }
 
-/// Runs of dirty IOVA on their way to a bitmap.
-struct Recorder<'b, 'c> {
-    bitmap: Option<&'b mut DirtyBitmap<'c>>,
-    run: Option<(u64, u64)>,
-}
-
-impl Recorder<'_, '_> {
-    /// `[start, last]` is dirty.
-    #[inline(always)]
-    fn push(&mut self, start: u64, last: u64) {
-        let Some(bm) = self.bitmap.as_deref_mut() else {
-            return;
-        };
-        match &mut self.run {
-            Some((_, rl)) if rl.wrapping_add(1) == start => *rl = last,
-            r => {
-                if let Some((rs, rl)) = *r {
-                    bm.record(rs, rl - rs + 1);
-                }
-                *r = Some((start, last));
-            }
-        }
+/// The dirty 4 KiB leaves of one leaf table whose first entry maps
+/// `tbase`, into `rec`: bit `i` of `mask` is entry `i`. Straight into the
+/// bitmap where it has a bit per 4 KiB page; as runs otherwise.
+#[inline]
+fn record_leaf_table(rec: &mut DirtyRuns<'_, '_>, tbase: u64, mask: &[u64; 8]) {
+    let Some(bm) = rec.bitmap() else {
+        return;
+    };
+    // the table's used span, in whole words of the mask
+    let Some(w0) = mask.iter().position(|&m| m != 0) else {
+        return;
+    };
+    let w1 = mask.iter().rposition(|&m| m != 0).unwrap_or(w0);
+    if bm.record_pages_4k(tbase + ((w0 as u64) << 18), &mask[w0..=w1]) {
+        return;
     }
-
-    /// The dirty 4 KiB leaves of one leaf table whose first entry maps
-    /// `tbase`: bit `i` of `mask` is entry `i`. Straight into the bitmap
-    /// where it has a bit per 4 KiB page; as runs otherwise.
-    #[inline]
-    fn leaf_table(&mut self, tbase: u64, mask: &[u64; 8]) {
-        let Some(bm) = self.bitmap.as_deref_mut() else {
-            return;
-        };
-        // the table's used span, in whole words of the mask
-        let Some(w0) = mask.iter().position(|&m| m != 0) else {
-            return;
-        };
-        let w1 = mask.iter().rposition(|&m| m != 0).unwrap_or(w0);
-        if bm.record_pages_4k(tbase + ((w0 as u64) << 18), &mask[w0..=w1]) {
-            return;
-        }
-        for (w, &m0) in mask.iter().enumerate().take(w1 + 1).skip(w0) {
-            let mut m = m0;
-            while m != 0 {
-                let start = m.trailing_zeros();
-                let run = (!(m >> start)).trailing_zeros().min(64 - start);
-                m &= !(u64::MAX >> (64 - run) << start);
-                let es = tbase + ((w as u64 * 64 + u64::from(start)) << 12);
-                self.push(es, es + (u64::from(run) << 12) - 1);
-            }
-        }
-    }
-
-    fn finish(mut self) {
-        if let (Some(bm), Some((rs, rl))) = (self.bitmap.as_deref_mut(), self.run) {
-            bm.record(rs, rl - rs + 1);
+    for (w, &m0) in mask.iter().enumerate().take(w1 + 1).skip(w0) {
+        let mut m = m0;
+        while m != 0 {
+            let start = m.trailing_zeros();
+            let run = (!(m >> start)).trailing_zeros().min(64 - start);
+            m &= !(u64::MAX >> (64 - run) << start);
+            let es = tbase + ((w as u64 * 64 + u64::from(start)) << 12);
+            rec.push(es, es + (u64::from(run) << 12) - 1);
         }
     }
 }
@@ -592,7 +561,7 @@ impl VtdDomain {
         last: u64,
         full: bool,
         clear: bool,
-        rec: &mut Recorder<'_, '_>,
+        rec: &mut DirtyRuns<'_, '_>,
     ) {
         let s = Slab::summary(t);
         let (i0, i1) = (index(iova, level), index(last, level));
@@ -658,7 +627,7 @@ impl VtdDomain {
                 // a group never straddles a 64-entry word
                 dirty[first / 64] |= mask << (first % 64);
             }
-            rec.leaf_table(tbase, &dirty);
+            record_leaf_table(rec, tbase, &dirty);
             return;
         }
         while groups != 0 {
@@ -1007,7 +976,7 @@ impl Domain for VtdDomain {
         }
         let last = iova.saturating_add(len - 1).min(self.last_iova());
         let full = iova == 0 && last == self.last_iova();
-        let mut rec = Recorder { bitmap, run: None };
+        let mut rec = DirtyRuns::new(bitmap);
         self.dirty_in(self.root(), self.levels, iova, last, full, clear, &mut rec);
         rec.finish();
         Ok(())
