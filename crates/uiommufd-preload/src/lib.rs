@@ -1259,6 +1259,21 @@ pub unsafe extern "C" fn recvmsg(fd: c_int, msg: *mut libc::msghdr, flags: c_int
     n
 }
 
+/// After a call that creates two fds in `fds[0..2]` returned `r` (0 on
+/// success): forget stale registrations of both new fds. Returns `r`.
+///
+/// # Safety
+/// When `r` is 0, `fds` points at the two fds the call wrote.
+unsafe fn post_open_pair(r: c_int, fds: *const c_int) -> c_int {
+    if r == 0 {
+        // SAFETY: on success the call wrote two fds there (our contract).
+        let (a, b) = unsafe { (*fds, *fds.add(1)) };
+        post_open(a);
+        post_open(b);
+    }
+    r
+}
+
 /// A call that creates two fds in `fds[0..2]`.
 macro_rules! fd_pair_hook {
     ($(#[$m:meta])* $name:ident($($arg:ident: $ty:ty),*)) => {
@@ -1269,15 +1284,9 @@ macro_rules! fd_pair_hook {
         #[no_mangle]
         pub unsafe extern "C" fn $name($($arg: $ty,)* fds: *mut c_int) -> c_int {
             let Some(real) = real::$name() else { return missing() };
-            // SAFETY: forwarding the caller's arguments unchanged.
-            let r = unsafe { real($($arg,)* fds) };
-            if r == 0 {
-                // SAFETY: on success the call wrote two fds there.
-                let (a, b) = unsafe { (*fds, *fds.add(1)) };
-                post_open(a);
-                post_open(b);
-            }
-            r
+            // SAFETY: forwarding the caller's arguments unchanged; on
+            // success the call wrote two fds at `fds`.
+            unsafe { post_open_pair(real($($arg,)* fds), fds) }
         }
     };
 }
@@ -1295,15 +1304,9 @@ pub unsafe extern "C" fn pipe2(fds: *mut c_int, flags: c_int) -> c_int {
     let Some(real) = real::pipe2() else {
         return missing();
     };
-    // SAFETY: forwarding the caller's arguments unchanged.
-    let r = unsafe { real(fds, flags) };
-    if r == 0 {
-        // SAFETY: on success the call wrote two fds there.
-        let (a, b) = unsafe { (*fds, *fds.add(1)) };
-        post_open(a);
-        post_open(b);
-    }
-    r
+    // SAFETY: forwarding the caller's arguments unchanged; on success the
+    // call wrote two fds at `fds`.
+    unsafe { post_open_pair(real(fds, flags), fds) }
 }
 fd_pair_hook!(
     /// `socketpair(2)`, forgetting stale registrations of the new fds.

@@ -244,17 +244,10 @@ pub fn hwpt_alloc_data<C: Ioctl + ?Sized>(
     )
 }
 
-/// `IOMMU_HWPT_ALLOC` of a paging HWPT for device `idev` on `pt`.
+/// `IOMMU_HWPT_ALLOC` of a paging HWPT for device `idev` on `pt`: no fault
+/// queue, no driver data.
 pub fn hwpt_alloc<C: Ioctl + ?Sized>(c: &C, idev: u32, pt: u32, flags: u32) -> Result<u32, i32> {
-    hwpt_alloc_with(
-        c,
-        IommuHwptAlloc {
-            flags,
-            dev_id: idev,
-            pt_id: pt,
-            ..Default::default()
-        },
-    )
+    hwpt_alloc_data(c, idev, pt, flags, 0, IOMMU_HWPT_DATA_NONE, 0, 0)
 }
 
 /// `IOMMU_HWPT_INVALIDATE` on HWPT or vIOMMU `id` of `num` entries of

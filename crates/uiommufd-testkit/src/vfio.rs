@@ -93,11 +93,17 @@ pub fn attach_pt(fd: i32, pt_id: u32) -> Result<u32, i32> {
     Ok(a.pt_id)
 }
 
+/// The device-fd file offset where region `index` starts, as vfio-pci lays
+/// the regions out (`VFIO_PCI_INDEX_TO_OFFSET`: the index above bit 40).
+pub fn region(index: u32) -> u64 {
+    u64::from(index) << 40
+}
+
 /// Turn on memory decode and bus mastering in device fd `fd`'s config
 /// space (region 7, `COMMAND`).
 pub fn enable_bus_master(fd: i32) {
     file(fd)
-        .write_at(&0x6u16.to_le_bytes(), (7u64 << 40) + 4)
+        .write_at(&0x6u16.to_le_bytes(), region(7) + 4)
         .expect("config write");
 }
 

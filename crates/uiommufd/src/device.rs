@@ -31,14 +31,23 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use crate::context::{Context, ObjId, Object};
+use crate::context::{AnyObject, Context, ObjId, Object};
 use crate::domain::Domain;
 pub use crate::domain::{DeviceDriver, NestingOps};
 use crate::fault::{resp, Fault, FaultGroup, PageFault};
 use crate::hwpt::nested::HwptNested;
 use crate::hwpt::HwptPaging;
 use crate::ioas::Ioas;
-use crate::{bail, Result};
+use crate::{bail, err, Error, Result};
+
+/// `EINVAL` for an attach to object `pt_id`, which is not a page table.
+fn not_attachable(pt_id: ObjId, pt: &AnyObject) -> Error {
+    err!(
+        EINVAL,
+        "object {pt_id} is a {}, which a device cannot attach to",
+        pt.kind()
+    )
+}
 
 /// A HWPT a device can be attached to.
 #[derive(Debug, Clone)]
@@ -50,6 +59,16 @@ pub enum HwptRef {
 }
 
 impl HwptRef {
+    /// The HWPT `pt` is, when it is one a device can attach to (paging or
+    /// nested).
+    pub(crate) fn of(pt: &AnyObject) -> Option<HwptRef> {
+        if let Some(h) = pt.downcast::<HwptPaging>() {
+            Some(HwptRef::Paging(h))
+        } else {
+            pt.downcast::<HwptNested>().map(HwptRef::Nested)
+        }
+    }
+
     /// The paging HWPT DMA goes through (a nested HWPT's parent; the
     /// kernel's `find_hwpt_paging`).
     pub fn paging(&self) -> &Arc<HwptPaging> {
@@ -354,20 +373,13 @@ impl Device {
             ),
         }
         let pt = ctx.get_any(pt_id)?;
-        if let Some(h) = pt.downcast::<HwptPaging>() {
-            self.switch_to(ctx, &HwptRef::Paging(h), pt_id)?;
-            Ok(pt_id)
-        } else if let Some(n) = pt.downcast::<HwptNested>() {
-            self.switch_to(ctx, &HwptRef::Nested(n), pt_id)?;
+        if let Some(h) = HwptRef::of(&pt) {
+            self.switch_to(ctx, &h, pt_id)?;
             Ok(pt_id)
         } else if let Some(ioas) = pt.downcast::<Ioas>() {
             self.auto_domain(ctx, &ioas, pt_id)
         } else {
-            bail!(
-                EINVAL,
-                "object {pt_id} is a {}, which a device cannot attach to",
-                pt.kind()
-            )
+            Err(not_attachable(pt_id, &pt))
         }
     }
 
@@ -516,10 +528,8 @@ impl Device {
             );
         }
         let pt = ctx.get_any(pt_id)?;
-        let hwpt = if let Some(h) = pt.downcast::<HwptPaging>() {
-            HwptRef::Paging(h)
-        } else if let Some(n) = pt.downcast::<HwptNested>() {
-            HwptRef::Nested(n)
+        let hwpt = if let Some(h) = HwptRef::of(&pt) {
+            h
         } else if pt.is::<Ioas>() {
             bail!(
                 EINVAL,
@@ -528,11 +538,7 @@ impl Device {
                 self.id
             )
         } else {
-            bail!(
-                EINVAL,
-                "object {pt_id} is a {}, which a device cannot attach to",
-                pt.kind()
-            )
+            return Err(not_attachable(pt_id, &pt));
         };
         let old = {
             let rid = self.attached.lock();

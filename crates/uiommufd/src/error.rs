@@ -95,6 +95,13 @@ impl Error {
 /// The engine's result type.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
+/// The errno of `r`, which must be an error (panics on `Ok`): what the
+/// crate's unit tests compare.
+#[cfg(test)]
+pub(crate) fn errno<T: fmt::Debug>(r: Result<T>) -> i32 {
+    r.unwrap_err().errno().0
+}
+
 /// Return early with an [`Error`]: `bail!(EINVAL, "length {} is zero", len)`.
 #[macro_export]
 macro_rules! bail {

@@ -484,6 +484,7 @@ impl SelfMemory {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::errno;
 
     /// Where [`test_guard`] moves fds: near the top of the fd limit.
     fn floor() -> i32 {
@@ -555,14 +556,8 @@ mod tests {
             .write(src.as_mut_ptr() as u64, &[9, 9, 9, 9])
             .unwrap();
         assert_eq!(src, [9, 9, 9, 9]);
-        assert_eq!(
-            SelfMemory.read(0, &mut dst).unwrap_err().errno().0,
-            libc::EFAULT
-        );
-        assert_eq!(
-            SelfMemory.write(8, &dst).unwrap_err().errno().0,
-            libc::EFAULT
-        );
+        assert_eq!(errno(SelfMemory.read(0, &mut dst)), libc::EFAULT);
+        assert_eq!(errno(SelfMemory.write(8, &dst)), libc::EFAULT);
     }
 
     #[test]
@@ -582,43 +577,24 @@ mod tests {
         assert_ne!(p, libc::MAP_FAILED);
         let a = p as u64;
         SelfMemory.populate(a, ps as u64, false).unwrap();
-        assert_eq!(
-            SelfMemory
-                .populate(a, ps as u64, true)
-                .unwrap_err()
-                .errno()
-                .0,
-            libc::EFAULT
-        );
+        assert_eq!(errno(SelfMemory.populate(a, ps as u64, true)), libc::EFAULT);
         // SAFETY: the second page of our own mapping.
         unsafe { libc::munmap((a + ps as u64) as *mut libc::c_void, ps) };
         assert_eq!(
-            SelfMemory
-                .populate(a, 2 * ps as u64, false)
-                .unwrap_err()
-                .errno()
-                .0,
+            errno(SelfMemory.populate(a, 2 * ps as u64, false)),
             libc::EFAULT
         );
         // the fallback agrees
         SelfMemory.touch_pages(a, ps as u64, false).unwrap();
         assert_eq!(
-            SelfMemory
-                .touch_pages(a, ps as u64, true)
-                .unwrap_err()
-                .errno()
-                .0,
+            errno(SelfMemory.touch_pages(a, ps as u64, true)),
             libc::EFAULT
         );
         // SAFETY: the first page of our own mapping, made inaccessible.
         unsafe { libc::mprotect(p, ps, libc::PROT_NONE) };
         for write in [false, true] {
             assert_eq!(
-                SelfMemory
-                    .populate(a, ps as u64, write)
-                    .unwrap_err()
-                    .errno()
-                    .0,
+                errno(SelfMemory.populate(a, ps as u64, write)),
                 libc::EFAULT
             );
         }

@@ -19,14 +19,9 @@ use uiommufd::uapi::*;
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::*;
 use uiommufd::Context;
-use uiommufd_testkit::vfio::{attach_pt, bind_cdev, file, ioctl_on, Fds};
+use uiommufd_testkit::vfio::{attach_pt, bind_cdev, file, ioctl_on, region, Fds};
 
 use uiommufd_testkit::{self as kit, wait_for, Buf};
-
-/// fd → context, as the preload's table would answer.
-fn region(index: u32) -> u64 {
-    (index as u64) << 40
-}
 
 fn r32(fd: i32, off: u64) -> u32 {
     let mut b = [0u8; 4];

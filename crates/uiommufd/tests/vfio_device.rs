@@ -22,7 +22,7 @@ use uiommufd::vfio::model::{Bar, Bus, MsixLayout, PciIds, PciLayout, PciModel};
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::*;
 use uiommufd::Context;
-use uiommufd_testkit::vfio::{attach_pt, file, ioctl_on, Fds, OnFd};
+use uiommufd_testkit::vfio::{attach_pt, file, ioctl_on, region, Fds, OnFd};
 use zerocopy::{FromBytes, IntoBytes};
 
 use uiommufd_testkit::{self as kit, Buf};
@@ -190,10 +190,6 @@ fn bound(n: u32) -> (Arc<TinyModel>, i32, Arc<Context>, Fds) {
 
 fn errno_of<T: IntoBytes + FromBytes + ?Sized>(fd: i32, cmd: u32, arg: &mut T) -> i32 {
     kit::err(ioctl_on(fd, cmd, arg, &Fds::default()))
-}
-
-fn region(index: u32) -> u64 {
-    (index as u64) << 40
 }
 
 fn cfg_read(fd: i32, off: u64, n: usize) -> Result<Vec<u8>, i32> {

@@ -162,20 +162,29 @@ fn all_of(
 ) -> io::Result<()> {
     let mut done = 0;
     while done < len {
-        let r = io(done, (len - done).min(1 << 30));
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            return Err(timed_out(e));
-        }
+        let r = restarting(|| io(done, (len - done).min(1 << 30)))?;
         if r == 0 {
             return Err(at_zero());
         }
-        done += r as usize;
+        done += r;
     }
     Ok(())
+}
+
+/// `call` (one `read`, `write`, `sendmsg` or `recvmsg`) again while a
+/// signal interrupts it: what it returned, or its error (a socket timeout
+/// as [`timed_out`] names it).
+fn restarting(mut call: impl FnMut() -> isize) -> io::Result<usize> {
+    loop {
+        let r = call();
+        if r >= 0 {
+            return Ok(r as usize);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(timed_out(e));
+        }
+    }
 }
 
 /// Write all of `len` bytes at `ptr` to `fd` (the source's guest memory,
@@ -497,18 +506,10 @@ impl<S: AsRawFd> Wire<S> {
             (*cm).cmsg_len = libc::CMSG_LEN(std::mem::size_of::<RawFd>() as u32) as _;
             libc::CMSG_DATA(cm).cast::<RawFd>().write_unaligned(fd);
         }
-        let r = loop {
-            // SAFETY: `msg` describes `h` and the control buffer above.
-            let r = unsafe { libc::sendmsg(self.sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL) };
-            if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break r;
-        };
-        if r < 0 {
-            return Err(timed_out(io::Error::last_os_error()));
-        }
-        let sent = r as usize;
+        // SAFETY: `msg` describes `h` and the control buffer above.
+        let sent = restarting(|| unsafe {
+            libc::sendmsg(self.sock.as_raw_fd(), &msg, libc::MSG_NOSIGNAL)
+        })?;
         if sent < h.len() {
             // the fd went with the first byte; the rest plainly
             // SAFETY: the rest of the local header.
@@ -533,19 +534,11 @@ impl<S: AsRawFd> Wire<S> {
         msg.msg_iovlen = 1;
         msg.msg_control = cbuf.as_mut_ptr().cast();
         msg.msg_controllen = std::mem::size_of_val(&cbuf) as _;
-        let r = loop {
-            // SAFETY: `msg` describes `h` and `cbuf`, both live locals.
-            let r =
-                unsafe { libc::recvmsg(self.sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC) };
-            if r < 0 && io::Error::last_os_error().kind() == io::ErrorKind::Interrupted {
-                continue;
-            }
-            break r;
-        };
-        if r < 0 {
-            return Err(timed_out(io::Error::last_os_error()));
-        }
-        if r == 0 {
+        // SAFETY: `msg` describes `h` and `cbuf`, both live locals.
+        let got = restarting(|| unsafe {
+            libc::recvmsg(self.sock.as_raw_fd(), &mut msg, libc::MSG_CMSG_CLOEXEC)
+        })?;
+        if got == 0 {
             return Err(io::Error::new(
                 io::ErrorKind::UnexpectedEof,
                 "the peer closed the migration stream",
@@ -573,7 +566,6 @@ impl<S: AsRawFd> Wire<S> {
                 "unexpected file descriptors in the migration stream".into()
             ));
         }
-        let got = r as usize;
         if got < h.len() {
             // SAFETY: the rest of the local header.
             unsafe { read_raw(self.sock.as_raw_fd(), h[got..].as_mut_ptr(), h.len() - got) }?;

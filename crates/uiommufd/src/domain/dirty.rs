@@ -1,6 +1,12 @@
 //! The dirty bitmap a domain records into (the kernel's
 //! `iommu_dirty_bitmap` and the bit addressing of iova_bitmap.c): bit `i`
-//! of a window stands for the IOVA `iova + (i << pgshift)`.
+//! of a window stands for the IOVA `iova + (i << pgshift)`; and the switch
+//! a domain turns tracking on and off with ([`DirtyTracking`]).
+
+use std::fmt::Display;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use crate::{bail, Result};
 
 /// A window of a dirty bitmap that a domain records into (the kernel's
 /// `iommu_dirty_bitmap`): bit `i` of `words` stands for the IOVA
@@ -150,9 +156,158 @@ fn set_bits(words: &mut [u64], first: u64, last: u64) {
     words[w1] |= m1;
 }
 
+/// Dirty IOVA on its way to a [`DirtyBitmap`], merged into runs: a driver
+/// reports what it finds dirty in IOVA order with [`DirtyRuns::push`]; a
+/// run is recorded when the next one does not continue it, and the last by
+/// [`DirtyRuns::finish`], so the bitmap sees one `record` per run rather
+/// than one per page. Without a bitmap (a read that only clears) nothing
+/// is recorded.
+#[derive(Debug)]
+pub struct DirtyRuns<'b, 'c> {
+    bitmap: Option<&'b mut DirtyBitmap<'c>>,
+    /// The current run `[start, last]`.
+    run: Option<(u64, u64)>,
+}
+
+impl<'b, 'c> DirtyRuns<'b, 'c> {
+    /// Runs into `bitmap`, or nowhere when it is `None`.
+    pub fn new(bitmap: Option<&'b mut DirtyBitmap<'c>>) -> DirtyRuns<'b, 'c> {
+        DirtyRuns { bitmap, run: None }
+    }
+
+    /// The bitmap, for a driver that records some dirty pages into it
+    /// directly (the order of records does not matter to the bitmap).
+    #[inline]
+    pub fn bitmap(&mut self) -> Option<&mut DirtyBitmap<'c>> {
+        self.bitmap.as_deref_mut()
+    }
+
+    /// `[start, last]` is dirty (`start` above what was pushed before).
+    #[inline(always)]
+    pub fn push(&mut self, start: u64, last: u64) {
+        let Some(bm) = self.bitmap.as_deref_mut() else {
+            return;
+        };
+        match &mut self.run {
+            Some((_, rl)) if rl.wrapping_add(1) == start => *rl = last,
+            r => {
+                if let Some((rs, rl)) = *r {
+                    bm.record(rs, rl - rs + 1);
+                }
+                *r = Some((start, last));
+            }
+        }
+    }
+
+    /// Record the last run.
+    pub fn finish(mut self) {
+        if let (Some(bm), Some((rs, rl))) = (self.bitmap.as_deref_mut(), self.run) {
+            bm.record(rs, rl - rs + 1);
+        }
+    }
+}
+
+/// A domain's dirty-tracking switch, as drivers keep it: whether the domain
+/// was allocated with dirty tracking (`IOMMU_HWPT_ALLOC_DIRTY_TRACKING`,
+/// the kernel's `dirty_ops`) and whether tracking is on now (off at first).
+#[derive(Debug)]
+pub struct DirtyTracking {
+    supported: bool,
+    on: AtomicBool,
+}
+
+impl DirtyTracking {
+    /// Tracking off; `supported` when the domain was allocated with dirty
+    /// tracking.
+    pub const fn new(supported: bool) -> DirtyTracking {
+        DirtyTracking {
+            supported,
+            on: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether the domain can track ([`super::Domain::dirty_tracking_supported`]).
+    #[inline]
+    pub fn supported(&self) -> bool {
+        self.supported
+    }
+
+    /// Whether tracking is on (an acquire load: it sees what was done
+    /// before tracking was switched).
+    #[inline]
+    pub fn enabled(&self) -> bool {
+        self.on.load(Ordering::Acquire)
+    }
+
+    /// Whether tracking is on, with no ordering: for a translation's fast
+    /// path, which only decides from it whether to set a dirty bit.
+    #[inline]
+    pub fn enabled_relaxed(&self) -> bool {
+        self.on.load(Ordering::Relaxed)
+    }
+
+    /// Switch tracking on or off ([`super::Domain::set_dirty_tracking`]):
+    /// `EINVAL` when turning it on for a domain allocated without it;
+    /// `domain` names the domain in the error.
+    pub fn set(&self, enable: bool, domain: impl Display) -> Result<()> {
+        if enable && !self.supported {
+            bail!(EINVAL, "{domain} was not allocated with dirty tracking");
+        }
+        self.on.store(enable, Ordering::SeqCst);
+        Ok(())
+    }
+
+    /// `EINVAL` unless tracking is on: `what` names the operation and
+    /// `domain` the domain in the error.
+    pub fn check_enabled(&self, what: &str, domain: impl Display) -> Result<()> {
+        if !self.enabled() {
+            bail!(EINVAL, "{what}: dirty tracking is not enabled on {domain}");
+        }
+        Ok(())
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn dirty_runs_merge_and_record_every_run() {
+        let mut words = [0u64; 1];
+        let mut bm = DirtyBitmap::new(0, (64 << 12) - 1, 12, &mut words);
+        let mut runs = DirtyRuns::new(Some(&mut bm));
+        runs.push(0, 0xfff);
+        runs.push(0x1000, 0x2fff); // continues the run
+        runs.push(0x5000, 0x5fff); // a new one: the first is recorded
+        runs.push(0x6000, 0x6fff);
+        runs.push(0x3f000, 0x3ffff); // the last page, recorded by finish
+        runs.finish();
+        assert_eq!(words[0], 0b111 | 0b11 << 5 | 1 << 63);
+        // without a bitmap: nothing to record, nothing fails
+        let mut none = DirtyRuns::new(None);
+        assert!(none.bitmap().is_none());
+        none.push(0, 0xfff);
+        none.finish();
+    }
+
+    #[test]
+    fn dirty_tracking_switch() {
+        let plain = DirtyTracking::new(false);
+        assert!(!plain.supported());
+        assert_eq!(plain.set(true, "d").unwrap_err().errno().0, libc::EINVAL);
+        plain.set(false, "d").unwrap();
+        assert!(!plain.enabled());
+        let t = DirtyTracking::new(true);
+        assert!(t.supported() && !t.enabled());
+        let e = t.check_enabled("read dirty", "domain 7").unwrap_err();
+        assert_eq!(e.errno().0, libc::EINVAL);
+        assert!(e.to_string().contains("read dirty"), "{e}");
+        t.set(true, "d").unwrap();
+        assert!(t.enabled() && t.enabled_relaxed());
+        t.check_enabled("read dirty", "d").unwrap();
+        t.set(false, "d").unwrap();
+        assert!(!t.enabled() && !t.enabled_relaxed());
+    }
 
     /// Word-at-a-time recording of 4 KiB pages sets exactly what recording
     /// each page would, at any bit offset of the window, and declines

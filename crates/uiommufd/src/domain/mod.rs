@@ -25,7 +25,7 @@ mod dirty;
 mod driver;
 mod nested;
 
-pub use dirty::DirtyBitmap;
+pub use dirty::{DirtyBitmap, DirtyRuns, DirtyTracking};
 pub use driver::{DeviceDriver, NestingOps};
 pub use nested::{NestedDataKind, NestedDomain, UserData, UserDataArray};
 

@@ -247,22 +247,17 @@ impl Fault {
         let victims: Vec<Arc<FaultGroup>> = {
             let mut st = self.state.lock();
             let mut v = Vec::new();
-            st.deliver.retain(|g| {
+            // keeps the groups of other attachments, takes this one's
+            let mut keep = |g: &Arc<FaultGroup>| {
                 if g.handle == handle {
                     v.push(g.clone());
                     false
                 } else {
                     true
                 }
-            });
-            st.response.retain(|_, g| {
-                if g.handle == handle {
-                    v.push(g.clone());
-                    false
-                } else {
-                    true
-                }
-            });
+            };
+            st.deliver.retain(&mut keep);
+            st.response.retain(|_, g| keep(g));
             v
         };
         if victims.is_empty() {

@@ -160,6 +160,19 @@ fn walk(
     Err(gap(cur))
 }
 
+/// `EOPNOTSUPP` unless `domain` has dirty tracking (the kernel's check for
+/// `dirty_ops` before it sets tracking or reads dirty bits).
+fn require_dirty_ops(domain: &dyn Domain) -> Result<()> {
+    if !domain.dirty_tracking_supported() {
+        bail!(
+            EOPNOTSUPP,
+            "domain {} was not allocated with dirty tracking",
+            domain.id()
+        );
+    }
+    Ok(())
+}
+
 impl IoPagetable {
     /// The attached domain with ID `domain_id` (`ENOENT` if none).
     fn dirty_domain(&self, domain_id: u64) -> Result<Arc<dyn Domain>> {
@@ -219,12 +232,7 @@ impl IoPagetable {
     /// dirty tracking, then what the domain answers.
     pub fn set_dirty_tracking(&self, domain_id: u64, enable: bool) -> Result<()> {
         let domain = self.dirty_domain(domain_id)?;
-        if !domain.dirty_tracking_supported() {
-            bail!(
-                EOPNOTSUPP,
-                "domain {domain_id} was not allocated with dirty tracking"
-            );
-        }
+        require_dirty_ops(domain.as_ref())?;
         let st = self.state.read();
         let mut words = 0;
         if enable {
@@ -275,12 +283,7 @@ impl IoPagetable {
                 q.nbits
             );
         }
-        if !domain.dirty_tracking_supported() {
-            bail!(
-                EOPNOTSUPP,
-                "domain {domain_id} was not allocated with dirty tracking"
-            );
-        }
+        require_dirty_ops(domain.as_ref())?;
         let st = self.state.read();
         let mut bm = DirtyBitmap::new(q.iova, q.last, q.pgshift, &mut bitmap[..q.words()]);
         walk(&st, domain.as_ref(), q.iova, q.last, clear, &mut bm)
@@ -320,12 +323,7 @@ impl IoPagetable {
         let domain = self.dirty_domain(domain_id)?;
         let clear = !req.no_clear;
         let q = self.dirty_query(req)?;
-        if !domain.dirty_tracking_supported() {
-            bail!(
-                EOPNOTSUPP,
-                "domain {domain_id} was not allocated with dirty tracking"
-            );
-        }
+        require_dirty_ops(domain.as_ref())?;
         let total_words = q.words();
         let total_bytes = q.nbits.div_ceil(8);
         // the kernel's iova_bitmap_alloc

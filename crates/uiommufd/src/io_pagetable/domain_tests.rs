@@ -10,9 +10,10 @@ use std::sync::{Arc, Weak};
 
 use parking_lot::Mutex;
 
-use super::tests::{concurrently, copy, errno, ok, ps, src, RealBuf};
+use super::tests::{concurrently, copy, ok, ps, src, RealBuf};
 use super::*;
 use crate::domain::{Domain, HostAddr, Iova};
+use crate::error::errno;
 use crate::mock::domain::{
     mock_huge_page_size, mock_io_page_size, MockDomain, MockEntry, MOCK_APERTURE_LAST,
     MOCK_APERTURE_START as A,

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use super::*;
 use crate::accounting::AccountMode;
+use crate::error::errno;
 use crate::user::SelfMemory;
 
 pub(super) fn ps() -> u64 {
@@ -75,10 +76,6 @@ pub(super) fn src(uptr: u64, len: u64, writable: bool) -> MapSource {
 fn map_at(t: &IoPagetable, uptr: u64, len: u64, iova: Option<u64>) -> Result<u64> {
     let req = iova.map_or(IovaRequest::Alloc, IovaRequest::Fixed);
     t.map(vec![src(uptr, len, true)], len, req, Prot::RW)
-}
-
-pub(super) fn errno<T: std::fmt::Debug>(r: Result<T>) -> i32 {
-    r.unwrap_err().errno().0
 }
 
 pub(super) fn copy(

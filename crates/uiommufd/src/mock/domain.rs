@@ -26,13 +26,14 @@
 use std::any::Any;
 use std::collections::BTreeMap;
 use std::ops::{Deref, DerefMut};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use parking_lot::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use crate::domain::{
-    next_domain_id, split_pgsizes, DirtyBitmap, DmaFault, Domain, HostAddr, Iova, Prot,
+    next_domain_id, split_pgsizes, DirtyBitmap, DirtyRuns, DirtyTracking, DmaFault, Domain,
+    HostAddr, Iova, Prot,
 };
 use crate::user::page_size;
 use crate::{bail, Result};
@@ -373,10 +374,8 @@ pub struct MockDomain {
     /// (the kernel's mock WARNs; counted here so tests can assert none).
     warnings: AtomicU64,
     /// Allocated with `IOMMU_HWPT_ALLOC_DIRTY_TRACKING` (the kernel's
-    /// `dirty_ops` are set).
-    dirty_ops: bool,
-    /// Dirty tracking is on (`MOCK_DIRTY_TRACK`).
-    tracking: AtomicBool,
+    /// `dirty_ops` are set), and whether tracking is on (`MOCK_DIRTY_TRACK`).
+    tracking: DirtyTracking,
     /// The IOVA range translated (`start..=last`): the selftest's
     /// `MOCK_APERTURE_*` unless made by [`MockDomain::with_aperture`].
     aperture: (u64, u64),
@@ -411,26 +410,19 @@ impl MockDomain {
             table: Table::new(),
             fail_in: AtomicU64::new(NO_KEY),
             warnings: AtomicU64::new(0),
-            dirty_ops: dirty,
-            tracking: AtomicBool::new(false),
+            tracking: DirtyTracking::new(dirty),
             aperture: (start, last),
         })
     }
 
     /// Whether dirty tracking is on (`MOCK_DIRTY_TRACK`).
     pub fn dirty_tracking_enabled(&self) -> bool {
-        self.tracking.load(Ordering::Acquire)
+        self.tracking.enabled()
     }
 
     fn check_tracking(&self, what: &str) -> Result<()> {
-        if !self.dirty_tracking_enabled() {
-            bail!(
-                EINVAL,
-                "{what}: dirty tracking is not enabled on mock domain {}",
-                self.id
-            );
-        }
-        Ok(())
+        self.tracking
+            .check_enabled(what, format_args!("mock domain {}", self.id))
     }
 
     /// The core of `IOMMU_TEST_OP_DIRTY`: for every set bit `i < nbits` of
@@ -688,7 +680,7 @@ impl MockDomain {
         };
         let mps = mock_io_page_size();
         let (g0, gl) = (iova / mps, last / mps);
-        if write && self.tracking.load(Ordering::Acquire) {
+        if write && self.tracking.enabled() {
             let mut t = self.table.write(g0, gl);
             let (r, reached) = copy_locked(&t, iova, local, len, write);
             if let Some(end) = reached {
@@ -702,39 +694,6 @@ impl MockDomain {
         } else {
             let t = self.table.read(g0, gl);
             copy_locked(&t, iova, local, len, write).0
-        }
-    }
-}
-
-/// A dirty read's report: consecutive dirty IOVA merges into one run, a
-/// run is recorded into the bitmap (if any) when the next one starts.
-struct DirtyRuns<'b, 'c> {
-    bm: Option<&'b mut DirtyBitmap<'c>>,
-    /// The current run `[start, end)`.
-    run: Option<(u64, u64)>,
-}
-
-impl DirtyRuns<'_, '_> {
-    /// Report `[s, e)` dirty (in IOVA order).
-    fn push(&mut self, s: u64, e: u64) {
-        let Some(bm) = self.bm.as_deref_mut() else {
-            return;
-        };
-        match &mut self.run {
-            Some((_, re)) if *re == s => *re = e,
-            r => {
-                if let Some((rs, re)) = *r {
-                    bm.record(rs, re - rs);
-                }
-                *r = Some((s, e));
-            }
-        }
-    }
-
-    /// Record the last run.
-    fn finish(self) {
-        if let (Some(bm), Some((rs, re))) = (self.bm, self.run) {
-            bm.record(rs, re - rs);
         }
     }
 }
@@ -905,7 +864,7 @@ impl Domain for MockDomain {
             }
             Ok((first.addr, n))
         };
-        let (addr, n) = if write && self.tracking.load(Ordering::Acquire) {
+        let (addr, n) = if write && self.tracking.enabled() {
             let mut t = self.table.write(g0, g_last);
             let (addr, n) = {
                 let t = &t;
@@ -937,19 +896,12 @@ impl Domain for MockDomain {
     }
 
     fn dirty_tracking_supported(&self) -> bool {
-        self.dirty_ops
+        self.tracking.supported()
     }
 
     fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
-        if enable && !self.dirty_ops {
-            bail!(
-                EINVAL,
-                "mock domain {} was not allocated with dirty tracking",
-                self.id
-            );
-        }
-        self.tracking.store(enable, Ordering::Release);
-        Ok(())
+        self.tracking
+            .set(enable, format_args!("mock domain {}", self.id))
     }
 
     fn redirty(&self, iova: u64, len: u64) -> Result<()> {
@@ -972,10 +924,7 @@ impl Domain for MockDomain {
         let mps = mock_io_page_size();
         let end = iova.saturating_add(len - 1);
         let (first, last) = (iova / mps, end / mps);
-        let mut out = DirtyRuns {
-            bm: bitmap,
-            run: None,
-        };
+        let mut out = DirtyRuns::new(bitmap);
         // Block by block (a block is where a huge page would be). A huge
         // page is dirty when any of its granules is; all of them are
         // cleared, and it is reported whole within the range. A block turns
@@ -995,8 +944,8 @@ impl Domain for MockDomain {
         let report = |b: &Block, out: &mut DirtyRuns<'_, '_>| {
             let head = b.index * BLOCK;
             let s = (head * mps).max(iova);
-            let e = ((head + BLOCK) * mps).min(end.saturating_add(1));
-            out.push(s, e);
+            let l = ((head + BLOCK) * mps - 1).min(end);
+            out.push(s, l);
         };
         // huge pages that stick out of the range: their granules outside
         // it count too, read after the walk
@@ -1041,7 +990,7 @@ impl Domain for MockDomain {
                 // a small page reported alone; still dirty for a huge
                 // page later in the block if this read keeps the bits
                 cur.dirty |= dirty && !clear;
-                out.push(g * mps, (g + 1) * mps);
+                out.push(g * mps, (g + 1) * mps - 1);
             }
             if clear {
                 e.flags &= !MockEntry::FLAG_DIRTY;
@@ -1089,12 +1038,9 @@ impl Domain for MockDomain {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::errno;
 
     const A: u64 = MOCK_APERTURE_START;
-
-    fn errno<T: std::fmt::Debug>(r: Result<T>) -> i32 {
-        r.unwrap_err().errno().0
-    }
 
     #[test]
     fn mock_domain_translate_permissions_and_dirty() {

@@ -378,6 +378,35 @@ impl DeviceBus {
         Ok((dev, d))
     }
 
+    /// One DMA request of PASID `pasid` at `iova`: `op` on the domain the
+    /// PASID is attached to, made again when custody moved the pages
+    /// meanwhile; a fault is reported ([`DeviceBus::fault`]). `written` is
+    /// the bytes a write or atomic writes from `iova` (`None`: a read).
+    ///
+    /// Written bytes are logged after the write landed (a report between
+    /// the two is followed by another that sees it), and also when it
+    /// failed part way: over-reporting loses nothing. The device's DMA log
+    /// covers requests without PASID only (the kernel's logging is per RID
+    /// address space, the IOVA of the device's own domain).
+    #[inline]
+    fn request<T>(
+        &self,
+        pasid: u32,
+        iova: u64,
+        written: Option<u64>,
+        mut op: impl FnMut(&dyn Domain) -> std::result::Result<T, DmaFault>,
+    ) -> std::result::Result<T, DmaFault> {
+        let write = written.is_some();
+        let (dev, d) = self
+            .domain(pasid, iova)
+            .map_err(|f| self.fault(None, pasid, f, write))?;
+        let r = crate::custody::dma(|| op(d.as_ref()));
+        if let (Some(len), 0) = (written, pasid) {
+            self.log.record(iova, len);
+        }
+        r.map_err(|f| self.fault(Some(&dev), pasid, f, write))
+    }
+
     fn fault(&self, dev: Option<&Device>, pasid: u32, f: DmaFault, write: bool) -> DmaFault {
         self.faults.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(device = %self.addr, pasid, "DMA {}: {f}", if write { "write" } else { "read" });
@@ -449,12 +478,7 @@ impl Bus for DeviceBus {
         if buf.is_empty() {
             return Ok(()); // no transaction
         }
-        let (dev, d) = self
-            .domain(pasid, iova)
-            .map_err(|f| self.fault(None, pasid, f, false))?;
-        // (made again when custody moved the pages meanwhile)
-        crate::custody::dma(|| d.dma_read(iova, buf))
-            .map_err(|f| self.fault(Some(&dev), pasid, f, false))
+        self.request(pasid, iova, None, |d| d.dma_read(iova, buf))
     }
 
     fn dma_write_pasid(
@@ -466,19 +490,8 @@ impl Bus for DeviceBus {
         if buf.is_empty() {
             return Ok(()); // no transaction
         }
-        let (dev, d) = self
-            .domain(pasid, iova)
-            .map_err(|f| self.fault(None, pasid, f, true))?;
-        let r = crate::custody::dma(|| d.dma_write(iova, buf));
-        // Logged after the write landed (a report between the two is
-        // followed by another that sees it), and also when it failed part
-        // way: over-reporting loses nothing. The device's DMA log covers
-        // requests without PASID only (the kernel's logging is per RID
-        // address space, the IOVA of the device's own domain).
-        if pasid == 0 {
-            self.log.record(iova, buf.len() as u64);
-        }
-        r.map_err(|f| self.fault(Some(&dev), pasid, f, true))
+        let len = buf.len() as u64;
+        self.request(pasid, iova, Some(len), |d| d.dma_write(iova, buf))
     }
 
     fn dma_atomic(
@@ -487,14 +500,7 @@ impl Bus for DeviceBus {
         iova: u64,
         op: crate::domain::AtomicOp,
     ) -> std::result::Result<u64, DmaFault> {
-        let (dev, d) = self
-            .domain(pasid, iova)
-            .map_err(|f| self.fault(None, pasid, f, true))?;
-        let r = crate::custody::dma(|| d.dma_atomic(iova, op));
-        if pasid == 0 {
-            self.log.record(iova, 8);
-        }
-        r.map_err(|f| self.fault(Some(&dev), pasid, f, true))
+        self.request(pasid, iova, Some(8), |d| d.dma_atomic(iova, op))
     }
 
     fn interrupt(&self, vector: u16) {

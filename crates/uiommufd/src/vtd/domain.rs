@@ -5,13 +5,13 @@
 //! convention and the concurrency rules.
 
 use std::any::Any;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 use super::slab::{Slab, Table, ENTRIES};
 use super::{Fault, PTE_A, PTE_ADDR_MASK, PTE_D, PTE_PS, PTE_R, PTE_SNP, PTE_W};
 use crate::domain::{next_domain_id, Domain};
-use crate::domain::{DirtyBitmap, HostAddr, Iova, Prot};
+use crate::domain::{DirtyBitmap, DirtyRuns, DirtyTracking, HostAddr, Iova, Prot};
 use crate::{bail, Error, Result};
 
 /// 4 KiB, 2 MiB and 1 GiB: the leaf sizes of levels 1, 2 and 3.
@@ -80,61 +80,30 @@ impl Leaf<'_> {
     }
 }
 
-/// Runs of dirty IOVA on their way to a bitmap.
-struct Recorder<'b, 'c> {
-    bitmap: Option<&'b mut DirtyBitmap<'c>>,
-    run: Option<(u64, u64)>,
-}
-
-impl Recorder<'_, '_> {
-    /// `[start, last]` is dirty.
-    #[inline(always)]
-    fn push(&mut self, start: u64, last: u64) {
-        let Some(bm) = self.bitmap.as_deref_mut() else {
-            return;
-        };
-        match &mut self.run {
-            Some((_, rl)) if rl.wrapping_add(1) == start => *rl = last,
-            r => {
-                if let Some((rs, rl)) = *r {
-                    bm.record(rs, rl - rs + 1);
-                }
-                *r = Some((start, last));
-            }
-        }
+/// The dirty 4 KiB leaves of one leaf table whose first entry maps
+/// `tbase`, into `rec`: bit `i` of `mask` is entry `i`. Straight into the
+/// bitmap where it has a bit per 4 KiB page; as runs otherwise.
+#[inline]
+fn record_leaf_table(rec: &mut DirtyRuns<'_, '_>, tbase: u64, mask: &[u64; 8]) {
+    let Some(bm) = rec.bitmap() else {
+        return;
+    };
+    // the table's used span, in whole words of the mask
+    let Some(w0) = mask.iter().position(|&m| m != 0) else {
+        return;
+    };
+    let w1 = mask.iter().rposition(|&m| m != 0).unwrap_or(w0);
+    if bm.record_pages_4k(tbase + ((w0 as u64) << 18), &mask[w0..=w1]) {
+        return;
     }
-
-    /// The dirty 4 KiB leaves of one leaf table whose first entry maps
-    /// `tbase`: bit `i` of `mask` is entry `i`. Straight into the bitmap
-    /// where it has a bit per 4 KiB page; as runs otherwise.
-    #[inline]
-    fn leaf_table(&mut self, tbase: u64, mask: &[u64; 8]) {
-        let Some(bm) = self.bitmap.as_deref_mut() else {
-            return;
-        };
-        // the table's used span, in whole words of the mask
-        let Some(w0) = mask.iter().position(|&m| m != 0) else {
-            return;
-        };
-        let w1 = mask.iter().rposition(|&m| m != 0).unwrap_or(w0);
-        if bm.record_pages_4k(tbase + ((w0 as u64) << 18), &mask[w0..=w1]) {
-            return;
-        }
-        for (w, &m0) in mask.iter().enumerate().take(w1 + 1).skip(w0) {
-            let mut m = m0;
-            while m != 0 {
-                let start = m.trailing_zeros();
-                let run = (!(m >> start)).trailing_zeros().min(64 - start);
-                m &= !(u64::MAX >> (64 - run) << start);
-                let es = tbase + ((w as u64 * 64 + u64::from(start)) << 12);
-                self.push(es, es + (u64::from(run) << 12) - 1);
-            }
-        }
-    }
-
-    fn finish(mut self) {
-        if let (Some(bm), Some((rs, rl))) = (self.bitmap.as_deref_mut(), self.run) {
-            bm.record(rs, rl - rs + 1);
+    for (w, &m0) in mask.iter().enumerate().take(w1 + 1).skip(w0) {
+        let mut m = m0;
+        while m != 0 {
+            let start = m.trailing_zeros();
+            let run = (!(m >> start)).trailing_zeros().min(64 - start);
+            m &= !(u64::MAX >> (64 - run) << start);
+            let es = tbase + ((w as u64 * 64 + u64::from(start)) << 12);
+            rec.push(es, es + (u64::from(run) << 12) - 1);
         }
     }
 }
@@ -176,10 +145,9 @@ pub struct VtdDomain {
     /// After that the program may reuse the memory without a late device
     /// write landing in it.
     pub(super) dma: parking_lot::RwLock<()>,
-    /// Allocated with dirty tracking (`IOMMU_HWPT_ALLOC_DIRTY_TRACKING`).
-    dirty_ops: bool,
-    /// Dirty tracking is on: writes set A and D in the leaves.
-    pub(super) tracking: AtomicBool,
+    /// Allocated with dirty tracking (`IOMMU_HWPT_ALLOC_DIRTY_TRACKING`),
+    /// and whether it is on: writes set A and D in the leaves.
+    pub(super) tracking: DirtyTracking,
     pgsize_bitmap: u64,
 }
 
@@ -208,8 +176,7 @@ impl VtdDomain {
             slab,
             gen: AtomicU64::new(0),
             dma: parking_lot::RwLock::new(()),
-            dirty_ops: dirty,
-            tracking: AtomicBool::new(false),
+            tracking: DirtyTracking::new(dirty),
             pgsize_bitmap: VTD_PGSIZES,
         }))
     }
@@ -240,7 +207,7 @@ impl VtdDomain {
 
     /// Whether dirty tracking is on.
     pub fn dirty_tracking_enabled(&self) -> bool {
-        self.tracking.load(Ordering::Acquire)
+        self.tracking.enabled()
     }
 
     /// Bytes of memory mapped for page tables so far.
@@ -539,7 +506,7 @@ impl VtdDomain {
         }
         if write
             && leaf.value & PTE_D == 0
-            && self.tracking.load(Ordering::Relaxed)
+            && self.tracking.enabled_relaxed()
             && !self.set_dirty(iova)
         {
             return Err(Fault::NotPresent { iova });
@@ -560,7 +527,7 @@ impl VtdDomain {
             return (host, len);
         }
         let need = if write { PTE_W } else { PTE_R };
-        let tracking = write && self.tracking.load(Ordering::Relaxed);
+        let tracking = write && self.tracking.enabled_relaxed();
         // The leaf's table: entries are 8 bytes, tables 4 KiB aligned.
         let here = leaf.entry as *const AtomicU64 as usize;
         let table_end = (here & !4095) + 4096;
@@ -594,7 +561,7 @@ impl VtdDomain {
         last: u64,
         full: bool,
         clear: bool,
-        rec: &mut Recorder<'_, '_>,
+        rec: &mut DirtyRuns<'_, '_>,
     ) {
         let s = Slab::summary(t);
         let (i0, i1) = (index(iova, level), index(last, level));
@@ -660,7 +627,7 @@ impl VtdDomain {
                 // a group never straddles a 64-entry word
                 dirty[first / 64] |= mask << (first % 64);
             }
-            rec.leaf_table(tbase, &dirty);
+            record_leaf_table(rec, tbase, &dirty);
             return;
         }
         while groups != 0 {
@@ -955,7 +922,7 @@ impl Domain for VtdDomain {
             true,
             |a, n, w| VtdDomain::translate(self, a, n, w),
         );
-        if !buf.is_empty() && self.tracking.load(Ordering::Acquire) {
+        if !buf.is_empty() && self.tracking.enabled() {
             self.mark_dirty(iova, buf.len() as u64);
         }
         r
@@ -973,7 +940,7 @@ impl Domain for VtdDomain {
             let (host, _) = VtdDomain::translate(self, iova, 8, true)?;
             crate::domain::atomic_at(iova, host, op)
         };
-        if self.tracking.load(Ordering::Acquire) {
+        if self.tracking.enabled() {
             self.mark_dirty(iova, 8);
         }
         r
@@ -985,19 +952,12 @@ impl Domain for VtdDomain {
     }
 
     fn dirty_tracking_supported(&self) -> bool {
-        self.dirty_ops
+        self.tracking.supported()
     }
 
     fn set_dirty_tracking(&self, enable: bool) -> Result<()> {
-        if enable && !self.dirty_ops {
-            bail!(
-                EINVAL,
-                "VT-d domain {} was not allocated with dirty tracking",
-                self.id
-            );
-        }
-        self.tracking.store(enable, Ordering::SeqCst);
-        Ok(())
+        self.tracking
+            .set(enable, format_args!("VT-d domain {}", self.id))
     }
 
     fn read_and_clear_dirty(
@@ -1007,19 +967,16 @@ impl Domain for VtdDomain {
         clear: bool,
         bitmap: Option<&mut DirtyBitmap<'_>>,
     ) -> Result<()> {
-        if bitmap.is_some() && !self.dirty_tracking_enabled() {
-            bail!(
-                EINVAL,
-                "read dirty: dirty tracking is not enabled on VT-d domain {}",
-                self.id
-            );
+        if bitmap.is_some() {
+            self.tracking
+                .check_enabled("read dirty", format_args!("VT-d domain {}", self.id))?;
         }
         if len == 0 || iova > self.last_iova() {
             return Ok(());
         }
         let last = iova.saturating_add(len - 1).min(self.last_iova());
         let full = iova == 0 && last == self.last_iova();
-        let mut rec = Recorder { bitmap, run: None };
+        let mut rec = DirtyRuns::new(bitmap);
         self.dirty_in(self.root(), self.levels, iova, last, full, clear, &mut rec);
         rec.finish();
         Ok(())

@@ -149,7 +149,7 @@ impl Iotlb {
                 return Err(Fault::Permission { iova, write });
             }
             let off = iova & s.mask;
-            if write && self.dom.tracking.load(Ordering::Relaxed) {
+            if write && self.dom.tracking.enabled_relaxed() {
                 // SAFETY: an entry of a table of `dom`, alive while we
                 // hold the `Arc`.
                 let e = unsafe { &*s.entry };
@@ -272,7 +272,7 @@ impl Iotlb {
     /// the translation and the copy reports the page next time.
     fn copy(&mut self, iova: u64, local: *mut u8, len: usize, write: bool) -> Result<(), Fault> {
         let dom = self.dom.clone();
-        if !(write && dom.tracking.load(Ordering::Acquire)) {
+        if !(write && dom.tracking.enabled()) {
             return copy_by_iova(&dom, iova, local, len, write, |at, n, w| {
                 self.translate(at, n, w)
             });

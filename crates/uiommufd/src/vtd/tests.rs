@@ -7,16 +7,13 @@ use std::sync::Arc;
 
 use super::*;
 use crate::domain::{DirtyBitmap, Domain, HostAddr, Iova, Prot};
+use crate::error::errno;
 
 const K4: u64 = 1 << 12;
 const M2: u64 = 1 << 21;
 const G1: u64 = 1 << 30;
 /// A made-up host address, 1 GiB aligned.
 const HOST: u64 = 0x7000_0000_0000;
-
-fn errno<T: std::fmt::Debug>(r: crate::Result<T>) -> i32 {
-    r.unwrap_err().errno().0
-}
 
 /// Map `[iova, iova + len)` of `d` to host `host` with `prot`, any page
 /// size.
