@@ -157,7 +157,9 @@ fn set_bits(words: &mut [u64], first: u64, last: u64) {
 }
 
 /// Dirty IOVA on its way to a [`DirtyBitmap`], merged into runs: a driver
-/// reports what it finds dirty in IOVA order with [`DirtyRuns::push`]; a
+/// reports what it finds dirty with [`DirtyRuns::push`], in IOVA order as
+/// far as its walk allows (a push that does not continue the current run
+/// starts a new one, wherever it lies); a
 /// run is recorded when the next one does not continue it, and the last by
 /// [`DirtyRuns::finish`], so the bitmap sees one `record` per run rather
 /// than one per page. Without a bitmap (a read that only clears) nothing
@@ -182,7 +184,8 @@ impl<'b, 'c> DirtyRuns<'b, 'c> {
         self.bitmap.as_deref_mut()
     }
 
-    /// `[start, last]` is dirty (`start` above what was pushed before).
+    /// `[start, last]` is dirty; it extends the current run when `start`
+    /// follows that run's last byte.
     #[inline(always)]
     pub fn push(&mut self, start: u64, last: u64) {
         let Some(bm) = self.bitmap.as_deref_mut() else {

@@ -328,13 +328,22 @@ impl<G: DerefMut<Target = Entries>> Locked<G> {
             .chain(many.filter_map(|(s, m)| Some((s, &mut **m.as_mut()?))))
     }
 
-    /// As [`Locked::walk`], with the entries to change.
-    fn walk_mut(&mut self, from: u64, to: u64, visit: impl FnMut(u64, &mut MockEntry) -> bool) {
+    /// Call `visit(granule, entry)` for every entry of granules
+    /// `from..=to` (in the locked range's blocks), stripe after stripe and
+    /// in IOVA order within each, until it returns false: a block's
+    /// entries come together and in order, blocks do not. Each stripe's
+    /// tree is read straight through, as one ordered map would be; a merge
+    /// into IOVA order ([`Locked::walk`]) costs a block test per entry and
+    /// was measurably slower for the dirty reads that use this.
+    fn walk_mut(&mut self, from: u64, to: u64, mut visit: impl FnMut(u64, &mut MockEntry) -> bool) {
         self.check_walk(from, to);
-        merge_walk(
-            self.stripes_mut().map(|(s, m)| (s, m.range_mut(from..=to))),
-            visit,
-        );
+        for (_, m) in self.stripes_mut() {
+            for (&g, e) in m.range_mut(from..=to) {
+                if !visit(g, e) {
+                    return;
+                }
+            }
+        }
     }
 
     /// Remove every entry of the locked range; whole batches of keys per
@@ -961,9 +970,9 @@ impl Domain for MockDomain {
             }
         };
         let mut t = self.table.write(first, last);
-        // In IOVA order, which is the order the entries were allocated in
-        // for a range mapped at once: the tree nodes stream from memory.
-        // (The bits recorded would not depend on it.)
+        // Stripe by stripe (`Locked::walk_mut`): blocks arrive out of IOVA
+        // order, each whole, which is all the block logic needs; the bits
+        // recorded do not depend on the order.
         let mut cur = Block {
             index: NO_KEY,
             huge: false,
