@@ -614,6 +614,18 @@ pub(crate) fn or_bits_into_user(
             )
         })?;
         for &(i, x) in run {
+            // A word that lands on whole bytes inside the run: one 8-byte
+            // OR (the common case: a bitmap of whole words, a dense run).
+            let whole = bit(i, 0)
+                .and_then(|b| b.checked_sub(byte0 * 8))
+                .filter(|at| at % 8 == 0)
+                .map(|at| (at / 8) as usize)
+                .and_then(|k| bytes.get_mut(k..k + 8));
+            if let Some(dst) = whole {
+                let v = u64::from_le_bytes((&*dst).try_into().expect("8 bytes")) | x;
+                dst.copy_from_slice(&v.to_le_bytes());
+                continue;
+            }
             let tz = x.trailing_zeros();
             let at = bit(i, tz).expect("inside the run") - byte0 * 8;
             let mut v = u128::from(x >> tz) << (at % 8);
