@@ -978,6 +978,16 @@ impl Domain for MockDomain {
             huge: false,
             dirty: false,
         };
+        // The run of dirty small granules `small.0..=small.1` not yet
+        // pushed (none while `small.0 > small.1`; the empty one continues
+        // at no granule): extending it is one compare per granule, the
+        // common case of a dense read.
+        let mut small = (NO_KEY, NO_KEY - 1);
+        let push_small = |small: (u64, u64), out: &mut DirtyRuns<'_, '_>| {
+            if small.0 <= small.1 {
+                out.push(small.0 * mps, small.1 * mps + (mps - 1));
+            }
+        };
         t.walk_mut(first, last, |g, e| {
             // a clean small page changes nothing, whatever its block
             if e.flags & (MockEntry::FLAG_HUGE | MockEntry::FLAG_DIRTY) == 0 {
@@ -998,8 +1008,16 @@ impl Domain for MockDomain {
             } else {
                 // a small page reported alone; still dirty for a huge
                 // page later in the block if this read keeps the bits
-                cur.dirty |= dirty && !clear;
-                out.push(g * mps, (g + 1) * mps - 1);
+                if !clear {
+                    cur.dirty |= dirty;
+                }
+                // (dirty: a clean small page returned above)
+                if g == small.1 + 1 {
+                    small.1 = g;
+                } else {
+                    push_small(small, &mut out);
+                    small = (g, g);
+                }
             }
             if clear {
                 e.flags &= !MockEntry::FLAG_DIRTY;
@@ -1007,6 +1025,7 @@ impl Domain for MockDomain {
             true
         });
         flush(&cur, &mut out);
+        push_small(small, &mut out);
         for b in edges.iter_mut().flatten() {
             // its granules before `first` and after `last`, in the stripe
             // of `first` or `last`
