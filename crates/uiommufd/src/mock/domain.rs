@@ -1006,8 +1006,9 @@ impl Domain for MockDomain {
                 cur.huge = true;
                 cur.dirty |= dirty;
             } else {
-                // a small page reported alone; still dirty for a huge
-                // page later in the block if this read keeps the bits
+                // a small page reported by itself (in a run of small
+                // pages); still dirty for a huge page later in the block
+                // if this read keeps the bits
                 if !clear {
                     cur.dirty |= dirty;
                 }
