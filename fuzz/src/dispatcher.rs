@@ -1353,8 +1353,9 @@ fn type1_dirty_loss(g: &mut Gen) {
                 model |= 1 << p;
             }
             2 => {
-                // one mapping of NP pages: its 2 bytes of bitmap are written whole
-                let bitmap = bitmap_at(g, 2);
+                // one mapping of NP pages: its bitmap word is written whole
+                // (type1 copies whole u64 words out), all 8 bytes
+                let bitmap = bitmap_at(g, 8);
                 #[derive(Clone, Copy, FromBytes, IntoBytes, Immutable)]
                 #[repr(C)]
                 struct Get {
@@ -1377,7 +1378,7 @@ fn type1_dirty_loss(g: &mut Gen) {
                     },
                 };
                 let r = sys(&ctx, arena, VFIO_IOMMU_DIRTY_PAGES, &mut c);
-                let Some(bits) = reported_bits(arena, "GET_BITMAP", r, bitmap, 2) else {
+                let Some(bits) = reported_bits(arena, "GET_BITMAP", r, bitmap, 8) else {
                     continue;
                 };
                 let reported = bits as u16;
@@ -1391,7 +1392,7 @@ fn type1_dirty_loss(g: &mut Gen) {
             _ => {
                 // an unmap whose bitmap cannot be written unmaps nothing
                 let data = bitmap_spot(g);
-                if arena.accessible(data, 2, true) {
+                if arena.accessible(data, 8, true) {
                     continue;
                 }
                 #[derive(Clone, Copy, FromBytes, IntoBytes, Immutable)]

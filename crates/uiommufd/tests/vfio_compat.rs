@@ -814,6 +814,56 @@ fn dirty_pages_report_device_writes() {
     ctx.check_invariants().unwrap();
 }
 
+/// Type1 copies each mapping's bitmap out over the user's buffer
+/// (`update_user_bitmap`): the words a mapping's bits fall in are
+/// overwritten, stale bits cleared, except the first word of a mapping that
+/// starts inside a word, which keeps what the buffer held; words no
+/// mapping reaches are left alone. The same for UNMAP_DMA's bitmap.
+#[test]
+fn dirty_bitmap_words_are_overwritten_like_type1() {
+    let (ctx, ioas) = container();
+    raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
+    let buf = Buf::zeroed(80 * PS, PS);
+    // pages 0..3 and 5..75 mapped, 3 and 4 a hole
+    map(&ctx, buf.addr(), 3 * PS, A).unwrap();
+    map(&ctx, buf.addr() + 5 * PS, 70 * PS, A + 5 * PS).unwrap();
+    let fd = create_access(&ctx, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES);
+    dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
+    let write_pages = |pages: &[u64]| {
+        for &p in pages {
+            access_write(&ctx, fd, A + p * PS, 1).unwrap();
+        }
+    };
+    write_pages(&[1, 5, 70]);
+    // a buffer full of stale bits, over 192 pages
+    let mut bm = [u64::MAX; 3];
+    let mut g = get_req(A, 192 * PS, &mut bm);
+    get_bitmap_with(&ctx, &mut g).unwrap();
+    // word 0: the first mapping's word (bit 1; the hole's bits 3 and 4
+    // cleared with it), then the second mapping's bits ORed in from bit 5;
+    // word 1: the second mapping's rest (page 70), zeros after page 74;
+    // word 2: no mapping, untouched
+    assert_eq!(bm, [1 << 1 | 1 << 5, 1 << 6, u64::MAX]);
+
+    // the second mapping alone, its bit 0 at page 5 of a range from A:
+    // its first word keeps the buffer's bits, ORed with its own
+    write_pages(&[6]);
+    let mut bm = [1 << 0 | 1 << 63, u64::MAX];
+    let mut g = get_req(A + 5 * PS, 70 * PS, &mut bm);
+    get_bitmap_with(&ctx, &mut g).unwrap();
+    assert_eq!(bm, [1 << 1, 0], "bit 0 is page 5: whole words written");
+
+    // UNMAP_DMA with a bitmap writes the same way
+    write_pages(&[2]);
+    let mut bm = [u64::MAX; 2];
+    let mut u = unmap_req(A, 3 * PS, &mut bm);
+    ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u).unwrap();
+    assert_eq!(u.hdr.size, 3 * PS);
+    assert_eq!(bm, [1 << 2, u64::MAX]);
+    uiommufd::plumbing::files::close(fd as i32).unwrap();
+    ctx.check_invariants().unwrap();
+}
+
 /// Issue 10 item 5 (type1): a GET_BITMAP or UNMAP_DMA+GET_DIRTY_BITMAP
 /// whose bitmap cannot be written is `EFAULT` (dirty or not: type1 copies
 /// each mapping's whole bitmap) and loses no dirty page: the next good

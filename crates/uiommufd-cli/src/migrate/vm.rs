@@ -400,8 +400,8 @@ impl Vm {
     /// Read and clear the pages written since the last call, setting their
     /// bits in `words` (one bit per page of guest memory).
     ///
-    /// `words` must be zero: every tracker only sets bits (iommufd's and
-    /// DMA logging's bitmaps are OR-ed into, and so is ours for type1), so
+    /// `words` must be zero: iommufd's and DMA logging's trackers only set
+    /// bits (type1 writes whole words over its mappings, zero included), so
     /// the caller keeps its bitmap zero between reads by clearing the words
     /// it consumed (`source.rs`), and a read costs what is dirty rather
     /// than a zeroing of the whole bitmap (32 KiB per GiB, cold after a

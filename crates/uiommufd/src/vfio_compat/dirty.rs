@@ -21,10 +21,10 @@
 //! `size` zero or not a multiple of it, `iova + size` wrapping, a bitmap the
 //! user may not address (`access_ok`), a bitmap size of 0, above 256 MiB,
 //! or below what `size` needs, tracking off, a range that cuts a mapping at
-//! either end; `EFAULT` writing the bitmap (the bytes of every mapping in
+//! either end; `EFAULT` writing the bitmap (the words of every mapping in
 //! the range must be writable, dirty or not, as type1 copies each mapping's
-//! bitmap whole; what was read and cleared is put back first, so a failed
-//! call loses no dirty page).
+//! bitmap whole; what was read and cleared and not delivered is put back,
+//! so a failed call loses no dirty page).
 //!
 //! `VFIO_IOMMU_UNMAP_DMA` with `VFIO_DMA_UNMAP_FLAG_GET_DIRTY_BITMAP`:
 //! `EINVAL` combined with `UNMAP_ALL`, `argsz` < 24 + 24; `EFAULT` reading
@@ -36,7 +36,12 @@
 //! then the unmap's own errnos. On error nothing is written back.
 //!
 //! Bitmaps: bit `i` (bit `i % 8` of byte `i / 8`) is the page at
-//! `iova + i * pgsize`; bits are OR-ed into the user's (zeroed) buffer.
+//! `iova + i * pgsize`. As type1's, they are written over the user's
+//! buffer mapping by mapping, in whole u64 words: the words a mapping's
+//! bits fall in are overwritten (a stale bit there is cleared), the first
+//! word of a mapping that starts inside a word keeps the buffer's bits, and
+//! words no mapping reaches are left as they were (iommufd's
+//! `GET_DIRTY_BITMAP` and DMA logging's report only set bits instead).
 //! The range of GET_BITMAP may cover several whole mappings and holes
 //! (6.12's rule; the v16 series wanted exactly one mapping).
 
@@ -49,8 +54,11 @@ use super::type1::{min_pgsize, reply_unmap, UNMAP_MINSZ};
 use crate::context::Context;
 use crate::io_pagetable::AreaDirty;
 use crate::ioas::Ioas;
+use crate::user::UserMemory;
+
 use crate::uapi::vfio::*;
 use crate::{bail, Error, Result};
+use zerocopy::IntoBytes;
 
 /// type1's `DIRTY_BITMAP_PAGES_MAX`: the most pages one bitmap may hold.
 pub(crate) const DIRTY_BITMAP_PAGES_MAX: u64 = i32::MAX as u64;
@@ -129,11 +137,11 @@ fn check_whole_mappings(what: &str, ioas: &Ioas, iova: u64, last: u64, unmap: bo
     })
 }
 
-/// OR the bits of every area into the user bitmap at `data`, whose bit 0
-/// is the page at `iova` (`EFAULT`). As type1 copies each mapping's whole
-/// bitmap out, every area's bytes must be writable, dirty or not. On
-/// failure, when the bits were `cleared`, those of the areas not delivered
-/// are put back (nothing is lost; type1 clears only after the copy).
+/// Write the bits of every area into the user bitmap at `data`, whose bit
+/// 0 is the page at `iova`, as type1 copies each mapping's bitmap out
+/// ([`store_area_bits`]; `EFAULT`). On failure, when the bits were
+/// `cleared`, those of the area that failed and of the areas after it are
+/// put back (nothing is lost; type1 clears only after the copy).
 fn write_bitmap(
     ctx: &Context,
     ioas: &Ioas,
@@ -145,9 +153,7 @@ fn write_bitmap(
 ) -> Result<()> {
     for (i, ad) in areas.iter().enumerate() {
         let off = (ad.iova - iova) >> pgshift;
-        let r = area_writable(ctx, data, off, ad.nbits)
-            .and_then(|()| or_bits_into_user(ctx, data, off, ad));
-        if let Err(e) = r {
+        if let Err(e) = store_area_bits(ctx.memory().as_ref(), data, off, ad) {
             if cleared {
                 Type1Session::of(ioas).put_back(ioas.iopt(), &areas[i..], pgshift);
             }
@@ -157,39 +163,116 @@ fn write_bitmap(
     Ok(())
 }
 
-/// The bytes of the user bitmap at `data` holding bits `off..off + nbits`
-/// are writable user memory (populated for write, contents unchanged), or
-/// `EFAULT`.
-fn area_writable(ctx: &Context, data: u64, off: u64, nbits: u64) -> Result<()> {
-    if nbits == 0 {
+/// Words of the user bitmap one read (and write, where they differ)
+/// covers: an area's span goes through two 4 KiB stack buffers, chunk by
+/// chunk, never allocated whole.
+const STORE_WORDS: usize = 512;
+
+/// Store the area's bits into the user bitmap at `data` (an array of
+/// little-endian u64 words) from bit `off`, as type1's
+/// `update_user_bitmap` does: every word the area's bits fall in is
+/// overwritten, the area's bits shifted into place and zeros around them
+/// (a stale bit the caller left in its buffer is cleared, and so are the
+/// bits after the area's end in its last word); only when the area starts
+/// inside a word does that first word keep what the buffer held, ORed with
+/// the area's bits, so that areas sharing a word both arrive (type1 reads
+/// that word back first). `EFAULT` when a word cannot be read or written;
+/// the words before were written.
+fn store_area_bits(mem: &dyn UserMemory, data: u64, off: u64, ad: &AreaDirty) -> Result<()> {
+    if ad.nbits == 0 {
         return Ok(());
     }
-    let (lo, end) = (off / 8, (off + nbits - 1) / 8 + 1);
-    crate::io_pagetable::user_bitmap_writable(ctx.memory().as_ref(), data, lo, end).map_err(|e| {
-        crate::err!(
-            EFAULT,
-            "the dirty bitmap at {data:#x} is not writable user memory: {}",
-            e.reason()
-        )
-    })
-}
-
-/// OR the area's bits into the user bitmap at `data`, from bit `off`: only
-/// the bytes holding set bits are touched (see
-/// `io_pagetable::or_bits_into_user`).
-fn or_bits_into_user(ctx: &Context, data: u64, off: u64, ad: &AreaDirty) -> Result<()> {
-    let nbits = ad.nbits;
-    let set = ad.set_words().map(|(i, x)| {
-        let base = i * 64;
-        let x = match nbits.checked_sub(base) {
+    let shift = (off % 64) as u32;
+    let nwords = (ad.nbits + u64::from(shift)).div_ceil(64);
+    // Word `k` of the area's own bitmap, cut at `nbits`.
+    let area = |k: u64| -> u64 {
+        let x = k
+            .checked_sub(ad.first_word as u64)
+            .and_then(|j| ad.words.get(j as usize))
+            .copied()
+            .unwrap_or(0);
+        match ad.nbits.checked_sub(k * 64) {
             Some(n) if n >= 64 => x,
             Some(n) => x & ((1u64 << n) - 1),
             None => 0,
-        };
-        (i, x)
-    });
-    crate::io_pagetable::or_bits_into_user(ctx.memory().as_ref(), data, off, set)
-        .map_err(|e| crate::err!(EFAULT, "cannot update the dirty bitmap: {}", e.reason()))
+        }
+    };
+    // Word `j` of the span: the area's bits shifted left by `shift`.
+    let out = |j: u64| -> u64 {
+        if shift == 0 {
+            area(j)
+        } else {
+            let low = j.checked_sub(1).map_or(0, |k| area(k) >> (64 - shift));
+            area(j) << shift | low
+        }
+    };
+    let fault = |what: &str, at: u64, e: Error| {
+        crate::err!(
+            EFAULT,
+            "cannot {what} the dirty bitmap word at {at:#x}: {}",
+            e.reason()
+        )
+    };
+    let end_fault = || Error::fault("the dirty bitmap runs past the end of the address space");
+    let base = (off / 64)
+        .checked_mul(8)
+        .and_then(|b| data.checked_add(b))
+        .filter(|b| b.checked_add(nwords * 8).is_some())
+        .ok_or_else(end_fault)?;
+    crate::io_pagetable::user_bitmap_writable(mem, base, 0, nwords * 8).map_err(|e| {
+        crate::err!(
+            EFAULT,
+            "the dirty bitmap at {base:#x} is not writable user memory: {}",
+            e.reason()
+        )
+    })?;
+    // Only the span words from the area's first stored word to one past
+    // its last (the carry of a shift) can hold set bits; the others are
+    // zeros, checked, not built. Word 0 of a span that starts inside a
+    // word keeps what it holds.
+    let nz_lo = ad.first_word as u64;
+    let nz_end = nz_lo + ad.words.len() as u64 + u64::from(shift != 0);
+    let mut held_all = [0u64; STORE_WORDS];
+    let mut want = [0u64; STORE_WORDS];
+    let mut j = 0u64;
+    while j < nwords {
+        let n = (nwords - j).min(STORE_WORDS as u64) as usize;
+        let at = base + j * 8;
+        let held = &mut held_all[..n];
+        mem.read(at, held.as_mut_bytes())
+            .map_err(|e| fault("read", at, e))?;
+        let clip = |w: u64| (w.clamp(j, j + n as u64) - j) as usize;
+        let (lo, hi) = (clip(nz_lo), clip(nz_end));
+        let keep = j == 0 && shift != 0;
+        let z0 = usize::from(keep && lo > 0);
+        let mut same = held[z0..lo]
+            .iter()
+            .chain(&held[hi..])
+            .fold(0, |acc, &w| acc | w)
+            == 0;
+        for k in lo..hi {
+            let mut w = out(j + k as u64);
+            if k == 0 && keep {
+                w |= held[0];
+            }
+            want[k] = w;
+            same &= held[k] == w;
+        }
+        // A chunk that already holds what it should is not written again
+        // (a caller's zeroed buffer mostly does): the writability probe
+        // above stands for the store.
+        if !same {
+            want[..lo].fill(0);
+            want[hi..n].fill(0);
+            if z0 == 1 {
+                want[0] = held[0];
+            }
+            mem.write(at, want[..n].as_bytes())
+                .map_err(|e| fault("write", at, e))?;
+        }
+        j += n as u64;
+    }
+    Ok(())
 }
 
 /// `VFIO_IOMMU_DIRTY_PAGES`
@@ -421,23 +504,6 @@ mod tests {
         assert!(verify_bitmap_size("t", 1, DIRTY_BITMAP_SIZE_MAX + 1).is_err());
     }
 
-    #[test]
-    fn or_bits_at_any_offset() {
-        let ctx = Context::new();
-        let mut buf = [0u8; 32];
-        buf[0] = 0x80; // kept
-        let data = buf.as_mut_ptr() as u64;
-        let words = [0b1011u64 | 1 << 63, 1];
-        or_bits_into_user(&ctx, data, 3, &area(&words, 65)).unwrap();
-        // bits 0,1,3,63,64 at offset 3: 3,4,6,66,67
-        assert_eq!(buf[0], 0x80 | 0b0101_1000);
-        assert_eq!(buf[8], 0b1100);
-        assert!(buf[1..8].iter().all(|&b| b == 0));
-        // bits past nbits are ignored
-        or_bits_into_user(&ctx, data, 100, &area(&[1 << 5], 5)).unwrap();
-        assert!(buf[12..].iter().all(|&b| b == 0));
-    }
-
     /// An area's bits as `type1_dirty_read` gives them: the span from the
     /// first to the last non-zero word.
     fn area(words: &[u64], nbits: u64) -> AreaDirty {
@@ -451,17 +517,41 @@ mod tests {
         }
     }
 
-    /// Bitmaps of many words, dense or sparse, agree with a bit-by-bit model.
+    /// type1's `update_user_bitmap`, word by word: the area's bits shifted
+    /// into place over the words they fall in, the first word ORed with
+    /// what it held when the area starts inside it.
+    fn model(user: &mut [u64], off: u64, words: &[u64], nbits: u64) {
+        let shift = off % 64;
+        let nw = (nbits + shift).div_ceil(64) as usize;
+        let mut d = vec![0u64; nw];
+        for i in 0..nbits {
+            if words[(i / 64) as usize] >> (i % 64) & 1 != 0 {
+                d[((i + shift) / 64) as usize] |= 1 << ((i + shift) % 64);
+            }
+        }
+        let w0 = (off / 64) as usize;
+        if shift != 0 {
+            d[0] |= user[w0];
+        }
+        user[w0..w0 + nw].copy_from_slice(&d);
+    }
+
+    /// Spans of many chunks, dense or sparse, at any offset, over buffers
+    /// zeroed or full of stale bits, agree with the model.
     #[test]
-    fn or_bits_across_chunks() {
+    fn stores_agree_with_type1() {
         let ctx = Context::new();
+        let mem = ctx.memory();
         let mut rnd = crate::test_rng::xorshift(0x9e37_79b9_7f4a_7c15);
         for (off, nbits, sparse) in [
             (0u64, 3 * 4096 * 8 + 5u64, false),
             (13, 2 * 4096 * 8, false),
             (7, 70, false),
+            (64, 3, false),
+            (130, 1, true),
             (0, 64 * 1000, true),
             (5, 64 * 1000 + 7, true),
+            (64 * 3 + 63, 64 * 600, true),
         ] {
             let words: Vec<u64> = (0..nbits.div_ceil(64))
                 .map(|_| {
@@ -473,15 +563,18 @@ mod tests {
                     }
                 })
                 .collect();
-            let mut buf = vec![0x10u8; ((off + nbits) / 8 + 16) as usize];
-            let mut want = buf.clone();
-            for i in 0..nbits {
-                if words[(i / 64) as usize] >> (i % 64) & 1 != 0 {
-                    want[((off + i) / 8) as usize] |= 1 << ((off + i) % 8);
-                }
+            let len = ((off + nbits) / 64 + 4) as usize;
+            for stale in [false, true] {
+                let mut buf: Vec<u64> = (0..len).map(|_| if stale { rnd() } else { 0 }).collect();
+                let mut want = buf.clone();
+                model(&mut want, off, &words, nbits);
+                let data = buf.as_mut_ptr() as u64;
+                store_area_bits(mem.as_ref(), data, off, &area(&words, nbits)).unwrap();
+                assert_eq!(buf, want, "off {off} nbits {nbits} stale {stale}");
+                // again over its own result: nothing changes
+                store_area_bits(mem.as_ref(), data, off, &area(&words, nbits)).unwrap();
+                assert_eq!(buf, want, "again: off {off} nbits {nbits} stale {stale}");
             }
-            or_bits_into_user(&ctx, buf.as_mut_ptr() as u64, off, &area(&words, nbits)).unwrap();
-            assert_eq!(buf, want, "off {off} nbits {nbits}");
         }
     }
 }
