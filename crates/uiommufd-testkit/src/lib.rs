@@ -36,6 +36,18 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Whether `fd` is readable now: a zero-timeout `poll` for `POLLIN`.
+pub fn poll_in(fd: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & libc::POLLIN != 0
+}
+
 /// Run `cmd` to its end: its output; panics (naming it `what`, with its
 /// stderr) unless it exited with 0.
 pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> std::process::Output {
