@@ -3,6 +3,7 @@
 //! real ABI bytes, and a device model whose DMA the test drives itself.
 
 use std::collections::HashMap;
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
 use std::sync::{Arc, Mutex};
 
 use uiommufd::plumbing::files::{self, EngineFile, FdResolver};
@@ -65,7 +66,6 @@ pub fn ioctl_on<T: IntoBytes + FromBytes + ?Sized>(
 /// table would; the binding holds the context, not the number): the
 /// device ID.
 pub fn bind_cdev(fd: i32, ctx: &Arc<Context>) -> u32 {
-    use std::os::fd::AsRawFd;
     use uiommufd::vfio::uapi::{VfioDeviceBindIommufd, VFIO_DEVICE_BIND_IOMMUFD};
     let stand_in = std::fs::File::open("/dev/null").expect("/dev/null");
     let mut fds = Fds::default();
@@ -105,6 +105,45 @@ pub fn enable_bus_master(fd: i32) {
     file(fd)
         .write_at(&0x6u16.to_le_bytes(), region(7) + 4)
         .expect("config write");
+}
+
+/// A nonblocking, close-on-exec eventfd for an IRQ trigger.
+pub fn eventfd() -> OwnedFd {
+    // SAFETY: plain eventfd creation.
+    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
+    assert!(fd >= 0, "eventfd: {}", std::io::Error::last_os_error());
+    // SAFETY: we own the new fd.
+    unsafe { OwnedFd::from_raw_fd(fd) }
+}
+
+/// Eventfd `fd`'s counter, consumed (0 when it had not fired).
+pub fn fired(fd: &OwnedFd) -> u64 {
+    let mut v = 0u64;
+    // SAFETY: reads 8 bytes into a live u64.
+    let n = unsafe { libc::read(fd.as_raw_fd(), (&mut v as *mut u64).cast(), 8) };
+    if n == 8 {
+        v
+    } else {
+        0
+    }
+}
+
+/// `VFIO_DEVICE_SET_IRQS` on device fd `fd`: eventfds `efds` (`-1` to
+/// unset one) as the triggers of vectors `start..` of IRQ index `index`.
+pub fn set_irq_fds(fd: i32, index: u32, start: u32, efds: &[i32]) -> Result<i64, i32> {
+    use uiommufd::vfio::uapi::{
+        VFIO_DEVICE_SET_IRQS, VFIO_IRQ_SET_ACTION_TRIGGER, VFIO_IRQ_SET_DATA_EVENTFD,
+    };
+    let mut b = Vec::new();
+    b.extend_from_slice(&(20 + 4 * efds.len() as u32).to_ne_bytes());
+    b.extend_from_slice(&(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER).to_ne_bytes());
+    b.extend_from_slice(&index.to_ne_bytes());
+    b.extend_from_slice(&start.to_ne_bytes());
+    b.extend_from_slice(&(efds.len() as u32).to_ne_bytes());
+    for e in efds {
+        b.extend_from_slice(&e.to_ne_bytes());
+    }
+    ioctl_on(fd, VFIO_DEVICE_SET_IRQS, &mut b[..], &Fds::default())
 }
 
 /// A PCI function with no behaviour of its own: its BARs read as zero and

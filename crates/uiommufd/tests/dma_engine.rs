@@ -19,7 +19,10 @@ use uiommufd::uapi::*;
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::*;
 use uiommufd::Context;
-use uiommufd_testkit::vfio::{attach_pt, bind_cdev, file, ioctl_on, region, Fds};
+use uiommufd_testkit::vfio::{
+    attach_pt, bind_cdev, enable_bus_master, eventfd, file, fired, ioctl_on, region, set_irq_fds,
+    Fds,
+};
 
 use uiommufd_testkit::{self as kit, wait_for, Buf};
 
@@ -45,47 +48,6 @@ fn w64(fd: i32, off: u64, v: u64) {
     file(fd)
         .write_at(&v.to_le_bytes(), region(0) + off)
         .unwrap();
-}
-
-/// Memory decode and bus mastering on in COMMAND.
-fn enable(fd: i32) {
-    file(fd)
-        .write_at(&0x6u16.to_le_bytes(), region(7) + 4)
-        .unwrap();
-}
-
-fn eventfd() -> OwnedFd {
-    // SAFETY: plain eventfd creation.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: we own the new fd.
-    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
-}
-
-/// The eventfd's counter, consumed.
-fn fired(fd: &OwnedFd) -> u64 {
-    let mut v = 0u64;
-    // SAFETY: reads 8 bytes into a live u64.
-    let n = unsafe { libc::read(fd.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
-    if n == 8 {
-        v
-    } else {
-        0
-    }
-}
-
-/// MSI-X eventfds for vectors `0..efds.len()`.
-fn set_msix(fd: i32, efds: &[&OwnedFd]) {
-    let mut b = Vec::new();
-    b.extend_from_slice(&(20 + 4 * efds.len() as u32).to_ne_bytes());
-    b.extend_from_slice(&(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER).to_ne_bytes());
-    b.extend_from_slice(&VFIO_PCI_MSIX_IRQ_INDEX.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    b.extend_from_slice(&(efds.len() as u32).to_ne_bytes());
-    for e in efds {
-        b.extend_from_slice(&e.as_raw_fd().to_ne_bytes());
-    }
-    ioctl_on(fd, VFIO_DEVICE_SET_IRQS, &mut b[..], &Fds::default()).unwrap();
 }
 
 /// `len` bytes of `buf` at `off`, read behind the device's back.
@@ -127,8 +89,9 @@ fn dma_engine_over_a_cdev_with_a_dirty_tracking_hwpt() {
     let hwpt = kit::hwpt_alloc(&ctx, devid, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
     attach_pt(fd, hwpt).unwrap();
     let evs: Vec<OwnedFd> = (0..3).map(|_| eventfd()).collect();
-    set_msix(fd, &[&evs[0], &evs[1], &evs[2]]);
-    enable(fd);
+    let raw: Vec<i32> = evs.iter().map(|e| e.as_raw_fd()).collect();
+    set_irq_fds(fd, VFIO_PCI_MSIX_IRQ_INDEX, 0, &raw).unwrap();
+    enable_bus_master(fd);
     assert_eq!(r32(fd, ID), 0x444d_4145);
     assert_eq!(r32(fd, VERSION), 0x0001_0000);
 
@@ -261,7 +224,7 @@ fn dma_engine_traffic_from_parameters_over_a_group_and_container() {
     assert_eq!(r64(dfd, TRAFFIC_COUNT), 0);
     assert!(bytes(&buf, 0, 4 * K4 as usize).iter().all(|&b| b == 0));
     // bus mastering on (what the QEMU test does from the monitor)
-    enable(dfd);
+    enable_bus_master(dfd);
     let n = 0x2000 / 64;
     // (records being written may be torn while the stream runs: count
     // the valid ones only, then check strictly once it stopped)
@@ -281,7 +244,7 @@ fn dma_engine_traffic_from_parameters_over_a_group_and_container() {
         .unwrap();
     let seq = r64(dfd, TRAFFIC_SEQ);
     assert_eq!(records(&buf, 0, n), (seq - n..seq).collect::<Vec<u64>>());
-    enable(dfd);
+    enable_bus_master(dfd);
     assert!(
         bytes(&buf, 0x2000, 2 * K4 as usize).iter().all(|&b| b == 0),
         "nothing past the window"
