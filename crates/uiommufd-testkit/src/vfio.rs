@@ -99,6 +99,40 @@ pub fn region(index: u32) -> u64 {
     u64::from(index) << 40
 }
 
+/// The little-endian 32-bit register at `off` of device fd `fd`'s BAR `bar`.
+pub fn bar_read32(fd: i32, bar: u32, off: u64) -> u32 {
+    let mut b = [0u8; 4];
+    file(fd)
+        .read_at(&mut b, region(bar) + off, false)
+        .expect("BAR read");
+    u32::from_le_bytes(b)
+}
+
+/// The little-endian 64-bit register at `off` of device fd `fd`'s BAR `bar`.
+pub fn bar_read64(fd: i32, bar: u32, off: u64) -> u64 {
+    let mut b = [0u8; 8];
+    file(fd)
+        .read_at(&mut b, region(bar) + off, false)
+        .expect("BAR read");
+    u64::from_le_bytes(b)
+}
+
+/// Write `v` little-endian to the 32-bit register at `off` of device fd
+/// `fd`'s BAR `bar`.
+pub fn bar_write32(fd: i32, bar: u32, off: u64, v: u32) {
+    file(fd)
+        .write_at(&v.to_le_bytes(), region(bar) + off)
+        .expect("BAR write");
+}
+
+/// Write `v` little-endian to the 64-bit register at `off` of device fd
+/// `fd`'s BAR `bar`.
+pub fn bar_write64(fd: i32, bar: u32, off: u64, v: u64) {
+    file(fd)
+        .write_at(&v.to_le_bytes(), region(bar) + off)
+        .expect("BAR write");
+}
+
 /// Turn on memory decode and bus mastering in device fd `fd`'s config
 /// space (region 7, `COMMAND`).
 pub fn enable_bus_master(fd: i32) {

@@ -23,7 +23,8 @@ use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::*;
 use uiommufd::Context;
 use uiommufd_testkit::vfio::{
-    attach_pt, enable_bus_master, eventfd, file, fired, ioctl_on, region, set_irq_fds, Fds, OnFd,
+    attach_pt, bar_read32, bar_write32, bar_write64, enable_bus_master, eventfd, file, fired,
+    ioctl_on, region, set_irq_fds, Fds, OnFd,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -210,24 +211,6 @@ fn cfg_write(fd: i32, off: u64, data: &[u8]) -> Result<usize, i32> {
     file(fd)
         .write_at(data, region(7) + off)
         .map_err(|e| e.errno().0)
-}
-
-fn bar_write32(fd: i32, bar: u32, off: u64, v: u32) {
-    file(fd)
-        .write_at(&v.to_le_bytes(), region(bar) + off)
-        .unwrap();
-}
-
-fn bar_write64(fd: i32, bar: u32, off: u64, v: u64) {
-    file(fd)
-        .write_at(&v.to_le_bytes(), region(bar) + off)
-        .unwrap();
-}
-
-fn bar_read32(fd: i32, bar: u32, off: u64) -> u32 {
-    let mut b = [0u8; 4];
-    file(fd).read_at(&mut b, region(bar) + off, false).unwrap();
-    u32::from_le_bytes(b)
 }
 
 /// `SET_IRQS` without data.
