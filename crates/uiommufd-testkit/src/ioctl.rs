@@ -279,6 +279,27 @@ pub fn invalidate<C: Ioctl + ?Sized, R>(
     (e, a.entry_num)
 }
 
+/// `IOMMU_HWPT_INVALIDATE` of one VT-d first-stage leaf request (`npages`
+/// pages at `addr`) on HWPT `hwpt`: (the errno or 0, `entry_num` after).
+pub fn invalidate_vtd_s1_leaf<C: Ioctl + ?Sized>(
+    c: &C,
+    hwpt: u32,
+    addr: u64,
+    npages: u64,
+) -> (i32, u32) {
+    use uiommufd::vtd::nested::{
+        IommuHwptVtdS1Invalidate, IOMMU_HWPT_INVALIDATE_DATA_VTD_S1, IOMMU_VTD_INV_FLAGS_LEAF,
+    };
+    let r = [IommuHwptVtdS1Invalidate {
+        addr,
+        npages,
+        flags: IOMMU_VTD_INV_FLAGS_LEAF,
+        __reserved: 0,
+    }];
+    let len = std::mem::size_of::<IommuHwptVtdS1Invalidate>() as u32;
+    invalidate(c, hwpt, &r, IOMMU_HWPT_INVALIDATE_DATA_VTD_S1, len, 1)
+}
+
 /// `IOMMU_GET_HW_INFO` for `idev` with an 8-byte data buffer.
 pub fn hw_info<C: Ioctl + ?Sized>(c: &C, idev: u32) -> Result<i32, i32> {
     let mut data = [0u8; 8];

@@ -30,10 +30,7 @@ use uiommufd::vfio::uapi::{
     VfioDeviceAttachIommufdPt, VfioDeviceBindIommufd, VfioDeviceDetachIommufdPt,
     VFIO_DEVICE_ATTACH_IOMMUFD_PT, VFIO_DEVICE_BIND_IOMMUFD, VFIO_DEVICE_DETACH_IOMMUFD_PT,
 };
-use uiommufd::vtd::nested::{
-    IommuHwptVtdS1, IommuHwptVtdS1Invalidate, IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
-    IOMMU_VTD_INV_FLAGS_LEAF,
-};
+use uiommufd::vtd::nested::IommuHwptVtdS1;
 use uiommufd::vtd::VtdDomain;
 use uiommufd::Context;
 use uiommufd_testkit::vfio::{ioctl_on, Fds};
@@ -727,17 +724,7 @@ fn vtd_s1(e: &Env, idev: u32, parent: u32, pgtbl: u64, fault: Option<u32>) -> Re
 
 /// `IOMMU_HWPT_INVALIDATE` of `npages` at `addr` on a VT-d first-stage HWPT.
 fn vtd_invalidate(e: &Env, hwpt: u32, addr: u64, npages: u64) -> Result<(), i32> {
-    let r = [IommuHwptVtdS1Invalidate {
-        addr,
-        npages,
-        flags: IOMMU_VTD_INV_FLAGS_LEAF,
-        __reserved: 0,
-    }];
-    let (len, ty) = (
-        size_of::<IommuHwptVtdS1Invalidate>() as u32,
-        IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
-    );
-    match invalidate(e, hwpt, &r, ty, len, 1) {
+    match invalidate_vtd_s1_leaf(e, hwpt, addr, npages) {
         (0, done) => {
             assert_eq!(done, 1);
             Ok(())

@@ -224,14 +224,8 @@ impl Setup {
     }
 
     fn inv_one(&self, hwpt: u32, addr: u64, npages: u64) {
-        let r = [IommuHwptVtdS1Invalidate {
-            addr,
-            npages,
-            flags: IOMMU_VTD_INV_FLAGS_LEAF,
-            __reserved: 0,
-        }];
         assert_eq!(
-            self.invalidate(hwpt, &r, IOMMU_HWPT_INVALIDATE_DATA_VTD_S1, 24),
+            kit::invalidate_vtd_s1_leaf(&self.ctx, hwpt, addr, npages),
             (0, 1)
         );
     }
