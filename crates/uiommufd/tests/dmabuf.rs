@@ -3,6 +3,7 @@
 //! bytes: the checks and their errnos, what the domains map before and
 //! after a revocation, and what accesses and copies may do with the pages.
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use uiommufd::dmabuf::DmaBufFile;
@@ -270,12 +271,9 @@ fn revoke_errnos() {
     let ctx = Context::new_at(UapiLevel::V7_2);
     assert_eq!(revoke(&ctx, -1, true), Err(libc::EBADF));
     assert_eq!(revoke(&ctx, 9999, true), Err(libc::EBADF));
-    // SAFETY: creating our own memfd.
-    let mfd = unsafe { libc::memfd_create(c"dmabuf-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(mfd >= 0);
-    assert_eq!(revoke(&ctx, mfd, true), Err(libc::EINVAL));
-    // SAFETY: ours.
-    unsafe { libc::close(mfd) };
+    let mfd = memfd(c"dmabuf-test", 0);
+    assert_eq!(revoke(&ctx, mfd.as_raw_fd(), true), Err(libc::EINVAL));
+    drop(mfd);
     let ioas = ioas_alloc(&ctx);
     let access = create_access(&ctx, ioas, 0).unwrap();
     assert_eq!(revoke(&ctx, access as i32, true), Err(libc::EINVAL));

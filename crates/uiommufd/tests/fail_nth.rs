@@ -634,28 +634,6 @@ sweeps!(
     10
 );
 
-/// A memfd of `len` bytes, closed on drop.
-struct Memfd(i32);
-
-impl Memfd {
-    fn new(len: u64) -> Memfd {
-        // SAFETY: creating our own memfd.
-        let fd = unsafe { libc::memfd_create(c"fail-nth".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: sizing it.
-        let r = unsafe { libc::ftruncate(fd, len as i64) };
-        assert_eq!(r, 0);
-        Memfd(fd)
-    }
-}
-
-impl Drop for Memfd {
-    fn drop(&mut self) {
-        // SAFETY: our own fd, closed once.
-        unsafe { libc::close(self.0) };
-    }
-}
-
 /// `IOAS_MAP_FILE` at `iova` of `len` bytes of `fd` from `start`.
 fn map_file(e: &Env, ioas: u32, fd: i32, start: u64, len: u64, iova: u64) -> Result<u64, i32> {
     let rw = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE;
@@ -672,13 +650,13 @@ sweeps!(
     fail_nth_map_file_vtd,
     "map_file",
     |e| {
-        let mfd = Memfd::new(LEN);
+        let mfd = kit::memfd(c"fail-nth", LEN);
         let ioas = e.ioas_alloc()?;
         let dst = e.ioas_alloc()?;
         e.arm();
         e.device(ioas, false)?;
-        map_file(e, ioas, mfd.0, 0, LEN / 2, A)?;
-        map_file(e, ioas, mfd.0, LEN / 2, LEN / 2, A + LEN)?;
+        map_file(e, ioas, mfd.as_raw_fd(), 0, LEN / 2, A)?;
+        map_file(e, ioas, mfd.as_raw_fd(), LEN / 2, LEN / 2, A + LEN)?;
         drop(mfd);
         e.device(ioas, true)?;
         e.device(dst, false)?;

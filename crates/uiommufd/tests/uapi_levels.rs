@@ -2,6 +2,7 @@
 //! than 6.12: `IOMMU_IOAS_MAP_FILE` (6.13) and `IOMMU_IOAS_CHANGE_PROCESS`
 //! (6.14), through the uAPI bytes.
 
+use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 
 use uiommufd::mock::device::{MOCK_FLAGS_DEVICE_PASID, MOCK_PASID_WIDTH};
@@ -26,11 +27,7 @@ struct Memfd {
 impl Memfd {
     fn new(name: &std::ffi::CStr, npages: u64, fill: impl Fn(usize) -> u8) -> Memfd {
         let len = (npages * ps()) as usize;
-        // SAFETY: creating and sizing our own memfd.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: as above.
-        assert_eq!(unsafe { libc::ftruncate(fd, len as i64) }, 0);
+        let fd = memfd(name, len as u64).into_raw_fd();
         // SAFETY: a new shared mapping of our memfd.
         let map = unsafe {
             libc::mmap(

@@ -43,22 +43,17 @@ struct TinyModel {
     bus: Mutex<Option<Arc<dyn Bus>>>,
     resets: AtomicU32,
     master: Mutex<Option<bool>>,
-    memfd: i32,
+    memfd: std::os::fd::OwnedFd,
 }
 
 impl TinyModel {
     fn new() -> Arc<TinyModel> {
-        // SAFETY: a NUL-terminated name.
-        let fd = unsafe { libc::memfd_create(c"tiny-bar2".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: sizing our own memfd.
-        assert_eq!(unsafe { libc::ftruncate(fd, 8192) }, 0);
         Arc::new(TinyModel {
             regs: Mutex::new([0; 8]),
             bus: Mutex::new(None),
             resets: AtomicU32::new(0),
             master: Mutex::new(None),
-            memfd: fd,
+            memfd: kit::memfd(c"tiny-bar2", 8192),
         })
     }
 
@@ -148,7 +143,7 @@ impl PciModel for TinyModel {
     }
 
     fn bar_memory(&self, bar: u8) -> Option<(i32, u64)> {
-        (bar == 2).then_some((self.memfd, 0))
+        (bar == 2).then_some((self.memfd.as_raw_fd(), 0))
     }
 
     fn connect(&self, bus: Option<Arc<dyn Bus>>) {
@@ -1548,7 +1543,7 @@ fn vfio_bar_dmabuf_export_and_p2p_dma() {
     let bar_byte = |off: i64| {
         let mut b = [0u8; 1];
         // SAFETY: reading one byte of the model's memfd into our buffer.
-        let n = unsafe { libc::pread(model.memfd, b.as_mut_ptr().cast(), 1, off) };
+        let n = unsafe { libc::pread(model.memfd.as_raw_fd(), b.as_mut_ptr().cast(), 1, off) };
         assert_eq!(n, 1);
         b[0]
     };
