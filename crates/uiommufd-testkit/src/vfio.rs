@@ -99,38 +99,42 @@ pub fn region(index: u32) -> u64 {
     u64::from(index) << 40
 }
 
-/// The little-endian 32-bit register at `off` of device fd `fd`'s BAR `bar`.
-pub fn bar_read32(fd: i32, bar: u32, off: u64) -> u32 {
-    let mut b = [0u8; 4];
+/// `N` bytes at `off` of device fd `fd`'s BAR `bar`.
+pub fn bar_read<const N: usize>(fd: i32, bar: u32, off: u64) -> [u8; N] {
+    let mut b = [0u8; N];
     file(fd)
         .read_at(&mut b, region(bar) + off, false)
         .expect("BAR read");
-    u32::from_le_bytes(b)
+    b
+}
+
+/// Write `data` at `off` of device fd `fd`'s BAR `bar`.
+pub fn bar_write(fd: i32, bar: u32, off: u64, data: &[u8]) {
+    file(fd)
+        .write_at(data, region(bar) + off)
+        .expect("BAR write");
+}
+
+/// The little-endian 32-bit register at `off` of device fd `fd`'s BAR `bar`.
+pub fn bar_read32(fd: i32, bar: u32, off: u64) -> u32 {
+    u32::from_le_bytes(bar_read(fd, bar, off))
 }
 
 /// The little-endian 64-bit register at `off` of device fd `fd`'s BAR `bar`.
 pub fn bar_read64(fd: i32, bar: u32, off: u64) -> u64 {
-    let mut b = [0u8; 8];
-    file(fd)
-        .read_at(&mut b, region(bar) + off, false)
-        .expect("BAR read");
-    u64::from_le_bytes(b)
+    u64::from_le_bytes(bar_read(fd, bar, off))
 }
 
-/// Write `v` little-endian to the 32-bit register at `off` of device fd
+/// Write `v` to the little-endian 32-bit register at `off` of device fd
 /// `fd`'s BAR `bar`.
 pub fn bar_write32(fd: i32, bar: u32, off: u64, v: u32) {
-    file(fd)
-        .write_at(&v.to_le_bytes(), region(bar) + off)
-        .expect("BAR write");
+    bar_write(fd, bar, off, &v.to_le_bytes());
 }
 
-/// Write `v` little-endian to the 64-bit register at `off` of device fd
+/// Write `v` to the little-endian 64-bit register at `off` of device fd
 /// `fd`'s BAR `bar`.
 pub fn bar_write64(fd: i32, bar: u32, off: u64, v: u64) {
-    file(fd)
-        .write_at(&v.to_le_bytes(), region(bar) + off)
-        .expect("BAR write");
+    bar_write(fd, bar, off, &v.to_le_bytes());
 }
 
 /// Turn on memory decode and bus mastering in device fd `fd`'s config
