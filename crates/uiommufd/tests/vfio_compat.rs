@@ -273,29 +273,8 @@ fn map_unmap_v1_cuts_mappings() {
 
     // an access holding pins in a mapping forbids cutting it
     map(&ctx, buf.addr(), 4 * PS, A).unwrap();
-    let t = test_cmd(
-        &ctx,
-        IOMMU_TEST_OP_CREATE_ACCESS,
-        ioas,
-        TestCreateAccess {
-            out_access_fd: 0,
-            flags: MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES,
-        }
-        .as_bytes(),
-    )
-    .unwrap();
-    let fd = TestCreateAccess::read_from_prefix(&t.payload)
-        .unwrap()
-        .0
-        .out_access_fd;
-    let p = TestAccessPages {
-        flags: 0,
-        out_access_pages_id: 0,
-        iova: A,
-        length: PS,
-        uptr: 0,
-    };
-    test_cmd(&ctx, IOMMU_TEST_OP_ACCESS_PAGES, fd, p.as_bytes()).unwrap();
+    let fd = create_access(&ctx, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES);
+    kit::access_pages(&ctx, fd, A, PS, 0, 0).unwrap();
     assert_eq!(unmap(&ctx, A + PS, PS, 0), Err((libc::EINVAL, PS)));
     uiommufd::plumbing::files::close(fd as i32).unwrap();
     assert_eq!(unmap(&ctx, A + PS, PS, 0), Ok(PS));
@@ -424,8 +403,7 @@ fn container_is_an_iommufd_context_with_its_compat_ioas() {
     assert_eq!(areas(&ctx, ioas), vec![(A, 2 * PS)]);
     assert_eq!(unmap(&ctx, A, 2 * PS, 0), Ok(2 * PS));
     // destroying the compat IOAS clears it
-    let mut d = IommuDestroy { size: 8, id: ioas };
-    ioc(&ctx, IOMMU_DESTROY, &mut d).unwrap();
+    kit::destroy(&ctx, ioas).unwrap();
     assert_eq!(vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0), Err(libc::ENODEV));
     assert_eq!(map(&ctx, buf.addr(), PS, A), Err(libc::ENODEV));
 }
@@ -777,39 +755,22 @@ fn dirty_pages_report_device_writes() {
     assert!(get_dirty(&ctx, A, 8 * PS).is_empty());
 
     // the device writes pages 2 and 6 (the mock's IOMMU_TEST_OP_DIRTY)
-    let mut marks = [0u64; 1];
-    marks[0] = 1 << 2 | 1 << 6;
-    let td = TestDirty {
-        iova: A,
-        length: 8 * PS,
-        page_size: PS,
-        uptr: marks.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    let t = test_cmd(&ctx, IOMMU_TEST_OP_DIRTY, hwpt, td.as_bytes()).unwrap();
-    assert_eq!(
-        TestDirty::read_from_prefix(&t.payload)
-            .unwrap()
-            .0
-            .out_nr_dirty,
-        2
-    );
+    let marks = [1u64 << 2 | 1 << 6];
+    let device_writes = || kit::test_dirty(&ctx, hwpt, A, 8 * PS, PS, marks.as_ptr() as u64);
+    assert_eq!(device_writes(), Ok(2));
     assert_eq!(get_dirty(&ctx, A, 8 * PS), vec![2, 6]);
     assert!(get_dirty(&ctx, A, 8 * PS).is_empty());
     // and both sources together in an unmap
     let fd = create_access(&ctx, ioas, 0);
     access_write(&ctx, fd, A + PS, 1).unwrap();
-    test_cmd(&ctx, IOMMU_TEST_OP_DIRTY, hwpt, td.as_bytes()).unwrap();
+    device_writes().unwrap();
     let mut bm = [0u64; 1];
     let mut u = unmap_req(A, 8 * PS, &mut bm);
     ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u).unwrap();
     assert_eq!(bits(&bm), vec![1, 2, 6]);
     // STOP turns the domain's tracking off again
     dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP).unwrap();
-    assert_eq!(
-        test_cmd(&ctx, IOMMU_TEST_OP_DIRTY, hwpt, td.as_bytes()).err(),
-        Some(libc::EINVAL)
-    );
+    assert_eq!(device_writes(), Err(libc::EINVAL));
     uiommufd::plumbing::files::close(fd as i32).unwrap();
     ctx.check_invariants().unwrap();
 }
