@@ -48,6 +48,14 @@ pub fn poll_in(fd: i32) -> bool {
     n == 1 && pfd.revents & libc::POLLIN != 0
 }
 
+/// The indices of the bits set in bitmap `bm` (bit `i` is bit `i % 64` of
+/// word `i / 64`), lowest first.
+pub fn set_bits(bm: &[u64]) -> Vec<u64> {
+    (0..bm.len() as u64 * 64)
+        .filter(|&i| bm[(i / 64) as usize] >> (i % 64) & 1 != 0)
+        .collect()
+}
+
 /// Run `cmd` to its end: its output; panics (naming it `what`, with its
 /// stderr) unless it exited with 0.
 pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> std::process::Output {

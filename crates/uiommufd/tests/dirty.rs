@@ -769,9 +769,7 @@ fn unwritable_bitmap_is_efault_and_loses_no_dirty_bit() {
 
     // dirty a pattern: every third granule
     let src = [0x4924_9249_2492_4924u64 >> 2; 8];
-    let want: Vec<u64> = (0..512u64)
-        .filter(|i| src[(i / 64) as usize] >> (i % 64) & 1 != 0)
-        .collect();
+    let want = set_bits(&src);
     let n = test_dirty(&ctx, hwpt, A, len, G, src.as_ptr() as u64).unwrap();
     assert_eq!(n, want.len() as u64);
     for (what, data) in bad {
@@ -788,9 +786,7 @@ fn unwritable_bitmap_is_efault_and_loses_no_dirty_bit() {
             get_dirty_bitmap(ctx, hwpt, A, len, G, out.as_mut_ptr() as u64, 0),
             Ok(0)
         );
-        (0..512u64)
-            .filter(|i| out[(i / 64) as usize] >> (i % 64) & 1 != 0)
-            .collect::<Vec<u64>>()
+        set_bits(&out)
     };
     assert_eq!(got(&ctx), want, "no dirty bit lost by the failed calls");
     assert!(got(&ctx).is_empty(), "the good call cleared them");

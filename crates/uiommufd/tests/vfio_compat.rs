@@ -457,13 +457,7 @@ fn get_dirty(ctx: &Arc<Context>, iova: u64, size: u64) -> Vec<u64> {
     let mut bm = vec![0u64; (size / PS).div_ceil(64) as usize];
     let mut g = get_req(iova, size, &mut bm);
     get_bitmap_with(ctx, &mut g).unwrap();
-    bits(&bm)
-}
-
-fn bits(bm: &[u64]) -> Vec<u64> {
-    (0..bm.len() as u64 * 64)
-        .filter(|&i| bm[(i / 64) as usize] >> (i % 64) & 1 != 0)
-        .collect()
+    set_bits(&bm)
 }
 
 #[repr(C)]
@@ -714,7 +708,7 @@ fn dirty_pages_report_access_writes() {
     // the read pin at page 10 is released by the unmap notification
     ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u).unwrap();
     assert_eq!(u.hdr.size, 8 * PS);
-    assert_eq!(bits(&bm), vec![2, 3, 4]);
+    assert_eq!(set_bits(&bm), vec![2, 3, 4]);
     assert_eq!(areas(&ctx, ioas), vec![(A, 8 * PS)]);
     // a new mapping at the unmapped IOVA starts clean
     map(&ctx, buf.addr() + 8 * PS, 8 * PS, A + 8 * PS).unwrap();
@@ -767,7 +761,7 @@ fn dirty_pages_report_device_writes() {
     let mut bm = [0u64; 1];
     let mut u = unmap_req(A, 8 * PS, &mut bm);
     ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u).unwrap();
-    assert_eq!(bits(&bm), vec![1, 2, 6]);
+    assert_eq!(set_bits(&bm), vec![1, 2, 6]);
     // STOP turns the domain's tracking off again
     dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP).unwrap();
     assert_eq!(device_writes(), Err(libc::EINVAL));
@@ -818,7 +812,7 @@ fn dirty_pages_unwritable_bitmap_loses_nothing() {
     let mut bm = [0u64; 1];
     let mut u = unmap_req(A + 8 * PS, 8 * PS, &mut bm);
     ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u).unwrap();
-    assert_eq!(bits(&bm), vec![4]);
+    assert_eq!(set_bits(&bm), vec![4]);
     uiommufd::plumbing::files::close(fd as i32).unwrap();
     ctx.check_invariants().unwrap();
 }
