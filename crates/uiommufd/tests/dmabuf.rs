@@ -13,15 +13,12 @@ use uiommufd::mock::dmabuf::{
     TestDmabufGet, TestDmabufRevoke, IOMMU_TEST_OP_DMABUF_GET, IOMMU_TEST_OP_DMABUF_REVOKE,
 };
 use uiommufd::uapi::*;
+use uiommufd::user::page_size as ps;
 use uiommufd::{Context, UapiLevel};
 use uiommufd_testkit::*;
 use zerocopy::IntoBytes;
 
 const RW: u32 = IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE;
-
-fn ps() -> u64 {
-    uiommufd::user::page_size()
-}
 
 /// `DMABUF_GET` of `len` bytes: the fd.
 fn get_dmabuf(ctx: &Arc<Context>, len: u32) -> Result<i32, i32> {

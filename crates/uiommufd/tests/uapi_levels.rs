@@ -7,15 +7,12 @@ use std::sync::Arc;
 
 use uiommufd::mock::device::{MOCK_FLAGS_DEVICE_PASID, MOCK_PASID_WIDTH};
 use uiommufd::uapi::*;
+use uiommufd::user::page_size as ps;
 use uiommufd::{Context, UapiLevel};
 use uiommufd_testkit::*;
 use zerocopy::IntoBytes;
 
 const RW: u32 = IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE;
-
-fn ps() -> u64 {
-    uiommufd::user::page_size()
-}
 
 /// A memfd of `npages` pages named `name`, mapped shared, filled with `fill(i)`.
 struct Memfd {
