@@ -18,6 +18,7 @@ use uiommufd::plumbing::io_pagetable::DirtyRequest;
 use uiommufd::uapi::*;
 use uiommufd::Context;
 
+use uiommufd_testkit::iopt_harness::{Dev, Driver};
 use uiommufd_testkit::*;
 
 const A: u64 = MOCK_APERTURE_START;
@@ -234,24 +235,6 @@ fn check_get(
     }
 }
 
-/// Whose device (and so whose domain) a model run attaches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Driver {
-    /// A selftest mock device; pages are made dirty with
-    /// `IOMMU_TEST_OP_DIRTY` (2 KiB granules, 1 MiB huge IOVA pages).
-    Mock,
-    /// A `dma-engine` device bound through its cdev, on VT-d domains;
-    /// pages are made dirty by DMA writes through the domain, the device
-    /// path (4 KiB granules, 2 MiB leaves).
-    Vtd,
-}
-
-/// The device a run attached, to take away at its end.
-enum Dev {
-    Mock(u32),
-    Vtd(i32),
-}
-
 /// A `dma-engine` bound to `ctx` through a fresh cdev and attached to
 /// `pt`: (cdev fd, the attached HWPT, the device ID). Every call declares a
 /// new device (cdev numbers from 780): runs may go in parallel.
@@ -276,6 +259,11 @@ fn domain_of(ctx: &Arc<Context>, hwpt: u32) -> Arc<dyn uiommufd::domain::Domain>
     ctx.get::<HwptPaging>(hwpt).unwrap().domain().clone()
 }
 
+/// One model run of `steps` random steps on a device of `driver`: a
+/// selftest mock device, whose pages are made dirty with
+/// `IOMMU_TEST_OP_DIRTY` (2 KiB granules, 1 MiB huge IOVA pages), or a
+/// `dma-engine` on VT-d domains, whose pages are made dirty by DMA writes
+/// through the domain, the device path (4 KiB granules, 2 MiB leaves).
 fn run_model(seed: u64, huge: bool, steps: usize, driver: Driver) {
     let _serial = serial();
     let ctx = Context::new();

@@ -33,6 +33,7 @@ use uiommufd::vfio::uapi::{
 use uiommufd::vtd::nested::IommuHwptVtdS1;
 use uiommufd::vtd::VtdDomain;
 use uiommufd::Context;
+use uiommufd_testkit::iopt_harness::{Dev, Driver};
 use uiommufd_testkit::vfio::{ioctl_on, Fds};
 use uiommufd_testkit::{self as kit, *};
 use zerocopy::{FromBytes, IntoBytes};
@@ -76,24 +77,6 @@ fn snapshot(ctx: &Context) -> Snapshot {
         }
     }
     s
-}
-
-/// Whose devices (and so whose domains) a sweep attaches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Driver {
-    /// Selftest mock devices and domains.
-    Mock,
-    /// `dma-engine` devices bound through their cdev: VT-d domains.
-    Vtd,
-}
-
-/// A device a sequence attached.
-#[derive(Debug, Clone, Copy)]
-enum Dev {
-    /// A mock device: its selftest object ID.
-    Mock(u32),
-    /// An emulated device: its cdev fd.
-    Vtd(i32),
 }
 
 /// The cdev numbers of the `dma-engine` devices the VT-d sweeps use
