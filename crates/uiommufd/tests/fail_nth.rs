@@ -27,8 +27,8 @@ use uiommufd::uapi::*;
 use uiommufd::user::page_size;
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::{
-    VfioDeviceAttachIommufdPt, VfioDeviceBindIommufd, VfioDeviceDetachIommufdPt,
-    VFIO_DEVICE_ATTACH_IOMMUFD_PT, VFIO_DEVICE_BIND_IOMMUFD, VFIO_DEVICE_DETACH_IOMMUFD_PT,
+    VfioDeviceBindIommufd, VfioDeviceDetachIommufdPt, VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+    VFIO_DEVICE_BIND_IOMMUFD, VFIO_DEVICE_DETACH_IOMMUFD_PT,
 };
 use uiommufd::vtd::nested::IommuHwptVtdS1;
 use uiommufd::vtd::VtdDomain;
@@ -174,15 +174,9 @@ impl Env {
 
     /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT`: the HWPT attached.
     fn vtd_attach(&self, fd: i32, pt: u32) -> Result<u32, i32> {
-        let mut a = VfioDeviceAttachIommufdPt {
-            argsz: 12,
-            flags: 0,
-            pt_id: pt,
-        };
         self.checked(VFIO_DEVICE_ATTACH_IOMMUFD_PT, || {
-            ioctl_on(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a, &Fds::default())
-        })?;
-        Ok(a.pt_id)
+            kit::vfio::attach_pt(fd, pt)
+        })
     }
 
     /// Move `dev` to `pt` (mock: `MOCK_DOMAIN_REPLACE`; VT-d: attach again).
@@ -664,23 +658,7 @@ fn vtd_s1(e: &Env, idev: u32, parent: u32, pgtbl: u64, fault: Option<u32>) -> Re
         addr_width: 48,
         __reserved: 0,
     };
-    kit::hwpt_alloc_with(
-        e,
-        IommuHwptAlloc {
-            flags: if fault.is_some() {
-                IOMMU_HWPT_FAULT_ID_VALID
-            } else {
-                0
-            },
-            dev_id: idev,
-            pt_id: parent,
-            data_type: IOMMU_HWPT_DATA_VTD_S1,
-            data_len: size_of::<IommuHwptVtdS1>() as u32,
-            data_uptr: &d as *const IommuHwptVtdS1 as u64,
-            fault_id: fault.unwrap_or(0),
-            ..Default::default()
-        },
-    )
+    kit::hwpt_alloc_vtd_s1(e, idev, parent, &d, fault)
 }
 
 /// `IOMMU_HWPT_INVALIDATE` of `npages` at `addr` on a VT-d first-stage HWPT.

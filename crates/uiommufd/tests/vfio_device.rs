@@ -522,15 +522,7 @@ fn vfio_group_container_flow() {
         "a group's device fd is an anon inode"
     );
     // cdev-only ioctls are not served on a group's device fd
-    let mut a = VfioDeviceAttachIommufdPt {
-        argsz: 12,
-        flags: 0,
-        pt_id: 1,
-    };
-    assert_eq!(
-        errno_of(dfd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a),
-        libc::ENOTTY
-    );
+    assert_eq!(kit::err(attach_pt(dfd, 1)), libc::ENOTTY);
     // nor BIND
     let mut b = VfioDeviceBindIommufd {
         argsz: 16,
