@@ -93,6 +93,22 @@ pub fn attach_pt(fd: i32, pt_id: u32) -> Result<u32, i32> {
     Ok(a.pt_id)
 }
 
+/// `VFIO_IOMMU_MAP_DMA` on type1 container (or compat) context `c`: map
+/// `size` bytes at `va` read/write at `iova`.
+pub fn map_dma<C: Ioctl + ?Sized>(c: &C, va: u64, size: u64, iova: u64) -> Result<i32, i32> {
+    use uiommufd::uapi::vfio::{
+        VfioIommuType1DmaMap, VFIO_DMA_MAP_FLAG_READ, VFIO_DMA_MAP_FLAG_WRITE, VFIO_IOMMU_MAP_DMA,
+    };
+    let mut m = VfioIommuType1DmaMap {
+        argsz: 32,
+        flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
+        vaddr: va,
+        iova,
+        size,
+    };
+    c.ioc(VFIO_IOMMU_MAP_DMA, &mut m)
+}
+
 /// The device-fd file offset where region `index` starts, as vfio-pci lays
 /// the regions out (`VFIO_PCI_INDEX_TO_OFFSET`: the index above bit 40).
 pub fn region(index: u32) -> u64 {

@@ -21,7 +21,7 @@ use uiommufd::vfio::uapi::*;
 use uiommufd::Context;
 use uiommufd_testkit::vfio::{
     attach_pt, bar_read32, bar_read64, bar_write32, bar_write64, bind_cdev, enable_bus_master,
-    eventfd, file, fired, ioctl_on, region, set_irq_fds, Fds,
+    eventfd, file, fired, ioctl_on, map_dma, region, set_irq_fds, Fds,
 };
 
 use uiommufd_testkit::{self as kit, wait_for, Buf};
@@ -188,14 +188,7 @@ fn dma_engine_traffic_from_parameters_over_a_group_and_container() {
     ioctl_on(g, VFIO_GROUP_SET_CONTAINER, &mut cfd, &fds).unwrap();
     kit::raw(&container, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
     let buf = Buf::zeroed(4 * K4, K4);
-    let mut m = VfioIommuType1DmaMap {
-        argsz: 32,
-        flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
-        vaddr: buf.addr(),
-        iova: IOVA,
-        size: 4 * K4,
-    };
-    kit::ioc(&container, VFIO_IOMMU_MAP_DMA, &mut m).unwrap();
+    map_dma(&container, buf.addr(), 4 * K4, IOVA).unwrap();
     let mut name = b"0000:e1:02.0\0".to_vec();
     let dfd = ioctl_on(g, VFIO_GROUP_GET_DEVICE_FD, &mut name[..], &fds).unwrap() as i32;
 

@@ -24,7 +24,7 @@ use uiommufd::vfio::uapi::*;
 use uiommufd::Context;
 use uiommufd_testkit::vfio::{
     attach_pt, bar_read32, bar_write32, bar_write64, enable_bus_master, eventfd, file, fired,
-    ioctl_on, region, set_irq_fds, Fds, OnFd,
+    ioctl_on, map_dma, region, set_irq_fds, Fds, OnFd,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -496,14 +496,7 @@ fn vfio_group_container_flow() {
     // type1 maps before the device fd exists
     kit::raw(&container, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
     let buf = Buf::zeroed(2 * 4096, 4096);
-    let mut m = VfioIommuType1DmaMap {
-        argsz: 32,
-        flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
-        vaddr: buf.addr(),
-        iova: 0x4000_0000,
-        size: 2 * 4096,
-    };
-    kit::ioc(&container, VFIO_IOMMU_MAP_DMA, &mut m).unwrap();
+    map_dma(&container, buf.addr(), 2 * 4096, 0x4000_0000).unwrap();
     // SAFETY: writes into our own buffer.
     unsafe { std::ptr::write_bytes(buf.addr() as *mut u8, 0x5c, 32) };
 
