@@ -258,6 +258,7 @@ mod tests {
     use std::sync::{Arc, Mutex};
 
     use uiommufd::plumbing::files::{self, EngineFile};
+    use uiommufd_testkit::poll_in;
 
     #[derive(Debug, Default)]
     struct Fifo {
@@ -290,30 +291,19 @@ mod tests {
         }
     }
 
-    fn readable(fd: i32) -> bool {
-        let mut p = libc::pollfd {
-            fd,
-            events: libc::POLLIN,
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd, zero timeout (libc's poll is not hooked).
-        let n = unsafe { libc::poll(&mut p, 1, 0) };
-        n == 1 && p.revents & libc::POLLIN != 0
-    }
-
     #[test]
     fn engine_fd_through_the_hooks() {
         let f = Arc::new(Fifo::default());
         let fd = files::create(f.clone(), true).unwrap();
-        assert!(!readable(fd));
+        assert!(!poll_in(fd));
         // SAFETY: the hooks with valid buffers.
         unsafe {
             assert_eq!(crate::write(fd, b"hello".as_ptr().cast(), 5), 5);
-            assert!(readable(fd), "write resynced readiness");
+            assert!(poll_in(fd), "write resynced readiness");
             let mut buf = [0u8; 3];
             assert_eq!(crate::read(fd, buf.as_mut_ptr().cast(), 3), 3);
             assert_eq!(&buf, b"hel");
-            assert!(readable(fd));
+            assert!(poll_in(fd));
             // readv: two segments, second short
             let mut a = [0u8; 1];
             let mut b = [0u8; 8];
@@ -329,7 +319,7 @@ mod tests {
             ];
             assert_eq!(crate::readv(fd, iov.as_ptr(), 2), 2);
             assert_eq!((a[0], b[0]), (b'l', b'o'));
-            assert!(!readable(fd), "drained");
+            assert!(!poll_in(fd), "drained");
             assert!(!f.nonblock_seen.load(Ordering::SeqCst));
             // writev
             let w = [

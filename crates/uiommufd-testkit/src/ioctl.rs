@@ -244,6 +244,28 @@ pub fn hwpt_alloc_data<C: Ioctl + ?Sized>(
     )
 }
 
+/// `IOMMU_HWPT_ALLOC` of a VT-d first-stage HWPT (`IOMMU_HWPT_DATA_VTD_S1`
+/// data `d`) for device `idev` over nest parent `parent`, with fault queue
+/// `fault` if any: the HWPT ID.
+pub fn hwpt_alloc_vtd_s1<C: Ioctl + ?Sized>(
+    c: &C,
+    idev: u32,
+    parent: u32,
+    d: &uiommufd::vtd::nested::IommuHwptVtdS1,
+    fault: Option<u32>,
+) -> Result<u32, i32> {
+    hwpt_alloc_data(
+        c,
+        idev,
+        parent,
+        fault.map_or(0, |_| IOMMU_HWPT_FAULT_ID_VALID),
+        fault.unwrap_or(0),
+        IOMMU_HWPT_DATA_VTD_S1,
+        d as *const _ as u64,
+        std::mem::size_of_val(d) as u32,
+    )
+}
+
 /// `IOMMU_HWPT_ALLOC` of a paging HWPT for device `idev` on `pt`: no fault
 /// queue, no driver data.
 pub fn hwpt_alloc<C: Ioctl + ?Sized>(c: &C, idev: u32, pt: u32, flags: u32) -> Result<u32, i32> {
@@ -277,6 +299,27 @@ pub fn invalidate<C: Ioctl + ?Sized, R>(
     };
     let e = err(c.ioc(IOMMU_HWPT_INVALIDATE, &mut a));
     (e, a.entry_num)
+}
+
+/// `IOMMU_HWPT_INVALIDATE` of one VT-d first-stage leaf request (`npages`
+/// pages at `addr`) on HWPT `hwpt`: (the errno or 0, `entry_num` after).
+pub fn invalidate_vtd_s1_leaf<C: Ioctl + ?Sized>(
+    c: &C,
+    hwpt: u32,
+    addr: u64,
+    npages: u64,
+) -> (i32, u32) {
+    use uiommufd::vtd::nested::{
+        IommuHwptVtdS1Invalidate, IOMMU_HWPT_INVALIDATE_DATA_VTD_S1, IOMMU_VTD_INV_FLAGS_LEAF,
+    };
+    let r = [IommuHwptVtdS1Invalidate {
+        addr,
+        npages,
+        flags: IOMMU_VTD_INV_FLAGS_LEAF,
+        __reserved: 0,
+    }];
+    let len = std::mem::size_of::<IommuHwptVtdS1Invalidate>() as u32;
+    invalidate(c, hwpt, &r, IOMMU_HWPT_INVALIDATE_DATA_VTD_S1, len, 1)
 }
 
 /// `IOMMU_GET_HW_INFO` for `idev` with an 8-byte data buffer.

@@ -154,7 +154,8 @@ pub enum Op {
     },
 }
 
-/// The driver whose domains a harness attaches.
+/// The driver whose domains a harness (or a test through the ioctl ABI,
+/// with a [`Dev`] of it) attaches.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Driver {
     /// The selftest mock (`huge`: `MOCK_FLAGS_DEVICE_HUGE_IOVA`).
@@ -172,6 +173,17 @@ impl Driver {
             Driver::Vtd => DomainGeometry::vtd(VTD_AW),
         }
     }
+}
+
+/// A device of a [`Driver`] that a test attached through the ioctl ABI,
+/// to take away at its end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dev {
+    /// A selftest mock device: its selftest object ID.
+    Mock(u32),
+    /// A `dma-engine` device bound through its cdev (VT-d domains): the
+    /// cdev fd.
+    Vtd(i32),
 }
 
 /// A domain of either driver, with what the checks need of it.

@@ -36,6 +36,26 @@ pub fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// Whether `fd` is readable now: a zero-timeout `poll` for `POLLIN`.
+pub fn poll_in(fd: i32) -> bool {
+    let mut pfd = libc::pollfd {
+        fd,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: one valid pollfd, zero timeout.
+    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
+    n == 1 && pfd.revents & libc::POLLIN != 0
+}
+
+/// The indices of the bits set in bitmap `bm` (bit `i` is bit `i % 64` of
+/// word `i / 64`), lowest first.
+pub fn set_bits(bm: &[u64]) -> Vec<u64> {
+    (0..bm.len() as u64 * 64)
+        .filter(|&i| bm[(i / 64) as usize] >> (i % 64) & 1 != 0)
+        .collect()
+}
+
 /// Run `cmd` to its end: its output; panics (naming it `what`, with its
 /// stderr) unless it exited with 0.
 pub fn run_ok(cmd: &mut std::process::Command, what: &str) -> std::process::Output {

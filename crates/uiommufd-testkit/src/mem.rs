@@ -149,6 +149,18 @@ impl Drop for Mapping {
     }
 }
 
+/// A new close-on-exec memfd named `name`, sized to `len` bytes.
+pub fn memfd(name: &std::ffi::CStr, len: u64) -> std::os::fd::OwnedFd {
+    use std::os::fd::FromRawFd;
+    // SAFETY: a NUL-terminated name.
+    let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
+    assert!(fd >= 0, "memfd_create: {}", std::io::Error::last_os_error());
+    // SAFETY: the new fd is ours alone.
+    let file = unsafe { std::fs::File::from_raw_fd(fd) };
+    file.set_len(len).expect("ftruncate of a new memfd");
+    file.into()
+}
+
 /// Process-wide pin accounting is only meaningful while no other test of
 /// the same binary pins (under `cargo test` they share the process): tests
 /// that check it hold this lock.

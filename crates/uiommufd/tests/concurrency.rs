@@ -4,19 +4,14 @@
 
 use uiommufd::uapi::*;
 use uiommufd::Context;
-use uiommufd_testkit::{ioc, unmap};
+use uiommufd_testkit::{destroy, ioas_alloc, ioc, unmap};
 
 #[test]
 fn threads_map_unmap_one_ioas() {
     const THREADS: u64 = 4;
     const ROUNDS: u64 = 300;
     let ctx = Context::new();
-    let mut alloc = IommuIoasAlloc {
-        size: 12,
-        ..Default::default()
-    };
-    ioc(&ctx, IOMMU_IOAS_ALLOC, &mut alloc).unwrap();
-    let ioas_id = alloc.out_ioas_id;
+    let ioas_id = ioas_alloc(&ctx);
     // allocated IOVAs come from below 4 GiB; each thread's fixed IOVAs are above
     ctx.ioas(ioas_id)
         .unwrap()
@@ -60,16 +55,8 @@ fn threads_map_unmap_one_ioas() {
         let ctx2 = ctx.clone();
         s.spawn(move || {
             for _ in 0..ROUNDS {
-                let mut a = IommuIoasAlloc {
-                    size: 12,
-                    ..Default::default()
-                };
-                ioc(&ctx2, IOMMU_IOAS_ALLOC, &mut a).unwrap();
-                let mut d = IommuDestroy {
-                    size: 8,
-                    id: a.out_ioas_id,
-                };
-                ioc(&ctx2, IOMMU_DESTROY, &mut d).unwrap();
+                let id = ioas_alloc(&ctx2);
+                destroy(&ctx2, id).unwrap();
             }
         });
     });
@@ -85,8 +72,7 @@ fn destroy_while_in_use_is_ebusy_then_succeeds() {
     let ctx = Context::new();
     let id = ctx.ioas_alloc().unwrap();
     let held = ctx.ioas(id).unwrap();
-    let mut d = IommuDestroy { size: 8, id };
-    assert_eq!(ioc(&ctx, IOMMU_DESTROY, &mut d), Err(libc::EBUSY));
+    assert_eq!(destroy(&ctx, id), Err(libc::EBUSY));
     drop(held);
-    assert_eq!(ioc(&ctx, IOMMU_DESTROY, &mut d), Ok(0));
+    assert_eq!(destroy(&ctx, id), Ok(0));
 }

@@ -9,12 +9,9 @@ use std::sync::Arc;
 use uiommufd::custody::{self, Reason};
 use uiommufd::hwpt::HwptPaging;
 use uiommufd::uapi::{MOCK_ACCESS_RW_WRITE, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES};
+use uiommufd::user::page_size as ps;
 use uiommufd::Context;
 use uiommufd_testkit::*;
-
-fn ps() -> u64 {
-    uiommufd::user::page_size()
-}
 
 const IOVA: u64 = 1 << 24;
 

@@ -18,6 +18,7 @@ use uiommufd::plumbing::io_pagetable::DirtyRequest;
 use uiommufd::uapi::*;
 use uiommufd::Context;
 
+use uiommufd_testkit::iopt_harness::{Dev, Driver};
 use uiommufd_testkit::*;
 
 const A: u64 = MOCK_APERTURE_START;
@@ -234,24 +235,6 @@ fn check_get(
     }
 }
 
-/// Whose device (and so whose domain) a model run attaches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Driver {
-    /// A selftest mock device; pages are made dirty with
-    /// `IOMMU_TEST_OP_DIRTY` (2 KiB granules, 1 MiB huge IOVA pages).
-    Mock,
-    /// A `dma-engine` device bound through its cdev, on VT-d domains;
-    /// pages are made dirty by DMA writes through the domain, the device
-    /// path (4 KiB granules, 2 MiB leaves).
-    Vtd,
-}
-
-/// The device a run attached, to take away at its end.
-enum Dev {
-    Mock(u32),
-    Vtd(i32),
-}
-
 /// A `dma-engine` bound to `ctx` through a fresh cdev and attached to
 /// `pt`: (cdev fd, the attached HWPT, the device ID). Every call declares a
 /// new device (cdev numbers from 780): runs may go in parallel.
@@ -276,6 +259,11 @@ fn domain_of(ctx: &Arc<Context>, hwpt: u32) -> Arc<dyn uiommufd::domain::Domain>
     ctx.get::<HwptPaging>(hwpt).unwrap().domain().clone()
 }
 
+/// One model run of `steps` random steps on a device of `driver`: a
+/// selftest mock device, whose pages are made dirty with
+/// `IOMMU_TEST_OP_DIRTY` (2 KiB granules, 1 MiB huge IOVA pages), or a
+/// `dma-engine` on VT-d domains, whose pages are made dirty by DMA writes
+/// through the domain, the device path (4 KiB granules, 2 MiB leaves).
 fn run_model(seed: u64, huge: bool, steps: usize, driver: Driver) {
     let _serial = serial();
     let ctx = Context::new();
@@ -769,9 +757,7 @@ fn unwritable_bitmap_is_efault_and_loses_no_dirty_bit() {
 
     // dirty a pattern: every third granule
     let src = [0x4924_9249_2492_4924u64 >> 2; 8];
-    let want: Vec<u64> = (0..512u64)
-        .filter(|i| src[(i / 64) as usize] >> (i % 64) & 1 != 0)
-        .collect();
+    let want = set_bits(&src);
     let n = test_dirty(&ctx, hwpt, A, len, G, src.as_ptr() as u64).unwrap();
     assert_eq!(n, want.len() as u64);
     for (what, data) in bad {
@@ -788,9 +774,7 @@ fn unwritable_bitmap_is_efault_and_loses_no_dirty_bit() {
             get_dirty_bitmap(ctx, hwpt, A, len, G, out.as_mut_ptr() as u64, 0),
             Ok(0)
         );
-        (0..512u64)
-            .filter(|i| out[(i / 64) as usize] >> (i % 64) & 1 != 0)
-            .collect::<Vec<u64>>()
+        set_bits(&out)
     };
     assert_eq!(got(&ctx), want, "no dirty bit lost by the failed calls");
     assert!(got(&ctx).is_empty(), "the good call cleared them");

@@ -19,74 +19,12 @@ use uiommufd::uapi::*;
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::*;
 use uiommufd::Context;
-use uiommufd_testkit::vfio::{attach_pt, bind_cdev, file, ioctl_on, region, Fds};
+use uiommufd_testkit::vfio::{
+    attach_pt, bar_read32, bar_read64, bar_write32, bar_write64, bind_cdev, enable_bus_master,
+    eventfd, file, fired, ioctl_on, map_dma, region, set_irq_fds, Fds,
+};
 
 use uiommufd_testkit::{self as kit, wait_for, Buf};
-
-fn r32(fd: i32, off: u64) -> u32 {
-    let mut b = [0u8; 4];
-    file(fd).read_at(&mut b, region(0) + off, false).unwrap();
-    u32::from_le_bytes(b)
-}
-
-fn r64(fd: i32, off: u64) -> u64 {
-    let mut b = [0u8; 8];
-    file(fd).read_at(&mut b, region(0) + off, false).unwrap();
-    u64::from_le_bytes(b)
-}
-
-fn w32(fd: i32, off: u64, v: u32) {
-    file(fd)
-        .write_at(&v.to_le_bytes(), region(0) + off)
-        .unwrap();
-}
-
-fn w64(fd: i32, off: u64, v: u64) {
-    file(fd)
-        .write_at(&v.to_le_bytes(), region(0) + off)
-        .unwrap();
-}
-
-/// Memory decode and bus mastering on in COMMAND.
-fn enable(fd: i32) {
-    file(fd)
-        .write_at(&0x6u16.to_le_bytes(), region(7) + 4)
-        .unwrap();
-}
-
-fn eventfd() -> OwnedFd {
-    // SAFETY: plain eventfd creation.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: we own the new fd.
-    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
-}
-
-/// The eventfd's counter, consumed.
-fn fired(fd: &OwnedFd) -> u64 {
-    let mut v = 0u64;
-    // SAFETY: reads 8 bytes into a live u64.
-    let n = unsafe { libc::read(fd.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
-    if n == 8 {
-        v
-    } else {
-        0
-    }
-}
-
-/// MSI-X eventfds for vectors `0..efds.len()`.
-fn set_msix(fd: i32, efds: &[&OwnedFd]) {
-    let mut b = Vec::new();
-    b.extend_from_slice(&(20 + 4 * efds.len() as u32).to_ne_bytes());
-    b.extend_from_slice(&(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER).to_ne_bytes());
-    b.extend_from_slice(&VFIO_PCI_MSIX_IRQ_INDEX.to_ne_bytes());
-    b.extend_from_slice(&0u32.to_ne_bytes());
-    b.extend_from_slice(&(efds.len() as u32).to_ne_bytes());
-    for e in efds {
-        b.extend_from_slice(&e.as_raw_fd().to_ne_bytes());
-    }
-    ioctl_on(fd, VFIO_DEVICE_SET_IRQS, &mut b[..], &Fds::default()).unwrap();
-}
 
 /// `len` bytes of `buf` at `off`, read behind the device's back.
 fn bytes(buf: &Buf, off: u64, len: usize) -> Vec<u8> {
@@ -127,10 +65,11 @@ fn dma_engine_over_a_cdev_with_a_dirty_tracking_hwpt() {
     let hwpt = kit::hwpt_alloc(&ctx, devid, ioas, IOMMU_HWPT_ALLOC_DIRTY_TRACKING).unwrap();
     attach_pt(fd, hwpt).unwrap();
     let evs: Vec<OwnedFd> = (0..3).map(|_| eventfd()).collect();
-    set_msix(fd, &[&evs[0], &evs[1], &evs[2]]);
-    enable(fd);
-    assert_eq!(r32(fd, ID), 0x444d_4145);
-    assert_eq!(r32(fd, VERSION), 0x0001_0000);
+    let raw: Vec<i32> = evs.iter().map(|e| e.as_raw_fd()).collect();
+    set_irq_fds(fd, VFIO_PCI_MSIX_IRQ_INDEX, 0, &raw).unwrap();
+    enable_bus_master(fd);
+    assert_eq!(bar_read32(fd, 0, ID), 0x444d_4145);
+    assert_eq!(bar_read32(fd, 0, VERSION), 0x0001_0000);
 
     // a COPY from page 1 to page 2, the ring in page 0
     // SAFETY: our own buffer.
@@ -145,12 +84,12 @@ fn dma_engine_over_a_cdev_with_a_dirty_tracking_hwpt() {
     };
     // SAFETY: our own buffer.
     unsafe { std::ptr::copy_nonoverlapping(d.to_bytes().as_ptr(), buf.addr() as *mut u8, 32) };
-    w64(fd, RING_BASE, IOVA);
-    w32(fd, RING_SIZE, 16);
-    w32(fd, INT_ENABLE, INT_ALL);
-    w32(fd, CONTROL, CONTROL_RING_ENABLE);
-    w32(fd, RING_TAIL, 1);
-    wait_for("the copy", || r32(fd, COMPLETED) == 1);
+    bar_write64(fd, 0, RING_BASE, IOVA);
+    bar_write32(fd, 0, RING_SIZE, 16);
+    bar_write32(fd, 0, INT_ENABLE, INT_ALL);
+    bar_write32(fd, 0, CONTROL, CONTROL_RING_ENABLE);
+    bar_write32(fd, 0, RING_TAIL, 1);
+    wait_for("the copy", || bar_read32(fd, 0, COMPLETED) == 1);
     assert_eq!(
         bytes(&buf, 2 * K4, 101),
         [&[0xc3u8; 100][..], &[0]].concat()
@@ -166,17 +105,19 @@ fn dma_engine_over_a_cdev_with_a_dirty_tracking_hwpt() {
     let bm = bitmap.as_mut_ptr() as u64;
     kit::get_dirty_bitmap(&ctx, hwpt, IOVA, 32 * K4, K4, bm, 0).unwrap();
     bitmap[0] = 0;
-    w64(fd, TRAFFIC_BASE, IOVA + 8 * K4);
-    w64(fd, TRAFFIC_SIZE, 8 * K4);
-    w32(fd, TRAFFIC_RATE, 0);
-    w32(fd, TRAFFIC_CTRL, TRAFFIC_ENABLE);
+    bar_write64(fd, 0, TRAFFIC_BASE, IOVA + 8 * K4);
+    bar_write64(fd, 0, TRAFFIC_SIZE, 8 * K4);
+    bar_write32(fd, 0, TRAFFIC_RATE, 0);
+    bar_write32(fd, 0, TRAFFIC_CTRL, TRAFFIC_ENABLE);
     let n = 8 * K4 / 64;
-    wait_for("two windows of records", || r64(fd, TRAFFIC_COUNT) >= 2 * n);
-    w32(fd, TRAFFIC_CTRL, 0);
-    wait_for("the record in flight", || {
-        r32(fd, STATUS) & STATUS_BUSY == 0
+    wait_for("two windows of records", || {
+        bar_read64(fd, 0, TRAFFIC_COUNT) >= 2 * n
     });
-    let seq = r64(fd, TRAFFIC_SEQ);
+    bar_write32(fd, 0, TRAFFIC_CTRL, 0);
+    wait_for("the record in flight", || {
+        bar_read32(fd, 0, STATUS) & STATUS_BUSY == 0
+    });
+    let seq = bar_read64(fd, 0, TRAFFIC_SEQ);
     assert_eq!(
         records(&buf, 8 * K4, n),
         (seq - n..seq).collect::<Vec<u64>>()
@@ -197,11 +138,11 @@ fn dma_engine_over_a_cdev_with_a_dirty_tracking_hwpt() {
     unsafe {
         std::ptr::copy_nonoverlapping(bad.to_bytes().as_ptr(), (buf.addr() + 32) as *mut u8, 32)
     };
-    w32(fd, RING_TAIL, 2);
-    wait_for("the faulting copy", || r32(fd, COMPLETED) == 2);
+    bar_write32(fd, 0, RING_TAIL, 2);
+    wait_for("the faulting copy", || bar_read32(fd, 0, COMPLETED) == 2);
     assert_eq!(bytes(&buf, 34, 2), (STATUS_FAILED | 1).to_le_bytes());
-    assert_eq!(r32(fd, ERROR_CODE), 1 | 3 << 8 | ERROR_WRITE);
-    assert_eq!(r64(fd, ERROR_ADDR), IOVA + 64 * K4);
+    assert_eq!(bar_read32(fd, 0, ERROR_CODE), 1 | 3 << 8 | ERROR_WRITE);
+    assert_eq!(bar_read64(fd, 0, ERROR_ADDR), IOVA + 64 * K4);
     wait_for("the error interrupt on vector 1", || fired(&evs[1]) == 1);
     let dev = uiommufd::vfio::device::get(&registry::by_cdev(601).unwrap());
     assert!(dev.dma_faults() >= 1);
@@ -210,15 +151,23 @@ fn dma_engine_over_a_cdev_with_a_dirty_tracking_hwpt() {
     let mut none = [0u8; 0];
     ioctl_on(fd, VFIO_DEVICE_RESET, &mut none[..], &Fds::default()).unwrap();
     assert_eq!(
-        (r32(fd, RING_SIZE), r32(fd, COMPLETED), r32(fd, ERROR_CODE)),
+        (
+            bar_read32(fd, 0, RING_SIZE),
+            bar_read32(fd, 0, COMPLETED),
+            bar_read32(fd, 0, ERROR_CODE)
+        ),
         (0, 0, 0)
     );
-    assert_ne!(r32(fd, STATUS) & STATUS_BUS_MASTER, 0, "COMMAND restored");
-    w64(fd, RING_BASE, IOVA);
-    w32(fd, RING_SIZE, 16);
-    w32(fd, CONTROL, CONTROL_RING_ENABLE);
-    w32(fd, RING_TAIL, 1);
-    wait_for("the copy after reset", || r32(fd, COMPLETED) == 1);
+    assert_ne!(
+        bar_read32(fd, 0, STATUS) & STATUS_BUS_MASTER,
+        0,
+        "COMMAND restored"
+    );
+    bar_write64(fd, 0, RING_BASE, IOVA);
+    bar_write32(fd, 0, RING_SIZE, 16);
+    bar_write32(fd, 0, CONTROL, CONTROL_RING_ENABLE);
+    bar_write32(fd, 0, RING_TAIL, 1);
+    wait_for("the copy after reset", || bar_read32(fd, 0, COMPLETED) == 1);
 
     files::close(fd).unwrap();
 }
@@ -239,14 +188,7 @@ fn dma_engine_traffic_from_parameters_over_a_group_and_container() {
     ioctl_on(g, VFIO_GROUP_SET_CONTAINER, &mut cfd, &fds).unwrap();
     kit::raw(&container, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
     let buf = Buf::zeroed(4 * K4, K4);
-    let mut m = VfioIommuType1DmaMap {
-        argsz: 32,
-        flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
-        vaddr: buf.addr(),
-        iova: IOVA,
-        size: 4 * K4,
-    };
-    kit::ioc(&container, VFIO_IOMMU_MAP_DMA, &mut m).unwrap();
+    map_dma(&container, buf.addr(), 4 * K4, IOVA).unwrap();
     let mut name = b"0000:e1:02.0\0".to_vec();
     let dfd = ioctl_on(g, VFIO_GROUP_GET_DEVICE_FD, &mut name[..], &fds).unwrap() as i32;
 
@@ -255,13 +197,13 @@ fn dma_engine_traffic_from_parameters_over_a_group_and_container() {
     file(dfd)
         .write_at(&0x2u16.to_le_bytes(), region(7) + 4)
         .unwrap();
-    assert_eq!(r32(dfd, TRAFFIC_CTRL), TRAFFIC_ENABLE);
-    assert_eq!(r64(dfd, TRAFFIC_BASE), IOVA);
+    assert_eq!(bar_read32(dfd, 0, TRAFFIC_CTRL), TRAFFIC_ENABLE);
+    assert_eq!(bar_read64(dfd, 0, TRAFFIC_BASE), IOVA);
     std::thread::sleep(Duration::from_millis(30));
-    assert_eq!(r64(dfd, TRAFFIC_COUNT), 0);
+    assert_eq!(bar_read64(dfd, 0, TRAFFIC_COUNT), 0);
     assert!(bytes(&buf, 0, 4 * K4 as usize).iter().all(|&b| b == 0));
     // bus mastering on (what the QEMU test does from the monitor)
-    enable(dfd);
+    enable_bus_master(dfd);
     let n = 0x2000 / 64;
     // (records being written may be torn while the stream runs: count
     // the valid ones only, then check strictly once it stopped)
@@ -279,9 +221,9 @@ fn dma_engine_traffic_from_parameters_over_a_group_and_container() {
     file(dfd)
         .write_at(&0x2u16.to_le_bytes(), region(7) + 4)
         .unwrap();
-    let seq = r64(dfd, TRAFFIC_SEQ);
+    let seq = bar_read64(dfd, 0, TRAFFIC_SEQ);
     assert_eq!(records(&buf, 0, n), (seq - n..seq).collect::<Vec<u64>>());
-    enable(dfd);
+    enable_bus_master(dfd);
     assert!(
         bytes(&buf, 0x2000, 2 * K4 as usize).iter().all(|&b| b == 0),
         "nothing past the window"
@@ -289,8 +231,8 @@ fn dma_engine_traffic_from_parameters_over_a_group_and_container() {
     // a reset restarts the stream from the parameters (seq 0)
     let mut none = [0u8; 0];
     ioctl_on(dfd, VFIO_DEVICE_RESET, &mut none[..], &Fds::default()).unwrap();
-    assert_eq!(r32(dfd, TRAFFIC_CTRL), TRAFFIC_ENABLE);
-    wait_for("the stream again", || r64(dfd, TRAFFIC_COUNT) > 0);
+    assert_eq!(bar_read32(dfd, 0, TRAFFIC_CTRL), TRAFFIC_ENABLE);
+    wait_for("the stream again", || bar_read64(dfd, 0, TRAFFIC_COUNT) > 0);
     // closing stops it: nothing lands afterwards
     files::close(dfd).unwrap();
     let snapshot = bytes(&buf, 0, 0x2000);

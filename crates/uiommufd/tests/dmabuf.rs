@@ -3,6 +3,7 @@
 //! bytes: the checks and their errnos, what the domains map before and
 //! after a revocation, and what accesses and copies may do with the pages.
 
+use std::os::fd::AsRawFd;
 use std::sync::Arc;
 
 use uiommufd::dmabuf::DmaBufFile;
@@ -12,15 +13,12 @@ use uiommufd::mock::dmabuf::{
     TestDmabufGet, TestDmabufRevoke, IOMMU_TEST_OP_DMABUF_GET, IOMMU_TEST_OP_DMABUF_REVOKE,
 };
 use uiommufd::uapi::*;
+use uiommufd::user::page_size as ps;
 use uiommufd::{Context, UapiLevel};
 use uiommufd_testkit::*;
 use zerocopy::IntoBytes;
 
 const RW: u32 = IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE;
-
-fn ps() -> u64 {
-    uiommufd::user::page_size()
-}
 
 /// `DMABUF_GET` of `len` bytes: the fd.
 fn get_dmabuf(ctx: &Arc<Context>, len: u32) -> Result<i32, i32> {
@@ -270,12 +268,9 @@ fn revoke_errnos() {
     let ctx = Context::new_at(UapiLevel::V7_2);
     assert_eq!(revoke(&ctx, -1, true), Err(libc::EBADF));
     assert_eq!(revoke(&ctx, 9999, true), Err(libc::EBADF));
-    // SAFETY: creating our own memfd.
-    let mfd = unsafe { libc::memfd_create(c"dmabuf-test".as_ptr(), libc::MFD_CLOEXEC) };
-    assert!(mfd >= 0);
-    assert_eq!(revoke(&ctx, mfd, true), Err(libc::EINVAL));
-    // SAFETY: ours.
-    unsafe { libc::close(mfd) };
+    let mfd = memfd(c"dmabuf-test", 0);
+    assert_eq!(revoke(&ctx, mfd.as_raw_fd(), true), Err(libc::EINVAL));
+    drop(mfd);
     let ioas = ioas_alloc(&ctx);
     let access = create_access(&ctx, ioas, 0).unwrap();
     assert_eq!(revoke(&ctx, access as i32, true), Err(libc::EINVAL));

@@ -27,15 +27,13 @@ use uiommufd::uapi::*;
 use uiommufd::user::page_size;
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::{
-    VfioDeviceAttachIommufdPt, VfioDeviceBindIommufd, VfioDeviceDetachIommufdPt,
-    VFIO_DEVICE_ATTACH_IOMMUFD_PT, VFIO_DEVICE_BIND_IOMMUFD, VFIO_DEVICE_DETACH_IOMMUFD_PT,
+    VfioDeviceBindIommufd, VfioDeviceDetachIommufdPt, VFIO_DEVICE_ATTACH_IOMMUFD_PT,
+    VFIO_DEVICE_BIND_IOMMUFD, VFIO_DEVICE_DETACH_IOMMUFD_PT,
 };
-use uiommufd::vtd::nested::{
-    IommuHwptVtdS1, IommuHwptVtdS1Invalidate, IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
-    IOMMU_VTD_INV_FLAGS_LEAF,
-};
+use uiommufd::vtd::nested::IommuHwptVtdS1;
 use uiommufd::vtd::VtdDomain;
 use uiommufd::Context;
+use uiommufd_testkit::iopt_harness::{Dev, Driver};
 use uiommufd_testkit::vfio::{ioctl_on, Fds};
 use uiommufd_testkit::{self as kit, *};
 use zerocopy::{FromBytes, IntoBytes};
@@ -79,24 +77,6 @@ fn snapshot(ctx: &Context) -> Snapshot {
         }
     }
     s
-}
-
-/// Whose devices (and so whose domains) a sweep attaches.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Driver {
-    /// Selftest mock devices and domains.
-    Mock,
-    /// `dma-engine` devices bound through their cdev: VT-d domains.
-    Vtd,
-}
-
-/// A device a sequence attached.
-#[derive(Debug, Clone, Copy)]
-enum Dev {
-    /// A mock device: its selftest object ID.
-    Mock(u32),
-    /// An emulated device: its cdev fd.
-    Vtd(i32),
 }
 
 /// The cdev numbers of the `dma-engine` devices the VT-d sweeps use
@@ -194,15 +174,9 @@ impl Env {
 
     /// `VFIO_DEVICE_ATTACH_IOMMUFD_PT`: the HWPT attached.
     fn vtd_attach(&self, fd: i32, pt: u32) -> Result<u32, i32> {
-        let mut a = VfioDeviceAttachIommufdPt {
-            argsz: 12,
-            flags: 0,
-            pt_id: pt,
-        };
         self.checked(VFIO_DEVICE_ATTACH_IOMMUFD_PT, || {
-            ioctl_on(fd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a, &Fds::default())
-        })?;
-        Ok(a.pt_id)
+            kit::vfio::attach_pt(fd, pt)
+        })
     }
 
     /// Move `dev` to `pt` (mock: `MOCK_DOMAIN_REPLACE`; VT-d: attach again).
@@ -637,28 +611,6 @@ sweeps!(
     10
 );
 
-/// A memfd of `len` bytes, closed on drop.
-struct Memfd(i32);
-
-impl Memfd {
-    fn new(len: u64) -> Memfd {
-        // SAFETY: creating our own memfd.
-        let fd = unsafe { libc::memfd_create(c"fail-nth".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: sizing it.
-        let r = unsafe { libc::ftruncate(fd, len as i64) };
-        assert_eq!(r, 0);
-        Memfd(fd)
-    }
-}
-
-impl Drop for Memfd {
-    fn drop(&mut self) {
-        // SAFETY: our own fd, closed once.
-        unsafe { libc::close(self.0) };
-    }
-}
-
 /// `IOAS_MAP_FILE` at `iova` of `len` bytes of `fd` from `start`.
 fn map_file(e: &Env, ioas: u32, fd: i32, start: u64, len: u64, iova: u64) -> Result<u64, i32> {
     let rw = IOMMU_IOAS_MAP_READABLE | IOMMU_IOAS_MAP_WRITEABLE;
@@ -675,13 +627,13 @@ sweeps!(
     fail_nth_map_file_vtd,
     "map_file",
     |e| {
-        let mfd = Memfd::new(LEN);
+        let mfd = kit::memfd(c"fail-nth", LEN);
         let ioas = e.ioas_alloc()?;
         let dst = e.ioas_alloc()?;
         e.arm();
         e.device(ioas, false)?;
-        map_file(e, ioas, mfd.0, 0, LEN / 2, A)?;
-        map_file(e, ioas, mfd.0, LEN / 2, LEN / 2, A + LEN)?;
+        map_file(e, ioas, mfd.as_raw_fd(), 0, LEN / 2, A)?;
+        map_file(e, ioas, mfd.as_raw_fd(), LEN / 2, LEN / 2, A + LEN)?;
         drop(mfd);
         e.device(ioas, true)?;
         e.device(dst, false)?;
@@ -706,38 +658,12 @@ fn vtd_s1(e: &Env, idev: u32, parent: u32, pgtbl: u64, fault: Option<u32>) -> Re
         addr_width: 48,
         __reserved: 0,
     };
-    kit::hwpt_alloc_with(
-        e,
-        IommuHwptAlloc {
-            flags: if fault.is_some() {
-                IOMMU_HWPT_FAULT_ID_VALID
-            } else {
-                0
-            },
-            dev_id: idev,
-            pt_id: parent,
-            data_type: IOMMU_HWPT_DATA_VTD_S1,
-            data_len: size_of::<IommuHwptVtdS1>() as u32,
-            data_uptr: &d as *const IommuHwptVtdS1 as u64,
-            fault_id: fault.unwrap_or(0),
-            ..Default::default()
-        },
-    )
+    kit::hwpt_alloc_vtd_s1(e, idev, parent, &d, fault)
 }
 
 /// `IOMMU_HWPT_INVALIDATE` of `npages` at `addr` on a VT-d first-stage HWPT.
 fn vtd_invalidate(e: &Env, hwpt: u32, addr: u64, npages: u64) -> Result<(), i32> {
-    let r = [IommuHwptVtdS1Invalidate {
-        addr,
-        npages,
-        flags: IOMMU_VTD_INV_FLAGS_LEAF,
-        __reserved: 0,
-    }];
-    let (len, ty) = (
-        size_of::<IommuHwptVtdS1Invalidate>() as u32,
-        IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
-    );
-    match invalidate(e, hwpt, &r, ty, len, 1) {
+    match invalidate_vtd_s1_leaf(e, hwpt, addr, npages) {
         (0, done) => {
             assert_eq!(done, 1);
             Ok(())

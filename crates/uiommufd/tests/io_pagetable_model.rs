@@ -18,14 +18,10 @@ use std::sync::Arc;
 
 use proptest::prelude::*;
 use uiommufd::mock::domain::MOCK_APERTURE_START;
-use uiommufd::user::{page_size, SelfMemory};
+use uiommufd::user::{page_size as ps, SelfMemory};
 use uiommufd_testkit::iopt_harness::{Driver, Harness, Op};
 use uiommufd_testkit::iopt_model::AllAccessible;
 use uiommufd_testkit::mem::Mapping;
-
-fn ps() -> u64 {
-    page_size()
-}
 
 /// The selftest's `MOCK_APERTURE_START`: where IOVAs move with domains
 /// attached (inside the VT-d aperture too, which starts at 0).

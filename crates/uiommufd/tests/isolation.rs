@@ -91,7 +91,9 @@ fn ids_of_another_context_are_enoent_everywhere() {
     let min_b = [b.ioas, b.ioas2, b.stdev, b.hwpt, b.idev].into_iter().min();
     assert!(max_a < min_b, "B's IDs do not exist in A");
     let ctx = &a.ctx;
-    let e = |what: &str, r: Result<i32, i32>| assert_eq!(r, Err(libc::ENOENT), "{what}");
+    fn e<T>(what: &str, r: Result<T, i32>) {
+        assert_eq!(err(r), libc::ENOENT, "{what}");
+    }
     let te = |what: &str, op: u32, id: u32, p: &[u8]| {
         assert_eq!(
             test_cmd(ctx, op, id, p).map(|_| ()),
@@ -105,30 +107,16 @@ fn ids_of_another_context_are_enoent_everywhere() {
     // IOMMU_* commands
     e("DESTROY", destroy(ctx, b.ioas));
     e("IOAS_MAP", map_fixed(ctx, b.ioas, sp, 4096, A + (1 << 20)));
-    e("IOAS_UNMAP", unmap(ctx, b.ioas, 0, u64::MAX).map(|_| 0));
+    e("IOAS_UNMAP", unmap(ctx, b.ioas, 0, u64::MAX));
     let mut r = IommuIoasIovaRanges {
         size: 32,
         ioas_id: b.ioas,
         ..Default::default()
     };
     e("IOAS_IOVA_RANGES", ioc(ctx, IOMMU_IOAS_IOVA_RANGES, &mut r));
-    let mut r = IommuIoasAllowIovas {
-        size: 24,
-        ioas_id: b.ioas,
-        ..Default::default()
-    };
-    e("IOAS_ALLOW_IOVAS", ioc(ctx, IOMMU_IOAS_ALLOW_IOVAS, &mut r));
+    e("IOAS_ALLOW_IOVAS", allow_iovas(ctx, b.ioas, A, A + 4095));
     for (src, dst) in [(b.ioas, a.ioas2), (a.ioas, b.ioas)] {
-        let mut c = IommuIoasCopy {
-            size: 40,
-            flags: IOMMU_IOAS_MAP_FIXED_IOVA | IOMMU_IOAS_MAP_READABLE,
-            dst_ioas_id: dst,
-            src_ioas_id: src,
-            length: 4096,
-            dst_iova: A + (1 << 20),
-            src_iova: A,
-        };
-        e("IOAS_COPY", ioc(ctx, IOMMU_IOAS_COPY, &mut c));
+        e("IOAS_COPY", copy(ctx, src, A, dst, A + (1 << 20), 4096));
     }
     let mut o = IommuOption {
         size: 24,
@@ -138,13 +126,7 @@ fn ids_of_another_context_are_enoent_everywhere() {
         ..Default::default()
     };
     e("OPTION", ioc(ctx, IOMMU_OPTION, &mut o));
-    let mut v = IommuVfioIoas {
-        size: 12,
-        ioas_id: b.ioas,
-        op: IOMMU_VFIO_IOAS_SET,
-        __reserved: 0,
-    };
-    e("VFIO_IOAS SET", ioc(ctx, IOMMU_VFIO_IOAS, &mut v));
+    e("VFIO_IOAS SET", vfio_ioas(ctx, IOMMU_VFIO_IOAS_SET, b.ioas));
     // the kernel answers EINVAL for a pt_id it cannot find
     for (dev, pt, errno) in [
         (b.idev, a.ioas, libc::ENOENT),
@@ -154,45 +136,16 @@ fn ids_of_another_context_are_enoent_everywhere() {
         let r = hwpt_alloc(ctx, dev, pt, 0);
         assert_eq!(r, Err(errno), "HWPT_ALLOC dev {dev} pt {pt}");
     }
-    let mut info = IommuHwInfo {
-        size: 32,
-        dev_id: b.idev,
-        ..Default::default()
-    };
-    e("GET_HW_INFO", ioc(ctx, IOMMU_GET_HW_INFO, &mut info));
-    let mut d = IommuHwptSetDirtyTracking {
-        size: 16,
-        hwpt_id: b.hwpt,
-        ..Default::default()
-    };
-    e(
-        "SET_DIRTY_TRACKING",
-        ioc(ctx, IOMMU_HWPT_SET_DIRTY_TRACKING, &mut d),
-    );
-    let mut g = IommuHwptGetDirtyBitmap {
-        size: 48,
-        hwpt_id: b.hwpt,
-        iova: A,
-        length: 4096,
-        page_size: 4096,
-        data: sp,
-        ..Default::default()
-    };
+    e("GET_HW_INFO", hw_info(ctx, b.idev));
+    e("SET_DIRTY_TRACKING", set_dirty_tracking(ctx, b.hwpt, false));
     e(
         "GET_DIRTY_BITMAP",
-        ioc(ctx, IOMMU_HWPT_GET_DIRTY_BITMAP, &mut g),
+        get_dirty_bitmap(ctx, b.hwpt, A, 4096, 4096, sp, 0),
     );
-    let inv = IommuHwptInvalidateSelftest::default();
-    let mut i = IommuHwptInvalidate {
-        size: 32,
-        hwpt_id: b.hwpt,
-        data_uptr: inv.as_bytes().as_ptr() as u64,
-        data_type: IOMMU_HWPT_INVALIDATE_DATA_SELFTEST,
-        entry_len: 8,
-        entry_num: 1,
-        __reserved: 0,
-    };
-    e("HWPT_INVALIDATE", ioc(ctx, IOMMU_HWPT_INVALIDATE, &mut i));
+    let inv = [IommuHwptInvalidateSelftest::default()];
+    let sel = IOMMU_HWPT_INVALIDATE_DATA_SELFTEST;
+    let (errno, _) = invalidate(ctx, b.hwpt, &inv, sel, 8, 1);
+    assert_eq!(errno, libc::ENOENT, "HWPT_INVALIDATE");
 
     // IOMMU_TEST_CMD ops that take an ID
     let res = TestAddReserved {
@@ -205,34 +158,17 @@ fn ids_of_another_context_are_enoent_everywhere() {
         b.ioas,
         res.as_bytes(),
     );
-    te("MOCK_DOMAIN", IOMMU_TEST_OP_MOCK_DOMAIN, b.ioas, &[]);
-    te(
-        "MOCK_DOMAIN on B's HWPT",
-        IOMMU_TEST_OP_MOCK_DOMAIN,
-        b.hwpt,
-        &[],
-    );
-    let md = TestMockDomainFlags::default();
-    te(
-        "MOCK_DOMAIN_FLAGS",
-        IOMMU_TEST_OP_MOCK_DOMAIN_FLAGS,
-        b.ioas,
-        md.as_bytes(),
-    );
-    let rep = TestMockDomainReplace { pt_id: a.ioas2 };
-    te(
+    e("MOCK_DOMAIN", mock_domain(ctx, b.ioas));
+    e("MOCK_DOMAIN on B's HWPT", mock_domain(ctx, b.hwpt));
+    e("MOCK_DOMAIN_FLAGS", mock_domain_flags(ctx, b.ioas, 0));
+    e(
         "MOCK_DOMAIN_REPLACE of B's stdev",
-        IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE,
-        b.stdev,
-        rep.as_bytes(),
+        mock_domain_replace(ctx, b.stdev, a.ioas2),
     );
     for pt in [b.ioas, b.hwpt] {
-        let rep = TestMockDomainReplace { pt_id: pt };
-        te(
+        e(
             "MOCK_DOMAIN_REPLACE to B's pt",
-            IOMMU_TEST_OP_MOCK_DOMAIN_REPLACE,
-            a.stdev,
-            rep.as_bytes(),
+            mock_domain_replace(ctx, a.stdev, pt),
         );
     }
     let cm = TestCheckMap {
@@ -246,28 +182,9 @@ fn ids_of_another_context_are_enoent_everywhere() {
         b.hwpt,
         cm.as_bytes(),
     );
-    let ca = TestCreateAccess::default();
-    te(
-        "CREATE_ACCESS",
-        IOMMU_TEST_OP_CREATE_ACCESS,
-        b.ioas,
-        ca.as_bytes(),
-    );
-    let td = TestDirty {
-        iova: A,
-        length: 4096,
-        page_size: 4096,
-        uptr: sp,
-        ..Default::default()
-    };
-    te("DIRTY", IOMMU_TEST_OP_DIRTY, b.hwpt, td.as_bytes());
-    let ci = TestCheckIotlb { id: 0, iotlb: 0 };
-    te(
-        "MD_CHECK_IOTLB",
-        IOMMU_TEST_OP_MD_CHECK_IOTLB,
-        b.hwpt,
-        ci.as_bytes(),
-    );
+    e("CREATE_ACCESS", create_access(ctx, b.ioas, 0));
+    e("DIRTY", test_dirty(ctx, b.hwpt, A, 4096, 4096, sp));
+    e("MD_CHECK_IOTLB", check_iotlb(ctx, b.hwpt, 0, 0));
     let ti = TestTriggerIopf {
         dev_id: b.idev,
         ..Default::default()

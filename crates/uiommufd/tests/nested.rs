@@ -12,7 +12,8 @@ use uiommufd::plumbing::files;
 use uiommufd::uapi::*;
 use uiommufd::Context;
 use uiommufd_testkit::{
-    self as kit, err, errno, hwpt_alloc_data, invalidate, ioas_alloc, mock_domain_replace, test_cmd,
+    self as kit, err, errno, hwpt_alloc_data, invalidate, ioas_alloc, mock_domain_replace, poll_in,
+    test_cmd,
 };
 use zerocopy::{FromBytes, IntoBytes};
 
@@ -46,17 +47,6 @@ fn trigger_iopf(ctx: &Arc<Context>, dev: u32, pasid: u32, grpid: u32) -> i32 {
         addr: 0xdeadbeaf,
     };
     err(test_cmd(ctx, IOMMU_TEST_OP_TRIGGER_IOPF, 0, p.as_bytes()))
-}
-
-fn poll_in(fd: i32) -> bool {
-    let mut pfd = libc::pollfd {
-        fd,
-        events: libc::POLLIN,
-        revents: 0,
-    };
-    // SAFETY: one valid pollfd, zero timeout.
-    let n = unsafe { libc::poll(&mut pfd, 1, 0) };
-    n == 1 && pfd.revents & libc::POLLIN != 0
 }
 
 fn read_fault(fd: i32, len: usize) -> Result<Vec<IommuHwptPgfault>, i32> {

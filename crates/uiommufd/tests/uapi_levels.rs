@@ -2,19 +2,17 @@
 //! than 6.12: `IOMMU_IOAS_MAP_FILE` (6.13) and `IOMMU_IOAS_CHANGE_PROCESS`
 //! (6.14), through the uAPI bytes.
 
+use std::os::fd::IntoRawFd;
 use std::sync::Arc;
 
 use uiommufd::mock::device::{MOCK_FLAGS_DEVICE_PASID, MOCK_PASID_WIDTH};
 use uiommufd::uapi::*;
+use uiommufd::user::page_size as ps;
 use uiommufd::{Context, UapiLevel};
 use uiommufd_testkit::*;
 use zerocopy::IntoBytes;
 
 const RW: u32 = IOMMU_IOAS_MAP_WRITEABLE | IOMMU_IOAS_MAP_READABLE;
-
-fn ps() -> u64 {
-    uiommufd::user::page_size()
-}
 
 /// A memfd of `npages` pages named `name`, mapped shared, filled with `fill(i)`.
 struct Memfd {
@@ -26,11 +24,7 @@ struct Memfd {
 impl Memfd {
     fn new(name: &std::ffi::CStr, npages: u64, fill: impl Fn(usize) -> u8) -> Memfd {
         let len = (npages * ps()) as usize;
-        // SAFETY: creating and sizing our own memfd.
-        let fd = unsafe { libc::memfd_create(name.as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: as above.
-        assert_eq!(unsafe { libc::ftruncate(fd, len as i64) }, 0);
+        let fd = memfd(name, len as u64).into_raw_fd();
         // SAFETY: a new shared mapping of our memfd.
         let map = unsafe {
             libc::mmap(
@@ -610,19 +604,46 @@ fn change_process_single_process() {
     ctx.check_invariants().unwrap();
 }
 
+/// Another process (`sleep 60`, killed on drop) and the engine's client
+/// for it: the process an `IOMMU_IOAS_CHANGE_PROCESS` is run for.
+struct OtherProcess {
+    child: std::process::Child,
+    client: Arc<uiommufd::client::Client>,
+}
+
+impl OtherProcess {
+    fn spawn() -> OtherProcess {
+        let child = std::process::Command::new("sleep")
+            .arg("60")
+            .spawn()
+            .expect("spawn sleep");
+        let pid = child.id() as i32;
+        let pidfd = uiommufd::process::pidfd_open(pid).expect("pidfd");
+        let mem = uiommufd::process::ProcessMemory::new(pid, pidfd);
+        let client = uiommufd::client::Client::of_process(Arc::new(mem));
+        OtherProcess { child, client }
+    }
+
+    fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for OtherProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// `IOMMU_IOAS_CHANGE_PROCESS` run for another client (a child process, as
 /// the preload runs a command another process sends): the pins of the file
 /// areas move to that client's `pinned_vm`, and back when we call it.
 #[test]
 fn change_process_moves_pins_between_clients() {
     use uiommufd::client::{as_caller, counts, Client};
-    let mut child = std::process::Command::new("sleep")
-        .arg("60")
-        .spawn()
-        .expect("spawn sleep");
-    let pid = child.id() as i32;
-    let pidfd = uiommufd::process::pidfd_open(pid).unwrap();
-    let theirs = Client::of_process(Arc::new(uiommufd::process::ProcessMemory::new(pid, pidfd)));
+    let other = OtherProcess::spawn();
+    let (pid, theirs) = (other.pid(), other.client.clone());
     let ours = Client::ours();
     let ctx = Context::new_at(UapiLevel::V7_2);
     let ioas = ioas_alloc(&ctx);
@@ -660,8 +681,6 @@ fn change_process_moves_pins_between_clients() {
     unmap(&ctx, ioas, 0, u64::MAX).unwrap();
     assert_eq!(ours.pinned_vm(), before);
     ctx.check_invariants().unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
 }
 
 /// The 7.2 selftest mock's rules that came after 6.12, at each level:
@@ -965,16 +984,9 @@ fn change_process_past_the_callers_limit_moves_nothing() {
     let ours = uiommufd::client::Client::ours();
     let (small, large) = (16u64, 64u64);
     // the process the command runs for: a child whose limit is ours to set
-    let mut child = std::process::Command::new("sleep")
-        .arg("60")
-        .spawn()
-        .expect("spawn sleep");
-    let pid = child.id() as i32;
+    let other = OtherProcess::spawn();
+    let (pid, them) = (other.pid(), other.client.clone());
     set_memlock(pid, large);
-    let pidfd = uiommufd::process::pidfd_open(pid).expect("pidfd");
-    let them = uiommufd::client::Client::of_process(Arc::new(
-        uiommufd::process::ProcessMemory::new(pid, pidfd),
-    ));
     let no_ipc_lock = NoIpcLock::new();
     let ctx = Context::new_at(UapiLevel::V7_2);
     let mut mode = IommuOption {
@@ -1037,6 +1049,4 @@ fn change_process_past_the_callers_limit_moves_nothing() {
     drop(ctx);
     assert_eq!(charged(), (0, 0), "every pin given back");
     drop(no_ipc_lock);
-    let _ = child.kill();
-    let _ = child.wait();
 }

@@ -11,6 +11,7 @@ use uiommufd::uapi::*;
 use uiommufd::Context;
 use zerocopy::{FromBytes, IntoBytes};
 
+use uiommufd_testkit::vfio::map_dma;
 use uiommufd_testkit::{self as kit, *};
 
 const A: u64 = MOCK_APERTURE_START;
@@ -36,17 +37,6 @@ fn container() -> (Arc<Context>, u32) {
     let ctx = Context::new_vfio_container().unwrap();
     let ioas = vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0).unwrap();
     (ctx, ioas)
-}
-
-fn map(ctx: &Arc<Context>, va: u64, size: u64, iova: u64) -> Result<i32, i32> {
-    let mut m = VfioIommuType1DmaMap {
-        argsz: 32,
-        flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
-        vaddr: va,
-        iova,
-        size,
-    };
-    ioc(ctx, VFIO_IOMMU_MAP_DMA, &mut m)
 }
 
 /// Plain unmap: the size unmapped, or the errno (and the size written back).
@@ -192,7 +182,7 @@ fn set_iommu_selects_v1_or_v2() {
     assert!(!ctx1.ioas(ioas1).unwrap().iopt().large_pages());
     // v1 once areas exist behind a domain: large pages cannot go any more
     let buf = Buf::zeroed(2 * PS, PS);
-    map(&ctx, buf.addr(), PS, A).unwrap();
+    map_dma(&ctx, buf.addr(), PS, A).unwrap();
     assert_eq!(
         raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1_IOMMU),
         Err(libc::EINVAL)
@@ -205,19 +195,19 @@ fn set_iommu_selects_v1_or_v2() {
     ));
     // IOMMU_VFIO_IOAS CLEAR: the container ioctls lose their IOAS
     vfio_ioas(&ctx, IOMMU_VFIO_IOAS_CLEAR, 0).unwrap();
-    assert_eq!(map(&ctx, buf.addr(), PS, A + PS), Err(libc::ENODEV));
+    assert_eq!(map_dma(&ctx, buf.addr(), PS, A + PS), Err(libc::ENODEV));
 }
 
 #[test]
 fn map_unmap_v2() {
     let (ctx, ioas) = compat_with_domain(VFIO_TYPE1V2_IOMMU);
     let buf = Buf::zeroed(8 * PS, PS);
-    map(&ctx, buf.addr(), 4 * PS, A).unwrap();
+    map_dma(&ctx, buf.addr(), 4 * PS, A).unwrap();
     // map errors come from the IOAS (fixed IOVA)
-    assert_eq!(map(&ctx, buf.addr(), PS, A), Err(libc::EEXIST));
-    assert_eq!(map(&ctx, buf.addr(), 0, A + 8 * PS), Err(libc::EINVAL));
+    assert_eq!(map_dma(&ctx, buf.addr(), PS, A), Err(libc::EEXIST));
+    assert_eq!(map_dma(&ctx, buf.addr(), 0, A + 8 * PS), Err(libc::EINVAL));
     assert_eq!(
-        map(&ctx, u64::MAX - 10, PS, A + 8 * PS),
+        map_dma(&ctx, u64::MAX - 10, PS, A + 8 * PS),
         Err(libc::EOVERFLOW)
     );
     // v2: a range that cuts a mapping is ENOENT, nothing unmapped
@@ -236,11 +226,11 @@ fn map_unmap_v2() {
     );
     assert_eq!(areas(&ctx, ioas), vec![(A, 4 * PS)]);
     // whole mappings, several at once, empty is success with size 0
-    map(&ctx, buf.addr() + 4 * PS, PS, A + 8 * PS).unwrap();
+    map_dma(&ctx, buf.addr() + 4 * PS, PS, A + 8 * PS).unwrap();
     assert_eq!(unmap(&ctx, A, 16 * PS, 0), Ok(5 * PS));
     assert_eq!(unmap(&ctx, A, 16 * PS, 0), Ok(0));
-    map(&ctx, buf.addr(), 4 * PS, A).unwrap();
-    map(&ctx, buf.addr(), 4 * PS, A + 64 * PS).unwrap();
+    map_dma(&ctx, buf.addr(), 4 * PS, A).unwrap();
+    map_dma(&ctx, buf.addr(), 4 * PS, A + 64 * PS).unwrap();
     assert_eq!(unmap(&ctx, 0, 0, VFIO_DMA_UNMAP_FLAG_ALL), Ok(8 * PS));
     assert_eq!(unmap(&ctx, 0, 0, VFIO_DMA_UNMAP_FLAG_ALL), Ok(0));
     ctx.check_invariants().unwrap();
@@ -250,7 +240,7 @@ fn map_unmap_v2() {
 fn map_unmap_v1_cuts_mappings() {
     let (ctx, ioas) = compat_with_domain(VFIO_TYPE1_IOMMU);
     let buf = Buf::zeroed(8 * PS, PS);
-    map(&ctx, buf.addr(), 8 * PS, A).unwrap();
+    map_dma(&ctx, buf.addr(), 8 * PS, A).unwrap();
     // any page-aligned piece of a mapping
     assert_eq!(unmap(&ctx, A + PS, PS, 0), Ok(PS));
     assert_eq!(unmap(&ctx, A + 4 * PS, 2 * PS, 0), Ok(2 * PS));
@@ -272,30 +262,9 @@ fn map_unmap_v1_cuts_mappings() {
     ctx.check_invariants().unwrap();
 
     // an access holding pins in a mapping forbids cutting it
-    map(&ctx, buf.addr(), 4 * PS, A).unwrap();
-    let t = test_cmd(
-        &ctx,
-        IOMMU_TEST_OP_CREATE_ACCESS,
-        ioas,
-        TestCreateAccess {
-            out_access_fd: 0,
-            flags: MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES,
-        }
-        .as_bytes(),
-    )
-    .unwrap();
-    let fd = TestCreateAccess::read_from_prefix(&t.payload)
-        .unwrap()
-        .0
-        .out_access_fd;
-    let p = TestAccessPages {
-        flags: 0,
-        out_access_pages_id: 0,
-        iova: A,
-        length: PS,
-        uptr: 0,
-    };
-    test_cmd(&ctx, IOMMU_TEST_OP_ACCESS_PAGES, fd, p.as_bytes()).unwrap();
+    map_dma(&ctx, buf.addr(), 4 * PS, A).unwrap();
+    let fd = create_access(&ctx, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES);
+    kit::access_pages(&ctx, fd, A, PS, 0, 0).unwrap();
     assert_eq!(unmap(&ctx, A + PS, PS, 0), Err((libc::EINVAL, PS)));
     uiommufd::plumbing::files::close(fd as i32).unwrap();
     assert_eq!(unmap(&ctx, A + PS, PS, 0), Ok(PS));
@@ -420,14 +389,13 @@ fn container_is_an_iommufd_context_with_its_compat_ioas() {
     assert!(ctx.ioas(ioas).is_ok());
     assert_eq!(raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU), Ok(0));
     let buf = Buf::zeroed(2 * PS, PS);
-    map(&ctx, buf.addr(), 2 * PS, A).unwrap();
+    map_dma(&ctx, buf.addr(), 2 * PS, A).unwrap();
     assert_eq!(areas(&ctx, ioas), vec![(A, 2 * PS)]);
     assert_eq!(unmap(&ctx, A, 2 * PS, 0), Ok(2 * PS));
     // destroying the compat IOAS clears it
-    let mut d = IommuDestroy { size: 8, id: ioas };
-    ioc(&ctx, IOMMU_DESTROY, &mut d).unwrap();
+    kit::destroy(&ctx, ioas).unwrap();
     assert_eq!(vfio_ioas(&ctx, IOMMU_VFIO_IOAS_GET, 0), Err(libc::ENODEV));
-    assert_eq!(map(&ctx, buf.addr(), PS, A), Err(libc::ENODEV));
+    assert_eq!(map_dma(&ctx, buf.addr(), PS, A), Err(libc::ENODEV));
 }
 
 // ---------------------------------------------------------------------------
@@ -479,13 +447,7 @@ fn get_dirty(ctx: &Arc<Context>, iova: u64, size: u64) -> Vec<u64> {
     let mut bm = vec![0u64; (size / PS).div_ceil(64) as usize];
     let mut g = get_req(iova, size, &mut bm);
     get_bitmap_with(ctx, &mut g).unwrap();
-    bits(&bm)
-}
-
-fn bits(bm: &[u64]) -> Vec<u64> {
-    (0..bm.len() as u64 * 64)
-        .filter(|&i| bm[(i / 64) as usize] >> (i % 64) & 1 != 0)
-        .collect()
+    set_bits(&bm)
 }
 
 #[repr(C)]
@@ -519,8 +481,8 @@ fn tracked_with_access() -> (Arc<Context>, u32, Buf, u32) {
     let (ctx, ioas) = container();
     raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
     let buf = Buf::zeroed(16 * PS, PS);
-    map(&ctx, buf.addr(), 8 * PS, A).unwrap();
-    map(&ctx, buf.addr() + 8 * PS, 8 * PS, A + 8 * PS).unwrap();
+    map_dma(&ctx, buf.addr(), 8 * PS, A).unwrap();
+    map_dma(&ctx, buf.addr() + 8 * PS, 8 * PS, A + 8 * PS).unwrap();
     let fd = create_access(&ctx, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES);
     (ctx, ioas, buf, fd)
 }
@@ -541,8 +503,8 @@ fn access_write(ctx: &Arc<Context>, fd: u32, iova: u64, len: u64) -> Result<(), 
 fn dirty_pages_errno_rules() {
     let (ctx, ioas) = container();
     let buf = Buf::zeroed(8 * PS, PS);
-    map(&ctx, buf.addr(), 4 * PS, A).unwrap();
-    map(&ctx, buf.addr() + 4 * PS, 4 * PS, A + 4 * PS).unwrap();
+    map_dma(&ctx, buf.addr(), 4 * PS, A).unwrap();
+    map_dma(&ctx, buf.addr() + 4 * PS, 4 * PS, A + 4 * PS).unwrap();
 
     // header rules
     let mut d = VfioIommuType1DirtyBitmap {
@@ -736,10 +698,10 @@ fn dirty_pages_report_access_writes() {
     // the read pin at page 10 is released by the unmap notification
     ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u).unwrap();
     assert_eq!(u.hdr.size, 8 * PS);
-    assert_eq!(bits(&bm), vec![2, 3, 4]);
+    assert_eq!(set_bits(&bm), vec![2, 3, 4]);
     assert_eq!(areas(&ctx, ioas), vec![(A, 8 * PS)]);
     // a new mapping at the unmapped IOVA starts clean
-    map(&ctx, buf.addr() + 8 * PS, 8 * PS, A + 8 * PS).unwrap();
+    map_dma(&ctx, buf.addr() + 8 * PS, 8 * PS, A + 8 * PS).unwrap();
     assert!(get_dirty(&ctx, A + 8 * PS, 8 * PS).is_empty());
     // unmap with bitmap of an empty range: success, size 0
     let mut u = unmap_req(A + 32 * PS, 8 * PS, &mut bm);
@@ -763,7 +725,7 @@ fn dirty_pages_report_device_writes() {
     let (stdev, _auto, idev) = mock_domain(&ctx, ioas);
     raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
     let buf = Buf::zeroed(8 * PS, PS);
-    map(&ctx, buf.addr(), 8 * PS, A).unwrap();
+    map_dma(&ctx, buf.addr(), 8 * PS, A).unwrap();
     dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
     // a domain without dirty tracking may have written anything
     assert_eq!(get_dirty(&ctx, A, 8 * PS), (0..8).collect::<Vec<_>>());
@@ -777,39 +739,22 @@ fn dirty_pages_report_device_writes() {
     assert!(get_dirty(&ctx, A, 8 * PS).is_empty());
 
     // the device writes pages 2 and 6 (the mock's IOMMU_TEST_OP_DIRTY)
-    let mut marks = [0u64; 1];
-    marks[0] = 1 << 2 | 1 << 6;
-    let td = TestDirty {
-        iova: A,
-        length: 8 * PS,
-        page_size: PS,
-        uptr: marks.as_mut_ptr() as u64,
-        ..Default::default()
-    };
-    let t = test_cmd(&ctx, IOMMU_TEST_OP_DIRTY, hwpt, td.as_bytes()).unwrap();
-    assert_eq!(
-        TestDirty::read_from_prefix(&t.payload)
-            .unwrap()
-            .0
-            .out_nr_dirty,
-        2
-    );
+    let marks = [1u64 << 2 | 1 << 6];
+    let device_writes = || kit::test_dirty(&ctx, hwpt, A, 8 * PS, PS, marks.as_ptr() as u64);
+    assert_eq!(device_writes(), Ok(2));
     assert_eq!(get_dirty(&ctx, A, 8 * PS), vec![2, 6]);
     assert!(get_dirty(&ctx, A, 8 * PS).is_empty());
     // and both sources together in an unmap
     let fd = create_access(&ctx, ioas, 0);
     access_write(&ctx, fd, A + PS, 1).unwrap();
-    test_cmd(&ctx, IOMMU_TEST_OP_DIRTY, hwpt, td.as_bytes()).unwrap();
+    device_writes().unwrap();
     let mut bm = [0u64; 1];
     let mut u = unmap_req(A, 8 * PS, &mut bm);
     ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u).unwrap();
-    assert_eq!(bits(&bm), vec![1, 2, 6]);
+    assert_eq!(set_bits(&bm), vec![1, 2, 6]);
     // STOP turns the domain's tracking off again
     dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_STOP).unwrap();
-    assert_eq!(
-        test_cmd(&ctx, IOMMU_TEST_OP_DIRTY, hwpt, td.as_bytes()).err(),
-        Some(libc::EINVAL)
-    );
+    assert_eq!(device_writes(), Err(libc::EINVAL));
     uiommufd::plumbing::files::close(fd as i32).unwrap();
     ctx.check_invariants().unwrap();
 }
@@ -907,7 +852,7 @@ fn dirty_pages_unwritable_bitmap_loses_nothing() {
     let mut bm = [0u64; 1];
     let mut u = unmap_req(A + 8 * PS, 8 * PS, &mut bm);
     ioc(&ctx, VFIO_IOMMU_UNMAP_DMA, &mut u).unwrap();
-    assert_eq!(bits(&bm), vec![4]);
+    assert_eq!(set_bits(&bm), vec![4]);
     uiommufd::plumbing::files::close(fd as i32).unwrap();
     ctx.check_invariants().unwrap();
 }

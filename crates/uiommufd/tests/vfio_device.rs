@@ -22,7 +22,10 @@ use uiommufd::vfio::model::{Bar, Bus, MsixLayout, PciIds, PciLayout, PciModel};
 use uiommufd::vfio::registry;
 use uiommufd::vfio::uapi::*;
 use uiommufd::Context;
-use uiommufd_testkit::vfio::{attach_pt, file, ioctl_on, region, Fds, OnFd};
+use uiommufd_testkit::vfio::{
+    attach_pt, bar_read32, bar_write32, bar_write64, enable_bus_master, eventfd, file, fired,
+    ioctl_on, map_dma, region, set_irq_fds, Fds, OnFd,
+};
 use zerocopy::{FromBytes, IntoBytes};
 
 use uiommufd_testkit::{self as kit, Buf};
@@ -40,22 +43,17 @@ struct TinyModel {
     bus: Mutex<Option<Arc<dyn Bus>>>,
     resets: AtomicU32,
     master: Mutex<Option<bool>>,
-    memfd: i32,
+    memfd: std::os::fd::OwnedFd,
 }
 
 impl TinyModel {
     fn new() -> Arc<TinyModel> {
-        // SAFETY: a NUL-terminated name.
-        let fd = unsafe { libc::memfd_create(c"tiny-bar2".as_ptr(), libc::MFD_CLOEXEC) };
-        assert!(fd >= 0);
-        // SAFETY: sizing our own memfd.
-        assert_eq!(unsafe { libc::ftruncate(fd, 8192) }, 0);
         Arc::new(TinyModel {
             regs: Mutex::new([0; 8]),
             bus: Mutex::new(None),
             resets: AtomicU32::new(0),
             master: Mutex::new(None),
-            memfd: fd,
+            memfd: kit::memfd(c"tiny-bar2", 8192),
         })
     }
 
@@ -145,7 +143,7 @@ impl PciModel for TinyModel {
     }
 
     fn bar_memory(&self, bar: u8) -> Option<(i32, u64)> {
-        (bar == 2).then_some((self.memfd, 0))
+        (bar == 2).then_some((self.memfd.as_raw_fd(), 0))
     }
 
     fn connect(&self, bus: Option<Arc<dyn Bus>>) {
@@ -210,59 +208,6 @@ fn cfg_write(fd: i32, off: u64, data: &[u8]) -> Result<usize, i32> {
         .map_err(|e| e.errno().0)
 }
 
-fn bar_write32(fd: i32, bar: u32, off: u64, v: u32) {
-    file(fd)
-        .write_at(&v.to_le_bytes(), region(bar) + off)
-        .unwrap();
-}
-
-fn bar_write64(fd: i32, bar: u32, off: u64, v: u64) {
-    file(fd)
-        .write_at(&v.to_le_bytes(), region(bar) + off)
-        .unwrap();
-}
-
-fn bar_read32(fd: i32, bar: u32, off: u64) -> u32 {
-    let mut b = [0u8; 4];
-    file(fd).read_at(&mut b, region(bar) + off, false).unwrap();
-    u32::from_le_bytes(b)
-}
-
-/// A nonblocking eventfd: (owned fd).
-fn eventfd() -> std::os::fd::OwnedFd {
-    // SAFETY: plain eventfd creation.
-    let fd = unsafe { libc::eventfd(0, libc::EFD_NONBLOCK | libc::EFD_CLOEXEC) };
-    assert!(fd >= 0);
-    // SAFETY: we own the new fd.
-    unsafe { std::os::fd::FromRawFd::from_raw_fd(fd) }
-}
-
-/// The eventfd's counter, consumed (0 when it had not fired).
-fn fired(fd: &std::os::fd::OwnedFd) -> u64 {
-    let mut v = 0u64;
-    // SAFETY: reads 8 bytes into a live u64.
-    let n = unsafe { libc::read(fd.as_raw_fd(), &mut v as *mut u64 as *mut libc::c_void, 8) };
-    if n == 8 {
-        v
-    } else {
-        0
-    }
-}
-
-/// `VFIO_DEVICE_SET_IRQS` with eventfds (`-1` to unset).
-fn set_irq_fds(fd: i32, index: u32, start: u32, efds: &[i32]) -> Result<i64, i32> {
-    let mut b = Vec::new();
-    b.extend_from_slice(&(20 + 4 * efds.len() as u32).to_ne_bytes());
-    b.extend_from_slice(&(VFIO_IRQ_SET_DATA_EVENTFD | VFIO_IRQ_SET_ACTION_TRIGGER).to_ne_bytes());
-    b.extend_from_slice(&index.to_ne_bytes());
-    b.extend_from_slice(&start.to_ne_bytes());
-    b.extend_from_slice(&(efds.len() as u32).to_ne_bytes());
-    for e in efds {
-        b.extend_from_slice(&e.to_ne_bytes());
-    }
-    ioctl_on(fd, VFIO_DEVICE_SET_IRQS, &mut b[..], &Fds::default())
-}
-
 /// `SET_IRQS` without data.
 fn set_irq_none(fd: i32, index: u32, action: u32, start: u32, count: u32) -> Result<i64, i32> {
     let mut s = VfioIrqSet {
@@ -290,11 +235,6 @@ fn bind(fd: i32, ctx: &Arc<Context>, fds: &mut Fds) -> u32 {
     };
     ioctl_on(fd, VFIO_DEVICE_BIND_IOMMUFD, &mut b, fds).unwrap();
     b.out_devid
-}
-
-/// Memory decode and bus mastering on.
-fn enable(fd: i32) {
-    cfg_write(fd, 4, &0x6u16.to_le_bytes()).unwrap();
 }
 
 /// Program a DMA copy and ring the doorbell with `vector`: the status (0 ok).
@@ -424,7 +364,7 @@ fn vfio_cdev_bind_attach_dma() {
         "no bus master: blocked"
     );
     assert_eq!(buf.byte(4096), 0);
-    enable(fd);
+    enable_bus_master(fd);
     assert_eq!(*model.master.lock(), Some(true));
     assert_eq!(dma_copy(fd, 0x10_0000, 0x10_1000, 16, 0), 0);
     assert_eq!(buf.byte(4096), 0xab);
@@ -556,14 +496,7 @@ fn vfio_group_container_flow() {
     // type1 maps before the device fd exists
     kit::raw(&container, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
     let buf = Buf::zeroed(2 * 4096, 4096);
-    let mut m = VfioIommuType1DmaMap {
-        argsz: 32,
-        flags: VFIO_DMA_MAP_FLAG_READ | VFIO_DMA_MAP_FLAG_WRITE,
-        vaddr: buf.addr(),
-        iova: 0x4000_0000,
-        size: 2 * 4096,
-    };
-    kit::ioc(&container, VFIO_IOMMU_MAP_DMA, &mut m).unwrap();
+    map_dma(&container, buf.addr(), 2 * 4096, 0x4000_0000).unwrap();
     // SAFETY: writes into our own buffer.
     unsafe { std::ptr::write_bytes(buf.addr() as *mut u8, 0x5c, 32) };
 
@@ -582,15 +515,7 @@ fn vfio_group_container_flow() {
         "a group's device fd is an anon inode"
     );
     // cdev-only ioctls are not served on a group's device fd
-    let mut a = VfioDeviceAttachIommufdPt {
-        argsz: 12,
-        flags: 0,
-        pt_id: 1,
-    };
-    assert_eq!(
-        errno_of(dfd, VFIO_DEVICE_ATTACH_IOMMUFD_PT, &mut a),
-        libc::ENOTTY
-    );
+    assert_eq!(kit::err(attach_pt(dfd, 1)), libc::ENOTTY);
     // nor BIND
     let mut b = VfioDeviceBindIommufd {
         argsz: 16,
@@ -610,7 +535,7 @@ fn vfio_group_container_flow() {
     );
     files::close(cdev).unwrap();
 
-    enable(dfd);
+    enable_bus_master(dfd);
     assert_eq!(
         dma_copy(dfd, 0x4000_0000, 0x4000_1000, 32, 0),
         0,
@@ -778,7 +703,7 @@ fn vfio_config_space_and_regions() {
         f.read_at(&mut b, region(0), false).unwrap_err().errno().0,
         libc::EIO
     );
-    enable(fd);
+    enable_bus_master(fd);
     // the end of a BAR clamps the count
     let mut big = [0u8; 16];
     assert_eq!(f.read_at(&mut big, region(0) + 4088, false).unwrap(), 8);
@@ -1104,7 +1029,7 @@ fn vfio_device_ioctl_errnos() {
     );
 
     // RESET: the model resets, config and IRQs stay
-    enable(fd);
+    enable_bus_master(fd);
     bar_write32(fd, 0, 0, 0x1234);
     let r0 = model.resets.load(Ordering::SeqCst);
     let mut none = [0u8; 4];
@@ -1175,7 +1100,7 @@ fn vfio_irqs_fire() {
         libc::EINVAL
     );
     // the DMA engine's completion interrupt
-    enable(fd);
+    enable_bus_master(fd);
     assert_eq!(dma_copy(fd, 0, 0, 0, 0), 0);
     assert_eq!(fired(&evs[0]), 1);
     // disable: nothing fires
@@ -1319,7 +1244,7 @@ fn vfio_dma_engine_end_to_end() {
     )
     .unwrap();
     attach_pt(fd, ioas).unwrap();
-    enable(fd);
+    enable_bus_master(fd);
     let ev = eventfd();
     // MSI-X enabled in config, then vector 0's eventfd
     let cfgv = cfg_read(fd, 0, 256).unwrap();
@@ -1382,7 +1307,7 @@ fn vfio_concurrent_irqs_dma_and_config() {
     let buf = Buf::zeroed(2 * 4096, 4096);
     kit::map_fixed(&ctx, ioas, buf.addr(), 2 * 4096, 0x40_0000).unwrap();
     attach_pt(fd, ioas).unwrap();
-    enable(fd);
+    enable_bus_master(fd);
     let evs: Vec<_> = (0..4).map(|_| eventfd()).collect();
     let raw: Vec<i32> = evs.iter().map(|e| e.as_raw_fd()).collect();
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
@@ -1551,7 +1476,7 @@ fn vfio_bar_dmabuf_export_and_p2p_dma() {
     unsafe { std::ptr::write_bytes(src.addr() as *mut u8, 0xab, 16) };
     kit::map_fixed(&ctx, ioas, src.addr(), 4096, 0x10_0000).unwrap();
     attach_pt(fd, ioas).unwrap();
-    enable(fd);
+    enable_bus_master(fd);
 
     let get = |flags: u32, region: u32, dflags: u32, ranges: &[(u64, u64)]| {
         let mut v: Vec<u64> = vec![0; 3 + 2 * ranges.len()];
@@ -1603,7 +1528,7 @@ fn vfio_bar_dmabuf_export_and_p2p_dma() {
     let bar_byte = |off: i64| {
         let mut b = [0u8; 1];
         // SAFETY: reading one byte of the model's memfd into our buffer.
-        let n = unsafe { libc::pread(model.memfd, b.as_mut_ptr().cast(), 1, off) };
+        let n = unsafe { libc::pread(model.memfd.as_raw_fd(), b.as_mut_ptr().cast(), 1, off) };
         assert_eq!(n, 1);
         b[0]
     };
@@ -1627,7 +1552,7 @@ fn vfio_bar_dmabuf_export_and_p2p_dma() {
     // (its registers are off too: the DMA is tried once it is on again)
     assert_eq!(map_file(dmabuf, 0x50_0000), Err(libc::ENODEV));
     // on again: new imports work, the old area stays revoked
-    enable(fd);
+    enable_bus_master(fd);
     map_file(dmabuf, 0x50_0000).unwrap();
     assert_eq!(dma_copy(fd, 0x10_0000, 0x30_0000, 16, 0), 1);
     // SAFETY: writes into our own buffer.
@@ -1640,7 +1565,7 @@ fn vfio_bar_dmabuf_export_and_p2p_dma() {
     files::close(fd).unwrap();
     let fd = registry::open_cdev(508, true).unwrap();
     bind(fd, &ctx, &mut fds);
-    enable(fd);
+    enable_bus_master(fd);
     assert_eq!(map_file(dmabuf, 0x60_0000), Err(libc::ENODEV));
     files::close(dmabuf).unwrap();
     files::close(fd).unwrap();
@@ -1654,7 +1579,7 @@ fn vfio_bar_dmabuf_export_and_p2p_dma() {
 #[test]
 fn vfio_ioeventfd_writes_the_bar() {
     let (model, fd, ctx, mut fds) = bound(9);
-    enable(fd);
+    enable_bus_master(fd);
     let efd = eventfd();
     let reg = |offset: u64, flags: u32, data: u64, efd: i32, argsz: u32| {
         let mut e = VfioDeviceIoeventfd {
@@ -1740,7 +1665,7 @@ fn vfio_ioeventfd_writes_the_bar() {
     cfg_write(fd, 4, &0x4u16.to_le_bytes()).unwrap();
     signal();
     std::thread::sleep(std::time::Duration::from_millis(50));
-    enable(fd);
+    enable_bus_master(fd);
     // then on again: the next signal writes
     signal();
     wait_for(0x77);

@@ -8,6 +8,7 @@ use std::sync::Arc;
 
 use uiommufd::plumbing::files;
 use uiommufd::uapi::*;
+use uiommufd::user::page_size as ps;
 use uiommufd::veventq::VeventqFile;
 use uiommufd::{Context, UapiLevel};
 use uiommufd_testkit::{
@@ -15,10 +16,6 @@ use uiommufd_testkit::{
     mock_domain_replace, Buf, Ioctl,
 };
 use zerocopy::FromBytes;
-
-fn ps() -> u64 {
-    uiommufd::user::page_size()
-}
 
 fn destroy(ctx: &Arc<Context>, id: u32) -> i32 {
     err(kit::destroy(ctx, id))

@@ -9,15 +9,9 @@ use uiommufd::domain::{Domain, HostAddr, Iova};
 use uiommufd::plumbing::io_pagetable::{huge_page_size, DirtyRequest};
 use uiommufd::vtd::{Fault, Iotlb, VtdDomain};
 use uiommufd::{Context, Prot};
-use uiommufd_testkit::mem::Mapping;
+use uiommufd_testkit::{mem::Mapping, set_bits};
 
 const K4: u64 = 4096;
-
-fn bits(bm: &[u64]) -> Vec<u64> {
-    (0..bm.len() as u64 * 64)
-        .filter(|&b| bm[(b / 64) as usize] >> (b % 64) & 1 != 0)
-        .collect()
-}
 
 #[test]
 fn ioas_with_a_vtd_domain_maps_translates_dmas_tracks_and_unmaps() {
@@ -89,10 +83,10 @@ fn ioas_with_a_vtd_domain_maps_translates_dmas_tracks_and_unmaps() {
     iopt.read_and_clear_dirty(dom.id(), &req, &mut bm).unwrap();
     // the 2 MiB leaves are reported whole (the kernel's granularity too)
     let want: Vec<u64> = (0..512).chain(512..1024).collect();
-    assert_eq!(bits(&bm), want);
+    assert_eq!(set_bits(&bm), want);
     bm.fill(0);
     iopt.read_and_clear_dirty(dom.id(), &req, &mut bm).unwrap();
-    assert!(bits(&bm).is_empty(), "cleared");
+    assert!(set_bits(&bm).is_empty(), "cleared");
     iopt.set_dirty_tracking(dom.id(), false).unwrap();
 
     // unmap: the translation is gone at once, also from the IOTLB
@@ -143,17 +137,17 @@ fn small_page_dirty_tracking_is_page_exact() {
     };
     let mut bm = vec![0u64; 8];
     iopt.read_and_clear_dirty(dom.id(), &req, &mut bm).unwrap();
-    assert_eq!(bits(&bm), vec![0, 1, 63, 64, 300, 511]);
+    assert_eq!(set_bits(&bm), vec![0, 1, 63, 64, 300, 511]);
     let req = DirtyRequest {
         no_clear: false,
         ..req
     };
     bm.fill(0);
     iopt.read_and_clear_dirty(dom.id(), &req, &mut bm).unwrap();
-    assert_eq!(bits(&bm), vec![0, 1, 63, 64, 300, 511]);
+    assert_eq!(set_bits(&bm), vec![0, 1, 63, 64, 300, 511]);
     bm.fill(0);
     iopt.read_and_clear_dirty(dom.id(), &req, &mut bm).unwrap();
-    assert!(bits(&bm).is_empty());
+    assert!(set_bits(&bm).is_empty());
 }
 
 #[test]

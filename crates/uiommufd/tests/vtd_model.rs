@@ -23,6 +23,7 @@ use uiommufd::domain::{Domain, HostAddr, Iova};
 use uiommufd::plumbing::io_pagetable::DirtyBitmap;
 use uiommufd::vtd::{Iotlb, VtdDomain};
 use uiommufd::Prot;
+use uiommufd_testkit::set_bits;
 
 const K4: u64 = 1 << 12;
 const M2: u64 = 1 << 21;
@@ -314,12 +315,7 @@ fn run(ops: Vec<Op>) -> Result<(), TestCaseError> {
                 let mut bm = DirtyBitmap::new(iova, last, 12, &mut w);
                 d.read_and_clear_dirty(iova, last - iova + 1, clear, Some(&mut bm))
                     .unwrap();
-                let mut have = BTreeSet::new();
-                for b in 0..nbits {
-                    if w[(b / 64) as usize] >> (b % 64) & 1 != 0 {
-                        have.insert(iova + b * K4);
-                    }
-                }
+                let have: BTreeSet<u64> = set_bits(&w).iter().map(|b| iova + b * K4).collect();
                 prop_assert_eq!(have, want);
                 if clear {
                     for (s, size) in leaves {

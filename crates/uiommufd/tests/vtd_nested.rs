@@ -16,13 +16,12 @@ use uiommufd::plumbing::files;
 use uiommufd::uapi::*;
 use uiommufd::vfio::model::{Bar, PciIds, PciLayout};
 use uiommufd::vfio::registry;
-use uiommufd::vfio::uapi::*;
 use uiommufd::vtd::nested::{
     fl, IommuHwptVtdS1, IommuHwptVtdS1Invalidate, IOMMU_HWPT_INVALIDATE_DATA_VTD_S1,
     IOMMU_VTD_INV_FLAGS_LEAF, IOMMU_VTD_S1_EAFE, IOMMU_VTD_S1_SRE, IOMMU_VTD_S1_WPE,
 };
 use uiommufd::Context;
-use uiommufd_testkit::vfio::{bind_cdev, enable_bus_master, ioctl_on, BusOnly, Fds};
+use uiommufd_testkit::vfio::{attach_pt, bind_cdev, enable_bus_master, BusOnly};
 use zerocopy::{FromBytes, IntoBytes};
 
 use uiommufd_testkit::{self as kit, Buf};
@@ -167,49 +166,16 @@ impl Setup {
         data: u64,
         len: u32,
     ) -> Result<u32, i32> {
-        kit::hwpt_alloc_with(
-            &self.ctx,
-            IommuHwptAlloc {
-                flags,
-                dev_id: self.devid,
-                pt_id: pt,
-                data_type,
-                data_len: len,
-                data_uptr: data,
-                fault_id,
-                ..Default::default()
-            },
-        )
+        let devid = self.devid;
+        kit::hwpt_alloc_data(&self.ctx, devid, pt, flags, fault_id, data_type, data, len)
     }
 
     fn s1(&self, parent: u32, d: &IommuHwptVtdS1, fault: Option<u32>) -> Result<u32, i32> {
-        self.hwpt_alloc(
-            parent,
-            if fault.is_some() {
-                IOMMU_HWPT_FAULT_ID_VALID
-            } else {
-                0
-            },
-            fault.unwrap_or(0),
-            IOMMU_HWPT_DATA_VTD_S1,
-            d as *const _ as u64,
-            24,
-        )
+        kit::hwpt_alloc_vtd_s1(&self.ctx, self.devid, parent, d, fault)
     }
 
     fn attach(&self, pt: u32) -> Result<u32, i32> {
-        let mut a = VfioDeviceAttachIommufdPt {
-            argsz: 12,
-            flags: 0,
-            pt_id: pt,
-        };
-        ioctl_on(
-            self.fd,
-            VFIO_DEVICE_ATTACH_IOMMUFD_PT,
-            &mut a,
-            &Fds::default(),
-        )?;
-        Ok(a.pt_id)
+        attach_pt(self.fd, pt)
     }
 
     fn invalidate(
@@ -224,14 +190,8 @@ impl Setup {
     }
 
     fn inv_one(&self, hwpt: u32, addr: u64, npages: u64) {
-        let r = [IommuHwptVtdS1Invalidate {
-            addr,
-            npages,
-            flags: IOMMU_VTD_INV_FLAGS_LEAF,
-            __reserved: 0,
-        }];
         assert_eq!(
-            self.invalidate(hwpt, &r, IOMMU_HWPT_INVALIDATE_DATA_VTD_S1, 24),
+            kit::invalidate_vtd_s1_leaf(&self.ctx, hwpt, addr, npages),
             (0, 1)
         );
     }

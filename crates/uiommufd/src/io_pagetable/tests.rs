@@ -172,52 +172,40 @@ fn io_pagetable_selftest_area_auto_iova() {
     for &i in &iovas {
         assert_eq!(t.unmap(i, ps).unwrap(), ps);
     }
+    // Ten automatic maps of 1 to 10 pages from user address `uptr`: each
+    // aligned to the lowest set bit of its length and passing
+    // `check(iova, len)`; then the invariants, and all unmapped again.
+    let ten_aligned = |uptr: u64, check: &dyn Fn(u64, u64)| {
+        let mut maps = Vec::new();
+        for i in 0..10 {
+            let len = ps * (i + 1);
+            let iova = map_at(&t, uptr, len, None).unwrap();
+            assert_eq!(iova % (1u64 << len.trailing_zeros()), 0);
+            check(iova, len);
+            maps.push((iova, len));
+        }
+        ok(&t);
+        for (iova, len) in maps {
+            t.unmap(iova, len).unwrap();
+        }
+    };
     // Automatic alignment.
-    let low_bit = |len: u64| 1u64 << len.trailing_zeros();
-    iovas.clear();
-    for i in 0..10 {
-        let len = ps * (i + 1);
-        let iova = map_at(&t, 1 << 31, len, None).unwrap();
-        assert_eq!(iova % low_bit(len), 0);
-        iovas.push(iova);
-    }
-    ok(&t);
-    for (i, &iova) in iovas.iter().enumerate() {
-        t.unmap(iova, ps * (i as u64 + 1)).unwrap();
-    }
+    ten_aligned(1 << 31, &|_, _| {});
     // Avoids a reserved region.
     let (rs, rlen) = (4 * ps, 100 * ps);
     t.add_reserved(rs, rs + rlen - 1, 0).unwrap();
-    iovas.clear();
-    for i in 0..10 {
-        let len = ps * (i + 1);
-        let iova = map_at(&t, BUF, len, None).unwrap();
-        assert_eq!(iova % low_bit(len), 0);
+    ten_aligned(BUF, &|iova, len| {
         assert!(!(iova > rs && iova < rs + rlen));
         assert!(iova + len <= rs || iova >= rs + rlen);
-        iovas.push(iova);
-    }
-    ok(&t);
-    for (i, &iova) in iovas.iter().enumerate() {
-        t.unmap(iova, ps * (i as u64 + 1)).unwrap();
-    }
+    });
     // Allowed region intersects a reserved region.
     assert_eq!(errno(t.set_allowed(&[(ps, ps * 600)])), libc::EADDRINUSE);
     // Allocate from an allowed region.
     let (a0, a1) = (ps * 200, ps * 600 - 1);
     t.set_allowed(&[(a0, a1)]).unwrap();
-    iovas.clear();
-    for i in 0..10 {
-        let len = ps * (i + 1);
-        let iova = map_at(&t, BUF, len, None).unwrap();
-        assert_eq!(iova % low_bit(len), 0);
-        assert!(iova >= a0 && iova + len <= a1 + 1);
-        iovas.push(iova);
-    }
-    ok(&t);
-    for (i, &iova) in iovas.iter().enumerate() {
-        t.unmap(iova, ps * (i as u64 + 1)).unwrap();
-    }
+    ten_aligned(BUF, &|iova, len| {
+        assert!(iova >= a0 && iova + len <= a1 + 1)
+    });
     ok(&t);
 }
 
