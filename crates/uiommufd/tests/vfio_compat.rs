@@ -478,11 +478,18 @@ fn create_access(ctx: &Arc<Context>, ioas: u32, flags: u32) -> u32 {
 /// A type1v2 container with two mappings of 8 pages at `A` (one buffer of
 /// 16) and an access that pins on its IOAS: (ctx, ioas, buffer, access fd).
 fn tracked_with_access() -> (Arc<Context>, u32, Buf, u32) {
+    tracked_with_access_at(16, &[(0, 8), (8, 8)])
+}
+
+/// As [`tracked_with_access`], with a buffer of `pages` pages and a
+/// mapping of each `(first page, pages)` of it at `A + first page`.
+fn tracked_with_access_at(pages: u64, maps: &[(u64, u64)]) -> (Arc<Context>, u32, Buf, u32) {
     let (ctx, ioas) = container();
     raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
-    let buf = Buf::zeroed(16 * PS, PS);
-    map_dma(&ctx, buf.addr(), 8 * PS, A).unwrap();
-    map_dma(&ctx, buf.addr() + 8 * PS, 8 * PS, A + 8 * PS).unwrap();
+    let buf = Buf::zeroed(pages * PS, PS);
+    for &(first, n) in maps {
+        map_dma(&ctx, buf.addr() + first * PS, n * PS, A + first * PS).unwrap();
+    }
     let fd = create_access(&ctx, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES);
     (ctx, ioas, buf, fd)
 }
@@ -766,13 +773,8 @@ fn dirty_pages_report_device_writes() {
 /// mapping reaches are left alone. The same for UNMAP_DMA's bitmap.
 #[test]
 fn dirty_bitmap_words_are_overwritten_like_type1() {
-    let (ctx, ioas) = container();
-    raw(&ctx, VFIO_SET_IOMMU, VFIO_TYPE1V2_IOMMU).unwrap();
-    let buf = Buf::zeroed(80 * PS, PS);
     // pages 0..3 and 5..75 mapped, 3 and 4 a hole
-    map_dma(&ctx, buf.addr(), 3 * PS, A).unwrap();
-    map_dma(&ctx, buf.addr() + 5 * PS, 70 * PS, A + 5 * PS).unwrap();
-    let fd = create_access(&ctx, ioas, MOCK_FLAGS_ACCESS_CREATE_NEEDS_PIN_PAGES);
+    let (ctx, _ioas, _buf, fd) = tracked_with_access_at(80, &[(0, 3), (5, 70)]);
     dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
     let write_pages = |pages: &[u64]| {
         for &p in pages {
