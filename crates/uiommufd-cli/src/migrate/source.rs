@@ -377,8 +377,10 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     let t = Instant::now();
     vm.sync_dirty(&mut fin)?;
     let fin_read = t.elapsed();
-    for (f, b) in fin.iter_mut().zip(&bm) {
-        *f &= !*b;
+    // the pages already queued are not sent again: only the words of `bm`
+    // with bits (`set`) can overlap, not the whole of both bitmaps
+    for &i in &set {
+        fin[i] &= !bm[i];
     }
     let t_synced = clock::now_ns();
     let late = count(&fin);
