@@ -164,9 +164,9 @@ fn write_bitmap(
 }
 
 /// Words of the user bitmap one read (and write, where they differ)
-/// covers: an area's span goes through two 4 KiB stack buffers, chunk by
+/// covers: an area's span goes through two 1 KiB stack buffers, chunk by
 /// chunk, never allocated whole.
-const STORE_WORDS: usize = 512;
+const STORE_WORDS: usize = 128;
 
 /// Store the area's bits into the user bitmap at `data` (an array of
 /// little-endian u64 words) from bit `off`, as type1's
