@@ -149,14 +149,12 @@ const META_WRITE: u8 = 1 << 5;
 /// The granules `lo..=hi` of a block (`lo <= hi < BLOCK`).
 fn span_mask(lo: u64, hi: u64) -> Mask {
     debug_assert!(lo <= hi && hi < BLOCK);
+    let (lw, hw) = ((lo / 64) as usize, (hi / 64) as usize);
     let mut m = EMPTY;
-    for (w, word) in m.iter_mut().enumerate() {
-        let (ws, we) = (w as u64 * 64, w as u64 * 64 + 63);
-        if hi >= ws && lo <= we {
-            let (l, h) = (lo.max(ws) - ws, hi.min(we) - ws);
-            *word = (u64::MAX >> (63 - h)) & (u64::MAX << l);
-        }
-    }
+    // only the words the span touches: one for a few granules
+    m[lw..=hw].fill(u64::MAX);
+    m[lw] &= u64::MAX << (lo % 64);
+    m[hw] &= u64::MAX >> (63 - hi % 64);
     m
 }
 
