@@ -5,10 +5,11 @@
 //! The mock supports the page sizes `MOCK_IO_PAGE_SIZE` (`PAGE_SIZE / 2`) and,
 //! for a device created with the `HUGE_IOVA` flag, `MOCK_HUGE_PAGE_SIZE`
 //! (512 granules). Whatever the page size, the table keeps one entry per
-//! granule, tagged like the kernel's: the first entry of a `map` call carries
-//! the **start** marker, the last one the **last** marker, and entries
-//! written by a page larger than a granule the **huge** marker. A **dirty**
-//! bit in the entry records device writes for dirty tracking.
+//! granule ([the table](#the-table) says how), tagged like the kernel's:
+//! the first entry of a `map` call carries the **start** marker, the last
+//! one the **last** marker, and entries written by a page larger than a
+//! granule the **huge** marker. A **dirty** bit records device writes for
+//! dirty tracking.
 //!
 //! # Dirty tracking (the kernel mock's `dirty_ops`)
 //!
@@ -20,6 +21,43 @@
 //! reports a dirty granule as one `MOCK_IO_PAGE_SIZE` page, and a huge page
 //! with any dirty granule as the whole huge page (clipped to the range
 //! asked for), then clears all of its granules, as the kernel's mock does.
+//!
+//! # The table
+//!
+//! The table is cut into **blocks** of 512 granules, one
+//! `MOCK_HUGE_PAGE_SIZE` each, so that a huge page is always one block.
+//! A block holds its granules densely, side by side: the host address of
+//! each (`[u64; 512]`), a byte of start/last markers and permissions each
+//! (`[u8; 512]`), and three 512-bit masks: which granules are mapped,
+//! which are dirty and which were written by a huge page (so the dirty and
+//! huge markers live only in the masks; [`MockDomain::entry`] puts them
+//! back into [`MockEntry::flags`]). A block is in the table only while it
+//! maps a granule: the unmap of its last one takes it out, and a count of
+//! mapped granules per block and per stripe keeps [`MockDomain::len`]
+//! exact. Each stripe keeps the last block it emptied (at most one, its
+//! masks already clear) for the next block it needs, so the common
+//! map-then-unmap of a few pages neither allocates nor clears 4.8 KiB
+//! (as a B-tree keeps its emptied root node); the others are freed. That
+//! is ~4.8 KiB per mapped MiB of IOVA, against ~24 bytes per granule plus
+//! tree nodes (>12 KiB per MiB) for one B-tree entry per granule.
+//!
+//! The blocks live in 64 **stripes**, each a `BTreeMap` from block index
+//! to block under a read-write lock of its own; block `b` goes to stripe
+//! `b % 64`, so neighbouring blocks never share a lock and maps and unmaps
+//! of disjoint ranges from many threads do not wait for each other. An
+//! operation locks the stripes its range touches in ascending order (one
+//! stripe, without a table of guards, for a range inside one block) for
+//! its whole duration. A walk over a range merges the stripes' blocks into
+//! IOVA order, one step per block.
+//!
+//! A dirty read therefore costs one test per block with nothing dirty (its
+//! dirty mask is zero), and otherwise a few word operations per block:
+//! the dirty granules are found with `trailing_zeros` over the mask words
+//! and pushed to [`DirtyRuns`] as runs (a wholly dirty block as one run),
+//! in IOVA order so that the runs of neighbouring blocks join. Lookups
+//! (translation, DMA copies, `MD_CHECK_MAP`) find a granule's block in its
+//! stripe's tree and index it; a translation walks its contiguous granules
+//! inside the block without further searches.
 //!
 //! Intervals: `last` inclusive; lengths in bytes.
 
@@ -76,38 +114,214 @@ impl MockEntry {
     pub const FLAG_HUGE: u8 = 1 << 3;
 }
 
-/// Granules per stripe block: one `MOCK_HUGE_PAGE_SIZE`, so that the
-/// granules of a huge page always share a stripe.
+/// Granules per block: one `MOCK_HUGE_PAGE_SIZE`, so that the granules of
+/// a huge page always share a block (and so a stripe).
 const BLOCK: u64 = 512;
+/// Words in a block's granule masks.
+const WORDS: usize = BLOCK as usize / 64;
 /// How many stripes a table has.
 const STRIPES: usize = 64;
-/// Above every granule index (IOVA / `MOCK_IO_PAGE_SIZE` < 2^63): "none".
+/// Above every block index: "none".
 const NO_KEY: u64 = u64::MAX;
 /// The last granule index.
 const LAST_GRANULE: u64 = u64::MAX / 2;
-/// Keys an unmap gathers per search before it removes them.
+/// Blocks an unmap empties per search before it removes them.
 const UNMAP_BATCH: usize = 64;
 
-/// granule index (IOVA / MOCK_IO_PAGE_SIZE) -> entry
-type Entries = BTreeMap<u64, MockEntry>;
+/// A set of granules of one block: bit `i % 64` of word `i / 64` is the
+/// block's granule `i`.
+type Mask = [u64; WORDS];
+
+/// No granule.
+const EMPTY: Mask = [0; WORDS];
+/// Every granule of a block.
+const FULL: Mask = [u64::MAX; WORDS];
+
+/// `Block::meta` bits: the start and last markers (as in
+/// [`MockEntry::flags`]) and the mapping's permissions. The dirty and huge
+/// markers live in the block's masks only.
+const META_FLAGS: u8 = MockEntry::FLAG_START | MockEntry::FLAG_LAST;
+/// `Block::meta`: the device may read.
+const META_READ: u8 = 1 << 4;
+/// `Block::meta`: the device may write.
+const META_WRITE: u8 = 1 << 5;
+
+/// The granules `lo..=hi` of a block (`lo <= hi < BLOCK`).
+fn span_mask(lo: u64, hi: u64) -> Mask {
+    debug_assert!(lo <= hi && hi < BLOCK);
+    let (lw, hw) = ((lo / 64) as usize, (hi / 64) as usize);
+    let mut m = EMPTY;
+    // only the words the span touches: one for a few granules
+    m[lw..=hw].fill(u64::MAX);
+    m[lw] &= u64::MAX << (lo % 64);
+    m[hw] &= u64::MAX >> (63 - hi % 64);
+    m
+}
+
+/// The granules of block `b` inside the granule range `first..=last`
+/// (which must touch the block).
+fn clip_mask(b: u64, first: u64, last: u64) -> Mask {
+    let head = b * BLOCK;
+    if first <= head && head + (BLOCK - 1) <= last {
+        return FULL;
+    }
+    span_mask(first.max(head) - head, last.min(head + (BLOCK - 1)) - head)
+}
+
+/// `a & b`, word by word.
+fn and(a: &Mask, b: &Mask) -> Mask {
+    std::array::from_fn(|w| a[w] & b[w])
+}
+
+/// The first granule of `m`.
+fn first_bit(m: &Mask) -> Option<u64> {
+    m.iter()
+        .position(|&w| w != 0)
+        .map(|w| w as u64 * 64 + u64::from(m[w].trailing_zeros()))
+}
+
+/// One block of the table: its `BLOCK` granules side by side (parallel
+/// arrays, ~4.8 KiB), and masks of which are mapped, dirty and huge.
+/// A block in a table always maps at least one granule.
+#[derive(Clone)]
+struct Block {
+    /// The mapped granules.
+    present: Mask,
+    /// Mapped granules written while tracking (`MockEntry::FLAG_DIRTY`).
+    dirty: Mask,
+    /// Mapped granules written by a huge page (`MockEntry::FLAG_HUGE`).
+    huge: Mask,
+    /// How many granules are mapped (the bits of `present`).
+    count: u32,
+    /// Each mapped granule's host address (stale where not mapped).
+    addr: [u64; BLOCK as usize],
+    /// Each mapped granule's `META_*` bits (stale where not mapped).
+    meta: [u8; BLOCK as usize],
+}
+
+impl std::fmt::Debug for Block {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Block").field("count", &self.count).finish()
+    }
+}
+
+/// Whether granule `i` is in `m`.
+fn has(m: &Mask, i: u64) -> bool {
+    m[(i / 64) as usize] >> (i % 64) & 1 != 0
+}
+
+impl Block {
+    fn new() -> Box<Block> {
+        Box::new(Block {
+            present: EMPTY,
+            dirty: EMPTY,
+            huge: EMPTY,
+            count: 0,
+            addr: [0; BLOCK as usize],
+            meta: [0; BLOCK as usize],
+        })
+    }
+
+    /// The entry of granule `i` of the block.
+    #[inline]
+    fn entry(&self, i: u64) -> Option<MockEntry> {
+        if !has(&self.present, i) {
+            return None;
+        }
+        let meta = self.meta[i as usize];
+        let mut flags = meta & META_FLAGS;
+        if has(&self.dirty, i) {
+            flags |= MockEntry::FLAG_DIRTY;
+        }
+        if has(&self.huge, i) {
+            flags |= MockEntry::FLAG_HUGE;
+        }
+        Some(MockEntry {
+            addr: self.addr[i as usize],
+            flags,
+            prot: Prot {
+                read: meta & META_READ != 0,
+                write: meta & META_WRITE != 0,
+            },
+        })
+    }
+
+    /// Map the (unmapped) granules `lo..=hi`: granule `lo + k` to
+    /// `addr + k * mps`, with `meta` bits, huge or not.
+    fn fill(&mut self, lo: u64, hi: u64, addr: u64, mps: u64, meta: u8, huge: bool) {
+        let (l, h) = (lo as usize, hi as usize);
+        for (k, a) in self.addr[l..=h].iter_mut().enumerate() {
+            *a = addr + k as u64 * mps;
+        }
+        self.meta[l..=h].fill(meta);
+        let m = span_mask(lo, hi);
+        for (w, &bits) in m.iter().enumerate() {
+            debug_assert_eq!(self.present[w] & bits, 0);
+            self.present[w] |= bits;
+            if huge {
+                self.huge[w] |= bits;
+            }
+        }
+        self.count += (hi - lo + 1) as u32;
+    }
+
+    /// Unmap the granules of `m`; returns how many were mapped.
+    fn clear(&mut self, m: &Mask) -> u32 {
+        let mut n = 0;
+        for (w, &bits) in m.iter().enumerate() {
+            n += (self.present[w] & bits).count_ones();
+            self.present[w] &= !bits;
+            self.dirty[w] &= !bits;
+            self.huge[w] &= !bits;
+        }
+        self.count -= n;
+        n
+    }
+
+    /// Mark the mapped granules of `m` dirty; returns how many there are.
+    fn mark_dirty(&mut self, m: &Mask) -> u64 {
+        let mut n = 0;
+        for (w, &bits) in m.iter().enumerate() {
+            let hit = self.present[w] & bits;
+            n += u64::from(hit.count_ones());
+            self.dirty[w] |= hit;
+        }
+        n
+    }
+}
+
+/// One stripe's blocks.
+#[derive(Debug, Default)]
+struct Blocks {
+    /// block index (granule index / `BLOCK`) -> its granules; no block
+    /// is empty (the last unmap of a granule frees its block).
+    map: BTreeMap<u64, Box<Block>>,
+    /// How many granules the stripe maps.
+    len: u64,
+    /// The block last emptied, kept (all masks zero) for the next block
+    /// this stripe needs: a map and unmap of a few pages, the common
+    /// pair, then neither allocates nor clears a block. At most one a
+    /// stripe.
+    spare: Option<Box<Block>>,
+}
 
 /// One stripe of the table, on cache lines of its own.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-struct Stripe(RwLock<Entries>);
+struct Stripe(RwLock<Blocks>);
 
-/// The stripe that holds granule `g`: blocks of `BLOCK` granules go to the
-/// stripes in turn, so neighbouring blocks never share a lock.
-fn stripe_of(g: u64) -> usize {
-    ((g / BLOCK) % STRIPES as u64) as usize
+/// The stripe that holds block `b`: the blocks go to the stripes in turn,
+/// so neighbouring blocks never share a lock.
+fn stripe_of_block(b: u64) -> usize {
+    (b % STRIPES as u64) as usize
 }
 
 /// The page table, striped by IOVA so that maps and unmaps of disjoint
-/// ranges run concurrently: stripe `s` holds the granules of every block
-/// `b` with `b % STRIPES == s`. An operation on a granule range locks every
-/// stripe the range touches (all of them from `STRIPES` blocks on), in
-/// ascending stripe order, for its whole duration, so it is as atomic as
-/// with one lock.
+/// ranges run concurrently: stripe `s` holds the blocks `b` with
+/// `b % STRIPES == s`. An operation on a granule range locks every stripe
+/// the range touches (all of them from `STRIPES` blocks on), in ascending
+/// stripe order, for its whole duration, so it is as atomic as with one
+/// lock.
 #[derive(Debug)]
 struct Table {
     stripes: Box<[Stripe]>,
@@ -121,12 +335,12 @@ impl Table {
     }
 
     /// Write-lock the stripes of granules `first..=last`.
-    fn write(&self, first: u64, last: u64) -> Locked<RwLockWriteGuard<'_, Entries>> {
+    fn write(&self, first: u64, last: u64) -> Locked<RwLockWriteGuard<'_, Blocks>> {
         Locked::new(first, last, |s| self.stripes[s].0.write())
     }
 
     /// Read-lock the stripes of granules `first..=last`.
-    fn read(&self, first: u64, last: u64) -> Locked<RwLockReadGuard<'_, Entries>> {
+    fn read(&self, first: u64, last: u64) -> Locked<RwLockReadGuard<'_, Blocks>> {
         Locked::new(first, last, |s| self.stripes[s].0.read())
     }
 }
@@ -147,8 +361,8 @@ struct Locked<G> {
     last: u64,
 }
 
-/// One stripe's entries in a merged walk: its next key (`NO_KEY` when
-/// done), that entry, and the rest.
+/// One stripe's blocks in a merged walk: its next block index (`NO_KEY`
+/// when done), that block, and the rest.
 struct Cursor<I, V> {
     key: u64,
     val: Option<V>,
@@ -174,12 +388,11 @@ impl<'a, V, I: Iterator<Item = (&'a u64, V)>> Cursor<I, V> {
     }
 }
 
-/// Call `visit(granule, entry)` for every entry the stripes' iterators
-/// yield (`(stripe, entries of that stripe in ascending order)`), in
-/// granule order, until it returns false. A block's entries all lie in
-/// one stripe, so a block is taken whole from one iterator, and in a dense
-/// range the next block is in the next stripe: no search of the trees,
-/// each is read in order once.
+/// Call `visit(block index, block)` for every block the stripes'
+/// iterators yield (`(stripe, blocks of that stripe in ascending order)`),
+/// in IOVA order, until it returns false. In a dense range the next block
+/// is the next stripe's first: one test per block, each tree read in
+/// order once; elsewhere the least of the stripes' next blocks.
 fn merge_walk<'a, V, I: Iterator<Item = (&'a u64, V)>>(
     stripes: impl Iterator<Item = (usize, I)>,
     mut visit: impl FnMut(u64, V) -> bool,
@@ -191,13 +404,25 @@ fn merge_walk<'a, V, I: Iterator<Item = (&'a u64, V)>>(
         pos[s] = cs.len() as u8;
         cs.push(Cursor::new(it));
     }
+    if cs.len() == 1 {
+        // one stripe: already in order
+        let c = &mut cs[0];
+        while c.key != NO_KEY {
+            let v = c.val.take().expect("a cursor below NO_KEY holds its block");
+            if !visit(c.key, v) {
+                return;
+            }
+            c.advance();
+        }
+        return;
+    }
     let mut next_block = None;
     loop {
-        // Every entry of the blocks before `next_block` was visited: an
-        // entry in `next_block` is the smallest left.
+        // Every block before `next_block` was visited: `next_block`, when
+        // some stripe holds it, is the least left.
         let hit = next_block.and_then(|b: u64| {
-            let p = pos[(b % STRIPES as u64) as usize];
-            (p != u8::MAX && cs[p as usize].key / BLOCK == b).then_some(p as usize)
+            let p = pos[stripe_of_block(b)];
+            (p != u8::MAX && cs[p as usize].key == b).then_some(p as usize)
         });
         let at = match hit {
             Some(p) => p,
@@ -207,25 +432,22 @@ fn merge_walk<'a, V, I: Iterator<Item = (&'a u64, V)>>(
             },
         };
         let c = &mut cs[at];
-        let block = c.key / BLOCK;
-        // NO_KEY / BLOCK is above every block, so the loop ends with them
-        while c.key / BLOCK == block {
-            let v = c.val.take().expect("a cursor below NO_KEY holds its entry");
-            if !visit(c.key, v) {
-                return;
-            }
-            c.advance();
+        let b = c.key;
+        let v = c.val.take().expect("a cursor below NO_KEY holds its block");
+        if !visit(b, v) {
+            return;
         }
-        next_block = Some(block + 1);
+        c.advance();
+        next_block = Some(b + 1);
     }
 }
 
-impl<G: Deref<Target = Entries>> Locked<G> {
+impl<G: Deref<Target = Blocks>> Locked<G> {
     fn new(first: u64, last: u64, mut lock: impl FnMut(usize) -> G) -> Locked<G> {
         debug_assert!(first <= last && last <= LAST_GRANULE);
         let (fb, lb) = (first / BLOCK, last / BLOCK);
         let guards = if fb == lb {
-            let s = stripe_of(first);
+            let s = stripe_of_block(fb);
             Guards::One(s, lock(s))
         } else {
             let mask = if lb - fb >= STRIPES as u64 - 1 {
@@ -249,26 +471,39 @@ impl<G: Deref<Target = Entries>> Locked<G> {
         }
     }
 
-    /// The stripe of granule `g`, which must be in the locked range.
-    fn map_of(&self, g: u64) -> &Entries {
-        debug_assert!(self.first <= g && g <= self.last);
+    /// The locked blocks, `first / BLOCK..=last / BLOCK`.
+    fn block_range(&self) -> std::ops::RangeInclusive<u64> {
+        self.first / BLOCK..=self.last / BLOCK
+    }
+
+    /// The stripe of block `b`, which must be in the locked range.
+    fn stripe(&self, b: u64) -> &Blocks {
+        debug_assert!(self.block_range().contains(&b));
         match &self.guards {
             Guards::One(s, m) => {
-                debug_assert_eq!(*s, stripe_of(g));
+                debug_assert_eq!(*s, stripe_of_block(b));
                 m
             }
-            Guards::Many(gs) => gs[stripe_of(g)]
+            Guards::Many(gs) => gs[stripe_of_block(b)]
                 .as_deref()
-                .expect("granule outside the locked range"),
+                .expect("block outside the locked range"),
         }
     }
 
-    fn get(&self, g: u64) -> Option<&MockEntry> {
-        self.map_of(g).get(&g)
+    /// Block `b` (in the locked range), if it maps anything.
+    #[inline]
+    fn block(&self, b: u64) -> Option<&Block> {
+        self.stripe(b).map.get(&b).map(|b| &**b)
+    }
+
+    /// The entry of granule `g` (in the locked range's blocks).
+    #[inline]
+    fn get(&self, g: u64) -> Option<MockEntry> {
+        self.block(g / BLOCK)?.entry(g % BLOCK)
     }
 
     /// The held stripes, ascending.
-    fn stripes(&self) -> impl Iterator<Item = (usize, &Entries)> {
+    fn stripes(&self) -> impl Iterator<Item = (usize, &Blocks)> {
         let (one, many) = match &self.guards {
             Guards::One(s, m) => (Some((*s, &**m)), None),
             Guards::Many(gs) => (None, Some(gs.iter().enumerate())),
@@ -278,47 +513,86 @@ impl<G: Deref<Target = Entries>> Locked<G> {
             .chain(many.filter_map(|(s, m)| Some((s, &**m.as_ref()?))))
     }
 
-    /// Check that walking `from..=to` stays in the locked stripes.
-    fn check_walk(&self, from: u64, to: u64) {
-        debug_assert!(from <= to);
-        debug_assert!(self.first / BLOCK <= from / BLOCK && to / BLOCK <= self.last / BLOCK);
+    /// Call `visit(block index, block)` for every block of the locked
+    /// range, in IOVA order, until it returns false.
+    fn walk(&self, visit: impl FnMut(u64, &Block) -> bool) {
+        let r = self.block_range();
+        merge_walk(
+            self.stripes()
+                .map(|(s, m)| (s, m.map.range(r.clone()).map(|(k, v)| (k, &**v)))),
+            visit,
+        );
     }
 
-    /// Call `visit(granule, entry)` for every entry of granules
-    /// `from..=to` (in the locked range's blocks), in IOVA order, until it
-    /// returns false.
-    fn walk(&self, from: u64, to: u64, visit: impl FnMut(u64, &MockEntry) -> bool) {
-        self.check_walk(from, to);
-        merge_walk(self.stripes().map(|(s, m)| (s, m.range(from..=to))), visit);
-    }
-
-    /// The first entry of the locked range, in IOVA order: the least of
-    /// every held stripe's first.
+    /// The first mapped granule of the locked range, and its entry: the
+    /// least of every held stripe's first.
     fn first_entry(&self) -> Option<(u64, MockEntry)> {
         let (first, last) = (self.first, self.last);
+        let r = self.block_range();
         self.stripes()
-            .filter_map(|(_, m)| m.range(first..=last).next())
-            .min_by_key(|(&g, _)| g)
-            .map(|(&g, e)| (g, *e))
+            .filter_map(|(_, m)| {
+                m.map.range(r.clone()).find_map(|(&b, blk)| {
+                    let i = first_bit(&and(&blk.present, &clip_mask(b, first, last)))?;
+                    Some((b * BLOCK + i, blk.entry(i)?))
+                })
+            })
+            .min_by_key(|&(g, _)| g)
+    }
+
+    /// How many granules from `g0` (at most to `g_last`, in the locked
+    /// range) are mapped with `allowed` and host-contiguous, and the
+    /// first one's address; `None` when `g0` is not mapped, `Some((addr,
+    /// 0))` when it is but without `allowed`.
+    fn contiguous(&self, g0: u64, g_last: u64, allowed: u8) -> Option<(u64, u64)> {
+        let mps = mock_io_page_size();
+        let mut blk = self.block(g0 / BLOCK)?;
+        let i0 = g0 % BLOCK;
+        if !has(&blk.present, i0) {
+            return None;
+        }
+        let addr = blk.addr[i0 as usize];
+        if blk.meta[i0 as usize] & allowed != allowed {
+            return Some((addr, 0));
+        }
+        let mut n = 1;
+        while g0 + n <= g_last {
+            let g = g0 + n;
+            if g.is_multiple_of(BLOCK) {
+                match self.block(g / BLOCK) {
+                    Some(b) => blk = b,
+                    None => break,
+                }
+            }
+            let i = g % BLOCK;
+            if !has(&blk.present, i)
+                || blk.meta[i as usize] & allowed != allowed
+                || blk.addr[i as usize] != addr.wrapping_add(n * mps)
+            {
+                break;
+            }
+            n += 1;
+        }
+        Some((addr, n))
     }
 }
 
-impl<G: DerefMut<Target = Entries>> Locked<G> {
-    fn map_of_mut(&mut self, g: u64) -> &mut Entries {
-        debug_assert!(self.first <= g && g <= self.last);
+impl<G: DerefMut<Target = Blocks>> Locked<G> {
+    /// The stripe of block `b` (in the locked range), to change.
+    fn stripe_mut(&mut self, b: u64) -> &mut Blocks {
+        debug_assert!(self.block_range().contains(&b));
         match &mut self.guards {
             Guards::One(s, m) => {
-                debug_assert_eq!(*s, stripe_of(g));
+                debug_assert_eq!(*s, stripe_of_block(b));
                 m
             }
-            Guards::Many(gs) => gs[stripe_of(g)]
+            Guards::Many(gs) => gs[stripe_of_block(b)]
                 .as_deref_mut()
-                .expect("granule outside the locked range"),
+                .expect("block outside the locked range"),
         }
     }
 
     /// The held stripes, ascending, to change.
-    fn stripes_mut(&mut self) -> impl Iterator<Item = (usize, &mut Entries)> {
+    fn stripes_mut(&mut self) -> impl Iterator<Item = (usize, &mut Blocks)> {
         let (one, many) = match &mut self.guards {
             Guards::One(s, m) => (Some((*s, &mut **m)), None),
             Guards::Many(gs) => (None, Some(gs.iter_mut().enumerate())),
@@ -328,44 +602,98 @@ impl<G: DerefMut<Target = Entries>> Locked<G> {
             .chain(many.filter_map(|(s, m)| Some((s, &mut **m.as_mut()?))))
     }
 
-    /// Call `visit(granule, entry)` for every entry of granules
-    /// `from..=to` (in the locked range's blocks), stripe after stripe and
-    /// in IOVA order within each, until it returns false: a block's
-    /// entries come together and in order, blocks do not. Each stripe's
-    /// tree is read straight through, as one ordered map would be; a merge
-    /// into IOVA order ([`Locked::walk`]) costs a block test per entry and
-    /// was measurably slower for the dirty reads that use this.
-    fn walk_mut(&mut self, from: u64, to: u64, mut visit: impl FnMut(u64, &mut MockEntry) -> bool) {
-        self.check_walk(from, to);
-        for (_, m) in self.stripes_mut() {
-            for (&g, e) in m.range_mut(from..=to) {
-                if !visit(g, e) {
-                    return;
+    /// Call `visit(block index, block)` for every block of the locked
+    /// range, in IOVA order, until it returns false.
+    fn walk_mut(&mut self, visit: impl FnMut(u64, &mut Block) -> bool) {
+        let r = self.block_range();
+        merge_walk(
+            self.stripes_mut()
+                .map(|(s, m)| (s, m.map.range_mut(r.clone()).map(|(k, v)| (k, &mut **v)))),
+            visit,
+        );
+    }
+
+    /// Map the `n` unmapped granules from `g` (in the locked range) to
+    /// `addr` onwards, with `meta` bits, huge or not; block by block. The
+    /// locked range is the map call's: its first granule gets the start
+    /// marker, its last the last marker.
+    fn fill(&mut self, mut g: u64, mut n: u64, mut addr: u64, meta: u8, huge: bool) {
+        let mps = mock_io_page_size();
+        let (first, last) = (self.first, self.last);
+        while n > 0 {
+            let (b, lo) = (g / BLOCK, g % BLOCK);
+            let k = n.min(BLOCK - lo);
+            let st = self.stripe_mut(b);
+            let blk = st
+                .map
+                .entry(b)
+                .or_insert_with(|| st.spare.take().unwrap_or_else(Block::new));
+            blk.fill(lo, lo + k - 1, addr, mps, meta, huge);
+            for (at, mark) in [(first, MockEntry::FLAG_START), (last, MockEntry::FLAG_LAST)] {
+                if (g..g + k).contains(&at) {
+                    blk.meta[(at % BLOCK) as usize] |= mark;
                 }
             }
+            st.len += k;
+            (g, n, addr) = (g + k, n - k, addr + k * mps);
         }
     }
 
-    /// Remove every entry of the locked range; whole batches of keys per
-    /// search, no allocation.
+    /// Mark the mapped granules of `from..=to` (in the locked range)
+    /// dirty; returns how many there are.
+    fn mark_dirty(&mut self, from: u64, to: u64) -> u64 {
+        debug_assert!(from <= to);
+        let (fb, lb) = (from / BLOCK, to / BLOCK);
+        if fb == lb {
+            let Some(blk) = self.stripe_mut(fb).map.get_mut(&fb) else {
+                return 0;
+            };
+            return blk.mark_dirty(&span_mask(from % BLOCK, to % BLOCK));
+        }
+        let mut count = 0;
+        for (_, m) in self.stripes_mut() {
+            for (&b, blk) in m.map.range_mut(fb..=lb) {
+                count += blk.mark_dirty(&clip_mask(b, from, to));
+            }
+        }
+        count
+    }
+
+    /// Unmap every granule of the locked range; the blocks emptied are
+    /// freed, a batch of them per search.
     fn remove_all(&mut self) {
         let (first, last) = (self.first, self.last);
-        for (_, m) in self.stripes_mut() {
-            let mut from = first;
+        let (fb, lb) = (first / BLOCK, last / BLOCK);
+        for (_, st) in self.stripes_mut() {
+            let mut from = fb;
             loop {
-                let mut keys = [0u64; UNMAP_BATCH];
+                let mut empty = [0u64; UNMAP_BATCH];
                 let mut n = 0;
-                for (&g, _) in m.range(from..=last).take(UNMAP_BATCH) {
-                    keys[n] = g;
-                    n += 1;
+                let mut more = false;
+                for (&b, blk) in st.map.range_mut(from..=lb) {
+                    st.len -= u64::from(blk.clear(&clip_mask(b, first, last)));
+                    if blk.count == 0 {
+                        empty[n] = b;
+                        n += 1;
+                        if n == UNMAP_BATCH {
+                            more = b < lb;
+                            from = b + 1;
+                            break;
+                        }
+                    }
                 }
-                for g in &keys[..n] {
-                    m.remove(g);
+                for b in &empty[..n] {
+                    let blk = st.map.remove(b);
+                    if st.spare.is_none() {
+                        debug_assert!(blk.as_ref().is_some_and(|b| b.present == EMPTY
+                            && b.dirty == EMPTY
+                            && b.huge == EMPTY));
+                        st.spare = blk;
+                    }
                 }
-                if n < UNMAP_BATCH || keys[n - 1] == last {
+                if !more {
                     break;
                 }
-                from = keys[n - 1] + 1;
             }
         }
     }
@@ -463,10 +791,7 @@ impl MockDomain {
                     return Ok(count);
                 }
                 let g = iova.wrapping_add(i.wrapping_mul(page_size)) / mps;
-                if let Some(e) = t.map_of_mut(g).get_mut(&g) {
-                    e.flags |= MockEntry::FLAG_DIRTY;
-                    count += 1;
-                }
+                count += t.mark_dirty(g, g);
                 w &= w - 1;
             }
         }
@@ -484,16 +809,7 @@ impl MockDomain {
         let mps = mock_io_page_size();
         let last = iova.saturating_add(len - 1);
         let (first, last) = (iova / mps, last / mps);
-        let mut t = self.table.write(first, last);
-        let mut count = 0;
-        // in any order: stripe by stripe
-        for (_, m) in t.stripes_mut() {
-            for (_, e) in m.range_mut(first..=last) {
-                e.flags |= MockEntry::FLAG_DIRTY;
-                count += 1;
-            }
-        }
-        Ok(count)
+        Ok(self.table.write(first, last).mark_dirty(first, last))
     }
 
     /// Whether nothing is mapped.
@@ -504,13 +820,13 @@ impl MockDomain {
     /// Number of mapped granules.
     pub fn len(&self) -> u64 {
         let t = self.table.read(0, LAST_GRANULE);
-        t.stripes().map(|(_, m)| m.len() as u64).sum()
+        t.stripes().map(|(_, m)| m.len).sum()
     }
 
     /// The entry of the granule holding `iova`.
     pub fn entry(&self, iova: u64) -> Option<MockEntry> {
         let g = iova / mock_io_page_size();
-        self.table.read(g, g).get(g).copied()
+        self.table.read(g, g).get(g)
     }
 
     /// The mappings as maximal runs `(iova, addr, length)` where both IOVA and
@@ -519,11 +835,18 @@ impl MockDomain {
         let mps = mock_io_page_size();
         let t = self.table.read(0, LAST_GRANULE);
         let mut out: Vec<(u64, u64, u64)> = Vec::new();
-        t.walk(0, LAST_GRANULE, |g, e| {
-            let iova = g * mps;
-            match out.last_mut() {
-                Some(r) if r.0 + r.2 == iova && r.1.wrapping_add(r.2) == e.addr => r.2 += mps,
-                _ => out.push((iova, e.addr, mps)),
+        t.walk(|b, blk| {
+            for (w, &word) in blk.present.iter().enumerate() {
+                let mut x = word;
+                while x != 0 {
+                    let i = w as u64 * 64 + u64::from(x.trailing_zeros());
+                    x &= x - 1;
+                    let (iova, addr) = ((b * BLOCK + i) * mps, blk.addr[i as usize]);
+                    match out.last_mut() {
+                        Some(r) if r.0 + r.2 == iova && r.1.wrapping_add(r.2) == addr => r.2 += mps,
+                        _ => out.push((iova, addr, mps)),
+                    }
+                }
             }
             true
         });
@@ -628,7 +951,7 @@ impl MockDomain {
 /// granules locked in `t`, one granule at a time, stopping at the first
 /// fault. Returns the result and the last granule reached (for dirty
 /// marking). A DMA write reads `local`, a read writes it.
-fn copy_locked<G: Deref<Target = Entries>>(
+fn copy_locked<G: Deref<Target = Blocks>>(
     t: &Locked<G>,
     iova: u64,
     local: *mut u8,
@@ -693,16 +1016,38 @@ impl MockDomain {
             let mut t = self.table.write(g0, gl);
             let (r, reached) = copy_locked(&t, iova, local, len, write);
             if let Some(end) = reached {
-                for g in g0..=end {
-                    if let Some(e) = t.map_of_mut(g).get_mut(&g) {
-                        e.flags |= MockEntry::FLAG_DIRTY;
-                    }
-                }
+                t.mark_dirty(g0, end);
             }
             r
         } else {
             let t = self.table.read(g0, gl);
             copy_locked(&t, iova, local, len, write).0
+        }
+    }
+}
+
+/// Push the runs of granules of `dirty` (a mask of the block whose first
+/// granule is `head`) to `out`, in IOVA order: a whole block as one run,
+/// otherwise each run of set bits found with `trailing_zeros` (a run that
+/// crosses a word boundary goes out in two pushes, which `out` joins).
+fn push_dirty_runs(head: u64, dirty: &Mask, mps: u64, out: &mut DirtyRuns<'_, '_>) {
+    if *dirty == FULL {
+        out.push(head * mps, (head + BLOCK) * mps - 1);
+        return;
+    }
+    for (w, &word) in dirty.iter().enumerate() {
+        let mut x = word;
+        while x != 0 {
+            let s = x.trailing_zeros();
+            // the zeros shifted in above end the run at bit 63 at the latest
+            let n = (!(x >> s)).trailing_zeros();
+            let g = head + w as u64 * 64 + u64::from(s);
+            out.push(g * mps, (g + u64::from(n)) * mps - 1);
+            x = if n == 64 {
+                0
+            } else {
+                x & !(((1u64 << n) - 1) << s)
+            };
         }
     }
 }
@@ -773,32 +1118,21 @@ impl Domain for MockDomain {
                 e.addr
             );
         }
+        let mut meta = 0;
+        if prot.read {
+            meta |= META_READ;
+        }
+        if prot.write {
+            meta |= META_WRITE;
+        }
         for (run_iova, run_addr, pgsize, count) in runs {
-            let huge = if pgsize != mps {
-                MockEntry::FLAG_HUGE
-            } else {
-                0
-            };
-            let mut off = 0;
-            while off < pgsize * count {
-                let g = (run_iova + off) / mps;
-                let mut flags = huge;
-                if g == first {
-                    flags |= MockEntry::FLAG_START;
-                }
-                if g == last_g {
-                    flags |= MockEntry::FLAG_LAST;
-                }
-                t.map_of_mut(g).insert(
-                    g,
-                    MockEntry {
-                        addr: run_addr + off,
-                        flags,
-                        prot,
-                    },
-                );
-                off += mps;
-            }
+            t.fill(
+                run_iova / mps,
+                pgsize * count / mps,
+                run_addr,
+                meta,
+                pgsize != mps,
+            );
         }
         Ok(())
     }
@@ -857,37 +1191,21 @@ impl Domain for MockDomain {
         let g0 = iova / mps;
         let last_byte = iova.saturating_add(len.max(1) - 1).min(self.aperture.1);
         let g_last = (last_byte / mps).min(g0 + BLOCK - 1);
-        let allowed = |e: &MockEntry| if write { e.prot.write } else { e.prot.read };
+        let allowed = if write { META_WRITE } else { META_READ };
         // how many granules from g0 are mapped, allowed and host-contiguous
-        let scan = |get: &dyn Fn(u64) -> Option<MockEntry>| {
-            let first = get(g0).ok_or(DmaFault::NotPresent { iova })?;
-            if !allowed(&first) {
-                return Err(DmaFault::Permission { iova, write });
-            }
-            let mut n = 1;
-            while g0 + n <= g_last {
-                match get(g0 + n) {
-                    Some(e) if allowed(&e) && e.addr == first.addr.wrapping_add(n * mps) => n += 1,
-                    _ => break,
-                }
-            }
-            Ok((first.addr, n))
+        let scan = |found: Option<(u64, u64)>| match found {
+            None => Err(DmaFault::NotPresent { iova }),
+            Some((_, 0)) => Err(DmaFault::Permission { iova, write }),
+            Some(r) => Ok(r),
         };
         let (addr, n) = if write && self.tracking.enabled() {
             let mut t = self.table.write(g0, g_last);
-            let (addr, n) = {
-                let t = &t;
-                scan(&|g| t.get(g).copied())?
-            };
-            for g in g0..g0 + n {
-                if let Some(e) = t.map_of_mut(g).get_mut(&g) {
-                    e.flags |= MockEntry::FLAG_DIRTY;
-                }
-            }
+            let (addr, n) = scan(t.contiguous(g0, g_last, allowed))?;
+            t.mark_dirty(g0, g0 + n - 1);
             (addr, n)
         } else {
             let t = self.table.read(g0, g_last);
-            scan(&|g| t.get(g).copied())?
+            scan(t.contiguous(g0, g_last, allowed))?
         };
         let off = iova % mps;
         Ok((addr + off, (n * mps - off).min(len.max(1))))
@@ -934,121 +1252,40 @@ impl Domain for MockDomain {
         let end = iova.saturating_add(len - 1);
         let (first, last) = (iova / mps, end / mps);
         let mut out = DirtyRuns::new(bitmap);
-        // Block by block (a block is where a huge page would be). A huge
-        // page is dirty when any of its granules is; all of them are
-        // cleared, and it is reported whole within the range. A block turns
-        // huge at its first huge entry in range: the dirty small entries in
-        // range before it are reported one by one.
-        #[derive(Clone, Copy)]
-        struct Block {
-            index: u64,
-            /// A huge entry in range was seen.
-            huge: bool,
-            /// A granule counted for the huge page was dirty.
-            dirty: bool,
-        }
-        let (fb, lb) = (first / BLOCK, last / BLOCK);
-        // the whole blocks of the range
-        let (from, to) = (fb * BLOCK, lb * BLOCK + (BLOCK - 1));
-        let report = |b: &Block, out: &mut DirtyRuns<'_, '_>| {
-            let head = b.index * BLOCK;
-            let s = (head * mps).max(iova);
-            let l = ((head + BLOCK) * mps - 1).min(end);
-            out.push(s, l);
-        };
-        // huge pages that stick out of the range: their granules outside
-        // it count too, read after the walk
-        let sticks_out =
-            |b: &Block| (b.index == fb && from < first) || (b.index == lb && to > last);
-        let mut edges: [Option<Block>; 2] = [None, None];
-        let mut flush = |b: &Block, out: &mut DirtyRuns<'_, '_>| {
-            if !b.huge {
-            } else if sticks_out(b) {
-                edges[usize::from(b.index != fb)] = Some(*b);
-            } else if b.dirty {
-                report(b, out);
-            }
-        };
         let mut t = self.table.write(first, last);
-        // Stripe by stripe (`Locked::walk_mut`): blocks arrive out of IOVA
-        // order, each whole, which is all the block logic needs; the bits
-        // recorded do not depend on the order.
-        let mut cur = Block {
-            index: NO_KEY,
-            huge: false,
-            dirty: false,
-        };
-        // The run of dirty small granules `small.0..=small.1` not yet
-        // pushed (none while `small.0 > small.1`; the empty one continues
-        // at no granule): extending it is one compare per granule, the
-        // common case of a dense read.
-        let mut small = (NO_KEY, NO_KEY - 1);
-        let push_small = |small: (u64, u64), out: &mut DirtyRuns<'_, '_>| {
-            if small.0 <= small.1 {
-                out.push(small.0 * mps, small.1 * mps + (mps - 1));
+        // Block by block in IOVA order (a block is where a huge page would
+        // be), so that the runs pushed continue each other. A huge page is
+        // dirty when any of its granules is, in the range or not; all of
+        // them are cleared, and it is reported whole within the range. A
+        // block turns huge at its first huge granule in range: the dirty
+        // small granules in range before it are reported one by one.
+        t.walk_mut(|b, blk| {
+            if blk.dirty == EMPTY {
+                return true; // nothing to report or clear
             }
-        };
-        t.walk_mut(first, last, |g, e| {
-            // a clean small page changes nothing, whatever its block
-            if e.flags & (MockEntry::FLAG_HUGE | MockEntry::FLAG_DIRTY) == 0 {
-                return true;
-            }
-            if g / BLOCK != cur.index {
-                flush(&cur, &mut out);
-                cur = Block {
-                    index: g / BLOCK,
-                    huge: false,
-                    dirty: false,
-                };
-            }
-            let dirty = e.flags & MockEntry::FLAG_DIRTY != 0;
-            if cur.huge || e.flags & MockEntry::FLAG_HUGE != 0 {
-                cur.huge = true;
-                cur.dirty |= dirty;
-            } else {
-                // a small page reported by itself (in a run of small
-                // pages); still dirty for a huge page later in the block
-                // if this read keeps the bits
-                if !clear {
-                    cur.dirty |= dirty;
-                }
-                // (dirty: a clean small page returned above)
-                if g == small.1 + 1 {
-                    small.1 = g;
-                } else {
-                    push_small(small, &mut out);
-                    small = (g, g);
-                }
-            }
+            let head = b * BLOCK;
+            let range = clip_mask(b, first, last);
+            let huge_at = first_bit(&and(&blk.huge, &range));
+            // the small granules reported one by one
+            let small = match huge_at {
+                None => range,
+                Some(0) => EMPTY,
+                Some(h) => and(&range, &span_mask(0, h - 1)),
+            };
+            push_dirty_runs(head, &and(&blk.dirty, &small), mps, &mut out);
             if clear {
-                e.flags &= !MockEntry::FLAG_DIRTY;
+                for (d, s) in blk.dirty.iter_mut().zip(small) {
+                    *d &= !s;
+                }
+            }
+            if huge_at.is_some() && blk.dirty != EMPTY {
+                out.push((head * mps).max(iova), ((head + BLOCK) * mps - 1).min(end));
+                if clear {
+                    blk.dirty = EMPTY;
+                }
             }
             true
         });
-        flush(&cur, &mut out);
-        push_small(small, &mut out);
-        for b in edges.iter_mut().flatten() {
-            // its granules before `first` and after `last`, in the stripe
-            // of `first` or `last`
-            let mut parts = [None, None];
-            if b.index == fb && from < first {
-                parts[0] = Some((first, from..=first - 1));
-            }
-            if b.index == lb && to > last {
-                parts[1] = Some((last, last + 1..=to));
-            }
-            for (at, part) in parts.into_iter().flatten() {
-                for (_, e) in t.map_of_mut(at).range_mut(part) {
-                    b.dirty |= e.flags & MockEntry::FLAG_DIRTY != 0;
-                    if clear {
-                        e.flags &= !MockEntry::FLAG_DIRTY;
-                    }
-                }
-            }
-            if b.dirty {
-                report(b, &mut out);
-            }
-        }
         drop(t);
         out.finish();
         Ok(())
@@ -1553,10 +1790,45 @@ mod tests {
         }
     }
 
-    /// Every entry of the table, from all stripes.
+    /// One ordered map of every granule's entry: the model the striped,
+    /// blocked table must agree with.
+    type Entries = BTreeMap<u64, MockEntry>;
+
+    /// Every entry of the table, from all stripes, after checking the
+    /// table's invariants: each block in its stripe, none empty, its count
+    /// and the stripe's exact, dirty and huge granules mapped ones.
     fn snapshot(d: &MockDomain) -> Entries {
         let t = d.table.read(0, LAST_GRANULE);
-        t.stripes().flat_map(|(_, m)| m.clone()).collect()
+        let mut out = Entries::new();
+        for (s, st) in t.stripes() {
+            let mut len = 0;
+            for (&b, blk) in &st.map {
+                assert_eq!(stripe_of_block(b), s, "block {b} in stripe {s}");
+                let n: u32 = blk.present.iter().map(|w| w.count_ones()).sum();
+                assert!(
+                    n > 0 && n == blk.count,
+                    "block {b}: {n} mapped, count {}",
+                    blk.count
+                );
+                for w in 0..WORDS {
+                    assert_eq!(
+                        blk.dirty[w] & !blk.present[w],
+                        0,
+                        "block {b}: dirty unmapped"
+                    );
+                    assert_eq!(blk.huge[w] & !blk.present[w], 0, "block {b}: huge unmapped");
+                    let mut x = blk.present[w];
+                    while x != 0 {
+                        let i = w as u64 * 64 + u64::from(x.trailing_zeros());
+                        x &= x - 1;
+                        out.insert(b * BLOCK + i, blk.entry(i).unwrap());
+                    }
+                }
+                len += u64::from(n);
+            }
+            assert_eq!(st.len, len, "stripe {s}'s count");
+        }
+        out
     }
 
     /// The dirty read over one ordered map (the table before striping):
