@@ -44,15 +44,6 @@ impl AreaDirty {
             .and_then(|w| self.words.get(w as usize))
             .is_some_and(|w| w >> (i % 64) & 1 != 0)
     }
-
-    /// The non-zero words as `(index in the area's bitmap, word)`, in order.
-    pub fn set_words(&self) -> impl Iterator<Item = (u64, u64)> + '_ {
-        self.words
-            .iter()
-            .enumerate()
-            .filter(|(_, &x)| x != 0)
-            .map(|(k, &x)| ((self.first_word + k) as u64, x))
-    }
 }
 
 impl IoPagetable {

@@ -54,9 +54,8 @@ use super::type1::{min_pgsize, reply_unmap, UNMAP_MINSZ};
 use crate::context::Context;
 use crate::io_pagetable::AreaDirty;
 use crate::ioas::Ioas;
-use crate::user::UserMemory;
-
 use crate::uapi::vfio::*;
+use crate::user::UserMemory;
 use crate::{bail, Error, Result};
 use zerocopy::IntoBytes;
 
@@ -168,8 +167,8 @@ fn write_bitmap(
 /// chunk, never allocated whole.
 const STORE_WORDS: usize = 128;
 
-/// Store the area's bits into the user bitmap at `data` (an array of
-/// little-endian u64 words) from bit `off`, as type1's
+/// Store the area's bits into the user bitmap at `data` (an array of the
+/// kernel's `unsigned long`s: native u64 words) from bit `off`, as type1's
 /// `update_user_bitmap` does: every word the area's bits fall in is
 /// overwritten, the area's bits shifted into place and zeros around them
 /// (a stale bit the caller left in its buffer is cleared, and so are the
