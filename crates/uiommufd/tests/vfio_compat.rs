@@ -811,6 +811,35 @@ fn dirty_bitmap_words_are_overwritten_like_type1() {
     ctx.check_invariants().unwrap();
 }
 
+/// A GET_BITMAP whose bitmap turns unwritable part way, between two
+/// mappings' words, fails with `EFAULT` as type1's does (mapping by
+/// mapping): the first mapping's word was written and its pages were
+/// reported, the second mapping's pages are still dirty for the next read.
+#[test]
+fn dirty_pages_fault_between_mappings_keeps_the_rest() {
+    // two mappings of 64 pages: one bitmap word each
+    let (ctx, _ioas, _buf, fd) = tracked_with_access_at(128, &[(0, 64), (64, 64)]);
+    dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
+    access_write(&ctx, fd, A + PS, 1).unwrap();
+    access_write(&ctx, fd, A + 70 * PS, 1).unwrap();
+    // the bitmap's first word ends page 0, its second is on a PROT_NONE page
+    let pp = Mapping::pages(2);
+    pp.protect(1, libc::PROT_NONE);
+    let word0 = pp.page(1) - 8;
+    let mut bm = [0u64; 2];
+    let mut g = get_req(A, 128 * PS, &mut bm);
+    g.range.bitmap.data = word0;
+    assert_eq!(get_bitmap_with(&ctx, &mut g), Err(libc::EFAULT));
+    // SAFETY: `word0` is the last, aligned word of the mapping's readable
+    // first page.
+    let got = unsafe { std::ptr::read_volatile(word0 as *const u64) };
+    assert_eq!(got, 1 << 1, "the first mapping's word was written");
+    assert_eq!(get_dirty(&ctx, A, 128 * PS), vec![70]);
+    assert!(get_dirty(&ctx, A, 128 * PS).is_empty());
+    uiommufd::plumbing::files::close(fd as i32).unwrap();
+    ctx.check_invariants().unwrap();
+}
+
 /// Issue 10 item 5 (type1): a GET_BITMAP or UNMAP_DMA+GET_DIRTY_BITMAP
 /// whose bitmap cannot be written is `EFAULT` (dirty or not: type1 copies
 /// each mapping's whole bitmap) and loses no dirty page: the next good

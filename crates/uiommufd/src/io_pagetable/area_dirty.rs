@@ -13,16 +13,19 @@
 //!   [`AccessWriteLog`](super::AccessWriteLog).
 //!
 //! Bits are reported per area, for the areas that lie wholly inside the
-//! range asked for; the caller checks that the range cuts no area.
+//! range asked for; the caller checks that the range cuts no area. Each
+//! area's bits are lent to the caller's `deliver` while they sit in the
+//! table's scratch words, not copied out: a read of a large area costs
+//! one pass over its bits in the caller, not an allocation and two more.
 
-use super::{AreaState, IoPagetable};
+use super::{AreaState, IoPagetable, State};
 use crate::io_pagetable::DirtyBitmap;
 use crate::Result;
 
 /// The dirty bits of one area: `nbits` bits of `1 << pgshift` bytes from
-/// `iova`, of which only the span of words holding set bits is kept.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct AreaDirty {
+/// `iova`, of which only the span of words holding set bits is given.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct AreaDirty<'a> {
     /// IOVA of bit 0: the area's first IOVA rounded down to the page size.
     pub iova: u64,
     /// Bits (pages) the area spans.
@@ -33,10 +36,10 @@ pub struct AreaDirty {
     pub first_word: usize,
     /// The words from the first to the last one with a set bit (empty when
     /// nothing is dirty).
-    pub words: Vec<u64>,
+    pub words: &'a [u64],
 }
 
-impl AreaDirty {
+impl AreaDirty<'_> {
     /// Whether page `i` of the area is dirty.
     pub fn bit(&self, i: u64) -> bool {
         (i / 64)
@@ -66,41 +69,39 @@ impl IoPagetable {
             .or_else(|| holding(last).filter(|&(_, l)| l > last))
     }
 
-    /// Put back bits that [`IoPagetable::read_area_dirty`] read and
-    /// cleared but that could not be delivered (the user bitmap is not
-    /// writable): they go into the access write log, which the next read
-    /// reports whatever the source was, for the areas still live at the same
-    /// place. Nothing happens while the write log is off.
-    pub fn put_back_area_dirty(&self, areas: &[AreaDirty], pgshift: u32) {
-        let st = self.state.read();
-        for ad in areas {
-            let live = st
-                .areas
-                .range(..=ad.iova.saturating_add((1u64 << pgshift) - 1))
-                .next_back()
-                .filter(|(&k, a)| a.state == AreaState::Live && k >= ad.iova)
-                .map(|(&k, a)| (k, a.last));
-            let Some((k, alast)) = live else {
+    /// Put back the bits of `ad` that [`IoPagetable::read_area_dirty`]
+    /// read and cleared but that could not be delivered (the user bitmap is
+    /// not writable), the table's state read-locked by the caller: they go
+    /// into the access write log, which the next read reports whatever the
+    /// source was, while the area is still live at the same place. Nothing
+    /// happens while the write log is off.
+    fn put_back_locked(&self, st: &State, ad: &AreaDirty<'_>, pgshift: u32) {
+        let live = st
+            .areas
+            .range(..=ad.iova.saturating_add((1u64 << pgshift) - 1))
+            .next_back()
+            .filter(|(&k, a)| a.state == AreaState::Live && k >= ad.iova)
+            .map(|(&k, a)| (k, a.last));
+        let Some((k, alast)) = live else {
+            return;
+        };
+        let mut i = ad.first_word as u64 * 64;
+        let end = ad.nbits.min((ad.first_word + ad.words.len()) as u64 * 64);
+        while i < end {
+            if !ad.bit(i) {
+                i += 1;
                 continue;
-            };
-            let mut i = ad.first_word as u64 * 64;
-            let end = ad.nbits.min((ad.first_word + ad.words.len()) as u64 * 64);
-            while i < end {
-                if !ad.bit(i) {
-                    i += 1;
-                    continue;
-                }
-                let mut j = i;
-                while j + 1 < end && ad.bit(j + 1) {
-                    j += 1;
-                }
-                let s = (ad.iova + (i << pgshift)).max(k);
-                let e = (ad.iova + (j << pgshift) + ((1u64 << pgshift) - 1)).min(alast);
-                if s <= e {
-                    self.write_log.put_back(s, e);
-                }
-                i = j + 1;
             }
+            let mut j = i;
+            while j + 1 < end && ad.bit(j + 1) {
+                j += 1;
+            }
+            let s = (ad.iova + (i << pgshift)).max(k);
+            let e = (ad.iova + (j << pgshift) + ((1u64 << pgshift) - 1)).min(alast);
+            if s <= e {
+                self.write_log.put_back(s, e);
+            }
+            i = j + 1;
         }
     }
 
@@ -113,6 +114,13 @@ impl IoPagetable {
     /// reported whole (their bits cleared when `clear`). Domain errors are
     /// not fatal: a domain that fails to report (its tracking was switched
     /// off behind the caller's back) has its areas reported whole.
+    ///
+    /// Each area's bits go to `deliver`, area by area in IOVA order, while
+    /// the table is read-locked (type1 too holds its lock across the
+    /// `copy_to_user` of each mapping's bitmap). When `deliver` fails the
+    /// read stops with its error: with `clear`, the bits of that area are
+    /// put back (`put_back_locked`) and the areas after it were not read,
+    /// so no dirty page is lost.
     pub fn read_area_dirty(
         &self,
         start: u64,
@@ -120,13 +128,14 @@ impl IoPagetable {
         pgshift: u32,
         clear: bool,
         precise: impl Fn(u64) -> bool,
-    ) -> Result<Vec<AreaDirty>> {
+        mut deliver: impl FnMut(&AreaDirty<'_>) -> Result<()>,
+    ) -> Result<()> {
         let attached = self.domains.read();
         let st = self.state.read();
-        let mut out = Vec::new();
-        // Each area's bits are built in a zeroed per-thread buffer, and only
-        // the span of words that got set bits is copied out (and zeroed
-        // again): no allocation or zeroing in proportion to the area.
+        // Each area's bits are built in the table's zeroed scratch words
+        // and lent to `deliver` from there; only the span of words that got
+        // set bits is zeroed again: no allocation or zeroing in proportion
+        // to the area.
         let mut scratch = self.dirty_scratch.take(0);
         for (&k, a) in st.areas.range(start..=last) {
             if a.last > last || a.state != AreaState::Live {
@@ -165,22 +174,27 @@ impl IoPagetable {
                 }
                 bm.touched()
             };
-            let (first_word, words) = match touched {
-                Some((lo, hi)) => {
-                    let kept = words[lo..=hi].to_vec();
-                    words[lo..=hi].fill(0);
-                    (lo, kept)
-                }
-                None => (0, Vec::new()),
+            let (lo, span) = match touched {
+                Some((lo, hi)) => (lo, lo..hi + 1),
+                None => (0, 0..0),
             };
-            out.push(AreaDirty {
+            let ad = AreaDirty {
                 iova: base,
                 nbits,
-                first_word,
-                words,
-            });
+                first_word: lo,
+                words: &words[span.clone()],
+            };
+            let r = deliver(&ad);
+            if r.is_err() && clear {
+                self.put_back_locked(&st, &ad, pgshift);
+            }
+            words[span].fill(0);
+            if r.is_err() {
+                scratch.give_back();
+                return r;
+            }
         }
         scratch.give_back();
-        Ok(out)
+        Ok(())
     }
 }

@@ -46,9 +46,23 @@ pub(super) struct Attached {
     next_token: u64,
     /// IDs of recently removed domains (their reserved ranges must be gone).
     retired: VecDeque<u64>,
+    /// The page sizes every attached domain supports (the AND of their
+    /// bitmaps, which are fixed per domain); `None` with none attached.
+    /// Kept here so that a reader (a type1 dirty read wants the smallest)
+    /// touches no domain for it.
+    pgsizes: Option<u64>,
 }
 
 impl Attached {
+    /// Recompute [`Attached::pgsizes`] after the domain list changed.
+    fn refresh_pgsizes(&mut self) {
+        self.pgsizes = self
+            .domains
+            .iter()
+            .map(|d| d.pgsize_bitmap())
+            .reduce(|a, b| a & b);
+    }
+
     /// What the domains and accesses ask of the IOVA alignment (1 if none).
     pub(super) fn alignment(&self) -> u64 {
         let d = self
@@ -291,6 +305,7 @@ impl IoPagetable {
             }
         }
         attached.domains.push(domain);
+        attached.refresh_pgsizes();
         let mut st = self.state.write();
         let r = recalc_alignment(&mut st, &attached);
         debug_assert!(r.is_ok(), "alignment was checked before the fill");
@@ -307,6 +322,7 @@ impl IoPagetable {
             return;
         };
         let domain = attached.domains.remove(pos);
+        attached.refresh_pgsizes();
         let refs: Vec<AreaRef> = {
             let st = self.state.read();
             debug_assert!(st.areas.values().all(|a| a.state == AreaState::Live));
@@ -329,6 +345,17 @@ impl IoPagetable {
         drop(st);
         drop(attached);
         drop(refs);
+    }
+
+    /// The page sizes every attached domain supports (the AND of their
+    /// page-size bitmaps); all ones with no domain attached.
+    pub fn domain_pgsizes(&self) -> u64 {
+        self.domains.read().pgsizes.unwrap_or(u64::MAX)
+    }
+
+    /// Whether `f` holds for any attached domain (no list is copied).
+    pub fn any_domain(&self, f: impl FnMut(&Arc<dyn Domain>) -> bool) -> bool {
+        self.domains.read().domains.iter().any(f)
     }
 
     /// The attached domains.

@@ -136,32 +136,6 @@ fn check_whole_mappings(what: &str, ioas: &Ioas, iova: u64, last: u64, unmap: bo
     })
 }
 
-/// Write the bits of every area into the user bitmap at `data`, whose bit
-/// 0 is the page at `iova`, as type1 copies each mapping's bitmap out
-/// ([`store_area_bits`]; `EFAULT`). On failure, when the bits were
-/// `cleared`, those of the area that failed and of the areas after it are
-/// put back (nothing is lost; type1 clears only after the copy).
-fn write_bitmap(
-    ctx: &Context,
-    ioas: &Ioas,
-    data: u64,
-    iova: u64,
-    pgshift: u32,
-    areas: &[AreaDirty],
-    cleared: bool,
-) -> Result<()> {
-    for (i, ad) in areas.iter().enumerate() {
-        let off = (ad.iova - iova) >> pgshift;
-        if let Err(e) = store_area_bits(ctx.memory().as_ref(), data, off, ad) {
-            if cleared {
-                Type1Session::of(ioas).put_back(ioas.iopt(), &areas[i..], pgshift);
-            }
-            return Err(e);
-        }
-    }
-    Ok(())
-}
-
 /// Words of the user bitmap one read (and write, where they differ)
 /// covers: an area's span goes through two 1 KiB stack buffers, chunk by
 /// chunk, never allocated whole.
@@ -177,7 +151,7 @@ const STORE_WORDS: usize = 128;
 /// the area's bits, so that areas sharing a word both arrive (type1 reads
 /// that word back first). `EFAULT` when a word cannot be read or written;
 /// the words before were written.
-fn store_area_bits(mem: &dyn UserMemory, data: u64, off: u64, ad: &AreaDirty) -> Result<()> {
+fn store_area_bits(mem: &dyn UserMemory, data: u64, off: u64, ad: &AreaDirty<'_>) -> Result<()> {
     if ad.nbits == 0 {
         return Ok(());
     }
@@ -397,16 +371,10 @@ fn get_bitmap(
     }
     let last = range.iova + (range.size - 1);
     check_whole_mappings(W, ioas, range.iova, last, false)?;
-    let areas = session.read(ioas.iopt(), range.iova, last, pgshift, true)?;
-    write_bitmap(
-        ctx,
-        ioas,
-        range.bitmap.data,
-        range.iova,
-        pgshift,
-        &areas,
-        true,
-    )?;
+    let (data, iova) = (range.bitmap.data, range.iova);
+    session.read(ioas.iopt(), iova, last, pgshift, true, |ad| {
+        store_area_bits(&**ctx.memory(), data, (ad.iova - iova) >> pgshift, ad)
+    })?;
     Ok(0)
 }
 
@@ -476,8 +444,14 @@ pub(crate) fn unmap_with_bitmap(
     check_whole_mappings(W, &ioas, unmap.iova, last, true)?;
     // Report first (without clearing: on failure the pages stay mapped and
     // dirty), then unmap; the dirty state goes with the mapping.
-    let areas = session.read(ioas.iopt(), unmap.iova, last, pgshift, false)?;
-    write_bitmap(ctx, &ioas, bitmap.data, unmap.iova, pgshift, &areas, false)?;
+    session.read(ioas.iopt(), unmap.iova, last, pgshift, false, |ad| {
+        store_area_bits(
+            &**ctx.memory(),
+            bitmap.data,
+            (ad.iova - unmap.iova) >> pgshift,
+            ad,
+        )
+    })?;
     unmap.size = ioas.unmap(unmap.iova, unmap.size)?;
     reply_unmap(ctx, arg, &unmap)?;
     Ok(0)
@@ -505,14 +479,14 @@ mod tests {
 
     /// An area's bits as `type1_dirty_read` gives them: the span from the
     /// first to the last non-zero word.
-    fn area(words: &[u64], nbits: u64) -> AreaDirty {
+    fn area(words: &[u64], nbits: u64) -> AreaDirty<'_> {
         let lo = words.iter().position(|&w| w != 0).unwrap_or(0);
         let hi = words.iter().rposition(|&w| w != 0).map_or(0, |h| h + 1);
         AreaDirty {
             iova: 0,
             nbits,
             first_word: lo,
-            words: words[lo..hi.max(lo)].to_vec(),
+            words: &words[lo..hi.max(lo)],
         }
     }
 

@@ -6,8 +6,8 @@
 //! dirty interface: the attached domains and their dirty tracking switch
 //! ([`IoPagetable::domains`], [`IoPagetable::set_dirty_tracking`]), the
 //! access write log's switch ([`IoPagetable::access_write_log`]), and the
-//! per-area read ([`IoPagetable::read_area_dirty`],
-//! [`IoPagetable::put_back_area_dirty`]).
+//! per-area read ([`IoPagetable::read_area_dirty`], which puts back what
+//! it could not deliver).
 //!
 //! Type1's rules, over what the table reports:
 //!
@@ -23,9 +23,11 @@
 //!   write log, on for as long as the session.
 
 use std::collections::BTreeSet;
+use std::sync::Arc;
 
 use parking_lot::Mutex;
 
+use crate::domain::Domain;
 use crate::io_pagetable::{AreaDirty, IoPagetable};
 use crate::ioas::Ioas;
 use crate::Result;
@@ -41,7 +43,7 @@ pub(crate) struct Type1Session {
 
 impl Type1Session {
     /// The session state of `ioas` (off until [`Type1Session::start`]).
-    pub(crate) fn of(ioas: &Ioas) -> std::sync::Arc<Type1Session> {
+    pub(crate) fn of(ioas: &Ioas) -> Arc<Type1Session> {
         ioas.extension::<Type1Session>()
     }
 
@@ -96,6 +98,8 @@ impl Type1Session {
     /// [`IoPagetable::read_area_dirty`]), by type1's rules: domains attached
     /// since the last read are adopted (tracking on now, their areas
     /// reported whole this once). The caller checked that the session is on.
+    /// Each area's bits go to `deliver`; its error ends the read (nothing
+    /// read is lost, see [`IoPagetable::read_area_dirty`]).
     pub(crate) fn read(
         &self,
         iopt: &IoPagetable,
@@ -103,18 +107,27 @@ impl Type1Session {
         last: u64,
         pgshift: u32,
         clear: bool,
-    ) -> Result<Vec<AreaDirty>> {
+        deliver: impl FnMut(&AreaDirty<'_>) -> Result<()>,
+    ) -> Result<()> {
         // The session's lock is held through the read (it comes before the
         // table's locks), so no set of domain IDs is built per read.
         let mut guard = self.tracked.lock();
         let Some(tracked) = guard.as_mut() else {
             // stopped since the caller checked: every domain counts whole
-            return iopt.read_area_dirty(start, last, pgshift, clear, |_| false);
+            return iopt.read_area_dirty(start, last, pgshift, clear, |_| false, deliver);
         };
         // Adopt domains attached since the session started: tracking on
         // now, their areas reported whole this once.
+        // (a scan without a copy of the list first: domains rarely change)
         let mut fresh: Vec<u64> = Vec::new();
-        for d in iopt.domains() {
+        let adopt =
+            |d: &Arc<dyn Domain>| d.dirty_tracking_supported() && !tracked.contains(&d.id());
+        let to_adopt = if iopt.any_domain(adopt) {
+            iopt.domains()
+        } else {
+            Vec::new()
+        };
+        for d in to_adopt {
             if d.dirty_tracking_supported() && !tracked.contains(&d.id()) {
                 match iopt.set_dirty_tracking(d.id(), true) {
                     Ok(()) => {
@@ -126,14 +139,13 @@ impl Type1Session {
             }
         }
         let tracked = &*tracked;
-        iopt.read_area_dirty(start, last, pgshift, clear, |id| {
-            tracked.contains(&id) && !fresh.contains(&id)
-        })
-    }
-
-    /// Put back bits [`Type1Session::read`] read and cleared but could not
-    /// deliver ([`IoPagetable::put_back_area_dirty`]).
-    pub(crate) fn put_back(&self, iopt: &IoPagetable, areas: &[AreaDirty], pgshift: u32) {
-        iopt.put_back_area_dirty(areas, pgshift);
+        iopt.read_area_dirty(
+            start,
+            last,
+            pgshift,
+            clear,
+            |id| tracked.contains(&id) && !fresh.contains(&id),
+            deliver,
+        )
     }
 }

@@ -78,10 +78,7 @@ fn cc_iommu(ctx: &Context) -> Result<i32> {
 /// the IOVA alignment.
 pub(crate) fn pagesizes(ioas: &Ioas) -> u64 {
     let ps = page_size();
-    let mut bm = u64::MAX;
-    for d in ioas.iopt().domains() {
-        bm &= d.pgsize_bitmap();
-    }
+    let mut bm = ioas.iopt().domain_pgsizes();
     if bm & (ps - 1) != 0 {
         bm &= !(ps - 1);
         bm |= ps;
