@@ -281,14 +281,16 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         page_size: PAGE,
         ..Default::default()
     };
-    // The bitmaps the rounds and the stop path read into, made (and their
+    // The bitmap every read goes into, the stop path's too, made (and its
     // pages faulted in) before round 0, as a VMM keeps its dirty bitmap:
-    // never allocated in a round, nor in the downtime.
+    // never allocated in a round, nor in the downtime. One bitmap, not a
+    // second one for the final read: this one was just read and scanned
+    // (the pre-stop read) and is still in the caches; a second one would
+    // be read cold in the downtime (32 KiB per GiB, and type1's read
+    // touches every word of it).
     let npages = o.size / PAGE;
     let mut bm = vec![0u64; npages.div_ceil(64) as usize];
-    let mut fin = vec![0u64; bm.len()];
     prefault(bm.as_mut_ptr().cast(), bm.len() * 8);
-    prefault(fin.as_mut_ptr().cast(), fin.len() * 8);
     let r0 = send_round(&mut w, &mut lane, &vm, None, 0, &progress)?;
     progress.finish(&r0);
     let mut rate = r0.rate();
@@ -333,8 +335,11 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     };
 
     // Everything the stop path needs is made before the stop, not in the
-    // downtime: the final bitmap (above), room for the device's final
-    // state and the buffer it is read through.
+    // downtime: the bitmap (above), room for the words of it the pre-stop
+    // read set (the final read reuses it), for the device's final state
+    // and the buffer it is read through.
+    let mut early_words: Vec<u64> = Vec::with_capacity(set.len());
+    let fin_first = first_page(&bm).map_or(0, |p| p * PAGE);
     let mut state = vec![0u8; 1 << 16];
     let mut state_buf = vec![0u8; 1 << 16];
     // Zeroed allocations are mapped lazily: touch each page now, so that
@@ -374,21 +379,28 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     let t_queued = clock::now_ns();
     vm.read_data_into(data_fd, &mut state, &mut state_buf)?;
     let last_seq = vm.bar0_read64(TRAFFIC_SEQ)?;
-    let t = Instant::now();
-    vm.sync_dirty(&mut fin)?;
-    let fin_read = t.elapsed();
-    // the pages already queued are not sent again: only the words of `bm`
-    // with bits (`set`) can overlap, not the whole of both bitmaps
+    // The final read goes into the same bitmap: the words the pre-stop
+    // read set are kept aside (the pages they name are queued already)
+    // and zeroed, the others are zero.
+    early_words.extend(set.iter().map(|&i| bm[i]));
     for &i in &set {
-        fin[i] &= !bm[i];
+        bm[i] = 0;
+    }
+    let t = Instant::now();
+    vm.sync_dirty(&mut bm)?;
+    let fin_read = t.elapsed();
+    // the pages already queued are not sent again: only the words the
+    // pre-stop read set can overlap
+    for (&i, &queued) in set.iter().zip(&early_words) {
+        bm[i] &= !queued;
     }
     let t_synced = clock::now_ns();
-    let late = count(&fin);
+    let late = count(&bm);
     let late_pages = send_pages(
         &mut w,
         &mut lane,
         &vm,
-        Some(&fin),
+        Some(&bm),
         round,
         (early_pages, early_pages + late, t_pages_i),
         &progress,
@@ -459,7 +471,6 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     w.expect(Tag::Quiet)
         .map_err(io("waiting for the destination to stop its device"))?;
     let fin_len = (pages * PAGE + state.len() as u64).clamp(PAGE, o.size);
-    let fin_first = first_page(&bm).map_or(0, |p| p * PAGE);
     w.send(Tag::RawPrep, fin_len, 0, 0)
         .map_err(io("raw copy"))?;
     w.expect(Tag::RawReady).map_err(io("raw copy"))?;
