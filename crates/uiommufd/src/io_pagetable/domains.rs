@@ -54,13 +54,17 @@ pub(super) struct Attached {
 }
 
 impl Attached {
-    /// Recompute [`Attached::pgsizes`] after the domain list changed.
-    fn refresh_pgsizes(&mut self) {
-        self.pgsizes = self
-            .domains
+    /// [`Attached::pgsizes`] as the domain list says it should be.
+    fn pgsizes_of_domains(&self) -> Option<u64> {
+        self.domains
             .iter()
             .map(|d| d.pgsize_bitmap())
-            .reduce(|a, b| a & b);
+            .reduce(|a, b| a & b)
+    }
+
+    /// Recompute [`Attached::pgsizes`] after the domain list changed.
+    fn refresh_pgsizes(&mut self) {
+        self.pgsizes = self.pgsizes_of_domains();
     }
 
     /// What the domains and accesses ask of the IOVA alignment (1 if none).
@@ -527,6 +531,13 @@ fn check_generic(st: &State, d: &dyn Domain) -> std::result::Result<(), String> 
 
 /// The invariants of domains, accesses and pins (see `check_invariants`).
 pub(super) fn check(st: &State, attached: &Attached) -> std::result::Result<(), String> {
+    let pgsizes = attached.pgsizes_of_domains();
+    if attached.pgsizes != pgsizes {
+        return Err(format!(
+            "the attached domains support page sizes {pgsizes:#x?}, the list records {:#x?}",
+            attached.pgsizes
+        ));
+    }
     let want = attached.alignment();
     if st.domain_alignment != want {
         return Err(format!(

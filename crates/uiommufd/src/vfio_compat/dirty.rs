@@ -477,8 +477,8 @@ mod tests {
         assert!(verify_bitmap_size("t", 1, DIRTY_BITMAP_SIZE_MAX + 1).is_err());
     }
 
-    /// An area's bits as `type1_dirty_read` gives them: the span from the
-    /// first to the last non-zero word.
+    /// An area's bits as `IoPagetable::read_area_dirty` lends them: the
+    /// span from the first to the last non-zero word.
     fn area(words: &[u64], nbits: u64) -> AreaDirty<'_> {
         let lo = words.iter().position(|&w| w != 0).unwrap_or(0);
         let hi = words.iter().rposition(|&w| w != 0).map_or(0, |h| h + 1);
