@@ -31,6 +31,7 @@ fn tmp(name: &str) -> std::path::PathBuf {
 fn each_tracker_verifies_a_migration() {
     for tracker in ["hwpt", "type1", "dma-logging"] {
         let svg = tmp(&format!("{tracker}.svg"));
+        let json_out = tmp(&format!("{tracker}.json"));
         let out = bin()
             .args([
                 "migrate", "--size", "32M", "--rate", "100000", "--json", "-q",
@@ -38,12 +39,18 @@ fn each_tracker_verifies_a_migration() {
             .args(["--tracker", tracker])
             .arg("--svg")
             .arg(&svg)
+            .arg("--json-out")
+            .arg(&json_out)
             .output()
             .expect("run uiommufd migrate");
         let stderr = String::from_utf8_lossy(&out.stderr);
         assert!(out.status.success(), "{tracker}: {stderr}");
         let v: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
         assert_eq!(v["ok"], true, "{tracker}: {v}");
+        let file: Value =
+            serde_json::from_slice(&std::fs::read(&json_out).unwrap()).expect("JSON file");
+        assert_eq!(file, v, "{tracker}: --json-out writes the same report");
+        let _ = std::fs::remove_file(&json_out);
         assert_eq!(v["memory_ok"], true);
         assert_eq!(v["stream_ok"], true);
         assert_eq!(v["tracker"], tracker);

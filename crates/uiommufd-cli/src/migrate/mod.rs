@@ -90,6 +90,11 @@ pub struct Opts {
     /// Print the report as JSON on stdout.
     #[arg(long, global = true)]
     pub json: bool,
+    /// Also write the JSON report to this file (next to the report on
+    /// stdout, as a CI job that shows the report and sums up many runs
+    /// wants).
+    #[arg(long, global = true)]
+    pub json_out: Option<PathBuf>,
     /// Write an SVG picture of dirty pages per round and the downtime.
     #[arg(long, global = true)]
     pub svg: Option<PathBuf>,
@@ -335,6 +340,10 @@ fn finish(r: report::Report, o: &Opts) -> Result<(), String> {
         );
     } else {
         print!("{}", r.text());
+    }
+    if let Some(p) = &o.json_out {
+        let j = serde_json::to_string_pretty(&r.json()).unwrap_or_default();
+        std::fs::write(p, j + "\n").map_err(|e| format!("{}: {e}", p.display()))?;
     }
     if let Some(p) = &o.svg {
         std::fs::write(p, r.svg()).map_err(|e| format!("{}: {e}", p.display()))?;
