@@ -336,8 +336,8 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
 
     // Everything the stop path needs is made before the stop, not in the
     // downtime: the bitmap (above), room for the words of it the pre-stop
-    // read set (the final read reuses it), for the device's final state
-    // and the buffer it is read through.
+    // read set (kept aside for the final read), for the device's final
+    // state and the buffer it is read through.
     let mut early_words: Vec<u64> = Vec::with_capacity(set.len());
     let fin_first = first_page(&bm).map_or(0, |p| p * PAGE);
     let mut state = vec![0u8; 1 << 16];
@@ -347,41 +347,27 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     prefault(state.as_mut_ptr(), state.len());
     prefault(state_buf.as_mut_ptr(), state_buf.len());
     state.clear();
-    let known: u64 = set.iter().map(|&i| u64::from(bm[i].count_ones())).sum();
-    // Stop and copy, in the order that keeps the destination busy from the
-    // first moment: right after the stop, the pages the read before it
-    // found (`bm`, nearly all of the final set) go into the socket, whose
-    // send buffer holds them all (`Sock::grow_send_buffer`): zero-copy,
-    // that takes a fraction of the time the destination needs to read
-    // them. While it reads, the source reads the device's final state and
-    // the tracker a last time, and sends the pages only that read found,
-    // the state and `Finish` behind them. So the device's stop, its state
-    // and the last bitmap cost no downtime of their own; the destination
-    // writes the state into its resuming fd when it reaches it.
+    // Stop and copy. Right after the stop, while the engine's code and
+    // data are still in the caches from the read before it and nothing
+    // else runs, the tracker is read a last time into the same bitmap
+    // (the words the read before the stop set are kept aside, zeroed for
+    // the read, and put back: the bitmap then holds the whole final set);
+    // then every page goes into the socket, whose send buffer holds them
+    // all (`Sock::grow_send_buffer`): zero-copy, that takes a fraction of
+    // the time the destination needs to read them. While it reads, the
+    // source reads the device's final state and sends it and `Finish`
+    // behind the pages, so the state costs no downtime of its own; the
+    // destination writes it into its resuming fd when it reaches it.
     //
-    // (With the default buffer this order won nothing: the source blocked
-    // in the send while the destination read, and the bitmap read then
-    // competed with the transfer and took 2-3x as long.)
+    // (The final read used to come after the pages were queued, hidden
+    // behind the destination's reading: but then it competed with the
+    // transfer for the two CPUs and found the caches full of page data:
+    // type1's took 9-14 us there and takes 3-6 us here, hwpt's 3-7 and
+    // 1-3, which the downtime now carries.)
     let t_stop = clock::now_ns();
     vm.stop_copy()?;
     let restart = Restart(Some(&vm));
     let t_stopped = clock::now_ns();
-    let t_pages_i = Instant::now();
-    let early_pages = send_pages(
-        &mut w,
-        &mut lane,
-        &vm,
-        Some(&bm),
-        round,
-        (0, known, t_pages_i),
-        &progress,
-    )?;
-    let t_queued = clock::now_ns();
-    vm.read_data_into(data_fd, &mut state, &mut state_buf)?;
-    let last_seq = vm.bar0_read64(TRAFFIC_SEQ)?;
-    // The final read goes into the same bitmap: the words the pre-stop
-    // read set are kept aside (the pages they name are queued already)
-    // and zeroed, the others are zero.
     early_words.extend(set.iter().map(|&i| bm[i]));
     for &i in &set {
         bm[i] = 0;
@@ -389,23 +375,24 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
     let t = Instant::now();
     vm.sync_dirty(&mut bm)?;
     let fin_read = t.elapsed();
-    // the pages already queued are not sent again: only the words the
-    // pre-stop read set can overlap
-    for (&i, &queued) in set.iter().zip(&early_words) {
-        bm[i] &= !queued;
+    for (&i, &early) in set.iter().zip(&early_words) {
+        bm[i] |= early;
     }
     let t_synced = clock::now_ns();
-    let late = count(&bm);
-    let late_pages = send_pages(
+    let t_pages_i = Instant::now();
+    let total = count(&bm);
+    let pages = send_pages(
         &mut w,
         &mut lane,
         &vm,
         Some(&bm),
         round,
-        (early_pages, early_pages + late, t_pages_i),
+        (0, total, t_pages_i),
         &progress,
     )?;
-    let pages = early_pages + late_pages;
+    let t_queued = clock::now_ns();
+    vm.read_data_into(data_fd, &mut state, &mut state_buf)?;
+    let last_seq = vm.bar0_read64(TRAFFIC_SEQ)?;
     let on_lane = match &mut lane {
         Some(l) => l
             .end_round(round, true)
@@ -438,21 +425,21 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         t_stop,
         &[
             ("device stop", t_stopped),
+            ("final bitmap", t_synced),
             ("final pages queued", t_queued),
-            ("device state + final bitmap", t_synced),
-            ("last pages + state sent", t_sent),
+            ("device state sent", t_sent),
             ("destination reads the rest", t_read),
             ("destination resume", t_resumed),
         ],
     );
-    // The final round's copy time: from its first page to the destination
-    // having read its last (when it says so on our clock; else to our last
-    // write).
+    // The final round's copy time: from its first page (queued after the
+    // final read) to the destination having read its last (when it says
+    // so on our clock; else to our last write).
     let r = Round {
         round,
         pages,
         bytes: pages * PAGE,
-        copy: Duration::from_nanos(t_read.saturating_sub(t_stopped)),
+        copy: Duration::from_nanos(t_read.saturating_sub(t_synced)),
         bitmap: bitmap + fin_read,
         stopped: true,
     };
