@@ -14,7 +14,9 @@ for path in sys.argv[1:]:
         r = json.load(f)
     runs[r["tracker"]].append(r)
 
-print("\nmain job summary (1 GiB, %d runs per tracker)" % max(len(v) for v in runs.values()))
+sizes = sorted({r["mem_bytes"] >> 20 for v in runs.values() for r in v})
+print("\nmain job summary (%s MiB, %d runs per tracker)" % (
+    "/".join(map(str, sizes)), max(len(v) for v in runs.values())))
 print("%-12s %-31s %-29s %-30s %s" % ("tracker", "downtime/bound (within)", "bitmap share % (<=5)",
                                       "throughput/raw (>=0.8)", "verified"))
 for t in ("hwpt", "type1", "dma-logging"):

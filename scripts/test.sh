@@ -58,15 +58,15 @@ migration() {
 step migration migration
 
 # The main job at full size: `uiommufd migrate` verifies a 1 GiB migration
-# with the device writing throughout, once per dirty tracker (a few seconds
-# each; the report is printed).
+# with the device writing throughout, three times per dirty tracker (a few
+# seconds each; every report is printed, then a summary).
 main_job() {
     cargo build --release --locked -p uiommufd-cli
-    # Three runs per tracker, interleaved: one run's downtime and bitmap
-    # share swing with the machine (a final set of a few MiB copies in
-    # well under a millisecond), so the summary gives every run's numbers
-    # and the median. Only the verdicts (every page and the device's
-    # stream verified) decide the step.
+    # Interleaved runs: one run's downtime and bitmap share swing with the
+    # machine (a final set of a few MiB copies in well under a
+    # millisecond), so the summary gives every run's numbers and the
+    # median. Only the verdicts (every page and the device's stream
+    # verified) decide the step.
     local dir
     dir=$(mktemp -d)
     for rep in 1 2 3; do

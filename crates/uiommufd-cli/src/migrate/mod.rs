@@ -333,17 +333,14 @@ pub fn migrate(args: Args) -> Result<(), String> {
 }
 
 fn finish(r: report::Report, o: &Opts) -> Result<(), String> {
-    if o.json {
-        println!(
-            "{}",
-            serde_json::to_string_pretty(&r.json()).unwrap_or_default()
-        );
-    } else {
-        print!("{}", r.text());
+    let json = (o.json || o.json_out.is_some())
+        .then(|| serde_json::to_string_pretty(&r.json()).unwrap_or_default());
+    match &json {
+        Some(j) if o.json => println!("{j}"),
+        _ => print!("{}", r.text()),
     }
-    if let Some(p) = &o.json_out {
-        let j = serde_json::to_string_pretty(&r.json()).unwrap_or_default();
-        std::fs::write(p, j + "\n").map_err(|e| format!("{}: {e}", p.display()))?;
+    if let (Some(p), Some(j)) = (&o.json_out, &json) {
+        std::fs::write(p, format!("{j}\n")).map_err(|e| format!("{}: {e}", p.display()))?;
     }
     if let Some(p) = &o.svg {
         std::fs::write(p, r.svg()).map_err(|e| format!("{}: {e}", p.display()))?;
