@@ -11,6 +11,7 @@
 
 mod bench;
 mod demo;
+mod hugetext;
 mod migrate;
 mod run;
 

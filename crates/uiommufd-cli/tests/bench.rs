@@ -107,6 +107,11 @@ fn bench_quick_json_has_every_case() {
             }
         }
     }
+    for t in ["hwpt", "type1", "dma-logging"] {
+        for k in ["cold", "warm"] {
+            want.push(format!("9.{k}_read.{t}"));
+        }
+    }
     // quick: 10^2 .. 10^4 shared-pages areas, 10^2 .. 10^3 own pages objects
     for n in [100, 1000, 10000] {
         want.push(format!("7.growth.fixed.{n}"));

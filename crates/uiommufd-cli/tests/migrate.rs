@@ -87,6 +87,31 @@ fn each_tracker_verifies_a_migration() {
     }
 }
 
+/// The source moves its code onto huge pages where transparent huge pages
+/// may be used (`hugetext.rs`), and leaves it alone when told to; the
+/// migration verifies either way.
+#[test]
+fn the_code_goes_onto_huge_pages_unless_told_not_to() {
+    let thp = std::fs::read_to_string("/sys/kernel/mm/transparent_hugepage/enabled")
+        .is_ok_and(|s| !s.contains("[never]"));
+    for moved in [true, false] {
+        let mut c = bin();
+        c.args(["migrate", "--size", "16M", "--json", "-q"]);
+        if !moved {
+            c.env("UIOMMUFD_HUGE_TEXT", "0");
+        }
+        let out = run_ok(&mut c, "uiommufd migrate");
+        let v: Value = serde_json::from_slice(&out.stdout).expect("JSON report");
+        assert_eq!(v["ok"], true, "{v}");
+        let huge = v["huge_text_bytes"].as_u64().expect("huge_text_bytes");
+        if !moved {
+            assert_eq!(huge, 0);
+        } else if thp {
+            assert!(huge >= 2 << 20, "{huge} bytes of code on huge pages");
+        }
+    }
+}
+
 /// With no downtime budget every tracker runs pre-copy rounds up to the
 /// limit (or until a read finds nothing dirty), reading into one bitmap
 /// that the source keeps zero between reads by clearing the words it

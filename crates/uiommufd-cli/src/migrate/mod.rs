@@ -40,7 +40,7 @@ mod records;
 mod report;
 mod sched;
 mod source;
-mod vm;
+pub(crate) mod vm;
 mod wire;
 
 use std::path::PathBuf;
@@ -279,6 +279,11 @@ pub fn migrate(args: Args) -> Result<(), String> {
     // process_vm_readv/writev system call per piece (without it, those
     // system calls: slower, same results).
     let _ = uiommufd::faultsafe::install();
+    // The engine's code on huge pages: the bitmap reads after a round
+    // that streamed all memory find it cold (hugetext.rs). Before any
+    // thread starts.
+    // (The report says how much of it is: `Report::huge_text`.)
+    let _ = crate::hugetext::remap();
     match args.role {
         Some(Role::Listen(ep)) => {
             let s = listen(&ep)?;

@@ -81,6 +81,8 @@ pub struct Report {
     /// The source's stop path ran under `SCHED_FIFO` (and so did the raw
     /// copies, `sched.rs`).
     pub realtime: bool,
+    /// Bytes of the source's code on huge pages (`hugetext.rs`).
+    pub huge_text: u64,
 }
 
 fn human(b: f64) -> String {
@@ -247,8 +249,9 @@ impl Report {
         );
         let _ = writeln!(
             s,
-            "  dirty-bitmap cost: at most {:.1}% of a round's copy time",
-            100.0 * self.bitmap_share()
+            "  dirty-bitmap cost: at most {:.1}% of a round's copy time (code on huge pages: {})",
+            100.0 * self.bitmap_share(),
+            human(self.huge_text as f64)
         );
         let _ = writeln!(
             s,
@@ -289,6 +292,7 @@ impl Report {
             "next_raw_samples_bps": self.next_raw_samples,
             "downtime_next_ratio": self.next_ratio(),
             "realtime": self.realtime,
+            "huge_text_bytes": self.huge_text,
             "bound_raw_bps": self.bound_rate(),
             "bound_raw_samples_bps": self.bound_samples,
             "bitmap_share": self.bitmap_share(),

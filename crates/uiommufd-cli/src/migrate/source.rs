@@ -279,6 +279,7 @@ pub fn run(sock: Sock, o: &Opts) -> R<Report> {
         tracker: o.tracker.name().to_string(),
         mem_bytes: o.size,
         page_size: PAGE,
+        huge_text: crate::hugetext::huge_bytes(),
         ..Default::default()
     };
     // The bitmap every read goes into, the stop path's too, made (and its
