@@ -20,6 +20,11 @@
 //! using the engine directly), [`crate::user::SelfMemory`] keeps using
 //! `process_vm_readv`/`process_vm_writev`, which need no handler.
 //!
+//! The same exception-table entries cover three more routines, each with
+//! one instruction that may fault: [`compare_exchange`] (a table entry's
+//! A/D bits), [`load_u64`] (a table entry) and [`or_words`] (whether a
+//! range of user words is all zero, without copying it).
+//!
 //! Trade-off: the syscall path costs ~1.2 µs per copy (a GUP walk of the
 //! user range); this path costs a memcpy. It needs the process's
 //! `SIGSEGV`/`SIGBUS` dispositions, which a shim can take over faithfully
@@ -264,8 +269,57 @@ mod arch {
         load64 as *const () as usize as i64
     }
 
-    /// If `ctx` stopped at the copy or compare-exchange instruction,
-    /// redirect it to its fixup.
+    /// What [`or_pairs`] returns (in `rax`, `rdx`).
+    #[repr(C)]
+    pub struct OrScan {
+        /// The OR of every word read.
+        pub or: u64,
+        /// 1 when a load faulted (`or` is then 0).
+        pub fault: u64,
+    }
+
+    /// `or_pairs(ptr, pairs)`: the OR of the `2 * pairs` 64-bit words at
+    /// `ptr` (any alignment), 16 bytes per load. The only instruction that
+    /// may fault is the `movdqu` at [`OR_INSN`]; a fault there resumes at
+    /// [`OR_FIXUP`]. It writes no memory.
+    #[unsafe(naked)]
+    pub unsafe extern "C" fn or_pairs(ptr: *const u64, pairs: usize) -> OrScan {
+        std::arch::naked_asm!(
+            "pxor xmm0, xmm0",
+            "test rsi, rsi",
+            "jz 2f",
+            "1:",
+            "movdqu xmm1, xmmword ptr [rdi]",
+            "por xmm0, xmm1",
+            "add rdi, 16",
+            "dec rsi",
+            "jnz 1b",
+            "2:",
+            "movq rax, xmm0",
+            "pshufd xmm1, xmm0, 0xee",
+            "movq rdx, xmm1",
+            "or rax, rdx",
+            "xor edx, edx",
+            "ret",
+            "mov edx, 1",
+            "xor eax, eax",
+            "ret"
+        )
+    }
+
+    /// Offset of the `movdqu` in [`or_pairs`] (`pxor` 4, `test` 3, `jz` 2).
+    pub const OR_INSN: usize = 9;
+    /// Offset of its fault path (the loop's `movdqu` 4, `por` 4, `add` 4,
+    /// `dec` 3, `jnz` 2; the exit's three 5-byte moves, `or` 3, `xor` 2,
+    /// `ret` 1).
+    pub const OR_FIXUP: usize = 47;
+
+    fn or_base() -> i64 {
+        or_pairs as *const () as usize as i64
+    }
+
+    /// If `ctx` stopped at the copy, compare-exchange, load or OR-scan
+    /// instruction, redirect it to its fixup.
     ///
     /// # Safety
     /// `ctx` is the `ucontext_t` the kernel gave a signal handler.
@@ -284,6 +338,10 @@ mod arch {
         }
         if gregs[rip] == load_base() {
             gregs[rip] = load_base() + LOAD_FIXUP as i64;
+            return true;
+        }
+        if gregs[rip] == or_base() + OR_INSN as i64 {
+            gregs[rip] = or_base() + OR_FIXUP as i64;
             return true;
         }
         false
@@ -358,13 +416,44 @@ pub unsafe fn compare_exchange(ptr: *mut u64, old: u64, new: u64) -> Cas {
     }
 }
 
+/// The OR of the `n` 64-bit words at `ptr` (any alignment), which may be
+/// user memory: `None` where a word faults, never a crash. Cheaper than a
+/// [`copy`] into a buffer and a pass over it, for "is it all zero?" over
+/// a caller's dirty bitmap (type1's read overwrites every word of it and
+/// skips the words that already hold zero).
+///
+/// # Safety
+/// [`enabled`] must be true.
+pub unsafe fn or_words(ptr: *const u64, n: usize) -> Option<u64> {
+    #[cfg(target_arch = "x86_64")]
+    {
+        // SAFETY: forwarded contract; a fault at the load is fixed up by
+        // `handler`.
+        let r = unsafe { arch::or_pairs(ptr, n / 2) };
+        if r.fault != 0 {
+            return None;
+        }
+        if n.is_multiple_of(2) {
+            return Some(r.or);
+        }
+        // SAFETY: as above; the last word of an odd count (`mov` takes any
+        // alignment).
+        unsafe { load_u64(ptr.wrapping_add(n - 1)) }.map(|w| w | r.or)
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        let _ = (ptr, n);
+        None
+    }
+}
+
 /// Load the 64-bit word at `ptr`, which may be a user pointer: `None`
 /// where it faults (unmapped or unreadable), never a crash — a table entry
 /// an IOMMU walk reads from the program's memory, without the set-up of a
 /// general copy.
 ///
 /// # Safety
-/// [`enabled`] must be true; `ptr` must be 8-byte aligned.
+/// [`enabled`] must be true. (Any alignment: x86-64's `mov` takes it.)
 #[inline]
 pub unsafe fn load_u64(ptr: *const u64) -> Option<u64> {
     #[cfg(target_arch = "x86_64")]
@@ -551,6 +640,58 @@ mod tests {
             &code[arch::LOAD_FIXUP..arch::LOAD_FIXUP + 6],
             &[0xb8, 1, 0, 0, 0, 0xc3]
         );
+    }
+
+    #[test]
+    fn the_or_scan_load_is_where_the_handler_expects_it() {
+        let f = arch::or_pairs as *const () as *const u8;
+        // SAFETY: reading the first bytes of our own function's code.
+        let code = unsafe { std::slice::from_raw_parts(f, arch::OR_FIXUP + 8) };
+        // movdqu xmm1, [rdi]
+        assert_eq!(
+            &code[arch::OR_INSN..arch::OR_INSN + 4],
+            &[0xf3, 0x0f, 0x6f, 0x0f]
+        );
+        // the fault path: mov edx, 1; xor eax, eax; ret
+        assert_eq!(
+            &code[arch::OR_FIXUP..arch::OR_FIXUP + 8],
+            &[0xba, 1, 0, 0, 0, 0x31, 0xc0, 0xc3]
+        );
+    }
+
+    #[test]
+    fn or_words_reads_any_count_and_alignment_and_faults() {
+        install();
+        let mut v = vec![0u64; 67];
+        // SAFETY: every call below reads words of `v` only.
+        unsafe {
+            for n in [0, 1, 2, 3, 66, 67] {
+                assert_eq!(or_words(v.as_ptr(), n), Some(0), "{n}");
+            }
+            v[66] = 1 << 40;
+            assert_eq!(or_words(v.as_ptr(), 66), Some(0));
+            assert_eq!(or_words(v.as_ptr(), 67), Some(1 << 40));
+            v[5] = 3;
+            assert_eq!(or_words(v.as_ptr(), 6), Some(3));
+            assert_eq!(or_words(v.as_ptr(), 5), Some(0));
+            // unaligned: bytes 4.. of the buffer
+            let b = v.as_ptr().cast::<u8>().add(4).cast::<u64>();
+            assert_eq!(or_words(b, 5), Some(3 << 32));
+        }
+        let none = map(libc::PROT_NONE);
+        let rw = map(libc::PROT_READ | libc::PROT_WRITE);
+        // SAFETY: unmapping our own second page; the scans below fault
+        // (in a pair, in the odd last word) and are fixed up.
+        unsafe {
+            libc::munmap(rw.add(4096).cast(), 4096);
+            assert_eq!(or_words(none.cast(), 4), None);
+            assert_eq!(or_words(rw.cast(), 512), Some(0));
+            assert_eq!(or_words(rw.cast(), 514), None);
+            assert_eq!(or_words(rw.cast(), 513), None);
+            assert_eq!(or_words(rw.add(4096 - 8).cast(), 1), Some(0));
+            libc::munmap(none.cast(), 8192);
+            libc::munmap(rw.cast(), 4096);
+        }
     }
 
     #[test]

@@ -10,6 +10,8 @@
 //! memory. [`crate::process::ProcessMemory`] is the memory of another
 //! process, for the calls of processes that share a context with ours.
 
+use zerocopy::IntoBytes;
+
 use crate::{Error, Result};
 
 /// The host page size (4 KiB on the machines we run on; read once).
@@ -52,6 +54,11 @@ pub trait UserMemory: Send + Sync + std::fmt::Debug {
     fn probe_write(&self, addr: u64, len: u64) -> Result<()> {
         let _ = (addr, len);
         Ok(())
+    }
+    /// Whether the `nwords` 64-bit words at `addr` are all zero (`EFAULT`
+    /// when one cannot be read). Default: [`UserMemory::read`] in chunks.
+    fn words_zero(&self, addr: u64, nwords: u64) -> Result<bool> {
+        words_zero_by_reads(self, addr, nwords)
     }
     /// Whether user addresses of this memory are addresses of the calling
     /// process itself, with no fence or translation, so that the engine may
@@ -329,10 +336,51 @@ pub(crate) fn access_ok(addr: u64, len: usize) -> bool {
         .is_some_and(|end| end <= USER_TOP)
 }
 
+/// [`UserMemory::words_zero`] through [`UserMemory::read`] of 1 KiB at a
+/// time, stopping at the first chunk that holds a set bit.
+fn words_zero_by_reads<M: UserMemory + ?Sized>(mem: &M, addr: u64, nwords: u64) -> Result<bool> {
+    let mut buf = [0u64; 128];
+    let mut done = 0u64;
+    while done < nwords {
+        let n = (nwords - done).min(buf.len() as u64) as usize;
+        let at = done
+            .checked_mul(8)
+            .and_then(|o| addr.checked_add(o))
+            .ok_or_else(|| Error::fault("the words run past the end of the address space"))?;
+        mem.read(at, buf[..n].as_mut_bytes())?;
+        if buf[..n].iter().any(|&w| w != 0) {
+            return Ok(false);
+        }
+        done += n as u64;
+    }
+    Ok(true)
+}
+
 impl UserMemory for SelfMemory {
     /// Our own address space: in-place copies are fine.
     fn direct(&self) -> bool {
         true
+    }
+
+    /// In place with fault-safe loads where they are on (one pass, no
+    /// copy into a buffer), else by reads.
+    fn words_zero(&self, addr: u64, nwords: u64) -> Result<bool> {
+        if nwords == 0 || !crate::faultsafe::enabled() {
+            return words_zero_by_reads(self, addr, nwords);
+        }
+        let len = nwords
+            .checked_mul(8)
+            .filter(|&l| access_ok(addr, l as usize))
+            .ok_or_else(|| Error::fault("the words are not at a user address"))?;
+        // SAFETY: fault-safe loads are on; the range is user-addressable,
+        // and a fault in it is an answer, not a crash.
+        match unsafe { crate::faultsafe::or_words(addr as usize as *const u64, nwords as usize) } {
+            Some(or) => Ok(or == 0),
+            None => Err(Error::new(
+                libc::EFAULT,
+                format!("cannot read {len} bytes at user address {addr:#x}"),
+            )),
+        }
     }
 
     /// `MADV_POPULATE_WRITE` on the page-aligned range: it faults the pages

@@ -773,6 +773,41 @@ fn dirty_pages_report_device_writes() {
 /// mapping reaches are left alone. The same for UNMAP_DMA's bitmap.
 #[test]
 fn dirty_bitmap_words_are_overwritten_like_type1() {
+    overwritten_like_type1();
+}
+
+/// The same with fault-safe in-place access (as under the preload and in
+/// `migrate`): the runs of words that must end up zero are checked with
+/// one in-place scan each (`UserMemory::words_zero`) before any is read
+/// into a buffer; stale bits before and after an area's dirty words are
+/// still cleared, and only there.
+#[test]
+fn dirty_bitmap_words_are_overwritten_like_type1_in_place() {
+    assert!(uiommufd::faultsafe::install());
+    overwritten_like_type1();
+    // one mapping of 640 pages (10 words), page 300 (word 4) dirty
+    let (ctx, _ioas, _buf, fd) = tracked_with_access_at(640, &[(0, 640)]);
+    dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();
+    let mut g0 = [0u64; 10];
+    let mut g = get_req(A, 640 * PS, &mut g0);
+    get_bitmap_with(&ctx, &mut g).unwrap();
+    for stale in [vec![], vec![1], vec![8], vec![0, 9], vec![3, 5]] {
+        access_write(&ctx, fd, A + 300 * PS, 1).unwrap();
+        let mut bm = [0u64; 10];
+        for &w in &stale {
+            bm[w] = 0xdead_beef << w;
+        }
+        let mut g = get_req(A, 640 * PS, &mut bm);
+        get_bitmap_with(&ctx, &mut g).unwrap();
+        let mut want = [0u64; 10];
+        want[4] = 1 << (300 % 64);
+        assert_eq!(bm, want, "stale words {stale:?}");
+    }
+    uiommufd::plumbing::files::close(fd as i32).unwrap();
+    ctx.check_invariants().unwrap();
+}
+
+fn overwritten_like_type1() {
     // pages 0..3 and 5..75 mapped, 3 and 4 a hole
     let (ctx, _ioas, _buf, fd) = tracked_with_access_at(80, &[(0, 3), (5, 70)]);
     dirty(&ctx, VFIO_IOMMU_DIRTY_PAGES_FLAG_START).unwrap();

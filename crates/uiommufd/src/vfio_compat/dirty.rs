@@ -207,8 +207,26 @@ fn store_area_bits(mem: &dyn UserMemory, data: u64, off: u64, ad: &AreaDirty<'_>
     let nz_end = nz_lo + ad.words.len() as u64 + u64::from(shift != 0);
     let mut held_all = [0u64; STORE_WORDS];
     let mut want = [0u64; STORE_WORDS];
+    // The words before the span and after it are each checked in one pass
+    // first (`UserMemory::words_zero`: in place, no copy into `held`):
+    // most of a bitmap the caller keeps zeroed is skipped so. A run that
+    // is not all zero is then taken chunk by chunk like the span.
+    let mut scanned_to = 0u64;
     let mut j = 0u64;
     while j < nwords {
+        let outside = j < nz_lo || j >= nz_end;
+        if outside && j >= scanned_to && !(j == 0 && shift != 0) {
+            let run_end = if j < nz_lo { nz_lo.min(nwords) } else { nwords };
+            let at = base + j * 8;
+            if mem
+                .words_zero(at, run_end - j)
+                .map_err(|e| fault("read", at, e))?
+            {
+                j = run_end;
+                continue;
+            }
+            scanned_to = run_end;
+        }
         let n = (nwords - j).min(STORE_WORDS as u64) as usize;
         let at = base + j * 8;
         let held = &mut held_all[..n];
