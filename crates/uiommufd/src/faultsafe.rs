@@ -215,10 +215,6 @@ mod arch {
     /// Offset of the instruction after it (`rep movsb` is 2 bytes).
     pub const FIXUP: usize = 5;
 
-    fn base() -> i64 {
-        copy as *const () as usize as i64
-    }
-
     /// `cas64(ptr, old, new) -> 0` when `*ptr` was `old` and is now `new`,
     /// 1 when it held something else (left unchanged), 2 when `ptr` faulted.
     /// The only instruction that may fault is the `lock cmpxchg` at
@@ -242,10 +238,6 @@ mod arch {
     /// `setne al` 3, `ret` 1).
     pub const CAS_FIXUP: usize = 17;
 
-    fn cas_base() -> i64 {
-        cas64 as *const () as usize as i64
-    }
-
     /// `load64(ptr, out) -> 0` with `*out = *ptr`, or 1 when `ptr`
     /// faulted (`*out` untouched). The only instruction that may fault is
     /// the load at offset 0; a fault there resumes at [`LOAD_FIXUP`].
@@ -264,10 +256,6 @@ mod arch {
     /// Offset of the fault path of [`load64`] (two 3-byte moves, the
     /// 2-byte `xor`, `ret`).
     pub const LOAD_FIXUP: usize = 9;
-
-    fn load_base() -> i64 {
-        load64 as *const () as usize as i64
-    }
 
     /// What [`or_pairs`] returns (in `rax`, `rdx`).
     #[repr(C)]
@@ -314,10 +302,6 @@ mod arch {
     /// `ret` 1).
     pub const OR_FIXUP: usize = 47;
 
-    fn or_base() -> i64 {
-        or_pairs as *const () as usize as i64
-    }
-
     /// If `ctx` stopped at the copy, compare-exchange, load or OR-scan
     /// instruction, redirect it to its fixup.
     ///
@@ -328,21 +312,18 @@ mod arch {
         let rip = libc::REG_RIP as usize;
         // SAFETY: the caller passes the handler's ucontext.
         let gregs = unsafe { &mut (*uc).uc_mcontext.gregs };
-        if gregs[rip] == base() + INSN as i64 {
-            gregs[rip] = base() + FIXUP as i64;
-            return true;
-        }
-        if gregs[rip] == cas_base() + CAS_INSN as i64 {
-            gregs[rip] = cas_base() + CAS_FIXUP as i64;
-            return true;
-        }
-        if gregs[rip] == load_base() {
-            gregs[rip] = load_base() + LOAD_FIXUP as i64;
-            return true;
-        }
-        if gregs[rip] == or_base() + OR_INSN as i64 {
-            gregs[rip] = or_base() + OR_FIXUP as i64;
-            return true;
+        // (routine, offset of its one faulting instruction, of its fixup)
+        let table: [(usize, usize, usize); 4] = [
+            (copy as *const () as usize, INSN, FIXUP),
+            (cas64 as *const () as usize, CAS_INSN, CAS_FIXUP),
+            (load64 as *const () as usize, 0, LOAD_FIXUP),
+            (or_pairs as *const () as usize, OR_INSN, OR_FIXUP),
+        ];
+        for (base, insn, fix) in table {
+            if gregs[rip] == (base + insn) as i64 {
+                gregs[rip] = (base + fix) as i64;
+                return true;
+            }
         }
         false
     }
