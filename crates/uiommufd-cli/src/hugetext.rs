@@ -19,8 +19,12 @@
 //! moved too when nothing is mapped in the rest of it (the loader leaves
 //! that gap unmapped). Profilers that symbolize through the file mapping
 //! (`perf`) lose the moved range: `UIOMMUFD_HUGE_TEXT=0` keeps the text as
-//! loaded. Call it before the process starts any thread that could map
-//! memory (the gap check and the move are not atomic against them).
+//! loaded. It only runs while the process has one thread (checked in
+//! `/proc/self/task`): the gap check and the move are not atomic against
+//! another thread mapping memory. One risk is left, as for every program
+//! that does this: `mremap` unmaps the target before it moves the pages,
+//! so a failure of the move itself (out of memory for page tables) would
+//! leave no code there.
 
 use std::fs;
 
@@ -68,6 +72,12 @@ pub fn remap() -> Result<u64, String> {
     if std::env::var("UIOMMUFD_HUGE_TEXT").as_deref() == Ok("0") {
         return Ok(0);
     }
+    let threads = fs::read_dir("/proc/self/task")
+        .map_err(|e| format!("/proc/self/task: {e}"))?
+        .count();
+    if threads != 1 {
+        return Err(format!("{threads} threads run: the text stays"));
+    }
     let exe = std::env::current_exe().map_err(|e| format!("current_exe: {e}"))?;
     let exe = exe.to_string_lossy().into_owned();
     let maps = mappings()?;
@@ -80,9 +90,7 @@ pub fn remap() -> Result<u64, String> {
     let lo = text.start.next_multiple_of(HUGE);
     // the last partial huge page too, when the rest of it is unmapped
     let up = text.end.next_multiple_of(HUGE);
-    let free = maps
-        .iter()
-        .all(|m| m.end <= text.end || m.start >= up || std::ptr::eq(m, text));
+    let free = maps.iter().all(|m| m.end <= text.end || m.start >= up);
     let hi = if free { up } else { text.end / HUGE * HUGE };
     if hi <= lo {
         return Ok(0);
