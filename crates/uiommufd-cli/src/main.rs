@@ -67,7 +67,7 @@ enum Cmd {
         /// Small sizes and few repetitions: a ~20 s smoke run.
         #[arg(long)]
         quick: bool,
-        /// Run only these cases (numbers 1-8, comma separated), e.g. to profile one.
+        /// Run only these cases (numbers 1-9, comma separated), e.g. to profile one.
         #[arg(long, value_delimiter = ',', value_name = "CASES")]
         only: Vec<u8>,
     },
