@@ -592,51 +592,52 @@ mod tests {
         assert_eq!(code[..arch::INSN].len(), 3);
     }
 
+    /// The bytes of routine `f`'s code at each `(offset, bytes)`.
+    fn assert_code(f: *const (), at: &[(usize, &[u8])]) {
+        let len = at.iter().map(|(o, b)| o + b.len()).max().unwrap_or(0);
+        // SAFETY: reading the first bytes of our own function's code.
+        let code = unsafe { std::slice::from_raw_parts(f.cast::<u8>(), len) };
+        for &(o, b) in at {
+            assert_eq!(&code[o..o + b.len()], b, "at offset {o}");
+        }
+    }
+
     #[test]
     fn the_cas_instruction_is_where_the_handler_expects_it() {
-        let f = arch::cas64 as *const () as *const u8;
-        // SAFETY: reading the first bytes of our own function's code.
-        let code = unsafe { std::slice::from_raw_parts(f, arch::CAS_FIXUP + 6) };
-        // lock cmpxchg [rdi], rdx
-        assert_eq!(
-            &code[arch::CAS_INSN..arch::CAS_INSN + 5],
-            &[0xf0, 0x48, 0x0f, 0xb1, 0x17]
-        );
-        // the fault path: mov eax, 2; ret
-        assert_eq!(
-            &code[arch::CAS_FIXUP..arch::CAS_FIXUP + 6],
-            &[0xb8, 2, 0, 0, 0, 0xc3]
+        assert_code(
+            arch::cas64 as *const (),
+            &[
+                // lock cmpxchg [rdi], rdx
+                (arch::CAS_INSN, &[0xf0, 0x48, 0x0f, 0xb1, 0x17]),
+                // the fault path: mov eax, 2; ret
+                (arch::CAS_FIXUP, &[0xb8, 2, 0, 0, 0, 0xc3]),
+            ],
         );
     }
 
     #[test]
     fn the_load_instruction_is_where_the_handler_expects_it() {
-        let f = arch::load64 as *const () as *const u8;
-        // SAFETY: reading the first bytes of our own function's code.
-        let code = unsafe { std::slice::from_raw_parts(f, arch::LOAD_FIXUP + 6) };
-        // mov rax, [rdi]
-        assert_eq!(&code[..3], &[0x48, 0x8b, 0x07]);
-        // the fault path: mov eax, 1; ret
-        assert_eq!(
-            &code[arch::LOAD_FIXUP..arch::LOAD_FIXUP + 6],
-            &[0xb8, 1, 0, 0, 0, 0xc3]
+        assert_code(
+            arch::load64 as *const (),
+            &[
+                // mov rax, [rdi]
+                (0, &[0x48, 0x8b, 0x07]),
+                // the fault path: mov eax, 1; ret
+                (arch::LOAD_FIXUP, &[0xb8, 1, 0, 0, 0, 0xc3]),
+            ],
         );
     }
 
     #[test]
     fn the_or_scan_load_is_where_the_handler_expects_it() {
-        let f = arch::or_pairs as *const () as *const u8;
-        // SAFETY: reading the first bytes of our own function's code.
-        let code = unsafe { std::slice::from_raw_parts(f, arch::OR_FIXUP + 8) };
-        // movdqu xmm1, [rdi]
-        assert_eq!(
-            &code[arch::OR_INSN..arch::OR_INSN + 4],
-            &[0xf3, 0x0f, 0x6f, 0x0f]
-        );
-        // the fault path: mov edx, 1; xor eax, eax; ret
-        assert_eq!(
-            &code[arch::OR_FIXUP..arch::OR_FIXUP + 8],
-            &[0xba, 1, 0, 0, 0, 0x31, 0xc0, 0xc3]
+        assert_code(
+            arch::or_pairs as *const (),
+            &[
+                // movdqu xmm1, [rdi]
+                (arch::OR_INSN, &[0xf3, 0x0f, 0x6f, 0x0f]),
+                // the fault path: mov edx, 1; xor eax, eax; ret
+                (arch::OR_FIXUP, &[0xba, 1, 0, 0, 0, 0x31, 0xc0, 0xc3]),
+            ],
         );
     }
 
