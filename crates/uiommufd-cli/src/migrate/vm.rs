@@ -325,13 +325,26 @@ impl Vm {
     }
 
     /// A `VFIO_DEVICE_FEATURE` call: header + `data`.
+    ///
+    /// The argument is built on the stack where it fits: this is the call
+    /// that stops the device (in the downtime) and reads the DMA log (in
+    /// the bitmap's time), and a heap allocation there costs the
+    /// allocator's cold paths.
     fn feature(&self, flags: u32, data: &mut [u8], what: &str) -> R<()> {
-        let mut buf = vec![0u8; 8 + data.len()];
+        let mut stack = [0u8; 64];
+        let mut heap = Vec::new();
+        let buf: &mut [u8] = match stack.get_mut(..8 + data.len()) {
+            Some(b) => b,
+            None => {
+                heap.resize(8 + data.len(), 0);
+                &mut heap
+            }
+        };
         let n = buf.len() as u32;
         buf[0..4].copy_from_slice(&n.to_le_bytes());
         buf[4..8].copy_from_slice(&flags.to_le_bytes());
         buf[8..].copy_from_slice(data);
-        self.dev_ioctl(vu::VFIO_DEVICE_FEATURE, &mut buf, what)?;
+        self.dev_ioctl(vu::VFIO_DEVICE_FEATURE, buf, what)?;
         data.copy_from_slice(&buf[8..]);
         Ok(())
     }
