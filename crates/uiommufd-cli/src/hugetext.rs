@@ -14,6 +14,11 @@
 //! original in one step (the bytes are the same before and after, so code
 //! running meanwhile, this function's own included, is unaffected).
 //!
+//! The functions of the bitmap read itself are also linked next to each
+//! other at the start of the text (`hot-code.ld`), so that the read's
+//! cold code is a few dozen consecutive lines rather than ~300 scattered
+//! ones.
+//!
 //! The binary is linked with 2 MiB segment alignment (`build.rs`) so that
 //! its text starts on a 2 MiB boundary; the last, partial 2 MiB of text is
 //! moved too when nothing is mapped in the rest of it (the loader leaves
