@@ -9,12 +9,11 @@ Needs valgrind. Run from the repository root after a release build:
 
 It records, with callgrind, which functions `bench --only 9 --quick` runs
 inside `Vm::sync_dirty` (one read per tracker, as `migrate` makes them),
-turns
-each symbol into a pattern without its hash (so that the script
-survives edits of the code) and keeps the patterns that name at most
-MAX_MATCHES functions of the binary (a generic function of the standard
-library, e.g. `Iterator::fold`, has dozens of instances and would pull
-them all in). The test `tests/hot_code.rs` checks that every pattern still
+turns each symbol into a pattern without its hash (so that the script
+survives edits of the code) and adds to those already there the patterns
+that name at most MAX_MATCHES functions of the binary (a generic function
+of the standard library, e.g. `Iterator::fold`, has dozens of instances
+and would pull them all in). The test `tests/hot_code.rs` checks that every pattern still
 names a function and that it landed in the section.
 """
 import os
@@ -26,18 +25,17 @@ import tempfile
 EXE = "target/release/uiommufd"
 OUT = "crates/uiommufd-cli/hot-code.ld"
 # The runs, each with the functions whose execution is recorded (with
-# everything they call). (The stop path's code would belong here too, but
-# `migrate` under valgrind runs its source ~50x slower than its peer
-# expects and times out.)
-# Each run three times: whether a read finds dirty words (and so which
-# functions it calls) depends on where the device was.
+# everything they call), each made three times: whether a read finds dirty
+# words (and so which functions it calls) depends on where the device was.
+# (The stop path's code would belong here too, but `migrate` under
+# valgrind runs its source ~50x slower than its peer expects and times
+# out.)
 RUNS = 3 * [
     (["bench", "--only", "9", "--quick"], ["*2vm2Vm10sync_dirty*"]),
 ]
-# Not part of those paths: what calls them (the benchmark, the migration's
-# flow, the program's start), which callgrind also names.
-SKIP = ("5bench", "lang_start", "backtrace", "4main17h", "6source3run",
-        "7migrate7migrate", "4dest3run")
+# Not part of the read: what calls it (the benchmark, the program's
+# start), which callgrind also names.
+SKIP = ("5bench", "lang_start", "backtrace", "4main17h")
 # Of the standard library's own (not generic) functions only the
 # allocator's shims: the others (e.g. the hasher's `write`) exist in a
 # release build and not in a debug one, where the test would not find them.
@@ -91,24 +89,31 @@ def main():
                         text=True).stdout.split("\n")
     text = [f[2] for f in (l.split() for l in nm)
             if len(f) == 3 and f[1] in "tTwW"]
-    keep = []
-    for sym in sorted(executed(exe)):
+    def names(p):
+        rx = re.compile("^" + re.escape(p).replace(r"\*", ".*") + "$")
+        return sum(1 for s in text if rx.match(s))
+
+    # The patterns already there stay while they name a function: a run
+    # may miss a path (a read that found nothing dirty calls less), so the
+    # list only grows; empty it to start over.
+    old = re.findall(r"^\s*\*\(\.text\.(.*)\)\s*$", open(OUT).read(), re.M)
+    keep = {p for p in old if 1 <= names(p) <= MAX_MATCHES}
+    for sym in executed(exe):
         if not sym.startswith("_") or any(s in sym for s in SKIP):
             continue  # libc, addresses, the benchmark
         if sym.startswith("_R") and STD_KEEP not in sym:
             continue
         p = pattern(sym)
-        rx = re.compile("^" + re.escape(p).replace(r"\*", ".*") + "$")
-        n = sum(1 for s in text if rx.match(s))
-        if 1 <= n <= MAX_MATCHES and p not in keep:
-            keep.append(p)
+        if p not in keep and 1 <= names(p) <= MAX_MATCHES:
+            keep.add(p)
+    keep = sorted(keep)
+    if not keep:
+        sys.exit("no function recorded: is valgrind installed?")
     head = open(OUT).read().split("SECTIONS")[0]
     body = "".join(f"    *(.text.{p})\n" for p in keep)
     with open(OUT, "w") as f:
         f.write(head + "SECTIONS\n{\n  .text.hot_path :\n  {\n" + body
                 + "  }\n}\nINSERT BEFORE .text;\n")
-    if not keep:
-        sys.exit("no function recorded: is valgrind installed?")
     print(f"{OUT}: {len(keep)} patterns")
 
 
